@@ -1,0 +1,198 @@
+//! Command-line and environment configuration: one `clap` parser for every subcommand.
+//!
+//! Every flag can also be given as a `DRAINER_*` environment variable. Nothing else in the
+//! crate reads the environment for drainer settings (object-store credentials are read by
+//! `object_store` itself from the usual `AWS_*`, `GOOGLE_*` and `AZURE_*` variables).
+
+use crate::snapshot::SnapshotSelector;
+use crate::volume::VolumeId;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// drainer: rescues the data that scaled-down stateful pods leave behind.
+#[derive(Debug, Parser)]
+#[command(name = "drainer", version, about, long_about = None)]
+pub struct Config {
+    /// Logging settings.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a snapshot of a directory into a store (resumable and incremental).
+    Copy(CopyArgs),
+    /// Restore a snapshot into an empty directory, verifying every hash.
+    Restore(RestoreArgs),
+    /// List the snapshots in a store.
+    Snapshots(SnapshotsArgs),
+    /// Delete all but the newest N snapshots of a volume.
+    Prune(PruneArgs),
+    /// Re-read a snapshot's objects and check every hash against its manifest.
+    Verify(VerifyArgs),
+}
+
+/// Logging settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,drainer=debug`).
+    #[arg(long, env = "DRAINER_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "DRAINER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the ledger lives.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// Directory for drainer's own state (the SQLite ledger unless --database-url says otherwise).
+    #[arg(long, env = "DRAINER_DATA_DIR", default_value = "./drainer-data")]
+    pub data_dir: PathBuf,
+    /// Ledger database: `sqlite://FILE` or `postgres://…`. Default: SQLite in the data directory.
+    #[arg(long, env = "DRAINER_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// Tuning of the snapshot engine.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Files read and uploaded at once.
+    #[arg(long, env = "DRAINER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Part size for multipart uploads, in MiB (files up to this size are one request).
+    #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(5..=512))]
+    pub part_size_mib: u32,
+    /// Memory for file data in flight, in MiB (bounds the process whatever the file sizes).
+    #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub buffer_mib: u32,
+    /// Timeout of one object-store request, in seconds.
+    #[arg(long, env = "DRAINER_STORE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub store_timeout: Duration,
+}
+
+/// `drainer copy`.
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// The directory to snapshot.
+    #[arg(env = "DRAINER_SOURCE")]
+    pub source: PathBuf,
+    /// Where snapshots are stored: `file:///abs/dir`, `s3://bucket/prefix`, `gs://…`, `az://…`.
+    #[arg(env = "DRAINER_STORE")]
+    pub store: String,
+    /// The volume this directory holds, as NAMESPACE/PVC.
+    #[arg(long, env = "DRAINER_VOLUME")]
+    pub volume: VolumeId,
+    /// Compare unchanged-looking files by content hash instead of size, mtime and ctime.
+    #[arg(long, env = "DRAINER_CHECK_HASH")]
+    pub check_hash: bool,
+    /// Ledger location.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `drainer restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Where snapshots are stored.
+    #[arg(env = "DRAINER_STORE")]
+    pub store: String,
+    /// The volume to restore, as NAMESPACE/PVC.
+    #[arg(long, env = "DRAINER_VOLUME")]
+    pub volume: VolumeId,
+    /// The snapshot to restore: an id, or `latest`.
+    #[arg(long, env = "DRAINER_SNAPSHOT", default_value = "latest")]
+    pub snapshot: SnapshotSelector,
+    /// The directory to restore into; it must be empty unless --force is given.
+    pub dest: PathBuf,
+    /// Restore into a non-empty directory, replacing entries that the snapshot holds.
+    #[arg(long)]
+    pub force: bool,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Output format of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+/// `drainer snapshots`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotsArgs {
+    /// Where snapshots are stored.
+    #[arg(env = "DRAINER_STORE")]
+    pub store: String,
+    /// Only this volume (NAMESPACE/PVC); every volume when absent.
+    #[arg(long, env = "DRAINER_VOLUME")]
+    pub volume: Option<VolumeId>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `drainer prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Where snapshots are stored.
+    #[arg(env = "DRAINER_STORE")]
+    pub store: String,
+    /// The volume to prune, as NAMESPACE/PVC.
+    #[arg(long, env = "DRAINER_VOLUME")]
+    pub volume: VolumeId,
+    /// How many of the newest snapshots to keep (the latest is always kept).
+    #[arg(long, env = "DRAINER_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `drainer verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Where snapshots are stored.
+    #[arg(env = "DRAINER_STORE")]
+    pub store: String,
+    /// The volume to verify, as NAMESPACE/PVC.
+    #[arg(long, env = "DRAINER_VOLUME")]
+    pub volume: VolumeId,
+    /// The snapshot to verify: an id, or `latest`.
+    #[arg(long, env = "DRAINER_SNAPSHOT", default_value = "latest")]
+    pub snapshot: SnapshotSelector,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Parses a duration given in whole seconds.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}

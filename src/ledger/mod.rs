@@ -1,0 +1,223 @@
+//! The ledger: drainer's durable record of work, in SQL through sqlx.
+//!
+//! SQLite (a file in the data directory) is the embedded default; PostgreSQL serves several
+//! replicas. Both run the same queries, written once with [`on_pool!`]; migrations live in
+//! `migrations/sqlite` and `migrations/postgres`, are embedded, and run at start-up. Every
+//! write that the rest of drainer relies on is committed before it is acknowledged. This module
+//! owns SQL; it never touches files or the object store.
+
+mod runs;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Timeout for taking a connection from the pool (and so for a dead database to show).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be reached or opened.
+    #[error("cannot open ledger {url}: {source}")]
+    Connect {
+        /// The database URL, without password.
+        url: String,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("ledger {op} failed: {source}")]
+    Query {
+        /// What was being done.
+        op: &'static str,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying may succeed: lost connections, pool timeouts, busy or restarting
+    /// databases, serialization failures.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } | Error::Query { source, .. } => {
+                is_transient_sqlx(source)
+            }
+            Error::Migrate(_) | Error::DataDir { .. } => false,
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions, shutdown, serialization, deadlock.
+            // SQLite: BUSY (5) and LOCKED (6), with extended codes.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+                || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// Result alias for ledger operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A connection pool to one of the supported databases.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code against whichever pool the ledger has; inside, `$db` names the
+/// database type (for `QueryBuilder::<$db>`).
+macro_rules! on_pool {
+    ($ledger:expr, |$pool:ident, $db:ident| $body:expr) => {
+        match &$ledger.pool {
+            $crate::ledger::Pool::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            $crate::ledger::Pool::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The ledger: a migrated pool.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pub(crate) pool: Pool,
+}
+
+impl Ledger {
+    /// Opens the ledger `url` (`postgres://…` or `sqlite://FILE`), or by default the SQLite
+    /// file `drainer.db` in `data_dir`, and runs the migrations.
+    pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        let ledger = match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::open_postgres(url).await?
+            }
+            Some(url) => {
+                let options =
+                    SqliteConnectOptions::from_str(url).map_err(|source| Error::Connect {
+                        url: url.to_owned(),
+                        source,
+                    })?;
+                Self::open_sqlite(options, url).await?
+            }
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+                    path: data_dir.to_owned(),
+                    source,
+                })?;
+                let file = data_dir.join("drainer.db");
+                let options = SqliteConnectOptions::new().filename(&file);
+                Self::open_sqlite(options, &file.display().to_string()).await?
+            }
+        };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    async fn open_sqlite(options: SqliteConnectOptions, url: &str) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Self> {
+        let shown = redact(url);
+        let options = PgConnectOptions::from_str(url).map_err(|source| Error::Connect {
+            url: shown.clone(),
+            source,
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Connect { url: shown, source })?;
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which database this ledger runs on (`sqlite` or `postgres`).
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => "(unparseable database URL)".to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, the ledger's timestamp unit.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

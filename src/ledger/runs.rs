@@ -1,0 +1,258 @@
+//! Copy runs and per-file progress: the ledger side of [`crate::snapshot::Checkpoint`].
+//!
+//! A run is `running` until its snapshot is complete; its `copy_files` rows say which files it
+//! has durably stored, keyed so that byte order is manifest path order (the copy merges them
+//! as a stream). Completing a run deletes its file rows: from then on the manifest is the
+//! record.
+
+use super::{Error, Ledger, Result, now_ms, on_pool};
+use crate::snapshot::manifest::Content;
+use crate::snapshot::{Checkpoint, Run, SnapshotId, SnapshotSummary, StoredFile};
+use crate::volume::VolumeId;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use sqlx::Row;
+
+/// A copy run as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Store URL.
+    pub store_url: String,
+    /// `namespace/pvc`.
+    pub volume: String,
+    /// Snapshot written.
+    pub snapshot: String,
+    /// `running` or `completed`.
+    pub state: String,
+    /// Attempts so far (1 + resumes).
+    pub attempts: i64,
+    /// Why the last attempt stopped, if it did.
+    pub last_error: Option<String>,
+}
+
+fn sort_key(path: &[u8]) -> Vec<u8> {
+    path.iter()
+        .map(|b| if *b == b'/' { 0 } else { *b })
+        .collect()
+}
+
+fn path_of(sort_key: &[u8]) -> Vec<u8> {
+    sort_key
+        .iter()
+        .map(|b| if *b == 0 { b'/' } else { *b })
+        .collect()
+}
+
+fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
+    move |source| Error::Query { op, source }
+}
+
+impl Ledger {
+    /// Every run of `volume`, newest first.
+    pub async fn runs(&self, volume: &VolumeId) -> Result<Vec<RunRecord>> {
+        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error \
+                           FROM copy_runs WHERE volume = $1 ORDER BY started_at DESC, id DESC";
+        on_pool!(self, |pool, DB| {
+            let rows = sqlx::query(SQL)
+                .bind(volume.to_string())
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("list runs"))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RunRecord {
+                        id: r.try_get("id")?,
+                        store_url: r.try_get("store_url")?,
+                        volume: r.try_get("volume")?,
+                        snapshot: r.try_get("snapshot_id")?,
+                        state: r.try_get("state")?,
+                        attempts: r.try_get("attempts")?,
+                        last_error: r.try_get("last_error")?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("read runs"))
+        })
+    }
+
+    /// How many file rows `run` has recorded.
+    pub async fn recorded_files(&self, run: &str) -> Result<i64> {
+        const SQL: &str = "SELECT COUNT(*) FROM copy_files WHERE run_id = $1";
+        on_pool!(self, |pool, DB| sqlx::query_scalar(SQL)
+            .bind(run)
+            .fetch_one(pool)
+            .await
+            .map_err(query_error("count files")))
+    }
+}
+
+#[async_trait::async_trait]
+impl Checkpoint for Ledger {
+    async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
+        const FIND: &str = "SELECT id, snapshot_id FROM copy_runs \
+                            WHERE store_url = $1 AND volume = $2 AND state = 'running'";
+        const RESUME: &str =
+            "UPDATE copy_runs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1";
+        const START: &str = "INSERT INTO copy_runs (id, store_url, volume, snapshot_id, state, started_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, 'running', $5, $5)";
+        let now = now_ms();
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool.begin().await.map_err(query_error("begin run"))?;
+            let found: Option<(String, String)> = sqlx::query_as(FIND)
+                .bind(store)
+                .bind(volume.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("find run"))?;
+            let run = match found {
+                Some((id, snapshot)) => {
+                    sqlx::query(RESUME)
+                        .bind(&id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error("resume run"))?;
+                    let snapshot = snapshot.parse().map_err(|e: String| Error::Query {
+                        op: "resume run",
+                        source: sqlx::Error::Decode(e.into()),
+                    })?;
+                    Run {
+                        id,
+                        snapshot,
+                        resumed: true,
+                    }
+                }
+                None => {
+                    let id = format!("run-{}", fresh);
+                    sqlx::query(START)
+                        .bind(&id)
+                        .bind(store)
+                        .bind(volume.to_string())
+                        .bind(fresh.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error("start run"))?;
+                    Run {
+                        id,
+                        snapshot: fresh.clone(),
+                        resumed: false,
+                    }
+                }
+            };
+            tx.commit().await.map_err(query_error("commit run"))?;
+            Ok(run)
+        })
+    }
+
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
+        const SQL: &str = "SELECT sort_key, size, mtime_ns, ctime_ns, ino, blake3, object \
+                           FROM copy_files WHERE run_id = $1 ORDER BY sort_key";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .fetch(pool)
+            .map_err(query_error("read progress"))
+            .and_then(|row| async move {
+                let key: Vec<u8> = row
+                    .try_get("sort_key")
+                    .map_err(query_error("read progress"))?;
+                let get = |col: &str| {
+                    row.try_get::<i64, _>(col)
+                        .map_err(query_error("read progress"))
+                };
+                Ok(StoredFile {
+                    path: path_of(&key),
+                    size: get("size")? as u64,
+                    mtime_ns: get("mtime_ns")?,
+                    ctime_ns: get("ctime_ns")?,
+                    ino: get("ino")? as u64,
+                    content: Content {
+                        blake3: row
+                            .try_get("blake3")
+                            .map_err(query_error("read progress"))?,
+                        object: row
+                            .try_get("object")
+                            .map_err(query_error("read progress"))?,
+                    },
+                })
+            })
+            .boxed())
+    }
+
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool.begin().await.map_err(query_error("record progress"))?;
+            for chunk in files.chunks(1000) {
+                let mut insert = sqlx::QueryBuilder::<DB>::new(
+                    "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object) ",
+                );
+                insert.push_values(chunk, |mut row, f| {
+                    row.push_bind(run.id.as_str())
+                        .push_bind(sort_key(&f.path))
+                        .push_bind(f.size as i64)
+                        .push_bind(f.mtime_ns)
+                        .push_bind(f.ctime_ns)
+                        .push_bind(f.ino as i64)
+                        .push_bind(f.content.blake3.as_str())
+                        .push_bind(f.content.object.as_str());
+                });
+                insert.push(
+                    " ON CONFLICT (run_id, sort_key) DO UPDATE SET size = excluded.size, \
+                     mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, ino = excluded.ino, \
+                     blake3 = excluded.blake3, object = excluded.object",
+                );
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record progress"))?;
+            }
+            sqlx::query("UPDATE copy_runs SET updated_at = $2 WHERE id = $1")
+                .bind(run.id.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record progress"))?;
+            tx.commit().await.map_err(query_error("record progress"))
+        })
+    }
+
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+        const DONE: &str = "UPDATE copy_runs SET state = 'completed', finished_at = $2, updated_at = $2, \
+                            files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL \
+                            WHERE id = $1";
+        const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool.begin().await.map_err(query_error("finish run"))?;
+            sqlx::query(DONE)
+                .bind(run.id.as_str())
+                .bind(now_ms())
+                .bind(summary.files as i64)
+                .bind(summary.bytes as i64)
+                .bind(summary.uploaded_files as i64)
+                .bind(summary.uploaded_bytes as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("finish run"))?;
+            sqlx::query(FORGET)
+                .bind(run.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("finish run"))?;
+            tx.commit().await.map_err(query_error("finish run"))
+        })
+    }
+
+    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
+        const SQL: &str = "UPDATE copy_runs SET last_error = $2, updated_at = $3 WHERE id = $1";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("note error")))
+    }
+}

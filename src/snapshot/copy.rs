@@ -1,0 +1,513 @@
+//! The copy pipeline: walk → plan → store → manifest, with checkpoints.
+//!
+//! ```text
+//! walk (blocking thread, path order)
+//!   └► plan: unchanged since the parent snapshot? stored earlier by this run? → reuse
+//!        └► store: read + upload what is new, `concurrency` at once, order kept
+//!             └► sink: manifest line; every second: flush store, then record progress
+//! end: flush → manifest complete → flush → snapshot.json → flush → latest → run finished
+//! ```
+//!
+//! Durable before recorded: progress is recorded only after the store has been flushed, and
+//! the snapshot is marked complete only after every object, then the manifest, are durable.
+//! Everything here works in path order, so merging with the parent manifest and the ledger's
+//! progress is a streaming merge with bounded memory.
+
+use super::catalog::{self, SnapshotSummary};
+use super::layout::{SnapshotId, VolumeLayout};
+use super::manifest::{self, Content, Entry, EntryKind, Header, Totals, path_order};
+use super::progress::Progress;
+use super::upload::Uploader;
+use super::{Error, Result, scan};
+use crate::ledger;
+use crate::store::Store;
+use crate::volume::VolumeId;
+use futures::stream::{self, BoxStream, StreamExt};
+use futures::{FutureExt, TryStreamExt};
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// How often progress is checkpointed.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Most files recorded in one checkpoint.
+const CHECKPOINT_FILES: usize = 2000;
+
+/// A copy run as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The run's id in the ledger.
+    pub id: String,
+    /// The snapshot the run writes.
+    pub snapshot: SnapshotId,
+    /// Whether the run was started earlier and is being resumed.
+    pub resumed: bool,
+}
+
+/// A file this run has already stored, as recorded in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Manifest path.
+    pub path: Vec<u8>,
+    /// Size at the time it was stored.
+    pub size: u64,
+    /// Modification time at the time it was stored.
+    pub mtime_ns: i64,
+    /// Change time at the time it was stored.
+    pub ctime_ns: i64,
+    /// Inode at the time it was stored.
+    pub ino: u64,
+    /// Where the bytes are.
+    pub content: Content,
+}
+
+/// Where a copy records its progress (the ledger, or in a mover, the drainer over HTTP).
+#[async_trait::async_trait]
+pub trait Checkpoint: Send + Sync {
+    /// Resumes the unfinished run of `volume` into `store`, or starts one writing `fresh`.
+    async fn begin(
+        &self,
+        store: &str,
+        volume: &VolumeId,
+        fresh: &SnapshotId,
+    ) -> ledger::Result<Run>;
+    /// The files `run` has stored so far, in manifest path order.
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>>;
+    /// Records files stored (their objects are durable).
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()>;
+    /// Marks the run finished: its snapshot is complete.
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()>;
+    /// Notes why an attempt of the run stopped; the run stays resumable.
+    async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()>;
+}
+
+/// Tuning of a copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Files in flight at once.
+    pub concurrency: usize,
+    /// Multipart part size; files up to this size are one request.
+    pub part_size: u64,
+    /// Memory budget for file data in flight.
+    pub buffer_bytes: u64,
+    /// Compare unchanged-looking files by hash rather than by metadata.
+    pub check_hash: bool,
+}
+
+/// What a finished copy did.
+#[derive(Debug, Clone)]
+pub struct CopySummary {
+    /// The snapshot written.
+    pub snapshot: SnapshotSummary,
+    /// Whether an interrupted run was resumed.
+    pub resumed: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// What to do with one scanned entry.
+enum Plan {
+    /// Nothing to store: directories, symlinks, special files, files already stored.
+    Ready(Entry),
+    /// Read and store the file.
+    Store(Entry),
+    /// Hash the file; reuse the parent's object if the hash matches.
+    Compare(Entry, Content),
+}
+
+/// Takes a snapshot of `source` as `volume` into `store`, resuming an interrupted run.
+#[tracing::instrument(skip_all, fields(volume = %volume, store = %store.url()))]
+pub async fn copy(
+    source: &Path,
+    store: &Store,
+    volume: &VolumeId,
+    checkpoint: &dyn Checkpoint,
+    options: &CopyOptions,
+    progress: Arc<Progress>,
+) -> Result<CopySummary> {
+    let source = check_source(source)?;
+    store.probe_writable().await?;
+    let layout = VolumeLayout::new(store.root(), volume);
+    let parent = catalog::read_latest(store, &layout).await?;
+    let run = checkpoint
+        .begin(store.url(), volume, &SnapshotId::generate())
+        .await?;
+    tracing::info!(snapshot = %run.snapshot, resumed = run.resumed, parent = ?parent, "copy started");
+    let counter = {
+        let (root, progress) = (source.clone(), Arc::clone(&progress));
+        tokio::task::spawn_blocking(move || {
+            let (files, bytes) = scan::count(&root);
+            progress.set_totals(files, bytes);
+        })
+    };
+    let job = Job {
+        source,
+        volume,
+        store,
+        layout,
+        parent,
+        run: &run,
+        checkpoint,
+        options,
+        progress,
+    };
+    let result = job.run().await;
+    counter.abort();
+    if let Err(err) = &result {
+        let _ = checkpoint.interrupted(&run, &err.to_string()).await;
+    }
+    result
+}
+
+/// Checks that `source` is a readable directory; returns its absolute path.
+pub fn check_source(source: &Path) -> Result<PathBuf> {
+    let problem = |reason: String| Error::Source {
+        path: source.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(source).map_err(|e| problem(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(problem("not a directory".into()));
+    }
+    std::fs::read_dir(source).map_err(|e| problem(format!("cannot be read: {e}")))?;
+    std::path::absolute(source).map_err(|e| problem(e.to_string()))
+}
+
+struct Job<'a> {
+    source: PathBuf,
+    volume: &'a VolumeId,
+    store: &'a Store,
+    layout: VolumeLayout,
+    parent: Option<SnapshotId>,
+    run: &'a Run,
+    checkpoint: &'a dyn Checkpoint,
+    options: &'a CopyOptions,
+    progress: Arc<Progress>,
+}
+
+impl Job<'_> {
+    async fn run(&self) -> Result<CopySummary> {
+        let started = Instant::now();
+        let created = chrono::Utc::now().to_rfc3339();
+        let uploader = Arc::new(Uploader::new(
+            self.store.clone(),
+            self.options.part_size,
+            self.options.buffer_bytes,
+        ));
+        let parent_entries = Cursor::new(self.parent_entries().await?);
+        let stored = Cursor::new(if self.run.resumed {
+            self.checkpoint
+                .stored_files(self.run)
+                .map_err(Error::from)
+                .map_ok(|f| (f.path.clone(), f))
+                .boxed()
+        } else {
+            stream::empty().boxed()
+        });
+        let check_hash = self.options.check_hash;
+        let walk = scan::walk(self.source.clone());
+        let planned = stream::unfold(
+            (walk, parent_entries, stored),
+            move |(mut walk, mut parent, mut stored)| async move {
+                let plan = match walk.recv().await? {
+                    Ok(entry) => plan(entry, &mut parent, &mut stored, check_hash).await,
+                    Err(e) => Err(e),
+                };
+                Some((plan, (walk, parent, stored)))
+            },
+        );
+        let done = planned
+            .map_ok(|plan| self.execute(plan, Arc::clone(&uploader)))
+            .try_buffered(self.options.concurrency);
+        let mut sink = Sink::open(self, &created).await?;
+        futures::pin_mut!(done);
+        while let Some((entry, uploaded)) = done.try_next().await? {
+            sink.push(self, entry, uploaded).await?;
+        }
+        let summary = sink.finish(self, created).await?;
+        Ok(CopySummary {
+            snapshot: summary,
+            resumed: self.run.resumed,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn parent_entries(&self) -> Result<BoxStream<'static, Result<(Vec<u8>, Entry)>>> {
+        let Some(parent) = &self.parent else {
+            return Ok(stream::empty().boxed());
+        };
+        let entries = catalog::read_manifest(self.store, &self.layout, parent).await?;
+        Ok(entries.map_ok(|e| (e.path.clone(), e)).boxed())
+    }
+
+    /// Runs one plan; yields the finished entry and whether its bytes were uploaded.
+    fn execute(
+        &self,
+        plan: Plan,
+        uploader: Arc<Uploader>,
+    ) -> futures::future::BoxFuture<'static, Result<(Entry, bool)>> {
+        match plan {
+            Plan::Ready(entry) => futures::future::ready(Ok((entry, false))).boxed(),
+            Plan::Store(entry) => {
+                let (path, key, object) = self.targets(&entry);
+                async move { Ok((uploader.store_file(path, entry, key, object).await?, true)) }
+                    .boxed()
+            }
+            Plan::Compare(entry, content) => {
+                let (path, key, object) = self.targets(&entry);
+                async move {
+                    let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
+                    if hash == content.blake3 {
+                        Ok((
+                            Entry {
+                                content: Some(content),
+                                ..entry
+                            },
+                            false,
+                        ))
+                    } else {
+                        Ok((uploader.store_file(path, entry, key, object).await?, true))
+                    }
+                }
+                .boxed()
+            }
+        }
+    }
+
+    fn targets(&self, entry: &Entry) -> (PathBuf, object_store::path::Path, String) {
+        let object = VolumeLayout::file_key(&self.run.snapshot, &entry.path);
+        let key = self.layout.object(&object).expect("file keys are valid");
+        (scan::absolute(&self.source, &entry.path), key, object)
+    }
+}
+
+/// Decides what to do with one scanned entry.
+async fn plan(
+    mut entry: Entry,
+    parent: &mut Cursor<'_, (Vec<u8>, Entry)>,
+    stored: &mut Cursor<'_, (Vec<u8>, StoredFile)>,
+    check_hash: bool,
+) -> Result<Plan> {
+    let previous = parent.seek(&entry.path).await?;
+    let stored = stored.seek(&entry.path).await?;
+    if entry.kind != EntryKind::File {
+        return Ok(Plan::Ready(entry));
+    }
+    if let Some(file) = stored.filter(|f| {
+        f.size == entry.size
+            && f.mtime_ns == entry.mtime_ns
+            && f.ctime_ns == entry.ctime_ns
+            && f.ino == entry.ino
+    }) {
+        entry.content = Some(file.content);
+        return Ok(Plan::Ready(entry));
+    }
+    match previous {
+        Some(prev) if prev.kind == EntryKind::File && prev.content.is_some() => {
+            let content = prev.content.clone().expect("checked");
+            if check_hash {
+                Ok(Plan::Compare(entry, content))
+            } else if entry.unchanged_since(&prev) {
+                entry.content = Some(content);
+                Ok(Plan::Ready(entry))
+            } else {
+                Ok(Plan::Store(entry))
+            }
+        }
+        _ => Ok(Plan::Store(entry)),
+    }
+}
+
+/// A forward-only cursor over a stream sorted in manifest path order.
+struct Cursor<'a, T> {
+    items: std::pin::Pin<Box<stream::Peekable<BoxStream<'a, Result<T>>>>>,
+}
+
+impl<'a, T: KeyedByPath> Cursor<'a, T> {
+    fn new(items: BoxStream<'a, Result<T>>) -> Self {
+        Self {
+            items: Box::pin(items.peekable()),
+        }
+    }
+
+    /// Skips items before `path`; returns the item at `path`, if any.
+    async fn seek(&mut self, path: &[u8]) -> Result<Option<T::Value>> {
+        loop {
+            let order = match self.items.as_mut().peek().await {
+                None => return Ok(None),
+                Some(Err(_)) => Ordering::Less,
+                Some(Ok(item)) => path_order(item.path(), path),
+            };
+            match order {
+                Ordering::Greater => return Ok(None),
+                Ordering::Less => {
+                    self.items.next().await.expect("peeked")?;
+                }
+                Ordering::Equal => {
+                    return Ok(Some(self.items.next().await.expect("peeked")?.into_value()));
+                }
+            }
+        }
+    }
+}
+
+trait KeyedByPath {
+    type Value;
+    fn path(&self) -> &[u8];
+    fn into_value(self) -> Self::Value;
+}
+
+impl<V> KeyedByPath for (Vec<u8>, V) {
+    type Value = V;
+    fn path(&self) -> &[u8] {
+        &self.0
+    }
+    fn into_value(self) -> V {
+        self.1
+    }
+}
+
+/// Writes manifest lines and checkpoints progress as entries finish, in order.
+struct Sink {
+    manifest: object_store::buffered::BufWriter,
+    manifest_hash: blake3::Hasher,
+    manifest_size: u64,
+    line: Vec<u8>,
+    totals: Totals,
+    pending: Vec<StoredFile>,
+    last_checkpoint: Instant,
+    snapshot: SnapshotId,
+}
+
+impl Sink {
+    async fn open(job: &Job<'_>, created: &str) -> Result<Self> {
+        let key = job.layout.manifest(&job.run.snapshot);
+        let manifest = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(job.store.objects()),
+            key,
+            job.options.part_size as usize,
+        );
+        let mut sink = Self {
+            manifest,
+            manifest_hash: blake3::Hasher::new(),
+            manifest_size: 0,
+            line: Vec::with_capacity(512),
+            totals: Totals::default(),
+            pending: Vec::new(),
+            last_checkpoint: Instant::now(),
+            snapshot: job.run.snapshot.clone(),
+        };
+        let header = manifest::encode_header(&Header {
+            drainer_manifest: manifest::FORMAT_VERSION,
+            volume: job.volume.to_string(),
+            snapshot: job.run.snapshot.to_string(),
+            parent: job.parent.as_ref().map(ToString::to_string),
+            created: created.to_owned(),
+        });
+        sink.write(job, &header).await?;
+        Ok(sink)
+    }
+
+    async fn write(&mut self, job: &Job<'_>, bytes: &[u8]) -> Result<()> {
+        self.manifest_hash.update(bytes);
+        self.manifest_size += bytes.len() as u64;
+        let key = job.layout.manifest(&self.snapshot);
+        job.store
+            .call(
+                "write manifest",
+                &key,
+                self.manifest
+                    .write_all(bytes)
+                    .map(|r| r.map_err(io_to_store)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn push(&mut self, job: &Job<'_>, entry: Entry, uploaded: bool) -> Result<()> {
+        self.line.clear();
+        manifest::encode_entry(&entry, &mut self.line);
+        let line = std::mem::take(&mut self.line);
+        self.write(job, &line).await?;
+        self.line = line;
+        self.totals.add(&entry);
+        if entry.kind == EntryKind::File {
+            job.progress.file_done(entry.size, uploaded);
+        }
+        if uploaded {
+            self.pending.push(StoredFile {
+                size: entry.size,
+                mtime_ns: entry.mtime_ns,
+                ctime_ns: entry.ctime_ns,
+                ino: entry.ino,
+                content: entry.content.expect("stored files have content"),
+                path: entry.path,
+            });
+        }
+        if self.pending.len() >= CHECKPOINT_FILES
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.checkpoint(job).await?;
+        }
+        Ok(())
+    }
+
+    /// Durable before recorded: flush the store, then record what it now holds.
+    async fn checkpoint(&mut self, job: &Job<'_>) -> Result<()> {
+        if !self.pending.is_empty() {
+            job.store.flush().await?;
+            job.checkpoint.record(job.run, &self.pending).await?;
+            self.pending.clear();
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    async fn finish(mut self, job: &Job<'_>, created: String) -> Result<SnapshotSummary> {
+        self.checkpoint(job).await?;
+        let end = manifest::encode_end(&self.totals);
+        self.write(job, &end).await?;
+        let key = job.layout.manifest(&self.snapshot);
+        job.store
+            .call(
+                "complete manifest",
+                &key,
+                self.manifest.shutdown().map(|r| r.map_err(io_to_store)),
+            )
+            .await?;
+        job.store.flush().await?;
+        let summary = SnapshotSummary {
+            snapshot: self.snapshot.to_string(),
+            volume: job.volume.to_string(),
+            parent: job.parent.as_ref().map(ToString::to_string),
+            created,
+            completed: chrono::Utc::now().to_rfc3339(),
+            entries: self.totals.entries,
+            files: self.totals.files,
+            bytes: self.totals.bytes,
+            skipped: self.totals.skipped,
+            uploaded_files: job
+                .progress
+                .files_uploaded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uploaded_bytes: job
+                .progress
+                .bytes_uploaded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            manifest_blake3: self.manifest_hash.finalize().to_hex().to_string(),
+            manifest_size: self.manifest_size,
+        };
+        catalog::commit(job.store, &job.layout, &summary).await?;
+        job.checkpoint.finish(job.run, &summary).await?;
+        Ok(summary)
+    }
+}
+
+fn io_to_store(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "manifest",
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,159 @@
+//! The snapshot engine: copies a directory into durable storage as an immutable, incremental,
+//! resumable snapshot, and restores, lists, verifies and prunes snapshots.
+//!
+//! A snapshot is every regular file stored as a plain object, plus a manifest (see
+//! [`manifest`]) that says where each entry's bytes are, plus a summary whose presence marks
+//! the snapshot complete; the volume's `latest` pointer moves only after that (see [`layout`]).
+//! Progress is recorded through the [`Checkpoint`] trait, so a killed copy resumes from its
+//! last recorded file. The engine never decides *when* to copy (that is the scheduler's job)
+//! and never talks to Kubernetes.
+
+pub mod catalog;
+mod copy;
+pub mod layout;
+pub mod manifest;
+mod progress;
+mod restore;
+mod scan;
+mod upload;
+mod verify;
+
+pub use catalog::{SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
+pub use copy::{Checkpoint, CopyOptions, CopySummary, Run, StoredFile, check_source, copy};
+pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
+pub use progress::{Progress, ProgressView, report as progress_report};
+pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use verify::{Problem, VerifyReport, verify};
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the snapshot engine. Each carries the path, key or id it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source is not a readable directory.
+    #[error("source {path}: {reason}")]
+    Source {
+        /// The source path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file kept changing while it was read.
+    #[error("{path} changed while it was read, {attempts} times; not storing torn content")]
+    Changed {
+        /// The path.
+        path: PathBuf,
+        /// How many reads were tried.
+        attempts: u32,
+    },
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// Progress could not be recorded.
+    #[error("ledger: {0}")]
+    Checkpoint(#[from] crate::ledger::Error),
+    /// A manifest could not be read.
+    #[error("manifest {key}: {reason}")]
+    Manifest {
+        /// The manifest's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The volume has no snapshot at all.
+    #[error("volume {volume} has no snapshot in {store}")]
+    NoSnapshot {
+        /// The volume.
+        volume: String,
+        /// The store URL.
+        store: String,
+    },
+    /// The requested snapshot does not exist (or is not complete).
+    #[error("snapshot {snapshot} of volume {volume} does not exist in {store}")]
+    SnapshotNotFound {
+        /// The volume.
+        volume: String,
+        /// The snapshot id.
+        snapshot: String,
+        /// The store URL.
+        store: String,
+    },
+    /// A restored file's content does not match the manifest's hash.
+    #[error(
+        "{path}: content of {object} does not match its manifest hash (expected {expected}, got {actual})"
+    )]
+    HashMismatch {
+        /// The restored path.
+        path: String,
+        /// The object key.
+        object: String,
+        /// The hash the manifest records.
+        expected: String,
+        /// The hash of the bytes read.
+        actual: String,
+    },
+    /// A manifest entry would write outside the destination or through a link.
+    #[error("refusing manifest entry {path:?}: {reason}")]
+    UnsafePath {
+        /// The entry's path, lossily decoded.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The restore destination is not usable.
+    #[error("destination {path}: {reason}")]
+    Destination {
+        /// The destination path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing a restored entry failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn read(path: &Path, source: std::io::Error) -> Self {
+        Self::Read {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn write(path: &Path, source: std::io::Error) -> Self {
+        Self::Write {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether retrying the copy later may succeed (store outages, timeouts, busy ledger,
+    /// files that kept changing); bad input and missing data are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_transient(),
+            Error::Checkpoint(e) => e.is_transient(),
+            Error::Changed { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result alias for the snapshot engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

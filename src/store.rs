@@ -1,0 +1,300 @@
+//! Durable storage: opening a `STORE_URL` and the few guarantees drainer adds on top of
+//! `object_store`.
+//!
+//! Everything that touches object storage goes through [`Store`], which wraps an
+//! `ObjectStore` with the URL's prefix, bounded timeouts and retries, and a [`Store::flush`]
+//! barrier: for a local directory it calls `syncfs(2)` so every file and directory written so far
+//! is on disk (object_store's local backend does not fsync by itself); for remote stores an
+//! acknowledged request is already durable. This module knows nothing of snapshots.
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors opening or using a store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL could not be parsed or names an unsupported scheme.
+    #[error("store URL {url:?} is not valid: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The store could not be opened or answered with an error.
+    #[error("store {url}: {source}")]
+    Backend {
+        /// The store URL.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A request took longer than the configured timeout.
+    #[error("store {url}: {op} {key} timed out after {seconds} s")]
+    Timeout {
+        /// The store URL.
+        url: String,
+        /// The operation.
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// A local store directory could not be created or synced.
+    #[error("store directory {path}: {source}")]
+    LocalIo {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::InvalidUrl { .. } | Error::LocalIo { .. } => false,
+            Error::Timeout { .. } => true,
+            Error::Backend { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            ),
+        }
+    }
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// Create a missing local directory (for writers) instead of failing (for readers).
+    pub create: bool,
+}
+
+/// An opened store: an `ObjectStore`, the prefix the URL named, and durability helpers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    root: Path,
+    local_dir: Option<PathBuf>,
+    url: String,
+    timeout: Duration,
+}
+
+impl Store {
+    /// Opens `url` (`file:///abs/dir`, `s3://bucket/prefix`, `gs://…`, `az://…`).
+    pub fn open(url: &str, options: &StoreOptions) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let backend = |source| Error::Backend {
+            url: url.to_owned(),
+            source,
+        };
+        let (objects, root, local_dir): (Arc<dyn ObjectStore>, Path, Option<PathBuf>) =
+            match parsed.scheme() {
+                "file" => {
+                    let dir = parsed
+                        .to_file_path()
+                        .map_err(|()| invalid("a file URL needs an absolute path"))?;
+                    open_local_dir(&dir, options.create)?;
+                    let fs = LocalFileSystem::new_with_prefix(&dir).map_err(backend)?;
+                    (Arc::new(fs), Path::default(), Some(dir))
+                }
+                "s3" | "s3a" => {
+                    let s3 = AmazonS3Builder::from_env()
+                        .with_url(url)
+                        .with_client_options(client_options(options.timeout))
+                        .with_retry(retry_config(options.timeout))
+                        .build()
+                        .map_err(backend)?;
+                    (Arc::new(s3), url_prefix(&parsed)?, None)
+                }
+                "gs" => {
+                    let gcs = GoogleCloudStorageBuilder::from_env()
+                        .with_url(url)
+                        .with_client_options(client_options(options.timeout))
+                        .with_retry(retry_config(options.timeout))
+                        .build()
+                        .map_err(backend)?;
+                    (Arc::new(gcs), url_prefix(&parsed)?, None)
+                }
+                "az" | "azure" | "abfs" | "abfss" => {
+                    let az = MicrosoftAzureBuilder::from_env()
+                        .with_url(url)
+                        .with_client_options(client_options(options.timeout))
+                        .with_retry(retry_config(options.timeout))
+                        .build()
+                        .map_err(backend)?;
+                    (Arc::new(az), url_prefix(&parsed)?, None)
+                }
+                other => return Err(invalid(&format!("unsupported scheme {other:?}"))),
+            };
+        Ok(Self {
+            objects,
+            root,
+            local_dir,
+            url: redact(&parsed),
+            timeout: options.timeout,
+        })
+    }
+
+    /// The store URL, without any credentials it may have carried.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The prefix every key of this store lives under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The underlying object store.
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs one store request under the configured timeout, mapping its error.
+    pub async fn call<T>(
+        &self,
+        op: &'static str,
+        key: &Path,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(|source| self.backend_error(source)),
+            Err(_) => Err(Error::Timeout {
+                url: self.url.clone(),
+                op,
+                key: key.to_string(),
+                seconds: self.timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Wraps an `object_store` error with this store's URL.
+    pub fn backend_error(&self, source: object_store::Error) -> Error {
+        Error::Backend {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Reads a whole (small) object.
+    pub async fn get_bytes(&self, key: &Path) -> Result<bytes::Bytes> {
+        let get = async { self.objects.get(key).await?.bytes().await };
+        self.call("get", key, get).await
+    }
+
+    /// Writes a whole (small) object.
+    pub async fn put_bytes(&self, key: &Path, data: impl Into<PutPayload>) -> Result<()> {
+        let put = self.objects.put(key, data.into());
+        self.call("put", key, put).await.map(drop)
+    }
+
+    /// Checks that the store answers and accepts writes, by writing and deleting a probe object.
+    pub async fn probe_writable(&self) -> Result<()> {
+        let key = self
+            .root
+            .clone()
+            .join(format!(".drainer-probe-{:016x}", rand::random::<u64>()));
+        self.put_bytes(&key, bytes::Bytes::from_static(b"probe"))
+            .await?;
+        self.call("delete", &key, self.objects.delete(&key)).await
+    }
+
+    /// Makes everything written so far durable: `syncfs(2)` for a local directory; nothing to
+    /// do for remote stores, whose acknowledged writes are already durable.
+    pub async fn flush(&self) -> Result<()> {
+        let Some(dir) = self.local_dir.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            let handle = std::fs::File::open(&dir).map_err(|source| Error::LocalIo {
+                path: dir.clone(),
+                source,
+            })?;
+            rustix::fs::syncfs(&handle).map_err(|errno| Error::LocalIo {
+                path: dir,
+                source: errno.into(),
+            })
+        })
+        .await
+        .expect("syncfs task panicked")
+    }
+}
+
+fn open_local_dir(dir: &std::path::Path, create: bool) -> Result<()> {
+    let io_error = |source| Error::LocalIo {
+        path: dir.to_owned(),
+        source,
+    };
+    if create {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    let meta = std::fs::metadata(dir).map_err(io_error)?;
+    if !meta.is_dir() {
+        return Err(io_error(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    Ok(())
+}
+
+fn url_prefix(url: &url::Url) -> Result<Path> {
+    Path::from_url_path(url.path()).map_err(|source| Error::InvalidUrl {
+        url: url.to_string(),
+        reason: source.to_string(),
+    })
+}
+
+fn client_options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(Duration::from_secs(10))
+}
+
+/// Retries inside `object_store` are bounded in count and in total time.
+fn retry_config(timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        max_retries: 4,
+        retry_timeout: timeout,
+        ..RetryConfig::default()
+    }
+}
+
+fn redact(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.set_query(None);
+    shown.to_string()
+}
