@@ -7,12 +7,12 @@
 //! is on disk (object_store's local backend does not fsync by itself); for remote stores an
 //! acknowledged request is already durable. This module knows nothing of snapshots.
 
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +126,8 @@ impl Store {
                 "s3" | "s3a" => {
                     let s3 = AmazonS3Builder::from_env()
                         .with_url(url)
-                        .with_client_options(client_options(options.timeout))
+                        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
+                        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;
@@ -135,7 +136,8 @@ impl Store {
                 "gs" => {
                     let gcs = GoogleCloudStorageBuilder::from_env()
                         .with_url(url)
-                        .with_client_options(client_options(options.timeout))
+                        .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
+                        .with_config(GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;
@@ -144,7 +146,8 @@ impl Store {
                 "az" | "azure" | "abfs" | "abfss" => {
                     let az = MicrosoftAzureBuilder::from_env()
                         .with_url(url)
-                        .with_client_options(client_options(options.timeout))
+                        .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
+                        .with_config(AzureConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;
@@ -276,10 +279,10 @@ fn url_prefix(url: &url::Url) -> Result<Path> {
     })
 }
 
-fn client_options(timeout: Duration) -> ClientOptions {
-    ClientOptions::new()
-        .with_timeout(timeout)
-        .with_connect_timeout(Duration::from_secs(10))
+/// A duration as object_store's configuration parses it; applied on top of what the builders
+/// read from the environment (replacing their `ClientOptions` would drop `AWS_ALLOW_HTTP`).
+fn seconds(duration: Duration) -> String {
+    format!("{}s", duration.as_secs())
 }
 
 /// Retries inside `object_store` are bounded in count and in total time.

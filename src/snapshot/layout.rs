@@ -16,8 +16,9 @@ use object_store::path::{Path, PathPart};
 use std::fmt;
 use std::str::FromStr;
 
-/// Longest key segment written, so every key segment is a valid file name on a local store.
-const MAX_SEGMENT: usize = 255;
+/// Longest key segment written: a file name on a local store may have 255 bytes, and
+/// object_store's local backend stages uploads as `NAME#N`, so leave room for that suffix.
+const MAX_SEGMENT: usize = 230;
 
 /// Identifier of a snapshot: its UTC creation time and a random suffix, so ids sort by age.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,15 +154,21 @@ impl VolumeLayout {
     }
 }
 
-/// The key segment for one file name. Valid UTF-8 names go through `object_store`'s own
-/// percent-encoding (so `%`, `\`, `~` and control characters never appear raw); other bytes
-/// become a raw `\xHH`, and over-long segments end in a raw `~` and a hash. Raw `\` and `~`
-/// cannot come from a valid name, so no two names share a segment.
+/// The key segment for one file name: the name itself, except that ASCII control characters,
+/// `%`, `\` and `#` become `%XX` (control characters are not valid in keys, `#` followed by
+/// digits is reserved by object_store's local backend, and `%`/`\` are our escapes). Bytes that
+/// are not UTF-8 become a raw `\xHH`; a segment longer than a file name may be is cut and ends
+/// in a raw `%~` and a hash. A raw `\` or `%~` cannot come from a valid name, so no two names
+/// share a segment.
 pub fn segment_key(name: &[u8]) -> String {
-    let mut segment = String::new();
+    let mut segment = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
-        if !chunk.valid().is_empty() {
-            segment.push_str(PathPart::from(chunk.valid()).as_ref());
+        for c in chunk.valid().chars() {
+            if c.is_ascii_control() || matches!(c, '%' | '\\' | '#') {
+                segment.push_str(&format!("%{:02X}", c as u32));
+            } else {
+                segment.push(c);
+            }
         }
         for byte in chunk.invalid() {
             segment.push_str(&format!("\\x{byte:02X}"));
@@ -169,14 +176,15 @@ pub fn segment_key(name: &[u8]) -> String {
     }
     if segment.len() > MAX_SEGMENT {
         let digest = blake3::hash(name).to_hex();
-        let mut cut = MAX_SEGMENT - 17;
+        let mut cut = MAX_SEGMENT - 18;
         while !segment.is_char_boundary(cut) || segment.as_bytes()[cut - 2..cut].contains(&b'%') {
             cut -= 1;
         }
         segment.truncate(cut);
-        segment.push('~');
+        segment.push_str("%~");
         segment.push_str(&digest[..16]);
     }
+    debug_assert!(PathPart::parse(&segment).is_ok(), "{segment:?}");
     segment
 }
 
@@ -188,6 +196,8 @@ mod tests {
     fn keeps_plain_names() {
         assert_eq!(segment_key(b"report 2024.txt"), "report 2024.txt");
         assert_eq!(segment_key("données".as_bytes()), "données");
+        assert_eq!(segment_key(b"a#1"), "a%231");
+        assert_eq!(segment_key(b"tab\there"), "tab%09here");
     }
 
     #[test]
@@ -213,7 +223,7 @@ mod tests {
         assert!(key.len() <= MAX_SEGMENT, "{}", key.len());
         let other = format!("{}$", "#".repeat(254));
         assert_ne!(key, segment_key(other.as_bytes()));
-        let cjk = "語".repeat(85); // 255 bytes, kept as is
+        let cjk = "語".repeat(76); // 228 bytes, kept as is
         assert_eq!(segment_key(cjk.as_bytes()), cjk);
     }
 

@@ -192,11 +192,11 @@ impl Uploader {
         let file = File::open(path).map_err(|e| Error::read(path, e))?;
         let before = Stat::of(&file, path)?;
         let mut reader = Some((file, blake3::Hasher::new()));
-        let mut inflight = FuturesOrdered::new();
+        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<()>>> = FuturesOrdered::new();
         let outcome: Result<()> = async {
             loop {
                 while inflight.len() >= PARTS_IN_FLIGHT {
-                    inflight.next().await.expect("non-empty")?;
+                    inflight.next().await.expect("non-empty").expect("part upload task panicked")?;
                 }
                 let permit = self.reserve(self.part_size).await;
                 let (file, hasher) = reader.take().expect("reader is returned after each chunk");
@@ -205,17 +205,18 @@ impl Uploader {
                 if chunk.is_empty() {
                     break;
                 }
+                // Spawned, so the part makes progress while this task waits for memory.
                 let part = upload.put_part(PutPayload::from(chunk));
                 let store = self.store.clone();
                 let key = key.clone();
-                inflight.push_back(async move {
+                inflight.push_back(tokio::spawn(async move {
                     let result = store.call("upload part", &key, part).await;
                     drop(permit);
                     result.map_err(Error::from)
-                });
+                }));
             }
             while let Some(result) = inflight.next().await {
-                result?;
+                result.expect("part upload task panicked")?;
             }
             Ok(())
         }

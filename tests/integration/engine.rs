@@ -1,0 +1,268 @@
+//! The snapshot engine through the real `drainer` binary: round trips against a local store and
+//! an S3-protocol server, incremental snapshots, pruning, verification, resuming after
+//! SIGKILL, hostile manifests, and every bad input with its message and exit code.
+
+use crate::support::s3::S3Server;
+use crate::support::tree::{awkward, bytes, differences};
+use crate::support::{drainer, file_url, run, run_ok};
+use std::path::Path;
+
+const VOLUME: &str = "shop/data-web-4";
+/// Small parts so that a test file of a few MiB goes through multipart uploads.
+const PART_MIB: &str = "5";
+
+fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("copy")
+        .arg(src)
+        .arg(store)
+        .args(["--volume", VOLUME, "--part-size-mib", PART_MIB, "--buffer-mib", "16"])
+        .arg("--data-dir")
+        .arg(data);
+    cmd
+}
+
+fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("restore").arg(store).args(["--volume", VOLUME]).arg(dest);
+    cmd
+}
+
+/// Parses "(N files, B bytes uploaded)" from a copy summary line.
+fn uploaded(summary: &str) -> (u64, u64) {
+    let inner = summary.split('(').nth(1).expect("summary has an upload count");
+    let mut numbers = inner.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let files = numbers.next().unwrap().parse().unwrap();
+    let bytes = numbers.next().unwrap().parse().unwrap();
+    (files, bytes)
+}
+
+async fn round_trip(store: &str, configure: impl Fn(&mut tokio::process::Command)) {
+    let work = tempfile::tempdir().unwrap();
+    let src = awkward(&work.path().join("src"), 12 * 1024 * 1024);
+    let data = work.path().join("data");
+
+    let mut copy = copy_cmd(&src, store, &data);
+    configure(&mut copy);
+    let first = run_ok(&mut copy).await;
+    assert!(first.contains("2 skipped"), "fifo and socket are listed as skipped: {first}");
+
+    let dest = work.path().join("restored");
+    let mut restore = restore_cmd(store, &dest);
+    configure(&mut restore);
+    run_ok(&mut restore).await;
+    let diffs = differences(&src, &dest);
+    assert!(diffs.is_empty(), "restore differs from source:\n{}", diffs.join("\n"));
+
+    let mut verify = drainer();
+    verify.arg("verify").arg(store).args(["--volume", VOLUME]);
+    configure(&mut verify);
+    assert!(run_ok(&mut verify).await.contains("0 problems"));
+
+    // Second snapshot of an unchanged tree: nothing read or uploaded, and complete on its own.
+    let mut again = copy_cmd(&src, store, &data);
+    configure(&mut again);
+    let second = run_ok(&mut again).await;
+    assert_eq!(uploaded(&second), (0, 0), "unchanged files were uploaded again: {second}");
+    let dest2 = work.path().join("restored-2");
+    let mut restore = restore_cmd(store, &dest2);
+    configure(&mut restore);
+    run_ok(&mut restore).await;
+    let diffs = differences(&src, &dest2);
+    assert!(diffs.is_empty(), "incremental restore differs:\n{}", diffs.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_through_a_local_store_is_exact() {
+    let store_dir = tempfile::tempdir().unwrap();
+    round_trip(&file_url(store_dir.path()), |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_through_an_s3_server_is_exact() {
+    let server = S3Server::start().await;
+    round_trip("s3://bucket/drainer", |cmd| server.configure(cmd)).await;
+    // The stored files are plain objects with the source's bytes, under one prefix.
+    let keys = server.keys("drainer/volumes/shop/data-web-4/snapshots").await;
+    let plain = keys
+        .iter()
+        .find(|k| k.ends_with("/files/plain.txt"))
+        .expect("plain.txt is stored as a plain object");
+    assert_eq!(server.get(plain).await, b"hello\n");
+    let named = keys.iter().find(|k| k.ends_with("/files/日本語のファイル名.txt"));
+    assert!(named.is_some(), "non-Latin names are kept as they are: {keys:?}");
+}
+
+fn snapshot_ids(listing_json: &str) -> Vec<String> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(listing_json).unwrap();
+    list.iter().map(|s| s["snapshot"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn list(store: &str) -> Vec<String> {
+    snapshot_ids(&run_ok(drainer().arg("snapshots").arg(store).args(["--volume", VOLUME, "-o", "json"])).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    let store = file_url(&work.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("kept"), b"never changes").unwrap();
+    std::fs::write(src.join("changes"), b"version 1").unwrap();
+    run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    let v1 = work.path().join("v1");
+    run_ok(&mut restore_cmd(&store, &v1)).await;
+
+    std::fs::write(src.join("changes"), b"version 2, longer").unwrap();
+    std::fs::write(src.join("added"), b"new file").unwrap();
+    let second = run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    assert_eq!(uploaded(&second).0, 2, "only the changed and the new file are uploaded: {second}");
+    std::fs::write(src.join("changes"), b"version 3").unwrap();
+    run_ok(&mut copy_cmd(&src, &store, &data)).await;
+
+    let ids = list(&store).await;
+    assert_eq!(ids.len(), 3);
+    // The first snapshot is still exactly what it was.
+    let first_again = work.path().join("first-again");
+    run_ok(restore_cmd(&store, &first_again).args(["--snapshot", &ids[0]])).await;
+    assert!(differences(&v1, &first_again).is_empty());
+
+    // Keep 1: the first two go, but "kept" (stored by the first) is still referenced.
+    run_ok(drainer().arg("prune").arg(&store).args(["--volume", VOLUME, "--keep", "1"])).await;
+    assert_eq!(list(&store).await, vec![ids[2].clone()]);
+    run_ok(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+    let latest = work.path().join("latest");
+    run_ok(&mut restore_cmd(&store, &latest)).await;
+    let mut restored = std::fs::read_dir(&latest).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+    restored.sort();
+    assert_eq!(restored, ["added", "changes", "kept"]);
+    assert_eq!(std::fs::read(latest.join("kept")).unwrap(), b"never changes");
+    assert_eq!(std::fs::read(latest.join("changes")).unwrap(), b"version 3");
+    // Of the pruned snapshots' objects, only those the kept one refers to are left: "kept"
+    // (stored by the first) and "added" (stored by the second).
+    let mut leftovers = walkdir::WalkDir::new(work.path().join("store/volumes/shop/data-web-4/snapshots"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && !e.path().to_string_lossy().contains(&ids[2]))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    leftovers.sort();
+    assert_eq!(leftovers, ["added", "kept"], "pruned snapshots keep only referenced objects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_missing_and_corrupted_objects() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"aaaa").unwrap();
+    std::fs::write(src.join("b"), b"bbbb").unwrap();
+    let store = file_url(&work.path().join("store"));
+    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    let files = walkdir::WalkDir::new(work.path().join("store"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().to_string_lossy().contains("/files/"))
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect::<Vec<_>>();
+    assert_eq!(files.len(), 2);
+    std::fs::write(&files[0], b"AAAA").unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    let out = run(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("2 problems"), "{stdout}");
+    assert!(stdout.contains("object is missing"), "{stdout}");
+    assert!(stdout.contains("manifest says"), "{stdout}");
+    // A restore refuses the corrupted content instead of writing it as good.
+    let out = run(&mut restore_cmd(&store, &work.path().join("r"))).await;
+    assert!(!out.status.success());
+}
+
+/// Counts files that a copy has stored under `store_dir` so far.
+fn stored_objects(store_dir: &Path) -> usize {
+    walkdir::WalkDir::new(store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("/files/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data, store_dir) = (work.path().join("src"), work.path().join("data"), work.path().join("store"));
+    let store = file_url(&store_dir);
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("old"), b"the first snapshot").unwrap();
+    run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    let first_ids = list(&store).await;
+    let before = work.path().join("before");
+    run_ok(&mut restore_cmd(&store, &before)).await;
+
+    // A tree that takes a few seconds: many small files and some large ones.
+    for d in 0..40 {
+        let dir = src.join(format!("dir-{d:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f:03}")), bytes(d * 1000 + f, 4096 + (f as usize * 37) % 8192)).unwrap();
+        }
+    }
+    for i in 0..6 {
+        std::fs::write(src.join(format!("large-{i}")), bytes(99 + i, 32 * 1024 * 1024)).unwrap();
+    }
+    let total_files = 40 * 100 + 6 + 1;
+
+    let mut child = copy_cmd(&src, &store, &data)
+        .args(["--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    // Kill as soon as the ledger holds a checkpoint of this run, i.e. mid-way.
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+    let volume: drainer::VolumeId = VOLUME.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let runs = ledger.runs(&volume).await.unwrap();
+        let running = runs.iter().find(|r| r.state == "running");
+        if let Some(run) = running {
+            if ledger.recorded_files(&run.id).await.unwrap() > 0 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within a minute");
+        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be killed");
+    }
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "killed copy must not report success");
+    let stored_at_kill = stored_objects(&store_dir.join("volumes"));
+
+    // The previous snapshot is still the latest and still restores.
+    assert_eq!(list(&store).await, first_ids);
+    let still = work.path().join("still");
+    run_ok(&mut restore_cmd(&store, &still)).await;
+    assert!(differences(&before, &still).is_empty());
+
+    let runs = ledger.runs(&volume).await.unwrap();
+    assert_eq!(runs[0].state, "running");
+    let recorded = ledger.recorded_files(&runs[0].id).await.unwrap() as u64;
+    assert!(recorded > 0, "a checkpoint was recorded before the kill");
+    assert!((recorded as usize) < total_files as usize && stored_at_kill > 1, "killed mid-way");
+    drop(ledger);
+
+    let resumed = run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    assert!(resumed.contains("resumed"), "{resumed}");
+    let (uploaded_files, _) = uploaded(&resumed);
+    assert!(
+        uploaded_files <= total_files - recorded,
+        "{uploaded_files} uploaded after resume, but {recorded} of {total_files} were already recorded"
+    );
+    let after = work.path().join("after");
+    run_ok(&mut restore_cmd(&store, &after)).await;
+    let diffs = differences(&src, &after);
+    assert!(diffs.is_empty(), "resumed snapshot differs:\n{}", diffs.join("\n"));
+    run_ok(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+}

@@ -1,0 +1,471 @@
+//! Proves that kube-env (`tests/kube-env`) behaves like a real cluster in the ways drainer
+//! depends on: StatefulSet roll-out and scale-down with PVC retention policies, ordinals, Jobs,
+//! bound ServiceAccount tokens and RBAC. If one of these fails, drainer's own cluster tests
+//! cannot be trusted either.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        authentication::v1::{TokenRequest, TokenReview, TokenReviewStatus},
+        batch::v1::Job,
+        core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::support::kube::{
+    EXIT_CODE_ANNOTATION, client, client_with_token, create_namespace, delete_namespace,
+    eventually, with_timeout,
+};
+
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(90);
+
+fn from_json<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("test object literal must match the API type")
+}
+
+/// A StatefulSet `web` with one volumeClaimTemplate `data`, in the shape drainer is used with.
+fn web_statefulset(replicas: i32, ordinals_start: i32, when_scaled: &str) -> StatefulSet {
+    from_json(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": "web",
+            "ordinals": { "start": ordinals_start },
+            "selector": { "matchLabels": { "app": "web" } },
+            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "app",
+                        "image": "registry.invalid/web:1",
+                        "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
+                    }]
+                }
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
+            }]
+        }
+    }))
+}
+
+fn is_running_and_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && status.and_then(|s| s.pod_ip.as_ref()).is_some()
+}
+
+/// Waits until exactly the pods `web-N` for `ordinals` exist, all Running and Ready.
+async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
+    let want: Vec<String> = ordinals.iter().map(|n| format!("web-{n}")).collect();
+    eventually(format!("pods {want:?} Running and Ready"), WAIT, || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await?;
+        let mut have: Vec<(String, bool)> = list
+            .items
+            .iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), is_running_and_ready(p)))
+            .collect();
+        have.sort();
+        let names: Vec<&String> = have.iter().map(|(n, _)| n).collect();
+        ensure!(names == want.iter().collect::<Vec<_>>(), "pods are {have:?}");
+        ensure!(have.iter().all(|(_, ready)| *ready), "not all ready: {have:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until claim `name` is Bound and returns the directory that holds its data.
+async fn wait_for_bound_claim(client: &Client, ns: &str, name: &str) -> Result<PathBuf> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    eventually(format!("PVC {ns}/{name} Bound"), WAIT, || async {
+        let pvc = pvcs.get(name).await?;
+        let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
+        ensure!(phase.as_deref() == Some("Bound"), "phase is {phase:?}");
+        let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).context("no volumeName")?;
+        let pv = pvs.get(&volume).await?;
+        let path = pv.spec.as_ref().and_then(|s| s.host_path.as_ref()).map(|h| PathBuf::from(&h.path));
+        let path = path.with_context(|| format!("PV {volume} has no hostPath"))?;
+        ensure!(path.is_dir(), "PV {volume} path {} is not a directory", path.display());
+        Ok(path)
+    })
+    .await
+}
+
+async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
+    sets.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": replicas } })))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-sts-retain").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+
+        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Retain")).await?;
+        wait_for_web_pods(&pods, &[0, 1, 2]).await?;
+        let mut dirs = BTreeMap::new();
+        for n in 0..3 {
+            dirs.insert(n, wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?);
+        }
+        ensure!(dirs.values().collect::<std::collections::BTreeSet<_>>().len() == 3, "claims share a directory: {dirs:?}");
+        // Data a pod "wrote" before scale-down, to show it outlives the pod.
+        std::fs::write(dirs[&2].join("payload"), b"web-2 was here")?;
+
+        scale(&sets, "web", 1).await?;
+        wait_for_web_pods(&pods, &[0]).await?;
+        eventually("StatefulSet status to show 1 replica", WAIT, || async {
+            let status = sets.get_status("web").await?.status.context("no status")?;
+            ensure!(status.replicas == 1 && status.ready_replicas == Some(1), "status is {status:?}");
+            Ok(())
+        })
+        .await?;
+        // Retain: the claims of the removed pods stay, bound and untouched by any deletion.
+        for n in 1..3 {
+            let pvc = pvcs.get(&format!("data-web-{n}")).await?;
+            ensure!(pvc.metadata.deletion_timestamp.is_none(), "data-web-{n} is being deleted");
+            let owners = pvc.metadata.owner_references.unwrap_or_default();
+            ensure!(owners.is_empty(), "data-web-{n} has owners {owners:?}");
+            ensure!(pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound"), "data-web-{n} not Bound");
+        }
+        ensure!(std::fs::read(dirs[&2].join("payload"))? == b"web-2 was here");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-sts-delete").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+
+        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Delete")).await?;
+        wait_for_web_pods(&pods, &[0, 1, 2]).await?;
+        let mut dirs = Vec::new();
+        for n in 0..3 {
+            dirs.push(wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?);
+        }
+        let pod_uids: BTreeMap<String, String> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|p| (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default()))
+            .collect();
+
+        // Watch the claims from now on: the owner reference is set and the claim collected
+        // within moments, so only the watch reliably shows the object as the collector saw it.
+        let rv = pvcs.list(&ListParams::default()).await?.metadata.resource_version.context("no resourceVersion")?;
+        let mut events = pvcs.watch(&WatchParams::default().timeout(120), &rv).await?.boxed();
+        scale(&sets, "web", 1).await?;
+
+        let mut deleted: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
+        tokio::time::timeout(WAIT, async {
+            while deleted.len() < 2 {
+                match events.try_next().await? {
+                    Some(WatchEvent::Deleted(pvc)) => {
+                        let name = pvc.metadata.name.clone().unwrap_or_default();
+                        deleted.insert(name, pvc.metadata.owner_references.unwrap_or_default());
+                    }
+                    Some(WatchEvent::Error(e)) => bail!("watch error: {e:?}"),
+                    Some(_) => {}
+                    None => bail!("watch ended early"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| anyhow!("scaled-down claims not deleted within {WAIT:?}; deleted so far: {deleted:?}"))??;
+
+        for n in 1..3 {
+            let claim = format!("data-web-{n}");
+            let pod = format!("web-{n}");
+            let owners = deleted.get(&claim).with_context(|| format!("{claim} not deleted; deleted: {deleted:?}"))?;
+            ensure!(
+                owners.iter().any(|o| o.kind == "Pod"
+                    && o.name == pod
+                    && Some(&o.uid) == pod_uids.get(&pod)
+                    && o.controller == Some(true)),
+                "{claim} was deleted without the controller's Pod owner reference: {owners:?}"
+            );
+        }
+        ensure!(pvcs.get_opt("data-web-0").await?.is_some(), "the live claim data-web-0 was deleted");
+        // Reclaim policy Delete: the provisioner removes the released volumes' directories.
+        for n in 1..3 {
+            let dir = &dirs[n];
+            eventually(format!("{} removed", dir.display()), WAIT, || async {
+                ensure!(!dir.exists(), "still exists");
+                Ok(())
+            })
+            .await?;
+        }
+        ensure!(dirs[0].is_dir(), "the live claim's directory vanished");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn statefulset_honours_ordinals_start() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-sts-ordinals").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+        sets.create(&PostParams::default(), &web_statefulset(2, 5, "Retain")).await?;
+        wait_for_web_pods(&pods, &[5, 6]).await?;
+        for n in [5, 6] {
+            wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?;
+        }
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let mut names: Vec<String> =
+            pvcs.list(&ListParams::default()).await?.items.into_iter().filter_map(|p| p.metadata.name).collect();
+        names.sort();
+        ensure!(names == ["data-web-5", "data-web-6"], "claims are {names:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+fn one_shot_job(name: &str, pod_annotations: Value) -> Job {
+    from_json(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": { "annotations": pod_annotations },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{ "name": "main", "image": "registry.invalid/mover:1" }]
+                }
+            }
+        }
+    }))
+}
+
+async fn wait_for_job_pod(pods: &Api<Pod>, job: &str) -> Result<Pod> {
+    eventually(format!("a Running pod of Job {job}"), WAIT, || async {
+        let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+        ensure!(list.items.len() == 1, "{} pods", list.items.len());
+        let pod = list.items.into_iter().next().unwrap();
+        ensure!(is_running_and_ready(&pod), "pod status is {:?}", pod.status);
+        Ok(pod)
+    })
+    .await
+}
+
+async fn wait_for_job_condition(jobs: &Api<Job>, job: &str, condition: &str) -> Result<Job> {
+    eventually(format!("Job {job} condition {condition}"), WAIT, || async {
+        let job = jobs.get_status(job).await?;
+        let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        ensure!(
+            conditions.iter().any(|c| c.type_ == condition && c.status == "True"),
+            "conditions are {conditions:?}"
+        );
+        Ok(job)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn job_completes_when_its_pod_succeeds() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-job").await?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+        jobs.create(&PostParams::default(), &one_shot_job("work", json!({}))).await?;
+        let pod = wait_for_job_pod(&pods, "work").await?;
+        let pod_name = pod.metadata.name.clone().unwrap();
+        // Give the Job controller time to act if it wrongly completed the Job on its own.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = jobs.get_status("work").await?.status.unwrap_or_default();
+        ensure!(status.succeeded.unwrap_or(0) == 0 && status.completion_time.is_none(), "Job done too early: {status:?}");
+
+        // What a kubelet reports when the container exits 0.
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let started = pod.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| t.0.to_string()).unwrap_or_else(|| now.clone());
+        pods.patch_status(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "status": {
+                    "phase": "Succeeded",
+                    "conditions": [
+                        { "type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now },
+                        { "type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now },
+                        { "type": "Initialized", "status": "True", "lastTransitionTime": started },
+                        { "type": "PodScheduled", "status": "True", "lastTransitionTime": started }
+                    ],
+                    "containerStatuses": [{
+                        "name": "main", "image": "registry.invalid/mover:1", "imageID": "",
+                        "ready": false, "restartCount": 0, "started": false,
+                        "state": { "terminated": { "exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": now } }
+                    }]
+                }
+            })),
+        )
+        .await?;
+
+        let job = wait_for_job_condition(&jobs, "work", "Complete").await?;
+        let status = job.status.unwrap_or_default();
+        ensure!(status.succeeded == Some(1), "status is {status:?}");
+        ensure!(status.completion_time.is_some(), "no completionTime: {status:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn job_fails_when_simulated_container_exits_non_zero() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-job-fail").await?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+        jobs.create(&PostParams::default(), &one_shot_job("doomed", json!({ EXIT_CODE_ANNOTATION: "3" }))).await?;
+        let job = wait_for_job_condition(&jobs, "doomed", "Failed").await?;
+        ensure!(job.status.and_then(|s| s.failed) == Some(1), "expected one failed pod");
+        let list = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=doomed")).await?;
+        let codes: Vec<i32> = list
+            .items
+            .iter()
+            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+            .collect();
+        ensure!(codes == [3], "exit codes are {codes:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+async fn request_token(sas: &Api<ServiceAccount>, sa: &str, audience: &str, pod: Option<&Pod>) -> Result<String> {
+    let bound = pod.map(|p| json!({ "kind": "Pod", "apiVersion": "v1", "name": p.metadata.name, "uid": p.metadata.uid }));
+    let request: TokenRequest = from_json(json!({
+        "spec": { "audiences": [audience], "expirationSeconds": 600, "boundObjectRef": bound }
+    }));
+    let issued = sas.create_token_request(sa, &PostParams::default(), &request).await?;
+    Ok(issued.status.context("TokenRequest has no status")?.token)
+}
+
+async fn review(client: &Client, token: &str, audience: &str) -> Result<TokenReviewStatus> {
+    let review: TokenReview = from_json(json!({ "spec": { "token": token, "audiences": [audience] } }));
+    let reviewed = Api::<TokenReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
+    reviewed.status.context("TokenReview has no status")
+}
+
+#[tokio::test]
+async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-token").await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        const AUDIENCE: &str = "drainer.test/handoff";
+
+        sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "app" } }))).await?;
+        let pod: Pod = from_json(json!({
+            "metadata": { "name": "web-4" },
+            "spec": { "serviceAccountName": "app", "containers": [{ "name": "app", "image": "registry.invalid/web:1" }] }
+        }));
+        // The ServiceAccount admission plugin needs the account visible; retry briefly.
+        let pod = eventually("pod web-4 created", WAIT, || async { Ok(pods.create(&PostParams::default(), &pod).await?) }).await?;
+        let uid = pod.metadata.uid.clone().context("pod has no uid")?;
+
+        let token = request_token(&sas, "app", AUDIENCE, Some(&pod)).await?;
+        let status = review(&client, &token, AUDIENCE).await?;
+        ensure!(status.authenticated == Some(true), "review failed: {status:?}");
+        let user = status.user.context("no user")?;
+        ensure!(user.username.as_deref() == Some(&*format!("system:serviceaccount:{ns}:app")), "user is {user:?}");
+        let extra = user.extra.unwrap_or_default();
+        ensure!(extra.get("authentication.kubernetes.io/pod-name") == Some(&vec!["web-4".to_owned()]), "extra is {extra:?}");
+        ensure!(extra.get("authentication.kubernetes.io/pod-uid") == Some(&vec![uid.clone()]), "extra is {extra:?}");
+        ensure!(status.audiences.unwrap_or_default() == [AUDIENCE], "wrong audiences");
+
+        // A token of the same account for another audience is refused for ours.
+        let other = request_token(&sas, "app", "someone-else.test", Some(&pod)).await?;
+        let status = review(&client, &other, AUDIENCE).await?;
+        ensure!(status.authenticated != Some(true), "token for another audience accepted: {status:?}");
+
+        // Bound tokens die with their pod (the simulated kubelet completes the deletion).
+        pods.delete("web-4", &Default::default()).await?;
+        eventually("pod web-4 gone", WAIT, || async {
+            ensure!(pods.get_opt("web-4").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        let status = review(&client, &token, AUDIENCE).await?;
+        ensure!(status.authenticated != Some(true), "token of a deleted pod accepted: {status:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rbac_denies_identity_without_permission() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let admin = client().await?;
+        let ns = create_namespace(&admin, "kube-env-rbac").await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+        sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "nobody" } }))).await?;
+        // The default audience (the API server's own) makes the token usable against the API.
+        let token = request_token(&sas, "nobody", "https://kubernetes.default.svc.cluster.local", None).await?;
+        let nobody = client_with_token(&token).await?;
+
+        Api::<Pod>::namespaced(admin.clone(), &ns).list(&ListParams::default()).await.context("admin list pods")?;
+        match Api::<Pod>::namespaced(nobody.clone(), &ns).list(&ListParams::default()).await {
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
+            other => bail!("expected 403 Forbidden, got {other:?}"),
+        }
+
+        // Granting the permission makes the same call pass: the 403 came from RBAC.
+        let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+        roles.create(&PostParams::default(), &from_json(json!({
+            "metadata": { "name": "pod-reader" },
+            "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["list"] }]
+        }))).await?;
+        let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+        bindings.create(&PostParams::default(), &from_json(json!({
+            "metadata": { "name": "nobody-reads-pods" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "nobody", "namespace": ns }]
+        }))).await?;
+        eventually("the RoleBinding to take effect", WAIT, || async {
+            Ok(Api::<Pod>::namespaced(nobody.clone(), &ns).list(&ListParams::default()).await?)
+        })
+        .await?;
+        delete_namespace(&admin, &ns).await
+    })
+    .await
+}

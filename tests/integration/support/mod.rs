@@ -1,0 +1,76 @@
+//! Shared test support: awkward trees, exact tree comparison, running the real binary, an
+//! S3-protocol server, and the test PostgreSQL.
+
+pub mod s3;
+pub mod tree;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+/// The `drainer` binary under test.
+pub fn drainer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_drainer")
+}
+
+/// A `drainer` command with a clean environment for drainer's own settings.
+pub fn drainer() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(drainer_bin());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DRAINER_") || key.starts_with("AWS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("DRAINER_LOG", "warn").kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to completion within two minutes.
+pub async fn run(cmd: &mut tokio::process::Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("command finished in time")
+        .expect("command started")
+}
+
+/// Runs a command and asserts that it succeeded; returns its stdout.
+pub async fn run_ok(cmd: &mut tokio::process::Command) -> String {
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "command failed ({:?}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// The `file://` URL of a directory.
+pub fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// The PostgreSQL server the tests use (an admin URL); `scripts/test` starts one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DRAINER_TEST_POSTGRES_URL").expect(
+        "DRAINER_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+    )
+}
+
+/// Creates a fresh PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!("drainer_test_{:016x}", rand::random::<u64>());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin).expect("admin URL parses");
+    url.set_path(&name);
+    url.to_string()
+}
