@@ -126,8 +126,14 @@ impl Store {
                 "s3" | "s3a" => {
                     let s3 = AmazonS3Builder::from_env()
                         .with_url(url)
-                        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
-                        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
+                        .with_config(
+                            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                            seconds(options.timeout),
+                        )
+                        .with_config(
+                            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                            "10s",
+                        )
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;
@@ -136,8 +142,14 @@ impl Store {
                 "gs" => {
                     let gcs = GoogleCloudStorageBuilder::from_env()
                         .with_url(url)
-                        .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
-                        .with_config(GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
+                        .with_config(
+                            GoogleConfigKey::Client(ClientConfigKey::Timeout),
+                            seconds(options.timeout),
+                        )
+                        .with_config(
+                            GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                            "10s",
+                        )
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;
@@ -146,8 +158,14 @@ impl Store {
                 "az" | "azure" | "abfs" | "abfss" => {
                     let az = MicrosoftAzureBuilder::from_env()
                         .with_url(url)
-                        .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), seconds(options.timeout))
-                        .with_config(AzureConfigKey::Client(ClientConfigKey::ConnectTimeout), "10s")
+                        .with_config(
+                            AzureConfigKey::Client(ClientConfigKey::Timeout),
+                            seconds(options.timeout),
+                        )
+                        .with_config(
+                            AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                            "10s",
+                        )
                         .with_retry(retry_config(options.timeout))
                         .build()
                         .map_err(backend)?;

@@ -192,11 +192,16 @@ impl Uploader {
         let file = File::open(path).map_err(|e| Error::read(path, e))?;
         let before = Stat::of(&file, path)?;
         let mut reader = Some((file, blake3::Hasher::new()));
-        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<()>>> = FuturesOrdered::new();
+        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<()>>> =
+            FuturesOrdered::new();
         let outcome: Result<()> = async {
             loop {
                 while inflight.len() >= PARTS_IN_FLIGHT {
-                    inflight.next().await.expect("non-empty").expect("part upload task panicked")?;
+                    inflight
+                        .next()
+                        .await
+                        .expect("non-empty")
+                        .expect("part upload task panicked")?;
                 }
                 let permit = self.reserve(self.part_size).await;
                 let (file, hasher) = reader.take().expect("reader is returned after each chunk");

@@ -16,7 +16,14 @@ fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
     cmd.arg("copy")
         .arg(src)
         .arg(store)
-        .args(["--volume", VOLUME, "--part-size-mib", PART_MIB, "--buffer-mib", "16"])
+        .args([
+            "--volume",
+            VOLUME,
+            "--part-size-mib",
+            PART_MIB,
+            "--buffer-mib",
+            "16",
+        ])
         .arg("--data-dir")
         .arg(data);
     cmd
@@ -24,14 +31,22 @@ fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
 
 fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
     let mut cmd = drainer();
-    cmd.arg("restore").arg(store).args(["--volume", VOLUME]).arg(dest);
+    cmd.arg("restore")
+        .arg(store)
+        .args(["--volume", VOLUME])
+        .arg(dest);
     cmd
 }
 
 /// Parses "(N files, B bytes uploaded)" from a copy summary line.
 fn uploaded(summary: &str) -> (u64, u64) {
-    let inner = summary.split('(').nth(1).expect("summary has an upload count");
-    let mut numbers = inner.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let inner = summary
+        .split('(')
+        .nth(1)
+        .expect("summary has an upload count");
+    let mut numbers = inner
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let files = numbers.next().unwrap().parse().unwrap();
     let bytes = numbers.next().unwrap().parse().unwrap();
     (files, bytes)
@@ -45,14 +60,21 @@ async fn round_trip(store: &str, configure: impl Fn(&mut tokio::process::Command
     let mut copy = copy_cmd(&src, store, &data);
     configure(&mut copy);
     let first = run_ok(&mut copy).await;
-    assert!(first.contains("2 skipped"), "fifo and socket are listed as skipped: {first}");
+    assert!(
+        first.contains("2 skipped"),
+        "fifo and socket are listed as skipped: {first}"
+    );
 
     let dest = work.path().join("restored");
     let mut restore = restore_cmd(store, &dest);
     configure(&mut restore);
     run_ok(&mut restore).await;
     let diffs = differences(&src, &dest);
-    assert!(diffs.is_empty(), "restore differs from source:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "restore differs from source:\n{}",
+        diffs.join("\n")
+    );
 
     let mut verify = drainer();
     verify.arg("verify").arg(store).args(["--volume", VOLUME]);
@@ -63,13 +85,21 @@ async fn round_trip(store: &str, configure: impl Fn(&mut tokio::process::Command
     let mut again = copy_cmd(&src, store, &data);
     configure(&mut again);
     let second = run_ok(&mut again).await;
-    assert_eq!(uploaded(&second), (0, 0), "unchanged files were uploaded again: {second}");
+    assert_eq!(
+        uploaded(&second),
+        (0, 0),
+        "unchanged files were uploaded again: {second}"
+    );
     let dest2 = work.path().join("restored-2");
     let mut restore = restore_cmd(store, &dest2);
     configure(&mut restore);
     run_ok(&mut restore).await;
     let diffs = differences(&src, &dest2);
-    assert!(diffs.is_empty(), "incremental restore differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "incremental restore differs:\n{}",
+        diffs.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,23 +113,40 @@ async fn round_trip_through_an_s3_server_is_exact() {
     let server = S3Server::start().await;
     round_trip("s3://bucket/drainer", |cmd| server.configure(cmd)).await;
     // The stored files are plain objects with the source's bytes, under one prefix.
-    let keys = server.keys("drainer/volumes/shop/data-web-4/snapshots").await;
+    let keys = server
+        .keys("drainer/volumes/shop/data-web-4/snapshots")
+        .await;
     let plain = keys
         .iter()
         .find(|k| k.ends_with("/files/plain.txt"))
         .expect("plain.txt is stored as a plain object");
     assert_eq!(server.get(plain).await, b"hello\n");
-    let named = keys.iter().find(|k| k.ends_with("/files/日本語のファイル名.txt"));
-    assert!(named.is_some(), "non-Latin names are kept as they are: {keys:?}");
+    let named = keys
+        .iter()
+        .find(|k| k.ends_with("/files/日本語のファイル名.txt"));
+    assert!(
+        named.is_some(),
+        "non-Latin names are kept as they are: {keys:?}"
+    );
 }
 
 fn snapshot_ids(listing_json: &str) -> Vec<String> {
     let list: Vec<serde_json::Value> = serde_json::from_str(listing_json).unwrap();
-    list.iter().map(|s| s["snapshot"].as_str().unwrap().to_owned()).collect()
+    list.iter()
+        .map(|s| s["snapshot"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn list(store: &str) -> Vec<String> {
-    snapshot_ids(&run_ok(drainer().arg("snapshots").arg(store).args(["--volume", VOLUME, "-o", "json"])).await)
+    snapshot_ids(
+        &run_ok(
+            drainer()
+                .arg("snapshots")
+                .arg(store)
+                .args(["--volume", VOLUME, "-o", "json"]),
+        )
+        .await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +164,11 @@ async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
     std::fs::write(src.join("changes"), b"version 2, longer").unwrap();
     std::fs::write(src.join("added"), b"new file").unwrap();
     let second = run_ok(&mut copy_cmd(&src, &store, &data)).await;
-    assert_eq!(uploaded(&second).0, 2, "only the changed and the new file are uploaded: {second}");
+    assert_eq!(
+        uploaded(&second).0,
+        2,
+        "only the changed and the new file are uploaded: {second}"
+    );
     std::fs::write(src.join("changes"), b"version 3").unwrap();
     run_ok(&mut copy_cmd(&src, &store, &data)).await;
 
@@ -129,26 +180,49 @@ async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
     assert!(differences(&v1, &first_again).is_empty());
 
     // Keep 1: the first two go, but "kept" (stored by the first) is still referenced.
-    run_ok(drainer().arg("prune").arg(&store).args(["--volume", VOLUME, "--keep", "1"])).await;
+    run_ok(
+        drainer()
+            .arg("prune")
+            .arg(&store)
+            .args(["--volume", VOLUME, "--keep", "1"]),
+    )
+    .await;
     assert_eq!(list(&store).await, vec![ids[2].clone()]);
-    run_ok(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
     let latest = work.path().join("latest");
     run_ok(&mut restore_cmd(&store, &latest)).await;
-    let mut restored = std::fs::read_dir(&latest).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+    let mut restored = std::fs::read_dir(&latest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect::<Vec<_>>();
     restored.sort();
     assert_eq!(restored, ["added", "changes", "kept"]);
-    assert_eq!(std::fs::read(latest.join("kept")).unwrap(), b"never changes");
+    assert_eq!(
+        std::fs::read(latest.join("kept")).unwrap(),
+        b"never changes"
+    );
     assert_eq!(std::fs::read(latest.join("changes")).unwrap(), b"version 3");
     // Of the pruned snapshots' objects, only those the kept one refers to are left: "kept"
     // (stored by the first) and "added" (stored by the second).
-    let mut leftovers = walkdir::WalkDir::new(work.path().join("store/volumes/shop/data-web-4/snapshots"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && !e.path().to_string_lossy().contains(&ids[2]))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect::<Vec<_>>();
+    let mut leftovers =
+        walkdir::WalkDir::new(work.path().join("store/volumes/shop/data-web-4/snapshots"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && !e.path().to_string_lossy().contains(&ids[2]))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
     leftovers.sort();
-    assert_eq!(leftovers, ["added", "kept"], "pruned snapshots keep only referenced objects");
+    assert_eq!(
+        leftovers,
+        ["added", "kept"],
+        "pruned snapshots keep only referenced objects"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +244,11 @@ async fn verify_reports_missing_and_corrupted_objects() {
     assert_eq!(files.len(), 2);
     std::fs::write(&files[0], b"AAAA").unwrap();
     std::fs::remove_file(&files[1]).unwrap();
-    let out = run(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+    let out = run(drainer()
+        .arg("verify")
+        .arg(&store)
+        .args(["--volume", VOLUME]))
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(stdout.contains("2 problems"), "{stdout}");
@@ -193,7 +271,11 @@ fn stored_objects(store_dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     let work = tempfile::tempdir().unwrap();
-    let (src, data, store_dir) = (work.path().join("src"), work.path().join("data"), work.path().join("store"));
+    let (src, data, store_dir) = (
+        work.path().join("src"),
+        work.path().join("data"),
+        work.path().join("store"),
+    );
     let store = file_url(&store_dir);
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("old"), b"the first snapshot").unwrap();
@@ -207,11 +289,19 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
         let dir = src.join(format!("dir-{d:02}"));
         std::fs::create_dir(&dir).unwrap();
         for f in 0..100 {
-            std::fs::write(dir.join(format!("f{f:03}")), bytes(d * 1000 + f, 4096 + (f as usize * 37) % 8192)).unwrap();
+            std::fs::write(
+                dir.join(format!("f{f:03}")),
+                bytes(d * 1000 + f, 4096 + (f as usize * 37) % 8192),
+            )
+            .unwrap();
         }
     }
     for i in 0..6 {
-        std::fs::write(src.join(format!("large-{i}")), bytes(99 + i, 32 * 1024 * 1024)).unwrap();
+        std::fs::write(
+            src.join(format!("large-{i}")),
+            bytes(99 + i, 32 * 1024 * 1024),
+        )
+        .unwrap();
     }
     let total_files = 40 * 100 + 6 + 1;
 
@@ -227,13 +317,19 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         let runs = ledger.runs(&volume).await.unwrap();
         let running = runs.iter().find(|r| r.state == "running");
-        if let Some(run) = running {
-            if ledger.recorded_files(&run.id).await.unwrap() > 0 {
-                break;
-            }
+        if let Some(run) = running
+            && ledger.recorded_files(&run.id).await.unwrap() > 0
+        {
+            break;
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint within a minute");
-        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be killed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy finished before it could be killed"
+        );
     }
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
@@ -250,7 +346,10 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     assert_eq!(runs[0].state, "running");
     let recorded = ledger.recorded_files(&runs[0].id).await.unwrap() as u64;
     assert!(recorded > 0, "a checkpoint was recorded before the kill");
-    assert!((recorded as usize) < total_files as usize && stored_at_kill > 1, "killed mid-way");
+    assert!(
+        (recorded as usize) < total_files as usize && stored_at_kill > 1,
+        "killed mid-way"
+    );
     drop(ledger);
 
     let resumed = run_ok(&mut copy_cmd(&src, &store, &data)).await;
@@ -263,6 +362,16 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     let after = work.path().join("after");
     run_ok(&mut restore_cmd(&store, &after)).await;
     let diffs = differences(&src, &after);
-    assert!(diffs.is_empty(), "resumed snapshot differs:\n{}", diffs.join("\n"));
-    run_ok(drainer().arg("verify").arg(&store).args(["--volume", VOLUME])).await;
+    assert!(
+        diffs.is_empty(),
+        "resumed snapshot differs:\n{}",
+        diffs.join("\n")
+    );
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
 }

@@ -50,7 +50,10 @@ async fn runs_resume_and_keep_walk_order(ledger: Ledger) {
     ledger.record(&run, &files[..3]).await.unwrap();
     ledger.record(&run, &files[2..]).await.unwrap(); // a repeat is an update, not a duplicate
 
-    let resumed = ledger.begin("file:///s", &volume, &SnapshotId::generate()).await.unwrap();
+    let resumed = ledger
+        .begin("file:///s", &volume, &SnapshotId::generate())
+        .await
+        .unwrap();
     assert!(resumed.resumed);
     assert_eq!(resumed.id, run.id);
     assert_eq!(resumed.snapshot, fresh);
@@ -58,20 +61,43 @@ async fn runs_resume_and_keep_walk_order(ledger: Ledger) {
     let order: Vec<&[u8]> = back.iter().map(|f| f.path.as_slice()).collect();
     let expected: Vec<&[u8]> = vec![b"a/b", b"a/\xffraw", b"a-", b"a.c", b"b"];
     assert_eq!(order, expected, "progress comes back in walk order");
-    assert_eq!(back[0], stored(b"a/b"), "every field round-trips, extreme values included");
+    assert_eq!(
+        back[0],
+        stored(b"a/b"),
+        "every field round-trips, extreme values included"
+    );
 
     // Another store or volume is a different run.
-    let other = ledger.begin("file:///other", &volume, &SnapshotId::generate()).await.unwrap();
+    let other = ledger
+        .begin("file:///other", &volume, &SnapshotId::generate())
+        .await
+        .unwrap();
     assert!(!other.resumed);
 
-    ledger.interrupted(&resumed, "store went away").await.unwrap();
-    let record = ledger.runs(&volume).await.unwrap().into_iter().find(|r| r.id == run.id).unwrap();
+    ledger
+        .interrupted(&resumed, "store went away")
+        .await
+        .unwrap();
+    let record = ledger
+        .runs(&volume)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == run.id)
+        .unwrap();
     assert_eq!(record.attempts, 2);
     assert_eq!(record.last_error.as_deref(), Some("store went away"));
 
     ledger.finish(&resumed, &summary(&fresh)).await.unwrap();
-    assert_eq!(ledger.recorded_files(&run.id).await.unwrap(), 0, "progress rows are dropped when done");
-    let next = ledger.begin("file:///s", &volume, &SnapshotId::generate()).await.unwrap();
+    assert_eq!(
+        ledger.recorded_files(&run.id).await.unwrap(),
+        0,
+        "progress rows are dropped when done"
+    );
+    let next = ledger
+        .begin("file:///s", &volume, &SnapshotId::generate())
+        .await
+        .unwrap();
     assert!(!next.resumed, "a completed run is not resumed");
 }
 
@@ -86,16 +112,21 @@ async fn sqlite_ledger_resumes_runs_in_walk_order() {
 #[tokio::test]
 async fn postgres_ledger_resumes_runs_in_walk_order() {
     let url = fresh_postgres_database().await;
-    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused")).await.unwrap();
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
     assert_eq!(ledger.backend(), "postgres");
     runs_resume_and_keep_walk_order(ledger).await;
 }
 
 #[tokio::test]
 async fn ledger_refuses_a_bad_url_with_a_clear_error() {
-    let err = Ledger::open(Some("postgres://127.0.0.1:1/nothing"), std::path::Path::new("x"))
-        .await
-        .unwrap_err();
+    let err = Ledger::open(
+        Some("postgres://127.0.0.1:1/nothing"),
+        std::path::Path::new("x"),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("cannot open ledger"), "{err}");
     assert!(err.is_transient(), "an unreachable database may come back");
 }

@@ -20,7 +20,10 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server with one bucket, `bucket`.
     pub async fn start() -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/support/s3_server.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/integration/support/s3_server.py"
+        );
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
             .stdin(Stdio::piped())
@@ -74,13 +77,23 @@ impl S3Server {
         use futures::TryStreamExt;
         let client = self.client();
         let prefix = object_store::path::Path::parse(prefix).unwrap();
-        let listed: Vec<_> = object_store::ObjectStore::list(&client, Some(&prefix)).try_collect().await.unwrap();
+        let listed: Vec<_> = object_store::ObjectStore::list(&client, Some(&prefix))
+            .try_collect()
+            .await
+            .unwrap();
         listed.into_iter().map(|m| m.location.to_string()).collect()
     }
 
     /// The bytes of one object.
     pub async fn get(&self, key: &str) -> Vec<u8> {
         let key = object_store::path::Path::parse(key).unwrap();
-        self.client().get(&key).await.unwrap().bytes().await.unwrap().to_vec()
+        self.client()
+            .get(&key)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
     }
 }

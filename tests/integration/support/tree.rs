@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             state ^= state << 13;
@@ -25,8 +27,12 @@ fn write(path: &Path, data: &[u8]) {
 }
 
 fn set_mtime(path: &Path, secs: i64, nanos: u32) {
-    filetime::set_symlink_file_times(path, FileTime::from_unix_time(secs, nanos), FileTime::from_unix_time(secs, nanos))
-        .unwrap_or_else(|e| panic!("mtime {}: {e}", path.display()));
+    filetime::set_symlink_file_times(
+        path,
+        FileTime::from_unix_time(secs, nanos),
+        FileTime::from_unix_time(secs, nanos),
+    )
+    .unwrap_or_else(|e| panic!("mtime {}: {e}", path.display()));
 }
 
 /// Builds the awkward tree of issue 2 under `root` (created): every kind of entry and name
@@ -50,9 +56,15 @@ pub fn awkward(root: &Path, big: usize) -> PathBuf {
     write(&r("..."), b"dots");
     write(&root.join("a".repeat(255)), b"long ascii name");
     write(&root.join("é".repeat(127) + "x"), b"long multibyte name");
-    write(&root.join(OsStr::from_bytes(b"not-utf8-\xff\xfe")), b"raw bytes name");
+    write(
+        &root.join(OsStr::from_bytes(b"not-utf8-\xff\xfe")),
+        b"raw bytes name",
+    );
     fs::create_dir(root.join(OsStr::from_bytes(b"dir-\xc3"))).unwrap();
-    write(&root.join(OsStr::from_bytes(b"dir-\xc3/inside")), b"inside a raw dir");
+    write(
+        &root.join(OsStr::from_bytes(b"dir-\xc3/inside")),
+        b"inside a raw dir",
+    );
     // Symlinks: relative, absolute, dangling, looping, to a directory.
     symlink("plain.txt", r("link-relative")).unwrap();
     symlink("/etc/hostname", r("link-absolute")).unwrap();
@@ -83,7 +95,10 @@ pub fn awkward(root: &Path, big: usize) -> PathBuf {
         std::os::unix::fs::lchown(r("link-relative"), Some(1111), Some(2222)).unwrap();
     }
     // Special files, which must be listed as skipped.
-    let fifo = std::process::Command::new("mkfifo").arg(r("fifo")).status().unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(r("fifo"))
+        .status()
+        .unwrap();
     assert!(fifo.success());
     let _socket = std::os::unix::net::UnixListener::bind(r("socket")).unwrap();
     // Nanosecond mtimes on files and directories (directories last, children first).
@@ -130,7 +145,14 @@ pub fn differences(a: &Path, b: &Path) -> Vec<String> {
     diffs
 }
 
-fn compare_entry(rel: &Path, pa: &Path, pb: &Path, ma: &fs::Metadata, mb: &fs::Metadata, diffs: &mut Vec<String>) {
+fn compare_entry(
+    rel: &Path,
+    pa: &Path,
+    pb: &Path,
+    ma: &fs::Metadata,
+    mb: &fs::Metadata,
+    diffs: &mut Vec<String>,
+) {
     if ma.file_type() != mb.file_type() {
         diffs.push(format!("{rel:?}: type differs"));
         return;
@@ -140,10 +162,22 @@ fn compare_entry(rel: &Path, pa: &Path, pb: &Path, ma: &fs::Metadata, mb: &fs::M
         diffs.push(format!("{rel:?}: mode {:o} vs {:o}", ma.mode(), mb.mode()));
     }
     if rustix::process::geteuid().is_root() && (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
-        diffs.push(format!("{rel:?}: owner {}:{} vs {}:{}", ma.uid(), ma.gid(), mb.uid(), mb.gid()));
+        diffs.push(format!(
+            "{rel:?}: owner {}:{} vs {}:{}",
+            ma.uid(),
+            ma.gid(),
+            mb.uid(),
+            mb.gid()
+        ));
     }
     if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
-        diffs.push(format!("{rel:?}: mtime {}.{} vs {}.{}", ma.mtime(), ma.mtime_nsec(), mb.mtime(), mb.mtime_nsec()));
+        diffs.push(format!(
+            "{rel:?}: mtime {}.{} vs {}.{}",
+            ma.mtime(),
+            ma.mtime_nsec(),
+            mb.mtime(),
+            mb.mtime_nsec()
+        ));
     }
     if is_link {
         if fs::read_link(pa).unwrap() != fs::read_link(pb).unwrap() {
