@@ -11,6 +11,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use std::path::PathBuf;
@@ -92,9 +93,12 @@ pub struct StoreOptions {
 }
 
 /// An opened store: an `ObjectStore`, the prefix the URL named, and durability helpers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
+    /// The same store's low-level multipart API, where it has one (S3, GCS, Azure): uploads
+    /// that can be continued part by part after a crash.
+    multipart: Option<Arc<dyn MultipartStore>>,
     root: Path,
     local_dir: Option<PathBuf>,
     url: String,
@@ -113,68 +117,81 @@ impl Store {
             url: url.to_owned(),
             source,
         };
-        let (objects, root, local_dir): (Arc<dyn ObjectStore>, Path, Option<PathBuf>) =
-            match parsed.scheme() {
-                "file" => {
-                    let dir = parsed
-                        .to_file_path()
-                        .map_err(|()| invalid("a file URL needs an absolute path"))?;
-                    open_local_dir(&dir, options.create)?;
-                    let fs = LocalFileSystem::new_with_prefix(&dir).map_err(backend)?;
-                    (Arc::new(fs), Path::default(), Some(dir))
-                }
-                "s3" | "s3a" => {
-                    let s3 = AmazonS3Builder::from_env()
-                        .with_url(url)
-                        .with_config(
-                            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                            seconds(options.timeout),
-                        )
-                        .with_config(
-                            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                            "10s",
-                        )
-                        .with_retry(retry_config(options.timeout))
-                        .build()
-                        .map_err(backend)?;
-                    (Arc::new(s3), url_prefix(&parsed)?, None)
-                }
-                "gs" => {
-                    let gcs = GoogleCloudStorageBuilder::from_env()
-                        .with_url(url)
-                        .with_config(
-                            GoogleConfigKey::Client(ClientConfigKey::Timeout),
-                            seconds(options.timeout),
-                        )
-                        .with_config(
-                            GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                            "10s",
-                        )
-                        .with_retry(retry_config(options.timeout))
-                        .build()
-                        .map_err(backend)?;
-                    (Arc::new(gcs), url_prefix(&parsed)?, None)
-                }
-                "az" | "azure" | "abfs" | "abfss" => {
-                    let az = MicrosoftAzureBuilder::from_env()
-                        .with_url(url)
-                        .with_config(
-                            AzureConfigKey::Client(ClientConfigKey::Timeout),
-                            seconds(options.timeout),
-                        )
-                        .with_config(
-                            AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                            "10s",
-                        )
-                        .with_retry(retry_config(options.timeout))
-                        .build()
-                        .map_err(backend)?;
-                    (Arc::new(az), url_prefix(&parsed)?, None)
-                }
-                other => return Err(invalid(&format!("unsupported scheme {other:?}"))),
-            };
+        let remote = |store: Arc<dyn RemoteStore>| -> Result<_> {
+            Ok((
+                Arc::clone(&store) as Arc<dyn ObjectStore>,
+                Some(store as Arc<dyn MultipartStore>),
+                url_prefix(&parsed)?,
+                None,
+            ))
+        };
+        let (objects, multipart, root, local_dir) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("a file URL needs an absolute path"))?;
+                open_local_dir(&dir, options.create)?;
+                let fs = LocalFileSystem::new_with_prefix(&dir).map_err(backend)?;
+                (
+                    Arc::new(fs) as Arc<dyn ObjectStore>,
+                    None,
+                    Path::default(),
+                    Some(dir),
+                )
+            }
+            "s3" | "s3a" => {
+                let s3 = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                        seconds(options.timeout),
+                    )
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        "10s",
+                    )
+                    .with_retry(retry_config(options.timeout))
+                    .build()
+                    .map_err(backend)?;
+                remote(Arc::new(s3))?
+            }
+            "gs" => {
+                let gcs = GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_config(
+                        GoogleConfigKey::Client(ClientConfigKey::Timeout),
+                        seconds(options.timeout),
+                    )
+                    .with_config(
+                        GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        "10s",
+                    )
+                    .with_retry(retry_config(options.timeout))
+                    .build()
+                    .map_err(backend)?;
+                remote(Arc::new(gcs))?
+            }
+            "az" | "azure" | "abfs" | "abfss" => {
+                let az = MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_config(
+                        AzureConfigKey::Client(ClientConfigKey::Timeout),
+                        seconds(options.timeout),
+                    )
+                    .with_config(
+                        AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        "10s",
+                    )
+                    .with_retry(retry_config(options.timeout))
+                    .build()
+                    .map_err(backend)?;
+                remote(Arc::new(az))?
+            }
+            other => return Err(invalid(&format!("unsupported scheme {other:?}"))),
+        };
         Ok(Self {
             objects,
+            multipart,
             root,
             local_dir,
             url: redact(&parsed),
@@ -195,6 +212,11 @@ impl Store {
     /// The underlying object store.
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
+    }
+
+    /// The store's resumable multipart API, if it has one.
+    pub fn multipart(&self) -> Option<&Arc<dyn MultipartStore>> {
+        self.multipart.as_ref()
     }
 
     /// The per-request timeout.
@@ -271,6 +293,18 @@ impl Store {
         .expect("syncfs task panicked")
     }
 }
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A remote store: both the high-level and the part-by-part multipart API.
+trait RemoteStore: ObjectStore + MultipartStore {}
+impl<T: ObjectStore + MultipartStore> RemoteStore for T {}
 
 fn open_local_dir(dir: &std::path::Path, create: bool) -> Result<()> {
     let io_error = |source| Error::LocalIo {

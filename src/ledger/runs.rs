@@ -7,7 +7,7 @@
 
 use super::{Error, Ledger, Result, now_ms, on_pool};
 use crate::snapshot::manifest::Content;
-use crate::snapshot::{Checkpoint, Run, SnapshotId, SnapshotSummary, StoredFile};
+use crate::snapshot::{Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile};
 use crate::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use sqlx::Row;
@@ -223,6 +223,7 @@ impl Checkpoint for Ledger {
                             files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL \
                             WHERE id = $1";
         const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
+        const FORGET_UPLOADS: &str = "DELETE FROM copy_uploads WHERE run_id = $1";
         on_pool!(self, |pool, DB| {
             let mut tx = pool.begin().await.map_err(query_error("finish run"))?;
             sqlx::query(DONE)
@@ -235,13 +236,27 @@ impl Checkpoint for Ledger {
                 .execute(&mut *tx)
                 .await
                 .map_err(query_error("finish run"))?;
-            sqlx::query(FORGET)
-                .bind(run.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("finish run"))?;
+            for sql in [FORGET, FORGET_UPLOADS] {
+                sqlx::query(sql)
+                    .bind(run.id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("finish run"))?;
+            }
             tx.commit().await.map_err(query_error("finish run"))
         })
+    }
+
+    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+        self.load_partial(run, path).await
+    }
+
+    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
+        self.save_partial(run, upload).await
+    }
+
+    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+        self.drop_partial(run, path).await
     }
 
     async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
@@ -254,5 +269,72 @@ impl Checkpoint for Ledger {
             .await
             .map(drop)
             .map_err(query_error("note error")))
+    }
+}
+
+/// Unfinished multipart uploads of large files.
+impl Ledger {
+    async fn load_partial(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+        const SQL: &str = "SELECT upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts \
+                           FROM copy_uploads WHERE run_id = $1 AND sort_key = $2";
+        on_pool!(self, |pool, DB| {
+            let row = sqlx::query(SQL)
+                .bind(run.id.as_str())
+                .bind(sort_key(path))
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("read upload"))?;
+            let Some(row) = row else { return Ok(None) };
+            let get = |col: &str| {
+                row.try_get::<i64, _>(col)
+                    .map_err(query_error("read upload"))
+            };
+            let parts: String = row.try_get("parts").map_err(query_error("read upload"))?;
+            Ok(Some(PartialUpload {
+                path: path.to_vec(),
+                upload_id: row
+                    .try_get("upload_id")
+                    .map_err(query_error("read upload"))?,
+                part_size: get("part_size")? as u64,
+                size: get("size")? as u64,
+                mtime_ns: get("mtime_ns")?,
+                ctime_ns: get("ctime_ns")?,
+                ino: get("ino")? as u64,
+                parts: parts.lines().map(str::to_owned).collect(),
+            }))
+        })
+    }
+
+    async fn save_partial(&self, run: &Run, u: &PartialUpload) -> Result<()> {
+        const SQL: &str = "INSERT INTO copy_uploads (run_id, sort_key, upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                           ON CONFLICT (run_id, sort_key) DO UPDATE SET upload_id = excluded.upload_id, \
+                           part_size = excluded.part_size, size = excluded.size, mtime_ns = excluded.mtime_ns, \
+                           ctime_ns = excluded.ctime_ns, ino = excluded.ino, parts = excluded.parts";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .bind(sort_key(&u.path))
+            .bind(u.upload_id.as_str())
+            .bind(u.part_size as i64)
+            .bind(u.size as i64)
+            .bind(u.mtime_ns)
+            .bind(u.ctime_ns)
+            .bind(u.ino as i64)
+            .bind(u.parts.join("\n"))
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("record upload")))
+    }
+
+    async fn drop_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+        const SQL: &str = "DELETE FROM copy_uploads WHERE run_id = $1 AND sort_key = $2";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .bind(sort_key(path))
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("forget upload")))
     }
 }

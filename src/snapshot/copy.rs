@@ -17,7 +17,7 @@ use super::catalog::{self, SnapshotSummary};
 use super::layout::{SnapshotId, VolumeLayout};
 use super::manifest::{self, Content, Entry, EntryKind, Header, Totals, path_order};
 use super::progress::Progress;
-use super::upload::Uploader;
+use super::upload::{Resume, Uploader};
 use super::{Error, Result, scan};
 use crate::ledger;
 use crate::store::Store;
@@ -63,6 +63,28 @@ pub struct StoredFile {
     pub content: Content,
 }
 
+/// A multipart upload of a large file that can be continued: which parts are stored, and the
+/// file metadata they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialUpload {
+    /// Manifest path of the file.
+    pub path: Vec<u8>,
+    /// The store's id of the upload.
+    pub upload_id: String,
+    /// Size of every part but the last.
+    pub part_size: u64,
+    /// File size when the upload started.
+    pub size: u64,
+    /// File mtime when the upload started.
+    pub mtime_ns: i64,
+    /// File ctime when the upload started.
+    pub ctime_ns: i64,
+    /// File inode when the upload started.
+    pub ino: u64,
+    /// Ids of the parts stored so far, in order.
+    pub parts: Vec<String>,
+}
+
 /// Where a copy records its progress (the ledger, or in a mover, the drainer over HTTP).
 #[async_trait::async_trait]
 pub trait Checkpoint: Send + Sync {
@@ -81,6 +103,22 @@ pub trait Checkpoint: Send + Sync {
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()>;
     /// Notes why an attempt of the run stopped; the run stays resumable.
     async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()>;
+    /// The multipart upload of `path` that `run` left unfinished, if any.
+    async fn partial_upload(
+        &self,
+        _run: &Run,
+        _path: &[u8],
+    ) -> ledger::Result<Option<PartialUpload>> {
+        Ok(None)
+    }
+    /// Records the parts of an unfinished upload (its parts are durable in the store).
+    async fn record_partial(&self, _run: &Run, _upload: &PartialUpload) -> ledger::Result<()> {
+        Ok(())
+    }
+    /// Forgets an upload that was completed or abandoned.
+    async fn forget_partial(&self, _run: &Run, _path: &[u8]) -> ledger::Result<()> {
+        Ok(())
+    }
 }
 
 /// Tuning of a copy.
@@ -195,6 +233,7 @@ impl Job<'_> {
             self.store.clone(),
             self.options.part_size,
             self.options.buffer_bytes,
+            Arc::clone(&self.progress),
         ));
         let parent_entries = Cursor::new(self.parent_entries().await?);
         let stored = Cursor::new(if self.run.resumed {
@@ -247,13 +286,24 @@ impl Job<'_> {
         &self,
         plan: Plan,
         uploader: Arc<Uploader>,
-    ) -> futures::future::BoxFuture<'static, Result<(Entry, bool)>> {
+    ) -> futures::future::BoxFuture<'_, Result<(Entry, bool)>> {
+        let resume = Resume {
+            checkpoint: self.checkpoint,
+            run: self.run,
+        };
         match plan {
             Plan::Ready(entry) => futures::future::ready(Ok((entry, false))).boxed(),
             Plan::Store(entry) => {
                 let (path, key, object) = self.targets(&entry);
-                async move { Ok((uploader.store_file(path, entry, key, object).await?, true)) }
-                    .boxed()
+                async move {
+                    Ok((
+                        uploader
+                            .store_file(path, entry, key, object, resume)
+                            .await?,
+                        true,
+                    ))
+                }
+                .boxed()
             }
             Plan::Compare(entry, content) => {
                 let (path, key, object) = self.targets(&entry);
@@ -268,7 +318,12 @@ impl Job<'_> {
                             false,
                         ))
                     } else {
-                        Ok((uploader.store_file(path, entry, key, object).await?, true))
+                        Ok((
+                            uploader
+                                .store_file(path, entry, key, object, resume)
+                                .await?,
+                            true,
+                        ))
                     }
                 }
                 .boxed()

@@ -19,7 +19,9 @@ mod upload;
 mod verify;
 
 pub use catalog::{SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
-pub use copy::{Checkpoint, CopyOptions, CopySummary, Run, StoredFile, check_source, copy};
+pub use copy::{
+    Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, check_source, copy,
+};
 pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

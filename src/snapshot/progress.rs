@@ -19,7 +19,8 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// Files whose bytes were uploaded (not reused).
     pub files_uploaded: AtomicU64,
-    /// Bytes uploaded.
+    /// Bytes sent to the store (parts of a continued upload that were stored earlier are not
+    /// counted again).
     pub bytes_uploaded: AtomicU64,
     /// Regular files in the source (once `totals_known`).
     pub files_total: AtomicU64,
@@ -70,7 +71,6 @@ impl Progress {
         self.bytes_done.fetch_add(size, Relaxed);
         if uploaded {
             self.files_uploaded.fetch_add(1, Relaxed);
-            self.bytes_uploaded.fetch_add(size, Relaxed);
         }
     }
 

@@ -6,11 +6,14 @@
 //! in flight, and every buffer is paid for from a shared memory budget so the process stays
 //! bounded whatever the file sizes.
 
+use super::copy::{Checkpoint, PartialUpload, Run};
 use super::manifest::{Content, Entry};
+use super::progress::Progress;
 use super::{Error, Result};
 use crate::store::Store;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::fs::File;
@@ -34,6 +37,14 @@ pub(crate) struct Uploader {
     pub part_size: u64,
     budget: Arc<Semaphore>,
     budget_units: u32,
+    progress: Arc<Progress>,
+}
+
+/// Where a large file's upload records its parts, so that a rerun continues it.
+#[derive(Clone, Copy)]
+pub(crate) struct Resume<'a> {
+    pub checkpoint: &'a dyn Checkpoint,
+    pub run: &'a Run,
 }
 
 /// What reading a file found: its bytes' hash and the metadata they belong to.
@@ -70,14 +81,21 @@ impl Stat {
 }
 
 impl Uploader {
-    pub fn new(store: Store, part_size: u64, buffer_bytes: u64) -> Self {
+    pub fn new(store: Store, part_size: u64, buffer_bytes: u64, progress: Arc<Progress>) -> Self {
         let budget_units = (buffer_bytes / BUDGET_UNIT).max(1) as u32;
         Self {
             store,
             part_size,
             budget: Arc::new(Semaphore::new(budget_units as usize)),
             budget_units,
+            progress,
         }
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.progress
+            .bytes_uploaded
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
@@ -98,11 +116,13 @@ impl Uploader {
         mut entry: Entry,
         key: Key,
         object: String,
+        resume: Resume<'_>,
     ) -> Result<Entry> {
         let (hash, stat) = if entry.size <= self.part_size {
-            self.store_small(&path, &key, entry.size).await?
+            self.store_small(&path, &key, entry.size, resume, &entry.path)
+                .await?
         } else {
-            self.store_large(&path, &key).await?
+            self.store_large(&path, &key, resume, &entry.path).await?
         };
         stat.apply(&mut entry);
         entry.content = Some(Content {
@@ -139,6 +159,8 @@ impl Uploader {
         path: &std::path::Path,
         key: &Key,
         size: u64,
+        resume: Resume<'_>,
+        rel: &[u8],
     ) -> Result<(blake3::Hash, Stat)> {
         let _permit = self.reserve(size).await;
         let limit = self.part_size;
@@ -159,15 +181,30 @@ impl Uploader {
         .expect("read task panicked")?;
         if bytes.len() as u64 > limit {
             // Grew past one part between the walk and the read: store it in parts instead.
-            return Box::pin(self.store_large(path, key)).await;
+            return Box::pin(self.store_large(path, key, resume, rel)).await;
         }
+        let sent = bytes.len() as u64;
         self.store.put_bytes(key, PutPayload::from(bytes)).await?;
+        self.sent(sent);
         Ok((consistent.hash.finalize(), consistent.stat))
     }
 
-    async fn store_large(&self, path: &std::path::Path, key: &Key) -> Result<(blake3::Hash, Stat)> {
+    async fn store_large(
+        &self,
+        path: &std::path::Path,
+        key: &Key,
+        resume: Resume<'_>,
+        rel: &[u8],
+    ) -> Result<(blake3::Hash, Stat)> {
         for _ in 0..READ_ATTEMPTS {
-            if let Some(done) = self.try_store_large(path, key).await? {
+            let attempt = match self.store.multipart() {
+                Some(parts) => {
+                    self.try_store_resumable(parts.as_ref(), path, key, resume, rel)
+                        .await?
+                }
+                None => self.try_store_large(path, key).await?,
+            };
+            if let Some(done) = attempt {
                 return Ok(done);
             }
             tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
@@ -211,6 +248,7 @@ impl Uploader {
                     break;
                 }
                 // Spawned, so the part makes progress while this task waits for memory.
+                self.sent(chunk.len() as u64);
                 let part = upload.put_part(PutPayload::from(chunk));
                 let store = self.store.clone();
                 let key = key.clone();
@@ -255,6 +293,129 @@ impl Uploader {
                     .await;
                 Err(e)
             }
+        }
+    }
+}
+
+impl Uploader {
+    /// One attempt at an upload that records each stored part, continuing the upload that an
+    /// earlier, interrupted run left if the file is unchanged since; `None` when the file
+    /// changed during the attempt.
+    async fn try_store_resumable(
+        &self,
+        parts_api: &dyn MultipartStore,
+        path: &std::path::Path,
+        key: &Key,
+        resume: Resume<'_>,
+        rel: &[u8],
+    ) -> Result<Option<(blake3::Hash, Stat)>> {
+        let file = File::open(path).map_err(|e| Error::read(path, e))?;
+        let before = Stat::of(&file, path)?;
+        let mut upload = self
+            .start_or_continue(parts_api, key, resume, rel, before)
+            .await?;
+        let mut file = file;
+        let mut hasher = blake3::Hasher::new();
+        // Parts already stored are read again only to hash them, never sent again.
+        for _ in 0..upload.parts.len() {
+            let (f, chunk, h) = read_chunk(file, path, self.part_size, hasher).await?;
+            (file, hasher) = (f, h);
+            if chunk.len() as u64 != self.part_size {
+                return Err(Error::Changed {
+                    path: path.to_owned(),
+                    attempts: 1,
+                });
+            }
+        }
+        loop {
+            let _permit = self.reserve(self.part_size).await;
+            let (f, chunk, h) = read_chunk(file, path, self.part_size, hasher).await?;
+            (file, hasher) = (f, h);
+            if chunk.is_empty() {
+                break;
+            }
+            let sent = chunk.len() as u64;
+            let index = upload.parts.len();
+            let put = parts_api.put_part(key, &upload.upload_id, index, PutPayload::from(chunk));
+            let part: PartId = self.store.call("upload part", key, put).await?;
+            self.sent(sent);
+            upload.parts.push(part.content_id);
+            resume
+                .checkpoint
+                .record_partial(resume.run, &upload)
+                .await?;
+        }
+        let unchanged = Stat::of(&file, path)? == before;
+        if unchanged {
+            let parts = upload
+                .parts
+                .iter()
+                .map(|id| PartId {
+                    content_id: id.clone(),
+                })
+                .collect();
+            let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
+            self.store
+                .call("complete multipart upload", key, complete)
+                .await?;
+        } else {
+            let abort = parts_api.abort_multipart(key, &upload.upload_id);
+            let _ = self.store.call("abort multipart upload", key, abort).await;
+        }
+        resume.checkpoint.forget_partial(resume.run, rel).await?;
+        Ok(unchanged.then(|| (hasher.finalize(), before)))
+    }
+
+    /// The interrupted upload of this file if it is still valid, else a new recorded one.
+    async fn start_or_continue(
+        &self,
+        parts_api: &dyn MultipartStore,
+        key: &Key,
+        resume: Resume<'_>,
+        rel: &[u8],
+        now: Stat,
+    ) -> Result<PartialUpload> {
+        let earlier = resume.checkpoint.partial_upload(resume.run, rel).await?;
+        if let Some(upload) = &earlier
+            && upload.part_size == self.part_size
+            && Stat::from_partial(upload) == now
+        {
+            tracing::info!(key = %key, parts = upload.parts.len(), "continuing an interrupted upload");
+            return Ok(earlier.expect("checked"));
+        }
+        if let Some(stale) = earlier {
+            let abort = parts_api.abort_multipart(key, &stale.upload_id);
+            let _ = self.store.call("abort multipart upload", key, abort).await;
+        }
+        let create = parts_api.create_multipart(key);
+        let upload = PartialUpload {
+            path: rel.to_vec(),
+            upload_id: self
+                .store
+                .call("create multipart upload", key, create)
+                .await?,
+            part_size: self.part_size,
+            size: now.size,
+            mtime_ns: now.mtime_ns,
+            ctime_ns: now.ctime_ns,
+            ino: now.ino,
+            parts: Vec::new(),
+        };
+        resume
+            .checkpoint
+            .record_partial(resume.run, &upload)
+            .await?;
+        Ok(upload)
+    }
+}
+
+impl Stat {
+    fn from_partial(u: &PartialUpload) -> Self {
+        Self {
+            size: u.size,
+            mtime_ns: u.mtime_ns,
+            ctime_ns: u.ctime_ns,
+            ino: u.ino,
         }
     }
 }
@@ -311,4 +472,66 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &std::path::Path, data: &[u8]) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(data).unwrap();
+    }
+
+    fn read_all(
+        path: &std::path::Path,
+        reads: &mut u32,
+        change_on: impl Fn(u32) -> bool,
+    ) -> Result<Consistent> {
+        read_consistent(path, |file, hasher| {
+            *reads += 1;
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).unwrap();
+            if change_on(*reads) {
+                append(path, b"+more");
+            }
+            hasher.update(&data);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_file_changed_while_read_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"v1").unwrap();
+        let mut reads = 0;
+        let consistent = read_all(&path, &mut reads, |n| n == 1).unwrap();
+        assert_eq!(reads, 2);
+        assert_eq!(consistent.stat.size, 7);
+        assert_eq!(consistent.hash.finalize(), blake3::hash(b"v1+more"));
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_never_stored_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"v1").unwrap();
+        let mut reads = 0;
+        let err = read_all(&path, &mut reads, |_| true)
+            .err()
+            .expect("must fail");
+        assert!(
+            matches!(
+                err,
+                Error::Changed {
+                    attempts: READ_ATTEMPTS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("changed while it was read"));
+    }
 }

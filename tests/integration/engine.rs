@@ -375,3 +375,65 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
+    let server = S3Server::start().await;
+    let store = "s3://bucket/resume";
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    let size = 80 * 1024 * 1024;
+    std::fs::write(src.join("large"), bytes(7, size)).unwrap();
+
+    // Open (and migrate) the ledger before the copy does, so the two never migrate at once.
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+    let mut first = copy_cmd(&src, store, &data);
+    server.configure(&mut first);
+    let mut child = first.spawn().unwrap();
+    let volume: drainer::VolumeId = VOLUME.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stored_parts = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part recorded within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy finished before it could be killed"
+        );
+        let Some(record) = ledger.runs(&volume).await.unwrap().into_iter().next() else {
+            continue;
+        };
+        let run = drainer::snapshot::Run {
+            id: record.id,
+            snapshot: record.snapshot.parse().unwrap(),
+            resumed: false,
+        };
+        use drainer::snapshot::Checkpoint;
+        if let Some(upload) = ledger.partial_upload(&run, b"large").await.unwrap()
+            && upload.parts.len() >= 3
+        {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+            // Parts recorded after this read only make the check below stricter.
+            break upload.parts.len() as u64;
+        }
+    };
+
+    let mut again = copy_cmd(&src, store, &data);
+    server.configure(&mut again);
+    let resumed = run_ok(&mut again).await;
+    let (_, sent) = uploaded(&resumed);
+    let part = 5 * 1024 * 1024;
+    assert!(
+        sent <= size as u64 - stored_parts * part,
+        "{sent} bytes sent after resume, but {stored_parts} parts of {part} were already stored"
+    );
+    let dest = work.path().join("restored");
+    let mut restore = restore_cmd(store, &dest);
+    server.configure(&mut restore);
+    run_ok(&mut restore).await;
+    assert!(differences(&src, &dest).is_empty());
+}
