@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Bounds on every wait of the supervisor. Generous for a loaded 2-core machine.
+const (
+	etcdStartTimeout  = 60 * time.Second
+	componentStopWait = 20 * time.Second
+)
+
+func runSupervisor(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "directory for all state (default: a new temporary directory)")
+	nodes := fs.Int("nodes", 2, "number of simulated nodes")
+	readyTimeout := fs.Duration("ready-timeout", 3*time.Minute, "give up if the cluster is not usable within this time")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *nodes < 1 {
+		return errors.New("--nodes must be at least 1")
+	}
+	if *dataDir == "" {
+		d, err := os.MkdirTemp("", "kube-env.")
+		if err != nil {
+			return err
+		}
+		*dataDir = d
+	}
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	for _, sub := range []string{"logs", "volumes"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	// A stale marker from an earlier run in the same directory must not signal readiness.
+	_ = os.Remove(filepath.Join(dir, "ready"))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	s := &supervisor{dir: dir, exited: make(chan childExit, 3)}
+	err = s.run(ctx, *nodes, *readyTimeout)
+	s.shutdown()
+	if err != nil {
+		return err
+	}
+	logf("stopped cleanly")
+	return nil
+}
+
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+type childExit struct {
+	name string
+	err  error
+}
+
+type supervisor struct {
+	dir      string
+	etcd     *embed.Etcd
+	children []*child // in start order; stopped in reverse
+	exited   chan childExit
+	cancel   context.CancelFunc
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "kube-env: "+format+"\n", args...)
+}
+
+func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Duration) error {
+	started := time.Now()
+	ctx, s.cancel = context.WithCancel(ctx)
+	readyCtx, readyCancel := context.WithTimeout(ctx, readyTimeout)
+	defer readyCancel()
+
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	p, err := generatePKI(filepath.Join(s.dir, "pki"))
+	if err != nil {
+		return fmt.Errorf("generate certificates: %w", err)
+	}
+	if err := s.startEtcd(etcdClient, etcdPeer); err != nil {
+		return err
+	}
+
+	server := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	kubeconfig := filepath.Join(s.dir, "kubeconfig")
+	if err := writeKubeconfig(kubeconfig, server, p); err != nil {
+		return err
+	}
+	issuer := "https://kubernetes.default.svc.cluster.local"
+	if err := s.startChild("kube-apiserver",
+		"--advertise-address=127.0.0.1",
+		// The endpoint reconciler refuses loopback addresses; the "kubernetes" Service is unused here.
+		"--endpoint-reconciler-type=none",
+		"--bind-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(apiPort),
+		"--etcd-servers=http://127.0.0.1:"+strconv.Itoa(etcdClient),
+		"--tls-cert-file="+p.serverCert,
+		"--tls-private-key-file="+p.serverKey,
+		"--client-ca-file="+p.caCert,
+		"--authorization-mode=Node,RBAC",
+		"--service-account-issuer="+issuer,
+		"--service-account-key-file="+p.saPub,
+		"--service-account-signing-key-file="+p.saKey,
+		"--api-audiences="+issuer,
+		// Cluster IPs are only allocated, never routed: nothing listens on them.
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--allow-privileged=true",
+		"--profiling=false",
+		"--cert-dir="+filepath.Join(s.dir, "pki", "apiserver-generated"),
+	); err != nil {
+		return err
+	}
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	if err := s.waitFor(readyCtx, "kube-apiserver /readyz", func(ctx context.Context) (bool, error) {
+		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil && string(body) == "ok", nil
+	}); err != nil {
+		return err
+	}
+	logf("kube-apiserver ready at %s after %s", server, time.Since(started).Round(time.Millisecond))
+
+	if err := s.startChild("kube-controller-manager",
+		"--kubeconfig="+kubeconfig,
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port=0", // no metrics/health endpoint needed; readiness is checked through the API
+		"--controllers=*",
+		"--service-account-private-key-file="+p.saKey,
+		"--root-ca-file="+p.caCert,
+		"--cluster-signing-cert-file="+p.caCert,
+		"--cluster-signing-key-file="+p.caKey,
+		"--use-service-account-credentials=false",
+		"--profiling=false",
+	); err != nil {
+		return err
+	}
+	if err := s.startChild("kube-scheduler",
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig,
+		"--authorization-kubeconfig="+kubeconfig,
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+		"--profiling=false",
+	); err != nil {
+		return err
+	}
+
+	nodeNames := make([]string, nodes)
+	for i := range nodeNames {
+		nodeNames[i] = fmt.Sprintf("kube-env-node-%d", i+1)
+	}
+	sim := &nodeSimulator{client: client, nodes: nodeNames}
+	prov := &provisioner{client: client, root: filepath.Join(s.dir, "volumes")}
+	simErr := make(chan error, 2)
+	go func() { simErr <- fmt.Errorf("node simulator: %w", sim.run(ctx)) }()
+	go func() { simErr <- fmt.Errorf("volume provisioner: %w", prov.run(ctx)) }()
+
+	// Ready means usable, not just "API answers": nodes Ready (simulator up), the default
+	// StorageClass exists (provisioner up) and the default ServiceAccount exists (controllers up).
+	if err := s.waitFor(readyCtx, "nodes, default StorageClass and ServiceAccount", func(ctx context.Context) (bool, error) {
+		for _, n := range nodeNames {
+			node, err := client.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
+			if err != nil || !nodeReady(node) {
+				return false, nil
+			}
+		}
+		if _, err := client.StorageV1().StorageClasses().Get(ctx, storageClassName, metav1.GetOptions{}); err != nil {
+			return false, nil
+		}
+		_, err := client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, "ready"), []byte(kubeconfig+"\n"), 0o644); err != nil {
+		return err
+	}
+	logf("cluster ready after %s (data in %s, logs in %s)", time.Since(started).Round(time.Millisecond), s.dir, filepath.Join(s.dir, "logs"))
+	fmt.Printf("KUBECONFIG=%s\n", kubeconfig)
+
+	select {
+	case <-ctx.Done():
+		logf("stopping")
+		return nil
+	case e := <-s.exited:
+		return s.childFailure(e)
+	case err := <-simErr:
+		return err
+	}
+}
+
+// waitFor polls cond every 250ms until it is true, the context ends or a component dies.
+func (s *supervisor) waitFor(ctx context.Context, what string, cond func(context.Context) (bool, error)) error {
+	err := wait.PollUntilContextCancel(ctx, 250*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		select {
+		case e := <-s.exited:
+			return false, s.childFailure(e)
+		default:
+		}
+		return cond(ctx)
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("timed out waiting for %s (logs in %s)", what, filepath.Join(s.dir, "logs"))
+	}
+	return err
+}
+
+func (s *supervisor) childFailure(e childExit) error {
+	log := filepath.Join(s.dir, "logs", e.name+".log")
+	tail, _ := exec.Command("tail", "-n", "40", log).Output()
+	return fmt.Errorf("%s exited unexpectedly (%v); last lines of %s:\n%s", e.name, e.err, log, tail)
+}
+
+func (s *supervisor) startEtcd(clientPort, peerPort int) error {
+	cfg := embed.NewConfig()
+	cfg.Name = "kube-env"
+	cfg.Dir = filepath.Join(s.dir, "etcd")
+	cu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(clientPort))
+	pu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(peerPort))
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(s.dir, "logs", "etcd.log")}
+	// Test data is thrown away: durability is not worth the fsync latency.
+	cfg.UnsafeNoFsync = true
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	s.etcd = e
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("etcd: %w", err)
+	case <-time.After(etcdStartTimeout):
+		return fmt.Errorf("etcd not ready after %s", etcdStartTimeout)
+	}
+}
+
+// startChild runs this binary again as the named component, logging to logs/NAME.log.
+func (s *supervisor) startChild(name string, args ...string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	log, err := os.OpenFile(filepath.Join(s.dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	// If the supervisor is killed outright (SIGKILL), the kernel kills the components too,
+	// so no orphaned apiserver outlives a crashed test run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	s.children = append(s.children, c)
+	go func() {
+		err := cmd.Wait()
+		log.Close()
+		close(c.done)
+		s.exited <- childExit{name: name, err: err}
+	}()
+	return nil
+}
+
+// shutdown stops components in reverse start order, then etcd. Each step is bounded.
+func (s *supervisor) shutdown() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for i := len(s.children) - 1; i >= 0; i-- {
+		c := s.children[i]
+		select {
+		case <-c.done:
+			continue
+		default:
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(componentStopWait):
+			logf("%s did not stop within %s; killing it", c.name, componentStopWait)
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	}
+	if s.etcd != nil {
+		done := make(chan struct{})
+		go func() { s.etcd.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(componentStopWait):
+			logf("etcd did not stop within %s", componentStopWait)
+		}
+	}
+}
+
+// freePorts asks the kernel for n distinct free loopback ports. They are released before the
+// components bind them, which leaves a small race that is acceptable on a test machine.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
