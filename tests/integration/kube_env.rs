@@ -376,7 +376,7 @@ async fn request_token(sas: &Api<ServiceAccount>, sa: &str, audience: &str, pod:
         "spec": { "audiences": [audience], "expirationSeconds": 600, "boundObjectRef": bound }
     }));
     let issued = sas.create_token_request(sa, &PostParams::default(), &request).await?;
-    Ok(issued.status.context("TokenRequest has no status")?.token)
+    issued.status.and_then(|s| s.token).context("TokenRequest returned no token")
 }
 
 async fn review(client: &Client, token: &str, audience: &str) -> Result<TokenReviewStatus> {
@@ -425,8 +425,13 @@ async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
             Ok(())
         })
         .await?;
-        let status = review(&client, &token, AUDIENCE).await?;
-        ensure!(status.authenticated != Some(true), "token of a deleted pod accepted: {status:?}");
+        // Not at once: kube-apiserver caches successful token authentications for 10 s.
+        eventually("the deleted pod's token to be refused", WAIT, || async {
+            let status = review(&client, &token, AUDIENCE).await?;
+            ensure!(status.authenticated != Some(true), "token of a deleted pod accepted: {status:?}");
+            Ok(())
+        })
+        .await?;
         delete_namespace(&client, &ns).await
     })
     .await

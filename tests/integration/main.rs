@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod engine;
+mod kube_env;
 mod ledger;
 mod support;
