@@ -25,6 +25,10 @@ pub struct Config {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The always-up service: handoff API, durable queue, scheduled sweeps (local mode by default).
+    Serve(ServeArgs),
+    /// Ask a drainer to drain volumes (for SIGTERM handlers, preStop hooks and Jobs).
+    Handoff(HandoffArgs),
     /// Take a snapshot of a directory into a store (resumable and incremental).
     Copy(CopyArgs),
     /// Restore a snapshot into an empty directory, verifying every hash.
@@ -83,6 +87,90 @@ pub struct EngineArgs {
     /// Timeout of one object-store request, in seconds.
     #[arg(long, env = "DRAINER_STORE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
     pub store_timeout: Duration,
+}
+
+/// `drainer serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DRAINER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Local mode: volume NS/PVC is the directory VOLUME_ROOT/NS/PVC. Default: DATA_DIR/volumes.
+    #[arg(long, env = "DRAINER_VOLUME_ROOT")]
+    pub volume_root: Option<PathBuf>,
+    /// Where snapshots are stored. Default: file://DATA_DIR/store.
+    #[arg(long, env = "DRAINER_STORE")]
+    pub store: Option<String>,
+    /// File holding the API bearer token; created (mode 0600) if missing. Default: DATA_DIR/token.
+    #[arg(long, env = "DRAINER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The API bearer token itself (instead of a token file).
+    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Drains copied at once by this replica.
+    #[arg(long, env = "DRAINER_CONCURRENT_DRAINS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrent_drains: u16,
+    /// Attempts of a drain before it is `failed`.
+    #[arg(long, env = "DRAINER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Lease on a claimed drain, in seconds; a replica that dies loses its drains after this.
+    #[arg(long, env = "DRAINER_LEASE", default_value = "30", value_parser = parse_seconds)]
+    pub lease: Duration,
+    /// Seconds between scheduled sweeps (0: only on demand).
+    #[arg(long, env = "DRAINER_SWEEP_INTERVAL", default_value = "300", value_parser = parse_seconds)]
+    pub sweep_interval: Duration,
+    /// Seconds to finish in-flight work after SIGTERM before exiting.
+    #[arg(long, env = "DRAINER_GRACE", default_value = "10", value_parser = parse_seconds)]
+    pub grace: Duration,
+    /// This replica's name in leases and history. Default: host name, process id and a random suffix.
+    #[arg(long, env = "DRAINER_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Ledger location.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `drainer handoff`.
+#[derive(Debug, Clone, Args)]
+pub struct HandoffArgs {
+    /// The drainer's base URL.
+    #[arg(
+        long = "drainer",
+        env = "DRAINER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// Namespace of the volumes.
+    #[arg(long, env = "DRAINER_NAMESPACE")]
+    pub namespace: String,
+    /// PVC to drain (repeat for several).
+    #[arg(long = "pvc", required = true)]
+    pub pvcs: Vec<String>,
+    /// The pod handing off (its name).
+    #[arg(long, env = "DRAINER_POD")]
+    pub pod: Option<String>,
+    /// Why (shown in the drain's history).
+    #[arg(long, default_value = "handoff")]
+    pub reason: String,
+    /// Wait until every drain has ended; the exit code says whether all completed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up after this many seconds (retries included).
+    #[arg(long, env = "DRAINER_HANDOFF_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// File holding the bearer token.
+    #[arg(
+        long,
+        env = "DRAINER_TOKEN_FILE",
+        default_value = "./drainer-data/token"
+    )]
+    pub token_file: PathBuf,
+    /// The bearer token itself (instead of the token file).
+    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `drainer copy`.

@@ -6,11 +6,21 @@
 //! [`ledger`] (the SQL record of progress), [`cli`] (the one-shot commands) and
 //! [`telemetry`] (logging). `main.rs` only parses the configuration and calls [`run`].
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod handoff;
+pub mod http;
 pub mod ledger;
+pub mod lifecycle;
+pub mod metrics;
+pub mod retry;
+pub mod scheduler;
+pub mod service;
+pub mod shutdown;
 pub mod snapshot;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 pub mod volume;
 
@@ -23,6 +33,8 @@ pub use volume::VolumeId;
 /// Runs the command the configuration names.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {
+        Command::Serve(args) => service::serve(args).await,
+        Command::Handoff(args) => handoff::run(args).await,
         Command::Copy(args) => cli::copy(args).await,
         Command::Restore(args) => cli::restore(args).await,
         Command::Snapshots(args) => cli::snapshots(args).await,

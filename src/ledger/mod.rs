@@ -6,7 +6,11 @@
 //! write that the rest of drainer relies on is committed before it is acknowledged. This module
 //! owns SQL; it never touches files or the object store.
 
+mod drains;
 mod runs;
+
+pub use drains::{AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, Refused};
+pub use runs::RunRecord;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -220,4 +224,30 @@ fn redact(url: &str) -> String {
 /// Milliseconds since the Unix epoch, the ledger's timestamp unit.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+impl Ledger {
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, |pool, DB| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(|source| Error::Query { op: "ping", source }))
+    }
+}
+
+/// What differs between the SQL dialects in how writes are made.
+pub(crate) trait Dialect {
+    /// Starts a transaction that will write. SQLite takes the write lock at once, so two
+    /// writers wait for each other (busy timeout) instead of failing on a lock upgrade.
+    const BEGIN_WRITE: &'static str;
+}
+
+impl Dialect for sqlx::Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+}
+
+impl Dialect for sqlx::Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
 }

@@ -98,7 +98,10 @@ impl Checkpoint for Ledger {
                              VALUES ($1, $2, $3, $4, 'running', $5, $5)";
         let now = now_ms();
         on_pool!(self, |pool, DB| {
-            let mut tx = pool.begin().await.map_err(query_error("begin run"))?;
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("begin run"))?;
             let found: Option<(String, String)> = sqlx::query_as(FIND)
                 .bind(store)
                 .bind(volume.to_string())
@@ -182,7 +185,10 @@ impl Checkpoint for Ledger {
 
     async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
         on_pool!(self, |pool, DB| {
-            let mut tx = pool.begin().await.map_err(query_error("record progress"))?;
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("record progress"))?;
             for chunk in files.chunks(1000) {
                 let mut insert = sqlx::QueryBuilder::<DB>::new(
                     "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object) ",
@@ -225,7 +231,10 @@ impl Checkpoint for Ledger {
         const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
         const FORGET_UPLOADS: &str = "DELETE FROM copy_uploads WHERE run_id = $1";
         on_pool!(self, |pool, DB| {
-            let mut tx = pool.begin().await.map_err(query_error("finish run"))?;
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("finish run"))?;
             sqlx::query(DONE)
                 .bind(run.id.as_str())
                 .bind(now_ms())

@@ -247,16 +247,13 @@ impl Job<'_> {
         });
         let check_hash = self.options.check_hash;
         let walk = scan::walk(self.source.clone());
-        let planned = stream::unfold(
-            (walk, parent_entries, stored),
-            move |(mut walk, mut parent, mut stored)| async move {
-                let plan = match walk.recv().await? {
-                    Ok(entry) => plan(entry, &mut parent, &mut stored, check_hash).await,
-                    Err(e) => Err(e),
-                };
-                Some((plan, (walk, parent, stored)))
-            },
-        );
+        let planner = Planner {
+            walk,
+            parent: parent_entries,
+            stored,
+            check_hash,
+        };
+        let planned = stream::unfold(planner, Planner::next).boxed();
         let done = planned
             .map_ok(|plan| self.execute(plan, Arc::clone(&uploader)))
             .try_buffered(self.options.concurrency);
@@ -335,6 +332,24 @@ impl Job<'_> {
         let object = VolumeLayout::file_key(&self.run.snapshot, &entry.path);
         let key = self.layout.object(&object).expect("file keys are valid");
         (scan::absolute(&self.source, &entry.path), key, object)
+    }
+}
+
+/// Turns walked entries into plans, in walk order.
+struct Planner<'a> {
+    walk: tokio::sync::mpsc::Receiver<Result<Entry>>,
+    parent: Cursor<'static, (Vec<u8>, Entry)>,
+    stored: Cursor<'a, (Vec<u8>, StoredFile)>,
+    check_hash: bool,
+}
+
+impl Planner<'_> {
+    async fn next(mut self) -> Option<(Result<Plan>, Self)> {
+        let plan = match self.walk.recv().await? {
+            Ok(entry) => plan(entry, &mut self.parent, &mut self.stored, self.check_hash).await,
+            Err(e) => Err(e),
+        };
+        Some((plan, self))
     }
 }
 

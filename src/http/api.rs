@@ -1,0 +1,423 @@
+//! The `/v1` handlers and the public endpoints (`/healthz`, `/readyz`, `/metrics`,
+//! `/v1/openapi.json`).
+
+use super::{AppState, Error, allow};
+use crate::auth::{Action, Caller};
+use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, Refused};
+use crate::lifecycle::DrainState;
+use crate::snapshot::ProgressView;
+use crate::volume::{VolumeId, is_dns_label, is_dns_subdomain};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+
+/// Most PVCs in one handoff.
+const MAX_PVCS: usize = 32;
+/// Longest reason accepted.
+const MAX_REASON: usize = 200;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/handoffs", post(handoff))
+        .route("/drains", get(list_drains))
+        .route("/drains/{id}", get(get_drain))
+        .route("/drains/{id}/retry", post(retry_drain))
+        .route("/drains/{id}/cancel", post(cancel_drain))
+        .route("/sweeps", post(sweep))
+        .route("/volumes/{namespace}/{pvc}/snapshots", get(snapshots))
+}
+
+pub(super) fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+/// The body of `POST /v1/handoffs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffBody {
+    namespace: String,
+    pvcs: Vec<String>,
+    pod: Option<String>,
+    reason: Option<String>,
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
+    body.map(|Json(b)| b)
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {} bytes", super::MAX_BODY),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            _ => Error::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                rejection.body_text(),
+            ),
+        })
+}
+
+/// Validates a handoff; returns its volumes.
+fn validate_handoff(body: &HandoffBody) -> Result<Vec<VolumeId>, Error> {
+    if !is_dns_label(&body.namespace) {
+        return Err(Error::invalid(format!(
+            "namespace {:?} is not a valid RFC 1123 label",
+            body.namespace
+        )));
+    }
+    if body.pvcs.is_empty() || body.pvcs.len() > MAX_PVCS {
+        return Err(Error::invalid(format!(
+            "pvcs must list 1 to {MAX_PVCS} names"
+        )));
+    }
+    let mut volumes: Vec<VolumeId> = Vec::with_capacity(body.pvcs.len());
+    for pvc in &body.pvcs {
+        let volume =
+            VolumeId::new(&body.namespace, pvc).map_err(|e| Error::invalid(e.to_string()))?;
+        if volumes.contains(&volume) {
+            return Err(Error::invalid(format!("pvc {pvc:?} is listed twice")));
+        }
+        volumes.push(volume);
+    }
+    if let Some(pod) = &body.pod
+        && !is_dns_subdomain(pod)
+    {
+        return Err(Error::invalid(format!(
+            "pod {pod:?} is not a valid RFC 1123 name"
+        )));
+    }
+    if let Some(reason) = &body.reason
+        && (reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control))
+    {
+        return Err(Error::invalid(format!(
+            "reason must be at most {MAX_REASON} printable characters"
+        )));
+    }
+    Ok(volumes)
+}
+
+/// A drain as the API shows it.
+#[derive(Debug, Serialize)]
+struct DrainView {
+    #[serde(flatten)]
+    drain: Drain,
+    volume: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<DrainEvent>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressView>,
+}
+
+impl DrainView {
+    fn of(drain: Drain) -> Self {
+        Self {
+            volume: drain.volume().to_string(),
+            drain,
+            history: None,
+            progress: None,
+        }
+    }
+}
+
+async fn handoff(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<HandoffBody>, JsonRejection>,
+) -> Result<impl IntoResponse, Error> {
+    let body = json_body(body)?;
+    let volumes = validate_handoff(&body)?;
+    allow(&caller, &Action::Handoff(&volumes))?;
+    let shared = state.shared();
+    let reason = body.reason.as_deref().unwrap_or("handoff");
+    let wanted: Vec<NewDrain<'_>> = volumes
+        .iter()
+        .map(|volume| NewDrain {
+            volume,
+            pod: body.pod.as_deref(),
+            reason,
+            max_attempts: shared.max_attempts,
+        })
+        .collect();
+    let recorded = shared.ledger.request_drains(&wanted).await?;
+    let created = recorded.iter().any(|(_, new)| *new);
+    for (drain, new) in &recorded {
+        tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, "handoff recorded");
+    }
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let drains: Vec<DrainView> = recorded
+        .into_iter()
+        .map(|(d, _)| DrainView::of(d))
+        .collect();
+    Ok((status, Json(serde_json::json!({ "drains": drains }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainQuery {
+    state: Option<String>,
+    namespace: Option<String>,
+    volume: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_drains(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, Error> {
+    allow(&caller, &Action::Read)?;
+    let Query(query) = query.map_err(|e| Error::invalid(e.body_text()))?;
+    let mut filter = DrainFilter::default();
+    if let Some(s) = &query.state {
+        filter.state = Some(s.parse::<DrainState>().map_err(Error::invalid)?);
+    }
+    if let Some(ns) = &query.namespace {
+        if !is_dns_label(ns) {
+            return Err(Error::invalid(format!(
+                "namespace {ns:?} is not a valid RFC 1123 label"
+            )));
+        }
+        filter.namespace = Some(ns.clone());
+    }
+    if let Some(v) = &query.volume {
+        let volume: VolumeId = v
+            .parse()
+            .map_err(|e: crate::volume::InvalidName| Error::invalid(e.to_string()))?;
+        filter.namespace = Some(volume.namespace);
+        filter.pvc = Some(volume.name);
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let drains = state.shared().ledger.drains(&filter, limit).await?;
+    let drains: Vec<DrainView> = drains.into_iter().map(DrainView::of).collect();
+    Ok(Json(serde_json::json!({ "drains": drains })))
+}
+
+fn check_drain_id(id: &str) -> Result<(), Error> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{id:?} is not a drain id")))
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::new(
+        StatusCode::NOT_FOUND,
+        "drain_not_found",
+        format!("drain {id} does not exist"),
+    )
+}
+
+async fn get_drain(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Error> {
+    allow(&caller, &Action::Read)?;
+    check_drain_id(&id)?;
+    let shared = state.shared();
+    let drain = shared
+        .ledger
+        .drain(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let history = shared.ledger.drain_events(&id).await?;
+    let progress = shared
+        .board
+        .lock()
+        .expect("board lock")
+        .get(&id)
+        .map(|p| p.view());
+    Ok(Json(DrainView {
+        history: Some(history),
+        progress,
+        ..DrainView::of(drain)
+    }))
+}
+
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    to: DrainState,
+) -> Result<Json<DrainView>, Error> {
+    allow(caller, &Action::Admin)?;
+    check_drain_id(id)?;
+    match state.shared().ledger.change_drain(id, to).await? {
+        Ok(drain) => Ok(Json(DrainView::of(drain))),
+        Err(Refused::NotFound(_)) => Err(not_found(id)),
+        Err(refused @ Refused::Conflict { .. }) => Err(Error::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            refused.to_string(),
+        )),
+    }
+}
+
+async fn retry_drain(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<DrainView>, Error> {
+    change(&state, &caller, &id, DrainState::Queued).await
+}
+
+async fn cancel_drain(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<DrainView>, Error> {
+    change(&state, &caller, &id, DrainState::Cancelled).await
+}
+
+async fn sweep(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<impl IntoResponse, Error> {
+    allow(&caller, &Action::Admin)?;
+    let shared = state.shared();
+    let report = crate::sweep::sweep_local(
+        &shared.ledger,
+        &shared.store,
+        &shared.volume_root,
+        shared.max_attempts,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::sweep::SweepError::Ledger(e) => Error::from(e),
+        crate::sweep::SweepError::Store(e) => Error::from(e),
+        other => {
+            tracing::error!(error = %other, "sweep failed");
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    })?;
+    shared.metrics.sweep_seconds.observe(report.seconds);
+    Ok(Json(report))
+}
+
+async fn snapshots(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((namespace, pvc)): Path<(String, String)>,
+) -> Result<impl IntoResponse, Error> {
+    allow(&caller, &Action::Read)?;
+    let volume = VolumeId::new(&namespace, &pvc).map_err(|e| Error::invalid(e.to_string()))?;
+    let snapshots = crate::snapshot::list_snapshots(&state.shared().store, &volume).await?;
+    Ok(Json(
+        serde_json::json!({ "volume": volume.to_string(), "snapshots": snapshots }),
+    ))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
+    let shared = state.shared();
+    let unavailable = |why: &str| Error::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why);
+    if !shared.ready.load(Ordering::SeqCst) {
+        return Err(unavailable("starting or shutting down"));
+    }
+    shared
+        .ledger
+        .ping()
+        .await
+        .map_err(|_| unavailable("the ledger does not answer"))?;
+    let root = shared.store.root().clone();
+    let list = shared.store.objects().list_with_delimiter(Some(&root));
+    shared
+        .store
+        .call("list", &root, list)
+        .await
+        .map_err(|_| unavailable("the store does not answer"))?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let shared = state.shared();
+    match shared.ledger.drain_counts().await {
+        Ok(counts) => shared.metrics.set_drain_counts(&counts),
+        Err(err) => tracing::warn!(error = %err, "cannot count drains for /metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(namespace: &str, pvcs: &[&str]) -> HandoffBody {
+        HandoffBody {
+            namespace: namespace.into(),
+            pvcs: pvcs.iter().map(|s| s.to_string()).collect(),
+            pod: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn handoffs_are_validated_before_anything_is_recorded() {
+        assert_eq!(
+            validate_handoff(&body("shop", &["data-web-4", "logs-web-4"]))
+                .unwrap()
+                .len(),
+            2
+        );
+        for bad in [
+            body("Shop", &["a"]),
+            body("shop", &[]),
+            body("shop", &["../etc"]),
+            body("shop", &["a", "a"]),
+            body("shop", &["a/b"]),
+            body("", &["a"]),
+        ] {
+            assert!(validate_handoff(&bad).is_err(), "{bad:?}");
+        }
+        let too_many: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
+        let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        assert!(validate_handoff(&body("shop", &refs)).is_err());
+        let mut with_reason = body("shop", &["a"]);
+        with_reason.reason = Some("line\nbreak".into());
+        assert!(validate_handoff(&with_reason).is_err());
+        let mut with_pod = body("shop", &["a"]);
+        with_pod.pod = Some("Web_4".into());
+        assert!(validate_handoff(&with_pod).is_err());
+    }
+}

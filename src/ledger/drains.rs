@@ -1,0 +1,581 @@
+//! Drains in the ledger: intake of handoffs, the durable queue, leases, and history.
+//!
+//! Every function here is one transaction that moves drains along the lifecycle
+//! ([`crate::lifecycle`]) and appends to their history. Claims take the oldest claimable drain
+//! (queued and due, or copying with an expired lease) with a lease; on PostgreSQL the row is
+//! locked with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same drain. Writes that
+//! act for a lease holder check the owner, so a replica that lost its lease changes nothing.
+
+use super::{Error, Ledger, Pool, Result, now_ms, on_pool};
+use crate::lifecycle::{AfterFailure, DrainState};
+use crate::volume::VolumeId;
+use serde::Serialize;
+use sqlx::Row;
+use std::time::Duration;
+
+/// A drain as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drain {
+    /// The drain's id.
+    pub id: String,
+    /// Namespace of the volume.
+    pub namespace: String,
+    /// PVC name of the volume.
+    pub pvc: String,
+    /// The pod that announced it, if any.
+    pub pod: Option<String>,
+    /// Why it was requested (`handoff`, `sweep`, or the caller's reason).
+    pub reason: String,
+    /// Where it is in the lifecycle.
+    pub state: DrainState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed before it is `failed`.
+    pub max_attempts: u32,
+    /// Not to be attempted before this time (ms since the epoch).
+    pub not_before_ms: i64,
+    /// The replica holding the lease, while copying.
+    pub lease_owner: Option<String>,
+    /// When the lease expires (ms since the epoch).
+    pub lease_expires_ms: Option<i64>,
+    /// The snapshot written, once completed.
+    pub snapshot: Option<String>,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Created at (ms since the epoch).
+    pub created_ms: i64,
+    /// Last changed at (ms since the epoch).
+    pub updated_ms: i64,
+    /// Ended at (ms since the epoch).
+    pub finished_ms: Option<i64>,
+}
+
+impl Drain {
+    /// The drained volume.
+    pub fn volume(&self) -> VolumeId {
+        VolumeId {
+            namespace: self.namespace.clone(),
+            name: self.pvc.clone(),
+        }
+    }
+}
+
+/// One entry of a drain's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainEvent {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The state entered.
+    pub state: DrainState,
+    /// The replica that made the change, if any.
+    pub owner: Option<String>,
+    /// What happened.
+    pub message: Option<String>,
+}
+
+/// Which drains to list.
+#[derive(Debug, Clone, Default)]
+pub struct DrainFilter {
+    /// Only drains in this state.
+    pub state: Option<DrainState>,
+    /// Only drains in this namespace.
+    pub namespace: Option<String>,
+    /// Only drains of this PVC name.
+    pub pvc: Option<String>,
+}
+
+/// A new drain to record.
+#[derive(Debug, Clone)]
+pub struct NewDrain<'a> {
+    /// The volume.
+    pub volume: &'a VolumeId,
+    /// The announcing pod.
+    pub pod: Option<&'a str>,
+    /// Why.
+    pub reason: &'a str,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+}
+
+/// Why a requested change of a drain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No drain has that id.
+    #[error("drain {0} does not exist")]
+    NotFound(String),
+    /// The drain is not in a state that allows the change.
+    #[error("drain {id} is {state}; it cannot be {action}")]
+    Conflict {
+        /// The drain.
+        id: String,
+        /// Its state.
+        state: DrainState,
+        /// What was asked.
+        action: &'static str,
+    },
+}
+
+const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
+                       lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at";
+
+fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
+    move |source| Error::Query { op, source }
+}
+
+fn drain_from_row<R: Row>(row: &R) -> Result<Drain, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<i64>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let state: String = row.try_get("state")?;
+    Ok(Drain {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        pvc: row.try_get("pvc")?,
+        pod: row.try_get("pod")?,
+        reason: row.try_get("reason")?,
+        state: state
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        not_before_ms: row.try_get("not_before")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_ms: row.try_get("lease_expires")?,
+        snapshot: row.try_get("snapshot_id")?,
+        last_error: row.try_get("last_error")?,
+        created_ms: row.try_get("created_at")?,
+        updated_ms: row.try_get("updated_at")?,
+        finished_ms: row.try_get("finished_at")?,
+    })
+}
+
+/// A new drain id: time-ordered and unique across replicas.
+fn new_drain_id() -> String {
+    format!(
+        "d-{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S%3f"),
+        rand::random::<u32>()
+    )
+}
+
+macro_rules! event {
+    ($conn:expr, $id:expr, $state:expr, $owner:expr, $message:expr) => {
+        sqlx::query("INSERT INTO drain_events (drain_id, at, state, owner, message) VALUES ($1, $2, $3, $4, $5)")
+            .bind($id)
+            .bind(now_ms())
+            .bind($state.as_str())
+            .bind($owner)
+            .bind($message)
+            .execute($conn)
+            .await
+            .map_err(query_error("record history"))
+    };
+}
+
+impl Ledger {
+    /// Records drains for `volumes` (one transaction): an active drain of a volume is returned
+    /// as it is (`false`), otherwise a new queued drain is created (`true`).
+    pub async fn request_drains(&self, drains: &[NewDrain<'_>]) -> Result<Vec<(Drain, bool)>> {
+        for attempt in 1..=3 {
+            match self.try_request_drains(drains).await {
+                Err(e) if attempt < 3 && is_unique_violation(&e) => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    async fn try_request_drains(&self, drains: &[NewDrain<'_>]) -> Result<Vec<(Drain, bool)>> {
+        let find = format!(
+            "SELECT {COLUMNS} FROM drains WHERE namespace = $1 AND pvc = $2 \
+                            AND state IN ('requested', 'awaiting_release', 'queued', 'copying')"
+        );
+        let now = now_ms();
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("record handoff"))?;
+            let mut out = Vec::with_capacity(drains.len());
+            for new in drains {
+                let existing = sqlx::query(sqlx::AssertSqlSafe(find.as_str()))
+                    .bind(new.volume.namespace.as_str())
+                    .bind(new.volume.name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_error("record handoff"))?;
+                if let Some(row) = existing {
+                    out.push((
+                        drain_from_row(&row).map_err(query_error("read drain"))?,
+                        false,
+                    ));
+                    continue;
+                }
+                let id = new_drain_id();
+                sqlx::query(
+                    "INSERT INTO drains (id, namespace, pvc, pod, reason, state, attempts, max_attempts, \
+                     not_before, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $7, $7)",
+                )
+                .bind(&id)
+                .bind(new.volume.namespace.as_str())
+                .bind(new.volume.name.as_str())
+                .bind(new.pod)
+                .bind(new.reason)
+                .bind(i64::from(new.max_attempts))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record handoff"))?;
+                event!(
+                    &mut *tx,
+                    &id,
+                    DrainState::Queued,
+                    None::<&str>,
+                    Some(new.reason)
+                )?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM drains WHERE id = $1"
+                )))
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_error("read drain"))?;
+                out.push((
+                    drain_from_row(&row).map_err(query_error("read drain"))?,
+                    true,
+                ));
+            }
+            tx.commit().await.map_err(query_error("record handoff"))?;
+            Ok(out)
+        })
+    }
+
+    /// One drain by id.
+    pub async fn drain(&self, id: &str) -> Result<Option<Drain>> {
+        let sql = format!("SELECT {COLUMNS} FROM drains WHERE id = $1");
+        on_pool!(self, |pool, DB| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("read drain"))?;
+            row.map(|r| drain_from_row(&r))
+                .transpose()
+                .map_err(query_error("read drain"))
+        })
+    }
+
+    /// Drains matching `filter`, newest first (at most `limit`).
+    pub async fn drains(&self, filter: &DrainFilter, limit: u32) -> Result<Vec<Drain>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM drains WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR namespace = $2) \
+             AND ($3 IS NULL OR pvc = $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        on_pool!(self, |pool, DB| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.state.map(DrainState::as_str))
+                .bind(filter.namespace.as_deref())
+                .bind(filter.pvc.as_deref())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("list drains"))?;
+            rows.iter()
+                .map(drain_from_row)
+                .collect::<Result<_, _>>()
+                .map_err(query_error("list drains"))
+        })
+    }
+
+    /// The history of a drain, oldest first.
+    pub async fn drain_events(&self, id: &str) -> Result<Vec<DrainEvent>> {
+        const SQL: &str =
+            "SELECT at, state, owner, message FROM drain_events WHERE drain_id = $1 ORDER BY seq";
+        on_pool!(self, |pool, DB| {
+            let rows = sqlx::query(SQL)
+                .bind(id)
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read history"))?;
+            rows.iter()
+                .map(|r| {
+                    let state: String = r.try_get("state")?;
+                    Ok(DrainEvent {
+                        at_ms: r.try_get("at")?,
+                        state: state
+                            .parse()
+                            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                        owner: r.try_get("owner")?,
+                        message: r.try_get("message")?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("read history"))
+        })
+    }
+
+    /// How many drains are in each state.
+    pub async fn drain_counts(&self) -> Result<Vec<(DrainState, i64)>> {
+        const SQL: &str = "SELECT state, COUNT(*) AS n FROM drains GROUP BY state";
+        on_pool!(self, |pool, DB| {
+            let rows = sqlx::query(SQL)
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("count drains"))?;
+            rows.iter()
+                .map(|r| {
+                    let state: String = r.try_get("state")?;
+                    let n: i64 = r.try_get("n")?;
+                    Ok((
+                        state
+                            .parse()
+                            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                        n,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("count drains"))
+        })
+    }
+
+    /// Moves a drain by hand: `retry` (failed → queued, attempts reset) or `cancel` (any
+    /// active state → cancelled). Returns the drain after the change, or why it was refused.
+    pub async fn change_drain(&self, id: &str, to: DrainState) -> Result<Result<Drain, Refused>> {
+        let action = if to == DrainState::Queued {
+            "retried"
+        } else {
+            "cancelled"
+        };
+        let Some(drain) = self.drain(id).await? else {
+            return Ok(Err(Refused::NotFound(id.to_owned())));
+        };
+        let allowed = match to {
+            DrainState::Queued => drain.state == DrainState::Failed,
+            DrainState::Cancelled => drain.state.is_active(),
+            _ => false,
+        };
+        if !allowed {
+            return Ok(Err(Refused::Conflict {
+                id: id.to_owned(),
+                state: drain.state,
+                action,
+            }));
+        }
+        let now = now_ms();
+        let changed = on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("change drain"))?;
+            let done = sqlx::query(
+                "UPDATE drains SET state = $2, attempts = CASE WHEN $2 = 'queued' THEN 0 ELSE attempts END, \
+                 not_before = $3, lease_owner = NULL, lease_expires = NULL, updated_at = $3, \
+                 finished_at = CASE WHEN $2 = 'cancelled' THEN $3 ELSE NULL END \
+                 WHERE id = $1 AND state = $4",
+            )
+            .bind(id)
+            .bind(to.as_str())
+            .bind(now)
+            .bind(drain.state.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("change drain"))?
+            .rows_affected();
+            if done == 1 {
+                event!(
+                    &mut *tx,
+                    id,
+                    to,
+                    None::<&str>,
+                    Some(format!("{action} by hand"))
+                )?;
+            }
+            tx.commit().await.map_err(query_error("change drain"))?;
+            Ok::<_, Error>(done == 1)
+        })?;
+        if !changed {
+            // It moved under us; report what it is now.
+            return Box::pin(self.change_drain(id, to)).await;
+        }
+        Ok(Ok(self.drain(id).await?.expect("the drain exists")))
+    }
+
+    /// Claims the oldest claimable drain for `owner` with a lease of `lease`: a queued drain
+    /// that is due, or a copying drain whose lease has expired (its owner died).
+    pub async fn claim_drain(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
+        let now = now_ms();
+        let pick = "SELECT id FROM drains WHERE (state = 'queued' AND not_before <= $1) \
+                    OR (state = 'copying' AND lease_expires < $1) ORDER BY not_before, created_at LIMIT 1";
+        let lock = match self.pool {
+            Pool::Sqlite(_) => "",
+            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        let claim = format!(
+            "UPDATE drains SET state = 'copying', attempts = attempts + 1, lease_owner = $2, lease_expires = $3, \
+             updated_at = $1 WHERE id = ({pick}{lock}) RETURNING {COLUMNS}"
+        );
+        let expires = now + lease.as_millis() as i64;
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("claim drain"))?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(claim))
+                .bind(now)
+                .bind(owner)
+                .bind(expires)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("claim drain"))?;
+            let drain = row
+                .map(|r| drain_from_row(&r))
+                .transpose()
+                .map_err(query_error("claim drain"))?;
+            if let Some(d) = &drain {
+                let message = format!("attempt {} of {}", d.attempts, d.max_attempts);
+                event!(
+                    &mut *tx,
+                    &d.id,
+                    DrainState::Copying,
+                    Some(owner),
+                    Some(message)
+                )?;
+            }
+            tx.commit().await.map_err(query_error("claim drain"))?;
+            Ok(drain)
+        })
+    }
+
+    /// Extends `owner`'s lease of drain `id`; `false` when the lease is no longer held (it
+    /// expired and was taken over, or the drain was cancelled).
+    pub async fn renew_lease(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
+        const SQL: &str = "UPDATE drains SET lease_expires = $3, updated_at = $4 \
+                           WHERE id = $1 AND lease_owner = $2 AND state = 'copying'";
+        let now = now_ms();
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(id)
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(query_error("renew lease")))
+    }
+
+    /// Ends `owner`'s attempt of drain `id`: `Completed` with its snapshot, queued again after
+    /// a failure, `Failed`, or released (queued again, the attempt not counted) on shutdown.
+    /// Returns `false` when `owner` no longer held the lease (nothing is changed then).
+    pub async fn end_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &AttemptOutcome,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let (state, not_before, uncount, snapshot, error, message) = match outcome {
+            AttemptOutcome::Completed { snapshot } => (
+                DrainState::Completed,
+                now,
+                0,
+                Some(snapshot.as_str()),
+                None,
+                format!("snapshot {snapshot}"),
+            ),
+            AttemptOutcome::Failed {
+                error,
+                after: AfterFailure::RetryAfter(delay),
+            } => (
+                DrainState::Queued,
+                now + delay.as_millis() as i64,
+                0,
+                None,
+                Some(error.as_str()),
+                format!("retry in {} s: {error}", delay.as_secs()),
+            ),
+            AttemptOutcome::Failed {
+                error,
+                after: AfterFailure::GiveUp,
+            } => (
+                DrainState::Failed,
+                now,
+                0,
+                None,
+                Some(error.as_str()),
+                error.clone(),
+            ),
+            AttemptOutcome::Released => (
+                DrainState::Queued,
+                now,
+                1,
+                None,
+                None,
+                "released at shutdown".to_owned(),
+            ),
+        };
+        let finished = state.is_final().then_some(now);
+        const SQL: &str = "UPDATE drains SET state = $3, not_before = $4, attempts = attempts - $5, \
+                           snapshot_id = COALESCE($6, snapshot_id), last_error = COALESCE($7, last_error), \
+                           lease_owner = NULL, lease_expires = NULL, updated_at = $8, finished_at = $9 \
+                           WHERE id = $1 AND lease_owner = $2 AND state = 'copying'";
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("end attempt"))?;
+            let done = sqlx::query(SQL)
+                .bind(id)
+                .bind(owner)
+                .bind(state.as_str())
+                .bind(not_before)
+                .bind(uncount)
+                .bind(snapshot)
+                .bind(error)
+                .bind(now)
+                .bind(finished)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("end attempt"))?
+                .rows_affected()
+                == 1;
+            if done {
+                event!(&mut *tx, id, state, Some(owner), Some(message))?;
+            }
+            tx.commit().await.map_err(query_error("end attempt"))?;
+            Ok(done)
+        })
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The snapshot is complete.
+    Completed {
+        /// Its id.
+        snapshot: String,
+    },
+    /// The attempt failed.
+    Failed {
+        /// The error, one line.
+        error: String,
+        /// Retry later or give up.
+        after: AfterFailure,
+    },
+    /// Stopped at shutdown; to be taken up again, the attempt not counted.
+    Released,
+}
+
+fn is_unique_violation(e: &Error) -> bool {
+    match e {
+        Error::Query {
+            source: sqlx::Error::Database(db),
+            ..
+        } => db.is_unique_violation(),
+        _ => false,
+    }
+}
