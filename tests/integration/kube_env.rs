@@ -82,12 +82,23 @@ async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
         let mut have: Vec<(String, bool)> = list
             .items
             .iter()
-            .map(|p| (p.metadata.name.clone().unwrap_or_default(), is_running_and_ready(p)))
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    is_running_and_ready(p),
+                )
+            })
             .collect();
         have.sort();
         let names: Vec<&String> = have.iter().map(|(n, _)| n).collect();
-        ensure!(names == want.iter().collect::<Vec<_>>(), "pods are {have:?}");
-        ensure!(have.iter().all(|(_, ready)| *ready), "not all ready: {have:?}");
+        ensure!(
+            names == want.iter().collect::<Vec<_>>(),
+            "pods are {have:?}"
+        );
+        ensure!(
+            have.iter().all(|(_, ready)| *ready),
+            "not all ready: {have:?}"
+        );
         Ok(())
     })
     .await
@@ -101,19 +112,35 @@ async fn wait_for_bound_claim(client: &Client, ns: &str, name: &str) -> Result<P
         let pvc = pvcs.get(name).await?;
         let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
         ensure!(phase.as_deref() == Some("Bound"), "phase is {phase:?}");
-        let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).context("no volumeName")?;
+        let volume = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .context("no volumeName")?;
         let pv = pvs.get(&volume).await?;
-        let path = pv.spec.as_ref().and_then(|s| s.host_path.as_ref()).map(|h| PathBuf::from(&h.path));
+        let path = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_path.as_ref())
+            .map(|h| PathBuf::from(&h.path));
         let path = path.with_context(|| format!("PV {volume} has no hostPath"))?;
-        ensure!(path.is_dir(), "PV {volume} path {} is not a directory", path.display());
+        ensure!(
+            path.is_dir(),
+            "PV {volume} path {} is not a directory",
+            path.display()
+        );
         Ok(path)
     })
     .await
 }
 
 async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
-    sets.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": replicas } })))
-        .await?;
+    sets.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
+    )
+    .await?;
     Ok(())
 }
 
@@ -126,13 +153,23 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
 
-        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Retain")).await?;
+        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Retain"))
+            .await?;
         wait_for_web_pods(&pods, &[0, 1, 2]).await?;
         let mut dirs = BTreeMap::new();
         for n in 0..3 {
-            dirs.insert(n, wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?);
+            dirs.insert(
+                n,
+                wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?,
+            );
         }
-        ensure!(dirs.values().collect::<std::collections::BTreeSet<_>>().len() == 3, "claims share a directory: {dirs:?}");
+        ensure!(
+            dirs.values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 3,
+            "claims share a directory: {dirs:?}"
+        );
         // Data a pod "wrote" before scale-down, to show it outlives the pod.
         std::fs::write(dirs[&2].join("payload"), b"web-2 was here")?;
 
@@ -140,17 +177,26 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         wait_for_web_pods(&pods, &[0]).await?;
         eventually("StatefulSet status to show 1 replica", WAIT, || async {
             let status = sets.get_status("web").await?.status.context("no status")?;
-            ensure!(status.replicas == 1 && status.ready_replicas == Some(1), "status is {status:?}");
+            ensure!(
+                status.replicas == 1 && status.ready_replicas == Some(1),
+                "status is {status:?}"
+            );
             Ok(())
         })
         .await?;
         // Retain: the claims of the removed pods stay, bound and untouched by any deletion.
         for n in 1..3 {
             let pvc = pvcs.get(&format!("data-web-{n}")).await?;
-            ensure!(pvc.metadata.deletion_timestamp.is_none(), "data-web-{n} is being deleted");
+            ensure!(
+                pvc.metadata.deletion_timestamp.is_none(),
+                "data-web-{n} is being deleted"
+            );
             let owners = pvc.metadata.owner_references.unwrap_or_default();
             ensure!(owners.is_empty(), "data-web-{n} has owners {owners:?}");
-            ensure!(pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound"), "data-web-{n} not Bound");
+            ensure!(
+                pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound"),
+                "data-web-{n} not Bound"
+            );
         }
         ensure!(std::fs::read(dirs[&2].join("payload"))? == b"web-2 was here");
         delete_namespace(&client, &ns).await
@@ -167,7 +213,8 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
 
-        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Delete")).await?;
+        sets.create(&PostParams::default(), &web_statefulset(3, 0, "Delete"))
+            .await?;
         wait_for_web_pods(&pods, &[0, 1, 2]).await?;
         let mut dirs = Vec::new();
         for n in 0..3 {
@@ -178,13 +225,26 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             .await?
             .items
             .into_iter()
-            .map(|p| (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default()))
+            .map(|p| {
+                (
+                    p.metadata.name.unwrap_or_default(),
+                    p.metadata.uid.unwrap_or_default(),
+                )
+            })
             .collect();
 
         // Watch the claims from now on: the owner reference is set and the claim collected
         // within moments, so only the watch reliably shows the object as the collector saw it.
-        let rv = pvcs.list(&ListParams::default()).await?.metadata.resource_version.context("no resourceVersion")?;
-        let mut events = pvcs.watch(&WatchParams::default().timeout(120), &rv).await?.boxed();
+        let rv = pvcs
+            .list(&ListParams::default())
+            .await?
+            .metadata
+            .resource_version
+            .context("no resourceVersion")?;
+        let mut events = pvcs
+            .watch(&WatchParams::default().timeout(120), &rv)
+            .await?
+            .boxed();
         scale(&sets, "web", 1).await?;
 
         let mut deleted: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
@@ -203,12 +263,16 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             Ok(())
         })
         .await
-        .map_err(|_| anyhow!("scaled-down claims not deleted within {WAIT:?}; deleted so far: {deleted:?}"))??;
+        .map_err(|_| {
+            anyhow!("scaled-down claims not deleted within {WAIT:?}; deleted so far: {deleted:?}")
+        })??;
 
         for n in 1..3 {
             let claim = format!("data-web-{n}");
             let pod = format!("web-{n}");
-            let owners = deleted.get(&claim).with_context(|| format!("{claim} not deleted; deleted: {deleted:?}"))?;
+            let owners = deleted
+                .get(&claim)
+                .with_context(|| format!("{claim} not deleted; deleted: {deleted:?}"))?;
             ensure!(
                 owners.iter().any(|o| o.kind == "Pod"
                     && o.name == pod
@@ -217,10 +281,12 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
                 "{claim} was deleted without the controller's Pod owner reference: {owners:?}"
             );
         }
-        ensure!(pvcs.get_opt("data-web-0").await?.is_some(), "the live claim data-web-0 was deleted");
+        ensure!(
+            pvcs.get_opt("data-web-0").await?.is_some(),
+            "the live claim data-web-0 was deleted"
+        );
         // Reclaim policy Delete: the provisioner removes the released volumes' directories.
-        for n in 1..3 {
-            let dir = &dirs[n];
+        for dir in &dirs[1..] {
             eventually(format!("{} removed", dir.display()), WAIT, || async {
                 ensure!(!dir.exists(), "still exists");
                 Ok(())
@@ -241,16 +307,25 @@ async fn statefulset_honours_ordinals_start() -> Result<()> {
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
-        sets.create(&PostParams::default(), &web_statefulset(2, 5, "Retain")).await?;
+        sets.create(&PostParams::default(), &web_statefulset(2, 5, "Retain"))
+            .await?;
         wait_for_web_pods(&pods, &[5, 6]).await?;
         for n in [5, 6] {
             wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?;
         }
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        let mut names: Vec<String> =
-            pvcs.list(&ListParams::default()).await?.items.into_iter().filter_map(|p| p.metadata.name).collect();
+        let mut names: Vec<String> = pvcs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
         names.sort();
-        ensure!(names == ["data-web-5", "data-web-6"], "claims are {names:?}");
+        ensure!(
+            names == ["data-web-5", "data-web-6"],
+            "claims are {names:?}"
+        );
         delete_namespace(&client, &ns).await
     })
     .await
@@ -274,7 +349,9 @@ fn one_shot_job(name: &str, pod_annotations: Value) -> Job {
 
 async fn wait_for_job_pod(pods: &Api<Pod>, job: &str) -> Result<Pod> {
     eventually(format!("a Running pod of Job {job}"), WAIT, || async {
-        let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+        let list = pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+            .await?;
         ensure!(list.items.len() == 1, "{} pods", list.items.len());
         let pod = list.items.into_iter().next().unwrap();
         ensure!(is_running_and_ready(&pod), "pod status is {:?}", pod.status);
@@ -286,9 +363,15 @@ async fn wait_for_job_pod(pods: &Api<Pod>, job: &str) -> Result<Pod> {
 async fn wait_for_job_condition(jobs: &Api<Job>, job: &str, condition: &str) -> Result<Job> {
     eventually(format!("Job {job} condition {condition}"), WAIT, || async {
         let job = jobs.get_status(job).await?;
-        let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let conditions = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
         ensure!(
-            conditions.iter().any(|c| c.type_ == condition && c.status == "True"),
+            conditions
+                .iter()
+                .any(|c| c.type_ == condition && c.status == "True"),
             "conditions are {conditions:?}"
         );
         Ok(job)
@@ -354,14 +437,27 @@ async fn job_fails_when_simulated_container_exits_non_zero() -> Result<()> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
-        jobs.create(&PostParams::default(), &one_shot_job("doomed", json!({ EXIT_CODE_ANNOTATION: "3" }))).await?;
+        jobs.create(
+            &PostParams::default(),
+            &one_shot_job("doomed", json!({ EXIT_CODE_ANNOTATION: "3" })),
+        )
+        .await?;
         let job = wait_for_job_condition(&jobs, "doomed", "Failed").await?;
-        ensure!(job.status.and_then(|s| s.failed) == Some(1), "expected one failed pod");
-        let list = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=doomed")).await?;
+        ensure!(
+            job.status.and_then(|s| s.failed) == Some(1),
+            "expected one failed pod"
+        );
+        let list = pods
+            .list(&ListParams::default().labels("batch.kubernetes.io/job-name=doomed"))
+            .await?;
         let codes: Vec<i32> = list
             .items
             .iter()
-            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
             .filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
             .collect();
         ensure!(codes == [3], "exit codes are {codes:?}");
@@ -370,18 +466,31 @@ async fn job_fails_when_simulated_container_exits_non_zero() -> Result<()> {
     .await
 }
 
-async fn request_token(sas: &Api<ServiceAccount>, sa: &str, audience: &str, pod: Option<&Pod>) -> Result<String> {
+async fn request_token(
+    sas: &Api<ServiceAccount>,
+    sa: &str,
+    audience: &str,
+    pod: Option<&Pod>,
+) -> Result<String> {
     let bound = pod.map(|p| json!({ "kind": "Pod", "apiVersion": "v1", "name": p.metadata.name, "uid": p.metadata.uid }));
     let request: TokenRequest = from_json(json!({
         "spec": { "audiences": [audience], "expirationSeconds": 600, "boundObjectRef": bound }
     }));
-    let issued = sas.create_token_request(sa, &PostParams::default(), &request).await?;
-    issued.status.and_then(|s| s.token).context("TokenRequest returned no token")
+    let issued = sas
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest returned no token")
 }
 
 async fn review(client: &Client, token: &str, audience: &str) -> Result<TokenReviewStatus> {
-    let review: TokenReview = from_json(json!({ "spec": { "token": token, "audiences": [audience] } }));
-    let reviewed = Api::<TokenReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
+    let review: TokenReview =
+        from_json(json!({ "spec": { "token": token, "audiences": [audience] } }));
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
     reviewed.status.context("TokenReview has no status")
 }
 
