@@ -61,7 +61,7 @@ func runSupervisor(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	s := &supervisor{dir: dir, exited: make(chan childExit, 3)}
+	s := &supervisor{dir: dir, exited: make(chan childExit, 3), simErr: make(chan error, 2)}
 	err = s.run(ctx, *nodes, *readyTimeout)
 	s.shutdown()
 	if err != nil {
@@ -87,6 +87,7 @@ type supervisor struct {
 	etcd     *embed.Etcd
 	children []*child // in start order; stopped in reverse
 	exited   chan childExit
+	simErr   chan error // failures of the in-process node simulator and provisioner
 	cancel   context.CancelFunc
 }
 
@@ -193,9 +194,14 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 	}
 	sim := &nodeSimulator{client: client, nodes: nodeNames}
 	prov := &provisioner{client: client, root: filepath.Join(s.dir, "volumes")}
-	simErr := make(chan error, 2)
-	go func() { simErr <- fmt.Errorf("node simulator: %w", sim.run(ctx)) }()
-	go func() { simErr <- fmt.Errorf("volume provisioner: %w", prov.run(ctx)) }()
+	// Both return nil only when ctx ends (a requested stop), so only errors are reported.
+	report := func(what string, run func(context.Context) error) {
+		if err := run(ctx); err != nil && ctx.Err() == nil {
+			s.simErr <- fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	go report("node simulator", sim.run)
+	go report("volume provisioner", prov.run)
 
 	// Ready means usable, not just "API answers": nodes Ready (simulator up), the default
 	// StorageClass exists (provisioner up) and the default ServiceAccount exists (controllers up).
@@ -226,7 +232,7 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		return nil
 	case e := <-s.exited:
 		return s.childFailure(e)
-	case err := <-simErr:
+	case err := <-s.simErr:
 		return err
 	}
 }
@@ -237,12 +243,17 @@ func (s *supervisor) waitFor(ctx context.Context, what string, cond func(context
 		select {
 		case e := <-s.exited:
 			return false, s.childFailure(e)
+		case err := <-s.simErr:
+			return false, err
 		default:
 		}
 		return cond(ctx)
 	})
-	if err != nil && ctx.Err() != nil {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("timed out waiting for %s (logs in %s)", what, filepath.Join(s.dir, "logs"))
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted while waiting for %s", what)
 	}
 	return err
 }
