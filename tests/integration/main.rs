@@ -5,4 +5,5 @@ mod bad_input;
 mod engine;
 mod kube_env;
 mod ledger;
+mod service;
 mod support;

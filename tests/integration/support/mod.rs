@@ -3,6 +3,7 @@
 
 pub mod kube;
 pub mod s3;
+pub mod serve;
 pub mod tree;
 
 use std::path::Path;

@@ -1,0 +1,490 @@
+//! The always-up service through real `drainer serve` processes: the API's error contract,
+//! handoffs end to end, kill -9 and restart, two replicas on one PostgreSQL, and SIGTERM.
+
+use crate::support::serve::{Serve, TOKEN};
+use crate::support::tree::{bytes, differences};
+use crate::support::{drainer, file_url, fresh_postgres_database, run, run_ok};
+use reqwest::Method;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+/// Creates the local-mode volume `ns/pvc` under `data` with `files` files of `size` bytes.
+fn make_volume(data: &Path, ns: &str, pvc: &str, files: usize, size: usize) -> std::path::PathBuf {
+    let dir = data.join("volumes").join(ns).join(pvc);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..files {
+        let seed = (pvc.len() * 1000 + i) as u64 + pvc.bytes().map(u64::from).sum::<u64>();
+        std::fs::write(dir.join("sub").join(format!("f{i:03}")), bytes(seed, size)).unwrap();
+    }
+    dir
+}
+
+/// Restores the latest snapshot of `ns/pvc` from the local store under `data` and compares.
+async fn assert_restores_exactly(store: &str, ns: &str, pvc: &str, source: &Path, scratch: &Path) {
+    let dest = scratch.join(format!("restored-{ns}-{pvc}"));
+    run_ok(
+        drainer()
+            .arg("restore")
+            .arg(store)
+            .args(["--volume", &format!("{ns}/{pvc}")])
+            .arg(&dest),
+    )
+    .await;
+    let diffs = differences(source, &dest);
+    assert!(
+        diffs.is_empty(),
+        "{ns}/{pvc} differs after restore:\n{}",
+        diffs.join("\n")
+    );
+}
+
+fn ids(drains: &[serde_json::Value]) -> Vec<String> {
+    drains
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_bad_input_with_json_errors_and_records_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&work.path().join("data"), &["--sweep-interval", "0"]).await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", serve.url);
+    let check =
+        |status: u16, body: &serde_json::Value, want_status: u16, want_code: &str, case: &str| {
+            assert_eq!(status, want_status, "{case}: {body}");
+            assert_eq!(body["error"]["code"], want_code, "{case}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{case}: {body}"
+            );
+        };
+    async fn send(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = r.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+    let good = json!({"namespace": "shop", "pvcs": ["data-web-4"]});
+
+    let (s, b) = send(client.post(url("/v1/handoffs")).json(&good)).await;
+    check(s, &b, 401, "unauthorized", "no token");
+    let (s, b) = send(
+        client
+            .post(url("/v1/handoffs"))
+            .bearer_auth("wrong")
+            .json(&good),
+    )
+    .await;
+    check(s, &b, 401, "unauthorized", "wrong token");
+    let (s, b) = send(client.get(url("/v1/drains")).header("Authorization", TOKEN)).await;
+    check(s, &b, 401, "unauthorized", "not a bearer header");
+
+    let authed = |r: reqwest::RequestBuilder| r.bearer_auth(TOKEN);
+    let raw = |body: &str| {
+        authed(client.post(url("/v1/handoffs")))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    let (s, b) = send(raw("{not json")).await;
+    check(s, &b, 400, "invalid_json", "malformed JSON");
+    let (s, b) = send(raw(r#"{"namespace": "shop"}"#)).await;
+    check(s, &b, 400, "invalid_json", "missing field");
+    let (s, b) = send(raw(r#"{"namespace": "shop", "pvcs": ["a"], "extra": 1}"#)).await;
+    check(s, &b, 400, "invalid_json", "unknown field");
+    let (s, b) = send(raw(&format!(
+        r#"{{"namespace": "shop", "pvcs": ["{}"]}}"#,
+        "a".repeat(70_000)
+    )))
+    .await;
+    check(s, &b, 413, "body_too_large", "oversized body");
+    let (s, b) = send(authed(client.post(url("/v1/handoffs"))).body(good.to_string())).await;
+    check(s, &b, 415, "unsupported_media_type", "no JSON content type");
+    for (case, body) in [
+        (
+            "upper-case namespace",
+            json!({"namespace": "Shop", "pvcs": ["a"]}),
+        ),
+        ("dot-dot pvc", json!({"namespace": "shop", "pvcs": [".."]})),
+        (
+            "path in pvc",
+            json!({"namespace": "shop", "pvcs": ["../../etc/passwd"]}),
+        ),
+        (
+            "slash in pvc",
+            json!({"namespace": "shop", "pvcs": ["a/b"]}),
+        ),
+        ("no pvcs", json!({"namespace": "shop", "pvcs": []})),
+        (
+            "bad pod",
+            json!({"namespace": "shop", "pvcs": ["a"], "pod": "Web 4"}),
+        ),
+        (
+            "namespace with a path",
+            json!({"namespace": "../kube-system", "pvcs": ["a"]}),
+        ),
+    ] {
+        let (s, b) = send(authed(client.post(url("/v1/handoffs"))).json(&body)).await;
+        check(s, &b, 400, "invalid_request", case);
+    }
+    let (s, b) = serve
+        .call(Method::GET, "/v1/drains/d-does-not-exist", None)
+        .await;
+    check(s, &b, 404, "drain_not_found", "unknown drain");
+    let (s, b) = serve
+        .call(Method::POST, "/v1/drains/d-does-not-exist/retry", None)
+        .await;
+    check(s, &b, 404, "drain_not_found", "retry unknown drain");
+    let (s, b) = serve
+        .call(Method::GET, "/v1/drains/..%2f..%2fetc", None)
+        .await;
+    check(s, &b, 400, "invalid_request", "path trick in a drain id");
+    let (s, b) = serve
+        .call(Method::GET, "/v1/drains?state=bogus", None)
+        .await;
+    check(s, &b, 400, "invalid_request", "unknown state filter");
+    let (s, b) = serve
+        .call(Method::GET, "/v1/volumes/Shop/x/snapshots", None)
+        .await;
+    check(s, &b, 400, "invalid_request", "bad volume in path");
+    let (s, b) = serve.call(Method::GET, "/v1/nothing-here", None).await;
+    check(s, &b, 404, "not_found", "unknown route");
+
+    assert!(
+        serve.drains("").await.is_empty(),
+        "bad requests recorded nothing"
+    );
+    let (s, doc) = send(client.get(url("/v1/openapi.json"))).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_from_the_cli_drains_a_volume_and_repeats_return_the_same_drain() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let source = make_volume(&data, "shop", "data-web-4", 40, 1024 * 1024);
+    crate::support::tree::awkward(&source.join("awkward"), 1000);
+    let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
+
+    let (first, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let (again, repeated) = serve.handoff("shop", &["data-web-4"]).await;
+    assert_eq!(first, 202);
+    assert_eq!(
+        ids(&drains),
+        ids(&repeated),
+        "a repeated handoff returns the active drain"
+    );
+    assert_eq!(again, 200);
+
+    let out = run_ok(
+        drainer()
+            .args([
+                "handoff",
+                "--drainer",
+                &serve.url,
+                "--namespace",
+                "shop",
+                "--pvc",
+                "data-web-4",
+                "--wait",
+                "--timeout",
+                "60",
+            ])
+            .env("DRAINER_TOKEN", TOKEN),
+    )
+    .await;
+    assert!(out.contains("completed"), "{out}");
+    let drain = serve.drain(&ids(&drains)[0]).await;
+    assert_eq!(drain["state"], "completed", "{drain}");
+    let history: Vec<&str> = drain["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["queued", "copying", "completed"]);
+    let store = file_url(&data.join("store"));
+    assert_restores_exactly(&store, "shop", "data-web-4", &source, work.path()).await;
+
+    let metrics = reqwest::get(format!("{}/metrics", serve.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("drainer_drains{state=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("drainer_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/handoffs\",status=\"202\"} 1"), "{metrics}");
+
+    let bad = run(drainer()
+        .args([
+            "handoff",
+            "--drainer",
+            &serve.url,
+            "--namespace",
+            "shop",
+            "--pvc",
+            "Bad_Name",
+            "--timeout",
+            "5",
+        ])
+        .env("DRAINER_TOKEN", TOKEN))
+    .await;
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_while_ten_drains_copy_finishes_them_all_after_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("data-web-{i}")).collect();
+    let sources: Vec<_> = names
+        .iter()
+        .map(|n| make_volume(&data, "shop", n, 60, 512 * 1024))
+        .collect();
+    let args = [
+        "--sweep-interval",
+        "0",
+        "--concurrent-drains",
+        "10",
+        "--lease",
+        "3",
+        "--concurrency",
+        "2",
+    ];
+    let serve = Serve::start(&data, &args).await;
+    let pvcs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (_, drains) = serve.handoff("shop", &pvcs).await;
+    let drain_ids = ids(&drains);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while serve.drains("state=copying").await.len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "10 drains never copied at once"
+        );
+        assert!(
+            serve.drains("state=completed").await.is_empty(),
+            "a drain finished before the kill"
+        );
+    }
+    let first_owner = serve.drain(&drain_ids[0]).await["lease_owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    serve.kill9().await;
+
+    let serve = Serve::start(&data, &args).await;
+    let ended = serve.wait_ended(&drain_ids, Duration::from_secs(120)).await;
+    for drain in &ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+        let claims: Vec<&str> = drain["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state"] == "copying")
+            .map(|e| e["owner"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            claims.len(),
+            2,
+            "claimed once before and once after the kill: {drain}"
+        );
+        assert_eq!(claims[0], first_owner);
+        assert_ne!(
+            claims[1], first_owner,
+            "taken over by the restarted process"
+        );
+    }
+    let store = file_url(&data.join("store"));
+    for (name, source) in names.iter().zip(&sources) {
+        assert_restores_exactly(&store, "shop", name, source, work.path()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_run_each_drain_once_and_take_over_a_dead_ones_work() {
+    let work = tempfile::tempdir().unwrap();
+    let database = fresh_postgres_database().await;
+    let volumes = work.path().join("volumes");
+    let store_dir = work.path().join("store");
+    let store = file_url(&store_dir);
+    let names: Vec<String> = (0..20).map(|i| format!("small-{i}")).collect();
+    let root = work.path();
+    let sources: Vec<_> = names
+        .iter()
+        .map(|n| make_volume(root, "shop", n, 5, 64 * 1024))
+        .collect();
+    let common = |data: &str| {
+        vec![
+            "--database-url".to_owned(),
+            database.clone(),
+            "--volume-root".to_owned(),
+            volumes.display().to_string(),
+            "--store".to_owned(),
+            store.clone(),
+            "--sweep-interval".to_owned(),
+            "0".to_owned(),
+            "--lease".to_owned(),
+            "3".to_owned(),
+            "--concurrent-drains".to_owned(),
+            "2".to_owned(),
+            "--replica-id".to_owned(),
+            data.to_owned(),
+        ]
+    };
+    let args_a = common("replica-a");
+    let args_b = common("replica-b");
+    let a = Serve::start(
+        &work.path().join("a"),
+        &args_a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let b = Serve::start(
+        &work.path().join("b"),
+        &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let pvcs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (_, drains) = a.handoff("shop", &pvcs).await;
+    let ended = b.wait_ended(&ids(&drains), Duration::from_secs(120)).await;
+    let mut owners = std::collections::HashSet::new();
+    for drain in &ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+        let claims: Vec<&serde_json::Value> = drain["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state"] == "copying")
+            .collect();
+        assert_eq!(claims.len(), 1, "each drain runs exactly once: {drain}");
+        owners.insert(claims[0]["owner"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(owners.len(), 2, "both replicas took work: {owners:?}");
+    for (name, source) in names.iter().zip(&sources) {
+        assert_restores_exactly(&store, "shop", name, source, work.path()).await;
+    }
+
+    // Larger volumes; kill replica A while it copies: B takes its drains after the lease expires.
+    let big: Vec<String> = (0..4).map(|i| format!("big-{i}")).collect();
+    let big_sources: Vec<_> = big
+        .iter()
+        .map(|n| make_volume(root, "shop", n, 40, 1024 * 1024))
+        .collect();
+    let pvcs: Vec<&str> = big.iter().map(String::as_str).collect();
+    let (_, drains) = b.handoff("shop", &pvcs).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let held_by_a = loop {
+        let copying = b.drains("state=copying").await;
+        let mine: Vec<String> = copying
+            .iter()
+            .filter(|d| d["lease_owner"] == "replica-a")
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect();
+        if !mine.is_empty() {
+            break mine;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A never claimed a big drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.kill9().await;
+    let ended = b.wait_ended(&ids(&drains), Duration::from_secs(120)).await;
+    for drain in &ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+        let id = drain["id"].as_str().unwrap().to_owned();
+        let owners: Vec<&str> = drain["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state"] == "copying")
+            .map(|e| e["owner"].as_str().unwrap())
+            .collect();
+        if held_by_a.contains(&id) {
+            assert_eq!(owners.first(), Some(&"replica-a"), "{drain}");
+            assert_eq!(
+                owners.last(),
+                Some(&"replica-b"),
+                "B took over after A died: {drain}"
+            );
+        }
+    }
+    for (name, source) in big.iter().zip(&big_sources) {
+        assert_restores_exactly(&store, "shop", name, source, work.path()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let source = make_volume(&data, "shop", "data-web-4", 300, 1024 * 1024);
+    let args = [
+        "--sweep-interval",
+        "0",
+        "--grace",
+        "5",
+        "--concurrency",
+        "1",
+    ];
+    let serve = Serve::start(&data, &args).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let id = ids(&drains)[0].clone();
+    while serve.drain(&id).await["state"] != "copying" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let a checkpoint happen
+    let url = serve.url.clone();
+    let (status, took) = serve.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "exited within the grace period: {took:?}"
+    );
+    assert!(
+        reqwest::get(format!("{url}/readyz")).await.is_err(),
+        "no longer serving"
+    );
+
+    let serve = Serve::start(&data, &args).await;
+    let drain = serve.drain(&id).await;
+    let history: Vec<&str> = drain["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &history[..3],
+        ["queued", "copying", "queued"],
+        "released at shutdown: {drain}"
+    );
+    let ended = serve
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(120))
+        .await;
+    assert_eq!(ended[0]["state"], "completed");
+    assert_eq!(
+        ended[0]["attempts"], 1,
+        "the interrupted attempt is not counted: {}",
+        ended[0]
+    );
+    assert_restores_exactly(
+        &file_url(&data.join("store")),
+        "shop",
+        "data-web-4",
+        &source,
+        work.path(),
+    )
+    .await;
+}

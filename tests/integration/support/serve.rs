@@ -1,0 +1,168 @@
+//! A real `drainer serve` process for tests, and a small client of its API.
+
+use super::drainer;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The bearer token test services use.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A running `drainer serve`.
+pub struct Serve {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: tokio::process::Child,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Serve {
+    /// Starts `drainer serve` on `data` (local mode) with extra arguments, and waits until ready.
+    pub async fn start(data: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut cmd = drainer();
+        cmd.arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("DRAINER_TOKEN", TOKEN)
+            .env("DRAINER_LOG", "info")
+            .stderr(std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap());
+        let child = cmd.spawn().expect("drainer serve starts");
+        let serve = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        serve.wait_ready().await;
+        serve
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("drainer serve at {} was not ready within 30 s", self.url);
+    }
+
+    /// Sends a request with the test token; returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Hands off `pvcs` of namespace `ns`; returns status and the drains.
+    pub async fn handoff(&self, ns: &str, pvcs: &[&str]) -> (u16, Vec<serde_json::Value>) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/handoffs",
+                Some(serde_json::json!({"namespace": ns, "pvcs": pvcs})),
+            )
+            .await;
+        assert!(
+            status == 200 || status == 202,
+            "handoff answered {status}: {body}"
+        );
+        (status, body["drains"].as_array().unwrap().clone())
+    }
+
+    /// One drain.
+    pub async fn drain(&self, id: &str) -> serde_json::Value {
+        let (status, body) = self
+            .call(reqwest::Method::GET, &format!("/v1/drains/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Drains listed with a query string (e.g. `state=copying`).
+    pub async fn drains(&self, query: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/drains?{query}&limit=1000"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["drains"].as_array().unwrap().clone()
+    }
+
+    /// Waits until every drain in `ids` has ended; returns them.
+    pub async fn wait_ended(&self, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ended = Vec::new();
+            for id in ids {
+                let d = self.drain(id).await;
+                if ["completed", "failed", "cancelled", "not_needed"]
+                    .contains(&d["state"].as_str().unwrap())
+                {
+                    ended.push(d);
+                }
+            }
+            if ended.len() == ids.len() {
+                return ended;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drains did not end in time: {} of {} ended",
+                ended.len(),
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// Sends SIGTERM; returns the exit status and how long the process took to exit.
+    pub async fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
+        let started = Instant::now();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("exited in time")
+            .unwrap();
+        (status, started.elapsed())
+    }
+}
