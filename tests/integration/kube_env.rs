@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::support::kube::{
-    EXIT_CODE_ANNOTATION, client, client_with_token, create_namespace, delete_namespace,
-    eventually, with_timeout,
+    EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client, client_with_token,
+    create_namespace, delete_namespace, eventually, with_timeout,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
@@ -580,6 +580,56 @@ async fn rbac_denies_identity_without_permission() -> Result<()> {
         })
         .await?;
         delete_namespace(&admin, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deleted_pod_stays_terminating_for_its_termination_delay() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "kube-env-terminating").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod: Pod = from_json(json!({
+            "metadata": { "name": "slow", "annotations": { TERMINATION_DELAY_ANNOTATION: "3s" } },
+            "spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{ "name": "app", "image": "registry.invalid/web:1" }]
+            }
+        }));
+        eventually("pod slow created", WAIT, || async {
+            Ok(pods.create(&PostParams::default(), &pod).await?)
+        })
+        .await?;
+        eventually("pod slow Running", WAIT, || async {
+            let pod = pods.get("slow").await?;
+            ensure!(is_running_and_ready(&pod), "status is {:?}", pod.status);
+            Ok(())
+        })
+        .await?;
+
+        let deleted_at = tokio::time::Instant::now();
+        pods.delete("slow", &Default::default()).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pod = pods
+            .get_opt("slow")
+            .await?
+            .context("pod gone before its termination delay")?;
+        ensure!(
+            pod.metadata.deletion_timestamp.is_some(),
+            "pod is not Terminating"
+        );
+        eventually("pod slow gone", WAIT, || async {
+            ensure!(pods.get_opt("slow").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        let took = deleted_at.elapsed();
+        ensure!(
+            took >= Duration::from_millis(2500),
+            "gone after {took:?}, before the 3 s delay"
+        );
+        delete_namespace(&client, &ns).await
     })
     .await
 }

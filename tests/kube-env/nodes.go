@@ -26,6 +26,11 @@ import (
 // Succeeded; anything else ends it Failed (restartPolicy is not simulated).
 const ExitCodeAnnotation = "kube-env.drainer.io/exit-code"
 
+// TerminationDelayAnnotation (a Go duration such as "5s") keeps a deleted pod Terminating for
+// that long, as a container that takes time to exit on SIGTERM would; at most the pod's grace
+// period. Without it, deleted pods go away at once.
+const TerminationDelayAnnotation = "kube-env.drainer.io/termination-delay"
+
 const (
 	leaseDuration    = 40 * time.Second
 	leaseRenewPeriod = 10 * time.Second
@@ -99,18 +104,19 @@ func (s *nodeSimulator) run(ctx context.Context) error {
 					queue.Forget(key)
 					return
 				}
+				var later time.Duration
 				if err == nil && ours[pod.Spec.NodeName] {
-					err = s.syncPod(ctx, pod)
+					later, err = s.syncPod(ctx, pod)
 				}
-				if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				if err != nil && !apierrors.IsNotFound(err) {
+					// Includes conflicts: the cache was stale; retry with the newer object.
 					queue.AddRateLimited(key)
 					return
 				}
-				if apierrors.IsConflict(err) {
-					queue.AddRateLimited(key) // stale cache: retry with the newer object
-					return
-				}
 				queue.Forget(key)
+				if later > 0 {
+					queue.AddAfter(key, later)
+				}
 			}()
 		}
 	}
@@ -217,34 +223,58 @@ func (s *nodeSimulator) renewLeases(ctx context.Context) {
 	}
 }
 
-// syncPod moves one pod along the lifecycle a kubelet would give it.
-func (s *nodeSimulator) syncPod(ctx context.Context, pod *corev1.Pod) error {
+// syncPod moves one pod along the lifecycle a kubelet would give it. A positive duration asks
+// for the pod to be synced again after that time.
+func (s *nodeSimulator) syncPod(ctx context.Context, pod *corev1.Pod) (time.Duration, error) {
 	pods := s.client.CoreV1().Pods(pod.Namespace)
 	switch {
 	case pod.DeletionTimestamp != nil:
-		// The "containers" stop instantly; the kubelet then removes the pod with grace 0.
+		if wait := terminationDelay(pod); wait > 0 {
+			return wait, nil
+		}
+		// The "containers" have stopped; the kubelet then removes the pod with grace 0.
 		// Finalizers, if any, still hold the object until their controllers remove them.
-		return pods.Delete(ctx, pod.Name, metav1.DeleteOptions{
+		return 0, pods.Delete(ctx, pod.Name, metav1.DeleteOptions{
 			GracePeriodSeconds: ptr.To(int64(0)),
 			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 		})
 	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return nil // terminal: whoever ended it (the test, or us) owns that status
+		return 0, nil // terminal: whoever ended it (the test, or us) owns that status
 	case pod.Status.Phase == "" || pod.Status.Phase == corev1.PodPending:
 		_, err := pods.UpdateStatus(ctx, s.runningStatus(pod), metav1.UpdateOptions{})
-		return err
+		return 0, err
 	case pod.Status.Phase == corev1.PodRunning:
 		if v, ok := pod.Annotations[ExitCodeAnnotation]; ok {
 			code, err := strconv.Atoi(v)
 			if err != nil {
 				logf("node simulator: pod %s/%s: bad %s %q", pod.Namespace, pod.Name, ExitCodeAnnotation, v)
-				return nil
+				return 0, nil
 			}
 			_, err = pods.UpdateStatus(ctx, terminatedStatus(pod, int32(code)), metav1.UpdateOptions{})
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return 0, nil
+}
+
+// terminationDelay is how much longer a deleted pod with TerminationDelayAnnotation stays
+// Terminating. Like a kubelet, which kills containers when the grace period ends, it never waits
+// past the grace period.
+func terminationDelay(pod *corev1.Pod) time.Duration {
+	v, ok := pod.Annotations[TerminationDelayAnnotation]
+	if !ok {
+		return 0
+	}
+	delay, err := time.ParseDuration(v)
+	if err != nil {
+		logf("node simulator: pod %s/%s: bad %s %q", pod.Namespace, pod.Name, TerminationDelayAnnotation, v)
+		return 0
+	}
+	// The API server sets deletionTimestamp = time of the delete call + grace period.
+	grace := time.Duration(ptr.Deref(pod.DeletionGracePeriodSeconds, 0)) * time.Second
+	deleted := pod.DeletionTimestamp.Add(-grace)
+	end := deleted.Add(min(delay, grace))
+	return time.Until(end)
 }
 
 func (s *nodeSimulator) podIP(node string) string {

@@ -22,6 +22,10 @@ pub const KUBECONFIG_ENV: &str = "DRAINER_TEST_KUBECONFIG";
 /// as a kubelet does when the container exits ("0" → Succeeded, anything else → Failed).
 pub const EXIT_CODE_ANNOTATION: &str = "kube-env.drainer.io/exit-code";
 
+/// Annotation (a Go duration such as "5s") that keeps a deleted pod Terminating that long (at
+/// most its grace period), like a container that takes time to exit; otherwise it goes at once.
+pub const TERMINATION_DELAY_ANNOTATION: &str = "kube-env.drainer.io/termination-delay";
+
 /// Client configuration for the kube-env admin (group `system:masters`).
 pub async fn admin_config() -> Result<Config> {
     let path = std::env::var_os(KUBECONFIG_ENV).ok_or_else(|| {
