@@ -231,13 +231,15 @@ impl Store {
         key: &Path,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, request).await {
+        // The outer bound covers a request with all its retries (and local calls, which have
+        // no timeout of their own).
+        match tokio::time::timeout(self.timeout * (RETRIES + 1), request).await {
             Ok(result) => result.map_err(|source| self.backend_error(source)),
             Err(_) => Err(Error::Timeout {
                 url: self.url.clone(),
                 op,
                 key: key.to_string(),
-                seconds: self.timeout.as_secs(),
+                seconds: (self.timeout * (RETRIES + 1)).as_secs(),
             }),
         }
     }
@@ -337,11 +339,15 @@ fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs())
 }
 
-/// Retries inside `object_store` are bounded in count and in total time.
+/// Retries inside `object_store` of one request.
+const RETRIES: u32 = 4;
+
+/// Retries inside `object_store` are bounded in count and in total time: each try has the
+/// request timeout, and all of them together a little more than that many timeouts.
 fn retry_config(timeout: Duration) -> RetryConfig {
     RetryConfig {
-        max_retries: 4,
-        retry_timeout: timeout,
+        max_retries: RETRIES as usize,
+        retry_timeout: timeout * RETRIES,
         ..RetryConfig::default()
     }
 }

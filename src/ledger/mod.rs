@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Timeout for taking a connection from the pool (and so for a dead database to show).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]

@@ -488,3 +488,74 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
     )
     .await;
 }
+
+/// Starts a service in local mode whose store is the S3 test server behind a fault proxy.
+async fn serve_through_faults(work: &Path, faults: crate::support::fault::Faults, extra: &[&str]) -> (Serve, crate::support::s3::S3Server, crate::support::fault::FaultProxy) {
+    let server = crate::support::s3::S3Server::start().await;
+    let proxy = crate::support::fault::FaultProxy::start(&server.endpoint, faults).await;
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut args = vec!["--sweep-interval", "0", "--store", "s3://bucket/faulty", "--store-timeout", "2"];
+    args.extend_from_slice(extra);
+    let serve = Serve::start_with_env(
+        &data,
+        &args,
+        &[
+            ("AWS_ENDPOINT", proxy.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", crate::support::s3::KEY),
+            ("AWS_SECRET_ACCESS_KEY", crate::support::s3::SECRET),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
+        ],
+    )
+    .await;
+    (serve, server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_complete_through_a_store_that_fails_a_fifth_of_writes() {
+    let work = tempfile::tempdir().unwrap();
+    let faults = crate::support::fault::Faults { error_ratio: 0.15, timeout_ratio: 0.05, hold: Duration::from_secs(3) };
+    let data = work.path().join("data");
+    let sources: Vec<_> = (0..3).map(|i| make_volume(&data, "shop", &format!("flaky-{i}"), 30, 20 * 1024)).collect();
+    let (serve, server, proxy) = serve_through_faults(work.path(), faults, &["--max-attempts", "10"]).await;
+    let (_, drains) = serve.handoff("shop", &["flaky-0", "flaky-1", "flaky-2"]).await;
+    let ended = serve.wait_ended(&ids(&drains), Duration::from_secs(240)).await;
+    for drain in &ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+    }
+    assert!(proxy.injected() > 5, "faults were injected: {}", proxy.injected());
+    for (i, source) in sources.iter().enumerate() {
+        let dest = work.path().join(format!("restored-{i}"));
+        let mut restore = drainer();
+        restore.arg("restore").arg("s3://bucket/faulty").args(["--volume", &format!("shop/flaky-{i}")]).arg(&dest);
+        server.configure(&mut restore);
+        run_ok(&mut restore).await;
+        assert!(differences(source, &dest).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_always_fails_writes_ends_in_failed_with_the_error_visible() {
+    let work = tempfile::tempdir().unwrap();
+    let faults = crate::support::fault::Faults { error_ratio: 1.0, timeout_ratio: 0.0, hold: Duration::ZERO };
+    make_volume(&work.path().join("data"), "shop", "doomed", 2, 1024);
+    let (serve, _server, _proxy) = serve_through_faults(work.path(), faults, &["--max-attempts", "2"]).await;
+    let (_, drains) = serve.handoff("shop", &["doomed"]).await;
+    let ended = serve.wait_ended(&ids(&drains), Duration::from_secs(120)).await;
+    let drain = &ended[0];
+    assert_eq!(drain["state"], "failed", "{drain}");
+    assert_eq!(drain["attempts"], 2, "{drain}");
+    assert!(drain["last_error"].as_str().unwrap().contains("store"), "{drain}");
+    let metrics = reqwest::get(format!("{}/metrics", serve.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("drainer_drains{state=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.contains("drainer_drain_failures_total{reason=\"store\"} 2"), "{metrics}");
+    assert!(metrics.contains("drainer_drain_retries_total 1"), "{metrics}");
+    // A failed drain can be retried by hand.
+    let (status, body) = serve.call(Method::POST, &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "queued");
+    let (status, body) = serve.call(Method::POST, &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("invalid_transition")), "{body}");
+}

@@ -1,6 +1,7 @@
 //! Shared test support: awkward trees, exact tree comparison, running the real binary, an
 //! S3-protocol server, and the test PostgreSQL.
 
+pub mod fault;
 pub mod kube;
 pub mod s3;
 pub mod serve;

@@ -26,6 +26,11 @@ fn free_port() -> u16 {
 impl Serve {
     /// Starts `drainer serve` on `data` (local mode) with extra arguments, and waits until ready.
     pub async fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[]).await
+    }
+
+    /// Like [`Serve::start`], with extra environment variables.
+    pub async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = drainer();
         cmd.arg("serve")
@@ -34,6 +39,7 @@ impl Serve {
             .args(extra)
             .env("DRAINER_TOKEN", TOKEN)
             .env("DRAINER_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap());
         let child = cmd.spawn().expect("drainer serve starts");
         let serve = Self {
