@@ -490,12 +490,27 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
 }
 
 /// Starts a service in local mode whose store is the S3 test server behind a fault proxy.
-async fn serve_through_faults(work: &Path, faults: crate::support::fault::Faults, extra: &[&str]) -> (Serve, crate::support::s3::S3Server, crate::support::fault::FaultProxy) {
+async fn serve_through_faults(
+    work: &Path,
+    faults: crate::support::fault::Faults,
+    extra: &[&str],
+) -> (
+    Serve,
+    crate::support::s3::S3Server,
+    crate::support::fault::FaultProxy,
+) {
     let server = crate::support::s3::S3Server::start().await;
     let proxy = crate::support::fault::FaultProxy::start(&server.endpoint, faults).await;
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut args = vec!["--sweep-interval", "0", "--store", "s3://bucket/faulty", "--store-timeout", "2"];
+    let mut args = vec![
+        "--sweep-interval",
+        "0",
+        "--store",
+        "s3://bucket/faulty",
+        "--store-timeout",
+        "2",
+    ];
     args.extend_from_slice(extra);
     let serve = Serve::start_with_env(
         &data,
@@ -516,20 +531,39 @@ async fn serve_through_faults(work: &Path, faults: crate::support::fault::Faults
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_complete_through_a_store_that_fails_a_fifth_of_writes() {
     let work = tempfile::tempdir().unwrap();
-    let faults = crate::support::fault::Faults { error_ratio: 0.15, timeout_ratio: 0.05, hold: Duration::from_secs(3) };
+    let faults = crate::support::fault::Faults {
+        error_ratio: 0.15,
+        timeout_ratio: 0.05,
+        hold: Duration::from_secs(3),
+    };
     let data = work.path().join("data");
-    let sources: Vec<_> = (0..3).map(|i| make_volume(&data, "shop", &format!("flaky-{i}"), 30, 20 * 1024)).collect();
-    let (serve, server, proxy) = serve_through_faults(work.path(), faults, &["--max-attempts", "10"]).await;
-    let (_, drains) = serve.handoff("shop", &["flaky-0", "flaky-1", "flaky-2"]).await;
-    let ended = serve.wait_ended(&ids(&drains), Duration::from_secs(240)).await;
+    let sources: Vec<_> = (0..3)
+        .map(|i| make_volume(&data, "shop", &format!("flaky-{i}"), 30, 20 * 1024))
+        .collect();
+    let (serve, server, proxy) =
+        serve_through_faults(work.path(), faults, &["--max-attempts", "10"]).await;
+    let (_, drains) = serve
+        .handoff("shop", &["flaky-0", "flaky-1", "flaky-2"])
+        .await;
+    let ended = serve
+        .wait_ended(&ids(&drains), Duration::from_secs(240))
+        .await;
     for drain in &ended {
         assert_eq!(drain["state"], "completed", "{drain}");
     }
-    assert!(proxy.injected() > 5, "faults were injected: {}", proxy.injected());
+    assert!(
+        proxy.injected() > 5,
+        "faults were injected: {}",
+        proxy.injected()
+    );
     for (i, source) in sources.iter().enumerate() {
         let dest = work.path().join(format!("restored-{i}"));
         let mut restore = drainer();
-        restore.arg("restore").arg("s3://bucket/faulty").args(["--volume", &format!("shop/flaky-{i}")]).arg(&dest);
+        restore
+            .arg("restore")
+            .arg("s3://bucket/faulty")
+            .args(["--volume", &format!("shop/flaky-{i}")])
+            .arg(&dest);
         server.configure(&mut restore);
         run_ok(&mut restore).await;
         assert!(differences(source, &dest).is_empty());
@@ -539,23 +573,151 @@ async fn drains_complete_through_a_store_that_fails_a_fifth_of_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_always_fails_writes_ends_in_failed_with_the_error_visible() {
     let work = tempfile::tempdir().unwrap();
-    let faults = crate::support::fault::Faults { error_ratio: 1.0, timeout_ratio: 0.0, hold: Duration::ZERO };
+    let faults = crate::support::fault::Faults {
+        error_ratio: 1.0,
+        timeout_ratio: 0.0,
+        hold: Duration::ZERO,
+    };
     make_volume(&work.path().join("data"), "shop", "doomed", 2, 1024);
-    let (serve, _server, _proxy) = serve_through_faults(work.path(), faults, &["--max-attempts", "2"]).await;
+    let (serve, _server, _proxy) =
+        serve_through_faults(work.path(), faults, &["--max-attempts", "2"]).await;
     let (_, drains) = serve.handoff("shop", &["doomed"]).await;
-    let ended = serve.wait_ended(&ids(&drains), Duration::from_secs(120)).await;
+    let ended = serve
+        .wait_ended(&ids(&drains), Duration::from_secs(120))
+        .await;
     let drain = &ended[0];
     assert_eq!(drain["state"], "failed", "{drain}");
     assert_eq!(drain["attempts"], 2, "{drain}");
-    assert!(drain["last_error"].as_str().unwrap().contains("store"), "{drain}");
-    let metrics = reqwest::get(format!("{}/metrics", serve.url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("drainer_drains{state=\"failed\"} 1"), "{metrics}");
-    assert!(metrics.contains("drainer_drain_failures_total{reason=\"store\"} 2"), "{metrics}");
-    assert!(metrics.contains("drainer_drain_retries_total 1"), "{metrics}");
+    assert!(
+        drain["last_error"].as_str().unwrap().contains("store"),
+        "{drain}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", serve.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("drainer_drains{state=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drainer_drain_failures_total{reason=\"store\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drainer_drain_retries_total 1"),
+        "{metrics}"
+    );
     // A failed drain can be retried by hand.
-    let (status, body) = serve.call(Method::POST, &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()), None).await;
+    let (status, body) = serve
+        .call(
+            Method::POST,
+            &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "queued");
-    let (status, body) = serve.call(Method::POST, &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("invalid_transition")), "{body}");
+    let (status, body) = serve
+        .call(
+            Method::POST,
+            &format!("/v1/drains/{}/retry", drain["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("invalid_transition")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_survive_a_postgres_restart_and_none_acknowledged_is_lost() {
+    let pg = crate::support::postgres::PrivatePostgres::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("vol-{i}")).collect();
+    for name in &names {
+        make_volume(&data, "shop", name, 3, 4096);
+    }
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--database-url", &pg.url]).await;
+    let handoff_cli = |pvc: &str| {
+        let mut cmd = drainer();
+        cmd.args([
+            "handoff",
+            "--drainer",
+            &serve.url,
+            "--namespace",
+            "shop",
+            "--pvc",
+            pvc,
+            "--timeout",
+            "60",
+        ])
+        .env("DRAINER_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let mut acknowledged = Vec::new();
+    for name in &names[..4] {
+        let (_, drains) = serve.handoff("shop", &[name]).await;
+        acknowledged.extend(ids(&drains));
+    }
+
+    pg.down();
+    let (status, body) = serve
+        .call(
+            Method::POST,
+            "/v1/handoffs",
+            Some(json!({"namespace": "shop", "pvcs": ["vol-4"]})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "ledger_unavailable");
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/drains", serve.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.headers().get("retry-after").is_some(),
+        "503 carries Retry-After"
+    );
+    let readyz = reqwest::get(format!("{}/readyz", serve.url)).await.unwrap();
+    assert_eq!(readyz.status(), 503, "not ready without a ledger");
+    // Handoffs sent during the outage keep retrying until the database is back.
+    let waiting: Vec<_> = names[4..8]
+        .iter()
+        .map(|n| handoff_cli(n).spawn().unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+    for child in waiting {
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "handoff retried until PostgreSQL was back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        acknowledged.push(line.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    for name in &names[8..] {
+        let (_, drains) = serve.handoff("shop", &[name]).await;
+        acknowledged.extend(ids(&drains));
+    }
+    let ended = serve
+        .wait_ended(&acknowledged, Duration::from_secs(120))
+        .await;
+    assert_eq!(ended.len(), 12, "every acknowledged handoff is there");
+    for drain in ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod fault;
 pub mod kube;
+pub mod postgres;
 pub mod s3;
 pub mod serve;
 pub mod tree;
