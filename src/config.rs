@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Ask a drainer to drain volumes (for SIGTERM handlers, preStop hooks and Jobs).
     Handoff(HandoffArgs),
+    /// Stream a mounted volume to the drainer for one drain (run by mover Jobs).
+    Mover(MoverArgs),
     /// Take a snapshot of a directory into a store (resumable and incremental).
     Copy(CopyArgs),
     /// Restore a snapshot into an empty directory, verifying every hash.
@@ -122,6 +124,13 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "DRAINER_GRACE", default_value = "10", value_parser = parse_seconds)]
     pub grace: Duration,
+    /// Who copies: `in-process` (local mode: the engine inside this process) or `external`
+    /// (`drainer mover` processes stream each drain through the API).
+    #[arg(long, env = "DRAINER_MOVERS", value_enum, default_value_t = Movers::InProcess)]
+    pub movers: Movers,
+    /// How long an attempt waits for an external mover, in seconds.
+    #[arg(long, env = "DRAINER_MOVER_TIMEOUT", default_value = "3600", value_parser = parse_seconds)]
+    pub mover_timeout: Duration,
     /// This replica's name in leases and history. Default: host name, process id and a random suffix.
     #[arg(long, env = "DRAINER_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -131,6 +140,15 @@ pub struct ServeArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// Who makes the copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Movers {
+    /// The snapshot engine inside the drainer process.
+    InProcess,
+    /// `drainer mover` processes, through the API.
+    External,
 }
 
 /// `drainer handoff`.
@@ -171,6 +189,37 @@ pub struct HandoffArgs {
     /// The bearer token itself (instead of the token file).
     #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// `drainer mover`.
+#[derive(Debug, Clone, Args)]
+pub struct MoverArgs {
+    /// The drainer's base URL.
+    #[arg(
+        long = "drainer",
+        env = "DRAINER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// The drain to stream into.
+    #[arg(long, env = "DRAINER_DRAIN")]
+    pub drain: String,
+    /// The mounted volume.
+    #[arg(long, env = "DRAINER_SOURCE")]
+    pub source: PathBuf,
+    /// File holding the bearer token.
+    #[arg(
+        long,
+        env = "DRAINER_TOKEN_FILE",
+        default_value = "./drainer-data/token"
+    )]
+    pub token_file: PathBuf,
+    /// The bearer token itself (instead of the token file).
+    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Engine tuning.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// `drainer copy`.

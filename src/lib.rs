@@ -14,6 +14,7 @@ pub mod http;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mover;
 pub mod retry;
 pub mod scheduler;
 pub mod service;
@@ -35,6 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {
         Command::Serve(args) => service::serve(args).await,
         Command::Handoff(args) => handoff::run(args).await,
+        Command::Mover(args) => mover::run(args).await,
         Command::Copy(args) => cli::copy(args).await,
         Command::Restore(args) => cli::restore(args).await,
         Command::Snapshots(args) => cli::snapshots(args).await,

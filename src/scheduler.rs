@@ -68,6 +68,60 @@ impl Executor for LocalExecutor {
     }
 }
 
+/// Copies are made by movers outside this process (`drainer mover`, run by hand, by a script or
+/// as a Kubernetes Job): the attempt waits until the volume's copy run, begun by the mover
+/// through the API, completes.
+pub struct ExternalMovers {
+    /// The ledger the movers' progress goes to.
+    pub ledger: Ledger,
+    /// The store the movers write through this drainer.
+    pub store: Store,
+    /// How long an attempt waits for its mover.
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Executor for ExternalMovers {
+    async fn execute(
+        &self,
+        drain: &Drain,
+        _progress: Arc<Progress>,
+    ) -> snapshot::Result<SnapshotSummary> {
+        let volume = drain.volume();
+        let claimed = drain.updated_ms;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let done = self.ledger.runs(&volume).await?.into_iter().find(|r| {
+                r.store_url == self.store.url()
+                    && r.state == "completed"
+                    && r.finished_ms.is_some_and(|t| t >= claimed)
+            });
+            if let Some(run) = done {
+                let id = run
+                    .snapshot
+                    .parse()
+                    .map_err(|reason| snapshot::Error::Mover {
+                        drain: drain.id.clone(),
+                        reason,
+                    })?;
+                return snapshot::resolve(
+                    &self.store,
+                    &volume,
+                    &snapshot::SnapshotSelector::Id(id),
+                )
+                .await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(snapshot::Error::Mover {
+                    drain: drain.id.clone(),
+                    reason: format!("no mover finished within {} s", self.timeout.as_secs()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 /// Live progress of the drains this replica is running, by drain id.
 pub type ProgressBoard = Arc<Mutex<HashMap<String, Arc<Progress>>>>;
 

@@ -5,11 +5,12 @@
 //! the store a directory, all under the data directory. Every default is one flag away.
 
 use crate::auth::{StaticToken, load_or_create_token};
+use crate::config::Movers;
 use crate::config::ServeArgs;
 use crate::http::{AppState, Shared, router};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::scheduler::{LocalExecutor, Scheduler};
+use crate::scheduler::{ExternalMovers, LocalExecutor, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::snapshot::CopyOptions;
 use crate::store::{Store, StoreOptions};
@@ -57,16 +58,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         volume_root: volume_root.clone(),
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
+        uploads: Default::default(),
     });
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let scheduler = Arc::new(Scheduler {
         ledger: ledger.clone(),
-        executor: Arc::new(LocalExecutor {
-            volume_root: volume_root.clone(),
-            store: store.clone(),
-            ledger: ledger.clone(),
-            options: copy_options(&args),
-        }),
+        executor: match args.movers {
+            Movers::InProcess => Arc::new(LocalExecutor {
+                volume_root: volume_root.clone(),
+                store: store.clone(),
+                ledger: ledger.clone(),
+                options: copy_options(&args),
+            }),
+            Movers::External => Arc::new(ExternalMovers {
+                ledger: ledger.clone(),
+                store: store.clone(),
+                timeout: args.mover_timeout,
+            }),
+        },
         owner: owner.clone(),
         lease: args.lease,
         concurrency: args.concurrent_drains.into(),

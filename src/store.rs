@@ -101,6 +101,7 @@ pub struct Store {
     multipart: Option<Arc<dyn MultipartStore>>,
     root: Path,
     local_dir: Option<PathBuf>,
+    barrier: Option<Arc<dyn Barrier>>,
     url: String,
     timeout: Duration,
 }
@@ -194,9 +195,29 @@ impl Store {
             multipart,
             root,
             local_dir,
+            barrier: None,
             url: redact(&parsed),
             timeout: options.timeout,
         })
+    }
+
+    /// A store owned by another process and reached through `objects` (a mover's view of its
+    /// drainer's store); `barrier` makes what was written durable there.
+    pub fn relayed(
+        objects: Arc<dyn ObjectStore>,
+        barrier: Arc<dyn Barrier>,
+        url: String,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            objects,
+            multipart: None,
+            root: Path::default(),
+            local_dir: None,
+            barrier: Some(barrier),
+            url,
+            timeout,
+        }
     }
 
     /// The store URL, without any credentials it may have carried.
@@ -278,6 +299,15 @@ impl Store {
     /// Makes everything written so far durable: `syncfs(2)` for a local directory; nothing to
     /// do for remote stores, whose acknowledged writes are already durable.
     pub async fn flush(&self) -> Result<()> {
+        if let Some(barrier) = &self.barrier {
+            return barrier.flush().await.map_err(|reason| Error::Backend {
+                url: self.url.clone(),
+                source: object_store::Error::Generic {
+                    store: "relay",
+                    source: reason.into(),
+                },
+            });
+        }
         let Some(dir) = self.local_dir.clone() else {
             return Ok(());
         };
@@ -302,6 +332,13 @@ impl std::fmt::Debug for Store {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+/// Makes writes durable in a store owned by another process.
+#[async_trait::async_trait]
+pub trait Barrier: Send + Sync {
+    /// Flushes; the error is a one-line reason.
+    async fn flush(&self) -> std::result::Result<(), String>;
 }
 
 /// A remote store: both the high-level and the part-by-part multipart API.

@@ -7,6 +7,7 @@
 //! logged, never returned. A ledger that is down answers `503` with `Retry-After`.
 
 mod api;
+mod mover;
 
 use crate::auth::{self, Authenticator, Caller, Denied};
 use crate::ledger::Ledger;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
     pub ready: AtomicBool,
+    /// Multipart uploads relayed for movers, by upload id.
+    pub uploads: std::sync::Mutex<std::collections::HashMap<String, mover::RelayUpload>>,
 }
 
 impl AppState {
@@ -78,8 +81,9 @@ impl AppState {
 /// The API router.
 pub fn router(state: AppState) -> Router {
     let v1 = api::routes()
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(mover::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
         .merge(api::public_routes())

@@ -29,6 +29,8 @@ pub struct RunRecord {
     pub attempts: i64,
     /// Why the last attempt stopped, if it did.
     pub last_error: Option<String>,
+    /// When the run completed (ms since the epoch).
+    pub finished_ms: Option<i64>,
 }
 
 fn sort_key(path: &[u8]) -> Vec<u8> {
@@ -51,7 +53,7 @@ fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
 impl Ledger {
     /// Every run of `volume`, newest first.
     pub async fn runs(&self, volume: &VolumeId) -> Result<Vec<RunRecord>> {
-        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error \
+        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error, finished_at \
                            FROM copy_runs WHERE volume = $1 ORDER BY started_at DESC, id DESC";
         on_pool!(self, |pool, DB| {
             let rows = sqlx::query(SQL)
@@ -69,6 +71,7 @@ impl Ledger {
                         state: r.try_get("state")?,
                         attempts: r.try_get("attempts")?,
                         last_error: r.try_get("last_error")?,
+                        finished_ms: r.try_get("finished_at")?,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()

@@ -103,6 +103,14 @@ pub enum Error {
         /// The hash of the bytes read.
         actual: String,
     },
+    /// The mover working for a drain did not finish in time.
+    #[error("drain {drain}: {reason}")]
+    Mover {
+        /// The drain.
+        drain: String,
+        /// What happened.
+        reason: String,
+    },
     /// A manifest entry would write outside the destination or through a link.
     #[error("refusing manifest entry {path:?}: {reason}")]
     UnsafePath {
@@ -151,7 +159,7 @@ impl Error {
         match self {
             Error::Store(e) => e.is_transient(),
             Error::Checkpoint(e) => e.is_transient(),
-            Error::Changed { .. } => true,
+            Error::Changed { .. } | Error::Mover { .. } => true,
             _ => false,
         }
     }

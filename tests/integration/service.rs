@@ -721,3 +721,117 @@ async fn handoffs_survive_a_postgres_restart_and_none_acknowledged_is_lost() {
         assert_eq!(drain["state"], "completed", "{drain}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // The mover reads its own mount; the drainer's volume root is not involved.
+    let mount = work.path().join("mount");
+    std::fs::create_dir_all(&mount).unwrap();
+    for d in 0..20 {
+        let dir = mount.join(format!("d{d:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                dir.join(format!("f{f:03}")),
+                bytes(d * 100 + f, 8192 + f as usize),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(mount.join("large"), bytes(5, 24 * 1024 * 1024)).unwrap();
+    crate::support::tree::awkward(&mount.join("awkward"), 6 * 1024 * 1024);
+    let total_files: u64 = 2000 + 1;
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap(); // migrated before serve starts
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let id = ids(&drains)[0].clone();
+    while serve.drain(&id).await["state"] != "copying" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mover = |concurrency: &str| {
+        let mut cmd = drainer();
+        cmd.args([
+            "mover",
+            "--drainer",
+            &serve.url,
+            "--drain",
+            &id,
+            "--concurrency",
+            concurrency,
+            "--part-size-mib",
+            "5",
+        ])
+        .arg("--source")
+        .arg(&mount)
+        .env("DRAINER_TOKEN", TOKEN);
+        cmd
+    };
+    let mut first = mover("2").spawn().unwrap();
+    let volume: drainer::VolumeId = "shop/data-web-4".parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let recorded = loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover recorded nothing within a minute"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the mover finished before it could be killed"
+        );
+        if let Some(run) = ledger
+            .runs(&volume)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.state == "running")
+        {
+            let n = ledger.recorded_files(&run.id).await.unwrap();
+            if n > 0 {
+                first.start_kill().unwrap();
+                first.wait().await.unwrap();
+                break ledger.recorded_files(&run.id).await.unwrap() as u64;
+            }
+        }
+    };
+    let out = run_ok(&mut mover("16")).await;
+    assert!(out.contains("resumed"), "{out}");
+    let uploaded: u64 = out
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let awkward_files = walkdir::WalkDir::new(mount.join("awkward"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count() as u64;
+    assert!(
+        uploaded <= total_files + awkward_files - recorded,
+        "{uploaded} files sent after the restart, but {recorded} were recorded before the kill"
+    );
+    let ended = serve
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    assert_eq!(ended[0]["state"], "completed", "{}", ended[0]);
+    assert_restores_exactly(
+        &file_url(&data.join("store")),
+        "shop",
+        "data-web-4",
+        &mount,
+        work.path(),
+    )
+    .await;
+
+    // A mover may stream only into a drain that is being copied.
+    let late = run(&mut mover("2")).await;
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("not copying"));
+}

@@ -50,13 +50,19 @@ impl FaultProxy {
             client: reqwest::Client::new(),
             injected: AtomicU64::new(0),
         });
-        let app = axum::Router::new().fallback(forward).with_state(Arc::clone(&proxy));
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(Arc::clone(&proxy));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { endpoint, proxy, task }
+        Self {
+            endpoint,
+            proxy,
+            task,
+        }
     }
 
     /// How many faults were injected so far.
@@ -66,12 +72,17 @@ impl FaultProxy {
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
-    let is_write = request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD;
+    let is_write =
+        request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD;
     if is_write {
         let roll: f64 = rand::random();
         if roll < proxy.faults.error_ratio {
             proxy.injected.fetch_add(1, Ordering::Relaxed);
-            return (StatusCode::SERVICE_UNAVAILABLE, "<Error><Code>SlowDown</Code></Error>").into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<Error><Code>SlowDown</Code></Error>",
+            )
+                .into_response();
         }
         if roll < proxy.faults.error_ratio + proxy.faults.timeout_ratio {
             proxy.injected.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +91,11 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     }
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-    let url = format!("{}{}", proxy.upstream, parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let url = format!(
+        "{}{}",
+        proxy.upstream,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     let mut upstream = proxy.client.request(parts.method.clone(), url).body(body);
     for (name, value) in &parts.headers {
         if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
@@ -93,7 +108,8 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
             for (name, value) in response.headers() {
                 out = out.header(name, value);
             }
-            out.body(Body::from(response.bytes().await.unwrap_or_default())).unwrap()
+            out.body(Body::from(response.bytes().await.unwrap_or_default()))
+                .unwrap()
         }
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }

@@ -1,0 +1,438 @@
+//! The drainer's side of the mover protocol, under `/v1/drains/{id}/…`: a mover streams its
+//! volume into the drainer's store and records progress in the drainer's ledger, for one drain
+//! that is being copied, and only under that drain's volume.
+
+use super::{AppState, Error, allow};
+use crate::auth::{Action, Caller};
+use crate::mover::{WireRun, WireStoredFile};
+use crate::snapshot::{Checkpoint, Run, SnapshotSummary, StoredFile};
+use crate::volume::VolumeId;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as Key;
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+use serde::Deserialize;
+
+/// Largest body a mover sends (one part, or one batch of progress).
+const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
+
+/// A multipart upload relayed for a mover.
+pub struct RelayUpload {
+    drain: String,
+    key: Key,
+    upload: Box<dyn MultipartUpload>,
+    next: usize,
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/drains/{id}/run", post(begin))
+        .route("/drains/{id}/run/{run}/stored", get(stored))
+        .route("/drains/{id}/run/{run}/record", post(record))
+        .route("/drains/{id}/run/{run}/finish", post(finish))
+        .route("/drains/{id}/run/{run}/interrupted", post(interrupted))
+        .route(
+            "/drains/{id}/objects",
+            put(put_object).get(get_object).delete(delete_object),
+        )
+        .route("/drains/{id}/uploads", post(create_upload))
+        .route("/drains/{id}/uploads/{upload}/{part}", put(put_part))
+        .route(
+            "/drains/{id}/uploads/{upload}/complete",
+            post(complete_upload),
+        )
+        .route(
+            "/drains/{id}/uploads/{upload}",
+            axum::routing::delete(abort_upload),
+        )
+        .route("/drains/{id}/flush", post(flush))
+        .layer(DefaultBodyLimit::max(MAX_MOVER_BODY))
+}
+
+/// The volume of drain `id`, if the caller may stream into it and it is being copied.
+async fn streaming(state: &AppState, caller: &Caller, id: &str) -> Result<VolumeId, Error> {
+    allow(caller, &Action::Stream(id))?;
+    let drain = state.shared().ledger.drain(id).await?.ok_or_else(|| {
+        Error::new(
+            StatusCode::NOT_FOUND,
+            "drain_not_found",
+            format!("drain {id} does not exist"),
+        )
+    })?;
+    if drain.state != crate::lifecycle::DrainState::Copying {
+        return Err(Error::new(
+            StatusCode::CONFLICT,
+            "drain_not_copying",
+            format!("drain {id} is {}", drain.state),
+        ));
+    }
+    Ok(drain.volume())
+}
+
+/// The run `run` of this volume on this drainer's store, if it is still running.
+async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, Error> {
+    let shared = state.shared();
+    let record = shared
+        .ledger
+        .runs(volume)
+        .await?
+        .into_iter()
+        .find(|r| r.id == run && r.store_url == shared.store.url() && r.state == "running")
+        .ok_or_else(|| {
+            Error::new(
+                StatusCode::CONFLICT,
+                "run_not_running",
+                format!("run {run} of {volume} is not running"),
+            )
+        })?;
+    Ok(Run {
+        id: record.id,
+        snapshot: record
+            .snapshot
+            .parse()
+            .map_err(|_| Error::invalid("bad snapshot id"))?,
+        resumed: true,
+    })
+}
+
+#[derive(Deserialize)]
+struct KeyParam {
+    key: String,
+}
+
+/// The store key for a mover's key: only under the drain's volume, or a write probe.
+fn key_for(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error> {
+    let relative =
+        Key::parse(key).map_err(|_| Error::invalid(format!("{key:?} is not a valid key")))?;
+    let prefix = format!("volumes/{}/{}/", volume.namespace, volume.name);
+    let probe = relative.parts().count() == 1 && key.starts_with(".drainer-probe-");
+    if !probe && !key.starts_with(&prefix) {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a mover for {volume} may not write {key:?}"),
+        ));
+    }
+    Ok(state
+        .shared()
+        .store
+        .root()
+        .parts()
+        .chain(relative.parts())
+        .collect())
+}
+
+fn store_failure(e: crate::store::Error) -> Error {
+    Error::from(crate::snapshot::Error::Store(e))
+}
+
+async fn begin(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<WireRun>, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let shared = state.shared();
+    let run = shared
+        .ledger
+        .begin(
+            shared.store.url(),
+            &volume,
+            &crate::snapshot::SnapshotId::generate(),
+        )
+        .await?;
+    tracing::info!(drain = %id, run = %run.id, resumed = run.resumed, "mover started");
+    Ok(Json(WireRun {
+        id: run.id,
+        snapshot: run.snapshot.to_string(),
+        resumed: run.resumed,
+    }))
+}
+
+async fn stored(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, run)): Path<(String, String)>,
+) -> Result<Body, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let run = running(&state, &volume, &run).await?;
+    let ledger = state.shared().ledger.clone();
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let mut tx = tx;
+        let mut files = ledger.stored_files(&run);
+        while let Some(file) = files.next().await {
+            let line = file.map(|f| {
+                let mut line = serde_json::to_vec(&WireStoredFile::from(&f)).expect("serializes");
+                line.push(b'\n');
+                Bytes::from(line)
+            });
+            let failed = line.is_err();
+            if futures::SinkExt::send(&mut tx, line.map_err(std::io::Error::other))
+                .await
+                .is_err()
+                || failed
+            {
+                return;
+            }
+        }
+    });
+    Ok(Body::from_stream(rx))
+}
+
+async fn record(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, run)): Path<(String, String)>,
+    Json(files): Json<Vec<WireStoredFile>>,
+) -> Result<StatusCode, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let run = running(&state, &volume, &run).await?;
+    let files: Vec<StoredFile> = files
+        .into_iter()
+        .map(StoredFile::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::invalid(format!("bad path: {e}")))?;
+    if let Some(bad) = files
+        .iter()
+        .find(|f| !f.content.object.starts_with("snapshots/"))
+    {
+        return Err(Error::invalid(format!(
+            "object {:?} is not a snapshot object",
+            bad.content.object
+        )));
+    }
+    state.shared().ledger.record(&run, &files).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn finish(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, run)): Path<(String, String)>,
+    Json(summary): Json<SnapshotSummary>,
+) -> Result<StatusCode, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let run = running(&state, &volume, &run).await?;
+    if summary.snapshot != run.snapshot.as_str() || summary.volume != volume.to_string() {
+        return Err(Error::invalid("the summary is not this run's"));
+    }
+    state.shared().ledger.finish(&run, &summary).await?;
+    tracing::info!(drain = %id, snapshot = %summary.snapshot, "mover finished");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Interrupted {
+    error: String,
+}
+
+async fn interrupted(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, run)): Path<(String, String)>,
+    Json(body): Json<Interrupted>,
+) -> Result<StatusCode, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let run = running(&state, &volume, &run).await?;
+    let error: String = body.error.chars().take(2000).collect();
+    state.shared().ledger.interrupted(&run, &error).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<KeyParam>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let key = key_for(&state, &volume, &q.key)?;
+    state
+        .shared()
+        .store
+        .put_bytes(&key, PutPayload::from(body))
+        .await
+        .map_err(store_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<KeyParam>,
+) -> Result<axum::response::Response, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let key = key_for(&state, &volume, &q.key)?;
+    let store = &state.shared().store;
+    let objects = store.objects().clone();
+    match store.call("get", &key, objects.get(&key)).await {
+        Ok(found) => {
+            let size = found.meta.size;
+            let body = Body::from_stream(found.into_stream().map_err(std::io::Error::other));
+            Ok(axum::response::Response::builder()
+                .header(axum::http::header::CONTENT_LENGTH, size)
+                .body(body)
+                .expect("valid response"))
+        }
+        Err(crate::store::Error::Backend {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no object {}", q.key),
+        )),
+        Err(e) => Err(store_failure(e)),
+    }
+}
+
+async fn delete_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<KeyParam>,
+) -> Result<StatusCode, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let key = key_for(&state, &volume, &q.key)?;
+    let store = &state.shared().store;
+    store
+        .call("delete", &key, store.objects().delete(&key))
+        .await
+        .map_err(store_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<KeyParam>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let key = key_for(&state, &volume, &q.key)?;
+    let store = &state.shared().store;
+    let upload = store
+        .call(
+            "create multipart upload",
+            &key,
+            store.objects().put_multipart(&key),
+        )
+        .await
+        .map_err(store_failure)?;
+    let upload_id = format!("u-{:016x}", rand::random::<u64>());
+    state.shared().uploads.lock().expect("uploads lock").insert(
+        upload_id.clone(),
+        RelayUpload {
+            drain: id,
+            key,
+            upload,
+            next: 0,
+        },
+    );
+    Ok(Json(serde_json::json!({ "upload": upload_id })))
+}
+
+fn upload_not_found(upload: &str) -> Error {
+    Error::new(
+        StatusCode::NOT_FOUND,
+        "upload_not_found",
+        format!("upload {upload} does not exist (the drainer may have restarted)"),
+    )
+}
+
+async fn put_part(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, upload, part)): Path<(String, String, usize)>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    streaming(&state, &caller, &id).await?;
+    let (key, pending) = {
+        let mut uploads = state.shared().uploads.lock().expect("uploads lock");
+        let relay = uploads
+            .get_mut(&upload)
+            .filter(|u| u.drain == id)
+            .ok_or_else(|| upload_not_found(&upload))?;
+        if relay.next != part {
+            return Err(Error::new(
+                StatusCode::CONFLICT,
+                "part_out_of_order",
+                format!("expected part {}, got {part}", relay.next),
+            ));
+        }
+        relay.next += 1;
+        (
+            relay.key.clone(),
+            relay.upload.put_part(PutPayload::from(body)),
+        )
+    };
+    let store = &state.shared().store;
+    if let Err(e) = store.call("upload part", &key, pending).await {
+        state
+            .shared()
+            .uploads
+            .lock()
+            .expect("uploads lock")
+            .remove(&upload);
+        return Err(store_failure(e));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn take_upload(state: &AppState, id: &str, upload: &str) -> Result<RelayUpload, Error> {
+    let mut uploads = state.shared().uploads.lock().expect("uploads lock");
+    match uploads.get(upload) {
+        Some(relay) if relay.drain == id => Ok(uploads.remove(upload).expect("present")),
+        _ => Err(upload_not_found(upload)),
+    }
+}
+
+async fn complete_upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, upload)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    streaming(&state, &caller, &id).await?;
+    let mut relay = take_upload(&state, &id, &upload)?;
+    let store = &state.shared().store;
+    store
+        .call(
+            "complete multipart upload",
+            &relay.key,
+            relay.upload.complete(),
+        )
+        .await
+        .map_err(store_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn abort_upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, upload)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    streaming(&state, &caller, &id).await?;
+    let mut relay = take_upload(&state, &id, &upload)?;
+    let store = &state.shared().store;
+    let _ = store
+        .call("abort multipart upload", &relay.key, relay.upload.abort())
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn flush(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    streaming(&state, &caller, &id).await?;
+    state.shared().store.flush().await.map_err(store_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,561 @@
+//! `drainer mover`: streams a volume to the drainer over HTTP. It runs the same snapshot
+//! engine as `drainer copy`, but its store and its checkpoints are the drainer's, reached
+//! through the drain's API: the mover holds no storage credentials and no database, and may
+//! write only under its own drain's volume. A killed mover that starts again resumes from what
+//! the drainer has recorded.
+//!
+//! Client side only; the drainer's endpoints live in `http::mover`.
+
+use crate::config::MoverArgs;
+use crate::ledger;
+use crate::snapshot::manifest::Content;
+use crate::snapshot::{
+    self, Checkpoint, CopyOptions, Progress, Run, SnapshotId, SnapshotSummary, StoredFile,
+};
+use crate::store::{Barrier, Store};
+use crate::volume::VolumeId;
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::{FutureExt, TryFutureExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions as ObjectCopyOptions, GetOptions, GetResult, GetResultPayload, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, UploadPart,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A file stored by a run, as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireStoredFile {
+    /// The path, base64.
+    pub path_b64: String,
+    /// Size.
+    pub size: u64,
+    /// Modification time.
+    pub mtime_ns: i64,
+    /// Change time.
+    pub ctime_ns: i64,
+    /// Inode.
+    pub ino: u64,
+    /// Content hash.
+    pub blake3: String,
+    /// Object key relative to the volume.
+    pub object: String,
+}
+
+impl From<&StoredFile> for WireStoredFile {
+    fn from(f: &StoredFile) -> Self {
+        Self {
+            path_b64: BASE64.encode(&f.path),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            ctime_ns: f.ctime_ns,
+            ino: f.ino,
+            blake3: f.content.blake3.clone(),
+            object: f.content.object.clone(),
+        }
+    }
+}
+
+impl TryFrom<WireStoredFile> for StoredFile {
+    type Error = base64::DecodeError;
+
+    fn try_from(w: WireStoredFile) -> Result<Self, Self::Error> {
+        Ok(Self {
+            path: BASE64.decode(w.path_b64)?,
+            size: w.size,
+            mtime_ns: w.mtime_ns,
+            ctime_ns: w.ctime_ns,
+            ino: w.ino,
+            content: Content {
+                blake3: w.blake3,
+                object: w.object,
+            },
+        })
+    }
+}
+
+/// A run as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRun {
+    /// Run id.
+    pub id: String,
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Resumed?
+    pub resumed: bool,
+}
+
+/// The drain's API, as the mover uses it.
+#[derive(Debug, Clone)]
+struct DrainApi {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl DrainApi {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the drainer: {e}"))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            let status = response.status();
+            Err(format!(
+                "drainer answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            ))
+        }
+    }
+}
+
+fn remote_ledger_error(op: &'static str, message: String) -> ledger::Error {
+    ledger::Error::Query {
+        op,
+        source: sqlx::Error::Protocol(message),
+    }
+}
+
+/// Checkpoints kept by the drainer.
+struct RemoteCheckpoint {
+    api: DrainApi,
+}
+
+#[async_trait::async_trait]
+impl Checkpoint for RemoteCheckpoint {
+    async fn begin(
+        &self,
+        _store: &str,
+        _volume: &VolumeId,
+        _fresh: &SnapshotId,
+    ) -> ledger::Result<Run> {
+        let response = self
+            .api
+            .send(self.api.client.post(self.api.url("/run")))
+            .await;
+        let run: WireRun = match response {
+            Ok(r) => r
+                .json()
+                .await
+                .map_err(|e| remote_ledger_error("begin run", e.to_string()))?,
+            Err(e) => return Err(remote_ledger_error("begin run", e)),
+        };
+        Ok(Run {
+            id: run.id,
+            snapshot: run
+                .snapshot
+                .parse()
+                .map_err(|e: String| remote_ledger_error("begin run", e))?,
+            resumed: run.resumed,
+        })
+    }
+
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>> {
+        let request = self
+            .api
+            .client
+            .get(self.api.url(&format!("/run/{}/stored", run.id)));
+        async move {
+            let response = self
+                .api
+                .send(request)
+                .await
+                .map_err(|e| remote_ledger_error("read progress", e))?;
+            let body = response.bytes_stream().map_err(std::io::Error::other);
+            let reader = tokio::io::BufReader::new(tokio_util::io::StreamReader::new(body));
+            let lines = tokio_stream_lines(reader);
+            Ok::<_, ledger::Error>(lines.map(|line| {
+                let line = line.map_err(|e| remote_ledger_error("read progress", e.to_string()))?;
+                let wire: WireStoredFile = serde_json::from_str(&line)
+                    .map_err(|e| remote_ledger_error("read progress", e.to_string()))?;
+                StoredFile::try_from(wire)
+                    .map_err(|e| remote_ledger_error("read progress", e.to_string()))
+            }))
+        }
+        .try_flatten_stream()
+        .boxed()
+    }
+
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()> {
+        let wire: Vec<WireStoredFile> = files.iter().map(WireStoredFile::from).collect();
+        let request = self
+            .api
+            .client
+            .post(self.api.url(&format!("/run/{}/record", run.id)))
+            .json(&wire);
+        self.api
+            .send(request)
+            .await
+            .map(drop)
+            .map_err(|e| remote_ledger_error("record progress", e))
+    }
+
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {
+        let request = self
+            .api
+            .client
+            .post(self.api.url(&format!("/run/{}/finish", run.id)))
+            .json(summary);
+        self.api
+            .send(request)
+            .await
+            .map(drop)
+            .map_err(|e| remote_ledger_error("finish run", e))
+    }
+
+    async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()> {
+        let request = self
+            .api
+            .client
+            .post(self.api.url(&format!("/run/{}/interrupted", run.id)))
+            .json(&serde_json::json!({ "error": error }));
+        self.api
+            .send(request)
+            .await
+            .map(drop)
+            .map_err(|e| remote_ledger_error("note error", e))
+    }
+}
+
+fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Send + Unpin + 'static>(
+    reader: R,
+) -> BoxStream<'static, std::io::Result<String>> {
+    use tokio::io::AsyncBufReadExt;
+    futures::stream::try_unfold(reader.lines(), |mut lines| async move {
+        Ok(lines.next_line().await?.map(|line| (line, lines)))
+    })
+    .boxed()
+}
+
+/// The drainer's store, as seen through the drain's API.
+#[derive(Debug)]
+struct RelayedStore {
+    api: DrainApi,
+}
+
+impl std::fmt::Display for RelayedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RelayedStore({})", self.api.base)
+    }
+}
+
+fn store_error(e: impl ToString) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "drainer",
+        source: e.to_string().into(),
+    }
+}
+
+fn not_supported(what: &str) -> object_store::Error {
+    object_store::Error::NotSupported {
+        source: format!("{what} through a drainer relay").into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RelayedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let body: Bytes = payload.into();
+        let request = self
+            .api
+            .client
+            .put(self.api.url("/objects"))
+            .query(&[("key", location.as_ref())])
+            .body(body);
+        self.api.send(request).await.map_err(store_error)?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let request = self
+            .api
+            .client
+            .post(self.api.url("/uploads"))
+            .query(&[("key", location.as_ref())]);
+        let response = self.api.send(request).await.map_err(store_error)?;
+        let created: serde_json::Value = response.json().await.map_err(store_error)?;
+        let upload = created["upload"]
+            .as_str()
+            .ok_or_else(|| store_error("no upload id"))?
+            .to_owned();
+        Ok(Box::new(RelayedUpload {
+            api: self.api.clone(),
+            upload,
+            next: 0,
+            previous: None,
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        if options.range.is_some() || options.head {
+            return Err(not_supported("ranged or head reads"));
+        }
+        let request = self
+            .api
+            .client
+            .get(self.api.url("/objects"))
+            .query(&[("key", location.as_ref())]);
+        let response = request
+            .bearer_auth(&self.api.token)
+            .send()
+            .await
+            .map_err(store_error)?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "not in the drainer's store".into(),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(store_error(format!(
+                "drainer answered {}",
+                response.status()
+            )));
+        }
+        let size = response.content_length().unwrap_or(0);
+        let stream = response.bytes_stream().map_err(store_error).boxed();
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(stream),
+            meta: ObjectMeta {
+                location: location.clone(),
+                last_modified: chrono::Utc::now(),
+                size,
+                e_tag: None,
+                version: None,
+            },
+            range: 0..size,
+            attributes: Default::default(),
+            extensions: Default::default(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let api = self.api.clone();
+        locations
+            .and_then(move |location| {
+                let api = api.clone();
+                async move {
+                    let request = api
+                        .client
+                        .delete(api.url("/objects"))
+                        .query(&[("key", location.as_ref())]);
+                    api.send(request).await.map_err(store_error)?;
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, _prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        futures::stream::once(async { Err(not_supported("listing")) }).boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&Path>,
+    ) -> object_store::Result<ListResult> {
+        Err(not_supported("listing"))
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &Path,
+        _to: &Path,
+        _options: ObjectCopyOptions,
+    ) -> object_store::Result<()> {
+        Err(not_supported("copying"))
+    }
+}
+
+/// A multipart upload relayed to the drainer. Parts are sent strictly in order (each waits for
+/// the one before), because the drainer appends them to its own upload in arrival order.
+struct RelayedUpload {
+    api: DrainApi,
+    upload: String,
+    next: usize,
+    previous:
+        Option<futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>>,
+}
+
+impl std::fmt::Debug for RelayedUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RelayedUpload({})", self.upload)
+    }
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for RelayedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let (api, index, previous) = (self.api.clone(), self.next, self.previous.take());
+        let url = self.api.url(&format!("/uploads/{}/{index}", self.upload));
+        self.next += 1;
+        let part = async move {
+            if let Some(previous) = previous {
+                previous.await?;
+            }
+            let body: Bytes = data.into();
+            api.send(api.client.put(url).body(body)).await.map(drop)
+        }
+        .boxed()
+        .shared();
+        self.previous = Some(part.clone());
+        part.map(|r| r.map_err(store_error)).boxed()
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if let Some(previous) = self.previous.take() {
+            previous.await.map_err(store_error)?;
+        }
+        let request = self
+            .api
+            .client
+            .post(self.api.url(&format!("/uploads/{}/complete", self.upload)));
+        self.api.send(request).await.map_err(store_error)?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        let request = self
+            .api
+            .client
+            .delete(self.api.url(&format!("/uploads/{}", self.upload)));
+        self.api.send(request).await.map(drop).map_err(store_error)
+    }
+}
+
+/// The durability barrier is the drainer's: it flushes its store.
+struct RelayedBarrier {
+    api: DrainApi,
+}
+
+#[async_trait::async_trait]
+impl Barrier for RelayedBarrier {
+    async fn flush(&self) -> Result<(), String> {
+        self.api
+            .send(self.api.client.post(self.api.url("/flush")))
+            .await
+            .map(drop)
+    }
+}
+
+#[derive(Deserialize)]
+struct DrainInfo {
+    volume: String,
+    state: String,
+}
+
+/// Runs `drainer mover`.
+pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
+    snapshot::check_source(&args.source)?;
+    let token = match &args.token {
+        Some(t) => t.trim().to_owned(),
+        None => std::fs::read_to_string(&args.token_file)
+            .with_context(|| format!("reading the token file {}", args.token_file.display()))?
+            .trim()
+            .to_owned(),
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(args.engine.store_timeout)
+        .build()?;
+    let base = format!(
+        "{}/v1/drains/{}",
+        args.url.trim_end_matches('/'),
+        args.drain
+    );
+    let api = DrainApi {
+        client,
+        base: base.clone(),
+        token,
+    };
+    let info: DrainInfo = api
+        .send(api.client.get(base.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .json()
+        .await?;
+    if info.state != "copying" {
+        anyhow::bail!(
+            "drain {} is {}, not copying: nothing to stream",
+            args.drain,
+            info.state
+        );
+    }
+    let volume: VolumeId = info.volume.parse()?;
+    let store = Store::relayed(
+        Arc::new(RelayedStore { api: api.clone() }),
+        Arc::new(RelayedBarrier { api: api.clone() }),
+        format!("drainer+{base}"),
+        args.engine.store_timeout,
+    );
+    let checkpoint = RemoteCheckpoint { api };
+    let options = CopyOptions {
+        concurrency: args.engine.concurrency.into(),
+        part_size: u64::from(args.engine.part_size_mib) * MIB,
+        buffer_bytes: u64::from(args.engine.buffer_mib) * MIB,
+        check_hash: false,
+    };
+    let summary = snapshot::copy(
+        &args.source,
+        &store,
+        &volume,
+        &checkpoint,
+        &options,
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    let s = &summary.snapshot;
+    println!(
+        "mover: snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
+        s.snapshot,
+        s.volume,
+        s.files,
+        s.bytes,
+        s.uploaded_files,
+        s.uploaded_bytes,
+        s.skipped,
+        summary.elapsed.as_secs_f64(),
+        if summary.resumed { ", resumed" } else { "" }
+    );
+    Ok(())
+}
