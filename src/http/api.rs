@@ -320,7 +320,10 @@ async fn sweep(
         }
     })?;
     shared.metrics.sweep_seconds.observe(report.seconds);
-    Ok(Json(report))
+    let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
+    Ok(Json(
+        serde_json::json!({"findings": report.findings, "drains": drains, "seconds": report.seconds}),
+    ))
 }
 
 async fn snapshots(

@@ -835,3 +835,54 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
     assert!(!late.status.success());
     assert!(String::from_utf8_lossy(&late.stderr).contains("not copying"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_drains_new_and_changed_volumes_only() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let a = make_volume(&data, "shop", "data-a", 3, 1000);
+    make_volume(&data, "shop", "data-b", 3, 1000);
+    std::fs::create_dir_all(data.join("volumes/Not_Valid/x")).unwrap();
+    let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
+    let sweep = || async { serve.call(Method::POST, "/v1/sweeps", None).await };
+
+    let (status, report) = sweep().await;
+    assert_eq!(status, 200, "{report}");
+    let queued: Vec<String> = ids(report["drains"].as_array().unwrap());
+    assert_eq!(queued.len(), 2, "both volumes are new: {report}");
+    serve.wait_ended(&queued, Duration::from_secs(60)).await;
+
+    let (_, report) = sweep().await;
+    assert!(
+        report["drains"].as_array().unwrap().is_empty(),
+        "nothing changed: {report}"
+    );
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["drain"] == false),
+        "{report}"
+    );
+
+    std::fs::write(a.join("sub/new-file"), b"changed").unwrap();
+    let (_, report) = sweep().await;
+    let drains = report["drains"].as_array().unwrap();
+    assert_eq!(drains.len(), 1, "{report}");
+    assert_eq!(drains[0]["volume"], "shop/data-a");
+    assert_eq!(drains[0]["reason"], "sweep");
+    let ended = serve
+        .wait_ended(&ids(drains), Duration::from_secs(60))
+        .await;
+    assert_eq!(ended[0]["state"], "completed");
+    assert_restores_exactly(
+        &file_url(&data.join("store")),
+        "shop",
+        "data-a",
+        &a,
+        work.path(),
+    )
+    .await;
+}
