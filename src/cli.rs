@@ -7,14 +7,12 @@ use crate::config::{
     CopyArgs, EngineArgs, OutputFormat, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::ledger::Ledger;
-use crate::snapshot::{self, CopyOptions, Progress, RestoreOptions};
+use crate::snapshot::{self, Progress, RestoreOptions};
 use crate::store::{Store, StoreOptions};
 use anyhow::bail;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-const MIB: u64 = 1024 * 1024;
 
 fn open_store(url: &str, engine: &EngineArgs, create: bool) -> anyhow::Result<Store> {
     Ok(Store::open(
@@ -31,12 +29,7 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     snapshot::check_source(&args.source)?;
     let store = open_store(&args.store, &args.engine, true)?;
     let ledger = Ledger::open(args.ledger.database_url.as_deref(), &args.ledger.data_dir).await?;
-    let options = CopyOptions {
-        concurrency: args.engine.concurrency.into(),
-        part_size: u64::from(args.engine.part_size_mib) * MIB,
-        buffer_bytes: u64::from(args.engine.buffer_mib) * MIB,
-        check_hash: args.check_hash,
-    };
+    let options = args.engine.copy_options(args.check_hash);
     let progress = Arc::new(Progress::default());
     let done = CancellationToken::new();
     let reporter = tokio::spawn(snapshot::progress_report(
@@ -57,19 +50,7 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     done.cancel();
     let _ = reporter.await;
     let summary = result?;
-    let s = &summary.snapshot;
-    println!(
-        "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
-        s.snapshot,
-        s.volume,
-        s.files,
-        s.bytes,
-        s.uploaded_files,
-        s.uploaded_bytes,
-        s.skipped,
-        summary.elapsed.as_secs_f64(),
-        if summary.resumed { ", resumed" } else { "" }
-    );
+    println!("{summary}");
     Ok(())
 }
 

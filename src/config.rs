@@ -151,9 +151,9 @@ pub enum Movers {
     External,
 }
 
-/// `drainer handoff`.
+/// How a client (`handoff`, `mover`) reaches the drainer's API.
 #[derive(Debug, Clone, Args)]
-pub struct HandoffArgs {
+pub struct ClientArgs {
     /// The drainer's base URL.
     #[arg(
         long = "drainer",
@@ -161,6 +161,37 @@ pub struct HandoffArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
+    /// File holding the bearer token.
+    #[arg(
+        long,
+        env = "DRAINER_TOKEN_FILE",
+        default_value = "./drainer-data/token"
+    )]
+    pub token_file: PathBuf,
+    /// The bearer token itself (instead of the token file).
+    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The bearer token: given directly, or read from the token file.
+    pub fn token(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => std::fs::read_to_string(&self.token_file)
+                .with_context(|| format!("reading the token file {}", self.token_file.display()))?,
+        };
+        Ok(token.trim().to_owned())
+    }
+}
+
+/// `drainer handoff`.
+#[derive(Debug, Clone, Args)]
+pub struct HandoffArgs {
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
     /// Namespace of the volumes.
     #[arg(long, env = "DRAINER_NAMESPACE")]
     pub namespace: String,
@@ -179,47 +210,36 @@ pub struct HandoffArgs {
     /// Give up after this many seconds (retries included).
     #[arg(long, env = "DRAINER_HANDOFF_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
     pub timeout: Duration,
-    /// File holding the bearer token.
-    #[arg(
-        long,
-        env = "DRAINER_TOKEN_FILE",
-        default_value = "./drainer-data/token"
-    )]
-    pub token_file: PathBuf,
-    /// The bearer token itself (instead of the token file).
-    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
 }
 
 /// `drainer mover`.
 #[derive(Debug, Clone, Args)]
 pub struct MoverArgs {
-    /// The drainer's base URL.
-    #[arg(
-        long = "drainer",
-        env = "DRAINER_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
     /// The drain to stream into.
     #[arg(long, env = "DRAINER_DRAIN")]
     pub drain: String,
     /// The mounted volume.
     #[arg(long, env = "DRAINER_SOURCE")]
     pub source: PathBuf,
-    /// File holding the bearer token.
-    #[arg(
-        long,
-        env = "DRAINER_TOKEN_FILE",
-        default_value = "./drainer-data/token"
-    )]
-    pub token_file: PathBuf,
-    /// The bearer token itself (instead of the token file).
-    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+impl EngineArgs {
+    /// The snapshot engine's options from these flags.
+    pub fn copy_options(&self, check_hash: bool) -> crate::snapshot::CopyOptions {
+        const MIB: u64 = 1024 * 1024;
+        crate::snapshot::CopyOptions {
+            concurrency: self.concurrency.into(),
+            part_size: u64::from(self.part_size_mib) * MIB,
+            buffer_bytes: u64::from(self.buffer_mib) * MIB,
+            check_hash,
+        }
+    }
 }
 
 /// `drainer copy`.

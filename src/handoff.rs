@@ -8,7 +8,7 @@ use crate::config::HandoffArgs;
 use crate::lifecycle::DrainState;
 use crate::retry;
 use crate::volume::VolumeId;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
@@ -49,19 +49,13 @@ pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
     for pvc in &args.pvcs {
         VolumeId::new(&args.namespace, pvc)?;
     }
-    let token = match &args.token {
-        Some(token) => token.trim().to_owned(),
-        None => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("reading the token file {}", args.token_file.display()))?
-            .trim()
-            .to_owned(),
-    };
+    let token = args.drainer.token()?;
     let deadline = Instant::now() + args.timeout;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .build()?;
-    let base = args.url.trim_end_matches('/');
+    let base = args.drainer.url.trim_end_matches('/');
     let body = serde_json::json!({"namespace": args.namespace, "pvcs": args.pvcs, "pod": args.pod, "reason": args.reason});
     let post = || async {
         let response = client

@@ -9,12 +9,9 @@
 use crate::config::MoverArgs;
 use crate::ledger;
 use crate::snapshot::manifest::Content;
-use crate::snapshot::{
-    self, Checkpoint, CopyOptions, Progress, Run, SnapshotId, SnapshotSummary, StoredFile,
-};
+use crate::snapshot::{self, Checkpoint, Progress, Run, SnapshotId, SnapshotSummary, StoredFile};
 use crate::store::{Barrier, Store};
 use crate::volume::VolumeId;
-use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -29,8 +26,6 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-
-const MIB: u64 = 1024 * 1024;
 
 /// A file stored by a run, as it crosses the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -487,20 +482,14 @@ struct DrainInfo {
 /// Runs `drainer mover`.
 pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     snapshot::check_source(&args.source)?;
-    let token = match &args.token {
-        Some(t) => t.trim().to_owned(),
-        None => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("reading the token file {}", args.token_file.display()))?
-            .trim()
-            .to_owned(),
-    };
+    let token = args.drainer.token()?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(args.engine.store_timeout)
         .build()?;
     let base = format!(
         "{}/v1/drains/{}",
-        args.url.trim_end_matches('/'),
+        args.drainer.url.trim_end_matches('/'),
         args.drain
     );
     let api = DrainApi {
@@ -529,12 +518,7 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.engine.store_timeout,
     );
     let checkpoint = RemoteCheckpoint { api };
-    let options = CopyOptions {
-        concurrency: args.engine.concurrency.into(),
-        part_size: u64::from(args.engine.part_size_mib) * MIB,
-        buffer_bytes: u64::from(args.engine.buffer_mib) * MIB,
-        check_hash: false,
-    };
+    let options = args.engine.copy_options(false);
     let summary = snapshot::copy(
         &args.source,
         &store,
@@ -544,18 +528,6 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         Arc::new(Progress::default()),
     )
     .await?;
-    let s = &summary.snapshot;
-    println!(
-        "mover: snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
-        s.snapshot,
-        s.volume,
-        s.files,
-        s.bytes,
-        s.uploaded_files,
-        s.uploaded_bytes,
-        s.skipped,
-        summary.elapsed.as_secs_f64(),
-        if summary.resumed { ", resumed" } else { "" }
-    );
+    println!("mover: {summary}");
     Ok(())
 }

@@ -12,15 +12,12 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::scheduler::{ExternalMovers, LocalExecutor, Scheduler};
 use crate::shutdown::Shutdown;
-use crate::snapshot::CopyOptions;
 use crate::store::{Store, StoreOptions};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-
-const MIB: u64 = 1024 * 1024;
 
 /// Runs the service until a shutdown signal, then stops within the grace period.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -68,7 +65,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 volume_root: volume_root.clone(),
                 store: store.clone(),
                 ledger: ledger.clone(),
-                options: copy_options(&args),
+                options: args.engine.copy_options(false),
             }),
             Movers::External => Arc::new(ExternalMovers {
                 ledger: ledger.clone(),
@@ -187,15 +184,6 @@ async fn sweep_periodically(
             }
             Err(err) => tracing::warn!(error = %err, "sweep failed"),
         }
-    }
-}
-
-fn copy_options(args: &ServeArgs) -> CopyOptions {
-    CopyOptions {
-        concurrency: args.engine.concurrency.into(),
-        part_size: u64::from(args.engine.part_size_mib) * MIB,
-        buffer_bytes: u64::from(args.engine.buffer_mib) * MIB,
-        check_hash: false,
     }
 }
 

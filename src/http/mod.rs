@@ -190,20 +190,27 @@ impl From<Denied> for Error {
     }
 }
 
-impl From<crate::ledger::Error> for Error {
-    fn from(err: crate::ledger::Error) -> Self {
-        if err.is_transient() {
-            tracing::warn!(error = %err, "ledger unavailable");
+impl Error {
+    /// A failure of a dependency: `503` with `Retry-After` when it may pass, else a `500`
+    /// whose details are logged, never returned.
+    fn dependency(
+        err: &dyn std::error::Error,
+        transient: bool,
+        what: &'static str,
+        code: &'static str,
+    ) -> Self {
+        if transient {
+            tracing::warn!(error = %err, "{what} unavailable");
             Self {
                 retry_after: Some(2),
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "ledger_unavailable",
-                    "the ledger is unavailable; retry later",
+                    code,
+                    format!("the {what} is unavailable; retry later"),
                 )
             }
         } else {
-            tracing::error!(error = %err, "ledger error");
+            tracing::error!(error = %err, "{what} error");
             Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -213,26 +220,15 @@ impl From<crate::ledger::Error> for Error {
     }
 }
 
+impl From<crate::ledger::Error> for Error {
+    fn from(err: crate::ledger::Error) -> Self {
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
+    }
+}
+
 impl From<crate::snapshot::Error> for Error {
     fn from(err: crate::snapshot::Error) -> Self {
-        if err.is_transient() {
-            tracing::warn!(error = %err, "store unavailable");
-            Self {
-                retry_after: Some(2),
-                ..Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the store is unavailable; retry later",
-                )
-            }
-        } else {
-            tracing::error!(error = %err, "store error");
-            Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
+        Self::dependency(&err, err.is_transient(), "store", "store_unavailable")
     }
 }
 

@@ -145,6 +145,26 @@ pub struct CopySummary {
     pub elapsed: Duration,
 }
 
+impl std::fmt::Display for CopySummary {
+    /// The one-line summary the commands print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.snapshot;
+        write!(
+            f,
+            "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
+            s.snapshot,
+            s.volume,
+            s.files,
+            s.bytes,
+            s.uploaded_files,
+            s.uploaded_bytes,
+            s.skipped,
+            self.elapsed.as_secs_f64(),
+            if self.resumed { ", resumed" } else { "" }
+        )
+    }
+}
+
 /// What to do with one scanned entry.
 enum Plan {
     /// Nothing to store: directories, symlinks, special files, files already stored.
