@@ -56,6 +56,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
         uploads: Default::default(),
+        copying: Default::default(),
     });
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let scheduler = Arc::new(Scheduler {

@@ -51,6 +51,10 @@ pub struct Shared {
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
     pub ready: AtomicBool,
+    /// Drains recently found copying, for movers' requests: id → (volume, when checked).
+    pub copying: std::sync::Mutex<
+        std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,
+    >,
     /// Multipart uploads relayed for movers, by upload id.
     pub uploads: std::sync::Mutex<std::collections::HashMap<String, mover::RelayUpload>>,
 }

@@ -53,9 +53,25 @@ pub(super) fn routes() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_MOVER_BODY))
 }
 
+/// How long a drain found copying is trusted without asking the ledger again (a mover sends
+/// one request per small file; a cancelled drain stops accepting data within this time).
+const DRAIN_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The volume of drain `id`, if the caller may stream into it and it is being copied.
 async fn streaming(state: &AppState, caller: &Caller, id: &str) -> Result<VolumeId, Error> {
     allow(caller, &Action::Stream(id))?;
+    let cached = state
+        .shared()
+        .copying
+        .lock()
+        .expect("cache lock")
+        .get(id)
+        .cloned();
+    if let Some((volume, checked)) = cached
+        && checked.elapsed() < DRAIN_CHECK_TTL
+    {
+        return Ok(volume);
+    }
     let drain = state.shared().ledger.drain(id).await?.ok_or_else(|| {
         Error::new(
             StatusCode::NOT_FOUND,
@@ -70,7 +86,11 @@ async fn streaming(state: &AppState, caller: &Caller, id: &str) -> Result<Volume
             format!("drain {id} is {}", drain.state),
         ));
     }
-    Ok(drain.volume())
+    let volume = drain.volume();
+    let mut cache = state.shared().copying.lock().expect("cache lock");
+    cache.retain(|_, (_, checked)| checked.elapsed() < DRAIN_CHECK_TTL);
+    cache.insert(id.to_owned(), (volume.clone(), std::time::Instant::now()));
+    Ok(volume)
 }
 
 /// The run `run` of this volume on this drainer's store, if it is still running.

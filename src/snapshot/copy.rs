@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-/// How often progress is checkpointed.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// Most files recorded in one checkpoint.
-const CHECKPOINT_FILES: usize = 2000;
+/// How often progress is checkpointed (each checkpoint flushes the store, so not too often).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// Most files recorded in one checkpoint: at most this many are sent again after a crash.
+const CHECKPOINT_FILES: usize = 500;
 
 /// A copy run as the ledger knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
