@@ -20,6 +20,7 @@ fn open_store(url: &str, engine: &EngineArgs, create: bool) -> anyhow::Result<St
         &StoreOptions {
             timeout: engine.store_timeout,
             create,
+            part_size: u64::from(engine.part_size_mib) * 1024 * 1024,
         },
     )?)
 }

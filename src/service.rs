@@ -40,6 +40,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &StoreOptions {
             timeout: args.engine.store_timeout,
             create: true,
+            part_size: u64::from(args.engine.part_size_mib) * 1024 * 1024,
         },
     )?;
     let ledger = Ledger::open(args.ledger.database_url.as_deref(), &data_dir).await?;
@@ -131,6 +132,7 @@ async fn run_until_shutdown(
         graceful.clone(),
     ));
     tokio::select! {
+        biased; // a cancelled token wins over a server that has just stopped because of it
         () = graceful.cancelled() => {}
         result = &mut http => bail!("the HTTP server stopped unexpectedly: {result:?}"),
         result = &mut work => bail!("the scheduler stopped unexpectedly: {result:?}"),

@@ -13,7 +13,9 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, PutResult, RetryConfig,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +92,8 @@ pub struct StoreOptions {
     pub timeout: Duration,
     /// Create a missing local directory (for writers) instead of failing (for readers).
     pub create: bool,
+    /// Part size of resumable uploads (a local directory writes part N at N × this offset).
+    pub part_size: u64,
 }
 
 /// An opened store: an `ObjectStore`, the prefix the URL named, and durability helpers.
@@ -132,10 +136,14 @@ impl Store {
                     .to_file_path()
                     .map_err(|()| invalid("a file URL needs an absolute path"))?;
                 open_local_dir(&dir, options.create)?;
-                let fs = LocalFileSystem::new_with_prefix(&dir).map_err(backend)?;
+                let fs = Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(backend)?);
+                let parts = LocalParts {
+                    fs: Arc::clone(&fs),
+                    part_size: options.part_size,
+                };
                 (
-                    Arc::new(fs) as Arc<dyn ObjectStore>,
-                    None,
+                    fs as Arc<dyn ObjectStore>,
+                    Some(Arc::new(parts) as Arc<dyn MultipartStore>),
                     Path::default(),
                     Some(dir),
                 )
@@ -395,4 +403,116 @@ fn redact(url: &url::Url) -> String {
     let _ = shown.set_username("");
     shown.set_query(None);
     shown.to_string()
+}
+
+/// Resumable multipart uploads into a local directory: part N is written at offset
+/// N × part size of a staging file next to the object, which is renamed into place on
+/// completion. object_store's own local uploads cannot be continued by another process.
+#[derive(Debug)]
+struct LocalParts {
+    fs: Arc<LocalFileSystem>,
+    part_size: u64,
+}
+
+impl std::fmt::Display for LocalParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalParts({})", self.fs)
+    }
+}
+
+impl LocalParts {
+    fn staging(&self, location: &Path, id: &str) -> object_store::Result<PathBuf> {
+        let mut path = self.fs.path_to_filesystem(location)?.into_os_string();
+        path.push(format!(".part-{id}"));
+        Ok(PathBuf::from(path))
+    }
+}
+
+fn local_error(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalParts",
+        source: Box::new(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> object_store::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("local upload task panicked")
+        .map_err(local_error)
+}
+
+#[async_trait::async_trait]
+impl MultipartStore for LocalParts {
+    async fn create_multipart(
+        &self,
+        location: &Path,
+    ) -> object_store::Result<object_store::MultipartId> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let staging = self.staging(location, &id)?;
+        blocking(move || {
+            if let Some(dir) = staging.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::create(&staging).map(drop)
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn put_part(
+        &self,
+        location: &Path,
+        id: &object_store::MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> object_store::Result<object_store::multipart::PartId> {
+        use std::os::unix::fs::FileExt;
+        let staging = self.staging(location, id)?;
+        let offset = part_idx as u64 * self.part_size;
+        blocking(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&staging)?;
+            let mut at = offset;
+            for chunk in data.iter() {
+                file.write_all_at(chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(object_store::multipart::PartId {
+            content_id: part_idx.to_string(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        location: &Path,
+        id: &object_store::MultipartId,
+        _parts: Vec<object_store::multipart::PartId>,
+    ) -> object_store::Result<PutResult> {
+        let staging = self.staging(location, id)?;
+        let target = self.fs.path_to_filesystem(location)?;
+        blocking(move || std::fs::rename(&staging, &target)).await?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn abort_multipart(
+        &self,
+        location: &Path,
+        id: &object_store::MultipartId,
+    ) -> object_store::Result<()> {
+        let staging = self.staging(location, id)?;
+        blocking(move || match std::fs::remove_file(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
 }

@@ -211,9 +211,9 @@ pub async fn sweep_local(
         .zip(&findings)
         .filter(|(_, f)| f.drain)
         .map(|(o, _)| crate::ledger::NewDrain {
-            volume: &o.volume,
+            volume: o.volume.clone(),
             pod: None,
-            reason: "sweep",
+            reason: "sweep".to_owned(),
             max_attempts,
         })
         .collect();

@@ -146,12 +146,12 @@ async fn handoff(
     allow(&caller, &Action::Handoff(&volumes))?;
     let shared = state.shared();
     let reason = body.reason.as_deref().unwrap_or("handoff");
-    let wanted: Vec<NewDrain<'_>> = volumes
+    let wanted: Vec<NewDrain> = volumes
         .iter()
         .map(|volume| NewDrain {
-            volume,
-            pod: body.pod.as_deref(),
-            reason,
+            volume: volume.clone(),
+            pod: body.pod.clone(),
+            reason: reason.to_owned(),
             max_attempts: shared.max_attempts,
         })
         .collect();

@@ -86,13 +86,13 @@ pub struct DrainFilter {
 
 /// A new drain to record.
 #[derive(Debug, Clone)]
-pub struct NewDrain<'a> {
+pub struct NewDrain {
     /// The volume.
-    pub volume: &'a VolumeId,
+    pub volume: VolumeId,
     /// The announcing pod.
-    pub pod: Option<&'a str>,
+    pub pod: Option<String>,
     /// Why.
-    pub reason: &'a str,
+    pub reason: String,
     /// Attempts allowed.
     pub max_attempts: u32,
 }
@@ -179,9 +179,13 @@ macro_rules! event {
 impl Ledger {
     /// Records drains for `volumes` (one transaction): an active drain of a volume is returned
     /// as it is (`false`), otherwise a new queued drain is created (`true`).
-    pub async fn request_drains(&self, drains: &[NewDrain<'_>]) -> Result<Vec<(Drain, bool)>> {
+    pub async fn request_drains(&self, drains: &[NewDrain]) -> Result<Vec<(Drain, bool)>> {
         for attempt in 1..=3 {
-            match self.try_request_drains(drains).await {
+            let owned = drains.to_vec();
+            match self
+                .write(move |l| async move { l.try_request_drains(&owned).await })
+                .await
+            {
                 Err(e) if attempt < 3 && is_unique_violation(&e) => continue,
                 other => return other,
             }
@@ -189,7 +193,7 @@ impl Ledger {
         unreachable!("the loop returns on its last attempt")
     }
 
-    async fn try_request_drains(&self, drains: &[NewDrain<'_>]) -> Result<Vec<(Drain, bool)>> {
+    async fn try_request_drains(&self, drains: &[NewDrain]) -> Result<Vec<(Drain, bool)>> {
         let find = format!(
             "SELECT {COLUMNS} FROM drains WHERE namespace = $1 AND pvc = $2 \
                             AND state IN ('requested', 'awaiting_release', 'queued', 'copying')"
@@ -223,8 +227,8 @@ impl Ledger {
                 .bind(&id)
                 .bind(new.volume.namespace.as_str())
                 .bind(new.volume.name.as_str())
-                .bind(new.pod)
-                .bind(new.reason)
+                .bind(new.pod.as_deref())
+                .bind(new.reason.as_str())
                 .bind(i64::from(new.max_attempts))
                 .bind(now)
                 .execute(&mut *tx)
@@ -235,7 +239,7 @@ impl Ledger {
                     &id,
                     DrainState::Queued,
                     None::<&str>,
-                    Some(new.reason)
+                    Some(new.reason.as_str())
                 )?;
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {COLUMNS} FROM drains WHERE id = $1"
@@ -365,38 +369,10 @@ impl Ledger {
                 action,
             }));
         }
-        let now = now_ms();
-        let changed = on_pool!(self, |pool, DB| {
-            let mut tx = pool
-                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
-                .await
-                .map_err(query_error("change drain"))?;
-            let done = sqlx::query(
-                "UPDATE drains SET state = $2, attempts = CASE WHEN $2 = 'queued' THEN 0 ELSE attempts END, \
-                 not_before = $3, lease_owner = NULL, lease_expires = NULL, updated_at = $3, \
-                 finished_at = CASE WHEN $2 = 'cancelled' THEN $3 ELSE NULL END \
-                 WHERE id = $1 AND state = $4",
-            )
-            .bind(id)
-            .bind(to.as_str())
-            .bind(now)
-            .bind(drain.state.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error("change drain"))?
-            .rows_affected();
-            if done == 1 {
-                event!(
-                    &mut *tx,
-                    id,
-                    to,
-                    None::<&str>,
-                    Some(format!("{action} by hand"))
-                )?;
-            }
-            tx.commit().await.map_err(query_error("change drain"))?;
-            Ok::<_, Error>(done == 1)
-        })?;
+        let (owned_id, from) = (id.to_owned(), drain.state);
+        let changed = self
+            .write(move |l| async move { l.change_drain_tx(&owned_id, to, from, action).await })
+            .await?;
         if !changed {
             // It moved under us; report what it is now.
             return Box::pin(self.change_drain(id, to)).await;
@@ -407,6 +383,66 @@ impl Ledger {
     /// Claims the oldest claimable drain for `owner` with a lease of `lease`: a queued drain
     /// that is due, or a copying drain whose lease has expired (its owner died).
     pub async fn claim_drain(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
+        let owner = owner.to_owned();
+        self.write(move |l| async move { l.claim_drain_tx(&owner, lease).await })
+            .await
+    }
+
+    /// Extends `owner`'s lease of drain `id`; `false` when the lease is no longer held (it
+    /// expired and was taken over, or the drain was cancelled).
+    pub async fn renew_lease(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        self.write(move |l| async move { l.renew_lease_tx(&id, &owner, lease).await })
+            .await
+    }
+
+    /// Ends `owner`'s attempt of drain `id`: `Completed` with its snapshot, queued again after
+    /// a failure, `Failed`, or released (queued again, the attempt not counted) on shutdown.
+    /// Returns `false` when `owner` no longer held the lease (nothing is changed then).
+    pub async fn end_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &AttemptOutcome,
+    ) -> Result<bool> {
+        let (id, owner, outcome) = (id.to_owned(), owner.to_owned(), outcome.clone());
+        self.write(move |l| async move { l.end_attempt_tx(&id, &owner, &outcome).await })
+            .await
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The snapshot is complete.
+    Completed {
+        /// Its id.
+        snapshot: String,
+    },
+    /// The attempt failed.
+    Failed {
+        /// The error, one line.
+        error: String,
+        /// Retry later or give up.
+        after: AfterFailure,
+    },
+    /// Stopped at shutdown; to be taken up again, the attempt not counted.
+    Released,
+}
+
+fn is_unique_violation(e: &Error) -> bool {
+    match e {
+        Error::Query {
+            source: sqlx::Error::Database(db),
+            ..
+        } => db.is_unique_violation(),
+        _ => false,
+    }
+}
+
+/// Transactions run through [`Ledger::write`].
+impl Ledger {
+    async fn claim_drain_tx(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
         let now = now_ms();
         let pick = "SELECT id FROM drains WHERE (state = 'queued' AND not_before <= $1) \
                     OR (state = 'copying' AND lease_expires < $1) ORDER BY not_before, created_at LIMIT 1";
@@ -450,9 +486,7 @@ impl Ledger {
         })
     }
 
-    /// Extends `owner`'s lease of drain `id`; `false` when the lease is no longer held (it
-    /// expired and was taken over, or the drain was cancelled).
-    pub async fn renew_lease(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
+    async fn renew_lease_tx(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
         const SQL: &str = "UPDATE drains SET lease_expires = $3, updated_at = $4 \
                            WHERE id = $1 AND lease_owner = $2 AND state = 'copying'";
         let now = now_ms();
@@ -467,10 +501,48 @@ impl Ledger {
             .map_err(query_error("renew lease")))
     }
 
-    /// Ends `owner`'s attempt of drain `id`: `Completed` with its snapshot, queued again after
-    /// a failure, `Failed`, or released (queued again, the attempt not counted) on shutdown.
-    /// Returns `false` when `owner` no longer held the lease (nothing is changed then).
-    pub async fn end_attempt(
+    async fn change_drain_tx(
+        &self,
+        id: &str,
+        to: DrainState,
+        from: DrainState,
+        action: &'static str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("change drain"))?;
+            let done = sqlx::query(
+                "UPDATE drains SET state = $2, attempts = CASE WHEN $2 = 'queued' THEN 0 ELSE attempts END, \
+                 not_before = $3, lease_owner = NULL, lease_expires = NULL, updated_at = $3, \
+                 finished_at = CASE WHEN $2 = 'cancelled' THEN $3 ELSE NULL END \
+                 WHERE id = $1 AND state = $4",
+            )
+            .bind(id)
+            .bind(to.as_str())
+            .bind(now)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("change drain"))?
+            .rows_affected();
+            if done == 1 {
+                event!(
+                    &mut *tx,
+                    id,
+                    to,
+                    None::<&str>,
+                    Some(format!("{action} by hand"))
+                )?;
+            }
+            tx.commit().await.map_err(query_error("change drain"))?;
+            Ok::<_, Error>(done == 1)
+        })
+    }
+
+    async fn end_attempt_tx(
         &self,
         id: &str,
         owner: &str,
@@ -548,34 +620,5 @@ impl Ledger {
             tx.commit().await.map_err(query_error("end attempt"))?;
             Ok(done)
         })
-    }
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// The snapshot is complete.
-    Completed {
-        /// Its id.
-        snapshot: String,
-    },
-    /// The attempt failed.
-    Failed {
-        /// The error, one line.
-        error: String,
-        /// Retry later or give up.
-        after: AfterFailure,
-    },
-    /// Stopped at shutdown; to be taken up again, the attempt not counted.
-    Released,
-}
-
-fn is_unique_violation(e: &Error) -> bool {
-    match e {
-        Error::Query {
-            source: sqlx::Error::Database(db),
-            ..
-        } => db.is_unique_violation(),
-        _ => false,
     }
 }

@@ -19,8 +19,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Timeout for taking a connection from the pool (and so for a dead database to show).
+/// Timeout for taking a connection from the pool: a PostgreSQL that is down shows as `503`
+/// after this long.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// SQLite cannot be down, only busy (a copy holds a reading connection for its whole length,
+/// writers queue behind each other); give it longer.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,9 @@ pub(crate) use on_pool;
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pub(crate) pool: Pool,
+    /// One writer at a time on SQLite: its busy handler would otherwise sleep in steps of up
+    /// to 100 ms while another writer of this process holds the lock.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Ledger {
@@ -164,8 +171,8 @@ impl Ledger {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(8)
+            .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|source| Error::Connect {
@@ -174,6 +181,7 @@ impl Ledger {
             })?;
         Ok(Self {
             pool: Pool::Sqlite(pool),
+            writer: Default::default(),
         })
     }
 
@@ -191,6 +199,7 @@ impl Ledger {
             .map_err(|source| Error::Connect { url: shown, source })?;
         Ok(Self {
             pool: Pool::Postgres(pool),
+            writer: Default::default(),
         })
     }
 
@@ -200,6 +209,27 @@ impl Ledger {
             Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
+    }
+
+    /// Runs one write transaction to its end in a task of its own, so a caller that stops
+    /// waiting (a client that hung up, a copy stopped at shutdown) can never leave a
+    /// transaction half-done on a pooled connection; on SQLite, one at a time.
+    pub(crate) async fn write<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(Ledger) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let ledger = self.clone();
+        tokio::spawn(async move {
+            let _one_writer = match ledger.pool {
+                Pool::Sqlite(_) => Some(std::sync::Arc::clone(&ledger.writer).lock_owned().await),
+                Pool::Postgres(_) => None,
+            };
+            op(ledger).await
+        })
+        .await
+        .expect("ledger write task panicked")
     }
 
     /// Which database this ledger runs on (`sqlite` or `postgres`).

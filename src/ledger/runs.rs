@@ -93,63 +93,9 @@ impl Ledger {
 #[async_trait::async_trait]
 impl Checkpoint for Ledger {
     async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
-        const FIND: &str = "SELECT id, snapshot_id FROM copy_runs \
-                            WHERE store_url = $1 AND volume = $2 AND state = 'running'";
-        const RESUME: &str =
-            "UPDATE copy_runs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1";
-        const START: &str = "INSERT INTO copy_runs (id, store_url, volume, snapshot_id, state, started_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, 'running', $5, $5)";
-        let now = now_ms();
-        on_pool!(self, |pool, DB| {
-            let mut tx = pool
-                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
-                .await
-                .map_err(query_error("begin run"))?;
-            let found: Option<(String, String)> = sqlx::query_as(FIND)
-                .bind(store)
-                .bind(volume.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(query_error("find run"))?;
-            let run = match found {
-                Some((id, snapshot)) => {
-                    sqlx::query(RESUME)
-                        .bind(&id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_error("resume run"))?;
-                    let snapshot = snapshot.parse().map_err(|e: String| Error::Query {
-                        op: "resume run",
-                        source: sqlx::Error::Decode(e.into()),
-                    })?;
-                    Run {
-                        id,
-                        snapshot,
-                        resumed: true,
-                    }
-                }
-                None => {
-                    let id = format!("run-{}", fresh);
-                    sqlx::query(START)
-                        .bind(&id)
-                        .bind(store)
-                        .bind(volume.to_string())
-                        .bind(fresh.as_str())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_error("start run"))?;
-                    Run {
-                        id,
-                        snapshot: fresh.clone(),
-                        resumed: false,
-                    }
-                }
-            };
-            tx.commit().await.map_err(query_error("commit run"))?;
-            Ok(run)
-        })
+        let (store, volume, fresh) = (store.to_owned(), volume.clone(), fresh.clone());
+        self.write(move |l| async move { l.begin_tx(&store, &volume, &fresh).await })
+            .await
     }
 
     fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
@@ -187,76 +133,15 @@ impl Checkpoint for Ledger {
     }
 
     async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
-        on_pool!(self, |pool, DB| {
-            let mut tx = pool
-                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
-                .await
-                .map_err(query_error("record progress"))?;
-            for chunk in files.chunks(1000) {
-                let mut insert = sqlx::QueryBuilder::<DB>::new(
-                    "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object) ",
-                );
-                insert.push_values(chunk, |mut row, f| {
-                    row.push_bind(run.id.as_str())
-                        .push_bind(sort_key(&f.path))
-                        .push_bind(f.size as i64)
-                        .push_bind(f.mtime_ns)
-                        .push_bind(f.ctime_ns)
-                        .push_bind(f.ino as i64)
-                        .push_bind(f.content.blake3.as_str())
-                        .push_bind(f.content.object.as_str());
-                });
-                insert.push(
-                    " ON CONFLICT (run_id, sort_key) DO UPDATE SET size = excluded.size, \
-                     mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, ino = excluded.ino, \
-                     blake3 = excluded.blake3, object = excluded.object",
-                );
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query_error("record progress"))?;
-            }
-            sqlx::query("UPDATE copy_runs SET updated_at = $2 WHERE id = $1")
-                .bind(run.id.as_str())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("record progress"))?;
-            tx.commit().await.map_err(query_error("record progress"))
-        })
+        let (run, files) = (run.clone(), files.to_vec());
+        self.write(move |l| async move { l.record_tx(&run, &files).await })
+            .await
     }
 
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
-        const DONE: &str = "UPDATE copy_runs SET state = 'completed', finished_at = $2, updated_at = $2, \
-                            files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL \
-                            WHERE id = $1";
-        const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
-        const FORGET_UPLOADS: &str = "DELETE FROM copy_uploads WHERE run_id = $1";
-        on_pool!(self, |pool, DB| {
-            let mut tx = pool
-                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
-                .await
-                .map_err(query_error("finish run"))?;
-            sqlx::query(DONE)
-                .bind(run.id.as_str())
-                .bind(now_ms())
-                .bind(summary.files as i64)
-                .bind(summary.bytes as i64)
-                .bind(summary.uploaded_files as i64)
-                .bind(summary.uploaded_bytes as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("finish run"))?;
-            for sql in [FORGET, FORGET_UPLOADS] {
-                sqlx::query(sql)
-                    .bind(run.id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query_error("finish run"))?;
-            }
-            tx.commit().await.map_err(query_error("finish run"))
-        })
+        let (run, summary) = (run.clone(), summary.clone());
+        self.write(move |l| async move { l.finish_tx(&run, &summary).await })
+            .await
     }
 
     async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
@@ -264,23 +149,21 @@ impl Checkpoint for Ledger {
     }
 
     async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
-        self.save_partial(run, upload).await
+        let (run, upload) = (run.clone(), upload.clone());
+        self.write(move |l| async move { l.save_partial(&run, &upload).await })
+            .await
     }
 
     async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
-        self.drop_partial(run, path).await
+        let (run, path) = (run.clone(), path.to_vec());
+        self.write(move |l| async move { l.drop_partial(&run, &path).await })
+            .await
     }
 
     async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
-        const SQL: &str = "UPDATE copy_runs SET last_error = $2, updated_at = $3 WHERE id = $1";
-        on_pool!(self, |pool, DB| sqlx::query(SQL)
-            .bind(run.id.as_str())
-            .bind(error)
-            .bind(now_ms())
-            .execute(pool)
+        let (run, error) = (run.clone(), error.to_owned());
+        self.write(move |l| async move { l.interrupted_tx(&run, &error).await })
             .await
-            .map(drop)
-            .map_err(query_error("note error")))
     }
 }
 
@@ -348,5 +231,153 @@ impl Ledger {
             .await
             .map(drop)
             .map_err(query_error("forget upload")))
+    }
+}
+
+/// Transactions run through [`Ledger::write`].
+impl Ledger {
+    async fn begin_tx(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
+        const FIND: &str = "SELECT id, snapshot_id FROM copy_runs \
+                            WHERE store_url = $1 AND volume = $2 AND state = 'running'";
+        const RESUME: &str =
+            "UPDATE copy_runs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1";
+        const START: &str = "INSERT INTO copy_runs (id, store_url, volume, snapshot_id, state, started_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, 'running', $5, $5)";
+        let now = now_ms();
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("begin run"))?;
+            let found: Option<(String, String)> = sqlx::query_as(FIND)
+                .bind(store)
+                .bind(volume.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("find run"))?;
+            let run = match found {
+                Some((id, snapshot)) => {
+                    sqlx::query(RESUME)
+                        .bind(&id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error("resume run"))?;
+                    let snapshot = snapshot.parse().map_err(|e: String| Error::Query {
+                        op: "resume run",
+                        source: sqlx::Error::Decode(e.into()),
+                    })?;
+                    Run {
+                        id,
+                        snapshot,
+                        resumed: true,
+                    }
+                }
+                None => {
+                    let id = format!("run-{}", fresh);
+                    sqlx::query(START)
+                        .bind(&id)
+                        .bind(store)
+                        .bind(volume.to_string())
+                        .bind(fresh.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error("start run"))?;
+                    Run {
+                        id,
+                        snapshot: fresh.clone(),
+                        resumed: false,
+                    }
+                }
+            };
+            tx.commit().await.map_err(query_error("commit run"))?;
+            Ok(run)
+        })
+    }
+
+    async fn record_tx(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("record progress"))?;
+            for chunk in files.chunks(1000) {
+                let mut insert = sqlx::QueryBuilder::<DB>::new(
+                    "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object) ",
+                );
+                insert.push_values(chunk, |mut row, f| {
+                    row.push_bind(run.id.as_str())
+                        .push_bind(sort_key(&f.path))
+                        .push_bind(f.size as i64)
+                        .push_bind(f.mtime_ns)
+                        .push_bind(f.ctime_ns)
+                        .push_bind(f.ino as i64)
+                        .push_bind(f.content.blake3.as_str())
+                        .push_bind(f.content.object.as_str());
+                });
+                insert.push(
+                    " ON CONFLICT (run_id, sort_key) DO UPDATE SET size = excluded.size, \
+                     mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, ino = excluded.ino, \
+                     blake3 = excluded.blake3, object = excluded.object",
+                );
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record progress"))?;
+            }
+            sqlx::query("UPDATE copy_runs SET updated_at = $2 WHERE id = $1")
+                .bind(run.id.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record progress"))?;
+            tx.commit().await.map_err(query_error("record progress"))
+        })
+    }
+
+    async fn finish_tx(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+        const DONE: &str = "UPDATE copy_runs SET state = 'completed', finished_at = $2, updated_at = $2, \
+                            files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL \
+                            WHERE id = $1";
+        const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
+        const FORGET_UPLOADS: &str = "DELETE FROM copy_uploads WHERE run_id = $1";
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("finish run"))?;
+            sqlx::query(DONE)
+                .bind(run.id.as_str())
+                .bind(now_ms())
+                .bind(summary.files as i64)
+                .bind(summary.bytes as i64)
+                .bind(summary.uploaded_files as i64)
+                .bind(summary.uploaded_bytes as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("finish run"))?;
+            for sql in [FORGET, FORGET_UPLOADS] {
+                sqlx::query(sql)
+                    .bind(run.id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("finish run"))?;
+            }
+            tx.commit().await.map_err(query_error("finish run"))
+        })
+    }
+
+    async fn interrupted_tx(&self, run: &Run, error: &str) -> Result<()> {
+        const SQL: &str = "UPDATE copy_runs SET last_error = $2, updated_at = $3 WHERE id = $1";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("note error")))
     }
 }

@@ -28,6 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const READ_ATTEMPTS: u32 = 3;
 /// Unit of the memory budget.
 const BUDGET_UNIT: u64 = 64 * 1024;
+/// Parts stored between two records of a resumable upload's progress.
+const PARTS_PER_RECORD: usize = 4;
 /// Parts of one file uploaded at once.
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -346,10 +348,14 @@ impl Uploader {
             let part: PartId = self.store.call("upload part", key, put).await?;
             self.sent(sent);
             upload.parts.push(part.content_id);
-            resume
-                .checkpoint
-                .record_partial(resume.run, &upload)
-                .await?;
+            // Durable before recorded, every few parts (a flush is a syncfs on a local store).
+            if upload.parts.len() % PARTS_PER_RECORD == 0 {
+                self.store.flush().await?;
+                resume
+                    .checkpoint
+                    .record_partial(resume.run, &upload)
+                    .await?;
+            }
         }
         let unchanged = Stat::of(&file, path)? == before;
         if unchanged {

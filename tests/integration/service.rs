@@ -429,22 +429,25 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let source = make_volume(&data, "shop", "data-web-4", 300, 1024 * 1024);
-    let args = [
-        "--sweep-interval",
-        "0",
-        "--grace",
-        "5",
-        "--concurrency",
-        "1",
-    ];
-    let serve = Serve::start(&data, &args).await;
+    let source = make_volume(&data, "shop", "data-web-4", 50, 64 * 1024);
+    // With external movers and none running, the claimed drain stays in flight until SIGTERM.
+    let serve = Serve::start(
+        &data,
+        &[
+            "--sweep-interval",
+            "0",
+            "--grace",
+            "5",
+            "--movers",
+            "external",
+        ],
+    )
+    .await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = ids(&drains)[0].clone();
     while serve.drain(&id).await["state"] != "copying" {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // let a checkpoint happen
     let url = serve.url.clone();
     let (status, took) = serve.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
@@ -457,7 +460,7 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
         "no longer serving"
     );
 
-    let serve = Serve::start(&data, &args).await;
+    let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
     let drain = serve.drain(&id).await;
     let history: Vec<&str> = drain["history"]
         .as_array()
@@ -487,6 +490,21 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
         work.path(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_every_time() {
+    let work = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let data = work.path().join(format!("data-{round}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
+        let (status, _) = serve.terminate(Duration::from_secs(15)).await;
+        assert!(
+            status.success(),
+            "round {round}: exit after SIGTERM: {status:?}"
+        );
+    }
 }
 
 /// Starts a service in local mode whose store is the S3 test server behind a fault proxy.

@@ -270,9 +270,11 @@ func terminationDelay(pod *corev1.Pod) time.Duration {
 		logf("node simulator: pod %s/%s: bad %s %q", pod.Namespace, pod.Name, TerminationDelayAnnotation, v)
 		return 0
 	}
-	// The API server sets deletionTimestamp = time of the delete call + grace period.
+	// The API server sets deletionTimestamp = time of the delete call + grace period, truncated
+	// to the second: the delete happened within the second after deletionTimestamp - grace, so
+	// count from the end of that second and never end the delay early.
 	grace := time.Duration(ptr.Deref(pod.DeletionGracePeriodSeconds, 0)) * time.Second
-	deleted := pod.DeletionTimestamp.Add(-grace)
+	deleted := pod.DeletionTimestamp.Add(-grace + time.Second)
 	end := deleted.Add(min(delay, grace))
 	return time.Until(end)
 }
