@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// When a copy starts counting the source for its progress totals.
+const COUNT_AFTER: Duration = Duration::from_secs(1);
 /// How often progress is checkpointed (each checkpoint flushes the store, so not too often).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Most files recorded in one checkpoint: at most this many are sent again after a crash.
@@ -193,11 +195,16 @@ pub async fn copy(
         .begin(store.url(), volume, &SnapshotId::generate())
         .await?;
     tracing::info!(snapshot = %run.snapshot, resumed = run.resumed, parent = ?parent, "copy started");
+    // Totals only matter for progress of copies that last: count them once a copy has run a
+    // while, so short (incremental) copies do not stat the tree twice.
     let counter = {
         let (root, progress) = (source.clone(), Arc::clone(&progress));
-        tokio::task::spawn_blocking(move || {
-            let (files, bytes) = scan::count(&root);
-            progress.set_totals(files, bytes);
+        tokio::spawn(async move {
+            tokio::time::sleep(COUNT_AFTER).await;
+            let count = tokio::task::spawn_blocking(move || scan::count(&root));
+            if let Ok((files, bytes)) = count.await {
+                progress.set_totals(files, bytes);
+            }
         })
     };
     let job = Job {
