@@ -64,6 +64,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the store said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Backend {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -146,6 +146,12 @@ fn key_for(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error>
         .collect())
 }
 
+/// The store key a mover of drain `id` may use for `key`.
+async fn object_key(state: &AppState, caller: &Caller, id: &str, key: &str) -> Result<Key, Error> {
+    let volume = streaming(state, caller, id).await?;
+    key_for(state, &volume, key)
+}
+
 fn store_failure(e: crate::store::Error) -> Error {
     Error::from(crate::snapshot::Error::Store(e))
 }
@@ -271,8 +277,7 @@ async fn put_object(
     Query(q): Query<KeyParam>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
-    let key = key_for(&state, &volume, &q.key)?;
+    let key = object_key(&state, &caller, &id, &q.key).await?;
     state
         .shared()
         .store
@@ -288,8 +293,7 @@ async fn get_object(
     Path(id): Path<String>,
     Query(q): Query<KeyParam>,
 ) -> Result<axum::response::Response, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
-    let key = key_for(&state, &volume, &q.key)?;
+    let key = object_key(&state, &caller, &id, &q.key).await?;
     let store = &state.shared().store;
     let objects = store.objects().clone();
     match store.call("get", &key, objects.get(&key)).await {
@@ -301,10 +305,7 @@ async fn get_object(
                 .body(body)
                 .expect("valid response"))
         }
-        Err(crate::store::Error::Backend {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => Err(Error::new(
+        Err(e) if e.is_not_found() => Err(Error::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no object {}", q.key),
@@ -319,8 +320,7 @@ async fn delete_object(
     Path(id): Path<String>,
     Query(q): Query<KeyParam>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
-    let key = key_for(&state, &volume, &q.key)?;
+    let key = object_key(&state, &caller, &id, &q.key).await?;
     let store = &state.shared().store;
     store
         .call("delete", &key, store.objects().delete(&key))
@@ -335,8 +335,7 @@ async fn create_upload(
     Path(id): Path<String>,
     Query(q): Query<KeyParam>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
-    let key = key_for(&state, &volume, &q.key)?;
+    let key = object_key(&state, &caller, &id, &q.key).await?;
     let store = &state.shared().store;
     let upload = store
         .call(

@@ -6,7 +6,7 @@
 //! locked with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same drain. Writes that
 //! act for a lease holder check the owner, so a replica that lost its lease changes nothing.
 
-use super::{Error, Ledger, Pool, Result, now_ms, on_pool};
+use super::{Error, Ledger, Pool, Result, now_ms, on_pool, query_error};
 use crate::lifecycle::{AfterFailure, DrainState};
 use crate::volume::VolumeId;
 use serde::Serialize;
@@ -117,10 +117,6 @@ pub enum Refused {
 
 const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
                        lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at";
-
-fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
-    move |source| Error::Query { op, source }
-}
 
 fn drain_from_row<R: Row>(row: &R) -> Result<Drain, sqlx::Error>
 where

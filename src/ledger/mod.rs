@@ -251,6 +251,11 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Maps a driver error of operation `op` into a ledger error.
+pub(crate) fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
+    move |source| Error::Query { op, source }
+}
+
 /// Milliseconds since the Unix epoch, the ledger's timestamp unit.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -5,7 +5,7 @@
 //! as a stream). Completing a run deletes its file rows: from then on the manifest is the
 //! record.
 
-use super::{Error, Ledger, Result, now_ms, on_pool};
+use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile};
 use crate::volume::VolumeId;
@@ -44,10 +44,6 @@ fn path_of(sort_key: &[u8]) -> Vec<u8> {
         .iter()
         .map(|b| if *b == 0 { b'/' } else { *b })
         .collect()
-}
-
-fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
-    move |source| Error::Query { op, source }
 }
 
 impl Ledger {

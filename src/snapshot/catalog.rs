@@ -53,16 +53,6 @@ struct Latest {
     snapshot: String,
 }
 
-fn is_not_found(e: &crate::store::Error) -> bool {
-    matches!(
-        e,
-        crate::store::Error::Backend {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }
-    )
-}
-
 fn manifest_error(key: &Key, reason: impl ToString) -> Error {
     Error::Manifest {
         key: key.to_string(),
@@ -83,7 +73,7 @@ pub async fn read_latest(store: &Store, layout: &VolumeLayout) -> Result<Option<
                 .map(Some)
                 .map_err(|e| manifest_error(&key, e))
         }
-        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -99,7 +89,7 @@ pub async fn read_summary(
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| manifest_error(&key, e)),
-        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -388,7 +378,7 @@ async fn delete_snapshot(
     for key in keys.iter().chain(std::iter::once(&summary)) {
         match store.call("delete", key, objects.delete(key)).await {
             Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
     }

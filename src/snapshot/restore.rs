@@ -73,7 +73,7 @@ pub async fn restore(
         .and_then(|entry| {
             let prepared = guard
                 .admit(&entry)
-                .and_then(|()| prepare(dest, entry, options.force));
+                .and_then(|()| prepare(dest, entry, options.force, root_owner));
             futures::future::ready(prepared)
         })
         .map_ok(|prepared| write_prepared(store, &layout, dest, prepared, root_owner).boxed())
@@ -195,7 +195,7 @@ enum Written {
 }
 
 /// Creates directories and symlinks in manifest order, and clears the way for files.
-fn prepare(dest: &Path, entry: Entry, force: bool) -> Result<Prepared> {
+fn prepare(dest: &Path, entry: Entry, force: bool, root_owner: bool) -> Result<Prepared> {
     let path = scan::absolute(dest, &entry.path);
     match entry.kind {
         EntryKind::Dir => {
@@ -208,7 +208,7 @@ fn prepare(dest: &Path, entry: Entry, force: bool) -> Result<Prepared> {
             clear_non_dir(&path, force)?;
             let target = OsStr::from_bytes(entry.target.as_deref().unwrap_or_default());
             std::os::unix::fs::symlink(target, &path).map_err(|e| Error::write(&path, e))?;
-            apply_metadata(&path, &entry, rustix::process::geteuid().is_root(), true)?;
+            apply_metadata(&path, &entry, root_owner, true)?;
             Ok(Prepared::Done(Written::Symlink))
         }
         EntryKind::File => {

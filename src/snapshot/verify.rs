@@ -140,10 +140,7 @@ async fn check_file(
             format!("hash {hash}, manifest says {}", content.blake3),
         )),
         Ok(_) => None,
-        Err(crate::store::Error::Backend {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => Some(problem(key.to_string(), "object is missing".into())),
+        Err(e) if e.is_not_found() => Some(problem(key.to_string(), "object is missing".into())),
         Err(e) => return Err(Error::Store(e)),
     };
     Ok((entry.size, outcome))
