@@ -6,11 +6,12 @@
 //! locked with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same drain. Writes that
 //! act for a lease holder check the owner, so a replica that lost its lease changes nothing.
 
-use super::{Error, Ledger, Pool, Result, now_ms, on_pool, query_error};
+use super::{Error, Ledger, Pool, Result, Urgency, now_ms, on_pool, query_error};
 use crate::lifecycle::{AfterFailure, DrainState};
 use crate::volume::VolumeId;
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// A drain as recorded.
@@ -158,6 +159,60 @@ fn new_drain_id() -> String {
     )
 }
 
+/// The states in which a drain is active: a volume has at most one active drain.
+const ACTIVE_STATES: &str = "('requested', 'awaiting_release', 'queued', 'copying')";
+/// Rows per bulk statement, well under both databases' limits on bound parameters.
+const BULK_ROWS: usize = 200;
+
+/// The drains a batch of handoff requests creates, with their new ids: one for each volume
+/// named that has no active drain, for its first mention.
+fn new_drains<'a>(
+    groups: &'a [Vec<NewDrain>],
+    active: &HashMap<VolumeId, Drain>,
+) -> Vec<(String, &'a NewDrain)> {
+    let mut seen = HashSet::new();
+    groups
+        .iter()
+        .flatten()
+        .filter(|new| !active.contains_key(&new.volume) && seen.insert(&new.volume))
+        .map(|new| (new_drain_id(), new))
+        .collect()
+}
+
+/// Each request's answer, in the order of its volumes: the drain, and whether this request
+/// created it (only the first request in the batch that names a new drain did).
+fn answers(
+    groups: &[Vec<NewDrain>],
+    active: &HashMap<VolumeId, Drain>,
+    inserted: &HashMap<VolumeId, Drain>,
+) -> Vec<Vec<(Drain, bool)>> {
+    let mut announced = HashSet::new();
+    groups
+        .iter()
+        .map(|group| {
+            group
+                .iter()
+                .map(|new| match active.get(&new.volume) {
+                    Some(drain) => (drain.clone(), false),
+                    None => {
+                        let drain = &inserted[&new.volume];
+                        (drain.clone(), announced.insert(drain.id.clone()))
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What a claim takes, in order: a drain whose holder's lease expired (its holder died), else
+/// the queued drain that has been due longest.
+const CLAIM_PICKS: [&str; 2] = [
+    "SELECT id FROM drains WHERE state = 'copying' AND lease_expires < $1 \
+     ORDER BY lease_expires LIMIT 1",
+    "SELECT id FROM drains WHERE state = 'queued' AND not_before <= $1 \
+     ORDER BY not_before, created_at LIMIT 1",
+];
+
 macro_rules! event {
     ($conn:expr, $id:expr, $state:expr, $owner:expr, $message:expr) => {
         sqlx::query("INSERT INTO drain_events (drain_id, at, state, owner, message) VALUES ($1, $2, $3, $4, $5)")
@@ -173,13 +228,32 @@ macro_rules! event {
 }
 
 impl Ledger {
-    /// Records drains for `volumes` (one transaction): an active drain of a volume is returned
-    /// as it is (`false`), otherwise a new queued drain is created (`true`).
+    /// Records drains for `volumes` (one transaction, shared with the handoffs that arrive at
+    /// the same time): an active drain of a volume is returned as it is (`false`), otherwise a
+    /// new queued drain is created (`true`).
     pub async fn request_drains(&self, drains: &[NewDrain]) -> Result<Vec<(Drain, bool)>> {
+        match &self.intake {
+            Some(intake) => intake.record(drains.to_vec()).await,
+            None => Ok(self
+                .request_drain_groups(vec![drains.to_vec()])
+                .await?
+                .pop()
+                .expect("one answer per group")),
+        }
+    }
+
+    /// Records several groups of drains in one transaction, one answer per group.
+    pub(super) async fn request_drain_groups(
+        &self,
+        groups: Vec<Vec<NewDrain>>,
+    ) -> Result<Vec<Vec<(Drain, bool)>>> {
+        let groups = std::sync::Arc::new(groups);
         for attempt in 1..=3 {
-            let owned = drains.to_vec();
+            let owned = std::sync::Arc::clone(&groups);
             match self
-                .write(move |l| async move { l.try_request_drains(&owned).await })
+                .write_as(Urgency::Intake, move |l| async move {
+                    l.try_request_drains(&owned).await
+                })
                 .await
             {
                 Err(e) if attempt < 3 && is_unique_violation(&e) => continue,
@@ -189,68 +263,103 @@ impl Ledger {
         unreachable!("the loop returns on its last attempt")
     }
 
-    async fn try_request_drains(&self, drains: &[NewDrain]) -> Result<Vec<(Drain, bool)>> {
-        let find = format!(
-            "SELECT {COLUMNS} FROM drains WHERE namespace = $1 AND pvc = $2 \
-                            AND state IN ('requested', 'awaiting_release', 'queued', 'copying')"
-        );
+    async fn try_request_drains(
+        &self,
+        groups: &[Vec<NewDrain>],
+    ) -> Result<Vec<Vec<(Drain, bool)>>> {
+        let volumes: Vec<&VolumeId> = groups
+            .iter()
+            .flatten()
+            .map(|new| &new.volume)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let now = now_ms();
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("record handoff"))?;
-            let mut out = Vec::with_capacity(drains.len());
-            for new in drains {
-                let existing = sqlx::query(sqlx::AssertSqlSafe(find.as_str()))
-                    .bind(new.volume.namespace.as_str())
-                    .bind(new.volume.name.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query_error("record handoff"))?;
-                if let Some(row) = existing {
-                    out.push((
-                        drain_from_row(&row).map_err(query_error("read drain"))?,
-                        false,
-                    ));
-                    continue;
-                }
-                let id = new_drain_id();
-                sqlx::query(
-                    "INSERT INTO drains (id, namespace, pvc, pod, reason, state, attempts, max_attempts, \
-                     not_before, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $7, $7)",
-                )
-                .bind(&id)
-                .bind(new.volume.namespace.as_str())
-                .bind(new.volume.name.as_str())
-                .bind(new.pod.as_deref())
-                .bind(new.reason.as_str())
-                .bind(i64::from(new.max_attempts))
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("record handoff"))?;
-                event!(
-                    &mut *tx,
-                    &id,
-                    DrainState::Queued,
-                    None::<&str>,
-                    Some(new.reason.as_str())
-                )?;
-                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM drains WHERE id = $1"
-                )))
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_error("read drain"))?;
-                out.push((
-                    drain_from_row(&row).map_err(query_error("read drain"))?,
-                    true,
+            let mut active = HashMap::new();
+            for chunk in volumes.chunks(BULK_ROWS) {
+                let mut find = QueryBuilder::<DB>::new(format!(
+                    "SELECT {COLUMNS} FROM drains WHERE state IN {ACTIVE_STATES} AND ("
                 ));
+                let mut any = find.separated(" OR ");
+                for volume in chunk {
+                    any.push("(namespace = ")
+                        .push_bind_unseparated(volume.namespace.as_str())
+                        .push_unseparated(" AND pvc = ")
+                        .push_bind_unseparated(volume.name.as_str())
+                        .push_unseparated(")");
+                }
+                find.push(")");
+                for row in find
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(query_error("record handoff"))?
+                {
+                    let drain = drain_from_row(&row).map_err(query_error("read drain"))?;
+                    active.insert(drain.volume(), drain);
+                }
+            }
+            let wanted = new_drains(groups, &active);
+            let mut inserted = HashMap::new();
+            for chunk in wanted.chunks(BULK_ROWS) {
+                let mut insert = QueryBuilder::<DB>::new(
+                    "INSERT INTO drains (id, namespace, pvc, pod, reason, state, attempts, \
+                     max_attempts, not_before, created_at, updated_at) ",
+                );
+                insert.push_values(chunk, |mut row, (id, new)| {
+                    row.push_bind(id.as_str())
+                        .push_bind(new.volume.namespace.as_str())
+                        .push_bind(new.volume.name.as_str())
+                        .push_bind(new.pod.as_deref())
+                        .push_bind(new.reason.as_str())
+                        .push_bind(DrainState::Queued.as_str())
+                        .push_bind(0_i64)
+                        .push_bind(i64::from(new.max_attempts))
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                insert.push(format!(" RETURNING {COLUMNS}"));
+                for row in insert
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(query_error("record handoff"))?
+                {
+                    let drain = drain_from_row(&row).map_err(query_error("read drain"))?;
+                    inserted.insert(drain.volume(), drain);
+                }
+                let mut history = QueryBuilder::<DB>::new(
+                    "INSERT INTO drain_events (drain_id, at, state, owner, message) ",
+                );
+                history.push_values(chunk, |mut row, (id, new)| {
+                    row.push_bind(id.as_str())
+                        .push_bind(now)
+                        .push_bind(DrainState::Queued.as_str())
+                        .push_bind(None::<&str>)
+                        .push_bind(new.reason.as_str());
+                });
+                history
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record history"))?;
+            }
+            if inserted.len() != wanted.len() {
+                let lost = format!(
+                    "{} of {} new drains came back",
+                    inserted.len(),
+                    wanted.len()
+                );
+                return Err(query_error("record handoff")(sqlx::Error::Protocol(lost)));
             }
             tx.commit().await.map_err(query_error("record handoff"))?;
-            Ok(out)
+            Ok(answers(groups, &active, &inserted))
         })
     }
 
@@ -440,29 +549,37 @@ fn is_unique_violation(e: &Error) -> bool {
 impl Ledger {
     async fn claim_drain_tx(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
         let now = now_ms();
-        let pick = "SELECT id FROM drains WHERE (state = 'queued' AND not_before <= $1) \
-                    OR (state = 'copying' AND lease_expires < $1) ORDER BY not_before, created_at LIMIT 1";
         let lock = match self.pool {
             Pool::Sqlite(_) => "",
             Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         };
-        let claim = format!(
-            "UPDATE drains SET state = 'copying', attempts = attempts + 1, lease_owner = $2, lease_expires = $3, \
-             updated_at = $1 WHERE id = ({pick}{lock}) RETURNING {COLUMNS}"
-        );
+        // Two picks, each served by the (state, not_before) index, rather than one with an OR
+        // that sorts every queued drain on each claim.
+        let claims = CLAIM_PICKS.map(|pick| {
+            format!(
+                "UPDATE drains SET state = 'copying', attempts = attempts + 1, lease_owner = $2, \
+                 lease_expires = $3, updated_at = $1 WHERE id = ({pick}{lock}) RETURNING {COLUMNS}"
+            )
+        });
         let expires = now + lease.as_millis() as i64;
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("claim drain"))?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(claim))
-                .bind(now)
-                .bind(owner)
-                .bind(expires)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(query_error("claim drain"))?;
+            let mut row = None;
+            for claim in &claims {
+                row = sqlx::query(sqlx::AssertSqlSafe(claim.as_str()))
+                    .bind(now)
+                    .bind(owner)
+                    .bind(expires)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_error("claim drain"))?;
+                if row.is_some() {
+                    break;
+                }
+            }
             let drain = row
                 .map(|r| drain_from_row(&r))
                 .transpose()

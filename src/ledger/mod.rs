@@ -7,6 +7,7 @@
 //! owns SQL; it never touches files or the object store.
 
 mod drains;
+mod intake;
 mod runs;
 
 pub use drains::{AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, Refused};
@@ -17,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Timeout for taking a connection from the pool: a PostgreSQL that is down shows as `503`
@@ -124,13 +126,32 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// How a write waits for its turn on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Urgency {
+    /// Handoff intake: a client is waiting for the answer.
+    Intake,
+    /// Everything else (claims, progress, history).
+    Background,
+}
+
+/// SQLite's writer locks. Its busy handler would sleep in steps of up to 100 ms while another
+/// writer of this process holds the database lock, so writers queue here instead; background
+/// writers first queue among themselves, so intake is never behind more than one of them.
+#[derive(Debug, Default)]
+struct Writers {
+    writer: Arc<tokio::sync::Mutex<()>>,
+    background: tokio::sync::Mutex<()>,
+}
+
 /// The ledger: a migrated pool.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pub(crate) pool: Pool,
-    /// One writer at a time on SQLite: its busy handler would otherwise sleep in steps of up
-    /// to 100 ms while another writer of this process holds the lock.
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// One writer at a time on SQLite.
+    writers: Arc<Writers>,
+    /// Group commit of handoffs; `None` in the intake task's own handle.
+    intake: Option<intake::Intake>,
 }
 
 impl Ledger {
@@ -160,7 +181,11 @@ impl Ledger {
             }
         };
         ledger.migrate().await?;
-        Ok(ledger)
+        let intake = intake::Intake::start(ledger.clone());
+        Ok(Self {
+            intake: Some(intake),
+            ..ledger
+        })
     }
 
     async fn open_sqlite(options: SqliteConnectOptions, url: &str) -> Result<Self> {
@@ -169,7 +194,8 @@ impl Ledger {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
@@ -179,9 +205,12 @@ impl Ledger {
                 url: url.to_owned(),
                 source,
             })?;
+        let writers = Arc::<Writers>::default();
+        tokio::spawn(checkpoint_wal(pool.clone(), Arc::downgrade(&writers)));
         Ok(Self {
             pool: Pool::Sqlite(pool),
-            writer: Default::default(),
+            writers,
+            intake: None,
         })
     }
 
@@ -199,7 +228,8 @@ impl Ledger {
             .map_err(|source| Error::Connect { url: shown, source })?;
         Ok(Self {
             pool: Pool::Postgres(pool),
-            writer: Default::default(),
+            writers: Default::default(),
+            intake: None,
         })
     }
 
@@ -220,10 +250,27 @@ impl Ledger {
         Fut: Future<Output = Result<T>> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_as(Urgency::Background, op).await
+    }
+
+    /// [`Ledger::write`], where on SQLite an [`Urgency::Intake`] write waits for at most one
+    /// background write: background writers queue for the writer lock one at a time.
+    pub(crate) async fn write_as<T, F, Fut>(&self, urgency: Urgency, op: F) -> Result<T>
+    where
+        F: FnOnce(Ledger) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
         let ledger = self.clone();
         tokio::spawn(async move {
             let _one_writer = match ledger.pool {
-                Pool::Sqlite(_) => Some(std::sync::Arc::clone(&ledger.writer).lock_owned().await),
+                Pool::Sqlite(_) => {
+                    let _background_turn = match urgency {
+                        Urgency::Background => Some(ledger.writers.background.lock().await),
+                        Urgency::Intake => None,
+                    };
+                    Some(Arc::clone(&ledger.writers.writer).lock_owned().await)
+                }
                 Pool::Postgres(_) => None,
             };
             op(ledger).await
@@ -237,6 +284,29 @@ impl Ledger {
         match self.pool {
             Pool::Sqlite(_) => "sqlite",
             Pool::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// How often SQLite's write-ahead log is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints SQLite's WAL in the background while the ledger is open (`alive`), instead of
+/// in whichever commit crosses SQLite's threshold: that commit would wait for the database
+/// file to be written and flushed. A passive checkpoint never blocks writers or readers.
+async fn checkpoint_wal(pool: SqlitePool, alive: std::sync::Weak<Writers>) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool);
+        match tokio::time::timeout(SQLITE_ACQUIRE_TIMEOUT, checkpoint).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ledger checkpoint failed; trying again"),
+            Err(_) => tracing::warn!("ledger checkpoint timed out; trying again"),
         }
     }
 }

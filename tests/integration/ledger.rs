@@ -130,3 +130,73 @@ async fn ledger_refuses_a_bad_url_with_a_clear_error() {
     assert!(err.to_string().contains("cannot open ledger"), "{err}");
     assert!(err.is_transient(), "an unreachable database may come back");
 }
+
+/// Many handoffs at once, most of them in shared commits: every volume gets exactly one
+/// active drain, exactly one request is told it created it, and repeats get the same drain.
+async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger) {
+    use drainer::ledger::NewDrain;
+    let request = |pvcs: &[String]| -> Vec<NewDrain> {
+        pvcs.iter()
+            .map(|pvc| NewDrain {
+                volume: format!("shop/{pvc}").parse().unwrap(),
+                pod: Some("web-0".into()),
+                reason: "handoff".into(),
+                max_attempts: 3,
+            })
+            .collect()
+    };
+    // 40 requests: request i names pvc-i and the shared pvc-(i % 5) twice over the set.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let ledger = ledger.clone();
+        let pvcs = vec![format!("own-{i}"), format!("shared-{}", i % 5)];
+        let wanted = request(&pvcs);
+        tasks.spawn(async move { (pvcs, ledger.request_drains(&wanted).await.unwrap()) });
+    }
+    let mut created = std::collections::HashMap::<String, (String, usize)>::new();
+    while let Some(done) = tasks.join_next().await {
+        let (pvcs, answer) = done.unwrap();
+        assert_eq!(answer.len(), pvcs.len(), "one answer per volume, in order");
+        for (pvc, (drain, new)) in pvcs.iter().zip(answer) {
+            assert_eq!(&drain.pvc, pvc, "each answer is for the volume asked");
+            let entry = created.entry(pvc.clone()).or_insert((drain.id.clone(), 0));
+            assert_eq!(entry.0, drain.id, "{pvc}: one active drain, whoever asks");
+            entry.1 += usize::from(new);
+        }
+    }
+    assert_eq!(created.len(), 45);
+    for (pvc, (_, news)) in &created {
+        assert_eq!(*news, 1, "{pvc}: exactly one request created its drain");
+    }
+    let again = ledger
+        .request_drains(&request(&["shared-0".into()]))
+        .await
+        .unwrap();
+    assert_eq!(again[0].0.id, created["shared-0"].0);
+    assert!(!again[0].1, "a repeat while active is not new");
+    let queued = ledger
+        .drains(&drainer::ledger::DrainFilter::default(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 45, "nothing recorded twice");
+    for drain in &queued {
+        let history = ledger.drain_events(&drain.id).await.unwrap();
+        assert_eq!(history.len(), 1, "{}: one 'queued' event", drain.id);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_ledger_groups_concurrent_handoffs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    concurrent_handoffs_share_commits_without_mixing_answers(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_ledger_groups_concurrent_handoffs() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    concurrent_handoffs_share_commits_without_mixing_answers(ledger).await;
+}

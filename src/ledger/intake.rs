@@ -1,0 +1,94 @@
+//! Group commit of handoffs: the requests that arrive while a commit is in flight are recorded
+//! together, in one transaction, and each is answered once that transaction is committed.
+//!
+//! One commit costs a disk flush (SQLite's WAL, PostgreSQL's WAL alike); at hundreds of
+//! handoffs a second, one flush per request queues requests behind each other's flushes. Here a
+//! single task owns intake: it takes the first waiting request, everything queued behind it (up
+//! to [`MAX_BATCH`]), records them in one transaction and answers them all, so a request waits
+//! for at most the commit in flight plus its own. A batch that fails is recorded again request
+//! by request, so one request's error is never another's.
+
+use super::drains::Drain;
+use super::{Ledger, NewDrain, Result};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most handoff requests recorded in one transaction.
+const MAX_BATCH: usize = 256;
+/// Requests waiting for the intake task before callers wait to queue.
+const QUEUE: usize = 4096;
+
+/// What one request recorded: each drain, and whether it is new.
+pub(super) type Recorded = Vec<(Drain, bool)>;
+
+/// One queued handoff request and where its answer goes.
+struct Request {
+    drains: Vec<NewDrain>,
+    answer: oneshot::Sender<Result<Recorded>>,
+}
+
+/// The sending side of the intake task; dropping every copy ends the task.
+#[derive(Debug, Clone)]
+pub(super) struct Intake {
+    queue: mpsc::Sender<Request>,
+}
+
+impl Intake {
+    /// Starts the intake task for `ledger`, which must not itself send to an intake (it is the
+    /// task's own, direct handle).
+    pub(super) fn start(ledger: Ledger) -> Self {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        tokio::spawn(run(ledger, requests));
+        Self { queue }
+    }
+
+    /// Records `drains` in the next group commit.
+    pub(super) async fn record(&self, drains: Vec<NewDrain>) -> Result<Recorded> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Request { drains, answer })
+            .await
+            .expect("the intake task runs while the ledger is open");
+        answered
+            .await
+            .expect("the intake task answers every request it takes")
+    }
+}
+
+async fn run(ledger: Ledger, mut requests: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        record_batch(&ledger, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Records `batch` in one transaction and answers every request; if that fails, records each
+/// request on its own.
+async fn record_batch(ledger: &Ledger, batch: Vec<Request>) {
+    let (groups, answers): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|r| (r.drains, r.answer)).unzip();
+    if groups.len() > 1 {
+        let started = std::time::Instant::now();
+        if let Ok(recorded) = ledger.request_drain_groups(groups.clone()).await {
+            tracing::debug!(
+                requests = groups.len(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "group commit"
+            );
+            for (answer, one) in answers.into_iter().zip(recorded) {
+                let _ = answer.send(Ok(one));
+            }
+            return;
+        }
+        tracing::debug!(
+            requests = groups.len(),
+            "group commit failed; recording each request on its own"
+        );
+    }
+    for (answer, drains) in answers.into_iter().zip(groups) {
+        let one = ledger
+            .request_drain_groups(vec![drains])
+            .await
+            .map(|mut all| all.pop().expect("one answer per group"));
+        let _ = answer.send(one);
+    }
+}
