@@ -10,18 +10,19 @@ use crate::config::MoverArgs;
 use crate::ledger;
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{self, Checkpoint, Progress, Run, SnapshotId, SnapshotSummary, StoredFile};
-use crate::store::{Barrier, Store};
+use crate::store::{Barrier, Store, StoreOptions};
 use crate::volume::VolumeId;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use futures::{FutureExt, TryFutureExt};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
     CopyOptions as ObjectCopyOptions, GetOptions, GetResult, GetResultPayload, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult, UploadPart,
+    MultipartId, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
+    PutPayload, PutResult, UploadPart,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -306,7 +307,6 @@ impl ObjectStore for RelayedStore {
             api: self.api.clone(),
             upload,
             next: 0,
-            previous: None,
         }))
     }
 
@@ -398,14 +398,79 @@ impl ObjectStore for RelayedStore {
     }
 }
 
-/// A multipart upload relayed to the drainer. Parts are sent strictly in order (each waits for
-/// the one before), because the drainer appends them to its own upload in arrival order.
+impl RelayedStore {
+    fn upload_url(&self, upload: &str, rest: &str) -> String {
+        self.api.url(&format!("/uploads/{upload}{rest}"))
+    }
+}
+
+/// Part by part, with explicit indexes: what the engine uses for large files, writing several
+/// parts of a file at once and flushing every few.
+#[async_trait::async_trait]
+impl MultipartStore for RelayedStore {
+    async fn create_multipart(&self, location: &Path) -> object_store::Result<MultipartId> {
+        let request = self
+            .api
+            .client
+            .post(self.api.url("/uploads"))
+            .query(&[("key", location.as_ref())]);
+        let response = self.api.send(request).await.map_err(store_error)?;
+        let created: serde_json::Value = response.json().await.map_err(store_error)?;
+        created["upload"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| store_error("no upload id"))
+    }
+
+    async fn put_part(
+        &self,
+        _location: &Path,
+        id: &MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> object_store::Result<PartId> {
+        let body: Bytes = data.into();
+        let url = self.upload_url(id, &format!("/{part_idx}"));
+        self.api
+            .send(self.api.client.put(url).body(body))
+            .await
+            .map_err(store_error)?;
+        Ok(PartId {
+            content_id: part_idx.to_string(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        _location: &Path,
+        id: &MultipartId,
+        _parts: Vec<PartId>,
+    ) -> object_store::Result<PutResult> {
+        let request = self.api.client.post(self.upload_url(id, "/complete"));
+        self.api.send(request).await.map_err(store_error)?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn abort_multipart(
+        &self,
+        _location: &Path,
+        id: &MultipartId,
+    ) -> object_store::Result<()> {
+        let request = self.api.client.delete(self.upload_url(id, ""));
+        self.api.send(request).await.map(drop).map_err(store_error)
+    }
+}
+
+/// A multipart upload relayed to the drainer. Each part carries its index, so several travel
+/// at once; the drainer writes each at its place in its own upload.
 struct RelayedUpload {
     api: DrainApi,
     upload: String,
     next: usize,
-    previous:
-        Option<futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>>,
 }
 
 impl std::fmt::Debug for RelayedUpload {
@@ -417,26 +482,22 @@ impl std::fmt::Debug for RelayedUpload {
 #[async_trait::async_trait]
 impl MultipartUpload for RelayedUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        let (api, index, previous) = (self.api.clone(), self.next, self.previous.take());
-        let url = self.api.url(&format!("/uploads/{}/{index}", self.upload));
+        let api = self.api.clone();
+        let url = self
+            .api
+            .url(&format!("/uploads/{}/{}", self.upload, self.next));
         self.next += 1;
-        let part = async move {
-            if let Some(previous) = previous {
-                previous.await?;
-            }
+        async move {
             let body: Bytes = data.into();
-            api.send(api.client.put(url).body(body)).await.map(drop)
+            api.send(api.client.put(url).body(body))
+                .await
+                .map(drop)
+                .map_err(store_error)
         }
         .boxed()
-        .shared();
-        self.previous = Some(part.clone());
-        part.map(|r| r.map_err(store_error)).boxed()
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        if let Some(previous) = self.previous.take() {
-            previous.await.map_err(store_error)?;
-        }
         let request = self
             .api
             .client
@@ -471,6 +532,11 @@ impl Barrier for RelayedBarrier {
             .await
             .map(drop)
     }
+}
+
+#[derive(Deserialize)]
+struct StoreInfo {
+    part_size: u64,
 }
 
 #[derive(Deserialize)]
@@ -511,14 +577,35 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         );
     }
     let volume: VolumeId = info.volume.parse()?;
+    // Parts are written at their index in the drainer's store: they must have its part size.
+    let store_info: StoreInfo = api
+        .send(api.client.get(api.url("/store")))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .json()
+        .await?;
+    let mut options = args.engine.copy_options(false);
+    if options.part_size != store_info.part_size {
+        tracing::info!(
+            part_size = store_info.part_size,
+            "using the drainer's part size for large files"
+        );
+        options.part_size = store_info.part_size;
+    }
+    let store_options = StoreOptions {
+        timeout: args.engine.store_timeout,
+        create: false,
+        part_size: store_info.part_size,
+    };
+    let relay = Arc::new(RelayedStore { api: api.clone() });
     let store = Store::relayed(
-        Arc::new(RelayedStore { api: api.clone() }),
+        Arc::clone(&relay) as Arc<dyn ObjectStore>,
+        relay as Arc<dyn MultipartStore>,
         Arc::new(RelayedBarrier { api: api.clone() }),
         format!("drainer+{base}"),
-        args.engine.store_timeout,
+        &store_options,
     );
     let checkpoint = RemoteCheckpoint { api };
-    let options = args.engine.copy_options(false);
     let summary = snapshot::copy(
         &args.source,
         &store,

@@ -113,12 +113,13 @@ pub struct Store {
     objects: Arc<dyn ObjectStore>,
     /// The same store's low-level multipart API, where it has one (S3, GCS, Azure): uploads
     /// that can be continued part by part after a crash.
-    multipart: Option<Arc<dyn MultipartStore>>,
+    multipart: Arc<dyn MultipartStore>,
     root: Path,
     local_dir: Option<PathBuf>,
     barrier: Option<Arc<dyn Barrier>>,
     url: String,
     timeout: Duration,
+    part_size: u64,
 }
 
 impl Store {
@@ -136,7 +137,7 @@ impl Store {
         let remote = |store: Arc<dyn RemoteStore>| -> Result<_> {
             Ok((
                 Arc::clone(&store) as Arc<dyn ObjectStore>,
-                Some(store as Arc<dyn MultipartStore>),
+                store as Arc<dyn MultipartStore>,
                 url_prefix(&parsed)?,
                 None,
             ))
@@ -154,7 +155,7 @@ impl Store {
                 };
                 (
                     fs as Arc<dyn ObjectStore>,
-                    Some(Arc::new(parts) as Arc<dyn MultipartStore>),
+                    Arc::new(parts) as Arc<dyn MultipartStore>,
                     Path::default(),
                     Some(dir),
                 )
@@ -217,6 +218,7 @@ impl Store {
             barrier: None,
             url: redact(&parsed),
             timeout: options.timeout,
+            part_size: options.part_size,
         })
     }
 
@@ -224,18 +226,20 @@ impl Store {
     /// drainer's store); `barrier` makes what was written durable there.
     pub fn relayed(
         objects: Arc<dyn ObjectStore>,
+        multipart: Arc<dyn MultipartStore>,
         barrier: Arc<dyn Barrier>,
         url: String,
-        timeout: Duration,
+        options: &StoreOptions,
     ) -> Self {
         Self {
             objects,
-            multipart: None,
+            multipart,
             root: Path::default(),
             local_dir: None,
             barrier: Some(barrier),
             url,
-            timeout,
+            timeout: options.timeout,
+            part_size: options.part_size,
         }
     }
 
@@ -254,9 +258,16 @@ impl Store {
         &self.objects
     }
 
-    /// The store's resumable multipart API, if it has one.
-    pub fn multipart(&self) -> Option<&Arc<dyn MultipartStore>> {
-        self.multipart.as_ref()
+    /// The size of every part of a multipart upload but the last (a local directory writes
+    /// part N at N × this offset).
+    pub fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// The store's multipart API with explicit part numbers: uploads that can be continued
+    /// part by part after a crash, several parts at a time.
+    pub fn multipart(&self) -> &Arc<dyn MultipartStore> {
+        &self.multipart
     }
 
     /// The per-request timeout.

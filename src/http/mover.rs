@@ -13,19 +13,43 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+use object_store::{MultipartId, ObjectStoreExt, PutPayload};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Largest body a mover sends (one part, or one batch of progress).
 const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
-/// A multipart upload relayed for a mover.
+/// A multipart upload relayed for a mover: parts arrive by index, several at a time, and are
+/// written at their index in the store's own upload.
 pub struct RelayUpload {
     drain: String,
     key: Key,
-    upload: Box<dyn MultipartUpload>,
-    next: usize,
+    upload_id: MultipartId,
+    /// Stored parts by index: the store's part id and the part's length.
+    parts: BTreeMap<usize, (PartId, u64)>,
+}
+
+impl RelayUpload {
+    /// The parts in order, if they are exactly parts 0..n, all of the store's part size but
+    /// the last: what a local store needs to have written every byte at its place.
+    fn complete_parts(&self, part_size: u64) -> Result<Vec<PartId>, String> {
+        let last = self.parts.len().saturating_sub(1);
+        for (expected, (index, (_, len))) in self.parts.iter().enumerate() {
+            if *index != expected {
+                return Err(format!("part {expected} is missing"));
+            }
+            if expected < last && *len != part_size {
+                return Err(format!(
+                    "part {index} has {len} bytes; every part but the last has {part_size}"
+                ));
+            }
+        }
+        Ok(self.parts.values().map(|(id, _)| id.clone()).collect())
+    }
 }
 
 pub(super) fn routes() -> Router<AppState> {
@@ -50,6 +74,7 @@ pub(super) fn routes() -> Router<AppState> {
             axum::routing::delete(abort_upload),
         )
         .route("/drains/{id}/flush", post(flush))
+        .route("/drains/{id}/store", get(store_info))
         .layer(DefaultBodyLimit::max(MAX_MOVER_BODY))
 }
 
@@ -329,6 +354,22 @@ async fn delete_object(
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn relay_parts(state: &AppState) -> Arc<dyn MultipartStore> {
+    Arc::clone(state.shared().store.multipart())
+}
+
+/// `GET …/store`: what a mover needs to know of the store it writes through this drainer.
+async fn store_info(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    streaming(&state, &caller, &id).await?;
+    Ok(Json(
+        serde_json::json!({ "part_size": state.shared().store.part_size() }),
+    ))
+}
+
 async fn create_upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -336,26 +377,29 @@ async fn create_upload(
     Query(q): Query<KeyParam>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let key = object_key(&state, &caller, &id, &q.key).await?;
+    let parts = relay_parts(&state);
     let store = &state.shared().store;
-    let upload = store
+    let upload_id = store
         .call(
             "create multipart upload",
             &key,
-            store.objects().put_multipart(&key),
+            parts.create_multipart(&key),
         )
         .await
         .map_err(store_failure)?;
-    let upload_id = format!("u-{:016x}", rand::random::<u64>());
+    let relay_id = format!("u-{:016x}", rand::random::<u64>());
     state.shared().uploads.lock().expect("uploads lock").insert(
-        upload_id.clone(),
+        relay_id.clone(),
         RelayUpload {
             drain: id,
             key,
-            upload,
-            next: 0,
+            upload_id,
+            parts: BTreeMap::new(),
         },
     );
-    Ok(Json(serde_json::json!({ "upload": upload_id })))
+    Ok(Json(
+        serde_json::json!({ "upload": relay_id, "part_size": store.part_size() }),
+    ))
 }
 
 fn upload_not_found(upload: &str) -> Error {
@@ -366,6 +410,16 @@ fn upload_not_found(upload: &str) -> Error {
     )
 }
 
+/// The key and store upload id of relayed upload `upload` of drain `id`.
+fn relayed(state: &AppState, id: &str, upload: &str) -> Result<(Key, MultipartId), Error> {
+    let uploads = state.shared().uploads.lock().expect("uploads lock");
+    uploads
+        .get(upload)
+        .filter(|u| u.drain == id)
+        .map(|u| (u.key.clone(), u.upload_id.clone()))
+        .ok_or_else(|| upload_not_found(upload))
+}
+
 async fn put_part(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -373,35 +427,32 @@ async fn put_part(
     body: Bytes,
 ) -> Result<StatusCode, Error> {
     streaming(&state, &caller, &id).await?;
-    let (key, pending) = {
-        let mut uploads = state.shared().uploads.lock().expect("uploads lock");
-        let relay = uploads
-            .get_mut(&upload)
-            .filter(|u| u.drain == id)
-            .ok_or_else(|| upload_not_found(&upload))?;
-        if relay.next != part {
-            return Err(Error::new(
-                StatusCode::CONFLICT,
-                "part_out_of_order",
-                format!("expected part {}, got {part}", relay.next),
-            ));
-        }
-        relay.next += 1;
-        (
-            relay.key.clone(),
-            relay.upload.put_part(PutPayload::from(body)),
-        )
-    };
-    let store = &state.shared().store;
-    if let Err(e) = store.call("upload part", &key, pending).await {
-        state
-            .shared()
-            .uploads
-            .lock()
-            .expect("uploads lock")
-            .remove(&upload);
-        return Err(store_failure(e));
+    let part_size = state.shared().store.part_size();
+    let len = body.len() as u64;
+    if len > part_size || len == 0 {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "bad_part_size",
+            format!("part {part} has {len} bytes; parts have 1 to {part_size}"),
+        ));
     }
+    let (key, upload_id) = relayed(&state, &id, &upload)?;
+    let parts = relay_parts(&state);
+    let store = &state.shared().store;
+    let put = parts.put_part(&key, &upload_id, part, PutPayload::from(body));
+    let stored = match store.call("upload part", &key, put).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            let mut uploads = state.shared().uploads.lock().expect("uploads lock");
+            uploads.remove(&upload);
+            return Err(store_failure(e));
+        }
+    };
+    let mut uploads = state.shared().uploads.lock().expect("uploads lock");
+    let relay = uploads
+        .get_mut(&upload)
+        .ok_or_else(|| upload_not_found(&upload))?;
+    relay.parts.insert(part, (stored, len));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -419,14 +470,25 @@ async fn complete_upload(
     Path((id, upload)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     streaming(&state, &caller, &id).await?;
-    let mut relay = take_upload(&state, &id, &upload)?;
+    let relay = take_upload(&state, &id, &upload)?;
+    let parts = relay_parts(&state);
     let store = &state.shared().store;
+    let complete = match relay.complete_parts(store.part_size()) {
+        Ok(ordered) => parts.complete_multipart(&relay.key, &relay.upload_id, ordered),
+        Err(reason) => {
+            let abort = parts.abort_multipart(&relay.key, &relay.upload_id);
+            let _ = store
+                .call("abort multipart upload", &relay.key, abort)
+                .await;
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                "incomplete_upload",
+                format!("upload {upload}: {reason}"),
+            ));
+        }
+    };
     store
-        .call(
-            "complete multipart upload",
-            &relay.key,
-            relay.upload.complete(),
-        )
+        .call("complete multipart upload", &relay.key, complete)
         .await
         .map_err(store_failure)?;
     Ok(StatusCode::NO_CONTENT)
@@ -438,10 +500,12 @@ async fn abort_upload(
     Path((id, upload)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     streaming(&state, &caller, &id).await?;
-    let mut relay = take_upload(&state, &id, &upload)?;
+    let relay = take_upload(&state, &id, &upload)?;
+    let parts = relay_parts(&state);
     let store = &state.shared().store;
+    let abort = parts.abort_multipart(&relay.key, &relay.upload_id);
     let _ = store
-        .call("abort multipart upload", &relay.key, relay.upload.abort())
+        .call("abort multipart upload", &relay.key, abort)
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -454,4 +518,43 @@ async fn flush(
     streaming(&state, &caller, &id).await?;
     state.shared().store.flush().await.map_err(store_failure)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(parts: &[(usize, u64)]) -> RelayUpload {
+        RelayUpload {
+            drain: "d".into(),
+            key: Key::from("k"),
+            upload_id: "u".into(),
+            parts: parts
+                .iter()
+                .map(|&(i, len)| {
+                    let id = PartId {
+                        content_id: i.to_string(),
+                    };
+                    (i, (id, len))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_relayed_upload_completes_only_with_every_part_in_place() {
+        let whole = relay(&[(2, 3), (0, 10), (1, 10)])
+            .complete_parts(10)
+            .unwrap();
+        let order: Vec<_> = whole.iter().map(|p| p.content_id.as_str()).collect();
+        assert_eq!(order, ["0", "1", "2"], "parts that arrived out of order");
+        assert_eq!(relay(&[(0, 4)]).complete_parts(10).unwrap().len(), 1);
+        let gap = relay(&[(0, 10), (2, 10)]).complete_parts(10).unwrap_err();
+        assert!(gap.contains("part 1 is missing"), "{gap}");
+        let short = relay(&[(0, 10), (1, 9), (2, 10)])
+            .complete_parts(10)
+            .unwrap_err();
+        assert!(short.contains("part 1 has 9 bytes"), "{short}");
+        assert!(relay(&[]).complete_parts(10).unwrap().is_empty());
+    }
 }

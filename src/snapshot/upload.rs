@@ -14,9 +14,9 @@ use crate::store::Store;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use object_store::PutPayload;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{ObjectStoreExt, PutPayload};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -202,13 +202,10 @@ impl Uploader {
         rel: &[u8],
     ) -> Result<(blake3::Hash, Stat)> {
         for _ in 0..READ_ATTEMPTS {
-            let attempt = match self.store.multipart() {
-                Some(parts) => {
-                    self.try_store_resumable(parts.as_ref(), path, key, resume, rel)
-                        .await?
-                }
-                None => self.try_store_large(path, key).await?,
-            };
+            let parts = self.store.multipart();
+            let attempt = self
+                .try_store_resumable(parts, path, key, resume, rel)
+                .await?;
             if let Some(done) = attempt {
                 return Ok(done);
             }
@@ -219,88 +216,6 @@ impl Uploader {
             attempts: READ_ATTEMPTS,
         })
     }
-
-    /// One attempt at a multipart upload; `None` when the file changed during it.
-    async fn try_store_large(
-        &self,
-        path: &std::path::Path,
-        key: &Key,
-    ) -> Result<Option<(blake3::Hash, Stat)>> {
-        let objects = self.store.objects();
-        let mut upload = self
-            .store
-            .call("create multipart upload", key, objects.put_multipart(key))
-            .await?;
-        let file = File::open(path).map_err(|e| Error::read(path, e))?;
-        let before = Stat::of(&file, path)?;
-        let mut reader = Some((file, blake3::Hasher::new()));
-        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<()>>> =
-            FuturesOrdered::new();
-        let outcome: Result<()> = async {
-            loop {
-                while inflight.len() >= PARTS_IN_FLIGHT {
-                    inflight
-                        .next()
-                        .await
-                        .expect("non-empty")
-                        .expect("part upload task panicked")?;
-                }
-                let permit = self.reserve(self.part_size).await;
-                let (file, hasher) = reader.take().expect("reader is returned after each chunk");
-                let (file, chunk, hasher) =
-                    read_chunk(file, path, self.part_size, hasher, &self.buffers).await?;
-                reader = Some((file, hasher));
-                if chunk.is_empty() {
-                    break;
-                }
-                // Spawned, so the part makes progress while this task waits for memory.
-                self.sent(chunk.len() as u64);
-                let part = upload.put_part(PutPayload::from(chunk));
-                let store = self.store.clone();
-                let key = key.clone();
-                inflight.push_back(tokio::spawn(async move {
-                    let result = store.call("upload part", &key, part).await;
-                    drop(permit);
-                    result.map_err(Error::from)
-                }));
-            }
-            while let Some(result) = inflight.next().await {
-                result.expect("part upload task panicked")?;
-            }
-            Ok(())
-        }
-        .await;
-        let Some((file, hasher)) = reader else {
-            let _ = self
-                .store
-                .call("abort multipart upload", key, upload.abort())
-                .await;
-            return Err(outcome.expect_err("the reader is only lost on error"));
-        };
-        let after = Stat::of(&file, path);
-        match (outcome, after) {
-            (Ok(()), Ok(after)) if after == before => {
-                self.store
-                    .call("complete multipart upload", key, upload.complete())
-                    .await?;
-                Ok(Some((hasher.finalize(), before)))
-            }
-            (Ok(()), Ok(_)) => {
-                let _ = self
-                    .store
-                    .call("abort multipart upload", key, upload.abort())
-                    .await;
-                Ok(None)
-            }
-            (Err(e), _) | (Ok(()), Err(e)) => {
-                let _ = self
-                    .store
-                    .call("abort multipart upload", key, upload.abort())
-                    .await;
-                Err(e)
-            }
-        }
-    }
 }
 
 impl Uploader {
@@ -309,7 +224,7 @@ impl Uploader {
     /// changed during the attempt.
     async fn try_store_resumable(
         &self,
-        parts_api: &dyn MultipartStore,
+        parts_api: &Arc<dyn MultipartStore>,
         path: &std::path::Path,
         key: &Key,
         resume: Resume<'_>,
@@ -318,7 +233,7 @@ impl Uploader {
         let file = File::open(path).map_err(|e| Error::read(path, e))?;
         let before = Stat::of(&file, path)?;
         let mut upload = self
-            .start_or_continue(parts_api, key, resume, rel, before)
+            .start_or_continue(parts_api.as_ref(), key, resume, rel, before)
             .await?;
         let mut file = file;
         let mut hasher = blake3::Hasher::new();
@@ -334,28 +249,38 @@ impl Uploader {
                 });
             }
         }
+        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<(String, u64)>>> =
+            FuturesOrdered::new();
+        let mut next_index = upload.parts.len();
         loop {
-            let _permit = self.reserve(self.part_size).await;
+            while inflight.len() >= PARTS_IN_FLIGHT {
+                let stored = inflight.next().await.expect("non-empty");
+                self.part_stored(&mut upload, stored, resume).await?;
+            }
+            let permit = self.reserve(self.part_size).await;
             let (f, chunk, h) =
                 read_chunk(file, path, self.part_size, hasher, &self.buffers).await?;
             (file, hasher) = (f, h);
             if chunk.is_empty() {
                 break;
             }
-            let sent = chunk.len() as u64;
-            let index = upload.parts.len();
-            let put = parts_api.put_part(key, &upload.upload_id, index, PutPayload::from(chunk));
-            let part: PartId = self.store.call("upload part", key, put).await?;
-            self.sent(sent);
-            upload.parts.push(part.content_id);
-            // Durable before recorded, every few parts (a flush is a syncfs on a local store).
-            if upload.parts.len() % PARTS_PER_RECORD == 0 {
-                self.store.flush().await?;
-                resume
-                    .checkpoint
-                    .record_partial(resume.run, &upload)
-                    .await?;
-            }
+            // Spawned, so parts travel while the next one is read.
+            let (store, parts, key) = (self.store.clone(), Arc::clone(parts_api), key.clone());
+            let (id, index) = (upload.upload_id.clone(), next_index);
+            next_index += 1;
+            inflight.push_back(tokio::spawn(async move {
+                let sent = chunk.len() as u64;
+                let put = parts.put_part(&key, &id, index, PutPayload::from(chunk));
+                let part: Result<PartId> = store
+                    .call("upload part", &key, put)
+                    .await
+                    .map_err(Error::from);
+                drop(permit);
+                Ok((part?.content_id, sent))
+            }));
+        }
+        while let Some(stored) = inflight.next().await {
+            self.part_stored(&mut upload, stored, resume).await?;
         }
         let unchanged = Stat::of(&file, path)? == before;
         if unchanged {
@@ -376,6 +301,24 @@ impl Uploader {
         }
         resume.checkpoint.forget_partial(resume.run, rel).await?;
         Ok(unchanged.then(|| (hasher.finalize(), before)))
+    }
+
+    /// Notes a part stored (parts complete in order); every few parts, makes them durable and
+    /// records them, so an interrupted copy continues after them.
+    async fn part_stored(
+        &self,
+        upload: &mut PartialUpload,
+        stored: std::result::Result<Result<(String, u64)>, tokio::task::JoinError>,
+        resume: Resume<'_>,
+    ) -> Result<()> {
+        let (part, sent) = stored.expect("part upload task panicked")?;
+        self.sent(sent);
+        upload.parts.push(part);
+        if upload.parts.len().is_multiple_of(PARTS_PER_RECORD) {
+            self.store.flush().await?;
+            resume.checkpoint.record_partial(resume.run, upload).await?;
+        }
+        Ok(())
     }
 
     /// The interrupted upload of this file if it is still valid, else a new recorded one.

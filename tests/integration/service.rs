@@ -779,8 +779,6 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
             &id,
             "--concurrency",
             concurrency,
-            "--part-size-mib",
-            "5",
         ])
         .arg("--source")
         .arg(&mount)
