@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mover;
+pub mod object_batch;
 pub mod retry;
 pub mod scheduler;
 pub mod service;

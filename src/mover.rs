@@ -8,6 +8,7 @@
 
 use crate::config::MoverArgs;
 use crate::ledger;
+use crate::object_batch;
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{self, Checkpoint, Progress, Run, SnapshotId, SnapshotSummary, StoredFile};
 use crate::store::{Barrier, Store, StoreOptions};
@@ -27,6 +28,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// A file stored by a run, as it crosses the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +245,103 @@ fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Send + Unpin + 'static>(
 #[derive(Debug)]
 struct RelayedStore {
     api: DrainApi,
+    batches: PutBatches,
+}
+
+/// A small object waiting to travel in a batch, and where its outcome goes.
+#[derive(Debug)]
+struct PendingPut {
+    key: String,
+    data: Bytes,
+    stored: oneshot::Sender<Result<(), String>>,
+}
+
+/// Small objects travel together: while [`BATCHES_IN_FLIGHT`] batches are on their way, the
+/// puts that arrive wait and leave together in the next one (one request instead of dozens).
+#[derive(Debug, Clone)]
+struct PutBatches {
+    queue: mpsc::Sender<PendingPut>,
+}
+
+/// Batches of small objects on their way at once.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+impl PutBatches {
+    fn start(api: DrainApi) -> Self {
+        let (queue, pending) = mpsc::channel(object_batch::MAX_OBJECTS * BATCHES_IN_FLIGHT);
+        tokio::spawn(send_batches(api, pending));
+        Self { queue }
+    }
+
+    async fn put(&self, key: &Path, data: Bytes) -> object_store::Result<()> {
+        let (stored, outcome) = oneshot::channel();
+        let pending = PendingPut {
+            key: key.to_string(),
+            data,
+            stored,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| store_error("the batch sender stopped"))?;
+        outcome
+            .await
+            .map_err(|_| store_error("the batch sender stopped"))?
+            .map_err(store_error)
+    }
+}
+
+async fn send_batches(api: DrainApi, mut pending: mpsc::Receiver<PendingPut>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let mut batch = Vec::with_capacity(object_batch::MAX_OBJECTS);
+        if pending
+            .recv_many(&mut batch, object_batch::MAX_OBJECTS)
+            .await
+            == 0
+        {
+            return;
+        }
+        let api = api.clone();
+        tokio::spawn(async move {
+            let outcome = send_batch(&api, &batch).await;
+            drop(slot);
+            for (put, result) in batch.into_iter().zip(outcome) {
+                let _ = put.stored.send(result);
+            }
+        });
+    }
+}
+
+/// Sends one batch; one outcome per object.
+async fn send_batch(api: &DrainApi, batch: &[PendingPut]) -> Vec<Result<(), String>> {
+    let body = object_batch::encode(batch.iter().map(|p| (p.key.as_str(), p.data.as_ref())));
+    let request = api.client.post(api.url("/objects/batch")).body(body);
+    let answer = match api.send(request).await {
+        Ok(response) => response
+            .json::<BatchAnswer>()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(answer) if answer.errors.len() == batch.len() => answer
+            .errors
+            .into_iter()
+            .map(|e| e.map_or(Ok(()), Err))
+            .collect(),
+        Ok(_) => vec![Err("the drainer answered a different batch".into()); batch.len()],
+        Err(e) => vec![Err(e); batch.len()],
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    errors: Vec<Option<String>>,
 }
 
 impl std::fmt::Display for RelayedStore {
@@ -273,13 +372,17 @@ impl ObjectStore for RelayedStore {
         _opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         let body: Bytes = payload.into();
-        let request = self
-            .api
-            .client
-            .put(self.api.url("/objects"))
-            .query(&[("key", location.as_ref())])
-            .body(body);
-        self.api.send(request).await.map_err(store_error)?;
+        if body.len() <= object_batch::SMALL_OBJECT {
+            self.batches.put(location, body).await?;
+        } else {
+            let request = self
+                .api
+                .client
+                .put(self.api.url("/objects"))
+                .query(&[("key", location.as_ref())])
+                .body(body);
+            self.api.send(request).await.map_err(store_error)?;
+        }
         Ok(PutResult {
             e_tag: None,
             version: None,
@@ -597,7 +700,10 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         create: false,
         part_size: store_info.part_size,
     };
-    let relay = Arc::new(RelayedStore { api: api.clone() });
+    let relay = Arc::new(RelayedStore {
+        api: api.clone(),
+        batches: PutBatches::start(api.clone()),
+    });
     let store = Store::relayed(
         Arc::clone(&relay) as Arc<dyn ObjectStore>,
         relay as Arc<dyn MultipartStore>,

@@ -63,6 +63,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/drains/{id}/objects",
             put(put_object).get(get_object).delete(delete_object),
         )
+        .route("/drains/{id}/objects/batch", post(put_objects))
         .route("/drains/{id}/uploads", post(create_upload))
         .route("/drains/{id}/uploads/{upload}/{part}", put(put_part))
         .route(
@@ -293,6 +294,35 @@ async fn interrupted(
     let error: String = body.error.chars().take(2000).collect();
     state.shared().ledger.interrupted(&run, &error).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Small objects written at once for one batch.
+const BATCH_PUTS_AT_ONCE: usize = 8;
+
+/// `POST …/objects/batch`: small objects in one request ([`crate::object_batch`]); every key
+/// is checked before anything is written. Answers each object's error, or `null`.
+async fn put_objects(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Error> {
+    let volume = streaming(&state, &caller, &id).await?;
+    let objects = crate::object_batch::decode(body).map_err(Error::invalid)?;
+    let keyed = objects
+        .into_iter()
+        .map(|(key, data)| Ok((key_for(&state, &volume, &key)?, data)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let store = &state.shared().store;
+    let errors: Vec<Option<String>> = futures::stream::iter(keyed)
+        .map(|(key, data)| async move {
+            let stored = store.put_bytes(&key, PutPayload::from(data)).await;
+            stored.err().map(|e| e.to_string())
+        })
+        .buffered(BATCH_PUTS_AT_ONCE)
+        .collect()
+        .await;
+    Ok(Json(serde_json::json!({ "errors": errors })))
 }
 
 async fn put_object(

@@ -902,3 +902,95 @@ async fn a_sweep_drains_new_and_changed_volumes_only() {
     )
     .await;
 }
+
+/// The mover protocol's writes stay inside the drain's volume and refuse malformed data whole:
+/// a batch with one foreign key writes none of its objects, a truncated batch is a 400, and a
+/// relayed upload with a missing part is never completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-1"]).await;
+    let id = ids(&drains)[0].clone();
+    while serve.drain(&id).await["state"] != "copying" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    let base = format!("{}/v1/drains/{id}", serve.url);
+    async fn send(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = r.bearer_auth(TOKEN).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+    let own = "volumes/shop/data-web-1/snapshots/x/files/a";
+    let foreign = "volumes/shop/data-web-2/snapshots/x/files/a";
+    let batch = drainer::object_batch::encode([(own, b"mine".as_slice()), (foreign, b"not")]);
+    let (s, b) = send(
+        client
+            .post(format!("{base}/objects/batch"))
+            .body(batch.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{b}"
+    );
+    let (s, b) = send(
+        client
+            .post(format!("{base}/objects/batch"))
+            .body(batch.slice(..10)),
+    )
+    .await;
+    assert_eq!(s, 400, "truncated batch: {b}");
+    let store = data.join("store");
+    assert!(
+        !store.join(own).exists() && !store.join(foreign).exists(),
+        "a refused batch wrote nothing"
+    );
+    let good = drainer::object_batch::encode([(own, b"mine".as_slice())]);
+    let (s, b) = send(client.post(format!("{base}/objects/batch")).body(good)).await;
+    assert_eq!((s, &b["errors"]), (200, &json!([null])), "{b}");
+    assert_eq!(std::fs::read(store.join(own)).unwrap(), b"mine");
+
+    let (s, b) = send(
+        client
+            .post(format!("{base}/uploads"))
+            .query(&[("key", own)]),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let upload = b["upload"].as_str().unwrap().to_owned();
+    let part_size = b["part_size"].as_u64().unwrap() as usize;
+    let too_big = vec![7u8; part_size + 1];
+    let (s, b) = send(
+        client
+            .put(format!("{base}/uploads/{upload}/0"))
+            .body(too_big),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_part_size")),
+        "{b}"
+    );
+    let (s, _) = send(
+        client
+            .put(format!("{base}/uploads/{upload}/1"))
+            .body(vec![1u8; 5]),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, b) = send(client.post(format!("{base}/uploads/{upload}/complete"))).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("incomplete_upload")),
+        "{b}"
+    );
+    assert_eq!(
+        std::fs::read(store.join(own)).unwrap(),
+        b"mine",
+        "not replaced"
+    );
+}
