@@ -286,8 +286,32 @@ impl Job<'_> {
             .try_buffered(self.options.concurrency);
         let mut sink = Sink::open(self, &created).await?;
         futures::pin_mut!(done);
-        while let Some((entry, uploaded)) = done.try_next().await? {
+        // One checkpoint at a time runs beside the copy instead of pausing it.
+        let mut checkpointing: Option<futures::future::BoxFuture<'_, Result<()>>> = None;
+        loop {
+            let next = match checkpointing.as_mut() {
+                Some(running) => tokio::select! {
+                    ended = running => {
+                        ended?;
+                        checkpointing = None;
+                        continue;
+                    }
+                    next = done.try_next() => next?,
+                },
+                None => done.try_next().await?,
+            };
+            let Some((entry, uploaded)) = next else {
+                break;
+            };
             sink.push(self, entry, uploaded).await?;
+            if checkpointing.is_none()
+                && let Some(files) = sink.due_checkpoint()
+            {
+                checkpointing = Some(self.checkpoint(files).boxed());
+            }
+        }
+        if let Some(running) = checkpointing {
+            running.await?;
         }
         let summary = sink.finish(self, created).await?;
         Ok(CopySummary {
@@ -353,6 +377,24 @@ impl Job<'_> {
                 .boxed()
             }
         }
+    }
+
+    /// Durable before recorded: flushes the store, then records what it now holds.
+    async fn checkpoint(&self, files: Vec<StoredFile>) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.store.flush().await?;
+        let flushed = started.elapsed();
+        self.checkpoint.record(self.run, &files).await?;
+        tracing::debug!(
+            files = files.len(),
+            flush_ms = flushed.as_millis() as u64,
+            record_ms = (started.elapsed() - flushed).as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(())
     }
 
     fn targets(&self, entry: &Entry) -> (PathBuf, object_store::path::Path, String) {
@@ -543,27 +585,22 @@ impl Sink {
                 path: entry.path,
             });
         }
-        if self.pending.len() >= CHECKPOINT_FILES
-            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
-        {
-            self.checkpoint(job).await?;
-        }
         Ok(())
     }
 
-    /// Durable before recorded: flush the store, then record what it now holds.
-    async fn checkpoint(&mut self, job: &Job<'_>) -> Result<()> {
-        if !self.pending.is_empty() {
-            job.store.flush().await?;
-            job.checkpoint.record(job.run, &self.pending).await?;
-            self.pending.clear();
+    /// The files to record now, if a checkpoint is due.
+    fn due_checkpoint(&mut self) -> Option<Vec<StoredFile>> {
+        let due = self.pending.len() >= CHECKPOINT_FILES
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        if !due || self.pending.is_empty() {
+            return None;
         }
         self.last_checkpoint = Instant::now();
-        Ok(())
+        Some(std::mem::take(&mut self.pending))
     }
 
     async fn finish(mut self, job: &Job<'_>, created: String) -> Result<SnapshotSummary> {
-        self.checkpoint(job).await?;
+        job.checkpoint(std::mem::take(&mut self.pending)).await?;
         let end = manifest::encode_end(&self.totals);
         self.write(job, &end).await?;
         let key = job.layout.manifest(&self.snapshot);
