@@ -80,8 +80,9 @@ pub struct EngineArgs {
     /// Files read and uploaded at once.
     #[arg(long, env = "DRAINER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
-    /// Part size for multipart uploads, in MiB (files up to this size are one request).
-    #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(5..=512))]
+    /// Part size for multipart uploads, in MiB: a power of two from 8 to 512 (files up to this
+    /// size are one request).
+    #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = parse_part_size)]
     pub part_size_mib: u32,
     /// Memory for file data in flight, in MiB (bounds the process whatever the file sizes).
     #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
@@ -352,4 +353,13 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
+/// A part size in MiB: a power of two, so each part's hash can be computed on its own (see
+/// `snapshot::part_hash`), and at least 8 (S3's smallest part is 5 MiB).
+fn parse_part_size(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(mib) if (8..=512).contains(&mib) && mib.is_power_of_two() => Ok(mib),
+        _ => Err("a power of two from 8 to 512 (MiB)".to_owned()),
+    }
 }

@@ -687,6 +687,12 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .json()
         .await?;
+    if !snapshot::part_hash::is_valid_part_size(store_info.part_size) {
+        anyhow::bail!(
+            "the drainer writes parts of {} bytes, which a mover cannot hash part by part",
+            store_info.part_size
+        );
+    }
     let mut options = args.engine.copy_options(false);
     if options.part_size != store_info.part_size {
         tracing::info!(

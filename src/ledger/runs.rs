@@ -7,7 +7,10 @@
 
 use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
 use crate::snapshot::manifest::Content;
-use crate::snapshot::{Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile};
+use crate::snapshot::{
+    Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, UploadedPart,
+    part_hash,
+};
 use crate::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use sqlx::Row;
@@ -163,6 +166,28 @@ impl Checkpoint for Ledger {
     }
 }
 
+/// Stored parts as the ledger keeps them: a line per part, its chaining value in hex, a space,
+/// and the store's part id.
+fn encode_parts(parts: &[UploadedPart]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{} {}", part_hash::to_hex(&p.chaining_value), p.id))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_parts(text: &str) -> Option<Vec<UploadedPart>> {
+    text.lines()
+        .map(|line| {
+            let (hex, id) = line.split_once(' ')?;
+            Some(UploadedPart {
+                id: id.to_owned(),
+                chaining_value: part_hash::from_hex(hex)?,
+            })
+        })
+        .collect()
+}
+
 /// Unfinished multipart uploads of large files.
 impl Ledger {
     async fn load_partial(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
@@ -181,6 +206,10 @@ impl Ledger {
                     .map_err(query_error("read upload"))
             };
             let parts: String = row.try_get("parts").map_err(query_error("read upload"))?;
+            let Some(parts) = decode_parts(&parts) else {
+                tracing::warn!(run = %run.id, "unreadable record of an upload in progress; starting it again");
+                return Ok(None);
+            };
             Ok(Some(PartialUpload {
                 path: path.to_vec(),
                 upload_id: row
@@ -191,7 +220,7 @@ impl Ledger {
                 mtime_ns: get("mtime_ns")?,
                 ctime_ns: get("ctime_ns")?,
                 ino: get("ino")? as u64,
-                parts: parts.lines().map(str::to_owned).collect(),
+                parts,
             }))
         })
     }
@@ -211,7 +240,7 @@ impl Ledger {
             .bind(u.mtime_ns)
             .bind(u.ctime_ns)
             .bind(u.ino as i64)
-            .bind(u.parts.join("\n"))
+            .bind(encode_parts(&u.parts))
             .execute(pool)
             .await
             .map(drop)

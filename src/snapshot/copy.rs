@@ -18,7 +18,7 @@ use super::layout::{SnapshotId, VolumeLayout};
 use super::manifest::{self, Content, Entry, EntryKind, Header, Totals, path_order};
 use super::progress::Progress;
 use super::upload::{Resume, Uploader};
-use super::{Error, Result, scan};
+use super::{Error, Result, part_hash, scan};
 use crate::ledger;
 use crate::store::Store;
 use crate::volume::VolumeId;
@@ -83,8 +83,18 @@ pub struct PartialUpload {
     pub ctime_ns: i64,
     /// File inode when the upload started.
     pub ino: u64,
-    /// Ids of the parts stored so far, in order.
-    pub parts: Vec<String>,
+    /// The parts stored so far, in order.
+    pub parts: Vec<UploadedPart>,
+}
+
+/// One stored part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    /// The store's id of the part.
+    pub id: String,
+    /// The part's BLAKE3 chaining value (see `part_hash`): the file's hash is computed from
+    /// these, so stored parts are never read again.
+    pub chaining_value: [u8; 32],
 }
 
 /// Where a copy records its progress (the ledger, or in a mover, the drainer over HTTP).
@@ -188,6 +198,9 @@ pub async fn copy(
     progress: Arc<Progress>,
 ) -> Result<CopySummary> {
     let source = check_source(source)?;
+    if !part_hash::is_valid_part_size(options.part_size) {
+        return Err(Error::PartSize(options.part_size));
+    }
     store.probe_writable().await?;
     let layout = VolumeLayout::new(store.root(), volume);
     let parent = catalog::read_latest(store, &layout).await?;

@@ -12,6 +12,7 @@ pub mod catalog;
 mod copy;
 pub mod layout;
 pub mod manifest;
+pub mod part_hash;
 mod progress;
 mod restore;
 mod scan;
@@ -20,7 +21,8 @@ mod verify;
 
 pub use catalog::{SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
 pub use copy::{
-    Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, check_source, copy,
+    Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, UploadedPart,
+    check_source, copy,
 };
 pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
@@ -111,6 +113,9 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// The part size cannot be hashed part by part.
+    #[error("part size of {0} bytes: it must be a power of two of at least 1 KiB")]
+    PartSize(u64),
     /// A manifest entry would write outside the destination or through a link.
     #[error("refusing manifest entry {path:?}: {reason}")]
     UnsafePath {

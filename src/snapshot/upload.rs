@@ -6,10 +6,10 @@
 //! in flight, and every buffer is paid for from a shared memory budget so the process stays
 //! bounded whatever the file sizes.
 
-use super::copy::{Checkpoint, PartialUpload, Run};
+use super::copy::{Checkpoint, PartialUpload, Run, UploadedPart};
 use super::manifest::{Content, Entry};
 use super::progress::Progress;
-use super::{Error, Result};
+use super::{Error, Result, part_hash};
 use crate::store::Store;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use object_store::PutPayload;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -235,39 +235,31 @@ impl Uploader {
         let mut upload = self
             .start_or_continue(parts_api.as_ref(), key, resume, rel, before)
             .await?;
+        // Parts already stored are skipped: the file's hash is made from their chaining values.
+        let mut offset = upload.parts.len() as u64 * self.part_size;
         let mut file = file;
-        let mut hasher = blake3::Hasher::new();
-        // Parts already stored are read again only to hash them, never sent again.
-        for _ in 0..upload.parts.len() {
-            let (f, chunk, h) =
-                read_chunk(file, path, self.part_size, hasher, &self.buffers).await?;
-            (file, hasher) = (f, h);
-            if chunk.len() as u64 != self.part_size {
-                return Err(Error::Changed {
-                    path: path.to_owned(),
-                    attempts: 1,
-                });
-            }
-        }
-        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<(String, u64)>>> =
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| Error::read(path, e))?;
+        let mut whole = None;
+        let mut inflight: FuturesOrdered<tokio::task::JoinHandle<Result<(UploadedPart, u64)>>> =
             FuturesOrdered::new();
-        let mut next_index = upload.parts.len();
         loop {
             while inflight.len() >= PARTS_IN_FLIGHT {
                 let stored = inflight.next().await.expect("non-empty");
                 self.part_stored(&mut upload, stored, resume).await?;
             }
             let permit = self.reserve(self.part_size).await;
-            let (f, chunk, h) =
-                read_chunk(file, path, self.part_size, hasher, &self.buffers).await?;
-            (file, hasher) = (f, h);
-            if chunk.is_empty() {
-                break;
+            let (f, chunk, hash) =
+                read_part(file, path, self.part_size, offset, &self.buffers).await?;
+            file = f;
+            let Some(hash) = hash else { break };
+            if offset == 0 {
+                whole = hash.whole;
             }
             // Spawned, so parts travel while the next one is read.
             let (store, parts, key) = (self.store.clone(), Arc::clone(parts_api), key.clone());
-            let (id, index) = (upload.upload_id.clone(), next_index);
-            next_index += 1;
+            let (id, index) = (upload.upload_id.clone(), (offset / self.part_size) as usize);
+            offset += chunk.len() as u64;
             inflight.push_back(tokio::spawn(async move {
                 let sent = chunk.len() as u64;
                 let put = parts.put_part(&key, &id, index, PutPayload::from(chunk));
@@ -276,19 +268,24 @@ impl Uploader {
                     .await
                     .map_err(Error::from);
                 drop(permit);
-                Ok((part?.content_id, sent))
+                let stored = UploadedPart {
+                    id: part?.content_id,
+                    chaining_value: hash.chaining_value,
+                };
+                Ok((stored, sent))
             }));
         }
         while let Some(stored) = inflight.next().await {
             self.part_stored(&mut upload, stored, resume).await?;
         }
-        let unchanged = Stat::of(&file, path)? == before;
+        let hash = self.file_hash(&upload, offset, whole);
+        let unchanged = Stat::of(&file, path)? == before && offset == before.size && hash.is_some();
         if unchanged {
             let parts = upload
                 .parts
                 .iter()
-                .map(|id| PartId {
-                    content_id: id.clone(),
+                .map(|part| PartId {
+                    content_id: part.id.clone(),
                 })
                 .collect();
             let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
@@ -300,7 +297,22 @@ impl Uploader {
             let _ = self.store.call("abort multipart upload", key, abort).await;
         }
         resume.checkpoint.forget_partial(resume.run, rel).await?;
-        Ok(unchanged.then(|| (hasher.finalize(), before)))
+        Ok(hash.filter(|_| unchanged).map(|hash| (hash, before)))
+    }
+
+    /// The hash of a file of `len` bytes stored as `upload`'s parts; `whole` is the first
+    /// part's hash as a file of its own. `None` for an empty file (it changed: it was large).
+    fn file_hash(
+        &self,
+        upload: &PartialUpload,
+        len: u64,
+        whole: Option<blake3::Hash>,
+    ) -> Option<blake3::Hash> {
+        if len <= self.part_size {
+            return whole;
+        }
+        let parts: Vec<_> = upload.parts.iter().map(|p| p.chaining_value).collect();
+        Some(part_hash::combine(&parts, self.part_size, len))
     }
 
     /// Notes a part stored (parts complete in order); every few parts, makes them durable and
@@ -308,7 +320,7 @@ impl Uploader {
     async fn part_stored(
         &self,
         upload: &mut PartialUpload,
-        stored: std::result::Result<Result<(String, u64)>, tokio::task::JoinError>,
+        stored: std::result::Result<Result<(UploadedPart, u64)>, tokio::task::JoinError>,
         resume: Resume<'_>,
     ) -> Result<()> {
         let (part, sent) = stored.expect("part upload task panicked")?;
@@ -375,14 +387,15 @@ impl Stat {
     }
 }
 
-/// Reads the next chunk of `file` on a blocking thread, hashing it on the way.
-async fn read_chunk(
+/// Reads the part of `file` at `offset` (where the file is positioned) on a blocking thread,
+/// hashing it on the way.
+async fn read_part(
     mut file: File,
     path: &std::path::Path,
     size: u64,
-    mut hasher: blake3::Hasher,
+    offset: u64,
     buffers: &Arc<BufferPool>,
-) -> Result<(File, Bytes, blake3::Hasher)> {
+) -> Result<(File, Bytes, Option<part_hash::PartHash>)> {
     let owned = path.to_owned();
     let buffers = Arc::clone(buffers);
     tokio::task::spawn_blocking(move || {
@@ -390,10 +403,10 @@ async fn read_chunk(
         buf.resize(size as usize, 0);
         let n = read_full(&mut file, &mut buf).map_err(|e| Error::read(&owned, e))?;
         buf.truncate(n);
-        hasher.update(&buf);
+        let hash = (n > 0).then(|| part_hash::part(offset, &buf));
         let chunk = buf.split().freeze();
         buffers.give(buf);
-        Ok((file, chunk, hasher))
+        Ok((file, chunk, hash))
     })
     .await
     .expect("read task panicked")

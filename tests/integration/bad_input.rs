@@ -76,6 +76,15 @@ async fn copy_refuses_bad_sources_urls_and_volumes() {
     let line = fails(&mut copy(&src, "ftp://example/x", &data), 1).await;
     assert!(line.contains("unsupported scheme"), "{line}");
 
+    for part_size in ["5", "12", "1024"] {
+        let usage = fails(
+            copy(&src, &store, &data).args(["--part-size-mib", part_size]),
+            2,
+        )
+        .await;
+        assert!(usage.contains("a power of two from 8 to 512"), "{usage}");
+    }
+
     for volume in [
         "Shop/x",
         "shop",

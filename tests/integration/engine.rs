@@ -9,7 +9,7 @@ use std::path::Path;
 
 const VOLUME: &str = "shop/data-web-4";
 /// Small parts so that a test file of a few MiB goes through multipart uploads.
-const PART_MIB: &str = "5";
+const PART_MIB: &str = "8";
 
 fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
     let mut cmd = drainer();
@@ -426,7 +426,7 @@ async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
     server.configure(&mut again);
     let resumed = run_ok(&mut again).await;
     let (_, sent) = uploaded(&resumed);
-    let part = 5 * 1024 * 1024;
+    let part = 8 * 1024 * 1024;
     assert!(
         sent <= size as u64 - stored_parts * part,
         "{sent} bytes sent after resume, but {stored_parts} parts of {part} were already stored"

@@ -760,7 +760,7 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
         }
     }
     std::fs::write(mount.join("large"), bytes(5, 24 * 1024 * 1024)).unwrap();
-    crate::support::tree::awkward(&mount.join("awkward"), 6 * 1024 * 1024);
+    crate::support::tree::awkward(&mount.join("awkward"), 9 * 1024 * 1024);
     let total_files: u64 = 2000 + 1;
     let ledger = drainer::Ledger::open(None, &data).await.unwrap(); // migrated before serve starts
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
