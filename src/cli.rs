@@ -60,7 +60,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let store = open_store(&args.store, &args.engine, false)?;
     let started = std::time::Instant::now();
     let options = RestoreOptions {
-        concurrency: args.engine.concurrency.into(),
+        concurrency: args.engine.concurrency(),
         force: args.force,
     };
     let summary =
@@ -130,7 +130,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         &store,
         &args.volume,
         &args.snapshot,
-        args.engine.concurrency.into(),
+        args.engine.concurrency(),
     )
     .await?;
     for p in &report.problems {

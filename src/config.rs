@@ -77,9 +77,10 @@ pub struct LedgerArgs {
 /// Tuning of the snapshot engine.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// Files read and uploaded at once.
-    #[arg(long, env = "DRAINER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// Files read and uploaded at once [default: 16; 64 for `drainer mover`, whose every file
+    /// makes a round trip to its drainer].
+    #[arg(long, env = "DRAINER_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
     /// Part size for multipart uploads, in MiB: a power of two from 8 to 512 (files up to this
     /// size are one request).
     #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = parse_part_size)]
@@ -230,12 +231,22 @@ pub struct MoverArgs {
     pub engine: EngineArgs,
 }
 
+/// Files in flight when `--concurrency` is not given.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// Files in flight in a mover when `--concurrency` is not given.
+pub const DEFAULT_MOVER_CONCURRENCY: u16 = 64;
+
 impl EngineArgs {
+    /// Files in flight: `--concurrency`, or [`DEFAULT_CONCURRENCY`].
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY).into()
+    }
+
     /// The snapshot engine's options from these flags.
     pub fn copy_options(&self, check_hash: bool) -> crate::snapshot::CopyOptions {
         const MIB: u64 = 1024 * 1024;
         crate::snapshot::CopyOptions {
-            concurrency: self.concurrency.into(),
+            concurrency: self.concurrency(),
             part_size: u64::from(self.part_size_mib) * MIB,
             buffer_bytes: u64::from(self.buffer_mib) * MIB,
             check_hash,

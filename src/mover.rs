@@ -694,6 +694,11 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         );
     }
     let mut options = args.engine.copy_options(false);
+    options.concurrency = args
+        .engine
+        .concurrency
+        .unwrap_or(crate::config::DEFAULT_MOVER_CONCURRENCY)
+        .into();
     if options.part_size != store_info.part_size {
         tracing::info!(
             part_size = store_info.part_size,
