@@ -374,7 +374,8 @@ async fn two_replicas_on_postgres_run_each_drain_once_and_take_over_a_dead_ones_
     }
 
     // Larger volumes; kill replica A while it copies: B takes its drains after the lease expires.
-    let big: Vec<String> = (0..4).map(|i| format!("big-{i}")).collect();
+    // More of them than B runs at once, so A (which polls for work) gets some however fast B is.
+    let big: Vec<String> = (0..6).map(|i| format!("big-{i}")).collect();
     let big_sources: Vec<_> = big
         .iter()
         .map(|n| make_volume(root, "shop", n, 40, 1024 * 1024))
