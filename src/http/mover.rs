@@ -454,22 +454,35 @@ async fn put_part(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, upload, part)): Path<(String, String, usize)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, Error> {
     streaming(&state, &caller, &id).await?;
     let part_size = state.shared().store.part_size();
-    let len = body.len() as u64;
-    if len > part_size || len == 0 {
-        return Err(Error::new(
+    let bad_size = |len: u64| {
+        Error::new(
             StatusCode::BAD_REQUEST,
             "bad_part_size",
-            format!("part {part} has {len} bytes; parts have 1 to {part_size}"),
-        ));
+            format!("part {part} has {len} bytes or more; parts have 1 to {part_size}"),
+        )
+    };
+    // The body's frames are kept as they came, not copied into one buffer.
+    let mut frames = body.into_data_stream();
+    let (mut chunks, mut len) = (Vec::new(), 0_u64);
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| Error::invalid(format!("reading part {part}: {e}")))?;
+        len += frame.len() as u64;
+        if len > part_size {
+            return Err(bad_size(len));
+        }
+        chunks.push(frame);
+    }
+    if len == 0 {
+        return Err(bad_size(0));
     }
     let (key, upload_id) = relayed(&state, &id, &upload)?;
     let parts = relay_parts(&state);
     let store = &state.shared().store;
-    let put = parts.put_part(&key, &upload_id, part, PutPayload::from(body));
+    let put = parts.put_part(&key, &upload_id, part, PutPayload::from_iter(chunks));
     let stored = match store.call("upload part", &key, put).await {
         Ok(stored) => stored,
         Err(e) => {
