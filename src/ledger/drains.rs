@@ -161,6 +161,8 @@ fn new_drain_id() -> String {
 
 /// The states in which a drain is active: a volume has at most one active drain.
 const ACTIVE_STATES: &str = "('requested', 'awaiting_release', 'queued', 'copying')";
+/// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
+const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
 const BULK_ROWS: usize = 200;
 
@@ -248,7 +250,7 @@ impl Ledger {
         groups: Vec<Vec<NewDrain>>,
     ) -> Result<Vec<Vec<(Drain, bool)>>> {
         let groups = std::sync::Arc::new(groups);
-        for attempt in 1..=3 {
+        for attempt in 1..=HANDOFF_ATTEMPTS {
             let owned = std::sync::Arc::clone(&groups);
             match self
                 .write_as(Urgency::Intake, move |l| async move {
@@ -256,7 +258,7 @@ impl Ledger {
                 })
                 .await
             {
-                Err(e) if attempt < 3 && is_unique_violation(&e) => continue,
+                Err(e) if attempt < HANDOFF_ATTEMPTS && is_unique_violation(&e) => continue,
                 other => return other,
             }
         }

@@ -5,17 +5,21 @@
 //! handoffs a second, one flush per request queues requests behind each other's flushes. Here a
 //! single task owns intake: it takes the first waiting request, everything queued behind it (up
 //! to [`MAX_BATCH`]), records them in one transaction and answers them all, so a request waits
-//! for at most the commit in flight plus its own. A batch that fails is recorded again request
+//! for at most the commit in flight plus its own (on PostgreSQL, a few batches are in flight). A batch that fails is recorded again request
 //! by request, so one request's error is never another's.
 
 use super::drains::Drain;
-use super::{Ledger, NewDrain, Result};
+use super::{Ledger, NewDrain, Pool, Result};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most handoff requests recorded in one transaction.
 const MAX_BATCH: usize = 256;
 /// Requests waiting for the intake task before callers wait to queue.
 const QUEUE: usize = 4096;
+/// Batches being recorded at once on PostgreSQL.
+const BATCHES_AT_ONCE_POSTGRES: usize = 3;
 
 /// What one request recorded: each drain, and whether it is new.
 pub(super) type Recorded = Vec<(Drain, bool)>;
@@ -55,9 +59,28 @@ impl Intake {
 }
 
 async fn run(ledger: Ledger, mut requests: mpsc::Receiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        record_batch(&ledger, std::mem::take(&mut batch)).await;
+    // SQLite has one writer: a second batch would only wait for the first. PostgreSQL commits
+    // several at once; two batches that name the same volume meet at its unique index, and the
+    // later one is recorded again (it then finds the drain the earlier one created).
+    let at_once = match ledger.pool {
+        Pool::Sqlite(_) => 1,
+        Pool::Postgres(_) => BATCHES_AT_ONCE_POSTGRES,
+    };
+    let slots = Arc::new(Semaphore::new(at_once));
+    loop {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if requests.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            record_batch(&ledger, batch).await;
+            drop(slot);
+        });
     }
 }
 
