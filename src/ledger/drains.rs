@@ -491,7 +491,7 @@ impl Ledger {
     /// that is due, or a copying drain whose lease has expired (its owner died).
     pub async fn claim_drain(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
         let owner = owner.to_owned();
-        self.write(move |l| async move { l.claim_drain_tx(&owner, lease).await })
+        self.write_redoable(move |l| async move { l.claim_drain_tx(&owner, lease).await })
             .await
     }
 
@@ -499,7 +499,7 @@ impl Ledger {
     /// expired and was taken over, or the drain was cancelled).
     pub async fn renew_lease(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
-        self.write(move |l| async move { l.renew_lease_tx(&id, &owner, lease).await })
+        self.write_redoable(move |l| async move { l.renew_lease_tx(&id, &owner, lease).await })
             .await
     }
 
@@ -513,7 +513,7 @@ impl Ledger {
         outcome: &AttemptOutcome,
     ) -> Result<bool> {
         let (id, owner, outcome) = (id.to_owned(), owner.to_owned(), outcome.clone());
-        self.write(move |l| async move { l.end_attempt_tx(&id, &owner, &outcome).await })
+        self.write_redoable(move |l| async move { l.end_attempt_tx(&id, &owner, &outcome).await })
             .await
     }
 }

@@ -3,8 +3,9 @@
 //! SQLite (a file in the data directory) is the embedded default; PostgreSQL serves several
 //! replicas. Both run the same queries, written once with [`on_pool!`]; migrations live in
 //! `migrations/sqlite` and `migrations/postgres`, are embedded, and run at start-up. Every
-//! write that the rest of drainer relies on is committed before it is acknowledged. This module
-//! owns SQL; it never touches files or the object store.
+//! write that the rest of drainer relies on is committed before it is acknowledged, and flushed
+//! to disk unless it only records work that is redone if lost (`Urgency::Redoable`). This
+//! module owns SQL; it never touches files or the object store.
 
 mod drains;
 mod intake;
@@ -131,8 +132,14 @@ pub(crate) use on_pool;
 pub(crate) enum Urgency {
     /// Handoff intake: a client is waiting for the answer.
     Intake,
-    /// Everything else (claims, progress, history).
+    /// Everything else that is acknowledged or that later writes rely on (drain changes asked
+    /// through the API, a finished copy run): flushed to disk before the commit returns.
     Background,
+    /// Work that is redone if it is lost (claims, leases, attempt outcomes, copy progress):
+    /// on SQLite committed without waiting for the disk. It survives drainer's own death (the
+    /// write-ahead log is in the kernel's cache); a power cut may lose the last of it, and
+    /// then the work runs again. The next flushed commit makes it durable too.
+    Redoable,
 }
 
 /// SQLite's writer locks. Its busy handler would sleep in steps of up to 100 ms while another
@@ -142,6 +149,8 @@ pub(crate) enum Urgency {
 struct Writers {
     writer: Arc<tokio::sync::Mutex<()>>,
     background: tokio::sync::Mutex<()>,
+    /// The same database with commits that do not wait for the disk, for [`Urgency::Redoable`].
+    relaxed: Option<SqlitePool>,
 }
 
 /// The ledger: a migrated pool.
@@ -199,13 +208,25 @@ impl Ledger {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|source| Error::Connect {
                 url: url.to_owned(),
                 source,
             })?;
-        let writers = Arc::<Writers>::default();
+        let relaxed = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(|source| Error::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let writers = Arc::new(Writers {
+            relaxed: Some(relaxed),
+            ..Writers::default()
+        });
         tokio::spawn(checkpoint_wal(pool.clone(), Arc::downgrade(&writers)));
         Ok(Self {
             pool: Pool::Sqlite(pool),
@@ -253,6 +274,16 @@ impl Ledger {
         self.write_as(Urgency::Background, op).await
     }
 
+    /// [`Ledger::write`] for work that is redone if it is lost ([`Urgency::Redoable`]).
+    pub(crate) async fn write_redoable<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(Ledger) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_as(Urgency::Redoable, op).await
+    }
+
     /// [`Ledger::write`], where on SQLite an [`Urgency::Intake`] write waits for at most one
     /// background write: background writers queue for the writer lock one at a time.
     pub(crate) async fn write_as<T, F, Fut>(&self, urgency: Urgency, op: F) -> Result<T>
@@ -266,12 +297,19 @@ impl Ledger {
             let _one_writer = match ledger.pool {
                 Pool::Sqlite(_) => {
                     let _background_turn = match urgency {
-                        Urgency::Background => Some(ledger.writers.background.lock().await),
                         Urgency::Intake => None,
+                        _ => Some(ledger.writers.background.lock().await),
                     };
                     Some(Arc::clone(&ledger.writers.writer).lock_owned().await)
                 }
                 Pool::Postgres(_) => None,
+            };
+            let ledger = match (&ledger.writers.relaxed, urgency) {
+                (Some(relaxed), Urgency::Redoable) => Ledger {
+                    pool: Pool::Sqlite(relaxed.clone()),
+                    ..ledger
+                },
+                _ => ledger,
             };
             op(ledger).await
         })

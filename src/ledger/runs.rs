@@ -93,7 +93,7 @@ impl Ledger {
 impl Checkpoint for Ledger {
     async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
         let (store, volume, fresh) = (store.to_owned(), volume.clone(), fresh.clone());
-        self.write(move |l| async move { l.begin_tx(&store, &volume, &fresh).await })
+        self.write_redoable(move |l| async move { l.begin_tx(&store, &volume, &fresh).await })
             .await
     }
 
@@ -133,7 +133,7 @@ impl Checkpoint for Ledger {
 
     async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
         let (run, files) = (run.clone(), files.to_vec());
-        self.write(move |l| async move { l.record_tx(&run, &files).await })
+        self.write_redoable(move |l| async move { l.record_tx(&run, &files).await })
             .await
     }
 
@@ -149,19 +149,19 @@ impl Checkpoint for Ledger {
 
     async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
         let (run, upload) = (run.clone(), upload.clone());
-        self.write(move |l| async move { l.save_partial(&run, &upload).await })
+        self.write_redoable(move |l| async move { l.save_partial(&run, &upload).await })
             .await
     }
 
     async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
         let (run, path) = (run.clone(), path.to_vec());
-        self.write(move |l| async move { l.drop_partial(&run, &path).await })
+        self.write_redoable(move |l| async move { l.drop_partial(&run, &path).await })
             .await
     }
 
     async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
         let (run, error) = (run.clone(), error.to_owned());
-        self.write(move |l| async move { l.interrupted_tx(&run, &error).await })
+        self.write_redoable(move |l| async move { l.interrupted_tx(&run, &error).await })
             .await
     }
 }
