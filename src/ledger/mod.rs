@@ -327,7 +327,7 @@ impl Ledger {
 }
 
 /// How often SQLite's write-ahead log is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Checkpoints SQLite's WAL in the background while the ledger is open (`alive`), instead of
 /// in whichever commit crosses SQLite's threshold: that commit would wait for the database
