@@ -5,11 +5,12 @@
 //! handoffs a second, one flush per request queues requests behind each other's flushes. Here a
 //! single task owns intake: it takes the first waiting request, everything queued behind it (up
 //! to [`MAX_BATCH`]), records them in one transaction and answers them all, so a request waits
-//! for at most the commit in flight plus its own (on PostgreSQL, a few batches are in flight). A batch that fails is recorded again request
-//! by request, so one request's error is never another's.
+//! for at most the commit in flight plus its own (on PostgreSQL, a few batches are in flight).
+//! A batch that fails is recorded again request by request, so one request's error is never
+//! another's.
 
 use super::drains::Drain;
-use super::{Ledger, NewDrain, Pool, Result};
+use super::{Ledger, NewDrain, Pool, Result, query_error};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, oneshot};
@@ -47,14 +48,13 @@ impl Intake {
 
     /// Records `drains` in the next group commit.
     pub(super) async fn record(&self, drains: Vec<NewDrain>) -> Result<Recorded> {
+        // The task only goes away with the ledger, or if recording panicked: a retryable error.
+        let gone = || Err(query_error("record handoff")(sqlx::Error::WorkerCrashed));
         let (answer, answered) = oneshot::channel();
-        self.queue
-            .send(Request { drains, answer })
-            .await
-            .expect("the intake task runs while the ledger is open");
-        answered
-            .await
-            .expect("the intake task answers every request it takes")
+        if self.queue.send(Request { drains, answer }).await.is_err() {
+            return gone();
+        }
+        answered.await.unwrap_or_else(|_| gone())
     }
 }
 
