@@ -135,6 +135,24 @@ struct RemoteCheckpoint {
     api: DrainApi,
 }
 
+impl RemoteCheckpoint {
+    /// Posts `body` to the run's `action` endpoint (`record`, `finish`, `interrupted`).
+    async fn post_run(
+        &self,
+        run: &Run,
+        action: &str,
+        body: &impl Serialize,
+        op: &'static str,
+    ) -> ledger::Result<()> {
+        let url = self.api.url(&format!("/run/{}/{action}", run.id));
+        self.api
+            .send(self.api.client.post(url).json(body))
+            .await
+            .map(drop)
+            .map_err(|e| remote_ledger_error(op, e))
+    }
+}
+
 #[async_trait::async_trait]
 impl Checkpoint for RemoteCheckpoint {
     async fn begin(
@@ -192,42 +210,21 @@ impl Checkpoint for RemoteCheckpoint {
 
     async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()> {
         let wire: Vec<WireStoredFile> = files.iter().map(WireStoredFile::from).collect();
-        let request = self
-            .api
-            .client
-            .post(self.api.url(&format!("/run/{}/record", run.id)))
-            .json(&wire);
-        self.api
-            .send(request)
-            .await
-            .map(drop)
-            .map_err(|e| remote_ledger_error("record progress", e))
+        self.post_run(run, "record", &wire, "record progress").await
     }
 
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {
-        let request = self
-            .api
-            .client
-            .post(self.api.url(&format!("/run/{}/finish", run.id)))
-            .json(summary);
-        self.api
-            .send(request)
-            .await
-            .map(drop)
-            .map_err(|e| remote_ledger_error("finish run", e))
+        self.post_run(run, "finish", summary, "finish run").await
     }
 
     async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()> {
-        let request = self
-            .api
-            .client
-            .post(self.api.url(&format!("/run/{}/interrupted", run.id)))
-            .json(&serde_json::json!({ "error": error }));
-        self.api
-            .send(request)
-            .await
-            .map(drop)
-            .map_err(|e| remote_ledger_error("note error", e))
+        self.post_run(
+            run,
+            "interrupted",
+            &serde_json::json!({ "error": error }),
+            "note error",
+        )
+        .await
     }
 }
 
@@ -383,11 +380,7 @@ impl ObjectStore for RelayedStore {
                 .body(body);
             self.api.send(request).await.map_err(store_error)?;
         }
-        Ok(PutResult {
-            e_tag: None,
-            version: None,
-            extensions: Default::default(),
-        })
+        Ok(crate::store::stored())
     }
 
     async fn put_multipart_opts(
@@ -551,11 +544,7 @@ impl MultipartStore for RelayedStore {
     ) -> object_store::Result<PutResult> {
         let request = self.api.client.post(self.upload_url(id, "/complete"));
         self.api.send(request).await.map_err(store_error)?;
-        Ok(PutResult {
-            e_tag: None,
-            version: None,
-            extensions: Default::default(),
-        })
+        Ok(crate::store::stored())
     }
 
     async fn abort_multipart(
@@ -606,11 +595,7 @@ impl MultipartUpload for RelayedUpload {
             .client
             .post(self.api.url(&format!("/uploads/{}/complete", self.upload)));
         self.api.send(request).await.map_err(store_error)?;
-        Ok(PutResult {
-            e_tag: None,
-            version: None,
-            extensions: Default::default(),
-        })
+        Ok(crate::store::stored())
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {

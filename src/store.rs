@@ -409,6 +409,15 @@ fn seconds(duration: Duration) -> String {
 /// Retries inside `object_store` of one request.
 const RETRIES: u32 = 4;
 
+/// The result of a write that has no ETag or version to report (relayed and local uploads).
+pub(crate) fn stored() -> PutResult {
+    PutResult {
+        e_tag: None,
+        version: None,
+        extensions: Default::default(),
+    }
+}
+
 /// Retries inside `object_store` are bounded in count and in total time: each try has the
 /// request timeout, and all of them together a little more than that many timeouts.
 fn retry_config(timeout: Duration) -> RetryConfig {
@@ -518,11 +527,7 @@ impl MultipartStore for LocalParts {
         let staging = self.staging(location, id)?;
         let target = self.fs.path_to_filesystem(location)?;
         blocking(move || std::fs::rename(&staging, &target)).await?;
-        Ok(PutResult {
-            e_tag: None,
-            version: None,
-            extensions: Default::default(),
-        })
+        Ok(stored())
     }
 
     async fn abort_multipart(

@@ -519,10 +519,7 @@ async fn complete_upload(
     let complete = match relay.complete_parts(store.part_size()) {
         Ok(ordered) => parts.complete_multipart(&relay.key, &relay.upload_id, ordered),
         Err(reason) => {
-            let abort = parts.abort_multipart(&relay.key, &relay.upload_id);
-            let _ = store
-                .call("abort multipart upload", &relay.key, abort)
-                .await;
+            abort_relay(&state, &relay).await;
             return Err(Error::new(
                 StatusCode::BAD_REQUEST,
                 "incomplete_upload",
@@ -544,13 +541,18 @@ async fn abort_upload(
 ) -> Result<StatusCode, Error> {
     streaming(&state, &caller, &id).await?;
     let relay = take_upload(&state, &id, &upload)?;
-    let parts = relay_parts(&state);
+    abort_relay(&state, &relay).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Abandons a relayed upload in the store (best effort: an abandoned upload only costs space).
+async fn abort_relay(state: &AppState, relay: &RelayUpload) {
     let store = &state.shared().store;
+    let parts = relay_parts(state);
     let abort = parts.abort_multipart(&relay.key, &relay.upload_id);
     let _ = store
         .call("abort multipart upload", &relay.key, abort)
         .await;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn flush(
