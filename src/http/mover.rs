@@ -2,16 +2,15 @@
 //! volume into the drainer's store and records progress in the drainer's ledger, for one drain
 //! that is being copied, and only under that drain's volume.
 
-use super::{AppState, Error, allow};
-use crate::auth::{Action, Caller};
+use super::guard::{Granted, Streaming};
+use super::{AppState, Error, Query};
 use crate::mover::{WireRun, WireStoredFile};
 use crate::snapshot::{Checkpoint, Run, SnapshotSummary, StoredFile};
 use crate::volume::VolumeId;
+use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
@@ -21,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Largest body a mover sends (one part, or one batch of progress).
-const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
+pub(super) const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
 /// A multipart upload relayed for a mover: parts arrive by index, several at a time, and are
 /// written at their index in the store's own upload.
@@ -52,73 +51,6 @@ impl RelayUpload {
     }
 }
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/drains/{id}/run", post(begin))
-        .route("/drains/{id}/run/{run}/stored", get(stored))
-        .route("/drains/{id}/run/{run}/record", post(record))
-        .route("/drains/{id}/run/{run}/finish", post(finish))
-        .route("/drains/{id}/run/{run}/interrupted", post(interrupted))
-        .route(
-            "/drains/{id}/objects",
-            put(put_object).get(get_object).delete(delete_object),
-        )
-        .route("/drains/{id}/objects/batch", post(put_objects))
-        .route("/drains/{id}/uploads", post(create_upload))
-        .route("/drains/{id}/uploads/{upload}/{part}", put(put_part))
-        .route(
-            "/drains/{id}/uploads/{upload}/complete",
-            post(complete_upload),
-        )
-        .route(
-            "/drains/{id}/uploads/{upload}",
-            axum::routing::delete(abort_upload),
-        )
-        .route("/drains/{id}/flush", post(flush))
-        .route("/drains/{id}/store", get(store_info))
-        .layer(DefaultBodyLimit::max(MAX_MOVER_BODY))
-}
-
-/// How long a drain found copying is trusted without asking the ledger again (a mover sends
-/// one request per small file; a cancelled drain stops accepting data within this time).
-const DRAIN_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The volume of drain `id`, if the caller may stream into it and it is being copied.
-async fn streaming(state: &AppState, caller: &Caller, id: &str) -> Result<VolumeId, Error> {
-    allow(caller, &Action::Stream(id))?;
-    let cached = state
-        .shared()
-        .copying
-        .lock()
-        .expect("cache lock")
-        .get(id)
-        .cloned();
-    if let Some((volume, checked)) = cached
-        && checked.elapsed() < DRAIN_CHECK_TTL
-    {
-        return Ok(volume);
-    }
-    let drain = state.shared().ledger.drain(id).await?.ok_or_else(|| {
-        Error::new(
-            StatusCode::NOT_FOUND,
-            "drain_not_found",
-            format!("drain {id} does not exist"),
-        )
-    })?;
-    if drain.state != crate::lifecycle::DrainState::Copying {
-        return Err(Error::new(
-            StatusCode::CONFLICT,
-            "drain_not_copying",
-            format!("drain {id} is {}", drain.state),
-        ));
-    }
-    let volume = drain.volume();
-    let mut cache = state.shared().copying.lock().expect("cache lock");
-    cache.retain(|_, (_, checked)| checked.elapsed() < DRAIN_CHECK_TTL);
-    cache.insert(id.to_owned(), (volume.clone(), std::time::Instant::now()));
-    Ok(volume)
-}
-
 /// The run `run` of this volume on this drainer's store, if it is still running.
 async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, Error> {
     let shared = state.shared();
@@ -146,7 +78,7 @@ async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, 
 }
 
 #[derive(Deserialize)]
-struct KeyParam {
+pub(super) struct KeyParam {
     key: String,
 }
 
@@ -172,22 +104,15 @@ fn key_for(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error>
         .collect())
 }
 
-/// The store key a mover of drain `id` may use for `key`.
-async fn object_key(state: &AppState, caller: &Caller, id: &str, key: &str) -> Result<Key, Error> {
-    let volume = streaming(state, caller, id).await?;
-    key_for(state, &volume, key)
-}
-
 fn store_failure(e: crate::store::Error) -> Error {
     Error::from(crate::snapshot::Error::Store(e))
 }
 
-async fn begin(
+pub(super) async fn begin(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
 ) -> Result<Json<WireRun>, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let shared = state.shared();
     let run = shared
         .ledger
@@ -205,12 +130,12 @@ async fn begin(
     }))
 }
 
-async fn stored(
+pub(super) async fn stored(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
 ) -> Result<Body, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let ledger = state.shared().ledger.clone();
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
@@ -236,13 +161,13 @@ async fn stored(
     Ok(Body::from_stream(rx))
 }
 
-async fn record(
+pub(super) async fn record(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(files): Json<Vec<WireStoredFile>>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let files: Vec<StoredFile> = files
         .into_iter()
@@ -262,13 +187,13 @@ async fn record(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn finish(
+pub(super) async fn finish(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(summary): Json<SnapshotSummary>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     if summary.snapshot != run.snapshot.as_str() || summary.volume != volume.to_string() {
         return Err(Error::invalid("the summary is not this run's"));
@@ -279,17 +204,17 @@ async fn finish(
 }
 
 #[derive(Deserialize)]
-struct Interrupted {
+pub(super) struct Interrupted {
     error: String,
 }
 
-async fn interrupted(
+pub(super) async fn interrupted(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(body): Json<Interrupted>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let error: String = body.error.chars().take(2000).collect();
     state.shared().ledger.interrupted(&run, &error).await?;
@@ -301,13 +226,12 @@ const BATCH_PUTS_AT_ONCE: usize = 8;
 
 /// `POST …/objects/batch`: small objects in one request ([`crate::object_batch`]); every key
 /// is checked before anything is written. Answers each object's error, or `null`.
-async fn put_objects(
+pub(super) async fn put_objects(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
     let objects = crate::object_batch::decode(body).map_err(Error::invalid)?;
     let keyed = objects
         .into_iter()
@@ -325,14 +249,13 @@ async fn put_objects(
     Ok(Json(serde_json::json!({ "errors": errors })))
 }
 
-async fn put_object(
+pub(super) async fn put_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let key = key_for(&state, &streaming.into_inner().volume, &q.key)?;
     state
         .shared()
         .store
@@ -342,13 +265,12 @@ async fn put_object(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_object(
+pub(super) async fn get_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<axum::response::Response, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let key = key_for(&state, &streaming.into_inner().volume, &q.key)?;
     let store = &state.shared().store;
     let objects = store.objects().clone();
     match store.call("get", &key, objects.get(&key)).await {
@@ -369,13 +291,12 @@ async fn get_object(
     }
 }
 
-async fn delete_object(
+pub(super) async fn delete_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<StatusCode, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let key = key_for(&state, &streaming.into_inner().volume, &q.key)?;
     let store = &state.shared().store;
     store
         .call("delete", &key, store.objects().delete(&key))
@@ -389,24 +310,23 @@ fn relay_parts(state: &AppState) -> Arc<dyn MultipartStore> {
 }
 
 /// `GET …/store`: what a mover needs to know of the store it writes through this drainer.
-async fn store_info(
+pub(super) async fn store_info(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    streaming(&state, &caller, &id).await?;
+    let _ = streaming;
     Ok(Json(
         serde_json::json!({ "part_size": state.shared().store.part_size() }),
     ))
 }
 
-async fn create_upload(
+pub(super) async fn create_upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
+    let key = key_for(&state, &volume, &q.key)?;
     let parts = relay_parts(&state);
     let store = &state.shared().store;
     let upload_id = store
@@ -450,13 +370,13 @@ fn relayed(state: &AppState, id: &str, upload: &str) -> Result<(Key, MultipartId
         .ok_or_else(|| upload_not_found(upload))
 }
 
-async fn put_part(
+pub(super) async fn put_part(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload, part)): Path<(String, String, usize)>,
+    streaming: Granted<Streaming>,
+    Path((_, upload, part)): Path<(String, String, usize)>,
     body: Body,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
+    let id = streaming.into_inner().drain;
     let part_size = state.shared().store.part_size();
     let bad_size = |len: u64| {
         Error::new(
@@ -507,12 +427,12 @@ fn take_upload(state: &AppState, id: &str, upload: &str) -> Result<RelayUpload, 
     }
 }
 
-async fn complete_upload(
+pub(super) async fn complete_upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, upload)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
+    let id = streaming.into_inner().drain;
     let relay = take_upload(&state, &id, &upload)?;
     let parts = relay_parts(&state);
     let store = &state.shared().store;
@@ -534,12 +454,12 @@ async fn complete_upload(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn abort_upload(
+pub(super) async fn abort_upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, upload)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
+    let id = streaming.into_inner().drain;
     let relay = take_upload(&state, &id, &upload)?;
     abort_relay(&state, &relay).await;
     Ok(StatusCode::NO_CONTENT)
@@ -555,12 +475,11 @@ async fn abort_relay(state: &AppState, relay: &RelayUpload) {
         .await;
 }
 
-async fn flush(
+pub(super) async fn flush(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
+    let _ = streaming;
     state.shared().store.flush().await.map_err(store_failure)?;
     Ok(StatusCode::NO_CONTENT)
 }

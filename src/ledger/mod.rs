@@ -11,7 +11,10 @@ mod drains;
 mod intake;
 mod runs;
 
-pub use drains::{AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, Refused};
+pub use drains::{
+    AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, Transition,
+    Writer,
+};
 pub use runs::RunRecord;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -96,6 +99,51 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Stores a lifecycle enum as its name (`as_str`/`FromStr`), the one mapping between the
+/// enum and the text in the database, on every backend.
+macro_rules! text_enum {
+    ($ty:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $ty
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $ty
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&'q str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $ty
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: <DB as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?.parse()?)
+            }
+        }
+    };
+}
+
+text_enum!(crate::lifecycle::DrainState);
+text_enum!(crate::lifecycle::RunState);
 
 /// Result alias for ledger operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,5 +5,6 @@ mod bad_input;
 mod engine;
 mod kube_env;
 mod ledger;
+mod lifecycle;
 mod service;
 mod support;
