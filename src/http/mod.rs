@@ -56,8 +56,6 @@ pub struct Shared {
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,
     >,
-    /// Multipart uploads relayed for movers, by upload id.
-    pub uploads: std::sync::Mutex<std::collections::HashMap<String, mover::RelayUpload>>,
 }
 
 impl AppState {
@@ -129,6 +127,9 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/run/{run}/record" => Stream, mover::record;
         post "/drains/{id}/run/{run}/finish" => Stream, mover::finish;
         post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted;
+        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial;
+        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial;
+        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial;
         put "/drains/{id}/objects" => Stream, mover::put_object;
         get "/drains/{id}/objects" => Stream, mover::get_object;
         delete "/drains/{id}/objects" => Stream, mover::delete_object;
@@ -195,7 +196,7 @@ async fn record_latency(State(state): State<AppState>, request: Request, next: N
 /// An API error: a status, a stable code and a message for the client.
 #[derive(Debug)]
 pub struct Error {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
     message: String,
     retry_after: Option<u32>,

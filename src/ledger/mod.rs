@@ -9,12 +9,14 @@
 
 mod drains;
 mod intake;
+mod relay;
 mod runs;
 
 pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, Transition,
     Writer,
 };
+pub use relay::{RelayPart, RelayRecord};
 pub use runs::RunRecord;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

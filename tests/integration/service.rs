@@ -446,9 +446,9 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
     .await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let url = serve.url.clone();
     let (status, took) = serve.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
@@ -767,9 +767,9 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let mover = |concurrency: &str| {
         let mut cmd = drainer();
         cmd.args([
@@ -904,19 +904,21 @@ async fn a_sweep_drains_new_and_changed_volumes_only() {
     .await;
 }
 
-/// The mover protocol's writes stay inside the drain's volume and refuse malformed data whole:
-/// a batch with one foreign key writes none of its objects, a truncated batch is a 400, and a
-/// relayed upload with a missing part is never completed.
+/// The mover protocol's writes stay inside the drain's own snapshot and refuse malformed data
+/// whole: a batch with one foreign key writes none of its objects, a truncated batch is a
+/// 400, no key of another snapshot, no `snapshot.json` and no `latest` can be written, a
+/// relayed upload with a missing part is never completed, and a finish whose manifest is not
+/// the summary's commits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
+async fn mover_writes_stay_in_their_snapshot_and_malformed_ones_change_nothing() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
     let (_, drains) = serve.handoff("shop", &["data-web-1"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let client = reqwest::Client::new();
     let base = format!("{}/v1/drains/{id}", serve.url);
     async fn send(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
@@ -924,9 +926,28 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or_default())
     }
-    let own = "volumes/shop/data-web-1/snapshots/x/files/a";
-    let foreign = "volumes/shop/data-web-2/snapshots/x/files/a";
-    let batch = drainer::object_batch::encode([(own, b"mine".as_slice()), (foreign, b"not")]);
+    let vol = "volumes/shop/data-web-1";
+    let (s, b) = send(
+        client
+            .put(format!("{base}/objects"))
+            .query(&[("key", format!("{vol}/snapshots/x/files/a"))])
+            .body("early"),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("run_not_running")),
+        "no run, no writes: {b}"
+    );
+    let (s, run) = send(client.post(format!("{base}/run"))).await;
+    assert_eq!(s, 200, "{run}");
+    let snapshot = run["snapshot"].as_str().unwrap().to_owned();
+    let own = format!("{vol}/snapshots/{snapshot}/files/a");
+    let foreign = format!("volumes/shop/data-web-2/snapshots/{snapshot}/files/a");
+    let batch = drainer::protocol::batch::encode([
+        (own.as_str(), b"mine".as_slice()),
+        (foreign.as_str(), b"not"),
+    ]);
     let (s, b) = send(
         client
             .post(format!("{base}/objects/batch"))
@@ -947,18 +968,45 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
     assert_eq!(s, 400, "truncated batch: {b}");
     let store = data.join("store");
     assert!(
-        !store.join(own).exists() && !store.join(foreign).exists(),
+        !store.join(&own).exists() && !store.join(&foreign).exists(),
         "a refused batch wrote nothing"
     );
-    let good = drainer::object_batch::encode([(own, b"mine".as_slice())]);
+    for key in [
+        format!("{vol}/latest"),
+        format!("{vol}/snapshots/{snapshot}/snapshot.json"),
+        format!("{vol}/snapshots/20261101T000000000Z-0000/files/a"),
+        format!("{vol}/snapshots/20261101T000000000Z-0000/snapshot.json"),
+    ] {
+        let (s, b) = send(
+            client
+                .put(format!("{base}/objects"))
+                .query(&[("key", &key)])
+                .body("x"),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{key}: {b}"
+        );
+        let (s, _) = send(
+            client
+                .delete(format!("{base}/objects"))
+                .query(&[("key", &key)]),
+        )
+        .await;
+        assert_eq!(s, 403, "{key}");
+        assert!(!store.join(&key).exists(), "{key} written");
+    }
+    let good = drainer::protocol::batch::encode([(own.as_str(), b"mine".as_slice())]);
     let (s, b) = send(client.post(format!("{base}/objects/batch")).body(good)).await;
     assert_eq!((s, &b["errors"]), (200, &json!([null])), "{b}");
-    assert_eq!(std::fs::read(store.join(own)).unwrap(), b"mine");
+    assert_eq!(std::fs::read(store.join(&own)).unwrap(), b"mine");
 
     let (s, b) = send(
         client
             .post(format!("{base}/uploads"))
-            .query(&[("key", own)]),
+            .query(&[("key", &own)]),
     )
     .await;
     assert_eq!(s, 200, "{b}");
@@ -990,8 +1038,34 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
         "{b}"
     );
     assert_eq!(
-        std::fs::read(store.join(own)).unwrap(),
+        std::fs::read(store.join(&own)).unwrap(),
         b"mine",
         "not replaced"
+    );
+    let run_id = run["id"].as_str().unwrap();
+    let summary = json!({
+        "snapshot": snapshot, "volume": "shop/data-web-1", "parent": null,
+        "created": "", "completed": "", "entries": 1, "files": 0, "bytes": 0, "skipped": 0,
+        "uploaded_files": 0, "uploaded_bytes": 0, "manifest_blake3": "00", "manifest_size": 2
+    });
+    let (s, b) = send(
+        client
+            .post(format!("{base}/run/{run_id}/finish"))
+            .json(&summary),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_snapshot")),
+        "{b}"
+    );
+    assert!(
+        !store.join(format!("{vol}/latest")).exists(),
+        "nothing committed"
+    );
+    assert!(
+        !store
+            .join(format!("{vol}/snapshots/{snapshot}/snapshot.json"))
+            .exists()
     );
 }
