@@ -5,7 +5,7 @@
 pub mod batch;
 
 use crate::snapshot::manifest::Content;
-use crate::snapshot::{PartialUpload, StoredFile, UploadedPart};
+use crate::snapshot::{PartialUpload, StoredFile, UploadedPart, part_hash};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,7 @@ impl From<&PartialUpload> for WirePartial {
             parts: u
                 .parts
                 .iter()
-                .map(|p| (p.id.clone(), hex(&p.chaining_value)))
+                .map(|p| (p.id.clone(), part_hash::to_hex(&p.chaining_value)))
                 .collect(),
         }
     }
@@ -112,7 +112,8 @@ impl TryFrom<WirePartial> for PartialUpload {
             .map(|(id, cv)| {
                 Ok(UploadedPart {
                     id,
-                    chaining_value: unhex(&cv).ok_or("a chaining value is not 32 bytes of hex")?,
+                    chaining_value: part_hash::from_hex(&cv)
+                        .ok_or("a chaining value is not 32 bytes of hex")?,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -127,21 +128,6 @@ impl TryFrom<WirePartial> for PartialUpload {
             parts,
         })
     }
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// `POST …/run`: the run the mover writes.

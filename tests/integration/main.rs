@@ -6,5 +6,6 @@ mod engine;
 mod kube_env;
 mod ledger;
 mod lifecycle;
+mod replicas;
 mod service;
 mod support;

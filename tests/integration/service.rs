@@ -21,7 +21,13 @@ fn make_volume(data: &Path, ns: &str, pvc: &str, files: usize, size: usize) -> s
 }
 
 /// Restores the latest snapshot of `ns/pvc` from the local store under `data` and compares.
-async fn assert_restores_exactly(store: &str, ns: &str, pvc: &str, source: &Path, scratch: &Path) {
+pub(crate) async fn assert_restores_exactly(
+    store: &str,
+    ns: &str,
+    pvc: &str,
+    source: &Path,
+    scratch: &Path,
+) {
     let dest = scratch.join(format!("restored-{ns}-{pvc}"));
     run_ok(
         drainer()

@@ -4,6 +4,7 @@
 pub mod fault;
 pub mod kube;
 pub mod postgres;
+pub mod proxy;
 pub mod s3;
 pub mod serve;
 pub mod tree;

@@ -144,28 +144,6 @@ impl Serve {
         }
     }
 
-    /// Waits until at least `n` drains are listed by `query`; returns them.
-    pub async fn wait_listed(
-        &self,
-        query: &str,
-        n: usize,
-        within: Duration,
-    ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let drains = self.drains(query).await;
-            if drains.len() >= n {
-                return drains;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} drains were not listed by {query:?} within {within:?}: {} were",
-                drains.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Waits until every drain in `ids` has ended; returns them.
     pub async fn wait_ended(&self, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + within;
