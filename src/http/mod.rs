@@ -319,3 +319,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             .map_err(|rejection| Error::invalid(rejection.body_text()))
     }
 }
+
+#[cfg(test)]
+mod tests;
