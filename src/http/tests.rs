@@ -234,11 +234,12 @@ async fn every_route_refuses_every_caller_the_policy_does_not_allow() {
                 .call(token, method_of(route), &path_of(route, &d), None)
                 .await;
             let reach = route.action.allows(kind);
-            let own = match (route.action, token) {
-                (Action::ReadDrain, "pod" | "mover") | (Action::Stream, "mover") => true,
-                (Action::Handoff | Action::ListDrains, "pod" | "job") => true,
-                _ => false,
-            };
+            let own = matches!(
+                (route.action, token),
+                (Action::ReadDrain, "pod" | "mover")
+                    | (Action::Stream, "mover")
+                    | (Action::Handoff | Action::ListDrains, "pod" | "job")
+            );
             let route_name = format!("{} {} as {token}", route.method, route.path);
             if reach == auth::Reach::None || !own {
                 assert_eq!(
