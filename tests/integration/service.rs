@@ -1075,3 +1075,143 @@ async fn mover_writes_stay_in_their_snapshot_and_malformed_ones_change_nothing()
             .exists()
     );
 }
+
+/// Bytes under `dir` (0 if it does not exist).
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits until the bytes under `dir` stop changing for a second; returns how long that took
+/// from now.
+async fn settles(dir: &Path, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let (mut last, mut since) = (tree_bytes(dir), std::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tree_bytes(dir);
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            return since.duration_since(started);
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} kept growing for {within:?}",
+            dir.display()
+        );
+    }
+}
+
+/// A cancel stops the copy within a couple of seconds, in-process and through an external
+/// mover, writes no snapshot, and leaves what was copied to be resumed by the next drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_copying_drain_stops_its_copy_and_commits_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let source = make_volume(&data, "shop", "slow", 1500, 96 * 1024);
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--concurrency", "1"]).await;
+    let (_, drains) = serve.handoff("shop", &["slow"]).await;
+    let id = ids(&drains)[0].clone();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let volume_store = data.join("store/volumes/shop/slow");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tree_bytes(&volume_store) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = serve
+        .call(Method::POST, &format!("/v1/drains/{id}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    let stopped = settles(&volume_store, Duration::from_secs(20)).await;
+    assert!(
+        stopped < Duration::from_secs(3),
+        "the copy went on for {stopped:?} after the cancel"
+    );
+    let committed = walkdir::WalkDir::new(&volume_store)
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name() == "snapshot.json" || e.file_name() == "latest");
+    assert!(!committed, "a cancelled drain committed a snapshot");
+    // The next drain of the volume resumes what was copied and completes.
+    let (_, drains) = serve.handoff("shop", &["slow"]).await;
+    let ended = serve
+        .wait_ended(&ids(&drains), Duration::from_secs(120))
+        .await;
+    assert_eq!(ended[0]["state"], "completed", "{}", ended[0]);
+    assert_restores_exactly(
+        &file_url(&data.join("store")),
+        "shop",
+        "slow",
+        &source,
+        work.path(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_drain_stops_its_external_mover() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mount = make_volume(work.path(), "shop", "mount", 1500, 96 * 1024);
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-9"]).await;
+    let id = ids(&drains)[0].clone();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let mut mover = drainer();
+    mover
+        .args([
+            "mover",
+            "--drainer",
+            &serve.url,
+            "--drain",
+            &id,
+            "--concurrency",
+            "1",
+        ])
+        .arg("--source")
+        .arg(&mount)
+        .env("DRAINER_TOKEN", TOKEN);
+    let mut mover = mover.spawn().unwrap();
+    let volume_store = data.join("store/volumes/shop/data-web-9");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tree_bytes(&volume_store) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = serve
+        .call(Method::POST, &format!("/v1/drains/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 200);
+    let cancelled = std::time::Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(20), mover.wait())
+        .await
+        .expect("the mover stopped")
+        .unwrap();
+    assert!(!exit.success(), "the mover of a cancelled drain fails");
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(4),
+        "the mover went on for {:?} after the cancel",
+        cancelled.elapsed()
+    );
+}
