@@ -344,6 +344,9 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Erro
         .ping()
         .await
         .map_err(|_| unavailable("the ledger does not answer"))?;
+    if !shared.ledger.can_commit().await {
+        return Err(unavailable("the ledger cannot commit: its disk is full"));
+    }
     let root = shared.store.root().clone();
     let list = shared.store.objects().list_with_delimiter(Some(&root));
     shared

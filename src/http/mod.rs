@@ -291,6 +291,17 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
+        if err.is_full() {
+            tracing::warn!(error = %err, "ledger full");
+            return Self {
+                retry_after: Some(10),
+                ..Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "ledger_full",
+                    "the ledger's disk is full; nothing was recorded; retry later",
+                )
+            };
+        }
         Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
     }
 }

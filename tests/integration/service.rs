@@ -1215,3 +1215,103 @@ async fn cancelling_a_drain_stops_its_external_mover() {
         cancelled.elapsed()
     );
 }
+
+/// The ledger's disk fills up: handoffs are refused with `507 ledger_full` (nothing
+/// acknowledged), `/readyz` fails, and within seconds of space coming back everything works
+/// again without a restart; every handoff acknowledged before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = crate::support::tmpfs::Tmpfs::mount(&work.path().join("ledger-disk"), "2m");
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
+    let store = file_url(&work.path().join("store"));
+    let volumes = work.path().join("volumes").display().to_string();
+    let serve = Serve::start(
+        disk.path(),
+        &[
+            "--sweep-interval",
+            "0",
+            "--store",
+            &store,
+            "--volume-root",
+            &volumes,
+        ],
+    )
+    .await;
+    let reason = "r".repeat(200);
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..20_000 {
+        let body = json!({"namespace": "shop", "pvcs": [format!("pvc-{i}")], "reason": reason});
+        let (status, answer) = serve.call(Method::POST, "/v1/handoffs", Some(body)).await;
+        match status {
+            202 => acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned()),
+            _ => {
+                refusal = Some((status, answer));
+                break;
+            }
+        }
+    }
+    let (status, answer) = refusal.expect("the disk filled up");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (507, Some("ledger_full")),
+        "after {} handoffs: {answer}",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 10,
+        "{} handoffs fit",
+        acknowledged.len()
+    );
+    // More of them, at once, while the disk stays full: every one refused, none acknowledged.
+    let flood = (0..200).map(|i| {
+        let body = json!({"namespace": "shop", "pvcs": [format!("late-{i}")], "reason": reason});
+        serve.call(Method::POST, "/v1/handoffs", Some(body))
+    });
+    for (status, answer) in futures::future::join_all(flood).await {
+        match status {
+            202 => acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned()),
+            507 | 503 => {}
+            other => panic!("a full disk answered {other}: {answer}"),
+        }
+    }
+    let ready = reqwest::get(format!("{}/readyz", serve.url)).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready while the ledger cannot commit"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = json!({"namespace": "shop", "pvcs": ["after-the-flood"]});
+        let (status, answer) = serve.call(Method::POST, "/v1/handoffs", Some(body)).await;
+        if status == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("{}/readyz", serve.url))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in &acknowledged {
+        let (status, _) = serve
+            .call(Method::GET, &format!("/v1/drains/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "acknowledged drain {id} is lost");
+    }
+    drop(serve);
+}

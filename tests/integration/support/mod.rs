@@ -7,6 +7,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod s3;
 pub mod serve;
+pub mod tmpfs;
 pub mod tree;
 
 use std::path::Path;
