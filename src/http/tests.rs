@@ -445,3 +445,22 @@ async fn what_each_caller_may_do_succeeds() {
         "{b}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let document: Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+    for route in route_table_for_test().await {
+        let path = format!("/v1{}", route.path);
+        let described = &document["paths"][&path][route.method];
+        assert!(
+            described.is_object(),
+            "{} {path} is missing from openapi.json",
+            route.method
+        );
+        assert!(
+            described["responses"]["403"].is_object(),
+            "{} {path}: the refusal is not documented",
+            route.method
+        );
+    }
+}
