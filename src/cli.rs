@@ -7,7 +7,7 @@ use crate::config::{
     CopyArgs, EngineArgs, OutputFormat, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::ledger::Ledger;
-use crate::snapshot::{self, Progress, RestoreOptions};
+use crate::snapshot::{self, Listed, Progress, RestoreOptions};
 use crate::store::{Store, StoreOptions};
 use anyhow::bail;
 use std::sync::Arc;
@@ -98,11 +98,24 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
                 "{:<28} {:<40} {:>10} {:>14} {:>8}  COMPLETED",
                 "SNAPSHOT", "VOLUME", "FILES", "BYTES", "SKIPPED"
             );
-            for s in &all {
-                println!(
-                    "{:<28} {:<40} {:>10} {:>14} {:>8}  {}",
-                    s.snapshot, s.volume, s.files, s.bytes, s.skipped, s.completed
-                );
+            for listed in &all {
+                match listed {
+                    Listed::Complete(s) => println!(
+                        "{:<28} {:<40} {:>10} {:>14} {:>8}  {}",
+                        s.snapshot, s.volume, s.files, s.bytes, s.skipped, s.completed
+                    ),
+                    Listed::Damaged {
+                        snapshot,
+                        volume,
+                        damaged,
+                    } => println!(
+                        "{snapshot:<28} {volume:<40} {:>10} {:>14} {:>8}  DAMAGED: {}",
+                        "-",
+                        "-",
+                        "-",
+                        damaged.replace('\n', " ")
+                    ),
+                }
             }
         }
     }

@@ -203,7 +203,7 @@ pub async fn copy(
     }
     store.probe_writable().await?;
     let layout = VolumeLayout::new(store.root(), volume);
-    let parent = catalog::read_latest(store, &layout).await?;
+    let parent = catalog::read_latest(store, volume).await?;
     let run = checkpoint
         .begin(store.url(), volume, &SnapshotId::generate())
         .await?;

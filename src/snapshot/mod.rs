@@ -17,9 +17,10 @@ mod progress;
 mod restore;
 mod scan;
 mod upload;
+mod validate;
 mod verify;
 
-pub use catalog::{SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
+pub use catalog::{Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
 pub use copy::{
     Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, UploadedPart,
     check_source, copy,
@@ -81,6 +82,16 @@ pub enum Error {
         /// The store URL.
         store: String,
     },
+    /// The requested snapshot's summary cannot be trusted.
+    #[error("snapshot {snapshot} of volume {volume} is damaged: {reason}")]
+    Damaged {
+        /// The volume.
+        volume: String,
+        /// The snapshot id.
+        snapshot: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The requested snapshot does not exist (or is not complete).
     #[error("snapshot {snapshot} of volume {volume} does not exist in {store}")]
     SnapshotNotFound {
@@ -104,6 +115,18 @@ pub enum Error {
         expected: String,
         /// The hash of the bytes read.
         actual: String,
+    },
+    /// A restored file's object does not have the size the manifest records.
+    #[error("{path}: {object} holds {actual} bytes, but its manifest entry says {expected} bytes")]
+    SizeMismatch {
+        /// The restored path.
+        path: String,
+        /// The object key.
+        object: String,
+        /// The size the manifest records.
+        expected: u64,
+        /// The bytes the object holds.
+        actual: u64,
     },
     /// The mover working for a drain did not finish in time.
     #[error("drain {drain}: {reason}")]

@@ -1,0 +1,529 @@
+//! What a hostile or careless user broke (issue 9), each case through the real `drainer`
+//! binary on real files and disks: names Kubernetes accepts, store URLs that meant `/`, files
+//! that grow while they are read, stores whose parts vanished, damaged catalogs, tampered
+//! manifests, failed restores, concurrent copies and sparse files.
+
+use crate::support::serve::Serve;
+use crate::support::{drainer, file_url, run, run_ok};
+use std::path::Path;
+use std::time::Duration;
+
+const VOLUME: &str = "shop/data-web-4";
+
+fn copy_cmd(src: &Path, store: &str, data: &Path, volume: &str) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("copy")
+        .arg(src)
+        .arg(store)
+        .args([
+            "--volume",
+            volume,
+            "--part-size-mib",
+            "8",
+            "--buffer-mib",
+            "16",
+        ])
+        .arg("--data-dir")
+        .arg(data);
+    cmd
+}
+
+fn restore_cmd(store: &str, dest: &Path, volume: &str) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("restore")
+        .arg(store)
+        .args(["--volume", volume])
+        .arg(dest);
+    cmd
+}
+
+/// Runs a command that must fail with `code`; returns its stderr.
+async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stdout: {}; stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// A PVC name of 253 characters whose parts between dots are longer than 63: Kubernetes
+/// accepts it (`IsDNS1123Subdomain`), so drainer must too, in the CLI, the store layout, the
+/// local volume directory and the API.
+fn longest_pvc_name() -> String {
+    let name = format!("data-{}.{}", "a".repeat(120), "b".repeat(127));
+    assert_eq!(name.len(), 253);
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvc_names_kubernetes_accepts_are_copied_restored_and_handed_off() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = format!("shop/{}", longest_pvc_name());
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"long name").unwrap();
+    let store = file_url(&work.path().join("store"));
+    run_ok(&mut copy_cmd(&src, &store, &data, &volume)).await;
+    let listed = run_ok(
+        drainer()
+            .arg("snapshots")
+            .arg(&store)
+            .args(["--volume", &volume, "-o", "json"]),
+    )
+    .await;
+    assert!(listed.contains(&longest_pvc_name()), "{listed}");
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest, &volume)).await;
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"long name");
+
+    // The API takes the same names, and the local-mode volume directory holds them.
+    let serve_data = work.path().join("serve");
+    let pvc = longest_pvc_name();
+    let dir = serve_data.join("volumes/shop").join(&pvc);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("g"), b"through the API").unwrap();
+    let serve = Serve::start(&serve_data, &["--sweep-interval", "0"]).await;
+    let (status, drains) = serve.handoff("shop", &[&pvc]).await;
+    assert_eq!(status, 202);
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    let ended = serve.wait_ended(&[id], Duration::from_secs(60)).await;
+    assert_eq!(ended[0]["state"], "completed", "{}", ended[0]);
+}
+
+/// Changes `path` in a loop on a thread until the returned flag is set: appends 64 KiB at a
+/// time, or (with `shrink`) cuts the file back and forth between two sizes.
+fn keep_changing(
+    path: std::path::PathBuf,
+    shrink: bool,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Write;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let chunk = vec![7u8; 64 * 1024];
+        let mut round = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            if shrink {
+                let len = if round.is_multiple_of(2) {
+                    9 << 20
+                } else {
+                    17 << 20
+                };
+                file.set_len(len).unwrap();
+            } else {
+                (&file).write_all(&chunk).unwrap();
+            }
+            round += 1;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    (stop, thread)
+}
+
+/// A copy of a file that grows (or shrinks) while it is read never panics: it stores a
+/// consistent version, or fails with a retryable error that names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_growing_or_shrinking_during_a_copy_fails_cleanly_naming_it() {
+    for shrink in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let (src, data) = (work.path().join("src"), work.path().join("data"));
+        std::fs::create_dir(&src).unwrap();
+        let growing = src.join("growing.log");
+        std::fs::write(&growing, crate::support::tree::bytes(3, 20 << 20)).unwrap();
+        let store = file_url(&work.path().join("store"));
+        let (stop, changer) = keep_changing(growing.clone(), shrink);
+        let out = run(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        changer.join().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code() != Some(101),
+            "shrink={shrink}: the engine panicked: {stderr}"
+        );
+        match out.status.code() {
+            Some(0) => {
+                // Whatever version was stored must verify.
+                run_ok(
+                    drainer()
+                        .arg("verify")
+                        .arg(&store)
+                        .args(["--volume", VOLUME]),
+                )
+                .await;
+            }
+            Some(1) => assert!(
+                stderr.contains("growing.log") && stderr.contains("changed while it was read"),
+                "shrink={shrink}: the error names the file: {stderr}"
+            ),
+            other => panic!("shrink={shrink}: exit {other:?}: {stderr}"),
+        }
+    }
+}
+
+/// Store URLs that used to mean `/` (or to drop a part silently) are usage errors, and a
+/// store directory that cannot hold files fails at once instead of spinning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_urls_that_meant_the_root_are_usage_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let tag = format!("drainer-test-{:08x}", rand::random::<u32>());
+    let namespace = format!("ns-{:08x}", rand::random::<u32>());
+    let volume = format!("{namespace}/pvc");
+    let under_root = [
+        Path::new("/").join(&tag),
+        Path::new("/volumes").join(&namespace),
+    ];
+    let cases = [
+        (format!("file:{tag}"), "absolute path"),
+        ("file://".to_owned(), "absolute path"),
+        ("file:///".to_owned(), "filesystem root"),
+        (format!("file://host{}", work.path().display()), "host"),
+        (format!("{}?x=1", file_url(&work.path().join("q"))), "query"),
+        (
+            format!("{}#frag", file_url(&work.path().join("f"))),
+            "fragment",
+        ),
+        ("s3://".to_owned(), "bucket"),
+        ("s3:///prefix".to_owned(), "bucket"),
+        ("gopher://host/x".to_owned(), "unsupported scheme"),
+    ];
+    for (url, says) in &cases {
+        let stderr = fails(&mut copy_cmd(&src, url, &data, &volume), 2).await;
+        assert!(
+            stderr.contains("store URL") && stderr.contains(says),
+            "{url}: {stderr}"
+        );
+        for leaked in &under_root {
+            let was_there = leaked.exists();
+            let _ = std::fs::remove_dir_all(leaked);
+            assert!(!was_there, "{url} wrote under {}", leaked.display());
+        }
+        for other in ["snapshots", "restore", "verify", "prune"] {
+            let mut cmd = drainer();
+            cmd.arg(other).arg(url).args(["--volume", &volume]);
+            match other {
+                "restore" => cmd.arg(work.path().join("dest")),
+                "prune" => cmd.args(["--keep", "1"]),
+                _ => &mut cmd,
+            };
+            let stderr = fails(&mut cmd, 2).await;
+            assert!(stderr.contains(says), "{other} {url}: {stderr}");
+        }
+    }
+    assert!(!work.path().join("q").exists() && !work.path().join("f").exists());
+
+    // A directory that exists but cannot hold files: a clear error instead of a busy loop.
+    let stderr = fails(&mut copy_cmd(&src, "file:///proc", &data, &volume), 1).await;
+    assert!(
+        stderr.contains("/proc") && stderr.contains("cannot create a file"),
+        "{stderr}"
+    );
+}
+
+/// Takes `n` snapshots of a small changing tree as `volume`; returns their ids, oldest first.
+async fn snapshots_of(work: &Path, store: &str, volume: &str, n: usize) -> Vec<String> {
+    let src = work.join(format!("src-{}", volume.replace('/', "-")));
+    let data = work.join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        std::fs::write(src.join("version"), format!("version {i}")).unwrap();
+        let line = run_ok(&mut copy_cmd(&src, store, &data, volume)).await;
+        ids.push(line.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    ids
+}
+
+/// One damaged `snapshot.json` or `latest` is reported as damaged, and everything else is
+/// still listed, restored and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_summary_or_latest_pointer_breaks_only_itself() {
+    let work = tempfile::tempdir().unwrap();
+    let store_dir = work.path().join("store");
+    let store = file_url(&store_dir);
+    let a = snapshots_of(work.path(), &store, "shop/a", 2).await;
+    let b = snapshots_of(work.path(), &store, "shop/b", 2).await;
+    let volume_dir = |v: &str| store_dir.join("volumes/shop").join(v);
+    // a's newest summary is garbage (and `latest` names it); b's `latest` is garbage.
+    std::fs::write(
+        volume_dir("a")
+            .join("snapshots")
+            .join(&a[1])
+            .join("snapshot.json"),
+        b"{not json",
+    )
+    .unwrap();
+    std::fs::write(volume_dir("b").join("latest"), b"\x00garbage").unwrap();
+
+    let table = run_ok(drainer().arg("snapshots").arg(&store)).await;
+    for id in a.iter().chain(&b) {
+        assert!(table.contains(id.as_str()), "{id} listed: {table}");
+    }
+    let damaged_row = table.lines().find(|l| l.contains(&a[1])).unwrap();
+    assert!(
+        damaged_row.contains("DAMAGED") && damaged_row.contains("snapshot.json"),
+        "{table}"
+    );
+    let json = run_ok(drainer().arg("snapshots").arg(&store).args(["-o", "json"])).await;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed.len(), 4, "{json}");
+    let damaged: Vec<_> = listed
+        .iter()
+        .filter(|s| s.get("damaged").is_some())
+        .collect();
+    assert_eq!(damaged.len(), 1, "{json}");
+    assert_eq!(damaged[0]["snapshot"], a[1].as_str());
+
+    // `latest` falls back to the newest complete snapshot, and says so.
+    for (volume, expected) in [("shop/a", "version 0"), ("shop/b", "version 1")] {
+        let dest = work
+            .path()
+            .join(format!("restored-{}", volume.replace('/', "-")));
+        let out = run(restore_cmd(&store, &dest, volume).env("DRAINER_LOG", "warn")).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{volume}: {stderr}");
+        assert!(
+            stderr.contains("latest pointer is not trusted"),
+            "{volume}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("version")).unwrap(),
+            expected
+        );
+    }
+    // Naming the damaged snapshot is an error that says why.
+    let stderr = fails(
+        restore_cmd(&store, &work.path().join("d"), "shop/a").args(["--snapshot", &a[1]]),
+        1,
+    )
+    .await;
+    assert!(
+        stderr.contains(&a[1]) && stderr.contains("damaged"),
+        "{stderr}"
+    );
+
+    // The API lists the same, with a 200.
+    let serve_data = work.path().join("serve");
+    std::fs::create_dir_all(&serve_data).unwrap();
+    let serve = Serve::start(&serve_data, &["--sweep-interval", "0", "--store", &store]).await;
+    let (status, body) = serve
+        .call(reqwest::Method::GET, "/v1/volumes/shop/a/snapshots", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let snapshots = body["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{body}");
+    assert!(
+        snapshots[1]["damaged"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot.json")
+    );
+    let (status, body) = serve
+        .call(reqwest::Method::GET, "/v1/volumes/shop/b/snapshots", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Pruning leaves the damaged snapshot alone, and a copy repairs `latest`.
+    run_ok(
+        drainer()
+            .arg("prune")
+            .arg(&store)
+            .args(["--volume", "shop/a", "--keep", "1"]),
+    )
+    .await;
+    assert!(volume_dir("a").join("snapshots").join(&a[1]).exists());
+    snapshots_of(work.path(), &store, "shop/b", 1).await;
+    let dest = work.path().join("repaired");
+    let out = run(&mut restore_cmd(&store, &dest, "shop/b")).await;
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not trusted"));
+}
+
+/// The store directory of `VOLUME`'s snapshot `id` under a local store.
+fn snapshot_dir(store_dir: &Path, id: &str) -> std::path::PathBuf {
+    store_dir.join("volumes/shop/data-web-4/snapshots").join(id)
+}
+
+/// Files and directories under `dir` whose names start with `.drainer-restore-`.
+fn staging_left(dir: &Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".drainer-restore-")
+        })
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// A manifest changed after its snapshot completed (a file's mode made setuid, everything
+/// else intact) is refused by restore before anything is written, and reported by verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_and_verify_refuse_a_manifest_changed_after_completion() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data, store_dir) = (
+        work.path().join("src"),
+        work.path().join("data"),
+        work.path().join("store"),
+    );
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(src.join("other"), b"other").unwrap();
+    let store = file_url(&store_dir);
+    let line = run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    let id = line.split_whitespace().nth(1).unwrap();
+    let manifest = snapshot_dir(&store_dir, id).join("manifest.jsonl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let tampered: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v["path"] == "tool" {
+                v["mode"] = serde_json::json!(0o107777);
+            }
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&manifest, tampered.join("\n") + "\n").unwrap();
+
+    let dest = work.path().join("dest");
+    let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+    assert!(
+        stderr.contains("manifest.jsonl")
+            && stderr.contains("not the manifest the snapshot was completed with"),
+        "{stderr}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&dest)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        written.is_empty(),
+        "restore wrote {written:?} from a tampered manifest"
+    );
+    let out = run(drainer()
+        .arg("verify")
+        .arg(&store)
+        .args(["--volume", VOLUME]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("not the manifest the snapshot was completed with"),
+        "{stdout}"
+    );
+}
+
+/// A restore that fails on a bad object leaves no file under the final name of that object,
+/// no temporary file, and says what differs (size, or content at the same size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_leaves_no_wrong_file_under_a_final_name() {
+    for (damage, says) in [
+        (
+            "truncate",
+            "holds 3 bytes, but its manifest entry says 9 bytes",
+        ),
+        ("flip", "does not match its manifest hash"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let (src, data, store_dir) = (
+            work.path().join("src"),
+            work.path().join("data"),
+            work.path().join("store"),
+        );
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("bad"), b"123456789").unwrap();
+        let store = file_url(&store_dir);
+        let line = run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+        let id = line.split_whitespace().nth(1).unwrap();
+        let object = snapshot_dir(&store_dir, id).join("files/bad");
+        match damage {
+            "truncate" => std::fs::write(&object, b"123").unwrap(),
+            _ => std::fs::write(&object, b"12345678X").unwrap(),
+        }
+        let dest = work.path().join("dest");
+        let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+        assert!(
+            stderr.contains(says) && stderr.contains("bad"),
+            "{damage}: {stderr}"
+        );
+        assert!(
+            !dest.join("bad").exists(),
+            "{damage}: a wrong file under the final name"
+        );
+        assert!(
+            staging_left(&dest).is_empty(),
+            "{damage}: {:?}",
+            staging_left(&dest)
+        );
+        let out = run(drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]))
+        .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let verify_says = match damage {
+            "truncate" => "the object holds 3 bytes, the manifest says 9 bytes",
+            _ => "same size, but the content's hash is",
+        };
+        assert!(stdout.contains(verify_says), "{damage}: {stdout}");
+    }
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped (even when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs (the tests run as root)");
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A restore into a full disk fails with the path and the reason, leaves nothing under the
+/// final name of the file it could not write, and no temporary files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_full_disk_fails_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("small"), b"fits").unwrap();
+    std::fs::write(src.join("too-big"), crate::support::tree::bytes(5, 3 << 20)).unwrap();
+    let store = file_url(&work.path().join("store"));
+    run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    let disk = Tmpfs::mount(&work.path().join("disk"), "1m");
+    let dest = disk.0.join("dest");
+    let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+    assert!(
+        stderr.contains("too-big") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    assert!(!dest.join("too-big").exists());
+    assert!(staging_left(&dest).is_empty(), "{:?}", staging_left(&dest));
+}
