@@ -536,7 +536,15 @@ impl LocalParts {
     }
 }
 
+/// A local upload's error; a missing staging file is "not found", like an upload a remote
+/// store no longer has, so the engine starts the upload again.
 fn local_error(e: std::io::Error) -> object_store::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return object_store::Error::NotFound {
+            path: "LocalParts staging file".into(),
+            source: Box::new(e),
+        };
+    }
     object_store::Error::Generic {
         store: "LocalParts",
         source: Box::new(e),

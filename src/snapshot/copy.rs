@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::volume::VolumeId;
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::{FutureExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,6 +186,8 @@ enum Plan {
     Store(Entry),
     /// Hash the file; reuse the parent's object if the hash matches.
     Compare(Entry, Content),
+    /// Stored earlier by this run: reuse the object if the store still has it.
+    Stored(Entry, Content),
 }
 
 /// Takes a snapshot of `source` as `volume` into `store`, resuming an interrupted run.
@@ -354,9 +357,23 @@ impl Job<'_> {
         };
         match plan {
             Plan::Ready(entry) => futures::future::ready(Ok((entry, false))).boxed(),
+            Plan::Stored(entry, content) => async move {
+                if self.still_stored(&content, entry.size).await? {
+                    let entry = Entry {
+                        content: Some(content),
+                        ..entry
+                    };
+                    return Ok((entry, false));
+                }
+                let (path, key, object) = self.targets(&entry)?;
+                let stored = uploader.store_file(path, entry, key, object, resume);
+                Ok((stored.await?, true))
+            }
+            .boxed(),
             Plan::Store(entry) => {
-                let (path, key, object) = self.targets(&entry);
+                let targets = self.targets(&entry);
                 async move {
+                    let (path, key, object) = targets?;
                     Ok((
                         uploader
                             .store_file(path, entry, key, object, resume)
@@ -367,8 +384,9 @@ impl Job<'_> {
                 .boxed()
             }
             Plan::Compare(entry, content) => {
-                let (path, key, object) = self.targets(&entry);
+                let targets = self.targets(&entry);
                 async move {
+                    let (path, key, object) = targets?;
                     let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
                     if hash == content.blake3 {
                         Ok((
@@ -410,10 +428,37 @@ impl Job<'_> {
         Ok(())
     }
 
-    fn targets(&self, entry: &Entry) -> (PathBuf, object_store::path::Path, String) {
+    fn targets(&self, entry: &Entry) -> Result<(PathBuf, object_store::path::Path, String)> {
+        let path = scan::absolute(&self.source, &entry.path);
         let object = VolumeLayout::file_key(&self.run.snapshot, &entry.path);
-        let key = self.layout.object(&object).expect("file keys are valid");
-        (scan::absolute(&self.source, &entry.path), key, object)
+        let key = self.layout.object(&object).ok_or_else(|| Error::Source {
+            path: path.clone(),
+            reason: format!("its name cannot be an object key ({object:?})"),
+        })?;
+        Ok((path, key, object))
+    }
+
+    /// Whether the store still holds the object this run recorded for a file, at its size.
+    /// A resumed run trusts its ledger only this far: one `head` per file it reuses (a stat
+    /// on a local store), so objects that vanished since they were recorded are stored
+    /// again. A store that cannot answer (a mover's relay) is trusted.
+    async fn still_stored(&self, content: &Content, size: u64) -> Result<bool> {
+        let Some(key) = self.layout.object(&content.object) else {
+            return Ok(false);
+        };
+        let objects = self.store.objects();
+        match self.store.call("head", &key, objects.head(&key)).await {
+            Ok(meta) => Ok(meta.size == size),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(key = %key, "an object this run stored has vanished; storing it again");
+                Ok(false)
+            }
+            Err(crate::store::Error::Backend {
+                source: object_store::Error::NotSupported { .. },
+                ..
+            }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -453,8 +498,7 @@ async fn plan(
             && f.ctime_ns == entry.ctime_ns
             && f.ino == entry.ino
     }) {
-        entry.content = Some(file.content);
-        return Ok(Plan::Ready(entry));
+        return Ok(Plan::Stored(entry, file.content));
     }
     match previous {
         Some(prev) if prev.kind == EntryKind::File && prev.content.is_some() => {

@@ -172,9 +172,7 @@ impl Uploader {
             let attempt = if size <= self.part_size {
                 self.try_store_small(path, key, size).await?
             } else {
-                let parts = self.store.multipart();
-                self.try_store_resumable(parts, path, key, resume, rel)
-                    .await?
+                self.try_store_large(path, key, resume, rel).await?
             };
             if let Some(done) = attempt {
                 return Ok(done);
@@ -223,6 +221,30 @@ impl Uploader {
 }
 
 impl Uploader {
+    /// One attempt at a multipart upload. An upload that the store no longer has (its parts
+    /// vanished: the store was emptied, the upload expired or was aborted) is forgotten, so
+    /// the next attempt starts a new one instead of failing on it forever.
+    async fn try_store_large(
+        &self,
+        path: &std::path::Path,
+        key: &Key,
+        resume: Resume<'_>,
+        rel: &[u8],
+    ) -> Result<Option<(blake3::Hash, Stat)>> {
+        let parts = self.store.multipart();
+        match self
+            .try_store_resumable(parts, path, key, resume, rel)
+            .await
+        {
+            Err(Error::Store(e)) if e.is_not_found() => {
+                tracing::warn!(path = %path.display(), key = %key, error = %e, "the store no longer has this upload; starting it again");
+                resume.checkpoint.forget_partial(resume.run, rel).await?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// One attempt at an upload that records each stored part, continuing the upload that an
     /// earlier, interrupted run left if the file is unchanged since; `None` when the file
     /// changed during the attempt.

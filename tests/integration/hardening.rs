@@ -527,3 +527,150 @@ async fn a_restore_into_a_full_disk_fails_cleanly() {
     assert!(!dest.join("too-big").exists());
     assert!(staging_left(&dest).is_empty(), "{:?}", staging_left(&dest));
 }
+
+/// Starts a copy of `src` and kills it (SIGKILL) once the ledger records both finished files
+/// and stored parts of `zz-large` (which comes after the small files).
+async fn kill_mid_copy(src: &Path, store: &str, data: &Path) {
+    let ledger = drainer::Ledger::open(None, data).await.unwrap();
+    let mut child = copy_cmd(src, store, data, VOLUME)
+        .args(["--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    let volume: drainer::VolumeId = VOLUME.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing recorded within 90 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy finished before it was killed"
+        );
+        let Some(record) = ledger.runs(&volume).await.unwrap().into_iter().next() else {
+            continue;
+        };
+        let run = drainer::snapshot::Run {
+            id: record.id.clone(),
+            snapshot: record.snapshot.parse().unwrap(),
+            resumed: false,
+        };
+        use drainer::snapshot::Checkpoint;
+        let parts = ledger
+            .partial_upload(&run, b"zz-large")
+            .await
+            .unwrap()
+            .map_or(0, |u| u.parts.len());
+        if parts >= 4 && ledger.recorded_files(&record.id).await.unwrap() > 0 {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+            return;
+        }
+    }
+}
+
+/// A resumed copy whose stored parts and stored files vanished from the store (the store was
+/// emptied after a kill -9) stores them again and completes, and the snapshot is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_copy_whose_stored_objects_vanished_stores_them_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data, store_dir) = (
+        work.path().join("src"),
+        work.path().join("data"),
+        work.path().join("store"),
+    );
+    let store = file_url(&store_dir);
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            src.join(format!("small-{i:04}")),
+            crate::support::tree::bytes(i, 4096),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        src.join("zz-large"),
+        crate::support::tree::bytes(1000, 320 << 20),
+    )
+    .unwrap();
+    kill_mid_copy(&src, &store, &data).await;
+    std::fs::remove_dir_all(&store_dir).unwrap();
+
+    let out = run(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the rerun recovers: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"));
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    let diffs = crate::support::tree::differences(&src, &dest);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+/// A store whose disk fills up during a copy: a clear error naming what could not be
+/// written, nothing half-written under a final name, and the same command completes once
+/// there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_fails_the_copy_cleanly_and_it_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("f-{i:02}")),
+            crate::support::tree::bytes(i, 512 * 1024),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("large"), crate::support::tree::bytes(99, 12 << 20)).unwrap();
+    let disk = Tmpfs::mount(&work.path().join("disk"), "8m");
+    let store_dir = disk.0.join("store");
+    let store = file_url(&store_dir);
+    let stderr = fails(&mut copy_cmd(&src, &store, &data, VOLUME), 1).await;
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert!(
+        stderr.contains("snapshots/") || stderr.contains(&store_dir.display().to_string()),
+        "the error names what could not be written: {stderr}"
+    );
+    for entry in walkdir::WalkDir::new(&store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let under_final_name = entry.file_type().is_file()
+            && entry.path().to_string_lossy().contains("/files/")
+            && !name.contains('#')
+            && !name.contains(".part-");
+        if under_final_name {
+            assert_eq!(
+                std::fs::read(entry.path()).unwrap(),
+                std::fs::read(src.join(&name)).unwrap(),
+                "{name} is half-written under its final name"
+            );
+        }
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    assert!(crate::support::tree::differences(&src, &dest).is_empty());
+}
