@@ -48,6 +48,10 @@ pub struct SnapshotSummary {
     pub bytes: u64,
     /// Special files recorded but not copied.
     pub skipped: u64,
+    /// Regular files that could not be read (permission denied): listed in the manifest
+    /// without content. A snapshot with any is incomplete, and says so.
+    #[serde(default)]
+    pub unreadable: u64,
     /// Files whose bytes this snapshot uploaded (the rest refer to earlier objects).
     pub uploaded_files: u64,
     /// Bytes this snapshot uploaded.

@@ -164,7 +164,7 @@ impl std::fmt::Display for CopySummary {
         let s = &self.snapshot;
         write!(
             f,
-            "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
+            "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {}{:.2} s{}",
             s.snapshot,
             s.volume,
             s.files,
@@ -172,6 +172,11 @@ impl std::fmt::Display for CopySummary {
             s.uploaded_files,
             s.uploaded_bytes,
             s.skipped,
+            if s.unreadable > 0 {
+                format!("{} UNREADABLE (not in the snapshot), ", s.unreadable)
+            } else {
+                String::new()
+            },
             self.elapsed.as_secs_f64(),
             if self.resumed { ", resumed" } else { "" }
         )
@@ -329,12 +334,20 @@ impl Job<'_> {
         if let Some(running) = checkpointing {
             running.await?;
         }
-        let summary = sink.finish(self, created).await?;
-        Ok(CopySummary {
+        let (summary, unreadable) = sink.finish(self, created).await?;
+        let summary = CopySummary {
             snapshot: summary,
             resumed: self.run.resumed,
             elapsed: started.elapsed(),
-        })
+        };
+        if unreadable.is_empty() {
+            Ok(summary)
+        } else {
+            Err(Error::Incomplete {
+                summary: Box::new(summary),
+                unreadable,
+            })
+        }
     }
 
     async fn parent_entries(&self) -> Result<BoxStream<'static, Result<(Vec<u8>, Entry)>>> {
@@ -345,69 +358,57 @@ impl Job<'_> {
         Ok(entries.map_ok(|e| (e.path.clone(), e)).boxed())
     }
 
-    /// Runs one plan; yields the finished entry and whether its bytes were uploaded.
+    /// Runs one plan; yields the finished entry and whether its bytes were uploaded. A file
+    /// that cannot be read for lack of permission is recorded as unreadable (see
+    /// [`unreadable`]); every other failure fails the copy.
     fn execute(
         &self,
         plan: Plan,
         uploader: Arc<Uploader>,
     ) -> futures::future::BoxFuture<'_, Result<(Entry, bool)>> {
+        let (entry, reuse) = match plan {
+            Plan::Ready(entry) => return futures::future::ready(Ok((entry, false))).boxed(),
+            Plan::Stored(entry, content) => (entry, Reuse::IfStillStored(content)),
+            Plan::Store(entry) => (entry, Reuse::No),
+            Plan::Compare(entry, content) => (entry, Reuse::IfSameHash(content)),
+        };
+        async move {
+            let scanned = entry.clone();
+            unreadable(scanned, self.read_and_store(entry, reuse, uploader).await)
+        }
+        .boxed()
+    }
+
+    /// Reuses an object when `reuse` allows it, else reads and stores the file.
+    async fn read_and_store(
+        &self,
+        entry: Entry,
+        reuse: Reuse,
+        uploader: Arc<Uploader>,
+    ) -> Result<(Entry, bool)> {
         let resume = Resume {
             checkpoint: self.checkpoint,
             run: self.run,
         };
-        match plan {
-            Plan::Ready(entry) => futures::future::ready(Ok((entry, false))).boxed(),
-            Plan::Stored(entry, content) => async move {
+        let (path, key, object) = self.targets(&entry)?;
+        let entry = match reuse {
+            Reuse::IfStillStored(content) => {
                 if self.still_stored(&content, entry.size).await? {
-                    let entry = Entry {
-                        content: Some(content),
-                        ..entry
-                    };
-                    return Ok((entry, false));
+                    return Ok((with_content(entry, content), false));
                 }
-                let (path, key, object) = self.targets(&entry)?;
-                let stored = uploader.store_file(path, entry, key, object, resume);
-                Ok((stored.await?, true))
+                entry
             }
-            .boxed(),
-            Plan::Store(entry) => {
-                let targets = self.targets(&entry);
-                async move {
-                    let (path, key, object) = targets?;
-                    Ok((
-                        uploader
-                            .store_file(path, entry, key, object, resume)
-                            .await?,
-                        true,
-                    ))
+            Reuse::IfSameHash(content) => {
+                let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
+                if hash == content.blake3 {
+                    return Ok((with_content(entry, content), false));
                 }
-                .boxed()
+                entry
             }
-            Plan::Compare(entry, content) => {
-                let targets = self.targets(&entry);
-                async move {
-                    let (path, key, object) = targets?;
-                    let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
-                    if hash == content.blake3 {
-                        Ok((
-                            Entry {
-                                content: Some(content),
-                                ..entry
-                            },
-                            false,
-                        ))
-                    } else {
-                        Ok((
-                            uploader
-                                .store_file(path, entry, key, object, resume)
-                                .await?,
-                            true,
-                        ))
-                    }
-                }
-                .boxed()
-            }
-        }
+            Reuse::No => entry,
+        };
+        let stored = uploader.store_file(path, entry, key, object, resume);
+        Ok((stored.await?, true))
     }
 
     /// Durable before recorded: flushes the store, then records what it now holds.
@@ -459,6 +460,40 @@ impl Job<'_> {
             }) => Ok(true),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// When an object may stand for a file instead of reading it.
+enum Reuse {
+    No,
+    IfStillStored(Content),
+    IfSameHash(Content),
+}
+
+fn with_content(entry: Entry, content: Content) -> Entry {
+    Entry {
+        content: Some(content),
+        ..entry
+    }
+}
+
+/// A file that cannot be read for lack of permission becomes an entry without content that
+/// says why, so one unreadable file does not cost the rest of the volume; the snapshot then
+/// says it is incomplete (see [`Error::Incomplete`]). Other errors stay errors.
+fn unreadable(scanned: Entry, result: Result<(Entry, bool)>) -> Result<(Entry, bool)> {
+    match result {
+        Err(Error::Read { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(path = %path.display(), error = %source, "cannot read this file; it is recorded as unreadable");
+            let entry = Entry {
+                content: None,
+                unreadable: Some(source.to_string()),
+                ..scanned
+            };
+            Ok((entry, false))
+        }
+        other => other,
     }
 }
 
@@ -575,6 +610,8 @@ struct Sink {
     pending: Vec<StoredFile>,
     last_checkpoint: Instant,
     snapshot: SnapshotId,
+    /// Files that could not be read: path and reason.
+    unreadable: Vec<(String, String)>,
 }
 
 impl Sink {
@@ -594,6 +631,7 @@ impl Sink {
             pending: Vec::new(),
             last_checkpoint: Instant::now(),
             snapshot: job.run.snapshot.clone(),
+            unreadable: Vec::new(),
         };
         let header = manifest::encode_header(&Header {
             drainer_manifest: manifest::FORMAT_VERSION,
@@ -629,6 +667,10 @@ impl Sink {
         self.write(job, &line).await?;
         self.line = line;
         self.totals.add(&entry);
+        if let Some(reason) = &entry.unreadable {
+            let path = String::from_utf8_lossy(&entry.path).into_owned();
+            self.unreadable.push((path, reason.clone()));
+        }
         if entry.kind == EntryKind::File {
             job.progress.file_done(entry.size, uploaded);
         }
@@ -656,7 +698,12 @@ impl Sink {
         Some(std::mem::take(&mut self.pending))
     }
 
-    async fn finish(mut self, job: &Job<'_>, created: String) -> Result<SnapshotSummary> {
+    /// Completes the manifest and the snapshot; returns its summary and the unreadable files.
+    async fn finish(
+        mut self,
+        job: &Job<'_>,
+        created: String,
+    ) -> Result<(SnapshotSummary, Vec<(String, String)>)> {
         job.checkpoint(std::mem::take(&mut self.pending)).await?;
         let end = manifest::encode_end(&self.totals);
         self.write(job, &end).await?;
@@ -679,6 +726,7 @@ impl Sink {
             files: self.totals.files,
             bytes: self.totals.bytes,
             skipped: self.totals.skipped,
+            unreadable: self.totals.unreadable,
             uploaded_files: job
                 .progress
                 .files_uploaded
@@ -692,7 +740,7 @@ impl Sink {
         };
         catalog::commit(job.store, &job.layout, &summary).await?;
         job.checkpoint.finish(job.run, &summary).await?;
-        Ok(summary)
+        Ok((summary, self.unreadable))
     }
 }
 

@@ -128,6 +128,16 @@ pub enum Error {
         /// The bytes the object holds.
         actual: u64,
     },
+    /// The snapshot was stored, but some files could not be read (permission denied): they
+    /// are listed in its manifest without content. Not retried: the files must be made
+    /// readable first.
+    #[error("{}", incomplete_message(summary, unreadable))]
+    Incomplete {
+        /// What was stored.
+        summary: Box<CopySummary>,
+        /// Each unreadable file (path in the volume) and why.
+        unreadable: Vec<(String, String)>,
+    },
     /// The mover working for a drain did not finish in time.
     #[error("drain {drain}: {reason}")]
     Mover {
@@ -164,6 +174,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn incomplete_message(summary: &CopySummary, unreadable: &[(String, String)]) -> String {
+    let shown: Vec<String> = unreadable
+        .iter()
+        .take(5)
+        .map(|(path, reason)| format!("{path:?} ({reason})"))
+        .collect();
+    let more = unreadable.len().saturating_sub(shown.len());
+    format!(
+        "snapshot {} of {} is stored but incomplete: {} files could not be read and are listed in it without content: {}{}",
+        summary.snapshot.snapshot,
+        summary.snapshot.volume,
+        unreadable.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 impl Error {

@@ -55,6 +55,8 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     /// Special files the snapshot lists as skipped.
     pub skipped: u64,
+    /// Files the snapshot lists as unreadable at copy time (it has no content for them).
+    pub unreadable: u64,
 }
 
 /// Restores `selector` of `volume` into `dest`.
@@ -135,6 +137,7 @@ impl Target<'_> {
                 }
                 Written::Symlink => report.symlinks += 1,
                 Written::Skipped => report.skipped += 1,
+                Written::Unreadable => report.unreadable += 1,
             }
         }
         Ok(dirs)
@@ -231,6 +234,7 @@ enum Written {
     Dir(Entry),
     Symlink,
     Skipped,
+    Unreadable,
 }
 
 /// Creates directories and symlinks in manifest order, and clears the way for files.
@@ -249,6 +253,10 @@ fn prepare(dest: &Path, entry: Entry, force: bool, root_owner: bool) -> Result<P
             std::os::unix::fs::symlink(target, &path).map_err(|e| Error::write(&path, e))?;
             apply_metadata(&path, &entry, root_owner, true)?;
             Ok(Prepared::Done(Written::Symlink))
+        }
+        EntryKind::File if entry.content.is_none() => {
+            tracing::warn!(path = %path.display(), reason = ?entry.unreadable, "not restored: the file could not be read when the snapshot was taken");
+            Ok(Prepared::Done(Written::Unreadable))
         }
         EntryKind::File => {
             clear_non_dir(&path, force)?;

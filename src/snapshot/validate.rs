@@ -145,6 +145,7 @@ mod tests {
                 object: "snapshots/x/files/f".into(),
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t".to_vec()),
+            unreadable: None,
         }
     }
 

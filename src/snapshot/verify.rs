@@ -38,6 +38,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
+    /// Files the snapshot lists without content because they could not be read at copy
+    /// time (the snapshot is incomplete, and says so; not a fault of the store).
+    pub unreadable: Vec<Problem>,
 }
 
 /// Re-reads every object of the snapshot and checks it against the manifest.
@@ -67,20 +70,33 @@ pub async fn verify(
             return Ok(report);
         }
     };
-    let checks = manifest
-        .entries()?
-        .try_filter(|e| futures::future::ready(e.content.is_some()))
-        .map_ok(|entry| check_file(store, &layout, entry))
-        .try_buffered(concurrency);
-    futures::pin_mut!(checks);
-    while let Some((size, problem)) = checks.try_next().await? {
-        report.files += 1;
-        report.bytes += size;
-        if let Some(problem) = problem {
-            tracing::warn!(path = %problem.path, object = %problem.object, problem = %problem.problem, "verify");
-            report.problems.push(problem);
+    let mut unreadable = Vec::new();
+    {
+        let checks = manifest
+            .entries()?
+            .try_filter(|e| {
+                if let Some(reason) = &e.unreadable {
+                    unreadable.push(Problem {
+                        path: String::from_utf8_lossy(&e.path).into_owned(),
+                        object: String::new(),
+                        problem: format!("not in the snapshot: unreadable at copy time ({reason})"),
+                    });
+                }
+                futures::future::ready(e.content.is_some())
+            })
+            .map_ok(|entry| check_file(store, &layout, entry))
+            .try_buffered(concurrency);
+        futures::pin_mut!(checks);
+        while let Some((size, problem)) = checks.try_next().await? {
+            report.files += 1;
+            report.bytes += size;
+            if let Some(problem) = problem {
+                tracing::warn!(path = %problem.path, object = %problem.object, problem = %problem.problem, "verify");
+                report.problems.push(problem);
+            }
         }
     }
+    report.unreadable = unreadable;
     Ok(report)
 }
 

@@ -166,17 +166,48 @@ async fn unreadable_sources_and_read_only_stores_fail_with_the_path() {
         "{line}"
     );
 
+    // An unreadable file does not cost the rest of the volume, and is never dropped
+    // silently: the snapshot is stored with the file listed as unreadable (no content), the
+    // copy names it and exits 3.
     open(&store_dir, 0o777);
-    let line = fails(&mut as_nobody(&copy(&src, &store, &data)), 1).await;
+    let stderr = fails(&mut as_nobody(&copy(&src, &store, &data)), 3).await;
     assert!(
-        line.contains("cannot read") && line.contains("secret"),
-        "the path is in the message: {line}"
+        stderr.contains("could not be read") && stderr.contains("secret"),
+        "the path is in the message: {stderr}"
+    );
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(complete_snapshots(&store_dir), 1);
+    let manifest = walkdir::WalkDir::new(&store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "manifest.jsonl")
+        .unwrap();
+    let manifest = std::fs::read_to_string(manifest.path()).unwrap();
+    let secret = manifest.lines().find(|l| l.contains("\"secret\"")).unwrap();
+    assert!(
+        secret.contains("unreadable") && !secret.contains("blake3"),
+        "{secret}"
+    );
+    let verified = run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+    assert!(
+        verified.contains("NOT STORED secret") && verified.contains("INCOMPLETE"),
+        "{verified}"
     );
 
     open(&src, 0o700);
     let line = fails(&mut as_nobody(&copy(&src, &store, &data)), 1).await;
     assert!(line.contains("cannot be read"), "{line}");
-    assert_eq!(complete_snapshots(&store_dir), 0);
+    assert_eq!(
+        complete_snapshots(&store_dir),
+        1,
+        "no snapshot of an unreadable source"
+    );
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ fn summary(id: &SnapshotId) -> SnapshotSummary {
         files: 2,
         bytes: 84,
         skipped: 0,
+        unreadable: 0,
         uploaded_files: 2,
         uploaded_bytes: 84,
         manifest_blake3: String::new(),
