@@ -424,6 +424,7 @@ mod tests {
             files: 1,
             bytes: 7,
             skipped: 1,
+            unreadable: 2,
         };
         let line = encode_end(&totals);
         assert_eq!(
