@@ -108,6 +108,7 @@ impl DrainApi {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
         let response = request
             .bearer_auth(&self.token)
+            .header(crate::http::OWNER_HEADER, ledger::process_owner())
             .send()
             .await
             .map_err(|e| format!("cannot reach the drainer: {e}"))?;
@@ -211,6 +212,12 @@ impl Checkpoint for RemoteCheckpoint {
     async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()> {
         let wire: Vec<WireStoredFile> = files.iter().map(WireStoredFile::from).collect();
         self.post_run(run, "record", &wire, "record progress").await
+    }
+
+    /// A record of nothing renews the run's lease on the drainer.
+    async fn renew(&self, run: &Run) -> ledger::Result<()> {
+        let nothing: [WireStoredFile; 0] = [];
+        self.post_run(run, "record", &nothing, "renew run").await
     }
 
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {

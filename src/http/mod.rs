@@ -8,6 +8,7 @@
 
 mod api;
 mod mover;
+pub use mover::OWNER_HEADER;
 
 use crate::auth::{self, Authenticator, Caller, Denied};
 use crate::ledger::Ledger;
@@ -226,7 +227,12 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
-        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
+        match err {
+            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
+                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
+            }
+            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
+        }
     }
 }
 

@@ -20,6 +20,28 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The header in which a mover names itself as the owner of its copy run (see
+/// `ledger::runs`): a second mover of the same drain gets `409 run_busy` while the first holds
+/// the run. Movers that do not send it share the owner `mover-of-DRAIN`.
+pub const OWNER_HEADER: &str = "x-drainer-run-owner";
+
+/// The checkpoint of drain `id`'s copy by the mover that sent `headers`.
+fn mover_checkpoint(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+) -> crate::ledger::RunCheckpoint {
+    let owner = headers
+        .get(OWNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map_or_else(|| format!("mover-of-{id}"), str::to_owned);
+    state
+        .shared()
+        .ledger
+        .run_checkpoint(Some(owner), Some(id.to_owned()))
+}
+
 /// Largest body a mover sends (one part, or one batch of progress).
 const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
@@ -185,12 +207,12 @@ fn store_failure(e: crate::store::Error) -> Error {
 async fn begin(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<WireRun>, Error> {
     let volume = streaming(&state, &caller, &id).await?;
     let shared = state.shared();
-    let run = shared
-        .ledger
+    let run = mover_checkpoint(&state, &headers, &id)
         .begin(
             shared.store.url(),
             &volume,
@@ -239,6 +261,7 @@ async fn stored(
 async fn record(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Path((id, run)): Path<(String, String)>,
     Json(files): Json<Vec<WireStoredFile>>,
 ) -> Result<StatusCode, Error> {
@@ -258,7 +281,9 @@ async fn record(
             bad.content.object
         )));
     }
-    state.shared().ledger.record(&run, &files).await?;
+    mover_checkpoint(&state, &headers, &id)
+        .record(&run, &files)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -286,13 +311,16 @@ struct Interrupted {
 async fn interrupted(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Path((id, run)): Path<(String, String)>,
     Json(body): Json<Interrupted>,
 ) -> Result<StatusCode, Error> {
     let volume = streaming(&state, &caller, &id).await?;
     let run = running(&state, &volume, &run).await?;
     let error: String = body.error.chars().take(2000).collect();
-    state.shared().ledger.interrupted(&run, &error).await?;
+    mover_checkpoint(&state, &headers, &id)
+        .interrupted(&run, &error)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,7 +12,7 @@ mod intake;
 mod runs;
 
 pub use drains::{AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, Refused};
-pub use runs::RunRecord;
+pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -53,6 +53,30 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// Another live copy holds the volume's copy run.
+    #[error(
+        "volume {volume} is already being copied into {store} by {holder} (run {run}, its lease runs until {lease_until}): one copy of a volume at a time; run again when it has ended"
+    )]
+    RunBusy {
+        /// `namespace/pvc`.
+        volume: String,
+        /// The store URL.
+        store: String,
+        /// The run.
+        run: String,
+        /// Who holds it.
+        holder: String,
+        /// Until when (RFC 3339), unless renewed.
+        lease_until: String,
+    },
+    /// This copy no longer holds its run: its lease expired and another copy took it over.
+    #[error("copy run {run} was taken over by {holder} (this copy's lease had expired); stopping")]
+    RunLost {
+        /// The run.
+        run: String,
+        /// Who holds it now, if anyone.
+        holder: String,
+    },
     /// The data directory could not be created.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -72,6 +96,7 @@ impl Error {
             Error::Connect { source, .. } | Error::Query { source, .. } => {
                 is_transient_sqlx(source)
             }
+            Error::RunBusy { .. } | Error::RunLost { .. } => true,
             Error::Migrate(_) | Error::DataDir { .. } => false,
         }
     }
@@ -385,12 +410,17 @@ pub(crate) trait Dialect {
     /// Starts a transaction that will write. SQLite takes the write lock at once, so two
     /// writers wait for each other (busy timeout) instead of failing on a lock upgrade.
     const BEGIN_WRITE: &'static str;
+    /// Whether `SELECT … FOR UPDATE` is needed to lock a row read in a write transaction
+    /// (PostgreSQL); SQLite's write transaction already excludes every other writer.
+    const LOCKS_ROWS: bool;
 }
 
 impl Dialect for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCKS_ROWS: bool = false;
 }
 
 impl Dialect for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const LOCKS_ROWS: bool = true;
 }

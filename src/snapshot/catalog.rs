@@ -134,8 +134,9 @@ async fn read_pointer(store: &Store, layout: &VolumeLayout) -> Result<Pointer> {
 }
 
 /// The volume's latest complete snapshot: the one `latest` names, or, when that pointer is
-/// missing, damaged, or names a snapshot that is missing or damaged, the newest complete
-/// snapshot (with a warning). `None` when the volume has no complete snapshot.
+/// damaged or names a snapshot that is missing or damaged, the newest complete snapshot (with
+/// a warning). `None` when the volume has no `latest` pointer (no snapshot completed) or no
+/// complete snapshot.
 pub async fn latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotSummary>> {
     let layout = VolumeLayout::new(store.root(), volume);
     let why = match read_pointer(store, &layout).await? {
@@ -145,22 +146,31 @@ pub async fn latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotS
             None => format!("it names snapshot {id}, which is not complete"),
         },
         Pointer::Damaged(why) => format!("it is damaged: {why}"),
-        Pointer::Absent => String::new(),
+        Pointer::Absent => return Ok(None),
     };
-    let newest = list_snapshots(store, volume)
-        .await?
+    let listed = match list_snapshots(store, volume).await {
+        Ok(listed) => listed,
+        Err(Error::Store(crate::store::Error::Backend {
+            source: object_store::Error::NotSupported { .. },
+            ..
+        })) => {
+            // A store that cannot list (a mover's relay): start without a parent.
+            tracing::warn!(volume = %volume, "the latest pointer is not trusted ({why}); this store cannot be listed, so no earlier snapshot is used");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let newest = listed
         .into_iter()
         .rev()
         .find_map(|listed| listed.complete().cloned());
-    if let Some(summary) = &newest
-        && !why.is_empty()
-    {
+    if let Some(summary) = &newest {
         tracing::warn!(
             volume = %volume,
             snapshot = %summary.snapshot,
             "the latest pointer is not trusted ({why}); using the newest complete snapshot"
         );
-    } else if newest.is_none() && !why.is_empty() {
+    } else {
         tracing::warn!(volume = %volume, "the latest pointer is not trusted ({why}) and no complete snapshot is left");
     }
     Ok(newest)

@@ -112,6 +112,11 @@ pub trait Checkpoint: Send + Sync {
     fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>>;
     /// Records files stored (their objects are durable).
     async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()>;
+    /// Renews this copy's hold on `run` (a heartbeat while nothing else is recorded); fails
+    /// when another copy has taken the run over.
+    async fn renew(&self, _run: &Run) -> ledger::Result<()> {
+        Ok(())
+    }
     /// Marks the run finished: its snapshot is complete.
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()>;
     /// Notes why an attempt of the run stopped; the run stays resumable.
@@ -239,12 +244,32 @@ pub async fn copy(
         options,
         progress,
     };
-    let result = job.run().await;
+    let result = tokio::select! {
+        result = job.run() => result,
+        lost = heartbeat(checkpoint, &run) => Err(lost),
+    };
     counter.abort();
     if let Err(err) = &result {
         let _ = checkpoint.interrupted(&run, &err.to_string()).await;
     }
     result
+}
+
+/// How often a copy renews its hold on its run while it runs (the lease is longer; see
+/// `ledger::RUN_LEASE`), whether or not it has progress to record.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// Renews the run's lease until the copy ends; returns only when the run was lost to another
+/// copy. A renewal that fails for another reason (a busy database) is tried again later.
+async fn heartbeat(checkpoint: &dyn Checkpoint, run: &Run) -> Error {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match checkpoint.renew(run).await {
+            Ok(()) => {}
+            Err(e @ ledger::Error::RunLost { .. }) => return Error::Checkpoint(e),
+            Err(e) => tracing::warn!(run = %run.id, error = %e, "cannot renew the run's lease"),
+        }
+    }
 }
 
 /// Checks that `source` is a readable directory; returns its absolute path.

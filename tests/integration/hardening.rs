@@ -674,3 +674,174 @@ async fn a_full_store_disk_fails_the_copy_cleanly_and_it_resumes() {
     run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }
+
+/// A tree that takes a few seconds to copy.
+fn slow_tree(src: &Path) {
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                dir.join(format!("f{f:03}")),
+                crate::support::tree::bytes(d * 100 + f, 8192),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(src.join("large"), crate::support::tree::bytes(7, 96 << 20)).unwrap();
+}
+
+/// Waits until the ledger at `data` (or `database_url`) has a run of `VOLUME` with recorded
+/// files.
+async fn wait_recorded(ledger: &drainer::Ledger, child: &mut tokio::process::Child) {
+    let volume: drainer::VolumeId = VOLUME.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing recorded within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy ended too early"
+        );
+        if let Some(run) = ledger.runs(&volume).await.unwrap().into_iter().next()
+            && run.state == "running"
+            && ledger.recorded_files(&run.id).await.unwrap() > 0
+        {
+            return;
+        }
+    }
+}
+
+/// Two copies of one volume at once: the second fails at once naming the holder, and a
+/// holder killed with SIGKILL is taken over by the next copy without waiting for its lease.
+/// On SQLite and on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_copy_per_volume_and_a_killed_holder_is_taken_over_at_once() {
+    for postgres in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let (src, data) = (work.path().join("src"), work.path().join("data"));
+        slow_tree(&src);
+        let store = file_url(&work.path().join("store"));
+        let url = if postgres {
+            Some(crate::support::fresh_postgres_database().await)
+        } else {
+            None
+        };
+        let copy = || {
+            let mut cmd = copy_cmd(&src, &store, &data, VOLUME);
+            cmd.args(["--concurrency", "2"]);
+            if let Some(url) = &url {
+                cmd.args(["--database-url", url]);
+            }
+            cmd
+        };
+        let ledger = drainer::Ledger::open(url.as_deref(), &data).await.unwrap();
+        let mut first = copy().spawn().unwrap();
+        wait_recorded(&ledger, &mut first).await;
+        let stderr = fails(&mut copy(), 1).await;
+        let holder = format!(":{}:", first.id().unwrap());
+        assert!(
+            stderr.contains("already being copied") && stderr.contains(&holder),
+            "postgres={postgres}: the error names the holder {holder}: {stderr}"
+        );
+        first.start_kill().unwrap();
+        first.wait().await.unwrap();
+        let resumed = run_ok(&mut copy()).await;
+        assert!(
+            resumed.contains("resumed"),
+            "postgres={postgres}: {resumed}"
+        );
+        let dest = work.path().join("dest");
+        run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+        assert!(crate::support::tree::differences(&src, &dest).is_empty());
+    }
+}
+
+/// Two movers for one drain: the second gets a clear 409 while the first holds the run, and
+/// the drain's run is found by its drain id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_mover_of_a_drain_gets_a_conflict() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    while serve.drain(&id).await["state"] != "copying" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    let begin = |owner: &str| {
+        client
+            .post(format!("{}/v1/drains/{id}/run", serve.url))
+            .bearer_auth(crate::support::serve::TOKEN)
+            .header("x-drainer-run-owner", owner)
+            .send()
+    };
+    let first = begin("mover-a").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let again = begin("mover-a").await.unwrap();
+    assert_eq!(again.status(), 200, "the holder itself may begin again");
+    let second = begin("mover-b").await.unwrap();
+    assert_eq!(second.status(), 409);
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "run_busy", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mover-a"),
+        "{body}"
+    );
+    let run = ledger
+        .run_of_drain(&id)
+        .await
+        .unwrap()
+        .expect("the drain's run");
+    assert_eq!(run.drain.as_deref(), Some(id.as_str()));
+    assert_eq!(run.owner.as_deref(), Some("mover-a"));
+}
+
+/// `prune` while a copy of the same volume runs deletes nothing the live run has stored or
+/// refers to: the run completes and its snapshot verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_during_a_copy_keeps_what_the_live_run_needs() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    let store = file_url(&work.path().join("store"));
+    slow_tree(&src);
+    run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    std::fs::write(src.join("d00/f000"), b"changed once").unwrap();
+    run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    std::fs::write(src.join("d00/f000"), b"changed twice").unwrap();
+    std::fs::write(src.join("large"), crate::support::tree::bytes(8, 96 << 20)).unwrap();
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+    let mut live = copy_cmd(&src, &store, &data, VOLUME)
+        .args(["--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    wait_recorded(&ledger, &mut live).await;
+    run_ok(
+        drainer()
+            .arg("prune")
+            .arg(&store)
+            .args(["--volume", VOLUME, "--keep", "1"]),
+    )
+    .await;
+    let status = live.wait().await.unwrap();
+    assert!(status.success());
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    assert!(crate::support::tree::differences(&src, &dest).is_empty());
+}
