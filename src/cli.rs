@@ -7,7 +7,7 @@ use crate::config::{
     CopyArgs, EngineArgs, OutputFormat, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::ledger::Ledger;
-use crate::snapshot::{self, Progress, RestoreOptions};
+use crate::snapshot::{self, Listed, Progress, RestoreOptions};
 use crate::store::{Store, StoreOptions};
 use anyhow::bail;
 use std::sync::Arc;
@@ -50,8 +50,24 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     .await;
     done.cancel();
     let _ = reporter.await;
-    let summary = result?;
-    println!("{summary}");
+    match result {
+        Ok(summary) => println!("{summary}"),
+        Err(snapshot::Error::Incomplete {
+            summary,
+            unreadable,
+        }) => {
+            println!("{summary}");
+            for (path, reason) in &unreadable {
+                eprintln!("drainer: UNREADABLE {path:?}: {reason} (not in the snapshot)");
+            }
+            return Err(snapshot::Error::Incomplete {
+                summary,
+                unreadable,
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 
@@ -66,7 +82,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let summary =
         snapshot::restore(&store, &args.volume, &args.snapshot, &args.dest, &options).await?;
     println!(
-        "restored snapshot {} of {} into {}: {} files, {} bytes, {} dirs, {} symlinks, {} skipped, {:.2} s",
+        "restored snapshot {} of {} into {}: {} files, {} bytes, {} dirs, {} symlinks, {} skipped, {}{:.2} s",
         summary.snapshot,
         args.volume,
         args.dest.display(),
@@ -75,6 +91,14 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         summary.dirs,
         summary.symlinks,
         summary.skipped,
+        if summary.unreadable > 0 {
+            format!(
+                "{} UNREADABLE at copy time (not restored), ",
+                summary.unreadable
+            )
+        } else {
+            String::new()
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -98,11 +122,24 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
                 "{:<28} {:<40} {:>10} {:>14} {:>8}  COMPLETED",
                 "SNAPSHOT", "VOLUME", "FILES", "BYTES", "SKIPPED"
             );
-            for s in &all {
-                println!(
-                    "{:<28} {:<40} {:>10} {:>14} {:>8}  {}",
-                    s.snapshot, s.volume, s.files, s.bytes, s.skipped, s.completed
-                );
+            for listed in &all {
+                match listed {
+                    Listed::Complete(s) => println!(
+                        "{:<28} {:<40} {:>10} {:>14} {:>8}  {}",
+                        s.snapshot, s.volume, s.files, s.bytes, s.skipped, s.completed
+                    ),
+                    Listed::Damaged {
+                        snapshot,
+                        volume,
+                        damaged,
+                    } => println!(
+                        "{snapshot:<28} {volume:<40} {:>10} {:>14} {:>8}  DAMAGED: {}",
+                        "-",
+                        "-",
+                        "-",
+                        damaged.replace('\n', " ")
+                    ),
+                }
             }
         }
     }
@@ -136,13 +173,24 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     for p in &report.problems {
         println!("PROBLEM {}: {} ({})", p.path, p.problem, p.object);
     }
+    for p in &report.unreadable {
+        println!("NOT STORED {}: {}", p.path, p.problem);
+    }
     println!(
-        "verified snapshot {} of {}: {} files, {} bytes, {} problems",
+        "verified snapshot {} of {}: {} files, {} bytes, {} problems{}",
         report.snapshot,
         args.volume,
         report.files,
         report.bytes,
-        report.problems.len()
+        report.problems.len(),
+        if report.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; INCOMPLETE: {} files were unreadable at copy time and are not in it",
+                report.unreadable.len()
+            )
+        }
     );
     if !report.problems.is_empty() {
         bail!(

@@ -103,7 +103,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DRAINER_VOLUME_ROOT")]
     pub volume_root: Option<PathBuf>,
     /// Where snapshots are stored. Default: file://DATA_DIR/store.
-    #[arg(long, env = "DRAINER_STORE")]
+    #[arg(long, env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: Option<String>,
     /// File holding the API bearer token; created (mode 0600) if missing. Default: DATA_DIR/token.
     #[arg(long, env = "DRAINER_TOKEN_FILE")]
@@ -261,7 +261,7 @@ pub struct CopyArgs {
     #[arg(env = "DRAINER_SOURCE")]
     pub source: PathBuf,
     /// Where snapshots are stored: `file:///abs/dir`, `s3://bucket/prefix`, `gs://…`, `az://…`.
-    #[arg(env = "DRAINER_STORE")]
+    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
     /// The volume this directory holds, as NAMESPACE/PVC.
     #[arg(long, env = "DRAINER_VOLUME")]
@@ -281,7 +281,7 @@ pub struct CopyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
     /// Where snapshots are stored.
-    #[arg(env = "DRAINER_STORE")]
+    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
     /// The volume to restore, as NAMESPACE/PVC.
     #[arg(long, env = "DRAINER_VOLUME")]
@@ -312,7 +312,7 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Args)]
 pub struct SnapshotsArgs {
     /// Where snapshots are stored.
-    #[arg(env = "DRAINER_STORE")]
+    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
     /// Only this volume (NAMESPACE/PVC); every volume when absent.
     #[arg(long, env = "DRAINER_VOLUME")]
@@ -329,7 +329,7 @@ pub struct SnapshotsArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PruneArgs {
     /// Where snapshots are stored.
-    #[arg(env = "DRAINER_STORE")]
+    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
     /// The volume to prune, as NAMESPACE/PVC.
     #[arg(long, env = "DRAINER_VOLUME")]
@@ -346,7 +346,7 @@ pub struct PruneArgs {
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// Where snapshots are stored.
-    #[arg(env = "DRAINER_STORE")]
+    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
     /// The volume to verify, as NAMESPACE/PVC.
     #[arg(long, env = "DRAINER_VOLUME")]
@@ -368,6 +368,14 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 /// A part size in MiB: a power of two, so each part's hash can be computed on its own (see
 /// `snapshot::part_hash`), and at least 8 (S3's smallest part is 5 MiB).
+/// A `STORE_URL`, checked as [`crate::store::check_url`] does, so a URL that would be read
+/// as something else (`file:relative`, `file://`, a dropped query) is a usage error.
+fn parse_store_url(text: &str) -> Result<String, String> {
+    crate::store::check_url(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_part_size(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(mib) if (8..=512).contains(&mib) && mib.is_power_of_two() => Ok(mib),

@@ -33,6 +33,16 @@ pub use ledger::Ledger;
 pub use store::{Store, StoreOptions};
 pub use volume::VolumeId;
 
+/// The exit code of a command that failed: 3 when a copy stored its snapshot but some files
+/// could not be read (the snapshot lists them), 1 otherwise. (2, for malformed arguments,
+/// comes from the argument parser.)
+pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
+    match err.downcast_ref::<snapshot::Error>() {
+        Some(snapshot::Error::Incomplete { .. }) => std::process::ExitCode::from(3),
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
 /// Runs the command the configuration names.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {

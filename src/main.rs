@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("drainer: {}", drainer::one_line(&err));
-            ExitCode::FAILURE
+            drainer::exit_code(&err)
         }
     }
 }

@@ -88,14 +88,15 @@ impl Executor for ExternalMovers {
         _progress: Arc<Progress>,
     ) -> snapshot::Result<SnapshotSummary> {
         let volume = drain.volume();
-        let claimed = drain.updated_ms;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let done = self.ledger.runs(&volume).await?.into_iter().find(|r| {
-                r.store_url == self.store.url()
-                    && r.state == "completed"
-                    && r.finished_ms.is_some_and(|t| t >= claimed)
-            });
+            // The run the drain's mover began (the mover API records the drain on it): no
+            // comparison of clocks across replicas.
+            let done = self
+                .ledger
+                .run_of_drain(&drain.id)
+                .await?
+                .filter(|r| r.state == "completed" && r.store_url == self.store.url());
             if let Some(run) = done {
                 let id = run
                     .snapshot
@@ -104,12 +105,19 @@ impl Executor for ExternalMovers {
                         drain: drain.id.clone(),
                         reason,
                     })?;
-                return snapshot::resolve(
-                    &self.store,
-                    &volume,
-                    &snapshot::SnapshotSelector::Id(id),
-                )
-                .await;
+                let summary =
+                    snapshot::resolve(&self.store, &volume, &snapshot::SnapshotSelector::Id(id))
+                        .await?;
+                if summary.unreadable > 0 {
+                    return Err(snapshot::Error::Mover {
+                        drain: drain.id.clone(),
+                        reason: format!(
+                            "snapshot {} is stored but incomplete: {} files could not be read (listed in its manifest)",
+                            summary.snapshot, summary.unreadable
+                        ),
+                    });
+                }
+                return Ok(summary);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(snapshot::Error::Mover {

@@ -19,6 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+/// The `file://` URL of a local directory, with every character that a URL would read as
+/// something else (`?`, `#`, `%`, spaces) escaped.
+fn local_store_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    url::Url::from_file_path(dir)
+        .map(String::from)
+        .map_err(|()| anyhow::anyhow!("store directory {} is not absolute", dir.display()))
+}
+
 /// Runs the service until a shutdown signal, then stops within the grace period.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir =
@@ -34,7 +42,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store_url = args
         .store
         .clone()
-        .unwrap_or_else(|| format!("file://{}/store", data_dir.display()));
+        .map_or_else(|| local_store_url(&data_dir.join("store")), Ok)?;
     let store = Store::open(
         &store_url,
         &StoreOptions {

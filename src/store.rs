@@ -129,7 +129,7 @@ impl Store {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let parsed = check_url(url)?;
         let backend = |source| Error::Backend {
             url: url.to_owned(),
             source,
@@ -364,6 +364,63 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Checks a `STORE_URL` without opening anything, so that every URL that would be read as
+/// something other than what it says is refused before it is used: `file:relative` (read as
+/// `/relative`), `file://` and `file:///` (the filesystem root), `file://host/path` (a host
+/// this machine is not), a query or fragment (object_store ignores them), `s3://` without a
+/// bucket, and unknown schemes.
+pub fn check_url(url: &str) -> Result<url::Url> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(
+            "a query ('?') or fragment ('#') is not part of a store URL (escape them as %3F and %23 in a path)",
+        ));
+    }
+    match parsed.scheme() {
+        "file" => check_file_url(url, &parsed).map_err(|reason| invalid(&reason))?,
+        "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
+            if parsed.host_str().unwrap_or_default().is_empty() {
+                return Err(invalid(&format!(
+                    "a {}:// URL needs a bucket or container: {}://NAME/prefix",
+                    parsed.scheme(),
+                    parsed.scheme()
+                )));
+            }
+        }
+        other => {
+            return Err(invalid(&format!(
+                "unsupported scheme {other:?} (use file:///abs/dir, s3://, gs:// or az://)"
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+/// A local store is `file:///abs/dir` (or `file:/abs/dir`): no host, an absolute path, not `/`.
+fn check_file_url(text: &str, parsed: &url::Url) -> std::result::Result<(), String> {
+    let after_scheme = text.get("file:".len()..).unwrap_or_default();
+    let no_authority = after_scheme.starts_with('/') && !after_scheme.starts_with("//");
+    if !no_authority && !after_scheme.starts_with("///") {
+        return Err(match parsed.host_str() {
+            Some(host) if !host.is_empty() => format!(
+                "a file URL cannot name a host ({host:?}); use file:///abs/dir (three slashes)"
+            ),
+            _ => "a file URL needs an absolute path: file:///abs/dir (three slashes)".into(),
+        });
+    }
+    let dir = parsed
+        .to_file_path()
+        .map_err(|()| "a file URL needs an absolute path: file:///abs/dir".to_owned())?;
+    if dir.parent().is_none() {
+        return Err("a file URL must name a directory, not the filesystem root".into());
+    }
+    Ok(())
+}
+
 /// Makes writes durable in a store owned by another process.
 #[async_trait::async_trait]
 pub trait Barrier: Send + Sync {
@@ -390,7 +447,27 @@ fn open_local_dir(dir: &std::path::Path, create: bool) -> Result<()> {
             "not a directory",
         )));
     }
+    if create {
+        probe_local_dir(dir).map_err(io_error)?;
+    }
     Ok(())
+}
+
+/// Creates and removes a file in a local store directory with plain system calls. object_store's
+/// local backend answers "not found" on creating a file by creating the parent directories and
+/// trying again, forever, so a directory that exists but cannot hold files (`/proc`, `/sys`)
+/// would spin; this finds out first and fails with the reason.
+fn probe_local_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".drainer-probe-{:016x}", rand::random::<u64>()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"probe"));
+    let removed = std::fs::remove_file(&probe);
+    written
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create a file in it: {e}")))?;
+    removed
 }
 
 fn url_prefix(url: &url::Url) -> Result<Path> {
@@ -459,7 +536,15 @@ impl LocalParts {
     }
 }
 
+/// A local upload's error; a missing staging file is "not found", like an upload a remote
+/// store no longer has, so the engine starts the upload again.
 fn local_error(e: std::io::Error) -> object_store::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return object_store::Error::NotFound {
+            path: "LocalParts staging file".into(),
+            source: Box::new(e),
+        };
+    }
     object_store::Error::Generic {
         store: "LocalParts",
         source: Box::new(e),
@@ -541,5 +626,57 @@ impl MultipartStore for LocalParts {
             _ => Ok(()),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_that_would_mean_something_else_are_refused() {
+        for (url, says) in [
+            ("file:relative", "absolute path"),
+            ("file:", "absolute path"),
+            ("file://", "absolute path"),
+            ("file:///", "filesystem root"),
+            ("file://host/path", "cannot name a host"),
+            ("file:///tmp/x?versioned=1", "query"),
+            ("file:///tmp/x#frag", "fragment"),
+            ("s3://", "needs a bucket"),
+            ("s3:///prefix", "needs a bucket"),
+            ("gs://", "needs a bucket"),
+            ("az://", "needs a bucket"),
+            ("s3://bucket/p?x=1", "query"),
+            ("gopher://x/y", "unsupported scheme"),
+            ("ftp://example/x", "unsupported scheme"),
+            ("::not a url", "not valid"),
+            ("/abs/dir", "not valid"),
+        ] {
+            let err = check_url(url).expect_err(url).to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        for url in [
+            "file:///tmp/store",
+            "file:/tmp/store",
+            "file:///tmp/with%20space",
+            "s3://bucket",
+            "s3://bucket/prefix",
+            "gs://bucket/p",
+            "az://container/p",
+        ] {
+            assert!(check_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_local_store_that_cannot_hold_files_fails_at_once() {
+        let err = open_local_dir(std::path::Path::new("/proc"), true)
+            .expect_err("/proc holds no files")
+            .to_string();
+        assert!(
+            err.contains("/proc") && err.contains("cannot create a file"),
+            "{err}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 mod api;
 pub mod guard;
 mod mover;
+pub use mover::OWNER_HEADER;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::ledger::Ledger;
@@ -302,7 +303,12 @@ impl From<crate::ledger::Error> for Error {
                 )
             };
         }
-        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
+        match err {
+            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
+                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
+            }
+            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
+        }
     }
 }
 

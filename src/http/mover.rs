@@ -31,6 +31,28 @@ use object_store::{ObjectStoreExt, PutPayload};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// The header in which a mover names itself as the owner of its copy run (see
+/// `ledger::runs`): a second mover of the same drain gets `409 run_busy` while the first holds
+/// the run. Movers that do not send it share the owner `mover-of-DRAIN`.
+pub const OWNER_HEADER: &str = "x-drainer-run-owner";
+
+/// The checkpoint of drain `id`'s copy by the mover that sent `headers`.
+fn mover_checkpoint(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+) -> crate::ledger::RunCheckpoint {
+    let owner = headers
+        .get(OWNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map_or_else(|| format!("mover-of-{id}"), str::to_owned);
+    state
+        .shared()
+        .ledger
+        .run_checkpoint(Some(owner), Some(id.to_owned()))
+}
+
 /// Largest body a mover sends (one part, or one batch of progress).
 pub(super) const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
@@ -169,11 +191,11 @@ fn store_failure(e: crate::store::Error) -> Error {
 pub(super) async fn begin(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<WireRun>, Error> {
     let Streaming { drain: id, volume } = streaming.into_inner();
     let shared = state.shared();
-    let run = shared
-        .ledger
+    let run = mover_checkpoint(&state, &headers, &id)
         .begin(shared.store.url(), &volume, &SnapshotId::generate())
         .await?;
     tracing::info!(drain = %id, run = %run.id, resumed = run.resumed, "mover started");
@@ -215,10 +237,11 @@ pub(super) async fn stored(
 pub(super) async fn record(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
     Path((_, run)): Path<(String, String)>,
     Json(files): Json<Vec<WireStoredFile>>,
 ) -> Result<StatusCode, Error> {
-    let Streaming { volume, .. } = streaming.into_inner();
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let files: Vec<StoredFile> = files
         .into_iter()
@@ -234,7 +257,9 @@ pub(super) async fn record(
             bad.content.object
         )));
     }
-    state.shared().ledger.record(&run, &files).await?;
+    mover_checkpoint(&state, &headers, &id)
+        .record(&run, &files)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -281,22 +306,12 @@ async fn check_snapshot(
     summary: &SnapshotSummary,
 ) -> Result<(), Error> {
     let store = &state.shared().store;
-    let manifest = store
-        .get_bytes(&layout.manifest(snapshot))
-        .await
-        .map_err(|e| bad_snapshot(snapshot, format!("its manifest cannot be read: {e}")))?;
-    let hash = blake3::hash(&manifest).to_hex().to_string();
-    if hash != summary.manifest_blake3 || manifest.len() as u64 != summary.manifest_size {
-        return Err(bad_snapshot(
-            snapshot,
-            "the manifest is not the one the summary hashes",
-        ));
-    }
-    let stored = stored_objects(state, layout, snapshot).await?;
-    let parent = parent_objects(state, layout, summary).await?;
-    let mut entries = crate::snapshot::catalog::read_manifest(store, layout, snapshot)
+    let manifest = crate::snapshot::catalog::CheckedManifest::open(store, layout, summary)
         .await
         .map_err(|e| bad_snapshot(snapshot, e))?;
+    let stored = stored_objects(state, layout, snapshot).await?;
+    let parent = parent_objects(state, layout, summary).await?;
+    let mut entries = manifest.entries().map_err(|e| bad_snapshot(snapshot, e))?;
     let (mut count, mut files, mut bytes) = (0_u64, 0_u64, 0_u64);
     while let Some(entry) = entries
         .try_next()
@@ -374,14 +389,18 @@ async fn parent_objects(
     let id: SnapshotId = parent
         .parse()
         .map_err(|e: String| Error::invalid(format!("parent: {e}")))?;
-    let complete = crate::snapshot::catalog::read_summary(store, layout, &id).await;
-    if !matches!(complete, Ok(Some(_))) {
-        return Err(Error::invalid(format!(
-            "parent snapshot {parent} is not complete"
-        )));
-    }
-    let entries = crate::snapshot::catalog::read_manifest(store, layout, &id).await?;
-    Ok(entries
+    let volume: VolumeId = summary
+        .volume
+        .parse()
+        .map_err(|e: crate::volume::InvalidName| Error::invalid(e.to_string()))?;
+    let selector = crate::snapshot::SnapshotSelector::Id(id);
+    let complete = crate::snapshot::resolve(store, &volume, &selector)
+        .await
+        .map_err(|e| Error::invalid(format!("parent snapshot {parent}: {e}")))?;
+    let manifest =
+        crate::snapshot::catalog::CheckedManifest::open(store, layout, &complete).await?;
+    Ok(manifest
+        .entries()?
         .try_filter_map(|e| async move { Ok(e.content.map(|c| c.object)) })
         .try_collect()
         .await?)
@@ -390,13 +409,16 @@ async fn parent_objects(
 pub(super) async fn interrupted(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
     Path((_, run)): Path<(String, String)>,
     Json(body): Json<Interrupted>,
 ) -> Result<StatusCode, Error> {
-    let Streaming { volume, .. } = streaming.into_inner();
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let error: String = body.error.chars().take(2000).collect();
-    state.shared().ledger.interrupted(&run, &error).await?;
+    mover_checkpoint(&state, &headers, &id)
+        .interrupted(&run, &error)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

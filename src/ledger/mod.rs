@@ -17,7 +17,7 @@ pub use drains::{
     Writer,
 };
 pub use relay::{RelayPart, RelayRecord};
-pub use runs::RunRecord;
+pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -59,6 +59,30 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// Another live copy holds the volume's copy run.
+    #[error(
+        "volume {volume} is already being copied into {store} by {holder} (run {run}, its lease runs until {lease_until}): one copy of a volume at a time; run again when it has ended"
+    )]
+    RunBusy {
+        /// `namespace/pvc`.
+        volume: String,
+        /// The store URL.
+        store: String,
+        /// The run.
+        run: String,
+        /// Who holds it.
+        holder: String,
+        /// Until when (RFC 3339), unless renewed.
+        lease_until: String,
+    },
+    /// This copy no longer holds its run: its lease expired and another copy took it over.
+    #[error("copy run {run} was taken over by {holder} (this copy's lease had expired); stopping")]
+    RunLost {
+        /// The run.
+        run: String,
+        /// Who holds it now, if anyone.
+        holder: String,
+    },
     /// The data directory could not be created.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -78,6 +102,7 @@ impl Error {
             Error::Connect { source, .. } | Error::Query { source, .. } => {
                 is_transient_sqlx(source) || is_full_sqlx(source)
             }
+            Error::RunBusy { .. } | Error::RunLost { .. } => true,
             Error::Migrate(_) | Error::DataDir { .. } => false,
         }
     }
@@ -86,6 +111,7 @@ impl Error {
     pub fn is_full(&self) -> bool {
         match self {
             Error::Connect { source, .. } | Error::Query { source, .. } => is_full_sqlx(source),
+            Error::RunBusy { .. } | Error::RunLost { .. } => false,
             Error::Migrate(_) | Error::DataDir { .. } => false,
         }
     }
@@ -512,12 +538,17 @@ pub(crate) trait Dialect {
     /// Starts a transaction that will write. SQLite takes the write lock at once, so two
     /// writers wait for each other (busy timeout) instead of failing on a lock upgrade.
     const BEGIN_WRITE: &'static str;
+    /// Whether `SELECT … FOR UPDATE` is needed to lock a row read in a write transaction
+    /// (PostgreSQL); SQLite's write transaction already excludes every other writer.
+    const LOCKS_ROWS: bool;
 }
 
 impl Dialect for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCKS_ROWS: bool = false;
 }
 
 impl Dialect for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const LOCKS_ROWS: bool = true;
 }

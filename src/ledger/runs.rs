@@ -4,6 +4,15 @@
 //! has durably stored, keyed so that byte order is manifest path order (the copy merges them
 //! as a stream). Completing a run deletes its file rows: from then on the manifest is the
 //! record.
+//!
+//! One live copy per volume and store: a run has an owner (the copying process,
+//! `HOST:PID:RANDOM`, or a mover's own id) and a lease ([`RUN_LEASE`]) that the owner renews
+//! with every checkpoint and a heartbeat. A second copy finds the run held and gets
+//! [`Error::RunBusy`] naming the holder (a 409 through the mover API); it takes the run over
+//! once the lease has passed, or at once when the holder is a process of this host that no
+//! longer exists (a killed copy is resumed by the next one without waiting). A copy whose run
+//! was taken over gets [`Error::RunLost`] at its next checkpoint and stops. A run also records
+//! the drain it copies for, so callers find "the run of drain D" without comparing clocks.
 
 use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
 use crate::snapshot::manifest::Content;
@@ -14,6 +23,38 @@ use crate::snapshot::{
 use crate::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use sqlx::Row;
+
+/// Renews `owner`'s lease on `run` inside the write transaction `tx` (an expression of type
+/// `sqlx::Transaction`); [`Error::RunLost`] when another copy holds the run now.
+macro_rules! renew_in {
+    ($tx:expr, $run:expr, $owner:expr) => {{
+        const RENEW: &str = "UPDATE copy_runs SET updated_at = $2, lease_until = $3 \
+                             WHERE id = $1 AND state = 'running' AND (owner = $4 OR owner IS NULL)";
+        let now = now_ms();
+        let renewed = sqlx::query(RENEW)
+            .bind($run.id.as_str())
+            .bind(now)
+            .bind(now + RUN_LEASE.as_millis() as i64)
+            .bind($owner)
+            .execute(&mut *$tx)
+            .await
+            .map_err(query_error("renew run"))?;
+        if renewed.rows_affected() == 0 {
+            let holder: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT owner FROM copy_runs WHERE id = $1")
+                    .bind($run.id.as_str())
+                    .fetch_optional(&mut *$tx)
+                    .await
+                    .map_err(query_error("renew run"))?;
+            return Err(Error::RunLost {
+                run: $run.id.clone(),
+                holder: holder
+                    .and_then(|(h,)| h)
+                    .unwrap_or_else(|| "nobody (the run ended)".into()),
+            });
+        }
+    }};
+}
 
 /// A copy run as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +75,114 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// When the run completed (ms since the epoch).
     pub finished_ms: Option<i64>,
+    /// The drain the run copies for (none for command-line copies).
+    pub drain: Option<String>,
+    /// Who holds the run while it is running (none once released).
+    pub owner: Option<String>,
+}
+
+/// How long a copy run's lease lasts without being renewed.
+pub const RUN_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This process's name as a run owner: `HOST:PID:RANDOM`.
+pub fn process_owner() -> String {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            format!(
+                "{}:{}:{:08x}",
+                this_host(),
+                std::process::id(),
+                rand::random::<u32>()
+            )
+        })
+        .clone()
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// Whether `owner` names a process of this host that no longer exists (so its run can be
+/// taken over at once). Owners of other hosts, or whose process is alive, are not.
+fn holder_gone(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (_, pid, host) = (parts.next(), parts.next(), parts.next());
+    let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    host == Some(this_host().as_str())
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A ledger as the checkpoint of one copier: its owner name and the drain it copies for.
+#[derive(Debug, Clone)]
+pub struct RunCheckpoint {
+    ledger: Ledger,
+    owner: String,
+    drain: Option<String>,
+}
+
+impl Ledger {
+    /// The checkpoint of a copy by `owner` (this process when `None`) for `drain`, if any.
+    pub fn run_checkpoint(&self, owner: Option<String>, drain: Option<String>) -> RunCheckpoint {
+        RunCheckpoint {
+            ledger: self.clone(),
+            owner: owner.unwrap_or_else(process_owner),
+            drain,
+        }
+    }
+
+    /// The newest copy run of drain `drain`, if one has begun.
+    pub async fn run_of_drain(&self, drain: &str) -> Result<Option<RunRecord>> {
+        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error, finished_at, drain_id, owner \
+                           FROM copy_runs WHERE drain_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1";
+        on_pool!(self, |pool, DB| {
+            let row = sqlx::query(SQL)
+                .bind(drain)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("find run of drain"))?;
+            row.as_ref()
+                .map(run_record)
+                .transpose()
+                .map_err(query_error("read run of drain"))
+        })
+    }
+
+    /// The snapshot drain `drain`'s copy run completed, if it has.
+    pub async fn completed_snapshot_of_drain(&self, drain: &str) -> Result<Option<String>> {
+        Ok(self
+            .run_of_drain(drain)
+            .await?
+            .filter(|r| r.state == "completed")
+            .map(|r| r.snapshot))
+    }
+}
+
+fn run_record<R: Row>(r: &R) -> Result<RunRecord, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'d> String: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    for<'d> Option<String>: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    for<'d> i64: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    for<'d> Option<i64>: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(RunRecord {
+        id: r.try_get("id")?,
+        store_url: r.try_get("store_url")?,
+        volume: r.try_get("volume")?,
+        snapshot: r.try_get("snapshot_id")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        last_error: r.try_get("last_error")?,
+        finished_ms: r.try_get("finished_at")?,
+        drain: r.try_get("drain_id")?,
+        owner: r.try_get("owner")?,
+    })
 }
 
 fn sort_key(path: &[u8]) -> Vec<u8> {
@@ -52,7 +201,7 @@ fn path_of(sort_key: &[u8]) -> Vec<u8> {
 impl Ledger {
     /// Every run of `volume`, newest first.
     pub async fn runs(&self, volume: &VolumeId) -> Result<Vec<RunRecord>> {
-        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error, finished_at \
+        const SQL: &str = "SELECT id, store_url, volume, snapshot_id, state, attempts, last_error, finished_at, drain_id, owner \
                            FROM copy_runs WHERE volume = $1 ORDER BY started_at DESC, id DESC";
         on_pool!(self, |pool, DB| {
             let rows = sqlx::query(SQL)
@@ -61,18 +210,7 @@ impl Ledger {
                 .await
                 .map_err(query_error("list runs"))?;
             rows.iter()
-                .map(|r| {
-                    Ok(RunRecord {
-                        id: r.try_get("id")?,
-                        store_url: r.try_get("store_url")?,
-                        volume: r.try_get("volume")?,
-                        snapshot: r.try_get("snapshot_id")?,
-                        state: r.try_get("state")?,
-                        attempts: r.try_get("attempts")?,
-                        last_error: r.try_get("last_error")?,
-                        finished_ms: r.try_get("finished_at")?,
-                    })
-                })
+                .map(run_record)
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(query_error("read runs"))
         })
@@ -104,14 +242,130 @@ impl Ledger {
 }
 
 #[async_trait::async_trait]
-impl Checkpoint for Ledger {
+impl Checkpoint for RunCheckpoint {
     async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
-        let (store, volume, fresh) = (store.to_owned(), volume.clone(), fresh.clone());
-        self.write_redoable(move |l| async move { l.begin_tx(&store, &volume, &fresh).await })
+        let claim = Claim {
+            store: store.to_owned(),
+            volume: volume.clone(),
+            fresh: fresh.clone(),
+            owner: self.owner.clone(),
+            drain: self.drain.clone(),
+        };
+        self.ledger
+            .write_redoable(move |l| async move { l.begin_tx(&claim).await })
             .await
     }
 
     fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
+        self.ledger.stored(run)
+    }
+
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+        let (run, files, owner) = (run.clone(), files.to_vec(), self.owner.clone());
+        self.ledger
+            .write_redoable(move |l| async move { l.record_tx(&run, &files, &owner).await })
+            .await
+    }
+
+    async fn renew(&self, run: &Run) -> Result<()> {
+        let (run, owner) = (run.clone(), self.owner.clone());
+        self.ledger
+            .write_redoable(move |l| async move { l.renew_tx(&run, &owner).await })
+            .await
+    }
+
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+        let (run, summary) = (run.clone(), summary.clone());
+        self.ledger
+            .write(move |l| async move { l.finish_tx(&run, &summary).await })
+            .await
+    }
+
+    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+        self.ledger.load_partial(run, path).await
+    }
+
+    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
+        let (run, upload) = (run.clone(), upload.clone());
+        self.ledger
+            .write_redoable(move |l| async move { l.save_partial(&run, &upload).await })
+            .await
+    }
+
+    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+        let (run, path) = (run.clone(), path.to_vec());
+        self.ledger
+            .write_redoable(move |l| async move { l.drop_partial(&run, &path).await })
+            .await
+    }
+
+    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
+        let (run, error, owner) = (run.clone(), error.to_owned(), self.owner.clone());
+        self.ledger
+            .write_redoable(move |l| async move { l.interrupted_tx(&run, &error, &owner).await })
+            .await
+    }
+}
+
+/// The ledger itself checkpoints copies made by this process for no drain.
+#[async_trait::async_trait]
+impl Checkpoint for Ledger {
+    async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
+        self.run_checkpoint(None, None)
+            .begin(store, volume, fresh)
+            .await
+    }
+
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
+        self.stored(run)
+    }
+
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+        self.run_checkpoint(None, None).record(run, files).await
+    }
+
+    async fn renew(&self, run: &Run) -> Result<()> {
+        self.run_checkpoint(None, None).renew(run).await
+    }
+
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+        self.run_checkpoint(None, None).finish(run, summary).await
+    }
+
+    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+        self.load_partial(run, path).await
+    }
+
+    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
+        self.run_checkpoint(None, None)
+            .record_partial(run, upload)
+            .await
+    }
+
+    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+        self.run_checkpoint(None, None)
+            .forget_partial(run, path)
+            .await
+    }
+
+    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
+        self.run_checkpoint(None, None)
+            .interrupted(run, error)
+            .await
+    }
+}
+
+/// What a copy asks for when it begins.
+struct Claim {
+    store: String,
+    volume: VolumeId,
+    fresh: SnapshotId,
+    owner: String,
+    drain: Option<String>,
+}
+
+impl Ledger {
+    fn stored<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
         const SQL: &str = "SELECT sort_key, size, mtime_ns, ctime_ns, ino, blake3, object \
                            FROM copy_files WHERE run_id = $1 ORDER BY sort_key";
         on_pool!(self, |pool, DB| sqlx::query(SQL)
@@ -143,40 +397,6 @@ impl Checkpoint for Ledger {
                 })
             })
             .boxed())
-    }
-
-    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
-        let (run, files) = (run.clone(), files.to_vec());
-        self.write_redoable(move |l| async move { l.record_tx(&run, &files).await })
-            .await
-    }
-
-    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
-        let (run, summary) = (run.clone(), summary.clone());
-        self.write(move |l| async move { l.finish_tx(&run, &summary).await })
-            .await
-    }
-
-    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
-        self.load_partial(run, path).await
-    }
-
-    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
-        let (run, upload) = (run.clone(), upload.clone());
-        self.write_redoable(move |l| async move { l.save_partial(&run, &upload).await })
-            .await
-    }
-
-    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
-        let (run, path) = (run.clone(), path.to_vec());
-        self.write_redoable(move |l| async move { l.drop_partial(&run, &path).await })
-            .await
-    }
-
-    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
-        let (run, error) = (run.clone(), error.to_owned());
-        self.write_redoable(move |l| async move { l.interrupted_tx(&run, &error).await })
-            .await
     }
 }
 
@@ -275,30 +495,54 @@ impl Ledger {
 
 /// Transactions run through [`Ledger::write`].
 impl Ledger {
-    async fn begin_tx(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
-        const FIND: &str = "SELECT id, snapshot_id FROM copy_runs \
+    async fn begin_tx(&self, claim: &Claim) -> Result<Run> {
+        const FIND: &str = "SELECT id, snapshot_id, owner, lease_until FROM copy_runs \
                             WHERE store_url = $1 AND volume = $2 AND state = 'running'";
-        const RESUME: &str =
-            "UPDATE copy_runs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1";
-        const START: &str = "INSERT INTO copy_runs (id, store_url, volume, snapshot_id, state, started_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, 'running', $5, $5)";
+        const FIND_LOCKED: &str = "SELECT id, snapshot_id, owner, lease_until FROM copy_runs \
+                            WHERE store_url = $1 AND volume = $2 AND state = 'running' FOR UPDATE";
+        const TAKE: &str = "UPDATE copy_runs SET attempts = attempts + 1, updated_at = $2, owner = $3, \
+                            lease_until = $4, drain_id = COALESCE($5, drain_id) WHERE id = $1";
+        const START: &str = "INSERT INTO copy_runs (id, store_url, volume, snapshot_id, state, started_at, updated_at, owner, lease_until, drain_id) \
+                             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6, $7, $8)";
         let now = now_ms();
+        let lease_until = now + RUN_LEASE.as_millis() as i64;
+        let volume = claim.volume.to_string();
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("begin run"))?;
-            let found: Option<(String, String)> = sqlx::query_as(FIND)
-                .bind(store)
-                .bind(volume.to_string())
+            let find = if <DB as super::Dialect>::LOCKS_ROWS {
+                FIND_LOCKED
+            } else {
+                FIND
+            };
+            let found: Option<(String, String, Option<String>, Option<i64>)> = sqlx::query_as(find)
+                .bind(&claim.store)
+                .bind(&volume)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(query_error("find run"))?;
             let run = match found {
-                Some((id, snapshot)) => {
-                    sqlx::query(RESUME)
+                Some((id, snapshot, holder, until)) => {
+                    if let Some(holder) = holder.filter(|h| *h != claim.owner)
+                        && until.is_some_and(|t| t > now)
+                        && !holder_gone(&holder)
+                    {
+                        return Err(Error::RunBusy {
+                            volume,
+                            store: claim.store.clone(),
+                            run: id,
+                            holder,
+                            lease_until: rfc3339(until.unwrap_or_default()),
+                        });
+                    }
+                    sqlx::query(TAKE)
                         .bind(&id)
                         .bind(now)
+                        .bind(&claim.owner)
+                        .bind(lease_until)
+                        .bind(claim.drain.as_deref())
                         .execute(&mut *tx)
                         .await
                         .map_err(query_error("resume run"))?;
@@ -313,19 +557,22 @@ impl Ledger {
                     }
                 }
                 None => {
-                    let id = format!("run-{}", fresh);
+                    let id = format!("run-{}", claim.fresh);
                     sqlx::query(START)
                         .bind(&id)
-                        .bind(store)
-                        .bind(volume.to_string())
-                        .bind(fresh.as_str())
+                        .bind(&claim.store)
+                        .bind(&volume)
+                        .bind(claim.fresh.as_str())
                         .bind(now)
+                        .bind(&claim.owner)
+                        .bind(lease_until)
+                        .bind(claim.drain.as_deref())
                         .execute(&mut *tx)
                         .await
-                        .map_err(query_error("start run"))?;
+                        .map_err(|e| started_elsewhere(e, claim, &id))?;
                     Run {
                         id,
-                        snapshot: fresh.clone(),
+                        snapshot: claim.fresh.clone(),
                         resumed: false,
                     }
                 }
@@ -335,7 +582,18 @@ impl Ledger {
         })
     }
 
-    async fn record_tx(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+    async fn renew_tx(&self, run: &Run, owner: &str) -> Result<()> {
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool
+                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
+                .await
+                .map_err(query_error("renew run"))?;
+            renew_in!(tx, run, owner);
+            tx.commit().await.map_err(query_error("renew run"))
+        })
+    }
+
+    async fn record_tx(&self, run: &Run, files: &[StoredFile], owner: &str) -> Result<()> {
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
@@ -366,20 +624,15 @@ impl Ledger {
                     .await
                     .map_err(query_error("record progress"))?;
             }
-            sqlx::query("UPDATE copy_runs SET updated_at = $2 WHERE id = $1")
-                .bind(run.id.as_str())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("record progress"))?;
+            renew_in!(tx, run, owner);
             tx.commit().await.map_err(query_error("record progress"))
         })
     }
 
     async fn finish_tx(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
         const DONE: &str = "UPDATE copy_runs SET state = 'completed', finished_at = $2, updated_at = $2, \
-                            files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL \
-                            WHERE id = $1";
+                            files = $3, bytes = $4, uploaded_files = $5, uploaded_bytes = $6, last_error = NULL, \
+                            owner = NULL, lease_until = NULL WHERE id = $1";
         const FORGET: &str = "DELETE FROM copy_files WHERE run_id = $1";
         const FORGET_UPLOADS: &str = "DELETE FROM copy_uploads WHERE run_id = $1";
         on_pool!(self, |pool, DB| {
@@ -408,15 +661,42 @@ impl Ledger {
         })
     }
 
-    async fn interrupted_tx(&self, run: &Run, error: &str) -> Result<()> {
-        const SQL: &str = "UPDATE copy_runs SET last_error = $2, updated_at = $3 WHERE id = $1";
+    /// Notes why an attempt stopped, and releases the run if this copy holds it, so the next
+    /// copy resumes it at once.
+    async fn interrupted_tx(&self, run: &Run, error: &str, owner: &str) -> Result<()> {
+        const SQL: &str = "UPDATE copy_runs SET last_error = $2, updated_at = $3, \
+                           lease_until = CASE WHEN owner = $4 THEN NULL ELSE lease_until END, \
+                           owner = CASE WHEN owner = $4 THEN NULL ELSE owner END WHERE id = $1";
         on_pool!(self, |pool, DB| sqlx::query(SQL)
             .bind(run.id.as_str())
             .bind(error)
             .bind(now_ms())
+            .bind(owner)
             .execute(pool)
             .await
             .map(drop)
             .map_err(query_error("note error")))
     }
+}
+
+/// A run that another copy inserted between our look and our insert (PostgreSQL: both saw
+/// none): busy, not a failure of the ledger.
+fn started_elsewhere(e: sqlx::Error, claim: &Claim, id: &str) -> Error {
+    let unique = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
+    if unique {
+        return Error::RunBusy {
+            volume: claim.volume.to_string(),
+            store: claim.store.clone(),
+            run: id.to_owned(),
+            holder: "another copy that began at the same moment".into(),
+            lease_until: rfc3339(now_ms() + RUN_LEASE.as_millis() as i64),
+        };
+    }
+    query_error("start run")(e)
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| ms.to_string())
 }

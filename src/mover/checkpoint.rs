@@ -98,6 +98,12 @@ impl Checkpoint for RemoteCheckpoint {
         self.post_run(run, "record", &wire, "record progress").await
     }
 
+    /// A record of nothing renews the run's lease on the drainer.
+    async fn renew(&self, run: &Run) -> ledger::Result<()> {
+        let nothing: [WireStoredFile; 0] = [];
+        self.post_run(run, "record", &nothing, "renew run").await
+    }
+
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {
         self.post_run(run, "finish", summary, "finish run").await
     }

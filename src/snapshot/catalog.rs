@@ -4,12 +4,22 @@
 //! A snapshot is complete when its `snapshot.json` summary exists; `latest` is written after
 //! that. Pruning deletes a snapshot's manifest and the objects no kept snapshot refers to, and
 //! its summary last, so an interrupted prune never leaves a listed snapshot that lies.
+//!
+//! Damage is contained to what is damaged. A `snapshot.json` that cannot be read as the summary
+//! of that snapshot of that volume is listed as [`Listed::Damaged`] with the reason, beside the
+//! others. A `latest` pointer that is damaged, or names a snapshot that is missing or damaged,
+//! is not trusted: `latest` then means the newest complete snapshot, and a warning says so
+//! (the next completed copy writes the pointer again). Naming a damaged snapshot by its id is
+//! an error that says why. Pruning never deletes a damaged snapshot, and keeps every object its
+//! manifest (if readable) refers to.
 
 use super::layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 use super::manifest::{self, Entry, Line};
+use super::validate::Validator;
 use super::{Error, Result};
 use crate::store::Store;
 use crate::volume::VolumeId;
+use futures::FutureExt;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
@@ -38,6 +48,10 @@ pub struct SnapshotSummary {
     pub bytes: u64,
     /// Special files recorded but not copied.
     pub skipped: u64,
+    /// Regular files that could not be read (permission denied): listed in the manifest
+    /// without content. A snapshot with any is incomplete, and says so.
+    #[serde(default)]
+    pub unreadable: u64,
     /// Files whose bytes this snapshot uploaded (the rest refer to earlier objects).
     pub uploaded_files: u64,
     /// Bytes this snapshot uploaded.
@@ -53,6 +67,49 @@ struct Latest {
     snapshot: String,
 }
 
+/// One snapshot as a listing shows it: complete, or damaged with the reason. As JSON, a
+/// complete snapshot is its summary; a damaged one is `{"snapshot", "volume", "damaged"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    /// A complete snapshot.
+    Complete(SnapshotSummary),
+    /// A snapshot whose summary cannot be trusted.
+    Damaged {
+        /// The snapshot id (from its key).
+        snapshot: String,
+        /// `namespace/pvc`.
+        volume: String,
+        /// What is wrong with it.
+        damaged: String,
+    },
+}
+
+impl Listed {
+    /// The snapshot id.
+    pub fn snapshot(&self) -> &str {
+        match self {
+            Listed::Complete(s) => &s.snapshot,
+            Listed::Damaged { snapshot, .. } => snapshot,
+        }
+    }
+
+    /// The summary, if the snapshot is complete.
+    pub fn complete(&self) -> Option<&SnapshotSummary> {
+        match self {
+            Listed::Complete(s) => Some(s),
+            Listed::Damaged { .. } => None,
+        }
+    }
+}
+
+/// What the `latest` pointer says, read without trusting it.
+enum Pointer {
+    Absent,
+    Names(SnapshotId),
+    Damaged(String),
+}
+
 fn manifest_error(key: &Key, reason: impl ToString) -> Error {
     Error::Manifest {
         key: key.to_string(),
@@ -60,41 +117,102 @@ fn manifest_error(key: &Key, reason: impl ToString) -> Error {
     }
 }
 
-/// The snapshot the volume's `latest` pointer names, if any.
-pub async fn read_latest(store: &Store, layout: &VolumeLayout) -> Result<Option<SnapshotId>> {
+async fn read_pointer(store: &Store, layout: &VolumeLayout) -> Result<Pointer> {
     let key = layout.latest();
-    match store.get_bytes(&key).await {
-        Ok(bytes) => {
-            let latest: Latest =
-                serde_json::from_slice(&bytes).map_err(|e| manifest_error(&key, e))?;
-            latest
-                .snapshot
-                .parse()
-                .map(Some)
-                .map_err(|e| manifest_error(&key, e))
-        }
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let bytes = match store.get_bytes(&key).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(Pointer::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let named = serde_json::from_slice::<Latest>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|latest| latest.snapshot.parse::<SnapshotId>());
+    Ok(match named {
+        Ok(id) => Pointer::Names(id),
+        Err(reason) => Pointer::Damaged(format!("{key}: {reason}")),
+    })
 }
 
-/// Reads the summary of snapshot `id`; `None` when it does not exist or is not complete.
-pub async fn read_summary(
+/// The volume's latest complete snapshot: the one `latest` names, or, when that pointer is
+/// damaged or names a snapshot that is missing or damaged, the newest complete snapshot (with
+/// a warning). `None` when the volume has no `latest` pointer (no snapshot completed) or no
+/// complete snapshot.
+pub async fn latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotSummary>> {
+    let layout = VolumeLayout::new(store.root(), volume);
+    let why = match read_pointer(store, &layout).await? {
+        Pointer::Names(id) => match check_summary(store, &layout, volume, &id).await? {
+            Some(Ok(summary)) => return Ok(Some(summary)),
+            Some(Err(damage)) => format!("it names snapshot {id}, which is damaged: {damage}"),
+            None => format!("it names snapshot {id}, which is not complete"),
+        },
+        Pointer::Damaged(why) => format!("it is damaged: {why}"),
+        Pointer::Absent => return Ok(None),
+    };
+    let listed = match list_snapshots(store, volume).await {
+        Ok(listed) => listed,
+        Err(Error::Store(crate::store::Error::Backend {
+            source: object_store::Error::NotSupported { .. },
+            ..
+        })) => {
+            // A store that cannot list (a mover's relay): start without a parent.
+            tracing::warn!(volume = %volume, "the latest pointer is not trusted ({why}); this store cannot be listed, so no earlier snapshot is used");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let newest = listed
+        .into_iter()
+        .rev()
+        .find_map(|listed| listed.complete().cloned());
+    if let Some(summary) = &newest {
+        tracing::warn!(
+            volume = %volume,
+            snapshot = %summary.snapshot,
+            "the latest pointer is not trusted ({why}); using the newest complete snapshot"
+        );
+    } else {
+        tracing::warn!(volume = %volume, "the latest pointer is not trusted ({why}) and no complete snapshot is left");
+    }
+    Ok(newest)
+}
+
+/// The id of the volume's latest complete snapshot (see [`latest`]).
+pub async fn read_latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotId>> {
+    Ok(latest(store, volume)
+        .await?
+        .and_then(|summary| summary.snapshot.parse().ok()))
+}
+
+/// Reads the summary of snapshot `id` of `volume`: `None` when it does not exist (not
+/// complete), `Some(Err(why))` when it cannot be trusted (unreadable, or it describes another
+/// snapshot or volume).
+async fn check_summary(
     store: &Store,
     layout: &VolumeLayout,
+    volume: &VolumeId,
     id: &SnapshotId,
-) -> Result<Option<SnapshotSummary>> {
+) -> Result<Option<std::result::Result<SnapshotSummary, String>>> {
     let key = layout.summary(id);
-    match store.get_bytes(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| manifest_error(&key, e)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let bytes = match store.get_bytes(&key).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let summary = match serde_json::from_slice::<SnapshotSummary>(&bytes) {
+        Ok(summary) => summary,
+        Err(e) => return Ok(Some(Err(format!("{key}: {e}")))),
+    };
+    let checked = if summary.snapshot != id.as_str() {
+        Err(format!("{key} describes snapshot {:?}", summary.snapshot))
+    } else if summary.volume != volume.to_string() {
+        Err(format!("{key} describes volume {:?}", summary.volume))
+    } else {
+        Ok(summary)
+    };
+    Ok(Some(checked))
 }
 
-/// Finds the snapshot `selector` names, or says clearly that it does not exist.
+/// Finds the snapshot `selector` names, or says clearly that it does not exist or is damaged.
 pub async fn resolve(
     store: &Store,
     volume: &VolumeId,
@@ -104,21 +222,27 @@ pub async fn resolve(
     let id = match selector {
         SnapshotSelector::Id(id) => id.clone(),
         SnapshotSelector::Latest => {
-            read_latest(store, &layout)
+            return latest(store, volume)
                 .await?
                 .ok_or_else(|| Error::NoSnapshot {
                     volume: volume.to_string(),
                     store: store.url().to_owned(),
-                })?
+                });
         }
     };
-    read_summary(store, &layout, &id)
-        .await?
-        .ok_or_else(|| Error::SnapshotNotFound {
+    match check_summary(store, &layout, volume, &id).await? {
+        Some(Ok(summary)) => Ok(summary),
+        Some(Err(reason)) => Err(Error::Damaged {
+            volume: volume.to_string(),
+            snapshot: id.to_string(),
+            reason,
+        }),
+        None => Err(Error::SnapshotNotFound {
             volume: volume.to_string(),
             snapshot: id.to_string(),
             store: store.url().to_owned(),
-        })
+        }),
+    }
 }
 
 /// Makes a written snapshot complete and latest: summary, then pointer, each made durable.
@@ -142,6 +266,102 @@ pub async fn commit(store: &Store, layout: &VolumeLayout, summary: &SnapshotSumm
     Ok(())
 }
 
+/// A snapshot's manifest, downloaded whole into an unnamed temporary file, checked against
+/// the size and hash its summary records, and validated entry by entry (see [`Validator`])
+/// before anyone acts on it: what `restore` writes from and `verify` checks.
+pub struct CheckedManifest {
+    file: std::fs::File,
+    key: Key,
+    snapshot: SnapshotId,
+    layout: VolumeLayout,
+    /// The names of the root's entries (so a restore can pick a name none of them has).
+    pub root_names: HashSet<Vec<u8>>,
+}
+
+impl CheckedManifest {
+    /// Downloads, checks and validates the manifest of the complete snapshot `summary`.
+    pub async fn open(
+        store: &Store,
+        layout: &VolumeLayout,
+        summary: &SnapshotSummary,
+    ) -> Result<Self> {
+        let snapshot: SnapshotId = summary.snapshot.parse().map_err(|reason| Error::Manifest {
+            key: summary.snapshot.clone(),
+            reason,
+        })?;
+        let key = layout.manifest(&snapshot);
+        let (file, size, hash) = spool(store, &key).await?;
+        if size != summary.manifest_size || hash != summary.manifest_blake3 {
+            return Err(manifest_error(
+                &key,
+                format!(
+                    "it is not the manifest the snapshot was completed with: {size} bytes with hash {hash}, \
+                     snapshot.json says {} bytes with hash {}",
+                    summary.manifest_size, summary.manifest_blake3
+                ),
+            ));
+        }
+        let mut checked = Self {
+            file,
+            key,
+            snapshot,
+            layout: layout.clone(),
+            root_names: HashSet::new(),
+        };
+        let mut entries = checked.entries()?;
+        let mut names = HashSet::new();
+        while let Some(entry) = entries.try_next().await? {
+            if entry.path != b"." && !entry.path.contains(&b'/') {
+                names.insert(entry.path);
+            }
+        }
+        checked.root_names = names;
+        Ok(checked)
+    }
+
+    /// The entries, validated again as they are read (the file is this process's own).
+    pub fn entries(&self) -> Result<BoxStream<'static, Result<Entry>>> {
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|e| manifest_error(&self.key, e))?;
+        std::io::Seek::rewind(&mut file).map_err(|e| manifest_error(&self.key, e))?;
+        let reader =
+            tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::from_std(file));
+        let entries = parse_manifest(Box::pin(reader), self.key.clone(), &self.snapshot);
+        let mut validator = Validator::new(self.layout.clone());
+        Ok(entries
+            .and_then(move |entry| futures::future::ready(validator.admit(&entry).map(|()| entry)))
+            .boxed())
+    }
+}
+
+/// Downloads `key` into an unnamed temporary file; returns it with its size and BLAKE3 hash.
+async fn spool(store: &Store, key: &Key) -> Result<(std::fs::File, u64, String)> {
+    use std::io::Write;
+    let local = |e: std::io::Error| manifest_error(key, format!("cannot keep a local copy: {e}"));
+    let objects = store.objects().clone();
+    let get = store.call("get manifest", key, objects.get(key)).await?;
+    let mut body = get.into_stream();
+    let mut file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| local(std::io::Error::other(e)))?
+        .map_err(local)?;
+    let (mut hasher, mut size) = (blake3::Hasher::new(), 0u64);
+    while let Some(chunk) = store
+        .call("read manifest", key, body.next().map(Option::transpose))
+        .await?
+    {
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file = tokio::task::spawn_blocking(move || file.write_all(&chunk).map(|()| file))
+            .await
+            .map_err(|e| local(std::io::Error::other(e)))?
+            .map_err(local)?;
+    }
+    Ok((file, size, hasher.finalize().to_hex().to_string()))
+}
+
 /// Streams the entries of snapshot `id`'s manifest, checking its header and its end marker
 /// (a truncated or mismatched manifest is an error, never a shorter snapshot).
 pub async fn read_manifest(
@@ -155,15 +375,23 @@ pub async fn read_manifest(
     let body = get.into_stream().map_err(std::io::Error::other);
     let reader =
         tokio::io::BufReader::with_capacity(256 * 1024, tokio_util::io::StreamReader::new(body));
+    Ok(parse_manifest(Box::pin(reader), key, id))
+}
+
+fn parse_manifest(
+    reader: std::pin::Pin<Box<dyn tokio::io::AsyncBufRead + Send>>,
+    key: Key,
+    id: &SnapshotId,
+) -> BoxStream<'static, Result<Entry>> {
     let state = ManifestReader {
-        reader: Box::pin(reader),
+        reader,
         key,
         line_no: 0,
         expect_snapshot: id.to_string(),
         totals: manifest::Totals::default(),
         ended: false,
     };
-    Ok(stream::try_unfold(state, ManifestReader::next).boxed())
+    stream::try_unfold(state, ManifestReader::next).boxed()
 }
 
 struct ManifestReader {
@@ -258,25 +486,40 @@ async fn list_children(store: &Store, prefix: &Key) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The complete snapshots of a volume, oldest first.
-pub async fn list_snapshots(store: &Store, volume: &VolumeId) -> Result<Vec<SnapshotSummary>> {
+/// The snapshots of a volume, oldest first: every complete one, and every one whose summary
+/// exists but cannot be trusted, as [`Listed::Damaged`]. Snapshots still being written (no
+/// summary yet) are not listed.
+pub async fn list_snapshots(store: &Store, volume: &VolumeId) -> Result<Vec<Listed>> {
     let layout = VolumeLayout::new(store.root(), volume);
     let ids: Vec<SnapshotId> = list_children(store, &layout.snapshots())
         .await?
         .into_iter()
         .filter_map(|name| name.parse().ok())
         .collect();
-    let mut summaries: Vec<SnapshotSummary> = stream::iter(ids)
+    let mut listed: Vec<Listed> = stream::iter(ids)
         .map(|id| {
             let layout = &layout;
-            async move { read_summary(store, layout, &id).await }
+            async move {
+                Ok::<_, Error>(match check_summary(store, layout, volume, &id).await? {
+                    None => None,
+                    Some(Ok(summary)) => Some(Listed::Complete(summary)),
+                    Some(Err(damaged)) => {
+                        tracing::warn!(volume = %volume, snapshot = %id, %damaged, "damaged snapshot");
+                        Some(Listed::Damaged {
+                            snapshot: id.to_string(),
+                            volume: volume.to_string(),
+                            damaged,
+                        })
+                    }
+                })
+            }
         })
         .buffered(8)
         .try_filter_map(|s| async move { Ok(s) })
         .try_collect()
         .await?;
-    summaries.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
-    Ok(summaries)
+    listed.sort_by(|a, b| a.snapshot().cmp(b.snapshot()));
+    Ok(listed)
 }
 
 /// What a prune did.
@@ -290,22 +533,29 @@ pub struct PruneReport {
     pub objects_deleted: u64,
 }
 
-/// Deletes all but the newest `keep` snapshots of `volume` (never the latest), and every
-/// object that no kept snapshot refers to.
+/// Deletes all but the newest `keep` complete snapshots of `volume` (never the latest, never a
+/// damaged one), and every object that no kept snapshot refers to.
 pub async fn prune(store: &Store, volume: &VolumeId, keep: usize) -> Result<PruneReport> {
-    let layout = VolumeLayout::new(store.root(), volume);
-    let all = list_snapshots(store, volume).await?;
-    let latest = read_latest(store, &layout).await?.map(|id| id.to_string());
+    let listed = list_snapshots(store, volume).await?;
+    let damaged: Vec<String> = listed
+        .iter()
+        .filter(|l| l.complete().is_none())
+        .map(|l| l.snapshot().to_owned())
+        .collect();
+    let all: Vec<&SnapshotSummary> = listed.iter().filter_map(Listed::complete).collect();
+    let latest = read_latest(store, volume).await?.map(|id| id.to_string());
     let split = all.len().saturating_sub(keep.max(1));
     let (old, newest) = all.split_at(split);
-    let (doomed, kept_old): (Vec<_>, Vec<_>) = old
+    let (doomed, kept_old): (Vec<&SnapshotSummary>, Vec<&SnapshotSummary>) = old
         .iter()
+        .copied()
         .partition(|s| Some(&s.snapshot) != latest.as_ref());
     let mut report = PruneReport {
         kept: kept_old
             .iter()
             .map(|s| s.snapshot.clone())
             .chain(newest.iter().map(|s| s.snapshot.clone()))
+            .chain(damaged.iter().cloned())
             .collect(),
         deleted: doomed.iter().map(|s| s.snapshot.clone()).collect(),
         objects_deleted: 0,
@@ -313,8 +563,9 @@ pub async fn prune(store: &Store, volume: &VolumeId, keep: usize) -> Result<Prun
     if doomed.is_empty() {
         return Ok(report);
     }
+    let layout = VolumeLayout::new(store.root(), volume);
     let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
-    let referenced = references_into(store, &layout, &report.kept, &doomed_ids).await?;
+    let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
     for id in &report.deleted {
         report.objects_deleted += delete_snapshot(store, &layout, id, &referenced).await?;
     }
@@ -327,11 +578,23 @@ async fn references_into(
     layout: &VolumeLayout,
     kept: &[String],
     doomed: &HashSet<&str>,
+    damaged: &[String],
 ) -> Result<HashSet<String>> {
     let mut referenced = HashSet::new();
-    for id in kept {
-        let id: SnapshotId = id.parse().expect("listed ids are valid");
-        let mut entries = read_manifest(store, layout, &id).await?;
+    for text in kept {
+        let Ok(id) = text.parse::<SnapshotId>() else {
+            continue;
+        };
+        let entries = read_manifest(store, layout, &id).await;
+        // A damaged snapshot's manifest may be unreadable too; then it cannot be restored
+        // and refers to nothing. A complete snapshot's manifest must be readable.
+        let mut entries = match entries {
+            Err(e) if damaged.contains(text) => {
+                tracing::warn!(snapshot = %id, error = %e, "the manifest of a damaged snapshot cannot be read");
+                continue;
+            }
+            other => other?,
+        };
         while let Some(entry) = entries.try_next().await? {
             let Some(content) = entry.content else {
                 continue;
@@ -351,7 +614,10 @@ async fn delete_snapshot(
     id: &str,
     referenced: &HashSet<String>,
 ) -> Result<u64> {
-    let id: SnapshotId = id.parse().expect("listed ids are valid");
+    let id: SnapshotId = id.parse().map_err(|reason| Error::Manifest {
+        key: id.to_owned(),
+        reason,
+    })?;
     let prefix = layout.snapshot(&id);
     let summary = layout.summary(&id);
     let volume_prefix = format!("{}/", layout.prefix());

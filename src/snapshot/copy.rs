@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::volume::VolumeId;
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::{FutureExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +112,11 @@ pub trait Checkpoint: Send + Sync {
     fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>>;
     /// Records files stored (their objects are durable).
     async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()>;
+    /// Renews this copy's hold on `run` (a heartbeat while nothing else is recorded); fails
+    /// when another copy has taken the run over.
+    async fn renew(&self, _run: &Run) -> ledger::Result<()> {
+        Ok(())
+    }
     /// Marks the run finished: its snapshot is complete.
     async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()>;
     /// Notes why an attempt of the run stopped; the run stays resumable.
@@ -174,7 +180,7 @@ impl std::fmt::Display for CopySummary {
         let s = &self.snapshot;
         write!(
             f,
-            "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {:.2} s{}",
+            "snapshot {} of {}: {} files, {} bytes ({} files, {} bytes uploaded), {} skipped, {}{:.2} s{}",
             s.snapshot,
             s.volume,
             s.files,
@@ -182,6 +188,11 @@ impl std::fmt::Display for CopySummary {
             s.uploaded_files,
             s.uploaded_bytes,
             s.skipped,
+            if s.unreadable > 0 {
+                format!("{} UNREADABLE (not in the snapshot), ", s.unreadable)
+            } else {
+                String::new()
+            },
             self.elapsed.as_secs_f64(),
             if self.resumed { ", resumed" } else { "" }
         )
@@ -196,6 +207,8 @@ enum Plan {
     Store(Entry),
     /// Hash the file; reuse the parent's object if the hash matches.
     Compare(Entry, Content),
+    /// Stored earlier by this run: reuse the object if the store still has it.
+    Stored(Entry, Content),
 }
 
 /// Takes a snapshot of `source` as `volume` into `store`, resuming an interrupted run.
@@ -214,7 +227,7 @@ pub async fn copy(
     }
     store.probe_writable().await?;
     let layout = VolumeLayout::new(store.root(), volume);
-    let parent = catalog::read_latest(store, &layout).await?;
+    let parent = catalog::read_latest(store, volume).await?;
     let run = checkpoint
         .begin(store.url(), volume, &SnapshotId::generate())
         .await?;
@@ -242,12 +255,32 @@ pub async fn copy(
         options,
         progress,
     };
-    let result = job.run().await;
+    let result = tokio::select! {
+        result = job.run() => result,
+        lost = heartbeat(checkpoint, &run) => Err(lost),
+    };
     counter.abort();
     if let Err(err) = &result {
         let _ = checkpoint.interrupted(&run, &err.to_string()).await;
     }
     result
+}
+
+/// How often a copy renews its hold on its run while it runs (the lease is longer; see
+/// `ledger::RUN_LEASE`), whether or not it has progress to record.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// Renews the run's lease until the copy ends; returns only when the run was lost to another
+/// copy. A renewal that fails for another reason (a busy database) is tried again later.
+async fn heartbeat(checkpoint: &dyn Checkpoint, run: &Run) -> Error {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match checkpoint.renew(run).await {
+            Ok(()) => {}
+            Err(e @ ledger::Error::RunLost { .. }) => return Error::Checkpoint(e),
+            Err(e) => tracing::warn!(run = %run.id, error = %e, "cannot renew the run's lease"),
+        }
+    }
 }
 
 /// Checks that `source` is a readable directory; returns its absolute path.
@@ -337,12 +370,20 @@ impl Job<'_> {
         if let Some(running) = checkpointing {
             running.await?;
         }
-        let summary = sink.finish(self, created).await?;
-        Ok(CopySummary {
+        let (summary, unreadable) = sink.finish(self, created).await?;
+        let summary = CopySummary {
             snapshot: summary,
             resumed: self.run.resumed,
             elapsed: started.elapsed(),
-        })
+        };
+        if unreadable.is_empty() {
+            Ok(summary)
+        } else {
+            Err(Error::Incomplete {
+                summary: Box::new(summary),
+                unreadable,
+            })
+        }
     }
 
     async fn parent_entries(&self) -> Result<BoxStream<'static, Result<(Vec<u8>, Entry)>>> {
@@ -353,54 +394,57 @@ impl Job<'_> {
         Ok(entries.map_ok(|e| (e.path.clone(), e)).boxed())
     }
 
-    /// Runs one plan; yields the finished entry and whether its bytes were uploaded.
+    /// Runs one plan; yields the finished entry and whether its bytes were uploaded. A file
+    /// that cannot be read for lack of permission is recorded as unreadable (see
+    /// [`unreadable`]); every other failure fails the copy.
     fn execute(
         &self,
         plan: Plan,
         uploader: Arc<Uploader>,
     ) -> futures::future::BoxFuture<'_, Result<(Entry, bool)>> {
+        let (entry, reuse) = match plan {
+            Plan::Ready(entry) => return futures::future::ready(Ok((entry, false))).boxed(),
+            Plan::Stored(entry, content) => (entry, Reuse::IfStillStored(content)),
+            Plan::Store(entry) => (entry, Reuse::No),
+            Plan::Compare(entry, content) => (entry, Reuse::IfSameHash(content)),
+        };
+        async move {
+            let scanned = entry.clone();
+            unreadable(scanned, self.read_and_store(entry, reuse, uploader).await)
+        }
+        .boxed()
+    }
+
+    /// Reuses an object when `reuse` allows it, else reads and stores the file.
+    async fn read_and_store(
+        &self,
+        entry: Entry,
+        reuse: Reuse,
+        uploader: Arc<Uploader>,
+    ) -> Result<(Entry, bool)> {
         let resume = Resume {
             checkpoint: self.checkpoint,
             run: self.run,
         };
-        match plan {
-            Plan::Ready(entry) => futures::future::ready(Ok((entry, false))).boxed(),
-            Plan::Store(entry) => {
-                let (path, key, object) = self.targets(&entry);
-                async move {
-                    Ok((
-                        uploader
-                            .store_file(path, entry, key, object, resume)
-                            .await?,
-                        true,
-                    ))
+        let (path, key, object) = self.targets(&entry)?;
+        let entry = match reuse {
+            Reuse::IfStillStored(content) => {
+                if self.still_stored(&content, entry.size).await? {
+                    return Ok((with_content(entry, content), false));
                 }
-                .boxed()
+                entry
             }
-            Plan::Compare(entry, content) => {
-                let (path, key, object) = self.targets(&entry);
-                async move {
-                    let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
-                    if hash == content.blake3 {
-                        Ok((
-                            Entry {
-                                content: Some(content),
-                                ..entry
-                            },
-                            false,
-                        ))
-                    } else {
-                        Ok((
-                            uploader
-                                .store_file(path, entry, key, object, resume)
-                                .await?,
-                            true,
-                        ))
-                    }
+            Reuse::IfSameHash(content) => {
+                let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
+                if hash == content.blake3 {
+                    return Ok((with_content(entry, content), false));
                 }
-                .boxed()
+                entry
             }
-        }
+            Reuse::No => entry,
+        };
+        let stored = uploader.store_file(path, entry, key, object, resume);
+        Ok((stored.await?, true))
     }
 
     /// Durable before recorded: flushes the store, then records what it now holds.
@@ -421,10 +465,71 @@ impl Job<'_> {
         Ok(())
     }
 
-    fn targets(&self, entry: &Entry) -> (PathBuf, object_store::path::Path, String) {
+    fn targets(&self, entry: &Entry) -> Result<(PathBuf, object_store::path::Path, String)> {
+        let path = scan::absolute(&self.source, &entry.path);
         let object = VolumeLayout::file_key(&self.run.snapshot, &entry.path);
-        let key = self.layout.object(&object).expect("file keys are valid");
-        (scan::absolute(&self.source, &entry.path), key, object)
+        let key = self.layout.object(&object).ok_or_else(|| Error::Source {
+            path: path.clone(),
+            reason: format!("its name cannot be an object key ({object:?})"),
+        })?;
+        Ok((path, key, object))
+    }
+
+    /// Whether the store still holds the object this run recorded for a file, at its size.
+    /// A resumed run trusts its ledger only this far: one `head` per file it reuses (a stat
+    /// on a local store), so objects that vanished since they were recorded are stored
+    /// again. A store that cannot answer (a mover's relay) is trusted.
+    async fn still_stored(&self, content: &Content, size: u64) -> Result<bool> {
+        let Some(key) = self.layout.object(&content.object) else {
+            return Ok(false);
+        };
+        let objects = self.store.objects();
+        match self.store.call("head", &key, objects.head(&key)).await {
+            Ok(meta) => Ok(meta.size == size),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(key = %key, "an object this run stored has vanished; storing it again");
+                Ok(false)
+            }
+            Err(crate::store::Error::Backend {
+                source: object_store::Error::NotSupported { .. },
+                ..
+            }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// When an object may stand for a file instead of reading it.
+enum Reuse {
+    No,
+    IfStillStored(Content),
+    IfSameHash(Content),
+}
+
+fn with_content(entry: Entry, content: Content) -> Entry {
+    Entry {
+        content: Some(content),
+        ..entry
+    }
+}
+
+/// A file that cannot be read for lack of permission becomes an entry without content that
+/// says why, so one unreadable file does not cost the rest of the volume; the snapshot then
+/// says it is incomplete (see [`Error::Incomplete`]). Other errors stay errors.
+fn unreadable(scanned: Entry, result: Result<(Entry, bool)>) -> Result<(Entry, bool)> {
+    match result {
+        Err(Error::Read { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(path = %path.display(), error = %source, "cannot read this file; it is recorded as unreadable");
+            let entry = Entry {
+                content: None,
+                unreadable: Some(source.to_string()),
+                ..scanned
+            };
+            Ok((entry, false))
+        }
+        other => other,
     }
 }
 
@@ -464,8 +569,7 @@ async fn plan(
             && f.ctime_ns == entry.ctime_ns
             && f.ino == entry.ino
     }) {
-        entry.content = Some(file.content);
-        return Ok(Plan::Ready(entry));
+        return Ok(Plan::Stored(entry, file.content));
     }
     match previous {
         Some(prev) if prev.kind == EntryKind::File && prev.content.is_some() => {
@@ -542,6 +646,8 @@ struct Sink {
     pending: Vec<StoredFile>,
     last_checkpoint: Instant,
     snapshot: SnapshotId,
+    /// Files that could not be read: path and reason.
+    unreadable: Vec<(String, String)>,
 }
 
 impl Sink {
@@ -561,6 +667,7 @@ impl Sink {
             pending: Vec::new(),
             last_checkpoint: Instant::now(),
             snapshot: job.run.snapshot.clone(),
+            unreadable: Vec::new(),
         };
         let header = manifest::encode_header(&Header {
             drainer_manifest: manifest::FORMAT_VERSION,
@@ -596,6 +703,10 @@ impl Sink {
         self.write(job, &line).await?;
         self.line = line;
         self.totals.add(&entry);
+        if let Some(reason) = &entry.unreadable {
+            let path = String::from_utf8_lossy(&entry.path).into_owned();
+            self.unreadable.push((path, reason.clone()));
+        }
         if entry.kind == EntryKind::File {
             job.progress.file_done(entry.size, uploaded);
         }
@@ -623,7 +734,12 @@ impl Sink {
         Some(std::mem::take(&mut self.pending))
     }
 
-    async fn finish(mut self, job: &Job<'_>, created: String) -> Result<SnapshotSummary> {
+    /// Completes the manifest and the snapshot; returns its summary and the unreadable files.
+    async fn finish(
+        mut self,
+        job: &Job<'_>,
+        created: String,
+    ) -> Result<(SnapshotSummary, Vec<(String, String)>)> {
         job.checkpoint(std::mem::take(&mut self.pending)).await?;
         let end = manifest::encode_end(&self.totals);
         self.write(job, &end).await?;
@@ -646,6 +762,7 @@ impl Sink {
             files: self.totals.files,
             bytes: self.totals.bytes,
             skipped: self.totals.skipped,
+            unreadable: self.totals.unreadable,
             uploaded_files: job
                 .progress
                 .files_uploaded
@@ -661,7 +778,7 @@ impl Sink {
             .commit(job.store, &job.layout, &summary)
             .await?;
         job.checkpoint.finish(job.run, &summary).await?;
-        Ok(summary)
+        Ok((summary, self.unreadable))
     }
 }
 

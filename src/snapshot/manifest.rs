@@ -6,7 +6,8 @@
 //! {"path":"a.txt","type":"file","mode":33188,…,"size":5,"ctime_ns":…,"blake3":"…","object":"snapshots/…/files/a.txt"}
 //! {"path_b64":"…","type":"symlink",…,"target":"../a.txt"}
 //! {"path":"sock","type":"socket",…,"skipped":"sockets are not copied"}
-//! {"end":{"entries":4,"files":1,"bytes":5,"skipped":1}}
+//! {"path":"secret","type":"file",…,"size":9,"skipped":"unreadable: Permission denied (os error 13)"}
+//! {"end":{"entries":5,"files":1,"bytes":5,"skipped":1,"unreadable":1}}
 //! ```
 //!
 //! Entries come in walk order: depth first, siblings sorted by their bytes, which is the order
@@ -86,6 +87,9 @@ pub struct Entry {
     pub content: Option<Content>,
     /// A symlink's target, as raw bytes.
     pub target: Option<Vec<u8>>,
+    /// For a regular file that could not be read: why. Such a file has no content in the
+    /// snapshot, and the snapshot says so (see `Totals::unreadable`).
+    pub unreadable: Option<String>,
 }
 
 impl Entry {
@@ -126,6 +130,13 @@ pub struct Totals {
     pub bytes: u64,
     /// Special files recorded but not copied.
     pub skipped: u64,
+    /// Regular files that could not be read, recorded without content.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Totals {
@@ -133,6 +144,7 @@ impl Totals {
     pub fn add(&mut self, entry: &Entry) {
         self.entries += 1;
         match entry.kind {
+            EntryKind::File if entry.unreadable.is_some() => self.unreadable += 1,
             EntryKind::File => {
                 self.files += 1;
                 self.bytes += entry.size;
@@ -257,10 +269,13 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         object: entry.content.as_ref().map(|c| c.object.clone()),
         target,
         target_b64,
-        skipped: entry
-            .kind
-            .is_special()
-            .then(|| "special files are recorded, not copied".to_owned()),
+        skipped: match &entry.unreadable {
+            Some(reason) => Some(format!("unreadable: {reason}")),
+            None => entry
+                .kind
+                .is_special()
+                .then(|| "special files are recorded, not copied".to_owned()),
+        },
     };
     serde_json::to_writer(&mut *out, &wire).expect("entry serializes");
     out.push(b'\n');
@@ -293,9 +308,23 @@ pub fn decode_line(line_no: u64, text: &[u8]) -> Result<Line, DecodeError> {
 fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
     let path = join_bytes(wire.path, wire.path_b64)?.ok_or("entry without a path")?;
     let target = join_bytes(wire.target, wire.target_b64)?;
+    let unreadable = match (wire.kind, &wire.skipped) {
+        (EntryKind::File, Some(skipped)) => Some(
+            skipped
+                .strip_prefix("unreadable: ")
+                .unwrap_or(skipped)
+                .to_owned(),
+        ),
+        _ => None,
+    };
     let content = match (wire.kind, wire.blake3, wire.object) {
-        (EntryKind::File, Some(blake3), Some(object)) => Some(Content { blake3, object }),
-        (EntryKind::File, _, _) => return Err("file entry without blake3 and object".into()),
+        (EntryKind::File, Some(blake3), Some(object)) if unreadable.is_none() => {
+            Some(Content { blake3, object })
+        }
+        (EntryKind::File, None, None) if unreadable.is_some() => None,
+        (EntryKind::File, _, _) => {
+            return Err("file entry needs blake3 and object, or a reason it was skipped".into());
+        }
         _ => None,
     };
     if wire.kind == EntryKind::Symlink && target.is_none() {
@@ -313,6 +342,7 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
         ino: wire.ino,
         content,
         target,
+        unreadable,
     })
 }
 
@@ -350,6 +380,7 @@ mod tests {
                 object: "snapshots/x/files/a".into(),
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t\xff".to_vec()),
+            unreadable: None,
         }
     }
 
@@ -360,6 +391,11 @@ mod tests {
             entry(b"bad\xfe\n", EntryKind::Symlink),
             entry(b"sock", EntryKind::Socket),
             entry(b".", EntryKind::Dir),
+            Entry {
+                content: None,
+                unreadable: Some("Permission denied (os error 13)".into()),
+                ..entry(b"secret", EntryKind::File)
+            },
         ] {
             let mut line = Vec::new();
             encode_entry(&e, &mut line);
@@ -388,6 +424,7 @@ mod tests {
             files: 1,
             bytes: 7,
             skipped: 1,
+            unreadable: 2,
         };
         let line = encode_end(&totals);
         assert_eq!(

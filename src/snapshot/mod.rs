@@ -17,9 +17,10 @@ mod progress;
 mod restore;
 mod scan;
 mod upload;
+mod validate;
 mod verify;
 
-pub use catalog::{SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
+pub use catalog::{Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
 pub use copy::{
     Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, UploadedPart,
     check_source, copy,
@@ -81,6 +82,16 @@ pub enum Error {
         /// The store URL.
         store: String,
     },
+    /// The requested snapshot's summary cannot be trusted.
+    #[error("snapshot {snapshot} of volume {volume} is damaged: {reason}")]
+    Damaged {
+        /// The volume.
+        volume: String,
+        /// The snapshot id.
+        snapshot: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The requested snapshot does not exist (or is not complete).
     #[error("snapshot {snapshot} of volume {volume} does not exist in {store}")]
     SnapshotNotFound {
@@ -104,6 +115,28 @@ pub enum Error {
         expected: String,
         /// The hash of the bytes read.
         actual: String,
+    },
+    /// A restored file's object does not have the size the manifest records.
+    #[error("{path}: {object} holds {actual} bytes, but its manifest entry says {expected} bytes")]
+    SizeMismatch {
+        /// The restored path.
+        path: String,
+        /// The object key.
+        object: String,
+        /// The size the manifest records.
+        expected: u64,
+        /// The bytes the object holds.
+        actual: u64,
+    },
+    /// The snapshot was stored, but some files could not be read (permission denied): they
+    /// are listed in its manifest without content. Not retried: the files must be made
+    /// readable first.
+    #[error("{}", incomplete_message(summary, unreadable))]
+    Incomplete {
+        /// What was stored.
+        summary: Box<CopySummary>,
+        /// Each unreadable file (path in the volume) and why.
+        unreadable: Vec<(String, String)>,
     },
     /// The mover working for a drain did not finish in time.
     #[error("drain {drain}: {reason}")]
@@ -141,6 +174,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn incomplete_message(summary: &CopySummary, unreadable: &[(String, String)]) -> String {
+    let shown: Vec<String> = unreadable
+        .iter()
+        .take(5)
+        .map(|(path, reason)| format!("{path:?} ({reason})"))
+        .collect();
+    let more = unreadable.len().saturating_sub(shown.len());
+    format!(
+        "snapshot {} of {} is stored but incomplete: {} files could not be read and are listed in it without content: {}{}",
+        summary.snapshot.snapshot,
+        summary.snapshot.volume,
+        unreadable.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 impl Error {

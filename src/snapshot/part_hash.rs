@@ -35,15 +35,22 @@ pub fn part(offset: u64, data: &[u8]) -> PartHash {
 }
 
 /// The hash of a file of `len` bytes, `len` > `part_size`, from its parts' chaining values, in
-/// order: every part `part_size` bytes but the last.
-pub fn combine(parts: &[ChainingValue], part_size: u64, len: u64) -> blake3::Hash {
-    debug_assert!(is_valid_part_size(part_size) && len > part_size);
+/// order: every part `part_size` bytes but the last. `None` when the parts cannot be those of
+/// such a file (their count does not match, or the sizes are not ones a hash can be combined
+/// for): the caller reads the file again rather than trusting them.
+pub fn combine(parts: &[ChainingValue], part_size: u64, len: u64) -> Option<blake3::Hash> {
+    let fits = is_valid_part_size(part_size)
+        && len > part_size
+        && len.div_ceil(part_size) == parts.len() as u64;
+    if !fits {
+        return None;
+    }
     let left = left_subtree_len(len);
-    merge_subtrees_root(
+    Some(merge_subtrees_root(
         &subtree(parts, part_size, 0, left),
         &subtree(parts, part_size, left, len - left),
         Mode::Hash,
-    )
+    ))
 }
 
 /// The chaining value of the subtree of `len` bytes at `start`: a part, or two merged subtrees
@@ -102,11 +109,19 @@ mod tests {
                     .collect();
                 assert_eq!(
                     combine(&parts, part_size, len as u64),
-                    blake3::hash(&bytes),
+                    Some(blake3::hash(&bytes)),
                     "part size {part_size}, length {len}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn parts_that_do_not_fit_the_length_give_no_hash() {
+        let cv = part(0, &data(1024)).chaining_value;
+        assert_eq!(combine(&[cv], 1024, 3000), None);
+        assert_eq!(combine(&[cv, cv, cv, cv], 1024, 3000), None);
+        assert_eq!(combine(&[cv, cv], 1000, 1500), None);
     }
 
     #[test]

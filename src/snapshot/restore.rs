@@ -1,11 +1,20 @@
 //! Restoring a snapshot into a directory, byte for byte with its metadata.
 //!
-//! Safety first: every manifest path is checked before anything is written — no `..`, no
-//! absolute paths, no empty components, and every entry's parent must be a directory entry
-//! seen earlier in the manifest, so no path can go through a symlink (or a file) that the
-//! restore created. Files are created with `O_NOFOLLOW`, each hash is verified while writing,
-//! and directory metadata is applied last, children first.
+//! Safety first: the manifest is downloaded whole, checked against the size and hash that
+//! `snapshot.json` records (a manifest changed after the snapshot completed is refused), and
+//! validated entry by entry — the same check `verify` applies (see `validate`) — before
+//! anything is written: no `..`, no absolute paths, no empty components, walk order without
+//! duplicates, and every entry's parent a directory entry seen earlier, so no path can go
+//! through a symlink (or a file) that the restore created.
+//!
+//! Files never appear under their final name before they are right: each is written into a
+//! staging directory at the destination's root (a name no root entry of the manifest has,
+//! created with `O_EXCL`), its hash and size checked, its owner, mode and mtime set, and only
+//! then renamed into place. A failed restore (a bad object, a full disk) leaves no wrong file
+//! that looks right, and its staging directory is removed. Directory metadata is applied last,
+//! children first. A later resumable restore can trust any file under its final name.
 
+use super::catalog::CheckedManifest;
 use super::layout::VolumeLayout;
 use super::manifest::{Entry, EntryKind};
 use super::{Error, Result, catalog, scan};
@@ -19,7 +28,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Tuning of a restore.
@@ -46,6 +55,8 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     /// Special files the snapshot lists as skipped.
     pub skipped: u64,
+    /// Files the snapshot lists as unreadable at copy time (it has no content for them).
+    pub unreadable: u64,
 }
 
 /// Restores `selector` of `volume` into `dest`.
@@ -58,46 +69,130 @@ pub async fn restore(
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
     let summary = catalog::resolve(store, volume, selector).await?;
-    prepare_destination(dest, options.force)?;
     let layout = VolumeLayout::new(store.root(), volume);
-    let id = summary.snapshot.parse().expect("resolved ids are valid");
-    let entries = catalog::read_manifest(store, &layout, &id).await?;
-    let mut guard = PathGuard::default();
-    let mut dirs = Vec::new();
+    let manifest = CheckedManifest::open(store, &layout, &summary).await?;
+    prepare_destination(dest, options.force)?;
+    let staging = Staging::create(dest, &manifest.root_names)?;
     let mut report = RestoreSummary {
         snapshot: summary.snapshot.clone(),
         ..RestoreSummary::default()
     };
     let root_owner = rustix::process::geteuid().is_root();
-    let writes = entries
-        .and_then(|entry| {
-            let prepared = guard
-                .admit(&entry)
-                .and_then(|()| prepare(dest, entry, options.force, root_owner));
-            futures::future::ready(prepared)
-        })
-        .map_ok(|prepared| write_prepared(store, &layout, dest, prepared, root_owner).boxed())
-        .try_buffered(options.concurrency);
-    futures::pin_mut!(writes);
-    while let Some(done) = writes.try_next().await? {
-        match done {
-            Written::File(size) => {
-                report.files += 1;
-                report.bytes += size;
-            }
-            Written::Dir(entry) => {
-                report.dirs += 1;
-                dirs.push(entry);
-            }
-            Written::Symlink => report.symlinks += 1,
-            Written::Skipped => report.skipped += 1,
-        }
-    }
+    let target = Target {
+        store,
+        layout: &layout,
+        dest,
+        staging: &staging,
+        force: options.force,
+        root_owner,
+    };
+    let dirs = target
+        .write_entries(&manifest, options.concurrency, &mut report)
+        .await?;
+    staging.remove()?;
     for entry in dirs.iter().rev() {
         apply_metadata(&scan::absolute(dest, &entry.path), entry, root_owner, false)?;
     }
     sync_filesystem(dest)?;
     Ok(report)
+}
+
+/// Where and how a restore writes.
+struct Target<'a> {
+    store: &'a Store,
+    layout: &'a VolumeLayout,
+    dest: &'a Path,
+    staging: &'a Staging,
+    force: bool,
+    root_owner: bool,
+}
+
+impl Target<'_> {
+    /// Creates directories and symlinks in manifest order and writes files (several at
+    /// once); returns the directory entries, whose metadata is applied once all is in place.
+    async fn write_entries(
+        &self,
+        manifest: &CheckedManifest,
+        concurrency: usize,
+        report: &mut RestoreSummary,
+    ) -> Result<Vec<Entry>> {
+        let mut dirs = Vec::new();
+        let writes = manifest
+            .entries()?
+            .and_then(|entry| {
+                futures::future::ready(prepare(self.dest, entry, self.force, self.root_owner))
+            })
+            .map_ok(|prepared| write_prepared(self, prepared).boxed())
+            .try_buffered(concurrency);
+        futures::pin_mut!(writes);
+        while let Some(done) = writes.try_next().await? {
+            match done {
+                Written::File(size) => {
+                    report.files += 1;
+                    report.bytes += size;
+                }
+                Written::Dir(entry) => {
+                    report.dirs += 1;
+                    dirs.push(entry);
+                }
+                Written::Symlink => report.symlinks += 1,
+                Written::Skipped => report.skipped += 1,
+                Written::Unreadable => report.unreadable += 1,
+            }
+        }
+        Ok(dirs)
+    }
+}
+
+/// The directory at the destination's root where files are written before they are renamed
+/// into place; removed when dropped (a failed restore leaves nothing of it).
+struct Staging {
+    dir: std::path::PathBuf,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Staging {
+    /// Creates a staging directory whose name no root entry of the manifest has.
+    fn create(dest: &Path, root_names: &std::collections::HashSet<Vec<u8>>) -> Result<Self> {
+        let mut last = None;
+        for _ in 0..16 {
+            let name = format!(".drainer-restore-{:016x}", rand::random::<u64>());
+            if root_names.contains(name.as_bytes()) {
+                continue;
+            }
+            let dir = dest.join(&name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    return Ok(Self {
+                        dir,
+                        next: Default::default(),
+                    });
+                }
+                Err(e) => last = Some(Error::write(&dir, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Destination {
+            path: dest.to_owned(),
+            reason: "no free name for a staging directory".into(),
+        }))
+    }
+
+    /// A fresh temporary path inside the staging directory.
+    fn temp_path(&self) -> std::path::PathBuf {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.join(n.to_string())
+    }
+
+    /// Removes the (empty) staging directory once every file is in place.
+    fn remove(&self) -> Result<()> {
+        std::fs::remove_dir(&self.dir).map_err(|e| Error::write(&self.dir, e))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Makes the restored tree durable in one `syncfs(2)` rather than one fsync per file.
@@ -128,59 +223,6 @@ fn prepare_destination(dest: &Path, force: bool) -> Result<()> {
     }
 }
 
-/// Admits manifest paths only if they stay inside the destination and their parent is a
-/// directory entry seen earlier (a stack of the current directory chain; bounded by depth).
-#[derive(Default)]
-struct PathGuard {
-    dirs: Vec<Vec<u8>>,
-    seen_root: bool,
-}
-
-impl PathGuard {
-    fn admit(&mut self, entry: &Entry) -> Result<()> {
-        let refuse = |reason: &str| Error::UnsafePath {
-            path: String::from_utf8_lossy(&entry.path).into_owned(),
-            reason: reason.to_owned(),
-        };
-        if entry.path == b"." {
-            if self.seen_root || entry.kind != EntryKind::Dir {
-                return Err(refuse("the root must come first, once, as a directory"));
-            }
-            self.seen_root = true;
-            return Ok(());
-        }
-        if !self.seen_root {
-            return Err(refuse("entry before the root directory"));
-        }
-        let components: Vec<&[u8]> = entry.path.split(|b| *b == b'/').collect();
-        if components
-            .iter()
-            .any(|c| c.is_empty() || *c == b"." || *c == b".." || c.contains(&0))
-        {
-            return Err(refuse("empty, '.', '..' or NUL path component"));
-        }
-        let parent = &entry.path[..entry.path.len() - components.last().map_or(0, |c| c.len())];
-        let parent = parent.strip_suffix(b"/").unwrap_or(parent);
-        while let Some(top) = self.dirs.last() {
-            if top.as_slice() == parent {
-                break;
-            }
-            self.dirs.pop();
-        }
-        let parent_known =
-            parent.is_empty() || self.dirs.last().is_some_and(|d| d.as_slice() == parent);
-        if !parent_known {
-            return Err(refuse(
-                "its parent is not a directory of the snapshot (a link, a file, or out of order)",
-            ));
-        }
-        if entry.kind == EntryKind::Dir {
-            self.dirs.push(entry.path.clone());
-        }
-        Ok(())
-    }
-}
-
 /// An entry whose place is ready; files still need their bytes.
 enum Prepared {
     File(Entry),
@@ -192,6 +234,7 @@ enum Written {
     Dir(Entry),
     Symlink,
     Skipped,
+    Unreadable,
 }
 
 /// Creates directories and symlinks in manifest order, and clears the way for files.
@@ -210,6 +253,10 @@ fn prepare(dest: &Path, entry: Entry, force: bool, root_owner: bool) -> Result<P
             std::os::unix::fs::symlink(target, &path).map_err(|e| Error::write(&path, e))?;
             apply_metadata(&path, &entry, root_owner, true)?;
             Ok(Prepared::Done(Written::Symlink))
+        }
+        EntryKind::File if entry.content.is_none() => {
+            tracing::warn!(path = %path.display(), reason = ?entry.unreadable, "not restored: the file could not be read when the snapshot was taken");
+            Ok(Prepared::Done(Written::Unreadable))
         }
         EntryKind::File => {
             clear_non_dir(&path, force)?;
@@ -244,19 +291,26 @@ fn clear_non_dir(path: &Path, force: bool) -> Result<()> {
     }
 }
 
-async fn write_prepared(
-    store: &Store,
-    layout: &VolumeLayout,
-    dest: &Path,
-    prepared: Prepared,
-    root_owner: bool,
-) -> Result<Written> {
+async fn write_prepared(target: &Target<'_>, prepared: Prepared) -> Result<Written> {
+    let Target {
+        store,
+        layout,
+        dest,
+        staging,
+        root_owner,
+        ..
+    } = *target;
     let entry = match prepared {
         Prepared::Done(written) => return Ok(written),
         Prepared::File(entry) => entry,
     };
     let path = scan::absolute(dest, &entry.path);
-    let content = entry.content.clone().expect("file entries have content");
+    let Some(content) = entry.content.clone() else {
+        return Err(Error::UnsafePath {
+            path: String::from_utf8_lossy(&entry.path).into_owned(),
+            reason: "a file entry without content".into(),
+        });
+    };
     let key = layout
         .object(&content.object)
         .ok_or_else(|| Error::UnsafePath {
@@ -266,56 +320,87 @@ async fn write_prepared(
                 content.object
             ),
         })?;
+    let temp = staging.temp_path();
+    let written = write_verified(store, &key, &temp, &path, &entry, &content.blake3).await;
+    let file = match written {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let placed = set_file_metadata(&file, &path, &entry, root_owner)
+            .and_then(|()| std::fs::rename(&temp, &path).map_err(|e| Error::write(&path, e)));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        placed.map(|()| Written::File(entry.size))
+    })
+    .await
+    .map_err(|e| Error::write(dest, std::io::Error::other(e)))?
+}
+
+/// Writes the object at `key` into `temp` (a new file), checking its size and hash against
+/// the entry of `path`; returns the open file.
+async fn write_verified(
+    store: &Store,
+    key: &object_store::path::Path,
+    temp: &Path,
+    path: &Path,
+    entry: &Entry,
+    expected: &str,
+) -> Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-        .map_err(|e| Error::write(&path, e))?;
+        .mode(0o600)
+        .open(temp)
+        .map_err(|e| Error::write(path, e))?;
     let objects = store.objects().clone();
     let body = store
-        .call("get", &key, objects.get(&key))
+        .call("get", key, objects.get(key))
         .await?
         .into_stream();
     futures::pin_mut!(body);
-    let mut writer = Some((file, blake3::Hasher::new()));
+    let mut writer = (file, blake3::Hasher::new());
     let mut written = 0u64;
     while let Some(chunk) = store
-        .call("read", &key, body.next().map(|c| c.transpose()))
+        .call("read", key, body.next().map(|c| c.transpose()))
         .await?
     {
-        let (mut file, mut hasher) = writer.take().expect("writer returned");
-        let target = path.clone();
+        let (mut file, mut hasher) = writer;
+        let target = path.to_owned();
         written += chunk.len() as u64;
-        writer = Some(
-            tokio::task::spawn_blocking(move || {
-                hasher.update(&chunk);
-                file.write_all(&chunk)
-                    .map_err(|e| Error::write(&target, e))?;
-                Ok::<_, Error>((file, hasher))
-            })
-            .await
-            .expect("write task panicked")?,
-        );
+        writer = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .map_err(|e| Error::write(&target, e))?;
+            Ok::<_, Error>((file, hasher))
+        })
+        .await
+        .map_err(|e| Error::write(path, std::io::Error::other(e)))??;
     }
-    let (file, hasher) = writer.expect("writer returned");
+    let (file, hasher) = writer;
+    if written != entry.size {
+        return Err(Error::SizeMismatch {
+            path: path.display().to_string(),
+            object: key.to_string(),
+            expected: entry.size,
+            actual: written,
+        });
+    }
     let actual = hasher.finalize().to_hex().to_string();
-    if actual != content.blake3 || written != entry.size {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
+    if actual != expected {
         return Err(Error::HashMismatch {
             path: path.display().to_string(),
             object: key.to_string(),
-            expected: content.blake3,
+            expected: expected.to_owned(),
             actual,
         });
     }
-    tokio::task::spawn_blocking(move || {
-        set_file_metadata(&file, &path, &entry, root_owner)?;
-        Ok(Written::File(entry.size))
-    })
-    .await
-    .expect("metadata task panicked")
+    Ok(file)
 }
 
 fn set_file_metadata(file: &File, path: &Path, entry: &Entry, root_owner: bool) -> Result<()> {

@@ -183,6 +183,7 @@ fn scanned_entry(
         ino: meta.ino(),
         content: None,
         target,
+        unreadable: None,
     })
 }
 

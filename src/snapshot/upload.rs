@@ -123,12 +123,7 @@ impl Uploader {
         object: String,
         resume: Resume<'_>,
     ) -> Result<Entry> {
-        let (hash, stat) = if entry.size <= self.part_size {
-            self.store_small(&path, &key, entry.size, resume, &entry.path)
-                .await?
-        } else {
-            self.store_large(&path, &key, resume, &entry.path).await?
-        };
+        let (hash, stat) = self.store_any(&path, &key, resume, &entry.path).await?;
         stat.apply(&mut entry);
         entry.content = Some(Content {
             blake3: hash.to_hex().to_string(),
@@ -139,6 +134,7 @@ impl Uploader {
 
     /// Hashes `path` without storing it (for `--check-hash`).
     pub async fn hash_file(&self, path: PathBuf, mut entry: Entry) -> Result<(Entry, String)> {
+        let task_path = path.clone();
         let _permit = self.reserve(self.part_size).await;
         let chunk = self.part_size as usize;
         let consistent = tokio::task::spawn_blocking(move || {
@@ -154,19 +150,49 @@ impl Uploader {
             })
         })
         .await
-        .expect("hash task panicked")?;
+        .map_err(|e| task_failed(&task_path, e))??;
         consistent.stat.apply(&mut entry);
         Ok((entry, consistent.hash.finalize().to_hex().to_string()))
     }
 
-    async fn store_small(
+    /// Stores a file in one request or in parts, whichever its size is when it is opened: a
+    /// file that grows past one part, shrinks below it, or changes while it is read is read
+    /// again, a bounded number of times, and then fails with [`Error::Changed`] (retryable).
+    async fn store_any(
+        &self,
+        path: &std::path::Path,
+        key: &Key,
+        resume: Resume<'_>,
+        rel: &[u8],
+    ) -> Result<(blake3::Hash, Stat)> {
+        for _ in 0..READ_ATTEMPTS {
+            let size = std::fs::symlink_metadata(path)
+                .map_err(|e| Error::read(path, e))?
+                .len();
+            let attempt = if size <= self.part_size {
+                self.try_store_small(path, key, size).await?
+            } else {
+                self.try_store_large(path, key, resume, rel).await?
+            };
+            if let Some(done) = attempt {
+                return Ok(done);
+            }
+            tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
+        }
+        Err(Error::Changed {
+            path: path.to_owned(),
+            attempts: READ_ATTEMPTS,
+        })
+    }
+
+    /// Stores a file of at most one part in one request; `None` when it grew past one part
+    /// while it was read.
+    async fn try_store_small(
         &self,
         path: &std::path::Path,
         key: &Key,
         size: u64,
-        resume: Resume<'_>,
-        rel: &[u8],
-    ) -> Result<(blake3::Hash, Stat)> {
+    ) -> Result<Option<(blake3::Hash, Stat)>> {
         let _permit = self.reserve(size).await;
         let limit = self.part_size;
         let owned = path.to_owned();
@@ -183,42 +209,42 @@ impl Uploader {
             Ok::<_, Error>((consistent, data))
         })
         .await
-        .expect("read task panicked")?;
-        if bytes.len() as u64 > limit {
-            // Grew past one part between the walk and the read: store it in parts instead.
-            return Box::pin(self.store_large(path, key, resume, rel)).await;
+        .map_err(|e| task_failed(path, e))??;
+        if bytes.len() as u64 > limit || consistent.stat.size > limit {
+            return Ok(None);
         }
         let sent = bytes.len() as u64;
         self.store.put_bytes(key, PutPayload::from(bytes)).await?;
         self.sent(sent);
-        Ok((consistent.hash.finalize(), consistent.stat))
+        Ok(Some((consistent.hash.finalize(), consistent.stat)))
     }
+}
 
-    async fn store_large(
+impl Uploader {
+    /// One attempt at a multipart upload. An upload that the store no longer has (its parts
+    /// vanished: the store was emptied, the upload expired or was aborted) is forgotten, so
+    /// the next attempt starts a new one instead of failing on it forever.
+    async fn try_store_large(
         &self,
         path: &std::path::Path,
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
-    ) -> Result<(blake3::Hash, Stat)> {
-        for _ in 0..READ_ATTEMPTS {
-            let parts = self.store.multipart();
-            let attempt = self
-                .try_store_resumable(parts, path, key, resume, rel)
-                .await?;
-            if let Some(done) = attempt {
-                return Ok(done);
+    ) -> Result<Option<(blake3::Hash, Stat)>> {
+        let parts = self.store.multipart();
+        match self
+            .try_store_resumable(parts, path, key, resume, rel)
+            .await
+        {
+            Err(Error::Store(e)) if e.is_not_found() => {
+                tracing::warn!(path = %path.display(), key = %key, error = %e, "the store no longer has this upload; starting it again");
+                resume.checkpoint.forget_partial(resume.run, rel).await?;
+                Ok(None)
             }
-            tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
+            other => other,
         }
-        Err(Error::Changed {
-            path: path.to_owned(),
-            attempts: READ_ATTEMPTS,
-        })
     }
-}
 
-impl Uploader {
     /// One attempt at an upload that records each stored part, continuing the upload that an
     /// earlier, interrupted run left if the file is unchanged since; `None` when the file
     /// changed during the attempt.
@@ -245,8 +271,9 @@ impl Uploader {
             FuturesOrdered::new();
         loop {
             while inflight.len() >= PARTS_IN_FLIGHT {
-                let stored = inflight.next().await.expect("non-empty");
-                self.part_stored(&mut upload, stored, resume).await?;
+                if let Some(stored) = inflight.next().await {
+                    self.part_stored(&mut upload, stored, resume, path).await?;
+                }
             }
             let permit = self.reserve(self.part_size).await;
             let (f, chunk, hash) =
@@ -256,6 +283,9 @@ impl Uploader {
             if offset == 0 {
                 whole = hash.whole;
             }
+            // A short part is the last one: reading on after the file grew would start a part
+            // off its boundary. The stat comparison below sees the growth and reads again.
+            let last = (chunk.len() as u64) < self.part_size;
             // Spawned, so parts travel while the next one is read.
             let (store, parts, key) = (self.store.clone(), Arc::clone(parts_api), key.clone());
             let (id, index) = (upload.upload_id.clone(), (offset / self.part_size) as usize);
@@ -274,9 +304,12 @@ impl Uploader {
                 };
                 Ok((stored, sent))
             }));
+            if last {
+                break;
+            }
         }
         while let Some(stored) = inflight.next().await {
-            self.part_stored(&mut upload, stored, resume).await?;
+            self.part_stored(&mut upload, stored, resume, path).await?;
         }
         let hash = self.file_hash(&upload, offset, whole);
         let unchanged = Stat::of(&file, path)? == before && offset == before.size && hash.is_some();
@@ -312,7 +345,7 @@ impl Uploader {
             return whole;
         }
         let parts: Vec<_> = upload.parts.iter().map(|p| p.chaining_value).collect();
-        Some(part_hash::combine(&parts, self.part_size, len))
+        part_hash::combine(&parts, self.part_size, len)
     }
 
     /// Notes a part stored (parts complete in order); every few parts, makes them durable and
@@ -322,8 +355,9 @@ impl Uploader {
         upload: &mut PartialUpload,
         stored: std::result::Result<Result<(UploadedPart, u64)>, tokio::task::JoinError>,
         resume: Resume<'_>,
+        path: &std::path::Path,
     ) -> Result<()> {
-        let (part, sent) = stored.expect("part upload task panicked")?;
+        let (part, sent) = stored.map_err(|e| task_failed(path, e))??;
         self.sent(sent);
         upload.parts.push(part);
         if upload.parts.len().is_multiple_of(PARTS_PER_RECORD) {
@@ -409,7 +443,16 @@ async fn read_part(
         Ok((file, chunk, hash))
     })
     .await
-    .expect("read task panicked")
+    .map_err(|e| task_failed(path, e))?
+}
+
+/// A blocking read or an upload task of `path` that panicked or was cancelled: an error of
+/// that file (the copy fails cleanly and can be retried), never a panic of the engine.
+fn task_failed(path: &std::path::Path, e: tokio::task::JoinError) -> Error {
+    Error::read(
+        path,
+        std::io::Error::other(format!("read task failed: {e}")),
+    )
 }
 
 /// Part buffers, reused once the upload that borrowed one has dropped it. Allocating a fresh

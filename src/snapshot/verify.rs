@@ -1,8 +1,12 @@
 //! Verifying a stored snapshot: re-read every object and check it against the manifest.
 //!
 //! Verification reads only; it reports each missing object and each size or hash mismatch
-//! instead of stopping at the first, and checks the manifest itself against the summary.
+//! instead of stopping at the first. The manifest goes through exactly the checks `restore`
+//! applies before it writes anything ([`CheckedManifest`]: size and hash against the summary,
+//! every entry validated), so "verify OK" means "restore will accept this snapshot and find
+//! every object as recorded"; a manifest problem is reported as one problem of the manifest.
 
+use super::catalog::CheckedManifest;
 use super::layout::VolumeLayout;
 use super::manifest::Entry;
 use super::{Error, Result, SnapshotSelector, catalog};
@@ -34,6 +38,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
+    /// Files the snapshot lists without content because they could not be read at copy
+    /// time (the snapshot is incomplete, and says so; not a fault of the store).
+    pub unreadable: Vec<Problem>,
 }
 
 /// Re-reads every object of the snapshot and checks it against the manifest.
@@ -46,55 +53,51 @@ pub async fn verify(
 ) -> Result<VerifyReport> {
     let summary = catalog::resolve(store, volume, selector).await?;
     let layout = VolumeLayout::new(store.root(), volume);
-    let id = summary.snapshot.parse().expect("resolved ids are valid");
     let mut report = VerifyReport {
         snapshot: summary.snapshot.clone(),
         ..VerifyReport::default()
     };
-    if let Some(problem) = check_manifest(store, &layout, &id, &summary).await? {
-        report.problems.push(problem);
-        return Ok(report);
-    }
-    let checks = catalog::read_manifest(store, &layout, &id)
-        .await?
-        .try_filter(|e| futures::future::ready(e.content.is_some()))
-        .map_ok(|entry| check_file(store, &layout, entry))
-        .try_buffered(concurrency);
-    futures::pin_mut!(checks);
-    while let Some((size, problem)) = checks.try_next().await? {
-        report.files += 1;
-        report.bytes += size;
-        if let Some(problem) = problem {
-            tracing::warn!(path = %problem.path, object = %problem.object, problem = %problem.problem, "verify");
-            report.problems.push(problem);
+    let manifest_problem = |e: Error| Problem {
+        path: "(manifest)".into(),
+        object: summary.snapshot.clone(),
+        problem: e.to_string(),
+    };
+    let manifest = match CheckedManifest::open(store, &layout, &summary).await {
+        Ok(manifest) => manifest,
+        Err(Error::Store(e)) if !e.is_not_found() => return Err(Error::Store(e)),
+        Err(e) => {
+            report.problems.push(manifest_problem(e));
+            return Ok(report);
+        }
+    };
+    let mut unreadable = Vec::new();
+    {
+        let checks = manifest
+            .entries()?
+            .try_filter(|e| {
+                if let Some(reason) = &e.unreadable {
+                    unreadable.push(Problem {
+                        path: String::from_utf8_lossy(&e.path).into_owned(),
+                        object: String::new(),
+                        problem: format!("not in the snapshot: unreadable at copy time ({reason})"),
+                    });
+                }
+                futures::future::ready(e.content.is_some())
+            })
+            .map_ok(|entry| check_file(store, &layout, entry))
+            .try_buffered(concurrency);
+        futures::pin_mut!(checks);
+        while let Some((size, problem)) = checks.try_next().await? {
+            report.files += 1;
+            report.bytes += size;
+            if let Some(problem) = problem {
+                tracing::warn!(path = %problem.path, object = %problem.object, problem = %problem.problem, "verify");
+                report.problems.push(problem);
+            }
         }
     }
+    report.unreadable = unreadable;
     Ok(report)
-}
-
-async fn check_manifest(
-    store: &Store,
-    layout: &VolumeLayout,
-    id: &super::SnapshotId,
-    summary: &catalog::SnapshotSummary,
-) -> Result<Option<Problem>> {
-    let key = layout.manifest(id);
-    let problem = |text: String| Problem {
-        path: "(manifest)".into(),
-        object: key.to_string(),
-        problem: text,
-    };
-    let bytes = match store.get_bytes(&key).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Ok(Some(problem(format!("cannot be read: {e}")))),
-    };
-    let actual = blake3::hash(&bytes).to_hex().to_string();
-    Ok((actual != summary.manifest_blake3).then(|| {
-        problem(format!(
-            "hash {actual} differs from the summary's {}",
-            summary.manifest_blake3
-        ))
-    }))
 }
 
 async fn check_file(
@@ -102,7 +105,9 @@ async fn check_file(
     layout: &VolumeLayout,
     entry: Entry,
 ) -> Result<(u64, Option<Problem>)> {
-    let content = entry.content.expect("filtered to files");
+    let Some(content) = entry.content else {
+        return Ok((0, None));
+    };
     let path = String::from_utf8_lossy(&entry.path).into_owned();
     let problem = |object: String, text: String| Problem {
         path: path.clone(),
@@ -133,11 +138,17 @@ async fn check_file(
     let outcome = match store.call("read", &key, read).await {
         Ok((size, _)) if size != entry.size => Some(problem(
             key.to_string(),
-            format!("size {size}, manifest says {}", entry.size),
+            format!(
+                "the object holds {size} bytes, the manifest says {} bytes",
+                entry.size
+            ),
         )),
         Ok((_, hash)) if hash != content.blake3 => Some(problem(
             key.to_string(),
-            format!("hash {hash}, manifest says {}", content.blake3),
+            format!(
+                "same size, but the content's hash is {hash}, the manifest says {}",
+                content.blake3
+            ),
         )),
         Ok(_) => None,
         Err(e) if e.is_not_found() => Some(problem(key.to_string(), "object is missing".into())),

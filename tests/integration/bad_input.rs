@@ -67,13 +67,14 @@ async fn copy_refuses_bad_sources_urls_and_volumes() {
     let line = fails(&mut copy(&src.join("f"), &store, &data), 1).await;
     assert!(line.contains("not a directory"), "{line}");
 
-    let line = fails(&mut copy(&src, "::not a url", &data), 1).await;
+    // Malformed store URLs are usage errors (exit 2), refused before anything is opened.
+    let line = fails(&mut copy(&src, "::not a url", &data), 2).await;
     assert!(
         line.contains("store URL") && line.contains("not valid"),
         "{line}"
     );
 
-    let line = fails(&mut copy(&src, "ftp://example/x", &data), 1).await;
+    let line = fails(&mut copy(&src, "ftp://example/x", &data), 2).await;
     assert!(line.contains("unsupported scheme"), "{line}");
 
     for part_size in ["5", "12", "1024"] {
@@ -165,17 +166,48 @@ async fn unreadable_sources_and_read_only_stores_fail_with_the_path() {
         "{line}"
     );
 
+    // An unreadable file does not cost the rest of the volume, and is never dropped
+    // silently: the snapshot is stored with the file listed as unreadable (no content), the
+    // copy names it and exits 3.
     open(&store_dir, 0o777);
-    let line = fails(&mut as_nobody(&copy(&src, &store, &data)), 1).await;
+    let stderr = fails(&mut as_nobody(&copy(&src, &store, &data)), 3).await;
     assert!(
-        line.contains("cannot read") && line.contains("secret"),
-        "the path is in the message: {line}"
+        stderr.contains("could not be read") && stderr.contains("secret"),
+        "the path is in the message: {stderr}"
+    );
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(complete_snapshots(&store_dir), 1);
+    let manifest = walkdir::WalkDir::new(&store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "manifest.jsonl")
+        .unwrap();
+    let manifest = std::fs::read_to_string(manifest.path()).unwrap();
+    let secret = manifest.lines().find(|l| l.contains("\"secret\"")).unwrap();
+    assert!(
+        secret.contains("unreadable") && !secret.contains("blake3"),
+        "{secret}"
+    );
+    let verified = run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+    assert!(
+        verified.contains("NOT STORED secret") && verified.contains("INCOMPLETE"),
+        "{verified}"
     );
 
     open(&src, 0o700);
     let line = fails(&mut as_nobody(&copy(&src, &store, &data)), 1).await;
     assert!(line.contains("cannot be read"), "{line}");
-    assert_eq!(complete_snapshots(&store_dir), 0);
+    assert_eq!(
+        complete_snapshots(&store_dir),
+        1,
+        "no snapshot of an unreadable source"
+    );
 }
 
 #[tokio::test]
@@ -263,10 +295,13 @@ fn forge(store: &Path, entries: &[serde_json::Value]) {
         &json!({"end": {"entries": entries.len(), "files": files, "bytes": bytes, "skipped": 0}})
             .to_string();
     manifest += "\n";
-    std::fs::write(snap.join("manifest.jsonl"), manifest).unwrap();
+    std::fs::write(snap.join("manifest.jsonl"), &manifest).unwrap();
+    // The summary records the forged manifest's hash, as someone who can write the store
+    // can: the entries themselves must be refused.
     let summary = json!({"snapshot": id, "volume": VOLUME, "parent": null, "created": "", "completed": "",
         "entries": entries.len(), "files": files, "bytes": bytes, "skipped": 0, "uploaded_files": 0,
-        "uploaded_bytes": 0, "manifest_blake3": "", "manifest_size": 0});
+        "uploaded_bytes": 0, "manifest_blake3": blake3::hash(manifest.as_bytes()).to_hex().to_string(),
+        "manifest_size": manifest.len()});
     std::fs::write(snap.join("snapshot.json"), summary.to_string()).unwrap();
     std::fs::write(
         volume_dir.join("latest"),
@@ -332,6 +367,22 @@ async fn restore_refuses_hostile_manifests_and_writes_nothing_outside() {
             "object not a snapshot file",
             vec![root(), file("f", "latest")],
         ),
+        (
+            "listed twice",
+            vec![root(), file("twice", payload), file("twice", payload)],
+        ),
+        (
+            "out of order",
+            vec![root(), file("b", payload), file("a", payload)],
+        ),
+        (
+            "a file's mode says directory",
+            vec![root(), {
+                let mut f = file("f", payload);
+                f["mode"] = json!(0o40755);
+                f
+            }],
+        ),
     ];
     for (name, entries) in cases {
         let case = work.path().join(name.replace(' ', "-"));
@@ -345,6 +396,17 @@ async fn restore_refuses_hostile_manifests_and_writes_nothing_outside() {
             .arg(&dest);
         let line = fails(&mut cmd, 1).await;
         assert!(line.contains("refusing manifest entry"), "{name}: {line}");
+        // verify applies the same checks: what it passes, restore accepts.
+        let out = run(drainer()
+            .arg("verify")
+            .arg(file_url(&store))
+            .args(["--volume", VOLUME]))
+        .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && stdout.contains("refusing manifest entry"),
+            "{name}: verify passed a manifest restore refuses: {stdout}"
+        );
         let leaked: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
         assert!(
             leaked.is_empty(),

@@ -31,6 +31,7 @@ fn summary(id: &SnapshotId) -> SnapshotSummary {
         files: 2,
         bytes: 84,
         skipped: 0,
+        unreadable: 0,
         uploaded_files: 2,
         uploaded_bytes: 84,
         manifest_blake3: String::new(),
@@ -201,4 +202,85 @@ async fn postgres_ledger_groups_concurrent_handoffs() {
         .await
         .unwrap();
     concurrent_handoffs_share_commits_without_mixing_answers(ledger).await;
+}
+
+/// Run owners: a second owner is refused while the first holds the run, the holder may
+/// begin again, a released run is taken at once, a taken-over copy learns it lost the run, and
+/// the run of a drain is found by the drain's id.
+async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
+    let volume = "ns/pvc".parse().unwrap();
+    let store = "file:///s";
+    let a = ledger.run_checkpoint(Some("host-a:1:a".into()), Some("d-1".into()));
+    let b = ledger.run_checkpoint(Some("host-b:2:b".into()), Some("d-2".into()));
+    let run = a
+        .begin(store, &volume, &SnapshotId::generate())
+        .await
+        .unwrap();
+    let busy = b
+        .begin(store, &volume, &SnapshotId::generate())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(busy, drainer::ledger::Error::RunBusy { ref holder, .. } if holder == "host-a:1:a"),
+        "{busy}"
+    );
+    assert!(busy.is_transient());
+    assert_eq!(
+        a.begin(store, &volume, &SnapshotId::generate())
+            .await
+            .unwrap()
+            .id,
+        run.id
+    );
+    a.record(&run, &[stored(b"x")]).await.unwrap();
+    assert_eq!(
+        ledger.run_of_drain("d-1").await.unwrap().unwrap().id,
+        run.id
+    );
+    assert!(ledger.run_of_drain("d-2").await.unwrap().is_none());
+    // Released (an attempt stopped): the next copy takes it over at once, and the first
+    // copy, if it went on, learns that it lost the run.
+    a.interrupted(&run, "stopped").await.unwrap();
+    let taken = b
+        .begin(store, &volume, &SnapshotId::generate())
+        .await
+        .unwrap();
+    assert_eq!(taken.id, run.id);
+    assert!(taken.resumed);
+    let lost = a.record(&run, &[stored(b"y")]).await.unwrap_err();
+    assert!(
+        matches!(lost, drainer::ledger::Error::RunLost { .. }),
+        "{lost}"
+    );
+    assert!(a.renew(&run).await.is_err());
+    b.renew(&taken).await.unwrap();
+    assert_eq!(
+        ledger.run_of_drain("d-2").await.unwrap().unwrap().id,
+        run.id
+    );
+    assert_eq!(
+        ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
+        None
+    );
+    b.finish(&taken, &summary(&taken.snapshot)).await.unwrap();
+    assert_eq!(
+        ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
+        Some(taken.snapshot.to_string())
+    );
+}
+
+#[tokio::test]
+async fn sqlite_runs_have_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    runs_have_one_owner_and_belong_to_their_drain(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_runs_have_one_owner() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("/nonexistent"))
+        .await
+        .unwrap();
+    runs_have_one_owner_and_belong_to_their_drain(ledger).await;
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod engine;
+mod hardening;
 mod kube_env;
 mod ledger;
 mod lifecycle;
