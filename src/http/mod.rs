@@ -21,7 +21,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -47,12 +46,12 @@ pub struct Shared {
     pub admission: Arc<dyn crate::admission::Admission>,
     /// Hears when handoffs create drains.
     pub notifier: Arc<dyn crate::notify::Notifier>,
+    /// Runs sweeps.
+    pub sweeper: Arc<dyn crate::sweep::Sweeper>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live progress of running drains.
     pub board: ProgressBoard,
-    /// Local mode: the volume root that sweeps list.
-    pub volume_root: PathBuf,
     /// Attempts given to new drains.
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
