@@ -32,7 +32,10 @@ type pki struct {
 	adminKeyPEM           []byte
 }
 
-func generatePKI(dir string) (*pki, error) {
+// generatePKI writes a fresh CA and certificates. The API server's serving certificate names
+// 127.0.0.1, the in-cluster names of the "kubernetes" Service and extraIPs (its ClusterIP and
+// the address pods reach this machine at).
+func generatePKI(dir string, extraIPs ...net.IP) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -98,8 +101,8 @@ func generatePKI(dir string) (*pki, error) {
 			pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 	}
 	if _, _, err := issue(2, pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
-		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
-		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		append([]net.IP{net.ParseIP("127.0.0.1")}, extraIPs...),
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 		p.serverCert, p.serverKey); err != nil {
 		return nil, err
 	}
