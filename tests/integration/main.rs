@@ -4,6 +4,7 @@
 mod bad_input;
 mod engine;
 mod kube_env;
+mod kube_runtime;
 mod ledger;
 mod service;
 mod support;
