@@ -828,12 +828,12 @@ func (w *podWorker) finishTerminal() time.Duration {
 	return w.pushStatusRetry()
 }
 
-// teardown releases the sandbox once no process is left.
+// teardown releases the sandbox once no process is left (once: the IP may be given out again).
 func (w *podWorker) teardown() {
 	for _, c := range w.all() {
 		c.stopProbes()
 	}
-	if w.sb != nil {
+	if w.sb != nil && !w.sandboxGone {
 		w.rt.net.teardown(w.sb)
 	}
 	w.sandboxGone = true
@@ -848,9 +848,7 @@ func (w *podWorker) shutdown() {
 			<-c.proc.done
 		}
 	}
-	if w.sb != nil {
-		w.rt.net.teardown(w.sb)
-	}
+	w.teardown()
 	_ = os.RemoveAll(w.dir)
 }
 

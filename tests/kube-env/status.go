@@ -22,14 +22,15 @@ func (w *podWorker) containerStatus(c *ctr) corev1.ContainerStatus {
 	st := corev1.ContainerStatus{
 		Name:         c.spec.Name,
 		Image:        c.spec.Image,
-		ImageID:      "kube-env://host-root",
 		RestartCount: c.restarts,
 		Started:      ptr.To(false),
 	}
-	if c.image != nil {
+	// As a kubelet reports it once the image is on the node (here: from the first run on).
+	switch {
+	case c.image != nil:
 		st.ImageID = c.image.Name + "@" + c.image.Digest
-	} else if img := w.rt.images.lookup(c.spec.Image); img != nil {
-		st.ImageID = img.Name + "@" + img.Digest
+	case c.runs > 0:
+		st.ImageID = "kube-env://host-root"
 	}
 	if c.runs > 0 {
 		st.ContainerID = c.containerID(w.uid)
