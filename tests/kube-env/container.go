@@ -79,7 +79,7 @@ func startProcess(self string, ns *os.File, dir string, spec *containerinit.Spec
 		return nil, err
 	}
 	defer statusR.Close()
-	cmd := exec.Command(self, containerinit.Arg, specPath)
+	cmd := selfCommand(self, containerinit.Arg, specPath)
 	cmd.Env = []string{} // the container's environment is in the spec
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = []*os.File{statusW}
@@ -122,6 +122,14 @@ func startProcess(self string, ns *os.File, dir string, spec *containerinit.Spec
 		return p, &containerStartError{msg: string(msg)}
 	}
 	return p, nil
+}
+
+// selfCommand runs this very binary again: /proc/self/exe, which stays the running build even
+// if the file was rebuilt (or deleted) since; argv[0] is its path, for ps.
+func selfCommand(self string, args ...string) *exec.Cmd {
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = self
+	return cmd
 }
 
 func (p *proc) exited() bool {

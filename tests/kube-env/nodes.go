@@ -51,6 +51,8 @@ type nodeSimulator struct {
 	hostIP string
 	// runtime runs the pods that run for real (runtime.go); nil runs every pod simulated.
 	runtime *podRuntime
+	// kubeletPort is where the nodes serve pod logs (kubelet_api.go), 0 for nowhere.
+	kubeletPort int32
 
 	mu     sync.Mutex
 	nextIP map[string]int
@@ -169,7 +171,7 @@ func (s *nodeSimulator) registerNode(ctx context.Context, name string) error {
 		Status: corev1.NodeStatus{
 			Capacity:    capacity,
 			Allocatable: capacity,
-			Addresses: s.addresses(name),
+			Addresses:   s.addresses(name),
 			NodeInfo: corev1.NodeSystemInfo{
 				KubeletVersion:          "v1.37.2-kube-env",
 				ContainerRuntimeVersion: s.runtimeVersion(),
@@ -223,6 +225,7 @@ func (s *nodeSimulator) updateNodeStatus(ctx context.Context, name string) error
 		return c
 	}
 	node.Status.Addresses = s.addresses(name)
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = s.kubeletPort
 	node.Status.Conditions = []corev1.NodeCondition{
 		cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady"),
 		cond(corev1.NodeMemoryPressure, corev1.ConditionFalse, "KubeletHasSufficientMemory"),

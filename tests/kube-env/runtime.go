@@ -197,6 +197,7 @@ type ctr struct {
 	backoff                 time.Duration
 	retryAt                 time.Time
 	probes                  *prober
+	stopping                bool // a stop of the current run was started (sidecars of a finished pod)
 }
 
 func (c *ctr) containerID(uid types.UID) string {
@@ -357,33 +358,21 @@ func (w *podWorker) recover() {
 	for _, s := range append(append([]corev1.ContainerStatus(nil), st.InitContainerStatuses...), st.ContainerStatuses...) {
 		prev[s.Name] = s
 	}
-	now := metav1.Now()
 	for _, c := range w.all() {
 		s, ok := prev[c.spec.Name]
 		if !ok || (s.State.Running == nil && s.State.Terminated == nil) {
 			continue
 		}
-		c.restarts = s.RestartCount
-		if s.State.Terminated != nil && (c.init && s.State.Terminated.ExitCode == 0) {
-			c.term = s.State.Terminated.DeepCopy()
-			continue
+		c.restarts, c.runs = s.RestartCount, 1
+		term := s.State.Terminated.DeepCopy()
+		if term == nil {
+			term = &corev1.ContainerStateTerminated{
+				ExitCode: 137, Reason: "ContainerStatusUnknown", StartedAt: s.State.Running.StartedAt,
+				FinishedAt: metav1.Now(), Message: "The container could not be located when the pod was terminated",
+			}
 		}
-		lost := &corev1.ContainerStateTerminated{
-			ExitCode: 137, Reason: "ContainerStatusUnknown", FinishedAt: now,
-			Message: "The container could not be located when the pod was terminated",
-		}
-		if s.State.Running != nil {
-			lost.StartedAt = s.State.Running.StartedAt
-		}
-		if s.State.Terminated != nil {
-			lost = s.State.Terminated.DeepCopy()
-		}
-		c.runs = 1
-		if w.pod.Spec.RestartPolicy == corev1.RestartPolicyNever && !c.sidecar {
-			c.term = lost
-		} else {
-			c.lastTerm = lost
-		}
+		// As if the run had just ended: restarted, or not, by the pod's restartPolicy.
+		w.ended(c, term, time.Now(), 0)
 	}
 }
 
@@ -479,7 +468,8 @@ func (w *podWorker) ended(c *ctr, term *corev1.ContainerStateTerminated, now tim
 	w.mu.Lock()
 	removed := w.removed
 	w.mu.Unlock()
-	if removed || w.pod.DeletionTimestamp != nil || w.terminal || !w.shouldRestart(c, term.ExitCode) {
+	if removed || w.pod.DeletionTimestamp != nil || w.terminal || !w.shouldRestart(c, term.ExitCode) ||
+		(c.sidecar && w.mainsDone()) {
 		return
 	}
 	c.lastTerm, c.term = term, nil
@@ -560,6 +550,19 @@ func (w *podWorker) runContainers(now time.Time) time.Duration {
 		}
 		w.initialized = true
 	}
+	if w.mainsDone() {
+		for _, c := range w.sidecars() {
+			if c.proc != nil && !c.stopping {
+				c.stopping = true
+				c, p := c, c.proc
+				go func() {
+					w.stopContainer(c, p, w.gracePeriod(false), true, nil)
+					w.poke()
+				}()
+			}
+		}
+		return next
+	}
 	for _, c := range append(w.sidecars(), w.mains...) {
 		if c.proc != nil || c.term != nil {
 			continue
@@ -574,6 +577,20 @@ func (w *podWorker) runContainers(now time.Time) time.Duration {
 		}
 	}
 	return next
+}
+
+// mainsDone reports that every container has ended for good (not with restartPolicy Always):
+// the kubelet then stops the sidecars, and the pod can complete.
+func (w *podWorker) mainsDone() bool {
+	if w.pod.Spec.RestartPolicy == corev1.RestartPolicyAlways || len(w.mains) == 0 {
+		return false
+	}
+	for _, c := range w.mains {
+		if c.term == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *podWorker) sidecars() []*ctr {
@@ -619,7 +636,7 @@ func (w *podWorker) start(c *ctr) {
 		c.restarts++
 	}
 	c.runs++
-	c.term, c.waitReason, c.waitMessage = nil, "", ""
+	c.term, c.waitReason, c.waitMessage, c.stopping = nil, "", "", false
 	dir := filepath.Join(w.dir, "containers", fmt.Sprintf("%s-%d", c.spec.Name, c.runs))
 	spec.Root, spec.Scratch = filepath.Join(dir, "root"), filepath.Join(dir, "scratch")
 	termLog := filepath.Join(dir, "termination-log")

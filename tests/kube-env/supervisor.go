@@ -148,6 +148,7 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
 	var sans []net.IP
+	var nodeIP net.IP
 	if processes {
 		if err := checkProcessRuntime(); err != nil {
 			return err
@@ -169,6 +170,7 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		logf("pod network: slot %d, pods %s, Services %s, this machine %s, node %s",
 			s.net.slot, s.net.podCIDR, s.net.svcCIDR, s.net.hostIP, s.net.gateway)
 		sans = []net.IP{net.IP(s.net.hostIP.AsSlice()), net.IP(s.net.kubernetesServiceIP().AsSlice())}
+		nodeIP = net.IP(s.net.gateway.AsSlice())
 	}
 	store := &imageStore{dir: filepath.Join(s.dir, "images")}
 	for _, spec := range images {
@@ -183,7 +185,7 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		}
 		logf("image %s (%s) imported in %s", img.Name, img.Digest, time.Since(t).Round(time.Millisecond))
 	}
-	p, err := generatePKI(filepath.Join(s.dir, "pki"), sans...)
+	p, err := generatePKI(filepath.Join(s.dir, "pki"), sans, nodeIP)
 	if err != nil {
 		return fmt.Errorf("generate certificates: %w", err)
 	}
@@ -218,7 +220,12 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		// machine's address on the pod network (H), where the supervisor forwards to 127.0.0.1.
 		apiArgs = append(apiArgs,
 			"--advertise-address="+s.net.hostIP.String(),
-			"--service-cluster-ip-range="+s.net.svcCIDR.String())
+			"--service-cluster-ip-range="+s.net.svcCIDR.String(),
+			// pods/log goes to the nodes' kubelet API (kubelet_api.go) at their InternalIP.
+			"--kubelet-preferred-address-types=InternalIP",
+			"--kubelet-client-certificate="+p.adminCert,
+			"--kubelet-client-key="+p.adminKey,
+			"--kubelet-certificate-authority="+p.caCert)
 	} else {
 		apiArgs = append(apiArgs,
 			"--advertise-address=127.0.0.1",
@@ -315,6 +322,9 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		if err := dns.serve(ctx); err != nil {
 			return fmt.Errorf("cluster DNS on %s:53: %w", s.net.hostIP, err)
 		}
+		if err := s.startKubeletAPI(ctx, client, p); err != nil {
+			return err
+		}
 		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 		recorders := map[string]record.EventRecorder{}
@@ -331,7 +341,7 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 		if err != nil {
 			return err
 		}
-		sim.hostIP, sim.runtime = s.net.gateway.String(), s.runtime
+		sim.hostIP, sim.runtime, sim.kubeletPort = s.net.gateway.String(), s.runtime, kubeletPort
 	}
 	s.simDone = make(chan struct{})
 	go func() {
@@ -479,7 +489,7 @@ func (s *supervisor) startChild(name string, ns *os.File, args ...string) error 
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd := selfCommand(self, append([]string{name}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	// If the supervisor is killed outright (SIGKILL), the kernel kills the components too,
 	// so no orphaned apiserver outlives a crashed test run.
