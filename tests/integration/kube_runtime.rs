@@ -749,6 +749,63 @@ async fn grace_period_ends_in_sigkill_and_no_process_outlives_its_pod() -> Resul
     .await
 }
 
+#[tokio::test]
+async fn pod_waits_in_container_creating_until_its_claim_exists() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let env = KubeEnv::load()?;
+        let ns = create_namespace(&client, "kube-rt-claim").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // Bound to a node directly: the scheduler would not place a pod whose claim is missing.
+        let pod = create_pod(&pods, json!({
+            "metadata": { "name": "waiting" },
+            "spec": {
+                "nodeName": "kube-env-node-1",
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "main", "image": "registry.invalid/app:1", "command": ["sh", "-c", "cat /data/hello"],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
+                }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "later" } }]
+            }
+        }))
+        .await?;
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+        eventually("a FailedMount event naming the claim", WAIT, || async {
+            let list = events.list(&ListParams::default().fields("involvedObject.name=waiting,reason=FailedMount")).await?;
+            let messages: Vec<String> = list.items.into_iter().filter_map(|e| e.message).collect();
+            ensure!(
+                messages.iter().any(|m| m.contains(r#"persistentvolumeclaim "later" not found"#)),
+                "events: {messages:?}"
+            );
+            Ok(())
+        })
+        .await?;
+        let pod_now = pods.get("waiting").await?;
+        let waiting = pod_now
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone());
+        ensure!(
+            pod_phase(&pod_now) == Some("Pending") && waiting.as_deref() == Some("ContainerCreating"),
+            "status is {:?}",
+            pod_now.status
+        );
+
+        let dir = create_claim(&client, &ns, "later").await?;
+        std::fs::write(dir.join("hello"), b"bound at last\n")?;
+        let done = wait_for_pod_phase(&pods, "waiting", &["Succeeded", "Failed"], WAIT).await?;
+        let log = env.container_log(&pod, "main")?;
+        ensure!(pod_phase(&done) == Some("Succeeded") && log == "bound at last\n", "status {:?}, log {log:?}", done.status);
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
 /// Writes an OCI image layout whose one layer is `tree`, with the given image config.
 fn oci_layout(tree: &Path, dir: &Path, config: Value) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
@@ -906,7 +963,7 @@ async fn oci_image_runs_chrooted_with_its_own_files_and_its_volumes() -> Result<
 }
 
 #[tokio::test]
-async fn kubectl_of_the_same_release_applies_a_kustomization() -> Result<()> {
+async fn kubectl_of_the_same_release_applies_a_kustomization_and_reads_logs() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
         let client = client().await?;
         let env = KubeEnv::load()?;
@@ -926,6 +983,21 @@ async fn kubectl_of_the_same_release_applies_a_kustomization() -> Result<()> {
             version["clientVersion"]["gitVersion"] == version["serverVersion"]["gitVersion"],
             "kubectl and the API server differ: {version}"
         );
+
+        // kubectl logs goes through the API server to the node's kubelet API.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        create_pod(&pods, json!({
+            "metadata": { "name": "talker" },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "main", "image": "registry.invalid/talker:1", "command": ["sh", "-c", "echo one; echo two >&2"] }]
+            }
+        }))
+        .await?;
+        wait_for_pod_phase(&pods, "talker", &["Succeeded"], WAIT).await?;
+        let out = env.kubectl().args(["logs", "-n", &ns, "talker"]).output().await?;
+        ensure!(out.status.success(), "kubectl logs: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(out.stdout == b"one\ntwo\n", "kubectl logs: {:?}", String::from_utf8_lossy(&out.stdout));
         delete_namespace(&client, &ns).await
     })
     .await
