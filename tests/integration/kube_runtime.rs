@@ -750,6 +750,49 @@ async fn grace_period_ends_in_sigkill_and_no_process_outlives_its_pod() -> Resul
 }
 
 #[tokio::test]
+async fn on_failure_restarts_with_back_off_until_the_container_succeeds() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let env = KubeEnv::load()?;
+        let ns = create_namespace(&client, "kube-rt-restart").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // Fails twice, then succeeds; the count survives restarts in an emptyDir.
+        let script = "n=$(cat /state/runs 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /state/runs; \
+                      echo run $n; [ $n -ge 3 ]";
+        let pod = create_pod(&pods, json!({
+            "metadata": { "name": "flaky" },
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{
+                    "name": "main", "image": "registry.invalid/app:1", "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "state", "mountPath": "/state" }]
+                }],
+                "volumes": [{ "name": "state", "emptyDir": {} }]
+            }
+        }))
+        .await?;
+        let started = Instant::now();
+        let done = wait_for_pod_phase(&pods, "flaky", &["Succeeded", "Failed"], WAIT).await?;
+        let took = started.elapsed();
+        ensure!(pod_phase(&done) == Some("Succeeded"), "status {:?}", done.status);
+        let status = done
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .context("no container status")?;
+        ensure!(status.restart_count == 2, "restartCount {}", status.restart_count);
+        let last = status.last_state.and_then(|s| s.terminated).context("no lastState")?;
+        ensure!(last.exit_code == 1, "lastState {last:?}");
+        // The kubelet's back-off: the first restart at once, the second after 10 s.
+        ensure!(took >= Duration::from_secs(9), "restarted twice within {took:?}");
+        let log = env.container_log(&pod, "main")?;
+        ensure!(log == "run 1\nrun 2\nrun 3\n", "log {log:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
 async fn pod_waits_in_container_creating_until_its_claim_exists() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
         let client = client().await?;
