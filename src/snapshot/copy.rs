@@ -424,11 +424,20 @@ impl Job<'_> {
                 entry
             }
             Reuse::IfSameHash(content) => {
+                // The parent's extents (if sparse) describe its object; they go with it.
+                let parent_extents = entry.extents.clone();
                 let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
                 if hash == content.blake3 {
+                    let entry = Entry {
+                        extents: parent_extents,
+                        ..entry
+                    };
                     return Ok((with_content(entry, content), false));
                 }
-                entry
+                Entry {
+                    extents: None,
+                    ..entry
+                }
             }
             Reuse::No => entry,
         };
@@ -564,9 +573,11 @@ async fn plan(
         Some(prev) if prev.kind == EntryKind::File && prev.content.is_some() => {
             let content = prev.content.clone().expect("checked");
             if check_hash {
+                entry.extents = prev.extents.clone();
                 Ok(Plan::Compare(entry, content))
             } else if entry.unchanged_since(&prev) {
                 entry.content = Some(content);
+                entry.extents = prev.extents.clone();
                 Ok(Plan::Ready(entry))
             } else {
                 Ok(Plan::Store(entry))
@@ -699,7 +710,9 @@ impl Sink {
         if entry.kind == EntryKind::File {
             job.progress.file_done(entry.size, uploaded);
         }
-        if uploaded {
+        // A sparse file's extents are in the manifest only: it is not recorded as stored, so
+        // a resumed run stores it again (cheaply: only its data).
+        if uploaded && entry.extents.is_none() {
             self.pending.push(StoredFile {
                 size: entry.size,
                 mtime_ns: entry.mtime_ns,

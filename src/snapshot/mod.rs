@@ -16,6 +16,7 @@ pub mod part_hash;
 mod progress;
 mod restore;
 mod scan;
+mod sparse;
 mod upload;
 mod validate;
 mod verify;

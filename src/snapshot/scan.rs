@@ -184,6 +184,7 @@ fn scanned_entry(
         content: None,
         target,
         unreadable: None,
+        extents: None,
     })
 }
 
