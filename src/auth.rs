@@ -1,10 +1,20 @@
-//! Authentication and authorisation of API calls, behind one interface.
+//! Who may call the API, and what each caller may do: the identities ([`Caller`]), the
+//! route actions ([`Action`]), the policy between them ([`Action::allows`]), and the
+//! [`Authority`] that turns bearer tokens into callers and answers the checks that need the
+//! cluster (a pod's mounts, RBAC grants).
 //!
-//! An [`Authenticator`] turns a request's bearer token into a [`Caller`]; [`authorize`] says
-//! what a caller may do. Local mode uses a static token whose holder is an admin. The
-//! Kubernetes mode (TokenReview: pod identity from projected ServiceAccount tokens, "a pod may
-//! hand off only its own volumes", "a mover may write only its own drain") plugs in as another
-//! `Authenticator` without touching the handlers.
+//! | action | admin | workload (pod or Job) | mover |
+//! | --- | --- | --- | --- |
+//! | hand off volumes | any | its own namespace; a pod only the PVCs it mounts, others with an RBAC grant | no |
+//! | list drains | all | the drains it asked for | no |
+//! | read a drain | any | the drains it asked for | its own drain |
+//! | retry or cancel a drain, sweep | yes | no | no |
+//! | list a volume's snapshots | any | no | no |
+//! | stream a volume (mover protocol) | any drain | no | its own drain, while it is copying |
+//!
+//! The HTTP layer applies this table to every route (`http::guard`): no handler runs before
+//! its route's action has been authorised. Local mode has one caller, the holder of the static
+//! token, who is an admin. Decisions are pure; only the [`Authority`] does I/O.
 
 use crate::volume::VolumeId;
 
@@ -13,33 +23,131 @@ use crate::volume::VolumeId;
 pub enum Caller {
     /// An operator or the local token holder: may do everything.
     Admin,
-    /// A pod, identified by its ServiceAccount token.
-    Pod {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The PVCs it mounts.
-        mounts: Vec<String>,
-    },
-    /// A mover Job working for one drain.
+    /// A workload of one namespace: a pod (identified by its projected ServiceAccount token)
+    /// or another ServiceAccount user such as a Job's.
+    Workload(Workload),
+    /// A mover working for one drain.
     Mover {
         /// The drain it works for.
         drain: String,
     },
 }
 
-/// What a caller asks to do.
+/// A caller inside one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action<'a> {
-    /// Hand off these volumes.
-    Handoff(&'a [VolumeId]),
-    /// Read drains, volumes and snapshots.
-    Read,
-    /// Retry, cancel, sweep.
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its user name as the cluster knows it (`system:serviceaccount:NS:NAME`).
+    pub user: String,
+    /// The pod the token was issued to, if it was issued to a pod.
+    pub pod: Option<PodIdentity>,
+}
+
+/// A pod, confirmed against the live object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+    /// The PVCs it mounts.
+    pub mounts: Vec<String>,
+}
+
+impl Caller {
+    /// The name drains record as their requester: `admin`, `pod:NS/NAME`, `user:NAME` or
+    /// `mover:DRAIN`.
+    pub fn principal(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::Workload(Workload {
+                namespace,
+                pod: Some(pod),
+                ..
+            }) => format!("pod:{namespace}/{}", pod.name),
+            Caller::Workload(w) => format!("user:{}", w.user),
+            Caller::Mover { drain } => format!("mover:{drain}"),
+        }
+    }
+
+    /// The kind of caller, for the policy table.
+    pub fn kind(&self) -> CallerKind {
+        match self {
+            Caller::Admin => CallerKind::Admin,
+            Caller::Workload(_) => CallerKind::Workload,
+            Caller::Mover { .. } => CallerKind::Mover,
+        }
+    }
+}
+
+/// The kinds of caller the policy distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// See [`Caller::Admin`].
     Admin,
-    /// Stream data into one drain.
-    Stream(&'a str),
+    /// See [`Caller::Workload`].
+    Workload,
+    /// See [`Caller::Mover`].
+    Mover,
+}
+
+/// What a route does; each route of the API declares one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Hand off volumes (`POST /v1/handoffs`).
+    Handoff,
+    /// List drains.
+    ListDrains,
+    /// Read one drain with its history.
+    ReadDrain,
+    /// Retry or cancel a drain.
+    ChangeDrain,
+    /// Run a sweep.
+    Sweep,
+    /// List a volume's snapshots.
+    ReadSnapshots,
+    /// Stream a volume into one drain (the mover protocol).
+    Stream,
+}
+
+/// How far an action reaches for one kind of caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Everything the action names.
+    All,
+    /// Only what is the caller's own: its namespace and mounts for handoffs, the drains it
+    /// asked for when reading, its own drain for a mover.
+    Own,
+    /// Nothing: refused.
+    None,
+}
+
+impl Action {
+    /// The policy table (see the module doc).
+    pub fn allows(self, kind: CallerKind) -> Reach {
+        use Action as A;
+        use CallerKind as K;
+        match (self, kind) {
+            (_, K::Admin) => Reach::All,
+            (A::Handoff | A::ListDrains | A::ReadDrain, K::Workload) => Reach::Own,
+            (A::ReadDrain | A::Stream, K::Mover) => Reach::Own,
+            _ => Reach::None,
+        }
+    }
+
+    /// What the action is, in refusals.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Handoff => "hand off volumes",
+            Action::ListDrains => "list drains",
+            Action::ReadDrain => "read this drain",
+            Action::ChangeDrain => "retry or cancel drains",
+            Action::Sweep => "run sweeps",
+            Action::ReadSnapshots => "list snapshots",
+            Action::Stream => "stream into this drain",
+        }
+    }
 }
 
 /// Why a call was refused.
@@ -54,13 +162,66 @@ pub enum Denied {
     /// A known caller asking for something it may not do.
     #[error("{0}")]
     Forbidden(String),
+    /// The identity could not be checked now (the cluster did not answer).
+    #[error("cannot check the caller's identity now: {0}")]
+    Unavailable(String),
 }
 
-/// Turns a bearer token into a caller.
+/// Refuses `caller` the action.
+pub fn forbidden(caller: &Caller, action: Action) -> Denied {
+    Denied::Forbidden(format!(
+        "{} may not {}",
+        caller.principal(),
+        action.describe()
+    ))
+}
+
+/// Turns bearer tokens into callers, and answers the checks that need more than the caller's
+/// identity.
 #[async_trait::async_trait]
-pub trait Authenticator: Send + Sync + std::fmt::Debug {
+pub trait Authority: Send + Sync + std::fmt::Debug {
     /// Identifies the holder of `token`.
     async fn authenticate(&self, token: &str) -> Result<Caller, Denied>;
+
+    /// Whether `workload` may hand off `volumes`, all in its namespace. By default a pod may
+    /// hand off the PVCs it mounts and nothing else; an authority that can consult RBAC grants
+    /// more (a Job with a grant).
+    async fn may_hand_off(&self, workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+        own_mounts(workload, volumes)
+    }
+}
+
+/// The pure part of the handoff rule: every volume in the workload's namespace and mounted by
+/// its pod.
+pub fn own_mounts(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+    in_namespace(workload, volumes)?;
+    let who = match &workload.pod {
+        Some(pod) => pod,
+        None => {
+            return Err(Denied::Forbidden(format!(
+                "{} is not a pod and has no grant to hand off volumes in {}",
+                workload.user, workload.namespace
+            )));
+        }
+    };
+    match volumes.iter().find(|v| !who.mounts.contains(&v.name)) {
+        None => Ok(()),
+        Some(v) => Err(Denied::Forbidden(format!(
+            "pod {}/{} does not mount {}",
+            workload.namespace, who.name, v.name
+        ))),
+    }
+}
+
+/// Every volume in the workload's own namespace.
+pub fn in_namespace(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+    match volumes.iter().find(|v| v.namespace != workload.namespace) {
+        None => Ok(()),
+        Some(v) => Err(Denied::Forbidden(format!(
+            "{} may only hand off volumes in namespace {}, not {v}",
+            workload.user, workload.namespace
+        ))),
+    }
 }
 
 /// Local mode: one static token, whose holder is an admin.
@@ -82,7 +243,7 @@ impl StaticToken {
 }
 
 #[async_trait::async_trait]
-impl Authenticator for StaticToken {
+impl Authority for StaticToken {
     async fn authenticate(&self, token: &str) -> Result<Caller, Denied> {
         if constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
             Ok(Caller::Admin)
@@ -96,51 +257,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Extracts the token from an `Authorization: Bearer …` header value.
+/// Extracts the token from an `Authorization: Bearer …` header value (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
 pub fn bearer(header: Option<&str>) -> Result<&str, Denied> {
-    let value = header.ok_or(Denied::Missing)?;
-    let token = value.strip_prefix("Bearer ").ok_or(Denied::Missing)?.trim();
-    if token.is_empty() {
+    let value = header.ok_or(Denied::Missing)?.trim_start();
+    let (scheme, token) = value.split_once(' ').ok_or(Denied::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         Err(Denied::Missing)
     } else {
         Ok(token)
-    }
-}
-
-/// Whether `caller` may do `action`.
-pub fn authorize(caller: &Caller, action: &Action<'_>) -> Result<(), Denied> {
-    match (caller, action) {
-        (Caller::Admin, _) => Ok(()),
-        (
-            Caller::Pod {
-                namespace,
-                name,
-                mounts,
-            },
-            Action::Handoff(volumes),
-        ) => {
-            match volumes
-                .iter()
-                .find(|v| v.namespace != *namespace || !mounts.contains(&v.name))
-            {
-                None => Ok(()),
-                Some(v) => Err(Denied::Forbidden(format!(
-                    "pod {namespace}/{name} does not mount {v}"
-                ))),
-            }
-        }
-        (Caller::Mover { drain }, Action::Stream(target)) if drain == target => Ok(()),
-        (Caller::Mover { drain }, _) => Err(Denied::Forbidden(format!(
-            "a mover may only stream into drain {drain}"
-        ))),
-        (
-            Caller::Pod {
-                namespace, name, ..
-            },
-            _,
-        ) => Err(Denied::Forbidden(format!(
-            "pod {namespace}/{name} may only hand off its own volumes"
-        ))),
     }
 }
 
@@ -175,11 +301,15 @@ pub fn load_or_create_token(path: &std::path::Path) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
-    fn pod() -> Caller {
-        Caller::Pod {
+    fn pod() -> Workload {
+        Workload {
             namespace: "shop".into(),
-            name: "web-4".into(),
-            mounts: vec!["data-web-4".into()],
+            user: "system:serviceaccount:shop:web".into(),
+            pod: Some(PodIdentity {
+                name: "web-4".into(),
+                uid: "u-1".into(),
+                mounts: vec!["data-web-4".into()],
+            }),
         }
     }
 
@@ -188,30 +318,62 @@ mod tests {
         let own = ["shop/data-web-4".parse().unwrap()];
         let other: [VolumeId; 1] = ["shop/data-web-3".parse().unwrap()];
         let elsewhere: [VolumeId; 1] = ["other/data-web-4".parse().unwrap()];
-        assert_eq!(authorize(&pod(), &Action::Handoff(&own)), Ok(()));
-        assert!(authorize(&pod(), &Action::Handoff(&other)).is_err());
-        assert!(authorize(&pod(), &Action::Handoff(&elsewhere)).is_err());
-        assert!(authorize(&pod(), &Action::Read).is_err());
-        assert!(authorize(&pod(), &Action::Admin).is_err());
+        assert_eq!(own_mounts(&pod(), &own), Ok(()));
+        assert!(own_mounts(&pod(), &other).is_err());
+        assert!(own_mounts(&pod(), &elsewhere).is_err());
+        let job = Workload { pod: None, ..pod() };
+        assert!(own_mounts(&job, &own).is_err(), "no grant, no pod");
+        assert_eq!(in_namespace(&job, &own), Ok(()));
+        assert!(in_namespace(&job, &elsewhere).is_err());
     }
 
     #[test]
-    fn movers_stream_only_into_their_drain() {
-        let mover = Caller::Mover {
-            drain: "d-1".into(),
-        };
-        assert_eq!(authorize(&mover, &Action::Stream("d-1")), Ok(()));
-        assert!(authorize(&mover, &Action::Stream("d-2")).is_err());
-        assert!(authorize(&mover, &Action::Admin).is_err());
-        assert_eq!(authorize(&Caller::Admin, &Action::Admin), Ok(()));
+    fn the_policy_table_is_the_documented_one() {
+        use Action::*;
+        use CallerKind::*;
+        let table = [
+            (Handoff, [Reach::All, Reach::Own, Reach::None]),
+            (ListDrains, [Reach::All, Reach::Own, Reach::None]),
+            (ReadDrain, [Reach::All, Reach::Own, Reach::Own]),
+            (ChangeDrain, [Reach::All, Reach::None, Reach::None]),
+            (Sweep, [Reach::All, Reach::None, Reach::None]),
+            (ReadSnapshots, [Reach::All, Reach::None, Reach::None]),
+            (Stream, [Reach::All, Reach::None, Reach::Own]),
+        ];
+        for (action, reach) in table {
+            for (kind, expected) in [Admin, Workload, Mover].into_iter().zip(reach) {
+                assert_eq!(action.allows(kind), expected, "{action:?} for {kind:?}");
+            }
+        }
     }
 
     #[test]
-    fn bearer_tokens_are_parsed_strictly() {
+    fn principals_name_the_caller() {
+        assert_eq!(Caller::Admin.principal(), "admin");
+        assert_eq!(Caller::Workload(pod()).principal(), "pod:shop/web-4");
+        let job = Workload { pod: None, ..pod() };
+        assert_eq!(
+            Caller::Workload(job).principal(),
+            "user:system:serviceaccount:shop:web"
+        );
+        assert_eq!(
+            Caller::Mover {
+                drain: "d-1".into()
+            }
+            .principal(),
+            "mover:d-1"
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_with_a_case_insensitive_scheme() {
         assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("BEARER  abc ")), Ok("abc"));
         assert_eq!(bearer(None), Err(Denied::Missing));
         assert_eq!(bearer(Some("Basic abc")), Err(Denied::Missing));
         assert_eq!(bearer(Some("Bearer ")), Err(Denied::Missing));
+        assert_eq!(bearer(Some("Bearerabc")), Err(Denied::Missing));
     }
 
     #[tokio::test]

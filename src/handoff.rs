@@ -4,31 +4,13 @@
 //! backoff until its deadline; with `--wait` it follows the drains until they end, and its exit
 //! code says whether every one completed.
 
+use crate::client::Api;
 use crate::config::HandoffArgs;
 use crate::lifecycle::DrainState;
-use crate::retry;
 use crate::volume::VolumeId;
 use anyhow::bail;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
-
-/// A failed call to the drainer.
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error("cannot reach the drainer: {0}")]
-    Transport(#[from] reqwest::Error),
-    #[error("the drainer answered {status}: {message}")]
-    Status { status: u16, message: String },
-}
-
-impl CallError {
-    fn is_transient(&self) -> bool {
-        match self {
-            CallError::Transport(_) => true,
-            CallError::Status { status, .. } => *status >= 500 || *status == 429,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 struct DrainSeen {
@@ -51,27 +33,10 @@ pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
     }
     let token = args.drainer.token()?;
     let deadline = Instant::now() + args.timeout;
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = args.drainer.url.trim_end_matches('/');
+    let api = Api::new(&args.drainer.url, token, CALL_TIMEOUT, args.timeout)?;
     let body = serde_json::json!({"namespace": args.namespace, "pvcs": args.pvcs, "pod": args.pod, "reason": args.reason});
-    let post = || async {
-        let response = client
-            .post(format!("{base}/v1/handoffs"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        decode::<DrainList>(response).await
-    };
-    let accepted = retry::with_retries(
-        retry::client_policy(args.timeout),
-        CallError::is_transient,
-        post,
-    )
-    .await?;
+    let url = api.url("/v1/handoffs");
+    let accepted: DrainList = api.json(|http| http.post(&url).json(&body)).await?;
     for d in &accepted.drains {
         println!("drain {} of {}: {}", d.id, d.volume, d.state);
     }
@@ -80,7 +45,7 @@ pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
     }
     let mut failed = Vec::new();
     for drain in &accepted.drains {
-        let end = follow(&client, base, &token, &drain.id, deadline).await?;
+        let end = follow(&api, &drain.id, deadline).await?;
         println!(
             "drain {} of {}: {}{}",
             end.id,
@@ -106,50 +71,21 @@ pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One request's time limit.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Polls one drain until it ends or the deadline passes.
-async fn follow(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-    deadline: Instant,
-) -> anyhow::Result<DrainSeen> {
+async fn follow(api: &Api, id: &str, deadline: Instant) -> anyhow::Result<DrainSeen> {
+    let url = api.url(&format!("/v1/drains/{id}"));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("timed out waiting for drain {id}");
         }
-        let get = || async {
-            let response = client
-                .get(format!("{base}/v1/drains/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await?;
-            decode::<DrainSeen>(response).await
-        };
-        let seen =
-            retry::with_retries(retry::client_policy(left), CallError::is_transient, get).await?;
+        let seen: DrainSeen = api.json(|http| http.get(&url)).await?;
         if seen.state.is_final() {
             return Ok(seen);
         }
         tokio::time::sleep(Duration::from_millis(500).min(left)).await;
     }
-}
-
-async fn decode<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-) -> Result<T, CallError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response.json::<T>().await?);
-    }
-    let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or(text);
-    Err(CallError::Status {
-        status: status.as_u16(),
-        message,
-    })
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod handoff;
 pub mod http;
@@ -15,7 +16,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mover;
-pub mod object_batch;
+pub mod protocol;
 pub mod retry;
 pub mod scheduler;
 pub mod service;

@@ -1,16 +1,20 @@
-//! The drain lifecycle: states, the transitions allowed between them, and the pure decisions
-//! that move a drain along. No I/O here: the ledger applies these decisions in transactions.
+//! The drain lifecycle: states, the events that move a drain, and the one table of
+//! transitions between them. No I/O here: the ledger applies each transition in a
+//! transaction whose `WHERE` names the state this table started from, so a writer acting on a
+//! stale view changes nothing and is told so.
 //!
 //! ```text
-//! requested ─► awaiting_release ─► queued ─► copying ─► completed
-//!                   │                  ▲         │
-//!                   └─► not_needed     └─ retry ◄┘ (backoff; after max attempts: failed)
-//! any active state ─► cancelled (by hand);  failed ─► queued (retry by hand)
+//! awaiting_release ─► queued ─► copying ─► completed
+//!   │     │             ▲   ▲      │ │ │
+//!   │     └─► not_needed│   └──────┘ │ └─► failed ─► queued (retry by hand)
+//!   └─► failed          └── retry ◄──┘   (backoff; after max attempts: failed)
+//! any active state ─► cancelled (by hand)
 //! ```
 //!
-//! At most one drain per volume is active (`requested`, `awaiting_release`, `queued`,
-//! `copying`); repeating a handoff returns it. In local mode there is no pod to wait for, so a
-//! handoff goes straight to `queued`.
+//! A handoff that waits for its pod's release starts in `awaiting_release`; one that does not
+//! (local mode, sweeps) starts in `queued`. `requested` is kept for drains that arrive with
+//! nothing decided yet. At most one drain per volume is active (`requested`,
+//! `awaiting_release`, `queued`, `copying`); repeating a handoff returns it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -32,7 +36,7 @@ pub enum DrainState {
     Completed,
     /// The pod came back (same ordinal): nothing to copy.
     NotNeeded,
-    /// Every attempt failed; can be retried by hand.
+    /// Every attempt failed, or the volume was never released; can be retried by hand.
     Failed,
     /// Cancelled by hand.
     Cancelled,
@@ -50,6 +54,49 @@ pub const ALL_STATES: [DrainState; 8] = [
     DrainState::Cancelled,
 ];
 
+/// What happens to a drain. Each event names the one transition it causes from each state
+/// where it may happen ([`DrainState::after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The volume was let go and is orphaned: copy it.
+    Orphaned,
+    /// The volume was let go but is still wanted (the pod came back): nothing to copy.
+    StillInUse,
+    /// The volume was not let go within the release timeout.
+    ReleaseTimedOut,
+    /// A replica claimed the queued drain with a lease.
+    Claimed,
+    /// A replica took over a drain whose holder's lease expired.
+    TakenOver,
+    /// The copy finished: its snapshot is complete.
+    Completed,
+    /// The attempt failed; try again after a backoff.
+    Retry,
+    /// The attempt failed and no attempt is left (or the error is permanent).
+    GaveUp,
+    /// The holder stopped (shutdown); the attempt does not count.
+    Released,
+    /// An operator asked for another try of a failed drain.
+    RetriedByHand,
+    /// An operator cancelled the drain.
+    Cancelled,
+}
+
+/// Every event (for exhaustive tests).
+pub const ALL_EVENTS: [Event; 11] = [
+    Event::Orphaned,
+    Event::StillInUse,
+    Event::ReleaseTimedOut,
+    Event::Claimed,
+    Event::TakenOver,
+    Event::Completed,
+    Event::Retry,
+    Event::GaveUp,
+    Event::Released,
+    Event::RetriedByHand,
+    Event::Cancelled,
+];
+
 impl DrainState {
     /// The state's name as stored and shown.
     pub fn as_str(self) -> &'static str {
@@ -62,6 +109,15 @@ impl DrainState {
             Self::NotNeeded => "not_needed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state a new drain starts in: waiting for its pod's release, or queued at once.
+    pub fn initial(wait_for_release: bool) -> Self {
+        if wait_for_release {
+            Self::AwaitingRelease
+        } else {
+            Self::Queued
         }
     }
 
@@ -78,17 +134,30 @@ impl DrainState {
         !self.is_active()
     }
 
-    /// Whether a transition from `self` to `next` is part of the lifecycle.
-    pub fn can_become(self, next: DrainState) -> bool {
+    /// The transition table: the state `event` moves a drain in `self` to, or `None` when the
+    /// event cannot happen in this state.
+    pub fn after(self, event: Event) -> Option<DrainState> {
         use DrainState::*;
-        matches!(
-            (self, next),
-            (Requested, AwaitingRelease | Queued | NotNeeded | Cancelled)
-                | (AwaitingRelease, Queued | NotNeeded | Cancelled)
-                | (Queued, Copying | Cancelled)
-                | (Copying, Completed | Queued | Failed | Cancelled | Copying)
-                | (Failed, Queued)
-        )
+        use Event as E;
+        let next = match (self, event) {
+            (Requested | AwaitingRelease, E::Orphaned) => Queued,
+            (Requested | AwaitingRelease, E::StillInUse) => NotNeeded,
+            (Requested | AwaitingRelease, E::ReleaseTimedOut) => Failed,
+            (Queued, E::Claimed) => Copying,
+            (Copying, E::TakenOver) => Copying,
+            (Copying, E::Completed) => Completed,
+            (Copying, E::Retry | E::Released) => Queued,
+            (Copying, E::GaveUp) => Failed,
+            (Failed, E::RetriedByHand) => Queued,
+            (state, E::Cancelled) if state.is_active() => Cancelled,
+            _ => return None,
+        };
+        Some(next)
+    }
+
+    /// Whether some event moves a drain from `self` to `next`.
+    pub fn can_become(self, next: DrainState) -> bool {
+        ALL_EVENTS.iter().any(|e| self.after(*e) == Some(next))
     }
 }
 
@@ -110,6 +179,43 @@ impl FromStr for DrainState {
     }
 }
 
+/// The state of a copy run in the ledger: `running` until its snapshot is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Started, resumable.
+    Running,
+    /// Its snapshot is complete.
+    Completed,
+}
+
+impl RunState {
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Running, Self::Completed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown run state {s:?}"))
+    }
+}
+
 /// What to do after an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
@@ -117,6 +223,16 @@ pub enum AfterFailure {
     RetryAfter(std::time::Duration),
     /// Give up: the drain is `failed`.
     GiveUp,
+}
+
+impl AfterFailure {
+    /// The lifecycle event this decision is.
+    pub fn event(self) -> Event {
+        match self {
+            Self::RetryAfter(_) => Event::Retry,
+            Self::GiveUp => Event::GaveUp,
+        }
+    }
 }
 
 /// Decides what follows a failed attempt: permanent errors and exhausted attempts give up;
@@ -137,34 +253,59 @@ mod tests {
     #[test]
     fn transitions_follow_the_diagram() {
         let allowed = [
-            (Requested, AwaitingRelease),
-            (Requested, Queued),
-            (AwaitingRelease, Queued),
-            (AwaitingRelease, NotNeeded),
-            (Queued, Copying),
-            (Copying, Completed),
-            (Copying, Queued),
-            (Copying, Failed),
-            (Copying, Copying), // a lease taken over after its owner died
-            (Failed, Queued),
-            (Queued, Cancelled),
+            (Requested, AwaitingRelease, false),
+            (Requested, Queued, true),
+            (AwaitingRelease, Queued, true),
+            (AwaitingRelease, NotNeeded, true),
+            (AwaitingRelease, Failed, true),
+            (Queued, Copying, true),
+            (Copying, Completed, true),
+            (Copying, Queued, true),
+            (Copying, Failed, true),
+            (Copying, Copying, true), // a lease taken over after its owner died
+            (Failed, Queued, true),
+            (Queued, Cancelled, true),
+            (AwaitingRelease, Cancelled, true),
+            (Copying, Cancelled, true),
+            (Completed, Queued, false),
+            (Completed, Copying, false),
+            (NotNeeded, Queued, false),
+            (Cancelled, Queued, false),
+            (Queued, Completed, false),
+            (Failed, Copying, false),
+            (Requested, Copying, false),
+            (Failed, Cancelled, false),
+            (Queued, Queued, false),
         ];
-        for (from, to) in allowed {
-            assert!(from.can_become(to), "{from} -> {to}");
+        for (from, to, expected) in allowed {
+            assert_eq!(from.can_become(to), expected, "{from} -> {to}");
         }
-        let refused = [
-            (Completed, Queued),
-            (Completed, Copying),
-            (NotNeeded, Queued),
-            (Cancelled, Queued),
-            (Queued, Completed),
-            (Failed, Copying),
-            (Requested, Copying),
-            (Failed, Cancelled),
-        ];
-        for (from, to) in refused {
-            assert!(!from.can_become(to), "{from} -> {to}");
+    }
+
+    #[test]
+    fn every_event_has_one_meaning_per_state() {
+        for state in ALL_STATES {
+            for event in ALL_EVENTS {
+                if let Some(next) = state.after(event) {
+                    assert!(
+                        state.is_active() || event == Event::RetriedByHand,
+                        "{state} {event:?}"
+                    );
+                    assert!(state.can_become(next));
+                }
+            }
+            // Final states move only by hand.
+            if state.is_final() {
+                let moves: Vec<_> = ALL_EVENTS.iter().filter_map(|e| state.after(*e)).collect();
+                assert!(moves.iter().all(|s| *s == Queued), "{state}: {moves:?}");
+            }
         }
+    }
+
+    #[test]
+    fn new_drains_wait_for_release_or_queue() {
+        assert_eq!(DrainState::initial(true), AwaitingRelease);
+        assert_eq!(DrainState::initial(false), Queued);
     }
 
     #[test]
@@ -176,6 +317,10 @@ mod tests {
         let active: Vec<_> = ALL_STATES.iter().filter(|s| s.is_active()).collect();
         assert_eq!(active, [&Requested, &AwaitingRelease, &Queued, &Copying]);
         assert!("copied".parse::<DrainState>().is_err());
+        for run in [RunState::Running, RunState::Completed] {
+            assert_eq!(run.as_str().parse::<RunState>().unwrap(), run);
+        }
+        assert!("done".parse::<RunState>().is_err());
     }
 
     #[test]
@@ -194,5 +339,6 @@ mod tests {
             AfterFailure::GiveUp,
             "permanent errors are not retried"
         );
+        assert_eq!(after_failure(5, 5, true).event(), Event::GaveUp);
     }
 }

@@ -200,29 +200,42 @@ impl Scheduler {
         }
     }
 
-    /// One attempt of one drain, from claim to the recorded outcome.
+    /// One attempt of one drain, from claim to the recorded outcome. The copy runs in a task
+    /// of its own: if it panics, the attempt fails (and is retried like any other failure);
+    /// if the lease is lost (taken over, or the drain cancelled) it stops within a second.
     async fn attempt(&self, drain: Drain, shutdown: CancellationToken) {
         tracing::info!(attempt = drain.attempts, "copy starting");
         let progress = Arc::new(Progress::default());
-        self.board
-            .lock()
-            .expect("board lock")
-            .insert(drain.id.clone(), Arc::clone(&progress));
+        if let Ok(mut board) = self.board.lock() {
+            board.insert(drain.id.clone(), Arc::clone(&progress));
+        }
         let lost = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lease(
+        let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             self.ledger.clone(),
             drain.id.clone(),
             self.owner.clone(),
             self.lease,
             lost.clone(),
-        ));
+        )));
+        let copy = {
+            let (executor, drain, progress) = (
+                Arc::clone(&self.executor),
+                drain.clone(),
+                Arc::clone(&progress),
+            );
+            AbortOnDrop(tokio::spawn(
+                async move { executor.execute(&drain, progress).await }.in_current_span(),
+            ))
+        };
         let outcome = tokio::select! {
-            result = self.executor.execute(&drain, Arc::clone(&progress)) => Some(self.outcome(&drain, result, &progress)),
+            ended = copy.wait() => Some(self.outcome(&drain, ended, &progress)),
             () = shutdown.cancelled() => Some(AttemptOutcome::Released),
             () = lost.cancelled() => None,
         };
-        keeper.abort();
-        self.board.lock().expect("board lock").remove(&drain.id);
+        drop(keeper);
+        if let Ok(mut board) = self.board.lock() {
+            board.remove(&drain.id);
+        }
         let Some(outcome) = outcome else {
             tracing::warn!("lease lost (taken over or cancelled); stopped this attempt");
             return;
@@ -245,9 +258,16 @@ impl Scheduler {
     fn outcome(
         &self,
         drain: &Drain,
-        result: snapshot::Result<SnapshotSummary>,
+        ended: Result<snapshot::Result<SnapshotSummary>, tokio::task::JoinError>,
         progress: &Progress,
     ) -> AttemptOutcome {
+        let result = ended.unwrap_or_else(|panicked| {
+            tracing::error!(error = %panicked, "the copy panicked; ending the attempt");
+            Err(snapshot::Error::Mover {
+                drain: drain.id.clone(),
+                reason: format!("the copy stopped unexpectedly ({panicked}); it is retried"),
+            })
+        });
         self.metrics.bytes_copied.inc_by(
             progress
                 .bytes_uploaded
@@ -297,7 +317,13 @@ fn failure_class(err: &snapshot::Error) -> &'static str {
     }
 }
 
-/// Renews the lease every third of its length; cancels `lost` when it is no longer held.
+/// How often a running attempt checks that its drain is still its own (a cancel stops the
+/// copy within about this long).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the attempt's lease: checks every [`WATCH_EVERY`] that the drain is still copying
+/// under this owner, and renews the lease every third of its length; cancels `lost` as soon
+/// as the drain is no longer held (cancelled, or taken over after an expiry).
 async fn keep_lease(
     ledger: Ledger,
     id: String,
@@ -305,15 +331,47 @@ async fn keep_lease(
     lease: Duration,
     lost: CancellationToken,
 ) {
+    let renew_every = (lease / 3).max(WATCH_EVERY);
+    let mut renewed = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(lease / 3).await;
-        match ledger.renew_lease(&id, &owner, lease).await {
+        tokio::time::sleep(WATCH_EVERY.min(renew_every)).await;
+        let held = if renewed.elapsed() >= renew_every {
+            let held = ledger.renew_lease(&id, &owner, lease).await;
+            if matches!(held, Ok(true)) {
+                renewed = tokio::time::Instant::now();
+            }
+            held
+        } else {
+            ledger.drain(&id).await.map(|d| {
+                d.is_some_and(|d| {
+                    d.state == crate::lifecycle::DrainState::Copying
+                        && d.lease_owner.as_deref() == Some(owner.as_str())
+                })
+            })
+        };
+        match held {
             Ok(true) => {}
             Ok(false) => return lost.cancel(),
             Err(err) => {
-                tracing::warn!(drain = %id, error = %err, "cannot renew lease; trying again")
+                tracing::warn!(drain = %id, error = %err, "cannot check the lease; trying again")
             }
         }
+    }
+}
+
+/// A task aborted when its handle is dropped, so no path leaves it running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task's end (a panic is an `Err`).
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -321,5 +379,68 @@ async fn sleep_or_cancel(duration: Duration, token: &CancellationToken) {
     tokio::select! {
         () = token.cancelled() => {}
         () = tokio::time::sleep(duration) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::NewDrain;
+    use crate::lifecycle::DrainState;
+
+    /// An executor whose copy panics, as a bug in the engine would.
+    struct Panics;
+
+    #[async_trait::async_trait]
+    impl Executor for Panics {
+        async fn execute(
+            &self,
+            _drain: &Drain,
+            _progress: Arc<Progress>,
+        ) -> snapshot::Result<SnapshotSummary> {
+            panic!("offset 7 must be a chunk boundary");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_copy_ends_its_attempt_and_releases_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(None, dir.path()).await.unwrap();
+        let new = NewDrain {
+            volume: "shop/data-web-0".parse().unwrap(),
+            pod: None,
+            reason: "test".into(),
+            max_attempts: 1,
+            wait_for_release: false,
+            requested_by: None,
+        };
+        let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
+        let scheduler = Arc::new(Scheduler {
+            ledger: ledger.clone(),
+            executor: Arc::new(Panics),
+            owner: "replica".into(),
+            lease: Duration::from_secs(60),
+            concurrency: 1,
+            metrics: Arc::default(),
+            board: ProgressBoard::default(),
+        });
+        let stop = CancellationToken::new();
+        let running =
+            tokio::spawn(Arc::clone(&scheduler).run(stop.clone(), Duration::from_secs(5)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let drain = loop {
+            let drain = ledger.drain(&id).await.unwrap().unwrap();
+            if drain.state.is_final() {
+                break drain;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {drain:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        stop.cancel();
+        running.await.unwrap();
+        assert_eq!(drain.state, DrainState::Failed, "{drain:?}");
+        assert!(drain.lease_owner.is_none(), "{drain:?}");
+        let error = drain.last_error.unwrap_or_default();
+        assert!(error.contains("stopped unexpectedly"), "{error}");
     }
 }

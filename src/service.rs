@@ -64,7 +64,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         volume_root: volume_root.clone(),
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
-        uploads: Default::default(),
         copying: Default::default(),
     });
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);

@@ -215,6 +215,8 @@ pub async fn sweep_local(
             pod: None,
             reason: "sweep".to_owned(),
             max_attempts,
+            wait_for_release: false,
+            requested_by: None,
         })
         .collect();
     let drains = if wanted.is_empty() {

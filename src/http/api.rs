@@ -1,18 +1,18 @@
 //! The `/v1` handlers and the public endpoints (`/healthz`, `/readyz`, `/metrics`,
 //! `/v1/openapi.json`).
 
-use super::{AppState, Error, allow};
-use crate::auth::{Action, Caller};
-use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, Refused};
-use crate::lifecycle::DrainState;
+use super::guard::{AdminAction, Granted, HandoffScope, ListScope, VolumeAccess, drain_not_found};
+use super::{AppState, Error, Query};
+use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
+use crate::lifecycle::{DrainState, Event};
 use crate::snapshot::ProgressView;
 use crate::volume::{VolumeId, is_dns_label, is_dns_subdomain};
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
@@ -20,17 +20,10 @@ use std::sync::atomic::Ordering;
 const MAX_PVCS: usize = 32;
 /// Longest reason accepted.
 const MAX_REASON: usize = 200;
-
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/handoffs", post(handoff))
-        .route("/drains", get(list_drains))
-        .route("/drains/{id}", get(get_drain))
-        .route("/drains/{id}/retry", post(retry_drain))
-        .route("/drains/{id}/cancel", post(cancel_drain))
-        .route("/sweeps", post(sweep))
-        .route("/volumes/{namespace}/{pvc}/snapshots", get(snapshots))
-}
+/// Drains in one page of a listing, unless asked otherwise.
+const DEFAULT_PAGE: u32 = 100;
+/// Most drains in one page of a listing; more come with the `next` cursor.
+pub(super) const MAX_PAGE: u32 = 1000;
 
 pub(super) fn public_routes() -> Router<AppState> {
     Router::new()
@@ -46,11 +39,15 @@ pub(super) fn public_routes() -> Router<AppState> {
 /// The body of `POST /v1/handoffs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HandoffBody {
+pub(super) struct HandoffBody {
     namespace: String,
     pvcs: Vec<String>,
     pod: Option<String>,
     reason: Option<String>,
+    /// Wait for the announcing pod to let go of the volumes before deciding (Kubernetes mode
+    /// decides this itself; in local mode there is no pod to wait for).
+    #[serde(default)]
+    wait_for_release: bool,
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
@@ -115,7 +112,7 @@ fn validate_handoff(body: &HandoffBody) -> Result<Vec<VolumeId>, Error> {
 
 /// A drain as the API shows it.
 #[derive(Debug, Serialize)]
-struct DrainView {
+pub(super) struct DrainView {
     #[serde(flatten)]
     drain: Drain,
     volume: String,
@@ -136,16 +133,18 @@ impl DrainView {
     }
 }
 
-async fn handoff(
+pub(super) async fn handoff(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    scope: Granted<HandoffScope>,
     body: Result<Json<HandoffBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, Error> {
     let body = json_body(body)?;
     let volumes = validate_handoff(&body)?;
-    allow(&caller, &Action::Handoff(&volumes))?;
+    let scope = scope.into_inner();
+    let volumes = scope.check(&state, volumes).await?.into_inner();
     let shared = state.shared();
     let reason = body.reason.as_deref().unwrap_or("handoff");
+    let requester = scope.caller().principal();
     let wanted: Vec<NewDrain> = volumes
         .iter()
         .map(|volume| NewDrain {
@@ -153,12 +152,14 @@ async fn handoff(
             pod: body.pod.clone(),
             reason: reason.to_owned(),
             max_attempts: shared.max_attempts,
+            wait_for_release: body.wait_for_release,
+            requested_by: Some(requester.clone()),
         })
         .collect();
     let recorded = shared.ledger.request_drains(&wanted).await?;
     let created = recorded.iter().any(|(_, new)| *new);
     for (drain, new) in &recorded {
-        tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, "handoff recorded");
+        tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, by = %requester, "handoff recorded");
     }
     let status = if created {
         StatusCode::ACCEPTED
@@ -174,20 +175,16 @@ async fn handoff(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DrainQuery {
+pub(super) struct DrainQuery {
     state: Option<String>,
     namespace: Option<String>,
     volume: Option<String>,
     limit: Option<u32>,
+    after: Option<String>,
 }
 
-async fn list_drains(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    query: Result<Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<impl IntoResponse, Error> {
-    allow(&caller, &Action::Read)?;
-    let Query(query) = query.map_err(|e| Error::invalid(e.body_text()))?;
+/// The filter a listing query asks for, validated.
+fn drain_filter(query: &DrainQuery) -> Result<(DrainFilter, u32), Error> {
     let mut filter = DrainFilter::default();
     if let Some(s) = &query.state {
         filter.state = Some(s.parse::<DrainState>().map_err(Error::invalid)?);
@@ -207,51 +204,49 @@ async fn list_drains(
         filter.namespace = Some(volume.namespace);
         filter.pvc = Some(volume.name);
     }
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let drains = state.shared().ledger.drains(&filter, limit).await?;
-    let drains: Vec<DrainView> = drains.into_iter().map(DrainView::of).collect();
-    Ok(Json(serde_json::json!({ "drains": drains })))
-}
-
-fn check_drain_id(id: &str) -> Result<(), Error> {
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("{id:?} is not a drain id")))
+    if let Some(after) = &query.after {
+        filter.after = Some(after.parse::<PageCursor>().map_err(Error::invalid)?);
     }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid(format!(
+            "limit must be 1 to {MAX_PAGE}; page with `after` for more"
+        )));
+    }
+    Ok((filter, limit))
 }
 
-fn not_found(id: &str) -> Error {
-    Error::new(
-        StatusCode::NOT_FOUND,
-        "drain_not_found",
-        format!("drain {id} does not exist"),
-    )
-}
-
-async fn get_drain(
+pub(super) async fn list_drains(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    scope: Granted<ListScope>,
+    Query(query): Query<DrainQuery>,
 ) -> Result<impl IntoResponse, Error> {
-    allow(&caller, &Action::Read)?;
-    check_drain_id(&id)?;
+    let (mut filter, limit) = drain_filter(&query)?;
+    filter.requested_by = scope.into_inner().requested_by;
+    // One more than the page, to know whether there is a next one.
+    let mut drains = state.shared().ledger.drains(&filter, limit + 1).await?;
+    let next = (drains.len() > limit as usize).then(|| {
+        drains.truncate(limit as usize);
+        drains.last().map(|d| PageCursor::after(d).to_string())
+    });
+    let drains: Vec<DrainView> = drains.into_iter().map(DrainView::of).collect();
+    Ok(Json(
+        serde_json::json!({ "drains": drains, "next": next.flatten() }),
+    ))
+}
+
+pub(super) async fn get_drain(
+    State(state): State<AppState>,
+    drain: Granted<Drain>,
+) -> Result<impl IntoResponse, Error> {
+    let drain = drain.into_inner();
     let shared = state.shared();
-    let drain = shared
-        .ledger
-        .drain(&id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    let history = shared.ledger.drain_events(&id).await?;
+    let history = shared.ledger.drain_events(&drain.id).await?;
     let progress = shared
         .board
         .lock()
-        .expect("board lock")
-        .get(&id)
-        .map(|p| p.view());
+        .ok()
+        .and_then(|board| board.get(&drain.id).map(|p| p.view()));
     Ok(Json(DrainView {
         history: Some(history),
         progress,
@@ -259,18 +254,20 @@ async fn get_drain(
     }))
 }
 
-async fn change(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-    to: DrainState,
-) -> Result<Json<DrainView>, Error> {
-    allow(caller, &Action::Admin)?;
-    check_drain_id(id)?;
-    match state.shared().ledger.change_drain(id, to).await? {
-        Ok(drain) => Ok(Json(DrainView::of(drain))),
-        Err(Refused::NotFound(_)) => Err(not_found(id)),
-        Err(refused @ Refused::Conflict { .. }) => Err(Error::new(
+async fn change(state: &AppState, drain: Drain, event: Event) -> Result<Json<DrainView>, Error> {
+    let id = drain.id;
+    match state.shared().ledger.change_drain(&id, event).await? {
+        Ok(drain) => {
+            super::guard::forget_copying(state, &id);
+            Ok(Json(DrainView::of(drain)))
+        }
+        Err(Refused::NotFound(_)) => Err(drain_not_found(&id)),
+        Err(busy @ Refused::VolumeBusy { .. }) => Err(Error::new(
+            StatusCode::CONFLICT,
+            "volume_busy",
+            busy.to_string(),
+        )),
+        Err(refused) => Err(Error::new(
             StatusCode::CONFLICT,
             "invalid_transition",
             refused.to_string(),
@@ -278,27 +275,26 @@ async fn change(
     }
 }
 
-async fn retry_drain(
+pub(super) async fn retry_drain(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    _: Granted<AdminAction>,
+    drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
-    change(&state, &caller, &id, DrainState::Queued).await
+    change(&state, drain.into_inner(), Event::RetriedByHand).await
 }
 
-async fn cancel_drain(
+pub(super) async fn cancel_drain(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    _: Granted<AdminAction>,
+    drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
-    change(&state, &caller, &id, DrainState::Cancelled).await
+    change(&state, drain.into_inner(), Event::Cancelled).await
 }
 
-async fn sweep(
+pub(super) async fn sweep(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _: Granted<AdminAction>,
 ) -> Result<impl IntoResponse, Error> {
-    allow(&caller, &Action::Admin)?;
     let shared = state.shared();
     let report = crate::sweep::sweep_local(
         &shared.ledger,
@@ -326,13 +322,11 @@ async fn sweep(
     ))
 }
 
-async fn snapshots(
+pub(super) async fn snapshots(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((namespace, pvc)): Path<(String, String)>,
+    volume: Granted<VolumeAccess>,
 ) -> Result<impl IntoResponse, Error> {
-    allow(&caller, &Action::Read)?;
-    let volume = VolumeId::new(&namespace, &pvc).map_err(|e| Error::invalid(e.to_string()))?;
+    let VolumeAccess(volume) = volume.into_inner();
     let snapshots = crate::snapshot::list_snapshots(&state.shared().store, &volume).await?;
     Ok(Json(
         serde_json::json!({ "volume": volume.to_string(), "snapshots": snapshots }),
@@ -350,6 +344,9 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Erro
         .ping()
         .await
         .map_err(|_| unavailable("the ledger does not answer"))?;
+    if !shared.ledger.can_commit().await {
+        return Err(unavailable("the ledger cannot commit: its disk is full"));
+    }
     let root = shared.store.root().clone();
     let list = shared.store.objects().list_with_delimiter(Some(&root));
     shared
@@ -392,6 +389,7 @@ mod tests {
             pvcs: pvcs.iter().map(|s| s.to_string()).collect(),
             pod: None,
             reason: None,
+            wait_for_release: false,
         }
     }
 

@@ -7,10 +7,11 @@
 //! logged, never returned. A ledger that is down answers `503` with `Retry-After`.
 
 mod api;
+pub mod guard;
 mod mover;
 pub use mover::OWNER_HEADER;
 
-use crate::auth::{self, Authenticator, Caller, Denied};
+use crate::auth::{Action, Authority, Denied};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::scheduler::ProgressBoard;
@@ -41,7 +42,7 @@ pub struct Shared {
     /// The snapshot store.
     pub store: Store,
     /// Who is calling.
-    pub auth: Arc<dyn Authenticator>,
+    pub auth: Arc<dyn Authority>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live progress of running drains.
@@ -56,8 +57,6 @@ pub struct Shared {
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,
     >,
-    /// Multipart uploads relayed for movers, by upload id.
-    pub uploads: std::sync::Mutex<std::collections::HashMap<String, mover::RelayUpload>>,
 }
 
 impl AppState {
@@ -83,12 +82,80 @@ impl AppState {
     }
 }
 
+/// Registers each route with the [`Action`] its guard authorises (see [`guard`]) and returns
+/// the router with the table of routes, so the table can be checked against every caller.
+macro_rules! routes {
+    ($state:expr; $( $method:ident $path:literal => $action:ident, $handler:path; )*) => {{
+        let state: &AppState = $state;
+        let router = Router::new()
+            $( .route(
+                $path,
+                axum::routing::$method($handler).route_layer(middleware::from_fn_with_state(
+                    guard::RouteGuard { state: state.clone(), action: Action::$action },
+                    guard::authorize,
+                )),
+            ) )*;
+        let table = vec![ $( RouteSpec { method: stringify!($method), path: $path, action: Action::$action } ),* ];
+        (router, table)
+    }};
+}
+
+/// One route of the `/v1` API and the action it is authorised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The HTTP method, lower-case.
+    pub method: &'static str,
+    /// The path under `/v1`.
+    pub path: &'static str,
+    /// What the route does, for authorisation.
+    pub action: Action,
+}
+
+/// The `/v1` routes: the API (small bodies) and the mover protocol (parts and batches).
+fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
+    let (api, mut table) = routes!(state;
+        post "/handoffs" => Handoff, api::handoff;
+        get "/drains" => ListDrains, api::list_drains;
+        get "/drains/{id}" => ReadDrain, api::get_drain;
+        post "/drains/{id}/retry" => ChangeDrain, api::retry_drain;
+        post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
+        post "/sweeps" => Sweep, api::sweep;
+        get "/volumes/{namespace}/{pvc}/snapshots" => ReadSnapshots, api::snapshots;
+    );
+    let (movers, mover_table) = routes!(state;
+        post "/drains/{id}/run" => Stream, mover::begin;
+        get "/drains/{id}/run/{run}/stored" => Stream, mover::stored;
+        post "/drains/{id}/run/{run}/record" => Stream, mover::record;
+        post "/drains/{id}/run/{run}/finish" => Stream, mover::finish;
+        post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted;
+        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial;
+        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial;
+        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial;
+        put "/drains/{id}/objects" => Stream, mover::put_object;
+        get "/drains/{id}/objects" => Stream, mover::get_object;
+        delete "/drains/{id}/objects" => Stream, mover::delete_object;
+        post "/drains/{id}/objects/batch" => Stream, mover::put_objects;
+        post "/drains/{id}/uploads" => Stream, mover::create_upload;
+        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part;
+        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload;
+        delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload;
+        post "/drains/{id}/flush" => Stream, mover::flush;
+        get "/drains/{id}/store" => Stream, mover::store_info;
+    );
+    table.extend(mover_table);
+    let router = api
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(movers.layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)));
+    (router, table)
+}
+
 /// The API router.
 pub fn router(state: AppState) -> Router {
-    let v1 = api::routes()
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(mover::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let (v1, _) = v1_routes(&state);
+    let v1 = v1.layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::authenticate,
+    ));
     Router::new()
         .nest("/v1", v1)
         .merge(api::public_routes())
@@ -100,22 +167,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = match auth::bearer(header) {
-        Ok(token) => state.shared().auth.authenticate(token).await,
-        Err(denied) => Err(denied),
-    };
-    match caller {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(denied) => Error::from(denied).into_response(),
-    }
+/// Every `/v1` route with its action (for documentation and tests).
+pub fn route_table(state: &AppState) -> Vec<RouteSpec> {
+    v1_routes(state).1
 }
 
 async fn record_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -143,7 +197,7 @@ async fn record_latency(State(state): State<AppState>, request: Request, next: N
 /// An API error: a status, a stable code and a message for the client.
 #[derive(Debug)]
 pub struct Error {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
     message: String,
     retry_after: Option<u32>,
@@ -191,6 +245,17 @@ impl From<Denied> for Error {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
             }
             Denied::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
+            Denied::Unavailable(why) => {
+                tracing::warn!(reason = %why, "cannot check a caller's identity");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "identity_unavailable",
+                        "the caller's identity cannot be checked now; retry later",
+                    )
+                }
+            }
         }
     }
 }
@@ -227,12 +292,21 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
-        match err {
-            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
-                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
-            }
-            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
+        if let crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } = err {
+            return Self::new(StatusCode::CONFLICT, "run_busy", err.to_string());
         }
+        if err.is_full() {
+            tracing::warn!(error = %err, "ledger full");
+            return Self {
+                retry_after: Some(10),
+                ..Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "ledger_full",
+                    "the ledger's disk is full; nothing was recorded; retry later",
+                )
+            };
+        }
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
     }
 }
 
@@ -242,7 +316,24 @@ impl From<crate::snapshot::Error> for Error {
     }
 }
 
-/// Checks that the authenticated caller may do `action`.
-fn allow(caller: &Caller, action: &auth::Action<'_>) -> Result<(), Error> {
-    auth::authorize(caller, action).map_err(Error::from)
+/// `Query` whose rejections are the API's JSON errors (`400 invalid_request`), not plain text.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Query<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| Error::invalid(rejection.body_text()))
+    }
 }
+
+#[cfg(test)]
+mod tests;

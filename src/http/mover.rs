@@ -1,23 +1,34 @@
 //! The drainer's side of the mover protocol, under `/v1/drains/{id}/…`: a mover streams its
 //! volume into the drainer's store and records progress in the drainer's ledger, for one drain
-//! that is being copied, and only under that drain's volume.
+//! that is being copied (the route guard checks that, and that the caller is its mover).
+//!
+//! What a mover may touch: it reads anything of its drain's volume (the engine reads the
+//! previous snapshot to copy incrementally), and writes only its own run's snapshot, files and
+//! manifest — never another snapshot, never a `snapshot.json` or `latest`. The drainer commits
+//! the snapshot itself when the run finishes, after checking the manifest against the summary
+//! and every object it names against the store. Relayed multipart uploads are recorded in the
+//! ledger, so any replica accepts any part and completes any upload.
 
-use super::{AppState, Error, allow};
-use crate::auth::{Action, Caller};
-use crate::mover::{WireRun, WireStoredFile};
-use crate::snapshot::{Checkpoint, Run, SnapshotSummary, StoredFile};
+use super::guard::{Granted, Streaming};
+use super::{AppState, Error, Query};
+use crate::ledger::{RelayPart, RelayRecord};
+use crate::protocol::{
+    BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, StoreInfo, WirePartial, WireRun,
+    WireStoredFile, batch,
+};
+use crate::snapshot::{
+    Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
+};
 use crate::volume::VolumeId;
+use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{MultipartId, ObjectStoreExt, PutPayload};
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use object_store::{ObjectStoreExt, PutPayload};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The header in which a mover names itself as the owner of its copy run (see
@@ -43,103 +54,7 @@ fn mover_checkpoint(
 }
 
 /// Largest body a mover sends (one part, or one batch of progress).
-const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
-
-/// A multipart upload relayed for a mover: parts arrive by index, several at a time, and are
-/// written at their index in the store's own upload.
-pub struct RelayUpload {
-    drain: String,
-    key: Key,
-    upload_id: MultipartId,
-    /// Stored parts by index: the store's part id and the part's length.
-    parts: BTreeMap<usize, (PartId, u64)>,
-}
-
-impl RelayUpload {
-    /// The parts in order, if they are exactly parts 0..n, all of the store's part size but
-    /// the last: what a local store needs to have written every byte at its place.
-    fn complete_parts(&self, part_size: u64) -> Result<Vec<PartId>, String> {
-        let last = self.parts.len().saturating_sub(1);
-        for (expected, (index, (_, len))) in self.parts.iter().enumerate() {
-            if *index != expected {
-                return Err(format!("part {expected} is missing"));
-            }
-            if expected < last && *len != part_size {
-                return Err(format!(
-                    "part {index} has {len} bytes; every part but the last has {part_size}"
-                ));
-            }
-        }
-        Ok(self.parts.values().map(|(id, _)| id.clone()).collect())
-    }
-}
-
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/drains/{id}/run", post(begin))
-        .route("/drains/{id}/run/{run}/stored", get(stored))
-        .route("/drains/{id}/run/{run}/record", post(record))
-        .route("/drains/{id}/run/{run}/finish", post(finish))
-        .route("/drains/{id}/run/{run}/interrupted", post(interrupted))
-        .route(
-            "/drains/{id}/objects",
-            put(put_object).get(get_object).delete(delete_object),
-        )
-        .route("/drains/{id}/objects/batch", post(put_objects))
-        .route("/drains/{id}/uploads", post(create_upload))
-        .route("/drains/{id}/uploads/{upload}/{part}", put(put_part))
-        .route(
-            "/drains/{id}/uploads/{upload}/complete",
-            post(complete_upload),
-        )
-        .route(
-            "/drains/{id}/uploads/{upload}",
-            axum::routing::delete(abort_upload),
-        )
-        .route("/drains/{id}/flush", post(flush))
-        .route("/drains/{id}/store", get(store_info))
-        .layer(DefaultBodyLimit::max(MAX_MOVER_BODY))
-}
-
-/// How long a drain found copying is trusted without asking the ledger again (a mover sends
-/// one request per small file; a cancelled drain stops accepting data within this time).
-const DRAIN_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The volume of drain `id`, if the caller may stream into it and it is being copied.
-async fn streaming(state: &AppState, caller: &Caller, id: &str) -> Result<VolumeId, Error> {
-    allow(caller, &Action::Stream(id))?;
-    let cached = state
-        .shared()
-        .copying
-        .lock()
-        .expect("cache lock")
-        .get(id)
-        .cloned();
-    if let Some((volume, checked)) = cached
-        && checked.elapsed() < DRAIN_CHECK_TTL
-    {
-        return Ok(volume);
-    }
-    let drain = state.shared().ledger.drain(id).await?.ok_or_else(|| {
-        Error::new(
-            StatusCode::NOT_FOUND,
-            "drain_not_found",
-            format!("drain {id} does not exist"),
-        )
-    })?;
-    if drain.state != crate::lifecycle::DrainState::Copying {
-        return Err(Error::new(
-            StatusCode::CONFLICT,
-            "drain_not_copying",
-            format!("drain {id} is {}", drain.state),
-        ));
-    }
-    let volume = drain.volume();
-    let mut cache = state.shared().copying.lock().expect("cache lock");
-    cache.retain(|_, (_, checked)| checked.elapsed() < DRAIN_CHECK_TTL);
-    cache.insert(id.to_owned(), (volume.clone(), std::time::Instant::now()));
-    Ok(volume)
-}
+pub(super) const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
 /// The run `run` of this volume on this drainer's store, if it is still running.
 async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, Error> {
@@ -150,13 +65,7 @@ async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, 
         .await?
         .into_iter()
         .find(|r| r.id == run && r.store_url == shared.store.url() && r.state == "running")
-        .ok_or_else(|| {
-            Error::new(
-                StatusCode::CONFLICT,
-                "run_not_running",
-                format!("run {run} of {volume} is not running"),
-            )
-        })?;
+        .ok_or_else(|| no_run(&format!("run {run} of {volume} is not running")))?;
     Ok(Run {
         id: record.id,
         snapshot: record
@@ -167,57 +76,127 @@ async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, 
     })
 }
 
-#[derive(Deserialize)]
-struct KeyParam {
-    key: String,
+fn no_run(message: &str) -> Error {
+    Error::new(StatusCode::CONFLICT, "run_not_running", message)
 }
 
-/// The store key for a mover's key: only under the drain's volume, or a write probe.
-fn key_for(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error> {
-    let relative =
-        Key::parse(key).map_err(|_| Error::invalid(format!("{key:?} is not a valid key")))?;
+/// The snapshot the running run of `volume` writes: the only one a mover may write into.
+async fn writable_snapshot(state: &AppState, volume: &VolumeId) -> Result<SnapshotId, Error> {
+    let shared = state.shared();
+    let run = shared
+        .ledger
+        .runs(volume)
+        .await?
+        .into_iter()
+        .find(|r| r.store_url == shared.store.url() && r.state == "running")
+        .ok_or_else(|| no_run(&format!("{volume} has no running copy: start one first")))?;
+    run.snapshot
+        .parse()
+        .map_err(|_| Error::invalid("bad snapshot id"))
+}
+
+fn forbidden_key(volume: &VolumeId, key: &str, why: &str) -> Error {
+    Error::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("a mover for {volume} may not {why} {key:?}"),
+    )
+}
+
+fn parse_key(key: &str) -> Result<Key, Error> {
+    Key::parse(key).map_err(|_| Error::invalid(format!("{key:?} is not a valid key")))
+}
+
+fn is_probe(relative: &Key, key: &str) -> bool {
+    relative.parts().count() == 1 && key.starts_with(".drainer-probe-")
+}
+
+/// The store key for reading `key`: anything of the drain's volume.
+fn readable_key(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error> {
+    let relative = parse_key(key)?;
     let prefix = format!("volumes/{}/{}/", volume.namespace, volume.name);
-    let probe = relative.parts().count() == 1 && key.starts_with(".drainer-probe-");
-    if !probe && !key.starts_with(&prefix) {
-        return Err(Error::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("a mover for {volume} may not write {key:?}"),
+    if !is_probe(&relative, key) && !key.starts_with(&prefix) {
+        return Err(forbidden_key(volume, key, "read"));
+    }
+    Ok(absolute(state, &relative))
+}
+
+/// The store keys for writing `keys`: only the files and the manifest of the snapshot the
+/// volume's running copy writes (or write probes, which come before any run).
+async fn writable_keys(
+    state: &AppState,
+    volume: &VolumeId,
+    keys: &[&str],
+) -> Result<Vec<Key>, Error> {
+    let mut snapshot = None;
+    let mut writable = Vec::with_capacity(keys.len());
+    for key in keys {
+        let relative = parse_key(key)?;
+        if !is_probe(&relative, key) {
+            if snapshot.is_none() {
+                snapshot = Some(writable_snapshot(state, volume).await?);
+            }
+            if let Some(snapshot) = &snapshot {
+                writable_relative(volume, snapshot, key)?;
+            }
+        }
+        writable.push(absolute(state, &relative));
+    }
+    Ok(writable)
+}
+
+/// [`writable_keys`] for one key.
+async fn writable_key(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error> {
+    let mut keys = writable_keys(state, volume, &[key]).await?;
+    keys.pop().ok_or_else(|| Error::invalid("no key"))
+}
+
+/// [`writable_key`] relative to the store's root.
+fn writable_relative(volume: &VolumeId, snapshot: &SnapshotId, key: &str) -> Result<Key, Error> {
+    let relative = parse_key(key)?;
+    if is_probe(&relative, key) {
+        return Ok(relative);
+    }
+    let own = format!(
+        "volumes/{}/{}/snapshots/{snapshot}/",
+        volume.namespace, volume.name
+    );
+    let allowed = key
+        .strip_prefix(&own)
+        .is_some_and(|rest| rest.starts_with("files/") || rest == "manifest.jsonl");
+    if !allowed {
+        return Err(forbidden_key(
+            volume,
+            key,
+            &format!("write (only snapshot {snapshot}'s files and manifest)"),
         ));
     }
-    Ok(state
+    Ok(relative)
+}
+
+fn absolute(state: &AppState, relative: &Key) -> Key {
+    state
         .shared()
         .store
         .root()
         .parts()
         .chain(relative.parts())
-        .collect())
-}
-
-/// The store key a mover of drain `id` may use for `key`.
-async fn object_key(state: &AppState, caller: &Caller, id: &str, key: &str) -> Result<Key, Error> {
-    let volume = streaming(state, caller, id).await?;
-    key_for(state, &volume, key)
+        .collect()
 }
 
 fn store_failure(e: crate::store::Error) -> Error {
     Error::from(crate::snapshot::Error::Store(e))
 }
 
-async fn begin(
+pub(super) async fn begin(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
 ) -> Result<Json<WireRun>, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let shared = state.shared();
     let run = mover_checkpoint(&state, &headers, &id)
-        .begin(
-            shared.store.url(),
-            &volume,
-            &crate::snapshot::SnapshotId::generate(),
-        )
+        .begin(shared.store.url(), &volume, &SnapshotId::generate())
         .await?;
     tracing::info!(drain = %id, run = %run.id, resumed = run.resumed, "mover started");
     Ok(Json(WireRun {
@@ -227,12 +206,12 @@ async fn begin(
     }))
 }
 
-async fn stored(
+pub(super) async fn stored(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
 ) -> Result<Body, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let ledger = state.shared().ledger.clone();
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
@@ -240,17 +219,14 @@ async fn stored(
         let mut tx = tx;
         let mut files = ledger.stored_files(&run);
         while let Some(file) = files.next().await {
-            let line = file.map(|f| {
-                let mut line = serde_json::to_vec(&WireStoredFile::from(&f)).expect("serializes");
+            let line = file.map_err(std::io::Error::other).and_then(|f| {
+                let mut line =
+                    serde_json::to_vec(&WireStoredFile::from(&f)).map_err(std::io::Error::other)?;
                 line.push(b'\n');
-                Bytes::from(line)
+                Ok(Bytes::from(line))
             });
             let failed = line.is_err();
-            if futures::SinkExt::send(&mut tx, line.map_err(std::io::Error::other))
-                .await
-                .is_err()
-                || failed
-            {
+            if futures::SinkExt::send(&mut tx, line).await.is_err() || failed {
                 return;
             }
         }
@@ -258,14 +234,14 @@ async fn stored(
     Ok(Body::from_stream(rx))
 }
 
-async fn record(
+pub(super) async fn record(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(files): Json<Vec<WireStoredFile>>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let files: Vec<StoredFile> = files
         .into_iter()
@@ -287,35 +263,163 @@ async fn record(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn finish(
+/// `POST …/run/{run}/finish`: the mover's copy is complete. The drainer checks the manifest
+/// and what it names, commits the snapshot (summary, then `latest`) and marks the run
+/// finished.
+pub(super) async fn finish(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(summary): Json<SnapshotSummary>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     if summary.snapshot != run.snapshot.as_str() || summary.volume != volume.to_string() {
         return Err(Error::invalid("the summary is not this run's"));
     }
-    state.shared().ledger.finish(&run, &summary).await?;
-    tracing::info!(drain = %id, snapshot = %summary.snapshot, "mover finished");
+    let shared = state.shared();
+    let layout = VolumeLayout::new(shared.store.root(), &volume);
+    check_snapshot(&state, &layout, &run.snapshot, &summary).await?;
+    crate::snapshot::catalog::commit(&shared.store, &layout, &summary).await?;
+    shared.ledger.finish(&run, &summary).await?;
+    abort_leftover_relays(&state, &id).await;
+    tracing::info!(drain = %id, snapshot = %summary.snapshot, files = summary.files, "mover finished; snapshot committed");
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct Interrupted {
-    error: String,
+/// `400 bad_snapshot`: what the mover wrote is not the snapshot its summary describes.
+fn bad_snapshot(snapshot: &SnapshotId, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        StatusCode::BAD_REQUEST,
+        "bad_snapshot",
+        format!("snapshot {snapshot} cannot be committed: {why}"),
+    )
 }
 
-async fn interrupted(
+/// The drainer's own checks before it commits a mover's snapshot: the manifest is the one the
+/// summary hashes, its totals are the summary's, and every file's object is either one this
+/// run stored or one the parent snapshot (already checked) names.
+async fn check_snapshot(
+    state: &AppState,
+    layout: &VolumeLayout,
+    snapshot: &SnapshotId,
+    summary: &SnapshotSummary,
+) -> Result<(), Error> {
+    let store = &state.shared().store;
+    let manifest = store
+        .get_bytes(&layout.manifest(snapshot))
+        .await
+        .map_err(|e| bad_snapshot(snapshot, format!("its manifest cannot be read: {e}")))?;
+    let hash = blake3::hash(&manifest).to_hex().to_string();
+    if hash != summary.manifest_blake3 || manifest.len() as u64 != summary.manifest_size {
+        return Err(bad_snapshot(
+            snapshot,
+            "the manifest is not the one the summary hashes",
+        ));
+    }
+    let stored = stored_objects(state, layout, snapshot).await?;
+    let parent = parent_objects(state, layout, summary).await?;
+    let mut entries = crate::snapshot::catalog::read_manifest(store, layout, snapshot)
+        .await
+        .map_err(|e| bad_snapshot(snapshot, e))?;
+    let (mut count, mut files, mut bytes) = (0_u64, 0_u64, 0_u64);
+    while let Some(entry) = entries
+        .try_next()
+        .await
+        .map_err(|e| bad_snapshot(snapshot, e))?
+    {
+        count += 1;
+        let Some(content) = &entry.content else {
+            continue;
+        };
+        files += 1;
+        bytes += entry.size;
+        let own = format!("snapshots/{snapshot}/");
+        let known = if content.object.starts_with(&own) {
+            stored.contains(&content.object)
+        } else {
+            parent.contains(&content.object)
+        };
+        if !known {
+            return Err(bad_snapshot(
+                snapshot,
+                format!(
+                    "object {} is neither stored by this run nor in its parent",
+                    content.object
+                ),
+            ));
+        }
+    }
+    if (count, files, bytes) != (summary.entries, summary.files, summary.bytes) {
+        return Err(bad_snapshot(
+            snapshot,
+            "the summary's totals are not the manifest's",
+        ));
+    }
+    Ok(())
+}
+
+/// Every object stored under `snapshot`'s prefix, relative to the volume.
+async fn stored_objects(
+    state: &AppState,
+    layout: &VolumeLayout,
+    snapshot: &SnapshotId,
+) -> Result<HashSet<String>, Error> {
+    let store = &state.shared().store;
+    let prefix = layout.snapshot(snapshot);
+    let volume_prefix = layout.prefix().to_string();
+    let listed: Vec<object_store::ObjectMeta> = store
+        .call(
+            "list",
+            &prefix,
+            store.objects().list(Some(&prefix)).try_collect(),
+        )
+        .await
+        .map_err(store_failure)?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let key = meta.location.to_string();
+            key.strip_prefix(&volume_prefix)
+                .map(|rest| rest.trim_start_matches('/').to_owned())
+        })
+        .collect())
+}
+
+/// The objects the parent snapshot names (it was checked when it was committed).
+async fn parent_objects(
+    state: &AppState,
+    layout: &VolumeLayout,
+    summary: &SnapshotSummary,
+) -> Result<HashSet<String>, Error> {
+    let Some(parent) = &summary.parent else {
+        return Ok(HashSet::new());
+    };
+    let store = &state.shared().store;
+    let id: SnapshotId = parent
+        .parse()
+        .map_err(|e: String| Error::invalid(format!("parent: {e}")))?;
+    let complete = crate::snapshot::catalog::read_summary(store, layout, &id).await;
+    if !matches!(complete, Ok(Some(_))) {
+        return Err(Error::invalid(format!(
+            "parent snapshot {parent} is not complete"
+        )));
+    }
+    let entries = crate::snapshot::catalog::read_manifest(store, layout, &id).await?;
+    Ok(entries
+        .try_filter_map(|e| async move { Ok(e.content.map(|c| c.object)) })
+        .try_collect()
+        .await?)
+}
+
+pub(super) async fn interrupted(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
-    Path((id, run)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
     Json(body): Json<Interrupted>,
 ) -> Result<StatusCode, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
+    let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let error: String = body.error.chars().take(2000).collect();
     mover_checkpoint(&state, &headers, &id)
@@ -324,23 +428,76 @@ async fn interrupted(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET …/run/{run}/partial?path_b64=`: the unfinished upload of a file, to resume it.
+pub(super) async fn get_partial(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
+    Query(path): Query<PathParam>,
+) -> Result<Json<WirePartial>, Error> {
+    let Streaming { volume, .. } = streaming.into_inner();
+    let run = running(&state, &volume, &run).await?;
+    let path = path.decode().map_err(Error::invalid)?;
+    match state.shared().ledger.partial_upload(&run, &path).await? {
+        Some(upload) => Ok(Json(WirePartial::from(&upload))),
+        None => Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no unfinished upload of that file",
+        )),
+    }
+}
+
+/// `PUT …/run/{run}/partial`: records the stored parts of an unfinished upload.
+pub(super) async fn put_partial(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
+    Json(wire): Json<WirePartial>,
+) -> Result<StatusCode, Error> {
+    let Streaming { drain, volume } = streaming.into_inner();
+    let run = running(&state, &volume, &run).await?;
+    let upload = PartialUpload::try_from(wire).map_err(Error::invalid)?;
+    let relay = state.shared().ledger.relay(&upload.upload_id).await?;
+    if relay.is_none_or(|r| r.drain_id != drain) {
+        return Err(upload_not_found(&upload.upload_id));
+    }
+    state.shared().ledger.record_partial(&run, &upload).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE …/run/{run}/partial?path_b64=`: forgets an upload completed or abandoned.
+pub(super) async fn delete_partial(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
+    Query(path): Query<PathParam>,
+) -> Result<StatusCode, Error> {
+    let Streaming { volume, .. } = streaming.into_inner();
+    let run = running(&state, &volume, &run).await?;
+    let path = path.decode().map_err(Error::invalid)?;
+    state.shared().ledger.forget_partial(&run, &path).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Small objects written at once for one batch.
 const BATCH_PUTS_AT_ONCE: usize = 8;
 
-/// `POST …/objects/batch`: small objects in one request ([`crate::object_batch`]); every key
-/// is checked before anything is written. Answers each object's error, or `null`.
-async fn put_objects(
+/// `POST …/objects/batch`: small objects in one request ([`crate::protocol::batch`]); every
+/// key is checked before anything is written. Answers each object's error, or `null`.
+pub(super) async fn put_objects(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, Error> {
-    let volume = streaming(&state, &caller, &id).await?;
-    let objects = crate::object_batch::decode(body).map_err(Error::invalid)?;
-    let keyed = objects
+) -> Result<Json<BatchAnswer>, Error> {
+    let Streaming { volume, .. } = streaming.into_inner();
+    let objects = batch::decode(body).map_err(Error::invalid)?;
+    let names: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
+    let keys = writable_keys(&state, &volume, &names).await?;
+    let keyed: Vec<_> = keys
         .into_iter()
-        .map(|(key, data)| Ok((key_for(&state, &volume, &key)?, data)))
-        .collect::<Result<Vec<_>, Error>>()?;
+        .zip(objects.into_iter().map(|(_, data)| data))
+        .collect();
     let store = &state.shared().store;
     let errors: Vec<Option<String>> = futures::stream::iter(keyed)
         .map(|(key, data)| async move {
@@ -350,17 +507,17 @@ async fn put_objects(
         .buffered(BATCH_PUTS_AT_ONCE)
         .collect()
         .await;
-    Ok(Json(serde_json::json!({ "errors": errors })))
+    Ok(Json(BatchAnswer { errors }))
 }
 
-async fn put_object(
+pub(super) async fn put_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
+    let key = writable_key(&state, &volume, &q.key).await?;
     state
         .shared()
         .store
@@ -370,23 +527,22 @@ async fn put_object(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_object(
+pub(super) async fn get_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<axum::response::Response, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let key = readable_key(&state, &streaming.into_inner().volume, &q.key)?;
     let store = &state.shared().store;
     let objects = store.objects().clone();
     match store.call("get", &key, objects.get(&key)).await {
         Ok(found) => {
             let size = found.meta.size;
             let body = Body::from_stream(found.into_stream().map_err(std::io::Error::other));
-            Ok(axum::response::Response::builder()
+            axum::response::Response::builder()
                 .header(axum::http::header::CONTENT_LENGTH, size)
                 .body(body)
-                .expect("valid response"))
+                .map_err(|e| Error::invalid(e.to_string()))
         }
         Err(e) if e.is_not_found() => Err(Error::new(
             StatusCode::NOT_FOUND,
@@ -397,13 +553,13 @@ async fn get_object(
     }
 }
 
-async fn delete_object(
+pub(super) async fn delete_object(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<StatusCode, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
+    let Streaming { volume, .. } = streaming.into_inner();
+    let key = writable_key(&state, &volume, &q.key).await?;
     let store = &state.shared().store;
     store
         .call("delete", &key, store.objects().delete(&key))
@@ -417,27 +573,25 @@ fn relay_parts(state: &AppState) -> Arc<dyn MultipartStore> {
 }
 
 /// `GET …/store`: what a mover needs to know of the store it writes through this drainer.
-async fn store_info(
+pub(super) async fn store_info(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, Error> {
-    streaming(&state, &caller, &id).await?;
-    Ok(Json(
-        serde_json::json!({ "part_size": state.shared().store.part_size() }),
-    ))
+    _: Granted<Streaming>,
+) -> Json<StoreInfo> {
+    Json(StoreInfo {
+        part_size: state.shared().store.part_size(),
+    })
 }
 
-async fn create_upload(
+pub(super) async fn create_upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
-) -> Result<Json<serde_json::Value>, Error> {
-    let key = object_key(&state, &caller, &id, &q.key).await?;
-    let parts = relay_parts(&state);
+) -> Result<Json<CreatedUpload>, Error> {
+    let Streaming { drain, volume } = streaming.into_inner();
+    let key = writable_key(&state, &volume, &q.key).await?;
     let store = &state.shared().store;
-    let upload_id = store
+    let parts = relay_parts(&state);
+    let store_upload_id = store
         .call(
             "create multipart upload",
             &key,
@@ -445,46 +599,64 @@ async fn create_upload(
         )
         .await
         .map_err(store_failure)?;
-    let relay_id = format!("u-{:016x}", rand::random::<u64>());
-    state.shared().uploads.lock().expect("uploads lock").insert(
-        relay_id.clone(),
-        RelayUpload {
-            drain: id,
-            key,
-            upload_id,
-            parts: BTreeMap::new(),
-        },
-    );
-    Ok(Json(
-        serde_json::json!({ "upload": relay_id, "part_size": store.part_size() }),
-    ))
+    let relay = RelayRecord {
+        id: format!("u-{:016x}", rand::random::<u64>()),
+        drain_id: drain,
+        object_key: key.to_string(),
+        store_upload_id,
+    };
+    state.shared().ledger.create_relay(&relay).await?;
+    Ok(Json(CreatedUpload {
+        upload: relay.id,
+        part_size: store.part_size(),
+    }))
 }
 
 fn upload_not_found(upload: &str) -> Error {
     Error::new(
         StatusCode::NOT_FOUND,
         "upload_not_found",
-        format!("upload {upload} does not exist (the drainer may have restarted)"),
+        format!("upload {upload} does not exist (completed, aborted, or never started)"),
     )
 }
 
-/// The key and store upload id of relayed upload `upload` of drain `id`.
-fn relayed(state: &AppState, id: &str, upload: &str) -> Result<(Key, MultipartId), Error> {
-    let uploads = state.shared().uploads.lock().expect("uploads lock");
-    uploads
-        .get(upload)
-        .filter(|u| u.drain == id)
-        .map(|u| (u.key.clone(), u.upload_id.clone()))
-        .ok_or_else(|| upload_not_found(upload))
+/// The relayed upload `upload` of drain `drain`, written at `key` if the caller names one.
+async fn relayed(
+    state: &AppState,
+    drain: &str,
+    upload: &str,
+    key: Option<&str>,
+) -> Result<Option<RelayRecord>, Error> {
+    let relay = state.shared().ledger.relay(upload).await?;
+    match relay {
+        Some(r) if r.drain_id == drain => {
+            if let Some(key) = key
+                && absolute(state, &parse_key(key)?).to_string() != r.object_key
+            {
+                return Err(Error::invalid(format!(
+                    "upload {upload} does not write {key:?}"
+                )));
+            }
+            Ok(Some(r))
+        }
+        _ => Ok(None),
+    }
 }
 
-async fn put_part(
+/// The `?key=` of upload requests (optional for older movers).
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct MaybeKey {
+    key: Option<String>,
+}
+
+pub(super) async fn put_part(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload, part)): Path<(String, String, usize)>,
+    streaming: Granted<Streaming>,
+    Path((_, upload, part)): Path<(String, String, usize)>,
+    Query(q): Query<MaybeKey>,
     body: Body,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
+    let drain = streaming.into_inner().drain;
     let part_size = state.shared().store.part_size();
     let bad_size = |len: u64| {
         Error::new(
@@ -507,45 +679,73 @@ async fn put_part(
     if len == 0 {
         return Err(bad_size(0));
     }
-    let (key, upload_id) = relayed(&state, &id, &upload)?;
+    let relay = relayed(&state, &drain, &upload, q.key.as_deref())
+        .await?
+        .ok_or_else(|| upload_not_found(&upload))?;
+    let key = Key::from(relay.object_key.as_str());
     let parts = relay_parts(&state);
     let store = &state.shared().store;
-    let put = parts.put_part(&key, &upload_id, part, PutPayload::from_iter(chunks));
-    let stored = match store.call("upload part", &key, put).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            let mut uploads = state.shared().uploads.lock().expect("uploads lock");
-            uploads.remove(&upload);
-            return Err(store_failure(e));
-        }
+    let put = parts.put_part(
+        &key,
+        &relay.store_upload_id,
+        part,
+        PutPayload::from_iter(chunks),
+    );
+    let stored = store
+        .call("upload part", &key, put)
+        .await
+        .map_err(store_failure)?;
+    let part = RelayPart {
+        idx: part as u64,
+        part_id: stored.content_id,
+        len,
     };
-    let mut uploads = state.shared().uploads.lock().expect("uploads lock");
-    let relay = uploads
-        .get_mut(&upload)
-        .ok_or_else(|| upload_not_found(&upload))?;
-    relay.parts.insert(part, (stored, len));
+    state
+        .shared()
+        .ledger
+        .record_relay_part(&upload, &part)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn take_upload(state: &AppState, id: &str, upload: &str) -> Result<RelayUpload, Error> {
-    let mut uploads = state.shared().uploads.lock().expect("uploads lock");
-    match uploads.get(upload) {
-        Some(relay) if relay.drain == id => Ok(uploads.remove(upload).expect("present")),
-        _ => Err(upload_not_found(upload)),
+/// The parts in order, if they are exactly parts 0..n, all of the store's part size but the
+/// last: what a local store needs to have written every byte at its place.
+fn complete_parts(parts: &[RelayPart], part_size: u64) -> Result<Vec<PartId>, String> {
+    let last = parts.len().saturating_sub(1);
+    for (expected, part) in parts.iter().enumerate() {
+        if part.idx != expected as u64 {
+            return Err(format!("part {expected} is missing"));
+        }
+        if expected < last && part.len != part_size {
+            return Err(format!(
+                "part {} has {} bytes; every part but the last has {part_size}",
+                part.idx, part.len
+            ));
+        }
     }
+    Ok(parts
+        .iter()
+        .map(|p| PartId {
+            content_id: p.part_id.clone(),
+        })
+        .collect())
 }
 
-async fn complete_upload(
+pub(super) async fn complete_upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload)): Path<(String, String)>,
+    streaming: Granted<Streaming>,
+    Path((_, upload)): Path<(String, String)>,
+    Query(q): Query<MaybeKey>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
-    let relay = take_upload(&state, &id, &upload)?;
-    let parts = relay_parts(&state);
+    let Streaming { drain, volume } = streaming.into_inner();
+    let Some(relay) = relayed(&state, &drain, &upload, q.key.as_deref()).await? else {
+        return already_completed(&state, &volume, &upload, q.key.as_deref()).await;
+    };
     let store = &state.shared().store;
-    let complete = match relay.complete_parts(store.part_size()) {
-        Ok(ordered) => parts.complete_multipart(&relay.key, &relay.upload_id, ordered),
+    let key = Key::from(relay.object_key.as_str());
+    let recorded = state.shared().ledger.relay_parts(&upload).await?;
+    let ordered = match complete_parts(&recorded, store.part_size()) {
+        Ok(ordered) => ordered,
         Err(reason) => {
             abort_relay(&state, &relay).await;
             return Err(Error::new(
@@ -555,40 +755,79 @@ async fn complete_upload(
             ));
         }
     };
+    let parts = relay_parts(&state);
+    let complete = parts.complete_multipart(&key, &relay.store_upload_id, ordered);
     store
-        .call("complete multipart upload", &relay.key, complete)
+        .call("complete multipart upload", &key, complete)
         .await
         .map_err(store_failure)?;
+    state.shared().ledger.forget_relay(&upload).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn abort_upload(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, upload)): Path<(String, String)>,
+/// A completion asked again (its answer was lost): done if the object is in place.
+async fn already_completed(
+    state: &AppState,
+    volume: &VolumeId,
+    upload: &str,
+    key: Option<&str>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
-    let relay = take_upload(&state, &id, &upload)?;
+    let Some(key) = key else {
+        return Err(upload_not_found(upload));
+    };
+    let key = writable_key(state, volume, key).await?;
+    let store = &state.shared().store;
+    match store.call("head", &key, store.objects().head(&key)).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(e) if e.is_not_found() => Err(upload_not_found(upload)),
+        Err(e) => Err(store_failure(e)),
+    }
+}
+
+pub(super) async fn abort_upload(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, upload)): Path<(String, String)>,
+    Query(q): Query<MaybeKey>,
+) -> Result<StatusCode, Error> {
+    let drain = streaming.into_inner().drain;
+    let relay = relayed(&state, &drain, &upload, q.key.as_deref())
+        .await?
+        .ok_or_else(|| upload_not_found(&upload))?;
     abort_relay(&state, &relay).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Abandons a relayed upload in the store (best effort: an abandoned upload only costs space).
-async fn abort_relay(state: &AppState, relay: &RelayUpload) {
+/// Abandons a relayed upload in the store and forgets it (best effort: an abandoned upload
+/// only costs space until the store expires it).
+async fn abort_relay(state: &AppState, relay: &RelayRecord) {
     let store = &state.shared().store;
+    let key = Key::from(relay.object_key.as_str());
     let parts = relay_parts(state);
-    let abort = parts.abort_multipart(&relay.key, &relay.upload_id);
-    let _ = store
-        .call("abort multipart upload", &relay.key, abort)
-        .await;
+    let abort = parts.abort_multipart(&key, &relay.store_upload_id);
+    let _ = store.call("abort multipart upload", &key, abort).await;
+    if let Err(e) = state.shared().ledger.forget_relay(&relay.id).await {
+        tracing::warn!(upload = %relay.id, error = %e, "cannot forget an aborted upload");
+    }
 }
 
-async fn flush(
+/// Aborts the uploads a drain's movers started and never completed (a mover that died for
+/// good), once the drain's snapshot is committed.
+async fn abort_leftover_relays(state: &AppState, drain: &str) {
+    match state.shared().ledger.relays_of(drain).await {
+        Ok(left) => {
+            for relay in left {
+                abort_relay(state, &relay).await;
+            }
+        }
+        Err(e) => tracing::warn!(drain, error = %e, "cannot list leftover uploads"),
+    }
+}
+
+pub(super) async fn flush(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    _: Granted<Streaming>,
 ) -> Result<StatusCode, Error> {
-    streaming(&state, &caller, &id).await?;
     state.shared().store.flush().await.map_err(store_failure)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -597,37 +836,60 @@ async fn flush(
 mod tests {
     use super::*;
 
-    fn relay(parts: &[(usize, u64)]) -> RelayUpload {
-        RelayUpload {
-            drain: "d".into(),
-            key: Key::from("k"),
-            upload_id: "u".into(),
-            parts: parts
-                .iter()
-                .map(|&(i, len)| {
-                    let id = PartId {
-                        content_id: i.to_string(),
-                    };
-                    (i, (id, len))
-                })
-                .collect(),
-        }
+    fn parts_by_index(parts: &[(u64, u64)]) -> Vec<RelayPart> {
+        parts
+            .iter()
+            .map(|&(idx, len)| RelayPart {
+                idx,
+                part_id: idx.to_string(),
+                len,
+            })
+            .collect()
     }
 
     #[test]
     fn a_relayed_upload_completes_only_with_every_part_in_place() {
-        let whole = relay(&[(2, 3), (0, 10), (1, 10)])
-            .complete_parts(10)
-            .unwrap();
+        let whole = complete_parts(&parts_by_index(&[(0, 10), (1, 10), (2, 3)]), 10).unwrap();
         let order: Vec<_> = whole.iter().map(|p| p.content_id.as_str()).collect();
-        assert_eq!(order, ["0", "1", "2"], "parts that arrived out of order");
-        assert_eq!(relay(&[(0, 4)]).complete_parts(10).unwrap().len(), 1);
-        let gap = relay(&[(0, 10), (2, 10)]).complete_parts(10).unwrap_err();
+        assert_eq!(order, ["0", "1", "2"]);
+        assert_eq!(
+            complete_parts(&parts_by_index(&[(0, 4)]), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        let gap = complete_parts(&parts_by_index(&[(0, 10), (2, 10)]), 10).unwrap_err();
         assert!(gap.contains("part 1 is missing"), "{gap}");
-        let short = relay(&[(0, 10), (1, 9), (2, 10)])
-            .complete_parts(10)
-            .unwrap_err();
+        let short = complete_parts(&parts_by_index(&[(0, 10), (1, 9), (2, 10)]), 10).unwrap_err();
         assert!(short.contains("part 1 has 9 bytes"), "{short}");
-        assert!(relay(&[]).complete_parts(10).unwrap().is_empty());
+        assert!(complete_parts(&[], 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn movers_write_only_their_own_snapshot() {
+        let volume: VolumeId = "shop/data-web-4".parse().unwrap();
+        let own: SnapshotId = "20261201T120000123Z-abcd".parse().unwrap();
+        let prefix = "volumes/shop/data-web-4/snapshots";
+        let allowed = [
+            format!("{prefix}/{own}/files/a.txt"),
+            format!("{prefix}/{own}/files/dir/b"),
+            format!("{prefix}/{own}/manifest.jsonl"),
+        ];
+        let refused = [
+            format!("{prefix}/{own}/snapshot.json"),
+            format!("{prefix}/20261101T000000000Z-0000/files/a.txt"),
+            format!("{prefix}/20261101T000000000Z-0000/snapshot.json"),
+            "volumes/shop/data-web-4/latest".to_owned(),
+            "volumes/shop/data-web-3/snapshots/x/files/a".to_owned(),
+            format!("{prefix}/{own}/other"),
+        ];
+        for key in allowed {
+            assert!(writable_relative(&volume, &own, &key).is_ok(), "{key}");
+        }
+        for key in refused {
+            let refusal = writable_relative(&volume, &own, &key).unwrap_err();
+            assert_eq!(refusal.status, StatusCode::FORBIDDEN, "{key}");
+        }
+        assert!(writable_relative(&volume, &own, ".drainer-probe-1").is_ok());
     }
 }

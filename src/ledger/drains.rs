@@ -1,21 +1,23 @@
 //! Drains in the ledger: intake of handoffs, the durable queue, leases, and history.
 //!
-//! Every function here is one transaction that moves drains along the lifecycle
-//! ([`crate::lifecycle`]) and appends to their history. Claims take the oldest claimable drain
-//! (queued and due, or copying with an expired lease) with a lease; on PostgreSQL the row is
-//! locked with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same drain. Writes that
-//! act for a lease holder check the owner, so a replica that lost its lease changes nothing.
+//! Every state change goes through [`Ledger::transition`]: the lifecycle's table
+//! ([`DrainState::after`]) names the next state, the `UPDATE` names the state it starts from
+//! (and, for a lease holder, the holder), and the history row is written in the same
+//! transaction. A writer whose view is stale changes nothing and gets [`Refused::Stale`].
+//! Claims take the oldest claimable drain (queued and due, or copying with an expired lease)
+//! with a lease; on PostgreSQL the row is locked with `FOR UPDATE SKIP LOCKED`, so replicas
+//! never claim the same drain.
 
 use super::{Error, Ledger, Pool, Result, Urgency, now_ms, on_pool, query_error};
-use crate::lifecycle::{AfterFailure, DrainState};
+use crate::lifecycle::{AfterFailure, DrainState, Event};
 use crate::volume::VolumeId;
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// A drain as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Drain {
     /// The drain's id.
     pub id: String,
@@ -30,24 +32,32 @@ pub struct Drain {
     /// Where it is in the lifecycle.
     pub state: DrainState,
     /// Attempts started so far.
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     /// Attempts allowed before it is `failed`.
+    #[sqlx(try_from = "i64")]
     pub max_attempts: u32,
     /// Not to be attempted before this time (ms since the epoch).
+    #[sqlx(rename = "not_before")]
     pub not_before_ms: i64,
     /// The replica holding the lease, while copying.
     pub lease_owner: Option<String>,
     /// When the lease expires (ms since the epoch).
+    #[sqlx(rename = "lease_expires")]
     pub lease_expires_ms: Option<i64>,
     /// The snapshot written, once completed.
+    #[sqlx(rename = "snapshot_id")]
     pub snapshot: Option<String>,
     /// The error of the last failed attempt.
     pub last_error: Option<String>,
     /// Created at (ms since the epoch).
+    #[sqlx(rename = "created_at")]
     pub created_ms: i64,
     /// Last changed at (ms since the epoch).
+    #[sqlx(rename = "updated_at")]
     pub updated_ms: i64,
     /// Ended at (ms since the epoch).
+    #[sqlx(rename = "finished_at")]
     pub finished_ms: Option<i64>,
 }
 
@@ -62,9 +72,10 @@ impl Drain {
 }
 
 /// One entry of a drain's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DrainEvent {
     /// When (ms since the epoch).
+    #[sqlx(rename = "at")]
     pub at_ms: i64,
     /// The state entered.
     pub state: DrainState,
@@ -83,6 +94,55 @@ pub struct DrainFilter {
     pub namespace: Option<String>,
     /// Only drains of this PVC name.
     pub pvc: Option<String>,
+    /// Only drains this principal requested (see [`NewDrain::requested_by`]).
+    pub requested_by: Option<String>,
+    /// Only drains listed after this one (the previous page's last), newest first.
+    pub after: Option<PageCursor>,
+}
+
+/// Where a page of drains ends: the last drain's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    /// The drain's creation time (ms since the epoch).
+    pub created_ms: i64,
+    /// The drain's id.
+    pub id: String,
+}
+
+impl PageCursor {
+    /// The cursor that continues after `drain`.
+    pub fn after(drain: &Drain) -> Self {
+        Self {
+            created_ms: drain.created_ms,
+            id: drain.id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_ms, self.id)
+    }
+}
+
+impl std::str::FromStr for PageCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a page cursor (use the `next` of the previous page)");
+        let (created, id) = s.split_once('.').ok_or_else(bad)?;
+        let created_ms = created.parse().map_err(|_| bad())?;
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            created_ms,
+            id: id.to_owned(),
+        })
+    }
 }
 
 /// A new drain to record.
@@ -96,6 +156,12 @@ pub struct NewDrain {
     pub reason: String,
     /// Attempts allowed.
     pub max_attempts: u32,
+    /// Start in `awaiting_release` (the announcing pod still holds the volume) rather than
+    /// `queued`.
+    pub wait_for_release: bool,
+    /// Who asked (`pod:NS/NAME`, `user:NAME`, …); a requester may read the drains it asked
+    /// for, whether its request created them or found them active.
+    pub requested_by: Option<String>,
 }
 
 /// Why a requested change of a drain was refused.
@@ -104,7 +170,7 @@ pub enum Refused {
     /// No drain has that id.
     #[error("drain {0} does not exist")]
     NotFound(String),
-    /// The drain is not in a state that allows the change.
+    /// The lifecycle does not allow the event in the drain's state.
     #[error("drain {id} is {state}; it cannot be {action}")]
     Conflict {
         /// The drain.
@@ -114,41 +180,68 @@ pub enum Refused {
         /// What was asked.
         action: &'static str,
     },
+    /// Another drain of the same volume is active (a retry by hand of an older drain).
+    #[error("drain {id} cannot become active: drain {active} of {volume} is")]
+    VolumeBusy {
+        /// The drain.
+        id: String,
+        /// Its volume.
+        volume: String,
+        /// The volume's active drain.
+        active: String,
+    },
+    /// The drain moved on (or its lease went to another holder) since the writer looked.
+    #[error("drain {id} is no longer {expected}{holder}; nothing was changed")]
+    Stale {
+        /// The drain.
+        id: String,
+        /// The state the writer expected.
+        expected: DrainState,
+        /// The holder the writer expected, as text (`" held by X"` or empty).
+        holder: String,
+    },
+}
+
+/// One state change of one drain: the event, what the writer expects, and the fields that
+/// change with it.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The drain.
+    pub id: String,
+    /// The state the writer saw; the change happens only if the drain is still in it.
+    pub from: DrainState,
+    /// What happened.
+    pub event: Event,
+    /// Who writes: the lease holder for events of an attempt (checked), or an operator.
+    pub by: Writer,
+    /// The history message.
+    pub message: String,
+    /// Not to be attempted before this time (ms since the epoch), if it changes.
+    pub not_before_ms: Option<i64>,
+    /// The snapshot written (completions).
+    pub snapshot: Option<String>,
+    /// The error that caused it (failures).
+    pub error: Option<String>,
+}
+
+/// Who makes a change, and what the ledger checks about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// Anyone: the state alone is checked (operators, release decisions).
+    Anyone,
+    /// The holder of the drain's lease: the holder is checked too.
+    Holder(String),
+    /// A replica taking a drain with a lease until the given time (claims and take-overs).
+    Claimant {
+        /// The new holder.
+        owner: String,
+        /// When its lease expires (ms since the epoch).
+        lease_expires_ms: i64,
+    },
 }
 
 const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
                        lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at";
-
-fn drain_from_row<R: Row>(row: &R) -> Result<Drain, sqlx::Error>
-where
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
-    for<'q> Option<String>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
-    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
-    for<'q> Option<i64>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
-{
-    let state: String = row.try_get("state")?;
-    Ok(Drain {
-        id: row.try_get("id")?,
-        namespace: row.try_get("namespace")?,
-        pvc: row.try_get("pvc")?,
-        pod: row.try_get("pod")?,
-        reason: row.try_get("reason")?,
-        state: state
-            .parse()
-            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        not_before_ms: row.try_get("not_before")?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_expires_ms: row.try_get("lease_expires")?,
-        snapshot: row.try_get("snapshot_id")?,
-        last_error: row.try_get("last_error")?,
-        created_ms: row.try_get("created_at")?,
-        updated_ms: row.try_get("updated_at")?,
-        finished_ms: row.try_get("finished_at")?,
-    })
-}
 
 /// A new drain id: time-ordered and unique across replicas.
 fn new_drain_id() -> String {
@@ -159,8 +252,16 @@ fn new_drain_id() -> String {
     )
 }
 
-/// The states in which a drain is active: a volume has at most one active drain.
-const ACTIVE_STATES: &str = "('requested', 'awaiting_release', 'queued', 'copying')";
+/// The states in which a drain is active (a volume has at most one active drain), as SQL.
+fn active_states_sql() -> String {
+    let names: Vec<String> = crate::lifecycle::ALL_STATES
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| format!("'{s}'"))
+        .collect();
+    format!("({})", names.join(", "))
+}
+
 /// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
 const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
@@ -206,33 +307,43 @@ fn answers(
         .collect()
 }
 
-/// What a claim takes, in order: a drain whose holder's lease expired (its holder died), else
-/// the queued drain that has been due longest.
-const CLAIM_PICKS: [&str; 2] = [
-    "SELECT id FROM drains WHERE state = 'copying' AND lease_expires < $1 \
-     ORDER BY lease_expires LIMIT 1",
-    "SELECT id FROM drains WHERE state = 'queued' AND not_before <= $1 \
-     ORDER BY not_before, created_at LIMIT 1",
-];
+/// The (drain, requester) pairs a batch records: who asked for which drain.
+fn requests<'a>(
+    groups: &'a [Vec<NewDrain>],
+    answers: &'a [Vec<(Drain, bool)>],
+) -> HashSet<(&'a str, &'a str)> {
+    groups
+        .iter()
+        .zip(answers)
+        .flat_map(|(group, answer)| group.iter().zip(answer))
+        .filter_map(|(new, (drain, _))| Some((drain.id.as_str(), new.requested_by.as_deref()?)))
+        .collect()
+}
 
-macro_rules! event {
-    ($conn:expr, $id:expr, $state:expr, $owner:expr, $message:expr) => {
-        sqlx::query("INSERT INTO drain_events (drain_id, at, state, owner, message) VALUES ($1, $2, $3, $4, $5)")
-            .bind($id)
-            .bind(now_ms())
-            .bind($state.as_str())
-            .bind($owner)
-            .bind($message)
-            .execute($conn)
-            .await
-            .map_err(query_error("record history"))
-    };
+/// What a claim takes, in order: a drain whose holder's lease expired (its holder died), else
+/// the queued drain that has been due longest. Each pick is served by the (state, not_before)
+/// or lease index, rather than one query with an OR that sorts every queued drain.
+fn claim_picks() -> [(DrainState, Event, &'static str); 2] {
+    [
+        (
+            DrainState::Copying,
+            Event::TakenOver,
+            "SELECT id FROM drains WHERE state = $1 AND lease_expires < $2 \
+             ORDER BY lease_expires LIMIT 1",
+        ),
+        (
+            DrainState::Queued,
+            Event::Claimed,
+            "SELECT id FROM drains WHERE state = $1 AND not_before <= $2 \
+             ORDER BY not_before, created_at LIMIT 1",
+        ),
+    ]
 }
 
 impl Ledger {
     /// Records drains for `volumes` (one transaction, shared with the handoffs that arrive at
     /// the same time): an active drain of a volume is returned as it is (`false`), otherwise a
-    /// new queued drain is created (`true`).
+    /// new drain is created (`true`) in `awaiting_release` or `queued`.
     pub async fn request_drains(&self, drains: &[NewDrain]) -> Result<Vec<(Drain, bool)>> {
         match &self.intake {
             Some(intake) => intake.record(drains.to_vec()).await,
@@ -240,7 +351,7 @@ impl Ledger {
                 .request_drain_groups(vec![drains.to_vec()])
                 .await?
                 .pop()
-                .expect("one answer per group")),
+                .unwrap_or_default()),
         }
     }
 
@@ -250,7 +361,8 @@ impl Ledger {
         groups: Vec<Vec<NewDrain>>,
     ) -> Result<Vec<Vec<(Drain, bool)>>> {
         let groups = std::sync::Arc::new(groups);
-        for attempt in 1..=HANDOFF_ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             let owned = std::sync::Arc::clone(&groups);
             match self
                 .write_as(Urgency::Intake, move |l| async move {
@@ -258,11 +370,10 @@ impl Ledger {
                 })
                 .await
             {
-                Err(e) if attempt < HANDOFF_ATTEMPTS && is_unique_violation(&e) => continue,
+                Err(e) if attempt < HANDOFF_ATTEMPTS && is_unique_violation(&e) => attempt += 1,
                 other => return other,
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     async fn try_request_drains(
@@ -277,6 +388,7 @@ impl Ledger {
             .into_iter()
             .collect();
         let now = now_ms();
+        let active_states = active_states_sql();
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
@@ -285,7 +397,7 @@ impl Ledger {
             let mut active = HashMap::new();
             for chunk in volumes.chunks(BULK_ROWS) {
                 let mut find = QueryBuilder::<DB>::new(format!(
-                    "SELECT {COLUMNS} FROM drains WHERE state IN {ACTIVE_STATES} AND ("
+                    "SELECT {COLUMNS} FROM drains WHERE state IN {active_states} AND ("
                 ));
                 let mut any = find.separated(" OR ");
                 for volume in chunk {
@@ -296,15 +408,12 @@ impl Ledger {
                         .push_unseparated(")");
                 }
                 find.push(")");
-                for row in find
-                    .build()
+                let found: Vec<Drain> = find
+                    .build_query_as()
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(query_error("record handoff"))?
-                {
-                    let drain = drain_from_row(&row).map_err(query_error("read drain"))?;
-                    active.insert(drain.volume(), drain);
-                }
+                    .map_err(query_error("record handoff"))?;
+                active.extend(found.into_iter().map(|d| (d.volume(), d)));
             }
             let wanted = new_drains(groups, &active);
             let mut inserted = HashMap::new();
@@ -319,7 +428,7 @@ impl Ledger {
                         .push_bind(new.volume.name.as_str())
                         .push_bind(new.pod.as_deref())
                         .push_bind(new.reason.as_str())
-                        .push_bind(DrainState::Queued.as_str())
+                        .push_bind(DrainState::initial(new.wait_for_release))
                         .push_bind(0_i64)
                         .push_bind(i64::from(new.max_attempts))
                         .push_bind(now)
@@ -327,22 +436,19 @@ impl Ledger {
                         .push_bind(now);
                 });
                 insert.push(format!(" RETURNING {COLUMNS}"));
-                for row in insert
-                    .build()
+                let created: Vec<Drain> = insert
+                    .build_query_as()
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(query_error("record handoff"))?
-                {
-                    let drain = drain_from_row(&row).map_err(query_error("read drain"))?;
-                    inserted.insert(drain.volume(), drain);
-                }
+                    .map_err(query_error("record handoff"))?;
+                inserted.extend(created.into_iter().map(|d| (d.volume(), d)));
                 let mut history = QueryBuilder::<DB>::new(
                     "INSERT INTO drain_events (drain_id, at, state, owner, message) ",
                 );
                 history.push_values(chunk, |mut row, (id, new)| {
                     row.push_bind(id.as_str())
                         .push_bind(now)
-                        .push_bind(DrainState::Queued.as_str())
+                        .push_bind(DrainState::initial(new.wait_for_release))
                         .push_bind(None::<&str>)
                         .push_bind(new.reason.as_str());
                 });
@@ -360,131 +466,136 @@ impl Ledger {
                 );
                 return Err(query_error("record handoff")(sqlx::Error::Protocol(lost)));
             }
+            let answered = answers(groups, &active, &inserted);
+            let asked: Vec<_> = requests(groups, &answered).into_iter().collect();
+            for chunk in asked.chunks(BULK_ROWS) {
+                let mut record = QueryBuilder::<DB>::new(
+                    "INSERT INTO drain_requests (drain_id, principal, at) ",
+                );
+                record.push_values(chunk, |mut row, (drain, principal)| {
+                    row.push_bind(*drain).push_bind(*principal).push_bind(now);
+                });
+                record.push(" ON CONFLICT (drain_id, principal) DO NOTHING");
+                record
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record requester"))?;
+            }
             tx.commit().await.map_err(query_error("record handoff"))?;
-            Ok(answers(groups, &active, &inserted))
+            Ok(answered)
         })
     }
 
     /// One drain by id.
     pub async fn drain(&self, id: &str) -> Result<Option<Drain>> {
         let sql = format!("SELECT {COLUMNS} FROM drains WHERE id = $1");
-        on_pool!(self, |pool, DB| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .map_err(query_error("read drain"))?;
-            row.map(|r| drain_from_row(&r))
-                .transpose()
-                .map_err(query_error("read drain"))
-        })
+        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error("read drain")))
+    }
+
+    /// Whether `principal` asked for drain `id` (its request created it or found it active).
+    pub async fn requested_by(&self, id: &str, principal: &str) -> Result<bool> {
+        const SQL: &str =
+            "SELECT COUNT(*) FROM drain_requests WHERE drain_id = $1 AND principal = $2";
+        on_pool!(self, |pool, DB| sqlx::query_scalar::<_, i64>(SQL)
+            .bind(id)
+            .bind(principal)
+            .fetch_one(pool)
+            .await
+            .map(|n| n > 0)
+            .map_err(query_error("read requester")))
     }
 
     /// Drains matching `filter`, newest first (at most `limit`).
     pub async fn drains(&self, filter: &DrainFilter, limit: u32) -> Result<Vec<Drain>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM drains WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR namespace = $2) \
-             AND ($3 IS NULL OR pvc = $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+             AND ($3 IS NULL OR pvc = $3) \
+             AND ($4 IS NULL OR id IN (SELECT drain_id FROM drain_requests WHERE principal = $4)) \
+             AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6)) \
+             ORDER BY created_at DESC, id DESC LIMIT $7"
         );
-        on_pool!(self, |pool, DB| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(filter.state.map(DrainState::as_str))
-                .bind(filter.namespace.as_deref())
-                .bind(filter.pvc.as_deref())
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
-                .map_err(query_error("list drains"))?;
-            rows.iter()
-                .map(drain_from_row)
-                .collect::<Result<_, _>>()
-                .map_err(query_error("list drains"))
-        })
+        let (after_ms, after_id) = match &filter.after {
+            Some(c) => (Some(c.created_ms), Some(c.id.as_str())),
+            None => (None, None),
+        };
+        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(filter.state)
+            .bind(filter.namespace.as_deref())
+            .bind(filter.pvc.as_deref())
+            .bind(filter.requested_by.as_deref())
+            .bind(after_ms)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("list drains")))
     }
 
     /// The history of a drain, oldest first.
     pub async fn drain_events(&self, id: &str) -> Result<Vec<DrainEvent>> {
         const SQL: &str =
             "SELECT at, state, owner, message FROM drain_events WHERE drain_id = $1 ORDER BY seq";
-        on_pool!(self, |pool, DB| {
-            let rows = sqlx::query(SQL)
-                .bind(id)
-                .fetch_all(pool)
-                .await
-                .map_err(query_error("read history"))?;
-            rows.iter()
-                .map(|r| {
-                    let state: String = r.try_get("state")?;
-                    Ok(DrainEvent {
-                        at_ms: r.try_get("at")?,
-                        state: state
-                            .parse()
-                            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-                        owner: r.try_get("owner")?,
-                        message: r.try_get("message")?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(query_error("read history"))
-        })
+        on_pool!(self, |pool, DB| sqlx::query_as(SQL)
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("read history")))
     }
 
     /// How many drains are in each state.
     pub async fn drain_counts(&self) -> Result<Vec<(DrainState, i64)>> {
         const SQL: &str = "SELECT state, COUNT(*) AS n FROM drains GROUP BY state";
-        on_pool!(self, |pool, DB| {
-            let rows = sqlx::query(SQL)
-                .fetch_all(pool)
-                .await
-                .map_err(query_error("count drains"))?;
-            rows.iter()
-                .map(|r| {
-                    let state: String = r.try_get("state")?;
-                    let n: i64 = r.try_get("n")?;
-                    Ok((
-                        state
-                            .parse()
-                            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-                        n,
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(query_error("count drains"))
-        })
+        on_pool!(self, |pool, DB| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("count drains")))
     }
 
-    /// Moves a drain by hand: `retry` (failed → queued, attempts reset) or `cancel` (any
-    /// active state → cancelled). Returns the drain after the change, or why it was refused.
-    pub async fn change_drain(&self, id: &str, to: DrainState) -> Result<Result<Drain, Refused>> {
-        let action = if to == DrainState::Queued {
-            "retried"
-        } else {
-            "cancelled"
+    /// Moves a drain by hand: `RetriedByHand` (failed → queued, attempts reset) or `Cancelled`
+    /// (any active state → cancelled). Returns the drain after the change, or why it was
+    /// refused. A drain that moves while this runs is read again and the event re-checked.
+    pub async fn change_drain(&self, id: &str, event: Event) -> Result<Result<Drain, Refused>> {
+        let action = match event {
+            Event::RetriedByHand => "retried",
+            Event::Cancelled => "cancelled",
+            _ => "changed by hand",
         };
-        let Some(drain) = self.drain(id).await? else {
-            return Ok(Err(Refused::NotFound(id.to_owned())));
-        };
-        let allowed = match to {
-            DrainState::Queued => drain.state == DrainState::Failed,
-            DrainState::Cancelled => drain.state.is_active(),
-            _ => false,
-        };
-        if !allowed {
-            return Ok(Err(Refused::Conflict {
-                id: id.to_owned(),
-                state: drain.state,
-                action,
-            }));
+        let by_hand = matches!(event, Event::RetriedByHand | Event::Cancelled);
+        for _ in 0..HANDOFF_ATTEMPTS {
+            let Some(drain) = self.drain(id).await? else {
+                return Ok(Err(Refused::NotFound(id.to_owned())));
+            };
+            if !by_hand || drain.state.after(event).is_none() {
+                return Ok(Err(Refused::Conflict {
+                    id: id.to_owned(),
+                    state: drain.state,
+                    action,
+                }));
+            }
+            let change = Transition {
+                not_before_ms: Some(now_ms()),
+                ..Transition::new(
+                    id,
+                    drain.state,
+                    event,
+                    Writer::Anyone,
+                    format!("{action} by hand"),
+                )
+            };
+            match self.transition(change).await? {
+                Ok(drain) => return Ok(Ok(drain)),
+                Err(Refused::Stale { .. }) => continue, // it moved under us: look again
+                Err(other) => return Ok(Err(other)),
+            }
         }
-        let (owned_id, from) = (id.to_owned(), drain.state);
-        let changed = self
-            .write(move |l| async move { l.change_drain_tx(&owned_id, to, from, action).await })
-            .await?;
-        if !changed {
-            // It moved under us; report what it is now.
-            return Box::pin(self.change_drain(id, to)).await;
-        }
-        Ok(Ok(self.drain(id).await?.expect("the drain exists")))
+        Err(query_error("change drain")(sqlx::Error::Protocol(format!(
+            "drain {id} kept changing; try again"
+        ))))
     }
 
     /// Claims the oldest claimable drain for `owner` with a lease of `lease`: a queued drain
@@ -512,9 +623,69 @@ impl Ledger {
         owner: &str,
         outcome: &AttemptOutcome,
     ) -> Result<bool> {
-        let (id, owner, outcome) = (id.to_owned(), owner.to_owned(), outcome.clone());
-        self.write_redoable(move |l| async move { l.end_attempt_tx(&id, &owner, &outcome).await })
-            .await
+        let change = outcome.transition(id, owner, now_ms());
+        let (ledger, final_write) = (self.clone(), outcome.is_final());
+        let write = move |l: Ledger| async move { l.transition_tx(&change).await };
+        let done = if final_write {
+            ledger.write(write).await?
+        } else {
+            ledger.write_redoable(write).await?
+        };
+        Ok(done.is_ok())
+    }
+
+    /// Applies one lifecycle transition (see the module doc); `Ok(Err(Refused::Stale))` when
+    /// the drain was no longer as the writer saw it, and nothing was changed.
+    pub async fn transition(&self, change: Transition) -> Result<Result<Drain, Refused>> {
+        let outcome = self
+            .write(move |l| async move { l.transition_tx(&change).await })
+            .await?;
+        match outcome {
+            Err(Refused::VolumeBusy { id, .. }) => Ok(Err(self.busy(id).await?)),
+            other => Ok(other),
+        }
+    }
+
+    /// Why drain `id` cannot become active: its volume's active drain.
+    async fn busy(&self, id: String) -> Result<Refused> {
+        let drain = self.drain(&id).await?;
+        let filter = DrainFilter {
+            namespace: drain.as_ref().map(|d| d.namespace.clone()),
+            pvc: drain.as_ref().map(|d| d.pvc.clone()),
+            ..DrainFilter::default()
+        };
+        let active = self
+            .drains(&filter, 1000)
+            .await?
+            .into_iter()
+            .find(|d| d.state.is_active());
+        Ok(Refused::VolumeBusy {
+            id,
+            volume: drain.map(|d| d.volume().to_string()).unwrap_or_default(),
+            active: active.map(|d| d.id).unwrap_or_else(|| "another".to_owned()),
+        })
+    }
+}
+
+impl Transition {
+    /// A transition with no fields besides the state changing.
+    pub fn new(
+        id: &str,
+        from: DrainState,
+        event: Event,
+        by: Writer,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            from,
+            event,
+            by,
+            message: message.into(),
+            not_before_ms: None,
+            snapshot: None,
+            error: None,
+        }
     }
 }
 
@@ -537,6 +708,53 @@ pub enum AttemptOutcome {
     Released,
 }
 
+impl AttemptOutcome {
+    /// Whether the drain ends with this outcome (its record is then flushed to disk).
+    fn is_final(&self) -> bool {
+        match self {
+            Self::Completed { .. } => true,
+            Self::Failed { after, .. } => *after == AfterFailure::GiveUp,
+            Self::Released => false,
+        }
+    }
+
+    /// The transition that records this outcome for the lease holder `owner`.
+    fn transition(&self, id: &str, owner: &str, now: i64) -> Transition {
+        let by = Writer::Holder(owner.to_owned());
+        let from = DrainState::Copying;
+        match self {
+            Self::Completed { snapshot } => Transition {
+                snapshot: Some(snapshot.clone()),
+                ..Transition::new(
+                    id,
+                    from,
+                    Event::Completed,
+                    by,
+                    format!("snapshot {snapshot}"),
+                )
+            },
+            Self::Failed { error, after } => {
+                let (not_before, message) = match after {
+                    AfterFailure::RetryAfter(delay) => (
+                        now + delay.as_millis() as i64,
+                        format!("retry in {} s: {error}", delay.as_secs()),
+                    ),
+                    AfterFailure::GiveUp => (now, error.clone()),
+                };
+                Transition {
+                    not_before_ms: Some(not_before),
+                    error: Some(error.clone()),
+                    ..Transition::new(id, from, after.event(), by, message)
+                }
+            }
+            Self::Released => Transition {
+                not_before_ms: Some(now),
+                ..Transition::new(id, from, Event::Released, by, "released at shutdown")
+            },
+        }
+    }
+}
+
 fn is_unique_violation(e: &Error) -> bool {
     match e {
         Error::Query {
@@ -544,6 +762,17 @@ fn is_unique_violation(e: &Error) -> bool {
             ..
         } => db.is_unique_violation(),
         _ => false,
+    }
+}
+
+/// How an event changes the attempt counter: a claim starts an attempt, a take-over starts
+/// another, a release at shutdown gives its attempt back, and a retry by hand starts afresh.
+fn attempts_sql(event: Event) -> &'static str {
+    match event {
+        Event::Claimed | Event::TakenOver => "attempts + 1",
+        Event::Released => "attempts - 1",
+        Event::RetriedByHand => "0",
+        _ => "attempts",
     }
 }
 
@@ -555,185 +784,203 @@ impl Ledger {
             Pool::Sqlite(_) => "",
             Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         };
-        // Two picks, each served by the (state, not_before) index, rather than one with an OR
-        // that sorts every queued drain on each claim.
-        let claims = CLAIM_PICKS.map(|pick| {
-            format!(
-                "UPDATE drains SET state = 'copying', attempts = attempts + 1, lease_owner = $2, \
-                 lease_expires = $3, updated_at = $1 WHERE id = ({pick}{lock}) RETURNING {COLUMNS}"
-            )
-        });
-        let expires = now + lease.as_millis() as i64;
+        let by = Writer::Claimant {
+            owner: owner.to_owned(),
+            lease_expires_ms: now + lease.as_millis() as i64,
+        };
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("claim drain"))?;
-            let mut row = None;
-            for claim in &claims {
-                row = sqlx::query(sqlx::AssertSqlSafe(claim.as_str()))
-                    .bind(now)
-                    .bind(owner)
-                    .bind(expires)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query_error("claim drain"))?;
-                if row.is_some() {
-                    break;
+            for (from, event, pick) in claim_picks() {
+                let picked: Option<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{pick}{lock}")))
+                        .bind(from)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(query_error("claim drain"))?;
+                let Some(id) = picked else { continue };
+                let change = Transition::new(&id, from, event, by.clone(), String::new());
+                if let Ok(drain) = apply(&mut tx, &change, now).await? {
+                    tx.commit().await.map_err(query_error("claim drain"))?;
+                    return Ok(Some(drain));
                 }
             }
-            let drain = row
-                .map(|r| drain_from_row(&r))
-                .transpose()
-                .map_err(query_error("claim drain"))?;
-            if let Some(d) = &drain {
-                let message = format!("attempt {} of {}", d.attempts, d.max_attempts);
-                event!(
-                    &mut *tx,
-                    &d.id,
-                    DrainState::Copying,
-                    Some(owner),
-                    Some(message)
-                )?;
-            }
             tx.commit().await.map_err(query_error("claim drain"))?;
-            Ok(drain)
+            Ok(None)
         })
     }
 
     async fn renew_lease_tx(&self, id: &str, owner: &str, lease: Duration) -> Result<bool> {
         const SQL: &str = "UPDATE drains SET lease_expires = $3, updated_at = $4 \
-                           WHERE id = $1 AND lease_owner = $2 AND state = 'copying'";
+                           WHERE id = $1 AND lease_owner = $2 AND state = $5";
         let now = now_ms();
         on_pool!(self, |pool, DB| sqlx::query(SQL)
             .bind(id)
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(DrainState::Copying)
             .execute(pool)
             .await
             .map(|r| r.rows_affected() == 1)
             .map_err(query_error("renew lease")))
     }
 
-    async fn change_drain_tx(
-        &self,
-        id: &str,
-        to: DrainState,
-        from: DrainState,
-        action: &'static str,
-    ) -> Result<bool> {
+    async fn transition_tx(&self, change: &Transition) -> Result<Result<Drain, Refused>> {
         let now = now_ms();
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("change drain"))?;
-            let done = sqlx::query(
-                "UPDATE drains SET state = $2, attempts = CASE WHEN $2 = 'queued' THEN 0 ELSE attempts END, \
-                 not_before = $3, lease_owner = NULL, lease_expires = NULL, updated_at = $3, \
-                 finished_at = CASE WHEN $2 = 'cancelled' THEN $3 ELSE NULL END \
-                 WHERE id = $1 AND state = $4",
-            )
-            .bind(id)
-            .bind(to.as_str())
-            .bind(now)
-            .bind(from.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error("change drain"))?
-            .rows_affected();
-            if done == 1 {
-                event!(
-                    &mut *tx,
-                    id,
-                    to,
-                    None::<&str>,
-                    Some(format!("{action} by hand"))
-                )?;
-            }
+            let outcome = apply(&mut tx, change, now).await?;
             tx.commit().await.map_err(query_error("change drain"))?;
-            Ok::<_, Error>(done == 1)
+            Ok(outcome)
         })
     }
+}
 
-    async fn end_attempt_tx(
-        &self,
-        id: &str,
-        owner: &str,
-        outcome: &AttemptOutcome,
-    ) -> Result<bool> {
-        let now = now_ms();
-        let (state, not_before, uncount, snapshot, error, message) = match outcome {
-            AttemptOutcome::Completed { snapshot } => (
-                DrainState::Completed,
-                now,
-                0,
-                Some(snapshot.as_str()),
-                None,
-                format!("snapshot {snapshot}"),
-            ),
-            AttemptOutcome::Failed {
-                error,
-                after: AfterFailure::RetryAfter(delay),
-            } => (
-                DrainState::Queued,
-                now + delay.as_millis() as i64,
-                0,
-                None,
-                Some(error.as_str()),
-                format!("retry in {} s: {error}", delay.as_secs()),
-            ),
-            AttemptOutcome::Failed {
-                error,
-                after: AfterFailure::GiveUp,
-            } => (
-                DrainState::Failed,
-                now,
-                0,
-                None,
-                Some(error.as_str()),
-                error.clone(),
-            ),
-            AttemptOutcome::Released => (
-                DrainState::Queued,
-                now,
-                1,
-                None,
-                None,
-                "released at shutdown".to_owned(),
-            ),
+/// The one place a drain's state changes: checks the event against the lifecycle, updates the
+/// row only if it is still in `change.from` (and held as `change.by` says), and records the
+/// history row, inside the caller's transaction.
+async fn apply<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    change: &Transition,
+    now: i64,
+) -> Result<Result<Drain, Refused>>
+where
+    DB: sqlx::Database + super::Dialect,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'r> Drain: sqlx::FromRow<'r, DB::Row>,
+    for<'q> DrainState: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let Some(to) = change.from.after(change.event) else {
+        return Ok(Err(Refused::Conflict {
+            id: change.id.clone(),
+            state: change.from,
+            action: "moved that way",
+        }));
+    };
+    let (owner_check, lease_owner, lease_expires, holder) = match &change.by {
+        Writer::Anyone => (None, None, None, String::new()),
+        Writer::Holder(owner) => (
+            Some(owner.as_str()),
+            None,
+            None,
+            format!(" held by {owner}"),
+        ),
+        Writer::Claimant {
+            owner,
+            lease_expires_ms,
+        } => (
+            None,
+            Some(owner.as_str()),
+            Some(*lease_expires_ms),
+            String::new(),
+        ),
+    };
+    let taking_over = change.event == Event::TakenOver;
+    let sql = format!(
+        "UPDATE drains SET state = $3, attempts = {attempts}, not_before = COALESCE($4, not_before), \
+         lease_owner = $5, lease_expires = $6, snapshot_id = COALESCE($7, snapshot_id), \
+         last_error = COALESCE($8, last_error), updated_at = $9, finished_at = $10 \
+         WHERE id = $1 AND state = $2 AND ($11 IS NULL OR lease_owner = $11){expired} \
+         RETURNING {COLUMNS}",
+        attempts = attempts_sql(change.event),
+        expired = if taking_over {
+            " AND lease_expires < $9"
+        } else {
+            ""
+        },
+    );
+    let updated: Result<Option<Drain>, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(change.id.as_str())
+        .bind(change.from)
+        .bind(to)
+        .bind(change.not_before_ms)
+        .bind(lease_owner)
+        .bind(lease_expires)
+        .bind(change.snapshot.as_deref())
+        .bind(change.error.as_deref())
+        .bind(now)
+        .bind(to.is_final().then_some(now))
+        .bind(owner_check)
+        .fetch_optional(&mut **tx)
+        .await;
+    let updated = match updated {
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            // Only one drain per volume is active: the caller's transaction is rolled back,
+            // and `Ledger::transition` names the active drain.
+            return Ok(Err(Refused::VolumeBusy {
+                id: change.id.clone(),
+                volume: String::new(),
+                active: String::new(),
+            }));
+        }
+        other => other.map_err(query_error("change drain"))?,
+    };
+    let Some(drain) = updated else {
+        return Ok(Err(Refused::Stale {
+            id: change.id.clone(),
+            expected: change.from,
+            holder,
+        }));
+    };
+    let message = match (change.event, change.message.is_empty()) {
+        (Event::Claimed | Event::TakenOver, true) => {
+            format!("attempt {} of {}", drain.attempts, drain.max_attempts)
+        }
+        _ => change.message.clone(),
+    };
+    let recorder = lease_owner.or(owner_check);
+    sqlx::query("INSERT INTO drain_events (drain_id, at, state, owner, message) VALUES ($1, $2, $3, $4, $5)")
+        .bind(change.id.as_str())
+        .bind(now)
+        .bind(to)
+        .bind(recorder)
+        .bind(Some(message.as_str()))
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("record history"))?;
+    Ok(Ok(drain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_cursors_round_trip_and_refuse_junk() {
+        let cursor = PageCursor {
+            created_ms: 1_700_000_000_123,
+            id: "d-20261201-0a".into(),
         };
-        let finished = state.is_final().then_some(now);
-        const SQL: &str = "UPDATE drains SET state = $3, not_before = $4, attempts = attempts - $5, \
-                           snapshot_id = COALESCE($6, snapshot_id), last_error = COALESCE($7, last_error), \
-                           lease_owner = NULL, lease_expires = NULL, updated_at = $8, finished_at = $9 \
-                           WHERE id = $1 AND lease_owner = $2 AND state = 'copying'";
-        on_pool!(self, |pool, DB| {
-            let mut tx = pool
-                .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
-                .await
-                .map_err(query_error("end attempt"))?;
-            let done = sqlx::query(SQL)
-                .bind(id)
-                .bind(owner)
-                .bind(state.as_str())
-                .bind(not_before)
-                .bind(uncount)
-                .bind(snapshot)
-                .bind(error)
-                .bind(now)
-                .bind(finished)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error("end attempt"))?
-                .rows_affected()
-                == 1;
-            if done {
-                event!(&mut *tx, id, state, Some(owner), Some(message))?;
-            }
-            tx.commit().await.map_err(query_error("end attempt"))?;
-            Ok(done)
-        })
+        assert_eq!(cursor.to_string().parse::<PageCursor>().unwrap(), cursor);
+        for bad in ["", "x.d-1", "12.", "12.a b", "12"] {
+            assert!(bad.parse::<PageCursor>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn active_states_are_the_lifecycles() {
+        assert_eq!(
+            active_states_sql(),
+            "('requested', 'awaiting_release', 'queued', 'copying')"
+        );
+    }
+
+    #[test]
+    fn claim_picks_are_lifecycle_transitions() {
+        for (from, event, _) in claim_picks() {
+            assert_eq!(from.after(event), Some(DrainState::Copying));
+        }
     }
 }

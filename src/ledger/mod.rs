@@ -9,17 +9,23 @@
 
 mod drains;
 mod intake;
+mod relay;
 mod runs;
 
-pub use drains::{AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, Refused};
+pub use drains::{
+    AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, Transition,
+    Writer,
+};
+pub use relay::{RelayPart, RelayRecord};
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgPool, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Timeout for taking a connection from the pool: a PostgreSQL that is down shows as `503`
@@ -90,15 +96,38 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying may succeed: lost connections, pool timeouts, busy or restarting
-    /// databases, serialization failures.
+    /// databases, serialization failures, a full disk (space may come back).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { source, .. } | Error::Query { source, .. } => {
-                is_transient_sqlx(source)
+                is_transient_sqlx(source) || is_full_sqlx(source)
             }
             Error::RunBusy { .. } | Error::RunLost { .. } => true,
             Error::Migrate(_) | Error::DataDir { .. } => false,
         }
+    }
+
+    /// Whether the database's disk is full: nothing can be committed until space comes back.
+    pub fn is_full(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } | Error::Query { source, .. } => is_full_sqlx(source),
+            Error::Migrate(_)
+            | Error::DataDir { .. }
+            | Error::RunBusy { .. }
+            | Error::RunLost { .. } => false,
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, with extended codes), PostgreSQL's `disk_full` (53100).
+fn is_full_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            code == "53100" || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(13))
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(28), // ENOSPC
+        _ => false,
     }
 }
 
@@ -121,6 +150,51 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Stores a lifecycle enum as its name (`as_str`/`FromStr`), the one mapping between the
+/// enum and the text in the database, on every backend.
+macro_rules! text_enum {
+    ($ty:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $ty
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $ty
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&'q str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $ty
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: <DB as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?.parse()?)
+            }
+        }
+    };
+}
+
+text_enum!(crate::lifecycle::DrainState);
+text_enum!(crate::lifecycle::RunState);
 
 /// Result alias for ledger operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -176,6 +250,9 @@ struct Writers {
     background: tokio::sync::Mutex<()>,
     /// The same database with commits that do not wait for the disk, for [`Urgency::Redoable`].
     relaxed: Option<SqlitePool>,
+    /// Set when a write failed because the disk is full; cleared by the next write that
+    /// commits. Readiness fails while it is set.
+    full: AtomicBool,
 }
 
 /// The ledger: a migrated pool.
@@ -231,6 +308,7 @@ impl Ledger {
             .foreign_keys(true)
             .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .max_connections(8)
             .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
@@ -240,6 +318,7 @@ impl Ledger {
                 source,
             })?;
         let relaxed = SqlitePoolOptions::new()
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .max_connections(2)
             .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
@@ -267,6 +346,7 @@ impl Ledger {
             source,
         })?;
         let pool = PgPoolOptions::new()
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
@@ -329,6 +409,7 @@ impl Ledger {
                 }
                 Pool::Postgres(_) => None,
             };
+            let writers = Arc::clone(&ledger.writers);
             let ledger = match (&ledger.writers.relaxed, urgency) {
                 (Some(relaxed), Urgency::Redoable) => Ledger {
                     pool: Pool::Sqlite(relaxed.clone()),
@@ -336,10 +417,56 @@ impl Ledger {
                 },
                 _ => ledger,
             };
-            op(ledger).await
+            let result = op(ledger).await;
+            match &result {
+                // Only a write as large as a handoff's shows that handoffs fit again.
+                Ok(_) if urgency == Urgency::Intake => writers.full.store(false, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) if e.is_full() => {
+                    if !writers.full.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "the ledger's disk is full: nothing can be committed until space comes back");
+                    }
+                }
+                Err(_) => {}
+            }
+            result
         })
         .await
-        .expect("ledger write task panicked")
+        .unwrap_or_else(|panicked| {
+            Err(query_error("write")(sqlx::Error::Protocol(format!(
+                "the ledger write stopped unexpectedly: {panicked}"
+            ))))
+        })
+    }
+
+    /// Whether the ledger can commit: `false` after a write failed for a full disk, until a
+    /// write (this probe, if nothing else) commits again.
+    pub async fn can_commit(&self) -> bool {
+        if !self.writers.full.load(Ordering::Relaxed) {
+            return true;
+        }
+        let pad = vec![0u8; PROBE_BYTES];
+        let padded = self
+            .write_as(Urgency::Intake, move |l| async move {
+                l.probe_write(Some(pad)).await
+            })
+            .await;
+        let cleared = self
+            .write(|l| async move { l.probe_write(None).await })
+            .await;
+        padded.is_ok() && cleared.is_ok()
+    }
+
+    /// Rewrites the probe row, with `pad` as its padding.
+    async fn probe_write(&self, pad: Option<Vec<u8>>) -> Result<()> {
+        const SQL: &str = "UPDATE ledger_probe SET at = $1, pad = $2 WHERE id = 1";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(now_ms())
+            .bind(pad.as_deref())
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("probe write")))
     }
 
     /// Which database this ledger runs on (`sqlite` or `postgres`).
@@ -350,6 +477,9 @@ impl Ledger {
         }
     }
 }
+
+/// How much a readiness probe writes after the disk was full: about a burst of handoffs.
+const PROBE_BYTES: usize = 64 * 1024;
 
 /// How often SQLite's write-ahead log is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);

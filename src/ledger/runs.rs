@@ -216,6 +216,20 @@ impl Ledger {
         })
     }
 
+    /// How many parts of unfinished uploads `run` has recorded as stored.
+    pub async fn recorded_partial_parts(&self, run: &str) -> Result<u64> {
+        const SQL: &str = "SELECT parts FROM copy_uploads WHERE run_id = $1";
+        let lists: Vec<String> = on_pool!(self, |pool, DB| sqlx::query_scalar(SQL)
+            .bind(run)
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("count parts")))?;
+        Ok(lists
+            .iter()
+            .map(|parts| parts.lines().filter(|l| !l.is_empty()).count() as u64)
+            .sum())
+    }
+
     /// How many file rows `run` has recorded.
     pub async fn recorded_files(&self, run: &str) -> Result<i64> {
         const SQL: &str = "SELECT COUNT(*) FROM copy_files WHERE run_id = $1";

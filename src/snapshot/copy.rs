@@ -137,6 +137,17 @@ pub trait Checkpoint: Send + Sync {
     async fn forget_partial(&self, _run: &Run, _path: &[u8]) -> ledger::Result<()> {
         Ok(())
     }
+    /// Makes the written snapshot complete and `latest` (its summary, then the pointer). A
+    /// mover's checkpoint leaves this to the drainer, which commits after its own checks when
+    /// the run finishes.
+    async fn commit(
+        &self,
+        store: &Store,
+        layout: &VolumeLayout,
+        summary: &SnapshotSummary,
+    ) -> Result<()> {
+        catalog::commit(store, layout, summary).await
+    }
 }
 
 /// Tuning of a copy.
@@ -776,7 +787,9 @@ impl Sink {
             manifest_blake3: self.manifest_hash.finalize().to_hex().to_string(),
             manifest_size: self.manifest_size,
         };
-        catalog::commit(job.store, &job.layout, &summary).await?;
+        job.checkpoint
+            .commit(job.store, &job.layout, &summary)
+            .await?;
         job.checkpoint.finish(job.run, &summary).await?;
         Ok((summary, self.unreadable))
     }

@@ -143,6 +143,8 @@ async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger
                 pod: Some("web-0".into()),
                 reason: "handoff".into(),
                 max_attempts: 3,
+                wait_for_release: false,
+                requested_by: Some("pod:shop/web-0".into()),
             })
             .collect()
     };

@@ -6,5 +6,7 @@ mod engine;
 mod hardening;
 mod kube_env;
 mod ledger;
+mod lifecycle;
+mod replicas;
 mod service;
 mod support;

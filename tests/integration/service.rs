@@ -21,7 +21,13 @@ fn make_volume(data: &Path, ns: &str, pvc: &str, files: usize, size: usize) -> s
 }
 
 /// Restores the latest snapshot of `ns/pvc` from the local store under `data` and compares.
-async fn assert_restores_exactly(store: &str, ns: &str, pvc: &str, source: &Path, scratch: &Path) {
+pub(crate) async fn assert_restores_exactly(
+    store: &str,
+    ns: &str,
+    pvc: &str,
+    source: &Path,
+    scratch: &Path,
+) {
     let dest = scratch.join(format!("restored-{ns}-{pvc}"));
     run_ok(
         drainer()
@@ -446,9 +452,9 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
     .await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let url = serve.url.clone();
     let (status, took) = serve.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
@@ -767,9 +773,9 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let mover = |concurrency: &str| {
         let mut cmd = drainer();
         cmd.args([
@@ -904,19 +910,21 @@ async fn a_sweep_drains_new_and_changed_volumes_only() {
     .await;
 }
 
-/// The mover protocol's writes stay inside the drain's volume and refuse malformed data whole:
-/// a batch with one foreign key writes none of its objects, a truncated batch is a 400, and a
-/// relayed upload with a missing part is never completed.
+/// The mover protocol's writes stay inside the drain's own snapshot and refuse malformed data
+/// whole: a batch with one foreign key writes none of its objects, a truncated batch is a
+/// 400, no key of another snapshot, no `snapshot.json` and no `latest` can be written, a
+/// relayed upload with a missing part is never completed, and a finish whose manifest is not
+/// the summary's commits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
+async fn mover_writes_stay_in_their_snapshot_and_malformed_ones_change_nothing() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
     let (_, drains) = serve.handoff("shop", &["data-web-1"]).await;
     let id = ids(&drains)[0].clone();
-    while serve.drain(&id).await["state"] != "copying" {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
     let client = reqwest::Client::new();
     let base = format!("{}/v1/drains/{id}", serve.url);
     async fn send(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
@@ -924,9 +932,28 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or_default())
     }
-    let own = "volumes/shop/data-web-1/snapshots/x/files/a";
-    let foreign = "volumes/shop/data-web-2/snapshots/x/files/a";
-    let batch = drainer::object_batch::encode([(own, b"mine".as_slice()), (foreign, b"not")]);
+    let vol = "volumes/shop/data-web-1";
+    let (s, b) = send(
+        client
+            .put(format!("{base}/objects"))
+            .query(&[("key", format!("{vol}/snapshots/x/files/a"))])
+            .body("early"),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("run_not_running")),
+        "no run, no writes: {b}"
+    );
+    let (s, run) = send(client.post(format!("{base}/run"))).await;
+    assert_eq!(s, 200, "{run}");
+    let snapshot = run["snapshot"].as_str().unwrap().to_owned();
+    let own = format!("{vol}/snapshots/{snapshot}/files/a");
+    let foreign = format!("volumes/shop/data-web-2/snapshots/{snapshot}/files/a");
+    let batch = drainer::protocol::batch::encode([
+        (own.as_str(), b"mine".as_slice()),
+        (foreign.as_str(), b"not"),
+    ]);
     let (s, b) = send(
         client
             .post(format!("{base}/objects/batch"))
@@ -947,18 +974,45 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
     assert_eq!(s, 400, "truncated batch: {b}");
     let store = data.join("store");
     assert!(
-        !store.join(own).exists() && !store.join(foreign).exists(),
+        !store.join(&own).exists() && !store.join(&foreign).exists(),
         "a refused batch wrote nothing"
     );
-    let good = drainer::object_batch::encode([(own, b"mine".as_slice())]);
+    for key in [
+        format!("{vol}/latest"),
+        format!("{vol}/snapshots/{snapshot}/snapshot.json"),
+        format!("{vol}/snapshots/20261101T000000000Z-0000/files/a"),
+        format!("{vol}/snapshots/20261101T000000000Z-0000/snapshot.json"),
+    ] {
+        let (s, b) = send(
+            client
+                .put(format!("{base}/objects"))
+                .query(&[("key", &key)])
+                .body("x"),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{key}: {b}"
+        );
+        let (s, _) = send(
+            client
+                .delete(format!("{base}/objects"))
+                .query(&[("key", &key)]),
+        )
+        .await;
+        assert_eq!(s, 403, "{key}");
+        assert!(!store.join(&key).exists(), "{key} written");
+    }
+    let good = drainer::protocol::batch::encode([(own.as_str(), b"mine".as_slice())]);
     let (s, b) = send(client.post(format!("{base}/objects/batch")).body(good)).await;
     assert_eq!((s, &b["errors"]), (200, &json!([null])), "{b}");
-    assert_eq!(std::fs::read(store.join(own)).unwrap(), b"mine");
+    assert_eq!(std::fs::read(store.join(&own)).unwrap(), b"mine");
 
     let (s, b) = send(
         client
             .post(format!("{base}/uploads"))
-            .query(&[("key", own)]),
+            .query(&[("key", &own)]),
     )
     .await;
     assert_eq!(s, 200, "{b}");
@@ -990,8 +1044,274 @@ async fn mover_writes_stay_in_their_volume_and_malformed_ones_change_nothing() {
         "{b}"
     );
     assert_eq!(
-        std::fs::read(store.join(own)).unwrap(),
+        std::fs::read(store.join(&own)).unwrap(),
         b"mine",
         "not replaced"
     );
+    let run_id = run["id"].as_str().unwrap();
+    let summary = json!({
+        "snapshot": snapshot, "volume": "shop/data-web-1", "parent": null,
+        "created": "", "completed": "", "entries": 1, "files": 0, "bytes": 0, "skipped": 0,
+        "uploaded_files": 0, "uploaded_bytes": 0, "manifest_blake3": "00", "manifest_size": 2
+    });
+    let (s, b) = send(
+        client
+            .post(format!("{base}/run/{run_id}/finish"))
+            .json(&summary),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_snapshot")),
+        "{b}"
+    );
+    assert!(
+        !store.join(format!("{vol}/latest")).exists(),
+        "nothing committed"
+    );
+    assert!(
+        !store
+            .join(format!("{vol}/snapshots/{snapshot}/snapshot.json"))
+            .exists()
+    );
+}
+
+/// Bytes under `dir` (0 if it does not exist).
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits until the bytes under `dir` stop changing for a second; returns how long that took
+/// from now.
+async fn settles(dir: &Path, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let (mut last, mut since) = (tree_bytes(dir), std::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tree_bytes(dir);
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            return since.duration_since(started);
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} kept growing for {within:?}",
+            dir.display()
+        );
+    }
+}
+
+/// A cancel stops the copy within a couple of seconds, in-process and through an external
+/// mover, writes no snapshot, and leaves what was copied to be resumed by the next drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_copying_drain_stops_its_copy_and_commits_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let source = make_volume(&data, "shop", "slow", 1500, 96 * 1024);
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--concurrency", "1"]).await;
+    let (_, drains) = serve.handoff("shop", &["slow"]).await;
+    let id = ids(&drains)[0].clone();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let volume_store = data.join("store/volumes/shop/slow");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tree_bytes(&volume_store) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = serve
+        .call(Method::POST, &format!("/v1/drains/{id}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    let stopped = settles(&volume_store, Duration::from_secs(20)).await;
+    assert!(
+        stopped < Duration::from_secs(3),
+        "the copy went on for {stopped:?} after the cancel"
+    );
+    let committed = walkdir::WalkDir::new(&volume_store)
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name() == "snapshot.json" || e.file_name() == "latest");
+    assert!(!committed, "a cancelled drain committed a snapshot");
+    // The next drain of the volume resumes what was copied and completes.
+    let (_, drains) = serve.handoff("shop", &["slow"]).await;
+    let ended = serve
+        .wait_ended(&ids(&drains), Duration::from_secs(120))
+        .await;
+    assert_eq!(ended[0]["state"], "completed", "{}", ended[0]);
+    assert_restores_exactly(
+        &file_url(&data.join("store")),
+        "shop",
+        "slow",
+        &source,
+        work.path(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_drain_stops_its_external_mover() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mount = make_volume(work.path(), "shop", "mount", 1500, 96 * 1024);
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-9"]).await;
+    let id = ids(&drains)[0].clone();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let mut mover = drainer();
+    mover
+        .args([
+            "mover",
+            "--drainer",
+            &serve.url,
+            "--drain",
+            &id,
+            "--concurrency",
+            "1",
+        ])
+        .arg("--source")
+        .arg(&mount)
+        .env("DRAINER_TOKEN", TOKEN);
+    let mut mover = mover.spawn().unwrap();
+    let volume_store = data.join("store/volumes/shop/data-web-9");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tree_bytes(&volume_store) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = serve
+        .call(Method::POST, &format!("/v1/drains/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 200);
+    let cancelled = std::time::Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(20), mover.wait())
+        .await
+        .expect("the mover stopped")
+        .unwrap();
+    assert!(!exit.success(), "the mover of a cancelled drain fails");
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(4),
+        "the mover went on for {:?} after the cancel",
+        cancelled.elapsed()
+    );
+}
+
+/// The ledger's disk fills up: handoffs are refused with `507 ledger_full` (nothing
+/// acknowledged), `/readyz` fails, and within seconds of space coming back everything works
+/// again without a restart; every handoff acknowledged before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = crate::support::tmpfs::Tmpfs::mount(&work.path().join("ledger-disk"), "2m");
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
+    let store = file_url(&work.path().join("store"));
+    let volumes = work.path().join("volumes").display().to_string();
+    let serve = Serve::start(
+        disk.path(),
+        &[
+            "--sweep-interval",
+            "0",
+            "--store",
+            &store,
+            "--volume-root",
+            &volumes,
+        ],
+    )
+    .await;
+    let reason = "r".repeat(200);
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..20_000 {
+        let body = json!({"namespace": "shop", "pvcs": [format!("pvc-{i}")], "reason": reason});
+        let (status, answer) = serve.call(Method::POST, "/v1/handoffs", Some(body)).await;
+        match status {
+            202 => acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned()),
+            _ => {
+                refusal = Some((status, answer));
+                break;
+            }
+        }
+    }
+    let (status, answer) = refusal.expect("the disk filled up");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (507, Some("ledger_full")),
+        "after {} handoffs: {answer}",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 10,
+        "{} handoffs fit",
+        acknowledged.len()
+    );
+    // More of them, at once, while the disk stays full: every one refused, none acknowledged.
+    let flood = (0..200).map(|i| {
+        let body = json!({"namespace": "shop", "pvcs": [format!("late-{i}")], "reason": reason});
+        serve.call(Method::POST, "/v1/handoffs", Some(body))
+    });
+    for (status, answer) in futures::future::join_all(flood).await {
+        match status {
+            202 => acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned()),
+            507 | 503 => {}
+            other => panic!("a full disk answered {other}: {answer}"),
+        }
+    }
+    let ready = reqwest::get(format!("{}/readyz", serve.url)).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready while the ledger cannot commit"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = json!({"namespace": "shop", "pvcs": ["after-the-flood"]});
+        let (status, answer) = serve.call(Method::POST, "/v1/handoffs", Some(body)).await;
+        if status == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("{}/readyz", serve.url))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in &acknowledged {
+        let (status, _) = serve
+            .call(Method::GET, &format!("/v1/drains/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "acknowledged drain {id} is lost");
+    }
+    drop(serve);
 }

@@ -4,8 +4,10 @@
 pub mod fault;
 pub mod kube;
 pub mod postgres;
+pub mod proxy;
 pub mod s3;
 pub mod serve;
+pub mod tmpfs;
 pub mod tree;
 
 use std::path::Path;

@@ -128,6 +128,22 @@ impl Serve {
         body["drains"].as_array().unwrap().clone()
     }
 
+    /// Waits until drain `id` is in `state`; returns it. Fails with the drain as it was.
+    pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let drain = self.drain(id).await;
+            if drain["state"] == state {
+                return drain;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drain {id} was not {state} within {within:?}: {drain}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every drain in `ids` has ended; returns them.
     pub async fn wait_ended(&self, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + within;

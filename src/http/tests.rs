@@ -1,0 +1,466 @@
+//! Every route of the API with every kind of caller, through the real router served on
+//! loopback: what the policy allows succeeds (for a mover, a real `drainer mover` run), the
+//! rest is refused with `403 forbidden`, and no route is left out.
+
+use super::{AppState, RouteSpec, Shared, route_table, router};
+use crate::auth::{self, Action, Authority, Caller, Denied, PodIdentity, Workload};
+use crate::ledger::{AttemptOutcome, Ledger};
+use crate::lifecycle::AfterFailure;
+use crate::store::{Store, StoreOptions};
+use crate::volume::VolumeId;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const JOB_USER: &str = "system:serviceaccount:shop:drain-job";
+
+/// Tokens named after the caller they stand for.
+#[derive(Debug, Default)]
+struct Callers {
+    mover_drain: Mutex<String>,
+}
+
+#[async_trait::async_trait]
+impl Authority for Callers {
+    async fn authenticate(&self, token: &str) -> Result<Caller, Denied> {
+        let shop = |user: &str, pod: Option<PodIdentity>| {
+            Caller::Workload(Workload {
+                namespace: "shop".into(),
+                user: user.into(),
+                pod,
+            })
+        };
+        Ok(match token {
+            "admin" => Caller::Admin,
+            "pod" => shop(
+                "system:serviceaccount:shop:web",
+                Some(PodIdentity {
+                    name: "web-4".into(),
+                    uid: "uid-web-4".into(),
+                    mounts: vec!["data-web-4".into()],
+                }),
+            ),
+            "job" => shop(JOB_USER, None),
+            "mover" => Caller::Mover {
+                drain: self.mover_drain.lock().unwrap().clone(),
+            },
+            "stranger" => Caller::Mover {
+                drain: "d-00000000000000000-00000000".into(),
+            },
+            _ => return Err(Denied::Invalid),
+        })
+    }
+
+    /// The Job's ServiceAccount has an RBAC grant to hand off in `shop`.
+    async fn may_hand_off(&self, workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+        if workload.pod.is_none() && workload.user == JOB_USER {
+            return auth::in_namespace(workload, volumes);
+        }
+        auth::own_mounts(workload, volumes)
+    }
+}
+
+struct Api {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/v1{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn handoff(&self, token: &str, pvc: &str) -> (u16, Value) {
+        let body = json!({"namespace": "shop", "pvcs": [pvc]});
+        self.call(token, Method::POST, "/handoffs", Some(body))
+            .await
+    }
+}
+
+fn drain_id(answer: &Value) -> String {
+    answer["drains"][0]["id"].as_str().unwrap().to_owned()
+}
+
+struct World {
+    api: Api,
+    ledger: Ledger,
+    store_dir: std::path::PathBuf,
+    callers: Arc<Callers>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, &dir.path().join("data")).await.unwrap();
+    let store_dir = dir.path().join("store");
+    let options = StoreOptions {
+        timeout: Duration::from_secs(30),
+        create: true,
+        part_size: 8 << 20,
+    };
+    let store = Store::open(&format!("file://{}", store_dir.display()), &options).unwrap();
+    let callers = Arc::new(Callers::default());
+    let state = AppState::new(Shared {
+        ledger: ledger.clone(),
+        store,
+        auth: Arc::clone(&callers) as Arc<dyn Authority>,
+        metrics: Default::default(),
+        board: Default::default(),
+        volume_root: dir.path().join("volumes"),
+        max_attempts: 3,
+        ready: AtomicBool::new(true),
+        copying: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router(state)).into_future());
+    World {
+        api: Api {
+            url,
+            client: reqwest::Client::new(),
+        },
+        ledger,
+        store_dir,
+        callers,
+        _dir: dir,
+    }
+}
+
+/// The drains the matrix works on: `failed` (for retries), `mine` (the pod's, being copied by
+/// the mover), `job` (the Job's) and `queued` (an operator's, for cancels).
+struct Drains {
+    failed: String,
+    mine: String,
+    queued: String,
+}
+
+async fn drains(w: &World) -> Drains {
+    let (s, failed) = w.api.handoff("admin", "failed-vol").await;
+    assert_eq!(s, 202, "{failed}");
+    let failed = drain_id(&failed);
+    let claimed = w
+        .ledger
+        .claim_drain("test", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, failed);
+    let gave_up = AttemptOutcome::Failed {
+        error: "broken".into(),
+        after: AfterFailure::GiveUp,
+    };
+    assert!(
+        w.ledger
+            .end_attempt(&failed, "test", &gave_up)
+            .await
+            .unwrap()
+    );
+    let (s, mine) = w.api.handoff("pod", "data-web-4").await;
+    assert_eq!(s, 202, "{mine}");
+    let mine = drain_id(&mine);
+    let claimed = w
+        .ledger
+        .claim_drain("test", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, mine);
+    *w.callers.mover_drain.lock().unwrap() = mine.clone();
+    let (s, job) = w.api.handoff("job", "data-job").await;
+    assert_eq!(s, 202, "{job}");
+    let (s, queued) = w.api.handoff("admin", "admin-vol").await;
+    assert_eq!(s, 202, "{queued}");
+    Drains {
+        failed,
+        mine,
+        queued: drain_id(&queued),
+    }
+}
+
+/// The path of `route` with its parameters filled in for `drains`.
+fn path_of(route: &RouteSpec, drains: &Drains) -> String {
+    let id = match route.action {
+        Action::ChangeDrain if route.path.ends_with("/retry") => &drains.failed,
+        Action::ChangeDrain => &drains.queued,
+        _ => &drains.mine,
+    };
+    route
+        .path
+        .replace("{id}", id)
+        .replace("{run}", "r-0")
+        .replace("{upload}", "u-0")
+        .replace("{part}", "0")
+        .replace("{namespace}", "shop")
+        .replace("{pvc}", "data-web-4")
+}
+
+fn method_of(route: &RouteSpec) -> Method {
+    route.method.to_uppercase().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_every_caller_the_policy_does_not_allow() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let table = route_table_for_test().await;
+    let mut probed = HashSet::new();
+    for route in &table {
+        for (token, kind) in [
+            ("pod", auth::CallerKind::Workload),
+            ("job", auth::CallerKind::Workload),
+            ("mover", auth::CallerKind::Mover),
+            ("stranger", auth::CallerKind::Mover),
+        ] {
+            let (status, body) = w
+                .api
+                .call(token, method_of(route), &path_of(route, &d), None)
+                .await;
+            let reach = route.action.allows(kind);
+            let own = matches!(
+                (route.action, token),
+                (Action::ReadDrain, "pod" | "mover")
+                    | (Action::Stream, "mover")
+                    | (Action::Handoff | Action::ListDrains, "pod" | "job")
+            );
+            let route_name = format!("{} {} as {token}", route.method, route.path);
+            if reach == auth::Reach::None || !own {
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "{route_name}: {body}"
+                );
+            } else {
+                assert_ne!(status, 403, "{route_name} is allowed: {body}");
+                assert_ne!(status, 401, "{route_name}: {body}");
+            }
+        }
+        let (status, body) = w
+            .api
+            .call("admin", method_of(route), &path_of(route, &d), None)
+            .await;
+        assert!(
+            ![401, 403, 500].contains(&status),
+            "{} {} as admin: {status} {body}",
+            route.method,
+            route.path
+        );
+        probed.insert((route.method, route.path));
+    }
+    assert_eq!(probed.len(), table.len(), "every route was called");
+}
+
+/// The table, as the router has it.
+async fn route_table_for_test() -> Vec<RouteSpec> {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, &dir.path().join("table")).await.unwrap();
+    let options = StoreOptions {
+        timeout: Duration::from_secs(5),
+        create: true,
+        part_size: 8 << 20,
+    };
+    let store = Store::open(
+        &format!("file://{}", dir.path().join("s").display()),
+        &options,
+    )
+    .unwrap();
+    let state = AppState::new(Shared {
+        ledger,
+        store,
+        auth: Arc::new(Callers::default()),
+        metrics: Default::default(),
+        board: Default::default(),
+        volume_root: dir.path().join("v"),
+        max_attempts: 1,
+        ready: AtomicBool::new(true),
+        copying: Default::default(),
+    });
+    route_table(&state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_each_caller_may_do_succeeds() {
+    let w = world().await;
+    let d = drains(&w).await;
+    // Handoffs: a pod only what it mounts, in its namespace; a Job with its grant.
+    assert_eq!(w.api.handoff("pod", "data-web-3").await.0, 403);
+    let elsewhere = json!({"namespace": "other", "pvcs": ["data-web-4"]});
+    let (s, b) = w
+        .api
+        .call("pod", Method::POST, "/handoffs", Some(elsewhere))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{b}"
+    );
+    assert_eq!(w.api.handoff("pod", "data-web-4").await.0, 200, "a repeat");
+    assert_eq!(w.api.handoff("job", "data-web-3").await.0, 202);
+    // Listings show a workload the drains it asked for, and nothing else.
+    let listed = |body: &Value| -> HashSet<String> {
+        body["drains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["volume"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, pods) = w.api.call("pod", Method::GET, "/drains", None).await;
+    assert_eq!(
+        (s, listed(&pods)),
+        (200, HashSet::from(["shop/data-web-4".to_owned()]))
+    );
+    let (_, jobs) = w.api.call("job", Method::GET, "/drains", None).await;
+    assert_eq!(
+        listed(&jobs),
+        HashSet::from(["shop/data-job".to_owned(), "shop/data-web-3".to_owned()])
+    );
+    let (_, all) = w.api.call("admin", Method::GET, "/drains", None).await;
+    assert_eq!(listed(&all).len(), 5);
+    // Reading: the pod and the mover read the pod's drain; nobody else's.
+    for token in ["pod", "mover", "admin"] {
+        let (s, b) = w
+            .api
+            .call(token, Method::GET, &format!("/drains/{}", d.mine), None)
+            .await;
+        assert_eq!(s, 200, "{token}: {b}");
+    }
+    for token in ["pod", "mover", "job"] {
+        let (s, _) = w
+            .api
+            .call(token, Method::GET, &format!("/drains/{}", d.queued), None)
+            .await;
+        assert_eq!(s, 403, "{token}");
+        let (s, _) = w
+            .api
+            .call(
+                token,
+                Method::GET,
+                "/drains/d-99999999999999999-00000000",
+                None,
+            )
+            .await;
+        assert_eq!(
+            s, 403,
+            "{token}: an unknown drain looks like someone else's"
+        );
+    }
+    // The mover streams its drain: a real `drainer mover`, small files and a large one.
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("small"), b"hello").unwrap();
+    let large: Vec<u8> = (0..20 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(source.path().join("large"), &large).unwrap();
+    let config = <crate::Config as clap::Parser>::try_parse_from([
+        "drainer",
+        "mover",
+        "--drainer",
+        &w.api.url,
+        "--drain",
+        &d.mine,
+        "--token",
+        "mover",
+        "--source",
+        source.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    crate::run(config).await.unwrap();
+    let volume = VolumeId::new("shop", "data-web-4").unwrap();
+    let store = Store::open(
+        &format!("file://{}", w.store_dir.display()),
+        &StoreOptions {
+            timeout: Duration::from_secs(30),
+            create: false,
+            part_size: 8 << 20,
+        },
+    )
+    .unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let target = restored.path().join("r");
+    crate::snapshot::restore(
+        &store,
+        &volume,
+        &crate::snapshot::SnapshotSelector::Latest,
+        &target,
+        &crate::snapshot::RestoreOptions {
+            concurrency: 4,
+            force: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(target.join("large")).unwrap(), large);
+    assert_eq!(std::fs::read(target.join("small")).unwrap(), b"hello");
+    // The stranger (a mover of another drain) may not read what this one wrote.
+    let (s, _) = w
+        .api
+        .call(
+            "stranger",
+            Method::POST,
+            &format!("/drains/{}/run", d.mine),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    // Operators: retry, cancel, sweep, snapshots.
+    let retry = format!("/drains/{}/retry", d.failed);
+    assert_eq!(w.api.call("admin", Method::POST, &retry, None).await.0, 200);
+    let cancel = format!("/drains/{}/cancel", d.queued);
+    assert_eq!(
+        w.api.call("admin", Method::POST, &cancel, None).await.0,
+        200
+    );
+    assert_eq!(
+        w.api.call("admin", Method::POST, "/sweeps", None).await.0,
+        200
+    );
+    let (s, b) = w
+        .api
+        .call(
+            "admin",
+            Method::GET,
+            "/volumes/shop/data-web-4/snapshots",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, b["snapshots"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let document: Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+    for route in route_table_for_test().await {
+        let path = format!("/v1{}", route.path);
+        let described = &document["paths"][&path][route.method];
+        assert!(
+            described.is_object(),
+            "{} {path} is missing from openapi.json",
+            route.method
+        );
+        assert!(
+            described["responses"]["403"].is_object(),
+            "{} {path}: the refusal is not documented",
+            route.method
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Checkpoints kept by the drainer: the mover's copy records its progress, its unfinished
+//! uploads and its end through the drain's API, into the drainer's ledger.
+
+use crate::client::{Api, CallError};
+use crate::ledger;
+use crate::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
+use crate::snapshot::{Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile};
+use crate::volume::VolumeId;
+use futures::TryFutureExt;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+/// The drainer's ledger, reached through the drain's API.
+pub(super) struct RemoteCheckpoint {
+    pub(super) api: Api,
+}
+
+fn remote_error(op: &'static str, error: impl ToString) -> ledger::Error {
+    ledger::Error::Query {
+        op,
+        source: sqlx::Error::Protocol(error.to_string()),
+    }
+}
+
+fn call_error(op: &'static str) -> impl Fn(CallError) -> ledger::Error {
+    move |e| remote_error(op, e)
+}
+
+impl RemoteCheckpoint {
+    fn run_url(&self, run: &Run, action: &str) -> String {
+        self.api.url(&format!("/run/{}/{action}", run.id))
+    }
+
+    /// Posts `body` to the run's `action` endpoint (`record`, `finish`, `interrupted`).
+    async fn post_run(
+        &self,
+        run: &Run,
+        action: &str,
+        body: &impl Serialize,
+        op: &'static str,
+    ) -> ledger::Result<()> {
+        let url = self.run_url(run, action);
+        self.api
+            .call(|http| owned(http.post(&url)).json(body))
+            .await
+            .map(drop)
+            .map_err(call_error(op))
+    }
+}
+
+#[async_trait::async_trait]
+impl Checkpoint for RemoteCheckpoint {
+    async fn begin(
+        &self,
+        _store: &str,
+        _volume: &VolumeId,
+        _fresh: &SnapshotId,
+    ) -> ledger::Result<Run> {
+        let url = self.api.url("/run");
+        let run: WireRun = self
+            .api
+            .json(|http| owned(http.post(&url)))
+            .await
+            .map_err(call_error("begin run"))?;
+        Ok(Run {
+            id: run.id,
+            snapshot: run
+                .snapshot
+                .parse()
+                .map_err(|e: String| remote_error("begin run", e))?,
+            resumed: run.resumed,
+        })
+    }
+
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>> {
+        let url = self.run_url(run, "stored");
+        async move {
+            let response = self
+                .api
+                .call(|http| http.get(&url))
+                .await
+                .map_err(call_error("read progress"))?;
+            let body = response.bytes_stream().map_err(std::io::Error::other);
+            let reader = tokio::io::BufReader::new(tokio_util::io::StreamReader::new(body));
+            Ok::<_, ledger::Error>(lines(reader).map(|line| {
+                let line = line.map_err(|e| remote_error("read progress", e))?;
+                let wire: WireStoredFile =
+                    serde_json::from_str(&line).map_err(|e| remote_error("read progress", e))?;
+                StoredFile::try_from(wire).map_err(|e| remote_error("read progress", e))
+            }))
+        }
+        .try_flatten_stream()
+        .boxed()
+    }
+
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()> {
+        let wire: Vec<WireStoredFile> = files.iter().map(WireStoredFile::from).collect();
+        self.post_run(run, "record", &wire, "record progress").await
+    }
+
+    /// A record of nothing renews the run's lease on the drainer.
+    async fn renew(&self, run: &Run) -> ledger::Result<()> {
+        let nothing: [WireStoredFile; 0] = [];
+        self.post_run(run, "record", &nothing, "renew run").await
+    }
+
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {
+        self.post_run(run, "finish", summary, "finish run").await
+    }
+
+    async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()> {
+        let body = Interrupted {
+            error: error.to_owned(),
+        };
+        self.post_run(run, "interrupted", &body, "note error").await
+    }
+
+    async fn partial_upload(
+        &self,
+        run: &Run,
+        path: &[u8],
+    ) -> ledger::Result<Option<PartialUpload>> {
+        let url = self.run_url(run, "partial");
+        let query = PathParam::of(path);
+        match self
+            .api
+            .json::<WirePartial>(|http| http.get(&url).query(&query))
+            .await
+        {
+            Ok(wire) => PartialUpload::try_from(wire)
+                .map(Some)
+                .map_err(|e| remote_error("read upload", e)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(remote_error("read upload", e)),
+        }
+    }
+
+    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> ledger::Result<()> {
+        let url = self.run_url(run, "partial");
+        let body = WirePartial::from(upload);
+        self.api
+            .call(|http| http.put(&url).json(&body))
+            .await
+            .map(drop)
+            .map_err(call_error("record upload"))
+    }
+
+    async fn forget_partial(&self, run: &Run, path: &[u8]) -> ledger::Result<()> {
+        let url = self.run_url(run, "partial");
+        let query = PathParam::of(path);
+        self.api
+            .call(|http| http.delete(&url).query(&query))
+            .await
+            .map(drop)
+            .map_err(call_error("forget upload"))
+    }
+
+    async fn commit(
+        &self,
+        _store: &crate::store::Store,
+        _layout: &crate::snapshot::VolumeLayout,
+        _summary: &SnapshotSummary,
+    ) -> crate::snapshot::Result<()> {
+        // The drainer commits the snapshot itself when the run finishes, after its own checks.
+        Ok(())
+    }
+}
+
+/// A request of this mover about its run: it names this process as the run's owner, so a
+/// second mover of the same drain is refused while this one holds the run.
+fn owned(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request.header(crate::http::OWNER_HEADER, ledger::process_owner())
+}
+
+fn lines<R: tokio::io::AsyncBufRead + Send + Unpin + 'static>(
+    reader: R,
+) -> BoxStream<'static, std::io::Result<String>> {
+    use tokio::io::AsyncBufReadExt;
+    futures::stream::try_unfold(reader.lines(), |mut lines| async move {
+        Ok(lines.next_line().await?.map(|line| (line, lines)))
+    })
+    .boxed()
+}

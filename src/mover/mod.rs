@@ -1,0 +1,99 @@
+//! `drainer mover`: streams a volume to the drainer over HTTP. It runs the same snapshot
+//! engine as `drainer copy`, but its store and its checkpoints are the drainer's, reached
+//! through the drain's API: the mover holds no storage credentials and no database, and may
+//! write only its own drain's snapshot. A killed mover that starts again resumes from what the
+//! drainer has recorded (large files part by part); requests that fail because the drainer is
+//! restarting, or a replica behind its Service died, are sent again for a while.
+//!
+//! Client side only; the drainer's endpoints live in `http::mover`, the wire types they share
+//! in [`crate::protocol`]. The parts: [`relay`] (the store), [`batch`] (small objects in
+//! batches), [`checkpoint`] (progress in the drainer's ledger).
+
+mod batch;
+mod checkpoint;
+mod relay;
+
+use crate::client::Api;
+use crate::config::MoverArgs;
+use crate::protocol::{DrainInfo, StoreInfo};
+use crate::snapshot::{self, Progress};
+use crate::store::{Store, StoreOptions};
+use crate::volume::VolumeId;
+use object_store::ObjectStore;
+use object_store::multipart::MultipartStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a mover keeps sending a request again while the drainer cannot take it.
+pub const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Runs `drainer mover`.
+pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
+    snapshot::check_source(&args.source)?;
+    let token = args.drainer.token()?;
+    let base = format!(
+        "{}/v1/drains/{}",
+        args.drainer.url.trim_end_matches('/'),
+        args.drain
+    );
+    let api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?;
+    let info: DrainInfo = api.json(|http| http.get(api.base())).await?;
+    if info.state != "copying" {
+        anyhow::bail!(
+            "drain {} is {}, not copying: nothing to stream",
+            args.drain,
+            info.state
+        );
+    }
+    let volume: VolumeId = info.volume.parse()?;
+    // Parts are written at their index in the drainer's store: they must have its part size.
+    let store_url = api.url("/store");
+    let store_info: StoreInfo = api.json(|http| http.get(&store_url)).await?;
+    if !snapshot::part_hash::is_valid_part_size(store_info.part_size) {
+        anyhow::bail!(
+            "the drainer writes parts of {} bytes, which a mover cannot hash part by part",
+            store_info.part_size
+        );
+    }
+    let mut options = args.engine.copy_options(false);
+    options.concurrency = args
+        .engine
+        .concurrency
+        .unwrap_or(crate::config::DEFAULT_MOVER_CONCURRENCY)
+        .into();
+    if options.part_size != store_info.part_size {
+        tracing::info!(
+            part_size = store_info.part_size,
+            "using the drainer's part size for large files"
+        );
+        options.part_size = store_info.part_size;
+    }
+    let store_options = StoreOptions {
+        timeout: args.engine.store_timeout,
+        create: false,
+        part_size: store_info.part_size,
+    };
+    let relay = Arc::new(relay::RelayedStore {
+        api: api.clone(),
+        batches: batch::PutBatches::start(api.clone()),
+    });
+    let store = Store::relayed(
+        Arc::clone(&relay) as Arc<dyn ObjectStore>,
+        relay as Arc<dyn MultipartStore>,
+        Arc::new(relay::RelayedBarrier { api: api.clone() }),
+        format!("drainer+{base}"),
+        &store_options,
+    );
+    let checkpoint = checkpoint::RemoteCheckpoint { api };
+    let summary = snapshot::copy(
+        &args.source,
+        &store,
+        &volume,
+        &checkpoint,
+        &options,
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    println!("mover: {summary}");
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The mover protocol's wire types, shared by the drainer's endpoints (`http::mover`) and the
+//! mover that calls them (`mover`), so neither side imports the other. Paths are under
+//! `/v1/drains/{id}`; see `http::mover` for the routes and what each checks.
+
+pub mod batch;
+
+use crate::snapshot::manifest::Content;
+use crate::snapshot::{PartialUpload, StoredFile, UploadedPart, part_hash};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+/// A file stored by a run, as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireStoredFile {
+    /// The path, base64.
+    pub path_b64: String,
+    /// Size.
+    pub size: u64,
+    /// Modification time.
+    pub mtime_ns: i64,
+    /// Change time.
+    pub ctime_ns: i64,
+    /// Inode.
+    pub ino: u64,
+    /// Content hash.
+    pub blake3: String,
+    /// Object key relative to the volume.
+    pub object: String,
+}
+
+impl From<&StoredFile> for WireStoredFile {
+    fn from(f: &StoredFile) -> Self {
+        Self {
+            path_b64: BASE64.encode(&f.path),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            ctime_ns: f.ctime_ns,
+            ino: f.ino,
+            blake3: f.content.blake3.clone(),
+            object: f.content.object.clone(),
+        }
+    }
+}
+
+impl TryFrom<WireStoredFile> for StoredFile {
+    type Error = base64::DecodeError;
+
+    fn try_from(w: WireStoredFile) -> Result<Self, Self::Error> {
+        Ok(Self {
+            path: BASE64.decode(w.path_b64)?,
+            size: w.size,
+            mtime_ns: w.mtime_ns,
+            ctime_ns: w.ctime_ns,
+            ino: w.ino,
+            content: Content {
+                blake3: w.blake3,
+                object: w.object,
+            },
+        })
+    }
+}
+
+/// An unfinished upload of a large file, as it crosses the wire (the mover resumes it part by
+/// part after its own death or a drainer replica's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WirePartial {
+    /// The file's path, base64.
+    pub path_b64: String,
+    /// The relayed upload's id.
+    pub upload_id: String,
+    /// Size of every part but the last.
+    pub part_size: u64,
+    /// File size when the upload started.
+    pub size: u64,
+    /// File mtime when the upload started.
+    pub mtime_ns: i64,
+    /// File ctime when the upload started.
+    pub ctime_ns: i64,
+    /// File inode when the upload started.
+    pub ino: u64,
+    /// The stored parts in order: their ids and BLAKE3 chaining values (hex).
+    pub parts: Vec<(String, String)>,
+}
+
+impl From<&PartialUpload> for WirePartial {
+    fn from(u: &PartialUpload) -> Self {
+        Self {
+            path_b64: BASE64.encode(&u.path),
+            upload_id: u.upload_id.clone(),
+            part_size: u.part_size,
+            size: u.size,
+            mtime_ns: u.mtime_ns,
+            ctime_ns: u.ctime_ns,
+            ino: u.ino,
+            parts: u
+                .parts
+                .iter()
+                .map(|p| (p.id.clone(), part_hash::to_hex(&p.chaining_value)))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<WirePartial> for PartialUpload {
+    type Error = String;
+
+    fn try_from(w: WirePartial) -> Result<Self, Self::Error> {
+        let parts = w
+            .parts
+            .into_iter()
+            .map(|(id, cv)| {
+                Ok(UploadedPart {
+                    id,
+                    chaining_value: part_hash::from_hex(&cv)
+                        .ok_or("a chaining value is not 32 bytes of hex")?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            path: BASE64.decode(w.path_b64).map_err(|e| e.to_string())?,
+            upload_id: w.upload_id,
+            part_size: w.part_size,
+            size: w.size,
+            mtime_ns: w.mtime_ns,
+            ctime_ns: w.ctime_ns,
+            ino: w.ino,
+            parts,
+        })
+    }
+}
+
+/// `POST …/run`: the run the mover writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRun {
+    /// Run id.
+    pub id: String,
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Resumed?
+    pub resumed: bool,
+}
+
+/// `GET …/store`: what a mover must know of the store it writes through the drainer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// Size of every part of a large file but the last.
+    pub part_size: u64,
+}
+
+/// `GET /v1/drains/{id}`, the fields a mover reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DrainInfo {
+    /// `namespace/pvc`.
+    pub volume: String,
+    /// The drain's state.
+    pub state: String,
+}
+
+/// `POST …/objects/batch` answers each object's error, or `null`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// One entry per object, in order.
+    pub errors: Vec<Option<String>>,
+}
+
+/// `POST …/uploads` answers the relayed upload's id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedUpload {
+    /// The upload, for the part and completion requests.
+    pub upload: String,
+    /// The part size parts must have.
+    pub part_size: u64,
+}
+
+/// `POST …/run/{run}/interrupted`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interrupted {
+    /// Why the attempt stopped.
+    pub error: String,
+}
+
+/// The `?key=` of the object and upload endpoints: a key relative to the store's root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyParam {
+    /// The key.
+    pub key: String,
+}
+
+/// The `?path=` of the partial-upload endpoints: a file's manifest path, base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathParam {
+    /// The path, base64.
+    pub path_b64: String,
+}
+
+impl PathParam {
+    /// The parameter for `path`.
+    pub fn of(path: &[u8]) -> Self {
+        Self {
+            path_b64: BASE64.encode(path),
+        }
+    }
+
+    /// The path it names.
+    pub fn decode(&self) -> Result<Vec<u8>, String> {
+        BASE64
+            .decode(&self.path_b64)
+            .map_err(|e| format!("bad path: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_uploads_cross_the_wire_intact() {
+        let upload = PartialUpload {
+            path: b"big/\xff.bin".to_vec(),
+            upload_id: "u-1".into(),
+            part_size: 8 << 20,
+            size: 20 << 20,
+            mtime_ns: -3,
+            ctime_ns: 7,
+            ino: 42,
+            parts: vec![
+                UploadedPart {
+                    id: "0".into(),
+                    chaining_value: [0xab; 32],
+                },
+                UploadedPart {
+                    id: "1".into(),
+                    chaining_value: [0x01; 32],
+                },
+            ],
+        };
+        let wire = WirePartial::from(&upload);
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: WirePartial = serde_json::from_str(&json).unwrap();
+        assert_eq!(PartialUpload::try_from(back).unwrap(), upload);
+        let mut bad = wire.clone();
+        bad.parts[0].1 = "zz".into();
+        assert!(PartialUpload::try_from(bad).is_err());
+    }
+}
