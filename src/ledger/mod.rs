@@ -119,6 +119,20 @@ impl Error {
     }
 }
 
+/// The engine's view of a ledger error: transient as the ledger says, and whether the run was
+/// lost to another copy.
+impl From<Error> for crate::snapshot::CheckpointError {
+    fn from(e: Error) -> Self {
+        let (transient, run_lost) = (e.is_transient(), matches!(e, Error::RunLost { .. }));
+        Self {
+            op: "ledger",
+            transient,
+            run_lost,
+            source: Box::new(e),
+        }
+    }
+}
+
 /// SQLite's `SQLITE_FULL` (13, with extended codes), PostgreSQL's `disk_full` (53100).
 fn is_full_sqlx(e: &sqlx::Error) -> bool {
     match e {

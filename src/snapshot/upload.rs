@@ -11,7 +11,7 @@
 //! by part), which costs only its data. Whether a file may have holes comes from the block
 //! count of the `stat` the copy makes anyway, so dense files cost no extra system call.
 
-use super::copy::{Checkpoint, PartialUpload, Run, UploadedPart};
+use super::checkpoint::{Checkpoint, PartialUpload, Run, UploadedPart};
 use super::manifest::{Content, Entry};
 use super::progress::Progress;
 use super::sparse::{self, Extent};

@@ -556,7 +556,6 @@ async fn kill_mid_copy(src: &Path, store: &str, data: &Path) {
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,
         };
-        use drainer::snapshot::Checkpoint;
         let parts = ledger
             .partial_upload(&run, b"zz-large")
             .await
