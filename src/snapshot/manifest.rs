@@ -93,6 +93,9 @@ pub struct Entry {
     /// For a sparse file: its data extents, `[offset, length]` in order; its object holds
     /// their bytes one after the other (see `sparse`). `None` for a plain object.
     pub extents: Option<Vec<super::sparse::Extent>>,
+    /// 512-byte blocks allocated when the file was scanned (whether it may have holes); not
+    /// written to the manifest.
+    pub blocks: u64,
 }
 
 impl Entry {
@@ -350,6 +353,7 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
         target,
         unreadable,
         extents: wire.extents,
+        blocks: 0,
     })
 }
 
@@ -389,6 +393,7 @@ mod tests {
             target: (kind == EntryKind::Symlink).then(|| b"t\xff".to_vec()),
             unreadable: None,
             extents: None,
+            blocks: 0,
         }
     }
 

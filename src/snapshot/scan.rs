@@ -185,6 +185,7 @@ fn scanned_entry(
         target,
         unreadable: None,
         extents: None,
+        blocks: meta.blocks(),
     })
 }
 

@@ -131,7 +131,10 @@ impl Uploader {
         object: String,
         resume: Resume<'_>,
     ) -> Result<Entry> {
-        let (hash, stat, extents) = self.store_any(&path, &key, resume, &entry.path).await?;
+        let scanned = (entry.size, entry.blocks);
+        let (hash, stat, extents) = self
+            .store_any(&path, &key, resume, &entry.path, scanned)
+            .await?;
         stat.apply(&mut entry);
         entry.extents = extents;
         entry.content = Some(Content {
@@ -173,12 +176,19 @@ impl Uploader {
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
+        scanned: (u64, u64),
     ) -> Result<(blake3::Hash, Stat, Option<Vec<Extent>>)> {
-        for _ in 0..READ_ATTEMPTS {
-            let meta = std::fs::symlink_metadata(path).map_err(|e| Error::read(path, e))?;
-            let size = meta.len();
+        for attempt in 0..READ_ATTEMPTS {
+            // The walk's size and block count decide the first attempt (no extra stat); a
+            // file that changed is looked at again.
+            let (size, blocks) = if attempt == 0 {
+                scanned
+            } else {
+                let meta = std::fs::symlink_metadata(path).map_err(|e| Error::read(path, e))?;
+                (meta.len(), meta.blocks())
+            };
             // Allocated blocks that cover less than the size: the file may have holes.
-            if meta.blocks().saturating_mul(512) < size
+            if blocks.saturating_mul(512) < size
                 && let Some(sparse) = self.sparse_extents(path).await?
             {
                 if let Some((hash, stat)) = self.try_store_sparse(path, key, sparse.clone()).await?

@@ -155,6 +155,7 @@ mod tests {
             target: (kind == EntryKind::Symlink).then(|| b"t".to_vec()),
             unreadable: None,
             extents: None,
+            blocks: 0,
         }
     }
 
