@@ -40,6 +40,8 @@ pub struct Workload {
     pub namespace: String,
     /// Its user name as the cluster knows it (`system:serviceaccount:NS:NAME`).
     pub user: String,
+    /// Its groups (for RBAC checks).
+    pub groups: Vec<String>,
     /// The pod the token was issued to, if it was issued to a pod.
     pub pod: Option<PodIdentity>,
 }
@@ -253,7 +255,8 @@ impl Authority for StaticToken {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without an early exit.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -305,6 +308,7 @@ mod tests {
         Workload {
             namespace: "shop".into(),
             user: "system:serviceaccount:shop:web".into(),
+            groups: vec![],
             pod: Some(PodIdentity {
                 name: "web-4".into(),
                 uid: "u-1".into(),

@@ -69,6 +69,8 @@ pub struct Api {
     base: String,
     token: String,
     retry_for: Duration,
+    /// A header sent with every request (a mover names itself as its run's owner).
+    identity: Option<(&'static str, String)>,
 }
 
 impl Api {
@@ -89,7 +91,14 @@ impl Api {
             base: base.trim_end_matches('/').to_owned(),
             token,
             retry_for,
+            identity: None,
         })
+    }
+
+    /// The same client, sending header `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.identity = Some((name, value));
+        self
     }
 
     /// The base URL.

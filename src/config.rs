@@ -26,7 +26,7 @@ pub struct Config {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The always-up service: handoff API, durable queue, scheduled sweeps (local mode by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a drainer to drain volumes (for SIGTERM handlers, preStop hooks and Jobs).
     Handoff(HandoffArgs),
     /// Stream a mounted volume to the drainer for one drain (run by mover Jobs).
@@ -146,6 +146,70 @@ pub struct ServeArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Kubernetes mode.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Kubernetes mode: pods hand off through projected tokens, mover Jobs copy, sweeps list
+/// StatefulSets and claims.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Run in Kubernetes mode (in-cluster config, or KUBECONFIG): identities from TokenReview,
+    /// drains wait for their pod's release, mover Jobs copy, sweeps find orphaned claims.
+    #[arg(long = "kubernetes", env = "DRAINER_KUBERNETES")]
+    pub enabled: bool,
+    /// Audience that pods' projected ServiceAccount tokens must carry.
+    #[arg(long, env = "DRAINER_AUDIENCE", default_value = "drainer")]
+    pub audience: String,
+    /// Seconds a drain waits for its pod to let go of the volume before it fails.
+    #[arg(long, env = "DRAINER_RELEASE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
+    pub release_timeout: Duration,
+    /// URL at which movers reach this drainer (its Service), e.g.
+    /// http://drainer.drainer-system.svc:8080.
+    #[arg(long, env = "DRAINER_SERVICE_URL")]
+    pub service_url: Option<String>,
+    /// Mover Jobs.
+    #[command(flatten)]
+    pub movers: MoverJobArgs,
+}
+
+/// How mover Jobs are made.
+#[derive(Debug, Clone, Args)]
+pub struct MoverJobArgs {
+    /// Image of mover Jobs (it must contain `drainer`).
+    #[arg(
+        long,
+        env = "DRAINER_MOVER_IMAGE",
+        default_value = "ghcr.io/drainer/drainer:latest"
+    )]
+    pub mover_image: String,
+    /// ServiceAccount of mover pods in each claim's namespace (`default` exists everywhere).
+    #[arg(long, env = "DRAINER_MOVER_SERVICE_ACCOUNT", default_value = "default")]
+    pub mover_service_account: String,
+    /// Run movers as uid 0 with only CAP_DAC_READ_SEARCH, so they read every file whatever its
+    /// owner; `false` runs them as uid 65534 with no capability (files it cannot read are
+    /// reported).
+    #[arg(long, env = "DRAINER_MOVER_READ_ALL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mover_read_all: bool,
+    /// CPU request and limit of a mover (Kubernetes quantities).
+    #[arg(long, env = "DRAINER_MOVER_CPU", default_value = "100m,1")]
+    pub mover_cpu: String,
+    /// Memory request and limit of a mover.
+    #[arg(long, env = "DRAINER_MOVER_MEMORY", default_value = "64Mi,256Mi")]
+    pub mover_memory: String,
+    /// Node selector of movers, `key=value,…` (added to the placement drainer computes).
+    #[arg(long, env = "DRAINER_MOVER_NODE_SELECTOR", default_value = "")]
+    pub mover_node_selector: String,
+    /// Tolerations of movers, as a JSON list of Kubernetes tolerations.
+    #[arg(long, env = "DRAINER_MOVER_TOLERATIONS", default_value = "[]")]
+    pub mover_tolerations: String,
+    /// Seconds a mover Job may run before Kubernetes stops it.
+    #[arg(long, env = "DRAINER_MOVER_DEADLINE", default_value = "21600", value_parser = parse_seconds)]
+    pub mover_deadline: Duration,
+    /// Seconds a failed mover Job is kept (for `kubectl logs`); successful ones are deleted.
+    #[arg(long, env = "DRAINER_MOVER_KEEP_FAILED", default_value = "86400", value_parser = parse_seconds)]
+    pub mover_keep_failed: Duration,
 }
 
 /// Who makes the copies.

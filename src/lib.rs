@@ -6,16 +6,19 @@
 //! [`ledger`] (the SQL record of progress), [`cli`] (the one-shot commands) and
 //! [`telemetry`] (logging). `main.rs` only parses the configuration and calls [`run`].
 
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod handoff;
 pub mod http;
+pub mod kube;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mover;
+pub mod notify;
 pub mod protocol;
 pub mod retry;
 pub mod scheduler;
@@ -46,7 +49,7 @@ pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
 /// Runs the command the configuration names.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {
-        Command::Serve(args) => service::serve(args).await,
+        Command::Serve(args) => service::serve(*args).await,
         Command::Handoff(args) => handoff::run(args).await,
         Command::Mover(args) => mover::run(args).await,
         Command::Copy(args) => cli::copy(args).await,

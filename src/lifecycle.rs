@@ -8,6 +8,7 @@
 //!   │     │             ▲   ▲      │ │ │
 //!   │     └─► not_needed│   └──────┘ │ └─► failed ─► queued (retry by hand)
 //!   └─► failed          └── retry ◄──┘   (backoff; after max attempts: failed)
+//!   (release timeout, or the volume deleted before it could be held)
 //! any active state ─► cancelled (by hand)
 //! ```
 //!
@@ -64,6 +65,8 @@ pub enum Event {
     StillInUse,
     /// The volume was not let go within the release timeout.
     ReleaseTimedOut,
+    /// The volume was deleted before its data could be copied.
+    VolumeGone,
     /// A replica claimed the queued drain with a lease.
     Claimed,
     /// A replica took over a drain whose holder's lease expired.
@@ -83,10 +86,11 @@ pub enum Event {
 }
 
 /// Every event (for exhaustive tests).
-pub const ALL_EVENTS: [Event; 11] = [
+pub const ALL_EVENTS: [Event; 12] = [
     Event::Orphaned,
     Event::StillInUse,
     Event::ReleaseTimedOut,
+    Event::VolumeGone,
     Event::Claimed,
     Event::TakenOver,
     Event::Completed,
@@ -142,7 +146,7 @@ impl DrainState {
         let next = match (self, event) {
             (Requested | AwaitingRelease, E::Orphaned) => Queued,
             (Requested | AwaitingRelease, E::StillInUse) => NotNeeded,
-            (Requested | AwaitingRelease, E::ReleaseTimedOut) => Failed,
+            (Requested | AwaitingRelease, E::ReleaseTimedOut | E::VolumeGone) => Failed,
             (Queued, E::Claimed) => Copying,
             (Copying, E::TakenOver) => Copying,
             (Copying, E::Completed) => Completed,

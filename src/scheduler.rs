@@ -9,6 +9,7 @@
 use crate::ledger::{AttemptOutcome, Drain, Ledger};
 use crate::lifecycle::{self, AfterFailure};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::notify::{Milestone, Notifier};
 use crate::snapshot::{self, CopyOptions, Progress, SnapshotSummary};
 use crate::store::Store;
 use std::collections::HashMap;
@@ -150,6 +151,8 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
     /// Live progress, for the API.
     pub board: ProgressBoard,
+    /// Hears when copies start and end.
+    pub notifier: Arc<dyn Notifier>,
 }
 
 impl Scheduler {
@@ -206,6 +209,11 @@ impl Scheduler {
     /// if the lease is lost (taken over, or the drain cancelled) it stops within a second.
     async fn attempt(&self, drain: Drain, shutdown: CancellationToken) {
         tracing::info!(attempt = drain.attempts, "copy starting");
+        let started = std::time::Instant::now();
+        let attempt = drain.attempts;
+        self.notifier
+            .notify(&drain, &Milestone::CopyStarted { attempt })
+            .await;
         let progress = Arc::new(Progress::default());
         if let Ok(mut board) = self.board.lock() {
             board.insert(drain.id.clone(), Arc::clone(&progress));
@@ -229,15 +237,15 @@ impl Scheduler {
             ))
         };
         let outcome = tokio::select! {
-            ended = copy.wait() => Some(self.outcome(&drain, ended, &progress)),
-            () = shutdown.cancelled() => Some(AttemptOutcome::Released),
+            ended = copy.wait() => Some(self.outcome(&drain, ended, &progress, started)),
+            () = shutdown.cancelled() => Some((AttemptOutcome::Released, None)),
             () = lost.cancelled() => None,
         };
         drop(keeper);
         if let Ok(mut board) = self.board.lock() {
             board.remove(&drain.id);
         }
-        let Some(outcome) = outcome else {
+        let Some((outcome, milestone)) = outcome else {
             tracing::warn!("lease lost (taken over or cancelled); stopped this attempt");
             return;
         };
@@ -246,7 +254,12 @@ impl Scheduler {
             .end_attempt(&drain.id, &self.owner, &outcome)
             .await
         {
-            Ok(true) => tracing::info!(outcome = ?outcome, "attempt ended"),
+            Ok(true) => {
+                tracing::info!(outcome = ?outcome, "attempt ended");
+                if let Some(milestone) = milestone {
+                    self.notifier.notify(&drain, &milestone).await;
+                }
+            }
             Ok(false) => tracing::warn!(
                 "lease lost before the outcome was recorded; the drain is someone else's now"
             ),
@@ -256,12 +269,14 @@ impl Scheduler {
         }
     }
 
+    /// How an attempt ended, and the milestone to tell of it.
     fn outcome(
         &self,
         drain: &Drain,
         ended: Result<snapshot::Result<SnapshotSummary>, tokio::task::JoinError>,
         progress: &Progress,
-    ) -> AttemptOutcome {
+        started: std::time::Instant,
+    ) -> (AttemptOutcome, Option<Milestone>) {
         let result = ended.unwrap_or_else(|panicked| {
             tracing::error!(error = %panicked, "the copy panicked; ending the attempt");
             Err(snapshot::Error::Mover {
@@ -277,9 +292,16 @@ impl Scheduler {
         match result {
             Ok(summary) => {
                 self.metrics.files_copied.inc_by(summary.files);
-                AttemptOutcome::Completed {
+                let milestone = Milestone::Completed {
+                    snapshot: summary.snapshot.clone(),
+                    files: summary.files,
+                    bytes: summary.bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                let outcome = AttemptOutcome::Completed {
                     snapshot: summary.snapshot,
-                }
+                };
+                (outcome, Some(milestone))
             }
             Err(err) => {
                 let after = lifecycle::after_failure(
@@ -298,10 +320,15 @@ impl Scheduler {
                     self.metrics.retries.inc();
                 }
                 tracing::warn!(error = %err, reason, ?after, "attempt failed");
-                AttemptOutcome::Failed {
+                let milestone = Milestone::Failed {
+                    why: err.to_string(),
+                    retrying: matches!(after, AfterFailure::RetryAfter(_)),
+                };
+                let outcome = AttemptOutcome::Failed {
                     error: err.to_string(),
                     after,
-                }
+                };
+                (outcome, Some(milestone))
             }
         }
     }
@@ -414,6 +441,7 @@ mod tests {
             max_attempts: 1,
             wait_for_release: false,
             requested_by: None,
+            kube: None,
         };
         let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
         let scheduler = Arc::new(Scheduler {
@@ -424,6 +452,7 @@ mod tests {
             concurrency: 1,
             metrics: Arc::default(),
             board: ProgressBoard::default(),
+            notifier: Arc::new(crate::notify::Log),
         });
         let stop = CancellationToken::new();
         let running =

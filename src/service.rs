@@ -59,6 +59,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         store: store.clone(),
         auth: Arc::new(StaticToken::new(token)),
+        admission: Arc::new(crate::admission::Local),
+        notifier: Arc::new(crate::notify::Log),
         metrics: Arc::clone(&metrics),
         board: Arc::clone(&board),
         volume_root: volume_root.clone(),
@@ -87,6 +89,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         concurrency: args.concurrent_drains.into(),
         metrics: Arc::clone(&metrics),
         board,
+        notifier: Arc::new(crate::notify::Log),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

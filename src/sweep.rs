@@ -217,6 +217,7 @@ pub async fn sweep_local(
             max_attempts,
             wait_for_release: false,
             requested_by: None,
+            kube: None,
         })
         .collect();
     let drains = if wanted.is_empty() {

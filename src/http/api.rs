@@ -145,7 +145,7 @@ pub(super) async fn handoff(
     let shared = state.shared();
     let reason = body.reason.as_deref().unwrap_or("handoff");
     let requester = scope.caller().principal();
-    let wanted: Vec<NewDrain> = volumes
+    let mut wanted: Vec<NewDrain> = volumes
         .iter()
         .map(|volume| NewDrain {
             volume: volume.clone(),
@@ -154,12 +154,25 @@ pub(super) async fn handoff(
             max_attempts: shared.max_attempts,
             wait_for_release: body.wait_for_release,
             requested_by: Some(requester.clone()),
+            kube: None,
         })
         .collect();
+    shared
+        .admission
+        .prepare(scope.caller(), &mut wanted)
+        .await?;
     let recorded = shared.ledger.request_drains(&wanted).await?;
+    let drains: Vec<Drain> = recorded.iter().map(|(d, _)| d.clone()).collect();
+    shared.admission.recorded(&drains).await?;
     let created = recorded.iter().any(|(_, new)| *new);
     for (drain, new) in &recorded {
         tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, by = %requester, "handoff recorded");
+        if *new {
+            shared
+                .notifier
+                .notify(drain, &crate::notify::Milestone::Accepted)
+                .await;
+        }
     }
     let status = if created {
         StatusCode::ACCEPTED

@@ -43,6 +43,10 @@ pub struct Shared {
     pub store: Store,
     /// Who is calling.
     pub auth: Arc<dyn Authority>,
+    /// What the mode adds to handoffs.
+    pub admission: Arc<dyn crate::admission::Admission>,
+    /// Hears when handoffs create drains.
+    pub notifier: Arc<dyn crate::notify::Notifier>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live progress of running drains.
@@ -307,6 +311,23 @@ impl From<crate::ledger::Error> for Error {
             };
         }
         Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
+    }
+}
+
+impl From<crate::admission::Refusal> for Error {
+    fn from(refusal: crate::admission::Refusal) -> Self {
+        match refusal {
+            crate::admission::Refusal::NotFound(why) => {
+                Self::new(StatusCode::NOT_FOUND, "claim_not_found", why)
+            }
+            crate::admission::Refusal::Unavailable(why) => {
+                tracing::warn!(reason = %why, "cannot admit a handoff now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+        }
     }
 }
 

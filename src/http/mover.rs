@@ -188,8 +188,8 @@ fn store_failure(e: crate::store::Error) -> Error {
 
 pub(super) async fn begin(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<WireRun>, Error> {
     let Streaming { drain: id, volume } = streaming.into_inner();
     let shared = state.shared();
@@ -234,8 +234,8 @@ pub(super) async fn stored(
 
 pub(super) async fn record(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
     Path((_, run)): Path<(String, String)>,
     Json(files): Json<Vec<WireStoredFile>>,
 ) -> Result<StatusCode, Error> {
@@ -304,22 +304,12 @@ async fn check_snapshot(
     summary: &SnapshotSummary,
 ) -> Result<(), Error> {
     let store = &state.shared().store;
-    let manifest = store
-        .get_bytes(&layout.manifest(snapshot))
-        .await
-        .map_err(|e| bad_snapshot(snapshot, format!("its manifest cannot be read: {e}")))?;
-    let hash = blake3::hash(&manifest).to_hex().to_string();
-    if hash != summary.manifest_blake3 || manifest.len() as u64 != summary.manifest_size {
-        return Err(bad_snapshot(
-            snapshot,
-            "the manifest is not the one the summary hashes",
-        ));
-    }
-    let stored = stored_objects(state, layout, snapshot).await?;
-    let parent = parent_objects(state, layout, summary).await?;
-    let mut entries = crate::snapshot::catalog::read_manifest(store, layout, snapshot)
+    let manifest = crate::snapshot::catalog::CheckedManifest::open(store, layout, summary)
         .await
         .map_err(|e| bad_snapshot(snapshot, e))?;
+    let stored = stored_objects(state, layout, snapshot).await?;
+    let parent = parent_objects(state, layout, summary).await?;
+    let mut entries = manifest.entries().map_err(|e| bad_snapshot(snapshot, e))?;
     let (mut count, mut files, mut bytes) = (0_u64, 0_u64, 0_u64);
     while let Some(entry) = entries
         .try_next()
@@ -397,14 +387,18 @@ async fn parent_objects(
     let id: SnapshotId = parent
         .parse()
         .map_err(|e: String| Error::invalid(format!("parent: {e}")))?;
-    let complete = crate::snapshot::catalog::read_summary(store, layout, &id).await;
-    if !matches!(complete, Ok(Some(_))) {
-        return Err(Error::invalid(format!(
-            "parent snapshot {parent} is not complete"
-        )));
-    }
-    let entries = crate::snapshot::catalog::read_manifest(store, layout, &id).await?;
-    Ok(entries
+    let volume: VolumeId = summary
+        .volume
+        .parse()
+        .map_err(|e: crate::volume::InvalidName| Error::invalid(e.to_string()))?;
+    let selector = crate::snapshot::SnapshotSelector::Id(id);
+    let complete = crate::snapshot::resolve(store, &volume, &selector)
+        .await
+        .map_err(|e| Error::invalid(format!("parent snapshot {parent}: {e}")))?;
+    let manifest =
+        crate::snapshot::catalog::CheckedManifest::open(store, layout, &complete).await?;
+    Ok(manifest
+        .entries()?
         .try_filter_map(|e| async move { Ok(e.content.map(|c| c.object)) })
         .try_collect()
         .await?)
@@ -412,8 +406,8 @@ async fn parent_objects(
 
 pub(super) async fn interrupted(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
     streaming: Granted<Streaming>,
+    headers: axum::http::HeaderMap,
     Path((_, run)): Path<(String, String)>,
     Json(body): Json<Interrupted>,
 ) -> Result<StatusCode, Error> {

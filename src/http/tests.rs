@@ -30,6 +30,7 @@ impl Authority for Callers {
             Caller::Workload(Workload {
                 namespace: "shop".into(),
                 user: user.into(),
+                groups: vec![],
                 pod,
             })
         };
@@ -122,6 +123,8 @@ async fn world() -> World {
         ledger: ledger.clone(),
         store,
         auth: Arc::clone(&callers) as Arc<dyn Authority>,
+        admission: Arc::new(crate::admission::Local),
+        notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
         volume_root: dir.path().join("volumes"),
@@ -285,6 +288,8 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         ledger,
         store,
         auth: Arc::new(Callers::default()),
+        admission: Arc::new(crate::admission::Local),
+        notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
         volume_root: dir.path().join("v"),

@@ -59,6 +59,18 @@ pub struct Drain {
     /// Ended at (ms since the epoch).
     #[sqlx(rename = "finished_at")]
     pub finished_ms: Option<i64>,
+    /// Kubernetes mode: the claim's UID.
+    pub pvc_uid: Option<String>,
+    /// Kubernetes mode: the announcing pod's UID.
+    pub pod_uid: Option<String>,
+    /// Kubernetes mode: the node the announcing pod ran on.
+    pub node: Option<String>,
+    /// Kubernetes mode: the object holding the claim from the garbage collector, if any.
+    pub hold: Option<String>,
+    /// Kubernetes mode: the mover Job of the current attempt.
+    pub mover_job: Option<String>,
+    /// Kubernetes mode: that Job's UID (what identifies its pod as this drain's mover).
+    pub mover_job_uid: Option<String>,
 }
 
 impl Drain {
@@ -162,6 +174,19 @@ pub struct NewDrain {
     /// Who asked (`pod:NS/NAME`, `user:NAME`, …); a requester may read the drains it asked
     /// for, whether its request created them or found them active.
     pub requested_by: Option<String>,
+    /// Kubernetes mode: the claim's UID, the announcing pod's UID and node.
+    pub kube: Option<KubeFacts>,
+}
+
+/// What Kubernetes mode knows of a new drain's volume when it is requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeFacts {
+    /// The claim's UID.
+    pub pvc_uid: Option<String>,
+    /// The announcing pod's UID.
+    pub pod_uid: Option<String>,
+    /// The node it ran on.
+    pub node: Option<String>,
 }
 
 /// Why a requested change of a drain was refused.
@@ -241,7 +266,8 @@ pub enum Writer {
 }
 
 const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
-                       lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at";
+                       lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, \
+                       pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid";
 
 /// A new drain id: time-ordered and unique across replicas.
 fn new_drain_id() -> String {
@@ -420,9 +446,10 @@ impl Ledger {
             for chunk in wanted.chunks(BULK_ROWS) {
                 let mut insert = QueryBuilder::<DB>::new(
                     "INSERT INTO drains (id, namespace, pvc, pod, reason, state, attempts, \
-                     max_attempts, not_before, created_at, updated_at) ",
+                     max_attempts, not_before, created_at, updated_at, pvc_uid, pod_uid, node) ",
                 );
                 insert.push_values(chunk, |mut row, (id, new)| {
+                    let kube = new.kube.clone().unwrap_or_default();
                     row.push_bind(id.as_str())
                         .push_bind(new.volume.namespace.as_str())
                         .push_bind(new.volume.name.as_str())
@@ -433,7 +460,10 @@ impl Ledger {
                         .push_bind(i64::from(new.max_attempts))
                         .push_bind(now)
                         .push_bind(now)
-                        .push_bind(now);
+                        .push_bind(now)
+                        .push_bind(kube.pvc_uid)
+                        .push_bind(kube.pod_uid)
+                        .push_bind(kube.node);
                 });
                 insert.push(format!(" RETURNING {COLUMNS}"));
                 let created: Vec<Drain> = insert
@@ -632,6 +662,50 @@ impl Ledger {
             ledger.write_redoable(write).await?
         };
         Ok(done.is_ok())
+    }
+
+    /// Records the hold keeping drain `id`'s claim (Kubernetes mode), or its removal.
+    pub async fn set_hold(&self, id: &str, hold: Option<&str>) -> Result<()> {
+        const SQL: &str = "UPDATE drains SET hold = $2 WHERE id = $1";
+        let (id, hold) = (id.to_owned(), hold.map(str::to_owned));
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&id)
+                .bind(hold.as_deref())
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record hold")))
+        })
+        .await
+    }
+
+    /// Records the mover Job of drain `id`'s current attempt (Kubernetes mode).
+    pub async fn set_mover_job(&self, id: &str, name: &str, uid: &str) -> Result<()> {
+        const SQL: &str = "UPDATE drains SET mover_job = $2, mover_job_uid = $3 WHERE id = $1";
+        let (id, name, uid) = (id.to_owned(), name.to_owned(), uid.to_owned());
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&id)
+                .bind(&name)
+                .bind(&uid)
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record mover Job")))
+        })
+        .await
+    }
+
+    /// The drain whose current mover Job has UID `uid`, if it is still being copied.
+    pub async fn drain_of_mover_job(&self, uid: &str) -> Result<Option<Drain>> {
+        let sql = format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state = $2");
+        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(uid)
+            .bind(DrainState::Copying)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error("read drain")))
     }
 
     /// Applies one lifecycle transition (see the module doc); `Ok(Err(Refused::Stale))` when

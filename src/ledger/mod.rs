@@ -13,8 +13,8 @@ mod relay;
 mod runs;
 
 pub use drains::{
-    AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, Transition,
-    Writer,
+    AttemptOutcome, Drain, DrainEvent, DrainFilter, KubeFacts, NewDrain, PageCursor, Refused,
+    Transition, Writer,
 };
 pub use relay::{RelayPart, RelayRecord};
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};

@@ -2,7 +2,6 @@
 //! uploads and its end through the drain's API, into the drainer's ledger.
 
 use crate::client::{Api, CallError};
-use crate::ledger;
 use crate::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
 use crate::snapshot::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
@@ -50,7 +49,7 @@ impl RemoteCheckpoint {
     ) -> CheckpointResult<()> {
         let url = self.run_url(run, action);
         self.api
-            .call(|http| owned(http.post(&url)).json(body))
+            .call(|http| http.post(&url).json(body))
             .await
             .map(drop)
             .map_err(call_error(op))
@@ -68,7 +67,7 @@ impl Checkpoint for RemoteCheckpoint {
         let url = self.api.url("/run");
         let run: WireRun = self
             .api
-            .json(|http| owned(http.post(&url)))
+            .json(|http| http.post(&url))
             .await
             .map_err(call_error("begin run"))?;
         Ok(Run {
@@ -173,12 +172,6 @@ impl Checkpoint for RemoteCheckpoint {
         // The drainer commits the snapshot itself when the run finishes, after its own checks.
         Ok(())
     }
-}
-
-/// A request of this mover about its run: it names this process as the run's owner, so a
-/// second mover of the same drain is refused while this one holds the run.
-fn owned(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request.header(crate::http::OWNER_HEADER, ledger::process_owner())
 }
 
 fn lines<R: tokio::io::AsyncBufRead + Send + Unpin + 'static>(

@@ -36,7 +36,8 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.drainer.url.trim_end_matches('/'),
         args.drain
     );
-    let api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?;
+    let api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
+        .with_header(crate::http::OWNER_HEADER, crate::ledger::process_owner());
     let info: DrainInfo = api.json(|http| http.get(api.base())).await?;
     if info.state != "copying" {
         anyhow::bail!(

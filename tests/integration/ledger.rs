@@ -145,6 +145,7 @@ async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger
                 max_attempts: 3,
                 wait_for_release: false,
                 requested_by: Some("pod:shop/web-0".into()),
+                kube: None,
             })
             .collect()
     };

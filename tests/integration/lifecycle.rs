@@ -93,6 +93,7 @@ impl Walk {
             max_attempts: 3,
             wait_for_release: wait,
             requested_by: Some("pod:shop/walker".into()),
+            kube: None,
         };
         let answer = self.ledger.request_drains(&[new]).await.unwrap();
         let (drain, created) = &answer[0];

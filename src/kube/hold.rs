@@ -1,0 +1,140 @@
+//! Holding claims that the StatefulSet controller would have deleted (`whenScaled: Delete`):
+//! before deleting a condemned pod, the controller makes the pod the controller owner of its
+//! claims, so the garbage collector deletes them right after the pod. Removing that owner
+//! does not help (the controller adds it back on every sync while the pod exists), and a
+//! finalizer leaves a claim being deleted, which no mover can mount. What works: a second,
+//! non-controller owner that drainer controls — a ConfigMap per drain in the claim's
+//! namespace — added while the pod still exists. The garbage collector then keeps the claim
+//! until the ConfigMap is deleted too, which drainer does when the drain ends, letting the
+//! collector finish what the claim's owner asked.
+
+use super::watch::MANAGED_BY;
+use super::{Error, call};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+
+/// The label naming the drain a hold belongs to.
+pub const DRAIN_LABEL: &str = "drainer.io/drain";
+
+/// Whether the garbage collector may delete `claim` when an owner goes: it has an owner (a
+/// condemned pod, or a StatefulSet with `whenDeleted: Delete`).
+pub fn needs_hold(claim: &PersistentVolumeClaim) -> bool {
+    claim
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|owners| {
+            owners
+                .iter()
+                .any(|o| o.kind == "Pod" || o.kind == "StatefulSet")
+        })
+}
+
+/// The name of drain `drain`'s hold.
+pub fn hold_name(drain: &str) -> String {
+    format!("drainer-hold-{drain}")
+}
+
+/// Holds `claim` for drain `drain`: creates the hold (if it does not exist yet) and makes it an
+/// owner of the claim. Returns the hold's name.
+pub async fn hold(
+    client: &kube::Client,
+    drain: &str,
+    claim: &PersistentVolumeClaim,
+) -> Result<String, Error> {
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or("default");
+    let pvc = claim.metadata.name.as_deref().unwrap_or_default();
+    let name = hold_name(drain);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let wanted = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                [
+                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    (DRAIN_LABEL.to_owned(), drain.to_owned()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            [
+                ("drain".to_owned(), drain.to_owned()),
+                ("claim".to_owned(), pvc.to_owned()),
+                (
+                    "why".to_owned(),
+                    "keeps the claim from the garbage collector until drainer has copied it"
+                        .to_owned(),
+                ),
+            ]
+            .into(),
+        ),
+        ..ConfigMap::default()
+    };
+    let what = format!("hold {namespace}/{name}");
+    let created = call(what.clone(), maps.create(&PostParams::default(), &wanted)).await;
+    let map = match created {
+        Ok(map) => map,
+        Err(e) if e.is_conflict() => call(what.clone(), maps.get(&name)).await?,
+        Err(e) => return Err(e),
+    };
+    let owner = OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "ConfigMap".to_owned(),
+        name: name.clone(),
+        uid: map.metadata.uid.unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: None,
+    };
+    // A strategic merge patch merges owner references by UID: the claim's other owners stay.
+    let patch = serde_json::json!({ "metadata": { "ownerReferences": [owner] } });
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    call(
+        format!("hold claim {namespace}/{pvc}"),
+        claims.patch(pvc, &PatchParams::default(), &Patch::Strategic(patch)),
+    )
+    .await?;
+    tracing::info!(drain, ns = namespace, pvc, hold = %name, "claim held until its drain ends");
+    Ok(name)
+}
+
+/// Lets go of a hold: deletes it, so the garbage collector does what the claim's owners ask.
+pub async fn release(client: &kube::Client, namespace: &str, name: &str) -> Result<(), Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    match call(
+        format!("release hold {namespace}/{name}"),
+        maps.delete(name, &DeleteParams::background()),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_owned_claims_need_a_hold() {
+        let claim = |owners: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "data-web-2", "ownerReferences": owners}}),
+            )
+            .unwrap()
+        };
+        let pod = serde_json::json!([{"apiVersion": "v1", "kind": "Pod", "name": "web-2", "uid": "u", "controller": true}]);
+        let set = serde_json::json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "u"}]);
+        assert!(needs_hold(&claim(pod)));
+        assert!(needs_hold(&claim(set)));
+        assert!(!needs_hold(&claim(serde_json::json!([]))));
+        assert!(!needs_hold(
+            &serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap()
+        ));
+    }
+}

@@ -1,0 +1,313 @@
+//! Who is calling, in a cluster: the [`crate::auth::Authority`] of Kubernetes mode.
+//!
+//! A caller presents a projected ServiceAccount token with drainer's audience. A TokenReview
+//! (audience checked) names its ServiceAccount and, for a pod's token, the pod's name and UID;
+//! the pod is then confirmed against the live object (the API server caches reviews for about
+//! ten seconds, so a deleted pod's token could still pass it) and its claims become its
+//! mounts. A mover is a pod whose controlling Job is the one drainer created for a drain
+//! being copied (the Job's UID is in the ledger, so labels cannot forge it). Other
+//! ServiceAccounts (a Job's, an operator tool's) may hand off what RBAC grants them: a
+//! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. The
+//! static token, when configured, is an admin's. Successful reviews are cached for
+//! [`REVIEW_TTL`]; the pod check is not cached.
+
+use super::{Cluster, Error, call, planner};
+use crate::auth::{Authority, Caller, Denied, PodIdentity, Workload};
+use crate::ledger::Ledger;
+use crate::volume::VolumeId;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a successful TokenReview or SubjectAccessReview is reused.
+pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// The API group of drainer's RBAC resources (`handoffs`, `restores`).
+pub const GROUP: &str = "drainer.io";
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+
+/// A reviewed token: who it is, and until when that is trusted without asking again.
+#[derive(Debug, Clone)]
+struct Reviewed {
+    user: UserInfo,
+    at: Instant,
+}
+
+/// The Kubernetes authority.
+pub struct TokenReviews {
+    cluster: Cluster,
+    ledger: Ledger,
+    audience: String,
+    admin_token: Option<String>,
+    reviews: Mutex<HashMap<[u8; 32], Reviewed>>,
+    grants: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl std::fmt::Debug for TokenReviews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenReviews(audience {})", self.audience)
+    }
+}
+
+impl TokenReviews {
+    /// An authority reviewing tokens of `audience`; `admin_token` (if any) is an admin's.
+    pub fn new(
+        cluster: Cluster,
+        ledger: Ledger,
+        audience: String,
+        admin_token: Option<String>,
+    ) -> Self {
+        Self {
+            cluster,
+            ledger,
+            audience,
+            admin_token,
+            reviews: Mutex::default(),
+            grants: Mutex::default(),
+        }
+    }
+
+    /// The user a token belongs to: from the cache, or a TokenReview.
+    async fn review(&self, token: &str) -> Result<UserInfo, Denied> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let cached = self.reviews.lock().ok().and_then(|c| c.get(&key).cloned());
+        if let Some(hit) = cached.filter(|r| r.at.elapsed() < REVIEW_TTL) {
+            return Ok(hit.user);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.cluster.client.clone());
+        let answer = call("token review", api.create(&PostParams::default(), &review))
+            .await
+            .map_err(unavailable)?;
+        let status = answer.status.unwrap_or_default();
+        let audience_ok = status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.contains(&self.audience));
+        let user = match (status.authenticated, status.user) {
+            (Some(true), Some(user)) if audience_ok => user,
+            _ => return Err(Denied::Invalid),
+        };
+        if let Ok(mut cache) = self.reviews.lock() {
+            cache.retain(|_, r| r.at.elapsed() < REVIEW_TTL);
+            cache.insert(
+                key,
+                Reviewed {
+                    user: user.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        Ok(user)
+    }
+
+    /// The live pod `name` in `namespace` with UID `uid`, or why it is refused.
+    async fn live_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<Pod, Denied> {
+        if let Some(pod) = self.cluster.pod(namespace, name)
+            && pod.metadata.uid.as_deref() == Some(uid)
+        {
+            return Ok((*pod).clone());
+        }
+        // The watch may lag behind a pod that has just started: ask the API server.
+        let api: Api<Pod> = Api::namespaced(self.cluster.client.clone(), namespace);
+        let found = call(format!("get pod {namespace}/{name}"), api.get_opt(name))
+            .await
+            .map_err(unavailable)?;
+        match found {
+            Some(pod) if pod.metadata.uid.as_deref() == Some(uid) => Ok(pod),
+            _ => Err(Denied::Invalid),
+        }
+    }
+
+    /// A pod's caller: the mover of a drain being copied, or a workload with its mounts.
+    async fn pod_caller(
+        &self,
+        namespace: &str,
+        user: &UserInfo,
+        pod: Pod,
+    ) -> Result<Caller, Denied> {
+        if let Some(drain) = self.mover_of(&pod).await? {
+            return Ok(Caller::Mover { drain });
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        Ok(Caller::Workload(Workload {
+            namespace: namespace.to_owned(),
+            user: user.username.clone().unwrap_or_default(),
+            groups: user.groups.clone().unwrap_or_default(),
+            pod: Some(PodIdentity {
+                mounts: planner::claims_of(&pod).map(str::to_owned).collect(),
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                name,
+            }),
+        }))
+    }
+
+    /// The drain whose mover `pod` is: its controlling Job is the one the ledger records.
+    async fn mover_of(&self, pod: &Pod) -> Result<Option<String>, Denied> {
+        let Some(job) = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Job" && o.controller == Some(true))
+        else {
+            return Ok(None);
+        };
+        let drain = self
+            .ledger
+            .drain_of_mover_job(&job.uid)
+            .await
+            .map_err(|e| Denied::Unavailable(e.to_string()))?;
+        Ok(drain
+            .filter(|d| Some(d.namespace.as_str()) == pod.metadata.namespace.as_deref())
+            .map(|d| d.id))
+    }
+
+    /// Whether `workload` has RBAC permission to `verb` `resource` of drainer's group in
+    /// `namespace` (cached for [`REVIEW_TTL`]).
+    pub async fn may(
+        &self,
+        workload: &Workload,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+    ) -> Result<bool, Denied> {
+        let key = (
+            workload.user.clone(),
+            format!("{verb} {resource} {namespace}"),
+        );
+        let cached = self.grants.lock().ok().and_then(|g| g.get(&key).copied());
+        if cached.is_some_and(|at| at.elapsed() < REVIEW_TTL) {
+            return Ok(true);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(workload.user.clone()),
+                groups: Some(workload.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(GROUP.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    verb: Some(verb.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.cluster.client.clone());
+        let answer = call(
+            "subject access review",
+            api.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(unavailable)?;
+        let allowed = answer.status.is_some_and(|s| s.allowed);
+        if allowed && let Ok(mut grants) = self.grants.lock() {
+            grants.retain(|_, at| at.elapsed() < REVIEW_TTL);
+            grants.insert(key, Instant::now());
+        }
+        Ok(allowed)
+    }
+}
+
+fn unavailable(e: Error) -> Denied {
+    Denied::Unavailable(e.to_string())
+}
+
+/// `system:serviceaccount:NS:NAME` → `NS`.
+fn service_account_namespace(username: &str) -> Option<&str> {
+    let rest = username.strip_prefix("system:serviceaccount:")?;
+    rest.split_once(':').map(|(ns, _)| ns)
+}
+
+fn extra<'a>(user: &'a UserInfo, key: &str) -> Option<&'a str> {
+    user.extra.as_ref()?.get(key)?.first().map(String::as_str)
+}
+
+#[async_trait::async_trait]
+impl Authority for TokenReviews {
+    async fn authenticate(&self, token: &str) -> Result<Caller, Denied> {
+        if let Some(admin) = &self.admin_token
+            && crate::auth::constant_time_eq(admin.as_bytes(), token.as_bytes())
+        {
+            return Ok(Caller::Admin);
+        }
+        let user = self.review(token).await?;
+        let username = user.username.clone().unwrap_or_default();
+        let Some(namespace) = service_account_namespace(&username).map(str::to_owned) else {
+            return Err(Denied::Forbidden(format!(
+                "{username} is not a ServiceAccount; operators use the admin token"
+            )));
+        };
+        match (extra(&user, POD_NAME), extra(&user, POD_UID)) {
+            (Some(name), Some(uid)) => {
+                let pod = self.live_pod(&namespace, name, uid).await?;
+                self.pod_caller(&namespace, &user, pod).await
+            }
+            _ => Ok(Caller::Workload(Workload {
+                namespace,
+                user: username,
+                groups: user.groups.clone().unwrap_or_default(),
+                pod: None,
+            })),
+        }
+    }
+
+    /// A pod hands off what it mounts; any workload what RBAC grants it.
+    async fn may_hand_off(&self, workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+        if crate::auth::own_mounts(workload, volumes).is_ok() {
+            return Ok(());
+        }
+        if self
+            .may(workload, "create", "handoffs", &workload.namespace)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(Denied::Forbidden(match &workload.pod {
+            Some(pod) => format!(
+                "pod {}/{} may hand off only the claims it mounts ({}), unless RBAC grants {} create on handoffs.{GROUP}",
+                workload.namespace,
+                pod.name,
+                pod.mounts.join(", "),
+                workload.user
+            ),
+            None => format!(
+                "{} needs RBAC permission to create handoffs.{GROUP} in {}",
+                workload.user, workload.namespace
+            ),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_accounts_name_their_namespace() {
+        assert_eq!(
+            service_account_namespace("system:serviceaccount:shop:web"),
+            Some("shop")
+        );
+        assert_eq!(
+            service_account_namespace("system:serviceaccount:shop"),
+            None
+        );
+        assert_eq!(service_account_namespace("alice@example.com"), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! Kubernetes mode: the cluster side of drainer, behind the core's seams (the API's
+//! [`crate::auth::Authority`], the scheduler's [`crate::scheduler::Executor`], the lifecycle's
+//! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
+//! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
+//! be let go, [`hold`] keeps claims the StatefulSet would delete. Core modules never import
+//! this one.
+
+pub mod hold;
+pub mod identity;
+pub mod planner;
+pub mod release;
+pub mod watch;
+
+pub use watch::Cluster;
+
+/// Errors of the Kubernetes side. Each carries the object it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done, with the object's name.
+        what: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A call to the API server did not answer in time.
+    #[error("{what}: no answer within {seconds} s")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The watches could not be started.
+    #[error("watching the cluster: {0}")]
+    Watch(String),
+    /// The client could not be configured.
+    #[error("Kubernetes client: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether retrying may succeed: timeouts, connection errors, API 5xx and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { source, .. } => match source {
+                kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+                kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+                _ => false,
+            },
+            Error::Timeout { .. } | Error::Watch(_) => true,
+            Error::Config(_) => false,
+        }
+    }
+
+    /// Whether the API said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 404)
+    }
+
+    /// Whether the API said the object exists already.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// How long one call to the API server may take.
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs one API call with [`API_TIMEOUT`], naming `what` in its error.
+pub async fn call<T>(
+    what: impl Into<String>,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::Api {
+            what: what.into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: what.into(),
+            seconds: API_TIMEOUT.as_secs(),
+        }),
+    }
+}

@@ -1,0 +1,198 @@
+//! What drainer keeps of the cluster: reflector stores of pods, claims, volumes, StatefulSets
+//! and its own mover Jobs, kept current by watches. Pods are pruned to the fields the
+//! decisions read (identity, owners, claims, node, phase, deletion), so 10,000 watched pods
+//! fit in a few MiB.
+
+use super::Error;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
+};
+use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The label drainer puts on everything it creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
+
+/// The cluster as drainer sees it.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The API client.
+    pub client: kube::Client,
+    /// Every pod, pruned.
+    pub pods: Store<Pod>,
+    /// Every claim.
+    pub claims: Store<PersistentVolumeClaim>,
+    /// Every persistent volume.
+    pub volumes: Store<PersistentVolume>,
+    /// Every StatefulSet.
+    pub sets: Store<StatefulSet>,
+    /// drainer's mover Jobs.
+    pub jobs: Store<Job>,
+}
+
+/// How long start-up waits for the first listing of everything.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    /// Starts the watches (each restarts with backoff on errors until `stop`), and waits until
+    /// every store holds a first listing.
+    pub async fn start(client: kube::Client, stop: CancellationToken) -> Result<Self, Error> {
+        let pods = watch(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            prune_pod,
+            &stop,
+        );
+        let claims = watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            prune,
+            &stop,
+        );
+        let volumes = watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            prune,
+            &stop,
+        );
+        let sets = watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            prune,
+            &stop,
+        );
+        let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let jobs = watch(Api::all(client.clone()), mine, prune, &stop);
+        let synced = async {
+            pods.wait_until_ready().await?;
+            claims.wait_until_ready().await?;
+            volumes.wait_until_ready().await?;
+            sets.wait_until_ready().await?;
+            jobs.wait_until_ready().await
+        };
+        match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(Error::Watch(
+                    "a watch stopped before its first listing".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::Watch(format!(
+                    "the cluster was not listed within {} s (check drainer's RBAC: it lists pods, claims, volumes, StatefulSets and Jobs)",
+                    SYNC_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        Ok(Self {
+            client,
+            pods,
+            claims,
+            volumes,
+            sets,
+            jobs,
+        })
+    }
+
+    /// A pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A claim by namespace and name.
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The pods of a namespace.
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
+        self.pods
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+    }
+
+    /// The StatefulSets of a namespace.
+    pub fn sets_in(&self, namespace: &str) -> Vec<Arc<StatefulSet>> {
+        self.sets
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+    }
+}
+
+/// Watches `api` into a store until `stop`.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    prune: fn(&mut K),
+    stop: &CancellationToken,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(prune)
+        .reflect(writer)
+        .applied_objects();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying"),
+                    None => return,
+                },
+            }
+        }
+    });
+    reader
+}
+
+/// Drops what no decision reads from any object: managed fields and the last-applied
+/// annotation.
+fn prune<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Keeps of a pod only identity, owners, labels, deletion, its claims, node and
+/// ServiceAccount, and its phase.
+fn prune_pod(pod: &mut Pod) {
+    prune(pod);
+    pod.metadata.annotations = None;
+    let spec = pod.spec.take().unwrap_or_default();
+    let volumes = spec.volumes.map(|vs| {
+        vs.into_iter()
+            .filter(|v| v.persistent_volume_claim.is_some())
+            .collect()
+    });
+    pod.spec = Some(PodSpec {
+        volumes,
+        node_name: spec.node_name,
+        service_account_name: spec.service_account_name,
+        ..PodSpec::default()
+    });
+    let phase = pod.status.take().and_then(|s| s.phase);
+    pod.status = Some(PodStatus {
+        phase,
+        ..PodStatus::default()
+    });
+}
