@@ -32,6 +32,10 @@ pub enum Command {
     /// Stream a mounted volume to the drainer for one drain (run by mover Jobs).
     Mover(MoverArgs),
     /// Take a snapshot of a directory into a store (resumable and incremental).
+    ///
+    /// One copy of a volume runs at a time (a second one fails, naming the holder). Files that
+    /// cannot be read (permission denied) are listed in the snapshot without content and named
+    /// on stderr; the copy then exits 3. Exit 2: malformed arguments (store URLs included).
     Copy(CopyArgs),
     /// Restore a snapshot into an empty directory, verifying every hash.
     Restore(RestoreArgs),

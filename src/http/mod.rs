@@ -295,6 +295,9 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
+        if let crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } = err {
+            return Self::new(StatusCode::CONFLICT, "run_busy", err.to_string());
+        }
         if err.is_full() {
             tracing::warn!(error = %err, "ledger full");
             return Self {
@@ -306,12 +309,7 @@ impl From<crate::ledger::Error> for Error {
                 )
             };
         }
-        match err {
-            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
-                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
-            }
-            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
-        }
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
     }
 }
 
