@@ -173,7 +173,7 @@ pub struct KubeArgs {
     )]
     pub watch_namespaces: Vec<String>,
     /// URL at which movers reach this drainer (its Service), e.g.
-    /// http://drainer.drainer-system.svc:8080.
+    /// `http://drainer.drainer-system.svc:8080`.
     #[arg(long, env = "DRAINER_SERVICE_URL")]
     pub service_url: Option<String>,
     /// Mover Jobs.

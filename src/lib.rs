@@ -1,10 +1,16 @@
 //! drainer rescues the data that scaled-down stateful pods leave behind in their
 //! PersistentVolumeClaims, and keeps it safe in durable storage until someone needs it back.
 //!
-//! The crate is organised by responsibility: [`config`] (the command line), [`volume`]
-//! (identifiers), [`store`] (durable object storage), [`snapshot`] (the copy/restore engine),
-//! [`ledger`] (the SQL record of progress), [`cli`] (the one-shot commands) and
-//! [`telemetry`] (logging). `main.rs` only parses the configuration and calls [`run`].
+//! The crate is organised by responsibility. The core: [`volume`] (identifiers), [`store`]
+//! (durable object storage), [`snapshot`] (the copy/restore engine), [`ledger`] (the SQL record
+//! of progress), [`lifecycle`] (drain states and the one table of transitions). The service:
+//! [`service`] (wiring and supervision), [`http`] (the API, its guard and the mover protocol's
+//! drainer side), [`auth`] (callers and the policy), [`scheduler`] (claims, leases, attempts),
+//! [`sweep`], [`admission`] and [`notify`] (the seams where a mode plugs in), [`kube`]
+//! (Kubernetes mode). The clients: [`client`], [`handoff`], [`mover`], with the wire types in
+//! [`protocol`]. Around them: [`config`] (the command line), [`cli`] (the one-shot commands),
+//! [`retry`], [`metrics`], [`shutdown`], [`telemetry`]. `main.rs` only parses the configuration
+//! and calls [`run`].
 
 pub mod admission;
 pub mod auth;

@@ -3,7 +3,8 @@
 //! In local mode a sweep lists `VOLUME_ROOT/NS/PVC` directories and plans a drain for each
 //! volume that has no snapshot yet or changed since its latest one (any entry's ctime after the
 //! snapshot started). Deciding is pure ([`plan`]); acting is the caller's (the ledger queues
-//! the drains). The Kubernetes sweep (StatefulSets and PVCs) will produce the same plan.
+//! the drains). A mode's sweeps sit behind the [`Sweeper`] trait: [`LocalSweeper`] here, the
+//! Kubernetes sweep over StatefulSets and claims in `kube::sweep`.
 
 use crate::snapshot::SnapshotSummary;
 use crate::volume::VolumeId;

@@ -1,8 +1,8 @@
 //! Authentication and authorisation of every `/v1` route, in one place.
 //!
-//! [`authenticate`] turns the bearer token into a [`Caller`] for the whole `/v1` tree. Every
-//! route is then registered through [`routes!`](super::routes) with its [`Action`], which wraps
-//! it in [`authorize`]: the caller's kind must be allowed the action at all
+//! `authenticate` turns the bearer token into a [`Caller`] for the whole `/v1` tree. Every
+//! route is then registered through the `routes!` macro (in `http`) with its [`Action`], which wraps
+//! it in `authorize`: the caller's kind must be allowed the action at all
 //! ([`Action::allows`]), and for actions on one drain the drain is loaded and must be the
 //! caller's own when its reach is [`Reach::Own`]. What was checked reaches the handler as a
 //! [`Granted`] value, which only this module can make: a handler that takes a
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// What [`authorize`] established for a handler; only this module makes one.
+/// What `authorize` established for a handler; only this module makes one.
 #[derive(Debug, Clone)]
 pub struct Granted<T>(T);
 

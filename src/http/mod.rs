@@ -1,5 +1,5 @@
-//! The HTTP API: routes, authentication middleware, request metrics, and the JSON error
-//! contract.
+//! The HTTP API: routes (each declared with the [`Action`] its guard authorises, see
+//! [`guard`]), request metrics, and the JSON error contract.
 //!
 //! `router(state)` is separate from serving so tests call it directly. Handlers validate
 //! everything before touching the ledger, so a bad request changes nothing; errors reach

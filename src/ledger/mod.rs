@@ -1,7 +1,7 @@
 //! The ledger: drainer's durable record of work, in SQL through sqlx.
 //!
 //! SQLite (a file in the data directory) is the embedded default; PostgreSQL serves several
-//! replicas. Both run the same queries, written once with [`on_pool!`]; migrations live in
+//! replicas. Both run the same queries, written once with the `on_pool!` macro; migrations live in
 //! `migrations/sqlite` and `migrations/postgres`, are embedded, and run at start-up. Every
 //! write that the rest of drainer relies on is committed before it is acknowledged, and flushed
 //! to disk unless it only records work that is redone if lost (`Urgency::Redoable`). This

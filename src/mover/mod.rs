@@ -6,8 +6,8 @@
 //! restarting, or a replica behind its Service died, are sent again for a while.
 //!
 //! Client side only; the drainer's endpoints live in `http::mover`, the wire types they share
-//! in [`crate::protocol`]. The parts: [`relay`] (the store), [`batch`] (small objects in
-//! batches), [`checkpoint`] (progress in the drainer's ledger).
+//! in [`crate::protocol`]. The parts: `relay` (the store), `batch` (small objects in
+//! batches), `checkpoint` (progress in the drainer's ledger).
 
 mod batch;
 mod checkpoint;

@@ -284,7 +284,7 @@ pub async fn commit(store: &Store, layout: &VolumeLayout, summary: &SnapshotSumm
 }
 
 /// A snapshot's manifest, downloaded whole into an unnamed temporary file, checked against
-/// the size and hash its summary records, and validated entry by entry (see [`Validator`])
+/// the size and hash its summary records, and validated entry by entry (see `validate::Validator`)
 /// before anyone acts on it: what `restore` writes from and `verify` checks.
 pub struct CheckedManifest {
     file: std::fs::File,
