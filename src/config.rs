@@ -45,6 +45,10 @@ pub enum Command {
     Prune(PruneArgs),
     /// Re-read a snapshot's objects and check every hash against its manifest.
     Verify(VerifyArgs),
+    /// Copy this drainer (with its loader and libraries) into a directory, for containers of
+    /// other images: an init container copies it into an emptyDir that the application's
+    /// preStop hook runs `drainer handoff` from (see deploy/examples).
+    Install(InstallArgs),
 }
 
 /// Logging settings shared by every subcommand.
@@ -321,6 +325,13 @@ pub struct HandoffArgs {
     /// Give up after this many seconds (retries included).
     #[arg(long, env = "DRAINER_HANDOFF_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
     pub timeout: Duration,
+}
+
+/// `drainer install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// The directory to copy drainer into (created if missing).
+    pub dir: PathBuf,
 }
 
 /// `drainer mover`.
