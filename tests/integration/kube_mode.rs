@@ -54,6 +54,27 @@ fn web(replicas: i32, when_scaled: &str, delay: &str) -> StatefulSet {
     }))
 }
 
+/// `drainer serve --kubernetes` for namespace `ns`, its data under `work`.
+async fn start_drainer(work: &Path, ns: &str, store: &str) -> Result<Serve> {
+    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+    Ok(Serve::start_with_env(
+        &work.join("data"),
+        &[
+            "--kubernetes",
+            "--watch-namespace",
+            ns,
+            "--store",
+            store,
+            "--sweep-interval",
+            "0",
+            "--lease",
+            "5",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )
+    .await)
+}
+
 /// A namespace with the ServiceAccount `web` and a drainer serving in Kubernetes mode.
 struct World {
     client: Client,
@@ -84,23 +105,7 @@ impl World {
             Some(guard)
         };
         let store = file_url(&work.join("store"));
-        let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
-        let serve = Serve::start_with_env(
-            &work.join("data"),
-            &[
-                "--kubernetes",
-                "--watch-namespace",
-                &ns,
-                "--store",
-                &store,
-                "--sweep-interval",
-                "0",
-                "--lease",
-                "5",
-            ],
-            &[("KUBECONFIG", kubeconfig.as_str())],
-        )
-        .await;
+        let serve = start_drainer(&work, &ns, &store).await?;
         Ok(Self {
             client,
             ns,
@@ -460,6 +465,48 @@ async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> 
         w.restores("data-web-1", &[("payload", payload)]).await?;
         eventually("data-web-1 deleted after its drain", WAIT, || async {
             ensure!(w.owners("data-web-1").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_restart() -> Result<()>
+{
+    with_timeout(LIMIT, async {
+        let mut w = World::new("kube-mode-restart-drainer").await?;
+        let dirs = w.start_web(3, "Delete", "8s").await?;
+        let payload = std::fs::read(dirs[2].join("payload"))?;
+        let web2 = w.pod("web-2").await?;
+        w.scale(2).await?;
+        let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+        let (status, answer) = w.handoff(&token, &[]).await?;
+        ensure!(status == 202, "{status} {answer}");
+        let id = id_of(&answer);
+        // drainer dies while the pod still terminates, and comes back after the pod is gone.
+        let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let gone = async {
+            let waited = eventually("web-2 gone", WAIT, || async {
+                ensure!(pods.get_opt("web-2").await?.is_none(), "still there");
+                Ok(())
+            })
+            .await;
+            waited.expect("the pod went");
+        };
+        w.serve.kill9_and_restart(gone).await;
+        ensure!(
+            w.owners("data-web-2").await?.is_some(),
+            "the hold outlived drainer"
+        );
+        w.drain_state(&id, "copying").await?;
+        w.move_volume(&id, &dirs[2]).await;
+        w.drain_state(&id, "completed").await?;
+        w.restores("data-web-2", &[("payload", payload)]).await?;
+        eventually("data-web-2 deleted after its drain", WAIT, || async {
+            ensure!(w.owners("data-web-2").await?.is_none(), "still there");
             Ok(())
         })
         .await?;
