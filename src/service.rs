@@ -55,10 +55,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (token, token_source) = api_token(&args, &data_dir)?;
     let metrics = Arc::new(Metrics::default());
     let board = Arc::default();
+    let watches = tokio_util::sync::CancellationToken::new();
+    let _stop_watches = watches.clone().drop_guard();
+    let kube = match args.kube.enabled {
+        true => Some(kube_mode(&args, &ledger, &store, &token, watches).await?),
+        false => None,
+    };
+    let auth: Arc<dyn crate::auth::Authority> = match &kube {
+        Some((authority, _)) => Arc::clone(authority),
+        None => Arc::new(StaticToken::new(token)),
+    };
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
         store: store.clone(),
-        auth: Arc::new(StaticToken::new(token)),
+        auth,
         admission: Arc::new(crate::admission::Local),
         notifier: Arc::new(crate::notify::Log),
         metrics: Arc::clone(&metrics),
@@ -71,14 +81,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let scheduler = Arc::new(Scheduler {
         ledger: ledger.clone(),
-        executor: match args.movers {
-            Movers::InProcess => Arc::new(LocalExecutor {
+        executor: match (kube, args.movers) {
+            (Some((_, movers)), _) => movers,
+            (None, Movers::InProcess) => Arc::new(LocalExecutor {
                 volume_root: volume_root.clone(),
                 store: store.clone(),
                 ledger: ledger.clone(),
                 options: args.engine.copy_options(false),
             }),
-            Movers::External => Arc::new(ExternalMovers {
+            (None, Movers::External) => Arc::new(ExternalMovers {
                 ledger: ledger.clone(),
                 store: store.clone(),
                 timeout: args.mover_timeout,
@@ -111,6 +122,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         volume_root,
     )
     .await
+}
+
+/// Kubernetes mode, as far as mover Jobs need it (a stand-in until the service wires the
+/// whole mode): identities from TokenReview (the static token is an admin's), copies by mover
+/// Jobs. Handoffs are admitted as in local mode.
+async fn kube_mode(
+    args: &ServeArgs,
+    ledger: &Ledger,
+    store: &Store,
+    token: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(
+    Arc<dyn crate::auth::Authority>,
+    Arc<dyn crate::scheduler::Executor>,
+)> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let cluster = crate::kube::Cluster::start(client, stop).await?;
+    let authority = crate::kube::identity::TokenReviews::new(
+        cluster.clone(),
+        ledger.clone(),
+        args.kube.audience.clone(),
+        Some(token.to_owned()),
+    );
+    let movers = crate::kube::movers::JobMovers::new(
+        cluster,
+        ledger.clone(),
+        store.clone(),
+        &args.kube,
+        args.mover_timeout,
+    )?;
+    Ok((Arc::new(authority), Arc::new(movers)))
 }
 
 #[allow(clippy::too_many_arguments)]
