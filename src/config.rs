@@ -195,6 +195,11 @@ pub struct MoverJobArgs {
         default_value = "ghcr.io/drainer/drainer:latest"
     )]
     pub mover_image: String,
+    /// The program a mover container runs (its `command`; the arguments are drainer's): the
+    /// `drainer` binary of the image, found on its PATH. An absolute path runs another copy
+    /// (tests run the binary under test this way, on a node's own filesystem).
+    #[arg(long, env = "DRAINER_MOVER_COMMAND", default_value = "drainer")]
+    pub mover_command: String,
     /// ServiceAccount of mover pods in each claim's namespace (`default` exists everywhere).
     #[arg(long, env = "DRAINER_MOVER_SERVICE_ACCOUNT", default_value = "default")]
     pub mover_service_account: String,

@@ -2,12 +2,13 @@
 //! [`crate::auth::Authority`], the scheduler's [`crate::scheduler::Executor`], the lifecycle's
 //! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
 //! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
-//! be let go, [`hold`] keeps claims the StatefulSet would delete. Core modules never import
-//! this one.
+//! be let go, [`hold`] keeps claims the StatefulSet would delete, [`movers`] copies volumes
+//! through mover Jobs. Core modules never import this one.
 
 pub mod admission;
 pub mod hold;
 pub mod identity;
+pub mod movers;
 pub mod planner;
 pub mod release;
 pub mod watch;

@@ -716,12 +716,16 @@ impl Ledger {
             .map_err(query_error("list holds")))
     }
 
-    /// The drain whose current mover Job has UID `uid`, if it is still being copied.
+    /// The drain whose current mover Job has UID `uid`, if it is being copied or queued to
+    /// be copied again (a drain released at shutdown keeps its running mover Job, which waits
+    /// for the next claim to adopt it; only a copying drain accepts its data).
     pub async fn drain_of_mover_job(&self, uid: &str) -> Result<Option<Drain>> {
-        let sql = format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state = $2");
+        let sql =
+            format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state IN ($2, $3)");
         on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(uid)
             .bind(DrainState::Copying)
+            .bind(DrainState::Queued)
             .fetch_optional(pool)
             .await
             .map_err(query_error("read drain")))
