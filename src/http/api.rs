@@ -304,35 +304,38 @@ pub(super) async fn cancel_drain(
     change(&state, drain.into_inner(), Event::Cancelled).await
 }
 
+/// The query of `POST /v1/sweeps`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SweepQuery {
+    /// Find without queueing drains or recording anything.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub(super) async fn sweep(
     State(state): State<AppState>,
     _: Granted<AdminAction>,
+    Query(query): Query<SweepQuery>,
 ) -> Result<impl IntoResponse, Error> {
-    let shared = state.shared();
-    let report = crate::sweep::sweep_local(
-        &shared.ledger,
-        &shared.store,
-        &shared.volume_root,
-        shared.max_attempts,
-    )
-    .await
-    .map_err(|e| match e {
-        crate::sweep::SweepError::Ledger(e) => Error::from(e),
-        crate::sweep::SweepError::Store(e) => Error::from(e),
-        other => {
-            tracing::error!(error = %other, "sweep failed");
-            Error::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
-    })?;
-    shared.metrics.sweep_seconds.observe(report.seconds);
+    let report = state.sweeper().sweep(query.dry_run).await?;
+    let orphaned = report.orphaned();
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
-    Ok(Json(
-        serde_json::json!({"findings": report.findings, "drains": drains, "seconds": report.seconds}),
-    ))
+    Ok(Json(serde_json::json!({
+        "findings": report.findings,
+        "drains": drains,
+        "seconds": report.seconds,
+        "dry_run": report.dry_run,
+        "orphaned": orphaned,
+    })))
+}
+
+pub(super) async fn orphans(
+    State(state): State<AppState>,
+    _: Granted<AdminAction>,
+) -> Result<impl IntoResponse, Error> {
+    let orphans = state.sweeper().orphans().await?;
+    Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 
 pub(super) async fn snapshots(

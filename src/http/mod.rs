@@ -16,6 +16,7 @@ use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::scheduler::ProgressBoard;
 use crate::store::Store;
+use crate::sweep::{LocalSweeper, SweepError, Sweeper};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -33,6 +34,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
+    /// How the mode sweeps (`POST /v1/sweeps`, `GET /v1/orphans`).
+    sweeper: Arc<dyn Sweeper>,
 }
 
 /// The shared parts of [`AppState`].
@@ -64,11 +67,27 @@ pub struct Shared {
 }
 
 impl AppState {
-    /// Wraps the shared parts.
+    /// Wraps the shared parts; sweeps are local mode's (volume directories under
+    /// `volume_root`) until [`AppState::with_sweeper`] says otherwise.
     pub fn new(shared: Shared) -> Self {
+        let sweeper = Arc::new(LocalSweeper {
+            ledger: shared.ledger.clone(),
+            store: shared.store.clone(),
+            root: shared.volume_root.clone(),
+            max_attempts: shared.max_attempts,
+            metrics: Arc::clone(&shared.metrics),
+        });
         Self {
             inner: Arc::new(shared),
+            sweeper,
         }
+    }
+
+    /// The same state, sweeping with `sweeper` (Kubernetes mode's `kube::sweep::KubeSweeper`).
+    /// Call it before [`router`].
+    pub fn with_sweeper(mut self, sweeper: Arc<dyn Sweeper>) -> Self {
+        self.sweeper = sweeper;
+        self
     }
 
     /// Marks the service ready or not for `/readyz`.
@@ -83,6 +102,10 @@ impl AppState {
 
     fn shared(&self) -> &Shared {
         &self.inner
+    }
+
+    fn sweeper(&self) -> &dyn Sweeper {
+        self.sweeper.as_ref()
     }
 }
 
@@ -124,6 +147,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/retry" => ChangeDrain, api::retry_drain;
         post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
         post "/sweeps" => Sweep, api::sweep;
+        get "/orphans" => ListOrphans, api::orphans;
         get "/volumes/{namespace}/{pvc}/snapshots" => ReadSnapshots, api::snapshots;
     );
     let (movers, mover_table) = routes!(state;
@@ -329,6 +353,23 @@ impl From<crate::admission::Refusal> for Error {
                     ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
                 }
             }
+        }
+    }
+}
+
+impl From<SweepError> for Error {
+    fn from(err: SweepError) -> Self {
+        match err {
+            SweepError::Ledger(e) => Self::from(e),
+            SweepError::Store(e) => Self::from(e),
+            SweepError::Unavailable(why) => {
+                tracing::warn!(reason = %why, "cannot sweep now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+            err @ SweepError::List(..) => Self::dependency(&err, false, "volume root", "internal"),
         }
     }
 }
