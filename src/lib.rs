@@ -57,5 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Snapshots(args) => cli::snapshots(args).await,
         Command::Prune(args) => cli::prune(args).await,
         Command::Verify(args) => cli::verify(args).await,
+        Command::Sweep(args) => cli::sweep(args).await,
+        Command::Orphans(args) => cli::orphans(args).await,
     }
 }

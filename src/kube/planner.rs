@@ -251,6 +251,8 @@ pub struct Seen {
     pub why: String,
     /// The pod that mounts it, if one does.
     pub mounted_by: Option<String>,
+    /// When the claim was created (ms since the epoch).
+    pub created_ms: Option<i64>,
 }
 
 /// Where a sweep found a claim's StatefulSet.
@@ -323,6 +325,11 @@ fn classify(
         verdict,
         why,
         mounted_by,
+        created_ms: claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond()),
     })
 }
 
