@@ -323,7 +323,7 @@ async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
     ];
     for (written, (mounted, orphaned)) in steps {
         ledger
-            .record_sightings(&[written.clone()], &[])
+            .record_sightings(std::slice::from_ref(&written), &[])
             .await
             .unwrap();
         let stored = ledger.claim_sightings().await.unwrap();
