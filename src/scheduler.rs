@@ -96,7 +96,8 @@ impl Executor for ExternalMovers {
             let done = self
                 .ledger
                 .run_of_drain(&drain.id)
-                .await?
+                .await
+                .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
                 .filter(|r| r.state == "completed" && r.store_url == self.store.url());
             if let Some(run) = done {
                 let id = run

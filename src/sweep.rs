@@ -15,14 +15,12 @@
 
 use crate::ledger::{Drain, DrainFilter, Ledger, NewDrain};
 use crate::lifecycle::DrainState;
-use crate::metrics::Metrics;
 use crate::snapshot::SnapshotSummary;
 use crate::store::Store;
 use crate::volume::VolumeId;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What a Kubernetes sweep decided about a claim of a StatefulSet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,15 +235,26 @@ pub fn shown_drain<'a>(drains: impl IntoIterator<Item = &'a Drain>) -> Option<&'
         .max_by_key(|d| (d.state.is_active(), d.created_ms, d.id.as_str()))
 }
 
-/// How the service's mode sweeps.
+/// How the service's mode sweeps: local mode lists volume directories, Kubernetes mode
+/// StatefulSets and claims (`kube::sweep`).
 #[async_trait::async_trait]
 pub trait Sweeper: Send + Sync {
     /// Runs one sweep now: finds the volumes that need a drain and, unless `dry_run`, queues
     /// one for each.
     async fn sweep(&self, dry_run: bool) -> Result<SweepReport, SweepError>;
 
+    /// A scheduled sweep: where several replicas run, only one of them sweeps at a time, and
+    /// the others answer `None`. By default, every call sweeps.
+    async fn scheduled(&self) -> Result<Option<SweepReport>, SweepError> {
+        self.sweep(false).await.map(Some)
+    }
+
     /// Lists the volumes left behind, with their size, age, last snapshot and drain.
-    async fn orphans(&self) -> Result<Vec<Orphan>, SweepError>;
+    async fn orphans(&self) -> Result<Vec<Orphan>, SweepError> {
+        Err(SweepError::Cluster(
+            "this mode does not list orphaned volumes".into(),
+        ))
+    }
 }
 
 /// What is known of one volume when deciding.
@@ -353,18 +362,9 @@ pub async fn last_snapshot(
     crate::snapshot::catalog::latest(store, volume).await
 }
 
-/// Runs one local-mode sweep: observe every volume under `root`, plan, queue the drains.
+/// Runs one local-mode sweep: observe every volume under `root`, plan, queue the drains
+/// (unless `dry_run`: then the findings only).
 pub async fn sweep_local(
-    ledger: &Ledger,
-    store: &Store,
-    root: &Path,
-    max_attempts: u32,
-) -> Result<SweepReport, SweepError> {
-    sweep_local_with(ledger, store, root, max_attempts, false).await
-}
-
-/// [`sweep_local`], or with `dry_run` only the findings.
-pub async fn sweep_local_with(
     ledger: &Ledger,
     store: &Store,
     root: &Path,
@@ -432,23 +432,19 @@ pub struct LocalSweeper {
     pub root: PathBuf,
     /// Attempts given to new drains.
     pub max_attempts: u32,
-    /// Where sweep durations go.
-    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait::async_trait]
 impl Sweeper for LocalSweeper {
     async fn sweep(&self, dry_run: bool) -> Result<SweepReport, SweepError> {
-        let report = sweep_local_with(
+        sweep_local(
             &self.ledger,
             &self.store,
             &self.root,
             self.max_attempts,
             dry_run,
         )
-        .await?;
-        self.metrics.sweep_seconds.observe(report.seconds);
-        Ok(report)
+        .await
     }
 
     async fn orphans(&self) -> Result<Vec<Orphan>, SweepError> {
@@ -504,9 +500,10 @@ pub enum SweepError {
     /// The ledger could not be written.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::Error),
-    /// The cluster could not be read or changed now; a later sweep may succeed.
+    /// The cluster could not be read or changed now (Kubernetes mode); a later sweep may
+    /// succeed.
     #[error("{0}")]
-    Unavailable(String),
+    Cluster(String),
 }
 
 impl SweepError {
@@ -516,7 +513,7 @@ impl SweepError {
             SweepError::List(..) => false,
             SweepError::Store(e) => e.is_transient(),
             SweepError::Ledger(e) => e.is_transient(),
-            SweepError::Unavailable(_) => true,
+            SweepError::Cluster(_) => true,
         }
     }
 }

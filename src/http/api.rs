@@ -71,21 +71,26 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
         })
 }
 
-/// Validates a handoff; returns its volumes.
-fn validate_handoff(body: &HandoffBody) -> Result<Vec<VolumeId>, Error> {
+/// Validates a handoff; returns its volumes. A pod may name no claim: every claim it mounts
+/// (`mounts`) is meant.
+fn validate_handoff(body: &HandoffBody, mounts: Option<&[String]>) -> Result<Vec<VolumeId>, Error> {
     if !is_dns_label(&body.namespace) {
         return Err(Error::invalid(format!(
             "namespace {:?} is not a valid RFC 1123 label",
             body.namespace
         )));
     }
-    if body.pvcs.is_empty() || body.pvcs.len() > MAX_PVCS {
+    let pvcs = match (body.pvcs.is_empty(), mounts) {
+        (true, Some(mounts)) if !mounts.is_empty() => mounts,
+        _ => body.pvcs.as_slice(),
+    };
+    if pvcs.is_empty() || pvcs.len() > MAX_PVCS {
         return Err(Error::invalid(format!(
-            "pvcs must list 1 to {MAX_PVCS} names"
+            "pvcs must list 1 to {MAX_PVCS} names (a pod may name none: every claim it mounts)"
         )));
     }
-    let mut volumes: Vec<VolumeId> = Vec::with_capacity(body.pvcs.len());
-    for pvc in &body.pvcs {
+    let mut volumes: Vec<VolumeId> = Vec::with_capacity(pvcs.len());
+    for pvc in pvcs {
         let volume =
             VolumeId::new(&body.namespace, pvc).map_err(|e| Error::invalid(e.to_string()))?;
         if volumes.contains(&volume) {
@@ -139,8 +144,14 @@ pub(super) async fn handoff(
     body: Result<Json<HandoffBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, Error> {
     let body = json_body(body)?;
-    let volumes = validate_handoff(&body)?;
     let scope = scope.into_inner();
+    let mounts = match scope.caller() {
+        crate::auth::Caller::Workload(crate::auth::Workload { pod: Some(pod), .. }) => {
+            Some(pod.mounts.as_slice())
+        }
+        _ => None,
+    };
+    let volumes = validate_handoff(&body, mounts)?;
     let volumes = scope.check(&state, volumes).await?.into_inner();
     let shared = state.shared();
     let reason = body.reason.as_deref().unwrap_or("handoff");
@@ -318,7 +329,9 @@ pub(super) async fn sweep(
     _: Granted<AdminAction>,
     Query(query): Query<SweepQuery>,
 ) -> Result<impl IntoResponse, Error> {
-    let report = state.sweeper().sweep(query.dry_run).await?;
+    let shared = state.shared();
+    let report = shared.sweeper.sweep(query.dry_run).await?;
+    shared.metrics.sweep_seconds.observe(report.seconds);
     let orphaned = report.orphaned();
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
     Ok(Json(serde_json::json!({
@@ -334,7 +347,7 @@ pub(super) async fn orphans(
     State(state): State<AppState>,
     _: Granted<AdminAction>,
 ) -> Result<impl IntoResponse, Error> {
-    let orphans = state.sweeper().orphans().await?;
+    let orphans = state.shared().sweeper.orphans().await?;
     Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 
@@ -412,7 +425,7 @@ mod tests {
     #[test]
     fn handoffs_are_validated_before_anything_is_recorded() {
         assert_eq!(
-            validate_handoff(&body("shop", &["data-web-4", "logs-web-4"]))
+            validate_handoff(&body("shop", &["data-web-4", "logs-web-4"]), None)
                 .unwrap()
                 .len(),
             2
@@ -425,16 +438,23 @@ mod tests {
             body("shop", &["a/b"]),
             body("", &["a"]),
         ] {
-            assert!(validate_handoff(&bad).is_err(), "{bad:?}");
+            assert!(validate_handoff(&bad, None).is_err(), "{bad:?}");
         }
         let too_many: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
         let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
-        assert!(validate_handoff(&body("shop", &refs)).is_err());
+        assert!(validate_handoff(&body("shop", &refs), None).is_err());
         let mut with_reason = body("shop", &["a"]);
         with_reason.reason = Some("line\nbreak".into());
-        assert!(validate_handoff(&with_reason).is_err());
+        assert!(validate_handoff(&with_reason, None).is_err());
         let mut with_pod = body("shop", &["a"]);
         with_pod.pod = Some("Web_4".into());
-        assert!(validate_handoff(&with_pod).is_err());
+        assert!(validate_handoff(&with_pod, None).is_err());
+        let mounts = ["data-web-4".to_owned(), "logs-web-4".to_owned()];
+        let all = validate_handoff(&body("shop", &[]), Some(&mounts)).unwrap();
+        assert_eq!(
+            all.len(),
+            2,
+            "a pod naming no claim hands off what it mounts"
+        );
     }
 }

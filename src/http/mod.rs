@@ -16,13 +16,12 @@ use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::scheduler::ProgressBoard;
 use crate::store::Store;
-use crate::sweep::{LocalSweeper, SweepError, Sweeper};
+use crate::sweep::SweepError;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -34,8 +33,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
-    /// How the mode sweeps (`POST /v1/sweeps`, `GET /v1/orphans`).
-    sweeper: Arc<dyn Sweeper>,
 }
 
 /// The shared parts of [`AppState`].
@@ -50,12 +47,12 @@ pub struct Shared {
     pub admission: Arc<dyn crate::admission::Admission>,
     /// Hears when handoffs create drains.
     pub notifier: Arc<dyn crate::notify::Notifier>,
+    /// Runs sweeps.
+    pub sweeper: Arc<dyn crate::sweep::Sweeper>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live progress of running drains.
     pub board: ProgressBoard,
-    /// Local mode: the volume root that sweeps list.
-    pub volume_root: PathBuf,
     /// Attempts given to new drains.
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
@@ -67,27 +64,11 @@ pub struct Shared {
 }
 
 impl AppState {
-    /// Wraps the shared parts; sweeps are local mode's (volume directories under
-    /// `volume_root`) until [`AppState::with_sweeper`] says otherwise.
+    /// Wraps the shared parts.
     pub fn new(shared: Shared) -> Self {
-        let sweeper = Arc::new(LocalSweeper {
-            ledger: shared.ledger.clone(),
-            store: shared.store.clone(),
-            root: shared.volume_root.clone(),
-            max_attempts: shared.max_attempts,
-            metrics: Arc::clone(&shared.metrics),
-        });
         Self {
             inner: Arc::new(shared),
-            sweeper,
         }
-    }
-
-    /// The same state, sweeping with `sweeper` (Kubernetes mode's `kube::sweep::KubeSweeper`).
-    /// Call it before [`router`].
-    pub fn with_sweeper(mut self, sweeper: Arc<dyn Sweeper>) -> Self {
-        self.sweeper = sweeper;
-        self
     }
 
     /// Marks the service ready or not for `/readyz`.
@@ -102,10 +83,6 @@ impl AppState {
 
     fn shared(&self) -> &Shared {
         &self.inner
-    }
-
-    fn sweeper(&self) -> &dyn Sweeper {
-        self.sweeper.as_ref()
     }
 }
 
@@ -320,6 +297,9 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
+        if let crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } = err {
+            return Self::new(StatusCode::CONFLICT, "run_busy", err.to_string());
+        }
         if err.is_full() {
             tracing::warn!(error = %err, "ledger full");
             return Self {
@@ -331,12 +311,7 @@ impl From<crate::ledger::Error> for Error {
                 )
             };
         }
-        match err {
-            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
-                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
-            }
-            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
-        }
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
     }
 }
 
@@ -362,7 +337,7 @@ impl From<SweepError> for Error {
         match err {
             SweepError::Ledger(e) => Self::from(e),
             SweepError::Store(e) => Self::from(e),
-            SweepError::Unavailable(why) => {
+            SweepError::Cluster(why) => {
                 tracing::warn!(reason = %why, "cannot sweep now");
                 Self {
                     retry_after: Some(2),

@@ -16,9 +16,7 @@ use crate::protocol::{
     BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, StoreInfo, WirePartial, WireRun,
     WireStoredFile, batch,
 };
-use crate::snapshot::{
-    Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
-};
+use crate::snapshot::{PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout};
 use crate::volume::VolumeId;
 use axum::Json;
 use axum::body::{Body, Bytes};

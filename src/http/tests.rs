@@ -121,13 +121,18 @@ async fn world() -> World {
     let callers = Arc::new(Callers::default());
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
-        store,
+        store: store.clone(),
         auth: Arc::clone(&callers) as Arc<dyn Authority>,
         admission: Arc::new(crate::admission::Local),
         notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
-        volume_root: dir.path().join("volumes"),
+        sweeper: Arc::new(crate::sweep::LocalSweeper {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            root: dir.path().join("volumes"),
+            max_attempts: 3,
+        }),
         max_attempts: 3,
         ready: AtomicBool::new(true),
         copying: Default::default(),
@@ -285,14 +290,19 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
     )
     .unwrap();
     let state = AppState::new(Shared {
-        ledger,
-        store,
+        ledger: ledger.clone(),
+        store: store.clone(),
         auth: Arc::new(Callers::default()),
         admission: Arc::new(crate::admission::Local),
         notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
-        volume_root: dir.path().join("v"),
+        sweeper: Arc::new(crate::sweep::LocalSweeper {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            root: dir.path().join("v"),
+            max_attempts: 1,
+        }),
         max_attempts: 1,
         ready: AtomicBool::new(true),
         copying: Default::default(),

@@ -7,6 +7,7 @@
 //! on the claim and the pod what happened to their drains. Core modules never import this
 //! one.
 
+pub mod admission;
 pub mod events;
 pub mod hold;
 pub mod identity;

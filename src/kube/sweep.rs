@@ -11,10 +11,10 @@
 //! size, age, latest snapshot and drain.
 //!
 //! One sweep at a time: sweeps of one process take turns ([`KubeSweeper`] holds a lock), and
-//! scheduled sweeps ([`sweep_periodically`]) run only on the replica holding the
-//! `drainer-sweeper` Lease ([`super::lease`]). An on-demand sweep (`POST /v1/sweeps`) runs
-//! whoever holds the Lease: the ledger keeps at most one active drain per volume, so two
-//! sweeps at once cannot queue a volume twice. This module never changes cluster objects
+//! scheduled sweeps ([`Sweeper::scheduled`]) run only on the replica holding the
+//! `drainer-sweeper` Lease ([`super::lease`]; the others answer `None`). An on-demand sweep
+//! (`POST /v1/sweeps`, `drainer sweep`) runs whoever holds the Lease: the ledger keeps at most
+//! one active drain per volume, so two sweeps at once cannot queue a volume twice. This module never changes cluster objects
 //! itself; holding claims is the [`Admission`]'s job, Events the [`Notifier`]'s.
 
 use super::Cluster;
@@ -36,7 +36,6 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Who sweeps ask for their drains (`requested_by`).
 pub const SWEEP_PRINCIPAL: &str = "sweep";
@@ -374,6 +373,9 @@ pub struct Sweeping {
     pub admission: Option<Arc<dyn Admission>>,
     /// Attempts given to new drains.
     pub max_attempts: u32,
+    /// The sweeper Lease that scheduled sweeps take first; `None`: every scheduled call
+    /// sweeps (one replica).
+    pub lease: Option<Lease>,
 }
 
 /// Kubernetes mode's [`Sweeper`].
@@ -482,6 +484,24 @@ impl Sweeper for KubeSweeper {
         Ok(report)
     }
 
+    async fn scheduled(&self) -> Result<Option<SweepReport>, SweepError> {
+        if let Some(lease) = &self.parts.lease {
+            match lease.take().await {
+                Ok(Turn::Mine) => {}
+                Ok(Turn::Theirs { holder, until }) => {
+                    tracing::debug!(%holder, %until, "another replica holds the sweeper Lease");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(SweepError::Cluster(format!(
+                        "cannot take the sweeper Lease: {e}"
+                    )));
+                }
+            }
+        }
+        self.sweep(false).await.map(Some)
+    }
+
     async fn orphans(&self) -> Result<Vec<Orphan>, SweepError> {
         let now = crate::ledger::now_ms();
         let (view, _, seen) = self.read().await?;
@@ -517,12 +537,22 @@ impl Sweeper for KubeSweeper {
 }
 
 impl KubeSweeper {
-    /// Records a sweep's duration and orphans in the metrics, and logs it.
+    /// Gives the sweeper Lease up if this replica holds it (at shutdown), so another replica
+    /// takes the scheduled sweeps over at once rather than when it expires.
+    pub async fn give_up_lease(&self) {
+        if let Some(lease) = &self.parts.lease
+            && let Err(e) = lease.give_up().await
+        {
+            tracing::warn!(error = %e, "cannot give up the sweeper Lease; another replica takes over once it expires");
+        }
+    }
+
+    /// Sets `drainer_orphaned_volumes` from a sweep, and logs it (its duration is observed by
+    /// the caller, as for every mode).
     fn observe(&self, report: &SweepReport) {
-        let metrics = &self.parts.metrics;
-        metrics.sweep_seconds.observe(report.seconds);
         let orphaned = report.orphaned();
-        metrics
+        self.parts
+            .metrics
             .orphaned_volumes
             .set(i64::try_from(orphaned).unwrap_or(i64::MAX));
         let opted_out = report
@@ -578,51 +608,11 @@ fn link_new_drains(findings: &mut [Finding], queued: &[Drain]) {
     }
 }
 
-/// How long the sweeper Lease lasts: longer than two intervals, so the replica that sweeps
-/// keeps it from one sweep to the next, and another takes over within about two intervals
-/// of its death.
+/// How long the sweeper Lease lasts for sweeps every `interval`: longer than two intervals,
+/// so the replica that sweeps keeps it from one sweep to the next, and another takes over
+/// within about two intervals of its death.
 pub fn lease_duration(interval: Duration) -> Duration {
     interval.saturating_mul(2) + Duration::from_secs(30)
-}
-
-/// Sweeps every `interval` (never when it is zero) until `stop`, on the replica that holds
-/// `lease`: each replica tries to take or renew it before each sweep, and skips the sweep if
-/// another holds it. At `stop` a held Lease is given up, so another replica takes over at
-/// once.
-#[tracing::instrument(name = "sweeper", skip_all, fields(every = interval.as_secs()))]
-pub async fn sweep_periodically(
-    sweeper: Arc<KubeSweeper>,
-    lease: Lease,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    if interval.is_zero() {
-        return;
-    }
-    let mut held = false;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
-        }
-        held = match lease.take().await {
-            Ok(Turn::Mine) => true,
-            Ok(Turn::Theirs { holder, until }) => {
-                tracing::debug!(%holder, %until, "another replica sweeps");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take the sweeper Lease; skipping this sweep");
-                false
-            }
-        };
-        if held && let Err(e) = sweeper.sweep(false).await {
-            tracing::warn!(error = %e, transient = e.is_transient(), "sweep failed");
-        }
-    }
-    if held && let Err(e) = lease.give_up().await {
-        tracing::warn!(error = %e, "cannot give up the sweeper Lease; another replica takes over once it expires");
-    }
 }
 
 #[cfg(test)]

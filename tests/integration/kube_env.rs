@@ -12,7 +12,7 @@ use k8s_openapi::{
         apps::v1::StatefulSet,
         authentication::v1::{TokenRequest, TokenReview, TokenReviewStatus},
         batch::v1::Job,
-        core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount},
+        core::v1::{PersistentVolumeClaim, Pod, ServiceAccount},
         rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::OwnerReference,
@@ -21,20 +21,19 @@ use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::support::kube::{
     EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client, client_with_token,
-    create_namespace, delete_namespace, eventually, with_timeout,
+    create_namespace, delete_namespace, eventually, from_json, with_timeout,
 };
+
+async fn wait_for_bound_claim(client: &Client, ns: &str, name: &str) -> Result<PathBuf> {
+    crate::support::kube::wait_for_bound_claim(client, ns, name, WAIT).await
+}
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 const WAIT: Duration = Duration::from_secs(90);
-
-fn from_json<T: DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("test object literal must match the API type")
-}
 
 /// A StatefulSet `web` with one volumeClaimTemplate `data`, in the shape drainer is used with.
 fn web_statefulset(replicas: i32, ordinals_start: i32, when_scaled: &str) -> StatefulSet {
@@ -100,36 +99,6 @@ async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
             "not all ready: {have:?}"
         );
         Ok(())
-    })
-    .await
-}
-
-/// Waits until claim `name` is Bound and returns the directory that holds its data.
-async fn wait_for_bound_claim(client: &Client, ns: &str, name: &str) -> Result<PathBuf> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    eventually(format!("PVC {ns}/{name} Bound"), WAIT, || async {
-        let pvc = pvcs.get(name).await?;
-        let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
-        ensure!(phase.as_deref() == Some("Bound"), "phase is {phase:?}");
-        let volume = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .context("no volumeName")?;
-        let pv = pvs.get(&volume).await?;
-        let path = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_path.as_ref())
-            .map(|h| PathBuf::from(&h.path));
-        let path = path.with_context(|| format!("PV {volume} has no hostPath"))?;
-        ensure!(
-            path.is_dir(),
-            "PV {volume} path {} is not a directory",
-            path.display()
-        );
-        Ok(path)
     })
     .await
 }

@@ -5,9 +5,8 @@
 //! and `drainer orphans`) lists size, age and drain; Events and the last-snapshot annotation
 //! land on the claim and the pod; one replica at a time holds the sweeper Lease.
 //!
-//! Sweeps see every namespace of the shared cluster (other tests' too), so every assertion is
-//! about this test's namespace; sweeps here tell nobody (the `Log` notifier), so other tests'
-//! objects get no Events from them.
+//! Each test's drainer watches only its own namespace (`--watch-namespaces`), as other tests
+//! share the cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -151,6 +150,7 @@ fn sweeper(cluster: &Cluster, ledger: &Ledger, store: &Store) -> KubeSweeper {
         notifier: Arc::new(drainer::notify::Log),
         admission: None,
         max_attempts: 3,
+        lease: None,
     })
 }
 
@@ -197,7 +197,7 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
         wait_for_pods(&pods, "web", &[0]).await?;
 
         let stop = CancellationToken::new();
-        let cluster = Cluster::start(client.clone(), stop.clone()).await?;
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
         stores_show(&cluster, "web at 1 replica, its pods gone", |c| {
             let set = c.sets_in(&ns).into_iter().next().context("no set")?;
             ensure!(set.spec.replicas == Some(1), "replicas {:?}", set.spec.replicas);
@@ -292,14 +292,13 @@ async fn orphans_are_reported(
         auth: Arc::new(drainer::auth::StaticToken::new("secret".into())),
         admission: Arc::new(drainer::admission::Local),
         notifier: Arc::new(drainer::notify::Log),
+        sweeper: Arc::new(sweeper),
         metrics: Arc::default(),
         board: Arc::default(),
-        volume_root: std::path::PathBuf::from("/nonexistent"),
         max_attempts: 3,
         ready: true.into(),
         copying: Default::default(),
-    })
-    .with_sweeper(Arc::new(sweeper));
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(axum::serve(listener, drainer::http::router(state)).into_future());
@@ -409,7 +408,7 @@ async fn a_deleted_statefulset_is_remembered_across_restarts() -> Result<()> {
         {
             // A drainer that sees the StatefulSet, and stops.
             let stop = CancellationToken::new();
-            let cluster = Cluster::start(client.clone(), stop.clone()).await?;
+            let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
             stores_show(&cluster, "my-db", |c| {
                 ensure!(!c.sets_in(&ns).is_empty(), "no set yet");
                 Ok(())
@@ -435,7 +434,7 @@ async fn a_deleted_statefulset_is_remembered_across_restarts() -> Result<()> {
 
         // Another drainer, started after the deletion, on the same ledger.
         let stop = CancellationToken::new();
-        let cluster = Cluster::start(client.clone(), stop.clone()).await?;
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
         let ledger = Ledger::open(None, dir.path()).await?;
         let report = sweeper(&cluster, &ledger, &store).sweep(false).await?;
         let found = findings_in(&report, &ns);
@@ -515,7 +514,7 @@ async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
         }));
         let pod = pods.create(&PostParams::default(), &pod).await?;
         let stop = CancellationToken::new();
-        let cluster = Cluster::start(client.clone(), stop.clone()).await?;
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
         stores_show(&cluster, "the claim and the pod", |c| {
             ensure!(c.claim(&ns, "data-x").is_some() && c.pod(&ns, "x").is_some());
             Ok(())

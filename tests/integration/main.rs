@@ -5,6 +5,8 @@ mod bad_input;
 mod engine;
 mod hardening;
 mod kube_env;
+mod kube_mode;
+mod kube_runtime;
 mod kube_sweeps;
 mod ledger;
 mod lifecycle;

@@ -46,6 +46,13 @@ const (
 type nodeSimulator struct {
 	client kubernetes.Interface
 	nodes  []string
+	// hostIP is the nodes' InternalIP and the pods' hostIP: the pod network's gateway when the
+	// process runtime is on, else 127.0.0.1.
+	hostIP string
+	// runtime runs the pods that run for real (runtime.go); nil runs every pod simulated.
+	runtime *podRuntime
+	// kubeletPort is where the nodes serve pod logs (kubelet_api.go), 0 for nowhere.
+	kubeletPort int32
 
 	mu     sync.Mutex
 	nextIP map[string]int
@@ -77,6 +84,11 @@ func (s *nodeSimulator) run(ctx context.Context) error {
 	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				queue.Add(key)
+			}
+		},
 	}); err != nil {
 		return err
 	}
@@ -101,11 +113,23 @@ func (s *nodeSimulator) run(ctx context.Context) error {
 				ns, name, _ := cache.SplitMetaNamespaceKey(key)
 				pod, err := lister.Pods(ns).Get(name)
 				if apierrors.IsNotFound(err) {
+					if s.runtime != nil {
+						s.runtime.podGone(ns, name, "")
+					}
 					queue.Forget(key)
 					return
 				}
 				var later time.Duration
 				if err == nil && ours[pod.Spec.NodeName] {
+					if s.runtime != nil {
+						// A pod of this name with another UID (a StatefulSet pod recreated) is gone.
+						s.runtime.podGone(ns, name, pod.UID)
+						if s.runtime.handles(pod) {
+							s.runtime.update(pod)
+							queue.Forget(key)
+							return
+						}
+					}
 					later, err = s.syncPod(ctx, pod)
 				}
 				if err != nil && !apierrors.IsNotFound(err) {
@@ -147,13 +171,10 @@ func (s *nodeSimulator) registerNode(ctx context.Context, name string) error {
 		Status: corev1.NodeStatus{
 			Capacity:    capacity,
 			Allocatable: capacity,
-			Addresses: []corev1.NodeAddress{
-				{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
-				{Type: corev1.NodeHostName, Address: name},
-			},
+			Addresses:   s.addresses(name),
 			NodeInfo: corev1.NodeSystemInfo{
 				KubeletVersion:          "v1.37.2-kube-env",
-				ContainerRuntimeVersion: "kube-env://simulated",
+				ContainerRuntimeVersion: s.runtimeVersion(),
 				OperatingSystem:         "linux",
 				Architecture:            "amd64",
 			},
@@ -164,6 +185,20 @@ func (s *nodeSimulator) registerNode(ctx context.Context, name string) error {
 		return fmt.Errorf("register node %s: %w", name, err)
 	}
 	return s.updateNodeStatus(ctx, name)
+}
+
+func (s *nodeSimulator) runtimeVersion() string {
+	if s.runtime != nil {
+		return "kube-env://processes"
+	}
+	return "kube-env://simulated"
+}
+
+func (s *nodeSimulator) addresses(name string) []corev1.NodeAddress {
+	return []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: s.hostIP},
+		{Type: corev1.NodeHostName, Address: name},
+	}
 }
 
 func (s *nodeSimulator) updateNodeStatuses(ctx context.Context) {
@@ -189,6 +224,8 @@ func (s *nodeSimulator) updateNodeStatus(ctx context.Context, name string) error
 		}
 		return c
 	}
+	node.Status.Addresses = s.addresses(name)
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = s.kubeletPort
 	node.Status.Conditions = []corev1.NodeCondition{
 		cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady"),
 		cond(corev1.NodeMemoryPressure, corev1.ConditionFalse, "KubeletHasSufficientMemory"),
@@ -313,7 +350,7 @@ func (s *nodeSimulator) runningStatus(pod *corev1.Pod) *corev1.Pod {
 	ip := s.podIP(pod.Spec.NodeName)
 	st := &pod.Status
 	st.Phase = corev1.PodRunning
-	st.HostIP, st.HostIPs = "127.0.0.1", []corev1.HostIP{{IP: "127.0.0.1"}}
+	st.HostIP, st.HostIPs = s.hostIP, []corev1.HostIP{{IP: s.hostIP}}
 	st.PodIP, st.PodIPs = ip, []corev1.PodIP{{IP: ip}}
 	st.StartTime = &now
 	st.QOSClass = qosClass(pod)

@@ -28,24 +28,31 @@ type pki struct {
 	serverCert, serverKey string // kube-apiserver serving certificate (127.0.0.1, localhost)
 	adminCert, adminKey   string // client certificate in group system:masters
 	saKey, saPub          string // ServiceAccount token signing key pair
+	kubeletCert           string // serving certificate of the nodes' kubelet API (the node IP)
+	kubeletKey            string
 	caPEM, adminCertPEM   []byte
 	adminKeyPEM           []byte
 }
 
-func generatePKI(dir string) (*pki, error) {
+// generatePKI writes a fresh CA and certificates. The API server's serving certificate names
+// 127.0.0.1, the in-cluster names of the "kubernetes" Service and apiIPs (its ClusterIP and
+// the address pods reach this machine at); the kubelet API's names nodeIP, if given.
+func generatePKI(dir string, apiIPs []net.IP, nodeIP net.IP) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	p := &pki{
-		dir:        dir,
-		caCert:     filepath.Join(dir, "ca.crt"),
-		caKey:      filepath.Join(dir, "ca.key"),
-		serverCert: filepath.Join(dir, "apiserver.crt"),
-		serverKey:  filepath.Join(dir, "apiserver.key"),
-		adminCert:  filepath.Join(dir, "admin.crt"),
-		adminKey:   filepath.Join(dir, "admin.key"),
-		saKey:      filepath.Join(dir, "sa.key"),
-		saPub:      filepath.Join(dir, "sa.pub"),
+		dir:         dir,
+		caCert:      filepath.Join(dir, "ca.crt"),
+		caKey:       filepath.Join(dir, "ca.key"),
+		serverCert:  filepath.Join(dir, "apiserver.crt"),
+		serverKey:   filepath.Join(dir, "apiserver.key"),
+		adminCert:   filepath.Join(dir, "admin.crt"),
+		adminKey:    filepath.Join(dir, "admin.key"),
+		saKey:       filepath.Join(dir, "sa.key"),
+		saPub:       filepath.Join(dir, "sa.pub"),
+		kubeletCert: filepath.Join(dir, "kubelet.crt"),
+		kubeletKey:  filepath.Join(dir, "kubelet.key"),
 	}
 	now := time.Now().Add(-time.Hour) // tolerate small clock differences
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -98,10 +105,16 @@ func generatePKI(dir string) (*pki, error) {
 			pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 	}
 	if _, _, err := issue(2, pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
-		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
-		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		append([]net.IP{net.ParseIP("127.0.0.1")}, apiIPs...),
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 		p.serverCert, p.serverKey); err != nil {
 		return nil, err
+	}
+	if nodeIP != nil {
+		if _, _, err := issue(4, pkix.Name{CommonName: "kube-env-kubelet"}, x509.ExtKeyUsageServerAuth,
+			[]net.IP{nodeIP}, nil, p.kubeletCert, p.kubeletKey); err != nil {
+			return nil, err
+		}
 	}
 	// system:masters is the group that bypasses authorization, as in kubeadm's admin.conf.
 	if p.adminCertPEM, p.adminKeyPEM, err = issue(3, pkix.Name{CommonName: "kube-env-admin", Organization: []string{"system:masters"}},

@@ -345,7 +345,7 @@ fn cpu_seconds() -> f64 {
 fn cluster_of(view: &View) -> Cluster {
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
-    fn filled<K>(objects: &[Arc<K>]) -> kube::runtime::reflector::Store<K>
+    fn filled<K>(objects: &[Arc<K>]) -> super::super::watch::Stores<K>
     where
         K: kube::Resource<DynamicType = ()> + Clone + 'static,
     {
@@ -353,11 +353,12 @@ fn cluster_of(view: &View) -> Cluster {
         for o in objects {
             writer.apply_watcher_event(&Event::Apply((**o).clone()));
         }
-        reader
+        vec![reader].into()
     }
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     Cluster {
         client: kube::Client::try_from(config).unwrap(),
+        namespaces: Vec::new(),
         pods: filled(&view.pods),
         claims: filled(&view.claims),
         volumes: filled(&[]),
@@ -406,6 +407,7 @@ async fn sweep_cpu_over_1000_claims_in_100_statefulsets() {
         notifier: Arc::new(crate::notify::Log),
         admission: None,
         max_attempts: 3,
+        lease: None,
     });
     let (cpu, wall) = (cpu_seconds(), Instant::now());
     let first = sweeper.sweep(false).await.unwrap();

@@ -5,15 +5,22 @@
 //! Tests that need a cluster call [`client`]; without the variable they fail, never skip, so a
 //! misconfigured run cannot look green.
 
-use std::{fmt::Display, future::Future, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{Context, Result, anyhow};
-use k8s_openapi::api::core::v1::Namespace;
+use anyhow::{Context, Result, anyhow, ensure};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, ObjectMeta, PostParams},
     config::{AuthInfo, KubeConfigOptions, Kubeconfig},
 };
+use serde::de::DeserializeOwned;
 
 /// Names the admin kubeconfig of the running kube-env.
 pub const KUBECONFIG_ENV: &str = "DRAINER_TEST_KUBECONFIG";
@@ -108,4 +115,215 @@ pub async fn with_timeout<T>(limit: Duration, body: impl Future<Output = Result<
     tokio::time::timeout(limit, body)
         .await
         .map_err(|_| anyhow!("test did not finish within {limit:?}"))?
+}
+
+/// A Kubernetes object from a JSON literal (tests write manifests the way they read in YAML).
+pub fn from_json<T: DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object literal must match the API type")
+}
+
+/// Waits until claim `name` is Bound and returns the directory that holds its data (the PV's
+/// hostPath on this machine).
+pub async fn wait_for_bound_claim(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<PathBuf> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    eventually(format!("PVC {ns}/{name} Bound"), timeout, || async {
+        let pvc = pvcs.get(name).await?;
+        let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
+        ensure!(phase.as_deref() == Some("Bound"), "phase is {phase:?}");
+        let volume = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .context("no volumeName")?;
+        let pv = pvs.get(&volume).await?;
+        let path = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_path.as_ref())
+            .map(|h| PathBuf::from(&h.path));
+        let path = path.with_context(|| format!("PV {volume} has no hostPath"))?;
+        ensure!(
+            path.is_dir(),
+            "PV {volume} path {} is not a directory",
+            path.display()
+        );
+        Ok(path)
+    })
+    .await
+}
+
+/// What `scripts/kube-env` knows about the running instance: the `env` file in its data
+/// directory (the directory of the admin kubeconfig).
+#[derive(Debug, Clone)]
+pub struct KubeEnv {
+    /// The instance's data directory.
+    pub data_dir: PathBuf,
+    /// The kube-env binary (for `kube-env image add` and `kube-env kubectl`).
+    pub bin: PathBuf,
+    /// This machine's address on the pod network: pods reach servers of the tests there.
+    pub host_ip: String,
+}
+
+impl KubeEnv {
+    /// Reads the instance's facts; fails without a process pod runtime.
+    pub fn load() -> Result<Self> {
+        let kubeconfig = std::env::var_os(KUBECONFIG_ENV).with_context(|| {
+            format!("{KUBECONFIG_ENV} is not set (run the tests with scripts/test)")
+        })?;
+        let data_dir = Path::new(&kubeconfig)
+            .parent()
+            .context("the kubeconfig has no directory")?
+            .to_path_buf();
+        let env_file = data_dir.join("env");
+        let text = std::fs::read_to_string(&env_file)
+            .with_context(|| format!("reading {} (is kube-env running?)", env_file.display()))?;
+        let vars: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k).cloned().with_context(|| {
+                format!(
+                    "{} has no {k}: kube-env runs without the process pod runtime \
+                     (KUBE_ENV_POD_RUNTIME=simulated?); these tests need pods that run",
+                    env_file.display()
+                )
+            })
+        };
+        Ok(Self {
+            bin: PathBuf::from(get("KUBE_ENV_BIN")?),
+            host_ip: get("KUBE_ENV_HOST_IP")?,
+            data_dir,
+        })
+    }
+
+    /// A `kube-env kubectl` command against the instance.
+    pub fn kubectl(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("kubectl")
+            .env("KUBECONFIG", self.data_dir.join("kubeconfig"))
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Registers an OCI image (layout directory or tar) under `name` with the running instance.
+    pub async fn register_image(&self, name: &str, path: &Path) -> Result<()> {
+        let out = tokio::process::Command::new(&self.bin)
+            .args(["image", "add", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg(format!("{name}={}", path.display()))
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "kube-env image add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Everything the pod's container wrote to stdout and stderr, every run in order (the
+    /// files kube-env keeps under DATA/logs/pods/NS_NAME_UID/CONTAINER/RESTARTS.log).
+    pub fn container_log(&self, pod: &Pod, container: &str) -> Result<String> {
+        let meta = &pod.metadata;
+        let dir = self.data_dir.join("logs/pods").join(format!(
+            "{}_{}_{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref().unwrap_or_default()
+        ));
+        let dir = dir.join(container);
+        let mut runs: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+            .with_context(|| format!("no logs in {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let p = e.path();
+                let n = p.file_stem()?.to_str()?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        runs.sort();
+        let mut out = String::new();
+        for (_, p) in runs {
+            out.push_str(&std::fs::read_to_string(&p)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The processes on this machine whose environment holds every one of `entries` (`NAME=VALUE`):
+/// tests mark the containers they start with unique variables and use this to see that none is
+/// left.
+pub fn processes_with_env(entries: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Unreadable (gone, or a kernel thread): not ours.
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if entries.iter().all(|e| vars.contains(&e.as_bytes())) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The phase of a pod, if it has one yet.
+pub fn pod_phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until the pod has reached one of the `phases` and returns it.
+pub async fn wait_for_pod_phase(
+    pods: &Api<Pod>,
+    name: &str,
+    phases: &[&str],
+    timeout: Duration,
+) -> Result<Pod> {
+    eventually(
+        format!("pod {name} in phase {phases:?}"),
+        timeout,
+        || async {
+            let pod = pods.get(name).await?;
+            ensure!(
+                pod_phase(&pod).is_some_and(|p| phases.contains(&p)),
+                "phase {:?}, status {:?}",
+                pod_phase(&pod),
+                pod.status
+            );
+            Ok(pod)
+        },
+    )
+    .await
+}
+
+/// Waits until the pod object is gone.
+pub async fn wait_for_pod_gone(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<()> {
+    eventually(format!("pod {name} gone"), timeout, || async {
+        ensure!(pods.get_opt(name).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await
 }
