@@ -2,7 +2,7 @@
 //! `/v1/openapi.json`).
 
 use super::guard::{AdminAction, Granted, HandoffScope, ListScope, VolumeAccess, drain_not_found};
-use super::{AppState, Error, Query};
+use super::{AppState, Error, Query, json_body};
 use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
 use crate::lifecycle::{DrainState, Event};
 use crate::snapshot::ProgressView;
@@ -48,27 +48,6 @@ pub(super) struct HandoffBody {
     /// decides this itself; in local mode there is no pod to wait for).
     #[serde(default)]
     wait_for_release: bool,
-}
-
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
-    body.map(|Json(b)| b)
-        .map_err(|rejection| match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {} bytes", super::MAX_BODY),
-            ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send JSON with Content-Type: application/json",
-            ),
-            _ => Error::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                rejection.body_text(),
-            ),
-        })
 }
 
 /// Validates a handoff; returns its volumes. A pod may name no claim: every claim it mounts
