@@ -49,6 +49,10 @@ pub enum Command {
     /// other images: an init container copies it into an emptyDir that the application's
     /// preStop hook runs `drainer handoff` from (see deploy/examples).
     Install(InstallArgs),
+    /// Run one sweep now through a running drainer and print what it found (for a CronJob).
+    Sweep(SweepArgs),
+    /// List the orphaned volumes a running drainer sees: size, age, last snapshot, drain.
+    Orphans(OrphansArgs),
 }
 
 /// Logging settings shared by every subcommand.
@@ -180,6 +184,11 @@ pub struct KubeArgs {
     /// http://drainer.drainer-system.svc:8080.
     #[arg(long, env = "DRAINER_SERVICE_URL")]
     pub service_url: Option<String>,
+    /// The namespace drainer runs in, where its sweeper Lease (`drainer-sweeper`) lives: one
+    /// replica runs the scheduled sweeps. Default: the pod's ServiceAccount namespace (or the
+    /// kubeconfig context's namespace).
+    #[arg(long, env = "DRAINER_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
     /// Mover Jobs.
     #[command(flatten)]
     pub movers: MoverJobArgs,
@@ -422,6 +431,40 @@ pub struct RestoreArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// `drainer sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
+    /// Find only: queue no drain and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also list the claims whose ordinal is live (left out by default).
+    #[arg(long)]
+    pub all: bool,
+    /// Output format (`json` prints the API's answer).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Give up after this many seconds (retries included).
+    #[arg(long, env = "DRAINER_SWEEP_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+/// `drainer orphans`.
+#[derive(Debug, Clone, Args)]
+pub struct OrphansArgs {
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
+    /// Output format (`json` prints the API's answer).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Give up after this many seconds (retries included).
+    #[arg(long, env = "DRAINER_SWEEP_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// Output format of listings.

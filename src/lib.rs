@@ -59,5 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Prune(args) => cli::prune(args).await,
         Command::Verify(args) => cli::verify(args).await,
         Command::Install(args) => install::run(&args.dir),
+        Command::Sweep(args) => cli::sweep(args).await,
+        Command::Orphans(args) => cli::orphans(args).await,
     }
 }

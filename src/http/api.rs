@@ -2,7 +2,7 @@
 //! `/v1/openapi.json`).
 
 use super::guard::{AdminAction, Granted, HandoffScope, ListScope, VolumeAccess, drain_not_found};
-use super::{AppState, Error, Query};
+use super::{AppState, Error, Query, json_body};
 use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
 use crate::lifecycle::{DrainState, Event};
 use crate::snapshot::ProgressView;
@@ -48,27 +48,6 @@ pub(super) struct HandoffBody {
     /// decides this itself; in local mode there is no pod to wait for).
     #[serde(default)]
     wait_for_release: bool,
-}
-
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
-    body.map(|Json(b)| b)
-        .map_err(|rejection| match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {} bytes", super::MAX_BODY),
-            ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send JSON with Content-Type: application/json",
-            ),
-            _ => Error::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                rejection.body_text(),
-            ),
-        })
 }
 
 /// Validates a handoff; returns its volumes. A pod may name no claim: every claim it mounts
@@ -315,10 +294,11 @@ pub(super) async fn cancel_drain(
     change(&state, drain.into_inner(), Event::Cancelled).await
 }
 
-/// `POST /v1/sweeps?dry_run=`.
+/// The query of `POST /v1/sweeps`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SweepQuery {
+    /// Find without queueing drains or recording anything.
     #[serde(default)]
     dry_run: bool,
 }
@@ -329,31 +309,25 @@ pub(super) async fn sweep(
     Query(query): Query<SweepQuery>,
 ) -> Result<impl IntoResponse, Error> {
     let shared = state.shared();
-    let report = shared
-        .sweeper
-        .sweep(query.dry_run)
-        .await
-        .map_err(|e| match e {
-            crate::sweep::SweepError::Ledger(e) => Error::from(e),
-            crate::sweep::SweepError::Store(e) => Error::from(e),
-            crate::sweep::SweepError::Cluster(why) => {
-                tracing::warn!(reason = %why, "sweep failed");
-                Error::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
-            }
-            other => {
-                tracing::error!(error = %other, "sweep failed");
-                Error::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            }
-        })?;
+    let report = shared.sweeper.sweep(query.dry_run).await?;
     shared.metrics.sweep_seconds.observe(report.seconds);
+    let orphaned = report.orphaned();
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
-    Ok(Json(
-        serde_json::json!({"findings": report.findings, "drains": drains, "seconds": report.seconds}),
-    ))
+    Ok(Json(serde_json::json!({
+        "findings": report.findings,
+        "drains": drains,
+        "seconds": report.seconds,
+        "dry_run": report.dry_run,
+        "orphaned": orphaned,
+    })))
+}
+
+pub(super) async fn orphans(
+    State(state): State<AppState>,
+    _: Granted<AdminAction>,
+) -> Result<impl IntoResponse, Error> {
+    let orphans = state.shared().sweeper.orphans().await?;
+    Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 
 pub(super) async fn snapshots(

@@ -16,6 +16,7 @@ use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::scheduler::ProgressBoard;
 use crate::store::Store;
+use crate::sweep::SweepError;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -123,6 +124,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/retry" => ChangeDrain, api::retry_drain;
         post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
         post "/sweeps" => Sweep, api::sweep;
+        get "/orphans" => ListOrphans, api::orphans;
         get "/volumes/{namespace}/{pvc}/snapshots" => ReadSnapshots, api::snapshots;
     );
     let (movers, mover_table) = routes!(state;
@@ -330,6 +332,23 @@ impl From<crate::admission::Refusal> for Error {
     }
 }
 
+impl From<SweepError> for Error {
+    fn from(err: SweepError) -> Self {
+        match err {
+            SweepError::Ledger(e) => Self::from(e),
+            SweepError::Store(e) => Self::from(e),
+            SweepError::Cluster(why) => {
+                tracing::warn!(reason = %why, "cannot sweep now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+            err @ SweepError::List(..) => Self::dependency(&err, false, "volume root", "internal"),
+        }
+    }
+}
+
 impl From<crate::snapshot::Error> for Error {
     fn from(err: crate::snapshot::Error) -> Self {
         Self::dependency(&err, err.is_transient(), "store", "store_unavailable")
@@ -353,6 +372,61 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|rejection| Error::invalid(rejection.body_text()))
     }
+}
+
+/// `Path` whose rejections are the API's JSON errors (`400 invalid_request`).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Path<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| Error::invalid(rejection.body_text()))
+    }
+}
+
+/// `Json` whose rejections are the API's JSON errors (`400 invalid_json`, `413`, `415`).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let body = axum::Json::<T>::from_request(request, state).await;
+        json_body(body).map(Json)
+    }
+}
+
+/// The body of a JSON request, or the API's error for it.
+pub(crate) fn json_body<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Error> {
+    body.map(|axum::Json(b)| b)
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            _ => Error::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                rejection.body_text(),
+            ),
+        })
 }
 
 #[cfg(test)]

@@ -265,7 +265,7 @@ pub enum Writer {
     },
 }
 
-const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
+pub(super) const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
                        lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, \
                        pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid";
 
@@ -291,7 +291,7 @@ fn active_states_sql() -> String {
 /// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
 const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
-const BULK_ROWS: usize = 200;
+pub(super) const BULK_ROWS: usize = 200;
 
 /// The drains a batch of handoff requests creates, with their new ids: one for each volume
 /// named that has no active drain, for its first mention.

@@ -8,6 +8,7 @@ mod kube_env;
 mod kube_mode;
 mod kube_movers;
 mod kube_runtime;
+mod kube_sweeps;
 mod ledger;
 mod lifecycle;
 mod replicas;
