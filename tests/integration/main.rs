@@ -2,6 +2,7 @@
 //! S3-protocol server (s3s), real SQLite and PostgreSQL, real signals.
 
 mod bad_input;
+mod deploy;
 mod engine;
 mod hardening;
 mod kube_env;
