@@ -17,8 +17,6 @@ FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 ARG REVISION=unknown
-# The same commit gives the same layer (dates in labels and tar headers come from here).
-ARG SOURCE_DATE_EPOCH=0
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \

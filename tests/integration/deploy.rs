@@ -12,7 +12,8 @@
 //! examples' namespace, so they run one at a time ([`LOCK`]).
 
 use crate::support::kube::{
-    KubeEnv, client, eventually, pod_ready, wait_for_bound_claim, wait_for_pod_gone, with_timeout,
+    KubeEnv, client, eventually, pod_ready, processes_with_env, wait_for_bound_claim,
+    wait_for_pod_gone, with_timeout,
 };
 use crate::support::{drainer, file_url, run_ok, tree};
 use anyhow::{Context, Result, bail, ensure};
@@ -400,6 +401,42 @@ async fn image_is_self_contained() -> Result<()> {
     Ok(())
 }
 
+/// Every example and every overlay is one the tests validate.
+#[test]
+fn the_tests_know_every_manifest() {
+    let names = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(deploy(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut examples = EXAMPLES.to_vec();
+    examples.sort();
+    assert_eq!(
+        names("examples"),
+        examples,
+        "deploy/examples and EXAMPLES differ"
+    );
+    let mut overlays: Vec<String> = KUSTOMIZATIONS
+        .iter()
+        .filter_map(|k| k.strip_prefix("overlays/"))
+        .map(str::to_owned)
+        .collect();
+    overlays.sort();
+    assert_eq!(
+        names("overlays"),
+        overlays,
+        "deploy/overlays and KUSTOMIZATIONS differ"
+    );
+    assert_eq!(
+        names("components"),
+        ["network-policy"],
+        "a component the tests do not render"
+    );
+}
+
 /// What ships names this crate's version: the Dockerfile's label and the manifests' image.
 #[test]
 fn the_dockerfile_and_the_manifests_name_this_version() {
@@ -413,6 +450,7 @@ fn the_dockerfile_and_the_manifests_name_this_version() {
         "base/deployment.yaml",
         "examples/prestop-handoff.yaml",
         "examples/job-handoff.yaml",
+        "examples/sweep-cronjob.yaml",
         "examples/restore-init.yaml",
     ] {
         let text = std::fs::read_to_string(deploy(file)).unwrap();
@@ -452,13 +490,10 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
         let env = KubeEnv::load()?;
         let client = client().await?;
         // A server-side dry run of a namespace does not create it, and the objects in it are
-        // then refused: make the namespaces exist (and remove them after, if they did not).
-        let mut created = Vec::new();
-        for ns in [SYSTEM, APPS] {
-            if ensure_namespace(&client, ns).await? {
-                created.push(ns);
-            }
-        }
+        // then refused: make drainer's exist (and remove it after, if it did not); the
+        // examples go to a namespace of their own.
+        let created = ensure_namespace(&client, SYSTEM).await?;
+        let apps = crate::support::kube::create_namespace(&client, "deploy-dry-run").await?;
         let result = async {
             for k in KUSTOMIZATIONS {
                 let rendered = kubectl(&env, &["kustomize", &deploy(k)]).await?;
@@ -483,7 +518,7 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
                 let ns = if example == "sweep-cronjob.yaml" {
                     SYSTEM
                 } else {
-                    APPS
+                    apps.as_str()
                 };
                 let file = deploy(&format!("examples/{example}"));
                 kubectl(
@@ -503,6 +538,7 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
             }
             // The network policy is a component: render it into the base (kustomize wants
             // relative paths: the directory is two levels under the repository).
+            std::fs::create_dir_all(repo().join("target"))?;
             let with_policy = tempfile::tempdir_in(repo().join("target"))?;
             std::fs::write(
                 with_policy.path().join("kustomization.yaml"),
@@ -521,9 +557,10 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
             Ok(())
         }
         .await;
-        for ns in created {
-            kubectl(&env, &["delete", "namespace", ns, "--wait=false"]).await?;
+        if created {
+            kubectl(&env, &["delete", "namespace", SYSTEM, "--wait=false"]).await?;
         }
+        crate::support::kube::delete_namespace(&client, &apps).await?;
         result
     })
     .await
@@ -877,8 +914,10 @@ fn handoffs_logged(log: &str, pvc: &str, by: &str) -> usize {
         .count()
 }
 
-/// Removes what an interrupted run left: the install and the examples' namespace.
-async fn clean_up(env: &KubeEnv, client: &Client) -> Result<()> {
+/// Removes what an interrupted run left: the install and the examples' namespace (waiting
+/// until both are gone with `wait`; otherwise the next run's clean-up waits).
+async fn clean_up(env: &KubeEnv, client: &Client, wait: bool) -> Result<()> {
+    let wait_flag = format!("--wait={wait}");
     kubectl(
         env,
         &[
@@ -886,7 +925,7 @@ async fn clean_up(env: &KubeEnv, client: &Client) -> Result<()> {
             "-k",
             &deploy("overlays/kube-env"),
             "--ignore-not-found",
-            "--wait=true",
+            &wait_flag,
             "--timeout=180s",
         ],
     )
@@ -898,11 +937,14 @@ async fn clean_up(env: &KubeEnv, client: &Client) -> Result<()> {
             "namespace",
             APPS,
             "--ignore-not-found",
-            "--wait=true",
+            &wait_flag,
             "--timeout=180s",
         ],
     )
     .await?;
+    if !wait {
+        return Ok(());
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in [SYSTEM, APPS] {
         wait_namespace_gone_if_terminating(&namespaces, ns).await?;
@@ -923,7 +965,7 @@ async fn install_drain_and_uninstall() -> Result<()> {
     )
     .await;
     if std::env::var_os("DRAINER_TEST_KEEP").is_none() {
-        let cleaned = clean_up(&env, &client).await;
+        let cleaned = clean_up(&env, &client, false).await;
         result?;
         cleaned?;
         Ok(())
@@ -939,7 +981,7 @@ async fn install_drain_and_uninstall_body(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("deploy: {:>6.1} s {what}", started.elapsed().as_secs_f64());
-    clean_up(env, client).await?;
+    clean_up(env, client, true).await?;
     env.register_image(OVERLAY_IMAGE, image).await?;
     env.register_image(&release_image(), image).await?;
     // The users' namespace (not part of the install).
@@ -953,6 +995,17 @@ async fn install_drain_and_uninstall_body(
     )
     .await?;
     let pod = drainer_pod(client, env).await?;
+    let image_id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default();
+    ensure!(
+        image_id.contains("drainer:kube-env@sha256:"),
+        "drainer runs from the registered image: {image_id:?}"
+    );
     step("drainer Ready");
     check_rbac_is_least(client).await?;
     let api = DrainerApi::new(client).await?;
@@ -1089,14 +1142,9 @@ async fn install_drain_and_uninstall_body(
     );
     step("example 2: the SIGTERM handler's curl handed off, drained");
 
-    // Example 4: the sweep CronJob, run now, finds a claim nobody handed off (its
-    // StatefulSet was deleted: no condemned pod, no hook).
-    kubectl(
-        env,
-        &["delete", "-n", APPS, "statefulset/notes", "--wait=true"],
-    )
-    .await?;
-    wait_for_pod_gone(&pods, "notes-0", Duration::from_secs(90)).await?;
+    // Example 4: the sweep CronJob, run once now (it remembers the StatefulSet notes), then
+    // again after notes went without anyone handing data-notes-0 off: the StatefulSet
+    // deleted without its pod, the pod killed at once (no SIGTERM handler runs).
     kubectl(
         env,
         &[
@@ -1108,6 +1156,51 @@ async fn install_drain_and_uninstall_body(
         ],
     )
     .await?;
+    kubectl(
+        env,
+        &[
+            "create",
+            "job",
+            "-n",
+            SYSTEM,
+            "--from=cronjob/drainer-sweep",
+            "sweep-first",
+        ],
+    )
+    .await?;
+    wait_job(client, env, SYSTEM, "sweep-first", Duration::from_secs(120)).await?;
+    ensure!(
+        api.drains_of("data-notes-0").await?.is_empty(),
+        "notes-0 is live: its claim is not drained"
+    );
+    kubectl(
+        env,
+        &[
+            "delete",
+            "-n",
+            APPS,
+            "statefulset/notes",
+            "--cascade=orphan",
+        ],
+    )
+    .await?;
+    kubectl(
+        env,
+        &[
+            "delete",
+            "-n",
+            APPS,
+            "pod/notes-0",
+            "--grace-period=0",
+            "--force",
+        ],
+    )
+    .await?;
+    wait_for_pod_gone(&pods, "notes-0", Duration::from_secs(90)).await?;
+    ensure!(
+        api.drains_of("data-notes-0").await?.is_empty(),
+        "nobody handed data-notes-0 off"
+    );
     kubectl(
         env,
         &[
@@ -1133,6 +1226,28 @@ async fn install_drain_and_uninstall_body(
     restore_equals(&store, &drain, &notes[0]).await?;
     step("example 4: the sweep found the orphaned claim, drained");
 
+    // Within its memory limit (kube-env does not enforce it): the figure deploy/README.md
+    // quotes.
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pids = processes_with_env(&[&format!("DRAINER_REPLICA_ID={name}")]);
+    let [pid] = pids.as_slice() else {
+        bail!("one drainer process, found {pids:?}");
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context(key.to_owned())?
+            .parse()?)
+    };
+    let (peak, now) = (kib("VmHWM:")? / 1024, kib("VmRSS:")? / 1024);
+    eprintln!("deploy: drainer's resident memory: {now} MiB now, {peak} MiB at most");
+    ensure!(peak < 512, "drainer used {peak} MiB, over its 512Mi limit");
     // Enough RBAC: no request of drainer's was refused.
     let log = env.container_log(&pod, "drainer")?;
     let refused: Vec<&str> = log
@@ -1157,6 +1272,7 @@ async fn install_drain_and_uninstall_body(
         .chain(&notes)
         .map(|d| (d.clone(), tree::relative_paths(d)))
         .collect();
+    // The example's CronJob (its Jobs go with it), then the install.
     kubectl(
         env,
         &[
@@ -1164,7 +1280,7 @@ async fn install_drain_and_uninstall_body(
             "-n",
             SYSTEM,
             "cronjob/drainer-sweep",
-            "job/sweep-now",
+            "--cascade=foreground",
         ],
     )
     .await?;
