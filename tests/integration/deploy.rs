@@ -757,14 +757,23 @@ async fn restore_equals(store: &str, drain: &Value, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the ServiceAccount of drainer may `verb` `resource` (of `group`) in `namespace`.
-async fn drainer_may(
-    client: &Client,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    namespace: Option<&str>,
-) -> Result<bool> {
+/// One access drainer's ServiceAccount is asked about: verb, API group, resource (or
+/// `resource/subresource`), namespace (`None`: cluster-wide) and object name (`""`: any).
+type Access = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+);
+
+/// Whether the ServiceAccount of drainer may do `access` (a SubjectAccessReview).
+async fn drainer_may(client: &Client, access: Access) -> Result<bool> {
+    let (verb, group, resource, namespace, name) = access;
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_owned())),
+        None => (resource, None),
+    };
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(SERVICE_ACCOUNT.to_owned()),
@@ -777,7 +786,9 @@ async fn drainer_may(
                 verb: Some(verb.to_owned()),
                 group: Some(group.to_owned()),
                 resource: Some(resource.to_owned()),
+                subresource,
                 namespace: namespace.map(str::to_owned),
+                name: (!name.is_empty()).then(|| name.to_owned()),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()
@@ -791,44 +802,56 @@ async fn drainer_may(
 
 /// The installed RBAC grants what drainer does and not what it must not: read Secrets (in
 /// any namespace, its own included: it gets its settings from the kubelet, not the API),
-/// delete or create pods, delete claims, change StatefulSets.
+/// delete or create pods, delete claims, change StatefulSets, write Leases other than its
+/// own.
 async fn check_rbac_is_least(client: &Client) -> Result<()> {
-    for (verb, group, resource, ns) in [
-        ("list", "", "pods", None),
-        ("watch", "", "persistentvolumeclaims", None),
-        ("patch", "", "persistentvolumeclaims", Some(APPS)),
-        ("create", "batch", "jobs", Some(APPS)),
-        ("delete", "batch", "jobs", Some(APPS)),
-        ("create", "", "configmaps", Some(APPS)),
-        ("create", "authentication.k8s.io", "tokenreviews", None),
+    const LEASES: &str = "coordination.k8s.io";
+    let needed: [Access; 12] = [
+        ("list", "", "pods", None, ""),
+        ("watch", "", "persistentvolumeclaims", None, ""),
+        ("patch", "", "persistentvolumeclaims", Some(APPS), ""),
+        ("create", "batch", "jobs", Some(APPS), ""),
+        ("delete", "batch", "jobs", Some(APPS), ""),
+        ("create", "", "configmaps", Some(APPS), ""),
+        ("create", "events.k8s.io", "events", Some(APPS), ""),
+        ("create", "authentication.k8s.io", "tokenreviews", None, ""),
         (
             "create",
             "authorization.k8s.io",
             "subjectaccessreviews",
             None,
+            "",
         ),
-    ] {
+        ("create", LEASES, "leases", Some(SYSTEM), ""),
+        ("get", LEASES, "leases", Some(SYSTEM), "drainer-sweeper"),
+        ("update", LEASES, "leases", Some(SYSTEM), "drainer-sweeper"),
+    ];
+    for access in needed {
         ensure!(
-            drainer_may(client, verb, group, resource, ns).await?,
-            "drainer's ServiceAccount may not {verb} {resource} in {ns:?}, which it needs"
+            drainer_may(client, access).await?,
+            "drainer's ServiceAccount may not {access:?}, which it needs"
         );
     }
-    for (verb, group, resource, ns) in [
-        ("get", "", "secrets", Some("default")),
-        ("get", "", "secrets", Some(APPS)),
-        ("list", "", "secrets", None),
-        ("get", "", "secrets", Some(SYSTEM)),
-        ("delete", "", "pods", Some(APPS)),
-        ("create", "", "pods", Some(APPS)),
-        ("delete", "", "persistentvolumeclaims", Some(APPS)),
-        ("update", "apps", "statefulsets", Some(APPS)),
-        ("patch", "apps", "statefulsets", Some(APPS)),
-        ("create", "", "serviceaccounts/token", Some(APPS)),
-        ("update", "", "configmaps", Some(APPS)),
-    ] {
+    let not_needed: [Access; 14] = [
+        ("get", "", "secrets", Some("default"), ""),
+        ("get", "", "secrets", Some(APPS), ""),
+        ("list", "", "secrets", None, ""),
+        ("get", "", "secrets", Some(SYSTEM), ""),
+        ("delete", "", "pods", Some(APPS), ""),
+        ("create", "", "pods", Some(APPS), ""),
+        ("create", "", "pods/exec", Some(APPS), ""),
+        ("delete", "", "persistentvolumeclaims", Some(APPS), ""),
+        ("update", "apps", "statefulsets", Some(APPS), ""),
+        ("patch", "apps", "statefulsets", Some(APPS), ""),
+        ("create", "", "serviceaccounts/token", Some(APPS), "default"),
+        ("update", "", "configmaps", Some(APPS), ""),
+        ("update", LEASES, "leases", Some(SYSTEM), "kube-scheduler"),
+        ("create", LEASES, "leases", Some(APPS), ""),
+    ];
+    for access in not_needed {
         ensure!(
-            !drainer_may(client, verb, group, resource, ns).await?,
-            "drainer's ServiceAccount may {verb} {resource} in {ns:?}: more than it needs"
+            !drainer_may(client, access).await?,
+            "drainer's ServiceAccount may {access:?}: more than it needs"
         );
     }
     Ok(())
