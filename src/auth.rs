@@ -9,6 +9,7 @@
 //! | list drains | all | the drains it asked for | no |
 //! | read a drain | any | the drains it asked for | its own drain |
 //! | retry or cancel a drain, sweep | yes | no | no |
+//! | list orphaned volumes | all | no | no |
 //! | list a volume's snapshots | any | no | no |
 //! | stream a volume (mover protocol) | any drain | no | its own drain, while it is copying |
 //!
@@ -107,6 +108,8 @@ pub enum Action {
     ChangeDrain,
     /// Run a sweep.
     Sweep,
+    /// List orphaned volumes (size, age, last snapshot, drain).
+    ListOrphans,
     /// List a volume's snapshots.
     ReadSnapshots,
     /// Stream a volume into one drain (the mover protocol).
@@ -146,6 +149,7 @@ impl Action {
             Action::ReadDrain => "read this drain",
             Action::ChangeDrain => "retry or cancel drains",
             Action::Sweep => "run sweeps",
+            Action::ListOrphans => "list orphaned volumes",
             Action::ReadSnapshots => "list snapshots",
             Action::Stream => "stream into this drain",
         }
@@ -341,6 +345,7 @@ mod tests {
             (ReadDrain, [Reach::All, Reach::Own, Reach::Own]),
             (ChangeDrain, [Reach::All, Reach::None, Reach::None]),
             (Sweep, [Reach::All, Reach::None, Reach::None]),
+            (ListOrphans, [Reach::All, Reach::None, Reach::None]),
             (ReadSnapshots, [Reach::All, Reach::None, Reach::None]),
             (Stream, [Reach::All, Reach::None, Reach::Own]),
         ];

@@ -37,11 +37,17 @@ pub enum CallError {
 
 impl CallError {
     /// Whether the call may succeed if repeated: the drainer unreachable, overloaded or
-    /// restarting (`5xx`, `429`). Client errors are permanent.
+    /// restarting (`5xx`, `429`), or a mover's drain not being copied at this moment (`409
+    /// drain_not_copying`: a drain released when its drainer stopped is copying again once
+    /// the next claim adopts its mover). Other client errors are permanent.
     pub fn is_transient(&self) -> bool {
         match self {
             CallError::Transport { .. } => true,
-            CallError::Status { status, .. } => *status >= 500 || *status == 429,
+            CallError::Status { status, code, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || (*status == 409 && code.as_deref() == Some("drain_not_copying"))
+            }
         }
     }
 
@@ -62,12 +68,44 @@ impl CallError {
     }
 }
 
+/// How often a token read from a file is read again: a projected ServiceAccount token is
+/// rotated by the kubelet (after 80% of its lifetime, an hour by default), and a mover may run
+/// for hours.
+const TOKEN_REREAD: Duration = Duration::from_secs(60);
+
+/// The bearer token: fixed, or read again from its file every [`TOKEN_REREAD`].
+#[derive(Debug)]
+struct Token {
+    file: Option<std::path::PathBuf>,
+    current: std::sync::Mutex<(String, std::time::Instant)>,
+}
+
+impl Token {
+    fn get(&self) -> String {
+        let Ok(mut current) = self.current.lock() else {
+            return String::new();
+        };
+        if let Some(file) = &self.file
+            && current.1.elapsed() >= TOKEN_REREAD
+        {
+            // A file that cannot be read now keeps the token read last.
+            if let Ok(text) = std::fs::read_to_string(file)
+                && !text.trim().is_empty()
+            {
+                current.0 = text.trim().to_owned();
+            }
+            current.1 = std::time::Instant::now();
+        }
+        current.0.clone()
+    }
+}
+
 /// A drainer's API at `base` (e.g. `http://drainer:8080/v1/drains/d-1`), called with `token`.
 #[derive(Debug, Clone)]
 pub struct Api {
     client: reqwest::Client,
     base: String,
-    token: String,
+    token: std::sync::Arc<Token>,
     retry_for: Duration,
     /// A header sent with every request (a mover names itself as its run's owner).
     identity: Option<(&'static str, String)>,
@@ -89,10 +127,24 @@ impl Api {
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            token: std::sync::Arc::new(Token {
+                file: None,
+                current: std::sync::Mutex::new((token, std::time::Instant::now())),
+            }),
             retry_for,
             identity: None,
         })
+    }
+
+    /// The same client, reading its token again from `file` every minute (the token given to
+    /// [`Api::new`] was read from it): a rotated token is picked up.
+    pub fn with_token_file(mut self, file: std::path::PathBuf) -> Self {
+        let current = self.token.get();
+        self.token = std::sync::Arc::new(Token {
+            file: Some(file),
+            current: std::sync::Mutex::new((current, std::time::Instant::now())),
+        });
+        self
     }
 
     /// The same client, sending header `name: value` with every request.
@@ -121,14 +173,13 @@ impl Api {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {
-        let request =
-            request
-                .bearer_auth(&self.token)
-                .build()
-                .map_err(|source| CallError::Transport {
-                    url: self.base.clone(),
-                    source,
-                })?;
+        let request = request
+            .bearer_auth(self.token.get())
+            .build()
+            .map_err(|source| CallError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
         let url = request.url().to_string();
         let response =
             self.client
@@ -196,4 +247,46 @@ async fn checked(url: String, response: reqwest::Response) -> Result<reqwest::Re
         code: field("code"),
         message: field("message").unwrap_or(text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn token(file: Option<std::path::PathBuf>, read: Instant) -> Token {
+        Token {
+            file,
+            current: std::sync::Mutex::new(("old".to_owned(), read)),
+        }
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_every_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "new\n").unwrap();
+        let long_ago = Instant::now().checked_sub(TOKEN_REREAD).unwrap();
+        assert_eq!(token(Some(file.clone()), Instant::now()).get(), "old");
+        assert_eq!(token(Some(file.clone()), long_ago).get(), "new");
+        assert_eq!(token(None, long_ago).get(), "old");
+        // A file that cannot be read (or is empty) keeps the token read last.
+        assert_eq!(token(Some(dir.path().join("gone")), long_ago).get(), "old");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(token(Some(file), long_ago).get(), "old");
+    }
+
+    #[test]
+    fn a_drain_not_copying_yet_is_worth_waiting_for() {
+        let status = |status: u16, code: Option<&str>| CallError::Status {
+            url: "u".into(),
+            status,
+            code: code.map(str::to_owned),
+            message: "m".into(),
+        };
+        assert!(status(409, Some("drain_not_copying")).is_transient());
+        assert!(!status(409, Some("run_busy")).is_transient());
+        assert!(!status(403, Some("forbidden")).is_transient());
+        assert!(status(503, None).is_transient());
+    }
 }

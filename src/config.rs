@@ -45,6 +45,14 @@ pub enum Command {
     Prune(PruneArgs),
     /// Re-read a snapshot's objects and check every hash against its manifest.
     Verify(VerifyArgs),
+    /// Copy this drainer (with its loader and libraries) into a directory, for containers of
+    /// other images: an init container copies it into an emptyDir that the application's
+    /// preStop hook runs `drainer handoff` from (see deploy/examples).
+    Install(InstallArgs),
+    /// Run one sweep now through a running drainer and print what it found (for a CronJob).
+    Sweep(SweepArgs),
+    /// List the orphaned volumes a running drainer sees: size, age, last snapshot, drain.
+    Orphans(OrphansArgs),
 }
 
 /// Logging settings shared by every subcommand.
@@ -176,6 +184,11 @@ pub struct KubeArgs {
     /// `http://drainer.drainer-system.svc:8080`.
     #[arg(long, env = "DRAINER_SERVICE_URL")]
     pub service_url: Option<String>,
+    /// The namespace drainer runs in, where its sweeper Lease (`drainer-sweeper`) lives: one
+    /// replica runs the scheduled sweeps. Default: the pod's ServiceAccount namespace (or the
+    /// kubeconfig context's namespace).
+    #[arg(long, env = "DRAINER_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
     /// Mover Jobs.
     #[command(flatten)]
     pub movers: MoverJobArgs,
@@ -191,6 +204,11 @@ pub struct MoverJobArgs {
         default_value = "ghcr.io/drainer/drainer:latest"
     )]
     pub mover_image: String,
+    /// The program a mover container runs (its `command`; the arguments are drainer's): the
+    /// `drainer` binary of the image, found on its PATH. An absolute path runs another copy
+    /// (tests run the binary under test this way, on a node's own filesystem).
+    #[arg(long, env = "DRAINER_MOVER_COMMAND", default_value = "drainer")]
+    pub mover_command: String,
     /// ServiceAccount of mover pods in each claim's namespace (`default` exists everywhere).
     #[arg(long, env = "DRAINER_MOVER_SERVICE_ACCOUNT", default_value = "default")]
     pub mover_service_account: String,
@@ -323,6 +341,13 @@ pub struct HandoffArgs {
     pub timeout: Duration,
 }
 
+/// `drainer install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// The directory to copy drainer into (created if missing).
+    pub dir: PathBuf,
+}
+
 /// `drainer mover`.
 #[derive(Debug, Clone, Args)]
 pub struct MoverArgs {
@@ -406,6 +431,40 @@ pub struct RestoreArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// `drainer sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
+    /// Find only: queue no drain and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also list the claims whose ordinal is live (left out by default).
+    #[arg(long)]
+    pub all: bool,
+    /// Output format (`json` prints the API's answer).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Give up after this many seconds (retries included).
+    #[arg(long, env = "DRAINER_SWEEP_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+/// `drainer orphans`.
+#[derive(Debug, Clone, Args)]
+pub struct OrphansArgs {
+    /// How to reach the drainer.
+    #[command(flatten)]
+    pub drainer: ClientArgs,
+    /// Output format (`json` prints the API's answer).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Give up after this many seconds (retries included).
+    #[arg(long, env = "DRAINER_SWEEP_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// Output format of listings.

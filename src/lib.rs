@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod handoff;
 pub mod http;
+pub mod install;
 pub mod kube;
 pub mod ledger;
 pub mod lifecycle;
@@ -63,5 +64,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Snapshots(args) => cli::snapshots(args).await,
         Command::Prune(args) => cli::prune(args).await,
         Command::Verify(args) => cli::verify(args).await,
+        Command::Install(args) => install::run(&args.dir),
+        Command::Sweep(args) => cli::sweep(args).await,
+        Command::Orphans(args) => cli::orphans(args).await,
     }
 }

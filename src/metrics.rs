@@ -58,6 +58,8 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     /// Duration of sweeps.
     pub sweep_seconds: Histogram,
+    /// Orphaned volumes the last sweep found (Kubernetes mode: opted-out ones included).
+    pub orphaned_volumes: Gauge,
     /// HTTP request latency.
     pub http_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
@@ -73,6 +75,7 @@ impl Default for Metrics {
             retries: Counter::default(),
             failures: Family::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            orphaned_volumes: Gauge::default(),
             http_seconds: Family::new_with_constructor(request_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
@@ -106,6 +109,11 @@ impl Default for Metrics {
             "sweep_duration_seconds",
             "Duration of sweeps",
             metrics.sweep_seconds.clone(),
+        );
+        registry.register(
+            "orphaned_volumes",
+            "Orphaned volumes the last sweep found, drained or not",
+            metrics.orphaned_volumes.clone(),
         );
         registry.register(
             "http_request_duration_seconds",

@@ -88,37 +88,9 @@ impl Executor for ExternalMovers {
         drain: &Drain,
         _progress: Arc<Progress>,
     ) -> snapshot::Result<SnapshotSummary> {
-        let volume = drain.volume();
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            // The run the drain's mover began (the mover API records the drain on it): no
-            // comparison of clocks across replicas.
-            let done = self
-                .ledger
-                .run_of_drain(&drain.id)
-                .await
-                .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
-                .filter(|r| r.state == "completed" && r.store_url == self.store.url());
-            if let Some(run) = done {
-                let id = run
-                    .snapshot
-                    .parse()
-                    .map_err(|reason| snapshot::Error::Mover {
-                        drain: drain.id.clone(),
-                        reason,
-                    })?;
-                let summary =
-                    snapshot::resolve(&self.store, &volume, &snapshot::SnapshotSelector::Id(id))
-                        .await?;
-                if summary.unreadable > 0 {
-                    return Err(snapshot::Error::Mover {
-                        drain: drain.id.clone(),
-                        reason: format!(
-                            "snapshot {} is stored but incomplete: {} files could not be read (listed in its manifest)",
-                            summary.snapshot, summary.unreadable
-                        ),
-                    });
-                }
+            if let Some(summary) = completed_copy(&self.ledger, &self.store, drain).await? {
                 return Ok(summary);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -130,6 +102,44 @@ impl Executor for ExternalMovers {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// The snapshot that drain `drain`'s mover completed in `store`, if its copy run has completed
+/// (the mover API records the drain on the run: no comparison of clocks across replicas); an
+/// error if that snapshot is stored but incomplete (files it could not read). Shared by every
+/// executor whose copies are made by movers.
+pub async fn completed_copy(
+    ledger: &Ledger,
+    store: &Store,
+    drain: &Drain,
+) -> snapshot::Result<Option<SnapshotSummary>> {
+    let done = ledger
+        .run_of_drain(&drain.id)
+        .await
+        .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
+        .filter(|r| r.state == "completed" && r.store_url == store.url());
+    let Some(run) = done else {
+        return Ok(None);
+    };
+    let id = run
+        .snapshot
+        .parse()
+        .map_err(|reason| snapshot::Error::Mover {
+            drain: drain.id.clone(),
+            reason,
+        })?;
+    let summary =
+        snapshot::resolve(store, &drain.volume(), &snapshot::SnapshotSelector::Id(id)).await?;
+    if summary.unreadable > 0 {
+        return Err(snapshot::Error::Mover {
+            drain: drain.id.clone(),
+            reason: format!(
+                "snapshot {} is stored but incomplete: {} files could not be read (listed in its manifest)",
+                summary.snapshot, summary.unreadable
+            ),
+        });
+    }
+    Ok(Some(summary))
 }
 
 /// Live progress of the drains this replica is running, by drain id.

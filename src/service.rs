@@ -46,6 +46,8 @@ struct Base<'a> {
     data_dir: &'a Path,
     ledger: &'a Ledger,
     store: &'a Store,
+    metrics: &'a Arc<Metrics>,
+    owner: &'a str,
 }
 
 /// Runs the service until a shutdown signal, then stops within the grace period.
@@ -68,18 +70,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     let ledger = Ledger::open(args.ledger.database_url.as_deref(), &data_dir).await?;
     let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let metrics = Arc::new(Metrics::default());
+    let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let base = Base {
         args: &args,
         data_dir: &data_dir,
         ledger: &ledger,
         store: &store,
+        metrics: &metrics,
+        owner: &owner,
     };
     let mode = if args.kube.enabled {
         kubernetes(&base, shutdown.graceful.clone()).await?
     } else {
         local(&base)?
     };
-    let metrics = Arc::new(Metrics::default());
     let board = Arc::default();
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
@@ -94,7 +99,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         copying: Default::default(),
     });
-    let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let scheduler = Arc::new(Scheduler {
         ledger: ledger.clone(),
         executor: Arc::clone(&mode.executor),
@@ -181,7 +185,33 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         args.kube.audience.clone(),
         admin,
     );
-    let notifier: Arc<dyn Notifier> = Arc::new(crate::notify::Log);
+    let notifier: Arc<dyn Notifier> = Arc::new(crate::kube::events::KubeEvents::new(
+        cluster.clone(),
+        base.owner,
+    ));
+    let admission: Arc<dyn Admission> = Arc::new(crate::kube::admission::KubeAdmission {
+        cluster: cluster.clone(),
+        ledger: base.ledger.clone(),
+    });
+    // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which it renews
+    // at every sweep; another takes it over once it has not been renewed for two intervals.
+    let lease = crate::kube::lease::Lease::new(
+        cluster.client.clone(),
+        &crate::kube::lease::own_namespace(&args.kube, &cluster.client),
+        crate::kube::lease::SWEEPER_LEASE,
+        base.owner,
+        args.sweep_interval * 2 + Duration::from_secs(30),
+    );
+    let sweeper = crate::kube::sweep::KubeSweeper::new(crate::kube::sweep::Sweeping {
+        cluster: cluster.clone(),
+        ledger: base.ledger.clone(),
+        store: base.store.clone(),
+        metrics: Arc::clone(base.metrics),
+        notifier: Arc::clone(&notifier),
+        admission: Some(Arc::clone(&admission)),
+        max_attempts: args.max_attempts,
+        lease: Some(lease),
+    });
     let releases = crate::kube::release::Releases {
         cluster: cluster.clone(),
         ledger: base.ledger.clone(),
@@ -192,37 +222,19 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
     let tasks = vec![tokio::spawn(releases.run(stop))];
     Ok(Mode {
         authority: Arc::new(authority),
-        admission: Arc::new(crate::kube::admission::KubeAdmission {
-            cluster: cluster.clone(),
-            ledger: base.ledger.clone(),
-        }),
+        admission,
         notifier,
-        executor: Arc::new(external_movers(base)),
-        sweeper: Arc::new(NoSweeps),
+        executor: Arc::new(crate::kube::movers::JobMovers::new(
+            cluster.clone(),
+            base.ledger.clone(),
+            base.store.clone(),
+            &args.kube,
+            args.mover_timeout,
+        )?),
+        sweeper: Arc::new(sweeper),
         tasks,
         describe: format!("kubernetes (audience {})", args.kube.audience),
     })
-}
-
-/// Sweeps that Kubernetes mode does not run yet.
-struct NoSweeps;
-
-#[async_trait::async_trait]
-impl Sweeper for NoSweeps {
-    async fn sweep(
-        &self,
-        _dry_run: bool,
-    ) -> Result<crate::sweep::SweepReport, crate::sweep::SweepError> {
-        Err(crate::sweep::SweepError::Cluster(
-            "sweeps of StatefulSets are not available in this build".into(),
-        ))
-    }
-
-    async fn scheduled(
-        &self,
-    ) -> Result<Option<crate::sweep::SweepReport>, crate::sweep::SweepError> {
-        Ok(None)
-    }
 }
 
 async fn run_until_shutdown(

@@ -294,10 +294,11 @@ pub(super) async fn cancel_drain(
     change(&state, drain.into_inner(), Event::Cancelled).await
 }
 
-/// `POST /v1/sweeps?dry_run=`.
+/// The query of `POST /v1/sweeps`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SweepQuery {
+    /// Find without queueing drains or recording anything.
     #[serde(default)]
     dry_run: bool,
 }
@@ -308,31 +309,25 @@ pub(super) async fn sweep(
     Query(query): Query<SweepQuery>,
 ) -> Result<impl IntoResponse, Error> {
     let shared = state.shared();
-    let report = shared
-        .sweeper
-        .sweep(query.dry_run)
-        .await
-        .map_err(|e| match e {
-            crate::sweep::SweepError::Ledger(e) => Error::from(e),
-            crate::sweep::SweepError::Store(e) => Error::from(e),
-            crate::sweep::SweepError::Cluster(why) => {
-                tracing::warn!(reason = %why, "sweep failed");
-                Error::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
-            }
-            other => {
-                tracing::error!(error = %other, "sweep failed");
-                Error::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            }
-        })?;
+    let report = shared.sweeper.sweep(query.dry_run).await?;
     shared.metrics.sweep_seconds.observe(report.seconds);
+    let orphaned = report.orphaned();
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
-    Ok(Json(
-        serde_json::json!({"findings": report.findings, "drains": drains, "seconds": report.seconds}),
-    ))
+    Ok(Json(serde_json::json!({
+        "findings": report.findings,
+        "drains": drains,
+        "seconds": report.seconds,
+        "dry_run": report.dry_run,
+        "orphaned": orphaned,
+    })))
+}
+
+pub(super) async fn orphans(
+    State(state): State<AppState>,
+    _: Granted<AdminAction>,
+) -> Result<impl IntoResponse, Error> {
+    let orphans = state.shared().sweeper.orphans().await?;
+    Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 
 pub(super) async fn snapshots(

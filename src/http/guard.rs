@@ -181,7 +181,7 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
             extensions.insert(Granted(AdminAction));
             extensions.insert(Granted(drain));
         }
-        Action::Sweep => {
+        Action::Sweep | Action::ListOrphans => {
             extensions.insert(Granted(AdminAction));
         }
         Action::ReadSnapshots => {

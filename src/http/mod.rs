@@ -16,6 +16,7 @@ use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::scheduler::ProgressBoard;
 use crate::store::Store;
+use crate::sweep::SweepError;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -123,6 +124,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/retry" => ChangeDrain, api::retry_drain;
         post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
         post "/sweeps" => Sweep, api::sweep;
+        get "/orphans" => ListOrphans, api::orphans;
         get "/volumes/{namespace}/{pvc}/snapshots" => ReadSnapshots, api::snapshots;
     );
     let (movers, mover_table) = routes!(state;
@@ -326,6 +328,23 @@ impl From<crate::admission::Refusal> for Error {
                     ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
                 }
             }
+        }
+    }
+}
+
+impl From<SweepError> for Error {
+    fn from(err: SweepError) -> Self {
+        match err {
+            SweepError::Ledger(e) => Self::from(e),
+            SweepError::Store(e) => Self::from(e),
+            SweepError::Cluster(why) => {
+                tracing::warn!(reason = %why, "cannot sweep now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+            err @ SweepError::List(..) => Self::dependency(&err, false, "volume root", "internal"),
         }
     }
 }

@@ -447,6 +447,17 @@ async fn what_each_caller_may_do_succeeds() {
     );
     let (s, b) = w
         .api
+        .call("admin", Method::POST, "/sweeps?dry_run=true", None)
+        .await;
+    assert_eq!(
+        (s, &b["dry_run"], &b["drains"]),
+        (200, &json!(true), &json!([])),
+        "{b}"
+    );
+    let (s, b) = w.api.call("admin", Method::GET, "/orphans", None).await;
+    assert_eq!((s, b["orphans"].is_array()), (200, true), "{b}");
+    let (s, b) = w
+        .api
         .call(
             "admin",
             Method::GET,

@@ -5,13 +5,16 @@
 //! the pod is then confirmed against the live object (the API server caches reviews for about
 //! ten seconds, so a deleted pod's token could still pass it) and its claims become its
 //! mounts. A mover is a pod whose controlling Job is the one drainer created for a drain
-//! being copied (the Job's UID is in the ledger, so labels cannot forge it). Other
+//! being copied, or queued to be copied again (the Job's UID is in the ledger, so labels
+//! cannot forge it; only a copying drain accepts data), and whose spec is
+//! that Job's template where it matters (an owner reference can be forged too: see
+//! [`movers::check_mover_pod`]; checked once per version of the pod). Other
 //! ServiceAccounts (a Job's, an operator tool's) may hand off what RBAC grants them: a
 //! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. The
 //! static token, when configured, is an admin's. Successful reviews are cached for
 //! [`REVIEW_TTL`]; the pod check is not cached.
 
-use super::{Cluster, Error, call, planner};
+use super::{Cluster, Error, call, movers, planner};
 use crate::auth::{Authority, Caller, Denied, PodIdentity, Workload};
 use crate::ledger::Ledger;
 use crate::volume::VolumeId;
@@ -19,15 +22,19 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInf
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
+use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a successful TokenReview or SubjectAccessReview is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// How long a mover pod, at one version of it, is trusted without reading it again.
+const MOVER_CHECK_TTL: Duration = Duration::from_secs(60);
 /// The API group of drainer's RBAC resources (`handoffs`, `restores`).
 pub const GROUP: &str = "drainer.io";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -48,6 +55,8 @@ pub struct TokenReviews {
     admin_token: Option<String>,
     reviews: Mutex<HashMap<[u8; 32], Reviewed>>,
     grants: Mutex<HashMap<(String, String), Instant>>,
+    /// Mover pods checked against their Job's template, by UID and resource version.
+    movers: Mutex<HashMap<(String, String), Instant>>,
 }
 
 impl std::fmt::Debug for TokenReviews {
@@ -71,6 +80,7 @@ impl TokenReviews {
             admin_token,
             reviews: Mutex::default(),
             grants: Mutex::default(),
+            movers: Mutex::default(),
         }
     }
 
@@ -171,9 +181,74 @@ impl TokenReviews {
             .drain_of_mover_job(&job.uid)
             .await
             .map_err(|e| Denied::Unavailable(e.to_string()))?;
-        Ok(drain
-            .filter(|d| Some(d.namespace.as_str()) == pod.metadata.namespace.as_deref())
-            .map(|d| d.id))
+        let Some(drain) =
+            drain.filter(|d| Some(d.namespace.as_str()) == pod.metadata.namespace.as_deref())
+        else {
+            return Ok(None);
+        };
+        self.confirm_mover(pod, &job.name, &job.uid).await?;
+        Ok(Some(drain.id))
+    }
+
+    /// Checks that `pod`, owned by the recorded mover Job `job`, is a true copy of that Job's
+    /// template ([`movers::check_mover_pod`]): labels and owner references can be forged by
+    /// anyone who may create pods. A pod passes once per version of it: any change (an image
+    /// swapped in, say) is checked again.
+    async fn confirm_mover(&self, pod: &Pod, job: &str, job_uid: &str) -> Result<(), Denied> {
+        let meta = &pod.metadata;
+        let (namespace, name) = (
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        let key = (
+            meta.uid.clone().unwrap_or_default(),
+            meta.resource_version.clone().unwrap_or_default(),
+        );
+        let cached = self.movers.lock().ok().and_then(|m| m.get(&key).copied());
+        if cached.is_some_and(|at| at.elapsed() < MOVER_CHECK_TTL) {
+            return Ok(());
+        }
+        // The watch keeps pods without their containers: read the whole pod.
+        let full = if pod.spec.as_ref().is_some_and(|s| !s.containers.is_empty()) {
+            pod.clone()
+        } else {
+            let api: Api<Pod> = Api::namespaced(self.cluster.client.clone(), namespace);
+            call(format!("get pod {namespace}/{name}"), api.get_opt(name))
+                .await
+                .map_err(unavailable)?
+                .filter(|p| p.metadata.uid.as_deref() == Some(key.0.as_str()))
+                .ok_or(Denied::Invalid)?
+        };
+        let template = self.mover_job(namespace, job, job_uid).await?;
+        movers::check_mover_pod(&full, &template).map_err(|why| {
+            Denied::Forbidden(format!(
+                "pod {namespace}/{name} names mover Job {job} as its controller, but {why}"
+            ))
+        })?;
+        if let Ok(mut checked) = self.movers.lock() {
+            checked.retain(|_, at| at.elapsed() < MOVER_CHECK_TTL);
+            checked.insert(key, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// The mover Job `name` with UID `uid`: from the watch, or the API.
+    async fn mover_job(&self, namespace: &str, name: &str, uid: &str) -> Result<Job, Denied> {
+        let seen = self
+            .cluster
+            .jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|j| j.metadata.uid.as_deref() == Some(uid));
+        if let Some(job) = seen {
+            return Ok((*job).clone());
+        }
+        let api: Api<Job> = Api::namespaced(self.cluster.client.clone(), namespace);
+        let found = call(format!("get Job {namespace}/{name}"), api.get_opt(name))
+            .await
+            .map_err(unavailable)?;
+        found
+            .filter(|j| j.metadata.uid.as_deref() == Some(uid))
+            .ok_or_else(|| Denied::Forbidden(format!("mover Job {namespace}/{name} is gone")))
     }
 
     /// Whether `workload` has RBAC permission to `verb` `resource` of drainer's group in

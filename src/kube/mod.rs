@@ -2,14 +2,20 @@
 //! [`crate::auth::Authority`], the scheduler's [`crate::scheduler::Executor`], the lifecycle's
 //! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
 //! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
-//! be let go, [`hold`] keeps claims the StatefulSet would delete. Core modules never import
-//! this one.
+//! be let go, [`hold`] keeps claims the StatefulSet would delete, [`movers`] copies volumes
+//! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
+//! time, by the [`lease`]), [`events`] tells users on the claim and the pod what happened to
+//! their drains. Core modules never import this one.
 
 pub mod admission;
+pub mod events;
 pub mod hold;
 pub mod identity;
+pub mod lease;
+pub mod movers;
 pub mod planner;
 pub mod release;
+pub mod sweep;
 pub mod watch;
 
 pub use watch::Cluster;

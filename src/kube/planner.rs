@@ -8,9 +8,12 @@
 //! `start <= o < start + replicas` (`spec.ordinals.start`, default 0); a volume is orphaned
 //! when its ordinal is not live or its StatefulSet is gone, and no pod mounts it.
 
+use crate::ledger::Drain;
+pub use crate::ledger::RememberedSet;
+use crate::lifecycle::DrainState;
+use crate::sweep::{Finding, Verdict};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use serde::Serialize;
 
 /// The annotation or label that opts a StatefulSet or claim out of drains (`"false"`).
 pub const OPT_OUT: &str = "drainer.io/drain";
@@ -56,22 +59,41 @@ pub fn set_claim<'a>(
     name: &str,
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> Option<SetClaim> {
+    let (stem, ordinal) = split_ordinal(name)?;
+    sets.into_iter().find_map(|set| {
+        let set_name = set.metadata.name.as_deref()?;
+        let template = template_in(stem, set_name)?;
+        has_template(set, template).then(|| SetClaim {
+            set: set_name.to_owned(),
+            template: template.to_owned(),
+            ordinal,
+        })
+    })
+}
+
+/// `TEMPLATE-SET` and the ordinal of a claim name `TEMPLATE-SET-ORDINAL`.
+fn split_ordinal(name: &str) -> Option<(&str, i32)> {
     let (stem, ordinal) = name.rsplit_once('-')?;
     if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) || ordinal.len() > 9 {
         return None;
     }
-    let ordinal: i32 = ordinal.parse().ok()?;
-    sets.into_iter().find_map(|set| {
-        let set_name = set.metadata.name.as_deref()?;
-        let template = stem.strip_suffix(set_name)?.strip_suffix('-')?;
-        templates(set)
-            .contains(&template.to_owned())
-            .then(|| SetClaim {
-                set: set_name.to_owned(),
-                template: template.to_owned(),
-                ordinal,
-            })
-    })
+    Some((stem, ordinal.parse().ok()?))
+}
+
+/// The template part of `stem` (`TEMPLATE-SET`) for StatefulSet `set`.
+fn template_in<'n>(stem: &'n str, set: &str) -> Option<&'n str> {
+    stem.strip_suffix(set)?
+        .strip_suffix('-')
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `set` has a claim template named `template`.
+fn has_template(set: &StatefulSet, template: &str) -> bool {
+    set.spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .any(|t| t.metadata.name.as_deref() == Some(template))
 }
 
 /// Whether `pod` mounts the claim `pvc`.
@@ -212,131 +234,328 @@ pub fn condemned<'a>(
     }
 }
 
-/// What a sweep found about one claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// `namespace/pvc`.
-    pub volume: String,
+/// How a sweep sees one claim of a StatefulSet, before the ledger is asked about its drains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim's name.
+    pub pvc: String,
     /// The claim's UID.
     pub uid: String,
-    /// The StatefulSet it belongs to, if it is one's.
-    pub statefulset: Option<String>,
-    /// Whether it needs a drain now.
-    pub drain: bool,
-    /// Whether it is orphaned (drained or not).
-    pub orphaned: bool,
-    /// Why.
+    /// Its place in its StatefulSet.
+    pub place: SetClaim,
+    /// What it is to its StatefulSet.
+    pub verdict: Verdict,
+    /// Why: for orphaned claims, why they are orphaned (what a drain's reason says).
     pub why: String,
+    /// The pod that mounts it, if one does.
+    pub mounted_by: Option<String>,
+    /// When the claim was created (ms since the epoch).
+    pub created_ms: Option<i64>,
 }
 
-/// Decides, for every claim of one namespace, whether it is orphaned and needs a drain:
-/// orphaned claims of StatefulSets (ordinal not live, or the StatefulSet gone) that no pod
-/// mounts, unless opted out or already drained since (`drained` says whether a claim UID has a
-/// completed or active drain since it was last mounted).
-pub fn sweep_namespace(
+/// Where a sweep found a claim's StatefulSet.
+enum Owner<'a> {
+    /// It exists and is not being deleted.
+    Live(&'a StatefulSet),
+    /// It exists but is being deleted.
+    Deleting(&'a StatefulSet),
+    /// It no longer exists; how drainer knows it did.
+    Gone(&'static str, Option<&'a RememberedSet>),
+}
+
+/// Decides, for every claim of one namespace that belongs (or belonged) to a StatefulSet,
+/// what it is: live, in use, or orphaned — its ordinal scaled away or its StatefulSet gone,
+/// and no pod mounting it — and whether an orphan is opted out or being deleted. A claim
+/// belongs to a StatefulSet by the `TEMPLATE-SET-ORDINAL` pattern against the namespace's
+/// StatefulSets, then against an owner reference to a StatefulSet that is gone, then against
+/// the StatefulSets drainer remembers. Other claims are not a sweep's business and are left
+/// out. `remembered` may hold other namespaces' StatefulSets too.
+pub fn classify_namespace(
     claims: &[&PersistentVolumeClaim],
     pods: &[&Pod],
     sets: &[&StatefulSet],
-    remembered_sets: &[RememberedSet],
-    drained: impl Fn(&str) -> bool,
-) -> Vec<Finding> {
+    remembered: &[RememberedSet],
+) -> Vec<Seen> {
+    let mut mounted: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for pod in pods {
+        let name = pod.metadata.name.as_deref().unwrap_or("?");
+        for claim in claims_of(pod) {
+            mounted.entry(claim).or_insert(name);
+        }
+    }
     claims
         .iter()
-        .filter_map(|claim| {
-            let name = claim.metadata.name.as_deref()?;
-            let namespace = claim.metadata.namespace.as_deref()?;
-            let uid = claim.metadata.uid.clone().unwrap_or_default();
-            let finding =
-                |statefulset: Option<String>, orphaned: bool, drain: bool, why: String| Finding {
-                    volume: format!("{namespace}/{name}"),
-                    uid: uid.clone(),
-                    statefulset,
-                    drain,
-                    orphaned,
-                    why,
-                };
-            let set_claim = set_claim(name, sets.iter().copied())
-                .or_else(|| remembered_claim(name, remembered_sets))?;
-            let set = sets
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(set_claim.set.as_str()));
-            let orphaned_why = match set {
-                Some(set) if set.metadata.deletion_timestamp.is_none() => {
-                    let live = live_ordinals(set);
-                    (!live.contains(&set_claim.ordinal)).then(|| {
-                        format!(
-                            "ordinal {} of {} is scaled away (live ordinals {}..{})",
-                            set_claim.ordinal, set_claim.set, live.start, live.end
-                        )
-                    })
-                }
-                _ => Some(format!("StatefulSet {} no longer exists", set_claim.set)),
-            };
-            let name_of_set = Some(set_claim.set.clone());
-            let Some(why) = orphaned_why else {
-                return Some(finding(name_of_set, false, false, "ordinal is live".into()));
-            };
-            if let Some(pod) = pods.iter().find(|p| mounts(p, name)) {
-                let pod = pod.metadata.name.as_deref().unwrap_or("?");
-                return Some(finding(
-                    name_of_set,
-                    false,
-                    false,
-                    format!("{why}, but pod {pod} mounts it"),
-                ));
-            }
-            if opted_out(&claim.metadata) || set.is_some_and(|s| opted_out(&s.metadata)) {
-                return Some(finding(
-                    name_of_set,
-                    true,
-                    false,
-                    format!("{why}; opted out ({OPT_OUT}: \"false\")"),
-                ));
-            }
-            if claim.metadata.deletion_timestamp.is_some() {
-                return Some(finding(
-                    name_of_set,
-                    true,
-                    false,
-                    format!("{why}; the claim is being deleted"),
-                ));
-            }
-            if drained(&uid) {
-                return Some(finding(
-                    name_of_set,
-                    true,
-                    false,
-                    format!("{why}; drained since"),
-                ));
-            }
-            Some(finding(name_of_set, true, true, why))
-        })
+        .filter_map(|claim| classify(claim, &mounted, sets, remembered))
         .collect()
 }
 
-/// A StatefulSet drainer saw once: enough to recognise its claims after it is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RememberedSet {
-    /// Its name.
-    pub name: String,
-    /// Its claim templates.
-    pub templates: Vec<String>,
+fn classify(
+    claim: &PersistentVolumeClaim,
+    mounted: &std::collections::HashMap<&str, &str>,
+    sets: &[&StatefulSet],
+    remembered: &[RememberedSet],
+) -> Option<Seen> {
+    let name = claim.metadata.name.as_deref()?;
+    let namespace = claim.metadata.namespace.as_deref()?;
+    let (place, owner) = place_claim(claim, namespace, name, sets, remembered)?;
+    let orphaned = orphaned_why(&place, &owner);
+    let mounted_by = mounted.get(name).map(|p| (*p).to_owned());
+    let (verdict, why) = match (orphaned, &mounted_by) {
+        (Err(live), _) => (Verdict::Live, live),
+        (Ok(why), Some(pod)) => (Verdict::InUse, format!("{why}, but pod {pod} mounts it")),
+        (Ok(why), None) => match opted_out_by(claim, &place, &owner) {
+            Some(by) => (
+                Verdict::OptedOut,
+                format!("{why}; opted out ({OPT_OUT}: \"false\" on {by})"),
+            ),
+            None if claim.metadata.deletion_timestamp.is_some() => (
+                Verdict::Deleting,
+                format!("{why}; the claim is being deleted"),
+            ),
+            None => (Verdict::Orphaned, why),
+        },
+    };
+    Some(Seen {
+        namespace: namespace.to_owned(),
+        pvc: name.to_owned(),
+        uid: claim.metadata.uid.clone().unwrap_or_default(),
+        place,
+        verdict,
+        why,
+        mounted_by,
+        created_ms: claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond()),
+    })
 }
 
-fn remembered_claim(name: &str, remembered: &[RememberedSet]) -> Option<SetClaim> {
-    let (stem, ordinal) = name.rsplit_once('-')?;
-    let ordinal: i32 = ordinal.parse().ok()?;
-    remembered.iter().find_map(|set| {
-        let template = stem.strip_suffix(&set.name)?.strip_suffix('-')?;
-        set.templates
+/// The claim's place and its StatefulSet: a live one by name, else the owner reference's,
+/// else a remembered one.
+fn place_claim<'a>(
+    claim: &PersistentVolumeClaim,
+    namespace: &str,
+    name: &str,
+    sets: &[&'a StatefulSet],
+    remembered: &'a [RememberedSet],
+) -> Option<(SetClaim, Owner<'a>)> {
+    if let Some(place) = set_claim(name, sets.iter().copied()) {
+        let set = sets
             .iter()
-            .any(|t| t == template)
-            .then(|| SetClaim {
+            .find(|s| s.metadata.name.as_deref() == Some(place.set.as_str()))?;
+        return Some(match set.metadata.deletion_timestamp {
+            Some(_) => (place, Owner::Deleting(set)),
+            None => (place, Owner::Live(set)),
+        });
+    }
+    let live_uid = |uid: &str| sets.iter().any(|s| s.metadata.uid.as_deref() == Some(uid));
+    let (stem, ordinal) = split_ordinal(name)?;
+    let owned = claim.metadata.owner_references.iter().flatten().find(|o| {
+        o.kind == "StatefulSet" && !live_uid(&o.uid) && template_in(stem, &o.name).is_some()
+    });
+    if let Some(owner) = owned {
+        let template = template_in(stem, &owner.name)?;
+        let known = remembered.iter().find(|r| r.uid == owner.uid);
+        let place = SetClaim {
+            set: owner.name.clone(),
+            template: template.to_owned(),
+            ordinal,
+        };
+        return Some((
+            place,
+            Owner::Gone("named by the claim's owner reference", known),
+        ));
+    }
+    remembered.iter().find_map(|set| {
+        if set.namespace != namespace || live_uid(&set.uid) {
+            return None;
+        }
+        let template = template_in(stem, &set.name)?;
+        set.templates.iter().any(|t| t == template).then(|| {
+            let place = SetClaim {
                 set: set.name.clone(),
                 template: template.to_owned(),
                 ordinal,
-            })
+            };
+            (place, Owner::Gone("remembered by drainer", Some(set)))
+        })
     })
+}
+
+/// Why the claim is orphaned (`Ok`), or why it is live (`Err`), its mounts aside.
+fn orphaned_why(place: &SetClaim, owner: &Owner<'_>) -> Result<String, String> {
+    let (set, ordinal) = (&place.set, place.ordinal);
+    let pod = format!("pod {set}-{ordinal}'s claim");
+    match owner {
+        Owner::Live(s) => {
+            let live = live_ordinals(s);
+            let range = format!("live ordinals {}..{}", live.start, live.end);
+            if live.contains(&ordinal) {
+                Err(format!(
+                    "ordinal {ordinal} of StatefulSet {set} is live ({range})"
+                ))
+            } else {
+                Ok(format!(
+                    "ordinal {ordinal} of StatefulSet {set} is scaled away ({range}; {pod})"
+                ))
+            }
+        }
+        Owner::Deleting(_) => Ok(format!("StatefulSet {set} is being deleted ({pod})")),
+        Owner::Gone(how, _) => Ok(format!("StatefulSet {set} no longer exists ({how}; {pod})")),
+    }
+}
+
+/// What opts the claim out, if anything: the claim, its StatefulSet, or the StatefulSet as
+/// drainer remembers it.
+fn opted_out_by(
+    claim: &PersistentVolumeClaim,
+    place: &SetClaim,
+    owner: &Owner<'_>,
+) -> Option<String> {
+    let set_opted_out = match owner {
+        Owner::Live(s) | Owner::Deleting(s) => opted_out(&s.metadata),
+        Owner::Gone(_, remembered) => remembered.is_some_and(|r| r.opted_out),
+    };
+    if opted_out(&claim.metadata) {
+        Some("the claim".to_owned())
+    } else if set_opted_out {
+        Some(format!("StatefulSet {}", place.set))
+    } else {
+        None
+    }
+}
+
+/// What already covers an orphaned claim, so that a sweep does not drain it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cover {
+    /// A drain is active.
+    Active {
+        /// The drain.
+        id: String,
+        /// Its state.
+        state: DrainState,
+    },
+    /// A drain completed after a pod last mounted the claim.
+    Completed {
+        /// The drain.
+        id: String,
+        /// Its snapshot.
+        snapshot: Option<String>,
+    },
+    /// The latest drain since then failed: it is retried by hand, not by every sweep.
+    Failed {
+        /// The drain.
+        id: String,
+    },
+    /// The latest drain since then was cancelled by hand.
+    Cancelled {
+        /// The drain.
+        id: String,
+    },
+}
+
+impl Cover {
+    /// The covering drain's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Cover::Active { id, .. }
+            | Cover::Completed { id, .. }
+            | Cover::Failed { id }
+            | Cover::Cancelled { id } => id,
+        }
+    }
+
+    /// What it says in a finding.
+    pub fn describe(&self) -> String {
+        match self {
+            Cover::Active { id, state } => format!("drain {id} is {state}"),
+            Cover::Completed { id, snapshot } => format!(
+                "drained since it was last mounted (drain {id}, snapshot {})",
+                snapshot.as_deref().unwrap_or("?")
+            ),
+            Cover::Failed { id } => format!(
+                "drain {id} failed since it was last mounted; retry it by hand (POST /v1/drains/{id}/retry)"
+            ),
+            Cover::Cancelled { id } => {
+                format!("drain {id} was cancelled by hand since it was last mounted")
+            }
+        }
+    }
+}
+
+/// Decides what covers claim `uid` (created at `claim_created_ms`, last seen mounted at
+/// `last_mounted_ms`) among `drains`: those that recorded its UID count, and those of its
+/// name that recorded none and were created after it. An active drain covers it; else a drain
+/// completed since it was last mounted (never seen mounted: any completed drain); else the
+/// latest drain since then if it failed or was cancelled. `not_needed` drains never cover.
+pub fn cover<'a>(
+    drains: impl IntoIterator<Item = &'a Drain>,
+    uid: &str,
+    claim_created_ms: Option<i64>,
+    last_mounted_ms: Option<i64>,
+) -> Option<Cover> {
+    let mine = |d: &&Drain| match d.pvc_uid.as_deref() {
+        Some(recorded) => recorded == uid,
+        None => claim_created_ms.is_none_or(|created| d.created_ms >= created),
+    };
+    let drains: Vec<&Drain> = drains.into_iter().filter(mine).collect();
+    if let Some(d) = drains.iter().find(|d| d.state.is_active()) {
+        return Some(Cover::Active {
+            id: d.id.clone(),
+            state: d.state,
+        });
+    }
+    let ended = |d: &Drain| d.finished_ms.unwrap_or(d.updated_ms);
+    let since: Vec<&&Drain> = drains
+        .iter()
+        .filter(|d| last_mounted_ms.is_none_or(|m| ended(d) > m))
+        .collect();
+    if let Some(d) = since
+        .iter()
+        .filter(|d| d.state == DrainState::Completed)
+        .max_by_key(|d| ended(d))
+    {
+        return Some(Cover::Completed {
+            id: d.id.clone(),
+            snapshot: d.snapshot.clone(),
+        });
+    }
+    let latest = since
+        .iter()
+        .filter(|d| d.state != DrainState::NotNeeded)
+        .max_by_key(|d| ended(d))?;
+    match latest.state {
+        DrainState::Failed => Some(Cover::Failed {
+            id: latest.id.clone(),
+        }),
+        DrainState::Cancelled => Some(Cover::Cancelled {
+            id: latest.id.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The finding for a classified claim, given what covers it: an orphan that nothing covers
+/// needs a drain; everything else is reported as it is.
+pub fn finding(seen: &Seen, cover: Option<&Cover>) -> Finding {
+    let needs_drain = seen.verdict == Verdict::Orphaned && cover.is_none();
+    let why = match (seen.verdict, cover) {
+        (Verdict::Orphaned, None) => format!("{}; no pod mounts it", seen.why),
+        (Verdict::Orphaned, Some(c)) => format!("{}; {}", seen.why, c.describe()),
+        _ => seen.why.clone(),
+    };
+    Finding {
+        volume: format!("{}/{}", seen.namespace, seen.pvc),
+        drain: needs_drain,
+        why,
+        verdict: Some(seen.verdict),
+        uid: Some(seen.uid.clone()),
+        statefulset: Some(seen.place.set.clone()),
+        drain_id: cover.map(|c| c.id().to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -522,58 +741,258 @@ mod tests {
         );
     }
 
+    fn remembered(name: &str, templates: &[&str], opted_out: bool) -> RememberedSet {
+        RememberedSet {
+            uid: format!("uid-{name}"),
+            namespace: "shop".into(),
+            name: name.into(),
+            templates: templates.iter().map(|t| t.to_string()).collect(),
+            opted_out,
+        }
+    }
+
+    fn opt_out(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        meta.annotations = Some([(OPT_OUT.to_owned(), "false".to_owned())].into());
+    }
+
+    fn deleting(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    }
+
+    fn owned_by_set(mut claim: PersistentVolumeClaim, set: &str) -> PersistentVolumeClaim {
+        claim.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "name": set, "uid": format!("uid-{set}")
+        })).unwrap()]);
+        claim
+    }
+
     #[test]
-    fn sweeps_find_unmounted_claims_of_scaled_away_ordinals_and_gone_sets() {
-        let web = set("web", 2, None, &["data"]);
+    fn sweeps_classify_every_claim_of_a_statefulset() {
+        let web = set("web", 2, None, &["data", "logs"]);
+        let db = set("my-db", 1, Some(3), &["pg-data"]);
         let mut quiet = set("quiet", 1, None, &["data"]);
-        quiet.metadata.annotations = Some([(OPT_OUT.to_owned(), "false".to_owned())].into());
-        let claims = [
-            claim("data-web-0"),
-            claim("data-web-2"),
-            claim("data-web-3"),
-            claim("data-web-4"),
-            claim("data-old-1"),
-            claim("data-quiet-3"),
-            claim("scratch"),
-            claim("data-gone-0"),
+        opt_out(&mut quiet.metadata);
+        let mut doomed = set("doomed", 1, None, &["data"]);
+        deleting(&mut doomed.metadata);
+        let sets = [&web, &db, &quiet, &doomed];
+        let memory = [
+            remembered("old", &["data"], false),
+            remembered("hushed", &["data"], true),
+            remembered("web", &["cache"], false), // the live web's UID: never "gone"
         ];
-        let pods = [pod("debug", &["data-web-3"])];
-        let remembered = [RememberedSet {
-            name: "old".into(),
-            templates: vec!["data".into()],
-        }];
-        let findings = sweep_namespace(
-            &claims.iter().collect::<Vec<_>>(),
-            &pods.iter().collect::<Vec<_>>(),
-            &[&web, &quiet],
-            &remembered,
-            |uid| uid == "uid-data-web-4",
-        );
-        let by_volume: std::collections::HashMap<&str, (bool, bool)> = findings
-            .iter()
-            .map(|f| (f.volume.as_str(), (f.orphaned, f.drain)))
-            .collect();
-        assert_eq!(by_volume["shop/data-web-0"], (false, false), "live");
-        assert_eq!(by_volume["shop/data-web-2"], (true, true), "scaled away");
+        let mut opted = claim("data-web-4");
+        opt_out(&mut opted.metadata);
+        let mut going = claim("data-web-5");
+        deleting(&mut going.metadata);
+        let cases: Vec<(PersistentVolumeClaim, Option<Verdict>)> = vec![
+            (claim("data-web-0"), Some(Verdict::Live)),
+            (claim("logs-web-1"), Some(Verdict::Live)),
+            (claim("data-web-2"), Some(Verdict::Orphaned)),
+            (claim("data-web-3"), Some(Verdict::InUse)),
+            (opted, Some(Verdict::OptedOut)),
+            (going, Some(Verdict::Deleting)),
+            (claim("pg-data-my-db-3"), Some(Verdict::Live)),
+            (claim("pg-data-my-db-2"), Some(Verdict::Orphaned)),
+            (claim("pg-data-my-db-4"), Some(Verdict::Orphaned)),
+            (claim("data-quiet-1"), Some(Verdict::OptedOut)),
+            (claim("data-quiet-0"), Some(Verdict::Live)),
+            (claim("data-doomed-0"), Some(Verdict::Orphaned)),
+            (claim("data-old-1"), Some(Verdict::Orphaned)),
+            (claim("data-hushed-0"), Some(Verdict::OptedOut)),
+            (
+                owned_by_set(claim("data-ghost-2"), "ghost"),
+                Some(Verdict::Orphaned),
+            ),
+            (owned_by_set(claim("scratch-7"), "ghost"), None),
+            (
+                owned_by_set(claim("data-web-1"), "web"),
+                Some(Verdict::Live),
+            ),
+            (claim("cache-web-1"), None),
+            (claim("scratch"), None),
+            (claim("data-gone-0"), None),
+        ];
+        let pods = [pod("debug", &["data-web-3"]), pod("web-0", &["data-web-0"])];
+        let claims: Vec<&PersistentVolumeClaim> = cases.iter().map(|(c, _)| c).collect();
+        let seen = classify_namespace(&claims, &pods.iter().collect::<Vec<_>>(), &sets, &memory);
+        for (claim, expected) in &cases {
+            let name = claim.metadata.name.as_deref().unwrap();
+            let found = seen.iter().find(|s| s.pvc == name);
+            assert_eq!(found.map(|s| s.verdict), *expected, "{name}: {found:?}");
+        }
+        let why = |name: &str| &seen.iter().find(|s| s.pvc == name).unwrap().why;
         assert_eq!(
-            by_volume["shop/data-web-3"],
-            (false, false),
-            "mounted by a pod"
+            why("data-web-2"),
+            "ordinal 2 of StatefulSet web is scaled away (live ordinals 0..2; pod web-2's claim)"
         );
-        assert_eq!(by_volume["shop/data-web-4"], (true, false), "drained since");
+        assert!(why("data-web-3").ends_with("but pod debug mounts it"));
+        assert!(why("data-old-1").contains("StatefulSet old no longer exists (remembered"));
+        assert!(why("data-ghost-2").contains("owner reference"));
+        assert!(why("data-quiet-1").contains("on StatefulSet quiet"));
+        assert!(why("data-web-4").contains("on the claim"));
+        let mounted = seen.iter().find(|s| s.pvc == "data-web-0").unwrap();
+        assert_eq!(mounted.mounted_by.as_deref(), Some("web-0"));
+        let ghost = seen.iter().find(|s| s.pvc == "data-ghost-2").unwrap();
         assert_eq!(
-            by_volume["shop/data-old-1"],
-            (true, true),
-            "its StatefulSet is gone"
+            (ghost.place.set.as_str(), ghost.place.ordinal),
+            ("ghost", 2)
         );
-        assert_eq!(by_volume["shop/data-quiet-3"], (true, false), "opted out");
-        assert!(
-            !by_volume.contains_key("shop/scratch"),
-            "not a StatefulSet claim"
+    }
+
+    fn drain(id: &str, uid: Option<&str>, state: DrainState, created: i64, ended: i64) -> Drain {
+        Drain {
+            id: id.into(),
+            namespace: "shop".into(),
+            pvc: "data-web-2".into(),
+            pod: None,
+            reason: "test".into(),
+            state,
+            attempts: 0,
+            max_attempts: 3,
+            not_before_ms: created,
+            lease_owner: None,
+            lease_expires_ms: None,
+            snapshot: (state == DrainState::Completed).then(|| format!("s-{id}")),
+            last_error: None,
+            created_ms: created,
+            updated_ms: ended,
+            finished_ms: (!state.is_active()).then_some(ended),
+            pvc_uid: uid.map(str::to_owned),
+            pod_uid: None,
+            node: None,
+            hold: None,
+            mover_job: None,
+            mover_job_uid: None,
+        }
+    }
+
+    #[test]
+    fn a_claim_is_covered_by_drains_since_it_was_last_mounted() {
+        use DrainState::*;
+        let u = Some("uid-c");
+        // (case, the claim's drains, when it was last mounted, what covers it)
+        type Case<'a> = (&'a str, Vec<Drain>, Option<i64>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("no drain", vec![], Some(5), None),
+            (
+                "active",
+                vec![drain("a", u, Queued, 1, 1)],
+                Some(5),
+                Some("active a"),
+            ),
+            (
+                "completed since",
+                vec![drain("c", u, Completed, 6, 10)],
+                Some(5),
+                Some("completed c"),
+            ),
+            (
+                "completed before use",
+                vec![drain("c", u, Completed, 1, 10)],
+                Some(20),
+                None,
+            ),
+            (
+                "never seen mounted",
+                vec![drain("c", u, Completed, 1, 10)],
+                None,
+                Some("completed c"),
+            ),
+            (
+                "failed after an old completion",
+                vec![
+                    drain("c", u, Completed, 1, 10),
+                    drain("f", u, Failed, 21, 30),
+                ],
+                Some(20),
+                Some("failed f"),
+            ),
+            (
+                "completed beats a later failure",
+                vec![
+                    drain("c", u, Completed, 21, 25),
+                    drain("f", u, Failed, 26, 30),
+                ],
+                Some(20),
+                Some("completed c"),
+            ),
+            (
+                "cancelled since",
+                vec![drain("x", u, Cancelled, 21, 30)],
+                Some(20),
+                Some("cancelled x"),
+            ),
+            (
+                "not needed never covers",
+                vec![drain("n", u, NotNeeded, 21, 30)],
+                Some(20),
+                None,
+            ),
+            (
+                "another claim's",
+                vec![drain("o", Some("uid-other"), Completed, 21, 30)],
+                Some(20),
+                None,
+            ),
+            (
+                "by name, after the claim",
+                vec![drain("b", None, Completed, 101, 130)],
+                Some(120),
+                Some("completed b"),
+            ),
+            (
+                "by name, an older claim's",
+                vec![drain("b", None, Completed, 50, 130)],
+                Some(120),
+                None,
+            ),
+        ];
+        for (what, drains, mounted, expected) in cases {
+            let found = cover(
+                &drains,
+                "uid-c",
+                Some(100).filter(|_| what.starts_with("by name")),
+                mounted,
+            );
+            let found = found.map(|c| match c {
+                Cover::Active { id, .. } => format!("active {id}"),
+                Cover::Completed { id, .. } => format!("completed {id}"),
+                Cover::Failed { id } => format!("failed {id}"),
+                Cover::Cancelled { id } => format!("cancelled {id}"),
+            });
+            assert_eq!(found.as_deref(), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_uncovered_orphans_need_a_drain() {
+        let web = set("web", 1, None, &["data"]);
+        let (orphan, opted) = (claim("data-web-3"), {
+            let mut c = claim("data-web-4");
+            opt_out(&mut c.metadata);
+            c
+        });
+        let seen = classify_namespace(&[&orphan, &opted], &[], &[&web], &[]);
+        let fresh = finding(&seen[0], None);
+        assert!(fresh.drain, "{fresh:?}");
+        assert_eq!(fresh.statefulset.as_deref(), Some("web"));
+        assert!(fresh.why.ends_with("no pod mounts it"), "{}", fresh.why);
+        let done = Cover::Completed {
+            id: "d-1".into(),
+            snapshot: Some("s-1".into()),
+        };
+        let covered = finding(&seen[0], Some(&done));
+        assert_eq!(
+            (covered.drain, covered.drain_id.as_deref()),
+            (false, Some("d-1"))
         );
-        assert!(
-            !by_volume.contains_key("shop/data-gone-0"),
-            "never seen: not guessed"
+        assert!(covered.why.contains("drained since"), "{}", covered.why);
+        let skipped = finding(&seen[1], None);
+        assert_eq!(
+            (skipped.drain, skipped.verdict),
+            (false, Some(Verdict::OptedOut))
         );
     }
 }

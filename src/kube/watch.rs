@@ -70,6 +70,13 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     }
 }
 
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> From<Vec<Store<K>>> for Stores<K> {
+    /// Stores filled some other way (tests, benchmarks).
+    fn from(stores: Vec<Store<K>>) -> Self {
+        Self(stores)
+    }
+}
+
 /// How long start-up waits for the first listing of everything.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -265,7 +265,7 @@ pub enum Writer {
     },
 }
 
-const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
+pub(super) const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
                        lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, \
                        pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid";
 
@@ -291,7 +291,7 @@ fn active_states_sql() -> String {
 /// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
 const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
-const BULK_ROWS: usize = 200;
+pub(super) const BULK_ROWS: usize = 200;
 
 /// The drains a batch of handoff requests creates, with their new ids: one for each volume
 /// named that has no active drain, for its first mention.
@@ -716,12 +716,16 @@ impl Ledger {
             .map_err(query_error("list holds")))
     }
 
-    /// The drain whose current mover Job has UID `uid`, if it is still being copied.
+    /// The drain whose current mover Job has UID `uid`, if it is being copied or queued to
+    /// be copied again (a drain released at shutdown keeps its running mover Job, which waits
+    /// for the next claim to adopt it; only a copying drain accepts its data).
     pub async fn drain_of_mover_job(&self, uid: &str) -> Result<Option<Drain>> {
-        let sql = format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state = $2");
+        let sql =
+            format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state IN ($2, $3)");
         on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(uid)
             .bind(DrainState::Copying)
+            .bind(DrainState::Queued)
             .fetch_optional(pool)
             .await
             .map_err(query_error("read drain")))

@@ -11,6 +11,7 @@ mod drains;
 mod intake;
 mod relay;
 mod runs;
+mod sweeps;
 
 pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, KubeFacts, NewDrain, PageCursor, Refused,
@@ -18,6 +19,7 @@ pub use drains::{
 };
 pub use relay::{RelayPart, RelayRecord};
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
+pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -27,6 +27,22 @@ use std::time::Duration;
 /// How long a mover keeps sending a request again while the drainer cannot take it.
 pub const RETRY_FOR: Duration = Duration::from_secs(120);
 
+/// The drain, once it is being copied: a drain `queued` again (its drainer stopped and
+/// released it) is waited for, for up to [`RETRY_FOR`], until a drainer claims it again.
+async fn copying_drain(api: &Api, drain: &str) -> anyhow::Result<DrainInfo> {
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        let info: DrainInfo = api.json(|http| http.get(api.base())).await?;
+        match info.state.as_str() {
+            "copying" => return Ok(info),
+            "queued" if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            state => anyhow::bail!("drain {drain} is {state}, not copying: nothing to stream"),
+        }
+    }
+}
+
 /// Runs `drainer mover`.
 pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     snapshot::check_source(&args.source)?;
@@ -36,16 +52,12 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.drainer.url.trim_end_matches('/'),
         args.drain
     );
-    let api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
+    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
         .with_header(crate::http::OWNER_HEADER, crate::ledger::process_owner());
-    let info: DrainInfo = api.json(|http| http.get(api.base())).await?;
-    if info.state != "copying" {
-        anyhow::bail!(
-            "drain {} is {}, not copying: nothing to stream",
-            args.drain,
-            info.state
-        );
+    if args.drainer.token.is_none() {
+        api = api.with_token_file(args.drainer.token_file.clone());
     }
+    let info = copying_drain(&api, &args.drain).await?;
     let volume: VolumeId = info.volume.parse()?;
     // Parts are written at their index in the drainer's store: they must have its part size.
     let store_url = api.url("/store");

@@ -285,3 +285,113 @@ async fn postgres_runs_have_one_owner() {
         .unwrap();
     runs_have_one_owner_and_belong_to_their_drain(ledger).await;
 }
+
+/// What sweeps remember: StatefulSets (updated when they change), claim sightings merged
+/// into what is stored (a mount time kept until a newer one, the first orphaned time kept,
+/// cleared when the claim is wanted again), forgotten claims, and a claim's drains found by
+/// UID or, for drains without one, by name.
+async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
+    use drainer::ledger::{ClaimKey, ClaimSighting, KubeFacts, NewDrain, RememberedSet};
+    let mut web = RememberedSet {
+        uid: "uid-web".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        templates: vec!["data".into(), "logs".into()],
+        opted_out: false,
+    };
+    ledger.remember_sets(&[web.clone()]).await.unwrap();
+    assert_eq!(ledger.remembered_sets().await.unwrap(), [web.clone()]);
+    web.opted_out = true;
+    ledger.remember_sets(&[web.clone()]).await.unwrap();
+    assert_eq!(ledger.remembered_sets().await.unwrap(), [web]);
+
+    let seen = |mounted: Option<i64>, orphaned: Option<i64>, at: i64| ClaimSighting {
+        pvc_uid: "uid-c".into(),
+        namespace: "shop".into(),
+        pvc: "data-web-2".into(),
+        statefulset: Some("web".into()),
+        last_mounted_ms: mounted,
+        orphaned_since_ms: orphaned,
+        last_seen_ms: at,
+    };
+    let steps = [
+        (seen(Some(100), None, 100), (Some(100), None)),
+        (seen(None, Some(200), 200), (Some(100), Some(200))),
+        (seen(None, Some(300), 300), (Some(100), Some(200))),
+        (seen(None, None, 400), (Some(100), None)),
+        (seen(Some(500), None, 500), (Some(500), None)),
+    ];
+    for (written, (mounted, orphaned)) in steps {
+        ledger
+            .record_sightings(std::slice::from_ref(&written), &[])
+            .await
+            .unwrap();
+        let stored = ledger.claim_sightings().await.unwrap();
+        assert_eq!(
+            stored,
+            [ClaimSighting {
+                last_mounted_ms: mounted,
+                orphaned_since_ms: orphaned,
+                ..written
+            }]
+        );
+    }
+    ledger
+        .record_sightings(&[], &["uid-c".into()])
+        .await
+        .unwrap();
+    assert!(ledger.claim_sightings().await.unwrap().is_empty());
+
+    let new = |pvc: &str, uid: Option<&str>| NewDrain {
+        volume: drainer::VolumeId::new("shop", pvc).unwrap(),
+        pod: None,
+        reason: "sweep: test".into(),
+        max_attempts: 3,
+        wait_for_release: false,
+        requested_by: Some("sweep".into()),
+        kube: uid.map(|u| KubeFacts {
+            pvc_uid: Some(u.into()),
+            ..KubeFacts::default()
+        }),
+    };
+    ledger
+        .request_drains(&[
+            new("a", Some("uid-a")),
+            new("b", None),
+            new("c", Some("uid-other")),
+        ])
+        .await
+        .unwrap();
+    let key = |uid: &str, pvc: &str| ClaimKey {
+        uid: uid.into(),
+        namespace: "shop".into(),
+        pvc: pvc.into(),
+    };
+    let found = ledger
+        .drains_of_claims(&[key("uid-a", "a"), key("uid-b", "b"), key("uid-c", "c")])
+        .await
+        .unwrap();
+    let mut pvcs: Vec<&str> = found.iter().map(|d| d.pvc.as_str()).collect();
+    pvcs.sort();
+    assert_eq!(
+        pvcs,
+        ["a", "b"],
+        "c's drain is another claim's (another UID)"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_sweeps_remember_sets_and_sightings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    sweeps_remember_sets_and_sightings(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_sweeps_remember_sets_and_sightings() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    sweeps_remember_sets_and_sightings(ledger).await;
+}

@@ -2,11 +2,14 @@
 //! S3-protocol server (s3s), real SQLite and PostgreSQL, real signals.
 
 mod bad_input;
+mod deploy;
 mod engine;
 mod hardening;
 mod kube_env;
 mod kube_mode;
+mod kube_movers;
 mod kube_runtime;
+mod kube_sweeps;
 mod ledger;
 mod lifecycle;
 mod replicas;

@@ -1,0 +1,839 @@
+//! Mover Jobs: the [`Executor`] of Kubernetes mode. For each attempt of a drain, a Job in the
+//! claim's namespace mounts the claim read-only and runs `drainer mover`, which streams the
+//! volume to this drainer's Service with a projected token of its own ServiceAccount; the
+//! attempt ends when the drain's copy run completes in the ledger, when the Job fails (its pod
+//! killed, deleted, past its deadline), or at the mover timeout.
+//!
+//! What it decides, as pure functions with table tests: the Job itself ([`mover_job`]: name,
+//! labels, security, resources, placement), whether a pod is a true copy of a mover Job's
+//! template ([`check_mover_pod`], used by `identity`), how a Job has ended ([`job_state`]),
+//! which recorded Job an attempt adopts ([`adoptable`]) and what happens to a Job when its
+//! attempt is dropped ([`after_drop`]). What it does, in thin code (this file): create
+//! (suspended, so no pod exists before its UID is in the ledger), adopt, follow and delete
+//! Jobs. The parts: `spec` (the flags), `job` (the Job), `decide` (decisions on live objects).
+//!
+//! Rules that hold across restarts, replicas and cancels:
+//! - **One mover per drain.** Before an attempt starts a Job, every unfinished Job of the drain
+//!   that the ledger does not record is deleted and its pods are waited for. A copy run held
+//!   by a mover pod that has ended is released, so the next mover resumes it at once.
+//! - **Adopt, never duplicate.** The Job the ledger records for the drain (name *and* UID, so
+//!   a Job that merely carries drainer's labels is never trusted) is adopted when it is still
+//!   running (drainer restarted, or another replica took the drain over) or when it is this
+//!   attempt's own (its outcome is the attempt's outcome).
+//! - **Dropped attempts.** When the attempt's future is dropped, the Job is deleted if the
+//!   drain has ended (cancelled), and kept when the drain was released at shutdown or taken
+//!   over by another replica: the mover keeps streaming (it waits while its drain is queued)
+//!   and the next claim adopts it.
+//! - **Finished Jobs.** A successful Job is deleted at once; a failed one is kept for
+//!   `--mover-keep-failed` seconds (`ttlSecondsAfterFinished`) for `kubectl logs`.
+
+use crate::config::KubeArgs;
+use crate::kube::{Cluster, Error, call};
+use crate::ledger::{Drain, Ledger};
+use crate::scheduler::{Executor, completed_copy};
+use crate::snapshot::{self, Progress, SnapshotSummary};
+use crate::store::Store;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::VolumeAttachment;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+mod decide;
+#[cfg(test)]
+mod fixtures;
+mod job;
+mod spec;
+
+pub use decide::{
+    AfterDrop, JobState, adoptable, after_drop, check_mover_pod, describe_pod, is_finished,
+    job_state, mover_pod_of_owner,
+};
+use decide::{has_had_pods, is_suspended};
+pub use job::{
+    ATTEMPT_LABEL, CONTAINER, DATA_DIR, TOKEN_DIR, drain_label, job_name, mount_node, mover_job,
+    placement, single_node,
+};
+use job::{CONTROLLER_UID, mover_selector};
+pub use spec::{MoverSpec, Resource, check_service_url};
+
+/// How long an attempt waits for the pods of a drain's unrecorded Jobs to end, or for a Job
+/// in the way of its own to go.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a Job may have no pod before its events are read for a refusal (a pod security
+/// policy, a quota, a missing ServiceAccount).
+const POD_START: Duration = Duration::from_secs(60);
+/// How often an attempt looks at the ledger and the Job.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// How long the clean-up of a dropped attempt waits for its drain to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a Job that succeeded is given for its run's completion to show in the ledger.
+const COMPLETION_GRACE: Duration = Duration::from_secs(10);
+
+/// Kubernetes mode's [`Executor`]: each attempt of a drain is a mover Job (see the module doc).
+pub struct JobMovers {
+    cluster: Cluster,
+    ledger: Ledger,
+    store: Store,
+    spec: MoverSpec,
+    service_url: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for JobMovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobMovers({} via {})", self.spec.image, self.service_url)
+    }
+}
+
+/// One mover Job.
+#[derive(Debug, Clone)]
+struct Mover {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl Mover {
+    fn of(job: &Job) -> Option<Self> {
+        Some(Self {
+            namespace: job.metadata.namespace.clone()?,
+            name: job.metadata.name.clone()?,
+            uid: job.metadata.uid.clone()?,
+        })
+    }
+
+    fn what(&self) -> String {
+        format!("mover Job {}/{}", self.namespace, self.name)
+    }
+
+    fn pods_selector(&self) -> String {
+        format!("{CONTROLLER_UID}={}", self.uid)
+    }
+}
+
+/// How following an attempt's Job ended.
+enum Ended {
+    /// The drain's copy run completed.
+    Copied(SnapshotSummary),
+    /// The attempt failed; `delete` says whether its Job goes now (it may still run: a
+    /// timeout) or stays (failed and kept for its logs, gone already, or still running for
+    /// the next attempt to adopt after an error of drainer's own).
+    Failed {
+        error: snapshot::Error,
+        delete: bool,
+    },
+}
+
+fn mover_error(drain: &Drain, reason: impl Into<String>) -> snapshot::Error {
+    snapshot::Error::Mover {
+        drain: drain.id.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn api_error(drain: &Drain) -> impl Fn(Error) -> snapshot::Error + '_ {
+    move |e| mover_error(drain, e.to_string())
+}
+
+/// A claim that cannot be copied (gone, replaced, being deleted, unbound): permanent.
+fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
+    snapshot::Error::Source {
+        path: std::path::PathBuf::from(drain.volume().to_string()),
+        reason,
+    }
+}
+
+impl JobMovers {
+    /// The executor, with its flags checked (`--service-url` and the mover flags).
+    pub fn new(
+        cluster: Cluster,
+        ledger: Ledger,
+        store: Store,
+        kube: &KubeArgs,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let service_url = check_service_url(kube.service_url.as_deref())?;
+        let spec = MoverSpec::new(&kube.movers, &kube.audience)?;
+        if timeout < kube.movers.mover_deadline {
+            tracing::warn!(
+                mover_timeout = timeout.as_secs(),
+                mover_deadline = kube.movers.mover_deadline.as_secs(),
+                "an attempt stops its mover after --mover-timeout, before the Job's --mover-deadline"
+            );
+        }
+        Ok(Self {
+            cluster,
+            ledger,
+            store,
+            spec,
+            service_url,
+            timeout,
+        })
+    }
+
+    fn jobs(&self, namespace: &str) -> Api<Job> {
+        Api::namespaced(self.cluster.client.clone(), namespace)
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.cluster.client.clone(), namespace)
+    }
+
+    /// One attempt: start (or adopt) the Job, follow it to its end, clean up.
+    async fn attempt(&self, drain: &Drain) -> snapshot::Result<SnapshotSummary> {
+        let (mover, mut guard) = self.start(drain).await?;
+        let ended = self.follow(drain, &mover).await;
+        guard.disarm();
+        match ended {
+            Ended::Copied(summary) => {
+                self.delete(&mover, "its copy is complete").await;
+                Ok(summary)
+            }
+            Ended::Failed { error, delete } => {
+                if delete {
+                    self.delete(&mover, "its attempt failed").await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Adopts the Job the ledger records, or creates this attempt's; stops every other
+    /// running Job of the drain first. Returns the Job, recorded and resumed, with a guard
+    /// that deletes it if the attempt is dropped because its drain ended.
+    async fn start(&self, drain: &Drain) -> snapshot::Result<(Mover, JobGuard)> {
+        let name = job_name(&drain.id, drain.attempts);
+        let jobs = self.jobs_of(drain).await?;
+        let adopted = adoptable(drain, &jobs, &name).cloned();
+        self.stop_others(drain, &jobs, adopted.as_ref()).await?;
+        let job = match adopted {
+            Some(job) => {
+                tracing::info!(job = ?job.metadata.name, "adopting the mover Job the ledger records");
+                job
+            }
+            None => {
+                self.release_dead_holder(drain).await?;
+                self.create(drain, &name).await?
+            }
+        };
+        let mover = Mover::of(&job)
+            .ok_or_else(|| mover_error(drain, format!("Job {name} came back without a UID")))?;
+        let guard = JobGuard::arm(self, drain, &mover);
+        // Recorded before its pod exists: the Job is created suspended.
+        self.ledger
+            .set_mover_job(&drain.id, &mover.name, &mover.uid)
+            .await
+            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?;
+        if is_suspended(&job) {
+            let patch = serde_json::json!({ "spec": { "suspend": false } });
+            call(
+                format!("resume {}", mover.what()),
+                self.jobs(&mover.namespace).patch(
+                    &mover.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                ),
+            )
+            .await
+            .map_err(api_error(drain))?;
+        }
+        Ok((mover, guard))
+    }
+
+    /// The drain's mover Jobs, as the API has them now.
+    async fn jobs_of(&self, drain: &Drain) -> snapshot::Result<Vec<Job>> {
+        let list = call(
+            format!(
+                "list mover Jobs of drain {} in {}",
+                drain.id, drain.namespace
+            ),
+            self.jobs(&drain.namespace)
+                .list(&ListParams::default().labels(&mover_selector(&drain.id))),
+        )
+        .await
+        .map_err(api_error(drain))?;
+        Ok(list.items)
+    }
+
+    /// Deletes every unfinished Job of the drain but `adopted`, and waits until their pods
+    /// have ended: never two movers of one drain.
+    async fn stop_others(
+        &self,
+        drain: &Drain,
+        jobs: &[Job],
+        adopted: Option<&Job>,
+    ) -> snapshot::Result<()> {
+        let keep = adopted.and_then(|j| j.metadata.uid.as_deref());
+        for job in jobs.iter().filter(|j| !is_finished(j)) {
+            let Some(other) = Mover::of(job).filter(|m| Some(m.uid.as_str()) != keep) else {
+                continue;
+            };
+            tracing::info!(job = %other.name, "deleting a mover Job the ledger does not record for this attempt");
+            delete_job(&self.cluster.client, &other)
+                .await
+                .map_err(api_error(drain))?;
+            self.wait_pods_ended(drain, &other).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most [`STOP_TIMEOUT`]) until no pod of `mover` runs.
+    async fn wait_pods_ended(&self, drain: &Drain, mover: &Mover) -> snapshot::Result<()> {
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        loop {
+            let pods = call(
+                format!("list pods of {}", mover.what()),
+                self.pods(&mover.namespace)
+                    .list(&ListParams::default().labels(&mover.pods_selector())),
+            )
+            .await
+            .map_err(api_error(drain))?;
+            let running = pods.items.iter().find(|p| !pod_ended(p));
+            let Some(pod) = running else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(mover_error(
+                    drain,
+                    format!(
+                        "{} was deleted but {} still runs; a later attempt tries again",
+                        mover.what(),
+                        describe_pod(pod)
+                    ),
+                ));
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+
+    /// Releases the drain's copy run if a mover pod of the drain holds it and has ended, so
+    /// the next mover resumes the run at once instead of waiting for its lease to pass.
+    async fn release_dead_holder(&self, drain: &Drain) -> snapshot::Result<()> {
+        let Some(run) = self
+            .ledger
+            .run_of_drain(&drain.id)
+            .await
+            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
+        else {
+            return Ok(());
+        };
+        let Some(owner) = run.owner.clone().filter(|_| run.state == "running") else {
+            return Ok(());
+        };
+        let Some(pod) = mover_pod_of_owner(&owner, &drain.id) else {
+            return Ok(());
+        };
+        let found = call(
+            format!("get pod {}/{pod}", drain.namespace),
+            self.pods(&drain.namespace).get_opt(&pod),
+        )
+        .await
+        .map_err(api_error(drain))?;
+        if found.as_ref().is_some_and(|p| !pod_ended(p)) {
+            return Ok(());
+        }
+        let held = snapshot::Run {
+            id: run.id.clone(),
+            snapshot: run
+                .snapshot
+                .parse()
+                .map_err(|reason: String| mover_error(drain, reason))?,
+            resumed: true,
+        };
+        self.ledger
+            .run_checkpoint(Some(owner), Some(drain.id.clone()))
+            .interrupted(&held, &format!("mover pod {pod} ended"))
+            .await
+            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?;
+        tracing::info!(run = %run.id, pod = %pod, "released the copy run of a mover pod that ended");
+        Ok(())
+    }
+
+    /// Creates this attempt's Job (suspended). A Job of the same name that the ledger does
+    /// not record is deleted first.
+    async fn create(&self, drain: &Drain, name: &str) -> snapshot::Result<Job> {
+        let claim = self.claim(drain).await?;
+        let volume = self.volume(drain, &claim).await?;
+        let node = match (&volume, single_node(&claim)) {
+            (Some(pv), true) => self.mount_node(drain, pv).await,
+            _ => None,
+        };
+        let wanted = mover_job(
+            drain,
+            drain.attempts,
+            &claim,
+            volume.as_ref(),
+            node.as_deref(),
+            &self.spec,
+            &self.service_url,
+        );
+        let api = self.jobs(&drain.namespace);
+        let what = format!("create mover Job {}/{name}", drain.namespace);
+        for _ in 0..3 {
+            match call(what.clone(), api.create(&PostParams::default(), &wanted)).await {
+                Ok(job) => {
+                    tracing::info!(job = name, node = ?node, "mover Job created");
+                    return Ok(job);
+                }
+                Err(e) if e.is_conflict() => self.clear_name(drain, name).await?,
+                Err(e) => return Err(api_error(drain)(e)),
+            }
+        }
+        Err(mover_error(
+            drain,
+            format!("Job {}/{name} keeps existing", drain.namespace),
+        ))
+    }
+
+    /// Deletes the Job named `name`, which is in the way, and waits until it is gone.
+    async fn clear_name(&self, drain: &Drain, name: &str) -> snapshot::Result<()> {
+        tracing::warn!(
+            job = name,
+            "a Job of this attempt's name exists that the ledger does not record; deleting it"
+        );
+        let api = self.jobs(&drain.namespace);
+        let what = format!("delete Job {}/{name}", drain.namespace);
+        match call(what.clone(), api.delete(name, &DeleteParams::background())).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(api_error(drain)(e)),
+        }
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while call(what.clone(), api.get_opt(name))
+            .await
+            .map_err(api_error(drain))?
+            .is_some()
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(mover_error(
+                    drain,
+                    format!(
+                        "Job {}/{name} is in the way and was not deleted in time",
+                        drain.namespace
+                    ),
+                ));
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+        Ok(())
+    }
+
+    /// The drain's claim, if a mover can mount it.
+    async fn claim(&self, drain: &Drain) -> snapshot::Result<PersistentVolumeClaim> {
+        let volume = drain.volume();
+        let claim = match self.cluster.claim(&drain.namespace, &drain.pvc) {
+            Some(claim) => (*claim).clone(),
+            None => {
+                let api: Api<PersistentVolumeClaim> =
+                    Api::namespaced(self.cluster.client.clone(), &drain.namespace);
+                call(format!("get claim {volume}"), api.get_opt(&drain.pvc))
+                    .await
+                    .map_err(api_error(drain))?
+                    .ok_or_else(|| claim_error(drain, format!("claim {volume} does not exist")))?
+            }
+        };
+        if let (Some(recorded), Some(now)) = (&drain.pvc_uid, &claim.metadata.uid)
+            && recorded != now
+        {
+            return Err(claim_error(
+                drain,
+                format!(
+                    "claim {volume} was deleted and created again (uid {recorded} is now {now})"
+                ),
+            ));
+        }
+        if claim.metadata.deletion_timestamp.is_some() {
+            return Err(claim_error(
+                drain,
+                format!("claim {volume} is being deleted; no mover can mount it"),
+            ));
+        }
+        let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
+        if phase != Some("Bound") {
+            return Err(claim_error(
+                drain,
+                format!(
+                    "claim {volume} is not bound to a volume (phase {})",
+                    phase.unwrap_or("unknown")
+                ),
+            ));
+        }
+        Ok(claim)
+    }
+
+    /// The persistent volume a claim is bound to.
+    async fn volume(
+        &self,
+        drain: &Drain,
+        claim: &PersistentVolumeClaim,
+    ) -> snapshot::Result<Option<PersistentVolume>> {
+        let Some(name) = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()) else {
+            return Ok(None);
+        };
+        if let Some(pv) = self.cluster.volumes.get(&ObjectRef::new(name)) {
+            return Ok(Some((*pv).clone()));
+        }
+        let api: Api<PersistentVolume> = Api::all(self.cluster.client.clone());
+        call(format!("get volume {name}"), api.get_opt(name))
+            .await
+            .map_err(api_error(drain))
+    }
+
+    /// Where a single-node volume is to be mounted (see [`mount_node`]), from its
+    /// VolumeAttachments; the recorded node when they cannot be read.
+    async fn mount_node(&self, drain: &Drain, volume: &PersistentVolume) -> Option<String> {
+        let name = volume.metadata.name.as_deref()?;
+        let api: Api<VolumeAttachment> = Api::all(self.cluster.client.clone());
+        let attached = match call("list volume attachments", api.list(&ListParams::default())).await
+        {
+            Ok(list) => Some(
+                list.items
+                    .into_iter()
+                    .filter(|a| a.spec.source.persistent_volume_name.as_deref() == Some(name))
+                    .filter(|a| a.status.as_ref().is_some_and(|s| s.attached))
+                    .map(|a| a.spec.node_name)
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, node = ?drain.node, "cannot read volume attachments; placing the mover on the last pod's node");
+                None
+            }
+        };
+        mount_node(drain.node.as_deref(), attached.as_deref())
+    }
+
+    /// Follows the attempt until the copy completes, the Job fails or is deleted, or the
+    /// mover timeout passes.
+    async fn follow(&self, drain: &Drain, mover: &Mover) -> Ended {
+        let started = tokio::time::Instant::now();
+        let mut events_read: Option<tokio::time::Instant> = None;
+        loop {
+            match completed_copy(&self.ledger, &self.store, drain).await {
+                Ok(Some(summary)) => return Ended::Copied(summary),
+                Ok(None) => {}
+                Err(error) => {
+                    return Ended::Failed {
+                        error,
+                        delete: false,
+                    };
+                }
+            }
+            let job = match self.current(mover).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    let error = mover_error(
+                        drain,
+                        format!("{} was deleted before its copy completed", mover.what()),
+                    );
+                    return Ended::Failed {
+                        error,
+                        delete: false,
+                    };
+                }
+                Err(e) => {
+                    return Ended::Failed {
+                        error: api_error(drain)(e),
+                        delete: false,
+                    };
+                }
+            };
+            match job_state(&job) {
+                JobState::Running => {}
+                JobState::Failed(why) => return self.failed(drain, mover, &why).await,
+                JobState::Succeeded => return self.succeeded(drain, mover).await,
+            }
+            let look = events_read.is_none_or(|at| at.elapsed() >= POD_START / 2);
+            if !has_had_pods(&job) && started.elapsed() >= POD_START && look {
+                events_read = Some(tokio::time::Instant::now());
+                if let Some(refusal) = self.creation_refused(mover).await {
+                    let error = mover_error(
+                        drain,
+                        format!("{} cannot create its pod: {refusal}", mover.what()),
+                    );
+                    return Ended::Failed {
+                        error,
+                        delete: true,
+                    };
+                }
+            }
+            if started.elapsed() >= self.timeout {
+                let error = mover_error(
+                    drain,
+                    format!(
+                        "{} did not finish within {} s ({})",
+                        mover.what(),
+                        self.timeout.as_secs(),
+                        self.pod_states(mover).await
+                    ),
+                );
+                return Ended::Failed {
+                    error,
+                    delete: true,
+                };
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+
+    /// The Job as the watch has it (the API when the watch does not have it yet or any
+    /// more), if it still exists.
+    async fn current(&self, mover: &Mover) -> Result<Option<Job>, Error> {
+        let seen = self
+            .cluster
+            .jobs
+            .get(&ObjectRef::new(&mover.name).within(&mover.namespace))
+            .filter(|j| j.metadata.uid.as_deref() == Some(mover.uid.as_str()));
+        if let Some(job) = seen {
+            return Ok(Some((*job).clone()));
+        }
+        let found = call(
+            format!("get {}", mover.what()),
+            self.jobs(&mover.namespace).get_opt(&mover.name),
+        )
+        .await?;
+        Ok(found.filter(|j| j.metadata.uid.as_deref() == Some(mover.uid.as_str())))
+    }
+
+    /// The Job failed: the attempt fails with why and its pod's end, unless the copy
+    /// completed after all (a mover that stored the snapshot but found unreadable files
+    /// exits 3). The Job is kept for its logs.
+    async fn failed(&self, drain: &Drain, mover: &Mover, why: &str) -> Ended {
+        match completed_copy(&self.ledger, &self.store, drain).await {
+            Ok(Some(summary)) => return Ended::Copied(summary),
+            Ok(None) => {}
+            Err(error) => {
+                return Ended::Failed {
+                    error,
+                    delete: false,
+                };
+            }
+        }
+        let error = mover_error(
+            drain,
+            format!(
+                "{} failed: {why} ({})",
+                mover.what(),
+                self.pod_states(mover).await
+            ),
+        );
+        Ended::Failed {
+            error,
+            delete: false,
+        }
+    }
+
+    /// The Job succeeded: its copy run must have completed.
+    async fn succeeded(&self, drain: &Drain, mover: &Mover) -> Ended {
+        let deadline = tokio::time::Instant::now() + COMPLETION_GRACE;
+        loop {
+            match completed_copy(&self.ledger, &self.store, drain).await {
+                Ok(Some(summary)) => return Ended::Copied(summary),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                }
+                Ok(None) => {
+                    let error = mover_error(
+                        drain,
+                        format!(
+                            "{} succeeded but the drain's copy is not complete",
+                            mover.what()
+                        ),
+                    );
+                    return Ended::Failed {
+                        error,
+                        delete: true,
+                    };
+                }
+                Err(error) => {
+                    return Ended::Failed {
+                        error,
+                        delete: false,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Its pods' states in one line, read from the API (the watch keeps no pod status).
+    async fn pod_states(&self, mover: &Mover) -> String {
+        let listed = call(
+            format!("list pods of {}", mover.what()),
+            self.pods(&mover.namespace)
+                .list(&ListParams::default().labels(&mover.pods_selector())),
+        )
+        .await;
+        match listed {
+            Ok(pods) if pods.items.is_empty() => "its pod is gone".to_owned(),
+            Ok(pods) => pods
+                .items
+                .iter()
+                .map(describe_pod)
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("its pods cannot be read: {e}"),
+        }
+    }
+
+    /// Why the Job controller could not create the Job's pod, from its `FailedCreate` events.
+    async fn creation_refused(&self, mover: &Mover) -> Option<String> {
+        let api: Api<Event> = Api::namespaced(self.cluster.client.clone(), &mover.namespace);
+        let params = ListParams::default().fields(&format!("involvedObject.uid={}", mover.uid));
+        let events = call(
+            format!("list events of {}", mover.what()),
+            api.list(&params),
+        )
+        .await
+        .ok()?;
+        events
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .filter_map(|e| e.message)
+            .next_back()
+    }
+
+    async fn delete(&self, mover: &Mover, why: &str) {
+        match delete_job(&self.cluster.client, mover).await {
+            Ok(()) => tracing::info!(job = %mover.name, why, "mover Job deleted"),
+            Err(e) => {
+                tracing::warn!(job = %mover.name, error = %e, "cannot delete the mover Job; its ttlSecondsAfterFinished or the next attempt will")
+            }
+        }
+    }
+}
+
+/// Whether every container of a pod has stopped (or the pod is being deleted with none
+/// running: a deleted pod's processes are what is waited for, through its phase).
+fn pod_ended(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Deletes a mover Job and, in the background, its pods; a Job already gone (or replaced by
+/// another of the same name) is left alone.
+async fn delete_job(client: &kube::Client, mover: &Mover) -> Result<(), Error> {
+    let api: Api<Job> = Api::namespaced(client.clone(), &mover.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(mover.uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match call(
+        format!("delete {}", mover.what()),
+        api.delete(&mover.name, &params),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for JobMovers {
+    async fn execute(
+        &self,
+        drain: &Drain,
+        _progress: Arc<Progress>,
+    ) -> snapshot::Result<SnapshotSummary> {
+        let span = tracing::info_span!("mover_job", drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, attempt = drain.attempts);
+        self.attempt(drain).instrument(span).await
+    }
+}
+
+/// Deletes an attempt's Job when the attempt is dropped before it ended, if its drain ended
+/// (see [`after_drop`]); disarmed when the attempt ends on its own.
+struct JobGuard(Option<Settle>);
+
+/// What the clean-up of a dropped attempt needs.
+struct Settle {
+    client: kube::Client,
+    ledger: Ledger,
+    drain: String,
+    owner: Option<String>,
+    mover: Mover,
+}
+
+impl JobGuard {
+    fn arm(movers: &JobMovers, drain: &Drain, mover: &Mover) -> Self {
+        Self(Some(Settle {
+            client: movers.cluster.client.clone(),
+            ledger: movers.ledger.clone(),
+            drain: drain.id.clone(),
+            owner: drain.lease_owner.clone(),
+            mover: mover.clone(),
+        }))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        let Some(settle) = self.0.take() else {
+            return;
+        };
+        let span = tracing::info_span!("mover_job_dropped", drain = %settle.drain, job = %settle.mover.name);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(settle.run().instrument(span));
+            }
+            Err(_) => {
+                tracing::warn!(parent: &span, "no runtime to clean up the mover Job; the next attempt will")
+            }
+        }
+    }
+}
+
+impl Settle {
+    /// Waits (at most [`SETTLE_TIMEOUT`]) until the drain is no longer this replica's, then
+    /// deletes or keeps the Job.
+    async fn run(self) {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let decision = match self.ledger.drain(&self.drain).await {
+                Ok(drain) => after_drop(drain.as_ref(), self.owner.as_deref()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the drain; looking again");
+                    AfterDrop::Wait
+                }
+            };
+            match decision {
+                AfterDrop::Wait if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                AfterDrop::Wait => {
+                    tracing::info!(
+                        "mover Job kept: the drain is still recorded as this replica's, and its next claim adopts the Job"
+                    );
+                    return;
+                }
+                AfterDrop::Keep(why) => {
+                    tracing::info!(why = %why, "mover Job kept running");
+                    return;
+                }
+                AfterDrop::Delete(why) => {
+                    match delete_job(&self.client, &self.mover).await {
+                        Ok(()) => tracing::info!(why = %why, "mover Job deleted"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, why = %why, "cannot delete the mover Job")
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}

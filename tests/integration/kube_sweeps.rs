@@ -1,0 +1,630 @@
+//! Kubernetes sweeps, Events and the sweeper Lease against the real control plane (kube-env):
+//! a StatefulSet scaled down with `whenScaled: Retain` has exactly its scaled-away claims
+//! drained, once, opted-out claims reported and skipped; a StatefulSet deleted outright has
+//! its claims found by a drainer that restarted since it last saw it; the orphans report (API
+//! and `drainer orphans`) lists size, age and drain; Events and the last-snapshot annotation
+//! land on the claim and the pod; one replica at a time holds the sweeper Lease.
+//!
+//! Each test's drainer watches only its own namespace (`--watch-namespaces`), as other tests
+//! share the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use drainer::kube::Cluster;
+use drainer::kube::events::{KubeEvents, LAST_SNAPSHOT, LAST_SNAPSHOT_TIME};
+use drainer::kube::lease::{Lease, Turn};
+use drainer::kube::sweep::{KubeSweeper, Sweeping};
+use drainer::ledger::{Drain, DrainFilter};
+use drainer::notify::{Milestone, Notifier};
+use drainer::sweep::{Finding, SweepReport, Sweeper, Verdict};
+use drainer::{Ledger, Store, StoreOptions};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
+
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+const WAIT: Duration = Duration::from_secs(90);
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("test object literal must match the API type")
+}
+
+/// A StatefulSet `name` with claim template `data` (16Mi), retaining its claims.
+fn statefulset(name: &str, replicas: i32) -> StatefulSet {
+    from_json(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": { "matchLabels": { "app": name } },
+            "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Retain", "whenDeleted": "Retain" },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{
+                    "name": "app", "image": "registry.invalid/app:1",
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
+                }]}
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
+            }]
+        }
+    }))
+}
+
+/// Waits until the pods of StatefulSet `set` are exactly `ordinals`, all Running.
+async fn wait_for_pods(pods: &Api<Pod>, set: &str, ordinals: &[i32]) -> Result<()> {
+    let want: Vec<String> = ordinals.iter().map(|n| format!("{set}-{n}")).collect();
+    eventually(format!("pods {want:?} Running"), WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={set}")))
+            .await?;
+        let mut have: Vec<(String, Option<String>)> = list
+            .items
+            .iter()
+            .map(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                (p.metadata.name.clone().unwrap_or_default(), phase)
+            })
+            .collect();
+        have.sort();
+        let names: Vec<&String> = have.iter().map(|(n, _)| n).collect();
+        ensure!(
+            names == want.iter().collect::<Vec<_>>(),
+            "pods are {have:?}"
+        );
+        ensure!(
+            have.iter().all(|(_, p)| p.as_deref() == Some("Running")),
+            "not all Running: {have:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until claim `name` is Bound; returns it.
+async fn wait_for_bound(
+    claims: &Api<PersistentVolumeClaim>,
+    name: &str,
+) -> Result<PersistentVolumeClaim> {
+    eventually(format!("claim {name} Bound"), WAIT, || async {
+        let claim = claims.get(name).await?;
+        let phase = claim.status.as_ref().and_then(|s| s.phase.clone());
+        ensure!(phase.as_deref() == Some("Bound"), "phase is {phase:?}");
+        Ok(claim)
+    })
+    .await
+}
+
+async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
+    let patch = json!({ "spec": { "replicas": replicas } });
+    sets.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Opts an object out of drains with the annotation.
+fn opt_out() -> Patch<Value> {
+    Patch::Merge(json!({ "metadata": { "annotations": { "drainer.io/drain": "false" } } }))
+}
+
+/// Waits until the cluster's stores see `check` hold.
+async fn stores_show(
+    cluster: &Cluster,
+    what: &str,
+    check: impl Fn(&Cluster) -> Result<()>,
+) -> Result<()> {
+    eventually(format!("drainer's stores to show {what}"), WAIT, || async {
+        check(cluster)
+    })
+    .await
+}
+
+fn file_store(dir: &std::path::Path) -> Result<Store> {
+    Ok(Store::open(
+        &format!("file://{}", dir.join("store").display()),
+        &StoreOptions {
+            timeout: Duration::from_secs(30),
+            create: true,
+            part_size: 8 << 20,
+        },
+    )?)
+}
+
+fn sweeper(cluster: &Cluster, ledger: &Ledger, store: &Store) -> KubeSweeper {
+    KubeSweeper::new(Sweeping {
+        cluster: cluster.clone(),
+        ledger: ledger.clone(),
+        store: store.clone(),
+        metrics: Arc::default(),
+        notifier: Arc::new(drainer::notify::Log),
+        admission: None,
+        max_attempts: 3,
+        lease: None,
+    })
+}
+
+/// The findings of `report` in namespace `ns`, by claim name.
+fn findings_in<'a>(report: &'a SweepReport, ns: &str) -> BTreeMap<String, &'a Finding> {
+    report
+        .findings
+        .iter()
+        .filter_map(|f| {
+            let (n, pvc) = f.volume.split_once('/')?;
+            (n == ns).then(|| (pvc.to_owned(), f))
+        })
+        .collect()
+}
+
+/// The drains of namespace `ns` in the ledger.
+async fn drains_in(ledger: &Ledger, ns: &str) -> Result<Vec<Drain>> {
+    let filter = DrainFilter {
+        namespace: Some(ns.to_owned()),
+        ..DrainFilter::default()
+    };
+    Ok(ledger.drains(&filter, 1000).await?)
+}
+
+#[tokio::test]
+async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "sweep-scaled").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        sets.create(&PostParams::default(), &statefulset("web", 4)).await?;
+        wait_for_pods(&pods, "web", &[0, 1, 2, 3]).await?;
+        let mut uids = BTreeMap::new();
+        for n in 0..4 {
+            let claim = wait_for_bound(&claims, &format!("data-web-{n}")).await?;
+            uids.insert(n, claim.metadata.uid.context("no uid")?);
+        }
+        claims
+            .patch("data-web-3", &PatchParams::default(), &opt_out())
+            .await?;
+        scale(&sets, "web", 1).await?;
+        wait_for_pods(&pods, "web", &[0]).await?;
+
+        let stop = CancellationToken::new();
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
+        stores_show(&cluster, "web at 1 replica, its pods gone", |c| {
+            let set = c.sets_in(&ns).into_iter().next().context("no set")?;
+            ensure!(set.spec.replicas == Some(1), "replicas {:?}", set.spec.replicas);
+            ensure!(c.pods_in(&ns).len() == 1, "{} pods", c.pods_in(&ns).len());
+            Ok(())
+        })
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let ledger = Ledger::open(None, dir.path()).await?;
+        let store = file_store(dir.path())?;
+        let sweeper = sweeper(&cluster, &ledger, &store);
+
+        // A dry run finds, and queues nothing.
+        let dry = sweeper.sweep(true).await?;
+        let found = findings_in(&dry, &ns);
+        let verdicts: Vec<(&str, Option<Verdict>, bool)> = found
+            .iter()
+            .map(|(pvc, f)| (pvc.as_str(), f.verdict, f.drain))
+            .collect();
+        ensure!(
+            verdicts
+                == [
+                    ("data-web-0", Some(Verdict::Live), false),
+                    ("data-web-1", Some(Verdict::Orphaned), true),
+                    ("data-web-2", Some(Verdict::Orphaned), true),
+                    ("data-web-3", Some(Verdict::OptedOut), false),
+                ],
+            "dry run: {verdicts:?}"
+        );
+        ensure!(dry.drains.is_empty() && drains_in(&ledger, &ns).await?.is_empty());
+
+        // The sweep: one drain for each scaled-away claim, straight to queued.
+        let first = sweeper.sweep(false).await?;
+        let mut drains = drains_in(&ledger, &ns).await?;
+        drains.sort_by(|a, b| a.pvc.cmp(&b.pvc));
+        let drained: Vec<&str> = drains.iter().map(|d| d.pvc.as_str()).collect();
+        ensure!(drained == ["data-web-1", "data-web-2"], "drains of {drained:?}");
+        for (drain, n) in drains.iter().zip([1, 2]) {
+            ensure!(drain.state == drainer::lifecycle::DrainState::Queued, "{drain:?}");
+            ensure!(drain.pvc_uid.as_deref() == Some(uids[&n].as_str()), "{drain:?}");
+            let why = format!(
+                "sweep: ordinal {n} of StatefulSet web is scaled away (live ordinals 0..1; pod web-{n}'s claim)"
+            );
+            ensure!(drain.reason == why, "reason {:?}", drain.reason);
+            let history = ledger.drain_events(&drain.id).await?;
+            ensure!(
+                history.first().and_then(|e| e.message.as_deref()) == Some(why.as_str()),
+                "history {history:?}"
+            );
+            ensure!(ledger.requested_by(&drain.id, "sweep").await?, "requested by sweep");
+            let finding = findings_in(&first, &ns)[&drain.pvc];
+            ensure!(finding.drain_id.as_deref() == Some(drain.id.as_str()), "{finding:?}");
+        }
+        ensure!(first.orphaned() >= 3, "orphaned {}", first.orphaned());
+
+        // A second sweep finds the drains active and creates none.
+        let second = sweeper.sweep(false).await?;
+        ensure!(drains_in(&ledger, &ns).await?.len() == 2, "a second sweep drained again");
+        let again = findings_in(&second, &ns);
+        ensure!(
+            !again["data-web-1"].drain && again["data-web-1"].why.contains("is queued"),
+            "{:?}",
+            again["data-web-1"]
+        );
+        ensure!(
+            again["data-web-3"].why.contains("opted out") && !again["data-web-3"].drain,
+            "{:?}",
+            again["data-web-3"]
+        );
+
+        // The orphans report, through the API and `drainer orphans`.
+        orphans_are_reported(&ledger, &store, sweeper, &ns, &drains).await?;
+        stop.cancel();
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+/// Serves the API with `sweeper` and checks `GET /v1/orphans`, `POST /v1/sweeps?dry_run=true`
+/// and `drainer orphans` for namespace `ns` (whose claims data-web-1 and -2 are drained by
+/// `drains`, data-web-3 opted out).
+async fn orphans_are_reported(
+    ledger: &Ledger,
+    store: &Store,
+    sweeper: KubeSweeper,
+    ns: &str,
+    drains: &[Drain],
+) -> Result<()> {
+    let state = drainer::http::AppState::new(drainer::http::Shared {
+        ledger: ledger.clone(),
+        store: store.clone(),
+        auth: Arc::new(drainer::auth::StaticToken::new("secret".into())),
+        admission: Arc::new(drainer::admission::Local),
+        notifier: Arc::new(drainer::notify::Log),
+        sweeper: Arc::new(sweeper),
+        metrics: Arc::default(),
+        board: Arc::default(),
+        max_attempts: 3,
+        ready: true.into(),
+        copying: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(axum::serve(listener, drainer::http::router(state)).into_future());
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .get(format!("{url}/v1/orphans"))
+        .bearer_auth("secret")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let rows: BTreeMap<String, &Value> = answer["orphans"]
+        .as_array()
+        .context("no orphans")?
+        .iter()
+        .filter_map(|o| {
+            let (n, pvc) = o["volume"].as_str()?.split_once('/')?;
+            (n == ns).then(|| (pvc.to_owned(), o))
+        })
+        .collect();
+    let names: Vec<&String> = rows.keys().collect();
+    ensure!(
+        names == ["data-web-1", "data-web-2", "data-web-3"],
+        "orphans {names:?}"
+    );
+    for drain in drains {
+        let row = rows[&drain.pvc];
+        ensure!(
+            row["size"] == "16Mi" && row["size_bytes"] == 16 << 20,
+            "{row}"
+        );
+        ensure!(
+            row["orphaned_since"].is_string(),
+            "a sweep recorded it: {row}"
+        );
+        ensure!(
+            row["age_seconds"].as_u64().is_some_and(|a| a < 600),
+            "{row}"
+        );
+        ensure!(
+            row["drain"]["id"] == drain.id.as_str() && row["drain"]["state"] == "queued",
+            "{row}"
+        );
+        ensure!(
+            row["last_snapshot"].is_null() && row["statefulset"] == "web",
+            "{row}"
+        );
+    }
+    ensure!(
+        rows["data-web-3"]["verdict"] == "opted_out",
+        "{}",
+        rows["data-web-3"]
+    );
+    let dry: Value = http
+        .post(format!("{url}/v1/sweeps?dry_run=true"))
+        .bearer_auth("secret")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(
+        dry["dry_run"] == true && dry["drains"] == json!([]),
+        "{dry}"
+    );
+    let output = crate::support::run(crate::support::drainer().args([
+        "orphans",
+        "--drainer",
+        &url,
+        "--token",
+        "secret",
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "drainer orphans: {output:?}");
+    for drain in drains {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{ns}/{}", drain.pvc)))
+            .with_context(|| format!("no line for {}: {stdout}", drain.pvc))?;
+        ensure!(
+            line.contains("16Mi") && line.contains(&drain.id) && line.contains("queued"),
+            "{line}"
+        );
+    }
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_statefulset_is_remembered_across_restarts() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "sweep-deleted").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        sets.create(&PostParams::default(), &statefulset("my-db", 2))
+            .await?;
+        wait_for_pods(&pods, "my-db", &[0, 1]).await?;
+        for n in 0..2 {
+            wait_for_bound(&claims, &format!("data-my-db-{n}")).await?;
+        }
+        let dir = tempfile::tempdir()?;
+        let store = file_store(dir.path())?;
+        {
+            // A drainer that sees the StatefulSet, and stops.
+            let stop = CancellationToken::new();
+            let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
+            stores_show(&cluster, "my-db", |c| {
+                ensure!(!c.sets_in(&ns).is_empty(), "no set yet");
+                Ok(())
+            })
+            .await?;
+            let ledger = Ledger::open(None, dir.path()).await?;
+            let live = sweeper(&cluster, &ledger, &store).sweep(false).await?;
+            let found = findings_in(&live, &ns);
+            ensure!(
+                found.values().all(|f| f.verdict == Some(Verdict::Live)) && found.len() == 2,
+                "{found:?}"
+            );
+            stop.cancel();
+        }
+        sets.delete("my-db", &DeleteParams::default()).await?;
+        eventually("my-db and its pods gone", WAIT, || async {
+            ensure!(sets.get_opt("my-db").await?.is_none(), "set still there");
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            ensure!(left == 0, "{left} pods left");
+            Ok(())
+        })
+        .await?;
+
+        // Another drainer, started after the deletion, on the same ledger.
+        let stop = CancellationToken::new();
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
+        let ledger = Ledger::open(None, dir.path()).await?;
+        let report = sweeper(&cluster, &ledger, &store).sweep(false).await?;
+        let found = findings_in(&report, &ns);
+        ensure!(found.len() == 2, "{found:?}");
+        for f in found.values() {
+            ensure!(f.verdict == Some(Verdict::Orphaned) && f.drain, "{f:?}");
+            ensure!(
+                f.why
+                    .contains("StatefulSet my-db no longer exists (remembered by drainer"),
+                "{}",
+                f.why
+            );
+        }
+        ensure!(drains_in(&ledger, &ns).await?.len() == 2);
+        // A drainer that never saw it does not guess.
+        let fresh_dir = tempfile::tempdir()?;
+        let fresh = Ledger::open(None, fresh_dir.path()).await?;
+        let unknown = sweeper(&cluster, &fresh, &store).sweep(true).await?;
+        ensure!(
+            findings_in(&unknown, &ns).is_empty(),
+            "guessed: {:?}",
+            findings_in(&unknown, &ns)
+        );
+        stop.cancel();
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+/// The Events drainer recorded about `kind` `name` in `ns`, by reason: (note, series count).
+async fn events_about(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<(String, i32)>>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut by_reason: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
+    for e in events.list(&ListParams::default()).await?.items {
+        let regarding = e.regarding.clone().unwrap_or_default();
+        if regarding.kind.as_deref() != Some(kind) || regarding.name.as_deref() != Some(name) {
+            continue;
+        }
+        if e.reporting_controller.as_deref() != Some("drainer.io/drainer") {
+            continue; // the claim's own controllers speak too
+        }
+        by_reason
+            .entry(e.reason.clone().unwrap_or_default())
+            .or_default()
+            .push((
+                e.note.clone().unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
+            ));
+    }
+    Ok(by_reason)
+}
+
+#[tokio::test]
+async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "sweep-events").await?;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let claim: PersistentVolumeClaim = from_json(json!({
+            "metadata": { "name": "data-x" },
+            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
+        }));
+        let claim = claims.create(&PostParams::default(), &claim).await?;
+        let pod: Pod = from_json(json!({
+            "metadata": { "name": "x", "labels": { "app": "x" } },
+            "spec": {
+                "containers": [{ "name": "app", "image": "registry.invalid/app:1",
+                                 "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data-x" } }]
+            }
+        }));
+        let pod = pods.create(&PostParams::default(), &pod).await?;
+        let stop = CancellationToken::new();
+        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
+        stores_show(&cluster, "the claim and the pod", |c| {
+            ensure!(c.claim(&ns, "data-x").is_some() && c.pod(&ns, "x").is_some());
+            Ok(())
+        })
+        .await?;
+        let notifier = KubeEvents::new(cluster.clone(), "test-replica");
+        let ledger_dir = tempfile::tempdir()?;
+        let ledger = Ledger::open(None, ledger_dir.path()).await?;
+        let recorded = ledger
+            .request_drains(&[drainer::ledger::NewDrain {
+                volume: drainer::VolumeId::new(&ns, "data-x")?,
+                pod: Some("x".into()),
+                reason: "scale-down".into(),
+                max_attempts: 3,
+                wait_for_release: false,
+                requested_by: None,
+                kube: Some(drainer::ledger::KubeFacts {
+                    pvc_uid: claim.metadata.uid.clone(),
+                    pod_uid: pod.metadata.uid.clone(),
+                    node: None,
+                }),
+            }])
+            .await?;
+        let drain = recorded.first().context("no drain")?.0.clone();
+        let failed = Milestone::Failed {
+            why: "the store did not answer".into(),
+            retrying: true,
+        };
+        for milestone in [
+            Milestone::Accepted,
+            Milestone::CopyStarted { attempt: 1 },
+            failed.clone(),
+            failed,
+            Milestone::Completed {
+                snapshot: "20261202T101010000Z-abcd".into(),
+                files: 3,
+                bytes: 4096,
+                seconds: 1.5,
+            },
+        ] {
+            notifier.notify(&drain, &milestone).await;
+        }
+        let expected = ["Completed", "CopyStarted", "Failed", "HandoffAccepted"];
+        for (kind, name) in [("PersistentVolumeClaim", "data-x"), ("Pod", "x")] {
+            let events = events_about(&client, &ns, kind, name).await?;
+            let reasons: Vec<&str> = events.keys().map(String::as_str).collect();
+            ensure!(reasons == expected, "{kind} {name}: {events:?}");
+            ensure!(
+                events["Failed"].len() == 1 && events["Failed"][0].1 == 2,
+                "a repeated failure counts up one Event: {:?}",
+                events["Failed"]
+            );
+            let (done, _) = &events["Completed"][0];
+            ensure!(done.contains("20261202T101010000Z-abcd") && done.contains("3 files, 4096 bytes"), "{done}");
+        }
+        let annotated = claims.get("data-x").await?;
+        let annotations = annotated.metadata.annotations.unwrap_or_default();
+        ensure!(
+            annotations.get(LAST_SNAPSHOT).map(String::as_str) == Some("20261202T101010000Z-abcd")
+                && annotations.contains_key(LAST_SNAPSHOT_TIME),
+            "{annotations:?}"
+        );
+        // Once the pod is gone, only the claim hears.
+        pods.delete("x", &DeleteParams::default()).await?;
+        stores_show(&cluster, "the pod gone", |c| {
+            ensure!(c.pod(&ns, "x").is_none());
+            Ok(())
+        })
+        .await?;
+        notifier
+            .notify(&drain, &Milestone::NotNeeded { why: "test".into() })
+            .await;
+        ensure!(events_about(&client, &ns, "PersistentVolumeClaim", "data-x").await?.contains_key("NotNeeded"));
+        ensure!(!events_about(&client, &ns, "Pod", "x").await?.contains_key("NotNeeded"));
+        stop.cancel();
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "sweep-lease").await?;
+        let lease = |holder: &str, seconds: u64| {
+            Lease::new(
+                client.clone(),
+                &ns,
+                "drainer-sweeper",
+                holder,
+                Duration::from_secs(seconds),
+            )
+        };
+        let (a, b) = (lease("replica-a", 60), lease("replica-b", 60));
+        ensure!(a.take().await? == Turn::Mine, "the first replica takes it");
+        ensure!(
+            matches!(b.take().await?, Turn::Theirs { ref holder, .. } if holder == "replica-a"),
+            "the second waits"
+        );
+        ensure!(a.take().await? == Turn::Mine, "the holder renews");
+        a.give_up().await?;
+        ensure!(b.take().await? == Turn::Mine, "given up, taken at once");
+        // A holder that stops renewing loses it once its lease has run out.
+        let (short, c) = (lease("replica-b", 1), lease("replica-c", 60));
+        ensure!(short.take().await? == Turn::Mine);
+        ensure!(c.take().await? != Turn::Mine, "not before it runs out");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        ensure!(c.take().await? == Turn::Mine, "taken over once expired");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
