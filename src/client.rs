@@ -173,6 +173,10 @@ impl Api {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {
+        let request = match &self.identity {
+            Some((name, value)) => request.header(*name, value),
+            None => request,
+        };
         let request = request
             .bearer_auth(self.token.get())
             .build()
