@@ -72,6 +72,8 @@ const POD_START: Duration = Duration::from_secs(60);
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// How long the clean-up of a dropped attempt waits for its drain to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past its Job's deadline an attempt still waits for the Job to fail.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 /// How long a Job that succeeded is given for its run's completion to show in the ledger.
 const COMPLETION_GRACE: Duration = Duration::from_secs(10);
 
@@ -150,7 +152,10 @@ fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
 }
 
 impl JobMovers {
-    /// The executor, with its flags checked (`--service-url` and the mover flags).
+    /// The executor, with its flags checked (`--service-url` and the mover flags). A mover is
+    /// bounded by its Job's deadline (`--mover-deadline`, which Kubernetes enforces and the
+    /// watch reports); an attempt waits at most the longer of `timeout` (`--mover-timeout`)
+    /// and that deadline with a margin, in case it is not enforced.
     pub fn new(
         cluster: Cluster,
         ledger: Ledger,
@@ -160,20 +165,13 @@ impl JobMovers {
     ) -> Result<Self, Error> {
         let service_url = check_service_url(kube.service_url.as_deref())?;
         let spec = MoverSpec::new(&kube.movers, &kube.audience)?;
-        if timeout < kube.movers.mover_deadline {
-            tracing::warn!(
-                mover_timeout = timeout.as_secs(),
-                mover_deadline = kube.movers.mover_deadline.as_secs(),
-                "an attempt stops its mover after --mover-timeout, before the Job's --mover-deadline"
-            );
-        }
         Ok(Self {
             cluster,
             ledger,
             store,
             spec,
             service_url,
-            timeout,
+            timeout: timeout.max(kube.movers.mover_deadline + DEADLINE_MARGIN),
         })
     }
 
@@ -327,6 +325,7 @@ impl JobMovers {
             return Ok(());
         };
         let Some(pod) = mover_pod_of_owner(&owner, &drain.id) else {
+            tracing::debug!(run = %run.id, owner = %owner, "the copy run is held by no mover pod of this drain");
             return Ok(());
         };
         let found = call(
