@@ -32,6 +32,10 @@ pub enum Command {
     /// Stream a mounted volume to the drainer for one drain (run by mover Jobs).
     Mover(MoverArgs),
     /// Take a snapshot of a directory into a store (resumable and incremental).
+    ///
+    /// One copy of a volume runs at a time (a second one fails, naming the holder). Files that
+    /// cannot be read (permission denied) are listed in the snapshot without content and named
+    /// on stderr; the copy then exits 3. Exit 2: malformed arguments (store URLs included).
     Copy(CopyArgs),
     /// Restore a snapshot into an empty directory, verifying every hash.
     Restore(RestoreArgs),
@@ -126,8 +130,9 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "DRAINER_GRACE", default_value = "10", value_parser = parse_seconds)]
     pub grace: Duration,
-    /// Who copies: `in-process` (local mode: the engine inside this process) or `external`
-    /// (`drainer mover` processes stream each drain through the API).
+    /// Who copies: `in-process` (local mode: the engine inside this process; in Kubernetes
+    /// mode: mover Jobs) or `external` (`drainer mover` processes, run by other means, stream
+    /// each drain through the API).
     #[arg(long, env = "DRAINER_MOVERS", value_enum, default_value_t = Movers::InProcess)]
     pub movers: Movers,
     /// How long an attempt waits for an external mover, in seconds.
@@ -161,6 +166,13 @@ pub struct KubeArgs {
     /// Seconds a drain waits for its pod to let go of the volume before it fails.
     #[arg(long, env = "DRAINER_RELEASE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
     pub release_timeout: Duration,
+    /// Namespaces to watch and act in (repeat, or comma-separated); all when none is given.
+    #[arg(
+        long = "watch-namespace",
+        env = "DRAINER_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
     /// URL at which movers reach this drainer (its Service), e.g.
     /// http://drainer.drainer-system.svc:8080.
     #[arg(long, env = "DRAINER_SERVICE_URL")]
@@ -236,7 +248,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         env = "DRAINER_TOKEN_FILE",
-        default_value = "./drainer-data/token"
+        default_value = DEFAULT_TOKEN_FILE
     )]
     pub token_file: PathBuf,
     /// The bearer token itself (instead of the token file).
@@ -244,16 +256,50 @@ pub struct ClientArgs {
     pub token: Option<String>,
 }
 
+/// Where a pod's projected token for drainer is mounted by convention (the examples under
+/// `deploy/examples` mount it there); used when the default token file does not exist.
+pub const POD_TOKEN_FILE: &str = "/var/run/secrets/drainer/token";
+/// The namespace of a pod's ServiceAccount, when it mounts its API token.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
 impl ClientArgs {
-    /// The bearer token: given directly, or read from the token file.
+    /// The bearer token: given directly, or read from the token file (inside a pod whose
+    /// default token file does not exist, from its projected token at [`POD_TOKEN_FILE`]).
     pub fn token(&self) -> anyhow::Result<String> {
         use anyhow::Context;
+        let file = if self.token_file == std::path::Path::new(DEFAULT_TOKEN_FILE)
+            && !self.token_file.exists()
+            && std::path::Path::new(POD_TOKEN_FILE).exists()
+        {
+            PathBuf::from(POD_TOKEN_FILE)
+        } else {
+            self.token_file.clone()
+        };
         let token = match &self.token {
             Some(token) => token.clone(),
-            None => std::fs::read_to_string(&self.token_file)
-                .with_context(|| format!("reading the token file {}", self.token_file.display()))?,
+            None => std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the token file {}", file.display()))?,
         };
         Ok(token.trim().to_owned())
+    }
+}
+
+/// The default token file of the client commands.
+pub const DEFAULT_TOKEN_FILE: &str = "./drainer-data/token";
+
+impl HandoffArgs {
+    /// The namespace of the volumes: `--namespace`, or inside a pod its own.
+    pub fn namespace(&self) -> anyhow::Result<String> {
+        if let Some(namespace) = &self.namespace {
+            return Ok(namespace.clone());
+        }
+        std::fs::read_to_string(POD_NAMESPACE_FILE)
+            .map(|ns| ns.trim().to_owned())
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--namespace is needed (or DRAINER_NAMESPACE, e.g. from the downward API)"
+                )
+            })
     }
 }
 
@@ -263,11 +309,11 @@ pub struct HandoffArgs {
     /// How to reach the drainer.
     #[command(flatten)]
     pub drainer: ClientArgs,
-    /// Namespace of the volumes.
+    /// Namespace of the volumes (inside a pod: its own, by default).
     #[arg(long, env = "DRAINER_NAMESPACE")]
-    pub namespace: String,
-    /// PVC to drain (repeat for several).
-    #[arg(long = "pvc", required = true)]
+    pub namespace: Option<String>,
+    /// PVC to drain (repeat for several). A pod may name none: every claim it mounts.
+    #[arg(long = "pvc")]
     pub pvcs: Vec<String>,
     /// The pod handing off (its name).
     #[arg(long, env = "DRAINER_POD")]

@@ -28,13 +28,14 @@ struct DrainList {
 
 /// Runs `drainer handoff`.
 pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
+    let namespace = args.namespace()?;
     for pvc in &args.pvcs {
-        VolumeId::new(&args.namespace, pvc)?;
+        VolumeId::new(&namespace, pvc)?;
     }
     let token = args.drainer.token()?;
     let deadline = Instant::now() + args.timeout;
     let api = Api::new(&args.drainer.url, token, CALL_TIMEOUT, args.timeout)?;
-    let body = serde_json::json!({"namespace": args.namespace, "pvcs": args.pvcs, "pod": args.pod, "reason": args.reason});
+    let body = serde_json::json!({"namespace": namespace, "pvcs": args.pvcs, "pod": args.pod, "reason": args.reason});
     let url = api.url("/v1/handoffs");
     let accepted: DrainList = api.json(|http| http.post(&url).json(&body)).await?;
     for d in &accepted.drains {

@@ -115,7 +115,8 @@ pub async fn completed_copy(
 ) -> snapshot::Result<Option<SnapshotSummary>> {
     let done = ledger
         .run_of_drain(&drain.id)
-        .await?
+        .await
+        .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
         .filter(|r| r.state == "completed" && r.store_url == store.url());
     let Some(run) = done else {
         return Ok(None);

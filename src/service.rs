@@ -1,30 +1,51 @@
-//! `drainer serve`: wires the ledger, the store, authentication, the scheduler, sweeps and the
-//! HTTP API together, supervises them, and shuts them down in order.
+//! `drainer serve`: wires the ledger, the store, the mode's parts (who calls, who copies, who
+//! sweeps, what handoffs add), the scheduler and the HTTP API together, supervises them, and
+//! shuts them down in order.
 //!
 //! Local mode is the default: volume `NS/PVC` is `VOLUME_ROOT/NS/PVC`, the ledger is SQLite and
-//! the store a directory, all under the data directory. Every default is one flag away.
+//! the store a directory, all under the data directory, and the holder of the static token is
+//! an admin. Kubernetes mode (`--kubernetes`) watches the cluster, identifies callers by
+//! TokenReview, waits for volumes' release, holds claims, copies through movers and sweeps
+//! StatefulSets (`crate::kube`). Every default is one flag away.
 
-use crate::auth::{StaticToken, load_or_create_token};
-use crate::config::Movers;
-use crate::config::ServeArgs;
+use crate::admission::{Admission, Local};
+use crate::auth::{Authority, StaticToken, load_or_create_token};
+use crate::config::{Movers, ServeArgs};
 use crate::http::{AppState, Shared, router};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::scheduler::{ExternalMovers, LocalExecutor, Scheduler};
+use crate::notify::Notifier;
+use crate::scheduler::{Executor, ExternalMovers, LocalExecutor, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreOptions};
+use crate::sweep::{LocalSweeper, Sweeper};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-/// The `file://` URL of a local directory, with every character that a URL would read as
-/// something else (`?`, `#`, `%`, spaces) escaped.
-fn local_store_url(dir: &std::path::Path) -> anyhow::Result<String> {
-    url::Url::from_file_path(dir)
-        .map(String::from)
-        .map_err(|()| anyhow::anyhow!("store directory {} is not absolute", dir.display()))
+/// The parts that differ between local and Kubernetes mode.
+struct Mode {
+    authority: Arc<dyn Authority>,
+    admission: Arc<dyn Admission>,
+    notifier: Arc<dyn Notifier>,
+    executor: Arc<dyn Executor>,
+    sweeper: Arc<dyn Sweeper>,
+    /// Background work of the mode (watches, the release tracker), stopped with the service.
+    tasks: Vec<JoinHandle<()>>,
+    /// What the log says of it.
+    describe: String,
+}
+
+/// What every mode is built from.
+struct Base<'a> {
+    args: &'a ServeArgs,
+    data_dir: &'a Path,
+    ledger: &'a Ledger,
+    store: &'a Store,
 }
 
 /// Runs the service until a shutdown signal, then stops within the grace period.
@@ -33,16 +54,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::path::absolute(&args.ledger.data_dir).context("resolving the data directory")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let volume_root = args
-        .volume_root
-        .clone()
-        .unwrap_or_else(|| data_dir.join("volumes"));
-    std::fs::create_dir_all(&volume_root)
-        .with_context(|| format!("creating volume root {}", volume_root.display()))?;
     let store_url = args
         .store
         .clone()
-        .map_or_else(|| local_store_url(&data_dir.join("store")), Ok)?;
+        .unwrap_or_else(|| format!("file://{}/store", data_dir.display()));
     let store = Store::open(
         &store_url,
         &StoreOptions {
@@ -52,28 +67,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     let ledger = Ledger::open(args.ledger.database_url.as_deref(), &data_dir).await?;
-    let (token, token_source) = api_token(&args, &data_dir)?;
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let base = Base {
+        args: &args,
+        data_dir: &data_dir,
+        ledger: &ledger,
+        store: &store,
+    };
+    let mode = if args.kube.enabled {
+        kubernetes(&base, shutdown.graceful.clone()).await?
+    } else {
+        local(&base)?
+    };
     let metrics = Arc::new(Metrics::default());
     let board = Arc::default();
-    let watches = tokio_util::sync::CancellationToken::new();
-    let _stop_watches = watches.clone().drop_guard();
-    let kube = match args.kube.enabled {
-        true => Some(kube_mode(&args, &ledger, &store, &token, watches).await?),
-        false => None,
-    };
-    let auth: Arc<dyn crate::auth::Authority> = match &kube {
-        Some((authority, _)) => Arc::clone(authority),
-        None => Arc::new(StaticToken::new(token)),
-    };
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
         store: store.clone(),
-        auth,
-        admission: Arc::new(crate::admission::Local),
-        notifier: Arc::new(crate::notify::Log),
+        auth: Arc::clone(&mode.authority),
+        admission: Arc::clone(&mode.admission),
+        notifier: Arc::clone(&mode.notifier),
+        sweeper: Arc::clone(&mode.sweeper),
         metrics: Arc::clone(&metrics),
         board: Arc::clone(&board),
-        volume_root: volume_root.clone(),
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
         copying: Default::default(),
@@ -81,92 +97,156 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let scheduler = Arc::new(Scheduler {
         ledger: ledger.clone(),
-        executor: match (kube, args.movers) {
-            (Some((_, movers)), _) => movers,
-            (None, Movers::InProcess) => Arc::new(LocalExecutor {
-                volume_root: volume_root.clone(),
-                store: store.clone(),
-                ledger: ledger.clone(),
-                options: args.engine.copy_options(false),
-            }),
-            (None, Movers::External) => Arc::new(ExternalMovers {
-                ledger: ledger.clone(),
-                store: store.clone(),
-                timeout: args.mover_timeout,
-            }),
-        },
+        executor: Arc::clone(&mode.executor),
         owner: owner.clone(),
         lease: args.lease,
         concurrency: args.concurrent_drains.into(),
         metrics: Arc::clone(&metrics),
         board,
-        notifier: Arc::new(crate::notify::Log),
+        notifier: Arc::clone(&mode.notifier),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
     tracing::info!(
         listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
-        volume_root = %volume_root.display(), token = %token_source, "drainer serving"
+        mode = %mode.describe, "drainer serving"
     );
     state.set_ready(true);
-    run_until_shutdown(
-        state,
-        listener,
-        scheduler,
-        shutdown,
-        &args,
-        ledger,
-        store,
-        volume_root,
-    )
-    .await
+    run_until_shutdown(state, listener, scheduler, shutdown, &args, mode).await
 }
 
-/// Kubernetes mode, as far as mover Jobs need it (a stand-in until the service wires the
-/// whole mode): identities from TokenReview (the static token is an admin's), copies by mover
-/// Jobs. Handoffs are admitted as in local mode.
-async fn kube_mode(
-    args: &ServeArgs,
-    ledger: &Ledger,
-    store: &Store,
-    token: &str,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(
-    Arc<dyn crate::auth::Authority>,
-    Arc<dyn crate::scheduler::Executor>,
-)> {
+/// Local mode: volumes are directories, one static token is the admin's, copies run
+/// in-process (or through `drainer mover` processes with `--movers external`).
+fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
+    let args = base.args;
+    let volume_root = args
+        .volume_root
+        .clone()
+        .unwrap_or_else(|| base.data_dir.join("volumes"));
+    std::fs::create_dir_all(&volume_root)
+        .with_context(|| format!("creating volume root {}", volume_root.display()))?;
+    let (token, token_source) = api_token(args, base.data_dir)?;
+    let executor: Arc<dyn Executor> = match args.movers {
+        Movers::InProcess => Arc::new(LocalExecutor {
+            volume_root: volume_root.clone(),
+            store: base.store.clone(),
+            ledger: base.ledger.clone(),
+            options: args.engine.copy_options(false),
+        }),
+        Movers::External => Arc::new(external_movers(base)),
+    };
+    Ok(Mode {
+        authority: Arc::new(StaticToken::new(token)),
+        admission: Arc::new(Local),
+        notifier: Arc::new(crate::notify::Log),
+        executor,
+        sweeper: Arc::new(LocalSweeper {
+            ledger: base.ledger.clone(),
+            store: base.store.clone(),
+            root: volume_root.clone(),
+            max_attempts: args.max_attempts,
+        }),
+        tasks: Vec::new(),
+        describe: format!(
+            "local (volumes in {}, token from {token_source})",
+            volume_root.display()
+        ),
+    })
+}
+
+fn external_movers(base: &Base<'_>) -> ExternalMovers {
+    ExternalMovers {
+        ledger: base.ledger.clone(),
+        store: base.store.clone(),
+        timeout: base.args.mover_timeout,
+    }
+}
+
+/// Kubernetes mode: the cluster's watches, TokenReview identities (the static token, if one is
+/// configured, is an admin's), handoffs that wait for their pod's release, held claims, copies
+/// by mover Jobs.
+async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<Mode> {
+    let args = base.args;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let cluster = crate::kube::Cluster::start(client, stop).await?;
+    let cluster =
+        crate::kube::Cluster::start(client, args.kube.watch_namespaces.clone(), stop.clone())
+            .await
+            .context("watching the cluster")?;
+    let admin = admin_token(args, base.data_dir)?;
     let authority = crate::kube::identity::TokenReviews::new(
         cluster.clone(),
-        ledger.clone(),
+        base.ledger.clone(),
         args.kube.audience.clone(),
-        Some(token.to_owned()),
+        admin,
     );
-    let movers = crate::kube::movers::JobMovers::new(
-        cluster,
-        ledger.clone(),
-        store.clone(),
-        &args.kube,
-        args.mover_timeout,
-    )?;
-    Ok((Arc::new(authority), Arc::new(movers)))
+    let notifier: Arc<dyn Notifier> = Arc::new(crate::notify::Log);
+    let releases = crate::kube::release::Releases {
+        cluster: cluster.clone(),
+        ledger: base.ledger.clone(),
+        notifier: Arc::clone(&notifier),
+        release_timeout: args.kube.release_timeout,
+        max_attempts: args.max_attempts,
+    };
+    let tasks = vec![tokio::spawn(releases.run(stop))];
+    // Mover Jobs copy, unless movers are run by other means (`--movers external`).
+    let executor: Arc<dyn Executor> = match args.movers {
+        Movers::External => Arc::new(external_movers(base)),
+        Movers::InProcess => Arc::new(
+            crate::kube::movers::JobMovers::new(
+                cluster.clone(),
+                base.ledger.clone(),
+                base.store.clone(),
+                &args.kube,
+                args.mover_timeout,
+            )
+            .context("mover Jobs")?,
+        ),
+    };
+    Ok(Mode {
+        authority: Arc::new(authority),
+        admission: Arc::new(crate::kube::admission::KubeAdmission {
+            cluster: cluster.clone(),
+            ledger: base.ledger.clone(),
+        }),
+        notifier,
+        executor,
+        sweeper: Arc::new(NoSweeps),
+        tasks,
+        describe: format!("kubernetes (audience {})", args.kube.audience),
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Sweeps that Kubernetes mode does not run yet.
+struct NoSweeps;
+
+#[async_trait::async_trait]
+impl Sweeper for NoSweeps {
+    async fn sweep(
+        &self,
+        _dry_run: bool,
+    ) -> Result<crate::sweep::SweepReport, crate::sweep::SweepError> {
+        Err(crate::sweep::SweepError::Cluster(
+            "sweeps of StatefulSets are not available in this build".into(),
+        ))
+    }
+
+    async fn scheduled(
+        &self,
+    ) -> Result<Option<crate::sweep::SweepReport>, crate::sweep::SweepError> {
+        Ok(None)
+    }
+}
+
 async fn run_until_shutdown(
     state: AppState,
     listener: tokio::net::TcpListener,
     scheduler: Arc<Scheduler>,
     shutdown: Shutdown,
     args: &ServeArgs,
-    ledger: Ledger,
-    store: Store,
-    volume_root: PathBuf,
+    mode: Mode,
 ) -> anyhow::Result<()> {
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
@@ -177,10 +257,7 @@ async fn run_until_shutdown(
     );
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
     let sweeps = tokio::spawn(sweep_periodically(
-        ledger,
-        store,
-        volume_root,
-        args.max_attempts,
+        Arc::clone(&mode.sweeper),
         args.sweep_interval,
         state.clone(),
         graceful.clone(),
@@ -200,6 +277,9 @@ async fn run_until_shutdown(
     let stopped = async {
         let _ = work.await;
         let _ = http.await;
+        for task in mode.tasks {
+            let _ = task.await;
+        }
     };
     tokio::select! {
         () = stopped => {
@@ -212,13 +292,10 @@ async fn run_until_shutdown(
 }
 
 async fn sweep_periodically(
-    ledger: Ledger,
-    store: Store,
-    volume_root: PathBuf,
-    max_attempts: u32,
+    sweeper: Arc<dyn Sweeper>,
     interval: Duration,
     state: AppState,
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
 ) {
     if interval.is_zero() {
         return;
@@ -228,8 +305,8 @@ async fn sweep_periodically(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match crate::sweep::sweep_local(&ledger, &store, &volume_root, max_attempts).await {
-            Ok(report) => {
+        match sweeper.scheduled().await {
+            Ok(Some(report)) => {
                 state.observe_sweep(report.seconds);
                 let queued = report.findings.iter().filter(|f| f.drain).count();
                 tracing::info!(
@@ -239,6 +316,7 @@ async fn sweep_periodically(
                     "sweep done"
                 );
             }
+            Ok(None) => tracing::debug!("another replica sweeps"),
             Err(err) => tracing::warn!(error = %err, "sweep failed"),
         }
     }
@@ -252,16 +330,29 @@ fn api_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<(String, Strin
         }
         return Ok((token.trim().to_owned(), "DRAINER_TOKEN".to_owned()));
     }
-    let path = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join("token"));
+    let path = token_path(args, data_dir);
     let token =
         load_or_create_token(&path).with_context(|| format!("token file {}", path.display()))?;
     if token.is_empty() {
         bail!("token file {} is empty", path.display());
     }
     Ok((token, path.display().to_string()))
+}
+
+/// Kubernetes mode's admin token: `DRAINER_TOKEN`, or the token file if one exists (it is not
+/// created: without it, only Kubernetes identities are accepted).
+fn admin_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = token_path(args, data_dir);
+    if args.token.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    api_token(args, data_dir).map(|(token, _)| Some(token))
+}
+
+fn token_path(args: &ServeArgs, data_dir: &Path) -> PathBuf {
+    args.token_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("token"))
 }
 
 fn default_replica_id() -> String {

@@ -166,12 +166,54 @@ pub struct SweepReport {
     pub seconds: f64,
 }
 
-/// Runs one local-mode sweep: observe every volume under `root`, plan, queue the drains.
+/// Runs sweeps for the service's mode: local mode lists volume directories, Kubernetes mode
+/// StatefulSets and claims (`kube::sweep`).
+#[async_trait::async_trait]
+pub trait Sweeper: Send + Sync {
+    /// One sweep now; with `dry_run`, the findings only, no drain created.
+    async fn sweep(&self, dry_run: bool) -> Result<SweepReport, SweepError>;
+
+    /// A scheduled sweep: where several replicas run, only one of them sweeps at a time, and
+    /// the others answer `None`. By default, every call sweeps.
+    async fn scheduled(&self) -> Result<Option<SweepReport>, SweepError> {
+        self.sweep(false).await.map(Some)
+    }
+}
+
+/// Local mode's sweeps over the volume root.
+pub struct LocalSweeper {
+    /// Where drains are queued.
+    pub ledger: crate::ledger::Ledger,
+    /// Where snapshots are.
+    pub store: crate::store::Store,
+    /// The volume root.
+    pub root: std::path::PathBuf,
+    /// Attempts given to new drains.
+    pub max_attempts: u32,
+}
+
+#[async_trait::async_trait]
+impl Sweeper for LocalSweeper {
+    async fn sweep(&self, dry_run: bool) -> Result<SweepReport, SweepError> {
+        sweep_local(
+            &self.ledger,
+            &self.store,
+            &self.root,
+            self.max_attempts,
+            dry_run,
+        )
+        .await
+    }
+}
+
+/// Runs one local-mode sweep: observe every volume under `root`, plan, queue the drains
+/// (unless `dry_run`).
 pub async fn sweep_local(
     ledger: &crate::ledger::Ledger,
     store: &crate::store::Store,
     root: &Path,
     max_attempts: u32,
+    dry_run: bool,
 ) -> Result<SweepReport, SweepError> {
     let started = std::time::Instant::now();
     let owned_root = root.to_owned();
@@ -220,7 +262,7 @@ pub async fn sweep_local(
             kube: None,
         })
         .collect();
-    let drains = if wanted.is_empty() {
+    let drains = if wanted.is_empty() || dry_run {
         Vec::new()
     } else {
         ledger
@@ -249,4 +291,7 @@ pub enum SweepError {
     /// The ledger could not be written.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::Error),
+    /// The cluster could not be listed (Kubernetes mode).
+    #[error("cannot list the cluster: {0}")]
+    Cluster(String),
 }

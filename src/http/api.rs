@@ -2,7 +2,7 @@
 //! `/v1/openapi.json`).
 
 use super::guard::{AdminAction, Granted, HandoffScope, ListScope, VolumeAccess, drain_not_found};
-use super::{AppState, Error, Query};
+use super::{AppState, Error, Query, json_body};
 use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
 use crate::lifecycle::{DrainState, Event};
 use crate::snapshot::ProgressView;
@@ -50,42 +50,26 @@ pub(super) struct HandoffBody {
     wait_for_release: bool,
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
-    body.map(|Json(b)| b)
-        .map_err(|rejection| match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {} bytes", super::MAX_BODY),
-            ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send JSON with Content-Type: application/json",
-            ),
-            _ => Error::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                rejection.body_text(),
-            ),
-        })
-}
-
-/// Validates a handoff; returns its volumes.
-fn validate_handoff(body: &HandoffBody) -> Result<Vec<VolumeId>, Error> {
+/// Validates a handoff; returns its volumes. A pod may name no claim: every claim it mounts
+/// (`mounts`) is meant.
+fn validate_handoff(body: &HandoffBody, mounts: Option<&[String]>) -> Result<Vec<VolumeId>, Error> {
     if !is_dns_label(&body.namespace) {
         return Err(Error::invalid(format!(
             "namespace {:?} is not a valid RFC 1123 label",
             body.namespace
         )));
     }
-    if body.pvcs.is_empty() || body.pvcs.len() > MAX_PVCS {
+    let pvcs = match (body.pvcs.is_empty(), mounts) {
+        (true, Some(mounts)) if !mounts.is_empty() => mounts,
+        _ => body.pvcs.as_slice(),
+    };
+    if pvcs.is_empty() || pvcs.len() > MAX_PVCS {
         return Err(Error::invalid(format!(
-            "pvcs must list 1 to {MAX_PVCS} names"
+            "pvcs must list 1 to {MAX_PVCS} names (a pod may name none: every claim it mounts)"
         )));
     }
-    let mut volumes: Vec<VolumeId> = Vec::with_capacity(body.pvcs.len());
-    for pvc in &body.pvcs {
+    let mut volumes: Vec<VolumeId> = Vec::with_capacity(pvcs.len());
+    for pvc in pvcs {
         let volume =
             VolumeId::new(&body.namespace, pvc).map_err(|e| Error::invalid(e.to_string()))?;
         if volumes.contains(&volume) {
@@ -139,8 +123,14 @@ pub(super) async fn handoff(
     body: Result<Json<HandoffBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, Error> {
     let body = json_body(body)?;
-    let volumes = validate_handoff(&body)?;
     let scope = scope.into_inner();
+    let mounts = match scope.caller() {
+        crate::auth::Caller::Workload(crate::auth::Workload { pod: Some(pod), .. }) => {
+            Some(pod.mounts.as_slice())
+        }
+        _ => None,
+    };
+    let volumes = validate_handoff(&body, mounts)?;
     let volumes = scope.check(&state, volumes).await?.into_inner();
     let shared = state.shared();
     let reason = body.reason.as_deref().unwrap_or("handoff");
@@ -304,30 +294,40 @@ pub(super) async fn cancel_drain(
     change(&state, drain.into_inner(), Event::Cancelled).await
 }
 
+/// `POST /v1/sweeps?dry_run=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SweepQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub(super) async fn sweep(
     State(state): State<AppState>,
     _: Granted<AdminAction>,
+    Query(query): Query<SweepQuery>,
 ) -> Result<impl IntoResponse, Error> {
     let shared = state.shared();
-    let report = crate::sweep::sweep_local(
-        &shared.ledger,
-        &shared.store,
-        &shared.volume_root,
-        shared.max_attempts,
-    )
-    .await
-    .map_err(|e| match e {
-        crate::sweep::SweepError::Ledger(e) => Error::from(e),
-        crate::sweep::SweepError::Store(e) => Error::from(e),
-        other => {
-            tracing::error!(error = %other, "sweep failed");
-            Error::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
-    })?;
+    let report = shared
+        .sweeper
+        .sweep(query.dry_run)
+        .await
+        .map_err(|e| match e {
+            crate::sweep::SweepError::Ledger(e) => Error::from(e),
+            crate::sweep::SweepError::Store(e) => Error::from(e),
+            crate::sweep::SweepError::Cluster(why) => {
+                tracing::warn!(reason = %why, "sweep failed");
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+            }
+            other => {
+                tracing::error!(error = %other, "sweep failed");
+                Error::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        })?;
     shared.metrics.sweep_seconds.observe(report.seconds);
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
     Ok(Json(
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn handoffs_are_validated_before_anything_is_recorded() {
         assert_eq!(
-            validate_handoff(&body("shop", &["data-web-4", "logs-web-4"]))
+            validate_handoff(&body("shop", &["data-web-4", "logs-web-4"]), None)
                 .unwrap()
                 .len(),
             2
@@ -422,16 +422,23 @@ mod tests {
             body("shop", &["a/b"]),
             body("", &["a"]),
         ] {
-            assert!(validate_handoff(&bad).is_err(), "{bad:?}");
+            assert!(validate_handoff(&bad, None).is_err(), "{bad:?}");
         }
         let too_many: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
         let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
-        assert!(validate_handoff(&body("shop", &refs)).is_err());
+        assert!(validate_handoff(&body("shop", &refs), None).is_err());
         let mut with_reason = body("shop", &["a"]);
         with_reason.reason = Some("line\nbreak".into());
-        assert!(validate_handoff(&with_reason).is_err());
+        assert!(validate_handoff(&with_reason, None).is_err());
         let mut with_pod = body("shop", &["a"]);
         with_pod.pod = Some("Web_4".into());
-        assert!(validate_handoff(&with_pod).is_err());
+        assert!(validate_handoff(&with_pod, None).is_err());
+        let mounts = ["data-web-4".to_owned(), "logs-web-4".to_owned()];
+        let all = validate_handoff(&body("shop", &[]), Some(&mounts)).unwrap();
+        assert_eq!(
+            all.len(),
+            2,
+            "a pod naming no claim hands off what it mounts"
+        );
     }
 }

@@ -21,7 +21,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -47,12 +46,12 @@ pub struct Shared {
     pub admission: Arc<dyn crate::admission::Admission>,
     /// Hears when handoffs create drains.
     pub notifier: Arc<dyn crate::notify::Notifier>,
+    /// Runs sweeps.
+    pub sweeper: Arc<dyn crate::sweep::Sweeper>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Live progress of running drains.
     pub board: ProgressBoard,
-    /// Local mode: the volume root that sweeps list.
-    pub volume_root: PathBuf,
     /// Attempts given to new drains.
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
@@ -296,6 +295,9 @@ impl Error {
 
 impl From<crate::ledger::Error> for Error {
     fn from(err: crate::ledger::Error) -> Self {
+        if let crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } = err {
+            return Self::new(StatusCode::CONFLICT, "run_busy", err.to_string());
+        }
         if err.is_full() {
             tracing::warn!(error = %err, "ledger full");
             return Self {
@@ -307,12 +309,7 @@ impl From<crate::ledger::Error> for Error {
                 )
             };
         }
-        match err {
-            crate::ledger::Error::RunBusy { .. } | crate::ledger::Error::RunLost { .. } => {
-                Self::new(StatusCode::CONFLICT, "run_busy", err.to_string())
-            }
-            err => Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable"),
-        }
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
     }
 }
 
@@ -356,6 +353,61 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|rejection| Error::invalid(rejection.body_text()))
     }
+}
+
+/// `Path` whose rejections are the API's JSON errors (`400 invalid_request`).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Path<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| Error::invalid(rejection.body_text()))
+    }
+}
+
+/// `Json` whose rejections are the API's JSON errors (`400 invalid_json`, `413`, `415`).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let body = axum::Json::<T>::from_request(request, state).await;
+        json_body(body).map(Json)
+    }
+}
+
+/// The body of a JSON request, or the API's error for it.
+pub(crate) fn json_body<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Error> {
+    body.map(|axum::Json(b)| b)
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            _ => Error::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                rejection.body_text(),
+            ),
+        })
 }
 
 #[cfg(test)]

@@ -10,19 +10,16 @@
 //! ledger, so any replica accepts any part and completes any upload.
 
 use super::guard::{Granted, Streaming};
-use super::{AppState, Error, Query};
+use super::{AppState, Error, Json, Path, Query};
 use crate::ledger::{RelayPart, RelayRecord};
 use crate::protocol::{
     BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, StoreInfo, WirePartial, WireRun,
     WireStoredFile, batch,
 };
-use crate::snapshot::{
-    Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
-};
+use crate::snapshot::{PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout};
 use crate::volume::VolumeId;
-use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
@@ -192,14 +189,14 @@ pub(super) async fn begin(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<WireRun>, Error> {
+) -> Result<axum::Json<WireRun>, Error> {
     let Streaming { drain: id, volume } = streaming.into_inner();
     let shared = state.shared();
     let run = mover_checkpoint(&state, &headers, &id)
         .begin(shared.store.url(), &volume, &SnapshotId::generate())
         .await?;
     tracing::info!(drain = %id, run = %run.id, resumed = run.resumed, "mover started");
-    Ok(Json(WireRun {
+    Ok(axum::Json(WireRun {
         id: run.id,
         snapshot: run.snapshot.to_string(),
         resumed: run.resumed,
@@ -428,12 +425,12 @@ pub(super) async fn get_partial(
     streaming: Granted<Streaming>,
     Path((_, run)): Path<(String, String)>,
     Query(path): Query<PathParam>,
-) -> Result<Json<WirePartial>, Error> {
+) -> Result<axum::Json<WirePartial>, Error> {
     let Streaming { volume, .. } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let path = path.decode().map_err(Error::invalid)?;
     match state.shared().ledger.partial_upload(&run, &path).await? {
-        Some(upload) => Ok(Json(WirePartial::from(&upload))),
+        Some(upload) => Ok(axum::Json(WirePartial::from(&upload))),
         None => Err(Error::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -483,7 +480,7 @@ pub(super) async fn put_objects(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     body: Bytes,
-) -> Result<Json<BatchAnswer>, Error> {
+) -> Result<axum::Json<BatchAnswer>, Error> {
     let Streaming { volume, .. } = streaming.into_inner();
     let objects = batch::decode(body).map_err(Error::invalid)?;
     let names: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
@@ -501,7 +498,7 @@ pub(super) async fn put_objects(
         .buffered(BATCH_PUTS_AT_ONCE)
         .collect()
         .await;
-    Ok(Json(BatchAnswer { errors }))
+    Ok(axum::Json(BatchAnswer { errors }))
 }
 
 pub(super) async fn put_object(
@@ -570,8 +567,8 @@ fn relay_parts(state: &AppState) -> Arc<dyn MultipartStore> {
 pub(super) async fn store_info(
     State(state): State<AppState>,
     _: Granted<Streaming>,
-) -> Json<StoreInfo> {
-    Json(StoreInfo {
+) -> axum::Json<StoreInfo> {
+    axum::Json(StoreInfo {
         part_size: state.shared().store.part_size(),
     })
 }
@@ -580,7 +577,7 @@ pub(super) async fn create_upload(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
-) -> Result<Json<CreatedUpload>, Error> {
+) -> Result<axum::Json<CreatedUpload>, Error> {
     let Streaming { drain, volume } = streaming.into_inner();
     let key = writable_key(&state, &volume, &q.key).await?;
     let store = &state.shared().store;
@@ -600,7 +597,7 @@ pub(super) async fn create_upload(
         store_upload_id,
     };
     state.shared().ledger.create_relay(&relay).await?;
-    Ok(Json(CreatedUpload {
+    Ok(axum::Json(CreatedUpload {
         upload: relay.id,
         part_size: store.part_size(),
     }))

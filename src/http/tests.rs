@@ -121,13 +121,18 @@ async fn world() -> World {
     let callers = Arc::new(Callers::default());
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
-        store,
+        store: store.clone(),
         auth: Arc::clone(&callers) as Arc<dyn Authority>,
         admission: Arc::new(crate::admission::Local),
         notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
-        volume_root: dir.path().join("volumes"),
+        sweeper: Arc::new(crate::sweep::LocalSweeper {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            root: dir.path().join("volumes"),
+            max_attempts: 3,
+        }),
         max_attempts: 3,
         ready: AtomicBool::new(true),
         copying: Default::default(),
@@ -285,14 +290,19 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
     )
     .unwrap();
     let state = AppState::new(Shared {
-        ledger,
-        store,
+        ledger: ledger.clone(),
+        store: store.clone(),
         auth: Arc::new(Callers::default()),
         admission: Arc::new(crate::admission::Local),
         notifier: Arc::new(crate::notify::Log),
         metrics: Default::default(),
         board: Default::default(),
-        volume_root: dir.path().join("v"),
+        sweeper: Arc::new(crate::sweep::LocalSweeper {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            root: dir.path().join("v"),
+            max_attempts: 1,
+        }),
         max_attempts: 1,
         ready: AtomicBool::new(true),
         copying: Default::default(),
@@ -468,4 +478,96 @@ async fn the_openapi_document_describes_every_route() {
             route.method
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_paths_queries_and_bodies_get_json_errors() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let cases = [
+        (
+            Method::PUT,
+            format!("/drains/{}/uploads/u-1/not-a-number", d.mine),
+            None,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            format!("/drains/{}/objects?nokey=1", d.mine),
+            None,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/drains?limit=0".to_owned(),
+            None,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/drains?limit=abc".to_owned(),
+            None,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/drains?limit=1001".to_owned(),
+            None,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/drains/{}/run/r-0/record", d.mine),
+            Some(json!({"not": "a list"})),
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/sweeps?dry_run=perhaps".to_owned(),
+            None,
+            "invalid_request",
+        ),
+    ];
+    for (method, path, body, code) in cases {
+        let (status, answer) = w.api.call("admin", method.clone(), &path, body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{method} {path}: {answer}"
+        );
+    }
+    // Paging: a cursor continues where the page ended, and says when there is no more.
+    let (_, first) = w
+        .api
+        .call("admin", Method::GET, "/drains?limit=2", None)
+        .await;
+    let next = first["next"].as_str().expect("a next page").to_owned();
+    let (_, second) = w
+        .api
+        .call(
+            "admin",
+            Method::GET,
+            &format!("/drains?limit=2&after={next}"),
+            None,
+        )
+        .await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["drains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (a, b) = (ids(&first), ids(&second));
+    assert_eq!(a.len(), 2);
+    assert!(
+        !b.is_empty() && b.iter().all(|id| !a.contains(id)),
+        "{a:?} then {b:?}"
+    );
+    let (_, all) = w
+        .api
+        .call("admin", Method::GET, "/drains?limit=1000", None)
+        .await;
+    assert!(all["next"].is_null(), "{all}");
 }

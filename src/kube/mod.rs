@@ -5,6 +5,7 @@
 //! be let go, [`hold`] keeps claims the StatefulSet would delete, [`movers`] copies volumes
 //! through mover Jobs. Core modules never import this one.
 
+pub mod admission;
 pub mod hold;
 pub mod identity;
 pub mod movers;

@@ -31,7 +31,7 @@ use crate::config::KubeArgs;
 use crate::kube::{Cluster, Error, call};
 use crate::ledger::{Drain, Ledger};
 use crate::scheduler::{Executor, completed_copy};
-use crate::snapshot::{self, Checkpoint as _, Progress, SnapshotSummary};
+use crate::snapshot::{self, Progress, SnapshotSummary};
 use crate::store::Store;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -143,6 +143,10 @@ fn api_error(drain: &Drain) -> impl Fn(Error) -> snapshot::Error + '_ {
     move |e| mover_error(drain, e.to_string())
 }
 
+fn ledger_error(e: crate::ledger::Error) -> snapshot::Error {
+    snapshot::Error::Checkpoint(e.into())
+}
+
 /// A claim that cannot be copied (gone, replaced, being deleted, unbound): permanent.
 fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
     snapshot::Error::Source {
@@ -229,7 +233,8 @@ impl JobMovers {
         // Recorded before its pod exists: the Job is created suspended.
         self.ledger
             .set_mover_job(&drain.id, &mover.name, &mover.uid)
-            .await?;
+            .await
+            .map_err(ledger_error)?;
         if is_suspended(&job) {
             let patch = serde_json::json!({ "spec": { "suspend": false } });
             call(
@@ -318,7 +323,12 @@ impl JobMovers {
     /// Releases the drain's copy run if a mover pod of the drain holds it and has ended, so
     /// the next mover resumes the run at once instead of waiting for its lease to pass.
     async fn release_dead_holder(&self, drain: &Drain) -> snapshot::Result<()> {
-        let Some(run) = self.ledger.run_of_drain(&drain.id).await? else {
+        let Some(run) = self
+            .ledger
+            .run_of_drain(&drain.id)
+            .await
+            .map_err(ledger_error)?
+        else {
             return Ok(());
         };
         let Some(owner) = run.owner.clone().filter(|_| run.state == "running") else {
@@ -348,7 +358,8 @@ impl JobMovers {
         self.ledger
             .run_checkpoint(Some(owner), Some(drain.id.clone()))
             .interrupted(&held, &format!("mover pod {pod} ended"))
-            .await?;
+            .await
+            .map_err(ledger_error)?;
         tracing::info!(run = %run.id, pod = %pod, "released the copy run of a mover pod that ended");
         Ok(())
     }

@@ -1,1 +1,270 @@
+//! Waiting for volumes to be let go, and deciding what their drains become.
+//!
+//! Every second, for each drain in `awaiting_release`: a claim still mounted by a pod (the
+//! announcing pod included, whatever its phase: unmount comes after `Succeeded`/`Failed`)
+//! keeps waiting, held from the garbage collector if its owners would delete it; a claim let
+//! go is decided by the planner from the StatefulSet as it is *now* (a scale-up during the
+//! termination brings the ordinal back): scaled away → `queued`, still live → `not_needed`,
+//! deleted meanwhile → `failed`, with the reason in the history. A drain that waits longer
+//! than the release timeout fails. Pods of a StatefulSet seen terminating as condemned
+//! ordinals get a drain (and a hold) even when nobody handed them off. Holds of drains that
+//! ended are let go. Every replica runs this; the ledger's guarded transitions make each
+//! decision happen once.
 
+use super::{Cluster, hold, planner};
+use crate::ledger::{
+    Drain, DrainFilter, KubeFacts, Ledger, NewDrain, PageCursor, Transition, Writer,
+};
+use crate::lifecycle::{DrainState, Event};
+use crate::notify::{Milestone, Notifier};
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often waiting drains and terminating pods are looked at.
+const EVERY: Duration = Duration::from_secs(1);
+/// Drains read from the ledger at once.
+const PAGE: u32 = 500;
+
+/// The release tracker.
+pub struct Releases {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The ledger.
+    pub ledger: Ledger,
+    /// Hears decisions.
+    pub notifier: Arc<dyn Notifier>,
+    /// How long a drain may wait for its release.
+    pub release_timeout: Duration,
+    /// Attempts given to drains created for condemned pods.
+    pub max_attempts: u32,
+}
+
+impl Releases {
+    /// Runs until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut seen = HashSet::new();
+        let mut ticks = tokio::time::interval(EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(e) = self.condemned(&mut seen).await {
+                tracing::warn!(error = %e, "cannot look at terminating pods; trying again");
+            }
+            if let Err(e) = self.waiting().await {
+                tracing::warn!(error = %e, "cannot decide waiting drains; trying again");
+            }
+            if let Err(e) = self.ended_holds().await {
+                tracing::warn!(error = %e, "cannot let go of holds; trying again");
+            }
+        }
+    }
+
+    /// Decides every drain waiting for its release.
+    async fn waiting(&self) -> Result<(), crate::ledger::Error> {
+        let mut filter = DrainFilter {
+            state: Some(DrainState::AwaitingRelease),
+            ..DrainFilter::default()
+        };
+        loop {
+            let page = self.ledger.drains(&filter, PAGE).await?;
+            for drain in &page {
+                self.decide(drain).await?;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE as usize => {
+                    filter.after = Some(PageCursor::after(last))
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn decide(&self, drain: &Drain) -> Result<(), crate::ledger::Error> {
+        let ns = drain.namespace.as_str();
+        let claim = self.cluster.claim(ns, &drain.pvc);
+        let pods = self.cluster.pods_in(ns);
+        let sets = self.cluster.sets_in(ns);
+        let decision = planner::decide_release(
+            &drain.pvc,
+            drain.pvc_uid.as_deref(),
+            claim.as_deref(),
+            pods.iter().map(|p| p.as_ref()),
+            sets.iter().map(|s| s.as_ref()),
+        );
+        let (event, why) = match decision {
+            planner::Release::Waiting => {
+                self.keep_held(drain, claim.as_deref()).await;
+                let waited = crate::ledger::now_ms() - drain.created_ms;
+                if waited < self.release_timeout.as_millis() as i64 {
+                    return Ok(());
+                }
+                let holder = pods
+                    .iter()
+                    .find(|p| planner::mounts(p, &drain.pvc))
+                    .and_then(|p| p.metadata.name.clone())
+                    .unwrap_or_else(|| "a pod".to_owned());
+                (
+                    Event::ReleaseTimedOut,
+                    format!(
+                        "{holder} still mounts {} after {} s (--release-timeout)",
+                        drain.pvc,
+                        self.release_timeout.as_secs()
+                    ),
+                )
+            }
+            planner::Release::Orphaned(why) => (Event::Orphaned, why),
+            planner::Release::StillInUse(why) => (Event::StillInUse, why),
+            planner::Release::Gone(why) => (Event::VolumeGone, why),
+        };
+        let message = match &drain.pod {
+            Some(pod) => format!("released by pod {pod}: {why}"),
+            None => why.clone(),
+        };
+        let change = Transition::new(
+            &drain.id,
+            DrainState::AwaitingRelease,
+            event,
+            Writer::Anyone,
+            message,
+        );
+        match self.ledger.transition(change).await? {
+            Ok(after) => {
+                tracing::info!(drain = %drain.id, ns, pvc = %drain.pvc, to = %after.state, why, "release decided");
+                self.tell(&after, event, why).await;
+            }
+            Err(refused) => tracing::debug!(drain = %drain.id, %refused, "decided elsewhere"),
+        }
+        Ok(())
+    }
+
+    async fn tell(&self, drain: &Drain, event: Event, why: String) {
+        let milestone = match event {
+            Event::StillInUse => Milestone::NotNeeded { why },
+            Event::ReleaseTimedOut | Event::VolumeGone => Milestone::Failed {
+                why,
+                retrying: false,
+            },
+            _ => return,
+        };
+        self.notifier.notify(drain, &milestone).await;
+    }
+
+    /// Holds a waiting drain's claim if its owners would have it deleted and it is not held
+    /// yet (the handoff's own hold failed, or the owner was set later).
+    async fn keep_held(
+        &self,
+        drain: &Drain,
+        claim: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    ) {
+        let Some(claim) = claim.filter(|c| drain.hold.is_none() && hold::needs_hold(c)) else {
+            return;
+        };
+        match hold::hold(&self.cluster.client, &drain.id, claim).await {
+            Ok(name) => {
+                if let Err(e) = self.ledger.set_hold(&drain.id, Some(&name)).await {
+                    tracing::warn!(drain = %drain.id, error = %e, "cannot record a hold");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(drain = %drain.id, error = %e, "cannot hold the claim; trying again")
+            }
+        }
+    }
+
+    /// Drains (and holds) for claims of pods terminating as condemned ordinals.
+    async fn condemned(&self, seen: &mut HashSet<String>) -> Result<(), crate::ledger::Error> {
+        let terminating = self
+            .cluster
+            .pods
+            .state_filter(|p| p.metadata.deletion_timestamp.is_some());
+        seen.retain(|uid| {
+            terminating
+                .iter()
+                .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+        });
+        for pod in terminating {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if seen.contains(&uid) {
+                continue;
+            }
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let sets = self.cluster.sets_in(&ns);
+            if let Some(condemned) = planner::condemned(&pod, sets.iter().map(|s| s.as_ref())) {
+                self.drain_condemned(&pod, &ns, &condemned).await?;
+            }
+            seen.insert(uid);
+        }
+        Ok(())
+    }
+
+    async fn drain_condemned(
+        &self,
+        pod: &Pod,
+        ns: &str,
+        condemned: &planner::SetClaim,
+    ) -> Result<(), crate::ledger::Error> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let sets = self.cluster.sets_in(ns);
+        let wanted: Vec<NewDrain> = planner::claims_of(pod)
+            .filter(|claim| {
+                planner::set_claim(claim, sets.iter().map(|s| s.as_ref()))
+                    .is_some_and(|c| c.set == condemned.set)
+            })
+            .filter_map(|claim| {
+                let found = self.cluster.claim(ns, claim)?;
+                let volume = crate::volume::VolumeId::new(ns, claim).ok()?;
+                Some(NewDrain {
+                    volume,
+                    pod: Some(name.clone()),
+                    reason: format!(
+                        "pod {name} of {} is terminating as a scaled-away ordinal ({}); no handoff",
+                        condemned.set, condemned.ordinal
+                    ),
+                    max_attempts: self.max_attempts,
+                    wait_for_release: true,
+                    requested_by: Some("drainer".to_owned()),
+                    kube: Some(KubeFacts {
+                        pvc_uid: found.metadata.uid.clone(),
+                        pod_uid: pod.metadata.uid.clone(),
+                        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    }),
+                })
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (drain, new) in self.ledger.request_drains(&wanted).await? {
+            if new {
+                tracing::info!(drain = %drain.id, ns, pvc = %drain.pvc, pod = %name, "condemned pod seen terminating: drain created");
+                self.notifier.notify(&drain, &Milestone::Accepted).await;
+            }
+            let claim = self.cluster.claim(ns, &drain.pvc);
+            self.keep_held(&drain, claim.as_deref()).await;
+        }
+        Ok(())
+    }
+
+    /// Lets go of the holds of drains that ended.
+    async fn ended_holds(&self) -> Result<(), crate::ledger::Error> {
+        for drain in self.ledger.ended_with_hold(PAGE).await? {
+            let Some(name) = &drain.hold else { continue };
+            match hold::release(&self.cluster.client, &drain.namespace, name).await {
+                Ok(()) => {
+                    self.ledger.set_hold(&drain.id, None).await?;
+                    tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, state = %drain.state, "hold let go");
+                }
+                Err(e) => {
+                    tracing::warn!(drain = %drain.id, error = %e, "cannot let go of a hold; trying again")
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -20,56 +20,74 @@ use tokio_util::sync::CancellationToken;
 /// The label drainer puts on everything it creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
 
-/// The cluster as drainer sees it.
+/// The cluster as drainer sees it: every watched namespace (all, by default).
 #[derive(Clone)]
 pub struct Cluster {
     /// The API client.
     pub client: kube::Client,
+    /// The namespaces watched; empty for all.
+    pub namespaces: Vec<String>,
     /// Every pod, pruned.
-    pub pods: Store<Pod>,
+    pub pods: Stores<Pod>,
     /// Every claim.
-    pub claims: Store<PersistentVolumeClaim>,
-    /// Every persistent volume.
-    pub volumes: Store<PersistentVolume>,
+    pub claims: Stores<PersistentVolumeClaim>,
+    /// Every persistent volume (cluster-wide).
+    pub volumes: Stores<PersistentVolume>,
     /// Every StatefulSet.
-    pub sets: Store<StatefulSet>,
+    pub sets: Stores<StatefulSet>,
     /// drainer's mover Jobs.
-    pub jobs: Store<Job>,
+    pub jobs: Stores<Job>,
+}
+
+/// The stores of one kind: one per watched namespace, or one for all.
+#[derive(Clone)]
+pub struct Stores<K: kube::Resource<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
+    /// An object by reference.
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.0.iter().find_map(|s| s.get(key))
+    }
+
+    /// The objects matching `predicate`.
+    pub fn state_filter(&self, predicate: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.0
+            .iter()
+            .flat_map(|s| s.state_filter(&predicate))
+            .collect()
+    }
+
+    /// Every object.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.0.iter().flat_map(Store::state).collect()
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), ()> {
+        for store in &self.0 {
+            store.wait_until_ready().await.map_err(drop)?;
+        }
+        Ok(())
+    }
 }
 
 /// How long start-up waits for the first listing of everything.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Cluster {
-    /// Starts the watches (each restarts with backoff on errors until `stop`), and waits until
-    /// every store holds a first listing.
-    pub async fn start(client: kube::Client, stop: CancellationToken) -> Result<Self, Error> {
-        let pods = watch(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            prune_pod,
-            &stop,
-        );
-        let claims = watch(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            prune,
-            &stop,
-        );
-        let volumes = watch(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            prune,
-            &stop,
-        );
-        let sets = watch(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            prune,
-            &stop,
-        );
+    /// Starts the watches of `namespaces` (all when empty; each watch restarts with backoff on
+    /// errors until `stop`), and waits until every store holds a first listing.
+    pub async fn start(
+        client: kube::Client,
+        namespaces: Vec<String>,
+        stop: CancellationToken,
+    ) -> Result<Self, Error> {
+        let all = watcher::Config::default();
         let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-        let jobs = watch(Api::all(client.clone()), mine, prune, &stop);
+        let pods = watch_each(&client, &namespaces, all.clone(), prune_pod, &stop);
+        let claims = watch_each(&client, &namespaces, all.clone(), prune, &stop);
+        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop);
+        let jobs = watch_each(&client, &namespaces, mine, prune, &stop);
+        let volumes = Stores(vec![watch(Api::all(client.clone()), all, prune, &stop)]);
         let synced = async {
             pods.wait_until_ready().await?;
             claims.wait_until_ready().await?;
@@ -93,12 +111,18 @@ impl Cluster {
         }
         Ok(Self {
             client,
+            namespaces,
             pods,
             claims,
             volumes,
             sets,
             jobs,
         })
+    }
+
+    /// Whether `namespace` is watched.
+    pub fn watches(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
     }
 
     /// A pod by namespace and name.
@@ -122,6 +146,41 @@ impl Cluster {
         self.sets
             .state_filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
     }
+}
+
+/// Watches a namespaced kind in each of `namespaces` (all, when empty).
+fn watch_each<K>(
+    client: &kube::Client,
+    namespaces: &[String],
+    config: watcher::Config,
+    prune: fn(&mut K),
+    stop: &CancellationToken,
+) -> Stores<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    if namespaces.is_empty() {
+        return Stores(vec![watch(Api::all(client.clone()), config, prune, stop)]);
+    }
+    Stores(
+        namespaces
+            .iter()
+            .map(|ns| {
+                watch(
+                    Api::namespaced(client.clone(), ns),
+                    config.clone(),
+                    prune,
+                    stop,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Watches `api` into a store until `stop`.

@@ -697,6 +697,25 @@ impl Ledger {
         .await
     }
 
+    /// Drains that have ended but still hold their claim (Kubernetes mode), oldest first.
+    pub async fn ended_with_hold(&self, limit: u32) -> Result<Vec<Drain>> {
+        let finals: Vec<String> = crate::lifecycle::ALL_STATES
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM drains WHERE hold IS NOT NULL AND state IN ({}) \
+             ORDER BY updated_at LIMIT $1",
+            finals.join(", ")
+        );
+        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("list holds")))
+    }
+
     /// The drain whose current mover Job has UID `uid`, if it is being copied or queued to
     /// be copied again (a drain released at shutdown keeps its running mover Job, which waits
     /// for the next claim to adopt it; only a copying drain accepts its data).

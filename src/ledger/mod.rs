@@ -111,8 +111,24 @@ impl Error {
     pub fn is_full(&self) -> bool {
         match self {
             Error::Connect { source, .. } | Error::Query { source, .. } => is_full_sqlx(source),
-            Error::RunBusy { .. } | Error::RunLost { .. } => false,
-            Error::Migrate(_) | Error::DataDir { .. } => false,
+            Error::Migrate(_)
+            | Error::DataDir { .. }
+            | Error::RunBusy { .. }
+            | Error::RunLost { .. } => false,
+        }
+    }
+}
+
+/// The engine's view of a ledger error: transient as the ledger says, and whether the run was
+/// lost to another copy.
+impl From<Error> for crate::snapshot::CheckpointError {
+    fn from(e: Error) -> Self {
+        let (transient, run_lost) = (e.is_transient(), matches!(e, Error::RunLost { .. }));
+        Self {
+            op: "ledger",
+            transient,
+            run_lost,
+            source: Box::new(e),
         }
     }
 }

@@ -17,8 +17,8 @@
 use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{
-    Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, UploadedPart,
-    part_hash,
+    Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
+    StoredFile, UploadedPart, part_hash,
 };
 use crate::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -241,9 +241,11 @@ impl Ledger {
     }
 }
 
-#[async_trait::async_trait]
-impl Checkpoint for RunCheckpoint {
-    async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
+/// The checkpoint's operations with the ledger's own errors (for the API's handlers); the
+/// [`Checkpoint`] implementation below maps them into the engine's [`CheckpointError`].
+impl RunCheckpoint {
+    /// Begins or resumes the volume's run for this owner ([`Error::RunBusy`] if another holds it).
+    pub async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
         let claim = Claim {
             store: store.to_owned(),
             volume: volume.clone(),
@@ -256,50 +258,50 @@ impl Checkpoint for RunCheckpoint {
             .await
     }
 
-    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
+    pub fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
         self.ledger.stored(run)
     }
 
-    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+    pub async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
         let (run, files, owner) = (run.clone(), files.to_vec(), self.owner.clone());
         self.ledger
             .write_redoable(move |l| async move { l.record_tx(&run, &files, &owner).await })
             .await
     }
 
-    async fn renew(&self, run: &Run) -> Result<()> {
+    pub async fn renew(&self, run: &Run) -> Result<()> {
         let (run, owner) = (run.clone(), self.owner.clone());
         self.ledger
             .write_redoable(move |l| async move { l.renew_tx(&run, &owner).await })
             .await
     }
 
-    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+    pub async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
         let (run, summary) = (run.clone(), summary.clone());
         self.ledger
             .write(move |l| async move { l.finish_tx(&run, &summary).await })
             .await
     }
 
-    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+    pub async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
         self.ledger.load_partial(run, path).await
     }
 
-    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
+    pub async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
         let (run, upload) = (run.clone(), upload.clone());
         self.ledger
             .write_redoable(move |l| async move { l.save_partial(&run, &upload).await })
             .await
     }
 
-    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+    pub async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
         let (run, path) = (run.clone(), path.to_vec());
         self.ledger
             .write_redoable(move |l| async move { l.drop_partial(&run, &path).await })
             .await
     }
 
-    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
+    pub async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
         let (run, error, owner) = (run.clone(), error.to_owned(), self.owner.clone());
         self.ledger
             .write_redoable(move |l| async move { l.interrupted_tx(&run, &error, &owner).await })
@@ -307,53 +309,118 @@ impl Checkpoint for RunCheckpoint {
     }
 }
 
-/// The ledger itself checkpoints copies made by this process for no drain.
-#[async_trait::async_trait]
-impl Checkpoint for Ledger {
-    async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
+/// The ledger itself checkpoints copies made by this process for no drain; these are its
+/// operations with the ledger's own errors.
+impl Ledger {
+    /// Begins or resumes the volume's run for this process.
+    pub async fn begin(&self, store: &str, volume: &VolumeId, fresh: &SnapshotId) -> Result<Run> {
         self.run_checkpoint(None, None)
             .begin(store, volume, fresh)
             .await
     }
 
-    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
+    pub fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
         self.stored(run)
     }
 
-    async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
+    pub async fn record(&self, run: &Run, files: &[StoredFile]) -> Result<()> {
         self.run_checkpoint(None, None).record(run, files).await
     }
 
-    async fn renew(&self, run: &Run) -> Result<()> {
+    pub async fn renew(&self, run: &Run) -> Result<()> {
         self.run_checkpoint(None, None).renew(run).await
     }
 
-    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
+    pub async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> Result<()> {
         self.run_checkpoint(None, None).finish(run, summary).await
     }
 
-    async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
+    pub async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
         self.load_partial(run, path).await
     }
 
-    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
+    pub async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> Result<()> {
         self.run_checkpoint(None, None)
             .record_partial(run, upload)
             .await
     }
 
-    async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
+    pub async fn forget_partial(&self, run: &Run, path: &[u8]) -> Result<()> {
         self.run_checkpoint(None, None)
             .forget_partial(run, path)
             .await
     }
 
-    async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
+    pub async fn interrupted(&self, run: &Run, error: &str) -> Result<()> {
         self.run_checkpoint(None, None)
             .interrupted(run, error)
             .await
     }
 }
+
+macro_rules! checkpoint_via {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl Checkpoint for $ty {
+            async fn begin(
+                &self,
+                store: &str,
+                volume: &VolumeId,
+                fresh: &SnapshotId,
+            ) -> CheckpointResult<Run> {
+                Ok(<$ty>::begin(self, store, volume, fresh).await?)
+            }
+
+            fn stored_files<'a>(
+                &'a self,
+                run: &'a Run,
+            ) -> BoxStream<'a, CheckpointResult<StoredFile>> {
+                <$ty>::stored_files(self, run)
+                    .map_err(CheckpointError::from)
+                    .boxed()
+            }
+
+            async fn record(&self, run: &Run, files: &[StoredFile]) -> CheckpointResult<()> {
+                Ok(<$ty>::record(self, run, files).await?)
+            }
+
+            async fn renew(&self, run: &Run) -> CheckpointResult<()> {
+                Ok(<$ty>::renew(self, run).await?)
+            }
+
+            async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> CheckpointResult<()> {
+                Ok(<$ty>::finish(self, run, summary).await?)
+            }
+
+            async fn interrupted(&self, run: &Run, error: &str) -> CheckpointResult<()> {
+                Ok(<$ty>::interrupted(self, run, error).await?)
+            }
+
+            async fn partial_upload(
+                &self,
+                run: &Run,
+                path: &[u8],
+            ) -> CheckpointResult<Option<PartialUpload>> {
+                Ok(<$ty>::partial_upload(self, run, path).await?)
+            }
+
+            async fn record_partial(
+                &self,
+                run: &Run,
+                upload: &PartialUpload,
+            ) -> CheckpointResult<()> {
+                Ok(<$ty>::record_partial(self, run, upload).await?)
+            }
+
+            async fn forget_partial(&self, run: &Run, path: &[u8]) -> CheckpointResult<()> {
+                Ok(<$ty>::forget_partial(self, run, path).await?)
+            }
+        }
+    };
+}
+
+checkpoint_via!(RunCheckpoint);
+checkpoint_via!(Ledger);
 
 /// What a copy asks for when it begins.
 struct Claim {

@@ -2,9 +2,11 @@
 //! uploads and its end through the drain's API, into the drainer's ledger.
 
 use crate::client::{Api, CallError};
-use crate::ledger;
 use crate::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
-use crate::snapshot::{Checkpoint, PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile};
+use crate::snapshot::{
+    Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
+    StoredFile,
+};
 use crate::volume::VolumeId;
 use futures::TryFutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -15,15 +17,21 @@ pub(super) struct RemoteCheckpoint {
     pub(super) api: Api,
 }
 
-fn remote_error(op: &'static str, error: impl ToString) -> ledger::Error {
-    ledger::Error::Query {
-        op,
-        source: sqlx::Error::Protocol(error.to_string()),
-    }
+/// An answer the mover cannot use (a malformed body): not going away by itself.
+fn remote_error(op: &'static str, error: impl ToString) -> CheckpointError {
+    CheckpointError::permanent(op, error.to_string())
 }
 
-fn call_error(op: &'static str) -> impl Fn(CallError) -> ledger::Error {
-    move |e| remote_error(op, e)
+/// A failed call: transient for 5xx answers, timeouts and connection errors (the client has
+/// already retried them, boundedly), permanent for 4xx.
+fn call_error(op: &'static str) -> impl Fn(CallError) -> CheckpointError {
+    move |e| {
+        if e.is_transient() {
+            CheckpointError::transient(op, e)
+        } else {
+            CheckpointError::permanent(op, e)
+        }
+    }
 }
 
 impl RemoteCheckpoint {
@@ -38,7 +46,7 @@ impl RemoteCheckpoint {
         action: &str,
         body: &impl Serialize,
         op: &'static str,
-    ) -> ledger::Result<()> {
+    ) -> CheckpointResult<()> {
         let url = self.run_url(run, action);
         self.api
             .call(|http| http.post(&url).json(body))
@@ -55,7 +63,7 @@ impl Checkpoint for RemoteCheckpoint {
         _store: &str,
         _volume: &VolumeId,
         _fresh: &SnapshotId,
-    ) -> ledger::Result<Run> {
+    ) -> CheckpointResult<Run> {
         let url = self.api.url("/run");
         let run: WireRun = self
             .api
@@ -72,7 +80,7 @@ impl Checkpoint for RemoteCheckpoint {
         })
     }
 
-    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>> {
+    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, CheckpointResult<StoredFile>> {
         let url = self.run_url(run, "stored");
         async move {
             let response = self
@@ -82,7 +90,7 @@ impl Checkpoint for RemoteCheckpoint {
                 .map_err(call_error("read progress"))?;
             let body = response.bytes_stream().map_err(std::io::Error::other);
             let reader = tokio::io::BufReader::new(tokio_util::io::StreamReader::new(body));
-            Ok::<_, ledger::Error>(lines(reader).map(|line| {
+            Ok::<_, CheckpointError>(lines(reader).map(|line| {
                 let line = line.map_err(|e| remote_error("read progress", e))?;
                 let wire: WireStoredFile =
                     serde_json::from_str(&line).map_err(|e| remote_error("read progress", e))?;
@@ -93,22 +101,22 @@ impl Checkpoint for RemoteCheckpoint {
         .boxed()
     }
 
-    async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()> {
+    async fn record(&self, run: &Run, files: &[StoredFile]) -> CheckpointResult<()> {
         let wire: Vec<WireStoredFile> = files.iter().map(WireStoredFile::from).collect();
         self.post_run(run, "record", &wire, "record progress").await
     }
 
     /// A record of nothing renews the run's lease on the drainer.
-    async fn renew(&self, run: &Run) -> ledger::Result<()> {
+    async fn renew(&self, run: &Run) -> CheckpointResult<()> {
         let nothing: [WireStoredFile; 0] = [];
         self.post_run(run, "record", &nothing, "renew run").await
     }
 
-    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()> {
+    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> CheckpointResult<()> {
         self.post_run(run, "finish", summary, "finish run").await
     }
 
-    async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()> {
+    async fn interrupted(&self, run: &Run, error: &str) -> CheckpointResult<()> {
         let body = Interrupted {
             error: error.to_owned(),
         };
@@ -119,7 +127,7 @@ impl Checkpoint for RemoteCheckpoint {
         &self,
         run: &Run,
         path: &[u8],
-    ) -> ledger::Result<Option<PartialUpload>> {
+    ) -> CheckpointResult<Option<PartialUpload>> {
         let url = self.run_url(run, "partial");
         let query = PathParam::of(path);
         match self
@@ -135,7 +143,7 @@ impl Checkpoint for RemoteCheckpoint {
         }
     }
 
-    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> ledger::Result<()> {
+    async fn record_partial(&self, run: &Run, upload: &PartialUpload) -> CheckpointResult<()> {
         let url = self.run_url(run, "partial");
         let body = WirePartial::from(upload);
         self.api
@@ -145,7 +153,7 @@ impl Checkpoint for RemoteCheckpoint {
             .map_err(call_error("record upload"))
     }
 
-    async fn forget_partial(&self, run: &Run, path: &[u8]) -> ledger::Result<()> {
+    async fn forget_partial(&self, run: &Run, path: &[u8]) -> CheckpointResult<()> {
         let url = self.run_url(run, "partial");
         let query = PathParam::of(path);
         self.api

@@ -14,12 +14,12 @@
 //! progress is a streaming merge with bounded memory.
 
 use super::catalog::{self, SnapshotSummary};
+use super::checkpoint::{Checkpoint, Run, StoredFile};
 use super::layout::{SnapshotId, VolumeLayout};
 use super::manifest::{self, Content, Entry, EntryKind, Header, Totals, path_order};
 use super::progress::Progress;
 use super::upload::{Resume, Uploader};
 use super::{Error, Result, part_hash, scan};
-use crate::ledger;
 use crate::store::Store;
 use crate::volume::VolumeId;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -37,118 +37,6 @@ const COUNT_AFTER: Duration = Duration::from_secs(1);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Most files recorded in one checkpoint: at most this many are sent again after a crash.
 const CHECKPOINT_FILES: usize = 500;
-
-/// A copy run as the ledger knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    /// The run's id in the ledger.
-    pub id: String,
-    /// The snapshot the run writes.
-    pub snapshot: SnapshotId,
-    /// Whether the run was started earlier and is being resumed.
-    pub resumed: bool,
-}
-
-/// A file this run has already stored, as recorded in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredFile {
-    /// Manifest path.
-    pub path: Vec<u8>,
-    /// Size at the time it was stored.
-    pub size: u64,
-    /// Modification time at the time it was stored.
-    pub mtime_ns: i64,
-    /// Change time at the time it was stored.
-    pub ctime_ns: i64,
-    /// Inode at the time it was stored.
-    pub ino: u64,
-    /// Where the bytes are.
-    pub content: Content,
-}
-
-/// A multipart upload of a large file that can be continued: which parts are stored, and the
-/// file metadata they belong to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartialUpload {
-    /// Manifest path of the file.
-    pub path: Vec<u8>,
-    /// The store's id of the upload.
-    pub upload_id: String,
-    /// Size of every part but the last.
-    pub part_size: u64,
-    /// File size when the upload started.
-    pub size: u64,
-    /// File mtime when the upload started.
-    pub mtime_ns: i64,
-    /// File ctime when the upload started.
-    pub ctime_ns: i64,
-    /// File inode when the upload started.
-    pub ino: u64,
-    /// The parts stored so far, in order.
-    pub parts: Vec<UploadedPart>,
-}
-
-/// One stored part of a multipart upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadedPart {
-    /// The store's id of the part.
-    pub id: String,
-    /// The part's BLAKE3 chaining value (see `part_hash`): the file's hash is computed from
-    /// these, so stored parts are never read again.
-    pub chaining_value: [u8; 32],
-}
-
-/// Where a copy records its progress (the ledger, or in a mover, the drainer over HTTP).
-#[async_trait::async_trait]
-pub trait Checkpoint: Send + Sync {
-    /// Resumes the unfinished run of `volume` into `store`, or starts one writing `fresh`.
-    async fn begin(
-        &self,
-        store: &str,
-        volume: &VolumeId,
-        fresh: &SnapshotId,
-    ) -> ledger::Result<Run>;
-    /// The files `run` has stored so far, in manifest path order.
-    fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, ledger::Result<StoredFile>>;
-    /// Records files stored (their objects are durable).
-    async fn record(&self, run: &Run, files: &[StoredFile]) -> ledger::Result<()>;
-    /// Renews this copy's hold on `run` (a heartbeat while nothing else is recorded); fails
-    /// when another copy has taken the run over.
-    async fn renew(&self, _run: &Run) -> ledger::Result<()> {
-        Ok(())
-    }
-    /// Marks the run finished: its snapshot is complete.
-    async fn finish(&self, run: &Run, summary: &SnapshotSummary) -> ledger::Result<()>;
-    /// Notes why an attempt of the run stopped; the run stays resumable.
-    async fn interrupted(&self, run: &Run, error: &str) -> ledger::Result<()>;
-    /// The multipart upload of `path` that `run` left unfinished, if any.
-    async fn partial_upload(
-        &self,
-        _run: &Run,
-        _path: &[u8],
-    ) -> ledger::Result<Option<PartialUpload>> {
-        Ok(None)
-    }
-    /// Records the parts of an unfinished upload (its parts are durable in the store).
-    async fn record_partial(&self, _run: &Run, _upload: &PartialUpload) -> ledger::Result<()> {
-        Ok(())
-    }
-    /// Forgets an upload that was completed or abandoned.
-    async fn forget_partial(&self, _run: &Run, _path: &[u8]) -> ledger::Result<()> {
-        Ok(())
-    }
-    /// Makes the written snapshot complete and `latest` (its summary, then the pointer). A
-    /// mover's checkpoint leaves this to the drainer, which commits after its own checks when
-    /// the run finishes.
-    async fn commit(
-        &self,
-        store: &Store,
-        layout: &VolumeLayout,
-        summary: &SnapshotSummary,
-    ) -> Result<()> {
-        catalog::commit(store, layout, summary).await
-    }
-}
 
 /// Tuning of a copy.
 #[derive(Debug, Clone)]
@@ -277,7 +165,7 @@ async fn heartbeat(checkpoint: &dyn Checkpoint, run: &Run) -> Error {
         tokio::time::sleep(RENEW_EVERY).await;
         match checkpoint.renew(run).await {
             Ok(()) => {}
-            Err(e @ ledger::Error::RunLost { .. }) => return Error::Checkpoint(e),
+            Err(e) if e.is_run_lost() => return Error::Checkpoint(e),
             Err(e) => tracing::warn!(run = %run.id, error = %e, "cannot renew the run's lease"),
         }
     }
@@ -435,11 +323,20 @@ impl Job<'_> {
                 entry
             }
             Reuse::IfSameHash(content) => {
+                // The parent's extents (if sparse) describe its object; they go with it.
+                let parent_extents = entry.extents.clone();
                 let (entry, hash) = uploader.hash_file(path.clone(), entry).await?;
                 if hash == content.blake3 {
+                    let entry = Entry {
+                        extents: parent_extents,
+                        ..entry
+                    };
                     return Ok((with_content(entry, content), false));
                 }
-                entry
+                Entry {
+                    extents: None,
+                    ..entry
+                }
             }
             Reuse::No => entry,
         };
@@ -575,9 +472,11 @@ async fn plan(
         Some(prev) if prev.kind == EntryKind::File && prev.content.is_some() => {
             let content = prev.content.clone().expect("checked");
             if check_hash {
+                entry.extents = prev.extents.clone();
                 Ok(Plan::Compare(entry, content))
             } else if entry.unchanged_since(&prev) {
                 entry.content = Some(content);
+                entry.extents = prev.extents.clone();
                 Ok(Plan::Ready(entry))
             } else {
                 Ok(Plan::Store(entry))
@@ -710,7 +609,9 @@ impl Sink {
         if entry.kind == EntryKind::File {
             job.progress.file_done(entry.size, uploaded);
         }
-        if uploaded {
+        // A sparse file's extents are in the manifest only: it is not recorded as stored, so
+        // a resumed run stores it again (cheaply: only its data).
+        if uploaded && entry.extents.is_none() {
             self.pending.push(StoredFile {
                 size: entry.size,
                 mtime_ns: entry.mtime_ns,

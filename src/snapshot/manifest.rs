@@ -90,6 +90,12 @@ pub struct Entry {
     /// For a regular file that could not be read: why. Such a file has no content in the
     /// snapshot, and the snapshot says so (see `Totals::unreadable`).
     pub unreadable: Option<String>,
+    /// For a sparse file: its data extents, `[offset, length]` in order; its object holds
+    /// their bytes one after the other (see `sparse`). `None` for a plain object.
+    pub extents: Option<Vec<super::sparse::Extent>>,
+    /// 512-byte blocks allocated when the file was scanned (whether it may have holes); not
+    /// written to the manifest.
+    pub blocks: u64,
 }
 
 impl Entry {
@@ -204,6 +210,8 @@ struct WireEntry {
     target_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    extents: Option<Vec<super::sparse::Extent>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -276,6 +284,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
                 .is_special()
                 .then(|| "special files are recorded, not copied".to_owned()),
         },
+        extents: entry.extents.clone(),
     };
     serde_json::to_writer(&mut *out, &wire).expect("entry serializes");
     out.push(b'\n');
@@ -343,6 +352,8 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
         content,
         target,
         unreadable,
+        extents: wire.extents,
+        blocks: 0,
     })
 }
 
@@ -381,6 +392,8 @@ mod tests {
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t\xff".to_vec()),
             unreadable: None,
+            extents: None,
+            blocks: 0,
         }
     }
 
@@ -395,6 +408,10 @@ mod tests {
                 content: None,
                 unreadable: Some("Permission denied (os error 13)".into()),
                 ..entry(b"secret", EntryKind::File)
+            },
+            Entry {
+                extents: Some(vec![[0, 4096], [1 << 30, 10]]),
+                ..entry(b"sparse", EntryKind::File)
             },
         ] {
             let mut line = Vec::new();

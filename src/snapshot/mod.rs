@@ -9,6 +9,7 @@
 //! and never talks to Kubernetes.
 
 pub mod catalog;
+mod checkpoint;
 mod copy;
 pub mod layout;
 pub mod manifest;
@@ -16,15 +17,16 @@ pub mod part_hash;
 mod progress;
 mod restore;
 mod scan;
+mod sparse;
 mod upload;
 mod validate;
 mod verify;
 
 pub use catalog::{Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
-pub use copy::{
-    Checkpoint, CopyOptions, CopySummary, PartialUpload, Run, StoredFile, UploadedPart,
-    check_source, copy,
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, StoredFile, UploadedPart,
 };
+pub use copy::{CopyOptions, CopySummary, check_source, copy};
 pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
 pub use restore::{RestoreOptions, RestoreSummary, restore};
@@ -64,8 +66,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     /// Progress could not be recorded.
-    #[error("ledger: {0}")]
-    Checkpoint(#[from] crate::ledger::Error),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
     /// A manifest could not be read.
     #[error("manifest {key}: {reason}")]
     Manifest {

@@ -17,7 +17,7 @@
 use super::catalog::CheckedManifest;
 use super::layout::VolumeLayout;
 use super::manifest::{Entry, EntryKind};
-use super::{Error, Result, catalog, scan};
+use super::{Error, Result, catalog, scan, sparse};
 use crate::store::Store;
 use crate::volume::VolumeId;
 use filetime::FileTime;
@@ -358,40 +358,61 @@ async fn write_verified(
         .mode(0o600)
         .open(temp)
         .map_err(|e| Error::write(path, e))?;
+    let mut content = match &entry.extents {
+        Some(extents) => {
+            // A sparse file: the full size first (all hole), then each extent at its place.
+            file.set_len(entry.size)
+                .map_err(|e| Error::write(path, e))?;
+            Content::Sparse(sparse::LogicalHasher::new(extents))
+        }
+        None => Content::Dense(blake3::Hasher::new()),
+    };
+    let stored_len = entry
+        .extents
+        .as_deref()
+        .map_or(entry.size, sparse::stored_len);
     let objects = store.objects().clone();
     let body = store
         .call("get", key, objects.get(key))
         .await?
         .into_stream();
     futures::pin_mut!(body);
-    let mut writer = (file, blake3::Hasher::new());
+    let mut writer = (file, content);
     let mut written = 0u64;
     while let Some(chunk) = store
         .call("read", key, body.next().map(|c| c.transpose()))
         .await?
     {
-        let (mut file, mut hasher) = writer;
+        let (file, content) = writer;
         let target = path.to_owned();
         written += chunk.len() as u64;
         writer = tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk);
-            file.write_all(&chunk)
+            let mut file = file;
+            let mut content = content;
+            content
+                .write(&mut file, &chunk)
                 .map_err(|e| Error::write(&target, e))?;
-            Ok::<_, Error>((file, hasher))
+            Ok::<_, Error>((file, content))
         })
         .await
         .map_err(|e| Error::write(path, std::io::Error::other(e)))??;
     }
-    let (file, hasher) = writer;
-    if written != entry.size {
+    let (file, last) = writer;
+    content = last;
+    if written != stored_len {
         return Err(Error::SizeMismatch {
             path: path.display().to_string(),
             object: key.to_string(),
-            expected: entry.size,
+            expected: stored_len,
             actual: written,
         });
     }
-    let actual = hasher.finalize().to_hex().to_string();
+    let size = entry.size;
+    let actual = tokio::task::spawn_blocking(move || content.finalize(size))
+        .await
+        .map_err(|e| Error::write(path, std::io::Error::other(e)))?
+        .to_hex()
+        .to_string();
     if actual != expected {
         return Err(Error::HashMismatch {
             path: path.display().to_string(),
@@ -401,6 +422,36 @@ async fn write_verified(
         });
     }
     Ok(file)
+}
+
+/// How a restored file's bytes are written and hashed: in order (a plain object), or at their
+/// extents' offsets with the holes hashed as zeros (a sparse file).
+enum Content {
+    Dense(blake3::Hasher),
+    Sparse(sparse::LogicalHasher),
+}
+
+impl Content {
+    fn write(&mut self, file: &mut File, chunk: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            Content::Dense(hasher) => {
+                hasher.update(chunk);
+                file.write_all(chunk)
+            }
+            Content::Sparse(hasher) => hasher
+                .data(chunk)
+                .into_iter()
+                .try_for_each(|(offset, piece)| file.write_all_at(piece, offset)),
+        }
+    }
+
+    fn finalize(self, size: u64) -> blake3::Hash {
+        match self {
+            Content::Dense(hasher) => hasher.finalize(),
+            Content::Sparse(hasher) => hasher.finalize(size),
+        }
+    }
 }
 
 fn set_file_metadata(file: &File, path: &Path, entry: &Entry, root_owner: bool) -> Result<()> {

@@ -184,6 +184,8 @@ fn scanned_entry(
         content: None,
         target,
         unreadable: None,
+        extents: None,
+        blocks: meta.blocks(),
     })
 }
 

@@ -5,13 +5,20 @@
 //! Small files are one request; large ones are uploaded in parts, at most two parts of a file
 //! in flight, and every buffer is paid for from a shared memory budget so the process stays
 //! bounded whatever the file sizes.
+//!
+//! A file with holes (see `sparse`) is stored as the bytes of its data extents only, read with
+//! `pread` and hashed with its holes as zeros; it is one streamed upload (not resumable part
+//! by part), which costs only its data. Whether a file may have holes comes from the block
+//! count of the `stat` the copy makes anyway, so dense files cost no extra system call.
 
-use super::copy::{Checkpoint, PartialUpload, Run, UploadedPart};
+use super::checkpoint::{Checkpoint, PartialUpload, Run, UploadedPart};
 use super::manifest::{Content, Entry};
 use super::progress::Progress;
+use super::sparse::{self, Extent};
 use super::{Error, Result, part_hash};
 use crate::store::Store;
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use object_store::PutPayload;
@@ -22,6 +29,7 @@ use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How many times a file that changes while it is read is read again.
@@ -123,8 +131,12 @@ impl Uploader {
         object: String,
         resume: Resume<'_>,
     ) -> Result<Entry> {
-        let (hash, stat) = self.store_any(&path, &key, resume, &entry.path).await?;
+        let scanned = (entry.size, entry.blocks);
+        let (hash, stat, extents) = self
+            .store_any(&path, &key, resume, &entry.path, scanned)
+            .await?;
         stat.apply(&mut entry);
+        entry.extents = extents;
         entry.content = Some(Content {
             blake3: hash.to_hex().to_string(),
             object,
@@ -164,18 +176,35 @@ impl Uploader {
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
-    ) -> Result<(blake3::Hash, Stat)> {
-        for _ in 0..READ_ATTEMPTS {
-            let size = std::fs::symlink_metadata(path)
-                .map_err(|e| Error::read(path, e))?
-                .len();
+        scanned: (u64, u64),
+    ) -> Result<(blake3::Hash, Stat, Option<Vec<Extent>>)> {
+        for attempt in 0..READ_ATTEMPTS {
+            // The walk's size and block count decide the first attempt (no extra stat); a
+            // file that changed is looked at again.
+            let (size, blocks) = if attempt == 0 {
+                scanned
+            } else {
+                let meta = std::fs::symlink_metadata(path).map_err(|e| Error::read(path, e))?;
+                (meta.len(), meta.blocks())
+            };
+            // Allocated blocks that cover less than the size: the file may have holes.
+            if blocks.saturating_mul(512) < size
+                && let Some(sparse) = self.sparse_extents(path).await?
+            {
+                if let Some((hash, stat)) = self.try_store_sparse(path, key, sparse.clone()).await?
+                {
+                    return Ok((hash, stat, Some(sparse.1)));
+                }
+                tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
+                continue;
+            }
             let attempt = if size <= self.part_size {
                 self.try_store_small(path, key, size).await?
             } else {
                 self.try_store_large(path, key, resume, rel).await?
             };
-            if let Some(done) = attempt {
-                return Ok(done);
+            if let Some((hash, stat)) = attempt {
+                return Ok((hash, stat, None));
             }
             tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
         }
@@ -444,6 +473,97 @@ async fn read_part(
     })
     .await
     .map_err(|e| task_failed(path, e))?
+}
+
+impl Uploader {
+    /// The data extents of `path` and the metadata they were found with, if it has holes.
+    async fn sparse_extents(&self, path: &std::path::Path) -> Result<Option<(Stat, Vec<Extent>)>> {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(&owned).map_err(|e| Error::read(&owned, e))?;
+            let meta = file.metadata().map_err(|e| Error::read(&owned, e))?;
+            let stat = Stat::of(&file, &owned)?;
+            let extents = sparse::data_extents(&file, meta.len(), meta.blocks())
+                .map_err(|e| Error::read(&owned, e))?;
+            Ok(extents.map(|extents| (stat, extents)))
+        })
+        .await
+        .map_err(|e| task_failed(path, e))?
+    }
+
+    /// Stores a sparse file: its object holds only the bytes of its data extents, read with
+    /// `pread` while the holes are hashed as zeros; `None` when the file changed meanwhile.
+    async fn try_store_sparse(
+        &self,
+        path: &std::path::Path,
+        key: &Key,
+        (before, extents): (Stat, Vec<Extent>),
+    ) -> Result<Option<(blake3::Hash, Stat)>> {
+        let _permit = self.reserve(self.part_size).await;
+        let file = Arc::new(File::open(path).map_err(|e| Error::read(path, e))?);
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(self.store.objects()),
+            key.clone(),
+            self.part_size as usize,
+        );
+        let mut hasher = sparse::LogicalHasher::new(&extents);
+        for [offset, len] in extents.iter().copied() {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(SPARSE_CHUNK);
+                let (file, owned) = (Arc::clone(&file), path.to_owned());
+                let (chunk, h) = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; n as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset + done)
+                        .map_err(|e| Error::read(&owned, e))?;
+                    hasher.data(&buf);
+                    Ok::<_, Error>((Bytes::from(buf), hasher))
+                })
+                .await
+                .map_err(|e| task_failed(path, e))??;
+                hasher = h;
+                let write = writer.write_all(&chunk);
+                let written = self.store.call(
+                    "write sparse object",
+                    key,
+                    write.map(|r| r.map_err(io_error)),
+                );
+                if let Err(e) = written.await {
+                    let _ = writer.abort().await;
+                    return Err(e.into());
+                }
+                done += n;
+            }
+        }
+        let after = Stat::of(&file, path)?;
+        if after != before {
+            let _ = writer.abort().await;
+            return Ok(None);
+        }
+        let size = before.size;
+        let hash = tokio::task::spawn_blocking(move || hasher.finalize(size))
+            .await
+            .map_err(|e| task_failed(path, e))?;
+        self.store
+            .call(
+                "complete sparse object",
+                key,
+                writer.shutdown().map(|r| r.map_err(io_error)),
+            )
+            .await?;
+        self.sent(sparse::stored_len(&extents));
+        Ok(Some((hash, before)))
+    }
+}
+
+/// Bytes of a sparse file's data read at once.
+const SPARSE_CHUNK: u64 = 1024 * 1024;
+
+fn io_error(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "sparse object",
+        source: Box::new(e),
+    }
 }
 
 /// A blocking read or an upload task of `path` that panicked or was cancelled: an error of

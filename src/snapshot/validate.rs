@@ -101,6 +101,14 @@ fn check_entry(layout: &VolumeLayout, entry: &Entry) -> std::result::Result<(), 
             return Err(format!("{:?} is not a BLAKE3 hash", content.blake3));
         }
     }
+    if let Some(extents) = &entry.extents
+        && (entry.kind != EntryKind::File || !super::sparse::valid(extents, entry.size))
+    {
+        return Err(format!(
+            "data extents {extents:?} do not fit a file of {} bytes",
+            entry.size
+        ));
+    }
     let type_bits = entry.mode & 0o170000;
     let expected = match entry.kind {
         EntryKind::Dir => 0o040000,
@@ -146,6 +154,8 @@ mod tests {
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t".to_vec()),
             unreadable: None,
+            extents: None,
+            blocks: 0,
         }
     }
 

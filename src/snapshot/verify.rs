@@ -9,7 +9,7 @@
 use super::catalog::CheckedManifest;
 use super::layout::VolumeLayout;
 use super::manifest::Entry;
-use super::{Error, Result, SnapshotSelector, catalog};
+use super::{Error, Result, SnapshotSelector, catalog, sparse};
 use crate::store::Store;
 use crate::volume::VolumeId;
 use futures::stream::{StreamExt, TryStreamExt};
@@ -124,23 +124,41 @@ async fn check_file(
         ));
     };
     let objects = store.objects().clone();
+    let extents = entry.extents.clone();
+    let stored_len = extents.as_deref().map_or(entry.size, sparse::stored_len);
     let read = async {
         let mut body = objects.get(&key).await?.into_stream();
-        let mut hasher = blake3::Hasher::new();
+        let mut dense = blake3::Hasher::new();
+        let mut sparse_hasher = extents.as_deref().map(sparse::LogicalHasher::new);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
-            hasher.update(&chunk);
+            match &mut sparse_hasher {
+                Some(h) => {
+                    h.data(&chunk);
+                }
+                None => {
+                    dense.update(&chunk);
+                }
+            }
         }
-        Ok((size, hasher.finalize().to_hex().to_string()))
+        let hash = match sparse_hasher {
+            Some(h) => h.finalize(entry.size),
+            None => dense.finalize(),
+        };
+        Ok((size, hash.to_hex().to_string()))
     };
     let outcome = match store.call("read", &key, read).await {
-        Ok((size, _)) if size != entry.size => Some(problem(
+        Ok((size, _)) if size != stored_len => Some(problem(
             key.to_string(),
             format!(
-                "the object holds {size} bytes, the manifest says {} bytes",
-                entry.size
+                "the object holds {size} bytes, the manifest says {stored_len} bytes{}",
+                if entry.extents.is_some() {
+                    " (the data of a sparse file)"
+                } else {
+                    ""
+                }
             ),
         )),
         Ok((_, hash)) if hash != content.blake3 => Some(problem(

@@ -411,7 +411,6 @@ async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,
         };
-        use drainer::snapshot::Checkpoint;
         if let Some(upload) = ledger.partial_upload(&run, b"large").await.unwrap()
             && upload.parts.len() >= 3
         {

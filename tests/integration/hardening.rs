@@ -556,7 +556,6 @@ async fn kill_mid_copy(src: &Path, store: &str, data: &Path) {
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,
         };
-        use drainer::snapshot::Checkpoint;
         let parts = ledger
             .partial_upload(&run, b"zz-large")
             .await
@@ -843,5 +842,85 @@ async fn prune_during_a_copy_keeps_what_the_live_run_needs() {
     .await;
     let dest = work.path().join("dest");
     run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    assert!(crate::support::tree::differences(&src, &dest).is_empty());
+}
+
+/// Apparent size and allocated bytes (`du --apparent-size` and `du`) of a file.
+fn du(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.len(), meta.blocks() * 512)
+}
+
+/// A 1 GiB file holding 8 KiB of data is stored as its data and restored sparse, with the
+/// hash of its whole content; dense files in the same snapshot stay plain objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_files_are_stored_and_restored_as_holes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let work = tempfile::tempdir().unwrap();
+    let (src, data, store_dir) = (
+        work.path().join("src"),
+        work.path().join("data"),
+        work.path().join("store"),
+    );
+    std::fs::create_dir(&src).unwrap();
+    let sparse = src.join("disk.img");
+    let mut file = std::fs::File::create(&sparse).unwrap();
+    file.set_len(1 << 30).unwrap();
+    for at in [0u64, 512 << 20] {
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&crate::support::tree::bytes(at, 4096))
+            .unwrap();
+    }
+    drop(file);
+    std::fs::write(src.join("dense"), crate::support::tree::bytes(1, 100_000)).unwrap();
+    let (apparent, allocated) = du(&sparse);
+    assert!(allocated < 1 << 20, "the source is sparse: {allocated}");
+    let store = file_url(&store_dir);
+    run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+
+    let objects: Vec<_> = walkdir::WalkDir::new(&store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("/files/"))
+        .collect();
+    let stored = objects
+        .iter()
+        .find(|e| e.file_name() == "disk.img")
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(stored.path()).unwrap().len(),
+        8192,
+        "the object holds the data extents only"
+    );
+    let dense = objects.iter().find(|e| e.file_name() == "dense").unwrap();
+    assert_eq!(
+        std::fs::read(dense.path()).unwrap(),
+        std::fs::read(src.join("dense")).unwrap()
+    );
+    run_ok(
+        drainer()
+            .arg("verify")
+            .arg(&store)
+            .args(["--volume", VOLUME]),
+    )
+    .await;
+
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    let (restored_apparent, restored_allocated) = du(&dest.join("disk.img"));
+    assert_eq!(restored_apparent, apparent);
+    assert!(
+        restored_allocated < 1 << 20,
+        "restored sparse: {restored_allocated} bytes allocated of {restored_apparent}"
+    );
+    assert!(crate::support::tree::differences(&src, &dest).is_empty());
+
+    // A second, incremental snapshot reuses the sparse object with its extents.
+    let second = run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
+    assert!(second.contains("(0 files, 0 bytes uploaded)"), "{second}");
+    let dest = work.path().join("dest-2");
+    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    assert!(du(&dest.join("disk.img")).1 < 1 << 20);
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }

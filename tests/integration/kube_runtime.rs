@@ -52,6 +52,15 @@ fn kube_in_pod() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The admin client, the instance's facts and a fresh namespace; fails at once, with the
+/// reason, if kube-env is not running or runs without the process pod runtime.
+async fn setup(prefix: &str) -> Result<(Client, KubeEnv, String)> {
+    let client = client().await?;
+    let env = KubeEnv::load()?;
+    let ns = create_namespace(&client, prefix).await?;
+    Ok((client, env, ns))
+}
+
 /// Creates a pod; the ServiceAccount admission plugin may not see a new account at once.
 async fn create_pod(pods: &Api<Pod>, pod: Value) -> Result<Pod> {
     let pod: Pod = from_json(pod);
@@ -103,8 +112,7 @@ while true; do sleep 0.2; done"#;
 async fn statefulset_scale_down_runs_pre_stop_then_sigterm_and_keeps_each_pods_data() -> Result<()>
 {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-rt-sts").await?;
+        let (client, _, ns) = setup("kube-rt-sts").await?;
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let marker = format!("KUBE_RUNTIME_TEST={ns}");
@@ -282,8 +290,7 @@ async fn wait_for_job_condition(jobs: &Api<Job>, job: &str, condition: &str) -> 
 #[tokio::test]
 async fn job_pod_copies_from_a_claim_mounted_read_only() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-rt-job").await?;
+        let (client, _, ns) = setup("kube-rt-job").await?;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let source = create_claim(&client, &ns, "source").await?;
         let dest = create_claim(&client, &ns, "dest").await?;
@@ -305,8 +312,7 @@ async fn job_pod_copies_from_a_claim_mounted_read_only() -> Result<()> {
 #[tokio::test]
 async fn job_pod_exiting_3_fails_the_job_with_that_exit_code() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-rt-job-fail").await?;
+        let (client, env, ns) = setup("kube-rt-job-fail").await?;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         create_claim(&client, &ns, "source").await?;
@@ -359,7 +365,7 @@ async fn job_pod_exiting_3_fails_the_job_with_that_exit_code() -> Result<()> {
             "pod status {:?}",
             pod.status
         );
-        let log = KubeEnv::load()?.container_log(pod, "mover")?;
+        let log = env.container_log(pod, "mover")?;
         ensure!(log == "giving up\n", "log is {log:?}");
         delete_namespace(&client, &ns).await
     })
@@ -379,10 +385,8 @@ async fn review(client: &Client, token: &str, audience: &str) -> Result<TokenRev
 async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_is_deleted()
 -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
+        let (client, env, ns) = setup("kube-rt-token").await?;
         let helper = kube_in_pod()?;
-        let ns = create_namespace(&client, "kube-rt-token").await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "app" } }))).await?;
@@ -450,10 +454,8 @@ async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_i
 #[tokio::test]
 async fn in_cluster_client_lists_pods_only_with_a_role_binding() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
+        let (client, env, ns) = setup("kube-rt-rbac").await?;
         let helper = kube_in_pod()?;
-        let ns = create_namespace(&client, "kube-rt-rbac").await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "lister" } }))).await?;
@@ -579,9 +581,7 @@ async fn run_client(
 #[tokio::test]
 async fn pods_reach_each_other_by_ip_and_through_a_service_once_ready() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, "kube-rt-net").await?;
+        let (client, env, ns) = setup("kube-rt-net").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
         // The test makes each server ready by creating a file in this directory.
@@ -655,9 +655,7 @@ async fn pods_reach_each_other_by_ip_and_through_a_service_once_ready() -> Resul
 #[tokio::test]
 async fn pods_reach_a_server_on_this_machine_at_the_host_address() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, "kube-rt-host").await?;
+        let (client, env, ns) = setup("kube-rt-host").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         // A server of the test, on all of this machine's addresses, as `drainer serve` would be.
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
@@ -694,8 +692,7 @@ async fn pods_reach_a_server_on_this_machine_at_the_host_address() -> Result<()>
 #[tokio::test]
 async fn grace_period_ends_in_sigkill_and_no_process_outlives_its_pod() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-rt-kill").await?;
+        let (client, _, ns) = setup("kube-rt-kill").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let marker = format!("KUBE_RUNTIME_TEST={ns}");
         let pod = |name: &str, grace: i64, script: &str| json!({
@@ -750,11 +747,50 @@ async fn grace_period_ends_in_sigkill_and_no_process_outlives_its_pod() -> Resul
 }
 
 #[tokio::test]
+async fn on_failure_restarts_with_back_off_until_the_container_succeeds() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let (client, env, ns) = setup("kube-rt-restart").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // Fails twice, then succeeds; the count survives restarts in an emptyDir.
+        let script = "n=$(cat /state/runs 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /state/runs; \
+                      echo run $n; [ $n -ge 3 ]";
+        let pod = create_pod(&pods, json!({
+            "metadata": { "name": "flaky" },
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{
+                    "name": "main", "image": "registry.invalid/app:1", "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "state", "mountPath": "/state" }]
+                }],
+                "volumes": [{ "name": "state", "emptyDir": {} }]
+            }
+        }))
+        .await?;
+        let started = Instant::now();
+        let done = wait_for_pod_phase(&pods, "flaky", &["Succeeded", "Failed"], WAIT).await?;
+        let took = started.elapsed();
+        ensure!(pod_phase(&done) == Some("Succeeded"), "status {:?}", done.status);
+        let status = done
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .context("no container status")?;
+        ensure!(status.restart_count == 2, "restartCount {}", status.restart_count);
+        let last = status.last_state.and_then(|s| s.terminated).context("no lastState")?;
+        ensure!(last.exit_code == 1, "lastState {last:?}");
+        // The kubelet's back-off: the first restart at once, the second after 10 s.
+        ensure!(took >= Duration::from_secs(9), "restarted twice within {took:?}");
+        let log = env.container_log(&pod, "main")?;
+        ensure!(log == "run 1\nrun 2\nrun 3\n", "log {log:?}");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+#[tokio::test]
 async fn pod_waits_in_container_creating_until_its_claim_exists() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, "kube-rt-claim").await?;
+        let (client, env, ns) = setup("kube-rt-claim").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         // Bound to a node directly: the scheduler would not place a pod whose claim is missing.
         let pod = create_pod(&pods, json!({
@@ -890,9 +926,7 @@ fn copy_with_libraries(program: &str, tree: &Path) -> Result<()> {
 #[tokio::test]
 async fn oci_image_runs_chrooted_with_its_own_files_and_its_volumes() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, "kube-rt-image").await?;
+        let (client, env, ns) = setup("kube-rt-image").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
         let work = tempfile::tempdir()?;
@@ -965,9 +999,7 @@ async fn oci_image_runs_chrooted_with_its_own_files_and_its_volumes() -> Result<
 #[tokio::test]
 async fn kubectl_of_the_same_release_applies_a_kustomization_and_reads_logs() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, "kube-rt-kubectl").await?;
+        let (client, env, ns) = setup("kube-rt-kubectl").await?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("kustomization.yaml"), format!(
             "namespace: {ns}\nnamePrefix: drainer-\nconfigMapGenerator:\n- name: settings\n  literals: [mode=kubernetes]\n  options: {{disableNameSuffixHash: true}}\n"

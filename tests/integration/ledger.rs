@@ -3,7 +3,7 @@
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
 use drainer::snapshot::manifest::Content;
-use drainer::snapshot::{Checkpoint, SnapshotId, SnapshotSummary, StoredFile};
+use drainer::snapshot::{SnapshotId, SnapshotSummary, StoredFile};
 use futures::TryStreamExt;
 
 fn stored(path: &[u8]) -> StoredFile {

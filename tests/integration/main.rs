@@ -5,6 +5,7 @@ mod bad_input;
 mod engine;
 mod hardening;
 mod kube_env;
+mod kube_mode;
 mod kube_movers;
 mod kube_runtime;
 mod ledger;

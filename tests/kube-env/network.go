@@ -100,6 +100,7 @@ func setupNetwork(poolSpec string, preferred int) (*network, error) {
 	if err := os.MkdirAll(slotLockDir, 0o755); err != nil {
 		return nil, err
 	}
+	cleanupStaleLinks()
 	slots := min(maxSlots, 1<<(22-pool.Bits()))
 	order := make([]int, 0, slots+1)
 	if preferred >= 0 && preferred < slots {

@@ -13,6 +13,16 @@ pub struct Serve {
     pub url: String,
     child: tokio::process::Child,
     client: reqwest::Client,
+    /// How it was started, to start it again.
+    launch: Launch,
+}
+
+#[derive(Clone)]
+struct Launch {
+    data: std::path::PathBuf,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    port: u16,
 }
 
 fn free_port() -> u16 {
@@ -31,7 +41,25 @@ impl Serve {
 
     /// Like [`Serve::start`], with extra environment variables.
     pub async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        let launch = Launch {
+            data: data.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            port: free_port(),
+        };
+        Self::launch(launch).await
+    }
+
+    async fn launch(launch: Launch) -> Self {
+        let (data, extra, port) = (&launch.data, &launch.extra, launch.port);
+        let env: Vec<(&str, &str)> = launch
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let mut cmd = drainer();
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -40,7 +68,13 @@ impl Serve {
             .env("DRAINER_TOKEN", TOKEN)
             .env("DRAINER_LOG", "info")
             .envs(env.iter().copied())
-            .stderr(std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap());
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data.with_extension(format!("{port}.log")))
+                    .unwrap(),
+            );
         let child = cmd.spawn().expect("drainer serve starts");
         let serve = Self {
             url: format!("http://127.0.0.1:{port}"),
@@ -49,9 +83,20 @@ impl Serve {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            launch,
         };
         serve.wait_ready().await;
         serve
+    }
+
+    /// Kills the process with SIGKILL, runs `meanwhile`, then starts it again as it was (same
+    /// data, arguments and port).
+    pub async fn kill9_and_restart(&mut self, meanwhile: impl Future<Output = ()>) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        meanwhile.await;
+        let again = Self::launch(self.launch.clone()).await;
+        *self = again;
     }
 
     async fn wait_ready(&self) {

@@ -1,0 +1,94 @@
+//! What Kubernetes mode adds to a handoff ([`crate::admission::Admission`]): every drain waits
+//! for its pod's release, records the claim's UID (a claim deleted and created again is
+//! another volume) and the announcing pod; and before the caller is answered, a claim that the
+//! garbage collector would delete with its pod (`whenScaled: Delete`) is held, so an
+//! acknowledged handoff never loses its data to the collector.
+
+use super::{Cluster, call, hold};
+use crate::admission::{Admission, Refusal};
+use crate::auth::{Caller, Workload};
+use crate::ledger::{Drain, KubeFacts, Ledger, NewDrain};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::Api;
+
+/// Kubernetes mode's admission of handoffs.
+pub struct KubeAdmission {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Where holds are recorded.
+    pub ledger: Ledger,
+}
+
+impl KubeAdmission {
+    /// The claim `name` in `namespace`: from the watch, or (just created) from the API.
+    async fn claim(&self, namespace: &str, name: &str) -> Result<PersistentVolumeClaim, Refusal> {
+        if let Some(claim) = self.cluster.claim(namespace, name) {
+            return Ok((*claim).clone());
+        }
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.cluster.client.clone(), namespace);
+        let found = call(format!("get claim {namespace}/{name}"), api.get_opt(name))
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        found.ok_or_else(|| Refusal::NotFound(format!("claim {namespace}/{name} does not exist")))
+    }
+}
+
+/// The pod of a caller, if it is one, as (name, UID).
+fn caller_pod(caller: &Caller) -> Option<(&str, &str)> {
+    match caller {
+        Caller::Workload(Workload { pod: Some(pod), .. }) => {
+            Some((pod.name.as_str(), pod.uid.as_str()))
+        }
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Admission for KubeAdmission {
+    async fn prepare(&self, caller: &Caller, drains: &mut [NewDrain]) -> Result<(), Refusal> {
+        let pod = caller_pod(caller);
+        for new in drains.iter_mut() {
+            if !self.cluster.watches(&new.volume.namespace) {
+                return Err(Refusal::NotFound(format!(
+                    "namespace {} is not watched by this drainer (--watch-namespace)",
+                    new.volume.namespace
+                )));
+            }
+            let claim = self.claim(&new.volume.namespace, &new.volume.name).await?;
+            let node = pod
+                .and_then(|(name, _)| self.cluster.pod(&new.volume.namespace, name))
+                .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
+            new.wait_for_release = true;
+            if new.pod.is_none() {
+                new.pod = pod.map(|(name, _)| name.to_owned());
+            }
+            new.kube = Some(KubeFacts {
+                pvc_uid: claim.metadata.uid.clone(),
+                pod_uid: pod.map(|(_, uid)| uid.to_owned()),
+                node,
+            });
+        }
+        Ok(())
+    }
+
+    async fn recorded(&self, drains: &[Drain]) -> Result<(), Refusal> {
+        for drain in drains
+            .iter()
+            .filter(|d| d.state.is_active() && d.hold.is_none())
+        {
+            let claim = self.claim(&drain.namespace, &drain.pvc).await?;
+            if !hold::needs_hold(&claim) {
+                continue;
+            }
+            let name = hold::hold(&self.cluster.client, &drain.id, &claim)
+                .await
+                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            self.ledger
+                .set_hold(&drain.id, Some(&name))
+                .await
+                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,518 @@
+//! `drainer serve --kubernetes` against the real control plane of kube-env: pods hand off
+//! with projected tokens (identity from TokenReview, confirmed against the live pod), drains
+//! wait for the pod's release and are decided from the StatefulSet as it is then, claims that
+//! `whenScaled: Delete` would have the garbage collector delete are held until their drain
+//! ends, and a condemned pod that hands nothing off is caught as it terminates. The copies are
+//! made by a `drainer mover` the test runs on the claim's directory (mover Jobs are tested in
+//! `kube_movers`).
+
+use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
+use crate::support::serve::{Serve, TOKEN};
+use crate::support::{drainer, file_url, run_ok};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(240);
+const WAIT: Duration = Duration::from_secs(90);
+const AUDIENCE: &str = "drainer";
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("test object literal must match the API type")
+}
+
+/// A StatefulSet `web` whose pods (simulated: nothing runs) stay Terminating `delay` when
+/// deleted, as pods do while their preStop hook and SIGTERM handler run.
+fn web(replicas: i32, when_scaled: &str, delay: &str) -> StatefulSet {
+    from_json(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": "web",
+            "selector": { "matchLabels": { "app": "web" } },
+            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
+            "template": {
+                "metadata": { "labels": { "app": "web" }, "annotations": { "kube-env.drainer.io/termination-delay": delay } },
+                "spec": {
+                    "serviceAccountName": "web",
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{ "name": "app", "image": "registry.invalid/web:1",
+                                     "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }]
+                }
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
+            }]
+        }
+    }))
+}
+
+/// `drainer serve --kubernetes` for namespace `ns`, its data under `work`.
+async fn start_drainer(work: &Path, ns: &str, store: &str) -> Result<Serve> {
+    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+    Ok(Serve::start_with_env(
+        &work.join("data"),
+        &[
+            "--kubernetes",
+            "--movers",
+            "external",
+            "--watch-namespace",
+            ns,
+            "--store",
+            store,
+            "--sweep-interval",
+            "0",
+            "--lease",
+            "5",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )
+    .await)
+}
+
+/// A namespace with the ServiceAccount `web` and a drainer serving in Kubernetes mode.
+struct World {
+    client: Client,
+    ns: String,
+    serve: Serve,
+    store: String,
+    work: PathBuf,
+    _guard: Option<tempfile::TempDir>,
+}
+
+impl World {
+    async fn new(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        let ns = create_namespace(&client, prefix).await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        sas.create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "web"}})),
+        )
+        .await?;
+        let guard = tempfile::tempdir()?;
+        let work = guard.path().to_owned();
+        // DRAINER_TEST_KEEP=1 keeps the drainer's log and data for a look after a failure.
+        let guard = if std::env::var_os("DRAINER_TEST_KEEP").is_some() {
+            eprintln!("{prefix}: keeping {}", guard.keep().display());
+            None
+        } else {
+            Some(guard)
+        };
+        let store = file_url(&work.join("store"));
+        let serve = start_drainer(&work, &ns, &store).await?;
+        Ok(Self {
+            client,
+            ns,
+            serve,
+            store,
+            work,
+            _guard: guard,
+        })
+    }
+
+    async fn start_web(
+        &self,
+        replicas: i32,
+        when_scaled: &str,
+        delay: &str,
+    ) -> Result<Vec<PathBuf>> {
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns);
+        sets.create(&PostParams::default(), &web(replicas, when_scaled, delay))
+            .await?;
+        let mut dirs = Vec::new();
+        for i in 0..replicas {
+            let dir = self.claim_dir(&format!("data-web-{i}")).await?;
+            std::fs::write(dir.join("owner.txt"), format!("web-{i}\n"))?;
+            std::fs::write(
+                dir.join("payload"),
+                crate::support::tree::bytes(i as u64, 300_000),
+            )?;
+            dirs.push(dir);
+        }
+        for i in 0..replicas {
+            self.pod(&format!("web-{i}")).await?;
+        }
+        Ok(dirs)
+    }
+
+    /// The directory of a bound claim's volume.
+    async fn claim_dir(&self, name: &str) -> Result<PathBuf> {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        eventually(format!("claim {name} bound"), WAIT, || async {
+            let claim = claims.get(name).await?;
+            let volume = claim
+                .spec
+                .and_then(|s| s.volume_name)
+                .context("not bound yet")?;
+            let pv = volumes.get(&volume).await?;
+            let path = pv
+                .spec
+                .and_then(|s| s.host_path)
+                .map(|h| PathBuf::from(h.path));
+            path.filter(|p| p.is_dir()).context("no directory yet")
+        })
+        .await
+    }
+
+    async fn pod(&self, name: &str) -> Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(format!("pod {name} running"), WAIT, || async {
+            let pod = pods.get(name).await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            ensure!(phase.as_deref() == Some("Running"), "{phase:?}");
+            Ok(pod)
+        })
+        .await
+    }
+
+    async fn scale(&self, replicas: i32) -> Result<()> {
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns);
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        sets.patch("web", &PatchParams::default(), &patch).await?;
+        Ok(())
+    }
+
+    /// A token of ServiceAccount `sa` for `audience`, bound to `pod` if given.
+    async fn token(&self, sa: &str, audience: &str, pod: Option<&Pod>) -> Result<String> {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        let bound = pod.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.metadata.name, "uid": p.metadata.uid}));
+        let request: TokenRequest = from_json(json!({
+            "spec": {"audiences": [audience], "expirationSeconds": 600, "boundObjectRef": bound}
+        }));
+        let issued = sas
+            .create_token_request(sa, &PostParams::default(), &request)
+            .await?;
+        issued.status.and_then(|s| s.token).context("no token")
+    }
+
+    /// `POST /v1/handoffs` with `token`.
+    async fn handoff(&self, token: &str, pvcs: &[&str]) -> Result<(u16, Value)> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/handoffs", self.serve.url))
+            .bearer_auth(token)
+            .json(&json!({"namespace": self.ns, "pvcs": pvcs}))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or_default()))
+    }
+
+    async fn drain_state(&self, id: &str, state: &str) -> Result<Value> {
+        eventually(format!("drain {id} {state}"), WAIT, || async {
+            let drain = self.serve.drain(id).await;
+            ensure!(drain["state"] == state, "{}", drain);
+            Ok(drain)
+        })
+        .await
+    }
+
+    async fn owners(&self, claim: &str) -> Result<Option<Vec<String>>> {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(claims.get_opt(claim).await?.map(|c| {
+            c.metadata
+                .owner_references
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| format!("{}/{}", o.kind, o.name))
+                .collect()
+        }))
+    }
+
+    /// Runs the mover of drain `id` on `dir` (what a mover Job does in a cluster).
+    async fn move_volume(&self, id: &str, dir: &Path) {
+        run_ok(
+            drainer()
+                .args([
+                    "mover",
+                    "--drainer",
+                    &self.serve.url,
+                    "--drain",
+                    id,
+                    "--source",
+                ])
+                .arg(dir)
+                .env("DRAINER_TOKEN", TOKEN),
+        )
+        .await;
+    }
+
+    async fn restores(&self, pvc: &str, expected: &[(&str, Vec<u8>)]) -> Result<()> {
+        let dest = self.work.join(format!("restored-{pvc}"));
+        run_ok(
+            drainer()
+                .arg("restore")
+                .arg(&self.store)
+                .args(["--volume", &format!("{}/{pvc}", self.ns)])
+                .arg(&dest),
+        )
+        .await;
+        for (name, content) in expected {
+            ensure!(
+                std::fs::read(dest.join(name))? == *content,
+                "{pvc}/{name} differs"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn id_of(answer: &Value) -> String {
+    answer["drains"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_down_pods_handoff_holds_its_claim_until_the_copy_is_done() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("kube-mode-delete").await?;
+        w.start_web(3, "Delete", "6s").await?;
+        let web2 = w.pod("web-2").await?;
+        w.scale(2).await?;
+        eventually("web-2 terminating", WAIT, || async {
+            let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+            let pod = pods.get_opt("web-2").await?.context("gone already")?;
+            ensure!(
+                pod.metadata.deletion_timestamp.is_some(),
+                "not terminating yet"
+            );
+            Ok(())
+        })
+        .await?;
+        // The preStop hook's handoff: the pod's own token, naming no claim (every one it mounts).
+        let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+        let (status, answer) = w.handoff(&token, &[]).await?;
+        ensure!(status == 202, "{status} {answer}");
+        let id = id_of(&answer);
+        ensure!(
+            answer["drains"][0]["state"] == "awaiting_release",
+            "{answer}"
+        );
+        ensure!(
+            answer["drains"][0]["volume"] == format!("{}/data-web-2", w.ns).as_str(),
+            "{answer}"
+        );
+        let owners = w.owners("data-web-2").await?.context("claim gone")?;
+        ensure!(
+            owners
+                .iter()
+                .any(|o| o.starts_with("ConfigMap/drainer-hold-")),
+            "not held: {owners:?}"
+        );
+        // The pod goes; the garbage collector would delete the claim, the hold keeps it.
+        let drain = w.drain_state(&id, "copying").await?;
+        let history = drain["history"].to_string();
+        ensure!(history.contains("scaled away"), "{history}");
+        ensure!(
+            w.owners("data-web-2").await?.is_some(),
+            "the claim was deleted before its copy"
+        );
+        let dir = w.claim_dir("data-web-2").await?;
+        let payload = std::fs::read(dir.join("payload"))?;
+        w.move_volume(&id, &dir).await;
+        w.drain_state(&id, "completed").await?;
+        w.restores(
+            "data-web-2",
+            &[("owner.txt", b"web-2\n".to_vec()), ("payload", payload)],
+        )
+        .await?;
+        // The hold is let go and the claim deleted as its StatefulSet asked.
+        eventually("data-web-2 deleted after its drain", WAIT, || async {
+            ensure!(w.owners("data-web-2").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_are_refused_to_callers_who_may_not_make_them() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("kube-mode-auth").await?;
+        w.start_web(2, "Retain", "1s").await?;
+        let web1 = w.pod("web-1").await?;
+        let own = w.token("web", AUDIENCE, Some(&web1)).await?;
+        let (status, answer) = w.handoff(&own, &["data-web-0"]).await?;
+        ensure!(
+            status == 403 && answer["error"]["code"] == "forbidden",
+            "another pod's claim: {status} {answer}"
+        );
+        let other_audience = w.token("web", "someone-else", Some(&web1)).await?;
+        let (status, _) = w.handoff(&other_audience, &["data-web-1"]).await?;
+        ensure!(status == 401, "a token for another audience: {status}");
+        let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        sas.create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "drain-job"}})),
+        )
+        .await?;
+        let job = w.token("drain-job", AUDIENCE, None).await?;
+        let (status, answer) = w.handoff(&job, &["data-web-0"]).await?;
+        ensure!(status == 403, "a Job without a grant: {status} {answer}");
+        let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(w.client.clone(), &w.ns);
+        roles.create(&PostParams::default(), &from_json(json!({
+            "metadata": {"name": "handoff"},
+            "rules": [{"apiGroups": ["drainer.io"], "resources": ["handoffs"], "verbs": ["create"]}]
+        }))).await?;
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(w.client.clone(), &w.ns);
+        bindings.create(&PostParams::default(), &from_json(json!({
+            "metadata": {"name": "handoff"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "handoff"},
+            "subjects": [{"kind": "ServiceAccount", "name": "drain-job", "namespace": w.ns}]
+        }))).await?;
+        let granted = eventually("the grant takes effect", WAIT, || async {
+            let (status, answer) = w.handoff(&job, &["data-web-0"]).await?;
+            ensure!(status == 202, "{status} {answer}");
+            Ok(answer)
+        })
+        .await?;
+        ensure!(
+            granted["drains"][0]["state"] == "awaiting_release",
+            "{granted}"
+        );
+        // The Job may read the drain it asked for, and nothing else.
+        let id = id_of(&granted);
+        let read = |token: String, id: String| {
+            let url = format!("{}/v1/drains/{id}", w.serve.url);
+            async move {
+                reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        };
+        ensure!(
+            read(job.clone(), id.clone()).await? == 200,
+            "the Job reads its drain"
+        );
+        ensure!(
+            read(own.clone(), id.clone()).await? == 403,
+            "the pod did not ask for it"
+        );
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pods_handoff_ends_not_needed() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("kube-mode-restart").await?;
+        w.start_web(2, "Delete", "3s").await?;
+        let web0 = w.pod("web-0").await?;
+        let token = w.token("web", AUDIENCE, Some(&web0)).await?;
+        let (status, answer) = w.handoff(&token, &[]).await?;
+        ensure!(status == 202, "{status} {answer}");
+        let id = id_of(&answer);
+        // A restart (rolling update, eviction, crash): the pod is deleted and comes back.
+        let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        pods.delete("web-0", &DeleteParams::default()).await?;
+        let drain = w.drain_state(&id, "not_needed").await?;
+        let history = drain["history"].to_string();
+        ensure!(
+            history.contains("live") || history.contains("came back"),
+            "{history}"
+        );
+        ensure!(w.owners("data-web-0").await?.is_some(), "the claim stays");
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("kube-mode-nohandoff").await?;
+        let dirs = w.start_web(2, "Delete", "4s").await?;
+        let payload = std::fs::read(dirs[1].join("payload"))?;
+        w.scale(1).await?;
+        let id = eventually("a drain of data-web-1", WAIT, || async {
+            let drains = w.serve.drains(&format!("volume={}/data-web-1", w.ns)).await;
+            drains
+                .first()
+                .and_then(|d| d["id"].as_str())
+                .map(str::to_owned)
+                .context("none yet")
+        })
+        .await?;
+        let drain = w.drain_state(&id, "copying").await?;
+        ensure!(
+            drain["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no handoff"),
+            "{drain}"
+        );
+        ensure!(
+            w.owners("data-web-1").await?.is_some(),
+            "the claim was deleted before its copy"
+        );
+        w.move_volume(&id, &dirs[1]).await;
+        w.drain_state(&id, "completed").await?;
+        w.restores("data-web-1", &[("payload", payload)]).await?;
+        eventually("data-web-1 deleted after its drain", WAIT, || async {
+            ensure!(w.owners("data-web-1").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_restart() -> Result<()>
+{
+    with_timeout(LIMIT, async {
+        let mut w = World::new("kube-mode-restart-drainer").await?;
+        let dirs = w.start_web(3, "Delete", "8s").await?;
+        let payload = std::fs::read(dirs[2].join("payload"))?;
+        let web2 = w.pod("web-2").await?;
+        w.scale(2).await?;
+        let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+        let (status, answer) = w.handoff(&token, &[]).await?;
+        ensure!(status == 202, "{status} {answer}");
+        let id = id_of(&answer);
+        // drainer dies while the pod still terminates, and comes back after the pod is gone.
+        let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let gone = async {
+            let waited = eventually("web-2 gone", WAIT, || async {
+                ensure!(pods.get_opt("web-2").await?.is_none(), "still there");
+                Ok(())
+            })
+            .await;
+            waited.expect("the pod went");
+        };
+        w.serve.kill9_and_restart(gone).await;
+        ensure!(
+            w.owners("data-web-2").await?.is_some(),
+            "the hold outlived drainer"
+        );
+        w.drain_state(&id, "copying").await?;
+        w.move_volume(&id, &dirs[2]).await;
+        w.drain_state(&id, "completed").await?;
+        w.restores("data-web-2", &[("payload", payload)]).await?;
+        eventually("data-web-2 deleted after its drain", WAIT, || async {
+            ensure!(w.owners("data-web-2").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
