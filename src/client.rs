@@ -37,16 +37,16 @@ pub enum CallError {
 
 impl CallError {
     /// Whether the call may succeed if repeated: the drainer unreachable, overloaded or
-    /// restarting (`5xx`, `429`), or a mover's drain not being copied at this moment (`409
-    /// drain_not_copying`: a drain released when its drainer stopped is copying again once
-    /// the next claim adopts its mover). Other client errors are permanent.
+    /// restarting (`5xx`, `429`), or a mover's drain queued at this moment (`409
+    /// drain_queued`: a drain released when its drainer stopped is copying again once the
+    /// next claim adopts its mover). Other client errors are permanent.
     pub fn is_transient(&self) -> bool {
         match self {
             CallError::Transport { .. } => true,
             CallError::Status { status, code, .. } => {
                 *status >= 500
                     || *status == 429
-                    || (*status == 409 && code.as_deref() == Some("drain_not_copying"))
+                    || (*status == 409 && code.as_deref() == Some("drain_queued"))
             }
         }
     }
@@ -173,6 +173,10 @@ impl Api {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {
+        let request = match &self.identity {
+            Some((name, value)) => request.header(*name, value),
+            None => request,
+        };
         let request = request
             .bearer_auth(self.token.get())
             .build()
@@ -277,14 +281,15 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_not_copying_yet_is_worth_waiting_for() {
+    fn a_queued_drain_is_worth_waiting_for() {
         let status = |status: u16, code: Option<&str>| CallError::Status {
             url: "u".into(),
             status,
             code: code.map(str::to_owned),
             message: "m".into(),
         };
-        assert!(status(409, Some("drain_not_copying")).is_transient());
+        assert!(status(409, Some("drain_queued")).is_transient());
+        assert!(!status(409, Some("drain_not_copying")).is_transient());
         assert!(!status(409, Some("run_busy")).is_transient());
         assert!(!status(403, Some("forbidden")).is_transient());
         assert!(status(503, None).is_transient());

@@ -138,8 +138,9 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "DRAINER_GRACE", default_value = "10", value_parser = parse_seconds)]
     pub grace: Duration,
-    /// Who copies: `in-process` (local mode: the engine inside this process) or `external`
-    /// (`drainer mover` processes stream each drain through the API).
+    /// Who copies: `in-process` (local mode: the engine inside this process; in Kubernetes
+    /// mode: mover Jobs) or `external` (`drainer mover` processes, run by other means, stream
+    /// each drain through the API).
     #[arg(long, env = "DRAINER_MOVERS", value_enum, default_value_t = Movers::InProcess)]
     pub movers: Movers,
     /// How long an attempt waits for an external mover, in seconds.
@@ -275,18 +276,23 @@ pub const POD_TOKEN_FILE: &str = "/var/run/secrets/drainer/token";
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 impl ClientArgs {
-    /// The bearer token: given directly, or read from the token file (inside a pod whose
-    /// default token file does not exist, from its projected token at [`POD_TOKEN_FILE`]).
-    pub fn token(&self) -> anyhow::Result<String> {
-        use anyhow::Context;
-        let file = if self.token_file == std::path::Path::new(DEFAULT_TOKEN_FILE)
+    /// The token file: `--token-file`, or inside a pod whose default token file does not
+    /// exist, its projected token at [`POD_TOKEN_FILE`].
+    pub fn token_path(&self) -> PathBuf {
+        if self.token_file == std::path::Path::new(DEFAULT_TOKEN_FILE)
             && !self.token_file.exists()
             && std::path::Path::new(POD_TOKEN_FILE).exists()
         {
             PathBuf::from(POD_TOKEN_FILE)
         } else {
             self.token_file.clone()
-        };
+        }
+    }
+
+    /// The bearer token: given directly, or read from [`ClientArgs::token_path`].
+    pub fn token(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        let file = self.token_path();
         let token = match &self.token {
             Some(token) => token.clone(),
             None => std::fs::read_to_string(&file)

@@ -168,7 +168,8 @@ fn external_movers(base: &Base<'_>) -> ExternalMovers {
 }
 
 /// Kubernetes mode: the cluster's watches, TokenReview identities (the static token, if one is
-/// configured, is an admin's), handoffs that wait for their pod's release, held claims.
+/// configured, is an admin's), handoffs that wait for their pod's release, held claims, copies
+/// by mover Jobs.
 async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<Mode> {
     let args = base.args;
     let client = kube::Client::try_default()
@@ -220,17 +221,25 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         max_attempts: args.max_attempts,
     };
     let tasks = vec![tokio::spawn(releases.run(stop))];
+    // Mover Jobs copy, unless movers are run by other means (`--movers external`).
+    let executor: Arc<dyn Executor> = match args.movers {
+        Movers::External => Arc::new(external_movers(base)),
+        Movers::InProcess => Arc::new(
+            crate::kube::movers::JobMovers::new(
+                cluster.clone(),
+                base.ledger.clone(),
+                base.store.clone(),
+                &args.kube,
+                args.mover_timeout,
+            )
+            .context("mover Jobs")?,
+        ),
+    };
     Ok(Mode {
         authority: Arc::new(authority),
         admission,
         notifier,
-        executor: Arc::new(crate::kube::movers::JobMovers::new(
-            cluster.clone(),
-            base.ledger.clone(),
-            base.store.clone(),
-            &args.kube,
-            args.mover_timeout,
-        )?),
+        executor,
         sweeper: Arc::new(sweeper),
         tasks,
         describe: format!("kubernetes (audience {})", args.kube.audience),

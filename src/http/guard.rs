@@ -293,9 +293,15 @@ async fn streaming(
         .await?
         .ok_or_else(|| drain_not_found(id))?;
     if drain.state != DrainState::Copying {
+        // A queued drain is copying again once claimed (its mover Job is adopted then): a
+        // mover may wait for that. Any other state is final for the mover.
+        let code = match drain.state {
+            DrainState::Queued => "drain_queued",
+            _ => "drain_not_copying",
+        };
         return Err(Error::new(
             StatusCode::CONFLICT,
-            "drain_not_copying",
+            code,
             format!("drain {id} is {}", drain.state),
         ));
     }

@@ -582,3 +582,31 @@ async fn malformed_paths_queries_and_bodies_get_json_errors() {
         .await;
     assert!(all["next"].is_null(), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_may_wait_for_a_queued_drain_only() {
+    let w = world().await;
+    let d = drains(&w).await;
+    // A queued drain is copying again once claimed; a failed one never is.
+    for (id, code) in [
+        (&d.queued, "drain_queued"),
+        (&d.failed, "drain_not_copying"),
+    ] {
+        let (status, body) = w
+            .api
+            .call("admin", Method::GET, &format!("/drains/{id}/store"), None)
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    let (status, body) = w
+        .api
+        .call(
+            "admin",
+            Method::GET,
+            &format!("/drains/{}/store", d.mine),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

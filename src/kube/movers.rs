@@ -49,6 +49,7 @@ mod fixtures;
 mod job;
 mod spec;
 
+use crate::kube::hold::DRAIN_LABEL;
 pub use decide::{
     AfterDrop, JobState, adoptable, after_drop, check_mover_pod, describe_pod, is_finished,
     job_state, mover_pod_of_owner,
@@ -71,6 +72,8 @@ const POD_START: Duration = Duration::from_secs(60);
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// How long the clean-up of a dropped attempt waits for its drain to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past its Job's deadline an attempt still waits for the Job to fail.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 /// How long a Job that succeeded is given for its run's completion to show in the ledger.
 const COMPLETION_GRACE: Duration = Duration::from_secs(10);
 
@@ -140,6 +143,10 @@ fn api_error(drain: &Drain) -> impl Fn(Error) -> snapshot::Error + '_ {
     move |e| mover_error(drain, e.to_string())
 }
 
+fn ledger_error(e: crate::ledger::Error) -> snapshot::Error {
+    snapshot::Error::Checkpoint(e.into())
+}
+
 /// A claim that cannot be copied (gone, replaced, being deleted, unbound): permanent.
 fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
     snapshot::Error::Source {
@@ -149,7 +156,10 @@ fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
 }
 
 impl JobMovers {
-    /// The executor, with its flags checked (`--service-url` and the mover flags).
+    /// The executor, with its flags checked (`--service-url` and the mover flags). A mover is
+    /// bounded by its Job's deadline (`--mover-deadline`, which Kubernetes enforces and the
+    /// watch reports); an attempt waits at most the longer of `timeout` (`--mover-timeout`)
+    /// and that deadline with a margin, in case it is not enforced.
     pub fn new(
         cluster: Cluster,
         ledger: Ledger,
@@ -159,20 +169,13 @@ impl JobMovers {
     ) -> Result<Self, Error> {
         let service_url = check_service_url(kube.service_url.as_deref())?;
         let spec = MoverSpec::new(&kube.movers, &kube.audience)?;
-        if timeout < kube.movers.mover_deadline {
-            tracing::warn!(
-                mover_timeout = timeout.as_secs(),
-                mover_deadline = kube.movers.mover_deadline.as_secs(),
-                "an attempt stops its mover after --mover-timeout, before the Job's --mover-deadline"
-            );
-        }
         Ok(Self {
             cluster,
             ledger,
             store,
             spec,
             service_url,
-            timeout,
+            timeout: timeout.max(kube.movers.mover_deadline + DEADLINE_MARGIN),
         })
     }
 
@@ -211,6 +214,9 @@ impl JobMovers {
         let jobs = self.jobs_of(drain).await?;
         let adopted = adoptable(drain, &jobs, &name).cloned();
         self.stop_others(drain, &jobs, adopted.as_ref()).await?;
+        // Armed before the create call: an attempt dropped while it is under way leaves no
+        // suspended Job behind (it would never finish, so never expire).
+        let mut guard = JobGuard::arm(self, drain, &name);
         let job = match adopted {
             Some(job) => {
                 tracing::info!(job = ?job.metadata.name, "adopting the mover Job the ledger records");
@@ -223,12 +229,12 @@ impl JobMovers {
         };
         let mover = Mover::of(&job)
             .ok_or_else(|| mover_error(drain, format!("Job {name} came back without a UID")))?;
-        let guard = JobGuard::arm(self, drain, &mover);
+        guard.guards(&mover);
         // Recorded before its pod exists: the Job is created suspended.
         self.ledger
             .set_mover_job(&drain.id, &mover.name, &mover.uid)
             .await
-            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?;
+            .map_err(ledger_error)?;
         if is_suspended(&job) {
             let patch = serde_json::json!({ "spec": { "suspend": false } });
             call(
@@ -260,8 +266,9 @@ impl JobMovers {
         Ok(list.items)
     }
 
-    /// Deletes every unfinished Job of the drain but `adopted`, and waits until their pods
-    /// have ended: never two movers of one drain.
+    /// Deletes every running Job of the drain but `adopted`, and waits until the pods of
+    /// every unfinished one have ended (a Job that failed keeps its pod for `kubectl logs`,
+    /// once that pod has stopped): never two movers of one drain.
     async fn stop_others(
         &self,
         drain: &Drain,
@@ -273,10 +280,12 @@ impl JobMovers {
             let Some(other) = Mover::of(job).filter(|m| Some(m.uid.as_str()) != keep) else {
                 continue;
             };
-            tracing::info!(job = %other.name, "deleting a mover Job the ledger does not record for this attempt");
-            delete_job(&self.cluster.client, &other)
-                .await
-                .map_err(api_error(drain))?;
+            if job_state(job) == JobState::Running {
+                tracing::info!(job = %other.name, "deleting a running mover Job that is not this attempt's");
+                delete_job(&self.cluster.client, &other)
+                    .await
+                    .map_err(api_error(drain))?;
+            }
             self.wait_pods_ended(drain, &other).await?;
         }
         Ok(())
@@ -318,7 +327,7 @@ impl JobMovers {
             .ledger
             .run_of_drain(&drain.id)
             .await
-            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
+            .map_err(ledger_error)?
         else {
             return Ok(());
         };
@@ -326,6 +335,7 @@ impl JobMovers {
             return Ok(());
         };
         let Some(pod) = mover_pod_of_owner(&owner, &drain.id) else {
+            tracing::debug!(run = %run.id, owner = %owner, "the copy run is held by no mover pod of this drain");
             return Ok(());
         };
         let found = call(
@@ -349,7 +359,7 @@ impl JobMovers {
             .run_checkpoint(Some(owner), Some(drain.id.clone()))
             .interrupted(&held, &format!("mover pod {pod} ended"))
             .await
-            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?;
+            .map_err(ledger_error)?;
         tracing::info!(run = %run.id, pod = %pod, "released the copy run of a mover pod that ended");
         Ok(())
     }
@@ -761,18 +771,32 @@ struct Settle {
     ledger: Ledger,
     drain: String,
     owner: Option<String>,
-    mover: Mover,
+    namespace: String,
+    /// The Job: its name, and its UID once known (a Job being created may exist without).
+    name: String,
+    uid: Option<String>,
 }
 
 impl JobGuard {
-    fn arm(movers: &JobMovers, drain: &Drain, mover: &Mover) -> Self {
+    /// A guard of the Job `name` that this attempt is about to create or adopt.
+    fn arm(movers: &JobMovers, drain: &Drain, name: &str) -> Self {
         Self(Some(Settle {
             client: movers.cluster.client.clone(),
             ledger: movers.ledger.clone(),
             drain: drain.id.clone(),
             owner: drain.lease_owner.clone(),
-            mover: mover.clone(),
+            namespace: drain.namespace.clone(),
+            name: name.to_owned(),
+            uid: None,
         }))
+    }
+
+    /// The guarded Job is `mover`.
+    fn guards(&mut self, mover: &Mover) {
+        if let Some(settle) = self.0.as_mut() {
+            settle.name = mover.name.clone();
+            settle.uid = Some(mover.uid.clone());
+        }
     }
 
     fn disarm(&mut self) {
@@ -785,7 +809,8 @@ impl Drop for JobGuard {
         let Some(settle) = self.0.take() else {
             return;
         };
-        let span = tracing::info_span!("mover_job_dropped", drain = %settle.drain, job = %settle.mover.name);
+        let span =
+            tracing::info_span!("mover_job_dropped", drain = %settle.drain, job = %settle.name);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(settle.run().instrument(span));
@@ -798,6 +823,33 @@ impl Drop for JobGuard {
 }
 
 impl Settle {
+    /// Deletes the Job: by its UID, or, when the attempt was dropped before it learnt the
+    /// UID, the Job of that name if it is this drain's.
+    async fn delete(&self) -> Result<(), Error> {
+        let uid = match &self.uid {
+            Some(uid) => uid.clone(),
+            None => {
+                let api: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
+                let what = format!("get Job {}/{}", self.namespace, self.name);
+                let found = call(what, api.get_opt(&self.name)).await?;
+                let label = drain_label(&self.drain);
+                let ours = found.filter(|j| {
+                    j.metadata.labels.as_ref().and_then(|l| l.get(DRAIN_LABEL)) == Some(&label)
+                });
+                match ours.and_then(|j| j.metadata.uid) {
+                    Some(uid) => uid,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let mover = Mover {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid,
+        };
+        delete_job(&self.client, &mover).await
+    }
+
     /// Waits (at most [`SETTLE_TIMEOUT`]) until the drain is no longer this replica's, then
     /// deletes or keeps the Job.
     async fn run(self) {
@@ -825,7 +877,7 @@ impl Settle {
                     return;
                 }
                 AfterDrop::Delete(why) => {
-                    match delete_job(&self.client, &self.mover).await {
+                    match self.delete().await {
                         Ok(()) => tracing::info!(why = %why, "mover Job deleted"),
                         Err(e) => {
                             tracing::warn!(error = %e, why = %why, "cannot delete the mover Job")

@@ -96,9 +96,22 @@ fn has_template(set: &StatefulSet, template: &str) -> bool {
         .any(|t| t.metadata.name.as_deref() == Some(template))
 }
 
-/// Whether `pod` mounts the claim `pvc`.
+/// Whether `pod` mounts the claim `pvc` and so holds it. drainer's own pods (mover Jobs',
+/// labelled `app.kubernetes.io/managed-by=drainer`) mount claims read-only to copy them and
+/// never hold one: a failed mover's pod stays a day for its logs, and must not keep a later
+/// drain of the same claim waiting, nor a sweep from seeing it orphaned.
 pub fn mounts(pod: &Pod, pvc: &str) -> bool {
-    claims_of(pod).any(|c| c == pvc)
+    !is_drainers(pod) && claims_of(pod).any(|c| c == pvc)
+}
+
+/// Whether drainer created `pod` (a mover).
+fn is_drainers(pod: &Pod) -> bool {
+    let (key, value) = super::watch::MANAGED_BY;
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .is_some_and(|v| v == value)
 }
 
 /// The claims a pod mounts.
@@ -626,6 +639,37 @@ mod tests {
                 .map(|c| (c.set.as_str(), c.template.as_str(), c.ordinal));
             assert_eq!(found, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_mover_pod_never_holds_the_claim_it_copies() {
+        let mut mover = pod("drainer-d-1-1-x7k2p", &["data-web-4"]);
+        assert!(mounts(&mover, "data-web-4"));
+        mover.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "drainer".to_owned(),
+            )]
+            .into(),
+        );
+        assert!(!mounts(&mover, "data-web-4"));
+        let sets = [set("web", 3, None, &["data"])];
+        assert_eq!(
+            decide_release(
+                "data-web-4",
+                None,
+                Some(&claim("data-web-4")),
+                [&mover],
+                sets.iter()
+            ),
+            decide_release(
+                "data-web-4",
+                None,
+                Some(&claim("data-web-4")),
+                [],
+                sets.iter()
+            ),
+        );
     }
 
     #[test]

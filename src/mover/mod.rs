@@ -55,7 +55,7 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
         .with_header(crate::http::OWNER_HEADER, crate::ledger::process_owner());
     if args.drainer.token.is_none() {
-        api = api.with_token_file(args.drainer.token_file.clone());
+        api = api.with_token_file(args.drainer.token_path());
     }
     let info = copying_drain(&api, &args.drain).await?;
     let volume: VolumeId = info.volume.parse()?;

@@ -61,6 +61,8 @@ async fn start_drainer(work: &Path, ns: &str, store: &str) -> Result<Serve> {
         &work.join("data"),
         &[
             "--kubernetes",
+            "--movers",
+            "external",
             "--watch-namespace",
             ns,
             "--store",

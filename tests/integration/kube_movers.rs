@@ -238,6 +238,8 @@ impl World {
             &self.data(),
             &[
                 "--kubernetes",
+                "--watch-namespace",
+                &self.ns,
                 "--service-url",
                 &self.gate.url,
                 "--mover-image",
@@ -622,7 +624,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
 
         let stop = tokio_util::sync::CancellationToken::new();
         let _stop = stop.clone().drop_guard();
-        let cluster = drainer::kube::Cluster::start(client.clone(), Vec::new(), stop).await?;
+        let cluster = drainer::kube::Cluster::start(client.clone(), vec![ns.clone()], stop).await?;
         let authority = drainer::kube::identity::TokenReviews::new(
             cluster,
             ledger.clone(),

@@ -213,7 +213,8 @@ fn last_line(message: &str) -> Option<String> {
 
 /// The Job an attempt of `drain` named `name` adopts: the one the ledger records (name and
 /// UID), not being deleted, if it is still running (drainer restarted, or the drain was taken
-/// over) or if it is this attempt's own (its outcome is the attempt's).
+/// over) or if it is this attempt's own (its outcome is the attempt's). An older attempt's
+/// Job that has failed or succeeded, even with its pod still terminating, is not adopted.
 pub fn adoptable<'a>(drain: &Drain, jobs: &'a [Job], name: &str) -> Option<&'a Job> {
     let (Some(recorded), Some(uid)) = (drain.mover_job.as_deref(), drain.mover_job_uid.as_deref())
     else {
@@ -225,7 +226,7 @@ pub fn adoptable<'a>(drain: &Drain, jobs: &'a [Job], name: &str) -> Option<&'a J
                 && j.metadata.uid.as_deref() == Some(uid)
                 && j.metadata.deletion_timestamp.is_none()
         })
-        .filter(|j| !is_finished(j) || recorded == name)
+        .filter(|j| job_state(j) == JobState::Running || recorded == name)
 }
 
 /// The mover pod that holds a copy run of `drain`, from the run's owner (`HOST:PID:RANDOM`, a
@@ -463,8 +464,15 @@ mod tests {
             ..drain()
         };
         // (drain, Jobs, adopted uid)
+        let ending =
+            json!({"failed": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]});
         let cases = [
             (drain(), vec![job(&this, "u2", json!({}))], None),
+            (
+                recorded(&older, "u1"),
+                vec![job(&older, "u1", ending)],
+                None,
+            ),
             (
                 recorded(&this, "u2"),
                 vec![job(&this, "u2", json!({}))],
