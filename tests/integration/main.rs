@@ -10,5 +10,6 @@ mod kube_runtime;
 mod ledger;
 mod lifecycle;
 mod replicas;
+mod restore;
 mod service;
 mod support;
