@@ -6,6 +6,7 @@ mod engine;
 mod hardening;
 mod kube_env;
 mod kube_mode;
+mod kube_restore;
 mod kube_runtime;
 mod ledger;
 mod lifecycle;
