@@ -443,3 +443,49 @@ async fn bad_destinations_get_one_line_and_are_left_alone() {
     assert!(line.contains("not writable"), "{line}");
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 }
+
+/// A manifest written before link groups (no `nlink`, no `link`) still restores: the files
+/// that were hard links come back as separate files with the same content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_without_link_groups_still_restores() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"shared bytes").unwrap();
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    let store_dir = work.path().join("store");
+    let store = file_url(&store_dir);
+    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    let summary_path = walkdir::WalkDir::new(&store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "snapshot.json")
+        .unwrap()
+        .into_path();
+    let manifest_path = summary_path.with_file_name("manifest.jsonl");
+    let old: String = std::fs::read_to_string(&manifest_path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(entry) = v.as_object_mut() {
+                entry.remove("nlink");
+                entry.remove("link");
+            }
+            v.to_string() + "\n"
+        })
+        .collect();
+    assert!(!old.contains("\"link\""));
+    std::fs::write(&manifest_path, &old).unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    summary["manifest_blake3"] = blake3::hash(old.as_bytes()).to_hex().to_string().into();
+    summary["manifest_size"] = old.len().into();
+    std::fs::write(&summary_path, summary.to_string()).unwrap();
+
+    let dest = work.path().join("dest");
+    run_ok(&mut restore_cmd(&store, &dest)).await;
+    assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"shared bytes");
+    let ino = |p: &str| std::fs::metadata(dest.join(p)).unwrap().ino();
+    assert_ne!(ino("a"), ino("b"), "without link groups, two files");
+}
