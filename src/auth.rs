@@ -10,7 +10,7 @@
 //! | read a drain | any | the drains it asked for | its own drain |
 //! | retry or cancel a drain, sweep | yes | no | no |
 //! | list orphaned volumes | all | no | no |
-//! | list a volume's snapshots | any | no | no |
+//! | read or restore a volume's snapshots | any | its own namespace; a pod the claims it mounts, others with an RBAC grant | no |
 //! | stream a volume (mover protocol) | any drain | no | its own drain, while it is copying |
 //!
 //! The HTTP layer applies this table to every route (`http::guard`): no handler runs before
@@ -110,8 +110,9 @@ pub enum Action {
     Sweep,
     /// List orphaned volumes (size, age, last snapshot, drain).
     ListOrphans,
-    /// List a volume's snapshots.
-    ReadSnapshots,
+    /// Read a volume's snapshots to restore them: the listing, summaries, manifests and
+    /// objects (`/v1/volumes/{ns}/{pvc}/…`).
+    Restore,
     /// Stream a volume into one drain (the mover protocol).
     Stream,
 }
@@ -135,7 +136,7 @@ impl Action {
         use CallerKind as K;
         match (self, kind) {
             (_, K::Admin) => Reach::All,
-            (A::Handoff | A::ListDrains | A::ReadDrain, K::Workload) => Reach::Own,
+            (A::Handoff | A::ListDrains | A::ReadDrain | A::Restore, K::Workload) => Reach::Own,
             (A::ReadDrain | A::Stream, K::Mover) => Reach::Own,
             _ => Reach::None,
         }
@@ -150,7 +151,7 @@ impl Action {
             Action::ChangeDrain => "retry or cancel drains",
             Action::Sweep => "run sweeps",
             Action::ListOrphans => "list orphaned volumes",
-            Action::ReadSnapshots => "list snapshots",
+            Action::Restore => "read or restore this volume's snapshots",
             Action::Stream => "stream into this drain",
         }
     }
@@ -194,6 +195,36 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     /// more (a Job with a grant).
     async fn may_hand_off(&self, workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
         own_mounts(workload, volumes)
+    }
+
+    /// Whether `workload` may read and restore `volume`'s snapshots: the same rule as
+    /// handoffs. By default a pod may restore the claims it mounts (an init container restores
+    /// into the claim its pod mounts) and nothing else; an authority that can consult RBAC
+    /// grants more.
+    async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+        restore_own_mount(workload, volume)
+    }
+}
+
+/// The pure part of the restore rule: a volume of the workload's namespace that its pod
+/// mounts.
+pub fn restore_own_mount(workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+    if volume.namespace != workload.namespace {
+        return Err(Denied::Forbidden(format!(
+            "{} may only restore volumes in namespace {}, not {volume}",
+            workload.user, workload.namespace
+        )));
+    }
+    match &workload.pod {
+        Some(pod) if pod.mounts.contains(&volume.name) => Ok(()),
+        Some(pod) => Err(Denied::Forbidden(format!(
+            "pod {}/{} does not mount {} and has no grant to restore it",
+            workload.namespace, pod.name, volume.name
+        ))),
+        None => Err(Denied::Forbidden(format!(
+            "{} is not a pod and has no grant to restore volumes in {}",
+            workload.user, workload.namespace
+        ))),
     }
 }
 
@@ -336,6 +367,18 @@ mod tests {
     }
 
     #[test]
+    fn pods_restore_only_what_they_mount() {
+        let own: VolumeId = "shop/data-web-4".parse().unwrap();
+        let other: VolumeId = "shop/data-web-3".parse().unwrap();
+        let elsewhere: VolumeId = "other/data-web-4".parse().unwrap();
+        assert_eq!(restore_own_mount(&pod(), &own), Ok(()));
+        assert!(restore_own_mount(&pod(), &other).is_err());
+        assert!(restore_own_mount(&pod(), &elsewhere).is_err());
+        let job = Workload { pod: None, ..pod() };
+        assert!(restore_own_mount(&job, &own).is_err(), "no grant, no pod");
+    }
+
+    #[test]
     fn the_policy_table_is_the_documented_one() {
         use Action::*;
         use CallerKind::*;
@@ -346,7 +389,7 @@ mod tests {
             (ChangeDrain, [Reach::All, Reach::None, Reach::None]),
             (Sweep, [Reach::All, Reach::None, Reach::None]),
             (ListOrphans, [Reach::All, Reach::None, Reach::None]),
-            (ReadSnapshots, [Reach::All, Reach::None, Reach::None]),
+            (Restore, [Reach::All, Reach::Own, Reach::None]),
             (Stream, [Reach::All, Reach::None, Reach::Own]),
         ];
         for (action, reach) in table {

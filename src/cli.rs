@@ -1,15 +1,18 @@
 //! The one-shot commands (`copy`, `restore`, `snapshots`, `prune`, `verify`): wiring from the
-//! parsed configuration to the snapshot engine, and their output; and the operator's commands
-//! that ask a running drainer (`sweep`, `orphans`) through its API with the admin token.
+//! parsed configuration to the snapshot engine (reading a store directly, or for `restore`
+//! and `snapshots` a drainer's API through [`crate::remote`]), and their output; and the
+//! operator's commands that ask a running drainer (`sweep`, `orphans`) through its API with
+//! the admin token.
 //!
 //! Results go to stdout (a summary line, a table or JSON); logs and progress go to stderr.
 
 use crate::config::{
     ClientArgs, CopyArgs, EngineArgs, OrphansArgs, OutputFormat, PruneArgs, RestoreArgs,
-    SnapshotsArgs, SweepArgs, VerifyArgs,
+    SnapshotsArgs, Source, SweepArgs, VerifyArgs,
 };
 use crate::ledger::Ledger;
-use crate::snapshot::{self, Listed, Progress, RestoreOptions};
+use crate::remote::RemoteVolume;
+use crate::snapshot::{self, Found, Listed, Progress, RestoreOptions, SnapshotSelector};
 use crate::store::{Store, StoreOptions};
 use crate::sweep::{Finding, Orphan, Verdict};
 use anyhow::bail;
@@ -74,79 +77,220 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Malformed arguments: the command exits 2, as for the argument parser's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// `drainer restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store, &args.engine, false)?;
+    let (source, dest) = args.source().map_err(Usage)?;
     let started = std::time::Instant::now();
+    let found = snapshot::inspect_destination(&dest)?;
+    if args.if_empty && in_use(&found, &args.volume) {
+        println!(
+            "{} {}: not restoring {} (--if-empty)",
+            dest.display(),
+            found.describe(),
+            args.volume
+        );
+        return Ok(());
+    }
+    let selector = snapshot::continuing(&dest, &args.volume, &args.selector())?;
     let options = RestoreOptions {
         concurrency: args.engine.concurrency(),
         force: args.force,
+        part_size: u64::from(args.engine.part_size_mib) << 20,
+        buffer_bytes: u64::from(args.engine.buffer_mib) << 20,
     };
-    let summary =
-        snapshot::restore(&store, &args.volume, &args.snapshot, &args.dest, &options).await?;
+    let restored = match &source {
+        Source::Store(url) => {
+            let store = open_store(url, &args.engine, false)?;
+            snapshot::restore(&store, &args.volume, &selector, &dest, &options)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Source::Drainer(client) => restore_through(client, &args, &selector, &dest, &options).await,
+    };
+    let summary = match restored {
+        Ok(summary) => summary,
+        Err(e) if args.allow_missing && no_snapshot(&e) => {
+            println!(
+                "volume {} has no snapshot: nothing restored into {} (--allow-missing)",
+                args.volume,
+                dest.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     println!(
-        "restored snapshot {} of {} into {}: {} files, {} bytes, {} dirs, {} symlinks, {} skipped, {}{:.2} s",
-        summary.snapshot,
-        args.volume,
-        args.dest.display(),
-        summary.files,
-        summary.bytes,
-        summary.dirs,
-        summary.symlinks,
-        summary.skipped,
-        if summary.unreadable > 0 {
-            format!(
-                "{} UNREADABLE at copy time (not restored), ",
-                summary.unreadable
-            )
-        } else {
-            String::new()
-        },
-        started.elapsed().as_secs_f64()
+        "{}",
+        restored_line(&summary, &args.volume, &dest, started.elapsed())
     );
     Ok(())
 }
 
+/// Whether `found` keeps a restore of `volume` with --if-empty out: anything but nothing, or
+/// an unfinished restore of the same volume (which is continued).
+fn in_use(found: &Found, volume: &crate::VolumeId) -> bool {
+    match found {
+        Found::Missing | Found::Empty => false,
+        Found::Unfinished { marker, .. } => marker.volume != volume.to_string(),
+        Found::Occupied { .. } => true,
+    }
+}
+
+fn no_snapshot(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<snapshot::Error>(),
+        Some(snapshot::Error::NoSnapshot { .. })
+    )
+}
+
+/// A restore through a drainer's API: the snapshot is chosen from the volume's listing, then
+/// restored by the engine from the drainer's store as the API serves it.
+async fn restore_through(
+    client: &crate::config::ClientArgs,
+    args: &RestoreArgs,
+    selector: &SnapshotSelector,
+    dest: &std::path::Path,
+    options: &RestoreOptions,
+) -> anyhow::Result<snapshot::RestoreSummary> {
+    let remote = RemoteVolume::new(client, &args.volume, args.engine.store_timeout)?;
+    let selector = match selector {
+        SnapshotSelector::Id(id) => SnapshotSelector::Id(id.clone()),
+        other => {
+            let summary = remote.resolve(other).await?;
+            SnapshotSelector::Id(summary.snapshot.parse().map_err(anyhow::Error::msg)?)
+        }
+    };
+    let store = remote.store(&StoreOptions {
+        timeout: args.engine.store_timeout,
+        create: false,
+        part_size: options.part_size,
+    });
+    Ok(snapshot::restore(&store, &args.volume, &selector, dest, options).await?)
+}
+
+fn restored_line(
+    s: &snapshot::RestoreSummary,
+    volume: &crate::VolumeId,
+    dest: &std::path::Path,
+    elapsed: Duration,
+) -> String {
+    let mut extra = String::new();
+    if s.kept > 0 {
+        extra.push_str(&format!("{} of them already in place, ", s.kept));
+    }
+    if s.hard_links > 0 {
+        extra.push_str(&format!("{} hard links, ", s.hard_links));
+    }
+    if s.unreadable > 0 {
+        extra.push_str(&format!(
+            "{} UNREADABLE at copy time (not restored), ",
+            s.unreadable
+        ));
+    }
+    format!(
+        "restored snapshot {} of {volume} into {}: {} files, {} bytes, {extra}{} dirs, {} symlinks, {} skipped, {:.2} s{}",
+        s.snapshot,
+        dest.display(),
+        s.files,
+        s.bytes,
+        s.dirs,
+        s.symlinks,
+        s.skipped,
+        elapsed.as_secs_f64(),
+        if s.resumed { ", resumed" } else { "" }
+    )
+}
+
 /// `drainer snapshots`.
 pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store, &args.engine, false)?;
-    let volumes = match args.volume {
-        Some(volume) => vec![volume],
-        None => snapshot::list_volumes(&store).await?,
+    let all = match (args.drainer.client(), &args.store) {
+        (Some(client), None) => {
+            let volume = args.volume.as_ref().ok_or_else(|| {
+                Usage("--volume NS/PVC is needed to list snapshots through a drainer".into())
+            })?;
+            let remote = RemoteVolume::new(&client, volume, args.engine.store_timeout)?;
+            remote.listing().await?.snapshots
+        }
+        (None, Some(url)) => {
+            let store = open_store(url, &args.engine, false)?;
+            let volumes = match &args.volume {
+                Some(volume) => vec![volume.clone()],
+                None => snapshot::list_volumes(&store).await?,
+            };
+            let mut all = Vec::new();
+            for volume in &volumes {
+                all.extend(snapshot::list_snapshots(&store, volume).await?);
+            }
+            all
+        }
+        (Some(_), Some(_)) => {
+            return Err(Usage("give either STORE_URL or --drainer URL, not both".into()).into());
+        }
+        (None, None) => {
+            return Err(Usage("STORE_URL (or --drainer URL) is needed".into()).into());
+        }
     };
-    let mut all = Vec::new();
-    for volume in &volumes {
-        all.extend(snapshot::list_snapshots(&store, volume).await?);
-    }
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&all)?),
-        OutputFormat::Table => {
-            println!(
-                "{:<28} {:<40} {:>10} {:>14} {:>8}  COMPLETED",
-                "SNAPSHOT", "VOLUME", "FILES", "BYTES", "SKIPPED"
-            );
-            for listed in &all {
-                match listed {
-                    Listed::Complete(s) => println!(
-                        "{:<28} {:<40} {:>10} {:>14} {:>8}  {}",
-                        s.snapshot, s.volume, s.files, s.bytes, s.skipped, s.completed
-                    ),
-                    Listed::Damaged {
-                        snapshot,
-                        volume,
-                        damaged,
-                    } => println!(
-                        "{snapshot:<28} {volume:<40} {:>10} {:>14} {:>8}  DAMAGED: {}",
-                        "-",
-                        "-",
-                        "-",
-                        damaged.replace('\n', " ")
-                    ),
-                }
-            }
-        }
+        OutputFormat::Table => print_snapshots(&all),
     }
     Ok(())
+}
+
+fn print_snapshots(all: &[Listed]) {
+    println!(
+        "{:<28} {:<40} {:>10} {:>14} {:>8}  {:<32}  MADE BY",
+        "SNAPSHOT", "VOLUME", "FILES", "BYTES", "SKIPPED", "COMPLETED"
+    );
+    for listed in all {
+        match listed {
+            Listed::Complete(s) => println!(
+                "{:<28} {:<40} {:>10} {:>14} {:>8}  {:<32}  {}",
+                s.snapshot,
+                s.volume,
+                s.files,
+                s.bytes,
+                s.skipped,
+                s.completed,
+                made_by(s.drain.as_deref())
+            ),
+            Listed::Damaged {
+                snapshot,
+                volume,
+                damaged,
+            } => println!(
+                "{snapshot:<28} {volume:<40} {:>10} {:>14} {:>8}  DAMAGED: {}",
+                "-",
+                "-",
+                "-",
+                damaged.replace('\n', " ")
+            ),
+        }
+    }
+}
+
+/// The drain that made a snapshot, for the table: `drain ID (pod POD, REASON, requested
+/// TIME)`, or `-` for a snapshot made by `drainer copy` (or before drains were recorded).
+fn made_by(drain: Option<&snapshot::DrainOrigin>) -> String {
+    let Some(d) = drain else {
+        return "-".into();
+    };
+    let pod = d
+        .pod
+        .as_deref()
+        .map(|p| format!("pod {p}, "))
+        .unwrap_or_default();
+    format!(
+        "drain {} ({pod}{}, requested {})",
+        d.id,
+        d.reason.replace('\n', " "),
+        d.requested
+    )
 }
 
 /// `drainer prune`.

@@ -37,9 +37,16 @@ pub enum Command {
     /// cannot be read (permission denied) are listed in the snapshot without content and named
     /// on stderr; the copy then exits 3. Exit 2: malformed arguments (store URLs included).
     Copy(CopyArgs),
-    /// Restore a snapshot into an empty directory, verifying every hash.
+    /// Restore a snapshot into a directory, verifying every hash; resumable.
+    ///
+    /// From a store (`drainer restore STORE_URL --volume NS/PVC DEST`) or through a drainer
+    /// (`drainer restore --drainer URL --volume NS/PVC DEST`, with the caller's token). A
+    /// restore that was killed or failed is continued by running it again. Exit 0 without
+    /// restoring when --if-empty finds DEST in use or --allow-missing finds no snapshot;
+    /// exit 2: malformed arguments.
     Restore(RestoreArgs),
-    /// List the snapshots in a store.
+    /// List the snapshots in a store (or of one volume through a drainer), each with the
+    /// drain that made it.
     Snapshots(SnapshotsArgs),
     /// Delete all but the newest N snapshots of a volume.
     Prune(PruneArgs),
@@ -390,6 +397,7 @@ impl EngineArgs {
             part_size: u64::from(self.part_size_mib) * MIB,
             buffer_bytes: u64::from(self.buffer_mib) * MIB,
             check_hash,
+            origin: None,
         }
     }
 }
@@ -420,20 +428,47 @@ pub struct CopyArgs {
 /// `drainer restore`.
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
-    /// Where snapshots are stored.
-    #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
-    pub store: String,
+    /// Where snapshots are stored (`file:///…`, `s3://…`, …), read directly with its
+    /// credentials. Leave it out with `--drainer`.
+    #[arg(value_name = "STORE_URL", env = "DRAINER_STORE")]
+    pub store: Option<String>,
+    /// The directory to restore into: missing, empty (only `lost+found` counts as empty), or
+    /// holding an unfinished restore, which is continued; see --if-empty and --force for
+    /// anything else.
+    #[arg(value_name = "DEST")]
+    pub dest: Option<PathBuf>,
+    /// Read through a drainer's API instead of a store.
+    #[command(flatten)]
+    pub drainer: DrainerSource,
     /// The volume to restore, as NAMESPACE/PVC.
     #[arg(long, env = "DRAINER_VOLUME")]
     pub volume: VolumeId,
     /// The snapshot to restore: an id, or `latest`.
-    #[arg(long, env = "DRAINER_SNAPSHOT", default_value = "latest")]
+    #[arg(
+        long,
+        env = "DRAINER_SNAPSHOT",
+        default_value = "latest",
+        conflicts_with = "before"
+    )]
     pub snapshot: SnapshotSelector,
-    /// The directory to restore into; it must be empty unless --force is given.
-    pub dest: PathBuf,
-    /// Restore into a non-empty directory, replacing entries that the snapshot holds.
+    /// Restore the newest snapshot completed before this time: RFC 3339
+    /// (2026-12-01T12:00:00Z), a date (2026-12-01, its midnight UTC), a UTC date and time
+    /// (2026-12-01 12:00), now, today, yesterday, or an age (30m ago, 2h ago, 3d ago).
+    #[arg(long, env = "DRAINER_BEFORE", value_parser = parse_before)]
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Restore into a directory that holds something else, replacing what the snapshot
+    /// holds and leaving the rest.
     #[arg(long)]
     pub force: bool,
+    /// Restore only into an empty directory (or continue an unfinished restore there); a
+    /// directory holding anything else is left alone: exit 0, saying why (for init
+    /// containers).
+    #[arg(long, env = "DRAINER_IF_EMPTY")]
+    pub if_empty: bool,
+    /// A volume that has no snapshot at all is not an error: exit 0 restoring nothing,
+    /// saying so (without it: exit 1 with a message).
+    #[arg(long, env = "DRAINER_ALLOW_MISSING")]
+    pub allow_missing: bool,
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -473,6 +508,78 @@ pub struct OrphansArgs {
     pub timeout: Duration,
 }
 
+/// Where a command reads snapshots from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A store, read directly (`STORE_URL`).
+    Store(String),
+    /// A drainer's API.
+    Drainer(ClientArgs),
+}
+
+impl RestoreArgs {
+    /// Where to read and where to write: `STORE_URL DEST`, or `--drainer URL DEST`; a one-line
+    /// reason when the arguments say neither.
+    pub fn source(&self) -> Result<(Source, PathBuf), String> {
+        match (self.drainer.client(), &self.store, &self.dest) {
+            (Some(client), Some(dest), None) => Ok((Source::Drainer(client), PathBuf::from(dest))),
+            (None, Some(store), Some(dest)) => {
+                crate::store::check_url(store).map_err(|e| e.to_string())?;
+                Ok((Source::Store(store.clone()), dest.clone()))
+            }
+            (Some(_), Some(_), Some(_)) => Err(
+                "give either STORE_URL or --drainer URL (DRAINER_URL or DRAINER_STORE may be set), not both".into(),
+            ),
+            (Some(_), None, _) => Err("DEST is needed: drainer restore --drainer URL --volume NS/PVC DEST".into()),
+            (None, _, _) => Err(
+                "STORE_URL and DEST are needed (or --drainer URL and DEST): drainer restore STORE_URL --volume NS/PVC DEST".into(),
+            ),
+        }
+    }
+
+    /// The snapshot asked for: `--before TIME`, or `--snapshot`.
+    pub fn selector(&self) -> SnapshotSelector {
+        match self.before {
+            Some(time) => SnapshotSelector::Before(time),
+            None => self.snapshot.clone(),
+        }
+    }
+}
+
+/// Reading through a drainer's API instead of a store (`restore`, `snapshots`).
+#[derive(Debug, Clone, Args)]
+pub struct DrainerSource {
+    /// Read through this drainer's API (e.g. http://drainer.drainer-system.svc:8080) instead
+    /// of a store: the drainer reads its store, and the caller's token decides which volumes
+    /// it may read (a pod: the claims it mounts; others: an RBAC grant on
+    /// restores.drainer.io).
+    #[arg(long = "drainer", env = "DRAINER_URL")]
+    pub url: Option<String>,
+    /// File holding the bearer token (inside a pod, when the default file is missing, its
+    /// projected token at /var/run/secrets/drainer/token).
+    #[arg(long, env = "DRAINER_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
+    pub token_file: PathBuf,
+    /// The bearer token itself (instead of the token file).
+    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl DrainerSource {
+    /// How to reach the drainer, when `--drainer` was given.
+    pub fn client(&self) -> Option<ClientArgs> {
+        self.url.as_ref().map(|url| ClientArgs {
+            url: url.clone(),
+            token_file: self.token_file.clone(),
+            token: self.token.clone(),
+        })
+    }
+}
+
+/// A `--before` time (see `snapshot::select`).
+fn parse_before(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    crate::snapshot::select::parse_time(text, chrono::Utc::now())
+}
+
 /// Output format of listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -485,9 +592,12 @@ pub enum OutputFormat {
 /// `drainer snapshots`.
 #[derive(Debug, Clone, Args)]
 pub struct SnapshotsArgs {
-    /// Where snapshots are stored.
+    /// Where snapshots are stored (leave it out with `--drainer`).
     #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
-    pub store: String,
+    pub store: Option<String>,
+    /// Read through a drainer's API instead of a store (`--volume` is then needed).
+    #[command(flatten)]
+    pub drainer: DrainerSource,
     /// Only this volume (NAMESPACE/PVC); every volume when absent.
     #[arg(long, env = "DRAINER_VOLUME")]
     pub volume: Option<VolumeId>,

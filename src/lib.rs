@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod mover;
 pub mod notify;
 pub mod protocol;
+pub mod remote;
 pub mod retry;
 pub mod scheduler;
 pub mod service;
@@ -44,9 +45,12 @@ pub use store::{Store, StoreOptions};
 pub use volume::VolumeId;
 
 /// The exit code of a command that failed: 3 when a copy stored its snapshot but some files
-/// could not be read (the snapshot lists them), 1 otherwise. (2, for malformed arguments,
-/// comes from the argument parser.)
+/// could not be read (the snapshot lists them), 2 for malformed arguments (most come from the
+/// argument parser itself), 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
+    if err.downcast_ref::<cli::Usage>().is_some() {
+        return std::process::ExitCode::from(2);
+    }
     match err.downcast_ref::<snapshot::Error>() {
         Some(snapshot::Error::Incomplete { .. }) => std::process::ExitCode::from(3),
         _ => std::process::ExitCode::FAILURE,

@@ -56,12 +56,16 @@ impl Executor for LocalExecutor {
     ) -> snapshot::Result<SnapshotSummary> {
         let volume = drain.volume();
         let source = self.volume_root.join(&volume.namespace).join(&volume.name);
+        let options = CopyOptions {
+            origin: Some(drain.origin()),
+            ..self.options.clone()
+        };
         let summary = snapshot::copy(
             &source,
             &self.store,
             &volume,
             &self.ledger,
-            &self.options,
+            &options,
             progress,
         )
         .await?;

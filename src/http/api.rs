@@ -1,7 +1,7 @@
 //! The `/v1` handlers and the public endpoints (`/healthz`, `/readyz`, `/metrics`,
 //! `/v1/openapi.json`).
 
-use super::guard::{AdminAction, Granted, HandoffScope, ListScope, VolumeAccess, drain_not_found};
+use super::guard::{AdminAction, Granted, HandoffScope, ListScope, drain_not_found};
 use super::{AppState, Error, Query, json_body};
 use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
 use crate::lifecycle::{DrainState, Event};
@@ -328,17 +328,6 @@ pub(super) async fn orphans(
 ) -> Result<impl IntoResponse, Error> {
     let orphans = state.shared().sweeper.orphans().await?;
     Ok(Json(serde_json::json!({ "orphans": orphans })))
-}
-
-pub(super) async fn snapshots(
-    State(state): State<AppState>,
-    volume: Granted<VolumeAccess>,
-) -> Result<impl IntoResponse, Error> {
-    let VolumeAccess(volume) = volume.into_inner();
-    let snapshots = crate::snapshot::list_snapshots(&state.shared().store, &volume).await?;
-    Ok(Json(
-        serde_json::json!({ "volume": volume.to_string(), "snapshots": snapshots }),
-    ))
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {

@@ -99,9 +99,26 @@ pub struct Streaming {
     pub volume: VolumeId,
 }
 
-/// A volume whose snapshots the caller may read.
+/// A volume whose snapshots the caller may read and restore.
 #[derive(Debug, Clone)]
 pub struct VolumeAccess(pub VolumeId);
+
+/// The volume of the route, if the caller may restore it: any for an admin; for a workload,
+/// what the authority allows (a pod the claims it mounts, others an RBAC grant).
+async fn restorable(
+    state: &AppState,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+) -> Result<VolumeId, Error> {
+    let volume = VolumeId::new(param(params, "namespace")?, param(params, "pvc")?)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    match caller {
+        Caller::Admin => {}
+        Caller::Workload(workload) => state.shared().auth.may_restore(workload, &volume).await?,
+        Caller::Mover { .. } => return Err(auth::forbidden(caller, Action::Restore).into()),
+    }
+    Ok(volume)
+}
 
 /// Admin-only actions need nothing more than being allowed.
 #[derive(Debug, Clone, Copy)]
@@ -184,9 +201,8 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
         Action::Sweep | Action::ListOrphans => {
             extensions.insert(Granted(AdminAction));
         }
-        Action::ReadSnapshots => {
-            let volume = VolumeId::new(param(&params, "namespace")?, param(&params, "pvc")?)
-                .map_err(|e| Error::invalid(e.to_string()))?;
+        Action::Restore => {
+            let volume = restorable(state, &caller, &params).await?;
             extensions.insert(Granted(VolumeAccess(volume)));
         }
         Action::Stream => {

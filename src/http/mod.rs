@@ -9,6 +9,7 @@
 mod api;
 pub mod guard;
 mod mover;
+mod volumes;
 pub use mover::OWNER_HEADER;
 
 use crate::auth::{Action, Authority, Denied};
@@ -125,7 +126,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
         post "/sweeps" => Sweep, api::sweep;
         get "/orphans" => ListOrphans, api::orphans;
-        get "/volumes/{namespace}/{pvc}/snapshots" => ReadSnapshots, api::snapshots;
+        get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots;
+        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object;
     );
     let (movers, mover_table) = routes!(state;
         post "/drains/{id}/run" => Stream, mover::begin;

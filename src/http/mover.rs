@@ -261,13 +261,13 @@ pub(super) async fn record(
 }
 
 /// `POST …/run/{run}/finish`: the mover's copy is complete. The drainer checks the manifest
-/// and what it names, commits the snapshot (summary, then `latest`) and marks the run
-/// finished.
+/// and what it names, records the drain in the summary (whatever the mover said), commits the
+/// snapshot (summary, then `latest`) and marks the run finished.
 pub(super) async fn finish(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     Path((_, run)): Path<(String, String)>,
-    Json(summary): Json<SnapshotSummary>,
+    Json(mut summary): Json<SnapshotSummary>,
 ) -> Result<StatusCode, Error> {
     let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
@@ -275,6 +275,11 @@ pub(super) async fn finish(
         return Err(Error::invalid("the summary is not this run's"));
     }
     let shared = state.shared();
+    summary.drain = shared
+        .ledger
+        .drain(&id)
+        .await?
+        .map(|d| Box::new(d.origin()));
     let layout = VolumeLayout::new(shared.store.root(), &volume);
     check_snapshot(&state, &layout, &run.snapshot, &summary).await?;
     crate::snapshot::catalog::commit(&shared.store, &layout, &summary).await?;

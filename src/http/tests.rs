@@ -62,6 +62,14 @@ impl Authority for Callers {
         }
         auth::own_mounts(workload, volumes)
     }
+
+    /// The Job's ServiceAccount has an RBAC grant to restore in `shop`.
+    async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+        if workload.pod.is_none() && workload.user == JOB_USER {
+            return auth::in_namespace(workload, std::slice::from_ref(volume));
+        }
+        auth::restore_own_mount(workload, volume)
+    }
 }
 
 struct Api {
@@ -246,7 +254,10 @@ async fn every_route_refuses_every_caller_the_policy_does_not_allow() {
                 (route.action, token),
                 (Action::ReadDrain, "pod" | "mover")
                     | (Action::Stream, "mover")
-                    | (Action::Handoff | Action::ListDrains, "pod" | "job")
+                    | (
+                        Action::Handoff | Action::ListDrains | Action::Restore,
+                        "pod" | "job"
+                    )
             );
             let route_name = format!("{} {} as {token}", route.method, route.path);
             if reach == auth::Reach::None || !own {
@@ -416,6 +427,8 @@ async fn what_each_caller_may_do_succeeds() {
         &crate::snapshot::RestoreOptions {
             concurrency: 4,
             force: false,
+            part_size: 8 << 20,
+            buffer_bytes: 48 << 20,
         },
     )
     .await
@@ -470,6 +483,112 @@ async fn what_each_caller_may_do_succeeds() {
         (200, Some(1)),
         "{b}"
     );
+    assert_eq!(b["latest"], b["snapshots"][0]["snapshot"], "{b}");
+    assert_eq!(
+        b["snapshots"][0]["drain"]["id"].as_str(),
+        Some(d.mine.as_str()),
+        "the snapshot names the drain that made it: {b}"
+    );
+    // Restores through the API: the pod restores the claim it mounts, and nothing else.
+    restores_through_the_api(&w, &large).await;
+}
+
+/// `drainer restore --drainer` as the pod: what the mover stored comes back exactly; another
+/// claim, another namespace and a mover are refused before anything is written.
+async fn restores_through_the_api(w: &World, large: &[u8]) {
+    let restore = |token: &str, volume: &str, dest: &std::path::Path| {
+        <crate::Config as clap::Parser>::try_parse_from([
+            "drainer",
+            "restore",
+            "--drainer",
+            &w.api.url,
+            "--token",
+            token,
+            "--volume",
+            volume,
+            dest.to_str().unwrap(),
+        ])
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("through-api");
+    crate::run(restore("pod", "shop/data-web-4", &dest))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
+    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
+    for (token, volume) in [
+        ("pod", "shop/data-web-3"),
+        ("pod", "other/data-web-4"),
+        ("mover", "shop/data-web-4"),
+        ("nobody", "shop/data-web-4"),
+    ] {
+        let refused = dir
+            .path()
+            .join(format!("refused-{token}-{}", volume.replace('/', "-")));
+        let err = crate::run(restore(token, volume, &refused))
+            .await
+            .expect_err(volume);
+        let line = crate::one_line(&err);
+        assert!(
+            line.contains("403") || line.contains("401"),
+            "{token} {volume}: {line}"
+        );
+        assert!(!refused.exists(), "{token} {volume}: nothing written");
+    }
+    // Ranged reads answer 206 with the object's size; a range outside it 416.
+    let key = {
+        let (_, b) = w
+            .api
+            .call(
+                "pod",
+                Method::GET,
+                "/volumes/shop/data-web-4/snapshots",
+                None,
+            )
+            .await;
+        format!("snapshots/{}/files/large", b["latest"].as_str().unwrap())
+    };
+    let url = format!("{}/v1/volumes/shop/data-web-4/objects", w.api.url);
+    let ranged = w
+        .api
+        .client
+        .get(&url)
+        .query(&[("key", &key)])
+        .bearer_auth("pod")
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status().as_u16(), 206);
+    assert_eq!(
+        ranged.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 10-19/{}", large.len())
+    );
+    assert_eq!(ranged.bytes().await.unwrap(), &large[10..20]);
+    let outside = w
+        .api
+        .client
+        .get(&url)
+        .query(&[("key", &key)])
+        .bearer_auth("pod")
+        .header("Range", format!("bytes={}-", large.len() + 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status().as_u16(), 416);
+    for (bad, status) in [("../data-web-3/latest", 400), ("volumes/shop/x", 403)] {
+        let answer = w
+            .api
+            .client
+            .get(&url)
+            .query(&[("key", bad)])
+            .bearer_auth("pod")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,9 @@
 //! that Job's template where it matters (an owner reference can be forged too: see
 //! [`movers::check_mover_pod`]; checked once per version of the pod). Other
 //! ServiceAccounts (a Job's, an operator tool's) may hand off what RBAC grants them: a
-//! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. The
+//! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. Restores
+//! follow the same rule: a pod restores the claims it mounts, others need `create` on
+//! `restores.drainer.io` in the volume's namespace. The
 //! static token, when configured, is an admin's. Successful reviews are cached for
 //! [`REVIEW_TTL`]; the pod check is not cached.
 
@@ -366,6 +368,29 @@ impl Authority for TokenReviews {
                 workload.user, workload.namespace
             ),
         }))
+    }
+
+    /// A pod restores what it mounts; any workload what RBAC grants it (`create` on
+    /// `restores.drainer.io` in the volume's namespace).
+    async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+        let refused = match crate::auth::restore_own_mount(workload, volume) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        if volume.namespace == workload.namespace
+            && self
+                .may(workload, "create", "restores", &volume.namespace)
+                .await?
+        {
+            return Ok(());
+        }
+        Err(match refused {
+            Denied::Forbidden(why) => Denied::Forbidden(format!(
+                "{why} (RBAC may grant {} create on restores.{GROUP} in {})",
+                workload.user, volume.namespace
+            )),
+            other => other,
+        })
     }
 }
 

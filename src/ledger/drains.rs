@@ -81,6 +81,19 @@ impl Drain {
             name: self.pvc.clone(),
         }
     }
+
+    /// The drain as its snapshot records it: id, pod, reason, and when it was requested.
+    pub fn origin(&self) -> crate::snapshot::DrainOrigin {
+        let requested = chrono::DateTime::from_timestamp_millis(self.created_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        crate::snapshot::DrainOrigin {
+            id: self.id.clone(),
+            pod: self.pod.clone(),
+            reason: self.reason.clone(),
+            requested,
+        }
+    }
 }
 
 /// One entry of a drain's history.

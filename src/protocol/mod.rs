@@ -1,11 +1,13 @@
-//! The mover protocol's wire types, shared by the drainer's endpoints (`http::mover`) and the
-//! mover that calls them (`mover`), so neither side imports the other. Paths are under
-//! `/v1/drains/{id}`; see `http::mover` for the routes and what each checks.
+//! The wire types of the mover protocol and of the restore routes, shared by the drainer's
+//! endpoints (`http::mover`, `http::volumes`) and the clients that call them (`mover`,
+//! `remote`), so neither side imports the other. The mover's paths are under
+//! `/v1/drains/{id}`, a restore's under `/v1/volumes/{ns}/{pvc}`; see the `http` modules for
+//! the routes and what each checks.
 
 pub mod batch;
 
 use crate::snapshot::manifest::Content;
-use crate::snapshot::{PartialUpload, StoredFile, UploadedPart, part_hash};
+use crate::snapshot::{Listed, PartialUpload, StoredFile, UploadedPart, part_hash};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -243,4 +245,17 @@ mod tests {
         bad.parts[0].1 = "zz".into();
         assert!(PartialUpload::try_from(bad).is_err());
     }
+}
+
+/// What `GET /v1/volumes/{ns}/{pvc}/snapshots` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    /// `namespace/pvc`.
+    pub volume: String,
+    /// Its snapshots, oldest first (damaged ones with the reason).
+    pub snapshots: Vec<Listed>,
+    /// The snapshot `latest` means (the pointer, or the newest complete one when the pointer
+    /// cannot be trusted); `None` when the volume has no complete snapshot.
+    #[serde(default)]
+    pub latest: Option<String>,
 }

@@ -60,6 +60,24 @@ pub struct SnapshotSummary {
     pub manifest_blake3: String,
     /// Size of the manifest in bytes.
     pub manifest_size: u64,
+    /// The drain that made the snapshot (none for `drainer copy`, and in summaries written
+    /// before drainer recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Box<DrainOrigin>>,
+}
+
+/// The drain a snapshot was made for: who asked, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOrigin {
+    /// The drain's id.
+    pub id: String,
+    /// The pod that announced it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Why it was requested (`handoff`, `sweep`, the caller's reason).
+    pub reason: String,
+    /// When it was requested (RFC 3339).
+    pub requested: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,7 +87,7 @@ struct Latest {
 
 /// One snapshot as a listing shows it: complete, or damaged with the reason. As JSON, a
 /// complete snapshot is its summary; a damaged one is `{"snapshot", "volume", "damaged"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Listed {
     /// A complete snapshot.
@@ -245,6 +263,10 @@ pub async fn resolve(
                     volume: volume.to_string(),
                     store: store.url().to_owned(),
                 });
+        }
+        SnapshotSelector::Before(time) => {
+            let listed = list_snapshots(store, volume).await?;
+            return super::select::before(&volume.to_string(), store.url(), &listed, *time);
         }
     };
     match check_summary(store, &layout, volume, &id).await? {

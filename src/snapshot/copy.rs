@@ -10,6 +10,11 @@
 //!
 //! Durable before recorded: progress is recorded only after the store has been flushed, and
 //! the snapshot is marked complete only after every object, then the manifest, are durable.
+//!
+//! Hard links: the first entry of a file with several links (same device and inode) is read
+//! and stored as usual; every later entry of the same file is neither read nor stored again,
+//! and names the first one in its `link` field (see `manifest`), with the first one's content
+//! and metadata (one inode has one of each).
 //! Everything here works in path order, so merging with the parent manifest and the ledger's
 //! progress is a streaming merge with bounded memory.
 
@@ -26,6 +31,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use futures::{FutureExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +55,8 @@ pub struct CopyOptions {
     pub buffer_bytes: u64,
     /// Compare unchanged-looking files by hash rather than by metadata.
     pub check_hash: bool,
+    /// The drain this copy is made for, recorded in the snapshot's summary.
+    pub origin: Option<catalog::DrainOrigin>,
 }
 
 /// What a finished copy did.
@@ -224,6 +232,7 @@ impl Job<'_> {
             parent: parent_entries,
             stored,
             check_hash,
+            links: HashMap::new(),
         };
         let planned = stream::unfold(planner, Planner::next).boxed();
         let done = planned
@@ -436,15 +445,76 @@ struct Planner<'a> {
     parent: Cursor<'static, (Vec<u8>, Entry)>,
     stored: Cursor<'a, (Vec<u8>, StoredFile)>,
     check_hash: bool,
+    /// The first path of each file with hard links seen so far, by device and inode.
+    links: HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl Planner<'_> {
     async fn next(mut self) -> Option<(Result<Plan>, Self)> {
         let plan = match self.walk.recv().await? {
-            Ok(entry) => plan(entry, &mut self.parent, &mut self.stored, self.check_hash).await,
+            Ok(mut entry) => match self.first_of(&entry) {
+                Some(first) => {
+                    entry.link = Some(first);
+                    Ok(Plan::Ready(entry))
+                }
+                None => plan(entry, &mut self.parent, &mut self.stored, self.check_hash).await,
+            },
             Err(e) => Err(e),
         };
         Some((plan, self))
+    }
+
+    /// For a later entry of a file with hard links, the first entry's path (nothing to read:
+    /// the sink gives it the first one's content); the first entry of such a file is
+    /// remembered.
+    fn first_of(&mut self, entry: &Entry) -> Option<Vec<u8>> {
+        if entry.kind != EntryKind::File || entry.nlink < 2 {
+            return None;
+        }
+        let inode = (entry.dev, entry.ino);
+        if let Some(first) = self.links.get(&inode) {
+            return Some(first.clone());
+        }
+        self.links.insert(inode, entry.path.clone());
+        None
+    }
+}
+
+/// The first entries of files with hard links, as stored, for the later entries that share
+/// them (bounded by the files that have links).
+#[derive(Default)]
+struct LinkGroups {
+    first: HashMap<Vec<u8>, Entry>,
+}
+
+impl LinkGroups {
+    /// Gives a later entry of a file with links the first entry's content and metadata (one
+    /// inode); remembers first entries. A link to a file that could not be read is unreadable
+    /// too.
+    fn settle(&mut self, entry: Entry) -> Result<Entry> {
+        let Some(first_path) = entry.link.clone() else {
+            if entry.kind == EntryKind::File && entry.nlink > 1 {
+                self.first.insert(entry.path.clone(), entry.clone());
+            }
+            return Ok(entry);
+        };
+        let first = self.first.get(&first_path).ok_or_else(|| Error::Source {
+            path: PathBuf::from(String::from_utf8_lossy(&entry.path).into_owned()),
+            reason: "a hard link to a file the copy has not stored".into(),
+        })?;
+        if let Some(reason) = &first.unreadable {
+            return Ok(Entry {
+                link: None,
+                content: None,
+                unreadable: Some(reason.clone()),
+                ..entry
+            });
+        }
+        Ok(Entry {
+            path: entry.path,
+            link: Some(first_path),
+            ..first.clone()
+        })
     }
 }
 
@@ -547,6 +617,8 @@ struct Sink {
     snapshot: SnapshotId,
     /// Files that could not be read: path and reason.
     unreadable: Vec<(String, String)>,
+    /// Files with hard links.
+    links: LinkGroups,
 }
 
 impl Sink {
@@ -567,6 +639,7 @@ impl Sink {
             last_checkpoint: Instant::now(),
             snapshot: job.run.snapshot.clone(),
             unreadable: Vec::new(),
+            links: LinkGroups::default(),
         };
         let header = manifest::encode_header(&Header {
             drainer_manifest: manifest::FORMAT_VERSION,
@@ -596,6 +669,7 @@ impl Sink {
     }
 
     async fn push(&mut self, job: &Job<'_>, entry: Entry, uploaded: bool) -> Result<()> {
+        let entry = self.links.settle(entry)?;
         self.line.clear();
         manifest::encode_entry(&entry, &mut self.line);
         let line = std::mem::take(&mut self.line);
@@ -674,6 +748,7 @@ impl Sink {
                 .load(std::sync::atomic::Ordering::Relaxed),
             manifest_blake3: self.manifest_hash.finalize().to_hex().to_string(),
             manifest_size: self.manifest_size,
+            drain: job.options.origin.clone().map(Box::new),
         };
         job.checkpoint
             .commit(job.store, &job.layout, &summary)

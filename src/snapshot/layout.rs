@@ -64,13 +64,16 @@ impl FromStr for SnapshotId {
     }
 }
 
-/// Which snapshot a command reads: a given id or the volume's latest.
+/// Which snapshot a command reads: a given id, the volume's latest, or the newest completed
+/// before a time (see `select`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotSelector {
     /// The snapshot the volume's `latest` pointer names.
     Latest,
     /// One snapshot by id.
     Id(SnapshotId),
+    /// The newest complete snapshot completed before this time.
+    Before(chrono::DateTime<chrono::Utc>),
 }
 
 impl FromStr for SnapshotSelector {

@@ -7,8 +7,14 @@
 //! {"path_b64":"…","type":"symlink",…,"target":"../a.txt"}
 //! {"path":"sock","type":"socket",…,"skipped":"sockets are not copied"}
 //! {"path":"secret","type":"file",…,"size":9,"skipped":"unreadable: Permission denied (os error 13)"}
-//! {"end":{"entries":5,"files":1,"bytes":5,"skipped":1,"unreadable":1}}
+//! {"path":"z-same","type":"file",…,"nlink":2,"link":"a.txt","blake3":"…","object":"snapshots/…/files/a.txt"}
+//! {"end":{"entries":6,"files":2,"bytes":10,"skipped":1,"unreadable":1}}
 //! ```
+//!
+//! Hard links: a regular file with more than one link records `nlink`; every entry after the
+//! first of the same file (same device and inode) names that first entry in `link` (`link_b64`
+//! when not UTF-8) and repeats its hash and object, so a reader that ignores `link` restores a
+//! copy of the same bytes.
 //!
 //! Entries come in walk order: depth first, siblings sorted by their bytes, which is the order
 //! of [`path_order`]. Paths and symlink targets that are not valid UTF-8 are written as base64
@@ -96,6 +102,15 @@ pub struct Entry {
     /// 512-byte blocks allocated when the file was scanned (whether it may have holes); not
     /// written to the manifest.
     pub blocks: u64,
+    /// For a regular file with hard links: its link count (`st_nlink`) at copy time; 0 when it
+    /// has one link, or is not a regular file.
+    pub nlink: u64,
+    /// For a hard link: the path of the snapshot's first entry of the same file (earlier in
+    /// walk order), whose content this entry shares.
+    pub link: Option<Vec<u8>>,
+    /// The device the entry was scanned on (with `ino`, what finds hard links); not written to
+    /// the manifest.
+    pub dev: u64,
 }
 
 impl Entry {
@@ -212,6 +227,12 @@ struct WireEntry {
     skipped: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extents: Option<Vec<super::sparse::Extent>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    nlink: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_b64: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -262,6 +283,10 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         Some(t) => split_bytes(t),
         None => (None, None),
     };
+    let (link, link_b64) = match &entry.link {
+        Some(l) => split_bytes(l),
+        None => (None, None),
+    };
     let wire = WireEntry {
         path,
         path_b64,
@@ -285,6 +310,9 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
                 .then(|| "special files are recorded, not copied".to_owned()),
         },
         extents: entry.extents.clone(),
+        nlink: entry.nlink,
+        link,
+        link_b64,
     };
     serde_json::to_writer(&mut *out, &wire).expect("entry serializes");
     out.push(b'\n');
@@ -317,6 +345,7 @@ pub fn decode_line(line_no: u64, text: &[u8]) -> Result<Line, DecodeError> {
 fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
     let path = join_bytes(wire.path, wire.path_b64)?.ok_or("entry without a path")?;
     let target = join_bytes(wire.target, wire.target_b64)?;
+    let link = join_bytes(wire.link, wire.link_b64)?;
     let unreadable = match (wire.kind, &wire.skipped) {
         (EntryKind::File, Some(skipped)) => Some(
             skipped
@@ -354,6 +383,9 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
         unreadable,
         extents: wire.extents,
         blocks: 0,
+        nlink: wire.nlink,
+        link,
+        dev: 0,
     })
 }
 
@@ -394,6 +426,9 @@ mod tests {
             unreadable: None,
             extents: None,
             blocks: 0,
+            nlink: 0,
+            link: None,
+            dev: 0,
         }
     }
 
@@ -412,6 +447,20 @@ mod tests {
             Entry {
                 extents: Some(vec![[0, 4096], [1 << 30, 10]]),
                 ..entry(b"sparse", EntryKind::File)
+            },
+            Entry {
+                nlink: 3,
+                ..entry(b"first", EntryKind::File)
+            },
+            Entry {
+                nlink: 3,
+                link: Some(b"first".to_vec()),
+                ..entry(b"second", EntryKind::File)
+            },
+            Entry {
+                nlink: 2,
+                link: Some(b"raw-\xff".to_vec()),
+                ..entry(b"third", EntryKind::File)
             },
         ] {
             let mut line = Vec::new();

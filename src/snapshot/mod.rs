@@ -17,19 +17,24 @@ pub mod part_hash;
 mod progress;
 mod restore;
 mod scan;
+pub mod select;
 mod sparse;
 mod upload;
 mod validate;
 mod verify;
 
-pub use catalog::{Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve};
+pub use catalog::{
+    DrainOrigin, Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve,
+};
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, StoredFile, UploadedPart,
 };
 pub use copy::{CopyOptions, CopySummary, check_source, copy};
 pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
-pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use restore::{
+    Found, RestoreOptions, RestoreSummary, continuing, inspect as inspect_destination, restore,
+};
 pub use verify::{Problem, VerifyReport, verify};
 
 use std::path::{Path, PathBuf};
@@ -93,6 +98,14 @@ pub enum Error {
         snapshot: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The volume has snapshots, but none completed before the time asked for.
+    #[error("volume {volume} has no snapshot completed before {before}")]
+    NoneBefore {
+        /// The volume.
+        volume: String,
+        /// The time, RFC 3339.
+        before: String,
     },
     /// The requested snapshot does not exist (or is not complete).
     #[error("snapshot {snapshot} of volume {volume} does not exist in {store}")]

@@ -186,6 +186,13 @@ fn scanned_entry(
         unreadable: None,
         extents: None,
         blocks: meta.blocks(),
+        nlink: if kind == EntryKind::File && meta.nlink() > 1 {
+            meta.nlink()
+        } else {
+            0
+        },
+        link: None,
+        dev: meta.dev(),
     })
 }
 

@@ -3,21 +3,27 @@
 //! come in strictly increasing walk order (so none is listed twice), the root comes first as
 //! a directory, every entry's parent is a directory entry seen earlier (so nothing goes
 //! through a symlink or a file the restore created), a file's object is inside the volume's
-//! snapshots and its hash is a BLAKE3 hash, and a mode's type bits agree with the entry's type.
+//! snapshots and its hash is a BLAKE3 hash, a mode's type bits agree with the entry's type, and
+//! a hard link (`link`) names a regular file with content listed before it as having links
+//! (`nlink`), whose content and size it shares.
 //!
-//! It only looks at entries; it reads and writes nothing.
+//! It only looks at entries; it reads and writes nothing. It remembers the chain of
+//! directories above the current entry and the files that have hard links, nothing else.
 
 use super::layout::VolumeLayout;
 use super::manifest::{Entry, EntryKind, path_order};
 use super::{Error, Result};
+use std::collections::HashMap;
 
 /// Checks manifest entries in order; holds the chain of directories above the current entry
-/// (bounded by the tree's depth) and the previous path.
+/// (bounded by the tree's depth), the previous path, and the files with hard links seen so far
+/// (bounded by the files that have links).
 #[derive(Debug)]
 pub(crate) struct Validator {
     layout: VolumeLayout,
     dirs: Vec<Vec<u8>>,
     previous: Option<Vec<u8>>,
+    linked: HashMap<Vec<u8>, Entry>,
 }
 
 impl Validator {
@@ -27,6 +33,7 @@ impl Validator {
             layout,
             dirs: Vec::new(),
             previous: None,
+            linked: HashMap::new(),
         }
     }
 
@@ -65,6 +72,36 @@ impl Validator {
         }
         if entry.kind == EntryKind::Dir {
             self.dirs.push(entry.path.clone());
+        }
+        self.check_link(entry).map_err(|r| refuse(&r))
+    }
+
+    /// A hard link names a file with content listed earlier with links, and shares its
+    /// content; a file with links and content is remembered for the links after it.
+    fn check_link(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        let Some(first) = &entry.link else {
+            if entry.kind == EntryKind::File && entry.nlink > 1 && entry.content.is_some() {
+                self.linked.insert(entry.path.clone(), entry.clone());
+            }
+            return Ok(());
+        };
+        if entry.kind != EntryKind::File || entry.content.is_none() {
+            return Err("only a regular file with content can be a hard link".into());
+        }
+        let Some(target) = self.linked.get(first) else {
+            return Err(format!(
+                "a hard link to {:?}, which is not a file with links listed before it",
+                String::from_utf8_lossy(first)
+            ));
+        };
+        if target.content != entry.content
+            || target.size != entry.size
+            || target.extents != entry.extents
+        {
+            return Err(format!(
+                "a hard link to {:?} with other content",
+                String::from_utf8_lossy(first)
+            ));
         }
         Ok(())
     }
@@ -156,6 +193,25 @@ mod tests {
             unreadable: None,
             extents: None,
             blocks: 0,
+            nlink: 0,
+            link: None,
+            dev: 0,
+        }
+    }
+
+    /// A file with two links.
+    fn linked(path: &str) -> Entry {
+        Entry {
+            nlink: 2,
+            ..entry(path, EntryKind::File)
+        }
+    }
+
+    /// A hard link at `path` to `first`.
+    fn link(path: &str, first: &str) -> Entry {
+        Entry {
+            link: Some(first.as_bytes().to_vec()),
+            ..linked(path)
         }
     }
 
@@ -176,6 +232,14 @@ mod tests {
             entry("l", EntryKind::Symlink),
         ];
         check(&tree).unwrap();
+        let links = [
+            entry(".", EntryKind::Dir),
+            entry("a", EntryKind::Dir),
+            linked("a/first"),
+            link("b", "a/first"),
+            link("c", "a/first"),
+        ];
+        check(&links).unwrap();
     }
 
     #[test]
@@ -222,6 +286,39 @@ mod tests {
             ("hash", vec![root(), bad_hash]),
             ("two roots", vec![root(), root()]),
             ("dot-dot", vec![root(), entry("../x", EntryKind::File)]),
+            ("link to nothing", vec![root(), link("f", "missing")]),
+            (
+                "link to a dir",
+                vec![root(), entry("d", EntryKind::Dir), link("f", "d")],
+            ),
+            (
+                "link to a file without links",
+                vec![root(), entry("a", EntryKind::File), link("b", "a")],
+            ),
+            (
+                "link to a later file",
+                vec![root(), link("a", "b"), linked("b")],
+            ),
+            ("link to itself", vec![root(), link("a", "a")]),
+            (
+                "link with other content",
+                vec![root(), linked("a"), {
+                    let mut other = link("b", "a");
+                    other.size = 9;
+                    other
+                }],
+            ),
+            (
+                "link of a symlink",
+                vec![
+                    root(),
+                    linked("a"),
+                    Entry {
+                        link: Some(b"a".to_vec()),
+                        ..entry("l", EntryKind::Symlink)
+                    },
+                ],
+            ),
         ];
         for (name, entries) in cases {
             let err = check(&entries).expect_err(name).to_string();

@@ -357,15 +357,20 @@ fn snapshot_dir(store_dir: &Path, id: &str) -> std::path::PathBuf {
     store_dir.join("volumes/shop/data-web-4/snapshots").join(id)
 }
 
-/// Files and directories under `dir` whose names start with `.drainer-restore-`.
+/// Temporary files a restore left in its staging directory (`.drainer-restore-…/`). The
+/// marker of an unfinished restore (`restore.json`) stays on purpose: running the same
+/// restore again continues it.
 fn staging_left(dir: &Path) -> Vec<std::path::PathBuf> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".drainer-restore-")
+            let in_staging = e
+                .path()
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n.to_string_lossy().starts_with(".drainer-restore-"));
+            in_staging && e.file_name() != "restore.json"
         })
         .map(|e| e.into_path())
         .collect()

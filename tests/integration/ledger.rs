@@ -36,6 +36,7 @@ fn summary(id: &SnapshotId) -> SnapshotSummary {
         uploaded_bytes: 84,
         manifest_blake3: String::new(),
         manifest_size: 0,
+        drain: None,
     }
 }
 

@@ -1,0 +1,252 @@
+//! The restore routes, under `/v1/volumes/{namespace}/{pvc}/`: a volume's snapshots (the
+//! listing, with what `latest` means) and its objects (`GET` or `HEAD …/objects?key=K`, with
+//! one `Range: bytes=…` answered `206`), which is everything `drainer restore --drainer`
+//! needs: the summary, the manifest and the files' objects. The guard has checked that the
+//! caller may restore this volume (`Action::Restore`).
+//!
+//! Keys are relative to the volume (`latest`, `snapshots/ID/…`) and must stay inside it: no
+//! other volume's object, nothing outside `snapshots/` but the `latest` pointer. Reads only;
+//! the store's credentials never leave the drainer.
+
+use super::guard::{Granted, VolumeAccess};
+use super::{AppState, Error, Query};
+use crate::protocol::{KeyParam, Listing};
+use crate::volume::VolumeId;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path as Key;
+use object_store::{
+    GetOptions, GetRange, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt,
+};
+
+/// Bytes read from a local store at a time for a response body.
+const LOCAL_CHUNK: u64 = 1 << 20;
+
+/// `GET /v1/volumes/{ns}/{pvc}/snapshots`.
+pub(super) async fn snapshots(
+    State(state): State<AppState>,
+    volume: Granted<VolumeAccess>,
+) -> Result<axum::Json<Listing>, Error> {
+    let VolumeAccess(volume) = volume.into_inner();
+    let store = &state.shared().store;
+    let snapshots = crate::snapshot::list_snapshots(store, &volume).await?;
+    let latest = crate::snapshot::catalog::latest(store, &volume)
+        .await?
+        .map(|s| s.snapshot);
+    Ok(axum::Json(Listing {
+        volume: volume.to_string(),
+        snapshots,
+        latest,
+    }))
+}
+
+/// The store key of `key`, relative to the volume: the `latest` pointer or anything under
+/// `snapshots/`.
+fn volume_key(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Error> {
+    let relative = Key::parse(key)
+        .ok()
+        .filter(|k| k.as_ref() == key)
+        .ok_or_else(|| Error::invalid(format!("{key:?} is not a valid key")))?;
+    let first = relative.parts().next();
+    let inside = match first.as_ref().map(|p| p.as_ref()) {
+        Some("latest") => relative.parts().count() == 1,
+        Some("snapshots") => relative.parts().count() > 1,
+        _ => false,
+    };
+    if !inside {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{key:?} is not an object of a snapshot of {volume}"),
+        ));
+    }
+    let layout = crate::snapshot::VolumeLayout::new(state.shared().store.root(), volume);
+    Ok(layout.prefix().parts().chain(relative.parts()).collect())
+}
+
+/// Parses one `Range: bytes=…` (`a-b`, `a-`, `-n`); several ranges are not served.
+fn parse_range(value: &HeaderValue) -> Result<GetRange, Error> {
+    let bad = || {
+        Error::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            "Range must be one range of bytes: bytes=START-END, bytes=START- or bytes=-SUFFIX",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    let spec = text.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (start, end) = spec.split_once('-').ok_or_else(bad)?;
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+    match (start.trim().is_empty(), end.trim().is_empty()) {
+        (false, true) => Ok(GetRange::Offset(number(start)?)),
+        (true, false) => match number(end)? {
+            0 => Err(bad()),
+            n => Ok(GetRange::Suffix(n)),
+        },
+        (false, false) => {
+            let (start, end) = (number(start)?, number(end)?);
+            if end < start {
+                return Err(bad());
+            }
+            Ok(GetRange::Bounded(start..end.saturating_add(1)))
+        }
+        (true, true) => Err(bad()),
+    }
+}
+
+/// `GET|HEAD /v1/volumes/{ns}/{pvc}/objects?key=K`, with one optional `Range`.
+pub(super) async fn get_object(
+    State(state): State<AppState>,
+    volume: Granted<VolumeAccess>,
+    method: Method,
+    headers: HeaderMap,
+    Query(q): Query<KeyParam>,
+) -> Result<Response, Error> {
+    let VolumeAccess(volume) = volume.into_inner();
+    let key = volume_key(&state, &volume, &q.key)?;
+    let range = headers.get(header::RANGE).map(parse_range).transpose()?;
+    let ranged = range.is_some();
+    let options = GetOptions {
+        range: range.clone(),
+        head: method == Method::HEAD,
+        ..GetOptions::default()
+    };
+    let store = &state.shared().store;
+    let objects = store.objects().clone();
+    match store
+        .call("get", &key, objects.get_opts(&key, options))
+        .await
+    {
+        Ok(found) => respond(found, ranged, method == Method::HEAD),
+        Err(e) if e.is_not_found() => Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "object_not_found",
+            format!("{volume} has no object {}", q.key),
+        )),
+        Err(e) if ranged => unsatisfiable(&state, &key, range.as_ref(), e).await,
+        Err(e) => Err(Error::from(crate::snapshot::Error::Store(e))),
+    }
+}
+
+/// A ranged read the store refused: `416` with the object's size when the range is outside
+/// it, else the store's error.
+async fn unsatisfiable(
+    state: &AppState,
+    key: &Key,
+    range: Option<&GetRange>,
+    refused: crate::store::Error,
+) -> Result<Response, Error> {
+    let store = &state.shared().store;
+    let objects = store.objects().clone();
+    let outside = |size: u64| match range {
+        Some(GetRange::Bounded(r)) => r.start >= size,
+        Some(GetRange::Offset(start)) => *start >= size,
+        Some(GetRange::Suffix(_)) | None => false,
+    };
+    match store.call("head", key, objects.head(key)).await {
+        Ok(meta) if outside(meta.size) => {
+            let mut response = Error::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the object holds {} bytes", meta.size),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", meta.size)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            Ok(response)
+        }
+        _ => Err(Error::from(crate::snapshot::Error::Store(refused))),
+    }
+}
+
+/// The answer to a read: `206` with `Content-Range` for a ranged one, else `200`.
+fn respond(found: GetResult, ranged: bool, head: bool) -> Result<Response, Error> {
+    let (range, size) = (found.range.clone(), found.meta.size);
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, range.end - range.start)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if ranged {
+        builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!(
+                "bytes {}-{}/{size}",
+                range.start,
+                range.end.saturating_sub(1)
+            ),
+        );
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from_stream(body_of(found))
+    };
+    builder
+        .body(body)
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The bytes of a read: a remote store's stream as it comes; a local file in large chunks
+/// (object_store's own stream of a file reads 8 KiB at a time, one blocking task each).
+fn body_of(found: GetResult) -> BoxStream<'static, std::io::Result<Bytes>> {
+    match found.payload {
+        GetResultPayload::File(file, _) => {
+            let file = std::sync::Arc::new(file);
+            let range = found.range;
+            futures::stream::try_unfold(range.start, move |at| {
+                let (file, end) = (std::sync::Arc::clone(&file), range.end);
+                async move {
+                    if at >= end {
+                        return Ok(None);
+                    }
+                    let len = (end - at).min(LOCAL_CHUNK);
+                    let chunk = tokio::task::spawn_blocking(move || read_at(&file, at, len))
+                        .await
+                        .map_err(std::io::Error::other)??;
+                    Ok(Some((chunk, at + len)))
+                }
+            })
+            .boxed()
+        }
+        GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
+    }
+}
+
+/// Reads exactly `len` bytes at `at` (a file shorter than its metadata said is an error).
+fn read_at(file: &std::fs::File, at: u64, len: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; len as usize];
+    file.read_exact_at(&mut buffer, at)?;
+    Ok(Bytes::from(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_one_span_of_bytes() {
+        let range = |text: &str| parse_range(&HeaderValue::from_str(text).unwrap());
+        assert_eq!(range("bytes=0-9").unwrap(), GetRange::Bounded(0..10));
+        assert_eq!(range("bytes=5-").unwrap(), GetRange::Offset(5));
+        assert_eq!(range("bytes=-5").unwrap(), GetRange::Suffix(5));
+        for bad in [
+            "bytes=9-0",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=-",
+            "bytes=-0",
+            "0-1",
+        ] {
+            assert_eq!(
+                range(bad).unwrap_err().status,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! A volume's snapshots read through a drainer's API, as `drainer restore --drainer` and
+//! `drainer snapshots --drainer` read them: the listing (`GET /v1/volumes/NS/PVC/snapshots`)
+//! and an `ObjectStore` over `GET /v1/volumes/NS/PVC/objects?key=…` with ranged reads, so the
+//! snapshot engine restores through the API with the same code that restores from a store.
+//! The caller's token decides which volumes it may read; the store and its credentials stay
+//! with the drainer.
+//!
+//! Client side only (the drainer's side is `http::volumes`). Every request has the client's
+//! timeout; failures that may pass (the drainer restarting, a `503`) are retried for
+//! [`RETRY_FOR`], a ranged read with its body.
+
+use crate::client::{Api, CallError};
+use crate::config::ClientArgs;
+use crate::protocol::Listing;
+use crate::snapshot::{self, Listed, SnapshotSelector, SnapshotSummary};
+use crate::store::{Barrier, Store, StoreOptions};
+use crate::volume::VolumeId;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions as ObjectCopyOptions, GetOptions, GetRange, GetResult, GetResultPayload,
+    ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a request that may succeed later is sent again.
+pub const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// One volume on a drainer, read through its API.
+#[derive(Debug, Clone)]
+pub struct RemoteVolume {
+    api: Api,
+    volume: VolumeId,
+}
+
+impl RemoteVolume {
+    /// The volume `volume` on the drainer `client` names; each request times out after
+    /// `timeout`.
+    pub fn new(client: &ClientArgs, volume: &VolumeId, timeout: Duration) -> anyhow::Result<Self> {
+        let base = format!(
+            "{}/v1/volumes/{}/{}",
+            client.url.trim_end_matches('/'),
+            volume.namespace,
+            volume.name
+        );
+        Ok(Self {
+            api: Api::new(&base, client.token()?, timeout, RETRY_FOR)?,
+            volume: volume.clone(),
+        })
+    }
+
+    /// The volume's snapshots.
+    pub async fn listing(&self) -> Result<Listing, CallError> {
+        let url = self.api.url("/snapshots");
+        self.api.json(|http| http.get(&url)).await
+    }
+
+    /// The snapshot `selector` names, from the listing.
+    pub async fn resolve(&self, selector: &SnapshotSelector) -> anyhow::Result<SnapshotSummary> {
+        let listing = self.listing().await?;
+        Ok(choose(&listing, &self.volume, self.api.base(), selector)?)
+    }
+
+    /// The volume's objects as a store the snapshot engine reads (and cannot write).
+    pub fn store(&self, options: &StoreOptions) -> Store {
+        let objects = Arc::new(ApiObjects {
+            api: self.api.clone(),
+            prefix: format!("volumes/{}/{}/", self.volume.namespace, self.volume.name),
+        });
+        Store::relayed(
+            Arc::clone(&objects) as Arc<dyn ObjectStore>,
+            objects as Arc<dyn MultipartStore>,
+            Arc::new(ReadOnly),
+            format!("drainer+{}", self.api.base()),
+            options,
+        )
+    }
+}
+
+/// The snapshot `selector` names in `listing`, or why there is none (the errors of a store).
+pub fn choose(
+    listing: &Listing,
+    volume: &VolumeId,
+    source: &str,
+    selector: &SnapshotSelector,
+) -> snapshot::Result<SnapshotSummary> {
+    let volume_text = volume.to_string();
+    let find = |id: &str| listing.snapshots.iter().find(|l| l.snapshot() == id);
+    match selector {
+        SnapshotSelector::Latest => listing
+            .latest
+            .as_deref()
+            .and_then(find)
+            .and_then(|l| l.complete().cloned())
+            .ok_or_else(|| snapshot::Error::NoSnapshot {
+                volume: volume_text,
+                store: source.to_owned(),
+            }),
+        SnapshotSelector::Id(id) => match find(id.as_str()) {
+            Some(Listed::Complete(summary)) => Ok(summary.clone()),
+            Some(Listed::Damaged { damaged, .. }) => Err(snapshot::Error::Damaged {
+                volume: volume_text,
+                snapshot: id.to_string(),
+                reason: damaged.clone(),
+            }),
+            None => Err(snapshot::Error::SnapshotNotFound {
+                volume: volume_text,
+                snapshot: id.to_string(),
+                store: source.to_owned(),
+            }),
+        },
+        SnapshotSelector::Before(time) => {
+            snapshot::select::before(&volume_text, source, &listing.snapshots, *time)
+        }
+    }
+}
+
+/// The volume's objects through the API: reads only (ranged or whole, and heads).
+#[derive(Debug)]
+struct ApiObjects {
+    api: Api,
+    /// The volume's prefix in the drainer's store, which keys are relative to on the wire.
+    prefix: String,
+}
+
+impl std::fmt::Display for ApiObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiObjects({})", self.api.base())
+    }
+}
+
+fn not_supported(what: &str) -> object_store::Error {
+    object_store::Error::NotSupported {
+        source: format!("{what} through a drainer's restore API").into(),
+    }
+}
+
+/// An API error as the store error it stands for: 404 not found, 401 and 403 refused, the
+/// rest generic (whose transience the store's caller judges).
+fn store_error(location: &Path, e: CallError) -> object_store::Error {
+    let path = location.to_string();
+    match e.status() {
+        Some(404) => object_store::Error::NotFound {
+            path,
+            source: Box::new(e),
+        },
+        Some(401) => object_store::Error::Unauthenticated {
+            path,
+            source: Box::new(e),
+        },
+        Some(403) => object_store::Error::PermissionDenied {
+            path,
+            source: Box::new(e),
+        },
+        _ => object_store::Error::Generic {
+            store: "drainer",
+            source: Box::new(e),
+        },
+    }
+}
+
+/// The `Range` header of a ranged read.
+fn range_header(range: &GetRange) -> String {
+    match range {
+        GetRange::Bounded(r) => format!("bytes={}-{}", r.start, r.end.saturating_sub(1)),
+        GetRange::Offset(start) => format!("bytes={start}-"),
+        GetRange::Suffix(n) => format!("bytes=-{n}"),
+    }
+}
+
+/// `Content-Range: bytes START-END/SIZE` → (START..END+1, SIZE).
+fn parse_content_range(value: &str) -> Option<(std::ops::Range<u64>, u64)> {
+    let rest = value.strip_prefix("bytes ")?;
+    let (span, size) = rest.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end, size) = (
+        start.parse().ok()?,
+        end.parse::<u64>().ok()?,
+        size.parse().ok()?,
+    );
+    (start <= end && end < size).then_some((start..end + 1, size))
+}
+
+impl ApiObjects {
+    fn relative<'a>(&self, location: &'a Path) -> object_store::Result<&'a str> {
+        location
+            .as_ref()
+            .strip_prefix(&self.prefix)
+            .ok_or_else(|| object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "not an object of this volume".into(),
+            })
+    }
+
+    /// Sends the read, again while it may pass; returns the answer's range and object size,
+    /// and (for ranged reads, collected inside the retries) its bytes.
+    async fn send(
+        &self,
+        location: &Path,
+        options: &GetOptions,
+    ) -> Result<(reqwest::Response, std::ops::Range<u64>, u64), CallError> {
+        let url = self.api.url("/objects");
+        let key = self.relative(location).unwrap_or_default().to_owned();
+        let range = options.range.as_ref().map(range_header);
+        let head = options.head;
+        let response = self
+            .api
+            .call(|http| {
+                let request = if head {
+                    http.head(&url)
+                } else {
+                    http.get(&url)
+                };
+                let request = request.query(&[("key", key.as_str())]);
+                match &range {
+                    Some(range) => request.header(reqwest::header::RANGE, range),
+                    None => request,
+                }
+            })
+            .await?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let length: u64 = header(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (span, size) = match header(reqwest::header::CONTENT_RANGE) {
+            Some(value) if response.status().as_u16() == 206 => {
+                parse_content_range(&value).unwrap_or((0..length, length))
+            }
+            _ => (0..length, length),
+        };
+        Ok((response, span, size))
+    }
+
+    fn result(
+        location: &Path,
+        range: std::ops::Range<u64>,
+        size: u64,
+        payload: GetResultPayload,
+    ) -> GetResult {
+        GetResult {
+            payload,
+            meta: ObjectMeta {
+                location: location.clone(),
+                last_modified: chrono::Utc::now(),
+                size,
+                e_tag: None,
+                version: None,
+            },
+            range,
+            attributes: Default::default(),
+            extensions: Default::default(),
+        }
+    }
+
+    /// A ranged read, body included, sent again (body and all) while it may pass.
+    async fn ranged(
+        &self,
+        location: &Path,
+        options: &GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let read = || async {
+            let (response, range, size) = self.send(location, options).await?;
+            let url = response.url().to_string();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|source| CallError::Transport { url, source })?;
+            Ok::<_, CallError>((body, range, size))
+        };
+        let (body, range, size) = crate::retry::with_retries(
+            crate::retry::client_policy(RETRY_FOR),
+            CallError::is_transient,
+            read,
+        )
+        .await
+        .map_err(|e| store_error(location, e))?;
+        let stream = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(body) });
+        Ok(Self::result(
+            location,
+            range,
+            size,
+            GetResultPayload::Stream(stream.boxed()),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ApiObjects {
+    async fn put_opts(
+        &self,
+        _location: &Path,
+        _payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Err(not_supported("writing"))
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        Err(not_supported("writing"))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.relative(location)?;
+        if options.range.is_some() && !options.head {
+            return self.ranged(location, &options).await;
+        }
+        let (response, range, size) = self
+            .send(location, &options)
+            .await
+            .map_err(|e| store_error(location, e))?;
+        let stream = response
+            .bytes_stream()
+            .map_err(|e| object_store::Error::Generic {
+                store: "drainer",
+                source: Box::new(e),
+            })
+            .boxed();
+        Ok(Self::result(
+            location,
+            range,
+            size,
+            GetResultPayload::Stream(stream),
+        ))
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        locations.map(|_| Err(not_supported("deleting"))).boxed()
+    }
+
+    fn list(&self, _prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        futures::stream::once(async { Err(not_supported("listing")) }).boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&Path>,
+    ) -> object_store::Result<ListResult> {
+        Err(not_supported("listing"))
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &Path,
+        _to: &Path,
+        _options: ObjectCopyOptions,
+    ) -> object_store::Result<()> {
+        Err(not_supported("copying"))
+    }
+}
+
+#[async_trait::async_trait]
+impl MultipartStore for ApiObjects {
+    async fn create_multipart(&self, _location: &Path) -> object_store::Result<MultipartId> {
+        Err(not_supported("writing"))
+    }
+
+    async fn put_part(
+        &self,
+        _location: &Path,
+        _id: &MultipartId,
+        _part_idx: usize,
+        _data: PutPayload,
+    ) -> object_store::Result<PartId> {
+        Err(not_supported("writing"))
+    }
+
+    async fn complete_multipart(
+        &self,
+        _location: &Path,
+        _id: &MultipartId,
+        _parts: Vec<PartId>,
+    ) -> object_store::Result<PutResult> {
+        Err(not_supported("writing"))
+    }
+
+    async fn abort_multipart(
+        &self,
+        _location: &Path,
+        _id: &MultipartId,
+    ) -> object_store::Result<()> {
+        Err(not_supported("writing"))
+    }
+}
+
+/// Nothing is written through a restore's store, so there is nothing to flush.
+struct ReadOnly;
+
+#[async_trait::async_trait]
+impl Barrier for ReadOnly {
+    async fn flush(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_are_read_and_written_as_http_says() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0..10, 100)));
+        assert_eq!(parse_content_range("bytes 90-99/100"), Some((90..100, 100)));
+        assert_eq!(parse_content_range("bytes 90-100/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(range_header(&GetRange::Bounded(0..10)), "bytes=0-9");
+        assert_eq!(range_header(&GetRange::Offset(5)), "bytes=5-");
+        assert_eq!(range_header(&GetRange::Suffix(5)), "bytes=-5");
+    }
+}

@@ -1,0 +1,344 @@
+//! Bringing one file's bytes back: reading its object by ranges, writing and hashing them, and
+//! checking a file that is already in place.
+//!
+//! A dense file up to the part size is one request. A larger one is read in parts of the part
+//! size (a power of two), [`PARTS_AT_ONCE`] at a time: each part is written at its offset and
+//! hashed on its own as a subtree of the file's BLAKE3 tree (see `part_hash`), so the parts
+//! need not arrive in order and the file's hash is combined from theirs. A sparse file's object
+//! (its data extents back to back) is read in ranges too, in order, each piece written at its
+//! extent's offset into a file of the full size, so its holes stay holes. Every byte in flight
+//! is paid for from one memory budget. The object's size is checked on every answer (a range
+//! read names the whole object's size), so a truncated or longer object is an error that says
+//! so, like a hash that differs.
+//!
+//! All reads go through the `ObjectStore` of the [`Store`], so the same code restores from a
+//! store directly or through a drainer's API.
+
+use super::super::manifest::Entry;
+use super::super::{Error, Result, part_hash, sparse};
+use crate::store::Store;
+use bytes::Bytes;
+use filetime::FileTime;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path as Key;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Parts of one file read at once.
+pub const PARTS_AT_ONCE: usize = 4;
+/// Unit of the memory budget.
+const BUDGET_UNIT: u64 = 64 * 1024;
+/// Buffer of a check of a file already in place.
+const CHECK_BUFFER: usize = 1 << 20;
+
+/// Reads objects into files, within one memory budget.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    store: Store,
+    part_size: u64,
+    budget: Arc<Semaphore>,
+    units: u32,
+}
+
+/// One file to bring back: where its bytes are and where they go.
+pub struct Wanted<'a> {
+    /// The object.
+    pub key: &'a Key,
+    /// The new file to write (in the staging directory).
+    pub temp: &'a Path,
+    /// The file's final path (for messages).
+    pub path: &'a Path,
+    /// Its manifest entry.
+    pub entry: &'a Entry,
+    /// Its BLAKE3 hash, hex.
+    pub expected: &'a str,
+}
+
+impl Fetcher {
+    /// A fetcher reading `part_size` bytes at a time (a power of two of at least 1 KiB) with
+    /// at most `budget_bytes` in flight.
+    pub fn new(store: Store, part_size: u64, budget_bytes: u64) -> Result<Self> {
+        if !part_hash::is_valid_part_size(part_size) {
+            return Err(Error::PartSize(part_size));
+        }
+        let units = (budget_bytes / BUDGET_UNIT)
+            .max(part_size / BUDGET_UNIT)
+            .max(1) as u32;
+        Ok(Self {
+            store,
+            part_size,
+            budget: Arc::new(Semaphore::new(units as usize)),
+            units,
+        })
+    }
+
+    async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let units = bytes.div_ceil(BUDGET_UNIT).clamp(1, u64::from(self.units)) as u32;
+        Arc::clone(&self.budget)
+            .acquire_many_owned(units)
+            .await
+            .expect("budget semaphore is never closed")
+    }
+
+    /// Writes the object into `wanted.temp` (a new file), checks its size and hash, and returns
+    /// the open file.
+    pub async fn write(&self, wanted: &Wanted<'_>) -> Result<File> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o600)
+            .open(wanted.temp)
+            .map_err(|e| Error::write(wanted.path, e))?;
+        let file = Arc::new(file);
+        let hash = match &wanted.entry.extents {
+            Some(extents) => self.write_sparse(wanted, &file, extents).await?,
+            None => self.write_dense(wanted, &file).await?,
+        };
+        if hash.to_hex().as_str() != wanted.expected {
+            return Err(Error::HashMismatch {
+                path: wanted.path.display().to_string(),
+                object: wanted.key.to_string(),
+                expected: wanted.expected.to_owned(),
+                actual: hash.to_hex().to_string(),
+            });
+        }
+        Arc::try_unwrap(file).map_err(|_| {
+            Error::write(
+                wanted.path,
+                std::io::Error::other("a part of the file is still being written"),
+            )
+        })
+    }
+
+    /// Reads `range` of the object (all of it when `None`), checking that the object holds
+    /// `object_len` bytes.
+    async fn read(
+        &self,
+        wanted: &Wanted<'_>,
+        range: Option<std::ops::Range<u64>>,
+        object_len: u64,
+    ) -> Result<Bytes> {
+        let key = wanted.key;
+        let options = GetOptions {
+            range: range.clone().map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let objects = Arc::clone(self.store.objects());
+        let read = async move {
+            let got = objects.get_opts(key, options).await?;
+            let size = got.meta.size;
+            Ok((size, got.bytes().await?))
+        };
+        let (size, bytes) = self.store.call("get", key, read).await?;
+        let expected = range.map_or(object_len, |r| r.end - r.start);
+        if size != object_len || bytes.len() as u64 != expected {
+            return Err(Error::SizeMismatch {
+                path: wanted.path.display().to_string(),
+                object: key.to_string(),
+                expected: object_len,
+                actual: size,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A dense file: one request, or parts at once, each hashed as a subtree.
+    async fn write_dense(&self, wanted: &Wanted<'_>, file: &Arc<File>) -> Result<blake3::Hash> {
+        let size = wanted.entry.size;
+        if size <= self.part_size {
+            let _permit = self.reserve(size).await;
+            // A range even for a whole object: through a drainer's API, a ranged read is sent
+            // again (body included) when it fails midway.
+            let data = self
+                .read(wanted, (size > 0).then_some(0..size), size)
+                .await?;
+            let file = Arc::clone(file);
+            let path = wanted.path.to_owned();
+            return blocking(&path, move || {
+                file.write_all_at(&data, 0)?;
+                Ok(blake3::hash(&data))
+            })
+            .await;
+        }
+        let parts = size.div_ceil(self.part_size);
+        let mut values = stream::iter(0..parts)
+            .map(|index| self.write_part(wanted, file, index))
+            .buffer_unordered(PARTS_AT_ONCE)
+            .try_collect::<Vec<(u64, part_hash::PartHash)>>()
+            .await?;
+        values.sort_by_key(|(index, _)| *index);
+        let chaining: Vec<_> = values.iter().map(|(_, h)| h.chaining_value).collect();
+        part_hash::combine(&chaining, self.part_size, size).ok_or_else(|| {
+            Error::write(
+                wanted.path,
+                std::io::Error::other("the parts' hashes cannot be combined"),
+            )
+        })
+    }
+
+    async fn write_part(
+        &self,
+        wanted: &Wanted<'_>,
+        file: &Arc<File>,
+        index: u64,
+    ) -> Result<(u64, part_hash::PartHash)> {
+        let start = index * self.part_size;
+        let end = (start + self.part_size).min(wanted.entry.size);
+        let _permit = self.reserve(end - start).await;
+        let data = self
+            .read(wanted, Some(start..end), wanted.entry.size)
+            .await?;
+        let file = Arc::clone(file);
+        let path = wanted.path.to_owned();
+        blocking(&path, move || {
+            file.write_all_at(&data, start)?;
+            Ok((index, part_hash::part(start, &data)))
+        })
+        .await
+    }
+
+    /// A sparse file: the full size first (all hole), then the stored extents at their places,
+    /// read in order and hashed with the holes as zeros.
+    async fn write_sparse(
+        &self,
+        wanted: &Wanted<'_>,
+        file: &Arc<File>,
+        extents: &[sparse::Extent],
+    ) -> Result<blake3::Hash> {
+        let size = wanted.entry.size;
+        let stored = sparse::stored_len(extents);
+        file.set_len(size)
+            .map_err(|e| Error::write(wanted.path, e))?;
+        let ranges: Vec<std::ops::Range<u64>> = (0..stored.div_ceil(self.part_size))
+            .map(|i| i * self.part_size..((i + 1) * self.part_size).min(stored))
+            .collect();
+        let mut chunks = stream::iter(ranges)
+            .map(|range| async move {
+                let permit = self.reserve(range.end - range.start).await;
+                let data = self.read(wanted, Some(range), stored).await?;
+                Ok::<_, Error>((data, permit))
+            })
+            .buffered(PARTS_AT_ONCE);
+        let mut hasher = sparse::LogicalHasher::new(extents);
+        while let Some((data, _permit)) = chunks.try_next().await? {
+            let file = Arc::clone(file);
+            let path = wanted.path.to_owned();
+            hasher = blocking(&path, move || {
+                for (offset, piece) in hasher.data(&data) {
+                    file.write_all_at(piece, offset)?;
+                }
+                Ok(hasher)
+            })
+            .await?;
+        }
+        let path = wanted.path.to_owned();
+        blocking(&path, move || Ok(hasher.finalize(size))).await
+    }
+}
+
+/// Runs blocking file work on the blocking pool; its I/O errors name `path`.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::write(path, std::io::Error::other(e)))?
+        .map_err(|e| Error::write(path, e))
+}
+
+/// The file at `path`, if it is already the entry's: a regular file (not followed through a
+/// link) of the entry's size whose content has its hash. Opened for setting its metadata.
+pub async fn already_in_place(path: &Path, entry: &Entry, expected: &str) -> Result<Option<File>> {
+    let (path, size, expected) = (path.to_owned(), entry.size, expected.to_owned());
+    let shown = path.clone();
+    blocking(&shown, move || {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(_) => return Ok(None),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() != size {
+            return Ok(None);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buffer = vec![0u8; CHECK_BUFFER];
+        let mut reader = &file;
+        loop {
+            match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buffer[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(None),
+            }
+        }
+        let same = hasher.finalize().to_hex().as_str() == expected;
+        Ok(same.then_some(file))
+    })
+    .await
+}
+
+/// The mtime of an entry.
+fn mtime(entry: &Entry) -> FileTime {
+    FileTime::from_unix_time(
+        entry.mtime_ns.div_euclid(1_000_000_000),
+        entry.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+/// Owner (when root), mode and mtime of a file, through its open handle.
+pub fn set_file_metadata(file: &File, path: &Path, entry: &Entry, root_owner: bool) -> Result<()> {
+    let io = |e| Error::write(path, e);
+    if root_owner {
+        std::os::unix::fs::fchown(file, Some(entry.uid), Some(entry.gid)).map_err(io)?;
+    }
+    file.set_permissions(Permissions::from_mode(entry.mode & 0o7777))
+        .map_err(io)?;
+    filetime::set_file_handle_times(file, None, Some(mtime(entry))).map_err(io)
+}
+
+/// Owner (when root), mode and mtime of a directory or symlink (symlinks have no mode of
+/// their own).
+pub fn apply_metadata(path: &Path, entry: &Entry, root_owner: bool, is_link: bool) -> Result<()> {
+    let io = |e| Error::write(path, e);
+    if root_owner {
+        std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(io)?;
+    }
+    if is_link {
+        return filetime::set_symlink_file_times(path, mtime(entry), mtime(entry)).map_err(io);
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(entry.mode & 0o7777)).map_err(io)?;
+    filetime::set_file_mtime(path, mtime(entry)).map_err(io)
+}
+
+/// Whether `a` and `b` are the same file (a hard link of each other).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// A copy of `first` at `temp` with the entry's metadata, where a hard link cannot be made.
+pub fn copy_of(first: &Path, temp: &PathBuf, entry: &Entry, root_owner: bool) -> Result<()> {
+    std::fs::copy(first, temp).map_err(|e| Error::write(temp, e))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .open(temp)
+        .map_err(|e| Error::write(temp, e))?;
+    set_file_metadata(&file, temp, entry, root_owner)
+}
