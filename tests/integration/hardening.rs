@@ -109,7 +109,8 @@ fn keep_changing(
     let thread = std::thread::spawn(move || {
         let chunk = vec![7u8; 64 * 1024];
         let mut round = 0u64;
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        // Bounded: at most 4,000 changes (256 MiB appended), whatever the copy does.
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && round < 4_000 {
             let file = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&path)
