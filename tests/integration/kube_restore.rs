@@ -155,6 +155,9 @@ impl World {
                 "0",
                 "--lease",
                 "5",
+                // The test runs each claim's mover itself, as a mover Job would.
+                "--movers",
+                "external",
             ],
             &[("KUBECONFIG", kubeconfig.as_str())],
         )
