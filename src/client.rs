@@ -58,14 +58,6 @@ impl CallError {
             CallError::Transport { .. } => None,
         }
     }
-
-    /// The API's error code, for answers with one.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            CallError::Status { code, .. } => code.as_deref(),
-            CallError::Transport { .. } => None,
-        }
-    }
 }
 
 /// How often a token read from a file is read again: a projected ServiceAccount token is
@@ -161,11 +153,6 @@ impl Api {
     /// The URL of `path` under the base.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
-    }
-
-    /// The underlying HTTP client, to build requests with.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.client
     }
 
     /// Sends the request `build` makes, once, and checks the status.

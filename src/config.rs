@@ -549,7 +549,7 @@ impl RestoreArgs {
 /// Reading through a drainer's API instead of a store (`restore`, `snapshots`).
 #[derive(Debug, Clone, Args)]
 pub struct DrainerSource {
-    /// Read through this drainer's API (e.g. http://drainer.drainer-system.svc:8080) instead
+    /// Read through this drainer's API (e.g. `http://drainer.drainer-system.svc:8080`) instead
     /// of a store: the drainer reads its store, and the caller's token decides which volumes
     /// it may read (a pod: the claims it mounts; others: an RBAC grant on
     /// restores.drainer.io).

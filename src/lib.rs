@@ -4,34 +4,40 @@
 //! The crate is organised by responsibility. The core: [`volume`] (identifiers), [`store`]
 //! (durable object storage), [`snapshot`] (the copy/restore engine), [`ledger`] (the SQL record
 //! of progress), [`lifecycle`] (drain states and the one table of transitions). The service:
-//! [`service`] (wiring and supervision), [`http`] (the API, its guard and the mover protocol's
-//! drainer side), [`auth`] (callers and the policy), [`scheduler`] (claims, leases, attempts),
+//! `service` (wiring and supervision), [`http`] (the API, its guard and the mover protocol's
+//! drainer side), [`auth`] (callers and the policy), `scheduler` (claims, leases, attempts),
 //! [`sweep`], [`admission`] and [`notify`] (the seams where a mode plugs in), [`kube`]
-//! (Kubernetes mode). The clients: [`client`], [`handoff`], [`mover`], with the wire types in
-//! [`protocol`]. Around them: [`config`] (the command line), [`cli`] (the one-shot commands),
-//! [`retry`], [`metrics`], [`shutdown`], [`telemetry`]. `main.rs` only parses the configuration
+//! (Kubernetes mode). The clients: `client`, `handoff`, `mover`, with the wire types in
+//! [`protocol`]. Around them: [`config`] (the command line), `cli` (the one-shot commands),
+//! `retry`, `metrics`, `shutdown`, [`telemetry`]. `main.rs` only parses the configuration
 //! and calls [`run`].
+//!
+//! The public surface is what the binary, the integration tests and the benchmarks use: the
+//! configuration, the engine, the ledger and the lifecycle, the HTTP router with its seams
+//! (authority, admission, notifier, sweeper) and Kubernetes mode's parts. The commands, the
+//! clients, the scheduler and the service's wiring are crate-private: they are reached through
+//! [`run`] and the HTTP API.
 
 pub mod admission;
 pub mod auth;
-pub mod cli;
-pub mod client;
+pub(crate) mod cli;
+pub(crate) mod client;
 pub mod config;
-pub mod handoff;
+pub(crate) mod handoff;
 pub mod http;
-pub mod install;
+pub(crate) mod install;
 pub mod kube;
 pub mod ledger;
 pub mod lifecycle;
-pub mod metrics;
-pub mod mover;
+pub(crate) mod metrics;
+pub(crate) mod mover;
 pub mod notify;
 pub mod protocol;
-pub mod remote;
-pub mod retry;
-pub mod scheduler;
-pub mod service;
-pub mod shutdown;
+pub(crate) mod remote;
+pub(crate) mod retry;
+pub(crate) mod scheduler;
+pub(crate) mod service;
+pub(crate) mod shutdown;
 pub mod snapshot;
 pub mod store;
 pub mod sweep;

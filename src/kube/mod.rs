@@ -1,5 +1,5 @@
 //! Kubernetes mode: the cluster side of drainer, behind the core's seams (the API's
-//! [`crate::auth::Authority`], the scheduler's [`crate::scheduler::Executor`], the lifecycle's
+//! [`crate::auth::Authority`], the scheduler's `Executor`, the lifecycle's
 //! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
 //! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
 //! be let go, [`hold`] keeps claims the StatefulSet would delete, [`movers`] copies volumes

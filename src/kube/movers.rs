@@ -1,5 +1,5 @@
-//! Mover Jobs: the [`Executor`] of Kubernetes mode. For each attempt of a drain, a Job in the
-//! claim's namespace mounts the claim read-only and runs `drainer mover`, which streams the
+//! Mover Jobs, the scheduler's `Executor` in Kubernetes mode. For each attempt of a drain, a Job
+//! in the claim's namespace mounts the claim read-only and runs `drainer mover`, which streams the
 //! volume to this drainer's Service with a projected token of its own ServiceAccount; the
 //! attempt ends when the drain's copy run completes in the ledger, when the Job fails (its pod
 //! killed, deleted, past its deadline), or at the mover timeout.
@@ -77,7 +77,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 /// How long a Job that succeeded is given for its run's completion to show in the ledger.
 const COMPLETION_GRACE: Duration = Duration::from_secs(10);
 
-/// Kubernetes mode's [`Executor`]: each attempt of a drain is a mover Job (see the module doc).
+/// Kubernetes mode's `Executor`: each attempt of a drain is a mover Job (see the module doc).
 pub struct JobMovers {
     cluster: Cluster,
     ledger: Ledger,

@@ -776,7 +776,12 @@ async fn a_second_mover_of_a_drain_gets_a_conflict() {
     let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
     let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
     let id = drains[0]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while serve.drain(&id).await["state"] != "copying" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain never started copying"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let client = reqwest::Client::new();
