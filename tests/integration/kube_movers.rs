@@ -34,13 +34,13 @@ use std::time::Duration;
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(120);
 /// An image kube-env does not know: a pod with a command then runs on this machine's root.
-const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
+pub(crate) const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
 
 /// A proxy between movers and the drainer, listening where pods reach this machine. It logs
 /// what it forwards and can hold the next `…/finish` of a run (the mover's last request)
 /// until released, then answers it 502 without forwarding it.
-struct Gate {
-    url: String,
+pub(crate) struct Gate {
+    pub(crate) url: String,
     shared: Arc<GateState>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -55,7 +55,7 @@ struct GateState {
 }
 
 impl Gate {
-    async fn start(host_ip: &str) -> Result<Self> {
+    pub(crate) async fn start(host_ip: &str) -> Result<Self> {
         let shared = Arc::new(GateState {
             upstream: Mutex::new(String::new()),
             client: reqwest::Client::new(),
@@ -75,17 +75,17 @@ impl Gate {
         Ok(Self { url, shared, task })
     }
 
-    fn forward_to(&self, upstream: &str) {
+    pub(crate) fn forward_to(&self, upstream: &str) {
         *self.shared.upstream.lock().unwrap() = upstream.to_owned();
     }
 
     /// Holds the next `finish` request.
-    fn hold_next_finish(&self) {
+    pub(crate) fn hold_next_finish(&self) {
         self.shared.released.send_replace(false);
         self.shared.hold_finish.store(true, Ordering::SeqCst);
     }
 
-    async fn wait_held(&self) -> Result<()> {
+    pub(crate) async fn wait_held(&self) -> Result<()> {
         eventually("a mover's finish held at the gate", WAIT, || async {
             ensure!(
                 self.shared.held.load(Ordering::SeqCst) > 0,
@@ -97,12 +97,13 @@ impl Gate {
     }
 
     /// Answers what is held (502) and passes everything from now on.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.shared.released.send_replace(true);
     }
 
-    /// `METHOD PATH?QUERY` of every request forwarded so far.
-    fn log(&self) -> Vec<String> {
+    /// `METHOD PATH?QUERY` of every request forwarded so far (and `HELD METHOD PATH` of each
+    /// one held).
+    pub(crate) fn log(&self) -> Vec<String> {
         self.shared.log.lock().unwrap().clone()
     }
 }
@@ -122,6 +123,10 @@ async fn forward(State(gate): State<Arc<GateState>>, request: Request) -> Respon
         .unwrap_or_default();
     if parts.uri.path().ends_with("/finish") && gate.hold_finish.swap(false, Ordering::SeqCst) {
         gate.held.fetch_add(1, Ordering::SeqCst);
+        gate.log
+            .lock()
+            .unwrap()
+            .push(format!("HELD {} {path}", parts.method));
         let mut released = gate.released.subscribe();
         let _ = released.wait_for(|r| *r).await;
         return status(StatusCode::BAD_GATEWAY, "held by the test, then dropped");
