@@ -862,9 +862,9 @@ async fn a_drain_whose_store_fails_is_retried_then_fails_with_a_warning() -> Res
     .await
 }
 
-/// drainer killed with SIGKILL while a mover Job copies and started again on the same
-/// ledger: the drain completes with exactly one copy run, by the same Job, and restores
-/// exactly.
+/// drainer killed with SIGKILL while a mover Job uploads a part of a large file, and started
+/// again on the same ledger: the restarted drainer takes the drain over and adopts the Job;
+/// the drain completes with exactly one copy run, by that one Job, and restores exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<()> {
     with_timeout(LIMIT, async {
@@ -872,11 +872,12 @@ async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<
         let pvc = "data-web-4";
         let source = standalone_claim(&w, pvc).await?;
         let mut serve = w.drainer().await?;
-        w.gate.hold_next_finish();
+        w.gate.hold_next("/uploads/");
         let (_, drains) = serve.handoff(&w.ns, &[pvc]).await;
         let id = drains[0]["id"].as_str().unwrap_or_default().to_owned();
-        // The mover has sent its files and waits for its last answer: certainly mid-copy.
+        // The mover is uploading a part of the large file: certainly mid-copy.
         w.gate.wait_held().await?;
+        ensure!(serve.drain(&id).await["state"] == "copying");
         let job = format!("drainer-{id}-1");
         ensure!(serve.drain(&id).await["mover_job"] == job.as_str());
         serve.kill9_and_restart(async {}).await;

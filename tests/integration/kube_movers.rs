@@ -27,7 +27,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +37,8 @@ const WAIT: Duration = Duration::from_secs(120);
 pub(crate) const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
 
 /// A proxy between movers and the drainer, listening where pods reach this machine. It logs
-/// what it forwards and can hold the next `…/finish` of a run (the mover's last request)
-/// until released, then answers it 502 without forwarding it.
+/// what it forwards and can hold the next `…/finish` of a run (the mover's last request), or
+/// the next request of any path, until released, then answers it 502 without forwarding it.
 pub(crate) struct Gate {
     pub(crate) url: String,
     shared: Arc<GateState>,
@@ -48,7 +48,8 @@ pub(crate) struct Gate {
 struct GateState {
     upstream: Mutex<String>,
     client: reqwest::Client,
-    hold_finish: AtomicBool,
+    /// What the next request to hold has in its path.
+    hold: Mutex<Option<String>>,
     held: AtomicUsize,
     released: tokio::sync::watch::Sender<bool>,
     log: Mutex<Vec<String>>,
@@ -59,7 +60,7 @@ impl Gate {
         let shared = Arc::new(GateState {
             upstream: Mutex::new(String::new()),
             client: reqwest::Client::new(),
-            hold_finish: AtomicBool::new(false),
+            hold: Mutex::new(None),
             held: AtomicUsize::new(0),
             released: tokio::sync::watch::channel(false).0,
             log: Mutex::new(Vec::new()),
@@ -81,12 +82,17 @@ impl Gate {
 
     /// Holds the next `finish` request.
     pub(crate) fn hold_next_finish(&self) {
+        self.hold_next("/finish");
+    }
+
+    /// Holds the next request whose path contains `fragment`.
+    pub(crate) fn hold_next(&self, fragment: &str) {
         self.shared.released.send_replace(false);
-        self.shared.hold_finish.store(true, Ordering::SeqCst);
+        *self.shared.hold.lock().unwrap() = Some(fragment.to_owned());
     }
 
     pub(crate) async fn wait_held(&self) -> Result<()> {
-        eventually("a mover's finish held at the gate", WAIT, || async {
+        eventually("a mover's request held at the gate", WAIT, || async {
             ensure!(
                 self.shared.held.load(Ordering::SeqCst) > 0,
                 "nothing held yet"
@@ -121,7 +127,14 @@ async fn forward(State(gate): State<Arc<GateState>>, request: Request) -> Respon
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    if parts.uri.path().ends_with("/finish") && gate.hold_finish.swap(false, Ordering::SeqCst) {
+    let hold = {
+        let mut hold = gate.hold.lock().unwrap();
+        match hold.as_deref() {
+            Some(fragment) if parts.uri.path().contains(fragment) => hold.take(),
+            _ => None,
+        }
+    };
+    if hold.is_some() {
         gate.held.fetch_add(1, Ordering::SeqCst);
         gate.log
             .lock()
