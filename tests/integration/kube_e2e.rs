@@ -46,7 +46,8 @@ const TEMPLATES: [&str; 2] = ["data", "logs"];
 /// What each pod of `web` runs: once per claim set (a restarted pod finds its data and leaves
 /// it alone), it writes files of its own into both claims (names with spaces, quotes, a
 /// newline, a leading dash, Latin-1 bytes that are not UTF-8, a symlink, an empty directory,
-/// random content of a size that depends on the ordinal), then waits for SIGTERM.
+/// random content of a size that depends on the ordinal, and in `data` a file larger than an
+/// upload part), then waits for SIGTERM.
 const WRITER: &str = r#"set -e
 if [ ! -e /data/.written ]; then
   for d in /data /logs; do
@@ -57,6 +58,7 @@ if [ ! -e /data/.written ]; then
     printf 'break\n' > "$d/$(printf 'line\nbreak')"
     printf 'latin-1\n' > "$d/$(printf 'caf\351')"
     head -c $((1500000 + ${POD_NAME##*-} * 7919)) /dev/urandom > "$d/random.bin"
+    if [ "$d" = /data ]; then head -c 9000000 /dev/urandom > "$d/big.bin"; fi
     ln -s 'sub dir' "$d/link to dir"
     mkdir -p "$d/empty"
   done
@@ -929,13 +931,14 @@ async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<
 }
 
 /// Two drainer replicas on one PostgreSQL ledger behind one Service-like address: a
-/// scale-down drains every claim with one mover Job per drain, and when the replica that
-/// holds a copy is killed with SIGKILL mid-way, the other takes over and every drain
-/// completes and restores exactly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> {
+/// scale-down drains every claim with one mover Job per drain; the mover request that holds
+/// `hold` in its path is held at the gate, the replica that holds that drain is killed with
+/// SIGKILL, and the request is let through at once, or (`after_takeover`) only once the other
+/// replica has taken the drain over. Every drain completes, with one Job and one copy run,
+/// and restores exactly.
+async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Result<()> {
     with_timeout(LIMIT, async {
-        let w = World::new("e2e-replicas").await?;
+        let w = World::new(prefix).await?;
         let database = fresh_postgres_database().await;
         let store = w.store();
         let replica = |n: &'static str| {
@@ -961,19 +964,17 @@ async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> 
             dirs.insert(pvc.clone(), w.claim_dir(&pvc).await?);
         }
         let kept = w.keep(&dirs)?;
-        w.gate.hold_next_finish();
+        w.gate.hold_next(hold);
         w.scale(1).await?;
-        // One mover is held before its last request; kill the replica that holds its drain,
-        // then let the mover finish: through the other replica, while the drain is still
-        // recorded as the dead one's until its lease passes.
         w.gate.wait_held().await?;
         let held = w
             .gate
             .log()
             .into_iter()
             .find_map(|l| {
-                let path = l.strip_prefix("HELD POST /v1/drains/")?;
-                Some(path.split('/').next()?.to_owned())
+                let path = l.strip_prefix("HELD ")?.split_whitespace().nth(1)?;
+                let drain = path.strip_prefix("/v1/drains/")?.split('/').next()?;
+                Some(drain.to_owned())
             })
             .context("the held request")?;
         let copying = a.drain(&held).await;
@@ -988,6 +989,22 @@ async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> 
             other => bail!("copying drain held by {other:?}: {copying}"),
         };
         killed.kill9().await;
+        if after_takeover {
+            eventually("the held drain taken over", WAIT, || async {
+                let drain = alive.drain(&held).await;
+                let last = drain["history"]
+                    .as_array()
+                    .and_then(|h| h.last().cloned())
+                    .unwrap_or_default();
+                ensure!(
+                    last["state"] == "copying" && last["owner"] != owner.as_str(),
+                    "{}",
+                    history(&drain)
+                );
+                Ok(())
+            })
+            .await?;
+        }
         w.gate.release();
 
         let mut ids = BTreeMap::new();
@@ -1036,4 +1053,20 @@ async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> 
         w.finish().await
     })
     .await
+}
+
+/// Two replicas; the replica holding a drain is killed while its mover sends its last
+/// request, which then reaches the other replica: the copy completes there before the dead
+/// replica's lease passes, and the takeover finishes the drain without a second Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> {
+    replicas_lose_one("e2e-replicas", "/finish", false).await
+}
+
+/// Two replicas; the replica holding a drain is killed while its mover uploads a part of a
+/// large file: the other replica takes the drain over and adopts the running Job, whose mover
+/// goes on through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_the_survivor_adopts_the_killed_replicas_mover_job() -> Result<()> {
+    replicas_lose_one("e2e-replicas-adopt", "/uploads/", true).await
 }
