@@ -110,6 +110,15 @@ impl Mover {
         })
     }
 
+    /// The Job the ledger records for `drain`, if any.
+    fn recorded(drain: &Drain) -> Option<Self> {
+        Some(Self {
+            namespace: drain.namespace.clone(),
+            name: drain.mover_job.clone()?,
+            uid: drain.mover_job_uid.clone()?,
+        })
+    }
+
     fn what(&self) -> String {
         format!("mover Job {}/{}", self.namespace, self.name)
     }
@@ -189,6 +198,15 @@ impl JobMovers {
 
     /// One attempt: start (or adopt) the Job, follow it to its end, clean up.
     async fn attempt(&self, drain: &Drain) -> snapshot::Result<SnapshotSummary> {
+        // A drain taken over after its mover finished (through another replica, while the
+        // replica that held the drain was dead) is copied already: its Job has succeeded, so
+        // it is not adopted, and a new one would be a second mover of the drain.
+        if let Some(summary) = completed_copy(&self.ledger, &self.store, drain).await? {
+            if let Some(mover) = Mover::recorded(drain) {
+                self.delete(&mover, "its copy is complete").await;
+            }
+            return Ok(summary);
+        }
         let (mover, mut guard) = self.start(drain).await?;
         let ended = self.follow(drain, &mover).await;
         guard.disarm();

@@ -27,20 +27,20 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(120);
 /// An image kube-env does not know: a pod with a command then runs on this machine's root.
-const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
+pub(crate) const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
 
 /// A proxy between movers and the drainer, listening where pods reach this machine. It logs
-/// what it forwards and can hold the next `…/finish` of a run (the mover's last request)
-/// until released, then answers it 502 without forwarding it.
-struct Gate {
-    url: String,
+/// what it forwards and can hold the next `…/finish` of a run (the mover's last request), or
+/// the next request of any path, until released, then answers it 502 without forwarding it.
+pub(crate) struct Gate {
+    pub(crate) url: String,
     shared: Arc<GateState>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,18 +48,19 @@ struct Gate {
 struct GateState {
     upstream: Mutex<String>,
     client: reqwest::Client,
-    hold_finish: AtomicBool,
+    /// What the next request to hold has in its path.
+    hold: Mutex<Option<String>>,
     held: AtomicUsize,
     released: tokio::sync::watch::Sender<bool>,
     log: Mutex<Vec<String>>,
 }
 
 impl Gate {
-    async fn start(host_ip: &str) -> Result<Self> {
+    pub(crate) async fn start(host_ip: &str) -> Result<Self> {
         let shared = Arc::new(GateState {
             upstream: Mutex::new(String::new()),
             client: reqwest::Client::new(),
-            hold_finish: AtomicBool::new(false),
+            hold: Mutex::new(None),
             held: AtomicUsize::new(0),
             released: tokio::sync::watch::channel(false).0,
             log: Mutex::new(Vec::new()),
@@ -75,18 +76,23 @@ impl Gate {
         Ok(Self { url, shared, task })
     }
 
-    fn forward_to(&self, upstream: &str) {
+    pub(crate) fn forward_to(&self, upstream: &str) {
         *self.shared.upstream.lock().unwrap() = upstream.to_owned();
     }
 
     /// Holds the next `finish` request.
-    fn hold_next_finish(&self) {
-        self.shared.released.send_replace(false);
-        self.shared.hold_finish.store(true, Ordering::SeqCst);
+    pub(crate) fn hold_next_finish(&self) {
+        self.hold_next("/finish");
     }
 
-    async fn wait_held(&self) -> Result<()> {
-        eventually("a mover's finish held at the gate", WAIT, || async {
+    /// Holds the next request whose path contains `fragment`.
+    pub(crate) fn hold_next(&self, fragment: &str) {
+        self.shared.released.send_replace(false);
+        *self.shared.hold.lock().unwrap() = Some(fragment.to_owned());
+    }
+
+    pub(crate) async fn wait_held(&self) -> Result<()> {
+        eventually("a mover's request held at the gate", WAIT, || async {
             ensure!(
                 self.shared.held.load(Ordering::SeqCst) > 0,
                 "nothing held yet"
@@ -97,12 +103,13 @@ impl Gate {
     }
 
     /// Answers what is held (502) and passes everything from now on.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.shared.released.send_replace(true);
     }
 
-    /// `METHOD PATH?QUERY` of every request forwarded so far.
-    fn log(&self) -> Vec<String> {
+    /// `METHOD PATH?QUERY` of every request forwarded so far (and `HELD METHOD PATH` of each
+    /// one held).
+    pub(crate) fn log(&self) -> Vec<String> {
         self.shared.log.lock().unwrap().clone()
     }
 }
@@ -120,8 +127,19 @@ async fn forward(State(gate): State<Arc<GateState>>, request: Request) -> Respon
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    if parts.uri.path().ends_with("/finish") && gate.hold_finish.swap(false, Ordering::SeqCst) {
+    let hold = {
+        let mut hold = gate.hold.lock().unwrap();
+        match hold.as_deref() {
+            Some(fragment) if parts.uri.path().contains(fragment) => hold.take(),
+            _ => None,
+        }
+    };
+    if hold.is_some() {
         gate.held.fetch_add(1, Ordering::SeqCst);
+        gate.log
+            .lock()
+            .unwrap()
+            .push(format!("HELD {} {path}", parts.method));
         let mut released = gate.released.subscribe();
         let _ = released.wait_for(|r| *r).await;
         return status(StatusCode::BAD_GATEWAY, "held by the test, then dropped");

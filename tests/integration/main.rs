@@ -5,6 +5,7 @@ mod bad_input;
 mod deploy;
 mod engine;
 mod hardening;
+mod kube_e2e;
 mod kube_env;
 mod kube_mode;
 mod kube_movers;

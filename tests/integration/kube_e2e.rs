@@ -1,0 +1,1080 @@
+//! Issue 11 end to end on kube-env, with pods that run as processes and mover Jobs: a real
+//! `drainer serve --kubernetes` on this machine watches the test's namespace and makes its
+//! copies with mover Jobs whose pods (an image kube-env does not know, so this machine's root
+//! filesystem with the binary under test) reach it through the gate of `kube_movers` at the
+//! address pods reach this machine. The StatefulSet `web` (two volumeClaimTemplates,
+//! `ordinals.start: 5`) has pods that write their own data at start and hand their claims off
+//! from a `preStop` hook with their projected token. Every test restores what was drained and
+//! compares it byte for byte with the claim's data.
+
+use crate::kube_movers::{Gate, UNKNOWN_IMAGE};
+use crate::service::assert_restores_exactly;
+use crate::support::kube::{
+    KUBECONFIG_ENV, KubeEnv, client, create_namespace, delete_namespace, eventually, from_json,
+    wait_for_bound_claim, with_timeout,
+};
+use crate::support::proxy::Proxy;
+use crate::support::s3::S3Server;
+use crate::support::serve::Serve;
+use crate::support::tree::{awkward, differences};
+use crate::support::{drainer, drainer_bin, file_url, fresh_postgres_database, run_ok};
+use anyhow::{Context, Result, bail, ensure};
+use drainer::kube::movers;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bound of one test.
+const LIMIT: Duration = Duration::from_secs(600);
+/// Bound of one wait inside a test.
+const WAIT: Duration = Duration::from_secs(240);
+/// The ordinals of `web`: 5, 6, 7 at three replicas; 6 and 7 go on a scale to one.
+const START: u32 = 5;
+const TEMPLATES: [&str; 2] = ["data", "logs"];
+
+/// What each pod of `web` runs: once per claim set (a restarted pod finds its data and leaves
+/// it alone), it writes files of its own into both claims (names with spaces, quotes, a
+/// newline, a leading dash, Latin-1 bytes that are not UTF-8, a symlink, an empty directory,
+/// random content of a size that depends on the ordinal, and in `data` a file larger than an
+/// upload part), then waits for SIGTERM.
+const WRITER: &str = r#"set -e
+if [ ! -e /data/.written ]; then
+  for d in /data /logs; do
+    printf '%s wrote %s\n' "$POD_NAME" "$d" > "$d/owner.txt"
+    mkdir -p "$d/sub dir/ünïcødé"
+    printf '%s\n' "$POD_UID" > "$d/sub dir/ünïcødé/name with spaces & 'quotes'"
+    printf 'dash\n' > "$d/-leading-dash"
+    printf 'break\n' > "$d/$(printf 'line\nbreak')"
+    printf 'latin-1\n' > "$d/$(printf 'caf\351')"
+    head -c $((1500000 + ${POD_NAME##*-} * 7919)) /dev/urandom > "$d/random.bin"
+    if [ "$d" = /data ]; then head -c 9000000 /dev/urandom > "$d/big.bin"; fi
+    ln -s 'sub dir' "$d/link to dir"
+    mkdir -p "$d/empty"
+  done
+  : > /data/.written
+fi
+trap 'exit 0' TERM
+while :; do sleep 1; done
+"#;
+
+/// StatefulSet `web`: `replicas` pods from ordinal 5, claims `data` and `logs`, pods that write
+/// their data and hand off from `preStop` (`drainer handoff --drainer URL`, the pod's projected
+/// token of audience `drainer`).
+fn web(replicas: i32, when_scaled: &str, drainer_url: &str) -> StatefulSet {
+    let handoff = [
+        drainer_bin(),
+        "handoff",
+        "--drainer",
+        drainer_url,
+        "--reason",
+        "preStop",
+    ];
+    let claim = |name: &str| {
+        json!({
+            "metadata": { "name": name },
+            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
+        })
+    };
+    from_json(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": replicas,
+            "ordinals": { "start": START },
+            "serviceName": "web",
+            "podManagementPolicy": "Parallel",
+            "selector": { "matchLabels": { "app": "web" } },
+            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": {
+                    "serviceAccountName": "web",
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "app",
+                        "image": "registry.invalid/web:1",
+                        "command": ["sh", "-c", WRITER],
+                        "lifecycle": { "preStop": { "exec": { "command": handoff } } },
+                        "env": [
+                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                            { "name": "POD_UID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.uid" } } },
+                            { "name": "DRAINER_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                            { "name": "DRAINER_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
+                        ],
+                        "volumeMounts": [
+                            { "name": "data", "mountPath": "/data" },
+                            { "name": "logs", "mountPath": "/logs" },
+                            { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
+                        ]
+                    }],
+                    "volumes": [{ "name": "drainer-token", "projected": { "sources": [
+                        { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 3600, "path": "token" } }
+                    ] } }]
+                }
+            },
+            "volumeClaimTemplates": [claim("data"), claim("logs")]
+        }
+    }))
+}
+
+/// Every Job drainer creates in a namespace, as a watch sees them: drain label → Job names.
+#[derive(Clone, Default)]
+struct JobsSeen(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);
+
+impl JobsSeen {
+    /// Watches the Jobs of `ns` until dropped (the task ends with the test's runtime).
+    fn watch(client: &Client, ns: &str) -> (Self, tokio::task::JoinHandle<()>) {
+        let seen = Self::default();
+        let api: Api<Job> = Api::namespaced(client.clone(), ns);
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut jobs = watcher(api, watcher::Config::default())
+                .touched_objects()
+                .boxed();
+            while let Some(job) = jobs.next().await {
+                let Ok(job) = job else { continue };
+                let drain = job
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("drainer.io/drain").cloned())
+                    .unwrap_or_default();
+                let name = job.metadata.name.clone().unwrap_or_default();
+                record
+                    .0
+                    .lock()
+                    .unwrap()
+                    .entry(drain)
+                    .or_default()
+                    .insert(name);
+            }
+        });
+        (seen, task)
+    }
+
+    fn all(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The Jobs seen for drain `id`.
+    fn of(&self, id: &str) -> BTreeSet<String> {
+        self.all()
+            .get(&movers::drain_label(id))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// One test's namespace (with ServiceAccount `web`), gate and scratch directory.
+struct World {
+    client: Client,
+    ns: String,
+    gate: Gate,
+    work: PathBuf,
+    _work: Option<tempfile::TempDir>,
+    jobs: JobsSeen,
+    _watch: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl World {
+    async fn new(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        let env = KubeEnv::load()?;
+        let ns = create_namespace(&client, prefix).await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({"metadata": {"name": "web"}})),
+            )
+            .await?;
+        let gate = Gate::start(&env.host_ip).await?;
+        let guard = tempfile::tempdir()?;
+        let work = guard.path().to_owned();
+        // DRAINER_TEST_KEEP=1 keeps the drainers' logs and data for a look after a failure.
+        let guard = if std::env::var_os("DRAINER_TEST_KEEP").is_some() {
+            eprintln!("{prefix}: keeping {}", guard.keep().display());
+            None
+        } else {
+            Some(guard)
+        };
+        let (jobs, task) = JobsSeen::watch(&client, &ns);
+        Ok(Self {
+            client,
+            ns,
+            gate,
+            work,
+            _work: guard,
+            jobs,
+            _watch: AbortOnDrop(task),
+        })
+    }
+
+    fn store(&self) -> String {
+        file_url(&self.work.as_path().join("store"))
+    }
+
+    /// The arguments of a drainer serving this namespace with mover Jobs, storing in `store`.
+    fn args(&self, store: &str) -> Vec<String> {
+        [
+            "--kubernetes",
+            "--watch-namespace",
+            &self.ns,
+            "--service-url",
+            &self.gate.url,
+            "--mover-image",
+            UNKNOWN_IMAGE,
+            "--mover-command",
+            drainer_bin(),
+            "--store",
+            store,
+            "--sweep-interval",
+            "0",
+            "--lease",
+            "5",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Starts a drainer with data directory `data` (under the scratch directory), this
+    /// world's arguments for `store` plus `extra`, and `env`.
+    async fn start(
+        &self,
+        data: &str,
+        store: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Serve> {
+        let kubeconfig = std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?;
+        let mut args = self.args(store);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut env = env.to_vec();
+        env.push(("KUBECONFIG", &kubeconfig));
+        env.push(("DRAINER_LOG", "info,drainer=debug"));
+        Ok(Serve::start_with_env(&self.work.as_path().join(data), &args, &env).await)
+    }
+
+    /// The one drainer of a test, on the file store; the gate forwards to it.
+    async fn drainer(&self) -> Result<Serve> {
+        let serve = self.start("data", &self.store(), &[], &[]).await?;
+        self.gate.forward_to(&serve.url);
+        Ok(serve)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates `web` and waits until every pod runs and has written its data; returns
+    /// (pod name, pod UID) by ordinal.
+    async fn start_web(&self, replicas: u32, when_scaled: &str) -> Result<Vec<(String, String)>> {
+        self.api::<StatefulSet>()
+            .create(
+                &PostParams::default(),
+                &web(replicas as i32, when_scaled, &self.gate.url),
+            )
+            .await?;
+        let mut pods = Vec::new();
+        for o in START..START + replicas {
+            let name = format!("web-{o}");
+            let pod = self.running(&name).await?;
+            let dir = self.claim_dir(&format!("data-{name}")).await?;
+            eventually(format!("{name} wrote its data"), WAIT, || async {
+                ensure!(dir.join(".written").exists(), "not yet");
+                Ok(())
+            })
+            .await?;
+            pods.push((name, pod.metadata.uid.clone().unwrap_or_default()));
+        }
+        Ok(pods)
+    }
+
+    async fn running(&self, name: &str) -> Result<Pod> {
+        let pods = self.api::<Pod>();
+        eventually(format!("pod {name} running"), WAIT, || async {
+            let pod = pods.get(name).await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            ensure!(
+                phase.as_deref() == Some("Running") && pod.metadata.deletion_timestamp.is_none(),
+                "{phase:?}"
+            );
+            Ok(pod)
+        })
+        .await
+    }
+
+    /// The directory of bound claim `name` (the PV's hostPath).
+    async fn claim_dir(&self, name: &str) -> Result<PathBuf> {
+        wait_for_bound_claim(&self.client, &self.ns, name, WAIT).await
+    }
+
+    async fn claim_uid(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .api::<PersistentVolumeClaim>()
+            .get_opt(name)
+            .await?
+            .map(|c| c.metadata.uid.unwrap_or_default()))
+    }
+
+    async fn scale(&self, replicas: u32) -> Result<()> {
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        self.api::<StatefulSet>()
+            .patch("web", &PatchParams::default(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    /// The drain of `pvc` (waits for one to exist); with several, the newest.
+    async fn drain_of(&self, serve: &Serve, pvc: &str) -> Result<String> {
+        eventually(format!("a drain of {pvc}"), WAIT, || async {
+            let drains = serve.drains(&format!("volume={}/{pvc}", self.ns)).await;
+            drains
+                .first()
+                .and_then(|d| d["id"].as_str())
+                .map(str::to_owned)
+                .context("none yet")
+        })
+        .await
+    }
+
+    /// Copies of the claims' directories as they are now, to compare with later.
+    fn keep(&self, dirs: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
+        let mut kept = BTreeMap::new();
+        for (pvc, dir) in dirs {
+            let copy = self.work.as_path().join(format!("had-{pvc}"));
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(dir)
+                .arg(&copy)
+                .status()?;
+            ensure!(status.success(), "cp -a {}", dir.display());
+            kept.insert(pvc.clone(), copy);
+        }
+        Ok(kept)
+    }
+
+    /// The holds (ConfigMaps drainer made to keep claims from the garbage collector) left.
+    async fn holds(&self) -> Result<Vec<String>> {
+        let maps = self
+            .api::<ConfigMap>()
+            .list(&ListParams::default().labels("drainer.io/drain"))
+            .await?;
+        Ok(maps
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect())
+    }
+
+    async fn finish(self) -> Result<()> {
+        delete_namespace(&self.client, &self.ns).await
+    }
+}
+
+/// The claims of ordinals `ordinals`: `data-web-6`, `logs-web-6`, ….
+fn claims_of(ordinals: impl IntoIterator<Item = u32>) -> Vec<(u32, String)> {
+    ordinals
+        .into_iter()
+        .flat_map(|o| TEMPLATES.map(|t| (o, format!("{t}-web-{o}"))))
+        .collect()
+}
+
+fn history(drain: &Value) -> String {
+    drain["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{} {}", e["state"], e["message"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Checks that pod `pod` (UID `uid`) handed drain `drain` off itself: the ledger records the
+/// pod as a requester of the drain (a principal `pod:NS/NAME` is only ever an authenticated
+/// pod token, confirmed against the live pod), and the drain names the pod and its UID. The
+/// drain was created either by that handoff (its history starts with the hook's reason) or,
+/// a moment earlier, by drainer itself, which saw the condemned pod start terminating before
+/// its preStop hook's handoff arrived; the handoff then joined the drain.
+async fn assert_handed_off_by(
+    ledger: &drainer::Ledger,
+    ns: &str,
+    drain: &Value,
+    pod: &str,
+    uid: &str,
+) -> Result<()> {
+    let id = drain["id"].as_str().unwrap_or_default();
+    ensure!(
+        ledger.requested_by(id, &format!("pod:{ns}/{pod}")).await?,
+        "drain {id} was not requested by pod {ns}/{pod}: {drain}"
+    );
+    ensure!(drain["pod"] == pod, "{drain}");
+    ensure!(drain["pod_uid"] == uid, "{drain}");
+    let first = drain["history"][0]["message"].as_str().unwrap_or_default();
+    ensure!(
+        first == "preStop" || first.starts_with(&format!("pod {pod} of web is terminating")),
+        "{}",
+        history(drain)
+    );
+    Ok(())
+}
+
+/// Scale 3 → 1 with the given `whenScaled`: the four claims of ordinals 6 and 7 are handed off
+/// by their pods, copied by one mover Job each and restore exactly. Returns the world, the
+/// drainer, and the drains by claim.
+async fn scale_down_drains(
+    prefix: &str,
+    when_scaled: &str,
+) -> Result<(World, Serve, BTreeMap<String, Value>)> {
+    let w = World::new(prefix).await?;
+    let serve = w.drainer().await?;
+    let pods = w.start_web(3, when_scaled).await?;
+    let mut dirs = BTreeMap::new();
+    for (_, pvc) in claims_of(START..START + 3) {
+        dirs.insert(pvc.clone(), w.claim_dir(&pvc).await?);
+    }
+    let kept = w.keep(&dirs)?;
+    let mut uids = BTreeMap::new();
+    for (_, pvc) in claims_of(START + 1..START + 3) {
+        uids.insert(pvc.clone(), w.claim_uid(&pvc).await?.context("claim")?);
+    }
+    w.scale(1).await?;
+
+    let mut ids = BTreeMap::new();
+    for (_, pvc) in claims_of(START + 1..START + 3) {
+        ids.insert(pvc.clone(), w.drain_of(&serve, &pvc).await?);
+    }
+    // Until its drain ends, each claim is the one its pod used (with `Delete`, the hold keeps
+    // it from the garbage collector); afterwards it may go.
+    let deadline = Instant::now() + WAIT;
+    let mut held = BTreeSet::new();
+    let drains = loop {
+        let mut ended = BTreeMap::new();
+        for (pvc, id) in &ids {
+            let drain = serve.drain(id).await;
+            let state = drain["state"].as_str().unwrap_or_default().to_owned();
+            if drain["hold"] == format!("drainer-hold-{id}").as_str() {
+                held.insert(pvc.clone());
+            }
+            if ["failed", "cancelled", "not_needed"].contains(&state.as_str()) {
+                bail!("drain of {pvc} ended {state}: {drain}");
+            }
+            if state == "completed" {
+                ended.insert(pvc.clone(), drain);
+                continue;
+            }
+            let claim = w.api::<PersistentVolumeClaim>().get_opt(pvc).await?;
+            let claim = claim.with_context(|| format!("{pvc} deleted before its drain ended"))?;
+            ensure!(
+                claim.metadata.uid.as_ref() == uids.get(pvc),
+                "{pvc} was replaced before its drain ended"
+            );
+            if claim
+                .metadata
+                .owner_references
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.kind == "ConfigMap" && o.name == format!("drainer-hold-{id}"))
+            {
+                held.insert(pvc.clone());
+            }
+        }
+        if ended.len() == ids.len() {
+            break ended;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the drains did not complete within {WAIT:?}: {} of {} did",
+            ended.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if when_scaled == "Delete" {
+        let missing: Vec<_> = ids.keys().filter(|p| !held.contains(*p)).collect();
+        ensure!(missing.is_empty(), "claims never seen held: {missing:?}");
+    }
+
+    let ledger = drainer::Ledger::open(None, &w.work.as_path().join("data")).await?;
+    for (o, pvc) in claims_of(START + 1..START + 3) {
+        let drain = &drains[&pvc];
+        let (pod, uid) = &pods[(o - START) as usize];
+        assert_handed_off_by(&ledger, &w.ns, drain, pod, uid).await?;
+        let history = history(drain);
+        eprintln!(
+            "{pvc}: {} by {}\n{history}",
+            drain["state"], drain["mover_job"]
+        );
+        ensure!(history.contains("scaled away"), "{pvc}: {history}");
+        let id = drain["id"].as_str().unwrap_or_default();
+        ensure!(
+            drain["attempts"] == 1 && drain["mover_job"] == format!("drainer-{id}-1").as_str(),
+            "{pvc}: {drain}"
+        );
+        ensure!(
+            w.jobs.of(id) == BTreeSet::from([format!("drainer-{id}-1")]),
+            "{pvc}: Jobs {:?}",
+            w.jobs.of(id)
+        );
+        // The source is the claim as its pod left it (with `Delete` the claim and its PV
+        // directory may be gone by now: the copy made before the scale-down stands for it).
+        let source = if when_scaled == "Retain" {
+            &dirs[&pvc]
+        } else {
+            &kept[&pvc]
+        };
+        ensure!(
+            differences(&kept[&pvc], source).is_empty(),
+            "{pvc} changed after its pod went"
+        );
+        assert_restores_exactly(&w.store(), &w.ns, &pvc, source, w.work.as_path()).await;
+    }
+    // Ordinal 5 stays, untouched and never drained.
+    for (_, pvc) in claims_of([START]) {
+        let drains = serve.drains(&format!("volume={}/{pvc}", w.ns)).await;
+        ensure!(drains.is_empty(), "{pvc} was drained: {drains:?}");
+        ensure!(differences(&kept[&pvc], &dirs[&pvc]).is_empty());
+        ensure!(w.claim_uid(&pvc).await?.is_some(), "{pvc} is gone");
+    }
+
+    Ok((w, serve, drains))
+}
+
+/// The issue's main scenario with `whenScaled: Retain`: scaled 3 → 1, the four claims of
+/// ordinals 6 and 7, handed off by their own pods from `preStop`, are copied by mover Jobs and
+/// each latest snapshot restores byte for byte to the claim's PV directory; the claims stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_with_retain_drains_every_claim_of_the_scaled_away_pods() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let (w, serve, _) = scale_down_drains("e2e-retain", "Retain").await?;
+        for (_, pvc) in claims_of(START + 1..START + 3) {
+            ensure!(w.claim_uid(&pvc).await?.is_some(), "{pvc} was deleted");
+        }
+        ensure!(w.holds().await?.is_empty(), "holds: {:?}", w.holds().await?);
+        serve.terminate(Duration::from_secs(20)).await;
+        w.finish().await
+    })
+    .await
+}
+
+/// The same with `whenScaled: Delete`: every claim is held while its pod terminates, drained
+/// before it is deleted, and deleted once its drain ends; no hold object is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_with_delete_drains_every_claim_before_it_is_deleted() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let (w, serve, _) = scale_down_drains("e2e-delete", "Delete").await?;
+        eventually("the drained claims deleted, no hold left", WAIT, || async {
+            for (_, pvc) in claims_of(START + 1..START + 3) {
+                ensure!(w.claim_uid(&pvc).await?.is_none(), "{pvc} is still there");
+            }
+            let holds = w.holds().await?;
+            ensure!(holds.is_empty(), "holds left: {holds:?}");
+            Ok(())
+        })
+        .await?;
+        serve.terminate(Duration::from_secs(20)).await;
+        w.finish().await
+    })
+    .await
+}
+
+/// A rolling restart (`kubectl rollout restart`) of `web` with the preStop hook: every pod
+/// hands its claims off and comes back, so every drain ends `not_needed`, no mover Job is
+/// created, and the claims keep exactly their data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_drains_nothing() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("e2e-rollout").await?;
+        let serve = w.drainer().await?;
+        let pods = w.start_web(3, "Retain").await?;
+        let mut dirs = BTreeMap::new();
+        for (_, pvc) in claims_of(START..START + 3) {
+            dirs.insert(pvc.clone(), w.claim_dir(&pvc).await?);
+        }
+        let kept = w.keep(&dirs)?;
+        let restarted_at = chrono::Utc::now().to_rfc3339();
+        let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": restarted_at
+        }}}}}));
+        w.api::<StatefulSet>()
+            .patch("web", &PatchParams::default(), &patch)
+            .await?;
+        // Every pod is replaced (a new UID, running) ...
+        for (name, uid) in &pods {
+            eventually(format!("{name} replaced and running"), WAIT, || async {
+                let pod = w.running(name).await?;
+                ensure!(pod.metadata.uid.as_ref() != Some(uid), "not replaced yet");
+                Ok(())
+            })
+            .await?;
+        }
+        // ... and each of its claims' handoffs ends not_needed, by that pod.
+        let ledger = drainer::Ledger::open(None, &w.work.as_path().join("data")).await?;
+        for (o, pvc) in claims_of(START..START + 3) {
+            let id = w.drain_of(&serve, &pvc).await?;
+            let drain = eventually(format!("the drain of {pvc} ended"), WAIT, || async {
+                let drain = serve.drain(&id).await;
+                ensure!(drain["state"] == "not_needed", "{drain}");
+                Ok(drain)
+            })
+            .await?;
+            let (pod, uid) = &pods[(o - START) as usize];
+            assert_handed_off_by(&ledger, &w.ns, &drain, pod, uid).await?;
+            let history = history(&drain);
+            ensure!(
+                history.contains("live") || history.contains("came back"),
+                "{pvc}: {history}"
+            );
+            let all = serve.drains(&format!("volume={}/{pvc}", w.ns)).await;
+            ensure!(all.len() == 1, "{pvc}: {} drains", all.len());
+        }
+
+        ensure!(w.jobs.all().is_empty(), "mover Jobs: {:?}", w.jobs.all());
+        for (pvc, dir) in &dirs {
+            let diffs = differences(&kept[pvc], dir);
+            ensure!(diffs.is_empty(), "{pvc} changed: {diffs:#?}");
+        }
+        // Nothing was copied: the store holds nothing of any claim.
+        let store_dir = w.work.as_path().join("store");
+        let written: Vec<String> = walkdir::WalkDir::new(&store_dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().display().to_string())
+            .filter(|p| p.contains(&w.ns))
+            .collect();
+        ensure!(written.is_empty(), "written to the store: {written:#?}");
+        serve.terminate(Duration::from_secs(20)).await;
+        w.finish().await
+    })
+    .await
+}
+
+/// A claim of its own (not a StatefulSet's) in the world's namespace, full of awkward files;
+/// returns its directory.
+async fn standalone_claim(w: &World, pvc: &str) -> Result<PathBuf> {
+    let claim: PersistentVolumeClaim = from_json(json!({
+        "metadata": {"name": pvc},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
+    w.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &claim)
+        .await?;
+    let dir = w.claim_dir(pvc).await?;
+    awkward(&dir, 9 * 1024 * 1024);
+    Ok(dir)
+}
+
+/// A TCP forwarder from a loopback port to `upstream` that the test can switch off: while off,
+/// every connection is closed at once, as a store that is down.
+struct Switch {
+    endpoint: String,
+    up: Arc<AtomicBool>,
+    _task: AbortOnDrop,
+}
+
+impl Switch {
+    async fn start(upstream: &str) -> Result<Self> {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let up = Arc::new(AtomicBool::new(true));
+        let on = Arc::clone(&up);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !on.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            endpoint,
+            up,
+            _task: AbortOnDrop(task),
+        })
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// drainer's Events about `kind` `name`: (type, reason, note).
+async fn events_about(w: &World, kind: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+    let events = w.api::<Event>().list(&ListParams::default()).await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| {
+            let regarding = e.regarding.clone().unwrap_or_default();
+            regarding.kind.as_deref() == Some(kind)
+                && regarding.name.as_deref() == Some(name)
+                && e.reporting_controller.as_deref() == Some("drainer.io/drainer")
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// The store failing: a drain whose S3 store does not answer is retried with backoff, then
+/// ends `failed` with a `Warning` Event on the claim naming the failure; retried by hand once
+/// the store is back, it completes and restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_whose_store_fails_is_retried_then_fails_with_a_warning() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("e2e-store").await?;
+        let pvc = "data-web-9";
+        let source = standalone_claim(&w, pvc).await?;
+        let s3 = S3Server::start().await;
+        let switch = Switch::start(&s3.endpoint).await?;
+        let store = "s3://bucket/e2e";
+        let aws = [
+            ("AWS_ENDPOINT", switch.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", crate::support::s3::KEY),
+            ("AWS_SECRET_ACCESS_KEY", crate::support::s3::SECRET),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
+        ];
+        let serve = w
+            .start(
+                "data",
+                store,
+                &["--max-attempts", "3", "--store-timeout", "3"],
+                &aws,
+            )
+            .await?;
+        w.gate.forward_to(&serve.url);
+        switch.set(false);
+        let (_, drains) = serve.handoff(&w.ns, &[pvc]).await;
+        let id = drains[0]["id"].as_str().unwrap_or_default().to_owned();
+        let drain = serve.wait_state(&id, "failed", WAIT).await;
+        ensure!(drain["attempts"] == 3, "{drain}");
+        let error = drain["last_error"].as_str().unwrap_or_default().to_owned();
+        ensure!(!error.is_empty(), "no error recorded: {drain}");
+        // Each failed attempt waited its backoff (2 s, then 4 s, ±30 %) before the next: the
+        // gap between the entry that recorded the failure and the next attempt's start.
+        let entries = drain["history"].as_array().cloned().unwrap_or_default();
+        let mut waits = Vec::new();
+        let first = entries
+            .iter()
+            .position(|e| e["state"] == "copying")
+            .unwrap_or(0);
+        for (i, e) in entries.iter().enumerate().skip(first + 1) {
+            if e["state"] == "copying" {
+                let before = &entries[i - 1];
+                ensure!(before["state"] == "queued", "{}", history(&drain));
+                waits
+                    .push(e["at_ms"].as_i64().unwrap_or(0) - before["at_ms"].as_i64().unwrap_or(0));
+            }
+        }
+        ensure!(
+            waits.len() == 2 && waits[0] >= 1400 && waits[1] >= 2800,
+            "retries without their backoff (waited {waits:?} ms): {}",
+            history(&drain)
+        );
+        // Three Jobs, one per attempt; the failed ones are kept for their logs.
+        ensure!(w.jobs.of(&id).len() == 3, "Jobs: {:?}", w.jobs.of(&id));
+        let events = eventually("a Warning Event saying the drain failed", WAIT, || async {
+            let events = events_about(&w, "PersistentVolumeClaim", pvc).await?;
+            ensure!(
+                events.iter().any(|(type_, reason, note)| type_ == "Warning"
+                    && reason == "Failed"
+                    && note.contains(&format!("drain {id} of {}/{pvc} failed", w.ns))),
+                "{events:#?}"
+            );
+            Ok(events)
+        })
+        .await?;
+        let failed = events
+            .iter()
+            .find(|(t, r, n)| {
+                t == "Warning" && r == "Failed" && n.contains(&format!("drain {id} of"))
+            })
+            .map(|(_, _, n)| n.clone())
+            .unwrap_or_default();
+        let retrying = events
+            .iter()
+            .filter(|(t, _, n)| t == "Warning" && n.contains("retrying later"))
+            .count();
+        ensure!(
+            retrying >= 1,
+            "no Warning for the retried attempts: {events:#?}"
+        );
+        // It names the failure: the store that failed, as the drain's last error says.
+        ensure!(
+            failed.contains(&format!("store {store}"))
+                && failed.contains(&error[..error.len().min(60)]),
+            "the Event does not name the failure {error:?}: {failed}"
+        );
+        // The store is back: retried by hand, the drain completes.
+        switch.set(true);
+        let (status, body) = serve
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/drains/{id}/retry"),
+                None,
+            )
+            .await;
+        ensure!(
+            status == 200 || status == 202,
+            "retry answered {status}: {body}"
+        );
+        serve.wait_state(&id, "completed", WAIT).await;
+        let dest = w.work.as_path().join("restored");
+        let mut restore = drainer();
+        restore
+            .arg("restore")
+            .arg(store)
+            .args(["--volume", &format!("{}/{pvc}", w.ns)])
+            .arg(&dest);
+        s3.configure(&mut restore);
+        run_ok(&mut restore).await;
+        let diffs = differences(&source, &dest);
+        ensure!(diffs.is_empty(), "{pvc} differs after restore: {diffs:#?}");
+        serve.terminate(Duration::from_secs(20)).await;
+        drop(switch);
+        w.finish().await
+    })
+    .await
+}
+
+/// drainer killed with SIGKILL while a mover Job uploads a part of a large file, and started
+/// again on the same ledger: the restarted drainer takes the drain over and adopts the Job;
+/// the drain completes with exactly one copy run, by that one Job, and restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("e2e-kill9").await?;
+        let pvc = "data-web-4";
+        let source = standalone_claim(&w, pvc).await?;
+        let mut serve = w.drainer().await?;
+        w.gate.hold_next("/uploads/");
+        let (_, drains) = serve.handoff(&w.ns, &[pvc]).await;
+        let id = drains[0]["id"].as_str().unwrap_or_default().to_owned();
+        // The mover is uploading a part of the large file: certainly mid-copy.
+        w.gate.wait_held().await?;
+        ensure!(serve.drain(&id).await["state"] == "copying");
+        let job = format!("drainer-{id}-1");
+        ensure!(serve.drain(&id).await["mover_job"] == job.as_str());
+        serve.kill9_and_restart(async {}).await;
+        w.gate.forward_to(&serve.url);
+        // The lease of the killed drainer expires; the restarted one takes the drain over.
+        eventually("the drain taken over", WAIT, || async {
+            let drain = serve.drain(&id).await;
+            ensure!(
+                drain["state"] == "copying" && history(&drain).contains("copying"),
+                "{drain}"
+            );
+            let owners: BTreeSet<String> = drain["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["state"] == "copying")
+                .filter_map(|e| e["owner"].as_str().map(str::to_owned))
+                .collect();
+            let copying = drain["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["state"] == "copying")
+                .count();
+            ensure!(copying >= 2, "not taken over yet ({owners:?}): {drain}");
+            Ok(())
+        })
+        .await?;
+        w.gate.release();
+        let drain = serve.wait_state(&id, "completed", WAIT).await;
+        ensure!(drain["mover_job"] == job.as_str(), "{drain}");
+        ensure!(
+            w.jobs.of(&id) == BTreeSet::from([job.clone()]),
+            "Jobs: {:?}",
+            w.jobs.of(&id)
+        );
+        let ledger = drainer::Ledger::open(None, &w.work.as_path().join("data")).await?;
+        let volume: drainer::VolumeId = format!("{}/{pvc}", w.ns).parse()?;
+        let runs = ledger.runs(&volume).await?;
+        ensure!(runs.len() == 1, "runs: {runs:#?}");
+        ensure!(runs[0].state == "completed", "{runs:#?}");
+        ensure!(runs[0].drain.as_deref() == Some(id.as_str()), "{runs:#?}");
+
+        assert_restores_exactly(&w.store(), &w.ns, pvc, &source, w.work.as_path()).await;
+        serve.terminate(Duration::from_secs(20)).await;
+        w.finish().await
+    })
+    .await
+}
+
+/// Two drainer replicas on one PostgreSQL ledger behind one Service-like address: a
+/// scale-down drains every claim with one mover Job per drain; the mover request that holds
+/// `hold` in its path is held at the gate, the replica that holds that drain is killed with
+/// SIGKILL, and the request is let through at once, or (`after_takeover`) only once the other
+/// replica has taken the drain over. Every drain completes, with one Job and one copy run,
+/// and restores exactly.
+async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new(prefix).await?;
+        let database = fresh_postgres_database().await;
+        let store = w.store();
+        let replica = |n: &'static str| {
+            let data = format!("data-{n}");
+            let (w, database, store) = (&w, database.clone(), store.clone());
+            async move {
+                w.start(
+                    &data,
+                    &store,
+                    &["--database-url", &database, "--replica-id", n],
+                    &[],
+                )
+                .await
+            }
+        };
+        let a = replica("replica-a").await?;
+        let b = replica("replica-b").await?;
+        let proxy = Proxy::start(vec![a.url.clone(), b.url.clone()]).await;
+        w.gate.forward_to(&proxy.url);
+        let pods = w.start_web(3, "Retain").await?;
+        let mut dirs = BTreeMap::new();
+        for (_, pvc) in claims_of(START + 1..START + 3) {
+            dirs.insert(pvc.clone(), w.claim_dir(&pvc).await?);
+        }
+        let kept = w.keep(&dirs)?;
+        w.gate.hold_next(hold);
+        w.scale(1).await?;
+        w.gate.wait_held().await?;
+        let held = w
+            .gate
+            .log()
+            .into_iter()
+            .find_map(|l| {
+                let path = l.strip_prefix("HELD ")?.split_whitespace().nth(1)?;
+                let drain = path.strip_prefix("/v1/drains/")?.split('/').next()?;
+                Some(drain.to_owned())
+            })
+            .context("the held request")?;
+        let copying = a.drain(&held).await;
+        ensure!(copying["state"] == "copying", "{copying}");
+        let owner = copying["lease_owner"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (killed, alive) = match owner.as_str() {
+            "replica-a" => (a, b),
+            "replica-b" => (b, a),
+            other => bail!("copying drain held by {other:?}: {copying}"),
+        };
+        killed.kill9().await;
+        if after_takeover {
+            eventually("the held drain taken over", WAIT, || async {
+                let drain = alive.drain(&held).await;
+                let last = drain["history"]
+                    .as_array()
+                    .and_then(|h| h.last().cloned())
+                    .unwrap_or_default();
+                ensure!(
+                    last["state"] == "copying" && last["owner"] != owner.as_str(),
+                    "{}",
+                    history(&drain)
+                );
+                Ok(())
+            })
+            .await?;
+        }
+        w.gate.release();
+
+        let mut ids = BTreeMap::new();
+        for pvc in dirs.keys() {
+            ids.insert(pvc.clone(), w.drain_of(&alive, pvc).await?);
+        }
+        let ended = alive
+            .wait_ended(&ids.values().cloned().collect::<Vec<_>>(), WAIT)
+            .await;
+        for drain in &ended {
+            ensure!(drain["state"] == "completed", "{drain}");
+        }
+        let ledger = drainer::Ledger::open(Some(&database), Path::new("unused")).await?;
+        for (o, pvc) in claims_of(START + 1..START + 3) {
+            let id = &ids[&pvc];
+            let drain = alive.drain(id).await;
+            let (pod, uid) = &pods[(o - START) as usize];
+            assert_handed_off_by(&ledger, &w.ns, &drain, pod, uid).await?;
+            ensure!(
+                w.jobs.of(id).len() == 1,
+                "{pvc}: Jobs {:?} ({drain})",
+                w.jobs.of(id)
+            );
+            let volume: drainer::VolumeId = format!("{}/{pvc}", w.ns).parse()?;
+            let runs = ledger.runs(&volume).await?;
+            ensure!(runs.len() == 1, "{pvc}: runs {runs:#?}");
+            ensure!(differences(&kept[&pvc], &dirs[&pvc]).is_empty());
+            assert_restores_exactly(&store, &w.ns, &pvc, &dirs[&pvc], w.work.as_path()).await;
+        }
+        // The drain of the killed replica was taken over by the other one.
+        let taken = alive.drain(&held).await;
+        let owners: Vec<&str> = taken["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["state"] == "copying" || e["state"] == "completed")
+            .filter_map(|e| e["owner"].as_str())
+            .collect();
+        ensure!(
+            owners.first() == Some(&owner.as_str()) && owners.last() != Some(&owner.as_str()),
+            "the held drain was not taken over: {}",
+            history(&taken)
+        );
+        alive.terminate(Duration::from_secs(20)).await;
+        drop(proxy);
+        w.finish().await
+    })
+    .await
+}
+
+/// Two replicas; the replica holding a drain is killed while its mover sends its last
+/// request, which then reaches the other replica: the copy completes there before the dead
+/// replica's lease passes, and the takeover finishes the drain without a second Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_drain_a_scale_down_and_survive_losing_one() -> Result<()> {
+    replicas_lose_one("e2e-replicas", "/finish", false).await
+}
+
+/// Two replicas; the replica holding a drain is killed while its mover uploads a part of a
+/// large file: the other replica takes the drain over and adopts the running Job, whose mover
+/// goes on through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_the_survivor_adopts_the_killed_replicas_mover_job() -> Result<()> {
+    replicas_lose_one("e2e-replicas-adopt", "/uploads/", true).await
+}
