@@ -223,7 +223,7 @@ impl Releases {
                     volume,
                     pod: Some(name.clone()),
                     reason: format!(
-                        "pod {name} of {} is terminating as a scaled-away ordinal ({}); no handoff",
+                        "pod {name} of {} is terminating as a scaled-away ordinal ({}), seen by drainer before any handoff",
                         condemned.set, condemned.ordinal
                     ),
                     max_attempts: self.max_attempts,

@@ -455,7 +455,7 @@ async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> 
             drain["reason"]
                 .as_str()
                 .unwrap_or_default()
-                .contains("no handoff"),
+                .contains("seen by drainer before any handoff"),
             "{drain}"
         );
         ensure!(
