@@ -226,6 +226,9 @@ async fn start_drainer(
         "0",
         "--listen",
         &format!("127.0.0.1:{port}"),
+        // Handoffs and watches only: the simulated pods never let go, so nothing is copied.
+        "--movers",
+        "external",
     ])
     .arg("--data-dir")
     .arg(data)
