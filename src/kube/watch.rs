@@ -359,3 +359,58 @@ fn prune_pod(pod: &mut Pod) {
         ..PodStatus::default()
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use watcher::Event;
+
+    fn pod(uid: &str, terminating: bool) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some(uid.to_owned());
+        if terminating {
+            pod.metadata.deletion_timestamp = Some(Time(Default::default()));
+        }
+        pod
+    }
+
+    fn uids(pods: Vec<Arc<Pod>>) -> Vec<String> {
+        pods.iter()
+            .map(|p| p.metadata.uid.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn each_pod_is_handed_over_once_when_it_starts_terminating_or_vanishes_unseen() {
+        let terminations = Terminations::default();
+        let mut follow = terminations.follower();
+        follow(&Event::Apply(pod("a", false)));
+        assert!(terminations.take().is_empty(), "a running pod");
+        follow(&Event::Apply(pod("a", true)));
+        follow(&Event::Apply(pod("a", true)));
+        follow(&Event::Delete(pod("a", true)));
+        assert_eq!(uids(terminations.take()), ["a"], "once, not per update");
+        // Deleted before the watch saw it terminating: handed over at its deletion.
+        follow(&Event::Apply(pod("b", false)));
+        follow(&Event::Delete(pod("b", true)));
+        assert_eq!(uids(terminations.take()), ["b"]);
+    }
+
+    #[test]
+    fn a_new_listing_forgets_pods_deleted_while_the_watch_was_down() {
+        let terminations = Terminations::default();
+        let mut follow = terminations.follower();
+        follow(&Event::Apply(pod("gone", true)));
+        follow(&Event::Apply(pod("still", true)));
+        assert_eq!(uids(terminations.take()), ["gone", "still"]);
+        follow(&Event::Init);
+        follow(&Event::InitApply(pod("still", true)));
+        follow(&Event::InitDone);
+        assert!(terminations.take().is_empty(), "no pod handed over twice");
+        // "gone" is forgotten: a pod of that UID could only be new to the watch.
+        follow(&Event::Apply(pod("gone", true)));
+        follow(&Event::Delete(pod("still", true)));
+        assert_eq!(uids(terminations.take()), ["gone"]);
+    }
+}
