@@ -1163,28 +1163,30 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
-/// Issue 11's figure "50 PVCs orphaned at once": a StatefulSet of 50 pods without any hook
-/// (`whenScaled: Retain`) is scaled to zero in one step; drainer (`--concurrent-drains 4`, no
-/// sweep) catches every condemned pod as it terminates, never runs more than 4 mover Jobs at
-/// once, and completes all 50 drains, each with one Job and one copy run, every latest
-/// snapshot restoring byte for byte to its claim.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() -> Result<()> {
+/// Issue 11's figure "50 PVCs orphaned at once": a StatefulSet of 50 pods without any hook is
+/// scaled to zero in one step; drainer (`--concurrent-drains 4`, no sweep) catches every
+/// condemned pod as it terminates, never runs more than 4 mover Jobs at once, and completes
+/// all 50 drains, each with one Job and one copy run, every latest snapshot restoring byte for
+/// byte to its claim's data. With `Delete`, every claim is also held from the garbage
+/// collector until its drain ends, and deleted afterwards, no hold left.
+async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
     with_timeout(Duration::from_secs(1200), async {
-        let w = World::new("e2e-fifty").await?;
+        let w = World::new(prefix).await?;
         let bound = BOUND.to_string();
         let serve = w
             .start("data", &w.store(), &["--concurrent-drains", &bound], &[])
             .await?;
         w.gate.forward_to(&serve.url);
-        let set = web_with(FIFTY as i32, "Retain", &["data"], SMALL_WRITER, None);
+        let set = web_with(FIFTY as i32, when_scaled, &["data"], SMALL_WRITER, None);
         let pods = w.start_set(&set, FIFTY).await?;
         let claims: Vec<(u32, String)> = (START..START + FIFTY)
             .map(|o| (o, format!("data-web-{o}")))
             .collect();
         let mut dirs = BTreeMap::new();
+        let mut uids = BTreeMap::new();
         for (_, pvc) in &claims {
             dirs.insert(pvc.clone(), w.claim_dir(pvc).await?);
+            uids.insert(pvc.clone(), w.claim_uid(pvc).await?.context("claim")?);
         }
         let kept = w.keep(&dirs)?;
 
@@ -1196,13 +1198,18 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
         }
         let within = Duration::from_secs(600);
         let deadline = Instant::now() + within;
+        let mut held = BTreeSet::new();
         let drains = loop {
             let mut ended = BTreeMap::new();
             for (pvc, id) in &ids {
                 let drain = serve.drain(id).await;
+                if drain["hold"] == format!("drainer-hold-{id}").as_str() {
+                    held.insert(pvc.clone());
+                }
                 match drain["state"].as_str().unwrap_or_default() {
                     "completed" => {
                         ended.insert(pvc.clone(), drain);
+                        continue;
                     }
                     "failed" | "cancelled" | "not_needed" => {
                         bail!(
@@ -1213,6 +1220,12 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
                     }
                     _ => {}
                 }
+                // Until its drain ends, the claim is the one its pod used.
+                let uid = w.claim_uid(pvc).await?;
+                ensure!(
+                    uid.as_ref() == uids.get(pvc),
+                    "{pvc} deleted or replaced before its drain ended"
+                );
             }
             ensure!(
                 w.jobs.peak() <= BOUND,
@@ -1238,6 +1251,10 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
             .max()
             .unwrap_or(scaled_ms);
         let rss = serve.pid().map(peak_rss_kib).transpose()?.unwrap_or(0);
+        if when_scaled == "Delete" {
+            let missing: Vec<_> = ids.keys().filter(|p| !held.contains(*p)).collect();
+            ensure!(missing.is_empty(), "claims never seen held: {missing:?}");
+        }
 
         let ledger = drainer::Ledger::open(None, &w.work.as_path().join("data")).await?;
         for (o, pvc) in &claims {
@@ -1269,15 +1286,38 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
                     && runs[0].drain.as_deref() == Some(id),
                 "{pvc}: runs {runs:#?}"
             );
-            let diffs = differences(&kept[pvc], &dirs[pvc]);
-            ensure!(diffs.is_empty(), "{pvc} changed: {diffs:#?}");
-            assert_restores_exactly(&w.store(), &w.ns, pvc, &dirs[pvc], w.work.as_path()).await;
+            // With `Retain` the claim's directory is still there and unchanged; with `Delete`
+            // it may be gone: the copy made before the scale-down stands for it.
+            let source = if when_scaled == "Retain" {
+                let diffs = differences(&kept[pvc], &dirs[pvc]);
+                ensure!(diffs.is_empty(), "{pvc} changed: {diffs:#?}");
+                &dirs[pvc]
+            } else {
+                &kept[pvc]
+            };
+            assert_restores_exactly(&w.store(), &w.ns, pvc, source, w.work.as_path()).await;
         }
-        ensure!(w.holds().await?.is_empty(), "holds: {:?}", w.holds().await?);
+        eventually(
+            "no hold left, the claims as their owner asked",
+            WAIT,
+            || async {
+                let holds = w.holds().await?;
+                ensure!(holds.is_empty(), "holds left: {holds:?}");
+                for (_, pvc) in &claims {
+                    let there = w.claim_uid(pvc).await?.is_some();
+                    ensure!(
+                        there == (when_scaled == "Retain"),
+                        "{pvc}: there is {there}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await?;
         eprintln!(
-            "{FIFTY} claims orphaned at once: all completed {:.1} s after the scale-down; \
-             at most {} mover Jobs at once (--concurrent-drains {BOUND}); drainer's peak RSS \
-             (VmHWM) {:.1} MiB",
+            "{FIFTY} claims orphaned at once (whenScaled: {when_scaled}): all completed {:.1} s \
+             after the scale-down; at most {} mover Jobs at once (--concurrent-drains {BOUND}); \
+             drainer's peak RSS (VmHWM) {:.1} MiB",
             (last_ms - scaled_ms) as f64 / 1000.0,
             w.jobs.peak(),
             rss as f64 / 1024.0
@@ -1286,4 +1326,27 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
         w.finish().await
     })
     .await
+}
+
+/// 50 claims orphaned at once with `whenScaled: Retain` (see [`fifty_at_once`]): the claims
+/// stay, so each restore is compared with the claim's own directory after its drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() -> Result<()> {
+    fifty_at_once("e2e-fifty", "Retain").await
+}
+
+/// 50 claims orphaned at once with `whenScaled: Delete` (see [`fifty_at_once`]): each claim
+/// is held from the garbage collector while its pod terminates and until its drain ends.
+///
+/// Fails today, so it is ignored: the 50 pods exit at once on SIGTERM and are gone within
+/// moments of their deletion, and for some the garbage collector deletes the claim before
+/// (or although, having read it just before) drainer adds its hold; those drains fail ("claim
+/// … does not exist"), and a pod gone before drainer saw it terminating leaves a claim deleted
+/// with no drain at all. Holding has to start earlier (when the StatefulSet's replicas drop,
+/// or when the controller makes the pod the claim's owner). See the README's "What drainer
+/// does not handle yet".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "whenScaled: Delete loses claims of pods that exit at once when 50 are scaled away together"]
+async fn fifty_claims_orphaned_at_once_with_delete_are_held_until_drained() -> Result<()> {
+    fifty_at_once("e2e-fifty-delete", "Delete").await
 }
