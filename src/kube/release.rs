@@ -7,8 +7,9 @@
 //! termination brings the ordinal back): scaled away → `queued`, still live → `not_needed`,
 //! deleted meanwhile → `failed`, with the reason in the history. A drain that waits longer
 //! than the release timeout fails. Pods of a StatefulSet seen terminating as condemned
-//! ordinals get a drain (and a hold) even when nobody handed them off. Holds of drains that
-//! ended are let go. Every replica runs this; the ledger's guarded transitions make each
+//! ordinals get a drain (and a hold) even when nobody handed them off: looked at as soon as the
+//! pod watch sees them, and kept until looked at, even when the pod is gone by then. Holds of
+//! drains that ended are let go. Every replica runs this; the ledger's guarded transitions make each
 //! decision happen once.
 
 use super::{Cluster, hold, planner};
@@ -46,15 +47,20 @@ impl Releases {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut seen = HashSet::new();
+        let mut taken = Vec::new();
         let mut ticks = tokio::time::interval(EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let tick = tokio::select! {
                 () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            if let Err(e) = self.condemned(&mut seen).await {
+                () = self.cluster.terminations.seen() => false,
+                _ = ticks.tick() => true,
+            };
+            if let Err(e) = self.condemned(&mut seen, &mut taken).await {
                 tracing::warn!(error = %e, "cannot look at terminating pods; trying again");
+            }
+            if !tick {
+                continue;
             }
             if let Err(e) = self.waiting().await {
                 tracing::warn!(error = %e, "cannot decide waiting drains; trying again");
@@ -177,12 +183,27 @@ impl Releases {
         }
     }
 
-    /// Drains (and holds) for claims of pods terminating as condemned ordinals.
-    async fn condemned(&self, seen: &mut HashSet<String>) -> Result<(), crate::ledger::Error> {
-        let terminating = self
+    /// Drains (and holds) for claims of pods terminating as condemned ordinals: those of the
+    /// store and those the watch handed over (`taken` keeps them until looked at, since they
+    /// may be gone from the store already).
+    async fn condemned(
+        &self,
+        seen: &mut HashSet<String>,
+        taken: &mut Vec<Arc<Pod>>,
+    ) -> Result<(), crate::ledger::Error> {
+        taken.extend(self.cluster.terminations.take());
+        let mut terminating = self
             .cluster
             .pods
             .state_filter(|p| p.metadata.deletion_timestamp.is_some());
+        for pod in taken.iter() {
+            if !terminating
+                .iter()
+                .any(|p| p.metadata.uid == pod.metadata.uid)
+            {
+                terminating.push(Arc::clone(pod));
+            }
+        }
         seen.retain(|uid| {
             terminating
                 .iter()
@@ -190,15 +211,15 @@ impl Releases {
         });
         for pod in terminating {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if seen.contains(&uid) {
-                continue;
+            if !seen.contains(&uid) {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let sets = self.cluster.sets_in(&ns);
+                if let Some(condemned) = planner::condemned(&pod, sets.iter().map(|s| s.as_ref())) {
+                    self.drain_condemned(&pod, &ns, &condemned).await?;
+                }
+                seen.insert(uid.clone());
             }
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let sets = self.cluster.sets_in(&ns);
-            if let Some(condemned) = planner::condemned(&pod, sets.iter().map(|s| s.as_ref())) {
-                self.drain_condemned(&pod, &ns, &condemned).await?;
-            }
-            seen.insert(uid);
+            taken.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! What drainer keeps of the cluster: reflector stores of pods, claims, volumes, StatefulSets
 //! and its own mover Jobs, kept current by watches. Pods are pruned to the fields the
 //! decisions read (identity, owners, claims, node, phase, deletion), so 10,000 watched pods
-//! fit in a few MiB.
+//! fit in a few MiB. The pod watch also hands every pod it sees start terminating to the
+//! release tracker ([`Terminations`]), so a pod gone before the tracker looks is not missed.
 
 use super::Error;
 use futures::StreamExt;
@@ -13,7 +14,8 @@ use k8s_openapi::api::core::v1::{
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,75 @@ pub struct Cluster {
     pub sets: Stores<StatefulSet>,
     /// drainer's mover Jobs.
     pub jobs: Stores<Job>,
+    /// Pods seen terminating, for the release tracker.
+    pub terminations: Terminations,
+}
+
+/// How many terminating pods wait for the release tracker at most (the oldest go first).
+const TERMINATIONS_KEPT: usize = 10_000;
+
+/// Pods the pod watch saw start terminating (or deleted without being seen terminating),
+/// each once, kept until the release tracker takes them. The tracker also reads the store,
+/// but a pod that starts terminating and is gone between two of its looks (a process that
+/// exits at once on SIGTERM) is only in the watch's events.
+#[derive(Clone, Default)]
+pub struct Terminations {
+    pods: Arc<Mutex<Vec<Arc<Pod>>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Terminations {
+    /// The pods seen since the last call.
+    pub fn take(&self) -> Vec<Arc<Pod>> {
+        std::mem::take(&mut *self.pods.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits until a pod is seen terminating (at once if one was since the last wait).
+    pub async fn seen(&self) {
+        self.wake.notified().await;
+    }
+
+    fn push(&self, pod: Pod) {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        if pods.len() >= TERMINATIONS_KEPT {
+            pods.remove(0);
+        }
+        pods.push(Arc::new(pod));
+        drop(pods);
+        self.wake.notify_one();
+    }
+
+    /// What one pod watch (one namespace, or all) tells these terminations about.
+    fn follower(&self) -> impl FnMut(&watcher::Event<Pod>) + Send + 'static {
+        let out = self.clone();
+        // UIDs of pods handed over while they exist; during a new listing, those listed.
+        let mut handed: HashSet<String> = HashSet::new();
+        let mut listed: Option<HashSet<String>> = None;
+        move |event| match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(listed) = listed.as_mut() {
+                    listed.insert(uid.clone());
+                }
+                if pod.metadata.deletion_timestamp.is_some() && handed.insert(uid) {
+                    out.push(pod.clone());
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if !handed.remove(&uid) {
+                    out.push(pod.clone());
+                }
+            }
+            watcher::Event::Init => listed = Some(HashSet::new()),
+            watcher::Event::InitDone => {
+                // Pods deleted while the watch was down are no longer listed: forget them.
+                if let Some(listed) = listed.take() {
+                    handed.retain(|uid| listed.contains(uid));
+                }
+            }
+        }
+    }
 }
 
 /// The stores of one kind: one per watched namespace, or one for all.
@@ -90,11 +161,20 @@ impl Cluster {
     ) -> Result<Self, Error> {
         let all = watcher::Config::default();
         let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-        let pods = watch_each(&client, &namespaces, all.clone(), prune_pod, &stop);
-        let claims = watch_each(&client, &namespaces, all.clone(), prune, &stop);
-        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop);
-        let jobs = watch_each(&client, &namespaces, mine, prune, &stop);
-        let volumes = Stores(vec![watch(Api::all(client.clone()), all, prune, &stop)]);
+        let terminations = Terminations::default();
+        let pods = watch_each(&client, &namespaces, all.clone(), prune_pod, &stop, || {
+            terminations.follower()
+        });
+        let claims = watch_each(&client, &namespaces, all.clone(), prune, &stop, ignore);
+        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop, ignore);
+        let jobs = watch_each(&client, &namespaces, mine, prune, &stop, ignore);
+        let volumes = Stores(vec![watch(
+            Api::all(client.clone()),
+            all,
+            prune,
+            &stop,
+            |_: &watcher::Event<PersistentVolume>| {},
+        )]);
         let synced = async {
             pods.wait_until_ready().await?;
             claims.wait_until_ready().await?;
@@ -124,6 +204,7 @@ impl Cluster {
             volumes,
             sets,
             jobs,
+            terminations,
         })
     }
 
@@ -155,13 +236,20 @@ impl Cluster {
     }
 }
 
-/// Watches a namespaced kind in each of `namespaces` (all, when empty).
-fn watch_each<K>(
+/// What a watch that tells nobody about its events does with them.
+fn ignore<K>() -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    |_| {}
+}
+
+/// Watches a namespaced kind in each of `namespaces` (all, when empty); each watch hands its
+/// events to a follower made by `follower`.
+fn watch_each<K, F>(
     client: &kube::Client,
     namespaces: &[String],
     config: watcher::Config,
     prune: fn(&mut K),
     stop: &CancellationToken,
+    follower: impl Fn() -> F,
 ) -> Stores<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -171,9 +259,16 @@ where
         + Send
         + Sync
         + 'static,
+    F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     if namespaces.is_empty() {
-        return Stores(vec![watch(Api::all(client.clone()), config, prune, stop)]);
+        return Stores(vec![watch(
+            Api::all(client.clone()),
+            config,
+            prune,
+            stop,
+            follower(),
+        )]);
     }
     Stores(
         namespaces
@@ -184,18 +279,21 @@ where
                     config.clone(),
                     prune,
                     stop,
+                    follower(),
                 )
             })
             .collect(),
     )
 }
 
-/// Watches `api` into a store until `stop`.
+/// Watches `api` into a store until `stop`, handing each event to `follower` once the store
+/// has it.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     prune: fn(&mut K),
     stop: &CancellationToken,
+    mut follower: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -210,8 +308,7 @@ where
     let stream = watcher(api, config)
         .default_backoff()
         .modify(prune)
-        .reflect(writer)
-        .applied_objects();
+        .reflect(writer);
     let stop = stop.clone();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -219,7 +316,7 @@ where
             tokio::select! {
                 () = stop.cancelled() => return,
                 next = stream.next() => match next {
-                    Some(Ok(_)) => {}
+                    Some(Ok(event)) => follower(&event),
                     Some(Err(e)) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying"),
                     None => return,
                 },
@@ -261,4 +358,59 @@ fn prune_pod(pod: &mut Pod) {
         phase,
         ..PodStatus::default()
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use watcher::Event;
+
+    fn pod(uid: &str, terminating: bool) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some(uid.to_owned());
+        if terminating {
+            pod.metadata.deletion_timestamp = Some(Time(Default::default()));
+        }
+        pod
+    }
+
+    fn uids(pods: Vec<Arc<Pod>>) -> Vec<String> {
+        pods.iter()
+            .map(|p| p.metadata.uid.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn each_pod_is_handed_over_once_when_it_starts_terminating_or_vanishes_unseen() {
+        let terminations = Terminations::default();
+        let mut follow = terminations.follower();
+        follow(&Event::Apply(pod("a", false)));
+        assert!(terminations.take().is_empty(), "a running pod");
+        follow(&Event::Apply(pod("a", true)));
+        follow(&Event::Apply(pod("a", true)));
+        follow(&Event::Delete(pod("a", true)));
+        assert_eq!(uids(terminations.take()), ["a"], "once, not per update");
+        // Deleted before the watch saw it terminating: handed over at its deletion.
+        follow(&Event::Apply(pod("b", false)));
+        follow(&Event::Delete(pod("b", true)));
+        assert_eq!(uids(terminations.take()), ["b"]);
+    }
+
+    #[test]
+    fn a_new_listing_forgets_pods_deleted_while_the_watch_was_down() {
+        let terminations = Terminations::default();
+        let mut follow = terminations.follower();
+        follow(&Event::Apply(pod("gone", true)));
+        follow(&Event::Apply(pod("still", true)));
+        assert_eq!(uids(terminations.take()), ["gone", "still"]);
+        follow(&Event::Init);
+        follow(&Event::InitApply(pod("still", true)));
+        follow(&Event::InitDone);
+        assert!(terminations.take().is_empty(), "no pod handed over twice");
+        // "gone" is forgotten: a pod of that UID could only be new to the watch.
+        follow(&Event::Apply(pod("gone", true)));
+        follow(&Event::Delete(pod("still", true)));
+        assert_eq!(uids(terminations.take()), ["gone"]);
+    }
 }

@@ -374,6 +374,7 @@ fn cluster_of(view: &View) -> Cluster {
         volumes: filled(&[]),
         sets: filled(&view.sets),
         jobs: filled(&[]),
+        terminations: Default::default(),
     }
 }
 

@@ -215,6 +215,11 @@ impl Serve {
         }
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL.
     pub async fn kill9(mut self) {
         self.child.start_kill().unwrap();
