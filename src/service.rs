@@ -256,6 +256,13 @@ async fn run_until_shutdown(
 ) -> anyhow::Result<()> {
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
+    // No Nagle: a response's head and body are separate writes, and a client's delayed ACK
+    // would hold the body back 40 ms (every small object a restore reads through the API).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let mut http = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(graceful.clone().cancelled_owned())

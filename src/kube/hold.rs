@@ -102,7 +102,22 @@ pub async fn hold(
 }
 
 /// Lets go of a hold: deletes it, so the garbage collector does what the claim's owners ask.
-pub async fn release(client: &kube::Client, namespace: &str, name: &str) -> Result<(), Error> {
+/// Once the condemned pod is gone the collector has already removed the pod from the claim's
+/// owners (an owner that no longer exists, beside the hold that does), so the hold's going
+/// lets the collector delete the claim, as `whenScaled: Delete` asked. When the claim's ordinal
+/// is `live` again (the StatefulSet scaled back up before its pod went), the hold is first
+/// taken off the claim, so that letting go never makes the collector delete a claim its
+/// StatefulSet wants.
+pub async fn release(
+    client: &kube::Client,
+    namespace: &str,
+    pvc: &str,
+    name: &str,
+    live: bool,
+) -> Result<(), Error> {
+    if live {
+        unhold(client, namespace, pvc, name).await?;
+    }
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     match call(
         format!("release hold {namespace}/{name}"),
@@ -114,6 +129,46 @@ pub async fn release(client: &kube::Client, namespace: &str, name: &str) -> Resu
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Takes hold `name` off the claim's owners, guarded by the claim's resourceVersion (an owner
+/// changed meanwhile fails the call; the next look tries again).
+async fn unhold(
+    client: &kube::Client,
+    namespace: &str,
+    pvc: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let what = format!("claim {namespace}/{pvc}");
+    let Some(claim) = call(what.clone(), claims.get_opt(pvc)).await? else {
+        return Ok(());
+    };
+    let Some(owners) = without_hold(&claim, name) else {
+        return Ok(());
+    };
+    let patch = serde_json::json!({ "metadata": {
+        "ownerReferences": owners,
+        "resourceVersion": claim.metadata.resource_version,
+    }});
+    call(
+        format!("unhold {what}"),
+        claims.patch(pvc, &PatchParams::default(), &Patch::Merge(patch)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The claim's owners without hold `name`, when the hold is one of them.
+fn without_hold(claim: &PersistentVolumeClaim, name: &str) -> Option<Vec<OwnerReference>> {
+    let owners = claim
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    let is_hold = |o: &OwnerReference| o.kind == "ConfigMap" && o.name == name;
+    let others: Vec<OwnerReference> = owners.iter().filter(|o| !is_hold(o)).cloned().collect();
+    (others.len() < owners.len()).then_some(others)
 }
 
 #[cfg(test)]
@@ -136,5 +191,25 @@ mod tests {
         assert!(!needs_hold(
             &serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap()
         ));
+    }
+
+    #[test]
+    fn taking_a_hold_off_keeps_the_claims_other_owners() {
+        let claim = |owners: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "data-web-2", "ownerReferences": owners}}),
+            )
+            .unwrap()
+        };
+        let hold = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "drainer-hold-d1", "uid": "h"});
+        let other = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "drainer-hold-d0", "uid": "o"});
+        let without = |owners| without_hold(&claim(owners), "drainer-hold-d1");
+        assert_eq!(without(serde_json::json!([hold])), Some(vec![]));
+        let others = without(serde_json::json!([other, hold])).unwrap();
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].name, "drainer-hold-d0");
+        // Not held by this hold (taken off already): nothing to do.
+        assert_eq!(without(serde_json::json!([other])), None);
+        assert_eq!(without(serde_json::json!([])), None);
     }
 }

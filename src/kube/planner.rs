@@ -152,6 +152,7 @@ pub enum Release {
 pub fn decide_release<'a>(
     pvc: &str,
     pvc_uid: Option<&str>,
+    pod_uid: Option<&str>,
     claim: Option<&PersistentVolumeClaim>,
     pods: impl IntoIterator<Item = &'a Pod>,
     sets: impl IntoIterator<Item = &'a StatefulSet> + Clone,
@@ -170,10 +171,21 @@ pub fn decide_release<'a>(
     }
     if let Some(pod) = pods.into_iter().find(|p| mounts(p, pvc)) {
         let name = pod.metadata.name.as_deref().unwrap_or("?");
+        let same_pod = pod_uid.is_some() && pod.metadata.uid.as_deref() == pod_uid;
         return match set_claim(pvc, sets.clone()) {
             // The pod that mounts it again is its StatefulSet's own: a restart.
-            Some(c) if name == format!("{}-{}", c.set, c.ordinal) && pod_is_up(pod) => {
+            Some(c)
+                if name == format!("{}-{}", c.set, c.ordinal) && pod_is_up(pod) && !same_pod =>
+            {
                 Release::StillInUse(format!("pod {name} came back and mounts {pvc}"))
+            }
+            // The drain's own pod, not gone yet (held as a scaled-away ordinal before its
+            // deletion), whose ordinal is live again: scaled back up in time.
+            Some(c) if same_pod && pod_is_up(pod) && ordinal_is_live(&c, sets.clone()) => {
+                Release::StillInUse(format!(
+                    "ordinal {} of {} is live again: scaled back up before pod {name} went",
+                    c.ordinal, c.set
+                ))
             }
             _ => Release::Waiting,
         };
@@ -207,6 +219,18 @@ pub fn decide_release<'a>(
     }
 }
 
+/// Whether a claim's ordinal is live in its StatefulSet (which exists, not being deleted).
+pub fn ordinal_is_live<'a>(
+    claim: &SetClaim,
+    sets: impl IntoIterator<Item = &'a StatefulSet>,
+) -> bool {
+    sets.into_iter().any(|s| {
+        s.metadata.name.as_deref() == Some(claim.set.as_str())
+            && s.metadata.deletion_timestamp.is_none()
+            && live_ordinals(s).contains(&claim.ordinal)
+    })
+}
+
 /// Whether a pod is up (not being deleted, not ended).
 fn pod_is_up(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -220,6 +244,44 @@ pub fn condemned<'a>(
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> Option<SetClaim> {
     pod.metadata.deletion_timestamp.as_ref()?;
+    scaled_away(pod, sets).map(|(_, claim)| claim)
+}
+
+/// Whether a pod, terminating or not yet, is a scaled-away ordinal of a StatefulSet that
+/// deletes the claims of scaled-away ordinals (`whenScaled: Delete`): its claims must be held
+/// before the pod goes, which for a process that exits at once on SIGTERM is within
+/// milliseconds of its deletion.
+pub fn doomed<'a>(pod: &Pod, sets: impl IntoIterator<Item = &'a StatefulSet>) -> Option<SetClaim> {
+    scaled_away(pod, sets)
+        .filter(|(set, _)| deletes_scaled_claims(set))
+        .map(|(_, claim)| claim)
+}
+
+/// Whether a StatefulSet deletes the claims of the ordinals it scales away.
+pub fn deletes_scaled_claims(set: &StatefulSet) -> bool {
+    set.spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_scaled.as_deref())
+        == Some("Delete")
+}
+
+/// The UID of the StatefulSet that controls `pod`, if one does.
+pub fn controlling_set(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// The StatefulSet (existing, not being deleted) whose ordinal `pod` is, when that ordinal is
+/// out of its range.
+fn scaled_away<'a>(
+    pod: &Pod,
+    sets: impl IntoIterator<Item = &'a StatefulSet>,
+) -> Option<(&'a StatefulSet, SetClaim)> {
     let owner = pod
         .metadata
         .owner_references
@@ -231,20 +293,20 @@ pub fn condemned<'a>(
         .strip_prefix(&format!("{}-", owner.name))?
         .parse()
         .ok()?;
-    let sets: Vec<&StatefulSet> = sets.into_iter().collect();
     let set = sets
-        .iter()
-        .find(|s| s.metadata.uid.as_deref() == Some(owner.uid.as_str()));
-    match set {
-        Some(set) if set.metadata.deletion_timestamp.is_some() => None, // whenDeleted applies
-        Some(set) if live_ordinals(set).contains(&ordinal) => None,     // a restart
-        Some(_) => Some(SetClaim {
+        .into_iter()
+        .find(|s| s.metadata.uid.as_deref() == Some(owner.uid.as_str()))?;
+    if set.metadata.deletion_timestamp.is_some() || live_ordinals(set).contains(&ordinal) {
+        return None; // whenDeleted applies, or a restart
+    }
+    Some((
+        set,
+        SetClaim {
             set: owner.name.clone(),
             template: String::new(),
             ordinal,
-        }),
-        None => None,
-    }
+        },
+    ))
 }
 
 /// How a sweep sees one claim of a StatefulSet, before the ledger is asked about its drains.
@@ -658,6 +720,7 @@ mod tests {
             decide_release(
                 "data-web-4",
                 None,
+                None,
                 Some(&claim("data-web-4")),
                 [&mover],
                 sets.iter()
@@ -665,10 +728,38 @@ mod tests {
             decide_release(
                 "data-web-4",
                 None,
+                None,
                 Some(&claim("data-web-4")),
                 [],
                 sets.iter()
             ),
+        );
+    }
+
+    #[test]
+    fn a_held_scaled_away_pod_is_waited_for_unless_its_ordinal_is_live_again() {
+        let web6 = pod("web-6", &["data-web-6"]);
+        let decide = |replicas, pod_uid| {
+            let sets = [set("web", replicas, Some(5), &["data"])];
+            let claim = claim("data-web-6");
+            decide_release(
+                "data-web-6",
+                None,
+                pod_uid,
+                Some(&claim),
+                [&web6],
+                sets.iter(),
+            )
+        };
+        // The drain's own pod, up, its ordinal scaled away: wait until it goes.
+        assert_eq!(decide(1, Some("uid-web-6")), Release::Waiting);
+        // Scaled back up before it went: not needed.
+        assert!(
+            matches!(decide(2, Some("uid-web-6")), Release::StillInUse(w) if w.contains("live again"))
+        );
+        // Another pod of the ordinal (a new UID) mounts it: it came back.
+        assert!(
+            matches!(decide(2, Some("uid-old")), Release::StillInUse(w) if w.contains("came back"))
         );
     }
 
@@ -719,6 +810,7 @@ mod tests {
             let decided = decide_release(
                 pvc,
                 Some(&format!("uid-{pvc}")),
+                None,
                 found.as_ref(),
                 &pods,
                 sets.iter(),
@@ -733,6 +825,7 @@ mod tests {
         let decided = decide_release(
             "data-web-7",
             Some("old-uid"),
+            None,
             Some(&recreated),
             &[],
             sets.iter(),
@@ -744,6 +837,7 @@ mod tests {
         let none: [StatefulSet; 0] = [];
         let decided = decide_release(
             "data-web-7",
+            None,
             None,
             Some(&claim("data-web-7")),
             &[],

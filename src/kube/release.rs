@@ -99,13 +99,14 @@ impl Releases {
         let decision = planner::decide_release(
             &drain.pvc,
             drain.pvc_uid.as_deref(),
+            drain.pod_uid.as_deref(),
             claim.as_deref(),
             pods.iter().map(|p| p.as_ref()),
             sets.iter().map(|s| s.as_ref()),
         );
         let (event, why) = match decision {
             planner::Release::Waiting => {
-                self.keep_held(drain, claim.as_deref()).await;
+                self.keep_held(drain, claim.as_deref(), false).await;
                 let waited = crate::ledger::now_ms() - drain.created_ms;
                 if waited < self.release_timeout.as_millis() as i64 {
                     return Ok(());
@@ -161,14 +162,18 @@ impl Releases {
         self.notifier.notify(drain, &milestone).await;
     }
 
-    /// Holds a waiting drain's claim if its owners would have it deleted and it is not held
-    /// yet (the handoff's own hold failed, or the owner was set later).
+    /// Holds a waiting drain's claim if it is not held yet and its owners would have it
+    /// deleted (the handoff's own hold failed, or the owner was set later), or `always` (a
+    /// condemned ordinal's claim, which the StatefulSet controller is about to give to its
+    /// pod).
     async fn keep_held(
         &self,
         drain: &Drain,
         claim: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+        always: bool,
     ) {
-        let Some(claim) = claim.filter(|c| drain.hold.is_none() && hold::needs_hold(c)) else {
+        let Some(claim) = claim.filter(|c| drain.hold.is_none() && (always || hold::needs_hold(c)))
+        else {
             return;
         };
         match hold::hold(&self.cluster.client, &drain.id, claim).await {
@@ -196,6 +201,7 @@ impl Releases {
             .cluster
             .pods
             .state_filter(|p| p.metadata.deletion_timestamp.is_some());
+        terminating.extend(self.doomed_pods());
         for pod in taken.iter() {
             if !terminating
                 .iter()
@@ -211,17 +217,48 @@ impl Releases {
         });
         for pod in terminating {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
+            taken.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
             if !seen.contains(&uid) {
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let sets = self.cluster.sets_in(&ns);
-                if let Some(condemned) = planner::condemned(&pod, sets.iter().map(|s| s.as_ref())) {
-                    self.drain_condemned(&pod, &ns, &condemned).await?;
+                let sets = || sets.iter().map(|s| s.as_ref());
+                if let Some(condemned) = planner::condemned(&pod, sets()) {
+                    let why = "is terminating as a scaled-away ordinal";
+                    self.drain_condemned(&pod, &ns, &condemned, why, false)
+                        .await?;
+                } else if let Some(doomed) = planner::doomed(&pod, sets()) {
+                    let why = "is a scaled-away ordinal whose claims its StatefulSet deletes \
+                               (whenScaled: Delete), held before the pod goes";
+                    self.drain_condemned(&pod, &ns, &doomed, why, true).await?;
+                } else if pod.metadata.deletion_timestamp.is_none() {
+                    // A live ordinal of a `whenScaled: Delete` set: looked at again after
+                    // the next change of its StatefulSet (a scale-down makes it doomed).
+                    continue;
                 }
-                seen.insert(uid.clone());
+                seen.insert(uid);
             }
-            taken.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
         }
         Ok(())
+    }
+
+    /// Pods not terminating yet that are scaled-away ordinals of a StatefulSet with
+    /// `whenScaled: Delete` (the StatefulSet controller is about to delete them and, with
+    /// them, their claims).
+    fn doomed_pods(&self) -> Vec<Arc<Pod>> {
+        let sets: HashSet<String> = self
+            .cluster
+            .sets
+            .state_filter(planner::deletes_scaled_claims)
+            .iter()
+            .filter_map(|s| s.metadata.uid.clone())
+            .collect();
+        if sets.is_empty() {
+            return Vec::new();
+        }
+        self.cluster.pods.state_filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && planner::controlling_set(p).is_some_and(|uid| sets.contains(uid))
+        })
     }
 
     async fn drain_condemned(
@@ -229,6 +266,8 @@ impl Releases {
         pod: &Pod,
         ns: &str,
         condemned: &planner::SetClaim,
+        why: &str,
+        hold_always: bool,
     ) -> Result<(), crate::ledger::Error> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let sets = self.cluster.sets_in(ns);
@@ -244,7 +283,7 @@ impl Releases {
                     volume,
                     pod: Some(name.clone()),
                     reason: format!(
-                        "pod {name} of {} is terminating as a scaled-away ordinal ({}), seen by drainer before any handoff",
+                        "pod {name} of {} {why} ({}), seen by drainer before any handoff",
                         condemned.set, condemned.ordinal
                     ),
                     max_attempts: self.max_attempts,
@@ -267,16 +306,32 @@ impl Releases {
                 self.notifier.notify(&drain, &Milestone::Accepted).await;
             }
             let claim = self.cluster.claim(ns, &drain.pvc);
-            self.keep_held(&drain, claim.as_deref()).await;
+            self.keep_held(&drain, claim.as_deref(), hold_always).await;
         }
         Ok(())
+    }
+
+    /// Whether claim `pvc` belongs to a live ordinal of its StatefulSet (one that wants it).
+    fn ordinal_is_live(&self, namespace: &str, pvc: &str) -> bool {
+        let sets = self.cluster.sets_in(namespace);
+        let sets = || sets.iter().map(|s| s.as_ref());
+        planner::set_claim(pvc, sets()).is_some_and(|c| planner::ordinal_is_live(&c, sets()))
     }
 
     /// Lets go of the holds of drains that ended.
     async fn ended_holds(&self) -> Result<(), crate::ledger::Error> {
         for drain in self.ledger.ended_with_hold(PAGE).await? {
             let Some(name) = &drain.hold else { continue };
-            match hold::release(&self.cluster.client, &drain.namespace, name).await {
+            let live = self.ordinal_is_live(&drain.namespace, &drain.pvc);
+            match hold::release(
+                &self.cluster.client,
+                &drain.namespace,
+                &drain.pvc,
+                name,
+                live,
+            )
+            .await
+            {
                 Ok(()) => {
                     self.ledger.set_hold(&drain.id, None).await?;
                     tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, state = %drain.state, "hold let go");

@@ -67,6 +67,22 @@ impl Terminations {
         self.wake.notified().await;
     }
 
+    /// Wakes the tracker without a pod: a StatefulSet changed, and with it which pods are
+    /// scaled away.
+    fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// What one StatefulSet watch tells the tracker: a set changed (scaled down, perhaps).
+    fn set_follower(&self) -> impl FnMut(&watcher::Event<StatefulSet>) + Send + 'static {
+        let out = self.clone();
+        move |event| {
+            if let watcher::Event::Apply(_) = event {
+                out.poke();
+            }
+        }
+    }
+
     fn push(&self, pod: Pod) {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         if pods.len() >= TERMINATIONS_KEPT {
@@ -166,7 +182,9 @@ impl Cluster {
             terminations.follower()
         });
         let claims = watch_each(&client, &namespaces, all.clone(), prune, &stop, ignore);
-        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop, ignore);
+        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop, || {
+            terminations.set_follower()
+        });
         let jobs = watch_each(&client, &namespaces, mine, prune, &stop, ignore);
         let volumes = Stores(vec![watch(
             Api::all(client.clone()),

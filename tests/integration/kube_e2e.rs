@@ -470,7 +470,8 @@ fn history(drain: &Value) -> String {
 /// pod token, confirmed against the live pod), and the drain names the pod and its UID. The
 /// drain was created either by that handoff (its history starts with the hook's reason) or,
 /// a moment earlier, by drainer itself, which saw the condemned pod start terminating before
-/// its preStop hook's handoff arrived; the handoff then joined the drain.
+/// its preStop hook's handoff arrived (with `whenScaled: Delete`, saw the scale-down make it a
+/// scaled-away ordinal); the handoff then joined the drain.
 async fn assert_handed_off_by(
     ledger: &drainer::Ledger,
     ns: &str,
@@ -487,7 +488,9 @@ async fn assert_handed_off_by(
     ensure!(drain["pod_uid"] == uid, "{drain}");
     let first = drain["history"][0]["message"].as_str().unwrap_or_default();
     ensure!(
-        first == "preStop" || first.starts_with(&format!("pod {pod} of web is terminating")),
+        first == "preStop"
+            || first.starts_with(&format!("pod {pod} of web is terminating"))
+            || first.starts_with(&format!("pod {pod} of web is a scaled-away ordinal")),
         "{}",
         history(drain)
     );
@@ -1261,10 +1264,13 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             let drain = &drains[pvc];
             let id = drain["id"].as_str().unwrap_or_default();
             let (pod, uid) = &pods[(o - START) as usize];
-            // Found by drainer as the pod terminated, not handed off, not swept.
+            // Found by drainer as the pod terminated (with `Delete`, as soon as the scale-down
+            // made it a scaled-away ordinal, before it was deleted), not handed off, not swept.
             let first = drain["history"][0]["message"].as_str().unwrap_or_default();
+            let doomed = format!("pod {pod} of web is a scaled-away ordinal whose claims");
             ensure!(
-                first.starts_with(&format!("pod {pod} of web is terminating")),
+                first.starts_with(&format!("pod {pod} of web is terminating"))
+                    || (when_scaled == "Delete" && first.starts_with(&doomed)),
                 "{pvc}: {}",
                 history(drain)
             );
@@ -1336,17 +1342,10 @@ async fn fifty_claims_orphaned_at_once_are_drained_with_bounded_concurrency() ->
 }
 
 /// 50 claims orphaned at once with `whenScaled: Delete` (see [`fifty_at_once`]): each claim
-/// is held from the garbage collector while its pod terminates and until its drain ends.
-///
-/// Fails today, so it is ignored: the 50 pods exit at once on SIGTERM and are gone within
-/// moments of their deletion, and for some the garbage collector deletes the claim before
-/// (or although, having read it just before) drainer adds its hold; those drains fail ("claim
-/// … does not exist"), and a pod gone before drainer saw it terminating leaves a claim deleted
-/// with no drain at all. Holding has to start earlier (when the StatefulSet's replicas drop,
-/// or when the controller makes the pod the claim's owner). See the README's "What drainer
-/// does not handle yet".
+/// is held from the garbage collector from the moment the scale-down makes its pod a
+/// scaled-away ordinal (before the StatefulSet controller deletes the pod, which exits at once
+/// on SIGTERM) until its drain ends; no claim is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "whenScaled: Delete loses claims of pods that exit at once when 50 are scaled away together"]
 async fn fifty_claims_orphaned_at_once_with_delete_are_held_until_drained() -> Result<()> {
     fifty_at_once("e2e-fifty-delete", "Delete").await
 }
