@@ -98,7 +98,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let selector = snapshot::continuing(&dest, &args.volume, &args.selector())?;
     let options = RestoreOptions {
-        concurrency: args.engine.concurrency(),
+        // Through the API each file is a request: keep as many in flight as a mover does.
+        concurrency: match (&source, args.engine.concurrency) {
+            (Source::Drainer(_), None) => crate::config::DEFAULT_MOVER_CONCURRENCY.into(),
+            _ => args.engine.concurrency(),
+        },
         force: args.force,
         part_size: u64::from(args.engine.part_size_mib) << 20,
         buffer_bytes: u64::from(args.engine.buffer_mib) << 20,
