@@ -157,12 +157,23 @@ pub(super) async fn handoff(
     let created = recorded.iter().any(|(_, new)| *new);
     for (drain, new) in &recorded {
         tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, by = %requester, "handoff recorded");
-        if *new {
-            shared
-                .notifier
-                .notify(drain, &crate::notify::Milestone::Accepted)
-                .await;
-        }
+    }
+    // Told after the answer, not before: in Kubernetes mode each is an Event on the claim and
+    // the pod (two API calls), and the drain is already safe in the ledger.
+    let accepted: Vec<Drain> = recorded
+        .iter()
+        .filter(|(_, new)| *new)
+        .map(|(d, _)| d.clone())
+        .collect();
+    if !accepted.is_empty() {
+        let notifier = std::sync::Arc::clone(&shared.notifier);
+        tokio::spawn(async move {
+            for drain in &accepted {
+                notifier
+                    .notify(drain, &crate::notify::Milestone::Accepted)
+                    .await;
+            }
+        });
     }
     let status = if created {
         StatusCode::ACCEPTED
