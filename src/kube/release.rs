@@ -8,9 +8,12 @@
 //! deleted meanwhile → `failed`, with the reason in the history. A drain that waits longer
 //! than the release timeout fails. Pods of a StatefulSet seen terminating as condemned
 //! ordinals get a drain (and a hold) even when nobody handed them off: looked at as soon as the
-//! pod watch sees them, and kept until looked at, even when the pod is gone by then. Holds of
-//! drains that ended are let go. Every replica runs this; the ledger's guarded transitions make each
-//! decision happen once.
+//! pod watch sees them, and kept until looked at, even when the pod is gone by then. With
+//! `whenScaled: Delete` drainer does not wait for the termination: as soon as a StatefulSet
+//! change makes a pod a scaled-away ordinal, its claims get a drain and a hold, before the
+//! controller deletes the pod. Holds of drains that ended are let go (taken off the claim
+//! first when its ordinal is live again). Every replica runs this; the ledger's guarded
+//! transitions make each decision happen once.
 
 use super::{Cluster, hold, planner};
 use crate::ledger::{
