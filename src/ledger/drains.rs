@@ -819,13 +819,13 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    /// Whether the drain ends with this outcome (its record is then flushed to disk).
+    /// Whether this outcome's record is flushed to disk before the attempt ends: a completed
+    /// drain's (Kubernetes mode lets go of the claim's hold once it is recorded). Every other
+    /// outcome is redone if a power loss takes its record: the drain's lease expires and the
+    /// next attempt fails, or gives up, again. (Flushing every failure made each failing drain
+    /// an fsync on SQLite's one writer, beside the handoffs'.)
     fn is_final(&self) -> bool {
-        match self {
-            Self::Completed { .. } => true,
-            Self::Failed { after, .. } => *after == AfterFailure::GiveUp,
-            Self::Released => false,
-        }
+        matches!(self, Self::Completed { .. })
     }
 
     /// The transition that records this outcome for the lease holder `owner`.
