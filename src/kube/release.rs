@@ -162,7 +162,7 @@ impl Releases {
             },
             _ => return,
         };
-        self.notifier.notify(drain, &milestone).await;
+        self.announce(drain.clone(), milestone);
     }
 
     /// Holds a waiting drain's claim if it is not held yet and its owners would have it
@@ -218,29 +218,55 @@ impl Releases {
                 .iter()
                 .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
         });
+        // Decided for every pod first, recorded in one batch, held all at once: fifty pods
+        // scaled away together must all be held before the collector can delete a claim.
+        let mut wanted = Vec::new();
         for pod in terminating {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             taken.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
-            if !seen.contains(&uid) {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let sets = self.cluster.sets_in(&ns);
-                let sets = || sets.iter().map(|s| s.as_ref());
-                if let Some(condemned) = planner::condemned(&pod, sets()) {
-                    let why = "is terminating as a scaled-away ordinal";
-                    self.drain_condemned(&pod, &ns, &condemned, why, false)
-                        .await?;
-                } else if let Some(doomed) = planner::doomed(&pod, sets()) {
-                    let why = "is a scaled-away ordinal whose claims its StatefulSet deletes \
-                               (whenScaled: Delete), held before the pod goes";
-                    self.drain_condemned(&pod, &ns, &doomed, why, true).await?;
-                } else if pod.metadata.deletion_timestamp.is_none() {
-                    // A live ordinal of a `whenScaled: Delete` set: looked at again after
-                    // the next change of its StatefulSet (a scale-down makes it doomed).
-                    continue;
-                }
-                seen.insert(uid);
+            if seen.contains(&uid) {
+                continue;
             }
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let sets = self.cluster.sets_in(&ns);
+            let sets = || sets.iter().map(|s| s.as_ref());
+            if let Some(condemned) = planner::condemned(&pod, sets()) {
+                let why = "is terminating as a scaled-away ordinal";
+                wanted.extend(self.drains_for(&pod, &ns, &condemned, why, false));
+            } else if let Some(doomed) = planner::doomed(&pod, sets()) {
+                let why = "is a scaled-away ordinal whose claims its StatefulSet deletes \
+                           (whenScaled: Delete), held before the pod goes";
+                wanted.extend(self.drains_for(&pod, &ns, &doomed, why, true));
+            } else if pod.metadata.deletion_timestamp.is_none() {
+                // A live ordinal of a `whenScaled: Delete` set: looked at again after the
+                // next change of its StatefulSet (a scale-down makes it doomed).
+                continue;
+            }
+            seen.insert(uid);
         }
+        self.record_condemned(wanted).await
+    }
+
+    /// Records the drains of condemned pods' claims (one batch) and holds their claims
+    /// (concurrently); `bool`: hold even if the claim has no owner yet.
+    async fn record_condemned(
+        &self,
+        wanted: Vec<(NewDrain, bool)>,
+    ) -> Result<(), crate::ledger::Error> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (drains, always): (Vec<NewDrain>, Vec<bool>) = wanted.into_iter().unzip();
+        let recorded = self.ledger.request_drains(&drains).await?;
+        let holds = recorded.iter().zip(always).map(|((drain, new), always)| {
+            if *new {
+                tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, pod = ?drain.pod, "condemned pod seen: drain created");
+                self.announce(drain.clone(), Milestone::Accepted);
+            }
+            let claim = self.cluster.claim(&drain.namespace, &drain.pvc);
+            async move { self.keep_held(drain, claim.as_deref(), always).await }
+        });
+        futures::future::join_all(holds).await;
         Ok(())
     }
 
@@ -264,17 +290,18 @@ impl Releases {
         })
     }
 
-    async fn drain_condemned(
+    /// The drains a condemned pod's claims (of its StatefulSet) get.
+    fn drains_for(
         &self,
         pod: &Pod,
         ns: &str,
         condemned: &planner::SetClaim,
         why: &str,
         hold_always: bool,
-    ) -> Result<(), crate::ledger::Error> {
+    ) -> Vec<(NewDrain, bool)> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let sets = self.cluster.sets_in(ns);
-        let wanted: Vec<NewDrain> = planner::claims_of(pod)
+        planner::claims_of(pod)
             .filter(|claim| {
                 planner::set_claim(claim, sets.iter().map(|s| s.as_ref()))
                     .is_some_and(|c| c.set == condemned.set)
@@ -282,7 +309,7 @@ impl Releases {
             .filter_map(|claim| {
                 let found = self.cluster.claim(ns, claim)?;
                 let volume = crate::volume::VolumeId::new(ns, claim).ok()?;
-                Some(NewDrain {
+                let drain = NewDrain {
                     volume,
                     pod: Some(name.clone()),
                     reason: format!(
@@ -297,21 +324,10 @@ impl Releases {
                         pod_uid: pod.metadata.uid.clone(),
                         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                     }),
-                })
+                };
+                Some((drain, hold_always))
             })
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        for (drain, new) in self.ledger.request_drains(&wanted).await? {
-            if new {
-                tracing::info!(drain = %drain.id, ns, pvc = %drain.pvc, pod = %name, "condemned pod seen terminating: drain created");
-                self.notifier.notify(&drain, &Milestone::Accepted).await;
-            }
-            let claim = self.cluster.claim(ns, &drain.pvc);
-            self.keep_held(&drain, claim.as_deref(), hold_always).await;
-        }
-        Ok(())
+            .collect()
     }
 
     /// Whether claim `pvc` belongs to a live ordinal of its StatefulSet (one that wants it).
@@ -319,6 +335,14 @@ impl Releases {
         let sets = self.cluster.sets_in(namespace);
         let sets = || sets.iter().map(|s| s.as_ref());
         planner::set_claim(pvc, sets()).is_some_and(|c| planner::ordinal_is_live(&c, sets()))
+    }
+
+    /// Tells the notifier of a milestone without waiting for it: in Kubernetes mode each is an
+    /// Event on the claim and the pod (two API calls), and the tracker has other drains to
+    /// look at meanwhile (fifty pods scaled away at once must not wait for a hundred Events).
+    fn announce(&self, drain: Drain, milestone: Milestone) {
+        let notifier = Arc::clone(&self.notifier);
+        tokio::spawn(async move { notifier.notify(&drain, &milestone).await });
     }
 
     /// Lets go of the holds of drains that ended.
