@@ -15,6 +15,8 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 const PODS: i32 = 50;
 const ROUNDS: usize = 20;
+/// Rounds of first handoffs (new tokens, new drains) and of first-contact floors.
+const FIRST_ROUNDS: usize = 5;
 const WATCHED: usize = 10_000;
 
 fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
@@ -28,60 +30,64 @@ async fn main() -> Result<()> {
         std::env::var("DRAINER_BIN").unwrap_or_else(|_| "target/release/drainer".into());
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
     create(&client, &ns).await?;
-    let tokens = pod_tokens(&client, &ns).await?;
-    // The floor of a first contact: other tokens the API server has not reviewed yet, through
-    // a client with no connection open yet, as drainer's first round is.
-    let fresh_tokens = pod_tokens(&client, &ns).await?;
-    let mut floor_cold = review_floor(&Client::try_default().await?, &fresh_tokens, 1).await?;
+    // The floors: the bare TokenReviews, 50 at once, of tokens nobody has reviewed yet (as a
+    // pod's first handoff is), through kube's default client (HTTP/1.1, a connection per
+    // concurrent call, new) and through drainer's (HTTP/2, one connection, warm).
+    let mut floor_h1 = Vec::new();
+    let mut floor_h2 = Vec::new();
+    let h2 = drainer::kube::client::connect().await?;
+    for _ in 0..FIRST_ROUNDS {
+        let tokens = pod_tokens(&client, &ns).await?;
+        floor_h1.extend(review_floor(&Client::try_default().await?, &tokens, 1).await?);
+        let tokens = pod_tokens(&client, &ns).await?;
+        floor_h2.extend(review_floor(&h2, &tokens, 1).await?);
+    }
     let work = tempfile::tempdir()?;
     let (mut drainer, url) = start_drainer(&drainer_bin, work.path(), Some(&ns)).await?;
     let http = reqwest::Client::new();
-    let mut cold = Vec::new();
-    let mut warm = Vec::new();
-    for round in 0..ROUNDS {
-        let calls = tokens.iter().enumerate().map(|(i, token)| {
-            let (http, url, ns) = (http.clone(), url.clone(), ns.clone());
-            async move {
-                let started = Instant::now();
-                let answer = http
-                    .post(format!("{url}/v1/handoffs"))
-                    .bearer_auth(token)
-                    .json(&json!({"namespace": ns, "pvcs": [format!("data-web-{i}")]}))
-                    .send()
-                    .await;
-                let ok = answer.is_ok_and(|r| r.status().is_success());
-                (started.elapsed(), ok)
-            }
-        });
-        let results = futures::future::join_all(calls).await;
-        let failed = results.iter().filter(|(_, ok)| !ok).count();
-        if failed > 0 {
-            eprintln!("round {round}: {failed} handoffs failed");
-        }
-        let times = results.into_iter().map(|(t, _)| t);
-        if round == 0 {
-            cold.extend(times)
-        } else {
-            warm.extend(times)
+    // First contact: every round with tokens new to drainer and to the API server, handing
+    // off claims without an active drain (the last round's drains are cancelled), so each
+    // handoff records a new drain and its Events, as a scale-down does.
+    let mut first = Vec::new();
+    let mut tokens = Vec::new();
+    for round in 0..FIRST_ROUNDS {
+        tokens = pod_tokens(&client, &ns).await?;
+        let (times, drains) = handoff_round(&http, &url, &ns, &tokens).await;
+        first.extend(times);
+        if round + 1 < FIRST_ROUNDS {
+            cancel(&http, &url, &drains).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await; // their Events told
         }
     }
-    let mut floor = review_floor(&client, &tokens, ROUNDS).await?;
-    println!("## Handoffs through TokenReview, {PODS} pods at once ({ROUNDS} rounds)\n");
+    // Later handoffs of the same pods: reviews cached, drains joined.
+    let mut later = Vec::new();
+    for _ in 1..ROUNDS {
+        later.extend(handoff_round(&http, &url, &ns, &tokens).await.0);
+    }
+    let mut floor_warm = review_floor(&client, &tokens, ROUNDS).await?;
+    println!("## Handoffs through TokenReview, {PODS} pods at once\n");
     println!(
         "| what | requests | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
     );
-    row("first round (every review uncached)", &mut cold);
     row(
-        "later rounds (reviews cached ≤ 10 s, live pod checked)",
-        &mut warm,
+        "drainer, first handoff (tokens new to drainer and the API server, new drains)",
+        &mut first,
     );
     row(
-        "floor, first contact: TokenReview alone, 50 at once, new tokens, new client",
-        &mut floor_cold,
+        "drainer, later handoffs (reviews cached ≤ 10 s, live pod checked, drains joined)",
+        &mut later,
     );
     row(
-        "floor, warm: TokenReview alone, 50 at once, reviewed tokens",
-        &mut floor,
+        "floor: TokenReview alone, new tokens, kube's default client (HTTP/1.1, new connections)",
+        &mut floor_h1,
+    );
+    row(
+        "floor: TokenReview alone, new tokens, drainer's client (HTTP/2, one warm connection)",
+        &mut floor_h2,
+    );
+    row(
+        "floor: TokenReview alone, tokens reviewed before, kube's default client, warm",
+        &mut floor_warm,
     );
     drainer.kill().await?;
 
@@ -108,6 +114,57 @@ async fn main() -> Result<()> {
         let _ = Api::<Namespace>::all(client.clone())
             .delete(name, &Default::default())
             .await;
+    }
+    Ok(())
+}
+
+/// One handoff by each pod at once: each answer's time, and the drains answered.
+async fn handoff_round(
+    http: &reqwest::Client,
+    url: &str,
+    ns: &str,
+    tokens: &[String],
+) -> (Vec<Duration>, Vec<String>) {
+    let calls = tokens.iter().enumerate().map(|(i, token)| async move {
+        let started = Instant::now();
+        let answer = http
+            .post(format!("{url}/v1/handoffs"))
+            .bearer_auth(token)
+            .json(&json!({"namespace": ns, "pvcs": [format!("data-web-{i}")]}))
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        let body: Option<Value> = match answer {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        (elapsed, body)
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed = results.iter().filter(|(_, body)| body.is_none()).count();
+    if failed > 0 {
+        eprintln!("{failed} handoffs failed");
+    }
+    let drains = results
+        .iter()
+        .filter_map(|(_, body)| body.as_ref())
+        .flat_map(|b| b["drains"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| d["id"].as_str().map(str::to_owned))
+        .collect();
+    (results.into_iter().map(|(t, _)| t).collect(), drains)
+}
+
+/// Cancels `drains` as the admin.
+async fn cancel(http: &reqwest::Client, url: &str, drains: &[String]) -> Result<()> {
+    for id in drains {
+        let answer = http
+            .post(format!("{url}/v1/drains/{id}/cancel"))
+            .bearer_auth("bench-admin")
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            return Err(format!("cancelling {id}: {}", answer.status()).into());
+        }
     }
     Ok(())
 }

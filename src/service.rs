@@ -172,7 +172,7 @@ fn external_movers(base: &Base<'_>) -> ExternalMovers {
 /// by mover Jobs.
 async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<Mode> {
     let args = base.args;
-    let client = kube::Client::try_default()
+    let client = crate::kube::client::connect()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let cluster =

@@ -8,7 +8,10 @@
 //! What a milestone says is decided in pure code ([`say`]). The same event about the same
 //! object (same reason and message) within [`SERIES_WINDOW`] is not recorded again: the first
 //! one's `series` is counted up instead, as `kubectl describe` shows (`x3 over 2m`). Every
-//! call has the API timeout; a failure is logged and never fails the drain.
+//! call has the API timeout; a failure is logged and never fails the drain. Events are
+//! recorded [`EVENTS_AT_ONCE`] drains at a time: fifty pods handing off together make a
+//! hundred Events, which must not crowd out the TokenReviews of the handoffs still waiting
+//! for their answer on the same API server.
 
 use super::{Cluster, call};
 use crate::ledger::Drain;
@@ -33,6 +36,8 @@ pub const LAST_SNAPSHOT_TIME: &str = "drainer.io/last-snapshot-time";
 pub const SERIES_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// The most events remembered for series.
 const REMEMBERED: usize = 4096;
+/// How many drains' Events are being recorded at once.
+pub const EVENTS_AT_ONCE: usize = 2;
 /// The longest note the API accepts.
 const MAX_NOTE: usize = 1024;
 
@@ -153,6 +158,8 @@ pub struct KubeEvents {
     cluster: Cluster,
     instance: String,
     recorded: Mutex<HashMap<Key, Recorded>>,
+    /// Turns to record Events: the API server's time goes to callers waiting for answers first.
+    turns: tokio::sync::Semaphore,
 }
 
 impl KubeEvents {
@@ -164,6 +171,7 @@ impl KubeEvents {
             cluster,
             instance: truncate(instance.to_owned(), 128),
             recorded: Mutex::new(HashMap::new()),
+            turns: tokio::sync::Semaphore::new(EVENTS_AT_ONCE),
         }
     }
 
@@ -358,6 +366,9 @@ impl KubeEvents {
 #[async_trait::async_trait]
 impl Notifier for KubeEvents {
     async fn notify(&self, drain: &Drain, milestone: &Milestone) {
+        let Ok(_turn) = self.turns.acquire().await else {
+            return; // never closed
+        };
         let said = say(drain, milestone);
         let claim = self.claim_ref(drain);
         let pod = self.pod_ref(drain);

@@ -8,6 +8,7 @@
 //! their drains. Core modules never import this one.
 
 pub mod admission;
+pub mod client;
 pub mod events;
 pub mod hold;
 pub mod identity;
