@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod auth;
+pub(crate) mod batching;
 pub(crate) mod cli;
 pub(crate) mod client;
 pub mod config;

@@ -5,13 +5,20 @@
 //! The caller's token decides which volumes it may read; the store and its credentials stay
 //! with the drainer.
 //!
+//! Small reads (a small file's whole object, in one range) travel together in batches
+//! (`POST …/objects/batch`, [`crate::batching`]): twenty thousand small files are a few
+//! hundred requests, not twenty thousand. A drainer without that route is read one object at
+//! a time.
+//!
 //! Client side only (the drainer's side is `http::volumes`). Every request has the client's
 //! timeout; failures that may pass (the drainer restarting, a `503`) are retried for
 //! [`RETRY_FOR`], a ranged read with its body.
 
+use crate::batching::Batcher;
 use crate::client::{Api, CallError};
 use crate::config::ClientArgs;
 use crate::protocol::Listing;
+use crate::protocol::batch::{self, ReadBatch, ReadOutcome, ReadRequest};
 use crate::snapshot::{self, Listed, SnapshotSelector, SnapshotSummary};
 use crate::store::{Barrier, Store, StoreOptions};
 use crate::volume::VolumeId;
@@ -24,11 +31,14 @@ use object_store::{
     ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult,
 };
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long a request that may succeed later is sent again.
 pub const RETRY_FOR: Duration = Duration::from_secs(120);
+/// Batches of small reads on their way at once.
+const READ_BATCHES_IN_FLIGHT: usize = 4;
 
 /// One volume on a drainer, read through its API.
 #[derive(Debug, Clone)]
@@ -70,6 +80,8 @@ impl RemoteVolume {
         let objects = Arc::new(ApiObjects {
             api: self.api.clone(),
             prefix: format!("volumes/{}/{}/", self.volume.namespace, self.volume.name),
+            batches: OnceLock::new(),
+            batches_served: AtomicBool::new(true),
         });
         Store::relayed(
             Arc::clone(&objects) as Arc<dyn ObjectStore>,
@@ -125,6 +137,25 @@ struct ApiObjects {
     api: Api,
     /// The volume's prefix in the drainer's store, which keys are relative to on the wire.
     prefix: String,
+    /// Small reads on their way in batches (started at the first one).
+    batches: OnceLock<Batcher<ReadRequest, BatchRead>>,
+    /// Whether the drainer serves batches of reads (it has answered `404`/`405` if not).
+    batches_served: AtomicBool,
+}
+
+/// One read of a batch: the object's size and the bytes, or the error with the status of the
+/// whole batch's answer when that failed.
+type BatchRead = Result<(u64, Bytes), BatchReadError>;
+
+/// Why one read of a batch failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+struct BatchReadError {
+    /// The status of the batch's answer, when the whole batch was refused.
+    status: Option<u16>,
+    /// The object does not exist.
+    not_found: bool,
+    message: String,
 }
 
 impl std::fmt::Display for ApiObjects {
@@ -142,24 +173,81 @@ fn not_supported(what: &str) -> object_store::Error {
 /// An API error as the store error it stands for: 404 not found, 401 and 403 refused, the
 /// rest generic (whose transience the store's caller judges).
 fn store_error(location: &Path, e: CallError) -> object_store::Error {
+    let status = e.status();
+    error_for(location, status, Box::new(e))
+}
+
+/// The store error of an answer with `status` (if any) about `location`.
+fn error_for(
+    location: &Path,
+    status: Option<u16>,
+    source: Box<dyn std::error::Error + Send + Sync>,
+) -> object_store::Error {
     let path = location.to_string();
-    match e.status() {
-        Some(404) => object_store::Error::NotFound {
-            path,
-            source: Box::new(e),
-        },
-        Some(401) => object_store::Error::Unauthenticated {
-            path,
-            source: Box::new(e),
-        },
-        Some(403) => object_store::Error::PermissionDenied {
-            path,
-            source: Box::new(e),
-        },
+    match status {
+        Some(404) => object_store::Error::NotFound { path, source },
+        Some(401) => object_store::Error::Unauthenticated { path, source },
+        Some(403) => object_store::Error::PermissionDenied { path, source },
         _ => object_store::Error::Generic {
             store: "drainer",
-            source: Box::new(e),
+            source,
         },
+    }
+}
+
+/// Sends one batch of reads (again, body and all, while the failure may pass); one result
+/// per read, in order.
+async fn send_read_batch(api: &Api, reads: Vec<ReadRequest>) -> Vec<BatchRead> {
+    let url = api.url("/objects/batch");
+    let count = reads.len();
+    let body = ReadBatch { reads };
+    let read = || async {
+        let response = api.call(|http| http.post(&url).json(&body)).await?;
+        let url = response.url().to_string();
+        response
+            .bytes()
+            .await
+            .map_err(|source| CallError::Transport { url, source })
+    };
+    let answer = crate::retry::with_retries(
+        crate::retry::client_policy(RETRY_FOR),
+        CallError::is_transient,
+        read,
+    )
+    .await;
+    let failed = |status: Option<u16>, message: String| {
+        vec![
+            Err(BatchReadError {
+                status,
+                not_found: false,
+                message
+            });
+            count
+        ]
+    };
+    let body = match answer {
+        Ok(body) => body,
+        Err(e) => return failed(e.status(), e.to_string()),
+    };
+    match batch::decode_reads(body, count) {
+        Ok(outcomes) => outcomes.into_iter().map(read_result).collect(),
+        Err(why) => failed(
+            None,
+            format!("the drainer answered a malformed batch: {why}"),
+        ),
+    }
+}
+
+fn read_result(outcome: ReadOutcome) -> BatchRead {
+    let error = |not_found, message| BatchReadError {
+        status: None,
+        not_found,
+        message,
+    };
+    match outcome {
+        ReadOutcome::Data { size, bytes } => Ok((size, bytes)),
+        ReadOutcome::NotFound(why) => Err(error(true, why)),
+        ReadOutcome::Failed(why) => Err(error(false, why)),
     }
 }
 
@@ -262,6 +350,53 @@ impl ApiObjects {
         }
     }
 
+    /// A small ranged read in the next batch; `None` if this drainer serves no batches.
+    async fn batched(
+        &self,
+        location: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Option<object_store::Result<GetResult>> {
+        let key = self.relative(location).ok()?.to_owned();
+        let batches = self.batches.get_or_init(|| {
+            let api = self.api.clone();
+            Batcher::start(batch::MAX_OBJECTS, READ_BATCHES_IN_FLIGHT, move |reads| {
+                let api = api.clone();
+                async move { send_read_batch(&api, reads).await }
+            })
+        });
+        let read = ReadRequest {
+            key,
+            start: range.start,
+            end: range.end,
+        };
+        let outcome = batches.submit(read).await.unwrap_or_else(|| {
+            Err(BatchReadError {
+                status: None,
+                not_found: false,
+                message: "the batch sender stopped".into(),
+            })
+        });
+        let (size, bytes) = match outcome {
+            Ok(found) => found,
+            Err(e) if matches!(e.status, Some(404 | 405)) => {
+                self.batches_served.store(false, Ordering::Relaxed);
+                return None;
+            }
+            Err(e) => {
+                let status = if e.not_found { Some(404) } else { e.status };
+                return Some(Err(error_for(location, status, Box::new(e))));
+            }
+        };
+        let span = range.start..range.start + bytes.len() as u64;
+        let stream = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(bytes) });
+        Some(Ok(Self::result(
+            location,
+            span,
+            size,
+            GetResultPayload::Stream(stream.boxed()),
+        )))
+    }
+
     /// A ranged read, body included, sent again (body and all) while it may pass.
     async fn ranged(
         &self,
@@ -319,6 +454,13 @@ impl ObjectStore for ApiObjects {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.relative(location)?;
+        if let (Some(GetRange::Bounded(range)), false) = (&options.range, options.head)
+            && range.end.saturating_sub(range.start) <= batch::SMALL_OBJECT as u64
+            && self.batches_served.load(Ordering::Relaxed)
+            && let Some(read) = self.batched(location, range.clone()).await
+        {
+            return read;
+        }
         if options.range.is_some() && !options.head {
             return self.ranged(location, &options).await;
         }

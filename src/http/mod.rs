@@ -128,6 +128,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/orphans" => ListOrphans, api::orphans;
         get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object;
+        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects;
     );
     let (movers, mover_table) = routes!(state;
         post "/drains/{id}/run" => Stream, mover::begin;

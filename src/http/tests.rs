@@ -589,6 +589,66 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
             .unwrap();
         assert_eq!(answer.status().as_u16(), status, "{bad}");
     }
+    batch_reads(w, &key, large).await;
+}
+
+/// `POST …/objects/batch`: each read answered in order (bytes and object size, or why not);
+/// a batch with one key outside the volume, a range too long or too many reads is refused
+/// whole; other callers are refused.
+async fn batch_reads(w: &World, key: &str, large: &[u8]) {
+    use crate::protocol::batch::{ReadOutcome, decode_reads};
+    let url = format!("{}/v1/volumes/shop/data-web-4/objects/batch", w.api.url);
+    let send = |token: &'static str, body: Value| {
+        w.api
+            .client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let missing = key.replace("files/large", "files/nothing");
+    let reads = json!({"reads": [
+        {"key": key, "start": 5, "end": 9},
+        {"key": missing, "start": 0, "end": 3},
+        {"key": key, "start": 0, "end": 0},
+    ]});
+    let answer = send("pod", reads.clone()).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let outcomes = decode_reads(answer.bytes().await.unwrap(), 3).unwrap();
+    let size = large.len() as u64;
+    let data = |outcome: &ReadOutcome| match outcome {
+        ReadOutcome::Data { size, bytes } => Some((*size, bytes.len(), bytes.to_vec())),
+        _ => None,
+    };
+    assert_eq!(data(&outcomes[0]), Some((size, 4, large[5..9].to_vec())));
+    assert!(matches!(&outcomes[1], ReadOutcome::NotFound(why) if why.contains("nothing")));
+    assert_eq!(
+        data(&outcomes[2]),
+        Some((size, 0, vec![])),
+        "no bytes asked for"
+    );
+    let read = |key: &str, end: usize| json!({"key": key, "start": 0, "end": end});
+    let refused = [
+        (
+            json!({"reads": [read(key, 4), read("volumes/shop/x", 4)]}),
+            403,
+        ),
+        (json!({"reads": [read("../data-web-3/latest", 4)]}), 400),
+        (json!({"reads": [read(key, 256 * 1024 + 1)]}), 400),
+        (json!({"reads": [{"key": key, "start": 9, "end": 5}]}), 400),
+        (json!({"reads": vec![read(key, 1); 65]}), 400),
+        (json!({"reads": [], "extra": 1}), 400),
+    ];
+    for (body, status) in refused {
+        let answer = send("pod", body.clone()).await.unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{body}");
+        let error: Value = answer.json().await.unwrap();
+        assert!(error["error"]["message"].is_string(), "{body}: {error}");
+    }
+    for token in ["mover", "nobody"] {
+        let status = send(token, reads.clone()).await.unwrap().status().as_u16();
+        assert!(status == 401 || status == 403, "{token}: {status}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The restore routes, under `/v1/volumes/{namespace}/{pvc}/`: a volume's snapshots (the
 //! listing, with what `latest` means) and its objects (`GET` or `HEAD …/objects?key=K`, with
-//! one `Range: bytes=…` answered `206`), which is everything `drainer restore --drainer`
-//! needs: the summary, the manifest and the files' objects. The guard has checked that the
+//! one `Range: bytes=…` answered `206`, and `POST …/objects/batch` for many small reads in
+//! one request), which is everything `drainer restore --drainer` needs: the summary, the
+//! manifest and the files' objects. The guard has checked that the
 //! caller may restore this volume (`Action::Restore`).
 //!
 //! Keys are relative to the volume (`latest`, `snapshots/ID/…`) and must stay inside it: no
@@ -9,8 +10,8 @@
 //! the store's credentials never leave the drainer.
 
 use super::guard::{Granted, VolumeAccess};
-use super::{AppState, Error, Query};
-use crate::protocol::{KeyParam, Listing};
+use super::{AppState, Error, Json, Query};
+use crate::protocol::{KeyParam, Listing, batch};
 use crate::volume::VolumeId;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -24,6 +25,8 @@ use object_store::{
 
 /// Bytes read from a local store at a time for a response body.
 const LOCAL_CHUNK: u64 = 1 << 20;
+/// Reads of one batch made at once.
+const BATCH_READS_AT_ONCE: usize = 16;
 
 /// `GET /v1/volumes/{ns}/{pvc}/snapshots`.
 pub(super) async fn snapshots(
@@ -65,6 +68,75 @@ fn volume_key(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Err
     }
     let layout = crate::snapshot::VolumeLayout::new(state.shared().store.root(), volume);
     Ok(layout.prefix().parts().chain(relative.parts()).collect())
+}
+
+/// `POST /v1/volumes/{ns}/{pvc}/objects/batch`: up to 64 ranges of at most 256 KiB each
+/// ([`batch::ReadBatch`]), every key checked before anything is read; answers each read's
+/// bytes and object size, or its error, in the [`crate::protocol::batch`] format.
+pub(super) async fn get_objects(
+    State(state): State<AppState>,
+    volume: Granted<VolumeAccess>,
+    Json(asked): Json<batch::ReadBatch>,
+) -> Result<Response, Error> {
+    let VolumeAccess(volume) = volume.into_inner();
+    if asked.reads.len() > batch::MAX_OBJECTS {
+        return Err(Error::invalid(format!(
+            "a batch holds at most {} reads",
+            batch::MAX_OBJECTS
+        )));
+    }
+    let mut reads = Vec::with_capacity(asked.reads.len());
+    for read in asked.reads {
+        let len = read.end.checked_sub(read.start);
+        if !len.is_some_and(|len| len <= batch::SMALL_OBJECT as u64) {
+            return Err(Error::invalid(format!(
+                "the read of {:?} must be a range of at most {} bytes",
+                read.key,
+                batch::SMALL_OBJECT
+            )));
+        }
+        reads.push((volume_key(&state, &volume, &read.key)?, read));
+    }
+    let store = state.shared().store.clone();
+    let outcomes: Vec<batch::ReadOutcome> = futures::stream::iter(reads)
+        .map(move |(key, read)| read_one(store.clone(), key, read))
+        .buffered(BATCH_READS_AT_ONCE)
+        .collect()
+        .await;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(batch::encode_reads(&outcomes)))
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// One read of a batch.
+async fn read_one(
+    store: crate::store::Store,
+    key: Key,
+    read: batch::ReadRequest,
+) -> batch::ReadOutcome {
+    let objects = store.objects().clone();
+    let range = read.start..read.end;
+    let reading = async {
+        if range.is_empty() {
+            // No bytes asked for: the object's size only (a read without a range is all of it).
+            return Ok((objects.head(&key).await?.size, Bytes::new()));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        let got = objects.get_opts(&key, options).await?;
+        let size = got.meta.size;
+        Ok((size, got.bytes().await?))
+    };
+    match store.call("get", &key, reading).await {
+        Ok((size, bytes)) => batch::ReadOutcome::Data { size, bytes },
+        Err(e) if e.is_not_found() => {
+            batch::ReadOutcome::NotFound(format!("no object {}", read.key))
+        }
+        Err(e) => batch::ReadOutcome::Failed(e.to_string()),
+    }
 }
 
 /// Parses one `Range: bytes=…` (`a-b`, `a-`, `-n`); several ranges are not served.

@@ -14,6 +14,7 @@ use crate::lifecycle::DrainState;
 use crate::sweep::{Finding, Verdict};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// The annotation or label that opts a StatefulSet or claim out of drains (`"false"`).
 pub const OPT_OUT: &str = "drainer.io/drain";
@@ -268,12 +269,16 @@ pub fn deletes_scaled_claims(set: &StatefulSet) -> bool {
 
 /// The UID of the StatefulSet that controls `pod`, if one does.
 pub fn controlling_set(pod: &Pod) -> Option<&str> {
+    set_owner(pod).map(|o| o.uid.as_str())
+}
+
+/// The owner reference of the StatefulSet that controls `pod`, if one does.
+fn set_owner(pod: &Pod) -> Option<&OwnerReference> {
     pod.metadata
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 /// The StatefulSet (existing, not being deleted) whose ordinal `pod` is, when that ordinal is
@@ -282,12 +287,7 @@ fn scaled_away<'a>(
     pod: &Pod,
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> Option<(&'a StatefulSet, SetClaim)> {
-    let owner = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))?;
+    let owner = set_owner(pod)?;
     let name = pod.metadata.name.as_deref()?;
     let ordinal: i32 = name
         .strip_prefix(&format!("{}-", owner.name))?

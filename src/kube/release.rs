@@ -21,8 +21,9 @@ use crate::ledger::{
 };
 use crate::lifecycle::{DrainState, Event};
 use crate::notify::{Milestone, Notifier};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -274,19 +275,21 @@ impl Releases {
     /// `whenScaled: Delete` (the StatefulSet controller is about to delete them and, with
     /// them, their claims).
     fn doomed_pods(&self) -> Vec<Arc<Pod>> {
-        let sets: HashSet<String> = self
+        let sets: HashMap<String, Arc<StatefulSet>> = self
             .cluster
             .sets
             .state_filter(planner::deletes_scaled_claims)
-            .iter()
-            .filter_map(|s| s.metadata.uid.clone())
+            .into_iter()
+            .filter_map(|s| Some((s.metadata.uid.clone()?, s)))
             .collect();
         if sets.is_empty() {
             return Vec::new();
         }
         self.cluster.pods.state_filter(|p| {
             p.metadata.deletion_timestamp.is_none()
-                && planner::controlling_set(p).is_some_and(|uid| sets.contains(uid))
+                && planner::controlling_set(p)
+                    .and_then(|uid| sets.get(uid))
+                    .is_some_and(|set| planner::doomed(p, [set.as_ref()]).is_some())
         })
     }
 

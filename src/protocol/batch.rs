@@ -1,7 +1,9 @@
-//! The wire format of a batch of small objects that a mover sends to its drainer in one
-//! request: per object, the key's length (4 bytes, big-endian), the key (UTF-8), the data's
-//! length (8 bytes, big-endian) and the data. Decoding slices the request body without
-//! copying, and refuses anything malformed as a whole.
+//! The wire formats of batches of small objects. Writes (a mover to its drainer): per object,
+//! the key's length (4 bytes, big-endian), the key (UTF-8), the data's length (8 bytes,
+//! big-endian) and the data. Reads (a restore through a drainer): a JSON list of
+//! [`ReadRequest`]s, answered per read with one byte of [`ReadOutcome`] kind, the object's
+//! size (8 bytes), the data's length (8 bytes) and the data (or the error's message).
+//! Decoding slices the body without copying, and refuses anything malformed as a whole.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -40,6 +42,86 @@ pub fn decode(mut body: Bytes) -> Result<Vec<(String, Bytes)>, String> {
         objects.push((key, data));
     }
     Ok(objects)
+}
+
+/// One range of one object, in a batch of reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadRequest {
+    /// The key, relative to the volume.
+    pub key: String,
+    /// The first byte.
+    pub start: u64,
+    /// The byte after the last.
+    pub end: u64,
+}
+
+/// `POST /v1/volumes/{ns}/{pvc}/objects/batch`: up to [`MAX_OBJECTS`] reads of at most
+/// [`SMALL_OBJECT`] bytes each.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBatch {
+    /// The reads, answered in this order.
+    pub reads: Vec<ReadRequest>,
+}
+
+/// What one read of a batch found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The bytes asked for, and the whole object's size.
+    Data {
+        /// The object's size.
+        size: u64,
+        /// The range's bytes.
+        bytes: Bytes,
+    },
+    /// No such object.
+    NotFound(String),
+    /// The read failed (the message says why).
+    Failed(String),
+}
+
+/// Encodes the answers to a batch of reads.
+pub fn encode_reads(outcomes: &[ReadOutcome]) -> Bytes {
+    let mut body = BytesMut::new();
+    for outcome in outcomes {
+        let (kind, size, data): (u8, u64, &[u8]) = match outcome {
+            ReadOutcome::Data { size, bytes } => (0, *size, bytes),
+            ReadOutcome::NotFound(why) => (1, 0, why.as_bytes()),
+            ReadOutcome::Failed(why) => (2, 0, why.as_bytes()),
+        };
+        body.reserve(17 + data.len());
+        body.put_u8(kind);
+        body.put_u64(size);
+        body.put_u64(data.len() as u64);
+        body.put_slice(data);
+    }
+    body.freeze()
+}
+
+/// Decodes the answers to a batch of `count` reads; a body that does not hold exactly that
+/// many well-formed answers is an error.
+pub fn decode_reads(mut body: Bytes, count: usize) -> Result<Vec<ReadOutcome>, String> {
+    let mut outcomes = Vec::with_capacity(count);
+    while body.has_remaining() {
+        if outcomes.len() == count {
+            return Err(format!("more than the {count} answers asked for"));
+        }
+        let kind = take(&mut body, 1)?[0];
+        let size = take_len(&mut body, 8)? as u64;
+        let data_len = take_len(&mut body, 8)?;
+        let data = take(&mut body, data_len)?;
+        let text = || String::from_utf8_lossy(&data).into_owned();
+        outcomes.push(match kind {
+            0 => ReadOutcome::Data { size, bytes: data },
+            1 => ReadOutcome::NotFound(text()),
+            2 => ReadOutcome::Failed(text()),
+            other => return Err(format!("unknown answer kind {other}")),
+        });
+    }
+    if outcomes.len() != count {
+        return Err(format!("{} answers to {count} reads", outcomes.len()));
+    }
+    Ok(outcomes)
 }
 
 fn take_len(body: &mut Bytes, width: usize) -> Result<usize, String> {
@@ -89,5 +171,44 @@ mod tests {
             (0..=MAX_OBJECTS).map(|i| (i.to_string(), vec![])).collect();
         let too_many = encode(many.iter().map(|(k, d)| (k.as_str(), d.as_slice())));
         assert!(decode(too_many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn read_answers_round_trip_and_must_match_the_reads_asked_for() {
+        let outcomes = vec![
+            ReadOutcome::Data {
+                size: 10,
+                bytes: Bytes::from_static(b"abc"),
+            },
+            ReadOutcome::NotFound("no object x".into()),
+            ReadOutcome::Data {
+                size: 0,
+                bytes: Bytes::new(),
+            },
+            ReadOutcome::Failed("disk on fire".into()),
+        ];
+        let body = encode_reads(&outcomes);
+        assert_eq!(decode_reads(body.clone(), 4).unwrap(), outcomes);
+        assert!(
+            decode_reads(body.clone(), 3)
+                .unwrap_err()
+                .contains("more than")
+        );
+        assert!(
+            decode_reads(body.clone(), 5)
+                .unwrap_err()
+                .contains("4 answers to 5")
+        );
+        for cut in [1, 9, 17, 18, body.len() - 1] {
+            assert!(decode_reads(body.slice(..cut), 4).is_err(), "cut at {cut}");
+        }
+        let mut raw = body.to_vec();
+        raw[0] = 7;
+        assert!(
+            decode_reads(Bytes::from(raw), 4)
+                .unwrap_err()
+                .contains("kind 7")
+        );
+        assert!(decode_reads(Bytes::new(), 0).unwrap().is_empty());
     }
 }
