@@ -569,4 +569,47 @@ mod tests {
         assert_eq!(range_header(&GetRange::Offset(5)), "bytes=5-");
         assert_eq!(range_header(&GetRange::Suffix(5)), "bytes=-5");
     }
+
+    /// A drainer of before the batch route: its `404` turns batches off, and every small read
+    /// is one request of its own, with the same bytes.
+    #[tokio::test]
+    async fn a_drainer_without_batches_is_read_one_object_at_a_time() {
+        async fn object(headers: axum::http::HeaderMap) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            const DATA: &[u8] = b"hello world";
+            let range = headers["range"].to_str().unwrap().to_owned();
+            let (start, end) = range["bytes=".len()..].split_once('-').unwrap();
+            let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
+            let content_range = format!("bytes {start}-{end}/{}", DATA.len());
+            let headers = [("content-range", content_range)];
+            let body = DATA[start..=end].to_vec();
+            (axum::http::StatusCode::PARTIAL_CONTENT, headers, body).into_response()
+        }
+        let app =
+            axum::Router::new().route("/v1/volumes/ns/pvc/objects", axum::routing::get(object));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!(
+            "http://{}/v1/volumes/ns/pvc",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let timeout = Duration::from_secs(10);
+        let objects = ApiObjects {
+            api: Api::new(&base, "token".into(), timeout, timeout).unwrap(),
+            prefix: "volumes/ns/pvc/".into(),
+            batches: OnceLock::new(),
+            batches_served: AtomicBool::new(true),
+        };
+        let key = Path::from("volumes/ns/pvc/snapshots/s/files/a");
+        for (range, expected) in [(2..7, "llo w"), (0..5, "hello")] {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range)),
+                ..GetOptions::default()
+            };
+            let got = objects.get_opts(&key, options).await.unwrap();
+            assert_eq!(got.meta.size, 11);
+            assert_eq!(got.bytes().await.unwrap(), expected.as_bytes());
+            assert!(!objects.batches_served.load(Ordering::Relaxed));
+        }
+    }
 }
