@@ -88,7 +88,7 @@ pub(super) async fn get_objects(
     let mut reads = Vec::with_capacity(asked.reads.len());
     for read in asked.reads {
         let len = read.end.checked_sub(read.start);
-        if !len.is_some_and(|len| len <= batch::SMALL_OBJECT as u64) {
+        if len.is_none_or(|len| len > batch::SMALL_OBJECT as u64) {
             return Err(Error::invalid(format!(
                 "the read of {:?} must be a range of at most {} bytes",
                 read.key,
