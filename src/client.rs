@@ -198,19 +198,38 @@ impl Api {
         .await
     }
 
-    /// [`Api::call`], decoding a JSON answer.
+    /// [`Api::call`], decoding a JSON answer (read inside the retries).
     pub async fn json<T: serde::de::DeserializeOwned>(
         &self,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<T, CallError> {
+        self.read_answer(build, |r| r.json::<T>()).await
+    }
+
+    /// [`Api::call`], reading the whole answer inside the retries: an answer cut off midway is
+    /// asked for again.
+    pub async fn bytes(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, CallError> {
+        self.read_answer(build, |r| r.bytes()).await
+    }
+
+    async fn read_answer<T, Read>(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        read: impl Fn(reqwest::Response) -> Read,
+    ) -> Result<T, CallError>
+    where
+        Read: std::future::Future<Output = reqwest::Result<T>>,
+    {
         retry::with_retries(
             retry::client_policy(self.retry_for),
             CallError::is_transient,
             || async {
                 let response = self.send_once(build(&self.client)).await?;
                 let url = response.url().to_string();
-                response
-                    .json::<T>()
+                read(response)
                     .await
                     .map_err(|source| CallError::Transport { url, source })
             },

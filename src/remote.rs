@@ -143,18 +143,15 @@ struct ApiObjects {
     batches_served: AtomicBool,
 }
 
-/// One read of a batch: the object's size and the bytes, or the error with the status of the
-/// whole batch's answer when that failed.
-type BatchRead = Result<(u64, Bytes), BatchReadError>;
+/// One read of a batch: what the drainer found, or why the whole batch failed.
+type BatchRead = Result<ReadOutcome, BatchFailed>;
 
-/// Why one read of a batch failed.
+/// Why a whole batch of reads failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-struct BatchReadError {
-    /// The status of the batch's answer, when the whole batch was refused.
+struct BatchFailed {
+    /// The status of the batch's answer, if there was one.
     status: Option<u16>,
-    /// The object does not exist.
-    not_found: bool,
     message: String,
 }
 
@@ -201,53 +198,20 @@ async fn send_read_batch(api: &Api, reads: Vec<ReadRequest>) -> Vec<BatchRead> {
     let url = api.url("/objects/batch");
     let count = reads.len();
     let body = ReadBatch { reads };
-    let read = || async {
-        let response = api.call(|http| http.post(&url).json(&body)).await?;
-        let url = response.url().to_string();
-        response
-            .bytes()
-            .await
-            .map_err(|source| CallError::Transport { url, source })
+    let answer = api.bytes(|http| http.post(&url).json(&body)).await;
+    let outcomes = match answer {
+        Ok(answer) => batch::decode_reads(answer, count).map_err(|why| BatchFailed {
+            status: None,
+            message: format!("the drainer answered a malformed batch: {why}"),
+        }),
+        Err(e) => Err(BatchFailed {
+            status: e.status(),
+            message: e.to_string(),
+        }),
     };
-    let answer = crate::retry::with_retries(
-        crate::retry::client_policy(RETRY_FOR),
-        CallError::is_transient,
-        read,
-    )
-    .await;
-    let failed = |status: Option<u16>, message: String| {
-        vec![
-            Err(BatchReadError {
-                status,
-                not_found: false,
-                message
-            });
-            count
-        ]
-    };
-    let body = match answer {
-        Ok(body) => body,
-        Err(e) => return failed(e.status(), e.to_string()),
-    };
-    match batch::decode_reads(body, count) {
-        Ok(outcomes) => outcomes.into_iter().map(read_result).collect(),
-        Err(why) => failed(
-            None,
-            format!("the drainer answered a malformed batch: {why}"),
-        ),
-    }
-}
-
-fn read_result(outcome: ReadOutcome) -> BatchRead {
-    let error = |not_found, message| BatchReadError {
-        status: None,
-        not_found,
-        message,
-    };
-    match outcome {
-        ReadOutcome::Data { size, bytes } => Ok((size, bytes)),
-        ReadOutcome::NotFound(why) => Err(error(true, why)),
-        ReadOutcome::Failed(why) => Err(error(false, why)),
+    match outcomes {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(failed) => vec![Err(failed); count],
     }
 }
 
@@ -370,22 +334,21 @@ impl ApiObjects {
             end: range.end,
         };
         let outcome = batches.submit(read).await.unwrap_or_else(|| {
-            Err(BatchReadError {
+            Err(BatchFailed {
                 status: None,
-                not_found: false,
                 message: "the batch sender stopped".into(),
             })
         });
+        let fail = |status, why: String| Some(Err(error_for(location, status, why.into())));
         let (size, bytes) = match outcome {
-            Ok(found) => found,
+            Ok(ReadOutcome::Data { size, bytes }) => (size, bytes),
+            Ok(ReadOutcome::NotFound(why)) => return fail(Some(404), why),
+            Ok(ReadOutcome::Failed(why)) => return fail(None, why),
             Err(e) if matches!(e.status, Some(404 | 405)) => {
                 self.batches_served.store(false, Ordering::Relaxed);
                 return None;
             }
-            Err(e) => {
-                let status = if e.not_found { Some(404) } else { e.status };
-                return Some(Err(error_for(location, status, Box::new(e))));
-            }
+            Err(e) => return fail(e.status, e.message),
         };
         let span = range.start..range.start + bytes.len() as u64;
         let stream = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(bytes) });

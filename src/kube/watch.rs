@@ -48,9 +48,9 @@ const TERMINATIONS_KEPT: usize = 10_000;
 
 /// Pods the pod watch saw start terminating (or deleted without being seen terminating),
 /// each once, kept until the release tracker takes them; the StatefulSet watch only wakes the
-/// tracker (a scale-down makes pods scaled-away ordinals before any of them terminates). The tracker also reads the store,
-/// but a pod that starts terminating and is gone between two of its looks (a process that
-/// exits at once on SIGTERM) is only in the watch's events.
+/// tracker (a scale-down makes pods scaled-away ordinals before any of them terminates). The
+/// tracker also reads the store, but a pod that starts terminating and is gone between two of
+/// its looks (a process that exits at once on SIGTERM) is only in the watch's events.
 #[derive(Clone, Default)]
 pub struct Terminations {
     pods: Arc<Mutex<Vec<Arc<Pod>>>>,

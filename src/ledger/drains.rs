@@ -667,9 +667,9 @@ impl Ledger {
         outcome: &AttemptOutcome,
     ) -> Result<bool> {
         let change = outcome.transition(id, owner, now_ms());
-        let (ledger, final_write) = (self.clone(), outcome.is_final());
+        let (ledger, flushed) = (self.clone(), outcome.is_flushed());
         let write = move |l: Ledger| async move { l.transition_tx(&change).await };
-        let done = if final_write {
+        let done = if flushed {
             ledger.write(write).await?
         } else {
             ledger.write_redoable(write).await?
@@ -824,7 +824,7 @@ impl AttemptOutcome {
     /// outcome is redone if a power loss takes its record: the drain's lease expires and the
     /// next attempt fails, or gives up, again. (Flushing every failure made each failing drain
     /// an fsync on SQLite's one writer, beside the handoffs'.)
-    fn is_final(&self) -> bool {
+    fn is_flushed(&self) -> bool {
         matches!(self, Self::Completed { .. })
     }
 
