@@ -817,20 +817,25 @@ async fn pod_waits_in_container_creating_until_its_claim_exists() -> Result<()> 
             Ok(())
         })
         .await?;
-        let pod_now = pods.get("waiting").await?;
-        let waiting = pod_now
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.first())
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.waiting.as_ref())
-            .and_then(|w| w.reason.clone());
-        ensure!(
-            pod_phase(&pod_now) == Some("Pending") && waiting.as_deref() == Some("ContainerCreating"),
-            "status is {:?}",
-            pod_now.status
-        );
+        // The kubelet records the event before its next status update: wait for the status.
+        eventually("the pod reported Pending in ContainerCreating", WAIT, || async {
+            let pod_now = pods.get("waiting").await?;
+            let waiting = pod_now
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.first())
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone());
+            ensure!(
+                pod_phase(&pod_now) == Some("Pending") && waiting.as_deref() == Some("ContainerCreating"),
+                "status is {:?}",
+                pod_now.status
+            );
+            Ok(())
+        })
+        .await?;
 
         let dir = create_claim(&client, &ns, "later").await?;
         std::fs::write(dir.join("hello"), b"bound at last\n")?;
