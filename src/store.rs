@@ -116,6 +116,7 @@ pub struct Store {
     multipart: Arc<dyn MultipartStore>,
     root: Path,
     local_dir: Option<PathBuf>,
+    local_fs: Option<Arc<LocalFileSystem>>,
     barrier: Option<Arc<dyn Barrier>>,
     url: String,
     timeout: Duration,
@@ -142,6 +143,7 @@ impl Store {
                 None,
             ))
         };
+        let mut local_fs = None;
         let (objects, multipart, root, local_dir) = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -149,6 +151,7 @@ impl Store {
                     .map_err(|()| invalid("a file URL needs an absolute path"))?;
                 open_local_dir(&dir, options.create)?;
                 let fs = Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(backend)?);
+                local_fs = Some(Arc::clone(&fs));
                 let parts = LocalParts {
                     fs: Arc::clone(&fs),
                     part_size: options.part_size,
@@ -215,6 +218,7 @@ impl Store {
             multipart,
             root,
             local_dir,
+            local_fs,
             barrier: None,
             url: redact(&parsed),
             timeout: options.timeout,
@@ -236,6 +240,7 @@ impl Store {
             multipart,
             root: Path::default(),
             local_dir: None,
+            local_fs: None,
             barrier: Some(barrier),
             url,
             timeout: options.timeout,
@@ -256,6 +261,13 @@ impl Store {
     /// The underlying object store.
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
+    }
+
+    /// Where the object `key` of a local-directory store is on disk (`None` for other stores,
+    /// or a key that cannot be a file there), for readers that copy its bytes straight into
+    /// a file rather than through the `ObjectStore` layer's buffers.
+    pub fn local_file(&self, key: &Path) -> Option<PathBuf> {
+        self.local_fs.as_ref()?.path_to_filesystem(key).ok()
     }
 
     /// The size of every part of a multipart upload but the last (a local directory writes

@@ -288,11 +288,20 @@ fn body_of(found: GetResult) -> BoxStream<'static, std::io::Result<Bytes>> {
     }
 }
 
-/// Reads exactly `len` bytes at `at` (a file shorter than its metadata said is an error).
+/// Reads exactly `len` bytes at `at` into a new buffer, which is not zeroed first (a file
+/// shorter than its metadata said is an error).
 fn read_at(file: &std::fs::File, at: u64, len: u64) -> std::io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let mut buffer = vec![0u8; len as usize];
-    file.read_exact_at(&mut buffer, at)?;
+    let len = len as usize;
+    let mut buffer = Vec::with_capacity(len);
+    while buffer.len() < len {
+        let offset = at + buffer.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buffer.truncate(len);
     Ok(Bytes::from(buffer))
 }
 

@@ -26,8 +26,20 @@ pub struct PartHash {
 
 /// Hashes the part that starts at byte `offset` of its file; `data` is not empty.
 pub fn part(offset: u64, data: &[u8]) -> PartHash {
+    let mut hasher = part_hasher(offset);
+    hasher.update(data);
+    finish_part(&hasher, offset)
+}
+
+/// A hasher for the part that starts at byte `offset` of its file, fed a piece at a time.
+pub fn part_hasher(offset: u64) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
-    hasher.set_input_offset(offset).update(data);
+    hasher.set_input_offset(offset);
+    hasher
+}
+
+/// The hash of a part fed (not empty) to [`part_hasher`]`(offset)`.
+pub fn finish_part(hasher: &blake3::Hasher, offset: u64) -> PartHash {
     PartHash {
         chaining_value: hasher.finalize_non_root(),
         whole: (offset == 0).then(|| hasher.finalize()),

@@ -435,15 +435,16 @@ async fn restore_and_verify_refuse_a_manifest_changed_after_completion() {
 }
 
 /// A restore that fails on a bad object leaves no file under the final name of that object,
-/// no temporary file, and says what differs (size, or content at the same size).
+/// no temporary file, and says what differs (size, or content at the same size): for a small
+/// file (one read) and a large one (read in parts of 8 MiB, several at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_leaves_no_wrong_file_under_a_final_name() {
-    for (damage, says) in [
-        (
-            "truncate",
-            "holds 3 bytes, but its manifest entry says 9 bytes",
-        ),
-        ("flip", "does not match its manifest hash"),
+    const LARGE: usize = (3 << 23) + 5;
+    for (len, damage) in [
+        (9, "truncate"),
+        (9, "flip"),
+        (LARGE, "truncate"),
+        (LARGE, "flip"),
     ] {
         let work = tempfile::tempdir().unwrap();
         let (src, data, store_dir) = (
@@ -452,28 +453,50 @@ async fn a_failed_restore_leaves_no_wrong_file_under_a_final_name() {
             work.path().join("store"),
         );
         std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("bad"), b"123456789").unwrap();
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("bad"), &content).unwrap();
         let store = file_url(&store_dir);
         let line = run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
         let id = line.split_whitespace().nth(1).unwrap();
         let object = snapshot_dir(&store_dir, id).join("files/bad");
-        match damage {
-            "truncate" => std::fs::write(&object, b"123").unwrap(),
-            _ => std::fs::write(&object, b"12345678X").unwrap(),
-        }
+        let (says, verify_says) = match damage {
+            "truncate" => {
+                std::fs::write(&object, &content[..len / 3]).unwrap();
+                (
+                    format!(
+                        "holds {} bytes, but its manifest entry says {len} bytes",
+                        len / 3
+                    ),
+                    format!(
+                        "the object holds {} bytes, the manifest says {len} bytes",
+                        len / 3
+                    ),
+                )
+            }
+            _ => {
+                let mut flipped = content.clone();
+                flipped[len / 2] ^= 0xff;
+                std::fs::write(&object, &flipped).unwrap();
+                (
+                    "does not match its manifest hash".to_owned(),
+                    "same size, but the content's hash is".to_owned(),
+                )
+            }
+        };
+        let case = format!("{damage} of {len} bytes");
         let dest = work.path().join("dest");
         let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
         assert!(
-            stderr.contains(says) && stderr.contains("bad"),
-            "{damage}: {stderr}"
+            stderr.contains(&says) && stderr.contains("bad"),
+            "{case}: {stderr}"
         );
         assert!(
             !dest.join("bad").exists(),
-            "{damage}: a wrong file under the final name"
+            "{case}: a wrong file under the final name"
         );
         assert!(
             staging_left(&dest).is_empty(),
-            "{damage}: {:?}",
+            "{case}: {:?}",
             staging_left(&dest)
         );
         let out = run(drainer()
@@ -482,11 +505,7 @@ async fn a_failed_restore_leaves_no_wrong_file_under_a_final_name() {
             .args(["--volume", VOLUME]))
         .await;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let verify_says = match damage {
-            "truncate" => "the object holds 3 bytes, the manifest says 9 bytes",
-            _ => "same size, but the content's hash is",
-        };
-        assert!(stdout.contains(verify_says), "{damage}: {stdout}");
+        assert!(stdout.contains(&verify_says), "{case}: {stdout}");
     }
 }
 
