@@ -607,15 +607,19 @@ async fn batch_reads(w: &World, key: &str, large: &[u8]) {
             .send()
     };
     let missing = key.replace("files/large", "files/nothing");
+    let dir = key.replace("files/large", "files");
+    let size = large.len() as u64;
     let reads = json!({"reads": [
         {"key": key, "start": 5, "end": 9},
         {"key": missing, "start": 0, "end": 3},
         {"key": key, "start": 0, "end": 0},
+        {"key": key, "start": size - 3, "end": size + 5},
+        {"key": key, "start": size + 1, "end": size + 4},
+        {"key": dir, "start": 0, "end": 3},
     ]});
     let answer = send("pod", reads.clone()).await.unwrap();
     assert_eq!(answer.status().as_u16(), 200);
-    let outcomes = decode_reads(answer.bytes().await.unwrap(), 3).unwrap();
-    let size = large.len() as u64;
+    let outcomes = decode_reads(answer.bytes().await.unwrap(), 6).unwrap();
     let data = |outcome: &ReadOutcome| match outcome {
         ReadOutcome::Data { size, bytes } => Some((*size, bytes.len(), bytes.to_vec())),
         _ => None,
@@ -626,6 +630,17 @@ async fn batch_reads(w: &World, key: &str, large: &[u8]) {
         data(&outcomes[2]),
         Some((size, 0, vec![])),
         "no bytes asked for"
+    );
+    let tail = large[large.len() - 3..].to_vec();
+    assert_eq!(data(&outcomes[3]), Some((size, 3, tail)), "cut at the end");
+    assert!(
+        matches!(&outcomes[4], ReadOutcome::Failed(why) if why.contains("past")),
+        "{:?}",
+        outcomes[4]
+    );
+    assert!(
+        matches!(&outcomes[5], ReadOutcome::NotFound(_)),
+        "a directory"
     );
     let read = |key: &str, end: usize| json!({"key": key, "start": 0, "end": end});
     let refused = [
