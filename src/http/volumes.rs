@@ -170,10 +170,12 @@ async fn read_local(path: std::path::PathBuf, read: batch::ReadRequest) -> batch
         let bytes = read_at(&file, range.start, range.end.min(size) - range.start)?;
         Ok(Some((size, bytes)))
     };
-    match tokio::task::spawn_blocking(read_file).await {
-        Ok(Ok(Some((size, bytes)))) => batch::ReadOutcome::Data { size, bytes },
-        Ok(Ok(None)) => batch::ReadOutcome::NotFound(format!("no object {}", read.key)),
-        Ok(Err(e)) => batch::ReadOutcome::Failed(format!("cannot read {}: {e}", read.key)),
+    let found = tokio::task::spawn_blocking(read_file)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match found {
+        Ok(Some((size, bytes))) => batch::ReadOutcome::Data { size, bytes },
+        Ok(None) => batch::ReadOutcome::NotFound(format!("no object {}", read.key)),
         Err(e) => batch::ReadOutcome::Failed(format!("cannot read {}: {e}", read.key)),
     }
 }

@@ -227,29 +227,29 @@ impl Fetcher {
         range: std::ops::Range<u64>,
     ) -> Option<Result<blake3::Hasher>> {
         let source_path = self.store.local_file(wanted.key)?;
-        let source = File::open(&source_path).ok()?;
         let (file, object_len) = (Arc::clone(file), wanted.entry.size);
         let (path, object) = (wanted.path.to_owned(), wanted.key.to_string());
         let copied = tokio::task::spawn_blocking(move || {
-            let size = source
-                .metadata()
-                .map_err(|e| Error::Read {
-                    path: source_path.clone(),
-                    source: e,
-                })?
-                .len();
+            let source = File::open(&source_path).ok()?;
+            let size = match source.metadata() {
+                Ok(meta) => meta.len(),
+                Err(e) => {
+                    let path = source_path;
+                    return Some(Err(Error::Read { path, source: e }));
+                }
+            };
             if size != object_len {
-                return Err(Error::SizeMismatch {
+                return Some(Err(Error::SizeMismatch {
                     path: path.display().to_string(),
                     object,
                     expected: object_len,
                     actual: size,
-                });
+                }));
             }
-            copy_hashing((&source, &source_path), (&file, &path), range)
+            Some(copy_hashing((&source, &source_path), (&file, &path), range))
         })
         .await;
-        Some(copied.unwrap_or_else(|e| Err(Error::write(wanted.path, std::io::Error::other(e)))))
+        copied.unwrap_or_else(|e| Some(Err(Error::write(wanted.path, std::io::Error::other(e)))))
     }
 
     /// A sparse file: the full size first (all hole), then the stored extents at their places,
