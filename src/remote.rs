@@ -12,7 +12,7 @@
 //!
 //! Client side only (the drainer's side is `http::volumes`). Every request has the client's
 //! timeout; failures that may pass (the drainer restarting, a `503`) are retried for
-//! [`RETRY_FOR`], a ranged read with its body.
+//! [`RETRY_FOR`]; a ranged read whose body breaks off midway is asked again for the rest.
 
 use crate::batching::Batcher;
 use crate::client::{Api, CallError};
@@ -248,49 +248,15 @@ impl ApiObjects {
             })
     }
 
-    /// Sends the read, again while it may pass; returns the answer's range and object size,
-    /// and (for ranged reads, collected inside the retries) its bytes.
-    async fn send(
-        &self,
-        location: &Path,
-        options: &GetOptions,
-    ) -> Result<(reqwest::Response, std::ops::Range<u64>, u64), CallError> {
-        let url = self.api.url("/objects");
-        let key = self.relative(location).unwrap_or_default().to_owned();
-        let range = options.range.as_ref().map(range_header);
-        let head = options.head;
-        let response = self
-            .api
-            .call(|http| {
-                let request = if head {
-                    http.head(&url)
-                } else {
-                    http.get(&url)
-                };
-                let request = request.query(&[("key", key.as_str())]);
-                match &range {
-                    Some(range) => request.header(reqwest::header::RANGE, range),
-                    None => request,
-                }
-            })
-            .await?;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let length: u64 = header(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let (span, size) = match header(reqwest::header::CONTENT_RANGE) {
-            Some(value) if response.status().as_u16() == 206 => {
-                parse_content_range(&value).unwrap_or((0..length, length))
-            }
-            _ => (0..length, length),
-        };
-        Ok((response, span, size))
+    /// What a read of `location` needs, owned (a body that breaks off is asked for again
+    /// from a stream that outlives the call).
+    fn reads(&self, location: &Path) -> ObjectReads {
+        ObjectReads {
+            api: self.api.clone(),
+            url: self.api.url("/objects"),
+            key: self.relative(location).unwrap_or_default().to_owned(),
+            location: location.clone(),
+        }
     }
 
     fn result(
@@ -360,36 +326,155 @@ impl ApiObjects {
         )))
     }
 
-    /// A ranged read, body included, sent again (body and all) while it may pass.
-    async fn ranged(
-        &self,
-        location: &Path,
-        options: &GetOptions,
-    ) -> object_store::Result<GetResult> {
-        let read = || async {
-            let (response, range, size) = self.send(location, options).await?;
-            let url = response.url().to_string();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|source| CallError::Transport { url, source })?;
-            Ok::<_, CallError>((body, range, size))
-        };
-        let (body, range, size) = crate::retry::with_retries(
-            crate::retry::client_policy(RETRY_FOR),
-            CallError::is_transient,
-            read,
-        )
-        .await
-        .map_err(|e| store_error(location, e))?;
-        let stream = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(body) });
+    /// A ranged read, whose body goes on where it broke off ([`ObjectReads::resuming`]).
+    async fn ranged(&self, location: &Path, range: &GetRange) -> object_store::Result<GetResult> {
+        let reads = self.reads(location);
+        let (response, span, size) = reads
+            .send(Some(range), false)
+            .await
+            .map_err(|e| store_error(location, e))?;
+        let body = reads.resuming(response, span.clone(), size);
         Ok(Self::result(
             location,
-            range,
+            span,
             size,
-            GetResultPayload::Stream(stream.boxed()),
+            GetResultPayload::Stream(body),
         ))
     }
+}
+
+/// Broken-off bodies of one ranged read asked for again, at most.
+const RESUMES: u32 = 8;
+
+/// The reads of one object: the client, the route and the object's key.
+#[derive(Clone)]
+struct ObjectReads {
+    api: Api,
+    url: String,
+    /// The key relative to the volume, as the route takes it.
+    key: String,
+    /// The store key, for errors.
+    location: Path,
+}
+
+impl ObjectReads {
+    /// Sends a read of `range` (all of the object when `None`; only the headers when `head`),
+    /// again while it may pass; returns the answer, the span it holds and the object's size.
+    async fn send(
+        &self,
+        range: Option<&GetRange>,
+        head: bool,
+    ) -> Result<(reqwest::Response, std::ops::Range<u64>, u64), CallError> {
+        let range = range.map(range_header);
+        let response = self
+            .api
+            .call(|http| {
+                let request = if head {
+                    http.head(&self.url)
+                } else {
+                    http.get(&self.url)
+                };
+                let request = request.query(&[("key", self.key.as_str())]);
+                match &range {
+                    Some(range) => request.header(reqwest::header::RANGE, range),
+                    None => request,
+                }
+            })
+            .await?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let length: u64 = header(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (span, size) = match header(reqwest::header::CONTENT_RANGE) {
+            Some(value) if response.status().as_u16() == 206 => {
+                parse_content_range(&value).unwrap_or((0..length, length))
+            }
+            _ => (0..length, length),
+        };
+        Ok((response, span, size))
+    }
+
+    /// The body of a new read of `rest`, the bytes of an object of `size` bytes not received
+    /// yet.
+    async fn rest(
+        &self,
+        rest: std::ops::Range<u64>,
+        size: u64,
+    ) -> object_store::Result<BoxStream<'static, reqwest::Result<Bytes>>> {
+        let asked = GetRange::Bounded(rest.clone());
+        let answer = self.send(Some(&asked), false).await;
+        let (response, span, answered_size) = answer.map_err(|e| store_error(&self.location, e))?;
+        if span != rest || answered_size != size {
+            let why = format!(
+                "asked again for bytes {}..{} of {size} bytes, the drainer answered bytes \
+                 {}..{} of {answered_size}",
+                rest.start, rest.end, span.start, span.end
+            );
+            return Err(error_for(&self.location, None, why.into()));
+        }
+        Ok(response.bytes_stream().boxed())
+    }
+
+    /// The body of `first`, the answer to a ranged read of `span` of an object of `size`
+    /// bytes, as it arrives. When it breaks off midway, the rest (from the first byte not
+    /// received) is asked for again, at most [`RESUMES`] times, each with the client's
+    /// retries; an answer for another span or size is an error. The bytes are never gathered:
+    /// a restore writes them as they come.
+    fn resuming(
+        self,
+        first: reqwest::Response,
+        span: std::ops::Range<u64>,
+        size: u64,
+    ) -> BoxStream<'static, object_store::Result<Bytes>> {
+        let state = Resuming {
+            body: first.bytes_stream().boxed(),
+            next: span.start,
+            end: span.end,
+            size,
+            resumes: 0,
+            reads: self,
+        };
+        futures::stream::try_unfold(state, |mut state| async move {
+            loop {
+                match state.body.next().await {
+                    Some(Ok(piece)) => {
+                        state.next += piece.len() as u64;
+                        return Ok(Some((piece, state)));
+                    }
+                    None => return Ok(None),
+                    Some(Err(e)) if state.next < state.end && state.resumes < RESUMES => {
+                        state.resumes += 1;
+                        tracing::warn!(key = %state.reads.key, at = state.next, error = %e,
+                            "a ranged read broke off; asking for the rest");
+                        let rest = state.next..state.end;
+                        state.body = state.reads.rest(rest, state.size).await?;
+                    }
+                    Some(Err(e)) => {
+                        let url = state.reads.url.clone();
+                        let e = CallError::Transport { url, source: e };
+                        return Err(store_error(&state.reads.location, e));
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A ranged read's body on its way: where it has got to and what it must end with.
+struct Resuming {
+    reads: ObjectReads,
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    next: u64,
+    end: u64,
+    size: u64,
+    resumes: u32,
 }
 
 #[async_trait::async_trait]
@@ -424,11 +509,12 @@ impl ObjectStore for ApiObjects {
         {
             return read;
         }
-        if options.range.is_some() && !options.head {
-            return self.ranged(location, &options).await;
+        if let (Some(range), false) = (&options.range, options.head) {
+            return self.ranged(location, range).await;
         }
         let (response, range, size) = self
-            .send(location, &options)
+            .reads(location)
+            .send(options.range.as_ref(), options.head)
             .await
             .map_err(|e| store_error(location, e))?;
         let stream = response
@@ -533,23 +619,8 @@ mod tests {
         assert_eq!(range_header(&GetRange::Suffix(5)), "bytes=-5");
     }
 
-    /// A drainer of before the batch route: its `404` turns batches off, and every small read
-    /// is one request of its own, with the same bytes.
-    #[tokio::test]
-    async fn a_drainer_without_batches_is_read_one_object_at_a_time() {
-        async fn object(headers: axum::http::HeaderMap) -> axum::response::Response {
-            use axum::response::IntoResponse;
-            const DATA: &[u8] = b"hello world";
-            let range = headers["range"].to_str().unwrap().to_owned();
-            let (start, end) = range["bytes=".len()..].split_once('-').unwrap();
-            let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
-            let content_range = format!("bytes {start}-{end}/{}", DATA.len());
-            let headers = [("content-range", content_range)];
-            let body = DATA[start..=end].to_vec();
-            (axum::http::StatusCode::PARTIAL_CONTENT, headers, body).into_response()
-        }
-        let app =
-            axum::Router::new().route("/v1/volumes/ns/pvc/objects", axum::routing::get(object));
+    /// The objects of the volume `ns/pvc` on a drainer made of `app`.
+    async fn objects_on(app: axum::Router) -> ApiObjects {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!(
             "http://{}/v1/volumes/ns/pvc",
@@ -557,12 +628,60 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
         let timeout = Duration::from_secs(10);
-        let objects = ApiObjects {
+        ApiObjects {
             api: Api::new(&base, "token".into(), timeout, timeout).unwrap(),
             prefix: "volumes/ns/pvc/".into(),
             batches: OnceLock::new(),
             batches_served: AtomicBool::new(true),
-        };
+        }
+    }
+
+    /// `bytes=START-END` → START..END+1.
+    fn asked_range(headers: &axum::http::HeaderMap) -> std::ops::Range<usize> {
+        let range = headers["range"].to_str().unwrap();
+        let (start, end) = range["bytes=".len()..].split_once('-').unwrap();
+        start.parse().unwrap()..end.parse::<usize>().unwrap() + 1
+    }
+
+    /// A `206` answer holding `span` of `data`, whose body breaks off after `cut` bytes if
+    /// given (its `Content-Length` still promises the whole span).
+    fn partial(
+        data: &[u8],
+        span: std::ops::Range<usize>,
+        cut: Option<usize>,
+    ) -> axum::response::Response {
+        let content_range = format!("bytes {}-{}/{}", span.start, span.end - 1, data.len());
+        let length = span.len();
+        let sent = Bytes::copy_from_slice(&data[span.start..span.start + cut.unwrap_or(length)]);
+        let mut pieces = vec![Ok(sent)];
+        if cut.is_some() {
+            pieces.push(Err(std::io::Error::other("the drainer stopped")));
+        }
+        // The failure comes once the bytes before it have been sent.
+        let pieces = futures::stream::iter(pieces).then(|piece| async move {
+            if piece.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            piece
+        });
+        axum::response::Response::builder()
+            .status(206)
+            .header("content-range", content_range)
+            .header("content-length", length)
+            .body(axum::body::Body::from_stream(pieces))
+            .unwrap()
+    }
+
+    /// A drainer of before the batch route: its `404` turns batches off, and every small read
+    /// is one request of its own, with the same bytes.
+    #[tokio::test]
+    async fn a_drainer_without_batches_is_read_one_object_at_a_time() {
+        async fn object(headers: axum::http::HeaderMap) -> axum::response::Response {
+            partial(b"hello world", asked_range(&headers), None)
+        }
+        let app =
+            axum::Router::new().route("/v1/volumes/ns/pvc/objects", axum::routing::get(object));
+        let objects = objects_on(app).await;
         let key = Path::from("volumes/ns/pvc/snapshots/s/files/a");
         for (range, expected) in [(2..7, "llo w"), (0..5, "hello")] {
             let options = GetOptions {
@@ -574,5 +693,97 @@ mod tests {
             assert_eq!(got.bytes().await.unwrap(), expected.as_bytes());
             assert!(!objects.batches_served.load(Ordering::Relaxed));
         }
+    }
+
+    /// How a test drainer answers ranged reads: the first `breaks` answers break off halfway;
+    /// with `wrong_span`, an answer to a resumed read holds the whole object instead.
+    struct Flaky {
+        data: Vec<u8>,
+        breaks: std::sync::atomic::AtomicUsize,
+        wrong_span: bool,
+        asked: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+    }
+
+    /// Reads bytes 1000.. of a 1 MiB object from a drainer answering as `flaky` says; returns
+    /// what the read gave and the ranges the drainer was asked for.
+    async fn read_from(flaky: Flaky) -> (object_store::Result<Bytes>, Vec<std::ops::Range<usize>>) {
+        async fn object(
+            axum::extract::State(flaky): axum::extract::State<Arc<Flaky>>,
+            headers: axum::http::HeaderMap,
+        ) -> axum::response::Response {
+            let mut span = asked_range(&headers);
+            flaky.asked.lock().unwrap().push(span.clone());
+            let resumed = flaky.asked.lock().unwrap().len() > 1;
+            if resumed && flaky.wrong_span {
+                span = 0..flaky.data.len();
+            }
+            let breaks = flaky.breaks.load(Ordering::SeqCst);
+            flaky
+                .breaks
+                .store(breaks.saturating_sub(1), Ordering::SeqCst);
+            let cut = (breaks > 0).then_some(span.len() / 2);
+            partial(&flaky.data, span, cut)
+        }
+        let flaky = Arc::new(flaky);
+        let app = axum::Router::new()
+            .route("/v1/volumes/ns/pvc/objects", axum::routing::get(object))
+            .with_state(Arc::clone(&flaky));
+        let objects = objects_on(app).await;
+        let key = Path::from("volumes/ns/pvc/snapshots/s/files/a");
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(1000..flaky.data.len() as u64)),
+            ..GetOptions::default()
+        };
+        let got = match objects.get_opts(&key, options).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        let asked = flaky.asked.lock().unwrap().clone();
+        (got, asked)
+    }
+
+    fn flaky(breaks: usize, wrong_span: bool) -> Flaky {
+        Flaky {
+            data: (0..1 << 20).map(|i: u32| (i % 251) as u8).collect(),
+            breaks: breaks.into(),
+            wrong_span,
+            asked: Default::default(),
+        }
+    }
+
+    /// A ranged read whose body breaks off goes on from the first byte not received, as
+    /// often as it breaks (within [`RESUMES`]), and gives exactly the range's bytes.
+    #[tokio::test]
+    async fn a_ranged_read_that_breaks_off_goes_on_where_it_stopped() {
+        let whole = 1000..1 << 20;
+        let mut expected_asks = Vec::new();
+        expected_asks.push(whole);
+        for breaks in 0..4 {
+            let (got, asked) = read_from(flaky(breaks, false)).await;
+            assert_eq!(
+                got.unwrap(),
+                flaky(0, false).data[1000..],
+                "{breaks} breaks"
+            );
+            assert_eq!(asked, expected_asks);
+            let last = expected_asks.last().unwrap();
+            expected_asks.push(last.start + last.len() / 2..last.end);
+        }
+    }
+
+    /// A read that breaks off more often than [`RESUMES`], or whose resumption answers other
+    /// bytes than asked for, fails with a message that says so.
+    #[tokio::test]
+    async fn a_ranged_read_that_cannot_go_on_fails() {
+        let (got, asked) = read_from(flaky(RESUMES as usize + 1, false)).await;
+        assert!(got.is_err());
+        assert_eq!(asked.len(), RESUMES as usize + 1);
+        let (got, asked) = read_from(flaky(1, true)).await;
+        let message = got.unwrap_err().to_string();
+        assert!(
+            message.contains("the drainer answered bytes 0..1048576"),
+            "{message}"
+        );
+        assert_eq!(asked.len(), 2);
     }
 }

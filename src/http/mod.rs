@@ -7,6 +7,7 @@
 //! logged, never returned. A ledger that is down answers `503` with `Retry-After`.
 
 mod api;
+mod file_body;
 pub mod guard;
 mod mover;
 mod volumes;

@@ -9,6 +9,7 @@
 //! other volume's object, nothing outside `snapshots/` but the `latest` pointer. Reads only;
 //! the store's credentials never leave the drainer.
 
+use super::file_body::{self, read_at};
 use super::guard::{Granted, VolumeAccess};
 use super::{AppState, Error, Json, Query};
 use crate::protocol::{KeyParam, Listing, batch};
@@ -23,8 +24,6 @@ use object_store::{
     GetOptions, GetRange, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt,
 };
 
-/// Bytes read from a local store at a time for a response body.
-const LOCAL_CHUNK: u64 = 1 << 20;
 /// Reads of one batch made at once.
 const BATCH_READS_AT_ONCE: usize = 16;
 
@@ -303,47 +302,14 @@ fn respond(found: GetResult, ranged: bool, head: bool) -> Result<Response, Error
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-/// The bytes of a read: a remote store's stream as it comes; a local file in large chunks
-/// (object_store's own stream of a file reads 8 KiB at a time, one blocking task each).
+/// The bytes of a read: a remote store's stream as it comes; a local file in large chunks,
+/// read directly where possible ([`file_body`]; object_store's own stream of a file reads
+/// 8 KiB at a time, one blocking task each).
 fn body_of(found: GetResult) -> BoxStream<'static, std::io::Result<Bytes>> {
     match found.payload {
-        GetResultPayload::File(file, _) => {
-            let file = std::sync::Arc::new(file);
-            let range = found.range;
-            futures::stream::try_unfold(range.start, move |at| {
-                let (file, end) = (std::sync::Arc::clone(&file), range.end);
-                async move {
-                    if at >= end {
-                        return Ok(None);
-                    }
-                    let len = (end - at).min(LOCAL_CHUNK);
-                    let chunk = tokio::task::spawn_blocking(move || read_at(&file, at, len))
-                        .await
-                        .map_err(std::io::Error::other)??;
-                    Ok(Some((chunk, at + len)))
-                }
-            })
-            .boxed()
-        }
+        GetResultPayload::File(file, path) => file_body::body(file, &path, found.range),
         GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
     }
-}
-
-/// Reads exactly `len` bytes at `at` into a new buffer, which is not zeroed first (a file
-/// shorter than its metadata said is an error).
-fn read_at(file: &std::fs::File, at: u64, len: u64) -> std::io::Result<Bytes> {
-    let len = len as usize;
-    let mut buffer = Vec::with_capacity(len);
-    while buffer.len() < len {
-        let offset = at + buffer.len() as u64;
-        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), offset) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    buffer.truncate(len);
-    Ok(Bytes::from(buffer))
 }
 
 #[cfg(test)]
