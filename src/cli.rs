@@ -98,9 +98,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let selector = snapshot::continuing(&dest, &args.volume, &args.selector())?;
     let options = RestoreOptions {
-        // Through the API each file is a request: keep as many in flight as a mover does.
+        // Through the API files travel in batches: keep enough in flight to fill them.
         concurrency: match (&source, args.engine.concurrency) {
-            (Source::Drainer(_), None) => crate::config::DEFAULT_MOVER_CONCURRENCY.into(),
+            (Source::Drainer(_), None) => crate::remote::RESTORE_CONCURRENCY,
             _ => args.engine.concurrency(),
         },
         force: args.force,

@@ -96,8 +96,9 @@ pub struct LedgerArgs {
 /// Tuning of the snapshot engine.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// Files read and written at once [default: 16; 64 for `drainer mover` and `restore
-    /// --drainer`, whose every file makes a round trip to the drainer].
+    /// Files read and written at once [default: 16; 64 for `drainer mover`, whose every file
+    /// makes a round trip to the drainer; 256 for `restore --drainer`, whose small files travel
+    /// 64 to a batch, four batches at once].
     #[arg(long, env = "DRAINER_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: Option<u16>,
     /// Part size for multipart uploads, in MiB: a power of two from 8 to 512 (files up to this

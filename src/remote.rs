@@ -39,6 +39,10 @@ use std::time::Duration;
 pub const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Batches of small reads on their way at once.
 const READ_BATCHES_IN_FLIGHT: usize = 4;
+/// Files a restore through the API writes at once when `--concurrency` is not given: enough
+/// small files to fill every batch in flight (with 64, the batches held about 16 reads each,
+/// and 20,000 small files took 8% longer).
+pub const RESTORE_CONCURRENCY: usize = batch::MAX_OBJECTS * READ_BATCHES_IN_FLIGHT;
 
 /// One volume on a drainer, read through its API.
 #[derive(Debug, Clone)]
