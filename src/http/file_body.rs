@@ -13,7 +13,7 @@
 //! an error, never bytes that were not read.
 
 use axum::body::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -26,25 +26,41 @@ pub const CHUNK: u64 = 1 << 20;
 /// block size of common disks).
 const ALIGN: u64 = 4096;
 
-/// The bytes `range` of `file` (opened at `path`) as a body, `CHUNK` bytes at a time.
+/// The bytes `range` of `file` (opened at `path`) as a body, `CHUNK` bytes at a time; the
+/// file is opened again for direct reads on the blocking pool, with the first chunk.
 pub fn body(
     file: File,
     path: &Path,
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, io::Result<Bytes>> {
-    let reader = Arc::new(Reader::new(file, path));
-    let starts = (range.start..range.end).step_by(CHUNK as usize);
-    futures::stream::iter(starts)
-        .then(move |at| {
-            let reader = Arc::clone(&reader);
-            let len = (range.end - at).min(CHUNK);
-            async move {
-                tokio::task::spawn_blocking(move || reader.read(at, len))
-                    .await
-                    .map_err(io::Error::other)?
-            }
-        })
+    let path = path.to_owned();
+    let opened = async move {
+        tokio::task::spawn_blocking(move || Arc::new(Reader::new(file, &path)))
+            .await
+            .map_err(io::Error::other)
+    };
+    futures::stream::once(opened)
+        .map_ok(move |reader| chunks(reader, range.clone()))
+        .try_flatten()
         .boxed()
+}
+
+/// The bytes `range` of `reader`'s file, `CHUNK` bytes at a time, each read on the blocking
+/// pool.
+fn chunks(
+    reader: Arc<Reader>,
+    range: std::ops::Range<u64>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> {
+    let starts = (range.start..range.end).step_by(CHUNK as usize);
+    futures::stream::iter(starts).then(move |at| {
+        let reader = Arc::clone(&reader);
+        let len = (range.end - at).min(CHUNK);
+        async move {
+            tokio::task::spawn_blocking(move || reader.read(at, len))
+                .await
+                .map_err(io::Error::other)?
+        }
+    })
 }
 
 /// One object's file, opened for direct reads too when the filesystem allows.
