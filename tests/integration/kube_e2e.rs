@@ -15,7 +15,7 @@ use crate::support::kube::{
 };
 use crate::support::proxy::Proxy;
 use crate::support::s3::S3Server;
-use crate::support::serve::Serve;
+use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{awkward, differences};
 use crate::support::{drainer, drainer_bin, file_url, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
@@ -460,7 +460,7 @@ fn history(drain: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| format!("{} {}", e["state"], e["message"]))
+        .map(|e| format!("{} {} {} {}", e["at"], e["owner"], e["state"], e["message"]))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -1000,6 +1000,11 @@ async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<
 /// SIGKILL, and the request is let through at once, or (`after_takeover`) only once the other
 /// replica has taken the drain over. Every drain completes, with one Job and one copy run,
 /// and restores exactly.
+///
+/// Each replica may copy all four drains at once ([`DRAINS_AT_ONCE`]): a replica whose slots
+/// are all taken claims nothing, so with the default of two the survivor would take the
+/// killed replica's drains over only once its own drains were done, which on a loaded machine
+/// can be after the held request has timed out in the mover (120 s) and been sent again.
 async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Result<()> {
     with_timeout(LIMIT, async {
         let w = World::new(prefix).await?;
@@ -1012,7 +1017,14 @@ async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Re
                 w.start(
                     &data,
                     &store,
-                    &["--database-url", &database, "--replica-id", n],
+                    &[
+                        "--database-url",
+                        &database,
+                        "--replica-id",
+                        n,
+                        "--concurrent-drains",
+                        DRAINS_AT_ONCE,
+                    ],
                     &[],
                 )
                 .await
@@ -1052,6 +1064,7 @@ async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Re
             "replica-b" => (b, a),
             other => bail!("copying drain held by {other:?}: {copying}"),
         };
+        let logs = [killed.log_path(), alive.log_path()];
         killed.kill9().await;
         if after_takeover {
             eventually("the held drain taken over", WAIT, || async {
@@ -1067,7 +1080,11 @@ async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Re
                 );
                 Ok(())
             })
-            .await?;
+            .await
+            .with_context(|| {
+                let [killed, alive] = logs.each_ref().map(|l| log_tail(l, 80));
+                format!("killed replica's log:\n{killed}\nsurviving replica's log:\n{alive}")
+            })?;
         }
         w.gate.release();
 
@@ -1118,6 +1135,9 @@ async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Re
     })
     .await
 }
+
+/// Drains each replica of [`replicas_lose_one`] copies at once: all of the scale-down's.
+const DRAINS_AT_ONCE: &str = "4";
 
 /// Two replicas; the replica holding a drain is killed while its mover sends its last
 /// request, which then reaches the other replica: the copy completes there before the dead

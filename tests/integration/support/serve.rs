@@ -25,6 +25,13 @@ struct Launch {
     port: u16,
 }
 
+impl Launch {
+    /// Where the process's log goes: next to its data directory.
+    fn log_path(&self) -> std::path::PathBuf {
+        self.data.with_extension(format!("{}.log", self.port))
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -72,7 +79,7 @@ impl Serve {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(data.with_extension(format!("{port}.log")))
+                    .open(launch.log_path())
                     .unwrap(),
             );
         let child = cmd.spawn().expect("drainer serve starts");
@@ -215,6 +222,11 @@ impl Serve {
         }
     }
 
+    /// The file the process logs to (every run of it), kept after the process is killed.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.launch.log_path()
+    }
+
     /// The process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -237,4 +249,11 @@ impl Serve {
             .unwrap();
         (status, started.elapsed())
     }
+}
+
+/// The last `lines` lines of the log at `path` (empty if there is none).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
