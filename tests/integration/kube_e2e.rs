@@ -19,7 +19,7 @@ use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{awkward, differences};
 use crate::support::{drainer, drainer_bin, file_url, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
-use drainer::kube::movers;
+use drainer::kube::{hold, movers};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -147,6 +147,35 @@ fn web_with(
     }))
 }
 
+/// Watches the objects of kind `K` in `ns` until the returned guard is dropped, handing each
+/// event to `on_event` (errors are retried by the watcher's backoff).
+fn watch_namespace<K>(
+    client: &Client,
+    ns: &str,
+    mut on_event: impl FnMut(watcher::Event<K>) + Send + 'static,
+) -> AbortOnDrop
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    AbortOnDrop(tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(event) = event {
+                on_event(event);
+            }
+        }
+    }))
+}
+
 /// Every Job drainer creates in a namespace, as a watch sees them: drain label → Job names;
 /// and how many ran at once (created, not yet finished nor being deleted), at most.
 #[derive(Clone, Default)]
@@ -179,28 +208,20 @@ impl Jobs {
 }
 
 impl JobsSeen {
-    /// Watches the Jobs of `ns` until dropped (the task ends with the test's runtime).
-    fn watch(client: &Client, ns: &str) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Watches the Jobs of `ns` until the returned guard is dropped.
+    fn watch(client: &Client, ns: &str) -> (Self, AbortOnDrop) {
         let seen = Self::default();
-        let api: Api<Job> = Api::namespaced(client.clone(), ns);
         let record = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                let mut jobs = record.0.lock().unwrap();
-                match event {
-                    Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
-                        jobs.saw(&job)
-                    }
-                    Ok(watcher::Event::Delete(job)) => {
-                        jobs.running.remove(&job.metadata.name.unwrap_or_default());
-                    }
-                    // A new listing: what runs is what it lists.
-                    Ok(watcher::Event::Init) => jobs.running.clear(),
-                    Ok(watcher::Event::InitDone) | Err(_) => {}
+        let task = watch_namespace::<Job>(client, ns, move |event| {
+            let mut jobs = record.0.lock().unwrap();
+            match event {
+                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => jobs.saw(&job),
+                watcher::Event::Delete(job) => {
+                    jobs.running.remove(&job.metadata.name.unwrap_or_default());
                 }
+                // A new listing: what runs is what it lists.
+                watcher::Event::Init => jobs.running.clear(),
+                watcher::Event::InitDone => {}
             }
         });
         (seen, task)
@@ -231,19 +252,13 @@ impl JobsSeen {
 struct HoldsSeen(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);
 
 impl HoldsSeen {
-    /// Watches the claims of `ns` until the task is aborted.
-    fn watch(client: &Client, ns: &str) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Watches the claims of `ns` until the returned guard is dropped.
+    fn watch(client: &Client, ns: &str) -> (Self, AbortOnDrop) {
         let seen = Self::default();
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         let record = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                if let Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim)) = event {
-                    record.saw(&claim);
-                }
+        let task = watch_namespace::<PersistentVolumeClaim>(client, ns, move |event| {
+            if let watcher::Event::Apply(claim) | watcher::Event::InitApply(claim) = event {
+                record.saw(&claim);
             }
         });
         (seen, task)
@@ -272,7 +287,7 @@ impl HoldsSeen {
             .lock()
             .unwrap()
             .get(pvc)
-            .is_some_and(|holds| holds.contains(&format!("drainer-hold-{id}")))
+            .is_some_and(|holds| holds.contains(&hold::hold_name(id)))
     }
 }
 
@@ -327,7 +342,7 @@ impl World {
             _work: guard,
             jobs,
             holds,
-            _watches: [AbortOnDrop(jobs_watch), AbortOnDrop(holds_watch)],
+            _watches: [jobs_watch, holds_watch],
         })
     }
 
