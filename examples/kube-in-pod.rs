@@ -9,7 +9,8 @@
 //!                                          TokenReview status as one line of JSON
 //! ```
 //!
-//! `cargo test` builds it with the other examples (`target/debug/examples/kube-in-pod`).
+//! `cargo test` builds it with the other examples (`target/debug/examples/kube-in-pod`); the
+//! tests run it from an image of it, its entrypoint (`tests/integration/support/image.rs`).
 
 use std::process::ExitCode;
 

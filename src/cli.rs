@@ -233,7 +233,7 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
             all
         }
         (Some(_), Some(_)) => {
-            return Err(Usage("give either STORE_URL or --drainer URL, not both".into()).into());
+            return Err(Usage(crate::config::store_or_drainer_conflict()).into());
         }
         (None, None) => {
             return Err(Usage("STORE_URL (or --drainer URL) is needed".into()).into());

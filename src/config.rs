@@ -60,6 +60,11 @@ pub enum Command {
     Sweep(SweepArgs),
     /// List the orphaned volumes a running drainer sees: size, age, last snapshot, drain.
     Orphans(OrphansArgs),
+    /// Let go of every claim drainer guards or holds, for uninstalling it (with the
+    /// kubeconfig's identity, no drainer needed): claims their StatefulSet still wants lose
+    /// drainer's guard and holds; claims their retention policy deletes are left to the
+    /// garbage collector, which then deletes them. Stop drainer first (it would guard again).
+    ReleaseGuards(ReleaseGuardsArgs),
 }
 
 /// Logging settings shared by every subcommand.
@@ -134,9 +139,15 @@ pub struct ServeArgs {
     /// Drains copied at once by this replica.
     #[arg(long, env = "DRAINER_CONCURRENT_DRAINS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrent_drains: u16,
-    /// Attempts of a drain before it is `failed`.
+    /// Attempts of a drain on the normal backoff before it is `failing`: still active, its
+    /// claim still held, tried again at least a minute and at most --max-retry-delay apart
+    /// until it succeeds or is abandoned.
     #[arg(long, env = "DRAINER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// The longest wait, in seconds, between two attempts of a drain (the backoff starts at
+    /// 2 s and doubles up to this).
+    #[arg(long, env = "DRAINER_MAX_RETRY_DELAY", default_value = "600", value_parser = parse_positive_seconds)]
+    pub max_retry_delay: Duration,
     /// Lease on a claimed drain, in seconds; a replica that dies loses its drains after this.
     #[arg(long, env = "DRAINER_LEASE", default_value = "30", value_parser = parse_seconds)]
     pub lease: Duration,
@@ -179,7 +190,8 @@ pub struct KubeArgs {
     /// Audience that pods' projected ServiceAccount tokens must carry.
     #[arg(long, env = "DRAINER_AUDIENCE", default_value = "drainer")]
     pub audience: String,
-    /// Seconds a drain waits for its pod to let go of the volume before it fails.
+    /// Seconds a drain waits for its pod to let go of the volume before a warning is recorded
+    /// (it keeps waiting: the claim stays held).
     #[arg(long, env = "DRAINER_RELEASE_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
     pub release_timeout: Duration,
     /// Namespaces to watch and act in (repeat, or comma-separated); all when none is given.
@@ -221,11 +233,23 @@ pub struct MoverJobArgs {
     /// ServiceAccount of mover pods in each claim's namespace (`default` exists everywhere).
     #[arg(long, env = "DRAINER_MOVER_SERVICE_ACCOUNT", default_value = "default")]
     pub mover_service_account: String,
-    /// Run movers as uid 0 with only CAP_DAC_READ_SEARCH, so they read every file whatever its
-    /// owner; `false` runs them as uid 65534 with no capability (files it cannot read are
-    /// reported).
-    #[arg(long, env = "DRAINER_MOVER_READ_ALL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub mover_read_all: bool,
+    /// Who movers run as. `auto`: what the claim's namespace allows (its Pod Security level):
+    /// privileged, uid 0 with only CAP_DAC_READ_SEARCH; baseline, uid 0 with only
+    /// CAP_DAC_OVERRIDE; restricted, the application's own identity from its StatefulSet's pod
+    /// template. `app`: the application's identity in every namespace (never a capability).
+    /// `nobody`: uid 65534 with no capability everywhere. Files a mover cannot read are named,
+    /// and the drain does not complete.
+    #[arg(long, env = "DRAINER_MOVER_IDENTITY", value_enum, default_value_t = MoverIdentity::Auto)]
+    pub mover_identity: MoverIdentity,
+    /// Deprecated: `false` is `--mover-identity nobody`; `true` (the old default) changes
+    /// nothing.
+    #[arg(long, env = "DRAINER_MOVER_READ_ALL", action = clap::ArgAction::Set)]
+    pub mover_read_all: Option<bool>,
+    /// The Pod Security level the API server enforces on namespaces without the label
+    /// `pod-security.kubernetes.io/enforce` (its PodSecurity admission defaults: privileged
+    /// unless the cluster configures otherwise).
+    #[arg(long, env = "DRAINER_POD_SECURITY_DEFAULT", value_enum, default_value_t = PodSecurityLevel::Privileged)]
+    pub pod_security_default: PodSecurityLevel,
     /// CPU request and limit of a mover (Kubernetes quantities).
     #[arg(long, env = "DRAINER_MOVER_CPU", default_value = "100m,1")]
     pub mover_cpu: String,
@@ -244,6 +268,28 @@ pub struct MoverJobArgs {
     /// Seconds a failed mover Job is kept (for `kubectl logs`); successful ones are deleted.
     #[arg(long, env = "DRAINER_MOVER_KEEP_FAILED", default_value = "86400", value_parser = parse_seconds)]
     pub mover_keep_failed: Duration,
+}
+
+/// Who mover pods run as (see `--mover-identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MoverIdentity {
+    /// What the namespace's Pod Security level allows.
+    Auto,
+    /// The application's identity, from its StatefulSet's pod template.
+    App,
+    /// uid 65534, no capability.
+    Nobody,
+}
+
+/// A Pod Security Standards level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum PodSecurityLevel {
+    /// Unrestricted.
+    Privileged,
+    /// No known privilege escalation: uid 0 and the default capabilities are allowed.
+    Baseline,
+    /// Hardened: non-root, every capability dropped, RuntimeDefault seccomp.
+    Restricted,
 }
 
 /// Who makes the copies.
@@ -509,6 +555,17 @@ pub struct OrphansArgs {
     pub timeout: Duration,
 }
 
+/// `drainer release-guards`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseGuardsArgs {
+    /// Only in these namespaces (repeat, or comma-separated); all when none is given.
+    #[arg(long = "namespace", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Say what would be let go, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Where a command reads snapshots from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -528,9 +585,7 @@ impl RestoreArgs {
                 crate::store::check_url(store).map_err(|e| e.to_string())?;
                 Ok((Source::Store(store.clone()), dest.clone()))
             }
-            (Some(_), Some(_), Some(_)) => Err(
-                "give either STORE_URL or --drainer URL (DRAINER_URL or DRAINER_STORE may be set), not both".into(),
-            ),
+            (Some(_), Some(_), Some(_)) => Err(store_or_drainer_conflict()),
             (Some(_), None, _) => Err("DEST is needed: drainer restore --drainer URL --volume NS/PVC DEST".into()),
             (None, _, _) => Err(
                 "STORE_URL and DEST are needed (or --drainer URL and DEST): drainer restore STORE_URL --volume NS/PVC DEST".into(),
@@ -545,6 +600,32 @@ impl RestoreArgs {
             None => self.snapshot.clone(),
         }
     }
+}
+
+/// The one-line refusal when both a store and a drainer are given, naming the environment
+/// variables that gave them (a `DRAINER_URL` or `DRAINER_STORE` left set in a shell is the
+/// usual cause, and the flags alone would not say so).
+pub fn store_or_drainer_conflict() -> String {
+    conflict_message(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+fn conflict_message(is_set: impl Fn(&str) -> bool) -> String {
+    let from_env: Vec<String> = [
+        ("DRAINER_STORE", "STORE_URL"),
+        ("DRAINER_URL", "--drainer URL"),
+    ]
+    .into_iter()
+    .filter(|(var, _)| is_set(var))
+    .map(|(var, what)| format!("{what} from {var}"))
+    .collect();
+    let mut message = String::from("give either STORE_URL or --drainer URL, not both");
+    if !from_env.is_empty() {
+        message.push_str(&format!(
+            " ({} in the environment: unset it or leave the other out)",
+            from_env.join(", ")
+        ));
+    }
+    message
 }
 
 /// Reading through a drainer's API instead of a store (`restore`, `snapshots`).
@@ -651,6 +732,14 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a whole number of seconds"))
 }
 
+/// A whole number of seconds, at least one.
+pub fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        d if d.is_zero() => Err("must be at least 1 second".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// A part size in MiB: a power of two, so each part's hash can be computed on its own (see
 /// `snapshot::part_hash`), and at least 8 (S3's smallest part is 5 MiB).
 /// A `STORE_URL`, checked as [`crate::store::check_url`] does, so a URL that would be read
@@ -665,5 +754,40 @@ fn parse_part_size(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(mib) if (8..=512).contains(&mib) && mib.is_power_of_two() => Ok(mib),
         _ => Err("a power of two from 8 to 512 (MiB)".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conflict_message;
+
+    #[test]
+    fn the_store_or_drainer_conflict_names_the_variables_that_gave_them() {
+        let cases: [(&[&str], &str); 4] = [
+            (&[], "give either STORE_URL or --drainer URL, not both"),
+            (
+                &["DRAINER_URL"],
+                "give either STORE_URL or --drainer URL, not both (--drainer URL from DRAINER_URL \
+                 in the environment: unset it or leave the other out)",
+            ),
+            (
+                &["DRAINER_STORE"],
+                "give either STORE_URL or --drainer URL, not both (STORE_URL from DRAINER_STORE \
+                 in the environment: unset it or leave the other out)",
+            ),
+            (
+                &["DRAINER_STORE", "DRAINER_URL"],
+                "give either STORE_URL or --drainer URL, not both (STORE_URL from DRAINER_STORE, \
+                 --drainer URL from DRAINER_URL in the environment: unset it or leave the other \
+                 out)",
+            ),
+        ];
+        for (set, expected) in cases {
+            assert_eq!(
+                conflict_message(|name| set.contains(&name)),
+                expected,
+                "{set:?}"
+            );
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! of progress), [`lifecycle`] (drain states and the one table of transitions). The service:
 //! `service` (wiring and supervision), [`http`] (the API, its guard and the mover protocol's
 //! drainer side), [`auth`] (callers and the policy), `scheduler` (claims, leases, attempts),
-//! [`sweep`], [`admission`] and [`notify`] (the seams where a mode plugs in), [`kube`]
+//! [`sweep`], [`admission`] and [`notify`] (the seams where a mode plugs in), [`supervisor`]
+//! (every long-lived task, started again when it ends) and [`health`] (what `/readyz`,
+//! `/healthz` and `/metrics` say of the service's own state), [`kube`]
 //! (Kubernetes mode). The clients: `client`, `handoff`, `mover`, with the wire types in
 //! [`protocol`]. Around them: [`config`] (the command line), `cli` (the one-shot commands),
 //! `retry`, `metrics`, `shutdown`, [`telemetry`]. `main.rs` only parses the configuration
@@ -25,6 +27,7 @@ pub(crate) mod cli;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod handoff;
+pub mod health;
 pub mod http;
 pub(crate) mod install;
 pub mod kube;
@@ -41,6 +44,7 @@ pub(crate) mod service;
 pub(crate) mod shutdown;
 pub mod snapshot;
 pub mod store;
+pub mod supervisor;
 pub mod sweep;
 pub mod telemetry;
 pub mod volume;
@@ -78,5 +82,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Install(args) => install::run(&args.dir),
         Command::Sweep(args) => cli::sweep(args).await,
         Command::Orphans(args) => cli::orphans(args).await,
+        Command::ReleaseGuards(args) => kube::guard::release_command(args).await,
     }
 }

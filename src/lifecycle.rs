@@ -5,17 +5,27 @@
 //!
 //! ```text
 //! awaiting_release ─► queued ─► copying ─► completed
-//!   │     │             ▲   ▲      │ │ │
-//!   │     └─► not_needed│   └──────┘ │ └─► failed ─► queued (retry by hand)
-//!   └─► failed          └── retry ◄──┘   (backoff; after max attempts: failed)
-//!   (release timeout, or the volume deleted before it could be held)
-//! any active state ─► cancelled (by hand)
+//!   │     │             ▲   ▲     │ │ │
+//!   │     └─► not_needed│   └─────┘ │ └─► failing ─► copying … (retried on a slow, capped
+//!   │                   └─ retry ◄──┘        │         backoff, for as long as it takes)
+//!   └─► failed (the volume is gone: nothing left to copy) ◄── copying
+//! any active state ─► cancelled (by hand; refused while the drain holds a claim)
+//! any active state, cancelled ─► abandoned (by hand, with a reason: drainer lets go of the
+//!                                 claim, its owners decide)
+//! failing, failed ─► queued (retry by hand, attempts counted afresh)
 //! ```
 //!
 //! A handoff that waits for its pod's release starts in `awaiting_release`; one that does not
 //! (local mode, sweeps) starts in `queued`. `requested` is kept for drains that arrive with
 //! nothing decided yet. At most one drain per volume is active (`requested`,
-//! `awaiting_release`, `queued`, `copying`); repeating a handoff returns it.
+//! `awaiting_release`, `queued`, `copying`, `failing`); repeating a handoff returns it.
+//!
+//! Giving up never costs data: a drain ends by itself only when its data is safe
+//! (`completed`), not needed (`not_needed`) or no longer exists (`failed`). A drain whose
+//! attempts ran out, or whose error will not go away by itself, is `failing`: still active,
+//! still holding its claim, retried on a slow capped backoff until the cause is gone or an
+//! operator abandons it. A drain still waiting for its pod's release past the release timeout
+//! keeps waiting (the timeout is recorded once, as a warning).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -33,26 +43,34 @@ pub enum DrainState {
     Queued,
     /// A replica holds the lease and is copying.
     Copying,
+    /// Its attempts ran out (or its error is not transient): still active, retried on a slow,
+    /// capped backoff, at or after its `not_before` time.
+    Failing,
     /// A snapshot of the volume is complete.
     Completed,
     /// The pod came back (same ordinal): nothing to copy.
     NotNeeded,
-    /// Every attempt failed, or the volume was never released; can be retried by hand.
+    /// The volume no longer exists (deleted before its data could be copied); can be
+    /// retried by hand.
     Failed,
     /// Cancelled by hand.
     Cancelled,
+    /// Given up by hand, with a reason: the claim's owners decide what happens to it.
+    Abandoned,
 }
 
 /// Every state, in lifecycle order (for metrics and listings).
-pub const ALL_STATES: [DrainState; 8] = [
+pub const ALL_STATES: [DrainState; 10] = [
     DrainState::Requested,
     DrainState::AwaitingRelease,
     DrainState::Queued,
     DrainState::Copying,
+    DrainState::Failing,
     DrainState::Completed,
     DrainState::NotNeeded,
     DrainState::Failed,
     DrainState::Cancelled,
+    DrainState::Abandoned,
 ];
 
 /// What happens to a drain. Each event names the one transition it causes from each state
@@ -63,11 +81,11 @@ pub enum Event {
     Orphaned,
     /// The volume was let go but is still wanted (the pod came back): nothing to copy.
     StillInUse,
-    /// The volume was not let go within the release timeout.
+    /// The volume was not let go within the release timeout: recorded, and still waited for.
     ReleaseTimedOut,
     /// The volume was deleted before its data could be copied.
     VolumeGone,
-    /// A replica claimed the queued drain with a lease.
+    /// A replica claimed the queued (or failing) drain with a lease.
     Claimed,
     /// A replica took over a drain whose holder's lease expired.
     TakenOver,
@@ -75,18 +93,23 @@ pub enum Event {
     Completed,
     /// The attempt failed; try again after a backoff.
     Retry,
-    /// The attempt failed and no attempt is left (or the error is permanent).
+    /// The attempt failed and no attempt is left (or the error is permanent): the drain is
+    /// `failing`, retried on a slow backoff.
     GaveUp,
+    /// The attempt found the volume gone: nothing is left to copy.
+    DataGone,
     /// The holder stopped (shutdown); the attempt does not count.
     Released,
     /// An operator asked for another try of a failed drain.
     RetriedByHand,
     /// An operator cancelled the drain.
     Cancelled,
+    /// An operator abandoned the drain (and with it the claim's protection), with a reason.
+    Abandoned,
 }
 
 /// Every event (for exhaustive tests).
-pub const ALL_EVENTS: [Event; 12] = [
+pub const ALL_EVENTS: [Event; 14] = [
     Event::Orphaned,
     Event::StillInUse,
     Event::ReleaseTimedOut,
@@ -96,9 +119,11 @@ pub const ALL_EVENTS: [Event; 12] = [
     Event::Completed,
     Event::Retry,
     Event::GaveUp,
+    Event::DataGone,
     Event::Released,
     Event::RetriedByHand,
     Event::Cancelled,
+    Event::Abandoned,
 ];
 
 impl DrainState {
@@ -109,10 +134,12 @@ impl DrainState {
             Self::AwaitingRelease => "awaiting_release",
             Self::Queued => "queued",
             Self::Copying => "copying",
+            Self::Failing => "failing",
             Self::Completed => "completed",
             Self::NotNeeded => "not_needed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Abandoned => "abandoned",
         }
     }
 
@@ -129,11 +156,11 @@ impl DrainState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Self::Requested | Self::AwaitingRelease | Self::Queued | Self::Copying
+            Self::Requested | Self::AwaitingRelease | Self::Queued | Self::Copying | Self::Failing
         )
     }
 
-    /// Whether the drain has ended (completed, not needed, failed or cancelled).
+    /// Whether the drain has ended (completed, not needed, failed, cancelled or abandoned).
     pub fn is_final(self) -> bool {
         !self.is_active()
     }
@@ -146,14 +173,17 @@ impl DrainState {
         let next = match (self, event) {
             (Requested | AwaitingRelease, E::Orphaned) => Queued,
             (Requested | AwaitingRelease, E::StillInUse) => NotNeeded,
-            (Requested | AwaitingRelease, E::ReleaseTimedOut | E::VolumeGone) => Failed,
-            (Queued, E::Claimed) => Copying,
+            (waiting @ (Requested | AwaitingRelease), E::ReleaseTimedOut) => waiting,
+            (Requested | AwaitingRelease, E::VolumeGone) => Failed,
+            (Queued | Failing, E::Claimed) => Copying,
             (Copying, E::TakenOver) => Copying,
             (Copying, E::Completed) => Completed,
             (Copying, E::Retry | E::Released) => Queued,
-            (Copying, E::GaveUp) => Failed,
-            (Failed, E::RetriedByHand) => Queued,
+            (Copying, E::GaveUp) => Failing,
+            (Copying, E::DataGone) => Failed,
+            (Failed | Failing, E::RetriedByHand) => Queued,
             (state, E::Cancelled) if state.is_active() => Cancelled,
+            (state, E::Abandoned) if state.is_active() || state == Cancelled => Abandoned,
             _ => return None,
         };
         Some(next)
@@ -225,7 +255,10 @@ impl FromStr for RunState {
 pub enum AfterFailure {
     /// Queue the drain again, not before `delay` from now.
     RetryAfter(std::time::Duration),
-    /// Give up: the drain is `failed`.
+    /// Its attempts ran out or the error is not transient: the drain is `failing`, tried
+    /// again not before `delay` from now (a slow, capped backoff), for as long as it takes.
+    Failing(std::time::Duration),
+    /// The volume is gone: nothing is left to copy, the drain is `failed`.
     GiveUp,
 }
 
@@ -234,18 +267,48 @@ impl AfterFailure {
     pub fn event(self) -> Event {
         match self {
             Self::RetryAfter(_) => Event::Retry,
-            Self::GiveUp => Event::GaveUp,
+            Self::Failing(_) => Event::GaveUp,
+            Self::GiveUp => Event::DataGone,
+        }
+    }
+
+    /// When the next attempt may start, if one follows.
+    pub fn delay(self) -> Option<std::time::Duration> {
+        match self {
+            Self::RetryAfter(delay) | Self::Failing(delay) => Some(delay),
+            Self::GiveUp => None,
         }
     }
 }
 
-/// Decides what follows a failed attempt: permanent errors and exhausted attempts give up;
-/// transient errors retry after the backoff for this attempt.
-pub fn after_failure(attempts: u32, max_attempts: u32, transient: bool) -> AfterFailure {
-    if !transient || attempts >= max_attempts {
-        AfterFailure::GiveUp
-    } else {
-        AfterFailure::RetryAfter(crate::retry::drain_delay(attempts))
+/// What kind of failure an attempt ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// May go away by itself (an outage, a timeout, a file that kept changing).
+    Transient,
+    /// Will not go away by itself (a mover the namespace refuses, unreadable files): the
+    /// cause must change, which drainer keeps checking for.
+    Permanent,
+    /// The volume no longer exists.
+    VolumeGone,
+}
+
+/// Decides what follows a failed attempt: a gone volume gives up; transient errors retry
+/// after the backoff for this attempt until the attempts run out; after that, and for errors
+/// that are not transient, the drain is `failing` and tried again on the same backoff, at
+/// least a minute apart, and never further apart than `cap`.
+pub fn after_failure(
+    attempts: u32,
+    max_attempts: u32,
+    kind: FailureKind,
+    cap: std::time::Duration,
+) -> AfterFailure {
+    match kind {
+        FailureKind::VolumeGone => AfterFailure::GiveUp,
+        FailureKind::Transient if attempts < max_attempts => {
+            AfterFailure::RetryAfter(crate::retry::drain_delay(attempts, cap))
+        }
+        _ => AfterFailure::Failing(crate::retry::failing_delay(attempts, cap)),
     }
 }
 
@@ -253,32 +316,49 @@ pub fn after_failure(attempts: u32, max_attempts: u32, transient: bool) -> After
 mod tests {
     use super::DrainState::*;
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn transitions_follow_the_diagram() {
         let allowed = [
             (Requested, AwaitingRelease, false),
+            (Requested, Requested, true), // a release timeout is recorded, still waiting
             (Requested, Queued, true),
+            (AwaitingRelease, AwaitingRelease, true),
             (AwaitingRelease, Queued, true),
             (AwaitingRelease, NotNeeded, true),
             (AwaitingRelease, Failed, true),
             (Queued, Copying, true),
             (Copying, Completed, true),
             (Copying, Queued, true),
+            (Copying, Failing, true),
             (Copying, Failed, true),
             (Copying, Copying, true), // a lease taken over after its owner died
+            (Failing, Copying, true),
+            (Failing, Queued, true),
             (Failed, Queued, true),
             (Queued, Cancelled, true),
             (AwaitingRelease, Cancelled, true),
             (Copying, Cancelled, true),
+            (Failing, Cancelled, true),
+            (Failing, Abandoned, true),
+            (AwaitingRelease, Abandoned, true),
+            (Copying, Abandoned, true),
             (Completed, Queued, false),
             (Completed, Copying, false),
+            (Completed, Abandoned, false),
             (NotNeeded, Queued, false),
             (Cancelled, Queued, false),
+            (Cancelled, Abandoned, true),
+            (Abandoned, Queued, false),
             (Queued, Completed, false),
+            (Queued, Failing, false),
+            (Failing, Completed, false),
+            (Failing, Failed, false),
             (Failed, Copying, false),
             (Requested, Copying, false),
             (Failed, Cancelled, false),
+            (Failed, Abandoned, false),
             (Queued, Queued, false),
         ];
         for (from, to, expected) in allowed {
@@ -292,16 +372,43 @@ mod tests {
             for event in ALL_EVENTS {
                 if let Some(next) = state.after(event) {
                     assert!(
-                        state.is_active() || event == Event::RetriedByHand,
+                        state.is_active()
+                            || matches!(event, Event::RetriedByHand | Event::Abandoned),
                         "{state} {event:?}"
                     );
                     assert!(state.can_become(next));
                 }
             }
-            // Final states move only by hand.
+            // Final states move only by hand: retried, or (cancelled) abandoned.
             if state.is_final() {
                 let moves: Vec<_> = ALL_EVENTS.iter().filter_map(|e| state.after(*e)).collect();
-                assert!(moves.iter().all(|s| *s == Queued), "{state}: {moves:?}");
+                assert!(
+                    moves.iter().all(|s| *s == Queued || *s == Abandoned),
+                    "{state}: {moves:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_event_ends_a_drain_by_itself_but_safety_or_a_gone_volume() {
+        // What lets a hold go: the events that end a drain. Only these may happen without an
+        // operator: the data is safe, not needed, or no longer exists.
+        let by_hand = [Event::Cancelled, Event::Abandoned, Event::RetriedByHand];
+        for state in ALL_STATES.into_iter().filter(|s| s.is_active()) {
+            for event in ALL_EVENTS.into_iter().filter(|e| !by_hand.contains(e)) {
+                if let Some(next) = state.after(event).filter(|n| n.is_final()) {
+                    assert!(
+                        matches!(next, Completed | NotNeeded | Failed),
+                        "{state} --{event:?}--> {next}"
+                    );
+                    if next == Failed {
+                        assert!(
+                            matches!(event, Event::VolumeGone | Event::DataGone),
+                            "{state} fails only when the volume is gone, not on {event:?}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -319,7 +426,10 @@ mod tests {
             assert_eq!(state.is_active(), !state.is_final());
         }
         let active: Vec<_> = ALL_STATES.iter().filter(|s| s.is_active()).collect();
-        assert_eq!(active, [&Requested, &AwaitingRelease, &Queued, &Copying]);
+        assert_eq!(
+            active,
+            [&Requested, &AwaitingRelease, &Queued, &Copying, &Failing]
+        );
         assert!("copied".parse::<DrainState>().is_err());
         for run in [RunState::Running, RunState::Completed] {
             assert_eq!(run.as_str().parse::<RunState>().unwrap(), run);
@@ -328,21 +438,48 @@ mod tests {
     }
 
     #[test]
-    fn failures_retry_until_attempts_run_out() {
+    fn failures_retry_then_keep_failing_slowly_and_give_up_only_on_a_gone_volume() {
+        let cap = Duration::from_secs(600);
+        let transient = FailureKind::Transient;
         assert!(matches!(
-            after_failure(1, 5, true),
+            after_failure(1, 5, transient, cap),
             AfterFailure::RetryAfter(_)
         ));
         assert!(matches!(
-            after_failure(4, 5, true),
+            after_failure(4, 5, transient, cap),
             AfterFailure::RetryAfter(_)
         ));
-        assert_eq!(after_failure(5, 5, true), AfterFailure::GiveUp);
-        assert_eq!(
-            after_failure(1, 5, false),
-            AfterFailure::GiveUp,
-            "permanent errors are not retried"
+        let AfterFailure::Failing(delay) = after_failure(5, 5, transient, cap) else {
+            panic!("attempts ran out: failing, not given up");
+        };
+        assert!(delay >= Duration::from_secs(42), "{delay:?}");
+        let AfterFailure::Failing(later) = after_failure(40, 5, transient, cap) else {
+            panic!("still failing");
+        };
+        assert!(later <= cap && later >= cap / 2, "capped: {later:?}");
+        assert!(
+            matches!(
+                after_failure(1, 5, FailureKind::Permanent, cap),
+                AfterFailure::Failing(_)
+            ),
+            "permanent errors are retried slowly, not given up"
         );
-        assert_eq!(after_failure(5, 5, true).event(), Event::GaveUp);
+        assert_eq!(
+            after_failure(1, 5, FailureKind::VolumeGone, cap),
+            AfterFailure::GiveUp
+        );
+        assert_eq!(AfterFailure::GiveUp.event(), Event::DataGone);
+        assert_eq!(
+            after_failure(5, 5, transient, cap).event(),
+            Event::GaveUp,
+            "gave up the fast retries"
+        );
+        assert_eq!(Copying.after(Event::GaveUp), Some(Failing));
+        // A short cap (tests) wins over the floor of a minute.
+        let short = Duration::from_secs(5);
+        let AfterFailure::Failing(d) = after_failure(9, 5, transient, short) else {
+            panic!()
+        };
+        assert!(d <= short, "{d:?}");
     }
 }

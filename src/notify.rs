@@ -1,5 +1,6 @@
 //! Telling people what happened to a drain where they look: the [`Notifier`] hears every
-//! milestone of a drain (accepted, copy started, completed, not needed, failed). Local mode
+//! milestone of a drain (accepted, copy started, completed, not needed, failed, failing,
+//! stalled waiting for its release, abandoned, protection removed by someone). Local mode
 //! logs them; Kubernetes mode also records Events on the claim (and the pod while it exists)
 //! and annotates the claim with its last snapshot (`kube::events`). A notifier never fails the
 //! work it reports on: it logs its own errors.
@@ -32,12 +33,38 @@ pub enum Milestone {
         /// Why.
         why: String,
     },
-    /// The drain failed for good (or an attempt failed and will be retried).
+    /// The drain failed for good (its volume is gone), or an attempt failed and will be
+    /// retried.
     Failed {
         /// Why.
         why: String,
         /// Whether another attempt follows.
         retrying: bool,
+    },
+    /// The drain's attempts ran out (or its error is not transient): it keeps its claim and
+    /// is tried again on a slow backoff until the cause is gone or an operator abandons it.
+    Failing {
+        /// Why the last attempt failed.
+        why: String,
+        /// When the next attempt may start.
+        next: std::time::Duration,
+    },
+    /// The drain's pod still holds the volume past the release timeout; still waiting.
+    ReleaseStalled {
+        /// Who holds it, and for how long.
+        why: String,
+    },
+    /// An operator abandoned the drain: the claim's owners now decide what happens to it.
+    Abandoned {
+        /// Who.
+        by: String,
+        /// Why.
+        why: String,
+    },
+    /// Someone else removed drainer's protection of the claim (a hold or guard).
+    ProtectionRemoved {
+        /// What was removed, and what drainer did about it.
+        what: String,
     },
 }
 

@@ -12,7 +12,7 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::notify::{Milestone, Notifier};
 use crate::snapshot::{self, CopyOptions, Progress, SnapshotSummary};
 use crate::store::Store;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +56,13 @@ impl Executor for LocalExecutor {
     ) -> snapshot::Result<SnapshotSummary> {
         let volume = drain.volume();
         let source = self.volume_root.join(&volume.namespace).join(&volume.name);
+        if matches!(std::fs::symlink_metadata(&source), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(snapshot::Error::Gone {
+                volume: volume.to_string(),
+                reason: format!("its directory {} does not exist", source.display()),
+            });
+        }
         let options = CopyOptions {
             origin: Some(drain.origin()),
             ..self.options.clone()
@@ -125,25 +132,45 @@ pub async fn completed_copy(
     let Some(run) = done else {
         return Ok(None);
     };
-    let id = run
-        .snapshot
-        .parse()
-        .map_err(|reason| snapshot::Error::Mover {
-            drain: drain.id.clone(),
-            reason,
-        })?;
-    let summary =
-        snapshot::resolve(store, &drain.volume(), &snapshot::SnapshotSelector::Id(id)).await?;
+    let id: snapshot::SnapshotId =
+        run.snapshot
+            .parse()
+            .map_err(|reason| snapshot::Error::Mover {
+                drain: drain.id.clone(),
+                reason,
+            })?;
+    let summary = snapshot::resolve(
+        store,
+        &drain.volume(),
+        &snapshot::SnapshotSelector::Id(id.clone()),
+    )
+    .await?;
     if summary.unreadable > 0 {
+        let named = snapshot::catalog::unreadable_files(
+            store,
+            &drain.volume(),
+            &id,
+            snapshot::UNREADABLE_NAMED,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, snapshot = %summary.snapshot, "cannot read which files the snapshot lists as unreadable");
+            Vec::new()
+        });
         return Err(snapshot::Error::Mover {
             drain: drain.id.clone(),
             reason: format!(
-                "snapshot {} is stored but incomplete: {} files could not be read (listed in its manifest)",
-                summary.snapshot, summary.unreadable
+                "snapshot {} is stored but incomplete: {}",
+                summary.snapshot,
+                snapshot::unreadable_list(summary.unreadable, &named)
             ),
         });
     }
     Ok(Some(summary))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Live progress of the drains this replica is running, by drain id.
@@ -167,6 +194,8 @@ pub struct Scheduler {
     pub board: ProgressBoard,
     /// Hears when copies start and end.
     pub notifier: Arc<dyn Notifier>,
+    /// The longest wait between two attempts of a drain (`--max-retry-delay`).
+    pub retry_cap: Duration,
 }
 
 impl Scheduler {
@@ -175,20 +204,31 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut running = JoinSet::new();
+        // The drains this replica is running: never claimed again while they run.
+        let active: Arc<Mutex<HashSet<String>>> = Arc::default();
         loop {
             let slot = tokio::select! {
                 () = shutdown.cancelled() => break,
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
             };
             while running.try_join_next().is_some() {}
-            match self.ledger.claim_drain(&self.owner, self.lease).await {
+            let busy: Vec<String> = lock(&active).iter().cloned().collect();
+            match self
+                .ledger
+                .claim_drain_except(&self.owner, self.lease, &busy)
+                .await
+            {
                 Ok(Some(drain)) => {
                     let span = tracing::info_span!("drain", drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc);
                     let me = Arc::clone(&self);
                     let stop = shutdown.clone();
+                    let active = Arc::clone(&active);
+                    lock(&active).insert(drain.id.clone());
                     running.spawn(
                         async move {
+                            let id = drain.id.clone();
                             me.attempt(drain, stop).await;
+                            lock(&active).remove(&id);
                             drop(slot)
                         }
                         .instrument(span),
@@ -306,6 +346,10 @@ impl Scheduler {
         match result {
             Ok(summary) => {
                 self.metrics.files_copied.inc_by(summary.files);
+                let waited_ms = (crate::ledger::now_ms() - drain.created_ms).max(0);
+                self.metrics
+                    .drain_seconds
+                    .observe(waited_ms as f64 / 1000.0);
                 let milestone = Milestone::Completed {
                     snapshot: summary.snapshot.clone(),
                     files: summary.files,
@@ -321,7 +365,8 @@ impl Scheduler {
                 let after = lifecycle::after_failure(
                     drain.attempts,
                     drain.max_attempts,
-                    err.is_transient(),
+                    err.failure_kind(),
+                    self.retry_cap,
                 );
                 let reason = failure_class(&err);
                 self.metrics
@@ -334,9 +379,17 @@ impl Scheduler {
                     self.metrics.retries.inc();
                 }
                 tracing::warn!(error = %err, reason, ?after, "attempt failed");
-                let milestone = Milestone::Failed {
-                    why: err.to_string(),
-                    retrying: matches!(after, AfterFailure::RetryAfter(_)),
+                let why = err.to_string();
+                let milestone = match after {
+                    AfterFailure::RetryAfter(_) => Milestone::Failed {
+                        why,
+                        retrying: true,
+                    },
+                    AfterFailure::Failing(next) => Milestone::Failing { why, next },
+                    AfterFailure::GiveUp => Milestone::Failed {
+                        why,
+                        retrying: false,
+                    },
                 };
                 let outcome = AttemptOutcome::Failed {
                     error: err.to_string(),
@@ -354,6 +407,7 @@ fn failure_class(err: &snapshot::Error) -> &'static str {
         snapshot::Error::Store(_) => "store",
         snapshot::Error::Checkpoint(_) => "ledger",
         snapshot::Error::Source { .. } | snapshot::Error::Read { .. } => "source",
+        snapshot::Error::Gone { .. } => "gone",
         snapshot::Error::Changed { .. } => "changing_file",
         _ => "other",
     }
@@ -467,6 +521,7 @@ mod tests {
             metrics: Arc::default(),
             board: ProgressBoard::default(),
             notifier: Arc::new(crate::notify::Log),
+            retry_cap: Duration::from_secs(600),
         });
         let stop = CancellationToken::new();
         let running =
@@ -474,7 +529,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let drain = loop {
             let drain = ledger.drain(&id).await.unwrap().unwrap();
-            if drain.state.is_final() {
+            if drain.state != DrainState::Queued && drain.state != DrainState::Copying {
                 break drain;
             }
             assert!(tokio::time::Instant::now() < deadline, "still {drain:?}");
@@ -482,7 +537,12 @@ mod tests {
         };
         stop.cancel();
         running.await.unwrap();
-        assert_eq!(drain.state, DrainState::Failed, "{drain:?}");
+        // Its one attempt used up: failing (retried slowly), never given up.
+        assert_eq!(drain.state, DrainState::Failing, "{drain:?}");
+        assert!(
+            drain.not_before_ms >= drain.updated_ms + 59_000,
+            "the next attempt waits at least a minute: {drain:?}"
+        );
         assert!(drain.lease_owner.is_none(), "{drain:?}");
         let error = drain.last_error.unwrap_or_default();
         assert!(error.contains("stopped unexpectedly"), "{error}");

@@ -2,6 +2,12 @@
 //! sweeps, what handoffs add), the scheduler and the HTTP API together, supervises them, and
 //! shuts them down in order.
 //!
+//! Every long-lived task (the watches, the release tracker, the sweeps, the store prober, the
+//! ledger's intake and checkpointer) runs under one [`Supervisor`], which starts it again when
+//! it ends and reports to the [`Health`] that `/readyz`, `/healthz` and `/metrics` read. The
+//! HTTP server and the scheduler are the service itself: if either stops unexpectedly, `serve`
+//! returns an error and the process exits non-zero.
+//!
 //! Local mode is the default: volume `NS/PVC` is `VOLUME_ROOT/NS/PVC`, the ledger is SQLite and
 //! the store a directory, all under the data directory, and the holder of the static token is
 //! an admin. Kubernetes mode (`--kubernetes`) watches the cluster, identifies callers by
@@ -11,6 +17,7 @@
 use crate::admission::{Admission, Local};
 use crate::auth::{Authority, StaticToken, load_or_create_token};
 use crate::config::{Movers, ServeArgs};
+use crate::health::Health;
 use crate::http::{AppState, Shared, router};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -18,14 +25,17 @@ use crate::notify::Notifier;
 use crate::scheduler::{Executor, ExternalMovers, LocalExecutor, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreOptions};
+use crate::supervisor::Supervisor;
 use crate::sweep::{LocalSweeper, Sweeper};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How often the store is probed for `/readyz`'s store condition and `drainer_store_up`.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// The parts that differ between local and Kubernetes mode.
 struct Mode {
@@ -34,8 +44,6 @@ struct Mode {
     notifier: Arc<dyn Notifier>,
     executor: Arc<dyn Executor>,
     sweeper: Arc<dyn Sweeper>,
-    /// Background work of the mode (watches, the release tracker), stopped with the service.
-    tasks: Vec<JoinHandle<()>>,
     /// What the log says of it.
     describe: String,
 }
@@ -48,6 +56,7 @@ struct Base<'a> {
     store: &'a Store,
     metrics: &'a Arc<Metrics>,
     owner: &'a str,
+    supervisor: &'a Supervisor,
 }
 
 /// Runs the service until a shutdown signal, then stops within the grace period.
@@ -68,9 +77,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             part_size: u64::from(args.engine.part_size_mib) * 1024 * 1024,
         },
     )?;
-    let ledger = Ledger::open(args.ledger.database_url.as_deref(), &data_dir).await?;
     let shutdown = Shutdown::install().context("installing signal handlers")?;
-    let metrics = Arc::new(Metrics::default());
+    let health = Health::default();
+    let supervisor = Supervisor::new(shutdown.graceful.clone(), health.clone());
+    let ledger =
+        Ledger::open_under(args.ledger.database_url.as_deref(), &data_dir, &supervisor).await?;
+    let metrics = Arc::new(Metrics::new(&health));
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let base = Base {
         args: &args,
@@ -79,9 +91,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: &store,
         metrics: &metrics,
         owner: &owner,
+        supervisor: &supervisor,
     };
     let mode = if args.kube.enabled {
-        kubernetes(&base, shutdown.graceful.clone()).await?
+        kubernetes(&base).await?
     } else {
         local(&base)?
     };
@@ -97,6 +110,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         board: Arc::clone(&board),
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
+        health: health.clone(),
         copying: Default::default(),
     });
     let scheduler = Arc::new(Scheduler {
@@ -108,6 +122,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         board,
         notifier: Arc::clone(&mode.notifier),
+        retry_cap: args.max_retry_delay,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -116,8 +131,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
         mode = %mode.describe, "drainer serving"
     );
+    start_tasks(&supervisor, &args, &mode, &store, &state);
     state.set_ready(true);
-    run_until_shutdown(state, listener, scheduler, shutdown, &args, mode).await
+    run_until_shutdown(state, listener, scheduler, shutdown, &args, supervisor).await
+}
+
+/// Starts the service's own supervised tasks: the scheduled sweeps and the store prober.
+fn start_tasks(
+    supervisor: &Supervisor,
+    args: &ServeArgs,
+    mode: &Mode,
+    store: &Store,
+    state: &AppState,
+) {
+    if !args.sweep_interval.is_zero() {
+        let (sweeper, interval, state) = (
+            Arc::clone(&mode.sweeper),
+            args.sweep_interval,
+            state.clone(),
+        );
+        supervisor.spawn("sweeps", move |stop| {
+            sweep_periodically(Arc::clone(&sweeper), interval, state.clone(), stop)
+        });
+    }
+    let (store, health) = (store.clone(), supervisor.health().clone());
+    supervisor.spawn("store-probe", move |stop| {
+        probe_store(store.clone(), health.clone(), stop)
+    });
 }
 
 /// Local mode: volumes are directories, one static token is the admin's, copies run
@@ -151,7 +191,6 @@ fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
             root: volume_root.clone(),
             max_attempts: args.max_attempts,
         }),
-        tasks: Vec::new(),
         describe: format!(
             "local (volumes in {}, token from {token_source})",
             volume_root.display()
@@ -170,15 +209,18 @@ fn external_movers(base: &Base<'_>) -> ExternalMovers {
 /// Kubernetes mode: the cluster's watches, TokenReview identities (the static token, if one is
 /// configured, is an admin's), handoffs that wait for their pod's release, held claims, copies
 /// by mover Jobs.
-async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<Mode> {
+async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     let args = base.args;
     let client = crate::kube::client::connect()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let cluster =
-        crate::kube::Cluster::start(client, args.kube.watch_namespaces.clone(), stop.clone())
-            .await
-            .context("watching the cluster")?;
+    let cluster = crate::kube::Cluster::start_under(
+        client,
+        args.kube.watch_namespaces.clone(),
+        base.supervisor,
+    )
+    .await
+    .context("watching the cluster")?;
     let admin = admin_token(args, base.data_dir)?;
     let authority = crate::kube::identity::TokenReviews::new(
         cluster.clone(),
@@ -186,23 +228,29 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         args.kube.audience.clone(),
         admin,
     );
-    let notifier: Arc<dyn Notifier> = Arc::new(crate::kube::events::KubeEvents::new(
+    let events = Arc::new(crate::kube::events::KubeEvents::new(
         cluster.clone(),
         base.owner,
     ));
+    let notifier: Arc<dyn Notifier> = events.clone();
     let admission: Arc<dyn Admission> = Arc::new(crate::kube::admission::KubeAdmission {
         cluster: cluster.clone(),
         ledger: base.ledger.clone(),
     });
-    // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which it renews
-    // at every sweep; another takes it over once it has not been renewed for two intervals.
-    let lease = crate::kube::lease::Lease::new(
-        cluster.client.clone(),
-        &crate::kube::lease::own_namespace(&args.kube, &cluster.client),
-        crate::kube::lease::SWEEPER_LEASE,
-        base.owner,
-        args.sweep_interval * 2 + Duration::from_secs(30),
-    );
+    // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
+    // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
+    let keeper = (!args.sweep_interval.is_zero()).then(|| {
+        use crate::kube::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
+        let namespace = crate::kube::lease::own_namespace(&args.kube, &cluster.client);
+        let lease = Lease::new(
+            cluster.client.clone(),
+            &namespace,
+            SWEEPER_LEASE,
+            base.owner,
+            LEASE_DURATION,
+        );
+        Keeper::new(lease, RENEW_EVERY)
+    });
     let sweeper = crate::kube::sweep::KubeSweeper::new(crate::kube::sweep::Sweeping {
         cluster: cluster.clone(),
         ledger: base.ledger.clone(),
@@ -211,7 +259,7 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         notifier: Arc::clone(&notifier),
         admission: Some(Arc::clone(&admission)),
         max_attempts: args.max_attempts,
-        lease: Some(lease),
+        lease: keeper.as_ref().map(crate::kube::lease::Keeper::holding),
     });
     let releases = crate::kube::release::Releases {
         cluster: cluster.clone(),
@@ -220,7 +268,27 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         release_timeout: args.kube.release_timeout,
         max_attempts: args.max_attempts,
     };
-    let tasks = vec![tokio::spawn(releases.run(stop))];
+    base.supervisor
+        .spawn("release-tracker", move |stop| releases.clone().run(stop));
+    let (seen_sets, ledger) = (cluster.seen_sets.clone(), base.ledger.clone());
+    base.supervisor.spawn("statefulset-memory", move |stop| {
+        seen_sets.clone().run(ledger.clone(), stop)
+    });
+    if let Some(keeper) = keeper {
+        base.supervisor
+            .spawn("sweeper-lease", move |stop| keeper.clone().run(stop));
+    }
+    // Every claim a StatefulSet's retention policy could delete carries a standing guard, so
+    // that a scale-down while no drainer runs loses nothing.
+    let sweeper: Arc<dyn Sweeper> = Arc::new(sweeper);
+    let guards = crate::kube::guard::Guards {
+        cluster: cluster.clone(),
+        ledger: base.ledger.clone(),
+        events,
+        sweeper: Arc::clone(&sweeper),
+    };
+    base.supervisor
+        .spawn("guards", move |stop| guards.clone().run(stop));
     // Mover Jobs copy, unless movers are run by other means (`--movers external`).
     let executor: Arc<dyn Executor> = match args.movers {
         Movers::External => Arc::new(external_movers(base)),
@@ -240,8 +308,7 @@ async fn kubernetes(base: &Base<'_>, stop: CancellationToken) -> anyhow::Result<
         admission,
         notifier,
         executor,
-        sweeper: Arc::new(sweeper),
-        tasks,
+        sweeper,
         describe: format!("kubernetes (audience {})", args.kube.audience),
     })
 }
@@ -252,7 +319,7 @@ async fn run_until_shutdown(
     scheduler: Arc<Scheduler>,
     shutdown: Shutdown,
     args: &ServeArgs,
-    mode: Mode,
+    supervisor: Supervisor,
 ) -> anyhow::Result<()> {
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
@@ -269,12 +336,6 @@ async fn run_until_shutdown(
             .into_future(),
     );
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
-    let sweeps = tokio::spawn(sweep_periodically(
-        Arc::clone(&mode.sweeper),
-        args.sweep_interval,
-        state.clone(),
-        graceful.clone(),
-    ));
     tokio::select! {
         biased; // a cancelled token wins over a server that has just stopped because of it
         () = graceful.cancelled() => {}
@@ -282,7 +343,6 @@ async fn run_until_shutdown(
         result = &mut work => bail!("the scheduler stopped unexpectedly: {result:?}"),
     }
     state.set_ready(false);
-    sweeps.abort();
     tracing::info!(
         grace_seconds = args.grace.as_secs(),
         "shutting down: no new work, releasing in-flight drains"
@@ -290,9 +350,7 @@ async fn run_until_shutdown(
     let stopped = async {
         let _ = work.await;
         let _ = http.await;
-        for task in mode.tasks {
-            let _ = task.await;
-        }
+        supervisor.stopped().await;
     };
     tokio::select! {
         () = stopped => {
@@ -304,21 +362,34 @@ async fn run_until_shutdown(
     }
 }
 
+/// Sweeps once soon after start (on every replica: a drainer coming back finds at once what
+/// was orphaned while it was away; sweeps never double a drain), then every `interval` (on
+/// the replica the sweeper elects) until `stop` (a sweep under way is dropped: the next one
+/// redoes it).
 async fn sweep_periodically(
     sweeper: Arc<dyn Sweeper>,
     interval: Duration,
     state: AppState,
     stop: CancellationToken,
 ) {
-    if interval.is_zero() {
-        return;
-    }
+    let mut wait = FIRST_SWEEP;
+    let mut first = true;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        match sweeper.scheduled().await {
+        wait = interval;
+        let swept = tokio::select! {
+            () = stop.cancelled() => return,
+            swept = async {
+                match std::mem::take(&mut first) {
+                    true => sweeper.sweep(false).await.map(Some),
+                    false => sweeper.scheduled().await,
+                }
+            } => swept,
+        };
+        match swept {
             Ok(Some(report)) => {
                 state.observe_sweep(report.seconds);
                 let queued = report.findings.iter().filter(|f| f.drain).count();
@@ -331,6 +402,37 @@ async fn sweep_periodically(
             }
             Ok(None) => tracing::debug!("another replica sweeps"),
             Err(err) => tracing::warn!(error = %err, "sweep failed"),
+        }
+    }
+}
+
+/// How soon after start the first sweep runs.
+const FIRST_SWEEP: Duration = Duration::from_secs(1);
+
+/// Lists the store's root every [`STORE_PROBE_EVERY`] until `stop`, recording in `health`
+/// whether it answered: `/readyz` and `/metrics` report it without a store call of their own.
+async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
+    loop {
+        let root = store.root().clone();
+        let list = store.objects().list_with_delimiter(Some(&root));
+        let probed = tokio::select! {
+            () = stop.cancelled() => return,
+            probed = store.call("list", &root, list) => probed,
+        };
+        let up = probed.is_ok();
+        let changed = health.store_probed(probed.map(drop).map_err(|e| e.to_string()));
+        match (changed, up) {
+            (true, true) => tracing::info!(store = %store.url(), "the store answers"),
+            (true, false) => tracing::warn!(
+                store = %store.url(),
+                error = health.snapshot().store.and_then(|s| s.error).unwrap_or_default(),
+                "the store does not answer; handoffs are still taken, copies wait for it"
+            ),
+            (false, _) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STORE_PROBE_EVERY) => {}
         }
     }
 }

@@ -307,6 +307,28 @@ impl Store {
         }
     }
 
+    /// Whether `error`, the failure of a call on a multipart upload of `key` (a part, or its
+    /// completion), means the store refuses that upload itself, so the upload is over: it is
+    /// unknown, aborted, expired, or already completed (its record outlived it). The store says
+    /// so with `404 NoSuchUpload` (S3) or, some stores, a `500`; to tell a refusal from an
+    /// outage, the store is asked for the object: if it answers either way, the store is up
+    /// and the upload is what it refuses (after the client's own retries); if it does not
+    /// answer (or cannot be asked: a relay), the upload is kept for a later attempt.
+    pub async fn upload_refused(&self, key: &Path, error: &Error) -> bool {
+        if error.is_not_found() {
+            return true;
+        }
+        let head = self.call("head", key, self.objects.head(key)).await;
+        let answer = match &head {
+            Ok(_) => Head::Exists,
+            Err(e) if e.is_not_found() => Head::Missing,
+            Err(_) => Head::NoAnswer,
+        };
+        let refused = upload_over(false, answer);
+        tracing::info!(key = %key, error = %error, object = ?answer, refused, "a multipart upload call failed; is the upload over?");
+        refused
+    }
+
     /// Wraps an `object_store` error with this store's URL.
     pub fn backend_error(&self, source: object_store::Error) -> Error {
         Error::Backend {
@@ -641,9 +663,45 @@ impl MultipartStore for LocalParts {
     }
 }
 
+/// What the store answered when asked for an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// It exists.
+    Exists,
+    /// It does not.
+    Missing,
+    /// No answer (an outage, or a store that cannot be asked).
+    NoAnswer,
+}
+
+/// Whether a multipart upload whose call failed is over (see [`Store::upload_refused`]): the
+/// store said the upload is unknown (`not_found`), or it answered for the object, so it is up
+/// and refuses the upload.
+fn upload_over(not_found: bool, object: Head) -> bool {
+    not_found || object != Head::NoAnswer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_is_over_when_the_store_refuses_it_and_answers() {
+        let cases = [
+            (true, Head::NoAnswer, true),
+            (true, Head::Missing, true),
+            (false, Head::Exists, true),
+            (false, Head::Missing, true),
+            (false, Head::NoAnswer, false),
+        ];
+        for (not_found, object, over) in cases {
+            assert_eq!(
+                upload_over(not_found, object),
+                over,
+                "{not_found} {object:?}"
+            );
+        }
+    }
 
     #[test]
     fn store_urls_that_would_mean_something_else_are_refused() {

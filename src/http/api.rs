@@ -3,6 +3,7 @@
 
 use super::guard::{AdminAction, Granted, HandoffScope, ListScope, drain_not_found};
 use super::{AppState, Error, Query, json_body};
+use crate::health::LedgerCheck;
 use crate::ledger::{Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused};
 use crate::lifecycle::{DrainState, Event};
 use crate::snapshot::ProgressView;
@@ -27,10 +28,7 @@ pub(super) const MAX_PAGE: u32 = 1000;
 
 pub(super) fn public_routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
@@ -268,11 +266,27 @@ pub(super) async fn get_drain(
     }))
 }
 
-async fn change(state: &AppState, drain: Drain, event: Event) -> Result<Json<DrainView>, Error> {
+async fn change(
+    state: &AppState,
+    drain: Drain,
+    event: Event,
+    by: &str,
+    why: Option<&str>,
+) -> Result<Json<DrainView>, Error> {
     let id = drain.id;
-    match state.shared().ledger.change_drain(&id, event).await? {
+    let shared = state.shared();
+    match shared.ledger.change_drain(&id, event, by, why).await? {
         Ok(drain) => {
             super::guard::forget_copying(state, &id);
+            tracing::info!(drain = %id, ns = %drain.namespace, pvc = %drain.pvc, by, ?event, why, "drain changed by hand");
+            if let (Event::Abandoned, Some(why)) = (event, why) {
+                let milestone = crate::notify::Milestone::Abandoned {
+                    by: by.to_owned(),
+                    why: why.to_owned(),
+                };
+                let (notifier, told) = (std::sync::Arc::clone(&shared.notifier), drain.clone());
+                tokio::spawn(async move { notifier.notify(&told, &milestone).await });
+            }
             Ok(Json(DrainView::of(drain)))
         }
         Err(Refused::NotFound(_)) => Err(drain_not_found(&id)),
@@ -291,18 +305,76 @@ async fn change(state: &AppState, drain: Drain, event: Event) -> Result<Json<Dra
 
 pub(super) async fn retry_drain(
     State(state): State<AppState>,
-    _: Granted<AdminAction>,
+    admin: Granted<AdminAction>,
     drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
-    change(&state, drain.into_inner(), Event::RetriedByHand).await
+    let by = admin.into_inner().by;
+    change(&state, drain.into_inner(), Event::RetriedByHand, &by, None).await
 }
 
+/// Cancels an active drain, unless it holds its claim from the garbage collector: letting go
+/// of that hold would let the claim be deleted with its data uncopied, which takes the
+/// explicit, recorded `abandon`.
 pub(super) async fn cancel_drain(
     State(state): State<AppState>,
-    _: Granted<AdminAction>,
+    admin: Granted<AdminAction>,
     drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
-    change(&state, drain.into_inner(), Event::Cancelled).await
+    let drain = drain.into_inner();
+    if let Some(hold) = &drain.hold
+        && drain.state.is_active()
+    {
+        return Err(Error::new(
+            StatusCode::CONFLICT,
+            "claim_held",
+            format!(
+                "drain {} holds claim {}/{} from the garbage collector ({hold}): cancelling would let the claim be deleted with its data uncopied; abandon it instead (POST /v1/drains/{}/abandon with a reason)",
+                drain.id, drain.namespace, drain.pvc, drain.id
+            ),
+        ));
+    }
+    let by = admin.into_inner().by;
+    change(&state, drain, Event::Cancelled, &by, None).await
+}
+
+/// The body of `POST /v1/drains/{id}/abandon`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AbandonBody {
+    /// Why the drain is given up (recorded in its history and in a Warning Event).
+    reason: String,
+}
+
+/// Longest abandon reason accepted.
+const MAX_ABANDON_REASON: usize = 500;
+
+/// Abandons an active drain: the explicit, recorded way to give up a claim's data. drainer
+/// lets go of the claim (its hold and guard), so the claim's owners decide what happens to it.
+pub(super) async fn abandon_drain(
+    State(state): State<AppState>,
+    admin: Granted<AdminAction>,
+    drain: Granted<Drain>,
+    body: Result<Json<AbandonBody>, JsonRejection>,
+) -> Result<Json<DrainView>, Error> {
+    let body = json_body(body)?;
+    let reason = body.reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_ABANDON_REASON
+        || reason.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(format!(
+            "reason must be 1 to {MAX_ABANDON_REASON} printable characters: say why the data may be given up"
+        )));
+    }
+    let by = admin.into_inner().by;
+    change(
+        &state,
+        drain.into_inner(),
+        Event::Abandoned,
+        &by,
+        Some(reason),
+    )
+    .await
 }
 
 /// The query of `POST /v1/sweeps`.
@@ -310,17 +382,68 @@ pub(super) async fn cancel_drain(
 #[serde(deny_unknown_fields)]
 pub(super) struct SweepQuery {
     /// Find without queueing drains or recording anything.
-    #[serde(default)]
-    dry_run: bool,
+    dry_run: Option<bool>,
+}
+
+/// The body of `POST /v1/sweeps` (optional): what the query says, as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SweepBody {
+    /// Find without queueing drains or recording anything.
+    dry_run: Option<bool>,
+}
+
+/// Whether a sweep is a dry run, from its query and its body (either may say it; both may,
+/// if they agree): a request that says it twice, differently, is refused rather than guessed.
+fn sweep_dry_run(query: Option<bool>, body: Option<bool>) -> Result<bool, Error> {
+    match (query, body) {
+        (Some(q), Some(b)) if q != b => Err(Error::invalid(format!(
+            "dry_run is {q} in the query but {b} in the body; say it once"
+        ))),
+        (q, b) => Ok(q.or(b).unwrap_or(false)),
+    }
+}
+
+/// The optional JSON body of `POST /v1/sweeps`: `None` when empty; JSON only, every field
+/// known.
+fn sweep_body(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Option<SweepBody>, Error> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Error::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ));
+    }
+    let invalid = |why: String| Error::new(StatusCode::BAD_REQUEST, "invalid_json", why);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    if !value.is_object() {
+        return Err(invalid("the body must be a JSON object".to_owned()));
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
 }
 
 pub(super) async fn sweep(
     State(state): State<AppState>,
     _: Granted<AdminAction>,
     Query(query): Query<SweepQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, Error> {
+    let body = sweep_body(&headers, &body)?;
+    let dry_run = sweep_dry_run(query.dry_run, body.and_then(|b| b.dry_run))?;
     let shared = state.shared();
-    let report = shared.sweeper.sweep(query.dry_run).await?;
+    let report = shared.sweeper.sweep(dry_run).await?;
     shared.metrics.sweep_seconds.observe(report.seconds);
     let orphaned = report.orphaned();
     let drains: Vec<DrainView> = report.drains.into_iter().map(DrainView::of).collect();
@@ -341,36 +464,64 @@ pub(super) async fn orphans(
     Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
+/// Whether this replica can take handoffs: `200` with the conditions, or `503 not_ready`
+/// with the same body and the reasons in the error's message. The ledger is checked here (a
+/// ping, and after a full disk a handoff-sized commit); everything else is read from the
+/// state the supervisor, the watches and the store prober keep (see [`crate::health`]).
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    let readiness = readiness(&state).await;
+    if readiness.ready() {
+        return Json(readiness).into_response();
+    }
+    tracing::debug!(reasons = %readiness.reasons(), "not ready");
+    let message = readiness.reasons();
+    with_error(&readiness, "not_ready", message)
+}
+
+/// This replica's readiness, as `/readyz` answers it and `drainer_ready` reports it.
+async fn readiness(state: &AppState) -> crate::health::Readiness {
     let shared = state.shared();
-    let unavailable = |why: &str| Error::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why);
-    if !shared.ready.load(Ordering::SeqCst) {
-        return Err(unavailable("starting or shutting down"));
+    let accepting = shared.ready.load(Ordering::SeqCst);
+    let ledger = if shared.ledger.ping().await.is_err() {
+        LedgerCheck::NoAnswer
+    } else if !shared.ledger.can_commit().await {
+        LedgerCheck::Full
+    } else {
+        LedgerCheck::Commits
+    };
+    shared.health.snapshot().readiness(accepting, ledger)
+}
+
+/// Whether this replica should keep running: `200`, or `503 unhealthy` once a supervised task
+/// keeps failing (restarted more than [`crate::health::RESTARTS_TOLERATED`] times within
+/// [`crate::health::RESTART_WINDOW`]), so Kubernetes restarts the pod.
+async fn healthz(State(state): State<AppState>) -> axum::response::Response {
+    let liveness = state.shared().health.snapshot().liveness();
+    if liveness.healthy() {
+        return Json(liveness).into_response();
     }
-    shared
-        .ledger
-        .ping()
-        .await
-        .map_err(|_| unavailable("the ledger does not answer"))?;
-    if !shared.ledger.can_commit().await {
-        return Err(unavailable("the ledger cannot commit: its disk is full"));
-    }
-    let root = shared.store.root().clone();
-    let list = shared.store.objects().list_with_delimiter(Some(&root));
-    shared
-        .store
-        .call("list", &root, list)
-        .await
-        .map_err(|_| unavailable("the store does not answer"))?;
-    Ok(Json(serde_json::json!({"status": "ready"})))
+    let message = liveness.reasons.join("; ");
+    tracing::warn!(reasons = %message, "unhealthy");
+    with_error(&liveness, "unhealthy", message)
+}
+
+/// `503` with `body` and the API's error object (`code`, `message`) beside its fields.
+fn with_error(body: &impl Serialize, code: &str, message: String) -> axum::response::Response {
+    let mut body = serde_json::to_value(body).unwrap_or_else(|_| serde_json::json!({}));
+    body["error"] = serde_json::json!({"code": code, "message": message});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = state.shared();
-    match shared.ledger.drain_counts().await {
-        Ok(counts) => shared.metrics.set_drain_counts(&counts),
+    match shared.ledger.drain_summary().await {
+        Ok(summary) => shared
+            .metrics
+            .set_drain_summary(&summary, crate::ledger::now_ms()),
         Err(err) => tracing::warn!(error = %err, "cannot count drains for /metrics"),
     }
+    let ready = readiness(&state).await.ready();
+    shared.metrics.ready.set(i64::from(ready));
     (
         [(
             header::CONTENT_TYPE,
@@ -399,6 +550,48 @@ mod tests {
             reason: None,
             wait_for_release: false,
         }
+    }
+
+    #[test]
+    fn a_dry_run_is_said_in_the_query_or_the_body_and_never_two_ways() {
+        let cases = [
+            (None, None, Some(false)),
+            (Some(true), None, Some(true)),
+            (None, Some(true), Some(true)),
+            (Some(false), None, Some(false)),
+            (None, Some(false), Some(false)),
+            (Some(true), Some(true), Some(true)),
+            (Some(false), Some(false), Some(false)),
+            (Some(true), Some(false), None),
+            (Some(false), Some(true), None),
+        ];
+        for (query, body, expected) in cases {
+            assert_eq!(
+                sweep_dry_run(query, body).ok(),
+                expected,
+                "{query:?} {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sweep_body_is_json_with_known_fields_only() {
+        let json = {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            h
+        };
+        let none = axum::http::HeaderMap::new();
+        assert!(sweep_body(&none, b"").unwrap().is_none());
+        let body = sweep_body(&json, br#"{"dry_run": true}"#).unwrap().unwrap();
+        assert_eq!(body.dry_run, Some(true));
+        assert_eq!(sweep_body(&json, b"{}").unwrap().unwrap().dry_run, None);
+        let unknown = sweep_body(&json, br#"{"dryRun": true}"#).unwrap_err();
+        assert!(unknown.message.contains("dryRun"), "{}", unknown.message);
+        assert_eq!(unknown.code, "invalid_json");
+        let text = sweep_body(&none, br#"{"dry_run": true}"#).unwrap_err();
+        assert_eq!(text.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(sweep_body(&json, b"[true]").is_err());
     }
 
     #[test]

@@ -120,9 +120,12 @@ async fn restorable(
     Ok(volume)
 }
 
-/// Admin-only actions need nothing more than being allowed.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminAction;
+/// Admin-only actions need nothing more than being allowed; they are recorded with who asked.
+#[derive(Debug, Clone)]
+pub struct AdminAction {
+    /// The operator's principal, for the history.
+    pub by: String,
+}
 
 /// Identifies the caller of every `/v1` route from its bearer token.
 pub(super) async fn authenticate(
@@ -195,11 +198,15 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
         }
         Action::ChangeDrain => {
             let drain = own_drain(state, &caller, reach, action, &params).await?;
-            extensions.insert(Granted(AdminAction));
+            extensions.insert(Granted(AdminAction {
+                by: caller.principal(),
+            }));
             extensions.insert(Granted(drain));
         }
         Action::Sweep | Action::ListOrphans => {
-            extensions.insert(Granted(AdminAction));
+            extensions.insert(Granted(AdminAction {
+                by: caller.principal(),
+            }));
         }
         Action::Restore => {
             let volume = restorable(state, &caller, &params).await?;

@@ -9,8 +9,10 @@
 mod api;
 mod file_body;
 pub mod guard;
+mod input;
 mod mover;
 mod volumes;
+pub use input::Input;
 pub use mover::OWNER_HEADER;
 
 use crate::auth::{Action, Authority, Denied};
@@ -59,6 +61,8 @@ pub struct Shared {
     pub max_attempts: u32,
     /// False before start-up completes and from the first shutdown signal on.
     pub ready: AtomicBool,
+    /// The state of the service's tasks, watches and store, for `/readyz` and `/healthz`.
+    pub health: crate::health::Health,
     /// Drains recently found copying, for movers' requests: id → (volume, when checked).
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,
@@ -88,20 +92,29 @@ impl AppState {
     }
 }
 
-/// Registers each route with the [`Action`] its guard authorises (see [`guard`]) and returns
-/// the router with the table of routes, so the table can be checked against every caller.
+/// Registers each route with the [`Action`] its guard authorises (see [`guard`]) and the
+/// [`Input`] it reads (anything else is refused before the handler runs, see [`input`]), and
+/// returns the router with the table of routes, so the table can be checked against every
+/// caller and the OpenAPI document.
 macro_rules! routes {
-    ($state:expr; $( $method:ident $path:literal => $action:ident, $handler:path; )*) => {{
+    ($state:expr; $( $method:ident $path:literal => $action:ident, $handler:path, $input:expr; )*) => {{
         let state: &AppState = $state;
         let router = Router::new()
             $( .route(
                 $path,
-                axum::routing::$method($handler).route_layer(middleware::from_fn_with_state(
-                    guard::RouteGuard { state: state.clone(), action: Action::$action },
-                    guard::authorize,
-                )),
+                axum::routing::$method($handler)
+                    .route_layer(middleware::from_fn_with_state($input, input::refuse_unread))
+                    .route_layer(middleware::from_fn_with_state(
+                        guard::RouteGuard { state: state.clone(), action: Action::$action },
+                        guard::authorize,
+                    )),
             ) )*;
-        let table = vec![ $( RouteSpec { method: stringify!($method), path: $path, action: Action::$action } ),* ];
+        let table = vec![ $( RouteSpec {
+            method: stringify!($method),
+            path: $path,
+            action: Action::$action,
+            input: $input,
+        } ),* ];
         (router, table)
     }};
 }
@@ -115,41 +128,51 @@ pub struct RouteSpec {
     pub path: &'static str,
     /// What the route does, for authorisation.
     pub action: Action,
+    /// What it reads besides its path.
+    pub input: Input,
 }
 
 /// The `/v1` routes: the API (small bodies) and the mover protocol (parts and batches).
 fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
+    const NOTHING: Input = Input::NOTHING;
+    const BODY: Input = Input::BODY;
+    const KEY: Input = Input::query(&["key"]);
     let (api, mut table) = routes!(state;
-        post "/handoffs" => Handoff, api::handoff;
-        get "/drains" => ListDrains, api::list_drains;
-        get "/drains/{id}" => ReadDrain, api::get_drain;
-        post "/drains/{id}/retry" => ChangeDrain, api::retry_drain;
-        post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain;
-        post "/sweeps" => Sweep, api::sweep;
-        get "/orphans" => ListOrphans, api::orphans;
-        get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots;
-        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object;
-        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects;
+        post "/handoffs" => Handoff, api::handoff, BODY;
+        get "/drains" => ListDrains, api::list_drains,
+            Input::query(&["state", "namespace", "volume", "limit", "after"]);
+        get "/drains/{id}" => ReadDrain, api::get_drain, NOTHING;
+        post "/drains/{id}/retry" => ChangeDrain, api::retry_drain, NOTHING;
+        post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain, NOTHING;
+        post "/drains/{id}/abandon" => ChangeDrain, api::abandon_drain, BODY;
+        post "/sweeps" => Sweep, api::sweep, Input::query_and_body(&["dry_run"]);
+        get "/orphans" => ListOrphans, api::orphans, NOTHING;
+        get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots, NOTHING;
+        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object, KEY;
+        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects, BODY;
     );
     let (movers, mover_table) = routes!(state;
-        post "/drains/{id}/run" => Stream, mover::begin;
-        get "/drains/{id}/run/{run}/stored" => Stream, mover::stored;
-        post "/drains/{id}/run/{run}/record" => Stream, mover::record;
-        post "/drains/{id}/run/{run}/finish" => Stream, mover::finish;
-        post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted;
-        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial;
-        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial;
-        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial;
-        put "/drains/{id}/objects" => Stream, mover::put_object;
-        get "/drains/{id}/objects" => Stream, mover::get_object;
-        delete "/drains/{id}/objects" => Stream, mover::delete_object;
-        post "/drains/{id}/objects/batch" => Stream, mover::put_objects;
-        post "/drains/{id}/uploads" => Stream, mover::create_upload;
-        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part;
-        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload;
-        delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload;
-        post "/drains/{id}/flush" => Stream, mover::flush;
-        get "/drains/{id}/store" => Stream, mover::store_info;
+        post "/drains/{id}/run" => Stream, mover::begin, NOTHING;
+        get "/drains/{id}/run/{run}/stored" => Stream, mover::stored, NOTHING;
+        post "/drains/{id}/run/{run}/record" => Stream, mover::record, BODY;
+        post "/drains/{id}/run/{run}/finish" => Stream, mover::finish, BODY;
+        post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted, BODY;
+        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial,
+            Input::query(&["path_b64"]);
+        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial, BODY;
+        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial,
+            Input::query(&["path_b64"]);
+        put "/drains/{id}/objects" => Stream, mover::put_object, Input::query_and_body(&["key"]);
+        get "/drains/{id}/objects" => Stream, mover::get_object, KEY;
+        delete "/drains/{id}/objects" => Stream, mover::delete_object, KEY;
+        post "/drains/{id}/objects/batch" => Stream, mover::put_objects, BODY;
+        post "/drains/{id}/uploads" => Stream, mover::create_upload, KEY;
+        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part,
+            Input::query_and_body(&["key"]);
+        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload, KEY;
+        delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
+        post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
+        get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;
     );
     table.extend(mover_table);
     let router = api
@@ -167,7 +190,12 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .nest("/v1", v1)
-        .merge(api::public_routes())
+        .merge(
+            api::public_routes().route_layer(middleware::from_fn_with_state(
+                Input::NOTHING,
+                input::refuse_unread,
+            )),
+        )
         .fallback(|| async { Error::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

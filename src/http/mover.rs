@@ -267,8 +267,9 @@ pub(super) async fn finish(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     Path((_, run)): Path<(String, String)>,
-    Json(mut summary): Json<SnapshotSummary>,
+    Json(body): Json<FinishBody>,
 ) -> Result<StatusCode, Error> {
+    let mut summary = body.known()?;
     let Streaming { drain: id, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     if summary.snapshot != run.snapshot.as_str() || summary.volume != volume.to_string() {
@@ -287,6 +288,32 @@ pub(super) async fn finish(
     abort_leftover_relays(&state, &id).await;
     tracing::info!(drain = %id, snapshot = %summary.snapshot, files = summary.files, "mover finished; snapshot committed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `…/finish`: a snapshot summary with no field it does not know. The summary type
+/// itself keeps reading unknown fields (a `snapshot.json` written by a later drainer stays
+/// readable), so the fields it leaves are caught here.
+#[derive(serde::Deserialize)]
+pub(super) struct FinishBody {
+    #[serde(flatten)]
+    summary: SnapshotSummary,
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl FinishBody {
+    /// The summary, or `400 invalid_json` naming the fields it does not have.
+    fn known(self) -> Result<SnapshotSummary, Error> {
+        if self.unknown.is_empty() {
+            return Ok(self.summary);
+        }
+        let names: Vec<String> = self.unknown.keys().map(|k| format!("`{k}`")).collect();
+        Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("unknown field {} in the snapshot summary", names.join(", ")),
+        ))
+    }
 }
 
 /// `400 bad_snapshot`: what the mover wrote is not the snapshot its summary describes.
@@ -424,24 +451,39 @@ pub(super) async fn interrupted(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET …/run/{run}/partial?path_b64=`: the unfinished upload of a file, to resume it.
+/// `GET …/run/{run}/partial?path_b64=`: the unfinished upload of a file, to resume it, if its
+/// relayed upload is still open.
 pub(super) async fn get_partial(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     Path((_, run)): Path<(String, String)>,
     Query(path): Query<PathParam>,
 ) -> Result<axum::Json<WirePartial>, Error> {
-    let Streaming { volume, .. } = streaming.into_inner();
+    let Streaming { drain, volume } = streaming.into_inner();
     let run = running(&state, &volume, &run).await?;
     let path = path.decode().map_err(Error::invalid)?;
-    match state.shared().ledger.partial_upload(&run, &path).await? {
-        Some(upload) => Ok(axum::Json(WirePartial::from(&upload))),
-        None => Err(Error::new(
+    let ledger = &state.shared().ledger;
+    let none = || {
+        Error::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no unfinished upload of that file",
-        )),
+        )
+    };
+    let Some(upload) = ledger.partial_upload(&run, &path).await? else {
+        return Err(none());
+    };
+    // A record that outlived its relayed upload (completed or aborted, and forgotten) is
+    // forgotten too: the mover starts the file's upload again instead of sending parts to it.
+    if relayed(&state, &drain, &upload.upload_id, None)
+        .await?
+        .is_none()
+    {
+        tracing::info!(drain = %drain, upload = %upload.upload_id, "the record of an unfinished upload outlived it; forgetting it");
+        ledger.forget_partial(&run, &path).await?;
+        return Err(none());
     }
+    Ok(axum::Json(WirePartial::from(&upload)))
 }
 
 /// `PUT …/run/{run}/partial`: records the stored parts of an unfinished upload.
@@ -641,6 +683,7 @@ async fn relayed(
 
 /// The `?key=` of upload requests (optional for older movers).
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct MaybeKey {
     key: Option<String>,
 }
@@ -687,10 +730,10 @@ pub(super) async fn put_part(
         part,
         PutPayload::from_iter(chunks),
     );
-    let stored = store
-        .call("upload part", &key, put)
-        .await
-        .map_err(store_failure)?;
+    let stored = match store.call("upload part", &key, put).await {
+        Ok(stored) => stored,
+        Err(e) => return Err(relay_failure(&state, &relay, &key, e).await),
+    };
     let part = RelayPart {
         idx: part as u64,
         part_id: stored.content_id,
@@ -753,12 +796,33 @@ pub(super) async fn complete_upload(
     };
     let parts = relay_parts(&state);
     let complete = parts.complete_multipart(&key, &relay.store_upload_id, ordered);
-    store
+    if let Err(e) = store
         .call("complete multipart upload", &key, complete)
         .await
-        .map_err(store_failure)?;
+    {
+        return Err(relay_failure(&state, &relay, &key, e).await);
+    }
     state.shared().ledger.forget_relay(&upload).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer to a store call on a relayed upload that failed: if the store refuses the upload
+/// itself (unknown, aborted, or completed already: see [`crate::store::Store::upload_refused`]),
+/// the relay is abandoned and forgotten and the mover told `404 upload_not_found`, so it starts
+/// the file again; otherwise (the store does not answer) the store's error, and the relay
+/// stays for a later attempt.
+async fn relay_failure(
+    state: &AppState,
+    relay: &RelayRecord,
+    key: &Key,
+    error: crate::store::Error,
+) -> Error {
+    if !state.shared().store.upload_refused(key, &error).await {
+        return store_failure(error);
+    }
+    tracing::warn!(upload = %relay.id, drain = %relay.drain_id, key = %key, error = %error, "the store refuses a relayed upload (completed or unknown); forgetting it");
+    abort_relay(state, relay).await;
+    upload_not_found(&relay.id)
 }
 
 /// A completion asked again (its answer was lost): done if the object is in place.
@@ -859,6 +923,34 @@ mod tests {
         let short = complete_parts(&parts_by_index(&[(0, 10), (1, 9), (2, 10)]), 10).unwrap_err();
         assert!(short.contains("part 1 has 9 bytes"), "{short}");
         assert!(complete_parts(&[], 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_finish_body_is_a_summary_with_no_unknown_field() {
+        let summary = serde_json::json!({
+            "snapshot": "20261201T120000123Z-abcd", "volume": "shop/data-web-4", "parent": null,
+            "created": "2026-12-01T12:00:00Z", "completed": "2026-12-01T12:00:01Z",
+            "entries": 3, "files": 2, "bytes": 18_446_744_073_709_551_615_u64, "skipped": 0,
+            "uploaded_files": 2, "uploaded_bytes": 10, "manifest_blake3": "ab", "manifest_size": 9,
+        });
+        let known: FinishBody = serde_json::from_value(summary.clone()).unwrap();
+        let known = known.known().unwrap();
+        assert_eq!(known.bytes, u64::MAX);
+        assert_eq!(known.snapshot, "20261201T120000123Z-abcd");
+        let mut extra = summary.clone();
+        extra["commit"] = serde_json::json!(false);
+        extra["dry_run"] = serde_json::json!(true);
+        let body: FinishBody = serde_json::from_value(extra).unwrap();
+        let refusal = body.known().unwrap_err();
+        assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+        assert!(
+            refusal.message.contains("`commit`") && refusal.message.contains("`dry_run`"),
+            "{}",
+            refusal.message
+        );
+        let mut missing = summary;
+        missing.as_object_mut().unwrap().remove("files");
+        assert!(serde_json::from_value::<FinishBody>(missing).is_err());
     }
 
     #[test]

@@ -113,6 +113,7 @@ struct World {
     ledger: Ledger,
     store_dir: std::path::PathBuf,
     callers: Arc<Callers>,
+    health: crate::health::Health,
     _dir: tempfile::TempDir,
 }
 
@@ -127,6 +128,7 @@ async fn world() -> World {
     };
     let store = Store::open(&format!("file://{}", store_dir.display()), &options).unwrap();
     let callers = Arc::new(Callers::default());
+    let health = crate::health::Health::default();
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
         store: store.clone(),
@@ -143,6 +145,7 @@ async fn world() -> World {
         }),
         max_attempts: 3,
         ready: AtomicBool::new(true),
+        health: health.clone(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -156,6 +159,7 @@ async fn world() -> World {
         ledger,
         store_dir,
         callers,
+        health,
         _dir: dir,
     }
 }
@@ -316,6 +320,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         }),
         max_attempts: 1,
         ready: AtomicBool::new(true),
+        health: Default::default(),
         copying: Default::default(),
     });
     route_table(&state)
@@ -803,4 +808,342 @@ async fn a_mover_may_wait_for_a_queued_drain_only() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// `GET` of a public endpoint: status and JSON body.
+async fn public(w: &World, path: &str) -> (u16, Value) {
+    let response = w
+        .api
+        .client
+        .get(format!("{}{path}", w.api.url))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// The condition `name` of a `/readyz` body.
+fn condition<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no condition {name}: {body}"))
+}
+
+#[tokio::test]
+async fn readyz_and_healthz_answer_from_the_services_state() {
+    let w = world().await;
+    let (status, body) = public(&w, "/readyz").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+    assert_eq!(condition(&body, "ledger")["ok"], true);
+    // A watch not synced: not ready, and the answer says which.
+    let pods = w.health.watch("pods/shop");
+    let (status, body) = public(&w, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_ready");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pods/shop not listed yet"), "{body}");
+    pods.synced();
+    pods.failing("pods is forbidden");
+    let (status, body) = public(&w, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["watches"][0]["error"], "pods is forbidden", "{body}");
+    pods.synced();
+    // The store down: still ready, the condition says so.
+    w.health.store_probed(Err("connection refused".into()));
+    let (status, body) = public(&w, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let store = condition(&body, "store");
+    assert_eq!(
+        (&store["ok"], &store["required"]),
+        (&json!(false), &json!(false))
+    );
+    assert!(
+        store["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{body}"
+    );
+    // A task down: not ready until it runs again; restarted too often: not healthy.
+    let task = w.health.add_task("sweeps");
+    w.health.task_down(&task, "panicked: boom");
+    let (status, body) = public(&w, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sweeps (panicked: boom)")
+    );
+    let (status, body) = public(&w, "/healthz").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
+    for _ in 0..=crate::health::RESTARTS_TOLERATED {
+        w.health.task_restarted(&task, std::time::Instant::now());
+    }
+    let (status, _) = public(&w, "/readyz").await;
+    assert_eq!(status, 200, "running again");
+    let (status, body) = public(&w, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unhealthy");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("task sweeps was restarted 6 times"),
+        "{body}"
+    );
+}
+
+/// A body with a field the route does not read, for every route that reads a JSON body (the
+/// raw-byte bodies of parts, objects and object batches have no fields).
+fn body_with_unknown_field(route: &RouteSpec) -> Option<Value> {
+    let summary = json!({
+        "snapshot": "20261201T120000123Z-abcd", "volume": "shop/data-web-4", "parent": null,
+        "created": "2026-12-01T12:00:00Z", "completed": "2026-12-01T12:00:01Z",
+        "entries": 1, "files": 0, "bytes": 0, "skipped": 0, "uploaded_files": 0,
+        "uploaded_bytes": 0, "manifest_blake3": "ab", "manifest_size": 1, "unread_field": true,
+    });
+    Some(match (route.method, route.path) {
+        ("post", "/handoffs") => {
+            json!({"namespace": "shop", "pvcs": ["data-web-4"], "unread_field": true})
+        }
+        ("post", "/sweeps") => json!({"dry_run": true, "unread_field": true}),
+        ("post", "/drains/{id}/run/{run}/record") => json!([{"unread_field": true}]),
+        ("post", "/drains/{id}/run/{run}/finish") => summary,
+        ("post", "/drains/{id}/run/{run}/interrupted") => {
+            json!({"error": "x", "unread_field": true})
+        }
+        ("put", "/drains/{id}/run/{run}/partial") => json!({"unread_field": true}),
+        ("post", "/volumes/{namespace}/{pvc}/objects/batch") => {
+            json!({"reads": [{"key": "latest", "start": 0, "end": 1, "unread_field": true}]})
+        }
+        _ => return None,
+    })
+}
+
+/// What a request could have changed: every drain with its history, and every file of the
+/// store.
+async fn everything(w: &World) -> (Vec<String>, Vec<String>) {
+    let drains = w
+        .ledger
+        .drains(&crate::ledger::DrainFilter::default(), 1000)
+        .await
+        .unwrap();
+    let mut recorded = Vec::new();
+    for drain in drains {
+        let history = w.ledger.drain_events(&drain.id).await.unwrap();
+        recorded.push(format!("{drain:?} {history:?}"));
+    }
+    let mut files: Vec<String> = walkdir::WalkDir::new(&w.store_dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| {
+            format!(
+                "{} {:?}",
+                e.path().display(),
+                e.metadata().ok().map(|m| m.len())
+            )
+        })
+        .collect();
+    files.sort();
+    (recorded, files)
+}
+
+/// Nothing a client sends is ignored: on every route, a query parameter the route does not
+/// read, a body sent to a route that reads none, and a JSON field the route does not know are
+/// each refused with `400` and a JSON error naming them, and change nothing. A dry run asked
+/// in the body is a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_what_it_does_not_read_and_changes_nothing() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let before = everything(&w).await;
+    let table = route_table_for_test().await;
+    let url = |path: &str| format!("{}/v1{path}", w.api.url);
+    let refused = |what: String, answer: reqwest::Response, named: &'static str| async move {
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(
+            message.contains(named),
+            "{what}: the error names {named}: {body}"
+        );
+    };
+    for route in &table {
+        let path = path_of(route, &d);
+        let name = format!("{} {}", route.method, route.path);
+        let separator = if path.contains('?') { '&' } else { '?' };
+        for query in ["unread_param=1", "dry_run=true&unread_param=1"] {
+            let with_query = format!("{path}{separator}{query}");
+            let answer = w
+                .api
+                .client
+                .request(method_of(route), url(&with_query))
+                .bearer_auth("admin")
+                .send()
+                .await
+                .unwrap();
+            refused(format!("{name} ?{query}"), answer, "unread_param").await;
+        }
+        if !route.input.body {
+            let answer = w
+                .api
+                .client
+                .request(method_of(route), url(&path))
+                .bearer_auth("admin")
+                .json(&json!({"dry_run": true}))
+                .send()
+                .await
+                .unwrap();
+            refused(
+                format!("{name} with a body"),
+                answer,
+                "takes no request body",
+            )
+            .await;
+        } else if let Some(body) = body_with_unknown_field(route) {
+            let answer = w
+                .api
+                .client
+                .request(method_of(route), url(&path))
+                .bearer_auth("admin")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            refused(format!("{name} {body}"), answer, "unread_field").await;
+        }
+    }
+    // The public endpoints too.
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+        let answer = w
+            .api
+            .client
+            .get(format!("{}{path}?unread_param=1", w.api.url))
+            .send()
+            .await
+            .unwrap();
+        refused(path.to_owned(), answer, "unread_param").await;
+    }
+    assert_eq!(
+        everything(&w).await,
+        before,
+        "a refused request changed something"
+    );
+
+    // A dry run said in the body is one; said two ways that disagree, it is refused.
+    std::fs::create_dir_all(w.store_dir.parent().unwrap().join("volumes/shop/new-vol")).unwrap();
+    std::fs::write(
+        w.store_dir.parent().unwrap().join("volumes/shop/new-vol/f"),
+        b"x",
+    )
+    .unwrap();
+    let (s, b) = w
+        .api
+        .call(
+            "admin",
+            Method::POST,
+            "/sweeps",
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!((s, &b["dry_run"]), (200, &json!(true)), "{b}");
+    assert!(
+        b["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["drain"] == true),
+        "the volume needs a drain: {b}"
+    );
+    assert_eq!(b["drains"], json!([]), "{b}");
+    let (s, b) = w
+        .api
+        .call(
+            "admin",
+            Method::POST,
+            "/sweeps?dry_run=false",
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+    let plain_text = w
+        .api
+        .client
+        .post(url("/sweeps"))
+        .bearer_auth("admin")
+        .body(r#"{"dry_run": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain_text.status().as_u16(), 415);
+    assert_eq!(everything(&w).await, before, "a dry run changed something");
+    let (s, b) = w
+        .api
+        .call(
+            "admin",
+            Method::POST,
+            "/sweeps",
+            Some(json!({"dry_run": false})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["drains"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{b}"
+    );
+}
+
+/// The OpenAPI document says what each route reads: its query parameters exactly, and a
+/// request body where the route reads one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_what_each_route_reads() {
+    let document: Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+    let resolve = |p: &Value| -> Value {
+        match p["$ref"].as_str() {
+            Some(r) => {
+                let name = r.trim_start_matches("#/components/parameters/");
+                document["components"]["parameters"][name].clone()
+            }
+            None => p.clone(),
+        }
+    };
+    for route in route_table_for_test().await {
+        let path = format!("/v1{}", route.path);
+        let described = &document["paths"][&path][route.method];
+        let shared = &document["paths"][&path]["parameters"];
+        let mut query: Vec<String> = described["parameters"]
+            .as_array()
+            .into_iter()
+            .chain(shared.as_array())
+            .flatten()
+            .map(resolve)
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        query.sort();
+        let mut declared: Vec<String> = route.input.query.iter().map(|s| s.to_string()).collect();
+        declared.sort();
+        let name = format!("{} {path}", route.method);
+        assert_eq!(query, declared, "{name}: query parameters");
+        assert_eq!(
+            described["requestBody"].is_object(),
+            route.input.body,
+            "{name}: request body"
+        );
+    }
 }

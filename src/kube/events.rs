@@ -2,7 +2,8 @@
 //! Kubernetes Events (`events.k8s.io/v1`, reporting controller `drainer.io/drainer`) on the
 //! claim, and on the announcing pod while it still exists, for every milestone — reasons
 //! `HandoffAccepted`, `CopyStarted`, `Completed` (snapshot, files, bytes, duration),
-//! `NotNeeded`, `Failed` (why) — and annotates the claim with its last snapshot on completion
+//! `NotNeeded`, `Failed` (why), and as Warnings `Failing` (still retried, the claim still
+//! held), `ReleaseStalled`, `Abandoned` (who and why) and `ProtectionRemoved` — and annotates the claim with its last snapshot on completion
 //! (`drainer.io/last-snapshot`, `drainer.io/last-snapshot-time`).
 //!
 //! What a milestone says is decided in pure code ([`say`]). The same event about the same
@@ -118,6 +119,36 @@ pub fn say(drain: &Drain, milestone: &Milestone) -> Said {
             };
             said("Failed", "Warning", "Copy", note)
         }
+        Milestone::Failing { why, next } => said(
+            "Failing",
+            "Warning",
+            "Copy",
+            format!(
+                "drain {id} of {volume} keeps failing ({} attempts): {why}; the claim stays held and the copy is tried again in {} s, until it succeeds or the drain is abandoned (POST /v1/drains/{id}/abandon)",
+                drain.attempts,
+                next.as_secs()
+            ),
+        ),
+        Milestone::ReleaseStalled { why } => said(
+            "ReleaseStalled",
+            "Warning",
+            "Release",
+            format!("drain {id} of {volume} is still waiting for its release: {why}"),
+        ),
+        Milestone::Abandoned { by, why } => said(
+            "Abandoned",
+            "Warning",
+            "Abandon",
+            format!(
+                "drain {id} of {volume} was abandoned by {by}: {why}; drainer no longer keeps the claim, its owners decide what happens to it"
+            ),
+        ),
+        Milestone::ProtectionRemoved { what } => said(
+            "ProtectionRemoved",
+            "Warning",
+            "Protect",
+            format!("drain {id} of {volume}: {what}"),
+        ),
     }
 }
 
@@ -211,10 +242,40 @@ impl KubeEvents {
         })
     }
 
-    /// Records `said` about `regarding`, or counts up its series.
+    /// Records a Warning Event `reason` saying `note` on `claim`, outside any drain (a guard
+    /// someone else removed from a claim no drain is working on).
+    pub async fn warn_claim(
+        &self,
+        claim: &PersistentVolumeClaim,
+        reason: &'static str,
+        note: &str,
+    ) {
+        let Ok(_turn) = self.turns.acquire().await else {
+            return;
+        };
+        let regarding = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("PersistentVolumeClaim".into()),
+            namespace: claim.metadata.namespace.clone(),
+            name: claim.metadata.name.clone(),
+            uid: claim.metadata.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let said = Said {
+            reason,
+            type_: "Warning",
+            action: "Protect",
+            note: truncate(note.to_owned(), MAX_NOTE),
+            snapshot: None,
+        };
+        self.record("-", &regarding, None, &said).await;
+    }
+
+    /// Records `said` about `regarding`, or counts up its series (`drain`: whose it is, for
+    /// the log).
     async fn record(
         &self,
-        drain: &Drain,
+        drain: &str,
         regarding: &ObjectReference,
         related: Option<&ObjectReference>,
         said: &Said,
@@ -239,7 +300,7 @@ impl KubeEvents {
         match outcome {
             Ok(recorded) => self.remember(key, recorded),
             Err(e) => {
-                tracing::warn!(drain = %drain.id, ns = %key.namespace, object = %format!("{}/{}", key.kind, key.name), reason = said.reason, error = %e, "cannot record an Event")
+                tracing::warn!(drain, ns = %key.namespace, object = %format!("{}/{}", key.kind, key.name), reason = said.reason, error = %e, "cannot record an Event")
             }
         }
     }
@@ -373,10 +434,10 @@ impl Notifier for KubeEvents {
         let claim = self.claim_ref(drain);
         let pod = self.pod_ref(drain);
         if let Some(claim) = &claim {
-            self.record(drain, claim, pod.as_ref(), &said).await;
+            self.record(&drain.id, claim, pod.as_ref(), &said).await;
         }
         if let Some(pod) = &pod {
-            self.record(drain, pod, claim.as_ref(), &said).await;
+            self.record(&drain.id, pod, claim.as_ref(), &said).await;
         }
         if let Some(snapshot) = &said.snapshot {
             self.annotate(drain, snapshot).await;
@@ -468,6 +529,40 @@ mod tests {
                 "Failed",
                 "Warning",
                 "failed: gone (retry it by hand",
+            ),
+            (
+                Milestone::Failing {
+                    why: "store down".into(),
+                    next: std::time::Duration::from_secs(60),
+                },
+                "Failing",
+                "Warning",
+                "keeps failing (2 attempts): store down; the claim stays held and the copy is tried again in 60 s",
+            ),
+            (
+                Milestone::ReleaseStalled {
+                    why: "web-4 still mounts data-web-4 after 600 s".into(),
+                },
+                "ReleaseStalled",
+                "Warning",
+                "still waiting for its release: web-4 still mounts",
+            ),
+            (
+                Milestone::Abandoned {
+                    by: "admin".into(),
+                    why: "test data".into(),
+                },
+                "Abandoned",
+                "Warning",
+                "abandoned by admin: test data",
+            ),
+            (
+                Milestone::ProtectionRemoved {
+                    what: "hold drainer-hold-d-1 was deleted by someone else".into(),
+                },
+                "ProtectionRemoved",
+                "Warning",
+                "deleted by someone else",
             ),
         ];
         for (milestone, reason, type_, says) in cases {

@@ -7,19 +7,24 @@
 //! namespace — added while the pod still exists. The garbage collector then keeps the claim
 //! until the ConfigMap is deleted too, which drainer does when the drain ends, letting the
 //! collector finish what the claim's owner asked.
+//!
+//! A hold is drainer's only if it carries drainer's label and its drain's: an object of the
+//! same name that is not is never adopted, and a hold is deleted only with a UID
+//! precondition, so a ConfigMap someone else made in its place is never deleted by drainer.
 
 use super::watch::MANAGED_BY;
 use super::{Error, call};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 /// The label naming the drain a hold belongs to.
 pub const DRAIN_LABEL: &str = "drainer.io/drain";
 
 /// Whether the garbage collector may delete `claim` when an owner goes: it has an owner (a
-/// condemned pod, or a StatefulSet with `whenDeleted: Delete`).
+/// condemned pod, or a StatefulSet with `whenDeleted: Delete`). A claim that only drainer's
+/// standing guard owns needs no hold until it is let go ([`super::guard`]).
 pub fn needs_hold(claim: &PersistentVolumeClaim) -> bool {
     claim
         .metadata
@@ -78,7 +83,18 @@ pub async fn hold(
     let created = call(what.clone(), maps.create(&PostParams::default(), &wanted)).await;
     let map = match created {
         Ok(map) => map,
-        Err(e) if e.is_conflict() => call(what.clone(), maps.get(&name)).await?,
+        Err(e) if e.is_conflict() => {
+            let found = call(what.clone(), maps.get(&name)).await?;
+            if !is_hold_of(&found, drain) {
+                return Err(Error::NotOurs {
+                    what: format!("ConfigMap {namespace}/{name}"),
+                    why: format!(
+                        "it is not drainer's hold of drain {drain} (labels {MANAGED_BY:?} and {DRAIN_LABEL}={drain} missing); not adopted"
+                    ),
+                });
+            }
+            found
+        }
         Err(e) => return Err(e),
     };
     let owner = OwnerReference {
@@ -92,11 +108,20 @@ pub async fn hold(
     // A strategic merge patch merges owner references by UID: the claim's other owners stay.
     let patch = serde_json::json!({ "metadata": { "ownerReferences": [owner] } });
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    call(
+    let held = call(
         format!("hold claim {namespace}/{pvc}"),
         claims.patch(pvc, &PatchParams::default(), &Patch::Strategic(patch)),
     )
-    .await?;
+    .await;
+    if let Err(e) = held {
+        // A hold that owns nothing would stay for good: the claim went meanwhile.
+        if e.is_not_found()
+            && let Err(gone) = delete_hold(client, namespace, &name).await
+        {
+            tracing::warn!(drain, ns = namespace, hold = %name, error = %gone, "cannot delete the hold of a claim that is gone");
+        }
+        return Err(e);
+    }
     tracing::info!(drain, ns = namespace, pvc, hold = %name, "claim held until its drain ends");
     Ok(name)
 }
@@ -118,17 +143,56 @@ pub async fn release(
     if live {
         unhold(client, namespace, pvc, name).await?;
     }
+    delete_hold(client, namespace, name).await
+}
+
+/// Deletes hold `name` if it is drainer's (its labels), with a UID precondition: a ConfigMap
+/// that took its name since drainer looked is never deleted. Gone already is done.
+pub async fn delete_hold(client: &kube::Client, namespace: &str, name: &str) -> Result<(), Error> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    match call(
-        format!("release hold {namespace}/{name}"),
-        maps.delete(name, &DeleteParams::background()),
-    )
-    .await
-    {
+    let what = format!("release hold {namespace}/{name}");
+    let Some(map) = call(what.clone(), maps.get_opt(name)).await? else {
+        return Ok(());
+    };
+    let drain = name.strip_prefix("drainer-hold-").unwrap_or_default();
+    if !is_hold_of(&map, drain) {
+        return Err(Error::NotOurs {
+            what: format!("ConfigMap {namespace}/{name}"),
+            why: "it is not drainer's hold (its labels say otherwise); not deleted".to_owned(),
+        });
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: map.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match call(what, maps.delete(name, &params)).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `map` is drainer's hold of drain `drain`: it carries drainer's label and the
+/// drain's.
+pub fn is_hold_of(map: &ConfigMap, drain: &str) -> bool {
+    let labels = map.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    !drain.is_empty()
+        && label(MANAGED_BY.0) == Some(MANAGED_BY.1)
+        && label(DRAIN_LABEL) == Some(drain)
+}
+
+/// Whether `claim` has hold `name` among its owners.
+pub fn holds(claim: &PersistentVolumeClaim, name: &str) -> bool {
+    claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "ConfigMap" && o.name == name)
 }
 
 /// Takes hold `name` off the claim's owners, guarded by the claim's resourceVersion (an owner
@@ -191,6 +255,28 @@ mod tests {
         assert!(!needs_hold(
             &serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap()
         ));
+    }
+
+    #[test]
+    fn only_maps_with_drainers_labels_and_the_drains_are_its_holds() {
+        let map = |labels: serde_json::Value| -> ConfigMap {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "drainer-hold-d1", "labels": labels}}),
+            )
+            .unwrap()
+        };
+        let ours = serde_json::json!({"app.kubernetes.io/managed-by": "drainer", "drainer.io/drain": "d1"});
+        assert!(is_hold_of(&map(ours.clone()), "d1"));
+        assert!(!is_hold_of(&map(ours), "d2"), "another drain's");
+        assert!(!is_hold_of(
+            &map(serde_json::json!({"drainer.io/drain": "d1"})),
+            "d1"
+        ));
+        assert!(!is_hold_of(
+            &map(serde_json::json!({"app.kubernetes.io/managed-by": "drainer"})),
+            "d1"
+        ));
+        assert!(!is_hold_of(&map(serde_json::json!({})), ""));
     }
 
     #[test]

@@ -254,17 +254,19 @@ impl TokenReviews {
     }
 
     /// Whether `workload` has RBAC permission to `verb` `resource` of drainer's group in
-    /// `namespace` (cached for [`REVIEW_TTL`]).
+    /// `namespace`, for the object `name` if one is given (the claim's name, so that a Role
+    /// with `resourceNames` grants only those claims); cached for [`REVIEW_TTL`].
     pub async fn may(
         &self,
         workload: &Workload,
         verb: &str,
         resource: &str,
         namespace: &str,
+        name: Option<&str>,
     ) -> Result<bool, Denied> {
         let key = (
             workload.user.clone(),
-            format!("{verb} {resource} {namespace}"),
+            format!("{verb} {resource} {namespace} {}", name.unwrap_or("*")),
         );
         let cached = self.grants.lock().ok().and_then(|g| g.get(&key).copied());
         if cached.is_some_and(|at| at.elapsed() < REVIEW_TTL) {
@@ -279,6 +281,7 @@ impl TokenReviews {
                     resource: Some(resource.to_owned()),
                     verb: Some(verb.to_owned()),
                     namespace: Some(namespace.to_owned()),
+                    name: name.map(str::to_owned),
                     ..ResourceAttributes::default()
                 }),
                 ..SubjectAccessReviewSpec::default()
@@ -349,22 +352,27 @@ impl Authority for TokenReviews {
         if crate::auth::own_mounts(workload, volumes).is_ok() {
             return Ok(());
         }
-        if self
-            .may(workload, "create", "handoffs", &workload.namespace)
-            .await?
-        {
+        let mut granted = !volumes.is_empty();
+        for volume in volumes {
+            let name = Some(volume.name.as_str());
+            granted = granted
+                && self
+                    .may(workload, "create", "handoffs", &workload.namespace, name)
+                    .await?;
+        }
+        if granted {
             return Ok(());
         }
         Err(Denied::Forbidden(match &workload.pod {
             Some(pod) => format!(
-                "pod {}/{} may hand off only the claims it mounts ({}), unless RBAC grants {} create on handoffs.{GROUP}",
+                "pod {}/{} may hand off only the claims it mounts ({}), unless RBAC grants {} create on handoffs.{GROUP} (for each claim)",
                 workload.namespace,
                 pod.name,
                 pod.mounts.join(", "),
                 workload.user
             ),
             None => format!(
-                "{} needs RBAC permission to create handoffs.{GROUP} in {}",
+                "{} needs RBAC permission to create handoffs.{GROUP} in {} (for each claim: a Role may name them in resourceNames)",
                 workload.user, workload.namespace
             ),
         }))
@@ -379,7 +387,13 @@ impl Authority for TokenReviews {
         };
         if volume.namespace == workload.namespace
             && self
-                .may(workload, "create", "restores", &volume.namespace)
+                .may(
+                    workload,
+                    "create",
+                    "restores",
+                    &volume.namespace,
+                    Some(&volume.name),
+                )
                 .await?
         {
             return Ok(());

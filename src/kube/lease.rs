@@ -1,10 +1,14 @@
 //! The sweeper Lease: a `coordination.k8s.io/v1` Lease (`drainer-sweeper` in drainer's
 //! namespace) that says which replica runs the scheduled sweeps, so that exactly one does.
-//! Before each scheduled sweep a replica takes the Lease if it is free or expired, renews it
-//! if it is its own, and otherwise skips the sweep. Writes carry the `resourceVersion` read,
-//! so two replicas racing for an expired Lease cannot both win: the loser gets a conflict
-//! and skips. Deciding what to do with the Lease as read is pure ([`decide`]); [`Lease`]
-//! reads and writes it, each call with the API timeout.
+//! Each replica's [`Keeper`] tries every [`RENEW_EVERY`], on its own timer whatever the sweep
+//! interval: it takes the Lease if it is free or expired, renews it if it is its own, and
+//! otherwise waits; a scheduled sweep runs only while [`Holding::mine`] says the Lease was
+//! renewed recently enough. The Lease lasts [`LEASE_DURATION`], so a replica that dies is
+//! replaced within about that long; one that shuts down gives the Lease up, so another takes
+//! it at its next try. Writes carry the `resourceVersion` read, so two replicas racing for an
+//! expired Lease cannot both win: the loser gets a conflict and waits. Deciding what to do
+//! with the Lease as read ([`decide`]) and whether it is still ours ([`still_mine`]) is pure;
+//! [`Lease`] reads and writes it, each call with the API timeout.
 
 use super::{Error, call};
 use k8s_openapi::api::coordination::v1::{Lease as LeaseObject, LeaseSpec};
@@ -12,10 +16,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The name of the sweeper Lease.
 pub const SWEEPER_LEASE: &str = "drainer-sweeper";
+
+/// How long the sweeper Lease lasts unless renewed: how long the scheduled sweeps may wait for
+/// a replica that died holding it.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// How often a replica tries to take or renew the sweeper Lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// The namespace of drainer's own Lease: `--pod-namespace` if given, else the client's
 /// default namespace (in a pod, the ServiceAccount's namespace file; else the kubeconfig's).
@@ -209,9 +222,147 @@ impl Lease {
     }
 }
 
+/// Whether the Lease, last taken or renewed by this replica at `renewed` (the instant before
+/// the call that did it), is still this replica's at `now`: until `margin` before it could
+/// expire, so a replica stops acting as the holder before another may take over.
+pub fn still_mine(
+    renewed: Option<std::time::Instant>,
+    now: std::time::Instant,
+    duration: Duration,
+    margin: Duration,
+) -> bool {
+    renewed.is_some_and(|at| now.saturating_duration_since(at) < duration.saturating_sub(margin))
+}
+
+/// Whether this replica holds the Lease, as its [`Keeper`] last found; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Holding {
+    renewed: Arc<Mutex<Option<std::time::Instant>>>,
+    duration: Duration,
+    margin: Duration,
+}
+
+impl Holding {
+    /// Whether the Lease is this replica's now (renewed recently enough).
+    pub fn mine(&self) -> bool {
+        let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        still_mine(
+            renewed,
+            std::time::Instant::now(),
+            self.duration,
+            self.margin,
+        )
+    }
+
+    fn set(&self, renewed: Option<std::time::Instant>) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+    }
+}
+
+/// Keeps taking or renewing a Lease every `every`, until stopped; then gives it up.
+#[derive(Clone)]
+pub struct Keeper {
+    lease: Lease,
+    every: Duration,
+    holding: Holding,
+}
+
+impl Keeper {
+    /// A keeper of `lease` (which lasts its own duration) trying every `every`.
+    pub fn new(lease: Lease, every: Duration) -> Self {
+        let holding = Holding {
+            renewed: Arc::default(),
+            duration: lease.duration,
+            margin: every,
+        };
+        Self {
+            lease,
+            every,
+            holding,
+        }
+    }
+
+    /// What the keeper finds, for the sweeper.
+    pub fn holding(&self) -> Holding {
+        self.holding.clone()
+    }
+
+    /// Takes or renews the Lease every `every` until `stop`, then gives it up if it holds it,
+    /// so another replica takes it at its next try rather than once it expires.
+    #[tracing::instrument(name = "sweeper_lease", skip_all, fields(holder = %self.lease.holder))]
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            self.try_once().await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(self.every) => {}
+            }
+        }
+        let held = self.holding.mine();
+        self.holding.set(None);
+        if !held {
+            return;
+        }
+        match self.lease.give_up().await {
+            Ok(()) => {
+                tracing::info!(lease = %self.lease.name, "gave the sweeper Lease up at shutdown")
+            }
+            Err(e) => {
+                tracing::warn!(lease = %self.lease.name, error = %e, "cannot give the sweeper Lease up; another replica takes over once it expires")
+            }
+        }
+    }
+
+    /// One try: the Lease is ours from the instant before the call if taken or renewed.
+    async fn try_once(&self) {
+        let before = std::time::Instant::now();
+        let held = self.holding.mine();
+        match self.lease.take().await {
+            Ok(Turn::Mine) => self.holding.set(Some(before)),
+            Ok(Turn::Theirs { holder, until }) => {
+                if held {
+                    tracing::warn!(lease = %self.lease.name, %holder, "lost the sweeper Lease: another replica runs the scheduled sweeps");
+                }
+                tracing::debug!(%holder, %until, "another replica holds the sweeper Lease");
+                self.holding.set(None);
+            }
+            Err(e) => {
+                // Kept while it lasts: a renewal may fail once without losing it.
+                tracing::warn!(lease = %self.lease.name, error = %e, still_mine = held, "cannot take or renew the sweeper Lease");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_is_ours_until_a_margin_before_it_could_expire() {
+        let start = std::time::Instant::now();
+        let (duration, margin) = (Duration::from_secs(15), Duration::from_secs(5));
+        let at = |s: u64| start + Duration::from_secs(s);
+        let cases = [
+            (None, at(0), false),
+            (Some(start), at(0), true),
+            (Some(start), at(9), true),
+            (Some(start), at(10), false),
+            (Some(start), at(15), false),
+            (Some(at(10)), at(5), true), // a clock read before the renewal
+        ];
+        for (renewed, now, mine) in cases {
+            assert_eq!(
+                still_mine(renewed, now, duration, margin),
+                mine,
+                "{renewed:?} {now:?}"
+            );
+        }
+        assert!(
+            !still_mine(Some(start), start, margin, duration),
+            "a margin longer than the Lease: never ours"
+        );
+    }
 
     fn lease(holder: Option<&str>, renewed: Option<i64>, seconds: i32) -> LeaseObject {
         LeaseObject {

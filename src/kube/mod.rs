@@ -2,17 +2,21 @@
 //! [`crate::auth::Authority`], the scheduler's `Executor`, the lifecycle's
 //! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
 //! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
-//! be let go, [`hold`] keeps claims the StatefulSet would delete, [`movers`] copies volumes
+//! be let go, [`hold`] keeps claims the StatefulSet would delete, [`guard`] keeps them while
+//! drainer itself is down, [`movers`] copies volumes
 //! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
-//! time, by the [`lease`]), [`events`] tells users on the claim and the pod what happened to
-//! their drains. Core modules never import this one.
+//! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
+//! [`events`] tells users on the claim and the pod what happened to their drains. Core modules
+//! never import this one.
 
 pub mod admission;
 pub mod client;
 pub mod events;
+pub mod guard;
 pub mod hold;
 pub mod identity;
 pub mod lease;
+pub mod memory;
 pub mod movers;
 pub mod planner;
 pub mod release;
@@ -47,6 +51,14 @@ pub enum Error {
     /// The client could not be configured.
     #[error("Kubernetes client: {0}")]
     Config(String),
+    /// An object drainer would act on is not drainer's (a name someone else took).
+    #[error("{what}: {why}")]
+    NotOurs {
+        /// The object.
+        what: String,
+        /// Why it is not drainer's.
+        why: String,
+    },
 }
 
 impl Error {
@@ -59,7 +71,7 @@ impl Error {
                 _ => false,
             },
             Error::Timeout { .. } | Error::Watch(_) => true,
-            Error::Config(_) => false,
+            Error::Config(_) | Error::NotOurs { .. } => false,
         }
     }
 

@@ -26,20 +26,26 @@
 //!   and the next claim adopts it.
 //! - **Finished Jobs.** A successful Job is deleted at once; a failed one is kept for
 //!   `--mover-keep-failed` seconds (`ttlSecondsAfterFinished`) for `kubectl logs`.
+//! - **Admitted movers.** Each new Job's identity is chosen from the namespace's labels as they
+//!   are then, and noted in the history entry of its attempt. A pod that PodSecurity admission
+//!   refuses fails the attempt within seconds, and the namespace's next mover is built for the
+//!   policy the refusal names (while its labels stay as they were).
 
 use crate::config::KubeArgs;
+use crate::kube::planner::set_claim;
 use crate::kube::{Cluster, Error, call};
 use crate::ledger::{Drain, Ledger};
 use crate::scheduler::{Executor, completed_copy};
 use crate::snapshot::{self, Progress, SnapshotSummary};
 use crate::store::Store;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -47,6 +53,7 @@ mod decide;
 #[cfg(test)]
 mod fixtures;
 mod job;
+mod security;
 mod spec;
 
 use crate::kube::hold::DRAIN_LABEL;
@@ -54,20 +61,24 @@ pub use decide::{
     AfterDrop, JobState, adoptable, after_drop, check_mover_pod, describe_pod, is_finished,
     job_state, mover_pod_of_owner,
 };
-use decide::{has_had_pods, is_suspended};
+use decide::{has_had_pods, is_suspended, refusal_ends_attempt};
 pub use job::{
     ATTEMPT_LABEL, CONTAINER, DATA_DIR, TOKEN_DIR, drain_label, job_name, mount_node, mover_job,
     placement, single_node,
 };
 use job::{CONTROLLER_UID, mover_selector};
+pub use security::{
+    AppIdentity, Chosen, ENFORCE_LABEL, ENFORCE_VERSION_LABEL, Kind, MoverSecurity, Refusal, choose,
+};
+use security::{app_identity, refused_policy};
 pub use spec::{MoverSpec, Resource, check_service_url};
 
 /// How long an attempt waits for the pods of a drain's unrecorded Jobs to end, or for a Job
 /// in the way of its own to go.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a Job may have no pod before its events are read for a refusal (a pod security
-/// policy, a quota, a missing ServiceAccount).
-const POD_START: Duration = Duration::from_secs(60);
+/// How long a Job without a pod is left before its events are read for a refusal, and then
+/// between two reads while it has none (see [`refusal_ends_attempt`]).
+const REFUSAL_LOOK: Duration = Duration::from_secs(5);
 /// How often an attempt looks at the ledger and the Job.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// How long the clean-up of a dropped attempt waits for its drain to settle.
@@ -85,6 +96,8 @@ pub struct JobMovers {
     spec: MoverSpec,
     service_url: String,
     timeout: Duration,
+    /// The last refusal of a mover pod by PodSecurity admission, by namespace.
+    refusals: Mutex<HashMap<String, Refusal>>,
 }
 
 impl std::fmt::Debug for JobMovers {
@@ -164,6 +177,17 @@ fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
     }
 }
 
+/// A mover's failure, with who the mover ran as (when this attempt chose it).
+fn with_identity(error: snapshot::Error, chosen: Option<&Chosen>) -> snapshot::Error {
+    match (error, chosen) {
+        (snapshot::Error::Mover { drain, reason }, Some(chosen)) => snapshot::Error::Mover {
+            drain,
+            reason: format!("{reason} (the mover ran as {})", chosen.security.describe()),
+        },
+        (error, _) => error,
+    }
+}
+
 impl JobMovers {
     /// The executor, with its flags checked (`--service-url` and the mover flags). A mover is
     /// bounded by its Job's deadline (`--mover-deadline`, which Kubernetes enforces and the
@@ -185,6 +209,7 @@ impl JobMovers {
             spec,
             service_url,
             timeout: timeout.max(kube.movers.mover_deadline + DEADLINE_MARGIN),
+            refusals: Mutex::default(),
         })
     }
 
@@ -207,8 +232,8 @@ impl JobMovers {
             }
             return Ok(summary);
         }
-        let (mover, mut guard) = self.start(drain).await?;
-        let ended = self.follow(drain, &mover).await;
+        let (mover, mut guard, chosen) = self.start(drain).await?;
+        let ended = self.follow(drain, &mover, chosen.as_ref()).await;
         guard.disarm();
         match ended {
             Ended::Copied(summary) => {
@@ -219,15 +244,16 @@ impl JobMovers {
                 if delete {
                     self.delete(&mover, "its attempt failed").await;
                 }
-                Err(error)
+                Err(with_identity(error, chosen.as_ref()))
             }
         }
     }
 
     /// Adopts the Job the ledger records, or creates this attempt's; stops every other
     /// running Job of the drain first. Returns the Job, recorded and resumed, with a guard
-    /// that deletes it if the attempt is dropped because its drain ended.
-    async fn start(&self, drain: &Drain) -> snapshot::Result<(Mover, JobGuard)> {
+    /// that deletes it if the attempt is dropped because its drain ended, and the identity
+    /// chosen for it if this attempt created it.
+    async fn start(&self, drain: &Drain) -> snapshot::Result<(Mover, JobGuard, Option<Chosen>)> {
         let name = job_name(&drain.id, drain.attempts);
         let jobs = self.jobs_of(drain).await?;
         let adopted = adoptable(drain, &jobs, &name).cloned();
@@ -235,14 +261,15 @@ impl JobMovers {
         // Armed before the create call: an attempt dropped while it is under way leaves no
         // suspended Job behind (it would never finish, so never expire).
         let mut guard = JobGuard::arm(self, drain, &name);
-        let job = match adopted {
+        let (job, chosen) = match adopted {
             Some(job) => {
                 tracing::info!(job = ?job.metadata.name, "adopting the mover Job the ledger records");
-                job
+                (job, None)
             }
             None => {
                 self.release_dead_holder(drain).await?;
-                self.create(drain, &name).await?
+                let (job, chosen) = self.create(drain, &name).await?;
+                (job, Some(chosen))
             }
         };
         let mover = Mover::of(&job)
@@ -253,6 +280,9 @@ impl JobMovers {
             .set_mover_job(&drain.id, &mover.name, &mover.uid)
             .await
             .map_err(ledger_error)?;
+        if let Some(chosen) = &chosen {
+            self.note(drain, &mover, chosen).await;
+        }
         if is_suspended(&job) {
             let patch = serde_json::json!({ "spec": { "suspend": false } });
             call(
@@ -266,7 +296,90 @@ impl JobMovers {
             .await
             .map_err(api_error(drain))?;
         }
-        Ok((mover, guard))
+        Ok((mover, guard, chosen))
+    }
+
+    /// Says in the history entry of this attempt who its mover runs as, and why.
+    async fn note(&self, drain: &Drain, mover: &Mover, chosen: &Chosen) {
+        let Some(owner) = drain.lease_owner.as_deref() else {
+            return;
+        };
+        let note = format!(
+            "mover Job {} runs as {}: {}",
+            mover.name,
+            chosen.security.describe(),
+            chosen.security.why
+        );
+        match self.ledger.note_attempt(&drain.id, owner, &note).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(note = %note, "the attempt's history entry is no longer the last; not noted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, note = %note, "cannot note the mover's identity in the history")
+            }
+        }
+    }
+
+    /// Who the drain's next mover runs as: from the flags, the namespace's labels (read now),
+    /// the last refusal of a mover there, and the claim's StatefulSet.
+    async fn choose(&self, drain: &Drain) -> Chosen {
+        let labels = self.namespace_labels(&drain.namespace).await;
+        let refusal = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&drain.namespace)
+            .cloned();
+        let app = self.app_identity(drain);
+        choose(
+            self.spec.identity,
+            self.spec.pod_security_default,
+            labels.as_ref().map_err(String::as_str),
+            refusal.as_ref(),
+            app.as_ref(),
+        )
+    }
+
+    /// The labels of `namespace`, read now, or why they cannot be.
+    async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, String> {
+        let api: Api<Namespace> = Api::all(self.cluster.client.clone());
+        match call(format!("get namespace {namespace}"), api.get_opt(namespace)).await {
+            Ok(Some(ns)) => Ok(ns.metadata.labels.unwrap_or_default()),
+            Ok(None) => Err(format!("namespace {namespace} does not exist")),
+            Err(e) => {
+                tracing::warn!(error = %e, namespace, "cannot read the namespace's Pod Security labels");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The identity the claim's StatefulSet gives its pods, if the set is known.
+    fn app_identity(&self, drain: &Drain) -> Option<AppIdentity> {
+        let sets = self.cluster.sets_in(&drain.namespace);
+        let place = set_claim(&drain.pvc, sets.iter().map(|s| s.as_ref()))?;
+        let set = sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(place.set.as_str()))?;
+        Some(app_identity(set, &place.template))
+    }
+
+    /// Remembers that PodSecurity admission refused a mover of `namespace` under `policy`,
+    /// for the namespace's next mover (see `security::with_refusal`).
+    fn refused(&self, namespace: &str, chosen: &Chosen, message: &str) {
+        let Some((level, policy)) = refused_policy(message) else {
+            return;
+        };
+        tracing::warn!(namespace, policy = %policy, identity = %chosen.security.describe(), "PodSecurity admission refused the mover; the next one is built for that policy");
+        let refusal = Refusal {
+            level,
+            policy,
+            labels: chosen.labels.clone(),
+        };
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(namespace.to_owned(), refusal);
     }
 
     /// The drain's mover Jobs, as the API has them now.
@@ -384,13 +497,14 @@ impl JobMovers {
 
     /// Creates this attempt's Job (suspended). A Job of the same name that the ledger does
     /// not record is deleted first.
-    async fn create(&self, drain: &Drain, name: &str) -> snapshot::Result<Job> {
+    async fn create(&self, drain: &Drain, name: &str) -> snapshot::Result<(Job, Chosen)> {
         let claim = self.claim(drain).await?;
         let volume = self.volume(drain, &claim).await?;
         let node = match (&volume, single_node(&claim)) {
             (Some(pv), true) => self.mount_node(drain, pv).await,
             _ => None,
         };
+        let chosen = self.choose(drain).await;
         let wanted = mover_job(
             drain,
             drain.attempts,
@@ -398,6 +512,7 @@ impl JobMovers {
             volume.as_ref(),
             node.as_deref(),
             &self.spec,
+            &chosen.security,
             &self.service_url,
         );
         let api = self.jobs(&drain.namespace);
@@ -405,8 +520,8 @@ impl JobMovers {
         for _ in 0..3 {
             match call(what.clone(), api.create(&PostParams::default(), &wanted)).await {
                 Ok(job) => {
-                    tracing::info!(job = name, node = ?node, "mover Job created");
-                    return Ok(job);
+                    tracing::info!(job = name, node = ?node, identity = %chosen.security.describe(), why = %chosen.security.why, "mover Job created");
+                    return Ok((job, chosen));
                 }
                 Err(e) if e.is_conflict() => self.clear_name(drain, name).await?,
                 Err(e) => return Err(api_error(drain)(e)),
@@ -535,9 +650,9 @@ impl JobMovers {
         mount_node(drain.node.as_deref(), attached.as_deref())
     }
 
-    /// Follows the attempt until the copy completes, the Job fails or is deleted, or the
-    /// mover timeout passes.
-    async fn follow(&self, drain: &Drain, mover: &Mover) -> Ended {
+    /// Follows the attempt until the copy completes, the Job fails or is deleted, its pod is
+    /// refused, or the mover timeout passes.
+    async fn follow(&self, drain: &Drain, mover: &Mover, chosen: Option<&Chosen>) -> Ended {
         let started = tokio::time::Instant::now();
         let mut events_read: Option<tokio::time::Instant> = None;
         loop {
@@ -575,10 +690,17 @@ impl JobMovers {
                 JobState::Failed(why) => return self.failed(drain, mover, &why).await,
                 JobState::Succeeded => return self.succeeded(drain, mover).await,
             }
-            let look = events_read.is_none_or(|at| at.elapsed() >= POD_START / 2);
-            if !has_had_pods(&job) && started.elapsed() >= POD_START && look {
+            let look = events_read.is_none_or(|at| at.elapsed() >= REFUSAL_LOOK);
+            if !has_had_pods(&job) && started.elapsed() >= REFUSAL_LOOK && look {
                 events_read = Some(tokio::time::Instant::now());
-                if let Some(refusal) = self.creation_refused(mover).await {
+                let refusal = self
+                    .creation_refused(mover)
+                    .await
+                    .filter(|r| refusal_ends_attempt(r, started.elapsed()));
+                if let Some(refusal) = refusal {
+                    if let Some(chosen) = chosen {
+                        self.refused(&drain.namespace, chosen, &refusal);
+                    }
                     let error = mover_error(
                         drain,
                         format!("{} cannot create its pod: {refusal}", mover.what()),

@@ -530,6 +530,11 @@ pub enum Cover {
         /// The drain.
         id: String,
     },
+    /// The latest drain since then was abandoned by hand.
+    Abandoned {
+        /// The drain.
+        id: String,
+    },
 }
 
 impl Cover {
@@ -539,7 +544,8 @@ impl Cover {
             Cover::Active { id, .. }
             | Cover::Completed { id, .. }
             | Cover::Failed { id }
-            | Cover::Cancelled { id } => id,
+            | Cover::Cancelled { id }
+            | Cover::Abandoned { id } => id,
         }
     }
 
@@ -552,8 +558,11 @@ impl Cover {
                 snapshot.as_deref().unwrap_or("?")
             ),
             Cover::Failed { id } => format!(
-                "drain {id} failed since it was last mounted; retry it by hand (POST /v1/drains/{id}/retry)"
+                "drain {id} failed since it was last mounted (its volume was gone); retry it by hand (POST /v1/drains/{id}/retry)"
             ),
+            Cover::Abandoned { id } => {
+                format!("drain {id} was abandoned by hand since it was last mounted")
+            }
             Cover::Cancelled { id } => {
                 format!("drain {id} was cancelled by hand since it was last mounted")
             }
@@ -565,7 +574,8 @@ impl Cover {
 /// `last_mounted_ms`) among `drains`: those that recorded its UID count, and those of its
 /// name that recorded none and were created after it. An active drain covers it; else a drain
 /// completed since it was last mounted (never seen mounted: any completed drain); else the
-/// latest drain since then if it failed or was cancelled. `not_needed` drains never cover.
+/// latest drain since then if it failed, was cancelled or abandoned. `not_needed` drains never
+/// cover.
 pub fn cover<'a>(
     drains: impl IntoIterator<Item = &'a Drain>,
     uid: &str,
@@ -607,6 +617,9 @@ pub fn cover<'a>(
             id: latest.id.clone(),
         }),
         DrainState::Cancelled => Some(Cover::Cancelled {
+            id: latest.id.clone(),
+        }),
+        DrainState::Abandoned => Some(Cover::Abandoned {
             id: latest.id.clone(),
         }),
         _ => None,
@@ -1099,6 +1112,7 @@ mod tests {
                 Cover::Completed { id, .. } => format!("completed {id}"),
                 Cover::Failed { id } => format!("failed {id}"),
                 Cover::Cancelled { id } => format!("cancelled {id}"),
+                Cover::Abandoned { id } => format!("abandoned {id}"),
             });
             assert_eq!(found.as_deref(), expected, "{what}");
         }

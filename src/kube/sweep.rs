@@ -2,7 +2,8 @@
 //! queueing one drain for each that has none since it was last mounted.
 //!
 //! A sweep reads the cluster from the reflector stores ([`super::Cluster`]; no API call), asks
-//! the ledger what it remembers (StatefulSets seen before, when each claim was last seen
+//! the ledger what it remembers (StatefulSets seen before, by sweeps or by the watch
+//! ([`super::memory`]), when each claim was last seen
 //! mounted, the claims' drains), decides in pure functions ([`classify`], [`decide`],
 //! [`sets_to_remember`], over [`super::planner`]), and then writes: the StatefulSets to
 //! remember, the claim sightings, the new drains (straight to `queued`, reason
@@ -12,13 +13,15 @@
 //!
 //! One sweep at a time: sweeps of one process take turns ([`KubeSweeper`] holds a lock), and
 //! scheduled sweeps ([`Sweeper::scheduled`]) run only on the replica holding the
-//! `drainer-sweeper` Lease ([`super::lease`]; the others answer `None`). An on-demand sweep
+//! `drainer-sweeper` Lease ([`super::lease`], kept by its own task; the others answer `None`).
+//! An on-demand sweep
 //! (`POST /v1/sweeps`, `drainer sweep`) runs whoever holds the Lease: the ledger keeps at most
 //! one active drain per volume, so two sweeps at once cannot queue a volume twice. This module never changes cluster objects
 //! itself; holding claims is the [`Admission`]'s job, Events the [`Notifier`]'s.
 
 use super::Cluster;
-use super::lease::{Lease, Turn};
+use super::lease::Holding;
+use super::memory;
 use super::planner::{self, RememberedSet, Seen};
 use crate::admission::Admission;
 use crate::ledger::{ClaimKey, ClaimSighting, Drain, KubeFacts, Ledger, NewDrain};
@@ -35,7 +38,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Who sweeps ask for their drains (`requested_by`).
 pub const SWEEP_PRINCIPAL: &str = "sweep";
@@ -112,24 +115,12 @@ pub fn classify(view: &View, remembered: &[RememberedSet]) -> Vec<Seen> {
 /// The StatefulSets to remember: those with claim templates that the ledger does not know
 /// yet, or knows otherwise (name, templates, opt-out).
 pub fn sets_to_remember(view: &View, remembered: &[RememberedSet]) -> Vec<RememberedSet> {
-    let known: HashMap<&str, &RememberedSet> =
-        remembered.iter().map(|r| (r.uid.as_str(), r)).collect();
-    view.sets
+    let known: HashMap<String, RememberedSet> = remembered
         .iter()
-        .filter_map(|set| {
-            let templates = planner::templates(set);
-            let meta = &set.metadata;
-            let now = RememberedSet {
-                uid: meta.uid.clone()?,
-                namespace: meta.namespace.clone()?,
-                name: meta.name.clone()?,
-                templates,
-                opted_out: planner::opted_out(meta),
-            };
-            let changed = known.get(now.uid.as_str()) != Some(&&now);
-            (changed && !now.templates.is_empty()).then_some(now)
-        })
-        .collect()
+        .map(|r| (r.uid.clone(), r.clone()))
+        .collect();
+    let seen = view.sets.iter().filter_map(|set| memory::remembered(set));
+    memory::to_write(seen, &known)
 }
 
 /// The claims whose drains a sweep looks up: the orphaned ones.
@@ -373,9 +364,10 @@ pub struct Sweeping {
     pub admission: Option<Arc<dyn Admission>>,
     /// Attempts given to new drains.
     pub max_attempts: u32,
-    /// The sweeper Lease that scheduled sweeps take first; `None`: every scheduled call
+    /// Whether this replica holds the sweeper Lease (its [`super::lease::Keeper`] takes and
+    /// renews it); scheduled sweeps run only while it does. `None`: every scheduled call
     /// sweeps (one replica).
-    pub lease: Option<Lease>,
+    pub lease: Option<Holding>,
 }
 
 /// Kubernetes mode's [`Sweeper`].
@@ -394,10 +386,15 @@ impl KubeSweeper {
         }
     }
 
-    /// Reads and decides: what the cluster and the ledger say now, classified.
+    /// Reads and decides: what the cluster and the ledger say now, classified. The
+    /// StatefulSets the watch saw and the ledger does not hold yet are written first (dry runs
+    /// too: the watch's memory is not the sweep's to skip), so a set deleted since the last
+    /// sweep is still recognised.
     async fn read(&self) -> Result<(View, Vec<RememberedSet>, Vec<Seen>), SweepError> {
         let view = View::of(&self.parts.cluster);
-        let remembered = self.parts.ledger.remembered_sets().await?;
+        let ledger = &self.parts.ledger;
+        self.parts.cluster.seen_sets.flush(ledger).await?;
+        let remembered = ledger.remembered_sets().await?;
         let seen = classify(&view, &remembered);
         Ok((view, remembered, seen))
     }
@@ -485,19 +482,10 @@ impl Sweeper for KubeSweeper {
     }
 
     async fn scheduled(&self) -> Result<Option<SweepReport>, SweepError> {
-        if let Some(lease) = &self.parts.lease {
-            match lease.take().await {
-                Ok(Turn::Mine) => {}
-                Ok(Turn::Theirs { holder, until }) => {
-                    tracing::debug!(%holder, %until, "another replica holds the sweeper Lease");
-                    return Ok(None);
-                }
-                Err(e) => {
-                    return Err(SweepError::Cluster(format!(
-                        "cannot take the sweeper Lease: {e}"
-                    )));
-                }
-            }
+        if let Some(lease) = &self.parts.lease
+            && !lease.mine()
+        {
+            return Ok(None);
         }
         self.sweep(false).await.map(Some)
     }
@@ -537,17 +525,7 @@ impl Sweeper for KubeSweeper {
 }
 
 impl KubeSweeper {
-    /// Gives the sweeper Lease up if this replica holds it (at shutdown), so another replica
-    /// takes the scheduled sweeps over at once rather than when it expires.
-    pub async fn give_up_lease(&self) {
-        if let Some(lease) = &self.parts.lease
-            && let Err(e) = lease.give_up().await
-        {
-            tracing::warn!(error = %e, "cannot give up the sweeper Lease; another replica takes over once it expires");
-        }
-    }
-
-    /// Sets `drainer_orphaned_volumes` from a sweep, and logs it (its duration is observed by
+    /// Sets `drainer_orphaned_volumes` and `drainer_orphaned_volumes_undrained` from a sweep, and logs it (its duration is observed by
     /// the caller, as for every mode).
     fn observe(&self, report: &SweepReport) {
         let orphaned = report.orphaned();
@@ -555,6 +533,10 @@ impl KubeSweeper {
             .metrics
             .orphaned_volumes
             .set(i64::try_from(orphaned).unwrap_or(i64::MAX));
+        self.parts
+            .metrics
+            .orphaned_volumes_undrained
+            .set(i64::try_from(report.needing_drains()).unwrap_or(i64::MAX));
         let opted_out = report
             .findings
             .iter()
@@ -606,13 +588,6 @@ fn link_new_drains(findings: &mut [Finding], queued: &[Drain]) {
             finding.drain_id = Some((*id).to_owned());
         }
     }
-}
-
-/// How long the sweeper Lease lasts for sweeps every `interval`: longer than two intervals,
-/// so the replica that sweeps keeps it from one sweep to the next, and another takes over
-/// within about two intervals of its death.
-pub fn lease_duration(interval: Duration) -> Duration {
-    interval.saturating_mul(2) + Duration::from_secs(30)
 }
 
 #[cfg(test)]

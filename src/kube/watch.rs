@@ -1,19 +1,30 @@
 //! What drainer keeps of the cluster: reflector stores of pods, claims, volumes, StatefulSets
-//! and its own mover Jobs, kept current by watches. Pods are pruned to the fields the
+//! and its own mover Jobs and holds, kept current by watches. Pods are pruned to the fields the
 //! decisions read (identity, owners, claims, node, phase, deletion), so 10,000 watched pods
 //! fit in a few MiB. The pod watch also hands every pod it sees start terminating to the
 //! release tracker ([`Terminations`]), so a pod gone before the tracker looks is not missed.
+//!
+//! Each watch is a supervised task (started again if it ends or panics) that reports its state
+//! to the service's [`Health`]: not synced until it has listed, not synced from its first error
+//! until it has listed again. A watch that fails does not carry on from where it was (the
+//! watcher would resume without a sign that it is current again): it waits a backoff
+//! ([`crate::retry::relist_policy`]) and lists anew. Every watch is re-established by the API
+//! server at least every [`WATCH_TIMEOUT`], so lost rights show within about that long.
 
 use super::Error;
+use super::memory::SetSightings;
+use crate::health::{Health, WatchReport};
+use crate::supervisor::Supervisor;
+use backoff::backoff::Backoff;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
 };
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,8 +50,18 @@ pub struct Cluster {
     pub sets: Stores<StatefulSet>,
     /// drainer's mover Jobs.
     pub jobs: Stores<Job>,
+    /// drainer's holds (ConfigMaps labelled as drainer's), to notice one deleted by someone.
+    pub holds: Stores<ConfigMap>,
     /// Pods seen terminating, for the release tracker.
     pub terminations: Terminations,
+    /// Wakes whoever waits on it when a claim or a StatefulSet changed (the guard
+    /// reconciler).
+    pub changes: Arc<tokio::sync::Notify>,
+    /// Whether the watches are synced: decisions that would let go of something wait while
+    /// one is not (what it keeps may be stale).
+    pub health: Health,
+    /// StatefulSets the watch saw, for the ledger's memory (see [`super::memory`]).
+    pub seen_sets: SetSightings,
 }
 
 /// How many terminating pods wait for the release tracker at most (the oldest go first).
@@ -168,30 +189,59 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> From<Vec<Store<K>>> 
 /// How long start-up waits for the first listing of everything.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the API server keeps one watch request open before drainer makes another (from
+/// where it was, without listing again). A new request is authorised again: rights taken away
+/// show as a failing watch within about this long.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Cluster {
-    /// Starts the watches of `namespaces` (all when empty; each watch restarts with backoff on
-    /// errors until `stop`), and waits until every store holds a first listing.
+    /// Starts the watches of `namespaces` (all when empty), each under a supervisor of its own
+    /// stopped by `stop`, and waits until every store holds a first listing.
     pub async fn start(
         client: kube::Client,
         namespaces: Vec<String>,
         stop: CancellationToken,
     ) -> Result<Self, Error> {
-        let all = watcher::Config::default();
-        let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let supervisor = Supervisor::new(stop, Health::default());
+        Self::start_under(client, namespaces, &supervisor).await
+    }
+
+    /// [`Cluster::start`], with the watches run by `supervisor` and reporting to its health.
+    pub async fn start_under(
+        client: kube::Client,
+        namespaces: Vec<String>,
+        supervisor: &Supervisor,
+    ) -> Result<Self, Error> {
+        let all = watcher::Config::default().timeout(WATCH_TIMEOUT.as_secs() as u32);
+        let mine = all
+            .clone()
+            .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
         let terminations = Terminations::default();
-        let pods = watch_each(&client, &namespaces, all.clone(), prune_pod, &stop, || {
+        let sv = supervisor;
+        let pods = watch_each(&client, &namespaces, all.clone(), prune_pod, sv, || {
             terminations.follower()
         });
-        let claims = watch_each(&client, &namespaces, all.clone(), prune, &stop, ignore);
-        let sets = watch_each(&client, &namespaces, all.clone(), prune, &stop, || {
-            terminations.set_follower()
+        let changes = Arc::new(tokio::sync::Notify::new());
+        let claims = watch_each(&client, &namespaces, all.clone(), prune, sv, || {
+            poker(Arc::clone(&changes))
         });
-        let jobs = watch_each(&client, &namespaces, mine, prune, &stop, ignore);
+        let seen_sets = SetSightings::default();
+        let sets = watch_each(&client, &namespaces, all.clone(), prune, sv, || {
+            let (mut tracker, mut memory) = (terminations.set_follower(), seen_sets.follower());
+            let mut changed = poker(Arc::clone(&changes));
+            move |event: &watcher::Event<StatefulSet>| {
+                tracker(event);
+                memory(event);
+                changed(event);
+            }
+        });
+        let jobs = watch_each(&client, &namespaces, mine.clone(), prune, sv, ignore);
+        let holds = watch_each(&client, &namespaces, mine, prune, sv, ignore);
         let volumes = Stores(vec![watch(
             Api::all(client.clone()),
             all,
             prune,
-            &stop,
+            sv,
             |_: &watcher::Event<PersistentVolume>| {},
         )]);
         let synced = async {
@@ -199,6 +249,7 @@ impl Cluster {
             claims.wait_until_ready().await?;
             volumes.wait_until_ready().await?;
             sets.wait_until_ready().await?;
+            holds.wait_until_ready().await?;
             jobs.wait_until_ready().await
         };
         match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
@@ -210,7 +261,7 @@ impl Cluster {
             }
             Err(_) => {
                 return Err(Error::Watch(format!(
-                    "the cluster was not listed within {} s (check drainer's RBAC: it lists pods, claims, volumes, StatefulSets and Jobs)",
+                    "the cluster was not listed within {} s (check drainer's RBAC: it lists pods, claims, volumes, StatefulSets, Jobs and its ConfigMaps)",
                     SYNC_TIMEOUT.as_secs()
                 )));
             }
@@ -223,8 +274,17 @@ impl Cluster {
             volumes,
             sets,
             jobs,
+            holds,
             terminations,
+            changes,
+            health: supervisor.health().clone(),
+            seen_sets,
         })
+    }
+
+    /// Whether every watch is synced (what the stores keep is current).
+    pub fn synced(&self) -> bool {
+        self.health.watches_synced()
     }
 
     /// Whether `namespace` is watched.
@@ -255,6 +315,18 @@ impl Cluster {
     }
 }
 
+/// A follower that wakes `changes` when an object is added, changed or deleted.
+fn poker<K>(changes: Arc<tokio::sync::Notify>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |event| {
+        if matches!(
+            event,
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+        ) {
+            changes.notify_one();
+        }
+    }
+}
+
 /// What a watch that tells nobody about its events does with them.
 fn ignore<K>() -> impl FnMut(&watcher::Event<K>) + Send + 'static {
     |_| {}
@@ -267,7 +339,7 @@ fn watch_each<K, F>(
     namespaces: &[String],
     config: watcher::Config,
     prune: fn(&mut K),
-    stop: &CancellationToken,
+    supervisor: &Supervisor,
     follower: impl Fn() -> F,
 ) -> Stores<K>
 where
@@ -285,7 +357,7 @@ where
             Api::all(client.clone()),
             config,
             prune,
-            stop,
+            supervisor,
             follower(),
         )]);
     }
@@ -297,7 +369,7 @@ where
                     Api::namespaced(client.clone(), ns),
                     config.clone(),
                     prune,
-                    stop,
+                    supervisor,
                     follower(),
                 )
             })
@@ -305,14 +377,36 @@ where
     )
 }
 
-/// Watches `api` into a store until `stop`, handing each event to `follower` once the store
-/// has it.
-fn watch<K>(
+/// The name a watch of `api` reports under: the kind's plural, with `/namespace` when it
+/// watches one namespace (`pods`, `pods/shop`).
+fn watch_name<K: kube::Resource<DynamicType = ()>>(api: &Api<K>) -> String {
+    let plural = K::plural(&());
+    match api.namespace() {
+        Some(ns) => format!("{plural}/{ns}"),
+        None => plural.into_owned(),
+    }
+}
+
+/// One watch: its API and settings, the store it fills, the follower it tells, and where it
+/// reports its state. Shared by every run of its supervised task.
+struct Watch<K: kube::Resource<DynamicType = ()> + Clone + 'static, F> {
+    name: String,
     api: Api<K>,
     config: watcher::Config,
     prune: fn(&mut K),
-    stop: &CancellationToken,
-    mut follower: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    writer: Mutex<reflector::store::Writer<K>>,
+    follower: Mutex<F>,
+    report: WatchReport,
+}
+
+/// Watches `api` into a store, as a task of `supervisor`, handing each event to `follower` once
+/// the store has it.
+fn watch<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    prune: fn(&mut K),
+    supervisor: &Supervisor,
+    follower: F,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -322,27 +416,85 @@ where
         + Send
         + Sync
         + 'static,
+    F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(prune)
-        .reflect(writer);
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(event)) => follower(&event),
-                    Some(Err(e)) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying"),
-                    None => return,
-                },
-            }
-        }
+    let name = watch_name(&api);
+    let watch = Arc::new(Watch {
+        report: supervisor.health().watch(&name),
+        name: name.clone(),
+        api,
+        config,
+        prune,
+        writer: Mutex::new(writer),
+        follower: Mutex::new(follower),
+    });
+    supervisor.spawn(&format!("watch {name}"), move |stop| {
+        Arc::clone(&watch).run(stop)
     });
     reader
+}
+
+impl<K, F> Watch<K, F>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(&watcher::Event<K>) + Send + 'static,
+{
+    /// Lists and watches until `stop`; after an error, waits a backoff and lists again.
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut delays = crate::retry::relist_policy();
+        loop {
+            let failed = tokio::select! {
+                () = stop.cancelled() => return,
+                failed = self.follow(&mut delays) => failed,
+            };
+            self.report.failing(&failed);
+            let delay = delays.next_backoff().unwrap_or(crate::retry::RELIST_MAX);
+            tracing::warn!(
+                watch = %self.name,
+                error = %failed,
+                relist_in_ms = delay.as_millis() as u64,
+                "watch failed; listing again after a backoff"
+            );
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Lists, then watches, applying each event to the store and the follower; returns the
+    /// first error. Synced once listed (the backoff starts over then).
+    async fn follow(&self, delays: &mut backoff::ExponentialBackoff) -> String {
+        let mut events = watcher(self.api.clone(), self.config.clone()).boxed();
+        loop {
+            let event = match events.next().await {
+                Some(Ok(event)) => event.modify(self.prune),
+                Some(Err(e)) => return e.to_string(),
+                None => return "the watch stream ended".into(),
+            };
+            lock(&self.writer).apply_watcher_event(&event);
+            (lock(&self.follower))(&event);
+            if let watcher::Event::InitDone = event {
+                if self.report.synced() {
+                    tracing::info!(watch = %self.name, "watch listed again; synced");
+                }
+                delays.reset();
+            }
+        }
+    }
+}
+
+/// Locks `mutex`, even if a panicking run of the watch left it poisoned (what it guards is
+/// replaced as a whole by the next listing).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Drops what no decision reads from any object: managed fields and the last-applied

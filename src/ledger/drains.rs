@@ -16,6 +16,21 @@ use sqlx::QueryBuilder;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+/// The drains of one state, summed up for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateSummary {
+    /// The state.
+    pub state: DrainState,
+    /// Drains in it.
+    pub drains: i64,
+    /// When the oldest of them was created (ms since the epoch).
+    pub oldest_created_ms: Option<i64>,
+    /// Those holding their claim (Kubernetes mode).
+    pub held: i64,
+    /// When the oldest of those holding their claim was created (ms since the epoch).
+    pub oldest_held_ms: Option<i64>,
+}
+
 /// A drain as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Drain {
@@ -360,9 +375,10 @@ fn requests<'a>(
 }
 
 /// What a claim takes, in order: a drain whose holder's lease expired (its holder died), else
-/// the queued drain that has been due longest. Each pick is served by the (state, not_before)
-/// or lease index, rather than one query with an OR that sorts every queued drain.
-fn claim_picks() -> [(DrainState, Event, &'static str); 2] {
+/// the queued drain that has been due longest, else the failing drain due longest. Each pick
+/// is served by the (state, not_before) or lease index, rather than one query with an OR that
+/// sorts every queued drain.
+fn claim_picks() -> [(DrainState, Event, &'static str); 3] {
     [
         (
             DrainState::Copying,
@@ -372,6 +388,12 @@ fn claim_picks() -> [(DrainState, Event, &'static str); 2] {
         ),
         (
             DrainState::Queued,
+            Event::Claimed,
+            "SELECT id FROM drains WHERE state = $1 AND not_before <= $2 \
+             ORDER BY not_before, created_at LIMIT 1",
+        ),
+        (
+            DrainState::Failing,
             Event::Claimed,
             "SELECT id FROM drains WHERE state = $1 AND not_before <= $2 \
              ORDER BY not_before, created_at LIMIT 1",
@@ -599,16 +621,45 @@ impl Ledger {
             .map_err(query_error("count drains")))
     }
 
-    /// Moves a drain by hand: `RetriedByHand` (failed → queued, attempts reset) or `Cancelled`
-    /// (any active state → cancelled). Returns the drain after the change, or why it was
-    /// refused. A drain that moves while this runs is read again and the event re-checked.
-    pub async fn change_drain(&self, id: &str, event: Event) -> Result<Result<Drain, Refused>> {
+    /// Per state: how many drains, the oldest one's creation time, and how many hold their
+    /// claim (for `/metrics`; one grouped scan, as [`Ledger::drain_counts`]).
+    pub async fn drain_summary(&self) -> Result<Vec<StateSummary>> {
+        const SQL: &str = "SELECT state, COUNT(*) AS drains, MIN(created_at) AS oldest_created_ms, \
+                           COUNT(hold) AS held, \
+                           MIN(CASE WHEN hold IS NOT NULL THEN created_at END) AS oldest_held_ms \
+                           FROM drains GROUP BY state";
+        on_pool!(self, |pool, DB| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("summarise drains")))
+    }
+
+    /// Moves a drain by hand, for operator `by`: `RetriedByHand` (failed or failing → queued,
+    /// attempts counted afresh), `Cancelled` (any active state → cancelled) or `Abandoned`
+    /// (any active state → abandoned, `why` required). The history names who and why.
+    /// Returns the drain after the change, or why it was refused. A drain that moves while
+    /// this runs is read again and the event re-checked.
+    pub async fn change_drain(
+        &self,
+        id: &str,
+        event: Event,
+        by: &str,
+        why: Option<&str>,
+    ) -> Result<Result<Drain, Refused>> {
         let action = match event {
             Event::RetriedByHand => "retried",
             Event::Cancelled => "cancelled",
+            Event::Abandoned => "abandoned",
             _ => "changed by hand",
         };
-        let by_hand = matches!(event, Event::RetriedByHand | Event::Cancelled);
+        let by_hand = matches!(
+            event,
+            Event::RetriedByHand | Event::Cancelled | Event::Abandoned
+        );
+        let message = match why {
+            Some(why) => format!("{action} by {by}: {why}"),
+            None => format!("{action} by {by}"),
+        };
         for _ in 0..HANDOFF_ATTEMPTS {
             let Some(drain) = self.drain(id).await? else {
                 return Ok(Err(Refused::NotFound(id.to_owned())));
@@ -622,13 +673,7 @@ impl Ledger {
             }
             let change = Transition {
                 not_before_ms: Some(now_ms()),
-                ..Transition::new(
-                    id,
-                    drain.state,
-                    event,
-                    Writer::Anyone,
-                    format!("{action} by hand"),
-                )
+                ..Transition::new(id, drain.state, event, Writer::Anyone, message.clone())
             };
             match self.transition(change).await? {
                 Ok(drain) => return Ok(Ok(drain)),
@@ -644,8 +689,20 @@ impl Ledger {
     /// Claims the oldest claimable drain for `owner` with a lease of `lease`: a queued drain
     /// that is due, or a copying drain whose lease has expired (its owner died).
     pub async fn claim_drain(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
-        let owner = owner.to_owned();
-        self.write_redoable(move |l| async move { l.claim_drain_tx(&owner, lease).await })
+        self.claim_drain_except(owner, lease, &[]).await
+    }
+
+    /// [`Ledger::claim_drain`], never taking over one of `busy`: drains this replica is still
+    /// running (a lease that ran out while its attempt goes on, its renewals late on a loaded
+    /// machine, must not start a second attempt of the same drain in the same replica).
+    pub async fn claim_drain_except(
+        &self,
+        owner: &str,
+        lease: Duration,
+        busy: &[String],
+    ) -> Result<Option<Drain>> {
+        let (owner, busy) = (owner.to_owned(), busy.to_vec());
+        self.write_redoable(move |l| async move { l.claim_drain_tx(&owner, lease, &busy).await })
             .await
     }
 
@@ -658,7 +715,7 @@ impl Ledger {
     }
 
     /// Ends `owner`'s attempt of drain `id`: `Completed` with its snapshot, queued again after
-    /// a failure, `Failed`, or released (queued again, the attempt not counted) on shutdown.
+    /// a failure, `Failing` (retried slowly), `Failed` (the volume is gone), or released (queued again, the attempt not counted) on shutdown.
     /// Returns `false` when `owner` no longer held the lease (nothing is changed then).
     pub async fn end_attempt(
         &self,
@@ -675,6 +732,25 @@ impl Ledger {
             ledger.write_redoable(write).await?
         };
         Ok(done.is_ok())
+    }
+
+    /// Adds `message` to drain `id`'s history without changing its state (something happened
+    /// to it that an operator should see, such as its protection removed by someone else).
+    pub async fn note(&self, id: &str, message: &str) -> Result<()> {
+        const SQL: &str = "INSERT INTO drain_events (drain_id, at, state, owner, message) \
+                           SELECT id, $2, state, NULL, $3 FROM drains WHERE id = $1";
+        let (id, message) = (id.to_owned(), message.to_owned());
+        self.write_redoable(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&id)
+                .bind(now_ms())
+                .bind(&message)
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record history")))
+        })
+        .await
     }
 
     /// Records the hold keeping drain `id`'s claim (Kubernetes mode), or its removal.
@@ -710,6 +786,31 @@ impl Ledger {
         .await
     }
 
+    /// Adds `note` to the history entry that started `owner`'s current attempt of drain `id`
+    /// (its last entry, `copying`, recorded by `owner`), e.g. how the attempt's mover runs;
+    /// `false` when that entry is not the last (the attempt ended, or was taken over).
+    pub async fn note_attempt(&self, id: &str, owner: &str, note: &str) -> Result<bool> {
+        const SQL: &str = "UPDATE drain_events \
+             SET message = CASE WHEN message IS NULL OR message = '' THEN $3 \
+                 ELSE message || '; ' || $3 END \
+             WHERE seq = (SELECT MAX(seq) FROM drain_events WHERE drain_id = $1) \
+               AND drain_id = $1 AND state = $4 AND owner = $2";
+        let (id, owner, note) = (id.to_owned(), owner.to_owned(), note.to_owned());
+        // Only information: if a power cut loses it, the attempt is not worse off.
+        self.write_redoable(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&id)
+                .bind(&owner)
+                .bind(&note)
+                .bind(DrainState::Copying)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+                .map_err(query_error("note the attempt")))
+        })
+        .await
+    }
+
     /// Drains that have ended but still hold their claim (Kubernetes mode), oldest first.
     pub async fn ended_with_hold(&self, limit: u32) -> Result<Vec<Drain>> {
         let finals: Vec<String> = crate::lifecycle::ALL_STATES
@@ -721,6 +822,21 @@ impl Ledger {
             "SELECT {COLUMNS} FROM drains WHERE hold IS NOT NULL AND state IN ({}) \
              ORDER BY updated_at LIMIT $1",
             finals.join(", ")
+        );
+        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(query_error("list holds")))
+    }
+
+    /// Active drains that hold their claim (Kubernetes mode), oldest first: their holds must
+    /// stay in place until they end.
+    pub async fn active_with_hold(&self, limit: u32) -> Result<Vec<Drain>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM drains WHERE hold IS NOT NULL AND state IN {} \
+             ORDER BY updated_at LIMIT $1",
+            active_states_sql()
         );
         on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))
@@ -849,6 +965,13 @@ impl AttemptOutcome {
                         now + delay.as_millis() as i64,
                         format!("retry in {} s: {error}", delay.as_secs()),
                     ),
+                    AfterFailure::Failing(delay) => (
+                        now + delay.as_millis() as i64,
+                        format!(
+                            "failing; tried again in {} s (and on, until it succeeds or is abandoned): {error}",
+                            delay.as_secs()
+                        ),
+                    ),
                     AfterFailure::GiveUp => (now, error.clone()),
                 };
                 Transition {
@@ -888,7 +1011,12 @@ fn attempts_sql(event: Event) -> &'static str {
 
 /// Transactions run through [`Ledger::write`].
 impl Ledger {
-    async fn claim_drain_tx(&self, owner: &str, lease: Duration) -> Result<Option<Drain>> {
+    async fn claim_drain_tx(
+        &self,
+        owner: &str,
+        lease: Duration,
+        busy: &[String],
+    ) -> Result<Option<Drain>> {
         let now = now_ms();
         let lock = match self.pool {
             Pool::Sqlite(_) => "",
@@ -904,14 +1032,18 @@ impl Ledger {
                 .await
                 .map_err(query_error("claim drain"))?;
             for (from, event, pick) in claim_picks() {
-                let picked: Option<String> =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{pick}{lock}")))
-                        .bind(from)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(query_error("claim drain"))?;
-                let Some(id) = picked else { continue };
+                // One past the busy drains, so one that is not busy is among them if any is.
+                let limit = busy.len() + 1;
+                let sql = format!("{} {limit}{lock}", pick.trim_end_matches(" 1"));
+                let picked: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(from)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(query_error("claim drain"))?;
+                let Some(id) = picked.into_iter().find(|id| !busy.contains(id)) else {
+                    continue;
+                };
                 let change = Transition::new(&id, from, event, by.clone(), String::new());
                 if let Ok(drain) = apply(&mut tx, &change, now).await? {
                     tx.commit().await.map_err(query_error("claim drain"))?;
@@ -1083,7 +1215,7 @@ mod tests {
     fn active_states_are_the_lifecycles() {
         assert_eq!(
             active_states_sql(),
-            "('requested', 'awaiting_release', 'queued', 'copying')"
+            "('requested', 'awaiting_release', 'queued', 'copying', 'failing')"
         );
     }
 

@@ -7,13 +7,16 @@
 //! to [`MAX_BATCH`]), records them in one transaction and answers them all, so a request waits
 //! for at most the commit in flight plus its own (on PostgreSQL, a few batches are in flight).
 //! A batch that fails is recorded again request by request, so one request's error is never
-//! another's.
+//! another's. The task runs under the service's supervisor: if it ends, the queue waits for
+//! it to be started again (a request whose batch was lost is answered with a retryable error).
 
 use super::drains::Drain;
 use super::{Ledger, NewDrain, Pool, Result, query_error};
+use crate::supervisor::Supervisor;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The most handoff requests recorded in one transaction.
 const MAX_BATCH: usize = 256;
@@ -31,19 +34,29 @@ struct Request {
     answer: oneshot::Sender<Result<Recorded>>,
 }
 
-/// The sending side of the intake task; dropping every copy ends the task.
+/// The sending side of the intake task; dropping every copy stops the task (and the other
+/// tasks of `scope`).
 #[derive(Debug, Clone)]
 pub(super) struct Intake {
+    /// Cancels the scope's token with the last copy; declared first so that it is dropped
+    /// before the last sender closes the queue (the task then stops, rather than ends).
+    _scope: Arc<DropGuard>,
     queue: mpsc::Sender<Request>,
 }
 
 impl Intake {
     /// Starts the intake task for `ledger`, which must not itself send to an intake (it is the
-    /// task's own, direct handle).
-    pub(super) fn start(ledger: Ledger) -> Self {
+    /// task's own, direct handle), under `scope`, whose token the last copy cancels.
+    pub(super) fn start(ledger: Ledger, scope: &Supervisor) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(ledger, requests));
-        Self { queue }
+        let requests = Arc::new(Mutex::new(requests));
+        scope.spawn("ledger-intake", move |stop| {
+            run(ledger.clone(), Arc::clone(&requests), stop)
+        });
+        Self {
+            _scope: Arc::new(scope.stop_token().clone().drop_guard()),
+            queue,
+        }
     }
 
     /// Records `drains` in the next group commit.
@@ -58,7 +71,13 @@ impl Intake {
     }
 }
 
-async fn run(ledger: Ledger, mut requests: mpsc::Receiver<Request>) {
+async fn run(
+    ledger: Ledger,
+    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
+    stop: CancellationToken,
+) {
+    // One run at a time takes requests; a run that ended left the queue to the next.
+    let mut requests = requests.lock().await;
     // SQLite has one writer: a second batch would only wait for the first. PostgreSQL commits
     // several at once; two batches that name the same volume meet at its unique index, and the
     // later one is recorded again (it then finds the drain the earlier one created).
@@ -73,7 +92,11 @@ async fn run(ledger: Ledger, mut requests: mpsc::Receiver<Request>) {
             .await
             .expect("never closed");
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        if requests.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            n = requests.recv_many(&mut batch, MAX_BATCH) => n,
+        };
+        if received == 0 {
             return;
         }
         let ledger = ledger.clone();

@@ -15,12 +15,13 @@ mod sweeps;
 
 pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, KubeFacts, NewDrain, PageCursor, Refused,
-    Transition, Writer,
+    StateSummary, Transition, Writer,
 };
 pub use relay::{RelayPart, RelayRecord};
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
 pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
 
+use crate::supervisor::Supervisor;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, PgPool, SqlitePool};
@@ -29,6 +30,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Timeout for taking a connection from the pool: a PostgreSQL that is down shows as `503`
 /// after this long.
@@ -266,8 +268,9 @@ struct Writers {
     background: tokio::sync::Mutex<()>,
     /// The same database with commits that do not wait for the disk, for [`Urgency::Redoable`].
     relaxed: Option<SqlitePool>,
-    /// Set when a write failed because the disk is full; cleared by the next write that
-    /// commits. Readiness fails while it is set.
+    /// Set when a write failed because the disk is full; cleared only when the readiness
+    /// probe ([`Ledger::can_commit`]) commits a handoff burst's worth again. Readiness fails
+    /// while it is set.
     full: AtomicBool,
 }
 
@@ -283,8 +286,20 @@ pub struct Ledger {
 
 impl Ledger {
     /// Opens the ledger `url` (`postgres://…` or `sqlite://FILE`), or by default the SQLite
-    /// file `drainer.db` in `data_dir`, and runs the migrations.
+    /// file `drainer.db` in `data_dir`, and runs the migrations. Its background tasks (group
+    /// commit of handoffs, SQLite's checkpoints) run under a supervisor of their own.
     pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        Self::open_under(url, data_dir, &Supervisor::unattended()).await
+    }
+
+    /// [`Ledger::open`], with the background tasks reported to `supervisor`'s health (in a
+    /// scope of their own: they stop when the last handle of the ledger is dropped, not when
+    /// the service starts shutting down).
+    pub async fn open_under(
+        url: Option<&str>,
+        data_dir: &Path,
+        supervisor: &Supervisor,
+    ) -> Result<Self> {
         let ledger = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Self::open_postgres(url).await?
@@ -308,7 +323,14 @@ impl Ledger {
             }
         };
         ledger.migrate().await?;
-        let intake = intake::Intake::start(ledger.clone());
+        let scope = supervisor.scope();
+        if let Pool::Sqlite(pool) = &ledger.pool {
+            let pool = pool.clone();
+            scope.spawn("ledger-checkpoint", move |stop| {
+                checkpoint_wal(pool.clone(), stop)
+            });
+        }
+        let intake = intake::Intake::start(ledger.clone(), &scope);
         Ok(Self {
             intake: Some(intake),
             ..ledger
@@ -347,7 +369,6 @@ impl Ledger {
             relaxed: Some(relaxed),
             ..Writers::default()
         });
-        tokio::spawn(checkpoint_wal(pool.clone(), Arc::downgrade(&writers)));
         Ok(Self {
             pool: Pool::Sqlite(pool),
             writers,
@@ -434,16 +455,11 @@ impl Ledger {
                 _ => ledger,
             };
             let result = op(ledger).await;
-            match &result {
-                // Only a write as large as a handoff's shows that handoffs fit again.
-                Ok(_) if urgency == Urgency::Intake => writers.full.store(false, Ordering::Relaxed),
-                Ok(_) => {}
-                Err(e) if e.is_full() => {
-                    if !writers.full.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %e, "the ledger's disk is full: nothing can be committed until space comes back");
-                    }
-                }
-                Err(_) => {}
+            if let Err(e) = &result
+                && e.is_full()
+                && !writers.full.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!(error = %e, "the ledger's disk is full: nothing can be committed until space comes back");
             }
             result
         })
@@ -455,8 +471,10 @@ impl Ledger {
         })
     }
 
-    /// Whether the ledger can commit: `false` after a write failed for a full disk, until a
-    /// write (this probe, if nothing else) commits again.
+    /// Whether the ledger can commit: `false` after a write failed for a full disk, until this
+    /// probe commits a burst of handoffs' worth of bytes again. A smaller write that happens
+    /// to fit (one handoff, in the space another freed) does not count: the next handoff may
+    /// not fit, and readiness must not say otherwise.
     pub async fn can_commit(&self) -> bool {
         if !self.writers.full.load(Ordering::Relaxed) {
             return true;
@@ -470,7 +488,11 @@ impl Ledger {
         let cleared = self
             .write(|l| async move { l.probe_write(None).await })
             .await;
-        padded.is_ok() && cleared.is_ok()
+        let fits = padded.is_ok() && cleared.is_ok();
+        if fits {
+            self.writers.full.store(false, Ordering::Relaxed);
+        }
+        fits
     }
 
     /// Rewrites the probe row, with `pad` as its padding.
@@ -500,16 +522,16 @@ const PROBE_BYTES: usize = 64 * 1024;
 /// How often SQLite's write-ahead log is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Checkpoints SQLite's WAL in the background while the ledger is open (`alive`), instead of
-/// in whichever commit crosses SQLite's threshold: that commit would wait for the database
+/// Checkpoints SQLite's WAL in the background until `stop` (the ledger is dropped), instead
+/// of in whichever commit crosses SQLite's threshold: that commit would wait for the database
 /// file to be written and flushed. A passive checkpoint never blocks writers or readers.
-async fn checkpoint_wal(pool: SqlitePool, alive: std::sync::Weak<Writers>) {
+async fn checkpoint_wal(pool: SqlitePool, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        if alive.strong_count() == 0 {
-            return;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
         }
         let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool);
         match tokio::time::timeout(SQLITE_ACQUIRE_TIMEOUT, checkpoint).await {
@@ -569,4 +591,52 @@ impl Dialect for sqlx::Sqlite {
 impl Dialect for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCKS_ROWS: bool = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::VolumeId;
+
+    #[tokio::test]
+    async fn the_ledgers_tasks_outlive_the_service_and_stop_with_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = Supervisor::unattended();
+        let health = supervisor.health().clone();
+        let ledger = Ledger::open_under(None, dir.path(), &supervisor)
+            .await
+            .unwrap();
+        let names = |h: &crate::health::Health| -> Vec<String> {
+            h.snapshot().tasks.keys().cloned().collect()
+        };
+        assert_eq!(names(&health), ["ledger-checkpoint", "ledger-intake"]);
+        // The service shuts down: handoffs still commit through the intake.
+        supervisor.stop_token().cancel();
+        supervisor.stopped().await;
+        let handoff = NewDrain {
+            volume: "shop/data-web-4".parse::<VolumeId>().unwrap(),
+            pod: None,
+            reason: "test".into(),
+            max_attempts: 3,
+            wait_for_release: false,
+            requested_by: None,
+            kube: None,
+        };
+        let recorded = ledger.request_drains(&[handoff]).await.unwrap();
+        assert!(recorded[0].1, "recorded through the intake");
+        // The last handle goes: its tasks stop, and are not started again.
+        let copy = ledger.clone();
+        drop(ledger);
+        assert_eq!(names(&health).len(), 2, "a copy still holds the ledger");
+        drop(copy);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !names(&health).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                health.snapshot().tasks
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

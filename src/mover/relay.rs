@@ -32,6 +32,22 @@ fn store_error(e: impl ToString) -> object_store::Error {
     }
 }
 
+/// The error of a call on a relayed upload: `404` (the drainer does not know the upload: it
+/// was completed, aborted or refused by the store) is "not found", so the engine starts the
+/// file's upload again; anything else as [`store_error`].
+fn upload_error(location: &Path) -> impl Fn(CallError) -> object_store::Error + '_ {
+    move |e| {
+        if e.status() == Some(404) {
+            object_store::Error::NotFound {
+                path: location.to_string(),
+                source: e.to_string().into(),
+            }
+        } else {
+            store_error(e)
+        }
+    }
+}
+
 fn not_supported(what: &str) -> object_store::Error {
     object_store::Error::NotSupported {
         source: format!("{what} through a drainer relay").into(),
@@ -206,7 +222,7 @@ impl MultipartStore for RelayedStore {
         self.api
             .call(|http| http.put(&url).query(&query).body(body.clone()))
             .await
-            .map_err(store_error)?;
+            .map_err(upload_error(location))?;
         Ok(PartId {
             content_id: part_idx.to_string(),
         })
@@ -223,7 +239,7 @@ impl MultipartStore for RelayedStore {
         self.api
             .call(|http| http.post(&url).query(&query))
             .await
-            .map_err(store_error)?;
+            .map_err(upload_error(location))?;
         Ok(crate::store::stored())
     }
 
@@ -266,12 +282,13 @@ impl MultipartUpload for RelayedUpload {
         let url = self.url(&format!("/{}", self.next));
         let query = key(&self.location);
         self.next += 1;
+        let location = self.location.clone();
         async move {
             let body: Bytes = data.into();
             api.call(|http| http.put(&url).query(&query).body(body.clone()))
                 .await
                 .map(drop)
-                .map_err(store_error)
+                .map_err(upload_error(&location))
         }
         .boxed()
     }
@@ -282,7 +299,7 @@ impl MultipartUpload for RelayedUpload {
         self.api
             .call(|http| http.post(&url).query(&query))
             .await
-            .map_err(store_error)?;
+            .map_err(upload_error(&self.location))?;
         Ok(crate::store::stored())
     }
 

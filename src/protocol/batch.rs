@@ -46,6 +46,7 @@ pub fn decode(mut body: Bytes) -> Result<Vec<(String, Bytes)>, String> {
 
 /// One range of one object, in a batch of reads.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     /// The key, relative to the volume.
     pub key: String,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// A file stored by a run, as it crosses the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WireStoredFile {
     /// The path, base64.
     pub path_b64: String,
@@ -66,6 +67,7 @@ impl TryFrom<WireStoredFile> for StoredFile {
 /// An unfinished upload of a large file, as it crosses the wire (the mover resumes it part by
 /// part after its own death or a drainer replica's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WirePartial {
     /// The file's path, base64.
     pub path_b64: String,
@@ -177,6 +179,7 @@ pub struct CreatedUpload {
 
 /// `POST …/run/{run}/interrupted`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Interrupted {
     /// Why the attempt stopped.
     pub error: String,
@@ -184,6 +187,7 @@ pub struct Interrupted {
 
 /// The `?key=` of the object and upload endpoints: a key relative to the store's root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyParam {
     /// The key.
     pub key: String,
@@ -191,6 +195,7 @@ pub struct KeyParam {
 
 /// The `?path=` of the partial-upload endpoints: a file's manifest path, base64.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PathParam {
     /// The path, base64.
     pub path_b64: String,

@@ -401,6 +401,28 @@ async fn spool(store: &Store, key: &Key) -> Result<(std::fs::File, u64, String)>
     Ok((file, size, hasher.finalize().to_hex().to_string()))
 }
 
+/// The files snapshot `id` of `volume` lists as unreadable at copy time (path, lossily
+/// decoded, and why), at most `limit` of them, in manifest order.
+pub async fn unreadable_files(
+    store: &Store,
+    volume: &VolumeId,
+    id: &SnapshotId,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let layout = VolumeLayout::new(store.root(), volume);
+    let mut entries = read_manifest(store, &layout, id).await?;
+    let mut found = Vec::new();
+    while found.len() < limit {
+        let Some(entry) = entries.try_next().await? else {
+            break;
+        };
+        if let Some(reason) = entry.unreadable {
+            found.push((String::from_utf8_lossy(&entry.path).into_owned(), reason));
+        }
+    }
+    Ok(found)
+}
+
 /// Streams the entries of snapshot `id`'s manifest, checking its header and its end marker
 /// (a truncated or mismatched manifest is an error, never a shorter snapshot).
 pub async fn read_manifest(

@@ -50,6 +50,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The volume no longer exists (its directory, or its claim, is gone): nothing is left
+    /// to copy.
+    #[error("volume {volume} is gone: {reason}")]
+    Gone {
+        /// The volume.
+        volume: String,
+        /// How it went.
+        reason: String,
+    },
     /// A file or directory could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -192,17 +201,39 @@ pub enum Error {
 }
 
 fn incomplete_message(summary: &CopySummary, unreadable: &[(String, String)]) -> String {
-    let shown: Vec<String> = unreadable
-        .iter()
-        .take(5)
-        .map(|(path, reason)| format!("{path:?} ({reason})"))
-        .collect();
-    let more = unreadable.len().saturating_sub(shown.len());
+    let shown = &unreadable[..unreadable.len().min(UNREADABLE_NAMED)];
     format!(
-        "snapshot {} of {} is stored but incomplete: {} files could not be read and are listed in it without content: {}{}",
+        "snapshot {} of {} is stored but incomplete: {}",
         summary.snapshot.snapshot,
         summary.snapshot.volume,
-        unreadable.len(),
+        unreadable_list(unreadable.len() as u64, shown)
+    )
+}
+
+/// How many unreadable files an error names at most (the manifest lists them all).
+pub const UNREADABLE_NAMED: usize = 5;
+
+/// `N files could not be read and are listed in it without content: "a" (why), … and M
+/// more`: `total` unreadable files, of which `named` (path, why) are named, each cut to a
+/// readable length, so an error stays one bounded line however many there are.
+pub fn unreadable_list(total: u64, named: &[(String, String)]) -> String {
+    let cut = |text: &str, most: usize| -> String {
+        if text.chars().count() <= most {
+            text.to_owned()
+        } else {
+            format!("{}…", text.chars().take(most).collect::<String>())
+        }
+    };
+    let shown: Vec<String> = named
+        .iter()
+        .map(|(path, reason)| format!("{:?} ({})", cut(path, 160), cut(reason, 100)))
+        .collect();
+    let more = total.saturating_sub(shown.len() as u64);
+    if shown.is_empty() {
+        return format!("{total} files could not be read and are listed in it without content");
+    }
+    format!(
+        "{total} files could not be read and are listed in it without content: {}{}",
         shown.join(", "),
         if more > 0 {
             format!(" and {more} more")
@@ -227,6 +258,17 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is for a drain: a gone volume, something that may pass by
+    /// itself, or something that will not.
+    pub fn failure_kind(&self) -> crate::lifecycle::FailureKind {
+        use crate::lifecycle::FailureKind;
+        match self {
+            Error::Gone { .. } => FailureKind::VolumeGone,
+            e if e.is_transient() => FailureKind::Transient,
+            _ => FailureKind::Permanent,
+        }
+    }
+
     /// Whether retrying the copy later may succeed (store outages, timeouts, busy ledger,
     /// files that kept changing); bad input and missing data are permanent.
     pub fn is_transient(&self) -> bool {
@@ -241,3 +283,38 @@ impl Error {
 
 /// Result alias for the snapshot engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_files_are_named_in_one_bounded_line() {
+        let file = |p: &str| (p.to_owned(), "Permission denied (os error 13)".to_owned());
+        // (total, named, the line)
+        let cases = [
+            (
+                1,
+                vec![file("secret.key")],
+                r#"1 files could not be read and are listed in it without content: "secret.key" (Permission denied (os error 13))"#.to_owned(),
+            ),
+            (
+                7,
+                vec![file("a"), file("new\nline")],
+                r#"7 files could not be read and are listed in it without content: "a" (Permission denied (os error 13)), "new\nline" (Permission denied (os error 13)) and 5 more"#.to_owned(),
+            ),
+            (
+                3,
+                vec![],
+                "3 files could not be read and are listed in it without content".to_owned(),
+            ),
+        ];
+        for (total, named, line) in cases {
+            assert_eq!(unreadable_list(total, &named), line);
+        }
+        let long = vec![("d/".repeat(1000), "why ".repeat(100))];
+        let line = unreadable_list(1, &long);
+        assert!(line.chars().count() < 400, "{line}");
+        assert!(line.contains('…'), "{line}");
+    }
+}

@@ -252,7 +252,10 @@ impl Uploader {
 impl Uploader {
     /// One attempt at a multipart upload. An upload that the store no longer has (its parts
     /// vanished: the store was emptied, the upload expired or was aborted) is forgotten, so
-    /// the next attempt starts a new one instead of failing on it forever.
+    /// the next attempt starts a new one instead of failing on it forever; so is a continued
+    /// upload that the store refuses, whatever its error, while it answers (an earlier copy
+    /// completed it and died before it forgot its record: see [`Store::upload_refused`]). A
+    /// new upload that fails is an error: the file is started again at most once per attempt.
     async fn try_store_large(
         &self,
         path: &std::path::Path,
@@ -265,12 +268,24 @@ impl Uploader {
             .try_store_resumable(parts, path, key, resume, rel)
             .await
         {
-            Err(Error::Store(e)) if e.is_not_found() => {
-                tracing::warn!(path = %path.display(), key = %key, error = %e, "the store no longer has this upload; starting it again");
+            Err(Failed::Upload(upload, e)) if e.is_not_found() => {
+                tracing::warn!(path = %path.display(), key = %key, upload = %upload, error = %e, "the store no longer has this upload; starting it again");
                 resume.checkpoint.forget_partial(resume.run, rel).await?;
                 Ok(None)
             }
-            other => other,
+            Err(Failed::Continued(upload, e)) => {
+                if !self.store.upload_refused(key, &e).await {
+                    return Err(Error::Store(e));
+                }
+                tracing::warn!(path = %path.display(), key = %key, upload = %upload, error = %e, "the store refuses the interrupted upload (completed or unknown); starting it again");
+                let abort = parts.abort_multipart(key, &upload);
+                let _ = self.store.call("abort multipart upload", key, abort).await;
+                resume.checkpoint.forget_partial(resume.run, rel).await?;
+                Ok(None)
+            }
+            Err(Failed::Upload(_, e)) => Err(Error::Store(e)),
+            Err(Failed::Other(e)) => Err(e),
+            Ok(stored) => Ok(stored),
         }
     }
 
@@ -284,12 +299,20 @@ impl Uploader {
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
-    ) -> Result<Option<(blake3::Hash, Stat)>> {
+    ) -> Result<Option<(blake3::Hash, Stat)>, Failed> {
         let file = File::open(path).map_err(|e| Error::read(path, e))?;
         let before = Stat::of(&file, path)?;
-        let mut upload = self
+        let (mut upload, continued) = self
             .start_or_continue(parts_api.as_ref(), key, resume, rel, before)
             .await?;
+        let id = upload.upload_id.clone();
+        let failed = |e: crate::store::Error| {
+            if continued {
+                Failed::Continued(id.clone(), e)
+            } else {
+                Failed::Upload(id.clone(), e)
+            }
+        };
         // Parts already stored are skipped: the file's hash is made from their chaining values.
         let mut offset = upload.parts.len() as u64 * self.part_size;
         let mut file = file;
@@ -301,7 +324,8 @@ impl Uploader {
         loop {
             while inflight.len() >= PARTS_IN_FLIGHT {
                 if let Some(stored) = inflight.next().await {
-                    self.part_stored(&mut upload, stored, resume, path).await?;
+                    self.part_stored(&mut upload, stored, resume, path, &failed)
+                        .await?;
                 }
             }
             let permit = self.reserve(self.part_size).await;
@@ -338,7 +362,8 @@ impl Uploader {
             }
         }
         while let Some(stored) = inflight.next().await {
-            self.part_stored(&mut upload, stored, resume, path).await?;
+            self.part_stored(&mut upload, stored, resume, path, &failed)
+                .await?;
         }
         let hash = self.file_hash(&upload, offset, whole);
         let unchanged = Stat::of(&file, path)? == before && offset == before.size && hash.is_some();
@@ -353,12 +378,17 @@ impl Uploader {
             let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
             self.store
                 .call("complete multipart upload", key, complete)
-                .await?;
+                .await
+                .map_err(failed)?;
         } else {
             let abort = parts_api.abort_multipart(key, &upload.upload_id);
             let _ = self.store.call("abort multipart upload", key, abort).await;
         }
-        resume.checkpoint.forget_partial(resume.run, rel).await?;
+        resume
+            .checkpoint
+            .forget_partial(resume.run, rel)
+            .await
+            .map_err(Error::from)?;
         Ok(hash.filter(|_| unchanged).map(|hash| (hash, before)))
     }
 
@@ -378,25 +408,38 @@ impl Uploader {
     }
 
     /// Notes a part stored (parts complete in order); every few parts, makes them durable and
-    /// records them, so an interrupted copy continues after them.
+    /// records them, so an interrupted copy continues after them. A part the store refused is
+    /// the upload's failure (`failed`).
     async fn part_stored(
         &self,
         upload: &mut PartialUpload,
         stored: std::result::Result<Result<(UploadedPart, u64)>, tokio::task::JoinError>,
         resume: Resume<'_>,
         path: &std::path::Path,
-    ) -> Result<()> {
-        let (part, sent) = stored.map_err(|e| task_failed(path, e))??;
+        failed: &impl Fn(crate::store::Error) -> Failed,
+    ) -> Result<(), Failed> {
+        let (part, sent) = match stored.map_err(|e| task_failed(path, e))? {
+            Ok(stored) => stored,
+            Err(Error::Store(e)) => return Err(failed(e)),
+            Err(e) => return Err(e.into()),
+        };
         self.sent(sent);
         upload.parts.push(part);
         if upload.parts.len().is_multiple_of(PARTS_PER_RECORD) {
-            self.store.flush().await?;
-            resume.checkpoint.record_partial(resume.run, upload).await?;
+            self.store.flush().await.map_err(Error::from)?;
+            resume
+                .checkpoint
+                .record_partial(resume.run, upload)
+                .await
+                .map_err(Error::from)?;
         }
         Ok(())
     }
 
-    /// The interrupted upload of this file if it is still valid, else a new recorded one.
+    /// The interrupted upload of this file if it is still valid and has stored parts to
+    /// skip (`true`: continued), else a new recorded one. A record without a part gains
+    /// nothing by being continued and may have outlived its upload (an earlier copy completed
+    /// it and died before it forgot the record): its upload is aborted and a new one started.
     async fn start_or_continue(
         &self,
         parts_api: &dyn MultipartStore,
@@ -404,16 +447,18 @@ impl Uploader {
         resume: Resume<'_>,
         rel: &[u8],
         now: Stat,
-    ) -> Result<PartialUpload> {
+    ) -> Result<(PartialUpload, bool)> {
         let earlier = resume.checkpoint.partial_upload(resume.run, rel).await?;
         if let Some(upload) = &earlier
             && upload.part_size == self.part_size
             && Stat::from_partial(upload) == now
+            && !upload.parts.is_empty()
         {
             tracing::info!(key = %key, parts = upload.parts.len(), "continuing an interrupted upload");
-            return Ok(earlier.expect("checked"));
+            return Ok((earlier.expect("checked"), true));
         }
         if let Some(stale) = earlier {
+            tracing::info!(key = %key, upload = %stale.upload_id, parts = stale.parts.len(), "an interrupted upload with no part to skip, or of another version of the file: starting it again");
             let abort = parts_api.abort_multipart(key, &stale.upload_id);
             let _ = self.store.call("abort multipart upload", key, abort).await;
         }
@@ -435,7 +480,24 @@ impl Uploader {
             .checkpoint
             .record_partial(resume.run, &upload)
             .await?;
-        Ok(upload)
+        Ok((upload, false))
+    }
+}
+
+/// How an attempt at a multipart upload failed.
+#[derive(Debug)]
+enum Failed {
+    /// A call on the upload this attempt started (its id).
+    Upload(String, crate::store::Error),
+    /// A call on an upload an earlier attempt started, which this one continued (its id).
+    Continued(String, crate::store::Error),
+    /// Anything else: reading the file, starting the upload, recording progress.
+    Other(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Other(e)
     }
 }
 

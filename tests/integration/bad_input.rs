@@ -418,3 +418,32 @@ async fn restore_refuses_hostile_manifests_and_writes_nothing_outside() {
         );
     }
 }
+
+/// A `DRAINER_URL` left in the environment beside a store given on the command line: `snapshots`
+/// and `restore` refuse with exit code 2, one line that names the variable, and write nothing.
+#[tokio::test]
+async fn a_drainer_url_from_the_environment_is_named_when_it_conflicts() {
+    let work = tempfile::tempdir().unwrap();
+    let store = file_url(&work.path().join("store"));
+    let dest = work.path().join("dest");
+    let mut snapshots = drainer();
+    snapshots
+        .args(["snapshots", &store])
+        .env("DRAINER_URL", "http://127.0.0.1:9");
+    let mut restore = drainer();
+    restore
+        .args(["restore", &store, "--volume", VOLUME])
+        .arg(&dest)
+        .env("DRAINER_URL", "http://127.0.0.1:9");
+    for cmd in [&mut snapshots, &mut restore] {
+        cmd.env_remove("DRAINER_STORE");
+        let stderr = fails(cmd, 2).await;
+        let line: Vec<&str> = stderr.lines().filter(|l| l.contains("not both")).collect();
+        assert_eq!(line.len(), 1, "one line saying why: {stderr}");
+        assert!(
+            line[0].contains("--drainer URL from DRAINER_URL in the environment"),
+            "{stderr}"
+        );
+    }
+    assert!(!dest.exists(), "nothing written");
+}

@@ -9,8 +9,13 @@
 //! and leaves the users' claims alone.
 //!
 //! The tests that install share drainer-system, drainer's cluster-wide objects and the
-//! examples' namespace, so they run one at a time ([`LOCK`]).
+//! examples' namespace, so they run one at a time (`support::install::LOCK`, shared with the
+//! other tests that install).
 
+use crate::support::install::{
+    DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, output, release_image, repo,
+    wait_namespace_gone_if_terminating,
+};
 use crate::support::kube::{
     KubeEnv, client, eventually, pod_ready, processes_with_env, wait_for_bound_claim,
     wait_for_pod_gone, with_timeout,
@@ -21,96 +26,25 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::{Mutex, OnceCell};
 
-/// Serialises the tests that use drainer-system and the examples' namespace.
-static LOCK: Mutex<()> = Mutex::const_new(());
-/// The tests' image, built once per test process.
-static IMAGE: OnceCell<PathBuf> = OnceCell::const_new();
-
-/// drainer's namespace (deploy/base).
-const SYSTEM: &str = "drainer-system";
 /// The namespace the kube-env overlay watches, where the examples go.
-const APPS: &str = "drainer-e2e";
+pub(crate) const APPS: &str = "drainer-e2e";
 /// The kube-env overlay's admin token.
-const ADMIN_TOKEN: &str = "kube-env-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "kube-env-admin-token";
 /// The image name of the kube-env overlay.
 const OVERLAY_IMAGE: &str = "drainer:kube-env";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:drainer-system:drainer";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn deploy(path: &str) -> String {
-    repo().join("deploy").join(path).display().to_string()
-}
-
-/// The image name the base and the examples use.
-fn release_image() -> String {
-    format!("ghcr.io/drainer/drainer:{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Builds the image from the binary under test with `scripts/image` (once per process).
-async fn test_image() -> Result<PathBuf> {
-    IMAGE
-        .get_or_try_init(|| async {
-            let output = repo().join("target/image/drainer-test.oci.tar");
-            let started = std::time::Instant::now();
-            let out = tokio::process::Command::new(repo().join("scripts/image"))
-                .args(["--binary", crate::support::drainer_bin(), "--fast"])
-                .args(["--tag", "drainer:test", "--output"])
-                .arg(&output)
-                .kill_on_drop(true)
-                .output();
-            let out = tokio::time::timeout(Duration::from_secs(300), out)
-                .await
-                .context("scripts/image did not finish within 5 minutes")??;
-            ensure!(
-                out.status.success(),
-                "scripts/image failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!(
-                "deploy: test image built in {:.1} s: {}",
-                started.elapsed().as_secs_f64(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Ok(output)
-        })
-        .await
-        .cloned()
-}
-
-/// Runs a command (two minutes at most); its stdout, or an error with its output.
-async fn output(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.kill_on_drop(true).output())
-        .await
-        .with_context(|| format!("{what}: no result within 2 minutes"))?
-        .with_context(|| format!("{what}: cannot start"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `kubectl ARGS` (kube-env's, the same release as its API server).
-async fn kubectl(env: &KubeEnv, args: &[&str]) -> Result<String> {
-    output(
-        env.kubectl().args(args),
-        &format!("kubectl {}", args.join(" ")),
-    )
-    .await
+/// The image `scripts/image` builds from the binary under test (once per process; the
+/// kube-env tests run drainer from the same image).
+pub(crate) async fn test_image() -> Result<PathBuf> {
+    crate::support::image::drainer_image_file().await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -445,7 +379,8 @@ fn the_tests_know_every_manifest() {
     );
     assert_eq!(
         names("components"),
-        ["network-policy"],
+        // monitoring: rendered and checked by the monitoring and chart tests.
+        ["monitoring", "network-policy"],
         "a component the tests do not render"
     );
 }
@@ -461,6 +396,7 @@ fn the_dockerfile_and_the_manifests_name_this_version() {
     );
     for file in [
         "base/deployment.yaml",
+        "base/movers.yaml",
         "examples/prestop-handoff.yaml",
         "examples/job-handoff.yaml",
         "examples/sweep-cronjob.yaml",
@@ -485,7 +421,15 @@ fn the_dockerfile_and_the_manifests_name_this_version() {
 // Manifests against the API server
 // ---------------------------------------------------------------------------------------
 
-const KUSTOMIZATIONS: [&str; 4] = ["base", "overlays/s3", "overlays/ha", "overlays/kube-env"];
+const KUSTOMIZATIONS: [&str; 5] = [
+    "base",
+    "overlays/s3",
+    "overlays/ha",
+    "overlays/kube-env",
+    "overlays/namespaced",
+];
+/// The namespaces `overlays/namespaced` watches (its example).
+const NAMESPACED: [&str; 2] = ["shop", "billing"];
 const EXAMPLES: [&str; 5] = [
     "prestop-handoff.yaml",
     "sigterm-curl.yaml",
@@ -507,7 +451,14 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
         // examples go to a namespace of their own.
         let created = ensure_namespace(&client, SYSTEM).await?;
         let apps = crate::support::kube::create_namespace(&client, "deploy-dry-run").await?;
+        let mut watched = Vec::new();
+        for ns in NAMESPACED {
+            if ensure_namespace(&client, ns).await? {
+                watched.push(ns);
+            }
+        }
         let result = async {
+            check_namespaced(&env).await?;
             for k in KUSTOMIZATIONS {
                 let rendered = kubectl(&env, &["kustomize", &deploy(k)]).await?;
                 ensure!(
@@ -573,122 +524,84 @@ async fn manifests_are_accepted_by_the_api_server() -> Result<()> {
         if created {
             kubectl(&env, &["delete", "namespace", SYSTEM, "--wait=false"]).await?;
         }
+        for ns in watched {
+            kubectl(&env, &["delete", "namespace", ns, "--wait=false"]).await?;
+        }
         crate::support::kube::delete_namespace(&client, &apps).await?;
         result
     })
     .await
 }
 
-/// Creates namespace `name` if it does not exist; whether it did.
-async fn ensure_namespace(client: &Client, name: &str) -> Result<bool> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    wait_namespace_gone_if_terminating(&api, name).await?;
-    if api.get_opt(name).await?.is_some() {
-        return Ok(false);
+/// `overlays/namespaced` as the API server reads it (a server-side dry run): a RoleBinding of the
+/// ClusterRole drainer in each namespace of DRAINER_WATCH_NAMESPACES and in no other, and
+/// across the cluster nothing bound to drainer but reads (and the reviews, which store
+/// nothing).
+async fn check_namespaced(env: &KubeEnv) -> Result<()> {
+    let dir = deploy("overlays/namespaced");
+    let args = ["apply", "--dry-run=server", "-o", "json", "-k", &dir];
+    let list: Value = serde_json::from_str(&kubectl(env, &args).await?)?;
+    let items = list["items"].as_array().context("a List")?;
+    let of_kind = |kind: &'static str| items.iter().filter(move |o| o["kind"] == kind);
+    let watched: Vec<&str> = of_kind("Deployment")
+        .flat_map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].as_array())
+        .flatten()
+        .filter(|e| e["name"] == "DRAINER_WATCH_NAMESPACES")
+        .filter_map(|e| e["value"].as_str())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut bound: Vec<&str> = of_kind("RoleBinding")
+        .filter(|b| b["roleRef"]["name"] == "drainer" && b["roleRef"]["kind"] == "ClusterRole")
+        .filter_map(|b| b["metadata"]["namespace"].as_str())
+        .collect();
+    bound.sort();
+    let mut expected = watched.clone();
+    expected.sort();
+    ensure!(
+        !watched.is_empty() && bound == expected,
+        "overlays/namespaced watches {watched:?} but binds the ClusterRole drainer in {bound:?}"
+    );
+    let reviews = ["tokenreviews", "subjectaccessreviews"];
+    for binding in of_kind("ClusterRoleBinding") {
+        let role = binding["roleRef"]["name"].as_str().unwrap_or_default();
+        let to_drainer = binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "drainer" && s["kind"] == "ServiceAccount");
+        if !to_drainer {
+            continue;
+        }
+        let rules = of_kind("ClusterRole")
+            .find(|r| r["metadata"]["name"] == role)
+            .with_context(|| format!("ClusterRole {role} is not in the overlay"))?["rules"]
+            .as_array()
+            .context("rules")?;
+        for rule in rules {
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                let read = ["get", "list", "watch"].iter().any(|v| verb == v);
+                let review = verb == "create"
+                    && rule["resources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .all(|r| reviews.iter().any(|v| r == v));
+                ensure!(
+                    read || review,
+                    "overlays/namespaced grants drainer {verb} across the cluster: {rule}"
+                );
+            }
+        }
     }
-    let ns: Namespace = crate::support::kube::from_json(serde_json::json!({
-        "metadata": {"name": name}
-    }));
-    api.create(&PostParams::default(), &ns).await?;
-    Ok(true)
-}
-
-async fn wait_namespace_gone_if_terminating(api: &Api<Namespace>, name: &str) -> Result<()> {
-    eventually(
-        format!("namespace {name} not terminating"),
-        Duration::from_secs(120),
-        || async {
-            let ns = api.get_opt(name).await?;
-            let terminating = ns.is_some_and(|n| n.metadata.deletion_timestamp.is_some());
-            ensure!(!terminating, "still terminating");
-            Ok(())
-        },
-    )
-    .await
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
 // Install, drain, uninstall
 // ---------------------------------------------------------------------------------------
 
-/// drainer's API through its Service's ClusterIP (this machine reaches ClusterIPs).
-struct DrainerApi {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl DrainerApi {
-    async fn new(client: &Client) -> Result<Self> {
-        let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM);
-        let service = services.get("drainer").await?;
-        let ip = service
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("the drainer Service has no ClusterIP")?;
-        Ok(Self {
-            url: format!("http://{ip}:8080"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-        })
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.text().await?;
-        ensure!(status.is_success(), "GET {path}: {status} {body}");
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    /// The drains of claim `pvc` in the examples' namespace, oldest first.
-    async fn drains_of(&self, pvc: &str) -> Result<Vec<Value>> {
-        let all = self
-            .get(&format!("/v1/drains?namespace={APPS}&limit=1000"))
-            .await?;
-        let mut drains: Vec<Value> = all["drains"]
-            .as_array()
-            .context("no drains array")?
-            .iter()
-            .filter(|d| d["pvc"] == pvc)
-            .cloned()
-            .collect();
-        drains.sort_by_key(|d| d["created_ms"].as_i64());
-        Ok(drains)
-    }
-
-    /// Waits until claim `pvc` has a completed drain newer than `after` drains; returns it.
-    /// Fails at once on a failed drain, with its error.
-    async fn wait_completed(&self, pvc: &str, after: usize, within: Duration) -> Result<Value> {
-        eventually(
-            format!("a new completed drain of {APPS}/{pvc}"),
-            within,
-            || async {
-                let drains = self.drains_of(pvc).await?;
-                let Some(drain) = drains.get(after) else {
-                    bail!("{} drains so far: {drains:?}", drains.len());
-                };
-                match drain["state"].as_str() {
-                    Some("completed") => Ok(drain.clone()),
-                    Some("failed" | "cancelled" | "not_needed") => Err(anyhow::anyhow!(
-                        "FINAL: drain ended {}: {drain}",
-                        drain["state"]
-                    )),
-                    _ => bail!("drain {drain}"),
-                }
-            },
-        )
-        .await
-    }
-}
-
 /// The running drainer pod, once Ready.
-async fn drainer_pod(client: &Client, env: &KubeEnv) -> Result<Pod> {
+pub(crate) async fn drainer_pod(client: &Client, env: &KubeEnv) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
     let selector = ListParams::default().labels("app.kubernetes.io/component=server");
     let found = eventually(
@@ -717,7 +630,7 @@ async fn drainer_pod(client: &Client, env: &KubeEnv) -> Result<Pod> {
 }
 
 /// Waits until pod `name` is Ready and its container `container` said `word`.
-async fn wait_app(
+pub(crate) async fn wait_app(
     client: &Client,
     env: &KubeEnv,
     name: &str,
@@ -741,7 +654,7 @@ async fn wait_app(
 
 /// The snapshot of `drain` restored (on this machine, from the store on drainer's claim)
 /// equals `dir` exactly.
-async fn restore_equals(store: &str, drain: &Value, dir: &Path) -> Result<()> {
+pub(crate) async fn restore_equals(store: &str, drain: &Value, dir: &Path) -> Result<()> {
     let snapshot = drain["snapshot"]
         .as_str()
         .context("a completed drain has a snapshot")?;
@@ -819,8 +732,9 @@ async fn drainer_may(client: &Client, access: Access) -> Result<bool> {
 /// own.
 async fn check_rbac_is_least(client: &Client) -> Result<()> {
     const LEASES: &str = "coordination.k8s.io";
-    let needed: [Access; 12] = [
+    let needed: [Access; 13] = [
         ("list", "", "pods", None, ""),
+        ("get", "", "namespaces", None, ""),
         ("watch", "", "persistentvolumeclaims", None, ""),
         ("patch", "", "persistentvolumeclaims", Some(APPS), ""),
         ("create", "batch", "jobs", Some(APPS), ""),
@@ -845,7 +759,9 @@ async fn check_rbac_is_least(client: &Client) -> Result<()> {
             "drainer's ServiceAccount may not {access:?}, which it needs"
         );
     }
-    let not_needed: [Access; 14] = [
+    let not_needed: [Access; 16] = [
+        ("list", "", "namespaces", None, ""),
+        ("patch", "", "namespaces", None, ""),
         ("get", "", "secrets", Some("default"), ""),
         ("get", "", "secrets", Some(APPS), ""),
         ("list", "", "secrets", None, ""),
@@ -871,11 +787,11 @@ async fn check_rbac_is_least(client: &Client) -> Result<()> {
 }
 
 /// The directory of claim `pvc` in the examples' namespace.
-async fn claim_dir(client: &Client, pvc: &str) -> Result<PathBuf> {
+pub(crate) async fn claim_dir(client: &Client, pvc: &str) -> Result<PathBuf> {
     wait_for_bound_claim(client, APPS, pvc, Duration::from_secs(120)).await
 }
 
-async fn scale(env: &KubeEnv, set: &str, replicas: u32) -> Result<()> {
+pub(crate) async fn scale(env: &KubeEnv, set: &str, replicas: u32) -> Result<()> {
     kubectl(
         env,
         &[
@@ -952,7 +868,7 @@ fn handoffs_logged(log: &str, pvc: &str, by: &str) -> usize {
 
 /// Removes what an interrupted run left: the install and the examples' namespace (waiting
 /// until both are gone with `wait`; otherwise the next run's clean-up waits).
-async fn clean_up(env: &KubeEnv, client: &Client, wait: bool) -> Result<()> {
+pub(crate) async fn clean_up(env: &KubeEnv, client: &Client, wait: bool) -> Result<()> {
     let wait_flag = format!("--wait={wait}");
     kubectl(
         env,
@@ -1044,7 +960,7 @@ async fn install_drain_and_uninstall_body(
     );
     step("drainer Ready");
     check_rbac_is_least(client).await?;
-    let api = DrainerApi::new(client).await?;
+    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
     // The store of the base: a directory on drainer's own claim.
     let store = {
         let dir =
@@ -1053,22 +969,7 @@ async fn install_drain_and_uninstall_body(
     };
 
     // Example 1: preStop hooks hand off as web scales from 3 to 1.
-    kubectl(
-        env,
-        &[
-            "apply",
-            "-n",
-            APPS,
-            "-f",
-            &deploy("examples/prestop-handoff.yaml"),
-        ],
-    )
-    .await?;
-    let mut web = Vec::new();
-    for i in 0..3 {
-        web.push(claim_dir(client, &format!("data-web-{i}")).await?);
-        wait_app(client, env, &format!("web-{i}"), "app", "ready").await?;
-    }
+    let web = start_example_web(env, client).await?;
     step("example 1: web has 3 replicas with data; scaling to 1");
     scale(env, "web", 1).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
@@ -1284,11 +1185,12 @@ async fn install_drain_and_uninstall_body(
     let (peak, now) = (kib("VmHWM:")? / 1024, kib("VmRSS:")? / 1024);
     eprintln!("deploy: drainer's resident memory: {now} MiB now, {peak} MiB at most");
     ensure!(peak < 512, "drainer used {peak} MiB, over its 512Mi limit");
-    // Enough RBAC: no request of drainer's was refused.
+    // Enough RBAC, and the admission policies of deploy/base/admission.yaml admit what drainer
+    // does: no request of drainer's was refused.
     let log = env.container_log(&pod, "drainer")?;
     let refused: Vec<&str> = log
         .lines()
-        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .filter(|l| l.to_lowercase().contains("forbidden") || l.contains("AdmissionPolicy"))
         .collect();
     ensure!(refused.is_empty(), "drainer was refused: {refused:#?}");
     // Nothing of drainer's is left in the users' namespace: successful movers are deleted,
@@ -1375,4 +1277,26 @@ async fn install_drain_and_uninstall_body(
     }
     step("uninstalled: nothing left, the claims untouched");
     Ok(())
+}
+
+/// Applies `examples/prestop-handoff.yaml` into the examples' namespace and waits until its
+/// three `web` pods are ready; their claims' directories by ordinal.
+pub(crate) async fn start_example_web(env: &KubeEnv, client: &Client) -> Result<Vec<PathBuf>> {
+    kubectl(
+        env,
+        &[
+            "apply",
+            "-n",
+            APPS,
+            "-f",
+            &deploy("examples/prestop-handoff.yaml"),
+        ],
+    )
+    .await?;
+    let mut web = Vec::new();
+    for i in 0..3 {
+        web.push(claim_dir(client, &format!("data-web-{i}")).await?);
+        wait_app(client, env, &format!("web-{i}"), "app", "ready").await?;
+    }
+    Ok(web)
 }

@@ -376,24 +376,24 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
-    let server = S3Server::start().await;
-    let store = "s3://bucket/resume";
-    let work = tempfile::tempdir().unwrap();
-    let (src, data) = (work.path().join("src"), work.path().join("data"));
-    std::fs::create_dir(&src).unwrap();
-    let size = 80 * 1024 * 1024;
-    std::fs::write(src.join("large"), bytes(7, size)).unwrap();
-
+/// Starts a copy of `src` (whose `large` file takes many parts) to `store` on `server`, and
+/// kills it (SIGKILL) once the ledger records at least `parts` stored parts of `large`; returns
+/// the run and that record as read just before the kill.
+async fn copy_killed_mid_upload(
+    server: &S3Server,
+    store: &str,
+    src: &Path,
+    data: &Path,
+    parts: usize,
+) -> (drainer::snapshot::Run, drainer::snapshot::PartialUpload) {
     // Open (and migrate) the ledger before the copy does, so the two never migrate at once.
-    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
-    let mut first = copy_cmd(&src, store, &data);
+    let ledger = drainer::Ledger::open(None, data).await.unwrap();
+    let mut first = copy_cmd(src, store, data);
     server.configure(&mut first);
     let mut child = first.spawn().unwrap();
     let volume: drainer::VolumeId = VOLUME.parse().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let stored_parts = loop {
+    loop {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         assert!(
             std::time::Instant::now() < deadline,
@@ -412,14 +412,27 @@ async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
             resumed: false,
         };
         if let Some(upload) = ledger.partial_upload(&run, b"large").await.unwrap()
-            && upload.parts.len() >= 3
+            && upload.parts.len() >= parts
         {
             child.start_kill().unwrap();
             child.wait().await.unwrap();
-            // Parts recorded after this read only make the check below stricter.
-            break upload.parts.len() as u64;
+            // Parts recorded after this read only make the callers' checks stricter.
+            return (run, upload);
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
+    let server = S3Server::start().await;
+    let store = "s3://bucket/resume";
+    let work = tempfile::tempdir().unwrap();
+    let (src, data) = (work.path().join("src"), work.path().join("data"));
+    std::fs::create_dir(&src).unwrap();
+    let size = 80 * 1024 * 1024;
+    std::fs::write(src.join("large"), bytes(7, size)).unwrap();
+    let (_, upload) = copy_killed_mid_upload(&server, store, &src, &data, 3).await;
+    let stored_parts = upload.parts.len() as u64;
 
     let mut again = copy_cmd(&src, store, &data);
     server.configure(&mut again);
@@ -435,4 +448,73 @@ async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
     server.configure(&mut restore);
     run_ok(&mut restore).await;
     assert!(differences(&src, &dest).is_empty());
+}
+
+/// A resumable-upload record that outlived its upload: an earlier copy completed the upload
+/// and died before it forgot the record (the store answers parts sent to it with an error:
+/// moto a 500, S3 a 404). Whether the record lists stored parts or none, the resumed copy
+/// starts the file's upload again, once, and completes; the snapshot is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_upload_that_an_earlier_copy_completed_starts_again_cleanly() {
+    let server = S3Server::start().await;
+    for keep_parts in [true, false] {
+        let prefix = format!("stale-{keep_parts}");
+        let store = format!("s3://bucket/{prefix}");
+        let work = tempfile::tempdir().unwrap();
+        let (src, data) = (work.path().join("src"), work.path().join("data"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("small"), b"small").unwrap();
+        std::fs::write(src.join("large"), bytes(11, 80 * 1024 * 1024)).unwrap();
+        let (killed, mut upload) = copy_killed_mid_upload(&server, &store, &src, &data, 3).await;
+        // The earlier copy completed the upload with the parts it had stored...
+        let key = format!(
+            "{prefix}/volumes/{VOLUME}/snapshots/{}/files/large",
+            killed.snapshot
+        );
+        let ids: Vec<String> = upload.parts.iter().map(|p| p.id.clone()).collect();
+        server.complete_upload(&key, &upload.upload_id, &ids).await;
+        assert_eq!(server.get(&key).await.len(), ids.len() * 8 * 1024 * 1024);
+        // ...and its record stayed, with those parts or (recorded before any) none.
+        if !keep_parts {
+            upload.parts.clear();
+            let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+            ledger.record_partial(&killed, &upload).await.unwrap();
+        }
+
+        let mut again = copy_cmd(&src, &store, &data);
+        server.configure(&mut again);
+        again.env("DRAINER_LOG", "info");
+        let out = run(&mut again).await;
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "keep_parts={keep_parts}: the resumed copy completes: {log}"
+        );
+        let started_again = if keep_parts {
+            "the store refuses the interrupted upload"
+        } else {
+            "an interrupted upload with no part to skip"
+        };
+        assert!(log.contains(started_again), "{log}");
+        let dest = work.path().join("restored");
+        let mut restore = restore_cmd(&store, &dest);
+        server.configure(&mut restore);
+        run_ok(&mut restore).await;
+        let diffs = differences(&src, &dest);
+        assert!(
+            diffs.is_empty(),
+            "keep_parts={keep_parts}: {}",
+            diffs.join("\n")
+        );
+        let mut verify = drainer();
+        verify.arg("verify").arg(&store).args(["--volume", VOLUME]);
+        server.configure(&mut verify);
+        run_ok(&mut verify).await;
+        let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+        assert_eq!(
+            ledger.partial_upload(&killed, b"large").await.unwrap(),
+            None,
+            "keep_parts={keep_parts}: the stale record is gone"
+        );
+    }
 }

@@ -366,7 +366,8 @@ async fn handoffs_are_refused_to_callers_who_may_not_make_them() -> Result<()> {
         let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(w.client.clone(), &w.ns);
         roles.create(&PostParams::default(), &from_json(json!({
             "metadata": {"name": "handoff"},
-            "rules": [{"apiGroups": ["drainer.io"], "resources": ["handoffs"], "verbs": ["create"]}]
+            "rules": [{"apiGroups": ["drainer.io"], "resources": ["handoffs"], "verbs": ["create"],
+                       "resourceNames": ["data-web-0"]}]
         }))).await?;
         let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
             Api::namespaced(w.client.clone(), &w.ns);
@@ -384,6 +385,17 @@ async fn handoffs_are_refused_to_callers_who_may_not_make_them() -> Result<()> {
         ensure!(
             granted["drains"][0]["state"] == "awaiting_release",
             "{granted}"
+        );
+        // The Role names one claim (resourceNames): the grant is for it alone.
+        let (status, answer) = w.handoff(&job, &["data-web-1"]).await?;
+        ensure!(
+            status == 403,
+            "a claim the Role does not name: {status} {answer}"
+        );
+        let (status, answer) = w.handoff(&job, &["data-web-0", "data-web-1"]).await?;
+        ensure!(
+            status == 403,
+            "one claim the Role does not name: {status} {answer}"
         );
         // The Job may read the drain it asked for, and nothing else.
         let id = id_of(&granted);

@@ -1,19 +1,19 @@
 //! Mover Jobs on kube-env, whose pods run as processes: a real `drainer serve --kubernetes` on
-//! this machine creates one Job per attempt; its pod (an image kube-env does not know, so this
-//! machine's root filesystem, with the binary under test as its command) mounts the claim
-//! read-only and streams it to the drainer through a gate at the address pods reach this
-//! machine. The gate can hold a mover's final request, so a test can act while a mover is
+//! this machine creates one Job per attempt; its pod (the image of the binary under test, see
+//! `support::image`, with drainer's default mover command) mounts the claim read-only and
+//! streams it to the drainer through a gate at the address pods reach this machine. The gate can hold a mover's final request, so a test can act while a mover is
 //! certainly mid-copy: kill its pod, cancel its drain, restart the drainer. Each test has its own
 //! namespace and drainer. Who is a mover is also checked against the real API server with
 //! pods that forge a mover's labels and owner.
 
 use crate::service::assert_restores_exactly;
+use crate::support::image::{DRAINER_IMAGE, drainer_image};
 use crate::support::kube::{
     KUBECONFIG_ENV, KubeEnv, client, create_namespace, delete_namespace, eventually, from_json,
     wait_for_bound_claim, with_timeout,
 };
 use crate::support::serve::Serve;
-use crate::support::{drainer_bin, file_url, tree};
+use crate::support::{file_url, tree};
 use anyhow::{Context, Result, ensure};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -33,8 +33,6 @@ use std::time::Duration;
 
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(120);
-/// An image kube-env does not know: a pod with a command then runs on this machine's root.
-pub(crate) const UNKNOWN_IMAGE: &str = "kube-env.invalid/drainer-mover:test";
 
 /// A proxy between movers and the drainer, listening where pods reach this machine. It logs
 /// what it forwards and can hold the next `…/finish` of a run (the mover's last request), or
@@ -212,6 +210,8 @@ struct World {
     source: PathBuf,
     work: tempfile::TempDir,
     gate: Gate,
+    /// The mover image: the binary under test's.
+    image: &'static str,
 }
 
 impl World {
@@ -230,6 +230,7 @@ impl World {
         let source = wait_for_bound_claim(&client, &ns, &pvc, WAIT).await?;
         tree::awkward(&source, 9 * 1024 * 1024);
         let gate = Gate::start(&kenv.host_ip).await?;
+        let image = drainer_image(&kenv).await?;
         Ok(Self {
             client,
             ns,
@@ -237,6 +238,7 @@ impl World {
             source,
             work: tempfile::tempdir()?,
             gate,
+            image,
         })
     }
 
@@ -261,9 +263,7 @@ impl World {
                 "--service-url",
                 &self.gate.url,
                 "--mover-image",
-                UNKNOWN_IMAGE,
-                "--mover-command",
-                drainer_bin(),
+                self.image,
                 "--store",
                 &store,
                 "--sweep-interval",
@@ -606,10 +606,12 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         // The mover Job as drainer builds it, left to a controller that does not exist, so
         // that no pod of its own comes and the Job controller leaves the forged pods alone.
         let args = drainer::config::MoverJobArgs {
-            mover_image: UNKNOWN_IMAGE.into(),
-            mover_command: drainer_bin().into(),
+            mover_image: DRAINER_IMAGE.into(),
+            mover_command: "drainer".into(),
             mover_service_account: "default".into(),
-            mover_read_all: true,
+            mover_identity: drainer::config::MoverIdentity::Auto,
+            mover_read_all: None,
+            pod_security_default: drainer::config::PodSecurityLevel::Privileged,
             mover_cpu: "100m,1".into(),
             mover_memory: "64Mi,256Mi".into(),
             mover_node_selector: String::new(),
@@ -618,6 +620,14 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             mover_keep_failed: Duration::from_secs(600),
         };
         let spec = MoverSpec::new(&args, "drainer")?;
+        let identity = movers::choose(
+            spec.identity,
+            spec.pod_security_default,
+            Ok(&Default::default()),
+            None,
+            None,
+        )
+        .security;
         let claim: PersistentVolumeClaim = from_json(json!({
             "metadata": {"name": "data-web-4"}, "spec": {"accessModes": ["ReadWriteOnce"]}
         }));
@@ -628,6 +638,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             None,
             None,
             &spec,
+            &identity,
             "http://drainer",
         );
         job.spec.as_mut().context("spec")?.managed_by = Some("example.com/nobody".into());
@@ -636,7 +647,16 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         let (name, uid) = (name_of(&job), job.metadata.uid.clone().unwrap_or_default());
         ledger.set_mover_job(&drain.id, &name, &uid).await?;
         // A decoy Job of the same drain that the ledger does not record.
-        let mut decoy = movers::mover_job(&drain, 9, &claim, None, None, &spec, "http://drainer");
+        let mut decoy = movers::mover_job(
+            &drain,
+            9,
+            &claim,
+            None,
+            None,
+            &spec,
+            &identity,
+            "http://drainer",
+        );
         decoy.spec.as_mut().context("spec")?.managed_by = Some("example.com/nobody".into());
         let decoy = jobs.create(&PostParams::default(), &decoy).await?;
 

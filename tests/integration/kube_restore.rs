@@ -1,12 +1,13 @@
 //! The data comes back on scale-up (issue 13), on kube-env with pods that run: a StatefulSet
-//! with `whenScaled: Delete` whose pods restore their claim in an init container
-//! (`drainer restore --drainer URL --volume NS/data-POD --if-empty --allow-missing /data`, the
+//! with `whenScaled: Delete` whose pods restore their claim in an init container of drainer's
+//! image (the binary under test's, see `support::image`) (`drainer restore --drainer URL --volume NS/data-POD --if-empty --allow-missing /data`, the
 //! pod's projected token) and hand it off from a preStop hook (`drainer handoff`), as in
 //! `deploy/examples/restore-init.yaml` (which leaves the handoff to drainer), is scaled
 //! 3 → 1 → 3: the condemned ordinals' claims are drained (by a `drainer mover` the test runs
 //! on each claim's directory, as a mover Job would) and deleted, and when the ordinals come
 //! back with fresh, empty claims, their init containers bring back exactly the data they had.
 
+use crate::support::image::{drainer_image, installed_drainer, with_drainer_installed};
 use crate::support::kube::{
     KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
 };
@@ -26,11 +27,13 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(420);
 const WAIT: Duration = Duration::from_secs(120);
 
-/// The StatefulSet of the example, with this machine's drainer binary and URL: an init
-/// container restores the claim when it is empty, a preStop hook hands it off.
-fn web(replicas: i32, drainer_url: &str) -> StatefulSet {
+/// The StatefulSet of the example, with the image of the binary under test and this
+/// machine's drainer URL: an init container of that image restores the claim when it is empty
+/// (as uid 0, to restore owners, as the example does), a preStop hook hands it off (drainer
+/// installed into the pod by another init container of the image, as in
+/// `deploy/examples/prestop-handoff.yaml`).
+fn web(replicas: i32, image: &str, drainer_url: &str) -> StatefulSet {
     let restore = [
-        env!("CARGO_BIN_EXE_drainer"),
         "restore",
         "--drainer",
         drainer_url,
@@ -40,14 +43,43 @@ fn web(replicas: i32, drainer_url: &str) -> StatefulSet {
         "--allow-missing",
         "/data",
     ];
-    let handoff = [
-        env!("CARGO_BIN_EXE_drainer"),
-        "handoff",
-        "--drainer",
-        drainer_url,
-        "--reason",
-        "preStop",
-    ];
+    let handoff = installed_drainer(&["handoff", "--drainer", drainer_url, "--reason", "preStop"]);
+    let pod = with_drainer_installed(json!({
+        "serviceAccountName": "web",
+        "terminationGracePeriodSeconds": 10,
+        "initContainers": [{
+            "name": "restore",
+            "image": image,
+            "args": restore,
+            "securityContext": { "runAsUser": 0 },
+            "env": [
+                { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                { "name": "DRAINER_LOG", "value": "info" }
+            ],
+            "volumeMounts": [
+                { "name": "data", "mountPath": "/data" },
+                { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
+            ]
+        }],
+        "containers": [{
+            "name": "app",
+            "image": "registry.invalid/web:1",
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+            "lifecycle": { "preStop": { "exec": { "command": handoff } } },
+            "env": [
+                { "name": "DRAINER_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                { "name": "DRAINER_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
+            ],
+            "volumeMounts": [
+                { "name": "data", "mountPath": "/data" },
+                { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
+            ]
+        }],
+        "volumes": [{ "name": "drainer-token", "projected": { "sources": [
+            { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 3600, "path": "token" } }
+        ] } }]
+    }));
     from_json(json!({
         "metadata": { "name": "web" },
         "spec": {
@@ -58,41 +90,7 @@ fn web(replicas: i32, drainer_url: &str) -> StatefulSet {
             "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Delete", "whenDeleted": "Retain" },
             "template": {
                 "metadata": { "labels": { "app": "web" } },
-                "spec": {
-                    "serviceAccountName": "web",
-                    "terminationGracePeriodSeconds": 10,
-                    "initContainers": [{
-                        "name": "restore",
-                        "image": "drainer.invalid/drainer:test",
-                        "command": restore,
-                        "env": [
-                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-                            { "name": "DRAINER_LOG", "value": "info" }
-                        ],
-                        "volumeMounts": [
-                            { "name": "data", "mountPath": "/data" },
-                            { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
-                        ]
-                    }],
-                    "containers": [{
-                        "name": "app",
-                        "image": "registry.invalid/web:1",
-                        "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
-                        "lifecycle": { "preStop": { "exec": { "command": handoff } } },
-                        "env": [
-                            { "name": "DRAINER_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "DRAINER_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
-                        ],
-                        "volumeMounts": [
-                            { "name": "data", "mountPath": "/data" },
-                            { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
-                        ]
-                    }],
-                    "volumes": [{ "name": "drainer-token", "projected": { "sources": [
-                        { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 3600, "path": "token" } }
-                    ] } }]
-                }
+                "spec": pod
             },
             "volumeClaimTemplates": [{
                 "metadata": { "name": "data" },
@@ -282,7 +280,9 @@ async fn scaled_away_ordinals_come_back_with_exactly_their_data() -> Result<()> 
         )
         .await?;
         let sets: Api<StatefulSet> = Api::namespaced(w.client.clone(), &w.ns);
-        sets.create(&PostParams::default(), &web(3, &url)).await?;
+        let image = drainer_image(&w.env).await?;
+        sets.create(&PostParams::default(), &web(3, image, &url))
+            .await?;
         let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
         let mut before = Vec::new();
         for i in 0..3u64 {

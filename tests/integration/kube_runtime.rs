@@ -25,6 +25,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use crate::support::image::{copy_with_libraries, kube_in_pod_image, oci_layout};
 use crate::support::kube::{
     KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, pod_phase,
     pod_ready, processes_with_env, wait_for_bound_claim, wait_for_pod_gone, wait_for_pod_phase,
@@ -33,24 +34,6 @@ use crate::support::kube::{
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 const WAIT: Duration = Duration::from_secs(90);
-
-/// The small in-cluster client of `examples/kube-in-pod.rs`, which `cargo test` builds with the
-/// other examples; pods run it from this machine's root filesystem.
-fn kube_in_pod() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/integration-HASH -> target/debug/examples/kube-in-pod
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target directory")?
-        .join("examples/kube-in-pod");
-    ensure!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --example kube-in-pod` (cargo test does)",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// The admin client, the instance's facts and a fresh namespace; fails at once, with the
 /// reason, if kube-env is not running or runs without the process pod runtime.
@@ -309,6 +292,148 @@ async fn job_pod_copies_from_a_claim_mounted_read_only() -> Result<()> {
     .await
 }
 
+/// What a probe pod could read of the files `security_context_…` lays out, and its
+/// credentials, as its log says.
+const PROBE: &str = r#"p() { if "$@" >/dev/null 2>&1; then printf yes; else printf no; fi; }
+echo "secret=$(p cat /data/secret) group=$(p cat /data/group) private=$(p ls /data/private) deep=$(p cat /data/private/inner) zero=$(p cat /data/zero)"
+grep -E '^(Uid|Gid|Groups|CapEff):' /proc/self/status
+"#;
+
+/// The modes and owners a container's credentials are checked against (made as root here).
+fn lay_out_owned_files(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let file = |name: &str, uid: u32, gid: u32, mode: u32| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, name.as_bytes())?;
+        chown(&path, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    file("secret", 1234, 1234, 0o600)?;
+    file("group", 4321, 5678, 0o640)?;
+    file("zero", 1234, 1234, 0o000)?;
+    std::fs::create_dir(dir.join("private"))?;
+    file("private/inner", 1234, 1234, 0o600)?;
+    chown(dir.join("private"), Some(1234), Some(1234))?;
+    std::fs::set_permissions(dir.join("private"), std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// `uid gid mode` of `path` (mode in octal, with the setgid bit).
+fn owner_and_mode(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(format!(
+        "{} {} {:o}",
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777
+    ))
+}
+
+#[tokio::test]
+async fn security_context_sets_the_containers_user_groups_and_capabilities() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let (client, env, ns) = setup("kube-rt-security").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let data = create_claim(&client, &ns, "data").await?;
+        let out = create_claim(&client, &ns, "out").await?;
+        lay_out_owned_files(&data)?;
+        lay_out_owned_files(&out)?;
+        let before = owner_and_mode(&data.join("secret"))?;
+        let caps = |add: &[&str]| json!({ "capabilities": { "drop": ["ALL"], "add": add } });
+        let defaults = "00000000a80425fb"; // containerd's (Docker's) default capabilities
+        // (pod, pod securityContext, container securityContext, what it reads, CapEff)
+        let cases = [
+            ("root-default", json!({}), json!({}), "yes yes yes yes yes", defaults),
+            ("root-none", json!({}), caps(&[]), "no no no no no", "0000000000000000"),
+            ("root-dac-override", json!({}), caps(&["DAC_OVERRIDE"]), "yes yes yes yes yes", "0000000000000002"),
+            ("root-read-search", json!({}), caps(&["CAP_DAC_READ_SEARCH"]), "yes yes yes yes yes", "0000000000000004"),
+            ("owner", json!({ "runAsUser": 1234, "runAsGroup": 1234 }), caps(&[]), "yes no yes yes no", "0000000000000000"),
+            ("group-member", json!({ "runAsUser": 1000, "supplementalGroups": [5678] }), json!({}), "no yes no no no", "0000000000000000"),
+            ("fs-group-read-only", json!({ "runAsUser": 1000, "fsGroup": 5678 }), json!({}), "no yes no no no", "0000000000000000"),
+            ("non-root-with-a-capability", json!({ "runAsUser": 1000 }), caps(&["DAC_OVERRIDE"]), "no no no no no", "0000000000000000"),
+            ("privileged", json!({}), json!({ "privileged": true }), "yes yes yes yes yes", ""),
+        ];
+        for (name, pod_context, context, _, _) in &cases {
+            create_pod(&pods, json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": pod_context,
+                    "containers": [{
+                        "name": "main", "image": "registry.invalid/app:1", "command": ["sh", "-c", PROBE],
+                        "securityContext": context,
+                        "volumeMounts": [{ "name": "data", "mountPath": "/data", "readOnly": true }]
+                    }],
+                    "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data", "readOnly": true } }]
+                }
+            }))
+            .await?;
+        }
+        for (name, pod_context, _, reads, cap_eff) in cases {
+            let done = wait_for_pod_phase(&pods, name, &["Succeeded", "Failed"], WAIT).await?;
+            let log = env.container_log(&done, "main")?;
+            let [secret, group, private, deep, zero] = reads.split(' ').collect::<Vec<_>>()[..] else {
+                bail!("bad case {reads}");
+            };
+            let wanted = format!("secret={secret} group={group} private={private} deep={deep} zero={zero}");
+            ensure!(log.lines().next() == Some(wanted.as_str()), "{name}: {log}");
+            let field = |key: &str| {
+                log.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            if !cap_eff.is_empty() {
+                ensure!(field("CapEff:") == [cap_eff], "{name}: {log}");
+            }
+            let uid = pod_context["runAsUser"].as_i64().unwrap_or(0).to_string();
+            ensure!(field("Uid:").iter().all(|u| *u == uid), "{name}: {log}");
+            for group in pod_context["supplementalGroups"].as_array().into_iter().flatten().chain(pod_context.get("fsGroup")) {
+                ensure!(field("Groups:").contains(&group.to_string().as_str()), "{name}: {log}");
+            }
+        }
+        // An fsGroup changes nothing on a read-only claim.
+        ensure!(owner_and_mode(&data.join("secret"))? == before, "the read-only claim's ownership changed");
+
+        // On a writable claim, an fsGroup gives every file to the group, group-readable and
+        // -writable, directories setgid, as the kubelet does (fsGroupChangePolicy Always).
+        create_pod(&pods, json!({
+            "metadata": { "name": "fs-group-writable" },
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 7777 },
+                "containers": [{
+                    "name": "main", "image": "registry.invalid/app:1",
+                    "command": ["sh", "-c", "cat /out/secret /out/group && umask 077 && echo new > /out/made"],
+                    "volumeMounts": [{ "name": "out", "mountPath": "/out" }]
+                }],
+                "volumes": [{ "name": "out", "persistentVolumeClaim": { "claimName": "out" } }]
+            }
+        }))
+        .await?;
+        let done = wait_for_pod_phase(&pods, "fs-group-writable", &["Succeeded", "Failed"], WAIT).await?;
+        let log = env.container_log(&done, "main")?;
+        ensure!(pod_phase(&done) == Some("Succeeded"), "status {:?}, log {log:?}", done.status);
+        ensure!(log == "secretgroup", "log {log:?}");
+        for (path, wanted) in [
+            (out.clone(), "0 7777 2777"),
+            (out.join("secret"), "1234 7777 660"),
+            (out.join("group"), "4321 7777 660"),
+            (out.join("zero"), "1234 7777 660"),
+            (out.join("private"), "1234 7777 2770"),
+            (out.join("private/inner"), "1234 7777 660"),
+            // Made after the change: the group by the setgid directory, the mode its own.
+            (out.join("made"), "1000 7777 600"),
+        ] {
+            ensure!(owner_and_mode(&path)? == wanted, "{}: {}", path.display(), owner_and_mode(&path)?);
+        }
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
 #[tokio::test]
 async fn job_pod_exiting_3_fails_the_job_with_that_exit_code() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
@@ -386,7 +511,7 @@ async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_i
 -> Result<()> {
     with_timeout(TEST_LIMIT, async {
         let (client, env, ns) = setup("kube-rt-token").await?;
-        let helper = kube_in_pod()?;
+        let helper = kube_in_pod_image(&env).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "app" } }))).await?;
@@ -399,18 +524,25 @@ async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_i
             "subjects": [{ "kind": "ServiceAccount", "name": "app", "namespace": ns }]
         }))).await?;
 
+        // The in-cluster client reviews the pod's token (an init container of its image), then
+        // the application prints the token and runs on.
+        let mount = json!({ "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true });
         let pod = create_pod(&pods, json!({
             "metadata": { "name": "web-4" },
             "spec": {
                 "serviceAccountName": "app",
                 "terminationGracePeriodSeconds": 1,
+                "initContainers": [{
+                    "name": "review",
+                    "image": helper,
+                    "args": ["token-review", "/var/run/secrets/drainer/token", "drainer"],
+                    "volumeMounts": [mount]
+                }],
                 "containers": [{
                     "name": "app",
                     "image": "registry.invalid/web:1",
-                    "command": ["sh", "-c",
-                        "\"$0\" token-review /var/run/secrets/drainer/token drainer && cat /var/run/secrets/drainer/token && echo && exec sleep 3600",
-                        helper],
-                    "volumeMounts": [{ "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }]
+                    "command": ["sh", "-c", "cat /var/run/secrets/drainer/token && echo && exec sleep 3600"],
+                    "volumeMounts": [mount]
                 }],
                 "volumes": [{ "name": "drainer-token", "projected": { "sources": [
                     { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 600, "path": "token" } }
@@ -418,13 +550,13 @@ async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_i
             }
         })).await?;
         let uid = pod.metadata.uid.clone().context("pod has no uid")?;
-        let (status, token) = eventually("the pod's review and token in its log", WAIT, || async {
+        let (status, token) = eventually("the pod's review and token in its logs", WAIT, || async {
+            let review = env.container_log(&pod, "review")?;
             let log = env.container_log(&pod, "app")?;
-            let mut lines = log.lines();
-            let (Some(status), Some(token)) = (lines.next(), lines.next()) else {
-                bail!("log so far: {log:?}");
+            let (Some(status), Some(token)) = (review.lines().next(), log.lines().next()) else {
+                bail!("logs so far: review {review:?}, app {log:?}");
             };
-            let status: TokenReviewStatus = serde_json::from_str(status).with_context(|| format!("log: {log:?}"))?;
+            let status: TokenReviewStatus = serde_json::from_str(status).with_context(|| format!("review log: {review:?}"))?;
             Ok((status, token.to_owned()))
         })
         .await?;
@@ -455,7 +587,7 @@ async fn projected_token_passes_token_review_from_inside_the_pod_until_the_pod_i
 async fn in_cluster_client_lists_pods_only_with_a_role_binding() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
         let (client, env, ns) = setup("kube-rt-rbac").await?;
-        let helper = kube_in_pod()?;
+        let helper = kube_in_pod_image(&env).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "lister" } }))).await?;
@@ -464,7 +596,7 @@ async fn in_cluster_client_lists_pods_only_with_a_role_binding() -> Result<()> {
             "spec": {
                 "serviceAccountName": "lister",
                 "restartPolicy": "Never",
-                "containers": [{ "name": "client", "image": "registry.invalid/client:1", "command": [helper, "list-pods"] }]
+                "containers": [{ "name": "client", "image": helper, "args": ["list-pods"] }]
             }
         });
 
@@ -847,87 +979,6 @@ async fn pod_waits_in_container_creating_until_its_claim_exists() -> Result<()> 
     .await
 }
 
-/// Writes an OCI image layout whose one layer is `tree`, with the given image config.
-fn oci_layout(tree: &Path, dir: &Path, config: Value) -> Result<()> {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    let sha256 = |p: &Path| -> Result<(String, u64)> {
-        let out = std::process::Command::new("sha256sum").arg(p).output()?;
-        ensure!(out.status.success(), "sha256sum failed");
-        let hex = String::from_utf8(out.stdout)?
-            .split_whitespace()
-            .next()
-            .context("no digest")?
-            .to_owned();
-        Ok((hex, std::fs::metadata(p)?.len()))
-    };
-    let blob = |p: &Path| -> Result<(String, u64)> {
-        let (hex, size) = sha256(p)?;
-        std::fs::copy(p, blobs.join(&hex))?;
-        Ok((format!("sha256:{hex}"), size))
-    };
-    let layer = dir.join("layer.tar");
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(tree)
-        .arg("-cf")
-        .arg(&layer)
-        .arg(".")
-        .status()?;
-    ensure!(status.success(), "tar failed");
-    let (layer_digest, layer_size) = blob(&layer)?;
-    std::fs::remove_file(&layer)?;
-    let mut config = config;
-    config["rootfs"] = json!({ "type": "layers", "diff_ids": [layer_digest] });
-    let write_json = |name: &str, v: &Value| -> Result<(String, u64)> {
-        let p = dir.join(name);
-        std::fs::write(&p, serde_json::to_vec(v)?)?;
-        let b = blob(&p)?;
-        std::fs::remove_file(&p)?;
-        Ok(b)
-    };
-    let (config_digest, config_size) = write_json("config.json", &config)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size }]
-    });
-    let (manifest_digest, manifest_size) = write_json("manifest.json", &manifest)?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size }]
-        }))?,
-    )?;
-    Ok(())
-}
-
-/// Copies a dynamically linked program of this machine, with the loader and libraries it
-/// needs, to the same paths in tree (as an image built from a glibc binary carries them).
-fn copy_with_libraries(program: &str, tree: &Path) -> Result<()> {
-    let out = std::process::Command::new("ldd").arg(program).output()?;
-    ensure!(out.status.success(), "ldd {program} failed");
-    let mut files = vec![program.to_owned()];
-    for line in String::from_utf8(out.stdout)?.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push(p.to_owned());
-        }
-    }
-    for f in files {
-        let target = tree.join(f.trim_start_matches('/'));
-        std::fs::create_dir_all(target.parent().context("no parent")?)?;
-        std::fs::copy(&f, &target).with_context(|| format!("copy {f}"))?;
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn oci_image_runs_chrooted_with_its_own_files_and_its_volumes() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
@@ -936,8 +987,8 @@ async fn oci_image_runs_chrooted_with_its_own_files_and_its_volumes() -> Result<
 
         let work = tempfile::tempdir()?;
         let tree = work.path().join("tree");
-        copy_with_libraries("/bin/sh", &tree)?;
-        copy_with_libraries("/bin/cat", &tree)?;
+        copy_with_libraries(Path::new("/bin/sh"), &tree, None)?;
+        copy_with_libraries(Path::new("/bin/cat"), &tree, None)?;
         std::fs::create_dir_all(tree.join("etc"))?;
         std::fs::write(tree.join("etc/image-marker"), b"from the image\n")?;
         std::fs::create_dir_all(tree.join("srv/app"))?;

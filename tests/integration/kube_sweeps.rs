@@ -30,6 +30,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
+use crate::support::serve::Serve;
+use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
+use k8s_openapi::jiff::{self, Timestamp};
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 const WAIT: Duration = Duration::from_secs(90);
@@ -297,6 +300,7 @@ async fn orphans_are_reported(
         board: Arc::default(),
         max_attempts: 3,
         ready: true.into(),
+        health: Default::default(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -624,6 +628,250 @@ async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
         ensure!(c.take().await? != Turn::Mine, "not before it runs out");
         tokio::time::sleep(Duration::from_millis(2500)).await;
         ensure!(c.take().await? == Turn::Mine, "taken over once expired");
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+/// `drainer serve --kubernetes` as replica `id`, its Lease in `ns`, sweeping every 10 minutes
+/// (the Lease does not depend on it), its own SQLite ledger under `work`.
+async fn sweeping_replica(work: &std::path::Path, ns: &str, id: &str) -> Result<Serve> {
+    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+    let data = work.join(id);
+    let store = format!("file://{}", work.join(format!("{id}-store")).display());
+    Ok(Serve::start_with_env(
+        &data,
+        &[
+            "--kubernetes",
+            "--movers",
+            "external",
+            "--watch-namespace",
+            ns,
+            "--pod-namespace",
+            ns,
+            "--store",
+            &store,
+            "--sweep-interval",
+            "600",
+            "--replica-id",
+            id,
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )
+    .await)
+}
+
+/// The sweeper Lease's holder, last renewal and acquisition, and duration in seconds.
+async fn sweeper_lease(
+    leases: &Api<LeaseObject>,
+) -> Result<(
+    Option<String>,
+    Option<Timestamp>,
+    Option<Timestamp>,
+    Option<i32>,
+)> {
+    let lease = leases.get("drainer-sweeper").await?;
+    let spec = lease.spec.unwrap_or_default();
+    Ok((
+        spec.holder_identity.filter(|h| !h.is_empty()),
+        spec.renew_time.map(|t| t.0),
+        spec.acquire_time.map(|t| t.0),
+        spec.lease_duration_seconds,
+    ))
+}
+
+/// Waits until replica `id` holds the sweeper Lease; returns how long that took.
+async fn wait_for_holder(
+    leases: &Api<LeaseObject>,
+    id: &str,
+    within: Duration,
+) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    eventually(format!("{id} holds the sweeper Lease"), within, || async {
+        let (holder, ..) = sweeper_lease(leases).await?;
+        ensure!(holder.as_deref() == Some(id), "held by {holder:?}");
+        Ok(started.elapsed())
+    })
+    .await
+}
+
+/// Real replicas and signals: the sweeper Lease lasts 15 s whatever `--sweep-interval` is
+/// (10 minutes here); its holder keeps it while another replica waits; a holder stopped with
+/// SIGTERM gives it up and the other takes it within one renewal period (5 s); a holder killed
+/// with SIGKILL keeps it until it runs out, and the other takes it over then (within 15 s and
+/// a renewal period), not before.
+#[tokio::test]
+async fn the_sweeper_lease_moves_at_once_on_sigterm_and_within_its_short_duration_on_sigkill()
+-> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let ns = create_namespace(&client, "sweep-lease-replicas").await?;
+        let leases: Api<LeaseObject> = Api::namespaced(client.clone(), &ns);
+        let work = tempfile::tempdir()?;
+        let a = sweeping_replica(work.path(), &ns, "replica-a").await?;
+        wait_for_holder(&leases, "replica-a", Duration::from_secs(20)).await?;
+        let (_, _, _, seconds) = sweeper_lease(&leases).await?;
+        ensure!(
+            seconds == Some(15),
+            "leaseDurationSeconds {seconds:?}, whatever the interval"
+        );
+        let b = sweeping_replica(work.path(), &ns, "replica-b").await?;
+        // The holder renews (twice) while the other waits.
+        let (_, mut last, ..) = sweeper_lease(&leases).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut renewals = 0;
+        while renewals < 2 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "replica-a renewed the Lease {renewals} times in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (holder, renewed, ..) = sweeper_lease(&leases).await?;
+            ensure!(
+                holder.as_deref() == Some("replica-a"),
+                "taken by {holder:?}"
+            );
+            if renewed != last {
+                renewals += 1;
+                last = renewed;
+            }
+        }
+
+        // SIGTERM: given up at shutdown, taken by the other within one renewal period.
+        let a_log = a.log_path();
+        let (status, _) = a.terminate(Duration::from_secs(40)).await;
+        ensure!(status.success(), "replica-a exited {status:?}");
+        let took = wait_for_holder(&leases, "replica-b", Duration::from_secs(15)).await?;
+        ensure!(
+            took <= Duration::from_secs(8),
+            "replica-b took the Lease {took:?} after replica-a stopped: not at once"
+        );
+        let logged = std::fs::read_to_string(&a_log)?;
+        ensure!(
+            logged.contains("gave the sweeper Lease up at shutdown"),
+            "{logged}"
+        );
+
+        // SIGKILL: nothing is given up; the other takes over once the Lease runs out.
+        let c = sweeping_replica(work.path(), &ns, "replica-c").await?;
+        let (_, renewed_before, ..) = sweeper_lease(&leases).await?;
+        b.kill9().await;
+        let (holder, renewed, ..) = sweeper_lease(&leases).await?;
+        ensure!(holder.as_deref() == Some("replica-b"), "held by {holder:?}");
+        let last_renewal = renewed.or(renewed_before).context("no renewal time")?;
+        let took = wait_for_holder(&leases, "replica-c", Duration::from_secs(40)).await?;
+        ensure!(
+            took <= Duration::from_secs(15 + 5 + 3),
+            "replica-c took the Lease {took:?} after replica-b was killed"
+        );
+        let (_, _, acquired, _) = sweeper_lease(&leases).await?;
+        let acquired = acquired.context("no acquire time")?;
+        let waited = acquired.duration_since(last_renewal);
+        ensure!(
+            waited >= jiff::SignedDuration::from_secs(14),
+            "replica-c took the Lease {waited:?} after its last renewal: before it ran out"
+        );
+        c.terminate(Duration::from_secs(40)).await;
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
+
+/// A StatefulSet that only the watch saw — created while drainer runs (no scheduled sweeps),
+/// then deleted with `--cascade=orphan` and its pods deleted — is remembered: a sweep on
+/// demand finds both claims orphaned and its mover Jobs drain them, byte for byte.
+#[tokio::test]
+async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> Result<()> {
+    with_timeout(TEST_LIMIT, async {
+        let client = client().await?;
+        let kenv = crate::support::kube::KubeEnv::load()?;
+        let ns = create_namespace(&client, "sweep-watch-memory").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let work = tempfile::tempdir()?;
+        let store = format!("file://{}", work.path().join("store").display());
+        let gate = crate::kube_movers::Gate::start(&kenv.host_ip).await?;
+        let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+        let serve = Serve::start_with_env(
+            &work.path().join("data"),
+            &[
+                "--kubernetes",
+                "--watch-namespace",
+                &ns,
+                "--service-url",
+                &gate.url,
+                "--mover-image",
+                crate::support::image::drainer_image(&kenv).await?,
+                "--store",
+                &store,
+                "--sweep-interval",
+                "0",
+            ],
+            &[("KUBECONFIG", kubeconfig.as_str())],
+        )
+        .await;
+        gate.forward_to(&serve.url);
+
+        sets.create(&PostParams::default(), &statefulset("my-db", 2))
+            .await?;
+        wait_for_pods(&pods, "my-db", &[0, 1]).await?;
+        let mut sources = Vec::new();
+        for n in 0..2 {
+            let pvc = format!("data-my-db-{n}");
+            let dir = crate::support::kube::wait_for_bound_claim(&client, &ns, &pvc, WAIT).await?;
+            std::fs::write(
+                dir.join("table"),
+                format!("rows of ordinal {n}\n").repeat(1000),
+            )?;
+            sources.push((pvc, dir));
+        }
+        let orphan = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..DeleteParams::default()
+        };
+        sets.delete("my-db", &orphan).await?;
+        eventually("my-db gone, its pods left", WAIT, || async {
+            ensure!(sets.get_opt("my-db").await?.is_none(), "set still there");
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            ensure!(left == 2, "{left} pods");
+            Ok(())
+        })
+        .await?;
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+        eventually("the pods gone", WAIT, || async {
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            ensure!(left == 0, "{left} pods left");
+            Ok(())
+        })
+        .await?;
+
+        let (status, report) = serve.call(reqwest::Method::POST, "/v1/sweeps", None).await;
+        ensure!(status == 200, "{status} {report}");
+        let findings = report["findings"].as_array().context("findings")?;
+        ensure!(findings.len() == 2, "{report}");
+        for f in findings {
+            ensure!(f["verdict"] == "orphaned" && f["drain"] == true, "{f}");
+            let why = f["why"].as_str().unwrap_or_default();
+            ensure!(
+                why.contains("StatefulSet my-db no longer exists (remembered by drainer"),
+                "{why}"
+            );
+        }
+        let ids: Vec<String> = report["drains"]
+            .as_array()
+            .context("drains")?
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(ids.len() == 2, "{report}");
+        let ended = serve.wait_ended(&ids, WAIT).await;
+        for d in &ended {
+            ensure!(d["state"] == "completed", "{d}");
+        }
+        for (pvc, dir) in &sources {
+            crate::service::assert_restores_exactly(&store, &ns, pvc, dir, work.path()).await;
+        }
         delete_namespace(&client, &ns).await
     })
     .await

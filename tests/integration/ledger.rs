@@ -396,3 +396,86 @@ async fn postgres_sweeps_remember_sets_and_sightings() {
         .unwrap();
     sweeps_remember_sets_and_sightings(ledger).await;
 }
+
+/// A note (who an attempt's mover runs as) goes into the history entry that started the
+/// attempt, only while that entry is the drain's last and its holder's: no entry is added.
+async fn notes_go_to_the_entry_that_started_the_attempt(ledger: Ledger) {
+    use drainer::ledger::{AttemptOutcome, NewDrain};
+    use drainer::lifecycle::AfterFailure;
+    let new = NewDrain {
+        volume: drainer::VolumeId::new("ns", "data-web-1").unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: None,
+        kube: None,
+    };
+    ledger.request_drains(&[new]).await.unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let drain = ledger
+        .claim_drain("replica-a", lease)
+        .await
+        .unwrap()
+        .unwrap();
+    let note = "mover Job j-1 runs as uid 0, gid 0, only CAP_DAC_OVERRIDE: it's \"baseline\"";
+    assert!(
+        !ledger
+            .note_attempt(&drain.id, "replica-b", note)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ledger
+            .note_attempt(&drain.id, "replica-a", note)
+            .await
+            .unwrap()
+    );
+    let history = ledger.drain_events(&drain.id).await.unwrap();
+    let messages: Vec<&str> = history
+        .iter()
+        .filter_map(|e| e.message.as_deref())
+        .collect();
+    assert_eq!(
+        messages.last().copied(),
+        Some(format!("attempt 1 of 5; {note}").as_str()),
+        "{history:?}"
+    );
+    let failed = AttemptOutcome::Failed {
+        error: "refused".into(),
+        after: AfterFailure::RetryAfter(std::time::Duration::ZERO),
+    };
+    assert!(
+        ledger
+            .end_attempt(&drain.id, "replica-a", &failed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .note_attempt(&drain.id, "replica-a", "late")
+            .await
+            .unwrap(),
+        "the attempt has ended: its entry is no longer the last"
+    );
+    assert_eq!(
+        ledger.drain_events(&drain.id).await.unwrap().len(),
+        history.len() + 1
+    );
+}
+
+#[tokio::test]
+async fn sqlite_notes_go_to_the_attempts_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    notes_go_to_the_entry_that_started_the_attempt(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_notes_go_to_the_attempts_entry() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    notes_go_to_the_entry_that_started_the_attempt(ledger).await;
+}

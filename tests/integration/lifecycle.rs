@@ -1,7 +1,7 @@
 //! The lifecycle under random sequences of events, on SQLite and PostgreSQL: handoffs (waiting
 //! for release or not), release decisions, claims by several replicas (some at once), leases
-//! that expire and are taken over, attempts that end in every way, stale writers, cancels and
-//! retries by hand. A model of every drain is kept beside the ledger; after each step the
+//! that expire and are taken over, attempts that end in every way (failing drains claimed
+//! again), stale writers, cancels, abandons and retries by hand. A model of every drain is kept beside the ledger; after each step the
 //! ledger must agree with it, hold at most one active drain per volume, and have a history in
 //! which every row is a transition of the lifecycle's table.
 
@@ -179,7 +179,7 @@ impl Walk {
     fn claimable(&self, id: &str, at: i64) -> bool {
         let m = &self.drains[id];
         match m.state {
-            DrainState::Queued => m.not_before_ms <= at,
+            DrainState::Queued | DrainState::Failing => m.not_before_ms <= at,
             DrainState::Copying => m.lease_expires_ms.is_some_and(|t| t < at),
             _ => false,
         }
@@ -243,7 +243,7 @@ impl Walk {
             (Some(holder), true) => holder.clone(),
             _ => REPLICAS[self.rng.random_range(0..REPLICAS.len())].to_owned(),
         };
-        let outcome = match self.rng.random_range(0..4) {
+        let outcome = match self.rng.random_range(0..5) {
             0 => AttemptOutcome::Completed {
                 snapshot: format!("s-{}", self.step),
             },
@@ -253,6 +253,10 @@ impl Walk {
             },
             2 => AttemptOutcome::Failed {
                 error: "broken".into(),
+                after: AfterFailure::Failing(Duration::ZERO),
+            },
+            3 => AttemptOutcome::Failed {
+                error: "gone".into(),
                 after: AfterFailure::GiveUp,
             },
             _ => AttemptOutcome::Released,
@@ -301,13 +305,15 @@ impl Walk {
 
     async fn by_hand(&mut self) {
         let Some(id) = self.pick_drain() else { return };
-        let event = if self.rng.random_bool(0.5) {
-            Event::Cancelled
-        } else {
-            Event::RetriedByHand
-        };
+        let event =
+            [Event::Cancelled, Event::RetriedByHand, Event::Abandoned][self.rng.random_range(0..3)];
         let model = self.drains[&id].clone();
-        let answer = self.ledger.change_drain(&id, event).await.unwrap();
+        let why = (event == Event::Abandoned).then_some("the walk gives it up");
+        let answer = self
+            .ledger
+            .change_drain(&id, event, "operator:walker", why)
+            .await
+            .unwrap();
         let ctx = self.context();
         let busy = self
             .active_on(&model.volume)
@@ -315,7 +321,7 @@ impl Walk {
         match (answer, model.state.after(event)) {
             (Ok(drain), Some(to)) => {
                 assert!(
-                    !busy,
+                    !busy || !to.is_active(),
                     "{ctx}: {id} became active beside another drain of its volume"
                 );
                 self.moved(&drain, to)

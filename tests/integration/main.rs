@@ -2,18 +2,24 @@
 //! S3-protocol server (s3s), real SQLite and PostgreSQL, real signals.
 
 mod bad_input;
+mod chart;
 mod deploy;
 mod engine;
 mod hardening;
+mod kube_admission;
 mod kube_e2e;
 mod kube_env;
+mod kube_ha;
 mod kube_mode;
 mod kube_movers;
+mod kube_pod_security;
 mod kube_restore;
 mod kube_runtime;
+mod kube_supervision;
 mod kube_sweeps;
 mod ledger;
 mod lifecycle;
+mod monitoring;
 mod replicas;
 mod restore;
 mod service;

@@ -119,9 +119,10 @@ func envMap(env []corev1.EnvVar) map[string]string {
 }
 
 // applySecurityContext applies the parts of securityContext kube-env honours: runAsUser,
-// runAsGroup, runAsNonRoot, supplementalGroups, fsGroup (as a supplementary group),
-// readOnlyRootFilesystem and allowPrivilegeEscalation. Capabilities, seccomp, AppArmor and
-// SELinux options are ignored: root in a container keeps every capability.
+// runAsGroup, runAsNonRoot, supplementalGroups, fsGroup (as a supplementary group; the
+// volume's ownership is volumes_mount.go's), readOnlyRootFilesystem, allowPrivilegeEscalation,
+// privileged and capabilities (as containerd computes them, see containerCapabilities).
+// Seccomp, AppArmor and SELinux options are ignored.
 func (w *podWorker) applySecurityContext(c *ctr, spec *containerinit.Spec) error {
 	psc := w.pod.Spec.SecurityContext
 	if psc == nil {
@@ -162,7 +163,72 @@ func (w *podWorker) applySecurityContext(c *ctr, spec *containerinit.Spec) error
 	}
 	spec.ReadOnlyRoot = csc.ReadOnlyRootFilesystem != nil && *csc.ReadOnlyRootFilesystem
 	spec.NoNewPrivs = csc.AllowPrivilegeEscalation != nil && !*csc.AllowPrivilegeEscalation
+	spec.AllCapabilities = csc.Privileged != nil && *csc.Privileged
+	if !spec.AllCapabilities {
+		caps, err := containerCapabilities(csc.Capabilities)
+		if err != nil {
+			return fmt.Errorf("container %s: %w", c.spec.Name, err)
+		}
+		spec.Capabilities = caps
+	}
 	return nil
+}
+
+// defaultCapabilities are containerd's default capabilities of a container (those of
+// Docker): what a container gets without securityContext.capabilities.
+var defaultCapabilities = []string{
+	"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+	"SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+}
+
+// containerCapabilities computes a container's capabilities as containerd's CRI plugin does
+// (WithCapabilities): the defaults; every capability if add has "ALL"; none if drop has
+// "ALL"; then each added one, then each dropped one taken away. Names may carry "CAP_" and
+// any case; an unknown one fails the container, as runc does.
+func containerCapabilities(caps *corev1.Capabilities) ([]string, error) {
+	if caps == nil {
+		return defaultCapabilities, nil
+	}
+	set := map[string]bool{}
+	for _, c := range defaultCapabilities {
+		set[c] = true
+	}
+	norm := func(c corev1.Capability) string {
+		return strings.TrimPrefix(strings.ToUpper(string(c)), "CAP_")
+	}
+	has := func(list []corev1.Capability, name string) bool {
+		for _, c := range list {
+			if norm(c) == name {
+				return true
+			}
+		}
+		return false
+	}
+	if has(caps.Add, "ALL") {
+		for _, name := range containerinit.AllCapabilities() {
+			set[name] = true
+		}
+	}
+	if has(caps.Drop, "ALL") {
+		set = map[string]bool{}
+	}
+	for _, c := range caps.Add {
+		if name := norm(c); name != "ALL" {
+			if !containerinit.CapabilityKnown(name) {
+				return nil, fmt.Errorf("unknown capability %q to add", c)
+			}
+			set[name] = true
+		}
+	}
+	for _, c := range caps.Drop {
+		delete(set, norm(c))
+	}
+	out := []string{}
+	for name := range set {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // volumeMounts maps the container's volumeMounts to bind mounts, plus the kubelet's /etc files

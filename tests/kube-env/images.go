@@ -85,6 +85,9 @@ func (s *imageStore) lookup(name string) *image {
 	if err != nil || json.Unmarshal(data, &img) != nil {
 		return nil
 	}
+	// The store keeps one copy per digest: several names may share it, and each reports
+	// its own name (as a runtime reports the repository digest of the name the pod used).
+	img.Name = n
 	img.Rootfs = filepath.Join(dir, "rootfs")
 	return &img
 }

@@ -15,6 +15,11 @@
 //	kube-env image add|list --data-dir DIR [NAME=PATH...]
 //	                                           register an OCI image with an instance
 //	kube-env cleanup [--data-dir DIR]          remove what dead instances left behind
+//	kube-env restart --data-dir DIR [--down D] NAME
+//	                                           stop a component of a running instance (the
+//	                                           API server: same port, certificates, etcd),
+//	                                           leave it down D, start it again; returns when
+//	                                           it is ready (control.go)
 //	kube-env container-init SPEC               internal: becomes a pod's container
 //
 // The components run as separate processes (the supervisor re-executes its own binary) because
@@ -46,7 +51,8 @@ const usage = `usage: kube-env run [--data-dir DIR] [--nodes N] [--ready-timeout
        kube-env kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy ARGS...
        kube-env kubectl ARGS...
        kube-env image add|list --data-dir DIR [NAME=PATH...]
-       kube-env cleanup [--data-dir DIR]`
+       kube-env cleanup [--data-dir DIR]
+       kube-env restart --data-dir DIR [--down DURATION] kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy`
 
 func main() {
 	if len(os.Args) < 2 {
@@ -87,6 +93,11 @@ func main() {
 		}
 	case "image":
 		if err := imageCommand(args); err != nil {
+			fmt.Fprintf(os.Stderr, "kube-env: %v\n", err)
+			os.Exit(1)
+		}
+	case "restart":
+		if err := restartCommand(args); err != nil {
 			fmt.Fprintf(os.Stderr, "kube-env: %v\n", err)
 			os.Exit(1)
 		}

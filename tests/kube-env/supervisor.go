@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,6 +102,11 @@ type child struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// How it was started, to start it again (restartChild).
+	ns   *os.File
+	args []string
+	// Set before a requested stop (a restart): its exit is then not a failure.
+	expected atomic.Bool
 }
 
 type childExit struct {
@@ -108,9 +115,12 @@ type childExit struct {
 }
 
 type supervisor struct {
-	dir      string
-	etcd     *embed.Etcd
+	dir  string
+	etcd *embed.Etcd
+	// mu guards children: a restart (control.go) replaces one while shutdown stops them all.
+	mu       sync.Mutex
 	children []*child // in start order; stopped in reverse
+	client   *kubernetes.Clientset
 	exited   chan childExit
 	simErr   chan error // failures of the in-process node simulator, provisioner and DNS
 	cancel   context.CancelFunc
@@ -253,10 +263,8 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 	if err != nil {
 		return err
 	}
-	if err := s.waitFor(readyCtx, "kube-apiserver /readyz", func(ctx context.Context) (bool, error) {
-		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(body) == "ok", nil
-	}); err != nil {
+	s.client = client
+	if err := s.waitFor(readyCtx, "kube-apiserver /readyz", s.apiServerReady); err != nil {
 		return err
 	}
 	logf("kube-apiserver ready at %s after %s", server, time.Since(started).Round(time.Millisecond))
@@ -377,6 +385,9 @@ func (s *supervisor) run(ctx context.Context, nodes int, readyTimeout time.Durat
 	if err := os.WriteFile(filepath.Join(s.dir, "ready"), []byte(kubeconfig+"\n"), 0o644); err != nil {
 		return err
 	}
+	if err := s.serveControl(ctx); err != nil {
+		return err
+	}
 	logf("cluster ready after %s (data in %s, logs in %s)", time.Since(started).Round(time.Millisecond), s.dir, filepath.Join(s.dir, "logs"))
 	fmt.Printf("KUBECONFIG=%s\n", kubeconfig)
 
@@ -478,16 +489,34 @@ func (s *supervisor) startEtcd(clientPort, peerPort int) error {
 	}
 }
 
+// apiServerReady says whether the API server answers /readyz with "ok".
+func (s *supervisor) apiServerReady(ctx context.Context) (bool, error) {
+	body, err := s.client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	return err == nil && string(body) == "ok", nil
+}
+
 // startChild runs this binary again as the named component, logging to logs/NAME.log, in the
 // network namespace ns (nil: this machine's).
 func (s *supervisor) startChild(name string, ns *os.File, args ...string) error {
-	self, err := os.Executable()
+	c, err := s.spawnChild(name, ns, args)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.children = append(s.children, c)
+	s.mu.Unlock()
+	return nil
+}
+
+// spawnChild starts the component; its exit is reported on s.exited unless it was expected.
+func (s *supervisor) spawnChild(name string, ns *os.File, args []string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
 	log, err := os.OpenFile(filepath.Join(s.dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := selfCommand(self, append([]string{name}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
@@ -500,17 +529,35 @@ func (s *supervisor) startChild(name string, ns *os.File, args ...string) error 
 	}
 	if err := start(); err != nil {
 		log.Close()
-		return fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
-	s.children = append(s.children, c)
+	c := &child{name: name, cmd: cmd, done: make(chan struct{}), ns: ns, args: args}
 	go func() {
 		err := cmd.Wait()
 		log.Close()
 		close(c.done)
-		s.exited <- childExit{name: name, err: err}
+		if !c.expected.Load() {
+			s.exited <- childExit{name: name, err: err}
+		}
 	}()
-	return nil
+	return c, nil
+}
+
+// stopChild stops a component: SIGTERM, then SIGKILL after `wait`.
+func stopChild(c *child, wait time.Duration) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(wait):
+		logf("%s did not stop within %s; killing it", c.name, wait)
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
 }
 
 // shutdown stops the pods (SIGKILL: the node goes away), then the components in reverse
@@ -525,21 +572,12 @@ func (s *supervisor) shutdown() {
 	if s.runtime != nil {
 		s.runtime.shutdown()
 	}
+	// Held to the end: a restart under way finishes first, and none starts after.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for i := len(s.children) - 1; i >= 0; i-- {
-		c := s.children[i]
-		select {
-		case <-c.done:
-			continue
-		default:
-		}
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.done:
-		case <-time.After(componentStopWait):
-			logf("%s did not stop within %s; killing it", c.name, componentStopWait)
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
+		s.children[i].expected.Store(true)
+		stopChild(s.children[i], componentStopWait)
 	}
 	if s.etcd != nil {
 		done := make(chan struct{})

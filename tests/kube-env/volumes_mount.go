@@ -6,7 +6,10 @@ package main
 //
 //   - persistentVolumeClaim: the bound PV's hostPath (or local) directory. A claim that is
 //     missing, being deleted or not bound keeps the pod in ContainerCreating with a FailedMount
-//     event carrying the kubelet's message, retried every 2 s.
+//     event carrying the kubelet's message, retried every 2 s. With a pod fsGroup, a claim
+//     the pod may write is given to that group as the kubelet does for volumes whose driver
+//     supports it (a CSI driver with fsGroupPolicy File, a local volume; see
+//     setVolumeOwnership); a read-only one is left as it is.
 //   - emptyDir: DATA/pods/UID/volumes/empty-dir/NAME (medium: Memory and sizeLimit are ignored:
 //     it is a directory on disk).
 //   - configMap, secret, downwardAPI, projected: files written with the kubelet's atomic layout
@@ -26,6 +29,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -86,9 +90,15 @@ func (pv *podVolumes) setup(ctx context.Context, w *podWorker, v *corev1.Volume)
 	switch {
 	case v.PersistentVolumeClaim != nil:
 		p, err := claimPath(ctx, w, v.PersistentVolumeClaim.ClaimName)
+		if err == nil && !v.PersistentVolumeClaim.ReadOnly {
+			err = setVolumeOwnership(p, w.pod.Spec.SecurityContext)
+		}
 		return volPath{path: p, readOnly: v.PersistentVolumeClaim.ReadOnly}, err
 	case v.Ephemeral != nil:
 		p, err := claimPath(ctx, w, w.pod.Name+"-"+v.Name)
+		if err == nil {
+			err = setVolumeOwnership(p, w.pod.Spec.SecurityContext)
+		}
 		return volPath{path: p}, err
 	case v.EmptyDir != nil:
 		d := dir("empty-dir")
@@ -187,6 +197,49 @@ func claimPath(ctx context.Context, w *podWorker, name string) (string, error) {
 		return "", fmt.Errorf("PersistentVolume %q: directory %s does not exist", pv.Name, p)
 	}
 	return p, nil
+}
+
+// setVolumeOwnership is the kubelet's SetVolumeOwnership for a writable volume of a pod with
+// an fsGroup: every file and directory under dir is given to the group (lchown) and made
+// group-readable and -writable, directories also group-searchable and setgid (so what is
+// created there later belongs to the group too); symbolic links keep their mode. With
+// fsGroupChangePolicy OnRootMismatch nothing is changed when dir already has that group and
+// those bits; with Always (the default) the walk runs at every mount, so files an
+// application created since are made group-readable again.
+func setVolumeOwnership(dir string, sc *corev1.PodSecurityContext) error {
+	if sc == nil || sc.FSGroup == nil {
+		return nil
+	}
+	gid := int(*sc.FSGroup)
+	const rwMask, execMask = os.FileMode(0o660), os.FileMode(0o110)
+	if sc.FSGroupChangePolicy != nil && *sc.FSGroupChangePolicy == corev1.FSGroupChangeOnRootMismatch {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			want := rwMask | execMask
+			if ok && int(st.Gid) == gid && fi.Mode().Perm()&want == want && fi.Mode()&os.ModeSetgid != 0 {
+				return nil
+			}
+		}
+	}
+	return filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, -1, gid); err != nil {
+			return fmt.Errorf("fsGroup %d: %w", gid, err)
+		}
+		if info.Mode()&os.ModeSymlink != 0 {
+			return nil
+		}
+		mask := rwMask
+		if info.IsDir() {
+			mask |= execMask | os.ModeSetgid
+		}
+		if err := os.Chmod(p, info.Mode()|mask); err != nil {
+			return fmt.Errorf("fsGroup %d: %w", gid, err)
+		}
+		return nil
+	})
 }
 
 func checkHostPath(h *corev1.HostPathVolumeSource) error {

@@ -9,12 +9,14 @@ use crate::ledger::Drain;
 use crate::lifecycle::DrainState;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::{Container, Pod};
+use std::time::Duration;
 
 /// Checks that `pod`, which names `job` as its controller, is a true copy of that Job's
-/// template where it matters: the same ServiceAccount, the template's volumes unchanged (the
-/// claim, read-only; the token, with its audience), its containers running the same image,
-/// command, arguments, environment, mounts and security context, no other container mounting
-/// those volumes, and no process namespace shared. Anyone who may create pods can copy
+/// template where it matters: the same ServiceAccount, the same pod security context (user,
+/// groups, seccomp), the template's volumes unchanged (the claim, read-only; the token, with
+/// its audience), its containers running the same image, command, arguments, environment,
+/// mounts and security context (user, capabilities), no other container mounting
+/// those volumes, no process namespace shared, and no ephemeral container (`kubectl debug`). Anyone who may create pods can copy
 /// drainer's labels and even an owner reference to the Job; such a pod is then refused unless
 /// it would do exactly what the mover does (which gains it nothing). Returns why not.
 pub fn check_mover_pod(pod: &Pod, job: &Job) -> Result<(), String> {
@@ -27,8 +29,19 @@ pub fn check_mover_pod(pod: &Pod, job: &Job) -> Result<(), String> {
     if spec.share_process_namespace == Some(true) || spec.host_pid == Some(true) {
         return Err("it shares its process namespace".into());
     }
+    if spec
+        .ephemeral_containers
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        // `kubectl debug` adds them, and from one the mover's token can be read.
+        return Err("it has ephemeral containers (a debugger beside a mover)".into());
+    }
     if spec.service_account_name != template.service_account_name {
         return Err("its ServiceAccount is not its Job's".into());
+    }
+    if spec.security_context != template.security_context {
+        return Err("its pod security context is not its Job's".into());
     }
     let guarded: Vec<&str> = template
         .volumes
@@ -146,6 +159,19 @@ pub(super) fn has_had_pods(job: &Job) -> bool {
     job.status.as_ref().is_some_and(|s| {
         s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0) > 0
     })
+}
+
+/// How long a Job may have no pod before a refusal other than PodSecurity admission's fails
+/// the attempt (a quota, a missing ServiceAccount: the Job controller keeps trying, and the
+/// cause may pass).
+pub const POD_START: Duration = Duration::from_secs(60);
+
+/// Whether the refusal `message` of a Job's pod (its latest `FailedCreate` event), seen after
+/// the Job has had no pod for `waited`, fails the attempt: PodSecurity admission's at once (it
+/// stands until the mover's identity changes, which takes a new Job), others after
+/// [`POD_START`].
+pub fn refusal_ends_attempt(message: &str, waited: Duration) -> bool {
+    super::security::refused_policy(message).is_some() || waited >= POD_START
 }
 
 /// A pod's state in one line: phase, reason, and each container's state (a terminated
@@ -274,7 +300,7 @@ mod tests {
     use super::super::fixtures::*;
     use super::super::job::job_name;
     use super::*;
-    use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+    use k8s_openapi::api::core::v1::{EphemeralContainer, PodSpec, Toleration};
     use serde_json::json;
 
     fn job_with_status(status: serde_json::Value) -> Job {
@@ -289,7 +315,7 @@ mod tests {
         let job = build(&["ReadWriteOnce"], None, &[]);
         assert_eq!(check_mover_pod(&pod_of(&job), &job), Ok(()));
         type Change = fn(&mut PodSpec);
-        let cases: [(&str, Change, Option<&str>); 10] = [
+        let cases: [(&str, Change, Option<&str>); 16] = [
             (
                 "another claim",
                 |s| {
@@ -337,9 +363,52 @@ mod tests {
                 Some("process namespace"),
             ),
             (
+                "kubectl debug's ephemeral container",
+                |s| {
+                    s.ephemeral_containers = Some(vec![EphemeralContainer {
+                        name: "debugger-x7k2p".into(),
+                        image: Some("busybox".into()),
+                        target_container_name: Some("mover".into()),
+                        ..EphemeralContainer::default()
+                    }])
+                },
+                Some("ephemeral containers"),
+            ),
+            (
                 "another ServiceAccount",
                 |s| s.service_account_name = Some("admin".into()),
                 Some("ServiceAccount"),
+            ),
+            (
+                "another user",
+                |s| {
+                    let c = s.containers[0].security_context.as_mut().unwrap();
+                    c.run_as_user = Some(1000);
+                },
+                Some("container mover"),
+            ),
+            (
+                "another capability",
+                |s| {
+                    let c = s.containers[0].security_context.as_mut().unwrap();
+                    c.capabilities.as_mut().unwrap().add = Some(vec!["SYS_ADMIN".into()]);
+                },
+                Some("container mover"),
+            ),
+            (
+                "another pod user",
+                |s| s.security_context.as_mut().unwrap().run_as_user = Some(1000),
+                Some("pod security context"),
+            ),
+            (
+                "an fsGroup",
+                |s| s.security_context.as_mut().unwrap().fs_group = Some(2000),
+                Some("pod security context"),
+            ),
+            (
+                "more groups",
+                |s| s.security_context.as_mut().unwrap().supplemental_groups = Some(vec![0]),
+                Some("pod security context"),
             ),
             (
                 "an unrelated sidecar",
@@ -372,6 +441,44 @@ mod tests {
                 (Err(why), Some(says)) => assert!(why.contains(says), "{what}: {why}"),
                 (got, _) => panic!("{what}: {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn every_identity_a_mover_may_have_passes_and_no_other_one() {
+        use crate::config::PodSecurityLevel as Level;
+        let levels = [Level::Privileged, Level::Baseline, Level::Restricted];
+        for level in levels {
+            let job = build_as(&["ReadWriteOnce"], None, &[], &security(level));
+            assert_eq!(check_mover_pod(&pod_of(&job), &job), Ok(()), "{level:?}");
+            // A pod with another level's identity is not this Job's mover.
+            for other in levels.iter().filter(|l| **l != level) {
+                let theirs = build_as(&["ReadWriteOnce"], None, &[], &security(*other));
+                let refused = check_mover_pod(&pod_of(&theirs), &job);
+                assert!(refused.is_err(), "{other:?} as {level:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_security_refusal_ends_the_attempt_at_once_others_after_a_minute() {
+        let security = "Error creating: pods \"m\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
+        let quota = "Error creating: pods \"m\" is forbidden: exceeded quota: compute";
+        let secs = Duration::from_secs;
+        // (message, waited, ends)
+        let cases = [
+            (security, secs(5), true),
+            (security, secs(61), true),
+            (quota, secs(5), false),
+            (quota, secs(59), false),
+            (quota, secs(60), true),
+        ];
+        for (message, waited, ends) in cases {
+            assert_eq!(
+                refusal_ends_attempt(message, waited),
+                ends,
+                "{message} {waited:?}"
+            );
         }
     }
 

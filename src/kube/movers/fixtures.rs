@@ -1,8 +1,9 @@
 //! Fixtures of the mover tests: a drain, parsed flags, claims, volumes, Jobs and their pods.
 
 use super::job::mover_job;
+use super::security::{Enforced, MoverSecurity, decide};
 use super::spec::MoverSpec;
-use crate::config::KubeArgs;
+use crate::config::{KubeArgs, MoverIdentity, PodSecurityLevel};
 use crate::ledger::Drain;
 use crate::lifecycle::DrainState;
 use clap::Parser;
@@ -78,7 +79,44 @@ pub(super) fn zoned_volume() -> PersistentVolume {
     .unwrap()
 }
 
+/// A namespace that enforces `level`, by its label.
+pub(super) fn enforcing(level: PodSecurityLevel) -> Enforced {
+    Enforced {
+        level,
+        version: "latest".into(),
+        source: "its label".into(),
+    }
+}
+
+/// The mover identity `auto` picks in a namespace that enforces `level`, for an application
+/// running as uid 1000, gid 1000 with fsGroup 2000.
+pub(super) fn security(level: PodSecurityLevel) -> MoverSecurity {
+    let app = super::security::AppIdentity {
+        set: "web".into(),
+        container: Some("app".into()),
+        user: Some(1000),
+        group: Some(1000),
+        fs_group: Some(2000),
+        supplemental_groups: Vec::new(),
+    };
+    decide(MoverIdentity::Auto, &enforcing(level), Some(&app))
+}
+
 pub(super) fn build(modes: &[&str], volume: Option<&PersistentVolume>, flags: &[&str]) -> Job {
+    build_as(
+        modes,
+        volume,
+        flags,
+        &security(PodSecurityLevel::Privileged),
+    )
+}
+
+pub(super) fn build_as(
+    modes: &[&str],
+    volume: Option<&PersistentVolume>,
+    flags: &[&str],
+    security: &MoverSecurity,
+) -> Job {
     mover_job(
         &drain(),
         2,
@@ -86,6 +124,7 @@ pub(super) fn build(modes: &[&str], volume: Option<&PersistentVolume>, flags: &[
         volume,
         Some("node-2"),
         &spec(flags),
+        security,
         URL,
     )
 }

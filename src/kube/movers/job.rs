@@ -1,8 +1,10 @@
-//! The mover Job of one attempt, as a pure function of the drain, its claim and volume, and
-//! the [`MoverSpec`]: its name and labels, the pod's security, resources, volumes (the claim
-//! read-only, a projected token for drainer's audience) and placement (the volume's node
-//! affinity; a single-node volume pinned where it is attached).
+//! The mover Job of one attempt, as a pure function of the drain, its claim and volume, the
+//! [`MoverSpec`] and the mover's identity ([`MoverSecurity`], chosen by `security`): its name
+//! and labels, the pod's security, resources, volumes (the claim read-only, a projected token
+//! for drainer's audience) and placement (the volume's node affinity; a single-node volume
+//! pinned where it is attached).
 
+use super::security::MoverSecurity;
 use super::spec::{MoverSpec, is_label_value};
 use crate::kube::hold::DRAIN_LABEL;
 use crate::kube::watch::MANAGED_BY;
@@ -37,8 +39,6 @@ const TMP_VOLUME: &str = "tmp";
 const TOKEN_SECONDS: i64 = 3600;
 /// Grace period of a mover pod: its progress is checkpointed every second anyway.
 const GRACE_SECONDS: i64 = 10;
-/// uid and gid of movers that do not read every file (`nobody`).
-const NOBODY: i64 = 65534;
 /// Longest Job name: its pods' generated names (the Job's name, `-`, five characters) then
 /// fit in 63 and keep the whole Job name, which a mover's host name, and so the owner of its
 /// copy run, starts with.
@@ -173,8 +173,10 @@ pub fn placement(volume: Option<&PersistentVolume>, node: Option<&str>) -> Optio
 
 /// The mover Job of `drain`'s attempt `attempt`, for its claim (bound to `volume`, if known).
 /// `last_pod_node` is the node the volume is to be mounted on (see [`mount_node`]); a mover of
-/// a single-node claim is pinned there. The Job is created suspended: drainer records its UID
-/// (what identifies its pod as this drain's mover) before any pod can exist, then resumes it.
+/// a single-node claim is pinned there. The pod runs as `security` says. The Job is created
+/// suspended: drainer records its UID (what identifies its pod as this drain's mover) before
+/// any pod can exist, then resumes it.
+#[allow(clippy::too_many_arguments)]
 pub fn mover_job(
     drain: &Drain,
     attempt: u32,
@@ -182,6 +184,7 @@ pub fn mover_job(
     volume: Option<&PersistentVolume>,
     last_pod_node: Option<&str>,
     spec: &MoverSpec,
+    security: &MoverSecurity,
     service_url: &str,
 ) -> Job {
     let node = last_pod_node.filter(|_| single_node(claim));
@@ -212,7 +215,7 @@ pub fn mover_job(
                     labels: Some(pod_labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(mover_pod(drain, volume, node, spec, service_url)),
+                spec: Some(mover_pod(drain, volume, node, spec, security, service_url)),
             },
             ..JobSpec::default()
         }),
@@ -225,6 +228,7 @@ fn mover_pod(
     volume: Option<&PersistentVolume>,
     node: Option<&str>,
     spec: &MoverSpec,
+    security: &MoverSecurity,
     service_url: &str,
 ) -> PodSpec {
     PodSpec {
@@ -233,7 +237,7 @@ fn mover_pod(
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(GRACE_SECONDS),
-        security_context: Some(pod_security(spec.read_all)),
+        security_context: Some(pod_security(security)),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         affinity: placement(volume, node),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
@@ -253,7 +257,7 @@ fn mover_pod(
                 ..Volume::default()
             },
         ]),
-        containers: vec![mover_container(drain, spec, service_url)],
+        containers: vec![mover_container(drain, spec, security, service_url)],
         ..PodSpec::default()
     }
 }
@@ -278,7 +282,12 @@ fn token_volume(audience: &str) -> Volume {
     }
 }
 
-fn mover_container(drain: &Drain, spec: &MoverSpec, service_url: &str) -> Container {
+fn mover_container(
+    drain: &Drain,
+    spec: &MoverSpec,
+    security: &MoverSecurity,
+    service_url: &str,
+) -> Container {
     let args = [
         "mover",
         "--drainer",
@@ -321,7 +330,7 @@ fn mover_container(drain: &Drain, spec: &MoverSpec, service_url: &str) -> Contai
             limits: Some(pair(&spec.cpu.limit, &spec.memory.limit)),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(container_security(spec.read_all)),
+        security_context: Some(container_security(security)),
         volume_mounts: Some(vec![
             mount(DATA_VOLUME, DATA_DIR, true),
             mount(TOKEN_VOLUME, TOKEN_DIR, true),
@@ -334,13 +343,15 @@ fn mover_container(drain: &Drain, spec: &MoverSpec, service_url: &str) -> Contai
     }
 }
 
-/// uid 0 (to read every file) or `nobody`, and the runtime's seccomp profile.
-fn pod_security(read_all: bool) -> PodSecurityContext {
-    let id = if read_all { 0 } else { NOBODY };
+/// The mover's user and groups, non-root whenever it can be, and the runtime's seccomp
+/// profile. The application's `fsGroup` is among the supplementary groups; the pod has no
+/// `fsGroup`, which would have the kubelet change the ownership of the volumes it may write.
+fn pod_security(security: &MoverSecurity) -> PodSecurityContext {
     PodSecurityContext {
-        run_as_user: Some(id),
-        run_as_group: Some(id),
-        run_as_non_root: Some(!read_all),
+        run_as_user: Some(security.user),
+        run_as_group: security.group,
+        run_as_non_root: Some(security.non_root()),
+        supplemental_groups: (!security.groups.is_empty()).then(|| security.groups.clone()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".to_owned(),
             ..SeccompProfile::default()
@@ -349,20 +360,19 @@ fn pod_security(read_all: bool) -> PodSecurityContext {
     }
 }
 
-/// Read-only root, no privilege escalation, every capability dropped but
-/// `DAC_READ_SEARCH` (read any file, search any directory) when reading everything.
-fn container_security(read_all: bool) -> SecurityContext {
-    let id = if read_all { 0 } else { NOBODY };
+/// Read-only root, no privilege escalation, every capability dropped but the one the
+/// identity reads with (`DAC_READ_SEARCH` or `DAC_OVERRIDE`, for uid 0 only), the same user.
+fn container_security(security: &MoverSecurity) -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         read_only_root_filesystem: Some(true),
-        run_as_user: Some(id),
-        run_as_group: Some(id),
-        run_as_non_root: Some(!read_all),
+        run_as_user: Some(security.user),
+        run_as_group: security.group,
+        run_as_non_root: Some(security.non_root()),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".to_owned()]),
-            add: read_all.then(|| vec!["DAC_READ_SEARCH".to_owned()]),
+            add: security.capability().map(|c| vec![c.to_owned()]),
         }),
         ..SecurityContext::default()
     }
@@ -574,29 +584,69 @@ mod tests {
     }
 
     #[test]
-    fn security_context_both_ways() {
-        // (flags, uid, non-root, capabilities added)
-        type Case = (&'static [&'static str], i64, bool, Option<Vec<String>>);
-        let cases: [Case; 2] = [
-            (&[], 0, false, Some(vec!["DAC_READ_SEARCH".to_owned()])),
-            (&["--mover-read-all", "false"], 65534, true, None),
+    fn security_context_per_identity() {
+        use crate::config::PodSecurityLevel as Level;
+        let nobody = super::super::security::decide(
+            crate::config::MoverIdentity::Nobody,
+            &enforcing(Level::Privileged),
+            None,
+        );
+        // (identity, uid, gid, non-root, supplementary groups, capabilities added)
+        type Case = (
+            MoverSecurity,
+            i64,
+            i64,
+            bool,
+            Option<Vec<i64>>,
+            Option<Vec<String>>,
+        );
+        let cases: [Case; 4] = [
+            (
+                security(Level::Privileged),
+                0,
+                0,
+                false,
+                None,
+                Some(vec!["DAC_READ_SEARCH".to_owned()]),
+            ),
+            (
+                security(Level::Baseline),
+                0,
+                0,
+                false,
+                None,
+                Some(vec!["DAC_OVERRIDE".to_owned()]),
+            ),
+            (
+                security(Level::Restricted),
+                1000,
+                1000,
+                true,
+                Some(vec![2000]),
+                None,
+            ),
+            (nobody, 65534, 65534, true, None, None),
         ];
-        for (flags, uid, non_root, added) in cases {
-            let job = build(&["ReadWriteOnce"], None, flags);
+        for (identity, uid, gid, non_root, groups, added) in cases {
+            let what = identity.describe();
+            let job = build_as(&["ReadWriteOnce"], None, &[], &identity);
             let pod = pod_spec(&job);
             let security = pod.containers[0].security_context.clone().unwrap();
-            assert_eq!(security.run_as_user, Some(uid), "{flags:?}");
-            assert_eq!(security.run_as_group, Some(uid), "{flags:?}");
-            assert_eq!(security.run_as_non_root, Some(non_root), "{flags:?}");
+            assert_eq!(security.run_as_user, Some(uid), "{what}");
+            assert_eq!(security.run_as_group, Some(gid), "{what}");
+            assert_eq!(security.run_as_non_root, Some(non_root), "{what}");
             assert_eq!(security.read_only_root_filesystem, Some(true));
             assert_eq!(security.allow_privilege_escalation, Some(false));
             assert_eq!(security.privileged, Some(false));
             let caps = security.capabilities.unwrap();
             assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
-            assert_eq!(caps.add, added, "{flags:?}");
+            assert_eq!(caps.add, added, "{what}");
             let pod_security = pod.security_context.clone().unwrap();
-            assert_eq!(pod_security.run_as_user, Some(uid));
-            assert_eq!(pod_security.run_as_non_root, Some(non_root));
+            assert_eq!(pod_security.run_as_user, Some(uid), "{what}");
+            assert_eq!(pod_security.run_as_group, Some(gid), "{what}");
+            assert_eq!(pod_security.run_as_non_root, Some(non_root), "{what}");
+            assert_eq!(pod_security.supplemental_groups, groups, "{what}");
+            assert_eq!(pod_security.fs_group, None, "{what}: never an fsGroup");
             assert_eq!(
                 pod_security.seccomp_profile.unwrap().type_,
                 "RuntimeDefault"
@@ -639,6 +689,7 @@ mod tests {
             assert_eq!(terms(&job), expected, "{modes:?} {:?}", volume.is_some());
         }
         // No node known: the volume's own affinity only.
+        let read_all = security(crate::config::PodSecurityLevel::Privileged);
         let job = mover_job(
             &drain(),
             1,
@@ -646,6 +697,7 @@ mod tests {
             None,
             None,
             &spec(&[]),
+            &read_all,
             URL,
         );
         assert_eq!(terms(&job), json!(null));
@@ -656,6 +708,7 @@ mod tests {
             Some(&zoned),
             None,
             &spec(&[]),
+            &read_all,
             URL,
         );
         assert_eq!(

@@ -2,7 +2,7 @@
 //! checked and parsed once at start-up into a [`MoverSpec`], so a bad value stops drainer with
 //! a message naming the flag instead of failing drains one by one.
 
-use crate::config::MoverJobArgs;
+use crate::config::{MoverIdentity, MoverJobArgs, PodSecurityLevel};
 use crate::kube::Error;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,8 +18,10 @@ pub struct MoverSpec {
     pub command: String,
     /// ServiceAccount of mover pods.
     pub service_account: String,
-    /// uid 0 with only `CAP_DAC_READ_SEARCH` (true), or uid 65534 with no capability.
-    pub read_all: bool,
+    /// Who movers run as (see `security::decide`).
+    pub identity: MoverIdentity,
+    /// The level enforced on namespaces without a Pod Security label.
+    pub pod_security_default: PodSecurityLevel,
     /// CPU request and limit.
     pub cpu: Resource,
     /// Memory request and limit.
@@ -73,11 +75,23 @@ impl MoverSpec {
             .ok_or_else(|| bad("mover-deadline", "", "must be at least one second"))?;
         let keep = i32::try_from(args.mover_keep_failed.as_secs())
             .map_err(|_| bad("mover-keep-failed", "", "too long"))?;
+        let identity = match (args.mover_read_all, args.mover_identity) {
+            (Some(false), MoverIdentity::Auto | MoverIdentity::Nobody) => MoverIdentity::Nobody,
+            (Some(false), MoverIdentity::App) => {
+                return Err(bad(
+                    "mover-read-all",
+                    "false",
+                    "it means --mover-identity nobody, which --mover-identity app contradicts",
+                ));
+            }
+            (_, identity) => identity,
+        };
         Ok(Self {
             image: args.mover_image.clone(),
             command: args.mover_command.clone(),
             service_account: args.mover_service_account.clone(),
-            read_all: args.mover_read_all,
+            identity,
+            pod_security_default: args.pod_security_default,
             cpu: parse_resource(&args.mover_cpu)
                 .map_err(|why| bad("mover-cpu", &args.mover_cpu, &why))?,
             memory: parse_resource(&args.mover_memory)
@@ -251,7 +265,7 @@ mod tests {
 
     #[test]
     fn bad_flags_are_start_up_errors_naming_the_flag() {
-        let cases: [(&[&str], &str); 17] = [
+        let cases: [(&[&str], &str); 18] = [
             (&["--mover-cpu", "lots"], "--mover-cpu"),
             (&["--mover-cpu", "2,1"], "above the limit"),
             (&["--mover-cpu", "1,"], "--mover-cpu"),
@@ -293,6 +307,10 @@ mod tests {
                 "--mover-service-account",
             ),
             (&["--mover-deadline", "0"], "--mover-deadline"),
+            (
+                &["--mover-read-all", "false", "--mover-identity", "app"],
+                "--mover-read-all",
+            ),
         ];
         for (flags, says) in cases {
             let args = kube_args(flags);
@@ -313,6 +331,38 @@ mod tests {
             "--mover-tolerations",
             r#"[{"key":"k","operator":"Exists","effect":"NoExecute","tolerationSeconds":30},{"operator":"Exists"}]"#,
         ]);
+    }
+
+    #[test]
+    fn the_identity_flags_resolve_old_and_new_spellings() {
+        use crate::config::MoverIdentity as M;
+        // (flags, identity)
+        let cases: [(&[&str], M); 7] = [
+            (&[], M::Auto),
+            (&["--mover-identity", "app"], M::App),
+            (&["--mover-identity", "nobody"], M::Nobody),
+            (&["--mover-read-all", "false"], M::Nobody),
+            (&["--mover-read-all", "true"], M::Auto),
+            (
+                &["--mover-read-all", "true", "--mover-identity", "app"],
+                M::App,
+            ),
+            (
+                &["--mover-read-all=false", "--mover-identity=nobody"],
+                M::Nobody,
+            ),
+        ];
+        for (flags, identity) in cases {
+            assert_eq!(spec(flags).identity, identity, "{flags:?}");
+        }
+        assert_eq!(
+            spec(&[]).pod_security_default,
+            crate::config::PodSecurityLevel::Privileged
+        );
+        assert_eq!(
+            spec(&["--pod-security-default", "baseline"]).pod_security_default,
+            crate::config::PodSecurityLevel::Baseline
+        );
     }
 
     #[test]

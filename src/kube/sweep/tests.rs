@@ -5,6 +5,7 @@
 use super::*;
 use crate::ledger::RememberedSet;
 use serde_json::json;
+use std::time::Duration;
 
 fn set(name: &str, replicas: i32, templates: &[&str]) -> StatefulSet {
     let templates: Vec<_> = templates
@@ -374,8 +375,65 @@ fn cluster_of(view: &View) -> Cluster {
         volumes: filled(&[]),
         sets: filled(&view.sets),
         jobs: filled(&[]),
+        holds: filled(&[]),
         terminations: Default::default(),
+        changes: Default::default(),
+        health: Default::default(),
+        seen_sets: Default::default(),
     }
+}
+
+/// A StatefulSet that only the watch saw, deleted (with its pods) before any sweep: an
+/// on-demand sweep, and a dry run before it, find its claims orphaned; the real one queues a
+/// drain for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_finds_the_claims_of_a_statefulset_only_the_watch_saw_deleted() {
+    let v = view(
+        vec![claim("shop", "data-db-0"), claim("shop", "data-db-1")],
+        vec![],
+        vec![],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    let store = Store::open(
+        &format!("file://{}", dir.path().join("store").display()),
+        &crate::store::StoreOptions {
+            timeout: Duration::from_secs(10),
+            create: true,
+            part_size: 8 << 20,
+        },
+    )
+    .unwrap();
+    let cluster = cluster_of(&v);
+    let mut watch = cluster.seen_sets.follower();
+    let db = set("db", 2, &["data"]);
+    watch(&kube::runtime::watcher::Event::Apply(db.clone()));
+    watch(&kube::runtime::watcher::Event::Delete(db));
+    let sweeper = KubeSweeper::new(Sweeping {
+        cluster,
+        ledger: ledger.clone(),
+        store,
+        metrics: Arc::default(),
+        notifier: Arc::new(crate::notify::Log),
+        admission: None,
+        max_attempts: 3,
+        lease: None,
+    });
+    for dry_run in [true, false] {
+        let report = sweeper.sweep(dry_run).await.unwrap();
+        assert_eq!(report.findings.len(), 2, "dry_run={dry_run}: {report:?}");
+        for f in &report.findings {
+            assert!(f.drain, "{f:?}");
+            assert!(
+                f.why
+                    .contains("StatefulSet db no longer exists (remembered by drainer"),
+                "{}",
+                f.why
+            );
+        }
+        assert_eq!(report.drains.len(), if dry_run { 0 } else { 2 });
+    }
+    assert_eq!(ledger.remembered_sets().await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

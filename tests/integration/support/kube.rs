@@ -33,8 +33,8 @@ pub const EXIT_CODE_ANNOTATION: &str = "kube-env.drainer.io/exit-code";
 /// most its grace period), like a container that takes time to exit; otherwise it goes at once.
 pub const TERMINATION_DELAY_ANNOTATION: &str = "kube-env.drainer.io/termination-delay";
 
-/// Client configuration for the kube-env admin (group `system:masters`).
-pub async fn admin_config() -> Result<Config> {
+/// The admin kubeconfig of the shared kube-env (`DRAINER_TEST_KUBECONFIG`).
+pub fn admin_kubeconfig() -> Result<PathBuf> {
     let path = std::env::var_os(KUBECONFIG_ENV).ok_or_else(|| {
         anyhow!(
             "{KUBECONFIG_ENV} is not set. These tests need the kube-env control plane: run them \
@@ -42,14 +42,29 @@ pub async fn admin_config() -> Result<Config> {
              `export {KUBECONFIG_ENV}=$KUBECONFIG`"
         )
     })?;
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {KUBECONFIG_ENV}={}", path.to_string_lossy()))?;
+    Ok(PathBuf::from(path))
+}
+
+/// Client configuration for the kube-env admin (group `system:masters`).
+pub async fn admin_config() -> Result<Config> {
+    admin_config_at(&admin_kubeconfig()?).await
+}
+
+/// Client configuration of the admin kubeconfig at `path` (of any kube-env instance).
+pub async fn admin_config_at(path: &Path) -> Result<Config> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
 /// A client acting as the kube-env admin.
 pub async fn client() -> Result<Client> {
     Ok(Client::try_from(admin_config().await?)?)
+}
+
+/// A client acting as the admin of the kube-env whose admin kubeconfig is at `path`.
+pub async fn client_at(path: &Path) -> Result<Client> {
+    Ok(Client::try_from(admin_config_at(path).await?)?)
 }
 
 /// A client that authenticates with a bearer token (for example a ServiceAccount token from
@@ -171,12 +186,14 @@ pub struct KubeEnv {
 }
 
 impl KubeEnv {
-    /// Reads the instance's facts; fails without a process pod runtime.
+    /// Reads the shared instance's facts; fails without a process pod runtime.
     pub fn load() -> Result<Self> {
-        let kubeconfig = std::env::var_os(KUBECONFIG_ENV).with_context(|| {
-            format!("{KUBECONFIG_ENV} is not set (run the tests with scripts/test)")
-        })?;
-        let data_dir = Path::new(&kubeconfig)
+        Self::of(&admin_kubeconfig()?)
+    }
+
+    /// Reads the facts of the instance whose admin kubeconfig is at `kubeconfig`.
+    pub fn of(kubeconfig: &Path) -> Result<Self> {
+        let data_dir = kubeconfig
             .parent()
             .context("the kubeconfig has no directory")?
             .to_path_buf();
@@ -213,17 +230,45 @@ impl KubeEnv {
         cmd
     }
 
+    /// Stops `component` (`kube-apiserver`, …), leaves it down for `down` and starts it again
+    /// with the same port, certificates and etcd; returns once it is ready again.
+    pub async fn restart(&self, component: &str, down: Duration) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(["restart", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--down")
+            .arg(format!("{}ms", down.as_millis()))
+            .arg(component)
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(240) + down, cmd.output())
+            .await
+            .context("kube-env restart did not return within 4 minutes")??;
+        ensure!(
+            out.status.success(),
+            "kube-env restart {component} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Registers an OCI image (layout directory or tar) under `name` with the running instance.
     pub async fn register_image(&self, name: &str, path: &Path) -> Result<()> {
+        // NAME=PATH as one argument, whatever bytes the path holds (spaces included).
+        let mut spec = std::ffi::OsString::from(format!("{name}="));
+        spec.push(path);
         let out = tokio::process::Command::new(&self.bin)
             .args(["image", "add", "--data-dir"])
             .arg(&self.data_dir)
-            .arg(format!("{name}={}", path.display()))
-            .output()
-            .await?;
+            .arg(spec)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), out)
+            .await
+            .context("kube-env image add did not finish within 2 minutes")??;
         ensure!(
             out.status.success(),
-            "kube-env image add failed: {}",
+            "kube-env image add {name}={} failed: {}",
+            path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(())
@@ -326,4 +371,89 @@ pub async fn wait_for_pod_gone(pods: &Api<Pod>, name: &str, timeout: Duration) -
         Ok(())
     })
     .await
+}
+
+/// A kube-env instance of a test's own (one node, pods that run), for tests that disturb the
+/// control plane itself (restart its API server) and must not disturb the tests that share the
+/// instance of `scripts/test`. Stopped, and its data deleted, when dropped.
+pub struct PrivateKubeEnv {
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Its facts.
+    pub env: KubeEnv,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl PrivateKubeEnv {
+    /// Starts an instance with the shared instance's binary; waits (at most 4 minutes) until it
+    /// is ready.
+    pub async fn start() -> Result<Self> {
+        let bin = KubeEnv::load()?.bin;
+        let dir = std::env::temp_dir().join(format!("kube-env.test-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir(&dir)?;
+        let log = std::fs::File::create(dir.join("kube-env.log"))?;
+        let child = std::process::Command::new(&bin)
+            .args([
+                "run",
+                "--nodes",
+                "1",
+                "--ready-timeout",
+                "230s",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a kube-env of the test's own")?;
+        let mut private = Self {
+            kubeconfig: dir.join("kubeconfig"),
+            env: KubeEnv {
+                data_dir: dir.clone(),
+                bin,
+                host_ip: String::new(),
+            },
+            child,
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        while !private.dir.join("ready").exists() {
+            let log =
+                || std::fs::read_to_string(private.dir.join("kube-env.log")).unwrap_or_default();
+            if let Some(status) = private.child.try_wait()? {
+                anyhow::bail!("kube-env exited ({status}) before it was ready:\n{}", log());
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "kube-env not ready within 4 minutes:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        private.env = KubeEnv::of(&private.kubeconfig)?;
+        Ok(private)
+    }
+}
+
+impl Drop for PrivateKubeEnv {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new(&self.env.bin)
+            .args(["cleanup", "--data-dir"])
+            .arg(&self.dir)
+            .status();
+        if std::env::var_os("DRAINER_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

@@ -1,7 +1,10 @@
-//! Shared test support: awkward trees, exact tree comparison, running the real binary, an
-//! S3-protocol server, and the test PostgreSQL.
+//! Shared test support: awkward trees, exact tree comparison, running the real binary (and its
+//! image, for pods), an S3-protocol server, and the test PostgreSQL.
 
 pub mod fault;
+pub mod forward;
+pub mod image;
+pub mod install;
 pub mod kube;
 pub mod postgres;
 pub mod proxy;

@@ -66,6 +66,11 @@ impl PrivatePostgres {
         server
     }
 
+    /// `127.0.0.1:PORT`, where it listens.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Starts the server (waiting until it accepts connections).
     pub fn up(&self) {
         let data = self.dir.join("data").display().to_string();

@@ -203,8 +203,14 @@ impl Serve {
             let mut ended = Vec::new();
             for id in ids {
                 let d = self.drain(id).await;
-                if ["completed", "failed", "cancelled", "not_needed"]
-                    .contains(&d["state"].as_str().unwrap())
+                if [
+                    "completed",
+                    "failed",
+                    "cancelled",
+                    "not_needed",
+                    "abandoned",
+                ]
+                .contains(&d["state"].as_str().unwrap())
                 {
                     ended.push(d);
                 }

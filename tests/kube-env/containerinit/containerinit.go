@@ -30,7 +30,10 @@ import (
 	"syscall"
 )
 
-const prSetNoNewPrivs = 38 // PR_SET_NO_NEW_PRIVS from <linux/prctl.h>
+const (
+	prSetNoNewPrivs = 38 // PR_SET_NO_NEW_PRIVS from <linux/prctl.h>
+	prCapBSetDrop   = 24 // PR_CAPBSET_DROP
+)
 
 // Arg is the subcommand that runs a container init: `kube-env container-init SPEC.json`.
 const Arg = "container-init"
@@ -65,6 +68,12 @@ type Spec struct {
 	SupplementalGroups []int64
 	ReadOnlyRoot       bool
 	NoNewPrivs         bool
+	// AllCapabilities keeps every capability (a privileged container); otherwise the
+	// capability bounding set is cut down to Capabilities (names without "CAP_"), as runc
+	// does with the set containerd computes. A process running as uid 0 then has exactly
+	// those capabilities after its exec; any other uid has none (no ambient capabilities).
+	AllCapabilities bool
+	Capabilities    []string
 }
 
 // Mount binds Source (a directory or a file) at Target inside the container.
@@ -134,6 +143,11 @@ func run(specPath string) error {
 	path, err := lookPath(s.Args[0], s.Env)
 	if err != nil {
 		return err
+	}
+	if !s.AllCapabilities {
+		if err := boundCapabilities(s.Capabilities); err != nil {
+			return err
+		}
 	}
 	if err := syscall.Setgroups(groups); err != nil {
 		return fmt.Errorf("setgroups: %w", err)
@@ -510,4 +524,60 @@ func readColonFile(path string) [][]string {
 		out = append(out, strings.Split(line, ":"))
 	}
 	return out
+}
+
+// capabilityNumbers are the Linux capabilities by name (<linux/capability.h>).
+var capabilityNumbers = map[string]int{
+	"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
+	"SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10,
+	"NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "IPC_OWNER": 15,
+	"SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20,
+	"SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
+	"SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30,
+	"SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
+	"BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+
+// CapabilityKnown reports whether name (without "CAP_") is a Linux capability.
+func CapabilityKnown(name string) bool {
+	_, ok := capabilityNumbers[name]
+	return ok
+}
+
+// AllCapabilities names every Linux capability kube-env knows.
+func AllCapabilities() []string {
+	out := make([]string, 0, len(capabilityNumbers))
+	for name := range capabilityNumbers {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// boundCapabilities drops from the bounding set every capability that keep does not name.
+// It must run while this process still has CAP_SETPCAP (before the setuid).
+func boundCapabilities(keep []string) error {
+	kept := map[int]bool{}
+	for _, name := range keep {
+		n, ok := capabilityNumbers[name]
+		if !ok {
+			return fmt.Errorf("unknown capability %q", name)
+		}
+		kept[n] = true
+	}
+	last := 40
+	if data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
+			last = n
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if kept[c] {
+			continue
+		}
+		if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prCapBSetDrop, uintptr(c), 0); errno != 0 && errno != syscall.EINVAL {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, errno)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,41 @@
+//! A TCP forwarder that makes a server of this machine that listens on loopback (PostgreSQL,
+//! the S3 test server) reachable from kube-env's pods: it listens on this machine's address on
+//! the pod network (`KUBE_ENV_HOST_IP`) and relays each connection to the server. A connection
+//! the server refuses (it is down) is closed at once, as a client would see it.
+
+use anyhow::Result;
+
+/// A running forwarder; stops when dropped (connections in flight end with it).
+pub struct Forward {
+    /// `HOST_IP:PORT`, the address pods connect to.
+    pub address: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forward {
+    /// Forwards a free port of `host_ip` to `upstream` (`HOST:PORT`).
+    pub async fn start(host_ip: &str, upstream: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((host_ip, 0)).await?;
+        let address = listener.local_addr()?.to_string();
+        let upstream = upstream.to_owned();
+        let task = tokio::spawn(async move {
+            let mut relays = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                relays.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while relays.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { address, task })
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,183 @@
+//! Installing `deploy/` on kube-env as a user would (`kubectl apply -k`), shared by the tests
+//! that do: the paths of the manifests, kube-env's kubectl, drainer's namespace, and drainer's
+//! API through its Service.
+//!
+//! Every install goes into drainer-system and creates the same cluster-wide objects (the
+//! ClusterRoles `drainer*`), so the tests that install run one at a time ([`LOCK`]), whatever
+//! their module.
+
+use super::kube::{KubeEnv, eventually};
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Serialises the tests that install drainer into drainer-system.
+pub static LOCK: Mutex<()> = Mutex::const_new(());
+
+/// drainer's namespace (deploy/base).
+pub const SYSTEM: &str = "drainer-system";
+
+/// The checkout the tests run from.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of `deploy/PATH` in the checkout.
+pub fn deploy(path: &str) -> String {
+    repo().join("deploy").join(path).display().to_string()
+}
+
+/// The image name the base and the examples use.
+pub fn release_image() -> String {
+    format!("ghcr.io/drainer/drainer:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Runs a command (two minutes at most); its stdout, or an error with its output.
+pub async fn output(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.kill_on_drop(true).output())
+        .await
+        .with_context(|| format!("{what}: no result within 2 minutes"))?
+        .with_context(|| format!("{what}: cannot start"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `kubectl ARGS` (kube-env's, the same release as its API server).
+pub async fn kubectl(env: &KubeEnv, args: &[&str]) -> Result<String> {
+    output(
+        env.kubectl().args(args),
+        &format!("kubectl {}", args.join(" ")),
+    )
+    .await
+}
+
+/// Creates namespace `name` if it does not exist; whether it did.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<bool> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    wait_namespace_gone_if_terminating(&api, name).await?;
+    if api.get_opt(name).await?.is_some() {
+        return Ok(false);
+    }
+    let ns: Namespace = super::kube::from_json(serde_json::json!({
+        "metadata": {"name": name}
+    }));
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(true)
+}
+
+/// Waits (two minutes at most) until namespace `name` is not being deleted (gone, or live).
+pub async fn wait_namespace_gone_if_terminating(api: &Api<Namespace>, name: &str) -> Result<()> {
+    eventually(
+        format!("namespace {name} not terminating"),
+        Duration::from_secs(120),
+        || async {
+            let ns = api.get_opt(name).await?;
+            let terminating = ns.is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+            ensure!(!terminating, "still terminating");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// drainer's API through its Service's ClusterIP (this machine reaches ClusterIPs), as an
+/// operator with the admin token, about the claims of one namespace.
+pub struct DrainerApi {
+    url: String,
+    http: reqwest::Client,
+    token: String,
+    /// The namespace whose drains it asks about.
+    apps: String,
+}
+
+impl DrainerApi {
+    /// The API of the installed drainer, with admin token `token`, about namespace `apps`.
+    pub async fn new(client: &Client, token: &str, apps: &str) -> Result<Self> {
+        let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM);
+        let service = services.get("drainer").await?;
+        let ip = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("the drainer Service has no ClusterIP")?;
+        Ok(Self {
+            url: format!("http://{ip}:8080"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            token: token.to_owned(),
+            apps: apps.to_owned(),
+        })
+    }
+
+    /// `GET PATH` as JSON; an error unless it succeeded.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        ensure!(status.is_success(), "GET {path}: {status} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Every drain in the namespace (at most 1,000).
+    pub async fn drains(&self) -> Result<Vec<Value>> {
+        let all = self
+            .get(&format!("/v1/drains?namespace={}&limit=1000", self.apps))
+            .await?;
+        Ok(all["drains"]
+            .as_array()
+            .context("no drains array")?
+            .to_vec())
+    }
+
+    /// The drains of claim `pvc`, oldest first.
+    pub async fn drains_of(&self, pvc: &str) -> Result<Vec<Value>> {
+        let mut drains: Vec<Value> = self
+            .drains()
+            .await?
+            .into_iter()
+            .filter(|d| d["pvc"] == pvc)
+            .collect();
+        drains.sort_by_key(|d| d["created_ms"].as_i64());
+        Ok(drains)
+    }
+
+    /// Waits until claim `pvc` has a completed drain newer than `after` drains; returns it.
+    /// Fails at once on a drain that ended otherwise.
+    pub async fn wait_completed(&self, pvc: &str, after: usize, within: Duration) -> Result<Value> {
+        eventually(
+            format!("a new completed drain of {}/{pvc}", self.apps),
+            within,
+            || async {
+                let drains = self.drains_of(pvc).await?;
+                let Some(drain) = drains.get(after) else {
+                    bail!("{} drains so far: {drains:?}", drains.len());
+                };
+                match drain["state"].as_str() {
+                    Some("completed") => Ok(drain.clone()),
+                    Some("failed" | "cancelled" | "not_needed") => Err(anyhow::anyhow!(
+                        "FINAL: drain ended {}: {drain}",
+                        drain["state"]
+                    )),
+                    _ => bail!("drain {drain}"),
+                }
+            },
+        )
+        .await
+    }
+}
