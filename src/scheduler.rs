@@ -173,8 +173,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Live progress of the drains this replica is running, by drain id.
-pub type ProgressBoard = Arc<Mutex<HashMap<String, Arc<Progress>>>>;
+/// The drains this replica is running, by drain id: their live progress, and the token that
+/// stops an attempt at once when its drain is changed by hand (cancelled or abandoned).
+pub type ProgressBoard = Arc<Mutex<HashMap<String, Running>>>;
+
+/// One running attempt on the [`ProgressBoard`].
+#[derive(Clone)]
+pub struct Running {
+    /// Its live progress.
+    pub progress: Arc<Progress>,
+    /// Cancelled to stop the attempt now (its drain no longer needs it); without it the
+    /// attempt notices within [`WATCH_EVERY`], and a copy about to end could commit a
+    /// snapshot of a cancelled drain meanwhile.
+    pub stop: CancellationToken,
+}
 
 /// The scheduler's settings and collaborators.
 pub struct Scheduler {
@@ -269,10 +281,14 @@ impl Scheduler {
             .notify(&drain, &Milestone::CopyStarted { attempt })
             .await;
         let progress = Arc::new(Progress::default());
-        if let Ok(mut board) = self.board.lock() {
-            board.insert(drain.id.clone(), Arc::clone(&progress));
-        }
         let lost = CancellationToken::new();
+        if let Ok(mut board) = self.board.lock() {
+            let running = Running {
+                progress: Arc::clone(&progress),
+                stop: lost.clone(),
+            };
+            board.insert(drain.id.clone(), running);
+        }
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             self.ledger.clone(),
             drain.id.clone(),

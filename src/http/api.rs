@@ -258,7 +258,7 @@ pub(super) async fn get_drain(
         .board
         .lock()
         .ok()
-        .and_then(|board| board.get(&drain.id).map(|p| p.view()));
+        .and_then(|board| board.get(&drain.id).map(|r| r.progress.view()));
     Ok(Json(DrainView {
         history: Some(history),
         progress,
@@ -278,6 +278,7 @@ async fn change(
     match shared.ledger.change_drain(&id, event, by, why).await? {
         Ok(drain) => {
             super::guard::forget_copying(state, &id);
+            stop_attempt(shared, &drain);
             tracing::info!(drain = %id, ns = %drain.namespace, pvc = %drain.pvc, by, ?event, why, "drain changed by hand");
             if let (Event::Abandoned, Some(why)) = (event, why) {
                 let milestone = crate::notify::Milestone::Abandoned {
@@ -300,6 +301,23 @@ async fn change(
             "invalid_transition",
             refused.to_string(),
         )),
+    }
+}
+
+/// Stops this replica's attempt of `drain` at once if its drain, changed by hand, no longer
+/// copies (the attempt would notice within a second, time enough to commit a snapshot).
+fn stop_attempt(shared: &super::Shared, drain: &Drain) {
+    if drain.state == crate::lifecycle::DrainState::Copying {
+        return;
+    }
+    let running = shared
+        .board
+        .lock()
+        .ok()
+        .and_then(|b| b.get(&drain.id).cloned());
+    if let Some(running) = running {
+        tracing::info!(drain = %drain.id, state = ?drain.state, "stopping the running attempt");
+        running.stop.cancel();
     }
 }
 

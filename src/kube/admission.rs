@@ -1,8 +1,10 @@
 //! What Kubernetes mode adds to a handoff ([`crate::admission::Admission`]): every drain waits
 //! for its pod's release, records the claim's UID (a claim deleted and created again is
 //! another volume) and the announcing pod; and before the caller is answered, a claim that the
-//! garbage collector would delete with its pod (`whenScaled: Delete`) is held, so an
-//! acknowledged handoff never loses its data to the collector.
+//! garbage collector would delete with its pod (`whenScaled: Delete`) is held, and one whose
+//! StatefulSet's policy may delete it later is guarded ([`super::guard`]) if the reconciler
+//! has not guarded it yet, so an acknowledged handoff never loses its data to the collector,
+//! even if drainer dies right after answering.
 
 use super::{Cluster, call, hold};
 use crate::admission::{Admission, Refusal};
@@ -32,7 +34,61 @@ impl KubeAdmission {
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         found.ok_or_else(|| Refusal::NotFound(format!("claim {namespace}/{name} does not exist")))
     }
+
+    /// Makes sure the collector cannot delete the claim of `drain` before the drain ends,
+    /// even if no drainer runs: a claim it may delete with an owner (its condemned pod, its
+    /// deleted StatefulSet) is held; a claim whose StatefulSet's policy may delete it later is
+    /// guarded. Read from the watch first, then, when that shows no owner, from the API server:
+    /// the watch may lag behind the StatefulSet controller making the condemned pod the claim's
+    /// owner (done before the pod is deleted, so before a terminating pod's handoff). A claim
+    /// changed meanwhile is read again (a few times).
+    async fn protect(&self, drain: &Drain) -> Result<(), Refusal> {
+        let (namespace, name) = (&drain.namespace, &drain.pvc);
+        if let Some(claim) = self.cluster.claim(namespace, name) {
+            if hold::needs_hold(&claim) {
+                return self.hold(drain, &claim).await;
+            }
+            if super::guard::is_guarded(&claim) {
+                return Ok(()); // guarded: the collector keeps it whoever its owners become
+            }
+        }
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.cluster.client.clone(), namespace);
+        let unavailable = |e: super::Error| Refusal::Unavailable(e.to_string());
+        for _ in 0..PROTECT_TRIES {
+            let found = call(format!("get claim {namespace}/{name}"), api.get_opt(name))
+                .await
+                .map_err(unavailable)?;
+            let Some(claim) = found else {
+                return Ok(()); // gone: nothing left to protect (the drain will say so)
+            };
+            if hold::needs_hold(&claim) {
+                return self.hold(drain, &claim).await;
+            }
+            match super::guard::guard_now(&self.cluster, &claim).await {
+                Err(e) if e.is_conflict() => continue,
+                other => return other.map(drop).map_err(unavailable),
+            }
+        }
+        Err(Refusal::Unavailable(format!(
+            "claim {namespace}/{name} kept changing while drainer guarded it; try again"
+        )))
+    }
+
+    /// Holds `claim` for `drain` and records the hold.
+    async fn hold(&self, drain: &Drain, claim: &PersistentVolumeClaim) -> Result<(), Refusal> {
+        let name = hold::hold(&self.cluster.client, &drain.id, claim)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        self.ledger
+            .set_hold(&drain.id, Some(&name))
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))
+    }
 }
+
+/// Reads of a claim that changed while it was being guarded, before a handoff is refused.
+const PROTECT_TRIES: usize = 3;
 
 /// The pod of a caller, if it is one, as (name, UID).
 fn caller_pod(caller: &Caller) -> Option<(&str, &str)> {
@@ -77,17 +133,7 @@ impl Admission for KubeAdmission {
             .iter()
             .filter(|d| d.state.is_active() && d.hold.is_none())
         {
-            let claim = self.claim(&drain.namespace, &drain.pvc).await?;
-            if !hold::needs_hold(&claim) {
-                continue;
-            }
-            let name = hold::hold(&self.cluster.client, &drain.id, &claim)
-                .await
-                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-            self.ledger
-                .set_hold(&drain.id, Some(&name))
-                .await
-                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            self.protect(drain).await?;
         }
         Ok(())
     }

@@ -317,6 +317,32 @@ async fn patch_claim(
     .map(drop)
 }
 
+/// Guards `claim` now when its StatefulSet's policy deletes claims and it carries no guard
+/// yet, as the reconciler would on its next pass; for the handoff path, which must not answer
+/// for a claim that the collector could still delete while no drainer runs. Returns whether
+/// it patched; a claim changed since it was read is a conflict error (read it again).
+pub async fn guard_now(cluster: &Cluster, claim: &PersistentVolumeClaim) -> Result<bool, Error> {
+    if is_guarded(claim) || claim.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+    let sets = cluster.sets_in(&namespace);
+    let sets: Vec<&StatefulSet> = sets.iter().map(Arc::as_ref).collect();
+    let policy = match assess(claim, &sets) {
+        Assessment::Guard(policy) | Assessment::Condemned { policy, .. } => policy,
+        Assessment::Leave | Assessment::Unguard => return Ok(false),
+    };
+    let uids = namespace_uids(&cluster.client, [namespace.clone()]).await;
+    let Some(uid) = uids.get(&namespace) else {
+        return Err(Error::Watch(format!(
+            "namespace {namespace} cannot be read (or is being deleted): claim not guarded"
+        )));
+    };
+    let patch = guard_patch(claim, uid, policy);
+    patch_claim(&cluster.client, claim, &patch, "guard").await?;
+    Ok(true)
+}
+
 /// Takes drainer's guard off `claim` (nothing to do if it has none).
 pub async fn unguard(client: &kube::Client, claim: &PersistentVolumeClaim) -> Result<(), Error> {
     if recorded_policy(claim).is_none() && !has_guard_ref(claim) {
