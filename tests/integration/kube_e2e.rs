@@ -1451,6 +1451,7 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             };
             assert_restores_exactly(&w.store(), &w.ns, pvc, source, w.work.as_path()).await;
         }
+        let stuck = std::sync::Mutex::new(String::new());
         eventually(
             "no hold left, the claims as their owner asked",
             WAIT,
@@ -1458,16 +1459,29 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
                 let holds = w.holds().await?;
                 ensure!(holds.is_empty(), "holds left: {holds:?}");
                 for (_, pvc) in &claims {
-                    let there = w.claim_uid(pvc).await?.is_some();
+                    let claim = w.api::<PersistentVolumeClaim>().get_opt(pvc).await?;
+                    let there = claim.is_some();
+                    *stuck.lock().unwrap() = pvc.clone();
                     ensure!(
                         there == (when_scaled == "Retain"),
-                        "{pvc}: there is {there}"
+                        "{pvc}: there is {there}; its metadata: {:?}",
+                        claim.map(|c| (c.metadata.owner_references, c.metadata.annotations))
                     );
                 }
                 Ok(())
             },
         )
-        .await?;
+        .await
+        .with_context(|| {
+            let pvc = stuck.lock().unwrap().clone();
+            let log = std::fs::read_to_string(serve.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("DEBUG") && names_claim(l, &pvc))
+                .collect();
+            let tail = lines[lines.len().saturating_sub(120)..].join("\n");
+            format!("drainer's log of {pvc} (last 120 lines):\n{tail}")
+        })?;
         eprintln!(
             "{FIFTY} claims orphaned at once (whenScaled: {when_scaled}): all completed {:.1} s \
              after the scale-down; at most {} mover Jobs at once (--concurrent-drains {BOUND}); \
@@ -1480,6 +1494,13 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
         w.finish().await
     })
     .await
+}
+
+/// Whether log line `line` names claim `pvc` (not another claim whose name starts with it).
+fn names_claim(line: &str, pvc: &str) -> bool {
+    line.match_indices(pvc).any(|(at, _)| {
+        !line[at + pvc.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+    })
 }
 
 /// 50 claims orphaned at once with `whenScaled: Retain` (see [`fifty_at_once`]): the claims
