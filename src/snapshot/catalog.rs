@@ -15,6 +15,7 @@
 
 use super::layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 use super::manifest::{self, Entry, Line};
+use super::retention::{self, Plan, Policy};
 use super::validate::Validator;
 use super::{Error, Result};
 use crate::store::Store;
@@ -583,47 +584,63 @@ pub async fn list_snapshots(store: &Store, volume: &VolumeId) -> Result<Vec<List
     Ok(listed)
 }
 
-/// What a prune did.
+/// What a prune did (or, for a plan, would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
     /// Snapshots kept.
     pub kept: Vec<String>,
-    /// Snapshots deleted.
+    /// Snapshots deleted (for a plan: that a prune would delete).
     pub deleted: Vec<String>,
-    /// Objects deleted.
+    /// Objects deleted (none for a plan).
     pub objects_deleted: u64,
+    /// Every snapshot with the policy's decision and its reasons, newest first.
+    pub plan: Plan,
 }
 
 /// Deletes all but the newest `keep` complete snapshots of `volume` (never the latest, never a
 /// damaged one), and every object that no kept snapshot refers to.
 pub async fn prune(store: &Store, volume: &VolumeId, keep: usize) -> Result<PruneReport> {
+    let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
+    prune_by(store, volume, &Policy::last(keep), false).await
+}
+
+/// Decides which snapshots of `volume` `policy` keeps (see [`super::retention`]) and, unless
+/// `plan_only`, deletes the others and every object of theirs that no kept snapshot refers to.
+/// A plan reads the listing and the `latest` pointer only, and changes nothing.
+pub async fn prune_by(
+    store: &Store,
+    volume: &VolumeId,
+    policy: &Policy,
+    plan_only: bool,
+) -> Result<PruneReport> {
     let listed = list_snapshots(store, volume).await?;
+    prune_listed(store, volume, listed, policy, plan_only).await
+}
+
+/// [`prune_by`] on a listing of `volume` the caller has just read.
+pub async fn prune_listed(
+    store: &Store,
+    volume: &VolumeId,
+    listed: Vec<Listed>,
+    policy: &Policy,
+    plan_only: bool,
+) -> Result<PruneReport> {
+    let latest = read_latest(store, volume).await?.map(|id| id.to_string());
+    let plan = retention::decide(&listed, latest.as_deref(), policy);
+    let mut report = PruneReport {
+        kept: plan.kept(),
+        deleted: plan.doomed(),
+        objects_deleted: 0,
+        plan,
+    };
+    if plan_only || report.deleted.is_empty() {
+        return Ok(report);
+    }
     let damaged: Vec<String> = listed
         .iter()
         .filter(|l| l.complete().is_none())
         .map(|l| l.snapshot().to_owned())
         .collect();
-    let all: Vec<&SnapshotSummary> = listed.iter().filter_map(Listed::complete).collect();
-    let latest = read_latest(store, volume).await?.map(|id| id.to_string());
-    let split = all.len().saturating_sub(keep.max(1));
-    let (old, newest) = all.split_at(split);
-    let (doomed, kept_old): (Vec<&SnapshotSummary>, Vec<&SnapshotSummary>) = old
-        .iter()
-        .copied()
-        .partition(|s| Some(&s.snapshot) != latest.as_ref());
-    let mut report = PruneReport {
-        kept: kept_old
-            .iter()
-            .map(|s| s.snapshot.clone())
-            .chain(newest.iter().map(|s| s.snapshot.clone()))
-            .chain(damaged.iter().cloned())
-            .collect(),
-        deleted: doomed.iter().map(|s| s.snapshot.clone()).collect(),
-        objects_deleted: 0,
-    };
-    if doomed.is_empty() {
-        return Ok(report);
-    }
     let layout = VolumeLayout::new(store.root(), volume);
     let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
     let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
