@@ -644,9 +644,21 @@ pub async fn prune_listed(
     let layout = VolumeLayout::new(store.root(), volume);
     let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
     let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
+    // Every doomed snapshot's objects first, then (once those deletions are durable) their
+    // summaries: an interrupted prune leaves at worst unlisted leftovers, never a listed
+    // snapshot whose objects are gone. Two flushes per volume, not two per snapshot.
+    let mut summaries = Vec::new();
     for id in &report.deleted {
-        report.objects_deleted += delete_snapshot(store, &layout, id, &referenced).await?;
+        let (objects, summary) = delete_objects(store, &layout, id, &referenced).await?;
+        report.objects_deleted += objects;
+        summaries.push(summary);
     }
+    store.flush().await?;
+    for key in &summaries {
+        delete_key(store, key).await?;
+    }
+    report.objects_deleted += summaries.len() as u64;
+    store.flush().await?;
     Ok(report)
 }
 
@@ -686,12 +698,14 @@ async fn references_into(
     Ok(referenced)
 }
 
-async fn delete_snapshot(
+/// Deletes the objects under snapshot `id` that are not `referenced`, except its summary;
+/// returns how many, and the summary's key (for the caller to delete last).
+async fn delete_objects(
     store: &Store,
     layout: &VolumeLayout,
     id: &str,
     referenced: &HashSet<String>,
-) -> Result<u64> {
+) -> Result<(u64, Key)> {
     let id: SnapshotId = id.parse().map_err(|reason| Error::Manifest {
         key: id.to_owned(),
         reason,
@@ -718,14 +732,26 @@ async fn delete_snapshot(
             !referenced.contains(relative)
         })
         .collect();
-    let deleted = keys.len() as u64 + 1;
-    for key in keys.iter().chain(std::iter::once(&summary)) {
-        match store.call("delete", key, objects.delete(key)).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+    let count = keys.len() as u64;
+    stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move { delete_key(&store, &key).await }
+        })
+        .buffer_unordered(DELETES_AT_ONCE)
+        .try_collect::<()>()
+        .await?;
+    Ok((count, summary))
+}
+
+/// Object deletions in flight at once while pruning.
+const DELETES_AT_ONCE: usize = 16;
+
+/// Deletes `key`; one already gone is fine.
+async fn delete_key(store: &Store, key: &Key) -> Result<()> {
+    match store.call("delete", key, store.objects().delete(key)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    store.flush().await?;
-    Ok(deleted)
 }
