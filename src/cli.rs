@@ -297,18 +297,79 @@ fn made_by(drain: Option<&snapshot::DrainOrigin>) -> String {
     )
 }
 
-/// `drainer prune`.
+/// `drainer prune`: applies a retention policy to one volume, or to every volume of the
+/// store; with `--plan`, prints each snapshot's fate and why, and deletes nothing.
 pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let mut policy = args.policy.policy();
+    if let Some(keep) = args.keep {
+        policy.last = Some(keep);
+    }
+    if policy.is_empty() {
+        return Err(Usage(
+            "no retention rule given: use --keep-last N, --keep-within DURATION, --keep-hourly N, \
+             --keep-daily N, --keep-weekly N, --keep-monthly N or --keep-yearly N"
+                .into(),
+        )
+        .into());
+    }
     let store = open_store(&args.store, &args.engine, false)?;
-    let report = snapshot::prune(&store, &args.volume, args.keep as usize).await?;
-    println!(
-        "pruned {}: deleted {} snapshots ({} objects), kept {}",
-        args.volume,
-        report.deleted.len(),
-        report.objects_deleted,
-        report.kept.len()
-    );
+    let volumes = match &args.volume {
+        Some(volume) => vec![volume.clone()],
+        None => snapshot::list_volumes(&store).await?,
+    };
+    let mut reports = Vec::new();
+    for volume in &volumes {
+        let report = snapshot::prune_by(&store, volume, &policy, args.plan).await?;
+        if args.output == OutputFormat::Table {
+            print_prune(volume, &report, args.plan);
+        }
+        reports.push(serde_json::json!({
+            "volume": volume.to_string(),
+            "deleted": report.deleted,
+            "kept": report.kept,
+            "objects_deleted": report.objects_deleted,
+            "snapshots": report.plan.snapshots,
+        }));
+    }
+    tracing::debug!(calls = ?store.calls(), "store calls");
+    if args.output == OutputFormat::Json {
+        let out = serde_json::json!({
+            "policy": policy.to_string(),
+            "plan": args.plan,
+            "volumes": reports,
+            "store_calls": store.calls(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
     Ok(())
+}
+
+/// A volume's prune (or plan) as a table and a summary line.
+fn print_prune(volume: &crate::volume::VolumeId, report: &snapshot::PruneReport, plan: bool) {
+    if plan {
+        println!("{volume}:");
+        for d in &report.plan.snapshots {
+            println!(
+                "  {:<6} {:<28} {:<24} {}",
+                if d.keep { "keep" } else { "delete" },
+                d.snapshot,
+                d.completed.as_deref().unwrap_or("-"),
+                d.reasons.join(", ")
+            );
+        }
+        println!(
+            "plan for {volume}: would delete {} snapshots, keep {}",
+            report.deleted.len(),
+            report.kept.len()
+        );
+    } else {
+        println!(
+            "pruned {volume}: deleted {} snapshots ({} objects), kept {}",
+            report.deleted.len(),
+            report.objects_deleted,
+            report.kept.len()
+        );
+    }
 }
 
 /// `drainer verify`.

@@ -5,6 +5,7 @@
 //! `object_store` itself from the usual `AWS_*`, `GOOGLE_*` and `AZURE_*` variables).
 
 use crate::snapshot::SnapshotSelector;
+use crate::snapshot::retention::{Policy, Span};
 use crate::volume::VolumeId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -48,7 +49,11 @@ pub enum Command {
     /// List the snapshots in a store (or of one volume through a drainer), each with the
     /// drain that made it.
     Snapshots(SnapshotsArgs),
-    /// Delete all but the newest N snapshots of a volume.
+    /// Delete the snapshots a retention policy does not keep (restic `forget`'s rules), with
+    /// every object no kept snapshot refers to; `--plan` shows what it would delete.
+    ///
+    /// The latest snapshot, the newest and every damaged one always stay. Exit 2: malformed
+    /// arguments, or no rule given.
     Prune(PruneArgs),
     /// Re-read a snapshot's objects and check every hash against its manifest.
     Verify(VerifyArgs),
@@ -177,6 +182,77 @@ pub struct ServeArgs {
     /// Kubernetes mode.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Retention: the service-wide policy and the pass that applies it.
+    #[command(flatten)]
+    pub retention: ServeRetentionArgs,
+}
+
+/// The retention pass of `drainer serve` (see `crate::pruning`).
+#[derive(Debug, Clone, Args)]
+pub struct ServeRetentionArgs {
+    /// The service-wide policy, which `drainer.io/retention` annotations override. No rule: keep
+    /// every snapshot.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Seconds between retention passes, the first a minute after start (0: never prune).
+    /// In Kubernetes mode only the replica holding the sweeper Lease prunes.
+    #[arg(long, env = "DRAINER_PRUNE_INTERVAL", default_value = "3600", value_parser = parse_seconds)]
+    pub prune_interval: Duration,
+    /// How long the snapshots of a volume whose claim (local mode: directory) is gone are all
+    /// kept, from when drainer last saw it (or, if it never did, the volume's newest
+    /// snapshot); after that only the service-wide policy prunes them, and the newest stays.
+    #[arg(long, env = "DRAINER_KEEP_DELETED_FOR", default_value = "90d", value_parser = parse_span)]
+    pub keep_deleted_for: Span,
+}
+
+/// A retention policy as flags, restic `forget`'s set (see `snapshot::retention`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PolicyArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, env = "DRAINER_KEEP_LAST", value_parser = parse_count)]
+    pub keep_last: Option<u32>,
+    /// Keep every snapshot completed within DURATION (30d, 12h, 2w, 1w3d; m is minutes) before
+    /// the volume's newest one.
+    #[arg(long, env = "DRAINER_KEEP_WITHIN", value_parser = parse_span)]
+    pub keep_within: Option<Span>,
+    /// Keep the newest snapshot of each of the last N hours that have one (UTC).
+    #[arg(long, env = "DRAINER_KEEP_HOURLY", value_parser = parse_count)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one (UTC).
+    #[arg(long, env = "DRAINER_KEEP_DAILY", value_parser = parse_count)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one (UTC).
+    #[arg(long, env = "DRAINER_KEEP_WEEKLY", value_parser = parse_count)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one (UTC).
+    #[arg(long, env = "DRAINER_KEEP_MONTHLY", value_parser = parse_count)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one (UTC).
+    #[arg(long, env = "DRAINER_KEEP_YEARLY", value_parser = parse_count)]
+    pub keep_yearly: Option<u32>,
+}
+
+impl PolicyArgs {
+    /// The policy the flags give (empty when none is set: keep everything).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            last: self.keep_last,
+            within: self.keep_within,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+}
+
+fn parse_count(text: &str) -> Result<u32, String> {
+    crate::snapshot::retention::parse_count(text)
+}
+
+fn parse_span(text: &str) -> Result<Span, String> {
+    text.parse()
 }
 
 /// Kubernetes mode: pods hand off through projected tokens, mover Jobs copy, sweeps list
@@ -697,12 +773,21 @@ pub struct PruneArgs {
     /// Where snapshots are stored.
     #[arg(env = "DRAINER_STORE", value_parser = parse_store_url)]
     pub store: String,
-    /// The volume to prune, as NAMESPACE/PVC.
+    /// The volume to prune, as NAMESPACE/PVC; every volume of the store when absent.
     #[arg(long, env = "DRAINER_VOLUME")]
-    pub volume: VolumeId,
-    /// How many of the newest snapshots to keep (the latest is always kept).
-    #[arg(long, env = "DRAINER_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep: u32,
+    pub volume: Option<VolumeId>,
+    /// Which snapshots to keep (at least one rule; the latest always stays).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The same as --keep-last (kept for scripts written before the other rules).
+    #[arg(long, env = "DRAINER_KEEP", value_parser = parse_count, conflicts_with = "keep_last")]
+    pub keep: Option<u32>,
+    /// Print what the policy keeps and deletes, and why; delete nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,

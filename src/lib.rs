@@ -37,6 +37,7 @@ pub(crate) mod metrics;
 pub(crate) mod mover;
 pub mod notify;
 pub mod protocol;
+pub mod pruning;
 pub(crate) mod remote;
 pub(crate) mod retry;
 pub(crate) mod scheduler;

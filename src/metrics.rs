@@ -88,6 +88,10 @@ pub struct Metrics {
     pub sweep_seconds: Histogram,
     /// Time from a drain's request (the handoff) to its completed snapshot.
     pub drain_seconds: Histogram,
+    /// Snapshots deleted by retention passes.
+    pub snapshots_pruned: Counter,
+    /// Duration of retention passes.
+    pub prune_pass_seconds: Histogram,
     /// Orphaned volumes the last sweep found (Kubernetes mode: opted-out ones included).
     pub orphaned_volumes: Gauge,
     /// Orphaned volumes the last sweep found that needed a drain: no snapshot of their data.
@@ -122,6 +126,8 @@ impl Metrics {
             failures: Family::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             drain_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 18)),
+            snapshots_pruned: Counter::default(),
+            prune_pass_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             orphaned_volumes: Gauge::default(),
             orphaned_volumes_undrained: Gauge::default(),
             ready: Gauge::default(),
@@ -173,6 +179,16 @@ impl Metrics {
             "sweep_duration_seconds",
             "Duration of sweeps",
             metrics.sweep_seconds.clone(),
+        );
+        registry.register(
+            "snapshots_pruned",
+            "Snapshots deleted by retention passes",
+            metrics.snapshots_pruned.clone(),
+        );
+        registry.register(
+            "prune_pass_duration_seconds",
+            "Duration of retention passes",
+            metrics.prune_pass_seconds.clone(),
         );
         registry.register(
             "drain_duration_seconds",

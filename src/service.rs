@@ -44,6 +44,8 @@ struct Mode {
     notifier: Arc<dyn Notifier>,
     executor: Arc<dyn Executor>,
     sweeper: Arc<dyn Sweeper>,
+    /// Which claims exist, for the retention pass.
+    claims: Arc<dyn crate::pruning::Claims>,
     /// What the log says of it.
     describe: String,
 }
@@ -132,6 +134,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mode = %mode.describe, "drainer serving"
     );
     start_tasks(&supervisor, &args, &mode, &store, &state);
+    start_retention(&base, &mode);
     state.set_ready(true);
     run_until_shutdown(state, listener, scheduler, shutdown, &args, supervisor).await
 }
@@ -157,6 +160,35 @@ fn start_tasks(
     let (store, health) = (store.clone(), supervisor.health().clone());
     supervisor.spawn("store-probe", move |stop| {
         probe_store(store.clone(), health.clone(), stop)
+    });
+}
+
+/// Starts the retention pass (unless `--prune-interval 0`).
+fn start_retention(base: &Base<'_>, mode: &Mode) {
+    let args = &base.args.retention;
+    if args.prune_interval.is_zero() {
+        return;
+    }
+    let pruner = Arc::new(crate::pruning::Pruner {
+        ledger: base.ledger.clone(),
+        store: base.store.clone(),
+        metrics: Arc::clone(base.metrics),
+        claims: Arc::clone(&mode.claims),
+        settings: crate::pruning::Settings {
+            policy: args.policy.policy(),
+            keep_deleted_for: args.keep_deleted_for,
+            replica: base.owner.to_owned(),
+        },
+    });
+    tracing::info!(
+        policy = %pruner.settings.policy,
+        every_seconds = args.prune_interval.as_secs(),
+        keep_deleted_for = %args.keep_deleted_for,
+        "retention passes scheduled (annotations drainer.io/retention override the policy)"
+    );
+    let interval = args.prune_interval;
+    base.supervisor.spawn("retention", move |stop| {
+        Arc::clone(&pruner).run(interval, stop)
     });
 }
 
@@ -190,6 +222,9 @@ fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
             store: base.store.clone(),
             root: volume_root.clone(),
             max_attempts: args.max_attempts,
+        }),
+        claims: Arc::new(crate::pruning::LocalClaims {
+            root: volume_root.clone(),
         }),
         describe: format!(
             "local (volumes in {}, token from {token_source})",
@@ -239,7 +274,9 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     });
     // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
     // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
-    let keeper = (!args.sweep_interval.is_zero()).then(|| {
+    // The same replica runs the retention passes.
+    let scheduled = !args.sweep_interval.is_zero() || !args.retention.prune_interval.is_zero();
+    let keeper = scheduled.then(|| {
         use crate::kube::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
         let namespace = crate::kube::lease::own_namespace(&args.kube, &cluster.client);
         let lease = Lease::new(
@@ -274,6 +311,7 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     base.supervisor.spawn("statefulset-memory", move |stop| {
         seen_sets.clone().run(ledger.clone(), stop)
     });
+    let keeper_holding = keeper.as_ref().map(crate::kube::lease::Keeper::holding);
     if let Some(keeper) = keeper {
         base.supervisor
             .spawn("sweeper-lease", move |stop| keeper.clone().run(stop));
@@ -281,6 +319,10 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     // Every claim a StatefulSet's retention policy could delete carries a standing guard, so
     // that a scale-down while no drainer runs loses nothing.
     let sweeper: Arc<dyn Sweeper> = Arc::new(sweeper);
+    let claims = Arc::new(crate::kube::retention::KubeClaims {
+        cluster: cluster.clone(),
+        lease: keeper_holding,
+    });
     let guards = crate::kube::guard::Guards {
         cluster: cluster.clone(),
         ledger: base.ledger.clone(),
@@ -309,6 +351,7 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
         notifier,
         executor,
         sweeper,
+        claims,
         describe: format!("kubernetes (audience {})", args.kube.audience),
     })
 }

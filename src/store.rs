@@ -121,6 +121,22 @@ pub struct Store {
     url: String,
     timeout: Duration,
     part_size: u64,
+    calls: Arc<CallCounts>,
+}
+
+/// Requests made through [`Store::call`], by kind (reads of a response body's chunks are not
+/// requests and are not counted).
+#[derive(Debug, Default)]
+struct CallCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl CallCounts {
+    fn count(&self, op: &'static str) {
+        if op.starts_with("read") {
+            return;
+        }
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(op).or_default() += 1;
+    }
 }
 
 impl Store {
@@ -223,6 +239,7 @@ impl Store {
             url: redact(&parsed),
             timeout: options.timeout,
             part_size: options.part_size,
+            calls: Arc::default(),
         })
     }
 
@@ -245,6 +262,7 @@ impl Store {
             url,
             timeout: options.timeout,
             part_size: options.part_size,
+            calls: Arc::default(),
         }
     }
 
@@ -294,6 +312,7 @@ impl Store {
         key: &Path,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> Result<T> {
+        self.calls.count(op);
         // The outer bound covers a request with all its retries (and local calls, which have
         // no timeout of their own).
         match tokio::time::timeout(self.timeout * (RETRIES + 1), request).await {
@@ -305,6 +324,16 @@ impl Store {
                 seconds: (self.timeout * (RETRIES + 1)).as_secs(),
             }),
         }
+    }
+
+    /// How many requests of each kind (`list`, `get`, `get manifest`, `delete`, …) this store
+    /// (and its clones) made so far, for benchmarks and debug logs.
+    pub fn calls(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.calls
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `error`, the failure of a call on a multipart upload of `key` (a part, or its

@@ -6,8 +6,9 @@
 //! drainer itself is down, [`movers`] copies volumes
 //! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
 //! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
-//! [`events`] tells users on the claim and the pod what happened to their drains. Core modules
-//! never import this one.
+//! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
+//! tells the retention pass which claims exist and how they are annotated. Core modules never
+//! import this one.
 
 pub mod admission;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod memory;
 pub mod movers;
 pub mod planner;
 pub mod release;
+pub mod retention;
 pub mod sweep;
 pub mod watch;
 

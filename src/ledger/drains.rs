@@ -307,7 +307,7 @@ fn new_drain_id() -> String {
 }
 
 /// The states in which a drain is active (a volume has at most one active drain), as SQL.
-fn active_states_sql() -> String {
+pub(super) fn active_states_sql() -> String {
     let names: Vec<String> = crate::lifecycle::ALL_STATES
         .iter()
         .filter(|s| s.is_active())

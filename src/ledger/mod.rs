@@ -10,6 +10,7 @@
 mod drains;
 mod intake;
 mod relay;
+mod retention;
 mod runs;
 mod sweeps;
 
@@ -18,6 +19,7 @@ pub use drains::{
     StateSummary, Transition, Writer,
 };
 pub use relay::{RelayPart, RelayRecord};
+pub use retention::PruneRecord;
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, process_owner};
 pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
 

@@ -15,6 +15,7 @@
 
 use super::layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 use super::manifest::{self, Entry, Line};
+use super::retention::{self, Plan, Policy};
 use super::validate::Validator;
 use super::{Error, Result};
 use crate::store::Store;
@@ -583,53 +584,81 @@ pub async fn list_snapshots(store: &Store, volume: &VolumeId) -> Result<Vec<List
     Ok(listed)
 }
 
-/// What a prune did.
+/// What a prune did (or, for a plan, would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
     /// Snapshots kept.
     pub kept: Vec<String>,
-    /// Snapshots deleted.
+    /// Snapshots deleted (for a plan: that a prune would delete).
     pub deleted: Vec<String>,
-    /// Objects deleted.
+    /// Objects deleted (none for a plan).
     pub objects_deleted: u64,
+    /// Every snapshot with the policy's decision and its reasons, newest first.
+    pub plan: Plan,
 }
 
 /// Deletes all but the newest `keep` complete snapshots of `volume` (never the latest, never a
 /// damaged one), and every object that no kept snapshot refers to.
 pub async fn prune(store: &Store, volume: &VolumeId, keep: usize) -> Result<PruneReport> {
+    let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
+    prune_by(store, volume, &Policy::last(keep), false).await
+}
+
+/// Decides which snapshots of `volume` `policy` keeps (see [`super::retention`]) and, unless
+/// `plan_only`, deletes the others and every object of theirs that no kept snapshot refers to.
+/// A plan reads the listing and the `latest` pointer only, and changes nothing.
+pub async fn prune_by(
+    store: &Store,
+    volume: &VolumeId,
+    policy: &Policy,
+    plan_only: bool,
+) -> Result<PruneReport> {
     let listed = list_snapshots(store, volume).await?;
+    prune_listed(store, volume, listed, policy, plan_only).await
+}
+
+/// [`prune_by`] on a listing of `volume` the caller has just read.
+pub async fn prune_listed(
+    store: &Store,
+    volume: &VolumeId,
+    listed: Vec<Listed>,
+    policy: &Policy,
+    plan_only: bool,
+) -> Result<PruneReport> {
+    let latest = read_latest(store, volume).await?.map(|id| id.to_string());
+    let plan = retention::decide(&listed, latest.as_deref(), policy);
+    let mut report = PruneReport {
+        kept: plan.kept(),
+        deleted: plan.doomed(),
+        objects_deleted: 0,
+        plan,
+    };
+    if plan_only || report.deleted.is_empty() {
+        return Ok(report);
+    }
     let damaged: Vec<String> = listed
         .iter()
         .filter(|l| l.complete().is_none())
         .map(|l| l.snapshot().to_owned())
         .collect();
-    let all: Vec<&SnapshotSummary> = listed.iter().filter_map(Listed::complete).collect();
-    let latest = read_latest(store, volume).await?.map(|id| id.to_string());
-    let split = all.len().saturating_sub(keep.max(1));
-    let (old, newest) = all.split_at(split);
-    let (doomed, kept_old): (Vec<&SnapshotSummary>, Vec<&SnapshotSummary>) = old
-        .iter()
-        .copied()
-        .partition(|s| Some(&s.snapshot) != latest.as_ref());
-    let mut report = PruneReport {
-        kept: kept_old
-            .iter()
-            .map(|s| s.snapshot.clone())
-            .chain(newest.iter().map(|s| s.snapshot.clone()))
-            .chain(damaged.iter().cloned())
-            .collect(),
-        deleted: doomed.iter().map(|s| s.snapshot.clone()).collect(),
-        objects_deleted: 0,
-    };
-    if doomed.is_empty() {
-        return Ok(report);
-    }
     let layout = VolumeLayout::new(store.root(), volume);
     let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
     let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
+    // Every doomed snapshot's objects first, then (once those deletions are durable) their
+    // summaries: an interrupted prune leaves at worst unlisted leftovers, never a listed
+    // snapshot whose objects are gone. Two flushes per volume, not two per snapshot.
+    let mut summaries = Vec::new();
     for id in &report.deleted {
-        report.objects_deleted += delete_snapshot(store, &layout, id, &referenced).await?;
+        let (objects, summary) = delete_objects(store, &layout, id, &referenced).await?;
+        report.objects_deleted += objects;
+        summaries.push(summary);
     }
+    store.flush().await?;
+    for key in &summaries {
+        delete_key(store, key).await?;
+    }
+    report.objects_deleted += summaries.len() as u64;
+    store.flush().await?;
     Ok(report)
 }
 
@@ -669,12 +698,14 @@ async fn references_into(
     Ok(referenced)
 }
 
-async fn delete_snapshot(
+/// Deletes the objects under snapshot `id` that are not `referenced`, except its summary;
+/// returns how many, and the summary's key (for the caller to delete last).
+async fn delete_objects(
     store: &Store,
     layout: &VolumeLayout,
     id: &str,
     referenced: &HashSet<String>,
-) -> Result<u64> {
+) -> Result<(u64, Key)> {
     let id: SnapshotId = id.parse().map_err(|reason| Error::Manifest {
         key: id.to_owned(),
         reason,
@@ -701,14 +732,26 @@ async fn delete_snapshot(
             !referenced.contains(relative)
         })
         .collect();
-    let deleted = keys.len() as u64 + 1;
-    for key in keys.iter().chain(std::iter::once(&summary)) {
-        match store.call("delete", key, objects.delete(key)).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+    let count = keys.len() as u64;
+    stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move { delete_key(&store, &key).await }
+        })
+        .buffer_unordered(DELETES_AT_ONCE)
+        .try_collect::<()>()
+        .await?;
+    Ok((count, summary))
+}
+
+/// Object deletions in flight at once while pruning.
+const DELETES_AT_ONCE: usize = 16;
+
+/// Deletes `key`; one already gone is fine.
+async fn delete_key(store: &Store, key: &Key) -> Result<()> {
+    match store.call("delete", key, store.objects().delete(key)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    store.flush().await?;
-    Ok(deleted)
 }

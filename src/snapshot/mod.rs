@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod part_hash;
 mod progress;
 mod restore;
+pub mod retention;
 mod scan;
 pub mod select;
 mod sparse;
@@ -24,7 +25,8 @@ mod validate;
 mod verify;
 
 pub use catalog::{
-    DrainOrigin, Listed, SnapshotSummary, list_snapshots, list_volumes, prune, resolve,
+    DrainOrigin, Listed, PruneReport, SnapshotSummary, list_snapshots, list_volumes, prune,
+    prune_by, resolve,
 };
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, StoredFile, UploadedPart,
@@ -35,6 +37,7 @@ pub use progress::{Progress, ProgressView, report as progress_report};
 pub use restore::{
     Found, RestoreOptions, RestoreSummary, continuing, inspect as inspect_destination, restore,
 };
+pub use retention::{Plan, Policy};
 pub use verify::{Problem, VerifyReport, verify};
 
 use std::path::{Path, PathBuf};

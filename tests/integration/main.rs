@@ -22,5 +22,6 @@ mod lifecycle;
 mod monitoring;
 mod replicas;
 mod restore;
+mod retention;
 mod service;
 mod support;
