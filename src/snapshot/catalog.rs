@@ -645,8 +645,11 @@ pub async fn prune_listed(
     let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
     let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
     // Every doomed snapshot's objects first, then (once those deletions are durable) their
-    // summaries: an interrupted prune leaves at worst unlisted leftovers, never a listed
-    // snapshot whose objects are gone. Two flushes per volume, not two per snapshot.
+    // summaries. An interrupted prune leaves doomed snapshots still listed with some objects
+    // gone (a restore of one fails on its first missing object, never restores wrong data);
+    // the next pass lists them again, decides the same (they only get older) and finishes.
+    // Summaries first would leave unlisted objects that no pass ever finds again. Kept
+    // snapshots lose nothing either way. Two flushes per volume, not two per snapshot.
     let mut summaries = Vec::new();
     for id in &report.deleted {
         let (objects, summary) = delete_objects(store, &layout, id, &referenced).await?;
