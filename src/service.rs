@@ -44,8 +44,10 @@ struct Mode {
     notifier: Arc<dyn Notifier>,
     executor: Arc<dyn Executor>,
     sweeper: Arc<dyn Sweeper>,
-    /// Which claims exist, for the retention pass.
-    claims: Arc<dyn crate::pruning::Claims>,
+    /// Which claims exist, for the retention pass; `None`: this mode runs no pass (Kubernetes
+    /// mode with neither scheduled sweeps nor a service-wide policy keeps no sweeper Lease,
+    /// and replicas must not prune side by side).
+    claims: Option<Arc<dyn crate::pruning::Claims>>,
     /// What the log says of it.
     describe: String,
 }
@@ -166,6 +168,10 @@ fn start_tasks(
 /// Starts the retention pass (unless `--prune-interval 0`).
 fn start_retention(base: &Base<'_>, mode: &Mode) {
     let args = &base.args.retention;
+    let Some(claims) = &mode.claims else {
+        tracing::info!("no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set");
+        return;
+    };
     if args.prune_interval.is_zero() {
         return;
     }
@@ -173,7 +179,7 @@ fn start_retention(base: &Base<'_>, mode: &Mode) {
         ledger: base.ledger.clone(),
         store: base.store.clone(),
         metrics: Arc::clone(base.metrics),
-        claims: Arc::clone(&mode.claims),
+        claims: Arc::clone(claims),
         settings: crate::pruning::Settings {
             policy: args.policy.policy(),
             keep_deleted_for: args.keep_deleted_for,
@@ -223,9 +229,9 @@ fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
             root: volume_root.clone(),
             max_attempts: args.max_attempts,
         }),
-        claims: Arc::new(crate::pruning::LocalClaims {
+        claims: Some(Arc::new(crate::pruning::LocalClaims {
             root: volume_root.clone(),
-        }),
+        })),
         describe: format!(
             "local (volumes in {}, token from {token_source})",
             volume_root.display()
@@ -275,7 +281,8 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
     // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
     // The same replica runs the retention passes.
-    let scheduled = !args.sweep_interval.is_zero() || !args.retention.prune_interval.is_zero();
+    let prunes = !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
+    let scheduled = !args.sweep_interval.is_zero() || prunes;
     let keeper = scheduled.then(|| {
         use crate::kube::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
         let namespace = crate::kube::lease::own_namespace(&args.kube, &cluster.client);
@@ -319,9 +326,11 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     // Every claim a StatefulSet's retention policy could delete carries a standing guard, so
     // that a scale-down while no drainer runs loses nothing.
     let sweeper: Arc<dyn Sweeper> = Arc::new(sweeper);
-    let claims = Arc::new(crate::kube::retention::KubeClaims {
-        cluster: cluster.clone(),
-        lease: keeper_holding,
+    let claims = keeper_holding.map(|lease| {
+        Arc::new(crate::kube::retention::KubeClaims {
+            cluster: cluster.clone(),
+            lease: Some(lease),
+        }) as Arc<dyn crate::pruning::Claims>
     });
     let guards = crate::kube::guard::Guards {
         cluster: cluster.clone(),
