@@ -204,6 +204,46 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
         restore_own_mount(workload, volume)
     }
+
+    /// The life of `namespace` that `workload` may restore snapshots of: only those taken
+    /// since the namespace it lives in now was created, so a namespace deleted and created
+    /// again (perhaps by another team) never reads the earlier one's data. `None`: no bound
+    /// (local mode has no namespaces that come and go).
+    async fn namespace_life(
+        &self,
+        _workload: &Workload,
+        _namespace: &str,
+    ) -> Result<Option<NamespaceLife>, Denied> {
+        Ok(None)
+    }
+}
+
+/// One life of a namespace: from its creation, with its UID (see
+/// [`Authority::namespace_life`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceLife {
+    /// The namespace's UID.
+    pub uid: String,
+    /// When it was created (API server's clock), Unix milliseconds.
+    pub created_ms: i64,
+}
+
+impl NamespaceLife {
+    /// Whether snapshot `id` was taken during this life: its id is its creation time (UTC,
+    /// `YYYYMMDDTHHMMSSmmmZ-XXXX`), and a snapshot of a claim of this namespace is begun after
+    /// the namespace was created, while one of an earlier life was begun before that life's
+    /// namespace was deleted, which is before this one was created. An id that does not parse
+    /// is not of this life.
+    pub fn took(&self, snapshot_id: &str) -> bool {
+        snapshot_time_ms(snapshot_id).is_some_and(|taken| taken >= self.created_ms)
+    }
+}
+
+/// The creation time of snapshot `id` (Unix milliseconds), from the id itself.
+fn snapshot_time_ms(id: &str) -> Option<i64> {
+    let stamp = id.get(..18)?;
+    let time = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%3f").ok()?;
+    (id.get(18..19) == Some("Z")).then(|| time.and_utc().timestamp_millis())
 }
 
 /// The pure part of the restore rule: a volume of the workload's namespace that its pod
@@ -448,5 +488,33 @@ mod tests {
             0o600
         );
         assert_eq!(load_or_create_token(&path).unwrap(), first);
+    }
+}
+
+#[cfg(test)]
+mod life_tests {
+    use super::NamespaceLife;
+
+    #[test]
+    fn a_namespace_life_takes_only_snapshots_begun_since_its_creation() {
+        // 2026-12-06T23:34:39.078Z
+        let created_ms = 1_796_600_079_078;
+        let life = NamespaceLife {
+            uid: "u".into(),
+            created_ms,
+        };
+        for (id, took) in [
+            ("20261206T233439078Z-693f", true),  // the very millisecond
+            ("20261206T233439079Z-0000", true),  // after
+            ("20261207T000000000Z-ffff", true),  // a day later
+            ("20261206T233439077Z-693f", false), // a millisecond before
+            ("20251206T233439078Z-693f", false), // a year before
+            ("20261206T233439078-693f", false),  // no Z
+            ("20261306T233439078Z-693f", false), // month 13
+            ("latest", false),
+            ("", false),
+        ] {
+            assert_eq!(life.took(id), took, "{id}");
+        }
     }
 }

@@ -169,7 +169,9 @@ fn start_tasks(
 fn start_retention(base: &Base<'_>, mode: &Mode) {
     let args = &base.args.retention;
     let Some(claims) = &mode.claims else {
-        tracing::info!("no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set");
+        tracing::info!(
+            "no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set"
+        );
         return;
     };
     if args.prune_interval.is_zero() {
@@ -281,7 +283,8 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
     // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
     // The same replica runs the retention passes.
-    let prunes = !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
+    let prunes =
+        !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
     let scheduled = !args.sweep_interval.is_zero() || prunes;
     let keeper = scheduled.then(|| {
         use crate::kube::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};

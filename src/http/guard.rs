@@ -99,9 +99,10 @@ pub struct Streaming {
     pub volume: VolumeId,
 }
 
-/// A volume whose snapshots the caller may read and restore.
+/// A volume whose snapshots the caller may read and restore, and the namespace life they
+/// must have been taken in (`None`: any; an admin's, or a mode without such lives).
 #[derive(Debug, Clone)]
-pub struct VolumeAccess(pub VolumeId);
+pub struct VolumeAccess(pub VolumeId, pub Option<crate::auth::NamespaceLife>);
 
 /// The volume of the route, if the caller may restore it: any for an admin; for a workload,
 /// what the authority allows (a pod the claims it mounts, others an RBAC grant).
@@ -109,15 +110,19 @@ async fn restorable(
     state: &AppState,
     caller: &Caller,
     params: &HashMap<String, String>,
-) -> Result<VolumeId, Error> {
+) -> Result<VolumeAccess, Error> {
     let volume = VolumeId::new(param(params, "namespace")?, param(params, "pvc")?)
         .map_err(|e| Error::invalid(e.to_string()))?;
-    match caller {
-        Caller::Admin => {}
-        Caller::Workload(workload) => state.shared().auth.may_restore(workload, &volume).await?,
+    let life = match caller {
+        Caller::Admin => None,
+        Caller::Workload(workload) => {
+            let auth = &state.shared().auth;
+            auth.may_restore(workload, &volume).await?;
+            auth.namespace_life(workload, &volume.namespace).await?
+        }
         Caller::Mover { .. } => return Err(auth::forbidden(caller, Action::Restore).into()),
-    }
-    Ok(volume)
+    };
+    Ok(VolumeAccess(volume, life))
 }
 
 /// Admin-only actions need nothing more than being allowed; they are recorded with who asked.
@@ -209,8 +214,8 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
             }));
         }
         Action::Restore => {
-            let volume = restorable(state, &caller, &params).await?;
-            extensions.insert(Granted(VolumeAccess(volume)));
+            let access = restorable(state, &caller, &params).await?;
+            extensions.insert(Granted(access));
         }
         Action::Stream => {
             let streaming = streaming(state, &caller, reach, &params).await?;

@@ -32,17 +32,56 @@ pub(super) async fn snapshots(
     State(state): State<AppState>,
     volume: Granted<VolumeAccess>,
 ) -> Result<axum::Json<Listing>, Error> {
-    let VolumeAccess(volume) = volume.into_inner();
+    let VolumeAccess(volume, life) = volume.into_inner();
     let store = &state.shared().store;
-    let snapshots = crate::snapshot::list_snapshots(store, &volume).await?;
-    let latest = crate::snapshot::catalog::latest(store, &volume)
+    let mut snapshots = crate::snapshot::list_snapshots(store, &volume).await?;
+    let mut latest = crate::snapshot::catalog::latest(store, &volume)
         .await?
         .map(|s| s.snapshot);
+    if let Some(life) = &life {
+        snapshots.retain(|s| life.took(s.snapshot()));
+        latest = latest
+            .filter(|id| life.took(id))
+            .or_else(|| newest_complete(&snapshots));
+    }
     Ok(axum::Json(Listing {
         volume: volume.to_string(),
         snapshots,
         latest,
     }))
+}
+
+/// The newest complete snapshot of a listing (oldest first).
+fn newest_complete(snapshots: &[crate::snapshot::Listed]) -> Option<String> {
+    snapshots
+        .iter()
+        .rev()
+        .find_map(|s| s.complete().map(|c| c.snapshot.clone()))
+}
+
+/// The store key of `key` for a caller with `access`: see [`volume_key`]; and for a caller
+/// bound to a namespace life, only keys of snapshots taken in that life (the `latest` pointer
+/// is the listing's business, not theirs).
+fn key_for(state: &AppState, access: &VolumeAccess, key: &str) -> Result<Key, Error> {
+    let VolumeAccess(volume, life) = access;
+    let found = volume_key(state, volume, key)?;
+    let Some(life) = life else {
+        return Ok(found);
+    };
+    let snapshot = key
+        .strip_prefix("snapshots/")
+        .and_then(|k| k.split('/').next());
+    match snapshot {
+        Some(id) if life.took(id) => Ok(found),
+        _ => Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "earlier_namespace",
+            format!(
+                "{key:?} is not an object of a snapshot taken since namespace {} was created (UID {}): snapshots of an earlier namespace of that name are an operator's to restore",
+                volume.namespace, life.uid
+            ),
+        )),
+    }
 }
 
 /// The store key of `key`, relative to the volume: the `latest` pointer or anything under
@@ -77,7 +116,7 @@ pub(super) async fn get_objects(
     volume: Granted<VolumeAccess>,
     Json(asked): Json<batch::ReadBatch>,
 ) -> Result<Response, Error> {
-    let VolumeAccess(volume) = volume.into_inner();
+    let access = volume.into_inner();
     if asked.reads.len() > batch::MAX_OBJECTS {
         return Err(Error::invalid(format!(
             "a batch holds at most {} reads",
@@ -94,7 +133,7 @@ pub(super) async fn get_objects(
                 batch::SMALL_OBJECT
             )));
         }
-        reads.push((volume_key(&state, &volume, &read.key)?, read));
+        reads.push((key_for(&state, &access, &read.key)?, read));
     }
     let store = state.shared().store.clone();
     let outcomes: Vec<batch::ReadOutcome> = futures::stream::iter(reads)
@@ -217,8 +256,9 @@ pub(super) async fn get_object(
     headers: HeaderMap,
     Query(q): Query<KeyParam>,
 ) -> Result<Response, Error> {
-    let VolumeAccess(volume) = volume.into_inner();
-    let key = volume_key(&state, &volume, &q.key)?;
+    let access = volume.into_inner();
+    let key = key_for(&state, &access, &q.key)?;
+    let VolumeAccess(volume, _) = access;
     let range = headers.get(header::RANGE).map(parse_range).transpose()?;
     let ranged = range.is_some();
     let options = GetOptions {

@@ -17,7 +17,7 @@
 //! [`REVIEW_TTL`]; the pod check is not cached.
 
 use super::{Cluster, Error, call, movers, planner};
-use crate::auth::{Authority, Caller, Denied, PodIdentity, Workload};
+use crate::auth::{Authority, Caller, Denied, NamespaceLife, PodIdentity, Workload};
 use crate::ledger::Ledger;
 use crate::volume::VolumeId;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
@@ -25,7 +25,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::reflector::ObjectRef;
@@ -59,7 +59,13 @@ pub struct TokenReviews {
     grants: Mutex<HashMap<(String, String), Instant>>,
     /// Mover pods checked against their Job's template, by UID and resource version.
     movers: Mutex<HashMap<(String, String), Instant>>,
+    /// Namespaces' lives read lately, by name (a deleted namespace's cached life is refused
+    /// for at most [`LIFE_TTL`]).
+    lives: Mutex<HashMap<String, (NamespaceLife, Instant)>>,
 }
+
+/// How long a namespace's life, once read, is trusted.
+const LIFE_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for TokenReviews {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +89,34 @@ impl TokenReviews {
             reviews: Mutex::default(),
             grants: Mutex::default(),
             movers: Mutex::default(),
+            lives: Mutex::default(),
         }
+    }
+
+    /// The current life of `namespace`: from the cache, or read from the API server.
+    async fn life(&self, namespace: &str) -> Result<NamespaceLife, Denied> {
+        let cached = self.lives.lock().ok().and_then(|c| c.get(namespace).cloned());
+        if let Some((life, _)) = cached.filter(|(_, at)| at.elapsed() < LIFE_TTL) {
+            return Ok(life);
+        }
+        let api: Api<Namespace> = Api::all(self.cluster.client.clone());
+        let found = call(format!("get namespace {namespace}"), api.get_opt(namespace))
+            .await
+            .map_err(unavailable)?;
+        let life = found
+            .and_then(|ns| {
+                let created = ns.metadata.creation_timestamp?.0.as_millisecond();
+                Some(NamespaceLife {
+                    uid: ns.metadata.uid?,
+                    created_ms: created,
+                })
+            })
+            .ok_or_else(|| Denied::Forbidden(format!("namespace {namespace} does not exist")))?;
+        if let Ok(mut lives) = self.lives.lock() {
+            lives.retain(|_, (_, at)| at.elapsed() < LIFE_TTL);
+            lives.insert(namespace.to_owned(), (life.clone(), Instant::now()));
+        }
+        Ok(life)
     }
 
     /// The user a token belongs to: from the cache, or a TokenReview.
@@ -376,6 +409,16 @@ impl Authority for TokenReviews {
                 workload.user, workload.namespace
             ),
         }))
+    }
+
+    /// Workloads restore only snapshots taken during the current life of the volume's
+    /// namespace (the namespace as the API server has it now).
+    async fn namespace_life(
+        &self,
+        _workload: &Workload,
+        namespace: &str,
+    ) -> Result<Option<NamespaceLife>, Denied> {
+        self.life(namespace).await.map(Some)
     }
 
     /// A pod restores what it mounts; any workload what RBAC grants it (`create` on

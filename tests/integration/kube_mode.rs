@@ -533,3 +533,139 @@ async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_re
     })
     .await
 }
+
+/// `GET` of `path` on drainer with `token`: the status and the JSON body (or the bytes' length).
+async fn get_with(serve: &Serve, token: &str, path: &str) -> Result<(u16, Value)> {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", serve.url))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"bytes": bytes.len()}));
+    Ok((status, body))
+}
+
+/// Copies `dir` as a snapshot of `NS/pvc` into the test's store; returns the snapshot's id.
+async fn snapshot_of(w: &World, pvc: &str, dir: &Path, ledger: &str) -> Result<String> {
+    let volume = format!("{}/{pvc}", w.ns);
+    run_ok(
+        drainer()
+            .arg("copy")
+            .arg(dir)
+            .arg(&w.store)
+            .args(["--volume", &volume, "--data-dir"])
+            .arg(w.work.join(ledger)),
+    )
+    .await;
+    let (status, listing) =
+        get_with(&w.serve, TOKEN, &format!("/v1/volumes/{volume}/snapshots")).await?;
+    ensure!(status == 200, "{status} {listing}");
+    listing["latest"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no latest")
+}
+
+/// Issue 21.1: a namespace deleted and created again with a claim of the same name and a pod
+/// mounting it does not restore the earlier namespace's data: the pod's listing shows only
+/// snapshots taken since its namespace was created, and reading an earlier one's objects is
+/// refused (403, naming the namespace's UID); the operator still sees and reads both; a
+/// snapshot taken in the new life is the pod's to restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new("kube-mode-ns-life").await?;
+        let dirs = w.start_web(1, "Retain", "1s").await?;
+        let old = snapshot_of(&w, "data-web-0", &dirs[0], "ledger-1").await?;
+        let pod = w.pod("web-0").await?;
+        let token = w.token("web", AUDIENCE, Some(&pod)).await?;
+        let listing = format!("/v1/volumes/{}/data-web-0/snapshots", w.ns);
+        let (status, seen) = get_with(&w.serve, &token, &listing).await?;
+        ensure!(
+            status == 200 && seen["latest"] == old.as_str(),
+            "first life: {status} {seen}"
+        );
+
+        // Another team's namespace of the same name, claim and pod.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+        delete_namespace(&w.client, &w.ns).await?;
+        eventually(
+            format!("namespace {} gone", w.ns),
+            Duration::from_secs(180),
+            || async {
+                ensure!(namespaces.get_opt(&w.ns).await?.is_none(), "still there");
+                Ok(())
+            },
+        )
+        .await?;
+        let again = json!({"metadata": {"name": w.ns}});
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(again)?)
+            .await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}}))?,
+        )
+        .await?;
+        let dirs = w.start_web(1, "Retain", "1s").await?;
+        let pod = w.pod("web-0").await?;
+        let token = w.token("web", AUDIENCE, Some(&pod)).await?;
+        let (status, seen) = get_with(&w.serve, &token, &listing).await?;
+        ensure!(
+            status == 200 && seen["latest"].is_null() && seen["snapshots"] == json!([]),
+            "second life lists the first one's snapshots: {status} {seen}"
+        );
+        for key in [
+            format!("snapshots/{old}/snapshot.json"),
+            format!("snapshots/{old}/manifest.jsonl"),
+            format!("snapshots/{old}/files/payload"),
+        ] {
+            let path = format!("/v1/volumes/{}/data-web-0/objects?key={key}", w.ns);
+            let (status, body) = get_with(&w.serve, &token, &path).await?;
+            ensure!(
+                status == 403 && body["error"]["code"] == "earlier_namespace",
+                "{key}: {status} {body}"
+            );
+        }
+        let (status, _) = get_with(
+            &w.serve,
+            TOKEN,
+            &format!(
+                "/v1/volumes/{}/data-web-0/objects?key=snapshots/{old}/snapshot.json",
+                w.ns
+            ),
+        )
+        .await?;
+        ensure!(
+            status == 200,
+            "the operator reads the first life's snapshot: {status}"
+        );
+
+        let new = snapshot_of(&w, "data-web-0", &dirs[0], "ledger-2").await?;
+        let (status, seen) = get_with(&w.serve, &token, &listing).await?;
+        let ids: Vec<&str> = seen["snapshots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["snapshot"].as_str())
+            .collect();
+        ensure!(
+            status == 200 && seen["latest"] == new.as_str() && ids == [new.as_str()],
+            "second life: {status} {seen}"
+        );
+        let path = format!(
+            "/v1/volumes/{}/data-web-0/objects?key=snapshots/{new}/snapshot.json",
+            w.ns
+        );
+        let (status, body) = get_with(&w.serve, &token, &path).await?;
+        ensure!(
+            status == 200,
+            "the second life's own snapshot: {status} {body}"
+        );
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
