@@ -185,6 +185,36 @@ pub struct ServeArgs {
     /// Retention: the service-wide policy and the pass that applies it.
     #[command(flatten)]
     pub retention: ServeRetentionArgs,
+    /// What one client can hold of the API.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on what callers of the API can hold: connections, time, requests in flight.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Connections served at once; a connection over the limit is closed as soon as it is
+    /// accepted (its client sees a reset and can retry).
+    #[arg(long, env = "DRAINER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Seconds a connection may take to send a request's head, counted from when it opens or
+    /// its previous response ends: idle keep-alive connections close after this too.
+    #[arg(long, env = "DRAINER_HEADER_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a request body may pause between two chunks before the request fails.
+    #[arg(long, env = "DRAINER_BODY_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
+    pub body_timeout: Duration,
+}
+
+impl LimitArgs {
+    /// The server's bounds these flags give.
+    pub fn server(&self) -> crate::http::serve::Limits {
+        crate::http::serve::Limits {
+            max_connections: self.max_connections as usize,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+        }
+    }
 }
 
 /// The retention pass of `drainer serve` (see `crate::pruning`).

@@ -169,7 +169,9 @@ fn start_tasks(
 fn start_retention(base: &Base<'_>, mode: &Mode) {
     let args = &base.args.retention;
     let Some(claims) = &mode.claims else {
-        tracing::info!("no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set");
+        tracing::info!(
+            "no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set"
+        );
         return;
     };
     if args.prune_interval.is_zero() {
@@ -281,7 +283,8 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
     // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
     // The same replica runs the retention passes.
-    let prunes = !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
+    let prunes =
+        !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
     let scheduled = !args.sweep_interval.is_zero() || prunes;
     let keeper = scheduled.then(|| {
         use crate::kube::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
@@ -375,18 +378,12 @@ async fn run_until_shutdown(
 ) -> anyhow::Result<()> {
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
-    // No Nagle: a response's head and body are separate writes, and a client's delayed ACK
-    // would hold the body back 40 ms (every small object a restore reads through the API).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let mut http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(graceful.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut http = tokio::spawn(crate::http::serve::serve(
+        listener,
+        app,
+        args.limits.server(),
+        graceful.clone(),
+    ));
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
     tokio::select! {
         biased; // a cancelled token wins over a server that has just stopped because of it

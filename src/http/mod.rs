@@ -11,6 +11,7 @@ mod file_body;
 pub mod guard;
 mod input;
 mod mover;
+pub mod serve;
 mod volumes;
 pub use input::Input;
 pub use mover::OWNER_HEADER;
