@@ -204,6 +204,15 @@ pub struct LimitArgs {
     /// Seconds a request body may pause between two chunks before the request fails.
     #[arg(long, env = "DRAINER_BODY_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
     pub body_timeout: Duration,
+    /// Kubernetes mode: TokenReviews per second for tokens not seen lately (bursts of twice
+    /// as many); callers over it are answered `429` with `Retry-After`. A token refused by a
+    /// review is refused again without one for 5 s.
+    #[arg(long, env = "DRAINER_TOKEN_REVIEWS_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub token_reviews_per_second: u32,
+    /// Kubernetes mode: TokenReviews under way at once (a review waits up to a second for
+    /// its turn, then is answered `429`).
+    #[arg(long, env = "DRAINER_CONCURRENT_TOKEN_REVIEWS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrent_token_reviews: u32,
 }
 
 impl LimitArgs {
@@ -213,6 +222,15 @@ impl LimitArgs {
             max_connections: self.max_connections as usize,
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
+        }
+    }
+
+    /// The limits on reviews of unknown tokens these flags give.
+    pub fn token_reviews(&self) -> crate::review_gate::GateLimits {
+        crate::review_gate::GateLimits {
+            per_second: f64::from(self.token_reviews_per_second),
+            burst: self.token_reviews_per_second.saturating_mul(2),
+            concurrent: self.concurrent_token_reviews,
         }
     }
 }

@@ -270,7 +270,8 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
         base.ledger.clone(),
         args.kube.audience.clone(),
         admin,
-    );
+    )
+    .with_gate(args.limits.token_reviews());
     let events = Arc::new(crate::kube::events::KubeEvents::new(
         cluster.clone(),
         base.owner,

@@ -283,6 +283,14 @@ impl From<Denied> for Error {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
             }
             Denied::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
+            Denied::Throttled { retry_after } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    denied.to_string(),
+                )
+            },
             Denied::Unavailable(why) => {
                 tracing::warn!(reason = %why, "cannot check a caller's identity");
                 Self {
