@@ -213,6 +213,15 @@ pub struct LimitArgs {
     /// its turn, then is answered `429`).
     #[arg(long, env = "DRAINER_CONCURRENT_TOKEN_REVIEWS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrent_token_reviews: u32,
+    /// Requests of the mover protocol one caller may have in flight for one drain (keep it
+    /// above movers' --concurrency, 64 by default); more are answered `429` with
+    /// `Retry-After: 1`.
+    #[arg(long, env = "DRAINER_MOVER_REQUESTS_PER_CALLER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mover_requests_per_caller: u32,
+    /// Batch reads of snapshot objects one caller may have in flight for one volume (a
+    /// `restore --drainer` runs 4); more are answered `429` with `Retry-After: 1`.
+    #[arg(long, env = "DRAINER_BATCH_READS_PER_CALLER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_reads_per_caller: u32,
 }
 
 impl LimitArgs {
@@ -223,6 +232,14 @@ impl LimitArgs {
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
         }
+    }
+
+    /// The limits on requests in flight per caller these flags give.
+    pub fn per_caller(&self) -> crate::http::inflight::PerCaller {
+        crate::http::inflight::PerCaller::new(
+            self.mover_requests_per_caller as usize,
+            self.batch_reads_per_caller as usize,
+        )
     }
 
     /// The limits on reviews of unknown tokens these flags give.

@@ -115,6 +115,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
         health: health.clone(),
+        per_caller: args.limits.per_caller(),
         copying: Default::default(),
     });
     let scheduler = Arc::new(Scheduler {
