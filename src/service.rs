@@ -116,6 +116,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         health: health.clone(),
         per_caller: args.limits.per_caller(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     let scheduler = Arc::new(Scheduler {

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod inflight;
 mod input;
 mod mover;
+pub mod recent;
 pub mod serve;
 mod volumes;
 pub use input::Input;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub health: crate::health::Health,
     /// Requests in flight per caller on the mover protocol and batch reads.
     pub per_caller: inflight::PerCaller,
+    /// What `/readyz` and `/metrics` last read from the ledger.
+    pub kept: recent::Kept,
     /// Drains recently found copying, for movers' requests: id → (volume, when checked).
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,

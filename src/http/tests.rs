@@ -147,6 +147,7 @@ async fn world() -> World {
         ready: AtomicBool::new(true),
         health: health.clone(),
         per_caller: Default::default(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -323,6 +324,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         ready: AtomicBool::new(true),
         health: Default::default(),
         per_caller: Default::default(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     route_table(&state)
