@@ -172,6 +172,13 @@ pub enum Denied {
     /// The identity could not be checked now (the cluster did not answer).
     #[error("cannot check the caller's identity now: {0}")]
     Unavailable(String),
+    /// Too many unknown tokens to check lately: retry after this many seconds (see
+    /// [`crate::review_gate`]).
+    #[error("too many token reviews; retry in {retry_after} s")]
+    Throttled {
+        /// Seconds until a retry may pass.
+        retry_after: u32,
+    },
 }
 
 /// Refuses `caller` the action.

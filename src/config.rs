@@ -185,6 +185,71 @@ pub struct ServeArgs {
     /// Retention: the service-wide policy and the pass that applies it.
     #[command(flatten)]
     pub retention: ServeRetentionArgs,
+    /// What one client can hold of the API.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on what callers of the API can hold: connections, time, requests in flight.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Connections served at once; a connection over the limit is closed as soon as it is
+    /// accepted (its client sees a reset and can retry).
+    #[arg(long, env = "DRAINER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Seconds a connection may take to send a request's head, counted from when it opens or
+    /// its previous response ends: idle keep-alive connections close after this too.
+    #[arg(long, env = "DRAINER_HEADER_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a request body may pause between two chunks before the request fails.
+    #[arg(long, env = "DRAINER_BODY_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
+    pub body_timeout: Duration,
+    /// Kubernetes mode: TokenReviews per second for tokens not seen lately (bursts of twice
+    /// as many); callers over it are answered `429` with `Retry-After`. A token refused by a
+    /// review is refused again without one for 5 s.
+    #[arg(long, env = "DRAINER_TOKEN_REVIEWS_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub token_reviews_per_second: u32,
+    /// Kubernetes mode: TokenReviews under way at once (a review waits up to a second for
+    /// its turn, then is answered `429`).
+    #[arg(long, env = "DRAINER_CONCURRENT_TOKEN_REVIEWS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrent_token_reviews: u32,
+    /// Requests of the mover protocol one caller may have in flight for one drain (keep it
+    /// above movers' --concurrency, 64 by default); more are answered `429` with
+    /// `Retry-After: 1`.
+    #[arg(long, env = "DRAINER_MOVER_REQUESTS_PER_CALLER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mover_requests_per_caller: u32,
+    /// Batch reads of snapshot objects one caller may have in flight for one volume (a
+    /// `restore --drainer` runs 4); more are answered `429` with `Retry-After: 1`.
+    #[arg(long, env = "DRAINER_BATCH_READS_PER_CALLER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_reads_per_caller: u32,
+}
+
+impl LimitArgs {
+    /// The server's bounds these flags give.
+    pub fn server(&self) -> crate::http::serve::Limits {
+        crate::http::serve::Limits {
+            max_connections: self.max_connections as usize,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+        }
+    }
+
+    /// The limits on requests in flight per caller these flags give.
+    pub fn per_caller(&self) -> crate::http::inflight::PerCaller {
+        crate::http::inflight::PerCaller::new(
+            self.mover_requests_per_caller as usize,
+            self.batch_reads_per_caller as usize,
+        )
+    }
+
+    /// The limits on reviews of unknown tokens these flags give.
+    pub fn token_reviews(&self) -> crate::review_gate::GateLimits {
+        crate::review_gate::GateLimits {
+            per_second: f64::from(self.token_reviews_per_second),
+            burst: self.token_reviews_per_second.saturating_mul(2),
+            concurrent: self.concurrent_token_reviews,
+        }
+    }
 }
 
 /// The retention pass of `drainer serve` (see `crate::pruning`).

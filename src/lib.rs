@@ -40,6 +40,7 @@ pub mod protocol;
 pub mod pruning;
 pub(crate) mod remote;
 pub(crate) mod retry;
+pub mod review_gate;
 pub(crate) mod scheduler;
 pub(crate) mod service;
 pub(crate) mod shutdown;

@@ -2,7 +2,8 @@
 //!
 //! Counters and histograms are updated where things happen; drain counts by state, the queue
 //! depth, the oldest active drain of each state and the claims held are read from the ledger
-//! when scraped (one grouped scan), so they are right across replicas. Names follow
+//! when scraped (one grouped scan, at most once a second however often `/metrics` is asked:
+//! `crate::http::recent`), so they are right across replicas. Names follow
 //! Prometheus' conventions: units in the name (`_seconds`, `_bytes`), `_total` on counters;
 //! `deploy/components/monitoring`'s rules and dashboard use them, and a test checks that they
 //! are all exported. The

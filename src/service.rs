@@ -115,6 +115,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         ready: AtomicBool::new(false),
         health: health.clone(),
+        per_caller: args.limits.per_caller(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     let scheduler = Arc::new(Scheduler {
@@ -270,7 +272,8 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
         base.ledger.clone(),
         args.kube.audience.clone(),
         admin,
-    );
+    )
+    .with_gate(args.limits.token_reviews());
     let events = Arc::new(crate::kube::events::KubeEvents::new(
         cluster.clone(),
         base.owner,
@@ -378,18 +381,12 @@ async fn run_until_shutdown(
 ) -> anyhow::Result<()> {
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
-    // No Nagle: a response's head and body are separate writes, and a client's delayed ACK
-    // would hold the body back 40 ms (every small object a restore reads through the API).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let mut http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(graceful.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut http = tokio::spawn(crate::http::serve::serve(
+        listener,
+        app,
+        args.limits.server(),
+        graceful.clone(),
+    ));
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
     tokio::select! {
         biased; // a cancelled token wins over a server that has just stopped because of it

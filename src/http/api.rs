@@ -500,14 +500,20 @@ async fn readyz(State(state): State<AppState>) -> axum::response::Response {
 async fn readiness(state: &AppState) -> crate::health::Readiness {
     let shared = state.shared();
     let accepting = shared.ready.load(Ordering::SeqCst);
-    let ledger = if shared.ledger.ping().await.is_err() {
+    let ledger = shared.kept.ledger.get(|| check_ledger(state)).await;
+    shared.health.snapshot().readiness(accepting, ledger)
+}
+
+/// Whether the ledger answers and commits (kept for [`super::recent::MAX_AGE`]).
+async fn check_ledger(state: &AppState) -> LedgerCheck {
+    let ledger = &state.shared().ledger;
+    if ledger.ping().await.is_err() {
         LedgerCheck::NoAnswer
-    } else if !shared.ledger.can_commit().await {
+    } else if !ledger.can_commit().await {
         LedgerCheck::Full
     } else {
         LedgerCheck::Commits
-    };
-    shared.health.snapshot().readiness(accepting, ledger)
+    }
 }
 
 /// Whether this replica should keep running: `200`, or `503 unhealthy` once a supervised task
@@ -532,11 +538,16 @@ fn with_error(body: &impl Serialize, code: &str, message: String) -> axum::respo
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = state.shared();
-    match shared.ledger.drain_summary().await {
-        Ok(summary) => shared
+    let summary = shared.kept.summary.get(|| async {
+        let summary = shared.ledger.drain_summary().await;
+        summary
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot count drains for /metrics"))
+            .ok()
+    });
+    if let Some(summary) = summary.await {
+        shared
             .metrics
-            .set_drain_summary(&summary, crate::ledger::now_ms()),
-        Err(err) => tracing::warn!(error = %err, "cannot count drains for /metrics"),
+            .set_drain_summary(&summary, crate::ledger::now_ms());
     }
     let ready = readiness(&state).await.ready();
     shared.metrics.ready.set(i64::from(ready));

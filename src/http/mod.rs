@@ -9,8 +9,11 @@
 mod api;
 mod file_body;
 pub mod guard;
+pub mod inflight;
 mod input;
 mod mover;
+pub mod recent;
+pub mod serve;
 mod volumes;
 pub use input::Input;
 pub use mover::OWNER_HEADER;
@@ -63,6 +66,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The state of the service's tasks, watches and store, for `/readyz` and `/healthz`.
     pub health: crate::health::Health,
+    /// Requests in flight per caller on the mover protocol and batch reads.
+    pub per_caller: inflight::PerCaller,
+    /// What `/readyz` and `/metrics` last read from the ledger.
+    pub kept: recent::Kept,
     /// Drains recently found copying, for movers' requests: id → (volume, when checked).
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (crate::volume::VolumeId, std::time::Instant)>,
@@ -149,8 +156,11 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/orphans" => ListOrphans, api::orphans, NOTHING;
         get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots, NOTHING;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object, KEY;
+    );
+    let (batch, batch_table) = routes!(state;
         post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects, BODY;
     );
+    table.extend(batch_table);
     let (movers, mover_table) = routes!(state;
         post "/drains/{id}/run" => Stream, mover::begin, NOTHING;
         get "/drains/{id}/run/{run}/stored" => Stream, mover::stored, NOTHING;
@@ -175,9 +185,22 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;
     );
     table.extend(mover_table);
+    let per_caller = |counter: &inflight::Counter, scope| {
+        let limit = inflight::Limit {
+            counter: counter.clone(),
+            scope,
+        };
+        middleware::from_fn_with_state(limit, inflight::limit)
+    };
+    let counters = &state.shared().per_caller;
     let router = api
+        .merge(batch.layer(per_caller(&counters.batch, inflight::Scope::Volume)))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(movers.layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)));
+        .merge(
+            movers
+                .layer(per_caller(&counters.mover, inflight::Scope::Drain))
+                .layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)),
+        );
     (router, table)
 }
 
@@ -282,6 +305,14 @@ impl From<Denied> for Error {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
             }
             Denied::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
+            Denied::Throttled { retry_after } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    denied.to_string(),
+                )
+            },
             Denied::Unavailable(why) => {
                 tracing::warn!(reason = %why, "cannot check a caller's identity");
                 Self {

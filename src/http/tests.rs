@@ -146,6 +146,8 @@ async fn world() -> World {
         max_attempts: 3,
         ready: AtomicBool::new(true),
         health: health.clone(),
+        per_caller: Default::default(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -321,6 +323,8 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         max_attempts: 1,
         ready: AtomicBool::new(true),
         health: Default::default(),
+        per_caller: Default::default(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     route_table(&state)

@@ -14,11 +14,14 @@
 //! follow the same rule: a pod restores the claims it mounts, others need `create` on
 //! `restores.drainer.io` in the volume's namespace. The
 //! static token, when configured, is an admin's. Successful reviews are cached for
-//! [`REVIEW_TTL`]; the pod check is not cached.
+//! [`REVIEW_TTL`]; the pod check is not cached. Reviews of tokens not cached pass a
+//! [`ReviewGate`]: a token refused lately is refused without a review, and reviews are
+//! rate-limited, so a flood of bad tokens costs the API server a bounded number of them.
 
 use super::{Cluster, Error, call, movers, planner};
 use crate::auth::{Authority, Caller, Denied, NamespaceLife, PodIdentity, Workload};
 use crate::ledger::Ledger;
+use crate::review_gate::{GateLimits, ReviewGate, token_key};
 use crate::volume::VolumeId;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
@@ -62,6 +65,8 @@ pub struct TokenReviews {
     /// Namespaces' lives read lately, by name (a deleted namespace's cached life is refused
     /// for at most [`LIFE_TTL`]).
     lives: Mutex<HashMap<String, (NamespaceLife, Instant)>>,
+    /// What reviews of tokens not cached may cost.
+    gate: ReviewGate,
 }
 
 /// How long a namespace's life, once read, is trusted.
@@ -90,12 +95,25 @@ impl TokenReviews {
             grants: Mutex::default(),
             movers: Mutex::default(),
             lives: Mutex::default(),
+            gate: ReviewGate::new(GateLimits::default()),
+        }
+    }
+
+    /// The same authority with these limits on reviews of unknown tokens.
+    pub fn with_gate(self, limits: GateLimits) -> Self {
+        Self {
+            gate: ReviewGate::new(limits),
+            ..self
         }
     }
 
     /// The current life of `namespace`: from the cache, or read from the API server.
     async fn life(&self, namespace: &str) -> Result<NamespaceLife, Denied> {
-        let cached = self.lives.lock().ok().and_then(|c| c.get(namespace).cloned());
+        let cached = self
+            .lives
+            .lock()
+            .ok()
+            .and_then(|c| c.get(namespace).cloned());
         if let Some((life, _)) = cached.filter(|(_, at)| at.elapsed() < LIFE_TTL) {
             return Ok(life);
         }
@@ -121,11 +139,27 @@ impl TokenReviews {
 
     /// The user a token belongs to: from the cache, or a TokenReview.
     async fn review(&self, token: &str) -> Result<UserInfo, Denied> {
-        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let key = token_key(token);
         let cached = self.reviews.lock().ok().and_then(|c| c.get(&key).cloned());
         if let Some(hit) = cached.filter(|r| r.at.elapsed() < REVIEW_TTL) {
             return Ok(hit.user);
         }
+        let user = self.gate.review(&key, self.token_review(token)).await?;
+        if let Ok(mut cache) = self.reviews.lock() {
+            cache.retain(|_, r| r.at.elapsed() < REVIEW_TTL);
+            cache.insert(
+                key,
+                Reviewed {
+                    user: user.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        Ok(user)
+    }
+
+    /// Asks the API server who `token` is (with drainer's audience).
+    async fn token_review(&self, token: &str) -> Result<UserInfo, Denied> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -142,21 +176,10 @@ impl TokenReviews {
             .audiences
             .as_ref()
             .is_some_and(|a| a.contains(&self.audience));
-        let user = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) if audience_ok => user,
-            _ => return Err(Denied::Invalid),
-        };
-        if let Ok(mut cache) = self.reviews.lock() {
-            cache.retain(|_, r| r.at.elapsed() < REVIEW_TTL);
-            cache.insert(
-                key,
-                Reviewed {
-                    user: user.clone(),
-                    at: Instant::now(),
-                },
-            );
+        match (status.authenticated, status.user) {
+            (Some(true), Some(user)) if audience_ok => Ok(user),
+            _ => Err(Denied::Invalid),
         }
-        Ok(user)
     }
 
     /// The live pod `name` in `namespace` with UID `uid`, or why it is refused.

@@ -303,6 +303,8 @@ async fn orphans_are_reported(
         max_attempts: 3,
         ready: true.into(),
         health: Default::default(),
+        per_caller: Default::default(),
+        kept: Default::default(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

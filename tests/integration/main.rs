@@ -1,6 +1,7 @@
 //! drainer's integration tests, compiled into one binary: real `drainer` processes, a real
 //! S3-protocol server (s3s), real SQLite and PostgreSQL, real signals.
 
+mod abuse;
 mod bad_input;
 mod chart;
 mod deploy;

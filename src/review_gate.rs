@@ -1,0 +1,278 @@
+//! What an unknown token may cost: the gate in front of a remote token review (Kubernetes
+//! mode's TokenReview).
+//!
+//! A token that a review has just refused is remembered for [`REFUSED_TTL`] (by its BLAKE3
+//! hash, never the token itself; at most [`REFUSED_MAX`] of them, the oldest forgotten first),
+//! so sending it again costs no review. Reviews of tokens not known either way are limited
+//! globally: a token bucket ([`GateLimits::per_second`], bursts of
+//! [`GateLimits::burst`]) and at most [`GateLimits::concurrent`] at once (a review waits at
+//! most [`SLOT_WAIT`] for its turn). Over either limit the caller is refused with
+//! [`Denied::Throttled`] (`429` with `Retry-After`), and nothing is reviewed. So N distinct bad
+//! tokens cost at most `burst + per_second × seconds` reviews, whatever N.
+//!
+//! The gate decides nothing about who a token is: it only counts, remembers refusals, and
+//! refuses to ask too often. Tokens already reviewed successfully are the reviewer's cache's
+//! business and never reach the gate.
+
+use crate::auth::Denied;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// How long a refused token is refused without a review.
+pub const REFUSED_TTL: Duration = Duration::from_secs(5);
+/// How many refused tokens are remembered at most.
+pub const REFUSED_MAX: usize = 10_000;
+/// How long a review waits for one of the [`GateLimits::concurrent`] slots.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// How many reviews of unknown tokens the gate lets through.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateLimits {
+    /// Reviews per second, on average.
+    pub per_second: f64,
+    /// Reviews at once after a quiet spell.
+    pub burst: u32,
+    /// Reviews under way at once.
+    pub concurrent: u32,
+}
+
+impl Default for GateLimits {
+    fn default() -> Self {
+        Self {
+            per_second: 50.0,
+            burst: 100,
+            concurrent: 16,
+        }
+    }
+}
+
+/// A token's identity in the gate: the BLAKE3 hash of the token.
+pub type TokenKey = [u8; 32];
+
+/// The key of `token`.
+pub fn token_key(token: &str) -> TokenKey {
+    *blake3::hash(token.as_bytes()).as_bytes()
+}
+
+/// The negative cache and the rate limit; shared by every request.
+#[derive(Debug)]
+pub struct ReviewGate {
+    limits: GateLimits,
+    refused_ttl: Duration,
+    refused: Mutex<HashMap<TokenKey, Instant>>,
+    bucket: Mutex<Bucket>,
+    slots: Semaphore,
+}
+
+/// A token bucket.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl ReviewGate {
+    /// A gate with these limits.
+    pub fn new(limits: GateLimits) -> Self {
+        Self {
+            limits,
+            refused_ttl: REFUSED_TTL,
+            refused: Mutex::default(),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(limits.burst),
+                at: Instant::now(),
+            }),
+            slots: Semaphore::new(limits.concurrent.max(1) as usize),
+        }
+    }
+
+    /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`]
+    /// (then [`Denied::Invalid`]) or the limits are reached (then [`Denied::Throttled`]);
+    /// remembers a [`Denied::Invalid`] answer.
+    pub async fn review<T, F>(&self, key: &TokenKey, review: F) -> Result<T, Denied>
+    where
+        F: Future<Output = Result<T, Denied>>,
+    {
+        if self.recently_refused(key) {
+            return Err(Denied::Invalid);
+        }
+        self.take_from_bucket()?;
+        let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await else {
+            tracing::debug!("token reviews at their concurrency limit");
+            return Err(Denied::Throttled { retry_after: 1 });
+        };
+        let answer = review.await;
+        if let Err(Denied::Invalid) = answer {
+            self.remember_refusal(*key);
+        }
+        answer
+    }
+
+    fn recently_refused(&self, key: &TokenKey) -> bool {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.refused_ttl)
+    }
+
+    fn remember_refusal(&self, key: TokenKey) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= REFUSED_MAX {
+            refused.retain(|_, at| at.elapsed() < self.refused_ttl);
+        }
+        if refused.len() >= REFUSED_MAX {
+            let oldest = refused.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                refused.remove(&oldest);
+            }
+        }
+        refused.insert(key, Instant::now());
+    }
+
+    /// Takes one review from the bucket, or says when to retry.
+    fn take_from_bucket(&self) -> Result<(), Denied> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.limits.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(f64::from(self.limits.burst));
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - bucket.tokens) / self.limits.per_second.max(f64::MIN_POSITIVE);
+        let retry_after = wait.ceil().clamp(1.0, 60.0) as u32;
+        tracing::debug!(retry_after, "token reviews at their rate limit");
+        Err(Denied::Throttled { retry_after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A reviewer that refuses every token and counts the reviews.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Counting {
+        async fn review(&self) -> Result<(), Denied> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(Denied::Invalid)
+        }
+
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn gate() -> Arc<ReviewGate> {
+        Arc::new(ReviewGate::new(GateLimits::default()))
+    }
+
+    /// Sends each token through the gate at once; returns how many were throttled.
+    async fn send(gate: &Arc<ReviewGate>, reviewer: &Arc<Counting>, tokens: &[String]) -> usize {
+        let mut answers = tokio::task::JoinSet::new();
+        for token in tokens {
+            let (gate, reviewer, key) = (gate.clone(), reviewer.clone(), token_key(token));
+            answers.spawn(async move { gate.review(&key, reviewer.review()).await });
+        }
+        let mut throttled = 0;
+        while let Some(answer) = answers.join_next().await {
+            match answer.unwrap() {
+                Err(Denied::Throttled { retry_after }) => {
+                    assert!((1..=60).contains(&retry_after));
+                    throttled += 1;
+                }
+                Err(Denied::Invalid) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        throttled
+    }
+
+    #[tokio::test]
+    async fn distinct_bad_tokens_cost_a_bounded_number_of_reviews() {
+        let (gate, reviewer) = (gate(), Arc::new(Counting::default()));
+        let tokens: Vec<String> = (0..2_000).map(|i| format!("bad-token-{i}")).collect();
+        let started = Instant::now();
+        let throttled = send(&gate, &reviewer, &tokens).await;
+        // The burst, plus what the bucket refilled while the concurrency slots were busy.
+        let limits = GateLimits::default();
+        let bound = limits.burst as usize
+            + (started.elapsed().as_secs_f64() * limits.per_second).ceil() as usize;
+        eprintln!(
+            "2,000 distinct bad tokens: {} reviews (bound {bound})",
+            reviewer.count()
+        );
+        assert!(reviewer.count() <= bound, "{} > {bound}", reviewer.count());
+        assert!(reviewer.count() >= limits.concurrent as usize);
+        assert_eq!(
+            throttled,
+            2_000 - reviewer.count(),
+            "the others are throttled"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_bad_token_repeated_costs_one_review() {
+        let (gate, reviewer) = (gate(), Arc::new(Counting::default()));
+        let token = vec!["the-same-bad-token".to_owned()];
+        for _ in 0..2_000 {
+            assert_eq!(send(&gate, &reviewer, &token).await, 0);
+        }
+        assert_eq!(reviewer.count(), 1);
+        // Forgotten after the TTL: one more review.
+        let gate = Arc::new(ReviewGate {
+            refused_ttl: Duration::from_millis(50),
+            ..ReviewGate::new(GateLimits::default())
+        });
+        send(&gate, &reviewer, &token).await;
+        send(&gate, &reviewer, &token).await;
+        assert_eq!(reviewer.count(), 2);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        send(&gate, &reviewer, &token).await;
+        assert_eq!(reviewer.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_bucket_refills() {
+        let (gate, reviewer) = (gate(), Arc::new(Counting::default()));
+        let tokens =
+            |from: usize| -> Vec<String> { (from..from + 200).map(|i| format!("t{i}")).collect() };
+        for i in 0..200 {
+            let _ = gate
+                .review(&token_key(&format!("x{i}")), async { Ok(()) })
+                .await;
+        }
+        assert!(send(&gate, &reviewer, &tokens(0)).await > 0, "bucket empty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = reviewer.count();
+        send(&gate, &reviewer, &tokens(1_000)).await;
+        assert!(
+            reviewer.count() > before,
+            "refilled after 100 ms (5 reviews at 50/s)"
+        );
+    }
+
+    #[test]
+    fn refusals_remembered_are_bounded() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let gate = ReviewGate::new(GateLimits::default());
+            for i in 0..REFUSED_MAX + 10 {
+                gate.remember_refusal(token_key(&i.to_string()));
+            }
+            assert_eq!(gate.refused.lock().unwrap().len(), REFUSED_MAX);
+        });
+    }
+}
