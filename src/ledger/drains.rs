@@ -107,6 +107,7 @@ impl Drain {
             pod: self.pod.clone(),
             reason: self.reason.clone(),
             requested,
+            claim_uid: self.pvc_uid.clone(),
         }
     }
 }

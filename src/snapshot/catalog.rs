@@ -79,6 +79,10 @@ pub struct DrainOrigin {
     pub reason: String,
     /// When it was requested (RFC 3339).
     pub requested: String,
+    /// The UID of the claim it copied (Kubernetes mode): a claim deleted and made again under
+    /// the same name is another volume, whose copies never build on this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_uid: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -95,6 +95,28 @@ impl std::fmt::Display for CopySummary {
     }
 }
 
+/// The snapshot a copy builds on: the volume's latest, unless both it and this copy name the
+/// claim they copied and those differ (a claim deleted and made again under the same name: its
+/// copy must not refer to the earlier claim's objects, which another namespace's life may own).
+async fn parent_of(
+    store: &Store,
+    volume: &VolumeId,
+    origin: Option<&catalog::DrainOrigin>,
+) -> Result<Option<SnapshotId>> {
+    let Some(claim) = origin.and_then(|o| o.claim_uid.as_deref()) else {
+        return catalog::read_latest(store, volume).await;
+    };
+    let Some(latest) = catalog::latest(store, volume).await? else {
+        return Ok(None);
+    };
+    let theirs = latest.drain.as_ref().and_then(|d| d.claim_uid.as_deref());
+    if theirs.is_some_and(|theirs| theirs != claim) {
+        tracing::info!(latest = %latest.snapshot, "the latest snapshot is of an earlier claim of this name: copying without a parent");
+        return Ok(None);
+    }
+    Ok(latest.snapshot.parse().ok())
+}
+
 /// What to do with one scanned entry.
 enum Plan {
     /// Nothing to store: directories, symlinks, special files, files already stored.
@@ -123,7 +145,7 @@ pub async fn copy(
     }
     store.probe_writable().await?;
     let layout = VolumeLayout::new(store.root(), volume);
-    let parent = catalog::read_latest(store, volume).await?;
+    let parent = parent_of(store, volume, options.origin.as_ref()).await?;
     let run = checkpoint
         .begin(store.url(), volume, &SnapshotId::generate())
         .await?;

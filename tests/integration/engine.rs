@@ -518,3 +518,59 @@ async fn a_resumed_upload_that_an_earlier_copy_completed_starts_again_cleanly() 
         );
     }
 }
+
+/// A copy of a claim builds on the volume's latest snapshot only if that snapshot is of the
+/// same claim (its UID), so a claim deleted and made again under the same name (another
+/// namespace's life, perhaps) never refers to the earlier claim's objects; copies that name no
+/// claim (`drainer copy`) build on the latest as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("table"), bytes(7, 100_000)).unwrap();
+    let options = drainer::StoreOptions {
+        timeout: std::time::Duration::from_secs(30),
+        create: true,
+        part_size: 8 << 20,
+    };
+    let store = drainer::Store::open(&file_url(&work.path().join("store")), &options).unwrap();
+    let ledger = drainer::Ledger::open(None, &work.path().join("data"))
+        .await
+        .unwrap();
+    let volume: drainer::VolumeId = VOLUME.parse().unwrap();
+    let copy = |claim: Option<&str>| {
+        let origin = claim.map(|uid| drainer::snapshot::DrainOrigin {
+            id: "d-1".into(),
+            pod: None,
+            reason: "test".into(),
+            requested: "2026-12-07T00:00:00.000Z".into(),
+            claim_uid: Some(uid.into()),
+        });
+        let options = drainer::snapshot::CopyOptions {
+            concurrency: 2,
+            part_size: 8 << 20,
+            buffer_bytes: 64 << 20,
+            check_hash: true,
+            origin,
+        };
+        let (store, ledger, volume, src) =
+            (store.clone(), ledger.clone(), volume.clone(), src.clone());
+        async move {
+            let progress = std::sync::Arc::default();
+            let copied =
+                drainer::snapshot::copy(&src, &store, &volume, &ledger, &options, progress);
+            let summary = copied.await.unwrap().snapshot;
+            (summary.snapshot, summary.parent)
+        }
+    };
+    let (first, parent) = copy(Some("claim-a")).await;
+    assert_eq!(parent, None);
+    let (second, parent) = copy(Some("claim-a")).await;
+    assert_eq!(parent.as_deref(), Some(first.as_str()), "same claim");
+    let (third, parent) = copy(Some("claim-b")).await;
+    assert_eq!(parent, None, "a claim of the same name made again");
+    let (_, parent) = copy(None).await;
+    assert_eq!(parent.as_deref(), Some(third.as_str()), "no claim named");
+    assert_ne!(second, third);
+}
