@@ -149,7 +149,14 @@ pub(super) async fn handoff(
         .admission
         .prepare(scope.caller(), &mut wanted)
         .await?;
-    let recorded = shared.ledger.request_drains(&wanted).await?;
+    let recorded = match shared.ledger.request_drains(&wanted).await {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            // `/readyz` must not answer from a check made before the ledger failed.
+            shared.kept.ledger.forget().await;
+            return Err(e.into());
+        }
+    };
     let drains: Vec<Drain> = recorded.iter().map(|(d, _)| d.clone()).collect();
     shared.admission.recorded(&drains).await?;
     let created = recorded.iter().any(|(_, new)| *new);

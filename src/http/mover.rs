@@ -570,7 +570,20 @@ pub(super) async fn get_object(
     streaming: Granted<Streaming>,
     Query(q): Query<KeyParam>,
 ) -> Result<axum::response::Response, Error> {
-    let key = readable_key(&state, &streaming.into_inner().volume, &q.key)?;
+    let Streaming { drain, volume } = streaming.into_inner();
+    let key = readable_key(&state, &volume, &q.key)?;
+    if q.key == format!("volumes/{}/{}/latest", volume.namespace, volume.name)
+        && latest_of_another_claim(&state, &drain, &volume).await?
+    {
+        return Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no object {}: the latest snapshot is of an earlier claim of this name",
+                q.key
+            ),
+        ));
+    }
     let store = &state.shared().store;
     let objects = store.objects().clone();
     match store.call("get", &key, objects.get(&key)).await {
@@ -589,6 +602,24 @@ pub(super) async fn get_object(
         )),
         Err(e) => Err(store_failure(e)),
     }
+}
+
+/// Whether the volume's latest snapshot copied another claim than drain `id`'s (both UIDs
+/// known and different): a claim deleted and made again under the same name. Its mover then
+/// finds no `latest` and copies without a parent, never referring to the earlier claim's
+/// objects (which may belong to an earlier life of the namespace, see `auth::NamespaceLife`).
+async fn latest_of_another_claim(
+    state: &AppState,
+    id: &str,
+    volume: &VolumeId,
+) -> Result<bool, Error> {
+    let shared = state.shared();
+    let Some(claim) = shared.ledger.drain(id).await?.and_then(|d| d.pvc_uid) else {
+        return Ok(false);
+    };
+    let latest = crate::snapshot::catalog::latest(&shared.store, volume).await?;
+    let theirs = latest.and_then(|s| s.drain).and_then(|d| d.claim_uid);
+    Ok(theirs.is_some_and(|theirs| theirs != claim))
 }
 
 pub(super) async fn delete_object(

@@ -40,6 +40,12 @@ impl<T: Clone> Recent<T> {
         *kept = Some((Instant::now(), value.clone()));
         value
     }
+
+    /// Drops the kept value: the next caller computes it again (a caller that just saw the
+    /// ledger fail must not be answered from a check made before).
+    pub async fn forget(&self) {
+        *self.kept.lock().await = None;
+    }
 }
 
 /// What the public endpoints read from the ledger.
@@ -76,5 +82,7 @@ mod tests {
         assert_eq!(computed.load(Ordering::SeqCst), 1);
         tokio::time::sleep(MAX_AGE).await;
         assert_eq!(ask().await, 1, "computed again once old");
+        recent.forget().await;
+        assert_eq!(ask().await, 2, "computed again once forgotten");
     }
 }

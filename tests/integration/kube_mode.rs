@@ -568,6 +568,38 @@ async fn snapshot_of(w: &World, pvc: &str, dir: &Path, ledger: &str) -> Result<S
         .context("no latest")
 }
 
+/// Scales `web` from 2 to 1 and drains `web-1`'s claim as its preStop hook would have it
+/// (a handoff with the pod's token), the test moving `dir` as its mover; returns the drain.
+async fn drain_web_1(w: &World, dir: &Path) -> Result<Value> {
+    let web1 = w.pod("web-1").await?;
+    w.scale(1).await?;
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+    eventually("web-1 terminating", WAIT, || async {
+        let pod = pods.get_opt("web-1").await?.context("gone already")?;
+        ensure!(pod.metadata.deletion_timestamp.is_some(), "not yet");
+        Ok(())
+    })
+    .await?;
+    let token = w.token("web", AUDIENCE, Some(&web1)).await?;
+    let (status, answer) = w.handoff(&token, &[]).await?;
+    ensure!(status == 202 || status == 200, "{status} {answer}");
+    let id = id_of(&answer);
+    w.drain_state(&id, "copying").await?;
+    w.move_volume(&id, dir).await;
+    w.drain_state(&id, "completed").await
+}
+
+/// The summary of `volume`'s snapshot `id`, as the operator reads it.
+async fn summary_of(w: &World, pvc: &str, id: &str) -> Result<Value> {
+    let path = format!(
+        "/v1/volumes/{}/{pvc}/objects?key=snapshots/{id}/snapshot.json",
+        w.ns
+    );
+    let (status, summary) = get_with(&w.serve, TOKEN, &path).await?;
+    ensure!(status == 200, "{status} {summary}");
+    Ok(summary)
+}
+
 /// Issue 21.1: a namespace deleted and created again with a claim of the same name and a pod
 /// mounting it does not restore the earlier namespace's data: the pod's listing shows only
 /// snapshots taken since its namespace was created, and reading an earlier one's objects is
@@ -577,8 +609,15 @@ async fn snapshot_of(w: &World, pvc: &str, dir: &Path, ledger: &str) -> Result<S
 async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() -> Result<()> {
     with_timeout(LIMIT, async {
         let w = World::new("kube-mode-ns-life").await?;
-        let dirs = w.start_web(1, "Retain", "1s").await?;
+        let dirs = w.start_web(2, "Retain", "1s").await?;
         let old = snapshot_of(&w, "data-web-0", &dirs[0], "ledger-1").await?;
+        let first = drain_web_1(&w, &dirs[1]).await?;
+        let first = first["snapshot"]
+            .as_str()
+            .context("no snapshot")?
+            .to_owned();
+        let claim = summary_of(&w, "data-web-1", &first).await?["drain"]["claim_uid"].clone();
+        ensure!(claim.is_string(), "the snapshot records no claim: {claim}");
         let pod = w.pod("web-0").await?;
         let token = w.token("web", AUDIENCE, Some(&pod)).await?;
         let listing = format!("/v1/volumes/{}/data-web-0/snapshots", w.ns);
@@ -610,7 +649,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
             &serde_json::from_value(json!({"metadata": {"name": "web"}}))?,
         )
         .await?;
-        let dirs = w.start_web(1, "Retain", "1s").await?;
+        let dirs = w.start_web(2, "Retain", "1s").await?;
         let pod = w.pod("web-0").await?;
         let token = w.token("web", AUDIENCE, Some(&pod)).await?;
         let (status, seen) = get_with(&w.serve, &token, &listing).await?;
@@ -664,6 +703,17 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         ensure!(
             status == 200,
             "the second life's own snapshot: {status} {body}"
+        );
+        // The new claim data-web-1's copy does not build on the earlier claim's snapshot.
+        let second = drain_web_1(&w, &dirs[1]).await?;
+        let second = second["snapshot"]
+            .as_str()
+            .context("no snapshot")?
+            .to_owned();
+        let summary = summary_of(&w, "data-web-1", &second).await?;
+        ensure!(
+            summary["parent"].is_null() && summary["drain"]["claim_uid"] != claim,
+            "the new claim's snapshot builds on the earlier claim's {first}: {summary}"
         );
         delete_namespace(&w.client, &w.ns).await
     })
