@@ -194,7 +194,7 @@ fn start_retention(base: &Base<'_>, mode: &Mode) {
         policy = %pruner.settings.policy,
         every_seconds = args.prune_interval.as_secs(),
         keep_deleted_for = %args.keep_deleted_for,
-        "retention passes scheduled (annotations drainer.io/retention override the policy)"
+        "retention passes scheduled (in Kubernetes mode a drainer.io/retention annotation overrides the policy)"
     );
     let interval = args.prune_interval;
     base.supervisor.spawn("retention", move |stop| {

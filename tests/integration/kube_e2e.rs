@@ -1465,7 +1465,15 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
                     ensure!(
                         there == (when_scaled == "Retain"),
                         "{pvc}: there is {there}; its metadata: {:?}",
-                        claim.map(|c| (c.metadata.owner_references, c.metadata.annotations))
+                        claim.map(|c| {
+                            let m = c.metadata;
+                            (
+                                m.owner_references,
+                                m.annotations,
+                                m.deletion_timestamp,
+                                m.finalizers,
+                            )
+                        })
                     );
                 }
                 Ok(())
