@@ -618,8 +618,7 @@ async fn latest_of_another_claim(
         return Ok(false);
     };
     let latest = crate::snapshot::catalog::latest(&shared.store, volume).await?;
-    let theirs = latest.and_then(|s| s.drain).and_then(|d| d.claim_uid);
-    Ok(theirs.is_some_and(|theirs| theirs != claim))
+    Ok(latest.is_some_and(|s| s.of_another_claim(&claim)))
 }
 
 pub(super) async fn delete_object(

@@ -85,6 +85,16 @@ pub struct DrainOrigin {
     pub claim_uid: Option<String>,
 }
 
+impl SnapshotSummary {
+    /// Whether this snapshot records copying another claim than `claim` (a claim deleted and
+    /// made again under the same name): copies of `claim` must not build on it. A snapshot
+    /// that records no claim is not another's.
+    pub fn of_another_claim(&self, claim: &str) -> bool {
+        let theirs = self.drain.as_ref().and_then(|d| d.claim_uid.as_deref());
+        theirs.is_some_and(|theirs| theirs != claim)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Latest {
     snapshot: String,
@@ -586,6 +596,29 @@ pub async fn list_snapshots(store: &Store, volume: &VolumeId) -> Result<Vec<List
         .await?;
     listed.sort_by(|a, b| a.snapshot().cmp(b.snapshot()));
     Ok(listed)
+}
+
+/// A complete snapshot `id` of volume `a/b`, completed at `completed` (tests of choosing
+/// and keeping snapshots).
+#[cfg(test)]
+pub(crate) fn complete_at(id: &str, completed: &str) -> Listed {
+    Listed::Complete(SnapshotSummary {
+        snapshot: id.into(),
+        volume: "a/b".into(),
+        parent: None,
+        created: completed.into(),
+        completed: completed.into(),
+        entries: 1,
+        files: 0,
+        bytes: 0,
+        skipped: 0,
+        unreadable: 0,
+        uploaded_files: 0,
+        uploaded_bytes: 0,
+        manifest_blake3: String::new(),
+        manifest_size: 0,
+        drain: None,
+    })
 }
 
 /// What a prune did (or, for a plan, would do).

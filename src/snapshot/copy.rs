@@ -109,8 +109,7 @@ async fn parent_of(
     let Some(latest) = catalog::latest(store, volume).await? else {
         return Ok(None);
     };
-    let theirs = latest.drain.as_ref().and_then(|d| d.claim_uid.as_deref());
-    if theirs.is_some_and(|theirs| theirs != claim) {
+    if latest.of_another_claim(claim) {
         tracing::info!(latest = %latest.snapshot, "the latest snapshot is of an earlier claim of this name: copying without a parent");
         return Ok(None);
     }

@@ -534,17 +534,9 @@ async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_re
     .await
 }
 
-/// `GET` of `path` on drainer with `token`: the status and the JSON body (or the bytes' length).
+/// `GET` of `path` on drainer with `token`: the status and the body.
 async fn get_with(serve: &Serve, token: &str, path: &str) -> Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", serve.url))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await?;
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"bytes": bytes.len()}));
-    Ok((status, body))
+    Ok(serve.call_as(token, reqwest::Method::GET, path, None).await)
 }
 
 /// Copies `dir` as a snapshot of `NS/pvc` into the test's store; returns the snapshot's id.

@@ -2,26 +2,9 @@
 //! weeks, the empty policy, and policy text (flags and annotations).
 
 use super::*;
-use crate::snapshot::SnapshotSummary;
 
 fn complete(id: &str, completed: &str) -> Listed {
-    Listed::Complete(SnapshotSummary {
-        snapshot: id.into(),
-        volume: "a/b".into(),
-        parent: None,
-        created: completed.into(),
-        completed: completed.into(),
-        entries: 1,
-        files: 0,
-        bytes: 0,
-        skipped: 0,
-        unreadable: 0,
-        uploaded_files: 0,
-        uploaded_bytes: 0,
-        manifest_blake3: String::new(),
-        manifest_size: 0,
-        drain: None,
-    })
+    crate::snapshot::catalog::complete_at(id, completed)
 }
 
 fn damaged(id: &str) -> Listed {

@@ -126,10 +126,22 @@ impl Serve {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.call_as(TOKEN, method, path, body).await
+    }
+
+    /// Sends a request with `token`; returns status and JSON body (a body that is not JSON
+    /// as a string).
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN);
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
