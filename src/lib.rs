@@ -21,41 +21,33 @@
 //! [`run`] and the HTTP API.
 
 pub mod admission;
-pub mod auth;
 pub(crate) mod batching;
+pub mod auth;
 pub(crate) mod cli;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod handoff;
-pub mod health;
 pub mod http;
 pub(crate) mod install;
 pub mod kube;
-pub mod ledger;
-pub mod lifecycle;
 pub(crate) mod metrics;
 pub(crate) mod mover;
 pub mod notify;
-pub mod protocol;
 pub mod pruning;
 pub(crate) mod remote;
-pub(crate) mod retry;
 pub mod review_gate;
 pub(crate) mod scheduler;
 pub(crate) mod service;
 pub(crate) mod shutdown;
-pub mod snapshot;
-pub mod store;
-pub mod supervisor;
 pub mod sweep;
 pub mod telemetry;
-pub mod volume;
 
 pub use cli::one_line;
 pub use config::{Command, Config};
-pub use ledger::Ledger;
-pub use store::{Store, StoreOptions};
-pub use volume::VolumeId;
+pub use drainer_core::{
+    Ledger, Store, StoreOptions, VolumeId, health, ledger, lifecycle, protocol, retry,
+    snapshot, store, supervisor, volume,
+};
 
 /// The exit code of a command that failed: 3 when a copy stored its snapshot but some files
 /// could not be read (the snapshot lists them), 2 for malformed arguments (most come from the

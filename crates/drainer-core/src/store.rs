@@ -550,7 +550,7 @@ fn seconds(duration: Duration) -> String {
 const RETRIES: u32 = 4;
 
 /// The result of a write that has no ETag or version to report (relayed and local uploads).
-pub(crate) fn stored() -> PutResult {
+pub fn stored() -> PutResult {
     PutResult {
         e_tag: None,
         version: None,

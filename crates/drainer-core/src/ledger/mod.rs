@@ -560,7 +560,7 @@ pub(crate) fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + C
 }
 
 /// Milliseconds since the Unix epoch, the ledger's timestamp unit.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 

@@ -1,4 +1,4 @@
-//! What the service's retention pass (`crate::pruning`) reads and records: which volumes are
+//! What the service's retention pass (`drainer::pruning`) reads and records: which volumes are
 //! busy (an unfinished copy run, an active drain), when each volume's claim was last seen,
 //! and every prune it did. The pass decides; this module only stores and reads.
 

@@ -11,7 +11,7 @@
 //! running tasks see the token and return, and [`Supervisor::stopped`] waits for them.
 //!
 //! The HTTP server and the scheduler are not supervised here: the service stops with an error
-//! when either stops unexpectedly (`crate::service`). This module never ends the process.
+//! when either stops unexpectedly (`drainer::service`). This module never ends the process.
 
 use crate::health::Health;
 use backoff::backoff::Backoff;

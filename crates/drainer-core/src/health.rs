@@ -98,7 +98,7 @@ impl Health {
 
     /// Registers a task under `name`, or under `name#2`, `name#3`, … if that is taken; returns
     /// the name it got. It counts as running.
-    pub(crate) fn add_task(&self, name: &str) -> String {
+    pub fn add_task(&self, name: &str) -> String {
         let mut state = self.state();
         let mut unique = name.to_owned();
         let mut n = 1;
@@ -119,7 +119,7 @@ impl Health {
     }
 
     /// Task `name` ended (`how`) and waits to be started again.
-    pub(crate) fn task_down(&self, name: &str, how: &str) {
+    pub fn task_down(&self, name: &str, how: &str) {
         if let Some(task) = self.state().tasks.get_mut(name) {
             task.up = false;
             task.last_exit = Some(how.to_owned());
@@ -127,7 +127,7 @@ impl Health {
     }
 
     /// Task `name` was started again at `at`.
-    pub(crate) fn task_restarted(&self, name: &str, at: Instant) {
+    pub fn task_restarted(&self, name: &str, at: Instant) {
         if let Some(task) = self.state().tasks.get_mut(name) {
             task.up = true;
             task.restarts += 1;

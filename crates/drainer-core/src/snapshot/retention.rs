@@ -1,6 +1,6 @@
 //! Retention policies: which snapshots of a volume a policy keeps, and why. Pure: no store, no
 //! clock, no I/O; `catalog::prune_by` lists and deletes, the service's retention pass
-//! (`crate::pruning`) chooses the policy of each volume.
+//! (`drainer::pruning`) chooses the policy of each volume.
 //!
 //! A [`Policy`] follows restic's `forget` (`--keep-last`, `--keep-within`, `--keep-hourly`,
 //! `--keep-daily`, `--keep-weekly`, `--keep-monthly`, `--keep-yearly`):
