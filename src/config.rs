@@ -8,6 +8,14 @@ use crate::snapshot::SnapshotSelector;
 use crate::snapshot::retention::{Policy, Span};
 use crate::volume::VolumeId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use drainer_clients::args::{
+    ClientArgs, DEFAULT_TOKEN_FILE, DrainerSource, HandoffArgs, InstallArgs, MoverArgs,
+    POD_TOKEN_FILE,
+};
+pub use drainer_core::args::{
+    DEFAULT_CONCURRENCY, DEFAULT_MOVER_CONCURRENCY, EngineArgs, parse_positive_seconds,
+    parse_seconds,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,26 +109,6 @@ pub struct LedgerArgs {
     /// Ledger database: `sqlite://FILE` or `postgres://…`. Default: SQLite in the data directory.
     #[arg(long, env = "DRAINER_DATABASE_URL")]
     pub database_url: Option<String>,
-}
-
-/// Tuning of the snapshot engine.
-#[derive(Debug, Clone, Args)]
-pub struct EngineArgs {
-    /// Files read and written at once [default: 16; 64 for `drainer mover`, whose every file
-    /// makes a round trip to the drainer; 256 for `restore --drainer`, whose small files travel
-    /// 64 to a batch, four batches at once].
-    #[arg(long, env = "DRAINER_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: Option<u16>,
-    /// Part size for multipart uploads, in MiB: a power of two from 8 to 512 (files up to this
-    /// size are one request).
-    #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = parse_part_size)]
-    pub part_size_mib: u32,
-    /// Memory for file data in flight, in MiB (bounds the process whatever the file sizes).
-    #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
-    pub buffer_mib: u32,
-    /// Timeout of one object-store request, in seconds.
-    #[arg(long, env = "DRAINER_STORE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
-    pub store_timeout: Duration,
 }
 
 /// `drainer serve`.
@@ -442,154 +430,6 @@ pub enum Movers {
     External,
 }
 
-/// How a client (`handoff`, `mover`) reaches the drainer's API.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// The drainer's base URL.
-    #[arg(
-        long = "drainer",
-        env = "DRAINER_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
-    /// File holding the bearer token.
-    #[arg(
-        long,
-        env = "DRAINER_TOKEN_FILE",
-        default_value = DEFAULT_TOKEN_FILE
-    )]
-    pub token_file: PathBuf,
-    /// The bearer token itself (instead of the token file).
-    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
-
-/// Where a pod's projected token for drainer is mounted by convention (the examples under
-/// `deploy/examples` mount it there); used when the default token file does not exist.
-pub const POD_TOKEN_FILE: &str = "/var/run/secrets/drainer/token";
-/// The namespace of a pod's ServiceAccount, when it mounts its API token.
-const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
-impl ClientArgs {
-    /// The token file: `--token-file`, or inside a pod whose default token file does not
-    /// exist, its projected token at [`POD_TOKEN_FILE`].
-    pub fn token_path(&self) -> PathBuf {
-        if self.token_file == std::path::Path::new(DEFAULT_TOKEN_FILE)
-            && !self.token_file.exists()
-            && std::path::Path::new(POD_TOKEN_FILE).exists()
-        {
-            PathBuf::from(POD_TOKEN_FILE)
-        } else {
-            self.token_file.clone()
-        }
-    }
-
-    /// The bearer token: given directly, or read from [`ClientArgs::token_path`].
-    pub fn token(&self) -> anyhow::Result<String> {
-        use anyhow::Context;
-        let file = self.token_path();
-        let token = match &self.token {
-            Some(token) => token.clone(),
-            None => std::fs::read_to_string(&file)
-                .with_context(|| format!("reading the token file {}", file.display()))?,
-        };
-        Ok(token.trim().to_owned())
-    }
-}
-
-/// The default token file of the client commands.
-pub const DEFAULT_TOKEN_FILE: &str = "./drainer-data/token";
-
-impl HandoffArgs {
-    /// The namespace of the volumes: `--namespace`, or inside a pod its own.
-    pub fn namespace(&self) -> anyhow::Result<String> {
-        if let Some(namespace) = &self.namespace {
-            return Ok(namespace.clone());
-        }
-        std::fs::read_to_string(POD_NAMESPACE_FILE)
-            .map(|ns| ns.trim().to_owned())
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "--namespace is needed (or DRAINER_NAMESPACE, e.g. from the downward API)"
-                )
-            })
-    }
-}
-
-/// `drainer handoff`.
-#[derive(Debug, Clone, Args)]
-pub struct HandoffArgs {
-    /// How to reach the drainer.
-    #[command(flatten)]
-    pub drainer: ClientArgs,
-    /// Namespace of the volumes (inside a pod: its own, by default).
-    #[arg(long, env = "DRAINER_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// PVC to drain (repeat for several). A pod may name none: every claim it mounts.
-    #[arg(long = "pvc")]
-    pub pvcs: Vec<String>,
-    /// The pod handing off (its name).
-    #[arg(long, env = "DRAINER_POD")]
-    pub pod: Option<String>,
-    /// Why (shown in the drain's history).
-    #[arg(long, default_value = "handoff")]
-    pub reason: String,
-    /// Wait until every drain has ended; the exit code says whether all completed.
-    #[arg(long)]
-    pub wait: bool,
-    /// Give up after this many seconds (retries included).
-    #[arg(long, env = "DRAINER_HANDOFF_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
-    pub timeout: Duration,
-}
-
-/// `drainer install`.
-#[derive(Debug, Clone, Args)]
-pub struct InstallArgs {
-    /// The directory to copy drainer into (created if missing).
-    pub dir: PathBuf,
-}
-
-/// `drainer mover`.
-#[derive(Debug, Clone, Args)]
-pub struct MoverArgs {
-    /// How to reach the drainer.
-    #[command(flatten)]
-    pub drainer: ClientArgs,
-    /// The drain to stream into.
-    #[arg(long, env = "DRAINER_DRAIN")]
-    pub drain: String,
-    /// The mounted volume.
-    #[arg(long, env = "DRAINER_SOURCE")]
-    pub source: PathBuf,
-    /// Engine tuning.
-    #[command(flatten)]
-    pub engine: EngineArgs,
-}
-
-/// Files in flight when `--concurrency` is not given.
-pub const DEFAULT_CONCURRENCY: u16 = 16;
-/// Files in flight in a mover when `--concurrency` is not given.
-pub const DEFAULT_MOVER_CONCURRENCY: u16 = 64;
-
-impl EngineArgs {
-    /// Files in flight: `--concurrency`, or [`DEFAULT_CONCURRENCY`].
-    pub fn concurrency(&self) -> usize {
-        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY).into()
-    }
-
-    /// The snapshot engine's options from these flags.
-    pub fn copy_options(&self, check_hash: bool) -> crate::snapshot::CopyOptions {
-        const MIB: u64 = 1024 * 1024;
-        crate::snapshot::CopyOptions {
-            concurrency: self.concurrency(),
-            part_size: u64::from(self.part_size_mib) * MIB,
-            buffer_bytes: u64::from(self.buffer_mib) * MIB,
-            check_hash,
-            origin: None,
-        }
-    }
-}
-
 /// `drainer copy`.
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
@@ -769,35 +609,6 @@ fn conflict_message(is_set: impl Fn(&str) -> bool) -> String {
     message
 }
 
-/// Reading through a drainer's API instead of a store (`restore`, `snapshots`).
-#[derive(Debug, Clone, Args)]
-pub struct DrainerSource {
-    /// Read through this drainer's API (e.g. `http://drainer.drainer-system.svc:8080`) instead
-    /// of a store: the drainer reads its store, and the caller's token decides which volumes
-    /// it may read (a pod: the claims it mounts; others: an RBAC grant on
-    /// restores.drainer.io).
-    #[arg(long = "drainer", env = "DRAINER_URL")]
-    pub url: Option<String>,
-    /// File holding the bearer token (inside a pod, when the default file is missing, its
-    /// projected token at /var/run/secrets/drainer/token).
-    #[arg(long, env = "DRAINER_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
-    pub token_file: PathBuf,
-    /// The bearer token itself (instead of the token file).
-    #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
-
-impl DrainerSource {
-    /// How to reach the drainer, when `--drainer` was given.
-    pub fn client(&self) -> Option<ClientArgs> {
-        self.url.as_ref().map(|url| ClientArgs {
-            url: url.clone(),
-            token_file: self.token_file.clone(),
-            token: self.token.clone(),
-        })
-    }
-}
-
 /// A `--before` time (see `snapshot::select`).
 fn parse_before(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     crate::snapshot::select::parse_time(text, chrono::Utc::now())
@@ -875,36 +686,12 @@ pub struct VerifyArgs {
     pub engine: EngineArgs,
 }
 
-/// Parses a duration given in whole seconds.
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
-}
-
-/// A whole number of seconds, at least one.
-pub fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
-    match parse_seconds(s)? {
-        d if d.is_zero() => Err("must be at least 1 second".to_owned()),
-        d => Ok(d),
-    }
-}
-
-/// A part size in MiB: a power of two, so each part's hash can be computed on its own (see
-/// `snapshot::part_hash`), and at least 8 (S3's smallest part is 5 MiB).
 /// A `STORE_URL`, checked as [`crate::store::check_url`] does, so a URL that would be read
 /// as something else (`file:relative`, `file://`, a dropped query) is a usage error.
 fn parse_store_url(text: &str) -> Result<String, String> {
     crate::store::check_url(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
-}
-
-fn parse_part_size(text: &str) -> Result<u32, String> {
-    match text.parse::<u32>() {
-        Ok(mib) if (8..=512).contains(&mib) && mib.is_power_of_two() => Ok(mib),
-        _ => Err("a power of two from 8 to 512 (MiB)".to_owned()),
-    }
 }
 
 #[cfg(test)]

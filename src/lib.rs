@@ -21,20 +21,14 @@
 //! [`run`] and the HTTP API.
 
 pub mod admission;
-pub(crate) mod batching;
 pub mod auth;
 pub(crate) mod cli;
-pub(crate) mod client;
 pub mod config;
-pub(crate) mod handoff;
 pub mod http;
-pub(crate) mod install;
 pub mod kube;
 pub(crate) mod metrics;
-pub(crate) mod mover;
 pub mod notify;
 pub mod pruning;
-pub(crate) mod remote;
 pub mod review_gate;
 pub(crate) mod scheduler;
 pub(crate) mod service;
@@ -44,9 +38,10 @@ pub mod telemetry;
 
 pub use cli::one_line;
 pub use config::{Command, Config};
+pub(crate) use drainer_clients::{client, handoff, install, mover, remote};
 pub use drainer_core::{
-    Ledger, Store, StoreOptions, VolumeId, health, ledger, lifecycle, protocol, retry,
-    snapshot, store, supervisor, volume,
+    Ledger, Store, StoreOptions, VolumeId, health, ledger, lifecycle, protocol, retry, snapshot,
+    store, supervisor, volume,
 };
 
 /// The exit code of a command that failed: 3 when a copy stored its snapshot but some files

@@ -16,7 +16,6 @@ pub mod recent;
 pub mod serve;
 mod volumes;
 pub use input::Input;
-pub use mover::OWNER_HEADER;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::ledger::Ledger;

@@ -28,10 +28,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// The header in which a mover names itself as the owner of its copy run (see
-/// `ledger::runs`): a second mover of the same drain gets `409 run_busy` while the first holds
-/// the run. Movers that do not send it share the owner `mover-of-DRAIN`.
-pub const OWNER_HEADER: &str = "x-drainer-run-owner";
+use crate::protocol::OWNER_HEADER;
 
 /// The checkpoint of drain `id`'s copy by the mover that sent `headers`.
 fn mover_checkpoint(

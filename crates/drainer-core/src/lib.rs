@@ -12,6 +12,7 @@
 //! server, Kubernetes mode and the clients are built on it, and the compiler keeps it that way
 //! (it cannot name them).
 
+pub mod args;
 pub mod health;
 pub mod ledger;
 pub mod lifecycle;

@@ -12,6 +12,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+/// The header in which a mover names itself as the owner of its copy run (see
+/// `ledger::runs`): a second mover of the same drain gets `409 run_busy` while the first holds
+/// the run. Movers that do not send it share the owner `mover-of-DRAIN`.
+pub const OWNER_HEADER: &str = "x-drainer-run-owner";
+
 /// A file stored by a run, as it crosses the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,10 +1,10 @@
 //! Small objects travel together ([`crate::batching`]): [`BATCHES_IN_FLIGHT`] batches on
-//! their way at once, in the [`crate::protocol::batch`] format.
+//! their way at once, in the [`drainer_core::protocol::batch`] format.
 
 use crate::batching::Batcher;
 use crate::client::Api;
-use crate::protocol::{BatchAnswer, batch};
 use bytes::Bytes;
+use drainer_core::protocol::{BatchAnswer, batch};
 use object_store::path::Path;
 
 /// Batches of small objects on their way at once.

@@ -2,12 +2,12 @@
 //! uploads and its end through the drain's API, into the drainer's ledger.
 
 use crate::client::{Api, CallError};
-use crate::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
-use crate::snapshot::{
+use drainer_core::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
+use drainer_core::snapshot::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
     StoredFile,
 };
-use crate::volume::VolumeId;
+use drainer_core::volume::VolumeId;
 use futures::TryFutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -165,10 +165,10 @@ impl Checkpoint for RemoteCheckpoint {
 
     async fn commit(
         &self,
-        _store: &crate::store::Store,
-        _layout: &crate::snapshot::VolumeLayout,
+        _store: &drainer_core::store::Store,
+        _layout: &drainer_core::snapshot::VolumeLayout,
         _summary: &SnapshotSummary,
-    ) -> crate::snapshot::Result<()> {
+    ) -> drainer_core::snapshot::Result<()> {
         // The drainer commits the snapshot itself when the run finishes, after its own checks.
         Ok(())
     }

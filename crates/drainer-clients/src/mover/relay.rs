@@ -5,9 +5,9 @@
 
 use super::batch::PutBatches;
 use crate::client::{Api, CallError};
-use crate::protocol::{CreatedUpload, KeyParam, batch};
-use crate::store::Barrier;
 use bytes::Bytes;
+use drainer_core::protocol::{CreatedUpload, KeyParam, batch};
+use drainer_core::store::Barrier;
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
@@ -105,7 +105,7 @@ impl ObjectStore for RelayedStore {
                 .await
                 .map_err(store_error)?;
         }
-        Ok(crate::store::stored())
+        Ok(drainer_core::store::stored())
     }
 
     async fn put_multipart_opts(
@@ -240,7 +240,7 @@ impl MultipartStore for RelayedStore {
             .call(|http| http.post(&url).query(&query))
             .await
             .map_err(upload_error(location))?;
-        Ok(crate::store::stored())
+        Ok(drainer_core::store::stored())
     }
 
     async fn abort_multipart(&self, location: &Path, id: &MultipartId) -> object_store::Result<()> {
@@ -300,7 +300,7 @@ impl MultipartUpload for RelayedUpload {
             .call(|http| http.post(&url).query(&query))
             .await
             .map_err(upload_error(&self.location))?;
-        Ok(crate::store::stored())
+        Ok(drainer_core::store::stored())
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {

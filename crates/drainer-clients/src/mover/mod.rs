@@ -6,19 +6,19 @@
 //! restarting, or a replica behind its Service died, are sent again for a while.
 //!
 //! Client side only; the drainer's endpoints live in `http::mover`, the wire types they share
-//! in [`crate::protocol`]. The parts: `relay` (the store), `batch` (small objects in
+//! in [`drainer_core::protocol`]. The parts: `relay` (the store), `batch` (small objects in
 //! batches), `checkpoint` (progress in the drainer's ledger).
 
 mod batch;
 mod checkpoint;
 mod relay;
 
+use crate::args::MoverArgs;
 use crate::client::Api;
-use crate::config::MoverArgs;
-use crate::protocol::{DrainInfo, StoreInfo};
-use crate::snapshot::{self, Progress};
-use crate::store::{Store, StoreOptions};
-use crate::volume::VolumeId;
+use drainer_core::protocol::{DrainInfo, StoreInfo};
+use drainer_core::snapshot::{self, Progress};
+use drainer_core::store::{Store, StoreOptions};
+use drainer_core::volume::VolumeId;
 use object_store::ObjectStore;
 use object_store::multipart::MultipartStore;
 use std::sync::Arc;
@@ -52,8 +52,10 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.drainer.url.trim_end_matches('/'),
         args.drain
     );
-    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
-        .with_header(crate::http::OWNER_HEADER, crate::ledger::process_owner());
+    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?.with_header(
+        drainer_core::protocol::OWNER_HEADER,
+        drainer_core::ledger::process_owner(),
+    );
     if args.drainer.token.is_none() {
         api = api.with_token_file(args.drainer.token_path());
     }
@@ -72,7 +74,7 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     options.concurrency = args
         .engine
         .concurrency
-        .unwrap_or(crate::config::DEFAULT_MOVER_CONCURRENCY)
+        .unwrap_or(drainer_core::args::DEFAULT_MOVER_CONCURRENCY)
         .into();
     if options.part_size != store_info.part_size {
         tracing::info!(

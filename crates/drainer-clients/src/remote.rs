@@ -14,15 +14,15 @@
 //! timeout; failures that may pass (the drainer restarting, a `503`) are retried for
 //! [`RETRY_FOR`]; a ranged read whose body breaks off midway is asked again for the rest.
 
+use crate::args::ClientArgs;
 use crate::batching::Batcher;
 use crate::client::{Api, CallError};
-use crate::config::ClientArgs;
-use crate::protocol::Listing;
-use crate::protocol::batch::{self, ReadBatch, ReadOutcome, ReadRequest};
-use crate::snapshot::{self, Listed, SnapshotSelector, SnapshotSummary};
-use crate::store::{Barrier, Store, StoreOptions};
-use crate::volume::VolumeId;
 use bytes::Bytes;
+use drainer_core::protocol::Listing;
+use drainer_core::protocol::batch::{self, ReadBatch, ReadOutcome, ReadRequest};
+use drainer_core::snapshot::{self, Listed, SnapshotSelector, SnapshotSummary};
+use drainer_core::store::{Barrier, Store, StoreOptions};
+use drainer_core::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;

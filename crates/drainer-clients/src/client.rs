@@ -4,9 +4,9 @@
 //! Service dying, a `503`).
 //!
 //! Every request has a timeout and every retry is bounded by the caller's deadline
-//! ([`crate::retry`]). Only requests that are safe to repeat go through [`Api::call`].
+//! ([`drainer_core::retry`]). Only requests that are safe to repeat go through [`Api::call`].
 
-use crate::retry;
+use drainer_core::retry;
 use std::time::Duration;
 
 /// A failed call to the drainer.

@@ -4,11 +4,11 @@
 //! backoff until its deadline; with `--wait` it follows the drains until they end, and its exit
 //! code says whether every one completed.
 
+use crate::args::HandoffArgs;
 use crate::client::Api;
-use crate::config::HandoffArgs;
-use crate::lifecycle::DrainState;
-use crate::volume::VolumeId;
 use anyhow::bail;
+use drainer_core::lifecycle::DrainState;
+use drainer_core::volume::VolumeId;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 

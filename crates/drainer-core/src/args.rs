@@ -1,0 +1,74 @@
+//! The flags of the core's own parts, shared by every command that copies or restores: the
+//! snapshot engine's tuning ([`EngineArgs`]) and the parsers of durations the commands use.
+//! Plain `clap` types: the binary's command line flattens them into its subcommands.
+
+use clap::Args;
+use std::time::Duration;
+
+/// Tuning of the snapshot engine.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Files read and written at once [default: 16; 64 for `drainer mover`, whose every file
+    /// makes a round trip to the drainer; 256 for `restore --drainer`, whose small files travel
+    /// 64 to a batch, four batches at once].
+    #[arg(long, env = "DRAINER_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
+    /// Part size for multipart uploads, in MiB: a power of two from 8 to 512 (files up to this
+    /// size are one request).
+    #[arg(long, env = "DRAINER_PART_SIZE_MIB", default_value_t = 8, value_parser = parse_part_size)]
+    pub part_size_mib: u32,
+    /// Memory for file data in flight, in MiB (bounds the process whatever the file sizes).
+    #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub buffer_mib: u32,
+    /// Timeout of one object-store request, in seconds.
+    #[arg(long, env = "DRAINER_STORE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub store_timeout: Duration,
+}
+
+/// Files in flight when `--concurrency` is not given.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// Files in flight in a mover when `--concurrency` is not given.
+pub const DEFAULT_MOVER_CONCURRENCY: u16 = 64;
+
+impl EngineArgs {
+    /// Files in flight: `--concurrency`, or [`DEFAULT_CONCURRENCY`].
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY).into()
+    }
+
+    /// The snapshot engine's options from these flags.
+    pub fn copy_options(&self, check_hash: bool) -> crate::snapshot::CopyOptions {
+        const MIB: u64 = 1024 * 1024;
+        crate::snapshot::CopyOptions {
+            concurrency: self.concurrency(),
+            part_size: u64::from(self.part_size_mib) * MIB,
+            buffer_bytes: u64::from(self.buffer_mib) * MIB,
+            check_hash,
+            origin: None,
+        }
+    }
+}
+
+/// Parses a duration given in whole seconds.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
+/// A whole number of seconds, at least one.
+pub fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        d if d.is_zero() => Err("must be at least 1 second".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A part size in MiB: a power of two, so each part's hash can be computed on its own (see
+/// `snapshot::part_hash`), and at least 8 (S3's smallest part is 5 MiB).
+fn parse_part_size(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(mib) if (8..=512).contains(&mib) && mib.is_power_of_two() => Ok(mib),
+        _ => Err("a power of two from 8 to 512 (MiB)".to_owned()),
+    }
+}
