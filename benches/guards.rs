@@ -188,7 +188,7 @@ async fn wait_guarded(client: &Client, ns: &str, n: usize, since: Instant) -> Re
             .await?
             .items
             .iter()
-            .filter(|c| drainer::kube::guard::is_guarded(c))
+            .filter(|c| drainer_kube::guard::is_guarded(c))
             .count();
         if guarded >= n {
             return Ok(since.elapsed());

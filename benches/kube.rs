@@ -35,7 +35,7 @@ async fn main() -> Result<()> {
     // concurrent call, new) and through drainer's (HTTP/2, one connection, warm).
     let mut floor_h1 = Vec::new();
     let mut floor_h2 = Vec::new();
-    let h2 = drainer::kube::client::connect().await?;
+    let h2 = drainer_kube::client::connect().await?;
     for _ in 0..FIRST_ROUNDS {
         let tokens = pod_tokens(&client, &ns).await?;
         floor_h1.extend(review_floor(&Client::try_default().await?, &tokens, 1).await?);

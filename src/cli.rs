@@ -1,6 +1,6 @@
 //! The one-shot commands (`copy`, `restore`, `snapshots`, `prune`, `verify`): wiring from the
 //! parsed configuration to the snapshot engine (reading a store directly, or for `restore`
-//! and `snapshots` a drainer's API through [`crate::remote`]), and their output; and the
+//! and `snapshots` a drainer's API through [`drainer_clients::remote`]), and their output; and the
 //! operator's commands that ask a running drainer (`sweep`, `orphans`) through its API with
 //! the admin token.
 //!
@@ -10,12 +10,12 @@ use crate::config::{
     ClientArgs, CopyArgs, EngineArgs, OrphansArgs, OutputFormat, PruneArgs, RestoreArgs,
     SnapshotsArgs, Source, SweepArgs, VerifyArgs,
 };
-use crate::ledger::Ledger;
-use crate::remote::RemoteVolume;
-use crate::snapshot::{self, Found, Listed, Progress, RestoreOptions, SnapshotSelector};
-use crate::store::{Store, StoreOptions};
-use crate::sweep::{Finding, Orphan, Verdict};
+use crate::snapshot::{self, Found, Listed, Progress, RestoreOptions};
 use anyhow::bail;
+use drainer_clients::remote::RemoteVolume;
+use drainer_core::ledger::Ledger;
+use drainer_core::store::{Store, StoreOptions};
+use drainer_server::sweep::{Finding, Orphan, Verdict};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let options = RestoreOptions {
         // Through the API files travel in batches: keep enough in flight to fill them.
         concurrency: match (&source, args.engine.concurrency) {
-            (Source::Drainer(_), None) => crate::remote::RESTORE_CONCURRENCY,
+            (Source::Drainer(_), None) => drainer_clients::remote::RESTORE_CONCURRENCY,
             _ => args.engine.concurrency(),
         },
         force: args.force,
@@ -114,7 +114,17 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::from)
         }
-        Source::Drainer(client) => restore_through(client, &args, &selector, &dest, &options).await,
+        Source::Drainer(client) => {
+            drainer_clients::remote::restore(
+                client,
+                &args.volume,
+                &selector,
+                &dest,
+                &options,
+                args.engine.store_timeout,
+            )
+            .await
+        }
     };
     let summary = match restored {
         Ok(summary) => summary,
@@ -150,31 +160,6 @@ fn no_snapshot(e: &anyhow::Error) -> bool {
         e.downcast_ref::<snapshot::Error>(),
         Some(snapshot::Error::NoSnapshot { .. })
     )
-}
-
-/// A restore through a drainer's API: the snapshot is chosen from the volume's listing, then
-/// restored by the engine from the drainer's store as the API serves it.
-async fn restore_through(
-    client: &crate::config::ClientArgs,
-    args: &RestoreArgs,
-    selector: &SnapshotSelector,
-    dest: &std::path::Path,
-    options: &RestoreOptions,
-) -> anyhow::Result<snapshot::RestoreSummary> {
-    let remote = RemoteVolume::new(client, &args.volume, args.engine.store_timeout)?;
-    let selector = match selector {
-        SnapshotSelector::Id(id) => SnapshotSelector::Id(id.clone()),
-        other => {
-            let summary = remote.resolve(other).await?;
-            SnapshotSelector::Id(summary.snapshot.parse().map_err(anyhow::Error::msg)?)
-        }
-    };
-    let store = remote.store(&StoreOptions {
-        timeout: args.engine.store_timeout,
-        create: false,
-        part_size: options.part_size,
-    });
-    Ok(snapshot::restore(&store, &args.volume, &selector, dest, options).await?)
 }
 
 fn restored_line(
@@ -345,7 +330,11 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 /// A volume's prune (or plan) as a table and a summary line.
-fn print_prune(volume: &crate::volume::VolumeId, report: &snapshot::PruneReport, plan: bool) {
+fn print_prune(
+    volume: &drainer_core::volume::VolumeId,
+    report: &snapshot::PruneReport,
+    plan: bool,
+) {
     if plan {
         println!("{volume}:");
         for d in &report.plan.snapshots {
@@ -418,8 +407,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 /// One request's time limit for the operator's commands (a sweep lists the whole cluster).
 const OPERATOR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn operator_api(drainer: &ClientArgs, retry_for: Duration) -> anyhow::Result<crate::client::Api> {
-    Ok(crate::client::Api::new(
+fn operator_api(
+    drainer: &ClientArgs,
+    retry_for: Duration,
+) -> anyhow::Result<drainer_clients::client::Api> {
+    Ok(drainer_clients::client::Api::new(
         &drainer.url,
         drainer.token()?,
         OPERATOR_CALL_TIMEOUT,

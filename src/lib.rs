@@ -1,48 +1,27 @@
 //! drainer rescues the data that scaled-down stateful pods leave behind in their
 //! PersistentVolumeClaims, and keeps it safe in durable storage until someone needs it back.
 //!
-//! The crate is organised by responsibility. The core: [`volume`] (identifiers), [`store`]
-//! (durable object storage), [`snapshot`] (the copy/restore engine), [`ledger`] (the SQL record
-//! of progress), [`lifecycle`] (drain states and the one table of transitions). The service:
-//! `service` (wiring and supervision), [`http`] (the API, its guard and the mover protocol's
-//! drainer side), [`auth`] (callers and the policy), `scheduler` (claims, leases, attempts),
-//! [`sweep`], [`admission`] and [`notify`] (the seams where a mode plugs in), [`supervisor`]
-//! (every long-lived task, started again when it ends) and [`health`] (what `/readyz`,
-//! `/healthz` and `/metrics` say of the service's own state), [`kube`]
-//! (Kubernetes mode). The clients: `client`, `handoff`, `mover`, with the wire types in
-//! [`protocol`]. Around them: [`config`] (the command line), `cli` (the one-shot commands),
-//! `retry`, `metrics`, `shutdown`, [`telemetry`]. `main.rs` only parses the configuration
-//! and calls [`run`].
+//! The `drainer` binary, thin on top of the workspace's crates, one per layer, each built only
+//! on those below it (the compiler enforces it: a crate cannot name one above):
+//! - `drainer_core`: volume identifiers, the store, the snapshot engine, the ledger, the drain
+//!   lifecycle, the wire protocol, and the supervisor and health of long-lived tasks;
+//! - `drainer_server`: the HTTP API, who may call what, the scheduler, the seams a mode plugs
+//!   into, retention, metrics and the service's wiring with local mode;
+//! - `drainer_kube`: Kubernetes mode, plugged into the server's seams;
+//! - `drainer_clients` (beside the server, on the core): `handoff`, `mover`, the API client
+//!   and reads through a drainer.
 //!
-//! The public surface is what the binary, the integration tests and the benchmarks use: the
-//! configuration, the engine, the ledger and the lifecycle, the HTTP router with its seams
-//! (authority, admission, notifier, sweeper) and Kubernetes mode's parts. The commands, the
-//! clients, the scheduler and the service's wiring are crate-private: they are reached through
-//! [`run`] and the HTTP API.
+//! This crate holds the command line ([`config`], which flattens each crate's own flags), the
+//! one-shot commands (`cli`), logging ([`telemetry`]) and [`run`], which `main.rs` calls.
 
-pub mod admission;
-pub mod auth;
 pub(crate) mod cli;
 pub mod config;
-pub mod http;
-pub mod kube;
-pub(crate) mod metrics;
-pub mod notify;
-pub mod pruning;
-pub mod review_gate;
-pub(crate) mod scheduler;
-pub(crate) mod service;
-pub(crate) mod shutdown;
-pub mod sweep;
 pub mod telemetry;
 
 pub use cli::one_line;
 pub use config::{Command, Config};
-pub(crate) use drainer_clients::{client, handoff, install, mover, remote};
-pub use drainer_core::{
-    Ledger, Store, StoreOptions, VolumeId, health, ledger, lifecycle, protocol, retry, snapshot,
-    store, supervisor, volume,
-};
+pub(crate) use drainer_clients::{handoff, install, mover};
+pub use drainer_core::{Ledger, Store, StoreOptions, VolumeId, snapshot};
 
 /// The exit code of a command that failed: 3 when a copy stored its snapshot but some files
 /// could not be read (the snapshot lists them), 2 for malformed arguments (most come from the
@@ -60,7 +39,7 @@ pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
 /// Runs the command the configuration names.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {
-        Command::Serve(args) => service::serve(*args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Handoff(args) => handoff::run(args).await,
         Command::Mover(args) => mover::run(args).await,
         Command::Copy(args) => cli::copy(args).await,
@@ -71,6 +50,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Install(args) => install::run(&args.dir),
         Command::Sweep(args) => cli::sweep(args).await,
         Command::Orphans(args) => cli::orphans(args).await,
-        Command::ReleaseGuards(args) => kube::guard::release_command(args).await,
+        Command::ReleaseGuards(args) => drainer_kube::guard::release_command(args).await,
     }
+}
+
+/// `drainer serve`: local mode, or Kubernetes mode with `--kubernetes`.
+async fn serve(args: config::ServeCommand) -> anyhow::Result<()> {
+    let kubernetes = args
+        .kube
+        .enabled
+        .then(|| drainer_kube::mode::KubernetesMode::new(args.kube.clone()));
+    let other = kubernetes
+        .as_ref()
+        .map(|mode| mode as &dyn drainer_server::service::MakeMode);
+    drainer_server::service::serve(args.serve, other).await
 }

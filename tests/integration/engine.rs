@@ -385,7 +385,10 @@ async fn copy_killed_mid_upload(
     src: &Path,
     data: &Path,
     parts: usize,
-) -> (drainer::snapshot::Run, drainer::snapshot::PartialUpload) {
+) -> (
+    drainer_core::snapshot::Run,
+    drainer_core::snapshot::PartialUpload,
+) {
     // Open (and migrate) the ledger before the copy does, so the two never migrate at once.
     let ledger = drainer::Ledger::open(None, data).await.unwrap();
     let mut first = copy_cmd(src, store, data);
@@ -406,7 +409,7 @@ async fn copy_killed_mid_upload(
         let Some(record) = ledger.runs(&volume).await.unwrap().into_iter().next() else {
             continue;
         };
-        let run = drainer::snapshot::Run {
+        let run = drainer_core::snapshot::Run {
             id: record.id,
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,
@@ -540,14 +543,14 @@ async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
         .unwrap();
     let volume: drainer::VolumeId = VOLUME.parse().unwrap();
     let copy = |claim: Option<&str>| {
-        let origin = claim.map(|uid| drainer::snapshot::DrainOrigin {
+        let origin = claim.map(|uid| drainer_core::snapshot::DrainOrigin {
             id: "d-1".into(),
             pod: None,
             reason: "test".into(),
             requested: "2026-12-07T00:00:00.000Z".into(),
             claim_uid: Some(uid.into()),
         });
-        let options = drainer::snapshot::CopyOptions {
+        let options = drainer_core::snapshot::CopyOptions {
             concurrency: 2,
             part_size: 8 << 20,
             buffer_bytes: 64 << 20,
@@ -559,7 +562,7 @@ async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
         async move {
             let progress = std::sync::Arc::default();
             let copied =
-                drainer::snapshot::copy(&src, &store, &volume, &ledger, &options, progress);
+                drainer_core::snapshot::copy(&src, &store, &volume, &ledger, &options, progress);
             let summary = copied.await.unwrap().snapshot;
             (summary.snapshot, summary.parent)
         }

@@ -576,7 +576,7 @@ async fn kill_mid_copy(src: &Path, store: &str, data: &Path) {
         let Some(record) = ledger.runs(&volume).await.unwrap().into_iter().next() else {
             continue;
         };
-        let run = drainer::snapshot::Run {
+        let run = drainer_core::snapshot::Run {
             id: record.id.clone(),
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,

@@ -22,9 +22,9 @@ use crate::support::kube::{
     KubeEnv, admin_config, client, create_namespace, delete_namespace, with_timeout,
 };
 use anyhow::{Context, Result, bail, ensure};
-use drainer::kube::movers::{Kind, MoverSecurity, MoverSpec, mover_job};
-use drainer::ledger::Drain;
-use drainer::lifecycle::DrainState;
+use drainer_core::ledger::Drain;
+use drainer_core::lifecycle::DrainState;
+use drainer_kube::movers::{Kind, MoverSecurity, MoverSpec, mover_job};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};

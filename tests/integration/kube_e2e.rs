@@ -21,7 +21,7 @@ use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{awkward, differences};
 use crate::support::{drainer, file_url, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
-use drainer::kube::{guard, hold, movers};
+use drainer_kube::{guard, hold, movers};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -976,7 +976,7 @@ async fn a_drain_whose_store_fails_keeps_failing_then_completes_once_the_store_i
         // and those still listed: a watch that restarts under load misses a short-lived one.
         let selector = format!(
             "{}={}",
-            drainer::kube::hold::DRAIN_LABEL,
+            drainer_kube::hold::DRAIN_LABEL,
             movers::drain_label(&id)
         );
         let listed = w

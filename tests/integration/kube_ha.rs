@@ -33,7 +33,7 @@ use crate::support::s3::{self, S3Server};
 use crate::support::tree::differences;
 use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, bail, ensure};
-use drainer::kube::guard;
+use drainer_kube::guard;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -637,7 +637,7 @@ async fn check_claims_as_the_policy_asks(
         }
         let holds = ha
             .api::<ConfigMap>()
-            .list(&ListParams::default().labels(drainer::kube::hold::DRAIN_LABEL))
+            .list(&ListParams::default().labels(drainer_kube::hold::DRAIN_LABEL))
             .await?;
         let names: Vec<_> = holds
             .items

@@ -19,8 +19,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use drainer::auth::{Action, Authority, Caller, Denied, Reach};
-use drainer::kube::movers::{self, MoverSpec};
+use drainer_kube::movers::{self, MoverSpec};
+use drainer_server::auth::{Action, Authority, Caller, Denied, Reach};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -589,7 +589,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         let ns = create_namespace(&client, "movers-identity").await?;
         let work = tempfile::tempdir()?;
         let ledger = drainer::Ledger::open(None, work.path()).await?;
-        let new = drainer::ledger::NewDrain {
+        let new = drainer_core::ledger::NewDrain {
             volume: drainer::VolumeId::new(&ns, "data-web-4")?,
             pod: None,
             reason: "test".into(),
@@ -662,15 +662,15 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
 
         let stop = tokio_util::sync::CancellationToken::new();
         let _stop = stop.clone().drop_guard();
-        let cluster = drainer::kube::Cluster::start(client.clone(), vec![ns.clone()], stop).await?;
-        let authority = drainer::kube::identity::TokenReviews::new(
+        let cluster = drainer_kube::Cluster::start(client.clone(), vec![ns.clone()], stop).await?;
+        let authority = drainer_kube::identity::TokenReviews::new(
             cluster,
             ledger.clone(),
             "drainer".into(),
             None,
         );
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let mover = drainer::auth::Caller::Mover {
+        let mover = drainer_server::auth::Caller::Mover {
             drain: drain.id.clone(),
         };
         // (pod, how it differs from the Job's own pod, what the authority makes of it)

@@ -16,7 +16,7 @@ use crate::support::serve::Serve;
 use crate::support::tree::differences;
 use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, ensure};
-use drainer::kube::watch::WATCH_TIMEOUT;
+use drainer_kube::watch::WATCH_TIMEOUT;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use drainer::kube::Cluster;
-use drainer::kube::events::{KubeEvents, LAST_SNAPSHOT, LAST_SNAPSHOT_TIME};
-use drainer::kube::lease::{Lease, Turn};
-use drainer::kube::sweep::{KubeSweeper, Sweeping};
-use drainer::ledger::{Drain, DrainFilter};
-use drainer::notify::{Milestone, Notifier};
-use drainer::sweep::{Finding, SweepReport, Sweeper, Verdict};
 use drainer::{Ledger, Store, StoreOptions};
+use drainer_core::ledger::{Drain, DrainFilter};
+use drainer_kube::Cluster;
+use drainer_kube::events::{KubeEvents, LAST_SNAPSHOT, LAST_SNAPSHOT_TIME};
+use drainer_kube::lease::{Lease, Turn};
+use drainer_kube::sweep::{KubeSweeper, Sweeping};
+use drainer_server::notify::{Milestone, Notifier};
+use drainer_server::sweep::{Finding, SweepReport, Sweeper, Verdict};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -152,7 +152,7 @@ fn sweeper(cluster: &Cluster, ledger: &Ledger, store: &Store) -> KubeSweeper {
         ledger: ledger.clone(),
         store: store.clone(),
         metrics: Arc::default(),
-        notifier: Arc::new(drainer::notify::Log),
+        notifier: Arc::new(drainer_server::notify::Log),
         admission: None,
         max_attempts: 3,
         lease: None,
@@ -241,7 +241,7 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
         let drained: Vec<&str> = drains.iter().map(|d| d.pvc.as_str()).collect();
         ensure!(drained == ["data-web-1", "data-web-2"], "drains of {drained:?}");
         for (drain, n) in drains.iter().zip([1, 2]) {
-            ensure!(drain.state == drainer::lifecycle::DrainState::Queued, "{drain:?}");
+            ensure!(drain.state == drainer_core::lifecycle::DrainState::Queued, "{drain:?}");
             ensure!(drain.pvc_uid.as_deref() == Some(uids[&n].as_str()), "{drain:?}");
             let why = format!(
                 "sweep: ordinal {n} of StatefulSet web is scaled away (live ordinals 0..1; pod web-{n}'s claim)"
@@ -291,12 +291,12 @@ async fn orphans_are_reported(
     ns: &str,
     drains: &[Drain],
 ) -> Result<()> {
-    let state = drainer::http::AppState::new(drainer::http::Shared {
+    let state = drainer_server::http::AppState::new(drainer_server::http::Shared {
         ledger: ledger.clone(),
         store: store.clone(),
-        auth: Arc::new(drainer::auth::StaticToken::new("secret".into())),
-        admission: Arc::new(drainer::admission::Local),
-        notifier: Arc::new(drainer::notify::Log),
+        auth: Arc::new(drainer_server::auth::StaticToken::new("secret".into())),
+        admission: Arc::new(drainer_server::admission::Local),
+        notifier: Arc::new(drainer_server::notify::Log),
         sweeper: Arc::new(sweeper),
         metrics: Arc::default(),
         board: Arc::default(),
@@ -309,7 +309,8 @@ async fn orphans_are_reported(
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(axum::serve(listener, drainer::http::router(state)).into_future());
+    let server =
+        tokio::spawn(axum::serve(listener, drainer_server::http::router(state)).into_future());
     let http = reqwest::Client::new();
     let answer: Value = http
         .get(format!("{url}/v1/orphans"))
@@ -532,14 +533,14 @@ async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
         let ledger_dir = tempfile::tempdir()?;
         let ledger = Ledger::open(None, ledger_dir.path()).await?;
         let recorded = ledger
-            .request_drains(&[drainer::ledger::NewDrain {
+            .request_drains(&[drainer_core::ledger::NewDrain {
                 volume: drainer::VolumeId::new(&ns, "data-x")?,
                 pod: Some("x".into()),
                 reason: "scale-down".into(),
                 max_attempts: 3,
                 wait_for_release: false,
                 requested_by: None,
-                kube: Some(drainer::ledger::KubeFacts {
+                kube: Some(drainer_core::ledger::KubeFacts {
                     pvc_uid: claim.metadata.uid.clone(),
                     pod_uid: pod.metadata.uid.clone(),
                     node: None,

@@ -2,8 +2,8 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
-use drainer::snapshot::manifest::Content;
-use drainer::snapshot::{SnapshotId, SnapshotSummary, StoredFile};
+use drainer_core::snapshot::manifest::Content;
+use drainer_core::snapshot::{SnapshotId, SnapshotSummary, StoredFile};
 use futures::TryStreamExt;
 
 fn stored(path: &[u8]) -> StoredFile {
@@ -136,7 +136,7 @@ async fn ledger_refuses_a_bad_url_with_a_clear_error() {
 /// Many handoffs at once, most of them in shared commits: every volume gets exactly one
 /// active drain, exactly one request is told it created it, and repeats get the same drain.
 async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger) {
-    use drainer::ledger::NewDrain;
+    use drainer_core::ledger::NewDrain;
     let request = |pvcs: &[String]| -> Vec<NewDrain> {
         pvcs.iter()
             .map(|pvc| NewDrain {
@@ -180,7 +180,7 @@ async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger
     assert_eq!(again[0].0.id, created["shared-0"].0);
     assert!(!again[0].1, "a repeat while active is not new");
     let queued = ledger
-        .drains(&drainer::ledger::DrainFilter::default(), 1000)
+        .drains(&drainer_core::ledger::DrainFilter::default(), 1000)
         .await
         .unwrap();
     assert_eq!(queued.len(), 45, "nothing recorded twice");
@@ -223,7 +223,7 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
         .await
         .unwrap_err();
     assert!(
-        matches!(busy, drainer::ledger::Error::RunBusy { ref holder, .. } if holder == "host-a:1:a"),
+        matches!(busy, drainer_core::ledger::Error::RunBusy { ref holder, .. } if holder == "host-a:1:a"),
         "{busy}"
     );
     assert!(busy.is_transient());
@@ -251,7 +251,7 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
     assert!(taken.resumed);
     let lost = a.record(&run, &[stored(b"y")]).await.unwrap_err();
     assert!(
-        matches!(lost, drainer::ledger::Error::RunLost { .. }),
+        matches!(lost, drainer_core::ledger::Error::RunLost { .. }),
         "{lost}"
     );
     assert!(a.renew(&run).await.is_err());
@@ -292,7 +292,7 @@ async fn postgres_runs_have_one_owner() {
 /// cleared when the claim is wanted again), forgotten claims, and a claim's drains found by
 /// UID or, for drains without one, by name.
 async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
-    use drainer::ledger::{ClaimKey, ClaimSighting, KubeFacts, NewDrain, RememberedSet};
+    use drainer_core::ledger::{ClaimKey, ClaimSighting, KubeFacts, NewDrain, RememberedSet};
     let mut web = RememberedSet {
         uid: "uid-web".into(),
         namespace: "shop".into(),
@@ -400,8 +400,8 @@ async fn postgres_sweeps_remember_sets_and_sightings() {
 /// A note (who an attempt's mover runs as) goes into the history entry that started the
 /// attempt, only while that entry is the drain's last and its holder's: no entry is added.
 async fn notes_go_to_the_entry_that_started_the_attempt(ledger: Ledger) {
-    use drainer::ledger::{AttemptOutcome, NewDrain};
-    use drainer::lifecycle::AfterFailure;
+    use drainer_core::ledger::{AttemptOutcome, NewDrain};
+    use drainer_core::lifecycle::AfterFailure;
     let new = NewDrain {
         volume: drainer::VolumeId::new("ns", "data-web-1").unwrap(),
         pod: None,

@@ -7,8 +7,10 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
-use drainer::ledger::{AttemptOutcome, Drain, DrainFilter, NewDrain, Refused, Transition, Writer};
-use drainer::lifecycle::{AfterFailure, DrainState, Event};
+use drainer_core::ledger::{
+    AttemptOutcome, Drain, DrainFilter, NewDrain, Refused, Transition, Writer,
+};
+use drainer_core::lifecycle::{AfterFailure, DrainState, Event};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;

@@ -945,7 +945,7 @@ async fn relayed_upload_outlived(server: &crate::support::s3::S3Server, stale: S
         else {
             continue;
         };
-        let run = drainer::snapshot::Run {
+        let run = drainer_core::snapshot::Run {
             id: record.id,
             snapshot: record.snapshot.parse().unwrap(),
             resumed: false,
@@ -1115,7 +1115,7 @@ async fn mover_writes_stay_in_their_snapshot_and_malformed_ones_change_nothing()
     let snapshot = run["snapshot"].as_str().unwrap().to_owned();
     let own = format!("{vol}/snapshots/{snapshot}/files/a");
     let foreign = format!("volumes/shop/data-web-2/snapshots/{snapshot}/files/a");
-    let batch = drainer::protocol::batch::encode([
+    let batch = drainer_core::protocol::batch::encode([
         (own.as_str(), b"mine".as_slice()),
         (foreign.as_str(), b"not"),
     ]);
@@ -1169,7 +1169,7 @@ async fn mover_writes_stay_in_their_snapshot_and_malformed_ones_change_nothing()
         assert_eq!(s, 403, "{key}");
         assert!(!store.join(&key).exists(), "{key} written");
     }
-    let good = drainer::protocol::batch::encode([(own.as_str(), b"mine".as_slice())]);
+    let good = drainer_core::protocol::batch::encode([(own.as_str(), b"mine".as_slice())]);
     let (s, b) = send(client.post(format!("{base}/objects/batch")).body(good)).await;
     assert_eq!((s, &b["errors"]), (200, &json!([null])), "{b}");
     assert_eq!(std::fs::read(store.join(&own)).unwrap(), b"mine");

@@ -608,6 +608,33 @@ impl Barrier for ReadOnly {
     }
 }
 
+/// A restore through a drainer's API (`drainer restore --drainer`): the snapshot is chosen
+/// from the volume's listing, then restored by the engine from the drainer's store as the API
+/// serves it, each request bounded by `timeout`.
+pub async fn restore(
+    client: &ClientArgs,
+    volume: &VolumeId,
+    selector: &SnapshotSelector,
+    dest: &std::path::Path,
+    options: &snapshot::RestoreOptions,
+    timeout: Duration,
+) -> anyhow::Result<snapshot::RestoreSummary> {
+    let remote = RemoteVolume::new(client, volume, timeout)?;
+    let selector = match selector {
+        SnapshotSelector::Id(id) => SnapshotSelector::Id(id.clone()),
+        other => {
+            let summary = remote.resolve(other).await?;
+            SnapshotSelector::Id(summary.snapshot.parse().map_err(anyhow::Error::msg)?)
+        }
+    };
+    let store = remote.store(&StoreOptions {
+        timeout,
+        create: false,
+        part_size: options.part_size,
+    });
+    Ok(snapshot::restore(&store, volume, &selector, dest, options).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

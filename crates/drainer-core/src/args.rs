@@ -72,3 +72,11 @@ fn parse_part_size(text: &str) -> Result<u32, String> {
         _ => Err("a power of two from 8 to 512 (MiB)".to_owned()),
     }
 }
+
+/// A `STORE_URL`, checked as [`crate::store::check_url`] does, so a URL that would be read
+/// as something else (`file:relative`, `file://`, a dropped query) is a usage error.
+pub fn parse_store_url(text: &str) -> Result<String, String> {
+    crate::store::check_url(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}

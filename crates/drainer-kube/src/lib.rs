@@ -1,0 +1,112 @@
+//! Kubernetes mode: the cluster side of drainer, behind the core's seams (the API's
+//! [`drainer_server::auth::Authority`], the scheduler's `Executor`, the lifecycle's
+//! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
+//! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
+//! be let go, [`hold`] keeps claims the StatefulSet would delete, [`guard`] keeps them while
+//! drainer itself is down, [`movers`] copies volumes
+//! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
+//! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
+//! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
+//! tells the retention pass which claims exist and how they are annotated. Core modules never
+//! import this one.
+
+pub mod admission;
+pub mod args;
+pub mod client;
+pub mod events;
+pub mod guard;
+pub mod hold;
+pub mod identity;
+pub mod lease;
+pub mod memory;
+pub mod mode;
+pub mod movers;
+pub mod planner;
+pub mod release;
+pub mod retention;
+pub mod sweep;
+pub mod watch;
+
+pub use watch::Cluster;
+
+/// Errors of the Kubernetes side. Each carries the object it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done, with the object's name.
+        what: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A call to the API server did not answer in time.
+    #[error("{what}: no answer within {seconds} s")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The watches could not be started.
+    #[error("watching the cluster: {0}")]
+    Watch(String),
+    /// The client could not be configured.
+    #[error("Kubernetes client: {0}")]
+    Config(String),
+    /// An object drainer would act on is not drainer's (a name someone else took).
+    #[error("{what}: {why}")]
+    NotOurs {
+        /// The object.
+        what: String,
+        /// Why it is not drainer's.
+        why: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying may succeed: timeouts, connection errors, API 5xx and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { source, .. } => match source {
+                kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+                kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+                _ => false,
+            },
+            Error::Timeout { .. } | Error::Watch(_) => true,
+            Error::Config(_) | Error::NotOurs { .. } => false,
+        }
+    }
+
+    /// Whether the API said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 404)
+    }
+
+    /// Whether the API said the object exists already.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// How long one call to the API server may take.
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs one API call with [`API_TIMEOUT`], naming `what` in its error.
+pub async fn call<T>(
+    what: impl Into<String>,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::Api {
+            what: what.into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: what.into(),
+            seconds: API_TIMEOUT.as_secs(),
+        }),
+    }
+}

@@ -1,0 +1,527 @@
+//! Who may call the API, and what each caller may do: the identities ([`Caller`]), the
+//! route actions ([`Action`]), the policy between them ([`Action::allows`]), and the
+//! [`Authority`] that turns bearer tokens into callers and answers the checks that need the
+//! cluster (a pod's mounts, RBAC grants).
+//!
+//! | action | admin | workload (pod or Job) | mover |
+//! | --- | --- | --- | --- |
+//! | hand off volumes | any | its own namespace; a pod only the PVCs it mounts, others with an RBAC grant | no |
+//! | list drains | all | the drains it asked for | no |
+//! | read a drain | any | the drains it asked for | its own drain |
+//! | retry or cancel a drain, sweep | yes | no | no |
+//! | list orphaned volumes | all | no | no |
+//! | read or restore a volume's snapshots | any | its own namespace; a pod the claims it mounts, others with an RBAC grant | no |
+//! | stream a volume (mover protocol) | any drain | no | its own drain, while it is copying |
+//!
+//! The HTTP layer applies this table to every route (`http::guard`): no handler runs before
+//! its route's action has been authorised. Local mode has one caller, the holder of the static
+//! token, who is an admin. Decisions are pure; only the [`Authority`] does I/O.
+
+use drainer_core::volume::VolumeId;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator or the local token holder: may do everything.
+    Admin,
+    /// A workload of one namespace: a pod (identified by its projected ServiceAccount token)
+    /// or another ServiceAccount user such as a Job's.
+    Workload(Workload),
+    /// A mover working for one drain.
+    Mover {
+        /// The drain it works for.
+        drain: String,
+    },
+}
+
+/// A caller inside one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its user name as the cluster knows it (`system:serviceaccount:NS:NAME`).
+    pub user: String,
+    /// Its groups (for RBAC checks).
+    pub groups: Vec<String>,
+    /// The pod the token was issued to, if it was issued to a pod.
+    pub pod: Option<PodIdentity>,
+}
+
+/// A pod, confirmed against the live object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+    /// The PVCs it mounts.
+    pub mounts: Vec<String>,
+}
+
+impl Caller {
+    /// The name drains record as their requester: `admin`, `pod:NS/NAME`, `user:NAME` or
+    /// `mover:DRAIN`.
+    pub fn principal(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::Workload(Workload {
+                namespace,
+                pod: Some(pod),
+                ..
+            }) => format!("pod:{namespace}/{}", pod.name),
+            Caller::Workload(w) => format!("user:{}", w.user),
+            Caller::Mover { drain } => format!("mover:{drain}"),
+        }
+    }
+
+    /// The kind of caller, for the policy table.
+    pub fn kind(&self) -> CallerKind {
+        match self {
+            Caller::Admin => CallerKind::Admin,
+            Caller::Workload(_) => CallerKind::Workload,
+            Caller::Mover { .. } => CallerKind::Mover,
+        }
+    }
+}
+
+/// The kinds of caller the policy distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// See [`Caller::Admin`].
+    Admin,
+    /// See [`Caller::Workload`].
+    Workload,
+    /// See [`Caller::Mover`].
+    Mover,
+}
+
+/// What a route does; each route of the API declares one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Hand off volumes (`POST /v1/handoffs`).
+    Handoff,
+    /// List drains.
+    ListDrains,
+    /// Read one drain with its history.
+    ReadDrain,
+    /// Retry or cancel a drain.
+    ChangeDrain,
+    /// Run a sweep.
+    Sweep,
+    /// List orphaned volumes (size, age, last snapshot, drain).
+    ListOrphans,
+    /// Read a volume's snapshots to restore them: the listing, summaries, manifests and
+    /// objects (`/v1/volumes/{ns}/{pvc}/…`).
+    Restore,
+    /// Stream a volume into one drain (the mover protocol).
+    Stream,
+}
+
+/// How far an action reaches for one kind of caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Everything the action names.
+    All,
+    /// Only what is the caller's own: its namespace and mounts for handoffs, the drains it
+    /// asked for when reading, its own drain for a mover.
+    Own,
+    /// Nothing: refused.
+    None,
+}
+
+impl Action {
+    /// The policy table (see the module doc).
+    pub fn allows(self, kind: CallerKind) -> Reach {
+        use Action as A;
+        use CallerKind as K;
+        match (self, kind) {
+            (_, K::Admin) => Reach::All,
+            (A::Handoff | A::ListDrains | A::ReadDrain | A::Restore, K::Workload) => Reach::Own,
+            (A::ReadDrain | A::Stream, K::Mover) => Reach::Own,
+            _ => Reach::None,
+        }
+    }
+
+    /// What the action is, in refusals.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Handoff => "hand off volumes",
+            Action::ListDrains => "list drains",
+            Action::ReadDrain => "read this drain",
+            Action::ChangeDrain => "retry or cancel drains",
+            Action::Sweep => "run sweeps",
+            Action::ListOrphans => "list orphaned volumes",
+            Action::Restore => "read or restore this volume's snapshots",
+            Action::Stream => "stream into this drain",
+        }
+    }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No or malformed credentials.
+    #[error("missing or malformed bearer token")]
+    Missing,
+    /// Credentials that do not identify anyone.
+    #[error("invalid token")]
+    Invalid,
+    /// A known caller asking for something it may not do.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The identity could not be checked now (the cluster did not answer).
+    #[error("cannot check the caller's identity now: {0}")]
+    Unavailable(String),
+    /// Too many unknown tokens to check lately: retry after this many seconds (see
+    /// [`crate::review_gate`]).
+    #[error("too many token reviews; retry in {retry_after} s")]
+    Throttled {
+        /// Seconds until a retry may pass.
+        retry_after: u32,
+    },
+}
+
+/// Refuses `caller` the action.
+pub fn forbidden(caller: &Caller, action: Action) -> Denied {
+    Denied::Forbidden(format!(
+        "{} may not {}",
+        caller.principal(),
+        action.describe()
+    ))
+}
+
+/// Turns bearer tokens into callers, and answers the checks that need more than the caller's
+/// identity.
+#[async_trait::async_trait]
+pub trait Authority: Send + Sync + std::fmt::Debug {
+    /// Identifies the holder of `token`.
+    async fn authenticate(&self, token: &str) -> Result<Caller, Denied>;
+
+    /// Whether `workload` may hand off `volumes`, all in its namespace. By default a pod may
+    /// hand off the PVCs it mounts and nothing else; an authority that can consult RBAC grants
+    /// more (a Job with a grant).
+    async fn may_hand_off(&self, workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+        own_mounts(workload, volumes)
+    }
+
+    /// Whether `workload` may read and restore `volume`'s snapshots: the same rule as
+    /// handoffs. By default a pod may restore the claims it mounts (an init container restores
+    /// into the claim its pod mounts) and nothing else; an authority that can consult RBAC
+    /// grants more.
+    async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+        restore_own_mount(workload, volume)
+    }
+
+    /// The life of `namespace` that `workload` may restore snapshots of: only those taken
+    /// since the namespace it lives in now was created, so a namespace deleted and created
+    /// again (perhaps by another team) never reads the earlier one's data. `None`: no bound
+    /// (local mode has no namespaces that come and go).
+    async fn namespace_life(
+        &self,
+        _workload: &Workload,
+        _namespace: &str,
+    ) -> Result<Option<NamespaceLife>, Denied> {
+        Ok(None)
+    }
+}
+
+/// One life of a namespace: from its creation, with its UID (see
+/// [`Authority::namespace_life`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceLife {
+    /// The namespace's UID.
+    pub uid: String,
+    /// When it was created (API server's clock), Unix milliseconds.
+    pub created_ms: i64,
+}
+
+impl NamespaceLife {
+    /// Whether snapshot `id` was taken during this life: its id is its creation time (UTC,
+    /// `YYYYMMDDTHHMMSSmmmZ-XXXX`), and a snapshot of a claim of this namespace is begun after
+    /// the namespace was created, while one of an earlier life was begun before that life's
+    /// namespace was deleted, which is before this one was created. An id that does not parse
+    /// is not of this life.
+    pub fn took(&self, snapshot_id: &str) -> bool {
+        snapshot_time_ms(snapshot_id).is_some_and(|taken| taken >= self.created_ms)
+    }
+}
+
+/// The creation time of snapshot `id` (Unix milliseconds), from the id itself.
+fn snapshot_time_ms(id: &str) -> Option<i64> {
+    let stamp = id.get(..18)?;
+    let time = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%3f").ok()?;
+    (id.get(18..19) == Some("Z")).then(|| time.and_utc().timestamp_millis())
+}
+
+/// The pure part of the restore rule: a volume of the workload's namespace that its pod
+/// mounts.
+pub fn restore_own_mount(workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
+    if volume.namespace != workload.namespace {
+        return Err(Denied::Forbidden(format!(
+            "{} may only restore volumes in namespace {}, not {volume}",
+            workload.user, workload.namespace
+        )));
+    }
+    match &workload.pod {
+        Some(pod) if pod.mounts.contains(&volume.name) => Ok(()),
+        Some(pod) => Err(Denied::Forbidden(format!(
+            "pod {}/{} does not mount {} and has no grant to restore it",
+            workload.namespace, pod.name, volume.name
+        ))),
+        None => Err(Denied::Forbidden(format!(
+            "{} is not a pod and has no grant to restore volumes in {}",
+            workload.user, workload.namespace
+        ))),
+    }
+}
+
+/// The pure part of the handoff rule: every volume in the workload's namespace and mounted by
+/// its pod.
+pub fn own_mounts(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+    in_namespace(workload, volumes)?;
+    let who = match &workload.pod {
+        Some(pod) => pod,
+        None => {
+            return Err(Denied::Forbidden(format!(
+                "{} is not a pod and has no grant to hand off volumes in {}",
+                workload.user, workload.namespace
+            )));
+        }
+    };
+    match volumes.iter().find(|v| !who.mounts.contains(&v.name)) {
+        None => Ok(()),
+        Some(v) => Err(Denied::Forbidden(format!(
+            "pod {}/{} does not mount {}",
+            workload.namespace, who.name, v.name
+        ))),
+    }
+}
+
+/// Every volume in the workload's own namespace.
+pub fn in_namespace(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+    match volumes.iter().find(|v| v.namespace != workload.namespace) {
+        None => Ok(()),
+        Some(v) => Err(Denied::Forbidden(format!(
+            "{} may only hand off volumes in namespace {}, not {v}",
+            workload.user, workload.namespace
+        ))),
+    }
+}
+
+/// Local mode: one static token, whose holder is an admin.
+pub struct StaticToken {
+    token: String,
+}
+
+impl std::fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticToken(…)")
+    }
+}
+
+impl StaticToken {
+    /// Accepts exactly `token`.
+    pub fn new(token: String) -> Self {
+        Self { token }
+    }
+}
+
+#[async_trait::async_trait]
+impl Authority for StaticToken {
+    async fn authenticate(&self, token: &str) -> Result<Caller, Denied> {
+        if constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
+            Ok(Caller::Admin)
+        } else {
+            Err(Denied::Invalid)
+        }
+    }
+}
+
+/// Compares secrets without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Extracts the token from an `Authorization: Bearer …` header value (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
+pub fn bearer(header: Option<&str>) -> Result<&str, Denied> {
+    let value = header.ok_or(Denied::Missing)?.trim_start();
+    let (scheme, token) = value.split_once(' ').ok_or(Denied::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        Err(Denied::Missing)
+    } else {
+        Ok(token)
+    }
+}
+
+/// Creates the local token file (mode 0600) with a fresh random token if it does not exist;
+/// returns the token.
+pub fn load_or_create_token(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            file.write_all(token.as_bytes())?;
+            file.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Workload {
+        Workload {
+            namespace: "shop".into(),
+            user: "system:serviceaccount:shop:web".into(),
+            groups: vec![],
+            pod: Some(PodIdentity {
+                name: "web-4".into(),
+                uid: "u-1".into(),
+                mounts: vec!["data-web-4".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn pods_hand_off_only_what_they_mount() {
+        let own = ["shop/data-web-4".parse().unwrap()];
+        let other: [VolumeId; 1] = ["shop/data-web-3".parse().unwrap()];
+        let elsewhere: [VolumeId; 1] = ["other/data-web-4".parse().unwrap()];
+        assert_eq!(own_mounts(&pod(), &own), Ok(()));
+        assert!(own_mounts(&pod(), &other).is_err());
+        assert!(own_mounts(&pod(), &elsewhere).is_err());
+        let job = Workload { pod: None, ..pod() };
+        assert!(own_mounts(&job, &own).is_err(), "no grant, no pod");
+        assert_eq!(in_namespace(&job, &own), Ok(()));
+        assert!(in_namespace(&job, &elsewhere).is_err());
+    }
+
+    #[test]
+    fn pods_restore_only_what_they_mount() {
+        let own: VolumeId = "shop/data-web-4".parse().unwrap();
+        let other: VolumeId = "shop/data-web-3".parse().unwrap();
+        let elsewhere: VolumeId = "other/data-web-4".parse().unwrap();
+        assert_eq!(restore_own_mount(&pod(), &own), Ok(()));
+        assert!(restore_own_mount(&pod(), &other).is_err());
+        assert!(restore_own_mount(&pod(), &elsewhere).is_err());
+        let job = Workload { pod: None, ..pod() };
+        assert!(restore_own_mount(&job, &own).is_err(), "no grant, no pod");
+    }
+
+    #[test]
+    fn the_policy_table_is_the_documented_one() {
+        use Action::*;
+        use CallerKind::*;
+        let table = [
+            (Handoff, [Reach::All, Reach::Own, Reach::None]),
+            (ListDrains, [Reach::All, Reach::Own, Reach::None]),
+            (ReadDrain, [Reach::All, Reach::Own, Reach::Own]),
+            (ChangeDrain, [Reach::All, Reach::None, Reach::None]),
+            (Sweep, [Reach::All, Reach::None, Reach::None]),
+            (ListOrphans, [Reach::All, Reach::None, Reach::None]),
+            (Restore, [Reach::All, Reach::Own, Reach::None]),
+            (Stream, [Reach::All, Reach::None, Reach::Own]),
+        ];
+        for (action, reach) in table {
+            for (kind, expected) in [Admin, Workload, Mover].into_iter().zip(reach) {
+                assert_eq!(action.allows(kind), expected, "{action:?} for {kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn principals_name_the_caller() {
+        assert_eq!(Caller::Admin.principal(), "admin");
+        assert_eq!(Caller::Workload(pod()).principal(), "pod:shop/web-4");
+        let job = Workload { pod: None, ..pod() };
+        assert_eq!(
+            Caller::Workload(job).principal(),
+            "user:system:serviceaccount:shop:web"
+        );
+        assert_eq!(
+            Caller::Mover {
+                drain: "d-1".into()
+            }
+            .principal(),
+            "mover:d-1"
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_with_a_case_insensitive_scheme() {
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("BEARER  abc ")), Ok("abc"));
+        assert_eq!(bearer(None), Err(Denied::Missing));
+        assert_eq!(bearer(Some("Basic abc")), Err(Denied::Missing));
+        assert_eq!(bearer(Some("Bearer ")), Err(Denied::Missing));
+        assert_eq!(bearer(Some("Bearerabc")), Err(Denied::Missing));
+    }
+
+    #[tokio::test]
+    async fn static_token_accepts_only_itself() {
+        let auth = StaticToken::new("secret".into());
+        assert_eq!(auth.authenticate("secret").await, Ok(Caller::Admin));
+        assert_eq!(auth.authenticate("secreT").await, Err(Denied::Invalid));
+        assert_eq!(auth.authenticate("").await, Err(Denied::Invalid));
+    }
+
+    #[test]
+    fn token_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/token");
+        let first = load_or_create_token(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(load_or_create_token(&path).unwrap(), first);
+    }
+}
+
+#[cfg(test)]
+mod life_tests {
+    use super::NamespaceLife;
+
+    #[test]
+    fn a_namespace_life_takes_only_snapshots_begun_since_its_creation() {
+        // 2026-12-06T23:34:39.078Z
+        let created_ms = 1_796_600_079_078;
+        let life = NamespaceLife {
+            uid: "u".into(),
+            created_ms,
+        };
+        for (id, took) in [
+            ("20261206T233439078Z-693f", true),  // the very millisecond
+            ("20261206T233439079Z-0000", true),  // after
+            ("20261207T000000000Z-ffff", true),  // a day later
+            ("20261206T233439077Z-693f", false), // a millisecond before
+            ("20251206T233439078Z-693f", false), // a year before
+            ("20261206T233439078-693f", false),  // no Z
+            ("20261306T233439078Z-693f", false), // month 13
+            ("latest", false),
+            ("", false),
+        ] {
+            assert_eq!(life.took(id), took, "{id}");
+        }
+    }
+}

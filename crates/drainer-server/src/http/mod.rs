@@ -1,0 +1,497 @@
+//! The HTTP API: routes (each declared with the [`Action`] its guard authorises, see
+//! [`guard`]), request metrics, and the JSON error contract.
+//!
+//! `router(state)` is separate from serving so tests call it directly. Handlers validate
+//! everything before touching the ledger, so a bad request changes nothing; errors reach
+//! clients as `{"error": {"code", "message"}}` with a stable code, and internal details are
+//! logged, never returned. A ledger that is down answers `503` with `Retry-After`.
+
+mod api;
+mod file_body;
+pub mod guard;
+pub mod inflight;
+mod input;
+mod mover;
+pub mod recent;
+pub mod serve;
+mod volumes;
+pub use input::Input;
+
+use crate::auth::{Action, Authority, Denied};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::scheduler::ProgressBoard;
+use crate::sweep::SweepError;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use drainer_core::ledger::Ledger;
+use drainer_core::store::Store;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Everything handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+/// The shared parts of [`AppState`].
+pub struct Shared {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// The snapshot store.
+    pub store: Store,
+    /// Who is calling.
+    pub auth: Arc<dyn Authority>,
+    /// What the mode adds to handoffs.
+    pub admission: Arc<dyn crate::admission::Admission>,
+    /// Hears when handoffs create drains.
+    pub notifier: Arc<dyn crate::notify::Notifier>,
+    /// Runs sweeps.
+    pub sweeper: Arc<dyn crate::sweep::Sweeper>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live progress of running drains.
+    pub board: ProgressBoard,
+    /// Attempts given to new drains.
+    pub max_attempts: u32,
+    /// False before start-up completes and from the first shutdown signal on.
+    pub ready: AtomicBool,
+    /// The state of the service's tasks, watches and store, for `/readyz` and `/healthz`.
+    pub health: drainer_core::health::Health,
+    /// Requests in flight per caller on the mover protocol and batch reads.
+    pub per_caller: inflight::PerCaller,
+    /// What `/readyz` and `/metrics` last read from the ledger.
+    pub kept: recent::Kept,
+    /// Drains recently found copying, for movers' requests: id → (volume, when checked).
+    pub copying: std::sync::Mutex<
+        std::collections::HashMap<String, (drainer_core::volume::VolumeId, std::time::Instant)>,
+    >,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    /// Marks the service ready or not for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Records the duration of a sweep.
+    pub fn observe_sweep(&self, seconds: f64) {
+        self.inner.metrics.sweep_seconds.observe(seconds);
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner
+    }
+}
+
+/// Registers each route with the [`Action`] its guard authorises (see [`guard`]) and the
+/// [`Input`] it reads (anything else is refused before the handler runs, see [`input`]), and
+/// returns the router with the table of routes, so the table can be checked against every
+/// caller and the OpenAPI document.
+macro_rules! routes {
+    ($state:expr; $( $method:ident $path:literal => $action:ident, $handler:path, $input:expr; )*) => {{
+        let state: &AppState = $state;
+        let router = Router::new()
+            $( .route(
+                $path,
+                axum::routing::$method($handler)
+                    .route_layer(middleware::from_fn_with_state($input, input::refuse_unread))
+                    .route_layer(middleware::from_fn_with_state(
+                        guard::RouteGuard { state: state.clone(), action: Action::$action },
+                        guard::authorize,
+                    )),
+            ) )*;
+        let table = vec![ $( RouteSpec {
+            method: stringify!($method),
+            path: $path,
+            action: Action::$action,
+            input: $input,
+        } ),* ];
+        (router, table)
+    }};
+}
+
+/// One route of the `/v1` API and the action it is authorised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The HTTP method, lower-case.
+    pub method: &'static str,
+    /// The path under `/v1`.
+    pub path: &'static str,
+    /// What the route does, for authorisation.
+    pub action: Action,
+    /// What it reads besides its path.
+    pub input: Input,
+}
+
+/// The `/v1` routes: the API (small bodies) and the mover protocol (parts and batches).
+fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
+    const NOTHING: Input = Input::NOTHING;
+    const BODY: Input = Input::BODY;
+    const KEY: Input = Input::query(&["key"]);
+    let (api, mut table) = routes!(state;
+        post "/handoffs" => Handoff, api::handoff, BODY;
+        get "/drains" => ListDrains, api::list_drains,
+            Input::query(&["state", "namespace", "volume", "limit", "after"]);
+        get "/drains/{id}" => ReadDrain, api::get_drain, NOTHING;
+        post "/drains/{id}/retry" => ChangeDrain, api::retry_drain, NOTHING;
+        post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain, NOTHING;
+        post "/drains/{id}/abandon" => ChangeDrain, api::abandon_drain, BODY;
+        post "/sweeps" => Sweep, api::sweep, Input::query_and_body(&["dry_run"]);
+        get "/orphans" => ListOrphans, api::orphans, NOTHING;
+        get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots, NOTHING;
+        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object, KEY;
+    );
+    let (batch, batch_table) = routes!(state;
+        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects, BODY;
+    );
+    table.extend(batch_table);
+    let (movers, mover_table) = routes!(state;
+        post "/drains/{id}/run" => Stream, mover::begin, NOTHING;
+        get "/drains/{id}/run/{run}/stored" => Stream, mover::stored, NOTHING;
+        post "/drains/{id}/run/{run}/record" => Stream, mover::record, BODY;
+        post "/drains/{id}/run/{run}/finish" => Stream, mover::finish, BODY;
+        post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted, BODY;
+        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial,
+            Input::query(&["path_b64"]);
+        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial, BODY;
+        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial,
+            Input::query(&["path_b64"]);
+        put "/drains/{id}/objects" => Stream, mover::put_object, Input::query_and_body(&["key"]);
+        get "/drains/{id}/objects" => Stream, mover::get_object, KEY;
+        delete "/drains/{id}/objects" => Stream, mover::delete_object, KEY;
+        post "/drains/{id}/objects/batch" => Stream, mover::put_objects, BODY;
+        post "/drains/{id}/uploads" => Stream, mover::create_upload, KEY;
+        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part,
+            Input::query_and_body(&["key"]);
+        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload, KEY;
+        delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
+        post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
+        get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;
+    );
+    table.extend(mover_table);
+    let per_caller = |counter: &inflight::Counter, scope| {
+        let limit = inflight::Limit {
+            counter: counter.clone(),
+            scope,
+        };
+        middleware::from_fn_with_state(limit, inflight::limit)
+    };
+    let counters = &state.shared().per_caller;
+    let router = api
+        .merge(batch.layer(per_caller(&counters.batch, inflight::Scope::Volume)))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(
+            movers
+                .layer(per_caller(&counters.mover, inflight::Scope::Drain))
+                .layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)),
+        );
+    (router, table)
+}
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let (v1, _) = v1_routes(&state);
+    let v1 = v1.layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::authenticate,
+    ));
+    Router::new()
+        .nest("/v1", v1)
+        .merge(
+            api::public_routes().route_layer(middleware::from_fn_with_state(
+                Input::NOTHING,
+                input::refuse_unread,
+            )),
+        )
+        .fallback(|| async { Error::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_latency,
+        ))
+        .with_state(state)
+}
+
+/// Every `/v1` route with its action (for documentation and tests).
+pub fn route_table(state: &AppState) -> Vec<RouteSpec> {
+    v1_routes(state).1
+}
+
+async fn record_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state
+        .shared()
+        .metrics
+        .http_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// An API error: a status, a stable code and a message for the client.
+#[derive(Debug)]
+pub struct Error {
+    pub(crate) status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl Error {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A `400 invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<Denied> for Error {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Missing | Denied::Invalid => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
+            }
+            Denied::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
+            Denied::Throttled { retry_after } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    denied.to_string(),
+                )
+            },
+            Denied::Unavailable(why) => {
+                tracing::warn!(reason = %why, "cannot check a caller's identity");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "identity_unavailable",
+                        "the caller's identity cannot be checked now; retry later",
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl Error {
+    /// A failure of a dependency: `503` with `Retry-After` when it may pass, else a `500`
+    /// whose details are logged, never returned.
+    fn dependency(
+        err: &dyn std::error::Error,
+        transient: bool,
+        what: &'static str,
+        code: &'static str,
+    ) -> Self {
+        if transient {
+            tracing::warn!(error = %err, "{what} unavailable");
+            Self {
+                retry_after: Some(2),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    format!("the {what} is unavailable; retry later"),
+                )
+            }
+        } else {
+            tracing::error!(error = %err, "{what} error");
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
+}
+
+impl From<drainer_core::ledger::Error> for Error {
+    fn from(err: drainer_core::ledger::Error) -> Self {
+        if let drainer_core::ledger::Error::RunBusy { .. }
+        | drainer_core::ledger::Error::RunLost { .. } = err
+        {
+            return Self::new(StatusCode::CONFLICT, "run_busy", err.to_string());
+        }
+        if err.is_full() {
+            tracing::warn!(error = %err, "ledger full");
+            return Self {
+                retry_after: Some(10),
+                ..Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "ledger_full",
+                    "the ledger's disk is full; nothing was recorded; retry later",
+                )
+            };
+        }
+        Self::dependency(&err, err.is_transient(), "ledger", "ledger_unavailable")
+    }
+}
+
+impl From<crate::admission::Refusal> for Error {
+    fn from(refusal: crate::admission::Refusal) -> Self {
+        match refusal {
+            crate::admission::Refusal::NotFound(why) => {
+                Self::new(StatusCode::NOT_FOUND, "claim_not_found", why)
+            }
+            crate::admission::Refusal::Unavailable(why) => {
+                tracing::warn!(reason = %why, "cannot admit a handoff now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+        }
+    }
+}
+
+impl From<SweepError> for Error {
+    fn from(err: SweepError) -> Self {
+        match err {
+            SweepError::Ledger(e) => Self::from(e),
+            SweepError::Store(e) => Self::from(e),
+            SweepError::Cluster(why) => {
+                tracing::warn!(reason = %why, "cannot sweep now");
+                Self {
+                    retry_after: Some(2),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+                }
+            }
+            err @ SweepError::List(..) => Self::dependency(&err, false, "volume root", "internal"),
+        }
+    }
+}
+
+impl From<drainer_core::snapshot::Error> for Error {
+    fn from(err: drainer_core::snapshot::Error) -> Self {
+        Self::dependency(&err, err.is_transient(), "store", "store_unavailable")
+    }
+}
+
+/// `Query` whose rejections are the API's JSON errors (`400 invalid_request`), not plain text.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Query<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| Error::invalid(rejection.body_text()))
+    }
+}
+
+/// `Path` whose rejections are the API's JSON errors (`400 invalid_request`).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Path<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| Error::invalid(rejection.body_text()))
+    }
+}
+
+/// `Json` whose rejections are the API's JSON errors (`400 invalid_json`, `413`, `415`).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let body = axum::Json::<T>::from_request(request, state).await;
+        json_body(body).map(Json)
+    }
+}
+
+/// The body of a JSON request, or the API's error for it.
+pub(crate) fn json_body<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Error> {
+    body.map(|axum::Json(b)| b)
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            _ => Error::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                rejection.body_text(),
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests;

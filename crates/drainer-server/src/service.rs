@@ -1,0 +1,444 @@
+//! `drainer serve`: wires the ledger, the store, the mode's parts (who calls, who copies, who
+//! sweeps, what handoffs add), the scheduler and the HTTP API together, supervises them, and
+//! shuts them down in order.
+//!
+//! Every long-lived task (the watches, the release tracker, the sweeps, the store prober, the
+//! ledger's intake and checkpointer) runs under one [`Supervisor`], which starts it again when
+//! it ends and reports to the [`Health`] that `/readyz`, `/healthz` and `/metrics` read. The
+//! HTTP server and the scheduler are the service itself: if either stops unexpectedly, `serve`
+//! returns an error and the process exits non-zero.
+//!
+//! Local mode is the default: volume `NS/PVC` is `VOLUME_ROOT/NS/PVC`, the ledger is SQLite and
+//! the store a directory, all under the data directory, and the holder of the static token is
+//! an admin. Kubernetes mode (`--kubernetes`) watches the cluster, identifies callers by
+//! TokenReview, waits for volumes' release, holds claims, copies through movers and sweeps
+//! StatefulSets (`drainer_kube`, through [`MakeMode`]). Every default is one flag away.
+
+use crate::admission::{Admission, Local};
+use crate::args::{Movers, ServeArgs};
+use crate::auth::{Authority, StaticToken, load_or_create_token};
+use crate::http::{AppState, Shared, router};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::scheduler::{Executor, ExternalMovers, LocalExecutor, Scheduler};
+use crate::shutdown::Shutdown;
+use crate::sweep::{LocalSweeper, Sweeper};
+use anyhow::{Context, bail};
+use drainer_core::health::Health;
+use drainer_core::ledger::Ledger;
+use drainer_core::store::{Store, StoreOptions};
+use drainer_core::supervisor::Supervisor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the store is probed for `/readyz`'s store condition and `drainer_store_up`.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// The parts that differ between local and Kubernetes mode.
+pub struct Mode {
+    /// Who calls.
+    pub authority: Arc<dyn Authority>,
+    /// What a handoff adds before it is answered.
+    pub admission: Arc<dyn Admission>,
+    /// Who is told of milestones.
+    pub notifier: Arc<dyn Notifier>,
+    /// Who copies.
+    pub executor: Arc<dyn Executor>,
+    /// Who sweeps.
+    pub sweeper: Arc<dyn Sweeper>,
+    /// Which claims exist, for the retention pass; `None`: this mode runs no pass (Kubernetes
+    /// mode with neither scheduled sweeps nor a service-wide policy keeps no sweeper Lease,
+    /// and replicas must not prune side by side).
+    pub claims: Option<Arc<dyn crate::pruning::Claims>>,
+    /// What the log says of it.
+    pub describe: String,
+}
+
+/// What every mode is built from.
+pub struct Base<'a> {
+    /// The service's flags.
+    pub args: &'a ServeArgs,
+    /// The data directory (absolute).
+    pub data_dir: &'a Path,
+    /// The ledger.
+    pub ledger: &'a Ledger,
+    /// The store.
+    pub store: &'a Store,
+    /// The service's metrics.
+    pub metrics: &'a Arc<Metrics>,
+    /// This replica's name (the owner of its leases).
+    pub owner: &'a str,
+    /// The supervisor of the mode's long-lived tasks.
+    pub supervisor: &'a Supervisor,
+}
+
+/// How a mode other than local mode is made from the [`Base`] (Kubernetes mode:
+/// `drainer_kube::mode`). The server knows the seams, not what implements them.
+#[async_trait::async_trait]
+pub trait MakeMode: Send + Sync {
+    /// The mode's parts; its long-lived tasks are started under `base.supervisor`.
+    async fn make(&self, base: &Base<'_>) -> anyhow::Result<Mode>;
+}
+
+/// Runs the service until a shutdown signal, then stops within the grace period: in local
+/// mode, or in the mode `other` makes.
+pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Result<()> {
+    let data_dir =
+        std::path::absolute(&args.ledger.data_dir).context("resolving the data directory")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let store_url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}/store", data_dir.display()));
+    let store = Store::open(
+        &store_url,
+        &StoreOptions {
+            timeout: args.engine.store_timeout,
+            create: true,
+            part_size: u64::from(args.engine.part_size_mib) * 1024 * 1024,
+        },
+    )?;
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let health = Health::default();
+    let supervisor = Supervisor::new(shutdown.graceful.clone(), health.clone());
+    let ledger =
+        Ledger::open_under(args.ledger.database_url.as_deref(), &data_dir, &supervisor).await?;
+    let metrics = Arc::new(Metrics::new(&health));
+    let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
+    let base = Base {
+        args: &args,
+        data_dir: &data_dir,
+        ledger: &ledger,
+        store: &store,
+        metrics: &metrics,
+        owner: &owner,
+        supervisor: &supervisor,
+    };
+    let mode = match other {
+        Some(make) => make.make(&base).await?,
+        None => local(&base)?,
+    };
+    let board = Arc::default();
+    let state = AppState::new(Shared {
+        ledger: ledger.clone(),
+        store: store.clone(),
+        auth: Arc::clone(&mode.authority),
+        admission: Arc::clone(&mode.admission),
+        notifier: Arc::clone(&mode.notifier),
+        sweeper: Arc::clone(&mode.sweeper),
+        metrics: Arc::clone(&metrics),
+        board: Arc::clone(&board),
+        max_attempts: args.max_attempts,
+        ready: AtomicBool::new(false),
+        health: health.clone(),
+        per_caller: args.limits.per_caller(),
+        kept: Default::default(),
+        copying: Default::default(),
+    });
+    let scheduler = Arc::new(Scheduler {
+        ledger: ledger.clone(),
+        executor: Arc::clone(&mode.executor),
+        owner: owner.clone(),
+        lease: args.lease,
+        concurrency: args.concurrent_drains.into(),
+        metrics: Arc::clone(&metrics),
+        board,
+        notifier: Arc::clone(&mode.notifier),
+        retry_cap: args.max_retry_delay,
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
+        mode = %mode.describe, "drainer serving"
+    );
+    start_tasks(&supervisor, &args, &mode, &store, &state);
+    start_retention(&base, &mode);
+    state.set_ready(true);
+    run_until_shutdown(state, listener, scheduler, shutdown, &args, supervisor).await
+}
+
+/// Starts the service's own supervised tasks: the scheduled sweeps and the store prober.
+fn start_tasks(
+    supervisor: &Supervisor,
+    args: &ServeArgs,
+    mode: &Mode,
+    store: &Store,
+    state: &AppState,
+) {
+    if !args.sweep_interval.is_zero() {
+        let (sweeper, interval, state) = (
+            Arc::clone(&mode.sweeper),
+            args.sweep_interval,
+            state.clone(),
+        );
+        supervisor.spawn("sweeps", move |stop| {
+            sweep_periodically(Arc::clone(&sweeper), interval, state.clone(), stop)
+        });
+    }
+    let (store, health) = (store.clone(), supervisor.health().clone());
+    supervisor.spawn("store-probe", move |stop| {
+        probe_store(store.clone(), health.clone(), stop)
+    });
+}
+
+/// Starts the retention pass (unless `--prune-interval 0`).
+fn start_retention(base: &Base<'_>, mode: &Mode) {
+    let args = &base.args.retention;
+    let Some(claims) = &mode.claims else {
+        tracing::info!(
+            "no retention passes: Kubernetes mode prunes on the sweeper replica, and with --sweep-interval 0 only when a --keep-* policy is set"
+        );
+        return;
+    };
+    if args.prune_interval.is_zero() {
+        return;
+    }
+    let pruner = Arc::new(crate::pruning::Pruner {
+        ledger: base.ledger.clone(),
+        store: base.store.clone(),
+        metrics: Arc::clone(base.metrics),
+        claims: Arc::clone(claims),
+        settings: crate::pruning::Settings {
+            policy: args.policy.policy(),
+            keep_deleted_for: args.keep_deleted_for,
+            replica: base.owner.to_owned(),
+        },
+    });
+    tracing::info!(
+        policy = %pruner.settings.policy,
+        every_seconds = args.prune_interval.as_secs(),
+        keep_deleted_for = %args.keep_deleted_for,
+        "retention passes scheduled (in Kubernetes mode a drainer.io/retention annotation overrides the policy)"
+    );
+    let interval = args.prune_interval;
+    base.supervisor.spawn("retention", move |stop| {
+        Arc::clone(&pruner).run(interval, stop)
+    });
+}
+
+/// Local mode: volumes are directories, one static token is the admin's, copies run
+/// in-process (or through `drainer mover` processes with `--movers external`).
+fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
+    let args = base.args;
+    let volume_root = args
+        .volume_root
+        .clone()
+        .unwrap_or_else(|| base.data_dir.join("volumes"));
+    std::fs::create_dir_all(&volume_root)
+        .with_context(|| format!("creating volume root {}", volume_root.display()))?;
+    let (token, token_source) = api_token(args, base.data_dir)?;
+    let executor: Arc<dyn Executor> = match args.movers {
+        Movers::InProcess => Arc::new(LocalExecutor {
+            volume_root: volume_root.clone(),
+            store: base.store.clone(),
+            ledger: base.ledger.clone(),
+            options: args.engine.copy_options(false),
+        }),
+        Movers::External => Arc::new(base.external_movers()),
+    };
+    Ok(Mode {
+        authority: Arc::new(StaticToken::new(token)),
+        admission: Arc::new(Local),
+        notifier: Arc::new(crate::notify::Log),
+        executor,
+        sweeper: Arc::new(LocalSweeper {
+            ledger: base.ledger.clone(),
+            store: base.store.clone(),
+            root: volume_root.clone(),
+            max_attempts: args.max_attempts,
+        }),
+        claims: Some(Arc::new(crate::pruning::LocalClaims {
+            root: volume_root.clone(),
+        })),
+        describe: format!(
+            "local (volumes in {}, token from {token_source})",
+            volume_root.display()
+        ),
+    })
+}
+
+impl Base<'_> {
+    /// The executor that waits for movers run by other means (`--movers external`).
+    pub fn external_movers(&self) -> ExternalMovers {
+        ExternalMovers {
+            ledger: self.ledger.clone(),
+            store: self.store.clone(),
+            timeout: self.args.mover_timeout,
+        }
+    }
+
+    /// The admin token of a mode whose callers are identified otherwise: `DRAINER_TOKEN`, or
+    /// the token file if one exists (it is not created: without it, only the mode's own
+    /// identities are accepted).
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        admin_token(self.args, self.data_dir)
+    }
+}
+
+async fn run_until_shutdown(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    scheduler: Arc<Scheduler>,
+    shutdown: Shutdown,
+    args: &ServeArgs,
+    supervisor: Supervisor,
+) -> anyhow::Result<()> {
+    let graceful = shutdown.graceful.clone();
+    let app = router(state.clone());
+    let mut http = tokio::spawn(crate::http::serve::serve(
+        listener,
+        app,
+        args.limits.server(),
+        graceful.clone(),
+    ));
+    let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
+    tokio::select! {
+        biased; // a cancelled token wins over a server that has just stopped because of it
+        () = graceful.cancelled() => {}
+        result = &mut http => bail!("the HTTP server stopped unexpectedly: {result:?}"),
+        result = &mut work => bail!("the scheduler stopped unexpectedly: {result:?}"),
+    }
+    state.set_ready(false);
+    tracing::info!(
+        grace_seconds = args.grace.as_secs(),
+        "shutting down: no new work, releasing in-flight drains"
+    );
+    let stopped = async {
+        let _ = work.await;
+        let _ = http.await;
+        supervisor.stopped().await;
+    };
+    tokio::select! {
+        () = stopped => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        () = tokio::time::sleep(args.grace + Duration::from_secs(1)) => bail!("grace period over before everything stopped"),
+        () = shutdown.forced.cancelled() => bail!("second signal: exiting at once"),
+    }
+}
+
+/// Sweeps once soon after start (on every replica: a drainer coming back finds at once what
+/// was orphaned while it was away; sweeps never double a drain), then every `interval` (on
+/// the replica the sweeper elects) until `stop` (a sweep under way is dropped: the next one
+/// redoes it).
+async fn sweep_periodically(
+    sweeper: Arc<dyn Sweeper>,
+    interval: Duration,
+    state: AppState,
+    stop: CancellationToken,
+) {
+    let mut wait = FIRST_SWEEP;
+    let mut first = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = interval;
+        let swept = tokio::select! {
+            () = stop.cancelled() => return,
+            swept = async {
+                match std::mem::take(&mut first) {
+                    true => sweeper.sweep(false).await.map(Some),
+                    false => sweeper.scheduled().await,
+                }
+            } => swept,
+        };
+        match swept {
+            Ok(Some(report)) => {
+                state.observe_sweep(report.seconds);
+                let queued = report.findings.iter().filter(|f| f.drain).count();
+                tracing::info!(
+                    volumes = report.findings.len(),
+                    queued,
+                    seconds = report.seconds,
+                    "sweep done"
+                );
+            }
+            Ok(None) => tracing::debug!("another replica sweeps"),
+            Err(err) => tracing::warn!(error = %err, "sweep failed"),
+        }
+    }
+}
+
+/// How soon after start the first sweep runs.
+const FIRST_SWEEP: Duration = Duration::from_secs(1);
+
+/// Lists the store's root every [`STORE_PROBE_EVERY`] until `stop`, recording in `health`
+/// whether it answered: `/readyz` and `/metrics` report it without a store call of their own.
+async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
+    loop {
+        let root = store.root().clone();
+        let list = store.objects().list_with_delimiter(Some(&root));
+        let probed = tokio::select! {
+            () = stop.cancelled() => return,
+            probed = store.call("list", &root, list) => probed,
+        };
+        let up = probed.is_ok();
+        let changed = health.store_probed(probed.map(drop).map_err(|e| e.to_string()));
+        match (changed, up) {
+            (true, true) => tracing::info!(store = %store.url(), "the store answers"),
+            (true, false) => tracing::warn!(
+                store = %store.url(),
+                error = health.snapshot().store.and_then(|s| s.error).unwrap_or_default(),
+                "the store does not answer; handoffs are still taken, copies wait for it"
+            ),
+            (false, _) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STORE_PROBE_EVERY) => {}
+        }
+    }
+}
+
+/// The API token: given directly, read from (or created in) the token file.
+fn api_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<(String, String)> {
+    if let Some(token) = &args.token {
+        if token.trim().is_empty() {
+            bail!("DRAINER_TOKEN is empty");
+        }
+        return Ok((token.trim().to_owned(), "DRAINER_TOKEN".to_owned()));
+    }
+    let path = token_path(args, data_dir);
+    let token =
+        load_or_create_token(&path).with_context(|| format!("token file {}", path.display()))?;
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok((token, path.display().to_string()))
+}
+
+/// Kubernetes mode's admin token: `DRAINER_TOKEN`, or the token file if one exists (it is not
+/// created: without it, only Kubernetes identities are accepted).
+fn admin_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = token_path(args, data_dir);
+    if args.token.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    api_token(args, data_dir).map(|(token, _)| Some(token))
+}
+
+fn token_path(args: &ServeArgs, data_dir: &Path) -> PathBuf {
+    args.token_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("token"))
+}
+
+fn default_replica_id() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "drainer".into());
+    format!(
+        "{}-{}-{:04x}",
+        host.trim(),
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
