@@ -424,6 +424,7 @@ fn operator_api(drainer: &ClientArgs, retry_for: Duration) -> anyhow::Result<cra
         drainer.token()?,
         OPERATOR_CALL_TIMEOUT,
         retry_for,
+        drainer.trust.roots()?,
     )?)
 }
 

@@ -188,6 +188,41 @@ pub struct ServeArgs {
     /// What one client can hold of the API.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS of the API.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The certificate the API is served with (plain HTTP without it).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this PEM certificate chain (with --tls-key); both files are read again
+    /// when they change (a rotated Secret), for new connections. Without them: plain HTTP,
+    /// where tokens and volume data cross the network in clear text.
+    #[arg(long, env = "DRAINER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DRAINER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to serve TLS with, if any; a one-line reason when only one is given.
+    pub fn files(&self) -> Result<Option<crate::http::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::http::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("--tls-cert needs --tls-key (DRAINER_TLS_KEY): give both, or neither for plain HTTP".into())
+            }
+            (None, Some(_)) => {
+                Err("--tls-key needs --tls-cert (DRAINER_TLS_CERT): give both, or neither for plain HTTP".into())
+            }
+        }
+    }
 }
 
 /// Bounds on what callers of the API can hold: connections, time, requests in flight.
@@ -409,6 +444,11 @@ pub struct MoverJobArgs {
     /// Seconds a failed mover Job is kept (for `kubectl logs`); successful ones are deleted.
     #[arg(long, env = "DRAINER_MOVER_KEEP_FAILED", default_value = "86400", value_parser = parse_seconds)]
     pub mover_keep_failed: Duration,
+    /// PEM bundle of the CA certificates movers trust for an https --service-url (e.g. the
+    /// ca.crt of drainer's TLS Secret): each mover Job gets it in its environment
+    /// (DRAINER_CACERT_PEM), read again for every Job.
+    #[arg(long, env = "DRAINER_MOVER_CACERT")]
+    pub mover_cacert: Option<PathBuf>,
 }
 
 /// Who mover pods run as (see `--mover-identity`).
@@ -462,6 +502,59 @@ pub struct ClientArgs {
     /// The bearer token itself (instead of the token file).
     #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust for an https drainer URL.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// The certificates a client trusts for an `https://` drainer URL, besides the system's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrustArgs {
+    /// PEM bundle of the CA certificates that sign the drainer's certificate (added to the
+    /// system's trust roots for an https:// drainer URL).
+    #[arg(long, env = "DRAINER_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// The same bundle given as text instead of a file (mover Jobs get it this way).
+    #[arg(long, env = "DRAINER_CACERT_PEM", hide_env_values = true)]
+    pub cacert_pem: Option<String>,
+}
+
+impl TrustArgs {
+    /// The certificates to trust: those of --cacert and of --cacert-pem; an error names the
+    /// flag and what is wrong.
+    pub fn roots(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let mut roots = Vec::new();
+        if let Some(file) = &self.cacert {
+            let pem = std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("--cacert {}: {e}", file.display()))?;
+            roots.extend(
+                bundle(&pem)
+                    .map_err(|why| anyhow::anyhow!("--cacert {}: {why}", file.display()))?,
+            );
+        }
+        if let Some(pem) = &self.cacert_pem {
+            roots.extend(
+                bundle(pem.as_bytes())
+                    .map_err(|why| anyhow::anyhow!("--cacert-pem (DRAINER_CACERT_PEM): {why}"))?,
+            );
+        }
+        Ok(roots)
+    }
+}
+
+/// The certificates of a PEM bundle: at least one, all well formed.
+pub fn bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if ders.is_empty() {
+        return Err("no CERTIFICATE in it".into());
+    }
+    ders.iter()
+        .map(|der| reqwest::Certificate::from_der(der).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Where a pod's projected token for drainer is mounted by convention (the examples under
@@ -785,6 +878,9 @@ pub struct DrainerSource {
     /// The bearer token itself (instead of the token file).
     #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust for an https drainer URL.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 impl DrainerSource {
@@ -794,6 +890,7 @@ impl DrainerSource {
             url: url.clone(),
             token_file: self.token_file.clone(),
             token: self.token.clone(),
+            trust: self.trust.clone(),
         })
     }
 }

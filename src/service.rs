@@ -65,6 +65,10 @@ struct Base<'a> {
 
 /// Runs the service until a shutdown signal, then stops within the grace period.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match args.tls.files().map_err(crate::cli::Usage)? {
+        Some(files) => Some(Arc::new(crate::http::tls::ServerTls::load(files)?)),
+        None => None,
+    };
     let data_dir =
         std::path::absolute(&args.ledger.data_dir).context("resolving the data directory")?;
     std::fs::create_dir_all(&data_dir)
@@ -135,12 +139,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
-        mode = %mode.describe, "drainer serving"
+        mode = %mode.describe, tls = tls.is_some(), "drainer serving"
     );
+    if tls.is_none() {
+        tracing::warn!(
+            "serving plain HTTP: tokens and volume data cross the network in clear text (see --tls-cert)"
+        );
+    }
     start_tasks(&supervisor, &args, &mode, &store, &state);
     start_retention(&base, &mode);
     state.set_ready(true);
-    run_until_shutdown(state, listener, scheduler, shutdown, &args, supervisor).await
+    let server = Server { listener, tls };
+    run_until_shutdown(state, server, scheduler, shutdown, &args, supervisor).await
 }
 
 /// Starts the service's own supervised tasks: the scheduled sweeps and the store prober.
@@ -371,9 +381,15 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     })
 }
 
+/// The listening socket and, for TLS, its certificate.
+struct Server {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::http::tls::ServerTls>>,
+}
+
 async fn run_until_shutdown(
     state: AppState,
-    listener: tokio::net::TcpListener,
+    server: Server,
     scheduler: Arc<Scheduler>,
     shutdown: Shutdown,
     args: &ServeArgs,
@@ -382,9 +398,10 @@ async fn run_until_shutdown(
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
     let mut http = tokio::spawn(crate::http::serve::serve(
-        listener,
+        server.listener,
         app,
         args.limits.server(),
+        server.tls,
         graceful.clone(),
     ));
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));

@@ -14,6 +14,7 @@ mod input;
 mod mover;
 pub mod recent;
 pub mod serve;
+pub mod tls;
 mod volumes;
 pub use input::Input;
 pub use mover::OWNER_HEADER;

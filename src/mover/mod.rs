@@ -52,7 +52,8 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.drainer.url.trim_end_matches('/'),
         args.drain
     );
-    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?
+    let roots = args.drainer.trust.roots()?;
+    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR, roots)?
         .with_header(crate::http::OWNER_HEADER, crate::ledger::process_owner());
     if args.drainer.token.is_none() {
         api = api.with_token_file(args.drainer.token_path());

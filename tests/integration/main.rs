@@ -26,3 +26,4 @@ mod restore;
 mod retention;
 mod service;
 mod support;
+mod tls;
