@@ -266,6 +266,7 @@ fn external_movers(base: &Base<'_>) -> ExternalMovers {
 /// by mover Jobs.
 async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     let args = base.args;
+    let admin = admin_token(args, base.data_dir)?;
     let client = crate::kube::client::connect()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -276,7 +277,6 @@ async fn kubernetes(base: &Base<'_>) -> anyhow::Result<Mode> {
     )
     .await
     .context("watching the cluster")?;
-    let admin = admin_token(args, base.data_dir)?;
     let authority = crate::kube::identity::TokenReviews::new(
         cluster.clone(),
         base.ledger.clone(),
@@ -506,21 +506,32 @@ async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
     }
 }
 
-/// The API token: given directly, read from (or created in) the token file.
+/// The shortest admin token accepted: a shared secret that opens everything must not be
+/// guessable (the generated one has 64 hex digits).
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// The API token: given directly, read from (or created in) the token file; at least
+/// [`MIN_ADMIN_TOKEN`] characters.
 fn api_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<(String, String)> {
-    if let Some(token) = &args.token {
-        if token.trim().is_empty() {
-            bail!("DRAINER_TOKEN is empty");
+    let (token, source) = match &args.token {
+        Some(token) => (token.trim().to_owned(), "DRAINER_TOKEN".to_owned()),
+        None => {
+            let path = token_path(args, data_dir);
+            let token = load_or_create_token(&path)
+                .with_context(|| format!("token file {}", path.display()))?;
+            (token, format!("token file {}", path.display()))
         }
-        return Ok((token.trim().to_owned(), "DRAINER_TOKEN".to_owned()));
-    }
-    let path = token_path(args, data_dir);
-    let token =
-        load_or_create_token(&path).with_context(|| format!("token file {}", path.display()))?;
+    };
     if token.is_empty() {
-        bail!("token file {} is empty", path.display());
+        bail!("{source} is empty");
     }
-    Ok((token, path.display().to_string()))
+    let length = token.chars().count();
+    if length < MIN_ADMIN_TOKEN {
+        bail!(
+            "the admin token ({source}) has {length} characters; it needs at least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok((token, source))
 }
 
 /// Kubernetes mode's admin token: `DRAINER_TOKEN`, or the token file if one exists (it is not

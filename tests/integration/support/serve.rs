@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The bearer token test services use.
-pub const TOKEN: &str = "test-token-0123456789";
+pub const TOKEN: &str = "test-token-0123456789-0123456789-abcdef";
 
 /// A running `drainer serve`.
 pub struct Serve {
