@@ -206,7 +206,7 @@ async fn wait_drains(url: &str, n: usize, since: Instant) -> Result<Duration> {
     loop {
         let answer: Value = http
             .get(format!("{url}/v1/drains?limit=1000"))
-            .bearer_auth("bench-admin")
+            .bearer_auth("bench-admin-token-0123456789abcdef")
             .send()
             .await?
             .json()
@@ -260,7 +260,7 @@ async fn start_drainer(
         ])
         .arg("--data-dir")
         .arg(data)
-        .env("DRAINER_TOKEN", "bench-admin")
+        .env("DRAINER_TOKEN", "bench-admin-token-0123456789abcdef")
         .env("DRAINER_LOG", "warn")
         .kill_on_drop(true)
         .spawn()?;

@@ -159,7 +159,7 @@ async fn cancel(http: &reqwest::Client, url: &str, drains: &[String]) -> Result<
     for id in drains {
         let answer = http
             .post(format!("{url}/v1/drains/{id}/cancel"))
-            .bearer_auth("bench-admin")
+            .bearer_auth("bench-admin-token-0123456789abcdef")
             .send()
             .await?;
         if !answer.status().is_success() {
@@ -299,7 +299,7 @@ async fn start_drainer(
     ])
     .arg("--data-dir")
     .arg(data)
-    .env("DRAINER_TOKEN", "bench-admin")
+    .env("DRAINER_TOKEN", "bench-admin-token-0123456789abcdef")
     .env("DRAINER_LOG", "warn")
     .kill_on_drop(true);
     if let Some(ns) = namespace {

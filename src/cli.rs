@@ -77,10 +77,7 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Malformed arguments: the command exits 2, as for the argument parser's own errors.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Usage(pub String);
+pub use drainer_core::args::Usage;
 
 /// `drainer restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
@@ -416,6 +413,7 @@ fn operator_api(
         drainer.token()?,
         OPERATOR_CALL_TIMEOUT,
         retry_for,
+        drainer.trust.roots()?,
     )?)
 }
 

@@ -447,3 +447,47 @@ async fn a_drainer_url_from_the_environment_is_named_when_it_conflicts() {
     }
     assert!(!dest.exists(), "nothing written");
 }
+
+/// An admin token shorter than 32 characters (from `DRAINER_TOKEN` or the token file, in local
+/// and in Kubernetes mode) stops `drainer serve` at start-up with one line saying so, before
+/// it listens or reaches the cluster.
+#[tokio::test]
+async fn a_short_admin_token_is_refused_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let store = file_url(&work.path().join("store"));
+    let short = "a".repeat(31);
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, &short).unwrap();
+    let serve = |extra: &[&str]| {
+        let mut cmd = drainer();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", &store])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env_remove("DRAINER_TOKEN")
+            .env("KUBECONFIG", work.path().join("no-such-kubeconfig"));
+        cmd
+    };
+    let file = token_file.to_str().unwrap();
+    for (what, mut cmd) in [
+        ("local, DRAINER_TOKEN", serve(&[])),
+        ("local, token file", serve(&["--token-file", file])),
+        ("kubernetes, DRAINER_TOKEN", serve(&["--kubernetes"])),
+        (
+            "kubernetes, token file",
+            serve(&["--kubernetes", "--token-file", file]),
+        ),
+    ] {
+        if !what.ends_with("file") {
+            cmd.env("DRAINER_TOKEN", &short);
+        }
+        let line = fails(&mut cmd, 1).await;
+        assert!(
+            line.contains("has 31 characters; it needs at least 32"),
+            "{what}: {line}"
+        );
+    }
+    // A token of 32 characters serves: every `Serve` of these tests has one (support::serve).
+    assert!(crate::support::serve::TOKEN.len() >= 32);
+}

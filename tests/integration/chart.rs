@@ -200,8 +200,8 @@ async fn kustomize_base(env: &KubeEnv, components: &[&str]) -> Result<String> {
     kubectl(env, &["kustomize", &dir]).await
 }
 
-/// helm lint, and the default rendering equal to deploy/base's (and with monitoring, to the
-/// base's with the monitoring component).
+/// helm lint, and the default rendering equal to deploy/base's (and with monitoring or TLS, to
+/// the base's with that component).
 #[tokio::test]
 async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
     with_timeout(Duration::from_secs(600), async {
@@ -213,6 +213,7 @@ async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
                 vec!["--set", "monitoring.enabled=true"],
                 vec!["components/monitoring"],
             ),
+            (vec!["--set", "tls.enabled=true"], vec!["components/tls"]),
         ] {
             let mut args = vec!["template", RELEASE, chart_ref(), "-n", SYSTEM];
             args.extend(values.iter().copied());
@@ -227,7 +228,7 @@ async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
                 "helm template {values:?}: the {} objects of kustomize {components:?}",
                 helm_objects.len()
             );
-            if !components.is_empty() {
+            if components == ["components/monitoring"] {
                 check_rendered_component(&rendered)?;
             }
         }
@@ -246,7 +247,7 @@ fn chart_ref() -> &'static str {
 #[tokio::test]
 async fn the_chart_refuses_what_it_cannot_do() -> Result<()> {
     for (set, why) in [
-        ("tls.certSecret=drainer-tls", "maxProperties"),
+        ("tls.certSecret=drainer-tls", "additional properties"),
         ("movers.serviceAccount=", "movers"),
         ("replicaCount=2", "needs database.urlSecret"),
         ("movers.identity=root", "movers"),

@@ -36,7 +36,7 @@ use std::time::Duration;
 /// The namespace the kube-env overlay watches, where the examples go.
 pub(crate) const APPS: &str = "drainer-e2e";
 /// The kube-env overlay's admin token.
-pub(crate) const ADMIN_TOKEN: &str = "kube-env-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "kube-env-admin-token-0123456789abcdef";
 /// The image name of the kube-env overlay.
 const OVERLAY_IMAGE: &str = "drainer:kube-env";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:drainer-system:drainer";

@@ -279,8 +279,13 @@ async fn every_mover_drainer_builds_is_admitted() -> Result<()> {
     with_policies(|admin, drainer| async move {
         let ns = create_namespace(&admin, "admission-movers").await?;
         let result = async {
-            let flag_sets: [&[&str]; 2] = [
+            // With TLS, a mover gets the CA bundle in its environment (DRAINER_CACERT_PEM).
+            let dir = tempfile::tempdir()?;
+            let ca = crate::support::tls::Ca::new("admission CA").write(dir.path(), "ca.crt");
+            let ca = ca.display().to_string();
+            let flag_sets: [&[&str]; 3] = [
                 &[],
+                &["--mover-cacert", &ca],
                 &[
                     "--mover-node-selector",
                     "kubernetes.io/os=linux",

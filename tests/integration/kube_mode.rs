@@ -58,22 +58,36 @@ fn web(replicas: i32, when_scaled: &str, delay: &str) -> StatefulSet {
 
 /// `drainer serve --kubernetes` for namespace `ns`, its data under `work`.
 async fn start_drainer(work: &Path, ns: &str, store: &str) -> Result<Serve> {
+    start_drainer_in(work, &[ns], store, &[]).await
+}
+
+/// `drainer serve --kubernetes` for `namespaces`, its data under `work`, movers external
+/// (the test runs them, or none), with `extra` arguments.
+pub(crate) async fn start_drainer_in(
+    work: &Path,
+    namespaces: &[&str],
+    store: &str,
+    extra: &[&str],
+) -> Result<Serve> {
     let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+    let watched = namespaces.join(",");
+    let mut args = vec![
+        "--kubernetes",
+        "--movers",
+        "external",
+        "--watch-namespace",
+        &watched,
+        "--store",
+        store,
+        "--sweep-interval",
+        "0",
+        "--lease",
+        "5",
+    ];
+    args.extend_from_slice(extra);
     Ok(Serve::start_with_env(
         &work.join("data"),
-        &[
-            "--kubernetes",
-            "--movers",
-            "external",
-            "--watch-namespace",
-            ns,
-            "--store",
-            store,
-            "--sweep-interval",
-            "0",
-            "--lease",
-            "5",
-        ],
+        &args,
         &[("KUBECONFIG", kubeconfig.as_str())],
     )
     .await)

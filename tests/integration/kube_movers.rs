@@ -618,6 +618,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             mover_tolerations: "[]".into(),
             mover_deadline: Duration::from_secs(600),
             mover_keep_failed: Duration::from_secs(600),
+            mover_cacert: None,
         };
         let spec = MoverSpec::new(&args, "drainer")?;
         let identity = movers::choose(

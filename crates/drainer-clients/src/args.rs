@@ -26,6 +26,52 @@ pub struct ClientArgs {
     /// The bearer token itself (instead of the token file).
     #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust for an https drainer URL.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// The certificates a client trusts for an `https://` drainer URL, besides the system's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrustArgs {
+    /// PEM bundle of the CA certificates that sign the drainer's certificate (added to the
+    /// system's trust roots for an https:// drainer URL).
+    #[arg(long, env = "DRAINER_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// The same bundle given as text instead of a file (mover Jobs get it this way).
+    #[arg(long, env = "DRAINER_CACERT_PEM", hide_env_values = true)]
+    pub cacert_pem: Option<String>,
+}
+
+impl TrustArgs {
+    /// The certificates to trust: those of --cacert and of --cacert-pem; an error names the
+    /// flag and what is wrong.
+    pub fn roots(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let mut roots = Vec::new();
+        if let Some(file) = &self.cacert {
+            let pem = std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("--cacert {}: {e}", file.display()))?;
+            roots.extend(
+                bundle(&pem)
+                    .map_err(|why| anyhow::anyhow!("--cacert {}: {why}", file.display()))?,
+            );
+        }
+        if let Some(pem) = &self.cacert_pem {
+            roots.extend(
+                bundle(pem.as_bytes())
+                    .map_err(|why| anyhow::anyhow!("--cacert-pem (DRAINER_CACERT_PEM): {why}"))?,
+            );
+        }
+        Ok(roots)
+    }
+}
+
+/// The certificates of a PEM bundle, for the client: at least one, all well formed.
+pub fn bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    drainer_core::args::pem_certificates(pem)?
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Where a pod's projected token for drainer is mounted by convention (the examples under
@@ -146,6 +192,9 @@ pub struct DrainerSource {
     /// The bearer token itself (instead of the token file).
     #[arg(long, env = "DRAINER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust for an https drainer URL.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 impl DrainerSource {
@@ -155,6 +204,7 @@ impl DrainerSource {
             url: url.clone(),
             token_file: self.token_file.clone(),
             token: self.token.clone(),
+            trust: self.trust.clone(),
         })
     }
 }

@@ -21,6 +21,15 @@ pub enum CallError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS handshake with the drainer failed: its certificate is not trusted, or it does
+    /// not speak TLS. Sending again would fail the same way.
+    #[error("no TLS connection to the drainer at {url}: {reason}")]
+    Tls {
+        /// The URL called.
+        url: String,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
     /// The drainer answered with an error.
     #[error("the drainer answered {status} to {url}: {message}")]
     Status {
@@ -43,6 +52,7 @@ impl CallError {
     pub fn is_transient(&self) -> bool {
         match self {
             CallError::Transport { .. } => true,
+            CallError::Tls { .. } => false,
             CallError::Status { status, code, .. } => {
                 *status >= 500
                     || *status == 429
@@ -55,7 +65,7 @@ impl CallError {
     pub fn status(&self) -> Option<u16> {
         match self {
             CallError::Status { status, .. } => Some(*status),
-            CallError::Transport { .. } => None,
+            CallError::Transport { .. } | CallError::Tls { .. } => None,
         }
     }
 }
@@ -105,16 +115,19 @@ pub struct Api {
 
 impl Api {
     /// An API client; each request times out after `timeout`, and failures that may pass are
-    /// retried for up to `retry_for`.
+    /// retried for up to `retry_for`. An https base is trusted if the system's roots or
+    /// `roots` (`--cacert`) sign its certificate.
     pub fn new(
         base: &str,
         token: String,
         timeout: Duration,
         retry_for: Duration,
+        roots: Vec<reqwest::Certificate>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
+            .tls_certs_merge(roots)
             .build()?;
         Ok(Self {
             client,
@@ -172,14 +185,11 @@ impl Api {
                 source,
             })?;
         let url = request.url().to_string();
-        let response =
-            self.client
-                .execute(request)
-                .await
-                .map_err(|source| CallError::Transport {
-                    url: url.clone(),
-                    source,
-                })?;
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|source| transport_error(&url, source))?;
         checked(url, response).await
     }
 
@@ -236,6 +246,48 @@ impl Api {
         )
         .await
     }
+}
+
+/// A failed request as a [`CallError`]: [`CallError::Tls`] when TLS failed, saying what to do.
+fn transport_error(url: &str, source: reqwest::Error) -> CallError {
+    let Some(tls) = tls_error(&source) else {
+        return CallError::Transport {
+            url: url.to_owned(),
+            source,
+        };
+    };
+    let reason = match tls {
+        rustls::Error::InvalidCertificate(_) => format!(
+            "its certificate is not trusted ({tls}): give the CA bundle that signs it with \
+             --cacert or DRAINER_CACERT"
+        ),
+        rustls::Error::InvalidMessage(_) => {
+            format!("it does not speak TLS ({tls}): is the URL's scheme right?")
+        }
+        other => other.to_string(),
+    };
+    CallError::Tls {
+        url: url.to_owned(),
+        reason,
+    }
+}
+
+/// The rustls error among the causes of `error`, if TLS failed. An `io::Error` hides the error
+/// it wraps from `source()` (it answers that error's own source), so it is looked into.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
 }
 
 /// The response if it succeeded, else its JSON error.

@@ -34,7 +34,8 @@ pub async fn run(args: HandoffArgs) -> anyhow::Result<()> {
     }
     let token = args.drainer.token()?;
     let deadline = Instant::now() + args.timeout;
-    let api = Api::new(&args.drainer.url, token, CALL_TIMEOUT, args.timeout)?;
+    let roots = args.drainer.trust.roots()?;
+    let api = Api::new(&args.drainer.url, token, CALL_TIMEOUT, args.timeout, roots)?;
     let body = serde_json::json!({"namespace": namespace, "pvcs": args.pvcs, "pod": args.pod, "reason": args.reason});
     let url = api.url("/v1/handoffs");
     let accepted: DrainList = api.json(|http| http.post(&url).json(&body)).await?;

@@ -62,7 +62,13 @@ impl RemoteVolume {
             volume.name
         );
         Ok(Self {
-            api: Api::new(&base, client.token()?, timeout, RETRY_FOR)?,
+            api: Api::new(
+                &base,
+                client.token()?,
+                timeout,
+                RETRY_FOR,
+                client.trust.roots()?,
+            )?,
             volume: volume.clone(),
         })
     }
@@ -660,7 +666,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let timeout = Duration::from_secs(10);
         ApiObjects {
-            api: Api::new(&base, "token".into(), timeout, timeout).unwrap(),
+            api: Api::new(&base, "token".into(), timeout, timeout, Vec::new()).unwrap(),
             prefix: "volumes/ns/pvc/".into(),
             batches: OnceLock::new(),
             batches_served: AtomicBool::new(true),

@@ -80,3 +80,24 @@ pub fn parse_store_url(text: &str) -> Result<String, String> {
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
 }
+
+/// Malformed arguments: the command exits 2, as for the argument parser's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// The certificates of a PEM bundle (`--cacert`, `--mover-cacert`): at least one, all well
+/// formed, or a one-line reason.
+pub fn pem_certificates(
+    pem: &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if ders.is_empty() {
+        return Err("no CERTIFICATE in it".into());
+    }
+    Ok(ders)
+}

@@ -3,6 +3,7 @@
 
 use clap::{Args, ValueEnum};
 use drainer_core::args::parse_seconds;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Kubernetes mode: pods hand off through projected tokens, mover Jobs copy, sweeps list
@@ -94,6 +95,11 @@ pub struct MoverJobArgs {
     /// Seconds a failed mover Job is kept (for `kubectl logs`); successful ones are deleted.
     #[arg(long, env = "DRAINER_MOVER_KEEP_FAILED", default_value = "86400", value_parser = parse_seconds)]
     pub mover_keep_failed: Duration,
+    /// PEM bundle of the CA certificates movers trust for an https --service-url (e.g. the
+    /// ca.crt of drainer's TLS Secret): each mover Job gets it in its environment
+    /// (DRAINER_CACERT_PEM), read again for every Job.
+    #[arg(long, env = "DRAINER_MOVER_CACERT")]
+    pub mover_cacert: Option<PathBuf>,
 }
 
 /// Who mover pods run as (see `--mover-identity`).

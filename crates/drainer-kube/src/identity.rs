@@ -13,15 +13,25 @@
 //! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. Restores
 //! follow the same rule: a pod restores the claims it mounts, others need `create` on
 //! `restores.drainer.io` in the volume's namespace. The
-//! static token, when configured, is an admin's. Successful reviews are cached for
-//! [`REVIEW_TTL`]; the pod check is not cached. Reviews of tokens not cached pass a
-//! [`ReviewGate`]: a token refused lately is refused without a review, and reviews are
-//! rate-limited, so a flood of bad tokens costs the API server a bounded number of them.
+//! static token, when configured, is an admin's (its use is logged).
+//!
+//! Operators need no shared secret: any other identity the API server vouches for (a
+//! ServiceAccount's token from `kubectl create token`, an OIDC user's) is a
+//! [`Caller::User`] (or a workload, for a ServiceAccount), and may do what RBAC grants it on
+//! drainer's resources ([`drainer_server::auth::Action::permission`]), asked with a SubjectAccessReview
+//! ([`TokenReviews::granted`]). Successful token reviews are cached for [`REVIEW_TTL`]; the
+//! pod check is not cached. Reviews of tokens not cached pass a [`ReviewGate`]: a token
+//! refused lately is refused without a review, and reviews are rate-limited, so a flood of
+//! bad tokens costs the API server a bounded number of them. SubjectAccessReview answers,
+//! grants and refusals alike, are kept for [`ACCESS_TTL`] (at most [`ACCESS_MAX`] of them),
+//! and those not kept pass a gate of their own, so repeated refusals cost no more reviews.
 
 use super::{Cluster, Error, call, movers, planner};
 use drainer_core::ledger::Ledger;
 use drainer_core::volume::VolumeId;
-use drainer_server::auth::{Authority, Caller, Denied, NamespaceLife, PodIdentity, Workload};
+use drainer_server::auth::{
+    Authority, Caller, Denied, NamespaceLife, Permission, PodIdentity, Subject, Workload,
+};
 use drainer_server::review_gate::{GateLimits, ReviewGate, token_key};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
@@ -36,12 +46,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a successful TokenReview or SubjectAccessReview is reused.
+/// How long a successful TokenReview is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// How long a SubjectAccessReview's answer, a grant or a refusal, is reused (a binding
+/// removed stops granting within this time).
+pub const ACCESS_TTL: Duration = Duration::from_secs(5);
+/// Most SubjectAccessReview answers kept.
+pub const ACCESS_MAX: usize = 10_000;
 /// How long a mover pod, at one version of it, is trusted without reading it again.
 const MOVER_CHECK_TTL: Duration = Duration::from_secs(60);
-/// The API group of drainer's RBAC resources (`handoffs`, `restores`).
-pub const GROUP: &str = "drainer.io";
+pub use drainer_server::auth::GROUP;
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -59,7 +73,10 @@ pub struct TokenReviews {
     audience: String,
     admin_token: Option<String>,
     reviews: Mutex<HashMap<[u8; 32], Reviewed>>,
-    grants: Mutex<HashMap<(String, String), Instant>>,
+    /// SubjectAccessReview answers, by the hash of subject and permission.
+    grants: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
+    /// What SubjectAccessReviews not kept may cost.
+    access_gate: ReviewGate,
     /// Mover pods checked against their Job's template, by UID and resource version.
     movers: Mutex<HashMap<(String, String), Instant>>,
     /// Namespaces' lives read lately, by name (a deleted namespace's cached life is refused
@@ -93,6 +110,7 @@ impl TokenReviews {
             admin_token,
             reviews: Mutex::default(),
             grants: Mutex::default(),
+            access_gate: ReviewGate::new(GateLimits::default()),
             movers: Mutex::default(),
             lives: Mutex::default(),
             gate: ReviewGate::new(GateLimits::default()),
@@ -311,33 +329,40 @@ impl TokenReviews {
 
     /// Whether `workload` has RBAC permission to `verb` `resource` of drainer's group in
     /// `namespace`, for the object `name` if one is given (the claim's name, so that a Role
-    /// with `resourceNames` grants only those claims); cached for [`REVIEW_TTL`].
+    /// with `resourceNames` grants only those claims); see [`TokenReviews::granted`].
     pub async fn may(
         &self,
         workload: &Workload,
-        verb: &str,
-        resource: &str,
+        verb: &'static str,
+        resource: &'static str,
         namespace: &str,
         name: Option<&str>,
     ) -> Result<bool, Denied> {
-        let key = (
-            workload.user.clone(),
-            format!("{verb} {resource} {namespace} {}", name.unwrap_or("*")),
-        );
-        let cached = self.grants.lock().ok().and_then(|g| g.get(&key).copied());
-        if cached.is_some_and(|at| at.elapsed() < REVIEW_TTL) {
-            return Ok(true);
-        }
+        let permission = Permission {
+            verb,
+            resource,
+            namespace: Some(namespace.to_owned()),
+            name: name.map(str::to_owned),
+        };
+        self.granted(&workload.subject(), &permission).await
+    }
+
+    /// Asks the API server whether `subject` has `permission` (a SubjectAccessReview).
+    async fn access_review(
+        &self,
+        subject: &Subject,
+        permission: &Permission,
+    ) -> Result<bool, Denied> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(workload.user.clone()),
-                groups: Some(workload.groups.clone()),
+                user: Some(subject.user.clone()),
+                groups: Some(subject.groups.clone()),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(GROUP.to_owned()),
-                    resource: Some(resource.to_owned()),
-                    verb: Some(verb.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    name: name.map(str::to_owned),
+                    resource: Some(permission.resource.to_owned()),
+                    verb: Some(permission.verb.to_owned()),
+                    namespace: permission.namespace.clone(),
+                    name: permission.name.clone(),
                     ..ResourceAttributes::default()
                 }),
                 ..SubjectAccessReviewSpec::default()
@@ -351,13 +376,55 @@ impl TokenReviews {
         )
         .await
         .map_err(unavailable)?;
-        let allowed = answer.status.is_some_and(|s| s.allowed);
-        if allowed && let Ok(mut grants) = self.grants.lock() {
-            grants.retain(|_, at| at.elapsed() < REVIEW_TTL);
-            grants.insert(key, Instant::now());
-        }
-        Ok(allowed)
+        Ok(answer.status.is_some_and(|s| s.allowed))
     }
+
+    /// The kept answer for `key`, if it is fresh.
+    fn kept_answer(&self, key: &[u8; 32]) -> Option<bool> {
+        let grants = self.grants.lock().ok()?;
+        let (allowed, at) = grants.get(key)?;
+        (at.elapsed() < ACCESS_TTL).then_some(*allowed)
+    }
+
+    /// Keeps an answer: expired ones are dropped first, then, at [`ACCESS_MAX`], the oldest.
+    fn keep_answer(&self, key: [u8; 32], allowed: bool) {
+        let Ok(mut grants) = self.grants.lock() else {
+            return;
+        };
+        if grants.len() >= ACCESS_MAX {
+            grants.retain(|_, (_, at)| at.elapsed() < ACCESS_TTL);
+        }
+        if grants.len() >= ACCESS_MAX
+            && let Some(oldest) = grants
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k)
+        {
+            grants.remove(&oldest);
+        }
+        grants.insert(key, (allowed, Instant::now()));
+    }
+}
+
+/// The key of a SubjectAccessReview's answer: the hash of the subject (user and groups) and
+/// the permission, each field length-prefixed so no two questions share one.
+fn access_key(subject: &Subject, permission: &Permission) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut field = |s: &str| {
+        hasher.update(&(s.len() as u64).to_le_bytes());
+        hasher.update(s.as_bytes());
+    };
+    field(&subject.user);
+    field(&subject.groups.len().to_string());
+    for group in &subject.groups {
+        field(group);
+    }
+    field("\0permission");
+    field(permission.verb);
+    field(permission.resource);
+    field(permission.namespace.as_deref().unwrap_or("\0cluster"));
+    field(permission.name.as_deref().unwrap_or("\0any"));
+    *hasher.finalize().as_bytes()
 }
 
 fn unavailable(e: Error) -> Denied {
@@ -380,14 +447,23 @@ impl Authority for TokenReviews {
         if let Some(admin) = &self.admin_token
             && drainer_server::auth::constant_time_eq(admin.as_bytes(), token.as_bytes())
         {
+            tracing::info!(
+                principal = "admin",
+                "a request authenticated with the admin token (break-glass)"
+            );
             return Ok(Caller::Admin);
         }
         let user = self.review(token).await?;
         let username = user.username.clone().unwrap_or_default();
+        let groups = user.groups.clone().unwrap_or_default();
         let Some(namespace) = service_account_namespace(&username).map(str::to_owned) else {
-            return Err(Denied::Forbidden(format!(
-                "{username} is not a ServiceAccount; operators use the admin token"
-            )));
+            if username.is_empty() {
+                return Err(Denied::Invalid);
+            }
+            return Ok(Caller::User(Subject {
+                user: username,
+                groups,
+            }));
         };
         match (extra(&user, POD_NAME), extra(&user, POD_UID)) {
             (Some(name), Some(uid)) => {
@@ -397,10 +473,28 @@ impl Authority for TokenReviews {
             _ => Ok(Caller::Workload(Workload {
                 namespace,
                 user: username,
-                groups: user.groups.clone().unwrap_or_default(),
+                groups,
                 pod: None,
             })),
         }
+    }
+
+    /// A SubjectAccessReview of `permission` for `subject`: the answer kept for
+    /// [`ACCESS_TTL`], or asked through the access gate (rate-limited; over it `429`).
+    async fn granted(&self, subject: &Subject, permission: &Permission) -> Result<bool, Denied> {
+        let key = access_key(subject, permission);
+        if let Some(allowed) = self.kept_answer(&key) {
+            return Ok(allowed);
+        }
+        let allowed = self
+            .access_gate
+            .review(&key, self.access_review(subject, permission))
+            .await?;
+        self.keep_answer(key, allowed);
+        if !allowed {
+            tracing::info!(user = %subject.user, %permission, "RBAC does not grant");
+        }
+        Ok(allowed)
     }
 
     /// A pod hands off what it mounts; any workload what RBAC grants it.
@@ -477,6 +571,53 @@ impl Authority for TokenReviews {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_keys_tell_every_question_apart() {
+        let alice = Subject {
+            user: "alice".into(),
+            groups: vec!["ops".into()],
+        };
+        let on = |ns: Option<&str>, name: Option<&str>| Permission {
+            verb: "retry",
+            resource: "drains",
+            namespace: ns.map(str::to_owned),
+            name: name.map(str::to_owned),
+        };
+        let keys = [
+            access_key(&alice, &on(Some("team-a"), Some("d-1"))),
+            access_key(&alice, &on(Some("team-a"), None)),
+            access_key(&alice, &on(None, Some("d-1"))),
+            access_key(&alice, &on(Some("team-b"), Some("d-1"))),
+            access_key(
+                &Subject {
+                    groups: vec![],
+                    ..alice.clone()
+                },
+                &on(Some("team-a"), Some("d-1")),
+            ),
+            access_key(
+                &Subject {
+                    user: "alice".into(),
+                    groups: vec!["o".into(), "ps".into()],
+                },
+                &on(Some("team-a"), Some("d-1")),
+            ),
+            access_key(
+                &alice,
+                &Permission {
+                    verb: "cancel",
+                    ..on(Some("team-a"), Some("d-1"))
+                },
+            ),
+        ];
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(
+            keys[0],
+            access_key(&alice, &on(Some("team-a"), Some("d-1")))
+        );
+    }
 
     #[test]
     fn service_accounts_name_their_namespace() {

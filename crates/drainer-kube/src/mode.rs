@@ -34,6 +34,7 @@ impl MakeMode for KubernetesMode {
     async fn make(&self, base: &Base<'_>) -> anyhow::Result<Mode> {
         let args = base.args;
         let kube = &self.args;
+        let admin = base.admin_token()?;
         let client = crate::client::connect()
             .await
             .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -41,7 +42,6 @@ impl MakeMode for KubernetesMode {
             crate::Cluster::start_under(client, kube.watch_namespaces.clone(), base.supervisor)
                 .await
                 .context("watching the cluster")?;
-        let admin = base.admin_token()?;
         let authority = crate::identity::TokenReviews::new(
             cluster.clone(),
             base.ledger.clone(),

@@ -71,7 +71,7 @@ pub use security::{
     AppIdentity, Chosen, ENFORCE_LABEL, ENFORCE_VERSION_LABEL, Kind, MoverSecurity, Refusal, choose,
 };
 use security::{app_identity, refused_policy};
-pub use spec::{MoverSpec, Resource, check_service_url};
+pub use spec::{MoverCa, MoverSpec, Resource, check_service_url};
 
 /// How long an attempt waits for the pods of a drain's unrecorded Jobs to end, or for a Job
 /// in the way of its own to go.
@@ -200,8 +200,8 @@ impl JobMovers {
         kube: &KubeArgs,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let service_url = check_service_url(kube.service_url.as_deref())?;
         let spec = MoverSpec::new(&kube.movers, &kube.audience)?;
+        let service_url = check_service_url(kube.service_url.as_deref(), spec.ca.as_ref())?;
         Ok(Self {
             cluster,
             ledger,
@@ -505,13 +505,15 @@ impl JobMovers {
             _ => None,
         };
         let chosen = self.choose(drain).await;
+        let mut spec = self.spec.clone();
+        spec.ca = spec.ca.as_ref().map(MoverCa::refreshed);
         let wanted = mover_job(
             drain,
             drain.attempts,
             &claim,
             volume.as_ref(),
             node.as_deref(),
-            &self.spec,
+            &spec,
             &chosen.security,
             &self.service_url,
         );

@@ -82,6 +82,41 @@ pub struct ServeArgs {
     /// What one client can hold of the API.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS of the API.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The certificate the API is served with (plain HTTP without it).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this PEM certificate chain (with --tls-key); both files are read again
+    /// when they change (a rotated Secret), for new connections. Without them: plain HTTP,
+    /// where tokens and volume data cross the network in clear text.
+    #[arg(long, env = "DRAINER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DRAINER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to serve TLS with, if any; a one-line reason when only one is given.
+    pub fn files(&self) -> Result<Option<crate::http::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::http::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("--tls-cert needs --tls-key (DRAINER_TLS_KEY): give both, or neither for plain HTTP".into())
+            }
+            (None, Some(_)) => {
+                Err("--tls-key needs --tls-cert (DRAINER_TLS_CERT): give both, or neither for plain HTTP".into())
+            }
+        }
+    }
 }
 
 /// Bounds on what callers of the API can hold: connections, time, requests in flight.

@@ -1,17 +1,25 @@
 //! Who may call the API, and what each caller may do: the identities ([`Caller`]), the
-//! route actions ([`Action`]), the policy between them ([`Action::allows`]), and the
+//! route actions ([`Action`]), the policy between them ([`Action::allows`]), the RBAC
+//! permission each action asks of the cluster ([`Action::permission`]), and the
 //! [`Authority`] that turns bearer tokens into callers and answers the checks that need the
 //! cluster (a pod's mounts, RBAC grants).
 //!
-//! | action | admin | workload (pod or Job) | mover |
-//! | --- | --- | --- | --- |
-//! | hand off volumes | any | its own namespace; a pod only the PVCs it mounts, others with an RBAC grant | no |
-//! | list drains | all | the drains it asked for | no |
-//! | read a drain | any | the drains it asked for | its own drain |
-//! | retry or cancel a drain, sweep | yes | no | no |
-//! | list orphaned volumes | all | no | no |
-//! | read or restore a volume's snapshots | any | its own namespace; a pod the claims it mounts, others with an RBAC grant | no |
-//! | stream a volume (mover protocol) | any drain | no | its own drain, while it is copying |
+//! | action | admin | workload (pod or ServiceAccount) | user (other identities) | mover |
+//! | --- | --- | --- | --- | --- |
+//! | hand off volumes | any | its own namespace; a pod only the PVCs it mounts, others with an RBAC grant | no | no |
+//! | list drains | all | the drains it asked for, or what RBAC grants | what RBAC grants | no |
+//! | read a drain | any | the drains it asked for, or what RBAC grants | what RBAC grants | its own drain |
+//! | retry, cancel or abandon a drain | any | what RBAC grants | what RBAC grants | no |
+//! | run a sweep | yes | what RBAC grants | what RBAC grants | no |
+//! | list orphaned volumes | all | what RBAC grants | what RBAC grants | no |
+//! | list a volume's snapshots | any | what it may restore, or what RBAC grants | what RBAC grants | no |
+//! | read or restore a volume's snapshots | any | its own namespace; a pod the claims it mounts, others with an RBAC grant | no | no |
+//! | stream a volume (mover protocol) | any drain | no | no | its own drain, while it is copying |
+//!
+//! "What RBAC grants" is a SubjectAccessReview of [`Action::permission`] on drainer's
+//! resources (API group `drainer.io`), in the namespace concerned (a drain's or a volume's,
+//! or the one a listing names) with the object's name (a drain id or a claim name), or
+//! cluster-wide for a listing of every namespace and for sweeps.
 //!
 //! The HTTP layer applies this table to every route (`http::guard`): no handler runs before
 //! its route's action has been authorised. Local mode has one caller, the holder of the static
@@ -27,6 +35,9 @@ pub enum Caller {
     /// A workload of one namespace: a pod (identified by its projected ServiceAccount token)
     /// or another ServiceAccount user such as a Job's.
     Workload(Workload),
+    /// Any other identity the cluster vouches for (an OIDC user, a client certificate's):
+    /// an operator with what RBAC grants it, and nothing else.
+    User(Subject),
     /// A mover working for one drain.
     Mover {
         /// The drain it works for.
@@ -45,6 +56,25 @@ pub struct Workload {
     pub groups: Vec<String>,
     /// The pod the token was issued to, if it was issued to a pod.
     pub pod: Option<PodIdentity>,
+}
+
+/// A user as the API server names it, for RBAC checks (SubjectAccessReviews).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject {
+    /// Its user name (`alice@example.com`, `system:serviceaccount:NS:NAME`).
+    pub user: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+}
+
+impl Workload {
+    /// The workload's user, for RBAC checks.
+    pub fn subject(&self) -> Subject {
+        Subject {
+            user: self.user.clone(),
+            groups: self.groups.clone(),
+        }
+    }
 }
 
 /// A pod, confirmed against the live object.
@@ -70,7 +100,18 @@ impl Caller {
                 ..
             }) => format!("pod:{namespace}/{}", pod.name),
             Caller::Workload(w) => format!("user:{}", w.user),
+            Caller::User(subject) => format!("user:{}", subject.user),
             Caller::Mover { drain } => format!("mover:{drain}"),
+        }
+    }
+
+    /// Whom RBAC is asked about for this caller: a workload's or a user's identity; none for
+    /// an admin (who needs no grant) or a mover (who gets none).
+    pub fn subject(&self) -> Option<Subject> {
+        match self {
+            Caller::Workload(w) => Some(w.subject()),
+            Caller::User(subject) => Some(subject.clone()),
+            Caller::Admin | Caller::Mover { .. } => None,
         }
     }
 
@@ -79,6 +120,7 @@ impl Caller {
         match self {
             Caller::Admin => CallerKind::Admin,
             Caller::Workload(_) => CallerKind::Workload,
+            Caller::User(_) => CallerKind::User,
             Caller::Mover { .. } => CallerKind::Mover,
         }
     }
@@ -91,6 +133,8 @@ pub enum CallerKind {
     Admin,
     /// See [`Caller::Workload`].
     Workload,
+    /// See [`Caller::User`].
+    User,
     /// See [`Caller::Mover`].
     Mover,
 }
@@ -104,14 +148,20 @@ pub enum Action {
     ListDrains,
     /// Read one drain with its history.
     ReadDrain,
-    /// Retry or cancel a drain.
-    ChangeDrain,
+    /// Retry a failed drain.
+    RetryDrain,
+    /// Cancel an active drain.
+    CancelDrain,
+    /// Abandon a drain (give up its claim's data, recorded with a reason).
+    AbandonDrain,
     /// Run a sweep.
     Sweep,
     /// List orphaned volumes (size, age, last snapshot, drain).
     ListOrphans,
-    /// Read a volume's snapshots to restore them: the listing, summaries, manifests and
-    /// objects (`/v1/volumes/{ns}/{pvc}/…`).
+    /// List a volume's snapshots (`/v1/volumes/{ns}/{pvc}/snapshots`).
+    ListSnapshots,
+    /// Read a volume's snapshots to restore them: their manifests and objects
+    /// (`/v1/volumes/{ns}/{pvc}/objects…`).
     Restore,
     /// Stream a volume into one drain (the mover protocol).
     Stream,
@@ -125,6 +175,10 @@ pub enum Reach {
     /// Only what is the caller's own: its namespace and mounts for handoffs, the drains it
     /// asked for when reading, its own drain for a mover.
     Own,
+    /// What is the caller's own, and besides what RBAC grants ([`Action::permission`]).
+    OwnOrGranted,
+    /// What RBAC grants ([`Action::permission`]).
+    Granted,
     /// Nothing: refused.
     None,
 }
@@ -136,10 +190,47 @@ impl Action {
         use CallerKind as K;
         match (self, kind) {
             (_, K::Admin) => Reach::All,
-            (A::Handoff | A::ListDrains | A::ReadDrain | A::Restore, K::Workload) => Reach::Own,
+            (A::Handoff | A::Restore, K::Workload) => Reach::Own,
+            (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::Workload) => Reach::OwnOrGranted,
+            (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::User) => Reach::Granted,
+            (
+                A::RetryDrain | A::CancelDrain | A::AbandonDrain | A::Sweep | A::ListOrphans,
+                K::Workload | K::User,
+            ) => Reach::Granted,
             (A::ReadDrain | A::Stream, K::Mover) => Reach::Own,
             _ => Reach::None,
         }
+    }
+
+    /// The RBAC verb and resource (of API group [`GROUP`]) that grant the action, if any
+    /// does. Handoffs and restores are granted to a workload in its own namespace only (see
+    /// [`Authority::may_hand_off`]); the mover protocol to movers only.
+    pub fn permission(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Action::Handoff => ("create", "handoffs"),
+            Action::ListDrains => ("list", "drains"),
+            Action::ReadDrain => ("get", "drains"),
+            Action::RetryDrain => ("retry", "drains"),
+            Action::CancelDrain => ("cancel", "drains"),
+            Action::AbandonDrain => ("abandon", "drains"),
+            Action::Sweep => ("create", "sweeps"),
+            Action::ListOrphans => ("list", "orphans"),
+            Action::ListSnapshots => ("list", "snapshots"),
+            Action::Restore => ("create", "restores"),
+            Action::Stream => return None,
+        })
+    }
+
+    /// The permission that grants the action on `namespace` (`None`: cluster-wide) and the
+    /// object `name`, if the action has one.
+    pub fn on(self, namespace: Option<&str>, name: Option<&str>) -> Option<Permission> {
+        let (verb, resource) = self.permission()?;
+        Some(Permission {
+            verb,
+            resource,
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+        })
     }
 
     /// What the action is, in refusals.
@@ -148,11 +239,44 @@ impl Action {
             Action::Handoff => "hand off volumes",
             Action::ListDrains => "list drains",
             Action::ReadDrain => "read this drain",
-            Action::ChangeDrain => "retry or cancel drains",
+            Action::RetryDrain => "retry this drain",
+            Action::CancelDrain => "cancel this drain",
+            Action::AbandonDrain => "abandon this drain",
             Action::Sweep => "run sweeps",
             Action::ListOrphans => "list orphaned volumes",
+            Action::ListSnapshots => "list this volume's snapshots",
             Action::Restore => "read or restore this volume's snapshots",
             Action::Stream => "stream into this drain",
+        }
+    }
+}
+
+/// The API group of drainer's RBAC resources (`drains`, `sweeps`, `orphans`, `snapshots`,
+/// `handoffs`, `restores`).
+pub const GROUP: &str = "drainer.io";
+
+/// One RBAC permission on drainer's resources: what a SubjectAccessReview asks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Permission {
+    /// The verb (`list`, `get`, `retry`, …).
+    pub verb: &'static str,
+    /// The resource of group [`GROUP`] (`drains`, …).
+    pub resource: &'static str,
+    /// The namespace; `None` for cluster-wide.
+    pub namespace: Option<String>,
+    /// The object's name (a drain id, a claim name), so a Role's `resourceNames` apply.
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}.{GROUP}", self.verb, self.resource)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name}")?;
+        }
+        match &self.namespace {
+            Some(ns) => write!(f, " in namespace {ns}"),
+            None => f.write_str(" cluster-wide"),
         }
     }
 }
@@ -169,6 +293,14 @@ pub enum Denied {
     /// A known caller asking for something it may not do.
     #[error("{0}")]
     Forbidden(String),
+    /// A known caller without the RBAC permission an action needs.
+    #[error("{principal} lacks RBAC permission: {missing}")]
+    NotGranted {
+        /// Who asked ([`Caller::principal`]).
+        principal: String,
+        /// The permission it lacks.
+        missing: Permission,
+    },
     /// The identity could not be checked now (the cluster did not answer).
     #[error("cannot check the caller's identity now: {0}")]
     Unavailable(String),
@@ -222,6 +354,12 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
         _namespace: &str,
     ) -> Result<Option<NamespaceLife>, Denied> {
         Ok(None)
+    }
+
+    /// Whether RBAC grants `subject` the `permission`. By default nothing is granted (local
+    /// mode has no RBAC; its one caller is an admin).
+    async fn granted(&self, _subject: &Subject, _permission: &Permission) -> Result<bool, Denied> {
+        Ok(false)
     }
 }
 
@@ -429,21 +567,61 @@ mod tests {
     fn the_policy_table_is_the_documented_one() {
         use Action::*;
         use CallerKind::*;
+        use Reach::{All, Granted, None as No, Own, OwnOrGranted};
+        // admin, workload, user, mover
         let table = [
-            (Handoff, [Reach::All, Reach::Own, Reach::None]),
-            (ListDrains, [Reach::All, Reach::Own, Reach::None]),
-            (ReadDrain, [Reach::All, Reach::Own, Reach::Own]),
-            (ChangeDrain, [Reach::All, Reach::None, Reach::None]),
-            (Sweep, [Reach::All, Reach::None, Reach::None]),
-            (ListOrphans, [Reach::All, Reach::None, Reach::None]),
-            (Restore, [Reach::All, Reach::Own, Reach::None]),
-            (Stream, [Reach::All, Reach::None, Reach::Own]),
+            (Handoff, [All, Own, No, No]),
+            (ListDrains, [All, OwnOrGranted, Granted, No]),
+            (ReadDrain, [All, OwnOrGranted, Granted, Own]),
+            (RetryDrain, [All, Granted, Granted, No]),
+            (CancelDrain, [All, Granted, Granted, No]),
+            (AbandonDrain, [All, Granted, Granted, No]),
+            (Sweep, [All, Granted, Granted, No]),
+            (ListOrphans, [All, Granted, Granted, No]),
+            (ListSnapshots, [All, OwnOrGranted, Granted, No]),
+            (Restore, [All, Own, No, No]),
+            (Stream, [All, No, No, Own]),
         ];
         for (action, reach) in table {
-            for (kind, expected) in [Admin, Workload, Mover].into_iter().zip(reach) {
+            for (kind, expected) in [Admin, Workload, User, Mover].into_iter().zip(reach) {
                 assert_eq!(action.allows(kind), expected, "{action:?} for {kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn every_action_a_grant_can_allow_names_its_rbac_permission() {
+        use Action::*;
+        let verbs = [
+            (Handoff, Some(("create", "handoffs"))),
+            (ListDrains, Some(("list", "drains"))),
+            (ReadDrain, Some(("get", "drains"))),
+            (RetryDrain, Some(("retry", "drains"))),
+            (CancelDrain, Some(("cancel", "drains"))),
+            (AbandonDrain, Some(("abandon", "drains"))),
+            (Sweep, Some(("create", "sweeps"))),
+            (ListOrphans, Some(("list", "orphans"))),
+            (ListSnapshots, Some(("list", "snapshots"))),
+            (Restore, Some(("create", "restores"))),
+            (Stream, None),
+        ];
+        for (action, expected) in verbs {
+            assert_eq!(action.permission(), expected, "{action:?}");
+            let granted = [CallerKind::Workload, CallerKind::User]
+                .iter()
+                .any(|k| matches!(action.allows(*k), Reach::Granted | Reach::OwnOrGranted));
+            assert!(!granted || expected.is_some(), "{action:?} has no verb");
+        }
+        let retry = RetryDrain.on(Some("team-a"), Some("d-1")).unwrap();
+        assert_eq!(
+            retry.to_string(),
+            "retry drains.drainer.io d-1 in namespace team-a"
+        );
+        assert_eq!(
+            Sweep.on(None, None).unwrap().to_string(),
+            "create sweeps.drainer.io cluster-wide"
+        );
+        assert_eq!(Stream.on(Some("a"), None), None);
     }
 
     #[test]
@@ -461,6 +639,20 @@ mod tests {
             }
             .principal(),
             "mover:d-1"
+        );
+        let alice = Subject {
+            user: "alice@example.com".into(),
+            groups: vec!["oncall".into()],
+        };
+        assert_eq!(
+            Caller::User(alice.clone()).principal(),
+            "user:alice@example.com"
+        );
+        assert_eq!(Caller::User(alice.clone()).subject(), Some(alice));
+        assert_eq!(Caller::Admin.subject(), None);
+        assert_eq!(
+            Caller::Workload(pod()).subject().map(|s| s.user),
+            Some("system:serviceaccount:shop:web".into())
         );
     }
 

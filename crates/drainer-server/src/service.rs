@@ -86,6 +86,10 @@ pub trait MakeMode: Send + Sync {
 /// Runs the service until a shutdown signal, then stops within the grace period: in local
 /// mode, or in the mode `other` makes.
 pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Result<()> {
+    let tls = match args.tls.files().map_err(drainer_core::args::Usage)? {
+        Some(files) => Some(Arc::new(crate::http::tls::ServerTls::load(files)?)),
+        None => None,
+    };
     let data_dir =
         std::path::absolute(&args.ledger.data_dir).context("resolving the data directory")?;
     std::fs::create_dir_all(&data_dir)
@@ -155,12 +159,18 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
-        mode = %mode.describe, "drainer serving"
+        mode = %mode.describe, tls = tls.is_some(), "drainer serving"
     );
+    if tls.is_none() {
+        tracing::warn!(
+            "serving plain HTTP: tokens and volume data cross the network in clear text (see --tls-cert)"
+        );
+    }
     start_tasks(&supervisor, &args, &mode, &store, &state);
     start_retention(&base, &mode);
     state.set_ready(true);
-    run_until_shutdown(state, listener, scheduler, shutdown, &args, supervisor).await
+    let server = Server { listener, tls };
+    run_until_shutdown(state, server, scheduler, shutdown, &args, supervisor).await
 }
 
 /// Starts the service's own supervised tasks: the scheduled sweeps and the store prober.
@@ -281,9 +291,15 @@ impl Base<'_> {
     }
 }
 
+/// The listening socket and, for TLS, its certificate.
+struct Server {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::http::tls::ServerTls>>,
+}
+
 async fn run_until_shutdown(
     state: AppState,
-    listener: tokio::net::TcpListener,
+    server: Server,
     scheduler: Arc<Scheduler>,
     shutdown: Shutdown,
     args: &ServeArgs,
@@ -292,9 +308,10 @@ async fn run_until_shutdown(
     let graceful = shutdown.graceful.clone();
     let app = router(state.clone());
     let mut http = tokio::spawn(crate::http::serve::serve(
-        listener,
+        server.listener,
         app,
         args.limits.server(),
+        server.tls,
         graceful.clone(),
     ));
     let mut work = tokio::spawn(scheduler.run(graceful.clone(), args.grace));
@@ -399,21 +416,32 @@ async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
     }
 }
 
-/// The API token: given directly, read from (or created in) the token file.
+/// The shortest admin token accepted: a shared secret that opens everything must not be
+/// guessable (the generated one has 64 hex digits).
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// The API token: given directly, read from (or created in) the token file; at least
+/// [`MIN_ADMIN_TOKEN`] characters.
 fn api_token(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<(String, String)> {
-    if let Some(token) = &args.token {
-        if token.trim().is_empty() {
-            bail!("DRAINER_TOKEN is empty");
+    let (token, source) = match &args.token {
+        Some(token) => (token.trim().to_owned(), "DRAINER_TOKEN".to_owned()),
+        None => {
+            let path = token_path(args, data_dir);
+            let token = load_or_create_token(&path)
+                .with_context(|| format!("token file {}", path.display()))?;
+            (token, format!("token file {}", path.display()))
         }
-        return Ok((token.trim().to_owned(), "DRAINER_TOKEN".to_owned()));
-    }
-    let path = token_path(args, data_dir);
-    let token =
-        load_or_create_token(&path).with_context(|| format!("token file {}", path.display()))?;
+    };
     if token.is_empty() {
-        bail!("token file {} is empty", path.display());
+        bail!("{source} is empty");
     }
-    Ok((token, path.display().to_string()))
+    let length = token.chars().count();
+    if length < MIN_ADMIN_TOKEN {
+        bail!(
+            "the admin token ({source}) has {length} characters; it needs at least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok((token, source))
 }
 
 /// Kubernetes mode's admin token: `DRAINER_TOKEN`, or the token file if one exists (it is not

@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod s3;
 pub mod serve;
+pub mod tls;
 pub mod tmpfs;
 pub mod tree;
 

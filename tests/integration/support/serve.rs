@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The bearer token test services use.
-pub const TOKEN: &str = "test-token-0123456789";
+pub const TOKEN: &str = "test-token-0123456789-0123456789-abcdef";
 
 /// A running `drainer serve`.
 pub struct Serve {
-    /// Base URL, `http://127.0.0.1:PORT`.
+    /// Base URL, `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub url: String,
     child: tokio::process::Child,
     client: reqwest::Client,
@@ -23,6 +23,8 @@ struct Launch {
     extra: Vec<String>,
     env: Vec<(String, String)>,
     port: u16,
+    /// The CA that signs its certificate, when it serves TLS (PEM).
+    ca: Option<String>,
 }
 
 impl Launch {
@@ -56,6 +58,32 @@ impl Serve {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             port: free_port(),
+            ca: None,
+        };
+        Self::launch(launch).await
+    }
+
+    /// Like [`Serve::start`], serving TLS with `cert` and `key` (PEM files of a certificate
+    /// for 127.0.0.1 that `ca` signs); its own client trusts `ca` only.
+    pub async fn start_tls(
+        data: &Path,
+        extra: &[&str],
+        (cert, key): (&Path, &Path),
+        ca: &super::tls::Ca,
+    ) -> Self {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend([
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+        ]);
+        let launch = Launch {
+            data: data.to_owned(),
+            extra,
+            env: Vec::new(),
+            port: free_port(),
+            ca: Some(ca.pem()),
         };
         Self::launch(launch).await
     }
@@ -83,13 +111,19 @@ impl Serve {
                     .unwrap(),
             );
         let child = cmd.spawn().expect("drainer serve starts");
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let scheme = match &launch.ca {
+            Some(ca) => {
+                let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes()).unwrap();
+                client = client.tls_certs_only(roots);
+                "https"
+            }
+            None => "http",
+        };
         let serve = Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             child,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            client: client.build().unwrap(),
             launch,
         };
         serve.wait_ready().await;

@@ -52,7 +52,8 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         args.drainer.url.trim_end_matches('/'),
         args.drain
     );
-    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR)?.with_header(
+    let roots = args.drainer.trust.roots()?;
+    let mut api = Api::new(&base, token, args.engine.store_timeout, RETRY_FOR, roots)?.with_header(
         drainer_core::protocol::OWNER_HEADER,
         drainer_core::ledger::process_owner(),
     );

@@ -324,7 +324,16 @@ fn mover_container(
         args: Some(args.iter().map(|a| (*a).to_owned()).collect()),
         // The root filesystem is read-only: temporary files (the previous snapshot's manifest,
         // spooled for an incremental copy) go to an emptyDir.
-        env: Some(vec![env("TMPDIR", "/tmp"), env("DRAINER_LOG", "info")]),
+        env: Some(
+            [env("TMPDIR", "/tmp"), env("DRAINER_LOG", "info")]
+                .into_iter()
+                .chain(
+                    spec.ca
+                        .as_ref()
+                        .map(|ca| env("DRAINER_CACERT_PEM", &ca.pem)),
+                )
+                .collect(),
+        ),
         resources: Some(ResourceRequirements {
             requests: Some(pair(&spec.cpu.request, &spec.memory.request)),
             limits: Some(pair(&spec.cpu.limit, &spec.memory.limit)),

@@ -36,6 +36,41 @@ pub struct MoverSpec {
     pub keep_failed_seconds: i32,
     /// Audience of the projected token.
     pub audience: String,
+    /// The CA bundle movers trust for an https service URL (`--mover-cacert`).
+    pub ca: Option<MoverCa>,
+}
+
+/// The CA bundle of `--mover-cacert`, which each mover Job gets in its environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoverCa {
+    /// Its file.
+    pub file: std::path::PathBuf,
+    /// The bundle, as read last.
+    pub pem: String,
+}
+
+impl MoverCa {
+    /// Reads `file`: a PEM bundle of at least one certificate.
+    pub fn read(file: &std::path::Path) -> Result<Self, String> {
+        let pem = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+        drainer_core::args::pem_certificates(pem.as_bytes())?;
+        Ok(Self {
+            file: file.to_owned(),
+            pem,
+        })
+    }
+
+    /// The bundle as its file holds it now (a rotated CA), or as read last when the file
+    /// cannot be read or holds no certificate now.
+    pub fn refreshed(&self) -> Self {
+        match Self::read(&self.file) {
+            Ok(now) => now,
+            Err(why) => {
+                tracing::warn!(file = %self.file.display(), error = %why, "cannot read --mover-cacert again; movers get the bundle read last");
+                self.clone()
+            }
+        }
+    }
 }
 
 /// A request and a limit of one resource.
@@ -103,6 +138,13 @@ impl MoverSpec {
             deadline_seconds: deadline,
             keep_failed_seconds: keep,
             audience: audience.to_owned(),
+            ca: match &args.mover_cacert {
+                Some(file) => Some(
+                    MoverCa::read(file)
+                        .map_err(|why| bad("mover-cacert", &file.display().to_string(), &why))?,
+                ),
+                None => None,
+            },
         })
     }
 }
@@ -241,8 +283,9 @@ fn is_label_key(key: &str) -> bool {
         && is_label_value(name)
 }
 
-/// Checks `--service-url`, which Kubernetes mode needs: where movers reach this drainer.
-pub fn check_service_url(url: Option<&str>) -> Result<String, Error> {
+/// Checks `--service-url`, which Kubernetes mode needs: where movers reach this drainer; a CA
+/// bundle for movers (`--mover-cacert`) needs an https URL.
+pub fn check_service_url(url: Option<&str>, ca: Option<&MoverCa>) -> Result<String, Error> {
     let url = url.ok_or_else(|| {
         Error::Config(
             "--service-url is needed in Kubernetes mode: the URL at which movers reach this \
@@ -255,6 +298,14 @@ pub fn check_service_url(url: Option<&str>) -> Result<String, Error> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(Error::Config(format!(
             "--service-url {url:?}: an http:// or https:// URL with a host"
+        )));
+    }
+    if let Some(ca) = ca
+        && parsed.scheme() != "https"
+    {
+        return Err(Error::Config(format!(
+            "--mover-cacert {} is for an https:// --service-url, not {url:?}",
+            ca.file.display()
         )));
     }
     Ok(url.trim_end_matches('/').to_owned())
@@ -400,16 +451,26 @@ mod tests {
     #[test]
     fn the_service_url_is_needed_and_checked() {
         assert_eq!(
-            check_service_url(Some("http://drainer.ns.svc:8080/")).unwrap(),
+            check_service_url(Some("http://drainer.ns.svc:8080/"), None).unwrap(),
             "http://drainer.ns.svc:8080"
         );
         assert!(
-            check_service_url(None)
+            check_service_url(None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("--service-url")
         );
-        assert!(check_service_url(Some("drainer:8080")).is_err());
-        assert!(check_service_url(Some("ftp://drainer")).is_err());
+        assert!(check_service_url(Some("drainer:8080"), None).is_err());
+        assert!(check_service_url(Some("ftp://drainer"), None).is_err());
+        let ca = MoverCa {
+            file: "/tls/ca.crt".into(),
+            pem: String::new(),
+        };
+        let plain = check_service_url(Some("http://drainer.ns.svc:8080"), Some(&ca));
+        assert!(plain.unwrap_err().to_string().contains("--mover-cacert"));
+        assert_eq!(
+            check_service_url(Some("https://drainer.ns.svc:8443"), Some(&ca)).unwrap(),
+            "https://drainer.ns.svc:8443"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The `/v1` handlers and the public endpoints (`/healthz`, `/readyz`, `/metrics`,
 //! `/v1/openapi.json`).
 
-use super::guard::{AdminAction, Granted, HandoffScope, ListScope, drain_not_found};
+use super::guard::{
+    Granted, HandoffScope, ListScope, OperatorAction, OrphanScope, drain_not_found,
+};
 use super::{AppState, Error, Query, json_body};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
@@ -235,13 +237,59 @@ fn drain_filter(query: &DrainQuery) -> Result<(DrainFilter, u32), Error> {
     Ok((filter, limit))
 }
 
+/// The parameters of a listing's query that say which namespace it asks for; the others are
+/// the handler's business (and `input`'s, which refuses those no route reads).
+#[derive(Debug, Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+    volume: Option<String>,
+}
+
+/// The namespace a listing asks for (`namespace`, or the namespace of `volume` for a
+/// listing of drains), as its guard must authorise it; `None` for every namespace.
+fn query_namespace(uri: &axum::http::Uri, volume: bool) -> Result<Option<String>, Error> {
+    let query = axum::extract::Query::<NamespaceQuery>::try_from_uri(uri)
+        .map_err(|rejection| Error::invalid(rejection.body_text()))?
+        .0;
+    if volume && let Some(v) = &query.volume {
+        let volume: VolumeId = v
+            .parse()
+            .map_err(|e: drainer_core::volume::InvalidName| Error::invalid(e.to_string()))?;
+        return Ok(Some(volume.namespace));
+    }
+    match query.namespace {
+        Some(ns) if !is_dns_label(&ns) => Err(Error::invalid(format!(
+            "namespace {ns:?} is not a valid RFC 1123 label"
+        ))),
+        namespace => Ok(namespace),
+    }
+}
+
+/// The namespace a listing of drains asks for: see [`query_namespace`].
+pub(super) fn listing_namespace(uri: &axum::http::Uri) -> Result<Option<String>, Error> {
+    query_namespace(uri, true)
+}
+
+/// The namespace a listing of orphaned volumes asks for; `None` for every namespace.
+pub(super) fn orphans_namespace(uri: &axum::http::Uri) -> Result<Option<String>, Error> {
+    query_namespace(uri, false)
+}
+
 pub(super) async fn list_drains(
     State(state): State<AppState>,
     scope: Granted<ListScope>,
     Query(query): Query<DrainQuery>,
 ) -> Result<impl IntoResponse, Error> {
     let (mut filter, limit) = drain_filter(&query)?;
-    filter.requested_by = scope.into_inner().requested_by;
+    let scope = scope.into_inner();
+    if scope.namespace.is_some() && filter.namespace != scope.namespace {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the listing asks for another namespace than the one granted",
+        ));
+    }
+    filter.requested_by = scope.requested_by;
     // One more than the page, to know whether there is a next one.
     let mut drains = state.shared().ledger.drains(&filter, limit + 1).await?;
     let next = (drains.len() > limit as usize).then(|| {
@@ -330,7 +378,7 @@ fn stop_attempt(shared: &super::Shared, drain: &Drain) {
 
 pub(super) async fn retry_drain(
     State(state): State<AppState>,
-    admin: Granted<AdminAction>,
+    admin: Granted<OperatorAction>,
     drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
     let by = admin.into_inner().by;
@@ -342,7 +390,7 @@ pub(super) async fn retry_drain(
 /// explicit, recorded `abandon`.
 pub(super) async fn cancel_drain(
     State(state): State<AppState>,
-    admin: Granted<AdminAction>,
+    admin: Granted<OperatorAction>,
     drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
     let drain = drain.into_inner();
@@ -377,7 +425,7 @@ const MAX_ABANDON_REASON: usize = 500;
 /// lets go of the claim (its hold and guard), so the claim's owners decide what happens to it.
 pub(super) async fn abandon_drain(
     State(state): State<AppState>,
-    admin: Granted<AdminAction>,
+    admin: Granted<OperatorAction>,
     drain: Granted<Drain>,
     body: Result<Json<AbandonBody>, JsonRejection>,
 ) -> Result<Json<DrainView>, Error> {
@@ -460,7 +508,7 @@ fn sweep_body(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Option<Swe
 
 pub(super) async fn sweep(
     State(state): State<AppState>,
-    _: Granted<AdminAction>,
+    _: Granted<OperatorAction>,
     Query(query): Query<SweepQuery>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
@@ -483,9 +531,12 @@ pub(super) async fn sweep(
 
 pub(super) async fn orphans(
     State(state): State<AppState>,
-    _: Granted<AdminAction>,
+    scope: Granted<OrphanScope>,
 ) -> Result<impl IntoResponse, Error> {
-    let orphans = state.shared().sweeper.orphans().await?;
+    let mut orphans = state.shared().sweeper.orphans().await?;
+    if let Some(ns) = scope.into_inner().namespace {
+        orphans.retain(|o| o.volume.split_once('/').is_some_and(|(of, _)| of == ns));
+    }
     Ok(Json(serde_json::json!({ "orphans": orphans })))
 }
 

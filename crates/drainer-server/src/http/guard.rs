@@ -4,7 +4,10 @@
 //! route is then registered through the `routes!` macro (in `http`) with its [`Action`], which wraps
 //! it in `authorize`: the caller's kind must be allowed the action at all
 //! ([`Action::allows`]), and for actions on one drain the drain is loaded and must be the
-//! caller's own when its reach is [`Reach::Own`]. What was checked reaches the handler as a
+//! caller's own when its reach is [`Reach::Own`], or granted by RBAC when it is
+//! [`Reach::Granted`] (a SubjectAccessReview through the [`crate::auth::Authority`], in the
+//! drain's namespace and with its id; a refusal is `403` naming the missing permission), or
+//! either for [`Reach::OwnOrGranted`]. What was checked reaches the handler as a
 //! [`Granted`] value, which only this module can make: a handler that takes a
 //! `Granted<Drain>` cannot run for a drain its caller may not touch. A route registered
 //! without an action has no grant to give its handler and fails (the route table test calls
@@ -50,11 +53,22 @@ impl<S: Send + Sync, T: Clone + Send + Sync + 'static> FromRequestParts<S> for G
     }
 }
 
-/// Whose drains a listing may show: everything, or the drains one principal asked for.
+/// Whose drains a listing may show: everything, one namespace's, or the drains one
+/// principal asked for.
 #[derive(Debug, Clone)]
 pub struct ListScope {
     /// `None` for everything.
     pub requested_by: Option<String>,
+    /// The namespace the listing was granted for (it must filter on exactly that one);
+    /// `None` for every namespace.
+    pub namespace: Option<String>,
+}
+
+/// Which orphaned volumes a listing may show: every namespace's (`None`) or one's.
+#[derive(Debug, Clone)]
+pub struct OrphanScope {
+    /// The namespace granted.
+    pub namespace: Option<String>,
 }
 
 /// A caller allowed to hand off volumes; the volumes themselves are checked with
@@ -82,7 +96,7 @@ impl HandoffScope {
                 auth::in_namespace(workload, &volumes)?;
                 state.shared().auth.may_hand_off(workload, &volumes).await?;
             }
-            Caller::Mover { .. } => {
+            Caller::Mover { .. } | Caller::User(_) => {
                 return Err(auth::forbidden(&self.caller, Action::Handoff).into());
             }
         }
@@ -120,14 +134,17 @@ async fn restorable(
             auth.may_restore(workload, &volume).await?;
             auth.namespace_life(workload, &volume.namespace).await?
         }
-        Caller::Mover { .. } => return Err(auth::forbidden(caller, Action::Restore).into()),
+        Caller::Mover { .. } | Caller::User(_) => {
+            return Err(auth::forbidden(caller, Action::Restore).into());
+        }
     };
     Ok(VolumeAccess(volume, life))
 }
 
-/// Admin-only actions need nothing more than being allowed; they are recorded with who asked.
+/// An operator action (retry, cancel, abandon, sweep), allowed to its caller; recorded with
+/// who asked.
 #[derive(Debug, Clone)]
-pub struct AdminAction {
+pub struct OperatorAction {
     /// The operator's principal, for the history.
     pub by: String,
 }
@@ -187,42 +204,195 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
         return Err(auth::forbidden(&caller, action).into());
     }
     let params = path_params(parts, &guard.state).await?;
-    let state = &guard.state;
+    let asked = Asked {
+        state: &guard.state,
+        caller: &caller,
+        action,
+        reach,
+    };
+    let by = || OperatorAction {
+        by: caller.principal(),
+    };
     let extensions = &mut parts.extensions;
     match action {
         Action::Handoff => {
-            extensions.insert(Granted(HandoffScope { caller }));
+            extensions.insert(Granted(HandoffScope {
+                caller: caller.clone(),
+            }));
         }
         Action::ListDrains => {
-            let requested_by = (reach == Reach::Own).then(|| caller.principal());
-            extensions.insert(Granted(ListScope { requested_by }));
+            let namespace = super::api::listing_namespace(&parts.uri)?;
+            extensions.insert(Granted(list_scope(&asked, namespace).await?));
         }
         Action::ReadDrain => {
-            let drain = own_drain(state, &caller, reach, action, &params).await?;
+            let drain = drain_for(&asked, &params).await?;
             extensions.insert(Granted(drain));
         }
-        Action::ChangeDrain => {
-            let drain = own_drain(state, &caller, reach, action, &params).await?;
-            extensions.insert(Granted(AdminAction {
-                by: caller.principal(),
-            }));
+        Action::RetryDrain | Action::CancelDrain | Action::AbandonDrain => {
+            let drain = drain_for(&asked, &params).await?;
+            extensions.insert(Granted(by()));
             extensions.insert(Granted(drain));
         }
-        Action::Sweep | Action::ListOrphans => {
-            extensions.insert(Granted(AdminAction {
-                by: caller.principal(),
-            }));
+        Action::Sweep => {
+            asked.require(None, None).await?;
+            extensions.insert(Granted(by()));
+        }
+        Action::ListOrphans => {
+            let namespace = super::api::orphans_namespace(&parts.uri)?;
+            asked.require(namespace.as_deref(), None).await?;
+            extensions.insert(Granted(OrphanScope { namespace }));
+        }
+        Action::ListSnapshots => {
+            let access = listable(&asked, &params).await?;
+            extensions.insert(Granted(access));
         }
         Action::Restore => {
-            let access = restorable(state, &caller, &params).await?;
+            let access = restorable(asked.state, &caller, &params).await?;
             extensions.insert(Granted(access));
         }
         Action::Stream => {
-            let streaming = streaming(state, &caller, reach, &params).await?;
+            let streaming = streaming(asked.state, &caller, reach, &params).await?;
             extensions.insert(Granted(streaming));
         }
     }
     Ok(())
+}
+
+/// One caller asking for one route's action: what RBAC must grant it.
+struct Asked<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    action: Action,
+    reach: Reach,
+}
+
+impl Asked<'_> {
+    /// The permission the caller lacks for the action on `namespace` (`None`: cluster-wide)
+    /// and the object `name`, or `None` if it has it (an admin has every one).
+    async fn lacks(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Option<auth::Permission>, Error> {
+        if self.reach == Reach::All {
+            return Ok(None);
+        }
+        let forbidden = || Error::from(auth::forbidden(self.caller, self.action));
+        let permission = self.action.on(namespace, name).ok_or_else(forbidden)?;
+        let subject = self.caller.subject().ok_or_else(forbidden)?;
+        let granted = self
+            .state
+            .shared()
+            .auth
+            .granted(&subject, &permission)
+            .await?;
+        if granted {
+            tracing::debug!(principal = %self.caller.principal(), %permission, "granted by RBAC");
+        }
+        Ok((!granted).then_some(permission))
+    }
+
+    /// Refuses the caller, naming the permission it lacks.
+    fn refuse(&self, missing: auth::Permission) -> Error {
+        auth::Denied::NotGranted {
+            principal: self.caller.principal(),
+            missing,
+        }
+        .into()
+    }
+
+    /// Whether the caller has the action's permission on `namespace` and `name`: `Ok`, or the
+    /// `403` naming what it lacks.
+    async fn require(&self, namespace: Option<&str>, name: Option<&str>) -> Result<(), Error> {
+        match self.lacks(namespace, name).await? {
+            None => Ok(()),
+            Some(missing) => Err(self.refuse(missing)),
+        }
+    }
+}
+
+/// What a listing of drains may show: everything for an admin; for the rest, the namespace
+/// asked for (every one if none is) when RBAC grants `list` there, or else, for a workload,
+/// the drains it asked for.
+async fn list_scope(asked: &Asked<'_>, namespace: Option<String>) -> Result<ListScope, Error> {
+    let everything = ListScope {
+        requested_by: None,
+        namespace: None,
+    };
+    if asked.reach == Reach::All {
+        return Ok(everything);
+    }
+    match asked.lacks(namespace.as_deref(), None).await? {
+        None => Ok(ListScope {
+            namespace,
+            ..everything
+        }),
+        Some(_) if asked.reach == Reach::OwnOrGranted => Ok(ListScope {
+            requested_by: Some(asked.caller.principal()),
+            namespace: None,
+        }),
+        Some(missing) => Err(asked.refuse(missing)),
+    }
+}
+
+/// The drain of the route, if the caller may act on it: any drain for a reach of `All`; the
+/// caller's own (a workload's drains it asked for, a mover's own drain) for `Own`; one that
+/// RBAC grants the action on (in the drain's namespace, by its id) for `Granted`. A drain
+/// the caller may not see answers 403, whether or not it exists, so ids cannot be probed:
+/// only a caller granted the action cluster-wide learns that a drain does not exist.
+async fn drain_for(asked: &Asked<'_>, params: &HashMap<String, String>) -> Result<Drain, Error> {
+    let (caller, action) = (asked.caller, asked.action);
+    let id = param(params, "id")?;
+    check_drain_id(id)?;
+    let ledger = &asked.state.shared().ledger;
+    let own = match (asked.reach, caller) {
+        (Reach::All, _) => true,
+        (Reach::Own | Reach::OwnOrGranted, Caller::Mover { drain }) => drain == id,
+        (Reach::Own | Reach::OwnOrGranted, _) => {
+            ledger.requested_by(id, &caller.principal()).await?
+        }
+        _ => false,
+    };
+    if own {
+        return ledger.drain(id).await?.ok_or_else(|| drain_not_found(id));
+    }
+    if asked.reach == Reach::Own {
+        return Err(auth::forbidden(caller, action).into());
+    }
+    match ledger.drain(id).await? {
+        Some(drain) => {
+            asked.require(Some(&drain.namespace), Some(id)).await?;
+            Ok(drain)
+        }
+        None => {
+            asked.require(None, Some(id)).await?;
+            Err(drain_not_found(id))
+        }
+    }
+}
+
+/// The volume whose snapshots the route lists, if the caller may see them: whoever may
+/// restore it (bound to the namespace life it may restore), or whoever RBAC grants `list` on
+/// `snapshots` in the volume's namespace, by the claim's name (every life).
+async fn listable(
+    asked: &Asked<'_>,
+    params: &HashMap<String, String>,
+) -> Result<VolumeAccess, Error> {
+    if asked.reach == Reach::All {
+        return restorable(asked.state, asked.caller, params).await;
+    }
+    if asked.reach == Reach::OwnOrGranted {
+        match restorable(asked.state, asked.caller, params).await {
+            Err(e) if e.status == StatusCode::FORBIDDEN => {}
+            answer => return answer,
+        }
+    }
+    let volume = VolumeId::new(param(params, "namespace")?, param(params, "pvc")?)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    asked
+        .require(Some(&volume.namespace), Some(&volume.name))
+        .await?;
+    Ok(VolumeAccess(volume, None))
 }
 
 async fn path_params(
@@ -261,31 +431,6 @@ pub(super) fn drain_not_found(id: &str) -> Error {
         "drain_not_found",
         format!("drain {id} does not exist"),
     )
-}
-
-/// The drain of the route, if the caller may act on it: any drain for a reach of `All`; for
-/// `Own`, the drains a workload asked for, or a mover's own drain. A drain the caller may not
-/// see answers 403, whether or not it exists, so ids cannot be probed.
-async fn own_drain(
-    state: &AppState,
-    caller: &Caller,
-    reach: Reach,
-    action: Action,
-    params: &HashMap<String, String>,
-) -> Result<Drain, Error> {
-    let id = param(params, "id")?;
-    check_drain_id(id)?;
-    let ledger = &state.shared().ledger;
-    if reach == Reach::Own {
-        let own = match caller {
-            Caller::Mover { drain } => drain == id,
-            _ => ledger.requested_by(id, &caller.principal()).await?,
-        };
-        if !own {
-            return Err(auth::forbidden(caller, action).into());
-        }
-    }
-    ledger.drain(id).await?.ok_or_else(|| drain_not_found(id))
 }
 
 /// How long a drain found copying is trusted without asking the ledger again (a mover sends

@@ -14,6 +14,7 @@ mod input;
 mod mover;
 pub mod recent;
 pub mod serve;
+pub mod tls;
 mod volumes;
 pub use input::Input;
 
@@ -148,12 +149,12 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/drains" => ListDrains, api::list_drains,
             Input::query(&["state", "namespace", "volume", "limit", "after"]);
         get "/drains/{id}" => ReadDrain, api::get_drain, NOTHING;
-        post "/drains/{id}/retry" => ChangeDrain, api::retry_drain, NOTHING;
-        post "/drains/{id}/cancel" => ChangeDrain, api::cancel_drain, NOTHING;
-        post "/drains/{id}/abandon" => ChangeDrain, api::abandon_drain, BODY;
+        post "/drains/{id}/retry" => RetryDrain, api::retry_drain, NOTHING;
+        post "/drains/{id}/cancel" => CancelDrain, api::cancel_drain, NOTHING;
+        post "/drains/{id}/abandon" => AbandonDrain, api::abandon_drain, BODY;
         post "/sweeps" => Sweep, api::sweep, Input::query_and_body(&["dry_run"]);
-        get "/orphans" => ListOrphans, api::orphans, NOTHING;
-        get "/volumes/{namespace}/{pvc}/snapshots" => Restore, volumes::snapshots, NOTHING;
+        get "/orphans" => ListOrphans, api::orphans, Input::query(&["namespace"]);
+        get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots, NOTHING;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object, KEY;
     );
     let (batch, batch_table) = routes!(state;
@@ -260,6 +261,8 @@ pub struct Error {
     code: &'static str,
     message: String,
     retry_after: Option<u32>,
+    /// The RBAC permission a `403` lacks, if RBAC could have granted the request.
+    missing: Option<Box<crate::auth::Permission>>,
 }
 
 impl Error {
@@ -270,6 +273,7 @@ impl Error {
             code,
             message: message.into(),
             retry_after: None,
+            missing: None,
         }
     }
 
@@ -281,7 +285,16 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(missing) = &self.missing {
+            body["error"]["missing"] = serde_json::json!({
+                "group": crate::auth::GROUP,
+                "verb": missing.verb,
+                "resource": missing.resource,
+                "namespace": missing.namespace,
+                "name": missing.name,
+            });
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -304,6 +317,10 @@ impl From<Denied> for Error {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
             }
             Denied::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
+            Denied::NotGranted { ref missing, .. } => Self {
+                missing: Some(Box::new(missing.clone())),
+                ..Self::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
+            },
             Denied::Throttled { retry_after } => Self {
                 retry_after: Some(retry_after),
                 ..Self::new(

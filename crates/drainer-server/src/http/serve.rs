@@ -6,10 +6,13 @@
 //! two chunks, and a connection's read buffer (so a request head) is at most
 //! [`READ_BUFFER`].
 //!
-//! HTTP/1.1 only (every client of drainer speaks it; HTTP/2 without TLS has no use here and
-//! would escape the head timeout). It must not decide anything about requests: that is the
-//! router's job.
+//! With TLS ([`super::tls`]), the handshake must end within [`Limits::header_timeout`] of the
+//! connection being accepted, so a client that never finishes it frees its slot.
+//!
+//! HTTP/1.1 only (every client of drainer speaks it; HTTP/2 has no use here and would escape
+//! the head timeout). It must not decide anything about requests: that is the router's job.
 
+use super::tls::ServerTls;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -40,8 +44,19 @@ pub struct Limits {
 }
 
 /// Serves `app` on `listener` within `limits` until `stop`, then lets the connections finish
-/// the requests under way and returns when they are all closed.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+/// the requests under way and returns when they are all closed. With `tls`, every connection
+/// is TLS, and its certificate files are watched for changes.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<ServerTls>>,
+    stop: CancellationToken,
+) {
+    let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(super::tls::RELOAD_EVERY, stop.clone()));
+    }
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut refusals = Refusals::default();
@@ -62,9 +77,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             drop(tcp);
             continue;
         };
-        let (app, stop) = (app.clone(), stop.clone());
+        let (app, stop, acceptor) = (app.clone(), stop.clone(), acceptor.clone());
         connections.spawn(async move {
-            serve_connection(tcp, app, limits, stop).await;
+            accepted_connection(tcp, acceptor, app, limits, stop).await;
             tracing::trace!(%peer, "connection closed");
             drop(slot);
         });
@@ -73,13 +88,46 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
     connections.wait().await;
 }
 
-/// Serves one connection until it closes, or until `stop` and the end of its request.
-async fn serve_connection(tcp: TcpStream, app: Router, limits: Limits, stop: CancellationToken) {
+/// Serves one accepted connection, over TLS when `acceptor` is given: its handshake must end
+/// within the header timeout, and before `stop`.
+async fn accepted_connection(
+    tcp: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    app: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
     // No Nagle: a response's head and body are separate writes, and a client's delayed ACK
     // would hold the body back 40 ms (every small object a restore reads through the API).
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
+    let Some(acceptor) = acceptor else {
+        return serve_connection(tcp, app, limits, stop).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        () = stop.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not finished within the header timeout");
+                return;
+            }
+        },
+    };
+    serve_connection(stream, app, limits, stop).await;
+}
+
+/// Serves one connection until it closes, or until `stop` and the end of its request.
+async fn serve_connection<Io>(io: Io, app: Router, limits: Limits, stop: CancellationToken)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let request = request.map(|body| TimeoutBody::new(body_timeout, body));
@@ -90,7 +138,7 @@ async fn serve_connection(tcp: TcpStream, app: Router, limits: Limits, stop: Can
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(READ_BUFFER);
-    let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,

@@ -1,9 +1,13 @@
 //! Every route of the API with every kind of caller, through the real router served on
 //! loopback: what the policy allows succeeds (for a mover, a real `drainer mover` run), the
-//! rest is refused with `403 forbidden`, and no route is left out.
+//! rest is refused with `403 forbidden`, and no route is left out. Operators (users of the
+//! cluster without a pod) get what a fake RBAC grants them: everything (`olga`), reading in
+//! namespace `shop` (`vic`), nothing (`sam`).
 
 use super::{AppState, RouteSpec, Shared, route_table, router};
-use crate::auth::{self, Action, Authority, Caller, Denied, PodIdentity, Workload};
+use crate::auth::{
+    self, Action, Authority, Caller, Denied, Permission, PodIdentity, Subject, Workload,
+};
 use drainer_core::ledger::{AttemptOutcome, Ledger};
 use drainer_core::lifecycle::AfterFailure;
 use drainer_core::store::{Store, StoreOptions};
@@ -45,6 +49,10 @@ impl Authority for Callers {
                 }),
             ),
             "job" => shop(JOB_USER, None),
+            "olga" | "vic" | "sam" => Caller::User(Subject {
+                user: token.into(),
+                groups: vec!["system:authenticated".into()],
+            }),
             "mover" => Caller::Mover {
                 drain: self.mover_drain.lock().unwrap().clone(),
             },
@@ -61,6 +69,19 @@ impl Authority for Callers {
             return auth::in_namespace(workload, volumes);
         }
         auth::own_mounts(workload, volumes)
+    }
+
+    /// A fake RBAC: `olga` may do anything anywhere; `vic` may `list` and `get` drainer's
+    /// resources in `shop`; nobody else anything.
+    async fn granted(&self, subject: &Subject, permission: &Permission) -> Result<bool, Denied> {
+        Ok(match subject.user.as_str() {
+            "olga" => true,
+            "vic" => {
+                matches!(permission.verb, "list" | "get")
+                    && permission.namespace.as_deref() == Some("shop")
+            }
+            _ => false,
+        })
     }
 
     /// The Job's ServiceAccount has an RBAC grant to restore in `shop`.
@@ -220,8 +241,8 @@ async fn drains(w: &World) -> Drains {
 /// The path of `route` with its parameters filled in for `drains`.
 fn path_of(route: &RouteSpec, drains: &Drains) -> String {
     let id = match route.action {
-        Action::ChangeDrain if route.path.ends_with("/retry") => &drains.failed,
-        Action::ChangeDrain => &drains.queued,
+        Action::RetryDrain => &drains.failed,
+        Action::CancelDrain | Action::AbandonDrain => &drains.queued,
         _ => &drains.mine,
     };
     route
@@ -261,7 +282,10 @@ async fn every_route_refuses_every_caller_the_policy_does_not_allow() {
                 (Action::ReadDrain, "pod" | "mover")
                     | (Action::Stream, "mover")
                     | (
-                        Action::Handoff | Action::ListDrains | Action::Restore,
+                        Action::Handoff
+                            | Action::ListDrains
+                            | Action::Restore
+                            | Action::ListSnapshots,
                         "pod" | "job"
                     )
             );
@@ -275,6 +299,42 @@ async fn every_route_refuses_every_caller_the_policy_does_not_allow() {
             } else {
                 assert_ne!(status, 403, "{route_name} is allowed: {body}");
                 assert_ne!(status, 401, "{route_name}: {body}");
+            }
+        }
+        for (token, granted) in [
+            ("olga", true),
+            // Reading in shop: the pod's drain and its volume's snapshots; listings of every
+            // namespace are not granted to vic.
+            (
+                "vic",
+                matches!(route.action, Action::ReadDrain | Action::ListSnapshots),
+            ),
+            ("sam", false),
+        ] {
+            let (status, body) = w
+                .api
+                .call(token, method_of(route), &path_of(route, &d), None)
+                .await;
+            let route_name = format!("{} {} as {token}", route.method, route.path);
+            let reach = route.action.allows(auth::CallerKind::User);
+            if reach == auth::Reach::None {
+                assert_eq!(status, 403, "{route_name}: {body}");
+                assert!(body["error"]["missing"].is_null(), "{route_name}: {body}");
+            } else if granted {
+                assert!(
+                    ![401, 403, 500].contains(&status),
+                    "{route_name}: {status} {body}"
+                );
+            } else {
+                let (verb, resource) = route.action.permission().unwrap();
+                assert_eq!(status, 403, "{route_name}: {body}");
+                let missing = &body["error"]["missing"];
+                assert_eq!(
+                    (missing["verb"].as_str(), missing["resource"].as_str()),
+                    (Some(verb), Some(resource)),
+                    "{route_name}: {body}"
+                );
+                assert_eq!(missing["group"], "drainer.io", "{route_name}");
             }
         }
         let (status, body) = w
@@ -328,6 +388,98 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         copying: Default::default(),
     });
     route_table(&state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_act_within_what_rbac_grants_and_are_named_in_the_history() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let missing = |body: &Value| body["error"]["missing"].clone();
+    // vic reads shop: its listing, one drain; no other namespace, not every one.
+    let (s, b) = w
+        .api
+        .call("vic", Method::GET, "/drains?namespace=shop", None)
+        .await;
+    assert_eq!(
+        (s, b["drains"].as_array().map(Vec::len)),
+        (200, Some(4)),
+        "{b}"
+    );
+    for (query, namespace) in [
+        ("?namespace=other", json!("other")),
+        ("?namespace=shop&volume=other/data", json!("other")),
+        ("", Value::Null),
+        ("?state=queued", Value::Null),
+    ] {
+        let (s, b) = w
+            .api
+            .call("vic", Method::GET, &format!("/drains{query}"), None)
+            .await;
+        assert_eq!(s, 403, "{query}: {b}");
+        assert_eq!(
+            missing(&b),
+            json!({"group": "drainer.io", "verb": "list", "resource": "drains",
+                   "namespace": namespace, "name": null}),
+            "{query}"
+        );
+    }
+    // Orphans: shop's, not every namespace's.
+    let (s, b) = w
+        .api
+        .call("vic", Method::GET, "/orphans?namespace=shop", None)
+        .await;
+    assert_ne!(s, 403, "{b}");
+    let (s, b) = w.api.call("vic", Method::GET, "/orphans", None).await;
+    assert_eq!(
+        (s, missing(&b)["resource"].as_str()),
+        (403, Some("orphans"))
+    );
+    // vic may not retry: the refusal names the verb, the drain and its namespace.
+    let retry = format!("/drains/{}/retry", d.failed);
+    let (s, b) = w.api.call("vic", Method::POST, &retry, None).await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(
+        missing(&b),
+        json!({"group": "drainer.io", "verb": "retry", "resource": "drains",
+               "namespace": "shop", "name": d.failed})
+    );
+    let unchanged = w.ledger.drain(&d.failed).await.unwrap().unwrap();
+    assert_eq!(unchanged.state, drainer_core::lifecycle::DrainState::Failed);
+    // An unknown drain: 403 to vic, whether or not it exists; 404 to olga (granted
+    // cluster-wide).
+    let unknown = "/drains/d-99999999999999999-00000000";
+    let (s, b) = w.api.call("vic", Method::GET, unknown, None).await;
+    assert_eq!((s, missing(&b)["namespace"].clone()), (403, Value::Null));
+    assert_eq!(w.api.call("olga", Method::GET, unknown, None).await.0, 404);
+    // olga retries and cancels; the history names her, not "admin".
+    let (s, b) = w.api.call("olga", Method::POST, &retry, None).await;
+    assert_eq!(s, 200, "{b}");
+    let cancel = format!("/drains/{}/cancel", d.queued);
+    let (s, b) = w.api.call("olga", Method::POST, &cancel, None).await;
+    assert_eq!(s, 200, "{b}");
+    for (id, what) in [
+        (&d.failed, "retried by user:olga"),
+        (&d.queued, "cancelled by user:olga"),
+    ] {
+        let (_, b) = w
+            .api
+            .call("vic", Method::GET, &format!("/drains/{id}"), None)
+            .await;
+        let history = b["history"].as_array().unwrap();
+        assert!(history.iter().any(|e| e["message"] == what), "{what}: {b}");
+    }
+    // sam, authenticated but granted nothing, gets nothing.
+    for (method, path) in [
+        (Method::GET, "/drains?namespace=shop".to_owned()),
+        (Method::GET, format!("/drains/{}", d.mine)),
+        (Method::POST, "/sweeps".to_owned()),
+    ] {
+        assert_eq!(
+            w.api.call("sam", method, &path, None).await.0,
+            403,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,6 +667,7 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
             url: w.api.url.clone(),
             token_file: "/nonexistent".into(),
             token: Some(token.to_owned()),
+            trust: Default::default(),
         };
         let volume: VolumeId = volume.parse().unwrap();
         let dest = dest.to_owned();
