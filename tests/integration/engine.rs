@@ -316,7 +316,9 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         let runs = ledger.runs(&volume).await.unwrap();
-        let running = runs.iter().find(|r| r.state == "running");
+        let running = runs
+            .iter()
+            .find(|r| r.state == drainer_core::ledger::RunState::Running);
         if let Some(run) = running
             && ledger.recorded_files(&run.id).await.unwrap() > 0
         {
@@ -343,7 +345,7 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     assert!(differences(&before, &still).is_empty());
 
     let runs = ledger.runs(&volume).await.unwrap();
-    assert_eq!(runs[0].state, "running");
+    assert_eq!(runs[0].state, drainer_core::ledger::RunState::Running);
     let recorded = ledger.recorded_files(&runs[0].id).await.unwrap() as u64;
     assert!(recorded > 0, "a checkpoint was recorded before the kill");
     assert!(

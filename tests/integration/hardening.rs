@@ -730,7 +730,7 @@ async fn wait_recorded(ledger: &drainer::Ledger, child: &mut tokio::process::Chi
             panic!("the copy ended ({status}) before the ledger showed a recorded file");
         }
         if let Some(run) = ledger.runs(&volume).await.unwrap().into_iter().next()
-            && run.state == "running"
+            && run.state == drainer_core::ledger::RunState::Running
             && ledger.recorded_files(&run.id).await.unwrap() > 0
         {
             return;

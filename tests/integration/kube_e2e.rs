@@ -1108,7 +1108,10 @@ async fn a_drainer_killed_mid_copy_completes_the_drain_with_one_run() -> Result<
         let volume: drainer::VolumeId = format!("{}/{pvc}", w.ns).parse()?;
         let runs = ledger.runs(&volume).await?;
         ensure!(runs.len() == 1, "runs: {runs:#?}");
-        ensure!(runs[0].state == "completed", "{runs:#?}");
+        ensure!(
+            runs[0].state == drainer_core::ledger::RunState::Completed,
+            "{runs:#?}"
+        );
         ensure!(runs[0].drain.as_deref() == Some(id.as_str()), "{runs:#?}");
 
         assert_restores_exactly(&w.store(), &w.ns, pvc, &source, w.work.as_path()).await;
@@ -1436,7 +1439,7 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             let runs = ledger.runs(&volume).await?;
             ensure!(
                 runs.len() == 1
-                    && runs[0].state == "completed"
+                    && runs[0].state == drainer_core::ledger::RunState::Completed
                     && runs[0].drain.as_deref() == Some(id),
                 "{pvc}: runs {runs:#?}"
             );

@@ -559,7 +559,10 @@ async fn check_drained_exactly_once(
         ensure!(of_claim == 1, "{pvc} has {of_claim} drains");
         let snapshot = drain["snapshot"].as_str().context("a snapshot")?;
         let runs = ledger.runs(&volume.parse()?).await?;
-        let completed: Vec<_> = runs.iter().filter(|r| r.state == "completed").collect();
+        let completed: Vec<_> = runs
+            .iter()
+            .filter(|r| r.state == drainer_core::ledger::RunState::Completed)
+            .collect();
         ensure!(
             completed.len() == 1
                 && completed[0].drain.as_deref() == Some(id)

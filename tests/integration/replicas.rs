@@ -170,7 +170,7 @@ async fn a_mover_streams_through_any_replica_and_loses_nothing_when_one_dies() {
             .await
             .unwrap()
             .into_iter()
-            .find(|r| r.state == "running")
+            .find(|r| r.state == drainer_core::ledger::RunState::Running)
         else {
             return 0;
         };

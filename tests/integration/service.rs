@@ -810,7 +810,7 @@ async fn a_mover_killed_mid_stream_resumes_without_sending_completed_files_again
             .await
             .unwrap()
             .into_iter()
-            .find(|r| r.state == "running")
+            .find(|r| r.state == drainer_core::ledger::RunState::Running)
         {
             let n = ledger.recorded_files(&run.id).await.unwrap();
             if n > 0 {
@@ -941,7 +941,7 @@ async fn relayed_upload_outlived(server: &crate::support::s3::S3Server, stale: S
             .await
             .unwrap()
             .into_iter()
-            .find(|r| r.state == "running")
+            .find(|r| r.state == drainer_core::ledger::RunState::Running)
         else {
             continue;
         };

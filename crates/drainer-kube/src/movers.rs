@@ -154,15 +154,25 @@ enum Ended {
     },
 }
 
+/// A mover that failed or did not finish: it may pass on another attempt.
 fn mover_error(drain: &Drain, reason: impl Into<String>) -> snapshot::Error {
-    snapshot::Error::Mover {
+    snapshot::Error::Executor {
         drain: drain.id.clone(),
         reason: reason.into(),
+        transient: true,
     }
 }
 
+/// An API call about a drain's mover that failed, as transient as the API's answer: a
+/// refusal (403, 422: an admission policy, a quota, an invalid Job) stays until something
+/// changes, so the drain is `failing` at once rather than after its quick retries; a
+/// conflict (409) passes once the object is read again.
 fn api_error(drain: &Drain) -> impl Fn(Error) -> snapshot::Error + '_ {
-    move |e| mover_error(drain, e.to_string())
+    move |e| snapshot::Error::Executor {
+        drain: drain.id.clone(),
+        transient: e.is_transient() || e.is_conflict(),
+        reason: e.to_string(),
+    }
 }
 
 fn ledger_error(e: drainer_core::ledger::Error) -> snapshot::Error {
@@ -180,9 +190,17 @@ fn claim_error(drain: &Drain, reason: String) -> snapshot::Error {
 /// A mover's failure, with who the mover ran as (when this attempt chose it).
 fn with_identity(error: snapshot::Error, chosen: Option<&Chosen>) -> snapshot::Error {
     match (error, chosen) {
-        (snapshot::Error::Mover { drain, reason }, Some(chosen)) => snapshot::Error::Mover {
+        (
+            snapshot::Error::Executor {
+                drain,
+                reason,
+                transient,
+            },
+            Some(chosen),
+        ) => snapshot::Error::Executor {
             drain,
             reason: format!("{reason} (the mover ran as {})", chosen.security.describe()),
+            transient,
         },
         (error, _) => error,
     }
@@ -462,7 +480,11 @@ impl JobMovers {
         else {
             return Ok(());
         };
-        let Some(owner) = run.owner.clone().filter(|_| run.state == "running") else {
+        let Some(owner) = run
+            .owner
+            .clone()
+            .filter(|_| run.state == drainer_core::ledger::RunState::Running)
+        else {
             return Ok(());
         };
         let Some(pod) = mover_pod_of_owner(&owner, &drain.id) else {
@@ -1029,5 +1051,46 @@ impl Settle {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(code: u16) -> Error {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": code, "message": "answer"})).unwrap();
+        Error::Api {
+            what: "creating Job mover-x".into(),
+            source: kube::Error::Api(Box::new(status)),
+        }
+    }
+
+    #[test]
+    fn an_api_refusal_is_permanent_and_an_outage_transient_across_the_executor_seam() {
+        let drain = fixtures::drain();
+        for (code, transient) in [
+            (400, false),
+            (403, false),
+            (422, false),
+            (409, true),
+            (429, true),
+            (500, true),
+            (503, true),
+        ] {
+            let error = api_error(&drain)(answered(code));
+            assert_eq!(error.is_transient(), transient, "HTTP {code}: {error}");
+            assert!(
+                error.to_string().contains(&drain.id) && error.to_string().contains("mover-x"),
+                "{error}"
+            );
+        }
+        let timeout = Error::Timeout {
+            what: "reading Job mover-x".into(),
+            seconds: 10,
+        };
+        assert!(api_error(&drain)(timeout).is_transient());
+        assert!(mover_error(&drain, "the mover pod failed").is_transient());
     }
 }

@@ -105,9 +105,10 @@ impl Executor for ExternalMovers {
                 return Ok(summary);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(snapshot::Error::Mover {
+                return Err(snapshot::Error::Executor {
                     drain: drain.id.clone(),
                     reason: format!("no mover finished within {} s", self.timeout.as_secs()),
+                    transient: true,
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -128,16 +129,19 @@ pub async fn completed_copy(
         .run_of_drain(&drain.id)
         .await
         .map_err(|e| snapshot::Error::Checkpoint(e.into()))?
-        .filter(|r| r.state == "completed" && r.store_url == store.url());
+        .filter(|r| {
+            r.state == drainer_core::ledger::RunState::Completed && r.store_url == store.url()
+        });
     let Some(run) = done else {
         return Ok(None);
     };
     let id: snapshot::SnapshotId =
         run.snapshot
             .parse()
-            .map_err(|reason| snapshot::Error::Mover {
+            .map_err(|reason| snapshot::Error::Executor {
                 drain: drain.id.clone(),
                 reason,
+                transient: true,
             })?;
     let summary = snapshot::resolve(
         store,
@@ -157,13 +161,14 @@ pub async fn completed_copy(
             tracing::warn!(error = %e, snapshot = %summary.snapshot, "cannot read which files the snapshot lists as unreadable");
             Vec::new()
         });
-        return Err(snapshot::Error::Mover {
+        return Err(snapshot::Error::Executor {
             drain: drain.id.clone(),
             reason: format!(
                 "snapshot {} is stored but incomplete: {}",
                 summary.snapshot,
                 snapshot::unreadable_list(summary.unreadable, &named)
             ),
+            transient: true,
         });
     }
     Ok(Some(summary))
@@ -349,9 +354,10 @@ impl Scheduler {
     ) -> (AttemptOutcome, Option<Milestone>) {
         let result = ended.unwrap_or_else(|panicked| {
             tracing::error!(error = %panicked, "the copy panicked; ending the attempt");
-            Err(snapshot::Error::Mover {
+            Err(snapshot::Error::Executor {
                 drain: drain.id.clone(),
                 reason: format!("the copy stopped unexpectedly ({panicked}); it is retried"),
+                transient: true,
             })
         });
         self.metrics.bytes_copied.inc_by(

@@ -67,8 +67,8 @@ pub struct RunRecord {
     pub volume: String,
     /// Snapshot written.
     pub snapshot: String,
-    /// `running` or `completed`.
-    pub state: String,
+    /// Whether it is still copying.
+    pub state: RunState,
     /// Attempts so far (1 + resumes).
     pub attempts: i64,
     /// Why the last attempt stopped, if it did.
@@ -79,6 +79,37 @@ pub struct RunRecord {
     pub drain: Option<String>,
     /// Who holds the run while it is running (none once released).
     pub owner: Option<String>,
+}
+
+/// Where a copy run is: the `state` column of `copy_runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Copying (or stopped mid-copy, to be resumed).
+    Running,
+    /// Its snapshot is committed.
+    Completed,
+}
+
+impl RunState {
+    /// The column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+        }
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "running" => Ok(RunState::Running),
+            "completed" => Ok(RunState::Completed),
+            other => Err(format!("unknown copy run state {other:?}")),
+        }
+    }
 }
 
 /// How long a copy run's lease lasts without being renewed.
@@ -158,7 +189,7 @@ impl Ledger {
         Ok(self
             .run_of_drain(drain)
             .await?
-            .filter(|r| r.state == "completed")
+            .filter(|r| r.state == RunState::Completed)
             .map(|r| r.snapshot))
     }
 }
@@ -176,7 +207,10 @@ where
         store_url: r.try_get("store_url")?,
         volume: r.try_get("volume")?,
         snapshot: r.try_get("snapshot_id")?,
-        state: r.try_get("state")?,
+        state: r
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         attempts: r.try_get("attempts")?,
         last_error: r.try_get("last_error")?,
         finished_ms: r.try_get("finished_at")?,

@@ -165,13 +165,16 @@ pub enum Error {
         /// Each unreadable file (path in the volume) and why.
         unreadable: Vec<(String, String)>,
     },
-    /// The mover working for a drain did not finish in time.
+    /// Whatever copies a drain outside this process (a mover, and what runs it) failed; whether
+    /// it may pass by itself is decided where it happened.
     #[error("drain {drain}: {reason}")]
-    Mover {
+    Executor {
         /// The drain.
         drain: String,
         /// What happened.
         reason: String,
+        /// Whether trying again may succeed without anything else changing.
+        transient: bool,
     },
     /// The part size cannot be hashed part by part.
     #[error("part size of {0} bytes: it must be a power of two of at least 1 KiB")]
@@ -278,7 +281,8 @@ impl Error {
         match self {
             Error::Store(e) => e.is_transient(),
             Error::Checkpoint(e) => e.is_transient(),
-            Error::Changed { .. } | Error::Mover { .. } => true,
+            Error::Changed { .. } => true,
+            Error::Executor { transient, .. } => *transient,
             _ => false,
         }
     }

@@ -60,7 +60,11 @@ async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, 
         .runs(volume)
         .await?
         .into_iter()
-        .find(|r| r.id == run && r.store_url == shared.store.url() && r.state == "running")
+        .find(|r| {
+            r.id == run
+                && r.store_url == shared.store.url()
+                && r.state == drainer_core::ledger::RunState::Running
+        })
         .ok_or_else(|| no_run(&format!("run {run} of {volume} is not running")))?;
     Ok(Run {
         id: record.id,
@@ -84,7 +88,9 @@ async fn writable_snapshot(state: &AppState, volume: &VolumeId) -> Result<Snapsh
         .runs(volume)
         .await?
         .into_iter()
-        .find(|r| r.store_url == shared.store.url() && r.state == "running")
+        .find(|r| {
+            r.store_url == shared.store.url() && r.state == drainer_core::ledger::RunState::Running
+        })
         .ok_or_else(|| no_run(&format!("{volume} has no running copy: start one first")))?;
     run.snapshot
         .parse()
