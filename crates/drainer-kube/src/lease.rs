@@ -432,4 +432,179 @@ mod tests {
         assert_eq!(renewed.renew_time, Some(MicroTime(now)));
         assert_eq!(renewed.lease_transitions, Some(3));
     }
+
+    // ---- Against a mock API server: the exact requests, and what each answer makes of them.
+
+    use crate::mock::{Exchange, Scenario, status};
+    use http::Method;
+    use serde_json::{Value, json};
+
+    const PATH: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/drainer-system/leases/drainer-sweeper";
+    const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/drainer-system/leases";
+
+    fn held_by(holder: &str, renewed: Timestamp, version: &str) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": SWEEPER_LEASE, "namespace": "drainer-system", "resourceVersion": version},
+            "spec": {
+                "holderIdentity": holder, "leaseDurationSeconds": 15,
+                "acquireTime": renewed.to_string(), "renewTime": renewed.to_string(),
+                "leaseTransitions": 3,
+            }
+        })
+    }
+
+    async fn take_with(exchanges: Vec<Exchange>) -> Result<Turn, Error> {
+        let (client, server) = Scenario(exchanges).serve(Duration::from_secs(5));
+        let lease = Lease::new(
+            client,
+            "drainer-system",
+            SWEEPER_LEASE,
+            "replica-a",
+            LEASE_DURATION,
+        );
+        let turn = lease.take().await;
+        server.await.unwrap();
+        turn
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_held_by_this_replica() {
+        let turn = take_with(vec![
+            Exchange::new(Method::GET, PATH, 404, status(404, "NotFound")),
+            Exchange::new(
+                Method::POST,
+                COLLECTION,
+                201,
+                held_by("replica-a", Timestamp::now(), "1"),
+            )
+            .checking(|body| {
+                assert_eq!(body["metadata"]["name"], SWEEPER_LEASE);
+                assert_eq!(body["spec"]["holderIdentity"], "replica-a");
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+                assert_eq!(body["spec"]["leaseTransitions"], 0);
+            }),
+        ])
+        .await;
+        assert_eq!(turn.unwrap(), Turn::Mine);
+    }
+
+    #[tokio::test]
+    async fn a_lease_another_replica_renewed_lately_is_left_alone() {
+        let turn = take_with(vec![Exchange::new(
+            Method::GET,
+            PATH,
+            200,
+            held_by("replica-b", Timestamp::now(), "7"),
+        )])
+        .await;
+        assert!(matches!(turn.unwrap(), Turn::Theirs { holder, .. } if holder == "replica-b"));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_the_version_read_and_a_lost_race_is_theirs() {
+        let stale = Timestamp::now() - SignedDuration::from_secs(60);
+        let replace = |answer: u16| {
+            Exchange::new(
+                Method::PUT,
+                PATH,
+                answer,
+                if answer == 200 {
+                    held_by("replica-a", Timestamp::now(), "8")
+                } else {
+                    status(answer, "Conflict")
+                },
+            )
+            .checking(|body| {
+                assert_eq!(
+                    body["metadata"]["resourceVersion"], "7",
+                    "a write without the version read could win a race"
+                );
+                assert_eq!(body["spec"]["holderIdentity"], "replica-a");
+                assert_eq!(
+                    body["spec"]["leaseTransitions"], 4,
+                    "a take-over is one more transition"
+                );
+            })
+        };
+        let won = take_with(vec![
+            Exchange::new(Method::GET, PATH, 200, held_by("replica-b", stale, "7")),
+            replace(200),
+        ])
+        .await;
+        assert_eq!(won.unwrap(), Turn::Mine);
+        let lost = take_with(vec![
+            Exchange::new(Method::GET, PATH, 200, held_by("replica-b", stale, "7")),
+            replace(409),
+        ])
+        .await;
+        assert!(matches!(lost.unwrap(), Turn::Theirs { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_api_server_error_is_a_transient_error_that_names_the_lease() {
+        let err = take_with(vec![Exchange::new(
+            Method::GET,
+            PATH,
+            503,
+            status(503, "ServiceUnavailable"),
+        )])
+        .await
+        .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string().contains("drainer-system/drainer-sweeper"),
+            "{err}"
+        );
+        let err = take_with(vec![Exchange::new(
+            Method::GET,
+            PATH,
+            403,
+            status(403, "Forbidden"),
+        )])
+        .await
+        .unwrap_err();
+        assert!(!err.is_transient(), "a refusal is not retried: {err}");
+    }
+
+    #[tokio::test]
+    async fn giving_up_clears_the_holder_only_of_this_replicas_lease() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(
+                Method::GET,
+                PATH,
+                200,
+                held_by("replica-a", Timestamp::now(), "9"),
+            ),
+            Exchange::new(Method::PUT, PATH, 200, held_by("", Timestamp::now(), "10")).checking(
+                |body| {
+                    assert!(
+                        body["spec"]
+                            .get("holderIdentity")
+                            .is_none_or(Value::is_null),
+                        "{body}"
+                    );
+                    assert_eq!(body["metadata"]["resourceVersion"], "9");
+                },
+            ),
+            Exchange::new(
+                Method::GET,
+                PATH,
+                200,
+                held_by("replica-b", Timestamp::now(), "11"),
+            ),
+        ])
+        .serve(Duration::from_secs(5));
+        let lease = Lease::new(
+            client,
+            "drainer-system",
+            SWEEPER_LEASE,
+            "replica-a",
+            LEASE_DURATION,
+        );
+        lease.give_up().await.unwrap();
+        lease.give_up().await.unwrap();
+        server.await.unwrap();
+    }
 }

@@ -27,6 +27,9 @@ pub mod retention;
 pub mod sweep;
 pub mod watch;
 
+#[cfg(test)]
+mod mock;
+
 pub use watch::Cluster;
 
 /// Errors of the Kubernetes side. Each carries the object it is about.

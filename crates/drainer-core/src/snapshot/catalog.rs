@@ -216,23 +216,6 @@ pub async fn read_latest(store: &Store, volume: &VolumeId) -> Result<Option<Snap
         .and_then(|summary| summary.snapshot.parse().ok()))
 }
 
-/// Reads the summary of snapshot `id`: `None` when it does not exist (not complete), an
-/// error when it cannot be read as a summary.
-pub async fn read_summary(
-    store: &Store,
-    layout: &VolumeLayout,
-    id: &SnapshotId,
-) -> Result<Option<SnapshotSummary>> {
-    let key = layout.summary(id);
-    match store.get_bytes(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| manifest_error(&key, e)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Reads the summary of snapshot `id` of `volume`: `None` when it does not exist (not
 /// complete), `Some(Err(why))` when it cannot be trusted (unreadable, or it describes another
 /// snapshot or volume).
