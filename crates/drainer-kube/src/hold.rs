@@ -298,4 +298,133 @@ mod tests {
         assert_eq!(without(serde_json::json!([other])), None);
         assert_eq!(without(serde_json::json!([])), None);
     }
+
+    // ---- Against a mock API server: the exact requests, and what each answer makes of them.
+
+    use crate::mock::{Exchange, Scenario, status};
+    use http::Method;
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    const MAPS: &str = "/api/v1/namespaces/shop/configmaps";
+    const MAP: &str = "/api/v1/namespaces/shop/configmaps/drainer-hold-d1";
+    const CLAIM: &str = "/api/v1/namespaces/shop/persistentvolumeclaims/data-web-4";
+
+    fn condemned() -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "data-web-4", "namespace": "shop", "uid": "claim-uid"}
+        }))
+        .unwrap()
+    }
+
+    fn map(labels: Value, uid: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "drainer-hold-d1", "namespace": "shop", "uid": uid, "labels": labels}})
+    }
+
+    fn ours() -> Value {
+        json!({MANAGED_BY.0: MANAGED_BY.1, DRAIN_LABEL: "d1"})
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_created_then_made_an_owner_of_the_claim_by_its_uid() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, MAPS, 201, map(ours(), "map-uid")).checking(|body| {
+                assert_eq!(body["metadata"]["name"], "drainer-hold-d1");
+                assert_eq!(body["metadata"]["labels"][DRAIN_LABEL], "d1");
+                assert_eq!(body["data"]["claim"], "data-web-4");
+            }),
+            Exchange::new(
+                Method::PATCH,
+                CLAIM,
+                200,
+                json!({"metadata": {"name": "data-web-4"}}),
+            )
+            .checking(|body| {
+                let owners = body["metadata"]["ownerReferences"].as_array().unwrap();
+                assert_eq!(
+                    owners.len(),
+                    1,
+                    "only the hold is sent: the patch merges by UID"
+                );
+                assert_eq!(owners[0]["kind"], "ConfigMap");
+                assert_eq!(owners[0]["uid"], "map-uid");
+            }),
+        ])
+        .serve(Duration::from_secs(5));
+        let name = hold(&client, "d1", &condemned()).await.unwrap();
+        assert_eq!(name, "drainer-hold-d1");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_configmap_of_the_holds_name_that_is_not_drainers_is_neither_adopted_nor_made_an_owner()
+     {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, MAPS, 409, status(409, "AlreadyExists")),
+            Exchange::new(Method::GET, MAP, 200, map(json!({}), "someone-elses")),
+        ])
+        .serve(Duration::from_secs(5));
+        let err = hold(&client, "d1", &condemned()).await.unwrap_err();
+        assert!(matches!(err, Error::NotOurs { .. }), "{err}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_gone_before_it_was_held_takes_its_new_hold_with_it() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, MAPS, 201, map(ours(), "map-uid")),
+            Exchange::new(Method::PATCH, CLAIM, 404, status(404, "NotFound")),
+            Exchange::new(Method::GET, MAP, 200, map(ours(), "map-uid")),
+            Exchange::new(Method::DELETE, MAP, 200, status(200, "Success")).checking(|body| {
+                assert_eq!(body["preconditions"]["uid"], "map-uid", "{body}");
+            }),
+        ])
+        .serve(Duration::from_secs(5));
+        let err = hold(&client, "d1", &condemned()).await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn releasing_a_live_claims_hold_takes_it_off_the_owners_under_the_claims_version_first() {
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-web-4", "namespace": "shop", "resourceVersion": "42",
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "set-uid"},
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "drainer-hold-d1", "uid": "map-uid"},
+            ]}});
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::GET, CLAIM, 200, claim.clone()),
+            Exchange::new(Method::PATCH, CLAIM, 200, claim).checking(|body| {
+                assert_eq!(body["metadata"]["resourceVersion"], "42");
+                let owners = body["metadata"]["ownerReferences"].as_array().unwrap();
+                assert_eq!(owners.len(), 1, "{body}");
+                assert_eq!(owners[0]["kind"], "StatefulSet");
+            }),
+            Exchange::new(Method::GET, MAP, 200, map(ours(), "map-uid")),
+            Exchange::new(Method::DELETE, MAP, 200, status(200, "Success")),
+        ])
+        .serve(Duration::from_secs(5));
+        release(&client, "shop", "data-web-4", "drainer-hold-d1", true)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hold_that_is_not_drainers_is_never_deleted() {
+        let (client, server) = Scenario(vec![Exchange::new(
+            Method::GET,
+            MAP,
+            200,
+            map(json!({"app": "other"}), "other-uid"),
+        )])
+        .serve(Duration::from_secs(5));
+        let err = delete_hold(&client, "shop", "drainer-hold-d1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotOurs { .. }), "{err}");
+        server.await.unwrap();
+    }
 }
