@@ -1,4 +1,4 @@
-//! Bounded under abuse (issue 21, item 4): a real `drainer serve` in local mode under attacks
+//! Bounded under abuse: a real `drainer serve` in local mode under attacks
 //! a client of the network can make without a token (half-open connections) or with one
 //! (slow bodies), while a well-behaved client keeps handing off. Each test prints the
 //! handoff latencies before and during the attack (`eprintln`, never a pass/fail on timing);

@@ -1,4 +1,4 @@
-//! What a hostile or careless user broke (issue 9), each case through the real `drainer`
+//! What a hostile or careless user could break, each case through the real `drainer`
 //! binary on real files and disks: names Kubernetes accepts, store URLs that meant `/`, files
 //! that grow while they are read, stores whose parts vanished, damaged catalogs, tampered
 //! manifests, failed restores, concurrent copies and sparse files.

@@ -1,4 +1,4 @@
-//! Issue 21, item 2 on kube-env: drainer's own rights cannot be turned against the cluster. The
+//! On kube-env: drainer's own rights cannot be turned against the cluster. The
 //! admission policies of `deploy/base/admission.yaml` are installed with drainer's
 //! ServiceAccount, its RBAC and the ConfigMap `drainer-movers` (as `deploy/overlays/kube-env`
 //! renders them, without the Deployment), and each test acts as whoever holds drainer's token

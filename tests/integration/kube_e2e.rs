@@ -1,4 +1,4 @@
-//! Issue 11 end to end on kube-env, with pods that run as processes and mover Jobs: a real
+//! Kubernetes mode end to end on kube-env, with pods that run as processes and mover Jobs: a real
 //! `drainer serve --kubernetes` on this machine watches the test's namespace and makes its
 //! copies with mover Jobs whose pods (the image of the binary under test, see
 //! `support::image`) reach it through the gate of `kube_movers` at the address pods reach this
@@ -719,7 +719,7 @@ async fn scale_down_drains(
     Ok((w, serve, drains))
 }
 
-/// The issue's main scenario with `whenScaled: Retain`: scaled 3 → 1, the four claims of
+/// The main scenario with `whenScaled: Retain`: scaled 3 → 1, the four claims of
 /// ordinals 6 and 7, handed off by their own pods from `preStop`, are copied by mover Jobs and
 /// each latest snapshot restores byte for byte to the claim's PV directory; the claims stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1313,7 +1313,7 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
-/// Issue 11's figure "50 PVCs orphaned at once": a StatefulSet of 50 pods without any hook is
+/// "50 PVCs orphaned at once": a StatefulSet of 50 pods without any hook is
 /// scaled to zero in one step; drainer (`--concurrent-drains 4`, no sweep) catches every
 /// condemned pod as it terminates, never runs more than 4 mover Jobs at once, and completes
 /// all 50 drains, each with one Job and one copy run, every latest snapshot restoring byte for
@@ -1530,7 +1530,7 @@ async fn fifty_claims_orphaned_at_once_with_delete_are_held_until_drained() -> R
     fifty_at_once("e2e-fifty-delete", "Delete").await
 }
 
-// ---- Issue 19: a claim is never given up before its data is safe, even while drainer is down.
+// ---- A claim is never given up before its data is safe, even while drainer is down.
 
 /// Whether claim `pvc` carries drainer's standing guard.
 async fn is_guarded(w: &World, pvc: &str) -> Result<bool> {
@@ -1576,7 +1576,7 @@ async fn wait_pods_gone_claims_kept(w: &World, pods: &[String], pvcs: &[String])
     .await
 }
 
-/// Issue 19, 6(a) and 3: drainer stopped (scaled to 0, or crash-looping), then a `whenScaled:
+/// drainer stopped (scaled to 0, or crash-looping), then a `whenScaled:
 /// Delete` StatefulSet scaled 4 → 1 (pods without any hook: nobody hands anything off), then
 /// back to 2 before drainer returns. The standing guards keep every claim while no drainer
 /// runs; back, drainer queues the claims of the two ordinals still scaled away within seconds
@@ -1671,7 +1671,7 @@ async fn a_scale_down_while_no_drainer_runs_loses_nothing() -> Result<()> {
     .await
 }
 
-/// Issue 19, 3: `drainer.io/drain: "false"` takes the guard off a claim; with drainer
+/// `drainer.io/drain: "false"` takes the guard off a claim; with drainer
 /// stopped, `drainer release-guards` (the uninstall step) lets go of every guard: the claims of
 /// the ordinal scaled away meanwhile are deleted by the collector as their policy asks,
 /// every other claim stays, without drainer's guard; `--dry-run` changes nothing.
@@ -1754,7 +1754,7 @@ async fn opting_out_or_releasing_the_guards_lets_the_collector_do_what_the_polic
     .await
 }
 
-/// Issue 19, 1, 4 and 6(b): the store unreachable for three minutes in the middle of a
+/// The store unreachable for three minutes in the middle of a
 /// `whenScaled: Delete` scale-down 3 → 1. The drains use up their attempts and are `failing`
 /// (a Warning Event on each claim), never `failed`: their claims stay held. Meanwhile someone
 /// deletes one drain's hold and strips the guard off a live claim: drainer puts both back and

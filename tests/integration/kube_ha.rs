@@ -1,4 +1,4 @@
-//! Issue 19, 6 (c) and (d): `deploy/overlays/ha` installed on kube-env as a user installs it
+//! Several replicas losing nothing: `deploy/overlays/ha` installed on kube-env as a user installs it
 //! (three drainer replicas sharing a PostgreSQL ledger and an S3 store), and a fault during a
 //! `whenScaled: Delete` scale-down of 30 claims: (c) one drainer pod killed (force-deleted:
 //! SIGKILL, no grace) every 20 s until every drain has completed; (d) PostgreSQL stopped and
@@ -742,7 +742,7 @@ async fn ha_scale_down(prefix: &str, fault: Fault) -> Result<()> {
     .await
 }
 
-/// Issue 19, 6 (c): `deploy/overlays/ha`, one drainer pod force-deleted every 20 s during a
+/// `deploy/overlays/ha`, one drainer pod force-deleted every 20 s during a
 /// 30-claim `whenScaled: Delete` scale-down: each claim is drained exactly once, restores
 /// exactly, and is deleted after; no hold is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,7 +750,7 @@ async fn ha_replicas_killed_every_20s_during_a_delete_scale_down_lose_nothing() 
     ha_scale_down("ha-kill", Fault::KillAReplicaEvery20s).await
 }
 
-/// Issue 19, 6 (d): `deploy/overlays/ha`, PostgreSQL stopped for 15 s and started again in the
+/// `deploy/overlays/ha`, PostgreSQL stopped for 15 s and started again in the
 /// middle of a 30-claim `whenScaled: Delete` scale-down: each claim is drained exactly once,
 /// restores exactly, and is deleted after; no hold is left; the replicas are Ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -606,7 +606,7 @@ async fn summary_of(w: &World, pvc: &str, id: &str) -> Result<Value> {
     Ok(summary)
 }
 
-/// Issue 21.1: a namespace deleted and created again with a claim of the same name and a pod
+/// A namespace deleted and created again with a claim of the same name and a pod
 /// mounting it does not restore the earlier namespace's data: the pod's listing shows only
 /// snapshots taken since its namespace was created, and reading an earlier one's objects is
 /// refused (403, naming the namespace's UID); the operator still sees and reads both; a

@@ -1,4 +1,4 @@
-//! Issue 21, item 7 on kube-env: operators without a shared secret. Users of the cluster are
+//! Operators without a shared secret, on kube-env. Users of the cluster are
 //! ServiceAccounts of their own namespace with tokens from `kubectl create token --audience
 //! drainer`; the ClusterRoles `drainer-view` and `drainer-operate` are those of
 //! `deploy/base` (renamed per test, so tests of other engineers installing `deploy/base` at

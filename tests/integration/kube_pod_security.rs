@@ -1,4 +1,4 @@
-//! Issue 19, item 2 on kube-env: mover Jobs in namespaces that enforce Pod Security. Each test
+//! Mover Jobs on kube-env in namespaces that enforce Pod Security. Each test
 //! labels its namespace `pod-security.kubernetes.io/enforce`, runs a StatefulSet `web` whose
 //! pods (processes, on this machine's root filesystem) write their own data, scales it down
 //! and lets a real `drainer serve --kubernetes` catch the condemned pods and copy their claims

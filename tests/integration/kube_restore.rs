@@ -1,4 +1,4 @@
-//! The data comes back on scale-up (issue 13), on kube-env with pods that run: a StatefulSet
+//! The data comes back on scale-up, on kube-env with pods that run: a StatefulSet
 //! with `whenScaled: Delete` whose pods restore their claim in an init container of drainer's
 //! image (the binary under test's, see `support::image`) (`drainer restore --drainer URL --volume NS/data-POD --if-empty --allow-missing /data`, the
 //! pod's projected token) and hand it off from a preStop hook (`drainer handoff`), as in

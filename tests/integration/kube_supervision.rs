@@ -1,4 +1,4 @@
-//! Issue 19, item 5 and the first of item 7, on kube-env with pods that run: `/readyz` means
+//! drainer's own health on kube-env with pods that run: `/readyz` means
 //! "can take handoffs". It turns false while a watch of the cluster is not synced (drainer's
 //! right to list pods taken away; the API server restarted) and true again once it has listed
 //! again, and no handoff acknowledged meanwhile is lost: every drain completes and restores

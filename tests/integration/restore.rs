@@ -1,4 +1,4 @@
-//! Restores (issue 13): through a drainer's API with the caller's token, resumable after
+//! Restores: through a drainer's API with the caller's token, resumable after
 //! SIGKILL or a failure, exact (hard links as hard links, sparse files sparse), the
 //! init-container flags (`--if-empty`, `--allow-missing`), point-in-time choice (`--before`,
 //! `drainer snapshots` naming the drain that made each snapshot), and bad input that gets one

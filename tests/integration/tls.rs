@@ -1,4 +1,4 @@
-//! TLS on drainer's API (issue 21, item 3), in local mode with certificates made in the test:
+//! TLS on drainer's API, in local mode with certificates made in the test:
 //! the clients verify the server with `--cacert` (handoff, mover, restore and sweep over
 //! https), an untrusted certificate is a one-line error naming the URL that changes nothing, a
 //! rotated certificate is served to new connections without a restart (a bad new pair is

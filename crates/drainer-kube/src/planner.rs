@@ -3,7 +3,7 @@
 //! becomes, and which claims a sweep finds orphaned. No I/O: the release tracker and the sweep
 //! hand these functions the objects their reflectors hold, and act on the answer.
 //!
-//! The facts they rest on (`../shared/DESIGN.md`): a StatefulSet `web` with claim templates
+//! The facts they rest on (how StatefulSets name and own their claims): a StatefulSet `web` with claim templates
 //! `data` and `logs` owns claims `data-web-N` and `logs-web-N`; ordinal `o` is live iff
 //! `start <= o < start + replicas` (`spec.ordinals.start`, default 0); a volume is orphaned
 //! when its ordinal is not live or its StatefulSet is gone, and no pod mounts it.

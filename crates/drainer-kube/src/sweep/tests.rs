@@ -1,4 +1,4 @@
-//! The sweep's pure decisions (table tests), and the figure of issue 11: a sweep over 1,000
+//! The sweep's pure decisions (table tests), and the sweep's cost: a sweep over 1,000
 //! claims in 100 StatefulSets, in memory (`cargo test --release --lib sweep_cpu -- --ignored
 //! --nocapture`, or `scripts/bench-sweep`).
 
