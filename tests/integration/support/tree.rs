@@ -35,7 +35,7 @@ fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     .unwrap_or_else(|e| panic!("mtime {}: {e}", path.display()));
 }
 
-/// Builds the awkward tree of issue 2 under `root` (created): every kind of entry and name
+/// Builds an awkward tree under `root` (created): every kind of entry and name
 /// that must round-trip, plus special files that must be listed as skipped. `big` is the size
 /// of one file large enough to need a multipart upload.
 pub fn awkward(root: &Path, big: usize) -> PathBuf {
