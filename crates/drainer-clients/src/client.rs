@@ -143,7 +143,7 @@ impl Api {
 
     /// The same client, reading its token again from `file` every minute (the token given to
     /// [`Api::new`] was read from it): a rotated token is picked up.
-    pub fn with_token_file(mut self, file: std::path::PathBuf) -> Self {
+    pub(crate) fn with_token_file(mut self, file: std::path::PathBuf) -> Self {
         let current = self.token.get();
         self.token = std::sync::Arc::new(Token {
             file: Some(file),
@@ -153,7 +153,7 @@ impl Api {
     }
 
     /// The same client, sending header `name: value` with every request.
-    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Self {
         self.identity = Some((name, value));
         self
     }
@@ -169,7 +169,7 @@ impl Api {
     }
 
     /// Sends the request `build` makes, once, and checks the status.
-    pub async fn send_once(
+    pub(crate) async fn send_once(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {

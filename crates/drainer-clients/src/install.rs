@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The loader's name in the directory (as well as its own, e.g. `ld-linux-x86-64.so.2`).
-pub const LOADER: &str = "ld.so";
+pub(crate) const LOADER: &str = "ld.so";
 
 /// Copies this binary (and its loader and libraries) into `dir`; prints how to run the copy.
 pub fn run(dir: &Path) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@
 //! types of `drainer_core::protocol`.
 
 pub mod args;
-pub mod batching;
+pub(crate) mod batching;
 pub mod client;
 pub mod handoff;
 pub mod install;

@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long a request that may succeed later is sent again.
-pub const RETRY_FOR: Duration = Duration::from_secs(120);
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Batches of small reads on their way at once.
 const READ_BATCHES_IN_FLIGHT: usize = 4;
 /// Files a restore through the API writes at once when `--concurrency` is not given: enough

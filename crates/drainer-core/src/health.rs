@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// it starts is restarted a sixth time about a minute after its first failure.
 pub const RESTARTS_TOLERATED: usize = 5;
 /// The window in which restarts count against [`RESTARTS_TOLERATED`].
-pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
 /// The service's state, shared by everything that reports and reads it; cheap to clone.
 #[derive(Clone, Debug, Default)]

@@ -109,7 +109,7 @@ pub enum Event {
 }
 
 /// Every event (for exhaustive tests).
-pub const ALL_EVENTS: [Event; 14] = [
+pub(crate) const ALL_EVENTS: [Event; 14] = [
     Event::Orphaned,
     Event::StillInUse,
     Event::ReleaseTimedOut,

@@ -30,7 +30,7 @@ fn drain_policy(cap: Duration) -> ExponentialBackoff {
 /// How long to wait after the `attempts`-th failed attempt of a drain (exponential from 2 s,
 /// jittered, never longer than `cap`). Computed from the attempt count so it survives
 /// restarts.
-pub fn drain_delay(attempts: u32, cap: Duration) -> Duration {
+pub(crate) fn drain_delay(attempts: u32, cap: Duration) -> Duration {
     let mut policy = drain_policy(cap);
     let mut delay = DRAIN_INITIAL.min(cap);
     for _ in 0..attempts.clamp(1, 32) {
@@ -41,7 +41,7 @@ pub fn drain_delay(attempts: u32, cap: Duration) -> Duration {
 
 /// How long a `failing` drain waits after its `attempts`-th attempt: the same backoff, at
 /// least a minute, never longer than `cap`.
-pub fn failing_delay(attempts: u32, cap: Duration) -> Duration {
+pub(crate) fn failing_delay(attempts: u32, cap: Duration) -> Duration {
     drain_delay(attempts, cap).max(FAILING_FLOOR).min(cap)
 }
 
@@ -61,7 +61,7 @@ pub fn restart_policy(initial: Duration, max: Duration) -> ExponentialBackoff {
 }
 
 /// First delay before a failed watch lists again.
-pub const RELIST_INITIAL: Duration = Duration::from_secs(1);
+pub(crate) const RELIST_INITIAL: Duration = Duration::from_secs(1);
 /// Longest delay before a failed watch lists again.
 pub const RELIST_MAX: Duration = Duration::from_secs(30);
 

@@ -359,7 +359,7 @@ impl Store {
     }
 
     /// Wraps an `object_store` error with this store's URL.
-    pub fn backend_error(&self, source: object_store::Error) -> Error {
+    pub(crate) fn backend_error(&self, source: object_store::Error) -> Error {
         Error::Backend {
             url: self.url.clone(),
             source,
@@ -367,7 +367,7 @@ impl Store {
     }
 
     /// Reads a whole (small) object.
-    pub async fn get_bytes(&self, key: &Path) -> Result<bytes::Bytes> {
+    pub(crate) async fn get_bytes(&self, key: &Path) -> Result<bytes::Bytes> {
         let get = async { self.objects.get(key).await?.bytes().await };
         self.call("get", key, get).await
     }
@@ -379,7 +379,7 @@ impl Store {
     }
 
     /// Checks that the store answers and accepts writes, by writing and deleting a probe object.
-    pub async fn probe_writable(&self) -> Result<()> {
+    pub(crate) async fn probe_writable(&self) -> Result<()> {
         let key = self
             .root
             .clone()

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 /// How supervised tasks are started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Restart {
+pub(crate) struct Restart {
     /// The first delay after a task ended.
     pub initial: Duration,
     /// The longest delay.
@@ -64,12 +64,13 @@ impl Supervisor {
 
     /// A supervisor of its own, for tasks whose owner nobody reports on (a ledger opened by a
     /// command or a test): they are still restarted, and stop with their owner.
-    pub fn unattended() -> Self {
+    pub(crate) fn unattended() -> Self {
         Self::new(CancellationToken::new(), Health::default())
     }
 
     /// The same, starting tasks again with `restart`.
-    pub fn with_restart(self, restart: Restart) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_restart(self, restart: Restart) -> Self {
         Self { restart, ..self }
     }
 
@@ -79,7 +80,7 @@ impl Supervisor {
     }
 
     /// The token that stops every task of this supervisor.
-    pub fn stop_token(&self) -> &CancellationToken {
+    pub(crate) fn stop_token(&self) -> &CancellationToken {
         &self.stop
     }
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
 
 /// Kubernetes mode's admission of handoffs.
-pub struct KubeAdmission {
+pub(crate) struct KubeAdmission {
     /// The cluster.
     pub cluster: Cluster,
     /// Where holds are recorded.

@@ -22,7 +22,7 @@ pub async fn connect() -> Result<Client, super::Error> {
 }
 
 /// The client of [`connect`] for a given configuration.
-pub fn from_config(config: Config) -> Result<Client, super::Error> {
+pub(crate) fn from_config(config: Config) -> Result<Client, super::Error> {
     let failed =
         |what: &str, e: &dyn std::fmt::Display| super::Error::Config(format!("{what}: {e}"));
     if config.proxy_url.is_some() {

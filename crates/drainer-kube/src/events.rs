@@ -28,17 +28,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The `reportingController` of drainer's Events.
-pub const REPORTING_CONTROLLER: &str = "drainer.io/drainer";
+pub(crate) const REPORTING_CONTROLLER: &str = "drainer.io/drainer";
 /// The claim annotation naming its last snapshot.
 pub const LAST_SNAPSHOT: &str = "drainer.io/last-snapshot";
 /// The claim annotation with the time of its last snapshot (RFC 3339).
 pub const LAST_SNAPSHOT_TIME: &str = "drainer.io/last-snapshot-time";
 /// How long a repeated event counts up its first one's series instead of being recorded again.
-pub const SERIES_WINDOW: Duration = Duration::from_secs(10 * 60);
+pub(crate) const SERIES_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// The most events remembered for series.
 const REMEMBERED: usize = 4096;
 /// How many drains' Events are being recorded at once.
-pub const EVENTS_AT_ONCE: usize = 2;
+pub(crate) const EVENTS_AT_ONCE: usize = 2;
 /// The longest note the API accepts.
 const MAX_NOTE: usize = 1024;
 
@@ -244,7 +244,7 @@ impl KubeEvents {
 
     /// Records a Warning Event `reason` saying `note` on `claim`, outside any drain (a guard
     /// someone else removed from a claim no drain is working on).
-    pub async fn warn_claim(
+    pub(crate) async fn warn_claim(
         &self,
         claim: &PersistentVolumeClaim,
         reason: &'static str,

@@ -76,7 +76,7 @@ impl Policy {
     }
 
     /// Whether the policy deletes claims in some case (and so needs a guard).
-    pub fn deletes_any(self) -> bool {
+    pub(crate) fn deletes_any(self) -> bool {
         self.when_scaled_deletes || self.when_deleted_deletes
     }
 
@@ -116,7 +116,7 @@ impl Policy {
 
 /// What a claim's guard should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Assessment {
+pub(crate) enum Assessment {
     /// Not drainer's business (its StatefulSet deletes no claims, it is no StatefulSet's, or
     /// it is being deleted): left as it is.
     Leave,
@@ -136,7 +136,7 @@ pub enum Assessment {
 }
 
 /// The guard reference a claim in `namespace` (with Namespace UID `uid`) carries.
-pub fn guard_ref(namespace: &str, uid: &str) -> OwnerReference {
+pub(crate) fn guard_ref(namespace: &str, uid: &str) -> OwnerReference {
     OwnerReference {
         api_version: "v1".to_owned(),
         kind: "Namespace".to_owned(),
@@ -168,7 +168,7 @@ fn has_guard_ref(claim: &PersistentVolumeClaim) -> bool {
 }
 
 /// The policy drainer's guard annotation records on `claim`.
-pub fn recorded_policy(claim: &PersistentVolumeClaim) -> Option<Policy> {
+pub(crate) fn recorded_policy(claim: &PersistentVolumeClaim) -> Option<Policy> {
     claim
         .metadata
         .annotations
@@ -178,7 +178,7 @@ pub fn recorded_policy(claim: &PersistentVolumeClaim) -> Option<Policy> {
 }
 
 /// Decides what `claim`'s guard should be, from the StatefulSets of its namespace.
-pub fn assess(claim: &PersistentVolumeClaim, sets: &[&StatefulSet]) -> Assessment {
+pub(crate) fn assess(claim: &PersistentVolumeClaim, sets: &[&StatefulSet]) -> Assessment {
     let guarded = recorded_policy(claim).is_some() || has_guard_ref(claim);
     let not_wanted = if guarded {
         Assessment::Unguard
@@ -259,7 +259,7 @@ fn assess_without_set(claim: &PersistentVolumeClaim, guarded: bool) -> Assessmen
 
 /// The claim's metadata patch that adds the guard (guarded by its resourceVersion, so a claim
 /// that changed, or another claim of the same name, is never patched on a stale view).
-pub fn guard_patch(
+pub(crate) fn guard_patch(
     claim: &PersistentVolumeClaim,
     namespace_uid: &str,
     policy: Policy,
@@ -282,7 +282,7 @@ pub fn guard_patch(
 }
 
 /// The claim's metadata patch that takes the guard off (its resourceVersion a precondition).
-pub fn unguard_patch(claim: &PersistentVolumeClaim) -> serde_json::Value {
+pub(crate) fn unguard_patch(claim: &PersistentVolumeClaim) -> serde_json::Value {
     let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
     let owners: Vec<OwnerReference> = claim
         .metadata
@@ -321,7 +321,10 @@ async fn patch_claim(
 /// yet, as the reconciler would on its next pass; for the handoff path, which must not answer
 /// for a claim that the collector could still delete while no drainer runs. Returns whether
 /// it patched; a claim changed since it was read is a conflict error (read it again).
-pub async fn guard_now(cluster: &Cluster, claim: &PersistentVolumeClaim) -> Result<bool, Error> {
+pub(crate) async fn guard_now(
+    cluster: &Cluster,
+    claim: &PersistentVolumeClaim,
+) -> Result<bool, Error> {
     if is_guarded(claim) || claim.metadata.deletion_timestamp.is_some() {
         return Ok(false);
     }
@@ -344,7 +347,10 @@ pub async fn guard_now(cluster: &Cluster, claim: &PersistentVolumeClaim) -> Resu
 }
 
 /// Takes drainer's guard off `claim` (nothing to do if it has none).
-pub async fn unguard(client: &kube::Client, claim: &PersistentVolumeClaim) -> Result<(), Error> {
+pub(crate) async fn unguard(
+    client: &kube::Client,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), Error> {
     if recorded_policy(claim).is_none() && !has_guard_ref(claim) {
         return Ok(());
     }
@@ -382,7 +388,7 @@ async fn namespace_uids(
 
 /// What one look at every claim did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pass {
+pub(crate) struct Pass {
     /// Claims looked at.
     pub claims: usize,
     /// Guards added (or put back).
@@ -419,7 +425,7 @@ enum Change {
 /// The guard reconciler: runs on every replica (the patches are idempotent and guarded by
 /// resourceVersion).
 #[derive(Clone)]
-pub struct Guards {
+pub(crate) struct Guards {
     /// The cluster.
     pub cluster: Cluster,
     /// The ledger (is a condemned claim's data safe yet?).
@@ -706,7 +712,7 @@ pub struct Released {
 /// deletes (scaled away with `whenScaled: Delete`, its StatefulSet gone with `whenDeleted:
 /// Delete`) is given a hold if it has none, loses its guard, and its holds are deleted, so
 /// the collector deletes it as the policy asked. With `dry_run` nothing is changed.
-pub async fn release_all(
+pub(crate) async fn release_all(
     client: &kube::Client,
     namespaces: &[String],
     dry_run: bool,

@@ -25,7 +25,7 @@ pub const DRAIN_LABEL: &str = "drainer.io/drain";
 /// Whether the garbage collector may delete `claim` when an owner goes: it has an owner (a
 /// condemned pod, or a StatefulSet with `whenDeleted: Delete`). A claim that only drainer's
 /// standing guard owns needs no hold until it is let go ([`super::guard`]).
-pub fn needs_hold(claim: &PersistentVolumeClaim) -> bool {
+pub(crate) fn needs_hold(claim: &PersistentVolumeClaim) -> bool {
     claim
         .metadata
         .owner_references
@@ -148,7 +148,11 @@ pub async fn release(
 
 /// Deletes hold `name` if it is drainer's (its labels), with a UID precondition: a ConfigMap
 /// that took its name since drainer looked is never deleted. Gone already is done.
-pub async fn delete_hold(client: &kube::Client, namespace: &str, name: &str) -> Result<(), Error> {
+pub(crate) async fn delete_hold(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let what = format!("release hold {namespace}/{name}");
     let Some(map) = call(what.clone(), maps.get_opt(name)).await? else {
@@ -177,7 +181,7 @@ pub async fn delete_hold(client: &kube::Client, namespace: &str, name: &str) -> 
 
 /// Whether `map` is drainer's hold of drain `drain`: it carries drainer's label and the
 /// drain's.
-pub fn is_hold_of(map: &ConfigMap, drain: &str) -> bool {
+pub(crate) fn is_hold_of(map: &ConfigMap, drain: &str) -> bool {
     let labels = map.metadata.labels.as_ref();
     let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
     !drain.is_empty()

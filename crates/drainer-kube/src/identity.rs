@@ -47,12 +47,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a successful TokenReview is reused.
-pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+pub(crate) const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// How long a SubjectAccessReview's answer, a grant or a refusal, is reused (a binding
 /// removed stops granting within this time).
-pub const ACCESS_TTL: Duration = Duration::from_secs(5);
+pub(crate) const ACCESS_TTL: Duration = Duration::from_secs(5);
 /// Most SubjectAccessReview answers kept.
-pub const ACCESS_MAX: usize = 10_000;
+pub(crate) const ACCESS_MAX: usize = 10_000;
 /// How long a mover pod, at one version of it, is trusted without reading it again.
 const MOVER_CHECK_TTL: Duration = Duration::from_secs(60);
 pub use drainer_server::auth::GROUP;
@@ -118,7 +118,7 @@ impl TokenReviews {
     }
 
     /// The same authority with these limits on reviews of unknown tokens.
-    pub fn with_gate(self, limits: GateLimits) -> Self {
+    pub(crate) fn with_gate(self, limits: GateLimits) -> Self {
         Self {
             gate: ReviewGate::new(limits),
             ..self

@@ -21,18 +21,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The name of the sweeper Lease.
-pub const SWEEPER_LEASE: &str = "drainer-sweeper";
+pub(crate) const SWEEPER_LEASE: &str = "drainer-sweeper";
 
 /// How long the sweeper Lease lasts unless renewed: how long the scheduled sweeps may wait for
 /// a replica that died holding it.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// How often a replica tries to take or renew the sweeper Lease.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// The namespace of drainer's own Lease: `--pod-namespace` if given, else the client's
 /// default namespace (in a pod, the ServiceAccount's namespace file; else the kubeconfig's).
-pub fn own_namespace(args: &crate::args::KubeArgs, client: &kube::Client) -> String {
+pub(crate) fn own_namespace(args: &crate::args::KubeArgs, client: &kube::Client) -> String {
     args.pod_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned())
@@ -225,7 +225,7 @@ impl Lease {
 /// Whether the Lease, last taken or renewed by this replica at `renewed` (the instant before
 /// the call that did it), is still this replica's at `now`: until `margin` before it could
 /// expire, so a replica stops acting as the holder before another may take over.
-pub fn still_mine(
+pub(crate) fn still_mine(
     renewed: Option<std::time::Instant>,
     now: std::time::Instant,
     duration: Duration,

@@ -88,13 +88,13 @@ impl Error {
     }
 
     /// Whether the API said the object exists already.
-    pub fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409)
     }
 }
 
 /// How long one call to the API server may take.
-pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs one API call with [`API_TIMEOUT`], naming `what` in its error.
 pub async fn call<T>(

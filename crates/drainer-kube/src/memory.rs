@@ -45,7 +45,7 @@ pub fn remembered(set: &StatefulSet) -> Option<RememberedSet> {
 
 /// The sets of `seen` that `written` (what the ledger holds, by UID) does not hold as they
 /// are: new ones, and known ones whose name, templates or opt-out changed.
-pub fn to_write(
+pub(crate) fn to_write(
     seen: impl IntoIterator<Item = RememberedSet>,
     written: &HashMap<String, RememberedSet>,
 ) -> Vec<RememberedSet> {
@@ -80,7 +80,7 @@ impl SetSightings {
 
     /// What one StatefulSet watch tells the memory: every set it lists, sees change, or sees
     /// deleted (as it was last).
-    pub fn follower(&self) -> impl FnMut(&watcher::Event<StatefulSet>) + Send + 'static {
+    pub(crate) fn follower(&self) -> impl FnMut(&watcher::Event<StatefulSet>) + Send + 'static {
         let out = self.clone();
         move |event| match event {
             watcher::Event::Apply(set)

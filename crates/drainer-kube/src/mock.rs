@@ -11,7 +11,7 @@ use std::time::Duration;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// One request the code under test must make, and the API server's answer to it.
-pub struct Exchange {
+pub(crate) struct Exchange {
     /// The method expected.
     pub method: Method,
     /// The path expected (without the query).
@@ -37,7 +37,7 @@ impl Exchange {
     }
 
     /// The same, with the request's body checked by `check`.
-    pub fn checking(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
+    pub(crate) fn checking(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
         self.check = Box::new(check);
         self
     }
@@ -52,7 +52,7 @@ pub fn status(code: u16, reason: &str) -> Value {
 }
 
 /// The exchanges a test expects, in order.
-pub struct Scenario(pub Vec<Exchange>);
+pub(crate) struct Scenario(pub Vec<Exchange>);
 
 impl Scenario {
     /// A client whose requests this scenario answers, and the task that answers them; await

@@ -89,7 +89,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 const COMPLETION_GRACE: Duration = Duration::from_secs(10);
 
 /// Kubernetes mode's `Executor`: each attempt of a drain is a mover Job (see the module doc).
-pub struct JobMovers {
+pub(crate) struct JobMovers {
     cluster: Cluster,
     ledger: Ledger,
     store: Store,

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// The annotation or label that opts a StatefulSet or claim out of drains (`"false"`).
-pub const OPT_OUT: &str = "drainer.io/drain";
+pub(crate) const OPT_OUT: &str = "drainer.io/drain";
 
 /// A claim's place in a StatefulSet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct SetClaim {
 }
 
 /// The ordinals of a StatefulSet that are live: `start .. start + replicas`.
-pub fn live_ordinals(set: &StatefulSet) -> std::ops::Range<i32> {
+pub(crate) fn live_ordinals(set: &StatefulSet) -> std::ops::Range<i32> {
     let spec = &set.spec;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let start = spec
@@ -56,7 +56,7 @@ pub fn templates(set: &StatefulSet) -> Vec<String> {
 /// Which StatefulSet among `sets` (all in the claim's namespace) owns the claim `name`, by
 /// the `TEMPLATE-SET-ORDINAL` pattern: every template and set name is tried, so names with
 /// dashes on either side are placed right.
-pub fn set_claim<'a>(
+pub(crate) fn set_claim<'a>(
     name: &str,
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> Option<SetClaim> {
@@ -136,7 +136,7 @@ pub fn opted_out(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
 
 /// What a drain that waited for its volume's release becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Release {
+pub(crate) enum Release {
     /// Still held: a pod mounts the claim (the announcing one, or its replacement).
     Waiting,
     /// Let go and orphaned: copy it.
@@ -150,7 +150,7 @@ pub enum Release {
 /// Decides a drain waiting for the release of claim `pvc` (recorded with UID `pvc_uid`) in
 /// its namespace, from the claim as it is now (`None`: deleted), the pods and StatefulSets of
 /// the namespace.
-pub fn decide_release<'a>(
+pub(crate) fn decide_release<'a>(
     pvc: &str,
     pvc_uid: Option<&str>,
     pod_uid: Option<&str>,
@@ -221,7 +221,7 @@ pub fn decide_release<'a>(
 }
 
 /// Whether a claim's ordinal is live in its StatefulSet (which exists, not being deleted).
-pub fn ordinal_is_live<'a>(
+pub(crate) fn ordinal_is_live<'a>(
     claim: &SetClaim,
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> bool {
@@ -259,7 +259,7 @@ pub fn doomed<'a>(pod: &Pod, sets: impl IntoIterator<Item = &'a StatefulSet>) ->
 }
 
 /// Whether a StatefulSet deletes the claims of the ordinals it scales away.
-pub fn deletes_scaled_claims(set: &StatefulSet) -> bool {
+pub(crate) fn deletes_scaled_claims(set: &StatefulSet) -> bool {
     set.spec
         .persistent_volume_claim_retention_policy
         .as_ref()
@@ -268,7 +268,7 @@ pub fn deletes_scaled_claims(set: &StatefulSet) -> bool {
 }
 
 /// The UID of the StatefulSet that controls `pod`, if one does.
-pub fn controlling_set(pod: &Pod) -> Option<&str> {
+pub(crate) fn controlling_set(pod: &Pod) -> Option<&str> {
     set_owner(pod).map(|o| o.uid.as_str())
 }
 
@@ -347,7 +347,7 @@ enum Owner<'a> {
 /// StatefulSets, then against an owner reference to a StatefulSet that is gone, then against
 /// the StatefulSets drainer remembers. Other claims are not a sweep's business and are left
 /// out. `remembered` may hold other namespaces' StatefulSets too.
-pub fn classify_namespace(
+pub(crate) fn classify_namespace(
     claims: &[&PersistentVolumeClaim],
     pods: &[&Pod],
     sets: &[&StatefulSet],
@@ -576,7 +576,7 @@ impl Cover {
 /// completed since it was last mounted (never seen mounted: any completed drain); else the
 /// latest drain since then if it failed, was cancelled or abandoned. `not_needed` drains never
 /// cover.
-pub fn cover<'a>(
+pub(crate) fn cover<'a>(
     drains: impl IntoIterator<Item = &'a Drain>,
     uid: &str,
     claim_created_ms: Option<i64>,

@@ -44,7 +44,7 @@ const PAGE: u32 = 500;
 
 /// The release tracker (cloned for each run of its supervised task).
 #[derive(Clone)]
-pub struct Releases {
+pub(crate) struct Releases {
     /// The cluster.
     pub cluster: Cluster,
     /// The ledger.

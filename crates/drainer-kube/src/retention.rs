@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::HashMap;
 
 /// The claims the watches see, for the retention pass.
-pub struct KubeClaims {
+pub(crate) struct KubeClaims {
     /// The cluster's stores.
     pub cluster: Cluster,
     /// The sweeper Lease as this replica holds it; `None`: one replica, always its turn.

@@ -41,14 +41,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Who sweeps ask for their drains (`requested_by`).
-pub const SWEEP_PRINCIPAL: &str = "sweep";
+pub(crate) const SWEEP_PRINCIPAL: &str = "sweep";
 
 /// Store reads at once while building the orphans report.
 const SNAPSHOT_READS: usize = 8;
 
 /// What a sweep reads of the cluster.
 #[derive(Debug, Clone, Default)]
-pub struct View {
+pub(crate) struct View {
     /// Every claim.
     pub claims: Vec<Arc<PersistentVolumeClaim>>,
     /// Every pod.
@@ -70,7 +70,7 @@ impl View {
 
 /// Classifies every claim of a StatefulSet in every namespace (see
 /// [`planner::classify_namespace`]), sorted by namespace and name.
-pub fn classify(view: &View, remembered: &[RememberedSet]) -> Vec<Seen> {
+pub(crate) fn classify(view: &View, remembered: &[RememberedSet]) -> Vec<Seen> {
     type Objects<'a> = (
         Vec<&'a PersistentVolumeClaim>,
         Vec<&'a Pod>,
@@ -114,7 +114,7 @@ pub fn classify(view: &View, remembered: &[RememberedSet]) -> Vec<Seen> {
 
 /// The StatefulSets to remember: those with claim templates that the ledger does not know
 /// yet, or knows otherwise (name, templates, opt-out).
-pub fn sets_to_remember(view: &View, remembered: &[RememberedSet]) -> Vec<RememberedSet> {
+pub(crate) fn sets_to_remember(view: &View, remembered: &[RememberedSet]) -> Vec<RememberedSet> {
     let known: HashMap<String, RememberedSet> = remembered
         .iter()
         .map(|r| (r.uid.clone(), r.clone()))
@@ -124,7 +124,7 @@ pub fn sets_to_remember(view: &View, remembered: &[RememberedSet]) -> Vec<Rememb
 }
 
 /// The claims whose drains a sweep looks up: the orphaned ones.
-pub fn claims_to_look_up(seen: &[Seen]) -> Vec<ClaimKey> {
+pub(crate) fn claims_to_look_up(seen: &[Seen]) -> Vec<ClaimKey> {
     seen.iter()
         .filter(|s| s.verdict.is_orphaned())
         .map(|s| ClaimKey {
@@ -267,7 +267,7 @@ fn new_drain(s: &Seen, max_attempts: u32) -> Option<NewDrain> {
 }
 
 /// The size of a claim: its capacity once bound, else its request.
-pub fn claim_size(claim: &PersistentVolumeClaim) -> Option<String> {
+pub(crate) fn claim_size(claim: &PersistentVolumeClaim) -> Option<String> {
     let capacity = claim
         .status
         .as_ref()
@@ -284,7 +284,7 @@ pub fn claim_size(claim: &PersistentVolumeClaim) -> Option<String> {
 
 /// A Kubernetes quantity (`16Gi`, `500M`, `1e9`, `1500m`) in bytes (rounded up); `None` if
 /// it is not one.
-pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+pub(crate) fn quantity_bytes(quantity: &str) -> Option<u64> {
     const BINARY: [(&str, f64); 6] = [
         ("Ki", 1024.0),
         ("Mi", 1_048_576.0),
@@ -321,7 +321,7 @@ pub fn quantity_bytes(quantity: &str) -> Option<u64> {
 }
 
 /// One row of the orphans report, without its latest snapshot (read from the store after).
-pub fn orphan_row(
+pub(crate) fn orphan_row(
     seen: &Seen,
     claim: Option<&PersistentVolumeClaim>,
     sighting: Option<&ClaimSighting>,

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The label drainer puts on everything it creates.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
+pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
 
 /// The cluster as drainer sees it: every watched namespace (all, by default).
 #[derive(Clone)]
@@ -159,7 +159,7 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     }
 
     /// The objects matching `predicate`.
-    pub fn state_filter(&self, predicate: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+    pub(crate) fn state_filter(&self, predicate: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.0
             .iter()
             .flat_map(|s| s.state_filter(&predicate))
@@ -207,7 +207,7 @@ impl Cluster {
     }
 
     /// [`Cluster::start`], with the watches run by `supervisor` and reporting to its health.
-    pub async fn start_under(
+    pub(crate) async fn start_under(
         client: kube::Client,
         namespaces: Vec<String>,
         supervisor: &Supervisor,

@@ -436,7 +436,7 @@ pub fn own_mounts(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denie
 }
 
 /// Every volume in the workload's own namespace.
-pub fn in_namespace(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
+pub(crate) fn in_namespace(workload: &Workload, volumes: &[VolumeId]) -> Result<(), Denied> {
     match volumes.iter().find(|v| v.namespace != workload.namespace) {
         None => Ok(()),
         Some(v) => Err(Denied::Forbidden(format!(
@@ -495,7 +495,7 @@ pub fn bearer(header: Option<&str>) -> Result<&str, Denied> {
 
 /// Creates the local token file (mode 0600) with a fresh random token if it does not exist;
 /// returns the token.
-pub fn load_or_create_token(path: &std::path::Path) -> std::io::Result<String> {
+pub(crate) fn load_or_create_token(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {

@@ -50,7 +50,7 @@ pub struct RequestLabels {
 
 /// The classes of error of `drainer_drain_failures_total{reason}` (the scheduler's
 /// `failure_class`), each exported from the start at 0 so that rates and alerts see them.
-pub const FAILURE_REASONS: [&str; 6] = [
+pub(crate) const FAILURE_REASONS: [&str; 6] = [
     "store",
     "ledger",
     "source",
@@ -228,7 +228,7 @@ impl Metrics {
     }
 
     /// Sets the ledger-derived gauges from the ledger's summary, read at `now_ms`.
-    pub fn set_drain_summary(&self, summary: &[StateSummary], now_ms: i64) {
+    pub(crate) fn set_drain_summary(&self, summary: &[StateSummary], now_ms: i64) {
         let age = |created: Option<i64>| created.map_or(0, |ms| (now_ms - ms).max(0) / 1000);
         for state in ALL_STATES {
             let of_state = summary.iter().find(|s| s.state == state);

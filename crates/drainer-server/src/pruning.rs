@@ -61,7 +61,7 @@ pub trait Claims: Send + Sync {
 }
 
 /// Local mode: a volume's claim is its directory `ROOT/NS/PVC`; no annotations.
-pub struct LocalClaims {
+pub(crate) struct LocalClaims {
     /// The volume root.
     pub root: PathBuf,
 }
@@ -103,7 +103,7 @@ fn local_volumes(root: &std::path::Path) -> std::io::Result<HashMap<String, Clai
 
 /// The pass's settings (`drainer serve` flags).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The service-wide policy.
     pub policy: Policy,
     /// How long the snapshots of a claim that is gone are all kept.
@@ -114,7 +114,7 @@ pub struct Settings {
 
 /// What a pass does with one volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Leave it alone, and why.
     Skip(String),
     /// Prune it by `policy`, which came from `source`.
@@ -128,7 +128,7 @@ pub enum Step {
 
 /// What a volume is, for [`plan_volume`].
 #[derive(Debug, Clone, Copy)]
-pub struct VolumeState<'a> {
+pub(crate) struct VolumeState<'a> {
     /// Its claim, when it exists.
     pub claim: Option<&'a ClaimFacts>,
     /// Why it is busy, if it is.
@@ -140,7 +140,7 @@ pub struct VolumeState<'a> {
 }
 
 /// Decides what a pass does with a volume at `now_ms` (see the module doc).
-pub fn plan_volume(volume: VolumeState<'_>, settings: &Settings, now_ms: i64) -> Step {
+pub(crate) fn plan_volume(volume: VolumeState<'_>, settings: &Settings, now_ms: i64) -> Step {
     if let Some(why) = volume.busy {
         return Step::Skip(format!("busy: {why}"));
     }
@@ -177,7 +177,7 @@ pub fn plan_volume(volume: VolumeState<'_>, settings: &Settings, now_ms: i64) ->
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PassReport {
+pub(crate) struct PassReport {
     /// Volumes in the store.
     pub volumes: usize,
     /// Volumes that lost snapshots.
@@ -191,7 +191,7 @@ pub struct PassReport {
 }
 
 /// Runs retention passes for the service.
-pub struct Pruner {
+pub(crate) struct Pruner {
     /// The ledger.
     pub ledger: Ledger,
     /// The store.

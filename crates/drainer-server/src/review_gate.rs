@@ -22,11 +22,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// How long a refused token is refused without a review.
-pub const REFUSED_TTL: Duration = Duration::from_secs(5);
+pub(crate) const REFUSED_TTL: Duration = Duration::from_secs(5);
 /// How many refused tokens are remembered at most.
-pub const REFUSED_MAX: usize = 10_000;
+pub(crate) const REFUSED_MAX: usize = 10_000;
 /// How long a review waits for one of the [`GateLimits::concurrent`] slots.
-pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 /// How many reviews of unknown tokens the gate lets through.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,7 +50,7 @@ impl Default for GateLimits {
 }
 
 /// A token's identity in the gate: the BLAKE3 hash of the token.
-pub type TokenKey = [u8; 32];
+pub(crate) type TokenKey = [u8; 32];
 
 /// The key of `token`.
 pub fn token_key(token: &str) -> TokenKey {

@@ -36,7 +36,7 @@ pub trait Executor: Send + Sync {
 }
 
 /// Local mode: volume `NS/PVC` is the directory `ROOT/NS/PVC`, copied by the engine in-process.
-pub struct LocalExecutor {
+pub(crate) struct LocalExecutor {
     /// The volume root.
     pub volume_root: PathBuf,
     /// Where snapshots go.
@@ -180,7 +180,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The drains this replica is running, by drain id: their live progress, and the token that
 /// stops an attempt at once when its drain is changed by hand (cancelled or abandoned).
-pub type ProgressBoard = Arc<Mutex<HashMap<String, Running>>>;
+pub(crate) type ProgressBoard = Arc<Mutex<HashMap<String, Running>>>;
 
 /// One running attempt on the [`ProgressBoard`].
 #[derive(Clone)]
@@ -194,7 +194,7 @@ pub struct Running {
 }
 
 /// The scheduler's settings and collaborators.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     /// The ledger.
     pub ledger: Ledger,
     /// How copies are made.

@@ -418,7 +418,7 @@ async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
 
 /// The shortest admin token accepted: a shared secret that opens everything must not be
 /// guessable (the generated one has 64 hex digits).
-pub const MIN_ADMIN_TOKEN: usize = 32;
+pub(crate) const MIN_ADMIN_TOKEN: usize = 32;
 
 /// The API token: given directly, read from (or created in) the token file; at least
 /// [`MIN_ADMIN_TOKEN`] characters.

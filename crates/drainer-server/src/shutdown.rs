@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Tokens cancelled by the first and by the second signal.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     /// Cancelled by the first signal: stop taking work, finish or release what runs.
     pub graceful: CancellationToken,
     /// Cancelled by the second signal: stop waiting.

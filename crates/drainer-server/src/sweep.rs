@@ -284,7 +284,7 @@ pub fn plan(observed: &[Observed]) -> Vec<Finding> {
 }
 
 /// Lists the volume directories under `root` (`NS/PVC` with valid names; others are ignored).
-pub fn local_volumes(root: &Path) -> std::io::Result<Vec<VolumeId>> {
+pub(crate) fn local_volumes(root: &Path) -> std::io::Result<Vec<VolumeId>> {
     let mut volumes = Vec::new();
     let Ok(namespaces) = std::fs::read_dir(root) else {
         return Ok(volumes);
@@ -314,7 +314,7 @@ pub fn local_volumes(root: &Path) -> std::io::Result<Vec<VolumeId>> {
 }
 
 /// Newest ctime (ns) of any entry under `dir`, the directory itself included.
-pub fn newest_change(dir: &Path) -> i64 {
+pub(crate) fn newest_change(dir: &Path) -> i64 {
     walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
@@ -326,14 +326,14 @@ pub fn newest_change(dir: &Path) -> i64 {
 }
 
 /// The start time of a snapshot in ns.
-pub fn snapshot_start_ns(summary: &SnapshotSummary) -> Option<i64> {
+pub(crate) fn snapshot_start_ns(summary: &SnapshotSummary) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(&summary.created)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
 }
 
 /// Bytes in the regular files under `dir`.
-pub fn bytes_under(dir: &Path) -> u64 {
+pub(crate) fn bytes_under(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
@@ -364,7 +364,7 @@ pub async fn last_snapshot(
 
 /// Runs one local-mode sweep: observe every volume under `root`, plan, queue the drains
 /// (unless `dry_run`: then the findings only).
-pub async fn sweep_local(
+pub(crate) async fn sweep_local(
     ledger: &Ledger,
     store: &Store,
     root: &Path,
@@ -423,7 +423,7 @@ pub async fn sweep_local(
 }
 
 /// Local mode's sweeps: volume directories under the volume root.
-pub struct LocalSweeper {
+pub(crate) struct LocalSweeper {
     /// The ledger.
     pub ledger: Ledger,
     /// The snapshot store.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a mover keeps sending a request again while the drainer cannot take it.
-pub const RETRY_FOR: Duration = Duration::from_secs(120);
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// The drain, once it is being copied: a drain `queued` again (its drainer stopped and
 /// released it) is waited for, for up to [`RETRY_FOR`], until a drainer claims it again.

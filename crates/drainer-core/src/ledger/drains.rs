@@ -613,17 +613,8 @@ impl Ledger {
             .map_err(query_error("read history")))
     }
 
-    /// How many drains are in each state.
-    pub async fn drain_counts(&self) -> Result<Vec<(DrainState, i64)>> {
-        const SQL: &str = "SELECT state, COUNT(*) AS n FROM drains GROUP BY state";
-        on_pool!(self, |pool, DB| sqlx::query_as(SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(query_error("count drains")))
-    }
-
     /// Per state: how many drains, the oldest one's creation time, and how many hold their
-    /// claim (for `/metrics`; one grouped scan, as [`Ledger::drain_counts`]).
+    /// claim (for `/metrics`; one grouped scan).
     pub async fn drain_summary(&self) -> Result<Vec<StateSummary>> {
         const SQL: &str = "SELECT state, COUNT(*) AS drains, MIN(created_at) AS oldest_created_ms, \
                            COUNT(hold) AS held, \

@@ -210,7 +210,7 @@ pub async fn latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotS
 }
 
 /// The id of the volume's latest complete snapshot (see [`latest`]).
-pub async fn read_latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotId>> {
+pub(crate) async fn read_latest(store: &Store, volume: &VolumeId) -> Result<Option<SnapshotId>> {
     Ok(latest(store, volume)
         .await?
         .and_then(|summary| summary.snapshot.parse().ok()))
@@ -423,7 +423,7 @@ pub async fn unreadable_files(
 
 /// Streams the entries of snapshot `id`'s manifest, checking its header and its end marker
 /// (a truncated or mismatched manifest is an error, never a shorter snapshot).
-pub async fn read_manifest(
+pub(crate) async fn read_manifest(
     store: &Store,
     layout: &VolumeLayout,
     id: &SnapshotId,

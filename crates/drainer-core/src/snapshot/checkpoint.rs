@@ -60,7 +60,7 @@ impl CheckpointError {
     }
 
     /// Whether another copy holds the run now.
-    pub fn is_run_lost(&self) -> bool {
+    pub(crate) fn is_run_lost(&self) -> bool {
         self.run_lost
     }
 }

@@ -136,7 +136,7 @@ impl VolumeLayout {
 
     /// The key, relative to the volume prefix, under which snapshot `id` stores the file at
     /// `rel_path` (slash-separated bytes, as in the manifest).
-    pub fn file_key(id: &SnapshotId, rel_path: &[u8]) -> String {
+    pub(crate) fn file_key(id: &SnapshotId, rel_path: &[u8]) -> String {
         let mut key = format!("snapshots/{id}/files");
         for name in rel_path.split(|b| *b == b'/') {
             key.push('/');
@@ -163,7 +163,7 @@ impl VolumeLayout {
 /// are not UTF-8 become a raw `\xHH`; a segment longer than a file name may be is cut and ends
 /// in a raw `%~` and a hash. A raw `\` or `%~` cannot come from a valid name, so no two names
 /// share a segment.
-pub fn segment_key(name: &[u8]) -> String {
+pub(crate) fn segment_key(name: &[u8]) -> String {
     let mut segment = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
         for c in chunk.valid().chars() {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 /// Version written in every manifest header.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// What kind of filesystem object an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ pub enum EntryKind {
 
 impl EntryKind {
     /// Whether entries of this kind are recorded but have no content in a snapshot.
-    pub fn is_special(self) -> bool {
+    pub(crate) fn is_special(self) -> bool {
         matches!(
             self,
             Self::Fifo | Self::Socket | Self::CharDevice | Self::BlockDevice
@@ -116,7 +116,7 @@ pub struct Entry {
 impl Entry {
     /// Whether `self` (a freshly scanned file) looks unchanged since `previous` was recorded:
     /// same kind, size, mtime, ctime and inode.
-    pub fn unchanged_since(&self, previous: &Entry) -> bool {
+    pub(crate) fn unchanged_since(&self, previous: &Entry) -> bool {
         self.kind == previous.kind
             && self.size == previous.size
             && self.mtime_ns == previous.mtime_ns
@@ -127,7 +127,7 @@ impl Entry {
 
 /// The first line of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
+pub(crate) struct Header {
     /// Format version ([`FORMAT_VERSION`]).
     pub drainer_manifest: u32,
     /// `namespace/pvc`.
@@ -142,7 +142,7 @@ pub struct Header {
 
 /// Counts written on the last line of a manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Every entry, the root included.
     pub entries: u64,
     /// Regular files.
@@ -178,7 +178,7 @@ impl Totals {
 
 /// One decoded line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// The header.
     Header(Header),
     /// An entry.
@@ -190,7 +190,7 @@ pub enum Line {
 /// A manifest line that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("manifest line {line}: {reason}")]
-pub struct DecodeError {
+pub(crate) struct DecodeError {
     /// 1-based line number.
     pub line: u64,
     /// What is wrong.
@@ -260,14 +260,14 @@ fn join_bytes(text: Option<String>, b64: Option<String>) -> Result<Option<Vec<u8
 }
 
 /// Encodes the header as one line (with its newline).
-pub fn encode_header(header: &Header) -> Vec<u8> {
+pub(crate) fn encode_header(header: &Header) -> Vec<u8> {
     let mut line = serde_json::to_vec(header).expect("header serializes");
     line.push(b'\n');
     line
 }
 
 /// Encodes the end marker as one line (with its newline).
-pub fn encode_end(totals: &Totals) -> Vec<u8> {
+pub(crate) fn encode_end(totals: &Totals) -> Vec<u8> {
     let mut line = serde_json::to_vec(&WireEnd {
         end: totals.clone(),
     })
@@ -277,7 +277,7 @@ pub fn encode_end(totals: &Totals) -> Vec<u8> {
 }
 
 /// Appends one entry as a line (with its newline) to `out`.
-pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     let (path, path_b64) = split_bytes(&entry.path);
     let (target, target_b64) = match &entry.target {
         Some(t) => split_bytes(t),
@@ -319,7 +319,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 }
 
 /// Decodes line number `line_no` (1-based) of a manifest.
-pub fn decode_line(line_no: u64, text: &[u8]) -> Result<Line, DecodeError> {
+pub(crate) fn decode_line(line_no: u64, text: &[u8]) -> Result<Line, DecodeError> {
     let error = |reason: String| DecodeError {
         line: line_no,
         reason,
@@ -392,7 +392,7 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
 /// The walk order of manifest paths: component by component, each compared as bytes, so a
 /// directory comes right before its contents. (Mapping `/` to the lowest byte does exactly
 /// that, as names never contain NUL.) The root `.` sorts first.
-pub fn path_order(a: &[u8], b: &[u8]) -> Ordering {
+pub(crate) fn path_order(a: &[u8], b: &[u8]) -> Ordering {
     match (a == b".", b == b".") {
         (true, true) => return Ordering::Equal,
         (true, false) => return Ordering::Less,

@@ -32,14 +32,14 @@ pub fn part(offset: u64, data: &[u8]) -> PartHash {
 }
 
 /// A hasher for the part that starts at byte `offset` of its file, fed a piece at a time.
-pub fn part_hasher(offset: u64) -> blake3::Hasher {
+pub(crate) fn part_hasher(offset: u64) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
     hasher.set_input_offset(offset);
     hasher
 }
 
 /// The hash of a part fed (not empty) to [`part_hasher`]`(offset)`.
-pub fn finish_part(hasher: &blake3::Hasher, offset: u64) -> PartHash {
+pub(crate) fn finish_part(hasher: &blake3::Hasher, offset: u64) -> PartHash {
     PartHash {
         chaining_value: hasher.finalize_non_root(),
         whole: (offset == 0).then(|| hasher.finalize()),
@@ -50,7 +50,7 @@ pub fn finish_part(hasher: &blake3::Hasher, offset: u64) -> PartHash {
 /// order: every part `part_size` bytes but the last. `None` when the parts cannot be those of
 /// such a file (their count does not match, or the sizes are not ones a hash can be combined
 /// for): the caller reads the file again rather than trusting them.
-pub fn combine(parts: &[ChainingValue], part_size: u64, len: u64) -> Option<blake3::Hash> {
+pub(crate) fn combine(parts: &[ChainingValue], part_size: u64, len: u64) -> Option<blake3::Hash> {
     let fits = is_valid_part_size(part_size)
         && len > part_size
         && len.div_ceil(part_size) == parts.len() as u64;
@@ -85,7 +85,7 @@ pub fn to_hex(cv: &ChainingValue) -> String {
 }
 
 /// A chaining value from hex.
-pub fn from_hex(hex: &str) -> Option<ChainingValue> {
+pub(crate) fn from_hex(hex: &str) -> Option<ChainingValue> {
     blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
 }
 

@@ -66,7 +66,7 @@ pub struct ProgressView {
 
 impl Progress {
     /// Marks a file done.
-    pub fn file_done(&self, size: u64, uploaded: bool) {
+    pub(crate) fn file_done(&self, size: u64, uploaded: bool) {
         self.files_done.fetch_add(1, Relaxed);
         self.bytes_done.fetch_add(size, Relaxed);
         if uploaded {
@@ -75,7 +75,7 @@ impl Progress {
     }
 
     /// Records the source totals.
-    pub fn set_totals(&self, files: u64, bytes: u64) {
+    pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
         self.files_total.store(files, Relaxed);
         self.bytes_total.store(bytes, Relaxed);
         self.totals_known.store(true, Relaxed);

@@ -79,7 +79,7 @@ fn parse_age(text: &str) -> std::result::Result<chrono::Duration, String> {
 
 /// The newest complete snapshot of `listed` that was completed before `before`: `None` when
 /// there is none.
-pub fn newest_before(listed: &[Listed], before: DateTime<Utc>) -> Option<&SnapshotSummary> {
+pub(crate) fn newest_before(listed: &[Listed], before: DateTime<Utc>) -> Option<&SnapshotSummary> {
     listed
         .iter()
         .filter_map(Listed::complete)

@@ -12,11 +12,15 @@
 use std::fs::File;
 
 /// One data extent: `[offset, length]` in the file.
-pub type Extent = [u64; 2];
+pub(crate) type Extent = [u64; 2];
 
 /// The data extents of `file` (of `size` bytes, `blocks` 512-byte blocks allocated), or `None`
 /// when it has no hole and is stored as a plain object.
-pub fn data_extents(file: &File, size: u64, blocks: u64) -> std::io::Result<Option<Vec<Extent>>> {
+pub(crate) fn data_extents(
+    file: &File,
+    size: u64,
+    blocks: u64,
+) -> std::io::Result<Option<Vec<Extent>>> {
     if blocks.saturating_mul(512) >= size {
         return Ok(None);
     }
@@ -56,13 +60,13 @@ pub fn valid(extents: &[Extent], size: u64) -> bool {
 }
 
 /// The number of bytes a sparse file's object holds: its extents' lengths.
-pub fn stored_len(extents: &[Extent]) -> u64 {
+pub(crate) fn stored_len(extents: &[Extent]) -> u64 {
     extents.iter().map(|[_, len]| len).sum()
 }
 
 /// Hashes the logical content of a sparse file from its stored bytes: the packed data of its
 /// extents arrives in order through [`LogicalHasher::data`], and the holes are hashed as zeros.
-pub struct LogicalHasher {
+pub(crate) struct LogicalHasher {
     hasher: blake3::Hasher,
     extents: Vec<Extent>,
     /// The extent the next data byte belongs to, and how far into it.

@@ -123,7 +123,7 @@ impl Uploader {
 
     /// Reads `path` and stores it at `key`; returns `entry` with its content and the metadata
     /// of the bytes actually stored.
-    pub async fn store_file(
+    pub(crate) async fn store_file(
         &self,
         path: PathBuf,
         mut entry: Entry,
@@ -145,7 +145,11 @@ impl Uploader {
     }
 
     /// Hashes `path` without storing it (for `--check-hash`).
-    pub async fn hash_file(&self, path: PathBuf, mut entry: Entry) -> Result<(Entry, String)> {
+    pub(crate) async fn hash_file(
+        &self,
+        path: PathBuf,
+        mut entry: Entry,
+    ) -> Result<(Entry, String)> {
         let task_path = path.clone();
         let _permit = self.reserve(self.part_size).await;
         let chunk = self.part_size as usize;

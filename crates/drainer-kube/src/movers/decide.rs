@@ -164,13 +164,13 @@ pub(super) fn has_had_pods(job: &Job) -> bool {
 /// How long a Job may have no pod before a refusal other than PodSecurity admission's fails
 /// the attempt (a quota, a missing ServiceAccount: the Job controller keeps trying, and the
 /// cause may pass).
-pub const POD_START: Duration = Duration::from_secs(60);
+pub(crate) const POD_START: Duration = Duration::from_secs(60);
 
 /// Whether the refusal `message` of a Job's pod (its latest `FailedCreate` event), seen after
 /// the Job has had no pod for `waited`, fails the attempt: PodSecurity admission's at once (it
 /// stands until the mover's identity changes, which takes a new Job), others after
 /// [`POD_START`].
-pub fn refusal_ends_attempt(message: &str, waited: Duration) -> bool {
+pub(crate) fn refusal_ends_attempt(message: &str, waited: Duration) -> bool {
     super::security::refused_policy(message).is_some() || waited >= POD_START
 }
 

@@ -29,10 +29,10 @@ pub const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
 /// The namespace label naming the version of the enforced level's rules.
 pub const ENFORCE_VERSION_LABEL: &str = "pod-security.kubernetes.io/enforce-version";
 /// uid (and gid) of movers that run as nobody in particular.
-pub const NOBODY: i64 = 65534;
+pub(crate) const NOBODY: i64 = 65534;
 
 /// A level's name, as in the labels.
-pub fn level_name(level: Level) -> &'static str {
+pub(crate) fn level_name(level: Level) -> &'static str {
     match level {
         Level::Privileged => "privileged",
         Level::Baseline => "baseline",
@@ -61,7 +61,7 @@ fn is_version(text: &str) -> bool {
 
 /// The Pod Security policy a namespace enforces on pods, as far as drainer can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enforced {
+pub(crate) struct Enforced {
     /// The level.
     pub level: Level,
     /// The version of its rules: `latest` or `v1.N`.
@@ -130,7 +130,7 @@ pub fn enforced(labels: Result<&BTreeMap<String, String>, &str>, default: Level)
 
 /// What of a namespace's labels decides its policy, to tell whether they changed since a
 /// mover pod was refused (`None`: they could not be read).
-pub fn labels_fingerprint(labels: Option<&BTreeMap<String, String>>) -> String {
+pub(crate) fn labels_fingerprint(labels: Option<&BTreeMap<String, String>>) -> String {
     match labels {
         None => "unreadable".into(),
         Some(labels) => format!(
@@ -155,7 +155,7 @@ pub struct Refusal {
 
 /// The policy a refusal of pod creation names (`… violates PodSecurity "baseline:latest": …`,
 /// the Job controller's `FailedCreate` event), if it is one of PodSecurity admission's.
-pub fn refused_policy(message: &str) -> Option<(Level, String)> {
+pub(crate) fn refused_policy(message: &str) -> Option<(Level, String)> {
     let (_, rest) = message.split_once("violates PodSecurity \"")?;
     let (policy, _) = rest.split_once('"')?;
     let (level, _) = policy.split_once(':')?;
@@ -166,7 +166,11 @@ pub fn refused_policy(message: &str) -> Option<(Level, String)> {
 /// was refused under a stricter one while its labels were as they are now (`labels`): the API
 /// server's defaults (or exemptions) are not what `--pod-security-default` says. A refusal
 /// from before the labels changed is no longer evidence, and is ignored.
-pub fn with_refusal(enforced: Enforced, refusal: Option<&Refusal>, labels: &str) -> Enforced {
+pub(crate) fn with_refusal(
+    enforced: Enforced,
+    refusal: Option<&Refusal>,
+    labels: &str,
+) -> Enforced {
     match refusal {
         Some(r) if r.labels == labels && r.level > enforced.level => Enforced {
             level: r.level,
@@ -205,7 +209,7 @@ pub struct AppIdentity {
 /// `runAsUser`, `runAsGroup`, `fsGroup` and `supplementalGroups`, with the user and group of
 /// the container that mounts the claim overriding the pod's (the first container that mounts
 /// it writable, else the first that mounts it, init containers last).
-pub fn app_identity(set: &StatefulSet, template: &str) -> AppIdentity {
+pub(crate) fn app_identity(set: &StatefulSet, template: &str) -> AppIdentity {
     let spec = set.spec.template.spec.clone().unwrap_or_default();
     let pod = spec.security_context.clone().unwrap_or_default();
     let mounts = |c: &Container, writable: bool| {
@@ -274,7 +278,7 @@ impl MoverSecurity {
     }
 
     /// Whether the pod declares `runAsNonRoot`.
-    pub fn non_root(&self) -> bool {
+    pub(crate) fn non_root(&self) -> bool {
         self.user != 0
     }
 

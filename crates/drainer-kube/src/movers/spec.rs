@@ -62,7 +62,7 @@ impl MoverCa {
 
     /// The bundle as its file holds it now (a rotated CA), or as read last when the file
     /// cannot be read or holds no certificate now.
-    pub fn refreshed(&self) -> Self {
+    pub(crate) fn refreshed(&self) -> Self {
         match Self::read(&self.file) {
             Ok(now) => now,
             Err(why) => {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Bytes read at a time for a response body.
-pub const CHUNK: u64 = 1 << 20;
+pub(crate) const CHUNK: u64 = 1 << 20;
 /// Offsets, lengths and buffers of direct reads are multiples of this (the largest logical
 /// block size of common disks).
 const ALIGN: u64 = 4096;
@@ -134,7 +134,7 @@ fn read_direct(file: &File, at: u64, len: u64) -> io::Result<Bytes> {
 
 /// Exactly `len` bytes at `at`, through the page cache, into a new buffer that is not zeroed
 /// first.
-pub fn read_at(file: &File, at: u64, len: u64) -> io::Result<Bytes> {
+pub(crate) fn read_at(file: &File, at: u64, len: u64) -> io::Result<Bytes> {
     let len = len as usize;
     let mut buffer = Vec::with_capacity(len);
     while buffer.len() < len {

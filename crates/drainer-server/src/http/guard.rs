@@ -28,17 +28,12 @@ use std::time::{Duration, Instant};
 
 /// What `authorize` established for a handler; only this module makes one.
 #[derive(Debug, Clone)]
-pub struct Granted<T>(T);
+pub(crate) struct Granted<T>(T);
 
 impl<T> Granted<T> {
     /// The checked value.
     pub fn into_inner(self) -> T {
         self.0
-    }
-
-    /// The checked value, borrowed.
-    pub fn get(&self) -> &T {
-        &self.0
     }
 }
 
@@ -56,7 +51,7 @@ impl<S: Send + Sync, T: Clone + Send + Sync + 'static> FromRequestParts<S> for G
 /// Whose drains a listing may show: everything, one namespace's, or the drains one
 /// principal asked for.
 #[derive(Debug, Clone)]
-pub struct ListScope {
+pub(crate) struct ListScope {
     /// `None` for everything.
     pub requested_by: Option<String>,
     /// The namespace the listing was granted for (it must filter on exactly that one);
@@ -66,7 +61,7 @@ pub struct ListScope {
 
 /// Which orphaned volumes a listing may show: every namespace's (`None`) or one's.
 #[derive(Debug, Clone)]
-pub struct OrphanScope {
+pub(crate) struct OrphanScope {
     /// The namespace granted.
     pub namespace: Option<String>,
 }
@@ -74,7 +69,7 @@ pub struct OrphanScope {
 /// A caller allowed to hand off volumes; the volumes themselves are checked with
 /// [`HandoffScope::check`] once the body is read.
 #[derive(Debug, Clone)]
-pub struct HandoffScope {
+pub(crate) struct HandoffScope {
     caller: Caller,
 }
 
@@ -106,7 +101,7 @@ impl HandoffScope {
 
 /// A drain being copied that the caller may stream into.
 #[derive(Debug, Clone)]
-pub struct Streaming {
+pub(crate) struct Streaming {
     /// The drain.
     pub drain: String,
     /// Its volume.
@@ -116,7 +111,7 @@ pub struct Streaming {
 /// A volume whose snapshots the caller may read and restore, and the namespace life they
 /// must have been taken in (`None`: any; an admin's, or a mode without such lives).
 #[derive(Debug, Clone)]
-pub struct VolumeAccess(pub VolumeId, pub Option<crate::auth::NamespaceLife>);
+pub(crate) struct VolumeAccess(pub VolumeId, pub Option<crate::auth::NamespaceLife>);
 
 /// The volume of the route, if the caller may restore it: any for an admin; for a workload,
 /// what the authority allows (a pod the claims it mounts, others an RBAC grant).
@@ -144,7 +139,7 @@ async fn restorable(
 /// An operator action (retry, cancel, abandon, sweep), allowed to its caller; recorded with
 /// who asked.
 #[derive(Debug, Clone)]
-pub struct OperatorAction {
+pub(crate) struct OperatorAction {
     /// The operator's principal, for the history.
     pub by: String,
 }

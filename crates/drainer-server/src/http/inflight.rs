@@ -25,9 +25,9 @@ use std::task::{Context, Poll};
 
 /// Default requests in flight per caller and drain on the mover protocol (a mover runs 64
 /// at once by default).
-pub const MOVER_REQUESTS: usize = 128;
+pub(crate) const MOVER_REQUESTS: usize = 128;
 /// Default batch reads in flight per caller and volume (a restore runs 4 at once).
-pub const BATCH_READS: usize = 8;
+pub(crate) const BATCH_READS: usize = 8;
 
 /// The counters of requests in flight, per kind of route.
 #[derive(Debug, Clone)]

@@ -28,7 +28,7 @@ impl Input {
         body: false,
     };
     /// A body, and no query parameter.
-    pub const BODY: Input = Input {
+    pub(crate) const BODY: Input = Input {
         query: &[],
         body: true,
     };
@@ -51,7 +51,7 @@ impl Input {
 
     /// The query parameters of `query` (a raw query string) that this route does not read,
     /// decoded, each once, in the order they came.
-    pub fn unknown_parameters(&self, query: &str) -> Vec<String> {
+    pub(crate) fn unknown_parameters(&self, query: &str) -> Vec<String> {
         let mut unknown: Vec<String> = Vec::new();
         for (name, _) in url::form_urlencoded::parse(query.as_bytes()) {
             if !self.query.contains(&name.as_ref()) && !unknown.iter().any(|u| *u == name) {

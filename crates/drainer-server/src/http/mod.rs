@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Everything handlers need; cheap to clone.
 #[derive(Clone)]
@@ -85,12 +85,12 @@ impl AppState {
     }
 
     /// Marks the service ready or not for `/readyz`.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
     /// Records the duration of a sweep.
-    pub fn observe_sweep(&self, seconds: f64) {
+    pub(crate) fn observe_sweep(&self, seconds: f64) {
         self.inner.metrics.sweep_seconds.observe(seconds);
     }
 
@@ -128,7 +128,7 @@ macro_rules! routes {
 
 /// One route of the `/v1` API and the action it is authorised as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     /// The HTTP method, lower-case.
     pub method: &'static str,
     /// The path under `/v1`.
@@ -227,8 +227,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Every `/v1` route with its action (for documentation and tests).
-pub fn route_table(state: &AppState) -> Vec<RouteSpec> {
+/// Every `/v1` route with its action (for the tests).
+#[cfg(test)]
+pub(crate) fn route_table(state: &AppState) -> Vec<RouteSpec> {
     v1_routes(state).1
 }
 

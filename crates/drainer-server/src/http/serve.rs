@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
 /// The largest read buffer of a connection: a request head must fit in it.
-pub const READ_BUFFER: usize = 128 * 1024;
+pub(crate) const READ_BUFFER: usize = 128 * 1024;
 
 /// How often, at most, refused connections are logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the certificate and key files are read to see whether they changed.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// A certificate and key that cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ impl ResolvesServerCert for Current {
 
 /// What one look at the files found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Reload {
+pub(crate) enum Reload {
     /// The files hold what they held.
     Unchanged,
     /// A new pair was loaded: new connections get it.
@@ -130,12 +130,12 @@ impl ServerTls {
     }
 
     /// The acceptor of new connections, which always serves the current pair.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         self.acceptor.clone()
     }
 
     /// Reads the files again and, if they changed, loads the new pair.
-    pub fn reload(&self) -> Reload {
+    pub(crate) fn reload(&self) -> Reload {
         let contents = match read(&self.files) {
             Ok(contents) => contents,
             // A file missing for a moment (a symlink being swapped) is looked at next time.

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The start of a staging directory's name.
-pub const STAGING_PREFIX: &str = ".drainer-restore-";
+pub(crate) const STAGING_PREFIX: &str = ".drainer-restore-";
 /// The marker of an unfinished restore, inside its staging directory.
-pub const MARKER: &str = "restore.json";
+pub(crate) const MARKER: &str = "restore.json";
 /// A directory an empty filesystem has (ext4's), which does not make a destination occupied.
 const LOST_AND_FOUND: &str = "lost+found";
 
@@ -142,7 +142,7 @@ fn read_marker(staging: &Path) -> Option<Marker> {
 /// into the same directory fails at once instead of mixing files. The lock goes with the
 /// process, however it ends.
 #[derive(Debug)]
-pub struct Lock {
+pub(crate) struct Lock {
     _dir: File,
 }
 
@@ -171,7 +171,7 @@ impl Lock {
 /// into place, with the marker of the restore. Dropped before [`Staging::finish`] (a failed
 /// restore), it removes its temporary files and keeps the marker.
 #[derive(Debug)]
-pub struct Staging {
+pub(crate) struct Staging {
     dir: PathBuf,
     next: AtomicU64,
     resumed: bool,
@@ -261,7 +261,7 @@ impl Staging {
     }
 
     /// A fresh temporary path inside the staging directory.
-    pub fn temp_path(&self) -> PathBuf {
+    pub(crate) fn temp_path(&self) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("t{n}"))
     }
@@ -295,7 +295,7 @@ impl Drop for Staging {
 
 /// Makes a directory the restore must write into writable by its owner, when this process is
 /// not root (a read-only directory of the snapshot gets its mode back at the end).
-pub fn writable_dir(path: &Path, root: bool) -> Result<()> {
+pub(crate) fn writable_dir(path: &Path, root: bool) -> Result<()> {
     if root {
         return Ok(());
     }

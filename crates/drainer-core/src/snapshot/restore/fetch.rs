@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Parts of one file read at once.
-pub const PARTS_AT_ONCE: usize = 4;
+pub(crate) const PARTS_AT_ONCE: usize = 4;
 /// Unit of the memory budget.
 const BUDGET_UNIT: u64 = 64 * 1024;
 /// Piece of a copy from a local store's object: small enough to stay in the CPU's cache
@@ -48,7 +48,7 @@ const CHECK_BUFFER: usize = 1 << 20;
 
 /// Reads objects into files, within one memory budget.
 #[derive(Debug, Clone)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     store: Store,
     part_size: u64,
     budget: Arc<Semaphore>,
@@ -56,7 +56,7 @@ pub struct Fetcher {
 }
 
 /// One file to bring back: where its bytes are and where they go.
-pub struct Wanted<'a> {
+pub(crate) struct Wanted<'a> {
     /// The object.
     pub key: &'a Key,
     /// The new file to write (in the staging directory).
@@ -398,7 +398,11 @@ async fn blocking<T: Send + 'static>(
 
 /// The file at `path`, if it is already the entry's: a regular file (not followed through a
 /// link) of the entry's size whose content has its hash. Opened for setting its metadata.
-pub async fn already_in_place(path: &Path, entry: &Entry, expected: &str) -> Result<Option<File>> {
+pub(crate) async fn already_in_place(
+    path: &Path,
+    entry: &Entry,
+    expected: &str,
+) -> Result<Option<File>> {
     let (path, size, expected) = (path.to_owned(), entry.size, expected.to_owned());
     let shown = path.clone();
     blocking(&shown, move || {
@@ -444,7 +448,12 @@ fn mtime(entry: &Entry) -> FileTime {
 }
 
 /// Owner (when root), mode and mtime of a file, through its open handle.
-pub fn set_file_metadata(file: &File, path: &Path, entry: &Entry, root_owner: bool) -> Result<()> {
+pub(crate) fn set_file_metadata(
+    file: &File,
+    path: &Path,
+    entry: &Entry,
+    root_owner: bool,
+) -> Result<()> {
     let io = |e| Error::write(path, e);
     if root_owner {
         std::os::unix::fs::fchown(file, Some(entry.uid), Some(entry.gid)).map_err(io)?;
@@ -456,7 +465,12 @@ pub fn set_file_metadata(file: &File, path: &Path, entry: &Entry, root_owner: bo
 
 /// Owner (when root), mode and mtime of a directory or symlink (symlinks have no mode of
 /// their own).
-pub fn apply_metadata(path: &Path, entry: &Entry, root_owner: bool, is_link: bool) -> Result<()> {
+pub(crate) fn apply_metadata(
+    path: &Path,
+    entry: &Entry,
+    root_owner: bool,
+    is_link: bool,
+) -> Result<()> {
     let io = |e| Error::write(path, e);
     if root_owner {
         std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(io)?;
@@ -469,7 +483,7 @@ pub fn apply_metadata(path: &Path, entry: &Entry, root_owner: bool, is_link: boo
 }
 
 /// Whether `a` and `b` are the same file (a hard link of each other).
-pub fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
@@ -477,7 +491,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// A copy of `first` at `temp` with the entry's metadata, where a hard link cannot be made.
-pub fn copy_of(first: &Path, temp: &PathBuf, entry: &Entry, root_owner: bool) -> Result<()> {
+pub(crate) fn copy_of(first: &Path, temp: &PathBuf, entry: &Entry, root_owner: bool) -> Result<()> {
     std::fs::copy(first, temp).map_err(|e| Error::write(temp, e))?;
     let file = OpenOptions::new()
         .read(true)
