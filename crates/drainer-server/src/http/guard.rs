@@ -322,11 +322,27 @@ async fn list_scope(asked: &Asked<'_>, namespace: Option<String>) -> Result<List
             namespace,
             ..everything
         }),
-        Some(_) if asked.reach == Reach::OwnOrGranted => Ok(ListScope {
-            requested_by: Some(asked.caller.principal()),
-            namespace: None,
-        }),
+        // Without a grant a workload lists the drains it asked for: all of them, or those of
+        // its own namespace; another namespace named without a grant is refused, naming the
+        // permission, rather than answered with an empty list that reads as "nothing there".
+        Some(missing) if asked.reach == Reach::OwnOrGranted => match namespace {
+            Some(ns) if Some(ns.as_str()) != own_namespace(asked.caller) => {
+                Err(asked.refuse(missing))
+            }
+            namespace => Ok(ListScope {
+                requested_by: Some(asked.caller.principal()),
+                namespace,
+            }),
+        },
         Some(missing) => Err(asked.refuse(missing)),
+    }
+}
+
+/// The namespace a caller belongs to, if it is a workload of one.
+fn own_namespace(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::Workload(w) => Some(w.namespace.as_str()),
+        _ => None,
     }
 }
 
