@@ -19,6 +19,7 @@ mod kube_restore;
 mod kube_runtime;
 mod kube_supervision;
 mod kube_sweeps;
+mod kube_tls;
 mod ledger;
 mod lifecycle;
 mod monitoring;

@@ -4,11 +4,13 @@
 //! the server refuses (it is down) is closed at once, as a client would see it.
 
 use anyhow::Result;
+use std::sync::{Arc, Mutex};
 
 /// A running forwarder; stops when dropped (connections in flight end with it).
 pub struct Forward {
     /// `HOST_IP:PORT`, the address pods connect to.
     pub address: String,
+    upstream: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -17,11 +19,12 @@ impl Forward {
     pub async fn start(host_ip: &str, upstream: &str) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind((host_ip, 0)).await?;
         let address = listener.local_addr()?.to_string();
-        let upstream = upstream.to_owned();
+        let upstream = Arc::new(Mutex::new(upstream.to_owned()));
+        let to = Arc::clone(&upstream);
         let task = tokio::spawn(async move {
             let mut relays = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let upstream = upstream.clone();
+                let upstream = to.lock().unwrap().clone();
                 relays.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -30,7 +33,17 @@ impl Forward {
                 while relays.try_join_next().is_some() {}
             }
         });
-        Ok(Self { address, task })
+        Ok(Self {
+            address,
+            upstream,
+            task,
+        })
+    }
+
+    /// Forwards new connections to `upstream` (`HOST:PORT`) from now on: a server started
+    /// after the forwarder, whose address it had to be told (`--service-url`).
+    pub fn forward_to(&self, upstream: &str) {
+        *self.upstream.lock().unwrap() = upstream.to_owned();
     }
 }
 

@@ -68,6 +68,17 @@ impl Serve {
     pub async fn start_tls(
         data: &Path,
         extra: &[&str],
+        pair: (&Path, &Path),
+        ca: &super::tls::Ca,
+    ) -> Self {
+        Self::start_tls_with_env(data, extra, &[], pair, ca).await
+    }
+
+    /// Like [`Serve::start_tls`], with extra environment variables.
+    pub async fn start_tls_with_env(
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
         (cert, key): (&Path, &Path),
         ca: &super::tls::Ca,
     ) -> Self {
@@ -81,7 +92,10 @@ impl Serve {
         let launch = Launch {
             data: data.to_owned(),
             extra,
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             port: free_port(),
             ca: Some(ca.pem()),
         };
