@@ -379,8 +379,9 @@ fn the_tests_know_every_manifest() {
     );
     assert_eq!(
         names("components"),
-        // monitoring: rendered and checked by the monitoring and chart tests.
-        ["monitoring", "network-policy"],
+        // monitoring: rendered and checked by the monitoring and chart tests; tls: rendered by
+        // the chart test (beside the chart's TLS values) and served by the kube_tls tests.
+        ["monitoring", "network-policy", "tls"],
         "a component the tests do not render"
     );
 }
