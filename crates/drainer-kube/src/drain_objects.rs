@@ -289,6 +289,21 @@ pub fn status_patch(status: Option<&DrainStatus>, progress: Option<&ObjectProgre
     json!({ "status": body })
 }
 
+/// drainer's writes name it as their field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some("drainer".into()),
+        ..PostParams::default()
+    }
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some("drainer".into()),
+        ..PatchParams::default()
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -499,12 +514,7 @@ impl DrainObjects {
                     .await
                     .map_err(|e| Error::Watch(format!("reading the ledger: {e}")))?;
                 let object = object_of(drain, who.as_deref());
-                match crate::call(
-                    what("creating"),
-                    api.create(&PostParams::default(), &object),
-                )
-                .await
-                {
+                match crate::call(what("creating"), api.create(&post_params(), &object)).await {
                     Ok(_) => pass.created += 1,
                     // Another replica made it meanwhile: its status is written below all the same.
                     Err(e) if e.is_conflict() => {}
@@ -513,7 +523,7 @@ impl DrainObjects {
                 let patch = Patch::Merge(status_patch(Some(&status), progress.as_ref()));
                 crate::call(
                     what("writing the status of"),
-                    api.patch_status(&drain.id, &PatchParams::default(), &patch),
+                    api.patch_status(&drain.id, &patch_params(), &patch),
                 )
                 .await?;
                 pass.patched += 1;
@@ -522,7 +532,7 @@ impl DrainObjects {
                 let patch = Patch::Merge(status_patch(status.as_ref(), progress.as_ref()));
                 match crate::call(
                     what("writing the status of"),
-                    api.patch_status(&drain.id, &PatchParams::default(), &patch),
+                    api.patch_status(&drain.id, &patch_params(), &patch),
                 )
                 .await
                 {
