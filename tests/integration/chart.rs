@@ -215,7 +215,15 @@ async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
             ),
             (vec!["--set", "tls.enabled=true"], vec!["components/tls"]),
         ] {
-            let mut args = vec!["template", RELEASE, chart_ref(), "-n", SYSTEM];
+            // The CRD is in the chart's crds/ (installed, never upgraded or deleted by Helm).
+            let mut args = vec![
+                "template",
+                RELEASE,
+                chart_ref(),
+                "-n",
+                SYSTEM,
+                "--include-crds",
+            ];
             args.extend(values.iter().copied());
             let rendered = objects_of(&helm(&env, &args).await?).await?;
             let base = objects_of(&kustomize_base(&env, &components).await?).await?;

@@ -733,7 +733,7 @@ async fn drainer_may(client: &Client, access: Access) -> Result<bool> {
 /// own.
 async fn check_rbac_is_least(client: &Client) -> Result<()> {
     const LEASES: &str = "coordination.k8s.io";
-    let needed: [Access; 13] = [
+    let needed: [Access; 16] = [
         ("list", "", "pods", None, ""),
         ("get", "", "namespaces", None, ""),
         ("watch", "", "persistentvolumeclaims", None, ""),
@@ -751,6 +751,9 @@ async fn check_rbac_is_least(client: &Client) -> Result<()> {
             "",
         ),
         ("create", LEASES, "leases", Some(SYSTEM), ""),
+        ("create", "drainer.io", "drains", Some(APPS), ""),
+        ("delete", "drainer.io", "drains", Some(APPS), ""),
+        ("patch", "drainer.io", "drains/status", Some(APPS), ""),
         ("get", LEASES, "leases", Some(SYSTEM), "drainer-sweeper"),
         ("update", LEASES, "leases", Some(SYSTEM), "drainer-sweeper"),
     ];

@@ -617,7 +617,18 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         let w = World::new("kube-mode-ns-life").await?;
         let dirs = w.start_web(2, "Retain", "1s").await?;
         let old = snapshot_of(&w, "data-web-0", &dirs[0], "ledger-1").await?;
-        let first = drain_web_1(&w, &dirs[1]).await?;
+        // web-2's claim drained by its preStop hook's handoff (3 → 2), the test as its mover.
+        let first = {
+            let web2 = w.pod("web-2").await?;
+            w.scale(2).await?;
+            let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+            let (status, answer) = w.handoff(&token, &[]).await?;
+            ensure!(status == 202 || status == 200, "{status} {answer}");
+            let id = id_of(&answer);
+            w.drain_state(&id, "copying").await?;
+            w.move_volume(&id, &dirs[2]).await;
+            w.drain_state(&id, "completed").await?
+        };
         let first = first["snapshot"]
             .as_str()
             .context("no snapshot")?
@@ -721,6 +732,197 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
             summary["parent"].is_null() && summary["drain"]["claim_uid"] != claim,
             "the new claim's snapshot builds on the earlier claim's {first}: {summary}"
         );
+        delete_namespace(&w.client, &w.ns).await
+    })
+    .await
+}
+
+/// The Drain objects of namespace `ns` (issue 22.1), through the CRD of deploy/base.
+fn drain_objects(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    let resource = kube::api::ApiResource {
+        group: "drainer.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "drainer.io/v1alpha1".into(),
+        kind: "Drain".into(),
+        plural: "drains".into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+/// `kubectl apply` of deploy/base's CRD (idempotent: tests beside this one may apply it too).
+async fn install_drain_crd() -> Result<()> {
+    let env = crate::support::kube::KubeEnv::load()?;
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/crd.yaml");
+    let out = env
+        .kubectl()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crd)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd/drains.drainer.io",
+            "--timeout=60s",
+        ])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The Drain object `id` once its status says `state` (and the rest of the ledger's row).
+async fn drain_object(w: &World, drain: &Value) -> Result<Value> {
+    let objects = drain_objects(&w.client, &w.ns);
+    let id = drain["id"].as_str().context("no id")?;
+    eventually(format!("Drain {id} as the ledger says"), WAIT, || async {
+        let object = objects.get_opt(id).await?.context("no object")?;
+        let object = serde_json::to_value(&object)?;
+        let status = &object["status"];
+        ensure!(status["state"] == drain["state"], "{object}");
+        ensure!(status["snapshot"] == drain["snapshot"], "{object}");
+        ensure!(status["attempts"] == drain["attempts"], "{object}");
+        ensure!(object["spec"]["claim"] == drain["pvc"], "{object}");
+        Ok(object)
+    })
+    .await
+}
+
+/// Issue 22.1: a drain handed off from a pod is a Drain object in the claim's namespace whose
+/// status follows the ledger to `completed` with the snapshot; `kubectl get drains -A` shows
+/// its printer columns; an object deleted by hand comes back; an object deleted, and one whose
+/// status was changed, while drainer is down agree with the ledger again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_are_kubernetes_objects_kept_in_step_with_the_ledger() -> Result<()> {
+    with_timeout(LIMIT, async {
+        install_drain_crd().await?;
+        let mut w = World::new("kube-mode-objects").await?;
+        let dirs = w.start_web(3, "Retain", "1s").await?;
+        let objects = drain_objects(&w.client, &w.ns);
+        // web-2's claim drained by its preStop hook's handoff (3 → 2), the test as its mover.
+        let first = {
+            let web2 = w.pod("web-2").await?;
+            w.scale(2).await?;
+            let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+            let (status, answer) = w.handoff(&token, &[]).await?;
+            ensure!(status == 202 || status == 200, "{status} {answer}");
+            let id = id_of(&answer);
+            w.drain_state(&id, "copying").await?;
+            w.move_volume(&id, &dirs[2]).await;
+            w.drain_state(&id, "completed").await?
+        };
+        let snapshot = first["snapshot"]
+            .as_str()
+            .context("no snapshot")?
+            .to_owned();
+        let object = drain_object(&w, &first).await?;
+        ensure!(
+            object["status"]["snapshot"] == snapshot.as_str(),
+            "{object}"
+        );
+        ensure!(
+            object["metadata"]["labels"]["drainer.io/claim"] == "data-web-2",
+            "{object}"
+        );
+        ensure!(
+            object["spec"]["requestedBy"]
+                .as_str()
+                .is_some_and(|who| !who.is_empty()),
+            "{object}"
+        );
+        ensure!(
+            object["status"]["conditions"][1]["status"] == "True",
+            "{object}"
+        );
+        let id = first["id"].as_str().context("no id")?.to_owned();
+
+        // kubectl get drains -A: the printer columns.
+        let env = crate::support::kube::KubeEnv::load()?;
+        let out = env.kubectl().args(["get", "drains", "-A"]).output().await?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let header: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        ensure!(
+            header
+                == [
+                    "NAMESPACE",
+                    "NAME",
+                    "CLAIM",
+                    "STATE",
+                    "PROGRESS",
+                    "SNAPSHOT",
+                    "AGE"
+                ],
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains(&id))
+            .with_context(|| format!("no row for {id}: {text}"))?;
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        ensure!(
+            cells[..4] == [w.ns.as_str(), id.as_str(), "data-web-2", "completed"],
+            "{row}"
+        );
+        ensure!(row.contains(&snapshot), "{row}");
+
+        // Deleted by hand: made again, with the same status.
+        let uid = object["metadata"]["uid"].clone();
+        objects.delete(&id, &DeleteParams::default()).await?;
+        let again = drain_object(&w, &first).await?;
+        ensure!(again["metadata"]["uid"] != uid, "not deleted: {again}");
+
+        // A second drain; drainer dies; meanwhile one object is deleted and the other's status
+        // made wrong; after the restart the objects say what the ledger says.
+        let second = drain_web_1(&w, &dirs[1]).await?;
+        drain_object(&w, &second).await?;
+        let id2 = second["id"].as_str().context("no id")?.to_owned();
+        let meanwhile = async {
+            objects
+                .delete(&id, &DeleteParams::default())
+                .await
+                .expect("deleting an object");
+            let wrong = Patch::Merge(json!({"status": {"state": "queued", "snapshot": null}}));
+            objects
+                .patch_status(&id2, &PatchParams::default(), &wrong)
+                .await
+                .expect("changing an object's status");
+        };
+        w.serve.kill9_and_restart(meanwhile).await;
+        for drain in [&first, &second] {
+            let id = drain["id"].as_str().context("no id")?;
+            drain_object(&w, &w.serve.drain(id).await).await?;
+        }
+        let listed = objects.list(&Default::default()).await?;
+        let mut names: Vec<String> = listed
+            .items
+            .iter()
+            .filter_map(|o| o.metadata.name.clone())
+            .collect();
+        names.sort();
+        let mut ids = vec![id, id2];
+        ids.sort();
+        ensure!(names == ids, "objects {names:?}, ledger {ids:?}");
         delete_namespace(&w.client, &w.ns).await
     })
     .await

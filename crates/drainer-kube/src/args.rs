@@ -37,6 +37,10 @@ pub struct KubeArgs {
     /// kubeconfig context's namespace).
     #[arg(long, env = "DRAINER_POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
+    /// Seconds the Drain object of an ended drain is kept (`kubectl get drains`); the ledger
+    /// keeps the drain itself.
+    #[arg(long, env = "DRAINER_DRAIN_OBJECTS_TTL", default_value = "604800", value_parser = parse_seconds)]
+    pub drain_objects_ttl: Duration,
     /// Mover Jobs.
     #[command(flatten)]
     pub movers: MoverJobArgs,

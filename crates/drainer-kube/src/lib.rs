@@ -7,12 +7,14 @@
 //! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
 //! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
 //! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
-//! tells the retention pass which claims exist and how they are annotated. Core modules never
+//! tells the retention pass which claims exist and how they are annotated, [`drain_objects`]
+//! keeps a `Drain` object per drain in step with the ledger. Core modules never
 //! import this one.
 
 pub mod admission;
 pub mod args;
 pub mod client;
+pub mod drain_objects;
 pub mod events;
 pub mod guard;
 pub mod hold;

@@ -1,7 +1,7 @@
 //! Kubernetes mode as the server sees it: the [`MakeMode`] that builds the server's seams
 //! (authority, admission, notifier, executor, sweeper, retention's claims) from the cluster
 //! and starts Kubernetes mode's long-lived tasks (watches, release tracker, StatefulSet
-//! memory, sweeper Lease, standing guards) under the service's supervisor.
+//! memory, sweeper Lease, standing guards, Drain objects) under the service's supervisor.
 
 use crate::args::KubeArgs;
 use anyhow::Context;
@@ -97,6 +97,18 @@ impl MakeMode for KubernetesMode {
             seen_sets.clone().run(ledger.clone(), stop)
         });
         let keeper_holding = keeper.as_ref().map(crate::lease::Keeper::holding);
+        // A Drain object per drain: the Lease's holder (every replica when there is no Lease)
+        // writes them; each replica writes the progress of its own copies.
+        let objects = crate::drain_objects::DrainObjects {
+            client: cluster.client.clone(),
+            namespaces: cluster.namespaces.clone(),
+            ledger: base.ledger.clone(),
+            board: base.board.clone(),
+            ttl: kube.drain_objects_ttl,
+            lease: keeper_holding.clone(),
+        };
+        base.supervisor
+            .spawn("drain-objects", move |stop| objects.clone().run(stop));
         if let Some(keeper) = keeper {
             base.supervisor
                 .spawn("sweeper-lease", move |stop| keeper.clone().run(stop));

@@ -73,6 +73,8 @@ pub struct Base<'a> {
     pub owner: &'a str,
     /// The supervisor of the mode's long-lived tasks.
     pub supervisor: &'a Supervisor,
+    /// The drains this replica is copying, with their live progress.
+    pub board: &'a crate::scheduler::ProgressBoard,
 }
 
 /// How a mode other than local mode is made from the [`Base`] (Kubernetes mode:
@@ -113,6 +115,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         Ledger::open_under(args.ledger.database_url.as_deref(), &data_dir, &supervisor).await?;
     let metrics = Arc::new(Metrics::new(&health));
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
+    let board = crate::scheduler::ProgressBoard::default();
     let base = Base {
         args: &args,
         data_dir: &data_dir,
@@ -121,12 +124,12 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         metrics: &metrics,
         owner: &owner,
         supervisor: &supervisor,
+        board: &board,
     };
     let mode = match other {
         Some(make) => make.make(&base).await?,
         None => local(&base)?,
     };
-    let board = Arc::default();
     let state = AppState::new(Shared {
         ledger: ledger.clone(),
         store: store.clone(),
@@ -150,7 +153,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         lease: args.lease,
         concurrency: args.concurrent_drains.into(),
         metrics: Arc::clone(&metrics),
-        board,
+        board: Arc::clone(&board),
         notifier: Arc::clone(&mode.notifier),
         retry_cap: args.max_retry_delay,
     });

@@ -563,6 +563,41 @@ impl Ledger {
             .map_err(query_error("read drain")))
     }
 
+    /// Drains still active, or ended at or after `ended_since_ms` (ms since the epoch), in
+    /// `namespaces` (all when empty): what Kubernetes mode keeps Drain objects of.
+    pub async fn drains_active_or_ended_since(
+        &self,
+        ended_since_ms: i64,
+        namespaces: &[String],
+    ) -> Result<Vec<Drain>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM drains WHERE finished_at IS NULL OR finished_at >= $1 \
+             ORDER BY created_at, id"
+        );
+        let drains: Vec<Drain> = on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql.clone()
+        ))
+        .bind(ended_since_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(query_error("list drains to show")))?;
+        Ok(drains
+            .into_iter()
+            .filter(|d| namespaces.is_empty() || namespaces.contains(&d.namespace))
+            .collect())
+    }
+
+    /// The first principal that asked for drain `id`, if a caller asked (sweeps do not).
+    pub async fn first_requester(&self, id: &str) -> Result<Option<String>> {
+        const SQL: &str = "SELECT principal FROM drain_requests WHERE drain_id = $1 \
+                           ORDER BY at, principal LIMIT 1";
+        on_pool!(self, |pool, DB| sqlx::query_scalar(SQL)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error("read requester")))
+    }
+
     /// Whether `principal` asked for drain `id` (its request created it or found it active).
     pub async fn requested_by(&self, id: &str, principal: &str) -> Result<bool> {
         const SQL: &str =

@@ -1,0 +1,266 @@
+//! [`decide`]: what a pass writes for a drain, given its ledger row and its object as seen.
+
+use super::*;
+use drainer_core::lifecycle::DrainState;
+
+const DAY: i64 = 86_400_000;
+const TTL: i64 = 7 * DAY;
+const NOW: i64 = 100 * DAY;
+
+fn drain(state: DrainState, finished: Option<i64>) -> Drain {
+    Drain {
+        id: "d-1".into(),
+        namespace: "shop".into(),
+        pvc: "data-web-2".into(),
+        pod: Some("web-2".into()),
+        reason: "handoff".into(),
+        state,
+        attempts: 1,
+        max_attempts: 3,
+        not_before_ms: 0,
+        lease_owner: None,
+        lease_expires_ms: None,
+        snapshot: (state == DrainState::Completed).then(|| "s-1".into()),
+        last_error: None,
+        created_ms: NOW - DAY,
+        updated_ms: finished.unwrap_or(NOW - DAY),
+        finished_ms: finished,
+        pvc_uid: None,
+        pod_uid: None,
+        node: None,
+        hold: None,
+        mover_job: None,
+        mover_job_uid: None,
+    }
+}
+
+fn view(files: u64, bytes: u64) -> ProgressView {
+    ProgressView {
+        files_done: files,
+        bytes_done: bytes,
+        files_total: None,
+        bytes_total: None,
+        bytes_per_second: 1048576.0,
+        eta_seconds: None,
+        elapsed_seconds: 1.0,
+    }
+}
+
+fn facts(live: Option<&ProgressView>, due: bool, role: Role) -> Facts<'_> {
+    Facts {
+        live,
+        progress_due: due,
+        now_ms: NOW,
+        ttl_ms: TTL,
+        role,
+    }
+}
+
+fn seen_as(drain: &Drain, progress: Option<ObjectProgress>) -> Seen {
+    Seen {
+        status: Some(status_of(drain)),
+        progress,
+    }
+}
+
+#[test]
+fn a_drain_without_an_object_gets_one_with_its_status() {
+    let d = drain(DrainState::Queued, None);
+    assert_eq!(
+        decide(&d, None, facts(None, true, Role::All)),
+        Action::Create {
+            status: status_of(&d),
+            progress: None
+        }
+    );
+    // Only the writing replica makes objects.
+    assert_eq!(
+        decide(&d, None, facts(None, true, Role::ProgressOnly)),
+        Action::Nothing
+    );
+}
+
+#[test]
+fn an_object_in_step_is_left_alone_and_one_behind_is_patched() {
+    let queued = drain(DrainState::Queued, None);
+    let done = drain(DrainState::Completed, Some(NOW - 1000));
+    let seen = seen_as(&queued, None);
+    assert_eq!(
+        decide(&queued, Some(&seen), facts(None, true, Role::All)),
+        Action::Nothing
+    );
+    let action = decide(&done, Some(&seen), facts(None, true, Role::All));
+    let Action::Patch {
+        status: Some(status),
+        progress: None,
+    } = action
+    else {
+        panic!("{action:?}")
+    };
+    assert_eq!(status.state, "completed");
+    assert_eq!(status.snapshot.as_deref(), Some("s-1"));
+    assert_eq!(status.conditions[0].status, "True");
+    assert_eq!(status.conditions[1].reason, "Completed");
+    // The replica that does not hold the Lease writes no state.
+    assert_eq!(
+        decide(&done, Some(&seen), facts(None, true, Role::ProgressOnly)),
+        Action::Nothing
+    );
+    // An object whose status someone emptied is written again.
+    assert!(matches!(
+        decide(&done, Some(&Seen::default()), facts(None, true, Role::All)),
+        Action::Patch {
+            status: Some(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn progress_is_written_when_due_and_changed_only() {
+    let copying = drain(DrainState::Copying, None);
+    let sample = view(3, 5 << 20);
+    let written = ObjectProgress::of(&sample);
+    assert_eq!(written.summary, "3 files, 5.0 MiB, 1.0 MiB/s");
+    let seen = seen_as(&copying, None);
+    for role in [Role::All, Role::ProgressOnly] {
+        assert_eq!(
+            decide(&copying, Some(&seen), facts(Some(&sample), true, role)),
+            Action::Patch {
+                status: None,
+                progress: Some(written.clone())
+            }
+        );
+        // Not due yet: nothing, however much it moved.
+        assert_eq!(
+            decide(&copying, Some(&seen), facts(Some(&sample), false, role)),
+            Action::Nothing
+        );
+    }
+    // Due, but the object says it already.
+    let seen = seen_as(&copying, Some(written));
+    assert_eq!(
+        decide(&copying, Some(&seen), facts(Some(&sample), true, Role::All)),
+        Action::Nothing
+    );
+    // A state change with progress not due: the state alone (the progress is left as it is).
+    let failing = Drain {
+        last_error: Some("store unreachable".into()),
+        ..drain(DrainState::Failing, None)
+    };
+    let action = decide(
+        &failing,
+        Some(&seen),
+        facts(Some(&sample), false, Role::All),
+    );
+    assert!(
+        matches!(&action, Action::Patch { status: Some(s), progress: None }
+            if s.last_error.as_deref() == Some("store unreachable")),
+        "{action:?}"
+    );
+}
+
+#[test]
+fn objects_of_drains_ended_longer_than_the_ttl_ago_go() {
+    let cases = [
+        // (state, finished, object seen, role, expected)
+        (
+            DrainState::Completed,
+            Some(NOW - TTL),
+            true,
+            Role::All,
+            Action::Delete,
+        ),
+        (
+            DrainState::Cancelled,
+            Some(NOW - 2 * TTL),
+            true,
+            Role::All,
+            Action::Delete,
+        ),
+        (
+            DrainState::Completed,
+            Some(NOW - TTL),
+            false,
+            Role::All,
+            Action::Nothing,
+        ),
+        (
+            DrainState::Completed,
+            Some(NOW - TTL),
+            true,
+            Role::ProgressOnly,
+            Action::Nothing,
+        ),
+    ];
+    for (state, finished, seen, role, expected) in cases {
+        let d = drain(state, finished);
+        let object = seen_as(&d, None);
+        assert_eq!(
+            decide(&d, seen.then_some(&object), facts(None, true, role)),
+            expected,
+            "{state:?} {finished:?} {seen} {role:?}"
+        );
+    }
+    // Within the TTL, or still active however old: kept.
+    let recent = drain(DrainState::Completed, Some(NOW - TTL + 1));
+    let old_active = Drain {
+        created_ms: 0,
+        ..drain(DrainState::Failing, None)
+    };
+    for d in [recent, old_active] {
+        let object = seen_as(&d, None);
+        assert_eq!(
+            decide(&d, Some(&object), facts(None, true, Role::All)),
+            Action::Nothing,
+            "{d:?}"
+        );
+    }
+}
+
+#[test]
+fn the_object_and_its_patches_say_what_the_ledger_says() {
+    let d = drain(DrainState::Completed, Some(NOW));
+    let object = object_of(&d, Some("system:serviceaccount:shop:web"));
+    assert_eq!(object.metadata.name.as_deref(), Some("d-1"));
+    assert_eq!(object.metadata.namespace.as_deref(), Some("shop"));
+    let labels = object.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels[CLAIM_LABEL], "data-web-2");
+    assert_eq!(labels[MANAGED.0], MANAGED.1);
+    assert_eq!(
+        object.data["spec"],
+        json!({"claim": "data-web-2", "reason": "handoff", "requestedBy": "system:serviceaccount:shop:web"})
+    );
+    let status = status_of(&d);
+    assert_eq!(status.updated, rfc3339(NOW));
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    // A patch without a new status leaves the status alone; one without progress leaves the
+    // progress alone; errors and snapshots that went are removed (null).
+    let patch = status_patch(None, Some(&ObjectProgress::of(&view(1, 1))));
+    assert_eq!(patch["status"].as_object().map(|o| o.len()), Some(1));
+    let queued = status_of(&drain(DrainState::Queued, None));
+    let patch = status_patch(Some(&queued), None);
+    assert!(patch["status"].get("progress").is_none());
+    assert_eq!(patch["status"]["snapshot"], Value::Null);
+    assert!(
+        patch["status"]
+            .as_object()
+            .unwrap()
+            .contains_key("lastError")
+    );
+    // What a pass reads back is what it wrote.
+    let listed: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
+        "metadata": {"name": "d-1", "namespace": "shop"},
+        "status": status_patch(Some(&status), Some(&ObjectProgress::of(&view(2, 3))))["status"],
+    }))
+    .unwrap();
+    assert_eq!(
+        Seen::of(&listed),
+        Seen {
+            status: Some(status),
+            progress: Some(ObjectProgress::of(&view(2, 3)))
+        }
+    );
+    assert_eq!(camel("awaiting_release"), "AwaitingRelease");
+}
