@@ -54,7 +54,7 @@ const DRAINS_WITHIN: Duration = Duration::from_secs(1200);
 /// Ordinals scaled away (their claims are condemned); ordinal 0 stays.
 const CONDEMNED: u32 = 30;
 /// The admin token the test gives the install.
-const ADMIN_TOKEN: &str = "kube-ha-admin-token";
+const ADMIN_TOKEN: &str = "kube-ha-admin-token-of-at-least-32-characters";
 /// Where the install stores snapshots (the S3 test server's bucket).
 const STORE: &str = "s3://bucket/ha";
 /// How often (c) kills a drainer pod.

@@ -180,7 +180,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The drains this replica is running, by drain id: their live progress, and the token that
 /// stops an attempt at once when its drain is changed by hand (cancelled or abandoned).
-pub(crate) type ProgressBoard = Arc<Mutex<HashMap<String, Running>>>;
+pub type ProgressBoard = Arc<Mutex<HashMap<String, Running>>>;
 
 /// One running attempt on the [`ProgressBoard`].
 #[derive(Clone)]
