@@ -617,18 +617,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         let w = World::new("kube-mode-ns-life").await?;
         let dirs = w.start_web(2, "Retain", "1s").await?;
         let old = snapshot_of(&w, "data-web-0", &dirs[0], "ledger-1").await?;
-        // web-2's claim drained by its preStop hook's handoff (3 → 2), the test as its mover.
-        let first = {
-            let web2 = w.pod("web-2").await?;
-            w.scale(2).await?;
-            let token = w.token("web", AUDIENCE, Some(&web2)).await?;
-            let (status, answer) = w.handoff(&token, &[]).await?;
-            ensure!(status == 202 || status == 200, "{status} {answer}");
-            let id = id_of(&answer);
-            w.drain_state(&id, "copying").await?;
-            w.move_volume(&id, &dirs[2]).await;
-            w.drain_state(&id, "completed").await?
-        };
+        let first = drain_web_1(&w, &dirs[1]).await?;
         let first = first["snapshot"]
             .as_str()
             .context("no snapshot")?
@@ -737,7 +726,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
     .await
 }
 
-/// The Drain objects of namespace `ns` (issue 22.1), through the CRD of deploy/base.
+/// The Drain objects of namespace `ns`, through the CRD of deploy/base.
 fn drain_objects(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
     let resource = kube::api::ApiResource {
         group: "drainer.io".into(),
@@ -799,7 +788,7 @@ async fn drain_object(w: &World, drain: &Value) -> Result<Value> {
     .await
 }
 
-/// Issue 22.1: a drain handed off from a pod is a Drain object in the claim's namespace whose
+/// A drain handed off from a pod is a Drain object in the claim's namespace whose
 /// status follows the ledger to `completed` with the snapshot; `kubectl get drains -A` shows
 /// its printer columns; an object deleted by hand comes back; an object deleted, and one whose
 /// status was changed, while drainer is down agree with the ledger again after a restart.

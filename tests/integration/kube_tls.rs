@@ -1,4 +1,4 @@
-//! Kubernetes mode over TLS on kube-env (issue 21, item 3), with pods that run as processes:
+//! Kubernetes mode over TLS on kube-env, with pods that run as processes:
 //! a real `drainer serve --kubernetes --tls-cert --tls-key` on this machine, its certificate
 //! made in the test (`support::tls`) for the address pods reach it at (this machine's address
 //! on the pod network, relayed to drainer's loopback port by a TCP forwarder that never sees

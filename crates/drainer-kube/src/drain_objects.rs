@@ -1,4 +1,4 @@
-//! Drains as Kubernetes objects (issue 22.1): one `Drain` (`drains.drainer.io/v1alpha1`, the
+//! Drains as Kubernetes objects: one `Drain` (`drains.drainer.io/v1alpha1`, the
 //! CRD of `deploy/base/crd.yaml`) per drain, in the claim's namespace, named by the drain id,
 //! kept in step with the ledger, which stays the source of truth. A pass every
 //! [`PASS_EVERY`] reads the drains still active or ended within `--drain-objects-ttl` from the
