@@ -794,6 +794,9 @@ async fn drain_object(w: &World, drain: &Value) -> Result<Value> {
 /// status was changed, while drainer is down agree with the ledger again after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_are_kubernetes_objects_kept_in_step_with_the_ledger() -> Result<()> {
+    // The CRD is cluster-wide and part of deploy/base: the tests that install and uninstall
+    // deploy/ (or the chart) delete it when they finish, so this one waits for them.
+    let _serial = crate::support::install::LOCK.lock().await;
     with_timeout(LIMIT, async {
         install_drain_crd().await?;
         let mut w = World::new("kube-mode-objects").await?;
