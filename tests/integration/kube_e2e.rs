@@ -1809,9 +1809,26 @@ async fn a_store_outage_during_a_scale_down_with_delete_loses_nothing() -> Resul
         for pvc in &condemned {
             ids.insert(pvc.clone(), w.drain_of(&serve, pvc).await?);
         }
-        for (pvc, id) in &ids {
-            let drain = serve.wait_state(id, "failing", WAIT).await;
-            ensure!(drain["attempts"] == 2, "{pvc}: {}", history(&drain));
+        // Each drain as first seen failing (all watched at once: a drain left failing while
+        // another is waited for would be in its next slow retry by the time it is read).
+        let mut first_failing = BTreeMap::new();
+        let deadline = Instant::now() + WAIT;
+        while first_failing.len() < ids.len() {
+            for (pvc, id) in &ids {
+                let drain = serve.drain(id).await;
+                if drain["state"] == "failing" && !first_failing.contains_key(pvc) {
+                    first_failing.insert(pvc.clone(), drain);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "not all failing: {first_failing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (pvc, drain) in &first_failing {
+            let id = &ids[pvc];
+            ensure!(drain["attempts"] == 2, "{pvc}: {}", history(drain));
             ensure!(
                 drain["hold"] == hold::hold_name(id).as_str(),
                 "{pvc} not held: {drain}"

@@ -1387,9 +1387,11 @@ async fn cancelling_a_drain_stops_its_external_mover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() {
     let work = tempfile::tempdir().unwrap();
-    let disk = crate::support::tmpfs::Tmpfs::mount(&work.path().join("ledger-disk"), "2m");
+    // The filler is larger than what the ledger can take, so removing it leaves room for
+    // SQLite to copy its whole write-ahead log back and for the readiness probe's write.
+    let disk = crate::support::tmpfs::Tmpfs::mount(&work.path().join("ledger-disk"), "4m");
     let filler = disk.path().join("filler");
-    std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
+    std::fs::write(&filler, vec![0u8; 2560 * 1024]).unwrap();
     let store = file_url(&work.path().join("store"));
     let volumes = work.path().join("volumes").display().to_string();
     let serve = Serve::start(
@@ -1407,14 +1409,20 @@ async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() 
     let reason = "r".repeat(200);
     let mut acknowledged = Vec::new();
     let mut refusal = None;
+    // Handoffs until one is refused, then again after a pause: a checkpoint may let SQLite
+    // reuse its write-ahead log. Full means refused even after the checkpoints of a pause.
     for i in 0..20_000 {
         let body = json!({"namespace": "shop", "pvcs": [format!("pvc-{i}")], "reason": reason});
         let (status, answer) = serve.call(Method::POST, "/v1/handoffs", Some(body)).await;
         match status {
-            202 => acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned()),
+            202 => {
+                acknowledged.push(answer["drains"][0]["id"].as_str().unwrap().to_owned());
+                refusal = None;
+            }
+            _ if refusal.is_some() => break,
             _ => {
                 refusal = Some((status, answer));
-                break;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
@@ -1463,13 +1471,14 @@ async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while reqwest::get(format!("{}/readyz", serve.url))
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(std::time::Instant::now() < deadline, "never ready again");
+    loop {
+        let ready = reqwest::get(format!("{}/readyz", serve.url)).await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("never ready again: {}", ready.text().await.unwrap());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for id in &acknowledged {
