@@ -15,6 +15,11 @@ const TIMEOUT_SECONDS: u64 = 2;
 
 /// Starts a drainer with short read timeouts and one volume to hand off.
 async fn drainer(work: &std::path::Path) -> Serve {
+    drainer_with(work, &[]).await
+}
+
+/// [`drainer`], with `extra` arguments.
+async fn drainer_with(work: &std::path::Path, extra: &[&str]) -> Serve {
     let data = work.join("serve");
     std::fs::create_dir_all(data.join("volumes/shop/data-web-0")).unwrap();
     std::fs::write(data.join("volumes/shop/data-web-0/f"), b"x").unwrap();
@@ -28,7 +33,10 @@ async fn drainer(work: &std::path::Path) -> Serve {
             &timeout,
             "--body-timeout",
             &timeout,
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )
     .await
 }
@@ -229,4 +237,117 @@ async fn slow_bodies_time_out_and_handoffs_still_answered() {
     assert!(!latencies.is_empty(), "no handoff during the attack");
     assert_eq!(closed.len(), 500, "every slow body's connection was closed");
     report("after the attack", &mut handoffs(&serve.url, 20).await);
+}
+
+/// drainer's memory limit in `deploy/base/deployment.yaml`.
+const MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// A process's resident memory in bytes (`VmRSS` of `/proc/PID/status`).
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// Sends a batch read of `volume` (the whole of `blob`, 64 times: the largest batch) and
+/// reads the answer's head and first bytes, then stops reading and holds the connection
+/// until `done`. Returns the answer's status line.
+async fn read_slowly(
+    addr: String,
+    volume: String,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) -> String {
+    let reads: Vec<_> = (0..64)
+        .map(|_| serde_json::json!({"key": "snapshots/attack/blob", "start": 0, "end": 256 * 1024}))
+        .collect();
+    let body = serde_json::json!({ "reads": reads }).to_string();
+    let request = format!(
+        "POST /v1/volumes/shop/{volume}/objects/batch HTTP/1.1\r\nHost: drainer\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 64 * 1024];
+    let mut got = 0;
+    while got < head.len() {
+        match tcp.read(&mut head[got..]).await.unwrap() {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let status = String::from_utf8_lossy(&head[..got.min(12)]).into_owned();
+    let _ = done.wait_for(|d| *d).await;
+    status
+}
+
+/// 40 readers of full batches (64 reads of 256 KiB: 16 MiB each, 640 MiB in all) that read
+/// the first bytes and then stop reading: drainer's resident memory stays under its limit
+/// (the answers stream, a few reads ahead of each reader), and handoffs are answered
+/// meanwhile. Prints the memory before and at its highest during the attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_slow_readers_of_full_batches_stay_under_the_memory_limit() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    // Five volumes: a caller may run eight batch reads of one volume at once.
+    let volumes: Vec<String> = (0..5).map(|i| format!("data-web-{i}")).collect();
+    let blob: Vec<u8> = (0..256 * 1024).map(|_| rand::random::<u8>()).collect();
+    for volume in &volumes {
+        let dir = store.join(format!("volumes/shop/{volume}/snapshots/attack"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("blob"), &blob).unwrap();
+    }
+    let store_url = format!("file://{}", store.display());
+    let serve = drainer_with(work.path(), &["--store", &store_url]).await;
+    let pid = serve.pid().unwrap();
+    report("before the attack", &mut handoffs(&serve.url, 50).await);
+    let before = resident_bytes(pid);
+
+    let addr = serve.url.trim_start_matches("http://").to_owned();
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let handing_off = tokio::spawn(handoffs_until(serve.url.clone(), done.clone()));
+    let readers: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::spawn(read_slowly(
+                addr.clone(),
+                volumes[i % 5].clone(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    let mut highest = 0;
+    for _ in 0..60 {
+        highest = highest.max(resident_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done_tx.send(true).unwrap();
+    let mut latencies = handing_off.await.unwrap();
+    let mut statuses = Vec::new();
+    for reader in readers {
+        statuses.push(reader.await.unwrap());
+    }
+    report("during 40 slow readers of full batches", &mut latencies);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "abuse figures: 40 slow readers of 16 MiB batches: drainer resident {:.0} MiB before, \
+         {:.0} MiB at most during (limit {:.0} MiB)",
+        mib(before),
+        mib(highest),
+        mib(MEMORY_LIMIT)
+    );
+    assert!(
+        statuses.iter().all(|s| s == "HTTP/1.1 200"),
+        "every reader was answered: {statuses:?}"
+    );
+    assert!(!latencies.is_empty(), "no handoff during the attack");
+    assert!(
+        highest < MEMORY_LIMIT,
+        "drainer held {:.0} MiB for 40 slow readers",
+        mib(highest)
+    );
 }

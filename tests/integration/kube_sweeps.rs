@@ -304,6 +304,7 @@ async fn orphans_are_reported(
         ready: true.into(),
         health: Default::default(),
         per_caller: Default::default(),
+        body_budget: drainer_server::http::body_budget::BodyBudget::for_movers(256 << 20),
         kept: Default::default(),
         copying: Default::default(),
     });

@@ -151,6 +151,11 @@ pub struct LimitArgs {
     /// `restore --drainer` runs 4); more are answered `429` with `Retry-After: 1`.
     #[arg(long, env = "DRAINER_BATCH_READS_PER_CALLER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_reads_per_caller: u32,
+    /// MiB of movers' request bodies (parts, objects, batches: each read whole, up to 64 MiB)
+    /// held at once by all callers together; a request that finds no room within 5 s is
+    /// answered `429` with `Retry-After: 1`. At least 64.
+    #[arg(long, env = "DRAINER_MOVER_BODY_MEMORY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub mover_body_memory: u32,
 }
 
 impl LimitArgs {
@@ -168,6 +173,13 @@ impl LimitArgs {
         crate::http::inflight::PerCaller::new(
             self.mover_requests_per_caller as usize,
             self.batch_reads_per_caller as usize,
+        )
+    }
+
+    /// The budget for movers' request bodies these flags give.
+    pub fn body_budget(&self) -> crate::http::body_budget::BodyBudget {
+        crate::http::body_budget::BodyBudget::for_movers(
+            self.mover_body_memory as usize * 1024 * 1024,
         )
     }
 

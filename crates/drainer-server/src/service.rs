@@ -143,6 +143,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         ready: AtomicBool::new(false),
         health: health.clone(),
         per_caller: args.limits.per_caller(),
+        body_budget: args.limits.body_budget(),
         kept: Default::default(),
         copying: Default::default(),
     });

@@ -81,22 +81,32 @@ pub enum ReadOutcome {
     Failed(String),
 }
 
-/// Encodes the answers to a batch of reads.
-pub fn encode_reads(outcomes: &[ReadOutcome]) -> Bytes {
+/// Encodes the answers to a batch of reads in one buffer (as a drainer streams them).
+#[cfg(test)]
+fn encode_reads(outcomes: &[ReadOutcome]) -> Bytes {
     let mut body = BytesMut::new();
     for outcome in outcomes {
-        let (kind, size, data): (u8, u64, &[u8]) = match outcome {
-            ReadOutcome::Data { size, bytes } => (0, *size, bytes),
-            ReadOutcome::NotFound(why) => (1, 0, why.as_bytes()),
-            ReadOutcome::Failed(why) => (2, 0, why.as_bytes()),
-        };
-        body.reserve(17 + data.len());
-        body.put_u8(kind);
-        body.put_u64(size);
-        body.put_u64(data.len() as u64);
-        body.put_slice(data);
+        for chunk in encode_read(outcome.clone()) {
+            body.put_slice(&chunk);
+        }
     }
     body.freeze()
+}
+
+/// Encodes one answer as the two chunks of a streamed body, its 17-byte head and its data,
+/// without copying the data: a drainer sends each answer as it is read, so a batch's
+/// memory is the reads in flight, not the whole answer.
+pub fn encode_read(outcome: ReadOutcome) -> [Bytes; 2] {
+    let (kind, size, data) = match outcome {
+        ReadOutcome::Data { size, bytes } => (0, size, bytes),
+        ReadOutcome::NotFound(why) => (1, 0, Bytes::from(why)),
+        ReadOutcome::Failed(why) => (2, 0, Bytes::from(why)),
+    };
+    let mut head = BytesMut::with_capacity(17);
+    head.put_u8(kind);
+    head.put_u64(size);
+    head.put_u64(data.len() as u64);
+    [head.freeze(), data]
 }
 
 /// Decodes the answers to a batch of `count` reads; a body that does not hold exactly that

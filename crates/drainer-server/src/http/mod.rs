@@ -7,6 +7,7 @@
 //! logged, never returned. A ledger that is down answers `503` with `Retry-After`.
 
 mod api;
+pub mod body_budget;
 mod file_body;
 pub mod guard;
 pub mod inflight;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub health: drainer_core::health::Health,
     /// Requests in flight per caller on the mover protocol and batch reads.
     pub per_caller: inflight::PerCaller,
+    /// The bytes of mover request bodies held at once.
+    pub body_budget: body_budget::BodyBudget,
     /// What `/readyz` and `/metrics` last read from the ledger.
     pub kept: recent::Kept,
     /// Drains recently found copying, for movers' requests: id → (volume, when checked).
@@ -198,6 +201,10 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .merge(
             movers
+                .layer(middleware::from_fn_with_state(
+                    state.shared().body_budget.clone(),
+                    body_budget::limit,
+                ))
                 .layer(per_caller(&counters.mover, inflight::Scope::Drain))
                 .layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)),
         );

@@ -168,6 +168,7 @@ async fn world() -> World {
         ready: AtomicBool::new(true),
         health: health.clone(),
         per_caller: Default::default(),
+        body_budget: super::body_budget::BodyBudget::for_movers(super::body_budget::DEFAULT_BUDGET),
         kept: Default::default(),
         copying: Default::default(),
     });
@@ -384,6 +385,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         ready: AtomicBool::new(true),
         health: Default::default(),
         per_caller: Default::default(),
+        body_budget: super::body_budget::BodyBudget::for_movers(super::body_budget::DEFAULT_BUDGET),
         kept: Default::default(),
         copying: Default::default(),
     });

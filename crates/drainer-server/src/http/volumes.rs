@@ -111,6 +111,8 @@ fn volume_key(state: &AppState, volume: &VolumeId, key: &str) -> Result<Key, Err
 /// `POST /v1/volumes/{ns}/{pvc}/objects/batch`: up to 64 ranges of at most 256 KiB each
 /// ([`batch::ReadBatch`]), every key checked before anything is read; answers each read's
 /// bytes and object size, or its error, in the [`drainer_core::protocol::batch`] format.
+/// The answer streams, in order, as the reads come back ([`BATCH_READS_AT_ONCE`] ahead of
+/// the reader at most), so a slow reader holds a few reads' bytes, not the whole batch.
 pub(super) async fn get_objects(
     State(state): State<AppState>,
     volume: Granted<VolumeAccess>,
@@ -136,14 +138,14 @@ pub(super) async fn get_objects(
         reads.push((key_for(&state, &access, &read.key)?, read));
     }
     let store = state.shared().store.clone();
-    let outcomes: Vec<batch::ReadOutcome> = futures::stream::iter(reads)
+    let answers = futures::stream::iter(reads)
         .map(move |(key, read)| read_one(store.clone(), key, read))
         .buffered(BATCH_READS_AT_ONCE)
-        .collect()
-        .await;
+        .flat_map(|outcome| futures::stream::iter(batch::encode_read(outcome)))
+        .map(Ok::<_, std::convert::Infallible>);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(Body::from(batch::encode_reads(&outcomes)))
+        .body(Body::from_stream(answers))
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
