@@ -171,7 +171,8 @@ impl Seen {
     /// What an object as listed says.
     pub fn of(object: &DynamicObject) -> Self {
         let status = object.data.get("status");
-        let parsed: Option<DrainStatus> = status.cloned().and_then(|s| serde_json::from_value(s).ok());
+        let parsed: Option<DrainStatus> =
+            status.cloned().and_then(|s| serde_json::from_value(s).ok());
         Self {
             kept: parsed
                 .as_ref()
@@ -370,7 +371,13 @@ pub fn history_of(events: &[DrainEvent]) -> Value {
 }
 
 /// A condition of `type_` that changed now (requests and actions).
-pub fn condition_now(type_: &str, true_: bool, reason: &str, message: String, now_ms: i64) -> Condition {
+pub fn condition_now(
+    type_: &str,
+    true_: bool,
+    reason: &str,
+    message: String,
+    now_ms: i64,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: if true_ { "True" } else { "False" }.into(),

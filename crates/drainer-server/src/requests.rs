@@ -171,11 +171,11 @@ mod tests {
         };
         let held = drain(DrainState::Copying, Some("drainer-hold-d-1"));
         let why = cancel_refused(&held, "say why").unwrap();
-        assert!(why.contains("shop/data-web-2") && why.contains("say why"), "{why}");
-        assert_eq!(
-            cancel_refused(&drain(DrainState::Copying, None), "x"),
-            None
+        assert!(
+            why.contains("shop/data-web-2") && why.contains("say why"),
+            "{why}"
         );
+        assert_eq!(cancel_refused(&drain(DrainState::Copying, None), "x"), None);
         assert_eq!(
             cancel_refused(&drain(DrainState::Completed, Some("h")), "x"),
             None

@@ -379,7 +379,10 @@ impl DrainObjects {
             super::CLAIM_LABEL: drain.pvc,
         }}});
         crate::call(
-            format!("linking Drain {}/{} to its drain", asked.namespace, asked.name),
+            format!(
+                "linking Drain {}/{} to its drain",
+                asked.namespace, asked.name
+            ),
             self.api(&asked.namespace).patch(
                 &asked.name,
                 &super::patch_params(),
@@ -387,16 +390,26 @@ impl DrainObjects {
             ),
         )
         .await?;
+        let by = principal(&asked.namespace, &asked.name);
         let (reason, message) = if new {
-            ("Requested", format!("drain {} requested", drain.id))
+            ("Requested", format!("drain {} requested by {by}", drain.id))
         } else {
             (
                 "Joined",
-                format!("joined drain {}, already active for the claim", drain.id),
+                format!(
+                    "drain {} was active for the claim; {by} recorded as one of its requesters",
+                    drain.id
+                ),
             )
         };
         let mut seen = Seen::default();
-        seen.keep(condition_now(super::requests::ACCEPTED, true, reason, message, now_ms));
+        seen.keep(condition_now(
+            super::requests::ACCEPTED,
+            true,
+            reason,
+            message,
+            now_ms,
+        ));
         Ok(Linked {
             name: asked.name.clone(),
             own: false,
@@ -492,13 +505,23 @@ impl DrainObjects {
         by: &str,
         now_ms: i64,
     ) -> Result<super::Condition, Error> {
-        let write_error = |e: drainer_core::ledger::Error| Error::Watch(format!("writing the ledger: {e}"));
+        let write_error =
+            |e: drainer_core::ledger::Error| Error::Watch(format!("writing the ledger: {e}"));
         match judge_action(drain, asked) {
             ActionPlan::Refuse { reason, message } => {
                 let note = format!("{} asked by {by}, refused: {message}", asked.action);
-                self.ledger.note(&drain.id, &note).await.map_err(write_error)?;
+                self.ledger
+                    .note(&drain.id, &note)
+                    .await
+                    .map_err(write_error)?;
                 tracing::info!(drain = %drain.id, by, action = %asked.action, reason, "action on a Drain object refused");
-                Ok(condition_now(ACTION_APPLIED, false, reason, message, now_ms))
+                Ok(condition_now(
+                    ACTION_APPLIED,
+                    false,
+                    reason,
+                    message,
+                    now_ms,
+                ))
             }
             ActionPlan::Apply { event, why } => {
                 let result = self
@@ -513,7 +536,10 @@ impl DrainObjects {
                         asked.action,
                         condition.message.as_deref().unwrap_or_default()
                     );
-                    self.ledger.note(&drain.id, &note).await.map_err(write_error)?;
+                    self.ledger
+                        .note(&drain.id, &note)
+                        .await
+                        .map_err(write_error)?;
                 }
                 Ok(condition)
             }

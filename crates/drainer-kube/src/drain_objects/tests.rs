@@ -1,4 +1,5 @@
-//! [`decide`]: what a pass writes for a drain, given its ledger row and its object as seen.
+//! [`decide`]: what a pass writes for an object of a drain, given its ledger row and the object as
+//! seen; how a listing sorts objects; the history and the conditions a status keeps.
 
 use super::*;
 use drainer_core::lifecycle::DrainState;
@@ -271,14 +272,23 @@ fn the_object_and_its_patches_say_what_the_ledger_says() {
 #[test]
 fn conditions_of_requests_and_actions_are_kept_and_a_new_one_is_written() {
     let d = drain(DrainState::Queued, None);
-    let accepted = condition_now("Accepted", true, "Requested", "drain d-1 requested".into(), NOW);
+    let accepted = condition_now(
+        "Accepted",
+        true,
+        "Requested",
+        "drain d-1 requested".into(),
+        NOW,
+    );
     // An object in step, with a kept condition: nothing to write.
     let mut seen = Seen {
         status: Some(wanted(&d, std::slice::from_ref(&accepted))),
         progress: None,
         kept: vec![accepted.clone()],
     };
-    assert_eq!(decide(&d, Some(&seen), facts(None, true, Role::All)), Action::Nothing);
+    assert_eq!(
+        decide(&d, Some(&seen), facts(None, true, Role::All)),
+        Action::Nothing
+    );
     // What a listed object says is what the pass wrote.
     let listed: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
@@ -291,7 +301,13 @@ fn conditions_of_requests_and_actions_are_kept_and_a_new_one_is_written() {
     // ledger's state and the other kept conditions.
     let applied = condition_now("ActionApplied", false, "ClaimHeld", "held".into(), NOW);
     seen.keep(applied.clone());
-    seen.keep(condition_now("Accepted", true, "Requested", "again".into(), NOW));
+    seen.keep(condition_now(
+        "Accepted",
+        true,
+        "Requested",
+        "again".into(),
+        NOW,
+    ));
     assert_eq!(seen.kept.len(), 2);
     let Action::Patch {
         status: Some(status),
@@ -350,7 +366,12 @@ fn a_listing_sorts_objects_into_linked_and_asked() {
     let managed = json!({"app.kubernetes.io/managed-by": "drainer"});
     let mut listing = Listing::default();
     // drainer's own, from before the drain label: linked by its name.
-    listing.sort(&object("d-1", managed.clone(), json!({}), json!({"state": "queued"})));
+    listing.sort(&object(
+        "d-1",
+        managed.clone(),
+        json!({}),
+        json!({"state": "queued"}),
+    ));
     // A request drainer took, with an action asked.
     listing.sort(&object(
         "nightly",

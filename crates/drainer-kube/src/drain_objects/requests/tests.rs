@@ -84,7 +84,11 @@ fn a_request_names_a_claim_of_its_namespace_and_nothing_of_drainers() {
         ),
     ];
     for (spec, expected) in cases {
-        assert_eq!(judge_request(&asked(spec.clone(), None), NOW, TTL), expected, "{spec}");
+        assert_eq!(
+            judge_request(&asked(spec.clone(), None), NOW, TTL),
+            expected,
+            "{spec}"
+        );
     }
     let long = "x".repeat(201);
     for bad in [
@@ -101,7 +105,13 @@ fn a_request_names_a_claim_of_its_namespace_and_nothing_of_drainers() {
     ] {
         let judged = judge_request(&asked(bad.clone(), None), NOW, TTL);
         assert!(
-            matches!(judged, Judgement::Reject { reason: "InvalidSpec", .. }),
+            matches!(
+                judged,
+                Judgement::Reject {
+                    reason: "InvalidSpec",
+                    ..
+                }
+            ),
             "{bad}: {judged:?}"
         );
     }
@@ -135,8 +145,16 @@ fn actions_follow_the_http_apis_rules() {
     };
     let cases = [
         // (drain, action, expected: Ok(plan) or Err(refusal reason))
-        (&failing, action("retry", None), Ok(apply(Event::RetriedByHand, None))),
-        (&failing, action("cancel", None), Ok(apply(Event::Cancelled, None))),
+        (
+            &failing,
+            action("retry", None),
+            Ok(apply(Event::RetriedByHand, None)),
+        ),
+        (
+            &failing,
+            action("cancel", None),
+            Ok(apply(Event::Cancelled, None)),
+        ),
         (
             &failing,
             action("cancel", Some("wrong claim")),
@@ -149,7 +167,11 @@ fn actions_follow_the_http_apis_rules() {
         ),
         (&held, action("cancel", None), Err("ClaimHeld")),
         (&failing, action("abandon", None), Err("InvalidReason")),
-        (&failing, action("retry", Some("tab\there")), Err("InvalidReason")),
+        (
+            &failing,
+            action("retry", Some("tab\there")),
+            Err("InvalidReason"),
+        ),
         (&failing, action("delete", None), Err("UnknownAction")),
         (&failing, action("", None), Err("UnknownAction")),
         (&failing, action("Retry", None), Err("UnknownAction")),
@@ -179,10 +201,17 @@ fn an_actions_outcome_is_a_condition_and_a_repeat_counts_as_done() {
     let cancelled = drain(DrainState::Cancelled, None);
     let applied = action_outcome(Event::Cancelled, by, &Ok(cancelled.clone()), NOW);
     assert_eq!(
-        (applied.type_.as_str(), applied.status.as_str(), applied.reason.as_str()),
+        (
+            applied.type_.as_str(),
+            applied.status.as_str(),
+            applied.reason.as_str()
+        ),
         (ACTION_APPLIED, "True", "Cancelled")
     );
-    assert_eq!(applied.message.as_deref(), Some("cancelled by drain:shop/nightly"));
+    assert_eq!(
+        applied.message.as_deref(),
+        Some("cancelled by drain:shop/nightly")
+    );
     let conflict = |state| {
         Err(Refused::Conflict {
             id: "d-1".into(),
@@ -195,7 +224,10 @@ fn an_actions_outcome_is_a_condition_and_a_repeat_counts_as_done() {
     assert_eq!(again.status, "True");
     // Cancelling a completed drain: refused, saying why.
     let refused = action_outcome(Event::Cancelled, by, &conflict(DrainState::Completed), NOW);
-    assert_eq!((refused.status.as_str(), refused.reason.as_str()), ("False", "NotAllowed"));
+    assert_eq!(
+        (refused.status.as_str(), refused.reason.as_str()),
+        ("False", "NotAllowed")
+    );
     assert!(refused.message.unwrap().contains("completed"));
     let retried = action_outcome(Event::RetriedByHand, by, &conflict(DrainState::Queued), NOW);
     assert_eq!(retried.status, "False");
@@ -204,8 +236,14 @@ fn an_actions_outcome_is_a_condition_and_a_repeat_counts_as_done() {
         volume: "shop/data-web-2".into(),
         active: "d-2".into(),
     });
-    assert_eq!(action_outcome(Event::RetriedByHand, by, &busy, NOW).reason, "VolumeBusy");
+    assert_eq!(
+        action_outcome(Event::RetriedByHand, by, &busy, NOW).reason,
+        "VolumeBusy"
+    );
     let gone = Err(Refused::NotFound("d-1".into()));
-    assert_eq!(action_outcome(Event::Abandoned, by, &gone, NOW).reason, "NotFound");
+    assert_eq!(
+        action_outcome(Event::Abandoned, by, &gone, NOW).reason,
+        "NotFound"
+    );
     assert_eq!(principal("shop", "nightly"), by);
 }
