@@ -8,6 +8,7 @@ mod deploy;
 mod engine;
 mod hardening;
 mod kube_admission;
+mod kube_drains;
 mod kube_e2e;
 mod kube_env;
 mod kube_ha;

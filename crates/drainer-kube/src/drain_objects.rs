@@ -1,22 +1,41 @@
-//! Drains as Kubernetes objects: one `Drain` (`drains.drainer.io/v1alpha1`, the
-//! CRD of `deploy/base/crd.yaml`) per drain, in the claim's namespace, named by the drain id,
-//! kept in step with the ledger, which stays the source of truth. A pass every
-//! [`PASS_EVERY`] reads the drains still active or ended within `--drain-objects-ttl` from the
-//! ledger and drainer's Drain objects from the API server (one LIST), then [`decide`]s (pure)
-//! per drain what to write: create a missing object (one deleted by hand comes back), merge-patch
-//! its status subresource when the ledger's row changed, the copy's progress at most every
-//! [`PROGRESS_EVERY`], or delete the object of a drain that ended longer than the TTL ago.
+//! Drains as Kubernetes objects: one `Drain` (`drains.drainer.io/v1alpha1`, the CRD of
+//! `deploy/base/crd.yaml`) per drain, in the claim's namespace, kept in step with the ledger,
+//! which stays the source of truth. A pass every [`PASS_EVERY`] lists the Drain objects of the
+//! watched namespaces (one LIST) and sorts them ([`Listing::sort`]): objects linked to a drain
+//! (drainer's own, named by the drain id, and requests it took, both labelled
+//! [`DRAIN_LABEL`]) and requests users made that drainer has not answered. It answers the
+//! requests and the actions asked on linked objects ([`requests`]), then reads the drains
+//! still active or ended within `--drain-objects-ttl` from the ledger and [`decide`]s (pure)
+//! per object what to write: create a missing object (one deleted by hand comes back),
+//! merge-patch its status subresource when the ledger's row changed (with the drain's last
+//! [`HISTORY_KEPT`] history entries, for `kubectl describe drain`), the copy's progress at most
+//! every [`PROGRESS_EVERY`], or delete the object of a drain that ended longer than the TTL
+//! ago. drainer's own object of a drain is deleted once a request object links to it, so a
+//! drain has one object as long as one request asked for it.
 //!
 //! Who writes: with a sweeper Lease (several replicas doing scheduled work), its holder writes
-//! everything but progress; every replica writes the progress of the copies it runs (only it
-//! knows it), as a patch of `status.progress` alone, so the two never overwrite each other.
-//! Without a Lease, each replica writes everything; the writes are idempotent (the same status
-//! from the same ledger, a creation that finds the object made is left at that).
+//! everything but progress, and answers requests and actions; every replica writes the
+//! progress of the copies it runs (only it knows it), as a patch of `status.progress` alone,
+//! so the two never overwrite each other. Without a Lease, each replica writes everything; the
+//! writes are idempotent (the same status from the same ledger, a creation that finds the
+//! object made is left at that, a request found recorded is linked, not recorded again).
+//!
+//! API writes per drain: 1 create and 1 status patch when first seen (a request object: 1
+//! label patch and 1 status patch instead), 1 status patch per state change (a handoff's drain
+//! goes `awaiting_release`, `queued`, `copying`, `completed`: 3 more), 1 progress patch per
+//! [`PROGRESS_EVERY`] of copying, 1 delete after the TTL; an action costs 1 annotation patch
+//! and 1 status patch. At 1,000 drains at once: at most 2,000 writes in the first pass (one
+//! after the other, each with the API's 10 s timeout), then at most 1,000 progress patches per
+//! [`PROGRESS_EVERY`] (200 per second) while all of them copy, in practice the copies running
+//! at once (`--concurrent-drains` per replica), and one patch per state change; reads stay at
+//! one LIST (pages of 500) per watched namespace per [`PASS_EVERY`], and one ledger read of
+//! the history per status written.
 
 use crate::Error;
 use chrono::{DateTime, SecondsFormat, Utc};
-use drainer_core::ledger::{Drain, Ledger};
+use drainer_core::ledger::{Drain, DrainEvent, Ledger};
 use drainer_core::snapshot::ProgressView;
+use drainer_server::requests::Requests;
 use drainer_server::scheduler::ProgressBoard;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -34,8 +53,18 @@ pub const PASS_EVERY: Duration = Duration::from_secs(5);
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The label naming the drained claim.
 pub const CLAIM_LABEL: &str = "drainer.io/claim";
-/// The label marking objects drainer keeps (the pass lists only these).
+/// The label marking objects drainer keeps: its own, and the requests it took.
 pub const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
+/// The label naming the drain an object shows (its name, on drainer's own objects made
+/// before the label was).
+pub const DRAIN_LABEL: &str = "drainer.io/drain";
+/// History entries written in `status.history`.
+pub const HISTORY_KEPT: usize = 20;
+/// The conditions drainer derives from the ledger's row; any other is kept as it is.
+const DERIVED: [&str; 2] = ["Ended", "Succeeded"];
+
+pub mod requests;
+pub use requests::{ActionAsked, Judgement, RequestObject};
 
 /// The `Drain` resource (group `drainer.io`, version `v1alpha1`).
 pub fn resource() -> ApiResource {
@@ -55,7 +84,7 @@ pub struct DrainStatus {
     /// The drain's state (the ledger's name of it).
     #[serde(default)]
     pub state: String,
-    /// `Ended` and `Succeeded`.
+    /// `Ended` and `Succeeded`, then those kept: `Accepted`, `ActionApplied`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Attempts started so far.
@@ -76,15 +105,18 @@ pub struct DrainStatus {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ended` or `Succeeded`.
+    /// `Ended`, `Succeeded`, `Accepted` or `ActionApplied`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True` or `False`.
     pub status: String,
     /// When it last changed (RFC 3339).
     pub last_transition_time: String,
-    /// The drain's state, in CamelCase.
+    /// The drain's state, in CamelCase (or why a request or an action went as it did).
     pub reason: String,
+    /// What happened, in a sentence (requests and actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The copy's last sample, in `status.progress`.
@@ -130,21 +162,41 @@ pub struct Seen {
     pub status: Option<DrainStatus>,
     /// Its progress, if any.
     pub progress: Option<ObjectProgress>,
+    /// The conditions its status must keep besides those of the ledger's row (`Accepted`,
+    /// `ActionApplied`): as seen, or as an answer of this pass changed them.
+    pub kept: Vec<Condition>,
 }
 
 impl Seen {
     /// What an object as listed says.
     pub fn of(object: &DynamicObject) -> Self {
         let status = object.data.get("status");
+        let parsed: Option<DrainStatus> =
+            status.cloned().and_then(|s| serde_json::from_value(s).ok());
         Self {
-            status: status
-                .cloned()
-                .and_then(|s| serde_json::from_value(s).ok())
-                .filter(|s: &DrainStatus| !s.state.is_empty()),
+            kept: parsed
+                .as_ref()
+                .map(|s| {
+                    s.conditions
+                        .iter()
+                        .filter(|c| !DERIVED.contains(&c.type_.as_str()))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            status: parsed.filter(|s| !s.state.is_empty()),
             progress: status
                 .and_then(|s| s.get("progress"))
                 .cloned()
                 .and_then(|p| serde_json::from_value(p).ok()),
+        }
+    }
+
+    /// Keeps `condition`, in place of a kept one of its type.
+    pub fn keep(&mut self, condition: Condition) {
+        match self.kept.iter_mut().find(|c| c.type_ == condition.type_) {
+            Some(old) => *old = condition,
+            None => self.kept.push(condition),
         }
     }
 }
@@ -216,7 +268,7 @@ pub fn decide(drain: &Drain, seen: Option<&Seen>, facts: Facts<'_>) -> Action {
         },
         (Role::ProgressOnly, None) => Action::Nothing,
         (role, Some(seen)) => {
-            let wanted = status_of(drain);
+            let wanted = wanted(drain, &seen.kept);
             let status =
                 (role == Role::All && seen.status.as_ref() != Some(&wanted)).then_some(wanted);
             if status.is_none() && progress.is_none() {
@@ -226,6 +278,13 @@ pub fn decide(drain: &Drain, seen: Option<&Seen>, facts: Facts<'_>) -> Action {
             }
         }
     }
+}
+
+/// The status an object of `drain` must show: the ledger's row, and the conditions `kept`.
+pub fn wanted(drain: &Drain, kept: &[Condition]) -> DrainStatus {
+    let mut status = status_of(drain);
+    status.conditions.extend(kept.iter().cloned());
+    status
 }
 
 /// The status the ledger's row of a drain gives its object.
@@ -243,6 +302,7 @@ pub fn status_of(drain: &Drain) -> DrainStatus {
         status: if true_ { "True" } else { "False" }.into(),
         last_transition_time: since.clone(),
         reason: reason.clone(),
+        message: None,
     };
     DrainStatus {
         state: drain.state.as_str().into(),
@@ -266,6 +326,7 @@ pub fn object_of(drain: &Drain, requested_by: Option<&str>) -> DynamicObject {
     object.metadata.labels = Some(
         [
             (CLAIM_LABEL.to_owned(), drain.pvc.clone()),
+            (DRAIN_LABEL.to_owned(), drain.id.clone()),
             (MANAGED.0.to_owned(), MANAGED.1.to_owned()),
         ]
         .into(),
@@ -287,6 +348,43 @@ pub fn status_patch(status: Option<&DrainStatus>, progress: Option<&ObjectProgre
         body["progress"] = json!(progress);
     }
     json!({ "status": body })
+}
+
+/// The last [`HISTORY_KEPT`] entries of a drain's history (`events`, oldest first), as
+/// `status.history` shows them.
+pub fn history_of(events: &[DrainEvent]) -> Value {
+    let skip = events.len().saturating_sub(HISTORY_KEPT);
+    let entries: Vec<Value> = events[skip..]
+        .iter()
+        .map(|e| {
+            let mut entry = json!({ "at": rfc3339(e.at_ms), "state": e.state.as_str() });
+            if let Some(message) = &e.message {
+                entry["message"] = message.clone().into();
+            }
+            if let Some(owner) = &e.owner {
+                entry["replica"] = owner.clone().into();
+            }
+            entry
+        })
+        .collect();
+    Value::Array(entries)
+}
+
+/// A condition of `type_` that changed now (requests and actions).
+pub fn condition_now(
+    type_: &str,
+    true_: bool,
+    reason: &str,
+    message: String,
+    now_ms: i64,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if true_ { "True" } else { "False" }.into(),
+        last_transition_time: rfc3339(now_ms),
+        reason: reason.into(),
+        message: Some(message),
+    }
 }
 
 /// drainer's writes name it as their field manager.
@@ -337,6 +435,10 @@ pub struct DrainObjects {
     pub ttl: Duration,
     /// The sweeper Lease, if replicas share the scheduled work.
     pub lease: Option<crate::lease::Holding>,
+    /// The request path requests and actions asked on objects take (the HTTP API's).
+    pub requests: Requests,
+    /// Attempts given to drains requested by objects.
+    pub max_attempts: u32,
 }
 
 /// What one pass did.
@@ -348,6 +450,67 @@ pub struct Pass {
     pub patched: usize,
     /// Objects deleted.
     pub deleted: usize,
+    /// Requests taken (recorded, or joined to their claim's active drain).
+    pub requested: usize,
+    /// Requests rejected.
+    pub rejected: usize,
+    /// Actions answered (applied or refused).
+    pub actions: usize,
+}
+
+/// An object linked to a drain, as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linked {
+    /// Its name.
+    pub name: String,
+    /// Whether drainer made it (named by the drain id) rather than a user's request.
+    pub own: bool,
+    /// Its status as seen.
+    pub seen: Seen,
+    /// The action its annotations ask for, if any.
+    pub action: Option<ActionAsked>,
+}
+
+/// The Drain objects of the watched namespaces, sorted out.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Objects linked to a drain, by namespace and drain id.
+    pub linked: HashMap<(String, String), Vec<Linked>>,
+    /// Objects users made that are not linked (requests to answer, or answered `rejected`).
+    pub asked: Vec<RequestObject>,
+}
+
+impl Listing {
+    /// Files `object` where it belongs. Pure.
+    pub fn sort(&mut self, object: &DynamicObject) {
+        let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name)
+        else {
+            return;
+        };
+        let labels = object.metadata.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+        if label(MANAGED.0) != Some(MANAGED.1) {
+            self.asked.push(RequestObject::of(object, namespace, name));
+            return;
+        }
+        let drain = label(DRAIN_LABEL).unwrap_or(name);
+        self.linked
+            .entry((namespace.clone(), drain.to_owned()))
+            .or_default()
+            .push(Linked {
+                name: name.clone(),
+                own: name == drain,
+                seen: Seen::of(object),
+                action: ActionAsked::of(object),
+            });
+    }
+}
+
+/// drainer's own object among `objects` of one drain when a request object links to the drain
+/// too: it is deleted, so that the drain shows as the request that asked for it. Pure.
+pub fn redundant_own(objects: &[Linked]) -> Option<usize> {
+    let requested = objects.iter().any(|o| !o.own);
+    objects.iter().position(|o| o.own).filter(|_| requested)
 }
 
 impl DrainObjects {
@@ -384,7 +547,8 @@ impl DrainObjects {
         }
     }
 
-    /// One pass: the ledger's drains against the objects listed.
+    /// One pass: the requests and actions answered, then the ledger's drains against the
+    /// objects listed.
     pub async fn pass(&self, written: &mut HashMap<String, Instant>) -> Result<Pass, Error> {
         let role = self.role();
         let now_ms = Utc::now().timestamp_millis();
@@ -393,16 +557,24 @@ impl DrainObjects {
         if role == Role::ProgressOnly && live.is_empty() {
             return Ok(Pass::default());
         }
+        let mut listing = self.list().await?;
+        let mut pass = Pass::default();
+        if role == Role::All {
+            self.answer_requests(&mut listing, now_ms, ttl_ms, &mut pass)
+                .await?;
+            self.answer_actions(&mut listing, now_ms, &mut pass).await?;
+        }
         let drains = self
             .ledger
             .drains_active_or_ended_since(now_ms.saturating_sub(ttl_ms), &self.namespaces)
             .await
-            .map_err(|e| Error::Watch(format!("reading the ledger: {e}")))?;
-        let mut seen = self.list().await?;
-        let mut pass = Pass::default();
+            .map_err(ledger_error)?;
         let now = Instant::now();
         for drain in &drains {
-            let object = seen.remove(&(drain.namespace.clone(), drain.id.clone()));
+            let objects = listing
+                .linked
+                .remove(&(drain.namespace.clone(), drain.id.clone()))
+                .unwrap_or_default();
             let facts = Facts {
                 live: live.get(&drain.id),
                 progress_due: written
@@ -412,30 +584,15 @@ impl DrainObjects {
                 ttl_ms,
                 role,
             };
-            let action = decide(drain, object.as_ref(), facts);
-            if matches!(
-                &action,
-                Action::Patch {
-                    progress: Some(_),
-                    ..
-                } | Action::Create {
-                    progress: Some(_),
-                    ..
-                }
-            ) {
+            if self.keep_in_step(drain, objects, facts, &mut pass).await? {
                 written.insert(drain.id.clone(), now);
             }
-            self.apply(drain, action, &mut pass).await?;
         }
         // Objects of drains the window above left out: ended long ago (deleted here), or not
         // this ledger's (another drainer's, left alone).
         if role == Role::All {
-            for ((namespace, id), object) in seen {
-                let drain = self
-                    .ledger
-                    .drain(&id)
-                    .await
-                    .map_err(|e| Error::Watch(format!("reading the ledger: {e}")))?;
+            for ((namespace, id), objects) in listing.linked {
+                let drain = self.ledger.drain(&id).await.map_err(ledger_error)?;
                 let Some(drain) = drain.filter(|d| d.namespace == namespace) else {
                     continue;
                 };
@@ -446,13 +603,55 @@ impl DrainObjects {
                     ttl_ms,
                     role,
                 };
-                let action = decide(&drain, Some(&object), facts);
-                self.apply(&drain, action, &mut pass).await?;
+                for object in objects {
+                    let action = decide(&drain, Some(&object.seen), facts);
+                    self.apply(&drain, &object.name, action, &mut pass).await?;
+                }
             }
         }
         let active: HashSet<&str> = drains.iter().map(|d| d.id.as_str()).collect();
         written.retain(|id, _| active.contains(id.as_str()));
         Ok(pass)
+    }
+
+    /// Brings the objects of `drain` in step (making drainer's own when there is none);
+    /// whether progress was written.
+    async fn keep_in_step(
+        &self,
+        drain: &Drain,
+        mut objects: Vec<Linked>,
+        facts: Facts<'_>,
+        pass: &mut Pass,
+    ) -> Result<bool, Error> {
+        if facts.role == Role::All
+            && let Some(own) = redundant_own(&objects)
+        {
+            let own = objects.remove(own);
+            self.apply(drain, &own.name, Action::Delete, pass).await?;
+        }
+        let actions: Vec<(String, Action)> = if objects.is_empty() {
+            vec![(drain.id.clone(), decide(drain, None, facts))]
+        } else {
+            objects
+                .iter()
+                .map(|o| (o.name.clone(), decide(drain, Some(&o.seen), facts)))
+                .collect()
+        };
+        let mut progress = false;
+        for (name, action) in actions {
+            progress |= matches!(
+                &action,
+                Action::Patch {
+                    progress: Some(_),
+                    ..
+                } | Action::Create {
+                    progress: Some(_),
+                    ..
+                }
+            );
+            self.apply(drain, &name, action, pass).await?;
+        }
+        Ok(progress)
     }
 
     fn live(&self) -> HashMap<String, ProgressView> {
@@ -467,30 +666,16 @@ impl DrainObjects {
             .unwrap_or_default()
     }
 
-    /// drainer's Drain objects in the watched namespaces, by namespace and name.
-    async fn list(&self) -> Result<HashMap<(String, String), Seen>, Error> {
-        let apis: Vec<kube::Api<DynamicObject>> = if self.namespaces.is_empty() {
-            vec![kube::Api::all_with(self.client.clone(), &resource())]
-        } else {
-            self.namespaces
-                .iter()
-                .map(|ns| kube::Api::namespaced_with(self.client.clone(), ns, &resource()))
-                .collect()
-        };
-        let mut seen = HashMap::new();
-        for api in apis {
-            let mut params = ListParams::default()
-                .labels(&format!("{}={}", MANAGED.0, MANAGED.1))
-                .limit(500);
+    /// The Drain objects of the watched namespaces, sorted out.
+    async fn list(&self) -> Result<Listing, Error> {
+        let mut listing = Listing::default();
+        for api in self.apis() {
+            let mut params = ListParams::default().limit(500);
             // At most 1,000 pages of 500: a bound, not an expectation.
             for _ in 0..1000 {
                 let page = crate::call("listing Drain objects", api.list(&params)).await?;
                 for object in &page.items {
-                    if let (Some(ns), Some(name)) =
-                        (&object.metadata.namespace, &object.metadata.name)
-                    {
-                        seen.insert((ns.clone(), name.clone()), Seen::of(object));
-                    }
+                    listing.sort(object);
                 }
                 match page.metadata.continue_.filter(|c| !c.is_empty()) {
                     Some(token) => params = params.continue_token(&token),
@@ -498,13 +683,52 @@ impl DrainObjects {
                 }
             }
         }
-        Ok(seen)
+        Ok(listing)
     }
 
-    async fn apply(&self, drain: &Drain, action: Action, pass: &mut Pass) -> Result<(), Error> {
-        let api: kube::Api<DynamicObject> =
-            kube::Api::namespaced_with(self.client.clone(), &drain.namespace, &resource());
-        let what = |verb: &str| format!("{verb} Drain {}/{}", drain.namespace, drain.id);
+    fn apis(&self) -> Vec<kube::Api<DynamicObject>> {
+        if self.namespaces.is_empty() {
+            vec![kube::Api::all_with(self.client.clone(), &resource())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| kube::Api::namespaced_with(self.client.clone(), ns, &resource()))
+                .collect()
+        }
+    }
+
+    fn api(&self, namespace: &str) -> kube::Api<DynamicObject> {
+        kube::Api::namespaced_with(self.client.clone(), namespace, &resource())
+    }
+
+    /// The merge patch of a status, with the drain's recent history when the status changes.
+    async fn status_body(
+        &self,
+        drain: &Drain,
+        status: Option<&DrainStatus>,
+        progress: Option<&ObjectProgress>,
+    ) -> Result<Value, Error> {
+        let mut body = status_patch(status, progress);
+        if status.is_some() {
+            let events = self
+                .ledger
+                .drain_events(&drain.id)
+                .await
+                .map_err(ledger_error)?;
+            body["status"]["history"] = history_of(&events);
+        }
+        Ok(body)
+    }
+
+    async fn apply(
+        &self,
+        drain: &Drain,
+        name: &str,
+        action: Action,
+        pass: &mut Pass,
+    ) -> Result<(), Error> {
+        let api = self.api(&drain.namespace);
+        let what = |verb: &str| format!("{verb} Drain {}/{name}", drain.namespace);
         match action {
             Action::Nothing => {}
             Action::Create { status, progress } => {
@@ -512,7 +736,7 @@ impl DrainObjects {
                     .ledger
                     .first_requester(&drain.id)
                     .await
-                    .map_err(|e| Error::Watch(format!("reading the ledger: {e}")))?;
+                    .map_err(ledger_error)?;
                 let object = object_of(drain, who.as_deref());
                 match crate::call(what("creating"), api.create(&post_params(), &object)).await {
                     Ok(_) => pass.created += 1,
@@ -520,19 +744,23 @@ impl DrainObjects {
                     Err(e) if e.is_conflict() => {}
                     Err(e) => return Err(e),
                 }
-                let patch = Patch::Merge(status_patch(Some(&status), progress.as_ref()));
+                let body = self
+                    .status_body(drain, Some(&status), progress.as_ref())
+                    .await?;
                 crate::call(
                     what("writing the status of"),
-                    api.patch_status(&drain.id, &patch_params(), &patch),
+                    api.patch_status(&drain.id, &patch_params(), &Patch::Merge(body)),
                 )
                 .await?;
                 pass.patched += 1;
             }
             Action::Patch { status, progress } => {
-                let patch = Patch::Merge(status_patch(status.as_ref(), progress.as_ref()));
+                let body = self
+                    .status_body(drain, status.as_ref(), progress.as_ref())
+                    .await?;
                 match crate::call(
                     what("writing the status of"),
-                    api.patch_status(&drain.id, &patch_params(), &patch),
+                    api.patch_status(name, &patch_params(), &Patch::Merge(body)),
                 )
                 .await
                 {
@@ -543,11 +771,8 @@ impl DrainObjects {
                 }
             }
             Action::Delete => {
-                match crate::call(
-                    what("deleting"),
-                    api.delete(&drain.id, &DeleteParams::default()),
-                )
-                .await
+                match crate::call(what("deleting"), api.delete(name, &DeleteParams::default()))
+                    .await
                 {
                     Ok(_) => pass.deleted += 1,
                     Err(e) if e.is_not_found() => {}
@@ -557,6 +782,10 @@ impl DrainObjects {
         }
         Ok(())
     }
+}
+
+fn ledger_error(e: drainer_core::ledger::Error) -> Error {
+    Error::Watch(format!("reading the ledger: {e}"))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
 //! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
 //! tells the retention pass which claims exist and how they are annotated, [`drain_objects`]
-//! keeps a `Drain` object per drain in step with the ledger. Core modules never
-//! import this one.
+//! keeps a `Drain` object per drain in step with the ledger and takes the drains, retries,
+//! cancels and abandons users ask for with them. Core modules never import this one.
 
 pub mod admission;
 pub mod args;

@@ -98,7 +98,8 @@ impl MakeMode for KubernetesMode {
         });
         let keeper_holding = keeper.as_ref().map(crate::lease::Keeper::holding);
         // A Drain object per drain: the Lease's holder (every replica when there is no Lease)
-        // writes them; each replica writes the progress of its own copies.
+        // writes them and answers the requests and actions users make with them, through the
+        // HTTP API's request path; each replica writes the progress of its own copies.
         let objects = crate::drain_objects::DrainObjects {
             client: cluster.client.clone(),
             namespaces: cluster.namespaces.clone(),
@@ -106,6 +107,13 @@ impl MakeMode for KubernetesMode {
             board: base.board.clone(),
             ttl: kube.drain_objects_ttl,
             lease: keeper_holding.clone(),
+            requests: drainer_server::requests::Requests {
+                ledger: base.ledger.clone(),
+                admission: Arc::clone(&admission),
+                notifier: Arc::clone(&notifier),
+                board: base.board.clone(),
+            },
+            max_attempts: args.max_attempts,
         };
         base.supervisor
             .spawn("drain-objects", move |stop| objects.clone().run(stop));

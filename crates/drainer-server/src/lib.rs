@@ -3,9 +3,10 @@
 //! may call what ([`auth`], with [`review_gate`] bounding the checks that cost an API call),
 //! the scheduler that claims drains and runs their attempts ([`scheduler`]), the seams a mode
 //! plugs into ([`admission`], [`notify`], [`sweep`], `scheduler::Executor`,
-//! `auth::Authority`), the retention pass ([`pruning`]), the metrics ([`metrics`]), the
-//! shutdown signals ([`shutdown`]), and the wiring of it all ([`service`]) with local mode
-//! built in. Its flags are [`args`].
+//! `auth::Authority`), the retention pass ([`pruning`]), the one path of drain requests and
+//! changes by hand ([`requests`]), the metrics ([`metrics`]), the shutdown signals
+//! ([`shutdown`]), and the wiring of it all ([`service`]) with local mode built in. Its flags
+//! are [`args`].
 //!
 //! Built on `drainer_core`; Kubernetes mode (`drainer_kube`) is built on this crate and plugs
 //! in through [`service::MakeMode`], so nothing here can name the cluster's types.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod pruning;
+pub mod requests;
 pub mod review_gate;
 pub mod scheduler;
 pub mod service;

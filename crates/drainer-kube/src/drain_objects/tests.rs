@@ -1,4 +1,5 @@
-//! [`decide`]: what a pass writes for a drain, given its ledger row and its object as seen.
+//! [`decide`]: what a pass writes for an object of a drain, given its ledger row and the object as
+//! seen; how a listing sorts objects; the history and the conditions a status keeps.
 
 use super::*;
 use drainer_core::lifecycle::DrainState;
@@ -60,6 +61,7 @@ fn seen_as(drain: &Drain, progress: Option<ObjectProgress>) -> Seen {
     Seen {
         status: Some(status_of(drain)),
         progress,
+        kept: Vec::new(),
     }
 }
 
@@ -226,6 +228,7 @@ fn the_object_and_its_patches_say_what_the_ledger_says() {
     assert_eq!(object.metadata.namespace.as_deref(), Some("shop"));
     let labels = object.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels[CLAIM_LABEL], "data-web-2");
+    assert_eq!(labels[DRAIN_LABEL], "d-1");
     assert_eq!(labels[MANAGED.0], MANAGED.1);
     assert_eq!(
         object.data["spec"],
@@ -259,8 +262,153 @@ fn the_object_and_its_patches_say_what_the_ledger_says() {
         Seen::of(&listed),
         Seen {
             status: Some(status),
-            progress: Some(ObjectProgress::of(&view(2, 3)))
+            progress: Some(ObjectProgress::of(&view(2, 3))),
+            kept: Vec::new(),
         }
     );
     assert_eq!(camel("awaiting_release"), "AwaitingRelease");
+}
+
+#[test]
+fn conditions_of_requests_and_actions_are_kept_and_a_new_one_is_written() {
+    let d = drain(DrainState::Queued, None);
+    let accepted = condition_now(
+        "Accepted",
+        true,
+        "Requested",
+        "drain d-1 requested".into(),
+        NOW,
+    );
+    // An object in step, with a kept condition: nothing to write.
+    let mut seen = Seen {
+        status: Some(wanted(&d, std::slice::from_ref(&accepted))),
+        progress: None,
+        kept: vec![accepted.clone()],
+    };
+    assert_eq!(
+        decide(&d, Some(&seen), facts(None, true, Role::All)),
+        Action::Nothing
+    );
+    // What a listed object says is what the pass wrote.
+    let listed: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
+        "metadata": {"name": "nightly", "namespace": "shop"},
+        "status": status_patch(seen.status.as_ref(), None)["status"],
+    }))
+    .unwrap();
+    assert_eq!(Seen::of(&listed), seen);
+    // An answer of this pass replaces the kept condition of its type: written, with the
+    // ledger's state and the other kept conditions.
+    let applied = condition_now("ActionApplied", false, "ClaimHeld", "held".into(), NOW);
+    seen.keep(applied.clone());
+    seen.keep(condition_now(
+        "Accepted",
+        true,
+        "Requested",
+        "again".into(),
+        NOW,
+    ));
+    assert_eq!(seen.kept.len(), 2);
+    let Action::Patch {
+        status: Some(status),
+        progress: None,
+    } = decide(&d, Some(&seen), facts(None, true, Role::All))
+    else {
+        panic!("not written")
+    };
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ended", "Succeeded", "Accepted", "ActionApplied"]);
+    assert_eq!(status.conditions[3], applied);
+    // A request just linked (no status yet) gets the ledger's status and its Accepted.
+    let mut linked = Seen::default();
+    linked.keep(accepted.clone());
+    assert!(matches!(
+        decide(&d, Some(&linked), facts(None, true, Role::All)),
+        Action::Patch { status: Some(s), .. } if s.conditions.contains(&accepted)
+    ));
+}
+
+#[test]
+fn the_history_shows_the_last_entries_oldest_first() {
+    let events: Vec<DrainEvent> = (0..25)
+        .map(|i| DrainEvent {
+            at_ms: NOW + i * 1000,
+            state: DrainState::Queued,
+            owner: (i % 2 == 0).then(|| "drainer-0".to_owned()),
+            message: Some(format!("entry {i}")),
+        })
+        .collect();
+    let history = history_of(&events);
+    let entries = history.as_array().unwrap();
+    assert_eq!(entries.len(), HISTORY_KEPT);
+    assert_eq!(entries[0]["message"], "entry 5");
+    assert_eq!(entries[19]["message"], "entry 24");
+    assert_eq!(entries[19]["replica"], "drainer-0");
+    assert!(entries[0].get("replica").is_none());
+    assert_eq!(entries[0]["state"], "queued");
+    assert_eq!(entries[0]["at"], rfc3339(NOW + 5000));
+    assert_eq!(history_of(&[]), json!([]));
+}
+
+fn object(name: &str, labels: Value, annotations: Value, status: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels,
+                     "annotations": annotations, "creationTimestamp": "2026-12-07T10:00:00Z"},
+        "spec": {"claim": "data-web-2"},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_listing_sorts_objects_into_linked_and_asked() {
+    let managed = json!({"app.kubernetes.io/managed-by": "drainer"});
+    let mut listing = Listing::default();
+    // drainer's own, from before the drain label: linked by its name.
+    listing.sort(&object(
+        "d-1",
+        managed.clone(),
+        json!({}),
+        json!({"state": "queued"}),
+    ));
+    // A request drainer took, with an action asked.
+    listing.sort(&object(
+        "nightly",
+        json!({"app.kubernetes.io/managed-by": "drainer", "drainer.io/drain": "d-1"}),
+        json!({"drainer.io/action": " cancel ", "drainer.io/action-reason": ""}),
+        Value::Null,
+    ));
+    // A user's new request, and one drainer rejected.
+    listing.sort(&object("fresh", json!({}), json!({}), Value::Null));
+    listing.sort(&object(
+        "bad",
+        json!({"team": "a"}),
+        json!({}),
+        json!({"state": "rejected", "conditions": [{"type": "Accepted", "status": "False",
+               "reason": "ClaimNotFound", "lastTransitionTime": "2026-12-07T10:00:05Z"}]}),
+    ));
+    let linked = &listing.linked[&("shop".to_owned(), "d-1".to_owned())];
+    assert_eq!(linked.len(), 2);
+    assert!(linked[0].own && !linked[1].own);
+    assert_eq!(linked[0].action, None);
+    assert_eq!(
+        linked[1].action,
+        Some(ActionAsked {
+            action: "cancel".into(),
+            reason: None
+        })
+    );
+    assert_eq!(redundant_own(linked), Some(0));
+    assert_eq!(redundant_own(&linked[..1]), None);
+    assert_eq!(redundant_own(&linked[1..]), None);
+    let names: Vec<&str> = listing.asked.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["fresh", "bad"]);
+    let created = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(listing.asked[0].created_ms, created);
+    assert_eq!(listing.asked[0].rejected_ms, None);
+    assert_eq!(listing.asked[1].rejected_ms, Some(created + 5000));
+    assert_eq!(listing.asked[0].spec["claim"], "data-web-2");
 }

@@ -147,40 +147,18 @@ pub(super) async fn handoff(
             kube: None,
         })
         .collect();
-    shared
-        .admission
-        .prepare(scope.caller(), &mut wanted)
-        .await?;
-    let recorded = match shared.ledger.request_drains(&wanted).await {
+    let recorded = match shared.requests().request(scope.caller(), &mut wanted).await {
         Ok(recorded) => recorded,
-        Err(e) => {
+        Err(crate::requests::Error::Refused(refusal)) => return Err(refusal.into()),
+        Err(crate::requests::Error::Ledger(e)) => {
             // `/readyz` must not answer from a check made before the ledger failed.
             shared.kept.ledger.forget().await;
             return Err(e.into());
         }
     };
-    let drains: Vec<Drain> = recorded.iter().map(|(d, _)| d.clone()).collect();
-    shared.admission.recorded(&drains).await?;
     let created = recorded.iter().any(|(_, new)| *new);
     for (drain, new) in &recorded {
         tracing::info!(drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, new, by = %requester, "handoff recorded");
-    }
-    // Told after the answer, not before: in Kubernetes mode each is an Event on the claim and
-    // the pod (two API calls), and the drain is already safe in the ledger.
-    let accepted: Vec<Drain> = recorded
-        .iter()
-        .filter(|(_, new)| *new)
-        .map(|(d, _)| d.clone())
-        .collect();
-    if !accepted.is_empty() {
-        let notifier = std::sync::Arc::clone(&shared.notifier);
-        tokio::spawn(async move {
-            for drain in &accepted {
-                notifier
-                    .notify(drain, &crate::notify::Milestone::Accepted)
-                    .await;
-            }
-        });
     }
     let status = if created {
         StatusCode::ACCEPTED
@@ -330,19 +308,9 @@ async fn change(
 ) -> Result<Json<DrainView>, Error> {
     let id = drain.id;
     let shared = state.shared();
-    match shared.ledger.change_drain(&id, event, by, why).await? {
+    match shared.requests().change(&id, event, by, why).await? {
         Ok(drain) => {
             super::guard::forget_copying(state, &id);
-            stop_attempt(shared, &drain);
-            tracing::info!(drain = %id, ns = %drain.namespace, pvc = %drain.pvc, by, ?event, why, "drain changed by hand");
-            if let (Event::Abandoned, Some(why)) = (event, why) {
-                let milestone = crate::notify::Milestone::Abandoned {
-                    by: by.to_owned(),
-                    why: why.to_owned(),
-                };
-                let (notifier, told) = (std::sync::Arc::clone(&shared.notifier), drain.clone());
-                tokio::spawn(async move { notifier.notify(&told, &milestone).await });
-            }
             Ok(Json(DrainView::of(drain)))
         }
         Err(Refused::NotFound(_)) => Err(drain_not_found(&id)),
@@ -356,23 +324,6 @@ async fn change(
             "invalid_transition",
             refused.to_string(),
         )),
-    }
-}
-
-/// Stops this replica's attempt of `drain` at once if its drain, changed by hand, no longer
-/// copies (the attempt would notice within a second, time enough to commit a snapshot).
-fn stop_attempt(shared: &super::Shared, drain: &Drain) {
-    if drain.state == drainer_core::lifecycle::DrainState::Copying {
-        return;
-    }
-    let running = shared
-        .board
-        .lock()
-        .ok()
-        .and_then(|b| b.get(&drain.id).cloned());
-    if let Some(running) = running {
-        tracing::info!(drain = %drain.id, state = ?drain.state, "stopping the running attempt");
-        running.stop.cancel();
     }
 }
 
@@ -394,17 +345,9 @@ pub(super) async fn cancel_drain(
     drain: Granted<Drain>,
 ) -> Result<Json<DrainView>, Error> {
     let drain = drain.into_inner();
-    if let Some(hold) = &drain.hold
-        && drain.state.is_active()
-    {
-        return Err(Error::new(
-            StatusCode::CONFLICT,
-            "claim_held",
-            format!(
-                "drain {} holds claim {}/{} from the garbage collector ({hold}): cancelling would let the claim be deleted with its data uncopied; abandon it instead (POST /v1/drains/{}/abandon with a reason)",
-                drain.id, drain.namespace, drain.pvc, drain.id
-            ),
-        ));
+    let how = format!("POST /v1/drains/{}/abandon with a reason", drain.id);
+    if let Some(why) = crate::requests::cancel_refused(&drain, &how) {
+        return Err(Error::new(StatusCode::CONFLICT, "claim_held", why));
     }
     let by = admin.into_inner().by;
     change(&state, drain, Event::Cancelled, &by, None).await

@@ -102,6 +102,18 @@ impl AppState {
     }
 }
 
+impl Shared {
+    /// The request path over this state's ledger, admission, notifier and board.
+    pub(crate) fn requests(&self) -> crate::requests::Requests {
+        crate::requests::Requests {
+            ledger: self.ledger.clone(),
+            admission: Arc::clone(&self.admission),
+            notifier: Arc::clone(&self.notifier),
+            board: self.board.clone(),
+        }
+    }
+}
+
 /// Registers each route with the [`Action`] its guard authorises (see [`guard`]) and the
 /// [`Input`] it reads (anything else is refused before the handler runs, see [`input`]), and
 /// returns the router with the table of routes, so the table can be checked against every

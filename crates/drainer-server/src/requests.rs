@@ -1,0 +1,184 @@
+//! The one path by which drains are asked for and changed by hand, whoever asks: the HTTP
+//! API (a handoff; an operator's retry, cancel or abandon) and, in Kubernetes mode, a `Drain`
+//! object made or annotated by a user. [`Requests::request`] lets the mode's admission fill in
+//! the new drains, records them (an active drain of a volume is joined, not doubled), lets the
+//! admission protect their claims, and tells the notifier of the new ones; [`Requests::change`]
+//! moves a drain through the ledger's by-hand transitions and stops this replica's attempt of
+//! it at once. Authorisation is the caller's business (the HTTP guard, the API server's
+//! RBAC): this module records who asked, it does not decide who may.
+
+use crate::admission::{Admission, Refusal};
+use crate::auth::Caller;
+use crate::notify::{Milestone, Notifier};
+use crate::scheduler::ProgressBoard;
+use drainer_core::ledger::{self, Drain, Ledger, NewDrain, Refused};
+use drainer_core::lifecycle::{DrainState, Event};
+use std::sync::Arc;
+
+/// Why a request was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mode refused it (a claim that does not exist) or could not admit it now.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
+}
+
+impl Error {
+    /// Whether asking again may succeed: an unavailable cluster or a transient ledger error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Refused(Refusal::Unavailable(_)) => true,
+            Error::Refused(Refusal::NotFound(_)) => false,
+            Error::Ledger(e) => e.is_transient(),
+        }
+    }
+}
+
+/// What requests and changes by hand need; cheap to clone.
+#[derive(Clone)]
+pub struct Requests {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// What the mode adds to a request.
+    pub admission: Arc<dyn Admission>,
+    /// Hears the new drains and the abandoned ones.
+    pub notifier: Arc<dyn Notifier>,
+    /// This replica's running attempts (a drain changed by hand stops its attempt).
+    pub board: ProgressBoard,
+}
+
+impl Requests {
+    /// Records the drains `wanted` by `caller` (each names its requester): the admission
+    /// completes them first and acts on them once recorded; the new ones are told to the
+    /// notifier after the answer (in Kubernetes mode an Event is two API calls, and the drains
+    /// are safe in the ledger already). Returns each drain and whether this request made it;
+    /// the caller logs them.
+    pub async fn request(
+        &self,
+        caller: &Caller,
+        wanted: &mut [NewDrain],
+    ) -> Result<Vec<(Drain, bool)>, Error> {
+        self.admission.prepare(caller, wanted).await?;
+        let recorded = self.ledger.request_drains(wanted).await?;
+        let drains: Vec<Drain> = recorded.iter().map(|(d, _)| d.clone()).collect();
+        self.admission.recorded(&drains).await?;
+        let accepted: Vec<Drain> = recorded
+            .iter()
+            .filter(|(_, new)| *new)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if !accepted.is_empty() {
+            let notifier = Arc::clone(&self.notifier);
+            tokio::spawn(async move {
+                for drain in &accepted {
+                    notifier.notify(drain, &Milestone::Accepted).await;
+                }
+            });
+        }
+        Ok(recorded)
+    }
+
+    /// Applies `event` (`RetriedByHand`, `Cancelled` or `Abandoned`) to drain `id` for `by`,
+    /// `why` recorded with it in the drain's history; stops this replica's attempt of a drain
+    /// that no longer copies, and tells the notifier of an abandoned one. The drain after the
+    /// change, or why the ledger refused it.
+    pub async fn change(
+        &self,
+        id: &str,
+        event: Event,
+        by: &str,
+        why: Option<&str>,
+    ) -> Result<Result<Drain, Refused>, ledger::Error> {
+        let drain = match self.ledger.change_drain(id, event, by, why).await? {
+            Ok(drain) => drain,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        self.stop_attempt(&drain);
+        tracing::info!(drain = %id, ns = %drain.namespace, pvc = %drain.pvc, by, ?event, why, "drain changed by hand");
+        if let (Event::Abandoned, Some(why)) = (event, why) {
+            let milestone = Milestone::Abandoned {
+                by: by.to_owned(),
+                why: why.to_owned(),
+            };
+            let (notifier, told) = (Arc::clone(&self.notifier), drain.clone());
+            tokio::spawn(async move { notifier.notify(&told, &milestone).await });
+        }
+        Ok(Ok(drain))
+    }
+
+    /// Stops this replica's attempt of `drain` at once if the drain, changed by hand, no
+    /// longer copies (the attempt would notice within a second, time enough to commit a
+    /// snapshot).
+    fn stop_attempt(&self, drain: &Drain) {
+        if drain.state == DrainState::Copying {
+            return;
+        }
+        let running = self
+            .board
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&drain.id).cloned());
+        if let Some(running) = running {
+            tracing::info!(drain = %drain.id, state = ?drain.state, "stopping the running attempt");
+            running.stop.cancel();
+        }
+    }
+}
+
+/// Why cancelling `drain` is refused, if it is: an active drain holding its claim from the
+/// garbage collector would let the claim be deleted with its data uncopied, which takes the
+/// explicit, recorded abandon. `how` says how to abandon it where it was asked. Pure.
+pub fn cancel_refused(drain: &Drain, how: &str) -> Option<String> {
+    let hold = drain.hold.as_ref().filter(|_| drain.state.is_active())?;
+    Some(format!(
+        "drain {} holds claim {}/{} from the garbage collector ({hold}): cancelling would let the claim be deleted with its data uncopied; abandon it instead ({how})",
+        drain.id, drain.namespace, drain.pvc
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_active_drain_holding_its_claim_refuses_a_cancel() {
+        let drain = |state: DrainState, hold: Option<&str>| Drain {
+            id: "d-1".into(),
+            namespace: "shop".into(),
+            pvc: "data-web-2".into(),
+            pod: None,
+            reason: "handoff".into(),
+            state,
+            attempts: 0,
+            max_attempts: 3,
+            not_before_ms: 0,
+            lease_owner: None,
+            lease_expires_ms: None,
+            snapshot: None,
+            last_error: None,
+            created_ms: 0,
+            updated_ms: 0,
+            finished_ms: None,
+            pvc_uid: None,
+            pod_uid: None,
+            node: None,
+            hold: hold.map(str::to_owned),
+            mover_job: None,
+            mover_job_uid: None,
+        };
+        let held = drain(DrainState::Copying, Some("drainer-hold-d-1"));
+        let why = cancel_refused(&held, "say why").unwrap();
+        assert!(
+            why.contains("shop/data-web-2") && why.contains("say why"),
+            "{why}"
+        );
+        assert_eq!(cancel_refused(&drain(DrainState::Copying, None), "x"), None);
+        assert_eq!(
+            cancel_refused(&drain(DrainState::Completed, Some("h")), "x"),
+            None
+        );
+    }
+}
