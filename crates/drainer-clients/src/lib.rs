@@ -16,5 +16,6 @@ pub(crate) mod batching;
 pub mod client;
 pub mod handoff;
 pub mod install;
+pub mod kubectl;
 pub mod mover;
 pub mod remote;
