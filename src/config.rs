@@ -5,11 +5,11 @@
 //! `object_store` itself from the usual `AWS_*`, `GOOGLE_*` and `AZURE_*` variables).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-pub use drainer_clients::kubectl::{KubectlArgs, KubectlCommand};
 pub use drainer_clients::args::{
     ClientArgs, DEFAULT_TOKEN_FILE, DrainerSource, HandoffArgs, InstallArgs, MoverArgs,
     POD_TOKEN_FILE,
 };
+pub use drainer_clients::kubectl::{KubectlArgs, KubectlCommand};
 use drainer_core::args::parse_store_url;
 pub use drainer_core::args::{
     DEFAULT_CONCURRENCY, DEFAULT_MOVER_CONCURRENCY, EngineArgs, parse_positive_seconds,

@@ -19,8 +19,8 @@ pub mod config;
 pub mod telemetry;
 
 pub use cli::one_line;
-pub use drainer_clients::kubectl::plugin_args;
 pub use config::{Command, Config};
+pub use drainer_clients::kubectl::plugin_args;
 pub(crate) use drainer_clients::{handoff, install, mover};
 pub use drainer_core::{Ledger, Store, StoreOptions, VolumeId, snapshot};
 

@@ -46,7 +46,8 @@ pub(crate) fn link_plugin(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_file(&staging);
     std::os::unix::fs::symlink(exe, &staging)
         .with_context(|| format!("linking {} to {}", staging.display(), exe.display()))?;
-    std::fs::rename(&staging, &link).with_context(|| format!("renaming into {}", link.display()))?;
+    std::fs::rename(&staging, &link)
+        .with_context(|| format!("renaming into {}", link.display()))?;
     Ok(link)
 }
 
@@ -132,8 +133,14 @@ mod tests {
         let link = link_plugin(Path::new("/opt/old/drainer"), &bin).unwrap();
         assert_eq!(link, bin.join("kubectl-drainer"));
         let link = link_plugin(Path::new("/opt/new/drainer"), &bin).unwrap();
-        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/opt/new/drainer"));
-        let names: Vec<_> = std::fs::read_dir(&bin).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/opt/new/drainer")
+        );
+        let names: Vec<_> = std::fs::read_dir(&bin)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["kubectl-drainer"]);
     }
 

@@ -142,6 +142,19 @@ pub(crate) fn credential(flag: Option<&str>, auth: &AuthInfo) -> Result<Credenti
     Err(Usage(format!("the kubeconfig's user {how}: {GIVE_TOKEN}")))
 }
 
+/// A failed call to the API server as one line: what was asked, and what the API server said
+/// (its message alone, without the client's wrapping), or why it could not be asked.
+pub(crate) fn api_error(what: String, error: kube::Error) -> anyhow::Error {
+    match &error {
+        kube::Error::Api(status) => anyhow::anyhow!(
+            "{what}: the API server answered {}: {}",
+            status.code,
+            status.message.trim()
+        ),
+        _ => anyhow::Error::new(error).context(what),
+    }
+}
+
 /// The drainer pod to forward to: a Ready one not being deleted, the first by name.
 pub(crate) fn ready_pod(pods: &[Pod]) -> Option<&Pod> {
     pods.iter()
@@ -198,15 +211,19 @@ pub(crate) async fn drainer(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Re
     let list = pods
         .list(&ListParams::default().labels(SERVER_LABELS))
         .await
-        .with_context(|| format!("listing drainer's pods in namespace {ns}"))?;
+        .map_err(|e| api_error(format!("listing drainer's pods in namespace {ns}"), e))?;
     let pod = ready_pod(&list.items).with_context(|| {
-        format!("no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})")
+        format!(
+            "no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})"
+        )
     })?;
     let (name, port) = (pod.name_any(), http_port(pod));
-    let first = pods
-        .portforward(&name, &[port])
-        .await
-        .with_context(|| format!("port-forward to drainer pod {ns}/{name} port {port}"))?;
+    let first = pods.portforward(&name, &[port]).await.map_err(|e| {
+        api_error(
+            format!("port-forward to drainer pod {ns}/{name} port {port}"),
+            e,
+        )
+    })?;
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("listening on a local port for the port-forward")?;
@@ -258,6 +275,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn api_server_refusals_are_one_line_with_its_message() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "drains.drainer.io is forbidden: User \"bob\" cannot list resource \"drains\"\n"
+        }))
+        .unwrap();
+        let error = api_error(
+            "listing Drain objects".into(),
+            kube::Error::Api(Box::new(status)),
+        );
+        assert_eq!(
+            error.to_string(),
+            "listing Drain objects: the API server answered 403: drains.drainer.io is forbidden: \
+             User \"bob\" cannot list resource \"drains\""
+        );
+    }
+
+    #[test]
     fn the_scope_is_all_one_or_the_contexts_namespace() {
         assert_eq!(scope(true, None, "def").unwrap(), Scope::All);
         assert_eq!(
@@ -278,14 +313,30 @@ mod tests {
     #[test]
     fn the_token_is_the_flags_else_the_kubeconfig_users() {
         let with_token = auth(serde_json::json!({"token": "kube-token"}));
-        let cert = auth(serde_json::json!({"client-certificate-data": "Y2VydA==", "client-key-data": "a2V5"}));
-        let exec = auth(serde_json::json!({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}}));
+        let cert = auth(
+            serde_json::json!({"client-certificate-data": "Y2VydA==", "client-key-data": "a2V5"}),
+        );
+        let exec = auth(
+            serde_json::json!({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}}),
+        );
         let file = auth(serde_json::json!({"tokenFile": "/var/t"}));
         let token = |t: &str| Ok(Credential::Token(t.into()));
-        assert_eq!(credential(Some("given"), &cert).map_err(|e| e.0), token("given"));
-        assert_eq!(credential(Some("given"), &with_token).map_err(|e| e.0), token("given"));
-        assert_eq!(credential(None, &with_token).map_err(|e| e.0), token("kube-token"));
-        assert_eq!(credential(Some(" "), &with_token).map_err(|e| e.0), token("kube-token"));
+        assert_eq!(
+            credential(Some("given"), &cert).map_err(|e| e.0),
+            token("given")
+        );
+        assert_eq!(
+            credential(Some("given"), &with_token).map_err(|e| e.0),
+            token("given")
+        );
+        assert_eq!(
+            credential(None, &with_token).map_err(|e| e.0),
+            token("kube-token")
+        );
+        assert_eq!(
+            credential(Some(" "), &with_token).map_err(|e| e.0),
+            token("kube-token")
+        );
         assert_eq!(
             credential(None, &file).map_err(|e| e.0),
             Ok(Credential::File("/var/t".into()))
@@ -296,7 +347,10 @@ mod tests {
             (&AuthInfo::default(), "no bearer token"),
         ] {
             let message = credential(None, who).unwrap_err().0;
-            assert!(message.contains(why) && message.contains("--token"), "{message}");
+            assert!(
+                message.contains(why) && message.contains("--token"),
+                "{message}"
+            );
             assert!(!message.contains('\n'), "{message}");
         }
     }
@@ -310,9 +364,10 @@ mod tests {
         }))
         .unwrap();
         if deleting {
-            pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            ));
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
         }
         pod
     }
@@ -325,14 +380,23 @@ mod tests {
             pod("drainer-b", true, true, None),
             pod("drainer-d", true, false, None),
         ];
-        assert_eq!(ready_pod(&pods).map(ResourceExt::name_any).as_deref(), Some("drainer-c"));
+        assert_eq!(
+            ready_pod(&pods).map(ResourceExt::name_any).as_deref(),
+            Some("drainer-c")
+        );
         assert!(ready_pod(&pods[1..3]).is_none());
     }
 
     #[test]
     fn the_port_is_the_one_named_http() {
-        assert_eq!(http_port(&pod("p", true, false, Some(("http", 9090)))), 9090);
-        assert_eq!(http_port(&pod("p", true, false, Some(("metrics", 9090)))), 8080);
+        assert_eq!(
+            http_port(&pod("p", true, false, Some(("http", 9090)))),
+            9090
+        );
+        assert_eq!(
+            http_port(&pod("p", true, false, Some(("metrics", 9090)))),
+            8080
+        );
         assert_eq!(http_port(&pod("p", true, false, None)), 8080);
     }
 }

@@ -2,10 +2,9 @@
 //! in its claim's namespace, written by drainer from its ledger) read from the API server with
 //! the kubeconfig's identity, as a table like `kubectl get drains` or as a JSON or YAML List.
 
-use super::connect::{Cluster, Scope};
+use super::connect::{self, Cluster, Scope};
 use super::output::{age, cell, document, table};
 use super::{KubectlArgs, Output};
-use anyhow::Context;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 
 /// The `Drain` resource (group `drainer.io`, version `v1alpha1`).
@@ -31,16 +30,30 @@ pub(crate) async fn list(cluster: &Cluster, scope: &Scope) -> anyhow::Result<Vec
     let mut objects = Vec::new();
     let mut params = ListParams::default().limit(PAGE);
     loop {
-        let page = api.list(&params).await.with_context(|| match scope {
-            Scope::All => "listing Drain objects in every namespace".to_owned(),
-            Scope::Namespace(ns) => format!("listing Drain objects in namespace {ns}"),
-        })?;
+        let page = api.list(&params).await.map_err(|e| list_error(scope, e))?;
         objects.extend(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(objects),
         }
     }
+}
+
+/// Why the Drain objects could not be listed (a 404: the CRD is not installed).
+fn list_error(scope: &Scope, error: kube::Error) -> anyhow::Error {
+    if let kube::Error::Api(status) = &error
+        && status.code == 404
+    {
+        return anyhow::anyhow!(
+            "the API server does not serve drains.drainer.io: is drainer installed (its CRD, \
+             deploy/base/crd.yaml)?"
+        );
+    }
+    let what = match scope {
+        Scope::All => "listing Drain objects in every namespace".to_owned(),
+        Scope::Namespace(ns) => format!("listing Drain objects in namespace {ns}"),
+    };
+    connect::api_error(what, error)
 }
 
 /// `kubectl drainer drains`.
@@ -72,8 +85,11 @@ fn in_scope(scope: &Scope) -> String {
     }
 }
 
-/// The objects as a `List`, as `kubectl get -o json` prints them.
-fn as_list(objects: Vec<DynamicObject>) -> serde_json::Value {
+/// The objects as a `List`, as `kubectl get -o json` prints them (without managed fields).
+fn as_list(mut objects: Vec<DynamicObject>) -> serde_json::Value {
+    for object in &mut objects {
+        object.metadata.managed_fields = None;
+    }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
 }
 
@@ -190,7 +206,11 @@ mod tests {
 
     #[test]
     fn json_is_a_list_of_the_objects() {
-        let list = as_list(vec![drain("shop", "d-1", serde_json::json!({"state": "queued"}))]);
+        let list = as_list(vec![drain(
+            "shop",
+            "d-1",
+            serde_json::json!({"state": "queued"}),
+        )]);
         assert_eq!(list["kind"], "List");
         assert_eq!(list["items"][0]["status"]["state"], "queued");
         assert_eq!(list["items"][0]["metadata"]["name"], "d-1");

@@ -150,7 +150,10 @@ mod tests {
             ),
             (&["kubectl-drainer"], &["kubectl-drainer", "kubectl"]),
             (&["/bin/drainer", "serve"], &["/bin/drainer", "serve"]),
-            (&["/bin/kubectl-drainer-old", "x"], &["/bin/kubectl-drainer-old", "x"]),
+            (
+                &["/bin/kubectl-drainer-old", "x"],
+                &["/bin/kubectl-drainer-old", "x"],
+            ),
         ];
         for (given, expected) in cases {
             let given = given.iter().map(Into::into).collect();

@@ -102,7 +102,10 @@ mod tests {
             "{\n  \"count\": 2,\n  \"state\": \"failed\"\n}\n"
         );
         let yaml = document(&value, Output::Yaml).unwrap();
-        assert!(yaml.contains("state: failed") && yaml.contains("count: 2"), "{yaml}");
+        assert!(
+            yaml.contains("state: failed") && yaml.contains("count: 2"),
+            "{yaml}"
+        );
         assert_eq!(cell(None), "<none>");
         assert_eq!(cell(Some("")), "<none>");
         assert_eq!(cell(Some("x")), "x");

@@ -85,42 +85,19 @@ pub(crate) struct Failing {
 
 /// `kubectl drainer status`.
 pub(crate) async fn run(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result<()> {
-    let ns = &args.drainer_namespace;
     let scope = match &args.namespace {
         Some(ns) => Scope::Namespace(ns.clone()),
         None => Scope::All,
     };
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let labels = ListParams::default().labels(SERVER_LABELS);
-    let pod_list = pods
-        .list(&labels)
-        .await
-        .with_context(|| format!("listing drainer's pods in namespace {ns}"))?;
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let deployment_list = deployments
-        .list(&ListParams::default())
-        .await
-        .with_context(|| format!("listing Deployments in namespace {ns}"))?;
-    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), ns);
-    let lease = leases
-        .get_opt(SWEEPER_LEASE)
-        .await
-        .with_context(|| format!("reading Lease {ns}/{SWEEPER_LEASE}"))?;
     let now = chrono::Utc::now().timestamp();
     let rows: Vec<Row> = drains::list(cluster, &scope)
         .await?
         .iter()
         .map(|o| Row::of(o, now))
         .collect();
-    let mut report = Report {
-        namespace: ns.clone(),
-        deployment: server_deployment(&deployment_list.items).map(replicas),
-        pods: pod_list.items.iter().map(pod_view).collect(),
-        sweeper: lease.and_then(|l| l.spec?.holder_identity),
-        drains: counts(&rows),
-        failing: failing(&rows),
-        ..Report::default()
-    };
+    let mut report = replicas_report(cluster, &args.drainer_namespace).await?;
+    report.drains = counts(&rows);
+    report.failing = failing(&rows);
     match readiness(cluster, args).await {
         Ok(answer) => report.readiness = Some(answer),
         Err(e) => report.readiness_error = Some(format!("{e:#}").replace('\n', " ")),
@@ -131,6 +108,33 @@ pub(crate) async fn run(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result
     };
     print!("{text}");
     Ok(())
+}
+
+/// drainer's Deployment, pods and sweeper in namespace `ns`, from the API server.
+async fn replicas_report(cluster: &Cluster, ns: &str) -> anyhow::Result<Report> {
+    let failed = |what: String| move |e| connect::api_error(what, e);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let pods = pods
+        .list(&ListParams::default().labels(SERVER_LABELS))
+        .await
+        .map_err(failed(format!("listing drainer's pods in namespace {ns}")))?;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let deployments = deployments
+        .list(&ListParams::default())
+        .await
+        .map_err(failed(format!("listing Deployments in namespace {ns}")))?;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), ns);
+    let lease = leases
+        .get_opt(SWEEPER_LEASE)
+        .await
+        .map_err(failed(format!("reading Lease {ns}/{SWEEPER_LEASE}")))?;
+    Ok(Report {
+        namespace: ns.to_owned(),
+        deployment: server_deployment(&deployments.items).map(replicas),
+        pods: pods.items.iter().map(pod_view).collect(),
+        sweeper: lease.and_then(|l| l.spec?.holder_identity),
+        ..Report::default()
+    })
 }
 
 /// drainer's `/readyz` answer (a `503` carries the same body).
@@ -145,10 +149,10 @@ async fn readiness(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result<Valu
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
-    Ok(response
+    response
         .json()
         .await
-        .with_context(|| format!("reading {url}"))?)
+        .with_context(|| format!("reading {url}"))
 }
 
 /// The Deployment whose selector picks drainer's server pods.
@@ -242,10 +246,7 @@ pub(crate) fn render(report: &Report) -> String {
         })
         .collect();
     out.push_str(&table(&["POD", "READY", "STATUS", "RESTARTS"], &pods));
-    out.push_str(&format!(
-        "sweeper: {}\n",
-        cell(report.sweeper.as_deref())
-    ));
+    out.push_str(&format!("sweeper: {}\n", cell(report.sweeper.as_deref())));
     out.push_str(&format!("drains: {}\n", drain_counts(&report.drains)));
     if !report.failing.is_empty() {
         out.push_str(&failing_table(&report.failing));
@@ -317,7 +318,9 @@ mod tests {
             state: state.map(Into::into),
             progress: None,
             snapshot: None,
-            last_error: state.filter(|s| s.starts_with("fail")).map(|_| "store down".into()),
+            last_error: state
+                .filter(|s| s.starts_with("fail"))
+                .map(|_| "store down".into()),
             age_seconds: Some(age),
         }
     }

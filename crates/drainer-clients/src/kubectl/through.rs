@@ -56,7 +56,11 @@ pub(crate) async fn snapshots(
     args: &KubectlArgs,
     volume: &str,
 ) -> anyhow::Result<()> {
-    let volume = volume_of(volume, args.namespace.as_deref(), &cluster.default_namespace)?;
+    let volume = volume_of(
+        volume,
+        args.namespace.as_deref(),
+        &cluster.default_namespace,
+    )?;
     let session = Session::open(cluster, args).await?;
     let url = session.api.url(&format!(
         "/v1/volumes/{}/{}/snapshots",
@@ -134,7 +138,11 @@ pub(crate) fn volume_of(
         .map_err(|e| Usage(format!("{text:?} is not a volume NAMESPACE/PVC: {e}")))
 }
 
-fn print(answer: &Value, format: Output, as_table: impl Fn(&Value) -> String) -> anyhow::Result<()> {
+fn print(
+    answer: &Value,
+    format: Output,
+    as_table: impl Fn(&Value) -> String,
+) -> anyhow::Result<()> {
     let text = match format {
         Output::Table => as_table(answer),
         format => document(answer, format)?,
@@ -173,7 +181,14 @@ pub(crate) fn orphans_table(answer: &Value) -> String {
         })
         .collect();
     table(
-        &["VOLUME", "STATEFULSET", "SIZE", "VERDICT", "LAST SNAPSHOT", "DRAIN"],
+        &[
+            "VOLUME",
+            "STATEFULSET",
+            "SIZE",
+            "VERDICT",
+            "LAST SNAPSHOT",
+            "DRAIN",
+        ],
         &rows,
     )
 }
@@ -236,9 +251,18 @@ mod tests {
 
     #[test]
     fn volumes_take_the_namespace_given_or_the_contexts() {
-        assert_eq!(volume_of("shop/data-0", None, "def").unwrap().to_string(), "shop/data-0");
-        assert_eq!(volume_of("data-0", Some("ns"), "def").unwrap().to_string(), "ns/data-0");
-        assert_eq!(volume_of("data-0", None, "def").unwrap().to_string(), "def/data-0");
+        assert_eq!(
+            volume_of("shop/data-0", None, "def").unwrap().to_string(),
+            "shop/data-0"
+        );
+        assert_eq!(
+            volume_of("data-0", Some("ns"), "def").unwrap().to_string(),
+            "ns/data-0"
+        );
+        assert_eq!(
+            volume_of("data-0", None, "def").unwrap().to_string(),
+            "def/data-0"
+        );
         assert!(volume_of("shop/Bad_Name", None, "def").is_err());
     }
 
