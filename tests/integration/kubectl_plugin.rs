@@ -267,6 +267,9 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args = with(&["retry", &format!("{APPS}/{id}")], &operator_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
+    let args = with(&["cancel", &id], &operator_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(dir, &args).await?.refused(1, &["409", &id])?;
 
     // Refused: no RBAC rights; the kubeconfig's certificate; no port-forward on kube-env.
     let args = with(&["snapshots", &volume], &through(&nobody));
