@@ -2,7 +2,8 @@
 //! as the plugin) and run with kube-env's admin kubeconfig (a client certificate) against
 //! drainer installed from `deploy/overlays/kube-env`, as the deploy tests install it (and
 //! under their lock), after the example StatefulSet web scaled from 3 to 2 had `data-web-2`
-//! drained. From the API server: `drains -A -o json` and the table, `status`. Through drainer,
+//! drained. From the API server: `drains -A -o json` and the table, `watch` (the completed
+//! drain: exit 0; a missing one: exit 1), `status`. Through drainer,
 //! as operators with tokens from `kubectl create token --audience drainer`: `snapshots` and
 //! `retry` (drainer answers a completed drain's retry `409`: exit 1, one line), and a token
 //! without RBAC rights refused (exit 1, one line naming 403). The admin kubeconfig's
@@ -208,6 +209,20 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
         "{table}"
     );
 
+    let watched = plugin(dir, &["watch", &format!("{APPS}/{id}")])
+        .await?
+        .ok("watch")?;
+    ensure!(
+        watched.trim_end().ends_with(&format!(
+            "completed, {}snapshot {snapshot}",
+            progress_of(&listed)
+        )),
+        "{watched}"
+    );
+    plugin(dir, &["watch", "-n", APPS, "d-20000101000000000-00000000"])
+        .await?
+        .refused(1, &["404"])?;
+
     let status = plugin(dir, &["status"]).await?.ok("status")?;
     for word in [
         "Deployment drainer 1/1 ready",
@@ -320,6 +335,13 @@ fn the_krew_manifest_installs_this_drainer() -> Result<()> {
         ensure!(platform["files"][0]["from"] == "drainer", "{platform}");
     }
     Ok(())
+}
+
+/// The progress summary of a Drain object as `watch` prints it before the snapshot.
+fn progress_of(object: &Value) -> String {
+    object["status"]["progress"]["summary"]
+        .as_str()
+        .map_or_else(String::new, |p| format!("{p}, "))
 }
 
 /// drainer's Service as a URL (this machine reaches ClusterIPs).

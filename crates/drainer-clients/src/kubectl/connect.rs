@@ -155,6 +155,15 @@ pub(crate) fn api_error(what: String, error: kube::Error) -> anyhow::Error {
     }
 }
 
+/// Whether a failed call to the API server may succeed if repeated: it could not be reached,
+/// or answered 5xx or 429.
+pub(crate) fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 /// The drainer pod to forward to: a Ready one not being deleted, the first by name.
 pub(crate) fn ready_pod(pods: &[Pod]) -> Option<&Pod> {
     pods.iter()

@@ -1,8 +1,9 @@
 //! `kubectl drainer`: the operator's view of drainer with the kubeconfig's identity, for the
 //! same `drainer` binary installed as `kubectl-drainer` (or run as `drainer kubectl`).
 //!
-//! What the API server knows is read there ([`drains`]: the `Drain` objects; [`status`]:
-//! drainer's Deployment, pods, sweeper Lease and the drains by state). What only drainer knows
+//! What the API server knows is read there ([`drains`]: the `Drain` objects; [`watch`]: one
+//! of them followed until its drain ends; [`status`]: drainer's Deployment, pods, sweeper
+//! Lease and the drains by state). What only drainer knows
 //! ([`through`]: orphans, a volume's snapshots, retry, cancel, readiness) goes to drainer's
 //! HTTP API through a port-forward made for the call to a ready drainer pod ([`connect`]), or
 //! `--drainer-url`, with a token drainer checks by TokenReview and SubjectAccessReview:
@@ -18,6 +19,7 @@ mod drains;
 mod output;
 mod status;
 mod through;
+mod watch;
 
 use clap::{Args, Subcommand, ValueEnum};
 use drainer_core::args::parse_positive_seconds;
@@ -92,6 +94,12 @@ pub enum KubectlCommand {
         /// The drain, as NAMESPACE/ID (or ID).
         drain: String,
     },
+    /// Follow a drain until it ends (its Drain object; a live line on a terminal). Exit 0
+    /// when it completed, 1 when it failed, was cancelled or abandoned.
+    Watch {
+        /// The drain, as NAMESPACE/ID (or ID with -n).
+        drain: String,
+    },
 }
 
 /// How results are printed.
@@ -119,6 +127,7 @@ pub async fn run(args: KubectlArgs) -> anyhow::Result<()> {
         KubectlCommand::Cancel { drain } => {
             through::act(&cluster, &args, drain, through::Act::Cancel).await
         }
+        KubectlCommand::Watch { drain } => watch::run(&cluster, &args, drain).await,
     }
 }
 
