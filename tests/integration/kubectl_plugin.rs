@@ -1,5 +1,5 @@
-//! `kubectl drainer` on kube-env: the test binary linked as `kubectl-drainer` (so it behaves
-//! as the plugin) and run with kube-env's admin kubeconfig (a client certificate) against
+//! `kubectl drainer` on kube-env: the binary under test installed as `kubectl-drainer` by
+//! `drainer install --kubectl-plugin DIR` (so it behaves as the plugin) and run with kube-env's admin kubeconfig (a client certificate) against
 //! drainer installed from `deploy/overlays/kube-env`, as the deploy tests install it (and
 //! under their lock), after the example StatefulSet web scaled from 3 to 2 had `data-web-2`
 //! drained. From the API server: `drains -A -o json` and the table, `watch` (the completed
@@ -14,7 +14,7 @@
 //! port-forward path is checked to fail in one line saying so.
 
 use crate::deploy::{APPS, clean_up, scale, start_example_web, test_image};
-use crate::support::drainer_bin;
+use crate::support::drainer;
 use crate::support::install::{
     DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, release_image,
 };
@@ -169,8 +169,17 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let snapshot = drain["snapshot"].as_str().context("snapshot")?.to_owned();
 
     let bin = tempfile::tempdir()?;
-    std::os::unix::fs::symlink(drainer_bin(), bin.path().join("kubectl-drainer"))?;
     let dir = bin.path();
+    let installed = crate::support::install::output(
+        drainer().args(["install", "--kubectl-plugin"]).arg(dir),
+        "drainer install --kubectl-plugin",
+    )
+    .await?;
+    ensure!(
+        installed.contains("kubectl drainer installed"),
+        "{installed}"
+    );
+    ensure!(std::fs::read_link(dir.join("kubectl-drainer"))?.ends_with("drainer"));
 
     // From the API server, with the kubeconfig's identity.
     let listed = eventually(
