@@ -7,7 +7,8 @@
 //! relayed store), [`remote`] (a volume's snapshots read through a drainer: `restore
 //! --drainer`, `snapshots --drainer`), [`install`] (`drainer install`: a copy of the binary
 //! for other images, or the kubectl plugin's link), [`kubectl`] (`kubectl drainer`: the
-//! operator's view with the kubeconfig's identity), [`batching`] (small requests sent together) and [`args`] (their flags).
+//! operator's view with the kubeconfig's identity), [`batching`] (small requests sent
+//! together) and [`args`] (their flags).
 //!
 //! The server's side of the same protocol lives in the server; the two meet only in the wire
 //! types of `drainer_core::protocol`.
