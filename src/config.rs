@@ -9,6 +9,7 @@ pub use drainer_clients::args::{
     ClientArgs, DEFAULT_TOKEN_FILE, DrainerSource, HandoffArgs, InstallArgs, MoverArgs,
     POD_TOKEN_FILE,
 };
+pub use drainer_clients::kubectl::{KubectlArgs, KubectlCommand};
 use drainer_core::args::parse_store_url;
 pub use drainer_core::args::{
     DEFAULT_CONCURRENCY, DEFAULT_MOVER_CONCURRENCY, EngineArgs, parse_positive_seconds,
@@ -84,6 +85,14 @@ pub enum Command {
     /// drainer's guard and holds; claims their retention policy deletes are left to the
     /// garbage collector, which then deletes them. Stop drainer first (it would guard again).
     ReleaseGuards(ReleaseGuardsArgs),
+    /// `kubectl drainer` (what this binary does when installed as `kubectl-drainer`): drains,
+    /// status, orphans, snapshots, retry and cancel with the kubeconfig's identity.
+    ///
+    /// Read from the API server what it knows (Drain objects, drainer's pods); the rest from
+    /// drainer through a port-forward made for the call, with --token or the kubeconfig
+    /// user's bearer token (never the admin token). Exit 1: the API server or drainer refused
+    /// or could not be reached; exit 2: bad usage.
+    Kubectl(KubectlArgs),
 }
 
 /// `drainer serve`: the server's flags and Kubernetes mode's.

@@ -20,6 +20,7 @@ pub mod telemetry;
 
 pub use cli::one_line;
 pub use config::{Command, Config};
+pub use drainer_clients::kubectl::plugin_args;
 pub(crate) use drainer_clients::{handoff, install, mover};
 pub use drainer_core::{Ledger, Store, StoreOptions, VolumeId, snapshot};
 
@@ -47,10 +48,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Command::Snapshots(args) => cli::snapshots(args).await,
         Command::Prune(args) => cli::prune(args).await,
         Command::Verify(args) => cli::verify(args).await,
-        Command::Install(args) => install::run(&args.dir),
+        Command::Install(args) => install::run(&args),
         Command::Sweep(args) => cli::sweep(args).await,
         Command::Orphans(args) => cli::orphans(args).await,
         Command::ReleaseGuards(args) => drainer_kube::guard::release_command(args).await,
+        Command::Kubectl(args) => drainer_clients::kubectl::run(args).await,
     }
 }
 

@@ -21,6 +21,7 @@ mod kube_runtime;
 mod kube_supervision;
 mod kube_sweeps;
 mod kube_tls;
+mod kubectl_plugin;
 mod ledger;
 mod lifecycle;
 mod monitoring;

@@ -157,6 +157,10 @@ pub struct HandoffArgs {
 pub struct InstallArgs {
     /// The directory to copy drainer into (created if missing).
     pub dir: PathBuf,
+    /// Install the kubectl plugin instead: DIR/kubectl-drainer, a symbolic link to this
+    /// drainer (DIR is usually on PATH, e.g. ~/.local/bin), so that `kubectl drainer` runs it.
+    #[arg(long)]
+    pub kubectl_plugin: bool,
 }
 
 /// `drainer mover`.

@@ -158,6 +158,11 @@ impl Api {
         self
     }
 
+    /// The HTTP client, to build requests for [`Api::send_once`].
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base

@@ -8,6 +8,9 @@
 //! (those mapped into this process, from `/proc/self/maps`), so it runs in any image,
 //! whatever its C library (or none): `DIR/ld.so --library-path DIR DIR/drainer ARGS`.
 //! It never writes outside `DIR`, and replaces files there atomically.
+//!
+//! `drainer install --kubectl-plugin DIR` installs `kubectl drainer` instead: `DIR/kubectl-drainer`,
+//! a symbolic link to this binary (kubectl runs the plugins it finds on `PATH` by that name).
 
 use anyhow::{Context, bail};
 use std::collections::BTreeSet;
@@ -18,9 +21,39 @@ use std::path::{Path, PathBuf};
 /// The loader's name in the directory (as well as its own, e.g. `ld-linux-x86-64.so.2`).
 pub(crate) const LOADER: &str = "ld.so";
 
-/// Copies this binary (and its loader and libraries) into `dir`; prints how to run the copy.
-pub fn run(dir: &Path) -> anyhow::Result<()> {
+/// `drainer install`: the copy for other images, or with `--kubectl-plugin` the plugin link.
+pub fn run(args: &crate::args::InstallArgs) -> anyhow::Result<()> {
     let exe = std::fs::read_link("/proc/self/exe").context("finding this executable")?;
+    if args.kubectl_plugin {
+        let link = link_plugin(&exe, &args.dir)?;
+        println!(
+            "kubectl drainer installed: {} -> {} (put {} on PATH; try `kubectl drainer status`)",
+            link.display(),
+            exe.display(),
+            args.dir.display()
+        );
+        return Ok(());
+    }
+    copy_with_libraries(&exe, &args.dir)
+}
+
+/// Makes `dir/kubectl-drainer` a symbolic link to `exe`, replacing what was there atomically
+/// (a link made under a temporary name, then renamed); the link's path.
+pub(crate) fn link_plugin(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let link = dir.join(crate::kubectl::PLUGIN_NAME);
+    let staging = link.with_extension("drainer-install");
+    let _ = std::fs::remove_file(&staging);
+    std::os::unix::fs::symlink(exe, &staging)
+        .with_context(|| format!("linking {} to {}", staging.display(), exe.display()))?;
+    std::fs::rename(&staging, &link)
+        .with_context(|| format!("renaming into {}", link.display()))?;
+    Ok(link)
+}
+
+/// Copies `exe` (and its loader and libraries) into `dir`; prints how to run the copy.
+fn copy_with_libraries(exe: &Path, dir: &Path) -> anyhow::Result<()> {
+    let exe = exe.to_path_buf();
     let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
     let libraries = shared_objects(&maps, &exe);
     if libraries
@@ -92,6 +125,24 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugin_is_a_link_to_this_binary_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let link = link_plugin(Path::new("/opt/old/drainer"), &bin).unwrap();
+        assert_eq!(link, bin.join("kubectl-drainer"));
+        let link = link_plugin(Path::new("/opt/new/drainer"), &bin).unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/opt/new/drainer")
+        );
+        let names: Vec<_> = std::fs::read_dir(&bin)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kubectl-drainer"]);
+    }
 
     #[test]
     fn libraries_come_from_the_maps_but_the_binary_and_anonymous_maps() {

@@ -1,0 +1,366 @@
+//! `kubectl drainer` on kube-env: the binary under test installed as `kubectl-drainer` by
+//! `drainer install --kubectl-plugin DIR` (so it behaves as the plugin) and run with kube-env's admin kubeconfig (a client certificate) against
+//! drainer installed from `deploy/overlays/kube-env`, as the deploy tests install it (and
+//! under their lock), after the example StatefulSet web scaled from 3 to 2 had `data-web-2`
+//! drained. From the API server: `drains -A -o json` and the table, `watch` (the completed
+//! drain: exit 0; a missing one: exit 1), `status`. Through drainer,
+//! as operators with tokens from `kubectl create token --audience drainer`: `snapshots` and
+//! `retry` (drainer answers a completed drain's retry `409`: exit 1, one line), and a token
+//! without RBAC rights refused (exit 1, one line naming 403). The admin kubeconfig's
+//! certificate cannot be shown to drainer: exit 2 naming --token.
+//!
+//! kube-env serves no port-forward (its kubelet API is logs only), so calls through drainer
+//! are made with `--drainer-url` (its Service's ClusterIP, which this machine reaches); the
+//! port-forward path is checked to fail in one line saying so.
+
+use crate::deploy::{APPS, clean_up, scale, start_example_web, test_image};
+use crate::support::drainer;
+use crate::support::install::{
+    DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, release_image,
+};
+use crate::support::kube::{
+    KubeEnv, admin_kubeconfig, client, create_namespace, delete_namespace, eventually, from_json,
+    with_timeout,
+};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+/// The image name of the kube-env overlay.
+const OVERLAY_IMAGE: &str = "drainer:kube-env";
+/// The kube-env overlay's admin token (used only to wait for the drain, never by the plugin).
+const ADMIN_TOKEN: &str = "kube-env-admin-token-0123456789abcdef";
+
+/// What `kubectl-drainer ARGS` did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the plugin (`dir/kubectl-drainer`, a link to the binary under test) with the admin
+/// kubeconfig and `args`.
+async fn plugin(dir: &Path, args: &[&str]) -> Result<Run> {
+    let mut cmd = tokio::process::Command::new(dir.join("kubectl-drainer"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DRAINER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("KUBECONFIG", admin_kubeconfig()?)
+        .env("DRAINER_LOG", "warn")
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("kubectl-drainer: no result within 60 s")??;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+impl Run {
+    fn ok(self, what: &str) -> Result<String> {
+        ensure!(
+            self.code == 0,
+            "{what}: exit {}\n{}\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        Ok(self.stdout)
+    }
+
+    /// Failed with `code` and one line on stderr containing every one of `words`.
+    fn refused(&self, code: i32, words: &[&str]) -> Result<()> {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        ensure!(
+            self.code == code && lines.len() == 1 && words.iter().all(|w| lines[0].contains(w)),
+            "expected exit {code} with one line saying {words:?}; got exit {}:\n{}\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        Ok(())
+    }
+}
+
+/// A ServiceAccount of `ns` and its token for drainer.
+async fn user(env: &KubeEnv, client: &Client, ns: &str, name: &str) -> Result<String> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &from_json(json!({"metadata": {"name": name}})),
+    )
+    .await?;
+    let token = kubectl(
+        env,
+        &[
+            "create",
+            "token",
+            name,
+            "-n",
+            ns,
+            "--audience",
+            "drainer",
+            "--duration",
+            "15m",
+        ],
+    )
+    .await?;
+    Ok(token.trim().to_owned())
+}
+
+/// Binds ServiceAccount `ns`/`name` to ClusterRole `role` in the examples' namespace.
+async fn bind(client: &Client, ns: &str, name: &str, role: &str) -> Result<()> {
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), APPS);
+    bindings
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": {"name": format!("kubectl-plugin-{name}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_drainer_reads_the_cluster_and_asks_drainer_as_the_caller() -> Result<()> {
+    let _serial = LOCK.lock().await;
+    let image = test_image().await?;
+    let env = KubeEnv::load()?;
+    let client = client().await?;
+    let ops = create_namespace(&client, "kubectl-plugin-ops").await?;
+    let result = with_timeout(Duration::from_secs(900), body(&env, &client, &image, &ops)).await;
+    if std::env::var_os("DRAINER_TEST_KEEP").is_none() {
+        let cleaned = clean_up(&env, &client, false).await;
+        delete_namespace(&client, &ops).await?;
+        result?;
+        cleaned
+    } else {
+        result
+    }
+}
+
+async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result<()> {
+    clean_up(env, client, true).await?;
+    env.register_image(OVERLAY_IMAGE, image).await?;
+    env.register_image(&release_image(), image).await?;
+    ensure_namespace(client, APPS).await?;
+    kubectl(env, &["apply", "-k", &deploy("overlays/kube-env")]).await?;
+    crate::deploy::drainer_pod(client, env).await?;
+    start_example_web(env, client).await?;
+    scale(env, "web", 2).await?;
+    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
+    let drain = api
+        .wait_completed("data-web-2", 0, Duration::from_secs(240))
+        .await?;
+    let id = drain["id"].as_str().context("drain id")?.to_owned();
+    let snapshot = drain["snapshot"].as_str().context("snapshot")?.to_owned();
+
+    let bin = tempfile::tempdir()?;
+    let dir = bin.path();
+    let installed = crate::support::install::output(
+        drainer().args(["install", "--kubectl-plugin"]).arg(dir),
+        "drainer install --kubectl-plugin",
+    )
+    .await?;
+    ensure!(
+        installed.contains("kubectl drainer installed"),
+        "{installed}"
+    );
+    ensure!(std::fs::read_link(dir.join("kubectl-drainer"))?.ends_with("drainer"));
+
+    // From the API server, with the kubeconfig's identity.
+    let listed = eventually(
+        "the Drain object completed",
+        Duration::from_secs(60),
+        || async {
+            let text = plugin(dir, &["drains", "-A", "-o", "json"])
+                .await?
+                .ok("drains -A -o json")?;
+            let list: Value = serde_json::from_str(&text)?;
+            let item = list["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == id.as_str()))
+                .cloned()
+                .context("no Drain object yet")?;
+            ensure!(item["status"]["state"] == "completed", "{item}");
+            Ok(item)
+        },
+    )
+    .await?;
+    ensure!(listed["metadata"]["namespace"] == APPS && listed["spec"]["claim"] == "data-web-2");
+    ensure!(
+        listed["status"]["snapshot"] == snapshot.as_str(),
+        "{listed}"
+    );
+    let table = plugin(dir, &["drains", "-n", APPS])
+        .await?
+        .ok("drains -n")?;
+    ensure!(table.starts_with("NAME "), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .context("no row")?;
+    ensure!(
+        line.contains("data-web-2") && line.contains("completed") && line.contains(&snapshot),
+        "{table}"
+    );
+
+    let watched = plugin(dir, &["watch", &format!("{APPS}/{id}")])
+        .await?
+        .ok("watch")?;
+    ensure!(
+        watched.trim_end().ends_with(&format!(
+            "completed, {}snapshot {snapshot}",
+            progress_of(&listed)
+        )),
+        "{watched}"
+    );
+    plugin(dir, &["watch", "-n", APPS, "d-20000101000000000-00000000"])
+        .await?
+        .refused(1, &["404"])?;
+
+    let status = plugin(dir, &["status"]).await?.ok("status")?;
+    for word in [
+        "Deployment drainer 1/1 ready",
+        "completed",
+        "readiness: unknown",
+        "port-forward",
+    ] {
+        ensure!(status.contains(word), "status lacks {word:?}:\n{status}");
+    }
+    let url = service_url(client).await?;
+    let status = plugin(dir, &["status", "--drainer-url", &url, "-o", "yaml"])
+        .await?
+        .ok("status -o yaml")?;
+    ensure!(
+        status.contains("status: ready") && status.contains("name: ledger"),
+        "{status}"
+    );
+
+    // Through drainer, as operators.
+    let operator = user(env, client, ops, "operator").await?;
+    let nobody = user(env, client, ops, "nobody").await?;
+    bind(client, ops, "operator", "drainer-operate").await?;
+    let volume = format!("{APPS}/data-web-2");
+    let through = |token: &str| {
+        [
+            "--drainer-url".to_owned(),
+            url.clone(),
+            "--token".into(),
+            token.into(),
+        ]
+    };
+    let operator_args = through(&operator);
+    let with = |extra: &[&str], base: &[String]| -> Vec<String> {
+        extra
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(base.iter().cloned())
+            .collect()
+    };
+    let snapshots = eventually(
+        "the operator lists the snapshots",
+        Duration::from_secs(30),
+        || async {
+            let args = with(&["snapshots", &volume, "-o", "json"], &operator_args);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            plugin(dir, &args).await?.ok("snapshots")
+        },
+    )
+    .await?;
+    let listing: Value = serde_json::from_str(&snapshots)?;
+    ensure!(
+        listing["snapshots"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["snapshot"] == snapshot.as_str())),
+        "{listing}"
+    );
+    let args = with(&["retry", &format!("{APPS}/{id}")], &operator_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(dir, &args).await?.refused(1, &["409", &id])?;
+    let args = with(&["cancel", &id], &operator_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(dir, &args).await?.refused(1, &["409", &id])?;
+
+    // Refused: no RBAC rights; the kubeconfig's certificate; no port-forward on kube-env.
+    let args = with(&["snapshots", &volume], &through(&nobody));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(dir, &args).await?.refused(1, &["403"])?;
+    plugin(dir, &["orphans", "--drainer-url", &url])
+        .await?
+        .refused(2, &["client certificate", "--token"])?;
+    plugin(dir, &["orphans", "--token", &operator])
+        .await?
+        .refused(1, &["port-forward", SYSTEM])?;
+    Ok(())
+}
+
+/// deploy/krew/drainer.yaml is a krew Plugin for this version, every platform installing the
+/// binary as the plugin.
+#[test]
+fn the_krew_manifest_installs_this_drainer() -> Result<()> {
+    let text = std::fs::read_to_string(deploy("krew/drainer.yaml"))?;
+    let manifest: Value = serde_saphyr::from_str(&text)?;
+    ensure!(manifest["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2");
+    ensure!(manifest["kind"] == "Plugin" && manifest["metadata"]["name"] == "drainer");
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    ensure!(
+        manifest["spec"]["version"] == version.as_str(),
+        "{manifest}"
+    );
+    let platforms = manifest["spec"]["platforms"]
+        .as_array()
+        .context("platforms")?;
+    ensure!(!platforms.is_empty());
+    for platform in platforms {
+        ensure!(platform["bin"] == "drainer", "{platform}");
+        ensure!(
+            platform["selector"]["matchLabels"]["os"] == "linux",
+            "{platform}"
+        );
+        let uri = platform["uri"].as_str().context("uri")?;
+        ensure!(
+            uri.contains(&version) && uri.starts_with("https://"),
+            "{uri}"
+        );
+        let sha = platform["sha256"].as_str().context("sha256")?;
+        ensure!(
+            sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+            "{sha}"
+        );
+        ensure!(platform["files"][0]["from"] == "drainer", "{platform}");
+    }
+    Ok(())
+}
+
+/// The progress summary of a Drain object as `watch` prints it before the snapshot.
+fn progress_of(object: &Value) -> String {
+    object["status"]["progress"]["summary"]
+        .as_str()
+        .map_or_else(String::new, |p| format!("{p}, "))
+}
+
+/// drainer's Service as a URL (this machine reaches ClusterIPs).
+async fn service_url(client: &Client) -> Result<String> {
+    let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM);
+    let ip = services
+        .get("drainer")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the drainer Service has no ClusterIP")?;
+    Ok(format!("http://{ip}:8080"))
+}
