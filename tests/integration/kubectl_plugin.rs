@@ -9,9 +9,10 @@
 //! without RBAC rights refused (exit 1, one line naming 403). The admin kubeconfig's
 //! certificate cannot be shown to drainer: exit 2 naming --token.
 //!
-//! kube-env serves no port-forward (its kubelet API is logs only), so calls through drainer
-//! are made with `--drainer-url` (its Service's ClusterIP, which this machine reaches); the
-//! port-forward path is checked to fail in one line saying so.
+//! Calls through drainer go through a port-forward to drainer's pod made for the call (kube-env's
+//! kubelet API serves port forwarding as a kubelet does), and once with `--drainer-url` (its
+//! Service's ClusterIP, which this machine reaches); with no drainer pod in the namespace
+//! given, the call fails in one line naming it.
 
 use crate::deploy::{APPS, clean_up, scale, start_example_web, test_image};
 use crate::support::drainer;
@@ -232,37 +233,32 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
         .await?
         .refused(1, &["404"])?;
 
+    // Readiness comes through a port-forward to drainer's pod, or from --drainer-url.
     let status = plugin(dir, &["status"]).await?.ok("status")?;
-    for word in [
-        "Deployment drainer 1/1 ready",
-        "completed",
-        "readiness: unknown",
-        "port-forward",
-    ] {
+    for word in ["Deployment drainer 1/1 ready", "completed", "ledger"] {
         ensure!(status.contains(word), "status lacks {word:?}:\n{status}");
     }
     let url = service_url(client).await?;
-    let status = plugin(dir, &["status", "--drainer-url", &url, "-o", "yaml"])
-        .await?
-        .ok("status -o yaml")?;
-    ensure!(
-        status.contains("status: ready") && status.contains("name: ledger"),
-        "{status}"
-    );
+    for extra in [&[][..], &["--drainer-url", &url][..]] {
+        let args: Vec<&str> = ["status", "-o", "yaml"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let status = plugin(dir, &args).await?.ok("status -o yaml")?;
+        ensure!(
+            status.contains("status: ready") && status.contains("name: ledger"),
+            "{args:?}: {status}"
+        );
+    }
 
     // Through drainer, as operators.
     let operator = user(env, client, ops, "operator").await?;
     let nobody = user(env, client, ops, "nobody").await?;
     bind(client, ops, "operator", "drainer-operate").await?;
     let volume = format!("{APPS}/data-web-2");
-    let through = |token: &str| {
-        [
-            "--drainer-url".to_owned(),
-            url.clone(),
-            "--token".into(),
-            token.into(),
-        ]
-    };
+    // Through a port-forward made for each call (the plugin's default).
+    let through = |token: &str| ["--token".to_owned(), token.to_owned()];
     let operator_args = through(&operator);
     let with = |extra: &[&str], base: &[String]| -> Vec<String> {
         extra
@@ -295,16 +291,25 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
 
-    // Refused: no RBAC rights; the kubeconfig's certificate; no port-forward on kube-env.
+    // Refused: no RBAC rights; the kubeconfig's certificate; no drainer where it is looked for.
     let args = with(&["snapshots", &volume], &through(&nobody));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["403"])?;
     plugin(dir, &["orphans", "--drainer-url", &url])
         .await?
         .refused(2, &["client certificate", "--token"])?;
-    plugin(dir, &["orphans", "--token", &operator])
-        .await?
-        .refused(1, &["port-forward", SYSTEM])?;
+    plugin(
+        dir,
+        &[
+            "orphans",
+            "--token",
+            &operator,
+            "--drainer-namespace",
+            "default",
+        ],
+    )
+    .await?
+    .refused(1, &["default"])?;
     Ok(())
 }
 

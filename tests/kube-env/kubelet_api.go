@@ -1,11 +1,11 @@
 package main
 
-// The one part of the kubelet API that kube-env serves: container logs, so that `kubectl logs`
-// (and any client of pods/log) works. It listens on the node IP (G:10250, in the node network
+// The parts of the kubelet API that kube-env serves: container logs, so that `kubectl logs`
+// (and any client of pods/log) works, and port forwarding (portforward.go). It listens on the node IP (G:10250, in the node network
 // namespace, where the API server reaches it as it reaches a kubelet: the nodes' InternalIP and
 // status.daemonEndpoints.kubeletEndpoint), with TLS and client certificates of the cluster CA
-// (the API server presents the admin certificate). exec, attach, port-forward and the rest of
-// the kubelet API answer 404.
+// (the API server presents the admin certificate). exec, attach and the rest of the kubelet API
+// answer 404.
 
 import (
 	"bufio"
@@ -74,8 +74,16 @@ func (s *supervisor) startKubeletAPI(ctx context.Context, client kubernetes.Inte
 
 func (a *kubeletAPI) serve(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if parts[0] == "portForward" && (len(parts) == 3 || len(parts) == 4) {
+		uid := ""
+		if len(parts) == 4 {
+			uid = parts[3]
+		}
+		a.portForward(w, r, parts[1], parts[2], uid)
+		return
+	}
 	if r.Method != http.MethodGet || len(parts) != 4 || parts[0] != "containerLogs" {
-		http.Error(w, "kube-env serves only /containerLogs/NAMESPACE/POD/CONTAINER of the kubelet API", http.StatusNotFound)
+		http.Error(w, "kube-env serves only /containerLogs/NAMESPACE/POD/CONTAINER and /portForward/NAMESPACE/POD of the kubelet API", http.StatusNotFound)
 		return
 	}
 	ns, name, container := parts[1], parts[2], parts[3]
