@@ -4,6 +4,7 @@
 //! memory, sweeper Lease, standing guards, Drain objects) under the service's supervisor.
 
 use crate::args::KubeArgs;
+use crate::lease::{Holding, Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
 use anyhow::Context;
 use drainer_server::admission::Admission;
 use drainer_server::args::Movers;
@@ -32,134 +33,182 @@ impl MakeMode for KubernetesMode {
     /// configured, is an admin's), handoffs that wait for their pod's release, held claims, copies
     /// by mover Jobs.
     async fn make(&self, base: &Base<'_>) -> anyhow::Result<Mode> {
-        let args = base.args;
         let kube = &self.args;
         let admin = base.admin_token()?;
-        let client = crate::client::connect()
-            .await
-            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-        let cluster =
-            crate::Cluster::start_under(client, kube.watch_namespaces.clone(), base.supervisor)
-                .await
-                .context("watching the cluster")?;
+        let cluster = watch_cluster(kube, base).await?;
         let authority = crate::identity::TokenReviews::new(
             cluster.clone(),
             base.ledger.clone(),
             kube.audience.clone(),
             admin,
         )
-        .with_gate(args.limits.token_reviews());
+        .with_gate(base.args.limits.token_reviews());
         let events = Arc::new(crate::events::KubeEvents::new(cluster.clone(), base.owner));
-        let notifier: Arc<dyn Notifier> = events.clone();
         let admission: Arc<dyn Admission> = Arc::new(crate::admission::KubeAdmission {
             cluster: cluster.clone(),
             ledger: base.ledger.clone(),
         });
-        // One replica runs the scheduled sweeps: the holder of the sweeper Lease, which its keeper
-        // renews on its own short timer (whatever the sweep interval) and gives up at shutdown.
-        // The same replica runs the retention passes.
-        let prunes =
-            !args.retention.prune_interval.is_zero() && !args.retention.policy.policy().is_empty();
-        let scheduled = !args.sweep_interval.is_zero() || prunes;
-        let keeper = scheduled.then(|| {
-            use crate::lease::{Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
-            let namespace = crate::lease::own_namespace(kube, &cluster.client);
-            let lease = Lease::new(
-                cluster.client.clone(),
-                &namespace,
-                SWEEPER_LEASE,
-                base.owner,
-                LEASE_DURATION,
-            );
-            Keeper::new(lease, RENEW_EVERY)
-        });
-        let sweeper = crate::sweep::KubeSweeper::new(crate::sweep::Sweeping {
-            cluster: cluster.clone(),
+        let keeper = sweeper_lease(kube, base, &cluster);
+        let parts = Parts {
+            kube,
+            notifier: events.clone(),
+            events,
+            admission,
+            holding: keeper.as_ref().map(Keeper::holding),
+            cluster,
+        };
+        let sweeper = parts.sweeper(base);
+        parts.spawn_tasks(base, keeper, &sweeper);
+        Ok(Mode {
+            authority: Arc::new(authority),
+            executor: parts.executor(base)?,
+            claims: parts.claims(),
+            admission: parts.admission,
+            notifier: parts.notifier,
+            sweeper,
+            describe: format!("kubernetes (audience {})", kube.audience),
+        })
+    }
+}
+
+/// Connects to the API server (in-cluster config or KUBECONFIG) and starts the watches.
+async fn watch_cluster(kube: &KubeArgs, base: &Base<'_>) -> anyhow::Result<crate::Cluster> {
+    let client = crate::client::connect()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    crate::Cluster::start_under(client, kube.watch_namespaces.clone(), base.supervisor)
+        .await
+        .context("watching the cluster")
+}
+
+/// The keeper of the sweeper Lease, when this replica has scheduled work (sweeps or retention
+/// passes): one replica runs them, the holder of the Lease, which its keeper renews on its own
+/// short timer (whatever the sweep interval) and gives up at shutdown.
+fn sweeper_lease(kube: &KubeArgs, base: &Base<'_>, cluster: &crate::Cluster) -> Option<Keeper> {
+    let retention = &base.args.retention;
+    let prunes = !retention.prune_interval.is_zero() && !retention.policy.policy().is_empty();
+    let scheduled = !base.args.sweep_interval.is_zero() || prunes;
+    scheduled.then(|| {
+        let namespace = crate::lease::own_namespace(kube, &cluster.client);
+        let lease = Lease::new(
+            cluster.client.clone(),
+            &namespace,
+            SWEEPER_LEASE,
+            base.owner,
+            LEASE_DURATION,
+        );
+        Keeper::new(lease, RENEW_EVERY)
+    })
+}
+
+/// What Kubernetes mode's seams and tasks are made from: the cluster, its Events, admission
+/// and the sweeper Lease (`holding`: whether this replica holds it, when there is one).
+struct Parts<'a> {
+    kube: &'a KubeArgs,
+    cluster: crate::Cluster,
+    events: Arc<crate::events::KubeEvents>,
+    notifier: Arc<dyn Notifier>,
+    admission: Arc<dyn Admission>,
+    holding: Option<Holding>,
+}
+
+impl Parts<'_> {
+    /// The sweeper: scheduled and asked-for sweeps of the cluster's claims.
+    fn sweeper(&self, base: &Base<'_>) -> Arc<dyn Sweeper> {
+        Arc::new(crate::sweep::KubeSweeper::new(crate::sweep::Sweeping {
+            cluster: self.cluster.clone(),
             ledger: base.ledger.clone(),
             store: base.store.clone(),
             metrics: Arc::clone(base.metrics),
-            notifier: Arc::clone(&notifier),
-            admission: Some(Arc::clone(&admission)),
-            max_attempts: args.max_attempts,
-            lease: keeper.as_ref().map(crate::lease::Keeper::holding),
-        });
+            notifier: Arc::clone(&self.notifier),
+            admission: Some(Arc::clone(&self.admission)),
+            max_attempts: base.args.max_attempts,
+            lease: self.holding.clone(),
+        }))
+    }
+
+    /// Starts the long-lived tasks under the service's supervisor: the release tracker, the
+    /// StatefulSet memory, the Drain objects, the sweeper Lease's keeper and the standing
+    /// guards.
+    fn spawn_tasks(&self, base: &Base<'_>, keeper: Option<Keeper>, sweeper: &Arc<dyn Sweeper>) {
         let releases = crate::release::Releases {
-            cluster: cluster.clone(),
+            cluster: self.cluster.clone(),
             ledger: base.ledger.clone(),
-            notifier: Arc::clone(&notifier),
-            release_timeout: kube.release_timeout,
-            max_attempts: args.max_attempts,
+            notifier: Arc::clone(&self.notifier),
+            release_timeout: self.kube.release_timeout,
+            max_attempts: base.args.max_attempts,
         };
         base.supervisor
             .spawn("release-tracker", move |stop| releases.clone().run(stop));
-        let (seen_sets, ledger) = (cluster.seen_sets.clone(), base.ledger.clone());
+        let (seen_sets, ledger) = (self.cluster.seen_sets.clone(), base.ledger.clone());
         base.supervisor.spawn("statefulset-memory", move |stop| {
             seen_sets.clone().run(ledger.clone(), stop)
         });
-        let keeper_holding = keeper.as_ref().map(crate::lease::Keeper::holding);
-        // A Drain object per drain: the Lease's holder (every replica when there is no Lease)
-        // writes them and answers the requests and actions users make with them, through the
-        // HTTP API's request path; each replica writes the progress of its own copies.
-        let objects = crate::drain_objects::DrainObjects {
-            client: cluster.client.clone(),
-            namespaces: cluster.namespaces.clone(),
-            ledger: base.ledger.clone(),
-            board: base.board.clone(),
-            ttl: kube.drain_objects_ttl,
-            lease: keeper_holding.clone(),
-            requests: drainer_server::requests::Requests {
-                ledger: base.ledger.clone(),
-                admission: Arc::clone(&admission),
-                notifier: Arc::clone(&notifier),
-                board: base.board.clone(),
-            },
-            max_attempts: args.max_attempts,
-        };
+        let objects = self.drain_objects(base);
         base.supervisor
             .spawn("drain-objects", move |stop| objects.clone().run(stop));
         if let Some(keeper) = keeper {
             base.supervisor
                 .spawn("sweeper-lease", move |stop| keeper.clone().run(stop));
         }
-        // Every claim a StatefulSet's retention policy could delete carries a standing guard, so
-        // that a scale-down while no drainer runs loses nothing.
-        let sweeper: Arc<dyn Sweeper> = Arc::new(sweeper);
-        let claims = keeper_holding.map(|lease| {
-            Arc::new(crate::retention::KubeClaims {
-                cluster: cluster.clone(),
-                lease: Some(lease),
-            }) as Arc<dyn drainer_server::pruning::Claims>
-        });
+        // Every claim a StatefulSet's retention policy could delete carries a standing guard,
+        // so that a scale-down while no drainer runs loses nothing.
         let guards = crate::guard::Guards {
-            cluster: cluster.clone(),
+            cluster: self.cluster.clone(),
             ledger: base.ledger.clone(),
-            events,
-            sweeper: Arc::clone(&sweeper),
+            events: Arc::clone(&self.events),
+            sweeper: Arc::clone(sweeper),
         };
         base.supervisor
             .spawn("guards", move |stop| guards.clone().run(stop));
-        // Mover Jobs copy, unless movers are run by other means (`--movers external`).
-        let executor: Arc<dyn Executor> = match args.movers {
+    }
+
+    /// A Drain object per drain: the Lease's holder (every replica when there is no Lease)
+    /// writes them and answers the requests and actions users make with them, through the
+    /// HTTP API's request path; each replica writes the progress of its own copies.
+    fn drain_objects(&self, base: &Base<'_>) -> crate::drain_objects::DrainObjects {
+        crate::drain_objects::DrainObjects {
+            client: self.cluster.client.clone(),
+            namespaces: self.cluster.namespaces.clone(),
+            ledger: base.ledger.clone(),
+            board: base.board.clone(),
+            ttl: self.kube.drain_objects_ttl,
+            lease: self.holding.clone(),
+            requests: drainer_server::requests::Requests {
+                ledger: base.ledger.clone(),
+                admission: Arc::clone(&self.admission),
+                notifier: Arc::clone(&self.notifier),
+                board: base.board.clone(),
+            },
+            max_attempts: base.args.max_attempts,
+        }
+    }
+
+    /// What copies: mover Jobs, unless movers are run by other means (`--movers external`).
+    fn executor(&self, base: &Base<'_>) -> anyhow::Result<Arc<dyn Executor>> {
+        Ok(match base.args.movers {
             Movers::External => Arc::new(base.external_movers()),
             Movers::InProcess => Arc::new(
                 crate::movers::JobMovers::new(
-                    cluster.clone(),
+                    self.cluster.clone(),
                     base.ledger.clone(),
                     base.store.clone(),
-                    kube,
-                    args.mover_timeout,
+                    self.kube,
+                    base.args.mover_timeout,
                 )
                 .context("mover Jobs")?,
             ),
-        };
-        Ok(Mode {
-            authority: Arc::new(authority),
-            admission,
-            notifier,
-            executor,
-            sweeper,
-            claims,
-            describe: format!("kubernetes (audience {})", kube.audience),
+        })
+    }
+
+    /// The claims retention may prune snapshots of, on the Lease's holder (none without a
+    /// Lease: no retention passes are scheduled then).
+    fn claims(&self) -> Option<Arc<dyn drainer_server::pruning::Claims>> {
+        self.holding.clone().map(|lease| {
+            Arc::new(crate::retention::KubeClaims {
+                cluster: self.cluster.clone(),
+                lease: Some(lease),
+            }) as Arc<dyn drainer_server::pruning::Claims>
         })
     }
 }
