@@ -479,3 +479,91 @@ async fn postgres_notes_go_to_the_attempts_entry() {
         .unwrap();
     notes_go_to_the_entry_that_started_the_attempt(ledger).await;
 }
+
+/// What the Drain objects are kept for: the drains still active, and those that ended since a
+/// time (ended earlier: none), of the namespaces watched (all when none are given), oldest
+/// first; and a drain's first requester (none for a drain no caller asked for).
+async fn drains_to_show_are_the_active_and_the_recently_ended(ledger: Ledger) {
+    use drainer_core::ledger::NewDrain;
+    use drainer_core::lifecycle::Event;
+    let new = |ns: &str, pvc: &str, by: Option<&str>| NewDrain {
+        volume: drainer::VolumeId::new(ns, pvc).unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: by.map(str::to_owned),
+        kube: None,
+    };
+    let mut ids = Vec::new();
+    for drain in [
+        new("a", "ended-early", Some("pod:a/web-0")),
+        new("a", "active", None),
+        new("b", "ended-late", Some("user:alice")),
+    ] {
+        let recorded = ledger.request_drains(&[drain]).await.unwrap();
+        ids.push(recorded[0].0.id.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let cancel = |id: String| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .change_drain(&id, Event::Cancelled, "admin", None)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    cancel(ids[0].clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    cancel(ids[2].clone()).await;
+
+    let shown = |since: i64, namespaces: &'static [&'static str]| {
+        let ledger = ledger.clone();
+        async move {
+            let namespaces: Vec<String> = namespaces.iter().map(|n| n.to_string()).collect();
+            let drains = ledger
+                .drains_active_or_ended_since(since, &namespaces)
+                .await
+                .unwrap();
+            drains.into_iter().map(|d| d.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(shown(0, &[]).await, ids, "everything, oldest first");
+    assert_eq!(
+        shown(between, &[]).await,
+        ids[1..],
+        "ended early: not shown"
+    );
+    assert_eq!(shown(between, &["a"]).await, ids[1..2], "namespace a only");
+    assert_eq!(shown(i64::MAX, &["b"]).await, Vec::<String>::new());
+
+    assert_eq!(
+        ledger.first_requester(&ids[0]).await.unwrap().as_deref(),
+        Some("pod:a/web-0")
+    );
+    assert_eq!(ledger.first_requester(&ids[1]).await.unwrap(), None);
+    assert_eq!(
+        ledger.first_requester(&ids[2]).await.unwrap().as_deref(),
+        Some("user:alice")
+    );
+}
+
+#[tokio::test]
+async fn sqlite_drains_to_show_are_the_active_and_the_recently_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    drains_to_show_are_the_active_and_the_recently_ended(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_drains_to_show_are_the_active_and_the_recently_ended() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    drains_to_show_are_the_active_and_the_recently_ended(ledger).await;
+}
