@@ -499,19 +499,91 @@ async fn sigterm_stops_intake_releases_work_and_exits_within_the_grace_period() 
     .await;
 }
 
+/// SIGTERM with work in flight, five times, each at another moment: a copy under way and
+/// handoffs arriving. Each time drainer exits cleanly within its grace period; a drainer
+/// started again on the same data finds every acknowledged handoff and completes it, and
+/// every volume restores exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_cleanly_every_time() {
+async fn sigterm_exits_cleanly_every_time_with_work_in_flight() {
     let work = tempfile::tempdir().unwrap();
-    for round in 0..5 {
-        let data = work.path().join(format!("data-{round}"));
-        std::fs::create_dir_all(&data).unwrap();
-        let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
-        let (status, _) = serve.terminate(Duration::from_secs(15)).await;
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let pvcs: Vec<String> = (0..5).map(|i| format!("data-web-{i}")).collect();
+    let sources: Vec<_> = pvcs
+        .iter()
+        .map(|pvc| make_volume(&data, "shop", pvc, 200, 64 * 1024))
+        .collect();
+    let mut acknowledged = Vec::new();
+    for (round, pvc) in pvcs.iter().enumerate() {
+        let serve = Serve::start(&data, &["--sweep-interval", "0", "--grace", "5"]).await;
+        let (_, drains) = serve.handoff("shop", &[pvc]).await;
+        acknowledged.extend(ids(&drains));
+        // Handoffs keep arriving while drainer shuts down; those answered 202 count.
+        let arriving = tokio::spawn(handoffs_of(serve.url.clone(), pvcs.clone()));
+        tokio::time::sleep(Duration::from_millis(40 * round as u64)).await;
+        let (status, took) = serve.terminate(Duration::from_secs(15)).await;
         assert!(
             status.success(),
             "round {round}: exit after SIGTERM: {status:?}"
         );
+        assert!(
+            took < Duration::from_secs(6),
+            "round {round}: exited within the grace period: {took:?}"
+        );
+        acknowledged.extend(arriving.await.unwrap());
     }
+    let serve = Serve::start(&data, &["--sweep-interval", "0"]).await;
+    let ended = serve
+        .wait_ended(&acknowledged, Duration::from_secs(180))
+        .await;
+    let mut interrupted = 0;
+    for drain in &ended {
+        assert_eq!(drain["state"], "completed", "{drain}");
+        let states: Vec<&str> = drain["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["state"].as_str())
+            .collect();
+        interrupted += states.windows(2).any(|w| w == ["copying", "queued"]) as usize;
+    }
+    eprintln!(
+        "{} drains acknowledged, {interrupted} interrupted by a SIGTERM",
+        ended.len()
+    );
+    assert!(
+        interrupted > 0,
+        "no copy was under way at any SIGTERM: {ended:#?}"
+    );
+    let store = file_url(&data.join("store"));
+    for (pvc, source) in pvcs.iter().zip(&sources) {
+        assert_restores_exactly(&store, "shop", pvc, source, work.path()).await;
+    }
+}
+
+/// Hands off each of `pvcs` in turn, until drainer stops answering; returns the ids of the
+/// drains it acknowledged (`202` for a new drain, `200` for one under way).
+async fn handoffs_of(url: String, pvcs: Vec<String>) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for pvc in pvcs.iter().cycle().take(500) {
+        let sent = client
+            .post(format!("{url}/v1/handoffs"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"namespace": "shop", "pvcs": [pvc]}))
+            .send()
+            .await;
+        let Ok(answer) = sent else { break };
+        if !answer.status().is_success() {
+            continue; // refused while shutting down: not acknowledged
+        }
+        let body: serde_json::Value = answer.json().await.unwrap();
+        acknowledged.extend(ids(body["drains"].as_array().unwrap()));
+    }
+    acknowledged
 }
 
 /// Starts a service in local mode whose store is the S3 test server behind a fault proxy.
