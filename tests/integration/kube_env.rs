@@ -359,8 +359,14 @@ async fn job_completes_when_its_pod_succeeds() -> Result<()> {
         jobs.create(&PostParams::default(), &one_shot_job("work", json!({}))).await?;
         let pod = wait_for_job_pod(&pods, "work").await?;
         let pod_name = pod.metadata.name.clone().unwrap();
-        // Give the Job controller time to act if it wrongly completed the Job on its own.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Once the Job controller has counted the pod active, it has seen it: had it wrongly
+        // completed the Job on its own, it would have by then.
+        eventually("the Job controller counts the pod active", WAIT, || async {
+            let status = jobs.get_status("work").await?.status.unwrap_or_default();
+            ensure!(status.active == Some(1), "status is {status:?}");
+            Ok(())
+        })
+        .await?;
         let status = jobs.get_status("work").await?.status.unwrap_or_default();
         ensure!(status.succeeded.unwrap_or(0) == 0 && status.completion_time.is_none(), "Job done too early: {status:?}");
 

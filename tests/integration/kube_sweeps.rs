@@ -630,10 +630,23 @@ async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
         ensure!(b.take().await? == Turn::Mine, "given up, taken at once");
         // A holder that stops renewing loses it once its lease has run out.
         let (short, c) = (lease("replica-b", 1), lease("replica-c", 60));
+        let taken = std::time::Instant::now();
         ensure!(short.take().await? == Turn::Mine);
         ensure!(c.take().await? != Turn::Mine, "not before it runs out");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        ensure!(c.take().await? == Turn::Mine, "taken over once expired");
+        eventually(
+            "taken over once expired",
+            Duration::from_secs(10),
+            || async {
+                ensure!(c.take().await? == Turn::Mine, "not yet");
+                Ok(())
+            },
+        )
+        .await?;
+        ensure!(
+            taken.elapsed() >= Duration::from_secs(1),
+            "taken over before the 1 s lease ran out: {:?}",
+            taken.elapsed()
+        );
         delete_namespace(&client, &ns).await
     })
     .await
