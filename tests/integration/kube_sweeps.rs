@@ -3,7 +3,9 @@
 //! drained, once, opted-out claims reported and skipped; a StatefulSet deleted outright has
 //! its claims found by a drainer that restarted since it last saw it; the orphans report (API
 //! and `drainer orphans`) lists size, age and drain; Events and the last-snapshot annotation
-//! land on the claim and the pod; one replica at a time holds the sweeper Lease.
+//! land on the claim and the pod; one replica at a time holds the sweeper Lease. The sweep
+//! itself is asked of a real `drainer serve --kubernetes` (its admission and wiring as in
+//! production), through the API.
 //!
 //! Each test's drainer watches only its own namespace (`--watch-namespaces`), as other tests
 //! share the cluster.
@@ -180,6 +182,68 @@ async fn drains_in(ledger: &Ledger, ns: &str) -> Result<Vec<Drain>> {
     Ok(ledger.drains(&filter, 1000).await?)
 }
 
+/// A sweep through a real `drainer serve --kubernetes` (its admission and wiring as in
+/// production; `--movers external`, so drains stay queued; no scheduled sweeps, so each sweep
+/// is the test's), its own SQLite ledger and file store under `work`.
+async fn sweeping_service(work: &std::path::Path, ns: &str) -> Result<Serve> {
+    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
+    let store = format!("file://{}", work.join("store").display());
+    Ok(Serve::start_with_env(
+        &work.join("data"),
+        &[
+            "--kubernetes",
+            "--movers",
+            "external",
+            "--watch-namespace",
+            ns,
+            "--pod-namespace",
+            ns,
+            "--store",
+            &store,
+            "--sweep-interval",
+            "0",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )
+    .await)
+}
+
+/// `POST /v1/sweeps` (a dry run if `dry_run`): the report's findings in namespace `ns` by claim
+/// name, and the whole answer.
+async fn sweep_through(
+    serve: &Serve,
+    ns: &str,
+    dry_run: bool,
+) -> Result<(BTreeMap<String, Finding>, Value)> {
+    let path = format!("/v1/sweeps?dry_run={dry_run}");
+    let (status, report) = serve.call(reqwest::Method::POST, &path, None).await;
+    ensure!(status == 200, "sweep: {status} {report}");
+    let findings: Vec<Finding> = serde_json::from_value(report["findings"].clone())?;
+    let found = findings
+        .into_iter()
+        .filter_map(|f| {
+            let (n, pvc) = f.volume.split_once('/')?;
+            (n == ns).then(|| (pvc.to_owned(), f.clone()))
+        })
+        .collect();
+    Ok((found, report))
+}
+
+/// The drains of namespace `ns` as the API lists them, by claim name.
+async fn drains_listed(serve: &Serve, ns: &str) -> Result<Vec<Value>> {
+    let (status, listed) = serve
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/drains?namespace={ns}"),
+            None,
+        )
+        .await;
+    ensure!(status == 200, "list drains: {status} {listed}");
+    let mut drains = listed["drains"].as_array().context("no drains")?.clone();
+    drains.sort_by_key(|d| d["pvc"].as_str().unwrap_or_default().to_owned());
+    Ok(drains)
+}
+
 #[tokio::test]
 async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
@@ -201,67 +265,57 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
         scale(&sets, "web", 1).await?;
         wait_for_pods(&pods, "web", &[0]).await?;
 
-        let stop = CancellationToken::new();
-        let cluster = Cluster::start(client.clone(), vec![ns.clone()], stop.clone()).await?;
-        stores_show(&cluster, "web at 1 replica, its pods gone", |c| {
-            let set = c.sets_in(&ns).into_iter().next().context("no set")?;
-            ensure!(set.spec.replicas == Some(1), "replicas {:?}", set.spec.replicas);
-            ensure!(c.pods_in(&ns).len() == 1, "{} pods", c.pods_in(&ns).len());
-            Ok(())
+        let work = tempfile::tempdir()?;
+        let serve = sweeping_service(work.path(), &ns).await?;
+        // A dry run finds, and queues nothing (asked until drainer's watches show web at one
+        // replica, its pods gone).
+        let expected = [
+            ("data-web-0", Some(Verdict::Live), false),
+            ("data-web-1", Some(Verdict::Orphaned), true),
+            ("data-web-2", Some(Verdict::Orphaned), true),
+            ("data-web-3", Some(Verdict::OptedOut), false),
+        ];
+        let dry = eventually("a dry run finding the scaled-away claims", WAIT, || async {
+            let (found, report) = sweep_through(&serve, &ns, true).await?;
+            let verdicts: Vec<(&str, Option<Verdict>, bool)> = found
+                .iter()
+                .map(|(pvc, f)| (pvc.as_str(), f.verdict, f.drain))
+                .collect();
+            ensure!(verdicts == expected, "dry run: {verdicts:?}");
+            Ok(report)
         })
         .await?;
-        let dir = tempfile::tempdir()?;
-        let ledger = Ledger::open(None, dir.path()).await?;
-        let store = file_store(dir.path())?;
-        let sweeper = sweeper(&cluster, &ledger, &store);
-
-        // A dry run finds, and queues nothing.
-        let dry = sweeper.sweep(true).await?;
-        let found = findings_in(&dry, &ns);
-        let verdicts: Vec<(&str, Option<Verdict>, bool)> = found
-            .iter()
-            .map(|(pvc, f)| (pvc.as_str(), f.verdict, f.drain))
-            .collect();
-        ensure!(
-            verdicts
-                == [
-                    ("data-web-0", Some(Verdict::Live), false),
-                    ("data-web-1", Some(Verdict::Orphaned), true),
-                    ("data-web-2", Some(Verdict::Orphaned), true),
-                    ("data-web-3", Some(Verdict::OptedOut), false),
-                ],
-            "dry run: {verdicts:?}"
-        );
-        ensure!(dry.drains.is_empty() && drains_in(&ledger, &ns).await?.is_empty());
+        ensure!(dry["drains"] == json!([]), "{dry}");
+        ensure!(drains_listed(&serve, &ns).await?.is_empty(), "a dry run drained");
 
         // The sweep: one drain for each scaled-away claim, straight to queued.
-        let first = sweeper.sweep(false).await?;
-        let mut drains = drains_in(&ledger, &ns).await?;
-        drains.sort_by(|a, b| a.pvc.cmp(&b.pvc));
-        let drained: Vec<&str> = drains.iter().map(|d| d.pvc.as_str()).collect();
+        let (first, _) = sweep_through(&serve, &ns, false).await?;
+        let drains = drains_listed(&serve, &ns).await?;
+        let drained: Vec<&str> = drains.iter().filter_map(|d| d["pvc"].as_str()).collect();
         ensure!(drained == ["data-web-1", "data-web-2"], "drains of {drained:?}");
         for (drain, n) in drains.iter().zip([1, 2]) {
-            ensure!(drain.state == drainer_core::lifecycle::DrainState::Queued, "{drain:?}");
-            ensure!(drain.pvc_uid.as_deref() == Some(uids[&n].as_str()), "{drain:?}");
+            ensure!(drain["state"] == "queued", "{drain}");
+            ensure!(drain["pvc_uid"] == uids[&n].as_str(), "{drain}");
             let why = format!(
                 "sweep: ordinal {n} of StatefulSet web is scaled away (live ordinals 0..1; pod web-{n}'s claim)"
             );
-            ensure!(drain.reason == why, "reason {:?}", drain.reason);
-            let history = ledger.drain_events(&drain.id).await?;
+            ensure!(drain["reason"] == why.as_str(), "reason {}", drain["reason"]);
+            let id = drain["id"].as_str().context("no id")?;
+            let shown = serve.drain(id).await;
             ensure!(
-                history.first().and_then(|e| e.message.as_deref()) == Some(why.as_str()),
-                "history {history:?}"
+                shown["history"][0]["message"] == why.as_str(),
+                "history {}",
+                shown["history"]
             );
-            ensure!(ledger.requested_by(&drain.id, "sweep").await?, "requested by sweep");
-            let finding = findings_in(&first, &ns)[&drain.pvc];
-            ensure!(finding.drain_id.as_deref() == Some(drain.id.as_str()), "{finding:?}");
+            let finding = &first[&format!("data-web-{n}")];
+            ensure!(finding.drain_id.as_deref() == Some(id), "{finding:?}");
         }
-        ensure!(first.orphaned() >= 3, "orphaned {}", first.orphaned());
+        let orphaned = first.values().filter(|f| f.verdict == Some(Verdict::Orphaned)).count();
+        ensure!(orphaned == 2, "orphaned {orphaned}");
 
         // A second sweep finds the drains active and creates none.
-        let second = sweeper.sweep(false).await?;
-        ensure!(drains_in(&ledger, &ns).await?.len() == 2, "a second sweep drained again");
-        let again = findings_in(&second, &ns);
+        let (again, _) = sweep_through(&serve, &ns, false).await?;
+        ensure!(drains_listed(&serve, &ns).await?.len() == 2, "a second sweep drained again");
         ensure!(
             !again["data-web-1"].drain && again["data-web-1"].why.contains("is queued"),
             "{:?}",
@@ -274,53 +328,25 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
         );
 
         // The orphans report, through the API and `drainer orphans`.
-        orphans_are_reported(&ledger, &store, sweeper, &ns, &drains).await?;
-        stop.cancel();
+        orphans_are_reported(&serve, &ns, &drains).await?;
+        serve.terminate(Duration::from_secs(15)).await;
+        // The sweep is the drains' requester, as the ledger records it.
+        let ledger = Ledger::open(None, &work.path().join("data")).await?;
+        for drain in &drains {
+            let id = drain["id"].as_str().context("no id")?;
+            ensure!(ledger.requested_by(id, "sweep").await?, "{id} not requested by sweep");
+        }
         delete_namespace(&client, &ns).await
     })
     .await
 }
 
-/// Serves the API with `sweeper` and checks `GET /v1/orphans`, `POST /v1/sweeps?dry_run=true`
-/// and `drainer orphans` for namespace `ns` (whose claims data-web-1 and -2 are drained by
-/// `drains`, data-web-3 opted out).
-async fn orphans_are_reported(
-    ledger: &Ledger,
-    store: &Store,
-    sweeper: KubeSweeper,
-    ns: &str,
-    drains: &[Drain],
-) -> Result<()> {
-    let state = drainer_server::http::AppState::new(drainer_server::http::Shared {
-        ledger: ledger.clone(),
-        store: store.clone(),
-        auth: Arc::new(drainer_server::auth::StaticToken::new("secret".into())),
-        admission: Arc::new(drainer_server::admission::Local),
-        notifier: Arc::new(drainer_server::notify::Log),
-        sweeper: Arc::new(sweeper),
-        metrics: Arc::default(),
-        board: Arc::default(),
-        max_attempts: 3,
-        ready: true.into(),
-        health: Default::default(),
-        per_caller: Default::default(),
-        body_budget: drainer_server::http::body_budget::BodyBudget::for_movers(256 << 20),
-        kept: Default::default(),
-        copying: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let server =
-        tokio::spawn(axum::serve(listener, drainer_server::http::router(state)).into_future());
-    let http = reqwest::Client::new();
-    let answer: Value = http
-        .get(format!("{url}/v1/orphans"))
-        .bearer_auth("secret")
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+/// Checks `GET /v1/orphans`, `POST /v1/sweeps?dry_run=true` and `drainer orphans` of
+/// `serve` for namespace `ns` (whose claims data-web-1 and -2 are drained by `drains`,
+/// data-web-3 opted out).
+async fn orphans_are_reported(serve: &Serve, ns: &str, drains: &[Value]) -> Result<()> {
+    let (status, answer) = serve.call(reqwest::Method::GET, "/v1/orphans", None).await;
+    ensure!(status == 200, "orphans: {status} {answer}");
     let rows: BTreeMap<String, &Value> = answer["orphans"]
         .as_array()
         .context("no orphans")?
@@ -336,7 +362,8 @@ async fn orphans_are_reported(
         "orphans {names:?}"
     );
     for drain in drains {
-        let row = rows[&drain.pvc];
+        let (pvc, id) = (drain["pvc"].as_str().context("no pvc")?, &drain["id"]);
+        let row = rows[pvc];
         ensure!(
             row["size"] == "16Mi" && row["size_bytes"] == 16 << 20,
             "{row}"
@@ -350,7 +377,7 @@ async fn orphans_are_reported(
             "{row}"
         );
         ensure!(
-            row["drain"]["id"] == drain.id.as_str() && row["drain"]["state"] == "queued",
+            row["drain"]["id"] == *id && row["drain"]["state"] == "queued",
             "{row}"
         );
         ensure!(
@@ -363,14 +390,7 @@ async fn orphans_are_reported(
         "{}",
         rows["data-web-3"]
     );
-    let dry: Value = http
-        .post(format!("{url}/v1/sweeps?dry_run=true"))
-        .bearer_auth("secret")
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let (_, dry) = sweep_through(serve, ns, true).await?;
     ensure!(
         dry["dry_run"] == true && dry["drains"] == json!([]),
         "{dry}"
@@ -378,24 +398,27 @@ async fn orphans_are_reported(
     let output = crate::support::run(crate::support::drainer().args([
         "orphans",
         "--drainer",
-        &url,
+        &serve.url,
         "--token",
-        "secret",
+        crate::support::serve::TOKEN,
     ]))
     .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     ensure!(output.status.success(), "drainer orphans: {output:?}");
     for drain in drains {
+        let (pvc, id) = (
+            drain["pvc"].as_str().context("no pvc")?,
+            drain["id"].as_str().context("no id")?,
+        );
         let line = stdout
             .lines()
-            .find(|l| l.starts_with(&format!("{ns}/{}", drain.pvc)))
-            .with_context(|| format!("no line for {}: {stdout}", drain.pvc))?;
+            .find(|l| l.starts_with(&format!("{ns}/{pvc}")))
+            .with_context(|| format!("no line for {pvc}: {stdout}"))?;
         ensure!(
-            line.contains("16Mi") && line.contains(&drain.id) && line.contains("queued"),
+            line.contains("16Mi") && line.contains(id) && line.contains("queued"),
             "{line}"
         );
     }
-    server.abort();
     Ok(())
 }
 
