@@ -252,7 +252,10 @@ pub fn condemned<'a>(
 /// deletes the claims of scaled-away ordinals (`whenScaled: Delete`): its claims must be held
 /// before the pod goes, which for a process that exits at once on SIGTERM is within
 /// milliseconds of its deletion.
-pub fn doomed<'a>(pod: &Pod, sets: impl IntoIterator<Item = &'a StatefulSet>) -> Option<SetClaim> {
+pub fn claims_deleted_on_scale_down<'a>(
+    pod: &Pod,
+    sets: impl IntoIterator<Item = &'a StatefulSet>,
+) -> Option<SetClaim> {
     scaled_away(pod, sets)
         .filter(|(set, _)| deletes_scaled_claims(set))
         .map(|(_, claim)| claim)

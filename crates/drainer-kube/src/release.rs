@@ -255,7 +255,7 @@ impl Releases {
             .cluster
             .pods
             .state_filter(|p| p.metadata.deletion_timestamp.is_some());
-        terminating.extend(self.doomed_pods());
+        terminating.extend(self.pods_losing_claims());
         for (pod, _) in taken.iter() {
             if !terminating
                 .iter()
@@ -288,7 +288,7 @@ impl Releases {
             let drains = if let Some(place) = planner::condemned(&pod, sets()) {
                 let why = "is terminating as a scaled-away ordinal";
                 self.drains_for(&pod, &ns, &place, why, false)
-            } else if let Some(place) = planner::doomed(&pod, sets()) {
+            } else if let Some(place) = planner::claims_deleted_on_scale_down(&pod, sets()) {
                 let why = "is a scaled-away ordinal whose claims its StatefulSet deletes \
                            (whenScaled: Delete), held before the pod goes";
                 self.drains_for(&pod, &ns, &place, why, true)
@@ -333,7 +333,7 @@ impl Releases {
     /// Pods not terminating yet that are scaled-away ordinals of a StatefulSet with
     /// `whenScaled: Delete` (the StatefulSet controller is about to delete them and, with
     /// them, their claims).
-    fn doomed_pods(&self) -> Vec<Arc<Pod>> {
+    fn pods_losing_claims(&self) -> Vec<Arc<Pod>> {
         let sets: HashMap<String, Arc<StatefulSet>> = self
             .cluster
             .sets
@@ -348,7 +348,9 @@ impl Releases {
             p.metadata.deletion_timestamp.is_none()
                 && planner::controlling_set(p)
                     .and_then(|uid| sets.get(uid))
-                    .is_some_and(|set| planner::doomed(p, [set.as_ref()]).is_some())
+                    .is_some_and(|set| {
+                        planner::claims_deleted_on_scale_down(p, [set.as_ref()]).is_some()
+                    })
         })
     }
 

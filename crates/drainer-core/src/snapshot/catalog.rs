@@ -649,7 +649,7 @@ pub async fn prune_listed(
     let plan = retention::decide(&listed, latest.as_deref(), policy);
     let mut report = PruneReport {
         kept: plan.kept(),
-        deleted: plan.doomed(),
+        deleted: plan.deleted(),
         objects_deleted: 0,
         plan,
     };
@@ -662,10 +662,10 @@ pub async fn prune_listed(
         .map(|l| l.snapshot().to_owned())
         .collect();
     let layout = VolumeLayout::new(store.root(), volume);
-    let doomed_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
-    let referenced = references_into(store, &layout, &report.kept, &doomed_ids, &damaged).await?;
-    // Every doomed snapshot's objects first, then (once those deletions are durable) their
-    // summaries. An interrupted prune leaves doomed snapshots still listed with some objects
+    let deleted_ids: HashSet<&str> = report.deleted.iter().map(String::as_str).collect();
+    let referenced = references_into(store, &layout, &report.kept, &deleted_ids, &damaged).await?;
+    // Every deleted snapshot's objects first, then (once those deletions are durable) their
+    // summaries. An interrupted prune leaves deleted snapshots still listed with some objects
     // gone (a restore of one fails on its first missing object, never restores wrong data);
     // the next pass lists them again, decides the same (they only get older) and finishes.
     // Summaries first would leave unlisted objects that no pass ever finds again. Kept
@@ -685,12 +685,12 @@ pub async fn prune_listed(
     Ok(report)
 }
 
-/// Objects under the doomed snapshots that the kept snapshots still refer to.
+/// Objects under the deleted snapshots that the kept snapshots still refer to.
 async fn references_into(
     store: &Store,
     layout: &VolumeLayout,
     kept: &[String],
-    doomed: &HashSet<&str>,
+    deleted: &HashSet<&str>,
     damaged: &[String],
 ) -> Result<HashSet<String>> {
     let mut referenced = HashSet::new();
@@ -713,7 +713,7 @@ async fn references_into(
                 continue;
             };
             let owner = content.object.split('/').nth(1).unwrap_or_default();
-            if doomed.contains(owner) {
+            if deleted.contains(owner) {
                 referenced.insert(content.object);
             }
         }

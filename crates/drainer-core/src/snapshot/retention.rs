@@ -301,8 +301,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The snapshots that go, by id (ids sort by age).
-    pub fn doomed(&self) -> Vec<String> {
+    /// The snapshots that go (a prune deletes them), by id (ids sort by age).
+    pub fn deleted(&self) -> Vec<String> {
         self.ids(false)
     }
 

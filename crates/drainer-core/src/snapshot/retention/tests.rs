@@ -105,7 +105,7 @@ fn rules_add_up_and_every_reason_is_listed() {
     let s00 = plan.snapshots.iter().find(|d| d.snapshot == "s00").unwrap();
     assert!(!s00.keep);
     assert_eq!(s00.reasons, ids(&["no rule keeps it"]));
-    assert_eq!(plan.doomed().len() + plan.kept().len(), listed.len());
+    assert_eq!(plan.deleted().len() + plan.kept().len(), listed.len());
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn the_empty_policy_keeps_everything() {
     let listed = calendar();
     let plan = decide(&listed, Some("s11"), &Policy::default());
     assert!(plan.snapshots.iter().all(|d| d.keep));
-    assert!(plan.doomed().is_empty());
+    assert!(plan.deleted().is_empty());
     let s00 = plan.snapshots.iter().find(|d| d.snapshot == "s00").unwrap();
     assert_eq!(s00.reasons, ids(&["no policy (keeps everything)"]));
     assert_eq!(kept(&listed, "all").len(), 12);
@@ -156,7 +156,7 @@ fn latest_newest_and_damaged_snapshots_always_stay() {
     // The pointer names s01 (say a commit died before moving it): s01 and the newest stay.
     let plan = decide(&listed, Some("s01"), &Policy::last(1));
     assert_eq!(plan.kept(), ids(&["s01", "s01x", "s02", "s03"]));
-    assert_eq!(plan.doomed(), ids(&["s00"]));
+    assert_eq!(plan.deleted(), ids(&["s00"]));
     let why = |id: &str| {
         plan.snapshots
             .iter()
