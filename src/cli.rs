@@ -7,8 +7,8 @@
 //! Results go to stdout (a summary line, a table or JSON); logs and progress go to stderr.
 
 use crate::config::{
-    ClientArgs, CopyArgs, EngineArgs, OrphansArgs, OutputFormat, PruneArgs, RestoreArgs,
-    SnapshotsArgs, Source, SweepArgs, VerifyArgs,
+    ClientArgs, CopyArgs, EncryptionArgs, EngineArgs, OrphansArgs, OutputFormat, PruneArgs,
+    RestoreArgs, SnapshotsArgs, Source, SweepArgs, VerifyArgs,
 };
 use crate::snapshot::{self, Found, Listed, Progress, RestoreOptions};
 use anyhow::bail;
@@ -20,21 +20,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-fn open_store(url: &str, engine: &EngineArgs, create: bool) -> anyhow::Result<Store> {
-    Ok(Store::open(
+fn open_store(
+    url: &str,
+    engine: &EngineArgs,
+    encryption: &EncryptionArgs,
+    create: bool,
+) -> anyhow::Result<Store> {
+    let store = Store::open(
         url,
         &StoreOptions {
             timeout: engine.store_timeout,
             create,
             part_size: u64::from(engine.part_size_mib) * 1024 * 1024,
         },
-    )?)
+    )?;
+    Ok(encryption.apply(store)?)
 }
 
 /// `drainer copy`.
 pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
     snapshot::check_source(&args.source)?;
-    let store = open_store(&args.store, &args.engine, true)?;
+    let store = open_store(&args.store, &args.engine, &args.encryption, true)?;
     let ledger = Ledger::open(args.ledger.database_url.as_deref(), &args.ledger.data_dir).await?;
     let options = args.engine.copy_options(args.check_hash);
     let progress = Arc::new(Progress::default());
@@ -106,7 +112,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     };
     let restored = match &source {
         Source::Store(url) => {
-            let store = open_store(url, &args.engine, false)?;
+            let store = open_store(url, &args.engine, &args.encryption, false)?;
             snapshot::restore(&store, &args.volume, &selector, &dest, &options)
                 .await
                 .map_err(anyhow::Error::from)
@@ -203,7 +209,7 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
             remote.listing().await?.snapshots
         }
         (None, Some(url)) => {
-            let store = open_store(url, &args.engine, false)?;
+            let store = open_store(url, &args.engine, &args.encryption, false)?;
             let volumes = match &args.volume {
                 Some(volume) => vec![volume.clone()],
                 None => snapshot::list_volumes(&store).await?,
@@ -294,7 +300,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let store = open_store(&args.store, &args.engine, false)?;
+    let store = open_store(&args.store, &args.engine, &args.encryption, false)?;
     let volumes = match &args.volume {
         Some(volume) => vec![volume.clone()],
         None => snapshot::list_volumes(&store).await?,
@@ -360,7 +366,7 @@ fn print_prune(
 
 /// `drainer verify`.
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store, &args.engine, false)?;
+    let store = open_store(&args.store, &args.engine, &args.encryption, false)?;
     let report = snapshot::verify(
         &store,
         &args.volume,

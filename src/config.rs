@@ -12,8 +12,8 @@ pub use drainer_clients::args::{
 pub use drainer_clients::kubectl::{KubectlArgs, KubectlCommand};
 use drainer_core::args::parse_store_url;
 pub use drainer_core::args::{
-    DEFAULT_CONCURRENCY, DEFAULT_MOVER_CONCURRENCY, EngineArgs, parse_positive_seconds,
-    parse_seconds,
+    DEFAULT_CONCURRENCY, DEFAULT_MOVER_CONCURRENCY, EncryptionArgs, EngineArgs,
+    parse_positive_seconds, parse_seconds,
 };
 use drainer_core::snapshot::SnapshotSelector;
 use drainer_core::volume::VolumeId;
@@ -147,6 +147,9 @@ pub struct CopyArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 }
 
 /// `drainer restore`.
@@ -196,6 +199,9 @@ pub struct RestoreArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 }
 
 /// `drainer sweep`.
@@ -326,6 +332,9 @@ pub struct SnapshotsArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 }
 
 /// `drainer prune`.
@@ -352,6 +361,9 @@ pub struct PruneArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 }
 
 /// `drainer verify`.
@@ -369,6 +381,9 @@ pub struct VerifyArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod abuse;
 mod bad_input;
 mod chart;
 mod deploy;
+mod encryption;
 mod engine;
 mod hardening;
 mod kube_admission;

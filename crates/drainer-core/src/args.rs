@@ -25,6 +25,40 @@ pub struct EngineArgs {
     pub store_timeout: Duration,
 }
 
+/// Client-side encryption of the store's objects (see [`crate::encryption`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct EncryptionArgs {
+    /// A file of encryption keys (e.g. a mounted Secret), one per line: 32 random bytes in
+    /// base64, optionally after a label. Objects are sealed with the first key and opened
+    /// with any; file names are sealed with the last. Without it objects are stored plain.
+    #[arg(long, env = "DRAINER_ENCRYPTION_KEYS", value_name = "FILE")]
+    pub encryption_keys: Option<std::path::PathBuf>,
+}
+
+impl EncryptionArgs {
+    /// The keys of the file given, if any; a file that cannot be read or parsed is a
+    /// [`Usage`] error naming it.
+    pub fn keys(&self) -> Result<Option<std::sync::Arc<crate::encryption::Keys>>, Usage> {
+        let Some(path) = &self.encryption_keys else {
+            return Ok(None);
+        };
+        crate::encryption::Keys::read(path)
+            .map(|keys| Some(std::sync::Arc::new(keys)))
+            .map_err(Usage)
+    }
+
+    /// `store` sealed with these keys, or as it is without them.
+    pub fn apply(&self, store: crate::store::Store) -> Result<crate::store::Store, Usage> {
+        Ok(match self.keys()? {
+            Some(keys) => {
+                tracing::info!(store = store.url(), key = %keys.sealing_key(), "objects are encrypted");
+                store.encrypted(keys)
+            }
+            None => store,
+        })
+    }
+}
+
 /// Files in flight when `--concurrency` is not given.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 /// Files in flight in a mover when `--concurrency` is not given.

@@ -1,7 +1,8 @@
 //! drainer's core: what a drain is made of, with nothing of how it is served or where it runs.
 //!
 //! [`volume`] (the identifiers of a claim and of a snapshot), [`store`] (durable object
-//! storage behind `object_store`), [`snapshot`] (the copy, verify and restore engine and the
+//! storage behind `object_store`), [`encryption`] (the store's optional client-side
+//! encryption), [`snapshot`] (the copy, verify and restore engine and the
 //! snapshot format), [`ledger`] (the SQL record of progress, SQLite or PostgreSQL),
 //! [`lifecycle`] (drain states and the one table of transitions), [`protocol`] (the wire types
 //! of the mover protocol and of batch reads), and the runtime they share: [`supervisor`]
@@ -13,6 +14,7 @@
 //! (it cannot name them).
 
 pub mod args;
+pub mod encryption;
 pub mod health;
 pub mod ledger;
 pub mod lifecycle;

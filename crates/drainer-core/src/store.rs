@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod sealed;
+
 /// Errors opening or using a store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -80,6 +82,10 @@ impl Error {
         match self {
             Error::InvalidUrl { .. } | Error::LocalIo { .. } => false,
             Error::Timeout { .. } => true,
+            Error::Backend {
+                source: object_store::Error::Generic { store, .. },
+                ..
+            } if *store == sealed::STORE => false,
             Error::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }
@@ -122,6 +128,8 @@ pub struct Store {
     timeout: Duration,
     part_size: u64,
     calls: Arc<CallCounts>,
+    /// Objects are sealed (see [`Store::encrypted`]).
+    sealed: bool,
 }
 
 /// Requests made through [`Store::call`], by kind (reads of a response body's chunks are not
@@ -240,7 +248,31 @@ impl Store {
             timeout: options.timeout,
             part_size: options.part_size,
             calls: Arc::default(),
+            sealed: false,
         })
+    }
+
+    /// This store with its objects sealed by `keys` (see [`crate::encryption`]): what is
+    /// written is encrypted, what is read decrypted, and a file's name is stored sealed. Reads
+    /// go through the object API only (no local fast path), and a local directory's parts are
+    /// laid out at their sealed size.
+    pub fn encrypted(mut self, keys: Arc<crate::encryption::Keys>) -> Self {
+        if let Some(fs) = self.local_fs.take() {
+            self.multipart = Arc::new(LocalParts {
+                fs,
+                part_size: crate::encryption::sealed_len(self.part_size),
+            });
+        }
+        let layer = Arc::new(sealed::SealedStore {
+            inner: Arc::clone(&self.objects),
+            parts: Arc::clone(&self.multipart),
+            keys,
+            root: self.root.clone(),
+        });
+        self.objects = Arc::clone(&layer) as Arc<dyn ObjectStore>;
+        self.multipart = layer;
+        self.sealed = true;
+        self
     }
 
     /// A store owned by another process and reached through `objects` (a mover's view of its
@@ -263,6 +295,7 @@ impl Store {
             timeout: options.timeout,
             part_size: options.part_size,
             calls: Arc::default(),
+            sealed: false,
         }
     }
 
@@ -367,9 +400,18 @@ impl Store {
     }
 
     /// Reads a whole (small) object.
+    /// An object sealed by drainer's encryption read by a store opened without keys is an
+    /// error saying so (not a damaged object).
     pub(crate) async fn get_bytes(&self, key: &Path) -> Result<bytes::Bytes> {
         let get = async { self.objects.get(key).await?.bytes().await };
-        self.call("get", key, get).await
+        let bytes = self.call("get", key, get).await?;
+        if !self.sealed && crate::encryption::looks_sealed(&bytes) {
+            return Err(self.backend_error(object_store::Error::Generic {
+                store: sealed::STORE,
+                source: format!("object {key} is encrypted: give the store's key file with --encryption-keys (DRAINER_ENCRYPTION_KEYS)").into(),
+            }));
+        }
+        Ok(bytes)
     }
 
     /// Writes a whole (small) object.

@@ -4,7 +4,9 @@
 //! `serve` subcommand.
 
 use clap::{Args, ValueEnum};
-use drainer_core::args::{EngineArgs, parse_positive_seconds, parse_seconds, parse_store_url};
+use drainer_core::args::{
+    EncryptionArgs, EngineArgs, parse_positive_seconds, parse_seconds, parse_store_url,
+};
 use drainer_core::snapshot::retention::{Policy, Span};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +78,9 @@ pub struct ServeArgs {
     /// Engine tuning.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Client-side encryption of the store's objects.
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
     /// Retention: the service-wide policy and the pass that applies it.
     #[command(flatten)]
     pub retention: ServeRetentionArgs,

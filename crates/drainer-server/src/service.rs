@@ -108,6 +108,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
             part_size: u64::from(args.engine.part_size_mib) * 1024 * 1024,
         },
     )?;
+    let store = args.encryption.apply(store)?;
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let health = Health::default();
     let supervisor = Supervisor::new(shutdown.graceful.clone(), health.clone());
