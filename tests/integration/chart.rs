@@ -200,8 +200,8 @@ async fn kustomize_base(env: &KubeEnv, components: &[&str]) -> Result<String> {
     kubectl(env, &["kustomize", &dir]).await
 }
 
-/// helm lint, and the default rendering equal to deploy/base's (and with monitoring or TLS, to
-/// the base's with that component).
+/// helm lint, and the default rendering equal to deploy/base's (and with monitoring, TLS or
+/// encryption, to the base's with that component).
 #[tokio::test]
 async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
     with_timeout(Duration::from_secs(600), async {
@@ -214,6 +214,10 @@ async fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
                 vec!["components/monitoring"],
             ),
             (vec!["--set", "tls.enabled=true"], vec!["components/tls"]),
+            (
+                vec!["--set", "encryption.enabled=true"],
+                vec!["components/encryption"],
+            ),
         ] {
             // The CRD is in the chart's crds/ (installed, never upgraded or deleted by Helm).
             let mut args = vec![

@@ -1,7 +1,8 @@
 //! Encryption at rest (`--encryption-keys`): what the store holds reveals neither file
 //! contents nor file names; restore, verify and snapshots read it back exactly with the keys;
-//! a missing or wrong key is one line that writes nothing; keys rotate without a rewrite; and
-//! a drainer that relays movers to S3 seals what they send.
+//! a missing or wrong key is one line that writes nothing; keys rotate without a rewrite;
+//! pruning keeps what later snapshots use; and a drainer that relays movers to S3 seals what
+//! they send.
 
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN};
@@ -192,6 +193,25 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     let line = one_error_line(&mut stale, 1).await;
     assert!(line.contains("not in the key file"), "{line}");
     assert!(!refused.exists());
+
+    // Pruning the first snapshot keeps the objects the second still uses (its unchanged files
+    // are the first's objects, found by their sealed names).
+    let mut prune = drainer();
+    prune.args(["prune", &store, "--volume", VOLUME, "--keep-last", "1"]);
+    with_keys(&mut prune, &rotated);
+    run_ok(&mut prune).await;
+    let listed = run_ok(
+        drainer()
+            .args(["snapshots", &store, "--encryption-keys"])
+            .arg(&rotated),
+    )
+    .await;
+    assert!(!listed.contains(first_id), "{listed}");
+    let after_prune = work.path().join("after-prune");
+    let mut restore = restore_cmd(&store, &after_prune);
+    with_keys(&mut restore, &rotated);
+    run_ok(&mut restore).await;
+    assert_eq!(differences(&src, &after_prune), Vec::<String>::new());
 }
 
 /// A drainer with `--encryption-keys` relaying an external mover to S3: the bucket holds only
