@@ -1,12 +1,16 @@
 //! A mock API server for unit tests of the code that calls the API (controller-rs'
 //! `fixtures.rs` is the model): a [`kube::Client`] whose requests reach a [`Scenario`] that
 //! expects them one by one, checks each (method, path, body) and answers it as the API server
-//! would, and fails the test on a request it did not expect or on one that never came.
+//! would, and fails the test on a request it did not expect or on one that never came. Its
+//! [`cluster`] and [`stores`] give the code a [`Cluster`] whose watches hold what a test says.
 
+use crate::Cluster;
+use crate::watch::Stores;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::Value;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -14,8 +18,11 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 pub(crate) struct Exchange {
     /// The method expected.
     pub method: Method,
-    /// The path expected (without the query).
+    /// The path expected (without the query); a path ending in `*` is a prefix (for names
+    /// the code makes up, such as an Event's).
     pub path: String,
+    /// Checks the request's query (`""` for none).
+    pub query: Box<dyn Fn(&str) + Send>,
     /// Checks the request's JSON body (none for a body-less request).
     pub check: Box<dyn Fn(&Value) + Send>,
     /// The status answered.
@@ -30,6 +37,7 @@ impl Exchange {
         Self {
             method,
             path: path.to_owned(),
+            query: Box::new(|_| {}),
             check: Box::new(|_| {}),
             status: StatusCode::from_u16(status).unwrap(),
             answer,
@@ -40,6 +48,22 @@ impl Exchange {
     pub(crate) fn checking(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
         self.check = Box::new(check);
         self
+    }
+
+    /// The same, with the request's query checked by `check`.
+    pub(crate) fn checking_query(mut self, check: impl Fn(&str) + Send + 'static) -> Self {
+        self.query = Box::new(check);
+        self
+    }
+
+    fn expects(&self, n: usize, request: &Request<Body>) {
+        let uri = request.uri();
+        assert_eq!(request.method(), self.method, "request {n}: {uri}");
+        match self.path.strip_suffix('*') {
+            Some(prefix) => assert!(uri.path().starts_with(prefix), "request {n}: {uri}"),
+            None => assert_eq!(uri.path(), self.path, "request {n}"),
+        }
+        (self.query)(uri.query().unwrap_or_default());
     }
 }
 
@@ -54,21 +78,62 @@ pub fn status(code: u16, reason: &str) -> Value {
 /// The exchanges a test expects, in order.
 pub(crate) struct Scenario(pub Vec<Exchange>);
 
+/// The API server of a [`Scenario`], answering in the background. Awaiting it ends the
+/// scenario: it fails (an `Err` of the await) if an expected request did not come within the
+/// patience given, if a request was not as expected, or if the code made a request after the
+/// expected ones (each is answered `500` meanwhile, so that code that ignores failures goes
+/// on, and named in the failure).
+pub(crate) struct Server {
+    task: tokio::task::JoinHandle<()>,
+    done: CancellationToken,
+}
+
+impl std::future::IntoFuture for Server {
+    type Output = Result<(), tokio::task::JoinError>;
+    type IntoFuture = futures::future::BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.done.cancel();
+        Box::pin(self.task)
+    }
+}
+
 impl Scenario {
-    /// A client whose requests this scenario answers, and the task that answers them; await
-    /// the task to check that every expected request came (it fails after `patience`).
-    pub fn serve(self, patience: Duration) -> (kube::Client, tokio::task::JoinHandle<()>) {
+    /// A client whose requests this scenario answers, and its server (see [`Server`]): await
+    /// it once the code under test is done, to check every expected request came in time
+    /// (within `patience`) and no other did.
+    pub fn serve(self, patience: Duration) -> (kube::Client, Server) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
-        let task = tokio::spawn(async move {
-            tokio::time::timeout(patience, self.run(handle))
-                .await
-                .expect("the code under test did not make every expected request in time");
-        });
-        (client, task)
+        let done = CancellationToken::new();
+        let task = tokio::spawn(self.run(handle, patience, done.clone()));
+        (client, Server { task, done })
     }
 
-    async fn run(self, mut handle: Handle) {
+    async fn run(self, mut handle: Handle, patience: Duration, done: CancellationToken) {
+        tokio::time::timeout(patience, self.expected(&mut handle))
+            .await
+            .expect("the code under test did not make every expected request in time");
+        let mut unexpected = Vec::new();
+        loop {
+            let request = tokio::select! {
+                biased;
+                request = handle.next_request() => request,
+                () = done.cancelled() => None,
+            };
+            let Some((request, reply)) = request else {
+                break;
+            };
+            unexpected.push(format!("{} {}", request.method(), request.uri()));
+            reply.send_response(answer(500, &status(500, "UnexpectedRequest")));
+        }
+        assert!(
+            unexpected.is_empty(),
+            "requests after the expected ones: {unexpected:?}"
+        );
+    }
+
+    async fn expected(self, handle: &mut Handle) {
         for (n, expected) in self.0.into_iter().enumerate() {
             let (request, reply) = handle.next_request().await.unwrap_or_else(|| {
                 panic!(
@@ -76,26 +141,59 @@ impl Scenario {
                     expected.method, expected.path
                 )
             });
-            assert_eq!(
-                request.method(),
-                expected.method,
-                "request {n}: {}",
-                request.uri()
-            );
-            assert_eq!(request.uri().path(), expected.path, "request {n}");
+            expected.expects(n, &request);
             let bytes = request.into_body().collect_bytes().await.unwrap();
             if !bytes.is_empty() {
                 let body: Value = serde_json::from_slice(&bytes).unwrap();
                 (expected.check)(&body);
             }
-            let answer = serde_json::to_vec(&expected.answer).unwrap();
-            reply.send_response(
-                Response::builder()
-                    .status(expected.status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(answer))
-                    .unwrap(),
-            );
+            reply.send_response(answer(expected.status.as_u16(), &expected.answer));
         }
+    }
+}
+
+/// The value of parameter `key` in a request's `query`, decoded.
+pub(crate) fn query_param(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn answer(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+/// Stores holding `objects`, as a watch that listed them has them.
+pub(crate) fn stores<K>(objects: impl IntoIterator<Item = K>) -> Stores<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = kube::runtime::reflector::store();
+    for object in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
+    }
+    vec![reader].into()
+}
+
+/// A cluster reached through `client` whose watches hold nothing (fill them with [`stores`]:
+/// `Cluster { pods: stores([pod]), ..cluster(client) }`).
+pub(crate) fn cluster(client: kube::Client) -> Cluster {
+    Cluster {
+        client,
+        namespaces: Vec::new(),
+        pods: stores([]),
+        claims: stores([]),
+        volumes: stores([]),
+        sets: stores([]),
+        jobs: stores([]),
+        holds: stores([]),
+        terminations: Default::default(),
+        changes: Default::default(),
+        health: Default::default(),
+        seen_sets: Default::default(),
     }
 }
