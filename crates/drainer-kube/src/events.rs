@@ -585,4 +585,302 @@ mod tests {
         assert!(said.note.len() <= MAX_NOTE, "{}", said.note.len());
         assert!(said.note.ends_with('…'));
     }
+
+    // ---- Against a mock API server: the exact requests, and what each answer makes of them.
+
+    use crate::mock::{Exchange, Scenario, cluster, status, stores};
+    use http::Method;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+    const CLAIM: &str = "/api/v1/namespaces/shop/persistentvolumeclaims/data-web-4";
+
+    fn claim(uid: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(
+            json!({"metadata": {"name": "data-web-4", "namespace": "shop", "uid": uid}}),
+        )
+        .unwrap()
+    }
+
+    fn pod() -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web-4", "namespace": "shop", "uid": "uid-p"}}),
+        )
+        .unwrap()
+    }
+
+    /// Events recorded through `client`, by replica `replica-a`, in a cluster whose watches
+    /// hold `claims` and `pods`.
+    fn events(
+        client: kube::Client,
+        claims: Vec<PersistentVolumeClaim>,
+        pods: Vec<Pod>,
+    ) -> KubeEvents {
+        let cluster = Cluster {
+            claims: stores(claims),
+            pods: stores(pods),
+            ..cluster(client)
+        };
+        KubeEvents::new(cluster, "replica-a")
+    }
+
+    /// What the API server answers to a created Event.
+    fn created() -> Value {
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+               "metadata": {"name": "data-web-4.1", "namespace": "shop"}})
+    }
+
+    /// A request posting an Event `reason` about the object `kind` `name`.
+    fn posting(reason: &'static str, kind: &'static str, name: &'static str) -> Exchange {
+        Exchange::new(Method::POST, EVENTS, 201, created()).checking(move |body| {
+            assert_eq!(body["reason"], reason, "{body}");
+            assert_eq!(body["regarding"]["kind"], kind, "{body}");
+            assert_eq!(body["regarding"]["name"], name, "{body}");
+        })
+    }
+
+    /// The WARN lines logged while `test` runs, each as its fields.
+    async fn warnings<F: Future<Output = ()>>(test: F) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Warnings(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if *event.metadata().level() != tracing::Level::WARN {
+                    return;
+                }
+                let mut line = String::new();
+                event.record(
+                    &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                        line.push_str(&format!("{}={value:?} ", field.name()));
+                    },
+                );
+                self.0.lock().unwrap().push(line);
+            }
+        }
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        test.await;
+        warnings.0.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_milestone_is_one_event_on_the_claim_and_one_on_the_pod_each_related_to_the_other() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, EVENTS, 201, created()).checking(|body| {
+                assert_eq!(body["apiVersion"], "events.k8s.io/v1");
+                assert!(
+                    body["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("data-web-4."),
+                    "{body}"
+                );
+                assert_eq!(body["metadata"]["namespace"], "shop");
+                assert_eq!(
+                    body["regarding"],
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "namespace": "shop", "name": "data-web-4", "uid": "uid-c"})
+                );
+                assert_eq!(body["related"]["kind"], "Pod");
+                assert_eq!(body["related"]["name"], "web-4");
+                assert_eq!(body["related"]["uid"], "uid-p");
+                assert_eq!(body["reason"], "HandoffAccepted");
+                assert_eq!(body["type"], "Normal");
+                assert_eq!(body["action"], "Drain");
+                assert_eq!(
+                    body["note"],
+                    "drain d-1 of shop/data-web-4 accepted: sweep: ordinal 4 of StatefulSet web is scaled away"
+                );
+                assert_eq!(body["reportingController"], REPORTING_CONTROLLER);
+                assert_eq!(body["reportingInstance"], "replica-a");
+                assert!(body["eventTime"].is_string(), "{body}");
+                assert!(body.get("series").is_none(), "{body}");
+            }),
+            Exchange::new(Method::POST, EVENTS, 201, created()).checking(|body| {
+                assert_eq!(body["regarding"]["kind"], "Pod");
+                assert_eq!(body["regarding"]["name"], "web-4");
+                assert_eq!(body["regarding"]["uid"], "uid-p");
+                assert_eq!(body["related"]["kind"], "PersistentVolumeClaim");
+                assert_eq!(body["reason"], "HandoffAccepted");
+            }),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-c")], vec![pod()]);
+        events.notify(&drain(), &Milestone::Accepted).await;
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_same_event_again_counts_up_the_first_ones_series_instead_of_posting_another() {
+        let (client, server) = Scenario(vec![
+            posting("Failed", "PersistentVolumeClaim", "data-web-4"),
+            Exchange::new(
+                Method::PATCH,
+                &format!("{EVENTS}/data-web-4.*"),
+                200,
+                created(),
+            )
+            .checking(|body| {
+                assert_eq!(body["series"]["count"], 2, "{body}");
+                assert!(body["series"]["lastObservedTime"].is_string(), "{body}");
+            }),
+            Exchange::new(
+                Method::PATCH,
+                &format!("{EVENTS}/data-web-4.*"),
+                200,
+                created(),
+            )
+            .checking(|body| assert_eq!(body["series"]["count"], 3, "{body}")),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-c")], vec![]);
+        let failed = Milestone::Failed {
+            why: "store down".into(),
+            retrying: true,
+        };
+        for _ in 0..3 {
+            events.notify(&drain(), &failed).await;
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_series_whose_first_event_is_gone_is_posted_anew() {
+        let (client, server) = Scenario(vec![
+            posting("Failed", "PersistentVolumeClaim", "data-web-4"),
+            Exchange::new(
+                Method::PATCH,
+                &format!("{EVENTS}/data-web-4.*"),
+                404,
+                status(404, "NotFound"),
+            ),
+            posting("Failed", "PersistentVolumeClaim", "data-web-4"),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-c")], vec![]);
+        let failed = Milestone::Failed {
+            why: "store down".into(),
+            retrying: true,
+        };
+        events.notify(&drain(), &failed).await;
+        events.notify(&drain(), &failed).await;
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_the_api_refuses_is_logged_and_neither_stops_the_next_nor_is_counted_up() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, EVENTS, 403, status(403, "Forbidden")),
+            Exchange::new(Method::POST, EVENTS, 500, status(500, "InternalError")),
+            // Not recorded, so not remembered: posted again, not counted up.
+            posting("HandoffAccepted", "PersistentVolumeClaim", "data-web-4"),
+            posting("HandoffAccepted", "Pod", "web-4"),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-c")], vec![pod()]);
+        let warned = warnings(async {
+            events.notify(&drain(), &Milestone::Accepted).await;
+            events.notify(&drain(), &Milestone::Accepted).await;
+        })
+        .await;
+        server.await.unwrap();
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        for (line, object) in warned
+            .iter()
+            .zip(["PersistentVolumeClaim/data-web-4", "Pod/web-4"])
+        {
+            assert!(line.contains("cannot record an Event"), "{line}");
+            assert!(line.contains("drain=\"d-1\""), "{line}");
+            assert!(line.contains(object), "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn completion_annotates_the_claim_the_drain_recorded_under_its_uid() {
+        let (client, server) = Scenario(vec![
+            posting("Completed", "PersistentVolumeClaim", "data-web-4"),
+            Exchange::new(
+                Method::PATCH,
+                CLAIM,
+                200,
+                json!({"metadata": {"name": "data-web-4"}}),
+            )
+            .checking(|body| {
+                let metadata = &body["metadata"];
+                assert_eq!(metadata["uid"], "uid-c", "the UID is a precondition");
+                assert_eq!(metadata["annotations"][LAST_SNAPSHOT], "s-9");
+                assert!(metadata["annotations"][LAST_SNAPSHOT_TIME].is_string());
+            }),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-c")], vec![]);
+        let completed = Milestone::Completed {
+            snapshot: "s-9".into(),
+            files: 3,
+            bytes: 1024,
+            seconds: 1.25,
+        };
+        events.notify(&drain(), &completed).await;
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_gone_before_its_annotation_is_no_warning() {
+        let (client, server) = Scenario(vec![
+            posting("Completed", "PersistentVolumeClaim", "data-web-4"),
+            Exchange::new(Method::PATCH, CLAIM, 404, status(404, "NotFound")),
+        ])
+        .serve(Duration::from_secs(5));
+        // The watch no longer has the claim: its Event names the UID the drain recorded.
+        let events = events(client, vec![], vec![]);
+        let completed = Milestone::Completed {
+            snapshot: "s-9".into(),
+            files: 3,
+            bytes: 1024,
+            seconds: 1.25,
+        };
+        let warned = warnings(events.notify(&drain(), &completed)).await;
+        server.await.unwrap();
+        assert_eq!(warned, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_claim_created_again_and_a_pod_the_watch_does_not_have_get_no_event() {
+        let (client, server) = Scenario(vec![]).serve(Duration::from_secs(5));
+        let events = events(client, vec![claim("uid-other")], vec![]);
+        events.notify(&drain(), &Milestone::Accepted).await;
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guard_removed_outside_any_drain_is_a_warning_on_the_claim() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, EVENTS, 201, created()).checking(|body| {
+                assert_eq!(body["regarding"]["uid"], "uid-c");
+                assert_eq!(body["reason"], "ProtectionRemoved");
+                assert_eq!(body["type"], "Warning");
+                assert_eq!(body["action"], "Protect");
+                assert_eq!(body["note"], "guard removed by someone else");
+                assert!(body.get("related").is_none(), "{body}");
+            }),
+        ])
+        .serve(Duration::from_secs(5));
+        let events = events(client, vec![], vec![]);
+        events
+            .warn_claim(
+                &claim("uid-c"),
+                "ProtectionRemoved",
+                "guard removed by someone else",
+            )
+            .await;
+        server.await.unwrap();
+    }
 }
