@@ -631,4 +631,326 @@ mod tests {
         );
         assert_eq!(service_account_namespace("alice@example.com"), None);
     }
+
+    // ---- Against a mock API server: the exact requests, and what each answer makes of them.
+
+    use crate::mock::{Exchange, Scenario, cluster, status, stores};
+    use http::Method;
+    use serde_json::{Value, json};
+
+    const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+    const ACCESS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    const POD: &str = "/api/v1/namespaces/shop/pods/web-4";
+    const WEB: &str = "system:serviceaccount:shop:web";
+
+    /// The authority of audience `drainer`, asking through `client`, whose pod watch holds
+    /// `pods`; with the directory of its ledger.
+    async fn authority(client: kube::Client, pods: Vec<Pod>) -> (TokenReviews, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(None, dir.path()).await.unwrap();
+        let cluster = Cluster {
+            pods: stores(pods),
+            ..cluster(client)
+        };
+        (
+            TokenReviews::new(cluster, ledger, "drainer".into(), None),
+            dir,
+        )
+    }
+
+    /// Pod web-4 of namespace shop with UID `uid`, mounting claim data-web-4.
+    fn pod(uid: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-4", "namespace": "shop", "uid": uid},
+            "spec": {"containers": [], "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-4"}},
+                {"name": "tmp", "emptyDir": {}},
+            ]}
+        }))
+        .unwrap()
+    }
+
+    /// A TokenReview answered `authenticated` for `audiences`, naming `user`.
+    fn reviewed(authenticated: bool, audiences: &[&str], user: Value) -> Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+               "spec": {"token": ""},
+               "status": {"authenticated": authenticated, "audiences": audiences, "user": user}})
+    }
+
+    /// The user of pod web-4's projected token.
+    fn pod_user(uid: &str) -> Value {
+        json!({"username": WEB, "groups": ["system:serviceaccounts", "system:serviceaccounts:shop"],
+               "extra": {POD_NAME: ["web-4"], POD_UID: [uid]}})
+    }
+
+    /// The TokenReview of `token`, answered `status` with `answer`.
+    fn review_of(token: &'static str, code: u16, answer: Value) -> Exchange {
+        Exchange::new(Method::POST, REVIEWS, code, answer).checking(move |body| {
+            assert_eq!(body["spec"]["token"], token);
+            assert_eq!(body["spec"]["audiences"], json!(["drainer"]));
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pods_token_reviewed_for_drainers_audience_is_that_pod_with_the_claims_it_mounts() {
+        let (client, server) = Scenario(vec![review_of(
+            "pod-token",
+            201,
+            reviewed(true, &["drainer"], pod_user("uid-p")),
+        )])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![pod("uid-p")]).await;
+        let expected = Caller::Workload(Workload {
+            namespace: "shop".into(),
+            user: WEB.into(),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:shop".into(),
+            ],
+            pod: Some(PodIdentity {
+                name: "web-4".into(),
+                uid: "uid-p".into(),
+                mounts: vec!["data-web-4".into()],
+            }),
+        });
+        assert_eq!(authority.authenticate("pod-token").await.unwrap(), expected);
+        // Reviewed lately: not asked again (the pod, in the watch, is checked again).
+        assert_eq!(authority.authenticate("pod-token").await.unwrap(), expected);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pod_the_watch_has_not_seen_is_read_from_the_api_and_one_of_another_uid_refused() {
+        let (client, server) = Scenario(vec![
+            review_of(
+                "new-pod",
+                201,
+                reviewed(true, &["drainer"], pod_user("uid-p")),
+            ),
+            Exchange::new(
+                Method::GET,
+                POD,
+                200,
+                serde_json::to_value(pod("uid-p")).unwrap(),
+            ),
+            review_of(
+                "old-pod",
+                201,
+                reviewed(true, &["drainer"], pod_user("uid-old")),
+            ),
+            Exchange::new(
+                Method::GET,
+                POD,
+                200,
+                serde_json::to_value(pod("uid-p")).unwrap(),
+            ),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let caller = authority.authenticate("new-pod").await.unwrap();
+        assert!(
+            matches!(&caller, Caller::Workload(w) if w.pod.as_ref().is_some_and(|p| p.uid == "uid-p")),
+            "{caller:?}"
+        );
+        let refused = authority.authenticate("old-pod").await.unwrap_err();
+        assert_eq!(refused, Denied::Invalid, "a deleted pod's token");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_not_authenticated_is_invalid_and_refused_again_without_a_review() {
+        let (client, server) = Scenario(vec![review_of(
+            "bad-token",
+            201,
+            reviewed(false, &[], json!({})),
+        )])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        for _ in 0..2 {
+            let refused = authority.authenticate("bad-token").await.unwrap_err();
+            assert_eq!(refused, Denied::Invalid);
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_authenticated_for_another_audience_is_invalid() {
+        let (client, server) = Scenario(vec![review_of(
+            "vault-token",
+            201,
+            reviewed(true, &["vault"], pod_user("uid-p")),
+        )])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![pod("uid-p")]).await;
+        let refused = authority.authenticate("vault-token").await.unwrap_err();
+        assert_eq!(refused, Denied::Invalid);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_review_the_api_server_cannot_make_leaves_the_caller_unknown_and_is_asked_again() {
+        let alice = json!({"username": "alice@example.com", "groups": ["ops"]});
+        let (client, server) = Scenario(vec![
+            review_of("token", 500, status(500, "InternalError")),
+            review_of("token", 429, status(429, "TooManyRequests")),
+            review_of("token", 201, reviewed(true, &["drainer"], alice)),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        for answer in [500, 429] {
+            let refused = authority.authenticate("token").await.unwrap_err();
+            assert!(
+                matches!(&refused, Denied::Unavailable(why) if why.contains("token review")),
+                "HTTP {answer}: {refused:?}"
+            );
+        }
+        let caller = authority.authenticate("token").await.unwrap();
+        let expected = Caller::User(Subject {
+            user: "alice@example.com".into(),
+            groups: vec!["ops".into()],
+        });
+        assert_eq!(caller, expected);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_service_accounts_token_not_issued_to_a_pod_is_a_workload_without_one() {
+        let job = json!({"username": "system:serviceaccount:shop:backup", "groups": ["system:serviceaccounts"]});
+        let (client, server) = Scenario(vec![review_of(
+            "job-token",
+            201,
+            reviewed(true, &["drainer"], job),
+        )])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let expected = Caller::Workload(Workload {
+            namespace: "shop".into(),
+            user: "system:serviceaccount:shop:backup".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            pod: None,
+        });
+        assert_eq!(authority.authenticate("job-token").await.unwrap(), expected);
+        server.await.unwrap();
+    }
+
+    /// A SubjectAccessReview of `verb` on `resource` named `name` in shop for the backup
+    /// ServiceAccount, answered `allowed`.
+    fn access_review(
+        verb: &'static str,
+        resource: &'static str,
+        name: &'static str,
+        allowed: bool,
+    ) -> Exchange {
+        let answer = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                            "spec": {}, "status": {"allowed": allowed}});
+        Exchange::new(Method::POST, ACCESS, 201, answer).checking(move |body| {
+            assert_eq!(body["spec"]["user"], "system:serviceaccount:shop:backup");
+            assert_eq!(body["spec"]["groups"], json!(["system:serviceaccounts"]));
+            assert_eq!(
+                body["spec"]["resourceAttributes"],
+                json!({"group": GROUP, "resource": resource, "verb": verb,
+                       "namespace": "shop", "name": name}),
+            );
+        })
+    }
+
+    fn backup(pod: Option<PodIdentity>) -> Workload {
+        Workload {
+            namespace: "shop".into(),
+            user: "system:serviceaccount:shop:backup".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            pod,
+        }
+    }
+
+    fn volume(name: &str) -> VolumeId {
+        VolumeId {
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handoff_of_claims_not_mounted_asks_rbac_for_each_claim_by_name_and_keeps_the_answers()
+     {
+        let (client, server) = Scenario(vec![
+            access_review("create", "handoffs", "data-web-4", true),
+            access_review("create", "handoffs", "data-web-5", false),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let volumes = [volume("data-web-4"), volume("data-web-5")];
+        for _ in 0..2 {
+            let refused = authority
+                .may_hand_off(&backup(None), &volumes)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&refused, Denied::Forbidden(why) if why.contains("create handoffs.drainer.io")),
+                "{refused:?}"
+            );
+        }
+        authority
+            .may_hand_off(&backup(None), &volumes[..1])
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pod_restores_what_it_mounts_without_asking_and_anything_else_if_rbac_grants_it() {
+        let (client, server) = Scenario(vec![
+            access_review("create", "restores", "data-web-5", true),
+            access_review("create", "restores", "data-web-6", false),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let pod = backup(Some(PodIdentity {
+            name: "web-4".into(),
+            uid: "uid-p".into(),
+            mounts: vec!["data-web-4".into()],
+        }));
+        authority
+            .may_restore(&pod, &volume("data-web-4"))
+            .await
+            .unwrap();
+        authority
+            .may_restore(&pod, &volume("data-web-5"))
+            .await
+            .unwrap();
+        let refused = authority
+            .may_restore(&pod, &volume("data-web-6"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Denied::Forbidden(why) if why.contains("create on restores.drainer.io in shop")),
+            "{refused:?}"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_access_review_the_api_server_cannot_make_is_unavailable_not_a_refusal() {
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::POST, ACCESS, 500, status(500, "InternalError")),
+            access_review("create", "handoffs", "data-web-5", true),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let volumes = [volume("data-web-5")];
+        let refused = authority
+            .may_hand_off(&backup(None), &volumes)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Denied::Unavailable(why) if why.contains("subject access review")),
+            "{refused:?}"
+        );
+        // Not kept: the next handoff asks again.
+        authority
+            .may_hand_off(&backup(None), &volumes)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
 }
