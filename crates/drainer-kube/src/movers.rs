@@ -49,6 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
+#[cfg(test)]
+mod api_tests;
 mod decide;
 #[cfg(test)]
 mod fixtures;
