@@ -636,6 +636,7 @@ mod tests {
 
     use crate::mock::{Exchange, Scenario, cluster, status, stores};
     use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::{Value, json};
 
     const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -952,5 +953,86 @@ mod tests {
             .await
             .unwrap();
         server.await.unwrap();
+    }
+
+    /// A ledger whose drain of shop/data-web-4 is queued for its copy with mover Job `job`
+    /// (UID `job-uid`) recorded; the drain.
+    async fn with_mover_recorded(ledger: &Ledger, job: &str) -> drainer_core::ledger::Drain {
+        let new = drainer_core::ledger::NewDrain {
+            volume: volume("data-web-4"),
+            pod: Some("web-4".into()),
+            reason: "handoff".into(),
+            max_attempts: 3,
+            wait_for_release: false,
+            requested_by: None,
+            kube: None,
+        };
+        let (drain, _) = ledger.request_drains(&[new]).await.unwrap().remove(0);
+        ledger
+            .set_mover_job(&drain.id, job, "job-uid")
+            .await
+            .unwrap();
+        drain
+    }
+
+    #[tokio::test]
+    async fn a_pod_of_the_recorded_mover_job_is_its_drains_mover_only_while_it_is_a_true_copy_of_the_template()
+     {
+        use crate::movers::fixtures;
+        let mut job = fixtures::build(&["ReadWriteOnce"], None, &[]);
+        job.metadata.uid = Some("job-uid".into());
+        let name = job.metadata.name.clone().unwrap();
+        let mover = |uid: &str, image: &str| {
+            let mut pod = fixtures::pod_of(&job);
+            pod.metadata.namespace = Some("shop".into());
+            pod.metadata.uid = Some(uid.into());
+            pod.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: name.clone(),
+                uid: "job-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]);
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.containers[0].image = Some(image.into());
+            }
+            pod
+        };
+        let true_copy = mover("uid-m", &fixtures::spec(&[]).image);
+        let forged = mover("uid-f", "evil.example/exfiltrate:1");
+        let user = |pod: &Pod| {
+            json!({"username": "system:serviceaccount:shop:default",
+                   "extra": {POD_NAME: [pod.metadata.name], POD_UID: [pod.metadata.uid]}})
+        };
+        let job_path = format!("/apis/batch/v1/namespaces/shop/jobs/{name}");
+        for (pod, is_forged) in [(true_copy, false), (forged, true)] {
+            let (client, server) = Scenario(vec![
+                review_of("mover", 201, reviewed(true, &["drainer"], user(&pod))),
+                // The watch does not have the Job yet: it is read, and its UID checked.
+                Exchange::new(
+                    Method::GET,
+                    &job_path,
+                    200,
+                    serde_json::to_value(&job).unwrap(),
+                ),
+            ])
+            .serve(Duration::from_secs(5));
+            let (authority, _dir) = authority(client, vec![pod]).await;
+            let drain = with_mover_recorded(&authority.ledger, &name).await;
+            let caller = authority.authenticate("mover").await;
+            if is_forged {
+                let why = format!(
+                    "names mover Job {name} as its controller, but its container mover is not its Job's"
+                );
+                assert!(
+                    matches!(&caller, Err(Denied::Forbidden(w)) if w.contains(&why)),
+                    "{caller:?}"
+                );
+            } else {
+                assert_eq!(caller.unwrap(), Caller::Mover { drain: drain.id });
+            }
+            server.await.unwrap();
+        }
     }
 }

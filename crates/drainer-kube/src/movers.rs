@@ -53,7 +53,7 @@ use tracing::Instrument;
 mod api_tests;
 mod decide;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod job;
 mod security;
 mod spec;

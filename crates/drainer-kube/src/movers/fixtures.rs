@@ -1,4 +1,5 @@
-//! Fixtures of the mover tests: a drain, parsed flags, claims, volumes, Jobs and their pods.
+//! Fixtures of the mover tests (and of identity's, which checks mover pods): a drain, parsed
+//! flags, claims, volumes, Jobs and their pods.
 
 use super::job::mover_job;
 use super::security::{Enforced, MoverSecurity, decide};
@@ -12,10 +13,10 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, P
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
-pub(super) const ID: &str = "d-20261201165406217-14a31fd8";
-pub(super) const URL: &str = "http://drainer.drainer-system.svc:8080";
+pub(crate) const ID: &str = "d-20261201165406217-14a31fd8";
+pub(crate) const URL: &str = "http://drainer.drainer-system.svc:8080";
 
-pub(super) fn drain() -> Drain {
+pub(crate) fn drain() -> Drain {
     Drain {
         id: ID.into(),
         namespace: "shop".into(),
@@ -43,7 +44,7 @@ pub(super) fn drain() -> Drain {
 }
 
 /// Kubernetes mode's flags as `drainer serve --kubernetes FLAGS…` parses them.
-pub(super) fn kube_args(flags: &[&str]) -> KubeArgs {
+pub(crate) fn kube_args(flags: &[&str]) -> KubeArgs {
     #[derive(Debug, clap::Parser)]
     struct Serve {
         #[command(flatten)]
@@ -56,12 +57,12 @@ pub(super) fn kube_args(flags: &[&str]) -> KubeArgs {
     }
 }
 
-pub(super) fn spec(flags: &[&str]) -> MoverSpec {
+pub(crate) fn spec(flags: &[&str]) -> MoverSpec {
     let args = kube_args(flags);
     MoverSpec::new(&args.movers, &args.audience).unwrap()
 }
 
-pub(super) fn claim(modes: &[&str]) -> PersistentVolumeClaim {
+pub(crate) fn claim(modes: &[&str]) -> PersistentVolumeClaim {
     serde_json::from_value(json!({
         "metadata": {"name": "data-web-4", "namespace": "shop", "uid": "claim-uid"},
         "spec": {"accessModes": modes, "volumeName": "pv-1"},
@@ -70,7 +71,7 @@ pub(super) fn claim(modes: &[&str]) -> PersistentVolumeClaim {
     .unwrap()
 }
 
-pub(super) fn zoned_volume() -> PersistentVolume {
+pub(crate) fn zoned_volume() -> PersistentVolume {
     serde_json::from_value(json!({
         "metadata": {"name": "pv-1"},
         "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
@@ -82,7 +83,7 @@ pub(super) fn zoned_volume() -> PersistentVolume {
 }
 
 /// A namespace that enforces `level`, by its label.
-pub(super) fn enforcing(level: PodSecurityLevel) -> Enforced {
+pub(crate) fn enforcing(level: PodSecurityLevel) -> Enforced {
     Enforced {
         level,
         version: "latest".into(),
@@ -92,7 +93,7 @@ pub(super) fn enforcing(level: PodSecurityLevel) -> Enforced {
 
 /// The mover identity `auto` picks in a namespace that enforces `level`, for an application
 /// running as uid 1000, gid 1000 with fsGroup 2000.
-pub(super) fn security(level: PodSecurityLevel) -> MoverSecurity {
+pub(crate) fn security(level: PodSecurityLevel) -> MoverSecurity {
     let app = super::security::AppIdentity {
         set: "web".into(),
         container: Some("app".into()),
@@ -104,7 +105,7 @@ pub(super) fn security(level: PodSecurityLevel) -> MoverSecurity {
     decide(MoverIdentity::Auto, &enforcing(level), Some(&app))
 }
 
-pub(super) fn build(modes: &[&str], volume: Option<&PersistentVolume>, flags: &[&str]) -> Job {
+pub(crate) fn build(modes: &[&str], volume: Option<&PersistentVolume>, flags: &[&str]) -> Job {
     build_as(
         modes,
         volume,
@@ -113,7 +114,7 @@ pub(super) fn build(modes: &[&str], volume: Option<&PersistentVolume>, flags: &[
     )
 }
 
-pub(super) fn build_as(
+pub(crate) fn build_as(
     modes: &[&str],
     volume: Option<&PersistentVolume>,
     flags: &[&str],
@@ -131,12 +132,12 @@ pub(super) fn build_as(
     )
 }
 
-pub(super) fn pod_spec(job: &Job) -> &PodSpec {
+pub(crate) fn pod_spec(job: &Job) -> &PodSpec {
     job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
 
 /// A pod as the Job controller makes it from `job`'s template.
-pub(super) fn pod_of(job: &Job) -> Pod {
+pub(crate) fn pod_of(job: &Job) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(format!("{}-x7k2p", job.metadata.name.clone().unwrap())),
