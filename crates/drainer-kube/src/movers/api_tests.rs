@@ -236,6 +236,34 @@ async fn a_job_in_the_way_of_the_attempts_name_is_deleted_and_waited_for_then_th
 }
 
 #[tokio::test]
+async fn a_name_that_keeps_being_taken_fails_the_attempt_for_now_after_three_creates() {
+    let path = format!("{JOBS}/{}", name());
+    let mut exchanges = vec![Exchange::new(
+        Method::GET,
+        NAMESPACE,
+        200,
+        namespace(json!({})),
+    )];
+    for _ in 0..3 {
+        exchanges.extend([
+            creating(409),
+            Exchange::new(Method::DELETE, &path, 404, status(404, "NotFound")),
+            Exchange::new(Method::GET, &path, 404, status(404, "NotFound")),
+        ]);
+    }
+    let (client, server) = Scenario(exchanges).serve(Duration::from_secs(5));
+    let (movers, _dir) = movers(client, shared_claim()).await;
+    let error = movers
+        .create(&fixtures::drain(), &name())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(error.to_string().contains("keeps existing"), "{error}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_job_the_api_refuses_fails_the_attempt_for_good_and_an_api_outage_for_now() {
     for (code, transient) in [(403, false), (422, false), (429, true), (500, true)] {
         let (client, server) = Scenario(vec![
