@@ -354,32 +354,13 @@ fn cpu_seconds() -> f64 {
 
 /// A cluster whose stores hold `view` (its client points nowhere: a sweep makes no call).
 fn cluster_of(view: &View) -> Cluster {
-    use kube::runtime::reflector::store;
-    use kube::runtime::watcher::Event;
-    fn filled<K>(objects: &[Arc<K>]) -> super::super::watch::Stores<K>
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + 'static,
-    {
-        let (reader, mut writer) = store();
-        for o in objects {
-            writer.apply_watcher_event(&Event::Apply((**o).clone()));
-        }
-        vec![reader].into()
-    }
+    use crate::mock::{cluster, stores};
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     Cluster {
-        client: kube::Client::try_from(config).unwrap(),
-        namespaces: Vec::new(),
-        pods: filled(&view.pods),
-        claims: filled(&view.claims),
-        volumes: filled(&[]),
-        sets: filled(&view.sets),
-        jobs: filled(&[]),
-        holds: filled(&[]),
-        terminations: Default::default(),
-        changes: Default::default(),
-        health: Default::default(),
-        seen_sets: Default::default(),
+        pods: stores(view.pods.iter().map(|o| (**o).clone())),
+        claims: stores(view.claims.iter().map(|o| (**o).clone())),
+        sets: stores(view.sets.iter().map(|o| (**o).clone())),
+        ..cluster(kube::Client::try_from(config).unwrap())
     }
 }
 
