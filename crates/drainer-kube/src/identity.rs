@@ -1035,4 +1035,53 @@ mod tests {
             server.await.unwrap();
         }
     }
+
+    #[tokio::test]
+    async fn a_namespaces_life_is_its_uid_and_creation_read_once_and_a_missing_one_refuses() {
+        let shop = json!({"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": "shop", "uid": "ns-uid",
+                                       "creationTimestamp": "2026-12-01T10:00:00Z"}});
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::GET, "/api/v1/namespaces/shop", 200, shop),
+            Exchange::new(
+                Method::GET,
+                "/api/v1/namespaces/gone",
+                404,
+                status(404, "NotFound"),
+            ),
+            Exchange::new(
+                Method::GET,
+                "/api/v1/namespaces/busy",
+                503,
+                status(503, "ServiceUnavailable"),
+            ),
+        ])
+        .serve(Duration::from_secs(5));
+        let (authority, _dir) = authority(client, vec![]).await;
+        let expected = NamespaceLife {
+            uid: "ns-uid".into(),
+            created_ms: 1_796_119_200_000,
+        };
+        for _ in 0..2 {
+            let life = authority
+                .namespace_life(&backup(None), "shop")
+                .await
+                .unwrap();
+            assert_eq!(life, Some(expected.clone()), "read once, then kept");
+        }
+        let gone = authority
+            .namespace_life(&backup(None), "gone")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&gone, Denied::Forbidden(why) if why.contains("gone does not exist")),
+            "{gone:?}"
+        );
+        let busy = authority
+            .namespace_life(&backup(None), "busy")
+            .await
+            .unwrap_err();
+        assert!(matches!(&busy, Denied::Unavailable(_)), "{busy:?}");
+        server.await.unwrap();
+    }
 }
