@@ -139,6 +139,38 @@ impl Keys {
         sealed
     }
 
+    /// Seals `buf` as [`Keys::seal`] does, in place: the chunks are moved to their sealed
+    /// offsets from the last to the first and sealed where they land, so sealing a part needs
+    /// no second buffer of its size (a large buffer grows in place).
+    pub fn seal_in_place(&self, object: &str, buf: &mut bytes::BytesMut) {
+        let key = &self.keys[0];
+        let plain = buf.len();
+        buf.resize(sealed_len(plain as u64) as usize, 0);
+        let chunks = (plain as u64).div_ceil(CHUNK) as usize;
+        for index in (0..chunks).rev() {
+            let from = index * CHUNK as usize;
+            let len = (plain - from).min(CHUNK as usize);
+            let at = index * SEALED_CHUNK_LEN;
+            buf.copy_within(from..from + len, at + HEADER_LEN);
+            let mut nonce = [0u8; NONCE_LEN];
+            aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source failed");
+            buf[at..at + MAGIC.len()].copy_from_slice(&MAGIC);
+            buf[at + MAGIC.len()..at + MAGIC.len() + FINGERPRINT_LEN]
+                .copy_from_slice(&key.fingerprint);
+            buf[at + HEADER_LEN - NONCE_LEN..at + HEADER_LEN].copy_from_slice(&nonce);
+            let body = at + HEADER_LEN..at + HEADER_LEN + len;
+            let tag = key
+                .contents
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(object.as_bytes()),
+                    &mut buf[body.clone()],
+                )
+                .expect("AES-GCM seals any chunk of 64 KiB");
+            buf[body.end..body.end + TAG_LEN].copy_from_slice(tag.as_ref());
+        }
+    }
+
     /// Opens one sealed chunk of `object` in place; the plain bytes are the slice returned.
     pub fn open<'a>(&self, object: &str, chunk: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
         if chunk.len() <= HEADER_LEN + TAG_LEN || chunk[..MAGIC.len()] != MAGIC {
@@ -316,6 +348,18 @@ mod tests {
                     "plain bytes show through at size {size}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn sealing_in_place_opens_like_sealing_into_a_new_buffer() {
+        let keys = keys(KEY_A);
+        for size in [0, 5, CHUNK, CHUNK + 1, 5 * CHUNK - 3] {
+            let plain: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+            let mut buf = bytes::BytesMut::from(&plain[..]);
+            keys.seal_in_place("k", &mut buf);
+            assert_eq!(buf.len() as u64, sealed_len(size), "size {size}");
+            assert_eq!(open_all(&keys, "k", &buf).unwrap(), plain, "size {size}");
         }
     }
 

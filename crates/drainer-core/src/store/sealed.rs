@@ -162,14 +162,26 @@ async fn seal_payload(
 ) -> object_store::Result<PutPayload> {
     let plain: Bytes = data.into();
     if plain.len() < SEAL_INLINE_MAX {
-        return Ok(keys.seal(&object, &plain).into());
+        return Ok(seal_bytes(&keys, &object, plain));
     }
-    tokio::task::spawn_blocking(move || keys.seal(&object, &plain).into())
+    tokio::task::spawn_blocking(move || seal_bytes(&keys, &object, plain))
         .await
         .map_err(|e| object_store::Error::Generic {
             store: STORE,
             source: e.into(),
         })
+}
+
+/// Seals `plain` in its own buffer when nothing else holds it (no second copy of a part in
+/// memory), else into a new one.
+fn seal_bytes(keys: &Keys, object: &str, plain: Bytes) -> PutPayload {
+    match plain.try_into_mut() {
+        Ok(mut buffer) => {
+            keys.seal_in_place(object, &mut buffer);
+            buffer.freeze().into()
+        }
+        Err(shared) => keys.seal(object, &shared).into(),
+    }
 }
 
 #[async_trait::async_trait]
@@ -473,8 +485,7 @@ impl MultipartUpload for SealedUpload {
             return Box::pin(async move { Err(e) });
         }
         self.ended = !(data.content_length() as u64).is_multiple_of(encryption::CHUNK);
-        let plain: Bytes = data.into();
-        let sealed: PutPayload = self.keys.seal(&self.object, &plain).into();
+        let sealed = seal_bytes(&self.keys, &self.object, data.into());
         self.inner.put_part(sealed)
     }
 
