@@ -7,18 +7,24 @@
 //! globally: a token bucket ([`GateLimits::per_second`], bursts of
 //! [`GateLimits::burst`]) and at most [`GateLimits::concurrent`] at once (a review waits at
 //! most [`SLOT_WAIT`] for its turn). Over either limit the caller is refused with
-//! [`Denied::Throttled`] (`429` with `Retry-After`), and nothing is reviewed. So N distinct bad
-//! tokens cost at most `burst + per_second × seconds` reviews, whatever N.
+//! [`Denied::Throttled`] (`429` with `Retry-After`), and nothing is reviewed. So N distinct bad tokens cost at most
+//! `burst + per_second × seconds` reviews, whatever N.
+//!
+//! Each request that reaches the gate is counted by its [`Outcome`] in
+//! `drainer_token_reviews_total{result}` (when the gate is [`ReviewGate::counted_in`] it):
+//! reviews sent (`accepted`, `refused`, `error`) and requests answered without one
+//! (`throttled`, `cached_refusal`).
 //!
 //! The gate decides nothing about who a token is: it only counts, remembers refusals, and
 //! refuses to ask too often. Tokens already reviewed successfully are the reviewer's cache's
 //! business and never reach the gate.
 
 use crate::auth::Denied;
+use crate::metrics::{ReviewCounts, ReviewLabel};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 /// How long a refused token is refused without a review.
@@ -49,6 +55,59 @@ impl Default for GateLimits {
     }
 }
 
+/// What became of one request at the gate: the `result` of `drainer_token_reviews_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reviewed: the token is someone's.
+    Accepted,
+    /// Reviewed: the token is no one's.
+    Refused,
+    /// Reviewed, with no answer (the API server failed or did not answer in time).
+    Error,
+    /// Not reviewed: over the rate or the concurrency limit (`429`).
+    Throttled,
+    /// Not reviewed: refused by a review within [`REFUSED_TTL`].
+    CachedRefusal,
+}
+
+impl Outcome {
+    /// Every outcome, each exported from the start at 0.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Accepted,
+        Outcome::Refused,
+        Outcome::Error,
+        Outcome::Throttled,
+        Outcome::CachedRefusal,
+    ];
+
+    /// The outcome of a review that answered `answer`.
+    fn of<T>(answer: &Result<T, Denied>) -> Self {
+        match answer {
+            Ok(_) => Outcome::Accepted,
+            Err(Denied::Invalid) => Outcome::Refused,
+            Err(_) => Outcome::Error,
+        }
+    }
+
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+            Outcome::Throttled => "throttled",
+            Outcome::CachedRefusal => "cached_refusal",
+        }
+    }
+
+    /// Its label in `drainer_token_reviews_total`.
+    pub fn label(self) -> ReviewLabel {
+        ReviewLabel {
+            result: self.as_str(),
+        }
+    }
+}
+
 /// A token's identity in the gate: the BLAKE3 hash of the token.
 pub(crate) type TokenKey = [u8; 32];
 
@@ -65,6 +124,8 @@ pub struct ReviewGate {
     refused: Mutex<HashMap<TokenKey, Instant>>,
     bucket: Mutex<Bucket>,
     slots: Semaphore,
+    /// Requests by [`Outcome`] (a family of the gate's own unless [`ReviewGate::counted_in`]).
+    counts: ReviewCounts,
 }
 
 /// A token bucket.
@@ -86,29 +147,59 @@ impl ReviewGate {
                 at: Instant::now(),
             }),
             slots: Semaphore::new(limits.concurrent.max(1) as usize),
+            counts: ReviewCounts::default(),
         }
+    }
+
+    /// The same gate, counting its requests in `counts` (the service's
+    /// [`crate::metrics::Metrics::token_reviews`]).
+    pub fn counted_in(self, counts: ReviewCounts) -> Self {
+        Self { counts, ..self }
     }
 
     /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`]
     /// (then [`Denied::Invalid`]) or the limits are reached (then [`Denied::Throttled`]);
-    /// remembers a [`Denied::Invalid`] answer.
+    /// remembers a [`Denied::Invalid`] answer. Counts the request by its [`Outcome`].
     pub async fn review<T, F>(&self, key: &TokenKey, review: F) -> Result<T, Denied>
     where
         F: Future<Output = Result<T, Denied>>,
     {
         if self.recently_refused(key) {
-            return Err(Denied::Invalid);
+            return Err(self.cached_refusal());
         }
-        self.take_from_bucket()?;
-        let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await else {
-            tracing::debug!("token reviews at their concurrency limit");
-            return Err(Denied::Throttled { retry_after: 1 });
-        };
+        let _slot = self
+            .take_turn()
+            .await
+            .inspect_err(|_| self.record(Outcome::Throttled))?;
         let answer = review.await;
-        if let Err(Denied::Invalid) = answer {
+        let outcome = Outcome::of(&answer);
+        self.record(outcome);
+        if outcome == Outcome::Refused {
             self.remember_refusal(*key);
         }
         answer
+    }
+
+    /// Counts and answers a refusal from the cache.
+    fn cached_refusal(&self) -> Denied {
+        self.record(Outcome::CachedRefusal);
+        Denied::Invalid
+    }
+
+    /// Counts one request of `outcome`.
+    fn record(&self, outcome: Outcome) {
+        self.counts.get_or_create(&outcome.label()).inc();
+    }
+
+    /// A review's turn: one from the bucket and a concurrency slot (held until dropped), or
+    /// [`Denied::Throttled`].
+    async fn take_turn(&self) -> Result<SemaphorePermit<'_>, Denied> {
+        self.take_from_bucket()?;
+        let Ok(Ok(slot)) = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await else {
+            tracing::debug!("token reviews at their concurrency limit");
+            return Err(Denied::Throttled { retry_after: 1 });
+        };
+        Ok(slot)
     }
 
     fn recently_refused(&self, key: &TokenKey) -> bool {
@@ -176,6 +267,11 @@ mod tests {
         Arc::new(ReviewGate::new(GateLimits::default()))
     }
 
+    /// How many requests the gate counted with `outcome`.
+    fn counted(gate: &ReviewGate, outcome: Outcome) -> usize {
+        gate.counts.get_or_create(&outcome.label()).get() as usize
+    }
+
     /// Sends each token through the gate at once; returns how many were throttled.
     async fn send(gate: &Arc<ReviewGate>, reviewer: &Arc<Counting>, tokens: &[String]) -> usize {
         let mut answers = tokio::task::JoinSet::new();
@@ -218,6 +314,10 @@ mod tests {
             2_000 - reviewer.count(),
             "the others are throttled"
         );
+        assert_eq!(counted(&gate, Outcome::Refused), reviewer.count());
+        assert_eq!(counted(&gate, Outcome::Throttled), throttled);
+        assert_eq!(counted(&gate, Outcome::Accepted), 0);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 0);
     }
 
     #[tokio::test]
@@ -228,6 +328,8 @@ mod tests {
             assert_eq!(send(&gate, &reviewer, &token).await, 0);
         }
         assert_eq!(reviewer.count(), 1);
+        assert_eq!(counted(&gate, Outcome::Refused), 1);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 1_999);
         // Forgotten after the TTL: one more review.
         let gate = Arc::new(ReviewGate {
             refused_ttl: Duration::from_millis(50),
@@ -259,6 +361,46 @@ mod tests {
             reviewer.count() > before,
             "refilled after 100 ms (5 reviews at 50/s)"
         );
+    }
+
+    #[tokio::test]
+    async fn reviews_are_counted_by_their_answer_in_the_services_metrics() {
+        let metrics = crate::metrics::Metrics::default();
+        let gate = ReviewGate::new(GateLimits::default()).counted_in(metrics.token_reviews.clone());
+        let (good, down) = (token_key("good"), token_key("down"));
+        assert!(gate.review(&good, async { Ok(()) }).await.is_ok());
+        assert!(gate.review(&good, async { Ok(()) }).await.is_ok());
+        for _ in 0..2 {
+            let unavailable = async { Err::<(), _>(Denied::Unavailable("timed out".into())) };
+            let answer = gate.review(&down, unavailable).await;
+            assert!(matches!(answer, Err(Denied::Unavailable(_))), "{answer:?}");
+        }
+        let text = metrics.render();
+        for line in [
+            r#"drainer_token_reviews_total{result="accepted"} 2"#,
+            r#"drainer_token_reviews_total{result="error"} 2"#,
+            r#"drainer_token_reviews_total{result="refused"} 0"#,
+            r#"drainer_token_reviews_total{result="throttled"} 0"#,
+            r#"drainer_token_reviews_total{result="cached_refusal"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_limits_are_counted_as_throttled_and_not_reviewed() {
+        let gate = Arc::new(ReviewGate::new(GateLimits {
+            per_second: 1.0,
+            burst: 2,
+            concurrent: 16,
+        }));
+        let reviewer = Arc::new(Counting::default());
+        let tokens: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        let throttled = send(&gate, &reviewer, &tokens).await;
+        assert_eq!(reviewer.count(), 2, "the burst");
+        assert_eq!(throttled, 8);
+        assert_eq!(counted(&gate, Outcome::Throttled), 8);
+        assert_eq!(counted(&gate, Outcome::Refused), 2);
     }
 
     #[test]
