@@ -3,11 +3,15 @@
 //!
 //! A token that a review has just refused is remembered for [`REFUSED_TTL`] (by its BLAKE3
 //! hash, never the token itself; at most [`REFUSED_MAX`] of them, the oldest forgotten first),
-//! so sending it again costs no review. Reviews of tokens not known either way are limited
-//! globally: a token bucket ([`GateLimits::per_second`], bursts of
-//! [`GateLimits::burst`]) and at most [`GateLimits::concurrent`] at once (a review waits at
-//! most [`SLOT_WAIT`] for its turn). Over either limit the caller is refused with
-//! [`Denied::Throttled`] (`429` with `Retry-After`), and nothing is reviewed. So N distinct bad tokens cost at most
+//! so sending it again costs no review; requests with a token under review wait for that one
+//! review (at most [`FOLLOW_WAIT`]) and are refused with it, so the same bad token sent many
+//! times at once costs one review too (when the review accepts the token, the requests that
+//! waited go on to be reviewed each: the reviewer's cache is not the gate's). Reviews of
+//! tokens not known either way are limited globally: a token bucket
+//! ([`GateLimits::per_second`], bursts of [`GateLimits::burst`]) and at most
+//! [`GateLimits::concurrent`] at once (a review waits at most [`SLOT_WAIT`] for its turn).
+//! Over either limit the caller is refused with [`Denied::Throttled`] (`429` with
+//! `Retry-After`), and nothing is reviewed. So N distinct bad tokens cost at most
 //! `burst + per_second × seconds` reviews, whatever N.
 //!
 //! Each request that reaches the gate is counted by its [`Outcome`] in
@@ -33,6 +37,9 @@ pub(crate) const REFUSED_TTL: Duration = Duration::from_secs(5);
 pub(crate) const REFUSED_MAX: usize = 10_000;
 /// How long a review waits for one of the [`GateLimits::concurrent`] slots.
 pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How long a request waits for the review of the same token under way (the review of
+/// another request), after which it goes on as if there were none.
+pub(crate) const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 /// How many reviews of unknown tokens the gate lets through.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,8 +131,38 @@ pub struct ReviewGate {
     refused: Mutex<HashMap<TokenKey, Instant>>,
     bucket: Mutex<Bucket>,
     slots: Semaphore,
+    /// The tokens under review, each with the end of its review to wait for.
+    under_review: Mutex<HashMap<TokenKey, tokio::sync::watch::Receiver<()>>>,
     /// Requests by [`Outcome`] (a family of the gate's own unless [`ReviewGate::counted_in`]).
     counts: ReviewCounts,
+}
+
+/// What a request does about its token, given the cache and the reviews under way.
+enum Claim<'a> {
+    /// Refused lately: refused again without a review.
+    Refused,
+    /// No review of it under way: this request reviews it.
+    Lead(Leading<'a>),
+    /// Another request reviews it: wait until that ends (the receiver sees the sender go).
+    Follow(tokio::sync::watch::Receiver<()>),
+}
+
+/// The review of one token under way; dropped when it ends, which wakes its followers.
+struct Leading<'a> {
+    gate: &'a ReviewGate,
+    key: TokenKey,
+    _sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut under_review = self
+            .gate
+            .under_review
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        under_review.remove(&self.key);
+    }
 }
 
 /// A token bucket.
@@ -147,6 +184,7 @@ impl ReviewGate {
                 at: Instant::now(),
             }),
             slots: Semaphore::new(limits.concurrent.max(1) as usize),
+            under_review: Mutex::default(),
             counts: ReviewCounts::default(),
         }
     }
@@ -157,16 +195,26 @@ impl ReviewGate {
         Self { counts, ..self }
     }
 
-    /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`]
-    /// (then [`Denied::Invalid`]) or the limits are reached (then [`Denied::Throttled`]);
-    /// remembers a [`Denied::Invalid`] answer. Counts the request by its [`Outcome`].
+    /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`], or
+    /// by the review under way that this request waited for (then [`Denied::Invalid`]), or
+    /// the limits are reached (then [`Denied::Throttled`]); remembers a [`Denied::Invalid`]
+    /// answer. Counts the request by its [`Outcome`].
     pub async fn review<T, F>(&self, key: &TokenKey, review: F) -> Result<T, Denied>
     where
         F: Future<Output = Result<T, Denied>>,
     {
-        if self.recently_refused(key) {
-            return Err(self.cached_refusal());
-        }
+        let leading = match self.claim(key) {
+            Claim::Refused => return Err(self.cached_refusal()),
+            Claim::Lead(leading) => Some(leading),
+            Claim::Follow(mut done) => {
+                // Err: the leader's review ended (its guard dropped the sender).
+                let _ = tokio::time::timeout(FOLLOW_WAIT, done.changed()).await;
+                if self.recently_refused(key) {
+                    return Err(self.cached_refusal());
+                }
+                None
+            }
+        };
         let _slot = self
             .take_turn()
             .await
@@ -177,7 +225,28 @@ impl ReviewGate {
         if outcome == Outcome::Refused {
             self.remember_refusal(*key);
         }
+        drop(leading);
         answer
+    }
+
+    /// Whether the token of `key` is refused from the cache, reviewed by this request (the
+    /// leader) or waits for the review under way of another request.
+    fn claim(&self, key: &TokenKey) -> Claim<'_> {
+        let mut under_review = self.under_review.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(done) = under_review.get(key) {
+            return Claim::Follow(done.clone());
+        }
+        // Checked under the lock: a leader remembers its refusal before it lets go of the key.
+        if self.recently_refused(key) {
+            return Claim::Refused;
+        }
+        let (sender, done) = tokio::sync::watch::channel(());
+        under_review.insert(*key, done);
+        Claim::Lead(Leading {
+            gate: self,
+            key: *key,
+            _sender: sender,
+        })
     }
 
     /// Counts and answers a refusal from the cache.
@@ -341,6 +410,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         send(&gate, &reviewer, &token).await;
         assert_eq!(reviewer.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_bad_token_sent_many_times_at_once_costs_one_review() {
+        let (gate, reviewer) = (gate(), Arc::new(Counting::default()));
+        let tokens = vec!["the-same-bad-token".to_owned(); 500];
+        assert_eq!(send(&gate, &reviewer, &tokens).await, 0, "none throttled");
+        assert_eq!(reviewer.count(), 1);
+        assert_eq!(counted(&gate, Outcome::Refused), 1);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 499);
+        assert!(gate.under_review.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_that_waited_for_an_accepted_token_are_not_refused() {
+        let gate = gate();
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let mut answers = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (gate, reviews) = (gate.clone(), reviews.clone());
+            answers.spawn(async move {
+                let review = async {
+                    reviews.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(())
+                };
+                gate.review(&token_key("good"), review).await
+            });
+        }
+        while let Some(answer) = answers.join_next().await {
+            assert!(answer.unwrap().is_ok());
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 5);
+        assert_eq!(counted(&gate, Outcome::Accepted), 5);
     }
 
     #[tokio::test]
