@@ -7,6 +7,7 @@ mod chart;
 mod deploy;
 mod engine;
 mod hardening;
+mod kube_abuse;
 mod kube_admission;
 mod kube_drains;
 mod kube_e2e;
