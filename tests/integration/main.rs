@@ -8,6 +8,7 @@ mod deploy;
 mod encryption;
 mod engine;
 mod hardening;
+mod kube_abuse;
 mod kube_admission;
 mod kube_drains;
 mod kube_e2e;

@@ -32,6 +32,7 @@ use drainer_core::volume::VolumeId;
 use drainer_server::auth::{
     Authority, Caller, Denied, NamespaceLife, Permission, PodIdentity, Subject, Workload,
 };
+use drainer_server::metrics::ReviewCounts;
 use drainer_server::review_gate::{GateLimits, ReviewGate, token_key};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
@@ -117,10 +118,11 @@ impl TokenReviews {
         }
     }
 
-    /// The same authority with these limits on reviews of unknown tokens.
-    pub(crate) fn with_gate(self, limits: GateLimits) -> Self {
+    /// The same authority with these limits on reviews of unknown tokens, counting them in
+    /// `counts` (`drainer_token_reviews_total`).
+    pub(crate) fn with_gate(self, limits: GateLimits, counts: ReviewCounts) -> Self {
         Self {
-            gate: ReviewGate::new(limits),
+            gate: ReviewGate::new(limits).counted_in(counts),
             ..self
         }
     }

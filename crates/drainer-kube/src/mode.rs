@@ -42,7 +42,10 @@ impl MakeMode for KubernetesMode {
             kube.audience.clone(),
             admin,
         )
-        .with_gate(base.args.limits.token_reviews());
+        .with_gate(
+            base.args.limits.token_reviews(),
+            base.metrics.token_reviews.clone(),
+        );
         let events = Arc::new(crate::events::KubeEvents::new(cluster.clone(), base.owner));
         let admission: Arc<dyn Admission> = Arc::new(crate::admission::KubeAdmission {
             cluster: cluster.clone(),

@@ -48,6 +48,18 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Label of `drainer_token_reviews_total`: what became of a token at the review gate
+/// ([`crate::review_gate::Outcome`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabel {
+    /// `accepted`, `refused` or `error` (a TokenReview sent), `throttled` or
+    /// `cached_refusal` (answered by the gate, no review).
+    pub result: &'static str,
+}
+
+/// Requests at the review gate by result: `drainer_token_reviews_total`.
+pub type ReviewCounts = Family<ReviewLabel, Counter>;
+
 /// The classes of error of `drainer_drain_failures_total{reason}` (the scheduler's
 /// `failure_class`), each exported from the start at 0 so that rates and alerts see them.
 pub(crate) const FAILURE_REASONS: [&str; 6] = [
@@ -101,6 +113,9 @@ pub struct Metrics {
     pub ready: Gauge,
     /// HTTP request latency.
     pub http_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Tokens not known lately, by what the review gate did with them (Kubernetes mode's
+    /// TokenReviews sent, and the requests answered without one).
+    pub token_reviews: ReviewCounts,
 }
 
 impl Default for Metrics {
@@ -133,6 +148,7 @@ impl Metrics {
             orphaned_volumes_undrained: Gauge::default(),
             ready: Gauge::default(),
             http_seconds: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            token_reviews: Family::default(),
             registry: Registry::default(),
         };
         registry.register("drains", "Drains by state", metrics.drains.clone());
@@ -216,6 +232,14 @@ impl Metrics {
             "HTTP request latency",
             metrics.http_seconds.clone(),
         );
+        registry.register(
+            "token_reviews",
+            "Tokens not known lately, by result: TokenReviews sent (accepted, refused, error) and requests the review gate answered without one (throttled, cached_refusal)",
+            metrics.token_reviews.clone(),
+        );
+        for outcome in crate::review_gate::Outcome::ALL {
+            drop(metrics.token_reviews.get_or_create(&outcome.label()));
+        }
         for reason in FAILURE_REASONS {
             drop(metrics.failures.get_or_create(&ReasonLabel {
                 reason: reason.into(),
@@ -402,6 +426,7 @@ mod tests {
             r#"drainer_drain_failures_total{reason="store"} 0"#,
             r#"drainer_drain_failures_total{reason="changing_file"} 0"#,
             r#"drainer_drains{state="queued"} 3"#,
+            r#"drainer_token_reviews_total{result="cached_refusal"} 0"#,
             r#"drainer_drains{state="copying"} 0"#,
             "drainer_queue_depth 3",
             r#"drainer_drain_oldest_age_seconds{state="queued"} 120"#,

@@ -3,22 +3,32 @@
 //!
 //! A token that a review has just refused is remembered for [`REFUSED_TTL`] (by its BLAKE3
 //! hash, never the token itself; at most [`REFUSED_MAX`] of them, the oldest forgotten first),
-//! so sending it again costs no review. Reviews of tokens not known either way are limited
-//! globally: a token bucket ([`GateLimits::per_second`], bursts of
-//! [`GateLimits::burst`]) and at most [`GateLimits::concurrent`] at once (a review waits at
-//! most [`SLOT_WAIT`] for its turn). Over either limit the caller is refused with
-//! [`Denied::Throttled`] (`429` with `Retry-After`), and nothing is reviewed. So N distinct bad
-//! tokens cost at most `burst + per_second × seconds` reviews, whatever N.
+//! so sending it again costs no review; requests with a token under review wait for that one
+//! review (at most [`FOLLOW_WAIT`]) and are refused with it, so the same bad token sent many
+//! times at once costs one review too (when the review accepts the token, the requests that
+//! waited go on to be reviewed each: the reviewer's cache is not the gate's). Reviews of
+//! tokens not known either way are limited globally: a token bucket
+//! ([`GateLimits::per_second`], bursts of [`GateLimits::burst`]) and at most
+//! [`GateLimits::concurrent`] at once (a review waits at most [`SLOT_WAIT`] for its turn).
+//! Over either limit the caller is refused with [`Denied::Throttled`] (`429` with
+//! `Retry-After`), and nothing is reviewed. So N distinct bad tokens cost at most
+//! `burst + per_second × seconds` reviews, whatever N.
+//!
+//! Each request that reaches the gate is counted by its [`Outcome`] in
+//! `drainer_token_reviews_total{result}` (when the gate is [`ReviewGate::counted_in`] it):
+//! reviews sent (`accepted`, `refused`, `error`) and requests answered without one
+//! (`throttled`, `cached_refusal`).
 //!
 //! The gate decides nothing about who a token is: it only counts, remembers refusals, and
 //! refuses to ask too often. Tokens already reviewed successfully are the reviewer's cache's
 //! business and never reach the gate.
 
 use crate::auth::Denied;
+use crate::metrics::{ReviewCounts, ReviewLabel};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 /// How long a refused token is refused without a review.
@@ -27,6 +37,9 @@ pub(crate) const REFUSED_TTL: Duration = Duration::from_secs(5);
 pub(crate) const REFUSED_MAX: usize = 10_000;
 /// How long a review waits for one of the [`GateLimits::concurrent`] slots.
 pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How long a request waits for the review of the same token under way (the review of
+/// another request), after which it goes on as if there were none.
+pub(crate) const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 /// How many reviews of unknown tokens the gate lets through.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +62,59 @@ impl Default for GateLimits {
     }
 }
 
+/// What became of one request at the gate: the `result` of `drainer_token_reviews_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reviewed: the token is someone's.
+    Accepted,
+    /// Reviewed: the token is no one's.
+    Refused,
+    /// Reviewed, with no answer (the API server failed or did not answer in time).
+    Error,
+    /// Not reviewed: over the rate or the concurrency limit (`429`).
+    Throttled,
+    /// Not reviewed: refused by a review within [`REFUSED_TTL`].
+    CachedRefusal,
+}
+
+impl Outcome {
+    /// Every outcome, each exported from the start at 0.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Accepted,
+        Outcome::Refused,
+        Outcome::Error,
+        Outcome::Throttled,
+        Outcome::CachedRefusal,
+    ];
+
+    /// The outcome of a review that answered `answer`.
+    fn of<T>(answer: &Result<T, Denied>) -> Self {
+        match answer {
+            Ok(_) => Outcome::Accepted,
+            Err(Denied::Invalid) => Outcome::Refused,
+            Err(_) => Outcome::Error,
+        }
+    }
+
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+            Outcome::Throttled => "throttled",
+            Outcome::CachedRefusal => "cached_refusal",
+        }
+    }
+
+    /// Its label in `drainer_token_reviews_total`.
+    pub fn label(self) -> ReviewLabel {
+        ReviewLabel {
+            result: self.as_str(),
+        }
+    }
+}
+
 /// A token's identity in the gate: the BLAKE3 hash of the token.
 pub(crate) type TokenKey = [u8; 32];
 
@@ -65,6 +131,38 @@ pub struct ReviewGate {
     refused: Mutex<HashMap<TokenKey, Instant>>,
     bucket: Mutex<Bucket>,
     slots: Semaphore,
+    /// The tokens under review, each with the end of its review to wait for.
+    under_review: Mutex<HashMap<TokenKey, tokio::sync::watch::Receiver<()>>>,
+    /// Requests by [`Outcome`] (a family of the gate's own unless [`ReviewGate::counted_in`]).
+    counts: ReviewCounts,
+}
+
+/// What a request does about its token, given the cache and the reviews under way.
+enum Claim<'a> {
+    /// Refused lately: refused again without a review.
+    Refused,
+    /// No review of it under way: this request reviews it.
+    Lead(Leading<'a>),
+    /// Another request reviews it: wait until that ends (the receiver sees the sender go).
+    Follow(tokio::sync::watch::Receiver<()>),
+}
+
+/// The review of one token under way; dropped when it ends, which wakes its followers.
+struct Leading<'a> {
+    gate: &'a ReviewGate,
+    key: TokenKey,
+    _sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut under_review = self
+            .gate
+            .under_review
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        under_review.remove(&self.key);
+    }
 }
 
 /// A token bucket.
@@ -86,29 +184,91 @@ impl ReviewGate {
                 at: Instant::now(),
             }),
             slots: Semaphore::new(limits.concurrent.max(1) as usize),
+            under_review: Mutex::default(),
+            counts: ReviewCounts::default(),
         }
     }
 
-    /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`]
-    /// (then [`Denied::Invalid`]) or the limits are reached (then [`Denied::Throttled`]);
-    /// remembers a [`Denied::Invalid`] answer.
+    /// The same gate, counting its requests in `counts` (the service's
+    /// [`crate::metrics::Metrics::token_reviews`]).
+    pub fn counted_in(self, counts: ReviewCounts) -> Self {
+        Self { counts, ..self }
+    }
+
+    /// Runs `review` for the token of `key` unless it was refused within [`REFUSED_TTL`], or
+    /// by the review under way that this request waited for (then [`Denied::Invalid`]), or
+    /// the limits are reached (then [`Denied::Throttled`]); remembers a [`Denied::Invalid`]
+    /// answer. Counts the request by its [`Outcome`].
     pub async fn review<T, F>(&self, key: &TokenKey, review: F) -> Result<T, Denied>
     where
         F: Future<Output = Result<T, Denied>>,
     {
-        if self.recently_refused(key) {
-            return Err(Denied::Invalid);
+        let leading = match self.claim(key) {
+            Claim::Refused => return Err(self.cached_refusal()),
+            Claim::Lead(leading) => Some(leading),
+            Claim::Follow(mut done) => {
+                // Err: the leader's review ended (its guard dropped the sender).
+                let _ = tokio::time::timeout(FOLLOW_WAIT, done.changed()).await;
+                if self.recently_refused(key) {
+                    return Err(self.cached_refusal());
+                }
+                None
+            }
+        };
+        let _slot = self
+            .take_turn()
+            .await
+            .inspect_err(|_| self.record(Outcome::Throttled))?;
+        let answer = review.await;
+        let outcome = Outcome::of(&answer);
+        self.record(outcome);
+        if outcome == Outcome::Refused {
+            self.remember_refusal(*key);
         }
+        drop(leading);
+        answer
+    }
+
+    /// Whether the token of `key` is refused from the cache, reviewed by this request (the
+    /// leader) or waits for the review under way of another request.
+    fn claim(&self, key: &TokenKey) -> Claim<'_> {
+        let mut under_review = self.under_review.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(done) = under_review.get(key) {
+            return Claim::Follow(done.clone());
+        }
+        // Checked under the lock: a leader remembers its refusal before it lets go of the key.
+        if self.recently_refused(key) {
+            return Claim::Refused;
+        }
+        let (sender, done) = tokio::sync::watch::channel(());
+        under_review.insert(*key, done);
+        Claim::Lead(Leading {
+            gate: self,
+            key: *key,
+            _sender: sender,
+        })
+    }
+
+    /// Counts and answers a refusal from the cache.
+    fn cached_refusal(&self) -> Denied {
+        self.record(Outcome::CachedRefusal);
+        Denied::Invalid
+    }
+
+    /// Counts one request of `outcome`.
+    fn record(&self, outcome: Outcome) {
+        self.counts.get_or_create(&outcome.label()).inc();
+    }
+
+    /// A review's turn: one from the bucket and a concurrency slot (held until dropped), or
+    /// [`Denied::Throttled`].
+    async fn take_turn(&self) -> Result<SemaphorePermit<'_>, Denied> {
         self.take_from_bucket()?;
-        let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await else {
+        let Ok(Ok(slot)) = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await else {
             tracing::debug!("token reviews at their concurrency limit");
             return Err(Denied::Throttled { retry_after: 1 });
         };
-        let answer = review.await;
-        if let Err(Denied::Invalid) = answer {
-            self.remember_refusal(*key);
-        }
-        answer
+        Ok(slot)
     }
 
     fn recently_refused(&self, key: &TokenKey) -> bool {
@@ -176,6 +336,11 @@ mod tests {
         Arc::new(ReviewGate::new(GateLimits::default()))
     }
 
+    /// How many requests the gate counted with `outcome`.
+    fn counted(gate: &ReviewGate, outcome: Outcome) -> usize {
+        gate.counts.get_or_create(&outcome.label()).get() as usize
+    }
+
     /// Sends each token through the gate at once; returns how many were throttled.
     async fn send(gate: &Arc<ReviewGate>, reviewer: &Arc<Counting>, tokens: &[String]) -> usize {
         let mut answers = tokio::task::JoinSet::new();
@@ -218,6 +383,10 @@ mod tests {
             2_000 - reviewer.count(),
             "the others are throttled"
         );
+        assert_eq!(counted(&gate, Outcome::Refused), reviewer.count());
+        assert_eq!(counted(&gate, Outcome::Throttled), throttled);
+        assert_eq!(counted(&gate, Outcome::Accepted), 0);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 0);
     }
 
     #[tokio::test]
@@ -228,6 +397,8 @@ mod tests {
             assert_eq!(send(&gate, &reviewer, &token).await, 0);
         }
         assert_eq!(reviewer.count(), 1);
+        assert_eq!(counted(&gate, Outcome::Refused), 1);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 1_999);
         // Forgotten after the TTL: one more review.
         let gate = Arc::new(ReviewGate {
             refused_ttl: Duration::from_millis(50),
@@ -239,6 +410,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         send(&gate, &reviewer, &token).await;
         assert_eq!(reviewer.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_bad_token_sent_many_times_at_once_costs_one_review() {
+        let (gate, reviewer) = (gate(), Arc::new(Counting::default()));
+        let tokens = vec!["the-same-bad-token".to_owned(); 500];
+        assert_eq!(send(&gate, &reviewer, &tokens).await, 0, "none throttled");
+        assert_eq!(reviewer.count(), 1);
+        assert_eq!(counted(&gate, Outcome::Refused), 1);
+        assert_eq!(counted(&gate, Outcome::CachedRefusal), 499);
+        assert!(gate.under_review.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_that_waited_for_an_accepted_token_are_not_refused() {
+        let gate = gate();
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let mut answers = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (gate, reviews) = (gate.clone(), reviews.clone());
+            answers.spawn(async move {
+                let review = async {
+                    reviews.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(())
+                };
+                gate.review(&token_key("good"), review).await
+            });
+        }
+        while let Some(answer) = answers.join_next().await {
+            assert!(answer.unwrap().is_ok());
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 5);
+        assert_eq!(counted(&gate, Outcome::Accepted), 5);
     }
 
     #[tokio::test]
@@ -259,6 +464,46 @@ mod tests {
             reviewer.count() > before,
             "refilled after 100 ms (5 reviews at 50/s)"
         );
+    }
+
+    #[tokio::test]
+    async fn reviews_are_counted_by_their_answer_in_the_services_metrics() {
+        let metrics = crate::metrics::Metrics::default();
+        let gate = ReviewGate::new(GateLimits::default()).counted_in(metrics.token_reviews.clone());
+        let (good, down) = (token_key("good"), token_key("down"));
+        assert!(gate.review(&good, async { Ok(()) }).await.is_ok());
+        assert!(gate.review(&good, async { Ok(()) }).await.is_ok());
+        for _ in 0..2 {
+            let unavailable = async { Err::<(), _>(Denied::Unavailable("timed out".into())) };
+            let answer = gate.review(&down, unavailable).await;
+            assert!(matches!(answer, Err(Denied::Unavailable(_))), "{answer:?}");
+        }
+        let text = metrics.render();
+        for line in [
+            r#"drainer_token_reviews_total{result="accepted"} 2"#,
+            r#"drainer_token_reviews_total{result="error"} 2"#,
+            r#"drainer_token_reviews_total{result="refused"} 0"#,
+            r#"drainer_token_reviews_total{result="throttled"} 0"#,
+            r#"drainer_token_reviews_total{result="cached_refusal"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_limits_are_counted_as_throttled_and_not_reviewed() {
+        let gate = Arc::new(ReviewGate::new(GateLimits {
+            per_second: 1.0,
+            burst: 2,
+            concurrent: 16,
+        }));
+        let reviewer = Arc::new(Counting::default());
+        let tokens: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        let throttled = send(&gate, &reviewer, &tokens).await;
+        assert_eq!(reviewer.count(), 2, "the burst");
+        assert_eq!(throttled, 8);
+        assert_eq!(counted(&gate, Outcome::Throttled), 8);
+        assert_eq!(counted(&gate, Outcome::Refused), 2);
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! Bad tokens cost the API server a bounded number of TokenReviews, on kube-env: a real
+//! `drainer serve --kubernetes` is sent 2,000 distinct bad tokens as fast as 64 attackers
+//! can send them, then one bad token 500 times. What is asserted comes from drainer's own
+//! `drainer_token_reviews_total{result}` (reviews sent: `accepted`, `refused`, `error`;
+//! answered without one: `throttled`, `cached_refusal`), checked against every answer the
+//! attackers got and against the API server's `apiserver_request_total` for TokenReviews:
+//! the reviews sent stay within the gate's burst plus its rate over the attack's duration,
+//! every bad token is answered `401` or `429` with a JSON error, and a pod handing off with a
+//! fresh token of its own (reviewed like any unknown token) is answered `2xx` during the
+//! attack. Handoff latencies with and without the attack are printed (`eprintln`), never
+//! asserted.
+
+use crate::kube_mode::start_drainer_in;
+use crate::support::file_url;
+use crate::support::kube::{
+    client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
+};
+use crate::support::serve::Serve;
+use anyhow::{Context, Result, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Bound of one test (a guard against a hung test, not a timing target).
+const LIMIT: Duration = Duration::from_secs(300);
+const WAIT: Duration = Duration::from_secs(90);
+/// `--token-reviews-per-second` the tests give drainer; its bursts are twice as many.
+const PER_SECOND: u32 = 50;
+/// Distinct bad tokens of the flood.
+const BAD_TOKENS: usize = 2_000;
+/// Requests of the attack in flight at once.
+const ATTACKERS: usize = 64;
+/// Times the one bad token is sent.
+const REPEATS: usize = 500;
+/// How long drainer remembers a refused token (`review_gate::REFUSED_TTL`).
+const REFUSED_TTL: Duration = Duration::from_secs(5);
+/// TokenReviews other tests sharing kube-env may ask for during an attack.
+const OTHERS: u64 = 100;
+/// Handoffs of the baseline, without an attack.
+const BASELINE: usize = 30;
+
+/// A namespace with a pod `web` mounting claim `data`, and a drainer in Kubernetes mode.
+struct Target {
+    client: Client,
+    ns: String,
+    pod: Pod,
+    serve: Serve,
+    http: reqwest::Client,
+    _work: tempfile::TempDir,
+}
+
+impl Target {
+    async fn new(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        let ns = create_namespace(&client, prefix).await?;
+        let post = PostParams::default();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&post, &from_json(json!({"metadata": {"name": "web"}})))
+            .await?;
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .create(
+                &post,
+                &from_json(json!({
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"],
+                             "resources": {"requests": {"storage": "16Mi"}}}
+                })),
+            )
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.create(&post, &from_json(web_pod())).await?;
+        let pod = eventually("pod web running", WAIT, || async {
+            let pod = pods.get("web").await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            ensure!(phase.as_deref() == Some("Running"), "{phase:?}");
+            Ok(pod)
+        })
+        .await?;
+        let work = tempfile::tempdir()?;
+        let store = file_url(&work.path().join("store"));
+        let rate = PER_SECOND.to_string();
+        let extra = ["--token-reviews-per-second", rate.as_str()];
+        let serve = start_drainer_in(work.path(), &[&ns], &store, &extra).await?;
+        Ok(Self {
+            client,
+            ns,
+            pod,
+            serve,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            _work: work,
+        })
+    }
+
+    /// A fresh token of ServiceAccount `web`, bound to pod `web`, for drainer's audience:
+    /// unknown to drainer, so its first use is reviewed.
+    async fn fresh_token(&self) -> Result<String> {
+        let meta = &self.pod.metadata;
+        let request: TokenRequest = from_json(json!({"spec": {
+            "audiences": ["drainer"],
+            "expirationSeconds": 600,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta.name, "uid": meta.uid}
+        }}));
+        let issued = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.ns)
+            .create_token_request("web", &PostParams::default(), &request)
+            .await?;
+        issued
+            .status
+            .and_then(|s| s.token)
+            .context("no token issued")
+    }
+
+    /// The pod's handoff with a fresh token, sent again on `429` until answered: the time
+    /// until it was answered `2xx`, and how many `429`s it got first.
+    async fn handoff(&self) -> Result<(Duration, u64)> {
+        let token = self.fresh_token().await?;
+        let (started, mut throttled) = (Instant::now(), 0);
+        loop {
+            let response = self
+                .http
+                .post(format!("{}/v1/handoffs", self.serve.url))
+                .bearer_auth(&token)
+                .json(&json!({"namespace": self.ns, "pvcs": ["data"]}))
+                .send()
+                .await?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok((started.elapsed(), throttled));
+            }
+            let body = response.text().await.unwrap_or_default();
+            ensure!(
+                status == 429,
+                "the pod's handoff was answered {status}: {body}"
+            );
+            ensure!(
+                started.elapsed() < WAIT,
+                "no handoff answered within {WAIT:?}"
+            );
+            throttled += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// drainer's `drainer_token_reviews_total`, by result.
+    async fn reviews(&self) -> Result<Reviews> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.serve.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let by_result: BTreeMap<String, u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("drainer_token_reviews_total{result=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .filter_map(|(result, n)| Some((result.to_owned(), n.trim().parse().ok()?)))
+            .collect();
+        ensure!(by_result.len() == 5, "not every result exported: {text}");
+        Ok(Reviews(by_result))
+    }
+
+    async fn finish(self) -> Result<()> {
+        delete_namespace(&self.client, &self.ns).await
+    }
+}
+
+/// The pod: ServiceAccount `web`, claim `data` mounted (kube-env simulates the image).
+fn web_pod() -> Value {
+    json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{"name": "app", "image": "registry.invalid/web:1",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+        }
+    })
+}
+
+/// `drainer_token_reviews_total` by result, as scraped.
+#[derive(Debug, Clone)]
+struct Reviews(BTreeMap<String, u64>);
+
+impl Reviews {
+    fn get(&self, result: &str) -> u64 {
+        self.0.get(result).copied().unwrap_or_default()
+    }
+
+    /// What happened between `before` and this scrape.
+    fn since(&self, before: &Reviews) -> Reviews {
+        Reviews(
+            self.0
+                .iter()
+                .map(|(r, n)| (r.clone(), n - before.get(r)))
+                .collect(),
+        )
+    }
+
+    /// TokenReviews sent to the API server.
+    fn sent(&self) -> u64 {
+        self.get("accepted") + self.get("refused") + self.get("error")
+    }
+}
+
+/// TokenReviews the API server has answered since it started (`apiserver_request_total` of
+/// resource `tokenreviews`, every code), from its own `/metrics`.
+async fn apiserver_token_reviews(client: &Client) -> Result<u64> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains(r#"resource="tokenreviews""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Sends a handoff with each of `tokens`, [`ATTACKERS`] at a time: the status of each answer
+/// and its body (`Value::Null` when it was not JSON), or why none came.
+async fn attack(url: String, ns: String, tokens: Vec<String>) -> Vec<Result<(u16, Value)>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client");
+    let handoff = json!({"namespace": ns, "pvcs": ["data"]});
+    futures::stream::iter(tokens)
+        .map(|token| {
+            let sent = http
+                .post(format!("{url}/v1/handoffs"))
+                .bearer_auth(token)
+                .json(&handoff)
+                .send();
+            async move {
+                let response = sent.await?;
+                let status = response.status().as_u16();
+                let retry_after = response.headers().contains_key("retry-after");
+                let body: Value = response.json().await.unwrap_or_default();
+                ensure!(status != 429 || retry_after, "429 without Retry-After");
+                Ok((status, body))
+            }
+        })
+        .buffer_unordered(ATTACKERS)
+        .collect()
+        .await
+}
+
+/// How many of `answers` were `401` and how many `429`; fails on any other answer, or one
+/// without a JSON error of the matching code.
+fn tally(answers: &[Result<(u16, Value)>]) -> Result<(u64, u64)> {
+    let (mut refused, mut throttled) = (0, 0);
+    for answer in answers {
+        let (status, body) = answer.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let code = body["error"]["code"].as_str();
+        match (status, code) {
+            (401, Some("unauthorized")) => refused += 1,
+            (429, Some("too_many_requests")) => throttled += 1,
+            _ => anyhow::bail!("a bad token was answered {status}: {body}"),
+        }
+    }
+    Ok((refused, throttled))
+}
+
+/// p50, p99 and the largest of `latencies`, in milliseconds, as one line.
+fn percentiles(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    format!(
+        "{} handoffs, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_bad_tokens_cost_a_bounded_number_of_token_reviews() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let t = Target::new("kube-abuse-flood").await?;
+        let mut quiet = Vec::new();
+        for _ in 0..BASELINE {
+            quiet.push(t.handoff().await?.0);
+        }
+        let bad: Vec<String> = (0..BAD_TOKENS)
+            .map(|i| format!("bad-{i}-{:016x}", rand::random::<u64>()))
+            .collect();
+        let (before, api_before) = (t.reviews().await?, apiserver_token_reviews(&t.client).await?);
+        let started = Instant::now();
+        let flood = tokio::spawn(attack(t.serve.url.clone(), t.ns.clone(), bad));
+        // The pod hands off, each time with a token drainer has not seen, until the flood
+        // ends: at least once while it is under way.
+        let (mut during, mut pod_throttled) = (Vec::new(), 0);
+        while during.is_empty() || !flood.is_finished() {
+            let (latency, throttled) = t.handoff().await?;
+            during.push(latency);
+            pod_throttled += throttled;
+        }
+        let answers = flood.await?;
+        let flood_seconds = started.elapsed().as_secs_f64();
+        let (after, api_after) = (t.reviews().await?, apiserver_token_reviews(&t.client).await?);
+        let elapsed = started.elapsed().as_secs_f64();
+        let (refused, throttled) = tally(&answers)?;
+        let counted = after.since(&before);
+        // The bucket's own bound, no slack needed: the window measured here holds every review
+        // of the attack and of the pod's handoffs, and the bucket held at most its burst.
+        let bound = u64::from(2 * PER_SECOND) + (f64::from(PER_SECOND) * elapsed).ceil() as u64;
+        let api = api_after - api_before;
+        eprintln!(
+            "kube_abuse figures: {BAD_TOKENS} distinct bad tokens ({ATTACKERS} at a time) in {flood_seconds:.2} s: \
+             {refused} answered 401, {throttled} 429; drainer sent {} TokenReviews ({} refused, {} accepted: the pod's), \
+             bound {bound} (burst {} + {PER_SECOND}/s × {elapsed:.2} s); the API server answered {api} TokenReviews meanwhile",
+            counted.sent(),
+            counted.get("refused"),
+            counted.get("accepted"),
+            2 * PER_SECOND,
+        );
+        eprintln!("kube_abuse figures: the pod's handoffs, fresh token each, without the attack: {}", percentiles(&mut quiet));
+        eprintln!(
+            "kube_abuse figures: the pod's handoffs, fresh token each, during the attack: {} ({pod_throttled} 429s retried)",
+            percentiles(&mut during)
+        );
+        ensure!(
+            counted.sent() <= bound,
+            "{} TokenReviews sent, more than the bound {bound}: {counted:?}",
+            counted.sent()
+        );
+        ensure!(refused + throttled == BAD_TOKENS as u64);
+        ensure!(counted.get("refused") == refused, "every 401 is a review's refusal: {counted:?}");
+        ensure!(
+            counted.get("throttled") == throttled + pod_throttled,
+            "every 429 is counted: {counted:?}"
+        );
+        ensure!(
+            counted.get("accepted") == during.len() as u64,
+            "each of the pod's handoffs is one review accepted: {counted:?}"
+        );
+        ensure!(counted.get("error") == 0 && counted.get("cached_refusal") == 0, "{counted:?}");
+        ensure!(
+            api >= counted.sent(),
+            "the API server answered {api} TokenReviews, fewer than drainer counted: {counted:?}"
+        );
+        ensure!(
+            api <= bound + OTHERS,
+            "the API server answered {api} TokenReviews (bound {bound}, other tests {OTHERS})"
+        );
+        t.finish().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_token_sent_five_hundred_times_costs_one_review() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let t = Target::new("kube-abuse-repeat").await?;
+        let before = t.reviews().await?;
+        let started = Instant::now();
+        let token = format!("bad-{:016x}", rand::random::<u64>());
+        let answers = attack(t.serve.url.clone(), t.ns.clone(), vec![token; REPEATS]).await;
+        let elapsed = started.elapsed();
+        let (refused, throttled) = tally(&answers)?;
+        let counted = t.reviews().await?.since(&before);
+        // One review, and one more each time the refusal is forgotten.
+        let bound = 1 + (elapsed.as_secs_f64() / REFUSED_TTL.as_secs_f64()) as u64;
+        eprintln!(
+            "kube_abuse figures: one bad token sent {REPEATS} times ({ATTACKERS} at a time) in {:.2} s: \
+             {} TokenReviews, {} refused from the cache",
+            elapsed.as_secs_f64(),
+            counted.sent(),
+            counted.get("cached_refusal")
+        );
+        ensure!(refused == REPEATS as u64 && throttled == 0, "{refused} 401s, {throttled} 429s");
+        ensure!(counted.sent() <= bound, "{} reviews, bound {bound}: {counted:?}", counted.sent());
+        ensure!(
+            counted.get("cached_refusal") + counted.get("refused") == REPEATS as u64,
+            "{counted:?}"
+        );
+        t.finish().await
+    })
+    .await
+}
