@@ -39,6 +39,8 @@ pub(super) fn drain() -> Drain {
         hold: None,
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 
