@@ -112,15 +112,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
         }
         Source::Drainer(client) => {
-            drainer_clients::remote::restore(
-                client,
-                &args.volume,
-                &selector,
-                &dest,
-                &options,
-                args.engine.store_timeout,
-            )
-            .await
+            let timeout = args.engine.store_timeout;
+            let remote = RemoteVolume::new(client, &args.volume, timeout)?
+                .earlier_namespace(args.drainer.earlier_namespace);
+            drainer_clients::remote::restore(&remote, &selector, &dest, &options, timeout).await
         }
     };
     let summary = match restored {
@@ -199,7 +194,8 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
             let volume = args.volume.as_ref().ok_or_else(|| {
                 Usage("--volume NS/PVC is needed to list snapshots through a drainer".into())
             })?;
-            let remote = RemoteVolume::new(&client, volume, args.engine.store_timeout)?;
+            let remote = RemoteVolume::new(&client, volume, args.engine.store_timeout)?
+                .earlier_namespace(args.drainer.earlier_namespace);
             remote.listing().await?.snapshots
         }
         (None, Some(url)) => {
