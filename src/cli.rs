@@ -81,6 +81,7 @@ pub use drainer_core::args::Usage;
 
 /// `drainer restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    args.drainer.check().map_err(Usage)?;
     let (source, dest) = args.source().map_err(Usage)?;
     let started = std::time::Instant::now();
     let found = snapshot::inspect_destination(&dest)?;
@@ -189,6 +190,7 @@ fn restored_line(
 
 /// `drainer snapshots`.
 pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
+    args.drainer.check().map_err(Usage)?;
     let all = match (args.drainer.client(), &args.store) {
         (Some(client), None) => {
             let volume = args.volume.as_ref().ok_or_else(|| {

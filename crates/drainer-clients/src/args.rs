@@ -218,4 +218,13 @@ impl DrainerSource {
             trust: self.trust.clone(),
         })
     }
+
+    /// Refuses `--earlier-namespace` without `--drainer` (a store read directly has no
+    /// namespace lives to choose between), in one line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.earlier_namespace && self.url.is_none() {
+            return Err("--earlier-namespace reads through a drainer: give --drainer URL".into());
+        }
+        Ok(())
+    }
 }
