@@ -246,6 +246,7 @@ fn fill(dir: &Path) -> Result<()> {
 
 fn failed_saying(out: &std::process::Output, words: &str) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("refused: {}", stderr.trim());
     ensure!(!out.status.success(), "succeeded: {stderr}");
     ensure!(stderr.contains(words), "not {words:?}: {stderr}");
     Ok(())
@@ -315,7 +316,13 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
         failed_saying(&out, "has no snapshot")?;
         nothing_in(&dest)?;
         let (dest, out) = w.restore(&token, "by-id", &["--snapshot", &snapshot]).await;
-        failed_saying(&out, &snapshot)?;
+        failed_saying(
+            &out,
+            &format!(
+                "snapshot {snapshot} of {}/{PVC} belongs to an earlier namespace",
+                w.ns
+            ),
+        )?;
         nothing_in(&dest)?;
         let (status, listing) = w.get(&token, "snapshots").await;
         ensure!(
