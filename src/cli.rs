@@ -87,6 +87,7 @@ pub use drainer_core::args::Usage;
 
 /// `drainer restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    args.drainer.check().map_err(Usage)?;
     let (source, dest) = args.source().map_err(Usage)?;
     let started = std::time::Instant::now();
     let found = snapshot::inspect_destination(&dest)?;
@@ -118,15 +119,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
         }
         Source::Drainer(client) => {
-            drainer_clients::remote::restore(
-                client,
-                &args.volume,
-                &selector,
-                &dest,
-                &options,
-                args.engine.store_timeout,
-            )
-            .await
+            let timeout = args.engine.store_timeout;
+            let remote = RemoteVolume::new(client, &args.volume, timeout)?
+                .earlier_namespace(args.drainer.earlier_namespace);
+            drainer_clients::remote::restore(&remote, &selector, &dest, &options, timeout).await
         }
     };
     let summary = match restored {
@@ -200,12 +196,14 @@ fn restored_line(
 
 /// `drainer snapshots`.
 pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
+    args.drainer.check().map_err(Usage)?;
     let all = match (args.drainer.client(), &args.store) {
         (Some(client), None) => {
             let volume = args.volume.as_ref().ok_or_else(|| {
                 Usage("--volume NS/PVC is needed to list snapshots through a drainer".into())
             })?;
-            let remote = RemoteVolume::new(&client, volume, args.engine.store_timeout)?;
+            let remote = RemoteVolume::new(&client, volume, args.engine.store_timeout)?
+                .earlier_namespace(args.drainer.earlier_namespace);
             remote.listing().await?.snapshots
         }
         (None, Some(url)) => {

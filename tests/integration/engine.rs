@@ -551,6 +551,8 @@ async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
             reason: "test".into(),
             requested: "2026-12-07T00:00:00.000Z".into(),
             claim_uid: Some(uid.into()),
+            namespace_uid: None,
+            statefulset_uid: None,
         });
         let options = drainer_core::snapshot::CopyOptions {
             concurrency: 2,

@@ -202,6 +202,8 @@ fn drain(namespace: &str, pvc: &str) -> Drain {
         hold: None,
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 

@@ -675,15 +675,17 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
                 "{key}: {status} {body}"
             );
         }
-        let (status, _) = get_with(
-            &w.serve,
-            TOKEN,
-            &format!(
-                "/v1/volumes/{}/data-web-0/objects?key=snapshots/{old}/snapshot.json",
-                w.ns
-            ),
-        )
-        .await?;
+        // The operator reads the first life's snapshot only when it asks to (recorded).
+        let summary = format!(
+            "/v1/volumes/{}/data-web-0/objects?key=snapshots/{old}/snapshot.json",
+            w.ns
+        );
+        let (status, body) = get_with(&w.serve, TOKEN, &summary).await?;
+        ensure!(
+            status == 403 && body["error"]["code"] == "earlier_namespace",
+            "the operator reads the first life's snapshot without asking: {status} {body}"
+        );
+        let (status, _) = get_with(&w.serve, TOKEN, &format!("{summary}&earlier=true")).await?;
         ensure!(
             status == 200,
             "the operator reads the first life's snapshot: {status}"

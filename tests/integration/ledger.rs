@@ -567,3 +567,92 @@ async fn postgres_drains_to_show_are_the_active_and_the_recently_ended() {
         .unwrap();
     drains_to_show_are_the_active_and_the_recently_ended(ledger).await;
 }
+
+/// A drain's namespace life (the UIDs of its claim's namespace and StatefulSet) is recorded
+/// and reaches the origin its snapshot records; an operator's reads of an earlier life are
+/// recorded and read back per volume, oldest first, legacy snapshots and gone namespaces
+/// (no UID) included.
+async fn namespace_lives_and_earlier_reads_are_recorded(ledger: Ledger) {
+    use drainer_core::ledger::{EarlierRead, NewDrain};
+    let new = NewDrain {
+        volume: drainer::VolumeId::new("shop", "data-web-0").unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: None,
+        kube: None,
+    };
+    let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
+    let before = ledger.drain(&id).await.unwrap().unwrap().origin();
+    assert_eq!((before.namespace_uid, before.statefulset_uid), (None, None));
+    ledger
+        .set_namespace_life(&id, "ns-1", Some("sts-1"))
+        .await
+        .unwrap();
+    let origin = ledger.drain(&id).await.unwrap().unwrap().origin();
+    assert_eq!(origin.namespace_uid.as_deref(), Some("ns-1"));
+    assert_eq!(origin.statefulset_uid.as_deref(), Some("sts-1"));
+    ledger.set_namespace_life(&id, "ns-1", None).await.unwrap();
+    let origin = ledger.drain(&id).await.unwrap().unwrap().origin();
+    assert_eq!(origin.statefulset_uid, None, "a claim of no StatefulSet");
+
+    let read = |at: i64, snapshot: &str, theirs: Option<&str>, now: Option<&str>| EarlierRead {
+        at,
+        principal: "admin".into(),
+        namespace: "shop".into(),
+        pvc: "data-web-0".into(),
+        snapshot: snapshot.into(),
+        snapshot_namespace_uid: theirs.map(str::to_owned),
+        current_namespace_uid: now.map(str::to_owned),
+    };
+    let reads = [
+        read(
+            1_000,
+            "20261207T100000000Z-0001",
+            Some("ns-1"),
+            Some("ns-2"),
+        ),
+        read(2_000, "20261201T100000000Z-0002", None, Some("ns-2")),
+        read(3_000, "20261207T100000000Z-0001", Some("ns-1"), None),
+    ];
+    for r in reads.iter().rev() {
+        ledger.record_earlier_read(r).await.unwrap();
+    }
+    let elsewhere = EarlierRead {
+        pvc: "data-web-1".into(),
+        ..reads[0].clone()
+    };
+    ledger.record_earlier_read(&elsewhere).await.unwrap();
+    assert_eq!(
+        ledger.earlier_reads("shop", "data-web-0").await.unwrap(),
+        reads
+    );
+    assert_eq!(
+        ledger.earlier_reads("shop", "data-web-1").await.unwrap(),
+        [elsewhere]
+    );
+    assert!(
+        ledger
+            .earlier_reads("other", "data-web-0")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_namespace_lives_and_earlier_reads_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    namespace_lives_and_earlier_reads_are_recorded(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_namespace_lives_and_earlier_reads_are_recorded() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    namespace_lives_and_earlier_reads_are_recorded(ledger).await;
+}

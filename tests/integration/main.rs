@@ -16,6 +16,7 @@ mod kube_env;
 mod kube_ha;
 mod kube_mode;
 mod kube_movers;
+mod kube_namespace_life;
 mod kube_operators;
 mod kube_pod_security;
 mod kube_restore;

@@ -199,6 +199,13 @@ pub struct DrainerSource {
     /// Trust for an https drainer URL.
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// With `--drainer`, as an operator (the admin token): read snapshots made in an earlier
+    /// namespace of the volume's namespace name too (one deleted and created again, perhaps by
+    /// another team). Without it a drainer in Kubernetes mode serves only the snapshots of the
+    /// namespace as it is now; with it, each snapshot of an earlier namespace read is recorded
+    /// in drainer's ledger (who, when, which snapshot, both namespace UIDs).
+    #[arg(long, env = "DRAINER_EARLIER_NAMESPACE")]
+    pub earlier_namespace: bool,
 }
 
 impl DrainerSource {
@@ -210,5 +217,14 @@ impl DrainerSource {
             token: self.token.clone(),
             trust: self.trust.clone(),
         })
+    }
+
+    /// Refuses `--earlier-namespace` without `--drainer` (a store read directly has no
+    /// namespace lives to choose between), in one line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.earlier_namespace && self.url.is_none() {
+            return Err("--earlier-namespace reads through a drainer: give --drainer URL".into());
+        }
+        Ok(())
     }
 }

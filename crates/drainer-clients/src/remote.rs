@@ -49,7 +49,13 @@ pub const RESTORE_CONCURRENCY: usize = batch::MAX_OBJECTS * READ_BATCHES_IN_FLIG
 pub struct RemoteVolume {
     api: Api,
     volume: VolumeId,
+    /// The query every request carries: `?earlier=true` for an operator's read of an earlier
+    /// namespace's snapshots, else nothing.
+    query: &'static str,
 }
+
+/// The query of an operator's explicit read of an earlier namespace's snapshots.
+const EARLIER: &str = "?earlier=true";
 
 impl RemoteVolume {
     /// The volume `volume` on the drainer `client` names; each request times out after
@@ -70,12 +76,22 @@ impl RemoteVolume {
                 client.trust.roots()?,
             )?,
             volume: volume.clone(),
+            query: "",
         })
+    }
+
+    /// The same volume, read as an operator who asks for the snapshots of earlier namespaces
+    /// of its namespace's name too (`earlier`; the drainer records each such read), or not.
+    pub fn earlier_namespace(self, earlier: bool) -> Self {
+        Self {
+            query: if earlier { EARLIER } else { "" },
+            ..self
+        }
     }
 
     /// The volume's snapshots.
     pub async fn listing(&self) -> Result<Listing, CallError> {
-        let url = self.api.url("/snapshots");
+        let url = format!("{}{}", self.api.url("/snapshots"), self.query);
         self.api.json(|http| http.get(&url)).await
     }
 
@@ -92,6 +108,7 @@ impl RemoteVolume {
             prefix: format!("volumes/{}/{}/", self.volume.namespace, self.volume.name),
             batches: OnceLock::new(),
             batches_served: AtomicBool::new(true),
+            query: self.query,
         });
         Store::relayed(
             Arc::clone(&objects) as Arc<dyn ObjectStore>,
@@ -151,6 +168,8 @@ struct ApiObjects {
     batches: OnceLock<Batcher<ReadRequest, BatchRead>>,
     /// Whether the drainer serves batches of reads (it has answered `404`/`405` if not).
     batches_served: AtomicBool,
+    /// The query every request carries (see [`RemoteVolume`]).
+    query: &'static str,
 }
 
 /// One read of a batch: what the drainer found, or why the whole batch failed.
@@ -204,8 +223,8 @@ fn error_for(
 
 /// Sends one batch of reads (again, body and all, while the failure may pass); one result
 /// per read, in order.
-async fn send_read_batch(api: &Api, reads: Vec<ReadRequest>) -> Vec<BatchRead> {
-    let url = api.url("/objects/batch");
+async fn send_read_batch(api: &Api, query: &str, reads: Vec<ReadRequest>) -> Vec<BatchRead> {
+    let url = format!("{}{query}", api.url("/objects/batch"));
     let count = reads.len();
     let body = ReadBatch { reads };
     let answer = api.bytes(|http| http.post(&url).json(&body)).await;
@@ -263,7 +282,7 @@ impl ApiObjects {
     fn reads(&self, location: &Path) -> ObjectReads {
         ObjectReads {
             api: self.api.clone(),
-            url: self.api.url("/objects"),
+            url: format!("{}{}", self.api.url("/objects"), self.query),
             key: self.relative(location).unwrap_or_default().to_owned(),
             location: location.clone(),
         }
@@ -298,10 +317,10 @@ impl ApiObjects {
     ) -> Option<object_store::Result<GetResult>> {
         let key = self.relative(location).ok()?.to_owned();
         let batches = self.batches.get_or_init(|| {
-            let api = self.api.clone();
+            let (api, query) = (self.api.clone(), self.query);
             Batcher::start(batch::MAX_OBJECTS, READ_BATCHES_IN_FLIGHT, move |reads| {
                 let api = api.clone();
-                async move { send_read_batch(&api, reads).await }
+                async move { send_read_batch(&api, query, reads).await }
             })
         });
         let read = ReadRequest {
@@ -618,14 +637,13 @@ impl Barrier for ReadOnly {
 /// from the volume's listing, then restored by the engine from the drainer's store as the API
 /// serves it, each request bounded by `timeout`.
 pub async fn restore(
-    client: &ClientArgs,
-    volume: &VolumeId,
+    remote: &RemoteVolume,
     selector: &SnapshotSelector,
     dest: &std::path::Path,
     options: &snapshot::RestoreOptions,
     timeout: Duration,
 ) -> anyhow::Result<snapshot::RestoreSummary> {
-    let remote = RemoteVolume::new(client, volume, timeout)?;
+    let volume = &remote.volume;
     let selector = match selector {
         SnapshotSelector::Id(id) => SnapshotSelector::Id(id.clone()),
         other => {
@@ -670,6 +688,7 @@ mod tests {
             prefix: "volumes/ns/pvc/".into(),
             batches: OnceLock::new(),
             batches_served: AtomicBool::new(true),
+            query: "",
         }
     }
 

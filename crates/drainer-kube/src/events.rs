@@ -474,6 +474,8 @@ mod tests {
             hold: None,
             mover_job: None,
             mover_job_uid: None,
+            namespace_uid: None,
+            statefulset_uid: None,
         }
     }
 

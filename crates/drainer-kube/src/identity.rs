@@ -30,7 +30,8 @@ use super::{Cluster, Error, call, movers, planner};
 use drainer_core::ledger::Ledger;
 use drainer_core::volume::VolumeId;
 use drainer_server::auth::{
-    Authority, Caller, Denied, NamespaceLife, Permission, PodIdentity, Subject, Workload,
+    Authority, Caller, CurrentLife, Denied, NamespaceLife, Permission, PodIdentity, Subject,
+    Workload,
 };
 use drainer_server::metrics::ReviewCounts;
 use drainer_server::review_gate::{GateLimits, ReviewGate, token_key};
@@ -80,12 +81,16 @@ pub struct TokenReviews {
     access_gate: ReviewGate,
     /// Mover pods checked against their Job's template, by UID and resource version.
     movers: Mutex<HashMap<(String, String), Instant>>,
-    /// Namespaces' lives read lately, by name (a deleted namespace's cached life is refused
-    /// for at most [`LIFE_TTL`]).
-    lives: Mutex<HashMap<String, (NamespaceLife, Instant)>>,
+    /// Namespaces' lives read lately for a pod, by namespace name and pod UID (`None`: no
+    /// namespace of that name). Keyed by the pod, so a pod of a namespace made again never
+    /// meets the earlier namespace's life in the cache: it did not exist when that was read.
+    lives: Mutex<HashMap<(String, String), KeptLife>>,
     /// What reviews of tokens not cached may cost.
     gate: ReviewGate,
 }
+
+/// A namespace's life as read (`None`: no namespace of that name), and when.
+type KeptLife = (Option<NamespaceLife>, Instant);
 
 /// How long a namespace's life, once read, is trusted.
 const LIFE_TTL: Duration = Duration::from_secs(5);
@@ -127,13 +132,17 @@ impl TokenReviews {
         }
     }
 
-    /// The current life of `namespace`: from the cache, or read from the API server.
-    async fn life(&self, namespace: &str) -> Result<NamespaceLife, Denied> {
-        let cached = self
-            .lives
-            .lock()
-            .ok()
-            .and_then(|c| c.get(namespace).cloned());
+    /// The current life of `namespace` (`None`: it does not exist): for a pod, from the
+    /// cache of what was read for that pod; else read from the API server.
+    async fn life(
+        &self,
+        namespace: &str,
+        pod: Option<&str>,
+    ) -> Result<Option<NamespaceLife>, Denied> {
+        let key = pod.map(|uid| (namespace.to_owned(), uid.to_owned()));
+        let cached = key
+            .as_ref()
+            .and_then(|key| self.lives.lock().ok()?.get(key).cloned());
         if let Some((life, _)) = cached.filter(|(_, at)| at.elapsed() < LIFE_TTL) {
             return Ok(life);
         }
@@ -141,18 +150,16 @@ impl TokenReviews {
         let found = call(format!("get namespace {namespace}"), api.get_opt(namespace))
             .await
             .map_err(unavailable)?;
-        let life = found
-            .and_then(|ns| {
-                let created = ns.metadata.creation_timestamp?.0.as_millisecond();
-                Some(NamespaceLife {
-                    uid: ns.metadata.uid?,
-                    created_ms: created,
-                })
+        let life = found.and_then(|ns| {
+            let created = ns.metadata.creation_timestamp?.0.as_millisecond();
+            Some(NamespaceLife {
+                uid: ns.metadata.uid?,
+                created_ms: created,
             })
-            .ok_or_else(|| Denied::Forbidden(format!("namespace {namespace} does not exist")))?;
-        if let Ok(mut lives) = self.lives.lock() {
+        });
+        if let (Some(key), Ok(mut lives)) = (key, self.lives.lock()) {
             lives.retain(|_, (_, at)| at.elapsed() < LIFE_TTL);
-            lives.insert(namespace.to_owned(), (life.clone(), Instant::now()));
+            lives.insert(key, (life.clone(), Instant::now()));
         }
         Ok(life)
     }
@@ -530,14 +537,22 @@ impl Authority for TokenReviews {
         }))
     }
 
-    /// Workloads restore only snapshots taken during the current life of the volume's
-    /// namespace (the namespace as the API server has it now).
+    /// Callers read only snapshots made during the current life of the volume's namespace
+    /// (the namespace as the API server has it now; for a pod, as read for that pod at most
+    /// [`LIFE_TTL`] earlier).
     async fn namespace_life(
         &self,
-        _workload: &Workload,
+        caller: &Caller,
         namespace: &str,
-    ) -> Result<Option<NamespaceLife>, Denied> {
-        self.life(namespace).await.map(Some)
+    ) -> Result<CurrentLife, Denied> {
+        let pod = match caller {
+            Caller::Workload(Workload { pod: Some(pod), .. }) => Some(pod.uid.as_str()),
+            _ => None,
+        };
+        Ok(match self.life(namespace, pod).await? {
+            Some(life) => CurrentLife::Current(life),
+            None => CurrentLife::Gone,
+        })
     }
 
     /// A pod restores what it mounts; any workload what RBAC grants it (`create` on

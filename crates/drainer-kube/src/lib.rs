@@ -9,7 +9,8 @@
 //! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
 //! tells the retention pass which claims exist and how they are annotated, [`drain_objects`]
 //! keeps a `Drain` object per drain in step with the ledger and takes the drains, retries,
-//! cancels and abandons users ask for with them. Core modules never import this one.
+//! cancels and abandons users ask for with them, [`lives`] records which life of its namespace
+//! each copy belongs to. Core modules never import this one.
 
 pub mod admission;
 pub mod args;
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod hold;
 pub mod identity;
 pub mod lease;
+pub mod lives;
 pub mod memory;
 pub mod mode;
 pub mod movers;

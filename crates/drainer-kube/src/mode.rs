@@ -187,9 +187,10 @@ impl Parts<'_> {
         }
     }
 
-    /// What copies: mover Jobs, unless movers are run by other means (`--movers external`).
+    /// What copies: mover Jobs, unless movers are run by other means (`--movers external`);
+    /// either way each attempt first records the namespace life of the drain's claim.
     fn executor(&self, base: &Base<'_>) -> anyhow::Result<Arc<dyn Executor>> {
-        Ok(match base.args.movers {
+        let inner: Arc<dyn Executor> = match base.args.movers {
             Movers::External => Arc::new(base.external_movers()),
             Movers::InProcess => Arc::new(
                 crate::movers::JobMovers::new(
@@ -201,7 +202,12 @@ impl Parts<'_> {
                 )
                 .context("mover Jobs")?,
             ),
-        })
+        };
+        Ok(Arc::new(crate::lives::LifeRecording {
+            cluster: self.cluster.clone(),
+            ledger: base.ledger.clone(),
+            inner,
+        }))
     }
 
     /// The claims retention may prune snapshots of, on the Lease's holder (none without a

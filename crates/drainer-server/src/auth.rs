@@ -344,16 +344,16 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
         restore_own_mount(workload, volume)
     }
 
-    /// The life of `namespace` that `workload` may restore snapshots of: only those taken
-    /// since the namespace it lives in now was created, so a namespace deleted and created
-    /// again (perhaps by another team) never reads the earlier one's data. `None`: no bound
-    /// (local mode has no namespaces that come and go).
+    /// The current life of `namespace` as `caller` meets it, which bounds the snapshots the
+    /// caller may read there (see [`NamespaceLife::holds`]): a namespace deleted and created
+    /// again (perhaps by another team) never reads the earlier one's data. By default there is
+    /// no bound (local mode has no namespaces that come and go).
     async fn namespace_life(
         &self,
-        _workload: &Workload,
+        _caller: &Caller,
         _namespace: &str,
-    ) -> Result<Option<NamespaceLife>, Denied> {
-        Ok(None)
+    ) -> Result<CurrentLife, Denied> {
+        Ok(CurrentLife::Unbounded)
     }
 
     /// Whether RBAC grants `subject` the `permission`. By default nothing is granted (local
@@ -361,6 +361,18 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     async fn granted(&self, _subject: &Subject, _permission: &Permission) -> Result<bool, Denied> {
         Ok(false)
     }
+}
+
+/// What the authority knows of a namespace's current life (see
+/// [`Authority::namespace_life`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CurrentLife {
+    /// No lives to tell apart (local mode): every snapshot is readable.
+    Unbounded,
+    /// The namespace exists: only this life's snapshots are its.
+    Current(NamespaceLife),
+    /// No namespace of that name exists now: every snapshot is of an earlier life.
+    Gone,
 }
 
 /// One life of a namespace: from its creation, with its UID (see
@@ -374,13 +386,23 @@ pub struct NamespaceLife {
 }
 
 impl NamespaceLife {
-    /// Whether snapshot `id` was taken during this life: its id is its creation time (UTC,
-    /// `YYYYMMDDTHHMMSSmmmZ-XXXX`), and a snapshot of a claim of this namespace is begun after
-    /// the namespace was created, while one of an earlier life was begun before that life's
-    /// namespace was deleted, which is before this one was created. An id that does not parse
-    /// is not of this life.
-    pub fn took(&self, snapshot_id: &str) -> bool {
-        snapshot_time_ms(snapshot_id).is_some_and(|taken| taken >= self.created_ms)
+    /// Whether the snapshot `snapshot_id`, which records it was made in the namespace of UID
+    /// `namespace_uid` (`None`: it records none), was made during this life.
+    ///
+    /// - A snapshot that records a namespace UID is of this life if and only if that UID is
+    ///   this namespace's.
+    /// - A snapshot that records none (made before drainer recorded it, or still being
+    ///   written) is of this life if it was begun after this namespace was created: its id is
+    ///   its creation time (UTC, `YYYYMMDDTHHMMSSmmmZ-XXXX`), and a snapshot of an earlier life
+    ///   was begun before that life's namespace was deleted, which is before this one was
+    ///   created. So a namespace older than such a snapshot keeps reading it (the scale-up
+    ///   restore of snapshots made before the upgrade works), and one made again since does
+    ///   not. An id that does not parse is not of this life.
+    pub fn holds(&self, namespace_uid: Option<&str>, snapshot_id: &str) -> bool {
+        match namespace_uid {
+            Some(uid) => uid == self.uid,
+            None => snapshot_time_ms(snapshot_id).is_some_and(|taken| taken >= self.created_ms),
+        }
     }
 }
 
@@ -695,25 +717,38 @@ mod life_tests {
     use super::NamespaceLife;
 
     #[test]
-    fn a_namespace_life_takes_only_snapshots_begun_since_its_creation() {
+    fn a_namespace_life_holds_its_own_snapshots_and_legacy_ones_begun_since_its_creation() {
         // 2026-12-06T23:34:39.078Z
         let created_ms = 1_796_600_079_078;
         let life = NamespaceLife {
-            uid: "u".into(),
+            uid: "ns-now".into(),
             created_ms,
         };
-        for (id, took) in [
-            ("20261206T233439078Z-693f", true),  // the very millisecond
-            ("20261206T233439079Z-0000", true),  // after
-            ("20261207T000000000Z-ffff", true),  // a day later
-            ("20261206T233439077Z-693f", false), // a millisecond before
-            ("20251206T233439078Z-693f", false), // a year before
-            ("20261206T233439078-693f", false),  // no Z
-            ("20261306T233439078Z-693f", false), // month 13
-            ("latest", false),
-            ("", false),
-        ] {
-            assert_eq!(life.took(id), took, "{id}");
+        // (the snapshot's namespace UID, its id, held)
+        let table = [
+            // Same life: the UID decides, whatever the clocks say.
+            (Some("ns-now"), "20261207T000000000Z-ffff", true),
+            (Some("ns-now"), "20261206T233439077Z-693f", true), // drainer's clock behind
+            (Some("ns-now"), "not-an-id", true),
+            // Earlier life: another UID, even when begun after this life's creation.
+            (Some("ns-before"), "20251206T233439078Z-693f", false),
+            (Some("ns-before"), "20261207T000000000Z-ffff", false),
+            (Some(""), "20261207T000000000Z-ffff", false),
+            // Legacy (no UID), begun since this namespace was created: this life's.
+            (None, "20261206T233439078Z-693f", true), // the very millisecond
+            (None, "20261206T233439079Z-0000", true), // after
+            (None, "20261207T000000000Z-ffff", true), // a day later
+            // Legacy, begun before it: an earlier life's.
+            (None, "20261206T233439077Z-693f", false), // a millisecond before
+            (None, "20251206T233439078Z-693f", false), // a year before
+            // Legacy with an id that tells no time: not this life's.
+            (None, "20261206T233439078-693f", false), // no Z
+            (None, "20261306T233439078Z-693f", false), // month 13
+            (None, "latest", false),
+            (None, "", false),
+        ];
+        for (uid, id, held) in table {
+            assert_eq!(life.holds(uid, id), held, "{uid:?} {id}");
         }
     }
 }

@@ -168,6 +168,8 @@ mod tests {
             hold: hold.map(str::to_owned),
             mover_job: None,
             mover_job_uid: None,
+            namespace_uid: None,
+            statefulset_uid: None,
         };
         let held = drain(DrainState::Copying, Some("drainer-hold-d-1"));
         let why = cancel_refused(&held, "say why").unwrap();

@@ -146,6 +146,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         per_caller: args.limits.per_caller(),
         body_budget: args.limits.body_budget(),
         kept: Default::default(),
+        lives: Default::default(),
         copying: Default::default(),
     });
     let scheduler = Arc::new(Scheduler {

@@ -86,6 +86,11 @@ pub struct Drain {
     pub mover_job: Option<String>,
     /// Kubernetes mode: that Job's UID (what identifies its pod as this drain's mover).
     pub mover_job_uid: Option<String>,
+    /// Kubernetes mode: the UID of the claim's namespace as its mover was created (the life
+    /// of the namespace the snapshot belongs to).
+    pub namespace_uid: Option<String>,
+    /// Kubernetes mode: the UID of the claim's StatefulSet then, if it had one.
+    pub statefulset_uid: Option<String>,
 }
 
 impl Drain {
@@ -97,7 +102,8 @@ impl Drain {
         }
     }
 
-    /// The drain as its snapshot records it: id, pod, reason, and when it was requested.
+    /// The drain as its snapshot records it: id, pod, reason, when it was requested, and the
+    /// UIDs of its claim, namespace and StatefulSet (Kubernetes mode).
     pub fn origin(&self) -> crate::snapshot::DrainOrigin {
         let requested = chrono::DateTime::from_timestamp_millis(self.created_ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -108,6 +114,8 @@ impl Drain {
             reason: self.reason.clone(),
             requested,
             claim_uid: self.pvc_uid.clone(),
+            namespace_uid: self.namespace_uid.clone(),
+            statefulset_uid: self.statefulset_uid.clone(),
         }
     }
 }
@@ -296,7 +304,7 @@ pub enum Writer {
 
 pub(super) const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
                        lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, \
-                       pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid";
+                       pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid, namespace_uid, statefulset_uid";
 
 /// A new drain id: time-ordered and unique across replicas.
 fn new_drain_id() -> String {
@@ -809,6 +817,31 @@ impl Ledger {
                 .await
                 .map(drop)
                 .map_err(query_error("record mover Job")))
+        })
+        .await
+    }
+
+    /// Records the life of drain `id`'s claim as its mover is created: the UIDs of the
+    /// claim's namespace and StatefulSet (if it has one), which its snapshot will carry.
+    pub async fn set_namespace_life(
+        &self,
+        id: &str,
+        namespace_uid: &str,
+        statefulset_uid: Option<&str>,
+    ) -> Result<()> {
+        const SQL: &str =
+            "UPDATE drains SET namespace_uid = $2, statefulset_uid = $3 WHERE id = $1";
+        let (id, namespace_uid) = (id.to_owned(), namespace_uid.to_owned());
+        let statefulset_uid = statefulset_uid.map(str::to_owned);
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&id)
+                .bind(&namespace_uid)
+                .bind(&statefulset_uid)
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record the namespace life")))
         })
         .await
     }

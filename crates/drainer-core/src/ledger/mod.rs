@@ -8,6 +8,7 @@
 //! module owns SQL; it never touches files or the object store.
 
 mod drains;
+mod earlier_reads;
 mod intake;
 mod relay;
 mod retention;
@@ -18,6 +19,7 @@ pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, KubeFacts, NewDrain, PageCursor, Refused,
     StateSummary, Transition, Writer,
 };
+pub use earlier_reads::EarlierRead;
 pub use relay::{RelayPart, RelayRecord};
 pub use retention::PruneRecord;
 pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};

@@ -83,6 +83,16 @@ pub struct DrainOrigin {
     /// the same name is another volume, whose copies never build on this one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_uid: Option<String>,
+    /// The UID of the claim's namespace when the copy began (Kubernetes mode): which life of
+    /// the namespace the snapshot belongs to. A namespace deleted and created again under
+    /// the same name has another UID, and its workloads never read this snapshot. Absent in
+    /// snapshots made before drainer recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_uid: Option<String>,
+    /// The UID of the claim's StatefulSet when the copy began, if it had one (Kubernetes
+    /// mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statefulset_uid: Option<String>,
 }
 
 impl SnapshotSummary {
@@ -92,6 +102,11 @@ impl SnapshotSummary {
     pub fn of_another_claim(&self, claim: &str) -> bool {
         let theirs = self.drain.as_ref().and_then(|d| d.claim_uid.as_deref());
         theirs.is_some_and(|theirs| theirs != claim)
+    }
+
+    /// The UID of the namespace life the snapshot was made in, if it records one.
+    pub fn namespace_uid(&self) -> Option<&str> {
+        self.drain.as_ref()?.namespace_uid.as_deref()
     }
 }
 

@@ -32,6 +32,8 @@ fn drain(state: DrainState, finished: Option<i64>) -> Drain {
         hold: None,
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 

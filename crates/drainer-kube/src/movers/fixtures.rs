@@ -40,6 +40,8 @@ pub(crate) fn drain() -> Drain {
         hold: None,
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 

@@ -65,6 +65,8 @@ fn completed(id: &str, pvc: &str, finished: i64) -> Drain {
         hold: None,
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 

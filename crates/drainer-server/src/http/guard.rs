@@ -13,6 +13,7 @@
 //! without an action has no grant to give its handler and fails (the route table test calls
 //! every route with every kind of caller).
 
+use super::lives::{Bound, earlier_asked};
 use super::{AppState, Error};
 use crate::auth::{self, Action, Caller, Reach};
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -108,32 +109,38 @@ pub(crate) struct Streaming {
     pub volume: VolumeId,
 }
 
-/// A volume whose snapshots the caller may read and restore, and the namespace life they
-/// must have been taken in (`None`: any; an admin's, or a mode without such lives).
+/// A volume whose snapshots the caller may read and restore, and which of them (those of the
+/// namespace's current life, unless an operator asked for an earlier one: see [`Bound`]).
 #[derive(Debug, Clone)]
-pub(crate) struct VolumeAccess(pub VolumeId, pub Option<crate::auth::NamespaceLife>);
+pub(crate) struct VolumeAccess {
+    /// The volume.
+    pub volume: VolumeId,
+    /// Which of its snapshots.
+    pub bound: Bound,
+}
 
 /// The volume of the route, if the caller may restore it: any for an admin; for a workload,
-/// what the authority allows (a pod the claims it mounts, others an RBAC grant).
+/// what the authority allows (a pod the claims it mounts, others an RBAC grant). Bound to the
+/// current life of the volume's namespace, or (an admin's `earlier=true`) to none, recorded.
 async fn restorable(
     state: &AppState,
     caller: &Caller,
     params: &HashMap<String, String>,
+    earlier: bool,
 ) -> Result<VolumeAccess, Error> {
     let volume = VolumeId::new(param(params, "namespace")?, param(params, "pvc")?)
         .map_err(|e| Error::invalid(e.to_string()))?;
-    let life = match caller {
-        Caller::Admin => None,
-        Caller::Workload(workload) => {
-            let auth = &state.shared().auth;
-            auth.may_restore(workload, &volume).await?;
-            auth.namespace_life(workload, &volume.namespace).await?
-        }
+    let auth = &state.shared().auth;
+    match caller {
+        Caller::Admin => {}
+        Caller::Workload(workload) => auth.may_restore(workload, &volume).await?,
         Caller::Mover { .. } | Caller::User(_) => {
             return Err(auth::forbidden(caller, Action::Restore).into());
         }
-    };
-    Ok(VolumeAccess(volume, life))
+    }
+    let life = auth.namespace_life(caller, &volume.namespace).await?;
+    let bound = Bound::for_caller(caller, &volume.namespace, life, earlier)?;
+    Ok(VolumeAccess { volume, bound })
 }
 
 /// An operator action (retry, cancel, abandon, sweep), allowed to its caller; recorded with
@@ -238,11 +245,13 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
             extensions.insert(Granted(OrphanScope { namespace }));
         }
         Action::ListSnapshots => {
-            let access = listable(&asked, &params).await?;
+            let earlier = earlier_asked(&parts.uri)?;
+            let access = listable(&asked, &params, earlier).await?;
             extensions.insert(Granted(access));
         }
         Action::Restore => {
-            let access = restorable(asked.state, &caller, &params).await?;
+            let earlier = earlier_asked(&parts.uri)?;
+            let access = restorable(asked.state, &caller, &params, earlier).await?;
             extensions.insert(Granted(access));
         }
         Action::Stream => {
@@ -383,17 +392,19 @@ async fn drain_for(asked: &Asked<'_>, params: &HashMap<String, String>) -> Resul
 }
 
 /// The volume whose snapshots the route lists, if the caller may see them: whoever may
-/// restore it (bound to the namespace life it may restore), or whoever RBAC grants `list` on
-/// `snapshots` in the volume's namespace, by the claim's name (every life).
+/// restore it (bound as it restores), or whoever RBAC grants `list` on `snapshots` in the
+/// volume's namespace, by the claim's name: a workload the current life of the namespace, an
+/// operator every life.
 async fn listable(
     asked: &Asked<'_>,
     params: &HashMap<String, String>,
+    earlier: bool,
 ) -> Result<VolumeAccess, Error> {
     if asked.reach == Reach::All {
-        return restorable(asked.state, asked.caller, params).await;
+        return restorable(asked.state, asked.caller, params, earlier).await;
     }
     if asked.reach == Reach::OwnOrGranted {
-        match restorable(asked.state, asked.caller, params).await {
+        match restorable(asked.state, asked.caller, params, earlier).await {
             Err(e) if e.status == StatusCode::FORBIDDEN => {}
             answer => return answer,
         }
@@ -403,7 +414,15 @@ async fn listable(
     asked
         .require(Some(&volume.namespace), Some(&volume.name))
         .await?;
-    Ok(VolumeAccess(volume, None))
+    let bound = match asked.caller {
+        Caller::Workload(_) => {
+            let auth = &asked.state.shared().auth;
+            let life = auth.namespace_life(asked.caller, &volume.namespace).await?;
+            Bound::for_caller(asked.caller, &volume.namespace, life, earlier)?
+        }
+        _ => Bound::Any,
+    };
+    Ok(VolumeAccess { volume, bound })
 }
 
 async fn path_params(

@@ -12,6 +12,7 @@ mod file_body;
 pub mod guard;
 pub mod inflight;
 mod input;
+pub mod lives;
 mod mover;
 pub mod recent;
 pub mod serve;
@@ -73,6 +74,8 @@ pub struct Shared {
     pub body_budget: body_budget::BodyBudget,
     /// What `/readyz` and `/metrics` last read from the ledger.
     pub kept: recent::Kept,
+    /// What the restore routes remember of snapshots' namespace lives and earlier reads.
+    pub lives: lives::Lives,
     /// Drains recently found copying, for movers' requests: id → (volume, when checked).
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (drainer_core::volume::VolumeId, std::time::Instant)>,
@@ -169,11 +172,14 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/abandon" => AbandonDrain, api::abandon_drain, BODY;
         post "/sweeps" => Sweep, api::sweep, Input::query_and_body(&["dry_run"]);
         get "/orphans" => ListOrphans, api::orphans, Input::query(&["namespace"]);
-        get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots, NOTHING;
-        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object, KEY;
+        get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots,
+            Input::query(&["earlier"]);
+        get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
+            Input::query(&["key", "earlier"]);
     );
     let (batch, batch_table) = routes!(state;
-        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects, BODY;
+        post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects,
+            Input::query_and_body(&["earlier"]);
     );
     table.extend(batch_table);
     let (movers, mover_table) = routes!(state;

@@ -170,6 +170,7 @@ async fn world() -> World {
         per_caller: Default::default(),
         body_budget: super::body_budget::BodyBudget::for_movers(super::body_budget::DEFAULT_BUDGET),
         kept: Default::default(),
+        lives: Default::default(),
         copying: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -387,6 +388,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         per_caller: Default::default(),
         body_budget: super::body_budget::BodyBudget::for_movers(super::body_budget::DEFAULT_BUDGET),
         kept: Default::default(),
+        lives: Default::default(),
         copying: Default::default(),
     });
     route_table(&state)
@@ -680,9 +682,10 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
                 part_size: 8 << 20,
                 buffer_bytes: 48 << 20,
             };
+            let timeout = std::time::Duration::from_secs(30);
+            let remote = drainer_clients::remote::RemoteVolume::new(&client, &volume, timeout)?;
             drainer_clients::remote::restore(
-                &client,
-                &volume,
+                &remote,
                 &drainer_core::snapshot::SnapshotSelector::Latest,
                 &dest,
                 &options,

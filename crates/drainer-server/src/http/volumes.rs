@@ -11,12 +11,13 @@
 
 use super::file_body::{self, read_at};
 use super::guard::{Granted, VolumeAccess};
+use super::lives;
 use super::{AppState, Error, Json, Query};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use drainer_core::protocol::{KeyParam, Listing, batch};
+use drainer_core::protocol::{Listing, batch};
 use drainer_core::volume::VolumeId;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
@@ -32,16 +33,17 @@ pub(super) async fn snapshots(
     State(state): State<AppState>,
     volume: Granted<VolumeAccess>,
 ) -> Result<axum::Json<Listing>, Error> {
-    let VolumeAccess(volume, life) = volume.into_inner();
+    let VolumeAccess { volume, bound } = volume.into_inner();
     let store = &state.shared().store;
     let mut snapshots = drainer_core::snapshot::list_snapshots(store, &volume).await?;
     let mut latest = drainer_core::snapshot::catalog::latest(store, &volume)
         .await?
         .map(|s| s.snapshot);
-    if let Some(life) = &life {
-        snapshots.retain(|s| life.took(s.snapshot()));
+    let all = snapshots.len();
+    snapshots.retain(|s| bound.lists(s));
+    if snapshots.len() < all {
         latest = latest
-            .filter(|id| life.took(id))
+            .filter(|id| snapshots.iter().any(|s| s.snapshot() == id))
             .or_else(|| newest_complete(&snapshots));
     }
     Ok(axum::Json(Listing {
@@ -59,29 +61,42 @@ fn newest_complete(snapshots: &[drainer_core::snapshot::Listed]) -> Option<Strin
         .find_map(|s| s.complete().map(|c| c.snapshot.clone()))
 }
 
-/// The store key of `key` for a caller with `access`: see [`volume_key`]; and for a caller
-/// bound to a namespace life, only keys of snapshots taken in that life (the `latest` pointer
-/// is the listing's business, not theirs).
-fn key_for(state: &AppState, access: &VolumeAccess, key: &str) -> Result<Key, Error> {
-    let VolumeAccess(volume, life) = access;
+/// The store key of `key` for a caller with `access`: see [`volume_key`]; and only keys of
+/// snapshots its bound admits (see [`lives::admit`]: an operator's read of an earlier life is
+/// recorded). A bound to the current life does not read the `latest` pointer, which may name
+/// another life's snapshot (the listing says what `latest` means for the caller).
+async fn key_for(state: &AppState, access: &VolumeAccess, key: &str) -> Result<Key, Error> {
+    let VolumeAccess { volume, bound } = access;
     let found = volume_key(state, volume, key)?;
-    let Some(life) = life else {
-        return Ok(found);
-    };
     let snapshot = key
         .strip_prefix("snapshots/")
         .and_then(|k| k.split('/').next());
     match snapshot {
-        Some(id) if life.took(id) => Ok(found),
-        _ => Err(Error::new(
-            StatusCode::FORBIDDEN,
-            "earlier_namespace",
-            format!(
-                "{key:?} is not an object of a snapshot taken since namespace {} was created (UID {}): snapshots of an earlier namespace of that name are an operator's to restore",
-                volume.namespace, life.uid
-            ),
-        )),
+        Some(id) => lives::admit(state, volume, bound, id).await?,
+        None if bound.reads_pointer() => {}
+        None => {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                "earlier_namespace",
+                format!(
+                    "{key:?} of {volume} may name a snapshot of an earlier namespace of that name: list the snapshots instead"
+                ),
+            ));
+        }
     }
+    Ok(found)
+}
+
+/// The query of `GET|HEAD …/objects`: the key, and whether an operator reads an earlier
+/// namespace's snapshot (the guard has read that).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectQuery {
+    /// The key, relative to the volume.
+    key: String,
+    /// See [`lives::earlier_asked`].
+    #[serde(default, rename = "earlier")]
+    _earlier: bool,
 }
 
 /// The store key of `key`, relative to the volume: the `latest` pointer or anything under
@@ -135,7 +150,7 @@ pub(super) async fn get_objects(
                 batch::SMALL_OBJECT
             )));
         }
-        reads.push((key_for(&state, &access, &read.key)?, read));
+        reads.push((key_for(&state, &access, &read.key).await?, read));
     }
     let store = state.shared().store.clone();
     let answers = futures::stream::iter(reads)
@@ -256,11 +271,11 @@ pub(super) async fn get_object(
     volume: Granted<VolumeAccess>,
     method: Method,
     headers: HeaderMap,
-    Query(q): Query<KeyParam>,
+    Query(q): Query<ObjectQuery>,
 ) -> Result<Response, Error> {
     let access = volume.into_inner();
-    let key = key_for(&state, &access, &q.key)?;
-    let VolumeAccess(volume, _) = access;
+    let key = key_for(&state, &access, &q.key).await?;
+    let VolumeAccess { volume, .. } = access;
     let range = headers.get(header::RANGE).map(parse_range).transpose()?;
     let ranged = range.is_some();
     let options = GetOptions {

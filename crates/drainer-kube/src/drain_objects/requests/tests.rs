@@ -40,6 +40,8 @@ fn drain(state: DrainState, hold: Option<&str>) -> Drain {
         hold: hold.map(str::to_owned),
         mover_job: None,
         mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
     }
 }
 

@@ -1,0 +1,395 @@
+//! Snapshots belong to one life of a namespace, on kube-env: a claim of a StatefulSet's
+//! template is drained (its snapshot records the namespace's, the StatefulSet's and the claim's
+//! UIDs); a new claim of the same name in the same namespace restores it (the scale-up
+//! restore); the namespace is deleted and created again with a claim of the same name and a pod
+//! mounting it, whose token restores nothing (`drainer restore --drainer` finds no snapshot,
+//! the snapshot named by id is not found, its objects answer `403 earlier_namespace`, and
+//! asking for `earlier=true` is refused); the operator's explicit read
+//! (`--earlier-namespace`, the admin token) restores it and is recorded in the ledger.
+
+use crate::support::kube::{
+    KUBECONFIG_ENV, client, create_namespace, delete_namespace, eventually, from_json,
+    wait_for_bound_claim, with_timeout,
+};
+use crate::support::serve::{Serve, TOKEN};
+use crate::support::tree::{bytes, differences};
+use crate::support::{drainer, file_url, run, run_ok};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(420);
+const WAIT: Duration = Duration::from_secs(120);
+const PVC: &str = "data-web-0";
+
+struct World {
+    client: Client,
+    ns: String,
+    serve: Serve,
+    work: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Result<Self> {
+        let client = client().await?;
+        let ns = create_namespace(&client, "ns-life").await?;
+        let work = tempfile::tempdir()?;
+        let kubeconfig = std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?;
+        let store = file_url(&work.path().join("store"));
+        let serve = Serve::start_with_env(
+            &work.path().join("data"),
+            &[
+                "--kubernetes",
+                "--watch-namespace",
+                &ns,
+                "--store",
+                &store,
+                "--sweep-interval",
+                "0",
+                // The test runs the claim's mover itself, as a mover Job would.
+                "--movers",
+                "external",
+            ],
+            &[("KUBECONFIG", kubeconfig.as_str())],
+        )
+        .await;
+        Ok(Self {
+            client,
+            ns,
+            serve,
+            work,
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn namespace_uid(&self) -> Result<String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.get(&self.ns).await?.metadata.uid.context("no UID")
+    }
+
+    /// A StatefulSet `web` of no replicas whose claim template `data` names claim `data-web-0`.
+    async fn statefulset(&self) -> Result<String> {
+        let set: StatefulSet = from_json(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 0, "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                    {"name": "app", "image": "registry.invalid/web:1"}
+                ]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                    "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}
+                }}]
+            }
+        }));
+        let set = self.api().create(&PostParams::default(), &set).await?;
+        set.metadata.uid.context("no UID")
+    }
+
+    /// A new claim `data-web-0`, bound; its directory and UID.
+    async fn claim(&self) -> Result<(PathBuf, String)> {
+        let claim: PersistentVolumeClaim = from_json(json!({
+            "metadata": {"name": PVC},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}
+        }));
+        let claim = self.api().create(&PostParams::default(), &claim).await?;
+        let dir = wait_for_bound_claim(&self.client, &self.ns, PVC, WAIT).await?;
+        Ok((dir, claim.metadata.uid.context("no UID")?))
+    }
+
+    /// Deletes the claim (and pod `web-0`, if any) and waits until both are gone.
+    async fn delete_claim_and_pod(&self) -> Result<()> {
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        let _ = self.api::<Pod>().delete("web-0", &now).await;
+        let _ = self
+            .api::<PersistentVolumeClaim>()
+            .delete(PVC, &DeleteParams::default())
+            .await;
+        eventually("web-0 and its claim gone", WAIT, || async {
+            ensure!(self.api::<Pod>().get_opt("web-0").await?.is_none(), "pod");
+            let claims = self.api::<PersistentVolumeClaim>();
+            ensure!(claims.get_opt(PVC).await?.is_none(), "claim");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Pod `web-0` mounting the claim, running; a token of it for drainer.
+    async fn pod_token(&self) -> Result<String> {
+        let pod: Pod = from_json(json!({
+            "metadata": {"name": "web-0"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "app", "image": "registry.invalid/web:1",
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                }],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": PVC}}]
+            }
+        }));
+        let pods = self.api::<Pod>();
+        pods.create(&PostParams::default(), &pod).await?;
+        let pod = eventually("web-0 running", WAIT, || async {
+            let pod = pods.get("web-0").await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            ensure!(phase.as_deref() == Some("Running"), "{phase:?}");
+            Ok(pod)
+        })
+        .await?;
+        let request: TokenRequest = from_json(json!({"spec": {
+            "audiences": ["drainer"], "expirationSeconds": 600,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name, "uid": pod.metadata.uid}
+        }}));
+        let sas = self.api::<ServiceAccount>();
+        let sa = eventually("ServiceAccount default", WAIT, || async {
+            sas.get_opt("default").await?.context("not yet")
+        });
+        sa.await?;
+        let issued = sas
+            .create_token_request("default", &PostParams::default(), &request)
+            .await?;
+        issued.status.and_then(|s| s.token).context("no token")
+    }
+
+    /// Drains the claim (the admin's handoff, the test's mover on `dir`); the snapshot's id.
+    async fn drain(&self, dir: &Path) -> Result<String> {
+        let (_, drains) = self.serve.handoff(&self.ns, &[PVC]).await;
+        let id = drains[0]["id"].as_str().context("no drain")?.to_owned();
+        self.serve.wait_state(&id, "copying", WAIT).await;
+        run_ok(
+            drainer()
+                .args([
+                    "mover",
+                    "--drainer",
+                    &self.serve.url,
+                    "--drain",
+                    &id,
+                    "--source",
+                ])
+                .arg(dir)
+                .env("DRAINER_TOKEN", TOKEN),
+        )
+        .await;
+        let drain = self.serve.wait_state(&id, "completed", WAIT).await;
+        Ok(drain["snapshot"]
+            .as_str()
+            .context("no snapshot")?
+            .to_owned())
+    }
+
+    /// `drainer restore --drainer` of the claim with `token` into a new directory `name`,
+    /// with `extra` arguments; the directory and the command's output.
+    async fn restore(
+        &self,
+        token: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> (PathBuf, std::process::Output) {
+        let dest = self.work.path().join(name);
+        let volume = format!("{}/{PVC}", self.ns);
+        let out = run(drainer()
+            .args(["restore", "--drainer", &self.serve.url, "--volume", &volume])
+            .args(extra)
+            .arg(&dest)
+            .env("DRAINER_TOKEN", token))
+        .await;
+        (dest, out)
+    }
+
+    /// `GET` of `path` under the claim's routes with `token`.
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let path = format!("/v1/volumes/{}/{PVC}/{path}", self.ns);
+        self.serve
+            .call_as(token, reqwest::Method::GET, &path, None)
+            .await
+    }
+
+    /// Deletes the namespace, waits until it is gone, and creates it again; its new UID.
+    async fn make_namespace_again(&self) -> Result<String> {
+        delete_namespace(&self.client, &self.ns).await?;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        eventually(format!("namespace {} gone", self.ns), WAIT, || async {
+            ensure!(api.get_opt(&self.ns).await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        let ns: Namespace = from_json(json!({"metadata": {"name": self.ns}}));
+        api.create(&PostParams::default(), &ns).await?;
+        self.namespace_uid().await
+    }
+}
+
+/// What the first life writes into its claim.
+fn fill(dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("owner.txt"), "team-a\n")?;
+    std::fs::create_dir_all(dir.join("db"))?;
+    std::fs::write(dir.join("db/data"), bytes(7, 3 << 20))?;
+    Ok(())
+}
+
+fn failed_saying(out: &std::process::Output, words: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("refused: {}", stderr.trim());
+    ensure!(!out.status.success(), "succeeded: {stderr}");
+    ensure!(stderr.contains(words), "not {words:?}: {stderr}");
+    Ok(())
+}
+
+/// Nothing was restored into `dest` (it is missing, or an empty directory).
+fn nothing_in(dest: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dest) {
+        Ok(entries) => entries.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    ensure!(entries == 0, "{} holds {entries} entries", dest.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let w = World::new().await?;
+        let first_uid = w.namespace_uid().await?;
+        let set_uid = w.statefulset().await?;
+        let (dir, claim_uid) = w.claim().await?;
+        fill(&dir)?;
+        let kept = w.work.path().join("had");
+        run_ok(
+            tokio::process::Command::new("cp")
+                .arg("-a")
+                .arg(&dir)
+                .arg(&kept),
+        )
+        .await;
+        let snapshot = w.drain(&dir).await?;
+
+        // The snapshot records the life it was made in.
+        let (status, listing) = w.get(TOKEN, "snapshots").await;
+        ensure!(status == 200, "{listing}");
+        let origin = &listing["snapshots"][0]["drain"];
+        ensure!(origin["namespace_uid"] == first_uid.as_str(), "{listing}");
+        ensure!(origin["statefulset_uid"] == set_uid.as_str(), "{listing}");
+        ensure!(origin["claim_uid"] == claim_uid.as_str(), "{listing}");
+
+        // The scale-up restore: a new claim of that name, same namespace, its pod's token.
+        w.delete_claim_and_pod().await?;
+        let (_, new_claim_uid) = w.claim().await?;
+        ensure!(new_claim_uid != claim_uid, "a new claim");
+        let token = w.pod_token().await?;
+        let (dest, out) = w.restore(&token, "scale-up", &[]).await;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diffs = differences(&kept, &dest);
+        ensure!(diffs.is_empty(), "the scale-up restore differs: {diffs:#?}");
+
+        // Another team's namespace of the same name, claim and pod.
+        w.delete_claim_and_pod().await?;
+        let second_uid = w.make_namespace_again().await?;
+        ensure!(
+            second_uid != first_uid,
+            "the namespace made again has a new UID"
+        );
+        w.claim().await?;
+        let token = w.pod_token().await?;
+        let (dest, out) = w.restore(&token, "latest", &[]).await;
+        failed_saying(&out, "has no snapshot")?;
+        nothing_in(&dest)?;
+        let (dest, out) = w.restore(&token, "by-id", &["--snapshot", &snapshot]).await;
+        failed_saying(
+            &out,
+            &format!(
+                "snapshot {snapshot} of {}/{PVC} belongs to an earlier namespace",
+                w.ns
+            ),
+        )?;
+        nothing_in(&dest)?;
+        let (status, listing) = w.get(&token, "snapshots").await;
+        ensure!(
+            status == 200 && listing["snapshots"] == json!([]),
+            "{listing}"
+        );
+        ensure!(listing["latest"].is_null(), "{listing}");
+        let key = format!("objects?key=snapshots/{snapshot}/snapshot.json");
+        let (status, refusal) = w.get(&token, &key).await;
+        ensure!(status == 403, "{status} {refusal}");
+        ensure!(refusal["error"]["code"] == "earlier_namespace", "{refusal}");
+        let (status, refusal) = w.get(&token, &format!("{key}&earlier=true")).await;
+        ensure!(
+            status == 403 && refusal["error"]["code"] == "forbidden",
+            "{refusal}"
+        );
+        let (status, refusal) = w.get(&token, "snapshots?earlier=true").await;
+        ensure!(status == 403, "{status} {refusal}");
+        let (status, listing) = w.get(TOKEN, "snapshots").await;
+        ensure!(
+            status == 200 && listing["snapshots"] == json!([]),
+            "the admin without the flag: {listing}"
+        );
+
+        // The operator reads the earlier life explicitly; it is recorded.
+        let by_id = ["--snapshot", snapshot.as_str(), "--earlier-namespace"];
+        let (dest, out) = w.restore(TOKEN, "operator", &by_id).await;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diffs = differences(&kept, &dest);
+        ensure!(
+            diffs.is_empty(),
+            "the operator's restore differs: {diffs:#?}"
+        );
+        let log = std::fs::read_to_string(w.serve.log_path())?;
+        ensure!(
+            log.contains("an operator reads a snapshot of an earlier namespace"),
+            "not logged"
+        );
+
+        let World {
+            serve,
+            work,
+            client,
+            ns,
+        } = w;
+        serve.terminate(Duration::from_secs(20)).await;
+        let ledger = drainer_core::Ledger::open(None, &work.path().join("data")).await?;
+        let reads = ledger.earlier_reads(&ns, PVC).await?;
+        ensure!(reads.len() == 1, "{reads:?}");
+        let read = &reads[0];
+        ensure!(
+            read.principal == "admin" && read.snapshot == snapshot,
+            "{read:?}"
+        );
+        ensure!(
+            read.snapshot_namespace_uid.as_deref() == Some(first_uid.as_str()),
+            "{read:?}"
+        );
+        ensure!(
+            read.current_namespace_uid.as_deref() == Some(second_uid.as_str()),
+            "{read:?}"
+        );
+        delete_namespace(&client, &ns).await
+    })
+    .await
+}
