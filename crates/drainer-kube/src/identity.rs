@@ -1054,11 +1054,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_namespaces_life_is_its_uid_and_creation_read_once_and_a_missing_one_refuses() {
+    async fn a_namespaces_life_is_its_uid_and_creation_kept_per_pod_and_a_missing_one_is_gone() {
         let shop = json!({"apiVersion": "v1", "kind": "Namespace",
                           "metadata": {"name": "shop", "uid": "ns-uid",
                                        "creationTimestamp": "2026-12-01T10:00:00Z"}});
         let (client, server) = Scenario(vec![
+            Exchange::new(Method::GET, "/api/v1/namespaces/shop", 200, shop.clone()),
             Exchange::new(Method::GET, "/api/v1/namespaces/shop", 200, shop),
             Exchange::new(
                 Method::GET,
@@ -1075,27 +1076,32 @@ mod tests {
         ])
         .serve(Duration::from_secs(5));
         let (authority, _dir) = authority(client, vec![]).await;
-        let expected = NamespaceLife {
+        let expected = CurrentLife::Current(NamespaceLife {
             uid: "ns-uid".into(),
             created_ms: 1_796_119_200_000,
-        };
+        });
+        let pod = Caller::Workload(backup(Some(PodIdentity {
+            name: "web-4".into(),
+            uid: "uid-p".into(),
+            mounts: vec!["data-web-4".into()],
+        })));
         for _ in 0..2 {
-            let life = authority
-                .namespace_life(&backup(None), "shop")
-                .await
-                .unwrap();
-            assert_eq!(life, Some(expected.clone()), "read once, then kept");
+            let life = authority.namespace_life(&pod, "shop").await.unwrap();
+            assert_eq!(life, expected, "read once for the pod, then kept");
         }
-        let gone = authority
-            .namespace_life(&backup(None), "gone")
+        let without_pod = Caller::Workload(backup(None));
+        let life = authority
+            .namespace_life(&without_pod, "shop")
             .await
-            .unwrap_err();
-        assert!(
-            matches!(&gone, Denied::Forbidden(why) if why.contains("gone does not exist")),
-            "{gone:?}"
-        );
+            .unwrap();
+        assert_eq!(life, expected, "read again for a caller without a pod");
+        let gone = authority
+            .namespace_life(&without_pod, "gone")
+            .await
+            .unwrap();
+        assert_eq!(gone, CurrentLife::Gone);
         let busy = authority
-            .namespace_life(&backup(None), "busy")
+            .namespace_life(&without_pod, "busy")
             .await
             .unwrap_err();
         assert!(matches!(&busy, Denied::Unavailable(_)), "{busy:?}");
