@@ -4,7 +4,7 @@
 //! its claims found by a drainer that restarted since it last saw it; the orphans report (API
 //! and `drainer orphans`) lists size, age and drain; Events and the last-snapshot annotation
 //! land on the claim and the pod; one replica at a time holds the sweeper Lease. The sweep
-//! itself is asked of a real `drainer serve --kubernetes` (its admission and wiring as in
+//! itself is asked of a real `drainer serve --kubernetes` (its intake and wiring as in
 //! production), through the API.
 //!
 //! Each test's drainer watches only its own namespace (`--watch-namespaces`), as other tests
@@ -155,7 +155,7 @@ fn sweeper(cluster: &Cluster, ledger: &Ledger, store: &Store) -> KubeSweeper {
         store: store.clone(),
         metrics: Arc::default(),
         notifier: Arc::new(drainer_server::notify::Log),
-        admission: None,
+        intake: None,
         max_attempts: 3,
         lease: None,
     })
@@ -182,7 +182,7 @@ async fn drains_in(ledger: &Ledger, ns: &str) -> Result<Vec<Drain>> {
     Ok(ledger.drains(&filter, 1000).await?)
 }
 
-/// A sweep through a real `drainer serve --kubernetes` (its admission and wiring as in
+/// A sweep through a real `drainer serve --kubernetes` (its intake and wiring as in
 /// production; `--movers external`, so drains stay queued; no scheduled sweeps, so each sweep
 /// is the test's), its own SQLite ledger and file store under `work`.
 async fn sweeping_service(work: &std::path::Path, ns: &str) -> Result<Serve> {

@@ -12,7 +12,6 @@
 //! cancels and abandons users ask for with them, [`lives`] records which life of its namespace
 //! each copy belongs to. Core modules never import this one.
 
-pub mod admission;
 pub mod args;
 pub mod client;
 pub mod drain_objects;
@@ -20,6 +19,7 @@ pub mod events;
 pub mod guard;
 pub mod hold;
 pub mod identity;
+pub mod intake;
 pub mod lease;
 pub mod lives;
 pub mod memory;

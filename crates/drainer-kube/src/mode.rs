@@ -1,13 +1,13 @@
 //! Kubernetes mode as the server sees it: the [`MakeMode`] that builds the server's seams
-//! (authority, admission, notifier, executor, sweeper, retention's claims) from the cluster
+//! (authority, intake, notifier, executor, sweeper, retention's claims) from the cluster
 //! and starts Kubernetes mode's long-lived tasks (watches, release tracker, StatefulSet
 //! memory, sweeper Lease, standing guards, Drain objects) under the service's supervisor.
 
 use crate::args::KubeArgs;
 use crate::lease::{Holding, Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
 use anyhow::Context;
-use drainer_server::admission::Admission;
 use drainer_server::args::Movers;
+use drainer_server::intake::Intake;
 use drainer_server::notify::Notifier;
 use drainer_server::scheduler::Executor;
 use drainer_server::service::{Base, MakeMode, Mode};
@@ -47,7 +47,7 @@ impl MakeMode for KubernetesMode {
             base.metrics.token_reviews.clone(),
         );
         let events = Arc::new(crate::events::KubeEvents::new(cluster.clone(), base.owner));
-        let admission: Arc<dyn Admission> = Arc::new(crate::admission::KubeAdmission {
+        let intake: Arc<dyn Intake> = Arc::new(crate::intake::KubeIntake {
             cluster: cluster.clone(),
             ledger: base.ledger.clone(),
         });
@@ -56,7 +56,7 @@ impl MakeMode for KubernetesMode {
             kube,
             notifier: events.clone(),
             events,
-            admission,
+            intake,
             holding: keeper.as_ref().map(Keeper::holding),
             cluster,
         };
@@ -66,7 +66,7 @@ impl MakeMode for KubernetesMode {
             authority: Arc::new(authority),
             executor: parts.executor(base)?,
             claims: parts.claims(),
-            admission: parts.admission,
+            intake: parts.intake,
             notifier: parts.notifier,
             sweeper,
             describe: format!("kubernetes (audience {})", kube.audience),
@@ -104,14 +104,14 @@ fn sweeper_lease(kube: &KubeArgs, base: &Base<'_>, cluster: &crate::Cluster) -> 
     })
 }
 
-/// What Kubernetes mode's seams and tasks are made from: the cluster, its Events, admission
+/// What Kubernetes mode's seams and tasks are made from: the cluster, its Events, intake
 /// and the sweeper Lease (`holding`: whether this replica holds it, when there is one).
 struct Parts<'a> {
     kube: &'a KubeArgs,
     cluster: crate::Cluster,
     events: Arc<crate::events::KubeEvents>,
     notifier: Arc<dyn Notifier>,
-    admission: Arc<dyn Admission>,
+    intake: Arc<dyn Intake>,
     holding: Option<Holding>,
 }
 
@@ -124,7 +124,7 @@ impl Parts<'_> {
             store: base.store.clone(),
             metrics: Arc::clone(base.metrics),
             notifier: Arc::clone(&self.notifier),
-            admission: Some(Arc::clone(&self.admission)),
+            intake: Some(Arc::clone(&self.intake)),
             max_attempts: base.args.max_attempts,
             lease: self.holding.clone(),
         }))
@@ -179,7 +179,7 @@ impl Parts<'_> {
             lease: self.holding.clone(),
             requests: drainer_server::requests::Requests {
                 ledger: base.ledger.clone(),
-                admission: Arc::clone(&self.admission),
+                intake: Arc::clone(&self.intake),
                 notifier: Arc::clone(&self.notifier),
                 board: base.board.clone(),
             },

@@ -17,7 +17,7 @@
 //! An on-demand sweep
 //! (`POST /v1/sweeps`, `drainer sweep`) runs whoever holds the Lease: the ledger keeps at most
 //! one active drain per volume, so two sweeps at once cannot queue a volume twice. This module never changes cluster objects
-//! itself; holding claims is the [`Admission`]'s job, Events the [`Notifier`]'s.
+//! itself; holding claims is the [`Intake`]'s job, Events the [`Notifier`]'s.
 
 use super::Cluster;
 use super::lease::Holding;
@@ -26,7 +26,7 @@ use super::planner::{self, RememberedSet, Seen};
 use drainer_core::ledger::{ClaimKey, ClaimSighting, Drain, KubeFacts, Ledger, NewDrain};
 use drainer_core::store::Store;
 use drainer_core::volume::VolumeId;
-use drainer_server::admission::Admission;
+use drainer_server::intake::Intake;
 use drainer_server::metrics::Metrics;
 use drainer_server::notify::{Milestone, Notifier};
 use drainer_server::sweep::{
@@ -361,7 +361,7 @@ pub struct Sweeping {
     pub notifier: Arc<dyn Notifier>,
     /// What handoffs do to recorded drains (holding claims the garbage collector would
     /// delete), done to sweeps' new drains too; `None`: nothing.
-    pub admission: Option<Arc<dyn Admission>>,
+    pub intake: Option<Arc<dyn Intake>>,
     /// Attempts given to new drains.
     pub max_attempts: u32,
     /// Whether this replica holds the sweeper Lease (its [`super::lease::Keeper`] takes and
@@ -399,7 +399,7 @@ impl KubeSweeper {
         Ok((view, remembered, seen))
     }
 
-    /// Queues `wanted`; tells the admission and the notifier about the new drains.
+    /// Queues `wanted`; tells the intake and the notifier about the new drains.
     async fn queue(&self, wanted: &[NewDrain]) -> Result<Vec<Drain>, SweepError> {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -410,8 +410,8 @@ impl KubeSweeper {
             .filter(|(_, new)| *new)
             .map(|(d, _)| d.clone())
             .collect();
-        if let Some(admission) = &self.parts.admission
-            && let Err(refusal) = admission.recorded(&new).await
+        if let Some(intake) = &self.parts.intake
+            && let Err(refusal) = intake.recorded(&new).await
         {
             tracing::warn!(drains = new.len(), error = %refusal, "sweep: acting on new drains failed; they stay queued");
         }

@@ -2,7 +2,7 @@
 //! handoffs, drains, the mover protocol's drainer side, restores, its guard and limits), who
 //! may call what ([`auth`], with [`review_gate`] bounding the checks that cost an API call),
 //! the scheduler that claims drains and runs their attempts ([`scheduler`]), the seams a mode
-//! plugs into ([`admission`], [`notify`], [`sweep`], `scheduler::Executor`,
+//! plugs into ([`intake`], [`notify`], [`sweep`], `scheduler::Executor`,
 //! `auth::Authority`), the retention pass ([`pruning`]), the one path of drain requests and
 //! changes by hand ([`requests`]), the metrics ([`metrics`]), the shutdown signals
 //! ([`shutdown`]), and the wiring of it all ([`service`]) with local mode built in. Its flags
@@ -11,10 +11,10 @@
 //! Built on `drainer_core`; Kubernetes mode (`drainer_kube`) is built on this crate and plugs
 //! in through [`service::MakeMode`], so nothing here can name the cluster's types.
 
-pub mod admission;
 pub mod args;
 pub mod auth;
 pub mod http;
+pub mod intake;
 pub mod metrics;
 pub mod notify;
 pub mod pruning;

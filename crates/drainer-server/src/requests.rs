@@ -1,14 +1,14 @@
 //! The one path by which drains are asked for and changed by hand, whoever asks: the HTTP
 //! API (a handoff; an operator's retry, cancel or abandon) and, in Kubernetes mode, a `Drain`
-//! object made or annotated by a user. [`Requests::request`] lets the mode's admission fill in
+//! object made or annotated by a user. [`Requests::request`] lets the mode's intake fill in
 //! the new drains, records them (an active drain of a volume is joined, not doubled), lets the
-//! admission protect their claims, and tells the notifier of the new ones; [`Requests::change`]
+//! intake protect their claims, and tells the notifier of the new ones; [`Requests::change`]
 //! moves a drain through the ledger's by-hand transitions and stops this replica's attempt of
 //! it at once. Authorisation is the caller's business (the HTTP guard, the API server's
 //! RBAC): this module records who asked, it does not decide who may.
 
-use crate::admission::{Admission, Refusal};
 use crate::auth::Caller;
+use crate::intake::{Intake, Refusal};
 use crate::notify::{Milestone, Notifier};
 use crate::scheduler::ProgressBoard;
 use drainer_core::ledger::{self, Drain, Ledger, NewDrain, Refused};
@@ -43,7 +43,7 @@ pub struct Requests {
     /// The ledger.
     pub ledger: Ledger,
     /// What the mode adds to a request.
-    pub admission: Arc<dyn Admission>,
+    pub intake: Arc<dyn Intake>,
     /// Hears the new drains and the abandoned ones.
     pub notifier: Arc<dyn Notifier>,
     /// This replica's running attempts (a drain changed by hand stops its attempt).
@@ -51,7 +51,7 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// Records the drains `wanted` by `caller` (each names its requester): the admission
+    /// Records the drains `wanted` by `caller` (each names its requester): the intake
     /// completes them first and acts on them once recorded; the new ones are told to the
     /// notifier after the answer (in Kubernetes mode an Event is two API calls, and the drains
     /// are safe in the ledger already). Returns each drain and whether this request made it;
@@ -61,10 +61,10 @@ impl Requests {
         caller: &Caller,
         wanted: &mut [NewDrain],
     ) -> Result<Vec<(Drain, bool)>, Error> {
-        self.admission.prepare(caller, wanted).await?;
+        self.intake.prepare(caller, wanted).await?;
         let recorded = self.ledger.request_drains(wanted).await?;
         let drains: Vec<Drain> = recorded.iter().map(|(d, _)| d.clone()).collect();
-        self.admission.recorded(&drains).await?;
+        self.intake.recorded(&drains).await?;
         let accepted: Vec<Drain> = recorded
             .iter()
             .filter(|(_, new)| *new)

@@ -14,10 +14,10 @@
 //! TokenReview, waits for volumes' release, holds claims, copies through movers and sweeps
 //! StatefulSets (`drainer_kube`, through [`MakeMode`]). Every default is one flag away.
 
-use crate::admission::{Admission, Local};
 use crate::args::{Movers, ServeArgs};
 use crate::auth::{Authority, StaticToken, load_or_create_token};
 use crate::http::{AppState, Shared, router};
+use crate::intake::{Intake, Local};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::scheduler::{Executor, ExternalMovers, LocalExecutor, Scheduler};
@@ -42,7 +42,7 @@ pub struct Mode {
     /// Who calls.
     pub authority: Arc<dyn Authority>,
     /// What a handoff adds before it is answered.
-    pub admission: Arc<dyn Admission>,
+    pub intake: Arc<dyn Intake>,
     /// Who is told of milestones.
     pub notifier: Arc<dyn Notifier>,
     /// Who copies.
@@ -135,7 +135,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         ledger: ledger.clone(),
         store: store.clone(),
         auth: Arc::clone(&mode.authority),
-        admission: Arc::clone(&mode.admission),
+        intake: Arc::clone(&mode.intake),
         notifier: Arc::clone(&mode.notifier),
         sweeper: Arc::clone(&mode.sweeper),
         metrics: Arc::clone(&metrics),
@@ -260,7 +260,7 @@ fn local(base: &Base<'_>) -> anyhow::Result<Mode> {
     };
     Ok(Mode {
         authority: Arc::new(StaticToken::new(token)),
-        admission: Arc::new(Local),
+        intake: Arc::new(Local),
         notifier: Arc::new(crate::notify::Log),
         executor,
         sweeper: Arc::new(LocalSweeper {

@@ -2,7 +2,7 @@
 //! `drains.drainer.io` (drainer makes no check of its own): a Drain they create requests a
 //! drain of its `spec.claim` ([`judge_request`]), and the annotation [`ACTION`] on a Drain
 //! linked to a drain retries, cancels or abandons it ([`judge_action`]). Both take the HTTP
-//! API's path ([`drainer_server::requests`]): the same admission (the claim must exist; a claim
+//! API's path ([`drainer_server::requests`]): the same intake (the claim must exist; a claim
 //! the garbage collector could delete is held), the same ledger records and transitions, the
 //! same refusals (cancelling a drain that holds its claim takes an abandon). The requester is
 //! the object, `drain:NAMESPACE/NAME` ([`principal`]): the API server does not tell drainer who
@@ -18,8 +18,8 @@ use chrono::DateTime;
 use drainer_core::ledger::{Drain, DrainFilter, NewDrain, Refused};
 use drainer_core::lifecycle::{DrainState, Event};
 use drainer_core::volume::VolumeId;
-use drainer_server::admission::Refusal;
 use drainer_server::auth::Caller;
+use drainer_server::intake::Refusal;
 use kube::api::{DeleteParams, DynamicObject, Patch};
 use serde_json::{Value, json};
 
@@ -353,7 +353,7 @@ impl DrainObjects {
             requested_by: Some(by.clone()),
             kube: None,
         }];
-        // Authorised by the API server's RBAC; the admission asks a caller only for its pod,
+        // Authorised by the API server's RBAC; the intake asks a caller only for its pod,
         // and an object has none.
         let recorded = self.requests.request(&Caller::Admin, &mut wanted).await?;
         let (drain, new) = recorded.into_iter().next().ok_or_else(|| {

@@ -398,7 +398,7 @@ async fn a_sweep_finds_the_claims_of_a_statefulset_only_the_watch_saw_deleted() 
         store,
         metrics: Arc::default(),
         notifier: Arc::new(drainer_server::notify::Log),
-        admission: None,
+        intake: None,
         max_attempts: 3,
         lease: None,
     });
@@ -457,7 +457,7 @@ async fn sweep_cpu_over_1000_claims_in_100_statefulsets() {
         store,
         metrics: Arc::default(),
         notifier: Arc::new(drainer_server::notify::Log),
-        admission: None,
+        intake: None,
         max_attempts: 3,
         lease: None,
     });

@@ -53,7 +53,7 @@ pub struct Shared {
     /// Who is calling.
     pub auth: Arc<dyn Authority>,
     /// What the mode adds to handoffs.
-    pub admission: Arc<dyn crate::admission::Admission>,
+    pub intake: Arc<dyn crate::intake::Intake>,
     /// Hears when handoffs create drains.
     pub notifier: Arc<dyn crate::notify::Notifier>,
     /// Runs sweeps.
@@ -106,11 +106,11 @@ impl AppState {
 }
 
 impl Shared {
-    /// The request path over this state's ledger, admission, notifier and board.
+    /// The request path over this state's ledger, intake, notifier and board.
     pub(crate) fn requests(&self) -> crate::requests::Requests {
         crate::requests::Requests {
             ledger: self.ledger.clone(),
-            admission: Arc::clone(&self.admission),
+            intake: Arc::clone(&self.intake),
             notifier: Arc::clone(&self.notifier),
             board: self.board.clone(),
         }
@@ -422,13 +422,13 @@ impl From<drainer_core::ledger::Error> for Error {
     }
 }
 
-impl From<crate::admission::Refusal> for Error {
-    fn from(refusal: crate::admission::Refusal) -> Self {
+impl From<crate::intake::Refusal> for Error {
+    fn from(refusal: crate::intake::Refusal) -> Self {
         match refusal {
-            crate::admission::Refusal::NotFound(why) => {
+            crate::intake::Refusal::NotFound(why) => {
                 Self::new(StatusCode::NOT_FOUND, "claim_not_found", why)
             }
-            crate::admission::Refusal::Unavailable(why) => {
+            crate::intake::Refusal::Unavailable(why) => {
                 tracing::warn!(reason = %why, "cannot admit a handoff now");
                 Self {
                     retry_after: Some(2),

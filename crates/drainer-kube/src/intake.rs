@@ -1,4 +1,4 @@
-//! What Kubernetes mode adds to a handoff ([`drainer_server::admission::Admission`]): every drain waits
+//! What Kubernetes mode adds to a handoff ([`drainer_server::intake::Intake`]): every drain waits
 //! for its pod's release, records the claim's UID (a claim deleted and created again is
 //! another volume) and the announcing pod; and before the caller is answered, a claim that the
 //! garbage collector would delete with its pod (`whenScaled: Delete`) is held, and one whose
@@ -8,20 +8,20 @@
 
 use super::{Cluster, call, hold};
 use drainer_core::ledger::{Drain, KubeFacts, Ledger, NewDrain};
-use drainer_server::admission::{Admission, Refusal};
 use drainer_server::auth::{Caller, Workload};
+use drainer_server::intake::{Intake, Refusal};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
 
-/// Kubernetes mode's admission of handoffs.
-pub(crate) struct KubeAdmission {
+/// Kubernetes mode's intake of handoffs.
+pub(crate) struct KubeIntake {
     /// The cluster.
     pub cluster: Cluster,
     /// Where holds are recorded.
     pub ledger: Ledger,
 }
 
-impl KubeAdmission {
+impl KubeIntake {
     /// The claim `name` in `namespace`: from the watch, or (just created) from the API.
     async fn claim(&self, namespace: &str, name: &str) -> Result<PersistentVolumeClaim, Refusal> {
         if let Some(claim) = self.cluster.claim(namespace, name) {
@@ -101,7 +101,7 @@ fn caller_pod(caller: &Caller) -> Option<(&str, &str)> {
 }
 
 #[async_trait::async_trait]
-impl Admission for KubeAdmission {
+impl Intake for KubeIntake {
     async fn prepare(&self, caller: &Caller, drains: &mut [NewDrain]) -> Result<(), Refusal> {
         let pod = caller_pod(caller);
         for new in drains.iter_mut() {

@@ -1,8 +1,8 @@
-//! What the service's mode adds to a handoff: the [`Admission`] fills in what the mode knows
+//! What the service's mode adds to a handoff: the [`Intake`] fills in what the mode knows
 //! of each new drain before it is recorded (whether it waits for its pod's release, the
 //! claim's identity), and acts on the recorded drains before the handoff is answered (holding
 //! claims that would otherwise be deleted). Local mode adds nothing; Kubernetes mode
-//! implements it in `kube::admission`.
+//! implements it in `drainer_kube::intake`.
 
 use crate::auth::Caller;
 use drainer_core::ledger::{Drain, NewDrain};
@@ -20,7 +20,7 @@ pub enum Refusal {
 
 /// Fills in and completes handoffs for the service's mode.
 #[async_trait::async_trait]
-pub trait Admission: Send + Sync {
+pub trait Intake: Send + Sync {
     /// Completes the new drains `caller` asks for, before they are recorded.
     async fn prepare(&self, caller: &Caller, drains: &mut [NewDrain]) -> Result<(), Refusal>;
 
@@ -33,7 +33,7 @@ pub trait Admission: Send + Sync {
 pub struct Local;
 
 #[async_trait::async_trait]
-impl Admission for Local {
+impl Intake for Local {
     async fn prepare(&self, _caller: &Caller, _drains: &mut [NewDrain]) -> Result<(), Refusal> {
         Ok(())
     }
