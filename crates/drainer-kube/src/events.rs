@@ -590,7 +590,7 @@ mod tests {
 
     // ---- Against a mock API server: the exact requests, and what each answer makes of them.
 
-    use crate::mock::{Exchange, Scenario, cluster, status, stores};
+    use crate::mock::{Exchange, Scenario, caches, cluster, status};
     use http::Method;
     use k8s_openapi::api::core::v1::Pod;
     use serde_json::{Value, json};
@@ -622,8 +622,8 @@ mod tests {
         pods: Vec<Pod>,
     ) -> KubeEvents {
         let cluster = Cluster {
-            claims: stores(claims),
-            pods: stores(pods),
+            claims: caches(claims),
+            pods: caches(pods),
             ..cluster(client)
         };
         KubeEvents::new(cluster, "replica-a")

@@ -651,7 +651,7 @@ mod tests {
 
     // ---- Against a mock API server: the exact requests, and what each answer makes of them.
 
-    use crate::mock::{Exchange, Scenario, cluster, status, stores};
+    use crate::mock::{Exchange, Scenario, caches, cluster, status};
     use http::Method;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::{Value, json};
@@ -667,7 +667,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(None, dir.path()).await.unwrap();
         let cluster = Cluster {
-            pods: stores(pods),
+            pods: caches(pods),
             ..cluster(client)
         };
         (

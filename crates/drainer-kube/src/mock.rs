@@ -2,10 +2,10 @@
 //! `fixtures.rs` is the model): a [`kube::Client`] whose requests reach a [`Scenario`] that
 //! expects them one by one, checks each (method, path, body) and answers it as the API server
 //! would, and fails the test on a request it did not expect or on one that never came. Its
-//! [`cluster`] and [`stores`] give the code a [`Cluster`] whose watches hold what a test says.
+//! [`cluster`] and [`caches`] give the code a [`Cluster`] whose watches hold what a test says.
 
 use crate::Cluster;
-use crate::watch::Stores;
+use crate::watch::Caches;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::Value;
@@ -167,8 +167,8 @@ fn answer(status: u16, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
-/// Stores holding `objects`, as a watch that listed them has them.
-pub(crate) fn stores<K>(objects: impl IntoIterator<Item = K>) -> Stores<K>
+/// Caches holding `objects`, as a watch that listed them has them.
+pub(crate) fn caches<K>(objects: impl IntoIterator<Item = K>) -> Caches<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
@@ -179,18 +179,18 @@ where
     vec![reader].into()
 }
 
-/// A cluster reached through `client` whose watches hold nothing (fill them with [`stores`]:
-/// `Cluster { pods: stores([pod]), ..cluster(client) }`).
+/// A cluster reached through `client` whose watches hold nothing (fill them with [`caches`]:
+/// `Cluster { pods: caches([pod]), ..cluster(client) }`).
 pub(crate) fn cluster(client: kube::Client) -> Cluster {
     Cluster {
         client,
         namespaces: Vec::new(),
-        pods: stores([]),
-        claims: stores([]),
-        volumes: stores([]),
-        sets: stores([]),
-        jobs: stores([]),
-        holds: stores([]),
+        pods: caches([]),
+        claims: caches([]),
+        volumes: caches([]),
+        sets: caches([]),
+        jobs: caches([]),
+        holds: caches([]),
         terminations: Default::default(),
         changes: Default::default(),
         health: Default::default(),

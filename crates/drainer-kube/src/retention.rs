@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 /// The claims the watches see, for the retention pass.
 pub(crate) struct KubeClaims {
-    /// The cluster's stores.
+    /// The cluster's caches.
     pub cluster: Cluster,
     /// The sweeper Lease as this replica holds it; `None`: one replica, always its turn.
     pub lease: Option<Holding>,

@@ -1,7 +1,7 @@
 //! Kubernetes sweeps: finding the orphaned claims of StatefulSets that nobody handed off, and
 //! queueing one drain for each that has none since it was last mounted.
 //!
-//! A sweep reads the cluster from the reflector stores ([`super::Cluster`]; no API call), asks
+//! A sweep reads the cluster from the watch caches (kube's reflector stores) ([`super::Cluster`]; no API call), asks
 //! the ledger what it remembers (StatefulSets seen before, by sweeps or by the watch
 //! ([`super::memory`]), when each claim was last seen
 //! mounted, the claims' drains), decides in pure functions ([`classify`], [`decide`],
@@ -58,7 +58,7 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// What the cluster's stores hold now.
+    /// What the cluster's caches hold now.
     pub fn of(cluster: &Cluster) -> Self {
         Self {
             claims: cluster.claims.state(),
@@ -349,7 +349,7 @@ pub(crate) fn orphan_row(
 
 /// What a [`KubeSweeper`] works with.
 pub struct Sweeping {
-    /// The cluster's stores.
+    /// The cluster's caches.
     pub cluster: Cluster,
     /// The ledger.
     pub ledger: Ledger,

@@ -1,4 +1,4 @@
-//! What drainer keeps of the cluster: reflector stores of pods, claims, volumes, StatefulSets
+//! What drainer keeps of the cluster: watch caches (kube's reflector stores) of pods, claims, volumes, StatefulSets
 //! and its own mover Jobs and holds, kept current by watches. Pods are pruned to the fields the
 //! decisions read (identity, owners, claims, node, phase, deletion), so 10,000 watched pods
 //! fit in a few MiB. The pod watch also hands every pod it sees start terminating to the
@@ -41,17 +41,17 @@ pub struct Cluster {
     /// The namespaces watched; empty for all.
     pub namespaces: Vec<String>,
     /// Every pod, pruned.
-    pub pods: Stores<Pod>,
+    pub pods: Caches<Pod>,
     /// Every claim.
-    pub claims: Stores<PersistentVolumeClaim>,
+    pub claims: Caches<PersistentVolumeClaim>,
     /// Every persistent volume (cluster-wide).
-    pub volumes: Stores<PersistentVolume>,
+    pub volumes: Caches<PersistentVolume>,
     /// Every StatefulSet.
-    pub sets: Stores<StatefulSet>,
+    pub sets: Caches<StatefulSet>,
     /// drainer's mover Jobs.
-    pub jobs: Stores<Job>,
+    pub jobs: Caches<Job>,
     /// drainer's holds (ConfigMaps labelled as drainer's), to notice one deleted by someone.
-    pub holds: Stores<ConfigMap>,
+    pub holds: Caches<ConfigMap>,
     /// Pods seen terminating, for the release tracker.
     pub terminations: Terminations,
     /// Wakes whoever waits on it when a claim or a StatefulSet changed (the guard
@@ -150,9 +150,9 @@ impl Terminations {
 
 /// The stores of one kind: one per watched namespace, or one for all.
 #[derive(Clone)]
-pub struct Stores<K: kube::Resource<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
+pub struct Caches<K: kube::Resource<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Caches<K> {
     /// An object by reference.
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         self.0.iter().find_map(|s| s.get(key))
@@ -179,8 +179,8 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> From<Vec<Store<K>>> for Stores<K> {
-    /// Stores filled some other way (tests, benchmarks).
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> From<Vec<Store<K>>> for Caches<K> {
+    /// Caches filled some other way (tests, benchmarks).
     fn from(stores: Vec<Store<K>>) -> Self {
         Self(stores)
     }
@@ -237,7 +237,7 @@ impl Cluster {
         });
         let jobs = watch_each(&client, &namespaces, mine.clone(), prune, sv, ignore);
         let holds = watch_each(&client, &namespaces, mine, prune, sv, ignore);
-        let volumes = Stores(vec![watch(
+        let volumes = Caches(vec![watch(
             Api::all(client.clone()),
             all,
             prune,
@@ -341,7 +341,7 @@ fn watch_each<K, F>(
     prune: fn(&mut K),
     supervisor: &Supervisor,
     follower: impl Fn() -> F,
-) -> Stores<K>
+) -> Caches<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -353,7 +353,7 @@ where
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     if namespaces.is_empty() {
-        return Stores(vec![watch(
+        return Caches(vec![watch(
             Api::all(client.clone()),
             config,
             prune,
@@ -361,7 +361,7 @@ where
             follower(),
         )]);
     }
-    Stores(
+    Caches(
         namespaces
             .iter()
             .map(|ns| {

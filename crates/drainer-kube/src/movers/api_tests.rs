@@ -6,7 +6,7 @@
 
 use super::fixtures::{self, ID, URL};
 use super::*;
-use crate::mock::{Exchange, Scenario, cluster, query_param, status, stores};
+use crate::mock::{Exchange, Scenario, caches, cluster, query_param, status};
 use crate::watch::MANAGED_BY;
 use drainer_core::store::StoreOptions;
 use http::Method;
@@ -33,8 +33,8 @@ async fn movers(
     let url = format!("file://{}", dir.path().join("store").display());
     let store = Store::open(&url, &options).unwrap();
     let cluster = Cluster {
-        claims: stores([claim]),
-        volumes: stores([serde_json::from_value(json!({"metadata": {"name": "pv-1"}})).unwrap()]),
+        claims: caches([claim]),
+        volumes: caches([serde_json::from_value(json!({"metadata": {"name": "pv-1"}})).unwrap()]),
         ..cluster(client)
     };
     let flags = [

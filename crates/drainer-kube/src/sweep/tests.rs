@@ -354,14 +354,14 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// A cluster whose stores hold `view` (its client points nowhere: a sweep makes no call).
+/// A cluster whose caches hold `view` (its client points nowhere: a sweep makes no call).
 fn cluster_of(view: &View) -> Cluster {
-    use crate::mock::{cluster, stores};
+    use crate::mock::{caches, cluster};
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     Cluster {
-        pods: stores(view.pods.iter().map(|o| (**o).clone())),
-        claims: stores(view.claims.iter().map(|o| (**o).clone())),
-        sets: stores(view.sets.iter().map(|o| (**o).clone())),
+        pods: caches(view.pods.iter().map(|o| (**o).clone())),
+        claims: caches(view.claims.iter().map(|o| (**o).clone())),
+        sets: caches(view.sets.iter().map(|o| (**o).clone())),
         ..cluster(kube::Client::try_from(config).unwrap())
     }
 }
@@ -439,7 +439,7 @@ async fn sweep_cpu_over_1000_claims_in_100_statefulsets() {
     let pure_cpu = (cpu_seconds() - cpu) / f64::from(rounds);
     let pure_wall = wall.elapsed().as_secs_f64() / f64::from(rounds);
     assert_eq!(queued, 400);
-    // The whole sweep: stores, the SQLite ledger (reads, sightings, 400 new drains), report.
+    // The whole sweep: caches, the SQLite ledger (reads, sightings, 400 new drains), report.
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(None, dir.path()).await.unwrap();
     let store = Store::open(
