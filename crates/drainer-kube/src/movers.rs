@@ -559,19 +559,51 @@ impl JobMovers {
         ))
     }
 
-    /// Deletes the Job named `name`, which is in the way, and waits until it is gone.
+    /// Deletes the Job named `name`, which is in the way, and waits until it is gone; a Job of
+    /// that name that is not labelled as this drain's mover is left alone and fails the
+    /// attempt for good (it is someone else's: drainer never deletes it).
     async fn clear_name(&self, drain: &Drain, name: &str) -> snapshot::Result<()> {
-        tracing::warn!(
-            job = name,
-            "a Job of this attempt's name exists that the ledger does not record; deleting it"
-        );
         let api = self.jobs(&drain.namespace);
         let what = format!("delete Job {}/{name}", drain.namespace);
-        match call(what.clone(), api.delete(name, &DeleteParams::background())).await {
+        let Some(in_the_way) = call(what.clone(), api.get_opt(name))
+            .await
+            .map_err(api_error(drain))?
+        else {
+            return Ok(());
+        };
+        if !job::is_drains_job(&in_the_way, &drain.id) {
+            return Err(snapshot::Error::Executor {
+                drain: drain.id.clone(),
+                reason: format!(
+                    "Job {}/{name} is in the way of this attempt's mover and is not drainer's (not labelled as drain {}'s mover); it is left alone: delete or rename it",
+                    drain.namespace, drain.id
+                ),
+                transient: false,
+            });
+        }
+        tracing::warn!(
+            job = name,
+            "a mover Job of this attempt's name exists that the ledger does not record; deleting it"
+        );
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: in_the_way.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match call(what.clone(), api.delete(name, &params)).await {
             Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
+            Err(e) if e.is_not_found() || e.is_conflict() => {}
             Err(e) => return Err(api_error(drain)(e)),
         }
+        self.wait_gone(drain, name).await
+    }
+
+    /// Waits until the Job named `name` is gone.
+    async fn wait_gone(&self, drain: &Drain, name: &str) -> snapshot::Result<()> {
+        let api = self.jobs(&drain.namespace);
+        let what = format!("read Job {}/{name}", drain.namespace);
         let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
         while call(what.clone(), api.get_opt(name))
             .await

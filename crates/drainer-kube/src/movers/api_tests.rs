@@ -208,30 +208,53 @@ async fn a_new_attempts_job_mounts_the_claim_read_only_runs_as_the_namespace_all
 }
 
 #[tokio::test]
-async fn a_job_in_the_way_of_the_attempts_name_is_deleted_and_waited_for_then_the_attempts_created_once()
+async fn a_mover_job_in_the_way_of_the_attempts_name_is_deleted_by_its_uid_and_waited_for_then_the_attempts_created_once()
  {
+    let path = format!("{JOBS}/{}", name());
     let (client, server) = Scenario(vec![
         Exchange::new(Method::GET, NAMESPACE, 200, namespace(json!({}))),
         creating(409),
         Exchange::new(
-            Method::DELETE,
-            &format!("{JOBS}/{}", name()),
-            200,
-            status(200, "Success"),
-        )
-        .checking(|body| assert_eq!(body["propagationPolicy"], "Background", "{body}")),
-        Exchange::new(
             Method::GET,
-            &format!("{JOBS}/{}", name()),
-            404,
-            status(404, "NotFound"),
+            &path,
+            200,
+            job(&name(), "old-uid", false, json!({})),
         ),
+        Exchange::new(Method::DELETE, &path, 200, status(200, "Success")).checking(|body| {
+            assert_eq!(body["propagationPolicy"], "Background", "{body}");
+            assert_eq!(body["preconditions"]["uid"], "old-uid", "{body}");
+        }),
+        Exchange::new(Method::GET, &path, 404, status(404, "NotFound")),
         creating(201),
     ])
     .serve(Duration::from_secs(5));
     let (movers, _dir) = movers(client, shared_claim()).await;
     let (job, _) = movers.create(&fixtures::drain(), &name()).await.unwrap();
     assert_eq!(job.metadata.uid.as_deref(), Some("new-uid"));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_in_the_way_that_is_not_drainers_is_left_alone_and_fails_the_attempt_for_good() {
+    let path = format!("{JOBS}/{}", name());
+    let theirs = json!({"apiVersion": "batch/v1", "kind": "Job",
+                        "metadata": {"name": name(), "namespace": "shop", "uid": "their-uid",
+                                     "labels": {"app": "backup"}},
+                        "spec": {"template": {}}});
+    let (client, server) = Scenario(vec![
+        Exchange::new(Method::GET, NAMESPACE, 200, namespace(json!({}))),
+        creating(409),
+        Exchange::new(Method::GET, &path, 200, theirs),
+    ])
+    .serve(Duration::from_secs(5));
+    let (movers, _dir) = movers(client, shared_claim()).await;
+    let error = movers
+        .create(&fixtures::drain(), &name())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.to_string().contains("is not drainer's"), "{error}");
     server.await.unwrap();
 }
 
@@ -247,7 +270,6 @@ async fn a_name_that_keeps_being_taken_fails_the_attempt_for_now_after_three_cre
     for _ in 0..3 {
         exchanges.extend([
             creating(409),
-            Exchange::new(Method::DELETE, &path, 404, status(404, "NotFound")),
             Exchange::new(Method::GET, &path, 404, status(404, "NotFound")),
         ]);
     }

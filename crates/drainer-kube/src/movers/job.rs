@@ -87,6 +87,14 @@ fn mover_labels(drain: &str) -> BTreeMap<String, String> {
     .into()
 }
 
+/// Whether `job` is labelled as one of `drain`'s mover Jobs (drainer's own, not a Job of
+/// the same name someone else made).
+pub(super) fn is_drains_job(job: &Job, drain: &str) -> bool {
+    let labels = job.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    label(MANAGED_BY.0) == Some(MANAGED_BY.1) && label(DRAIN_LABEL) == Some(&drain_label(drain))
+}
+
 /// The label selector of a drain's mover Jobs.
 pub(super) fn mover_selector(drain: &str) -> String {
     format!(
