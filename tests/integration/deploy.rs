@@ -380,8 +380,10 @@ fn the_tests_know_every_manifest() {
     assert_eq!(
         names("components"),
         // monitoring: rendered and checked by the monitoring and chart tests; tls: rendered by
-        // the chart test (beside the chart's TLS values) and served by the kube_tls tests.
-        ["monitoring", "network-policy", "tls"],
+        // the chart test (beside the chart's TLS values) and served by the kube_tls tests;
+        // encryption: rendered by the chart test (beside `encryption.enabled`), the key file it
+        // mounts read by the encryption tests.
+        ["encryption", "monitoring", "network-policy", "tls"],
         "a component the tests do not render"
     );
 }

@@ -91,6 +91,11 @@ impl Error {
         matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 404)
     }
 
+    /// Whether the API refused drainer the call (RBAC).
+    pub(crate) fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 403)
+    }
+
     /// Whether the API said the object exists already.
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409)

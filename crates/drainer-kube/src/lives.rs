@@ -12,7 +12,7 @@
 //! decides who reads what.
 
 use crate::planner::set_claim;
-use crate::{Cluster, Error, call};
+use crate::{Cluster, call};
 use drainer_core::ledger::{Drain, Ledger};
 use drainer_core::snapshot::{self, Progress, SnapshotSummary};
 use drainer_server::scheduler::Executor;
@@ -32,8 +32,14 @@ pub struct LifeRecording {
 
 impl LifeRecording {
     /// Reads the UID of the drain's namespace (and StatefulSet) and records it on the drain.
+    /// A drainer that may not read namespaces (an install whose RBAC lacks `get` on them)
+    /// records nothing: its snapshots are then bound to a namespace's life by their time
+    /// alone, as snapshots older than the recording are (`NamespaceLife::holds`), which never
+    /// lets a later life of the namespace read them.
     async fn record(&self, drain: &Drain) -> snapshot::Result<()> {
-        let uid = self.namespace_uid(drain).await?;
+        let Some(uid) = self.namespace_uid(drain).await? else {
+            return Ok(());
+        };
         let set_uid = self.set_uid(drain);
         tracing::debug!(drain = %drain.id, namespace_uid = %uid, statefulset_uid = ?set_uid, "recording the claim's namespace life");
         self.ledger
@@ -42,20 +48,29 @@ impl LifeRecording {
             .map_err(|e| snapshot::Error::Checkpoint(e.into()))
     }
 
-    /// The UID of the drain's namespace, read now: an error that passes when the API fails
-    /// for a while, one that stays when the namespace does not exist.
-    async fn namespace_uid(&self, drain: &Drain) -> snapshot::Result<String> {
+    /// The UID of the drain's namespace, read now (`None` when drainer may not read it): an
+    /// error that passes when the API fails for a while, one that stays when the namespace
+    /// does not exist.
+    async fn namespace_uid(&self, drain: &Drain) -> snapshot::Result<Option<String>> {
         let api: Api<Namespace> = Api::all(self.cluster.client.clone());
         let what = format!("get namespace {}", drain.namespace);
-        let found = call(what, api.get_opt(&drain.namespace))
-            .await
-            .map_err(|e: Error| snapshot::Error::Executor {
-                drain: drain.id.clone(),
-                transient: e.is_transient(),
-                reason: e.to_string(),
-            })?;
+        let found = match call(what, api.get_opt(&drain.namespace)).await {
+            Ok(found) => found,
+            Err(e) if e.is_forbidden() => {
+                tracing::warn!(drain = %drain.id, namespace = %drain.namespace, error = %e, "drainer may not read the claim's namespace: its snapshot records no namespace UID (bound to the namespace's life by its time only)");
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(snapshot::Error::Executor {
+                    drain: drain.id.clone(),
+                    transient: e.is_transient(),
+                    reason: e.to_string(),
+                });
+            }
+        };
         found
             .and_then(|ns| ns.metadata.uid)
+            .map(Some)
             .ok_or_else(|| snapshot::Error::Source {
                 path: std::path::PathBuf::from(drain.volume().to_string()),
                 reason: format!(
