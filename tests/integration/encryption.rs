@@ -7,7 +7,7 @@
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
-use crate::support::{drainer, file_url, run, run_ok};
+use crate::support::{drainer, fails, file_url, run_ok};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -97,19 +97,6 @@ fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
     cmd
 }
 
-/// Runs a command that must fail with one `drainer:` line; returns that line.
-async fn one_error_line(cmd: &mut tokio::process::Command, code: i32) -> String {
-    let out = run(cmd).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("drainer: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
-    errors[0].to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_with_its_key() {
     let work = tempfile::tempdir().unwrap();
@@ -133,7 +120,7 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
 
     // Without the key, with another key, with a bad key file: one line, nothing written.
     let refused = work.path().join("refused");
-    let line = one_error_line(&mut restore_cmd(&store, &refused), 1).await;
+    let line = fails(&mut restore_cmd(&store, &refused), 1).await;
     assert!(
         line.contains("is encrypted") && line.contains("--encryption-keys"),
         "{line}"
@@ -141,12 +128,12 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     let other = key_file(work.path(), "other.keys", &[KEY_NEW]);
     let mut wrong = restore_cmd(&store, &refused);
     with_keys(&mut wrong, &other);
-    let line = one_error_line(&mut wrong, 1).await;
+    let line = fails(&mut wrong, 1).await;
     assert!(line.contains("not in the key file"), "{line}");
     let bad = key_file(work.path(), "bad.keys", &["c2hvcnQ="]);
     let mut bad_file = restore_cmd(&store, &refused);
     with_keys(&mut bad_file, &bad);
-    let line = one_error_line(&mut bad_file, 2).await;
+    let line = fails(&mut bad_file, 2).await;
     assert!(
         line.contains("bad.keys: line 1: a key is 32 random bytes"),
         "{line}"
@@ -190,7 +177,7 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     assert!(earlier.join("salaries/ceo-contract.pdf").exists());
     let mut stale = restore_cmd(&store, &refused);
     with_keys(&mut stale, &old);
-    let line = one_error_line(&mut stale, 1).await;
+    let line = fails(&mut stale, 1).await;
     assert!(line.contains("not in the key file"), "{line}");
     assert!(!refused.exists());
 

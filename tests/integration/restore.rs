@@ -6,7 +6,7 @@
 
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
-use crate::support::{drainer, file_url, run, run_ok};
+use crate::support::{drainer, fails, file_url, run, run_ok};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,19 +38,6 @@ fn through(url: &str, token: &str, volume: &str, dest: &Path) -> tokio::process:
         .env("DRAINER_TOKEN", token)
         .arg(dest);
     cmd
-}
-
-/// Runs a failing command; returns its one error line after checking the exit code.
-async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
-    let out = run(cmd).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("drainer: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
-    errors[0].to_owned()
 }
 
 /// A volume with what a restore must bring back exactly: many small files, large files (read

@@ -115,28 +115,11 @@ impl Keys {
 
     /// Seals `plain`, the whole of an object (or a part of one that starts at a chunk
     /// boundary), stored under `object` (its key relative to the store's root).
-    pub fn seal(&self, object: &str, plain: &[u8]) -> Vec<u8> {
-        let key = &self.keys[0];
-        let mut sealed = Vec::with_capacity(sealed_len(plain.len() as u64) as usize);
-        for chunk in plain.chunks(CHUNK as usize) {
-            let mut nonce = [0u8; NONCE_LEN];
-            aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source failed");
-            sealed.extend_from_slice(&MAGIC);
-            sealed.extend_from_slice(&key.fingerprint);
-            sealed.extend_from_slice(&nonce);
-            let start = sealed.len();
-            sealed.extend_from_slice(chunk);
-            let tag = key
-                .contents
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(object.as_bytes()),
-                    &mut sealed[start..],
-                )
-                .expect("AES-GCM seals any chunk of 64 KiB");
-            sealed.extend_from_slice(tag.as_ref());
-        }
-        sealed
+    pub fn seal(&self, object: &str, plain: &[u8]) -> bytes::Bytes {
+        let mut buf = bytes::BytesMut::with_capacity(sealed_len(plain.len() as u64) as usize);
+        buf.extend_from_slice(plain);
+        self.seal_in_place(object, &mut buf);
+        buf.freeze()
     }
 
     /// Seals `buf` as [`Keys::seal`] does, in place: the chunks are moved to their sealed
@@ -370,7 +353,7 @@ mod tests {
         assert_eq!(open_all(&a, "other", &sealed), Err(OpenError::Damaged));
         let unknown = open_all(&b, "k", &sealed).unwrap_err();
         assert!(matches!(unknown, OpenError::UnknownKey(_)), "{unknown:?}");
-        let mut flipped = sealed.clone();
+        let mut flipped = sealed.to_vec();
         *flipped.last_mut().unwrap() ^= 1;
         assert_eq!(open_all(&a, "k", &flipped), Err(OpenError::Damaged));
         let plain = vec![b'x'; 100];

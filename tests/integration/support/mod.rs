@@ -56,6 +56,20 @@ pub async fn run_ok(cmd: &mut tokio::process::Command) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// Runs a command that must fail with exit `code` and exactly one `drainer: ` line on stderr;
+/// returns that line.
+pub async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("drainer: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
+    errors[0].to_owned()
+}
+
 /// The `file://` URL of a directory.
 pub fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())

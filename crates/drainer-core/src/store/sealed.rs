@@ -32,6 +32,7 @@ pub(crate) const STORE: &str = "encryption";
 const SEAL_INLINE_MAX: usize = 256 * 1024;
 
 /// The encryption layer over `inner` (objects) and `parts` (its multipart API).
+#[derive(Clone)]
 pub(crate) struct SealedStore {
     pub(crate) inner: Arc<dyn ObjectStore>,
     pub(crate) parts: Arc<dyn MultipartStore>,
@@ -308,12 +309,7 @@ impl ObjectStore for SealedStore {
 
 impl SealedStore {
     fn cloned(&self) -> Arc<Self> {
-        Arc::new(Self {
-            inner: Arc::clone(&self.inner),
-            parts: Arc::clone(&self.parts),
-            keys: Arc::clone(&self.keys),
-            root: self.root.clone(),
-        })
+        Arc::new(self.clone())
     }
 
     async fn head_size(&self, location: &Path, sealed: &Path) -> object_store::Result<u64> {
