@@ -256,7 +256,7 @@ impl Store {
     /// written is encrypted, what is read decrypted, and a file's name is stored sealed. Reads
     /// go through the object API only (no local fast path), and a local directory's parts are
     /// laid out at their sealed size.
-    pub fn encrypted(mut self, keys: Arc<crate::encryption::Keys>) -> Self {
+    pub fn encrypted(mut self, keys: impl Into<crate::encryption::KeyRing>) -> Self {
         if let Some(fs) = self.local_fs.take() {
             self.multipart = Arc::new(LocalParts {
                 fs,
@@ -266,7 +266,7 @@ impl Store {
         let layer = Arc::new(sealed::SealedStore {
             inner: Arc::clone(&self.objects),
             parts: Arc::clone(&self.multipart),
-            keys,
+            keys: keys.into(),
             root: self.root.clone(),
         });
         self.objects = Arc::clone(&layer) as Arc<dyn ObjectStore>;

@@ -13,7 +13,7 @@
 //! Errors of sealing are `object_store` errors of the store `"encryption"`, never transient
 //! (see [`super::Error::is_transient`]): retrying cannot make a wrong key right.
 
-use crate::encryption::{self, Keys, OpenError};
+use crate::encryption::{self, KeyRing, Keys, OpenError};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
@@ -36,7 +36,7 @@ const SEAL_INLINE_MAX: usize = 256 * 1024;
 pub(crate) struct SealedStore {
     pub(crate) inner: Arc<dyn ObjectStore>,
     pub(crate) parts: Arc<dyn MultipartStore>,
-    pub(crate) keys: Arc<Keys>,
+    pub(crate) keys: KeyRing,
     /// The store URL's prefix: keys are bound relative to it.
     pub(crate) root: Path,
 }
@@ -99,7 +99,7 @@ impl SealedStore {
         let Some((context, name)) = file_name(relative) else {
             return Ok(location.clone());
         };
-        let sealed = format!("{context}/{}", self.keys.seal_name(context, name));
+        let sealed = format!("{context}/{}", self.keys.current().seal_name(context, name));
         self.under_root(location, &sealed)
     }
 
@@ -111,6 +111,7 @@ impl SealedStore {
         };
         let name = self
             .keys
+            .current()
             .open_name(context, name)
             .map_err(|e| error(sealed, format!("its name does not open: {e}")))?;
         self.under_root(sealed, &format!("{context}/{name}"))
@@ -148,7 +149,7 @@ impl SealedStore {
     /// Seals `data` for `location` (off the runtime's threads when it is large).
     async fn seal(&self, location: &Path, data: PutPayload) -> object_store::Result<PutPayload> {
         seal_payload(
-            Arc::clone(&self.keys),
+            self.keys.current(),
             self.relative(location).to_owned(),
             data,
         )
@@ -210,7 +211,7 @@ impl ObjectStore for SealedStore {
             .await?;
         Ok(Box::new(SealedUpload {
             inner,
-            keys: Arc::clone(&self.keys),
+            keys: self.keys.current(),
             object: self.relative(location).to_owned(),
             location: location.clone(),
             ended: false,
@@ -339,7 +340,7 @@ impl SealedStore {
             ..got.meta.clone()
         };
         let opener = Opener {
-            keys: Arc::clone(&self.keys),
+            keys: self.keys.current(),
             object: self.relative(location).to_owned(),
             location: location.clone(),
             skip: (range.start - first_chunk.min(range.start)) as usize,
