@@ -252,6 +252,13 @@ impl Store {
         })
     }
 
+    /// Copies of a part in memory while it is being stored, for memory budgets: two for a
+    /// sealed store (the part read, and the sealed part being sent, in a buffer of the
+    /// store's own pool while the read buffer waits in the engine's), one otherwise.
+    pub fn buffer_copies(&self) -> u64 {
+        if self.sealed { 2 } else { 1 }
+    }
+
     /// This store with its objects sealed by `keys` (see [`crate::encryption`]): what is
     /// written is encrypted, what is read decrypted, and a file's name is stored sealed. Reads
     /// go through the object API only (no local fast path), and a local directory's parts are
@@ -268,6 +275,7 @@ impl Store {
             parts: Arc::clone(&self.multipart),
             keys: keys.into(),
             root: self.root.clone(),
+            buffers: Arc::default(),
         });
         self.objects = Arc::clone(&layer) as Arc<dyn ObjectStore>;
         self.multipart = layer;
