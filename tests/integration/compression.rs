@@ -43,6 +43,10 @@ fn volume(root: &Path) -> PathBuf {
     std::fs::write(root.join("mixed.dat"), mixed).unwrap();
     std::fs::write(root.join("large.bin"), bytes(9, 9 * 1024 * 1024)).unwrap();
     std::fs::write(root.join("pages.db"), pages(10, 24 * 1024 * 1024)).unwrap();
+    // A sparse file of text: stored as its data extents, raw.
+    let sparse = std::fs::File::create(root.join("sparse.img")).unwrap();
+    sparse.set_len(40 * 1024 * 1024).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &text(100_000), 20 * 1024 * 1024).unwrap();
     root.to_owned()
 }
 
@@ -152,12 +156,14 @@ async fn compressible_files_are_stored_compressed_and_restore_exactly() {
             .join(e["object"].as_str().unwrap());
         assert_eq!(std::fs::metadata(&object).unwrap().len(), stored);
     }
+    assert!(entry(&lines, "sparse.img").get("extents").is_some());
     for path in [
         "random.bin",
         "logs/tiny.txt",
         "empty",
         "mixed.dat",
         "large.bin",
+        "sparse.img",
     ] {
         let e = entry(&lines, path);
         assert!(e.get("compression").is_none(), "{path} is stored raw: {e}");

@@ -21,9 +21,9 @@ pub struct EngineArgs {
     #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
     pub buffer_mib: u32,
     /// Compression of stored objects: `off`, `zstd` (level 3) or `zstd:LEVEL` (1 to 19). Each
-    /// file of up to one part is compressed on its own and stored compressed only when that
-    /// saves at least an eighth; larger files are stored raw. A mover follows its drainer's
-    /// setting unless given its own. [default: off]
+    /// file is compressed on its own and stored compressed only when that saves at least an
+    /// eighth (a large file: its first part must); sparse files are stored raw. A mover
+    /// follows its drainer's setting unless given its own. [default: off]
     #[arg(long, env = "DRAINER_COMPRESSION", value_name = "off|zstd[:LEVEL]")]
     pub compression: Option<crate::snapshot::Compression>,
     /// Timeout of one object-store request, in seconds.

@@ -8,6 +8,7 @@
 //! {"path":"sock","type":"socket",…,"skipped":"sockets are not copied"}
 //! {"path":"secret","type":"file",…,"size":9,"skipped":"unreadable: Permission denied (os error 13)"}
 //! {"path":"z-same","type":"file",…,"nlink":2,"link":"a.txt","blake3":"…","object":"snapshots/…/files/a.txt"}
+//! {"path":"app.log","type":"file",…,"size":90000,"blake3":"…","object":"…","compression":"zstd","stored_size":8123}
 //! {"end":{"entries":6,"files":2,"bytes":10,"skipped":1,"unreadable":1}}
 //! ```
 //!
@@ -15,6 +16,10 @@
 //! first of the same file (same device and inode) names that first entry in `link` (`link_b64`
 //! when not UTF-8) and repeats its hash and object, so a reader that ignores `link` restores a
 //! copy of the same bytes.
+//!
+//! Compression: an entry whose object is compressed says how (`compression`) and the object's
+//! size (`stored_size`); its `size` and `blake3` stay the raw content's. Without them (every
+//! manifest written before compression existed) the object holds the raw bytes.
 //!
 //! Entries come in walk order: depth first, siblings sorted by their bytes, which is the order
 //! of [`path_order`]. Paths and symlink targets that are not valid UTF-8 are written as base64
