@@ -48,24 +48,25 @@ struct Reader {
 type InFlight = FuturesOrdered<tokio::task::JoinHandle<Result<(UploadedPart, u64)>>>;
 
 impl Uploader {
-    /// How a large file is stored: the way its interrupted upload was started, if it has one
-    /// with stored parts; raw when compression is off; compressed when its first part shrinks
-    /// by an eighth.
+    /// How a large file is stored: raw when compression is off (without a look at the
+    /// checkpoint: an interrupted compressed upload is then replaced by a raw one); else the
+    /// way its interrupted upload was started, if it has one with stored parts; else
+    /// compressed when its first part shrinks by an eighth.
     pub(super) async fn large_compression(
         &self,
         path: &std::path::Path,
         resume: Resume<'_>,
         rel: &[u8],
     ) -> Result<Compression> {
+        if self.compression == Compression::Off {
+            return Ok(Compression::Off);
+        }
         let earlier = resume.checkpoint.partial_upload(resume.run, rel).await?;
         if let Some(upload) = earlier
             && upload.part_size == self.part_size
             && !upload.parts.is_empty()
         {
             return Ok(upload.compression);
-        }
-        if self.compression == Compression::Off {
-            return Ok(Compression::Off);
         }
         let _permit = self.reserve(2 * self.part_size).await;
         let (owned, size, compression) = (path.to_owned(), self.part_size, self.compression);
