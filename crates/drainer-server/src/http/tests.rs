@@ -684,19 +684,34 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
             };
             let timeout = std::time::Duration::from_secs(30);
             let remote = drainer_clients::remote::RemoteVolume::new(&client, &volume, timeout)?;
-            drainer_clients::remote::restore(
+            let progress = drainer_core::snapshot::Progress::default();
+            drainer_clients::remote::restore_with_progress(
                 &remote,
                 &drainer_core::snapshot::SnapshotSelector::Latest,
                 &dest,
                 &options,
                 std::time::Duration::from_secs(30),
+                &progress,
             )
             .await
+            .map(|_| progress.view())
         }
     };
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("through-api");
-    restore("pod", "shop/data-web-4", &dest).await.unwrap();
+    let progress = restore("pod", "shop/data-web-4", &dest).await.unwrap();
+    // Every file in place was counted, against the snapshot's totals.
+    let bytes = large.len() as u64 + 5;
+    assert_eq!(
+        (progress.files_done, progress.bytes_done),
+        (2, bytes),
+        "{progress:?}"
+    );
+    assert_eq!(
+        (progress.files_total, progress.bytes_total),
+        (Some(2), Some(bytes)),
+        "{progress:?}"
+    );
     assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
     assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
     for (token, volume) in [
