@@ -293,8 +293,15 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
 
+    let refused_tokens = [nobody.as_str(), operator.as_str()];
     restores(
-        dir, client, ops, &volume, &snapshot, &web[2], &operator, &nobody,
+        dir,
+        env,
+        client,
+        &volume,
+        &snapshot,
+        &web[2],
+        refused_tokens,
     )
     .await?;
 
@@ -320,24 +327,25 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     Ok(())
 }
 
-/// `kubectl drainer restore` as an operator bound to `drainer-restore` in the examples'
-/// namespace: the drained claim's latest snapshot comes back into a local directory exactly as
-/// the application wrote it (`claim`, its directory on this machine); again over it with
-/// `--force -o json`, every file found in place and nothing but the document printed. Refused
-/// in one line, exit 1, writing nothing: a token without the right (403, naming the role), a
-/// snapshot that does not exist; no directory given is bad usage (exit 2).
-#[allow(clippy::too_many_arguments)]
+/// `kubectl drainer restore` as a ServiceAccount of the examples' namespace bound to
+/// `drainer-restore` there (drainer lets ServiceAccounts restore in their own namespace only):
+/// the drained claim's latest snapshot comes back into a local directory exactly as the
+/// application wrote it (`claim`, its directory on this machine); again over it with `--force
+/// -o json`, every file found in place and nothing but the document printed. Refused in one
+/// line, exit 1, writing nothing: tokens without the right (403, naming the role: `nobody`,
+/// and the operator of `ops`, who may operate drains there but not restore), a snapshot that
+/// does not exist; no directory given is bad usage (exit 2).
 async fn restores(
     dir: &Path,
+    env: &KubeEnv,
     client: &Client,
-    ops: &str,
     volume: &str,
     snapshot: &str,
     claim: &Path,
-    operator: &str,
-    nobody: &str,
+    refused_tokens: [&str; 2],
 ) -> Result<()> {
-    bind(client, ops, "operator", "drainer-restore").await?;
+    let restorer = user(env, client, APPS, "restorer").await?;
+    bind(client, APPS, "restorer", "drainer-restore").await?;
     let out = tempfile::tempdir()?;
     let dest = out.path().join("data-web-2");
     let to = dest.to_str().context("path")?;
@@ -346,9 +354,9 @@ async fn restores(
         args.extend_from_slice(extra);
         args.into_iter().map(str::to_owned).collect::<Vec<String>>()
     };
-    let args = restore(operator, &[]);
+    let args = restore(&restorer, &[]);
     let restored = eventually(
-        "the operator restores the claim's snapshot",
+        "the restorer restores the claim's snapshot",
         Duration::from_secs(30),
         || async {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -373,7 +381,7 @@ async fn restores(
         "data-web-2 holds the application's data"
     );
 
-    let args = restore(operator, &["--force", "-o", "json"]);
+    let args = restore(&restorer, &["--force", "-o", "json"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = plugin(dir, &args).await?;
     ensure!(run.stderr.is_empty(), "-o json: stderr {:?}", run.stderr);
@@ -389,11 +397,13 @@ async fn restores(
 
     let refused = out.path().join("refused");
     let refused_to = refused.to_str().context("path")?;
-    let args = ["restore", volume, "--to", refused_to, "--token", nobody];
-    plugin(dir, &args).await?.refused(
-        1,
-        &["403", volume, "restores.drainer.io", "drainer-restore"],
-    )?;
+    for token in refused_tokens {
+        let args = ["restore", volume, "--to", refused_to, "--token", token];
+        plugin(dir, &args).await?.refused(
+            1,
+            &["403", volume, "restores.drainer.io", "drainer-restore"],
+        )?;
+    }
     let missing = "29991231T000000000Z-00000000";
     let args = [
         "restore",
@@ -401,7 +411,7 @@ async fn restores(
         "--to",
         refused_to,
         "--token",
-        operator,
+        &restorer,
         "--snapshot",
         missing,
     ];
@@ -411,7 +421,7 @@ async fn restores(
         "a refused restore wrote {}",
         refused.display()
     );
-    let run = plugin(dir, &["restore", volume, "--token", operator]).await?;
+    let run = plugin(dir, &["restore", volume, "--token", &restorer]).await?;
     ensure!(
         run.code == 2 && run.stderr.contains("--to"),
         "{}",

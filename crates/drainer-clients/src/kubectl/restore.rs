@@ -3,8 +3,12 @@
 //! `drainer restore --drainer` reads it ([`crate::remote`]: the listing, then the snapshot's
 //! summary, manifest and objects, small ones in batches), with the caller's token (never the
 //! admin token) through the port-forward made for the call or `--drainer-url`. drainer
-//! authorises it as any restore through its API: RBAC `create` on `restores.drainer.io` in
-//! the claim's namespace (ClusterRole `drainer-restore`, aggregated into `edit` and `admin`).
+//! authorises it as any restore through its API: a ServiceAccount of the claim's namespace
+//! with RBAC `create` on `restores.drainer.io` there (ClusterRole `drainer-restore`), or a
+//! pod's token for the claims it mounts. drainer's policy refuses restores to other
+//! identities (users, ServiceAccounts of other namespaces): they get its 403 in one line. A
+//! snapshot of an earlier namespace of that name is the admin's to read (`drainer restore
+//! --drainer URL --earlier-namespace`), never the plugin's: `403 earlier_namespace`.
 //!
 //! It restores into a directory of this machine only: drainer's API has no restore into a
 //! claim (a claim gets its data back from a pod that mounts it,
@@ -49,9 +53,6 @@ pub struct RestoreCommand {
     /// The snapshot to restore (default: the latest; see `kubectl drainer snapshots`).
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<SnapshotId>,
-    /// Read a snapshot of an earlier namespace of that name (drainer records the read).
-    #[arg(long)]
-    pub earlier_namespace: bool,
     /// Restore into a directory that holds something else, replacing what the snapshot
     /// names and leaving the rest.
     #[arg(long)]
@@ -83,8 +84,7 @@ pub(crate) async fn run(
     let selector = snapshot::continuing(dest, &volume, &restore.selector())?;
     let token = cluster.token(args)?;
     let drainer = connect::drainer(cluster, args).await?;
-    let remote = remote_volume(&drainer.url, token, &volume, args.request_timeout)?
-        .earlier_namespace(restore.earlier_namespace);
+    let remote = remote_volume(&drainer.url, token, &volume, args.request_timeout)?;
     let options = RestoreOptions {
         concurrency: remote::RESTORE_CONCURRENCY,
         force: restore.force,
@@ -181,14 +181,28 @@ pub(crate) fn progress_line(label: &str, counts: &Counts) -> String {
 pub(crate) fn refusal(volume: &VolumeId, error: anyhow::Error) -> anyhow::Error {
     let answer = error
         .chain()
-        .find_map(|e| match e.downcast_ref::<CallError>() {
-            Some(CallError::Status {
+        .find_map(|e| match e.downcast_ref::<CallError>()? {
+            CallError::Status {
                 status,
                 code,
                 message,
                 ..
-            }) => Some(refused_line(volume, *status, code.as_deref(), message)),
+            } => Some(refused_line(volume, *status, code.as_deref(), message)),
             _ => None,
+        })
+        // A refused batch of reads reaches the engine as the store's error alone.
+        .or_else(|| {
+            error
+                .chain()
+                .find_map(|e| match e.downcast_ref::<object_store::Error>()? {
+                    object_store::Error::PermissionDenied { source, .. } => {
+                        Some(refused_line(volume, 403, None, &source.to_string()))
+                    }
+                    object_store::Error::Unauthenticated { source, .. } => {
+                        Some(refused_line(volume, 401, None, &source.to_string()))
+                    }
+                    _ => None,
+                })
         });
     match answer {
         Some(line) => anyhow::anyhow!(line),
@@ -214,8 +228,9 @@ pub(crate) fn refused_line(
             format!("drainer refused a restore of {volume} (403 earlier_namespace): {message}")
         }
         (403, _) => format!(
-            "drainer refused a restore of {volume} (403): {message}; restoring needs RBAC \
-             create on restores.drainer.io in namespace {} (ClusterRole drainer-restore)",
+            "drainer refused a restore of {volume} (403): {message}; drainer lets a \
+             ServiceAccount of namespace {} restore with RBAC create on restores.drainer.io \
+             there (ClusterRole drainer-restore)",
             volume.namespace
         ),
         (404, _) => format!("drainer has no such snapshot of {volume} (404): {message}"),
@@ -305,7 +320,7 @@ mod tests {
         assert_eq!(restore.volume, "shop/data-web-2");
         assert_eq!(restore.to, PathBuf::from("/tmp/r"));
         assert_eq!(restore.selector(), SnapshotSelector::Latest);
-        assert!(!restore.force && !restore.earlier_namespace);
+        assert!(!restore.force);
         let restore = parse(&[
             "restore",
             "data-web-2",
@@ -315,7 +330,6 @@ mod tests {
             "r",
             "--snapshot",
             "20261207T034557423Z-61ed",
-            "--earlier-namespace",
             "--force",
             "-o",
             "json",
@@ -325,7 +339,7 @@ mod tests {
             restore.selector(),
             SnapshotSelector::Id("20261207T034557423Z-61ed".parse().unwrap())
         );
-        assert!(restore.force && restore.earlier_namespace);
+        assert!(restore.force);
     }
 
     #[test]
@@ -358,8 +372,8 @@ mod tests {
         assert_eq!(
             line,
             "drainer refused a restore of shop/data-web-2 (403): user:x lacks RBAC permission; \
-             restoring needs RBAC create on restores.drainer.io in namespace shop (ClusterRole \
-             drainer-restore)"
+             drainer lets a ServiceAccount of namespace shop restore with RBAC create on \
+             restores.drainer.io there (ClusterRole drainer-restore)"
         );
         let line = refused_line(&v, 403, Some("earlier_namespace"), "snapshot s of …");
         assert_eq!(
@@ -391,7 +405,7 @@ mod tests {
         // The listing's answer, as `RemoteVolume::resolve` returns it.
         let listing = refusal(&volume(), anyhow::Error::new(denied("forbidden")));
         assert!(
-            listing.to_string().contains("(403): no; restoring needs"),
+            listing.to_string().contains("(403): no; drainer lets"),
             "{listing}"
         );
         // An object's, as the restore engine returns it (through the store's error).
@@ -407,6 +421,22 @@ mod tests {
         assert_eq!(
             line,
             "drainer refused a restore of shop/data-web-2 (403 earlier_namespace): no"
+        );
+        // A batch's refusal, without the API's error: what the store says.
+        let batch = snapshot::Error::Store(drainer_core::store::Error::Backend {
+            url: "drainer+http://127.0.0.1:1".into(),
+            source: object_store::Error::PermissionDenied {
+                path: "volumes/shop/data-web-2/snapshots/s/files/a".into(),
+                source: "the drainer answered 403 to …/objects/batch: no".into(),
+            },
+        });
+        let line = refusal(&volume(), anyhow::Error::new(batch)).to_string();
+        assert!(
+            line.starts_with(
+                "drainer refused a restore of shop/data-web-2 (403): the drainer answered 403 \
+                 to …/objects/batch: no; drainer lets"
+            ),
+            "{line}"
         );
         // Anything else is left as it is.
         let other = refusal(&volume(), anyhow::anyhow!("disk full"));
