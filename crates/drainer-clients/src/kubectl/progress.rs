@@ -97,9 +97,11 @@ pub(crate) fn binary_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// What a bar says after itself: `message: COUNTS`, or `message` without counts.
+/// What a bar says after itself: `message: COUNTS`, `COUNTS` without a message, or
+/// `message` without counts.
 pub(crate) fn bar_message(counts: Option<&Counts>, message: &str) -> String {
     match counts {
+        Some(counts) if message.is_empty() => text(counts),
         Some(counts) => format!("{message}: {}", text(counts)),
         None => message.to_owned(),
     }
@@ -113,9 +115,9 @@ impl Bar {
     /// A bar labelled `label` when stderr is a terminal.
     pub fn on_terminal(label: &str) -> Self {
         Self(std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
+            let bar = indicatif::ProgressBar::no_length();
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:20}] {msg}")
                     .expect("a valid template")
                     .progress_chars("=> "),
             );
@@ -136,7 +138,11 @@ impl Bar {
         let Some(bar) = &self.0 else { return };
         bar.set_message(bar_message(counts, message));
         if let Some(counts) = counts {
-            bar.set_length(counts.bytes_total.unwrap_or(0).max(counts.bytes));
+            // Empty until the total is known (indicatif fills a bar of length 0).
+            match counts.bytes_total {
+                Some(total) => bar.set_length(total.max(counts.bytes).max(1)),
+                None => bar.unset_length(),
+            }
             bar.set_position(counts.bytes);
         }
     }
@@ -247,6 +253,10 @@ mod tests {
             "copying: 1 files, 1 B, 2.0 MiB/s"
         );
         assert_eq!(bar_message(None, "queued"), "queued");
+        assert_eq!(
+            bar_message(Some(&counts(1, 1, None)), ""),
+            "1 files, 1 B, 2.0 MiB/s"
+        );
         bar.show(Some(&counts(1, 1, None)), "");
         bar.clear();
     }

@@ -160,7 +160,7 @@ impl Report {
                 }
                 _ = draw.tick() => {
                     let counts = Counts::of_view(&progress.view());
-                    self.bar.show(Some(&counts), "restoring");
+                    self.bar.show(Some(&counts), "");
                     if self.lines && last_line.elapsed() >= LINE_EVERY {
                         eprintln!("{}", progress_line(&self.label, &counts));
                         last_line = Instant::now();
