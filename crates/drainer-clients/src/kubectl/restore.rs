@@ -30,7 +30,7 @@ use crate::client::CallError;
 use crate::remote::{self, RemoteVolume};
 use clap::Args;
 use drainer_core::snapshot::{
-    self, Progress, RestoreOptions, RestoreSummary, SnapshotId, SnapshotSelector,
+    self, Found, Progress, RestoreOptions, RestoreSummary, SnapshotId, SnapshotSelector,
 };
 use drainer_core::volume::VolumeId;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,10 @@ pub struct RestoreCommand {
     /// names and leaving the rest.
     #[arg(long)]
     pub force: bool,
+    /// Restore only into a missing or empty directory (or continue an unfinished restore of
+    /// the same claim there); leave any other alone and exit 0.
+    #[arg(long, conflicts_with = "force")]
+    pub if_empty: bool,
 }
 
 impl RestoreCommand {
@@ -80,6 +84,15 @@ pub(crate) async fn run(
         &cluster.default_namespace,
     )?;
     let dest = &restore.to;
+    let found = snapshot::inspect_destination(dest)?;
+    if restore.if_empty && in_use(&found, &volume) {
+        println!(
+            "{} {}: not restoring {volume} (--if-empty)",
+            dest.display(),
+            found.describe()
+        );
+        return Ok(());
+    }
     // An unfinished restore there goes on with its snapshot (unless another is named).
     let selector = snapshot::continuing(dest, &volume, &restore.selector())?;
     let token = cluster.token(args)?;
@@ -113,6 +126,16 @@ pub(crate) async fn run(
     };
     print!("{text}");
     Ok(())
+}
+
+/// Whether `found` keeps a restore of `volume` with `--if-empty` out: anything but nothing,
+/// or an unfinished restore of the same claim (which is continued).
+pub(crate) fn in_use(found: &Found, volume: &VolumeId) -> bool {
+    match found {
+        Found::Missing | Found::Empty => false,
+        Found::Unfinished { marker, .. } => marker.volume != volume.to_string(),
+        Found::Occupied { .. } => true,
+    }
 }
 
 /// The restore API of `volume` on the drainer at `url`, with `token`.
@@ -359,6 +382,22 @@ mod tests {
             let error = parse(words).expect_err("refused");
             assert_eq!(error.exit_code(), 2, "{words:?}: {error}");
         }
+    }
+
+    #[test]
+    fn if_empty_leaves_alone_all_but_nothing_or_the_same_claims_unfinished_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = |path: &Path| snapshot::inspect_destination(path).unwrap();
+        assert!(!in_use(&found(&dir.path().join("missing")), &volume()));
+        assert!(!in_use(&found(dir.path()), &volume()));
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        assert!(in_use(&found(dir.path()), &volume()));
+        assert!(parse(&["restore", "v", "--to", "r", "--if-empty", "--force"]).is_err());
+        assert!(
+            parse(&["restore", "v", "--to", "r", "--if-empty"])
+                .unwrap()
+                .if_empty
+        );
     }
 
     fn volume() -> VolumeId {
