@@ -147,6 +147,18 @@ fn progress_is_written_when_due_and_changed_only() {
     )
     .unwrap();
     assert_eq!((old.files_total, old.bytes_total), (None, None));
+    // The CRD's structural schema keeps every field written (the API server drops the rest).
+    let crd: serde_json::Value =
+        serde_saphyr::from_str(include_str!("../../../../deploy/base/crd.yaml")).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["progress"]["properties"];
+    let fields = serde_json::to_value(&with_totals).unwrap();
+    for field in fields.as_object().unwrap().keys() {
+        assert!(
+            schema.get(field).is_some(),
+            "the CRD lacks status.progress.{field}"
+        );
+    }
     let seen = seen_as(&copying, None);
     for role in [Role::All, Role::ProgressOnly] {
         assert_eq!(
