@@ -38,6 +38,7 @@ pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
 pub use restore::{
     Found, RestoreOptions, RestoreSummary, continuing, inspect as inspect_destination, restore,
+    restore_with_progress,
 };
 pub use retention::{Plan, Policy};
 pub(crate) use upload::BufferPool;

@@ -690,21 +690,36 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
             };
             let timeout = std::time::Duration::from_secs(30);
             let remote = drainer_clients::remote::RemoteVolume::new(&client, &volume, timeout)?;
-            drainer_clients::remote::restore(
+            let progress = drainer_core::snapshot::Progress::default();
+            drainer_clients::remote::restore_with_progress(
                 &remote,
                 &drainer_core::snapshot::SnapshotSelector::Latest,
                 &dest,
                 &options,
                 std::time::Duration::from_secs(30),
+                &progress,
             )
             .await
+            .map(|_| progress.view())
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    // The pod restores the claim it mounts; operators what RBAC grants them.
+    // The pod restores the claim it mounts; operators what RBAC grants them. Every file in
+    // place is counted, against the snapshot's totals.
     for token in ["pod", "olga", "rita"] {
         let dest = dir.path().join(format!("through-api-{token}"));
-        restore(token, "shop/data-web-4", &dest).await.unwrap();
+        let progress = restore(token, "shop/data-web-4", &dest).await.unwrap();
+        let bytes = large.len() as u64 + 5;
+        assert_eq!(
+            (progress.files_done, progress.bytes_done),
+            (2, bytes),
+            "{progress:?}"
+        );
+        assert_eq!(
+            (progress.files_total, progress.bytes_total),
+            (Some(2), Some(bytes)),
+            "{progress:?}"
+        );
         assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
         assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
     }
