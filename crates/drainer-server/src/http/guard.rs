@@ -456,9 +456,12 @@ async fn listable(
     if asked.reach == Reach::All {
         return restorable(asked.state, asked.caller, params, earlier).await;
     }
+    // Why the caller may not restore the volume, if it may not: with `earlier` asked, the
+    // refusal that names what it lacks for an earlier life.
+    let mut not_restorable = None;
     if asked.reach == Reach::OwnOrGranted {
         match restorable(asked.state, asked.caller, params, earlier).await {
-            Err(e) if e.status == StatusCode::FORBIDDEN => {}
+            Err(e) if e.status == StatusCode::FORBIDDEN => not_restorable = Some(e),
             answer => return answer,
         }
     }
@@ -475,7 +478,10 @@ async fn listable(
                 answer => return answer,
             }
         }
-        return Err(asked.refuse(missing));
+        return Err(match not_restorable {
+            Some(refusal) if earlier => refusal,
+            _ => asked.refuse(missing),
+        });
     }
     let bound = match asked.caller {
         Caller::Workload(_) => {
