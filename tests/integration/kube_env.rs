@@ -23,6 +23,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use crate::support::cluster::scale;
 use crate::support::kube::{
     EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client, client_with_token,
     create_namespace, delete_namespace, eventually, from_json, with_timeout,
@@ -103,16 +104,6 @@ async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
     .await
 }
 
-async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
-    sets.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
-    )
-    .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
@@ -142,7 +133,7 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         // Data a pod "wrote" before scale-down, to show it outlives the pod.
         std::fs::write(dirs[&2].join("payload"), b"web-2 was here")?;
 
-        scale(&sets, "web", 1).await?;
+        scale(&client, &ns, "web", 1).await?;
         wait_for_web_pods(&pods, &[0]).await?;
         eventually("StatefulSet status to show 1 replica", WAIT, || async {
             let status = sets.get_status("web").await?.status.context("no status")?;
@@ -214,7 +205,7 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             .watch(&WatchParams::default().timeout(120), &rv)
             .await?
             .boxed();
-        scale(&sets, "web", 1).await?;
+        scale(&client, &ns, "web", 1).await?;
 
         let mut deleted: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
         tokio::time::timeout(WAIT, async {

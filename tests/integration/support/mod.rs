@@ -1,8 +1,10 @@
 //! Shared test support: awkward trees, exact tree comparison, running the real binary (and its
 //! image, for pods), an S3-protocol server, and the test PostgreSQL.
 
+pub mod cluster;
 pub mod fault;
 pub mod forward;
+pub mod gate;
 pub mod image;
 pub mod install;
 pub mod kube;
@@ -13,10 +15,20 @@ pub mod serve;
 pub mod tls;
 pub mod tmpfs;
 pub mod tree;
+pub mod world;
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
+
+/// A spawned task, aborted when this is dropped (a watch, a listener).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The `drainer` binary under test.
 pub fn drainer_bin() -> &'static str {
