@@ -31,7 +31,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::cluster::{KubeDrainer, scale};
+use crate::support::cluster::{KubeDrainer, WebSet, scale};
 use crate::support::file_url;
 use crate::support::gate::Gate;
 use crate::support::image::drainer_image;
@@ -50,27 +50,12 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
 }
 
 /// A StatefulSet `name` with claim template `data` (16Mi), retaining its claims.
-fn statefulset(name: &str, replicas: i32) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "selector": { "matchLabels": { "app": name } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Retain", "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{
-                    "name": "app", "image": "registry.invalid/app:1",
-                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
-                }]}
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
-            }]
-        }
-    }))
+fn statefulset(name: &str, replicas: u32) -> StatefulSet {
+    WebSet::named(name, replicas)
+        .when_scaled("Retain")
+        .image("registry.invalid/app:1")
+        .claims(&["data"], "16Mi")
+        .build()
 }
 
 /// Waits until the pods of StatefulSet `set` are exactly `ordinals`, all Running.

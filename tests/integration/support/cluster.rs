@@ -424,14 +424,19 @@ impl WebSet {
     /// `replicas` pods from ordinal 0, one claim template `data` of 64Mi mounted at `/data`,
     /// claims retained on scale-down and deletion (the defaults), pods started in order.
     pub fn new(replicas: u32) -> Self {
+        Self::named("web", replicas)
+    }
+
+    /// Like [`WebSet::new`], a set (and its Service, and its pods' label `app`) named `name`.
+    pub fn named(name: &str, replicas: u32) -> Self {
         let set = json!({
-            "metadata": { "name": "web" },
+            "metadata": { "name": name },
             "spec": {
                 "replicas": replicas,
-                "serviceName": "web",
-                "selector": { "matchLabels": { "app": "web" } },
+                "serviceName": name,
+                "selector": { "matchLabels": { "app": name } },
                 "template": {
-                    "metadata": { "labels": { "app": "web" } },
+                    "metadata": { "labels": { "app": name } },
                     "spec": {
                         "containers": [{ "name": "app", "image": "registry.invalid/web:1" }]
                     }
@@ -536,6 +541,12 @@ impl WebSet {
         self
     }
 
+    /// The app container's image instead of `registry.invalid/web:1`.
+    pub fn image(mut self, image: &str) -> Self {
+        self.app()["image"] = json!(image);
+        self
+    }
+
     /// The pod's and the app container's security contexts.
     pub fn security(mut self, pod: Value, container: Value) -> Self {
         self.pod()["securityContext"] = pod;
@@ -634,7 +645,7 @@ impl WebSet {
             .api::<StatefulSet>()
             .create(&PostParams::default(), &self.build())
             .await
-            .with_context(|| format!("creating StatefulSet {}/web", namespace.ns))
+            .with_context(|| format!("creating a StatefulSet in {}", namespace.ns))
     }
 }
 
