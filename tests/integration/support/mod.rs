@@ -47,6 +47,27 @@ pub fn drainer() -> tokio::process::Command {
     cmd
 }
 
+/// `drainer copy SRC STORE --volume VOLUME --data-dir DATA`; add further flags to it.
+pub fn copy_cmd(src: &Path, store: &str, volume: &str, data: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("copy")
+        .arg(src)
+        .arg(store)
+        .args(["--volume", volume, "--data-dir"])
+        .arg(data);
+    cmd
+}
+
+/// `drainer restore STORE --volume VOLUME DEST`; add further flags to it.
+pub fn restore_cmd(store: &str, volume: &str, dest: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("restore")
+        .arg(store)
+        .args(["--volume", volume])
+        .arg(dest);
+    cmd
+}
+
 /// Runs a command to completion within two minutes.
 pub async fn run(cmd: &mut tokio::process::Command) -> Output {
     tokio::time::timeout(Duration::from_secs(120), cmd.output())
@@ -68,15 +89,21 @@ pub async fn run_ok(cmd: &mut tokio::process::Command) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// Runs a command that must fail with exit `code` and exactly one `drainer: ` line on stderr;
-/// returns that line.
+/// Runs a command that must fail with exit `code` and exactly one error line on stderr (a
+/// `drainer: ` line, or for a usage error the `error: ` line of the argument parser); returns
+/// that line.
 pub async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
     let out = run(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stdout: {}; stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let errors: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("drainer: "))
+        .filter(|l| l.starts_with("drainer: ") || l.starts_with("error: "))
         .collect();
     assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
     errors[0].to_owned()
