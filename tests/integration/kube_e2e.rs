@@ -8,14 +8,14 @@
 //! `deploy/examples/prestop-handoff.yaml`). Every test restores what was drained and
 //! compares it byte for byte with the claim's data.
 
-use crate::support::cluster::assert_restores_exactly;
+use crate::support::cluster::{assert_restores_exactly, history};
 use crate::support::forward::Switch;
 use crate::support::kube::{eventually, from_json, with_timeout};
 use crate::support::proxy::Proxy;
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{awkward, differences};
-use crate::support::world::{START, TEMPLATES, WAIT, WRITER, World, claims_of, history, web_with};
+use crate::support::world::{START, TEMPLATES, WAIT, WRITER, World, claims_of, web_with};
 use crate::support::{drainer, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
 use drainer_kube::{guard, hold, movers};

@@ -6,7 +6,7 @@
 //! namespace and drainer. Who is a mover is also checked against the real API server with
 //! pods that forge a mover's labels and owner.
 
-use crate::support::cluster::{TestNamespace, assert_restores_exactly};
+use crate::support::cluster::{TestNamespace, assert_restores_exactly, history};
 use crate::support::gate::Gate;
 use crate::support::image::{DRAINER_IMAGE, drainer_image};
 use crate::support::kube::{
@@ -21,7 +21,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -134,16 +134,6 @@ impl World {
 
 fn name_of(job: &Job) -> String {
     job.metadata.name.clone().unwrap_or_default()
-}
-
-fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| format!("{} {}", e["state"], e["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// File data a mover sent (objects in batches, large-file parts, single objects under

@@ -7,7 +7,7 @@
 //! a mover without the right identity cannot read the application's files: these tests fail
 //! if drainer picks the wrong one.
 
-use crate::support::cluster::{TestNamespace, WebSet, assert_restores_exactly};
+use crate::support::cluster::{TestNamespace, WebSet, assert_restores_exactly, history};
 use crate::support::gate::Gate;
 use crate::support::image::drainer_image;
 use crate::support::kube::{KUBECONFIG_ENV, KubeEnv, eventually, from_json, with_timeout};
@@ -338,19 +338,6 @@ async fn kubeconfig_without_namespace_reads(
         "the drainer account may read namespaces"
     );
     Ok(())
-}
-
-fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let message = e["message"].as_str().unwrap_or_default();
-            format!("{} {} {message}", e["owner"], e["state"])
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Scales `web` from `from` to `to` and returns the drains drainer makes for the claims of

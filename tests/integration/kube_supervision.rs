@@ -8,13 +8,13 @@
 //! The worlds, StatefulSet `web` (pods that write their data and hand off from `preStop`) and
 //! mover Jobs are `kube_e2e`'s.
 
-use crate::support::cluster::assert_restores_exactly;
+use crate::support::cluster::{assert_restores_exactly, history};
 use crate::support::forward::Switch;
 use crate::support::kube::{KubeEnv, PrivateKubeEnv, eventually, wait_for_pod_gone, with_timeout};
 use crate::support::s3::S3Server;
 use crate::support::serve::Serve;
 use crate::support::tree::differences;
-use crate::support::world::{START, WAIT, World, claims_of, history};
+use crate::support::world::{START, WAIT, World, claims_of};
 use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, ensure};
 use drainer_kube::watch::WATCH_TIMEOUT;

@@ -364,6 +364,25 @@ pub async fn assert_restores_exactly(
     );
 }
 
+/// A drain's history, an entry a line (`AT OWNER STATE MESSAGE`): to say what happened when a
+/// check fails, and to check what it says.
+pub fn history(drain: &Value) -> String {
+    let text = |entry: &Value, key: &str| match &entry[key] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    drain["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let (at, owner) = (text(e, "at"), text(e, "owner"));
+            format!("{at} {owner} {} {}", text(e, "state"), text(e, "message"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs the mover of drain `id` on `dir` to completion (what a mover Job does in a cluster,
 /// for a drainer started with movers external), as the test's admin.
 pub async fn run_mover(serve: &Serve, id: &str, dir: &Path) {

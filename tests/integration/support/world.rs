@@ -19,7 +19,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -420,14 +419,4 @@ pub fn claims_of(ordinals: impl IntoIterator<Item = u32>) -> Vec<(u32, String)> 
         .into_iter()
         .flat_map(|o| TEMPLATES.map(|t| (o, format!("{t}-web-{o}"))))
         .collect()
-}
-
-pub fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| format!("{} {} {} {}", e["at"], e["owner"], e["state"], e["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
