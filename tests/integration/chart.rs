@@ -14,16 +14,16 @@
 //! also dropped); and the base's Namespace object is left out (Helm installs into a namespace
 //! made beforehand, or by `--create-namespace`).
 
-use crate::monitoring::{check_rendered_component, repo, yaml_documents};
 use crate::support::cluster::scale;
 use crate::support::file_url;
 use crate::support::install::{
     ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, deploy, drainer_pod, ensure_namespace, kubectl,
-    output, release_image, restore_equals, start_example_web, test_image,
+    output, release_image, repo, restore_equals, start_example_web, test_image,
 };
 use crate::support::kube::{
     KubeEnv, client, eventually, wait_for_bound_claim, wait_for_pod_gone, with_timeout,
 };
+use crate::support::manifests::{check_rendered_component, yaml_documents};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;

@@ -8,6 +8,7 @@ pub mod gate;
 pub mod image;
 pub mod install;
 pub mod kube;
+pub mod manifests;
 pub mod postgres;
 pub mod proxy;
 pub mod s3;
