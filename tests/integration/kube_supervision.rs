@@ -6,7 +6,7 @@
 //! `drainer_store_up`) but leaves drainer ready, so the handoffs of a scale-down reach it.
 //!
 //! The worlds, StatefulSet `web` (pods that write their data and hand off from `preStop`) and
-//! mover Jobs are `kube_e2e`'s.
+//! mover Jobs are `support::world`'s, as `kube_e2e`'s are.
 
 use crate::support::cluster::{assert_restores_exactly, history};
 use crate::support::forward::Switch;
