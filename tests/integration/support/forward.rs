@@ -1,7 +1,8 @@
 //! A TCP forwarder that makes a server of this machine that listens on loopback (PostgreSQL,
 //! the S3 test server) reachable from kube-env's pods: it listens on this machine's address on
 //! the pod network (`KUBE_ENV_HOST_IP`) and relays each connection to the server. A connection
-//! the server refuses (it is down) is closed at once, as a client would see it.
+//! the server refuses (it is down) is closed at once, as a client would see it. And a
+//! [`Switch`]: a loopback forwarder a test turns off, as a store that is down.
 
 use super::AbortOnDrop;
 use anyhow::Result;
@@ -58,12 +59,14 @@ impl Drop for Forward {
 /// A TCP forwarder from a loopback port to `upstream` that the test can switch off: while off,
 /// every connection is closed at once, as a store that is down.
 pub struct Switch {
+    /// `http://127.0.0.1:PORT`: the endpoint to give the client instead of `upstream`'s.
     pub endpoint: String,
     up: Arc<AtomicBool>,
     _task: AbortOnDrop,
 }
 
 impl Switch {
+    /// Starts a switch, on, in front of `upstream` (`http://HOST:PORT` or `HOST:PORT`).
     pub async fn start(upstream: &str) -> Result<Self> {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -91,6 +94,7 @@ impl Switch {
         })
     }
 
+    /// Switches it on (`up`) or off.
     pub fn set(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
     }

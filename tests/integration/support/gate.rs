@@ -20,6 +20,7 @@ const WAIT: Duration = Duration::from_secs(120);
 /// what it forwards and can hold the next `…/finish` of a run (the mover's last request), or
 /// the next request of any path, until released, then answers it 502 without forwarding it.
 pub struct Gate {
+    /// `http://HOST_IP:PORT`: the `--service-url` to give drainer.
     pub url: String,
     shared: Arc<GateState>,
     task: tokio::task::JoinHandle<()>,
@@ -36,6 +37,7 @@ struct GateState {
 }
 
 impl Gate {
+    /// Starts a gate on a free port of `host_ip`; it forwards nowhere until [`Gate::forward_to`].
     pub async fn start(host_ip: &str) -> Result<Self> {
         let shared = Arc::new(GateState {
             upstream: Mutex::new(String::new()),
@@ -56,6 +58,7 @@ impl Gate {
         Ok(Self { url, shared, task })
     }
 
+    /// Forwards to the drainer at `upstream` (its base URL) from now on.
     pub fn forward_to(&self, upstream: &str) {
         *self.shared.upstream.lock().unwrap() = upstream.to_owned();
     }
@@ -71,6 +74,7 @@ impl Gate {
         *self.shared.hold.lock().unwrap() = Some(fragment.to_owned());
     }
 
+    /// Waits until a request is held.
     pub async fn wait_held(&self) -> Result<()> {
         eventually("a mover's request held at the gate", WAIT, || async {
             ensure!(

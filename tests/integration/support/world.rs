@@ -28,6 +28,7 @@ use std::time::Duration;
 pub const WAIT: Duration = Duration::from_secs(240);
 /// The ordinals of `web`: 5, 6, 7 at three replicas; 6 and 7 go on a scale to one.
 pub const START: u32 = 5;
+/// The claim templates of `web`.
 pub const TEMPLATES: [&str; 2] = ["data", "logs"];
 
 /// What each pod of `web` runs: once per claim set (a restarted pod finds its data and leaves
@@ -172,6 +173,7 @@ impl JobsSeen {
         (seen, task)
     }
 
+    /// The Jobs seen, by drain label.
     pub fn all(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.0.lock().unwrap().by_drain.clone()
     }
@@ -357,6 +359,7 @@ impl World {
         Ok(pods)
     }
 
+    /// Pod `name` once it runs for real (kube-env does not only simulate it).
     pub async fn running(&self, name: &str) -> Result<Pod> {
         let pods = self.api::<Pod>();
         eventually(format!("pod {name} running"), WAIT, || async {
@@ -381,6 +384,7 @@ impl World {
         self.bound_claim_dir(name, WAIT).await
     }
 
+    /// The UID of claim `name`, if it exists.
     pub async fn claim_uid(&self, name: &str) -> Result<Option<String>> {
         Ok(self
             .api::<PersistentVolumeClaim>()
