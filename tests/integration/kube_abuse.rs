@@ -15,7 +15,7 @@ use crate::support::kube::{from_json, with_timeout};
 use crate::support::serve::Serve;
 use anyhow::{Result, ensure};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -60,17 +60,7 @@ impl Target {
     async fn new(prefix: &str) -> Result<Self> {
         let namespace = TestNamespace::with_web_account(prefix).await?;
         let post = PostParams::default();
-        namespace
-            .api::<PersistentVolumeClaim>()
-            .create(
-                &post,
-                &from_json(json!({
-                    "metadata": {"name": "data"},
-                    "spec": {"accessModes": ["ReadWriteOnce"],
-                             "resources": {"requests": {"storage": "16Mi"}}}
-                })),
-            )
-            .await?;
+        namespace.create_claim("data", "16Mi").await?;
         namespace
             .api::<Pod>()
             .create(&post, &from_json(web_pod()))

@@ -64,16 +64,7 @@ impl World {
 
     /// A claim `name` (no StatefulSet) with `files` in its volume; its directory.
     async fn claim(&self, name: &str, files: &[(&str, &[u8])]) -> Result<PathBuf> {
-        self.api::<PersistentVolumeClaim>()
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": {"name": name},
-                    "spec": {"accessModes": ["ReadWriteOnce"],
-                             "resources": {"requests": {"storage": "16Mi"}}}
-                })),
-            )
-            .await?;
+        self.create_claim(name, "16Mi").await?;
         let dir = self.bound_claim_dir(name, WAIT).await?;
         for (file, content) in files {
             std::fs::write(dir.join(file), content)?;

@@ -10,7 +10,7 @@
 
 use crate::support::cluster::{assert_restores_exactly, history};
 use crate::support::forward::Switch;
-use crate::support::kube::{eventually, from_json, with_timeout};
+use crate::support::kube::{eventually, with_timeout};
 use crate::support::proxy::Proxy;
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, log_tail};
@@ -23,7 +23,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -301,13 +301,7 @@ async fn a_rolling_restart_drains_nothing() -> Result<()> {
 /// A claim of its own (not a StatefulSet's) in the world's namespace, full of awkward files;
 /// returns its directory.
 async fn standalone_claim(w: &World, pvc: &str) -> Result<PathBuf> {
-    let claim: PersistentVolumeClaim = from_json(json!({
-        "metadata": {"name": pvc},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }));
-    w.api::<PersistentVolumeClaim>()
-        .create(&PostParams::default(), &claim)
-        .await?;
+    w.create_claim(pvc, "1Gi").await?;
     let dir = w.claim_dir(pvc).await?;
     awkward(&dir, 9 * 1024 * 1024);
     Ok(dir)

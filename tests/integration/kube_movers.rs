@@ -51,14 +51,7 @@ impl World {
         let kenv = KubeEnv::load()?;
         let namespace = TestNamespace::new(prefix).await?;
         let pvc = "data-web-4".to_owned();
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": pvc},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }));
-        namespace
-            .api::<PersistentVolumeClaim>()
-            .create(&PostParams::default(), &claim)
-            .await?;
+        namespace.create_claim(&pvc, "1Gi").await?;
         let source = namespace.bound_claim_dir(&pvc, WAIT).await?;
         tree::awkward(&source, 9 * 1024 * 1024);
         let gate = Gate::start(&kenv.host_ip).await?;

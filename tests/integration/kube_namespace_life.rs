@@ -62,11 +62,7 @@ impl World {
 
     /// A new claim `data-web-0`, bound; its directory and UID.
     async fn claim(&self) -> Result<(PathBuf, String)> {
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": PVC},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}
-        }));
-        let claim = self.api().create(&PostParams::default(), &claim).await?;
+        let claim = self.create_claim(PVC, "64Mi").await?;
         let dir = self.bound_claim_dir(PVC, WAIT).await?;
         Ok((dir, claim.metadata.uid.context("no UID")?))
     }

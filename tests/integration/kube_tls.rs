@@ -21,7 +21,7 @@ use crate::support::tls::{Ca, SecretDir};
 use crate::support::tree;
 use anyhow::{Context, Result, ensure};
 use drainer_kube::movers;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -112,13 +112,7 @@ impl World {
 
     /// Creates claim `name` and returns its directory once bound.
     async fn claim(&self, name: &str) -> Result<PathBuf> {
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }));
-        self.api::<PersistentVolumeClaim>()
-            .create(&PostParams::default(), &claim)
-            .await?;
+        self.create_claim(name, "1Gi").await?;
         self.bound_claim_dir(name, WAIT).await
     }
 

@@ -12,7 +12,7 @@ use super::{drainer, file_url, run_ok, tls::Ca, tree::differences};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -88,6 +88,18 @@ impl TestNamespace {
         K::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates claim `name` (ReadWriteOnce, of `size`, the default storage class).
+    pub async fn create_claim(&self, name: &str, size: &str) -> Result<PersistentVolumeClaim> {
+        let claim: PersistentVolumeClaim = from_json(json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+        }));
+        self.api::<PersistentVolumeClaim>()
+            .create(&PostParams::default(), &claim)
+            .await
+            .with_context(|| format!("creating claim {}/{name}", self.ns))
     }
 
     /// Waits (at most `within`) until claim `name` is Bound; returns its directory (the PV's
