@@ -210,7 +210,7 @@ impl Identity {
         Api::<ClusterRoleBinding>::all(w.client.clone())
             .create(&PostParams::default(), &binding)
             .await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        let accounts: Api<ServiceAccount> = w.api();
         accounts
             .create(
                 &PostParams::default(),
@@ -335,7 +335,7 @@ async fn readiness_fails_while_the_pod_watch_has_no_rights_and_every_drain_compl
         w.scale("web", 1).await?;
         let ids = scaled.drains(&w, &serve).await?;
         // The pods go while drainer cannot see it: the outage spans the drains' releases.
-        let pods_api: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let pods_api: Api<Pod> = w.api();
         for o in START + 1..START + 3 {
             wait_for_pod_gone(&pods_api, &format!("web-{o}"), WAIT).await?;
         }
