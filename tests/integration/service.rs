@@ -765,19 +765,24 @@ async fn handoffs_survive_a_postgres_restart_and_none_acknowledged_is_lost() {
     );
     let readyz = reqwest::get(format!("{}/readyz", serve.url)).await.unwrap();
     assert_eq!(readyz.status(), 503, "not ready without a ledger");
-    // Handoffs sent during the outage keep retrying until the database is back.
-    let waiting: Vec<_> = names[4..8]
-        .iter()
-        .map(|n| handoff_cli(n).spawn().unwrap())
-        .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Handoffs sent during the outage keep retrying until the database is back: each has
+    // been refused and said it is retrying before PostgreSQL comes back.
+    let mut waiting = Vec::new();
+    for name in &names[4..8] {
+        let mut child = handoff_cli(name).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        waiting.push((child, StderrWatch::start(stderr)));
+    }
+    for (_, stderr) in &mut waiting {
+        stderr.wait_for("retrying", Duration::from_secs(60)).await;
+    }
     pg.up();
-    for child in waiting {
+    for (child, stderr) in waiting {
         let out = child.wait_with_output().await.unwrap();
+        let stderr = stderr.finish().await;
         assert!(
             out.status.success(),
-            "handoff retried until PostgreSQL was back: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "handoff retried until PostgreSQL was back: {stderr}"
         );
         let line = String::from_utf8(out.stdout).unwrap();
         acknowledged.push(line.split_whitespace().nth(1).unwrap().to_owned());
@@ -1536,4 +1541,46 @@ async fn a_full_ledger_disk_is_refused_clearly_and_recovers_without_a_restart() 
         assert_eq!(status, 200, "acknowledged drain {id} is lost");
     }
     drop(serve);
+}
+
+/// A child process's stderr read as it is written, so a test can wait for a line.
+struct StderrWatch {
+    lines: tokio::sync::watch::Receiver<String>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl StderrWatch {
+    /// Reads `stderr` in the background.
+    fn start(stderr: tokio::process::ChildStderr) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let (tx, lines) = tokio::sync::watch::channel(String::new());
+        let reader = tokio::spawn(async move {
+            let mut read = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = read.next_line().await {
+                tx.send_modify(|text| {
+                    text.push_str(&line);
+                    text.push('\n');
+                });
+            }
+        });
+        Self { lines, reader }
+    }
+
+    /// Waits until the output contains `words` (a failed test after `limit`).
+    async fn wait_for(&mut self, words: &str, limit: Duration) {
+        let seen = tokio::time::timeout(limit, self.lines.wait_for(|t| t.contains(words)))
+            .await
+            .is_ok_and(|seen| seen.is_ok());
+        assert!(
+            seen,
+            "no {words:?} within {limit:?}: {}",
+            self.lines.borrow().as_str()
+        );
+    }
+
+    /// Everything written, once the process has closed its stderr.
+    async fn finish(self) -> String {
+        self.reader.await.unwrap();
+        self.lines.borrow().clone()
+    }
 }

@@ -199,7 +199,8 @@ pub struct DrainerSource {
     /// Trust for an https drainer URL.
     #[command(flatten)]
     pub trust: TrustArgs,
-    /// With `--drainer`, as an operator (the admin token): read snapshots made in an earlier
+    /// With `--drainer`, as the admin or an operator RBAC grants `read-earlier` on the claim's
+    /// `snapshots.drainer.io`: read snapshots made in an earlier
     /// namespace of the volume's namespace name too (one deleted and created again, perhaps by
     /// another team). Without it a drainer in Kubernetes mode serves only the snapshots of the
     /// namespace as it is now; with it, each snapshot of an earlier namespace read is recorded

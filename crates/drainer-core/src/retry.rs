@@ -85,29 +85,39 @@ pub fn client_policy(deadline: Duration) -> ExponentialBackoff {
     }
 }
 
-/// Runs `op` until it succeeds, fails permanently, or the policy's deadline passes.
+/// Runs `op` until it succeeds, fails permanently, or the policy's deadline passes; each
+/// transient failure that is retried is logged (a warning naming the error and the delay), so
+/// a caller waiting on a service that is down says so instead of hanging silently.
 pub async fn with_retries<T, E, F, Fut>(
     policy: ExponentialBackoff,
     is_transient: impl Fn(&E) -> bool,
     mut op: F,
 ) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    backoff::future::retry(policy, || {
-        let attempt = op();
-        let is_transient = &is_transient;
-        async move {
-            attempt.await.map_err(|e| {
-                if is_transient(&e) {
-                    backoff::Error::transient(e)
-                } else {
-                    backoff::Error::permanent(e)
-                }
-            })
-        }
-    })
+    let notify = |error: E, delay: Duration| {
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "retrying");
+    };
+    backoff::future::retry_notify(
+        policy,
+        || {
+            let attempt = op();
+            let is_transient = &is_transient;
+            async move {
+                attempt.await.map_err(|e| {
+                    if is_transient(&e) {
+                        backoff::Error::transient(e)
+                    } else {
+                        backoff::Error::permanent(e)
+                    }
+                })
+            }
+        },
+        notify,
+    )
     .await
 }
 

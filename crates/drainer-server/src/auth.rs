@@ -191,6 +191,7 @@ impl Action {
         match (self, kind) {
             (_, K::Admin) => Reach::All,
             (A::Handoff | A::Restore, K::Workload) => Reach::Own,
+            (A::Restore, K::User) => Reach::Granted,
             (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::Workload) => Reach::OwnOrGranted,
             (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::User) => Reach::Granted,
             (
@@ -277,6 +278,20 @@ impl std::fmt::Display for Permission {
         match &self.namespace {
             Some(ns) => write!(f, " in namespace {ns}"),
             None => f.write_str(" cluster-wide"),
+        }
+    }
+}
+
+impl Permission {
+    /// The permission to read the snapshots of `volume` made in an earlier life of its
+    /// namespace (`read-earlier` on `snapshots.drainer.io`, by the claim's name): what an
+    /// operator other than the admin token needs for `earlier=true`.
+    pub fn read_earlier(volume: &VolumeId) -> Self {
+        Self {
+            verb: "read-earlier",
+            resource: "snapshots",
+            namespace: Some(volume.namespace.clone()),
+            name: Some(volume.name.clone()),
         }
     }
 }
@@ -601,7 +616,7 @@ mod tests {
             (Sweep, [All, Granted, Granted, No]),
             (ListOrphans, [All, Granted, Granted, No]),
             (ListSnapshots, [All, OwnOrGranted, Granted, No]),
-            (Restore, [All, Own, No, No]),
+            (Restore, [All, Own, Granted, No]),
             (Stream, [All, No, No, Own]),
         ];
         for (action, reach) in table {

@@ -13,7 +13,7 @@
 //! without an action has no grant to give its handler and fails (the route table test calls
 //! every route with every kind of caller).
 
-use super::lives::{Bound, earlier_asked};
+use super::lives::{Bound, LifeReach, earlier_asked};
 use super::{AppState, Error};
 use crate::auth::{self, Action, Caller, Reach};
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -120,8 +120,10 @@ pub(crate) struct VolumeAccess {
 }
 
 /// The volume of the route, if the caller may restore it: any for an admin; for a workload,
-/// what the authority allows (a pod the claims it mounts, others an RBAC grant). Bound to the
-/// current life of the volume's namespace, or (an admin's `earlier=true`) to none, recorded.
+/// what the authority allows (a pod the claims it mounts, others an RBAC grant); for an
+/// operator, what RBAC grants (`create` on `restores.drainer.io`, by the claim's name). Bound
+/// to the current life of the volume's namespace, or, at an explicit `earlier=true` of the
+/// admin or an operator granted `read-earlier`, to none (each earlier read recorded).
 async fn restorable(
     state: &AppState,
     caller: &Caller,
@@ -134,13 +136,64 @@ async fn restorable(
     match caller {
         Caller::Admin => {}
         Caller::Workload(workload) => auth.may_restore(workload, &volume).await?,
-        Caller::Mover { .. } | Caller::User(_) => {
-            return Err(auth::forbidden(caller, Action::Restore).into());
+        Caller::User(subject) => {
+            let permission = Action::Restore
+                .on(Some(&volume.namespace), Some(&volume.name))
+                .expect("restores have a permission");
+            require_granted(state, caller, subject, permission).await?;
         }
+        Caller::Mover { .. } => return Err(auth::forbidden(caller, Action::Restore).into()),
     }
+    let lives = lives_of(state, caller, &volume, earlier).await?;
     let life = auth.namespace_life(caller, &volume.namespace).await?;
-    let bound = Bound::for_caller(caller, &volume.namespace, life, earlier)?;
+    let bound = Bound::for_caller(caller, &volume.namespace, life, earlier, lives)?;
     Ok(VolumeAccess { volume, bound })
+}
+
+/// Which lives of `volume`'s namespace `caller` may read: every one for the admin; for others
+/// the current one, unless they ask for an earlier one (`earlier`), which RBAC must grant
+/// (`read-earlier` on the claim's `snapshots.drainer.io`: a `403` naming it otherwise).
+async fn lives_of(
+    state: &AppState,
+    caller: &Caller,
+    volume: &VolumeId,
+    earlier: bool,
+) -> Result<LifeReach, Error> {
+    if matches!(caller, Caller::Admin) {
+        return Ok(LifeReach::Every);
+    }
+    if !earlier {
+        return Ok(LifeReach::Current);
+    }
+    let subject = caller
+        .subject()
+        .ok_or_else(|| Error::from(auth::forbidden(caller, Action::Restore)))?;
+    require_granted(
+        state,
+        caller,
+        &subject,
+        auth::Permission::read_earlier(volume),
+    )
+    .await?;
+    Ok(LifeReach::Every)
+}
+
+/// `Ok` if RBAC grants `subject` the `permission`, else the `403` naming it.
+async fn require_granted(
+    state: &AppState,
+    caller: &Caller,
+    subject: &auth::Subject,
+    permission: auth::Permission,
+) -> Result<(), Error> {
+    if state.shared().auth.granted(subject, &permission).await? {
+        tracing::debug!(principal = %caller.principal(), %permission, "granted by RBAC");
+        return Ok(());
+    }
+    Err(auth::Denied::NotGranted {
+        principal: caller.principal(),
+        missing: permission,
+    }
+    .into())
 }
 
 /// An operator action (retry, cancel, abandon, sweep), allowed to its caller; recorded with
@@ -391,10 +444,10 @@ async fn drain_for(asked: &Asked<'_>, params: &HashMap<String, String>) -> Resul
     }
 }
 
-/// The volume whose snapshots the route lists, if the caller may see them: whoever may
-/// restore it (bound as it restores), or whoever RBAC grants `list` on `snapshots` in the
-/// volume's namespace, by the claim's name: a workload the current life of the namespace, an
-/// operator every life.
+/// The volume whose snapshots the route lists, if the caller may see them: whoever RBAC grants
+/// `list` on `snapshots` in the volume's namespace, by the claim's name (a workload the
+/// current life of the namespace, an operator every life), or else whoever may restore it
+/// (bound as it restores).
 async fn listable(
     asked: &Asked<'_>,
     params: &HashMap<String, String>,
@@ -411,14 +464,25 @@ async fn listable(
     }
     let volume = VolumeId::new(param(params, "namespace")?, param(params, "pvc")?)
         .map_err(|e| Error::invalid(e.to_string()))?;
-    asked
-        .require(Some(&volume.namespace), Some(&volume.name))
-        .await?;
+    if let Some(missing) = asked
+        .lacks(Some(&volume.namespace), Some(&volume.name))
+        .await?
+    {
+        // An operator who may restore the claim sees what it may restore.
+        if matches!(asked.caller, Caller::User(_)) {
+            match restorable(asked.state, asked.caller, params, earlier).await {
+                Err(e) if e.status == StatusCode::FORBIDDEN => {}
+                answer => return answer,
+            }
+        }
+        return Err(asked.refuse(missing));
+    }
     let bound = match asked.caller {
         Caller::Workload(_) => {
+            let lives = lives_of(asked.state, asked.caller, &volume, earlier).await?;
             let auth = &asked.state.shared().auth;
             let life = auth.namespace_life(asked.caller, &volume.namespace).await?;
-            Bound::for_caller(asked.caller, &volume.namespace, life, earlier)?
+            Bound::for_caller(asked.caller, &volume.namespace, life, earlier, lives)?
         }
         _ => Bound::Any,
     };

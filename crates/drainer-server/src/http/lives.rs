@@ -46,16 +46,17 @@ pub(crate) enum Bound {
 
 impl Bound {
     /// The bound of `caller` on a volume whose namespace has the current life `life`, with
-    /// `earlier` asked or not. Only an admin may ask for an earlier life; a workload of a
-    /// namespace that does not exist reads nothing.
+    /// `earlier` asked or not. Only a caller whose [`LifeReach`] is `Every` (the admin, or an
+    /// operator RBAC grants `read-earlier`) may ask for an earlier life or read a namespace
+    /// that does not exist now; a workload of a namespace that does not exist reads nothing.
     pub(crate) fn for_caller(
         caller: &Caller,
         namespace: &str,
         life: CurrentLife,
         earlier: bool,
+        lives: LifeReach,
     ) -> Result<Bound, Error> {
-        let admin = matches!(caller, Caller::Admin);
-        if earlier && !admin {
+        if earlier && lives == LifeReach::Current {
             return Err(Error::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -68,7 +69,7 @@ impl Bound {
         let current = match life {
             CurrentLife::Unbounded => return Ok(Bound::Any),
             CurrentLife::Current(life) => Some(life),
-            CurrentLife::Gone if admin => None,
+            CurrentLife::Gone if lives == LifeReach::Every => None,
             CurrentLife::Gone => {
                 return Err(Error::new(
                     StatusCode::FORBIDDEN,
@@ -100,6 +101,16 @@ impl Bound {
     pub(crate) fn reads_pointer(&self) -> bool {
         !matches!(self, Bound::Current(_))
     }
+}
+
+/// Which lives of a namespace a caller may read the snapshots of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LifeReach {
+    /// Only the current one.
+    Current,
+    /// Every one, earlier lives at its explicit request (`earlier=true`): the admin, or an
+    /// operator granted `read-earlier` on the claim's `snapshots.drainer.io`.
+    Every,
 }
 
 /// Whether a snapshot `id` that records namespace UID `uid` is of the life `current` (none
@@ -289,10 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn only_an_admin_asks_for_an_earlier_life_and_a_gone_namespace_binds_to_nothing() {
+    fn only_the_admin_and_granted_operators_ask_for_an_earlier_life() {
         let now = || CurrentLife::Current(life());
         let bound = |caller: &Caller, life, earlier| {
-            Bound::for_caller(caller, "shop", life, earlier).map_err(|e| e.status)
+            let lives = match caller {
+                Caller::Admin => LifeReach::Every,
+                _ => LifeReach::Current,
+            };
+            Bound::for_caller(caller, "shop", life, earlier, lives).map_err(|e| e.status)
         };
         let refused = Err(StatusCode::FORBIDDEN);
         assert_eq!(
@@ -329,6 +344,25 @@ mod tests {
             bound(&Caller::Admin, CurrentLife::Unbounded, true),
             Ok(Bound::Any)
         );
+        // An operator reads an earlier life only if RBAC grants it `read-earlier`.
+        let olga = Caller::User(crate::auth::Subject {
+            user: "olga".into(),
+            groups: vec![],
+        });
+        let granted = |life, earlier| {
+            Bound::for_caller(&olga, "shop", life, earlier, LifeReach::Every).map_err(|e| e.status)
+        };
+        assert_eq!(bound(&olga, now(), true), refused);
+        assert_eq!(bound(&olga, CurrentLife::Gone, false), refused);
+        assert_eq!(
+            granted(now(), true),
+            Ok(Bound::Earlier {
+                current: Some(life()),
+                by: "user:olga".into()
+            })
+        );
+        assert_eq!(granted(CurrentLife::Gone, false), Ok(Bound::Current(None)));
+        assert_eq!(granted(now(), false), Ok(Bound::Current(Some(life()))));
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Authority for Callers {
                 }),
             ),
             "job" => shop(JOB_USER, None),
-            "olga" | "vic" | "sam" => Caller::User(Subject {
+            "olga" | "vic" | "sam" | "rita" => Caller::User(Subject {
                 user: token.into(),
                 groups: vec!["system:authenticated".into()],
             }),
@@ -72,10 +72,14 @@ impl Authority for Callers {
     }
 
     /// A fake RBAC: `olga` may do anything anywhere; `vic` may `list` and `get` drainer's
-    /// resources in `shop`; nobody else anything.
+    /// resources in `shop`; `rita` may `create` restores in `shop`; nobody else anything.
     async fn granted(&self, subject: &Subject, permission: &Permission) -> Result<bool, Denied> {
         Ok(match subject.user.as_str() {
             "olga" => true,
+            "rita" => {
+                (permission.verb, permission.resource) == ("create", "restores")
+                    && permission.namespace.as_deref() == Some("shop")
+            }
             "vic" => {
                 matches!(permission.verb, "list" | "get")
                     && permission.namespace.as_deref() == Some("shop")
@@ -695,15 +699,20 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("through-api");
-    restore("pod", "shop/data-web-4", &dest).await.unwrap();
-    assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
-    assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
+    // The pod restores the claim it mounts; operators what RBAC grants them.
+    for token in ["pod", "olga", "rita"] {
+        let dest = dir.path().join(format!("through-api-{token}"));
+        restore(token, "shop/data-web-4", &dest).await.unwrap();
+        assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
+        assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
+    }
     for (token, volume) in [
         ("pod", "shop/data-web-3"),
         ("pod", "other/data-web-4"),
         ("mover", "shop/data-web-4"),
         ("nobody", "shop/data-web-4"),
+        ("vic", "shop/data-web-4"),
+        ("rita", "other/data-web-4"),
     ] {
         let refused = dir
             .path()
@@ -716,6 +725,7 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         );
         assert!(!refused.exists(), "{token} {volume}: nothing written");
     }
+    earlier_reads_need_their_own_grant(w).await;
     // Ranged reads answer 206 with the object's size; a range outside it 416.
     let key = {
         let (_, b) = w
@@ -770,6 +780,49 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         assert_eq!(answer.status().as_u16(), status, "{bad}");
     }
     batch_reads(w, &key, large).await;
+}
+
+/// `earlier=true` (reading an earlier life of the namespace) takes RBAC's `read-earlier` on
+/// the claim's snapshots besides `create` on restores: `rita` (restores only) is refused,
+/// naming it, and `olga` (everything) reads; a pod never may.
+async fn earlier_reads_need_their_own_grant(w: &World) {
+    let (_, listed) = w
+        .api
+        .call(
+            "pod",
+            Method::GET,
+            "/volumes/shop/data-web-4/snapshots",
+            None,
+        )
+        .await;
+    let key = format!(
+        "snapshots/{}/files/small",
+        listed["latest"].as_str().unwrap()
+    );
+    let url = format!("{}/v1/volumes/shop/data-web-4/objects", w.api.url);
+    let earlier = |token: &'static str| {
+        w.api
+            .client
+            .get(&url)
+            .query(&[("key", key.as_str()), ("earlier", "true")])
+            .bearer_auth(token)
+            .send()
+    };
+    let refused: Value = {
+        let answer = earlier("rita").await.unwrap();
+        assert_eq!(answer.status().as_u16(), 403);
+        answer.json().await.unwrap()
+    };
+    let missing = &refused["error"]["missing"];
+    assert_eq!(
+        (missing["verb"].as_str(), missing["resource"].as_str()),
+        (Some("read-earlier"), Some("snapshots")),
+        "{refused}"
+    );
+    let read = earlier("olga").await.unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    assert_eq!(read.bytes().await.unwrap(), &b"hello"[..]);
+    assert_eq!(earlier("pod").await.unwrap().status().as_u16(), 403);
 }
 
 /// `POST …/objects/batch`: each read answered in order (bytes and object size, or why not);
