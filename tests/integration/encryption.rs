@@ -1,11 +1,11 @@
 //! Encryption at rest (`--encryption-keys`): what the store holds reveals neither file
 //! contents nor file names; restore, verify and snapshots read it back exactly with the keys;
 //! a missing or wrong key is one line that writes nothing; keys rotate without a rewrite;
-//! pruning keeps what later snapshots use; and a drainer that relays movers to S3 seals what
-//! they send.
+//! pruning keeps what later snapshots use; a drainer that relays movers to S3 seals what
+//! they send; and a running drainer takes a rotated key file, refusing one that would lose data.
 
 use crate::support::s3::S3Server;
-use crate::support::serve::{Serve, TOKEN};
+use crate::support::serve::{Serve, TOKEN, log_tail};
 use crate::support::tree::{bytes, differences};
 use crate::support::{self, drainer, fails, file_url, run_ok};
 use std::path::{Path, PathBuf};
@@ -262,4 +262,119 @@ async fn a_drainer_seals_what_its_movers_send_to_s3() {
     server.configure(&mut restore);
     run_ok(&mut restore).await;
     assert_eq!(differences(&mount, &direct), Vec::<String>::new());
+}
+
+/// Keys rotate under a running drainer: the key file rewritten with a new first key is taken
+/// within seconds (logged), the next snapshot's new objects are sealed with it while the
+/// unchanged files' objects stay under the old key, and a rewrite that drops the old key is
+/// refused (logged) and changes nothing: the latest snapshot, which needs both keys, restores
+/// exactly through the drainer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_drainer_takes_a_rotated_key_file_and_refuses_one_that_drops_a_key() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mount = secret_volume(&work.path().join("mount"));
+    let keys = key_file(work.path(), "keys", &[KEY_OLD]);
+    let keys_arg = keys.display().to_string();
+    let serve = Serve::start(
+        &data,
+        &[
+            "--sweep-interval",
+            "0",
+            "--movers",
+            "external",
+            "--encryption-keys",
+            &keys_arg,
+        ],
+    )
+    .await;
+    let store = data.join("store");
+    drain_through_mover(&serve, &mount).await;
+    let before: std::collections::BTreeSet<String> =
+        local_objects(&store).into_iter().map(|o| o.0).collect();
+
+    key_file(work.path(), "keys", &[KEY_NEW, KEY_OLD]);
+    wait_for_log(&serve, "encryption keys reloaded").await;
+    std::fs::write(mount.join("salaries/ceo-contract.pdf"), MARKER.repeat(30)).unwrap();
+    drain_through_mover(&serve, &mount).await;
+    let (old, new) = (fingerprint(KEY_OLD), fingerprint(KEY_NEW));
+    let mut added = 0;
+    for (path, bytes) in local_objects(&store) {
+        if !path.contains("/files/") || bytes.is_empty() {
+            continue; // an empty file's object holds no chunk
+        }
+        let sealed_with = &bytes[4..8];
+        if before.contains(&path) {
+            assert_eq!(sealed_with, old, "{path} was sealed before the rotation");
+        } else {
+            assert_eq!(sealed_with, new, "{path} was sealed after the rotation");
+            added += 1;
+        }
+    }
+    assert!(added >= 1, "the changed file has a new object");
+    assert_sealed(&local_objects(&store));
+
+    key_file(work.path(), "keys", &[KEY_NEW]);
+    wait_for_log(&serve, "encryption keys not reloaded").await;
+    assert!(
+        log_tail(&serve.log_path(), 200).contains("is gone from it"),
+        "the refusal says why"
+    );
+    let through = work.path().join("through");
+    run_ok(
+        drainer()
+            .args(["restore", "--drainer", &serve.url, "--volume", VOLUME])
+            .env("DRAINER_TOKEN", TOKEN)
+            .arg(&through),
+    )
+    .await;
+    assert_eq!(differences(&mount, &through), Vec::<String>::new());
+}
+
+/// Hands `VOLUME` off and copies `mount` into it with an external mover, to completion.
+async fn drain_through_mover(serve: &Serve, mount: &Path) {
+    let (status, drains) = serve.handoff("shop", &["payroll-0"]).await;
+    assert_eq!(status, 202, "{drains:?}");
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    run_ok(
+        drainer()
+            .args(["mover", "--drainer", &serve.url, "--drain", &id, "--source"])
+            .arg(mount)
+            .env("DRAINER_TOKEN", TOKEN),
+    )
+    .await;
+    serve
+        .wait_state(&id, "completed", Duration::from_secs(60))
+        .await;
+}
+
+/// The 4-byte fingerprint a sealed chunk names its key by.
+fn fingerprint(key: &str) -> Vec<u8> {
+    let keys = drainer_core::encryption::Keys::parse(key).unwrap();
+    let named = keys.sealing_key();
+    let hex = &named[named.rfind('(').unwrap() + 1..named.len() - 1];
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Waits (30 s at most) until the drainer's log says `words`.
+async fn wait_for_log(serve: &Serve, words: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(serve.log_path())
+        .unwrap_or_default()
+        .contains(words)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never said {words:?}: {}",
+            log_tail(&serve.log_path(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -49,14 +49,36 @@ impl EncryptionArgs {
 
     /// `store` sealed with these keys, or as it is without them.
     pub fn apply(&self, store: crate::store::Store) -> Result<crate::store::Store, Usage> {
-        Ok(match self.keys()? {
-            Some(keys) => {
-                tracing::info!(store = store.url(), key = %keys.sealing_key(), "objects are encrypted");
-                store.encrypted(keys)
-            }
-            None => store,
-        })
+        Ok(self.apply_reloading(store)?.0)
     }
+
+    /// `store` sealed with these keys, and the keys in use with the file to watch for
+    /// rotations (see [`crate::encryption::KeyRing::watch`]); without a key file, the store as
+    /// it is.
+    pub fn apply_reloading(
+        &self,
+        store: crate::store::Store,
+    ) -> Result<(crate::store::Store, Option<KeyFile>), Usage> {
+        let (Some(path), Some(keys)) = (&self.encryption_keys, self.keys()?) else {
+            return Ok((store, None));
+        };
+        tracing::info!(store = store.url(), key = %keys.sealing_key(), "objects are encrypted");
+        let ring = crate::encryption::KeyRing::from(keys);
+        let file = KeyFile {
+            path: path.clone(),
+            ring: ring.clone(),
+        };
+        Ok((store.encrypted(ring), Some(file)))
+    }
+}
+
+/// A key file and the keys in use from it, for a long-running process to keep current.
+#[derive(Debug, Clone)]
+pub struct KeyFile {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The keys the store uses.
+    pub ring: crate::encryption::KeyRing,
 }
 
 /// Files in flight when `--concurrency` is not given.

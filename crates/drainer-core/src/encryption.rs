@@ -26,6 +26,10 @@
 //! opens back to the names: the store reveals a file's size, rounded up to a chunk, and
 //! whether two files of one snapshot share a name, but neither contents nor names.
 
+mod ring;
+
+pub use ring::{KeyRing, RELOAD_EVERY, Reload};
+
 use aws_lc_rs::aead::{AES_256_GCM, AES_256_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey};
 use base64::Engine as _;
 use std::fmt;

@@ -252,11 +252,18 @@ impl Store {
         })
     }
 
+    /// Copies of a part in memory while it is being stored, for memory budgets: two for a
+    /// sealed store (the part read, and the sealed part being sent, in a buffer of the
+    /// store's own pool while the read buffer waits in the engine's), one otherwise.
+    pub fn buffer_copies(&self) -> u64 {
+        if self.sealed { 2 } else { 1 }
+    }
+
     /// This store with its objects sealed by `keys` (see [`crate::encryption`]): what is
     /// written is encrypted, what is read decrypted, and a file's name is stored sealed. Reads
     /// go through the object API only (no local fast path), and a local directory's parts are
     /// laid out at their sealed size.
-    pub fn encrypted(mut self, keys: Arc<crate::encryption::Keys>) -> Self {
+    pub fn encrypted(mut self, keys: impl Into<crate::encryption::KeyRing>) -> Self {
         if let Some(fs) = self.local_fs.take() {
             self.multipart = Arc::new(LocalParts {
                 fs,
@@ -266,8 +273,9 @@ impl Store {
         let layer = Arc::new(sealed::SealedStore {
             inner: Arc::clone(&self.objects),
             parts: Arc::clone(&self.multipart),
-            keys,
+            keys: keys.into(),
             root: self.root.clone(),
+            buffers: Arc::default(),
         });
         self.objects = Arc::clone(&layer) as Arc<dyn ObjectStore>;
         self.multipart = layer;

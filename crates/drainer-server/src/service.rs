@@ -108,10 +108,16 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
             part_size: u64::from(args.engine.part_size_mib) * 1024 * 1024,
         },
     )?;
-    let store = args.encryption.apply(store)?;
+    let (store, key_file) = args.encryption.apply_reloading(store)?;
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let health = Health::default();
     let supervisor = Supervisor::new(shutdown.graceful.clone(), health.clone());
+    if let Some(file) = key_file {
+        supervisor.spawn("encryption-keys", move |stop| {
+            let every = drainer_core::encryption::RELOAD_EVERY;
+            file.ring.clone().watch(file.path.clone(), every, stop)
+        });
+    }
     let ledger =
         Ledger::open_under(args.ledger.database_url.as_deref(), &data_dir, &supervisor).await?;
     let metrics = Arc::new(Metrics::new(&health));

@@ -1,10 +1,12 @@
 //! Shared test support: awkward trees, exact tree comparison, running the real binary (and its
-//! image, for pods), an S3-protocol server, and the test PostgreSQL.
+//! image, for pods), an S3-protocol server, a GCS-protocol server, the test PostgreSQL, and the
+//! kube-env fixture (`cluster`, `world`, `gate`) every Kubernetes test builds on.
 
 pub mod cluster;
 pub mod fault;
 pub mod forward;
 pub mod gate;
+pub mod gcs;
 pub mod image;
 pub mod install;
 pub mod kube;
@@ -40,7 +42,7 @@ pub fn drainer_bin() -> &'static str {
 pub fn drainer() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(drainer_bin());
     for (key, _) in std::env::vars() {
-        if key.starts_with("DRAINER_") || key.starts_with("AWS_") {
+        if key.starts_with("DRAINER_") || key.starts_with("AWS_") || key.starts_with("GOOGLE_") {
             cmd.env_remove(key);
         }
     }

@@ -38,6 +38,7 @@ pub use restore::{
     Found, RestoreOptions, RestoreSummary, continuing, inspect as inspect_destination, restore,
 };
 pub use retention::{Plan, Policy};
+pub(crate) use upload::BufferPool;
 pub use verify::{Problem, VerifyReport, verify};
 
 use std::path::{Path, PathBuf};

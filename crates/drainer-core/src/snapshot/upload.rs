@@ -111,8 +111,10 @@ impl Uploader {
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Waits until `bytes` of data (with their sealed copies, for a sealed store) fit in the
+    /// memory budget; the permit gives them back.
     async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
-        let units = bytes
+        let units = (bytes * self.store.buffer_copies())
             .div_ceil(BUDGET_UNIT)
             .clamp(1, self.budget_units as u64) as u32;
         Arc::clone(&self.budget)
@@ -654,7 +656,7 @@ const POOLED_BUFFERS: usize = 16;
 
 impl BufferPool {
     /// A buffer with room for `size` bytes, reused when one is free.
-    fn take(&self, size: usize) -> BytesMut {
+    pub(crate) fn take(&self, size: usize) -> BytesMut {
         let mut free = self.free.lock().expect("pool lock");
         match free.iter_mut().position(|b| b.try_reclaim(size)) {
             Some(i) => {
@@ -667,7 +669,7 @@ impl BufferPool {
     }
 
     /// Returns a buffer whose contents were split off; it is reusable once they are dropped.
-    fn give(&self, buf: BytesMut) {
+    pub(crate) fn give(&self, buf: BytesMut) {
         let mut free = self.free.lock().expect("pool lock");
         if free.len() < POOLED_BUFFERS {
             free.push(buf);

@@ -13,7 +13,8 @@
 //! Errors of sealing are `object_store` errors of the store `"encryption"`, never transient
 //! (see [`super::Error::is_transient`]): retrying cannot make a wrong key right.
 
-use crate::encryption::{self, Keys, OpenError};
+use crate::encryption::{self, KeyRing, Keys, OpenError};
+use crate::snapshot::BufferPool;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
@@ -36,9 +37,12 @@ const SEAL_INLINE_MAX: usize = 256 * 1024;
 pub(crate) struct SealedStore {
     pub(crate) inner: Arc<dyn ObjectStore>,
     pub(crate) parts: Arc<dyn MultipartStore>,
-    pub(crate) keys: Arc<Keys>,
+    pub(crate) keys: KeyRing,
     /// The store URL's prefix: keys are bound relative to it.
     pub(crate) root: Path,
+    /// Buffers of sealed parts, reused once sent (fresh ones per part made the allocator keep
+    /// freed ones per thread, doubling the memory of a large copy).
+    pub(crate) buffers: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for SealedStore {
@@ -99,7 +103,7 @@ impl SealedStore {
         let Some((context, name)) = file_name(relative) else {
             return Ok(location.clone());
         };
-        let sealed = format!("{context}/{}", self.keys.seal_name(context, name));
+        let sealed = format!("{context}/{}", self.keys.current().seal_name(context, name));
         self.under_root(location, &sealed)
     }
 
@@ -111,6 +115,7 @@ impl SealedStore {
         };
         let name = self
             .keys
+            .current()
             .open_name(context, name)
             .map_err(|e| error(sealed, format!("its name does not open: {e}")))?;
         self.under_root(sealed, &format!("{context}/{name}"))
@@ -147,41 +152,58 @@ impl SealedStore {
 
     /// Seals `data` for `location` (off the runtime's threads when it is large).
     async fn seal(&self, location: &Path, data: PutPayload) -> object_store::Result<PutPayload> {
-        seal_payload(
-            Arc::clone(&self.keys),
-            self.relative(location).to_owned(),
-            data,
-        )
-        .await
+        let sealer = Sealer {
+            keys: self.keys.current(),
+            object: self.relative(location).to_owned(),
+            buffers: Arc::clone(&self.buffers),
+        };
+        sealer.seal_payload(data).await
     }
 }
 
-async fn seal_payload(
+/// Seals the payloads of one object.
+#[derive(Debug)]
+struct Sealer {
     keys: Arc<Keys>,
+    /// The object's key relative to the store's root (bound into each chunk).
     object: String,
-    data: PutPayload,
-) -> object_store::Result<PutPayload> {
-    let plain: Bytes = data.into();
-    if plain.len() < SEAL_INLINE_MAX {
-        return Ok(seal_bytes(&keys, &object, plain));
-    }
-    tokio::task::spawn_blocking(move || seal_bytes(&keys, &object, plain))
-        .await
-        .map_err(|e| object_store::Error::Generic {
-            store: STORE,
-            source: e.into(),
-        })
+    buffers: Arc<BufferPool>,
 }
 
-/// Seals `plain` in its own buffer when nothing else holds it (no second copy of a part in
-/// memory), else into a new one.
-fn seal_bytes(keys: &Keys, object: &str, plain: Bytes) -> PutPayload {
-    match plain.try_into_mut() {
-        Ok(mut buffer) => {
-            keys.seal_in_place(object, &mut buffer);
-            buffer.freeze().into()
+impl Sealer {
+    /// Seals `data` (off the runtime's threads when it is large).
+    async fn seal_payload(self, data: PutPayload) -> object_store::Result<PutPayload> {
+        let plain: Bytes = data.into();
+        if plain.len() < SEAL_INLINE_MAX {
+            return Ok(self.seal_bytes(plain));
         }
-        Err(shared) => keys.seal(object, &shared).into(),
+        tokio::task::spawn_blocking(move || self.seal_bytes(plain))
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: STORE,
+                source: e.into(),
+            })
+    }
+
+    /// Seals `plain` in its own buffer when nothing else holds it, else into a pooled one (no
+    /// fresh allocation of a part's size per part).
+    fn seal_bytes(&self, plain: Bytes) -> PutPayload {
+        match plain.try_into_mut() {
+            Ok(mut buffer) => {
+                self.keys.seal_in_place(&self.object, &mut buffer);
+                buffer.freeze().into()
+            }
+            Err(shared) => {
+                let sealed_len = encryption::sealed_len(shared.len() as u64) as usize;
+                let mut buffer = self.buffers.take(sealed_len);
+                buffer.extend_from_slice(&shared);
+                drop(shared);
+                self.keys.seal_in_place(&self.object, &mut buffer);
+                let sealed = buffer.split().freeze();
+                self.buffers.give(buffer);
+                sealed.into()
+            }
+        }
     }
 }
 
@@ -210,8 +232,11 @@ impl ObjectStore for SealedStore {
             .await?;
         Ok(Box::new(SealedUpload {
             inner,
-            keys: Arc::clone(&self.keys),
-            object: self.relative(location).to_owned(),
+            sealer: Sealer {
+                keys: self.keys.current(),
+                object: self.relative(location).to_owned(),
+                buffers: Arc::clone(&self.buffers),
+            },
             location: location.clone(),
             ended: false,
         }))
@@ -339,7 +364,7 @@ impl SealedStore {
             ..got.meta.clone()
         };
         let opener = Opener {
-            keys: Arc::clone(&self.keys),
+            keys: self.keys.current(),
             object: self.relative(location).to_owned(),
             location: location.clone(),
             skip: (range.start - first_chunk.min(range.start)) as usize,
@@ -466,8 +491,7 @@ impl MultipartStore for SealedStore {
 #[derive(Debug)]
 struct SealedUpload {
     inner: Box<dyn MultipartUpload>,
-    keys: Arc<Keys>,
-    object: String,
+    sealer: Sealer,
     location: Path,
     /// A part that was not whole chunks was given: it must have been the last.
     ended: bool,
@@ -481,7 +505,7 @@ impl MultipartUpload for SealedUpload {
             return Box::pin(async move { Err(e) });
         }
         self.ended = !(data.content_length() as u64).is_multiple_of(encryption::CHUNK);
-        let sealed = seal_bytes(&self.keys, &self.object, data.into());
+        let sealed = self.sealer.seal_bytes(data.into());
         self.inner.put_part(sealed)
     }
 
