@@ -546,6 +546,7 @@ async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
             buffer_bytes: 64 << 20,
             check_hash: true,
             origin,
+            compression: Default::default(),
         };
         let (store, ledger, volume, src) =
             (store.clone(), ledger.clone(), volume.clone(), src.clone());

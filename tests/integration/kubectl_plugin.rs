@@ -6,7 +6,9 @@
 //! drain: exit 0; a missing one: exit 1), `status`. Through drainer,
 //! as operators with tokens from `kubectl create token --audience drainer`: `snapshots` and
 //! `retry` (drainer answers a completed drain's retry `409`: exit 1, one line), and a token
-//! without RBAC rights refused (exit 1, one line naming 403). The admin kubeconfig's
+//! without RBAC rights refused (exit 1, one line naming 403); `restore` of `data-web-2` into a
+//! local directory, compared exactly with the claim's data, and refused in one line for a
+//! token without `drainer-restore` or a snapshot that does not exist. The admin kubeconfig's
 //! certificate cannot be shown to drainer: exit 2 naming --token.
 //!
 //! Calls through drainer go through a port-forward to drainer's pod made for the call (kube-env's
@@ -127,7 +129,7 @@ async fn bind(client: &Client, ns: &str, name: &str, role: &str) -> Result<()> {
         .create(
             &PostParams::default(),
             &from_json(json!({
-                "metadata": {"name": format!("kubectl-plugin-{name}")},
+                "metadata": {"name": format!("kubectl-plugin-{name}-{role}")},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
                 "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
             })),
@@ -161,7 +163,7 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     ensure_namespace(client, APPS).await?;
     kubectl(env, &["apply", "-k", &deploy("overlays/kube-env")]).await?;
     crate::support::install::drainer_pod(client, env).await?;
-    start_example_web(env, client).await?;
+    let web = start_example_web(env, client).await?;
     scale(client, APPS, "web", 2).await?;
     let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
     let drain = api
@@ -292,6 +294,18 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
 
+    let refused_tokens = [nobody.as_str(), operator.as_str()];
+    restores(
+        dir,
+        env,
+        client,
+        &volume,
+        &snapshot,
+        &web[2],
+        refused_tokens,
+    )
+    .await?;
+
     // Refused: no RBAC rights; the kubeconfig's certificate; no drainer where it is looked for.
     let args = with(&["snapshots", &volume], &through(&nobody));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -311,6 +325,109 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     )
     .await?
     .refused(1, &["default"])?;
+    Ok(())
+}
+
+/// `kubectl drainer restore` as a ServiceAccount of the examples' namespace bound to
+/// `drainer-restore` there (drainer lets ServiceAccounts restore in their own namespace only):
+/// the drained claim's latest snapshot comes back into a local directory exactly as the
+/// application wrote it (`claim`, its directory on this machine); again over it with `--force
+/// -o json`, every file found in place and nothing but the document printed. Refused in one
+/// line, exit 1, writing nothing: tokens without the right (403, naming the role: `nobody`,
+/// and the operator of `ops`, who may operate drains there but not restore), a snapshot that
+/// does not exist; no directory given is bad usage (exit 2).
+async fn restores(
+    dir: &Path,
+    env: &KubeEnv,
+    client: &Client,
+    volume: &str,
+    snapshot: &str,
+    claim: &Path,
+    refused_tokens: [&str; 2],
+) -> Result<()> {
+    let restorer = user(env, client, APPS, "restorer").await?;
+    bind(client, APPS, "restorer", "drainer-restore").await?;
+    let out = tempfile::tempdir()?;
+    let dest = out.path().join("data-web-2");
+    let to = dest.to_str().context("path")?;
+    let restore = |token: &str, extra: &[&str]| {
+        let mut args = vec!["restore", volume, "--to", to, "--token", token];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let args = restore(&restorer, &[]);
+    let restored = eventually(
+        "the restorer restores the claim's snapshot",
+        Duration::from_secs(30),
+        || async {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            plugin(dir, &args).await?.ok("restore")
+        },
+    )
+    .await?;
+    ensure!(
+        restored.starts_with(&format!(
+            "restored snapshot {snapshot} of {volume} into {to}: "
+        )),
+        "{restored}"
+    );
+    let diffs = crate::support::tree::differences(claim, &dest);
+    ensure!(
+        diffs.is_empty(),
+        "restored {snapshot} differs from {}: {diffs:#?}",
+        claim.display()
+    );
+    ensure!(
+        crate::support::tree::relative_paths(claim).len() > 2,
+        "data-web-2 holds the application's data"
+    );
+
+    let args = restore(&restorer, &["--force", "-o", "json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = plugin(dir, &args).await?;
+    ensure!(run.stderr.is_empty(), "-o json: stderr {:?}", run.stderr);
+    let document: Value = serde_json::from_str(&run.ok("restore -o json")?)?;
+    ensure!(
+        document["snapshot"] == snapshot
+            && document["volume"] == volume
+            && document["files"].as_u64().is_some_and(|f| f > 0)
+            && document["kept"] == document["files"],
+        "{document}"
+    );
+    ensure!(crate::support::tree::differences(claim, &dest).is_empty());
+
+    let refused = out.path().join("refused");
+    let refused_to = refused.to_str().context("path")?;
+    for token in refused_tokens {
+        let args = ["restore", volume, "--to", refused_to, "--token", token];
+        plugin(dir, &args).await?.refused(
+            1,
+            &["403", volume, "restores.drainer.io", "drainer-restore"],
+        )?;
+    }
+    let missing = "29991231T000000000Z-00000000";
+    let args = [
+        "restore",
+        volume,
+        "--to",
+        refused_to,
+        "--token",
+        &restorer,
+        "--snapshot",
+        missing,
+    ];
+    plugin(dir, &args).await?.refused(1, &[missing])?;
+    ensure!(
+        !refused.exists(),
+        "a refused restore wrote {}",
+        refused.display()
+    );
+    let run = plugin(dir, &["restore", volume, "--token", &restorer]).await?;
+    ensure!(
+        run.code == 2 && run.stderr.contains("--to"),
+        "{}",
+        run.stderr
+    );
     Ok(())
 }
 

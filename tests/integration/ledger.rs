@@ -2,7 +2,9 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
+use drainer_core::snapshot::compress::{Codec, Compressed};
 use drainer_core::snapshot::manifest::Content;
+use drainer_core::snapshot::{Compression, PartialUpload, UploadedPart};
 use drainer_core::snapshot::{SnapshotId, SnapshotSummary, StoredFile};
 use futures::TryStreamExt;
 
@@ -16,6 +18,11 @@ fn stored(path: &[u8]) -> StoredFile {
         content: Content {
             blake3: "hash".into(),
             object: format!("snapshots/x/files/{}", String::from_utf8_lossy(path)),
+            // Files under `a/` are stored compressed: the ledger keeps how.
+            compressed: path.starts_with(b"a/").then_some(Compressed {
+                codec: Codec::Zstd,
+                stored_size: 17,
+            }),
         },
     }
 }
@@ -68,6 +75,29 @@ async fn runs_resume_and_keep_walk_order(ledger: Ledger) {
         stored(b"a/b"),
         "every field round-trips, extreme values included"
     );
+    assert!(back[0].content.compressed.is_some());
+    assert_eq!(back[4], stored(b"b"), "a raw object stays raw");
+
+    // An unfinished upload keeps how its parts are compressed, raw ones included.
+    for compression in [Compression::Zstd { level: 7 }, Compression::Off] {
+        let upload = PartialUpload {
+            path: b"big".to_vec(),
+            upload_id: "u-1".into(),
+            part_size: 8 << 20,
+            size: 40 << 20,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino: 3,
+            parts: vec![UploadedPart {
+                id: "p0".into(),
+                chaining_value: [7; 32],
+            }],
+            compression,
+        };
+        ledger.record_partial(&resumed, &upload).await.unwrap();
+        let back = ledger.partial_upload(&resumed, b"big").await.unwrap();
+        assert_eq!(back, Some(upload));
+    }
 
     // Another store or volume is a different run.
     let other = ledger

@@ -4,6 +4,7 @@
 mod abuse;
 mod bad_input;
 mod chart;
+mod compression;
 mod deploy;
 mod encryption;
 mod engine;

@@ -643,6 +643,20 @@ pub async fn restore(
     options: &snapshot::RestoreOptions,
     timeout: Duration,
 ) -> anyhow::Result<snapshot::RestoreSummary> {
+    let progress = snapshot::Progress::default();
+    restore_with_progress(remote, selector, dest, options, timeout, &progress).await
+}
+
+/// [`restore`], counting the files and bytes in place into `progress` against the
+/// snapshot's totals (`kubectl drainer restore` draws them as a bar).
+pub async fn restore_with_progress(
+    remote: &RemoteVolume,
+    selector: &SnapshotSelector,
+    dest: &std::path::Path,
+    options: &snapshot::RestoreOptions,
+    timeout: Duration,
+    progress: &snapshot::Progress,
+) -> anyhow::Result<snapshot::RestoreSummary> {
     let volume = &remote.volume;
     let selector = match selector {
         SnapshotSelector::Id(id) => SnapshotSelector::Id(id.clone()),
@@ -656,7 +670,7 @@ pub async fn restore(
         create: false,
         part_size: options.part_size,
     });
-    Ok(snapshot::restore(&store, volume, &selector, dest, options).await?)
+    Ok(snapshot::restore_with_progress(&store, volume, &selector, dest, options, progress).await?)
 }
 
 #[cfg(test)]

@@ -20,6 +20,12 @@ pub struct EngineArgs {
     /// Memory for file data in flight, in MiB (bounds the process whatever the file sizes).
     #[arg(long, env = "DRAINER_BUFFER_MIB", default_value_t = 48, value_parser = clap::value_parser!(u32).range(16..=4096))]
     pub buffer_mib: u32,
+    /// Compression of stored objects: `off`, `zstd` (level 3) or `zstd:LEVEL` (1 to 19). Each
+    /// file is compressed on its own and stored compressed only when that saves at least an
+    /// eighth (a large file: its first part must); sparse files are stored raw. A mover
+    /// follows its drainer's setting unless given its own. [default: off]
+    #[arg(long, env = "DRAINER_COMPRESSION", value_name = "off|zstd[:LEVEL]")]
+    pub compression: Option<crate::snapshot::Compression>,
     /// Timeout of one object-store request, in seconds.
     #[arg(long, env = "DRAINER_STORE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
     pub store_timeout: Duration,
@@ -101,6 +107,7 @@ impl EngineArgs {
             buffer_bytes: u64::from(self.buffer_mib) * MIB,
             check_hash,
             origin: None,
+            compression: self.compression.unwrap_or_default(),
         }
     }
 }

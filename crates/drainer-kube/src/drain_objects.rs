@@ -129,7 +129,14 @@ pub struct ObjectProgress {
     pub bytes: u64,
     /// Bytes per second since the attempt started.
     pub bytes_per_second: u64,
-    /// The three, for `kubectl get` (`12 files, 3.4 MiB, 1.1 MiB/s`).
+    /// Regular files in the source, once the copy's counting walk has counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<u64>,
+    /// Bytes in the source's regular files, once counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// The three, for `kubectl get` (`12 files, 3.4 MiB, 1.1 MiB/s`; with the totals once
+    /// known: `12/40 files, 3.4/9.0 MiB, 1.1 MiB/s`).
     pub summary: String,
 }
 
@@ -137,18 +144,31 @@ impl ObjectProgress {
     /// The object's form of a live sample.
     pub fn of(view: &ProgressView) -> Self {
         let rate = view.bytes_per_second.max(0.0) as u64;
+        let files = match view.files_total {
+            Some(total) => format!("{}/{total}", view.files_done),
+            None => view.files_done.to_string(),
+        };
+        let bytes = match view.bytes_total {
+            Some(total) => format!(
+                "{}/{}",
+                number_of_mebibytes(view.bytes_done),
+                mebibytes(total)
+            ),
+            None => mebibytes(view.bytes_done),
+        };
         Self {
             files: view.files_done,
             bytes: view.bytes_done,
             bytes_per_second: rate,
-            summary: format!(
-                "{} files, {}, {}/s",
-                view.files_done,
-                mebibytes(view.bytes_done),
-                mebibytes(rate)
-            ),
+            files_total: view.files_total,
+            bytes_total: view.bytes_total,
+            summary: format!("{files} files, {bytes}, {}/s", mebibytes(rate)),
         }
     }
+}
+
+fn number_of_mebibytes(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn mebibytes(bytes: u64) -> String {

@@ -147,6 +147,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         metrics: Arc::clone(&metrics),
         board: Arc::clone(&board),
         max_attempts: args.max_attempts,
+        compression: args.engine.compression.unwrap_or_default(),
         ready: AtomicBool::new(false),
         health: health.clone(),
         per_caller: args.limits.per_caller(),

@@ -4,12 +4,13 @@
 //! What the API server knows is read there ([`drains`]: the `Drain` objects; [`watch`]: one
 //! of them followed until its drain ends; [`status`]: drainer's Deployment, pods, sweeper
 //! Lease and the drains by state). What only drainer knows
-//! ([`through`]: orphans, a volume's snapshots, retry, cancel, readiness) goes to drainer's
+//! ([`through`]: orphans, a volume's snapshots, retry, cancel, readiness; [`restore`]: a
+//! snapshot into a local directory) goes to drainer's
 //! HTTP API through a port-forward made for the call to a ready drainer pod ([`connect`]), or
 //! `--drainer-url`, with a token drainer checks by TokenReview and SubjectAccessReview:
 //! `--token`, or the kubeconfig user's bearer token. Never the admin token. This module only
 //! reads and asks; it changes nothing in the cluster itself (retry and cancel are drainer's
-//! to do, and drainer authorises them).
+//! to do, and drainer authorises them). Progress ([`progress`]) is a bar on a terminal.
 //!
 //! Exit codes (see `drainer::exit_code`): 0 done, 1 the API server or drainer refused or could
 //! not be reached (one line saying which), 2 bad usage.
@@ -17,9 +18,13 @@
 mod connect;
 mod drains;
 mod output;
+mod progress;
+mod restore;
 mod status;
 mod through;
 mod watch;
+
+pub use restore::RestoreCommand;
 
 use clap::{Args, Subcommand, ValueEnum};
 use drainer_core::args::parse_positive_seconds;
@@ -94,12 +99,15 @@ pub enum KubectlCommand {
         /// The drain, as NAMESPACE/ID (or ID).
         drain: String,
     },
-    /// Follow a drain until it ends (its Drain object; a live line on a terminal). Exit 0
-    /// when it completed, 1 when it failed, was cancelled or abandoned.
+    /// Follow a drain until it ends (its Drain object; a bar on a terminal). Exit 0 when it
+    /// completed, 1 when it failed, was cancelled or abandoned.
     Watch {
         /// The drain, as NAMESPACE/ID (or ID with -n).
         drain: String,
     },
+    /// Restore a claim's snapshot (the latest, or --snapshot ID) into a local directory,
+    /// read through drainer as the caller (RBAC create on restores.drainer.io).
+    Restore(RestoreCommand),
 }
 
 /// How results are printed.
@@ -128,6 +136,7 @@ pub async fn run(args: KubectlArgs) -> anyhow::Result<()> {
             through::act(&cluster, &args, drain, through::Act::Cancel).await
         }
         KubectlCommand::Watch { drain } => watch::run(&cluster, &args, drain).await,
+        KubectlCommand::Restore(restore) => restore::run(&cluster, &args, restore).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `kubectl drainer watch [NS/]ID`: follows one drain's `Drain` object (read from the API
 //! server every two seconds, no token needed) until the drain ends: on a terminal (stderr) a
-//! live line (state, files, bytes, rate) redrawn in place, otherwise a line on stdout each
+//! bar redrawn in place with the state, files and bytes done of their totals (once drainer
+//! has counted the source) and the rate ([`super::progress`]), otherwise a line on stdout each
 //! time the drain moves; the last line always on stdout.
 //! Exit 0 when it completed (or was not needed), 1 when it failed, was cancelled or abandoned
 //! (one line with its last error), or when its object cannot be read (at once when the API
@@ -9,9 +10,9 @@
 use super::KubectlArgs;
 use super::connect::{self, Cluster};
 use super::drains::{Row, resource};
+use super::progress::{Bar, Counts};
 use drainer_core::args::Usage;
 use kube::api::{Api, DynamicObject};
-use std::io::IsTerminal;
 use std::time::Duration;
 
 /// How often the object is read.
@@ -72,12 +73,8 @@ fn drain_of(text: &str, cluster: &Cluster, args: &KubectlArgs) -> Result<(String
 pub(crate) async fn run(cluster: &Cluster, args: &KubectlArgs, drain: &str) -> anyhow::Result<()> {
     let (ns, id) = drain_of(drain, cluster, args)?;
     let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns, &resource());
-    // The live line goes to stderr (indicatif's), the last one to stdout.
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    });
+    // The bar goes to stderr, the last line to stdout.
+    let bar = Bar::on_terminal(&format!("drain {ns}/{id}"));
     let (mut failures, mut shown) = (0, String::new());
     loop {
         match api.get(&id).await {
@@ -85,9 +82,9 @@ pub(crate) async fn run(cluster: &Cluster, args: &KubectlArgs, drain: &str) -> a
                 failures = 0;
                 let row = Row::of(&object, chrono::Utc::now().timestamp());
                 let now = line(&row);
-                show(bar.as_ref(), &now, &mut shown);
+                show(&bar, &object, &row, &now, &mut shown);
                 if let Some(end) = ended(row.state.as_deref()) {
-                    return finish(bar, end, &row, now);
+                    return finish(&bar, end, &row, now);
                 }
             }
             Err(e) if !connect::is_transient(&e) || failures + 1 >= MAX_FAILURES => {
@@ -102,26 +99,19 @@ pub(crate) async fn run(cluster: &Cluster, args: &KubectlArgs, drain: &str) -> a
     }
 }
 
-fn show(bar: Option<&indicatif::ProgressBar>, now: &str, shown: &mut String) {
-    match bar {
-        Some(bar) => {
-            bar.set_message(now.to_owned());
-            bar.tick();
-        }
-        None if now != shown => println!("{now}"),
-        None => {}
+fn show(bar: &Bar, object: &DynamicObject, row: &Row, now: &str, shown: &mut String) {
+    if bar.drawn() {
+        let state = row.state.as_deref().unwrap_or("requested");
+        bar.show(Counts::of_drain(object).as_ref(), state);
+    } else if now != shown {
+        println!("{now}");
     }
     *shown = now.to_owned();
 }
 
-fn finish(
-    bar: Option<indicatif::ProgressBar>,
-    end: Ended,
-    row: &Row,
-    now: String,
-) -> anyhow::Result<()> {
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+fn finish(bar: &Bar, end: Ended, row: &Row, now: String) -> anyhow::Result<()> {
+    if bar.drawn() {
+        bar.clear();
         println!("{now}");
     }
     match end {

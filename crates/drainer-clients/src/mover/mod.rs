@@ -43,6 +43,25 @@ async fn copying_drain(api: &Api, drain: &str) -> anyhow::Result<DrainInfo> {
     }
 }
 
+/// The compression a mover uses: its own `--compression` if given, else its drainer's (off
+/// for a drainer that does not say). A setting the mover cannot read is an error naming it.
+fn compression(
+    own: Option<snapshot::Compression>,
+    store_info: &StoreInfo,
+) -> anyhow::Result<snapshot::Compression> {
+    if let Some(own) = own {
+        return Ok(own);
+    }
+    let Some(text) = &store_info.compression else {
+        return Ok(snapshot::Compression::Off);
+    };
+    let drainers = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the drainer's compression setting: {e}"))?;
+    tracing::info!(compression = %drainers, "using the drainer's compression setting");
+    Ok(drainers)
+}
+
 /// Runs `drainer mover`.
 pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     snapshot::check_source(&args.source)?;
@@ -77,6 +96,7 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         .concurrency
         .unwrap_or(drainer_core::args::DEFAULT_MOVER_CONCURRENCY)
         .into();
+    options.compression = compression(args.engine.compression, &store_info)?;
     if options.part_size != store_info.part_size {
         tracing::info!(
             part_size = store_info.part_size,

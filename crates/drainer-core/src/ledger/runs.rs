@@ -15,6 +15,7 @@
 //! the drain it copies for, so callers find "the run of drain D" without comparing clocks.
 
 use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
+use crate::snapshot::compress::{Codec, Compressed, Compression};
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
@@ -467,8 +468,8 @@ struct Claim {
 
 impl Ledger {
     fn stored<'a>(&'a self, run: &'a Run) -> BoxStream<'a, Result<StoredFile>> {
-        const SQL: &str = "SELECT sort_key, size, mtime_ns, ctime_ns, ino, blake3, object \
-                           FROM copy_files WHERE run_id = $1 ORDER BY sort_key";
+        const SQL: &str = "SELECT sort_key, size, mtime_ns, ctime_ns, ino, blake3, object, \
+                           compression, stored_size FROM copy_files WHERE run_id = $1 ORDER BY sort_key";
         on_pool!(self, |pool, DB| sqlx::query(SQL)
             .bind(run.id.as_str())
             .fetch(pool)
@@ -494,10 +495,42 @@ impl Ledger {
                         object: row
                             .try_get("object")
                             .map_err(query_error("read progress"))?,
+                        compressed: compressed_of(
+                            row.try_get("compression")
+                                .map_err(query_error("read progress"))?,
+                            row.try_get("stored_size")
+                                .map_err(query_error("read progress"))?,
+                        )?,
                     },
                 })
             })
             .boxed())
+    }
+}
+
+/// The compression a `copy_files` row records: both columns or neither (a raw object).
+fn compressed_of(codec: Option<String>, stored_size: Option<i64>) -> Result<Option<Compressed>> {
+    match (codec, stored_size) {
+        (None, None) => Ok(None),
+        (Some(name), Some(size)) => match Codec::from_name(&name) {
+            Some(codec) => Ok(Some(Compressed {
+                codec,
+                stored_size: size as u64,
+            })),
+            None => Err(undecodable(format!(
+                "copy_files names an unknown compression {name:?}"
+            ))),
+        },
+        _ => Err(undecodable(
+            "copy_files has a compression without a stored size, or the reverse".into(),
+        )),
+    }
+}
+
+fn undecodable(reason: String) -> Error {
+    Error::Query {
+        op: "read progress",
+        source: sqlx::Error::Decode(reason.into()),
     }
 }
 
@@ -526,8 +559,8 @@ fn decode_parts(text: &str) -> Option<Vec<UploadedPart>> {
 /// Unfinished multipart uploads of large files.
 impl Ledger {
     async fn load_partial(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
-        const SQL: &str = "SELECT upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts \
-                           FROM copy_uploads WHERE run_id = $1 AND sort_key = $2";
+        const SQL: &str = "SELECT upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts, \
+                           compression FROM copy_uploads WHERE run_id = $1 AND sort_key = $2";
         on_pool!(self, |pool, DB| {
             let row = sqlx::query(SQL)
                 .bind(run.id.as_str())
@@ -545,6 +578,13 @@ impl Ledger {
                 tracing::warn!(run = %run.id, "unreadable record of an upload in progress; starting it again");
                 return Ok(None);
             };
+            let compression: Option<String> = row
+                .try_get("compression")
+                .map_err(query_error("read upload"))?;
+            let Ok(compression) = compression.as_deref().unwrap_or("off").parse() else {
+                tracing::warn!(run = %run.id, compression = ?compression, "record of an upload in progress with an unknown compression; starting it again");
+                return Ok(None);
+            };
             Ok(Some(PartialUpload {
                 path: path.to_vec(),
                 upload_id: row
@@ -556,16 +596,18 @@ impl Ledger {
                 ctime_ns: get("ctime_ns")?,
                 ino: get("ino")? as u64,
                 parts,
+                compression,
             }))
         })
     }
 
     async fn save_partial(&self, run: &Run, u: &PartialUpload) -> Result<()> {
-        const SQL: &str = "INSERT INTO copy_uploads (run_id, sort_key, upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        const SQL: &str = "INSERT INTO copy_uploads (run_id, sort_key, upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts, compression) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                            ON CONFLICT (run_id, sort_key) DO UPDATE SET upload_id = excluded.upload_id, \
                            part_size = excluded.part_size, size = excluded.size, mtime_ns = excluded.mtime_ns, \
-                           ctime_ns = excluded.ctime_ns, ino = excluded.ino, parts = excluded.parts";
+                           ctime_ns = excluded.ctime_ns, ino = excluded.ino, parts = excluded.parts, \
+                           compression = excluded.compression";
         on_pool!(self, |pool, DB| sqlx::query(SQL)
             .bind(run.id.as_str())
             .bind(sort_key(&u.path))
@@ -576,6 +618,7 @@ impl Ledger {
             .bind(u.ctime_ns)
             .bind(u.ino as i64)
             .bind(encode_parts(&u.parts))
+            .bind((u.compression != Compression::Off).then(|| u.compression.to_string()))
             .execute(pool)
             .await
             .map(drop)
@@ -702,7 +745,7 @@ impl Ledger {
                 .map_err(query_error("record progress"))?;
             for chunk in files.chunks(1000) {
                 let mut insert = sqlx::QueryBuilder::<DB>::new(
-                    "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object) ",
+                    "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object, compression, stored_size) ",
                 );
                 insert.push_values(chunk, |mut row, f| {
                     row.push_bind(run.id.as_str())
@@ -712,12 +755,15 @@ impl Ledger {
                         .push_bind(f.ctime_ns)
                         .push_bind(f.ino as i64)
                         .push_bind(f.content.blake3.as_str())
-                        .push_bind(f.content.object.as_str());
+                        .push_bind(f.content.object.as_str())
+                        .push_bind(f.content.compressed.map(|c| c.codec.name()))
+                        .push_bind(f.content.compressed.map(|c| c.stored_size as i64));
                 });
                 insert.push(
                     " ON CONFLICT (run_id, sort_key) DO UPDATE SET size = excluded.size, \
                      mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, ino = excluded.ino, \
-                     blake3 = excluded.blake3, object = excluded.object",
+                     blake3 = excluded.blake3, object = excluded.object, \
+                     compression = excluded.compression, stored_size = excluded.stored_size",
                 );
                 insert
                     .build()

@@ -6,6 +6,7 @@
 
 pub mod batch;
 
+use crate::snapshot::compress::{Codec, Compressed, Compression};
 use crate::snapshot::manifest::Content;
 use crate::snapshot::{Listed, PartialUpload, StoredFile, UploadedPart, part_hash};
 use base64::Engine;
@@ -35,6 +36,12 @@ pub struct WireStoredFile {
     pub blake3: String,
     /// Object key relative to the volume.
     pub object: String,
+    /// How the object is compressed (`zstd`); absent for a raw object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Codec>,
+    /// The object's size in the store, with `compression`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_size: Option<u64>,
 }
 
 impl From<&StoredFile> for WireStoredFile {
@@ -47,16 +54,23 @@ impl From<&StoredFile> for WireStoredFile {
             ino: f.ino,
             blake3: f.content.blake3.clone(),
             object: f.content.object.clone(),
+            compression: f.content.compressed.map(|c| c.codec),
+            stored_size: f.content.compressed.map(|c| c.stored_size),
         }
     }
 }
 
 impl TryFrom<WireStoredFile> for StoredFile {
-    type Error = base64::DecodeError;
+    type Error = String;
 
     fn try_from(w: WireStoredFile) -> Result<Self, Self::Error> {
+        let compressed = match (w.compression, w.stored_size) {
+            (Some(codec), Some(stored_size)) => Some(Compressed { codec, stored_size }),
+            (None, None) => None,
+            _ => return Err("compression and stored_size come together".into()),
+        };
         Ok(Self {
-            path: BASE64.decode(w.path_b64)?,
+            path: BASE64.decode(w.path_b64).map_err(|e| e.to_string())?,
             size: w.size,
             mtime_ns: w.mtime_ns,
             ctime_ns: w.ctime_ns,
@@ -64,6 +78,7 @@ impl TryFrom<WireStoredFile> for StoredFile {
             content: Content {
                 blake3: w.blake3,
                 object: w.object,
+                compressed,
             },
         })
     }
@@ -90,6 +105,9 @@ pub struct WirePartial {
     pub ino: u64,
     /// The stored parts in order: their ids and BLAKE3 chaining values (hex).
     pub parts: Vec<(String, String)>,
+    /// How the parts are compressed (`zstd:LEVEL`); absent for raw parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 impl From<&PartialUpload> for WirePartial {
@@ -107,6 +125,7 @@ impl From<&PartialUpload> for WirePartial {
                 .iter()
                 .map(|p| (p.id.clone(), part_hash::to_hex(&p.chaining_value)))
                 .collect(),
+            compression: (u.compression != Compression::Off).then(|| u.compression.to_string()),
         }
     }
 }
@@ -135,6 +154,10 @@ impl TryFrom<WirePartial> for PartialUpload {
             ctime_ns: w.ctime_ns,
             ino: w.ino,
             parts,
+            compression: match w.compression {
+                Some(text) => text.parse()?,
+                None => Compression::Off,
+            },
         })
     }
 }
@@ -155,6 +178,10 @@ pub struct WireRun {
 pub struct StoreInfo {
     /// Size of every part of a large file but the last.
     pub part_size: u64,
+    /// The drainer's compression setting (`off`, `zstd:LEVEL`), which its movers follow
+    /// unless told otherwise; absent from drainers older than compression (then: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 /// `GET /v1/drains/{id}`, the fields a mover reads.
@@ -236,6 +263,7 @@ mod tests {
             mtime_ns: -3,
             ctime_ns: 7,
             ino: 42,
+            compression: Compression::Zstd { level: 5 },
             parts: vec![
                 UploadedPart {
                     id: "0".into(),

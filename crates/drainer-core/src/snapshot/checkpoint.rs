@@ -116,6 +116,10 @@ pub struct PartialUpload {
     pub ino: u64,
     /// The parts stored so far, in order.
     pub parts: Vec<UploadedPart>,
+    /// How the file's bytes are compressed into the upload (`Off`: its parts are the file's
+    /// raw parts). A compressed upload's parts are its zstd stream cut in parts of the part
+    /// size, and each part's recorded value is the BLAKE3 hash of its stored bytes.
+    pub compression: super::Compression,
 }
 
 /// One stored part of a multipart upload.
@@ -124,7 +128,8 @@ pub struct UploadedPart {
     /// The store's id of the part.
     pub id: String,
     /// The part's BLAKE3 chaining value (see `part_hash`): the file's hash is computed from
-    /// these, so stored parts are never read again.
+    /// these, so stored parts are never read again. For a compressed upload: the BLAKE3 hash
+    /// of the part's stored (compressed) bytes, which a rerun checks before it skips the part.
     pub chaining_value: [u8; 32],
 }
 

@@ -57,6 +57,8 @@ pub struct CopyOptions {
     pub check_hash: bool,
     /// The drain this copy is made for, recorded in the snapshot's summary.
     pub origin: Option<catalog::DrainOrigin>,
+    /// Whether objects are compressed where it pays (see `compress`).
+    pub compression: super::Compression,
 }
 
 /// What a finished copy did.
@@ -230,12 +232,14 @@ impl Job<'_> {
     async fn run(&self) -> Result<CopySummary> {
         let started = Instant::now();
         let created = chrono::Utc::now().to_rfc3339();
-        let uploader = Arc::new(Uploader::new(
+        let mut uploader = Uploader::new(
             self.store.clone(),
             self.options.part_size,
             self.options.buffer_bytes,
             Arc::clone(&self.progress),
-        ));
+        );
+        uploader.compression = self.options.compression;
+        let uploader = Arc::new(uploader);
         let parent_entries = Cursor::new(self.parent_entries().await?);
         let stored = Cursor::new(if self.run.resumed {
             self.checkpoint

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {root}/volumes/{ns}/{pvc}/latest                        {"snapshot": ID}
-//! {root}/volumes/{ns}/{pvc}/snapshots/{ID}/files/{path}   the file's bytes, unchanged
+//! {root}/volumes/{ns}/{pvc}/snapshots/{ID}/files/{path}   the file's bytes (zstd where compressed)
 //! {root}/volumes/{ns}/{pvc}/snapshots/{ID}/manifest.jsonl every entry, see `manifest`
 //! {root}/volumes/{ns}/{pvc}/snapshots/{ID}/snapshot.json  written last: the snapshot is complete
 //! ```

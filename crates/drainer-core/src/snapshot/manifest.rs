@@ -8,6 +8,7 @@
 //! {"path":"sock","type":"socket",…,"skipped":"sockets are not copied"}
 //! {"path":"secret","type":"file",…,"size":9,"skipped":"unreadable: Permission denied (os error 13)"}
 //! {"path":"z-same","type":"file",…,"nlink":2,"link":"a.txt","blake3":"…","object":"snapshots/…/files/a.txt"}
+//! {"path":"app.log","type":"file",…,"size":90000,"blake3":"…","object":"…","compression":"zstd","stored_size":8123}
 //! {"end":{"entries":6,"files":2,"bytes":10,"skipped":1,"unreadable":1}}
 //! ```
 //!
@@ -15,6 +16,10 @@
 //! first of the same file (same device and inode) names that first entry in `link` (`link_b64`
 //! when not UTF-8) and repeats its hash and object, so a reader that ignores `link` restores a
 //! copy of the same bytes.
+//!
+//! Compression: an entry whose object is compressed says how (`compression`) and the object's
+//! size (`stored_size`); its `size` and `blake3` stay the raw content's. Without them (every
+//! manifest written before compression existed) the object holds the raw bytes.
 //!
 //! Entries come in walk order: depth first, siblings sorted by their bytes, which is the order
 //! of [`path_order`]. Paths and symlink targets that are not valid UTF-8 are written as base64
@@ -66,6 +71,9 @@ pub struct Content {
     pub blake3: String,
     /// The object holding the bytes, relative to the volume prefix.
     pub object: String,
+    /// How the object is compressed, when it is (`None`: the object holds the raw bytes, as
+    /// in every manifest written before compression existed).
+    pub compressed: Option<super::compress::Compressed>,
 }
 
 /// One entry of a snapshot.
@@ -219,6 +227,10 @@ struct WireEntry {
     blake3: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compression: Option<super::compress::Codec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -287,6 +299,7 @@ pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         Some(l) => split_bytes(l),
         None => (None, None),
     };
+    let compressed = entry.content.as_ref().and_then(|c| c.compressed);
     let wire = WireEntry {
         path,
         path_b64,
@@ -300,6 +313,8 @@ pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         ino: entry.ino,
         blake3: entry.content.as_ref().map(|c| c.blake3.clone()),
         object: entry.content.as_ref().map(|c| c.object.clone()),
+        compression: compressed.map(|c| c.codec),
+        stored_size: compressed.map(|c| c.stored_size),
         target,
         target_b64,
         skipped: match &entry.unreadable {
@@ -355,10 +370,19 @@ fn entry_from_wire(wire: WireEntry) -> Result<Entry, String> {
         ),
         _ => None,
     };
-    let content = match (wire.kind, wire.blake3, wire.object) {
-        (EntryKind::File, Some(blake3), Some(object)) if unreadable.is_none() => {
-            Some(Content { blake3, object })
+    let compressed = match (wire.compression, wire.stored_size) {
+        (Some(codec), Some(stored_size)) => {
+            Some(super::compress::Compressed { codec, stored_size })
         }
+        (None, None) => None,
+        _ => return Err("compression and stored_size come together".into()),
+    };
+    let content = match (wire.kind, wire.blake3, wire.object) {
+        (EntryKind::File, Some(blake3), Some(object)) if unreadable.is_none() => Some(Content {
+            blake3,
+            object,
+            compressed,
+        }),
         (EntryKind::File, None, None) if unreadable.is_some() => None,
         (EntryKind::File, _, _) => {
             return Err("file entry needs blake3 and object, or a reason it was skipped".into());
@@ -421,6 +445,7 @@ mod tests {
             content: (kind == EntryKind::File).then(|| Content {
                 blake3: "ab".into(),
                 object: "snapshots/x/files/a".into(),
+                compressed: None,
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t\xff".to_vec()),
             unreadable: None,
@@ -451,6 +476,17 @@ mod tests {
             Entry {
                 nlink: 3,
                 ..entry(b"first", EntryKind::File)
+            },
+            Entry {
+                content: Some(Content {
+                    blake3: "cd".into(),
+                    object: "snapshots/x/files/z".into(),
+                    compressed: Some(super::super::compress::Compressed {
+                        codec: super::super::compress::Codec::Zstd,
+                        stored_size: 1,
+                    }),
+                }),
+                ..entry(b"zipped", EntryKind::File)
             },
             Entry {
                 nlink: 3,
@@ -497,6 +533,27 @@ mod tests {
             decode_line(9, &line[..line.len() - 1]).unwrap(),
             Line::End(totals)
         );
+    }
+
+    #[test]
+    fn a_manifest_line_without_compression_reads_as_raw_and_raw_writes_none() {
+        // A file entry as manifests were written before compression existed.
+        let old = br#"{"path":"a","type":"file","mode":33188,"uid":0,"gid":0,"mtime_ns":1,"size":5,"blake3":"ab","object":"snapshots/s/files/a"}"#;
+        let Line::Entry(e) = decode_line(2, old).unwrap() else {
+            panic!("an entry")
+        };
+        assert_eq!(e.content.as_ref().unwrap().compressed, None);
+        let mut line = Vec::new();
+        encode_entry(&e, &mut line);
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            !text.contains("compression") && !text.contains("stored_size"),
+            "{text}"
+        );
+        let half = br#"{"path":"a","type":"file","mode":0,"uid":0,"gid":0,"mtime_ns":1,"size":5,"blake3":"ab","object":"o","compression":"zstd"}"#;
+        assert!(decode_line(2, half).is_err());
+        let unknown = br#"{"path":"a","type":"file","mode":0,"uid":0,"gid":0,"mtime_ns":1,"size":5,"blake3":"ab","object":"o","compression":"lzma","stored_size":3}"#;
+        assert!(decode_line(2, unknown).is_err());
     }
 
     #[test]

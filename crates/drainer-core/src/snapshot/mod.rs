@@ -10,6 +10,7 @@
 
 pub mod catalog;
 mod checkpoint;
+pub mod compress;
 mod copy;
 pub mod layout;
 pub mod manifest;
@@ -31,11 +32,13 @@ pub use catalog::{
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, StoredFile, UploadedPart,
 };
+pub use compress::Compression;
 pub use copy::{CopyOptions, CopySummary, check_source, copy};
 pub use layout::{SnapshotId, SnapshotSelector, VolumeLayout};
 pub use progress::{Progress, ProgressView, report as progress_report};
 pub use restore::{
     Found, RestoreOptions, RestoreSummary, continuing, inspect as inspect_destination, restore,
+    restore_with_progress,
 };
 pub use retention::{Plan, Policy};
 pub(crate) use upload::BufferPool;

@@ -12,6 +12,10 @@
 //! count of the `stat` the copy makes anyway, so dense files cost no extra system call.
 
 use super::checkpoint::{Checkpoint, PartialUpload, Run, UploadedPart};
+use super::compress::{self, Codec, Compressed, Compression};
+use packed::Packed;
+
+mod packed;
 use super::manifest::{Content, Entry};
 use super::progress::Progress;
 use super::sparse::{self, Extent};
@@ -50,6 +54,8 @@ pub(crate) struct Uploader {
     budget_units: u32,
     progress: Arc<Progress>,
     buffers: Arc<BufferPool>,
+    /// Whether objects stored in one request are compressed where it pays.
+    pub compression: Compression,
 }
 
 /// Where a large file's upload records its parts, so that a rerun continues it.
@@ -102,6 +108,7 @@ impl Uploader {
             budget_units,
             progress,
             buffers: Arc::default(),
+            compression: Compression::Off,
         }
     }
 
@@ -134,14 +141,15 @@ impl Uploader {
         resume: Resume<'_>,
     ) -> Result<Entry> {
         let scanned = (entry.size, entry.blocks);
-        let (hash, stat, extents) = self
+        let stored = self
             .store_any(&path, &key, resume, &entry.path, scanned)
             .await?;
-        stat.apply(&mut entry);
-        entry.extents = extents;
+        stored.stat.apply(&mut entry);
+        entry.extents = stored.extents;
         entry.content = Some(Content {
-            blake3: hash.to_hex().to_string(),
+            blake3: stored.hash.to_hex().to_string(),
             object,
+            compressed: stored.compressed,
         });
         Ok(entry)
     }
@@ -183,7 +191,7 @@ impl Uploader {
         resume: Resume<'_>,
         rel: &[u8],
         scanned: (u64, u64),
-    ) -> Result<(blake3::Hash, Stat, Option<Vec<Extent>>)> {
+    ) -> Result<Stored> {
         for attempt in 0..READ_ATTEMPTS {
             // The walk's size and block count decide the first attempt (no extra stat); a
             // file that changed is looked at again.
@@ -199,7 +207,8 @@ impl Uploader {
             {
                 if let Some((hash, stat)) = self.try_store_sparse(path, key, sparse.clone()).await?
                 {
-                    return Ok((hash, stat, Some(sparse.1)));
+                    let extents = Some(sparse.1);
+                    return Ok(Stored::raw(hash, stat, extents));
                 }
                 tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
                 continue;
@@ -207,10 +216,12 @@ impl Uploader {
             let attempt = if size <= self.part_size {
                 self.try_store_small(path, key, size).await?
             } else {
-                self.try_store_large(path, key, resume, rel).await?
+                let compression = self.large_compression(path, resume, rel).await?;
+                self.try_store_large(path, key, resume, rel, compression)
+                    .await?
             };
-            if let Some((hash, stat)) = attempt {
-                return Ok((hash, stat, None));
+            if let Some(stored) = attempt {
+                return Ok(stored);
             }
             tracing::info!(path = %path.display(), "file changed while it was uploaded; reading it again");
         }
@@ -220,18 +231,25 @@ impl Uploader {
         })
     }
 
-    /// Stores a file of at most one part in one request; `None` when it grew past one part
-    /// while it was read.
+    /// Stores a file of at most one part in one request, compressed when that is on and
+    /// pays; `None` when it grew past one part while it was read. With compression on, the
+    /// compressed copy is paid for from the budget too.
     async fn try_store_small(
         &self,
         path: &std::path::Path,
         key: &Key,
         size: u64,
-    ) -> Result<Option<(blake3::Hash, Stat)>> {
-        let _permit = self.reserve(size).await;
+    ) -> Result<Option<Stored>> {
+        let compression = self.compression;
+        let copies = if compression == Compression::Off {
+            1
+        } else {
+            2
+        };
+        let _permit = self.reserve(size.saturating_mul(copies)).await;
         let limit = self.part_size;
         let owned = path.to_owned();
-        let (consistent, bytes) = tokio::task::spawn_blocking(move || {
+        let (consistent, bytes, packed) = tokio::task::spawn_blocking(move || {
             let mut data = Vec::new();
             let consistent = read_consistent(&owned, |file, hasher| {
                 data.clear();
@@ -241,17 +259,41 @@ impl Uploader {
                 hasher.update(&data);
                 Ok(())
             })?;
-            Ok::<_, Error>((consistent, data))
+            let packed = if data.len() as u64 <= limit {
+                compress::shrink(&data, compression)
+            } else {
+                None
+            };
+            Ok::<_, Error>((consistent, data, packed))
         })
         .await
         .map_err(|e| task_failed(path, e))??;
         if bytes.len() as u64 > limit || consistent.stat.size > limit {
             return Ok(None);
         }
-        let sent = bytes.len() as u64;
-        self.store.put_bytes(key, PutPayload::from(bytes)).await?;
+        let raw_len = bytes.len() as u64;
+        let (payload, compressed) = match packed {
+            Some(packed) => {
+                drop(bytes);
+                let compressed = Compressed {
+                    codec: Codec::Zstd,
+                    stored_size: packed.len() as u64,
+                };
+                tracing::debug!(key = %key, raw = raw_len, stored = packed.len(), "compressed");
+                (packed, Some(compressed))
+            }
+            None => (bytes, None),
+        };
+        let sent = payload.len() as u64;
+        self.store.put_bytes(key, PutPayload::from(payload)).await?;
         self.sent(sent);
-        Ok(Some((consistent.hash.finalize(), consistent.stat)))
+        let hash = consistent.hash.finalize();
+        Ok(Some(Stored {
+            hash,
+            stat: consistent.stat,
+            extents: None,
+            compressed,
+        }))
     }
 }
 
@@ -268,12 +310,20 @@ impl Uploader {
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
-    ) -> Result<Option<(blake3::Hash, Stat)>> {
+        compression: Compression,
+    ) -> Result<Option<Stored>> {
         let parts = self.store.multipart();
-        match self
-            .try_store_resumable(parts, path, key, resume, rel)
-            .await
-        {
+        let attempt = match compression {
+            Compression::Off => self
+                .try_store_resumable(parts, path, key, resume, rel)
+                .await
+                .map(|stored| stored.map(|(hash, stat)| Stored::raw(hash, stat, None))),
+            Compression::Zstd { level } => {
+                let at = Packed { key, resume, rel };
+                self.try_store_packed(parts, path, at, level).await
+            }
+        };
+        match attempt {
             Err(Failed::Upload(upload, e)) if e.is_not_found() => {
                 tracing::warn!(path = %path.display(), key = %key, upload = %upload, error = %e, "the store no longer has this upload; starting it again");
                 resume.checkpoint.forget_partial(resume.run, rel).await?;
@@ -309,7 +359,13 @@ impl Uploader {
         let file = File::open(path).map_err(|e| Error::read(path, e))?;
         let before = Stat::of(&file, path)?;
         let (mut upload, continued) = self
-            .start_or_continue(parts_api.as_ref(), key, resume, rel, before)
+            .start_or_continue(
+                parts_api.as_ref(),
+                key,
+                resume,
+                rel,
+                (before, Compression::Off),
+            )
             .await?;
         let id = upload.upload_id.clone();
         let failed = |e: crate::store::Error| {
@@ -452,11 +508,12 @@ impl Uploader {
         key: &Key,
         resume: Resume<'_>,
         rel: &[u8],
-        now: Stat,
+        (now, compression): (Stat, Compression),
     ) -> Result<(PartialUpload, bool)> {
         let earlier = resume.checkpoint.partial_upload(resume.run, rel).await?;
         if let Some(upload) = &earlier
             && upload.part_size == self.part_size
+            && upload.compression == compression
             && Stat::from_partial(upload) == now
             && !upload.parts.is_empty()
         {
@@ -481,12 +538,34 @@ impl Uploader {
             ctime_ns: now.ctime_ns,
             ino: now.ino,
             parts: Vec::new(),
+            compression,
         };
         resume
             .checkpoint
             .record_partial(resume.run, &upload)
             .await?;
         Ok((upload, false))
+    }
+}
+
+/// What storing a file did: its content's hash, the metadata it belongs to, and how its object
+/// holds it.
+struct Stored {
+    hash: blake3::Hash,
+    stat: Stat,
+    extents: Option<Vec<Extent>>,
+    compressed: Option<Compressed>,
+}
+
+impl Stored {
+    /// A file stored as its raw bytes (its data extents when `extents`).
+    fn raw(hash: blake3::Hash, stat: Stat, extents: Option<Vec<Extent>>) -> Self {
+        Self {
+            hash,
+            stat,
+            extents,
+            compressed: None,
+        }
     }
 }
 

@@ -188,6 +188,7 @@ mod tests {
             content: (kind == EntryKind::File).then(|| Content {
                 blake3: blake3::hash(b"").to_hex().to_string(),
                 object: "snapshots/x/files/f".into(),
+                compressed: None,
             }),
             target: (kind == EntryKind::Symlink).then(|| b"t".to_vec()),
             unreadable: None,

@@ -7,6 +7,7 @@
 //! every object as recorded"; a manifest problem is reported as one problem of the manifest.
 
 use super::catalog::CheckedManifest;
+use super::compress::Inflater;
 use super::layout::VolumeLayout;
 use super::manifest::Entry;
 use super::{Error, Result, SnapshotSelector, catalog, sparse};
@@ -125,32 +126,73 @@ async fn check_file(
     };
     let objects = store.objects().clone();
     let extents = entry.extents.clone();
-    let stored_len = extents.as_deref().map_or(entry.size, sparse::stored_len);
+    let stored_len = match (content.compressed, extents.as_deref()) {
+        (Some(compressed), _) => compressed.stored_size,
+        (None, Some(extents)) => sparse::stored_len(extents),
+        (None, None) => entry.size,
+    };
+    // A compressed object is decoded as it is read and its raw content hashed; a decoding
+    // failure is a problem of that object, reported like a hash that differs.
+    let mut inflater = match content.compressed {
+        Some(c) => match Inflater::new(c.codec, entry.size) {
+            Ok(inflater) => Some(inflater),
+            Err(e) => return Err(Error::read(std::path::Path::new(&path), e)),
+        },
+        None => None,
+    };
     let read = async {
         let mut body = objects.get(&key).await?.into_stream();
         let mut dense = blake3::Hasher::new();
         let mut sparse_hasher = extents.as_deref().map(sparse::LogicalHasher::new);
-        let mut size = 0u64;
+        let (mut size, mut undecodable) = (0u64, None);
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
-            match &mut sparse_hasher {
-                Some(h) => {
+            match (&mut inflater, &mut sparse_hasher) {
+                (Some(inflater), _) if undecodable.is_none() => {
+                    let fed = inflater.feed(&chunk, &mut |raw| {
+                        dense.update(raw);
+                        Ok(())
+                    });
+                    undecodable = fed.err();
+                }
+                (Some(_), _) => {}
+                (None, Some(h)) => {
                     h.data(&chunk);
                 }
-                None => {
+                (None, None) => {
                     dense.update(&chunk);
                 }
             }
+        }
+        if let (Some(inflater), None) = (&inflater, &undecodable) {
+            undecodable = match inflater.finish() {
+                Ok(raw) if raw != entry.size => Some(std::io::Error::other(format!(
+                    "it decompresses to {raw} bytes, the manifest says {}",
+                    entry.size
+                ))),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
         }
         let hash = match sparse_hasher {
             Some(h) => h.finalize(entry.size),
             None => dense.finalize(),
         };
-        Ok((size, hash.to_hex().to_string()))
+        Ok((size, hash.to_hex().to_string(), undecodable))
     };
     let outcome = match store.call("read", &key, read).await {
-        Ok((size, _)) if size != stored_len => Some(problem(
+        Ok((size, _, _)) if size != stored_len && content.compressed.is_some() => Some(problem(
+            key.to_string(),
+            format!(
+                "the compressed object holds {size} bytes, the manifest says {stored_len} bytes"
+            ),
+        )),
+        Ok((_, _, Some(e))) => Some(problem(
+            key.to_string(),
+            format!("the compressed object does not decode: {e}"),
+        )),
+        Ok((size, _, _)) if size != stored_len => Some(problem(
             key.to_string(),
             format!(
                 "the object holds {size} bytes, the manifest says {stored_len} bytes{}",
@@ -161,7 +203,7 @@ async fn check_file(
                 }
             ),
         )),
-        Ok((_, hash)) if hash != content.blake3 => Some(problem(
+        Ok((_, hash, _)) if hash != content.blake3 => Some(problem(
             key.to_string(),
             format!(
                 "same size, but the content's hash is {hash}, the manifest says {}",

@@ -126,6 +126,39 @@ fn progress_is_written_when_due_and_changed_only() {
     let sample = view(3, 5 << 20);
     let written = ObjectProgress::of(&sample);
     assert_eq!(written.summary, "3 files, 5.0 MiB, 1.0 MiB/s");
+    // Once the counting walk has counted the source, the totals too.
+    let counted = ProgressView {
+        files_total: Some(10),
+        bytes_total: Some(20 << 20),
+        ..sample
+    };
+    let with_totals = ObjectProgress::of(&counted);
+    assert_eq!(with_totals.summary, "3/10 files, 5.0/20.0 MiB, 1.0 MiB/s");
+    assert_eq!(
+        serde_json::to_value(&with_totals).unwrap(),
+        serde_json::json!({"files": 3, "bytes": 5 << 20, "bytesPerSecond": 1 << 20,
+            "filesTotal": 10, "bytesTotal": 20 << 20, "summary": with_totals.summary})
+    );
+    // Without them (and as objects written before they were), no total fields.
+    let json = serde_json::to_value(&written).unwrap();
+    assert!(json.get("filesTotal").is_none(), "{json}");
+    let old: ObjectProgress = serde_json::from_value(
+        serde_json::json!({"files": 3, "bytes": 1, "bytesPerSecond": 1, "summary": "s"}),
+    )
+    .unwrap();
+    assert_eq!((old.files_total, old.bytes_total), (None, None));
+    // The CRD's structural schema keeps every field written (the API server drops the rest).
+    let crd: serde_json::Value =
+        serde_saphyr::from_str(include_str!("../../../../deploy/base/crd.yaml")).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["progress"]["properties"];
+    let fields = serde_json::to_value(&with_totals).unwrap();
+    for field in fields.as_object().unwrap().keys() {
+        assert!(
+            schema.get(field).is_some(),
+            "the CRD lacks status.progress.{field}"
+        );
+    }
     let seen = seen_as(&copying, None);
     for role in [Role::All, Role::ProgressOnly] {
         assert_eq!(

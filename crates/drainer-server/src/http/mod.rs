@@ -64,6 +64,9 @@ pub struct Shared {
     pub board: ProgressBoard,
     /// Attempts given to new drains.
     pub max_attempts: u32,
+    /// The compression this drainer's copies use, which its movers follow unless told
+    /// otherwise (`GET …/store`).
+    pub compression: drainer_core::snapshot::Compression,
     /// False before start-up completes and from the first shutdown signal on.
     pub ready: AtomicBool,
     /// The state of the service's tasks, watches and store, for `/readyz` and `/healthz`.

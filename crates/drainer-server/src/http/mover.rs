@@ -249,7 +249,7 @@ pub(super) async fn record(
         .into_iter()
         .map(StoredFile::try_from)
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::invalid(format!("bad path: {e}")))?;
+        .map_err(|e| Error::invalid(format!("bad stored file: {e}")))?;
     if let Some(bad) = files
         .iter()
         .find(|f| !f.content.object.starts_with("snapshots/"))
@@ -652,6 +652,7 @@ pub(super) async fn store_info(
 ) -> axum::Json<StoreInfo> {
     axum::Json(StoreInfo {
         part_size: state.shared().store.part_size(),
+        compression: Some(state.shared().compression.to_string()),
     })
 }
 

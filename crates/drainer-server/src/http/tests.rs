@@ -169,6 +169,7 @@ async fn world() -> World {
             max_attempts: 3,
         }),
         max_attempts: 3,
+        compression: Default::default(),
         ready: AtomicBool::new(true),
         health: health.clone(),
         per_caller: Default::default(),
@@ -387,6 +388,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
             max_attempts: 1,
         }),
         max_attempts: 1,
+        compression: Default::default(),
         ready: AtomicBool::new(true),
         health: Default::default(),
         per_caller: Default::default(),
@@ -688,21 +690,36 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
             };
             let timeout = std::time::Duration::from_secs(30);
             let remote = drainer_clients::remote::RemoteVolume::new(&client, &volume, timeout)?;
-            drainer_clients::remote::restore(
+            let progress = drainer_core::snapshot::Progress::default();
+            drainer_clients::remote::restore_with_progress(
                 &remote,
                 &drainer_core::snapshot::SnapshotSelector::Latest,
                 &dest,
                 &options,
                 std::time::Duration::from_secs(30),
+                &progress,
             )
             .await
+            .map(|_| progress.view())
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    // The pod restores the claim it mounts; operators what RBAC grants them.
+    // The pod restores the claim it mounts; operators what RBAC grants them. Every file in
+    // place is counted, against the snapshot's totals.
     for token in ["pod", "olga", "rita"] {
         let dest = dir.path().join(format!("through-api-{token}"));
-        restore(token, "shop/data-web-4", &dest).await.unwrap();
+        let progress = restore(token, "shop/data-web-4", &dest).await.unwrap();
+        let bytes = large.len() as u64 + 5;
+        assert_eq!(
+            (progress.files_done, progress.bytes_done),
+            (2, bytes),
+            "{progress:?}"
+        );
+        assert_eq!(
+            (progress.files_total, progress.bytes_total),
+            (Some(2), Some(bytes)),
+            "{progress:?}"
+        );
         assert_eq!(std::fs::read(dest.join("large")).unwrap(), large);
         assert_eq!(std::fs::read(dest.join("small")).unwrap(), b"hello");
     }

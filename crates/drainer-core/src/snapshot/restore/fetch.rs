@@ -19,6 +19,7 @@
 //! piece at a time, hashed on the way, without the `ObjectStore` layer at all (with its
 //! buffers, restoring 4 × 256 MiB took 1.13× the time of `cp -a && sync`; without, 0.86×).
 
+use super::super::compress::{Compressed, Inflater};
 use super::super::manifest::Entry;
 use super::super::{Error, Result, part_hash, sparse};
 use crate::store::Store;
@@ -106,9 +107,11 @@ impl Fetcher {
             .open(wanted.temp)
             .map_err(|e| Error::write(wanted.path, e))?;
         let file = Arc::new(file);
-        let hash = match &wanted.entry.extents {
-            Some(extents) => self.write_sparse(wanted, &file, extents).await?,
-            None => self.write_dense(wanted, &file).await?,
+        let compressed = wanted.entry.content.as_ref().and_then(|c| c.compressed);
+        let hash = match (&wanted.entry.extents, compressed) {
+            (_, Some(compressed)) => self.write_compressed(wanted, &file, compressed).await?,
+            (Some(extents), None) => self.write_sparse(wanted, &file, extents).await?,
+            (None, None) => self.write_dense(wanted, &file).await?,
         };
         if hash.to_hex().as_str() != wanted.expected {
             return Err(Error::HashMismatch {
@@ -323,6 +326,129 @@ impl Fetcher {
         }
         let path = wanted.path.to_owned();
         blocking(&path, move || Ok(hasher.finalize(size))).await
+    }
+}
+
+impl Fetcher {
+    /// A compressed object: read whole and in order (a compressed object has no ranges of
+    /// the file), decoded as its pieces arrive, [`WRITE_BATCH`] bytes at a time, each raw piece
+    /// hashed and written at its offset. Checks the object's stored size, that it decodes,
+    /// and that it decodes to the entry's size.
+    async fn write_compressed(
+        &self,
+        wanted: &Wanted<'_>,
+        file: &Arc<File>,
+        compressed: Compressed,
+    ) -> Result<blake3::Hash> {
+        let (size, stored) = (wanted.entry.size, compressed.stored_size);
+        let _permit = self.reserve(2 * WRITE_BATCH).await;
+        let asked = (stored > 0).then_some(0..stored);
+        let mut body = self.get(wanted, asked, stored).await?.into_stream();
+        let inflater = Inflater::new(compressed.codec, size).map_err(|e| corrupt(wanted, e))?;
+        let mut state = Inflating {
+            inflater,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        };
+        let (mut batch, mut gathered, mut received) = (Vec::new(), 0, 0);
+        loop {
+            let piece = self.store.call("get", wanted.key, body.try_next()).await?;
+            let done = piece.is_none();
+            if let Some(piece) = piece {
+                gathered += piece.len() as u64;
+                received += piece.len() as u64;
+                if received > stored {
+                    return Err(size_mismatch(wanted, stored, received));
+                }
+                batch.push(piece);
+            }
+            if gathered >= WRITE_BATCH || (done && gathered > 0) {
+                let pieces = std::mem::take(&mut batch);
+                state = inflate_pieces(wanted, file, pieces, state).await?;
+                gathered = 0;
+            }
+            if done {
+                break;
+            }
+        }
+        if received != stored {
+            return Err(size_mismatch(wanted, stored, received));
+        }
+        let produced = state.inflater.finish().map_err(|e| corrupt(wanted, e))?;
+        if produced != size {
+            return Err(corrupt(
+                wanted,
+                std::io::Error::other(format!(
+                    "it decompresses to {produced} bytes, its manifest entry says {size}"
+                )),
+            ));
+        }
+        Ok(state.hasher.finalize())
+    }
+}
+
+/// A compressed object being decoded into a file: the decoder, the raw content's hash so far,
+/// and the raw bytes written.
+struct Inflating {
+    inflater: Inflater,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+/// Decodes `pieces` (in order) and writes the raw bytes into `file` where the last ones ended,
+/// hashing them on the way. A decoding error is the object's, a write error the file's.
+async fn inflate_pieces(
+    wanted: &Wanted<'_>,
+    file: &Arc<File>,
+    pieces: Vec<Bytes>,
+    state: Inflating,
+) -> Result<Inflating> {
+    let file = Arc::clone(file);
+    let Inflating {
+        mut inflater,
+        mut hasher,
+        mut written,
+    } = state;
+    let mut write_error = None;
+    let decoded = tokio::task::spawn_blocking(move || {
+        let mut sink = |raw: &[u8]| {
+            hasher.update(raw);
+            let at = written;
+            written += raw.len() as u64;
+            file.write_all_at(raw, at).inspect_err(|e| {
+                write_error = Some(std::io::Error::new(e.kind(), e.to_string()));
+            })
+        };
+        let fed = pieces
+            .iter()
+            .try_for_each(|piece| inflater.feed(piece, &mut sink));
+        (
+            fed,
+            write_error,
+            Inflating {
+                inflater,
+                hasher,
+                written,
+            },
+        )
+    })
+    .await
+    .map_err(|e| Error::write(wanted.path, std::io::Error::other(e)))?;
+    match decoded {
+        (Ok(()), _, state) => Ok(state),
+        (Err(_), Some(write), _) => Err(Error::write(wanted.path, write)),
+        (Err(e), None, _) => Err(corrupt(wanted, e)),
+    }
+}
+
+/// The error of a compressed object that does not decode to the file's bytes.
+fn corrupt(wanted: &Wanted<'_>, e: std::io::Error) -> Error {
+    Error::Read {
+        path: PathBuf::from(wanted.key.to_string()),
+        source: std::io::Error::new(
+            e.kind(),
+            format!("compressed object of {}: {e}", wanted.path.display()),
+        ),
     }
 }
 

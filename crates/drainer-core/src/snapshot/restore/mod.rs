@@ -30,6 +30,7 @@ pub use destination::{Found, Marker, inspect};
 use super::catalog::CheckedManifest;
 use super::layout::{SnapshotSelector, VolumeLayout};
 use super::manifest::{Entry, EntryKind};
+use super::progress::Progress;
 use super::{Error, Result, catalog, scan};
 use crate::store::Store;
 use crate::volume::VolumeId;
@@ -111,7 +112,6 @@ pub fn continuing(
 }
 
 /// Restores `selector` of `volume` into `dest` (continuing an unfinished restore there).
-#[tracing::instrument(skip_all, fields(volume = %volume, dest = %dest.display()))]
 pub async fn restore(
     store: &Store,
     volume: &VolumeId,
@@ -119,8 +119,24 @@ pub async fn restore(
     dest: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
+    restore_with_progress(store, volume, selector, dest, options, &Progress::default()).await
+}
+
+/// [`restore`], counting into `progress` each regular file as it is in place (written, or
+/// found already right) with its bytes, against the snapshot's totals (set once its summary is
+/// read), for a caller that shows how far the restore has got.
+#[tracing::instrument(skip_all, fields(volume = %volume, dest = %dest.display()))]
+pub async fn restore_with_progress(
+    store: &Store,
+    volume: &VolumeId,
+    selector: &SnapshotSelector,
+    dest: &Path,
+    options: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreSummary> {
     let selector = continuing(dest, volume, selector)?;
     let summary = catalog::resolve(store, volume, &selector).await?;
+    progress.set_totals(summary.files, summary.bytes);
     let layout = VolumeLayout::new(store.root(), volume);
     let manifest = CheckedManifest::open(store, &layout, &summary).await?;
     let _lock = Lock::take(dest)?;
@@ -142,7 +158,7 @@ pub async fn restore(
         ..RestoreSummary::default()
     };
     let (dirs, links) = target
-        .write_entries(&manifest, options.concurrency, &mut report)
+        .write_entries(&manifest, options.concurrency, &mut report, progress)
         .await?;
     report.hard_links = target.link_all(links).await?;
     let root_owner = target.root_owner;
@@ -184,6 +200,7 @@ impl Target<'_> {
         manifest: &CheckedManifest,
         concurrency: usize,
         report: &mut RestoreSummary,
+        progress: &Progress,
     ) -> Result<(Vec<Entry>, Vec<Entry>)> {
         let (mut dirs, mut links) = (Vec::new(), Vec::new());
         let writes = manifest
@@ -195,6 +212,7 @@ impl Target<'_> {
         while let Some(done) = writes.try_next().await? {
             match done {
                 Written::File { size, kept } => {
+                    progress.file_done(size, !kept);
                     report.files += 1;
                     report.bytes += size;
                     report.kept += u64::from(kept);
