@@ -14,17 +14,16 @@
 //! also dropped); and the base's Namespace object is left out (Helm installs into a namespace
 //! made beforehand, or by `--create-namespace`).
 
-use crate::deploy::{
-    ADMIN_TOKEN, APPS, drainer_pod, restore_equals, scale, start_example_web, test_image,
-};
-use crate::monitoring::{check_rendered_component, repo, yaml_documents};
+use crate::support::cluster::scale;
 use crate::support::file_url;
 use crate::support::install::{
-    DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, output, release_image,
+    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, deploy, drainer_pod, ensure_namespace, kubectl,
+    output, release_image, repo, restore_equals, start_example_web, test_image,
 };
 use crate::support::kube::{
     KubeEnv, client, eventually, wait_for_bound_claim, wait_for_pod_gone, with_timeout,
 };
+use crate::support::manifests::{check_rendered_component, yaml_documents};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
@@ -338,7 +337,7 @@ async fn install_upgrade_uninstall(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("chart: {:>6.1} s {what}", started.elapsed().as_secs_f64());
-    crate::deploy::clean_up(env, client, true).await?;
+    crate::support::install::clean_up(env, client, true).await?;
     for tag in TAGS {
         env.register_image(&format!("drainer:{tag}"), image).await?;
     }
@@ -395,7 +394,7 @@ async fn install_upgrade_uninstall(
 
     let web = start_example_web(env, client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
-    scale(env, "web", 2).await?;
+    scale(client, APPS, "web", 2).await?;
     wait_for_pod_gone(&pods, "web-2", Duration::from_secs(90)).await?;
     let drain = api
         .wait_completed("data-web-2", 0, Duration::from_secs(240))
@@ -403,7 +402,7 @@ async fn install_upgrade_uninstall(
     restore_equals(&store, &drain, &web[2]).await?;
     step("web-2 drained through its preStop hook; its snapshot restores exactly");
 
-    scale(env, "web", 1).await?;
+    scale(client, APPS, "web", 1).await?;
     wait_for_pod_gone(&pods, "web-1", Duration::from_secs(90)).await?;
     let during = api.drains_of("data-web-1").await?;
     step(&format!(

@@ -12,40 +12,32 @@
 //! examples' namespace, so they run one at a time (`support::install::LOCK`, shared with the
 //! other tests that install).
 
+use crate::support::cluster::scale;
 use crate::support::install::{
-    DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, output, release_image, repo,
-    wait_namespace_gone_if_terminating,
+    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, clean_up, deploy, drainer_pod, ensure_namespace,
+    example_claim_dir, kubectl, output, release_image, repo, restore_equals, start_example_web,
+    test_image, wait_app,
 };
 use crate::support::kube::{
-    KubeEnv, client, eventually, pod_ready, processes_with_env, wait_for_bound_claim,
-    wait_for_pod_gone, with_timeout,
+    KubeEnv, client, eventually, processes_with_env, wait_for_bound_claim, wait_for_pod_gone,
+    with_timeout,
 };
-use crate::support::{drainer, file_url, run_ok, tree};
+use crate::support::{file_url, tree};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The namespace the kube-env overlay watches, where the examples go.
-pub(crate) const APPS: &str = "drainer-e2e";
-/// The kube-env overlay's admin token.
-pub(crate) const ADMIN_TOKEN: &str = "kube-env-admin-token-0123456789abcdef";
 /// The image name of the kube-env overlay.
 const OVERLAY_IMAGE: &str = "drainer:kube-env";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:drainer-system:drainer";
-
-/// The image `scripts/image` builds from the binary under test (once per process; the
-/// kube-env tests run drainer from the same image).
-pub(crate) async fn test_image() -> Result<PathBuf> {
-    crate::support::image::drainer_image_file().await
-}
 
 // ---------------------------------------------------------------------------------------
 // The image
@@ -603,89 +595,6 @@ async fn check_namespaced(env: &KubeEnv) -> Result<()> {
 // Install, drain, uninstall
 // ---------------------------------------------------------------------------------------
 
-/// The running drainer pod, once Ready.
-pub(crate) async fn drainer_pod(client: &Client, env: &KubeEnv) -> Result<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
-    let selector = ListParams::default().labels("app.kubernetes.io/component=server");
-    let found = eventually(
-        "the drainer pod Ready",
-        Duration::from_secs(180),
-        || async {
-            let list = pods.list(&selector).await?;
-            let ready: Vec<Pod> = list.items.into_iter().filter(pod_ready).collect();
-            match ready.as_slice() {
-                [pod] => Ok(pod.clone()),
-                _ => bail!("{} ready drainer pods", ready.len()),
-            }
-        },
-    )
-    .await;
-    match found {
-        Ok(pod) => Ok(pod),
-        Err(e) => {
-            let logs = match pods.list(&selector).await?.items.first() {
-                Some(pod) => env.container_log(pod, "drainer").unwrap_or_default(),
-                None => "no pod".to_owned(),
-            };
-            Err(e.context(format!("drainer's log:\n{logs}")))
-        }
-    }
-}
-
-/// Waits until pod `name` is Ready and its container `container` said `word`.
-pub(crate) async fn wait_app(
-    client: &Client,
-    env: &KubeEnv,
-    name: &str,
-    container: &str,
-    word: &str,
-) -> Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
-    eventually(
-        format!("pod {APPS}/{name} Ready, its {container} saying {word:?}"),
-        Duration::from_secs(120),
-        || async {
-            let pod = pods.get(name).await?;
-            ensure!(pod_ready(&pod), "not ready: {:?}", pod.status);
-            let log = env.container_log(&pod, container).unwrap_or_default();
-            ensure!(log.contains(word), "log so far: {log:?}");
-            Ok(())
-        },
-    )
-    .await
-}
-
-/// The snapshot of `drain` restored (on this machine, from the store on drainer's claim)
-/// equals `dir` exactly.
-pub(crate) async fn restore_equals(store: &str, drain: &Value, dir: &Path) -> Result<()> {
-    let snapshot = drain["snapshot"]
-        .as_str()
-        .context("a completed drain has a snapshot")?;
-    let pvc = drain["pvc"].as_str().context("pvc")?;
-    let out = tempfile::tempdir()?;
-    let dest = out.path().join("restored");
-    run_ok(drainer().args([
-        "restore",
-        store,
-        "--volume",
-        &format!("{APPS}/{pvc}"),
-        "--snapshot",
-        snapshot,
-        dest.to_str().context("path")?,
-    ]))
-    .await;
-    let diffs = tree::differences(dir, &dest);
-    ensure!(
-        diffs.is_empty(),
-        "snapshot {snapshot} of {pvc} differs from the claim's data: {diffs:#?}"
-    );
-    ensure!(
-        tree::relative_paths(dir).len() > 2,
-        "{pvc} holds the application's data"
-    );
-    Ok(())
-}
-
 /// One access drainer's ServiceAccount is asked about: verb, API group, resource (or
 /// `resource/subresource`), namespace (`None`: cluster-wide) and object name (`""`: any).
 type Access = (
@@ -792,26 +701,6 @@ async fn check_rbac_is_least(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// The directory of claim `pvc` in the examples' namespace.
-pub(crate) async fn claim_dir(client: &Client, pvc: &str) -> Result<PathBuf> {
-    wait_for_bound_claim(client, APPS, pvc, Duration::from_secs(120)).await
-}
-
-pub(crate) async fn scale(env: &KubeEnv, set: &str, replicas: u32) -> Result<()> {
-    kubectl(
-        env,
-        &[
-            "scale",
-            "-n",
-            APPS,
-            &format!("statefulset/{set}"),
-            &format!("--replicas={replicas}"),
-        ],
-    )
-    .await
-    .map(drop)
-}
-
 /// Waits until Job `name` in `ns` has succeeded; fails at once if it failed, with its pods'
 /// logs.
 async fn wait_job(
@@ -870,44 +759,6 @@ fn handoffs_logged(log: &str, pvc: &str, by: &str) -> usize {
         .filter(|l| l.contains(&format!("\"pvc\":\"{pvc}\"")))
         .filter(|l| l.contains(&format!("\"by\":\"{by}")))
         .count()
-}
-
-/// Removes what an interrupted run left: the install and the examples' namespace (waiting
-/// until both are gone with `wait`; otherwise the next run's clean-up waits).
-pub(crate) async fn clean_up(env: &KubeEnv, client: &Client, wait: bool) -> Result<()> {
-    let wait_flag = format!("--wait={wait}");
-    kubectl(
-        env,
-        &[
-            "delete",
-            "-k",
-            &deploy("overlays/kube-env"),
-            "--ignore-not-found",
-            &wait_flag,
-            "--timeout=180s",
-        ],
-    )
-    .await?;
-    kubectl(
-        env,
-        &[
-            "delete",
-            "namespace",
-            APPS,
-            "--ignore-not-found",
-            &wait_flag,
-            "--timeout=180s",
-        ],
-    )
-    .await?;
-    if !wait {
-        return Ok(());
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in [SYSTEM, APPS] {
-        wait_namespace_gone_if_terminating(&namespaces, ns).await?;
-    }
-    Ok(())
 }
 
 /// The install of deploy/overlays/kube-env, as a user would do it, and the examples on it.
@@ -977,7 +828,7 @@ async fn install_drain_and_uninstall_body(
     // Example 1: preStop hooks hand off as web scales from 3 to 1.
     let web = start_example_web(env, client).await?;
     step("example 1: web has 3 replicas with data; scaling to 1");
-    scale(env, "web", 1).await?;
+    scale(client, APPS, "web", 1).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
     for i in [2, 1] {
         wait_for_pod_gone(&pods, &format!("web-{i}"), Duration::from_secs(90)).await?;
@@ -1008,7 +859,7 @@ async fn install_drain_and_uninstall_body(
     step("example 1: both scaled-away claims drained, snapshots restore exactly");
 
     // Example 3: the ordinals come back (new data), go again, and a Job follows the drains.
-    scale(env, "web", 3).await?;
+    scale(client, APPS, "web", 3).await?;
     for (i, dir) in web.iter().enumerate().skip(1) {
         eventually(
             format!("web-{i} back with new data"),
@@ -1022,7 +873,7 @@ async fn install_drain_and_uninstall_body(
         .await?;
         wait_app(client, env, &format!("web-{i}"), "app", "ready").await?;
     }
-    scale(env, "web", 1).await?;
+    scale(client, APPS, "web", 1).await?;
     kubectl(
         env,
         &[
@@ -1070,10 +921,10 @@ async fn install_drain_and_uninstall_body(
     .await?;
     let mut notes = Vec::new();
     for i in 0..2 {
-        notes.push(claim_dir(client, &format!("data-notes-{i}")).await?);
+        notes.push(example_claim_dir(client, &format!("data-notes-{i}")).await?);
         wait_app(client, env, &format!("notes-{i}"), "app", "ready").await?;
     }
-    scale(env, "notes", 1).await?;
+    scale(client, APPS, "notes", 1).await?;
     let drain = api
         .wait_completed("data-notes-1", 0, Duration::from_secs(240))
         .await?;
@@ -1283,26 +1134,4 @@ async fn install_drain_and_uninstall_body(
     }
     step("uninstalled: nothing left, the claims untouched");
     Ok(())
-}
-
-/// Applies `examples/prestop-handoff.yaml` into the examples' namespace and waits until its
-/// three `web` pods are ready; their claims' directories by ordinal.
-pub(crate) async fn start_example_web(env: &KubeEnv, client: &Client) -> Result<Vec<PathBuf>> {
-    kubectl(
-        env,
-        &[
-            "apply",
-            "-n",
-            APPS,
-            "-f",
-            &deploy("examples/prestop-handoff.yaml"),
-        ],
-    )
-    .await?;
-    let mut web = Vec::new();
-    for i in 0..3 {
-        web.push(claim_dir(client, &format!("data-web-{i}")).await?);
-        wait_app(client, env, &format!("web-{i}"), "app", "ready").await?;
-    }
-    Ok(web)
 }

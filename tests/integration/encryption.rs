@@ -7,7 +7,7 @@
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN, log_tail};
 use crate::support::tree::{bytes, differences};
-use crate::support::{drainer, fails, file_url, run_ok};
+use crate::support::{self, drainer, fails, file_url, run_ok};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,23 +77,10 @@ fn with_keys(cmd: &mut tokio::process::Command, keys: &Path) {
     cmd.arg("--encryption-keys").arg(keys);
 }
 
+/// [`support::copy_cmd`] of [`VOLUME`], encrypting with the keys in `keys`.
 fn copy_cmd(src: &Path, store: &str, data: &Path, keys: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("copy")
-        .arg(src)
-        .arg(store)
-        .args(["--volume", VOLUME, "--data-dir"])
-        .arg(data);
+    let mut cmd = support::copy_cmd(src, store, VOLUME, data);
     with_keys(&mut cmd, keys);
-    cmd
-}
-
-fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("restore")
-        .arg(store)
-        .args(["--volume", VOLUME])
-        .arg(dest);
     cmd
 }
 
@@ -109,7 +96,7 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     assert_sealed(&local_objects(&store_dir));
 
     let dest = work.path().join("restored");
-    let mut restore = restore_cmd(&store, &dest);
+    let mut restore = support::restore_cmd(&store, VOLUME, &dest);
     with_keys(&mut restore, &old);
     run_ok(&mut restore).await;
     assert_eq!(differences(&src, &dest), Vec::<String>::new());
@@ -120,18 +107,18 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
 
     // Without the key, with another key, with a bad key file: one line, nothing written.
     let refused = work.path().join("refused");
-    let line = fails(&mut restore_cmd(&store, &refused), 1).await;
+    let line = fails(&mut support::restore_cmd(&store, VOLUME, &refused), 1).await;
     assert!(
         line.contains("is encrypted") && line.contains("--encryption-keys"),
         "{line}"
     );
     let other = key_file(work.path(), "other.keys", &[KEY_NEW]);
-    let mut wrong = restore_cmd(&store, &refused);
+    let mut wrong = support::restore_cmd(&store, VOLUME, &refused);
     with_keys(&mut wrong, &other);
     let line = fails(&mut wrong, 1).await;
     assert!(line.contains("not in the key file"), "{line}");
     let bad = key_file(work.path(), "bad.keys", &["c2hvcnQ="]);
-    let mut bad_file = restore_cmd(&store, &refused);
+    let mut bad_file = support::restore_cmd(&store, VOLUME, &refused);
     with_keys(&mut bad_file, &bad);
     let line = fails(&mut bad_file, 2).await;
     assert!(
@@ -157,7 +144,7 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     run_ok(&mut copy_cmd(&src, &store, &data, &rotated)).await;
     assert_sealed(&local_objects(&store_dir));
     let latest = work.path().join("latest");
-    let mut restore = restore_cmd(&store, &latest);
+    let mut restore = support::restore_cmd(&store, VOLUME, &latest);
     with_keys(&mut restore, &rotated);
     run_ok(&mut restore).await;
     assert_eq!(differences(&src, &latest), Vec::<String>::new());
@@ -169,13 +156,13 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
         .next()
         .unwrap();
     let earlier = work.path().join("earlier");
-    let mut restore = restore_cmd(&store, &earlier);
+    let mut restore = support::restore_cmd(&store, VOLUME, &earlier);
     restore.args(["--snapshot", first_id]);
     with_keys(&mut restore, &rotated);
     run_ok(&mut restore).await;
     assert!(!earlier.join("salaries/new.txt").exists());
     assert!(earlier.join("salaries/ceo-contract.pdf").exists());
-    let mut stale = restore_cmd(&store, &refused);
+    let mut stale = support::restore_cmd(&store, VOLUME, &refused);
     with_keys(&mut stale, &old);
     let line = fails(&mut stale, 1).await;
     assert!(line.contains("not in the key file"), "{line}");
@@ -195,7 +182,7 @@ async fn an_encrypted_store_shows_no_name_or_content_and_restores_exactly_only_w
     .await;
     assert!(!listed.contains(first_id), "{listed}");
     let after_prune = work.path().join("after-prune");
-    let mut restore = restore_cmd(&store, &after_prune);
+    let mut restore = support::restore_cmd(&store, VOLUME, &after_prune);
     with_keys(&mut restore, &rotated);
     run_ok(&mut restore).await;
     assert_eq!(differences(&src, &after_prune), Vec::<String>::new());
@@ -270,7 +257,7 @@ async fn a_drainer_seals_what_its_movers_send_to_s3() {
     .await;
     assert_eq!(differences(&mount, &through), Vec::<String>::new());
     let direct = work.path().join("direct");
-    let mut restore = restore_cmd(store, &direct);
+    let mut restore = support::restore_cmd(store, VOLUME, &direct);
     with_keys(&mut restore, &keys);
     server.configure(&mut restore);
     run_ok(&mut restore).await;

@@ -5,37 +5,17 @@
 use crate::support::gcs::{GcsServer, StoreServer};
 use crate::support::s3::S3Server;
 use crate::support::tree::{awkward, bytes, differences};
-use crate::support::{drainer, file_url, run, run_ok};
+use crate::support::{self, drainer, file_url, run, run_ok};
 use std::path::Path;
 
 const VOLUME: &str = "shop/data-web-4";
 /// Small parts so that a test file of a few MiB goes through multipart uploads.
 const PART_MIB: &str = "8";
 
+/// [`support::copy_cmd`] of [`VOLUME`] in parts of [`PART_MIB`].
 fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("copy")
-        .arg(src)
-        .arg(store)
-        .args([
-            "--volume",
-            VOLUME,
-            "--part-size-mib",
-            PART_MIB,
-            "--buffer-mib",
-            "16",
-        ])
-        .arg("--data-dir")
-        .arg(data);
-    cmd
-}
-
-fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("restore")
-        .arg(store)
-        .args(["--volume", VOLUME])
-        .arg(dest);
+    let mut cmd = support::copy_cmd(src, store, VOLUME, data);
+    cmd.args(["--part-size-mib", PART_MIB, "--buffer-mib", "16"]);
     cmd
 }
 
@@ -67,7 +47,7 @@ async fn round_trip(store: &str, configure: impl Fn(&mut tokio::process::Command
     );
 
     let dest = work.path().join("restored");
-    let mut restore = restore_cmd(store, &dest);
+    let mut restore = support::restore_cmd(store, VOLUME, &dest);
     configure(&mut restore);
     run_ok(&mut restore).await;
     let diffs = differences(&src, &dest);
@@ -92,7 +72,7 @@ async fn round_trip(store: &str, configure: impl Fn(&mut tokio::process::Command
         "unchanged files were uploaded again: {second}"
     );
     let dest2 = work.path().join("restored-2");
-    let mut restore = restore_cmd(store, &dest2);
+    let mut restore = support::restore_cmd(store, VOLUME, &dest2);
     configure(&mut restore);
     run_ok(&mut restore).await;
     let diffs = differences(&src, &dest2);
@@ -160,7 +140,7 @@ async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
     std::fs::write(src.join("changes"), b"version 1").unwrap();
     run_ok(&mut copy_cmd(&src, &store, &data)).await;
     let v1 = work.path().join("v1");
-    run_ok(&mut restore_cmd(&store, &v1)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &v1)).await;
 
     std::fs::write(src.join("changes"), b"version 2, longer").unwrap();
     std::fs::write(src.join("added"), b"new file").unwrap();
@@ -177,7 +157,7 @@ async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
     assert_eq!(ids.len(), 3);
     // The first snapshot is still exactly what it was.
     let first_again = work.path().join("first-again");
-    run_ok(restore_cmd(&store, &first_again).args(["--snapshot", &ids[0]])).await;
+    run_ok(support::restore_cmd(&store, VOLUME, &first_again).args(["--snapshot", &ids[0]])).await;
     assert!(differences(&v1, &first_again).is_empty());
 
     // Keep 1: the first two go, but "kept" (stored by the first) is still referenced.
@@ -197,7 +177,7 @@ async fn incremental_snapshots_stay_valid_and_prune_keeps_what_is_referenced() {
     )
     .await;
     let latest = work.path().join("latest");
-    run_ok(&mut restore_cmd(&store, &latest)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &latest)).await;
     let mut restored = std::fs::read_dir(&latest)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -256,7 +236,12 @@ async fn verify_reports_missing_and_corrupted_objects() {
     assert!(stdout.contains("object is missing"), "{stdout}");
     assert!(stdout.contains("manifest says"), "{stdout}");
     // A restore refuses the corrupted content instead of writing it as good.
-    let out = run(&mut restore_cmd(&store, &work.path().join("r"))).await;
+    let out = run(&mut support::restore_cmd(
+        &store,
+        VOLUME,
+        &work.path().join("r"),
+    ))
+    .await;
     assert!(!out.status.success());
 }
 
@@ -283,7 +268,7 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     run_ok(&mut copy_cmd(&src, &store, &data)).await;
     let first_ids = list(&store).await;
     let before = work.path().join("before");
-    run_ok(&mut restore_cmd(&store, &before)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &before)).await;
 
     // A tree that takes a few seconds: many small files and some large ones.
     for d in 0..40 {
@@ -342,7 +327,7 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
     // The previous snapshot is still the latest and still restores.
     assert_eq!(list(&store).await, first_ids);
     let still = work.path().join("still");
-    run_ok(&mut restore_cmd(&store, &still)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &still)).await;
     assert!(differences(&before, &still).is_empty());
 
     let runs = ledger.runs(&volume).await.unwrap();
@@ -363,7 +348,7 @@ async fn sigkilled_copy_resumes_without_uploading_stored_files_again() {
         "{uploaded_files} uploaded after resume, but {recorded} of {total_files} were already recorded"
     );
     let after = work.path().join("after");
-    run_ok(&mut restore_cmd(&store, &after)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &after)).await;
     let diffs = differences(&src, &after);
     assert!(
         diffs.is_empty(),
@@ -450,7 +435,7 @@ async fn sigkilled_large_upload_to_s3_continues_from_its_last_stored_part() {
         "{sent} bytes sent after resume, but {stored_parts} parts of {part} were already stored"
     );
     let dest = work.path().join("restored");
-    let mut restore = restore_cmd(store, &dest);
+    let mut restore = support::restore_cmd(store, VOLUME, &dest);
     server.configure(&mut restore);
     run_ok(&mut restore).await;
     assert!(differences(&src, &dest).is_empty());
@@ -503,7 +488,7 @@ async fn a_resumed_upload_that_an_earlier_copy_completed_starts_again_cleanly() 
         };
         assert!(log.contains(started_again), "{log}");
         let dest = work.path().join("restored");
-        let mut restore = restore_cmd(&store, &dest);
+        let mut restore = support::restore_cmd(&store, VOLUME, &dest);
         server.configure(&mut restore);
         run_ok(&mut restore).await;
         let diffs = differences(&src, &dest);
@@ -611,7 +596,7 @@ async fn a_volume_round_trips_through_gcs_exactly() {
     assert_eq!(files, 1, "only the new file is uploaded again: {second}");
 
     let dest = work.path().join("restored");
-    run_ok(&mut with_server(restore_cmd(store, &dest))).await;
+    run_ok(&mut with_server(support::restore_cmd(store, VOLUME, &dest))).await;
     assert_eq!(differences(&src, &dest), Vec::<String>::new());
     let mut verify = drainer();
     verify.arg("verify").arg(store).args(["--volume", VOLUME]);
@@ -633,7 +618,10 @@ async fn a_volume_round_trips_through_gcs_exactly() {
     let pruned = run_ok(&mut with_server(prune)).await;
     assert!(pruned.contains("deleted 1 snapshots"), "{pruned}");
     let again = work.path().join("after-prune");
-    run_ok(&mut with_server(restore_cmd(store, &again))).await;
+    run_ok(&mut with_server(support::restore_cmd(
+        store, VOLUME, &again,
+    )))
+    .await;
     assert_eq!(differences(&src, &again), Vec::<String>::new());
     assert_eq!(
         server.stats().await.unauthorized,
@@ -669,7 +657,7 @@ async fn sigkilled_large_upload_to_gcs_continues_from_its_last_stored_part() {
         "the server received {received} bytes after resume, but {stored_parts} parts of {part} were already stored"
     );
     let dest = work.path().join("restored");
-    let mut restore = restore_cmd(store, &dest);
+    let mut restore = support::restore_cmd(store, VOLUME, &dest);
     server.configure(&mut restore);
     run_ok(&mut restore).await;
     assert!(differences(&src, &dest).is_empty());

@@ -4,50 +4,18 @@
 //! manifests, failed restores, concurrent copies and sparse files.
 
 use crate::support::serve::Serve;
-use crate::support::{drainer, file_url, run, run_ok};
+use crate::support::{self, drainer, fails, file_url, run, run_ok};
 use std::path::Path;
 use std::time::Duration;
 
 const VOLUME: &str = "shop/data-web-4";
 
+/// [`support::copy_cmd`] in parts of 8 MiB, so a test file of a few MiB goes through
+/// multipart uploads.
 fn copy_cmd(src: &Path, store: &str, data: &Path, volume: &str) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("copy")
-        .arg(src)
-        .arg(store)
-        .args([
-            "--volume",
-            volume,
-            "--part-size-mib",
-            "8",
-            "--buffer-mib",
-            "16",
-        ])
-        .arg("--data-dir")
-        .arg(data);
+    let mut cmd = support::copy_cmd(src, store, volume, data);
+    cmd.args(["--part-size-mib", "8", "--buffer-mib", "16"]);
     cmd
-}
-
-fn restore_cmd(store: &str, dest: &Path, volume: &str) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("restore")
-        .arg(store)
-        .args(["--volume", volume])
-        .arg(dest);
-    cmd
-}
-
-/// Runs a command that must fail with `code`; returns its stderr.
-async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
-    let out = run(cmd).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit code; stdout: {}; stderr: {stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
 }
 
 /// A PVC name of 253 characters whose parts between dots are longer than 63: Kubernetes
@@ -77,7 +45,7 @@ async fn pvc_names_kubernetes_accepts_are_copied_restored_and_handed_off() {
     .await;
     assert!(listed.contains(&longest_pvc_name()), "{listed}");
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest, &volume)).await;
+    run_ok(&mut support::restore_cmd(&store, &volume, &dest)).await;
     assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"long name");
 
     // The API takes the same names, and the local-mode volume directory holds them.
@@ -293,7 +261,7 @@ async fn a_damaged_summary_or_latest_pointer_breaks_only_itself() {
         let dest = work
             .path()
             .join(format!("restored-{}", volume.replace('/', "-")));
-        let out = run(restore_cmd(&store, &dest, volume).env("DRAINER_LOG", "warn")).await;
+        let out = run(support::restore_cmd(&store, volume, &dest).env("DRAINER_LOG", "warn")).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{volume}: {stderr}");
         assert!(
@@ -307,7 +275,7 @@ async fn a_damaged_summary_or_latest_pointer_breaks_only_itself() {
     }
     // Naming the damaged snapshot is an error that says why.
     let stderr = fails(
-        restore_cmd(&store, &work.path().join("d"), "shop/a").args(["--snapshot", &a[1]]),
+        support::restore_cmd(&store, "shop/a", &work.path().join("d")).args(["--snapshot", &a[1]]),
         1,
     )
     .await;
@@ -348,7 +316,7 @@ async fn a_damaged_summary_or_latest_pointer_breaks_only_itself() {
     assert!(volume_dir("a").join("snapshots").join(&a[1]).exists());
     snapshots_of(work.path(), &store, "shop/b", 1).await;
     let dest = work.path().join("repaired");
-    let out = run(&mut restore_cmd(&store, &dest, "shop/b")).await;
+    let out = run(&mut support::restore_cmd(&store, "shop/b", &dest)).await;
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not trusted"));
 }
@@ -408,7 +376,7 @@ async fn restore_and_verify_refuse_a_manifest_changed_after_completion() {
     std::fs::write(&manifest, tampered.join("\n") + "\n").unwrap();
 
     let dest = work.path().join("dest");
-    let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+    let stderr = fails(&mut support::restore_cmd(&store, VOLUME, &dest), 1).await;
     assert!(
         stderr.contains("manifest.jsonl")
             && stderr.contains("not the manifest the snapshot was completed with"),
@@ -485,7 +453,7 @@ async fn a_failed_restore_leaves_no_wrong_file_under_a_final_name() {
         };
         let case = format!("{damage} of {len} bytes");
         let dest = work.path().join("dest");
-        let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+        let stderr = fails(&mut support::restore_cmd(&store, VOLUME, &dest), 1).await;
         assert!(
             stderr.contains(&says) && stderr.contains("bad"),
             "{case}: {stderr}"
@@ -544,7 +512,7 @@ async fn a_restore_into_a_full_disk_fails_cleanly() {
     run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
     let disk = Tmpfs::mount(&work.path().join("disk"), "1m");
     let dest = disk.0.join("dest");
-    let stderr = fails(&mut restore_cmd(&store, &dest, VOLUME), 1).await;
+    let stderr = fails(&mut support::restore_cmd(&store, VOLUME, &dest), 1).await;
     assert!(
         stderr.contains("too-big") && stderr.contains("No space left"),
         "{stderr}"
@@ -633,7 +601,7 @@ async fn a_resumed_copy_whose_stored_objects_vanished_stores_them_again() {
     )
     .await;
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     let diffs = crate::support::tree::differences(&src, &dest);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
@@ -695,7 +663,7 @@ async fn a_full_store_disk_fails_the_copy_cleanly_and_it_resumes() {
     )
     .await;
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }
 
@@ -778,7 +746,7 @@ async fn one_live_copy_per_volume_and_a_killed_holder_is_taken_over_at_once() {
             "postgres={postgres}: {resumed}"
         );
         let dest = work.path().join("dest");
-        run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+        run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
         assert!(crate::support::tree::differences(&src, &dest).is_empty());
     }
 }
@@ -881,7 +849,7 @@ async fn prune_during_a_copy_keeps_what_the_live_run_needs() {
     )
     .await;
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }
 
@@ -947,7 +915,7 @@ async fn sparse_files_are_stored_and_restored_as_holes() {
     .await;
 
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     let (restored_apparent, restored_allocated) = du(&dest.join("disk.img"));
     assert_eq!(restored_apparent, apparent);
     assert!(
@@ -960,7 +928,7 @@ async fn sparse_files_are_stored_and_restored_as_holes() {
     let second = run_ok(&mut copy_cmd(&src, &store, &data, VOLUME)).await;
     assert!(second.contains("(0 files, 0 bytes uploaded)"), "{second}");
     let dest = work.path().join("dest-2");
-    run_ok(&mut restore_cmd(&store, &dest, VOLUME)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     assert!(du(&dest.join("disk.img")).1 < 1 << 20);
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }

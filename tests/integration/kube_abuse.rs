@@ -10,18 +10,14 @@
 //! attack. Handoff latencies with and without the attack are printed (`eprintln`), never
 //! asserted.
 
-use crate::kube_mode::start_drainer_in;
-use crate::support::file_url;
-use crate::support::kube::{
-    client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
-};
+use crate::support::cluster::TestNamespace;
+use crate::support::kube::{from_json, with_timeout};
 use crate::support::serve::Serve;
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
 use kube::api::PostParams;
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -46,74 +42,51 @@ const BASELINE: usize = 30;
 
 /// A namespace with a pod `web` mounting claim `data`, and a drainer in Kubernetes mode.
 struct Target {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     pod: Pod,
     serve: Serve,
     http: reqwest::Client,
-    _work: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Target {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl Target {
     async fn new(prefix: &str) -> Result<Self> {
-        let client = client().await?;
-        let ns = create_namespace(&client, prefix).await?;
+        let namespace = TestNamespace::with_web_account(prefix).await?;
         let post = PostParams::default();
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(&post, &from_json(json!({"metadata": {"name": "web"}})))
+        namespace.create_claim("data", "16Mi").await?;
+        namespace
+            .api::<Pod>()
+            .create(&post, &from_json(web_pod()))
             .await?;
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-            .create(
-                &post,
-                &from_json(json!({
-                    "metadata": {"name": "data"},
-                    "spec": {"accessModes": ["ReadWriteOnce"],
-                             "resources": {"requests": {"storage": "16Mi"}}}
-                })),
-            )
-            .await?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        pods.create(&post, &from_json(web_pod())).await?;
-        let pod = eventually("pod web running", WAIT, || async {
-            let pod = pods.get("web").await?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            ensure!(phase.as_deref() == Some("Running"), "{phase:?}");
-            Ok(pod)
-        })
-        .await?;
-        let work = tempfile::tempdir()?;
-        let store = file_url(&work.path().join("store"));
+        let pod = namespace.running_pod("web", WAIT).await?;
         let rate = PER_SECOND.to_string();
-        let extra = ["--token-reviews-per-second", rate.as_str()];
-        let serve = start_drainer_in(work.path(), &[&ns], &store, &extra).await?;
+        let serve = namespace
+            .kube_drainer()
+            .lease(5)
+            .args(&["--token-reviews-per-second", rate.as_str()])
+            .start(&namespace.work.join("data"))
+            .await?;
         Ok(Self {
-            client,
-            ns,
+            namespace,
             pod,
             serve,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
-            _work: work,
         })
     }
 
     /// A fresh token of ServiceAccount `web`, bound to pod `web`, for drainer's audience:
     /// unknown to drainer, so its first use is reviewed.
     async fn fresh_token(&self) -> Result<String> {
-        let meta = &self.pod.metadata;
-        let request: TokenRequest = from_json(json!({"spec": {
-            "audiences": ["drainer"],
-            "expirationSeconds": 600,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta.name, "uid": meta.uid}
-        }}));
-        let issued = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.ns)
-            .create_token_request("web", &PostParams::default(), &request)
-            .await?;
-        issued
-            .status
-            .and_then(|s| s.token)
-            .context("no token issued")
+        self.token("web", &["drainer"], Some(&self.pod)).await
     }
 
     /// The pod's handoff with a fresh token, sent again on `429` until answered: the time
@@ -167,7 +140,7 @@ impl Target {
     }
 
     async fn finish(self) -> Result<()> {
-        delete_namespace(&self.client, &self.ns).await
+        self.namespace.finish().await
     }
 }
 

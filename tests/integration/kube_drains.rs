@@ -7,24 +7,19 @@
 //! drainer restart the ledger and the objects agree. drainer runs in Kubernetes mode against
 //! kube-env with movers external (the test is the mover, or none comes).
 
-use crate::kube_mode::start_drainer_in;
-use crate::support::kube::{
-    KubeEnv, client, client_with_token, create_namespace, delete_namespace, eventually, from_json,
-    wait_for_bound_claim, with_timeout,
+use crate::support::cluster::{
+    TestNamespace, WebSet, drain_objects, drain_resource, install_drain_crd, run_mover,
 };
-use crate::support::serve::{Serve, TOKEN};
-use crate::support::{drainer, file_url, run_ok};
+use crate::support::kube::{KubeEnv, client_with_token, eventually, from_json, with_timeout};
+use crate::support::serve::Serve;
+use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A guard against a hung test, not a timing target.
@@ -33,55 +28,44 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// A namespace with drainer serving it in Kubernetes mode.
 struct World {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     serve: Serve,
-    store: String,
-    work: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl World {
     /// The CRD installed, a namespace, and drainer started with `extra` arguments.
     async fn new(prefix: &str, extra: &[&str]) -> Result<Self> {
         install_drain_crd().await?;
-        let client = client().await?;
-        let ns = create_namespace(&client, prefix).await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        sas.create(
-            &PostParams::default(),
-            &from_json(json!({"metadata": {"name": "web"}})),
-        )
-        .await?;
-        let work = tempfile::tempdir()?;
-        let store = file_url(&work.path().join("store"));
-        let serve = start_drainer_in(work.path(), &[&ns], &store, extra).await?;
-        Ok(Self {
-            client,
-            ns,
-            serve,
-            store,
-            work,
-        })
+        let namespace = TestNamespace::with_web_account(prefix).await?;
+        let serve = namespace
+            .kube_drainer()
+            .lease(5)
+            .args(extra)
+            .start(&namespace.work.join("data"))
+            .await?;
+        Ok(Self { namespace, serve })
+    }
+
+    async fn finish(self) -> Result<()> {
+        self.namespace.finish().await
     }
 
     fn objects(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.ns, &resource())
+        drain_objects(&self.client, &self.ns)
     }
 
     /// A claim `name` (no StatefulSet) with `files` in its volume; its directory.
     async fn claim(&self, name: &str, files: &[(&str, &[u8])]) -> Result<PathBuf> {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
-        claims
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": {"name": name},
-                    "spec": {"accessModes": ["ReadWriteOnce"],
-                             "resources": {"requests": {"storage": "16Mi"}}}
-                })),
-            )
-            .await?;
-        let dir = wait_for_bound_claim(&self.client, &self.ns, name, WAIT).await?;
+        self.create_claim(name, "16Mi").await?;
+        let dir = self.bound_claim_dir(name, WAIT).await?;
         for (file, content) in files {
             std::fs::write(dir.join(file), content)?;
         }
@@ -154,24 +138,6 @@ impl World {
         Ok(self.serve.wait_state(id, state, WAIT).await)
     }
 
-    /// Runs the mover of drain `id` on `dir` (what a mover Job does in a cluster).
-    async fn move_volume(&self, id: &str, dir: &Path) {
-        run_ok(
-            drainer()
-                .args([
-                    "mover",
-                    "--drainer",
-                    &self.serve.url,
-                    "--drain",
-                    id,
-                    "--source",
-                ])
-                .arg(dir)
-                .env("DRAINER_TOKEN", TOKEN),
-        )
-        .await;
-    }
-
     /// Whether drainer's history of drain `id` has an entry containing `text`.
     async fn history_says(&self, id: &str, text: &str) -> Result<()> {
         let drain = self.serve.drain(id).await;
@@ -219,17 +185,6 @@ impl World {
     }
 }
 
-/// The Drain resource.
-fn resource() -> ApiResource {
-    ApiResource {
-        group: "drainer.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "drainer.io/v1alpha1".into(),
-        kind: "Drain".into(),
-        plural: "drains".into(),
-    }
-}
-
 /// The condition `type_` of an object, if it has one.
 fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
@@ -238,57 +193,15 @@ fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// `kubectl apply` of deploy/base's CRD (idempotent: tests beside this one may apply it too).
-async fn install_drain_crd() -> Result<()> {
-    let env = KubeEnv::load()?;
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/crd.yaml");
-    kubectl(
-        &env,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &crd.display().to_string(),
-        ],
-    )
-    .await?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/drains.drainer.io",
-            "--timeout=60s",
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn kubectl(env: &KubeEnv, args: &[&str]) -> Result<String> {
-    let out = env.kubectl().args(args).output().await?;
-    ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// A token of ServiceAccount `sa` of `ns` for the API server.
-async fn api_token(client: &Client, ns: &str, sa: &str) -> Result<String> {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &PostParams::default(),
-        &from_json(json!({"metadata": {"name": sa}})),
-    )
-    .await?;
-    let request: TokenRequest = from_json(json!({"spec": {"expirationSeconds": 600}}));
-    let issued = sas
-        .create_token_request(sa, &PostParams::default(), &request)
+/// A token for the API server of a new ServiceAccount `sa` of the world's namespace.
+async fn api_token(w: &World, sa: &str) -> Result<String> {
+    w.api::<ServiceAccount>()
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": sa}})),
+        )
         .await?;
-    issued.status.and_then(|s| s.token).context("no token")
+    w.token(sa, &[], None).await
 }
 
 /// Grants ServiceAccount `sa` of `ns` `verbs` on Drain objects there.
@@ -356,7 +269,7 @@ async fn a_drain_object_requests_a_drain_that_completes_with_its_snapshot() -> R
         );
         let drain = w.drain_state(&id, "copying").await?;
         ensure!(drain["reason"] == "before the upgrade", "{drain}");
-        w.move_volume(&id, &dir).await;
+        run_mover(&w.serve, &id, &dir).await;
         let done = w.drain_state(&id, "completed").await?;
         let snapshot = done["snapshot"].as_str().context("no snapshot")?.to_owned();
         let object = w
@@ -396,18 +309,21 @@ async fn a_drain_object_requests_a_drain_that_completes_with_its_snapshot() -> R
         ensure!(names == ["before-upgrade"], "{names:?}");
         // kubectl describe shows the history.
         let env = KubeEnv::load()?;
-        let described =
-            kubectl(&env, &["describe", "drain", "-n", &w.ns, "before-upgrade"]).await?;
+        let described = crate::support::install::kubectl(
+            &env,
+            &["describe", "drain", "-n", &w.ns, "before-upgrade"],
+        )
+        .await?;
         ensure!(
             described.contains("History") && described.contains("completed"),
             "{described}"
         );
         // The data is in the store.
-        let dest = w.work.path().join("restored");
+        let dest = w.work.join("restored");
         run_ok(
             drainer()
                 .arg("restore")
-                .arg(&w.store)
+                .arg(w.store())
                 .args(["--volume", &format!("{}/notes", w.ns)])
                 .arg(&dest),
         )
@@ -463,12 +379,12 @@ async fn a_drain_object_requests_a_drain_that_completes_with_its_snapshot() -> R
         // RBAC: without `create` on drains the API server refuses (403), and nothing is
         // drained; with it (a Job's ServiceAccount), the request is taken.
         let _other = w.claim("other", &[("a", b"a")]).await?;
-        let nobody = client_with_token(&api_token(&w.client, &w.ns, "nobody").await?).await?;
+        let nobody = client_with_token(&api_token(&w, "nobody").await?).await?;
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
             "metadata": {"name": "not-allowed"}, "spec": {"claim": "other"},
         }))?;
-        let refused = Api::<DynamicObject>::namespaced_with(nobody, &w.ns, &resource())
+        let refused = Api::<DynamicObject>::namespaced_with(nobody, &w.ns, &drain_resource())
             .create(&PostParams::default(), &object)
             .await;
         ensure!(
@@ -476,8 +392,8 @@ async fn a_drain_object_requests_a_drain_that_completes_with_its_snapshot() -> R
             "{refused:?}"
         );
         grant_drains(&w.client, &w.ns, "job", &["create", "get"]).await?;
-        let job = client_with_token(&api_token(&w.client, &w.ns, "job").await?).await?;
-        let jobs = Api::<DynamicObject>::namespaced_with(job, &w.ns, &resource());
+        let job = client_with_token(&api_token(&w, "job").await?).await?;
+        let jobs = Api::<DynamicObject>::namespaced_with(job, &w.ns, &drain_resource());
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "drainer.io/v1alpha1", "kind": "Drain",
             "metadata": {"name": "from-a-job"}, "spec": {"claim": "other"},
@@ -525,35 +441,18 @@ async fn a_drain_object_requests_a_drain_that_completes_with_its_snapshot() -> R
         .await?;
         ensure!(third_id != id && third_id != other, "{third_id}");
         w.ledger_and_objects_agree().await?;
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
 
 /// A StatefulSet `web` (simulated pods) whose scaled-away claims the collector would delete.
-fn web(replicas: i32) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "web",
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Delete", "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" },
-                              "annotations": { "kube-env.drainer.io/termination-delay": "1s" } },
-                "spec": {
-                    "serviceAccountName": "web",
-                    "containers": [{ "name": "app", "image": "registry.invalid/web:1",
-                                     "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }]
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
-            }]
-        }
-    }))
+fn web(replicas: u32) -> WebSet {
+    WebSet::new(replicas)
+        .when_scaled("Delete")
+        .termination_delay("1s")
+        .web_account()
+        .claims(&["data"], "16Mi")
 }
 
 /// `drainer.io/action` on a Drain: a failing drain retried, then cancelled, each recorded in
@@ -616,25 +515,10 @@ async fn retry_cancel_and_abandon_are_annotations_of_the_object() -> Result<()> 
 
         // A scaled-away claim the collector would delete is held by its drain (drainer's own
         // object, named by the drain id): cancelling it is refused, abandoning it takes a reason.
-        let sets: Api<StatefulSet> = Api::namespaced(w.client.clone(), &w.ns);
-        sets.create(&PostParams::default(), &web(2)).await?;
-        wait_for_bound_claim(&w.client, &w.ns, "data-web-1", WAIT).await?;
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.client.clone(), &w.ns);
-        eventually("web-1 running", WAIT, || async {
-            let pod = pods.get("web-1").await?;
-            ensure!(
-                pod.status.and_then(|s| s.phase).as_deref() == Some("Running"),
-                "not yet"
-            );
-            Ok(())
-        })
-        .await?;
-        sets.patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 1}})),
-        )
-        .await?;
+        web(2).create(&w).await?;
+        w.bound_claim_dir("data-web-1", WAIT).await?;
+        w.running_pod("web-1", WAIT).await?;
+        w.scale("web", 1).await?;
         let held = eventually("a drain holding data-web-1", WAIT, || async {
             let drains = w.serve.drains(&format!("volume={}/data-web-1", w.ns)).await;
             let drain = drains.first().context("no drain yet")?;
@@ -671,14 +555,14 @@ async fn retry_cancel_and_abandon_are_annotations_of_the_object() -> Result<()> 
         w.history_says(&held, &format!("abandoned by {own}: the team keeps no data of web-1"))
             .await?;
         // Let go: the collector deletes the claim as its StatefulSet asked.
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(w.client.clone(), &w.ns);
+        let claims = w.api::<PersistentVolumeClaim>();
         eventually("data-web-1 deleted once abandoned", WAIT, || async {
             ensure!(claims.get_opt("data-web-1").await?.is_none(), "still there");
             Ok(())
         })
         .await?;
         w.ledger_and_objects_agree().await?;
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }

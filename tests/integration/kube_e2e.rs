@@ -1,566 +1,36 @@
 //! Kubernetes mode end to end on kube-env, with pods that run as processes and mover Jobs: a real
 //! `drainer serve --kubernetes` on this machine watches the test's namespace and makes its
 //! copies with mover Jobs whose pods (the image of the binary under test, see
-//! `support::image`) reach it through the gate of `kube_movers` at the address pods reach this
+//! `support::image`) reach it through the gate of `support::gate` at the address pods reach this
 //! machine. The StatefulSet `web` (two volumeClaimTemplates, `ordinals.start: 5`) has pods that
 //! write their own data at start and hand their claims off from a `preStop` hook with their
 //! projected token (drainer installed into the pod by an init container of that image, as in
 //! `deploy/examples/prestop-handoff.yaml`). Every test restores what was drained and
 //! compares it byte for byte with the claim's data.
 
-use crate::kube_movers::Gate;
-use crate::service::assert_restores_exactly;
-use crate::support::image::{drainer_image, installed_drainer, with_drainer_installed};
-use crate::support::kube::{
-    KubeEnv, admin_kubeconfig, client_at, create_namespace, delete_namespace, eventually,
-    from_json, wait_for_bound_claim, with_timeout,
-};
+use crate::support::cluster::{assert_restores_exactly, history};
+use crate::support::forward::Switch;
+use crate::support::kube::{eventually, with_timeout};
 use crate::support::proxy::Proxy;
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{awkward, differences};
-use crate::support::{drainer, file_url, fresh_postgres_database, run_ok};
+use crate::support::world::{START, TEMPLATES, WAIT, WRITER, World, claims_of, web_with};
+use crate::support::{drainer, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
 use drainer_kube::{guard, hold, movers};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bound of one test.
-pub(crate) const LIMIT: Duration = Duration::from_secs(600);
-/// Bound of one wait inside a test.
-pub(crate) const WAIT: Duration = Duration::from_secs(240);
-/// The ordinals of `web`: 5, 6, 7 at three replicas; 6 and 7 go on a scale to one.
-pub(crate) const START: u32 = 5;
-const TEMPLATES: [&str; 2] = ["data", "logs"];
-
-/// What each pod of `web` runs: once per claim set (a restarted pod finds its data and leaves
-/// it alone), it writes files of its own into both claims (names with spaces, quotes, a
-/// newline, a leading dash, Latin-1 bytes that are not UTF-8, a symlink, an empty directory,
-/// random content of a size that depends on the ordinal, and in `data` a file larger than an
-/// upload part), then waits for SIGTERM.
-const WRITER: &str = r#"set -e
-if [ ! -e /data/.written ]; then
-  for d in /data /logs; do
-    printf '%s wrote %s\n' "$POD_NAME" "$d" > "$d/owner.txt"
-    mkdir -p "$d/sub dir/ünïcødé"
-    printf '%s\n' "$POD_UID" > "$d/sub dir/ünïcødé/name with spaces & 'quotes'"
-    printf 'dash\n' > "$d/-leading-dash"
-    printf 'break\n' > "$d/$(printf 'line\nbreak')"
-    printf 'latin-1\n' > "$d/$(printf 'caf\351')"
-    head -c $((1500000 + ${POD_NAME##*-} * 7919)) /dev/urandom > "$d/random.bin"
-    if [ "$d" = /data ]; then head -c 9000000 /dev/urandom > "$d/big.bin"; fi
-    ln -s 'sub dir' "$d/link to dir"
-    mkdir -p "$d/empty"
-  done
-  : > /data/.written
-fi
-trap 'exit 0' TERM
-while :; do sleep 1; done
-"#;
-
-/// StatefulSet `web`: `replicas` pods from ordinal 5, claims `data` and `logs`, pods that write
-/// their data and hand off from `preStop` (`drainer handoff --drainer URL`, the pod's projected
-/// token of audience `drainer`; drainer installed by an init container).
-fn web(replicas: i32, when_scaled: &str, drainer_url: &str) -> StatefulSet {
-    web_with(replicas, when_scaled, &TEMPLATES, WRITER, Some(drainer_url))
-}
-
-/// StatefulSet `web`: `replicas` pods from ordinal 5, a claim per template, pods that run
-/// `writer` and, with a `handoff` URL, hand off from `preStop` (`drainer handoff --drainer
-/// URL`, the pod's projected token of audience `drainer`, drainer installed by an init
-/// container); without one, they have no hook (and no drainer).
-fn web_with(
-    replicas: i32,
-    when_scaled: &str,
-    templates: &[&str],
-    writer: &str,
-    handoff: Option<&str>,
-) -> StatefulSet {
-    let lifecycle = handoff.map(|url| {
-        let command = installed_drainer(&["handoff", "--drainer", url, "--reason", "preStop"]);
-        json!({ "preStop": { "exec": { "command": command } } })
-    });
-    let claim = |name: &str| {
-        json!({
-            "metadata": { "name": name },
-            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
-        })
-    };
-    let mounts: Vec<Value> = templates
-        .iter()
-        .map(|t| json!({ "name": t, "mountPath": format!("/{t}") }))
-        .chain([json!({ "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true })])
-        .collect();
-    let mut container = json!({
-        "name": "app",
-        "image": "registry.invalid/web:1",
-        "command": ["sh", "-c", writer],
-        "env": [
-            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-            { "name": "POD_UID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.uid" } } },
-            { "name": "DRAINER_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-            { "name": "DRAINER_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
-        ],
-        "volumeMounts": mounts
-    });
-    let with_hook = lifecycle.is_some();
-    if let Some(lifecycle) = lifecycle {
-        container["lifecycle"] = lifecycle;
-    }
-    let mut pod = json!({
-        "serviceAccountName": "web",
-        "terminationGracePeriodSeconds": 30,
-        "containers": [container],
-        "volumes": [{ "name": "drainer-token", "projected": { "sources": [
-            { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 3600, "path": "token" } }
-        ] } }]
-    });
-    if with_hook {
-        pod = with_drainer_installed(pod);
-    }
-    from_json(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "ordinals": { "start": START },
-            "serviceName": "web",
-            "podManagementPolicy": "Parallel",
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": pod
-            },
-            "volumeClaimTemplates": templates.iter().map(|t| claim(t)).collect::<Vec<_>>()
-        }
-    }))
-}
-
-/// Watches the objects of kind `K` in `ns` until the returned guard is dropped, handing each
-/// event to `on_event` (errors are retried by the watcher's backoff).
-fn watch_namespace<K>(
-    client: &Client,
-    ns: &str,
-    mut on_event: impl FnMut(watcher::Event<K>) + Send + 'static,
-) -> AbortOnDrop
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    AbortOnDrop(tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(event) = events.next().await {
-            if let Ok(event) = event {
-                on_event(event);
-            }
-        }
-    }))
-}
-
-/// Every Job drainer creates in a namespace, as a watch sees them: drain label → Job names;
-/// and how many ran at once (created, not yet finished nor being deleted), at most.
-#[derive(Clone, Default)]
-struct JobsSeen(Arc<Mutex<Jobs>>);
-
-#[derive(Default)]
-struct Jobs {
-    by_drain: BTreeMap<String, BTreeSet<String>>,
-    running: BTreeSet<String>,
-    peak: usize,
-}
-
-impl Jobs {
-    fn saw(&mut self, job: &Job) {
-        let drain = job
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("drainer.io/drain").cloned())
-            .unwrap_or_default();
-        let name = job.metadata.name.clone().unwrap_or_default();
-        self.by_drain.entry(drain).or_default().insert(name.clone());
-        if job.metadata.deletion_timestamp.is_some() || movers::is_finished(job) {
-            self.running.remove(&name);
-        } else {
-            self.running.insert(name);
-            self.peak = self.peak.max(self.running.len());
-        }
-    }
-}
-
-impl JobsSeen {
-    /// Watches the Jobs of `ns` until the returned guard is dropped.
-    fn watch(client: &Client, ns: &str) -> (Self, AbortOnDrop) {
-        let seen = Self::default();
-        let record = seen.clone();
-        let task = watch_namespace::<Job>(client, ns, move |event| {
-            let mut jobs = record.0.lock().unwrap();
-            match event {
-                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => jobs.saw(&job),
-                watcher::Event::Delete(job) => {
-                    jobs.running.remove(&job.metadata.name.unwrap_or_default());
-                }
-                // A new listing: what runs is what it lists.
-                watcher::Event::Init => jobs.running.clear(),
-                watcher::Event::InitDone => {}
-            }
-        });
-        (seen, task)
-    }
-
-    fn all(&self) -> BTreeMap<String, BTreeSet<String>> {
-        self.0.lock().unwrap().by_drain.clone()
-    }
-
-    /// The Jobs seen for drain `id`.
-    fn of(&self, id: &str) -> BTreeSet<String> {
-        self.all()
-            .get(&movers::drain_label(id))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The most Jobs seen running at once.
-    fn peak(&self) -> usize {
-        self.0.lock().unwrap().peak
-    }
-}
-
-/// The drainer holds each claim of a namespace was ever seen with, as a watch sees them:
-/// claim name → hold names among its owners. A hold may come and go between two polls of a
-/// test (a small claim is drained in a moment); the watch sees every change.
-#[derive(Clone, Default)]
-struct HoldsSeen(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);
-
-impl HoldsSeen {
-    /// Watches the claims of `ns` until the returned guard is dropped.
-    fn watch(client: &Client, ns: &str) -> (Self, AbortOnDrop) {
-        let seen = Self::default();
-        let record = seen.clone();
-        let task = watch_namespace::<PersistentVolumeClaim>(client, ns, move |event| {
-            if let watcher::Event::Apply(claim) | watcher::Event::InitApply(claim) = event {
-                record.saw(&claim);
-            }
-        });
-        (seen, task)
-    }
-
-    fn saw(&self, claim: &PersistentVolumeClaim) {
-        let holds = claim
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .filter(|o| o.kind == "ConfigMap" && o.name.starts_with("drainer-hold-"))
-            .map(|o| o.name.clone());
-        let name = claim.metadata.name.clone().unwrap_or_default();
-        self.0
-            .lock()
-            .unwrap()
-            .entry(name)
-            .or_default()
-            .extend(holds);
-    }
-
-    /// Whether claim `pvc` was seen held by drain `id`'s hold.
-    fn held(&self, pvc: &str, id: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .get(pvc)
-            .is_some_and(|holds| holds.contains(&hold::hold_name(id)))
-    }
-}
-
-/// One test's namespace (with ServiceAccount `web`), gate and scratch directory.
-pub(crate) struct World {
-    pub(crate) client: Client,
-    pub(crate) ns: String,
-    pub(crate) gate: Gate,
-    /// The mover image: the binary under test's.
-    image: &'static str,
-    pub(crate) work: PathBuf,
-    /// The admin kubeconfig of the instance the world lives in.
-    kubeconfig: PathBuf,
-    _work: Option<tempfile::TempDir>,
-    jobs: JobsSeen,
-    holds: HoldsSeen,
-    _watches: [AbortOnDrop; 2],
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl World {
-    pub(crate) async fn new(prefix: &str) -> Result<Self> {
-        Self::on(prefix, &admin_kubeconfig()?).await
-    }
-
-    /// A world in the kube-env instance whose admin kubeconfig is `kubeconfig`.
-    pub(crate) async fn on(prefix: &str, kubeconfig: &Path) -> Result<Self> {
-        let client = client_at(kubeconfig).await?;
-        let env = KubeEnv::of(kubeconfig)?;
-        let ns = create_namespace(&client, prefix).await?;
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({"metadata": {"name": "web"}})),
-            )
-            .await?;
-        let gate = Gate::start(&env.host_ip).await?;
-        let image = drainer_image(&env).await?;
-        let guard = tempfile::tempdir()?;
-        let work = guard.path().to_owned();
-        // DRAINER_TEST_KEEP=1 keeps the drainers' logs and data for a look after a failure.
-        let guard = if std::env::var_os("DRAINER_TEST_KEEP").is_some() {
-            eprintln!("{prefix}: keeping {}", guard.keep().display());
-            None
-        } else {
-            Some(guard)
-        };
-        let (jobs, jobs_watch) = JobsSeen::watch(&client, &ns);
-        let (holds, holds_watch) = HoldsSeen::watch(&client, &ns);
-        Ok(Self {
-            client,
-            ns,
-            gate,
-            image,
-            work,
-            kubeconfig: kubeconfig.to_owned(),
-            _work: guard,
-            jobs,
-            holds,
-            _watches: [jobs_watch, holds_watch],
-        })
-    }
-
-    pub(crate) fn store(&self) -> String {
-        file_url(&self.work.as_path().join("store"))
-    }
-
-    /// The arguments of a drainer serving this namespace with mover Jobs, storing in `store`.
-    fn args(&self, store: &str) -> Vec<String> {
-        [
-            "--kubernetes",
-            "--watch-namespace",
-            &self.ns,
-            "--service-url",
-            &self.gate.url,
-            "--mover-image",
-            self.image,
-            "--store",
-            store,
-            "--sweep-interval",
-            "0",
-            "--lease",
-            "5",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-
-    /// Starts a drainer with data directory `data` (under the scratch directory), this
-    /// world's arguments for `store` plus `extra`, and `env` (a `KUBECONFIG` there stands for
-    /// the admin's).
-    pub(crate) async fn start(
-        &self,
-        data: &str,
-        store: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Serve> {
-        let kubeconfig = self.kubeconfig.display().to_string();
-        let mut args = self.args(store);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut env = env.to_vec();
-        // The admin's, unless the test gives drainer an identity of its own.
-        if !env.iter().any(|(k, _)| *k == "KUBECONFIG") {
-            env.push(("KUBECONFIG", &kubeconfig));
-        }
-        env.push(("DRAINER_LOG", "info,drainer=debug"));
-        Ok(Serve::start_with_env(&self.work.as_path().join(data), &args, &env).await)
-    }
-
-    /// The one drainer of a test, on the file store; the gate forwards to it.
-    pub(crate) async fn drainer(&self) -> Result<Serve> {
-        let serve = self.start("data", &self.store(), &[], &[]).await?;
-        self.gate.forward_to(&serve.url);
-        Ok(serve)
-    }
-
-    pub(crate) fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    /// Creates `web` and waits until every pod runs and has written its data; returns
-    /// (pod name, pod UID) by ordinal.
-    pub(crate) async fn start_web(
-        &self,
-        replicas: u32,
-        when_scaled: &str,
-    ) -> Result<Vec<(String, String)>> {
-        let set = web(replicas as i32, when_scaled, &self.gate.url);
-        self.start_set(&set, replicas).await
-    }
-
-    /// Creates `set` (a `web`) and waits until each of its `replicas` pods runs and has
-    /// written its data; returns (pod name, pod UID) by ordinal.
-    async fn start_set(&self, set: &StatefulSet, replicas: u32) -> Result<Vec<(String, String)>> {
-        self.api::<StatefulSet>()
-            .create(&PostParams::default(), set)
-            .await?;
-        let mut pods = Vec::new();
-        for o in START..START + replicas {
-            let name = format!("web-{o}");
-            let pod = self.running(&name).await?;
-            let dir = self.claim_dir(&format!("data-{name}")).await?;
-            eventually(format!("{name} wrote its data"), WAIT, || async {
-                ensure!(dir.join(".written").exists(), "not yet");
-                Ok(())
-            })
-            .await?;
-            pods.push((name, pod.metadata.uid.clone().unwrap_or_default()));
-        }
-        Ok(pods)
-    }
-
-    async fn running(&self, name: &str) -> Result<Pod> {
-        let pods = self.api::<Pod>();
-        eventually(format!("pod {name} running"), WAIT, || async {
-            let pod = pods.get(name).await?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            ensure!(
-                phase.as_deref() == Some("Running") && pod.metadata.deletion_timestamp.is_none(),
-                "{phase:?}"
-            );
-            // kube-env gives the pods it only simulates loopback addresses: nothing runs there.
-            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-            if let Some(ip) = ip.filter(|ip| ip.starts_with("127.")) {
-                bail!("{name} is simulated (IP {ip}): kube-env does not know one of its images");
-            }
-            Ok(pod)
-        })
-        .await
-    }
-
-    /// The directory of bound claim `name` (the PV's hostPath).
-    pub(crate) async fn claim_dir(&self, name: &str) -> Result<PathBuf> {
-        wait_for_bound_claim(&self.client, &self.ns, name, WAIT).await
-    }
-
-    async fn claim_uid(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .api::<PersistentVolumeClaim>()
-            .get_opt(name)
-            .await?
-            .map(|c| c.metadata.uid.unwrap_or_default()))
-    }
-
-    pub(crate) async fn scale(&self, replicas: u32) -> Result<()> {
-        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-        self.api::<StatefulSet>()
-            .patch("web", &PatchParams::default(), &patch)
-            .await?;
-        Ok(())
-    }
-
-    /// The drain of `pvc` (waits for one to exist); with several, the newest.
-    pub(crate) async fn drain_of(&self, serve: &Serve, pvc: &str) -> Result<String> {
-        eventually(format!("a drain of {pvc}"), WAIT, || async {
-            let drains = serve.drains(&format!("volume={}/{pvc}", self.ns)).await;
-            drains
-                .first()
-                .and_then(|d| d["id"].as_str())
-                .map(str::to_owned)
-                .context("none yet")
-        })
-        .await
-    }
-
-    /// Copies of the claims' directories as they are now, to compare with later.
-    pub(crate) fn keep(
-        &self,
-        dirs: &BTreeMap<String, PathBuf>,
-    ) -> Result<BTreeMap<String, PathBuf>> {
-        let mut kept = BTreeMap::new();
-        for (pvc, dir) in dirs {
-            let copy = self.work.as_path().join(format!("had-{pvc}"));
-            let status = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(dir)
-                .arg(&copy)
-                .status()?;
-            ensure!(status.success(), "cp -a {}", dir.display());
-            kept.insert(pvc.clone(), copy);
-        }
-        Ok(kept)
-    }
-
-    /// The holds (ConfigMaps drainer made to keep claims from the garbage collector) left.
-    async fn holds(&self) -> Result<Vec<String>> {
-        let maps = self
-            .api::<ConfigMap>()
-            .list(&ListParams::default().labels("drainer.io/drain"))
-            .await?;
-        Ok(maps
-            .items
-            .into_iter()
-            .filter_map(|m| m.metadata.name)
-            .collect())
-    }
-
-    pub(crate) async fn finish(self) -> Result<()> {
-        delete_namespace(&self.client, &self.ns).await
-    }
-}
-
-/// The claims of ordinals `ordinals`: `data-web-6`, `logs-web-6`, ….
-pub(crate) fn claims_of(ordinals: impl IntoIterator<Item = u32>) -> Vec<(u32, String)> {
-    ordinals
-        .into_iter()
-        .flat_map(|o| TEMPLATES.map(|t| (o, format!("{t}-web-{o}"))))
-        .collect()
-}
-
-pub(crate) fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| format!("{} {} {} {}", e["at"], e["owner"], e["state"], e["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// Checks that pod `pod` (UID `uid`) handed drain `drain` off itself: the ledger records the
 /// pod as a requester of the drain (a principal `pod:NS/NAME` is only ever an authenticated
@@ -613,7 +83,7 @@ async fn scale_down_drains(
     for (_, pvc) in claims_of(START + 1..START + 3) {
         uids.insert(pvc.clone(), w.claim_uid(&pvc).await?.context("claim")?);
     }
-    w.scale(1).await?;
+    w.scale("web", 1).await?;
 
     let mut ids = BTreeMap::new();
     for (_, pvc) in claims_of(START + 1..START + 3) {
@@ -831,57 +301,10 @@ async fn a_rolling_restart_drains_nothing() -> Result<()> {
 /// A claim of its own (not a StatefulSet's) in the world's namespace, full of awkward files;
 /// returns its directory.
 async fn standalone_claim(w: &World, pvc: &str) -> Result<PathBuf> {
-    let claim: PersistentVolumeClaim = from_json(json!({
-        "metadata": {"name": pvc},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }));
-    w.api::<PersistentVolumeClaim>()
-        .create(&PostParams::default(), &claim)
-        .await?;
+    w.create_claim(pvc, "1Gi").await?;
     let dir = w.claim_dir(pvc).await?;
     awkward(&dir, 9 * 1024 * 1024);
     Ok(dir)
-}
-
-/// A TCP forwarder from a loopback port to `upstream` that the test can switch off: while off,
-/// every connection is closed at once, as a store that is down.
-pub(crate) struct Switch {
-    pub(crate) endpoint: String,
-    up: Arc<AtomicBool>,
-    _task: AbortOnDrop,
-}
-
-impl Switch {
-    pub(crate) async fn start(upstream: &str) -> Result<Self> {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let up = Arc::new(AtomicBool::new(true));
-        let on = Arc::clone(&up);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !on.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            endpoint,
-            up,
-            _task: AbortOnDrop(task),
-        })
-    }
-
-    pub(crate) fn set(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
 }
 
 /// drainer's Events about `kind` `name`: (type, reason, note).
@@ -1168,7 +591,7 @@ async fn replicas_lose_one(prefix: &str, hold: &str, after_takeover: bool) -> Re
         }
         let kept = w.keep(&dirs)?;
         w.gate.hold_next(hold);
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         w.gate.wait_held().await?;
         let held = w
             .gate
@@ -1327,7 +750,7 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             .start("data", &w.store(), &["--concurrent-drains", &bound], &[])
             .await?;
         w.gate.forward_to(&serve.url);
-        let set = web_with(FIFTY as i32, when_scaled, &["data"], SMALL_WRITER, None);
+        let set = web_with(FIFTY, when_scaled, &["data"], SMALL_WRITER, None);
         let pods = w.start_set(&set, FIFTY).await?;
         let claims: Vec<(u32, String)> = (START..START + FIFTY)
             .map(|o| (o, format!("data-web-{o}")))
@@ -1341,7 +764,7 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
         let kept = w.keep(&dirs)?;
 
         let scaled_ms = chrono::Utc::now().timestamp_millis();
-        w.scale(0).await?;
+        w.scale("web", 0).await?;
         let mut ids = BTreeMap::new();
         for (_, pvc) in &claims {
             ids.insert(pvc.clone(), w.drain_of(&serve, pvc).await?);
@@ -1605,14 +1028,14 @@ async fn a_scale_down_while_no_drainer_runs_loses_nothing() -> Result<()> {
         ensure!(status.success(), "drainer did not stop cleanly: {status}");
 
         // No drainer: scaled to one, then ordinal 6 comes back.
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let gone: Vec<String> = (START + 1..START + 4).map(|o| format!("web-{o}")).collect();
         let condemned: Vec<String> = claims_of(START + 1..START + 4)
             .into_iter()
             .map(|(_, c)| c)
             .collect();
         wait_pods_gone_claims_kept(&w, &gone, &condemned).await?;
-        w.scale(2).await?;
+        w.scale("web", 2).await?;
         let back = w.running(&format!("web-{}", START + 1)).await?;
         ensure!(back.metadata.uid.is_some());
 
@@ -1701,7 +1124,7 @@ async fn opting_out_or_releasing_the_guards_lets_the_collector_do_what_the_polic
         .await?;
         serve.terminate(Duration::from_secs(20)).await;
 
-        w.scale(2).await?;
+        w.scale("web", 2).await?;
         let condemned: Vec<String> = claims_of([START + 2]).into_iter().map(|(_, c)| c).collect();
         wait_pods_gone_claims_kept(&w, &[format!("web-{}", START + 2)], &condemned).await?;
         let kubeconfig =
@@ -1800,7 +1223,7 @@ async fn a_store_outage_during_a_scale_down_with_delete_loses_nothing() -> Resul
         let kept = w.keep(&dirs)?;
         let outage = Instant::now();
         switch.set(false);
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let condemned: Vec<String> = claims_of(START + 1..START + 3)
             .into_iter()
             .map(|(_, c)| c)

@@ -23,6 +23,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use crate::support::cluster::{WebSet, scale};
 use crate::support::kube::{
     EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client, client_with_token,
     create_namespace, delete_namespace, eventually, from_json, with_timeout,
@@ -36,32 +37,13 @@ const TEST_LIMIT: Duration = Duration::from_secs(180);
 const WAIT: Duration = Duration::from_secs(90);
 
 /// A StatefulSet `web` with one volumeClaimTemplate `data`, in the shape drainer is used with.
-fn web_statefulset(replicas: i32, ordinals_start: i32, when_scaled: &str) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "web",
-            "ordinals": { "start": ordinals_start },
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [{
-                        "name": "app",
-                        "image": "registry.invalid/web:1",
-                        "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
-                    }]
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
-            }]
-        }
-    }))
+fn web_statefulset(replicas: u32, ordinals_start: u32, when_scaled: &str) -> StatefulSet {
+    WebSet::new(replicas)
+        .ordinals_from(ordinals_start)
+        .when_scaled(when_scaled)
+        .default_grace()
+        .claims(&["data"], "16Mi")
+        .build()
 }
 
 fn is_running_and_ready(pod: &Pod) -> bool {
@@ -103,16 +85,6 @@ async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
     .await
 }
 
-async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
-    sets.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
-    )
-    .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
@@ -142,7 +114,7 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         // Data a pod "wrote" before scale-down, to show it outlives the pod.
         std::fs::write(dirs[&2].join("payload"), b"web-2 was here")?;
 
-        scale(&sets, "web", 1).await?;
+        scale(&client, &ns, "web", 1).await?;
         wait_for_web_pods(&pods, &[0]).await?;
         eventually("StatefulSet status to show 1 replica", WAIT, || async {
             let status = sets.get_status("web").await?.status.context("no status")?;
@@ -214,7 +186,7 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             .watch(&WatchParams::default().timeout(120), &rv)
             .await?
             .boxed();
-        scale(&sets, "web", 1).await?;
+        scale(&client, &ns, "web", 1).await?;
 
         let mut deleted: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
         tokio::time::timeout(WAIT, async {
@@ -585,15 +557,20 @@ async fn deleted_pod_stays_terminating_for_its_termination_delay() -> Result<()>
 
         let deleted_at = tokio::time::Instant::now();
         pods.delete("slow", &Default::default()).await?;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let pod = pods
-            .get_opt("slow")
-            .await?
-            .context("pod gone before its termination delay")?;
-        ensure!(
-            pod.metadata.deletion_timestamp.is_some(),
-            "pod is not Terminating"
-        );
+        // Terminating (deletionTimestamp set), and still there: how long it stays is checked
+        // once it is gone.
+        let terminating = eventually("pod slow Terminating", WAIT, || async {
+            let Some(pod) = pods.get_opt("slow").await? else {
+                return Ok(None);
+            };
+            ensure!(
+                pod.metadata.deletion_timestamp.is_some(),
+                "pod is not Terminating"
+            );
+            Ok(Some(pod))
+        })
+        .await?;
+        terminating.context("pod gone before its termination delay")?;
         eventually("pod slow gone", WAIT, || async {
             ensure!(pods.get_opt("slow").await?.is_none(), "still there");
             Ok(())

@@ -18,6 +18,7 @@
 //! and the S3 server through forwarders on this machine's address on the pod network
 //! (`support::forward`).
 
+use crate::support::cluster::WebSet;
 use crate::support::forward::Forward;
 use crate::support::image::drainer_image_file;
 use crate::support::install::{
@@ -25,7 +26,7 @@ use crate::support::install::{
     wait_namespace_gone_if_terminating,
 };
 use crate::support::kube::{
-    KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, pod_ready,
+    KubeEnv, client, create_namespace, delete_namespace, eventually, pod_ready,
     wait_for_bound_claim, with_timeout,
 };
 use crate::support::postgres::PrivatePostgres;
@@ -299,36 +300,15 @@ async fn remove_install(
 /// StatefulSet `web`: `replicas` pods from ordinal 0 that write their data ([`WRITER`]) into
 /// one claim each, `whenScaled: Delete`.
 fn web(replicas: u32) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "web",
-            "podManagementPolicy": "Parallel",
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Delete", "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "app",
-                        "image": "registry.invalid/web:1",
-                        "command": ["sh", "-c", WRITER],
-                        "env": [
-                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "POD_UID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.uid" } } }
-                        ],
-                        "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
-                    }]
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
-            }]
-        }
-    }))
+    WebSet::new(replicas)
+        .parallel()
+        .when_scaled("Delete")
+        .grace(Duration::from_secs(10))
+        .runs(
+            WRITER,
+            &[("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid")],
+        )
+        .build()
 }
 
 /// The claim of ordinal `o`.

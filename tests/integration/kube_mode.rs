@@ -6,15 +6,14 @@
 //! made by a `drainer mover` the test runs on the claim's directory (mover Jobs are tested in
 //! `kube_movers`).
 
-use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
+use crate::support::cluster::{TestNamespace, WebSet, drain_objects, install_drain_crd, run_mover};
+use crate::support::kube::{delete_namespace, eventually, from_json, with_timeout};
 use crate::support::serve::{Serve, TOKEN};
-use crate::support::{drainer, file_url, run_ok};
+use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,124 +24,53 @@ const LIMIT: Duration = Duration::from_secs(480);
 const WAIT: Duration = Duration::from_secs(90);
 const AUDIENCE: &str = "drainer";
 
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("test object literal must match the API type")
-}
-
 /// A StatefulSet `web` whose pods (simulated: nothing runs) stay Terminating `delay` when
 /// deleted, as pods do while their preStop hook and SIGTERM handler run.
-fn web(replicas: i32, when_scaled: &str, delay: &str) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "web",
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" }, "annotations": { "kube-env.drainer.io/termination-delay": delay } },
-                "spec": {
-                    "serviceAccountName": "web",
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [{ "name": "app", "image": "registry.invalid/web:1",
-                                     "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }]
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
-            }]
-        }
-    }))
-}
-
-/// `drainer serve --kubernetes` for namespace `ns`, its data under `work`.
-async fn start_drainer(work: &Path, ns: &str, store: &str) -> Result<Serve> {
-    start_drainer_in(work, &[ns], store, &[]).await
-}
-
-/// `drainer serve --kubernetes` for `namespaces`, its data under `work`, movers external
-/// (the test runs them, or none), with `extra` arguments.
-pub(crate) async fn start_drainer_in(
-    work: &Path,
-    namespaces: &[&str],
-    store: &str,
-    extra: &[&str],
-) -> Result<Serve> {
-    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
-    let watched = namespaces.join(",");
-    let mut args = vec![
-        "--kubernetes",
-        "--movers",
-        "external",
-        "--watch-namespace",
-        &watched,
-        "--store",
-        store,
-        "--sweep-interval",
-        "0",
-        "--lease",
-        "5",
-    ];
-    args.extend_from_slice(extra);
-    Ok(Serve::start_with_env(
-        &work.join("data"),
-        &args,
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    )
-    .await)
+fn web(replicas: u32, when_scaled: &str, delay: &str) -> WebSet {
+    WebSet::new(replicas)
+        .when_scaled(when_scaled)
+        .termination_delay(delay)
+        .web_account()
+        .default_grace()
+        .claims(&["data"], "16Mi")
 }
 
 /// A namespace with the ServiceAccount `web` and a drainer serving in Kubernetes mode.
 struct World {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     serve: Serve,
-    store: String,
-    work: PathBuf,
-    _guard: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl World {
     async fn new(prefix: &str) -> Result<Self> {
-        let client = client().await?;
-        let ns = create_namespace(&client, prefix).await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        sas.create(
-            &PostParams::default(),
-            &from_json(json!({"metadata": {"name": "web"}})),
-        )
-        .await?;
-        let guard = tempfile::tempdir()?;
-        let work = guard.path().to_owned();
-        // DRAINER_TEST_KEEP=1 keeps the drainer's log and data for a look after a failure.
-        let guard = if std::env::var_os("DRAINER_TEST_KEEP").is_some() {
-            eprintln!("{prefix}: keeping {}", guard.keep().display());
-            None
-        } else {
-            Some(guard)
-        };
-        let store = file_url(&work.join("store"));
-        let serve = start_drainer(&work, &ns, &store).await?;
-        Ok(Self {
-            client,
-            ns,
-            serve,
-            store,
-            work,
-            _guard: guard,
-        })
+        let namespace = TestNamespace::with_web_account(prefix).await?;
+        let serve = namespace
+            .kube_drainer()
+            .lease(5)
+            .start(&namespace.work.join("data"))
+            .await?;
+        Ok(Self { namespace, serve })
+    }
+
+    async fn finish(self) -> Result<()> {
+        self.namespace.finish().await
     }
 
     async fn start_web(
         &self,
-        replicas: i32,
+        replicas: u32,
         when_scaled: &str,
         delay: &str,
     ) -> Result<Vec<PathBuf>> {
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns);
-        sets.create(&PostParams::default(), &web(replicas, when_scaled, delay))
-            .await?;
+        web(replicas, when_scaled, delay).create(self).await?;
         let mut dirs = Vec::new();
         for i in 0..replicas {
             let dir = self.claim_dir(&format!("data-web-{i}")).await?;
@@ -161,26 +89,11 @@ impl World {
 
     /// The directory of a bound claim's volume.
     async fn claim_dir(&self, name: &str) -> Result<PathBuf> {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
-        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
-        eventually(format!("claim {name} bound"), WAIT, || async {
-            let claim = claims.get(name).await?;
-            let volume = claim
-                .spec
-                .and_then(|s| s.volume_name)
-                .context("not bound yet")?;
-            let pv = volumes.get(&volume).await?;
-            let path = pv
-                .spec
-                .and_then(|s| s.host_path)
-                .map(|h| PathBuf::from(h.path));
-            path.filter(|p| p.is_dir()).context("no directory yet")
-        })
-        .await
+        self.bound_claim_dir(name, WAIT).await
     }
 
     async fn pod(&self, name: &str) -> Result<Pod> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let pods: Api<Pod> = self.api();
         eventually(format!("pod {name} running"), WAIT, || async {
             let pod = pods.get(name).await?;
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
@@ -188,26 +101,6 @@ impl World {
             Ok(pod)
         })
         .await
-    }
-
-    async fn scale(&self, replicas: i32) -> Result<()> {
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns);
-        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-        sets.patch("web", &PatchParams::default(), &patch).await?;
-        Ok(())
-    }
-
-    /// A token of ServiceAccount `sa` for `audience`, bound to `pod` if given.
-    async fn token(&self, sa: &str, audience: &str, pod: Option<&Pod>) -> Result<String> {
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
-        let bound = pod.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.metadata.name, "uid": p.metadata.uid}));
-        let request: TokenRequest = from_json(json!({
-            "spec": {"audiences": [audience], "expirationSeconds": 600, "boundObjectRef": bound}
-        }));
-        let issued = sas
-            .create_token_request(sa, &PostParams::default(), &request)
-            .await?;
-        issued.status.and_then(|s| s.token).context("no token")
     }
 
     /// `POST /v1/handoffs` with `token`.
@@ -232,7 +125,7 @@ impl World {
     }
 
     async fn owners(&self, claim: &str) -> Result<Option<Vec<String>>> {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
+        let claims: Api<PersistentVolumeClaim> = self.api();
         Ok(claims.get_opt(claim).await?.map(|c| {
             c.metadata
                 .owner_references
@@ -243,30 +136,12 @@ impl World {
         }))
     }
 
-    /// Runs the mover of drain `id` on `dir` (what a mover Job does in a cluster).
-    async fn move_volume(&self, id: &str, dir: &Path) {
-        run_ok(
-            drainer()
-                .args([
-                    "mover",
-                    "--drainer",
-                    &self.serve.url,
-                    "--drain",
-                    id,
-                    "--source",
-                ])
-                .arg(dir)
-                .env("DRAINER_TOKEN", TOKEN),
-        )
-        .await;
-    }
-
     async fn restores(&self, pvc: &str, expected: &[(&str, Vec<u8>)]) -> Result<()> {
         let dest = self.work.join(format!("restored-{pvc}"));
         run_ok(
             drainer()
                 .arg("restore")
-                .arg(&self.store)
+                .arg(self.store())
                 .args(["--volume", &format!("{}/{pvc}", self.ns)])
                 .arg(&dest),
         )
@@ -294,9 +169,9 @@ async fn a_scaled_down_pods_handoff_holds_its_claim_until_the_copy_is_done() -> 
         let w = World::new("kube-mode-delete").await?;
         w.start_web(3, "Delete", "6s").await?;
         let web2 = w.pod("web-2").await?;
-        w.scale(2).await?;
+        w.scale("web", 2).await?;
         eventually("web-2 terminating", WAIT, || async {
-            let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+            let pods: Api<Pod> = w.api();
             let pod = pods.get_opt("web-2").await?.context("gone already")?;
             ensure!(
                 pod.metadata.deletion_timestamp.is_some(),
@@ -308,7 +183,7 @@ async fn a_scaled_down_pods_handoff_holds_its_claim_until_the_copy_is_done() -> 
         // The preStop hook's handoff: the pod's own token, naming no claim (every one it mounts).
         // drainer held the claim as soon as the scale-down doomed web-2 (`whenScaled: Delete`),
         // so the handoff joins that drain (200) or, had it come first, creates it (202).
-        let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+        let token = w.token("web", &[AUDIENCE], Some(&web2)).await?;
         let (status, answer) = w.handoff(&token, &[]).await?;
         ensure!(status == 202 || status == 200, "{status} {answer}");
         let id = id_of(&answer);
@@ -337,7 +212,7 @@ async fn a_scaled_down_pods_handoff_holds_its_claim_until_the_copy_is_done() -> 
         );
         let dir = w.claim_dir("data-web-2").await?;
         let payload = std::fs::read(dir.join("payload"))?;
-        w.move_volume(&id, &dir).await;
+        run_mover(&w.serve, &id, &dir).await;
         w.drain_state(&id, "completed").await?;
         w.restores(
             "data-web-2",
@@ -350,7 +225,7 @@ async fn a_scaled_down_pods_handoff_holds_its_claim_until_the_copy_is_done() -> 
             Ok(())
         })
         .await?;
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
@@ -361,32 +236,31 @@ async fn handoffs_are_refused_to_callers_who_may_not_make_them() -> Result<()> {
         let w = World::new("kube-mode-auth").await?;
         w.start_web(2, "Retain", "1s").await?;
         let web1 = w.pod("web-1").await?;
-        let own = w.token("web", AUDIENCE, Some(&web1)).await?;
+        let own = w.token("web", &[AUDIENCE], Some(&web1)).await?;
         let (status, answer) = w.handoff(&own, &["data-web-0"]).await?;
         ensure!(
             status == 403 && answer["error"]["code"] == "forbidden",
             "another pod's claim: {status} {answer}"
         );
-        let other_audience = w.token("web", "someone-else", Some(&web1)).await?;
+        let other_audience = w.token("web", &["someone-else"], Some(&web1)).await?;
         let (status, _) = w.handoff(&other_audience, &["data-web-1"]).await?;
         ensure!(status == 401, "a token for another audience: {status}");
-        let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        let sas: Api<ServiceAccount> = w.api();
         sas.create(
             &PostParams::default(),
             &from_json(json!({"metadata": {"name": "drain-job"}})),
         )
         .await?;
-        let job = w.token("drain-job", AUDIENCE, None).await?;
+        let job = w.token("drain-job", &[AUDIENCE], None).await?;
         let (status, answer) = w.handoff(&job, &["data-web-0"]).await?;
         ensure!(status == 403, "a Job without a grant: {status} {answer}");
-        let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(w.client.clone(), &w.ns);
+        let roles: Api<k8s_openapi::api::rbac::v1::Role> = w.api();
         roles.create(&PostParams::default(), &from_json(json!({
             "metadata": {"name": "handoff"},
             "rules": [{"apiGroups": ["drainer.io"], "resources": ["handoffs"], "verbs": ["create"],
                        "resourceNames": ["data-web-0"]}]
         }))).await?;
-        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
-            Api::namespaced(w.client.clone(), &w.ns);
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = w.api();
         bindings.create(&PostParams::default(), &from_json(json!({
             "metadata": {"name": "handoff"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "handoff"},
@@ -434,7 +308,7 @@ async fn handoffs_are_refused_to_callers_who_may_not_make_them() -> Result<()> {
             read(own.clone(), id.clone()).await? == 403,
             "the pod did not ask for it"
         );
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
@@ -445,12 +319,12 @@ async fn a_restarted_pods_handoff_ends_not_needed() -> Result<()> {
         let w = World::new("kube-mode-restart").await?;
         w.start_web(2, "Delete", "3s").await?;
         let web0 = w.pod("web-0").await?;
-        let token = w.token("web", AUDIENCE, Some(&web0)).await?;
+        let token = w.token("web", &[AUDIENCE], Some(&web0)).await?;
         let (status, answer) = w.handoff(&token, &[]).await?;
         ensure!(status == 202, "{status} {answer}");
         let id = id_of(&answer);
         // A restart (rolling update, eviction, crash): the pod is deleted and comes back.
-        let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let pods: Api<Pod> = w.api();
         pods.delete("web-0", &DeleteParams::default()).await?;
         let drain = w.drain_state(&id, "not_needed").await?;
         let history = drain["history"].to_string();
@@ -459,7 +333,7 @@ async fn a_restarted_pods_handoff_ends_not_needed() -> Result<()> {
             "{history}"
         );
         ensure!(w.owners("data-web-0").await?.is_some(), "the claim stays");
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
@@ -470,7 +344,7 @@ async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> 
         let w = World::new("kube-mode-nohandoff").await?;
         let dirs = w.start_web(2, "Delete", "4s").await?;
         let payload = std::fs::read(dirs[1].join("payload"))?;
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let id = eventually("a drain of data-web-1", WAIT, || async {
             let drains = w.serve.drains(&format!("volume={}/data-web-1", w.ns)).await;
             drains
@@ -492,7 +366,7 @@ async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> 
             w.owners("data-web-1").await?.is_some(),
             "the claim was deleted before its copy"
         );
-        w.move_volume(&id, &dirs[1]).await;
+        run_mover(&w.serve, &id, &dirs[1]).await;
         w.drain_state(&id, "completed").await?;
         w.restores("data-web-1", &[("payload", payload)]).await?;
         eventually("data-web-1 deleted after its drain", WAIT, || async {
@@ -500,7 +374,7 @@ async fn a_condemned_pod_that_hands_nothing_off_is_caught_as_it_terminates() -> 
             Ok(())
         })
         .await?;
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
@@ -513,14 +387,14 @@ async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_re
         let dirs = w.start_web(3, "Delete", "8s").await?;
         let payload = std::fs::read(dirs[2].join("payload"))?;
         let web2 = w.pod("web-2").await?;
-        w.scale(2).await?;
-        let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+        w.scale("web", 2).await?;
+        let token = w.token("web", &[AUDIENCE], Some(&web2)).await?;
         let (status, answer) = w.handoff(&token, &[]).await?;
         // Joined (200) when drainer's own drain of the doomed ordinal came first.
         ensure!(status == 202 || status == 200, "{status} {answer}");
         let id = id_of(&answer);
         // drainer dies while the pod still terminates, and comes back after the pod is gone.
-        let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let pods: Api<Pod> = w.api();
         let gone = async {
             let waited = eventually("web-2 gone", WAIT, || async {
                 ensure!(pods.get_opt("web-2").await?.is_none(), "still there");
@@ -535,7 +409,7 @@ async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_re
             "the hold outlived drainer"
         );
         w.drain_state(&id, "copying").await?;
-        w.move_volume(&id, &dirs[2]).await;
+        run_mover(&w.serve, &id, &dirs[2]).await;
         w.drain_state(&id, "completed").await?;
         w.restores("data-web-2", &[("payload", payload)]).await?;
         eventually("data-web-2 deleted after its drain", WAIT, || async {
@@ -543,7 +417,7 @@ async fn a_drainer_killed_while_a_drain_waits_for_release_picks_it_up_after_a_re
             Ok(())
         })
         .await?;
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }
@@ -560,7 +434,7 @@ async fn snapshot_of(w: &World, pvc: &str, dir: &Path, ledger: &str) -> Result<S
         drainer()
             .arg("copy")
             .arg(dir)
-            .arg(&w.store)
+            .arg(w.store())
             .args(["--volume", &volume, "--data-dir"])
             .arg(w.work.join(ledger)),
     )
@@ -578,20 +452,20 @@ async fn snapshot_of(w: &World, pvc: &str, dir: &Path, ledger: &str) -> Result<S
 /// (a handoff with the pod's token), the test moving `dir` as its mover; returns the drain.
 async fn drain_web_1(w: &World, dir: &Path) -> Result<Value> {
     let web1 = w.pod("web-1").await?;
-    w.scale(1).await?;
-    let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+    w.scale("web", 1).await?;
+    let pods: Api<Pod> = w.api();
     eventually("web-1 terminating", WAIT, || async {
         let pod = pods.get_opt("web-1").await?.context("gone already")?;
         ensure!(pod.metadata.deletion_timestamp.is_some(), "not yet");
         Ok(())
     })
     .await?;
-    let token = w.token("web", AUDIENCE, Some(&web1)).await?;
+    let token = w.token("web", &[AUDIENCE], Some(&web1)).await?;
     let (status, answer) = w.handoff(&token, &[]).await?;
     ensure!(status == 202 || status == 200, "{status} {answer}");
     let id = id_of(&answer);
     w.drain_state(&id, "copying").await?;
-    w.move_volume(&id, dir).await;
+    run_mover(&w.serve, &id, dir).await;
     w.drain_state(&id, "completed").await
 }
 
@@ -625,7 +499,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         let claim = summary_of(&w, "data-web-1", &first).await?["drain"]["claim_uid"].clone();
         ensure!(claim.is_string(), "the snapshot records no claim: {claim}");
         let pod = w.pod("web-0").await?;
-        let token = w.token("web", AUDIENCE, Some(&pod)).await?;
+        let token = w.token("web", &[AUDIENCE], Some(&pod)).await?;
         let listing = format!("/v1/volumes/{}/data-web-0/snapshots", w.ns);
         let (status, seen) = get_with(&w.serve, &token, &listing).await?;
         ensure!(
@@ -649,7 +523,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         namespaces
             .create(&PostParams::default(), &serde_json::from_value(again)?)
             .await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        let sas: Api<ServiceAccount> = w.api();
         sas.create(
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": "web"}}))?,
@@ -657,7 +531,7 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
         .await?;
         let dirs = w.start_web(2, "Retain", "1s").await?;
         let pod = w.pod("web-0").await?;
-        let token = w.token("web", AUDIENCE, Some(&pod)).await?;
+        let token = w.token("web", &[AUDIENCE], Some(&pod)).await?;
         let (status, seen) = get_with(&w.serve, &token, &listing).await?;
         ensure!(
             status == 200 && seen["latest"].is_null() && seen["snapshots"] == json!([]),
@@ -723,54 +597,9 @@ async fn a_namespace_made_again_restores_none_of_the_earlier_ones_snapshots() ->
             summary["parent"].is_null() && summary["drain"]["claim_uid"] != claim,
             "the new claim's snapshot builds on the earlier claim's {first}: {summary}"
         );
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
-}
-
-/// The Drain objects of namespace `ns`, through the CRD of deploy/base.
-fn drain_objects(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
-    let resource = kube::api::ApiResource {
-        group: "drainer.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "drainer.io/v1alpha1".into(),
-        kind: "Drain".into(),
-        plural: "drains".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &resource)
-}
-
-/// `kubectl apply` of deploy/base's CRD (idempotent: tests beside this one may apply it too).
-async fn install_drain_crd() -> Result<()> {
-    let env = crate::support::kube::KubeEnv::load()?;
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/crd.yaml");
-    let out = env
-        .kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(&crd)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd/drains.drainer.io",
-            "--timeout=60s",
-        ])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// The Drain object `id` once its status says `state` (and the rest of the ledger's row).
@@ -807,13 +636,13 @@ async fn drains_are_kubernetes_objects_kept_in_step_with_the_ledger() -> Result<
         // web-2's claim drained by its preStop hook's handoff (3 → 2), the test as its mover.
         let first = {
             let web2 = w.pod("web-2").await?;
-            w.scale(2).await?;
-            let token = w.token("web", AUDIENCE, Some(&web2)).await?;
+            w.scale("web", 2).await?;
+            let token = w.token("web", &[AUDIENCE], Some(&web2)).await?;
             let (status, answer) = w.handoff(&token, &[]).await?;
             ensure!(status == 202 || status == 200, "{status} {answer}");
             let id = id_of(&answer);
             w.drain_state(&id, "copying").await?;
-            w.move_volume(&id, &dirs[2]).await;
+            run_mover(&w.serve, &id, &dirs[2]).await;
             w.drain_state(&id, "completed").await?
         };
         let snapshot = first["snapshot"]
@@ -917,7 +746,7 @@ async fn drains_are_kubernetes_objects_kept_in_step_with_the_ledger() -> Result<
         let mut ids = vec![id, id2];
         ids.sort();
         ensure!(names == ids, "objects {names:?}, ledger {ids:?}");
-        delete_namespace(&w.client, &w.ns).await
+        w.finish().await
     })
     .await
 }

@@ -6,275 +6,78 @@
 //! namespace and drainer. Who is a mover is also checked against the real API server with
 //! pods that forge a mover's labels and owner.
 
-use crate::service::assert_restores_exactly;
+use crate::support::cluster::{TestNamespace, assert_restores_exactly, history};
+use crate::support::gate::Gate;
 use crate::support::image::{DRAINER_IMAGE, drainer_image};
 use crate::support::kube::{
-    KUBECONFIG_ENV, KubeEnv, client, create_namespace, delete_namespace, eventually, from_json,
-    wait_for_bound_claim, with_timeout,
+    KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
 };
 use crate::support::serve::Serve;
-use crate::support::{file_url, tree};
+use crate::support::tree;
 use anyhow::{Context, Result, ensure};
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::Response;
 use drainer_kube::movers::{self, MoverSpec};
 use drainer_server::auth::{Action, Authority, Caller, Denied, Reach};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A proxy between movers and the drainer, listening where pods reach this machine. It logs
-/// what it forwards and can hold the next `…/finish` of a run (the mover's last request), or
-/// the next request of any path, until released, then answers it 502 without forwarding it.
-pub(crate) struct Gate {
-    pub(crate) url: String,
-    shared: Arc<GateState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-struct GateState {
-    upstream: Mutex<String>,
-    client: reqwest::Client,
-    /// What the next request to hold has in its path.
-    hold: Mutex<Option<String>>,
-    held: AtomicUsize,
-    released: tokio::sync::watch::Sender<bool>,
-    log: Mutex<Vec<String>>,
-}
-
-impl Gate {
-    pub(crate) async fn start(host_ip: &str) -> Result<Self> {
-        let shared = Arc::new(GateState {
-            upstream: Mutex::new(String::new()),
-            client: reqwest::Client::new(),
-            hold: Mutex::new(None),
-            held: AtomicUsize::new(0),
-            released: tokio::sync::watch::channel(false).0,
-            log: Mutex::new(Vec::new()),
-        });
-        let app = axum::Router::new()
-            .fallback(forward)
-            .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind((host_ip, 0)).await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { url, shared, task })
-    }
-
-    pub(crate) fn forward_to(&self, upstream: &str) {
-        *self.shared.upstream.lock().unwrap() = upstream.to_owned();
-    }
-
-    /// Holds the next `finish` request.
-    pub(crate) fn hold_next_finish(&self) {
-        self.hold_next("/finish");
-    }
-
-    /// Holds the next request whose path contains `fragment`.
-    pub(crate) fn hold_next(&self, fragment: &str) {
-        self.shared.released.send_replace(false);
-        *self.shared.hold.lock().unwrap() = Some(fragment.to_owned());
-    }
-
-    pub(crate) async fn wait_held(&self) -> Result<()> {
-        eventually("a mover's request held at the gate", WAIT, || async {
-            ensure!(
-                self.shared.held.load(Ordering::SeqCst) > 0,
-                "nothing held yet"
-            );
-            Ok(())
-        })
-        .await
-    }
-
-    /// Answers what is held (502) and passes everything from now on.
-    pub(crate) fn release(&self) {
-        self.shared.released.send_replace(true);
-    }
-
-    /// `METHOD PATH?QUERY` of every request forwarded so far (and `HELD METHOD PATH` of each
-    /// one held).
-    pub(crate) fn log(&self) -> Vec<String> {
-        self.shared.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn forward(State(gate): State<Arc<GateState>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let hold = {
-        let mut hold = gate.hold.lock().unwrap();
-        match hold.as_deref() {
-            Some(fragment) if parts.uri.path().contains(fragment) => hold.take(),
-            _ => None,
-        }
-    };
-    if hold.is_some() {
-        gate.held.fetch_add(1, Ordering::SeqCst);
-        gate.log
-            .lock()
-            .unwrap()
-            .push(format!("HELD {} {path}", parts.method));
-        let mut released = gate.released.subscribe();
-        let _ = released.wait_for(|r| *r).await;
-        return status(StatusCode::BAD_GATEWAY, "held by the test, then dropped");
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, 128 * 1024 * 1024).await else {
-        return status(StatusCode::BAD_REQUEST, "unreadable body");
-    };
-    let upstream = gate.upstream.lock().unwrap().clone();
-    let mut outgoing = gate
-        .client
-        .request(parts.method.clone(), format!("{upstream}{path}"))
-        .body(bytes.clone());
-    let sent = bytes;
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    let Ok(answer) = outgoing.send().await else {
-        return status(StatusCode::BAD_GATEWAY, "the drainer is not answering");
-    };
-    let keys = if parts.uri.path().ends_with("/objects/batch") {
-        format!(" {:?}", batch_keys(&sent))
-    } else {
-        String::new()
-    };
-    gate.log
-        .lock()
-        .unwrap()
-        .push(format!("{} {path}{keys}", parts.method));
-    let code = answer.status();
-    let content_type = answer.headers().get("content-type").cloned();
-    let body = answer.bytes().await.unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = code;
-    if let Some(value) = content_type {
-        response.headers_mut().insert("content-type", value);
-    }
-    response
-}
-
-/// The keys of a batch of objects (`protocol::batch`: key length, key, data length, data).
-fn batch_keys(mut body: &[u8]) -> Vec<String> {
-    let mut keys = Vec::new();
-    while body.len() >= 4 {
-        let key_len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
-        let Some(key) = body.get(4..4 + key_len) else {
-            break;
-        };
-        keys.push(String::from_utf8_lossy(key).into_owned());
-        body = &body[4 + key_len..];
-        let Some(len) = body.get(..8) else { break };
-        let data_len = u64::from_be_bytes(len.try_into().unwrap()) as usize;
-        body = body.get(8 + data_len..).unwrap_or_default();
-    }
-    keys
-}
-
-fn status(code: StatusCode, message: &'static str) -> Response {
-    let mut response = Response::new(Body::from(Bytes::from_static(message.as_bytes())));
-    *response.status_mut() = code;
-    response
-}
-
 /// One test's world: a namespace with a claim full of awkward files, a gate, a drainer.
 struct World {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     pvc: String,
     source: PathBuf,
-    work: tempfile::TempDir,
     gate: Gate,
     /// The mover image: the binary under test's.
     image: &'static str,
 }
 
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
+}
+
 impl World {
     async fn new(prefix: &str) -> Result<Self> {
-        let client = client().await?;
         let kenv = KubeEnv::load()?;
-        let ns = create_namespace(&client, prefix).await?;
+        let namespace = TestNamespace::new(prefix).await?;
         let pvc = "data-web-4".to_owned();
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": pvc},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }));
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &claim)
-            .await?;
-        let source = wait_for_bound_claim(&client, &ns, &pvc, WAIT).await?;
+        namespace.create_claim(&pvc, "1Gi").await?;
+        let source = namespace.bound_claim_dir(&pvc, WAIT).await?;
         tree::awkward(&source, 9 * 1024 * 1024);
         let gate = Gate::start(&kenv.host_ip).await?;
         let image = drainer_image(&kenv).await?;
         Ok(Self {
-            client,
-            ns,
+            namespace,
             pvc,
             source,
-            work: tempfile::tempdir()?,
             gate,
             image,
         })
     }
 
     fn data(&self) -> PathBuf {
-        self.work.path().join("data")
-    }
-
-    fn store(&self) -> String {
-        file_url(&self.work.path().join("store"))
+        self.work.join("data")
     }
 
     /// Starts (or starts again) the drainer on this world's data directory.
     async fn drainer(&self) -> Result<Serve> {
-        let kubeconfig = std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?;
-        let store = self.store();
-        let serve = Serve::start_with_env(
-            &self.data(),
-            &[
-                "--kubernetes",
-                "--watch-namespace",
-                &self.ns,
-                "--service-url",
-                &self.gate.url,
-                "--mover-image",
-                self.image,
-                "--store",
-                &store,
-                "--sweep-interval",
-                "0",
-            ],
-            &[
-                ("KUBECONFIG", &kubeconfig),
-                ("DRAINER_LOG", "info,drainer=debug"),
-            ],
-        )
-        .await;
+        let serve = self
+            .namespace
+            .kube_drainer()
+            .mover_jobs(&self.gate.url, self.image)
+            .debug_log()
+            .start(&self.data())
+            .await?;
         self.gate.forward_to(&serve.url);
         Ok(serve)
     }
@@ -286,11 +89,11 @@ impl World {
     }
 
     fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), &self.ns)
+        self.api()
     }
 
     fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), &self.ns)
+        self.api()
     }
 
     /// The drain's mover Jobs.
@@ -314,33 +117,16 @@ impl World {
     }
 
     async fn assert_restores(&self) {
-        assert_restores_exactly(
-            &self.store(),
-            &self.ns,
-            &self.pvc,
-            &self.source,
-            self.work.path(),
-        )
-        .await;
+        assert_restores_exactly(&self.store(), &self.ns, &self.pvc, &self.source, &self.work).await;
     }
 
     async fn finish(self) -> Result<()> {
-        delete_namespace(&self.client, &self.ns).await
+        self.namespace.finish().await
     }
 }
 
 fn name_of(job: &Job) -> String {
     job.metadata.name.clone().unwrap_or_default()
-}
-
-fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| format!("{} {}", e["state"], e["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// File data a mover sent (objects in batches, large-file parts, single objects under

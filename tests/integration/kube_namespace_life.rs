@@ -7,19 +7,15 @@
 //! asking for `earlier=true` is refused); the operator's explicit read
 //! (`--earlier-namespace`, the admin token) restores it and is recorded in the ledger.
 
-use crate::support::kube::{
-    KUBECONFIG_ENV, client, create_namespace, delete_namespace, eventually, from_json,
-    wait_for_bound_claim, with_timeout,
-};
+use crate::support::cluster::{TestNamespace, WebSet, run_mover};
+use crate::support::kube::{delete_namespace, eventually, from_json, with_timeout};
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
-use crate::support::{drainer, file_url, run, run_ok};
+use crate::support::{drainer, run, run_ok};
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,51 +24,29 @@ const LIMIT: Duration = Duration::from_secs(420);
 const WAIT: Duration = Duration::from_secs(120);
 const PVC: &str = "data-web-0";
 
+/// A namespace and a drainer serving it with movers external (the test runs the claim's
+/// mover itself, as a mover Job would).
 struct World {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     serve: Serve,
-    work: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl World {
     async fn new() -> Result<Self> {
-        let client = client().await?;
-        let ns = create_namespace(&client, "ns-life").await?;
-        let work = tempfile::tempdir()?;
-        let kubeconfig = std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?;
-        let store = file_url(&work.path().join("store"));
-        let serve = Serve::start_with_env(
-            &work.path().join("data"),
-            &[
-                "--kubernetes",
-                "--watch-namespace",
-                &ns,
-                "--store",
-                &store,
-                "--sweep-interval",
-                "0",
-                // The test runs the claim's mover itself, as a mover Job would.
-                "--movers",
-                "external",
-            ],
-            &[("KUBECONFIG", kubeconfig.as_str())],
-        )
-        .await;
-        Ok(Self {
-            client,
-            ns,
-            serve,
-            work,
-        })
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
+        let namespace = TestNamespace::new("ns-life").await?;
+        let serve = namespace
+            .kube_drainer()
+            .start(&namespace.work.join("data"))
+            .await?;
+        Ok(Self { namespace, serve })
     }
 
     async fn namespace_uid(&self) -> Result<String> {
@@ -82,31 +56,14 @@ impl World {
 
     /// A StatefulSet `web` of no replicas whose claim template `data` names claim `data-web-0`.
     async fn statefulset(&self) -> Result<String> {
-        let set: StatefulSet = from_json(json!({
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 0, "serviceName": "web",
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
-                    {"name": "app", "image": "registry.invalid/web:1"}
-                ]}},
-                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-                    "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}
-                }}]
-            }
-        }));
-        let set = self.api().create(&PostParams::default(), &set).await?;
+        let set = WebSet::new(0).unmounted().create(self).await?;
         set.metadata.uid.context("no UID")
     }
 
     /// A new claim `data-web-0`, bound; its directory and UID.
     async fn claim(&self) -> Result<(PathBuf, String)> {
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": PVC},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}
-        }));
-        let claim = self.api().create(&PostParams::default(), &claim).await?;
-        let dir = wait_for_bound_claim(&self.client, &self.ns, PVC, WAIT).await?;
+        let claim = self.create_claim(PVC, "64Mi").await?;
+        let dir = self.bound_claim_dir(PVC, WAIT).await?;
         Ok((dir, claim.metadata.uid.context("no UID")?))
     }
 
@@ -146,26 +103,13 @@ impl World {
         }));
         let pods = self.api::<Pod>();
         pods.create(&PostParams::default(), &pod).await?;
-        let pod = eventually("web-0 running", WAIT, || async {
-            let pod = pods.get("web-0").await?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            ensure!(phase.as_deref() == Some("Running"), "{phase:?}");
-            Ok(pod)
-        })
-        .await?;
-        let request: TokenRequest = from_json(json!({"spec": {
-            "audiences": ["drainer"], "expirationSeconds": 600,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name, "uid": pod.metadata.uid}
-        }}));
+        let pod = self.running_pod("web-0", WAIT).await?;
         let sas = self.api::<ServiceAccount>();
         let sa = eventually("ServiceAccount default", WAIT, || async {
             sas.get_opt("default").await?.context("not yet")
         });
         sa.await?;
-        let issued = sas
-            .create_token_request("default", &PostParams::default(), &request)
-            .await?;
-        issued.status.and_then(|s| s.token).context("no token")
+        self.token("default", &["drainer"], Some(&pod)).await
     }
 
     /// Drains the claim (the admin's handoff, the test's mover on `dir`); the snapshot's id.
@@ -173,20 +117,7 @@ impl World {
         let (_, drains) = self.serve.handoff(&self.ns, &[PVC]).await;
         let id = drains[0]["id"].as_str().context("no drain")?.to_owned();
         self.serve.wait_state(&id, "copying", WAIT).await;
-        run_ok(
-            drainer()
-                .args([
-                    "mover",
-                    "--drainer",
-                    &self.serve.url,
-                    "--drain",
-                    &id,
-                    "--source",
-                ])
-                .arg(dir)
-                .env("DRAINER_TOKEN", TOKEN),
-        )
-        .await;
+        run_mover(&self.serve, &id, dir).await;
         let drain = self.serve.wait_state(&id, "completed", WAIT).await;
         Ok(drain["snapshot"]
             .as_str()
@@ -202,7 +133,7 @@ impl World {
         name: &str,
         extra: &[&str],
     ) -> (PathBuf, std::process::Output) {
-        let dest = self.work.path().join(name);
+        let dest = self.work.join(name);
         let volume = format!("{}/{PVC}", self.ns);
         let out = run(drainer()
             .args(["restore", "--drainer", &self.serve.url, "--volume", &volume])
@@ -271,7 +202,7 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
         let set_uid = w.statefulset().await?;
         let (dir, claim_uid) = w.claim().await?;
         fill(&dir)?;
-        let kept = w.work.path().join("had");
+        let kept = w.work.join("had");
         run_ok(
             tokio::process::Command::new("cp")
                 .arg("-a")
@@ -366,15 +297,10 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
             "not logged"
         );
 
-        let World {
-            serve,
-            work,
-            client,
-            ns,
-        } = w;
+        let World { serve, namespace } = w;
         serve.terminate(Duration::from_secs(20)).await;
-        let ledger = drainer_core::Ledger::open(None, &work.path().join("data")).await?;
-        let reads = ledger.earlier_reads(&ns, PVC).await?;
+        let ledger = drainer_core::Ledger::open(None, &namespace.work.join("data")).await?;
+        let reads = ledger.earlier_reads(&namespace.ns, PVC).await?;
         ensure!(reads.len() == 1, "{reads:?}");
         let read = &reads[0];
         ensure!(
@@ -389,7 +315,7 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
             read.current_namespace_uid.as_deref() == Some(second_uid.as_str()),
             "{read:?}"
         );
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }

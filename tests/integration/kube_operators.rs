@@ -11,7 +11,7 @@
 //! the built-in `view` and `edit` roles include drainer's through aggregation; sweeps and
 //! listings of every namespace take a ClusterRoleBinding.
 
-use crate::kube_mode::start_drainer_in;
+use crate::support::cluster::KubeDrainer;
 use crate::support::file_url;
 use crate::support::install::{deploy, kubectl};
 use crate::support::kube::{
@@ -67,13 +67,12 @@ impl Teams {
         let store = file_url(&work.path().join("store"));
         // One attempt, and a mover that never comes fails it after 2 s: drains end up
         // failing (retried slowly), so an operator can retry one.
-        let serve = start_drainer_in(
-            work.path(),
-            &[&a, &b],
-            &store,
-            &["--max-attempts", "1", "--mover-timeout", "2"],
-        )
-        .await?;
+        let serve = KubeDrainer::new(&a, &store)
+            .watching(&[&a, &b])
+            .lease(5)
+            .args(&["--max-attempts", "1", "--mover-timeout", "2"])
+            .start(&work.path().join("data"))
+            .await?;
         let mut ids = Vec::new();
         for (ns, claim) in [(&a, "data-1"), (&a, "data-2"), (&b, "data-1")] {
             let (status, drains) = serve.handoff(ns, &[claim]).await;

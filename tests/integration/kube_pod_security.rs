@@ -7,14 +7,10 @@
 //! a mover without the right identity cannot read the application's files: these tests fail
 //! if drainer picks the wrong one.
 
-use crate::kube_movers::Gate;
-use crate::service::assert_restores_exactly;
-use crate::support::file_url;
-use crate::support::image::{drainer_image, installed_drainer, with_drainer_installed};
-use crate::support::kube::{
-    KUBECONFIG_ENV, KubeEnv, client, create_namespace, delete_namespace, eventually, from_json,
-    wait_for_bound_claim, with_timeout,
-};
+use crate::support::cluster::{TestNamespace, WebSet, assert_restores_exactly, history};
+use crate::support::gate::Gate;
+use crate::support::image::drainer_image;
+use crate::support::kube::{KUBECONFIG_ENV, KubeEnv, eventually, from_json, with_timeout};
 use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::differences;
 use anyhow::{Context, Result, bail, ensure};
@@ -79,60 +75,25 @@ const APP_FS_GROUP: i64 = 2000;
 /// that hands the pod's claims off to `drainer_url` (`drainer handoff`, with the pod's
 /// projected token), so that no drain depends on drainer seeing the pod terminate in time.
 fn web(
-    replicas: i32,
+    replicas: u32,
     when_scaled: &str,
     writer: &str,
     (pod, container): (Value, Value),
     drainer_url: &str,
 ) -> StatefulSet {
-    let hook = installed_drainer(&["handoff", "--drainer", drainer_url, "--reason", "preStop"]);
-    let mut set: Value = json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "web",
-            "podManagementPolicy": "Parallel",
-            "selector": { "matchLabels": { "app": "web" } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": when_scaled, "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": {
-                    "serviceAccountName": "web",
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": pod,
-                    "containers": [{
-                        "name": "app",
-                        "image": "registry.invalid/web:1",
-                        "command": ["sh", "-c", writer],
-                        "env": [
-                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "DRAINER_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "DRAINER_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
-                        ],
-                        "securityContext": container,
-                        "lifecycle": { "preStop": { "exec": { "command": hook } } },
-                        "volumeMounts": [
-                            { "name": "data", "mountPath": "/data" },
-                            { "name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true }
-                        ]
-                    }],
-                    "volumes": [{ "name": "drainer-token", "projected": { "sources": [
-                        { "serviceAccountToken": { "audience": "drainer", "expirationSeconds": 3600, "path": "token" } }
-                    ] } }]
-                }
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
-            }]
-        }
-    });
-    // drainer installed for the hook as a cluster installs it; the installing init container
-    // runs as the application does, so the namespace's Pod Security level admits it.
-    let spec = with_drainer_installed(set["spec"]["template"]["spec"].take());
-    set["spec"]["template"]["spec"] = spec;
-    set["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = container;
-    from_json(set)
+    let mut set = WebSet::new(replicas)
+        .parallel()
+        .when_scaled(when_scaled)
+        .web_account()
+        .default_grace()
+        .security(pod, container.clone())
+        .runs(writer, &[("POD_NAME", "metadata.name")])
+        .drainer_token()
+        .hands_off_to(drainer_url);
+    // The installing init container runs as the application does, so the namespace's Pod
+    // Security level admits it.
+    set.json()["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = container;
+    set.build()
 }
 
 /// The security contexts of an application that `restricted` admits: uid 1000, gid 1000,
@@ -150,12 +111,17 @@ fn restricted_app() -> (Value, Value) {
 /// One test's namespace (labelled with a Pod Security level), gate, scratch directory and
 /// drainer.
 struct World {
-    client: Client,
-    ns: String,
+    namespace: TestNamespace,
     gate: Gate,
-    work: PathBuf,
-    _work: Option<tempfile::TempDir>,
     serve: Serve,
+}
+
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl World {
@@ -170,84 +136,37 @@ impl World {
     }
 
     async fn start_drainer(prefix: &str, level: &str, restricted_rbac: bool) -> Result<Self> {
-        let client = client().await?;
         let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, prefix).await?;
+        let namespace = TestNamespace::with_web_account(prefix).await?;
         let labels = json!({"metadata": {"labels": {
             "pod-security.kubernetes.io/enforce": level,
             "pod-security.kubernetes.io/enforce-version": "latest"
         }}});
-        Api::<Namespace>::all(client.clone())
-            .patch(&ns, &PatchParams::default(), &Patch::Merge(labels))
-            .await?;
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({"metadata": {"name": "web"}})),
+        Api::<Namespace>::all(namespace.client.clone())
+            .patch(
+                &namespace.ns,
+                &PatchParams::default(),
+                &Patch::Merge(labels),
             )
             .await?;
         let gate = Gate::start(&env.host_ip).await?;
-        let guard = tempfile::tempdir()?;
-        let work = guard.path().to_owned();
-        // DRAINER_TEST_KEEP=1 keeps the drainer's log and data for a look after a failure.
-        let guard = if std::env::var_os("DRAINER_TEST_KEEP").is_some() {
-            eprintln!("{prefix}: keeping {}", guard.keep().display());
-            None
-        } else {
-            Some(guard)
-        };
-        let kubeconfig = if restricted_rbac {
-            let path = work.join("kubeconfig-without-namespaces");
-            kubeconfig_without_namespace_reads(&client, &ns, &path).await?;
-            path.to_string_lossy().into_owned()
-        } else {
-            std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?
-        };
-        let store = file_url(&work.join("store"));
-        let serve = Serve::start_with_env(
-            &work.join("data"),
-            &[
-                "--kubernetes",
-                "--watch-namespace",
-                &ns,
-                "--service-url",
-                &gate.url,
-                "--mover-image",
-                drainer_image(&env).await?,
-                "--store",
-                &store,
-                "--sweep-interval",
-                "0",
-                "--lease",
-                "5",
-            ],
-            &[
-                ("KUBECONFIG", &kubeconfig),
-                ("DRAINER_LOG", "info,drainer=debug"),
-            ],
-        )
-        .await;
+        let mut drainer = namespace
+            .kube_drainer()
+            .mover_jobs(&gate.url, drainer_image(&env).await?)
+            .lease(5)
+            .debug_log();
+        if restricted_rbac {
+            let path = namespace.work.join("kubeconfig-without-namespaces");
+            kubeconfig_without_namespace_reads(&namespace.client, &namespace.ns, &path).await?;
+            drainer = drainer.kubeconfig(&path);
+        }
+        let serve = drainer.start(&namespace.work.join("data")).await?;
         gate.forward_to(&serve.url);
         Ok(Self {
-            client,
-            ns,
+            namespace,
             gate,
-            work,
-            _work: guard,
             serve,
         })
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn store(&self) -> String {
-        file_url(&self.work.join("store"))
     }
 
     /// Creates `set` and waits until each of its `replicas` pods runs and has written its
@@ -259,7 +178,7 @@ impl World {
         let mut dirs = BTreeMap::new();
         for o in 0..replicas {
             let pvc = format!("data-web-{o}");
-            let dir = wait_for_bound_claim(&self.client, &self.ns, &pvc, WAIT).await?;
+            let dir = self.bound_claim_dir(&pvc, WAIT).await?;
             let pods = self.api::<Pod>();
             eventually(format!("web-{o} wrote its data"), WAIT, || async {
                 let pod = pods.get_opt(&format!("web-{o}")).await?;
@@ -280,45 +199,9 @@ impl World {
         Ok(dirs)
     }
 
-    /// Copies of the claims' directories as they are now (owners, modes and times kept), to
-    /// compare restores with after `whenScaled: Delete` removed the claims.
-    fn keep(&self, dirs: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
-        let mut kept = BTreeMap::new();
-        for (pvc, dir) in dirs {
-            let copy = self.work.join(format!("had-{pvc}"));
-            let status = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(dir)
-                .arg(&copy)
-                .status()?;
-            ensure!(status.success(), "cp -a {}", dir.display());
-            kept.insert(pvc.clone(), copy);
-        }
-        Ok(kept)
-    }
-
-    async fn scale(&self, replicas: u32) -> Result<()> {
-        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-        self.api::<StatefulSet>()
-            .patch("web", &PatchParams::default(), &patch)
-            .await?;
-        Ok(())
-    }
-
     /// The drain of `pvc` (waits for drainer to make one).
     async fn drain_of(&self, pvc: &str) -> Result<String> {
-        eventually(format!("a drain of {pvc}"), WAIT, || async {
-            let drains = self
-                .serve
-                .drains(&format!("volume={}/{pvc}", self.ns))
-                .await;
-            drains
-                .first()
-                .and_then(|d| d["id"].as_str())
-                .map(str::to_owned)
-                .context("none yet")
-        })
-        .await
+        self.namespace.drain_of(&self.serve, pvc, WAIT).await
     }
 
     /// Waits until every drain of `ids` completed; fails at once if one ended otherwise.
@@ -363,16 +246,19 @@ impl World {
     }
 
     async fn finish(self) -> Result<()> {
-        self.serve.terminate(Duration::from_secs(20)).await;
-        let name = format!("{}-drainer", self.ns);
+        let Self {
+            namespace, serve, ..
+        } = self;
+        serve.terminate(Duration::from_secs(20)).await;
+        let name = format!("{}-drainer", namespace.ns);
         let params = kube::api::DeleteParams::default();
-        let roles: Api<ClusterRole> = Api::all(self.client.clone());
-        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        let roles: Api<ClusterRole> = Api::all(namespace.client.clone());
+        let bindings: Api<ClusterRoleBinding> = Api::all(namespace.client.clone());
         if roles.get_opt(&name).await?.is_some() {
             roles.delete(&name, &params).await?;
             bindings.delete(&name, &params).await?;
         }
-        delete_namespace(&self.client, &self.ns).await
+        namespace.finish().await
     }
 }
 
@@ -454,23 +340,10 @@ async fn kubeconfig_without_namespace_reads(
     Ok(())
 }
 
-fn history(drain: &Value) -> String {
-    drain["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let message = e["message"].as_str().unwrap_or_default();
-            format!("{} {} {message}", e["owner"], e["state"])
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Scales `web` from `from` to `to` and returns the drains drainer makes for the claims of
 /// the scaled-away ordinals, by claim.
 async fn scale_down(w: &World, from: u32, to: u32) -> Result<BTreeMap<String, String>> {
-    w.scale(to).await?;
+    w.scale("web", to).await?;
     let mut ids = BTreeMap::new();
     for o in to..from {
         let pvc = format!("data-web-{o}");

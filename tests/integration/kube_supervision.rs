@@ -6,14 +6,15 @@
 //! `drainer_store_up`) but leaves drainer ready, so the handoffs of a scale-down reach it.
 //!
 //! The worlds, StatefulSet `web` (pods that write their data and hand off from `preStop`) and
-//! mover Jobs are `kube_e2e`'s.
+//! mover Jobs are `support::world`'s, as `kube_e2e`'s are.
 
-use crate::kube_e2e::{LIMIT, START, Switch, WAIT, World, claims_of, history};
-use crate::service::assert_restores_exactly;
+use crate::support::cluster::{assert_restores_exactly, history};
+use crate::support::forward::Switch;
 use crate::support::kube::{KubeEnv, PrivateKubeEnv, eventually, wait_for_pod_gone, with_timeout};
 use crate::support::s3::S3Server;
 use crate::support::serve::Serve;
 use crate::support::tree::differences;
+use crate::support::world::{START, WAIT, World, claims_of};
 use crate::support::{drainer, run_ok};
 use anyhow::{Context, Result, ensure};
 use drainer_kube::watch::WATCH_TIMEOUT;
@@ -26,6 +27,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Bound of one test.
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// `/readyz`: status and body.
 async fn readyz(serve: &Serve) -> Result<(u16, Value)> {
@@ -206,7 +210,7 @@ impl Identity {
         Api::<ClusterRoleBinding>::all(w.client.clone())
             .create(&PostParams::default(), &binding)
             .await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+        let accounts: Api<ServiceAccount> = w.api();
         accounts
             .create(
                 &PostParams::default(),
@@ -328,10 +332,10 @@ async fn readiness_fails_while_the_pod_watch_has_no_rights_and_every_drain_compl
             "{body}"
         );
         ensure!(condition(&body, "ledger")?["ok"] == true, "{body}");
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let ids = scaled.drains(&w, &serve).await?;
         // The pods go while drainer cannot see it: the outage spans the drains' releases.
-        let pods_api: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns);
+        let pods_api: Api<Pod> = w.api();
         for o in START + 1..START + 3 {
             wait_for_pod_gone(&pods_api, &format!("web-{o}"), WAIT).await?;
         }
@@ -376,7 +380,7 @@ async fn readiness_follows_an_api_server_restart_and_every_drain_completes() -> 
         ready(&serve, WAIT).await?;
         w.start_web(3, "Retain").await?;
         let scaled = ScaledAway::keep(&w).await?;
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let ids = scaled.drains(&w, &serve).await?;
 
         let restart = {
@@ -465,7 +469,7 @@ async fn a_store_that_does_not_answer_is_reported_and_drainer_stays_ready() -> R
             .unwrap_or_default();
         ensure!(message.contains("does not answer"), "{body}");
         ensure!(metric(&serve, "drainer_store_up").await? == Some(0.0));
-        w.scale(1).await?;
+        w.scale("web", 1).await?;
         let ids = scaled.drains(&w, &serve).await?;
         let (status, body) = readyz(&serve).await?;
         ensure!(status == 200, "{body}");

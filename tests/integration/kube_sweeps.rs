@@ -31,6 +31,10 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::cluster::{KubeDrainer, WebSet, scale};
+use crate::support::file_url;
+use crate::support::gate::Gate;
+use crate::support::image::drainer_image;
 use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
 use crate::support::serve::Serve;
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
@@ -46,27 +50,12 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
 }
 
 /// A StatefulSet `name` with claim template `data` (16Mi), retaining its claims.
-fn statefulset(name: &str, replicas: i32) -> StatefulSet {
-    from_json(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "selector": { "matchLabels": { "app": name } },
-            "persistentVolumeClaimRetentionPolicy": { "whenScaled": "Retain", "whenDeleted": "Retain" },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{
-                    "name": "app", "image": "registry.invalid/app:1",
-                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
-                }]}
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "16Mi" } } }
-            }]
-        }
-    }))
+fn statefulset(name: &str, replicas: u32) -> StatefulSet {
+    WebSet::named(name, replicas)
+        .when_scaled("Retain")
+        .image("registry.invalid/app:1")
+        .claims(&["data"], "16Mi")
+        .build()
 }
 
 /// Waits until the pods of StatefulSet `set` are exactly `ordinals`, all Running.
@@ -111,13 +100,6 @@ async fn wait_for_bound(
         Ok(claim)
     })
     .await
-}
-
-async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
-    let patch = json!({ "spec": { "replicas": replicas } });
-    sets.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
 }
 
 /// Opts an object out of drains with the annotation.
@@ -186,26 +168,10 @@ async fn drains_in(ledger: &Ledger, ns: &str) -> Result<Vec<Drain>> {
 /// production; `--movers external`, so drains stay queued; no scheduled sweeps, so each sweep
 /// is the test's), its own SQLite ledger and file store under `work`.
 async fn sweeping_service(work: &std::path::Path, ns: &str) -> Result<Serve> {
-    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
-    let store = format!("file://{}", work.join("store").display());
-    Ok(Serve::start_with_env(
-        &work.join("data"),
-        &[
-            "--kubernetes",
-            "--movers",
-            "external",
-            "--watch-namespace",
-            ns,
-            "--pod-namespace",
-            ns,
-            "--store",
-            &store,
-            "--sweep-interval",
-            "0",
-        ],
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    )
-    .await)
+    KubeDrainer::new(ns, &file_url(&work.join("store")))
+        .args(&["--pod-namespace", ns])
+        .start(&work.join("data"))
+        .await
 }
 
 /// `POST /v1/sweeps` (a dry run if `dry_run`): the report's findings in namespace `ns` by claim
@@ -262,7 +228,7 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
         claims
             .patch("data-web-3", &PatchParams::default(), &opt_out())
             .await?;
-        scale(&sets, "web", 1).await?;
+        scale(&client, &ns, "web", 1).await?;
         wait_for_pods(&pods, "web", &[0]).await?;
 
         let work = tempfile::tempdir()?;
@@ -678,29 +644,11 @@ async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
 /// `drainer serve --kubernetes` as replica `id`, its Lease in `ns`, sweeping every 10 minutes
 /// (the Lease does not depend on it), its own SQLite ledger under `work`.
 async fn sweeping_replica(work: &std::path::Path, ns: &str, id: &str) -> Result<Serve> {
-    let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
-    let data = work.join(id);
-    let store = format!("file://{}", work.join(format!("{id}-store")).display());
-    Ok(Serve::start_with_env(
-        &data,
-        &[
-            "--kubernetes",
-            "--movers",
-            "external",
-            "--watch-namespace",
-            ns,
-            "--pod-namespace",
-            ns,
-            "--store",
-            &store,
-            "--sweep-interval",
-            "600",
-            "--replica-id",
-            id,
-        ],
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    )
-    .await)
+    KubeDrainer::new(ns, &file_url(&work.join(format!("{id}-store"))))
+        .args(&["--pod-namespace", ns, "--replica-id", id])
+        .sweep_interval(600)
+        .start(&work.join(id))
+        .await
 }
 
 /// The sweeper Lease's holder, last renewal and acquisition, and duration in seconds.
@@ -832,26 +780,11 @@ async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let work = tempfile::tempdir()?;
         let store = format!("file://{}", work.path().join("store").display());
-        let gate = crate::kube_movers::Gate::start(&kenv.host_ip).await?;
-        let kubeconfig = std::env::var(crate::support::kube::KUBECONFIG_ENV)?;
-        let serve = Serve::start_with_env(
-            &work.path().join("data"),
-            &[
-                "--kubernetes",
-                "--watch-namespace",
-                &ns,
-                "--service-url",
-                &gate.url,
-                "--mover-image",
-                crate::support::image::drainer_image(&kenv).await?,
-                "--store",
-                &store,
-                "--sweep-interval",
-                "0",
-            ],
-            &[("KUBECONFIG", kubeconfig.as_str())],
-        )
-        .await;
+        let gate = Gate::start(&kenv.host_ip).await?;
+        let serve = KubeDrainer::new(&ns, &store)
+            .mover_jobs(&gate.url, drainer_image(&kenv).await?)
+            .start(&work.path().join("data"))
+            .await?;
         gate.forward_to(&serve.url);
 
         sets.create(&PostParams::default(), &statefulset("my-db", 2))
@@ -912,7 +845,8 @@ async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> 
             ensure!(d["state"] == "completed", "{d}");
         }
         for (pvc, dir) in &sources {
-            crate::service::assert_restores_exactly(&store, &ns, pvc, dir, work.path()).await;
+            crate::support::cluster::assert_restores_exactly(&store, &ns, pvc, dir, work.path())
+                .await;
         }
         delete_namespace(&client, &ns).await
     })

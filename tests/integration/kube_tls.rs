@@ -10,21 +10,19 @@
 //! change nothing, and a mover Job without the CA never completes its drain. The other kube-env
 //! tests run on plain HTTP, which keeps working.
 
-use crate::service::assert_restores_exactly;
+use crate::support::cluster::{TestNamespace, assert_restores_exactly};
 use crate::support::forward::Forward;
 use crate::support::image::drainer_image;
 use crate::support::kube::{
-    KUBECONFIG_ENV, KubeEnv, client, create_namespace, delete_namespace, eventually, from_json,
-    wait_for_bound_claim, wait_for_pod_gone, wait_for_pod_phase, with_timeout,
+    KubeEnv, eventually, from_json, wait_for_pod_gone, wait_for_pod_phase, with_timeout,
 };
 use crate::support::serve::Serve;
 use crate::support::tls::{Ca, SecretDir};
-use crate::support::{file_url, tree};
+use crate::support::tree;
 use anyhow::{Context, Result, ensure};
 use drainer_kube::movers;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,44 +38,47 @@ const UNTRUSTED: &str = "certificate is not trusted";
 /// certificate for this machine's pod-network address, and the forwarder pods reach the
 /// drainer through.
 struct World {
-    client: Client,
+    namespace: TestNamespace,
     env: KubeEnv,
-    ns: String,
     image: &'static str,
     ca: Ca,
     secret: SecretDir,
     forward: Forward,
-    work: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = TestNamespace;
+
+    fn deref(&self) -> &TestNamespace {
+        &self.namespace
+    }
 }
 
 impl World {
     async fn new(prefix: &str) -> Result<Self> {
-        let client = client().await?;
         let env = KubeEnv::load()?;
-        let ns = create_namespace(&client, prefix).await?;
+        let namespace = TestNamespace::new(prefix).await?;
         let image = drainer_image(&env).await?;
-        let work = tempfile::tempdir()?;
         // Nothing listens there until the drainer starts: it must know its URL first.
         let forward = Forward::start(&env.host_ip, "127.0.0.1:1").await?;
         let ca = Ca::new("drainer kube-tls test CA");
         let pair = ca.issue(&[env.host_ip.as_str(), "127.0.0.1"]);
-        let secret = SecretDir::new(&work.path().join("tls"), &pair, &ca);
+        let secret = SecretDir::new(&namespace.work.join("tls"), &pair, &ca);
         let trust: ConfigMap = from_json(json!({
             "metadata": {"name": "drainer-ca"},
             "data": {"ca.crt": ca.pem()}
         }));
-        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        namespace
+            .api::<ConfigMap>()
             .create(&PostParams::default(), &trust)
             .await?;
         Ok(Self {
-            client,
+            namespace,
             env,
-            ns,
             image,
             ca,
             secret,
             forward,
-            work,
         })
     }
 
@@ -86,66 +87,33 @@ impl World {
         format!("https://{}", self.forward.address)
     }
 
-    fn store(&self) -> String {
-        file_url(&self.work.path().join("store"))
-    }
-
     /// Starts the drainer serving TLS with this world's certificate, mover Jobs sent to the
     /// https URL; with `mover_ca`, given the CA to pass them (`--mover-cacert`).
     async fn drainer(&self, mover_ca: bool) -> Result<Serve> {
-        let kubeconfig = std::env::var(KUBECONFIG_ENV).context(KUBECONFIG_ENV)?;
-        let (url, store) = (self.url(), self.store());
-        let ca_file = self.secret.dir.join("ca.crt").display().to_string();
-        let mut args = vec![
-            "--kubernetes",
-            "--watch-namespace",
-            &self.ns,
-            "--service-url",
-            &url,
-            "--mover-image",
-            self.image,
-            "--store",
-            &store,
-            "--sweep-interval",
-            "0",
-        ];
+        let ca_file = self.secret.dir.join("ca.crt");
+        let mut drainer = self
+            .kube_drainer()
+            .mover_jobs(&self.url(), self.image)
+            .debug_log();
         if mover_ca {
-            args.extend(["--mover-cacert", ca_file.as_str()]);
+            drainer = drainer.args(&["--mover-cacert", &ca_file.display().to_string()]);
         }
-        let serve = Serve::start_tls_with_env(
-            &self.work.path().join("data"),
-            &args,
-            &[
-                ("KUBECONFIG", &kubeconfig),
-                ("DRAINER_LOG", "info,drainer=debug"),
-            ],
-            (&self.secret.cert(), &self.secret.key()),
-            &self.ca,
-        )
-        .await;
+        let serve = drainer
+            .start_tls(
+                &self.work.join("data"),
+                (&self.secret.cert(), &self.secret.key()),
+                &self.ca,
+            )
+            .await?;
         self.forward
             .forward_to(serve.url.trim_start_matches("https://"));
         Ok(serve)
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
     /// Creates claim `name` and returns its directory once bound.
     async fn claim(&self, name: &str) -> Result<PathBuf> {
-        let claim: PersistentVolumeClaim = from_json(json!({
-            "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }));
-        self.api::<PersistentVolumeClaim>()
-            .create(&PostParams::default(), &claim)
-            .await?;
-        wait_for_bound_claim(&self.client, &self.ns, name, WAIT).await
+        self.create_claim(name, "1Gi").await?;
+        self.bound_claim_dir(name, WAIT).await
     }
 
     /// Runs pod `name` (one container of drainer's image running `drainer ARGS`, the pod's
@@ -226,7 +194,7 @@ impl World {
     }
 
     async fn finish(self) -> Result<()> {
-        delete_namespace(&self.client, &self.ns).await
+        self.namespace.finish().await
     }
 }
 
@@ -270,7 +238,7 @@ async fn pods_hand_off_and_restore_and_movers_copy_over_tls() -> Result<()> {
         let id = drains[0]["id"].as_str().context("drain id")?.to_owned();
         let drain = serve.wait_state(&id, "completed", WAIT).await;
         ensure!(drain["mover_job"] == format!("drainer-{id}-1"), "{drain}");
-        assert_restores_exactly(&w.store(), &w.ns, "data", &source, w.work.path()).await;
+        assert_restores_exactly(&w.store(), &w.ns, "data", &source, &w.work).await;
 
         let target = format!("{}/data", w.ns);
         let restore = ["restore", "--drainer", &url, "--volume", &target, "/copy"];

@@ -16,10 +16,11 @@
 //! Service's ClusterIP, which this machine reaches); with no drainer pod in the namespace
 //! given, the call fails in one line naming it.
 
-use crate::deploy::{APPS, clean_up, scale, start_example_web, test_image};
+use crate::support::cluster::scale;
 use crate::support::drainer;
 use crate::support::install::{
-    DrainerApi, LOCK, SYSTEM, deploy, ensure_namespace, kubectl, release_image,
+    APPS, DrainerApi, LOCK, SYSTEM, clean_up, deploy, ensure_namespace, kubectl, release_image,
+    start_example_web, test_image,
 };
 use crate::support::kube::{
     KubeEnv, admin_kubeconfig, client, create_namespace, delete_namespace, eventually, from_json,
@@ -161,9 +162,9 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     env.register_image(&release_image(), image).await?;
     ensure_namespace(client, APPS).await?;
     kubectl(env, &["apply", "-k", &deploy("overlays/kube-env")]).await?;
-    crate::deploy::drainer_pod(client, env).await?;
+    crate::support::install::drainer_pod(client, env).await?;
     let web = start_example_web(env, client).await?;
-    scale(env, "web", 2).await?;
+    scale(client, APPS, "web", 2).await?;
     let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
     let drain = api
         .wait_completed("data-web-2", 0, Duration::from_secs(240))

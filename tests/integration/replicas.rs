@@ -1,7 +1,7 @@
 //! Several `drainer serve` replicas behind one address, as behind a Kubernetes Service: a
 //! mover's requests reach any replica, in turn, and the mover survives losing one of them.
 
-use crate::service::assert_restores_exactly;
+use crate::support::cluster::assert_restores_exactly;
 use crate::support::proxy::Proxy;
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::bytes;

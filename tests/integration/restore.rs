@@ -6,31 +6,12 @@
 
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
-use crate::support::{drainer, fails, file_url, run, run_ok};
+use crate::support::{self, drainer, fails, file_url, run, run_ok};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const VOLUME: &str = "shop/data-web-4";
-
-fn copy_cmd(src: &Path, store: &str, data: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("copy")
-        .arg(src)
-        .arg(store)
-        .args(["--volume", VOLUME, "--data-dir"])
-        .arg(data);
-    cmd
-}
-
-fn restore_cmd(store: &str, dest: &Path) -> tokio::process::Command {
-    let mut cmd = drainer();
-    cmd.arg("restore")
-        .arg(store)
-        .args(["--volume", VOLUME])
-        .arg(dest);
-    cmd
-}
 
 fn through(url: &str, token: &str, volume: &str, dest: &Path) -> tokio::process::Command {
     let mut cmd = drainer();
@@ -135,7 +116,12 @@ async fn a_restore_through_the_drainer_is_exact_and_refusals_write_nothing() {
     );
 
     let direct = work.path().join("direct");
-    run_ok(&mut restore_cmd(&file_url(&store_dir), &direct)).await;
+    run_ok(&mut support::restore_cmd(
+        &file_url(&store_dir),
+        VOLUME,
+        &direct,
+    ))
+    .await;
     exact(&src, &direct);
     let api = work.path().join("api");
     let line = run_ok(&mut through(&serve.url, TOKEN, VOLUME, &api)).await;
@@ -236,9 +222,15 @@ async fn a_killed_restore_continues_where_it_stopped_and_ends_exact() {
     let work = tempfile::tempdir().unwrap();
     let src = volume(&work.path().join("src"), 3000);
     let store = file_url(&work.path().join("store"));
-    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    run_ok(&mut support::copy_cmd(
+        &src,
+        &store,
+        VOLUME,
+        &work.path().join("data"),
+    ))
+    .await;
     let dest = work.path().join("dest");
-    let mut first = restore_cmd(&store, &dest);
+    let mut first = support::restore_cmd(&store, VOLUME, &dest);
     first.args(["--concurrency", "1"]);
     let placed = kill_mid_restore(first, &dest, 600).await;
     assert_eq!(staging(&dest).len(), 1, "the unfinished restore is marked");
@@ -248,7 +240,7 @@ async fn a_killed_restore_continues_where_it_stopped_and_ends_exact() {
     content[0] ^= 0xff;
     std::fs::write(changed, &content).unwrap();
 
-    let line = run_ok(&mut restore_cmd(&store, &dest)).await;
+    let line = run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     assert!(line.contains("resumed"), "{line}");
     assert!(line.contains("already in place"), "{line}");
     exact(&src, &dest);
@@ -262,7 +254,7 @@ async fn a_killed_restore_continues_where_it_stopped_and_ends_exact() {
         "files already in place are not written again"
     );
     // A finished restore is not continued: the directory is in use now.
-    let line = fails(&mut restore_cmd(&store, &dest), 1).await;
+    let line = fails(&mut support::restore_cmd(&store, VOLUME, &dest), 1).await;
     assert!(line.contains("not empty"), "{line}");
 }
 
@@ -316,12 +308,18 @@ async fn if_empty_and_allow_missing_say_why_they_did_nothing() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"data").unwrap();
     let store = file_url(&work.path().join("store"));
-    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    run_ok(&mut support::copy_cmd(
+        &src,
+        &store,
+        VOLUME,
+        &work.path().join("data"),
+    ))
+    .await;
 
     let used = work.path().join("used");
     std::fs::create_dir(&used).unwrap();
     std::fs::write(used.join("app.db"), b"live data").unwrap();
-    let out = run_ok(restore_cmd(&store, &used).arg("--if-empty")).await;
+    let out = run_ok(support::restore_cmd(&store, VOLUME, &used).arg("--if-empty")).await;
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(
         out.contains("not empty") && out.contains("--if-empty"),
@@ -332,7 +330,7 @@ async fn if_empty_and_allow_missing_say_why_they_did_nothing() {
 
     let fresh = work.path().join("fresh");
     std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
-    run_ok(restore_cmd(&store, &fresh).arg("--if-empty")).await;
+    run_ok(support::restore_cmd(&store, VOLUME, &fresh).arg("--if-empty")).await;
     assert_eq!(std::fs::read(fresh.join("f")).unwrap(), b"data");
 
     let mut missing = drainer();
@@ -357,29 +355,30 @@ async fn before_restores_the_snapshot_of_that_time() {
     std::fs::create_dir(&src).unwrap();
     let store = file_url(&work.path().join("store"));
     std::fs::write(src.join("f"), b"first").unwrap();
-    run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    run_ok(&mut support::copy_cmd(&src, &store, VOLUME, &data)).await;
     std::fs::write(src.join("f"), b"second").unwrap();
-    run_ok(&mut copy_cmd(&src, &store, &data)).await;
+    run_ok(&mut support::copy_cmd(&src, &store, VOLUME, &data)).await;
     let listed = run_ok(drainer().args(["snapshots", "-o", "json"]).arg(&store)).await;
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let second_done = listed[1]["completed"].as_str().unwrap().to_owned();
     let first_created = listed[0]["created"].as_str().unwrap().to_owned();
 
     let dest = work.path().join("at-second");
-    run_ok(restore_cmd(&store, &dest).args(["--before", &second_done])).await;
+    run_ok(support::restore_cmd(&store, VOLUME, &dest).args(["--before", &second_done])).await;
     assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"first");
     let dest = work.path().join("now");
-    run_ok(restore_cmd(&store, &dest).args(["--before", "now"])).await;
+    run_ok(support::restore_cmd(&store, VOLUME, &dest).args(["--before", "now"])).await;
     assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"second");
     let dest = work.path().join("too-early");
     let line = fails(
-        restore_cmd(&store, &dest).args(["--before", &first_created]),
+        support::restore_cmd(&store, VOLUME, &dest).args(["--before", &first_created]),
         1,
     )
     .await;
     assert!(line.contains("no snapshot completed before"), "{line}");
     assert!(!dest.exists());
-    let out = run(restore_cmd(&store, &dest).args(["--before", "next tuesday"])).await;
+    let out =
+        run(support::restore_cmd(&store, VOLUME, &dest).args(["--before", "next tuesday"])).await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -393,11 +392,17 @@ async fn bad_destinations_get_one_line_and_are_left_alone() {
     std::fs::write(src.join("f"), b"data").unwrap();
     let store_dir = work.path().join("store");
     let store = file_url(&store_dir);
-    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    run_ok(&mut support::copy_cmd(
+        &src,
+        &store,
+        VOLUME,
+        &work.path().join("data"),
+    ))
+    .await;
 
     let file = work.path().join("a-file");
     std::fs::write(&file, b"keep").unwrap();
-    let line = fails(&mut restore_cmd(&store, &file), 1).await;
+    let line = fails(&mut support::restore_cmd(&store, VOLUME, &file), 1).await;
     assert!(line.contains("not a directory"), "{line}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 
@@ -417,7 +422,7 @@ async fn bad_destinations_get_one_line_and_are_left_alone() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let std_cmd = restore_cmd(&store, &locked);
+    let std_cmd = support::restore_cmd(&store, VOLUME, &locked);
     let std_cmd = std_cmd.as_std();
     let mut nobody = tokio::process::Command::new("setpriv");
     nobody
@@ -442,7 +447,13 @@ async fn a_manifest_without_link_groups_still_restores() {
     std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
     let store_dir = work.path().join("store");
     let store = file_url(&store_dir);
-    run_ok(&mut copy_cmd(&src, &store, &work.path().join("data"))).await;
+    run_ok(&mut support::copy_cmd(
+        &src,
+        &store,
+        VOLUME,
+        &work.path().join("data"),
+    ))
+    .await;
     let summary_path = walkdir::WalkDir::new(&store_dir)
         .into_iter()
         .filter_map(Result::ok)
@@ -471,7 +482,7 @@ async fn a_manifest_without_link_groups_still_restores() {
     std::fs::write(&summary_path, summary.to_string()).unwrap();
 
     let dest = work.path().join("dest");
-    run_ok(&mut restore_cmd(&store, &dest)).await;
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
     assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"shared bytes");
     let ino = |p: &str| std::fs::metadata(dest.join(p)).unwrap().ino();
     assert_ne!(ino("a"), ino("b"), "without link groups, two files");

@@ -1,6 +1,7 @@
 //! The always-up service through real `drainer serve` processes: the API's error contract,
 //! handoffs end to end, kill -9 and restart, two replicas on one PostgreSQL, and SIGTERM.
 
+use crate::support::cluster::assert_restores_exactly;
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
 use crate::support::{drainer, file_url, fresh_postgres_database, run, run_ok};
@@ -18,31 +19,6 @@ fn make_volume(data: &Path, ns: &str, pvc: &str, files: usize, size: usize) -> s
         std::fs::write(dir.join("sub").join(format!("f{i:03}")), bytes(seed, size)).unwrap();
     }
     dir
-}
-
-/// Restores the latest snapshot of `ns/pvc` from the local store under `data` and compares.
-pub(crate) async fn assert_restores_exactly(
-    store: &str,
-    ns: &str,
-    pvc: &str,
-    source: &Path,
-    scratch: &Path,
-) {
-    let dest = scratch.join(format!("restored-{ns}-{pvc}"));
-    run_ok(
-        drainer()
-            .arg("restore")
-            .arg(store)
-            .args(["--volume", &format!("{ns}/{pvc}")])
-            .arg(&dest),
-    )
-    .await;
-    let diffs = differences(source, &dest);
-    assert!(
-        diffs.is_empty(),
-        "{ns}/{pvc} differs after restore:\n{}",
-        diffs.join("\n")
-    );
 }
 
 fn ids(drains: &[serde_json::Value]) -> Vec<String> {

@@ -1,18 +1,20 @@
 //! Installing `deploy/` on kube-env as a user would (`kubectl apply -k`), shared by the tests
-//! that do: the paths of the manifests, kube-env's kubectl, drainer's namespace, and drainer's
-//! API through its Service.
+//! that do: the paths of the manifests, kube-env's kubectl, drainer's namespace, drainer's
+//! API through its Service, and the examples (`deploy/examples`) in their namespace [`APPS`]:
+//! started, their snapshots restored and compared, and everything removed again.
 //!
 //! Every install goes into drainer-system and creates the same cluster-wide objects (the
 //! ClusterRoles `drainer*`), so the tests that install run one at a time ([`LOCK`]), whatever
 //! their module.
 
-use super::kube::{KubeEnv, eventually};
+use super::kube::{KubeEnv, eventually, pod_ready, wait_for_bound_claim};
+use super::{drainer, run_ok, tree};
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -180,4 +182,164 @@ impl DrainerApi {
         )
         .await
     }
+}
+
+/// The namespace the kube-env overlay watches, where the examples go.
+pub const APPS: &str = "drainer-e2e";
+
+/// The kube-env overlay's admin token.
+pub const ADMIN_TOKEN: &str = "kube-env-admin-token-0123456789abcdef";
+
+/// The image `scripts/image` builds from the binary under test (once per process; the
+/// kube-env tests run drainer from the same image).
+pub async fn test_image() -> Result<PathBuf> {
+    super::image::drainer_image_file().await
+}
+
+/// The running drainer pod, once Ready.
+pub async fn drainer_pod(client: &Client, env: &KubeEnv) -> Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=server");
+    let found = eventually(
+        "the drainer pod Ready",
+        Duration::from_secs(180),
+        || async {
+            let list = pods.list(&selector).await?;
+            let ready: Vec<Pod> = list.items.into_iter().filter(pod_ready).collect();
+            match ready.as_slice() {
+                [pod] => Ok(pod.clone()),
+                _ => bail!("{} ready drainer pods", ready.len()),
+            }
+        },
+    )
+    .await;
+    match found {
+        Ok(pod) => Ok(pod),
+        Err(e) => {
+            let logs = match pods.list(&selector).await?.items.first() {
+                Some(pod) => env.container_log(pod, "drainer").unwrap_or_default(),
+                None => "no pod".to_owned(),
+            };
+            Err(e.context(format!("drainer's log:\n{logs}")))
+        }
+    }
+}
+
+/// Waits until pod `name` is Ready and its container `container` said `word`.
+pub async fn wait_app(
+    client: &Client,
+    env: &KubeEnv,
+    name: &str,
+    container: &str,
+    word: &str,
+) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS);
+    eventually(
+        format!("pod {APPS}/{name} Ready, its {container} saying {word:?}"),
+        Duration::from_secs(120),
+        || async {
+            let pod = pods.get(name).await?;
+            ensure!(pod_ready(&pod), "not ready: {:?}", pod.status);
+            let log = env.container_log(&pod, container).unwrap_or_default();
+            ensure!(log.contains(word), "log so far: {log:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The snapshot of `drain` restored (on this machine, from the store on drainer's claim)
+/// equals `dir` exactly.
+pub async fn restore_equals(store: &str, drain: &Value, dir: &Path) -> Result<()> {
+    let snapshot = drain["snapshot"]
+        .as_str()
+        .context("a completed drain has a snapshot")?;
+    let pvc = drain["pvc"].as_str().context("pvc")?;
+    let out = tempfile::tempdir()?;
+    let dest = out.path().join("restored");
+    run_ok(drainer().args([
+        "restore",
+        store,
+        "--volume",
+        &format!("{APPS}/{pvc}"),
+        "--snapshot",
+        snapshot,
+        dest.to_str().context("path")?,
+    ]))
+    .await;
+    let diffs = tree::differences(dir, &dest);
+    ensure!(
+        diffs.is_empty(),
+        "snapshot {snapshot} of {pvc} differs from the claim's data: {diffs:#?}"
+    );
+    ensure!(
+        tree::relative_paths(dir).len() > 2,
+        "{pvc} holds the application's data"
+    );
+    Ok(())
+}
+
+/// The directory of claim `pvc` in the examples' namespace.
+pub async fn example_claim_dir(client: &Client, pvc: &str) -> Result<PathBuf> {
+    wait_for_bound_claim(client, APPS, pvc, Duration::from_secs(120)).await
+}
+
+/// Removes what an interrupted run left: the install and the examples' namespace (waiting
+/// until both are gone with `wait`; otherwise the next run's clean-up waits).
+pub async fn clean_up(env: &KubeEnv, client: &Client, wait: bool) -> Result<()> {
+    let wait_flag = format!("--wait={wait}");
+    kubectl(
+        env,
+        &[
+            "delete",
+            "-k",
+            &deploy("overlays/kube-env"),
+            "--ignore-not-found",
+            &wait_flag,
+            "--timeout=180s",
+        ],
+    )
+    .await?;
+    kubectl(
+        env,
+        &[
+            "delete",
+            "namespace",
+            APPS,
+            "--ignore-not-found",
+            &wait_flag,
+            "--timeout=180s",
+        ],
+    )
+    .await?;
+    if !wait {
+        return Ok(());
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [SYSTEM, APPS] {
+        wait_namespace_gone_if_terminating(&namespaces, ns).await?;
+    }
+    Ok(())
+}
+
+/// Applies `examples/prestop-handoff.yaml` into the examples' namespace and waits until its
+/// three `web` pods are ready; their claims' directories by ordinal.
+pub async fn start_example_web(env: &KubeEnv, client: &Client) -> Result<Vec<PathBuf>> {
+    kubectl(
+        env,
+        &[
+            "apply",
+            "-n",
+            APPS,
+            "-f",
+            &deploy("examples/prestop-handoff.yaml"),
+        ],
+    )
+    .await?;
+    let mut web = Vec::new();
+    for i in 0..3 {
+        web.push(example_claim_dir(client, &format!("data-web-{i}")).await?);
+        wait_app(client, env, &format!("web-{i}"), "app", "ready").await?;
+    }
+    Ok(web)
 }

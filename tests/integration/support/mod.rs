@@ -1,12 +1,16 @@
 //! Shared test support: awkward trees, exact tree comparison, running the real binary (and its
-//! image, for pods), an S3-protocol server, a GCS-protocol server, and the test PostgreSQL.
+//! image, for pods), an S3-protocol server, a GCS-protocol server, the test PostgreSQL, and the
+//! kube-env fixture (`cluster`, `world`, `gate`) every Kubernetes test builds on.
 
+pub mod cluster;
 pub mod fault;
 pub mod forward;
+pub mod gate;
 pub mod gcs;
 pub mod image;
 pub mod install;
 pub mod kube;
+pub mod manifests;
 pub mod postgres;
 pub mod proxy;
 pub mod s3;
@@ -14,10 +18,20 @@ pub mod serve;
 pub mod tls;
 pub mod tmpfs;
 pub mod tree;
+pub mod world;
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
+
+/// A spawned task, aborted when this is dropped (a watch, a listener).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The `drainer` binary under test.
 pub fn drainer_bin() -> &'static str {
@@ -33,6 +47,27 @@ pub fn drainer() -> tokio::process::Command {
         }
     }
     cmd.env("DRAINER_LOG", "warn").kill_on_drop(true);
+    cmd
+}
+
+/// `drainer copy SRC STORE --volume VOLUME --data-dir DATA`; add further flags to it.
+pub fn copy_cmd(src: &Path, store: &str, volume: &str, data: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("copy")
+        .arg(src)
+        .arg(store)
+        .args(["--volume", volume, "--data-dir"])
+        .arg(data);
+    cmd
+}
+
+/// `drainer restore STORE --volume VOLUME DEST`; add further flags to it.
+pub fn restore_cmd(store: &str, volume: &str, dest: &Path) -> tokio::process::Command {
+    let mut cmd = drainer();
+    cmd.arg("restore")
+        .arg(store)
+        .args(["--volume", volume])
+        .arg(dest);
     cmd
 }
 
@@ -57,15 +92,21 @@ pub async fn run_ok(cmd: &mut tokio::process::Command) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// Runs a command that must fail with exit `code` and exactly one `drainer: ` line on stderr;
-/// returns that line.
+/// Runs a command that must fail with exit `code` and exactly one error line on stderr (a
+/// `drainer: ` line, or for a usage error the `error: ` line of the argument parser); returns
+/// that line.
 pub async fn fails(cmd: &mut tokio::process::Command, code: i32) -> String {
     let out = run(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stdout: {}; stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let errors: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("drainer: "))
+        .filter(|l| l.starts_with("drainer: ") || l.starts_with("error: "))
         .collect();
     assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
     errors[0].to_owned()
