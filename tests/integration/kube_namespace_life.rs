@@ -4,8 +4,10 @@
 //! restore); the namespace is deleted and created again with a claim of the same name and a pod
 //! mounting it, whose token restores nothing (`drainer restore --drainer` finds no snapshot,
 //! the snapshot named by id is not found, its objects answer `403 earlier_namespace`, and
-//! asking for `earlier=true` is refused); the operator's explicit read
-//! (`--earlier-namespace`, the admin token) restores it and is recorded in the ledger.
+//! asking for `earlier=true` is refused); an operator of the new namespace granted `create` on
+//! its restores is refused the earlier life too, naming `read-earlier`, and granted that as
+//! well reads it; the admin's explicit read (`--earlier-namespace`) restores it; both reads
+//! are recorded in the ledger.
 
 use crate::support::cluster::{TestNamespace, WebSet, run_mover};
 use crate::support::kube::{delete_namespace, eventually, from_json, with_timeout};
@@ -14,8 +16,9 @@ use crate::support::tree::{bytes, differences};
 use crate::support::{drainer, run, run_ok};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -152,6 +155,40 @@ impl World {
             .await
     }
 
+    /// ServiceAccount `restorer` of the namespace, bound to a Role granting `verbs` on the
+    /// claim's `restores` (`create`) and `snapshots` (`read-earlier`) of `drainer.io`; its
+    /// token for drainer.
+    async fn restorer(&self, verbs: &[&str]) -> Result<String> {
+        let sa: ServiceAccount = from_json(json!({"metadata": {"name": "restorer"}}));
+        let _ = self
+            .api::<ServiceAccount>()
+            .create(&PostParams::default(), &sa)
+            .await;
+        let mut rules = vec![];
+        for (verb, resource) in [("create", "restores"), ("read-earlier", "snapshots")] {
+            if verbs.contains(&verb) {
+                rules.push(json!({
+                    "apiGroups": ["drainer.io"], "resources": [resource],
+                    "resourceNames": [PVC], "verbs": [verb]
+                }));
+            }
+        }
+        let role: Role = from_json(json!({"metadata": {"name": "restorer"}, "rules": rules}));
+        let binding: RoleBinding = from_json(json!({
+            "metadata": {"name": "restorer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "restorer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "restorer", "namespace": self.ns}]
+        }));
+        let apply = PatchParams::apply("drainer-tests").force();
+        self.api::<Role>()
+            .patch("restorer", &apply, &Patch::Apply(&role))
+            .await?;
+        self.api::<RoleBinding>()
+            .patch("restorer", &apply, &Patch::Apply(&binding))
+            .await?;
+        self.token("restorer", &["drainer"], None).await
+    }
+
     /// Deletes the namespace, waits until it is gone, and creates it again; its new UID.
     async fn make_namespace_again(&self) -> Result<String> {
         delete_namespace(&self.client, &self.ns).await?;
@@ -278,8 +315,32 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
             "the admin without the flag: {listing}"
         );
 
-        // The operator reads the earlier life explicitly; it is recorded.
+        // An operator of the namespace as it is now, granted `create` on restores only, is
+        // refused the earlier life, naming `read-earlier`; granted it too, it reads it.
         let by_id = ["--snapshot", snapshot.as_str(), "--earlier-namespace"];
+        let restorer = w.restorer(&["create"]).await?;
+        let (dest, out) = w.restore(&restorer, "restorer-refused", &by_id).await;
+        failed_saying(&out, "read-earlier")?;
+        nothing_in(&dest)?;
+        w.restorer(&["create", "read-earlier"]).await?;
+        let dest = eventually(
+            "the granted operator reads the earlier life",
+            WAIT,
+            || async {
+                let (dest, out) = w.restore(&restorer, "restorer", &by_id).await;
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                ensure!(out.status.success(), "{stderr}");
+                Ok(dest)
+            },
+        )
+        .await?;
+        let diffs = differences(&kept, &dest);
+        ensure!(
+            diffs.is_empty(),
+            "the granted operator's restore differs: {diffs:#?}"
+        );
+
+        // The admin reads the earlier life explicitly; it is recorded.
         let (dest, out) = w.restore(TOKEN, "operator", &by_id).await;
         ensure!(
             out.status.success(),
@@ -301,8 +362,18 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
         serve.terminate(Duration::from_secs(20)).await;
         let ledger = drainer_core::Ledger::open(None, &namespace.work.join("data")).await?;
         let reads = ledger.earlier_reads(&namespace.ns, PVC).await?;
-        ensure!(reads.len() == 1, "{reads:?}");
-        let read = &reads[0];
+        ensure!(reads.len() == 2, "{reads:?}");
+        let operator = format!("user:system:serviceaccount:{}:restorer", namespace.ns);
+        ensure!(
+            reads
+                .iter()
+                .any(|r| r.principal == operator && r.snapshot == snapshot),
+            "{reads:?}"
+        );
+        let read = reads
+            .iter()
+            .find(|r| r.principal == "admin")
+            .context("admin's read")?;
         ensure!(
             read.principal == "admin" && read.snapshot == snapshot,
             "{read:?}"

@@ -13,6 +13,7 @@ mod kube_abuse;
 mod kube_admission;
 mod kube_drains;
 mod kube_e2e;
+mod kube_encryption;
 mod kube_env;
 mod kube_ha;
 mod kube_mode;
