@@ -472,12 +472,6 @@ async fn a_mover_killed_mid_file_resumes_its_compressed_upload_without_sending_p
         "{after_restart} bytes sent after the restart; {recorded} parts of {stored} bytes were stored before"
     );
     let through = work.path().join("through");
-    run_ok(
-        drainer()
-            .args(["restore", "--drainer", &serve.url, "--volume", VOLUME])
-            .env("DRAINER_TOKEN", TOKEN)
-            .arg(&through),
-    )
-    .await;
+    serve.restore_as_admin(VOLUME, &through).await;
     assert_eq!(differences(&mount, &through), Vec::<String>::new());
 }

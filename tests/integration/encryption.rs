@@ -5,7 +5,7 @@
 //! they send; and a running drainer takes a rotated key file, refusing one that would lose data.
 
 use crate::support::s3::S3Server;
-use crate::support::serve::{Serve, TOKEN, log_tail};
+use crate::support::serve::{Serve, log_tail};
 use crate::support::tree::{bytes, differences};
 use crate::support::{self, drainer, fails, file_url, run_ok};
 use std::path::{Path, PathBuf};
@@ -218,22 +218,7 @@ async fn a_drainer_seals_what_its_movers_send_to_s3() {
         &env,
     )
     .await;
-    let (status, drains) = serve.handoff("shop", &["payroll-0"]).await;
-    assert_eq!(status, 202);
-    let id = drains[0]["id"].as_str().unwrap().to_owned();
-    serve
-        .wait_state(&id, "copying", Duration::from_secs(30))
-        .await;
-    run_ok(
-        drainer()
-            .args(["mover", "--drainer", &serve.url, "--drain", &id, "--source"])
-            .arg(&mount)
-            .env("DRAINER_TOKEN", TOKEN),
-    )
-    .await;
-    serve
-        .wait_state(&id, "completed", Duration::from_secs(60))
-        .await;
+    serve.drain_with_mover("shop", "payroll-0", &mount).await;
 
     let mut objects = Vec::new();
     for key in server.keys("sealed/").await {
@@ -248,13 +233,7 @@ async fn a_drainer_seals_what_its_movers_send_to_s3() {
     assert_sealed(&objects);
 
     let through = work.path().join("through");
-    run_ok(
-        drainer()
-            .args(["restore", "--drainer", &serve.url, "--volume", VOLUME])
-            .env("DRAINER_TOKEN", TOKEN)
-            .arg(&through),
-    )
-    .await;
+    serve.restore_as_admin(VOLUME, &through).await;
     assert_eq!(differences(&mount, &through), Vec::<String>::new());
     let direct = work.path().join("direct");
     let mut restore = support::restore_cmd(store, VOLUME, &direct);
@@ -290,14 +269,14 @@ async fn a_running_drainer_takes_a_rotated_key_file_and_refuses_one_that_drops_a
     )
     .await;
     let store = data.join("store");
-    drain_through_mover(&serve, &mount).await;
+    serve.drain_with_mover("shop", "payroll-0", &mount).await;
     let before: std::collections::BTreeSet<String> =
         local_objects(&store).into_iter().map(|o| o.0).collect();
 
     key_file(work.path(), "keys", &[KEY_NEW, KEY_OLD]);
     wait_for_log(&serve, "encryption keys reloaded").await;
     std::fs::write(mount.join("salaries/ceo-contract.pdf"), MARKER.repeat(30)).unwrap();
-    drain_through_mover(&serve, &mount).await;
+    serve.drain_with_mover("shop", "payroll-0", &mount).await;
     let (old, new) = (fingerprint(KEY_OLD), fingerprint(KEY_NEW));
     let mut added = 0;
     for (path, bytes) in local_objects(&store) {
@@ -322,34 +301,8 @@ async fn a_running_drainer_takes_a_rotated_key_file_and_refuses_one_that_drops_a
         "the refusal says why"
     );
     let through = work.path().join("through");
-    run_ok(
-        drainer()
-            .args(["restore", "--drainer", &serve.url, "--volume", VOLUME])
-            .env("DRAINER_TOKEN", TOKEN)
-            .arg(&through),
-    )
-    .await;
+    serve.restore_as_admin(VOLUME, &through).await;
     assert_eq!(differences(&mount, &through), Vec::<String>::new());
-}
-
-/// Hands `VOLUME` off and copies `mount` into it with an external mover, to completion.
-async fn drain_through_mover(serve: &Serve, mount: &Path) {
-    let (status, drains) = serve.handoff("shop", &["payroll-0"]).await;
-    assert_eq!(status, 202, "{drains:?}");
-    let id = drains[0]["id"].as_str().unwrap().to_owned();
-    serve
-        .wait_state(&id, "copying", Duration::from_secs(30))
-        .await;
-    run_ok(
-        drainer()
-            .args(["mover", "--drainer", &serve.url, "--drain", &id, "--source"])
-            .arg(mount)
-            .env("DRAINER_TOKEN", TOKEN),
-    )
-    .await;
-    serve
-        .wait_state(&id, "completed", Duration::from_secs(60))
-        .await;
 }
 
 /// The 4-byte fingerprint a sealed chunk names its key by.

@@ -9,7 +9,6 @@ use crate::support::cluster::TestNamespace;
 use crate::support::gate::Gate;
 use crate::support::image::drainer_image;
 use crate::support::kube::{KubeEnv, with_timeout};
-use crate::support::serve::TOKEN;
 use crate::support::tree::{awkward, differences};
 use crate::support::{drainer, fails, run_ok};
 use anyhow::{Result, ensure};
@@ -75,13 +74,7 @@ async fn a_mover_job_copies_into_an_encrypted_store_that_shows_nothing_of_the_cl
 
         let through = ns.work.join("through-drainer");
         let volume = format!("{}/{PVC}", ns.ns);
-        run_ok(
-            drainer()
-                .args(["restore", "--drainer", &serve.url, "--volume", &volume])
-                .env("DRAINER_TOKEN", TOKEN)
-                .arg(&through),
-        )
-        .await;
+        serve.restore_as_admin(&volume, &through).await;
         ensure!(differences(&source, &through).is_empty(), "through drainer");
         let store_url = ns.store();
         let direct = ns.work.join("direct");

@@ -202,6 +202,31 @@ impl Serve {
         )
     }
 
+    /// Hands `ns/pvc` off as the admin and copies `mount` into it with an external mover
+    /// (`--movers external`), to completion; the drain's id.
+    pub async fn drain_with_mover(&self, ns: &str, pvc: &str, mount: &Path) -> String {
+        let (status, drains) = self.handoff(ns, &[pvc]).await;
+        assert_eq!(status, 202, "{drains:?}");
+        let id = drains[0]["id"].as_str().unwrap().to_owned();
+        self.wait_state(&id, "copying", Duration::from_secs(30))
+            .await;
+        super::cluster::run_mover(self, &id, mount).await;
+        self.wait_state(&id, "completed", Duration::from_secs(60))
+            .await;
+        id
+    }
+
+    /// Restores `volume`'s latest snapshot into `dest` through this drainer, as the admin.
+    pub async fn restore_as_admin(&self, volume: &str, dest: &Path) {
+        super::run_ok(
+            super::drainer()
+                .args(["restore", "--drainer", &self.url, "--volume", volume])
+                .env("DRAINER_TOKEN", TOKEN)
+                .arg(dest),
+        )
+        .await;
+    }
+
     /// Hands off `pvcs` of namespace `ns`; returns status and the drains.
     pub async fn handoff(&self, ns: &str, pvcs: &[&str]) -> (u16, Vec<serde_json::Value>) {
         let (status, body) = self
