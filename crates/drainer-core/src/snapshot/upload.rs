@@ -429,23 +429,8 @@ impl Uploader {
         }
         let hash = self.file_hash(&upload, offset, whole);
         let unchanged = Stat::of(&file, path)? == before && offset == before.size && hash.is_some();
-        if unchanged {
-            let parts = upload
-                .parts
-                .iter()
-                .map(|part| PartId {
-                    content_id: part.id.clone(),
-                })
-                .collect();
-            let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
-            self.store
-                .call("complete multipart upload", key, complete)
-                .await
-                .map_err(failed)?;
-        } else {
-            let abort = parts_api.abort_multipart(key, &upload.upload_id);
-            let _ = self.store.call("abort multipart upload", key, abort).await;
-        }
+        self.finish_upload(parts_api, key, &upload, unchanged, &failed)
+            .await?;
         resume
             .checkpoint
             .forget_partial(resume.run, rel)
@@ -467,6 +452,35 @@ impl Uploader {
         }
         let parts: Vec<_> = upload.parts.iter().map(|p| p.chaining_value).collect();
         part_hash::combine(&parts, self.part_size, len)
+    }
+
+    /// Completes the upload if the file did not change, else aborts it.
+    async fn finish_upload(
+        &self,
+        parts_api: &Arc<dyn MultipartStore>,
+        key: &Key,
+        upload: &PartialUpload,
+        unchanged: bool,
+        failed: &impl Fn(crate::store::Error) -> Failed,
+    ) -> Result<(), Failed> {
+        if !unchanged {
+            let abort = parts_api.abort_multipart(key, &upload.upload_id);
+            let _ = self.store.call("abort multipart upload", key, abort).await;
+            return Ok(());
+        }
+        let parts = upload
+            .parts
+            .iter()
+            .map(|part| PartId {
+                content_id: part.id.clone(),
+            })
+            .collect();
+        let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
+        self.store
+            .call("complete multipart upload", key, complete)
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 
     /// Notes a part stored (parts complete in order); every few parts, makes them durable and

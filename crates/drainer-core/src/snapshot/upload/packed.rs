@@ -170,7 +170,7 @@ impl Uploader {
                 .await?;
         }
         let unchanged = Stat::of(&reader.file, path)? == before && reader.offset == before.size;
-        self.finish_packed(parts_api, key, &upload, unchanged, &failed)
+        self.finish_upload(parts_api, key, &upload, unchanged, &failed)
             .await?;
         resume
             .checkpoint
@@ -216,35 +216,6 @@ impl Uploader {
                 sent,
             ))
         })
-    }
-
-    /// Completes the upload if the file did not change, else aborts it.
-    async fn finish_packed(
-        &self,
-        parts_api: &Arc<dyn MultipartStore>,
-        key: &Key,
-        upload: &PartialUpload,
-        unchanged: bool,
-        failed: &impl Fn(crate::store::Error) -> Failed,
-    ) -> Result<(), Failed> {
-        if !unchanged {
-            let abort = parts_api.abort_multipart(key, &upload.upload_id);
-            let _ = self.store.call("abort multipart upload", key, abort).await;
-            return Ok(());
-        }
-        let parts = upload
-            .parts
-            .iter()
-            .map(|part| PartId {
-                content_id: part.id.clone(),
-            })
-            .collect();
-        let complete = parts_api.complete_multipart(key, &upload.upload_id, parts);
-        self.store
-            .call("complete multipart upload", key, complete)
-            .await
-            .map_err(failed)?;
-        Ok(())
     }
 
     /// Aborts and forgets an upload whose stored parts this attempt cannot continue; the next
