@@ -83,6 +83,9 @@ pub struct Shared {
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (drainer_core::volume::VolumeId, std::time::Instant)>,
     >,
+    /// Whether movers store the parts of large files straight into the store, with URLs this
+    /// drainer signs (`--mover-data-path`, and a store that can sign).
+    pub direct_parts: bool,
 }
 
 impl AppState {
@@ -204,6 +207,9 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part,
             Input::query_and_body(&["key"]);
         post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/url" => Stream, mover::sign_part, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/stored" => Stream, mover::record_direct_part,
+            Input::query_and_body(&["key"]);
         delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
         post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
         get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;
