@@ -374,7 +374,8 @@ impl Store {
             return Ok(None);
         };
         let options = SignedUrlOptions::default().with_query(part_query(upload_id, part_idx));
-        let sign = signer.signed_url_opts(object_store::signer::Method::PUT, key, expires_in, &options);
+        let sign =
+            signer.signed_url_opts(object_store::signer::Method::PUT, key, expires_in, &options);
         self.call("sign part url", key, sign).await.map(Some)
     }
 
@@ -822,7 +823,10 @@ mod tests {
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let keys = crate::encryption::Keys::parse(key).unwrap();
         let sealed = s3.encrypted(Arc::new(keys));
-        assert!(!sealed.signs_parts(), "a sealed store's keys never leave drainer");
+        assert!(
+            !sealed.signs_parts(),
+            "a sealed store's keys never leave drainer"
+        );
         let dir = tempfile::tempdir().unwrap();
         let local = Store::open(&format!("file://{}", dir.path().display()), &options).unwrap();
         assert!(!local.signs_parts(), "a local directory cannot sign");

@@ -178,7 +178,10 @@ mod tests {
         assert!(status(503).is_transient());
         assert!(status(429).is_transient());
         assert!(!status(403).is_transient(), "an expired or bad signature");
-        assert!(!status(404).is_transient(), "an upload the store does not know");
+        assert!(
+            !status(404).is_transient(),
+            "an upload the store does not know"
+        );
         assert!(!PutError::NoEtag.is_transient());
     }
 }
