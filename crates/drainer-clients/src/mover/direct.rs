@@ -4,9 +4,10 @@
 //! records it exactly as a relayed one: resumption, completion and the drainer's checks are
 //! unchanged, and the store's credentials never leave the drainer.
 //!
-//! The relay stays the fallback, part by part: a drainer that stops offering direct parts
-//! (`409`), or a store that does not take a part after a few tries, sends that part through
-//! the drainer, which also tells whether the upload itself is over.
+//! The relay stays the fallback: a part the store does not take after a few tries goes
+//! through the drainer, which also tells whether the upload itself is over; and every later
+//! part too if the drainer stops offering direct parts (`409`), the store cannot be reached
+//! from here, or it refuses the drainer's signatures (`403`).
 
 use crate::client::{Api, CallError};
 use bytes::Bytes;
@@ -48,6 +49,16 @@ impl PutError {
             PutError::NoEtag => false,
         }
     }
+
+    /// Whether every later part would fail the same way: the store cannot be reached from
+    /// here, or refuses the drainer's signatures. (Other failures are the upload's own.)
+    fn fails_every_part(&self) -> bool {
+        match self {
+            PutError::Transport(_) => true,
+            PutError::Status { status, .. } => *status == 403,
+            PutError::NoEtag => false,
+        }
+    }
 }
 
 /// Whether `error` is the drainer saying it relays every part.
@@ -68,9 +79,9 @@ impl DirectParts {
         })
     }
 
-    fn withdrawn(&self) {
+    fn withdrawn(&self, why: &str) {
         if self.offered.swap(false, Ordering::Relaxed) {
-            tracing::info!("the drainer no longer offers direct parts; relaying every part");
+            tracing::warn!(why, "relaying every part from now on");
         }
     }
 
@@ -93,7 +104,7 @@ impl DirectParts {
         let signed: SignedPart = match api.json(|http| http.post(&url).query(key)).await {
             Ok(signed) => signed,
             Err(e) if not_offered(&e) => {
-                self.withdrawn();
+                self.withdrawn("the drainer no longer offers direct parts");
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -102,6 +113,9 @@ impl DirectParts {
             Ok(etag) => etag,
             Err(e) => {
                 tracing::warn!(upload, part = idx, key = %key.key, error = %e, "the store did not take a part; relaying it");
+                if e.fails_every_part() {
+                    self.withdrawn("the store cannot be reached, or refuses the signed URLs");
+                }
                 return Ok(false);
             }
         };
@@ -116,7 +130,7 @@ impl DirectParts {
         {
             Ok(_) => Ok(true),
             Err(e) if not_offered(&e) => {
-                self.withdrawn();
+                self.withdrawn("the drainer no longer offers direct parts");
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -183,5 +197,8 @@ mod tests {
             "an upload the store does not know"
         );
         assert!(!PutError::NoEtag.is_transient());
+        assert!(status(403).fails_every_part(), "signatures refused");
+        assert!(!status(404).fails_every_part(), "one upload's end");
+        assert!(!status(500).fails_every_part());
     }
 }
