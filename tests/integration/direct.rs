@@ -1,10 +1,11 @@
-//! Direct parts (`--mover-data-path`): an external mover copying into an S3 drainer store
-//! (moto) stores large files' parts straight into the store with URLs drainer signs, and the
-//! bytes never pass through drainer (a forwarder between mover and drainer counts what the
-//! mover sends it, and drainer's `drainer_mover_part_bytes_total{via}` agrees); the relay stays for `--mover-data-path relay` and
-//! for an encrypted store; a mover killed mid-upload resumes from its last stored part; a URL
-//! is signed only for the drain's own upload and its run's key; and a part claimed but not
-//! stored, or stored short, fails the upload's completion.
+//! Direct data paths (`--mover-data-path`): an external mover copying into an S3 drainer
+//! store (moto) stores large files' parts straight into the store with URLs drainer signs, and
+//! the bytes never pass through drainer (a forwarder between mover and drainer counts what the
+//! mover sends it, and drainer's `drainer_mover_part_bytes_total{via}` agrees); `restore
+//! --drainer` reads them straight from the store too. The relay stays for `--mover-data-path
+//! relay` and for an encrypted store; a mover killed mid-upload resumes from its last stored
+//! part; a URL is signed only for the drain's own upload and its run's key; and a part claimed
+//! but not stored, or stored short, fails the upload's completion.
 
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN};
@@ -53,14 +54,41 @@ async fn serve(server: &S3Server, data: &Path, store: &str, extra: &[&str]) -> S
     Serve::start_with_env(data, &args, &env).await
 }
 
+/// Bytes through a [`counting_forwarder`]: sent by its clients, and sent to them.
+#[derive(Default)]
+struct Counts {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+/// Copies `from` into `to` until either ends, counting into `count`.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    count: &AtomicU64,
+) {
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 /// A TCP forwarder on loopback to `upstream` (`http://HOST:PORT`): its URL, and the bytes
-/// clients have sent through it so far (what a mover sends its drainer, as the wire sees it).
-async fn counting_forwarder(upstream: &str) -> (String, Arc<AtomicU64>) {
+/// that crossed it each way (what a mover sends its drainer, what a restore reads from it).
+async fn counting_forwarder(upstream: &str) -> (String, Arc<Counts>) {
     let upstream = upstream.trim_start_matches("http://").to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let sent = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&sent);
+    let counts = Arc::new(Counts::default());
+    let counted = Arc::clone(&counts);
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -68,31 +96,16 @@ async fn counting_forwarder(upstream: &str) -> (String, Arc<AtomicU64>) {
             };
             let counted = Arc::clone(&counted);
             tokio::spawn(async move {
-                let (mut from_client, mut to_client) = client.into_split();
-                let (mut from_server, mut to_server) = server.into_split();
-                let up = async {
-                    let mut buf = vec![0; 64 * 1024];
-                    loop {
-                        let n = match from_client.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        counted.fetch_add(n as u64, Ordering::Relaxed);
-                        if to_server.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_server.shutdown().await;
-                };
-                let down = async {
-                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-                    let _ = to_client.shutdown().await;
-                };
-                tokio::join!(up, down);
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                tokio::join!(
+                    pump(from_client, to_server, &counted.up),
+                    pump(from_server, to_client, &counted.down),
+                );
             });
         }
     });
-    (url, sent)
+    (url, counts)
 }
 
 /// `drainer_mover_part_bytes_total` by path: (relay, direct).
@@ -149,10 +162,11 @@ struct Case {
 /// A mover copying large files into an S3 drainer store sends their parts straight into the
 /// store (it sends drainer less than a quarter of their bytes, the metric counts them all as
 /// direct), unless the operator forces the relay or the store is encrypted (then it sends
-/// drainer every byte, counted as relayed); each snapshot restores exactly, and a relaying
+/// drainer every byte, counted as relayed); each snapshot restores exactly through drainer,
+/// the large files' bytes read straight from the store too unless relayed; and a relaying
 /// drainer refuses to sign (`409 direct_parts_not_offered`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_parts_go_straight_into_s3_unless_relayed_by_choice_or_encryption() {
+async fn large_files_go_straight_to_and_from_s3_unless_relayed_by_choice_or_encryption() {
     let server = S3Server::start().await;
     let work = tempfile::tempdir().unwrap();
     let mount = work.path().join("mount");
@@ -196,12 +210,12 @@ async fn large_parts_go_straight_into_s3_unless_relayed_by_choice_or_encryption(
             assert_eq!(refusal["error"]["code"], "direct_parts_not_offered");
         }
 
-        let (via, sent) = counting_forwarder(&serve.url).await;
+        let (via, counts) = counting_forwarder(&serve.url).await;
         run_ok(&mut mover_via(&via, &id, &mount)).await;
         serve
             .wait_state(&id, "completed", Duration::from_secs(60))
             .await;
-        let sent = sent.load(Ordering::Relaxed);
+        let sent = counts.up.load(Ordering::Relaxed);
         let (relayed, direct) = part_bytes(&serve).await;
         if case.direct {
             assert_eq!((relayed, direct), (0, large), "{name}: parts by path");
@@ -216,13 +230,32 @@ async fn large_parts_go_straight_into_s3_unless_relayed_by_choice_or_encryption(
                 "{name}: the mover sent drainer {sent} bytes, less than the {large} it relayed"
             );
         }
+        let (via, counts) = counting_forwarder(&serve.url).await;
         let restored = work.path().join(format!("{name}-restored"));
-        serve.restore_as_admin("shop/data-web-4", &restored).await;
+        run_ok(
+            drainer()
+                .args(["restore", "--drainer", &via, "--volume", "shop/data-web-4"])
+                .env("DRAINER_TOKEN", TOKEN)
+                .arg(&restored),
+        )
+        .await;
         assert_eq!(
             differences(&mount, &restored),
             Vec::<String>::new(),
             "{name}"
         );
+        let read = counts.down.load(Ordering::Relaxed);
+        if case.direct {
+            assert!(
+                read < large / 4,
+                "{name}: the restore read {read} bytes through drainer, {large} were in large files"
+            );
+        } else {
+            assert!(
+                read >= large,
+                "{name}: the restore read {read} bytes through drainer, less than the {large} of large files"
+            );
+        }
     }
 }
 

@@ -379,6 +379,21 @@ impl Store {
         self.call("sign part url", key, sign).await.map(Some)
     }
 
+    /// A URL, valid for `expires_in`, with which whoever holds it can `GET` the object `key`
+    /// (ranges too), and nothing else; `None` if this store cannot sign
+    /// ([`Store::signs_parts`]: a sealed object would be of no use to the reader anyway).
+    pub async fn signed_get_url(
+        &self,
+        key: &Path,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let sign = signer.signed_url(object_store::signer::Method::GET, key, expires_in);
+        self.call("sign get url", key, sign).await.map(Some)
+    }
+
     /// The per-request timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -11,7 +11,7 @@
 
 use crate::client::{Api, CallError};
 use bytes::Bytes;
-use drainer_core::protocol::{DirectPart, KeyParam, SignedPart};
+use drainer_core::protocol::{DirectPart, KeyParam, SignedUrl};
 use drainer_core::retry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -101,7 +101,7 @@ impl DirectParts {
         }
         let part_url = api.url(&format!("/uploads/{upload}/{idx}"));
         let url = format!("{part_url}/url");
-        let signed: SignedPart = match api.json(|http| http.post(&url).query(key)).await {
+        let signed: SignedUrl = match api.json(|http| http.post(&url).query(key)).await {
             Ok(signed) => signed,
             Err(e) if not_offered(&e) => {
                 self.withdrawn("the drainer no longer offers direct parts");

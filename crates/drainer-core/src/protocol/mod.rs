@@ -222,10 +222,11 @@ pub struct PartUrlParam {
     pub key: String,
 }
 
-/// `POST …/uploads/{upload}/{part}/url` answers a signed URL: a `PUT` of the part's bytes to
-/// it stores the part straight into the store, until it expires.
+/// A URL the drainer signed for one request straight to the store, until it expires:
+/// `POST …/uploads/{upload}/{part}/url` (a `PUT` of the part's bytes stores the part) and
+/// `GET /v1/volumes/{ns}/{pvc}/objects/url` (a `GET`, with a `Range`, reads the object).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SignedPart {
+pub struct SignedUrl {
     /// The URL to `PUT` the part to.
     pub url: String,
     /// Seconds the URL stays valid.

@@ -182,6 +182,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Input::query(&["earlier"]);
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
             Input::query(&["key", "earlier"]);
+        get "/volumes/{namespace}/{pvc}/objects/url" => Restore, volumes::sign_object,
+            Input::query(&["key", "earlier"]);
     );
     let (batch, batch_table) = routes!(state;
         post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects,

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use drainer_core::ledger::{RelayPart, RelayRecord};
 use drainer_core::protocol::{
     BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, PartUrlParam, PathParam,
-    SignedPart, StoreInfo, WirePartial, WireRun, WireStoredFile, batch,
+    SignedUrl, StoreInfo, WirePartial, WireRun, WireStoredFile, batch,
 };
 use drainer_core::snapshot::{
     PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
@@ -843,7 +843,7 @@ pub(super) async fn sign_part(
     streaming: Granted<Streaming>,
     Path((_, upload, part)): Path<(String, String, usize)>,
     Query(q): Query<PartUrlParam>,
-) -> Result<axum::Json<SignedPart>, Error> {
+) -> Result<axum::Json<SignedUrl>, Error> {
     let streaming = streaming.into_inner();
     let relay = direct_upload(&state, &streaming, &upload, part, &q.key).await?;
     let key = Key::from(relay.object_key.as_str());
@@ -854,7 +854,7 @@ pub(super) async fn sign_part(
         .map_err(store_failure)?
         .ok_or_else(direct_not_offered)?;
     tracing::debug!(drain = %streaming.drain, upload = %upload, part, key = %key, "signed a part URL");
-    Ok(axum::Json(SignedPart {
+    Ok(axum::Json(SignedUrl {
         url: url.to_string(),
         expires_in_s: PART_URL_TTL.as_secs(),
     }))
