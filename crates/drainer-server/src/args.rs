@@ -69,10 +69,10 @@ pub struct ServeArgs {
     /// How long an attempt waits for an external mover, in seconds.
     #[arg(long, env = "DRAINER_MOVER_TIMEOUT", default_value = "3600", value_parser = parse_seconds)]
     pub mover_timeout: Duration,
-    /// How movers send the parts of large files: `auto` straight into the store with URLs
-    /// drainer signs where the store can sign (S3, not encrypted), else through drainer;
-    /// `direct` the same, but refuse to start with a store that cannot sign; `relay` always
-    /// through drainer.
+    /// How movers send the parts of large files, and `restore --drainer` reads them: `auto`
+    /// straight to and from the store with URLs drainer signs where the store can sign (S3,
+    /// not encrypted), else through drainer; `direct` the same, but refuse to start with a
+    /// store that cannot sign; `relay` always through drainer.
     #[arg(long, env = "DRAINER_MOVER_DATA_PATH", value_enum, default_value_t = MoverDataPath::Auto)]
     pub mover_data_path: MoverDataPath,
     /// This replica's name in leases and history. Default: host name, process id and a random suffix.

@@ -83,8 +83,9 @@ pub struct Shared {
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (drainer_core::volume::VolumeId, std::time::Instant)>,
     >,
-    /// Whether movers store the parts of large files straight into the store, with URLs this
-    /// drainer signs (`--mover-data-path`, and a store that can sign).
+    /// Whether movers store the parts of large files straight into the store, and restores
+    /// read large files straight from it, with URLs this drainer signs (`--mover-data-path`,
+    /// and a store that can sign).
     pub direct_parts: bool,
 }
 
