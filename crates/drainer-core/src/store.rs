@@ -5,7 +5,10 @@
 //! `ObjectStore` with the URL's prefix, bounded timeouts and retries, and a [`Store::flush`]
 //! barrier: for a local directory it calls `syncfs(2)` so every file and directory written so far
 //! is on disk (object_store's local backend does not fsync by itself); for remote stores an
-//! acknowledged request is already durable. This module knows nothing of snapshots.
+//! acknowledged request is already durable. An S3 store whose objects are not sealed also
+//! signs short-lived URLs for one request each (a part of an upload, a read of an object), so
+//! that movers and restores move bytes to and from the store without its credentials. This
+//! module knows nothing of snapshots.
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -132,7 +135,7 @@ pub struct Store {
     /// Objects are sealed (see [`Store::encrypted`]).
     sealed: bool,
     /// Signs requests others send to the store itself (S3 and S3-compatible stores, not
-    /// sealed): a mover's direct parts.
+    /// sealed): a mover's direct parts, a restore's direct reads.
     signer: Option<Arc<dyn Signer>>,
 }
 

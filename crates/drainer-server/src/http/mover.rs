@@ -7,7 +7,10 @@
 //! manifest — never another snapshot, never a `snapshot.json` or `latest`. The drainer commits
 //! the snapshot itself when the run finishes, after checking the manifest against the summary
 //! and every object it names against the store. Relayed multipart uploads are recorded in the
-//! ledger, so any replica accepts any part and completes any upload.
+//! ledger, so any replica accepts any part and completes any upload. Where the store can sign
+//! (`Shared::direct_parts`), a mover stores parts itself with a URL signed for that part
+//! alone and reports each (`…/url`, `…/stored`); the ledger records them as relayed parts, and
+//! the completion checks what the store holds against what was reported.
 
 use super::guard::{Granted, Streaming};
 use super::{AppState, Error, Json, Path, Query};
@@ -785,6 +788,7 @@ pub(super) async fn put_part(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Counts `len` bytes of parts stored `via` the relay or directly.
 fn count_part_bytes(state: &AppState, via: &'static str, len: u64) {
     state
         .shared()
