@@ -193,6 +193,34 @@ impl Ledger {
             .filter(|r| r.state == RunState::Completed)
             .map(|r| r.snapshot))
     }
+
+    /// What drain `drain`'s running copy run has recorded so far (`None` when none of its runs
+    /// is running). Movers record each file as it is stored, through whichever replica they
+    /// reach, so this is a mover's progress as every replica sees it.
+    pub async fn copied_so_far(&self, drain: &str) -> Result<Option<CopiedSoFar>> {
+        const SQL: &str = "SELECT COUNT(f.size), CAST(COALESCE(SUM(f.size), 0) AS BIGINT) \
+                           FROM copy_runs r LEFT JOIN copy_files f ON f.run_id = r.id \
+                           WHERE r.drain_id = $1 AND r.state = 'running' \
+                           GROUP BY r.id, r.started_at ORDER BY r.started_at DESC LIMIT 1";
+        let row: Option<(i64, i64)> = on_pool!(self, |pool, DB| sqlx::query_as(SQL)
+            .bind(drain)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error("read the progress of a drain's run")))?;
+        Ok(row.map(|(files, bytes)| CopiedSoFar {
+            files: files.max(0) as u64,
+            bytes: bytes.max(0) as u64,
+        }))
+    }
+}
+
+/// The files a running copy run has recorded, and their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CopiedSoFar {
+    /// Files recorded.
+    pub files: u64,
+    /// Bytes in those files.
+    pub bytes: u64,
 }
 
 fn run_record<R: Row>(r: &R) -> Result<RunRecord, sqlx::Error>

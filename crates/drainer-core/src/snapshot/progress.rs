@@ -81,6 +81,12 @@ impl Progress {
         self.totals_known.store(true, Relaxed);
     }
 
+    /// Sets the files and bytes done to what a copy made elsewhere (a mover) has recorded.
+    pub fn set_done(&self, files: u64, bytes: u64) {
+        self.files_done.store(files, Relaxed);
+        self.bytes_done.store(bytes, Relaxed);
+    }
+
     /// Reads the counters.
     pub fn view(&self) -> ProgressView {
         let elapsed = self.started.elapsed().as_secs_f64();
