@@ -808,8 +808,8 @@ async fn a_second_mover_of_a_drain_gets_a_conflict() {
 }
 
 /// A copy made by a mover shows in its drain as it goes: what the mover's run has recorded
-/// through the mover protocol is the drain's `progress` (read from the ledger, so any replica
-/// shows it), and the progress goes with the attempt.
+/// through the mover protocol, against the totals the mover counted, is the drain's `progress`
+/// (read from the ledger, so any replica shows it), and the progress goes with the attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_movers_copy_shows_its_progress_in_the_drain() {
     let work = tempfile::tempdir().unwrap();
@@ -853,12 +853,25 @@ async fn a_movers_copy_shows_its_progress_in_the_drain() {
         .await
         .unwrap();
     assert_eq!(recorded.status(), 204);
+    let totals = client
+        .put(format!(
+            "{}/v1/drains/{id}/run/{}/totals",
+            serve.url,
+            run["id"].as_str().unwrap()
+        ))
+        .bearer_auth(crate::support::serve::TOKEN)
+        .json(&serde_json::json!({"files": 10, "bytes": 55_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(totals.status(), 204);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let drain = serve.drain(&id).await;
         let progress = &drain["progress"];
-        if progress["files_done"] == 3 {
+        if progress["files_done"] == 3 && progress["files_total"] == 10 {
             assert_eq!(progress["bytes_done"], 6000, "{drain}");
+            assert_eq!(progress["bytes_total"], 55_000, "{drain}");
             assert_eq!(drain["state"], "copying", "{drain}");
             break;
         }

@@ -264,7 +264,13 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
             .id,
         run.id
     );
-    let copied = |files, bytes| Some(drainer_core::ledger::CopiedSoFar { files, bytes });
+    let copied = |files, bytes| {
+        Some(drainer_core::ledger::CopiedSoFar {
+            files,
+            bytes,
+            totals: None,
+        })
+    };
     assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), copied(0, 0));
     a.record(&run, &[stored(b"x")]).await.unwrap();
     assert_eq!(
@@ -298,6 +304,9 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
         .await
         .unwrap();
     assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), copied(3, 126));
+    ledger.set_run_totals(&taken.id, 9, 378).await.unwrap();
+    let with_totals = ledger.copied_so_far("d-2").await.unwrap().unwrap();
+    assert_eq!(with_totals.totals, Some((9, 378)));
     assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), None);
     assert_eq!(
         ledger.completed_snapshot_of_drain("d-2").await.unwrap(),

@@ -124,8 +124,8 @@ pub const MOVER_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs `work` (an attempt whose copy a mover makes) while reading what the mover's run of
 /// drain `drain` has recorded into `progress` every [`MOVER_PROGRESS_EVERY`], so that the API
-/// and the Drain objects show a mover's copy as they show one made in this process. The
-/// totals stay unknown: only the mover counts its volume.
+/// and the Drain objects show a mover's copy as they show one made in this process, against
+/// the totals once the mover has counted its volume and said so.
 pub async fn following_mover<T>(
     ledger: &Ledger,
     drain: &str,
@@ -135,7 +135,12 @@ pub async fn following_mover<T>(
     let follow = async {
         loop {
             match ledger.copied_so_far(drain).await {
-                Ok(Some(copied)) => progress.set_done(copied.files, copied.bytes),
+                Ok(Some(copied)) => {
+                    progress.set_done(copied.files, copied.bytes);
+                    if let Some((files, bytes)) = copied.totals {
+                        progress.set_totals(files, bytes);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot read the mover's progress"),
             }

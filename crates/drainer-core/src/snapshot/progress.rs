@@ -75,7 +75,7 @@ impl Progress {
     }
 
     /// Records the source totals.
-    pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
+    pub fn set_totals(&self, files: u64, bytes: u64) {
         self.files_total.store(files, Relaxed);
         self.bytes_total.store(bytes, Relaxed);
         self.totals_known.store(true, Relaxed);
