@@ -22,7 +22,7 @@ pub use drains::{
 pub use earlier_reads::EarlierRead;
 pub use relay::{RelayPart, RelayRecord};
 pub use retention::PruneRecord;
-pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};
+pub use runs::{CopiedSoFar, RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};
 pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
 
 use crate::supervisor::Supervisor;
