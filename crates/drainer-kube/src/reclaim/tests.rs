@@ -1,0 +1,259 @@
+//! The reclaim decision, as a table: which claims are deleted, when, and why the others stay.
+
+use super::*;
+use serde_json::{Value, json};
+
+const MINUTE: i64 = 60_000;
+const DONE: i64 = 1_000 * MINUTE;
+
+fn set(replicas: i32, annotation: Option<&str>) -> StatefulSet {
+    let mut meta = json!({"name": "web", "namespace": "shop", "uid": "uid-web"});
+    if let Some(a) = annotation {
+        meta["annotations"] = json!({RECLAIM_AFTER: a});
+    }
+    serde_json::from_value(json!({
+        "metadata": meta,
+        "spec": {"replicas": replicas, "selector": {}, "serviceName": "web", "template": {},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"}}]},
+    }))
+    .unwrap()
+}
+
+fn claim(ordinal: u32, extra: Value) -> PersistentVolumeClaim {
+    let mut meta = json!({"name": format!("data-web-{ordinal}"), "namespace": "shop",
+        "uid": format!("uid-{ordinal}")});
+    if let (Some(meta), Some(extra)) = (meta.as_object_mut(), extra.as_object()) {
+        meta.extend(extra.clone());
+    }
+    serde_json::from_value(json!({ "metadata": meta })).unwrap()
+}
+
+fn pod(name: &str, claim: &str, labels: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "spec": {"containers": [], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}
+    }))
+    .unwrap()
+}
+
+fn drained() -> Result<Drained, String> {
+    Ok(Drained {
+        drain: "d-1".into(),
+        snapshot: "s-1".into(),
+        finished_ms: DONE,
+    })
+}
+
+/// One row: what is listed, the flag, the time, and what must be decided.
+struct Row {
+    name: &'static str,
+    set: StatefulSet,
+    claim: PersistentVolumeClaim,
+    pods: Vec<Pod>,
+    drained: Result<Drained, String>,
+    default: ReclaimAfter,
+    now: i64,
+    expected: Decision,
+}
+
+fn row(name: &'static str, expected: Decision) -> Row {
+    Row {
+        name,
+        set: set(1, Some("30s")),
+        claim: claim(2, json!({})),
+        pods: Vec::new(),
+        drained: drained(),
+        default: ReclaimAfter(None),
+        now: DONE + MINUTE,
+        expected,
+    }
+}
+
+fn keep(why: &str) -> Decision {
+    Decision::Keep(why.to_owned())
+}
+
+fn reclaim() -> Decision {
+    Decision::Reclaim {
+        set: "web".into(),
+        drained: drained().unwrap(),
+    }
+}
+
+#[test]
+fn claims_are_reclaimed_only_when_every_condition_holds() {
+    let flag = |d: &str| d.parse::<ReclaimAfter>().unwrap();
+    let rows = vec![
+        row("scaled away, drained, delay passed", reclaim()),
+        Row {
+            now: DONE + 29_000,
+            ..row("within the delay", Decision::Wait { until_ms: DONE + 30_000 })
+        },
+        Row {
+            now: DONE + 30_000,
+            ..row("the delay just passed", reclaim())
+        },
+        Row {
+            set: set(3, Some("30s")),
+            ..row("ordinal live again (scaled back up)", Decision::NotMine)
+        },
+        Row {
+            set: set(1, None),
+            ..row("not opted in, no flag", Decision::NotMine)
+        },
+        Row {
+            set: set(1, None),
+            default: flag("30s"),
+            ..row("the flag opts every StatefulSet in", reclaim())
+        },
+        Row {
+            set: set(1, Some("off")),
+            default: flag("30s"),
+            ..row("the annotation opts out whatever the flag", Decision::NotMine)
+        },
+        Row {
+            set: set(1, Some("0")),
+            default: flag("1s"),
+            ..row("0 opts out too", Decision::NotMine)
+        },
+        Row {
+            set: set(1, Some("1h")),
+            default: flag("30s"),
+            ..row(
+                "the annotation wins over the flag",
+                Decision::Wait { until_ms: DONE + 60 * MINUTE },
+            )
+        },
+        Row {
+            set: set(1, Some("soon")),
+            ..row(
+                "a bad annotation keeps the claim",
+                keep("drainer.io/reclaim-after=\"soon\" on StatefulSet: \"soon\" is not a duration: write a number and a unit (s, m, h, d, w), e.g. 30d, 12h, 1w3d"),
+            )
+        },
+        Row {
+            pods: vec![pod("debug", "data-web-2", json!({}))],
+            ..row("a pod mounts it", keep("pod debug mounts it"))
+        },
+        Row {
+            pods: vec![pod(
+                "mover",
+                "data-web-2",
+                json!({"app.kubernetes.io/managed-by": "drainer"}),
+            )],
+            ..row("only drainer's own mover pod mounts it", reclaim())
+        },
+        Row {
+            pods: vec![pod("web-0", "data-web-0", json!({}))],
+            ..row("another claim is mounted", reclaim())
+        },
+        Row {
+            drained: Err("drain d-2 is copying".into()),
+            ..row("not drained (yet)", keep("drain d-2 is copying"))
+        },
+        Row {
+            claim: claim(2, json!({"deletionTimestamp": "2026-12-07T00:00:00Z"})),
+            ..row("being deleted", keep("the claim is being deleted"))
+        },
+        Row {
+            claim: claim(2, json!({"annotations": {"drainer.io/drain": "false"}})),
+            ..row("opted out of drains", keep("opted out of drains (drainer.io/drain: \"false\")"))
+        },
+        Row {
+            claim: claim(2, json!({"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                "name": "drainer-hold-d-1", "uid": "u"}]})),
+            ..row("still held", keep("still held by drainer (ConfigMap drainer-hold-d-1)"))
+        },
+        Row {
+            claim: claim(0, json!({})),
+            ..row("the live ordinal", Decision::NotMine)
+        },
+    ];
+    for r in rows {
+        let sets = [&r.set];
+        let pods: Vec<&Pod> = r.pods.iter().collect();
+        let facts = Facts {
+            claim: &r.claim,
+            sets: &sets,
+            pods: &pods,
+            drained: &r.drained,
+            default: r.default,
+        };
+        assert_eq!(decide(facts, r.now), r.expected, "{}", r.name);
+    }
+}
+
+#[test]
+fn a_statefulset_being_deleted_is_not_reclaimed_from() {
+    let mut deleting = set(1, Some("30s"));
+    deleting.metadata.deletion_timestamp = claim(2, json!({"deletionTimestamp": "2026-12-07T00:00:00Z"}))
+        .metadata
+        .deletion_timestamp;
+    assert_eq!(candidate(&claim(2, json!({})), &[&deleting], ReclaimAfter(None)), None);
+}
+
+#[test]
+fn delays_read_as_durations_or_off() {
+    let parse = |t: &str| t.parse::<ReclaimAfter>();
+    assert_eq!(parse("off"), Ok(ReclaimAfter(None)));
+    assert_eq!(parse("0"), Ok(ReclaimAfter(None)));
+    assert_eq!(parse("30s"), Ok(ReclaimAfter(Some(Duration::from_secs(30)))));
+    assert_eq!(parse("1w1d"), Ok(ReclaimAfter(Some(Duration::from_secs(8 * 86_400)))));
+    assert!(parse("").is_err());
+    assert!(parse("-1s").is_err());
+}
+
+fn ledger_drain(id: &str, state: DrainState, ended: i64) -> Drain {
+    let completed = state == DrainState::Completed;
+    Drain {
+        id: id.into(),
+        namespace: "shop".into(),
+        pvc: "data-web-2".into(),
+        pod: None,
+        reason: "test".into(),
+        state,
+        attempts: 1,
+        max_attempts: 3,
+        not_before_ms: 0,
+        lease_owner: None,
+        lease_expires_ms: None,
+        snapshot: completed.then(|| format!("s-{id}")),
+        last_error: None,
+        created_ms: 0,
+        updated_ms: ended,
+        finished_ms: (!state.is_active()).then_some(ended),
+        pvc_uid: Some("uid-2".into()),
+        pod_uid: None,
+        node: None,
+        hold: None,
+        mover_job: None,
+        mover_job_uid: None,
+        namespace_uid: None,
+        statefulset_uid: None,
+    }
+}
+
+#[test]
+fn the_drain_relied_on_is_the_one_completed_since_the_claim_was_last_mounted() {
+    use DrainState::*;
+    let drains = [
+        ledger_drain("old", Completed, 10),
+        ledger_drain("new", Completed, 30),
+    ];
+    let found = drained_of(&drains, "uid-2", Some(0), Some(20)).unwrap();
+    assert_eq!(
+        found,
+        Drained {
+            drain: "new".into(),
+            snapshot: "s-new".into(),
+            finished_ms: 30
+        }
+    );
+    assert!(drained_of(&drains, "uid-2", Some(0), Some(40)).is_err(), "mounted since");
+    assert!(drained_of(&drains, "uid-other", Some(0), None).is_err(), "another claim's");
+    let active = [ledger_drain("a", Completed, 10), ledger_drain("b", Copying, 50)];
+    assert_eq!(
+        drained_of(&active, "uid-2", Some(0), None),
+        Err("drain b is copying".into())
+    );
+}
