@@ -702,8 +702,14 @@ async fn reclaims_pin_their_snapshots(ledger: Ledger) {
         deleted: None,
         replica: "r1".into(),
     };
-    ledger.pin_reclaim(&reclaim("u1", "data-web-1", "s-1")).await.unwrap();
-    ledger.pin_reclaim(&reclaim("u2", "data-web-2", "s-2")).await.unwrap();
+    ledger
+        .pin_reclaim(&reclaim("u1", "data-web-1", "s-1"))
+        .await
+        .unwrap();
+    ledger
+        .pin_reclaim(&reclaim("u2", "data-web-2", "s-2"))
+        .await
+        .unwrap();
     ledger.reclaimed("u1", 2_000).await.unwrap();
     let pinned = ledger.pinned_snapshots().await.unwrap();
     assert_eq!(pinned.len(), 2, "{pinned:?}");

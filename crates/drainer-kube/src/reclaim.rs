@@ -5,10 +5,12 @@
 //! init container (`deploy/examples/restore-init.yaml`).
 //!
 //! Deciding is pure ([`candidate`], then [`decide`]): a claim of an existing StatefulSet whose
-//! ordinal is outside `[start, start + replicas)`, not being deleted, not opted out of drains,
+//! ordinal is outside `[start, start + replicas)` and whose pods restore their claim (an init
+//! container running `drainer restore`: a reclaimed ordinal must never come back empty), not
+//! being deleted, not opted out of drains,
 //! held by no drain, mounted by no pod, and covered by a drain completed since it was last seen
-//! mounted (the sweep's [`planner::cover`]), once the delay since that drain's completion has
-//! passed. Acting is thin ([`Reclaimer`], on the sweeper Lease's holder, every [`EVERY`]):
+//! mounted (the sweep's [`planner::cover`]; a pass that sees a pod mount a candidate records
+//! that, as a sweep would), once the delay since that drain's completion has passed. Acting is thin ([`Reclaimer`], on the sweeper Lease's holder, every [`EVERY`]):
 //! the snapshot is verified (every object re-read and hashed, once per drain), the claim,
 //! its StatefulSet and the namespace's pods are read again from the API server (not the
 //! watches) and decided again, the ledger pins the snapshot against retention (`reclaims`),
@@ -24,7 +26,7 @@ use super::events::KubeEvents;
 use super::lease::Holding;
 use super::planner::{self, Cover};
 use super::{Cluster, call};
-use drainer_core::ledger::{ClaimKey, Drain, Ledger, Reclaim};
+use drainer_core::ledger::{ClaimKey, ClaimSighting, Drain, Ledger, Reclaim};
 use drainer_core::lifecycle::DrainState;
 use drainer_core::snapshot::retention::Span;
 use drainer_core::snapshot::{self, SnapshotSelector};
@@ -190,9 +192,18 @@ pub(crate) fn decide(facts: Facts<'_>, now_ms: i64) -> Decision {
     if claim.metadata.deletion_timestamp.is_some() {
         return Decision::Keep("the claim is being deleted".into());
     }
-    if planner::opted_out(&claim.metadata) || set.is_some_and(|s| planner::opted_out(&s.metadata))
-    {
-        return Decision::Keep(format!("opted out of drains ({}: \"false\")", "drainer.io/drain"));
+    if !set.is_some_and(|s| restores(s)) {
+        return Decision::Keep(format!(
+            "StatefulSet {}'s pods restore nothing (no init container runs `drainer restore`, \
+             deploy/examples/restore-init.yaml): the ordinal would come back empty",
+            candidate.set
+        ));
+    }
+    if planner::opted_out(&claim.metadata) || set.is_some_and(|s| planner::opted_out(&s.metadata)) {
+        return Decision::Keep(format!(
+            "opted out of drains ({}: \"false\")",
+            "drainer.io/drain"
+        ));
     }
     if let Some(hold) = holds(claim).next() {
         return Decision::Keep(format!("still held by drainer (ConfigMap {hold})"));
@@ -214,6 +225,27 @@ pub(crate) fn decide(facts: Facts<'_>, now_ms: i64) -> Decision {
         set: candidate.set,
         drained: drained.clone(),
     }
+}
+
+/// Whether the StatefulSet's pods restore their claim before they start: an init container
+/// whose command and arguments run `restore` with `--volume` (as `deploy/examples/restore-init.yaml`).
+pub(crate) fn restores(set: &StatefulSet) -> bool {
+    let inits = set
+        .spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|p| p.init_containers.iter().flatten());
+    inits.into_iter().any(|c| {
+        let words: Vec<&str> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(String::as_str)
+            .collect();
+        words.contains(&"restore") && words.contains(&"--volume")
+    })
 }
 
 /// The holds (ConfigMaps `drainer-hold-*`) among the claim's owners.
@@ -368,6 +400,7 @@ impl Reclaimer {
             .collect();
         let now = drainer_core::ledger::now_ms();
         let mut chosen = Vec::new();
+        let mut mounted_now = Vec::new();
         for claim in candidates {
             let Some(k) = key(claim) else { continue };
             let ns = k.namespace.as_str();
@@ -376,6 +409,9 @@ impl Reclaimer {
             let created_ms = created_ms(claim);
             let last_mounted_ms = mounted.get(k.uid.as_str()).copied().flatten();
             let drained = drained_of(&drains, &k.uid, created_ms, last_mounted_ms);
+            if pods.iter().any(|p| planner::mounts(p, &k.pvc)) {
+                mounted_now.push(mounted_sighting(&k, &sets_in(ns), now));
+            }
             let sets = sets_in(ns);
             let facts = Facts {
                 claim,
@@ -401,6 +437,7 @@ impl Reclaimer {
                 Decision::NotMine => {}
             }
         }
+        self.ledger.record_sightings(&mounted_now, &[]).await?;
         Ok(chosen)
     }
 
@@ -472,7 +509,11 @@ impl Reclaimer {
                 report.unreadable.len()
             )));
         }
-        tracing::info!(files = report.files, bytes = report.bytes, "snapshot verified before reclaiming");
+        tracing::info!(
+            files = report.files,
+            bytes = report.bytes,
+            "snapshot verified before reclaiming"
+        );
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -492,9 +533,12 @@ impl Reclaimer {
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &c.namespace);
         let set = call(what("read its StatefulSet"), sets.get_opt(&c.set)).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
-        let pods = call(what("list its namespace's pods"), pods.list(&ListParams::default()))
-            .await?
-            .items;
+        let pods = call(
+            what("list its namespace's pods"),
+            pods.list(&ListParams::default()),
+        )
+        .await?
+        .items;
         let sets: Vec<&StatefulSet> = set.iter().collect();
         let pods: Vec<&Pod> = pods.iter().collect();
         let drained = Ok(c.drained.clone());
@@ -563,7 +607,12 @@ impl Reclaimer {
             Api::namespaced(self.cluster.client.clone(), &c.namespace);
         let unmark = serde_json::json!({"metadata": {"uid": c.uid, "annotations": {MARK: null}}});
         let what = format!("unmark claim {}/{}", c.namespace, c.pvc);
-        match call(what, claims.patch(&c.pvc, &PatchParams::default(), &Patch::Merge(&unmark))).await {
+        match call(
+            what,
+            claims.patch(&c.pvc, &PatchParams::default(), &Patch::Merge(&unmark)),
+        )
+        .await
+        {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(error = %e, "cannot take the reclaim mark off"),
@@ -571,6 +620,22 @@ impl Reclaimer {
         if let Err(e) = self.ledger.unpin_reclaim(&c.uid).await {
             tracing::warn!(error = %e, "cannot unpin the snapshot of a claim not reclaimed");
         }
+    }
+}
+
+/// What to record of a candidate a pod mounts now (as a sweep would): a drain completed before
+/// this no longer covers it, so it is neither reclaimed nor left undrained once the pod goes,
+/// whether or not a sweep saw the pod.
+fn mounted_sighting(k: &ClaimKey, sets: &[&StatefulSet], now: i64) -> ClaimSighting {
+    let set = planner::set_claim(&k.pvc, sets.iter().copied()).map(|c| c.set);
+    ClaimSighting {
+        pvc_uid: k.uid.clone(),
+        namespace: k.namespace.clone(),
+        pvc: k.pvc.clone(),
+        statefulset: set,
+        last_mounted_ms: Some(now),
+        orphaned_since_ms: None,
+        last_seen_ms: now,
     }
 }
 

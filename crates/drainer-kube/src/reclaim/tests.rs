@@ -7,6 +7,17 @@ const MINUTE: i64 = 60_000;
 const DONE: i64 = 1_000 * MINUTE;
 
 fn set(replicas: i32, annotation: Option<&str>) -> StatefulSet {
+    let mut set = plain_set(replicas, annotation);
+    set.spec.template = serde_json::from_value(json!({"spec": {"containers": [],
+        "initContainers": [{"name": "restore", "image": "drainer",
+            "args": ["restore", "--drainer", "http://drainer", "--volume",
+                     "$(POD_NAMESPACE)/data-$(POD_NAME)", "--if-empty", "/data"]}]}}))
+    .unwrap();
+    set
+}
+
+/// A StatefulSet whose pods restore nothing.
+fn plain_set(replicas: i32, annotation: Option<&str>) -> StatefulSet {
     let mut meta = json!({"name": "web", "namespace": "shop", "uid": "uid-web"});
     if let Some(a) = annotation {
         meta["annotations"] = json!({RECLAIM_AFTER: a});
@@ -87,7 +98,12 @@ fn claims_are_reclaimed_only_when_every_condition_holds() {
         row("scaled away, drained, delay passed", reclaim()),
         Row {
             now: DONE + 29_000,
-            ..row("within the delay", Decision::Wait { until_ms: DONE + 30_000 })
+            ..row(
+                "within the delay",
+                Decision::Wait {
+                    until_ms: DONE + 30_000,
+                },
+            )
         },
         Row {
             now: DONE + 30_000,
@@ -109,7 +125,10 @@ fn claims_are_reclaimed_only_when_every_condition_holds() {
         Row {
             set: set(1, Some("off")),
             default: flag("30s"),
-            ..row("the annotation opts out whatever the flag", Decision::NotMine)
+            ..row(
+                "the annotation opts out whatever the flag",
+                Decision::NotMine,
+            )
         },
         Row {
             set: set(1, Some("0")),
@@ -121,14 +140,27 @@ fn claims_are_reclaimed_only_when_every_condition_holds() {
             default: flag("30s"),
             ..row(
                 "the annotation wins over the flag",
-                Decision::Wait { until_ms: DONE + 60 * MINUTE },
+                Decision::Wait {
+                    until_ms: DONE + 60 * MINUTE,
+                },
             )
         },
         Row {
             set: set(1, Some("soon")),
             ..row(
                 "a bad annotation keeps the claim",
-                keep("drainer.io/reclaim-after=\"soon\" on StatefulSet: \"soon\" is not a duration: write a number and a unit (s, m, h, d, w), e.g. 30d, 12h, 1w3d"),
+                keep(
+                    "drainer.io/reclaim-after=\"soon\" on StatefulSet: \"soon\" is not a duration: write a number and a unit (s, m, h, d, w), e.g. 30d, 12h, 1w3d",
+                ),
+            )
+        },
+        Row {
+            set: plain_set(1, Some("30s")),
+            ..row(
+                "its pods restore nothing",
+                keep(
+                    "StatefulSet web's pods restore nothing (no init container runs `drainer restore`, deploy/examples/restore-init.yaml): the ordinal would come back empty",
+                ),
             )
         },
         Row {
@@ -157,12 +189,21 @@ fn claims_are_reclaimed_only_when_every_condition_holds() {
         },
         Row {
             claim: claim(2, json!({"annotations": {"drainer.io/drain": "false"}})),
-            ..row("opted out of drains", keep("opted out of drains (drainer.io/drain: \"false\")"))
+            ..row(
+                "opted out of drains",
+                keep("opted out of drains (drainer.io/drain: \"false\")"),
+            )
         },
         Row {
-            claim: claim(2, json!({"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
-                "name": "drainer-hold-d-1", "uid": "u"}]})),
-            ..row("still held", keep("still held by drainer (ConfigMap drainer-hold-d-1)"))
+            claim: claim(
+                2,
+                json!({"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                "name": "drainer-hold-d-1", "uid": "u"}]}),
+            ),
+            ..row(
+                "still held",
+                keep("still held by drainer (ConfigMap drainer-hold-d-1)"),
+            )
         },
         Row {
             claim: claim(0, json!({})),
@@ -186,10 +227,14 @@ fn claims_are_reclaimed_only_when_every_condition_holds() {
 #[test]
 fn a_statefulset_being_deleted_is_not_reclaimed_from() {
     let mut deleting = set(1, Some("30s"));
-    deleting.metadata.deletion_timestamp = claim(2, json!({"deletionTimestamp": "2026-12-07T00:00:00Z"}))
-        .metadata
-        .deletion_timestamp;
-    assert_eq!(candidate(&claim(2, json!({})), &[&deleting], ReclaimAfter(None)), None);
+    deleting.metadata.deletion_timestamp =
+        claim(2, json!({"deletionTimestamp": "2026-12-07T00:00:00Z"}))
+            .metadata
+            .deletion_timestamp;
+    assert_eq!(
+        candidate(&claim(2, json!({})), &[&deleting], ReclaimAfter(None)),
+        None
+    );
 }
 
 #[test]
@@ -197,8 +242,14 @@ fn delays_read_as_durations_or_off() {
     let parse = |t: &str| t.parse::<ReclaimAfter>();
     assert_eq!(parse("off"), Ok(ReclaimAfter(None)));
     assert_eq!(parse("0"), Ok(ReclaimAfter(None)));
-    assert_eq!(parse("30s"), Ok(ReclaimAfter(Some(Duration::from_secs(30)))));
-    assert_eq!(parse("1w1d"), Ok(ReclaimAfter(Some(Duration::from_secs(8 * 86_400)))));
+    assert_eq!(
+        parse("30s"),
+        Ok(ReclaimAfter(Some(Duration::from_secs(30))))
+    );
+    assert_eq!(
+        parse("1w1d"),
+        Ok(ReclaimAfter(Some(Duration::from_secs(8 * 86_400))))
+    );
     assert!(parse("").is_err());
     assert!(parse("-1s").is_err());
 }
@@ -249,9 +300,18 @@ fn the_drain_relied_on_is_the_one_completed_since_the_claim_was_last_mounted() {
             finished_ms: 30
         }
     );
-    assert!(drained_of(&drains, "uid-2", Some(0), Some(40)).is_err(), "mounted since");
-    assert!(drained_of(&drains, "uid-other", Some(0), None).is_err(), "another claim's");
-    let active = [ledger_drain("a", Completed, 10), ledger_drain("b", Copying, 50)];
+    assert!(
+        drained_of(&drains, "uid-2", Some(0), Some(40)).is_err(),
+        "mounted since"
+    );
+    assert!(
+        drained_of(&drains, "uid-other", Some(0), None).is_err(),
+        "another claim's"
+    );
+    let active = [
+        ledger_drain("a", Completed, 10),
+        ledger_drain("b", Copying, 50),
+    ];
     assert_eq!(
         drained_of(&active, "uid-2", Some(0), None),
         Err("drain b is copying".into())
