@@ -710,7 +710,13 @@ async fn reclaims_pin_their_snapshots(ledger: Ledger) {
         .pin_reclaim(&reclaim("u2", "data-web-2", "s-2"))
         .await
         .unwrap();
-    ledger.reclaimed("u1", 2_000).await.unwrap();
+    // Another replica's refused attempt took u1's pin off meanwhile: the record restores it.
+    ledger.unpin_reclaim("u1").await.unwrap();
+    let deleted = Reclaim {
+        deleted: Some(2_000),
+        ..reclaim("u1", "data-web-1", "s-1")
+    };
+    ledger.reclaimed(&deleted).await.unwrap();
     let pinned = ledger.pinned_snapshots().await.unwrap();
     assert_eq!(pinned.len(), 2, "{pinned:?}");
     assert!(pinned["shop/data-web-2"].contains("s-2"));

@@ -460,16 +460,29 @@ impl Reclaimer {
             replica: self.replica.clone(),
         };
         self.ledger.pin_reclaim(&record).await?;
-        match self.mark_and_delete(c, &rv).await {
-            Ok(()) => {}
+        let marked = match self.mark(c, &rv).await {
+            Ok(marked) => marked,
             Err(e) => {
-                self.undo(c).await;
+                self.unpin(c).await;
+                return Err(e);
+            }
+        };
+        match self.delete(c, marked).await {
+            Ok(()) => {}
+            Err(Error::Kube(e)) if e.is_not_found() => {
+                tracing::info!("the claim was deleted meanwhile (another replica's pass?)");
+            }
+            Err(e) => {
+                self.unmark(c).await;
+                self.unpin(c).await;
                 return Err(e);
             }
         }
-        self.ledger
-            .reclaimed(&c.uid, drainer_core::ledger::now_ms())
-            .await?;
+        let done = Reclaim {
+            deleted: Some(drainer_core::ledger::now_ms()),
+            ..record
+        };
+        self.ledger.reclaimed(&done).await?;
         tracing::info!(drain = %c.drained.drain, set = %c.set, "claim reclaimed: its storage is given back; the snapshot is pinned");
         let note = format!(
             "deleted claim {} (uid {}) of scaled-away ordinal to give its storage back; its data is snapshot {} (drain {}), pinned against retention, restored when the ordinal comes back",
@@ -563,18 +576,16 @@ impl Reclaimer {
         }
     }
 
-    /// Marks the claim (precondition: `rv`), says so on it, and deletes it (preconditions: its
-    /// UID and the marked `resourceVersion`).
-    async fn mark_and_delete(&self, c: &Chosen, rv: &str) -> Result<(), Error> {
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.cluster.client.clone(), &c.namespace);
+    /// Marks the claim (precondition: `rv`) and says so on it; the marked `resourceVersion`.
+    async fn mark(&self, c: &Chosen, rv: &str) -> Result<Option<String>, Error> {
         let mark = serde_json::json!({"metadata": {
             "uid": c.uid, "resourceVersion": rv,
             "annotations": {MARK: c.drained.snapshot},
         }});
         let marked = call(
             format!("mark claim {}/{} for reclaim", c.namespace, c.pvc),
-            claims.patch(&c.pvc, &PatchParams::default(), &Patch::Merge(&mark)),
+            self.claims(c)
+                .patch(&c.pvc, &PatchParams::default(), &Patch::Merge(&mark)),
         )
         .await?;
         let note = format!(
@@ -584,32 +595,36 @@ impl Reclaimer {
         self.events
             .tell(claim_ref(c), "Reclaiming", "Reclaim", &note)
             .await;
-        let preconditions = Preconditions {
-            uid: Some(c.uid.clone()),
-            resource_version: marked.metadata.resource_version.clone(),
-        };
+        Ok(marked.metadata.resource_version)
+    }
+
+    /// Deletes the claim, its UID and the marked `resourceVersion` as preconditions.
+    async fn delete(&self, c: &Chosen, marked: Option<String>) -> Result<(), Error> {
         let params = DeleteParams {
-            preconditions: Some(preconditions),
+            preconditions: Some(Preconditions {
+                uid: Some(c.uid.clone()),
+                resource_version: marked,
+            }),
             ..DeleteParams::default()
         };
         call(
             format!("delete claim {}/{}", c.namespace, c.pvc),
-            claims.delete(&c.pvc, &params),
+            self.claims(c).delete(&c.pvc, &params),
         )
         .await?;
         Ok(())
     }
 
-    /// Takes the mark and the pin off a claim whose delete did not happen (best effort: each
-    /// failure is logged; a mark left behind only lets the next pass try again).
-    async fn undo(&self, c: &Chosen) {
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.cluster.client.clone(), &c.namespace);
+    /// Takes the mark off a claim whose delete did not happen (best effort: a mark left
+    /// behind is logged; the next pass that finds the claim due marks it again anyway).
+    async fn unmark(&self, c: &Chosen) {
         let unmark = serde_json::json!({"metadata": {"uid": c.uid, "annotations": {MARK: null}}});
         let what = format!("unmark claim {}/{}", c.namespace, c.pvc);
+        let patch = Patch::Merge(&unmark);
         match call(
             what,
-            claims.patch(&c.pvc, &PatchParams::default(), &Patch::Merge(&unmark)),
+            self.claims(c)
+                .patch(&c.pvc, &PatchParams::default(), &patch),
         )
         .await
         {
@@ -617,9 +632,17 @@ impl Reclaimer {
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(error = %e, "cannot take the reclaim mark off"),
         }
+    }
+
+    /// Takes the pin off a claim that was not deleted.
+    async fn unpin(&self, c: &Chosen) {
         if let Err(e) = self.ledger.unpin_reclaim(&c.uid).await {
             tracing::warn!(error = %e, "cannot unpin the snapshot of a claim not reclaimed");
         }
+    }
+
+    fn claims(&self, c: &Chosen) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.cluster.client.clone(), &c.namespace)
     }
 }
 

@@ -438,7 +438,11 @@ mod tests {
             replica: "r1".into(),
         };
         ledger.pin_reclaim(&pin).await.unwrap();
-        ledger.reclaimed("uid-2", pin.decided).await.unwrap();
+        let deleted = Reclaim {
+            deleted: Some(pin.decided),
+            ..pin
+        };
+        ledger.reclaimed(&deleted).await.unwrap();
         let pruner = Pruner {
             ledger,
             store: store.clone(),

@@ -41,45 +41,47 @@ impl Ledger {
     /// Records that claim `r.pvc_uid` is about to be deleted, pinning its snapshot (a row for
     /// the same claim from an earlier, refused attempt is replaced).
     pub async fn pin_reclaim(&self, r: &Reclaim) -> Result<()> {
-        const SQL: &str = "INSERT INTO reclaims (pvc_uid, namespace, pvc, statefulset, drain_id, \
-                           snapshot, decided, deleted, replica) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) \
-                           ON CONFLICT (pvc_uid) DO UPDATE SET drain_id = excluded.drain_id, \
-                           snapshot = excluded.snapshot, decided = excluded.decided, \
-                           deleted = NULL, replica = excluded.replica";
-        let r = r.clone();
+        let r = Reclaim {
+            deleted: None,
+            ..r.clone()
+        };
         self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
-                .bind(&r.pvc_uid)
-                .bind(&r.namespace)
-                .bind(&r.pvc)
-                .bind(&r.statefulset)
-                .bind(&r.drain_id)
-                .bind(&r.snapshot)
-                .bind(r.decided)
-                .bind(&r.replica)
-                .execute(pool)
+            l.upsert_reclaim(&r, "pin a reclaimed claim's snapshot")
                 .await
-                .map(drop)
-                .map_err(query_error("pin a reclaimed claim's snapshot")))
         })
         .await
     }
 
-    /// Records that the API server accepted the delete of claim `pvc_uid` at `at` (ms).
-    pub async fn reclaimed(&self, pvc_uid: &str, at: i64) -> Result<()> {
-        const SQL: &str = "UPDATE reclaims SET deleted = $1 WHERE pvc_uid = $2";
-        let uid = pvc_uid.to_owned();
-        self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
-                .bind(at)
-                .bind(&uid)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(query_error("record a reclaimed claim")))
-        })
-        .await
+    /// Records that the API server accepted the delete of claim `r.pvc_uid` at `r.deleted`
+    /// (written whole: the pin holds even if another replica's refused attempt took it off
+    /// meanwhile).
+    pub async fn reclaimed(&self, r: &Reclaim) -> Result<()> {
+        let r = r.clone();
+        self.write(move |l| async move { l.upsert_reclaim(&r, "record a reclaimed claim").await })
+            .await
+    }
+
+    async fn upsert_reclaim(&self, r: &Reclaim, what: &'static str) -> Result<()> {
+        const SQL: &str = "INSERT INTO reclaims (pvc_uid, namespace, pvc, statefulset, drain_id, \
+                           snapshot, decided, deleted, replica) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                           ON CONFLICT (pvc_uid) DO UPDATE SET drain_id = excluded.drain_id, \
+                           snapshot = excluded.snapshot, decided = excluded.decided, \
+                           deleted = excluded.deleted, replica = excluded.replica";
+        on_pool!(self, |pool, DB| sqlx::query(SQL)
+            .bind(&r.pvc_uid)
+            .bind(&r.namespace)
+            .bind(&r.pvc)
+            .bind(&r.statefulset)
+            .bind(&r.drain_id)
+            .bind(&r.snapshot)
+            .bind(r.decided)
+            .bind(r.deleted)
+            .bind(&r.replica)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error(what)))
     }
 
     /// Forgets the pin of claim `pvc_uid` whose delete did not happen (refused, or the claim
