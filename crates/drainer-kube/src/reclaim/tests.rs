@@ -317,3 +317,166 @@ fn the_drain_relied_on_is_the_one_completed_since_the_claim_was_last_mounted() {
         Err("drain b is copying".into())
     );
 }
+
+mod acting {
+    //! The reclaimer's calls, against the mock API server: read again, mark with the read
+    //! `resourceVersion` as precondition, an Event, delete with the UID and the marked
+    //! `resourceVersion` as preconditions, an Event; and what a refused delete undoes.
+
+    use super::*;
+    use crate::mock::{Exchange, Scenario, cluster, status};
+    use http::Method;
+
+    const CLAIM: &str = "/api/v1/namespaces/shop/persistentvolumeclaims/data-web-2";
+    const SET: &str = "/apis/apps/v1/namespaces/shop/statefulsets/web";
+    const PODS: &str = "/api/v1/namespaces/shop/pods";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+    fn stored_claim(rv: &str) -> Value {
+        let mut c = serde_json::to_value(claim(2, json!({}))).unwrap();
+        c["metadata"]["resourceVersion"] = json!(rv);
+        c
+    }
+
+    fn event(reason: &'static str, kind: &'static str) -> Exchange {
+        let created = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e.1", "namespace": "shop"}});
+        Exchange::new(Method::POST, EVENTS, 201, created).checking(move |body| {
+            assert_eq!(body["reason"], reason, "{body}");
+            assert_eq!(body["regarding"]["kind"], kind, "{body}");
+            assert!(body["note"].as_str().unwrap().contains("s-1"), "{body}");
+        })
+    }
+
+    /// Reads again: the claim (resourceVersion 10), its StatefulSet, the namespace's pods.
+    fn reads() -> Vec<Exchange> {
+        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [serde_json::to_value(pod("web-0", "data-web-0", json!({}))).unwrap()]});
+        vec![
+            Exchange::new(Method::GET, CLAIM, 200, stored_claim("10")),
+            Exchange::new(
+                Method::GET,
+                SET,
+                200,
+                serde_json::to_value(set(1, Some("30s"))).unwrap(),
+            ),
+            Exchange::new(Method::GET, PODS, 200, pods),
+            Exchange::new(Method::PATCH, CLAIM, 200, {
+                let mut marked = stored_claim("11");
+                marked["metadata"]["annotations"] = json!({MARK: "s-1"});
+                marked
+            })
+            .checking(|body| {
+                assert_eq!(body["metadata"]["resourceVersion"], "10", "{body}");
+                assert_eq!(body["metadata"]["uid"], "uid-2", "{body}");
+                assert_eq!(body["metadata"]["annotations"][MARK], "s-1", "{body}");
+            }),
+            event("Reclaiming", "PersistentVolumeClaim"),
+        ]
+    }
+
+    fn delete(code: u16, answer: Value) -> Exchange {
+        Exchange::new(Method::DELETE, CLAIM, code, answer).checking(|body| {
+            assert_eq!(
+                body["preconditions"],
+                json!({"uid": "uid-2", "resourceVersion": "11"}),
+                "{body}"
+            );
+        })
+    }
+
+    async fn reclaimer(client: kube::Client, dir: &std::path::Path) -> Reclaimer {
+        let cluster = cluster(client);
+        let store_url = format!("file://{}", dir.join("store").display());
+        let options = drainer_core::store::StoreOptions {
+            timeout: Duration::from_secs(5),
+            create: true,
+            part_size: 8 << 20,
+        };
+        Reclaimer {
+            events: Arc::new(KubeEvents::new(cluster.clone(), "r1")),
+            cluster,
+            ledger: Ledger::open(None, &dir.join("data")).await.unwrap(),
+            store: Store::open(&store_url, &options).unwrap(),
+            lease: None,
+            default: ReclaimAfter(None),
+            replica: "r1".into(),
+            // Verified already: these tests are about the API calls.
+            verified: Arc::new(Mutex::new(HashSet::from(["d-1".to_owned()]))),
+        }
+    }
+
+    fn chosen() -> Chosen {
+        Chosen {
+            namespace: "shop".into(),
+            pvc: "data-web-2".into(),
+            uid: "uid-2".into(),
+            set: "web".into(),
+            drained: drained().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_due_claim_is_read_again_marked_and_deleted_under_preconditions_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = reads();
+        expected.push(delete(200, stored_claim("12")));
+        expected.push(event("Reclaimed", "StatefulSet"));
+        let (client, server) = Scenario(expected).serve(Duration::from_secs(5));
+        let r = reclaimer(client, dir.path()).await;
+        r.reclaim(&chosen()).await.unwrap();
+        server.await.unwrap();
+        let recorded = r.ledger.reclaims().await.unwrap();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        let row = &recorded[0];
+        assert_eq!(
+            (
+                row.pvc_uid.as_str(),
+                row.snapshot.as_str(),
+                row.drain_id.as_str()
+            ),
+            ("uid-2", "s-1", "d-1")
+        );
+        assert!(row.deleted.is_some_and(|d| d >= row.decided), "{row:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_delete_takes_the_mark_and_the_pin_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = reads();
+        expected.push(delete(409, status(409, "Conflict")));
+        expected.push(
+            Exchange::new(Method::PATCH, CLAIM, 200, stored_claim("13")).checking(|body| {
+                assert_eq!(body["metadata"]["annotations"][MARK], Value::Null, "{body}");
+                assert_eq!(body["metadata"]["uid"], "uid-2", "{body}");
+            }),
+        );
+        let (client, server) = Scenario(expected).serve(Duration::from_secs(5));
+        let r = reclaimer(client, dir.path()).await;
+        assert!(r.reclaim(&chosen()).await.is_err());
+        server.await.unwrap();
+        assert!(r.ledger.reclaims().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_claim_mounted_again_when_read_again_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [serde_json::to_value(pod("debug", "data-web-2", json!({}))).unwrap()]});
+        let (client, server) = Scenario(vec![
+            Exchange::new(Method::GET, CLAIM, 200, stored_claim("10")),
+            Exchange::new(
+                Method::GET,
+                SET,
+                200,
+                serde_json::to_value(set(1, Some("30s"))).unwrap(),
+            ),
+            Exchange::new(Method::GET, PODS, 200, pods),
+        ])
+        .serve(Duration::from_secs(5));
+        let r = reclaimer(client, dir.path()).await;
+        r.reclaim(&chosen()).await.unwrap();
+        server.await.unwrap();
+        assert!(r.ledger.reclaims().await.unwrap().is_empty());
+    }
+}
