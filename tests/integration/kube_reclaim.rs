@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(600);
+/// Every condemned claim's drain copying at once (the test runs their movers in its order).
+const ALL_AT_ONCE: [&str; 2] = ["--concurrent-drains", "4"];
 
 /// The StatefulSet opted in with `delay`.
 fn reclaiming(
@@ -111,7 +113,7 @@ async fn reclaims(w: &World) -> Result<Vec<drainer_core::ledger::Reclaim>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_away_claims_are_given_back_and_come_back_with_exactly_their_data() -> Result<()> {
     with_timeout(LIMIT, async {
-        let w = World::with_drainer("kube-reclaim", &[]).await?;
+        let w = World::with_drainer("kube-reclaim", &ALL_AT_ONCE).await?;
         let image = drainer_image(&w.env).await?;
         reclaiming(4, image, &w.url, "30s").create(&w).await?;
         let had = filled(&w, 4).await?;
@@ -175,7 +177,7 @@ async fn scaled_away_claims_are_given_back_and_come_back_with_exactly_their_data
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_claim_and_an_ordinal_back_before_the_delay_keep_their_claims() -> Result<()> {
     with_timeout(LIMIT, async {
-        let w = World::with_drainer("kube-reclaim-keep", &[]).await?;
+        let w = World::with_drainer("kube-reclaim-keep", &ALL_AT_ONCE).await?;
         let image = drainer_image(&w.env).await?;
         reclaiming(4, image, &w.url, "30s").create(&w).await?;
         let had = filled(&w, 4).await?;
