@@ -266,14 +266,21 @@ impl Staging {
         self.dir.join(format!("t{n}"))
     }
 
-    /// Removes every temporary file (what a killed or failed restore left), not the marker.
+    /// Removes every temporary file (what a killed or failed restore left), not the marker. A
+    /// file gone meanwhile (a write of a failed restore still finishing renamed it into place)
+    /// is not an error, so the others still go.
     fn remove_temporary(&self) -> Result<()> {
         let children = std::fs::read_dir(&self.dir).map_err(|e| Error::write(&self.dir, e))?;
         for child in children {
             let child = child.map_err(|e| Error::write(&self.dir, e))?;
             if child.file_name() != MARKER {
                 let path = child.path();
-                std::fs::remove_file(&path).map_err(|e| Error::write(&path, e))?;
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::write(&path, e));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
