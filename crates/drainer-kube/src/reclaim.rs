@@ -403,16 +403,14 @@ impl Reclaimer {
         let mut mounted_now = Vec::new();
         for claim in candidates {
             let Some(k) = key(claim) else { continue };
-            let ns = k.namespace.as_str();
-            let pods = self.cluster.pods_in(ns);
-            let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-            let created_ms = created_ms(claim);
             let last_mounted_ms = mounted.get(k.uid.as_str()).copied().flatten();
-            let drained = drained_of(&drains, &k.uid, created_ms, last_mounted_ms);
+            let drained = drained_of(&drains, &k.uid, created_ms(claim), last_mounted_ms);
+            let sets = sets_in(&k.namespace);
+            let pods = self.cluster.pods_in(&k.namespace);
+            let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
             if pods.iter().any(|p| planner::mounts(p, &k.pvc)) {
-                mounted_now.push(mounted_sighting(&k, &sets_in(ns), now));
+                mounted_now.push(mounted_sighting(&k, &sets, now));
             }
-            let sets = sets_in(ns);
             let facts = Facts {
                 claim,
                 sets: &sets,
@@ -420,22 +418,7 @@ impl Reclaimer {
                 drained: &drained,
                 default: self.default,
             };
-            match decide(facts, now) {
-                Decision::Reclaim { set, drained } => chosen.push(Chosen {
-                    namespace: k.namespace,
-                    pvc: k.pvc,
-                    uid: k.uid,
-                    set,
-                    drained,
-                }),
-                Decision::Keep(why) => {
-                    tracing::debug!(ns, pvc = %k.pvc, %why, "not reclaimed")
-                }
-                Decision::Wait { until_ms } => {
-                    tracing::debug!(ns, pvc = %k.pvc, until = %drainer_server::sweep::rfc3339(until_ms), "reclaimed later")
-                }
-                Decision::NotMine => {}
-            }
+            chosen.extend(chosen_if_due(k, decide(facts, now)));
         }
         self.ledger.record_sightings(&mounted_now, &[]).await?;
         Ok(chosen)
@@ -644,6 +627,29 @@ impl Reclaimer {
     fn claims(&self, c: &Chosen) -> Api<PersistentVolumeClaim> {
         Api::namespaced(self.cluster.client.clone(), &c.namespace)
     }
+}
+
+/// The claim `k` if `decision` says to reclaim it now; else the decision is logged.
+fn chosen_if_due(k: ClaimKey, decision: Decision) -> Option<Chosen> {
+    let (ns, pvc) = (k.namespace.as_str(), k.pvc.as_str());
+    match decision {
+        Decision::Reclaim { set, drained } => {
+            return Some(Chosen {
+                namespace: k.namespace,
+                pvc: k.pvc,
+                uid: k.uid,
+                set,
+                drained,
+            });
+        }
+        Decision::Keep(why) => tracing::debug!(ns, pvc, %why, "not reclaimed"),
+        Decision::Wait { until_ms } => {
+            let until = drainer_server::sweep::rfc3339(until_ms);
+            tracing::debug!(ns, pvc, %until, "reclaimed later");
+        }
+        Decision::NotMine => {}
+    }
+    None
 }
 
 /// What to record of a candidate a pod mounts now (as a sweep would): a drain completed before
