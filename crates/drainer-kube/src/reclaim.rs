@@ -11,7 +11,8 @@
 //! held by no drain, mounted by no pod, and covered by a drain completed since it was last seen
 //! mounted (the sweep's [`planner::cover`]; a pass that sees a pod mount a candidate records
 //! that, as a sweep would), once the delay since that drain's completion has passed. Acting is thin ([`Reclaimer`], on the sweeper Lease's holder, every [`EVERY`]):
-//! the snapshot is verified (every object re-read and hashed, once per drain), the claim,
+//! the snapshot is verified (every object re-read and hashed, once per drain; a damaged one
+//! keeps its claim and is verified again an hour later), the claim,
 //! its StatefulSet and the namespace's pods are read again from the API server (not the
 //! watches) and decided again, the ledger pins the snapshot against retention (`reclaims`),
 //! the claim is marked ([`MARK`], the only claims drainer's ServiceAccount may delete, by
@@ -36,10 +37,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The StatefulSet annotation that opts its scaled-away claims in (`30m`, `7d`), or out (`0`,
@@ -329,8 +330,38 @@ pub struct Reclaimer {
     pub default: ReclaimAfter,
     /// This replica's name, in the ledger's record.
     pub replica: String,
-    /// Drains whose snapshot was verified whole.
-    pub verified: Arc<Mutex<HashSet<String>>>,
+    /// What verifying each drain's snapshot found.
+    pub verified: Arc<Verifications>,
+}
+
+/// How long a snapshot found damaged (or that could not be read) waits before it is
+/// verified again: a verify reads every byte.
+const VERIFY_RETRY: Duration = Duration::from_secs(3600);
+
+/// What verifying each drain's snapshot found (whole, or why not and when), by drain.
+#[derive(Debug, Default)]
+pub struct Verifications(Mutex<HashMap<String, (Instant, Result<(), String>)>>);
+
+impl Verifications {
+    /// What an earlier verify of `drain` found, unless it failed longer than
+    /// [`VERIFY_RETRY`] ago (then it is verified again).
+    fn earlier(&self, drain: &str) -> Option<Result<(), String>> {
+        let found = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match found.get(drain)? {
+            (_, Ok(())) => Some(Ok(())),
+            (at, Err(why)) if at.elapsed() < VERIFY_RETRY => Some(Err(format!(
+                "{why} (verified {} s ago; again after {} s)",
+                at.elapsed().as_secs(),
+                VERIFY_RETRY.as_secs()
+            ))),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, drain: &str, outcome: Result<(), String>) {
+        let mut found = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        found.insert(drain.to_owned(), (Instant::now(), outcome));
+    }
 }
 
 /// One claim chosen for a reclaim.
@@ -477,43 +508,43 @@ impl Reclaimer {
         Ok(())
     }
 
-    /// Verifies the drain's snapshot (once per drain): every object re-read and hashed.
+    /// Verifies the drain's snapshot: every object re-read and hashed, once per drain; a
+    /// snapshot found damaged or unreadable is tried again only after [`VERIFY_RETRY`].
     async fn verify(&self, c: &Chosen) -> Result<(), Error> {
-        let seen = |v: &Mutex<HashSet<String>>| {
-            v.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&c.drained.drain)
-        };
-        if seen(&self.verified) {
-            return Ok(());
-        }
         let volume_text = format!("{}/{}", c.namespace, c.pvc);
         let fail = |why: String| Error::Snapshot {
             volume: volume_text.clone(),
             snapshot: c.drained.snapshot.clone(),
             why,
         };
-        let volume = VolumeId::new(&c.namespace, &c.pvc).map_err(|e| fail(e.to_string()))?;
-        let selector = SnapshotSelector::Id(c.drained.snapshot.parse().map_err(fail)?);
+        match self.verified.earlier(&c.drained.drain) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(why)) => return Err(fail(why)),
+            None => {}
+        }
+        let outcome = self.verify_now(c).await;
+        self.verified.remember(&c.drained.drain, outcome.clone());
+        outcome.map_err(fail)
+    }
+
+    async fn verify_now(&self, c: &Chosen) -> Result<(), String> {
+        let volume = VolumeId::new(&c.namespace, &c.pvc).map_err(|e| e.to_string())?;
+        let selector = SnapshotSelector::Id(c.drained.snapshot.parse()?);
         let report = snapshot::verify(&self.store, &volume, &selector, VERIFY_READS)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| format!("cannot verify: {e}"))?;
         if let Some(problem) = report.problems.first().or(report.unreadable.first()) {
-            return Err(fail(format!(
-                "not whole ({} problems, {} unreadable files; first: {problem:?})",
+            return Err(format!(
+                "not whole ({} problems, {} unreadable files; first: {problem:?}); not reclaimed",
                 report.problems.len(),
                 report.unreadable.len()
-            )));
+            ));
         }
         tracing::info!(
             files = report.files,
             bytes = report.bytes,
             "snapshot verified before reclaiming"
         );
-        self.verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(c.drained.drain.clone());
         Ok(())
     }
 

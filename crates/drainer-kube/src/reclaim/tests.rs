@@ -402,7 +402,11 @@ mod acting {
             default: ReclaimAfter(None),
             replica: "r1".into(),
             // Verified already: these tests are about the API calls.
-            verified: Arc::new(Mutex::new(HashSet::from(["d-1".to_owned()]))),
+            verified: {
+                let verified = Verifications::default();
+                verified.remember("d-1", Ok(()));
+                Arc::new(verified)
+            },
         }
     }
 
@@ -456,6 +460,57 @@ mod acting {
         assert!(r.reclaim(&chosen()).await.is_err());
         server.await.unwrap();
         assert!(r.ledger.reclaims().await.unwrap().is_empty());
+    }
+
+    /// A snapshot whose object was changed in the store is not whole: the claim is neither
+    /// read again nor touched, and the next pass does not read the snapshot again.
+    #[tokio::test]
+    async fn a_damaged_snapshot_keeps_its_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, server) = Scenario(Vec::new()).serve(Duration::from_secs(5));
+        let mut r = reclaimer(client, dir.path()).await;
+        r.verified = Arc::default();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("db"), "the data of ordinal 2").unwrap();
+        let volume = VolumeId::new("shop", "data-web-2").unwrap();
+        let copy = snapshot::CopyOptions {
+            concurrency: 1,
+            part_size: 8 << 20,
+            buffer_bytes: 8 << 20,
+            check_hash: true,
+            origin: None,
+            compression: Default::default(),
+        };
+        let done = snapshot::copy(&source, &r.store, &volume, &r.ledger, &copy, Arc::default())
+            .await
+            .unwrap();
+        let stored = walk(&dir.path().join("store"))
+            .into_iter()
+            .find(|p| std::fs::read(p).is_ok_and(|b| b == b"the data of ordinal 2"))
+            .expect("the file's object");
+        std::fs::write(&stored, "the data of ordinal 3").unwrap();
+        let mut c = chosen();
+        c.drained.snapshot = done.snapshot.snapshot.clone();
+        for _ in 0..2 {
+            let e = r.reclaim(&c).await.unwrap_err();
+            assert!(e.to_string().contains("not whole"), "{e}");
+        }
+        server.await.unwrap();
+        assert!(r.ledger.reclaims().await.unwrap().is_empty());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found
     }
 
     #[tokio::test]
