@@ -340,7 +340,10 @@ const VERIFY_RETRY: Duration = Duration::from_secs(3600);
 
 /// What verifying each drain's snapshot found (whole, or why not and when), by drain.
 #[derive(Debug, Default)]
-pub struct Verifications(Mutex<HashMap<String, (Instant, Result<(), String>)>>);
+pub struct Verifications(Mutex<HashMap<String, Verified>>);
+
+/// When a drain's snapshot was verified, and whether it was whole (or why not).
+type Verified = (Instant, Result<(), String>);
 
 impl Verifications {
     /// What an earlier verify of `drain` found, unless it failed longer than
