@@ -807,6 +807,94 @@ async fn a_second_mover_of_a_drain_gets_a_conflict() {
     assert_eq!(run.owner.as_deref(), Some("mover-a"));
 }
 
+/// A copy made by a mover shows in its drain as it goes: what the mover's run has recorded
+/// through the mover protocol, against the totals the mover counted, is the drain's `progress`
+/// (read from the ledger, so any replica shows it), and the progress goes with the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_movers_copy_shows_its_progress_in_the_drain() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-5"]).await;
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let client = reqwest::Client::new();
+    let run: serde_json::Value = client
+        .post(format!("{}/v1/drains/{id}/run", serve.url))
+        .bearer_auth(crate::support::serve::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = |n: u64| {
+        serde_json::json!({
+            "path_b64": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("f{n}")
+            ),
+            "size": 1000 * n, "mtime_ns": 1, "ctime_ns": 1, "ino": n, "blake3": "00",
+            "object": format!("snapshots/{}/files/f{n}", run["snapshot"].as_str().unwrap()),
+        })
+    };
+    let recorded = client
+        .post(format!(
+            "{}/v1/drains/{id}/run/{}/record",
+            serve.url,
+            run["id"].as_str().unwrap()
+        ))
+        .bearer_auth(crate::support::serve::TOKEN)
+        .json(&[file(1), file(2), file(3)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recorded.status(), 204);
+    let totals = client
+        .put(format!(
+            "{}/v1/drains/{id}/run/{}/totals",
+            serve.url,
+            run["id"].as_str().unwrap()
+        ))
+        .bearer_auth(crate::support::serve::TOKEN)
+        .json(&serde_json::json!({"files": 10, "bytes": 55_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(totals.status(), 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let drain = serve.drain(&id).await;
+        let progress = &drain["progress"];
+        if progress["files_done"] == 3 && progress["files_total"] == 10 {
+            assert_eq!(progress["bytes_done"], 6000, "{drain}");
+            assert_eq!(progress["bytes_total"], 55_000, "{drain}");
+            assert_eq!(drain["state"], "copying", "{drain}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover's progress never showed: {drain}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cancelled = serve
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/drains/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.0, 200, "{}", cancelled.1);
+    let drain = serve
+        .wait_state(&id, "cancelled", Duration::from_secs(30))
+        .await;
+    assert!(drain["progress"].is_null(), "{drain}");
+}
+
 /// `prune` while a copy of the same volume runs deletes nothing the live run has stored or
 /// refers to: the run completes and its snapshot verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,7 +238,7 @@ async fn postgres_ledger_groups_concurrent_handoffs() {
 
 /// Run owners: a second owner is refused while the first holds the run, the holder may
 /// begin again, a released run is taken at once, a taken-over copy learns it lost the run, and
-/// the run of a drain is found by the drain's id.
+/// the run of a drain is found by the drain's id, with what it has recorded so far while it runs.
 async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
     let volume = "ns/pvc".parse().unwrap();
     let store = "file:///s";
@@ -264,11 +264,20 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
             .id,
         run.id
     );
+    let copied = |files, bytes| {
+        Some(drainer_core::ledger::CopiedSoFar {
+            files,
+            bytes,
+            totals: None,
+        })
+    };
+    assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), copied(0, 0));
     a.record(&run, &[stored(b"x")]).await.unwrap();
     assert_eq!(
         ledger.run_of_drain("d-1").await.unwrap().unwrap().id,
         run.id
     );
+    assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), copied(1, 42));
     assert!(ledger.run_of_drain("d-2").await.unwrap().is_none());
     // Released (an attempt stopped): the next copy takes it over at once, and the first
     // copy, if it went on, learns that it lost the run.
@@ -290,6 +299,15 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
         ledger.run_of_drain("d-2").await.unwrap().unwrap().id,
         run.id
     );
+    // The run taken over is drain d-2's copy now, with what it had stored.
+    b.record(&taken, &[stored(b"z1"), stored(b"z2")])
+        .await
+        .unwrap();
+    assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), copied(3, 126));
+    ledger.set_run_totals(&taken.id, 9, 378).await.unwrap();
+    let with_totals = ledger.copied_so_far("d-2").await.unwrap().unwrap();
+    assert_eq!(with_totals.totals, Some((9, 378)));
+    assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), None);
     assert_eq!(
         ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
         None
@@ -299,6 +317,7 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
         ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
         Some(taken.snapshot.to_string())
     );
+    assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), None);
 }
 
 #[tokio::test]

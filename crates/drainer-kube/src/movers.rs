@@ -37,7 +37,7 @@ use crate::{Cluster, Error, call};
 use drainer_core::ledger::{Drain, Ledger};
 use drainer_core::snapshot::{self, Progress, SnapshotSummary};
 use drainer_core::store::Store;
-use drainer_server::scheduler::{Executor, completed_copy};
+use drainer_server::scheduler::{Executor, completed_copy, following_mover};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
@@ -952,10 +952,11 @@ impl Executor for JobMovers {
     async fn execute(
         &self,
         drain: &Drain,
-        _progress: Arc<Progress>,
+        progress: Arc<Progress>,
     ) -> snapshot::Result<SnapshotSummary> {
         let span = tracing::info_span!("mover_job", drain = %drain.id, ns = %drain.namespace, pvc = %drain.pvc, attempt = drain.attempts);
-        self.attempt(drain).instrument(span).await
+        let attempt = self.attempt(drain).instrument(span);
+        following_mover(&self.ledger, &drain.id, &progress, attempt).await
     }
 }
 

@@ -97,22 +97,59 @@ impl Executor for ExternalMovers {
     async fn execute(
         &self,
         drain: &Drain,
-        _progress: Arc<Progress>,
+        progress: Arc<Progress>,
     ) -> snapshot::Result<SnapshotSummary> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let wait = async {
+            loop {
+                if let Some(summary) = completed_copy(&self.ledger, &self.store, drain).await? {
+                    return Ok(summary);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(snapshot::Error::Executor {
+                        drain: drain.id.clone(),
+                        reason: format!("no mover finished within {} s", self.timeout.as_secs()),
+                        transient: true,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        following_mover(&self.ledger, &drain.id, &progress, wait).await
+    }
+}
+
+/// How often the progress of a copy made by a mover is read from the ledger.
+pub const MOVER_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `work` (an attempt whose copy a mover makes) while reading what the mover's run of
+/// drain `drain` has recorded into `progress` every [`MOVER_PROGRESS_EVERY`], so that the API
+/// and the Drain objects show a mover's copy as they show one made in this process, against
+/// the totals once the mover has counted its volume and said so.
+pub async fn following_mover<T>(
+    ledger: &Ledger,
+    drain: &str,
+    progress: &Progress,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let follow = async {
         loop {
-            if let Some(summary) = completed_copy(&self.ledger, &self.store, drain).await? {
-                return Ok(summary);
+            match ledger.copied_so_far(drain).await {
+                Ok(Some(copied)) => {
+                    progress.set_done(copied.files, copied.bytes);
+                    if let Some((files, bytes)) = copied.totals {
+                        progress.set_totals(files, bytes);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read the mover's progress"),
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(snapshot::Error::Executor {
-                    drain: drain.id.clone(),
-                    reason: format!("no mover finished within {} s", self.timeout.as_secs()),
-                    transient: true,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(MOVER_PROGRESS_EVERY).await;
         }
+    };
+    tokio::select! {
+        out = work => out,
+        () = follow => unreachable!("the progress is followed until the copy ends"),
     }
 }
 

@@ -2,19 +2,27 @@
 //! uploads and its end through the drain's API, into the drainer's ledger.
 
 use crate::client::{Api, CallError};
-use drainer_core::protocol::{Interrupted, PathParam, WirePartial, WireRun, WireStoredFile};
+use drainer_core::protocol::{
+    Interrupted, PathParam, RunTotals, WirePartial, WireRun, WireStoredFile,
+};
 use drainer_core::snapshot::{
-    Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Run, SnapshotId, SnapshotSummary,
-    StoredFile,
+    Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Progress, Run, SnapshotId,
+    SnapshotSummary, StoredFile,
 };
 use drainer_core::volume::VolumeId;
 use futures::TryFutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The drainer's ledger, reached through the drain's API.
 pub(super) struct RemoteCheckpoint {
     pub(super) api: Api,
+    /// The copy's progress, whose totals the drainer is told once the copy has counted them.
+    pub(super) progress: Arc<Progress>,
+    /// Whether the totals are told (or being waited for) already.
+    pub(super) totals_told: AtomicBool,
 }
 
 /// An answer the mover cannot use (a malformed body): not going away by itself.
@@ -35,6 +43,30 @@ fn call_error(op: &'static str) -> impl Fn(CallError) -> CheckpointError {
 }
 
 impl RemoteCheckpoint {
+    /// Tells the drainer the size of the volume once the copy has counted it, once, so that it
+    /// shows the copy against its total. Nothing else depends on it: a failure (a drainer too
+    /// old for the call, say) is logged and the copy goes on.
+    fn tell_totals_once_counted(&self, run: &Run) {
+        if self.totals_told.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (api, progress) = (self.api.clone(), Arc::clone(&self.progress));
+        let url = self.run_url(run, "totals");
+        tokio::spawn(async move {
+            while !progress.totals_known.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            let view = progress.view();
+            let totals = RunTotals {
+                files: view.files_total.unwrap_or_default(),
+                bytes: view.bytes_total.unwrap_or_default(),
+            };
+            if let Err(e) = api.call(|http| http.put(&url).json(&totals)).await {
+                tracing::info!(error = %e, "the drainer was not told the volume's totals");
+            }
+        });
+    }
+
     fn run_url(&self, run: &Run, action: &str) -> String {
         self.api.url(&format!("/run/{}/{action}", run.id))
     }
@@ -70,14 +102,16 @@ impl Checkpoint for RemoteCheckpoint {
             .json(|http| http.post(&url))
             .await
             .map_err(call_error("begin run"))?;
-        Ok(Run {
+        let run = Run {
             id: run.id,
             snapshot: run
                 .snapshot
                 .parse()
                 .map_err(|e: String| remote_error("begin run", e))?,
             resumed: run.resumed,
-        })
+        };
+        self.tell_totals_once_counted(&run);
+        Ok(run)
     }
 
     fn stored_files<'a>(&'a self, run: &'a Run) -> BoxStream<'a, CheckpointResult<StoredFile>> {

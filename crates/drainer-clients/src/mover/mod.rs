@@ -120,14 +120,19 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         format!("drainer+{base}"),
         &store_options,
     );
-    let checkpoint = checkpoint::RemoteCheckpoint { api };
+    let progress = Arc::new(Progress::default());
+    let checkpoint = checkpoint::RemoteCheckpoint {
+        api,
+        progress: Arc::clone(&progress),
+        totals_told: Default::default(),
+    };
     let summary = snapshot::copy(
         &args.source,
         &store,
         &volume,
         &checkpoint,
         &options,
-        Arc::new(Progress::default()),
+        progress,
     )
     .await?;
     println!("mover: {summary}");

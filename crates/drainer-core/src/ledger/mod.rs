@@ -24,7 +24,7 @@ pub use earlier_reads::EarlierRead;
 pub use reclaims::Reclaim;
 pub use relay::{RelayPart, RelayRecord};
 pub use retention::PruneRecord;
-pub use runs::{RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};
+pub use runs::{CopiedSoFar, RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};
 pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
 
 use crate::supervisor::Supervisor;

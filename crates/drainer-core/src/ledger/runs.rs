@@ -193,6 +193,68 @@ impl Ledger {
             .filter(|r| r.state == RunState::Completed)
             .map(|r| r.snapshot))
     }
+
+    /// What drain `drain`'s running copy run has recorded so far (`None` when none of its runs
+    /// is running). Movers record each file as it is stored, through whichever replica they
+    /// reach, so this is a mover's progress as every replica sees it.
+    pub async fn copied_so_far(&self, drain: &str) -> Result<Option<CopiedSoFar>> {
+        const SQL: &str = "SELECT COUNT(f.size), CAST(COALESCE(SUM(f.size), 0) AS BIGINT), \
+                           r.files_total, r.bytes_total \
+                           FROM copy_runs r LEFT JOIN copy_files f ON f.run_id = r.id \
+                           WHERE r.drain_id = $1 AND r.state = 'running' \
+                           GROUP BY r.id, r.started_at, r.files_total, r.bytes_total \
+                           ORDER BY r.started_at DESC LIMIT 1";
+        type Row = (i64, i64, Option<i64>, Option<i64>);
+        let row: Option<Row> = on_pool!(self, |pool, DB| sqlx::query_as(SQL)
+            .bind(drain)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error("read the progress of a drain's run")))?;
+        let count = |n: i64| n.max(0) as u64;
+        Ok(
+            row.map(|(files, bytes, files_total, bytes_total)| CopiedSoFar {
+                files: count(files),
+                bytes: count(bytes),
+                totals: files_total
+                    .zip(bytes_total)
+                    .map(|(f, b)| (count(f), count(b))),
+            }),
+        )
+    }
+
+    /// Records the size of the volume running run `run` copies, as its copy counted it (files,
+    /// bytes); nothing when the run is not running.
+    pub async fn set_run_totals(&self, run: &str, files: u64, bytes: u64) -> Result<()> {
+        const SQL: &str = "UPDATE copy_runs SET files_total = $2, bytes_total = $3 \
+                           WHERE id = $1 AND state = 'running'";
+        let (files, bytes) = (
+            files.min(i64::MAX as u64) as i64,
+            bytes.min(i64::MAX as u64) as i64,
+        );
+        let run = run.to_owned();
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&run)
+                .bind(files)
+                .bind(bytes)
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record a run's totals")))
+        })
+        .await
+    }
+}
+
+/// The files a running copy run has recorded, and their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CopiedSoFar {
+    /// Files recorded.
+    pub files: u64,
+    /// Bytes in those files.
+    pub bytes: u64,
+    /// Files and bytes in the volume, once its copy has counted them and said so.
+    pub totals: Option<(u64, u64)>,
 }
 
 fn run_record<R: Row>(r: &R) -> Result<RunRecord, sqlx::Error>

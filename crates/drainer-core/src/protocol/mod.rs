@@ -217,6 +217,17 @@ pub struct Interrupted {
     pub error: String,
 }
 
+/// `PUT …/run/{run}/totals`: the size of the volume the mover copies, once its copy has
+/// counted it, so the drainer shows the copy against its total.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTotals {
+    /// Regular files in the volume.
+    pub files: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+}
+
 /// The `?key=` of the object and upload endpoints: a key relative to the store's root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

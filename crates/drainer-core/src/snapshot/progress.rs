@@ -75,10 +75,16 @@ impl Progress {
     }
 
     /// Records the source totals.
-    pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
+    pub fn set_totals(&self, files: u64, bytes: u64) {
         self.files_total.store(files, Relaxed);
         self.bytes_total.store(bytes, Relaxed);
         self.totals_known.store(true, Relaxed);
+    }
+
+    /// Sets the files and bytes done to what a copy made elsewhere (a mover) has recorded.
+    pub fn set_done(&self, files: u64, bytes: u64) {
+        self.files_done.store(files, Relaxed);
+        self.bytes_done.store(bytes, Relaxed);
     }
 
     /// Reads the counters.

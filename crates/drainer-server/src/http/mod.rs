@@ -191,6 +191,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/run/{run}/record" => Stream, mover::record, BODY;
         post "/drains/{id}/run/{run}/finish" => Stream, mover::finish, BODY;
         post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted, BODY;
+        put "/drains/{id}/run/{run}/totals" => Stream, mover::put_totals, BODY;
         get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial,
             Input::query(&["path_b64"]);
         put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial, BODY;

@@ -16,8 +16,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use drainer_core::ledger::{RelayPart, RelayRecord};
 use drainer_core::protocol::{
-    BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, StoreInfo, WirePartial, WireRun,
-    WireStoredFile, batch,
+    BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, RunTotals, StoreInfo,
+    WirePartial, WireRun, WireStoredFile, batch,
 };
 use drainer_core::snapshot::{
     PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
@@ -452,6 +452,24 @@ pub(super) async fn interrupted(
     let error: String = body.error.chars().take(2000).collect();
     mover_checkpoint(&state, &headers, &id)
         .interrupted(&run, &error)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT …/run/{run}/totals`: the size of the volume the mover copies, shown with the drain's
+/// progress.
+pub(super) async fn put_totals(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, run)): Path<(String, String)>,
+    Json(totals): Json<RunTotals>,
+) -> Result<StatusCode, Error> {
+    let Streaming { volume, .. } = streaming.into_inner();
+    let run = running(&state, &volume, &run).await?;
+    state
+        .shared()
+        .ledger
+        .set_run_totals(&run.id, totals.files, totals.bytes)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

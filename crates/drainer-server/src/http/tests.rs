@@ -1168,6 +1168,9 @@ fn body_with_unknown_field(route: &RouteSpec) -> Option<Value> {
             json!({"error": "x", "unread_field": true})
         }
         ("put", "/drains/{id}/run/{run}/partial") => json!({"unread_field": true}),
+        ("put", "/drains/{id}/run/{run}/totals") => {
+            json!({"files": 1, "bytes": 1, "unread_field": true})
+        }
         ("post", "/volumes/{namespace}/{pvc}/objects/batch") => {
             json!({"reads": [{"key": "latest", "start": 0, "end": 1, "unread_field": true}]})
         }
