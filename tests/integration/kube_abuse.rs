@@ -372,9 +372,9 @@ async fn one_bad_token_sent_five_hundred_times_costs_one_review() -> Result<()> 
 
 /// What the attacker pod runs (`python3 -c SCRIPT N HOST PORT`): opens N connections to drainer
 /// one after another, sends part of a request head on four in five (nothing on the fifth) and
-/// never the rest, then waits until drainer has closed every one (a response, e.g. a `408`,
-/// is read on until the close). Prints `opened O never-connected C closed X still-open S` and
-/// exits 0 only if none is still open after 90 s.
+/// never the rest, prints `opened O never-connected C`, then waits until each is closed (a
+/// response, e.g. a `408`, is read on until the close), at most 90 s, and prints `closed X
+/// still-open S` (exit 0 if none is).
 const HALF_OPEN: &str = r#"
 import resource, selectors, socket, sys, time
 n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -392,6 +392,7 @@ for i in range(n):
         continue
     s.setblocking(False)
     held.append(s)
+print(f"opened {len(held)} never-connected {never}", flush=True)
 sel = selectors.DefaultSelector()
 for s in held:
     sel.register(s, selectors.EVENT_READ)
@@ -406,18 +407,40 @@ while still and time.time() < deadline:
             sel.unregister(key.fileobj)
             key.fileobj.close()
             still -= 1
-print(f"opened {len(held)} never-connected {never} closed {len(held) - still} still-open {still}", flush=True)
+print(f"closed {len(held) - still} still-open {still}", flush=True)
 sys.exit(0 if still == 0 else 1)
 "#;
 
 /// Connections the attacker pod holds half-open.
 const HALF_OPEN_CONNECTIONS: usize = 5_000;
 
+/// Connections drainer's side holds on `port` (ESTABLISHED in this machine's
+/// `/proc/net/tcp`, where drainer and the forwarder to it run).
+fn held_by_drainer(port: u16) -> Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1).and_then(|a| a.rsplit_once(':'));
+            fields.get(3) == Some(&"01")
+                && local.and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count())
+}
+
+/// Connections of drainer's the pod `web`'s handoffs may hold at once (keep-alive).
+const OWN_CONNECTIONS: usize = 16;
+
 /// A pod of the cluster opens 5,000 connections to drainer (through this machine's address on
 /// the pod network, relayed to drainer's port) that send part of a request head, or nothing,
-/// and stall: drainer closes every one (those over its connection limit at once, the others
-/// within its header timeout), and the pod `web` hands off with a fresh token, answered `2xx`,
-/// during the attack and after it. Handoff latencies are printed, never asserted.
+/// and stall: once they are open, drainer's side holds none of them within a few header
+/// timeouts (those over its connection limit are closed at once, the others within the
+/// timeout), and the pod `web` hands off with a fresh token, answered `2xx`, during the attack
+/// and after it. What the attacker saw and the handoff latencies are printed, never asserted
+/// (an idle connection whose handshake a full accept queue dropped looks open to its client
+/// forever, though no server holds it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_from_a_pod_are_dropped_and_handoffs_still_answered() -> Result<()> {
     with_timeout(LIMIT, async {
@@ -427,13 +450,14 @@ async fn half_open_connections_from_a_pod_are_dropped_and_handoffs_still_answere
         )
         .await?;
         let env = KubeEnv::load()?;
-        let forward =
-            Forward::start(&env.host_ip, t.serve.url.trim_start_matches("http://")).await?;
+        let upstream = t.serve.url.trim_start_matches("http://").to_owned();
+        let port: u16 = upstream.rsplit_once(':').context("no port")?.1.parse()?;
+        let forward = Forward::start(&env.host_ip, &upstream).await?;
         let mut quiet = Vec::new();
         for _ in 0..10 {
             quiet.push(t.handoff().await?.0);
         }
-        let (host, port) = forward.address.rsplit_once(':').context("no port")?;
+        let (host, forward_port) = forward.address.rsplit_once(':').context("no port")?;
         let attacker: Pod = from_json(json!({
             "metadata": {"name": "attacker"},
             "spec": {
@@ -441,43 +465,70 @@ async fn half_open_connections_from_a_pod_are_dropped_and_handoffs_still_answere
                 "containers": [{
                     "name": "attack", "image": "registry.invalid/attack:1",
                     "command": ["python3", "-c", HALF_OPEN,
-                                HALF_OPEN_CONNECTIONS.to_string(), host, port]
+                                HALF_OPEN_CONNECTIONS.to_string(), host, forward_port]
                 }]
             }
         }));
         let pods = t.api::<Pod>();
         pods.create(&PostParams::default(), &attacker).await?;
-        wait_for_pod_phase(&pods, "attacker", &["Running", "Succeeded", "Failed"], WAIT).await?;
-        let mut during = Vec::new();
-        let ended = loop {
+        let pod = wait_for_pod_phase(&pods, "attacker", &["Running", "Succeeded", "Failed"], WAIT).await?;
+        // The pod's handoffs while it opens its connections, then until drainer holds none.
+        let (mut during, mut most_held) = (Vec::new(), 0);
+        let started = Instant::now();
+        while !env.container_log(&pod, "attack")?.contains("opened") {
             during.push(t.handoff().await?.0);
-            let pod = pods.get("attacker").await?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
-                break pod;
+            most_held = most_held.max(held_by_drainer(port)?);
+            ensure!(started.elapsed() < LIMIT / 2, "the attacker never opened its connections");
+        }
+        let opened_at = Instant::now();
+        let released = loop {
+            during.push(t.handoff().await?.0);
+            let held = held_by_drainer(port)?;
+            most_held = most_held.max(held);
+            if held <= OWN_CONNECTIONS {
+                break opened_at.elapsed();
             }
+            ensure!(
+                opened_at.elapsed() < Duration::from_secs(30),
+                "drainer still holds {held} connections 30 s after the attacker opened its own"
+            );
         };
+        let ended = wait_for_pod_phase(&pods, "attacker", &["Succeeded", "Failed"], WAIT).await?;
         let mut after = Vec::new();
         for _ in 0..10 {
             after.push(t.handoff().await?.0);
         }
-        let tally = env.container_log(&ended, "attack")?;
-        eprintln!("kube_abuse figures: the attacker pod: {}", tally.trim());
+        // Its last line, once the log has it.
+        let mut tally = env.container_log(&ended, "attack")?;
+        for _ in 0..50 {
+            if tally.contains("still-open") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tally = env.container_log(&ended, "attack")?;
+        }
+        let phase = ended.status.as_ref().and_then(|s| s.phase.clone());
+        eprintln!(
+            "kube_abuse figures: the attacker pod ({}): {}",
+            phase.unwrap_or_default(),
+            tally.trim().replace('\n', "; ")
+        );
+        eprintln!(
+            "kube_abuse figures: drainer held at most {most_held} connections, and {OWN_CONNECTIONS} or fewer {released:?} after the attacker had opened all of its"
+        );
         eprintln!("kube_abuse figures: the pod's handoffs without the attack: {}", percentiles(&mut quiet));
         eprintln!("kube_abuse figures: the pod's handoffs during {HALF_OPEN_CONNECTIONS} half-open connections: {}", percentiles(&mut during));
         eprintln!("kube_abuse figures: the pod's handoffs after the attack: {}", percentiles(&mut after));
-        let phase = ended.status.as_ref().and_then(|s| s.phase.clone());
-        ensure!(phase.as_deref() == Some("Succeeded"), "the attacker's connections were not all closed: {tally}");
-        let count = |word: &str| -> Option<usize> {
-            let mut words = tally.split_whitespace();
-            words.position(|w| w == word)?;
-            words.next()?.parse().ok()
-        };
-        let (opened, closed) = (count("opened"), count("closed"));
+        let opened = tally
+            .split_whitespace()
+            .skip_while(|w| *w != "opened")
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok());
         ensure!(
-            opened.is_some_and(|o| o >= HALF_OPEN_CONNECTIONS * 4 / 5) && opened == closed,
-            "most connections connected, and drainer closed each: {tally}"
+            opened.is_some_and(|o| o >= HALF_OPEN_CONNECTIONS * 4 / 5),
+            "most of the attacker's connections connected: {tally}"
         );
+        ensure!(most_held > OWN_CONNECTIONS, "the attack reached drainer: {most_held} connections at most");
         t.finish().await
     })
     .await

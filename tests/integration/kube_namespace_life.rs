@@ -310,7 +310,7 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
         let ops = TestNamespace::new("ns-life-ops").await?;
         let outsider = w.outsider(&ops, false).await?;
         let (dest, out) = w.restore(&outsider, "outsider-refused", &[]).await;
-        failed_saying(&out, "create on restores.drainer.io")?;
+        failed_saying(&out, "or create restores.drainer.io")?;
         nothing_in(&dest)?;
         w.outsider(&ops, true).await?;
         let dest = eventually("the granted outsider restores", WAIT, || async {
