@@ -640,15 +640,17 @@ async fn drainer_may(client: &Client, access: Access) -> Result<bool> {
 
 /// The installed RBAC grants what drainer does and not what it must not: read Secrets (in
 /// any namespace, its own included: it gets its settings from the kubelet, not the API),
-/// delete or create pods, delete claims, change StatefulSets, write Leases other than its
-/// own.
+/// delete or create pods, create claims (deleting them, to give a reclaimed ordinal's storage
+/// back, is granted; the policy drainer-claims confines it to claims drainer marked), change
+/// StatefulSets, write Leases other than its own.
 async fn check_rbac_is_least(client: &Client) -> Result<()> {
     const LEASES: &str = "coordination.k8s.io";
-    let needed: [Access; 16] = [
+    let needed: [Access; 17] = [
         ("list", "", "pods", None, ""),
         ("get", "", "namespaces", None, ""),
         ("watch", "", "persistentvolumeclaims", None, ""),
         ("patch", "", "persistentvolumeclaims", Some(APPS), ""),
+        ("delete", "", "persistentvolumeclaims", Some(APPS), ""),
         ("create", "batch", "jobs", Some(APPS), ""),
         ("delete", "batch", "jobs", Some(APPS), ""),
         ("create", "", "configmaps", Some(APPS), ""),
@@ -684,7 +686,7 @@ async fn check_rbac_is_least(client: &Client) -> Result<()> {
         ("delete", "", "pods", Some(APPS), ""),
         ("create", "", "pods", Some(APPS), ""),
         ("create", "", "pods/exec", Some(APPS), ""),
-        ("delete", "", "persistentvolumeclaims", Some(APPS), ""),
+        ("create", "", "persistentvolumeclaims", Some(APPS), ""),
         ("update", "apps", "statefulsets", Some(APPS), ""),
         ("patch", "apps", "statefulsets", Some(APPS), ""),
         ("create", "", "serviceaccounts/token", Some(APPS), "default"),

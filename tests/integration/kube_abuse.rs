@@ -7,13 +7,15 @@
 //! the reviews sent stay within the gate's burst plus its rate over the attack's duration,
 //! every bad token is answered `401` or `429` with a JSON error, and a pod handing off with a
 //! fresh token of its own (reviewed like any unknown token) is answered `2xx` during the
-//! attack. Handoff latencies with and without the attack are printed (`eprintln`), never
-//! asserted.
+//! attack. And a pod of the cluster holds 5,000 connections half-open: drainer closes each,
+//! and the pod's handoffs are answered meanwhile. Handoff latencies with and without the
+//! attacks are printed (`eprintln`), never asserted.
 
 use crate::support::cluster::TestNamespace;
-use crate::support::kube::{from_json, with_timeout};
+use crate::support::forward::Forward;
+use crate::support::kube::{KubeEnv, from_json, wait_for_pod_phase, with_timeout};
 use crate::support::serve::Serve;
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -58,6 +60,11 @@ impl std::ops::Deref for Target {
 
 impl Target {
     async fn new(prefix: &str) -> Result<Self> {
+        Self::with_args(prefix, &[]).await
+    }
+
+    /// [`Target::new`], with `extra` arguments for drainer.
+    async fn with_args(prefix: &str, extra: &[&str]) -> Result<Self> {
         let namespace = TestNamespace::with_web_account(prefix).await?;
         let post = PostParams::default();
         namespace.create_claim("data", "16Mi").await?;
@@ -71,6 +78,7 @@ impl Target {
             .kube_drainer()
             .lease(5)
             .args(&["--token-reviews-per-second", rate.as_str()])
+            .args(extra)
             .start(&namespace.work.join("data"))
             .await?;
         Ok(Self {
@@ -357,6 +365,170 @@ async fn one_bad_token_sent_five_hundred_times_costs_one_review() -> Result<()> 
             counted.get("cached_refusal") + counted.get("refused") == REPEATS as u64,
             "{counted:?}"
         );
+        t.finish().await
+    })
+    .await
+}
+
+/// What the attacker pod runs (`python3 -c SCRIPT N HOST PORT`): opens N connections to drainer
+/// one after another, sends part of a request head on four in five (nothing on the fifth) and
+/// never the rest, prints `opened O never-connected C`, then waits until each is closed (a
+/// response, e.g. a `408`, is read on until the close), at most 90 s, and prints `closed X
+/// still-open S` (exit 0 if none is).
+const HALF_OPEN: &str = r#"
+import resource, selectors, socket, sys, time
+n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
+partial = b"POST /v1/handoffs HTTP/1.1\r\nHost: drainer\r\nContent-Ty"
+held, never = [], 0
+for i in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=10)
+        if i % 5:
+            s.sendall(partial)
+    except OSError:
+        never += 1
+        continue
+    s.setblocking(False)
+    held.append(s)
+print(f"opened {len(held)} never-connected {never}", flush=True)
+sel = selectors.DefaultSelector()
+for s in held:
+    sel.register(s, selectors.EVENT_READ)
+still, deadline = len(held), time.time() + 90
+while still and time.time() < deadline:
+    for key, _ in sel.select(timeout=1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            still -= 1
+print(f"closed {len(held) - still} still-open {still}", flush=True)
+sys.exit(0 if still == 0 else 1)
+"#;
+
+/// Connections the attacker pod holds half-open.
+const HALF_OPEN_CONNECTIONS: usize = 5_000;
+
+/// Connections drainer's side holds on `port` (ESTABLISHED in this machine's
+/// `/proc/net/tcp`, where drainer and the forwarder to it run).
+fn held_by_drainer(port: u16) -> Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1).and_then(|a| a.rsplit_once(':'));
+            fields.get(3) == Some(&"01")
+                && local.and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count())
+}
+
+/// Connections of drainer's the pod `web`'s handoffs may hold at once (keep-alive).
+const OWN_CONNECTIONS: usize = 16;
+
+/// A pod of the cluster opens 5,000 connections to drainer (through this machine's address on
+/// the pod network, relayed to drainer's port) that send part of a request head, or nothing,
+/// and stall: once they are open, drainer's side holds none of them within a few header
+/// timeouts (those over its connection limit are closed at once, the others within the
+/// timeout), and the pod `web` hands off with a fresh token, answered `2xx`, during the attack
+/// and after it. What the attacker saw and the handoff latencies are printed, never asserted
+/// (an idle connection whose handshake a full accept queue dropped looks open to its client
+/// forever, though no server holds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_from_a_pod_are_dropped_and_handoffs_still_answered() -> Result<()> {
+    with_timeout(LIMIT, async {
+        let t = Target::with_args(
+            "kube-abuse-half-open",
+            &["--header-timeout", "2", "--body-timeout", "2"],
+        )
+        .await?;
+        let env = KubeEnv::load()?;
+        let upstream = t.serve.url.trim_start_matches("http://").to_owned();
+        let port: u16 = upstream.rsplit_once(':').context("no port")?.1.parse()?;
+        let forward = Forward::start(&env.host_ip, &upstream).await?;
+        let mut quiet = Vec::new();
+        for _ in 0..10 {
+            quiet.push(t.handoff().await?.0);
+        }
+        let (host, forward_port) = forward.address.rsplit_once(':').context("no port")?;
+        let attacker: Pod = from_json(json!({
+            "metadata": {"name": "attacker"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "attack", "image": "registry.invalid/attack:1",
+                    "command": ["python3", "-c", HALF_OPEN,
+                                HALF_OPEN_CONNECTIONS.to_string(), host, forward_port]
+                }]
+            }
+        }));
+        let pods = t.api::<Pod>();
+        pods.create(&PostParams::default(), &attacker).await?;
+        let pod = wait_for_pod_phase(&pods, "attacker", &["Running", "Succeeded", "Failed"], WAIT).await?;
+        // The pod's handoffs while it opens its connections, then until drainer holds none.
+        let (mut during, mut most_held) = (Vec::new(), 0);
+        let started = Instant::now();
+        while !env.container_log(&pod, "attack")?.contains("opened") {
+            during.push(t.handoff().await?.0);
+            most_held = most_held.max(held_by_drainer(port)?);
+            ensure!(started.elapsed() < LIMIT / 2, "the attacker never opened its connections");
+        }
+        let opened_at = Instant::now();
+        let released = loop {
+            during.push(t.handoff().await?.0);
+            let held = held_by_drainer(port)?;
+            most_held = most_held.max(held);
+            if held <= OWN_CONNECTIONS {
+                break opened_at.elapsed();
+            }
+            ensure!(
+                opened_at.elapsed() < Duration::from_secs(30),
+                "drainer still holds {held} connections 30 s after the attacker opened its own"
+            );
+        };
+        let ended = wait_for_pod_phase(&pods, "attacker", &["Succeeded", "Failed"], WAIT).await?;
+        let mut after = Vec::new();
+        for _ in 0..10 {
+            after.push(t.handoff().await?.0);
+        }
+        // Its last line, once the log has it.
+        let mut tally = env.container_log(&ended, "attack")?;
+        for _ in 0..50 {
+            if tally.contains("still-open") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tally = env.container_log(&ended, "attack")?;
+        }
+        let phase = ended.status.as_ref().and_then(|s| s.phase.clone());
+        eprintln!(
+            "kube_abuse figures: the attacker pod ({}): {}",
+            phase.unwrap_or_default(),
+            tally.trim().replace('\n', "; ")
+        );
+        eprintln!(
+            "kube_abuse figures: drainer held at most {most_held} connections, and {OWN_CONNECTIONS} or fewer {released:?} after the attacker had opened all of its"
+        );
+        eprintln!("kube_abuse figures: the pod's handoffs without the attack: {}", percentiles(&mut quiet));
+        eprintln!("kube_abuse figures: the pod's handoffs during {HALF_OPEN_CONNECTIONS} half-open connections: {}", percentiles(&mut during));
+        eprintln!("kube_abuse figures: the pod's handoffs after the attack: {}", percentiles(&mut after));
+        let opened = tally
+            .split_whitespace()
+            .skip_while(|w| *w != "opened")
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok());
+        ensure!(
+            opened.is_some_and(|o| o >= HALF_OPEN_CONNECTIONS * 4 / 5),
+            "most of the attacker's connections connected: {tally}"
+        );
+        ensure!(most_held > OWN_CONNECTIONS, "the attack reached drainer: {most_held} connections at most");
         t.finish().await
     })
     .await

@@ -9,7 +9,7 @@
 //! ConfigMap that is not a hold (created in `kube-system`, or another one deleted); a claim
 //! owner that is not drainer's (a ConfigMap that does not exist, a guard to another namespace
 //! or UID, an owner as controller); an annotation, label or spec change that is not
-//! drainer's. It must accept every mover Job drainer builds (`mover_job`, for each identity a
+//! drainer's; the delete of a claim drainer did not mark `drainer.io/reclaim`. It must accept every mover Job drainer builds (`mover_job`, for each identity a
 //! namespace's Pod Security level leads to), a hold, and drainer's own claim changes: a refusal
 //! that RBAC would have made too would prove nothing, so the accepted twin of each refused
 //! request shows that only the policy stands in the way.
@@ -555,6 +555,54 @@ async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
         result
     })
     .await
+}
+
+/// drainer deletes only the claims it marked `drainer.io/reclaim` (reclaim.rs); RBAC grants
+/// it the delete of every claim, so the unmarked claim's refusal is the policy's, and the
+/// marked twin's acceptance shows nothing else stands in the way.
+#[tokio::test]
+async fn drainer_deletes_only_the_claims_it_marked_for_reclaim() -> Result<()> {
+    with_policies(|admin, drainer| async move {
+        let ns = create_namespace(&admin, "admission-reclaim").await?;
+        let result = claim_deletes(&admin, &drainer, &ns).await;
+        delete_namespace(&admin, &ns).await?;
+        result
+    })
+    .await
+}
+
+async fn claim_deletes(admin: &Client, drainer: &Client, ns: &str) -> Result<()> {
+    let claim = |name: &str, annotations: Value| -> Result<PersistentVolumeClaim> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))?)
+    };
+    let as_admin = Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns);
+    let unmarked = claim("data-web-1", json!({"drainer.io/last-snapshot": "s-1"}))?;
+    let marked = claim("data-web-2", json!({"drainer.io/reclaim": "s-2"}))?;
+    for c in [&unmarked, &marked] {
+        as_admin.create(&PostParams::default(), c).await?;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(drainer.clone(), ns);
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    refused(
+        claims.delete("data-web-1", &dry).await,
+        "drainer-claims",
+        "the delete of a claim drainer did not mark drainer.io/reclaim",
+    )?;
+    accepted(
+        claims.delete("data-web-2", &dry).await,
+        "the delete of a claim drainer marked drainer.io/reclaim",
+    )?;
+    ensure!(
+        as_admin.get_opt("data-web-2").await?.is_some(),
+        "a dry run deletes nothing"
+    );
+    Ok(())
 }
 
 /// drainer changes a claim only by its holds and guards and its own annotations.

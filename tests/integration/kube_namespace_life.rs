@@ -7,7 +7,8 @@
 //! asking for `earlier=true` is refused); an operator of the new namespace granted `create` on
 //! its restores is refused the earlier life too, naming `read-earlier`, and granted that as
 //! well reads it; the admin's explicit read (`--earlier-namespace`) restores it; both reads
-//! are recorded in the ledger.
+//! are recorded in the ledger. A ServiceAccount of another namespace restores the claim only
+//! once RBAC in the claim's namespace grants it.
 
 use crate::support::cluster::{TestNamespace, WebSet, run_mover};
 use crate::support::kube::{delete_namespace, eventually, from_json, with_timeout};
@@ -189,6 +190,39 @@ impl World {
         self.token("restorer", &["drainer"], None).await
     }
 
+    /// ServiceAccount `backup` of namespace `other` (a backup team's), granted `create` on the
+    /// claim's `restores` in this namespace by a RoleBinding here if `granted`; its token for
+    /// drainer.
+    async fn outsider(&self, other: &TestNamespace, granted: bool) -> Result<String> {
+        let sa: ServiceAccount = from_json(json!({"metadata": {"name": "backup"}}));
+        let _ = other
+            .api::<ServiceAccount>()
+            .create(&PostParams::default(), &sa)
+            .await;
+        if granted {
+            let role: Role = from_json(json!({
+                "metadata": {"name": "backup-restore"},
+                "rules": [{
+                    "apiGroups": ["drainer.io"], "resources": ["restores"],
+                    "resourceNames": [PVC], "verbs": ["create"]
+                }]
+            }));
+            let binding: RoleBinding = from_json(json!({
+                "metadata": {"name": "backup-restore"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "backup-restore"},
+                "subjects": [{"kind": "ServiceAccount", "name": "backup", "namespace": other.ns}]
+            }));
+            let apply = PatchParams::apply("drainer-tests").force();
+            self.api::<Role>()
+                .patch("backup-restore", &apply, &Patch::Apply(&role))
+                .await?;
+            self.api::<RoleBinding>()
+                .patch("backup-restore", &apply, &Patch::Apply(&binding))
+                .await?;
+        }
+        other.token("backup", &["drainer"], None).await
+    }
+
     /// Deletes the namespace, waits until it is gone, and creates it again; its new UID.
     async fn make_namespace_again(&self) -> Result<String> {
         delete_namespace(&self.client, &self.ns).await?;
@@ -270,6 +304,27 @@ async fn a_namespace_made_again_restores_nothing_of_the_earlier_one() -> Result<
         );
         let diffs = differences(&kept, &dest);
         ensure!(diffs.is_empty(), "the scale-up restore differs: {diffs:#?}");
+
+        // A ServiceAccount of another namespace (a backup team's) is refused, naming the grant
+        // it lacks; granted `create` on the claim's restores here, it restores exactly.
+        let ops = TestNamespace::new("ns-life-ops").await?;
+        let outsider = w.outsider(&ops, false).await?;
+        let (dest, out) = w.restore(&outsider, "outsider-refused", &[]).await;
+        failed_saying(&out, "or create restores.drainer.io")?;
+        nothing_in(&dest)?;
+        w.outsider(&ops, true).await?;
+        let dest = eventually("the granted outsider restores", WAIT, || async {
+            let (dest, out) = w.restore(&outsider, "outsider", &[]).await;
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            ensure!(out.status.success(), "{stderr}");
+            Ok(dest)
+        })
+        .await?;
+        let diffs = differences(&kept, &dest);
+        ensure!(
+            diffs.is_empty(),
+            "the outsider's restore differs: {diffs:#?}"
+        );
 
         // Another team's namespace of the same name, claim and pod.
         w.delete_claim_and_pod().await?;

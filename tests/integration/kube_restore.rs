@@ -27,11 +27,11 @@ const WAIT: Duration = Duration::from_secs(120);
 /// machine's drainer URL: an init container of that image restores the claim when it is empty
 /// (as uid 0, to restore owners, as the example does), a preStop hook hands it off (drainer
 /// installed into the pod by another init container of the image, as in
-/// `deploy/examples/prestop-handoff.yaml`).
-fn web(replicas: u32, image: &str, drainer_url: &str) -> WebSet {
+/// `deploy/examples/prestop-handoff.yaml`). `kube_reclaim` uses it with `Retain`.
+pub(crate) fn web(replicas: u32, image: &str, drainer_url: &str, when_scaled: &str) -> WebSet {
     WebSet::new(replicas)
         .parallel()
-        .when_scaled("Delete")
+        .when_scaled(when_scaled)
         .web_account()
         .grace(Duration::from_secs(10))
         .restores_from(drainer_url, image)
@@ -43,12 +43,12 @@ fn web(replicas: u32, image: &str, drainer_url: &str) -> WebSet {
 /// A namespace with ServiceAccount `web`, a drainer serving it with movers external (the test
 /// runs each claim's mover itself, as a mover Job would), and a forwarder from where pods
 /// reach this machine to the drainer.
-struct World {
+pub(crate) struct World {
     namespace: TestNamespace,
-    env: KubeEnv,
-    serve: Serve,
+    pub env: KubeEnv,
+    pub serve: Serve,
     /// The drainer's URL for pods.
-    url: String,
+    pub url: String,
     _forward: Forward,
 }
 
@@ -62,11 +62,17 @@ impl std::ops::Deref for World {
 
 impl World {
     async fn new() -> Result<Self> {
+        Self::with_drainer("kube-restore", &[]).await
+    }
+
+    /// A namespace named from `prefix`, its drainer started with the further flags `args`.
+    pub(crate) async fn with_drainer(prefix: &str, args: &[&str]) -> Result<Self> {
         let env = KubeEnv::load()?;
-        let namespace = TestNamespace::with_web_account("kube-restore").await?;
+        let namespace = TestNamespace::with_web_account(prefix).await?;
         let serve = namespace
             .kube_drainer()
             .lease(5)
+            .args(args)
             .start(&namespace.work.join("data"))
             .await?;
         let forward = Forward::start(&env.host_ip, serve.url.trim_start_matches("http://")).await?;
@@ -79,23 +85,23 @@ impl World {
         })
     }
 
-    async fn finish(self) -> Result<()> {
+    pub(crate) async fn finish(self) -> Result<()> {
         self.namespace.finish().await
     }
 
     /// The running pod `name` (its init container done).
-    async fn running(&self, name: &str) -> Result<Pod> {
+    pub(crate) async fn running(&self, name: &str) -> Result<Pod> {
         self.running_pod(name, WAIT).await
     }
 
     /// The directory of claim `name` (bound), with its UID.
-    async fn claim_dir(&self, name: &str) -> Result<(PathBuf, String)> {
+    pub(crate) async fn claim_dir(&self, name: &str) -> Result<(PathBuf, String)> {
         let dir = self.bound_claim_dir(name, WAIT).await?;
         let claim = self.api::<PersistentVolumeClaim>().get(name).await?;
         Ok((dir, claim.metadata.uid.unwrap_or_default()))
     }
 
-    async fn claim_gone(&self, name: &str) -> Result<()> {
+    pub(crate) async fn claim_gone(&self, name: &str) -> Result<()> {
         let claims = self.api::<PersistentVolumeClaim>();
         eventually(format!("claim {name} deleted"), WAIT, || async {
             ensure!(claims.get_opt(name).await?.is_none(), "still there");
@@ -106,7 +112,7 @@ impl World {
 
     /// Copies claim `pvc` through its drain: waits for the drain drainer made when the pod was
     /// condemned, runs the mover on the claim's directory, waits for `completed`.
-    async fn drain(&self, pvc: &str, dir: &Path) -> Result<()> {
+    pub(crate) async fn drain(&self, pvc: &str, dir: &Path) -> Result<()> {
         let id = eventually(format!("a drain of {pvc} copying"), WAIT, || async {
             let drains = self
                 .serve
@@ -128,7 +134,7 @@ impl World {
 }
 
 /// What ordinal `i` writes into its claim: files of its own, a subdirectory, a hard link.
-fn fill(dir: &Path, i: u64) -> Result<()> {
+pub(crate) fn fill(dir: &Path, i: u64) -> Result<()> {
     std::fs::write(dir.join("owner.txt"), format!("web-{i}\n"))?;
     std::fs::create_dir_all(dir.join("db/wal"))?;
     std::fs::write(dir.join("db/data"), bytes(i, 12 << 20))?;
@@ -142,7 +148,7 @@ async fn scaled_away_ordinals_come_back_with_exactly_their_data() -> Result<()> 
     with_timeout(LIMIT, async {
         let w = World::new().await?;
         let image = drainer_image(&w.env).await?;
-        web(3, image, &w.url).create(&w).await?;
+        web(3, image, &w.url, "Delete").create(&w).await?;
         let pods = w.api::<Pod>();
         let mut before = Vec::new();
         for i in 0..3u64 {

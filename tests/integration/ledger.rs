@@ -705,3 +705,68 @@ async fn postgres_namespace_lives_and_earlier_reads_are_recorded() {
         .unwrap();
     namespace_lives_and_earlier_reads_are_recorded(ledger).await;
 }
+
+/// A reclaim pins its snapshot from before the delete on; a delete that did not happen
+/// unpins it, a delete that happened keeps it pinned (unpinning it then changes nothing).
+async fn reclaims_pin_their_snapshots(ledger: Ledger) {
+    use drainer_core::ledger::Reclaim;
+    let reclaim = |uid: &str, pvc: &str, snapshot: &str| Reclaim {
+        pvc_uid: uid.into(),
+        namespace: "shop".into(),
+        pvc: pvc.into(),
+        statefulset: "web".into(),
+        drain_id: format!("d-{pvc}"),
+        snapshot: snapshot.into(),
+        decided: 1_000,
+        deleted: None,
+        replica: "r1".into(),
+    };
+    ledger
+        .pin_reclaim(&reclaim("u1", "data-web-1", "s-1"))
+        .await
+        .unwrap();
+    ledger
+        .pin_reclaim(&reclaim("u2", "data-web-2", "s-2"))
+        .await
+        .unwrap();
+    // Another replica's refused attempt took u1's pin off meanwhile: the record restores it.
+    ledger.unpin_reclaim("u1").await.unwrap();
+    let deleted = Reclaim {
+        deleted: Some(2_000),
+        ..reclaim("u1", "data-web-1", "s-1")
+    };
+    ledger.reclaimed(&deleted).await.unwrap();
+    let pinned = ledger.pinned_snapshots().await.unwrap();
+    assert_eq!(pinned.len(), 2, "{pinned:?}");
+    assert!(pinned["shop/data-web-2"].contains("s-2"));
+    ledger.unpin_reclaim("u2").await.unwrap();
+    ledger.unpin_reclaim("u1").await.unwrap();
+    let pinned = ledger.pinned_snapshots().await.unwrap();
+    assert_eq!(
+        pinned.keys().collect::<Vec<_>>(),
+        ["shop/data-web-1"],
+        "the deleted claim's pin stays"
+    );
+    let recorded = ledger.reclaims().await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        (recorded[0].deleted, recorded[0].snapshot.as_str()),
+        (Some(2_000), "s-1")
+    );
+}
+
+#[tokio::test]
+async fn sqlite_reclaims_pin_their_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    reclaims_pin_their_snapshots(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_reclaims_pin_their_snapshots() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    reclaims_pin_their_snapshots(ledger).await;
+}

@@ -22,6 +22,7 @@ mod kube_movers;
 mod kube_namespace_life;
 mod kube_operators;
 mod kube_pod_security;
+mod kube_reclaim;
 mod kube_restore;
 mod kube_runtime;
 mod kube_supervision;

@@ -41,6 +41,14 @@ pub struct KubeArgs {
     /// keeps the drain itself.
     #[arg(long, env = "DRAINER_DRAIN_OBJECTS_TTL", default_value = "604800", value_parser = parse_seconds)]
     pub drain_objects_ttl: Duration,
+    /// Give the storage of scaled-away ordinals back: delete the claim of a scaled-away
+    /// ordinal this long (`30m`, `7d`) after its drain completed, when no pod mounts it (its
+    /// snapshot verified first and pinned against retention; the data comes back through the
+    /// restore init container). `off` (the default) or `0`: only StatefulSets annotated
+    /// `drainer.io/reclaim-after: DURATION` are reclaimed; that annotation wins either way
+    /// (`0` or `off` opts a StatefulSet out).
+    #[arg(long, env = "DRAINER_RECLAIM_AFTER", default_value = "off")]
+    pub reclaim_after: crate::reclaim::ReclaimAfter,
     /// Mover Jobs.
     #[command(flatten)]
     pub movers: MoverJobArgs,

@@ -271,6 +271,28 @@ impl KubeEvents {
         self.record("-", &regarding, None, &said).await;
     }
 
+    /// Records a Normal Event `reason` (action `action`) saying `note` about `regarding`,
+    /// outside any drain (a claim reclaimed, on the claim and on its StatefulSet).
+    pub(crate) async fn tell(
+        &self,
+        regarding: ObjectReference,
+        reason: &'static str,
+        action: &'static str,
+        note: &str,
+    ) {
+        let Ok(_turn) = self.turns.acquire().await else {
+            return;
+        };
+        let said = Said {
+            reason,
+            type_: "Normal",
+            action,
+            note: truncate(note.to_owned(), MAX_NOTE),
+            snapshot: None,
+        };
+        self.record("-", &regarding, None, &said).await;
+    }
+
     /// Records `said` about `regarding`, or counts up its series (`drain`: whose it is, for
     /// the log).
     async fn record(

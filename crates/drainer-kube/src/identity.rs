@@ -555,23 +555,23 @@ impl Authority for TokenReviews {
         })
     }
 
-    /// A pod restores what it mounts; any workload what RBAC grants it (`create` on
-    /// `restores.drainer.io` in the volume's namespace).
+    /// A pod restores what it mounts; any workload, of any namespace, what RBAC grants it
+    /// (`create` on `restores.drainer.io` in the volume's namespace, by the claim's name, as
+    /// a user): a grant in the claim's namespace is its owners' to give.
     async fn may_restore(&self, workload: &Workload, volume: &VolumeId) -> Result<(), Denied> {
         let refused = match drainer_server::auth::restore_own_mount(workload, volume) {
             Ok(()) => return Ok(()),
             Err(refused) => refused,
         };
-        if volume.namespace == workload.namespace
-            && self
-                .may(
-                    workload,
-                    "create",
-                    "restores",
-                    &volume.namespace,
-                    Some(&volume.name),
-                )
-                .await?
+        if self
+            .may(
+                workload,
+                "create",
+                "restores",
+                &volume.namespace,
+                Some(&volume.name),
+            )
+            .await?
         {
             return Ok(());
         }

@@ -10,7 +10,8 @@
 //! tells the retention pass which claims exist and how they are annotated, [`drain_objects`]
 //! keeps a `Drain` object per drain in step with the ledger and takes the drains, retries,
 //! cancels and abandons users ask for with them, [`lives`] records which life of its namespace
-//! each copy belongs to. Core modules never import this one.
+//! each copy belongs to, [`reclaim`] gives back the storage of scaled-away ordinals drained
+//! long enough ago (opt-in). Core modules never import this one.
 
 pub mod args;
 pub mod client;
@@ -26,6 +27,7 @@ pub mod memory;
 pub mod mode;
 pub mod movers;
 pub mod planner;
+pub mod reclaim;
 pub mod release;
 pub mod retention;
 pub mod sweep;

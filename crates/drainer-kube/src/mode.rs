@@ -1,7 +1,7 @@
 //! Kubernetes mode as the server sees it: the [`MakeMode`] that builds the server's seams
 //! (authority, intake, notifier, executor, sweeper, retention's claims) from the cluster
 //! and starts Kubernetes mode's long-lived tasks (watches, release tracker, StatefulSet
-//! memory, sweeper Lease, standing guards, Drain objects) under the service's supervisor.
+//! memory, sweeper Lease, standing guards, Drain objects, the reclaimer) under the service's supervisor.
 
 use crate::args::KubeArgs;
 use crate::lease::{Holding, Keeper, LEASE_DURATION, Lease, RENEW_EVERY, SWEEPER_LEASE};
@@ -164,6 +164,18 @@ impl Parts<'_> {
         };
         base.supervisor
             .spawn("guards", move |stop| guards.clone().run(stop));
+        let reclaimer = crate::reclaim::Reclaimer {
+            cluster: self.cluster.clone(),
+            ledger: base.ledger.clone(),
+            store: base.store.clone(),
+            events: Arc::clone(&self.events),
+            lease: self.holding.clone(),
+            default: self.kube.reclaim_after,
+            replica: base.owner.to_owned(),
+            verified: Arc::default(),
+        };
+        base.supervisor
+            .spawn("reclaimer", move |stop| reclaimer.clone().run(stop));
     }
 
     /// A Drain object per drain: the Lease's holder (every replica when there is no Lease)

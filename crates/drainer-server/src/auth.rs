@@ -204,8 +204,9 @@ impl Action {
     }
 
     /// The RBAC verb and resource (of API group [`GROUP`]) that grant the action, if any
-    /// does. Handoffs and restores are granted to a workload in its own namespace only (see
-    /// [`Authority::may_hand_off`]); the mover protocol to movers only.
+    /// does. Handoffs are granted to a workload in its own namespace only (see
+    /// [`Authority::may_hand_off`]), restores in the claim's namespace (see
+    /// [`Authority::may_restore`]); the mover protocol to movers only.
     pub fn permission(self) -> Option<(&'static str, &'static str)> {
         Some(match self {
             Action::Handoff => ("create", "handoffs"),

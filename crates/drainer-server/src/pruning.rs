@@ -5,7 +5,8 @@
 //! the service's `--keep-*` flags; none at all keeps everything (the default). A bad
 //! annotation keeps everything for that volume and says why in a warning.
 //!
-//! What a pass never does: prune a volume that is busy (an unfinished copy run, or a drain
+//! What a pass never does: delete a snapshot that a claim drainer reclaimed relies on (the
+//! ledger's `reclaims` pin it, see `drainer_core::snapshot::retention::decide_pinned`), prune a volume that is busy (an unfinished copy run, or a drain
 //! that has not ended, as the ledger says), delete a volume's latest or newest snapshot (so
 //! never the only one), or touch the volumes of a claim that is gone (local mode: whose
 //! directory is gone) until `--keep-deleted-for` has passed since drainer last saw it (the
@@ -24,7 +25,7 @@ use drainer_core::snapshot::retention::{self, Policy, Span};
 use drainer_core::snapshot::{self, Listed};
 use drainer_core::store::Store;
 use drainer_core::volume::VolumeId;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,17 +261,20 @@ impl Pruner {
         self.ledger.record_volume_sightings(&seen).await?;
         let sightings = self.ledger.volume_sightings().await?;
         let busy = self.ledger.busy_volumes(self.store.url()).await?;
+        let pinned = self.ledger.pinned_snapshots().await?;
+        let no_pins = BTreeSet::new();
         let mut report = PassReport {
             volumes: volumes.len(),
             ..PassReport::default()
         };
         for volume in &volumes {
             let name = volume.to_string();
-            let facts = (
-                claims.get(&name),
-                busy.get(&name).map(String::as_str),
-                sightings.get(&name).copied(),
-            );
+            let facts = Facts {
+                claim: claims.get(&name),
+                busy: busy.get(&name).map(String::as_str),
+                last_seen_ms: sightings.get(&name).copied(),
+                pinned: pinned.get(&name).unwrap_or(&no_pins),
+            };
             match self.volume(volume, facts).await {
                 Ok(Some((snapshots, objects))) => {
                     report.pruned += 1;
@@ -303,13 +307,13 @@ impl Pruner {
     async fn volume(
         &self,
         volume: &VolumeId,
-        (claim, busy, last_seen_ms): (Option<&ClaimFacts>, Option<&str>, Option<i64>),
+        facts: Facts<'_>,
     ) -> Result<Option<(u64, u64)>, Error> {
         let listed = snapshot::list_snapshots(&self.store, volume).await?;
         let state = VolumeState {
-            claim,
-            busy,
-            last_seen_ms,
+            claim: facts.claim,
+            busy: facts.busy,
+            last_seen_ms: facts.last_seen_ms,
             newest_ms: newest_ms(&listed),
         };
         let (policy, source) =
@@ -320,8 +324,15 @@ impl Pruner {
                 }
                 Step::Prune { policy, source } => (policy, source),
             };
-        let report =
-            snapshot::catalog::prune_listed(&self.store, volume, listed, &policy, false).await?;
+        let report = snapshot::catalog::prune_listed(
+            &self.store,
+            volume,
+            listed,
+            &policy,
+            facts.pinned,
+            false,
+        )
+        .await?;
         if report.deleted.is_empty() {
             return Ok(None);
         }
@@ -352,6 +363,18 @@ impl Pruner {
     }
 }
 
+/// What a pass knows of one volume before it lists its snapshots.
+struct Facts<'a> {
+    /// Its claim, when it exists.
+    claim: Option<&'a ClaimFacts>,
+    /// Why it is busy, if it is.
+    busy: Option<&'a str>,
+    /// When its claim was last seen (ms).
+    last_seen_ms: Option<i64>,
+    /// Its snapshots that reclaimed claims rely on (never pruned).
+    pinned: &'a BTreeSet<String>,
+}
+
 /// When the newest complete snapshot of `listed` completed (ms), if any.
 fn newest_ms(listed: &[Listed]) -> Option<i64> {
     listed
@@ -365,6 +388,81 @@ fn newest_ms(listed: &[Listed]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drainer_core::ledger::Reclaim;
+    use drainer_core::snapshot::CopyOptions;
+    use drainer_core::store::StoreOptions;
+
+    /// A pass by `last=1` over three snapshots of a volume whose oldest a reclaimed claim
+    /// relies on: the middle one goes, the pinned one stays with the newest.
+    #[tokio::test]
+    async fn a_pass_never_prunes_the_snapshot_a_reclaimed_claim_relies_on() {
+        const MIB: u64 = 1 << 20;
+        let work = tempfile::tempdir().unwrap();
+        let (root, source) = (work.path().join("volumes"), work.path().join("source"));
+        std::fs::create_dir_all(root.join("shop/data-web-2")).unwrap();
+        std::fs::create_dir_all(&source).unwrap();
+        let url = format!("file://{}", work.path().join("store").display());
+        let options = StoreOptions {
+            timeout: Duration::from_secs(10),
+            create: true,
+            part_size: 8 * MIB,
+        };
+        let store = Store::open(&url, &options).unwrap();
+        let ledger = Ledger::open(None, &work.path().join("data")).await.unwrap();
+        let volume = VolumeId::new("shop", "data-web-2").unwrap();
+        let copy = CopyOptions {
+            concurrency: 2,
+            part_size: 8 * MIB,
+            buffer_bytes: 8 * MIB,
+            check_hash: true,
+            origin: None,
+            compression: Default::default(),
+        };
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            std::fs::write(source.join("file"), format!("version {i} ").repeat(i + 1)).unwrap();
+            let done = snapshot::copy(&source, &store, &volume, &ledger, &copy, Arc::default())
+                .await
+                .unwrap();
+            ids.push(done.snapshot.snapshot.clone());
+        }
+        let pin = Reclaim {
+            pvc_uid: "uid-2".into(),
+            namespace: "shop".into(),
+            pvc: "data-web-2".into(),
+            statefulset: "web".into(),
+            drain_id: "d-1".into(),
+            snapshot: ids[0].clone(),
+            decided: drainer_core::ledger::now_ms(),
+            deleted: None,
+            replica: "r1".into(),
+        };
+        ledger.pin_reclaim(&pin).await.unwrap();
+        let deleted = Reclaim {
+            deleted: Some(pin.decided),
+            ..pin
+        };
+        ledger.reclaimed(&deleted).await.unwrap();
+        let pruner = Pruner {
+            ledger,
+            store: store.clone(),
+            metrics: Arc::default(),
+            claims: Arc::new(LocalClaims { root }),
+            settings: settings("last=1"),
+        };
+        let report = pruner.pass().await.unwrap().expect("a pass");
+        assert_eq!((report.pruned, report.snapshots), (1, 1), "{report:?}");
+        let mut left: Vec<String> = snapshot::list_snapshots(&store, &volume)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.snapshot().to_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [ids[0].clone(), ids[2].clone()]);
+        let pruned = pruner.ledger.prunes(10).await.unwrap();
+        assert_eq!(pruned[0].deleted, ids[1]);
+    }
 
     const DAY: i64 = 86_400_000;
 

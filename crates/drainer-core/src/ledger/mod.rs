@@ -10,6 +10,7 @@
 mod drains;
 mod earlier_reads;
 mod intake;
+mod reclaims;
 mod relay;
 mod retention;
 mod runs;
@@ -20,6 +21,7 @@ pub use drains::{
     StateSummary, Transition, Writer,
 };
 pub use earlier_reads::EarlierRead;
+pub use reclaims::Reclaim;
 pub use relay::{RelayPart, RelayRecord};
 pub use retention::PruneRecord;
 pub use runs::{CopiedSoFar, RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};

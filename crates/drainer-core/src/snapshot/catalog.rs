@@ -25,7 +25,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use tokio::io::AsyncBufReadExt;
 
 /// The summary of a complete snapshot (`snapshot.json`).
@@ -649,19 +649,21 @@ pub async fn prune_by(
     plan_only: bool,
 ) -> Result<PruneReport> {
     let listed = list_snapshots(store, volume).await?;
-    prune_listed(store, volume, listed, policy, plan_only).await
+    prune_listed(store, volume, listed, policy, &BTreeSet::new(), plan_only).await
 }
 
-/// [`prune_by`] on a listing of `volume` the caller has just read.
+/// [`prune_by`] on a listing of `volume` the caller has just read; the snapshots in `pinned`
+/// stay whatever `policy` says ([`retention::decide_pinned`]).
 pub async fn prune_listed(
     store: &Store,
     volume: &VolumeId,
     listed: Vec<Listed>,
     policy: &Policy,
+    pinned: &BTreeSet<String>,
     plan_only: bool,
 ) -> Result<PruneReport> {
     let latest = read_latest(store, volume).await?.map(|id| id.to_string());
-    let plan = retention::decide(&listed, latest.as_deref(), policy);
+    let plan = retention::decide_pinned(&listed, latest.as_deref(), pinned, policy);
     let mut report = PruneReport {
         kept: plan.kept(),
         deleted: plan.deleted(),

@@ -18,7 +18,8 @@
 //! policy says, the latest snapshot (the one `latest` names) and the newest complete one stay,
 //! every damaged snapshot stays (it is not counted by any rule), and so does a snapshot whose
 //! time cannot be read; so a policy never deletes every snapshot of a volume. The empty policy
-//! keeps everything.
+//! keeps everything. A snapshot pinned by the ledger (the one a claim drainer deleted to give
+//! its storage back relies on, [`decide_pinned`]) stays too, whatever the policy.
 //!
 //! The same policy is written as flags (`--keep-last 3 --keep-daily 7`) or as text
 //! (`last=3,within=30d,daily=7,weekly=4`, the `drainer.io/retention` annotation); `all` is the
@@ -27,7 +28,7 @@
 use super::catalog::Listed;
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -326,6 +327,34 @@ impl Plan {
 /// Decides, for every snapshot of a volume (`listed`, in any order), whether `policy` keeps it
 /// and why. `latest` is the snapshot the volume's `latest` pointer names (it always stays).
 pub fn decide(listed: &[Listed], latest: Option<&str>, policy: &Policy) -> Plan {
+    decide_pinned(listed, latest, &BTreeSet::new(), policy)
+}
+
+/// [`decide`], where every snapshot in `pinned` stays whatever the policy says (the reason
+/// names the pin: a claim drainer deleted to give its storage back relies on it).
+pub fn decide_pinned(
+    listed: &[Listed],
+    latest: Option<&str>,
+    pinned: &BTreeSet<String>,
+    policy: &Policy,
+) -> Plan {
+    let mut plan = decide_unpinned(listed, latest, policy);
+    for decision in &mut plan.snapshots {
+        if pinned.contains(&decision.snapshot) {
+            if !decision.keep {
+                decision.reasons.clear();
+            }
+            decision.keep = true;
+            decision.reasons.push(PINNED.to_owned());
+        }
+    }
+    plan
+}
+
+/// Why a pinned snapshot stays.
+pub const PINNED: &str = "pinned (a reclaimed claim relies on it; never pruned)";
+
+fn decide_unpinned(listed: &[Listed], latest: Option<&str>, policy: &Policy) -> Plan {
     let mut timed: Vec<(DateTime<Utc>, &str)> = Vec::new();
     let mut fixed: HashMap<&str, Vec<String>> = HashMap::new();
     for snapshot in listed {

@@ -480,7 +480,15 @@ async fn listable(
         }
         return Err(match not_restorable {
             Some(refusal) if earlier => refusal,
-            _ => asked.refuse(missing),
+            Some(_) => {
+                let restore = Action::Restore
+                    .on(Some(&volume.namespace), Some(&volume.name))
+                    .expect("restores have a permission");
+                asked
+                    .refuse(missing)
+                    .with_hint(&format!("or {restore}, which lists what it may restore"))
+            }
+            None => asked.refuse(missing),
         });
     }
     let bound = match asked.caller {

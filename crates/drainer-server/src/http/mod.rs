@@ -320,6 +320,12 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
+
+    /// The error with `hint` added to its message (another way to be allowed, say).
+    pub(crate) fn with_hint(mut self, hint: &str) -> Self {
+        self.message = format!("{} ({hint})", self.message);
+        self
+    }
 }
 
 impl IntoResponse for Error {
