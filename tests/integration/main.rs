@@ -6,6 +6,7 @@ mod bad_input;
 mod chart;
 mod compression;
 mod deploy;
+mod direct;
 mod encryption;
 mod engine;
 mod hardening;

@@ -10,6 +10,11 @@
 //! hundred requests, not twenty thousand. A drainer without that route is read one object at
 //! a time.
 //!
+//! Large reads go straight to the store where the drainer offers it: it signs a URL for the
+//! object (`GET …/objects/url`, short-lived, after the same checks as a read), the bytes come
+//! store → here, and a read the store does not answer as asked, or whose body breaks off, goes
+//! on through the drainer ([`DirectReads`]).
+//!
 //! Client side only (the drainer's side is `http::volumes`). Every request has the client's
 //! timeout; failures that may pass (the drainer restarting, a `503`) are retried for
 //! [`RETRY_FOR`]; a ranged read whose body breaks off midway is asked again for the rest.
@@ -18,8 +23,8 @@ use crate::args::ClientArgs;
 use crate::batching::Batcher;
 use crate::client::{Api, CallError};
 use bytes::Bytes;
-use drainer_core::protocol::Listing;
 use drainer_core::protocol::batch::{self, ReadBatch, ReadOutcome, ReadRequest};
+use drainer_core::protocol::{Listing, SignedUrl};
 use drainer_core::snapshot::{self, Listed, SnapshotSelector, SnapshotSummary};
 use drainer_core::store::{Barrier, Store, StoreOptions};
 use drainer_core::volume::VolumeId;
@@ -104,6 +109,7 @@ impl RemoteVolume {
     /// The volume's objects as a store the snapshot engine reads (and cannot write).
     pub fn store(&self, options: &StoreOptions) -> Store {
         let objects = Arc::new(ApiObjects {
+            direct: DirectReads::new(options.timeout),
             api: self.api.clone(),
             prefix: format!("volumes/{}/{}/", self.volume.namespace, self.volume.name),
             batches: OnceLock::new(),
@@ -170,6 +176,85 @@ struct ApiObjects {
     batches_served: AtomicBool,
     /// The query every request carries (see [`RemoteVolume`]).
     query: &'static str,
+    /// Large reads straight from the store, where the drainer offers them.
+    direct: DirectReads,
+}
+
+/// Large reads straight from the store, with URLs the drainer signs.
+#[derive(Debug)]
+struct DirectReads {
+    /// The client for the store (`None` if it could not be built: every read is relayed).
+    store: Option<reqwest::Client>,
+    /// Whether the drainer offers them (cleared at its first refusal).
+    offered: AtomicBool,
+}
+
+impl DirectReads {
+    /// Direct reads whose connections and reads time out after `timeout` (a whole large
+    /// body may take longer).
+    fn new(timeout: Duration) -> Self {
+        let store = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(timeout)
+            .build()
+            .ok();
+        Self {
+            offered: AtomicBool::new(store.is_some()),
+            store,
+        }
+    }
+
+    /// The store's answer to a read of `asked` (and the object's size), straight from the
+    /// store with a URL the drainer signs; `None` to read through the drainer: it does not
+    /// offer direct reads, or the store did not answer exactly what was asked.
+    async fn read(
+        &self,
+        reads: &ObjectReads,
+        query: &str,
+        asked: &std::ops::Range<u64>,
+    ) -> Option<(reqwest::Response, u64)> {
+        let store = self.store.as_ref()?;
+        if !self.offered.load(Ordering::Relaxed) {
+            return None;
+        }
+        let url = format!("{}{query}", reads.api.url("/objects/url"));
+        let key = [("key", reads.key.as_str())];
+        let signed: SignedUrl = match reads.api.json(|http| http.get(&url).query(&key)).await {
+            Ok(signed) => signed,
+            Err(e) => {
+                // 409: not offered; 404/405: a drainer older than direct reads.
+                if matches!(e.status(), Some(404 | 405 | 409)) {
+                    self.offered.store(false, Ordering::Relaxed);
+                }
+                tracing::debug!(key = %reads.key, error = %e, "reading through the drainer");
+                return None;
+            }
+        };
+        let range = range_header(&GetRange::Bounded(asked.clone()));
+        let answer = store
+            .get(&signed.url)
+            .header(reqwest::header::RANGE, range)
+            .send()
+            .await;
+        let refused = |why: String| {
+            tracing::warn!(key = %reads.key, why, "the store did not answer a direct read; reading through the drainer");
+            None
+        };
+        let response = match answer {
+            Ok(response) if response.status().as_u16() == 206 => response,
+            Ok(response) => return refused(format!("status {}", response.status())),
+            Err(e) => return refused(e.to_string()),
+        };
+        let span = response
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range);
+        match span {
+            Some((span, size)) if span == *asked => Some((response, size)),
+            other => refused(format!("asked for {asked:?}, answered {other:?}")),
+        }
+    }
 }
 
 /// One read of a batch: what the drainer found, or why the whole batch failed.
@@ -358,6 +443,17 @@ impl ApiObjects {
     /// A ranged read, whose body goes on where it broke off ([`ObjectReads::resuming`]).
     async fn ranged(&self, location: &Path, range: &GetRange) -> object_store::Result<GetResult> {
         let reads = self.reads(location);
+        if let GetRange::Bounded(asked) = range
+            && let Some((response, size)) = self.direct.read(&reads, self.query, asked).await
+        {
+            let body = reads.resuming(response, asked.clone(), size);
+            return Ok(Self::result(
+                location,
+                asked.clone(),
+                size,
+                GetResultPayload::Stream(body),
+            ));
+        }
         let (response, span, size) = reads
             .send(Some(range), false)
             .await
@@ -703,6 +799,7 @@ mod tests {
             batches: OnceLock::new(),
             batches_served: AtomicBool::new(true),
             query: "",
+            direct: DirectReads::new(timeout),
         }
     }
 

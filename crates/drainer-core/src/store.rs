@@ -5,7 +5,10 @@
 //! `ObjectStore` with the URL's prefix, bounded timeouts and retries, and a [`Store::flush`]
 //! barrier: for a local directory it calls `syncfs(2)` so every file and directory written so far
 //! is on disk (object_store's local backend does not fsync by itself); for remote stores an
-//! acknowledged request is already durable. This module knows nothing of snapshots.
+//! acknowledged request is already durable. An S3 store whose objects are not sealed also
+//! signs short-lived URLs for one request each (a part of an upload, a read of an object), so
+//! that movers and restores move bytes to and from the store without its credentials. This
+//! module knows nothing of snapshots.
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -13,6 +16,7 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, PutResult, RetryConfig,
 };
@@ -130,6 +134,9 @@ pub struct Store {
     calls: Arc<CallCounts>,
     /// Objects are sealed (see [`Store::encrypted`]).
     sealed: bool,
+    /// Signs requests others send to the store itself (S3 and S3-compatible stores, not
+    /// sealed): a mover's direct parts, a restore's direct reads.
+    signer: Option<Arc<dyn Signer>>,
 }
 
 /// Requests made through [`Store::call`], by kind (reads of a response body's chunks are not
@@ -168,6 +175,7 @@ impl Store {
             ))
         };
         let mut local_fs = None;
+        let mut signer: Option<Arc<dyn Signer>> = None;
         let (objects, multipart, root, local_dir) = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -201,7 +209,9 @@ impl Store {
                     .with_retry(retry_config(options.timeout))
                     .build()
                     .map_err(backend)?;
-                remote(Arc::new(s3))?
+                let s3 = Arc::new(s3);
+                signer = Some(Arc::clone(&s3) as Arc<dyn Signer>);
+                remote(s3)?
             }
             "gs" => {
                 let gcs = GoogleCloudStorageBuilder::from_env()
@@ -249,6 +259,7 @@ impl Store {
             part_size: options.part_size,
             calls: Arc::default(),
             sealed: false,
+            signer,
         })
     }
 
@@ -280,6 +291,8 @@ impl Store {
         self.objects = Arc::clone(&layer) as Arc<dyn ObjectStore>;
         self.multipart = layer;
         self.sealed = true;
+        // The keys never leave drainer: nobody else may write this store's objects.
+        self.signer = None;
         self
     }
 
@@ -304,6 +317,7 @@ impl Store {
             part_size: options.part_size,
             calls: Arc::default(),
             sealed: false,
+            signer: None,
         }
     }
 
@@ -339,6 +353,48 @@ impl Store {
     /// part by part after a crash, several parts at a time.
     pub fn multipart(&self) -> &Arc<dyn MultipartStore> {
         &self.multipart
+    }
+
+    /// Whether others can be given signed URLs to store parts of this store's multipart
+    /// uploads themselves ([`Store::signed_part_url`]): an S3 store whose objects are not
+    /// sealed (a sealed store needs the keys, which never leave drainer; a local directory or
+    /// a relay cannot sign; GCS and Azure are not offered yet).
+    pub fn signs_parts(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL, valid for `expires_in`, with which whoever holds it can `PUT` part `part_idx`
+    /// (from 0) of the multipart upload `upload_id` of `key`, and nothing else; `None` if this
+    /// store cannot sign ([`Store::signs_parts`]). The store's credentials stay here.
+    pub async fn signed_part_url(
+        &self,
+        key: &Path,
+        upload_id: &str,
+        part_idx: usize,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let options = SignedUrlOptions::default().with_query(part_query(upload_id, part_idx));
+        let sign =
+            signer.signed_url_opts(object_store::signer::Method::PUT, key, expires_in, &options);
+        self.call("sign part url", key, sign).await.map(Some)
+    }
+
+    /// A URL, valid for `expires_in`, with which whoever holds it can `GET` the object `key`
+    /// (ranges too), and nothing else; `None` if this store cannot sign
+    /// ([`Store::signs_parts`]: a sealed object would be of no use to the reader anyway).
+    pub async fn signed_get_url(
+        &self,
+        key: &Path,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let sign = signer.signed_url(object_store::signer::Method::GET, key, expires_in);
+        self.call("sign get url", key, sign).await.map(Some)
     }
 
     /// The per-request timeout.
@@ -532,6 +588,15 @@ fn check_file_url(text: &str, parsed: &url::Url) -> std::result::Result<(), Stri
         return Err("a file URL must name a directory, not the filesystem root".into());
     }
     Ok(())
+}
+
+/// The query of an S3 `UploadPart` request for part `part_idx` (from 0; S3 numbers parts
+/// from 1, as object_store's own uploads do).
+fn part_query(upload_id: &str, part_idx: usize) -> [(&'static str, String); 2] {
+    [
+        ("partNumber", (part_idx + 1).to_string()),
+        ("uploadId", upload_id.to_owned()),
+    ]
 }
 
 /// Makes writes durable in a store owned by another process.
@@ -763,6 +828,34 @@ fn upload_over(not_found: bool, object: Head) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unsealed_s3_store_signs_part_urls() {
+        let options = StoreOptions {
+            timeout: Duration::from_secs(5),
+            create: true,
+            part_size: 8 * 1024 * 1024,
+        };
+        let s3 = Store::open("s3://bucket/prefix", &options).unwrap();
+        assert!(s3.signs_parts());
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let keys = crate::encryption::Keys::parse(key).unwrap();
+        let sealed = s3.encrypted(Arc::new(keys));
+        assert!(
+            !sealed.signs_parts(),
+            "a sealed store's keys never leave drainer"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let local = Store::open(&format!("file://{}", dir.path().display()), &options).unwrap();
+        assert!(!local.signs_parts(), "a local directory cannot sign");
+    }
+
+    #[test]
+    fn a_signed_part_is_numbered_from_one_as_s3_numbers_parts() {
+        let [number, upload] = part_query("up-1", 2);
+        assert_eq!(number, ("partNumber", "3".to_owned()));
+        assert_eq!(upload, ("uploadId", "up-1".to_owned()));
+    }
 
     #[test]
     fn an_upload_is_over_when_the_store_refuses_it_and_answers() {

@@ -69,6 +69,12 @@ pub struct ServeArgs {
     /// How long an attempt waits for an external mover, in seconds.
     #[arg(long, env = "DRAINER_MOVER_TIMEOUT", default_value = "3600", value_parser = parse_seconds)]
     pub mover_timeout: Duration,
+    /// How movers send the parts of large files, and `restore --drainer` reads them: `auto`
+    /// straight to and from the store with URLs drainer signs where the store can sign (S3,
+    /// not encrypted), else through drainer; `direct` the same, but refuse to start with a
+    /// store that cannot sign; `relay` always through drainer.
+    #[arg(long, env = "DRAINER_MOVER_DATA_PATH", value_enum, default_value_t = MoverDataPath::Auto)]
+    pub mover_data_path: MoverDataPath,
     /// This replica's name in leases and history. Default: host name, process id and a random suffix.
     #[arg(long, env = "DRAINER_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -273,4 +279,56 @@ pub enum Movers {
     InProcess,
     /// `drainer mover` processes, through the API.
     External,
+}
+
+/// How movers send the parts of large files (`--mover-data-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MoverDataPath {
+    /// Straight into the store where it can sign, else through drainer.
+    Auto,
+    /// Straight into the store; a store that cannot sign is a start-up error.
+    Direct,
+    /// Through drainer, always.
+    Relay,
+}
+
+impl MoverDataPath {
+    /// Whether drainer offers its movers signed URLs for parts, given whether its store can
+    /// sign them; `direct` with a store that cannot sign is an error naming the store.
+    pub fn offers_direct_parts(self, store_signs: bool, store: &str) -> Result<bool, String> {
+        match (self, store_signs) {
+            (MoverDataPath::Relay, _) => Ok(false),
+            (MoverDataPath::Auto, signs) => Ok(signs),
+            (MoverDataPath::Direct, true) => Ok(true),
+            (MoverDataPath::Direct, false) => Err(format!(
+                "--mover-data-path direct: store {store} cannot sign URLs for movers (only an \
+                 S3 store that is not encrypted can); use auto or relay"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod data_path_tests {
+    use super::MoverDataPath;
+
+    #[test]
+    fn parts_go_direct_only_where_the_store_signs_and_the_operator_allows() {
+        let cases = [
+            (MoverDataPath::Auto, true, Some(true)),
+            (MoverDataPath::Auto, false, Some(false)),
+            (MoverDataPath::Relay, true, Some(false)),
+            (MoverDataPath::Relay, false, Some(false)),
+            (MoverDataPath::Direct, true, Some(true)),
+            (MoverDataPath::Direct, false, None),
+        ];
+        for (path, signs, offered) in cases {
+            let got = path.offers_direct_parts(signs, "s3://b/p");
+            assert_eq!(got.as_ref().ok().copied(), offered, "{path:?} {signs}");
+        }
+        let refusal = MoverDataPath::Direct
+            .offers_direct_parts(false, "file:///srv/store")
+            .unwrap_err();
+        assert!(refusal.contains("file:///srv/store"), "{refusal}");
+    }
 }

@@ -37,6 +37,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label of the mover part counter: `relay` (the bytes went through drainer) or `direct`
+/// (straight into the store, with a URL drainer signed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViaLabel {
+    /// How the part travelled.
+    pub via: &'static str,
+}
+
 /// Labels of HTTP request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -93,6 +101,8 @@ pub struct Metrics {
     pub bytes_copied: Counter,
     /// Files in completed snapshots.
     pub files_copied: Counter,
+    /// Bytes of large files' parts movers stored, by how they travelled.
+    pub mover_part_bytes: Family<ViaLabel, Counter>,
     /// Attempts that failed and were scheduled again.
     pub retries: Counter,
     /// Attempts that failed, by class of error.
@@ -138,6 +148,7 @@ impl Metrics {
             oldest_hold_seconds: Gauge::default(),
             bytes_copied: Counter::default(),
             files_copied: Counter::default(),
+            mover_part_bytes: Family::default(),
             retries: Counter::default(),
             failures: Family::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -181,6 +192,11 @@ impl Metrics {
             "copied_files",
             "Files in snapshots completed by drains",
             metrics.files_copied.clone(),
+        );
+        registry.register(
+            "mover_part_bytes",
+            "Bytes of large files' parts stored by movers, by how they travelled: relay (through drainer) or direct (straight into the store with a signed URL)",
+            metrics.mover_part_bytes.clone(),
         );
         registry.register(
             "drain_retries",
@@ -239,6 +255,9 @@ impl Metrics {
         );
         for outcome in crate::review_gate::Outcome::ALL {
             drop(metrics.token_reviews.get_or_create(&outcome.label()));
+        }
+        for via in ["relay", "direct"] {
+            drop(metrics.mover_part_bytes.get_or_create(&ViaLabel { via }));
         }
         for reason in FAILURE_REASONS {
             drop(metrics.failures.get_or_create(&ReasonLabel {

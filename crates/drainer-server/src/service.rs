@@ -109,6 +109,10 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         },
     )?;
     let (store, key_file) = args.encryption.apply_reloading(store)?;
+    let direct_parts = args
+        .mover_data_path
+        .offers_direct_parts(store.signs_parts(), store.url())
+        .map_err(drainer_core::args::Usage)?;
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let health = Health::default();
     let supervisor = Supervisor::new(shutdown.graceful.clone(), health.clone());
@@ -155,6 +159,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         kept: Default::default(),
         lives: Default::default(),
         copying: Default::default(),
+        direct_parts,
     });
     let scheduler = Arc::new(Scheduler {
         ledger: ledger.clone(),
@@ -172,7 +177,7 @@ pub async fn serve(args: ServeArgs, other: Option<&dyn MakeMode>) -> anyhow::Res
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?, replica = %owner, ledger = ledger.backend(), store = %store.url(),
-        mode = %mode.describe, tls = tls.is_some(), "drainer serving"
+        mode = %mode.describe, tls = tls.is_some(), direct_parts, "drainer serving"
     );
     if tls.is_none() {
         tracing::warn!(

@@ -6,11 +6,13 @@
 //! restarting, or a replica behind its Service died, are sent again for a while.
 //!
 //! Client side only; the drainer's endpoints live in `http::mover`, the wire types they share
-//! in [`drainer_core::protocol`]. The parts: `relay` (the store), `batch` (small objects in
+//! in [`drainer_core::protocol`]. The parts: `relay` (the store), `direct` (large files' parts
+//! straight into the store, where the drainer signs URLs for them), `batch` (small objects in
 //! batches), `checkpoint` (progress in the drainer's ledger).
 
 mod batch;
 mod checkpoint;
+mod direct;
 mod relay;
 
 use crate::args::MoverArgs;
@@ -109,9 +111,23 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         create: false,
         part_size: store_info.part_size,
     };
+    let direct = match store_info.direct_parts {
+        Some(true) => Some(direct::DirectParts::new(args.engine.store_timeout)?),
+        _ => None,
+    };
+    tracing::info!(
+        direct_parts = direct.is_some(),
+        "large files' parts go {}",
+        if direct.is_some() {
+            "straight into the store"
+        } else {
+            "through the drainer"
+        }
+    );
     let relay = Arc::new(relay::RelayedStore {
         api: api.clone(),
         batches: batch::PutBatches::start(api.clone()),
+        direct,
     });
     let store = Store::relayed(
         Arc::clone(&relay) as Arc<dyn ObjectStore>,

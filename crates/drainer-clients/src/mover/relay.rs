@@ -1,9 +1,11 @@
 //! The drainer's store, as a mover sees it through the drain's API: small objects in batches,
 //! larger ones on their own, large files as relayed multipart uploads whose parts carry their
-//! index (several travel at once; any drainer replica accepts any part), and the drainer's
-//! durability barrier. Listing and copying are not offered: the engine does not need them.
+//! index (several travel at once; any drainer replica accepts any part) or, where the drainer
+//! offers it, go straight into the store ([`super::direct`]), and the drainer's durability
+//! barrier. Listing and copying are not offered: the engine does not need them.
 
 use super::batch::PutBatches;
+use super::direct::DirectParts;
 use crate::client::{Api, CallError};
 use bytes::Bytes;
 use drainer_core::protocol::{CreatedUpload, KeyParam, batch};
@@ -23,6 +25,8 @@ use object_store::{
 pub(super) struct RelayedStore {
     pub(super) api: Api,
     pub(super) batches: PutBatches,
+    /// Parts straight into the store, if the drainer offers it.
+    pub(super) direct: Option<DirectParts>,
 }
 
 fn store_error(e: impl ToString) -> object_store::Error {
@@ -217,8 +221,19 @@ impl MultipartStore for RelayedStore {
         data: PutPayload,
     ) -> object_store::Result<PartId> {
         let body: Bytes = data.into();
-        let url = self.upload_url(id, &format!("/{part_idx}"));
         let query = key(location);
+        if let Some(direct) = &self.direct {
+            let stored = direct
+                .put_part(&self.api, &query, id, part_idx, &body)
+                .await
+                .map_err(upload_error(location))?;
+            if stored {
+                return Ok(PartId {
+                    content_id: part_idx.to_string(),
+                });
+            }
+        }
+        let url = self.upload_url(id, &format!("/{part_idx}"));
         self.api
             .call(|http| http.put(&url).query(&query).body(body.clone()))
             .await

@@ -182,6 +182,11 @@ pub struct StoreInfo {
     /// unless told otherwise; absent from drainers older than compression (then: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
+    /// Whether the drainer signs URLs with which a mover stores the parts of large files
+    /// straight into the store (`POST …/uploads/{upload}/{part}/url`); absent (older
+    /// drainers) or false: every part is relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_parts: Option<bool>,
 }
 
 /// `GET /v1/drains/{id}`, the fields a mover reads.
@@ -207,6 +212,36 @@ pub struct CreatedUpload {
     pub upload: String,
     /// The part size parts must have.
     pub part_size: u64,
+}
+
+/// The query of `POST …/uploads/{upload}/{part}/url`: the key the upload writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartUrlParam {
+    /// The key, relative to the store's root.
+    pub key: String,
+}
+
+/// A URL the drainer signed for one request straight to the store, until it expires:
+/// `POST …/uploads/{upload}/{part}/url` (a `PUT` of the part's bytes stores the part) and
+/// `GET /v1/volumes/{ns}/{pvc}/objects/url` (a `GET`, with a `Range`, reads the object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedUrl {
+    /// The URL to `PUT` the part to.
+    pub url: String,
+    /// Seconds the URL stays valid.
+    pub expires_in_s: u64,
+}
+
+/// `POST …/uploads/{upload}/{part}/stored`: a part the mover stored with a signed URL, as the
+/// store acknowledged it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectPart {
+    /// The `ETag` the store answered the part's `PUT` with.
+    pub etag: String,
+    /// The part's length in bytes.
+    pub len: u64,
 }
 
 /// `POST …/run/{run}/interrupted`.

@@ -83,6 +83,10 @@ pub struct Shared {
     pub copying: std::sync::Mutex<
         std::collections::HashMap<String, (drainer_core::volume::VolumeId, std::time::Instant)>,
     >,
+    /// Whether movers store the parts of large files straight into the store, and restores
+    /// read large files straight from it, with URLs this drainer signs (`--mover-data-path`,
+    /// and a store that can sign).
+    pub direct_parts: bool,
 }
 
 impl AppState {
@@ -179,6 +183,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Input::query(&["earlier"]);
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
             Input::query(&["key", "earlier"]);
+        get "/volumes/{namespace}/{pvc}/objects/url" => Restore, volumes::sign_object,
+            Input::query(&["key", "earlier"]);
     );
     let (batch, batch_table) = routes!(state;
         post "/volumes/{namespace}/{pvc}/objects/batch" => Restore, volumes::get_objects,
@@ -205,6 +211,9 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part,
             Input::query_and_body(&["key"]);
         post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/url" => Stream, mover::sign_part, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/stored" => Stream, mover::record_direct_part,
+            Input::query_and_body(&["key"]);
         delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
         post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
         get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;

@@ -7,7 +7,10 @@
 //! manifest — never another snapshot, never a `snapshot.json` or `latest`. The drainer commits
 //! the snapshot itself when the run finishes, after checking the manifest against the summary
 //! and every object it names against the store. Relayed multipart uploads are recorded in the
-//! ledger, so any replica accepts any part and completes any upload.
+//! ledger, so any replica accepts any part and completes any upload. Where the store can sign
+//! (`Shared::direct_parts`), a mover stores parts itself with a URL signed for that part
+//! alone and reports each (`…/url`, `…/stored`); the ledger records them as relayed parts, and
+//! the completion checks what the store holds against what was reported.
 
 use super::guard::{Granted, Streaming};
 use super::{AppState, Error, Json, Path, Query};
@@ -16,8 +19,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use drainer_core::ledger::{RelayPart, RelayRecord};
 use drainer_core::protocol::{
-    BatchAnswer, CreatedUpload, Interrupted, KeyParam, PathParam, RunTotals, StoreInfo,
-    WirePartial, WireRun, WireStoredFile, batch,
+    BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, PartUrlParam, PathParam,
+    RunTotals, SignedUrl, StoreInfo, WirePartial, WireRun, WireStoredFile, batch,
 };
 use drainer_core::snapshot::{
     PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
@@ -671,6 +674,7 @@ pub(super) async fn store_info(
     axum::Json(StoreInfo {
         part_size: state.shared().store.part_size(),
         compression: Some(state.shared().compression.to_string()),
+        direct_parts: Some(state.shared().direct_parts),
     })
 }
 
@@ -798,6 +802,126 @@ pub(super) async fn put_part(
         .ledger
         .record_relay_part(&upload, &part)
         .await?;
+    count_part_bytes(&state, "relay", len);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Counts `len` bytes of parts stored `via` the relay or directly.
+fn count_part_bytes(state: &AppState, via: &'static str, len: u64) {
+    state
+        .shared()
+        .metrics
+        .mover_part_bytes
+        .get_or_create(&crate::metrics::ViaLabel { via })
+        .inc_by(len);
+}
+
+/// How long a signed part URL stays valid: enough to send one part on a slow link, short
+/// enough that a URL that leaks is soon worth nothing.
+const PART_URL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The most parts an upload has (S3's limit).
+const MAX_PARTS: usize = 10_000;
+
+/// `409 direct_parts_not_offered`: this drainer relays every part.
+fn direct_not_offered() -> Error {
+    Error::new(
+        StatusCode::CONFLICT,
+        "direct_parts_not_offered",
+        "this drainer relays every part: send it with PUT …/uploads/{upload}/{part}",
+    )
+}
+
+/// The relayed upload `upload` of drain `drain` that a direct part of `key` belongs to, if
+/// this drainer offers direct parts: `409` if it does not, `403` for a key that is not the
+/// running copy's, `404` for an upload that is not the drain's, `400` for a part number
+/// beyond the store's limit.
+async fn direct_upload(
+    state: &AppState,
+    streaming: &Streaming,
+    upload: &str,
+    part: usize,
+    key: &str,
+) -> Result<RelayRecord, Error> {
+    if !state.shared().direct_parts {
+        return Err(direct_not_offered());
+    }
+    if part >= MAX_PARTS {
+        return Err(Error::invalid(format!(
+            "part {part}: an upload has at most {MAX_PARTS} parts"
+        )));
+    }
+    writable_key(state, &streaming.volume, key).await?;
+    relayed(state, &streaming.drain, upload, Some(key))
+        .await?
+        .ok_or_else(|| upload_not_found(upload))
+}
+
+/// `POST …/uploads/{upload}/{part}/url?key=`: a URL, valid for a few minutes, with which the
+/// mover `PUT`s part `part` of its upload straight into the store (the store's credentials
+/// stay here). The mover then reports the part with `…/stored`.
+pub(super) async fn sign_part(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, upload, part)): Path<(String, String, usize)>,
+    Query(q): Query<PartUrlParam>,
+) -> Result<axum::Json<SignedUrl>, Error> {
+    let streaming = streaming.into_inner();
+    let relay = direct_upload(&state, &streaming, &upload, part, &q.key).await?;
+    let key = Key::from(relay.object_key.as_str());
+    let store = &state.shared().store;
+    let url = store
+        .signed_part_url(&key, &relay.store_upload_id, part, PART_URL_TTL)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(direct_not_offered)?;
+    tracing::debug!(drain = %streaming.drain, upload = %upload, part, key = %key, "signed a part URL");
+    Ok(axum::Json(SignedUrl {
+        url: url.to_string(),
+        expires_in_s: PART_URL_TTL.as_secs(),
+    }))
+}
+
+/// `POST …/uploads/{upload}/{part}/stored?key=`: a part the mover stored with a signed URL,
+/// recorded as a relayed part is. What the mover claims is checked when the upload completes:
+/// the store refuses a part it does not hold (by its `ETag`), and the completed object must
+/// have the size of the parts reported.
+pub(super) async fn record_direct_part(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, upload, part)): Path<(String, String, usize)>,
+    Query(q): Query<PartUrlParam>,
+    Json(reported): Json<DirectPart>,
+) -> Result<StatusCode, Error> {
+    let part_size = state.shared().store.part_size();
+    if reported.len == 0 || reported.len > part_size {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "bad_part_size",
+            format!(
+                "part {part} has {} bytes; parts have 1 to {part_size}",
+                reported.len
+            ),
+        ));
+    }
+    if reported.etag.is_empty() || reported.etag.len() > 200 {
+        return Err(Error::invalid(format!(
+            "part {part}: the ETag must have 1 to 200 characters"
+        )));
+    }
+    let streaming = streaming.into_inner();
+    direct_upload(&state, &streaming, &upload, part, &q.key).await?;
+    let recorded = RelayPart {
+        idx: part as u64,
+        part_id: reported.etag,
+        len: reported.len,
+    };
+    state
+        .shared()
+        .ledger
+        .record_relay_part(&upload, &recorded)
+        .await?;
+    count_part_bytes(&state, "direct", reported.len);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -856,8 +980,44 @@ pub(super) async fn complete_upload(
     {
         return Err(relay_failure(&state, &relay, &key, e).await);
     }
+    if store.signs_parts() {
+        check_completed_size(&state, &relay, &key, &recorded).await?;
+    }
     state.shared().ledger.forget_relay(&upload).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// On a store whose parts movers may store themselves: the completed object has the size of
+/// the parts reported, else it is deleted and the completion refused (`400
+/// incomplete_upload`), so a part stored short (or long) never becomes a snapshot's file.
+async fn check_completed_size(
+    state: &AppState,
+    relay: &RelayRecord,
+    key: &Key,
+    parts: &[RelayPart],
+) -> Result<(), Error> {
+    let store = &state.shared().store;
+    let reported: u64 = parts.iter().map(|p| p.len).sum();
+    let meta = store
+        .call("head", key, store.objects().head(key))
+        .await
+        .map_err(store_failure)?;
+    if meta.size == reported {
+        return Ok(());
+    }
+    tracing::warn!(upload = %relay.id, drain = %relay.drain_id, key = %key, stored = meta.size, reported, "a completed upload does not have the size of its parts; deleting it");
+    if let Err(e) = store.call("delete", key, store.objects().delete(key)).await {
+        tracing::warn!(key = %key, error = %e, "cannot delete an upload of the wrong size");
+    }
+    state.shared().ledger.forget_relay(&relay.id).await?;
+    Err(Error::new(
+        StatusCode::BAD_REQUEST,
+        "incomplete_upload",
+        format!(
+            "upload {}: the store holds {} bytes, but its parts were reported as {reported}",
+            relay.id, meta.size
+        ),
+    ))
 }
 
 /// The answer to a store call on a relayed upload that failed: if the store refuses the upload

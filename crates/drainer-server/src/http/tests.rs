@@ -177,6 +177,7 @@ async fn world() -> World {
         kept: Default::default(),
         lives: Default::default(),
         copying: Default::default(),
+        direct_parts: false,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -396,6 +397,7 @@ async fn route_table_for_test() -> Vec<RouteSpec> {
         kept: Default::default(),
         lives: Default::default(),
         copying: Default::default(),
+        direct_parts: false,
     });
     route_table(&state)
 }

@@ -332,6 +332,47 @@ async fn unsatisfiable(
     }
 }
 
+/// How long a signed read URL stays valid: enough to start a large file's read, short enough
+/// that a URL that leaks is soon worth nothing (a read that breaks off later goes on through
+/// the drainer).
+const READ_URL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `GET …/objects/url?key=K`: a URL, valid for a few minutes, with which the caller reads the
+/// object straight from the store (a `GET` with a `Range`; the store's credentials stay
+/// here), where this drainer offers direct reads (`--mover-data-path` not `relay`, a store
+/// that can sign: S3, not encrypted); `409 direct_reads_not_offered` otherwise. The same
+/// checks as `GET …/objects`: the key must be the volume's, of a snapshot the caller may read.
+pub(super) async fn sign_object(
+    State(state): State<AppState>,
+    volume: Granted<VolumeAccess>,
+    Query(q): Query<ObjectQuery>,
+) -> Result<axum::Json<drainer_core::protocol::SignedUrl>, Error> {
+    let not_offered = || {
+        Error::new(
+            StatusCode::CONFLICT,
+            "direct_reads_not_offered",
+            "this drainer relays every read: GET …/objects",
+        )
+    };
+    if !state.shared().direct_parts {
+        return Err(not_offered());
+    }
+    let access = volume.into_inner();
+    let key = key_for(&state, &access, &q.key).await?;
+    let url = state
+        .shared()
+        .store
+        .signed_get_url(&key, READ_URL_TTL)
+        .await
+        .map_err(|e| Error::from(drainer_core::snapshot::Error::Store(e)))?
+        .ok_or_else(not_offered)?;
+    tracing::debug!(volume = %access.volume, key = %key, "signed a read URL");
+    Ok(axum::Json(drainer_core::protocol::SignedUrl {
+        url: url.to_string(),
+        expires_in_s: READ_URL_TTL.as_secs(),
+    }))
+}
+
 /// The answer to a read: `206` with `Content-Range` for a ranged one, else `200`.
 fn respond(found: GetResult, ranged: bool, head: bool) -> Result<Response, Error> {
     let (range, size) = (found.range.clone(), found.meta.size);
