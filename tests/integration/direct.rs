@@ -283,39 +283,15 @@ async fn a_mover_killed_mid_direct_upload_resumes_from_its_last_stored_part() {
         .args(["--concurrency", "2"])
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let stored_parts = loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no part recorded within a minute"
-        );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the mover finished before it could be killed"
-        );
-        let Some(record) = ledger
-            .runs(&volume)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.state == drainer_core::ledger::RunState::Running)
-        else {
-            continue;
-        };
-        let run = drainer_core::snapshot::Run {
-            id: record.id,
-            snapshot: record.snapshot.parse().unwrap(),
-            resumed: false,
-        };
-        if let Some(upload) = ledger.partial_upload(&run, b"large").await.unwrap()
-            && !upload.parts.is_empty()
-        {
-            first.start_kill().unwrap();
-            first.wait().await.unwrap();
-            break upload.parts.len() as u64;
-        }
-    };
+    let (_, upload) = crate::support::kill::kill_once_parts_stored(
+        &mut first,
+        &ledger,
+        &volume,
+        b"large",
+        "direct parts",
+    )
+    .await;
+    let stored_parts = upload.parts.len() as u64;
     let (_, direct_before) = part_bytes(&serve).await;
     run_ok(&mut mover(&serve, &id, &mount)).await;
     serve

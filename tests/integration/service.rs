@@ -978,39 +978,14 @@ async fn relayed_upload_outlived(server: &crate::support::s3::S3Server, stale: S
     // The first mover is killed once its record of `large` lists stored parts.
     let mut first = mover().spawn().unwrap();
     let volume: drainer::VolumeId = "shop/data-web-4".parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (killed, mut upload) = loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{stale:?}: no part recorded within a minute"
-        );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "{stale:?}: the mover finished before it could be killed"
-        );
-        let Some(record) = ledger
-            .runs(&volume)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.state == drainer_core::ledger::RunState::Running)
-        else {
-            continue;
-        };
-        let run = drainer_core::snapshot::Run {
-            id: record.id,
-            snapshot: record.snapshot.parse().unwrap(),
-            resumed: false,
-        };
-        if let Some(upload) = ledger.partial_upload(&run, b"large").await.unwrap()
-            && !upload.parts.is_empty()
-        {
-            first.start_kill().unwrap();
-            first.wait().await.unwrap();
-            break (run, upload);
-        }
-    };
+    let (killed, mut upload) = crate::support::kill::kill_once_parts_stored(
+        &mut first,
+        &ledger,
+        &volume,
+        b"large",
+        &format!("{stale:?}"),
+    )
+    .await;
     // An earlier mover had the upload completed with the parts stored so far.
     let relay = ledger
         .relay(&upload.upload_id)

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod gcs;
 pub mod image;
 pub mod install;
+pub mod kill;
 pub mod kube;
 pub mod manifests;
 pub mod postgres;
