@@ -301,9 +301,11 @@ async fn two_replicas_on_postgres_run_each_drain_once_and_take_over_a_dead_ones_
     let store = file_url(&store_dir);
     let names: Vec<String> = (0..20).map(|i| format!("small-{i}")).collect();
     let root = work.path();
+    // Enough files each that one replica cannot end all twenty drains within the other's
+    // idle poll (half a second), however fast the machine.
     let sources: Vec<_> = names
         .iter()
-        .map(|n| make_volume(root, "shop", n, 5, 64 * 1024))
+        .map(|n| make_volume(root, "shop", n, 40, 64 * 1024))
         .collect();
     let common = |data: &str| {
         vec![
