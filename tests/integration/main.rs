@@ -3,10 +3,12 @@
 
 mod abuse;
 mod bad_input;
+mod bench_movers;
 mod chart;
 mod compression;
 mod deploy;
 mod direct;
+mod direct_batches;
 mod encryption;
 mod engine;
 mod hardening;

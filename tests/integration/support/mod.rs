@@ -34,9 +34,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The `drainer` binary under test.
+/// The `drainer` binary under test: cargo's build of it, or the one `DRAINER_TEST_BIN` names
+/// (`scripts/bench-movers` points it at the release build).
 pub fn drainer_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_drainer")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("DRAINER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_drainer").into())
+    })
 }
 
 /// A `drainer` command with a clean environment for drainer's own settings.

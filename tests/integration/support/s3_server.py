@@ -1,5 +1,5 @@
 """An S3-protocol server for drainer's tests: moto's server (an implementation independent of
-the Rust object_store crate) on 127.0.0.1 with one bucket, "bucket".
+the Rust object_store crate) on 127.0.0.1 (or the address given as its one argument) with one bucket, "bucket".
 
 Prints the endpoint URL on one line, then serves until its standard input is closed.
 """
@@ -10,7 +10,8 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+ip = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+server = ThreadedMotoServer(ip_address=ip, port=0, verbose=False)
 server.start()
 host, port = server.get_host_and_port()
 endpoint = f"http://{host}:{port}"

@@ -4,6 +4,15 @@
 //! records it exactly as a relayed one: resumption, completion and the drainer's checks are
 //! unchanged, and the store's credentials never leave the drainer.
 //!
+//! Where the drainer also takes batches (`StoreInfo::direct_batches`), the mover asks for
+//! several parts' URLs at once, ahead of the parts ([`SignAhead`]), and keeps the reports of
+//! stored parts until the engine's next durability barrier or the upload's completion, then
+//! sends them in one request ([`DirectParts::report_stored`]). The engine records a file's
+//! progress only after a barrier, so every part its progress names is in the drainer's ledger
+//! first: a mover killed mid-file still resumes from its last recorded part. Without batches,
+//! each part costs the drainer two requests (sign, report); with them, about one per
+//! [`MAX_SIGN_AHEAD`] parts plus one per barrier.
+//!
 //! The relay stays the fallback: a part the store does not take after a few tries goes
 //! through the drainer, which also tells whether the upload itself is over; and every later
 //! part too if the drainer stops offering direct parts (`409`), the store cannot be reached
@@ -11,10 +20,15 @@
 
 use crate::client::{Api, CallError};
 use bytes::Bytes;
-use drainer_core::protocol::{DirectPart, KeyParam, SignedUrl};
+use drainer_core::protocol::{
+    DirectPart, KeyParam, MAX_REPORTED_PER_REQUEST, MAX_SIGNED_PER_REQUEST, PartUrlsParam,
+    SignedUrl, SignedUrls, StoredPart, StoredParts,
+};
 use drainer_core::retry;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a mover keeps sending a part to the store again before it relays it instead.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(20);
@@ -22,12 +36,73 @@ const STORE_RETRY_FOR: Duration = Duration::from_secs(20);
 /// The error code of a drainer that relays every part.
 const NOT_OFFERED: &str = "direct_parts_not_offered";
 
+/// The most parts whose URLs a mover asks for at once (the drainer's limit too).
+const MAX_SIGN_AHEAD: usize = MAX_SIGNED_PER_REQUEST;
+
+/// The fewest parts a mover asks URLs for at once: a file's first request, before it is
+/// known to be large.
+const MIN_SIGN_AHEAD: usize = 4;
+
+/// The most parts an upload has (S3's limit, as the drainer's).
+const MAX_PARTS: usize = 10_000;
+
 /// A part's way straight into the store.
 #[derive(Debug)]
 pub(super) struct DirectParts {
     store: reqwest::Client,
     /// Whether the drainer still offers direct parts (cleared at its first `409`).
     offered: AtomicBool,
+    /// URLs signed ahead and the reports kept for the next barrier, if the drainer takes
+    /// batches; `None`: one request per part for each.
+    batches: Option<Batches>,
+}
+
+/// What a mover keeps while the drainer takes batches.
+#[derive(Debug, Default)]
+struct Batches {
+    /// URLs signed ahead, by upload and part.
+    ahead: tokio::sync::Mutex<SignAhead>,
+    /// Parts stored but not reported yet.
+    stored: Mutex<Vec<StoredPart>>,
+}
+
+/// Part URLs signed before their parts are sent, each used once, within half its validity.
+#[derive(Debug, Default)]
+struct SignAhead {
+    urls: HashMap<(String, usize), (String, Instant)>,
+}
+
+impl SignAhead {
+    /// How many parts to ask for from part `idx` on: a few for a file's first part, then
+    /// about as many as it has had (so a file of `n` parts costs `log n` requests until
+    /// [`MAX_SIGN_AHEAD`], and little is signed past its end), never past the upload's limit.
+    fn count_from(idx: usize) -> usize {
+        idx.clamp(MIN_SIGN_AHEAD, MAX_SIGN_AHEAD)
+            .min(MAX_PARTS.saturating_sub(idx))
+            .max(1)
+    }
+
+    /// The URL of part `idx` of `upload`, if one was signed ahead and is still fresh.
+    fn take(&mut self, upload: &str, idx: usize) -> Option<String> {
+        let (url, fresh_until) = self.urls.remove(&(upload.to_owned(), idx))?;
+        (Instant::now() < fresh_until).then_some(url)
+    }
+
+    /// Keeps the URLs the drainer signed for `upload`; answers the one of part `idx`.
+    fn keep(&mut self, upload: &str, idx: usize, signed: SignedUrls) -> Option<String> {
+        // Used within half their validity, so that a part sent late still has time.
+        let fresh_until = Instant::now() + Duration::from_secs(signed.expires_in_s / 2);
+        for (i, url) in signed.urls.into_iter().enumerate() {
+            self.urls
+                .insert((upload.to_owned(), signed.first + i), (url, fresh_until));
+        }
+        self.take(upload, idx)
+    }
+
+    /// Forgets the URLs of `upload` (completed or aborted).
+    fn forget(&mut self, upload: &str) {
+        self.urls.retain(|(u, _), _| u != upload);
+    }
 }
 
 /// A `PUT` of a part to the store that failed.
@@ -61,14 +136,20 @@ impl PutError {
     }
 }
 
+/// The lock's data, even if a thread panicked holding it (a list of reports stays valid).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether `error` is the drainer saying it relays every part.
 fn not_offered(error: &CallError) -> bool {
     matches!(error, CallError::Status { status: 409, code: Some(code), .. } if code == NOT_OFFERED)
 }
 
 impl DirectParts {
-    /// Direct parts, each request to the store timing out after `timeout`.
-    pub(super) fn new(timeout: Duration) -> reqwest::Result<Self> {
+    /// Direct parts, each request to the store timing out after `timeout`; signed and
+    /// reported in batches if `batches` (the drainer takes them).
+    pub(super) fn new(timeout: Duration, batches: bool) -> reqwest::Result<Self> {
         let store = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
@@ -76,6 +157,7 @@ impl DirectParts {
         Ok(Self {
             store,
             offered: AtomicBool::new(true),
+            batches: batches.then(Batches::default),
         })
     }
 
@@ -86,8 +168,9 @@ impl DirectParts {
     }
 
     /// Stores part `idx` of upload `upload` (writing `key`) straight into the store and
-    /// reports it. `Ok(false)`: not stored that way, the caller relays the part. An error is
-    /// the drainer's answer (a `404` says the upload is over).
+    /// reports it (at once, or with the next barrier when the drainer takes batches).
+    /// `Ok(false)`: not stored that way, the caller relays the part. An error is the
+    /// drainer's answer (a `404` says the upload is over).
     pub(super) async fn put_part(
         &self,
         api: &Api,
@@ -99,17 +182,15 @@ impl DirectParts {
         if !self.offered.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let part_url = api.url(&format!("/uploads/{upload}/{idx}"));
-        let url = format!("{part_url}/url");
-        let signed: SignedUrl = match api.json(|http| http.post(&url).query(key)).await {
-            Ok(signed) => signed,
+        let signed = match self.part_url(api, key, upload, idx).await {
+            Ok(url) => url,
             Err(e) if not_offered(&e) => {
                 self.withdrawn("the drainer no longer offers direct parts");
                 return Ok(false);
             }
             Err(e) => return Err(e),
         };
-        let etag = match self.send(&signed.url, body).await {
+        let etag = match self.send(&signed, body).await {
             Ok(etag) => etag,
             Err(e) => {
                 tracing::warn!(upload, part = idx, key = %key.key, error = %e, "the store did not take a part; relaying it");
@@ -119,11 +200,21 @@ impl DirectParts {
                 return Ok(false);
             }
         };
+        if let Some(batches) = &self.batches {
+            lock(&batches.stored).push(StoredPart {
+                upload: upload.to_owned(),
+                key: key.key.clone(),
+                part: idx,
+                etag,
+                len: body.len() as u64,
+            });
+            return Ok(true);
+        }
         let report = DirectPart {
             etag,
             len: body.len() as u64,
         };
-        let url = format!("{part_url}/stored");
+        let url = api.url(&format!("/uploads/{upload}/{idx}/stored"));
         match api
             .call(|http| http.post(&url).query(key).json(&report))
             .await
@@ -134,6 +225,70 @@ impl DirectParts {
                 Ok(false)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The signed URL of part `idx`: signed ahead (asking the drainer for it and the next
+    /// few if it was not), or one of its own without batches.
+    async fn part_url(
+        &self,
+        api: &Api,
+        key: &KeyParam,
+        upload: &str,
+        idx: usize,
+    ) -> Result<String, CallError> {
+        let Some(batches) = &self.batches else {
+            let url = api.url(&format!("/uploads/{upload}/{idx}/url"));
+            let signed: SignedUrl = api.json(|http| http.post(&url).query(key)).await?;
+            return Ok(signed.url);
+        };
+        // Held while asking, so that parts sent at once wait for one answer, not ask too.
+        let mut ahead = batches.ahead.lock().await;
+        if let Some(url) = ahead.take(upload, idx) {
+            return Ok(url);
+        }
+        let query = PartUrlsParam {
+            key: key.key.clone(),
+            first: idx,
+            count: SignAhead::count_from(idx),
+        };
+        let url = api.url(&format!("/uploads/{upload}/urls"));
+        let signed: SignedUrls = api.json(|http| http.post(&url).query(&query)).await?;
+        ahead.keep(upload, idx, signed).ok_or_else(|| CallError::Status {
+            url,
+            status: 502,
+            code: None,
+            message: format!("the drainer did not sign part {idx} of upload {upload}"),
+        })
+    }
+
+    /// Reports the parts stored since the last report (none without batches), in as few
+    /// requests as the drainer takes, before a barrier or an upload's completion: once this
+    /// returns, the drainer's ledger holds every part the mover stored so far. Parts of an
+    /// upload the drainer no longer knows (`404`) make it fail, as a relayed part would.
+    /// Whether it reported any: the drainer flushed its store after recording them, a
+    /// barrier as `…/flush` is.
+    pub(super) async fn report_stored(&self, api: &Api) -> Result<bool, CallError> {
+        let Some(batches) = &self.batches else {
+            return Ok(false);
+        };
+        let stored = std::mem::take(&mut *lock(&batches.stored));
+        let url = api.url("/parts/stored");
+        for chunk in stored.chunks(MAX_REPORTED_PER_REQUEST) {
+            let body = StoredParts {
+                parts: chunk.to_vec(),
+            };
+            api.call(|http| http.post(&url).json(&body)).await?;
+        }
+        Ok(!stored.is_empty())
+    }
+
+    /// Forgets what is kept for `upload` (aborted, or completed): its URLs signed ahead and,
+    /// for an aborted one, its parts not yet reported.
+    pub(super) async fn forget(&self, upload: &str) {
+        if let Some(batches) = &self.batches {
+            batches.ahead.lock().await.forget(upload);
+            lock(&batches.stored).retain(|p| p.upload != upload);
         }
     }
 
@@ -181,6 +336,37 @@ mod tests {
         assert!(!not_offered(&refused(409, Some("run_not_running"))));
         assert!(!not_offered(&refused(404, Some("upload_not_found"))));
         assert!(!not_offered(&refused(403, Some("forbidden"))));
+    }
+
+    #[test]
+    fn parts_are_signed_ahead_a_few_at_first_then_as_many_as_the_file_had_up_to_the_limits() {
+        let asked: Vec<usize> = [0, 1, 4, 8, 16, 40, 64, 500, 9_990, 9_999]
+            .into_iter()
+            .map(SignAhead::count_from)
+            .collect();
+        assert_eq!(asked, [4, 4, 4, 8, 16, 40, 64, 64, 10, 1]);
+    }
+
+    fn signed(first: usize, n: usize, expires_in_s: u64) -> SignedUrls {
+        SignedUrls {
+            first,
+            urls: (first..first + n).map(|i| format!("u{i}")).collect(),
+            expires_in_s,
+        }
+    }
+
+    #[test]
+    fn a_url_signed_ahead_serves_its_own_part_once_while_fresh() {
+        let mut ahead = SignAhead::default();
+        assert_eq!(ahead.keep("a", 4, signed(4, 4, 300)), Some("u4".into()));
+        assert_eq!(ahead.take("a", 4), None, "used once");
+        assert_eq!(ahead.take("b", 5), None, "another upload's");
+        assert_eq!(ahead.take("a", 5), Some("u5".into()));
+        ahead.forget("a");
+        assert_eq!(ahead.take("a", 6), None, "forgotten with its upload");
+        assert_eq!(ahead.keep("a", 9, signed(0, 4, 300)), None, "not signed");
+        assert_eq!(ahead.keep("c", 0, signed(0, 2, 0)), None, "stale at once");
+        assert_eq!(ahead.take("c", 1), None, "stale");
     }
 
     #[test]

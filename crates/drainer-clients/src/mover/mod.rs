@@ -112,7 +112,10 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         part_size: store_info.part_size,
     };
     let direct = match store_info.direct_parts {
-        Some(true) => Some(direct::DirectParts::new(args.engine.store_timeout)?),
+        Some(true) => Some(Arc::new(direct::DirectParts::new(
+            args.engine.store_timeout,
+            store_info.direct_batches == Some(true),
+        )?)),
         _ => None,
     };
     tracing::info!(
@@ -124,6 +127,10 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
             "through the drainer"
         }
     );
+    let barrier = relay::RelayedBarrier {
+        api: api.clone(),
+        direct: direct.clone(),
+    };
     let relay = Arc::new(relay::RelayedStore {
         api: api.clone(),
         batches: batch::PutBatches::start(api.clone()),
@@ -132,7 +139,7 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
     let store = Store::relayed(
         Arc::clone(&relay) as Arc<dyn ObjectStore>,
         relay as Arc<dyn MultipartStore>,
-        Arc::new(relay::RelayedBarrier { api: api.clone() }),
+        Arc::new(barrier),
         format!("drainer+{base}"),
         &store_options,
     );

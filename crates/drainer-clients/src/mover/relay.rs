@@ -12,6 +12,7 @@ use drainer_core::protocol::{CreatedUpload, KeyParam, batch};
 use drainer_core::store::Barrier;
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use std::sync::Arc;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -26,7 +27,7 @@ pub(super) struct RelayedStore {
     pub(super) api: Api,
     pub(super) batches: PutBatches,
     /// Parts straight into the store, if the drainer offers it.
-    pub(super) direct: Option<DirectParts>,
+    pub(super) direct: Option<Arc<DirectParts>>,
 }
 
 fn store_error(e: impl ToString) -> object_store::Error {
@@ -249,6 +250,14 @@ impl MultipartStore for RelayedStore {
         id: &MultipartId,
         _parts: Vec<PartId>,
     ) -> object_store::Result<PutResult> {
+        if let Some(direct) = &self.direct {
+            // The drainer completes the upload from the parts its ledger holds.
+            direct
+                .report_stored(&self.api)
+                .await
+                .map_err(upload_error(location))?;
+            direct.forget(id).await;
+        }
         let url = self.upload_url(id, "/complete");
         let query = key(location);
         self.api
@@ -259,6 +268,9 @@ impl MultipartStore for RelayedStore {
     }
 
     async fn abort_multipart(&self, location: &Path, id: &MultipartId) -> object_store::Result<()> {
+        if let Some(direct) = &self.direct {
+            direct.forget(id).await;
+        }
         let url = self.upload_url(id, "");
         let query = key(location);
         match self.api.call(|http| http.delete(&url).query(&query)).await {
@@ -329,14 +341,27 @@ impl MultipartUpload for RelayedUpload {
     }
 }
 
-/// The durability barrier is the drainer's: it flushes its store.
+/// The durability barrier is the drainer's: it records the parts stored straight into the
+/// store that it was not told of yet and flushes its store (one request, `…/parts/stored`,
+/// if there are such parts; else `…/flush`).
 pub(super) struct RelayedBarrier {
     pub(super) api: Api,
+    /// Parts straight into the store, if the drainer offers it.
+    pub(super) direct: Option<Arc<DirectParts>>,
 }
 
 #[async_trait::async_trait]
 impl Barrier for RelayedBarrier {
     async fn flush(&self) -> Result<(), String> {
+        if let Some(direct) = &self.direct {
+            let flushed = direct
+                .report_stored(&self.api)
+                .await
+                .map_err(|e| e.to_string())?;
+            if flushed {
+                return Ok(());
+            }
+        }
         let url = self.api.url("/flush");
         self.api
             .call(|http| http.post(&url))

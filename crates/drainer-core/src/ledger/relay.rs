@@ -30,6 +30,11 @@ pub struct RelayPart {
     pub len: u64,
 }
 
+/// Records one part of an upload; a part stored again replaces the earlier (the last write of
+/// a part wins, as in the store).
+const RECORD_PART: &str = "INSERT INTO relay_parts (upload_id, idx, part_id, len) VALUES ($1, $2, $3, $4) \
+                           ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, len = excluded.len";
+
 impl Ledger {
     /// Records a new relayed upload.
     pub async fn create_relay(&self, relay: &RelayRecord) -> Result<()> {
@@ -64,11 +69,9 @@ impl Ledger {
 
     /// Records a part stored (again: the last write of a part wins, as in the store).
     pub async fn record_relay_part(&self, upload: &str, part: &RelayPart) -> Result<()> {
-        const SQL: &str = "INSERT INTO relay_parts (upload_id, idx, part_id, len) VALUES ($1, $2, $3, $4) \
-                           ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, len = excluded.len";
         let (upload, part) = (upload.to_owned(), part.clone());
         self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
+            on_pool!(l, |pool, DB| sqlx::query(RECORD_PART)
                 .bind(&upload)
                 .bind(part.idx as i64)
                 .bind(&part.part_id)
@@ -77,6 +80,29 @@ impl Ledger {
                 .await
                 .map(drop)
                 .map_err(query_error("record part")))
+        })
+        .await
+    }
+
+    /// Records parts stored, each of its upload (by the upload's id), in one transaction:
+    /// all or none.
+    pub async fn record_relay_parts(&self, parts: &[(String, RelayPart)]) -> Result<()> {
+        let parts = parts.to_vec();
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| {
+                let mut tx = pool.begin().await.map_err(query_error("record parts"))?;
+                for (upload, part) in &parts {
+                    sqlx::query(RECORD_PART)
+                        .bind(upload)
+                        .bind(part.idx as i64)
+                        .bind(&part.part_id)
+                        .bind(part.len as i64)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error("record parts"))?;
+                }
+                tx.commit().await.map_err(query_error("record parts"))
+            })
         })
         .await
     }

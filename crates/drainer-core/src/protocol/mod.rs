@@ -187,6 +187,11 @@ pub struct StoreInfo {
     /// drainers) or false: every part is relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_parts: Option<bool>,
+    /// Whether the drainer also signs several parts' URLs per request (`POST
+    /// …/uploads/{upload}/urls`) and takes several stored parts per report (`POST
+    /// …/parts/stored`); absent (older drainers) or false: one request per part for each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_batches: Option<bool>,
 }
 
 /// `GET /v1/drains/{id}`, the fields a mover reads.
@@ -231,6 +236,62 @@ pub struct SignedUrl {
     pub url: String,
     /// Seconds the URL stays valid.
     pub expires_in_s: u64,
+}
+
+/// The query of `POST …/uploads/{upload}/urls`: the key the upload writes, and the parts
+/// `first .. first + count` to sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartUrlsParam {
+    /// The key, relative to the store's root.
+    pub key: String,
+    /// The first part's index (from 0).
+    pub first: usize,
+    /// How many parts, 1 to [`MAX_SIGNED_PER_REQUEST`].
+    pub count: usize,
+}
+
+/// The most part URLs one `POST …/uploads/{upload}/urls` signs.
+pub const MAX_SIGNED_PER_REQUEST: usize = 64;
+
+/// The answer of `POST …/uploads/{upload}/urls`: the URL of part `first + i` at `urls[i]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedUrls {
+    /// The index of the first part signed.
+    pub first: usize,
+    /// One URL per part, in order; each `PUT` of a part's bytes stores that part.
+    pub urls: Vec<String>,
+    /// Seconds the URLs stay valid.
+    pub expires_in_s: u64,
+}
+
+/// The most parts one `POST …/parts/stored` reports.
+pub const MAX_REPORTED_PER_REQUEST: usize = 1000;
+
+/// `POST /v1/drains/{id}/parts/stored`: parts the mover stored with signed URLs, of one or
+/// more of its uploads, reported at once (before the mover records progress that counts on
+/// them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredParts {
+    /// The parts, 1 to [`MAX_REPORTED_PER_REQUEST`].
+    pub parts: Vec<StoredPart>,
+}
+
+/// One part of [`StoredParts`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredPart {
+    /// The upload it belongs to.
+    pub upload: String,
+    /// The key that upload writes, relative to the store's root.
+    pub key: String,
+    /// The part's index (from 0).
+    pub part: usize,
+    /// The `ETag` the store answered the part's `PUT` with.
+    pub etag: String,
+    /// The part's length in bytes.
+    pub len: u64,
 }
 
 /// `POST …/uploads/{upload}/{part}/stored`: a part the mover stored with a signed URL, as the

@@ -214,6 +214,9 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/uploads/{upload}/{part}/url" => Stream, mover::sign_part, KEY;
         post "/drains/{id}/uploads/{upload}/{part}/stored" => Stream, mover::record_direct_part,
             Input::query_and_body(&["key"]);
+        post "/drains/{id}/uploads/{upload}/urls" => Stream, mover::sign_parts,
+            Input::query(&["key", "first", "count"]);
+        post "/drains/{id}/parts/stored" => Stream, mover::record_direct_parts, BODY;
         delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
         post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
         get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;

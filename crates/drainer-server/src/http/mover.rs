@@ -19,8 +19,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use drainer_core::ledger::{RelayPart, RelayRecord};
 use drainer_core::protocol::{
-    BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, PartUrlParam, PathParam,
-    RunTotals, SignedUrl, StoreInfo, WirePartial, WireRun, WireStoredFile, batch,
+    BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, MAX_REPORTED_PER_REQUEST,
+    MAX_SIGNED_PER_REQUEST, PartUrlParam, PartUrlsParam, PathParam, RunTotals, SignedUrl,
+    SignedUrls, StoreInfo, StoredParts, WirePartial, WireRun, WireStoredFile, batch,
 };
 use drainer_core::snapshot::{
     PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
@@ -675,6 +676,7 @@ pub(super) async fn store_info(
         part_size: state.shared().store.part_size(),
         compression: Some(state.shared().compression.to_string()),
         direct_parts: Some(state.shared().direct_parts),
+        direct_batches: Some(state.shared().direct_parts),
     })
 }
 
@@ -893,6 +895,26 @@ pub(super) async fn record_direct_part(
     Query(q): Query<PartUrlParam>,
     Json(reported): Json<DirectPart>,
 ) -> Result<StatusCode, Error> {
+    check_reported(&state, part, &reported)?;
+    let streaming = streaming.into_inner();
+    direct_upload(&state, &streaming, &upload, part, &q.key).await?;
+    let recorded = RelayPart {
+        idx: part as u64,
+        part_id: reported.etag,
+        len: reported.len,
+    };
+    state
+        .shared()
+        .ledger
+        .record_relay_part(&upload, &recorded)
+        .await?;
+    count_part_bytes(&state, "direct", reported.len);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A reported part's length must be 1 to the store's part size, its `ETag` 1 to 200
+/// characters: else `400`.
+fn check_reported(state: &AppState, part: usize, reported: &DirectPart) -> Result<(), Error> {
     let part_size = state.shared().store.part_size();
     if reported.len == 0 || reported.len > part_size {
         return Err(Error::new(
@@ -909,19 +931,94 @@ pub(super) async fn record_direct_part(
             "part {part}: the ETag must have 1 to 200 characters"
         )));
     }
+    Ok(())
+}
+
+/// `POST …/uploads/{upload}/urls?key=&first=&count=`: URLs for parts `first .. first +
+/// count` of the upload at once, each as `…/{part}/url` signs it, so that a mover asking
+/// ahead costs drainer one request (and one look at the ledger) per
+/// [`MAX_SIGNED_PER_REQUEST`] parts rather than one per part.
+pub(super) async fn sign_parts(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Path((_, upload)): Path<(String, String)>,
+    Query(q): Query<PartUrlsParam>,
+) -> Result<axum::Json<SignedUrls>, Error> {
+    if q.count == 0 || q.count > MAX_SIGNED_PER_REQUEST {
+        return Err(Error::invalid(format!(
+            "count {}: sign 1 to {MAX_SIGNED_PER_REQUEST} parts per request",
+            q.count
+        )));
+    }
+    let last = q.first.saturating_add(q.count - 1);
     let streaming = streaming.into_inner();
-    direct_upload(&state, &streaming, &upload, part, &q.key).await?;
-    let recorded = RelayPart {
-        idx: part as u64,
-        part_id: reported.etag,
-        len: reported.len,
-    };
-    state
-        .shared()
-        .ledger
-        .record_relay_part(&upload, &recorded)
-        .await?;
-    count_part_bytes(&state, "direct", reported.len);
+    let relay = direct_upload(&state, &streaming, &upload, last, &q.key).await?;
+    let key = Key::from(relay.object_key.as_str());
+    let store = &state.shared().store;
+    let mut urls = Vec::with_capacity(q.count);
+    for part in q.first..=last {
+        let url = store
+            .signed_part_url(&key, &relay.store_upload_id, part, PART_URL_TTL)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(direct_not_offered)?;
+        urls.push(url.to_string());
+    }
+    tracing::debug!(drain = %streaming.drain, upload = %upload, first = q.first, count = q.count, key = %key, "signed part URLs");
+    Ok(axum::Json(SignedUrls {
+        first: q.first,
+        urls,
+        expires_in_s: PART_URL_TTL.as_secs(),
+    }))
+}
+
+/// `POST …/parts/stored`: parts the mover stored with signed URLs, of one or more of its
+/// uploads, each checked as `…/{part}/stored` checks one and recorded together in one ledger
+/// transaction (all or none), then the store flushed as `…/flush` does: a mover reports them
+/// as its durability barrier, before it records progress that counts on them, so resumption
+/// stays exact and the barrier costs one request.
+pub(super) async fn record_direct_parts(
+    State(state): State<AppState>,
+    streaming: Granted<Streaming>,
+    Json(report): Json<StoredParts>,
+) -> Result<StatusCode, Error> {
+    if report.parts.is_empty() || report.parts.len() > MAX_REPORTED_PER_REQUEST {
+        return Err(Error::invalid(format!(
+            "{} parts: report 1 to {MAX_REPORTED_PER_REQUEST} per request",
+            report.parts.len()
+        )));
+    }
+    let streaming = streaming.into_inner();
+    let mut checked = HashSet::new();
+    let mut recorded = Vec::with_capacity(report.parts.len());
+    let mut bytes = 0;
+    for p in report.parts {
+        let reported = DirectPart {
+            etag: p.etag,
+            len: p.len,
+        };
+        check_reported(&state, p.part, &reported)?;
+        if p.part >= MAX_PARTS {
+            return Err(Error::invalid(format!(
+                "part {}: an upload has at most {MAX_PARTS} parts",
+                p.part
+            )));
+        }
+        if !checked.contains(&(p.upload.clone(), p.key.clone())) {
+            direct_upload(&state, &streaming, &p.upload, p.part, &p.key).await?;
+            checked.insert((p.upload.clone(), p.key));
+        }
+        bytes += reported.len;
+        let part = RelayPart {
+            idx: p.part as u64,
+            part_id: reported.etag,
+            len: reported.len,
+        };
+        recorded.push((p.upload, part));
+    }
+    state.shared().ledger.record_relay_parts(&recorded).await?;
+    count_part_bytes(&state, "direct", bytes);
+    state.shared().store.flush().await.map_err(store_failure)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
