@@ -581,6 +581,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .metrics
             .set_drain_summary(&summary, drainer_core::ledger::now_ms());
     }
+    shared
+        .metrics
+        .set_ledger_writes(shared.ledger.writes_committed());
     let ready = readiness(&state).await.ready();
     shared.metrics.ready.set(i64::from(ready));
     (
