@@ -340,7 +340,7 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args = with(&["cancel", &id], &operator_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
-    refuses_another_ca(dir, &volume, &operator).await?;
+    refuses_another_ca(env, &tls, dir, &volume, &operator).await?;
 
     let refused_tokens = [nobody.as_str(), operator.as_str()];
     restores(
@@ -537,15 +537,23 @@ async fn service_ip(client: &Client) -> Result<String> {
 
 /// A CA that did not sign drainer's certificate, given with `--cacert`, is refused: a call
 /// through drainer fails in one line naming the certificate (exit 1); `status` says why
-/// drainer's readiness is unknown.
-async fn refuses_another_ca(dir: &Path, volume: &str, token: &str) -> Result<()> {
+/// drainer's readiness is unknown. Without the ConfigMap drainer-ca (and no `--cacert`) a
+/// call through drainer fails in one line naming the ConfigMap and `--cacert`; with it back,
+/// the call goes through.
+async fn refuses_another_ca(
+    env: &KubeEnv,
+    tls: &Tls,
+    dir: &Path,
+    volume: &str,
+    token: &str,
+) -> Result<()> {
     let other = tempfile::tempdir()?;
     let wrong = Ca::new("not drainer's CA").write(other.path(), "ca.crt");
     let wrong = wrong.to_str().context("path")?;
     let args = ["snapshots", volume, "--token", token, "--cacert", wrong];
-    plugin(dir, &args)
-        .await?
-        .refused(1, &["certificate is not trusted", SERVICE_HOST])?;
+    let run = plugin(dir, &args).await?;
+    eprintln!("kubectl_plugin: another CA: {}", run.stderr.trim());
+    run.refused(1, &["certificate is not trusted", SERVICE_HOST])?;
     let status = plugin(dir, &["status", "--cacert", wrong])
         .await?
         .ok("status with another CA")?;
@@ -553,6 +561,33 @@ async fn refuses_another_ca(dir: &Path, volume: &str, token: &str) -> Result<()>
         status.contains("readiness: unknown (") && status.contains("certificate is not trusted"),
         "{status}"
     );
+    kubectl(env, &["-n", SYSTEM, "delete", "configmap", "drainer-ca"]).await?;
+    let without = plugin(dir, &["snapshots", volume, "--token", token]).await;
+    let from_file = format!("--from-file=ca.crt={}", tls.file("ca.crt"));
+    kubectl(
+        env,
+        &[
+            "-n",
+            SYSTEM,
+            "create",
+            "configmap",
+            "drainer-ca",
+            &from_file,
+        ],
+    )
+    .await?;
+    let without = without?;
+    eprintln!(
+        "kubectl_plugin: no ConfigMap drainer-ca: {}",
+        without.stderr.trim()
+    );
+    without.refused(
+        1,
+        &[&format!("ConfigMap {SYSTEM}/drainer-ca"), "404", "--cacert"],
+    )?;
+    plugin(dir, &["snapshots", volume, "--token", token])
+        .await?
+        .ok("snapshots with the ConfigMap drainer-ca back")?;
     Ok(())
 }
 
