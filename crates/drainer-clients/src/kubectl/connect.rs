@@ -210,8 +210,8 @@ pub(crate) fn http_port(pod: &Pod) -> u16 {
 /// Whether drainer's pod serves TLS: its container is given a certificate
 /// (`DRAINER_TLS_CERT`, or `--tls-cert`).
 pub(crate) fn serves_tls(pod: &Pod) -> bool {
-    let containers = pod.spec.iter().flat_map(|s| &s.containers);
-    containers.into_iter().any(|c| {
+    let mut containers = pod.spec.iter().flat_map(|s| &s.containers);
+    containers.any(|c| {
         let by_env = c.env.iter().flatten().any(|e| {
             e.name == "DRAINER_TLS_CERT" && e.value.as_deref().is_some_and(|v| !v.is_empty())
         });
