@@ -90,6 +90,9 @@ pub enum KubectlCommand {
     Status,
     /// The orphaned claims drainer sees (through drainer).
     Orphans,
+    /// The claims drainer deleted to give their storage back, and whether their snapshots
+    /// are still pinned (through drainer).
+    Reclaims,
     /// A volume's snapshots (through drainer).
     Snapshots {
         /// The volume, as NAMESPACE/PVC (or PVC with -n).
@@ -134,6 +137,7 @@ pub async fn run(args: KubectlArgs) -> anyhow::Result<()> {
         KubectlCommand::Drains => drains::run(&cluster, &args).await,
         KubectlCommand::Status => status::run(&cluster, &args).await,
         KubectlCommand::Orphans => through::orphans(&cluster, &args).await,
+        KubectlCommand::Reclaims => through::reclaims(&cluster, &args).await,
         KubectlCommand::Snapshots { volume } => through::snapshots(&cluster, &args, volume).await,
         KubectlCommand::Retry { drain } => {
             through::act(&cluster, &args, drain, through::Act::Retry).await
