@@ -8,7 +8,9 @@
 //! snapshot into a local directory) goes to drainer's
 //! HTTP API through a port-forward made for the call to a ready drainer pod ([`connect`]), or
 //! `--drainer-url`, with a token drainer checks by TokenReview and SubjectAccessReview:
-//! `--token`, or the kubeconfig user's bearer token. Never the admin token. This module only
+//! `--token`, or the kubeconfig user's bearer token. Never the admin token. A drainer that
+//! serves TLS is spoken to in HTTPS, its certificate checked for its Service's name with the
+//! CA of `--cacert` or of the ConfigMap `drainer-ca` in its namespace. This module only
 //! reads and asks; it changes nothing in the cluster itself (retry and cancel are drainer's
 //! to do, and drainer authorises them). Progress ([`progress`]) is a bar on a terminal.
 //!
@@ -64,6 +66,10 @@ pub struct KubectlArgs {
     /// to one of its pods.
     #[arg(long, env = "DRAINER_KUBECTL_URL", global = true)]
     pub drainer_url: Option<String>,
+    /// PEM bundle of the CA that signs drainer's certificate, when drainer serves TLS
+    /// (default: the ConfigMap drainer-ca of drainer's namespace, key ca.crt).
+    #[arg(long, env = "DRAINER_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,

@@ -26,7 +26,6 @@ use super::output::document;
 use super::progress::{Bar, Counts, text};
 use super::through::volume_of;
 use super::{KubectlArgs, Output};
-use crate::args::{ClientArgs, TrustArgs};
 use crate::client::CallError;
 use crate::remote::{self, RemoteVolume};
 use clap::Args;
@@ -103,7 +102,8 @@ pub(crate) async fn run(
     let selector = snapshot::continuing(dest, &volume, &restore.selector())?;
     let token = cluster.token(args)?;
     let drainer = connect::drainer(cluster, args).await?;
-    let remote = remote_volume(&drainer.url, token, &volume, args.request_timeout)?
+    let http = drainer.http(args.request_timeout)?;
+    let remote = RemoteVolume::through(http, &drainer.url, token, &volume)
         .earlier_namespace(restore.earlier_namespace);
     let options = RestoreOptions {
         concurrency: remote::RESTORE_CONCURRENCY,
@@ -143,22 +143,6 @@ pub(crate) fn in_use(found: &Found, volume: &VolumeId) -> bool {
         Found::Unfinished { marker, .. } => marker.volume != volume.to_string(),
         Found::Occupied { .. } => true,
     }
-}
-
-/// The restore API of `volume` on the drainer at `url`, with `token`.
-fn remote_volume(
-    url: &str,
-    token: String,
-    volume: &VolumeId,
-    timeout: Duration,
-) -> anyhow::Result<RemoteVolume> {
-    let client = ClientArgs {
-        url: url.to_owned(),
-        token_file: PathBuf::new(),
-        token: Some(token),
-        trust: TrustArgs::default(),
-    };
-    RemoteVolume::new(&client, volume, timeout)
 }
 
 /// How a restore's progress is shown while it runs: a bar on a terminal, plain lines on

@@ -26,7 +26,7 @@ impl Session {
         let token = cluster.token(args)?;
         let drainer = connect::drainer(cluster, args).await?;
         let timeout = args.request_timeout;
-        let api = Api::new(&drainer.url, token, timeout, timeout, Vec::new())?;
+        let api = Api::with_client(drainer.http(timeout)?, &drainer.url, token, timeout);
         Ok(Self {
             api,
             _drainer: drainer,
