@@ -31,11 +31,11 @@ use crate::support::install::{
 };
 use crate::support::kube::{
     KubeEnv, admin_kubeconfig, client, create_namespace, delete_namespace, eventually, from_json,
-    with_timeout,
+    wait_for_bound_claim, with_timeout,
 };
 use crate::support::tls::Ca;
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -476,6 +476,53 @@ async fn restores(
         "{}",
         run.stderr
     );
+    restores_into_a_claim(dir, client, volume, snapshot, claim).await
+}
+
+/// `kubectl drainer restore … --into-claim`: a new claim of the examples' namespace gets the
+/// snapshot, by a Job whose pod runs as the `restorer` ServiceAccount (bound to
+/// `drainer-restore`, as it restores another claim's snapshot than the one it mounts) and
+/// reads through drainer over TLS.
+async fn restores_into_a_claim(
+    dir: &Path,
+    client: &Client,
+    volume: &str,
+    snapshot: &str,
+    claim: &Path,
+) -> Result<()> {
+    let target = "restored-web-2";
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), APPS);
+    claims
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": {"name": target},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "64Mi"}}}
+            })),
+        )
+        .await?;
+    let args = [
+        "restore",
+        volume,
+        "--into-claim",
+        target,
+        "--service-account",
+        "restorer",
+        "--job-timeout",
+        "180",
+    ];
+    let said = plugin(dir, &args).await?.ok("restore --into-claim")?;
+    eprintln!("kubectl drainer restore --into-claim: {said}");
+    ensure!(
+        said.starts_with(&format!(
+            "restored {volume} into claim {target} (Job drainer-restore-{target}-"
+        )) && said.contains(&format!("restored snapshot {snapshot}")),
+        "{said}"
+    );
+    let restored = wait_for_bound_claim(client, APPS, target, Duration::from_secs(60)).await?;
+    let diffs = crate::support::tree::differences(claim, &restored);
+    ensure!(diffs.is_empty(), "claim {target} differs: {diffs:#?}");
     Ok(())
 }
 

@@ -278,17 +278,9 @@ pub(crate) async fn drainer(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Re
     }
     let ns = &args.drainer_namespace;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels(SERVER_LABELS))
-        .await
-        .map_err(|e| api_error(format!("listing drainer's pods in namespace {ns}"), e))?;
-    let pod = ready_pod(&list.items).with_context(|| {
-        format!(
-            "no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})"
-        )
-    })?;
-    let (name, port) = (pod.name_any(), http_port(pod));
-    let roots = if serves_tls(pod) {
+    let pod = ready_drainer_pod(cluster, args).await?;
+    let (name, port) = (pod.name_any(), http_port(&pod));
+    let roots = if serves_tls(&pod) {
         Some(trust(cluster, args, ns).await?)
     } else {
         None
@@ -318,6 +310,24 @@ pub(crate) async fn drainer(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Re
         roots: roots.unwrap_or_default(),
         resolve,
         forward: Some(forward),
+    })
+}
+
+/// A ready drainer pod of `--drainer-namespace`.
+pub(crate) async fn ready_drainer_pod(
+    cluster: &Cluster,
+    args: &KubectlArgs,
+) -> anyhow::Result<Pod> {
+    let ns = &args.drainer_namespace;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(SERVER_LABELS))
+        .await
+        .map_err(|e| api_error(format!("listing drainer's pods in namespace {ns}"), e))?;
+    ready_pod(&list.items).cloned().with_context(|| {
+        format!(
+            "no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})"
+        )
     })
 }
 

@@ -22,6 +22,7 @@ mod drains;
 mod output;
 mod progress;
 mod restore;
+mod restore_job;
 mod status;
 mod through;
 mod watch;
