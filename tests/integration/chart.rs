@@ -263,12 +263,45 @@ async fn the_chart_refuses_what_it_cannot_do() -> Result<()> {
         ("movers.serviceAccount=", "movers"),
         ("replicaCount=2", "needs database.urlSecret"),
         ("movers.identity=root", "movers"),
+        ("movers.dataPath=sideways", "movers"),
         ("store.url=ftp://x", "store"),
     ] {
         let err = helm_refuses(&["template", RELEASE, chart_ref(), "--set", set]).await?;
         ensure!(err.contains(why), "--set {set}: {err}");
         let reason = err.lines().find(|l| l.contains(why)).unwrap_or_default();
         println!("--set {set} refused: {}", reason.trim());
+    }
+    Ok(())
+}
+
+/// `movers.dataPath` reaches drainer as `DRAINER_MOVER_DATA_PATH` (the default renders none:
+/// drainer's own default, `auto`, as deploy/base).
+#[tokio::test]
+async fn the_mover_data_path_reaches_drainer() -> Result<()> {
+    let env = KubeEnv::load()?;
+    for (value, expected) in [("relay", Some("relay")), ("", None)] {
+        let set = format!("movers.dataPath={value}");
+        let args = [
+            "template",
+            RELEASE,
+            chart_ref(),
+            "-n",
+            SYSTEM,
+            "--set",
+            &set,
+        ];
+        let objects = objects_of(&helm(&env, &args).await?).await?;
+        let deployment = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .context("no Deployment rendered")?;
+        let found = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .context("no env")?
+            .iter()
+            .find(|e| e["name"] == "DRAINER_MOVER_DATA_PATH")
+            .and_then(|e| e["value"].as_str());
+        ensure!(found == expected, "--set {set}: {found:?}");
     }
     Ok(())
 }
