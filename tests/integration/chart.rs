@@ -1,9 +1,10 @@
 //! `deploy/chart` with Helm v4 built from its Go module (`scripts/helm`): `helm lint
 //! --strict`; `helm template` with the default values renders the same objects as
 //! `kubectl kustomize deploy/base`, and with `monitoring.enabled` the same as the base with
-//! `components/monitoring` (so the chart and kustomize never drift); values the schema or
-//! the templates refuse; and `helm install` into kube-env (the image of the binary under
-//! test), a StatefulSet drained through its preStop hooks and its snapshot restored exactly,
+//! `components/monitoring` (and so with TLS and encryption: so the chart and kustomize never
+//! drift); values the schema or the templates refuse; and `helm install` into kube-env (the
+//! image of the binary under test, `tls.enabled` with a certificate made in the test), a
+//! StatefulSet drained through its preStop hooks and its snapshot restored exactly,
 //! `helm upgrade` to another image tag while a drain is under way (the drain completes on the
 //! new pod), and `helm uninstall` leaving the applications' claims.
 //!
@@ -17,8 +18,8 @@
 use crate::support::cluster::scale;
 use crate::support::file_url;
 use crate::support::install::{
-    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, deploy, drainer_pod, ensure_namespace, kubectl,
-    output, release_image, repo, restore_equals, start_example_web, test_image,
+    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, Tls, deploy, drainer_pod, ensure_namespace,
+    kubectl, output, release_image, repo, restore_equals, start_example_web, test_image,
 };
 use crate::support::kube::{
     KubeEnv, client, eventually, wait_for_bound_claim, wait_for_pod_gone, with_timeout,
@@ -262,6 +263,7 @@ async fn the_chart_refuses_what_it_cannot_do() -> Result<()> {
         ("movers.serviceAccount=", "movers"),
         ("replicaCount=2", "needs database.urlSecret"),
         ("movers.identity=root", "movers"),
+        ("movers.dataPath=sideways", "movers"),
         ("store.url=ftp://x", "store"),
     ] {
         let err = helm_refuses(&["template", RELEASE, chart_ref(), "--set", set]).await?;
@@ -272,8 +274,40 @@ async fn the_chart_refuses_what_it_cannot_do() -> Result<()> {
     Ok(())
 }
 
+/// `movers.dataPath` reaches drainer as `DRAINER_MOVER_DATA_PATH` (the default renders none:
+/// drainer's own default, `auto`, as deploy/base).
+#[tokio::test]
+async fn the_mover_data_path_reaches_drainer() -> Result<()> {
+    let env = KubeEnv::load()?;
+    for (value, expected) in [("relay", Some("relay")), ("", None)] {
+        let set = format!("movers.dataPath={value}");
+        let args = [
+            "template",
+            RELEASE,
+            chart_ref(),
+            "-n",
+            SYSTEM,
+            "--set",
+            &set,
+        ];
+        let objects = objects_of(&helm(&env, &args).await?).await?;
+        let deployment = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .context("no Deployment rendered")?;
+        let found = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .context("no env")?
+            .iter()
+            .find(|e| e["name"] == "DRAINER_MOVER_DATA_PATH")
+            .and_then(|e| e["value"].as_str());
+        ensure!(found == expected, "--set {set}: {found:?}");
+    }
+    Ok(())
+}
+
 /// The values of the kube-env install: the image of the binary under test, only the
-/// examples' namespace watched, a short lease (as overlays/kube-env).
+/// examples' namespace watched, a short lease, TLS (as overlays/kube-env).
 fn install_values(tag: &str) -> Vec<String> {
     [
         "image.repository=drainer".to_owned(),
@@ -287,6 +321,7 @@ fn install_values(tag: &str) -> Vec<String> {
     .into_iter()
     // --set-string: DRAINER_LEASE's 10 stays a string, as an env value must be.
     .flat_map(|v| ["--set-string".to_owned(), v])
+    .chain(["--set".to_owned(), "tls.enabled=true".to_owned()])
     .collect()
 }
 
@@ -368,6 +403,7 @@ async fn install_upgrade_uninstall(
         ],
     )
     .await?;
+    let tls = Tls::install(env, client).await?;
 
     step("helm install");
     let mut install = vec![
@@ -384,7 +420,7 @@ async fn install_upgrade_uninstall(
     helm(env, &install).await?;
     let pod = drainer_pod(client, env).await?;
     ensure_runs_tag(&pod, TAGS[0])?;
-    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
+    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS, Some(&tls)).await?;
     let store = {
         let dir =
             wait_for_bound_claim(client, SYSTEM, "drainer-data", Duration::from_secs(10)).await?;

@@ -2,7 +2,10 @@
 //! test (unpacked and run chrooted: self-contained), every manifest rendered by kubectl's
 //! kustomize and accepted by kube-env's API server, and the install of
 //! `deploy/overlays/kube-env` with the examples applied unmodified (the image is registered
-//! with kube-env under the names the manifests use): drainer becomes Ready, scaled-down
+//! with kube-env under the names the manifests use), over TLS (a certificate for drainer's
+//! Service name made in the test, given to the cluster with the commands the manifests' comments
+//! tell a user to run; probes, mover Jobs, the examples' clients and the test's own calls all
+//! speak HTTPS): drainer becomes Ready, scaled-down
 //! StatefulSets are drained through preStop hooks, a SIGTERM handler's curl, a Job and the
 //! orphan-sweep CronJob, the snapshots restore to the claims' data exactly, the RBAC is enough
 //! (no 403) and no more than that, and `kubectl delete -k` removes what the install created
@@ -14,9 +17,9 @@
 
 use crate::support::cluster::scale;
 use crate::support::install::{
-    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SYSTEM, clean_up, deploy, drainer_pod, ensure_namespace,
-    example_claim_dir, kubectl, output, release_image, repo, restore_equals, start_example_web,
-    test_image, wait_app,
+    ADMIN_TOKEN, APPS, DrainerApi, LOCK, SERVICE_HOST, SYSTEM, Tls, clean_up, deploy, drainer_pod,
+    ensure_namespace, example_claim_dir, kubectl, output, release_image, repo, restore_equals,
+    start_example_web, test_image, wait_app,
 };
 use crate::support::kube::{
     KubeEnv, client, eventually, processes_with_env, wait_for_bound_claim, wait_for_pod_gone,
@@ -797,6 +800,7 @@ async fn install_drain_and_uninstall_body(
     env.register_image(&release_image(), image).await?;
     // The users' namespace (not part of the install).
     ensure_namespace(client, APPS).await?;
+    let tls = Tls::install(env, client).await?;
 
     step("kubectl apply -k deploy/overlays/kube-env");
     kubectl(env, &["apply", "-k", &deploy("overlays/kube-env")]).await?;
@@ -819,7 +823,24 @@ async fn install_drain_and_uninstall_body(
     );
     step("drainer Ready");
     check_rbac_is_least(client).await?;
-    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
+    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS, Some(&tls)).await?;
+    let movers = kubectl(
+        env,
+        &[
+            "-n",
+            SYSTEM,
+            "get",
+            "configmap",
+            "drainer-movers",
+            "-o",
+            "jsonpath={.data.serviceURL}",
+        ],
+    )
+    .await?;
+    ensure!(
+        movers == format!("https://{SERVICE_HOST}:8080"),
+        "mover Jobs reach drainer at {movers:?}"
+    );
     // The store of the base: a directory on drainer's own claim.
     let store = {
         let dir =

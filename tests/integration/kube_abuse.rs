@@ -8,8 +8,12 @@
 //! every bad token is answered `401` or `429` with a JSON error, and a pod handing off with a
 //! fresh token of its own (reviewed like any unknown token) is answered `2xx` during the
 //! attack. And a pod of the cluster holds 5,000 connections half-open: drainer closes each,
-//! and the pod's handoffs are answered meanwhile. Handoff latencies with and without the
-//! attacks are printed (`eprintln`), never asserted.
+//! and the pod's handoffs are answered meanwhile. And a pod, with its own projected token, runs
+//! 40 batch reads of full batches (64 × 256 KiB) of snapshots of the claims it mounts and reads
+//! the answers a few bytes at a time: each further batch of that caller is answered `429` with
+//! `Retry-After`, drainer's peak resident memory (`VmHWM`) stays under the memory limit of
+//! `deploy/base/deployment.yaml`, and handoffs are answered meanwhile. Handoff latencies with
+//! and without the attacks are printed (`eprintln`), never asserted.
 
 use crate::support::cluster::TestNamespace;
 use crate::support::forward::Forward;
@@ -529,6 +533,261 @@ async fn half_open_connections_from_a_pod_are_dropped_and_handoffs_still_answere
             "most of the attacker's connections connected: {tally}"
         );
         ensure!(most_held > OWN_CONNECTIONS, "the attack reached drainer: {most_held} connections at most");
+        t.finish().await
+    })
+    .await
+}
+
+/// What the reader pod runs (`python3 -c SCRIPT HOST PORT NS SECONDS N PVC=KEY…`), with its
+/// projected token: for each claim, N batch reads of 64 × 256 KiB of
+/// object `KEY` sent at once, each answer's head read a few bytes at a time (prints
+/// `{"readers": [STATUS…]}`); then one more batch of each claim, read whole (prints
+/// `{"refused": [{"status", "retry_after", "code"}…]}`); then, for SECONDS, 16 bytes of each
+/// reader's answer every quarter second (prints `{"done": {"read": BYTES, "ended": N}}`, N
+/// answers that ended meanwhile). On an error it prints `{"error": …}` and exits 1.
+const SLOW_READERS: &str = r#"
+import json, socket, sys, time
+host, port, ns, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+per_claim, volumes = int(sys.argv[5]), [a.split("=", 1) for a in sys.argv[6:]]
+token = open("/var/run/secrets/drainer/token").read().strip()
+
+def send(pvc, key):
+    body = json.dumps({"reads": [{"key": key, "start": 0, "end": 262144}] * 64}).encode()
+    head = (f"POST /v1/volumes/{ns}/{pvc}/objects/batch HTTP/1.1\r\nHost: drainer\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(head + body)
+    return s
+
+def head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(16)
+        if not chunk:
+            raise EOFError(f"closed after {data!r}")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    fields = dict(l.lower().split(": ", 1) for l in lines[1:])
+    return int(lines[0].split()[1]), fields, rest
+
+def whole(s):
+    status, fields, body = head(s)
+    while len(body) < int(fields.get("content-length", "0")):
+        body += s.recv(4096)
+    code = json.loads(body)["error"]["code"] if body else None
+    return {"status": status, "retry_after": fields.get("retry-after"), "code": code}
+
+try:
+    readers = [send(pvc, key) for pvc, key in volumes for _ in range(per_claim)]
+    print(json.dumps({"readers": [head(s)[0] for s in readers]}), flush=True)
+    extra = [send(pvc, key) for pvc, key in volumes]
+    print(json.dumps({"refused": [whole(s) for s in extra]}), flush=True)
+    read, ended, live, deadline = 0, 0, list(readers), time.time() + seconds
+    while time.time() < deadline:
+        for s in list(live):
+            chunk = s.recv(16)
+            if not chunk:
+                live.remove(s)
+                ended += 1
+            read += len(chunk)
+        time.sleep(0.25)
+    print(json.dumps({"done": {"read": read, "ended": ended}}), flush=True)
+except Exception as e:
+    print(json.dumps({"error": repr(e)}), flush=True)
+    sys.exit(1)
+"#;
+
+/// Claims the reader pod mounts, each with a snapshot it reads.
+const READ_CLAIMS: usize = 5;
+/// Batch reads one caller may have in flight per volume (`--batch-reads-per-caller`'s
+/// default, `inflight::BATCH_READS`): five claims hold the pod's 40 slow readers.
+const BATCH_READS_PER_CALLER: usize = 8;
+/// How long the reader pod reads its answers slowly once all are under way.
+const SLOW_SECONDS: u64 = 20;
+
+/// drainer's memory limit in `deploy/base/deployment.yaml` (the `memory:` under `limits:`),
+/// in bytes.
+fn deployment_memory_limit() -> Result<u64> {
+    let manifest = include_str!("../../deploy/base/deployment.yaml");
+    let value = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "limits:")
+        .find_map(|l| l.trim().strip_prefix("memory:"))
+        .context("no memory limit in deploy/base/deployment.yaml")?
+        .trim();
+    let (number, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let scale: u64 = match unit {
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => anyhow::bail!("memory limit {value:?}: not in Mi or Gi"),
+    };
+    Ok(number.parse::<u64>()? * scale)
+}
+
+/// The most memory process `pid` has held resident (`VmHWM` of `/proc/PID/status`), in
+/// bytes.
+fn peak_resident(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+/// Makes claim `pvc` with a 1 MiB file and a snapshot of it (the admin's handoff, the
+/// test's mover): `PVC=KEY`, KEY the file's object, relative to the volume.
+async fn claim_with_snapshot(t: &Target, pvc: &str, seed: u64) -> Result<String> {
+    t.create_claim(pvc, "16Mi").await?;
+    let dir = t.bound_claim_dir(pvc, WAIT).await?;
+    std::fs::write(dir.join("blob"), crate::support::tree::bytes(seed, 1 << 20))?;
+    let drain = t.serve.drain_with_mover(&t.ns, pvc, &dir).await;
+    let snapshot = t.serve.drain(&drain).await["snapshot"]
+        .as_str()
+        .context("the drain has no snapshot")?
+        .to_owned();
+    let key = format!("snapshots/{snapshot}/files/blob");
+    let stored = t.work.join(format!("store/volumes/{}/{pvc}/{key}", t.ns));
+    let size = std::fs::metadata(&stored)
+        .with_context(|| format!("{}", stored.display()))?
+        .len();
+    ensure!(
+        size >= 256 * 1024,
+        "{key} is {size} bytes: a read of 256 KiB would be short"
+    );
+    Ok(format!("{pvc}={key}"))
+}
+
+/// Pod `reader` of ServiceAccount `web`, mounting `claims` and its projected token for
+/// drainer, running [`SLOW_READERS`] with `args`.
+fn reader_pod(claims: &[String], args: &[String]) -> Pod {
+    let token =
+        json!({"name": "drainer-token", "mountPath": "/var/run/secrets/drainer", "readOnly": true});
+    let mounts = claims
+        .iter()
+        .map(|c| json!({"name": c, "mountPath": format!("/{c}")}))
+        .chain([token]);
+    let volumes = claims
+        .iter()
+        .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+        .chain([json!({"name": "drainer-token", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "drainer", "expirationSeconds": 3600, "path": "token"}}
+        ]}})]);
+    let command: Vec<String> = ["python3", "-c", SLOW_READERS]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(args.iter().cloned())
+        .collect();
+    from_json(json!({
+        "metadata": {"name": "reader"},
+        "spec": {
+            "serviceAccountName": "web",
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "read", "image": "registry.invalid/attack:1",
+                            "command": command, "volumeMounts": mounts.collect::<Vec<_>>()}],
+            "volumes": volumes.collect::<Vec<_>>()
+        }
+    }))
+}
+
+/// The value of the first line of `log` that is a JSON object with `field`.
+fn logged(log: &str, field: &str) -> Option<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| v.get(field).cloned())
+}
+
+/// A pod of the cluster, with its own projected token, runs 40 batch reads of full batches
+/// (64 × 256 KiB) of snapshots of five claims it mounts ([`BATCH_READS_PER_CALLER`] per
+/// claim, the most one caller may have in flight), every answer `200`, and reads them a few
+/// bytes at a time for [`SLOW_SECONDS`]: one more batch of each claim is answered `429`
+/// with `Retry-After` and a JSON error; drainer's peak resident memory (`VmHWM`) stays under
+/// the Deployment's memory limit; none of the 40 answers is cut off; and pod `web` hands off
+/// with a fresh token, answered `2xx`, throughout. Handoff latencies and memory are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_slow_readers_in_a_pod_stay_under_the_memory_limit_and_handoffs_still_answered()
+-> Result<()> {
+    with_timeout(LIMIT, async {
+        let t = Target::new("kube-abuse-slow").await?;
+        let env = KubeEnv::load()?;
+        let limit = deployment_memory_limit()?;
+        let mut claims = Vec::new();
+        let mut reads = Vec::new();
+        for i in 0..READ_CLAIMS {
+            let pvc = format!("read-{i}");
+            reads.push(claim_with_snapshot(&t, &pvc, i as u64).await?);
+            claims.push(pvc);
+        }
+        let upstream = t.serve.url.trim_start_matches("http://").to_owned();
+        let forward = Forward::start(&env.host_ip, &upstream).await?;
+        let (host, port) = forward.address.rsplit_once(':').context("no port")?;
+        let mut quiet = Vec::new();
+        for _ in 0..10 {
+            quiet.push(t.handoff().await?.0);
+        }
+        let pid = t.serve.pid().context("drainer's pid")?;
+        let before = peak_resident(pid)?;
+        let args: Vec<String> = [host, port, &t.ns, &SLOW_SECONDS.to_string(), &BATCH_READS_PER_CALLER.to_string()]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(reads)
+            .collect();
+        let pods = t.api::<Pod>();
+        pods.create(&PostParams::default(), &reader_pod(&claims, &args)).await?;
+        let pod = wait_for_pod_phase(&pods, "reader", &["Running", "Succeeded", "Failed"], WAIT).await?;
+        // The pod's handoffs from when every reader has its answer's head until the end.
+        let (mut during, started) = (Vec::new(), Instant::now());
+        let log = loop {
+            let log = env.container_log(&pod, "read")?;
+            if log.contains("\"done\"") || log.contains("\"error\"") {
+                break log;
+            }
+            if log.contains("\"readers\"") {
+                during.push(t.handoff().await?.0);
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ensure!(started.elapsed() < LIMIT / 2, "the reader pod never finished: {log}");
+        };
+        let peak = peak_resident(pid)?;
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let readers = READ_CLAIMS * BATCH_READS_PER_CALLER;
+        eprintln!(
+            "kube_abuse figures: {readers} slow readers of full batches in a pod: drainer's peak resident memory \
+             (VmHWM) {:.0} MiB before, {:.0} MiB after (Deployment limit {:.0} MiB); the pod's last line: {}",
+            mib(before),
+            mib(peak),
+            mib(limit),
+            log.lines().last().unwrap_or_default()
+        );
+        eprintln!("kube_abuse figures: the pod's handoffs without the attack: {}", percentiles(&mut quiet));
+        eprintln!(
+            "kube_abuse figures: the pod's handoffs during {readers} slow readers: {}",
+            percentiles(&mut during)
+        );
+        let statuses = logged(&log, "readers").with_context(|| format!("no readers: {log}"))?;
+        ensure!(
+            statuses == json!(vec![200; readers]),
+            "every slow reader was answered 200: {statuses}"
+        );
+        let refused = logged(&log, "refused").with_context(|| format!("no refusals: {log}"))?;
+        let one = json!({"status": 429, "retry_after": "1", "code": "too_many_requests"});
+        ensure!(
+            refused == json!(vec![one; READ_CLAIMS]),
+            "the 41st and later batches were refused with Retry-After: {refused}"
+        );
+        let done = logged(&log, "done").with_context(|| format!("the pod did not finish: {log}"))?;
+        ensure!(done["ended"] == 0, "answers were cut off while read slowly: {done}");
+        ensure!(!during.is_empty(), "no handoff during the attack");
+        ensure!(peak < limit, "drainer peaked at {:.0} MiB, over its limit {:.0} MiB", mib(peak), mib(limit));
         t.finish().await
     })
     .await

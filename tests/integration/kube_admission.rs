@@ -48,7 +48,7 @@ const INSTALLED_KINDS: [&str; 9] = [
 ];
 /// The mover settings of the kube-env overlay (its ConfigMap drainer-movers).
 const MOVER_IMAGE: &str = "drainer:kube-env";
-const SERVICE_URL: &str = "http://drainer.drainer-system.svc:8080";
+const SERVICE_URL: &str = "https://drainer.drainer-system.svc:8080";
 /// Bound of one test.
 const LIMIT: Duration = Duration::from_secs(180);
 

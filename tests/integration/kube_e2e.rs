@@ -763,7 +763,10 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
         }
         let kept = w.keep(&dirs)?;
 
+        let before = Counters::read(&serve.url).await?;
         let scaled_ms = chrono::Utc::now().timestamp_millis();
+        let scaled = Instant::now();
+        let mut all_held_after = None;
         w.scale("web", 0).await?;
         let mut ids = BTreeMap::new();
         for (_, pvc) in &claims {
@@ -778,6 +781,9 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
                 let drain = serve.drain(id).await;
                 if drain["hold"] == format!("drainer-hold-{id}").as_str() {
                     held.insert(pvc.clone());
+                }
+                if held.len() == ids.len() && all_held_after.is_none() {
+                    all_held_after = Some(scaled.elapsed());
                 }
                 match drain["state"].as_str().unwrap_or_default() {
                     "completed" => {
@@ -824,6 +830,7 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             .max()
             .unwrap_or(scaled_ms);
         let rss = serve.pid().map(peak_rss_kib).transpose()?.unwrap_or(0);
+        let spent = Counters::read(&serve.url).await?.since(&before);
         if when_scaled == "Delete" {
             let missing: Vec<_> = ids
                 .iter()
@@ -924,10 +931,74 @@ async fn fifty_at_once(prefix: &str, when_scaled: &str) -> Result<()> {
             w.jobs.peak(),
             rss as f64 / 1024.0
         );
+        let seconds = (last_ms - scaled_ms) as f64 / 1000.0;
+        let per_claim = |n: u64| n as f64 / f64::from(FIFTY);
+        eprintln!(
+            "  every claim held: {} after the scale-down (polled each second); drainer's \
+             Kubernetes API requests {} ({:.1} per claim, {:.1}/s; by method {:?}); ledger \
+             writes {} ({:.1} per claim, {:.1}/s)",
+            all_held_after.map_or_else(
+                || "never all at once (Retain holds none: the claims stay anyway)".to_owned(),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            ),
+            spent.api_total(),
+            per_claim(spent.api_total()),
+            spent.api_total() as f64 / seconds,
+            spent.api,
+            spent.ledger_writes,
+            per_claim(spent.ledger_writes),
+            spent.ledger_writes as f64 / seconds,
+        );
         serve.terminate(Duration::from_secs(20)).await;
         w.finish().await
     })
     .await
+}
+
+/// drainer's request and write counters, read from its `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    /// `drainer_kube_api_requests_total` by method.
+    api: BTreeMap<String, u64>,
+    /// `drainer_ledger_writes_total`.
+    ledger_writes: u64,
+}
+
+impl Counters {
+    async fn read(url: &str) -> Result<Self> {
+        let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+        let mut counters = Self::default();
+        for line in text.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if let Some(labels) = name.strip_prefix("drainer_kube_api_requests_total{method=\"") {
+                let method = labels.trim_end_matches("\"}").to_owned();
+                counters.api.insert(method, value as u64);
+            } else if name == "drainer_ledger_writes_total" {
+                counters.ledger_writes = value as u64;
+            }
+        }
+        Ok(counters)
+    }
+
+    /// What was counted since `earlier`.
+    fn since(&self, earlier: &Counters) -> Counters {
+        let api = self
+            .api
+            .iter()
+            .map(|(m, n)| (m.clone(), n - earlier.api.get(m).copied().unwrap_or(0)))
+            .collect();
+        Counters {
+            api,
+            ledger_writes: self.ledger_writes - earlier.ledger_writes,
+        }
+    }
+
+    fn api_total(&self) -> u64 {
+        self.api.values().sum()
+    }
 }
 
 /// Whether log line `line` names claim `pvc` (not another claim whose name starts with it).

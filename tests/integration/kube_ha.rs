@@ -656,7 +656,7 @@ async fn scale_down_under(ha: &Ha, fault: Fault) -> Result<()> {
     };
     let (dirs, uids) = start_web(ha).await?;
     let kept = keep(ha.work.path(), &dirs)?;
-    let api = DrainerApi::new(&ha.client, ADMIN_TOKEN, &ha.apps).await?;
+    let api = DrainerApi::new(&ha.client, ADMIN_TOKEN, &ha.apps, None).await?;
     step("31 pods wrote their data, every claim guarded; scaling web to 1");
     let scaled = Instant::now();
     let patch = Patch::Merge(json!({"spec": {"replicas": 1}}));

@@ -4,27 +4,43 @@
 //! three condemned claims are drained (a `drainer mover` the test runs on each claim's
 //! directory, as a mover Job would), then deleted by drainer itself — an Event `Reclaiming` on
 //! each claim naming its snapshot, `Reclaimed` on the StatefulSet, a ledger record (claim, UID,
-//! snapshot, when) — and scaled to 4 again, the three ordinals start with exactly their data.
+//! snapshot, when), listed by `GET /v1/reclaims` as pinned — and scaled to 4 again, the three
+//! ordinals start with exactly their data. Scaled to 1 once more, their new claims are drained
+//! again, which releases the first pins (the data lives on in the new snapshots), and the
+//! retention policy (`--keep-last 1`) then prunes the snapshots they pinned.
 //! And what must keep its claim: in a second StatefulSet scaled 4 → 1, ordinal 1 scaled back up
 //! before the delay, ordinal 2's claim mounted by another pod after its drain; ordinal 3's
 //! claim, reclaimed in the same passes, shows the delay passed for them too.
 
 use crate::kube_restore::{World, fill, web};
 use crate::support::image::drainer_image;
-use crate::support::kube::with_timeout;
+use crate::support::kube::{eventually, with_timeout};
 use crate::support::run_ok;
 use crate::support::tree::differences;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(600);
+/// How long a release or a prune may take (passes every 5 s; the drain it needs first).
+const WAIT: Duration = Duration::from_secs(180);
 /// Every condemned claim's drain copying at once (the test runs their movers in its order).
 const ALL_AT_ONCE: [&str; 2] = ["--concurrent-drains", "4"];
+/// [`ALL_AT_ONCE`], and a retention policy that keeps one snapshot per claim, applied every
+/// 5 s.
+const KEEP_ONE: [&str; 6] = [
+    "--concurrent-drains",
+    "4",
+    "--keep-last",
+    "1",
+    "--prune-interval",
+    "5",
+];
 
 /// The StatefulSet opted in with `delay`.
 fn reclaiming(
@@ -104,6 +120,36 @@ async fn events(w: &World) -> Result<Vec<(String, String, String)>> {
         .collect())
 }
 
+/// The reclaims of the test's namespace as `GET /v1/reclaims` lists them, by claim UID.
+async fn listed_reclaims(w: &World) -> Result<BTreeMap<String, Value>> {
+    let path = format!("/v1/reclaims?namespace={}", w.ns);
+    let (status, body) = w.serve.call(reqwest::Method::GET, &path, None).await;
+    ensure!(status == 200, "{status}: {body}");
+    let rows = body["reclaims"].as_array().context("no reclaims")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r["pvc_uid"].as_str().unwrap_or_default().to_owned(),
+                r.clone(),
+            )
+        })
+        .collect())
+}
+
+/// The snapshots of claim `pvc` listed through drainer.
+async fn snapshots_of(w: &World, pvc: &str) -> Result<Vec<String>> {
+    let path = format!("/v1/volumes/{}/{pvc}/snapshots", w.ns);
+    let (status, body) = w.serve.call(reqwest::Method::GET, &path, None).await;
+    ensure!(status == 200, "{status}: {body}");
+    Ok(body["snapshots"]
+        .as_array()
+        .context("no snapshots")?
+        .iter()
+        .filter_map(|s| s["snapshot"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// The ledger's reclaim records (its SQLite file, read beside the running drainer).
 async fn reclaims(w: &World) -> Result<Vec<drainer_core::ledger::Reclaim>> {
     let ledger = drainer::Ledger::open(None, &w.work.join("data")).await?;
@@ -113,7 +159,7 @@ async fn reclaims(w: &World) -> Result<Vec<drainer_core::ledger::Reclaim>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_away_claims_are_given_back_and_come_back_with_exactly_their_data() -> Result<()> {
     with_timeout(LIMIT, async {
-        let w = World::with_drainer("kube-reclaim", &ALL_AT_ONCE).await?;
+        let w = World::with_drainer("kube-reclaim", &KEEP_ONE).await?;
         let image = drainer_image(&w.env).await?;
         reclaiming(4, image, &w.url, "30s").create(&w).await?;
         let had = filled(&w, 4).await?;
@@ -156,10 +202,20 @@ async fn scaled_away_claims_are_given_back_and_come_back_with_exactly_their_data
             );
             ensure!(r.deleted.is_some_and(|d| d >= r.decided), "{r:#?}");
         }
+        // The API lists the same, each snapshot pinned.
+        let listed = listed_reclaims(&w).await?;
+        for (i, snapshot) in &snapshots {
+            let r = &listed[&had[*i].uid];
+            ensure!(
+                r["snapshot"] == *snapshot.as_str() && r["pinned"] == true,
+                "{r}"
+            );
+        }
         // Ordinal 0 was never touched.
         ensure!(differences(&had[0].kept, &had[0].dir).is_empty());
 
         w.scale("web", 4).await?;
+        let mut back = Vec::new();
         for (i, before) in had.iter().enumerate().skip(1) {
             let pod = w.running(&format!("web-{i}")).await?;
             let log = w.env.container_log(&pod, "restore")?;
@@ -168,10 +224,55 @@ async fn scaled_away_claims_are_given_back_and_come_back_with_exactly_their_data
             ensure!(uid != before.uid, "web-{i} came back with a new claim");
             let diffs = differences(&before.kept, &dir);
             ensure!(diffs.is_empty(), "web-{i}'s data differs: {diffs:#?}");
+            back.push((i, dir));
         }
+        released_once_drained_again(&w, &had, &snapshots, &back).await?;
         w.finish().await
     })
     .await
+}
+
+/// Scales `web` to 1 again: the claims the ordinals came `back` with are drained, which
+/// releases the pins of the first reclaims (each `released_by` the new drain), and `--keep-last
+/// 1` prunes the snapshots they pinned.
+async fn released_once_drained_again(
+    w: &World,
+    had: &[Had],
+    snapshots: &[(usize, String)],
+    back: &[(usize, PathBuf)],
+) -> Result<()> {
+    w.scale("web", 1).await?;
+    let mut drains = BTreeMap::new();
+    for (i, dir) in back.iter().rev() {
+        let pvc = format!("data-web-{i}");
+        w.drain(&pvc, dir).await?;
+        let newest = w.serve.drains(&format!("volume={}/{pvc}", w.ns)).await;
+        let id = newest
+            .first()
+            .and_then(|d| d["id"].as_str())
+            .context("no drain")?;
+        drains.insert(*i, id.to_owned());
+    }
+    for (i, pinned) in snapshots {
+        let (uid, pvc) = (&had[*i].uid, format!("data-web-{i}"));
+        eventually(format!("{pvc}'s first pin released"), WAIT, || async {
+            let r = listed_reclaims(w)
+                .await?
+                .remove(uid)
+                .context("not listed")?;
+            ensure!(r["pinned"] == false, "{r}");
+            ensure!(r["released_by"] == *drains[i].as_str(), "{r}");
+            Ok(())
+        })
+        .await?;
+        eventually(format!("{pvc}'s pinned snapshot pruned"), WAIT, || async {
+            let left = snapshots_of(w, &pvc).await?;
+            ensure!(left.len() == 1 && !left.contains(pinned), "{left:?}");
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,11 +31,12 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::cluster::TestNamespace;
 use crate::support::cluster::{KubeDrainer, WebSet, scale};
 use crate::support::file_url;
 use crate::support::gate::Gate;
 use crate::support::image::drainer_image;
-use crate::support::kube::{client, create_namespace, delete_namespace, eventually, with_timeout};
+use crate::support::kube::{eventually, with_timeout};
 use crate::support::serve::Serve;
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 use k8s_openapi::jiff::{self, Timestamp};
@@ -213,8 +214,8 @@ async fn drains_listed(serve: &Serve, ns: &str) -> Result<Vec<Value>> {
 #[tokio::test]
 async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "sweep-scaled").await?;
+        let namespace = TestNamespace::new("sweep-scaled").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -302,7 +303,7 @@ async fn a_sweep_drains_exactly_the_scaled_away_claims_once() -> Result<()> {
             let id = drain["id"].as_str().context("no id")?;
             ensure!(ledger.requested_by(id, "sweep").await?, "{id} not requested by sweep");
         }
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -391,8 +392,8 @@ async fn orphans_are_reported(serve: &Serve, ns: &str, drains: &[Value]) -> Resu
 #[tokio::test]
 async fn a_deleted_statefulset_is_remembered_across_restarts() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "sweep-deleted").await?;
+        let namespace = TestNamespace::new("sweep-deleted").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -458,7 +459,7 @@ async fn a_deleted_statefulset_is_remembered_across_restarts() -> Result<()> {
             findings_in(&unknown, &ns)
         );
         stop.cancel();
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -494,8 +495,8 @@ async fn events_about(
 #[tokio::test]
 async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "sweep-events").await?;
+        let namespace = TestNamespace::new("sweep-events").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let claim: PersistentVolumeClaim = from_json(json!({
@@ -589,7 +590,7 @@ async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
         ensure!(events_about(&client, &ns, "PersistentVolumeClaim", "data-x").await?.contains_key("NotNeeded"));
         ensure!(!events_about(&client, &ns, "Pod", "x").await?.contains_key("NotNeeded"));
         stop.cancel();
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -597,8 +598,8 @@ async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
 #[tokio::test]
 async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "sweep-lease").await?;
+        let namespace = TestNamespace::new("sweep-lease").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let lease = |holder: &str, seconds: u64| {
             Lease::new(
                 client.clone(),
@@ -636,7 +637,7 @@ async fn one_replica_at_a_time_holds_the_sweeper_lease() -> Result<()> {
             "taken over before the 1 s lease ran out: {:?}",
             taken.elapsed()
         );
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -694,8 +695,8 @@ async fn wait_for_holder(
 async fn the_sweeper_lease_moves_at_once_on_sigterm_and_within_its_short_duration_on_sigkill()
 -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "sweep-lease-replicas").await?;
+        let namespace = TestNamespace::new("sweep-lease-replicas").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let leases: Api<LeaseObject> = Api::namespaced(client.clone(), &ns);
         let work = tempfile::tempdir()?;
         let a = sweeping_replica(work.path(), &ns, "replica-a").await?;
@@ -762,7 +763,7 @@ async fn the_sweeper_lease_moves_at_once_on_sigterm_and_within_its_short_duratio
             "replica-c took the Lease {waited:?} after its last renewal: before it ran out"
         );
         c.terminate(Duration::from_secs(40)).await;
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -773,9 +774,9 @@ async fn the_sweeper_lease_moves_at_once_on_sigterm_and_within_its_short_duratio
 #[tokio::test]
 async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
+        let namespace = TestNamespace::new("sweep-watch-memory").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
         let kenv = crate::support::kube::KubeEnv::load()?;
-        let ns = create_namespace(&client, "sweep-watch-memory").await?;
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let work = tempfile::tempdir()?;
@@ -858,7 +859,7 @@ async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> 
             crate::support::cluster::assert_restores_exactly(&store, &ns, pvc, dir, work.path())
                 .await;
         }
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }

@@ -7,8 +7,9 @@
 //! the https `--service-url` (trusting the CA drainer gives it with `--mover-cacert`), and a
 //! pod restores it (`drainer restore --drainer https://… --cacert`). Each step is also tried
 //! without the CA and shown to fail, naming the certificate: a handoff and a restore from pods
-//! change nothing, and a mover Job without the CA never completes its drain. The other kube-env
-//! tests run on plain HTTP, which keeps working.
+//! change nothing, and a mover Job without the CA never completes its drain. The install tests
+//! (`deploy`, `kubectl_plugin`, `chart`) run drainer's pod over TLS as the manifests install it;
+//! the other kube-env tests run on plain HTTP, which keeps working.
 
 use crate::support::cluster::{TestNamespace, assert_restores_exactly};
 use crate::support::forward::Forward;

@@ -11,23 +11,31 @@
 //! token without `drainer-restore` or a snapshot that does not exist. The admin kubeconfig's
 //! certificate cannot be shown to drainer: exit 2 naming --token.
 //!
-//! Calls through drainer go through a port-forward to drainer's pod made for the call (kube-env's
-//! kubelet API serves port forwarding as a kubelet does), and once with `--drainer-url` (its
-//! Service's ClusterIP, which this machine reaches); with no drainer pod in the namespace
-//! given, the call fails in one line naming it.
+//! drainer serves TLS, as the overlay installs it (a certificate for its Service's name made
+//! in the test, `support::install::Tls`). Calls through drainer go through a port-forward to
+//! drainer's pod made for the call (kube-env's kubelet API serves port forwarding as a kubelet
+//! does), in HTTPS to the Service's name, with the CA the plugin reads from the ConfigMap
+//! drainer-ca of drainer's namespace (which any signed-in user may read, and nothing else
+//! there); and once with `--drainer-url https://drainer.drainer-system.svc:8080 --cacert`,
+//! the name resolved to the Service's ClusterIP (which this machine reaches) by a hosts file
+//! mounted over /etc/hosts for that run only, as a resolver in the cluster would. A CA that
+//! did not sign drainer's certificate (`--cacert`) is refused in one line naming the
+//! certificate, and `status` reports drainer's readiness unknown for that reason. With no
+//! drainer pod in the namespace given, the call fails in one line naming it.
 
 use crate::support::cluster::scale;
 use crate::support::drainer;
 use crate::support::install::{
-    APPS, DrainerApi, LOCK, SYSTEM, clean_up, deploy, ensure_namespace, kubectl, release_image,
-    start_example_web, test_image,
+    APPS, DrainerApi, LOCK, SERVICE_HOST, SYSTEM, Tls, clean_up, deploy, ensure_namespace, kubectl,
+    release_image, start_example_web, test_image,
 };
 use crate::support::kube::{
     KubeEnv, admin_kubeconfig, client, create_namespace, delete_namespace, eventually, from_json,
-    with_timeout,
+    wait_for_bound_claim, with_timeout,
 };
+use crate::support::tls::Ca;
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -50,7 +58,25 @@ struct Run {
 /// Runs the plugin (`dir/kubectl-drainer`, a link to the binary under test) with the admin
 /// kubeconfig and `args`.
 async fn plugin(dir: &Path, args: &[&str]) -> Result<Run> {
-    let mut cmd = tokio::process::Command::new(dir.join("kubectl-drainer"));
+    run_plugin(
+        tokio::process::Command::new(dir.join("kubectl-drainer")),
+        args,
+    )
+    .await
+}
+
+/// [`plugin`], with `hosts` mounted over /etc/hosts for this run only (in a mount namespace
+/// of its own).
+async fn plugin_with_hosts(dir: &Path, hosts: &Path, args: &[&str]) -> Result<Run> {
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(hosts)
+        .arg(dir.join("kubectl-drainer"));
+    run_plugin(cmd, args).await
+}
+
+async fn run_plugin(mut cmd: tokio::process::Command, args: &[&str]) -> Result<Run> {
     for (key, _) in std::env::vars() {
         if key.starts_with("DRAINER_") {
             cmd.env_remove(key);
@@ -161,11 +187,12 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     env.register_image(OVERLAY_IMAGE, image).await?;
     env.register_image(&release_image(), image).await?;
     ensure_namespace(client, APPS).await?;
+    let tls = Tls::install(env, client).await?;
     kubectl(env, &["apply", "-k", &deploy("overlays/kube-env")]).await?;
     crate::support::install::drainer_pod(client, env).await?;
     let web = start_example_web(env, client).await?;
     scale(client, APPS, "web", 2).await?;
-    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS).await?;
+    let api = DrainerApi::new(client, ADMIN_TOKEN, APPS, Some(&tls)).await?;
     let drain = api
         .wait_completed("data-web-2", 0, Duration::from_secs(240))
         .await?;
@@ -236,24 +263,44 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
         .await?
         .refused(1, &["404"])?;
 
-    // Readiness comes through a port-forward to drainer's pod, or from --drainer-url.
+    // Readiness comes through a port-forward to drainer's pod (over TLS, with the CA of the
+    // ConfigMap drainer-ca), or from --drainer-url (its Service's name, with --cacert).
     let status = plugin(dir, &["status"]).await?.ok("status")?;
     for word in ["Deployment drainer 1/1 ready", "completed", "ledger"] {
         ensure!(status.contains(word), "status lacks {word:?}:\n{status}");
     }
-    let url = service_url(client).await?;
-    for extra in [&[][..], &["--drainer-url", &url][..]] {
-        let args: Vec<&str> = ["status", "-o", "yaml"]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect();
-        let status = plugin(dir, &args).await?.ok("status -o yaml")?;
+    let hosts = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        hosts.path(),
+        format!(
+            "127.0.0.1 localhost\n{} {SERVICE_HOST}\n",
+            service_ip(client).await?
+        ),
+    )?;
+    let url = format!("https://{SERVICE_HOST}:8080");
+    let ca = tls.file("ca.crt");
+    for through_url in [false, true] {
+        let args = [
+            "status",
+            "-o",
+            "yaml",
+            "--drainer-url",
+            &url,
+            "--cacert",
+            &ca,
+        ];
+        let run = if through_url {
+            plugin_with_hosts(dir, hosts.path(), &args).await?
+        } else {
+            plugin(dir, &args[..3]).await?
+        };
+        let status = run.ok("status -o yaml")?;
         ensure!(
             status.contains("status: ready") && status.contains("name: ledger"),
-            "{args:?}: {status}"
+            "--drainer-url {through_url}: {status}"
         );
     }
+    ca_is_public(env).await?;
 
     // Through drainer, as operators.
     let operator = user(env, client, ops, "operator").await?;
@@ -293,6 +340,7 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args = with(&["cancel", &id], &operator_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["409", &id])?;
+    refuses_another_ca(env, &tls, dir, &volume, &operator).await?;
 
     let refused_tokens = [nobody.as_str(), operator.as_str()];
     restores(
@@ -310,7 +358,7 @@ async fn body(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result
     let args = with(&["snapshots", &volume], &through(&nobody));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     plugin(dir, &args).await?.refused(1, &["403"])?;
-    plugin(dir, &["orphans", "--drainer-url", &url])
+    plugin(dir, &["orphans", "--drainer-url", &url, "--cacert", &ca])
         .await?
         .refused(2, &["client certificate", "--token"])?;
     plugin(
@@ -428,6 +476,53 @@ async fn restores(
         "{}",
         run.stderr
     );
+    restores_into_a_claim(dir, client, volume, snapshot, claim).await
+}
+
+/// `kubectl drainer restore … --into-claim`: a new claim of the examples' namespace gets the
+/// snapshot, by a Job whose pod runs as the `restorer` ServiceAccount (bound to
+/// `drainer-restore`, as it restores another claim's snapshot than the one it mounts) and
+/// reads through drainer over TLS.
+async fn restores_into_a_claim(
+    dir: &Path,
+    client: &Client,
+    volume: &str,
+    snapshot: &str,
+    claim: &Path,
+) -> Result<()> {
+    let target = "restored-web-2";
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), APPS);
+    claims
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": {"name": target},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "64Mi"}}}
+            })),
+        )
+        .await?;
+    let args = [
+        "restore",
+        volume,
+        "--into-claim",
+        target,
+        "--service-account",
+        "restorer",
+        "--job-timeout",
+        "180",
+    ];
+    let said = plugin(dir, &args).await?.ok("restore --into-claim")?;
+    eprintln!("kubectl drainer restore --into-claim: {said}");
+    ensure!(
+        said.starts_with(&format!(
+            "restored {volume} into claim {target} (Job drainer-restore-{target}-"
+        )) && said.contains(&format!("restored snapshot {snapshot}")),
+        "{said}"
+    );
+    let restored = wait_for_bound_claim(client, APPS, target, Duration::from_secs(60)).await?;
+    let diffs = crate::support::tree::differences(claim, &restored);
+    ensure!(diffs.is_empty(), "claim {target} differs: {diffs:#?}");
     Ok(())
 }
 
@@ -476,14 +571,91 @@ fn progress_of(object: &Value) -> String {
         .map_or_else(String::new, |p| format!("{p}, "))
 }
 
-/// drainer's Service as a URL (this machine reaches ClusterIPs).
-async fn service_url(client: &Client) -> Result<String> {
+/// drainer's Service's ClusterIP (this machine reaches ClusterIPs).
+async fn service_ip(client: &Client) -> Result<String> {
     let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM);
-    let ip = services
+    services
         .get("drainer")
         .await?
         .spec
         .and_then(|s| s.cluster_ip)
-        .context("the drainer Service has no ClusterIP")?;
-    Ok(format!("http://{ip}:8080"))
+        .context("the drainer Service has no ClusterIP")
+}
+
+/// A CA that did not sign drainer's certificate, given with `--cacert`, is refused: a call
+/// through drainer fails in one line naming the certificate (exit 1); `status` says why
+/// drainer's readiness is unknown. Without the ConfigMap drainer-ca (and no `--cacert`) a
+/// call through drainer fails in one line naming the ConfigMap and `--cacert`; with it back,
+/// the call goes through.
+async fn refuses_another_ca(
+    env: &KubeEnv,
+    tls: &Tls,
+    dir: &Path,
+    volume: &str,
+    token: &str,
+) -> Result<()> {
+    let other = tempfile::tempdir()?;
+    let wrong = Ca::new("not drainer's CA").write(other.path(), "ca.crt");
+    let wrong = wrong.to_str().context("path")?;
+    let args = ["snapshots", volume, "--token", token, "--cacert", wrong];
+    let run = plugin(dir, &args).await?;
+    eprintln!("kubectl_plugin: another CA: {}", run.stderr.trim());
+    run.refused(1, &["certificate is not trusted", SERVICE_HOST])?;
+    let status = plugin(dir, &["status", "--cacert", wrong])
+        .await?
+        .ok("status with another CA")?;
+    ensure!(
+        status.contains("readiness: unknown (") && status.contains("certificate is not trusted"),
+        "{status}"
+    );
+    kubectl(env, &["-n", SYSTEM, "delete", "configmap", "drainer-ca"]).await?;
+    let without = plugin(dir, &["snapshots", volume, "--token", token]).await;
+    let from_file = format!("--from-file=ca.crt={}", tls.file("ca.crt"));
+    kubectl(
+        env,
+        &[
+            "-n",
+            SYSTEM,
+            "create",
+            "configmap",
+            "drainer-ca",
+            &from_file,
+        ],
+    )
+    .await?;
+    let without = without?;
+    eprintln!(
+        "kubectl_plugin: no ConfigMap drainer-ca: {}",
+        without.stderr.trim()
+    );
+    without.refused(
+        1,
+        &[&format!("ConfigMap {SYSTEM}/drainer-ca"), "404", "--cacert"],
+    )?;
+    plugin(dir, &["snapshots", volume, "--token", token])
+        .await?
+        .ok("snapshots with the ConfigMap drainer-ca back")?;
+    Ok(())
+}
+
+/// Any signed-in user may read the ConfigMap drainer-ca of drainer's namespace (what `kubectl
+/// drainer` checks drainer's certificate with), and no other ConfigMap there.
+async fn ca_is_public(env: &KubeEnv) -> Result<()> {
+    let as_anyone = "--as=system:serviceaccount:default:nobody-in-particular";
+    let may = |what: &'static str| {
+        let args = ["auth", "can-i", "get", what, "-n", SYSTEM, as_anyone];
+        async move {
+            let out = env.kubectl().args(args).output().await?;
+            anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+        }
+    };
+    ensure!(
+        may("configmap/drainer-ca").await?,
+        "a signed-in user may not read drainer's CA"
+    );
+    ensure!(
+        !may("configmap/drainer-movers").await?,
+        "a signed-in user may read other ConfigMaps of drainer's namespace"
+    );
+    Ok(())
 }

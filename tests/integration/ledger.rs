@@ -720,6 +720,8 @@ async fn reclaims_pin_their_snapshots(ledger: Ledger) {
         decided: 1_000,
         deleted: None,
         replica: "r1".into(),
+        released: None,
+        released_by: None,
     };
     ledger
         .pin_reclaim(&reclaim("u1", "data-web-1", "s-1"))
@@ -769,4 +771,156 @@ async fn postgres_reclaims_pin_their_snapshots() {
         .await
         .unwrap();
     reclaims_pin_their_snapshots(ledger).await;
+}
+
+/// A drain of claim `uid` of `shop/PVC` in namespace life `ns_uid`, claimed by a replica and,
+/// if `snapshot` is given, completed with it; returns its id.
+async fn drain_of_claim(
+    ledger: &Ledger,
+    pvc: &str,
+    uid: &str,
+    ns_uid: &str,
+    snapshot: Option<&str>,
+) -> String {
+    use drainer_core::ledger::{AttemptOutcome, KubeFacts, NewDrain};
+    let new = NewDrain {
+        volume: drainer::VolumeId::new("shop", pvc).unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: None,
+        kube: Some(KubeFacts {
+            pvc_uid: Some(uid.into()),
+            ..KubeFacts::default()
+        }),
+    };
+    let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
+    ledger.set_namespace_life(&id, ns_uid, None).await.unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let claimed = ledger.claim_drain("r1", lease).await.unwrap().unwrap();
+    assert_eq!(claimed.id, id);
+    if let Some(snapshot) = snapshot {
+        let done = AttemptOutcome::Completed {
+            snapshot: snapshot.into(),
+        };
+        assert!(ledger.end_attempt(&id, "r1", &done).await.unwrap());
+    }
+    id
+}
+
+/// A reclaim's pin is released once a later claim of the same volume, in the same life of
+/// the namespace, was drained to completion after the delete; never by a drain still copying,
+/// by a drain of another namespace life, or before the claim was deleted. Released rows stay
+/// in the record and no longer pin.
+async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
+    use drainer_core::ledger::{Reclaim, now_ms};
+    let mut reclaims = Vec::new();
+    for (pvc, deleted) in [
+        ("data-web-1", true),
+        ("data-web-2", true),
+        ("data-web-3", false),
+    ] {
+        let uid = format!("{pvc}-old");
+        let snapshot = format!("{pvc}-s1");
+        let drain_id = drain_of_claim(&ledger, pvc, &uid, "ns-1", Some(&snapshot)).await;
+        let r = Reclaim {
+            pvc_uid: uid,
+            namespace: "shop".into(),
+            pvc: pvc.into(),
+            statefulset: "web".into(),
+            drain_id,
+            snapshot,
+            decided: now_ms(),
+            deleted: None,
+            replica: "r1".into(),
+            released: None,
+            released_by: None,
+        };
+        ledger.pin_reclaim(&r).await.unwrap();
+        if deleted {
+            let done = Reclaim {
+                deleted: Some(now_ms()),
+                ..r.clone()
+            };
+            ledger.reclaimed(&done).await.unwrap();
+        }
+        reclaims.push(r);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // Ordinal 1 came back and is being drained again; ordinal 2's namespace was deleted and
+    // created again (another life) and its new claim drained; ordinal 3's claim was never
+    // deleted, and a new claim of its name drained.
+    let copying = drain_of_claim(&ledger, "data-web-1", "data-web-1-new", "ns-1", None).await;
+    drain_of_claim(
+        &ledger,
+        "data-web-2",
+        "data-web-2-new",
+        "ns-2",
+        Some("data-web-2-s2"),
+    )
+    .await;
+    drain_of_claim(
+        &ledger,
+        "data-web-3",
+        "data-web-3-new",
+        "ns-1",
+        Some("data-web-3-s2"),
+    )
+    .await;
+    assert!(
+        ledger
+            .release_superseded_pins(now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(ledger.pinned_snapshots().await.unwrap().len(), 3);
+
+    let done = drainer_core::ledger::AttemptOutcome::Completed {
+        snapshot: "data-web-1-s2".into(),
+    };
+    assert!(ledger.end_attempt(&copying, "r1", &done).await.unwrap());
+    let released = ledger.release_superseded_pins(12_345).await.unwrap();
+    assert_eq!(released.len(), 1, "{released:#?}");
+    assert_eq!(
+        (
+            released[0].pvc.as_str(),
+            released[0].released,
+            released[0].released_by.as_deref()
+        ),
+        ("data-web-1", Some(12_345), Some(copying.as_str()))
+    );
+    let pinned = ledger.pinned_snapshots().await.unwrap();
+    let mut volumes: Vec<&String> = pinned.keys().collect();
+    volumes.sort();
+    assert_eq!(volumes, ["shop/data-web-2", "shop/data-web-3"]);
+    assert!(
+        ledger
+            .release_superseded_pins(now_ms())
+            .await
+            .unwrap()
+            .is_empty(),
+        "released once"
+    );
+    let recorded = ledger.reclaims().await.unwrap();
+    assert_eq!(recorded.len(), 3, "released rows stay in the record");
+    let one = recorded.iter().find(|r| r.pvc == "data-web-1").unwrap();
+    assert_eq!(one.released_by.as_deref(), Some(copying.as_str()));
+}
+
+#[tokio::test]
+async fn sqlite_pins_are_released_once_a_later_drain_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    pins_are_released_once_a_later_drain_completed(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_pins_are_released_once_a_later_drain_completed() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    pins_are_released_once_a_later_drain_completed(ledger).await;
 }

@@ -129,7 +129,19 @@ impl Api {
             .timeout(timeout)
             .tls_certs_merge(roots)
             .build()?;
-        Ok(Self {
+        Ok(Self::with_client(client, base, token, retry_for))
+    }
+
+    /// An API client sending its requests through `client` (made by the caller, e.g. to
+    /// reach drainer's name at a port-forward's local address); failures that may pass are
+    /// retried for up to `retry_for`.
+    pub(crate) fn with_client(
+        client: reqwest::Client,
+        base: &str,
+        token: String,
+        retry_for: Duration,
+    ) -> Self {
+        Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
             token: std::sync::Arc::new(Token {
@@ -138,7 +150,7 @@ impl Api {
             }),
             retry_for,
             identity: None,
-        })
+        }
     }
 
     /// The same client, reading its token again from `file` every minute (the token given to
@@ -254,7 +266,7 @@ impl Api {
 }
 
 /// A failed request as a [`CallError`]: [`CallError::Tls`] when TLS failed, saying what to do.
-fn transport_error(url: &str, source: reqwest::Error) -> CallError {
+pub(crate) fn transport_error(url: &str, source: reqwest::Error) -> CallError {
     let Some(tls) = tls_error(&source) else {
         return CallError::Transport {
             url: url.to_owned(),

@@ -85,6 +85,27 @@ impl RemoteVolume {
         })
     }
 
+    /// The volume `volume` on the drainer at `url`, asked through `http` (a client its caller
+    /// made, with its timeouts and trust) with `token`.
+    pub(crate) fn through(
+        http: reqwest::Client,
+        url: &str,
+        token: String,
+        volume: &VolumeId,
+    ) -> Self {
+        let base = format!(
+            "{}/v1/volumes/{}/{}",
+            url.trim_end_matches('/'),
+            volume.namespace,
+            volume.name
+        );
+        Self {
+            api: Api::with_client(http, &base, token, RETRY_FOR),
+            volume: volume.clone(),
+            query: "",
+        }
+    }
+
     /// The same volume, read as an operator who asks for the snapshots of earlier namespaces
     /// of its namespace's name too (`earlier`; the drainer records each such read), or not.
     pub fn earlier_namespace(self, earlier: bool) -> Self {

@@ -76,7 +76,7 @@ impl MakeMode for KubernetesMode {
 
 /// Connects to the API server (in-cluster config or KUBECONFIG) and starts the watches.
 async fn watch_cluster(kube: &KubeArgs, base: &Base<'_>) -> anyhow::Result<crate::Cluster> {
-    let client = crate::client::connect()
+    let client = crate::client::connect_counted(base.metrics.kube_api_requests.clone())
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     crate::Cluster::start_under(client, kube.watch_namespaces.clone(), base.supervisor)

@@ -475,6 +475,8 @@ impl Reclaimer {
             decided: drainer_core::ledger::now_ms(),
             deleted: None,
             replica: self.replica.clone(),
+            released: None,
+            released_by: None,
         };
         self.ledger.pin_reclaim(&record).await?;
         let marked = match self.mark(c, &rv).await {

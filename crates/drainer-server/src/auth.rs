@@ -158,6 +158,8 @@ pub enum Action {
     Sweep,
     /// List orphaned volumes (size, age, last snapshot, drain).
     ListOrphans,
+    /// List the claims drainer deleted to give their storage back, and their pins.
+    ListReclaims,
     /// List a volume's snapshots (`/v1/volumes/{ns}/{pvc}/snapshots`).
     ListSnapshots,
     /// Read a volume's snapshots to restore them: their manifests and objects
@@ -195,7 +197,12 @@ impl Action {
             (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::Workload) => Reach::OwnOrGranted,
             (A::ListDrains | A::ReadDrain | A::ListSnapshots, K::User) => Reach::Granted,
             (
-                A::RetryDrain | A::CancelDrain | A::AbandonDrain | A::Sweep | A::ListOrphans,
+                A::RetryDrain
+                | A::CancelDrain
+                | A::AbandonDrain
+                | A::Sweep
+                | A::ListOrphans
+                | A::ListReclaims,
                 K::Workload | K::User,
             ) => Reach::Granted,
             (A::ReadDrain | A::Stream, K::Mover) => Reach::Own,
@@ -217,6 +224,7 @@ impl Action {
             Action::AbandonDrain => ("abandon", "drains"),
             Action::Sweep => ("create", "sweeps"),
             Action::ListOrphans => ("list", "orphans"),
+            Action::ListReclaims => ("list", "reclaims"),
             Action::ListSnapshots => ("list", "snapshots"),
             Action::Restore => ("create", "restores"),
             Action::Stream => return None,
@@ -246,6 +254,7 @@ impl Action {
             Action::AbandonDrain => "abandon this drain",
             Action::Sweep => "run sweeps",
             Action::ListOrphans => "list orphaned volumes",
+            Action::ListReclaims => "list reclaimed claims",
             Action::ListSnapshots => "list this volume's snapshots",
             Action::Restore => "read or restore this volume's snapshots",
             Action::Stream => "stream into this drain",
@@ -253,8 +262,8 @@ impl Action {
     }
 }
 
-/// The API group of drainer's RBAC resources (`drains`, `sweeps`, `orphans`, `snapshots`,
-/// `handoffs`, `restores`).
+/// The API group of drainer's RBAC resources (`drains`, `sweeps`, `orphans`, `reclaims`,
+/// `snapshots`, `handoffs`, `restores`).
 pub const GROUP: &str = "drainer.io";
 
 /// One RBAC permission on drainer's resources: what a SubjectAccessReview asks.
@@ -616,6 +625,7 @@ mod tests {
             (AbandonDrain, [All, Granted, Granted, No]),
             (Sweep, [All, Granted, Granted, No]),
             (ListOrphans, [All, Granted, Granted, No]),
+            (ListReclaims, [All, Granted, Granted, No]),
             (ListSnapshots, [All, OwnOrGranted, Granted, No]),
             (Restore, [All, Own, Granted, No]),
             (Stream, [All, No, No, Own]),
@@ -639,6 +649,7 @@ mod tests {
             (AbandonDrain, Some(("abandon", "drains"))),
             (Sweep, Some(("create", "sweeps"))),
             (ListOrphans, Some(("list", "orphans"))),
+            (ListReclaims, Some(("list", "reclaims"))),
             (ListSnapshots, Some(("list", "snapshots"))),
             (Restore, Some(("create", "restores"))),
             (Stream, None),

@@ -68,6 +68,16 @@ pub struct ReviewLabel {
 /// Requests at the review gate by result: `drainer_token_reviews_total`.
 pub type ReviewCounts = Family<ReviewLabel, Counter>;
 
+/// Label of `drainer_kube_api_requests_total`: the request's method, `WATCH` for a watch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabel {
+    /// `GET`, `WATCH`, `POST`, `PATCH`, `PUT` or `DELETE`.
+    pub method: String,
+}
+
+/// Requests sent to the Kubernetes API server: `drainer_kube_api_requests_total`.
+pub type ApiRequestCounts = Family<ApiRequestLabel, Counter>;
+
 /// The classes of error of `drainer_drain_failures_total{reason}` (the scheduler's
 /// `failure_class`), each exported from the start at 0 so that rates and alerts see them.
 pub(crate) const FAILURE_REASONS: [&str; 6] = [
@@ -126,6 +136,10 @@ pub struct Metrics {
     /// Tokens not known lately, by what the review gate did with them (Kubernetes mode's
     /// TokenReviews sent, and the requests answered without one).
     pub token_reviews: ReviewCounts,
+    /// Requests sent to the Kubernetes API server, by method (`WATCH` for a watch).
+    pub kube_api_requests: ApiRequestCounts,
+    /// Ledger writes committed (set from the ledger at scrape time).
+    pub ledger_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -160,6 +174,8 @@ impl Metrics {
             ready: Gauge::default(),
             http_seconds: Family::new_with_constructor(request_histogram as fn() -> Histogram),
             token_reviews: Family::default(),
+            kube_api_requests: Family::default(),
+            ledger_writes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("drains", "Drains by state", metrics.drains.clone());
@@ -253,6 +269,16 @@ impl Metrics {
             "Tokens not known lately, by result: TokenReviews sent (accepted, refused, error) and requests the review gate answered without one (throttled, cached_refusal)",
             metrics.token_reviews.clone(),
         );
+        registry.register(
+            "kube_api_requests",
+            "Requests sent to the Kubernetes API server, by method (WATCH for a watch)",
+            metrics.kube_api_requests.clone(),
+        );
+        registry.register(
+            "ledger_writes",
+            "Ledger writes committed by this replica (each one transaction)",
+            metrics.ledger_writes.clone(),
+        );
         for outcome in crate::review_gate::Outcome::ALL {
             drop(metrics.token_reviews.get_or_create(&outcome.label()));
         }
@@ -292,6 +318,14 @@ impl Metrics {
             .set(summary.iter().map(|s| s.held).sum::<i64>());
         let oldest_hold = summary.iter().filter_map(|s| s.oldest_held_ms).min();
         self.oldest_hold_seconds.set(age(oldest_hold));
+    }
+
+    /// Brings `drainer_ledger_writes_total` up to `committed`, the ledger's own count (never
+    /// down: concurrent scrapes may pass an older count).
+    pub(crate) fn set_ledger_writes(&self, committed: u64) {
+        self.ledger_writes
+            .inner()
+            .fetch_max(committed, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renders every metric in the Prometheus text format.

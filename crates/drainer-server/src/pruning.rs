@@ -6,7 +6,9 @@
 //! annotation keeps everything for that volume and says why in a warning.
 //!
 //! What a pass never does: delete a snapshot that a claim drainer reclaimed relies on (the
-//! ledger's `reclaims` pin it, see `drainer_core::snapshot::retention::decide_pinned`), prune a volume that is busy (an unfinished copy run, or a drain
+//! ledger's `reclaims` pin it, see `drainer_core::snapshot::retention::decide_pinned`; each
+//! pass first releases the pins whose data lives on in a later drain's snapshot), prune a
+//! volume that is busy (an unfinished copy run, or a drain
 //! that has not ended, as the ledger says), delete a volume's latest or newest snapshot (so
 //! never the only one), or touch the volumes of a claim that is gone (local mode: whose
 //! directory is gone) until `--keep-deleted-for` has passed since drainer last saw it (the
@@ -261,6 +263,7 @@ impl Pruner {
         self.ledger.record_volume_sightings(&seen).await?;
         let sightings = self.ledger.volume_sightings().await?;
         let busy = self.ledger.busy_volumes(self.store.url()).await?;
+        self.release_superseded_pins().await?;
         let pinned = self.ledger.pinned_snapshots().await?;
         let no_pins = BTreeSet::new();
         let mut report = PassReport {
@@ -304,6 +307,22 @@ impl Pruner {
 
     /// Prunes one volume if its step says so: `(snapshots, objects)` deleted, `None` when it
     /// was left alone or nothing went.
+    /// Releases the pins of reclaimed claims whose data lives on in a later snapshot (see
+    /// `Ledger::release_superseded_pins`), so that the policy governs those snapshots again.
+    async fn release_superseded_pins(&self) -> Result<(), Error> {
+        let now = drainer_core::ledger::now_ms();
+        for r in self.ledger.release_superseded_pins(now).await? {
+            tracing::info!(
+                volume = %r.volume(),
+                pvc_uid = %r.pvc_uid,
+                snapshot = %r.snapshot,
+                released_by = r.released_by.as_deref().unwrap_or_default(),
+                "pin released: the reclaimed claim's data lives on in a later drain's snapshot"
+            );
+        }
+        Ok(())
+    }
+
     async fn volume(
         &self,
         volume: &VolumeId,
@@ -436,6 +455,8 @@ mod tests {
             decided: drainer_core::ledger::now_ms(),
             deleted: None,
             replica: "r1".into(),
+            released: None,
+            released_by: None,
         };
         ledger.pin_reclaim(&pin).await.unwrap();
         let deleted = Reclaim {

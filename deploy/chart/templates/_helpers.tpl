@@ -43,6 +43,7 @@ The mover settings that are set (`movers` values), as environment variables.
   "DRAINER_MOVER_MEMORY" $m.memory
   "DRAINER_MOVER_DEADLINE" (toString (default "" $m.deadlineSeconds))
   "DRAINER_MOVER_KEEP_FAILED" (toString (default "" $m.keepFailedSeconds))
+  "DRAINER_MOVER_DATA_PATH" $m.dataPath
 -}}
 {{- if $m.nodeSelector }}
 {{- $pairs := list }}

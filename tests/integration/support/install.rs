@@ -1,13 +1,17 @@
 //! Installing `deploy/` on kube-env as a user would (`kubectl apply -k`), shared by the tests
 //! that do: the paths of the manifests, kube-env's kubectl, drainer's namespace, drainer's
 //! API through its Service, and the examples (`deploy/examples`) in their namespace [`APPS`]:
-//! started, their snapshots restored and compared, and everything removed again.
+//! started, their snapshots restored and compared, and everything removed again. The installs
+//! serve TLS ([`Tls`]): a CA and a certificate for drainer's Service name made in the test,
+//! given to the cluster with the kubectl commands deploy/components/tls and the examples tell
+//! a user to run.
 //!
 //! Every install goes into drainer-system and creates the same cluster-wide objects (the
 //! ClusterRoles `drainer*`), so the tests that install run one at a time ([`LOCK`]), whatever
 //! their module.
 
 use super::kube::{KubeEnv, eventually, pod_ready, wait_for_bound_claim};
+use super::tls::Ca;
 use super::{drainer, run_ok, tree};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -93,8 +97,74 @@ pub async fn wait_namespace_gone_if_terminating(api: &Api<Namespace>, name: &str
     .await
 }
 
+/// The name drainer's certificate is for (its Service in [`SYSTEM`]).
+pub const SERVICE_HOST: &str = "drainer.drainer-system.svc";
+
+/// TLS for an install: the test's CA and its certificate, as files (what a user has), given
+/// to the cluster as deploy/components/tls says (the Secret drainer-tls and the ConfigMap
+/// drainer-ca in drainer's namespace) and as the examples say (a ConfigMap drainer-ca in
+/// their namespace).
+pub struct Tls {
+    /// The CA that signs drainer's certificate.
+    pub ca: Ca,
+    /// `ca.crt`, `tls.crt`, `tls.key`.
+    dir: tempfile::TempDir,
+}
+
+impl Tls {
+    /// A CA and a certificate for drainer's Service name, in drainer's namespace (created
+    /// if need be) and the examples' (which must exist): the Secret and the ConfigMaps.
+    pub async fn install(env: &KubeEnv, client: &Client) -> Result<Self> {
+        let ca = Ca::new("drainer install test CA");
+        let pair = ca.issue(&[SERVICE_HOST, "drainer.drainer-system.svc.cluster.local"]);
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("tls.crt"), &pair.cert)?;
+        std::fs::write(dir.path().join("tls.key"), &pair.key)?;
+        ca.write(dir.path(), "ca.crt");
+        let tls = Self { ca, dir };
+        ensure_namespace(client, SYSTEM).await?;
+        let file = |name: &str| format!("--from-file={name}={}", tls.file(name));
+        kubectl(
+            env,
+            &[
+                "-n",
+                SYSTEM,
+                "create",
+                "secret",
+                "generic",
+                "drainer-tls",
+                &file("tls.crt"),
+                &file("tls.key"),
+                &file("ca.crt"),
+            ],
+        )
+        .await?;
+        for ns in [SYSTEM, APPS] {
+            kubectl(
+                env,
+                &[
+                    "-n",
+                    ns,
+                    "create",
+                    "configmap",
+                    "drainer-ca",
+                    &file("ca.crt"),
+                ],
+            )
+            .await?;
+        }
+        Ok(tls)
+    }
+
+    /// The path of `name` (`ca.crt`, `tls.crt`, `tls.key`).
+    pub fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
 /// drainer's API through its Service's ClusterIP (this machine reaches ClusterIPs), as an
-/// operator with the admin token, about the claims of one namespace.
+/// operator with the admin token, about the claims of one namespace: over HTTPS to the
+/// Service's name (resolved to the ClusterIP) trusting only the install's CA, or plain HTTP.
 pub struct DrainerApi {
     url: String,
     http: reqwest::Client,
@@ -104,19 +174,30 @@ pub struct DrainerApi {
 }
 
 impl DrainerApi {
-    /// The API of the installed drainer, with admin token `token`, about namespace `apps`.
-    pub async fn new(client: &Client, token: &str, apps: &str) -> Result<Self> {
+    /// The API of the installed drainer, with admin token `token`, about namespace `apps`;
+    /// over HTTPS with `tls`'s CA, else plain HTTP.
+    pub async fn new(client: &Client, token: &str, apps: &str, tls: Option<&Tls>) -> Result<Self> {
         let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM);
         let service = services.get("drainer").await?;
-        let ip = service
+        let ip: std::net::IpAddr = service
             .spec
             .and_then(|s| s.cluster_ip)
-            .context("the drainer Service has no ClusterIP")?;
+            .context("the drainer Service has no ClusterIP")?
+            .parse()?;
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let (url, builder) = match tls {
+            Some(tls) => {
+                let roots = reqwest::Certificate::from_pem_bundle(tls.ca.pem().as_bytes())?;
+                let builder = builder
+                    .tls_certs_only(roots)
+                    .resolve(SERVICE_HOST, (ip, 8080).into());
+                (format!("https://{SERVICE_HOST}:8080"), builder)
+            }
+            None => (format!("http://{ip}:8080"), builder),
+        };
         Ok(Self {
-            url: format!("http://{ip}:8080"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            url,
+            http: builder.build()?,
             token: token.to_owned(),
             apps: apps.to_owned(),
         })

@@ -3,17 +3,26 @@
 //! and drainer itself: a port-forward made for the call to a ready drainer pod, served on a
 //! local port for the API client, or `--drainer-url`.
 //!
-//! Choices (the scope, the token, the pod, its port) are pure functions; the port-forward is
-//! a thin task that ends with the command.
+//! A pod that serves TLS (`DRAINER_TLS_CERT` or `--tls-cert`, as deploy/components/tls sets
+//! it) is spoken to in HTTPS through the port-forward: the client asks for drainer's Service
+//! name (`drainer.NAMESPACE.svc`, the name its certificate carries), reached at the forward's
+//! local address, and trusts the CA of `--cacert`, else the one the install publishes in the
+//! ConfigMap `drainer-ca` of drainer's namespace (read with the kubeconfig's identity, never
+//! with drainer's admin token).
+//!
+//! Choices (the scope, the token, the pod, its port, whether it serves TLS) are pure
+//! functions; the port-forward is a thin task that ends with the command.
 
 use super::KubectlArgs;
+use crate::args::{TrustArgs, bundle};
 use anyhow::Context;
 use drainer_core::args::Usage;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Portforwarder};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use secrecy::ExposeSecret;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,8 +32,15 @@ pub(crate) const SERVER_LABELS: &str =
     "app.kubernetes.io/name=drainer,app.kubernetes.io/component=server";
 /// drainer's port when its pod names none `http`.
 const DEFAULT_PORT: u16 = 8080;
-/// How long connecting to the API server may take.
+/// How long connecting to the API server (or to drainer) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// drainer's Service (`deploy/base`): its name in the namespace is what drainer's certificate
+/// is for.
+const SERVICE: &str = "drainer";
+/// The ConfigMap of drainer's namespace that holds the CA signing drainer's certificate, and
+/// its key (`deploy/components/tls`: every authenticated user may read it).
+pub(crate) const CA_CONFIGMAP: &str = "drainer-ca";
+const CA_KEY: &str = "ca.crt";
 
 /// The API server, as the kubeconfig names it and its user.
 pub(crate) struct Cluster {
@@ -191,11 +207,54 @@ pub(crate) fn http_port(pod: &Pod) -> u16 {
         .unwrap_or(DEFAULT_PORT)
 }
 
+/// Whether drainer's pod serves TLS: its container is given a certificate
+/// (`DRAINER_TLS_CERT`, or `--tls-cert`).
+pub(crate) fn serves_tls(pod: &Pod) -> bool {
+    let mut containers = pod.spec.iter().flat_map(|s| &s.containers);
+    containers.any(|c| {
+        let by_env = c.env.iter().flatten().any(|e| {
+            e.name == "DRAINER_TLS_CERT" && e.value.as_deref().is_some_and(|v| !v.is_empty())
+        });
+        let by_arg = c
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--tls-cert" || a.starts_with("--tls-cert="));
+        by_env || by_arg
+    })
+}
+
+/// The name drainer's certificate is for: its Service in namespace `ns`.
+pub(crate) fn service_host(ns: &str) -> String {
+    format!("{SERVICE}.{ns}.svc")
+}
+
 /// drainer's API for one command; a port-forward, if one was made, ends with it.
 pub(crate) struct Drainer {
     /// drainer's base URL.
     pub url: String,
+    /// The CA certificates trusted for an https URL, besides the system's.
+    roots: Vec<reqwest::Certificate>,
+    /// The URL's host and the address it is reached at instead (the port-forward's local end).
+    resolve: Option<(String, SocketAddr)>,
     forward: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drainer {
+    /// A client for drainer's API whose requests time out after `timeout`, trusting the CA
+    /// found for drainer and reaching the URL's host where the port-forward listens.
+    pub fn http(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .tls_certs_merge(self.roots.clone());
+        if let Some((host, address)) = &self.resolve {
+            builder = builder.resolve(host, *address);
+        }
+        builder
+            .build()
+            .context("making the HTTP client for drainer")
+    }
 }
 
 impl Drop for Drainer {
@@ -212,21 +271,20 @@ pub(crate) async fn drainer(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Re
     if let Some(url) = &args.drainer_url {
         return Ok(Drainer {
             url: url.trim_end_matches('/').to_owned(),
+            roots: cacert(args)?.unwrap_or_default(),
+            resolve: None,
             forward: None,
         });
     }
     let ns = &args.drainer_namespace;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels(SERVER_LABELS))
-        .await
-        .map_err(|e| api_error(format!("listing drainer's pods in namespace {ns}"), e))?;
-    let pod = ready_pod(&list.items).with_context(|| {
-        format!(
-            "no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})"
-        )
-    })?;
-    let (name, port) = (pod.name_any(), http_port(pod));
+    let pod = ready_drainer_pod(cluster, args).await?;
+    let (name, port) = (pod.name_any(), http_port(&pod));
+    let roots = if serves_tls(&pod) {
+        Some(trust(cluster, args, ns).await?)
+    } else {
+        None
+    };
     let first = pods.portforward(&name, &[port]).await.map_err(|e| {
         api_error(
             format!("port-forward to drainer pod {ns}/{name} port {port}"),
@@ -236,13 +294,86 @@ pub(crate) async fn drainer(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Re
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("listening on a local port for the port-forward")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tracing::debug!(pod = %name, %port, %url, "port-forward to drainer");
+    let local = listener.local_addr()?;
+    // drainer's URL with no port: the one of the resolved address, the forward's, is used.
+    let (url, resolve) = match &roots {
+        Some(_) => {
+            let host = service_host(ns);
+            (format!("https://{host}"), Some((host, local)))
+        }
+        None => (format!("http://{local}"), None),
+    };
+    tracing::debug!(pod = %name, %port, %url, %local, "port-forward to drainer");
     let forward = tokio::spawn(serve_forward(listener, pods, name, port, first));
     Ok(Drainer {
         url,
+        roots: roots.unwrap_or_default(),
+        resolve,
         forward: Some(forward),
     })
+}
+
+/// A ready drainer pod of `--drainer-namespace`.
+pub(crate) async fn ready_drainer_pod(
+    cluster: &Cluster,
+    args: &KubectlArgs,
+) -> anyhow::Result<Pod> {
+    let ns = &args.drainer_namespace;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(SERVER_LABELS))
+        .await
+        .map_err(|e| api_error(format!("listing drainer's pods in namespace {ns}"), e))?;
+    ready_pod(&list.items).cloned().with_context(|| {
+        format!(
+            "no ready drainer pod in namespace {ns} (--drainer-namespace; labels {SERVER_LABELS})"
+        )
+    })
+}
+
+/// The CA of `--cacert` (DRAINER_CACERT), if given.
+fn cacert(args: &KubectlArgs) -> anyhow::Result<Option<Vec<reqwest::Certificate>>> {
+    let Some(file) = &args.cacert else {
+        return Ok(None);
+    };
+    let trust = TrustArgs {
+        cacert: Some(file.clone()),
+        cacert_pem: None,
+    };
+    Ok(Some(trust.roots()?))
+}
+
+/// The CA that signs the certificate of drainer in namespace `ns`: `--cacert`, else the
+/// ConfigMap [`CA_CONFIGMAP`] there, read with the kubeconfig's identity.
+async fn trust(
+    cluster: &Cluster,
+    args: &KubectlArgs,
+    ns: &str,
+) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    if let Some(roots) = cacert(args)? {
+        return Ok(roots);
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
+    let map = maps.get(CA_CONFIGMAP).await.map_err(|e| {
+        api_error(
+            format!(
+                "drainer in namespace {ns} serves TLS; reading its CA from ConfigMap \
+                 {ns}/{CA_CONFIGMAP} (or give it with --cacert)"
+            ),
+            e,
+        )
+    })?;
+    let pem = map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CA_KEY))
+        .with_context(|| {
+            format!(
+                "ConfigMap {ns}/{CA_CONFIGMAP} has no {CA_KEY}: give drainer's CA with --cacert"
+            )
+        })?;
+    bundle(pem.as_bytes())
+        .map_err(|why| anyhow::anyhow!("ConfigMap {ns}/{CA_CONFIGMAP}, {CA_KEY}: {why}"))
 }
 
 /// Accepts local connections, each through a port-forward of its own (the first one through
@@ -394,6 +525,32 @@ mod tests {
             Some("drainer-c")
         );
         assert!(ready_pod(&pods[1..3]).is_none());
+    }
+
+    #[test]
+    fn a_pod_serves_tls_when_its_container_is_given_a_certificate() {
+        let with = |container: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "drainer-a"},
+                "spec": {"containers": [{"name": "sidecar"}, container]}
+            }))
+            .unwrap()
+        };
+        let env = |name: &str, value: &str| serde_json::json!({"name": "drainer", "env": [{"name": name, "value": value}]});
+        assert!(serves_tls(&with(env(
+            "DRAINER_TLS_CERT",
+            "/etc/drainer/tls/tls.crt"
+        ))));
+        assert!(serves_tls(&with(
+            serde_json::json!({"name": "drainer", "args": ["serve", "--tls-cert=/t/c"]})
+        )));
+        assert!(serves_tls(&with(
+            serde_json::json!({"name": "drainer", "args": ["serve", "--tls-cert", "/t/c"]})
+        )));
+        assert!(!serves_tls(&with(env("DRAINER_TLS_CERT", ""))));
+        assert!(!serves_tls(&with(env("DRAINER_MOVER_CACERT", "/ca.crt"))));
+        assert!(!serves_tls(&pod("p", true, false, None)));
+        assert_eq!(service_host("drainer-system"), "drainer.drainer-system.svc");
     }
 
     #[test]

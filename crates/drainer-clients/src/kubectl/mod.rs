@@ -8,7 +8,9 @@
 //! snapshot into a local directory) goes to drainer's
 //! HTTP API through a port-forward made for the call to a ready drainer pod ([`connect`]), or
 //! `--drainer-url`, with a token drainer checks by TokenReview and SubjectAccessReview:
-//! `--token`, or the kubeconfig user's bearer token. Never the admin token. This module only
+//! `--token`, or the kubeconfig user's bearer token. Never the admin token. A drainer that
+//! serves TLS is spoken to in HTTPS, its certificate checked for its Service's name with the
+//! CA of `--cacert` or of the ConfigMap `drainer-ca` in its namespace. This module only
 //! reads and asks; it changes nothing in the cluster itself (retry and cancel are drainer's
 //! to do, and drainer authorises them). Progress ([`progress`]) is a bar on a terminal.
 //!
@@ -20,6 +22,7 @@ mod drains;
 mod output;
 mod progress;
 mod restore;
+mod restore_job;
 mod status;
 mod through;
 mod watch;
@@ -64,6 +67,10 @@ pub struct KubectlArgs {
     /// to one of its pods.
     #[arg(long, env = "DRAINER_KUBECTL_URL", global = true)]
     pub drainer_url: Option<String>,
+    /// PEM bundle of the CA that signs drainer's certificate, when drainer serves TLS
+    /// (default: the ConfigMap drainer-ca of drainer's namespace, key ca.crt).
+    #[arg(long, env = "DRAINER_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -84,6 +91,9 @@ pub enum KubectlCommand {
     Status,
     /// The orphaned claims drainer sees (through drainer).
     Orphans,
+    /// The claims drainer deleted to give their storage back, and whether their snapshots
+    /// are still pinned (through drainer).
+    Reclaims,
     /// A volume's snapshots (through drainer).
     Snapshots {
         /// The volume, as NAMESPACE/PVC (or PVC with -n).
@@ -128,6 +138,7 @@ pub async fn run(args: KubectlArgs) -> anyhow::Result<()> {
         KubectlCommand::Drains => drains::run(&cluster, &args).await,
         KubectlCommand::Status => status::run(&cluster, &args).await,
         KubectlCommand::Orphans => through::orphans(&cluster, &args).await,
+        KubectlCommand::Reclaims => through::reclaims(&cluster, &args).await,
         KubectlCommand::Snapshots { volume } => through::snapshots(&cluster, &args, volume).await,
         KubectlCommand::Retry { drain } => {
             through::act(&cluster, &args, drain, through::Act::Retry).await

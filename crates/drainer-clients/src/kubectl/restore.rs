@@ -11,9 +11,10 @@
 //! `--earlier-namespace` and RBAC's `read-earlier` on the claim's `snapshots.drainer.io`
 //! besides (drainer records the read); without them, `403 earlier_namespace`.
 //!
-//! It restores into a directory of this machine only: drainer's API has no restore into a
-//! claim (a claim gets its data back from a pod that mounts it,
-//! `deploy/examples/restore-init.yaml`). The restore engine's guarantees hold: nothing appears
+//! It restores into a directory of this machine; `--into-claim CLAIM` restores into a claim
+//! instead, by a Job in the claim's namespace ([`super::restore_job`]; a claim gets its data
+//! back from a pod that mounts it, as `deploy/examples/restore-init.yaml`'s init container
+//! does). The restore engine's guarantees hold: nothing appears
 //! under its final name before it is checked, an unfinished restore into the same directory
 //! is continued, a directory holding anything else is refused without `--force`.
 //!
@@ -26,7 +27,6 @@ use super::output::document;
 use super::progress::{Bar, Counts, text};
 use super::through::volume_of;
 use super::{KubectlArgs, Output};
-use crate::args::{ClientArgs, TrustArgs};
 use crate::client::CallError;
 use crate::remote::{self, RemoteVolume};
 use clap::Args;
@@ -49,8 +49,22 @@ pub struct RestoreCommand {
     pub volume: String,
     /// The local directory to restore into (made if missing; an unfinished restore of the
     /// same claim there is continued).
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "into_claim")]
+    pub to: Option<PathBuf>,
+    /// Restore into this claim of the volume's namespace instead (the same claim come back
+    /// empty, or another), by a Job this command creates there and waits for.
+    #[arg(long, value_name = "CLAIM", conflicts_with = "to")]
+    pub into_claim: Option<String>,
+    /// With --into-claim: the Job pod's ServiceAccount. Restoring another claim's snapshot
+    /// than the one it mounts takes RBAC `create` on `restores.drainer.io` (drainer-restore).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub service_account: String,
+    /// With --into-claim: the Job's image (default: the image of drainer's pod).
+    #[arg(long, value_name = "IMAGE", requires = "into_claim")]
+    pub image: Option<String>,
+    /// With --into-claim: how long to wait for the Job, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = drainer_core::args::parse_positive_seconds)]
+    pub job_timeout: Duration,
     /// The snapshot to restore (default: the latest; see `kubectl drainer snapshots`).
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<SnapshotId>,
@@ -89,7 +103,13 @@ pub(crate) async fn run(
         args.namespace.as_deref(),
         &cluster.default_namespace,
     )?;
-    let dest = &restore.to;
+    if let Some(claim) = &restore.into_claim {
+        return super::restore_job::run(cluster, args, restore, &volume, claim).await;
+    }
+    let dest = restore
+        .to
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--to DIR or --into-claim CLAIM"))?;
     let found = snapshot::inspect_destination(dest)?;
     if restore.if_empty && in_use(&found, &volume) {
         println!(
@@ -103,7 +123,8 @@ pub(crate) async fn run(
     let selector = snapshot::continuing(dest, &volume, &restore.selector())?;
     let token = cluster.token(args)?;
     let drainer = connect::drainer(cluster, args).await?;
-    let remote = remote_volume(&drainer.url, token, &volume, args.request_timeout)?
+    let http = drainer.http(args.request_timeout)?;
+    let remote = RemoteVolume::through(http, &drainer.url, token, &volume)
         .earlier_namespace(restore.earlier_namespace);
     let options = RestoreOptions {
         concurrency: remote::RESTORE_CONCURRENCY,
@@ -143,22 +164,6 @@ pub(crate) fn in_use(found: &Found, volume: &VolumeId) -> bool {
         Found::Unfinished { marker, .. } => marker.volume != volume.to_string(),
         Found::Occupied { .. } => true,
     }
-}
-
-/// The restore API of `volume` on the drainer at `url`, with `token`.
-fn remote_volume(
-    url: &str,
-    token: String,
-    volume: &VolumeId,
-    timeout: Duration,
-) -> anyhow::Result<RemoteVolume> {
-    let client = ClientArgs {
-        url: url.to_owned(),
-        token_file: PathBuf::new(),
-        token: Some(token),
-        trust: TrustArgs::default(),
-    };
-    RemoteVolume::new(&client, volume, timeout)
 }
 
 /// How a restore's progress is shown while it runs: a bar on a terminal, plain lines on
@@ -348,7 +353,8 @@ mod tests {
     fn a_restore_names_the_claim_and_the_directory() {
         let restore = parse(&["restore", "shop/data-web-2", "--to", "/tmp/r"]).unwrap();
         assert_eq!(restore.volume, "shop/data-web-2");
-        assert_eq!(restore.to, PathBuf::from("/tmp/r"));
+        assert_eq!(restore.to, Some(PathBuf::from("/tmp/r")));
+        assert_eq!(restore.into_claim, None);
         assert_eq!(restore.selector(), SnapshotSelector::Latest);
         assert!(!restore.force);
         let restore = parse(&[
@@ -370,6 +376,21 @@ mod tests {
             SnapshotSelector::Id("20261207T034557423Z-61ed".parse().unwrap())
         );
         assert!(restore.force);
+        // Into a claim instead: no directory; the Job's flags only with it.
+        let into = parse(&["restore", "shop/data-web-2", "--into-claim", "data-web-2"]).unwrap();
+        assert_eq!(
+            (
+                into.to,
+                into.into_claim.as_deref(),
+                into.service_account.as_str()
+            ),
+            (None, Some("data-web-2"), "default")
+        );
+        assert!(parse(&["restore", "shop/d", "--to", "r", "--into-claim", "d"]).is_err());
+        assert!(
+            parse(&["restore", "shop/d"]).is_err(),
+            "neither --to nor --into-claim"
+        );
     }
 
     #[test]

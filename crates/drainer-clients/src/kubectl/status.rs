@@ -141,14 +141,12 @@ async fn replicas_report(cluster: &Cluster, ns: &str) -> anyhow::Result<Report> 
 async fn readiness(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result<Value> {
     let drainer = connect::drainer(cluster, args).await?;
     let url = format!("{}/readyz", drainer.url);
-    let http = reqwest::Client::builder()
-        .timeout(args.request_timeout)
-        .build()?;
-    let response = http
+    let response = drainer
+        .http(args.request_timeout)?
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("GET {url}"))?;
+        .map_err(|e| crate::client::transport_error(&url, e))?;
     response
         .json()
         .await

@@ -1,11 +1,12 @@
 //! The `kubectl drainer` commands only drainer can answer, sent to its HTTP API (through a
 //! port-forward or `--drainer-url`) with the caller's token, which drainer authorises by RBAC
-//! on `drainer.io` resources: `orphans` (`GET /v1/orphans`), `snapshots NS/PVC` (`GET
+//! on `drainer.io` resources: `orphans` (`GET /v1/orphans`), `reclaims` (`GET
+//! /v1/reclaims`), `snapshots NS/PVC` (`GET
 //! /v1/volumes/NS/PVC/snapshots`), `retry` and `cancel` (`POST /v1/drains/ID/retry|cancel`,
 //! sent once: neither is repeated on its own).
 
 use super::connect::{self, Cluster, Scope};
-use super::output::{cell, document, table};
+use super::output::{age, cell, document, table};
 use super::{KubectlArgs, Output};
 use crate::client::Api;
 use drainer_core::args::Usage;
@@ -25,7 +26,7 @@ impl Session {
         let token = cluster.token(args)?;
         let drainer = connect::drainer(cluster, args).await?;
         let timeout = args.request_timeout;
-        let api = Api::new(&drainer.url, token, timeout, timeout, Vec::new())?;
+        let api = Api::with_client(drainer.http(timeout)?, &drainer.url, token, timeout);
         Ok(Self {
             api,
             _drainer: drainer,
@@ -37,16 +38,29 @@ impl Session {
 pub(crate) async fn orphans(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result<()> {
     let scope = cluster.scope(args)?;
     let session = Session::open(cluster, args).await?;
-    let url = session.api.url(&orphans_path(&scope));
+    let url = session.api.url(&listing_path("orphans", &scope));
     let answer: Value = session.api.json(|http| http.get(&url)).await?;
     print(&answer, args.output, orphans_table)
 }
 
-/// The path of the orphans of `scope`.
-pub(crate) fn orphans_path(scope: &Scope) -> String {
+/// `kubectl drainer reclaims`: the claims drainer deleted to give their storage back, of the
+/// namespace or of every one with -A.
+pub(crate) async fn reclaims(cluster: &Cluster, args: &KubectlArgs) -> anyhow::Result<()> {
+    let scope = cluster.scope(args)?;
+    let session = Session::open(cluster, args).await?;
+    let url = session.api.url(&listing_path("reclaims", &scope));
+    let answer: Value = session.api.json(|http| http.get(&url)).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    print(&answer, args.output, |answer| {
+        reclaims_table(answer, now_ms)
+    })
+}
+
+/// The path of listing `what` (`orphans`, `reclaims`) of `scope`.
+pub(crate) fn listing_path(what: &str, scope: &Scope) -> String {
     match scope {
-        Scope::All => "/v1/orphans".to_owned(),
-        Scope::Namespace(ns) => format!("/v1/orphans?namespace={ns}"),
+        Scope::All => format!("/v1/{what}"),
+        Scope::Namespace(ns) => format!("/v1/{what}?namespace={ns}"),
     }
 }
 
@@ -193,6 +207,32 @@ pub(crate) fn orphans_table(answer: &Value) -> String {
     )
 }
 
+/// The reclaims answer as a table, ages as of `now_ms`: which claim, its snapshot, how long
+/// ago it was deleted, and whether the snapshot is still pinned (or which drain released it).
+pub(crate) fn reclaims_table(answer: &Value, now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = list(answer, "reclaims")
+        .iter()
+        .map(|r| {
+            let deleted = r.pointer("/deleted").and_then(Value::as_i64);
+            let pin = match text(r, "/released_by") {
+                Some(drain) => format!("released by {drain}"),
+                None => "pinned".to_owned(),
+            };
+            vec![
+                cell(text(r, "/volume")),
+                cell(text(r, "/statefulset")),
+                cell(text(r, "/snapshot")),
+                deleted.map_or_else(|| "deleting".to_owned(), |at| age((now_ms - at) / 1000)),
+                pin,
+            ]
+        })
+        .collect();
+    table(
+        &["VOLUME", "STATEFULSET", "SNAPSHOT", "DELETED", "PIN"],
+        &rows,
+    )
+}
+
 /// A volume's snapshots as a table (damaged ones say why).
 pub(crate) fn snapshots_table(answer: &Value) -> String {
     let rows: Vec<Vec<String>> = list(answer, "snapshots")
@@ -268,10 +308,10 @@ mod tests {
 
     #[test]
     fn orphans_are_listed_in_the_namespace_or_everywhere() {
-        assert_eq!(orphans_path(&Scope::All), "/v1/orphans");
+        assert_eq!(listing_path("orphans", &Scope::All), "/v1/orphans");
         assert_eq!(
-            orphans_path(&Scope::Namespace("shop".into())),
-            "/v1/orphans?namespace=shop"
+            listing_path("reclaims", &Scope::Namespace("shop".into())),
+            "/v1/reclaims?namespace=shop"
         );
     }
 
@@ -293,6 +333,20 @@ mod tests {
             "SNAPSHOT   FILES   BYTES   COMPLETED              DRAIN\n\
              s-1        3       10      2026-12-07T10:00:00Z   d-1\n\
              s-2        -       -       DAMAGED: no manifest   -\n"
+        );
+        let reclaims = json!({"reclaims": [
+            {"volume": "shop/data-web-2", "statefulset": "web", "snapshot": "s-2",
+             "deleted": 1_000_000 - 90_000, "released_by": null},
+            {"volume": "shop/data-web-1", "statefulset": "web", "snapshot": "s-1",
+             "deleted": 1_000_000 - 7_200_000, "released_by": "d-9"},
+            {"volume": "shop/data-web-3", "statefulset": "web", "snapshot": "s-3",
+             "deleted": null, "released_by": null}]});
+        assert_eq!(
+            reclaims_table(&reclaims, 1_000_000),
+            "VOLUME            STATEFULSET   SNAPSHOT   DELETED    PIN\n\
+             shop/data-web-2   web           s-2        90s        pinned\n\
+             shop/data-web-1   web           s-1        2h         released by d-9\n\
+             shop/data-web-3   web           s-3        deleting   pinned\n"
         );
         let drain = json!({"id": "d-1", "volume": "shop/data-0", "state": "queued"});
         assert_eq!(

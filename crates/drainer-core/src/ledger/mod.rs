@@ -34,7 +34,7 @@ use sqlx::{Connection, PgPool, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -278,6 +278,8 @@ struct Writers {
     /// probe ([`Ledger::can_commit`]) commits a handoff burst's worth again. Readiness fails
     /// while it is set.
     full: AtomicBool,
+    /// Writes committed through [`Ledger::write_as`] since the ledger was opened.
+    committed: AtomicU64,
 }
 
 /// The ledger: a migrated pool.
@@ -461,6 +463,9 @@ impl Ledger {
                 _ => ledger,
             };
             let result = op(ledger).await;
+            if result.is_ok() {
+                writers.committed.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(e) = &result
                 && e.is_full()
                 && !writers.full.swap(true, Ordering::Relaxed)
@@ -475,6 +480,12 @@ impl Ledger {
                 "the ledger write stopped unexpectedly: {panicked}"
             ))))
         })
+    }
+
+    /// Writes (each one transaction: a handoff burst, a transition, a run's checkpoint…)
+    /// committed by this process since the ledger was opened: `drainer_ledger_writes_total`.
+    pub fn writes_committed(&self) -> u64 {
+        self.writers.committed.load(Ordering::Relaxed)
     }
 
     /// Whether the ledger can commit: `false` after a write failed for a full disk, until this

@@ -1,14 +1,17 @@
 //! Claims drainer deletes to give their storage back (Kubernetes mode's `drainer.io/reclaim-after`):
 //! one row per claim, written *before* the delete (so the snapshot is pinned before the data's
 //! last other copy goes), marked deleted once the API server accepted the delete, and removed
-//! again if it refused. Every row pins its snapshot: the retention pass never prunes it. The
-//! reclaimer decides; this module only stores and reads.
+//! again if it refused. Every row pins its snapshot (the retention pass never prunes it) until
+//! it is released: once the ordinal came back, restored from that snapshot, and its new claim
+//! was drained again, the data lives on in the later snapshot ([`Ledger::release_superseded_pins`],
+//! called by the retention pass). Released rows stay, for the record. The reclaimer decides;
+//! this module only stores and reads.
 
 use super::{Ledger, Result, on_pool, query_error};
 use std::collections::{BTreeSet, HashMap};
 
 /// A claim reclaimed (or about to be), as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Reclaim {
     /// The claim's UID.
     pub pvc_uid: String,
@@ -28,6 +31,10 @@ pub struct Reclaim {
     pub deleted: Option<i64>,
     /// The replica that reclaimed it.
     pub replica: String,
+    /// When its pin was released (ms), `None` while the snapshot is pinned.
+    pub released: Option<i64>,
+    /// The later drain whose snapshot superseded the pinned one.
+    pub released_by: Option<String>,
 }
 
 impl Reclaim {
@@ -43,6 +50,8 @@ impl Ledger {
     pub async fn pin_reclaim(&self, r: &Reclaim) -> Result<()> {
         let r = Reclaim {
             deleted: None,
+            released: None,
+            released_by: None,
             ..r.clone()
         };
         self.write(move |l| async move {
@@ -100,10 +109,11 @@ impl Ledger {
         .await
     }
 
-    /// Every reclaim recorded, newest decision first.
+    /// Every reclaim recorded (released ones included), newest decision first.
     pub async fn reclaims(&self) -> Result<Vec<Reclaim>> {
         const SQL: &str = "SELECT pvc_uid, namespace, pvc, statefulset, drain_id, snapshot, \
-                           decided, deleted, replica FROM reclaims ORDER BY decided DESC";
+                           decided, deleted, replica, released, released_by FROM reclaims \
+                           ORDER BY decided DESC";
         on_pool!(self, |pool, DB| sqlx::query_as(SQL)
             .fetch_all(pool)
             .await
@@ -113,9 +123,80 @@ impl Ledger {
     /// The snapshots reclaimed claims rely on, by volume (`namespace/pvc`): retention keeps them.
     pub async fn pinned_snapshots(&self) -> Result<HashMap<String, BTreeSet<String>>> {
         let mut pinned: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for r in self.reclaims().await? {
+        for r in self
+            .reclaims()
+            .await?
+            .into_iter()
+            .filter(|r| r.released.is_none())
+        {
             pinned.entry(r.volume()).or_default().insert(r.snapshot);
         }
         Ok(pinned)
+    }
+}
+
+impl Ledger {
+    /// Releases, at `now` (ms), the pin of every deleted claim whose data lives on in a later
+    /// snapshot: a drain of the same volume, in the same life of its namespace, of another
+    /// claim (the ordinal's new one, which its restore init container filled from the pinned
+    /// snapshot) created after the delete, completed with another snapshot. Returns the rows
+    /// released. A row whose drain is no longer in the ledger stays pinned.
+    pub async fn release_superseded_pins(&self, now: i64) -> Result<Vec<Reclaim>> {
+        let mut released = Vec::new();
+        for r in self.reclaims().await? {
+            let Some(deleted) = r.deleted.filter(|_| r.released.is_none()) else {
+                continue;
+            };
+            let Some(later) = self.superseding_drain(&r, deleted).await? else {
+                continue;
+            };
+            if self.mark_released(&r.pvc_uid, now, &later).await? {
+                released.push(Reclaim {
+                    released: Some(now),
+                    released_by: Some(later),
+                    ..r
+                });
+            }
+        }
+        Ok(released)
+    }
+
+    /// The first completed drain that supersedes reclaim `r` (claim deleted at `deleted`).
+    async fn superseding_drain(&self, r: &Reclaim, deleted: i64) -> Result<Option<String>> {
+        const SQL: &str = "SELECT d.id FROM drains d, drains pinned \
+             WHERE pinned.id = $1 AND d.namespace = pinned.namespace AND d.pvc = pinned.pvc \
+             AND d.state = 'completed' AND d.snapshot_id IS NOT NULL AND d.snapshot_id <> $2 \
+             AND d.pvc_uid IS NOT NULL AND d.pvc_uid <> $3 AND d.created_at > $4 \
+             AND (pinned.namespace_uid IS NULL OR d.namespace_uid = pinned.namespace_uid) \
+             ORDER BY d.finished_at, d.id LIMIT 1";
+        on_pool!(self, |pool, DB| sqlx::query_scalar::<_, String>(SQL)
+            .bind(&r.drain_id)
+            .bind(&r.snapshot)
+            .bind(&r.pvc_uid)
+            .bind(deleted)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error(
+                "find the drain that supersedes a pinned snapshot"
+            )))
+    }
+
+    /// Marks the pin of claim `pvc_uid` released by drain `later`; false if another replica
+    /// did first.
+    async fn mark_released(&self, pvc_uid: &str, now: i64, later: &str) -> Result<bool> {
+        const SQL: &str = "UPDATE reclaims SET released = $1, released_by = $2 \
+                           WHERE pvc_uid = $3 AND released IS NULL";
+        let (uid, later) = (pvc_uid.to_owned(), later.to_owned());
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(now)
+                .bind(&later)
+                .bind(&uid)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+                .map_err(query_error("release a reclaimed claim's pin")))
+        })
+        .await
     }
 }

@@ -2,7 +2,7 @@
 //! `/v1/openapi.json`).
 
 use super::guard::{
-    Granted, HandoffScope, ListScope, OperatorAction, OrphanScope, drain_not_found,
+    Granted, HandoffScope, ListScope, NamespaceScope, OperatorAction, drain_not_found,
 };
 use super::{AppState, Error, Query, json_body};
 use axum::extract::State;
@@ -474,13 +474,44 @@ pub(super) async fn sweep(
 
 pub(super) async fn orphans(
     State(state): State<AppState>,
-    scope: Granted<OrphanScope>,
+    scope: Granted<NamespaceScope>,
 ) -> Result<impl IntoResponse, Error> {
     let mut orphans = state.shared().sweeper.orphans().await?;
     if let Some(ns) = scope.into_inner().namespace {
         orphans.retain(|o| o.volume.split_once('/').is_some_and(|(of, _)| of == ns));
     }
     Ok(Json(serde_json::json!({ "orphans": orphans })))
+}
+
+/// A reclaimed claim as `GET /v1/reclaims` shows it: the ledger's record, the volume, and
+/// whether its snapshot is still pinned against retention.
+#[derive(Debug, Serialize)]
+struct ReclaimView {
+    #[serde(flatten)]
+    reclaim: drainer_core::ledger::Reclaim,
+    volume: String,
+    pinned: bool,
+}
+
+pub(super) async fn reclaims(
+    State(state): State<AppState>,
+    scope: Granted<NamespaceScope>,
+) -> Result<impl IntoResponse, Error> {
+    let namespace = scope.into_inner().namespace;
+    let reclaims: Vec<ReclaimView> = state
+        .shared()
+        .ledger
+        .reclaims()
+        .await?
+        .into_iter()
+        .filter(|r| namespace.as_ref().is_none_or(|ns| *ns == r.namespace))
+        .map(|reclaim| ReclaimView {
+            volume: reclaim.volume(),
+            pinned: reclaim.released.is_none(),
+            reclaim,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "reclaims": reclaims })))
 }
 
 /// Whether this replica can take handoffs: `200` with the conditions, or `503 not_ready`
@@ -550,6 +581,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .metrics
             .set_drain_summary(&summary, drainer_core::ledger::now_ms());
     }
+    shared
+        .metrics
+        .set_ledger_writes(shared.ledger.writes_committed());
     let ready = readiness(&state).await.ready();
     shared.metrics.ready.set(i64::from(ready));
     (

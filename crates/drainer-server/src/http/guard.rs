@@ -60,9 +60,10 @@ pub(crate) struct ListScope {
     pub namespace: Option<String>,
 }
 
-/// Which orphaned volumes a listing may show: every namespace's (`None`) or one's.
+/// What a listing of orphaned volumes or reclaimed claims may show: every namespace's
+/// (`None`) or one's.
 #[derive(Debug, Clone)]
-pub(crate) struct OrphanScope {
+pub(crate) struct NamespaceScope {
     /// The namespace granted.
     pub namespace: Option<String>,
 }
@@ -292,10 +293,10 @@ async fn grant(guard: &RouteGuard, parts: &mut Parts) -> Result<(), Error> {
             asked.require(None, None).await?;
             extensions.insert(Granted(by()));
         }
-        Action::ListOrphans => {
+        Action::ListOrphans | Action::ListReclaims => {
             let namespace = super::api::orphans_namespace(&parts.uri)?;
             asked.require(namespace.as_deref(), None).await?;
-            extensions.insert(Granted(OrphanScope { namespace }));
+            extensions.insert(Granted(NamespaceScope { namespace }));
         }
         Action::ListSnapshots => {
             let earlier = earlier_asked(&parts.uri)?;

@@ -179,6 +179,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         post "/drains/{id}/abandon" => AbandonDrain, api::abandon_drain, BODY;
         post "/sweeps" => Sweep, api::sweep, Input::query_and_body(&["dry_run"]);
         get "/orphans" => ListOrphans, api::orphans, Input::query(&["namespace"]);
+        get "/reclaims" => ListReclaims, api::reclaims, Input::query(&["namespace"]);
         get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots,
             Input::query(&["earlier"]);
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,

@@ -446,6 +446,21 @@ async fn operators_act_within_what_rbac_grants_and_are_named_in_the_history() {
         (s, missing(&b)["resource"].as_str()),
         (403, Some("orphans"))
     );
+    // Reclaims likewise: shop's, not every namespace's.
+    let (s, b) = w
+        .api
+        .call("vic", Method::GET, "/reclaims?namespace=shop", None)
+        .await;
+    assert_eq!((s, b["reclaims"].is_array()), (200, true), "{b}");
+    let (s, b) = w.api.call("vic", Method::GET, "/reclaims", None).await;
+    assert_eq!(
+        (
+            s,
+            missing(&b)["verb"].as_str(),
+            missing(&b)["resource"].as_str()
+        ),
+        (403, Some("list"), Some("reclaims"))
+    );
     // vic may not retry: the refusal names the verb, the drain and its namespace.
     let retry = format!("/drains/{}/retry", d.failed);
     let (s, b) = w.api.call("vic", Method::POST, &retry, None).await;
@@ -647,6 +662,8 @@ async fn what_each_caller_may_do_succeeds() {
     );
     let (s, b) = w.api.call("admin", Method::GET, "/orphans", None).await;
     assert_eq!((s, b["orphans"].is_array()), (200, true), "{b}");
+    let (s, b) = w.api.call("admin", Method::GET, "/reclaims", None).await;
+    assert_eq!((s, b["reclaims"].is_array()), (200, true), "{b}");
     let (s, b) = w
         .api
         .call(
