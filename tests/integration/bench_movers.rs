@@ -101,7 +101,12 @@ async fn movers_at_once_direct_and_relay() -> Result<()> {
 }
 
 /// Creates `count` claims named `TAG-N`, each with one file of `mib` MiB of random bytes.
-async fn claims_with_data(ns: &TestNamespace, tag: &str, count: usize, mib: u64) -> Result<Vec<String>> {
+async fn claims_with_data(
+    ns: &TestNamespace,
+    tag: &str,
+    count: usize,
+    mib: u64,
+) -> Result<Vec<String>> {
     let mut claims = Vec::new();
     for n in 0..count {
         let pvc = format!("{tag}-{n}");
@@ -123,7 +128,10 @@ async fn claims_with_data(ns: &TestNamespace, tag: &str, count: usize, mib: u64)
 
 /// moto on `ip`, with its bucket; stops when dropped.
 async fn moto_on(ip: &str) -> Result<(tokio::process::Child, String)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/support/s3_server.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/integration/support/s3_server.py"
+    );
     let mut child = tokio::process::Command::new("python3")
         .arg(script)
         .arg(ip)
@@ -159,7 +167,9 @@ async fn start_drainer(
 ) -> Result<(tokio::process::Child, String)> {
     let url = format!("http://{}:{}", env.host_ip, free_port(&env.host_ip)?);
     let listen = url.trim_start_matches("http://").to_owned();
-    let data = ns.work.join(format!("data-{store}").replace(['/', ':'], "_"));
+    let data = ns
+        .work
+        .join(format!("data-{store}").replace(['/', ':'], "_"));
     let log = std::fs::File::create(data.with_extension("log"))?;
     let concurrent = movers.to_string();
     let child = drainer()
@@ -249,7 +259,10 @@ async fn wait_completed(http: &reqwest::Client, url: &str, ids: &[String]) -> Re
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut pending: Vec<&String> = ids.iter().collect();
     while !pending.is_empty() {
-        ensure!(Instant::now() < deadline, "drains not completed: {pending:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "drains not completed: {pending:?}"
+        );
         let mut still = Vec::new();
         for id in pending {
             let drain: serde_json::Value = http
@@ -299,7 +312,12 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
 
 /// The bytes of parts drainer counted as relayed and as stored directly.
 async fn part_bytes(http: &reqwest::Client, url: &str) -> Result<(u64, u64)> {
-    let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let count = |via: &str| {
         let prefix = format!("drainer_mover_part_bytes_total{{via=\"{via}\"}} ");
         text.lines()

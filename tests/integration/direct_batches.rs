@@ -73,7 +73,8 @@ async fn sign(
     first: usize,
     count: usize,
 ) -> (u16, Value) {
-    let path = format!("/v1/drains/{id}/uploads/{upload}/urls?key={key}&first={first}&count={count}");
+    let path =
+        format!("/v1/drains/{id}/uploads/{upload}/urls?key={key}&first={first}&count={count}");
     serve.call(Method::POST, &path, None).await
 }
 
@@ -120,7 +121,11 @@ async fn batched_part_urls_and_reports_are_checked_part_by_part_and_recorded_all
     let (status, info) = serve
         .call(Method::GET, &format!("/v1/drains/{a}/store"), None)
         .await;
-    assert_eq!((status, &info["direct_batches"]), (200, &json!(true)), "{info}");
+    assert_eq!(
+        (status, &info["direct_batches"]),
+        (200, &json!(true)),
+        "{info}"
+    );
     let snapshot_a = begin_run(&serve, &a).await;
     let snapshot_b = begin_run(&serve, &b).await;
     let own = |snapshot: &str, pvc: &str, name: &str| {
@@ -133,7 +138,11 @@ async fn batched_part_urls_and_reports_are_checked_part_by_part_and_recorded_all
 
     let other_run = own("20200101T000000000Z-0000", "data-web-4", "large");
     let (status, refusal) = sign(&serve, &a, &upload, &other_run, 0, 2).await;
-    assert_eq!((status, &refusal["error"]["code"]), (403, &json!("forbidden")), "{refusal}");
+    assert_eq!(
+        (status, &refusal["error"]["code"]),
+        (403, &json!("forbidden")),
+        "{refusal}"
+    );
     let (status, refusal) = sign(&serve, &b, &upload, &key_b, 0, 2).await;
     assert_eq!(
         (status, &refusal["error"]["code"]),
@@ -148,7 +157,10 @@ async fn batched_part_urls_and_reports_are_checked_part_by_part_and_recorded_all
 
     let (status, signed) = sign(&serve, &a, &upload, &key, 0, 3).await;
     assert_eq!(status, 200, "{signed}");
-    assert_eq!((signed["first"].clone(), signed["expires_in_s"].clone()), (json!(0), json!(300)));
+    assert_eq!(
+        (signed["first"].clone(), signed["expires_in_s"].clone()),
+        (json!(0), json!(300))
+    );
     let urls: Vec<String> = signed["urls"]
         .as_array()
         .unwrap()
@@ -175,7 +187,11 @@ async fn batched_part_urls_and_reports_are_checked_part_by_part_and_recorded_all
     let mut too_long = reports.clone();
     too_long[1]["len"] = json!(PART + 1);
     let (status, refusal) = report(&serve, &a, json!(too_long)).await;
-    assert_eq!((status, &refusal["error"]["code"]), (400, &json!("bad_part_size")), "{refusal}");
+    assert_eq!(
+        (status, &refusal["error"]["code"]),
+        (400, &json!("bad_part_size")),
+        "{refusal}"
+    );
     let (status, refusal) = report(&serve, &a, json!([])).await;
     assert_eq!(status, 400, "an empty batch: {refusal}");
     assert_eq!(recorded(&data, &upload).await, Vec::<(u64, u64)>::new());
@@ -263,7 +279,11 @@ async fn a_mover_signs_parts_ahead_and_reports_them_in_batches() {
     let single_urls = requests(&serve, "/v1/drains/{id}/uploads/{upload}/{part}/url").await;
     let single_reports = requests(&serve, "/v1/drains/{id}/uploads/{upload}/{part}/stored").await;
     let relayed = requests(&serve, "/v1/drains/{id}/uploads/{upload}/{part}").await;
-    assert_eq!((single_urls, single_reports, relayed), (0, 0, 0), "per-part requests");
+    assert_eq!(
+        (single_urls, single_reports, relayed),
+        (0, 0, 0),
+        "per-part requests"
+    );
     let signs = requests(&serve, "/v1/drains/{id}/uploads/{upload}/urls").await;
     let reports = requests(&serve, "/v1/drains/{id}/parts/stored").await;
     assert!(

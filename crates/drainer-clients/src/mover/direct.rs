@@ -138,7 +138,9 @@ impl PutError {
 
 /// The lock's data, even if a thread panicked holding it (a list of reports stays valid).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether `error` is the drainer saying it relays every part.
@@ -254,12 +256,14 @@ impl DirectParts {
         };
         let url = api.url(&format!("/uploads/{upload}/urls"));
         let signed: SignedUrls = api.json(|http| http.post(&url).query(&query)).await?;
-        ahead.keep(upload, idx, signed).ok_or_else(|| CallError::Status {
-            url,
-            status: 502,
-            code: None,
-            message: format!("the drainer did not sign part {idx} of upload {upload}"),
-        })
+        ahead
+            .keep(upload, idx, signed)
+            .ok_or_else(|| CallError::Status {
+                url,
+                status: 502,
+                code: None,
+                message: format!("the drainer did not sign part {idx} of upload {upload}"),
+            })
     }
 
     /// Reports the parts stored since the last report (none without batches), in as few

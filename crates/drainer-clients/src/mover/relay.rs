@@ -12,7 +12,6 @@ use drainer_core::protocol::{CreatedUpload, KeyParam, batch};
 use drainer_core::store::Barrier;
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use std::sync::Arc;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -20,6 +19,7 @@ use object_store::{
     MultipartId, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
     PutPayload, PutResult, UploadPart,
 };
+use std::sync::Arc;
 
 /// The drainer's store, through the drain's API.
 #[derive(Debug)]
