@@ -7,6 +7,7 @@
 //! part; a URL is signed only for the drain's own upload and its run's key; and a part claimed
 //! but not stored, or stored short, fails the upload's completion.
 
+use crate::support::by_hand::{begin_run, copying, create_upload, serve};
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
@@ -35,23 +36,6 @@ fn volume(mount: &Path) -> u64 {
         std::fs::write(mount.join(format!("large-{seed}")), bytes(seed + 100, len)).unwrap();
     }
     large.iter().map(|(len, _)| *len as u64).sum()
-}
-
-/// `drainer serve --movers external` on `store` in moto, with `extra` flags.
-async fn serve(server: &S3Server, data: &Path, store: &str, extra: &[&str]) -> Serve {
-    std::fs::create_dir_all(data).unwrap();
-    let env = server.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut args = vec![
-        "--sweep-interval",
-        "0",
-        "--movers",
-        "external",
-        "--store",
-        store,
-    ];
-    args.extend_from_slice(extra);
-    Serve::start_with_env(data, &args, &env).await
 }
 
 /// Bytes through a [`counting_forwarder`]: sent by its clients, and sent to them.
@@ -139,17 +123,6 @@ fn mover_via(url: &str, id: &str, mount: &Path) -> tokio::process::Command {
 /// A mover of drain `id` from `mount`.
 fn mover(serve: &Serve, id: &str, mount: &Path) -> tokio::process::Command {
     mover_via(&serve.url, id, mount)
-}
-
-/// Hands off `shop/PVC` and waits until it is copying; its id.
-async fn copying(serve: &Serve, pvc: &str) -> String {
-    let (status, drains) = serve.handoff("shop", &[pvc]).await;
-    assert_eq!(status, 202, "{drains:?}");
-    let id = drains[0]["id"].as_str().unwrap().to_owned();
-    serve
-        .wait_state(&id, "copying", Duration::from_secs(30))
-        .await;
-    id
 }
 
 /// How one drainer is set up, and where its movers' parts must go.
@@ -307,28 +280,6 @@ async fn a_mover_killed_mid_direct_upload_resumes_from_its_last_stored_part() {
     let restored = work.path().join("restored");
     serve.restore_as_admin("shop/data-web-4", &restored).await;
     assert_eq!(differences(&mount, &restored), Vec::<String>::new());
-}
-
-/// `POST …/run` for drain `id`: the snapshot its run writes.
-async fn begin_run(serve: &Serve, id: &str) -> String {
-    let (status, run) = serve
-        .call(Method::POST, &format!("/v1/drains/{id}/run"), None)
-        .await;
-    assert_eq!(status, 200, "{run}");
-    run["snapshot"].as_str().unwrap().to_owned()
-}
-
-/// `POST …/uploads?key=` for drain `id`: the upload.
-async fn create_upload(serve: &Serve, id: &str, key: &str) -> String {
-    let (status, created) = serve
-        .call(
-            Method::POST,
-            &format!("/v1/drains/{id}/uploads?key={key}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{created}");
-    created["upload"].as_str().unwrap().to_owned()
 }
 
 /// Signs part `part` of `upload` and `PUT`s `len` bytes to it; the store's ETag.

@@ -6,6 +6,7 @@
 //! all or none; a relaying drainer refuses them; a mover using them sends no part through
 //! drainer and its snapshot restores exactly.
 
+use crate::support::by_hand::{begin_run, copying, create_upload, serve};
 use crate::support::s3::S3Server;
 use crate::support::serve::{Serve, TOKEN};
 use crate::support::tree::{bytes, differences};
@@ -18,51 +19,6 @@ use std::time::Duration;
 const MIB: usize = 1024 * 1024;
 /// The drainer's part size (its default).
 const PART: usize = 8 * MIB;
-
-/// `drainer serve --movers external` on `store` in moto, with `extra` flags.
-async fn serve(server: &S3Server, data: &Path, store: &str, extra: &[&str]) -> Serve {
-    std::fs::create_dir_all(data).unwrap();
-    let env = server.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut args = vec![
-        "--sweep-interval",
-        "0",
-        "--movers",
-        "external",
-        "--store",
-        store,
-    ];
-    args.extend_from_slice(extra);
-    Serve::start_with_env(data, &args, &env).await
-}
-
-/// Hands off `shop/PVC` and waits until it is copying; its id.
-async fn copying(serve: &Serve, pvc: &str) -> String {
-    let (status, drains) = serve.handoff("shop", &[pvc]).await;
-    assert_eq!(status, 202, "{drains:?}");
-    let id = drains[0]["id"].as_str().unwrap().to_owned();
-    serve
-        .wait_state(&id, "copying", Duration::from_secs(30))
-        .await;
-    id
-}
-
-/// `POST …/run` for drain `id`: the snapshot its run writes.
-async fn begin_run(serve: &Serve, id: &str) -> String {
-    let (status, run) = serve
-        .call(Method::POST, &format!("/v1/drains/{id}/run"), None)
-        .await;
-    assert_eq!(status, 200, "{run}");
-    run["snapshot"].as_str().unwrap().to_owned()
-}
-
-/// `POST …/uploads?key=` for drain `id`: the upload.
-async fn create_upload(serve: &Serve, id: &str, key: &str) -> String {
-    let path = format!("/v1/drains/{id}/uploads?key={key}");
-    let (status, created) = serve.call(Method::POST, &path, None).await;
-    assert_eq!(status, 200, "{created}");
-    created["upload"].as_str().unwrap().to_owned()
-}
 
 /// `POST …/uploads/{upload}/urls` for parts `first .. first + count`.
 async fn sign(

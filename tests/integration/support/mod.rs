@@ -2,6 +2,7 @@
 //! image, for pods), an S3-protocol server, a GCS-protocol server, the test PostgreSQL, and the
 //! kube-env fixture (`cluster`, `world`, `gate`) every Kubernetes test builds on.
 
+pub mod by_hand;
 pub mod cluster;
 pub mod fault;
 pub mod forward;
