@@ -196,14 +196,7 @@ fn drain(namespace: &str, pvc: &str) -> Drain {
         created_ms: 0,
         updated_ms: 0,
         finished_ms: None,
-        pvc_uid: None,
-        pod_uid: None,
-        node: Some("kube-env-node-1".into()),
-        hold: None,
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default().with(drainer_kube::facts::NODE, Some("kube-env-node-1")),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::support::kube::{
 use crate::support::serve::Serve;
 use crate::support::tree;
 use anyhow::{Context, Result, ensure};
+use drainer_kube::facts::KubeLedger;
 use drainer_kube::movers::{self, MoverSpec};
 use drainer_server::auth::{Action, Authority, Caller, Denied, Reach};
 use k8s_openapi::api::batch::v1::Job;
@@ -382,7 +383,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             max_attempts: 5,
             wait_for_release: false,
             requested_by: None,
-            kube: None,
+            facts: Default::default(),
         };
         ledger.request_drains(&[new]).await?;
         let drain = ledger

@@ -531,11 +531,12 @@ async fn events_tell_the_claim_and_the_pod_what_happened() -> Result<()> {
                 max_attempts: 3,
                 wait_for_release: false,
                 requested_by: None,
-                kube: Some(drainer_core::ledger::KubeFacts {
+                facts: drainer_kube::facts::KubeFacts {
                     pvc_uid: claim.metadata.uid.clone(),
                     pod_uid: pod.metadata.uid.clone(),
                     node: None,
-                }),
+                }
+                .into(),
             }])
             .await?;
         let drain = recorded.first().context("no drain")?.0.clone();

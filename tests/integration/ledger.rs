@@ -2,6 +2,7 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
+use drainer_kube::facts::KubeLedger;
 use drainer_core::snapshot::compress::{Codec, Compressed};
 use drainer_core::snapshot::manifest::Content;
 use drainer_core::snapshot::{Compression, PartialUpload, UploadedPart};
@@ -176,7 +177,7 @@ async fn concurrent_handoffs_share_commits_without_mixing_answers(ledger: Ledger
                 max_attempts: 3,
                 wait_for_release: false,
                 requested_by: Some("pod:shop/web-0".into()),
-                kube: None,
+                facts: Default::default(),
             })
             .collect()
     };
@@ -341,7 +342,8 @@ async fn postgres_runs_have_one_owner() {
 /// cleared when the claim is wanted again), forgotten claims, and a claim's drains found by
 /// UID or, for drains without one, by name.
 async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
-    use drainer_core::ledger::{ClaimKey, ClaimSighting, KubeFacts, NewDrain, RememberedSet};
+    use drainer_core::ledger::{ClaimKey, ClaimSighting, NewDrain, RememberedSet};
+    use drainer_kube::facts::KubeFacts;
     let mut web = RememberedSet {
         uid: "uid-web".into(),
         namespace: "shop".into(),
@@ -399,10 +401,11 @@ async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
         max_attempts: 3,
         wait_for_release: false,
         requested_by: Some("sweep".into()),
-        kube: uid.map(|u| KubeFacts {
-            pvc_uid: Some(u.into()),
+        facts: KubeFacts {
+            pvc_uid: uid.map(str::to_owned),
             ..KubeFacts::default()
-        }),
+        }
+        .into(),
     };
     ledger
         .request_drains(&[
@@ -458,7 +461,7 @@ async fn notes_go_to_the_entry_that_started_the_attempt(ledger: Ledger) {
         max_attempts: 5,
         wait_for_release: false,
         requested_by: None,
-        kube: None,
+        facts: Default::default(),
     };
     ledger.request_drains(&[new]).await.unwrap();
     let lease = std::time::Duration::from_secs(60);
@@ -542,7 +545,7 @@ async fn drains_to_show_are_the_active_and_the_recently_ended(ledger: Ledger) {
         max_attempts: 5,
         wait_for_release: false,
         requested_by: by.map(str::to_owned),
-        kube: None,
+        facts: Default::default(),
     };
     let mut ids = Vec::new();
     for drain in [
@@ -630,7 +633,7 @@ async fn namespace_lives_and_earlier_reads_are_recorded(ledger: Ledger) {
         max_attempts: 5,
         wait_for_release: false,
         requested_by: None,
-        kube: None,
+        facts: Default::default(),
     };
     let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
     let before = ledger.drain(&id).await.unwrap().unwrap().origin();
@@ -782,7 +785,8 @@ async fn drain_of_claim(
     ns_uid: &str,
     snapshot: Option<&str>,
 ) -> String {
-    use drainer_core::ledger::{AttemptOutcome, KubeFacts, NewDrain};
+    use drainer_core::ledger::{AttemptOutcome, NewDrain};
+    use drainer_kube::facts::KubeFacts;
     let new = NewDrain {
         volume: drainer::VolumeId::new("shop", pvc).unwrap(),
         pod: None,
@@ -790,10 +794,11 @@ async fn drain_of_claim(
         max_attempts: 5,
         wait_for_release: false,
         requested_by: None,
-        kube: Some(KubeFacts {
+        facts: KubeFacts {
             pvc_uid: Some(uid.into()),
             ..KubeFacts::default()
-        }),
+        }
+        .into(),
     };
     let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
     ledger.set_namespace_life(&id, ns_uid, None).await.unwrap();

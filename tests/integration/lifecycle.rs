@@ -95,7 +95,7 @@ impl Walk {
             max_attempts: 3,
             wait_for_release: wait,
             requested_by: Some("pod:shop/walker".into()),
-            kube: None,
+            facts: Default::default(),
         };
         let answer = self.ledger.request_drains(&[new]).await.unwrap();
         let (drain, created) = &answer[0];

@@ -14,6 +14,7 @@
 //! hundred Events, which must not crowd out the TokenReviews of the handoffs still waiting
 //! for their answer on the same API server.
 
+use crate::facts::KubeDrain;
 use super::{Cluster, call};
 use drainer_core::ledger::Drain;
 use drainer_server::notify::{Milestone, Notifier};
@@ -209,10 +210,10 @@ impl KubeEvents {
     /// The drain's claim, unless it was deleted and created again (another volume).
     fn claim_ref(&self, drain: &Drain) -> Option<ObjectReference> {
         let stored = self.cluster.claim(&drain.namespace, &drain.pvc);
-        let uid = match (&stored, &drain.pvc_uid) {
-            (Some(c), Some(recorded)) if c.metadata.uid.as_ref() != Some(recorded) => return None,
+        let uid = match (&stored, drain.pvc_uid()) {
+            (Some(c), Some(recorded)) if c.metadata.uid.as_deref() != Some(recorded) => return None,
             (Some(c), _) => c.metadata.uid.clone(),
-            (None, recorded) => recorded.clone(),
+            (None, recorded) => recorded.map(str::to_owned),
         };
         Some(ObjectReference {
             api_version: Some("v1".into()),
@@ -229,7 +230,7 @@ impl KubeEvents {
         let name = drain.pod.as_deref()?;
         let pod = self.cluster.pod(&drain.namespace, name)?;
         let uid = pod.metadata.uid.clone();
-        if drain.pod_uid.is_some() && drain.pod_uid != uid {
+        if drain.pod_uid().is_some() && drain.pod_uid() != uid.as_deref() {
             return None;
         }
         Some(ObjectReference {
@@ -426,7 +427,7 @@ impl KubeEvents {
                 LAST_SNAPSHOT_TIME: Timestamp::now().to_string(),
             }
         });
-        if let Some(uid) = &drain.pvc_uid {
+        if let Some(uid) = drain.pvc_uid() {
             metadata["uid"] = serde_json::json!(uid);
         }
         let patch = serde_json::json!({ "metadata": metadata });
@@ -490,14 +491,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             finished_ms: None,
-            pvc_uid: Some("uid-c".into()),
-            pod_uid: None,
-            node: None,
-            hold: None,
-            mover_job: None,
-            mover_job_uid: None,
-            namespace_uid: None,
-            statefulset_uid: None,
+            facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, Some("uid-c")),
         }
     }
 

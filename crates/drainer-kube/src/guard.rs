@@ -28,6 +28,7 @@
 //! Event), and [`release_all`] lets go of every guard and hold when drainer is uninstalled
 //! (`drainer release-guards`).
 
+use crate::facts::{KubeDrain, KubeLedger};
 use super::{Cluster, Error, call, hold, planner};
 use drainer_core::ledger::{Drain, DrainFilter, Ledger};
 use drainer_core::lifecycle::DrainState;
@@ -591,10 +592,10 @@ impl Guards {
                     None => Some(Change::Guard(claim, policy)),
                     // Safe: let go. A claim its policy deletes needs a hold first (the
                     // release tracker then takes the guard off and deletes the hold).
-                    Some(drain) if deletes && drain.hold.is_none() && guarded => {
+                    Some(drain) if deletes && drain.hold().is_none() && guarded => {
                         Some(Change::Ready(claim, Box::new(drain)))
                     }
-                    Some(drain) if drain.hold.is_none() && guarded => Some(Change::Unguard(claim)),
+                    Some(drain) if drain.hold().is_none() && guarded => Some(Change::Unguard(claim)),
                     Some(_) => None, // the release tracker lets go with the hold
                 }
             }
@@ -616,7 +617,7 @@ impl Guards {
         let drains = self.ledger.drains(&filter, 20).await?;
         Ok(drains
             .into_iter()
-            .filter(|d| d.pvc_uid.is_none() || d.pvc_uid.as_deref() == uid)
+            .filter(|d| d.pvc_uid().is_none() || d.pvc_uid() == uid)
             .max_by_key(|d| d.created_ms))
     }
 

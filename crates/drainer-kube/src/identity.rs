@@ -26,6 +26,7 @@
 //! grants and refusals alike, are kept for [`ACCESS_TTL`] (at most [`ACCESS_MAX`] of them),
 //! and those not kept pass a gate of their own, so repeated refusals cost no more reviews.
 
+use crate::facts::KubeLedger;
 use super::{Cluster, Error, call, movers, planner};
 use drainer_core::ledger::Ledger;
 use drainer_core::volume::VolumeId;
@@ -982,7 +983,7 @@ mod tests {
             max_attempts: 3,
             wait_for_release: false,
             requested_by: None,
-            kube: None,
+            facts: Default::default(),
         };
         let (drain, _) = ledger.request_drains(&[new]).await.unwrap().remove(0);
         ledger

@@ -7,7 +7,8 @@
 //! even if drainer dies right after answering.
 
 use super::{Cluster, call, hold};
-use drainer_core::ledger::{Drain, KubeFacts, Ledger, NewDrain};
+use crate::facts::{KubeDrain, KubeFacts, KubeLedger};
+use drainer_core::ledger::{Drain, Ledger, NewDrain};
 use drainer_server::auth::{Caller, Workload};
 use drainer_server::intake::{Intake, Refusal};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -119,11 +120,12 @@ impl Intake for KubeIntake {
             if new.pod.is_none() {
                 new.pod = pod.map(|(name, _)| name.to_owned());
             }
-            new.kube = Some(KubeFacts {
+            new.facts = KubeFacts {
                 pvc_uid: claim.metadata.uid.clone(),
                 pod_uid: pod.map(|(_, uid)| uid.to_owned()),
                 node,
-            });
+            }
+            .into();
         }
         Ok(())
     }
@@ -131,7 +133,7 @@ impl Intake for KubeIntake {
     async fn recorded(&self, drains: &[Drain]) -> Result<(), Refusal> {
         for drain in drains
             .iter()
-            .filter(|d| d.state.is_active() && d.hold.is_none())
+            .filter(|d| d.state.is_active() && d.hold().is_none())
         {
             self.protect(drain).await?;
         }

@@ -11,12 +11,14 @@
 //! keeps a `Drain` object per drain in step with the ledger and takes the drains, retries,
 //! cancels and abandons users ask for with them, [`lives`] records which life of its namespace
 //! each copy belongs to, [`reclaim`] gives back the storage of scaled-away ordinals drained
-//! long enough ago (opt-in). Core modules never import this one.
+//! long enough ago (opt-in), and [`facts`] names what it records on each drain (the ledger
+//! keeps them without knowing them). Core modules never import this one.
 
 pub mod args;
 pub mod client;
 pub mod drain_objects;
 pub mod events;
+pub mod facts;
 pub mod guard;
 pub mod hold;
 pub mod identity;

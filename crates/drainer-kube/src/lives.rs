@@ -11,6 +11,7 @@
 //! earlier life's workloads, never readable to the later one's. This module records; it never
 //! decides who reads what.
 
+use crate::facts::KubeLedger;
 use crate::planner::set_claim;
 use crate::{Cluster, call};
 use drainer_core::ledger::{Drain, Ledger};

@@ -31,6 +31,7 @@
 //!   refuses fails the attempt within seconds, and the namespace's next mover is built for the
 //!   policy the refusal names (while its labels stay as they were).
 
+use crate::facts::{KubeDrain, KubeLedger};
 use crate::args::KubeArgs;
 use crate::planner::set_claim;
 use crate::{Cluster, Error, call};
@@ -129,8 +130,8 @@ impl Mover {
     fn recorded(drain: &Drain) -> Option<Self> {
         Some(Self {
             namespace: drain.namespace.clone(),
-            name: drain.mover_job.clone()?,
-            uid: drain.mover_job_uid.clone()?,
+            name: drain.mover_job()?.to_owned(),
+            uid: drain.mover_job_uid()?.to_owned(),
         })
     }
 
@@ -638,7 +639,7 @@ impl JobMovers {
                     .ok_or_else(|| claim_error(drain, format!("claim {volume} does not exist")))?
             }
         };
-        if let (Some(recorded), Some(now)) = (&drain.pvc_uid, &claim.metadata.uid)
+        if let (Some(recorded), Some(now)) = (drain.pvc_uid(), claim.metadata.uid.as_deref())
             && recorded != now
         {
             return Err(claim_error(
@@ -701,11 +702,11 @@ impl JobMovers {
                     .collect::<Vec<_>>(),
             ),
             Err(e) => {
-                tracing::warn!(error = %e, node = ?drain.node, "cannot read volume attachments; placing the mover on the last pod's node");
+                tracing::warn!(error = %e, node = ?drain.node(), "cannot read volume attachments; placing the mover on the last pod's node");
                 None
             }
         };
-        mount_node(drain.node.as_deref(), attached.as_deref())
+        mount_node(drain.node(), attached.as_deref())
     }
 
     /// Follows the attempt until the copy completes, the Job fails or is deleted, its pod is

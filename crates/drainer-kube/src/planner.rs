@@ -8,6 +8,7 @@
 //! `start <= o < start + replicas` (`spec.ordinals.start`, default 0); a volume is orphaned
 //! when its ordinal is not live or its StatefulSet is gone, and no pod mounts it.
 
+use crate::facts::KubeDrain;
 use drainer_core::ledger::Drain;
 pub use drainer_core::ledger::RememberedSet;
 use drainer_core::lifecycle::DrainState;
@@ -585,7 +586,7 @@ pub(crate) fn cover<'a>(
     claim_created_ms: Option<i64>,
     last_mounted_ms: Option<i64>,
 ) -> Option<Cover> {
-    let mine = |d: &&Drain| match d.pvc_uid.as_deref() {
+    let mine = |d: &&Drain| match d.pvc_uid() {
         Some(recorded) => recorded == uid,
         None => claim_created_ms.is_none_or(|created| d.created_ms >= created),
     };
@@ -1013,14 +1014,7 @@ mod tests {
             created_ms: created,
             updated_ms: ended,
             finished_ms: (!state.is_active()).then_some(ended),
-            pvc_uid: uid.map(str::to_owned),
-            pod_uid: None,
-            node: None,
-            hold: None,
-            mover_job: None,
-            mover_job_uid: None,
-            namespace_uid: None,
-            statefulset_uid: None,
+            facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, uid.map(str::to_owned)),
         }
     }
 

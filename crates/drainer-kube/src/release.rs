@@ -17,9 +17,10 @@
 //! its drain is active is put back (and said). Every replica runs this; the ledger's guarded
 //! transitions make each decision happen once.
 
+use crate::facts::{KubeDrain, KubeFacts, KubeLedger};
 use super::{Cluster, guard, hold, planner};
 use drainer_core::ledger::{
-    Drain, DrainFilter, KubeFacts, Ledger, NewDrain, PageCursor, Transition, Writer,
+    Drain, DrainFilter, Ledger, NewDrain, PageCursor, Transition, Writer,
 };
 use drainer_core::lifecycle::{DrainState, Event};
 use drainer_server::notify::{Milestone, Notifier};
@@ -122,8 +123,8 @@ impl Releases {
         let sets = self.cluster.sets_in(ns);
         let decision = planner::decide_release(
             &drain.pvc,
-            drain.pvc_uid.as_deref(),
-            drain.pod_uid.as_deref(),
+            drain.pvc_uid(),
+            drain.pod_uid(),
             claim.as_deref(),
             pods.iter().map(|p| p.as_ref()),
             sets.iter().map(|s| s.as_ref()),
@@ -215,7 +216,7 @@ impl Releases {
         claim: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>,
         always: bool,
     ) {
-        let Some(claim) = claim.filter(|c| drain.hold.is_none() && (always || hold::needs_hold(c)))
+        let Some(claim) = claim.filter(|c| drain.hold().is_none() && (always || hold::needs_hold(c)))
         else {
             return;
         };
@@ -384,11 +385,12 @@ impl Releases {
                     max_attempts: self.max_attempts,
                     wait_for_release: true,
                     requested_by: Some("drainer".to_owned()),
-                    kube: Some(KubeFacts {
+                    facts: KubeFacts {
                         pvc_uid: found.metadata.uid.clone(),
                         pod_uid: pod.metadata.uid.clone(),
                         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                    }),
+                    }
+                    .into(),
                 };
                 Some((drain, hold_always))
             })
@@ -413,7 +415,7 @@ impl Releases {
     /// Lets go of the holds of drains that ended.
     async fn ended_holds(&self) -> Result<(), drainer_core::ledger::Error> {
         for drain in self.ledger.ended_with_hold(PAGE).await? {
-            let Some(name) = &drain.hold else { continue };
+            let Some(name) = drain.hold() else { continue };
             match self.let_go(&drain, name).await {
                 Ok(()) => {
                     self.ledger.set_hold(&drain.id, None).await?;
@@ -439,7 +441,7 @@ impl Releases {
             let claim = self
                 .cluster
                 .claim(ns, pvc)
-                .filter(|c| drain.pvc_uid.is_none() || c.metadata.uid == drain.pvc_uid);
+                .filter(|c| drain.pvc_uid().is_none() || c.metadata.uid.as_deref() == drain.pvc_uid());
             if let Some(claim) =
                 claim.filter(|c| guard::recorded_policy(c).is_some() || guard::is_guarded(c))
             {
@@ -498,14 +500,14 @@ impl Releases {
     ) -> Result<(), drainer_core::ledger::Error> {
         let mut missing = HashSet::new();
         for drain in self.ledger.active_with_hold(PAGE).await? {
-            let Some(name) = drain.hold.clone() else {
+            let Some(name) = drain.hold().map(str::to_owned) else {
                 continue;
             };
             let ns = drain.namespace.as_str();
             let Some(claim) = self.cluster.claim(ns, &drain.pvc) else {
                 continue;
             };
-            if drain.pvc_uid.is_some() && claim.metadata.uid != drain.pvc_uid {
+            if drain.pvc_uid().is_some() && claim.metadata.uid.as_deref() != drain.pvc_uid() {
                 continue;
             }
             let map = self.cluster.holds.get(&ObjectRef::new(&name).within(ns));

@@ -23,7 +23,8 @@ use super::Cluster;
 use super::lease::Holding;
 use super::memory;
 use super::planner::{self, RememberedSet, Seen};
-use drainer_core::ledger::{ClaimKey, ClaimSighting, Drain, KubeFacts, Ledger, NewDrain};
+use crate::facts::{KubeDrain, KubeFacts};
+use drainer_core::ledger::{ClaimKey, ClaimSighting, Drain, Ledger, NewDrain};
 use drainer_core::store::Store;
 use drainer_core::volume::VolumeId;
 use drainer_server::intake::Intake;
@@ -148,7 +149,7 @@ impl<'a> DrainsByClaim<'a> {
             by_name: HashMap::new(),
         };
         for d in drains {
-            match d.pvc_uid.as_deref() {
+            match d.pvc_uid() {
                 Some(uid) => grouped.by_uid.entry(uid).or_default().push(d),
                 None => grouped
                     .by_name
@@ -258,11 +259,12 @@ fn new_drain(s: &Seen, max_attempts: u32) -> Option<NewDrain> {
         max_attempts,
         wait_for_release: false,
         requested_by: Some(SWEEP_PRINCIPAL.to_owned()),
-        kube: Some(KubeFacts {
+        facts: KubeFacts {
             pvc_uid: Some(s.uid.clone()),
             pod_uid: None,
             node: None,
-        }),
+        }
+        .into(),
     })
 }
 

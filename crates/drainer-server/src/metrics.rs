@@ -315,8 +315,8 @@ impl Metrics {
             }
         }
         self.held_claims
-            .set(summary.iter().map(|s| s.held).sum::<i64>());
-        let oldest_hold = summary.iter().filter_map(|s| s.oldest_held_ms).min();
+            .set(summary.iter().map(|s| s.with_fact).sum::<i64>());
+        let oldest_hold = summary.iter().filter_map(|s| s.oldest_with_fact_ms).min();
         self.oldest_hold_seconds.set(age(oldest_hold));
     }
 
@@ -463,8 +463,8 @@ mod tests {
             state,
             drains,
             oldest_created_ms: Some(now - oldest * 1000),
-            held,
-            oldest_held_ms: oldest_held.map(|s| now - s * 1000),
+            with_fact: held,
+            oldest_with_fact_ms: oldest_held.map(|s| now - s * 1000),
         };
         metrics.set_drain_summary(
             &[

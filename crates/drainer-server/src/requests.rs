@@ -128,11 +128,16 @@ impl Requests {
     }
 }
 
+/// The platform fact naming what holds a drain's claim from the garbage collector (the
+/// Kubernetes mode's hold), if anything does: such a drain is not cancelled, and `/metrics`
+/// counts the claims held.
+pub const HOLD_FACT: &str = "hold";
+
 /// Why cancelling `drain` is refused, if it is: an active drain holding its claim from the
 /// garbage collector would let the claim be deleted with its data uncopied, which takes the
 /// explicit, recorded abandon. `how` says how to abandon it where it was asked. Pure.
 pub fn cancel_refused(drain: &Drain, how: &str) -> Option<String> {
-    let hold = drain.hold.as_ref().filter(|_| drain.state.is_active())?;
+    let hold = drain.facts.get(HOLD_FACT).filter(|_| drain.state.is_active())?;
     Some(format!(
         "drain {} holds claim {}/{} from the garbage collector ({hold}): cancelling would let the claim be deleted with its data uncopied; abandon it instead ({how})",
         drain.id, drain.namespace, drain.pvc
@@ -162,14 +167,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             finished_ms: None,
-            pvc_uid: None,
-            pod_uid: None,
-            node: None,
-            hold: hold.map(str::to_owned),
-            mover_job: None,
-            mover_job_uid: None,
-            namespace_uid: None,
-            statefulset_uid: None,
+            facts: drainer_core::ledger::Facts::default().with(HOLD_FACT, hold),
         };
         let held = drain(DrainState::Copying, Some("drainer-hold-d-1"));
         let why = cancel_refused(&held, "say why").unwrap();

@@ -568,7 +568,7 @@ mod tests {
             max_attempts: 1,
             wait_for_release: false,
             requested_by: None,
-            kube: None,
+            facts: Default::default(),
         };
         let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
         let scheduler = Arc::new(Scheduler {

@@ -401,7 +401,7 @@ pub(crate) async fn sweep_local(
             max_attempts,
             wait_for_release: false,
             requested_by: None,
-            kube: None,
+            facts: Default::default(),
         })
         .collect();
     let drains = if wanted.is_empty() {

@@ -8,7 +8,8 @@
 //! with a lease; on PostgreSQL the row is locked with `FOR UPDATE SKIP LOCKED`, so replicas
 //! never claim the same drain.
 
-use super::{Error, Ledger, Pool, Result, Urgency, now_ms, on_pool, query_error};
+use super::facts::fact_sql;
+use super::{Error, Facts, Ledger, Pool, Result, Urgency, now_ms, on_pool, query_error};
 use crate::lifecycle::{AfterFailure, DrainState, Event};
 use crate::volume::VolumeId;
 use serde::Serialize;
@@ -25,10 +26,10 @@ pub struct StateSummary {
     pub drains: i64,
     /// When the oldest of them was created (ms since the epoch).
     pub oldest_created_ms: Option<i64>,
-    /// Those holding their claim (Kubernetes mode).
-    pub held: i64,
-    /// When the oldest of those holding their claim was created (ms since the epoch).
-    pub oldest_held_ms: Option<i64>,
+    /// Those having the fact the summary counts (see [`Ledger::drain_summary`]).
+    pub with_fact: i64,
+    /// When the oldest of those having it was created (ms since the epoch).
+    pub oldest_with_fact_ms: Option<i64>,
 }
 
 /// A drain as recorded.
@@ -74,23 +75,11 @@ pub struct Drain {
     /// Ended at (ms since the epoch).
     #[sqlx(rename = "finished_at")]
     pub finished_ms: Option<i64>,
-    /// Kubernetes mode: the claim's UID.
-    pub pvc_uid: Option<String>,
-    /// Kubernetes mode: the announcing pod's UID.
-    pub pod_uid: Option<String>,
-    /// Kubernetes mode: the node the announcing pod ran on.
-    pub node: Option<String>,
-    /// Kubernetes mode: the object holding the claim from the garbage collector, if any.
-    pub hold: Option<String>,
-    /// Kubernetes mode: the mover Job of the current attempt.
-    pub mover_job: Option<String>,
-    /// Kubernetes mode: that Job's UID (what identifies its pod as this drain's mover).
-    pub mover_job_uid: Option<String>,
-    /// Kubernetes mode: the UID of the claim's namespace as its mover was created (the life
-    /// of the namespace the snapshot belongs to).
-    pub namespace_uid: Option<String>,
-    /// Kubernetes mode: the UID of the claim's StatefulSet then, if it had one.
-    pub statefulset_uid: Option<String>,
+    /// What the platform that requested and executes it recorded on it (see [`Facts`]); as
+    /// JSON, each fact is a field of the drain, absent when not recorded.
+    #[sqlx(try_from = "String")]
+    #[serde(flatten)]
+    pub facts: Facts,
 }
 
 impl Drain {
@@ -103,20 +92,13 @@ impl Drain {
     }
 
     /// The drain as its snapshot records it: id, pod, reason, when it was requested, and the
-    /// UIDs of its claim, namespace and StatefulSet (Kubernetes mode).
+    /// facts named as the origin's lineage fields.
     pub fn origin(&self) -> crate::snapshot::DrainOrigin {
         let requested = chrono::DateTime::from_timestamp_millis(self.created_ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();
-        crate::snapshot::DrainOrigin {
-            id: self.id.clone(),
-            pod: self.pod.clone(),
-            reason: self.reason.clone(),
-            requested,
-            claim_uid: self.pvc_uid.clone(),
-            namespace_uid: self.namespace_uid.clone(),
-            statefulset_uid: self.statefulset_uid.clone(),
-        }
+        crate::snapshot::DrainOrigin::new(&self.id, self.pod.as_deref(), &self.reason, requested)
+            .with_lineage(|field| self.facts.get(field))
     }
 }
 
@@ -211,19 +193,8 @@ pub struct NewDrain {
     /// Who asked (`pod:NS/NAME`, `user:NAME`, …); a requester may read the drains it asked
     /// for, whether its request created them or found them active.
     pub requested_by: Option<String>,
-    /// Kubernetes mode: the claim's UID, the announcing pod's UID and node.
-    pub kube: Option<KubeFacts>,
-}
-
-/// What Kubernetes mode knows of a new drain's volume when it is requested.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KubeFacts {
-    /// The claim's UID.
-    pub pvc_uid: Option<String>,
-    /// The announcing pod's UID.
-    pub pod_uid: Option<String>,
-    /// The node it ran on.
-    pub node: Option<String>,
+    /// What the requesting platform knows of the drain's volume now (recorded with it).
+    pub facts: Facts,
 }
 
 /// Why a requested change of a drain was refused.
@@ -303,8 +274,7 @@ pub enum Writer {
 }
 
 pub(super) const COLUMNS: &str = "id, namespace, pvc, pod, reason, state, attempts, max_attempts, not_before, \
-                       lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, \
-                       pvc_uid, pod_uid, node, hold, mover_job, mover_job_uid, namespace_uid, statefulset_uid";
+                       lease_owner, lease_expires, snapshot_id, last_error, created_at, updated_at, finished_at, facts";
 
 /// A new drain id: time-ordered and unique across replicas.
 fn new_drain_id() -> String {
@@ -490,10 +460,9 @@ impl Ledger {
             for chunk in wanted.chunks(BULK_ROWS) {
                 let mut insert = QueryBuilder::<DB>::new(
                     "INSERT INTO drains (id, namespace, pvc, pod, reason, state, attempts, \
-                     max_attempts, not_before, created_at, updated_at, pvc_uid, pod_uid, node) ",
+                     max_attempts, not_before, created_at, updated_at, facts) ",
                 );
                 insert.push_values(chunk, |mut row, (id, new)| {
-                    let kube = new.kube.clone().unwrap_or_default();
                     row.push_bind(id.as_str())
                         .push_bind(new.volume.namespace.as_str())
                         .push_bind(new.volume.name.as_str())
@@ -505,9 +474,7 @@ impl Ledger {
                         .push_bind(now)
                         .push_bind(now)
                         .push_bind(now)
-                        .push_bind(kube.pvc_uid)
-                        .push_bind(kube.pod_uid)
-                        .push_bind(kube.node);
+                        .push_bind(new.facts.to_json());
                 });
                 insert.push(format!(" RETURNING {COLUMNS}"));
                 let created: Vec<Drain> = insert
@@ -572,7 +539,7 @@ impl Ledger {
     }
 
     /// Drains still active, or ended at or after `ended_since_ms` (ms since the epoch), in
-    /// `namespaces` (all when empty): what Kubernetes mode keeps Drain objects of.
+    /// `namespaces` (all when empty).
     pub async fn drains_active_or_ended_since(
         &self,
         ended_since_ms: i64,
@@ -656,17 +623,22 @@ impl Ledger {
             .map_err(query_error("read history")))
     }
 
-    /// Per state: how many drains, the oldest one's creation time, and how many hold their
-    /// claim (for `/metrics`; one grouped scan).
-    pub async fn drain_summary(&self) -> Result<Vec<StateSummary>> {
-        const SQL: &str = "SELECT state, COUNT(*) AS drains, MIN(created_at) AS oldest_created_ms, \
-                           COUNT(hold) AS held, \
-                           MIN(CASE WHEN hold IS NOT NULL THEN created_at END) AS oldest_held_ms \
-                           FROM drains GROUP BY state";
-        on_pool!(self, |pool, DB| sqlx::query_as(SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(query_error("summarise drains")))
+    /// Per state: how many drains, the oldest one's creation time, and how many have fact
+    /// `counted` (for `/metrics`; one grouped scan).
+    pub async fn drain_summary(&self, counted: &str) -> Result<Vec<StateSummary>> {
+        on_pool!(self, |pool, DB| {
+            let fact = fact_sql::<DB>(counted)?;
+            let sql = format!(
+                "SELECT state, COUNT(*) AS drains, MIN(created_at) AS oldest_created_ms, \
+                 COUNT({fact}) AS with_fact, \
+                 MIN(CASE WHEN {fact} IS NOT NULL THEN created_at END) AS oldest_with_fact_ms \
+                 FROM drains GROUP BY state"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("summarise drains"))
+        })
     }
 
     /// Moves a drain by hand, for operator `by`: `RetriedByHand` (failed or failing → queued,
@@ -788,64 +760,6 @@ impl Ledger {
         .await
     }
 
-    /// Records the hold keeping drain `id`'s claim (Kubernetes mode), or its removal.
-    pub async fn set_hold(&self, id: &str, hold: Option<&str>) -> Result<()> {
-        const SQL: &str = "UPDATE drains SET hold = $2 WHERE id = $1";
-        let (id, hold) = (id.to_owned(), hold.map(str::to_owned));
-        self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
-                .bind(&id)
-                .bind(hold.as_deref())
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(query_error("record hold")))
-        })
-        .await
-    }
-
-    /// Records the mover Job of drain `id`'s current attempt (Kubernetes mode).
-    pub async fn set_mover_job(&self, id: &str, name: &str, uid: &str) -> Result<()> {
-        const SQL: &str = "UPDATE drains SET mover_job = $2, mover_job_uid = $3 WHERE id = $1";
-        let (id, name, uid) = (id.to_owned(), name.to_owned(), uid.to_owned());
-        self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
-                .bind(&id)
-                .bind(&name)
-                .bind(&uid)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(query_error("record mover Job")))
-        })
-        .await
-    }
-
-    /// Records the life of drain `id`'s claim as its mover is created: the UIDs of the
-    /// claim's namespace and StatefulSet (if it has one), which its snapshot will carry.
-    pub async fn set_namespace_life(
-        &self,
-        id: &str,
-        namespace_uid: &str,
-        statefulset_uid: Option<&str>,
-    ) -> Result<()> {
-        const SQL: &str =
-            "UPDATE drains SET namespace_uid = $2, statefulset_uid = $3 WHERE id = $1";
-        let (id, namespace_uid) = (id.to_owned(), namespace_uid.to_owned());
-        let statefulset_uid = statefulset_uid.map(str::to_owned);
-        self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(SQL)
-                .bind(&id)
-                .bind(&namespace_uid)
-                .bind(&statefulset_uid)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(query_error("record the namespace life")))
-        })
-        .await
-    }
-
     /// Adds `note` to the history entry that started `owner`'s current attempt of drain `id`
     /// (its last entry, `copying`, recorded by `owner`), e.g. how the attempt's mover runs;
     /// `false` when that entry is not the last (the attempt ended, or was taken over).
@@ -869,55 +783,6 @@ impl Ledger {
                 .map_err(query_error("note the attempt")))
         })
         .await
-    }
-
-    /// Drains that have ended but still hold their claim (Kubernetes mode), oldest first.
-    pub async fn ended_with_hold(&self, limit: u32) -> Result<Vec<Drain>> {
-        let finals: Vec<String> = crate::lifecycle::ALL_STATES
-            .iter()
-            .filter(|s| s.is_final())
-            .map(|s| format!("'{s}'"))
-            .collect();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM drains WHERE hold IS NOT NULL AND state IN ({}) \
-             ORDER BY updated_at LIMIT $1",
-            finals.join(", ")
-        );
-        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-            .map_err(query_error("list holds")))
-    }
-
-    /// Active drains that hold their claim (Kubernetes mode), oldest first: their holds must
-    /// stay in place until they end.
-    pub async fn active_with_hold(&self, limit: u32) -> Result<Vec<Drain>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM drains WHERE hold IS NOT NULL AND state IN {} \
-             ORDER BY updated_at LIMIT $1",
-            active_states_sql()
-        );
-        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-            .map_err(query_error("list holds")))
-    }
-
-    /// The drain whose current mover Job has UID `uid`, if it is being copied or queued to
-    /// be copied again (a drain released at shutdown keeps its running mover Job, which waits
-    /// for the next claim to adopt it; only a copying drain accepts its data).
-    pub async fn drain_of_mover_job(&self, uid: &str) -> Result<Option<Drain>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM drains WHERE mover_job_uid = $1 AND state IN ($2, $3)");
-        on_pool!(self, |pool, DB| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(uid)
-            .bind(DrainState::Copying)
-            .bind(DrainState::Queued)
-            .fetch_optional(pool)
-            .await
-            .map_err(query_error("read drain")))
     }
 
     /// Applies one lifecycle transition (see the module doc); `Ok(Err(Refused::Stale))` when
@@ -996,7 +861,7 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// Whether this outcome's record is flushed to disk before the attempt ends: a completed
-    /// drain's (Kubernetes mode lets go of the claim's hold once it is recorded). Every other
+    /// drain's (the platform may let go of what protected the volume once it is recorded). Every other
     /// outcome is redone if a power loss takes its record: the drain's lease expires and the
     /// next attempt fails, or gives up, again. (Flushing every failure made each failing drain
     /// an fsync on SQLite's one writer, beside the handoffs'.)

@@ -9,6 +9,7 @@
 
 mod drains;
 mod earlier_reads;
+mod facts;
 mod intake;
 mod reclaims;
 mod relay;
@@ -17,9 +18,10 @@ mod runs;
 mod sweeps;
 
 pub use drains::{
-    AttemptOutcome, Drain, DrainEvent, DrainFilter, KubeFacts, NewDrain, PageCursor, Refused,
-    StateSummary, Transition, Writer,
+    AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, StateSummary,
+    Transition, Writer,
 };
+pub use facts::Facts;
 pub use earlier_reads::EarlierRead;
 pub use reclaims::Reclaim;
 pub use relay::{RelayPart, RelayRecord};
@@ -598,16 +600,30 @@ pub(crate) trait Dialect {
     /// Whether `SELECT … FOR UPDATE` is needed to lock a row read in a write transaction
     /// (PostgreSQL); SQLite's write transaction already excludes every other writer.
     const LOCKS_ROWS: bool;
+    /// Merges a JSON object (`$2`) into drain `$1`'s facts: its `null`s remove facts.
+    const PATCH_FACTS: &'static str;
+    /// The expression of fact `name` in the facts column `column` (`facts`, or `d.facts` for
+    /// a table named `d`; `name` checked by [`facts::fact_sql`]).
+    fn fact(column: &str, name: &str) -> String;
 }
 
 impl Dialect for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const LOCKS_ROWS: bool = false;
+    const PATCH_FACTS: &'static str = "UPDATE drains SET facts = json_patch(facts, $2) WHERE id = $1";
+    fn fact(column: &str, name: &str) -> String {
+        format!("({column} ->> '{name}')")
+    }
 }
 
 impl Dialect for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCKS_ROWS: bool = true;
+    const PATCH_FACTS: &'static str =
+        "UPDATE drains SET facts = jsonb_strip_nulls(facts::jsonb || $2::jsonb)::text WHERE id = $1";
+    fn fact(column: &str, name: &str) -> String {
+        format!("({column}::jsonb ->> '{name}')")
+    }
 }
 
 #[cfg(test)]
@@ -637,7 +653,7 @@ mod tests {
             max_attempts: 3,
             wait_for_release: false,
             requested_by: None,
-            kube: None,
+            facts: Default::default(),
         };
         let recorded = ledger.request_drains(&[handoff]).await.unwrap();
         assert!(recorded[0].1, "recorded through the intake");

@@ -7,6 +7,7 @@
 //! called by the retention pass). Released rows stay, for the record. The reclaimer decides;
 //! this module only stores and reads.
 
+use super::facts::fact_of;
 use super::{Ledger, Result, on_pool, query_error};
 use std::collections::{BTreeSet, HashMap};
 
@@ -161,24 +162,33 @@ impl Ledger {
         Ok(released)
     }
 
-    /// The first completed drain that supersedes reclaim `r` (claim deleted at `deleted`).
+    /// The first completed drain that supersedes reclaim `r` (claim deleted at `deleted`):
+    /// the drains' claim and namespace UIDs are their snapshots' lineage facts.
     async fn superseding_drain(&self, r: &Reclaim, deleted: i64) -> Result<Option<String>> {
-        const SQL: &str = "SELECT d.id FROM drains d, drains pinned \
-             WHERE pinned.id = $1 AND d.namespace = pinned.namespace AND d.pvc = pinned.pvc \
-             AND d.state = 'completed' AND d.snapshot_id IS NOT NULL AND d.snapshot_id <> $2 \
-             AND d.pvc_uid IS NOT NULL AND d.pvc_uid <> $3 AND d.created_at > $4 \
-             AND (pinned.namespace_uid IS NULL OR d.namespace_uid = pinned.namespace_uid) \
-             ORDER BY d.finished_at, d.id LIMIT 1";
-        on_pool!(self, |pool, DB| sqlx::query_scalar::<_, String>(SQL)
-            .bind(&r.drain_id)
-            .bind(&r.snapshot)
-            .bind(&r.pvc_uid)
-            .bind(deleted)
-            .fetch_optional(pool)
-            .await
-            .map_err(query_error(
-                "find the drain that supersedes a pinned snapshot"
-            )))
+        let [claim, namespace, _] = crate::snapshot::DrainOrigin::LINEAGE;
+        on_pool!(self, |pool, DB| {
+            let fact = |column, name| fact_of::<DB>(column, name);
+            let (claim_uid, namespace_uid) = (fact("d.facts", claim)?, fact("d.facts", namespace)?);
+            let pinned_namespace_uid = fact("pinned.facts", namespace)?;
+            let sql = format!(
+                "SELECT d.id FROM drains d, drains pinned \
+                 WHERE pinned.id = $1 AND d.namespace = pinned.namespace AND d.pvc = pinned.pvc \
+                 AND d.state = 'completed' AND d.snapshot_id IS NOT NULL AND d.snapshot_id <> $2 \
+                 AND {claim_uid} IS NOT NULL AND {claim_uid} <> $3 AND d.created_at > $4 \
+                 AND ({pinned_namespace_uid} IS NULL OR {namespace_uid} = {pinned_namespace_uid}) \
+                 ORDER BY d.finished_at, d.id LIMIT 1"
+            );
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(&r.drain_id)
+                .bind(&r.snapshot)
+                .bind(&r.pvc_uid)
+                .bind(deleted)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error(
+                    "find the drain that supersedes a pinned snapshot",
+                ))
+        })
     }
 
     /// Marks the pin of claim `pvc_uid` released by drain `later`; false if another replica

@@ -4,6 +4,7 @@
 //! The sweep decides what to write; this module only stores and reads it, in bulk statements.
 
 use super::drains::{BULK_ROWS, COLUMNS, Drain};
+use super::facts::fact_sql;
 use super::{Ledger, Result, now_ms, on_pool, query_error};
 use sqlx::QueryBuilder;
 
@@ -216,20 +217,22 @@ impl Ledger {
         })
     }
 
-    /// Every drain of the claims `claims`: those that recorded the claim's UID, and those of
-    /// the same namespace and name that recorded none.
+    /// Every drain of the claims `claims`: those whose lineage records the claim's UID, and
+    /// those of the same namespace and name that record none.
     pub async fn drains_of_claims(&self, claims: &[ClaimKey]) -> Result<Vec<Drain>> {
+        let [claim_fact, ..] = crate::snapshot::DrainOrigin::LINEAGE;
         let mut drains = Vec::new();
         for chunk in claims.chunks(BULK_ROWS / 2) {
             on_pool!(self, |pool, DB| {
+                let claim_uid = fact_sql::<DB>(claim_fact)?;
                 let mut find = QueryBuilder::<DB>::new(format!(
-                    "SELECT {COLUMNS} FROM drains WHERE pvc_uid IN ("
+                    "SELECT {COLUMNS} FROM drains WHERE {claim_uid} IN ("
                 ));
                 let mut uids = find.separated(", ");
                 for claim in chunk {
                     uids.push_bind(claim.uid.as_str());
                 }
-                find.push(") OR (pvc_uid IS NULL AND (");
+                find.push(format!(") OR ({claim_uid} IS NULL AND ("));
                 let mut names = find.separated(" OR ");
                 for claim in chunk {
                     names

@@ -95,6 +95,37 @@ pub struct DrainOrigin {
     pub statefulset_uid: Option<String>,
 }
 
+impl DrainOrigin {
+    /// The fields a platform may fill from what it recorded on the drain (see
+    /// [`DrainOrigin::with_lineage`]).
+    pub const LINEAGE: [&'static str; 3] = ["claim_uid", "namespace_uid", "statefulset_uid"];
+
+    /// An origin without lineage: drain `id`, its pod, reason and request time (RFC 3339).
+    pub fn new(id: &str, pod: Option<&str>, reason: &str, requested: String) -> Self {
+        Self {
+            id: id.to_owned(),
+            pod: pod.map(str::to_owned),
+            reason: reason.to_owned(),
+            requested,
+            claim_uid: None,
+            namespace_uid: None,
+            statefulset_uid: None,
+        }
+    }
+
+    /// This origin with its lineage fields ([`DrainOrigin::LINEAGE`]) set from `fact`, which
+    /// gives the drain's fact named as each field, copied verbatim.
+    pub fn with_lineage<'a>(self, fact: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let [claim, namespace, statefulset] = Self::LINEAGE.map(|f| fact(f).map(str::to_owned));
+        Self {
+            claim_uid: claim,
+            namespace_uid: namespace,
+            statefulset_uid: statefulset,
+            ..self
+        }
+    }
+}
+
 impl SnapshotSummary {
     /// Whether this snapshot records copying another claim than `claim` (a claim deleted and
     /// made again under the same name): copies of `claim` must not build on it. A snapshot

@@ -351,7 +351,7 @@ impl DrainObjects {
             max_attempts: self.max_attempts,
             wait_for_release: false,
             requested_by: Some(by.clone()),
-            kube: None,
+            facts: Default::default(),
         }];
         // Authorised by the API server's RBAC; the intake asks a caller only for its pod,
         // and an object has none.

@@ -26,14 +26,7 @@ fn drain(state: DrainState, finished: Option<i64>) -> Drain {
         created_ms: NOW - DAY,
         updated_ms: finished.unwrap_or(NOW - DAY),
         finished_ms: finished,
-        pvc_uid: None,
-        pod_uid: None,
-        node: None,
-        hold: None,
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default(),
     }
 }
 

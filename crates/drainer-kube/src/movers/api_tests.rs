@@ -325,11 +325,7 @@ async fn an_attempt_adopts_the_job_the_ledger_records_and_resumes_it_if_still_su
     ])
     .serve(Duration::from_secs(5));
     let (movers, _dir) = movers(client, shared_claim()).await;
-    let drain = Drain {
-        mover_job: Some(name()),
-        mover_job_uid: Some("recorded-uid".into()),
-        ..fixtures::drain()
-    };
+    let drain = recorded(name(), "recorded-uid");
     let (mover, mut guard, chosen) = movers.start(&drain).await.unwrap();
     guard.disarm();
     assert_eq!((mover.name, mover.uid), (name(), "recorded-uid".to_owned()));
@@ -365,11 +361,7 @@ async fn a_job_merely_labelled_as_the_drains_is_stopped_before_the_attempt_creat
     .serve(Duration::from_secs(5));
     let (movers, _dir) = movers(client, shared_claim()).await;
     // The ledger records a Job of that name, but not with that UID.
-    let drain = Drain {
-        mover_job: Some(stray.clone()),
-        mover_job_uid: Some("recorded-uid".into()),
-        ..fixtures::drain()
-    };
+    let drain = recorded(stray.clone(), "recorded-uid");
     let (mover, mut guard, chosen) = movers.start(&drain).await.unwrap();
     guard.disarm();
     assert_eq!((mover.name, mover.uid), (name(), "new-uid".to_owned()));
@@ -448,5 +440,15 @@ async fn a_job_gone_or_replaced_before_its_deletion_is_left_alone_and_an_outage_
         let deleted = delete_job(&client, &mover).await;
         assert_eq!(deleted.is_ok(), ok, "HTTP {code}: {deleted:?}");
         server.await.unwrap();
+    }
+}
+
+/// The fixtures' drain with mover Job `name` (UID `uid`) recorded for its attempt.
+fn recorded(name: String, uid: &str) -> Drain {
+    let drain = fixtures::drain();
+    let facts = drain.facts.clone().with(crate::facts::MOVER_JOB, Some(name));
+    Drain {
+        facts: facts.with(crate::facts::MOVER_JOB_UID, Some(uid)),
+        ..drain
     }
 }

@@ -4,6 +4,7 @@
 //! which mover pod holds a copy run ([`mover_pod_of_owner`]), and what becomes of a dropped
 //! attempt's Job ([`after_drop`]).
 
+use crate::facts::KubeDrain;
 use super::job::job_stem;
 use drainer_core::ledger::Drain;
 use drainer_core::lifecycle::DrainState;
@@ -242,7 +243,7 @@ fn last_line(message: &str) -> Option<String> {
 /// over) or if it is this attempt's own (its outcome is the attempt's). An older attempt's
 /// Job that has failed or succeeded, even with its pod still terminating, is not adopted.
 pub fn adoptable<'a>(drain: &Drain, jobs: &'a [Job], name: &str) -> Option<&'a Job> {
-    let (Some(recorded), Some(uid)) = (drain.mover_job.as_deref(), drain.mover_job_uid.as_deref())
+    let (Some(recorded), Some(uid)) = (drain.mover_job(), drain.mover_job_uid())
     else {
         return None;
     };
@@ -565,10 +566,13 @@ mod tests {
         let failed = json!({"conditions": [{"type": "Failed", "status": "True"}]});
         let this = job_name(ID, 2);
         let older = job_name(ID, 1);
-        let recorded = |name: &str, uid: &str| Drain {
-            mover_job: Some(name.into()),
-            mover_job_uid: Some(uid.into()),
-            ..drain()
+        let recorded = |name: &str, uid: &str| {
+            let d = drain();
+            let facts = d.facts.clone().with(crate::facts::MOVER_JOB, Some(name));
+            Drain {
+                facts: facts.with(crate::facts::MOVER_JOB_UID, Some(uid)),
+                ..d
+            }
         };
         // (drain, Jobs, adopted uid)
         let ending =
@@ -611,7 +615,7 @@ mod tests {
         ];
         for (drain, jobs, adopted) in cases {
             let got = adoptable(&drain, &jobs, &this).and_then(|j| j.metadata.uid.as_deref());
-            assert_eq!(got, adopted, "{:?} {jobs:?}", drain.mover_job);
+            assert_eq!(got, adopted, "{:?} {jobs:?}", drain.mover_job());
         }
         let mut deleting = job(&this, "u2", json!({}));
         deleting.metadata.deletion_timestamp = Some(

@@ -34,14 +34,7 @@ pub(crate) fn drain() -> Drain {
         created_ms: 0,
         updated_ms: 0,
         finished_ms: None,
-        pvc_uid: None,
-        pod_uid: None,
-        node: Some("node-2".into()),
-        hold: None,
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default().with(crate::facts::NODE, Some("node-2")),
     }
 }
 

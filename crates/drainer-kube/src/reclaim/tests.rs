@@ -273,14 +273,7 @@ fn ledger_drain(id: &str, state: DrainState, ended: i64) -> Drain {
         created_ms: 0,
         updated_ms: ended,
         finished_ms: (!state.is_active()).then_some(ended),
-        pvc_uid: Some("uid-2".into()),
-        pod_uid: None,
-        node: None,
-        hold: None,
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, Some("uid-2")),
     }
 }
 

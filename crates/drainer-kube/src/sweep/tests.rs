@@ -59,14 +59,7 @@ fn completed(id: &str, pvc: &str, finished: i64) -> Drain {
         created_ms: finished - 10,
         updated_ms: finished,
         finished_ms: Some(finished),
-        pvc_uid: Some(format!("uid-{pvc}")),
-        pod_uid: None,
-        node: None,
-        hold: None,
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, Some(format!("uid-{pvc}"))),
     }
 }
 
@@ -150,7 +143,7 @@ fn a_sweep_queues_uncovered_orphans_and_records_what_it_saw() {
         (false, Some("sweep"), 3)
     );
     assert_eq!(
-        new.kube.as_ref().and_then(|k| k.pvc_uid.as_deref()),
+        new.facts.get(crate::facts::PVC_UID),
         Some("uid-data-web-2")
     );
     let verdicts: Vec<(&str, Option<Verdict>, bool, Option<&str>)> = decided

@@ -144,7 +144,7 @@ pub(super) async fn handoff(
             max_attempts: shared.max_attempts,
             wait_for_release: body.wait_for_release,
             requested_by: Some(requester.clone()),
-            kube: None,
+            facts: Default::default(),
         })
         .collect();
     let recorded = match shared.requests().request(scope.caller(), &mut wanted).await {
@@ -571,7 +571,7 @@ fn with_error(body: &impl Serialize, code: &str, message: String) -> axum::respo
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = state.shared();
     let summary = shared.kept.summary.get(|| async {
-        let summary = shared.ledger.drain_summary().await;
+        let summary = shared.ledger.drain_summary(crate::requests::HOLD_FACT).await;
         summary
             .inspect_err(|err| tracing::warn!(error = %err, "cannot count drains for /metrics"))
             .ok()

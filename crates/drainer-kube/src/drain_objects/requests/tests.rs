@@ -34,14 +34,7 @@ fn drain(state: DrainState, hold: Option<&str>) -> Drain {
         created_ms: 0,
         updated_ms: 0,
         finished_ms: None,
-        pvc_uid: None,
-        pod_uid: None,
-        node: None,
-        hold: hold.map(str::to_owned),
-        mover_job: None,
-        mover_job_uid: None,
-        namespace_uid: None,
-        statefulset_uid: None,
+        facts: drainer_core::ledger::Facts::default().with(crate::facts::HOLD, hold.map(str::to_owned)),
     }
 }
 
