@@ -196,7 +196,8 @@ fn drain(namespace: &str, pvc: &str) -> Drain {
         created_ms: 0,
         updated_ms: 0,
         finished_ms: None,
-        facts: drainer_core::ledger::Facts::default().with(drainer_kube::facts::NODE, Some("kube-env-node-1")),
+        facts: drainer_core::ledger::Facts::default()
+            .with(drainer_kube::facts::NODE, Some("kube-env-node-1")),
     }
 }
 

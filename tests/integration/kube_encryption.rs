@@ -98,7 +98,11 @@ async fn a_mover_job_copies_into_an_encrypted_store_that_shows_nothing_of_the_cl
         ensure!(!refused.exists(), "nothing written without the key");
         serve.terminate(Duration::from_secs(20)).await;
         let ledger = drainer_core::Ledger::open(None, &data).await?;
-        let copied = ledger.drain(&id).await?.and_then(|d| d.facts.get(drainer_kube::facts::MOVER_JOB).map(str::to_owned));
+        let copied = ledger.drain(&id).await?.and_then(|d| {
+            d.facts
+                .get(drainer_kube::facts::MOVER_JOB)
+                .map(str::to_owned)
+        });
         ensure!(copied.is_some(), "drain {id} was copied by a mover Job");
         ns.finish().await
     })

@@ -2,11 +2,11 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
-use drainer_kube::facts::KubeLedger;
 use drainer_core::snapshot::compress::{Codec, Compressed};
 use drainer_core::snapshot::manifest::Content;
 use drainer_core::snapshot::{Compression, PartialUpload, UploadedPart};
 use drainer_core::snapshot::{SnapshotId, SnapshotSummary, StoredFile};
+use drainer_kube::facts::KubeLedger;
 use futures::TryStreamExt;
 
 fn stored(path: &[u8]) -> StoredFile {
@@ -928,4 +928,190 @@ async fn postgres_pins_are_released_once_a_later_drain_completed() {
         .await
         .unwrap();
     pins_are_released_once_a_later_drain_completed(ledger).await;
+}
+
+/// The migration that moves Kubernetes mode's columns into the drains' facts.
+const FACTS_MIGRATION: i64 = 20261208000000;
+
+/// Drains as the schema before platform facts recorded them: every Kubernetes column set,
+/// some of them, none.
+const EARLIER_DRAINS: &str = "INSERT INTO drains (id, namespace, pvc, pod, reason, state, \
+    attempts, max_attempts, not_before, created_at, updated_at, finished_at, pvc_uid, pod_uid, \
+    node, hold, mover_job, mover_job_uid, namespace_uid, statefulset_uid) VALUES \
+    ('d-all', 'shop', 'data-web-0', 'web-0', 'handoff', 'copying', 1, 5, 10, 11, 12, NULL, \
+     'c-0', 'p-0', 'n-0', 'drainer-hold-d-all', 'drainer-d-all-1', 'j-0', 'ns-0', 'sts-0'), \
+    ('d-some', 'shop', 'data-web-1', NULL, 'sweep', 'completed', 1, 5, 20, 21, 22, 23, \
+     'c-1', NULL, NULL, NULL, NULL, NULL, 'ns-0', NULL), \
+    ('d-none', 'shop', 'data-web-2', NULL, 'handoff', 'queued', 0, 5, 30, 31, 32, NULL, \
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+
+/// Drains recorded before the migration keep every Kubernetes fact exactly (a fact per column
+/// that was set, none for one that was not; the claim's UID also as its lineage fact), their
+/// other fields as they were, and are found by their facts as before.
+async fn earlier_drains_keep_their_facts_exactly(ledger: Ledger) {
+    use drainer_core::ledger::ClaimKey;
+    use drainer_core::lifecycle::DrainState;
+    use serde_json::json;
+    let expected = [
+        (
+            "d-all",
+            json!({"pvc_uid": "c-0", "claim_uid": "c-0", "pod_uid": "p-0", "node": "n-0",
+                   "hold": "drainer-hold-d-all", "mover_job": "drainer-d-all-1",
+                   "mover_job_uid": "j-0", "namespace_uid": "ns-0", "statefulset_uid": "sts-0"}),
+        ),
+        (
+            "d-some",
+            json!({"pvc_uid": "c-1", "claim_uid": "c-1", "namespace_uid": "ns-0"}),
+        ),
+        ("d-none", json!({})),
+    ];
+    for (id, facts) in expected {
+        let drain = ledger.drain(id).await.unwrap().unwrap();
+        assert_eq!(serde_json::to_value(&drain.facts).unwrap(), facts, "{id}");
+    }
+    let all = ledger.drain("d-all").await.unwrap().unwrap();
+    assert_eq!(
+        (all.state, all.attempts, all.not_before_ms, all.created_ms),
+        (DrainState::Copying, 1, 10, 11)
+    );
+    assert_eq!((all.updated_ms, all.finished_ms), (12, None));
+    let found = ledger.drain_of_mover_job("j-0").await.unwrap();
+    assert_eq!(found.map(|d| d.id).as_deref(), Some("d-all"));
+    let held: Vec<String> = (ledger.active_with_hold(10).await.unwrap().into_iter())
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(held, ["d-all"]);
+    let origin = ledger.drain("d-some").await.unwrap().unwrap().origin();
+    assert_eq!(
+        (origin.claim_uid.as_deref(), origin.namespace_uid.as_deref()),
+        (Some("c-1"), Some("ns-0"))
+    );
+    assert_eq!(origin.statefulset_uid, None);
+    let claim = ClaimKey {
+        uid: "c-1".into(),
+        namespace: "shop".into(),
+        pvc: "data-web-1".into(),
+    };
+    let of_claim: Vec<String> = (ledger.drains_of_claims(&[claim]).await.unwrap().into_iter())
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(of_claim, ["d-some"]);
+}
+
+#[tokio::test]
+async fn sqlite_earlier_drains_keep_their_facts_exactly() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("drainer.db"))
+        .create_if_missing(true);
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate!("crates/drainer-core/migrations/sqlite")
+        .run_to(FACTS_MIGRATION - 1, &pool)
+        .await
+        .unwrap();
+    sqlx::query(EARLIER_DRAINS).execute(&pool).await.unwrap();
+    pool.close().await;
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    earlier_drains_keep_their_facts_exactly(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_earlier_drains_keep_their_facts_exactly() {
+    let url = fresh_postgres_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::migrate!("crates/drainer-core/migrations/postgres")
+        .run_to(FACTS_MIGRATION - 1, &pool)
+        .await
+        .unwrap();
+    sqlx::query(EARLIER_DRAINS).execute(&pool).await.unwrap();
+    pool.close().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    earlier_drains_keep_their_facts_exactly(ledger).await;
+}
+
+/// A drain's facts change by merge (set, remove, the rest kept; changes of different facts at
+/// once are all kept), and drains are found by a fact's presence and value; a name that could
+/// not be a fact is refused.
+async fn facts_are_merged_and_searched(ledger: Ledger) {
+    use drainer_core::ledger::{Facts, NewDrain};
+    use drainer_core::lifecycle::DrainState;
+    let new = NewDrain {
+        volume: drainer::VolumeId::new("shop", "data-web-0").unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: None,
+        facts: Facts::default().with("a", Some("1")).with("b", Some("2")),
+    };
+    let id = ledger.request_drains(&[new]).await.unwrap()[0].0.id.clone();
+    let facts = || async { ledger.drain(&id).await.unwrap().unwrap().facts };
+    ledger
+        .patch_facts(&id, &[("a", None), ("c", Some("3"))])
+        .await
+        .unwrap();
+    let merged = Facts::default().with("b", Some("2")).with("c", Some("3"));
+    assert_eq!(facts().await, merged);
+    let (d, e) = tokio::join!(
+        ledger.patch_facts(&id, &[("d", Some("4"))]),
+        ledger.patch_facts(&id, &[("e", Some("5"))])
+    );
+    d.unwrap();
+    e.unwrap();
+    let both = merged.with("d", Some("4")).with("e", Some("5"));
+    assert_eq!(facts().await, both);
+    let ids = |drains: Vec<drainer_core::ledger::Drain>| -> Vec<String> {
+        drains.into_iter().map(|d| d.id).collect()
+    };
+    assert_eq!(
+        ids(ledger.active_having("c", 10).await.unwrap()),
+        [id.as_str()]
+    );
+    assert!(ids(ledger.active_having("a", 10).await.unwrap()).is_empty());
+    assert!(ids(ledger.ended_having("c", 10).await.unwrap()).is_empty());
+    let queued = [DrainState::Queued];
+    let found = ledger.drain_with_fact("c", "3", &queued).await.unwrap();
+    assert_eq!(found.map(|d| d.id), Some(id.clone()));
+    assert!(
+        ledger
+            .drain_with_fact("c", "4", &queued)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let copying = [DrainState::Copying];
+    assert!(
+        ledger
+            .drain_with_fact("c", "3", &copying)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ledger
+            .patch_facts(&id, &[("x') --", Some("1"))])
+            .await
+            .is_err()
+    );
+    assert!(ledger.active_having("x'", 1).await.is_err());
+    assert_eq!(facts().await, both, "a refused change changes nothing");
+}
+
+#[tokio::test]
+async fn sqlite_facts_are_merged_and_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    facts_are_merged_and_searched(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_facts_are_merged_and_searched() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    facts_are_merged_and_searched(ledger).await;
 }

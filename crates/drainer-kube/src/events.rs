@@ -14,8 +14,8 @@
 //! hundred Events, which must not crowd out the TokenReviews of the handoffs still waiting
 //! for their answer on the same API server.
 
-use crate::facts::KubeDrain;
 use super::{Cluster, call};
+use crate::facts::KubeDrain;
 use drainer_core::ledger::Drain;
 use drainer_server::notify::{Milestone, Notifier};
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
@@ -211,7 +211,9 @@ impl KubeEvents {
     fn claim_ref(&self, drain: &Drain) -> Option<ObjectReference> {
         let stored = self.cluster.claim(&drain.namespace, &drain.pvc);
         let uid = match (&stored, drain.pvc_uid()) {
-            (Some(c), Some(recorded)) if c.metadata.uid.as_deref() != Some(recorded) => return None,
+            (Some(c), Some(recorded)) if c.metadata.uid.as_deref() != Some(recorded) => {
+                return None;
+            }
             (Some(c), _) => c.metadata.uid.clone(),
             (None, recorded) => recorded.map(str::to_owned),
         };
@@ -491,7 +493,8 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             finished_ms: None,
-            facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, Some("uid-c")),
+            facts: drainer_core::ledger::Facts::default()
+                .with(crate::facts::PVC_UID, Some("uid-c")),
         }
     }
 

@@ -28,8 +28,8 @@
 //! Event), and [`release_all`] lets go of every guard and hold when drainer is uninstalled
 //! (`drainer release-guards`).
 
-use crate::facts::{KubeDrain, KubeLedger};
 use super::{Cluster, Error, call, hold, planner};
+use crate::facts::{KubeDrain, KubeLedger};
 use drainer_core::ledger::{Drain, DrainFilter, Ledger};
 use drainer_core::lifecycle::DrainState;
 use futures::StreamExt;
@@ -595,7 +595,9 @@ impl Guards {
                     Some(drain) if deletes && drain.hold().is_none() && guarded => {
                         Some(Change::Ready(claim, Box::new(drain)))
                     }
-                    Some(drain) if drain.hold().is_none() && guarded => Some(Change::Unguard(claim)),
+                    Some(drain) if drain.hold().is_none() && guarded => {
+                        Some(Change::Unguard(claim))
+                    }
                     Some(_) => None, // the release tracker lets go with the hold
                 }
             }

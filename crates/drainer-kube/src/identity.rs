@@ -26,8 +26,8 @@
 //! grants and refusals alike, are kept for [`ACCESS_TTL`] (at most [`ACCESS_MAX`] of them),
 //! and those not kept pass a gate of their own, so repeated refusals cost no more reviews.
 
-use crate::facts::KubeLedger;
 use super::{Cluster, Error, call, movers, planner};
+use crate::facts::KubeLedger;
 use drainer_core::ledger::Ledger;
 use drainer_core::volume::VolumeId;
 use drainer_server::auth::{

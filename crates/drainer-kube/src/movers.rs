@@ -31,8 +31,8 @@
 //!   refuses fails the attempt within seconds, and the namespace's next mover is built for the
 //!   policy the refusal names (while its labels stay as they were).
 
-use crate::facts::{KubeDrain, KubeLedger};
 use crate::args::KubeArgs;
+use crate::facts::{KubeDrain, KubeLedger};
 use crate::planner::set_claim;
 use crate::{Cluster, Error, call};
 use drainer_core::ledger::{Drain, Ledger};

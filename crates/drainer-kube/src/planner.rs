@@ -1014,7 +1014,8 @@ mod tests {
             created_ms: created,
             updated_ms: ended,
             finished_ms: (!state.is_active()).then_some(ended),
-            facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, uid.map(str::to_owned)),
+            facts: drainer_core::ledger::Facts::default()
+                .with(crate::facts::PVC_UID, uid.map(str::to_owned)),
         }
     }
 

@@ -17,11 +17,9 @@
 //! its drain is active is put back (and said). Every replica runs this; the ledger's guarded
 //! transitions make each decision happen once.
 
-use crate::facts::{KubeDrain, KubeFacts, KubeLedger};
 use super::{Cluster, guard, hold, planner};
-use drainer_core::ledger::{
-    Drain, DrainFilter, Ledger, NewDrain, PageCursor, Transition, Writer,
-};
+use crate::facts::{KubeDrain, KubeFacts, KubeLedger};
+use drainer_core::ledger::{Drain, DrainFilter, Ledger, NewDrain, PageCursor, Transition, Writer};
 use drainer_core::lifecycle::{DrainState, Event};
 use drainer_server::notify::{Milestone, Notifier};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -216,7 +214,8 @@ impl Releases {
         claim: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>,
         always: bool,
     ) {
-        let Some(claim) = claim.filter(|c| drain.hold().is_none() && (always || hold::needs_hold(c)))
+        let Some(claim) =
+            claim.filter(|c| drain.hold().is_none() && (always || hold::needs_hold(c)))
         else {
             return;
         };
@@ -438,10 +437,9 @@ impl Releases {
         let live = self.ordinal_is_live(ns, pvc);
         let done = matches!(drain.state, DrainState::Completed | DrainState::Abandoned);
         if !live && done {
-            let claim = self
-                .cluster
-                .claim(ns, pvc)
-                .filter(|c| drain.pvc_uid().is_none() || c.metadata.uid.as_deref() == drain.pvc_uid());
+            let claim = self.cluster.claim(ns, pvc).filter(|c| {
+                drain.pvc_uid().is_none() || c.metadata.uid.as_deref() == drain.pvc_uid()
+            });
             if let Some(claim) =
                 claim.filter(|c| guard::recorded_policy(c).is_some() || guard::is_guarded(c))
             {

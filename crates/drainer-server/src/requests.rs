@@ -137,7 +137,10 @@ pub const HOLD_FACT: &str = "hold";
 /// garbage collector would let the claim be deleted with its data uncopied, which takes the
 /// explicit, recorded abandon. `how` says how to abandon it where it was asked. Pure.
 pub fn cancel_refused(drain: &Drain, how: &str) -> Option<String> {
-    let hold = drain.facts.get(HOLD_FACT).filter(|_| drain.state.is_active())?;
+    let hold = drain
+        .facts
+        .get(HOLD_FACT)
+        .filter(|_| drain.state.is_active())?;
     Some(format!(
         "drain {} holds claim {}/{} from the garbage collector ({hold}): cancelling would let the claim be deleted with its data uncopied; abandon it instead ({how})",
         drain.id, drain.namespace, drain.pvc

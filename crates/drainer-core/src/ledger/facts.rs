@@ -33,11 +33,6 @@ impl Facts {
         self
     }
 
-    /// Whether no fact is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The facts as the column stores them (a JSON object).
     pub(super) fn to_json(&self) -> String {
         serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".to_owned())
@@ -92,26 +87,32 @@ impl Ledger {
         let patch = serde_json::to_string(&patch).unwrap_or_else(|_| "{}".to_owned());
         let id = id.to_owned();
         self.write(move |l| async move {
-            on_pool!(l, |pool, DB| sqlx::query(<DB as super::Dialect>::PATCH_FACTS)
-                .bind(&id)
-                .bind(&patch)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(query_error("record facts")))
+            on_pool!(l, |pool, DB| sqlx::query(
+                <DB as super::Dialect>::PATCH_FACTS
+            )
+            .bind(&id)
+            .bind(&patch)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(query_error("record facts")))
         })
         .await
     }
 
     /// Active drains that have fact `name`, least recently changed first.
     pub async fn active_having(&self, name: &str, limit: u32) -> Result<Vec<Drain>> {
-        let active = crate::lifecycle::ALL_STATES.into_iter().filter(|s| s.is_active());
+        let active = crate::lifecycle::ALL_STATES
+            .into_iter()
+            .filter(|s| s.is_active());
         self.having(name, &states_sql(active), limit).await
     }
 
     /// Ended drains that still have fact `name`, least recently changed first.
     pub async fn ended_having(&self, name: &str, limit: u32) -> Result<Vec<Drain>> {
-        let ended = crate::lifecycle::ALL_STATES.into_iter().filter(|s| s.is_final());
+        let ended = crate::lifecycle::ALL_STATES
+            .into_iter()
+            .filter(|s| s.is_final());
         self.having(name, &states_sql(ended), limit).await
     }
 
@@ -139,14 +140,8 @@ impl Ledger {
         value: &str,
         states: &[DrainState],
     ) -> Result<Option<Drain>> {
-        let states = states_sql(states.iter().copied());
         on_pool!(self, |pool, DB| {
-            let sql = format!(
-                "SELECT {} FROM drains WHERE {} = $1 AND state IN {states} \
-                 ORDER BY created_at, id LIMIT 1",
-                super::drains::COLUMNS,
-                fact_sql::<DB>(name)?
-            );
+            let sql = with_fact_sql::<DB>(name, states)?;
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(value)
                 .fetch_optional(pool)
@@ -154,6 +149,16 @@ impl Ledger {
                 .map_err(query_error("find a drain by fact"))
         })
     }
+}
+
+/// The query of [`Ledger::drain_with_fact`] (the value is `$1`).
+fn with_fact_sql<DB: super::Dialect>(name: &str, states: &[DrainState]) -> Result<String> {
+    Ok(format!(
+        "SELECT {} FROM drains WHERE {} = $1 AND state IN {} ORDER BY created_at, id LIMIT 1",
+        super::drains::COLUMNS,
+        fact_sql::<DB>(name)?,
+        states_sql(states.iter().copied())
+    ))
 }
 
 #[cfg(test)]
@@ -172,10 +177,36 @@ mod tests {
         for bad in ["", "a'b", "a.b", "a b", "é"] {
             assert!(fact_sql::<sqlx::Sqlite>(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(fact_sql::<sqlx::Sqlite>("a_1").unwrap(), "(facts ->> 'a_1')");
+        assert_eq!(
+            fact_sql::<sqlx::Sqlite>("a_1").unwrap(),
+            "(facts ->> 'a_1')"
+        );
         assert_eq!(
             fact_sql::<sqlx::Postgres>("a_1").unwrap(),
             "(facts::jsonb ->> 'a_1')"
+        );
+    }
+
+    /// The facts the migration indexes serve their lookups: the query's expression is the
+    /// index's.
+    #[tokio::test]
+    async fn a_lookup_by_an_indexed_fact_uses_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(None, dir.path()).await.unwrap();
+        let super::super::Pool::Sqlite(pool) = &ledger.pool else {
+            unreachable!("a ledger without a URL is SQLite")
+        };
+        let sql = with_fact_sql::<sqlx::Sqlite>("mover_job_uid", &[DrainState::Copying]).unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind("uid")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert!(
+            plan.iter()
+                .any(|row| row.3.contains("drains_by_mover_job_uid")),
+            "{plan:?}"
         );
     }
 }

@@ -21,8 +21,8 @@ pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, StateSummary,
     Transition, Writer,
 };
-pub use facts::Facts;
 pub use earlier_reads::EarlierRead;
+pub use facts::Facts;
 pub use reclaims::Reclaim;
 pub use relay::{RelayPart, RelayRecord};
 pub use retention::PruneRecord;
@@ -610,7 +610,8 @@ pub(crate) trait Dialect {
 impl Dialect for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const LOCKS_ROWS: bool = false;
-    const PATCH_FACTS: &'static str = "UPDATE drains SET facts = json_patch(facts, $2) WHERE id = $1";
+    const PATCH_FACTS: &'static str =
+        "UPDATE drains SET facts = json_patch(facts, $2) WHERE id = $1";
     fn fact(column: &str, name: &str) -> String {
         format!("({column} ->> '{name}')")
     }
@@ -619,8 +620,7 @@ impl Dialect for sqlx::Sqlite {
 impl Dialect for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCKS_ROWS: bool = true;
-    const PATCH_FACTS: &'static str =
-        "UPDATE drains SET facts = jsonb_strip_nulls(facts::jsonb || $2::jsonb)::text WHERE id = $1";
+    const PATCH_FACTS: &'static str = "UPDATE drains SET facts = jsonb_strip_nulls(facts::jsonb || $2::jsonb)::text WHERE id = $1";
     fn fact(column: &str, name: &str) -> String {
         format!("({column}::jsonb ->> '{name}')")
     }

@@ -101,7 +101,7 @@ impl DrainOrigin {
     pub const LINEAGE: [&'static str; 3] = ["claim_uid", "namespace_uid", "statefulset_uid"];
 
     /// An origin without lineage: drain `id`, its pod, reason and request time (RFC 3339).
-    pub fn new(id: &str, pod: Option<&str>, reason: &str, requested: String) -> Self {
+    pub(crate) fn new(id: &str, pod: Option<&str>, reason: &str, requested: String) -> Self {
         Self {
             id: id.to_owned(),
             pod: pod.map(str::to_owned),
@@ -115,7 +115,7 @@ impl DrainOrigin {
 
     /// This origin with its lineage fields ([`DrainOrigin::LINEAGE`]) set from `fact`, which
     /// gives the drain's fact named as each field, copied verbatim.
-    pub fn with_lineage<'a>(self, fact: impl Fn(&str) -> Option<&'a str>) -> Self {
+    pub(crate) fn with_lineage<'a>(self, fact: impl Fn(&str) -> Option<&'a str>) -> Self {
         let [claim, namespace, statefulset] = Self::LINEAGE.map(|f| fact(f).map(str::to_owned));
         Self {
             claim_uid: claim,

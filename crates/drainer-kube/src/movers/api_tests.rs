@@ -446,7 +446,10 @@ async fn a_job_gone_or_replaced_before_its_deletion_is_left_alone_and_an_outage_
 /// The fixtures' drain with mover Job `name` (UID `uid`) recorded for its attempt.
 fn recorded(name: String, uid: &str) -> Drain {
     let drain = fixtures::drain();
-    let facts = drain.facts.clone().with(crate::facts::MOVER_JOB, Some(name));
+    let facts = drain
+        .facts
+        .clone()
+        .with(crate::facts::MOVER_JOB, Some(name));
     Drain {
         facts: facts.with(crate::facts::MOVER_JOB_UID, Some(uid)),
         ..drain

@@ -4,8 +4,8 @@
 //! which mover pod holds a copy run ([`mover_pod_of_owner`]), and what becomes of a dropped
 //! attempt's Job ([`after_drop`]).
 
-use crate::facts::KubeDrain;
 use super::job::job_stem;
+use crate::facts::KubeDrain;
 use drainer_core::ledger::Drain;
 use drainer_core::lifecycle::DrainState;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
@@ -243,8 +243,7 @@ fn last_line(message: &str) -> Option<String> {
 /// over) or if it is this attempt's own (its outcome is the attempt's). An older attempt's
 /// Job that has failed or succeeded, even with its pod still terminating, is not adopted.
 pub fn adoptable<'a>(drain: &Drain, jobs: &'a [Job], name: &str) -> Option<&'a Job> {
-    let (Some(recorded), Some(uid)) = (drain.mover_job(), drain.mover_job_uid())
-    else {
+    let (Some(recorded), Some(uid)) = (drain.mover_job(), drain.mover_job_uid()) else {
         return None;
     };
     jobs.iter()

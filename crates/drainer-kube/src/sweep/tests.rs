@@ -59,7 +59,8 @@ fn completed(id: &str, pvc: &str, finished: i64) -> Drain {
         created_ms: finished - 10,
         updated_ms: finished,
         finished_ms: Some(finished),
-        facts: drainer_core::ledger::Facts::default().with(crate::facts::PVC_UID, Some(format!("uid-{pvc}"))),
+        facts: drainer_core::ledger::Facts::default()
+            .with(crate::facts::PVC_UID, Some(format!("uid-{pvc}"))),
     }
 }
 
@@ -142,10 +143,7 @@ fn a_sweep_queues_uncovered_orphans_and_records_what_it_saw() {
         ),
         (false, Some("sweep"), 3)
     );
-    assert_eq!(
-        new.facts.get(crate::facts::PVC_UID),
-        Some("uid-data-web-2")
-    );
+    assert_eq!(new.facts.get(crate::facts::PVC_UID), Some("uid-data-web-2"));
     let verdicts: Vec<(&str, Option<Verdict>, bool, Option<&str>)> = decided
         .findings
         .iter()

@@ -571,7 +571,10 @@ fn with_error(body: &impl Serialize, code: &str, message: String) -> axum::respo
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = state.shared();
     let summary = shared.kept.summary.get(|| async {
-        let summary = shared.ledger.drain_summary(crate::requests::HOLD_FACT).await;
+        let summary = shared
+            .ledger
+            .drain_summary(crate::requests::HOLD_FACT)
+            .await;
         summary
             .inspect_err(|err| tracing::warn!(error = %err, "cannot count drains for /metrics"))
             .ok()

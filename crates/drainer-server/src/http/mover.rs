@@ -641,7 +641,12 @@ async fn latest_of_another_claim(
     volume: &VolumeId,
 ) -> Result<bool, Error> {
     let shared = state.shared();
-    let Some(claim) = shared.ledger.drain(id).await?.and_then(|d| d.origin().claim_uid) else {
+    let Some(claim) = shared
+        .ledger
+        .drain(id)
+        .await?
+        .and_then(|d| d.origin().claim_uid)
+    else {
         return Ok(false);
     };
     let latest = drainer_core::snapshot::catalog::latest(&shared.store, volume).await?;

@@ -34,7 +34,8 @@ fn drain(state: DrainState, hold: Option<&str>) -> Drain {
         created_ms: 0,
         updated_ms: 0,
         finished_ms: None,
-        facts: drainer_core::ledger::Facts::default().with(crate::facts::HOLD, hold.map(str::to_owned)),
+        facts: drainer_core::ledger::Facts::default()
+            .with(crate::facts::HOLD, hold.map(str::to_owned)),
     }
 }
 
