@@ -182,6 +182,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/reclaims" => ListReclaims, api::reclaims, Input::query(&["namespace"]);
         get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots,
             Input::query(&["earlier"]);
+        post "/volumes/{namespace}/{pvc}/snapshots/{snapshot}/restored" => Restore,
+            volumes::restored, NOTHING;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
             Input::query(&["key", "earlier"]);
         get "/volumes/{namespace}/{pvc}/objects/url" => Restore, volumes::sign_object,

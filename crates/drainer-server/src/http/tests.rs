@@ -259,6 +259,7 @@ fn path_of(route: &RouteSpec, drains: &Drains) -> String {
         .replace("{run}", "r-0")
         .replace("{upload}", "u-0")
         .replace("{part}", "0")
+        .replace("{snapshot}", "s-none")
         .replace("{namespace}", "shop")
         .replace("{pvc}", "data-web-4")
 }
@@ -761,6 +762,7 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         );
         assert!(!refused.exists(), "{token} {volume}: nothing written");
     }
+    restores_are_reported(w).await;
     earlier_reads_need_their_own_grant(w).await;
     // Ranged reads answer 206 with the object's size; a range outside it 416.
     let key = {
@@ -816,6 +818,45 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         assert_eq!(answer.status().as_u16(), status, "{bad}");
     }
     batch_reads(w, &key, large).await;
+}
+
+/// A restore reported done: recorded as one into the claim for the pod that mounts it
+/// (again: the same answer), not for an operator (`rita`, restoring elsewhere), `404` for a
+/// snapshot the volume does not have, `403` for a claim the pod does not mount.
+async fn restores_are_reported(w: &World) {
+    let (_, listing) = w
+        .api
+        .call(
+            "pod",
+            Method::GET,
+            "/volumes/shop/data-web-4/snapshots",
+            None,
+        )
+        .await;
+    let latest = listing["latest"].as_str().unwrap();
+    let report = |token: &'static str, volume: &'static str, snapshot: String| async move {
+        let path = format!("/volumes/{volume}/snapshots/{snapshot}/restored");
+        w.api.call(token, Method::POST, &path, None).await
+    };
+    for _ in 0..2 {
+        let (s, b) = report("pod", "shop/data-web-4", latest.to_owned()).await;
+        assert_eq!((s, &b), (200, &json!({"recorded": true})));
+    }
+    let (s, b) = report("rita", "shop/data-web-4", latest.to_owned()).await;
+    assert_eq!((s, &b["recorded"]), (200, &json!(false)), "{b}");
+    assert!(
+        b["why"].as_str().unwrap().contains("mounts the claim"),
+        "{b}"
+    );
+    let missing = "s-20000101T000000Z-00000000".to_owned();
+    let (s, b) = report("pod", "shop/data-web-4", missing).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("snapshot_not_found")),
+        "{b}"
+    );
+    let (s, _) = report("pod", "shop/data-web-3", latest.to_owned()).await;
+    assert_eq!(s, 403);
 }
 
 /// `earlier=true` (reading an earlier life of the namespace) takes RBAC's `read-earlier` on
