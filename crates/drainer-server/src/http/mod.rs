@@ -19,6 +19,7 @@ pub mod serve;
 pub mod tls;
 mod volumes;
 pub use input::Input;
+pub(crate) use mover::PROBE_PREFIX;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::metrics::{Metrics, RequestLabels};

@@ -1455,3 +1455,54 @@ async fn the_openapi_document_lists_what_each_route_reads() {
         );
     }
 }
+
+/// A write probe (`.drainer-probe-*` at the store's root, the only object a mover may write
+/// outside its run) holds at most 64 bytes: a larger one, alone or in a batch, is refused
+/// `413 probe_too_large` and not stored; a probe cannot be uploaded in parts (`403`); the
+/// engine's own 5-byte probe is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_probes_are_small_and_never_uploaded_in_parts() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let put = |key: &str, body: Vec<u8>| {
+        let url = format!("{}/v1/drains/{}/objects?key={key}", w.api.url, d.mine);
+        w.api.client.put(url).bearer_auth("mover").body(body).send()
+    };
+    let large = put(".drainer-probe-large", vec![7; 65]).await.unwrap();
+    assert_eq!(large.status(), 413);
+    let body: Value = large.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "probe_too_large", "{body}");
+    assert!(!w.store_dir.join(".drainer-probe-large").exists());
+    let small = put(".drainer-probe-small", b"probe".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 204);
+    assert_eq!(
+        std::fs::read(w.store_dir.join(".drainer-probe-small")).unwrap(),
+        b"probe"
+    );
+    let batch = drainer_core::protocol::batch::encode([
+        (".drainer-probe-a", &b"probe"[..]),
+        (".drainer-probe-b", &[0_u8; 1 << 20][..]),
+    ]);
+    let url = format!("{}/v1/drains/{}/objects/batch", w.api.url, d.mine);
+    let answer = w
+        .api
+        .client
+        .post(url)
+        .bearer_auth("mover")
+        .body(batch)
+        .send();
+    assert_eq!(answer.await.unwrap().status(), 413);
+    assert!(
+        !w.store_dir.join(".drainer-probe-a").exists(),
+        "all or none"
+    );
+    let upload = format!("/drains/{}/uploads?key=.drainer-probe-parts", d.mine);
+    let (s, b) = w.api.call("mover", Method::POST, &upload, None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{b}"
+    );
+}
