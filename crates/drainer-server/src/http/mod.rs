@@ -19,6 +19,7 @@ pub mod serve;
 pub mod tls;
 mod volumes;
 pub use input::Input;
+pub(crate) use mover::PROBE_PREFIX;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::metrics::{Metrics, RequestLabels};
@@ -182,6 +183,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/reclaims" => ListReclaims, api::reclaims, Input::query(&["namespace"]);
         get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots,
             Input::query(&["earlier"]);
+        post "/volumes/{namespace}/{pvc}/snapshots/{snapshot}/restored" => Restore,
+            volumes::restored, NOTHING;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
             Input::query(&["key", "earlier"]);
         get "/volumes/{namespace}/{pvc}/objects/url" => Restore, volumes::sign_object,
