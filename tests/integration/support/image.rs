@@ -6,7 +6,7 @@
 //! directory, or a `$HOME`) under `/tmp` is not there. So no test puts a path of this machine
 //! into a pod: drainer runs in pods from [`drainer_image`] (built by `scripts/image` from the
 //! binary under test, as the release image is built, and registered with the running kube-env
-//! under one fixed name), mover Jobs with that image and the default command, applications'
+//! under a name tagged with its hash), mover Jobs with that image and the default command, applications'
 //! hooks through `drainer install` into an `emptyDir` ([`with_drainer_installed`], as
 //! `deploy/examples/prestop-handoff.yaml` does), and the in-cluster test client of
 //! `examples/kube-in-pod.rs` from [`kube_in_pod_image`]. The tests then pass wherever the
