@@ -571,13 +571,35 @@ async fn a_copy_builds_only_on_a_snapshot_of_the_same_claim() {
 }
 
 /// A volume round-trips through Google Cloud Storage (the GCS-protocol server of the tests,
-/// which checks every request's service-account signature): awkward names and a large file in
-/// parts (an XML multipart upload), an incremental copy, verify, snapshots, prune, and a
-/// restore that is exact.
+/// which checks every request's service-account signature): [`round_trips_exactly`], the
+/// large file in parts (an XML multipart upload), every request signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_round_trips_through_gcs_exactly() {
     let server = GcsServer::start().await;
-    let store = "gs://bucket/drainer";
+    round_trips_exactly(&server, "gs://bucket/drainer", async || {
+        let first = server.stats().await;
+        assert!(
+            first.part_puts >= 2,
+            "the large file went up in parts: {first:?}"
+        );
+    })
+    .await;
+    assert_eq!(
+        server.stats().await.unauthorized,
+        0,
+        "every request was signed"
+    );
+}
+
+/// Through `server`, at `store`: awkward names and a large file in parts, an incremental copy
+/// (only the new file uploaded), verify, snapshots, prune, and restores that are exact (the
+/// latest, and again after the prune); `after_first_copy` checks what the server saw of the
+/// first copy.
+async fn round_trips_exactly(
+    server: &impl StoreServer,
+    store: &str,
+    after_first_copy: impl AsyncFnOnce(),
+) {
     let work = tempfile::tempdir().unwrap();
     let (src, data) = (work.path().join("src"), work.path().join("data"));
     awkward(&src, 20 * 1024 * 1024);
@@ -586,11 +608,7 @@ async fn a_volume_round_trips_through_gcs_exactly() {
         cmd
     };
     run_ok(&mut with_server(copy_cmd(&src, store, &data))).await;
-    let first = server.stats().await;
-    assert!(
-        first.part_puts >= 2,
-        "the large file went up in parts: {first:?}"
-    );
+    after_first_copy().await;
     std::fs::write(src.join("changed-after-the-first-copy"), b"new").unwrap();
     let second = run_ok(&mut with_server(copy_cmd(&src, store, &data))).await;
     let (files, _) = uploaded(&second);
@@ -624,11 +642,6 @@ async fn a_volume_round_trips_through_gcs_exactly() {
     )))
     .await;
     assert_eq!(differences(&src, &again), Vec::<String>::new());
-    assert_eq!(
-        server.stats().await.unauthorized,
-        0,
-        "every request was signed"
-    );
 }
 
 /// A copy to GCS killed (SIGKILL) in the middle of a large file's multipart upload continues
@@ -688,46 +701,12 @@ async fn a_gcs_key_the_server_does_not_trust_is_one_line_and_stores_nothing() {
 }
 
 /// A volume round-trips through Azure Blob Storage (Azurite, the Azure Storage emulator,
-/// checking every request's Shared Key signature): awkward names and a large file in blocks,
-/// an incremental copy (only the new file uploaded), verify, snapshots, prune, and a restore
-/// that is exact.
+/// checking every request's Shared Key signature): [`round_trips_exactly`], the large file in
+/// blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_round_trips_through_azure_exactly() {
     let server = AzuriteServer::start().await;
-    let store = "az://bucket/drainer";
-    let work = tempfile::tempdir().unwrap();
-    let (src, data) = (work.path().join("src"), work.path().join("data"));
-    awkward(&src, 20 * 1024 * 1024);
-    let with_server = |mut cmd: tokio::process::Command| {
-        server.configure(&mut cmd);
-        cmd
-    };
-    run_ok(&mut with_server(copy_cmd(&src, store, &data))).await;
-    std::fs::write(src.join("changed-after-the-first-copy"), b"new").unwrap();
-    let second = run_ok(&mut with_server(copy_cmd(&src, store, &data))).await;
-    let (files, _) = uploaded(&second);
-    assert_eq!(files, 1, "only the new file is uploaded again: {second}");
-
-    let dest = work.path().join("restored");
-    run_ok(&mut with_server(support::restore_cmd(store, VOLUME, &dest))).await;
-    assert_eq!(differences(&src, &dest), Vec::<String>::new());
-    let mut verify = drainer();
-    verify.arg("verify").arg(store).args(["--volume", VOLUME]);
-    let verified = run_ok(&mut with_server(verify)).await;
-    assert!(verified.contains(" 0 problems"), "{verified}");
-    let mut prune = drainer();
-    prune
-        .arg("prune")
-        .arg(store)
-        .args(["--volume", VOLUME, "--keep-last", "1"]);
-    let pruned = run_ok(&mut with_server(prune)).await;
-    assert!(pruned.contains("deleted 1 snapshots"), "{pruned}");
-    let again = work.path().join("after-prune");
-    run_ok(&mut with_server(support::restore_cmd(
-        store, VOLUME, &again,
-    )))
-    .await;
-    assert_eq!(differences(&src, &again), Vec::<String>::new());
+    round_trips_exactly(&server, "az://bucket/drainer", async || {}).await;
 }
 
 /// A copy to Azure killed (SIGKILL) in the middle of a large file's block upload continues
