@@ -9,7 +9,7 @@
 
 use crate::support::cluster::{TestNamespace, assert_restores_exactly, history};
 use crate::support::gate::Gate;
-use crate::support::image::{DRAINER_IMAGE, drainer_image};
+use crate::support::image::{drainer_image, drainer_image_name};
 use crate::support::kube::{
     KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
 };
@@ -394,7 +394,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         // The mover Job as drainer builds it, left to a controller that does not exist, so
         // that no pod of its own comes and the Job controller leaves the forged pods alone.
         let args = drainer::config::MoverJobArgs {
-            mover_image: DRAINER_IMAGE.into(),
+            mover_image: drainer_image_name().into(),
             mover_command: "drainer".into(),
             mover_service_account: "default".into(),
             mover_identity: drainer::config::MoverIdentity::Auto,

@@ -123,7 +123,7 @@ impl RemoteVolume {
 
     /// Reports that `snapshot` was restored (every file in place): drainer records it as a
     /// restore into the claim when the caller is a pod that mounts it; whether it did.
-    pub async fn report_restored(&self, snapshot: &str) -> Result<bool, CallError> {
+    pub(crate) async fn report_restored(&self, snapshot: &str) -> Result<bool, CallError> {
         #[derive(serde::Deserialize)]
         struct Report {
             recorded: bool,

@@ -18,7 +18,7 @@ pub mod recent;
 pub mod serve;
 pub mod tls;
 mod volumes;
-pub use input::Input;
+pub(crate) use input::Input;
 pub(crate) use mover::PROBE_PREFIX;
 
 use crate::auth::{Action, Authority, Denied};
@@ -41,7 +41,7 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Everything handlers need; cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     inner: Arc<Shared>,
 }
 
@@ -250,7 +250,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
 }
 
 /// The API router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let (v1, _) = v1_routes(&state);
     let v1 = v1.layer(middleware::from_fn_with_state(
         state.clone(),
