@@ -43,7 +43,7 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = MAGIC.len() + FINGERPRINT_LEN + NONCE_LEN;
 /// Bytes a sealed chunk adds to its plain bytes.
-pub const OVERHEAD: u64 = (HEADER_LEN + TAG_LEN) as u64;
+pub(crate) const OVERHEAD: u64 = (HEADER_LEN + TAG_LEN) as u64;
 const SEALED_CHUNK: u64 = CHUNK + OVERHEAD;
 /// The longest segment of a sealed name (file systems allow 255 bytes).
 const NAME_SEGMENT: usize = 200;
@@ -118,8 +118,10 @@ impl Keys {
     }
 
     /// Seals `plain`, the whole of an object (or a part of one that starts at a chunk
-    /// boundary), stored under `object` (its key relative to the store's root).
-    pub fn seal(&self, object: &str, plain: &[u8]) -> bytes::Bytes {
+    /// boundary), stored under `object` (its key relative to the store's root). The tests'
+    /// (the store seals in place, [`Keys::seal_in_place`]).
+    #[cfg(test)]
+    pub(crate) fn seal(&self, object: &str, plain: &[u8]) -> bytes::Bytes {
         let mut buf = bytes::BytesMut::with_capacity(sealed_len(plain.len() as u64) as usize);
         buf.extend_from_slice(plain);
         self.seal_in_place(object, &mut buf);
@@ -129,7 +131,7 @@ impl Keys {
     /// Seals `buf` as [`Keys::seal`] does, in place: the chunks are moved to their sealed
     /// offsets from the last to the first and sealed where they land, so sealing a part needs
     /// no second buffer of its size (a large buffer grows in place).
-    pub fn seal_in_place(&self, object: &str, buf: &mut bytes::BytesMut) {
+    pub(crate) fn seal_in_place(&self, object: &str, buf: &mut bytes::BytesMut) {
         let key = &self.keys[0];
         let plain = buf.len();
         buf.resize(sealed_len(plain as u64) as usize, 0);
@@ -184,7 +186,7 @@ impl Keys {
 
     /// Seals a file's name (`a/b%20c`) deterministically, under `context` (the key up to
     /// `files`): base64url segments of at most 200 characters, joined by `/`.
-    pub fn seal_name(&self, context: &str, name: &str) -> String {
+    pub(crate) fn seal_name(&self, context: &str, name: &str) -> String {
         let key = self.names_key();
         let mut sealed = name.as_bytes().to_vec();
         key.names
@@ -203,7 +205,7 @@ impl Keys {
     }
 
     /// Opens a name sealed by [`Keys::seal_name`] under the same `context`.
-    pub fn open_name(&self, context: &str, sealed: &str) -> Result<String, OpenError> {
+    pub(crate) fn open_name(&self, context: &str, sealed: &str) -> Result<String, OpenError> {
         let joined: String = sealed.split('/').collect();
         let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(joined)
@@ -265,17 +267,17 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whether `bytes` (an object's first bytes) look like a sealed chunk: what a reader without
 /// keys checks to say "this store is encrypted" instead of "this object is damaged".
-pub fn looks_sealed(bytes: &[u8]) -> bool {
+pub(crate) fn looks_sealed(bytes: &[u8]) -> bool {
     bytes.len() > HEADER_LEN + TAG_LEN && bytes.starts_with(&MAGIC)
 }
 
 /// The sealed size of `plain` bytes.
-pub fn sealed_len(plain: u64) -> u64 {
+pub(crate) fn sealed_len(plain: u64) -> u64 {
     plain + plain.div_ceil(CHUNK) * OVERHEAD
 }
 
 /// The plain size of a sealed object of `sealed` bytes; `None` if no sealed object has it.
-pub fn plain_len(sealed: u64) -> Option<u64> {
+pub(crate) fn plain_len(sealed: u64) -> Option<u64> {
     let (full, rest) = (sealed / SEALED_CHUNK, sealed % SEALED_CHUNK);
     match rest {
         0 => Some(full * CHUNK),
@@ -285,19 +287,19 @@ pub fn plain_len(sealed: u64) -> Option<u64> {
 }
 
 /// The sealed bytes that hold the plain `range` (whole chunks; the end may pass the object's).
-pub fn sealed_range(plain: Range<u64>) -> Range<u64> {
+pub(crate) fn sealed_range(plain: Range<u64>) -> Range<u64> {
     let first = plain.start / CHUNK;
     let end = plain.end.div_ceil(CHUNK).max(first);
     first * SEALED_CHUNK..end * SEALED_CHUNK
 }
 
 /// The plain offset of the first byte of the sealed chunk at `sealed_offset`.
-pub fn plain_offset(sealed_offset: u64) -> u64 {
+pub(crate) fn plain_offset(sealed_offset: u64) -> u64 {
     sealed_offset / SEALED_CHUNK * CHUNK
 }
 
 /// The bytes of one sealed chunk (the last of an object may be shorter).
-pub const SEALED_CHUNK_LEN: usize = SEALED_CHUNK as usize;
+pub(crate) const SEALED_CHUNK_LEN: usize = SEALED_CHUNK as usize;
 
 #[cfg(test)]
 mod tests {

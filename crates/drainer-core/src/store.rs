@@ -266,7 +266,7 @@ impl Store {
     /// Copies of a part in memory while it is being stored, for memory budgets: two for a
     /// sealed store (the part read, and the sealed part being sent, in a buffer of the
     /// store's own pool while the read buffer waits in the engine's), one otherwise.
-    pub fn buffer_copies(&self) -> u64 {
+    pub(crate) fn buffer_copies(&self) -> u64 {
         if self.sealed { 2 } else { 1 }
     }
 
