@@ -21,7 +21,7 @@ pub async fn connect() -> Result<Client, super::Error> {
 }
 
 /// [`connect`], counting every request in `counts`.
-pub async fn connect_counted(counts: ApiRequestCounts) -> Result<Client, super::Error> {
+pub(crate) async fn connect_counted(counts: ApiRequestCounts) -> Result<Client, super::Error> {
     let config = Config::infer()
         .await
         .map_err(|e| super::Error::Config(e.to_string()))?;

@@ -48,18 +48,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often the objects are brought in step with the ledger.
-pub const PASS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PASS_EVERY: Duration = Duration::from_secs(5);
 /// The shortest time between two progress writes of one drain.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The label naming the drained claim.
-pub const CLAIM_LABEL: &str = "drainer.io/claim";
+pub(crate) const CLAIM_LABEL: &str = "drainer.io/claim";
 /// The label marking objects drainer keeps: its own, and the requests it took.
-pub const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
+pub(crate) const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "drainer");
 /// The label naming the drain an object shows (its name, on drainer's own objects made
 /// before the label was).
 pub const DRAIN_LABEL: &str = "drainer.io/drain";
 /// History entries written in `status.history`.
-pub const HISTORY_KEPT: usize = 20;
+pub(crate) const HISTORY_KEPT: usize = 20;
 /// The conditions drainer derives from the ledger's row; any other is kept as it is.
 const DERIVED: [&str; 2] = ["Ended", "Succeeded"];
 
@@ -308,7 +308,7 @@ pub fn wanted(drain: &Drain, kept: &[Condition]) -> DrainStatus {
 }
 
 /// The status the ledger's row of a drain gives its object.
-pub fn status_of(drain: &Drain) -> DrainStatus {
+pub(crate) fn status_of(drain: &Drain) -> DrainStatus {
     let ended = drain.state.is_final();
     let since = rfc3339(
         drain
@@ -341,7 +341,7 @@ pub fn status_of(drain: &Drain) -> DrainStatus {
 }
 
 /// The object of a new drain (its status is written after, through the subresource).
-pub fn object_of(drain: &Drain, requested_by: Option<&str>) -> DynamicObject {
+pub(crate) fn object_of(drain: &Drain, requested_by: Option<&str>) -> DynamicObject {
     let mut object = DynamicObject::new(&drain.id, &resource()).within(&drain.namespace);
     object.metadata.labels = Some(
         [
@@ -360,7 +360,10 @@ pub fn object_of(drain: &Drain, requested_by: Option<&str>) -> DynamicObject {
 }
 
 /// The merge patch of the status subresource for `status` and `progress`.
-pub fn status_patch(status: Option<&DrainStatus>, progress: Option<&ObjectProgress>) -> Value {
+pub(crate) fn status_patch(
+    status: Option<&DrainStatus>,
+    progress: Option<&ObjectProgress>,
+) -> Value {
     let mut body = status
         .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or_else(|| json!({}));
@@ -372,7 +375,7 @@ pub fn status_patch(status: Option<&DrainStatus>, progress: Option<&ObjectProgre
 
 /// The last [`HISTORY_KEPT`] entries of a drain's history (`events`, oldest first), as
 /// `status.history` shows them.
-pub fn history_of(events: &[DrainEvent]) -> Value {
+pub(crate) fn history_of(events: &[DrainEvent]) -> Value {
     let skip = events.len().saturating_sub(HISTORY_KEPT);
     let entries: Vec<Value> = events[skip..]
         .iter()
@@ -391,7 +394,7 @@ pub fn history_of(events: &[DrainEvent]) -> Value {
 }
 
 /// A condition of `type_` that changed now (requests and actions).
-pub fn condition_now(
+pub(crate) fn condition_now(
     type_: &str,
     true_: bool,
     reason: &str,
@@ -442,7 +445,7 @@ fn camel(snake: &str) -> String {
 
 /// The task that keeps the objects in step (see the module's documentation).
 #[derive(Clone)]
-pub struct DrainObjects {
+pub(crate) struct DrainObjects {
     /// The API client.
     pub client: kube::Client,
     /// The namespaces watched; empty for all.
@@ -463,7 +466,7 @@ pub struct DrainObjects {
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pass {
+pub(crate) struct Pass {
     /// Objects made.
     pub created: usize,
     /// Status patches.
@@ -528,7 +531,7 @@ impl Listing {
 
 /// drainer's own object among `objects` of one drain when a request object links to the drain
 /// too: it is deleted, so that the drain shows as the request that asked for it. Pure.
-pub fn redundant_own(objects: &[Linked]) -> Option<usize> {
+pub(crate) fn redundant_own(objects: &[Linked]) -> Option<usize> {
     let requested = objects.iter().any(|o| !o.own);
     objects.iter().position(|o| o.own).filter(|_| requested)
 }

@@ -10,25 +10,25 @@ use drainer_core::snapshot::DrainOrigin;
 
 /// The claim's UID as the drain was requested (a claim deleted and made again under the same
 /// name is another volume).
-pub const PVC_UID: &str = "pvc_uid";
+pub(crate) const PVC_UID: &str = "pvc_uid";
 /// The claim's UID again, under the name of the snapshot origin's lineage field, which copies
 /// it into the snapshot (and by which the ledger finds a claim's drains, indexed).
-pub const CLAIM_UID: &str = DrainOrigin::LINEAGE[0];
+pub(crate) const CLAIM_UID: &str = DrainOrigin::LINEAGE[0];
 /// The announcing pod's UID.
 pub const POD_UID: &str = "pod_uid";
 /// The node the announcing pod ran on.
 pub const NODE: &str = "node";
 /// The ConfigMap holding the claim from the garbage collector, if any (see [`crate::hold`]).
-pub const HOLD: &str = drainer_server::requests::HOLD_FACT;
+pub(crate) const HOLD: &str = drainer_server::requests::HOLD_FACT;
 /// The mover Job of the current attempt.
 pub const MOVER_JOB: &str = "mover_job";
 /// That Job's UID: what identifies its pod as this drain's mover (indexed).
-pub const MOVER_JOB_UID: &str = "mover_job_uid";
+pub(crate) const MOVER_JOB_UID: &str = "mover_job_uid";
 /// The UID of the claim's namespace as its mover was created: the life of the namespace the
 /// snapshot belongs to (a lineage field of the snapshot's origin).
-pub const NAMESPACE_UID: &str = DrainOrigin::LINEAGE[1];
+pub(crate) const NAMESPACE_UID: &str = DrainOrigin::LINEAGE[1];
 /// The UID of the claim's StatefulSet then, if it had one (a lineage field too).
-pub const STATEFULSET_UID: &str = DrainOrigin::LINEAGE[2];
+pub(crate) const STATEFULSET_UID: &str = DrainOrigin::LINEAGE[2];
 
 /// What Kubernetes mode knows of a new drain's volume when it is requested.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl From<KubeFacts> for Facts {
 }
 
 /// A drain's Kubernetes facts, read typed.
-pub trait KubeDrain {
+pub(crate) trait KubeDrain {
     /// The claim's UID, if recorded.
     fn pvc_uid(&self) -> Option<&str>;
     /// The announcing pod's UID, if recorded.

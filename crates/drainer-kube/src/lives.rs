@@ -22,7 +22,7 @@ use kube::Api;
 use std::sync::Arc;
 
 /// An executor that records the drain's namespace life before each attempt of `inner`.
-pub struct LifeRecording {
+pub(crate) struct LifeRecording {
     /// The cluster: the API, and the StatefulSets watched.
     pub cluster: Cluster,
     /// Where the life is recorded.

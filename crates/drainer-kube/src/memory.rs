@@ -90,8 +90,9 @@ impl SetSightings {
         }
     }
 
-    /// The sets seen and not written yet.
-    pub fn pending(&self) -> Vec<RememberedSet> {
+    /// The sets seen and not written yet (the tests').
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> Vec<RememberedSet> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.values().cloned().collect()
     }

@@ -253,7 +253,7 @@ pub fn condemned<'a>(
 /// deletes the claims of scaled-away ordinals (`whenScaled: Delete`): its claims must be held
 /// before the pod goes, which for a process that exits at once on SIGTERM is within
 /// milliseconds of its deletion.
-pub fn claims_deleted_on_scale_down<'a>(
+pub(crate) fn claims_deleted_on_scale_down<'a>(
     pod: &Pod,
     sets: impl IntoIterator<Item = &'a StatefulSet>,
 ) -> Option<SetClaim> {

@@ -45,10 +45,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The StatefulSet annotation that opts its scaled-away claims in (`30m`, `7d`), or out (`0`,
 /// `off`) whatever `--reclaim-after` says.
-pub const RECLAIM_AFTER: &str = "drainer.io/reclaim-after";
+pub(crate) const RECLAIM_AFTER: &str = "drainer.io/reclaim-after";
 /// The claim annotation drainer sets, naming the snapshot, right before it deletes the claim:
 /// the admission policy lets drainer's ServiceAccount delete only claims that carry it.
-pub const MARK: &str = "drainer.io/reclaim";
+pub(crate) const MARK: &str = "drainer.io/reclaim";
 /// How often the reclaimer looks.
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// Objects read at once while verifying a snapshot.
@@ -315,7 +315,7 @@ pub(crate) enum Error {
 
 /// The reclaimer's task (see the module doc).
 #[derive(Clone)]
-pub struct Reclaimer {
+pub(crate) struct Reclaimer {
     /// The cluster's caches and client.
     pub cluster: Cluster,
     /// The ledger.
@@ -340,7 +340,7 @@ const VERIFY_RETRY: Duration = Duration::from_secs(3600);
 
 /// What verifying each drain's snapshot found (whole, or why not and when), by drain.
 #[derive(Debug, Default)]
-pub struct Verifications(Mutex<HashMap<String, Verified>>);
+pub(crate) struct Verifications(Mutex<HashMap<String, Verified>>);
 
 /// When a drain's snapshot was verified, and whether it was whole (or why not).
 type Verified = (Instant, Result<(), String>);

@@ -303,7 +303,7 @@ impl Cluster {
     }
 
     /// The pods of a namespace.
-    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
+    pub(crate) fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
         self.pods
             .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
     }

@@ -11,13 +11,13 @@
 use serde::{Deserialize, Serialize};
 
 /// The compressed form must save at least `1 / MIN_SAVING_DIVISOR` of the raw bytes.
-pub const MIN_SAVING_DIVISOR: usize = 8;
+pub(crate) const MIN_SAVING_DIVISOR: usize = 8;
 /// Objects smaller than this are stored raw (a frame's header would eat the saving).
 const MIN_SIZE: usize = 128;
 /// Data larger than [`SAMPLE`] is first probed on its first [`SAMPLE`] bytes.
 const SAMPLE: usize = 64 * 1024;
 /// The zstd level of `zstd` without one.
-pub const DEFAULT_LEVEL: i32 = 3;
+pub(crate) const DEFAULT_LEVEL: i32 = 3;
 /// Decompressed bytes produced per call of the decoder.
 const OUT_PIECE: usize = 256 * 1024;
 
@@ -82,7 +82,7 @@ impl Codec {
     }
 
     /// The codec of a name written by [`Codec::name`].
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         (name == "zstd").then_some(Self::Zstd)
     }
 }
@@ -132,7 +132,7 @@ fn pays(raw: usize, packed: usize) -> bool {
 
 /// A streaming zstd decoder: compressed pieces in, raw pieces out through a small buffer, with
 /// the raw size bounded by what the manifest says.
-pub struct Inflater {
+pub(crate) struct Inflater {
     decoder: zstd::stream::raw::Decoder<'static>,
     out: Vec<u8>,
     produced: u64,
@@ -165,7 +165,7 @@ impl Inflater {
 
     /// Decodes `input`, handing each raw piece to `sink` in order. Fails on corrupt data or
     /// when the raw content would exceed its limit.
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         input: &[u8],
         sink: &mut impl FnMut(&[u8]) -> std::io::Result<()>,

@@ -352,7 +352,7 @@ pub fn decide_pinned(
 }
 
 /// Why a pinned snapshot stays.
-pub const PINNED: &str = "pinned (a reclaimed claim relies on it; never pruned)";
+pub(crate) const PINNED: &str = "pinned (a reclaimed claim relies on it; never pruned)";
 
 fn decide_unpinned(listed: &[Listed], latest: Option<&str>, policy: &Policy) -> Plan {
     let mut timed: Vec<(DateTime<Utc>, &str)> = Vec::new();

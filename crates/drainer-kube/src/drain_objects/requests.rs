@@ -24,15 +24,15 @@ use kube::api::{DeleteParams, DynamicObject, Patch};
 use serde_json::{Value, json};
 
 /// The annotation asking for an action on a Drain's drain: `retry`, `cancel` or `abandon`.
-pub const ACTION: &str = "drainer.io/action";
+pub(crate) const ACTION: &str = "drainer.io/action";
 /// The annotation saying why (required to abandon; recorded with any action).
-pub const ACTION_REASON: &str = "drainer.io/action-reason";
+pub(crate) const ACTION_REASON: &str = "drainer.io/action-reason";
 /// The status state of a request drainer did not take.
-pub const REJECTED: &str = "rejected";
+pub(crate) const REJECTED: &str = "rejected";
 /// The condition saying whether a request was taken.
 pub const ACCEPTED: &str = "Accepted";
 /// The condition saying how the last action went.
-pub const ACTION_APPLIED: &str = "ActionApplied";
+pub(crate) const ACTION_APPLIED: &str = "ActionApplied";
 /// Longest reason of a request (as a handoff's).
 const MAX_REASON: usize = 200;
 /// Longest reason of an action (as an abandon's through the HTTP API).
@@ -132,7 +132,7 @@ pub enum Judgement {
 }
 
 /// What to do about request object `asked` at `now_ms`, objects kept `ttl_ms`. Pure.
-pub fn judge_request(asked: &RequestObject, now_ms: i64, ttl_ms: i64) -> Judgement {
+pub(crate) fn judge_request(asked: &RequestObject, now_ms: i64, ttl_ms: i64) -> Judgement {
     if let Some(at) = asked.rejected_ms {
         return if at.saturating_add(ttl_ms) <= now_ms {
             Judgement::Delete
@@ -176,7 +176,7 @@ fn printable(text: &str, max: usize) -> bool {
 
 /// What to do about an action asked on an object of a drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionPlan {
+pub(crate) enum ActionPlan {
     /// Refuse it, saying why.
     Refuse {
         /// For the condition: `UnknownAction`, `InvalidReason`, `ClaimHeld`.
@@ -194,7 +194,7 @@ pub enum ActionPlan {
 }
 
 /// What to do about `asked` on an object of `drain`: the HTTP API's rules. Pure.
-pub fn judge_action(drain: &Drain, asked: &ActionAsked) -> ActionPlan {
+pub(crate) fn judge_action(drain: &Drain, asked: &ActionAsked) -> ActionPlan {
     let refuse = |reason, message| ActionPlan::Refuse { reason, message };
     let event = match asked.action.as_str() {
         "retry" => Event::RetriedByHand,
@@ -237,7 +237,7 @@ pub fn judge_action(drain: &Drain, asked: &ActionAsked) -> ActionPlan {
 /// by the ledger; a refusal because the drain is already where the event leads (a second
 /// replica, or a pass after a crash, applying the same annotation again) counts as applied.
 /// Pure.
-pub fn action_outcome(
+pub(crate) fn action_outcome(
     event: Event,
     by: &str,
     result: &Result<Drain, Refused>,
