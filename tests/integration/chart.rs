@@ -5,8 +5,9 @@
 //! drift); values the schema or the templates refuse; and `helm install` into kube-env (the
 //! image of the binary under test, `tls.enabled` with a certificate made in the test), a
 //! StatefulSet drained through its preStop hooks and its snapshot restored exactly,
-//! `helm upgrade` to another image tag while a drain is under way (the drain completes on the
-//! new pod), and `helm uninstall` leaving the applications' claims.
+//! `helm upgrade` to another image tag while a drain's mover is copying (caught copying and
+//! held stopped with `SIGSTOP` meanwhile: the new drainer adopts that very Job, by UID, and the
+//! drain completes), and `helm uninstall` leaving the applications' claims.
 //!
 //! The comparison normalises only what must differ: Helm's standard labels
 //! (`helm.sh/chart`, `app.kubernetes.io/managed-by`, `…/instance`, `…/version`) are dropped;
@@ -438,15 +439,15 @@ async fn install_upgrade_uninstall(
     restore_equals(&store, &drain, &web[2]).await?;
     step("web-2 drained through its preStop hook; its snapshot restores exactly");
 
+    // Enough data in web-1's claim that its mover is caught copying, then held stopped
+    // (SIGSTOP) while drainer is upgraded: the new drainer must adopt that very Job.
+    write_large_file(&web[1].join("large.bin"), 64 << 20)?;
     scale(client, APPS, "web", 1).await?;
     wait_for_pod_gone(&pods, "web-1", Duration::from_secs(90)).await?;
-    let during = api.drains_of("data-web-1").await?;
+    let held = MoverHeld::catch(&api, "data-web-1").await?;
     step(&format!(
-        "helm upgrade to {} with web-1's drain {}",
-        TAGS[1],
-        during
-            .first()
-            .map_or("not recorded yet".to_owned(), |d| d["state"].to_string())
+        "helm upgrade to {} with web-1's mover Job {} stopped mid-copy",
+        TAGS[1], held.job_uid
     ));
     let mut upgrade = vec![
         "upgrade",
@@ -469,11 +470,17 @@ async fn install_upgrade_uninstall(
         },
     )
     .await?;
+    let job_uid = held.job_uid.clone();
+    drop(held);
     let drain = api
         .wait_completed("data-web-1", 0, Duration::from_secs(240))
         .await?;
+    ensure!(
+        drain["mover_job_uid"] == job_uid.as_str(),
+        "the upgraded drainer did not adopt the running mover Job {job_uid}: {drain}"
+    );
     restore_equals(&store, &drain, &web[1]).await?;
-    step("upgraded; web-1's drain completed and restores exactly");
+    step("upgraded; web-1's mover Job adopted, its drain completed and restores exactly");
 
     helm(
         env,
@@ -521,4 +528,90 @@ fn ensure_runs_tag(pod: &Pod, tag: &str) -> Result<()> {
         .unwrap_or_default();
     ensure!(image == format!("drainer:{tag}"), "runs {image}");
     Ok(())
+}
+
+/// Writes `size` bytes (whole mebibytes) to `path`, each mebibyte different.
+fn write_large_file(path: &Path, size: usize) -> Result<()> {
+    use std::io::Write;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut block: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut file = std::fs::File::create(path)?;
+    for i in 0..size >> 20 {
+        block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        file.write_all(&block)?;
+    }
+    Ok(file.sync_all()?)
+}
+
+/// A drain's mover pod caught copying and stopped (`SIGSTOP` to its processes, which run on
+/// this machine under kube-env); continued (`SIGCONT`) when dropped.
+struct MoverHeld {
+    job_uid: String,
+    processes: Vec<rustix::process::Pid>,
+}
+
+impl MoverHeld {
+    /// Waits until `pvc`'s drain is copying with a mover Job recorded and that mover's
+    /// process runs (`mover … --drain ID` in its command line), then stops it.
+    async fn catch(api: &DrainerApi, pvc: &str) -> Result<Self> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let drain = api.drains_of(pvc).await?.into_iter().next();
+            let copying = drain.filter(|d| d["state"] == "copying");
+            if let Some((id, uid)) = copying
+                .as_ref()
+                .and_then(|d| Some((d["id"].as_str()?, d["mover_job_uid"].as_str()?)))
+            {
+                let processes = mover_processes(id);
+                if !processes.is_empty() {
+                    for pid in &processes {
+                        rustix::process::kill_process(*pid, rustix::process::Signal::STOP)?;
+                    }
+                    return Ok(Self {
+                        job_uid: uid.to_owned(),
+                        processes,
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no mover of {pvc} caught copying within 120 s")
+    }
+}
+
+impl Drop for MoverHeld {
+    fn drop(&mut self) {
+        for pid in &self.processes {
+            let _ = rustix::process::kill_process(*pid, rustix::process::Signal::CONT);
+        }
+    }
+}
+
+/// The processes whose command line is a mover's of drain `id`.
+fn mover_processes(id: &str) -> Vec<rustix::process::Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_mover = args.iter().any(|a| *a == b"mover")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--drain" && w[1] == id.as_bytes());
+            is_mover
+                .then(|| rustix::process::Pid::from_raw(pid))
+                .flatten()
+        })
+        .collect()
 }

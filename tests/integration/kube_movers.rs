@@ -4,11 +4,12 @@
 //! streams it to the drainer through a gate at the address pods reach this machine. The gate can hold a mover's final request, so a test can act while a mover is
 //! certainly mid-copy: kill its pod, cancel its drain, restart the drainer. Each test has its own
 //! namespace and drainer. Who is a mover is also checked against the real API server with
-//! pods that forge a mover's labels and owner.
+//! pods that forge a mover's labels and owner, and with a true copy of a mover pod that
+//! `kubectl debug` then gave an ephemeral container.
 
 use crate::support::cluster::{TestNamespace, assert_restores_exactly, history};
 use crate::support::gate::Gate;
-use crate::support::image::{DRAINER_IMAGE, drainer_image};
+use crate::support::image::{drainer_image, drainer_image_name};
 use crate::support::kube::{
     KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
 };
@@ -392,7 +393,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         // The mover Job as drainer builds it, left to a controller that does not exist, so
         // that no pod of its own comes and the Job controller leaves the forged pods alone.
         let args = drainer::config::MoverJobArgs {
-            mover_image: DRAINER_IMAGE.into(),
+            mover_image: drainer_image_name().into(),
             mover_command: "drainer".into(),
             mover_service_account: "default".into(),
             mover_identity: drainer::config::MoverIdentity::Auto,
@@ -519,7 +520,64 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
                 (got, _) => anyhow::bail!("{how}: {got:?}"),
             }
         }
+        debugged_mover_is_refused(&client, &ns, &pods, &authority).await?;
         delete_namespace(&client, &ns).await
     })
+    .await
+}
+
+/// `kubectl debug` on the genuine mover pod (an ephemeral container targeting its container,
+/// from which the mover's token could be read): the pod, otherwise a true copy of its Job's,
+/// is a mover no longer; its tokens are refused, naming the ephemeral containers. Each try
+/// uses a fresh token, so no earlier answer is reused while drainer's watch catches up.
+async fn debugged_mover_is_refused(
+    client: &Client,
+    ns: &str,
+    pods: &Api<Pod>,
+    authority: &impl Authority,
+) -> Result<()> {
+    let env = KubeEnv::load()?;
+    let debug = [
+        "debug",
+        "-n",
+        ns,
+        "genuine",
+        "--image=busybox",
+        "--target=mover",
+    ];
+    let out = env
+        .kubectl()
+        .args(debug)
+        .args(["-c", "debugger"])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "kubectl debug: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let genuine = pods.get("genuine").await?;
+    let added = genuine
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_ref());
+    ensure!(
+        added.is_some_and(|c| c.len() == 1),
+        "no ephemeral container: {added:?}"
+    );
+    eventually(
+        "the debugged mover refused",
+        Duration::from_secs(30),
+        || async {
+            let token = pod_token(client, ns, &genuine).await?;
+            match authority.authenticate(&token).await {
+                Err(Denied::Forbidden(why)) if why.contains("ephemeral containers") => {
+                    eprintln!("kube_movers: the debugged mover refused: {why}");
+                    Ok(())
+                }
+                got => anyhow::bail!("{got:?}"),
+            }
+        },
+    )
     .await
 }

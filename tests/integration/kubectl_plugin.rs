@@ -22,6 +22,9 @@
 //! did not sign drainer's certificate (`--cacert`) is refused in one line naming the
 //! certificate, and `status` reports drainer's readiness unknown for that reason. With no
 //! drainer pod in the namespace given, the call fails in one line naming it.
+//!
+//! Installed without TLS (the same overlay but for `components/tls`), the plugin speaks plain
+//! HTTP through the port-forward: no ConfigMap drainer-ca is looked for, no `--cacert` asked.
 
 use crate::support::cluster::scale;
 use crate::support::drainer;
@@ -35,7 +38,7 @@ use crate::support::kube::{
 };
 use crate::support::tls::Ca;
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -658,4 +661,128 @@ async fn ca_is_public(env: &KubeEnv) -> Result<()> {
         "a signed-in user may read other ConfigMaps of drainer's namespace"
     );
     Ok(())
+}
+
+/// `kubectl drainer` against a plain-HTTP install (the kube-env overlay without
+/// `components/tls`, as an operator who does not serve TLS would install it): the plugin
+/// sees that drainer's pod is given no certificate, so it neither looks for the ConfigMap
+/// drainer-ca (there is none) nor asks for `--cacert`, and speaks plain HTTP through the
+/// port-forward it makes: `status` reports drainer ready with its ledger, an operator's
+/// `snapshots` (none yet) and `orphans` are answered, a token without rights is refused in one line
+/// naming 403.
+#[tokio::test]
+async fn kubectl_drainer_speaks_plain_http_to_an_install_without_tls() -> Result<()> {
+    let _serial = LOCK.lock().await;
+    let image = test_image().await?;
+    let env = KubeEnv::load()?;
+    let client = client().await?;
+    let ops = create_namespace(&client, "kubectl-plugin-plain").await?;
+    let result = with_timeout(
+        Duration::from_secs(600),
+        plain_http(&env, &client, &image, &ops),
+    )
+    .await;
+    let cleaned = clean_up(&env, &client, false).await;
+    delete_namespace(&client, &ops).await?;
+    result?;
+    cleaned
+}
+
+async fn plain_http(env: &KubeEnv, client: &Client, image: &Path, ops: &str) -> Result<()> {
+    clean_up(env, client, true).await?;
+    env.register_image(OVERLAY_IMAGE, image).await?;
+    ensure_namespace(client, APPS).await?;
+    let overlay = overlay_without_tls()?;
+    kubectl(env, &["apply", "-k", &overlay.path().display().to_string()]).await?;
+    let pod = crate::support::install::drainer_pod(client, env).await?;
+    let env_names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .map(|e| e.name.clone())
+        .collect();
+    ensure!(
+        !env_names.iter().any(|n| n.starts_with("DRAINER_TLS")),
+        "the install without TLS gives drainer a certificate: {env_names:?}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM);
+    ensure!(configmaps.get_opt("drainer-ca").await?.is_none());
+
+    let bin = tempfile::tempdir()?;
+    let dir = bin.path();
+    std::os::unix::fs::symlink(crate::support::drainer_bin(), dir.join("kubectl-drainer"))?;
+    let status = eventually(
+        "status through the port-forward",
+        Duration::from_secs(60),
+        || async {
+            let status = plugin(dir, &["status", "-o", "yaml"])
+                .await?
+                .ok("status -o yaml")?;
+            ensure!(
+                status.contains("status: ready") && status.contains("name: ledger"),
+                "{status}"
+            );
+            Ok(status)
+        },
+    )
+    .await?;
+    eprintln!("kubectl_plugin: plain HTTP status:\n{status}");
+
+    let operator = user(env, client, ops, "operator").await?;
+    let nobody = user(env, client, ops, "nobody").await?;
+    bind(client, ops, "operator", "drainer-operate").await?;
+    let volume = format!("{APPS}/data-web-0");
+    let listing = plugin(
+        dir,
+        &["snapshots", &volume, "-o", "json", "--token", &operator],
+    )
+    .await?
+    .ok("snapshots over plain HTTP")?;
+    let listing: Value = serde_json::from_str(&listing)?;
+    ensure!(
+        listing["snapshots"].as_array().is_some_and(Vec::is_empty),
+        "{listing}"
+    );
+    plugin(dir, &["orphans", "-n", APPS, "--token", &operator])
+        .await?
+        .ok("orphans over plain HTTP")?;
+    plugin(dir, &["snapshots", &volume, "--token", &nobody])
+        .await?
+        .refused(1, &["403"])?;
+    Ok(())
+}
+
+/// A kustomization in a temporary directory: `deploy/overlays/kube-env` as it is, but for
+/// its `components/tls` (its resources found by a relative path, as kustomize requires).
+fn overlay_without_tls() -> Result<tempfile::TempDir> {
+    let original = std::fs::read_to_string(deploy("overlays/kube-env/kustomization.yaml"))?;
+    let dir = tempfile::tempdir()?;
+    let here = dir.path().canonicalize()?;
+    let base = Path::new(&deploy("base")).canonicalize()?;
+    let up = "../".repeat(here.components().count() - 1);
+    let base = format!("{up}{}", base.strip_prefix("/")?.display());
+    let mut without = String::new();
+    let mut lines = original.lines().peekable();
+    while let Some(line) = lines.next() {
+        match line {
+            "components:" => {
+                ensure!(
+                    lines.next() == Some("  - ../../components/tls"),
+                    "{original}"
+                );
+            }
+            "  - ../../base" => without.push_str(&format!("  - {base:?}\n")),
+            _ => {
+                without.push_str(line);
+                without.push('\n');
+            }
+        }
+    }
+    ensure!(
+        !without.contains("../../components") && without.contains(&base),
+        "{without}"
+    );
+    std::fs::write(dir.path().join("kustomization.yaml"), without)?;
+    Ok(dir)
 }

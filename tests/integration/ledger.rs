@@ -810,9 +810,11 @@ async fn drain_of_claim(
 }
 
 /// A reclaim's pin is released once a later claim of the same volume, in the same life of
-/// the namespace, was drained to completion after the delete; never by a drain still copying,
-/// by a drain of another namespace life, or before the claim was deleted. Released rows stay
-/// in the record and no longer pin.
+/// the namespace, restored from the pinned snapshot (a pod's report, twice here: one record),
+/// was drained to completion after the delete; never by a drain still copying, by a drain of
+/// another namespace life, before the claim was deleted, or by a later claim that reported no
+/// restore before it was drained (it started empty). Released rows stay in the record and no
+/// longer pin.
 async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
     use drainer_core::ledger::{Reclaim, now_ms};
     let mut reclaims = Vec::new();
@@ -820,6 +822,7 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
         ("data-web-1", true),
         ("data-web-2", true),
         ("data-web-3", false),
+        ("data-web-4", true),
     ] {
         let uid = format!("{pvc}-old");
         let snapshot = format!("{pvc}-s1");
@@ -848,9 +851,23 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
         reclaims.push(r);
     }
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    // Ordinal 1 came back and is being drained again; ordinal 2's namespace was deleted and
-    // created again (another life) and its new claim drained; ordinal 3's claim was never
-    // deleted, and a new claim of its name drained.
+    // Ordinal 1 came back, its new claim restored from the pinned snapshot (as its pod
+    // reported), and is being drained again; ordinal 2's namespace was deleted and created
+    // again (another life) and its new claim, restored, drained; ordinal 3's claim was never
+    // deleted, and a new claim of its name, restored, drained; ordinal 4 came back without a
+    // restore (its new claim started empty) and was drained.
+    for n in [1, 2, 3] {
+        let volume = drainer::VolumeId::new("shop", &format!("data-web-{n}")).unwrap();
+        let snapshot = format!("data-web-{n}-s1");
+        let pod = format!("web-{n}-new");
+        for _ in 0..2 {
+            ledger
+                .record_restore(&volume, &snapshot, &pod, "pod:shop/web", now_ms())
+                .await
+                .unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let copying = drain_of_claim(&ledger, "data-web-1", "data-web-1-new", "ns-1", None).await;
     drain_of_claim(
         &ledger,
@@ -868,6 +885,27 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
         Some("data-web-3-s2"),
     )
     .await;
+    drain_of_claim(
+        &ledger,
+        "data-web-4",
+        "data-web-4-new",
+        "ns-1",
+        Some("data-web-4-s2"),
+    )
+    .await;
+    // A restore of ordinal 4 reported only after its new claim was drained does not count.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let volume = drainer::VolumeId::new("shop", "data-web-4").unwrap();
+    ledger
+        .record_restore(
+            &volume,
+            "data-web-4-s1",
+            "web-4-new",
+            "pod:shop/web",
+            now_ms(),
+        )
+        .await
+        .unwrap();
     assert!(
         ledger
             .release_superseded_pins(now_ms())
@@ -875,7 +913,7 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(ledger.pinned_snapshots().await.unwrap().len(), 3);
+    assert_eq!(ledger.pinned_snapshots().await.unwrap().len(), 4);
 
     let done = drainer_core::ledger::AttemptOutcome::Completed {
         snapshot: "data-web-1-s2".into(),
@@ -894,7 +932,10 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
     let pinned = ledger.pinned_snapshots().await.unwrap();
     let mut volumes: Vec<&String> = pinned.keys().collect();
     volumes.sort();
-    assert_eq!(volumes, ["shop/data-web-2", "shop/data-web-3"]);
+    assert_eq!(
+        volumes,
+        ["shop/data-web-2", "shop/data-web-3", "shop/data-web-4"]
+    );
     assert!(
         ledger
             .release_superseded_pins(now_ms())
@@ -904,7 +945,7 @@ async fn pins_are_released_once_a_later_drain_completed(ledger: Ledger) {
         "released once"
     );
     let recorded = ledger.reclaims().await.unwrap();
-    assert_eq!(recorded.len(), 3, "released rows stay in the record");
+    assert_eq!(recorded.len(), 4, "released rows stay in the record");
     let one = recorded.iter().find(|r| r.pvc == "data-web-1").unwrap();
     assert_eq!(one.released_by.as_deref(), Some(copying.as_str()));
 }

@@ -121,6 +121,18 @@ impl RemoteVolume {
         self.api.json(|http| http.get(&url)).await
     }
 
+    /// Reports that `snapshot` was restored (every file in place): drainer records it as a
+    /// restore into the claim when the caller is a pod that mounts it; whether it did.
+    pub(crate) async fn report_restored(&self, snapshot: &str) -> Result<bool, CallError> {
+        #[derive(serde::Deserialize)]
+        struct Report {
+            recorded: bool,
+        }
+        let url = self.api.url(&format!("/snapshots/{snapshot}/restored"));
+        let report: Report = self.api.json(|http| http.post(&url)).await?;
+        Ok(report.recorded)
+    }
+
     /// The snapshot `selector` names, from the listing.
     pub async fn resolve(&self, selector: &SnapshotSelector) -> anyhow::Result<SnapshotSummary> {
         let listing = self.listing().await?;
@@ -787,7 +799,28 @@ pub async fn restore_with_progress(
         create: false,
         part_size: options.part_size,
     });
-    Ok(snapshot::restore_with_progress(&store, volume, &selector, dest, options, progress).await?)
+    let summary =
+        snapshot::restore_with_progress(&store, volume, &selector, dest, options, progress).await?;
+    report_restored(remote, &summary.snapshot).await;
+    Ok(summary)
+}
+
+/// Tells drainer the restore of `snapshot` is done (what lets a reclaimed claim's pinned
+/// snapshot go once the claim is drained again). Best effort: the files are in place
+/// whatever the answer, and a report that does not arrive only keeps that pin.
+async fn report_restored(remote: &RemoteVolume, snapshot: &str) {
+    if remote.query == EARLIER {
+        // An earlier namespace's snapshot, read by an operator: nothing of this life.
+        return;
+    }
+    match remote.report_restored(snapshot).await {
+        Ok(recorded) => {
+            tracing::debug!(volume = %remote.volume, %snapshot, recorded, "restore reported")
+        }
+        Err(e) => {
+            tracing::warn!(volume = %remote.volume, %snapshot, error = %e, "cannot report the restore to drainer; a reclaimed claim's snapshot stays pinned")
+        }
+    }
 }
 
 #[cfg(test)]

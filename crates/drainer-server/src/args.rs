@@ -180,7 +180,7 @@ impl LimitArgs {
     }
 
     /// The limits on requests in flight per caller these flags give.
-    pub fn per_caller(&self) -> crate::http::inflight::PerCaller {
+    pub(crate) fn per_caller(&self) -> crate::http::inflight::PerCaller {
         crate::http::inflight::PerCaller::new(
             self.mover_requests_per_caller as usize,
             self.batch_reads_per_caller as usize,
@@ -188,7 +188,7 @@ impl LimitArgs {
     }
 
     /// The budget for movers' request bodies these flags give.
-    pub fn body_budget(&self) -> crate::http::body_budget::BodyBudget {
+    pub(crate) fn body_budget(&self) -> crate::http::body_budget::BodyBudget {
         crate::http::body_budget::BodyBudget::for_movers(
             self.mover_body_memory as usize * 1024 * 1024,
         )
@@ -295,7 +295,11 @@ pub enum MoverDataPath {
 impl MoverDataPath {
     /// Whether drainer offers its movers signed URLs for parts, given whether its store can
     /// sign them; `direct` with a store that cannot sign is an error naming the store.
-    pub fn offers_direct_parts(self, store_signs: bool, store: &str) -> Result<bool, String> {
+    pub(crate) fn offers_direct_parts(
+        self,
+        store_signs: bool,
+        store: &str,
+    ) -> Result<bool, String> {
         match (self, store_signs) {
             (MoverDataPath::Relay, _) => Ok(false),
             (MoverDataPath::Auto, signs) => Ok(signs),

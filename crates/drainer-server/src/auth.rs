@@ -296,7 +296,7 @@ impl Permission {
     /// The permission to read the snapshots of `volume` made in an earlier life of its
     /// namespace (`read-earlier` on `snapshots.drainer.io`, by the claim's name): what an
     /// operator other than the admin token needs for `earlier=true`.
-    pub fn read_earlier(volume: &VolumeId) -> Self {
+    pub(crate) fn read_earlier(volume: &VolumeId) -> Self {
         Self {
             verb: "read-earlier",
             resource: "snapshots",
@@ -494,7 +494,7 @@ pub(crate) fn in_namespace(workload: &Workload, volumes: &[VolumeId]) -> Result<
 }
 
 /// Local mode: one static token, whose holder is an admin.
-pub struct StaticToken {
+pub(crate) struct StaticToken {
     token: String,
 }
 

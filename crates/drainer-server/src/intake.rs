@@ -30,7 +30,7 @@ pub trait Intake: Send + Sync {
 
 /// Local mode: a handoff goes straight to `queued` as asked; nothing else to do.
 #[derive(Debug, Default)]
-pub struct Local;
+pub(crate) struct Local;
 
 #[async_trait::async_trait]
 impl Intake for Local {

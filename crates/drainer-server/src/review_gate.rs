@@ -64,7 +64,7 @@ impl Default for GateLimits {
 
 /// What became of one request at the gate: the `result` of `drainer_token_reviews_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Reviewed: the token is someone's.
     Accepted,
     /// Reviewed: the token is no one's.

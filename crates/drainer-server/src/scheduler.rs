@@ -120,7 +120,7 @@ impl Executor for ExternalMovers {
 }
 
 /// How often the progress of a copy made by a mover is read from the ledger.
-pub const MOVER_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const MOVER_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs `work` (an attempt whose copy a mover makes) while reading what the mover's run of
 /// drain `drain` has recorded into `progress` every [`MOVER_PROGRESS_EVERY`], so that the API

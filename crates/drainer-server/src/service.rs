@@ -417,6 +417,9 @@ async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
             probed = store.call("list", &root, list) => probed,
         };
         let up = probed.is_ok();
+        if let Ok(listing) = &probed {
+            remove_stale_probes(&store, &listing.objects, chrono::Utc::now()).await;
+        }
         let changed = health.store_probed(probed.map(drop).map_err(|e| e.to_string()));
         match (changed, up) {
             (true, true) => tracing::info!(store = %store.url(), "the store answers"),
@@ -430,6 +433,33 @@ async fn probe_store(store: Store, health: Health, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(STORE_PROBE_EVERY) => {}
+        }
+    }
+}
+
+/// How old a write probe at the store's root must be before drainer removes it: a mover
+/// deletes its own at once; one left behind (a mover killed between its write and its delete,
+/// or a mover's token used to park bytes) goes after this long.
+const STALE_PROBE_AGE: Duration = Duration::from_secs(600);
+
+/// Deletes the write probes among `objects` (the store root's, as listed) older than
+/// [`STALE_PROBE_AGE`] at `now`; best effort (the next listing tries again).
+async fn remove_stale_probes(
+    store: &Store,
+    objects: &[object_store::ObjectMeta],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let stale_before = now - chrono::Duration::from_std(STALE_PROBE_AGE).unwrap_or_default();
+    let stale = objects.iter().filter(|o| {
+        let name = o.location.filename().unwrap_or_default();
+        name.starts_with(crate::http::PROBE_PREFIX) && o.last_modified < stale_before
+    });
+    for object in stale {
+        let key = &object.location;
+        let delete = object_store::ObjectStoreExt::delete(store.objects(), key);
+        match store.call("delete", key, delete).await {
+            Ok(()) => tracing::info!(%key, size = object.size, "removed a stale write probe"),
+            Err(e) => tracing::warn!(%key, error = %e, "cannot remove a stale write probe"),
         }
     }
 }
@@ -487,4 +517,72 @@ fn default_replica_id() -> String {
         std::process::id(),
         rand::random::<u16>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drainer_core::store::StoreOptions;
+
+    /// Only write probes at the store's root older than ten minutes go: a fresh probe (a
+    /// mover's, about to delete it itself), an old object that is not a probe, and a probe's
+    /// name below the root stay.
+    #[tokio::test]
+    async fn stale_write_probes_at_the_root_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            timeout: Duration::from_secs(10),
+            create: true,
+            part_size: 8 << 20,
+        };
+        let store = Store::open(&format!("file://{}", dir.path().display()), &options).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(1200);
+        std::fs::create_dir_all(dir.path().join("volumes")).unwrap();
+        for (name, aged) in [
+            (".drainer-probe-old", true),
+            (".drainer-probe-fresh", false),
+            ("not-a-probe", true),
+            ("volumes/.drainer-probe-deeper", true),
+        ] {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            if aged {
+                file.set_modified(old).unwrap();
+            }
+        }
+        let root = store.root().clone();
+        let listing = store
+            .objects()
+            .list_with_delimiter(Some(&root))
+            .await
+            .unwrap();
+        remove_stale_probes(&store, &listing.objects, chrono::Utc::now()).await;
+        let mut left: Vec<String> = walkdir(dir.path());
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".drainer-probe-fresh",
+                "not-a-probe",
+                "volumes/.drainer-probe-deeper"
+            ]
+        );
+    }
+
+    /// The files under `dir`, relative, slash-separated.
+    fn walkdir(dir: &Path) -> Vec<String> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                files.extend(
+                    walkdir(&entry.path())
+                        .into_iter()
+                        .map(|f| format!("{name}/{f}")),
+                );
+            } else {
+                files.push(name);
+            }
+        }
+        files
+    }
 }

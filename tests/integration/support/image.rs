@@ -6,7 +6,7 @@
 //! directory, or a `$HOME`) under `/tmp` is not there. So no test puts a path of this machine
 //! into a pod: drainer runs in pods from [`drainer_image`] (built by `scripts/image` from the
 //! binary under test, as the release image is built, and registered with the running kube-env
-//! under one fixed name), mover Jobs with that image and the default command, applications'
+//! under a name tagged with its hash), mover Jobs with that image and the default command, applications'
 //! hooks through `drainer install` into an `emptyDir` ([`with_drainer_installed`], as
 //! `deploy/examples/prestop-handoff.yaml` does), and the in-cluster test client of
 //! `examples/kube-in-pod.rs` from [`kube_in_pod_image`]. The tests then pass wherever the
@@ -22,11 +22,38 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OnceCell};
 
-/// The name pods use for the image of the binary under test (registered by [`drainer_image`]).
-pub const DRAINER_IMAGE: &str = "drainer.test/drainer:under-test";
+/// The name pods use for the image of the binary under test (registered by
+/// [`drainer_image`]): `drainer.test/drainer:` and the start of the binary's BLAKE3, so that
+/// test runs of different builds sharing one kube-env never run each other's image.
+pub fn drainer_image_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| tagged("drainer.test/drainer", Path::new(super::drainer_bin())))
+}
 
-/// The name pods use for the image of `examples/kube-in-pod.rs` ([`kube_in_pod_image`]).
-pub const KUBE_IN_POD_IMAGE: &str = "drainer.test/kube-in-pod:under-test";
+/// The name pods use for the image of `examples/kube-in-pod.rs` ([`kube_in_pod_image`]),
+/// tagged by the program's hash as [`drainer_image_name`] is.
+pub fn kube_in_pod_image_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| tagged("drainer.test/kube-in-pod", &kube_in_pod_program()))
+}
+
+/// `repository:` and the first 16 hex digits of `program`'s BLAKE3.
+fn tagged(repository: &str, program: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(program)
+        .unwrap_or_else(|e| panic!("reading {} to name its image: {e}", program.display()));
+    hasher
+        .update_reader(file)
+        .unwrap_or_else(|e| panic!("reading {} to name its image: {e}", program.display()));
+    format!("{repository}:{}", &hasher.finalize().to_hex()[..16])
+}
+
+/// `TARGET/PROFILE/examples/kube-in-pod`, beside the binary under test.
+fn kube_in_pod_program() -> PathBuf {
+    Path::new(super::drainer_bin())
+        .with_file_name("examples")
+        .join("kube-in-pod")
+}
 
 /// Where [`with_drainer_installed`] puts drainer in the application's container.
 pub const INSTALLED: &str = "/opt/drainer";
@@ -100,24 +127,25 @@ pub async fn drainer_image_file() -> Result<PathBuf> {
 }
 
 /// The image of the binary under test, registered with the running kube-env (once per test
-/// process) as [`DRAINER_IMAGE`]: the name to give pods and `--mover-image`.
+/// process) as [`drainer_image_name`]: the name to give pods and `--mover-image`.
 pub async fn drainer_image(env: &KubeEnv) -> Result<&'static str> {
-    register_once(env, DRAINER_IMAGE, || async {
+    let name = drainer_image_name();
+    register_once(env, name, || async {
         Ok((drainer_image_file().await?, ()))
     })
     .await?;
-    Ok(DRAINER_IMAGE)
+    Ok(name)
 }
 
 /// `pod_spec` (a PodSpec as JSON) with drainer installed for its containers as a cluster
 /// installs it (`deploy/examples/prestop-handoff.yaml`): an init container of
-/// [`DRAINER_IMAGE`] runs `drainer install` into an `emptyDir` that every container mounts
+/// [`drainer_image_name`] runs `drainer install` into an `emptyDir` that every container mounts
 /// read-only at [`INSTALLED`]; run it with [`installed_drainer`].
 pub fn with_drainer_installed(mut pod_spec: Value) -> Value {
     let volume = "drainer-bin";
     let install = json!({
         "name": "drainer-install",
-        "image": DRAINER_IMAGE,
+        "image": drainer_image_name(),
         "args": ["install", INSTALLED],
         "volumeMounts": [{ "name": volume, "mountPath": INSTALLED }]
     });
@@ -165,18 +193,16 @@ pub fn installed_drainer(args: &[&str]) -> Vec<String> {
 
 /// The image of the in-cluster test client `examples/kube-in-pod.rs` (which `cargo test`
 /// builds with the other examples), registered with the running kube-env once per test
-/// process as [`KUBE_IN_POD_IMAGE`]; its entrypoint is the client (give pods `args`).
+/// process as [`kube_in_pod_image_name`]; its entrypoint is the client (give pods `args`).
 pub async fn kube_in_pod_image(env: &KubeEnv) -> Result<&'static str> {
-    register_once(env, KUBE_IN_POD_IMAGE, || async {
-            // TARGET/PROFILE/examples/kube-in-pod, beside the binary under test.
-            let program = Path::new(super::drainer_bin())
-                .with_file_name("examples")
-                .join("kube-in-pod");
-            ensure!(
-                program.is_file(),
-                "{} is missing: build it with `cargo build --example kube-in-pod` (cargo test does)",
-                program.display()
-            );
+    let program = kube_in_pod_program();
+    ensure!(
+        program.is_file(),
+        "{} is missing: build it with `cargo build --example kube-in-pod` (cargo test does)",
+        program.display()
+    );
+    let name = kube_in_pod_image_name();
+    register_once(env, name, || async {
             let work = tempfile::tempdir()?;
             let tree = work.path().join("tree");
             copy_with_libraries(&program, &tree, Some("usr/local/bin/kube-in-pod"))?;
@@ -192,7 +218,7 @@ pub async fn kube_in_pod_image(env: &KubeEnv) -> Result<&'static str> {
             Ok((layout, work))
         })
         .await?;
-    Ok(KUBE_IN_POD_IMAGE)
+    Ok(name)
 }
 
 /// Writes an OCI image layout into `dir` whose one layer is `tree`, with the given image

@@ -2,6 +2,7 @@
 //! image, for pods), an S3-protocol server, a GCS-protocol server, the test PostgreSQL, and the
 //! kube-env fixture (`cluster`, `world`, `gate`) every Kubernetes test builds on.
 
+pub mod azure;
 pub mod by_hand;
 pub mod cluster;
 pub mod fault;
@@ -48,7 +49,8 @@ pub fn drainer_bin() -> &'static str {
 pub fn drainer() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(drainer_bin());
     for (key, _) in std::env::vars() {
-        if key.starts_with("DRAINER_") || key.starts_with("AWS_") || key.starts_with("GOOGLE_") {
+        let store_env = ["DRAINER_", "AWS_", "GOOGLE_", "AZURE_", "AZURITE_"];
+        if store_env.iter().any(|prefix| key.starts_with(prefix)) {
             cmd.env_remove(key);
         }
     }

@@ -35,10 +35,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The file name that makes `drainer` behave as `kubectl drainer`.
-pub const PLUGIN_NAME: &str = "kubectl-drainer";
+pub(crate) const PLUGIN_NAME: &str = "kubectl-drainer";
 
 /// drainer's namespace in `deploy/base`.
-pub const DEFAULT_DRAINER_NAMESPACE: &str = "drainer-system";
+pub(crate) const DEFAULT_DRAINER_NAMESPACE: &str = "drainer-system";
 
 /// `kubectl drainer` (`drainer kubectl`): flags shared by every subcommand.
 #[derive(Debug, Clone, Args)]

@@ -29,7 +29,7 @@ pub(crate) struct Counts {
 
 impl Counts {
     /// The counts of a live restore (or copy).
-    pub fn of_view(view: &ProgressView) -> Self {
+    pub(crate) fn of_view(view: &ProgressView) -> Self {
         Self {
             files: view.files_done,
             files_total: view.files_total,
@@ -41,7 +41,7 @@ impl Counts {
 
     /// The counts in a Drain object's `status.progress` (`files`, `bytes`, `bytesPerSecond`,
     /// and `filesTotal`, `bytesTotal` once drainer knows them), if it has any.
-    pub fn of_drain(object: &DynamicObject) -> Option<Self> {
+    pub(crate) fn of_drain(object: &DynamicObject) -> Option<Self> {
         let progress = object.data.pointer("/status/progress")?;
         let number = |field: &str| progress.get(field).and_then(serde_json::Value::as_u64);
         Some(Self {
@@ -54,7 +54,7 @@ impl Counts {
     }
 
     /// The share of the bytes done, when their total is known (an empty total is all done).
-    pub fn percent(&self) -> Option<u64> {
+    pub(crate) fn percent(&self) -> Option<u64> {
         let total = self.bytes_total?;
         Some(match total {
             0 => 100,
@@ -113,7 +113,7 @@ pub(crate) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
     /// A bar labelled `label` when stderr is a terminal.
-    pub fn on_terminal(label: &str) -> Self {
+    pub(crate) fn on_terminal(label: &str) -> Self {
         Self(std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::no_length();
             bar.set_style(
@@ -128,7 +128,7 @@ impl Bar {
     }
 
     /// Whether a bar is drawn.
-    pub fn drawn(&self) -> bool {
+    pub(crate) fn drawn(&self) -> bool {
         self.0.is_some()
     }
 

@@ -2,8 +2,8 @@
 //! one row per claim, written *before* the delete (so the snapshot is pinned before the data's
 //! last other copy goes), marked deleted once the API server accepted the delete, and removed
 //! again if it refused. Every row pins its snapshot (the retention pass never prunes it) until
-//! it is released: once the ordinal came back, restored from that snapshot, and its new claim
-//! was drained again, the data lives on in the later snapshot ([`Ledger::release_superseded_pins`],
+//! it is released: once the ordinal came back, its pod reported the restore of that snapshot
+//! into its new claim, and that claim was drained again, the data lives on in the later snapshot ([`Ledger::release_superseded_pins`],
 //! called by the retention pass). Released rows stay, for the record. The reclaimer decides;
 //! this module only stores and reads.
 
@@ -138,8 +138,10 @@ impl Ledger {
 impl Ledger {
     /// Releases, at `now` (ms), the pin of every deleted claim whose data lives on in a later
     /// snapshot: a drain of the same volume, in the same life of its namespace, of another
-    /// claim (the ordinal's new one, which its restore init container filled from the pinned
-    /// snapshot) created after the delete, completed with another snapshot. Returns the rows
+    /// claim (the ordinal's new one) created after the delete, completed with another
+    /// snapshot, where a pod mounting the volume reported a restore of the pinned snapshot
+    /// after the delete and before that drain was requested ([`Ledger::record_restore`]: the
+    /// new claim was filled from the pinned snapshot, not started empty). Returns the rows
     /// released. A row whose drain is no longer in the ledger stays pinned.
     pub async fn release_superseded_pins(&self, now: i64) -> Result<Vec<Reclaim>> {
         let mut released = Vec::new();
@@ -161,6 +163,41 @@ impl Ledger {
         Ok(released)
     }
 
+    /// Records that pod `pod_uid` (by `principal`), which mounts `namespace/pvc`, restored
+    /// `snapshot` into it at `at` (ms); a second report of the same restore changes nothing.
+    pub async fn record_restore(
+        &self,
+        volume: &crate::volume::VolumeId,
+        snapshot: &str,
+        pod_uid: &str,
+        principal: &str,
+        at: i64,
+    ) -> Result<()> {
+        const SQL: &str = "INSERT INTO restores \
+             (namespace, pvc, snapshot_id, pod_uid, restored_at, restored_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+        let (namespace, pvc) = (volume.namespace.clone(), volume.name.clone());
+        let (snapshot, pod_uid, principal) = (
+            snapshot.to_owned(),
+            pod_uid.to_owned(),
+            principal.to_owned(),
+        );
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| sqlx::query(SQL)
+                .bind(&namespace)
+                .bind(&pvc)
+                .bind(&snapshot)
+                .bind(&pod_uid)
+                .bind(at)
+                .bind(&principal)
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(query_error("record a restore into a claim")))
+        })
+        .await
+    }
+
     /// The first completed drain that supersedes reclaim `r` (claim deleted at `deleted`).
     async fn superseding_drain(&self, r: &Reclaim, deleted: i64) -> Result<Option<String>> {
         const SQL: &str = "SELECT d.id FROM drains d, drains pinned \
@@ -168,6 +205,9 @@ impl Ledger {
              AND d.state = 'completed' AND d.snapshot_id IS NOT NULL AND d.snapshot_id <> $2 \
              AND d.pvc_uid IS NOT NULL AND d.pvc_uid <> $3 AND d.created_at > $4 \
              AND (pinned.namespace_uid IS NULL OR d.namespace_uid = pinned.namespace_uid) \
+             AND EXISTS (SELECT 1 FROM restores x WHERE x.namespace = d.namespace \
+                 AND x.pvc = d.pvc AND x.snapshot_id = $2 \
+                 AND x.restored_at >= $4 AND x.restored_at <= d.created_at) \
              ORDER BY d.finished_at, d.id LIMIT 1";
         on_pool!(self, |pool, DB| sqlx::query_scalar::<_, String>(SQL)
             .bind(&r.drain_id)

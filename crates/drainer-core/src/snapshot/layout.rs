@@ -159,10 +159,12 @@ impl VolumeLayout {
 
 /// The key segment for one file name: the name itself, except that ASCII control characters,
 /// `%`, `\` and `#` become `%XX` (control characters are not valid in keys, `#` followed by
-/// digits is reserved by object_store's local backend, and `%`/`\` are our escapes). Bytes that
-/// are not UTF-8 become a raw `\xHH`; a segment longer than a file name may be is cut and ends
-/// in a raw `%~` and a hash. A raw `\` or `%~` cannot come from a valid name, so no two names
-/// share a segment.
+/// digits is reserved by object_store's local backend, `%` is our escape, and Azure turns a `\`
+/// in a blob name into `/`). Bytes that are not UTF-8 become `%xHH`; a segment longer than a
+/// file name may be is cut and ends in `%~` and a hash. Every `%` of a name is escaped, so `%x`
+/// and `%~` cannot come from a name, and no two names share a segment. (Snapshots made before
+/// wrote `\xHH` for such bytes; their manifests name those keys, which restore reads as they
+/// are.)
 pub(crate) fn segment_key(name: &[u8]) -> String {
     let mut segment = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
@@ -174,7 +176,7 @@ pub(crate) fn segment_key(name: &[u8]) -> String {
             }
         }
         for byte in chunk.invalid() {
-            segment.push_str(&format!("\\x{byte:02X}"));
+            segment.push_str(&format!("%x{byte:02X}"));
         }
     }
     if segment.len() > MAX_SEGMENT {
@@ -204,9 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn keys_hold_no_backslash() {
+        assert_eq!(segment_key(b"dir-\xc3"), "dir-%xC3");
+        assert_eq!(segment_key(b"a\\b"), "a%5Cb");
+        for name in [&b"a\xffb"[..], b"\\", b"x\\xFF", b"\xff\xfe%x"] {
+            assert!(!segment_key(name).contains('\\'), "{name:?}");
+        }
+    }
+
+    #[test]
     fn encodes_names_injectively() {
-        let names: [&[u8]; 8] = [
+        let names: [&[u8]; 10] = [
             b"a\xffb",
+            b"a%xFFb",
+            b"a%25xFFb",
             b"a\\xFFb",
             b"a%5CxFFb",
             b"a%b",

@@ -45,7 +45,7 @@ impl BodyBudget {
     }
 
     /// A budget of `total` bytes for the bodies of the mover protocol.
-    pub fn for_movers(total: usize) -> Self {
+    pub(crate) fn for_movers(total: usize) -> Self {
         Self::new(total, super::mover::MAX_MOVER_BODY)
     }
 

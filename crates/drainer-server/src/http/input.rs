@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 /// What a route reads besides its path: the query parameters it knows, and whether it reads a
 /// body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Input {
+pub(crate) struct Input {
     /// The names of the query parameters it reads (none: it takes no query string).
     pub query: &'static [&'static str],
     /// Whether it reads a request body.

@@ -18,7 +18,8 @@ pub mod recent;
 pub mod serve;
 pub mod tls;
 mod volumes;
-pub use input::Input;
+pub(crate) use input::Input;
+pub(crate) use mover::PROBE_PREFIX;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::metrics::{Metrics, RequestLabels};
@@ -40,7 +41,7 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Everything handlers need; cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     inner: Arc<Shared>,
 }
 
@@ -182,6 +183,8 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
         get "/reclaims" => ListReclaims, api::reclaims, Input::query(&["namespace"]);
         get "/volumes/{namespace}/{pvc}/snapshots" => ListSnapshots, volumes::snapshots,
             Input::query(&["earlier"]);
+        post "/volumes/{namespace}/{pvc}/snapshots/{snapshot}/restored" => Restore,
+            volumes::restored, NOTHING;
         get "/volumes/{namespace}/{pvc}/objects" => Restore, volumes::get_object,
             Input::query(&["key", "earlier"]);
         get "/volumes/{namespace}/{pvc}/objects/url" => Restore, volumes::sign_object,
@@ -247,7 +250,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
 }
 
 /// The API router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let (v1, _) = v1_routes(&state);
     let v1 = v1.layer(middleware::from_fn_with_state(
         state.clone(),

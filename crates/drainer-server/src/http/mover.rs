@@ -127,7 +127,27 @@ fn parse_key(key: &str) -> Result<Key, Error> {
 }
 
 fn is_probe(relative: &Key, key: &str) -> bool {
-    relative.parts().count() == 1 && key.starts_with(".drainer-probe-")
+    relative.parts().count() == 1 && key.starts_with(PROBE_PREFIX)
+}
+
+/// The name of every write probe (`Store::probe_writable`), at the store's root.
+pub(crate) const PROBE_PREFIX: &str = ".drainer-probe-";
+
+/// The largest write probe a mover may store: a probe proves the store takes writes and holds
+/// no data (the engine's is 5 bytes), so a mover's token cannot park data outside any run.
+const MAX_PROBE_BYTES: usize = 64;
+
+/// Refuses a write probe larger than [`MAX_PROBE_BYTES`] (`413 probe_too_large`).
+fn check_probe_size(key: &str, len: usize) -> Result<(), Error> {
+    let is_probe = parse_key(key).is_ok_and(|relative| is_probe(&relative, key));
+    if is_probe && len > MAX_PROBE_BYTES {
+        return Err(Error::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "probe_too_large",
+            format!("write probe {key:?} has {len} bytes; a probe holds at most {MAX_PROBE_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The store key for reading `key`: anything of the drain's volume.
@@ -570,6 +590,9 @@ pub(super) async fn put_objects(
 ) -> Result<axum::Json<BatchAnswer>, Error> {
     let Streaming { volume, .. } = streaming.into_inner();
     let objects = batch::decode(body).map_err(Error::invalid)?;
+    for (key, data) in &objects {
+        check_probe_size(key, data.len())?;
+    }
     let names: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
     let keys = writable_keys(&state, &volume, &names).await?;
     let keyed: Vec<_> = keys
@@ -595,6 +618,7 @@ pub(super) async fn put_object(
     body: Bytes,
 ) -> Result<StatusCode, Error> {
     let Streaming { volume, .. } = streaming.into_inner();
+    check_probe_size(&q.key, body.len())?;
     let key = writable_key(&state, &volume, &q.key).await?;
     state
         .shared()
@@ -700,6 +724,9 @@ pub(super) async fn create_upload(
     Query(q): Query<KeyParam>,
 ) -> Result<axum::Json<CreatedUpload>, Error> {
     let Streaming { drain, volume } = streaming.into_inner();
+    if parse_key(&q.key).is_ok_and(|relative| is_probe(&relative, &q.key)) {
+        return Err(forbidden_key(&volume, &q.key, "upload in parts"));
+    }
     let key = writable_key(&state, &volume, &q.key).await?;
     let store = &state.shared().store;
     let parts = relay_parts(&state);

@@ -259,6 +259,7 @@ fn path_of(route: &RouteSpec, drains: &Drains) -> String {
         .replace("{run}", "r-0")
         .replace("{upload}", "u-0")
         .replace("{part}", "0")
+        .replace("{snapshot}", "s-none")
         .replace("{namespace}", "shop")
         .replace("{pvc}", "data-web-4")
 }
@@ -761,6 +762,7 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         );
         assert!(!refused.exists(), "{token} {volume}: nothing written");
     }
+    restores_are_reported(w).await;
     earlier_reads_need_their_own_grant(w).await;
     // Ranged reads answer 206 with the object's size; a range outside it 416.
     let key = {
@@ -816,6 +818,45 @@ async fn restores_through_the_api(w: &World, large: &[u8]) {
         assert_eq!(answer.status().as_u16(), status, "{bad}");
     }
     batch_reads(w, &key, large).await;
+}
+
+/// A restore reported done: recorded as one into the claim for the pod that mounts it
+/// (again: the same answer), not for an operator (`rita`, restoring elsewhere), `404` for a
+/// snapshot the volume does not have, `403` for a claim the pod does not mount.
+async fn restores_are_reported(w: &World) {
+    let (_, listing) = w
+        .api
+        .call(
+            "pod",
+            Method::GET,
+            "/volumes/shop/data-web-4/snapshots",
+            None,
+        )
+        .await;
+    let latest = listing["latest"].as_str().unwrap();
+    let report = |token: &'static str, volume: &'static str, snapshot: String| async move {
+        let path = format!("/volumes/{volume}/snapshots/{snapshot}/restored");
+        w.api.call(token, Method::POST, &path, None).await
+    };
+    for _ in 0..2 {
+        let (s, b) = report("pod", "shop/data-web-4", latest.to_owned()).await;
+        assert_eq!((s, &b), (200, &json!({"recorded": true})));
+    }
+    let (s, b) = report("rita", "shop/data-web-4", latest.to_owned()).await;
+    assert_eq!((s, &b["recorded"]), (200, &json!(false)), "{b}");
+    assert!(
+        b["why"].as_str().unwrap().contains("mounts the claim"),
+        "{b}"
+    );
+    let missing = "s-20000101T000000Z-00000000".to_owned();
+    let (s, b) = report("pod", "shop/data-web-4", missing).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("snapshot_not_found")),
+        "{b}"
+    );
+    let (s, _) = report("pod", "shop/data-web-3", latest.to_owned()).await;
+    assert_eq!(s, 403);
 }
 
 /// `earlier=true` (reading an earlier life of the namespace) takes RBAC's `read-earlier` on
@@ -1413,4 +1454,55 @@ async fn the_openapi_document_lists_what_each_route_reads() {
             "{name}: request body"
         );
     }
+}
+
+/// A write probe (`.drainer-probe-*` at the store's root, the only object a mover may write
+/// outside its run) holds at most 64 bytes: a larger one, alone or in a batch, is refused
+/// `413 probe_too_large` and not stored; a probe cannot be uploaded in parts (`403`); the
+/// engine's own 5-byte probe is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_probes_are_small_and_never_uploaded_in_parts() {
+    let w = world().await;
+    let d = drains(&w).await;
+    let put = |key: &str, body: Vec<u8>| {
+        let url = format!("{}/v1/drains/{}/objects?key={key}", w.api.url, d.mine);
+        w.api.client.put(url).bearer_auth("mover").body(body).send()
+    };
+    let large = put(".drainer-probe-large", vec![7; 65]).await.unwrap();
+    assert_eq!(large.status(), 413);
+    let body: Value = large.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "probe_too_large", "{body}");
+    assert!(!w.store_dir.join(".drainer-probe-large").exists());
+    let small = put(".drainer-probe-small", b"probe".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 204);
+    assert_eq!(
+        std::fs::read(w.store_dir.join(".drainer-probe-small")).unwrap(),
+        b"probe"
+    );
+    let batch = drainer_core::protocol::batch::encode([
+        (".drainer-probe-a", &b"probe"[..]),
+        (".drainer-probe-b", &[0_u8; 1 << 20][..]),
+    ]);
+    let url = format!("{}/v1/drains/{}/objects/batch", w.api.url, d.mine);
+    let answer = w
+        .api
+        .client
+        .post(url)
+        .bearer_auth("mover")
+        .body(batch)
+        .send();
+    assert_eq!(answer.await.unwrap().status(), 413);
+    assert!(
+        !w.store_dir.join(".drainer-probe-a").exists(),
+        "all or none"
+    );
+    let upload = format!("/drains/{}/uploads?key=.drainer-probe-parts", d.mine);
+    let (s, b) = w.api.call("mover", Method::POST, &upload, None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{b}"
+    );
 }

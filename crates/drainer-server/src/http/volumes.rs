@@ -53,6 +53,66 @@ pub(super) async fn snapshots(
     }))
 }
 
+/// What `POST …/snapshots/{snapshot}/restored` made of the report.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct RestoreReport {
+    /// Whether the restore was recorded as one into the volume's claim.
+    pub recorded: bool,
+    /// Why not, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
+}
+
+/// `POST /v1/volumes/{ns}/{pvc}/snapshots/{snapshot}/restored`: the caller restored
+/// `snapshot` (a complete snapshot it may read, else `404`). Recorded only when the caller is
+/// a pod that mounts the volume's claim (the restore went into the claim: what lets a
+/// reclaimed claim's pin go, see `Ledger::release_superseded_pins`); anyone else is told it
+/// was not recorded, and why. Reporting the same restore again changes nothing.
+pub(super) async fn restored(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    volume: Granted<VolumeAccess>,
+    super::Path((_, _, snapshot)): super::Path<(String, String, String)>,
+) -> Result<axum::Json<RestoreReport>, Error> {
+    let VolumeAccess { volume, bound } = volume.into_inner();
+    let store = &state.shared().store;
+    let listed = drainer_core::snapshot::list_snapshots(store, &volume).await?;
+    let known = listed
+        .iter()
+        .filter(|s| bound.lists(s))
+        .any(|s| s.snapshot() == snapshot && s.complete().is_some());
+    if !known {
+        return Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "snapshot_not_found",
+            format!("{volume} has no complete snapshot {snapshot:?} the caller may read"),
+        ));
+    }
+    let pod = match &caller {
+        crate::auth::Caller::Workload(w) => w.pod.as_ref(),
+        _ => None,
+    };
+    let Some(pod) = pod.filter(|p| p.mounts.contains(&volume.name)) else {
+        let why = "only a pod that mounts the claim restores into it";
+        return Ok(axum::Json(RestoreReport {
+            recorded: false,
+            why: Some(why),
+        }));
+    };
+    let principal = caller.principal();
+    let now = drainer_core::ledger::now_ms();
+    state
+        .shared()
+        .ledger
+        .record_restore(&volume, &snapshot, &pod.uid, &principal, now)
+        .await?;
+    tracing::info!(%volume, %snapshot, pod = %pod.name, pod_uid = %pod.uid, "restore into the claim reported");
+    Ok(axum::Json(RestoreReport {
+        recorded: true,
+        why: None,
+    }))
+}
+
 /// The newest complete snapshot of a listing (oldest first).
 fn newest_complete(snapshots: &[drainer_core::snapshot::Listed]) -> Option<String> {
     snapshots
