@@ -275,7 +275,7 @@ pub struct SignedUrls {
 pub const MAX_REPORTED_PER_REQUEST: usize = 1000;
 
 /// `POST /v1/drains/{id}/parts/stored`: parts the mover stored with signed URLs, of one or
-/// more of its uploads, reported at once (before the mover records progress that counts on
+/// more of its uploads, reported at once (before, or with, the progress that counts on
 /// them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
