@@ -176,6 +176,132 @@ async fn batched_part_urls_and_reports_are_checked_part_by_part_and_recorded_all
     );
 }
 
+/// `POST …/parts/stored` for drain `id` with `parts` and the progress `progress`.
+async fn report_with(serve: &Serve, id: &str, parts: Value, progress: Value) -> (u16, Value) {
+    let path = format!("/v1/drains/{id}/parts/stored");
+    let body = json!({ "parts": parts, "progress": progress });
+    serve.call(Method::POST, &path, Some(body)).await
+}
+
+/// `POST …/run` for drain `id`: the run's id and the snapshot it writes.
+async fn begin(serve: &Serve, id: &str) -> (String, String) {
+    let (status, run) = serve
+        .call(Method::POST, &format!("/v1/drains/{id}/run"), None)
+        .await;
+    assert_eq!(status, 200, "{run}");
+    let field = |name: &str| run[name].as_str().unwrap().to_owned();
+    (field("id"), field("snapshot"))
+}
+
+/// The progress of the upload `upload` of file `large` in run `run`, with parts 0 to
+/// `parts - 1` stored, as a mover records it.
+fn progress(run: &str, upload: &str, parts: usize) -> Value {
+    let stored: Vec<Value> = (0..parts)
+        .map(|i| json!([i.to_string(), format!("{i:064x}")]))
+        .collect();
+    json!({
+        "run": run,
+        "upload": {
+            "path_b64": "bGFyZ2U=", "upload_id": upload, "part_size": PART, "size": 3 * PART,
+            "mtime_ns": 1, "ctime_ns": 1, "ino": 7, "parts": stored,
+        },
+    })
+}
+
+/// Parts reported with the progress that counts on them (where `GET …/store` says
+/// `parts_with_progress`) are recorded with it in one transaction: a progress of a run that
+/// is not running (`409`) or of another drain's upload (`404`) records none of the parts; a
+/// good one records both; progress alone needs no part, on a relaying drainer too, where
+/// parts are still refused (`409 direct_parts_not_offered`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reported_with_parts_is_checked_and_recorded_with_them_all_or_none() {
+    let server = S3Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let serve = serve(&server, &data, "s3://bucket/progress", &[]).await;
+    let a = copying(&serve, "data-web-4").await;
+    let b = copying(&serve, "data-web-5").await;
+    let (status, info) = serve
+        .call(Method::GET, &format!("/v1/drains/{a}/store"), None)
+        .await;
+    assert_eq!(
+        (status, &info["parts_with_progress"]),
+        (200, &json!(true)),
+        "{info}"
+    );
+    let (run, snapshot_a) = begin(&serve, &a).await;
+    let snapshot_b = begin_run(&serve, &b).await;
+    let ledger = drainer::Ledger::open(None, &data).await.unwrap();
+    let key = format!("volumes/shop/data-web-4/snapshots/{snapshot_a}/files/large");
+    let upload = create_upload(&serve, &a, &key).await;
+    let key_b = format!("volumes/shop/data-web-5/snapshots/{snapshot_b}/files/large");
+    let upload_b = create_upload(&serve, &b, &key_b).await;
+    let (status, signed) = sign(&serve, &a, &upload, &key, 0, 2).await;
+    assert_eq!(status, 200, "{signed}");
+    let mut reports = Vec::new();
+    for part in 0..2 {
+        let url = signed["urls"][part].as_str().unwrap();
+        let etag = put(url, part, PART).await;
+        reports
+            .push(json!({"upload": upload, "key": key, "part": part, "etag": etag, "len": PART}));
+    }
+
+    let not_running = progress("r-not-running", &upload, 2);
+    let (status, refusal) = report_with(&serve, &a, json!(reports), not_running).await;
+    assert_eq!(
+        (status, &refusal["error"]["code"]),
+        (409, &json!("run_not_running")),
+        "{refusal}"
+    );
+    let others = progress(&run, &upload_b, 2);
+    let (status, refusal) = report_with(&serve, &a, json!(reports), others).await;
+    assert_eq!(
+        (status, &refusal["error"]["code"]),
+        (404, &json!("upload_not_found")),
+        "{refusal}"
+    );
+    assert_eq!(recorded(&data, &upload).await, Vec::<(u64, u64)>::new());
+    assert_eq!(ledger.recorded_partial_parts(&run).await.unwrap(), 0);
+
+    let (status, answer) =
+        report_with(&serve, &a, json!(reports), progress(&run, &upload, 2)).await;
+    assert_eq!(status, 204, "{answer}");
+    let part = PART as u64;
+    assert_eq!(recorded(&data, &upload).await, vec![(0, part), (1, part)]);
+    assert_eq!(ledger.recorded_partial_parts(&run).await.unwrap(), 2);
+    let (status, answer) = report_with(&serve, &a, json!([]), progress(&run, &upload, 1)).await;
+    assert_eq!(status, 204, "progress alone: {answer}");
+    assert_eq!(ledger.recorded_partial_parts(&run).await.unwrap(), 1);
+
+    let relaying = serve_relay(&server, &work.path().join("relay")).await;
+    let c = copying(&relaying, "data-web-6").await;
+    let (run_c, snapshot_c) = begin(&relaying, &c).await;
+    let relay_ledger = drainer::Ledger::open(None, &work.path().join("relay"))
+        .await
+        .unwrap();
+    let key_c = format!("volumes/shop/data-web-6/snapshots/{snapshot_c}/files/large");
+    let upload_c = create_upload(&relaying, &c, &key_c).await;
+    let (status, answer) =
+        report_with(&relaying, &c, json!([]), progress(&run_c, &upload_c, 0)).await;
+    assert_eq!(
+        status, 204,
+        "progress alone on a relaying drainer: {answer}"
+    );
+    let direct =
+        json!([{"upload": upload_c, "key": key_c, "part": 0, "etag": "\"e\"", "len": PART}]);
+    let (status, refusal) =
+        report_with(&relaying, &c, direct, progress(&run_c, &upload_c, 1)).await;
+    assert_eq!(
+        (status, &refusal["error"]["code"]),
+        (409, &json!("direct_parts_not_offered")),
+        "{refusal}"
+    );
+    assert_eq!(
+        relay_ledger.recorded_partial_parts(&run_c).await.unwrap(),
+        0
+    );
+}
+
 /// A drainer that relays every part, on the same moto.
 async fn serve_relay(server: &S3Server, data: &Path) -> Serve {
     serve(
@@ -239,6 +365,13 @@ async fn a_mover_signs_parts_ahead_and_reports_them_in_batches() {
         (single_urls, single_reports, relayed),
         (0, 0, 0),
         "per-part requests"
+    );
+    let progress_records = requests(&serve, "/v1/drains/{id}/run/{run}/partial").await;
+    assert!(
+        progress_records <= 3 * sizes.len() as u64,
+        "{progress_records} requests on …/partial for {} large files: the progress after each \
+         barrier travels with the barrier's report",
+        sizes.len()
     );
     let signs = requests(&serve, "/v1/drains/{id}/uploads/{upload}/urls").await;
     let reports = requests(&serve, "/v1/drains/{id}/parts/stored").await;

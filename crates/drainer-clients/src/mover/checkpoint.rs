@@ -1,14 +1,16 @@
 //! Checkpoints kept by the drainer: the mover's copy records its progress, its unfinished
 //! uploads and its end through the drain's API, into the drainer's ledger.
 
+use super::direct::{DirectParts, send_reports};
 use crate::client::{Api, CallError};
 use drainer_core::protocol::{
-    Interrupted, PathParam, RunTotals, WirePartial, WireRun, WireStoredFile,
+    Interrupted, PathParam, RunPartial, RunTotals, WirePartial, WireRun, WireStoredFile,
 };
 use drainer_core::snapshot::{
     Checkpoint, CheckpointError, CheckpointResult, PartialUpload, Progress, Run, SnapshotId,
     SnapshotSummary, StoredFile,
 };
+use drainer_core::store::Store;
 use drainer_core::volume::VolumeId;
 use futures::TryFutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -23,6 +25,12 @@ pub(super) struct RemoteCheckpoint {
     pub(super) progress: Arc<Progress>,
     /// Whether the totals are told (or being waited for) already.
     pub(super) totals_told: AtomicBool,
+    /// Parts straight into the store, if the drainer offers them: their reports go with the
+    /// record of an upload's progress.
+    pub(super) direct: Option<Arc<DirectParts>>,
+    /// Whether the drainer records an upload's progress with the barrier's report of parts
+    /// (`StoreInfo::parts_with_progress`): one request instead of two.
+    pub(super) parts_with_progress: bool,
 }
 
 /// An answer the mover cannot use (a malformed body): not going away by itself.
@@ -185,6 +193,30 @@ impl Checkpoint for RemoteCheckpoint {
             .await
             .map(drop)
             .map_err(call_error("record upload"))
+    }
+
+    /// The barrier (parts reported, the drainer's store flushed) and the record of the
+    /// upload's progress in one request where the drainer takes it.
+    async fn flush_and_record_partial(
+        &self,
+        store: &Store,
+        run: &Run,
+        upload: &PartialUpload,
+    ) -> drainer_core::snapshot::Result<()> {
+        if !self.parts_with_progress {
+            store.flush().await?;
+            return Ok(self.record_partial(run, upload).await?);
+        }
+        let progress = Some(RunPartial {
+            run: run.id.clone(),
+            upload: WirePartial::from(upload),
+        });
+        match &self.direct {
+            Some(direct) => direct.report(&self.api, progress).await.map(drop),
+            None => send_reports(&self.api, &[], progress).await,
+        }
+        .map_err(call_error("record upload"))?;
+        Ok(())
     }
 
     async fn forget_partial(&self, run: &Run, path: &[u8]) -> CheckpointResult<()> {

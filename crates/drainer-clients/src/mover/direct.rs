@@ -9,7 +9,9 @@
 //! stored parts until the engine's next durability barrier or the upload's completion, then
 //! sends them in one request ([`DirectParts::report_stored`]). The engine records a file's
 //! progress only after a barrier, so every part its progress names is in the drainer's ledger
-//! first: a mover killed mid-file still resumes from its last recorded part. Without batches,
+//! first: a mover killed mid-file still resumes from its last recorded part. Where the drainer
+//! takes it (`StoreInfo::parts_with_progress`), that record travels with the barrier's report,
+//! and the drainer writes both in one transaction ([`DirectParts::report`]). Without batches,
 //! each part costs the drainer two requests (sign, report); with them, about one per
 //! [`MAX_SIGN_AHEAD`] parts plus one per barrier.
 //!
@@ -22,7 +24,7 @@ use crate::client::{Api, CallError};
 use bytes::Bytes;
 use drainer_core::protocol::{
     DirectPart, KeyParam, MAX_REPORTED_PER_REQUEST, MAX_SIGNED_PER_REQUEST, PartUrlsParam,
-    SignedUrl, SignedUrls, StoredPart, StoredParts,
+    RunPartial, SignedUrl, SignedUrls, StoredPart, StoredParts,
 };
 use drainer_core::retry;
 use std::collections::HashMap;
@@ -40,8 +42,9 @@ const NOT_OFFERED: &str = "direct_parts_not_offered";
 const MAX_SIGN_AHEAD: usize = MAX_SIGNED_PER_REQUEST;
 
 /// The fewest parts a mover asks URLs for at once: a file's first request, before it is
-/// known to be large.
-const MIN_SIGN_AHEAD: usize = 4;
+/// known to be large. Signing a URL costs the drainer microseconds and a request about a
+/// millisecond, so URLs a file of a few parts leaves unused cost less than asking again.
+const MIN_SIGN_AHEAD: usize = 16;
 
 /// The most parts an upload has (S3's limit, as the drainer's).
 const MAX_PARTS: usize = 10_000;
@@ -64,6 +67,9 @@ struct Batches {
     ahead: tokio::sync::Mutex<SignAhead>,
     /// Parts stored but not reported yet.
     stored: Mutex<Vec<StoredPart>>,
+    /// Held while parts taken from `stored` are reported, so that a barrier returns only once
+    /// every part stored before it is recorded, even those another barrier is reporting.
+    reporting: tokio::sync::Mutex<()>,
 }
 
 /// Part URLs signed before their parts are sent, each used once, within half its validity.
@@ -73,9 +79,10 @@ struct SignAhead {
 }
 
 impl SignAhead {
-    /// How many parts to ask for from part `idx` on: a few for a file's first part, then
-    /// about as many as it has had (so a file of `n` parts costs `log n` requests until
-    /// [`MAX_SIGN_AHEAD`], and little is signed past its end), never past the upload's limit.
+    /// How many parts to ask for from part `idx` on: [`MIN_SIGN_AHEAD`] for a file's first
+    /// parts, then about as many as it has had (so a file of `n` parts costs `log n` requests
+    /// until [`MAX_SIGN_AHEAD`], and little is signed past its end), never past the upload's
+    /// limit.
     fn count_from(idx: usize) -> usize {
         idx.clamp(MIN_SIGN_AHEAD, MAX_SIGN_AHEAD)
             .min(MAX_PARTS.saturating_sub(idx))
@@ -134,6 +141,29 @@ impl PutError {
             PutError::NoEtag => false,
         }
     }
+}
+
+/// Sends `parts` in as few `POST …/parts/stored` as the drainer takes, `progress` with the
+/// last of them (alone if there is no part); nothing if there is neither.
+pub(super) async fn send_reports(
+    api: &Api,
+    parts: &[StoredPart],
+    progress: Option<RunPartial>,
+) -> Result<(), CallError> {
+    let url = api.url("/parts/stored");
+    let mut chunks: Vec<&[StoredPart]> = parts.chunks(MAX_REPORTED_PER_REQUEST).collect();
+    if chunks.is_empty() && progress.is_some() {
+        chunks.push(&[]);
+    }
+    let last = chunks.len().saturating_sub(1);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let body = StoredParts {
+            parts: chunk.to_vec(),
+            progress: if i == last { progress.clone() } else { None },
+        };
+        api.call(|http| http.post(&url).json(&body)).await?;
+    }
+    Ok(())
 }
 
 /// The lock's data, even if a thread panicked holding it (a list of reports stays valid).
@@ -273,18 +303,28 @@ impl DirectParts {
     /// Whether it reported any: the drainer flushed its store after recording them, a
     /// barrier as `…/flush` is.
     pub(super) async fn report_stored(&self, api: &Api) -> Result<bool, CallError> {
+        self.report(api, None).await
+    }
+
+    /// [`DirectParts::report_stored`], with `progress` recorded with the last request (in
+    /// one of its own if there is no part to report), where the drainer takes it
+    /// (`StoreInfo::parts_with_progress`): a barrier and the record of an upload's progress
+    /// after it in one request. Whether it sent any request.
+    pub(super) async fn report(
+        &self,
+        api: &Api,
+        progress: Option<RunPartial>,
+    ) -> Result<bool, CallError> {
         let Some(batches) = &self.batches else {
-            return Ok(false);
+            let sent = progress.is_some();
+            send_reports(api, &[], progress).await?;
+            return Ok(sent);
         };
+        let _one_at_a_time = batches.reporting.lock().await;
         let stored = std::mem::take(&mut *lock(&batches.stored));
-        let url = api.url("/parts/stored");
-        for chunk in stored.chunks(MAX_REPORTED_PER_REQUEST) {
-            let body = StoredParts {
-                parts: chunk.to_vec(),
-            };
-            api.call(|http| http.post(&url).json(&body)).await?;
-        }
-        Ok(!stored.is_empty())
+        let sent = !stored.is_empty() || progress.is_some();
+        send_reports(api, &stored, progress).await?;
+        Ok(sent)
     }
 
     /// Forgets what is kept for `upload` (aborted, or completed): its URLs signed ahead and,
@@ -348,7 +388,7 @@ mod tests {
             .into_iter()
             .map(SignAhead::count_from)
             .collect();
-        assert_eq!(asked, [4, 4, 4, 8, 16, 40, 64, 64, 10, 1]);
+        assert_eq!(asked, [16, 16, 16, 16, 16, 40, 64, 64, 10, 1]);
     }
 
     fn signed(first: usize, n: usize, expires_in_s: u64) -> SignedUrls {

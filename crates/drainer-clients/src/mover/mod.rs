@@ -127,10 +127,12 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
             "through the drainer"
         }
     );
+    let parts_with_progress = store_info.parts_with_progress == Some(true);
     let barrier = relay::RelayedBarrier {
         api: api.clone(),
         direct: direct.clone(),
     };
+    let direct_for_checkpoint = direct.clone();
     let relay = Arc::new(relay::RelayedStore {
         api: api.clone(),
         batches: batch::PutBatches::start(api.clone()),
@@ -148,6 +150,8 @@ pub async fn run(args: MoverArgs) -> anyhow::Result<()> {
         api,
         progress: Arc::clone(&progress),
         totals_told: Default::default(),
+        direct: direct_for_checkpoint,
+        parts_with_progress,
     };
     let summary = snapshot::copy(
         &args.source,

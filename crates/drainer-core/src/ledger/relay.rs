@@ -2,7 +2,8 @@
 //! replica's memory, so any replica behind the drainer's Service accepts any part of any
 //! upload and completes it, and an upload outlives the replica that started it.
 
-use super::{Ledger, Result, now_ms, on_pool, query_error};
+use super::{Ledger, Result, Urgency, now_ms, on_pool, query_error};
+use crate::snapshot::{PartialUpload, Run};
 
 /// A relayed upload as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -87,22 +88,28 @@ impl Ledger {
     /// Records parts stored, each of its upload (by the upload's id), in one transaction:
     /// all or none.
     pub async fn record_relay_parts(&self, parts: &[(String, RelayPart)]) -> Result<()> {
+        self.record_relay_parts_and_partial(parts, None).await
+    }
+
+    /// Records parts stored (as [`Ledger::record_relay_parts`]) and then, if given, the
+    /// progress of an unfinished upload of a run (as [`Ledger::record_partial`]), in one
+    /// transaction: all or none, so that a durability barrier and the progress that counts on
+    /// it cost one commit. Flushed to disk when it records parts; progress alone is
+    /// redoable work, as [`Ledger::record_partial`] records it.
+    pub async fn record_relay_parts_and_partial(
+        &self,
+        parts: &[(String, RelayPart)],
+        partial: Option<(&Run, &PartialUpload)>,
+    ) -> Result<()> {
         let parts = parts.to_vec();
-        self.write(move |l| async move {
-            on_pool!(l, |pool, DB| {
-                let mut tx = pool.begin().await.map_err(query_error("record parts"))?;
-                for (upload, part) in &parts {
-                    sqlx::query(RECORD_PART)
-                        .bind(upload)
-                        .bind(part.idx as i64)
-                        .bind(&part.part_id)
-                        .bind(part.len as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_error("record parts"))?;
-                }
-                tx.commit().await.map_err(query_error("record parts"))
-            })
+        let partial = partial.map(|(run, upload)| (run.clone(), upload.clone()));
+        let urgency = if parts.is_empty() {
+            Urgency::Redoable
+        } else {
+            Urgency::Background
+        };
+        self.write_as(urgency, move |l| async move {
+            l.save_parts_and_partial(&parts, partial.as_ref()).await
         })
         .await
     }

@@ -14,6 +14,7 @@
 //! was taken over gets [`Error::RunLost`] at its next checkpoint and stops. A run also records
 //! the drain it copies for, so callers find "the run of drain D" without comparing clocks.
 
+use super::relay::RelayPart;
 use super::{Error, Ledger, Result, now_ms, on_pool, query_error};
 use crate::snapshot::compress::{Codec, Compressed, Compression};
 use crate::snapshot::manifest::Content;
@@ -54,6 +55,34 @@ macro_rules! renew_in {
                     .unwrap_or_else(|| "nobody (the run ended)".into()),
             });
         }
+    }};
+}
+
+/// Parts recorded by one statement (four values each, well within SQLite's limit).
+const PARTS_PER_STATEMENT: usize = 200;
+
+/// The query that records (or replaces) the unfinished upload `$u` of run `$run`, bound, for
+/// either database.
+macro_rules! save_partial_query {
+    ($run:expr, $u:expr) => {{
+        const SQL: &str = "INSERT INTO copy_uploads (run_id, sort_key, upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts, compression) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                           ON CONFLICT (run_id, sort_key) DO UPDATE SET upload_id = excluded.upload_id, \
+                           part_size = excluded.part_size, size = excluded.size, mtime_ns = excluded.mtime_ns, \
+                           ctime_ns = excluded.ctime_ns, ino = excluded.ino, parts = excluded.parts, \
+                           compression = excluded.compression";
+        let (run, u): (&Run, &PartialUpload) = ($run, $u);
+        sqlx::query(SQL)
+            .bind(run.id.as_str())
+            .bind(sort_key(&u.path))
+            .bind(u.upload_id.as_str())
+            .bind(u.part_size as i64)
+            .bind(u.size as i64)
+            .bind(u.mtime_ns)
+            .bind(u.ctime_ns)
+            .bind(u.ino as i64)
+            .bind(encode_parts(&u.parts))
+            .bind((u.compression != Compression::Off).then(|| u.compression.to_string()))
     }};
 }
 
@@ -664,27 +693,62 @@ impl Ledger {
     }
 
     async fn save_partial(&self, run: &Run, u: &PartialUpload) -> Result<()> {
-        const SQL: &str = "INSERT INTO copy_uploads (run_id, sort_key, upload_id, part_size, size, mtime_ns, ctime_ns, ino, parts, compression) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                           ON CONFLICT (run_id, sort_key) DO UPDATE SET upload_id = excluded.upload_id, \
-                           part_size = excluded.part_size, size = excluded.size, mtime_ns = excluded.mtime_ns, \
-                           ctime_ns = excluded.ctime_ns, ino = excluded.ino, parts = excluded.parts, \
-                           compression = excluded.compression";
-        on_pool!(self, |pool, DB| sqlx::query(SQL)
-            .bind(run.id.as_str())
-            .bind(sort_key(&u.path))
-            .bind(u.upload_id.as_str())
-            .bind(u.part_size as i64)
-            .bind(u.size as i64)
-            .bind(u.mtime_ns)
-            .bind(u.ctime_ns)
-            .bind(u.ino as i64)
-            .bind(encode_parts(&u.parts))
-            .bind((u.compression != Compression::Off).then(|| u.compression.to_string()))
+        on_pool!(self, |pool, DB| save_partial_query!(run, u)
             .execute(pool)
             .await
             .map(drop)
             .map_err(query_error("record upload")))
+    }
+
+    /// Records relayed parts (each of its upload, by the upload's id) and then, if given, an
+    /// unfinished upload's progress, in one transaction: all or none.
+    pub(super) async fn save_parts_and_partial(
+        &self,
+        parts: &[(String, RelayPart)],
+        partial: Option<&(Run, PartialUpload)>,
+    ) -> Result<()> {
+        // One row per part (the last report of a part wins, as in the store): a row that
+        // one statement would change twice is an error on PostgreSQL.
+        let mut last = std::collections::HashMap::new();
+        for (i, (upload, part)) in parts.iter().enumerate() {
+            last.insert((upload.as_str(), part.idx), i);
+        }
+        let rows: Vec<&(String, RelayPart)> = parts
+            .iter()
+            .enumerate()
+            .filter(|(i, (upload, part))| last.get(&(upload.as_str(), part.idx)) == Some(i))
+            .map(|(_, row)| row)
+            .collect();
+        on_pool!(self, |pool, DB| {
+            let mut tx = pool.begin().await.map_err(query_error("record parts"))?;
+            for chunk in rows.chunks(PARTS_PER_STATEMENT) {
+                let mut insert = sqlx::QueryBuilder::<DB>::new(
+                    "INSERT INTO relay_parts (upload_id, idx, part_id, len) ",
+                );
+                insert.push_values(chunk, |mut row, (upload, part)| {
+                    row.push_bind(upload.as_str())
+                        .push_bind(part.idx as i64)
+                        .push_bind(part.part_id.as_str())
+                        .push_bind(part.len as i64);
+                });
+                insert.push(
+                    " ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, \
+                     len = excluded.len",
+                );
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record parts"))?;
+            }
+            if let Some((run, upload)) = partial {
+                save_partial_query!(run, upload)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("record upload"))?;
+            }
+            tx.commit().await.map_err(query_error("record parts"))
+        })
     }
 
     async fn drop_partial(&self, run: &Run, path: &[u8]) -> Result<()> {

@@ -192,6 +192,12 @@ pub struct StoreInfo {
     /// …/parts/stored`); absent (older drainers) or false: one request per part for each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_batches: Option<bool>,
+    /// Whether `POST …/parts/stored` also takes an unfinished upload's progress
+    /// ([`StoredParts::progress`]), recorded in the same ledger transaction as the parts, so
+    /// that a durability barrier and the record of a file's progress after it are one request;
+    /// absent (older drainers) or false: a barrier, then `PUT …/run/{run}/partial`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts_with_progress: Option<bool>,
 }
 
 /// `GET /v1/drains/{id}`, the fields a mover reads.
@@ -269,13 +275,27 @@ pub struct SignedUrls {
 pub const MAX_REPORTED_PER_REQUEST: usize = 1000;
 
 /// `POST /v1/drains/{id}/parts/stored`: parts the mover stored with signed URLs, of one or
-/// more of its uploads, reported at once (before the mover records progress that counts on
+/// more of its uploads, reported at once (before, or with, the progress that counts on
 /// them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredParts {
-    /// The parts, 1 to [`MAX_REPORTED_PER_REQUEST`].
+    /// The parts, 1 to [`MAX_REPORTED_PER_REQUEST`] (none when `progress` is given).
     pub parts: Vec<StoredPart>,
+    /// An unfinished upload's progress to record with the parts, after the drainer flushed its
+    /// store: what `PUT …/run/{run}/partial` records (where `StoreInfo::parts_with_progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunPartial>,
+}
+
+/// The progress of an unfinished upload of run `run` (see [`StoredParts::progress`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPartial {
+    /// The run's id.
+    pub run: String,
+    /// The upload, with the parts stored so far.
+    pub upload: WirePartial,
 }
 
 /// One part of [`StoredParts`].

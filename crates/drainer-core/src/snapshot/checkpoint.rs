@@ -168,6 +168,20 @@ pub trait Checkpoint: Send + Sync {
     async fn record_partial(&self, _run: &Run, _upload: &PartialUpload) -> CheckpointResult<()> {
         Ok(())
     }
+    /// Makes the parts of `upload` stored so far durable (`store`'s flush), then records them
+    /// ([`Checkpoint::record_partial`]). A checkpoint that can do both in one step overrides
+    /// it: a mover's, whose drainer flushes its store and records, in one request and one
+    /// transaction, the parts the mover stored itself and the progress that counts on them.
+    async fn flush_and_record_partial(
+        &self,
+        store: &Store,
+        run: &Run,
+        upload: &PartialUpload,
+    ) -> Result<()> {
+        store.flush().await?;
+        self.record_partial(run, upload).await?;
+        Ok(())
+    }
     /// Forgets an upload that was completed or abandoned.
     async fn forget_partial(&self, _run: &Run, _path: &[u8]) -> CheckpointResult<()> {
         Ok(())

@@ -502,12 +502,10 @@ impl Uploader {
         self.sent(sent);
         upload.parts.push(part);
         if upload.parts.len().is_multiple_of(PARTS_PER_RECORD) {
-            self.store.flush().await.map_err(Error::from)?;
             resume
                 .checkpoint
-                .record_partial(resume.run, upload)
-                .await
-                .map_err(Error::from)?;
+                .flush_and_record_partial(&self.store, resume.run, upload)
+                .await?;
         }
         Ok(())
     }

@@ -17,11 +17,11 @@ use super::{AppState, Error, Json, Path, Query};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
-use drainer_core::ledger::{RelayPart, RelayRecord};
+use drainer_core::ledger::{RelayPart, RelayRecord, RunRecord, RunState};
 use drainer_core::protocol::{
     BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, MAX_REPORTED_PER_REQUEST,
-    MAX_SIGNED_PER_REQUEST, PartUrlParam, PartUrlsParam, PathParam, RunTotals, SignedUrl,
-    SignedUrls, StoreInfo, StoredParts, WirePartial, WireRun, WireStoredFile, batch,
+    MAX_SIGNED_PER_REQUEST, PartUrlParam, PartUrlsParam, PathParam, RunPartial, RunTotals,
+    SignedUrl, SignedUrls, StoreInfo, StoredParts, WirePartial, WireRun, WireStoredFile, batch,
 };
 use drainer_core::snapshot::{
     PartialUpload, Run, SnapshotId, SnapshotSummary, StoredFile, VolumeLayout,
@@ -56,22 +56,31 @@ fn mover_checkpoint(
 /// Largest body a mover sends (one part, or one batch of progress).
 pub(super) const MAX_MOVER_BODY: usize = 64 * 1024 * 1024;
 
+/// The runs of `volume`, read once for the checks that follow ([`running_in`],
+/// [`writable_in`]).
+async fn runs_of(state: &AppState, volume: &VolumeId) -> Result<Vec<RunRecord>, Error> {
+    Ok(state.shared().ledger.runs(volume).await?)
+}
+
 /// The run `run` of this volume on this drainer's store, if it is still running.
 async fn running(state: &AppState, volume: &VolumeId, run: &str) -> Result<Run, Error> {
-    let shared = state.shared();
-    let record = shared
-        .ledger
-        .runs(volume)
-        .await?
-        .into_iter()
-        .find(|r| {
-            r.id == run
-                && r.store_url == shared.store.url()
-                && r.state == drainer_core::ledger::RunState::Running
-        })
+    running_in(state, volume, &runs_of(state, volume).await?, run)
+}
+
+/// [`running`] among `runs`, the volume's runs.
+fn running_in(
+    state: &AppState,
+    volume: &VolumeId,
+    runs: &[RunRecord],
+    run: &str,
+) -> Result<Run, Error> {
+    let store_url = state.shared().store.url();
+    let record = runs
+        .iter()
+        .find(|r| r.id == run && r.store_url == store_url && r.state == RunState::Running)
         .ok_or_else(|| no_run(&format!("run {run} of {volume} is not running")))?;
     Ok(Run {
-        id: record.id,
+        id: record.id.clone(),
         snapshot: record
             .snapshot
             .parse()
@@ -86,15 +95,19 @@ fn no_run(message: &str) -> Error {
 
 /// The snapshot the running run of `volume` writes: the only one a mover may write into.
 async fn writable_snapshot(state: &AppState, volume: &VolumeId) -> Result<SnapshotId, Error> {
-    let shared = state.shared();
-    let run = shared
-        .ledger
-        .runs(volume)
-        .await?
-        .into_iter()
-        .find(|r| {
-            r.store_url == shared.store.url() && r.state == drainer_core::ledger::RunState::Running
-        })
+    writable_in(state, volume, &runs_of(state, volume).await?)
+}
+
+/// [`writable_snapshot`] among `runs`, the volume's runs.
+fn writable_in(
+    state: &AppState,
+    volume: &VolumeId,
+    runs: &[RunRecord],
+) -> Result<SnapshotId, Error> {
+    let store_url = state.shared().store.url();
+    let run = runs
+        .iter()
+        .find(|r| r.store_url == store_url && r.state == RunState::Running)
         .ok_or_else(|| no_run(&format!("{volume} has no running copy: start one first")))?;
     run.snapshot
         .parse()
@@ -706,6 +719,7 @@ pub(super) async fn store_info(
         compression: Some(state.shared().compression.to_string()),
         direct_parts: Some(state.shared().direct_parts),
         direct_batches: Some(state.shared().direct_parts),
+        parts_with_progress: Some(true),
     })
 }
 
@@ -877,6 +891,17 @@ async fn direct_upload(
     part: usize,
     key: &str,
 ) -> Result<RelayRecord, Error> {
+    direct_upload_in(state, streaming, upload, (part, key), None).await
+}
+
+/// [`direct_upload`], with the volume's runs if they were read already.
+async fn direct_upload_in(
+    state: &AppState,
+    streaming: &Streaming,
+    upload: &str,
+    (part, key): (usize, &str),
+    runs: Option<&[RunRecord]>,
+) -> Result<RelayRecord, Error> {
     if !state.shared().direct_parts {
         return Err(direct_not_offered());
     }
@@ -885,7 +910,18 @@ async fn direct_upload(
             "part {part}: an upload has at most {MAX_PARTS} parts"
         )));
     }
-    writable_key(state, &streaming.volume, key).await?;
+    match runs {
+        Some(runs) => {
+            let relative = parse_key(key)?;
+            if !is_probe(&relative, key) {
+                let snapshot = writable_in(state, &streaming.volume, runs)?;
+                writable_relative(&streaming.volume, &snapshot, key)?;
+            }
+        }
+        None => {
+            writable_key(state, &streaming.volume, key).await?;
+        }
+    }
     relayed(state, &streaming.drain, upload, Some(key))
         .await?
         .ok_or_else(|| upload_not_found(upload))
@@ -1005,31 +1041,60 @@ pub(super) async fn sign_parts(
 }
 
 /// `POST …/parts/stored`: parts the mover stored with signed URLs, of one or more of its
-/// uploads, each checked as `…/{part}/stored` checks one and recorded together in one ledger
-/// transaction (all or none), then the store flushed as `…/flush` does: a mover reports them
-/// as its durability barrier, before it records progress that counts on them, so resumption
-/// stays exact and the barrier costs one request.
+/// uploads, each checked as `…/{part}/stored` checks one, and, if the mover sends it, the
+/// progress of one of its unfinished uploads, checked as `PUT …/run/{run}/partial` checks it;
+/// the store is flushed as `…/flush` does, then the parts and the progress are recorded in one
+/// ledger transaction (all or none). A mover reports its parts as its durability barrier,
+/// with the progress that counts on them, so resumption stays exact and the barrier and the
+/// record cost one request.
 pub(super) async fn record_direct_parts(
     State(state): State<AppState>,
     streaming: Granted<Streaming>,
     Json(report): Json<StoredParts>,
 ) -> Result<StatusCode, Error> {
-    if report.parts.is_empty() || report.parts.len() > MAX_REPORTED_PER_REQUEST {
+    let fewest = usize::from(report.progress.is_none());
+    if report.parts.len() < fewest || report.parts.len() > MAX_REPORTED_PER_REQUEST {
         return Err(Error::invalid(format!(
-            "{} parts: report 1 to {MAX_REPORTED_PER_REQUEST} per request",
+            "{} parts: report {fewest} to {MAX_REPORTED_PER_REQUEST} per request",
             report.parts.len()
         )));
     }
     let streaming = streaming.into_inner();
+    let runs = runs_of(&state, &streaming.volume).await?;
+    let (recorded, uploads) = checked_direct_parts(&state, &streaming, &runs, report.parts).await?;
+    let progress = match report.progress {
+        Some(progress) => {
+            Some(checked_progress(&state, &streaming, &runs, progress, &uploads).await?)
+        }
+        None => None,
+    };
+    state.shared().store.flush().await.map_err(store_failure)?;
+    state
+        .shared()
+        .ledger
+        .record_relay_parts_and_partial(&recorded, progress.as_ref().map(|(r, u)| (r, u)))
+        .await?;
+    count_part_bytes(&state, "direct", recorded.iter().map(|(_, p)| p.len).sum());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The reported parts, each checked as `…/{part}/stored` checks one, as the ledger records
+/// them; and the uploads they belong to (each checked to be the drain's once). `runs`: the
+/// volume's.
+async fn checked_direct_parts(
+    state: &AppState,
+    streaming: &Streaming,
+    runs: &[RunRecord],
+    parts: Vec<drainer_core::protocol::StoredPart>,
+) -> Result<(Vec<(String, RelayPart)>, HashSet<String>), Error> {
     let mut checked = HashSet::new();
-    let mut recorded = Vec::with_capacity(report.parts.len());
-    let mut bytes = 0;
-    for p in report.parts {
+    let mut recorded = Vec::with_capacity(parts.len());
+    for p in parts {
         let reported = DirectPart {
             etag: p.etag,
             len: p.len,
         };
-        check_reported(&state, p.part, &reported)?;
+        check_reported(state, p.part, &reported)?;
         if p.part >= MAX_PARTS {
             return Err(Error::invalid(format!(
                 "part {}: an upload has at most {MAX_PARTS} parts",
@@ -1037,10 +1102,9 @@ pub(super) async fn record_direct_parts(
             )));
         }
         if !checked.contains(&(p.upload.clone(), p.key.clone())) {
-            direct_upload(&state, &streaming, &p.upload, p.part, &p.key).await?;
+            direct_upload_in(state, streaming, &p.upload, (p.part, &p.key), Some(runs)).await?;
             checked.insert((p.upload.clone(), p.key));
         }
-        bytes += reported.len;
         let part = RelayPart {
             idx: p.part as u64,
             part_id: reported.etag,
@@ -1048,10 +1112,29 @@ pub(super) async fn record_direct_parts(
         };
         recorded.push((p.upload, part));
     }
-    state.shared().ledger.record_relay_parts(&recorded).await?;
-    count_part_bytes(&state, "direct", bytes);
-    state.shared().store.flush().await.map_err(store_failure)?;
-    Ok(StatusCode::NO_CONTENT)
+    let uploads = checked.into_iter().map(|(upload, _)| upload).collect();
+    Ok((recorded, uploads))
+}
+
+/// The progress a mover reports with its parts, checked as `PUT …/run/{run}/partial` checks
+/// it: its run is running, its upload is the drain's (known already if it is one of
+/// `uploads`, the reported parts' own). `runs`: the volume's.
+async fn checked_progress(
+    state: &AppState,
+    streaming: &Streaming,
+    runs: &[RunRecord],
+    progress: RunPartial,
+    uploads: &HashSet<String>,
+) -> Result<(Run, PartialUpload), Error> {
+    let run = running_in(state, &streaming.volume, runs, &progress.run)?;
+    let upload = PartialUpload::try_from(progress.upload).map_err(Error::invalid)?;
+    if !uploads.contains(&upload.upload_id) {
+        let relay = state.shared().ledger.relay(&upload.upload_id).await?;
+        if relay.is_none_or(|r| r.drain_id != streaming.drain) {
+            return Err(upload_not_found(&upload.upload_id));
+        }
+    }
+    Ok((run, upload))
 }
 
 /// The parts in order, if they are exactly parts 0..n, all of the store's part size but the
