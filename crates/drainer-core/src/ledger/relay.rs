@@ -85,13 +85,7 @@ impl Ledger {
         .await
     }
 
-    /// Records parts stored, each of its upload (by the upload's id), in one transaction:
-    /// all or none.
-    pub async fn record_relay_parts(&self, parts: &[(String, RelayPart)]) -> Result<()> {
-        self.record_relay_parts_and_partial(parts, None).await
-    }
-
-    /// Records parts stored (as [`Ledger::record_relay_parts`]) and then, if given, the
+    /// Records parts stored, each of its upload (by the upload's id), and then, if given, the
     /// progress of an unfinished upload of a run (as [`Ledger::record_partial`]), in one
     /// transaction: all or none, so that a durability barrier and the progress that counts on
     /// it cost one commit. Flushed to disk when it records parts; progress alone is
