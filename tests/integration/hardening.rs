@@ -672,6 +672,80 @@ async fn a_full_store_disk_fails_the_copy_cleanly_and_it_resumes() {
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }
 
+/// A relayed mover whose drainer's local store fills up: the drainer answers the full disk
+/// as the store's failure (the upload and its stored parts kept, not an upload "gone" that
+/// the mover restarts until the file looks torn), the mover waits and says why ("No space
+/// left"), the drain is not completed meanwhile, and once there is room the same mover
+/// completes the drain; the snapshot restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_holds_a_relayed_mover_until_there_is_room() {
+    let work = tempfile::tempdir().unwrap();
+    let (mount, data) = (work.path().join("mount"), work.path().join("data"));
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..3 {
+        let file = mount.join(format!("large-{i}"));
+        std::fs::write(file, crate::support::tree::bytes(i, 24 << 20)).unwrap();
+    }
+    let disk = Tmpfs::mount(&work.path().join("disk"), "40m");
+    let store = file_url(&disk.0.join("store"));
+    let serve = Serve::start(
+        &data,
+        &[
+            "--sweep-interval",
+            "0",
+            "--movers",
+            "external",
+            "--store",
+            &store,
+        ],
+    )
+    .await;
+    let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let log = work.path().join("mover.log");
+    let mut mover = drainer();
+    mover
+        .args(["mover", "--drainer", &serve.url, "--drain", &id])
+        .arg("--source")
+        .arg(&mount)
+        .env("DRAINER_TOKEN", crate::support::serve::TOKEN)
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut mover = mover.spawn().unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !said().contains("No space left") {
+        assert!(std::time::Instant::now() < deadline, "{}", said());
+        assert!(mover.try_wait().unwrap().is_none(), "{}", said());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(serve.drain(&id).await["state"], "completed");
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=128m"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(120), mover.wait())
+        .await
+        .expect("the mover finished once there was room")
+        .unwrap();
+    let said = said();
+    assert!(exit.success(), "{said}");
+    for wrong in ["changed while it was read", "starting it again"] {
+        assert!(!said.contains(wrong), "{wrong}: {said}");
+    }
+    serve
+        .wait_state(&id, "completed", Duration::from_secs(60))
+        .await;
+    let dest = work.path().join("dest");
+    run_ok(&mut support::restore_cmd(&store, "shop/data-web-4", &dest)).await;
+    assert!(crate::support::tree::differences(&mount, &dest).is_empty());
+}
+
 /// A tree that takes a few seconds to copy.
 fn slow_tree(src: &Path) {
     for d in 0..20 {

@@ -439,10 +439,17 @@ impl Store {
     /// so with `404 NoSuchUpload` (S3) or, some stores, a `500`; to tell a refusal from an
     /// outage, the store is asked for the object: if it answers either way, the store is up
     /// and the upload is what it refuses (after the client's own retries); if it does not
-    /// answer (or cannot be asked: a relay), the upload is kept for a later attempt.
+    /// answer (or cannot be asked: a relay), the upload is kept for a later attempt. A local
+    /// directory's failure other than "not found" (a full disk) never refuses the upload.
     pub async fn upload_refused(&self, key: &Path, error: &Error) -> bool {
         if error.is_not_found() {
             return true;
+        }
+        if self.local_dir.is_some() {
+            // A local directory says an upload is over with "not found"; anything else (a
+            // full disk, a permission) is the disk's failure, and the upload's parts stay.
+            tracing::info!(key = %key, error = %error, "a multipart upload call to a local store failed; the upload is kept");
+            return false;
         }
         let head = self.call("head", key, self.objects.head(key)).await;
         let answer = match &head {

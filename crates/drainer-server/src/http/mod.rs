@@ -484,8 +484,37 @@ impl From<SweepError> for Error {
 
 impl From<drainer_core::snapshot::Error> for Error {
     fn from(err: drainer_core::snapshot::Error) -> Self {
+        if disk_full(&err) {
+            tracing::warn!(error = %err, "store full");
+            return Self {
+                retry_after: Some(10),
+                ..Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "store_full",
+                    "the store's disk is full (No space left on device); retry once there is room",
+                )
+            };
+        }
         Self::dependency(&err, err.is_transient(), "store", "store_unavailable")
     }
+}
+
+/// Whether `err` (or an error under it) is a full disk (`ENOSPC`), as a local store reports it
+/// (through `object_store`, sometimes only as text).
+fn disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        if e.to_string().contains("(os error 28)") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// `Query` whose rejections are the API's JSON errors (`400 invalid_request`), not plain text.
