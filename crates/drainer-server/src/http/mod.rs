@@ -500,16 +500,13 @@ impl From<drainer_core::snapshot::Error> for Error {
 }
 
 /// Whether `err` (or an error under it) is a full disk (`ENOSPC`), as a local store reports it
-/// (through `object_store`, sometimes only as text).
+/// (the `io::Error` kept as the source through `object_store`).
 fn disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
         {
-            return true;
-        }
-        if e.to_string().contains("(os error 28)") {
             return true;
         }
         next = e.source();
