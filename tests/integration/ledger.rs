@@ -330,6 +330,13 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
     );
     assert_eq!(progress, with_totals);
     assert!(ledger.follow_run("d-3").await.unwrap().is_none());
+    // Files forgotten (what arrived did not match the manifest) leave the counters too.
+    ledger
+        .forget_stored_objects(&taken.id, &["snapshots/x/files/z3".into()])
+        .await
+        .unwrap();
+    let forgotten = ledger.copied_so_far("d-2").await.unwrap().unwrap();
+    assert_eq!((forgotten.files, forgotten.bytes), (3, 134));
     // Whoever waits for a run to finish is woken by its finish.
     let mut finished = ledger.runs_finished();
     finished.borrow_and_update();
