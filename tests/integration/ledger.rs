@@ -2,6 +2,7 @@
 
 use crate::support::fresh_postgres_database;
 use drainer::Ledger;
+use drainer_core::ledger::RunState;
 use drainer_core::snapshot::compress::{Codec, Compressed};
 use drainer_core::snapshot::manifest::Content;
 use drainer_core::snapshot::{Compression, PartialUpload, UploadedPart};
@@ -305,19 +306,57 @@ async fn runs_have_one_owner_and_belong_to_their_drain(ledger: Ledger) {
         .await
         .unwrap();
     assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), copied(3, 126));
+    // A file recorded again replaces its row, and is counted once (here with a new size).
+    b.record(
+        &taken,
+        &[
+            StoredFile {
+                size: 50,
+                ..stored(b"z2")
+            },
+            stored(b"z3"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), copied(4, 176));
     ledger.set_run_totals(&taken.id, 9, 378).await.unwrap();
     let with_totals = ledger.copied_so_far("d-2").await.unwrap().unwrap();
     assert_eq!(with_totals.totals, Some((9, 378)));
+    let (followed, progress) = ledger.follow_run("d-2").await.unwrap().unwrap();
+    assert_eq!(
+        (followed.id.as_str(), followed.state),
+        (run.id.as_str(), RunState::Running)
+    );
+    assert_eq!(progress, with_totals);
+    assert!(ledger.follow_run("d-3").await.unwrap().is_none());
+    // Files forgotten (what arrived did not match the manifest) leave the counters too.
+    ledger
+        .forget_stored_objects(&taken.id, &["snapshots/x/files/z3".into()])
+        .await
+        .unwrap();
+    let forgotten = ledger.copied_so_far("d-2").await.unwrap().unwrap();
+    assert_eq!((forgotten.files, forgotten.bytes), (3, 134));
+    // Whoever waits for a run to finish is woken by its finish.
+    let mut finished = ledger.runs_finished();
+    finished.borrow_and_update();
+    assert!(!finished.has_changed().unwrap());
     assert_eq!(ledger.copied_so_far("d-1").await.unwrap(), None);
     assert_eq!(
         ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
         None
     );
     b.finish(&taken, &summary(&taken.snapshot)).await.unwrap();
+    assert!(
+        finished.has_changed().unwrap(),
+        "the finish wakes its waiters"
+    );
     assert_eq!(
         ledger.completed_snapshot_of_drain("d-2").await.unwrap(),
         Some(taken.snapshot.to_string())
     );
+    let (followed, _) = ledger.follow_run("d-2").await.unwrap().unwrap();
+    assert_eq!(followed.state, RunState::Completed);
     assert_eq!(ledger.copied_so_far("d-2").await.unwrap(), None);
 }
 

@@ -8,7 +8,7 @@
 
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::notify::{Milestone, Notifier};
-use drainer_core::ledger::{AttemptOutcome, Drain, Ledger};
+use drainer_core::ledger::{AttemptOutcome, Drain, Ledger, RunRecord};
 use drainer_core::lifecycle::{self, AfterFailure};
 use drainer_core::snapshot::{self, CopyOptions, Progress, SnapshotSummary};
 use drainer_core::store::Store;
@@ -94,33 +94,82 @@ pub struct ExternalMovers {
 
 #[async_trait::async_trait]
 impl Executor for ExternalMovers {
+    /// Waits for the mover's run with one read of the ledger per look (the run's state and
+    /// progress together): at once when a run finishes through this replica, else every
+    /// [`MOVER_PROGRESS_EVERY`] (a run finished through another replica, the progress).
     async fn execute(
         &self,
         drain: &Drain,
         progress: Arc<Progress>,
     ) -> snapshot::Result<SnapshotSummary> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let wait = async {
-            loop {
-                if let Some(summary) = completed_copy(&self.ledger, &self.store, drain).await? {
-                    return Ok(summary);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(snapshot::Error::Executor {
-                        drain: drain.id.clone(),
-                        reason: format!("no mover finished within {} s", self.timeout.as_secs()),
-                        transient: true,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut finished = self.ledger.runs_finished();
+        loop {
+            finished.borrow_and_update();
+            if let Some(summary) = self.look(drain, &progress).await? {
+                return Ok(summary);
             }
-        };
-        following_mover(&self.ledger, &drain.id, &progress, wait).await
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(snapshot::Error::Executor {
+                    drain: drain.id.clone(),
+                    reason: format!("no mover finished within {} s", self.timeout.as_secs()),
+                    transient: true,
+                });
+            }
+            tokio::select! {
+                woken = finished.changed() => {
+                    if woken.is_err() {
+                        tokio::time::sleep(MOVER_PROGRESS_EVERY.min(deadline - now)).await;
+                    }
+                }
+                () = tokio::time::sleep(MOVER_PROGRESS_EVERY.min(deadline - now)) => {}
+            }
+        }
     }
 }
 
-/// How often the progress of a copy made by a mover is read from the ledger.
+impl ExternalMovers {
+    /// One look at drain `drain`'s newest run: its snapshot if it has completed into this
+    /// store, else its progress into `progress`.
+    async fn look(
+        &self,
+        drain: &Drain,
+        progress: &Progress,
+    ) -> snapshot::Result<Option<SnapshotSummary>> {
+        let found = self
+            .ledger
+            .follow_run(&drain.id)
+            .await
+            .map_err(|e| snapshot::Error::Checkpoint(e.into()))?;
+        let Some((run, copied)) = found else {
+            return Ok(None);
+        };
+        match run.state {
+            drainer_core::ledger::RunState::Running => {
+                show_progress(progress, copied);
+                Ok(None)
+            }
+            drainer_core::ledger::RunState::Completed if run.store_url == self.store.url() => {
+                completed_summary(&self.store, drain, &run).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How often the progress of a copy made by a mover is read from the ledger (and, for
+/// [`ExternalMovers`], how late at most a run finished through another replica is seen).
 pub(crate) const MOVER_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Puts what a mover's run has recorded into `progress`, against the totals once the mover
+/// has counted its volume and said so.
+fn show_progress(progress: &Progress, copied: drainer_core::ledger::CopiedSoFar) {
+    progress.set_done(copied.files, copied.bytes);
+    if let Some((files, bytes)) = copied.totals {
+        progress.set_totals(files, bytes);
+    }
+}
 
 /// Runs `work` (an attempt whose copy a mover makes) while reading what the mover's run of
 /// drain `drain` has recorded into `progress` every [`MOVER_PROGRESS_EVERY`], so that the API
@@ -135,12 +184,7 @@ pub async fn following_mover<T>(
     let follow = async {
         loop {
             match ledger.copied_so_far(drain).await {
-                Ok(Some(copied)) => {
-                    progress.set_done(copied.files, copied.bytes);
-                    if let Some((files, bytes)) = copied.totals {
-                        progress.set_totals(files, bytes);
-                    }
-                }
+                Ok(Some(copied)) => show_progress(progress, copied),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot read the mover's progress"),
             }
@@ -169,9 +213,19 @@ pub async fn completed_copy(
         .filter(|r| {
             r.state == drainer_core::ledger::RunState::Completed && r.store_url == store.url()
         });
-    let Some(run) = done else {
-        return Ok(None);
-    };
+    match done {
+        Some(run) => completed_summary(store, drain, &run).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The summary of the snapshot that `run`, completed for drain `drain`, stored in `store`;
+/// an error if that snapshot is incomplete (files it could not read).
+async fn completed_summary(
+    store: &Store,
+    drain: &Drain,
+    run: &RunRecord,
+) -> snapshot::Result<SnapshotSummary> {
     let id: snapshot::SnapshotId =
         run.snapshot
             .parse()
@@ -208,7 +262,7 @@ pub async fn completed_copy(
             transient: true,
         });
     }
-    Ok(Some(summary))
+    Ok(summary)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -225,7 +279,7 @@ pub struct Running {
     /// Its live progress.
     pub progress: Arc<Progress>,
     /// Cancelled to stop the attempt now (its drain no longer needs it); without it the
-    /// attempt notices within [`WATCH_EVERY`], and a copy about to end could commit a
+    /// attempt notices within [`watch_every`], and a copy about to end could commit a
     /// snapshot of a cancelled drain meanwhile.
     pub stop: CancellationToken,
 }
@@ -314,7 +368,8 @@ impl Scheduler {
 
     /// One attempt of one drain, from claim to the recorded outcome. The copy runs in a task
     /// of its own: if it panics, the attempt fails (and is retried like any other failure);
-    /// if the lease is lost (taken over, or the drain cancelled) it stops within a second.
+    /// if the lease is lost (taken over, or the drain cancelled) it stops at once when that
+    /// happened through this replica, else within [`watch_every`].
     async fn attempt(&self, drain: Drain, shutdown: CancellationToken) {
         tracing::info!(attempt = drain.attempts, "copy starting");
         let started = std::time::Instant::now();
@@ -472,11 +527,21 @@ fn failure_class(err: &snapshot::Error) -> &'static str {
     }
 }
 
-/// How often a running attempt checks that its drain is still its own (a cancel stops the
-/// copy within about this long).
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often at most and at least a running attempt checks that its drain is still its own.
+/// A change by hand through this replica stops the attempt at once (its [`Running::stop`]);
+/// the check is for changes through another replica (a mover's requests are refused as soon
+/// as its drain no longer copies, so its copy stops at its next request either way) and for a
+/// takeover after an expired lease.
+const WATCH_BETWEEN: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
 
-/// Keeps the attempt's lease: checks every [`WATCH_EVERY`] that the drain is still copying
+/// How often an attempt holding a lease of `lease` checks its drain: a sixth of the lease
+/// (5 s for the default 30 s), within [`WATCH_BETWEEN`]; it renews every third, so a
+/// renewal late by one check still leaves half the lease.
+fn watch_every(lease: Duration) -> Duration {
+    (lease / 6).clamp(WATCH_BETWEEN.0, WATCH_BETWEEN.1)
+}
+
+/// Keeps the attempt's lease: checks every [`watch_every`] that the drain is still copying
 /// under this owner, and renews the lease every third of its length; cancels `lost` as soon
 /// as the drain is no longer held (cancelled, or taken over after an expiry).
 async fn keep_lease(
@@ -486,11 +551,12 @@ async fn keep_lease(
     lease: Duration,
     lost: CancellationToken,
 ) {
-    let renew_every = (lease / 3).max(WATCH_EVERY);
+    let check_every = watch_every(lease);
+    let renew_every = (lease / 3).max(check_every);
     let mut renewed = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(WATCH_EVERY.min(renew_every)).await;
-        let held = if renewed.elapsed() >= renew_every {
+        tokio::time::sleep(check_every).await;
+        let held = if renewed.elapsed() + check_every > renew_every {
             let held = ledger.renew_lease(&id, &owner, lease).await;
             if matches!(held, Ok(true)) {
                 renewed = tokio::time::Instant::now();

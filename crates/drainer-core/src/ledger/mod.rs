@@ -284,6 +284,9 @@ struct Writers {
     full: AtomicBool,
     /// Writes committed through [`Ledger::write_as`] since the ledger was opened.
     committed: AtomicU64,
+    /// Counts the copy runs finished through this ledger handle's process (see
+    /// [`Ledger::runs_finished`]).
+    runs_finished: tokio::sync::watch::Sender<u64>,
 }
 
 /// The ledger: a migrated pool.

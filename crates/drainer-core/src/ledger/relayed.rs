@@ -124,9 +124,12 @@ impl Ledger {
     }
 
     /// Forgets the files of run `run` stored in `objects` (keys relative to the volume, as
-    /// the manifest names them), so that the run's next attempt stores them again.
+    /// the manifest names them), so that the run's next attempt stores them again; the run's
+    /// progress counters lose them too.
     pub async fn forget_stored_objects(&self, run: &str, objects: &[String]) -> Result<()> {
-        const SQL: &str = "DELETE FROM copy_files WHERE run_id = $1 AND object = $2";
+        const SQL: &str = "DELETE FROM copy_files WHERE run_id = $1 AND object = $2 RETURNING size";
+        const COUNT: &str = "UPDATE copy_runs SET files_done = files_done - $2, \
+                             bytes_done = bytes_done - $3 WHERE id = $1";
         let (run, objects) = (run.to_owned(), objects.to_vec());
         self.write(move |l| async move {
             on_pool!(l, |pool, DB| {
@@ -134,14 +137,24 @@ impl Ledger {
                     .begin()
                     .await
                     .map_err(query_error("forget stored files"))?;
+                let (mut files, mut bytes) = (0i64, 0i64);
                 for object in &objects {
-                    sqlx::query(SQL)
+                    let sizes: Vec<i64> = sqlx::query_scalar(SQL)
                         .bind(&run)
                         .bind(object)
-                        .execute(&mut *tx)
+                        .fetch_all(&mut *tx)
                         .await
                         .map_err(query_error("forget stored files"))?;
+                    files += sizes.len() as i64;
+                    bytes += sizes.iter().sum::<i64>();
                 }
+                sqlx::query(COUNT)
+                    .bind(&run)
+                    .bind(files)
+                    .bind(bytes)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("forget stored files"))?;
                 tx.commit()
                     .await
                     .map_err(query_error("forget stored files"))

@@ -223,16 +223,53 @@ impl Ledger {
             .map(|r| r.snapshot))
     }
 
+    /// Wakes whoever waits for a copy run to finish: `changed()` on the receiver resolves
+    /// after each run this process finishes (a mover's finish request through this replica,
+    /// a copy in this process), so a waiter looks at the ledger then instead of polling it.
+    /// Runs finished through another replica are not seen here: waiters still look now and
+    /// then.
+    pub fn runs_finished(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writers.runs_finished.subscribe()
+    }
+
+    /// Drain `drain`'s newest copy run with what it has recorded so far (its counters, kept by
+    /// each record: no count of its file rows), in one read: what an attempt whose copy a mover makes
+    /// looks at, for the progress and the completion at once.
+    pub async fn follow_run(&self, drain: &str) -> Result<Option<(RunRecord, CopiedSoFar)>> {
+        const SQL: &str = "SELECT r.id, r.store_url, r.volume, r.snapshot_id, r.state, r.attempts, \
+                           r.last_error, r.finished_at, r.drain_id, r.owner, r.files_total, r.bytes_total, \
+                           r.files_done, r.bytes_done FROM copy_runs r WHERE r.drain_id = $1 ORDER BY r.started_at DESC, r.id DESC LIMIT 1";
+        on_pool!(self, |pool, DB| {
+            let row = sqlx::query(SQL)
+                .bind(drain)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("follow the run of a drain"))?;
+            let Some(row) = row else { return Ok(None) };
+            let read = || -> Result<_, sqlx::Error> {
+                let count = |n: i64| n.max(0) as u64;
+                let total = |col: &str| row.try_get::<Option<i64>, _>(col);
+                let copied = CopiedSoFar {
+                    files: count(row.try_get("files_done")?),
+                    bytes: count(row.try_get("bytes_done")?),
+                    totals: total("files_total")?
+                        .zip(total("bytes_total")?)
+                        .map(|(f, b)| (count(f), count(b))),
+                };
+                Ok((run_record(&row)?, copied))
+            };
+            read()
+                .map(Some)
+                .map_err(query_error("read the run of a drain"))
+        })
+    }
+
     /// What drain `drain`'s running copy run has recorded so far (`None` when none of its runs
     /// is running). Movers record each file as it is stored, through whichever replica they
     /// reach, so this is a mover's progress as every replica sees it.
     pub async fn copied_so_far(&self, drain: &str) -> Result<Option<CopiedSoFar>> {
-        const SQL: &str = "SELECT COUNT(f.size), CAST(COALESCE(SUM(f.size), 0) AS BIGINT), \
-                           r.files_total, r.bytes_total \
-                           FROM copy_runs r LEFT JOIN copy_files f ON f.run_id = r.id \
-                           WHERE r.drain_id = $1 AND r.state = 'running' \
-                           GROUP BY r.id, r.started_at, r.files_total, r.bytes_total \
-                           ORDER BY r.started_at DESC LIMIT 1";
+        const SQL: &str = "SELECT files_done, bytes_done, files_total, bytes_total FROM copy_runs \
+                           WHERE drain_id = $1 AND state = 'running' ORDER BY started_at DESC LIMIT 1";
         type Row = (i64, i64, Option<i64>, Option<i64>);
         let row: Option<Row> = on_pool!(self, |pool, DB| sqlx::query_as(SQL)
             .bind(drain)
@@ -406,7 +443,12 @@ impl RunCheckpoint {
         let (run, summary) = (run.clone(), summary.clone());
         self.ledger
             .write(move |l| async move { l.finish_tx(&run, &summary).await })
-            .await
+            .await?;
+        self.ledger
+            .writers
+            .runs_finished
+            .send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
     }
 
     pub async fn partial_upload(&self, run: &Run, path: &[u8]) -> Result<Option<PartialUpload>> {
@@ -865,13 +907,37 @@ impl Ledger {
         })
     }
 
+    /// Records `files` as stored by `run` (a file recorded again replaces its row), and keeps
+    /// the run's counters (`files_done`, `bytes_done`) equal to what its rows hold: each chunk
+    /// counts first the rows it replaces.
     async fn record_tx(&self, run: &Run, files: &[StoredFile], owner: &str) -> Result<()> {
+        const COUNT: &str = "UPDATE copy_runs SET files_done = files_done + $2, \
+                             bytes_done = bytes_done + $3 WHERE id = $1";
         on_pool!(self, |pool, DB| {
             let mut tx = pool
                 .begin_with(<DB as super::Dialect>::BEGIN_WRITE)
                 .await
                 .map_err(query_error("record progress"))?;
+            let (mut files_added, mut bytes_added) = (0i64, 0i64);
             for chunk in files.chunks(1000) {
+                let mut replaced = sqlx::QueryBuilder::<DB>::new(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM copy_files WHERE run_id = ",
+                );
+                replaced
+                    .push_bind(run.id.as_str())
+                    .push(" AND sort_key IN (");
+                let mut keys = replaced.separated(", ");
+                for f in chunk {
+                    keys.push_bind(sort_key(&f.path));
+                }
+                replaced.push(")");
+                let (old_files, old_bytes): (i64, i64) = replaced
+                    .build_query_as()
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_error("record progress"))?;
+                files_added += chunk.len() as i64 - old_files;
+                bytes_added += chunk.iter().map(|f| f.size as i64).sum::<i64>() - old_bytes;
                 let mut insert = sqlx::QueryBuilder::<DB>::new(
                     "INSERT INTO copy_files (run_id, sort_key, size, mtime_ns, ctime_ns, ino, blake3, object, compression, stored_size) ",
                 );
@@ -899,6 +965,13 @@ impl Ledger {
                     .await
                     .map_err(query_error("record progress"))?;
             }
+            sqlx::query(COUNT)
+                .bind(run.id.as_str())
+                .bind(files_added)
+                .bind(bytes_added)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("record progress"))?;
             renew_in!(tx, run, owner);
             tx.commit().await.map_err(query_error("record progress"))
         })
