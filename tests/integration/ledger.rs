@@ -342,8 +342,9 @@ async fn postgres_runs_have_one_owner() {
 /// cleared when the claim is wanted again), forgotten claims, and a claim's drains found by
 /// UID or, for drains without one, by name.
 async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
-    use drainer_core::ledger::{ClaimKey, ClaimSighting, NewDrain, RememberedSet};
+    use drainer_core::ledger::{ClaimKey, NewDrain};
     use drainer_kube::facts::KubeFacts;
+    use drainer_kube::sweep_records::{ClaimSighting, RememberedSet, SweepRecords};
     let mut web = RememberedSet {
         uid: "uid-web".into(),
         namespace: "shop".into(),

@@ -298,7 +298,7 @@ pub(super) fn active_states_sql() -> String {
 /// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
 const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
-pub(super) const BULK_ROWS: usize = 200;
+pub const BULK_ROWS: usize = 200;
 
 /// The drains a batch of handoff requests creates, with their new ids: one for each volume
 /// named that has no active drain, for its first mention.
