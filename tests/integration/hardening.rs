@@ -1099,3 +1099,84 @@ async fn sparse_files_are_stored_and_restored_as_holes() {
     assert!(du(&dest.join("disk.img")).1 < 1 << 20);
     assert!(crate::support::tree::differences(&src, &dest).is_empty());
 }
+
+/// A stolen mover token rewrites an object the real mover relayed, between the upload and the
+/// commit: the drainer, which hashed each object as it relayed it, refuses the manifest
+/// (`400 bad_snapshot` naming that object and no other: the large file's hash, merged from
+/// its parts, matched), so the drain is not completed; the mover's next attempt stores that
+/// file again and commits a snapshot that restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_object_rewritten_before_the_commit_is_refused_and_stored_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (mount, data) = (work.path().join("mount"), work.path().join("data"));
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::write(mount.join("small.txt"), b"the real content").unwrap();
+    std::fs::write(mount.join("other.txt"), b"left alone").unwrap();
+    let large = crate::support::tree::bytes(5, (20 << 20) + 12345);
+    std::fs::write(mount.join("large.bin"), &large).unwrap();
+    let serve = Serve::start(&data, &["--sweep-interval", "0", "--movers", "external"]).await;
+    let (_, drains) = serve.handoff("shop", &["data-web-4"]).await;
+    let id = drains[0]["id"].as_str().unwrap().to_owned();
+    serve
+        .wait_state(&id, "copying", Duration::from_secs(30))
+        .await;
+    let gate = crate::support::gate::Gate::start("127.0.0.1")
+        .await
+        .unwrap();
+    gate.forward_to(&serve.url);
+    gate.hold_next_finish();
+    let mover = |url: &str| {
+        let mut cmd = drainer();
+        cmd.args(["mover", "--drainer", url, "--drain", &id])
+            .arg("--source")
+            .arg(&mount)
+            .env("DRAINER_TOKEN", crate::support::serve::TOKEN);
+        cmd
+    };
+    let first = mover(&gate.url).output();
+    let tamper = async {
+        gate.wait_held().await.unwrap();
+        let snapshots = data.join("store/volumes/shop/data-web-4/snapshots");
+        let snapshot = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let key = format!(
+            "volumes/shop/data-web-4/snapshots/{}/files/small.txt",
+            snapshot.file_name().to_string_lossy()
+        );
+        let response = reqwest::Client::new()
+            .put(format!("{}/v1/drains/{id}/objects", serve.url))
+            .query(&[("key", &key)])
+            .bearer_auth(crate::support::serve::TOKEN)
+            .body("the fake content")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "the token writes its own snapshot");
+        gate.release();
+    };
+    let (first, ()) = tokio::join!(first, tamper);
+    let first = first.unwrap();
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(!first.status.success(), "{said}");
+    assert!(
+        said.contains("answered 400")
+            && said.contains("files/small.txt is not what the manifest describes")
+            && said.contains("; 1 such object"),
+        "{said}"
+    );
+    assert_ne!(serve.drain(&id).await["state"], "completed");
+    let second = run_ok(&mut mover(&serve.url)).await;
+    serve
+        .wait_state(&id, "completed", Duration::from_secs(60))
+        .await;
+    let dest = work.path().join("dest");
+    let store = file_url(&data.join("store"));
+    run_ok(&mut support::restore_cmd(&store, VOLUME, &dest)).await;
+    assert!(
+        crate::support::tree::differences(&mount, &dest).is_empty(),
+        "{second}"
+    );
+}

@@ -1210,3 +1210,86 @@ async fn postgres_the_summary_counts_the_fact_asked_for() {
         .unwrap();
     the_summary_counts_the_fact_asked_for(ledger).await;
 }
+
+/// What the relay received is kept per key (the last write wins, also within one batch), read
+/// per drain, replaced or forgotten when an upload completes with or without every part's
+/// hash, forgotten with its key and with its drain's commit.
+async fn relayed_objects_follow_every_write_of_their_key(ledger: Ledger) {
+    use drainer_core::ledger::{RelayRecord, RelayedObject};
+    let object = |key: &str, size: u64, hash: &str| RelayedObject {
+        key: key.to_owned(),
+        size,
+        blake3: hash.to_owned(),
+    };
+    let batch = [
+        object("s/a", 1, "aa"),
+        object("s/b", 2, "bb"),
+        object("s/a", 3, "a3"),
+    ];
+    ledger.record_relayed_objects("d-1", &batch).await.unwrap();
+    ledger
+        .record_relayed_objects("d-2", &[object("t/x", 9, "xx")])
+        .await
+        .unwrap();
+    let of = |drain: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            let mut found: Vec<_> = ledger
+                .relayed_objects(drain)
+                .await
+                .unwrap()
+                .into_values()
+                .collect();
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            found
+        }
+    };
+    assert_eq!(
+        of("d-1").await,
+        [object("s/a", 3, "a3"), object("s/b", 2, "bb")]
+    );
+    for (key, received) in [("s/a", Some(object("s/a", 7, "a7"))), ("s/b", None)] {
+        let relay = RelayRecord {
+            id: format!("u-{key}"),
+            drain_id: "d-1".into(),
+            object_key: key.into(),
+            store_upload_id: "store-upload".into(),
+        };
+        ledger.create_relay(&relay).await.unwrap();
+        let received = received.map(|o| ("d-1", o));
+        ledger
+            .complete_relay(&relay.id, key, received)
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.relay(&relay.id).await.unwrap(),
+            None,
+            "upload forgotten"
+        );
+    }
+    assert_eq!(
+        of("d-1").await,
+        [object("s/a", 7, "a7")],
+        "b completed unhashed"
+    );
+    ledger.forget_relayed_object("s/a").await.unwrap();
+    assert!(of("d-1").await.is_empty());
+    ledger.forget_relayed_objects_of("d-2").await.unwrap();
+    assert!(of("d-2").await.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_relayed_objects_follow_every_write_of_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    relayed_objects_follow_every_write_of_their_key(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_relayed_objects_follow_every_write_of_their_key() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    relayed_objects_follow_every_write_of_their_key(ledger).await;
+}

@@ -2,6 +2,7 @@
 //! replica's memory, so any replica behind the drainer's Service accepts any part of any
 //! upload and completes it, and an upload outlives the replica that started it.
 
+use super::RelayedObject;
 use super::{Ledger, Result, Urgency, now_ms, on_pool, query_error};
 use crate::snapshot::{PartialUpload, Run};
 
@@ -29,12 +30,19 @@ pub struct RelayPart {
     /// Its length in bytes.
     #[sqlx(try_from = "i64")]
     pub len: u64,
+    /// The BLAKE3 chaining value of its bytes as a subtree of the object (hex), when the
+    /// drainer received them (a relayed part, not one the mover stored itself).
+    pub cv: Option<String>,
+    /// For part 0 received by the drainer: the BLAKE3 of the part alone (hex), which is the
+    /// object's when it has no other part.
+    pub alone: Option<String>,
 }
 
 /// Records one part of an upload; a part stored again replaces the earlier (the last write of
 /// a part wins, as in the store).
-const RECORD_PART: &str = "INSERT INTO relay_parts (upload_id, idx, part_id, len) VALUES ($1, $2, $3, $4) \
-                           ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, len = excluded.len";
+const RECORD_PART: &str = "INSERT INTO relay_parts (upload_id, idx, part_id, len, cv, alone) VALUES ($1, $2, $3, $4, $5, $6) \
+                           ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, len = excluded.len, \
+                           cv = excluded.cv, alone = excluded.alone";
 
 impl Ledger {
     /// Records a new relayed upload.
@@ -77,6 +85,8 @@ impl Ledger {
                 .bind(part.idx as i64)
                 .bind(&part.part_id)
                 .bind(part.len as i64)
+                .bind(&part.cv)
+                .bind(&part.alone)
                 .execute(pool)
                 .await
                 .map(drop)
@@ -110,8 +120,7 @@ impl Ledger {
 
     /// The stored parts of a relayed upload, by index.
     pub async fn relay_parts(&self, upload: &str) -> Result<Vec<RelayPart>> {
-        const SQL: &str =
-            "SELECT idx, part_id, len FROM relay_parts WHERE upload_id = $1 ORDER BY idx";
+        const SQL: &str = "SELECT idx, part_id, len, cv, alone FROM relay_parts WHERE upload_id = $1 ORDER BY idx";
         on_pool!(self, |pool, DB| sqlx::query_as(SQL)
             .bind(upload)
             .fetch_all(pool)
@@ -136,6 +145,52 @@ impl Ledger {
                         .map_err(query_error("forget upload"))?;
                 }
                 tx.commit().await.map_err(query_error("forget upload"))
+            })
+        })
+        .await
+    }
+
+    /// Forgets relayed upload `upload`, completed at `key`, and records what the relay
+    /// received for its object (`None`: not every part passed through the drainer, so any
+    /// earlier record of the key goes), in one transaction.
+    pub async fn complete_relay(
+        &self,
+        upload: &str,
+        key: &str,
+        received: Option<(&str, RelayedObject)>,
+    ) -> Result<()> {
+        const FORGET_OBJECT: &str = "DELETE FROM relayed_objects WHERE object_key = $1";
+        const RECORD_OBJECT: &str = "INSERT INTO relayed_objects (object_key, drain_id, size, blake3, recorded_at) \
+                                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (object_key) DO UPDATE SET \
+                                     drain_id = excluded.drain_id, size = excluded.size, blake3 = excluded.blake3, \
+                                     recorded_at = excluded.recorded_at";
+        let (upload, key) = (upload.to_owned(), key.to_owned());
+        let received = received.map(|(drain, object)| (drain.to_owned(), object));
+        self.write(move |l| async move {
+            on_pool!(l, |pool, DB| {
+                let failed = query_error("complete upload");
+                let mut tx = pool.begin().await.map_err(&failed)?;
+                for sql in [
+                    "DELETE FROM relay_parts WHERE upload_id = $1",
+                    "DELETE FROM relay_uploads WHERE id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(&upload)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&failed)?;
+                }
+                let object = match &received {
+                    Some((drain, object)) => sqlx::query(RECORD_OBJECT)
+                        .bind(&key)
+                        .bind(drain)
+                        .bind(object.size as i64)
+                        .bind(&object.blake3)
+                        .bind(now_ms()),
+                    None => sqlx::query(FORGET_OBJECT).bind(&key),
+                };
+                object.execute(&mut *tx).await.map_err(&failed)?;
+                tx.commit().await.map_err(&failed)
             })
         })
         .await

@@ -723,17 +723,19 @@ impl Ledger {
             let mut tx = pool.begin().await.map_err(query_error("record parts"))?;
             for chunk in rows.chunks(PARTS_PER_STATEMENT) {
                 let mut insert = sqlx::QueryBuilder::<DB>::new(
-                    "INSERT INTO relay_parts (upload_id, idx, part_id, len) ",
+                    "INSERT INTO relay_parts (upload_id, idx, part_id, len, cv, alone) ",
                 );
                 insert.push_values(chunk, |mut row, (upload, part)| {
                     row.push_bind(upload.as_str())
                         .push_bind(part.idx as i64)
                         .push_bind(part.part_id.as_str())
-                        .push_bind(part.len as i64);
+                        .push_bind(part.len as i64)
+                        .push_bind(part.cv.as_deref())
+                        .push_bind(part.alone.as_deref());
                 });
                 insert.push(
                     " ON CONFLICT (upload_id, idx) DO UPDATE SET part_id = excluded.part_id, \
-                     len = excluded.len",
+                     len = excluded.len, cv = excluded.cv, alone = excluded.alone",
                 );
                 insert
                     .build()

@@ -15,6 +15,7 @@ mod input;
 pub mod lives;
 mod mover;
 pub mod recent;
+mod relay_hash;
 pub mod serve;
 pub mod tls;
 mod volumes;

@@ -10,14 +10,17 @@
 //! ledger, so any replica accepts any part and completes any upload. Where the store can sign
 //! (`Shared::direct_parts`), a mover stores parts itself with a URL signed for that part
 //! alone and reports each (`…/url`, `…/stored`); the ledger records them as relayed parts, and
-//! the completion checks what the store holds against what was reported.
+//! the completion checks what the store holds against what was reported. The drainer hashes
+//! each object it relays ([`relay_hash`]: small objects, manifests, every part where the
+//! store cannot sign) and refuses to commit a manifest that does not describe what arrived.
 
 use super::guard::{Granted, Streaming};
+use super::relay_hash;
 use super::{AppState, Error, Json, Path, Query};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
-use drainer_core::ledger::{RelayPart, RelayRecord, RunRecord, RunState};
+use drainer_core::ledger::{RelayPart, RelayRecord, RelayedObject, RunRecord, RunState};
 use drainer_core::protocol::{
     BatchAnswer, CreatedUpload, DirectPart, Interrupted, KeyParam, MAX_REPORTED_PER_REQUEST,
     MAX_SIGNED_PER_REQUEST, PartUrlParam, PartUrlsParam, PathParam, RunPartial, RunTotals,
@@ -324,10 +327,13 @@ pub(super) async fn finish(
         .await?
         .map(|d| Box::new(d.origin()));
     let layout = VolumeLayout::new(shared.store.root(), &volume);
-    check_snapshot(&state, &layout, &run.snapshot, &summary).await?;
+    check_snapshot(&state, &layout, (&id, &run), &summary).await?;
     drainer_core::snapshot::catalog::commit(&shared.store, &layout, &summary).await?;
     shared.ledger.finish(&run, &summary).await?;
     abort_leftover_relays(&state, &id).await;
+    if let Err(e) = shared.ledger.forget_relayed_objects_of(&id).await {
+        tracing::warn!(drain = %id, error = %e, "cannot forget what was relayed for a committed drain");
+    }
     tracing::info!(drain = %id, snapshot = %summary.snapshot, files = summary.files, "mover finished; snapshot committed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -368,22 +374,26 @@ fn bad_snapshot(snapshot: &SnapshotId, why: impl std::fmt::Display) -> Error {
 }
 
 /// The drainer's own checks before it commits a mover's snapshot: the manifest is the one the
-/// summary hashes, its totals are the summary's, and every file's object is either one this
-/// run stored or one the parent snapshot (already checked) names.
+/// summary hashes, its totals are the summary's, every file's object is either one this run
+/// stored or one the parent snapshot (already checked) names, and every object the relay
+/// received for this drain is the one the manifest describes (see [`Mismatches`]).
 async fn check_snapshot(
     state: &AppState,
     layout: &VolumeLayout,
-    snapshot: &SnapshotId,
+    (drain, run): (&str, &Run),
     summary: &SnapshotSummary,
 ) -> Result<(), Error> {
+    let snapshot = &run.snapshot;
     let store = &state.shared().store;
     let manifest = drainer_core::snapshot::catalog::CheckedManifest::open(store, layout, summary)
         .await
         .map_err(|e| bad_snapshot(snapshot, e))?;
     let stored = stored_objects(state, layout, snapshot).await?;
     let parent = parent_objects(state, layout, summary).await?;
+    let mut mismatches = Mismatches::of(state, layout, drain).await?;
     let mut entries = manifest.entries().map_err(|e| bad_snapshot(snapshot, e))?;
     let (mut count, mut files, mut bytes) = (0_u64, 0_u64, 0_u64);
+    let own = format!("snapshots/{snapshot}/");
     while let Some(entry) = entries
         .try_next()
         .await
@@ -395,8 +405,8 @@ async fn check_snapshot(
         };
         files += 1;
         bytes += entry.size;
-        let own = format!("snapshots/{snapshot}/");
         let known = if content.object.starts_with(&own) {
+            mismatches.check(entry.size, content);
             stored.contains(&content.object)
         } else {
             parent.contains(&content.object)
@@ -417,7 +427,76 @@ async fn check_snapshot(
             "the summary's totals are not the manifest's",
         ));
     }
-    Ok(())
+    mismatches.refuse(state, drain, run).await
+}
+
+/// What the relay received for a drain's objects, and the manifest's entries found not to
+/// describe it: a plain object must have the entry's size and BLAKE3, a compressed one the
+/// entry's stored size. An object the relay holds no record of (a part stored directly, or
+/// stored before this drainer kept records) is not checked.
+struct Mismatches {
+    /// What was received, by object key relative to the volume.
+    received: std::collections::HashMap<String, RelayedObject>,
+    /// `(object, why)` of each entry that does not match.
+    found: Vec<(String, String)>,
+}
+
+impl Mismatches {
+    /// What the relay received for `drain`'s objects of this volume.
+    async fn of(state: &AppState, layout: &VolumeLayout, drain: &str) -> Result<Self, Error> {
+        let mut received = std::collections::HashMap::new();
+        let prefix = layout.prefix().to_string();
+        for (key, object) in state.shared().ledger.relayed_objects(drain).await? {
+            if let Some(rest) = key.strip_prefix(&prefix) {
+                received.insert(rest.trim_start_matches('/').to_owned(), object);
+            }
+        }
+        Ok(Self {
+            received,
+            found: Vec::new(),
+        })
+    }
+
+    /// Checks a manifest entry of `size` bytes stored as `content`.
+    fn check(&mut self, size: u64, content: &drainer_core::snapshot::manifest::Content) {
+        let Some(got) = self.received.get(&content.object) else {
+            return;
+        };
+        let why = match &content.compressed {
+            None if got.size != size || got.blake3 != content.blake3 => format!(
+                "the manifest says {size} bytes with BLAKE3 {}, the relay received {} bytes with BLAKE3 {}",
+                content.blake3, got.size, got.blake3
+            ),
+            Some(c) if got.size != c.stored_size => format!(
+                "the manifest says {} bytes stored, the relay received {}",
+                c.stored_size, got.size
+            ),
+            _ => return,
+        };
+        self.found.push((content.object.clone(), why));
+    }
+
+    /// Nothing to refuse, or `400 bad_snapshot` naming the first mismatch, after forgetting
+    /// that the run stored those files, so that its next attempt stores them again.
+    async fn refuse(self, state: &AppState, drain: &str, run: &Run) -> Result<(), Error> {
+        let Some((object, why)) = self.found.first() else {
+            return Ok(());
+        };
+        let objects: Vec<String> = self.found.iter().map(|(o, _)| o.clone()).collect();
+        tracing::warn!(drain, run = %run.id, mismatched = objects.len(), object = %object, why = %why, "refusing to commit a manifest that does not describe what the relay received");
+        state
+            .shared()
+            .ledger
+            .forget_stored_objects(&run.id, &objects)
+            .await?;
+        Err(bad_snapshot(
+            &run.snapshot,
+            format!(
+                "object {object} is not what the manifest describes ({why}); {} such object(s), to be stored again",
+                objects.len()
+            ),
+        ))
+    }
 }
 
 /// Every object stored under `snapshot`'s prefix, relative to the volume.
@@ -588,7 +667,7 @@ pub(super) async fn put_objects(
     streaming: Granted<Streaming>,
     body: Bytes,
 ) -> Result<axum::Json<BatchAnswer>, Error> {
-    let Streaming { volume, .. } = streaming.into_inner();
+    let Streaming { drain, volume } = streaming.into_inner();
     let objects = batch::decode(body).map_err(Error::invalid)?;
     for (key, data) in &objects {
         check_probe_size(key, data.len())?;
@@ -600,14 +679,21 @@ pub(super) async fn put_objects(
         .zip(objects.into_iter().map(|(_, data)| data))
         .collect();
     let store = &state.shared().store;
-    let errors: Vec<Option<String>> = futures::stream::iter(keyed)
+    let written: Vec<Result<RelayedObject, String>> = futures::stream::iter(keyed)
         .map(|(key, data)| async move {
+            let received = received(&key, &data);
             let stored = store.put_bytes(&key, PutPayload::from(data)).await;
-            stored.err().map(|e| e.to_string())
+            stored.map(|_| received).map_err(|e| e.to_string())
         })
         .buffered(BATCH_PUTS_AT_ONCE)
         .collect()
         .await;
+    let (errors, objects) = errors_and_received(written);
+    state
+        .shared()
+        .ledger
+        .record_relayed_objects(&drain, &objects)
+        .await?;
     Ok(axum::Json(BatchAnswer { errors }))
 }
 
@@ -617,15 +703,21 @@ pub(super) async fn put_object(
     Query(q): Query<KeyParam>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
-    let Streaming { volume, .. } = streaming.into_inner();
+    let Streaming { drain, volume } = streaming.into_inner();
     check_probe_size(&q.key, body.len())?;
     let key = writable_key(&state, &volume, &q.key).await?;
+    let received = received(&key, &body);
     state
         .shared()
         .store
         .put_bytes(&key, PutPayload::from(body))
         .await
         .map_err(store_failure)?;
+    state
+        .shared()
+        .ledger
+        .record_relayed_objects(&drain, &[received])
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -702,7 +794,40 @@ pub(super) async fn delete_object(
         .call("delete", &key, store.objects().delete(&key))
         .await
         .map_err(store_failure)?;
+    state
+        .shared()
+        .ledger
+        .forget_relayed_object(key.as_ref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What the relay received for `key`: `data`'s size and BLAKE3.
+fn received(key: &Key, data: &[u8]) -> RelayedObject {
+    RelayedObject {
+        key: key.to_string(),
+        size: data.len() as u64,
+        blake3: blake3::hash(data).to_hex().to_string(),
+    }
+}
+
+/// A batch's answer (each object's error, or `None`) and what was received for the objects
+/// it stored.
+fn errors_and_received(
+    written: Vec<Result<RelayedObject, String>>,
+) -> (Vec<Option<String>>, Vec<RelayedObject>) {
+    let mut objects = Vec::new();
+    let errors = written
+        .into_iter()
+        .map(|result| match result {
+            Ok(received) => {
+                objects.push(received);
+                None
+            }
+            Err(e) => Some(e),
+        })
+        .collect();
+    (errors, objects)
 }
 
 fn relay_parts(state: &AppState) -> Arc<dyn MultipartStore> {
@@ -828,6 +953,7 @@ pub(super) async fn put_part(
         .await?
         .ok_or_else(|| upload_not_found(&upload))?;
     let key = Key::from(relay.object_key.as_str());
+    let hash = part_hash(&state, part as u64, &chunks).await?;
     let parts = relay_parts(&state);
     let store = &state.shared().store;
     let put = parts.put_part(
@@ -844,6 +970,8 @@ pub(super) async fn put_part(
         idx: part as u64,
         part_id: stored.content_id,
         len,
+        cv: hash.as_ref().map(|h| h.cv.clone()),
+        alone: hash.and_then(|h| h.alone),
     };
     state
         .shared()
@@ -852,6 +980,25 @@ pub(super) async fn put_part(
         .await?;
     count_part_bytes(&state, "relay", len);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The hash of a relayed part, taken off the async workers (a part is megabytes).
+async fn part_hash(
+    state: &AppState,
+    idx: u64,
+    chunks: &[Bytes],
+) -> Result<Option<relay_hash::PartHash>, Error> {
+    let part_size = state.shared().store.part_size();
+    let chunks = chunks.to_vec();
+    tokio::task::spawn_blocking(move || relay_hash::hash_part(part_size, idx, &chunks))
+        .await
+        .map_err(|e| {
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("hashing part {idx}: {e}"),
+            )
+        })
 }
 
 /// Counts `len` bytes of parts stored `via` the relay or directly.
@@ -970,6 +1117,8 @@ pub(super) async fn record_direct_part(
         idx: part as u64,
         part_id: reported.etag,
         len: reported.len,
+        cv: None,
+        alone: None,
     };
     state
         .shared()
@@ -1109,6 +1258,8 @@ async fn checked_direct_parts(
             idx: p.part as u64,
             part_id: reported.etag,
             len: reported.len,
+            cv: None,
+            alone: None,
         };
         recorded.push((p.upload, part));
     }
@@ -1195,7 +1346,17 @@ pub(super) async fn complete_upload(
     if store.signs_parts() {
         check_completed_size(&state, &relay, &key, &recorded).await?;
     }
-    state.shared().ledger.forget_relay(&upload).await?;
+    let received = relay_hash::object_hash(&recorded).map(|blake3| RelayedObject {
+        key: relay.object_key.clone(),
+        size: recorded.iter().map(|p| p.len).sum(),
+        blake3,
+    });
+    let received = received.map(|object| (relay.drain_id.as_str(), object));
+    state
+        .shared()
+        .ledger
+        .complete_relay(&upload, &relay.object_key, received)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1329,6 +1490,8 @@ mod tests {
                 idx,
                 part_id: idx.to_string(),
                 len,
+                cv: None,
+                alone: None,
             })
             .collect()
     }
