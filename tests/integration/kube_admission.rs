@@ -17,10 +17,9 @@
 //! Installing shares drainer-system and the cluster-wide objects with `deploy`'s tests, so these
 //! take its lock.
 
+use crate::support::cluster::TestNamespace;
 use crate::support::install::{LOCK, deploy, ensure_namespace, kubectl};
-use crate::support::kube::{
-    KubeEnv, admin_config, client, create_namespace, delete_namespace, with_timeout,
-};
+use crate::support::kube::{KubeEnv, admin_config, client, with_timeout};
 use anyhow::{Context, Result, bail, ensure};
 use drainer_core::ledger::Drain;
 use drainer_core::lifecycle::DrainState;
@@ -74,11 +73,12 @@ async fn policies_and_rights(env: &KubeEnv) -> Result<String> {
     Ok(kept.join("\n---\n"))
 }
 
-/// Installs drainer's ServiceAccount, rights, policies and mover settings; runs `body`; removes
-/// them again (drainer-system too: `deploy`'s tests, which hold the same lock, install it anew).
+/// Installs drainer's ServiceAccount, rights, policies and mover settings; runs `body` with a
+/// client that is drainer; removes them again (drainer-system too: `deploy`'s tests, which
+/// hold the same lock, install it anew).
 async fn with_policies<F, Fut>(body: F) -> Result<()>
 where
-    F: FnOnce(Client, Client) -> Fut,
+    F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     let _serial = LOCK.lock().await;
@@ -92,7 +92,7 @@ where
     let drainer = as_drainer().await?;
     let result = async {
         wait_policies_active(&drainer).await?;
-        with_timeout(LIMIT, body(admin.clone(), drainer)).await
+        with_timeout(LIMIT, body(drainer)).await
     }
     .await;
     kubectl(
@@ -272,8 +272,9 @@ async fn create_job(drainer: &Client, namespace: &str, job: &Value) -> kube::Res
 /// made of its identity, with the flags that change its shape.
 #[tokio::test]
 async fn every_mover_drainer_builds_is_admitted() -> Result<()> {
-    with_policies(|admin, drainer| async move {
-        let ns = create_namespace(&admin, "admission-movers").await?;
+    with_policies(|drainer| async move {
+        let namespace = TestNamespace::new("admission-movers").await?;
+        let ns = &namespace.ns;
         let result = async {
             // With TLS, a mover gets the CA bundle in its environment (DRAINER_CACERT_PEM).
             let dir = tempfile::tempdir()?;
@@ -293,9 +294,9 @@ async fn every_mover_drainer_builds_is_admitted() -> Result<()> {
             ];
             for security in identities() {
                 for flags in flag_sets {
-                    let job = mover(&ns, "data-web-1", &security, flags);
+                    let job = mover(ns, "data-web-1", &security, flags);
                     accepted(
-                        create_job(&drainer, &ns, &job).await,
+                        create_job(&drainer, ns, &job).await,
                         &format!("the mover of {:?} with {flags:?}", security.kind),
                     )?;
                 }
@@ -303,7 +304,7 @@ async fn every_mover_drainer_builds_is_admitted() -> Result<()> {
             Ok(())
         }
         .await;
-        delete_namespace(&admin, &ns).await?;
+        namespace.finish().await?;
         result
     })
     .await
@@ -313,7 +314,7 @@ async fn every_mover_drainer_builds_is_admitted() -> Result<()> {
 /// user's namespace; the mover itself is admitted in both (so RBAC is not what refuses).
 #[tokio::test]
 async fn drainer_creates_no_job_but_a_mover() -> Result<()> {
-    with_policies(|_admin, drainer| async move {
+    with_policies(|drainer| async move {
         let privileged = json!({
             "metadata": {"name": "own-the-node", "labels": {
                 "app.kubernetes.io/managed-by": "drainer", "drainer.io/drain": "d-1"}},
@@ -473,8 +474,9 @@ fn bends() -> Vec<(&'static str, Bend)> {
 /// drainer creates and deletes holds and no other ConfigMap, and changes none.
 #[tokio::test]
 async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
-    with_policies(|admin, drainer| async move {
-        let ns = create_namespace(&admin, "admission-holds").await?;
+    with_policies(|drainer| async move {
+        let namespace = TestNamespace::new("admission-holds").await?;
+        let ns = &namespace.ns;
         let result = async {
             let hold_labels =
                 json!({"app.kubernetes.io/managed-by": "drainer", "drainer.io/drain": "d-1"});
@@ -510,7 +512,7 @@ async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
                 "a hold with other data",
             )?;
             // Real ConfigMaps, made by the namespace's owner: the application's, and a hold.
-            let owned: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+            let owned: Api<ConfigMap> = namespace.api();
             owned
                 .create(
                     &PostParams::default(),
@@ -518,7 +520,7 @@ async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
                 )
                 .await?;
             owned.create(&PostParams::default(), &hold).await?;
-            let maps: Api<ConfigMap> = Api::namespaced(drainer.clone(), &ns);
+            let maps: Api<ConfigMap> = Api::namespaced(drainer.clone(), ns);
             let delete = DeleteParams {
                 dry_run: true,
                 ..DeleteParams::default()
@@ -545,7 +547,7 @@ async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
             Ok(())
         }
         .await;
-        delete_namespace(&admin, &ns).await?;
+        namespace.finish().await?;
         result
     })
     .await
@@ -556,29 +558,29 @@ async fn drainer_touches_no_config_map_but_its_holds() -> Result<()> {
 /// marked twin's acceptance shows nothing else stands in the way.
 #[tokio::test]
 async fn drainer_deletes_only_the_claims_it_marked_for_reclaim() -> Result<()> {
-    with_policies(|admin, drainer| async move {
-        let ns = create_namespace(&admin, "admission-reclaim").await?;
-        let result = claim_deletes(&admin, &drainer, &ns).await;
-        delete_namespace(&admin, &ns).await?;
+    with_policies(|drainer| async move {
+        let namespace = TestNamespace::new("admission-reclaim").await?;
+        let result = claim_deletes(&namespace, &drainer).await;
+        namespace.finish().await?;
         result
     })
     .await
 }
 
-async fn claim_deletes(admin: &Client, drainer: &Client, ns: &str) -> Result<()> {
+async fn claim_deletes(namespace: &TestNamespace, drainer: &Client) -> Result<()> {
     let claim = |name: &str, annotations: Value| -> Result<PersistentVolumeClaim> {
         Ok(serde_json::from_value(json!({
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
         }))?)
     };
-    let as_admin = Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns);
+    let as_admin: Api<PersistentVolumeClaim> = namespace.api();
     let unmarked = claim("data-web-1", json!({"drainer.io/last-snapshot": "s-1"}))?;
     let marked = claim("data-web-2", json!({"drainer.io/reclaim": "s-2"}))?;
     for c in [&unmarked, &marked] {
         as_admin.create(&PostParams::default(), c).await?;
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(drainer.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(drainer.clone(), &namespace.ns);
     let dry = DeleteParams {
         dry_run: true,
         ..DeleteParams::default()
@@ -602,18 +604,20 @@ async fn claim_deletes(admin: &Client, drainer: &Client, ns: &str) -> Result<()>
 /// drainer changes a claim only by its holds and guards and its own annotations.
 #[tokio::test]
 async fn drainer_changes_claims_only_by_its_owners_and_annotations() -> Result<()> {
-    with_policies(|admin, drainer| async move {
-        let ns = create_namespace(&admin, "admission-claims").await?;
-        let result = claim_changes(&admin, &drainer, &ns).await;
-        delete_namespace(&admin, &ns).await?;
+    with_policies(|drainer| async move {
+        let namespace = TestNamespace::new("admission-claims").await?;
+        let result = claim_changes(&namespace, &drainer).await;
+        namespace.finish().await?;
         result
     })
     .await
 }
 
-async fn claim_changes(admin: &Client, drainer: &Client, ns: &str) -> Result<()> {
+async fn claim_changes(namespace: &TestNamespace, drainer: &Client) -> Result<()> {
+    let (admin, ns) = (&namespace.client, namespace.ns.as_str());
     // The application's claim, owned by one of its objects, labelled and annotated by it.
-    let owner = Api::<ConfigMap>::namespaced(admin.clone(), ns)
+    let owner = namespace
+        .api::<ConfigMap>()
         .create(&PostParams::default(), &config_map("app-owner", json!({})))
         .await?;
     let app_owner = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "app-owner",
@@ -623,7 +627,8 @@ async fn claim_changes(admin: &Client, drainer: &Client, ns: &str) -> Result<()>
             "annotations": {"example.com/backup": "nightly"}, "ownerReferences": [app_owner]},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))?;
-    Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns)
+    namespace
+        .api::<PersistentVolumeClaim>()
         .create(&PostParams::default(), &claim)
         .await?;
     let ns_uid = Api::<Namespace>::all(admin.clone())

@@ -3,7 +3,7 @@
 //! bound ServiceAccount tokens and RBAC. If one of these fails, drainer's own cluster tests
 //! cannot be trusted either.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
@@ -23,15 +23,11 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::support::cluster::{WebSet, scale};
+use crate::support::cluster::{TestNamespace, WebSet};
 use crate::support::kube::{
-    EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client, client_with_token,
-    create_namespace, delete_namespace, eventually, from_json, with_timeout,
+    EXIT_CODE_ANNOTATION, TERMINATION_DELAY_ANNOTATION, client_with_token, eventually, from_json,
+    with_timeout,
 };
-
-async fn wait_for_bound_claim(client: &Client, ns: &str, name: &str) -> Result<PathBuf> {
-    crate::support::kube::wait_for_bound_claim(client, ns, name, WAIT).await
-}
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 const WAIT: Duration = Duration::from_secs(90);
@@ -88,11 +84,10 @@ async fn wait_for_web_pods(pods: &Api<Pod>, ordinals: &[i32]) -> Result<()> {
 #[tokio::test]
 async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-sts-retain").await?;
-        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-sts-retain").await?;
+        let sets: Api<StatefulSet> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
+        let pvcs: Api<PersistentVolumeClaim> = namespace.api();
 
         sets.create(&PostParams::default(), &web_statefulset(3, 0, "Retain"))
             .await?;
@@ -101,7 +96,9 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         for n in 0..3 {
             dirs.insert(
                 n,
-                wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?,
+                namespace
+                    .bound_claim_dir(&format!("data-web-{n}"), WAIT)
+                    .await?,
             );
         }
         ensure!(
@@ -114,7 +111,7 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
         // Data a pod "wrote" before scale-down, to show it outlives the pod.
         std::fs::write(dirs[&2].join("payload"), b"web-2 was here")?;
 
-        scale(&client, &ns, "web", 1).await?;
+        namespace.scale("web", 1).await?;
         wait_for_web_pods(&pods, &[0]).await?;
         eventually("StatefulSet status to show 1 replica", WAIT, || async {
             let status = sets.get_status("web").await?.status.context("no status")?;
@@ -140,7 +137,7 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
             );
         }
         ensure!(std::fs::read(dirs[&2].join("payload"))? == b"web-2 was here");
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -148,18 +145,21 @@ async fn statefulset_rolls_out_and_scale_down_retains_claims() -> Result<()> {
 #[tokio::test]
 async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-sts-delete").await?;
-        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-sts-delete").await?;
+        let sets: Api<StatefulSet> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
+        let pvcs: Api<PersistentVolumeClaim> = namespace.api();
 
         sets.create(&PostParams::default(), &web_statefulset(3, 0, "Delete"))
             .await?;
         wait_for_web_pods(&pods, &[0, 1, 2]).await?;
         let mut dirs = Vec::new();
         for n in 0..3 {
-            dirs.push(wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?);
+            dirs.push(
+                namespace
+                    .bound_claim_dir(&format!("data-web-{n}"), WAIT)
+                    .await?,
+            );
         }
         let pod_uids: BTreeMap<String, String> = pods
             .list(&ListParams::default())
@@ -186,7 +186,7 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             .watch(&WatchParams::default().timeout(120), &rv)
             .await?
             .boxed();
-        scale(&client, &ns, "web", 1).await?;
+        namespace.scale("web", 1).await?;
 
         let mut deleted: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
         tokio::time::timeout(WAIT, async {
@@ -235,7 +235,7 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
             .await?;
         }
         ensure!(dirs[0].is_dir(), "the live claim's directory vanished");
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -243,18 +243,19 @@ async fn statefulset_when_scaled_delete_collects_claims_through_pod_owner() -> R
 #[tokio::test]
 async fn statefulset_honours_ordinals_start() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-sts-ordinals").await?;
-        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-sts-ordinals").await?;
+        let sets: Api<StatefulSet> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
 
         sets.create(&PostParams::default(), &web_statefulset(2, 5, "Retain"))
             .await?;
         wait_for_web_pods(&pods, &[5, 6]).await?;
         for n in [5, 6] {
-            wait_for_bound_claim(&client, &ns, &format!("data-web-{n}")).await?;
+            namespace
+                .bound_claim_dir(&format!("data-web-{n}"), WAIT)
+                .await?;
         }
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pvcs: Api<PersistentVolumeClaim> = namespace.api();
         let mut names: Vec<String> = pvcs
             .list(&ListParams::default())
             .await?
@@ -267,7 +268,7 @@ async fn statefulset_honours_ordinals_start() -> Result<()> {
             names == ["data-web-5", "data-web-6"],
             "claims are {names:?}"
         );
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -323,10 +324,9 @@ async fn wait_for_job_condition(jobs: &Api<Job>, job: &str, condition: &str) -> 
 #[tokio::test]
 async fn job_completes_when_its_pod_succeeds() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-job").await?;
-        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-job").await?;
+        let jobs: Api<Job> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
 
         jobs.create(&PostParams::default(), &one_shot_job("work", json!({}))).await?;
         let pod = wait_for_job_pod(&pods, "work").await?;
@@ -371,7 +371,7 @@ async fn job_completes_when_its_pod_succeeds() -> Result<()> {
         let status = job.status.unwrap_or_default();
         ensure!(status.succeeded == Some(1), "status is {status:?}");
         ensure!(status.completion_time.is_some(), "no completionTime: {status:?}");
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -379,10 +379,9 @@ async fn job_completes_when_its_pod_succeeds() -> Result<()> {
 #[tokio::test]
 async fn job_fails_when_simulated_container_exits_non_zero() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-job-fail").await?;
-        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-job-fail").await?;
+        let jobs: Api<Job> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
 
         jobs.create(
             &PostParams::default(),
@@ -408,7 +407,7 @@ async fn job_fails_when_simulated_container_exits_non_zero() -> Result<()> {
             .filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
             .collect();
         ensure!(codes == [3], "exit codes are {codes:?}");
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -444,10 +443,10 @@ async fn review(client: &Client, token: &str, audience: &str) -> Result<TokenRev
 #[tokio::test]
 async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-token").await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-token").await?;
+        let (client, ns) = (&namespace.client, &namespace.ns);
+        let sas: Api<ServiceAccount> = namespace.api();
+        let pods: Api<Pod> = namespace.api();
         const AUDIENCE: &str = "drainer.test/handoff";
 
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "app" } }))).await?;
@@ -460,7 +459,7 @@ async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
         let uid = pod.metadata.uid.clone().context("pod has no uid")?;
 
         let token = request_token(&sas, "app", AUDIENCE, Some(&pod)).await?;
-        let status = review(&client, &token, AUDIENCE).await?;
+        let status = review(client, &token, AUDIENCE).await?;
         ensure!(status.authenticated == Some(true), "review failed: {status:?}");
         let user = status.user.context("no user")?;
         ensure!(user.username.as_deref() == Some(&*format!("system:serviceaccount:{ns}:app")), "user is {user:?}");
@@ -471,7 +470,7 @@ async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
 
         // A token of the same account for another audience is refused for ours.
         let other = request_token(&sas, "app", "someone-else.test", Some(&pod)).await?;
-        let status = review(&client, &other, AUDIENCE).await?;
+        let status = review(client, &other, AUDIENCE).await?;
         ensure!(status.authenticated != Some(true), "token for another audience accepted: {status:?}");
 
         // Bound tokens die with their pod (the simulated kubelet completes the deletion).
@@ -483,12 +482,12 @@ async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
         .await?;
         // Not at once: kube-apiserver caches successful token authentications for 10 s.
         eventually("the deleted pod's token to be refused", WAIT, || async {
-            let status = review(&client, &token, AUDIENCE).await?;
+            let status = review(client, &token, AUDIENCE).await?;
             ensure!(status.authenticated != Some(true), "token of a deleted pod accepted: {status:?}");
             Ok(())
         })
         .await?;
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -496,37 +495,37 @@ async fn pod_bound_token_passes_review_only_for_its_audience() -> Result<()> {
 #[tokio::test]
 async fn rbac_denies_identity_without_permission() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let admin = client().await?;
-        let ns = create_namespace(&admin, "kube-env-rbac").await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-rbac").await?;
+        let ns = &namespace.ns;
+        let sas: Api<ServiceAccount> = namespace.api();
         sas.create(&PostParams::default(), &from_json(json!({ "metadata": { "name": "nobody" } }))).await?;
         // The default audience (the API server's own) makes the token usable against the API.
         let token = request_token(&sas, "nobody", "https://kubernetes.default.svc.cluster.local", None).await?;
         let nobody = client_with_token(&token).await?;
 
-        Api::<Pod>::namespaced(admin.clone(), &ns).list(&ListParams::default()).await.context("admin list pods")?;
-        match Api::<Pod>::namespaced(nobody.clone(), &ns).list(&ListParams::default()).await {
+        namespace.api::<Pod>().list(&ListParams::default()).await.context("admin list pods")?;
+        match Api::<Pod>::namespaced(nobody.clone(), ns).list(&ListParams::default()).await {
             Err(kube::Error::Api(status)) if status.code == 403 => {}
             other => bail!("expected 403 Forbidden, got {other:?}"),
         }
 
         // Granting the permission makes the same call pass: the 403 came from RBAC.
-        let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+        let roles: Api<Role> = namespace.api();
         roles.create(&PostParams::default(), &from_json(json!({
             "metadata": { "name": "pod-reader" },
             "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["list"] }]
         }))).await?;
-        let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+        let bindings: Api<RoleBinding> = namespace.api();
         bindings.create(&PostParams::default(), &from_json(json!({
             "metadata": { "name": "nobody-reads-pods" },
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader" },
             "subjects": [{ "kind": "ServiceAccount", "name": "nobody", "namespace": ns }]
         }))).await?;
         eventually("the RoleBinding to take effect", WAIT, || async {
-            Ok(Api::<Pod>::namespaced(nobody.clone(), &ns).list(&ListParams::default()).await?)
+            Ok(Api::<Pod>::namespaced(nobody.clone(), ns).list(&ListParams::default()).await?)
         })
         .await?;
-        delete_namespace(&admin, &ns).await
+        namespace.finish().await
     })
     .await
 }
@@ -534,9 +533,8 @@ async fn rbac_denies_identity_without_permission() -> Result<()> {
 #[tokio::test]
 async fn deleted_pod_stays_terminating_for_its_termination_delay() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "kube-env-terminating").await?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let namespace = TestNamespace::new("kube-env-terminating").await?;
+        let pods: Api<Pod> = namespace.api();
         let pod: Pod = from_json(json!({
             "metadata": { "name": "slow", "annotations": { TERMINATION_DELAY_ANNOTATION: "3s" } },
             "spec": {
@@ -581,7 +579,7 @@ async fn deleted_pod_stays_terminating_for_its_termination_delay() -> Result<()>
             took >= Duration::from_millis(2500),
             "gone after {took:?}, before the 3 s delay"
         );
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }

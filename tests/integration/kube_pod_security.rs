@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -138,17 +138,7 @@ impl World {
     async fn start_drainer(prefix: &str, level: &str, restricted_rbac: bool) -> Result<Self> {
         let env = KubeEnv::load()?;
         let namespace = TestNamespace::with_web_account(prefix).await?;
-        let labels = json!({"metadata": {"labels": {
-            "pod-security.kubernetes.io/enforce": level,
-            "pod-security.kubernetes.io/enforce-version": "latest"
-        }}});
-        Api::<Namespace>::all(namespace.client.clone())
-            .patch(
-                &namespace.ns,
-                &PatchParams::default(),
-                &Patch::Merge(labels),
-            )
-            .await?;
+        namespace.enforce_pod_security(level).await?;
         let gate = Gate::start(&env.host_ip).await?;
         let mut drainer = namespace
             .kube_drainer()

@@ -381,8 +381,9 @@ async fn postgres_runs_have_one_owner() {
 /// cleared when the claim is wanted again), forgotten claims, and a claim's drains found by
 /// UID or, for drains without one, by name.
 async fn sweeps_remember_sets_and_sightings(ledger: Ledger) {
-    use drainer_core::ledger::{ClaimKey, ClaimSighting, NewDrain, RememberedSet};
+    use drainer_core::ledger::{ClaimKey, NewDrain};
     use drainer_kube::facts::KubeFacts;
+    use drainer_kube::sweep_records::{ClaimSighting, RememberedSet, SweepRecords};
     let mut web = RememberedSet {
         uid: "uid-web".into(),
         namespace: "shop".into(),
@@ -1194,6 +1195,59 @@ async fn postgres_facts_are_merged_and_searched() {
         .await
         .unwrap();
     facts_are_merged_and_searched(ledger).await;
+}
+
+/// `/metrics`' summary counts, per state, the drains having the fact asked for (the mode's
+/// claim hold) and when the oldest of them was made; a mode without one counts none.
+async fn the_summary_counts_the_fact_asked_for(ledger: Ledger) {
+    use drainer_core::ledger::{Facts, NewDrain};
+    use drainer_core::lifecycle::DrainState;
+    let new = |pvc: &str, keeper: Option<&str>| NewDrain {
+        volume: drainer::VolumeId::new("shop", pvc).unwrap(),
+        pod: None,
+        reason: "test".into(),
+        max_attempts: 5,
+        wait_for_release: false,
+        requested_by: None,
+        facts: Facts::default().with("keeper", keeper),
+    };
+    let wanted = [
+        new("data-web-0", Some("k-0")),
+        new("data-web-1", None),
+        new("data-web-2", Some("k-2")),
+    ];
+    let made = ledger.request_drains(&wanted).await.unwrap();
+    let oldest = made.iter().map(|(d, _)| d.created_ms).min().unwrap();
+    let queued = |summary: Vec<drainer_core::ledger::StateSummary>| {
+        let of_state: Vec<_> = summary.into_iter().filter(|s| s.drains > 0).collect();
+        assert_eq!(of_state.len(), 1, "{of_state:?}");
+        assert_eq!(of_state[0].state, DrainState::Queued);
+        of_state[0].clone()
+    };
+    let counted = queued(ledger.drain_summary(Some("keeper")).await.unwrap());
+    assert_eq!((counted.drains, counted.with_fact), (3, 2));
+    assert_eq!(counted.oldest_created_ms, Some(oldest));
+    assert!(counted.oldest_with_fact_ms.is_some_and(|ms| ms >= oldest));
+    let uncounted = queued(ledger.drain_summary(None).await.unwrap());
+    assert_eq!((uncounted.drains, uncounted.with_fact), (3, 0));
+    assert_eq!(uncounted.oldest_with_fact_ms, None);
+    assert!(ledger.drain_summary(Some("x') --")).await.is_err());
+}
+
+#[tokio::test]
+async fn sqlite_the_summary_counts_the_fact_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(None, dir.path()).await.unwrap();
+    the_summary_counts_the_fact_asked_for(ledger).await;
+}
+
+#[tokio::test]
+async fn postgres_the_summary_counts_the_fact_asked_for() {
+    let url = fresh_postgres_database().await;
+    let ledger = Ledger::open(Some(&url), std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    the_summary_counts_the_fact_asked_for(ledger).await;
 }
 
 /// What the relay received is kept per key (the last write wins, also within one batch), read

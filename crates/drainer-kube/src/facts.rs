@@ -18,8 +18,9 @@ pub(crate) const CLAIM_UID: &str = DrainOrigin::LINEAGE[0];
 pub const POD_UID: &str = "pod_uid";
 /// The node the announcing pod ran on.
 pub const NODE: &str = "node";
-/// The ConfigMap holding the claim from the garbage collector, if any (see [`crate::hold`]).
-pub(crate) const HOLD: &str = drainer_server::requests::HOLD_FACT;
+/// The ConfigMap holding the claim from the garbage collector, if any (see [`crate::hold`]):
+/// the fact of the mode's [`crate::intake::CLAIM_HOLD`].
+pub(crate) const HOLD: &str = "hold";
 /// The mover Job of the current attempt.
 pub const MOVER_JOB: &str = "mover_job";
 /// That Job's UID: what identifies its pod as this drain's mover (indexed).

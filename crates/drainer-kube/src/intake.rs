@@ -10,9 +10,16 @@ use super::{Cluster, call, hold};
 use crate::facts::{KubeDrain, KubeFacts, KubeLedger};
 use drainer_core::ledger::{Drain, Ledger, NewDrain};
 use drainer_server::auth::{Caller, Workload};
-use drainer_server::intake::{Intake, Refusal};
+use drainer_server::intake::{ClaimHold, Intake, Refusal};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
+
+/// How a drain of Kubernetes mode holds its claim: its hold ([`hold`]) keeps the claim from the garbage
+/// collector, so the drain is not cancelled and `/metrics` counts the claims held.
+pub(crate) const CLAIM_HOLD: ClaimHold = ClaimHold {
+    fact: crate::facts::HOLD,
+    held_from: "the garbage collector",
+};
 
 /// Kubernetes mode's intake of handoffs.
 pub(crate) struct KubeIntake {
@@ -138,5 +145,9 @@ impl Intake for KubeIntake {
             self.protect(drain).await?;
         }
         Ok(())
+    }
+
+    fn claim_hold(&self) -> Option<ClaimHold> {
+        Some(CLAIM_HOLD)
     }
 }

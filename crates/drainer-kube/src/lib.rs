@@ -5,7 +5,8 @@
 //! be let go, [`hold`] keeps claims the StatefulSet would delete, [`guard`] keeps them while
 //! drainer itself is down, [`movers`] copies volumes
 //! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
-//! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it),
+//! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it, and
+//! what sweeps remember is kept in the ledger by [`sweep_records`]),
 //! [`events`] tells users on the claim and the pod what happened to their drains, [`retention`]
 //! tells the retention pass which claims exist and how they are annotated, [`drain_objects`]
 //! keeps a `Drain` object per drain in step with the ledger and takes the drains, retries,
@@ -33,6 +34,7 @@ pub mod reclaim;
 pub mod release;
 pub mod retention;
 pub mod sweep;
+pub mod sweep_records;
 pub mod watch;
 
 #[cfg(test)]

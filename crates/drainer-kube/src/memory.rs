@@ -11,7 +11,8 @@
 //! ([`SetSightings::flush`]), so a sweep right after a deletion finds the set. What to write
 //! is decided in pure functions ([`remembered`], [`to_write`]).
 
-use drainer_core::ledger::{Ledger, RememberedSet};
+use crate::sweep_records::{RememberedSet, SweepRecords};
+use drainer_core::ledger::Ledger;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::watcher;
 use std::collections::HashMap;

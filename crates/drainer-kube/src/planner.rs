@@ -9,8 +9,8 @@
 //! when its ordinal is not live or its StatefulSet is gone, and no pod mounts it.
 
 use crate::facts::KubeDrain;
+pub use crate::sweep_records::RememberedSet;
 use drainer_core::ledger::Drain;
-pub use drainer_core::ledger::RememberedSet;
 use drainer_core::lifecycle::DrainState;
 use drainer_server::sweep::{Finding, Verdict};
 use k8s_openapi::api::apps::v1::StatefulSet;

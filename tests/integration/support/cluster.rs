@@ -12,7 +12,7 @@ use super::{drainer, file_url, run_ok, tls::Ca, tree::differences};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -187,6 +187,21 @@ impl TestNamespace {
             .await
             .with_context(|| format!("requesting a token of {}/{sa}", self.ns))?;
         issued.status.and_then(|s| s.token).context("no token")
+    }
+
+    /// Labels the namespace to enforce Pod Security `level` (`privileged`, `baseline`,
+    /// `restricted`), in its latest version: the API server then admits only pods (movers
+    /// included) that meet it.
+    pub async fn enforce_pod_security(&self, level: &str) -> Result<()> {
+        let labels = json!({"metadata": {"labels": {
+            "pod-security.kubernetes.io/enforce": level,
+            "pod-security.kubernetes.io/enforce-version": "latest"
+        }}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(&self.ns, &PatchParams::default(), &Patch::Merge(labels))
+            .await
+            .with_context(|| format!("labelling namespace {} to enforce {level}", self.ns))?;
+        Ok(())
     }
 
     /// Starts deleting the namespace (the namespace controller finishes in the background).

@@ -298,7 +298,7 @@ pub(super) fn active_states_sql() -> String {
 /// Times a handoff transaction is tried when a concurrent one created a drain it meant to.
 const HANDOFF_ATTEMPTS: u32 = 5;
 /// Rows per bulk statement, well under both databases' limits on bound parameters.
-pub(super) const BULK_ROWS: usize = 200;
+pub const BULK_ROWS: usize = 200;
 
 /// The drains a batch of handoff requests creates, with their new ids: one for each volume
 /// named that has no active drain, for its first mention.
@@ -624,10 +624,13 @@ impl Ledger {
     }
 
     /// Per state: how many drains, the oldest one's creation time, and how many have fact
-    /// `counted` (for `/metrics`; one grouped scan).
-    pub async fn drain_summary(&self, counted: &str) -> Result<Vec<StateSummary>> {
+    /// `counted` (none when there is no such fact; for `/metrics`; one grouped scan).
+    pub async fn drain_summary(&self, counted: Option<&str>) -> Result<Vec<StateSummary>> {
         on_pool!(self, |pool, DB| {
-            let fact = fact_sql::<DB>(counted)?;
+            let fact = match counted {
+                Some(name) => fact_sql::<DB>(name)?,
+                None => "NULL".to_owned(),
+            };
             let sql = format!(
                 "SELECT state, COUNT(*) AS drains, MIN(created_at) AS oldest_created_ms, \
                  COUNT({fact}) AS with_fact, \

@@ -6,6 +6,12 @@
 //! write that the rest of drainer relies on is committed before it is acknowledged, and flushed
 //! to disk unless it only records work that is redone if lost (`Urgency::Redoable`). This
 //! module owns SQL; it never touches files or the object store.
+//!
+//! A platform mode keeps the query code of its own tables (Kubernetes mode: what sweeps
+//! remember) beside the rest of that mode, through a narrow seam: the pool
+//! ([`Ledger::pool`], [`on_ledger_pool!`](crate::on_ledger_pool)), [`Ledger::write`],
+//! [`Dialect`], [`query_error`] and [`BULK_ROWS`]. Their schema stays in the one migration
+//! stream here: one schema history per database.
 
 mod drains;
 mod earlier_reads;
@@ -18,6 +24,8 @@ mod retention;
 mod runs;
 mod sweeps;
 
+pub use drains::BULK_ROWS;
+
 pub use drains::{
     AttemptOutcome, Drain, DrainEvent, DrainFilter, NewDrain, PageCursor, Refused, StateSummary,
     Transition, Writer,
@@ -29,7 +37,7 @@ pub use relay::{RelayPart, RelayRecord};
 pub use relayed::RelayedObject;
 pub use retention::PruneRecord;
 pub use runs::{CopiedSoFar, RUN_LEASE, RunCheckpoint, RunRecord, RunState, process_owner};
-pub use sweeps::{ClaimKey, ClaimSighting, RememberedSet};
+pub use sweeps::ClaimKey;
 
 use crate::supervisor::Supervisor;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -229,8 +237,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A connection pool to one of the supported databases.
 #[derive(Debug, Clone)]
-pub(crate) enum Pool {
+pub enum Pool {
+    /// The embedded SQLite file.
     Sqlite(SqlitePool),
+    /// A PostgreSQL server, shared by replicas.
     Postgres(PgPool),
 }
 
@@ -253,6 +263,27 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// [`on_pool!`] for query code outside drainer-core (a platform mode's own tables): runs the
+/// same code against whichever pool ledger `$ledger` has; inside, `$db` names the database
+/// type. The code must keep to the two databases' common SQL.
+#[macro_export]
+macro_rules! on_ledger_pool {
+    ($ledger:expr, |$pool:ident, $db:ident| $body:expr) => {
+        match $ledger.pool() {
+            $crate::ledger::Pool::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            $crate::ledger::Pool::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
 
 /// How a write waits for its turn on SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +442,14 @@ impl Ledger {
         })
     }
 
+    /// The pool, for a platform mode's own tables (see [`on_ledger_pool!`](crate::on_ledger_pool)).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs every migration, those of a platform mode's tables included: one stream per
+    /// backend, because a database has one schema history (sqlx's migrator refuses a database
+    /// where migrations it does not know were applied, so a second stream could not share it).
     async fn migrate(&self) -> Result<()> {
         match &self.pool {
             Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
@@ -422,7 +461,7 @@ impl Ledger {
     /// Runs one write transaction to its end in a task of its own, so a caller that stops
     /// waiting (a client that hung up, a copy stopped at shutdown) can never leave a
     /// transaction half-done on a pooled connection; on SQLite, one at a time.
-    pub(crate) async fn write<T, F, Fut>(&self, op: F) -> Result<T>
+    pub async fn write<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnOnce(Ledger) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send + 'static,
@@ -577,7 +616,7 @@ fn redact(url: &str) -> String {
 }
 
 /// Maps a driver error of operation `op` into a ledger error.
-pub(crate) fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
+pub fn query_error(op: &'static str) -> impl Fn(sqlx::Error) -> Error + Copy {
     move |source| Error::Query { op, source }
 }
 
@@ -598,7 +637,7 @@ impl Ledger {
 }
 
 /// What differs between the SQL dialects in how writes are made.
-pub(crate) trait Dialect {
+pub trait Dialect {
     /// Starts a transaction that will write. SQLite takes the write lock at once, so two
     /// writers wait for each other (busy timeout) instead of failing on a lock upgrade.
     const BEGIN_WRITE: &'static str;

@@ -223,7 +223,7 @@ pub(crate) fn judge_action(drain: &Drain, asked: &ActionAsked) -> ActionPlan {
     }
     if event == Event::Cancelled {
         let how = format!("annotate {ACTION}=abandon and {ACTION_REASON}");
-        if let Some(why) = drainer_server::requests::cancel_refused(drain, &how) {
+        if let Some(why) = crate::intake::CLAIM_HOLD.cancel_refused(drain, &how) {
             return refuse("ClaimHeld", why);
         }
     }

@@ -3,7 +3,7 @@
 //! --nocapture`, or `scripts/bench-sweep`).
 
 use super::*;
-use drainer_core::ledger::RememberedSet;
+use crate::sweep_records::RememberedSet;
 use serde_json::json;
 use std::time::Duration;
 

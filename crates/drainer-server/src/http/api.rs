@@ -346,7 +346,8 @@ pub(super) async fn cancel_drain(
 ) -> Result<Json<DrainView>, Error> {
     let drain = drain.into_inner();
     let how = format!("POST /v1/drains/{}/abandon with a reason", drain.id);
-    if let Some(why) = crate::requests::cancel_refused(&drain, &how) {
+    let hold = state.shared().intake.claim_hold();
+    if let Some(why) = hold.and_then(|h| h.cancel_refused(&drain, &how)) {
         return Err(Error::new(StatusCode::CONFLICT, "claim_held", why));
     }
     let by = admin.into_inner().by;
@@ -571,10 +572,8 @@ fn with_error(body: &impl Serialize, code: &str, message: String) -> axum::respo
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = state.shared();
     let summary = shared.kept.summary.get(|| async {
-        let summary = shared
-            .ledger
-            .drain_summary(crate::requests::HOLD_FACT)
-            .await;
+        let hold = shared.intake.claim_hold();
+        let summary = shared.ledger.drain_summary(hold.map(|h| h.fact)).await;
         summary
             .inspect_err(|err| tracing::warn!(error = %err, "cannot count drains for /metrics"))
             .ok()
