@@ -23,7 +23,7 @@ use crate::support::kube::{KubeEnv, admin_config, client, with_timeout};
 use anyhow::{Context, Result, bail, ensure};
 use drainer_core::ledger::Drain;
 use drainer_core::lifecycle::DrainState;
-use drainer_kube::movers::{Kind, MoverSecurity, MoverSpec, mover_job};
+use drainer_kube::mover_jobs::{Kind, MoverSecurity, MoverSpec, mover_job};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};

@@ -18,7 +18,7 @@ use crate::support::tree::{awkward, differences};
 use crate::support::world::{START, TEMPLATES, WAIT, WRITER, World, claims_of, web_with};
 use crate::support::{drainer, fresh_postgres_database, run_ok};
 use anyhow::{Context, Result, bail, ensure};
-use drainer_kube::{guard, hold, movers};
+use drainer_kube::{guard, hold, mover_jobs};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
@@ -400,7 +400,7 @@ async fn a_drain_whose_store_fails_keeps_failing_then_completes_once_the_store_i
         let selector = format!(
             "{}={}",
             drainer_kube::hold::DRAIN_LABEL,
-            movers::drain_label(&id)
+            mover_jobs::drain_label(&id)
         );
         let listed = w
             .api::<Job>()

@@ -17,7 +17,7 @@ use crate::support::serve::Serve;
 use crate::support::tree;
 use anyhow::{Context, Result, ensure};
 use drainer_kube::facts::KubeLedger;
-use drainer_kube::movers::{self, MoverSpec};
+use drainer_kube::mover_jobs::{self, MoverSpec};
 use drainer_server::auth::{Action, Authority, Caller, Denied, Reach};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
@@ -100,7 +100,7 @@ impl World {
 
     /// The drain's mover Jobs.
     async fn jobs_of(&self, drain: &str) -> Result<Vec<Job>> {
-        let selector = format!("drainer.io/drain={}", movers::drain_label(drain));
+        let selector = format!("drainer.io/drain={}", mover_jobs::drain_label(drain));
         Ok(self
             .jobs()
             .list(&ListParams::default().labels(&selector))
@@ -110,7 +110,7 @@ impl World {
 
     /// The drain's mover pods.
     async fn pods_of(&self, drain: &str) -> Result<Vec<Pod>> {
-        let selector = format!("drainer.io/drain={}", movers::drain_label(drain));
+        let selector = format!("drainer.io/drain={}", mover_jobs::drain_label(drain));
         Ok(self
             .pods()
             .list(&ListParams::default().labels(&selector))
@@ -409,7 +409,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             mover_cacert: None,
         };
         let spec = MoverSpec::new(&args, "drainer")?;
-        let identity = movers::choose(
+        let identity = mover_jobs::choose(
             spec.identity,
             spec.pod_security_default,
             Ok(&Default::default()),
@@ -420,7 +420,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         let claim: PersistentVolumeClaim = from_json(json!({
             "metadata": {"name": "data-web-4"}, "spec": {"accessModes": ["ReadWriteOnce"]}
         }));
-        let mut job = movers::mover_job(
+        let mut job = mover_jobs::mover_job(
             &drain,
             drain.attempts,
             &claim,
@@ -436,7 +436,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
         let (name, uid) = (name_of(&job), job.metadata.uid.clone().unwrap_or_default());
         ledger.set_mover_job(&drain.id, &name, &uid).await?;
         // A decoy Job of the same drain that the ledger does not record.
-        let mut decoy = movers::mover_job(
+        let mut decoy = mover_jobs::mover_job(
             &drain,
             9,
             &claim,

@@ -824,34 +824,40 @@ async fn a_statefulset_deleted_between_sweeps_is_remembered_from_the_watch() -> 
         .await?;
 
         // Drainer's pod watch sees the pods go a moment after the API server does: until
-        // then a sweep finds the claims in use and drains nothing.
-        let report = eventually("a sweep that sees the pods gone", WAIT, || async {
+        // then a sweep finds a claim in use and drains nothing for it. A sweep may see one pod
+        // gone and not yet the other: it drains the first claim, and the next sweep finds
+        // that claim copying already. So every sweep's drained findings and drains count.
+        let drained = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let started = std::sync::Mutex::new(Vec::<String>::new());
+        let report = eventually("sweeps that see the pods gone", WAIT, || async {
             let (status, report) = serve.call(reqwest::Method::POST, "/v1/sweeps", None).await;
             ensure!(status == 200, "{status} {report}");
-            let in_use = report["findings"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f["verdict"] == "in_use"));
-            ensure!(!in_use, "{report}");
+            let findings = report["findings"].as_array().context("findings")?.clone();
+            for f in findings.iter().filter(|f| f["drain"] == true) {
+                let volume = f["volume"].as_str().unwrap_or_default().to_owned();
+                drained.lock().unwrap().insert(volume, f.clone());
+            }
+            let ids = report["drains"].as_array().context("drains")?;
+            started.lock().unwrap().extend(
+                ids.iter()
+                    .filter_map(|d| d["id"].as_str().map(str::to_owned)),
+            );
+            let in_use = findings.iter().any(|f| f["verdict"] == "in_use");
+            ensure!(!in_use && drained.lock().unwrap().len() == 2, "{report}");
             Ok(report)
         })
         .await?;
-        let findings = report["findings"].as_array().context("findings")?;
-        ensure!(findings.len() == 2, "{report}");
-        for f in findings {
-            ensure!(f["verdict"] == "orphaned" && f["drain"] == true, "{f}");
+        let drained = drained.into_inner().unwrap();
+        for f in drained.values() {
+            ensure!(f["verdict"] == "orphaned", "{f}");
             let why = f["why"].as_str().unwrap_or_default();
             ensure!(
                 why.contains("StatefulSet my-db no longer exists (remembered by drainer"),
                 "{why}"
             );
         }
-        let ids: Vec<String> = report["drains"]
-            .as_array()
-            .context("drains")?
-            .iter()
-            .filter_map(|d| d["id"].as_str().map(str::to_owned))
-            .collect();
-        ensure!(ids.len() == 2, "{report}");
+        let ids = started.into_inner().unwrap();
+        ensure!(ids.len() == 2, "{ids:?} {report}");
         let ended = serve.wait_ended(&ids, WAIT).await;
         for d in &ended {
             ensure!(d["state"] == "completed", "{d}");

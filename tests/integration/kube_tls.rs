@@ -21,7 +21,7 @@ use crate::support::serve::Serve;
 use crate::support::tls::{Ca, SecretDir};
 use crate::support::tree;
 use anyhow::{Context, Result, ensure};
-use drainer_kube::movers;
+use drainer_kube::mover_jobs;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -278,7 +278,7 @@ async fn a_mover_without_the_ca_does_not_copy_and_names_the_certificate() -> Res
         let serve = w.drainer(false).await?;
         let (_, drains) = serve.handoff(&w.ns, &["data"]).await;
         let id = drains[0]["id"].as_str().context("drain id")?.to_owned();
-        let selector = format!("drainer.io/drain={}", movers::drain_label(&id));
+        let selector = format!("drainer.io/drain={}", mover_jobs::drain_label(&id));
         let log = eventually("a mover pod that failed", WAIT, || async {
             let pods = w
                 .api::<Pod>()

@@ -8,7 +8,7 @@
 //! being copied, or queued to be copied again (the Job's UID is in the ledger, so labels
 //! cannot forge it; only a copying drain accepts data), and whose spec is
 //! that Job's template where it matters (an owner reference can be forged too: see
-//! [`movers::check_mover_pod`]; checked once per version of the pod). Other
+//! [`mover_jobs::check_mover_pod`]; checked once per version of the pod). Other
 //! ServiceAccounts (a Job's, an operator tool's) may hand off what RBAC grants them: a
 //! SubjectAccessReview for `create` on `handoffs.drainer.io` in the claim's namespace. Restores
 //! follow the same rule: a pod restores the claims it mounts, others need `create` on
@@ -26,7 +26,7 @@
 //! grants and refusals alike, are kept for [`ACCESS_TTL`] (at most [`ACCESS_MAX`] of them),
 //! and those not kept pass a gate of their own, so repeated refusals cost no more reviews.
 
-use super::{Cluster, Error, call, movers, planner};
+use super::{Cluster, Error, call, mover_jobs, planner};
 use crate::facts::KubeLedger;
 use drainer_core::ledger::Ledger;
 use drainer_core::volume::VolumeId;
@@ -277,7 +277,7 @@ impl TokenReviews {
     }
 
     /// Checks that `pod`, owned by the recorded mover Job `job`, is a true copy of that Job's
-    /// template ([`movers::check_mover_pod`]): labels and owner references can be forged by
+    /// template ([`mover_jobs::check_mover_pod`]): labels and owner references can be forged by
     /// anyone who may create pods. A pod passes once per version of it: any change (an image
     /// swapped in, say) is checked again.
     async fn confirm_mover(&self, pod: &Pod, job: &str, job_uid: &str) -> Result<(), Denied> {
@@ -306,7 +306,7 @@ impl TokenReviews {
                 .ok_or(Denied::Invalid)?
         };
         let template = self.mover_job(namespace, job, job_uid).await?;
-        movers::check_mover_pod(&full, &template).map_err(|why| {
+        mover_jobs::check_mover_pod(&full, &template).map_err(|why| {
             Denied::Forbidden(format!(
                 "pod {namespace}/{name} names mover Job {job} as its controller, but {why}"
             ))
@@ -996,7 +996,7 @@ mod tests {
     #[tokio::test]
     async fn a_pod_of_the_recorded_mover_job_is_its_drains_mover_only_while_it_is_a_true_copy_of_the_template()
      {
-        use crate::movers::fixtures;
+        use crate::mover_jobs::fixtures;
         let mut job = fixtures::build(&["ReadWriteOnce"], None, &[]);
         job.metadata.uid = Some("job-uid".into());
         let name = job.metadata.name.clone().unwrap();

@@ -3,7 +3,7 @@
 //! events). Each file is one job: [`watch`] keeps the cluster's objects, [`planner`] decides
 //! (pure), [`identity`] turns projected tokens into callers, [`release`] waits for volumes to
 //! be let go, [`hold`] keeps claims the StatefulSet would delete, [`guard`] keeps them while
-//! drainer itself is down, [`movers`] copies volumes
+//! drainer itself is down, [`mover_jobs`] copies volumes
 //! through mover Jobs, [`sweep`] finds orphaned claims nobody handed off (one replica at a
 //! time, by the [`lease`]; StatefulSets the watch saw are remembered by [`memory`] for it, and
 //! what sweeps remember is kept in the ledger by [`sweep_records`]),
@@ -28,7 +28,7 @@ pub mod lease;
 pub mod lives;
 pub mod memory;
 pub mod mode;
-pub mod movers;
+pub mod mover_jobs;
 pub mod planner;
 pub mod reclaim;
 pub mod release;

@@ -205,7 +205,7 @@ impl Parts<'_> {
         let inner: Arc<dyn Executor> = match base.args.movers {
             Movers::External => Arc::new(base.external_movers()),
             Movers::InProcess => Arc::new(
-                crate::movers::JobMovers::new(
+                crate::mover_jobs::JobMovers::new(
                     self.cluster.clone(),
                     base.ledger.clone(),
                     base.store.clone(),

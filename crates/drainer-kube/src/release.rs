@@ -456,7 +456,7 @@ impl Releases {
     /// the drain runs): a pod that mounts a claim, even one that failed long ago, keeps the
     /// claim from being deleted, and a claim let go is meant to go now.
     async fn delete_movers(&self, drain: &Drain) -> Result<(), super::Error> {
-        let label = super::movers::drain_label(&drain.id);
+        let label = super::mover_jobs::drain_label(&drain.id);
         let jobs = self.cluster.jobs.state_filter(|j| {
             j.metadata.namespace.as_deref() == Some(drain.namespace.as_str())
                 && j.metadata

@@ -11,7 +11,7 @@ use super::image::drainer_image;
 use super::kube::{KubeEnv, admin_kubeconfig, eventually};
 use super::serve::Serve;
 use anyhow::{Result, bail, ensure};
-use drainer_kube::{hold, movers};
+use drainer_kube::{hold, mover_jobs};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -144,7 +144,7 @@ impl Jobs {
             .unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
         self.by_drain.entry(drain).or_default().insert(name.clone());
-        if job.metadata.deletion_timestamp.is_some() || movers::is_finished(job) {
+        if job.metadata.deletion_timestamp.is_some() || mover_jobs::is_finished(job) {
             self.running.remove(&name);
         } else {
             self.running.insert(name);
@@ -181,7 +181,7 @@ impl JobsSeen {
     /// The Jobs seen for drain `id`.
     pub fn of(&self, id: &str) -> BTreeSet<String> {
         self.all()
-            .get(&movers::drain_label(id))
+            .get(&mover_jobs::drain_label(id))
             .cloned()
             .unwrap_or_default()
     }

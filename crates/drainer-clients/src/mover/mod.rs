@@ -5,7 +5,7 @@
 //! drainer has recorded (large files part by part); requests that fail because the drainer is
 //! restarting, or a replica behind its Service died, are sent again for a while.
 //!
-//! Client side only; the drainer's endpoints live in `http::mover`, the wire types they share
+//! Client side only; the drainer's endpoints live in `http::mover_protocol`, the wire types they share
 //! in [`drainer_core::protocol`]. The parts: `relay` (the store), `direct` (large files' parts
 //! straight into the store, where the drainer signs URLs for them), `batch` (small objects in
 //! batches), `checkpoint` (progress in the drainer's ledger).

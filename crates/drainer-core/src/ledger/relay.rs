@@ -1,4 +1,4 @@
-//! Multipart uploads relayed for movers (`http::mover`): recorded here rather than in one
+//! Multipart uploads relayed for movers (`http::mover_protocol`): recorded here rather than in one
 //! replica's memory, so any replica behind the drainer's Service accepts any part of any
 //! upload and completes it, and an upload outlives the replica that started it.
 

@@ -1,4 +1,4 @@
-//! What a drainer that relays every byte received for each object (`http::mover`): its size
+//! What a drainer that relays every byte received for each object (`http::mover_protocol`): its size
 //! and BLAKE3, recorded before the write is acknowledged and kept until the drain's snapshot
 //! is committed, so that the commit can refuse a manifest that does not describe what arrived
 //! (a mover's bug, or a stolen mover token rewriting an object after the fact). A later write
@@ -24,7 +24,7 @@ const OBJECTS_PER_STATEMENT: usize = 500;
 
 impl Ledger {
     /// Records objects drain `drain` wrote through the relay (a key written again replaces
-    /// its record), in one transaction.
+    /// its record), in one transaction that does not wait for the disk.
     pub async fn record_relayed_objects(
         &self,
         drain: &str,
@@ -34,7 +34,9 @@ impl Ledger {
             return Ok(());
         }
         let (drain, objects) = (drain.to_owned(), dedup_last(objects));
-        self.write(move |l| async move {
+        // Redoable: a record lost to a power cut leaves its object unchecked (or, if the key
+        // had an earlier record, refused and stored again), never a bad snapshot committed.
+        self.write_redoable(move |l| async move {
             on_pool!(l, |pool, DB| {
                 let mut tx = pool
                     .begin()

@@ -1,5 +1,5 @@
 //! The wire types of the mover protocol and of the restore routes, shared by the drainer's
-//! endpoints (`http::mover`, `http::volumes`) and the clients that call them (`mover`,
+//! endpoints (`http::mover_protocol`, `http::volumes`) and the clients that call them (`mover`,
 //! `remote`), so neither side imports the other. The mover's paths are under
 //! `/v1/drains/{id}`, a restore's under `/v1/volumes/{ns}/{pvc}`; see the `http` modules for
 //! the routes and what each checks.

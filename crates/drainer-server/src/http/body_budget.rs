@@ -1,6 +1,6 @@
 //! Memory for the request bodies of the mover protocol, one budget for every caller: a
 //! mover's bodies (a part, an object, a batch of small objects) are read whole before they
-//! are stored, up to [`super::mover::MAX_MOVER_BODY`] each, and movers may send many at once,
+//! are stored, up to [`super::mover_protocol::MAX_MOVER_BODY`] each, and movers may send many at once,
 //! so the bytes held at once are bounded here. A request takes its `Content-Length` (the
 //! largest body when it streams one without a length) from the budget before its body is
 //! read, and gives it back once its handler has answered; one that cannot have it within
@@ -46,7 +46,7 @@ impl BodyBudget {
 
     /// A budget of `total` bytes for the bodies of the mover protocol.
     pub(crate) fn for_movers(total: usize) -> Self {
-        Self::new(total, super::mover::MAX_MOVER_BODY)
+        Self::new(total, super::mover_protocol::MAX_MOVER_BODY)
     }
 
     /// The KiB a request's body may take: its length, the largest body when it has a body

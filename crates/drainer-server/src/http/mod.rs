@@ -13,14 +13,14 @@ pub mod guard;
 pub mod inflight;
 mod input;
 pub mod lives;
-mod mover;
+mod mover_protocol;
 pub mod recent;
 mod relay_hash;
 pub mod serve;
 pub mod tls;
 mod volumes;
 pub(crate) use input::Input;
-pub(crate) use mover::PROBE_PREFIX;
+pub(crate) use mover_protocol::PROBE_PREFIX;
 
 use crate::auth::{Action, Authority, Denied};
 use crate::metrics::{Metrics, RequestLabels};
@@ -197,34 +197,34 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
     );
     table.extend(batch_table);
     let (movers, mover_table) = routes!(state;
-        post "/drains/{id}/run" => Stream, mover::begin, NOTHING;
-        get "/drains/{id}/run/{run}/stored" => Stream, mover::stored, NOTHING;
-        post "/drains/{id}/run/{run}/record" => Stream, mover::record, BODY;
-        post "/drains/{id}/run/{run}/finish" => Stream, mover::finish, BODY;
-        post "/drains/{id}/run/{run}/interrupted" => Stream, mover::interrupted, BODY;
-        put "/drains/{id}/run/{run}/totals" => Stream, mover::put_totals, BODY;
-        get "/drains/{id}/run/{run}/partial" => Stream, mover::get_partial,
+        post "/drains/{id}/run" => Stream, mover_protocol::begin, NOTHING;
+        get "/drains/{id}/run/{run}/stored" => Stream, mover_protocol::stored, NOTHING;
+        post "/drains/{id}/run/{run}/record" => Stream, mover_protocol::record, BODY;
+        post "/drains/{id}/run/{run}/finish" => Stream, mover_protocol::finish, BODY;
+        post "/drains/{id}/run/{run}/interrupted" => Stream, mover_protocol::interrupted, BODY;
+        put "/drains/{id}/run/{run}/totals" => Stream, mover_protocol::put_totals, BODY;
+        get "/drains/{id}/run/{run}/partial" => Stream, mover_protocol::get_partial,
             Input::query(&["path_b64"]);
-        put "/drains/{id}/run/{run}/partial" => Stream, mover::put_partial, BODY;
-        delete "/drains/{id}/run/{run}/partial" => Stream, mover::delete_partial,
+        put "/drains/{id}/run/{run}/partial" => Stream, mover_protocol::put_partial, BODY;
+        delete "/drains/{id}/run/{run}/partial" => Stream, mover_protocol::delete_partial,
             Input::query(&["path_b64"]);
-        put "/drains/{id}/objects" => Stream, mover::put_object, Input::query_and_body(&["key"]);
-        get "/drains/{id}/objects" => Stream, mover::get_object, KEY;
-        delete "/drains/{id}/objects" => Stream, mover::delete_object, KEY;
-        post "/drains/{id}/objects/batch" => Stream, mover::put_objects, BODY;
-        post "/drains/{id}/uploads" => Stream, mover::create_upload, KEY;
-        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover::put_part,
+        put "/drains/{id}/objects" => Stream, mover_protocol::put_object, Input::query_and_body(&["key"]);
+        get "/drains/{id}/objects" => Stream, mover_protocol::get_object, KEY;
+        delete "/drains/{id}/objects" => Stream, mover_protocol::delete_object, KEY;
+        post "/drains/{id}/objects/batch" => Stream, mover_protocol::put_objects, BODY;
+        post "/drains/{id}/uploads" => Stream, mover_protocol::create_upload, KEY;
+        put "/drains/{id}/uploads/{upload}/{part}" => Stream, mover_protocol::put_part,
             Input::query_and_body(&["key"]);
-        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover::complete_upload, KEY;
-        post "/drains/{id}/uploads/{upload}/{part}/url" => Stream, mover::sign_part, KEY;
-        post "/drains/{id}/uploads/{upload}/{part}/stored" => Stream, mover::record_direct_part,
+        post "/drains/{id}/uploads/{upload}/complete" => Stream, mover_protocol::complete_upload, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/url" => Stream, mover_protocol::sign_part, KEY;
+        post "/drains/{id}/uploads/{upload}/{part}/stored" => Stream, mover_protocol::record_direct_part,
             Input::query_and_body(&["key"]);
-        post "/drains/{id}/uploads/{upload}/urls" => Stream, mover::sign_parts,
+        post "/drains/{id}/uploads/{upload}/urls" => Stream, mover_protocol::sign_parts,
             Input::query(&["key", "first", "count"]);
-        post "/drains/{id}/parts/stored" => Stream, mover::record_direct_parts, BODY;
-        delete "/drains/{id}/uploads/{upload}" => Stream, mover::abort_upload, KEY;
-        post "/drains/{id}/flush" => Stream, mover::flush, NOTHING;
-        get "/drains/{id}/store" => Stream, mover::store_info, NOTHING;
+        post "/drains/{id}/parts/stored" => Stream, mover_protocol::record_direct_parts, BODY;
+        delete "/drains/{id}/uploads/{upload}" => Stream, mover_protocol::abort_upload, KEY;
+        post "/drains/{id}/flush" => Stream, mover_protocol::flush, NOTHING;
+        get "/drains/{id}/store" => Stream, mover_protocol::store_info, NOTHING;
     );
     table.extend(mover_table);
     let per_caller = |counter: &inflight::Counter, scope| {
@@ -245,7 +245,7 @@ fn v1_routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
                     body_budget::limit,
                 ))
                 .layer(per_caller(&counters.mover, inflight::Scope::Drain))
-                .layer(DefaultBodyLimit::max(mover::MAX_MOVER_BODY)),
+                .layer(DefaultBodyLimit::max(mover_protocol::MAX_MOVER_BODY)),
         );
     (router, table)
 }

@@ -953,7 +953,7 @@ pub(super) async fn put_part(
         .await?
         .ok_or_else(|| upload_not_found(&upload))?;
     let key = Key::from(relay.object_key.as_str());
-    let hash = part_hash(&state, part as u64, &chunks).await?;
+    let hashing = part_hash(&state, part as u64, chunks.clone());
     let parts = relay_parts(&state);
     let store = &state.shared().store;
     let put = parts.put_part(
@@ -962,10 +962,13 @@ pub(super) async fn put_part(
         part,
         PutPayload::from_iter(chunks),
     );
-    let stored = match store.call("upload part", &key, put).await {
+    // The part is hashed on a blocking thread while the store writes it.
+    let (hash, stored) = tokio::join!(hashing, store.call("upload part", &key, put));
+    let stored = match stored {
         Ok(stored) => stored,
         Err(e) => return Err(relay_failure(&state, &relay, &key, e).await),
     };
+    let hash = hash?;
     let part = RelayPart {
         idx: part as u64,
         part_id: stored.content_id,
@@ -986,10 +989,9 @@ pub(super) async fn put_part(
 async fn part_hash(
     state: &AppState,
     idx: u64,
-    chunks: &[Bytes],
+    chunks: Vec<Bytes>,
 ) -> Result<Option<relay_hash::PartHash>, Error> {
     let part_size = state.shared().store.part_size();
-    let chunks = chunks.to_vec();
     tokio::task::spawn_blocking(move || relay_hash::hash_part(part_size, idx, &chunks))
         .await
         .map_err(|e| {
