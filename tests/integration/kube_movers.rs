@@ -10,9 +10,7 @@
 use crate::support::cluster::{TestNamespace, assert_restores_exactly, history};
 use crate::support::gate::Gate;
 use crate::support::image::{drainer_image, drainer_image_name};
-use crate::support::kube::{
-    KubeEnv, client, create_namespace, delete_namespace, eventually, from_json, with_timeout,
-};
+use crate::support::kube::{KubeEnv, eventually, from_json, with_timeout};
 use crate::support::serve::Serve;
 use crate::support::tree;
 use anyhow::{Context, Result, ensure};
@@ -373,10 +371,9 @@ fn owned_by(job: &Job) -> impl FnOnce(&mut Pod) + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()> {
     with_timeout(TEST_LIMIT, async {
-        let client = client().await?;
-        let ns = create_namespace(&client, "movers-identity").await?;
-        let work = tempfile::tempdir()?;
-        let ledger = drainer::Ledger::open(None, work.path()).await?;
+        let namespace = TestNamespace::new("movers-identity").await?;
+        let (client, ns) = (namespace.client.clone(), namespace.ns.clone());
+        let ledger = drainer::Ledger::open(None, &namespace.work).await?;
         let new = drainer_core::ledger::NewDrain {
             volume: drainer::VolumeId::new(&ns, "data-web-4")?,
             pod: None,
@@ -522,7 +519,7 @@ async fn only_a_true_copy_of_the_recorded_job_streams_as_a_mover() -> Result<()>
             }
         }
         debugged_mover_is_refused(&client, &ns, &pods, &authority).await?;
-        delete_namespace(&client, &ns).await
+        namespace.finish().await
     })
     .await
 }

@@ -248,18 +248,7 @@ pub enum Pool {
 /// database type (for `QueryBuilder::<$db>`).
 macro_rules! on_pool {
     ($ledger:expr, |$pool:ident, $db:ident| $body:expr) => {
-        match &$ledger.pool {
-            $crate::ledger::Pool::Sqlite($pool) => {
-                #[allow(dead_code)]
-                type $db = sqlx::Sqlite;
-                $body
-            }
-            $crate::ledger::Pool::Postgres($pool) => {
-                #[allow(dead_code)]
-                type $db = sqlx::Postgres;
-                $body
-            }
-        }
+        $crate::on_ledger_pool!($ledger, |$pool, $db| $body)
     };
 }
 pub(crate) use on_pool;
